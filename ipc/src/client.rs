@@ -1,0 +1,1410 @@
+//! The client stub: one connection to the daemon, shared by any number of threads.
+//!
+//! A [`Client`] owns the socket and one event thread. Requests go out under a
+//! send lock, so frames from different threads never interleave. The event
+//! thread reads every frame the daemon sends and routes it: job events to the
+//! [`JobHandle`] (and callback) of the request they name, `Stats` replies to
+//! the callers waiting for them in request order, and a copy of everything to
+//! each [`Client::events`] subscriber. When the connection ends, for whatever
+//! reason, every job and caller still waiting is told so with that reason.
+//!
+//! Lock order, to keep the stub deadlock free: `tx` before `shared`, and a job
+//! slot's `state` before `shared`. Nothing takes `tx` or a slot while holding
+//! `shared`, and no callback runs under any of them.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::codec::{self, CodecError};
+use crate::fdpass::send_with_fds;
+use crate::proto::{
+    Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, SubmitRequest,
+    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+};
+use crate::socket_path::default_socket_path;
+
+/// How long [`Client::from_stream`] waits for the answer to `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest frame accepted from the daemon. Events are small; anything
+/// near this is a broken or hostile peer, not data.
+const MAX_EVENT_FRAME: u32 = 16 * 1024 * 1024;
+
+/// The event thread's read buffer: many small events per read(2).
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The payload buffer is shrunk back to this after a large frame, so one odd
+/// event does not pin megabytes for the life of the connection.
+const KEEP_PAYLOAD_CAPACITY: usize = 64 * 1024;
+
+/// What to transfer and how; everything but the two descriptors.
+///
+/// ```
+/// use ringxfer_ipc::{Strategy, TransferOptions};
+/// let opts = TransferOptions { tag: "backup.tar".into(), length: Some(4096), ..Default::default() };
+/// assert_eq!(opts.strategy, Strategy::Auto);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// Free text the daemon logs with the job (a file name, say).
+    pub tag: String,
+    /// Where reading starts in the source (ignored for sockets and pipes).
+    pub offset: u64,
+    /// How many bytes to move; `None` means to the end of the source.
+    pub length: Option<u64>,
+    /// Where writing starts in the destination (ignored for sockets and pipes).
+    pub dest_offset: u64,
+    /// Which transfer strategy to ask for.
+    pub strategy: Strategy,
+    /// Whether to ask for `Progress` events, which feed [`JobHandle::bytes_so_far`].
+    pub progress: bool,
+}
+
+impl Default for TransferOptions {
+    /// The whole source from offset 0 to destination offset 0, strategy
+    /// chosen by the daemon, no progress events.
+    ///
+    /// ```
+    /// let opts = ringxfer_ipc::TransferOptions::default();
+    /// assert_eq!((opts.offset, opts.length, opts.progress), (0, None, false));
+    /// ```
+    fn default() -> Self {
+        TransferOptions {
+            tag: String::new(),
+            offset: 0,
+            length: None,
+            dest_offset: 0,
+            strategy: Strategy::Auto,
+            progress: false,
+        }
+    }
+}
+
+/// A job that finished: every byte is in the destination.
+///
+/// ```
+/// use ringxfer_ipc::{Completion, Strategy};
+/// use std::time::Duration;
+/// let done = Completion { job: 7, bytes: 4096, strategy: Strategy::Splice, elapsed: Duration::from_micros(250) };
+/// assert_eq!(done.bytes, 4096);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The daemon's id for the job.
+    pub job: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// The strategy the daemon actually used.
+    pub strategy: Strategy,
+    /// Time from admission to the last byte, as measured by the daemon.
+    pub elapsed: Duration,
+}
+
+/// Why a job did not complete.
+///
+/// ```
+/// use ringxfer_ipc::{FailureKind, JobError};
+/// let e = JobError::Failed {
+///     job: Some(3), kind: FailureKind::NoSpace, os_error: Some(28),
+///     message: "write to destination: No space left on device".into(), bytes: 1 << 20,
+/// };
+/// assert_eq!(e.to_string(), "no-space: write to destination: No space left on device");
+/// ```
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    /// The daemon failed, cancelled or refused the job.
+    #[error("{kind}: {message}")]
+    Failed {
+        /// The daemon's id; `None` when the job was refused before admission.
+        job: Option<u64>,
+        /// The class of failure.
+        kind: FailureKind,
+        /// The OS error number, when one caused the failure.
+        os_error: Option<i32>,
+        /// What went wrong, in the daemon's words.
+        message: String,
+        /// Bytes written to the destination before the failure.
+        bytes: u64,
+    },
+    /// The connection to the daemon ended before the job did; the string says why.
+    /// The job may or may not have run to completion.
+    #[error("the connection to the daemon ended before the job did: {0}")]
+    Disconnected(String),
+}
+
+impl JobError {
+    /// The daemon's class of failure, or `None` if the connection ended first.
+    ///
+    /// ```
+    /// use ringxfer_ipc::JobError;
+    /// assert_eq!(JobError::Disconnected("the daemon closed the connection".into()).kind(), None);
+    /// ```
+    pub fn kind(&self) -> Option<FailureKind> {
+        match self {
+            JobError::Failed { kind, .. } => Some(*kind),
+            JobError::Disconnected(_) => None,
+        }
+    }
+}
+
+/// An error talking to the daemon (as opposed to a job's own failure, [`JobError`]).
+///
+/// ```
+/// let err = ringxfer_ipc::Client::connect("/nonexistent/ringxferd.sock").unwrap_err();
+/// assert!(err.is_unreachable());
+/// assert!(err.to_string().contains("/nonexistent/ringxferd.sock"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// connect(2) to the daemon's socket failed.
+    #[error("cannot connect to the ringxfer daemon at {}: {source} ({})", .path.display(), connect_hint(.source))]
+    Connect {
+        /// The socket path tried.
+        path: PathBuf,
+        /// The OS error of connect(2).
+        source: io::Error,
+    },
+    /// Opening (or, for a destination, truncating) a local file failed, or
+    /// source and destination are the same file.
+    #[error("cannot open {}: {source}", .path.display())]
+    Open {
+        /// The file's path.
+        path: PathBuf,
+        /// The OS error, or `InvalidInput` for a copy onto itself.
+        source: io::Error,
+    },
+    /// A system call on the connection failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What the stub was doing.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A frame could not be encoded (e.g. a tag over the daemon's frame
+    /// limit) or the daemon's answer to `Hello` could not be decoded.
+    #[error("bad frame: {0}")]
+    Codec(#[from] CodecError),
+    /// The daemon closed the connection with an error frame.
+    #[error("the daemon closed the connection ({kind:?}): {message}")]
+    Protocol {
+        /// The daemon's class of error.
+        kind: ProtocolErrorKind,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// The daemon's answer to `Hello` was missing, malformed or named another
+    /// protocol version.
+    #[error("handshake with the ringxfer daemon failed: {0}")]
+    Handshake(String),
+    /// The connection to the daemon is closed; nothing more can be sent.
+    #[error("the connection to the ringxfer daemon is closed")]
+    Disconnected,
+}
+
+impl ClientError {
+    /// Whether this is a failure to connect that means no daemon answers on
+    /// that socket: it does not exist, nobody listens on it, or this user may
+    /// not use it.
+    ///
+    /// ```no_run
+    /// match ringxfer_ipc::Client::connect_default() {
+    ///     Err(e) if e.is_unreachable() => eprintln!("start ringxferd first: {e}"),
+    ///     Err(e) => eprintln!("{e}"),
+    ///     Ok(_client) => {}
+    /// }
+    /// ```
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Connect { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(
+                    libc::ENOENT
+                        | libc::ENOTDIR
+                        | libc::ECONNREFUSED
+                        | libc::ECONNRESET
+                        | libc::EACCES
+                        | libc::EPERM
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Says in words what a connect(2) error means for whether a daemon runs there.
+fn connect_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => "no socket exists there: is ringxferd running?",
+        Some(libc::ECONNREFUSED) => "the path exists but no daemon is listening on it",
+        Some(libc::EACCES | libc::EPERM) => "this user may not use that socket",
+        Some(libc::EAGAIN) => "a daemon is running there but its listen queue is full",
+        _ => "no daemon could be reached there",
+    }
+}
+
+/// Turns a failed send into an error; a peer that is gone is a closed connection.
+fn send_error(op: &'static str, source: io::Error) -> ClientError {
+    match source.raw_os_error() {
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => ClientError::Disconnected,
+        _ => ClientError::Io { op, source },
+    }
+}
+
+/// Locks a mutex of the stub, ignoring poison: no code of the stub panics while
+/// holding one, and user callbacks never run under one, so the data is intact.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Callback = Box<dyn FnOnce(Result<Completion, JobError>) + Send + 'static>;
+
+/// A connection to the daemon. Cheap methods take `&self`, so share it
+/// between threads with an `Arc` (or scoped threads).
+///
+/// Dropping it shuts the socket down and joins the event thread; jobs still
+/// outstanding then resolve to [`JobError::Disconnected`] (the daemon decides
+/// on its own whether to finish them).
+///
+/// ```no_run
+/// use ringxfer_ipc::{Client, TransferOptions};
+/// use std::path::Path;
+///
+/// let client = Client::connect_default()?;
+/// let job = client.copy_file(Path::new("in.bin"), Path::new("out.bin"), &TransferOptions::default())?;
+/// let done = job.wait()?;
+/// println!("{} bytes by {} in {:?}", done.bytes, done.strategy, done.elapsed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Client {
+    inner: Arc<Inner>,
+    event_thread: Option<JoinHandle<()>>,
+}
+
+/// What the caller threads and the event thread share.
+struct Inner {
+    /// Used for sending and for shutdown; the event thread reads a clone.
+    stream: UnixStream,
+    limits: Limits,
+    tx: Mutex<Tx>,
+    shared: Mutex<Shared>,
+    /// Set by `Drop` so the event thread reports why the connection ended.
+    dropping: AtomicBool,
+}
+
+/// The send side; its lock makes each frame one uninterrupted write.
+struct Tx {
+    buf: Vec<u8>,
+    next_req: u64,
+    next_stats: u64,
+}
+
+struct Shared {
+    /// Unresolved jobs by `req`; a slot leaves when its job resolves.
+    jobs: HashMap<u64, Arc<JobSlot>>,
+    /// Callers of `stats`, oldest first, because replies come in request order.
+    stats_waiters: VecDeque<(u64, Sender<StatsReport>)>,
+    subscribers: Vec<Sender<Event>>,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+impl Client {
+    /// Connects to the daemon's socket at `path` and performs the handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] if connect(2) fails (see
+    /// [`ClientError::is_unreachable`]); otherwise as [`Client::from_stream`].
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect("/run/ringxfer/ringxferd.sock")?;
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Client::from_stream(stream)
+    }
+
+    /// Connects to [`default_socket_path`](crate::default_socket_path).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`].
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn connect_default() -> Result<Client, ClientError> {
+        Client::connect(default_socket_path())
+    }
+
+    /// Speaks the protocol on an already connected stream (from socket
+    /// activation, a test, or a socket connected some other way): sends
+    /// `Hello`, waits up to 10 s for `Welcome`, then starts the event thread.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Handshake`] if the daemon does not answer in time, hangs
+    /// up, or speaks another protocol version; [`ClientError::Protocol`] if it
+    /// answers with another error frame; [`ClientError::Io`] for a failed
+    /// system call.
+    ///
+    /// ```no_run
+    /// use std::os::unix::net::UnixStream;
+    /// let stream = UnixStream::connect("/run/ringxfer/ringxferd.sock")?;
+    /// let client = ringxfer_ipc::Client::from_stream(stream)?;
+    /// println!("{} jobs allowed", client.limits().max_jobs_per_connection);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_stream(stream: UnixStream) -> Result<Client, ClientError> {
+        let io_err = |op: &'static str| move |source| ClientError::Io { op, source };
+        // The event thread relies on blocking reads, whatever the caller set.
+        stream
+            .set_nonblocking(false)
+            .map_err(io_err("making the daemon socket blocking"))?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(io_err("setting the handshake timeout"))?;
+
+        let mut buf = Vec::new();
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        codec::encode_frame(&hello, &mut buf, DEFAULT_MAX_FRAME)?;
+        send_with_fds(stream.as_fd(), &buf, &[]).map_err(io_err("sending Hello"))?;
+
+        // Read straight from the socket, not through a buffer: bytes after
+        // Welcome belong to the event thread's reader.
+        let answer = match read_frame(&mut &stream, &mut buf) {
+            Ok(event) => event,
+            Err(FrameError::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                return Err(ClientError::Handshake(format!(
+                    "no answer to Hello within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )))
+            }
+            Err(FrameError::Io(source)) => {
+                return Err(ClientError::Io {
+                    op: "reading the answer to Hello",
+                    source,
+                })
+            }
+            Err(FrameError::Decode(e)) => return Err(ClientError::Codec(e)),
+            Err(e) => {
+                return Err(ClientError::Handshake(format!(
+                    "waiting for the answer to Hello: {e}"
+                )))
+            }
+        };
+        let limits = match answer {
+            Event::Welcome { version, limits } if version == PROTOCOL_VERSION => limits,
+            Event::Welcome { version, .. } => {
+                return Err(ClientError::Handshake(format!(
+                    "the daemon speaks protocol version {version}, this client {PROTOCOL_VERSION}"
+                )))
+            }
+            Event::ProtocolError {
+                kind: ProtocolErrorKind::BadVersion,
+                message,
+            } => {
+                return Err(ClientError::Handshake(format!(
+                    "the daemon refused protocol version {PROTOCOL_VERSION}: {message}"
+                )))
+            }
+            Event::ProtocolError { kind, message } => {
+                return Err(ClientError::Protocol { kind, message })
+            }
+            other => {
+                return Err(ClientError::Handshake(format!(
+                    "expected Welcome in answer to Hello, got {}",
+                    event_name(&other)
+                )))
+            }
+        };
+
+        stream
+            .set_read_timeout(None)
+            .map_err(io_err("clearing the handshake timeout"))?;
+        let reader = stream
+            .try_clone()
+            .map_err(io_err("duplicating the daemon socket"))?;
+        buf.clear();
+        let inner = Arc::new(Inner {
+            stream,
+            limits,
+            tx: Mutex::new(Tx {
+                buf,
+                next_req: 1,
+                next_stats: 0,
+            }),
+            shared: Mutex::new(Shared {
+                jobs: HashMap::new(),
+                stats_waiters: VecDeque::new(),
+                subscribers: Vec::new(),
+                closed: None,
+            }),
+            dropping: AtomicBool::new(false),
+        });
+        let for_thread = Arc::clone(&inner);
+        let event_thread = thread::Builder::new()
+            .name("ringxfer-ipc-events".into())
+            .spawn(move || event_loop(&for_thread, reader))
+            .map_err(io_err("spawning the event thread"))?;
+        Ok(Client {
+            inner,
+            event_thread: Some(event_thread),
+        })
+    }
+
+    /// The limits the daemon announced in its `Welcome`.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// assert!(client.limits().max_fds_per_message >= 2);
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Hands the daemon a transfer from `source` to `dest`. Returns once the
+    /// request is sent; the handle tells when the job is admitted and done.
+    ///
+    /// The daemon gets its own copies of the descriptors, so the caller may
+    /// close its copies as soon as this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed,
+    /// [`ClientError::Codec`] if the request does not fit in a frame (an
+    /// enormous tag), [`ClientError::Io`] if sendmsg(2) fails (e.g. `EBADF`
+    /// for a closed descriptor).
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let src = File::open("in.bin")?;
+    /// let dst = File::create("out.bin")?;
+    /// let job = client.submit(&src, &dst, &TransferOptions { progress: true, ..Default::default() })?;
+    /// println!("job {} moved {} bytes", job.job_id()?, job.wait()?.bytes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit(
+        &self,
+        source: impl AsFd,
+        dest: impl AsFd,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        self.submit_inner(source.as_fd(), dest.as_fd(), opts, None)
+    }
+
+    /// As [`Client::submit`], and `on_done` runs with the job's result on the
+    /// stub's event thread, exactly once: when the job completes or fails, or
+    /// when the connection ends first. If this returns an error, `on_done`
+    /// never runs.
+    ///
+    /// The callback delays every other event while it runs, so keep it short,
+    /// and do not wait in it for anything only the event thread can deliver
+    /// ([`JobHandle::wait`] on another job, [`Client::stats`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// client.submit_with_callback(&src, &dst, &TransferOptions::default(), |result| match result {
+    ///     Ok(done) => println!("{} bytes", done.bytes),
+    ///     Err(e) => eprintln!("copy failed: {e}"),
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_with_callback(
+        &self,
+        source: impl AsFd,
+        dest: impl AsFd,
+        opts: &TransferOptions,
+        on_done: impl FnOnce(Result<Completion, JobError>) + Send + 'static,
+    ) -> Result<JobHandle, ClientError> {
+        self.submit_inner(source.as_fd(), dest.as_fd(), opts, Some(Box::new(on_done)))
+    }
+
+    fn submit_inner(
+        &self,
+        source: BorrowedFd<'_>,
+        dest: BorrowedFd<'_>,
+        opts: &TransferOptions,
+        callback: Option<Callback>,
+    ) -> Result<JobHandle, ClientError> {
+        let inner = &*self.inner;
+        let mut tx = lock(&inner.tx);
+        let tx = &mut *tx;
+        let req = tx.next_req;
+        tx.next_req += 1;
+        let request = Request::Submit(SubmitRequest {
+            req,
+            tag: opts.tag.clone(),
+            offset: opts.offset,
+            length: opts.length,
+            dest_offset: opts.dest_offset,
+            strategy: opts.strategy,
+            progress: opts.progress,
+        });
+        tx.buf.clear();
+        codec::encode_frame(&request, &mut tx.buf, inner.limits.max_frame)?;
+
+        // The slot must be in the table before the frame leaves: the answer
+        // can arrive before sendmsg returns.
+        let slot = Arc::new(JobSlot::new(req, callback));
+        {
+            let mut shared = lock(&inner.shared);
+            if shared.closed.is_some() {
+                return Err(ClientError::Disconnected);
+            }
+            shared.jobs.insert(req, Arc::clone(&slot));
+        }
+        if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest]) {
+            // The disconnect sweep takes the send lock we hold, and the daemon
+            // cannot answer a request it did not get whole, so the slot is
+            // still unresolved and ours to withdraw, callback unrun.
+            lock(&inner.shared).jobs.remove(&req);
+            return Err(send_error("sending Submit to the daemon", e));
+        }
+        Ok(JobHandle { slot })
+    }
+
+    /// A channel of every event received from now on: `Accepted`,
+    /// `Progress`, `Completed`, `Failed`, `Stats` and `ProtocolError`.
+    ///
+    /// Each call makes a new subscriber. The channel is unbounded, so read it
+    /// or drop it; a dropped receiver is pruned at the next event. When the
+    /// connection ends the channel disconnects (after any events still in it).
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let events = client.events();
+    /// for event in events.iter() {
+    ///     println!("{event:?}");
+    /// }
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn events(&self) -> Receiver<Event> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut shared = lock(&self.inner.shared);
+        // After the end, dropping the sender here makes the receiver report
+        // the disconnection at once instead of waiting forever.
+        if shared.closed.is_none() {
+            shared.subscribers.push(sender);
+        }
+        receiver
+    }
+
+    /// Asks the daemon to cancel a job of this connection, by the daemon's id
+    /// (from [`JobHandle::job_id`]). The job then fails with
+    /// [`FailureKind::Cancelled`], unless it finished first.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed,
+    /// [`ClientError::Io`] if sending fails.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # use ringxfer_ipc::{Client, FailureKind, TransferOptions};
+    /// # let client = Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &TransferOptions::default())?;
+    /// client.cancel(job.job_id()?)?;
+    /// if let Err(e) = job.wait() {
+    ///     assert!(e.kind() == Some(FailureKind::Cancelled) || e.kind().is_none());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self, job: u64) -> Result<(), ClientError> {
+        let inner = &*self.inner;
+        let mut tx = lock(&inner.tx);
+        tx.buf.clear();
+        codec::encode_frame(&Request::Cancel { job }, &mut tx.buf, inner.limits.max_frame)?;
+        if lock(&inner.shared).closed.is_some() {
+            return Err(ClientError::Disconnected);
+        }
+        send_with_fds(inner.stream.as_fd(), &tx.buf, &[])
+            .map_err(|e| send_error("sending Cancel to the daemon", e))
+    }
+
+    /// Asks the daemon for its counters and waits for the answer.
+    ///
+    /// Do not call this from a job callback: the answer is delivered by the
+    /// thread the callback runs on.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed or closes
+    /// before the answer, [`ClientError::Io`] if sending fails.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let stats = client.stats()?;
+    /// println!("{} jobs running, {} bytes moved", stats.jobs_running, stats.bytes_moved);
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn stats(&self) -> Result<StatsReport, ClientError> {
+        let inner = &*self.inner;
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        {
+            let mut tx = lock(&inner.tx);
+            let tx = &mut *tx;
+            tx.buf.clear();
+            codec::encode_frame(&Request::Stats, &mut tx.buf, inner.limits.max_frame)?;
+            let id = tx.next_stats;
+            tx.next_stats += 1;
+            {
+                let mut shared = lock(&inner.shared);
+                if shared.closed.is_some() {
+                    return Err(ClientError::Disconnected);
+                }
+                // Queued under the send lock, so queue order is send order.
+                shared.stats_waiters.push_back((id, sender));
+            }
+            if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+                lock(&inner.shared)
+                    .stats_waiters
+                    .retain(|(waiter, _)| *waiter != id);
+                return Err(send_error("sending Stats to the daemon", e));
+            }
+        }
+        // The sender is dropped unanswered only when the connection ends.
+        receiver.recv().map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Copies the file at `src` to `dst`, like cp(1): the source is opened
+    /// read-only, the destination created (with the source's permission bits,
+    /// less the umask) or truncated. The daemon never opens paths itself.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Open`] naming the path that could not be opened, also
+    /// when both paths are the same file (which truncating would destroy);
+    /// otherwise as [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let job = client.copy_file(Path::new("a.iso"), Path::new("b.iso"), &Default::default())?;
+    /// job.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn copy_file(
+        &self,
+        src: &Path,
+        dst: &Path,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let source = open_source(src)?;
+        let open_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ClientError::Open { path, source }
+        };
+        let src_meta = source.metadata().map_err(open_err(src))?;
+        // Truncation waits until the destination is known not to be the
+        // source: O_TRUNC at open would destroy the data before the check.
+        // (std opens with O_CLOEXEC always.)
+        let dest = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(src_meta.permissions().mode() & 0o777)
+            .open(dst)
+            .map_err(open_err(dst))?;
+        let dst_meta = dest.metadata().map_err(open_err(dst))?;
+        if (dst_meta.dev(), dst_meta.ino()) == (src_meta.dev(), src_meta.ino()) {
+            return Err(ClientError::Open {
+                path: dst.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("it is the same file as {}", src.display()),
+                ),
+            });
+        }
+        // Devices and FIFOs ignore O_TRUNC but would reject ftruncate(2).
+        if dst_meta.file_type().is_file() {
+            dest.set_len(0).map_err(open_err(dst))?;
+        }
+        self.submit(&source, &dest, opts)
+    }
+
+    /// Sends the file at `src` into a connected socket (or pipe) the caller
+    /// owns.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Open`] if `src` cannot be opened; otherwise as
+    /// [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::net::TcpStream;
+    /// use std::path::Path;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let peer = TcpStream::connect("192.0.2.1:9000")?;
+    /// client.send_file(Path::new("a.iso"), &peer, &Default::default())?.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_file(
+        &self,
+        src: &Path,
+        socket: impl AsFd,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let source = open_source(src)?;
+        self.submit(&source, socket, opts)
+    }
+
+    /// Receives from a connected socket (or pipe) the caller owns into the
+    /// file at `dst`, created with mode 0644 (less the umask) or truncated.
+    /// Without [`TransferOptions::length`] the job runs until the peer closes.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Open`] if `dst` cannot be opened; otherwise as
+    /// [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::net::TcpListener;
+    /// use std::path::Path;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let (peer, _) = TcpListener::bind("0.0.0.0:9000")?.accept()?;
+    /// client.recv_to_file(&peer, Path::new("incoming.iso"), &Default::default())?.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_to_file(
+        &self,
+        socket: impl AsFd,
+        dst: &Path,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let dest = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(dst)
+            .map_err(|source| ClientError::Open {
+                path: dst.to_path_buf(),
+                source,
+            })?;
+        self.submit(socket, &dest, opts)
+    }
+}
+
+fn open_source(path: &Path) -> Result<File, ClientError> {
+    File::open(path).map_err(|source| ClientError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = lock(&self.inner.shared);
+        f.debug_struct("Client")
+            .field("limits", &self.inner.limits)
+            .field("outstanding_jobs", &shared.jobs.len())
+            .field("closed", &shared.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.inner.dropping.store(true, Ordering::Release);
+        // The event thread's blocking read then sees end of file and resolves
+        // what is outstanding; the daemon sees us go. An error here means the
+        // socket is already shut down, which is the goal anyway.
+        let _ = self.inner.stream.shutdown(Shutdown::Both);
+        if let Some(handle) = self.event_thread.take() {
+            // A callback that owned the last Client drops it on the event
+            // thread itself, which then ends on its own once it returns.
+            if handle.thread().id() != thread::current().id() {
+                // Err only if the thread panicked, which the panic hook has
+                // already reported; there is nothing left to clean up.
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// The event thread: reads frames until the connection ends, then resolves
+/// everything still waiting with the reason.
+fn event_loop(inner: &Inner, stream: UnixStream) {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut payload = Vec::new();
+    let reason = loop {
+        match read_frame(&mut reader, &mut payload) {
+            Ok(event) => {
+                if let Err(reason) = inner.dispatch(event) {
+                    break reason;
+                }
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    let reason = if inner.dropping.load(Ordering::Acquire) {
+        "the client was dropped".to_string()
+    } else {
+        reason
+    };
+    inner.close(reason);
+}
+
+impl Inner {
+    /// Routes one event; `Err` carries the reason to end the connection.
+    fn dispatch(&self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Accepted { req, .. }
+            | Event::Progress { req, .. }
+            | Event::Completed { req, .. }
+            | Event::Failed { req, .. } => {
+                self.job_event(req, event);
+                Ok(())
+            }
+            Event::Stats(ref report) => {
+                let mut shared = lock(&self.shared);
+                if let Some((_, waiter)) = shared.stats_waiters.pop_front() {
+                    // Err means the caller is gone; the report is then moot.
+                    let _ = waiter.send(report.clone());
+                }
+                publish(&mut shared, event);
+                Ok(())
+            }
+            Event::ProtocolError { kind, ref message } => {
+                let reason = format!("the daemon reported a protocol error ({kind:?}): {message}");
+                publish(&mut lock(&self.shared), event);
+                Err(reason)
+            }
+            Event::Welcome { .. } => Err("the daemon sent a second Welcome".to_string()),
+        }
+    }
+
+    fn job_event(&self, req: u64, event: Event) {
+        let terminal = matches!(event, Event::Completed { .. } | Event::Failed { .. });
+        let slot = {
+            let mut shared = lock(&self.shared);
+            let slot = if terminal {
+                shared.jobs.remove(&req)
+            } else {
+                shared.jobs.get(&req).cloned()
+            };
+            match slot {
+                Some(slot) => slot,
+                None => {
+                    // Not ours to track (a job already resolved, or a confused
+                    // daemon); subscribers still see it.
+                    publish(&mut shared, event);
+                    return;
+                }
+            }
+        };
+
+        let mut state = lock(&slot.state);
+        let mut result = None;
+        match &event {
+            Event::Accepted { job, .. } => state.job = Some(*job),
+            Event::Progress {
+                job, bytes, total, ..
+            } => {
+                state.job = Some(*job);
+                state.bytes = *bytes;
+                state.total = *total;
+            }
+            Event::Completed {
+                job,
+                bytes,
+                strategy,
+                elapsed_us,
+                ..
+            } => {
+                state.job = Some(*job);
+                state.bytes = *bytes;
+                result = Some(Ok(Completion {
+                    job: *job,
+                    bytes: *bytes,
+                    strategy: *strategy,
+                    elapsed: Duration::from_micros(*elapsed_us),
+                }));
+            }
+            Event::Failed {
+                job,
+                kind,
+                os_error,
+                message,
+                bytes,
+                ..
+            } => {
+                if job.is_some() {
+                    state.job = *job;
+                }
+                state.bytes = *bytes;
+                result = Some(Err(JobError::Failed {
+                    job: *job,
+                    kind: *kind,
+                    os_error: *os_error,
+                    message: message.clone(),
+                    bytes: *bytes,
+                }));
+            }
+            Event::Welcome { .. } | Event::Stats(_) | Event::ProtocolError { .. } => {}
+        }
+        // Publishing under the slot lock makes both views agree: whoever saw
+        // the event on a channel finds the handle updated, and a waiter woken
+        // by the update finds the event already on its channel.
+        publish(&mut lock(&self.shared), event);
+        let callback = match result {
+            Some(result) => state.resolve(result),
+            None => None,
+        };
+        drop(state);
+        slot.changed.notify_all();
+        if let Some((callback, result)) = callback {
+            run_callback(callback, result);
+        }
+    }
+
+    /// Ends the connection: afterwards nothing can be sent, and every job,
+    /// `stats` caller and subscriber still waiting learns that it is over.
+    fn close(&self, reason: String) {
+        // Wakes any sender blocked on a full socket buffer (with EPIPE), so
+        // taking the send lock below cannot hang. An error means the socket
+        // is already shut down.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        // With the send lock held no Submit is half way out, so every slot in
+        // the table belongs to a request that was sent whole.
+        let tx = lock(&self.tx);
+        let (jobs, waiters, subscribers) = {
+            let mut shared = lock(&self.shared);
+            shared.closed = Some(reason.clone());
+            (
+                std::mem::take(&mut shared.jobs),
+                std::mem::take(&mut shared.stats_waiters),
+                std::mem::take(&mut shared.subscribers),
+            )
+        };
+        drop(tx);
+        // Dropping the senders is what tells stats callers and subscribers.
+        drop(waiters);
+        drop(subscribers);
+        for slot in jobs.into_values() {
+            let callback = lock(&slot.state).resolve(Err(JobError::Disconnected(reason.clone())));
+            slot.changed.notify_all();
+            if let Some((callback, result)) = callback {
+                run_callback(callback, result);
+            }
+        }
+    }
+}
+
+/// Hands `event` to every subscriber, forgetting those that hung up.
+fn publish(shared: &mut Shared, event: Event) {
+    shared
+        .subscribers
+        .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+}
+
+fn run_callback(callback: Callback, result: Result<Completion, JobError>) {
+    // A panicking callback must not take the event thread with it, or every
+    // other job of the connection would hang; the panic hook has already
+    // printed the panic by the time catch_unwind returns.
+    let _ = catch_unwind(AssertUnwindSafe(move || callback(result)));
+}
+
+/// One job as the stub sees it; shared by the table and every handle clone.
+struct JobSlot {
+    req: u64,
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+struct SlotState {
+    job: Option<u64>,
+    bytes: u64,
+    total: Option<u64>,
+    result: Option<Result<Completion, JobError>>,
+    callback: Option<Callback>,
+}
+
+impl JobSlot {
+    fn new(req: u64, callback: Option<Callback>) -> JobSlot {
+        JobSlot {
+            req,
+            state: Mutex::new(SlotState {
+                job: None,
+                bytes: 0,
+                total: None,
+                result: None,
+                callback,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl SlotState {
+    /// Records the outcome (the first one wins) and hands back the callback
+    /// to run with it, to be run after the lock is released.
+    fn resolve(
+        &mut self,
+        result: Result<Completion, JobError>,
+    ) -> Option<(Callback, Result<Completion, JobError>)> {
+        if self.result.is_some() {
+            return None;
+        }
+        self.result = Some(result.clone());
+        self.callback.take().map(|callback| (callback, result))
+    }
+}
+
+/// A submitted job: wait for it, or watch its progress. Clones share the job.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # use std::fs::File;
+/// # let client = ringxfer_ipc::Client::connect_default()?;
+/// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+/// let opts = ringxfer_ipc::TransferOptions { progress: true, ..Default::default() };
+/// let job = client.submit(&src, &dst, &opts)?;
+/// while job.wait_timeout(Duration::from_millis(500)).is_none() {
+///     println!("{} of {:?} bytes", job.bytes_so_far(), job.total());
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct JobHandle {
+    slot: Arc<JobSlot>,
+}
+
+impl JobHandle {
+    /// The request number the stub gave the job on its connection (1, 2, …).
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &Default::default())?;
+    /// println!("request {}", job.req());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn req(&self) -> u64 {
+        self.slot.req
+    }
+
+    /// The daemon's id for the job, blocking until the daemon admits it.
+    ///
+    /// # Errors
+    ///
+    /// The job's error if it was refused, or failed, or the connection ended,
+    /// before an id was known.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &Default::default())?;
+    /// client.cancel(job.job_id()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn job_id(&self) -> Result<u64, JobError> {
+        let mut state = lock(&self.slot.state);
+        loop {
+            if let Some(job) = state.job {
+                return Ok(job);
+            }
+            if let Some(result) = &state.result {
+                return result.clone().map(|done| done.job);
+            }
+            state = self
+                .slot
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks until the job completes, fails, or the connection ends.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::Failed`] as reported by the daemon, or
+    /// [`JobError::Disconnected`].
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let done = client.submit(&src, &dst, &Default::default())?.wait()?;
+    /// println!("{} bytes in {:?}", done.bytes, done.elapsed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait(&self) -> Result<Completion, JobError> {
+        let mut state = lock(&self.slot.state);
+        loop {
+            if let Some(result) = &state.result {
+                return result.clone();
+            }
+            state = self
+                .slot
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// As [`JobHandle::wait`], but gives up after `timeout` and returns `None`.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # use std::time::Duration;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &Default::default())?;
+    /// if job.wait_timeout(Duration::from_secs(30)).is_none() {
+    ///     eprintln!("still running after 30 s");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<Completion, JobError>> {
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Beyond what the clock can represent: as good as forever.
+            return Some(self.wait());
+        };
+        let mut state = lock(&self.slot.state);
+        loop {
+            if let Some(result) = &state.result {
+                return Some(result.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            state = self
+                .slot
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Bytes written so far, from the latest `Progress`, `Completed` or
+    /// `Failed` event; stays 0 without [`TransferOptions::progress`] until the
+    /// job ends.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &Default::default())?;
+    /// println!("{} bytes so far", job.bytes_so_far());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bytes_so_far(&self) -> u64 {
+        lock(&self.slot.state).bytes
+    }
+
+    /// The total the job will move, if a `Progress` event said so.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &ringxfer_ipc::TransferOptions { progress: true, ..Default::default() })?;
+    /// if let Some(total) = job.total() {
+    ///     println!("{:.0}%", 100.0 * job.bytes_so_far() as f64 / total.max(1) as f64);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn total(&self) -> Option<u64> {
+        lock(&self.slot.state).total
+    }
+
+    /// Whether the job has a result, so that [`JobHandle::wait`] would not block.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # let client = ringxfer_ipc::Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &Default::default())?;
+    /// if job.is_finished() {
+    ///     println!("{:?}", job.wait());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        lock(&self.slot.state).result.is_some()
+    }
+}
+
+impl fmt::Debug for JobHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = lock(&self.slot.state);
+        f.debug_struct("JobHandle")
+            .field("req", &self.slot.req)
+            .field("job", &state.job)
+            .field("bytes", &state.bytes)
+            .field("result", &state.result)
+            .finish()
+    }
+}
+
+/// Why reading a frame from the daemon failed.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("the daemon closed the connection")]
+    Eof,
+    #[error("the connection ended in the middle of a frame")]
+    Truncated,
+    #[error("the daemon sent a frame of {0} bytes, over the client's limit of {MAX_EVENT_FRAME}")]
+    TooLarge(u32),
+    #[error("reading from the daemon failed: {0}")]
+    Io(io::Error),
+    #[error("the daemon sent an undecodable event: {0}")]
+    Decode(CodecError),
+}
+
+/// Reads one whole frame and decodes the event in it, using `payload` as scratch.
+fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Event, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let mut got = 0;
+    while got < header.len() {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Eof),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = codec::frame_len(header);
+    if len > MAX_EVENT_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    payload.clear();
+    if payload.capacity() > KEEP_PAYLOAD_CAPACITY {
+        payload.shrink_to(KEEP_PAYLOAD_CAPACITY);
+    }
+    // Growing with the bytes that actually arrive, instead of reserving `len`
+    // up front, means a lying length costs no more memory than was sent.
+    let read = r
+        .take(u64::from(len))
+        .read_to_end(payload)
+        .map_err(FrameError::Io)?;
+    if read < len as usize {
+        return Err(FrameError::Truncated);
+    }
+    codec::decode_payload(payload).map_err(FrameError::Decode)
+}
+
+/// The variant's name, for messages that must not dump a whole event.
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Welcome { .. } => "Welcome",
+        Event::Accepted { .. } => "Accepted",
+        Event::Progress { .. } => "Progress",
+        Event::Completed { .. } => "Completed",
+        Event::Failed { .. } => "Failed",
+        Event::Stats(_) => "Stats",
+        Event::ProtocolError { .. } => "ProtocolError",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_event(peer: &mut UnixStream, event: &Event) {
+        let mut buf = Vec::new();
+        codec::encode_frame(event, &mut buf, MAX_EVENT_FRAME).expect("encode event");
+        peer.write_all(&buf).expect("write event");
+    }
+
+    fn read_request(peer: &mut UnixStream) -> Request {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        peer.read_exact(&mut header).expect("read header");
+        let mut payload = vec![0u8; codec::frame_len(header) as usize];
+        peer.read_exact(&mut payload).expect("read payload");
+        codec::decode_payload(&payload).expect("decode request")
+    }
+
+    /// Resolved jobs must leave the table, or a long-lived client grows forever.
+    #[test]
+    fn resolved_jobs_leave_the_table() {
+        let (ours, mut peer) = UnixStream::pair().expect("socketpair");
+        let daemon = thread::spawn(move || {
+            assert!(matches!(read_request(&mut peer), Request::Hello { .. }));
+            let limits = Limits {
+                max_frame: DEFAULT_MAX_FRAME,
+                max_jobs_per_connection: 1000,
+                max_fds_per_message: 2,
+            };
+            write_event(&mut peer, &Event::Welcome { version: PROTOCOL_VERSION, limits });
+            for job in 0..100 {
+                let Request::Submit(submit) = read_request(&mut peer) else {
+                    panic!("expected Submit");
+                };
+                let event = if job % 2 == 0 {
+                    Event::Completed {
+                        req: submit.req,
+                        job,
+                        bytes: 0,
+                        strategy: Strategy::Splice,
+                        elapsed_us: 1,
+                    }
+                } else {
+                    Event::Failed {
+                        req: submit.req,
+                        job: None,
+                        kind: FailureKind::LimitExceeded,
+                        os_error: None,
+                        message: "busy".into(),
+                        bytes: 0,
+                    }
+                };
+                write_event(&mut peer, &event);
+            }
+            peer
+        });
+        let client = Client::from_stream(ours).expect("handshake");
+        let null = File::open("/dev/null").expect("open /dev/null");
+        for _ in 0..100 {
+            let job = client
+                .submit(&null, &null, &TransferOptions::default())
+                .expect("submit");
+            let _ = job.wait();
+        }
+        assert!(lock(&client.inner.shared).jobs.is_empty());
+        let _peer = daemon.join().expect("daemon thread");
+    }
+}

@@ -1,0 +1,20 @@
+//! The wire protocol of the ringxfer daemon and a client stub to speak it.
+//!
+//! Programs link this crate to hand transfers to `ringxferd`: they open the
+//! files or sockets themselves, pass the descriptors over the daemon's Unix
+//! socket, and are told when each transfer is done. The crate has no io_uring
+//! dependency; it needs only a Unix socket.
+
+pub mod client;
+pub mod codec;
+pub mod fdpass;
+pub mod proto;
+pub mod socket_path;
+
+pub use client::{Client, ClientError, Completion, JobError, JobHandle, TransferOptions};
+pub use socket_path::default_socket_path;
+
+pub use proto::{
+    Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, SubmitRequest,
+    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
+};

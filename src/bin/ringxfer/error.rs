@@ -1,0 +1,144 @@
+//! Why a command failed, in the three forms the CLI needs: a line for people,
+//! a kind for scripts, and an exit code.
+
+use std::fmt;
+use std::io;
+use std::process::ExitCode;
+
+use ringxfer_ipc::{ClientError, JobError};
+
+/// The process exit status; the numbers are part of the CLI's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Done = 0,
+    /// The transfer failed, or a file or address could not be opened.
+    Failed = 1,
+    // 2 is clap's usage-error status; clap exits with it before we run.
+    /// No daemon answered and --daemon-only forbade running the engine here.
+    Unreachable = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// A failure, already phrased: `context` names the path, address or transfer
+/// involved, `cause` says what went wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    pub context: String,
+    pub cause: String,
+    /// Stable, lower-case, for scripts: the daemon's failure kinds
+    /// (`no-space`, `peer-gone`, ...) plus the CLI's own (`not-found`,
+    /// `is-a-directory`, `daemon-unreachable`, ...).
+    pub kind: String,
+    pub os_error: Option<i32>,
+    pub exit: Exit,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.cause)
+    }
+}
+
+impl CliError {
+    /// A failure the CLI itself detected, with no OS error behind it.
+    pub fn new(context: impl Into<String>, kind: &str, cause: impl Into<String>) -> CliError {
+        CliError {
+            context: context.into(),
+            cause: cause.into(),
+            kind: kind.to_owned(),
+            os_error: None,
+            exit: Exit::Failed,
+        }
+    }
+
+    /// A system call made by the CLI (open, connect, bind, ...) failed.
+    pub fn io(context: impl Into<String>, err: &io::Error) -> CliError {
+        CliError {
+            context: context.into(),
+            cause: describe_io(err),
+            kind: io_kind(err).to_owned(),
+            os_error: err.raw_os_error(),
+            exit: Exit::Failed,
+        }
+    }
+
+    /// The engine reported the job as failed, or the connection to it broke.
+    pub fn job(context: impl Into<String>, err: &JobError) -> CliError {
+        let (kind, os_error) = match err {
+            JobError::Failed { kind, os_error, .. } => (kind.name(), *os_error),
+            JobError::Disconnected(_) => ("disconnected", None),
+        };
+        CliError {
+            context: context.into(),
+            cause: err.to_string(),
+            kind: kind.to_owned(),
+            os_error,
+            exit: Exit::Failed,
+        }
+    }
+
+    /// Talking to the engine failed (other than finding nobody there).
+    pub fn client(context: impl Into<String>, err: &ClientError) -> CliError {
+        CliError {
+            context: context.into(),
+            cause: err.to_string(),
+            kind: "ipc".to_owned(),
+            os_error: None,
+            exit: Exit::Failed,
+        }
+    }
+}
+
+/// The OS's description without std's " (os error N)" suffix: the number is
+/// noise for people, and scripts get it separately as `os_error`.
+fn describe_io(err: &io::Error) -> String {
+    let text = err.to_string();
+    match err.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .map(str::to_owned)
+            .unwrap_or(text),
+        None => text,
+    }
+}
+
+/// Classifies the CLI's own I/O errors with the same names the daemon uses
+/// where they overlap, so scripts can match one set of kinds.
+fn io_kind(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => "not-found",
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => "permission-denied",
+        Some(libc::ENOSPC | libc::EDQUOT) => "no-space",
+        Some(libc::EISDIR) => "is-a-directory",
+        Some(libc::ECONNREFUSED) => "connection-refused",
+        Some(libc::EADDRINUSE) => "address-in-use",
+        _ if err.kind() == io::ErrorKind::InvalidInput => "invalid-address",
+        _ => "io",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_phrased_without_the_errno_suffix() {
+        let err = CliError::io("/nope", &io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(err.kind, "not-found");
+        assert_eq!(err.os_error, Some(libc::ENOENT));
+        assert_eq!(err.exit, Exit::Failed);
+        assert_eq!(err.to_string(), "/nope: No such file or directory");
+    }
+
+    #[test]
+    fn exit_codes_are_stable() {
+        assert_eq!(Exit::Done as u8, 0);
+        assert_eq!(Exit::Failed as u8, 1);
+        assert_eq!(Exit::Unreachable as u8, 3);
+    }
+}

@@ -1,0 +1,79 @@
+//! Waiting for a job, with a progress bar on stderr when it takes a while.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ringxfer_ipc::{Completion, JobError, JobHandle};
+
+/// How often the bar is refreshed from the handle's counters.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Jobs that finish sooner never show a bar: a bar that flashes and vanishes
+/// is noise, and most small copies end well within this.
+const SHOW_AFTER: Duration = Duration::from_secs(1);
+
+const BAR_TEMPLATE: &str =
+    "{wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}";
+/// For sources whose length the engine cannot know in advance (sockets).
+const SPINNER_TEMPLATE: &str = "{spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed}";
+
+/// Waits for the job to end. With `show` (stderr is a terminal and the user
+/// did not ask for quiet or JSON), draws a bar once the job has run for
+/// [`SHOW_AFTER`]; the bar is cleared before returning so the final line
+/// stands alone.
+pub fn wait(handle: JobHandle, show: bool) -> Result<Completion, JobError> {
+    if !show {
+        return handle.wait();
+    }
+    let started = Instant::now();
+    let mut bar: Option<ProgressBar> = None;
+    loop {
+        if let Some(result) = handle.wait_timeout(POLL) {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            return result;
+        }
+        if bar.is_none() && started.elapsed() >= SHOW_AFTER {
+            bar = Some(new_bar(started.elapsed()));
+        }
+        if let Some(bar) = &bar {
+            // The total may arrive with a later progress event; switch from
+            // spinner to bar when it does.
+            if let Some(total) = handle.total() {
+                if bar.length() != Some(total) {
+                    bar.set_length(total);
+                    bar.set_style(style(BAR_TEMPLATE));
+                }
+            }
+            bar.set_position(handle.bytes_so_far());
+        }
+    }
+}
+
+fn new_bar(already: Duration) -> ProgressBar {
+    // ProgressBar draws to stderr by default, which is where it belongs:
+    // stdout may be a script's JSON.
+    let bar = ProgressBar::no_length()
+        .with_style(style(SPINNER_TEMPLATE))
+        .with_elapsed(already);
+    bar.enable_steady_tick(POLL);
+    bar
+}
+
+fn style(template: &str) -> ProgressStyle {
+    // The templates are constants checked by a test; falling back keeps a
+    // typo from ever turning into a panic mid-transfer.
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse() {
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
+    }
+}

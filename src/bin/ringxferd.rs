@@ -1,0 +1,121 @@
+//! ringxferd: the transfer daemon. One thread, one io_uring ring, every client
+//! connection and every transfer.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringxfer::engine::{Engine, EngineConfig};
+use ringxfer::server::listener::SocketFile;
+use tracing::{error, info};
+
+/// The ringxfer transfer daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Socket to listen on [default: $RINGXFER_SOCKET, else
+    /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock, else /run/ringxfer/ringxferd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Submission queue entries of the ring.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=32768))]
+    ring_entries: u32,
+    /// Jobs admitted at once across all clients.
+    #[arg(long, default_value_t = 4096)]
+    max_jobs: usize,
+    /// Unfinished jobs one connection may have.
+    #[arg(long, default_value_t = 1024)]
+    max_jobs_per_connection: usize,
+    /// Pipes made at start-up (each job borrows up to --chunks-per-job of them).
+    #[arg(long, default_value_t = 32)]
+    pipes: usize,
+    /// Capacity each pipe is grown to, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pipe_size: u32,
+    /// Pipes one job uses at once.
+    #[arg(long, default_value_t = 4)]
+    chunks_per_job: usize,
+    /// Log filter (error, warn, info, debug, trace, or tracing directives).
+    #[arg(long, env = "RINGXFER_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ringxferd: invalid --log-level {:?}: {e}", args.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("ringxferd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &Args) -> Result<(), String> {
+    let signals =
+        block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let path = args
+        .socket
+        .clone()
+        .unwrap_or_else(ringxfer_ipc::default_socket_path);
+    let config = EngineConfig {
+        ring_entries: args.ring_entries,
+        max_jobs: args.max_jobs,
+        max_jobs_per_connection: args.max_jobs_per_connection,
+        pipes: args.pipes,
+        pipe_size: args.pipe_size,
+        chunks_per_job: args.chunks_per_job,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config).map_err(|e| e.to_string())?;
+    let (socket_file, listener) = SocketFile::bind(&path).map_err(|e| e.to_string())?;
+    info!(socket = %socket_file.path().display(), pid = std::process::id(), "listening");
+    engine.set_listener(OwnedFd::from(listener));
+    engine.set_signalfd(signals);
+    engine.run().map_err(|e| e.to_string())?;
+    drop(socket_file);
+    info!("stopped; socket removed");
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM and returns a signalfd that reports them, so
+/// they reach the loop as completions instead of interrupting it. SIGPIPE is
+/// ignored: a client that goes away must cost its session, not the daemon.
+fn block_stop_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset_t is a plain bitmask for which zeroed memory is valid,
+    // and sigemptyset/sigaddset only write into it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; these calls touch only it, and
+    // sigprocmask on this (still the only) thread is inherited by none other.
+    // SIG_IGN for SIGPIPE installs no handler code.
+    let fd = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,78 @@
+//! The engine run in-process, for the CLI when no daemon answers.
+//!
+//! The engine gets one end of a socket pair as its only connection and the
+//! caller gets the other, so the caller speaks the same protocol through the
+//! same client stub whether a daemon or this thread moves the bytes.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
+use crate::engine::{Engine, EngineConfig};
+
+/// An engine thread serving exactly one connection, the other end of which is
+/// returned to the caller by [`EmbeddedEngine::start`].
+///
+/// The engine stops once the caller's end is closed, so close (drop) the
+/// client first: dropping this waits for the engine thread to finish.
+pub struct EmbeddedEngine {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedEngine {
+    /// Starts an engine thread with default settings.
+    pub fn start() -> std::io::Result<(EmbeddedEngine, UnixStream)> {
+        EmbeddedEngine::start_with(EngineConfig::default())
+    }
+
+    /// Starts an engine thread with `config` and returns it with the client
+    /// end of its connection. Fails if the engine cannot start (no io_uring,
+    /// no pipes), with the engine's reason.
+    pub fn start_with(config: EngineConfig) -> std::io::Result<(EmbeddedEngine, UnixStream)> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+        let thread = std::thread::Builder::new()
+            .name("ringxfer-engine".into())
+            .spawn(move || {
+                // The ring must be made on the thread that submits to it.
+                let mut engine = match Engine::new(config) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                engine.add_connection(OwnedFd::from(theirs), true);
+                let _ = ready_tx.send(Ok(()));
+                if let Err(e) = engine.run() {
+                    tracing::error!("embedded engine stopped: {e}");
+                }
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok((
+                EmbeddedEngine {
+                    thread: Some(thread),
+                },
+                ours,
+            )),
+            Ok(Err(msg)) => {
+                let _ = thread.join();
+                Err(std::io::Error::other(msg))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(std::io::Error::other(
+                    "the engine thread ended before it was ready",
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for EmbeddedEngine {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,1035 @@
+//! The one thread: a ring, the op table, the pools and the loop that drives
+//! every client connection and every transfer.
+//!
+//! Each turn of the loop hands queued entries to the kernel and waits for at
+//! least one completion (one `io_uring_enter`), moves every ready completion
+//! into a list, runs the owner's callback for each, and then lends idle pipes
+//! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
+
+pub mod ops;
+pub mod pipe_pool;
+pub mod queue;
+pub mod ring;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use io_uring::cqueue;
+use ringxfer_ipc::{
+    codec, Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, SubmitRequest,
+    PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
+};
+use slab::Slab;
+use tracing::{debug, error, info, warn};
+
+use crate::server::frames::{next_frame, FrameError};
+use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE};
+use crate::transfer::splice::{Returned, SpliceCopy};
+use crate::transfer::{plan, TransferError};
+use ops::{Hold, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use pipe_pool::{PipeError, PipePool};
+use queue::IoQueue;
+use ring::Ring;
+
+/// Settings of one engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Submission queue entries of the ring.
+    pub ring_entries: u32,
+    /// Jobs admitted at once across all connections.
+    pub max_jobs: usize,
+    /// Jobs one connection may have unfinished at once.
+    pub max_jobs_per_connection: usize,
+    /// Pipes made at start-up.
+    pub pipes: usize,
+    /// Bytes each pipe is grown to.
+    pub pipe_size: u32,
+    /// Pipes one job uses at once.
+    pub chunks_per_job: usize,
+    /// The largest request frame accepted.
+    pub max_frame: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            ring_entries: 256,
+            max_jobs: 4096,
+            max_jobs_per_connection: 1024,
+            pipes: 32,
+            pipe_size: 1 << 20,
+            chunks_per_job: 4,
+            max_frame: ringxfer_ipc::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Why the engine could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("io_uring_setup with {entries} entries failed: {source}")]
+    RingSetup {
+        entries: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("io_uring_enter failed: {source}")]
+    Enter {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no pipe could be made for the pipe pool: {0}")]
+    NoPipes(#[source] PipeError),
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// A transfer admitted from a client.
+struct Job {
+    id: u64,
+    req: u64,
+    tag: String,
+    /// The session that submitted it, while that session exists.
+    session: Option<usize>,
+    copy: SpliceCopy,
+    started: Instant,
+    progress: bool,
+    last_progress: Instant,
+    reported: u64,
+    /// Whether the job is in the queue for pipes.
+    queued: bool,
+}
+
+/// Progress events go out at most this often per job.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// A client that lets this many bytes of events pile up is not reading them;
+/// progress events are skipped past a quarter of it, and past all of it the
+/// connection is closed.
+const MAX_PENDING_EVENTS: usize = 8 << 20;
+
+/// The engine: everything the loop thread owns.
+pub struct Engine {
+    config: EngineConfig,
+    ring: Ring,
+    ops: OpTable,
+    sessions: Slab<Session>,
+    jobs: Slab<Job>,
+    job_ids: HashMap<u64, usize>,
+    pipes: PipePool,
+    pipe_waiters: VecDeque<usize>,
+    listener: Option<OwnedFd>,
+    listener_op: Option<u64>,
+    signals: Option<OwnedFd>,
+    signal_op: Option<u64>,
+    stopping: bool,
+    stop_now: bool,
+    exit_when_idle: bool,
+    next_job_id: u64,
+    next_session_id: u64,
+    cqes: Vec<cqueue::Entry>,
+    returned: Vec<Returned>,
+    started: Instant,
+    jobs_completed: u64,
+    jobs_failed: u64,
+    bytes_finished: u64,
+}
+
+impl Engine {
+    /// Makes the ring and the pools. Call it on the thread that will run the
+    /// loop: the ring accepts submissions from that thread only.
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        if config.pipes == 0 || config.chunks_per_job == 0 || config.max_jobs == 0 {
+            return Err(EngineError::Config(
+                "pipes, chunks per job and max jobs must each be at least 1".into(),
+            ));
+        }
+        let ring = Ring::new(config.ring_entries)?;
+        let (pipes, err) = PipePool::new(config.pipes, config.pipe_size);
+        if let Some(err) = err {
+            if pipes.total() == 0 {
+                return Err(EngineError::NoPipes(err));
+            }
+            warn!(
+                wanted = config.pipes,
+                made = pipes.total(),
+                "pipe pool is smaller than asked: {err}"
+            );
+        }
+        info!(
+            ring_entries = config.ring_entries,
+            ring_setup = ring.setup,
+            pipes = pipes.total(),
+            pipe_capacity = pipes.pipe_capacity(),
+            max_jobs = config.max_jobs,
+            "engine ready"
+        );
+        let ops = OpTable::with_capacity(config.ring_entries as usize * 2);
+        Ok(Engine {
+            ring,
+            ops,
+            sessions: Slab::with_capacity(64),
+            jobs: Slab::with_capacity(256),
+            job_ids: HashMap::with_capacity(256),
+            pipes,
+            pipe_waiters: VecDeque::with_capacity(256),
+            listener: None,
+            listener_op: None,
+            signals: None,
+            signal_op: None,
+            stopping: false,
+            stop_now: false,
+            exit_when_idle: false,
+            next_job_id: 1,
+            next_session_id: 1,
+            cqes: Vec::with_capacity(config.ring_entries as usize * 4),
+            returned: Vec::with_capacity(16),
+            started: Instant::now(),
+            jobs_completed: 0,
+            jobs_failed: 0,
+            bytes_finished: 0,
+            config,
+        })
+    }
+
+    /// Serves connections accepted on `listener`.
+    pub fn set_listener(&mut self, listener: OwnedFd) {
+        self.listener = Some(listener);
+    }
+
+    /// Stops on the first signal read from `signalfd` (and at once on a second).
+    pub fn set_signalfd(&mut self, signalfd: OwnedFd) {
+        self.signals = Some(signalfd);
+    }
+
+    /// Serves one already-connected client; with `exit_when_idle`, the loop
+    /// returns once no connection and no job is left.
+    pub fn add_connection(&mut self, fd: OwnedFd, exit_when_idle: bool) {
+        self.exit_when_idle = exit_when_idle;
+        self.open_session(fd);
+    }
+
+    fn io(&mut self) -> IoQueue<'_> {
+        IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        }
+    }
+
+    /// Runs the loop until a signal stops it (or, with `exit_when_idle`,
+    /// until the last connection and job are gone).
+    pub fn run(&mut self) -> Result<(), EngineError> {
+        self.arm_listener();
+        self.arm_signals();
+        loop {
+            if self.stop_now
+                || (self.stopping && self.ops.is_empty())
+                || (self.exit_when_idle
+                    && self.sessions.is_empty()
+                    && self.jobs.is_empty()
+                    && self.ops.is_empty())
+            {
+                break;
+            }
+            if self.ops.is_empty() && !self.ring.has_queued() {
+                // Nothing in flight and nothing to submit: waiting would never end.
+                error!("the loop has nothing in flight; stopping");
+                break;
+            }
+            self.ring.submit(1)?;
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            self.ring.reap(&mut cqes);
+            for cqe in &cqes {
+                self.dispatch(cqe.user_data(), cqe.result());
+            }
+            self.cqes = cqes;
+            self.lend_pipes();
+        }
+        info!(
+            jobs_completed = self.jobs_completed,
+            jobs_failed = self.jobs_failed,
+            bytes = self.bytes_finished,
+            "engine stopped"
+        );
+        Ok(())
+    }
+
+    fn dispatch(&mut self, user_data: u64, result: i32) {
+        if user_data == CANCEL_USER_DATA {
+            return;
+        }
+        let Some(op) = self.ops.complete(user_data) else {
+            error!(
+                user_data,
+                result, "completion for an operation not in the table"
+            );
+            return;
+        };
+        match (op.owner, op.kind, op.hold) {
+            (Owner::Listener, _, _) => self.on_accept(result),
+            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => self.on_recv(k, result, buf),
+            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => self.on_send(k, result, buf),
+            (Owner::Job(k), kind, hold) => {
+                // The op's references to the pipe and descriptors go first,
+                // so a chunk that is done can hand its pipe straight back.
+                drop(hold);
+                self.on_job(k, kind, result);
+            }
+            (Owner::Signal, _, _) => self.on_signal(result),
+            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        }
+    }
+
+    // ---- listener and signals -------------------------------------------------
+
+    fn arm_listener(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return;
+        };
+        match self.io().accept(fd) {
+            Ok(ud) => self.listener_op = Some(ud),
+            Err(e) => error!("cannot queue accept: {e}"),
+        }
+    }
+
+    fn on_accept(&mut self, result: i32) {
+        self.listener_op = None;
+        if result >= 0 {
+            // SAFETY: a successful accept returns a new descriptor that only
+            // this completion knows about.
+            let fd = unsafe { OwnedFd::from_raw_fd(result) };
+            if self.stopping {
+                drop(fd);
+            } else {
+                self.open_session(fd);
+            }
+        } else if -result != libc::ECANCELED {
+            let err = std::io::Error::from_raw_os_error(-result);
+            warn!("accept on the listening socket failed: {err}");
+        }
+        self.arm_listener();
+    }
+
+    fn arm_signals(&mut self) {
+        let Some(fd) = self.signals.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let len = std::mem::size_of::<libc::signalfd_siginfo>() as u32;
+        match self.io().read_small(Owner::Signal, fd, len) {
+            Ok(ud) => self.signal_op = Some(ud),
+            Err(e) => error!("cannot queue the signalfd read: {e}"),
+        }
+    }
+
+    fn on_signal(&mut self, result: i32) {
+        self.signal_op = None;
+        if result < 0 {
+            if -result != libc::ECANCELED {
+                warn!(
+                    "reading the signalfd failed: {}",
+                    std::io::Error::from_raw_os_error(-result)
+                );
+            }
+            return;
+        }
+        if self.stopping {
+            warn!("second signal: stopping at once");
+            self.stop_now = true;
+            return;
+        }
+        info!("signal received: stopping");
+        self.stop();
+        self.arm_signals();
+    }
+
+    /// Stops accepting, cancels every job and closes every connection; the
+    /// loop ends when the last operation has completed.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        if let Some(ud) = self.listener_op {
+            let _ = self.io().cancel(ud);
+        }
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close_session(k, "the daemon is shutting down");
+        }
+        if let Some(ud) = self.signal_op.take() {
+            let _ = self.io().cancel(ud);
+            self.signal_op = Some(ud);
+        }
+    }
+
+    // ---- sessions --------------------------------------------------------------
+
+    fn open_session(&mut self, fd: OwnedFd) {
+        let peer = peer_credentials(&fd).unwrap_or((-1, u32::MAX, u32::MAX));
+        let id = self.next_session_id;
+        self.next_session_id += 1;
+        let capacity = self.config.max_frame as usize + ringxfer_ipc::FRAME_HEADER_LEN + 4096;
+        let key = self.sessions.insert(Session::new(id, fd, capacity, peer));
+        info!(
+            session = id,
+            pid = peer.0,
+            uid = peer.1,
+            gid = peer.2,
+            "client connected"
+        );
+        self.arm_recv(key);
+    }
+
+    fn arm_recv(&mut self, k: usize) {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        let Some(buf) = session.recv.take() else {
+            return;
+        };
+        let fd = session.fd.as_raw_fd();
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        match io.recvmsg(Owner::Session(k), &fd, buf) {
+            Ok(ud) => session.recv_op = Some(ud),
+            Err(e) => {
+                // The buffer went with the failed entry; make another so the
+                // session stays whole while it closes.
+                session.recv = Some(RecvBuf::new(0));
+                error!(session = session.id, "cannot queue recvmsg: {e}");
+                self.close_session(k, "the daemon could not queue a receive");
+            }
+        }
+    }
+
+    fn on_recv(&mut self, k: usize, result: i32, mut buf: Box<RecvBuf>) {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        session.recv_op = None;
+        if session.closing {
+            // Descriptors that arrived with a cancelled receive are closed here.
+            let mut stray = std::collections::VecDeque::new();
+            if result > 0 {
+                buf.received(result as usize, &mut stray);
+            }
+            session.recv = Some(buf);
+            self.free_if_done(k);
+            return;
+        }
+        if result < 0 {
+            session.recv = Some(buf);
+            match -result {
+                libc::EINTR | libc::EAGAIN => self.arm_recv(k),
+                errno => {
+                    let err = std::io::Error::from_raw_os_error(errno);
+                    debug!(session = session.id, "recvmsg failed: {err}");
+                    self.close_session(k, "the connection failed");
+                }
+            }
+            return;
+        }
+        if result == 0 {
+            let partial = buf.data.len();
+            session.recv = Some(buf);
+            if partial > 0 {
+                self.protocol_error(
+                    k,
+                    FrameError {
+                        kind: ProtocolErrorKind::Truncated,
+                        message: format!("the connection ended in the middle of a frame ({partial} bytes received)"),
+                    },
+                );
+            } else {
+                debug!(session = session.id, "client closed the connection");
+                self.close_session(k, "the client closed the connection");
+            }
+            return;
+        }
+        let received = buf.received(result as usize, &mut session.fds);
+        if received.truncated {
+            session.recv = Some(buf);
+            self.protocol_error(
+                k,
+                FrameError {
+                    kind: ProtocolErrorKind::TooManyDescriptors,
+                    message: format!(
+                        "a message carried more than {MAX_FDS_PER_MESSAGE} descriptors"
+                    ),
+                },
+            );
+            return;
+        }
+        let outcome = self.handle_frames(k, &mut buf);
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        session.recv = Some(buf);
+        if let Err(e) = outcome {
+            self.protocol_error(k, e);
+            return;
+        }
+        if !session.closing {
+            self.arm_recv(k);
+        }
+    }
+
+    /// Handles every complete frame in `buf`, then checks that no descriptor
+    /// arrived that no frame claimed.
+    fn handle_frames(&mut self, k: usize, buf: &mut RecvBuf) -> Result<(), FrameError> {
+        let max_frame = self.config.max_frame;
+        let mut used = 0;
+        let result = loop {
+            match next_frame(&buf.data[used..], max_frame) {
+                Ok(Some((req, n))) => {
+                    used += n;
+                    if let Err(e) = self.handle_request(k, req) {
+                        break Err(e);
+                    }
+                    if self.sessions.get(k).is_none_or(|s| s.closing) {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        buf.consume(used);
+        result?;
+        if let Some(session) = self.sessions.get_mut(k) {
+            if buf.data.is_empty() && !session.fds.is_empty() {
+                let n = session.fds.len();
+                session.fds.clear();
+                return Err(FrameError {
+                    kind: ProtocolErrorKind::ExtraDescriptors,
+                    message: format!("{n} descriptor(s) arrived that no request claimed; only Submit carries descriptors (exactly {SUBMIT_DESCRIPTORS})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_request(&mut self, k: usize, req: Request) -> Result<(), FrameError> {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return Ok(());
+        };
+        let unexpected = |message: String| FrameError {
+            kind: ProtocolErrorKind::UnexpectedRequest,
+            message,
+        };
+        match req {
+            Request::Hello { version } => {
+                if session.greeted {
+                    return Err(unexpected("a second Hello on the same connection".into()));
+                }
+                if version != PROTOCOL_VERSION {
+                    return Err(FrameError {
+                        kind: ProtocolErrorKind::BadVersion,
+                        message: format!(
+                            "the client speaks protocol version {version}; this daemon speaks version {PROTOCOL_VERSION}"
+                        ),
+                    });
+                }
+                session.greeted = true;
+                let limits = Limits {
+                    max_frame: self.config.max_frame,
+                    max_jobs_per_connection: self.config.max_jobs_per_connection as u32,
+                    max_fds_per_message: MAX_FDS_PER_MESSAGE as u32,
+                };
+                self.emit(
+                    k,
+                    &Event::Welcome {
+                        version: PROTOCOL_VERSION,
+                        limits,
+                    },
+                );
+            }
+            _ if !session.greeted => {
+                return Err(unexpected(format!(
+                    "{} before Hello: the first frame must be Hello",
+                    request_name(&req)
+                )))
+            }
+            Request::Submit(submit) => {
+                if session.fds.len() < SUBMIT_DESCRIPTORS {
+                    let got = session.fds.len();
+                    session.fds.clear();
+                    return Err(FrameError {
+                        kind: ProtocolErrorKind::MissingDescriptors,
+                        message: format!(
+                            "Submit needs {SUBMIT_DESCRIPTORS} descriptors (source, destination) but {got} arrived with it"
+                        ),
+                    });
+                }
+                let (Some(src), Some(dst)) = (session.fds.pop_front(), session.fds.pop_front())
+                else {
+                    return Ok(());
+                };
+                self.admit(k, submit, src, dst);
+            }
+            Request::Cancel { job } => {
+                let owned = self
+                    .job_ids
+                    .get(&job)
+                    .copied()
+                    .filter(|&jk| self.jobs.get(jk).is_some_and(|j| j.session == Some(k)));
+                match owned {
+                    Some(jk) => {
+                        self.fail_job(jk, TransferError::cancelled("cancelled by the client"))
+                    }
+                    None => debug!(
+                        job,
+                        "cancel for a job this connection does not own (already finished?)"
+                    ),
+                }
+            }
+            Request::Stats => {
+                let report = self.stats();
+                self.emit(k, &Event::Stats(report));
+            }
+        }
+        Ok(())
+    }
+
+    fn protocol_error(&mut self, k: usize, e: FrameError) {
+        if let Some(session) = self.sessions.get(k) {
+            warn!(session = session.id, kind = ?e.kind, "closing connection: {}", e.message);
+        }
+        self.emit(
+            k,
+            &Event::ProtocolError {
+                kind: e.kind,
+                message: e.message,
+            },
+        );
+        self.close_session(k, "protocol error");
+    }
+
+    /// Stops reading, cancels the session's jobs and frees it once its
+    /// operations are back and its last events are sent.
+    fn close_session(&mut self, k: usize, why: &str) {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        if session.closing {
+            return;
+        }
+        session.closing = true;
+        session.fds.clear();
+        let recv_op = session.recv_op;
+        let jobs = std::mem::take(&mut session.jobs);
+        if let Some(ud) = recv_op {
+            let _ = self.io().cancel(ud);
+        }
+        for &jk in &jobs {
+            if let Some(job) = self.jobs.get_mut(jk) {
+                job.session = None;
+            }
+            self.fail_job(jk, TransferError::cancelled(why));
+        }
+        self.free_if_done(k);
+    }
+
+    fn free_if_done(&mut self, k: usize) {
+        if self.sessions.get(k).is_some_and(Session::is_done) {
+            let session = self.sessions.remove(k);
+            debug!(session = session.id, "connection closed");
+        }
+    }
+
+    /// Encodes an event for the session and starts sending it.
+    fn emit(&mut self, k: usize, event: &Event) {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        if session.pending.len() > MAX_PENDING_EVENTS {
+            warn!(
+                session = session.id,
+                "client is not reading its events; closing"
+            );
+            session.pending.clear();
+            self.close_session(k, "the client stopped reading its events");
+            return;
+        }
+        if let Err(e) = codec::encode_frame(event, &mut session.pending, u32::MAX) {
+            error!(session = session.id, "cannot encode an event: {e}");
+            return;
+        }
+        self.flush(k);
+    }
+
+    fn flush(&mut self, k: usize) {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        if session.send_op.is_some() || session.pending.is_empty() {
+            return;
+        }
+        let Some(mut buf) = session.send.take() else {
+            return;
+        };
+        buf.data.clear();
+        buf.sent = 0;
+        std::mem::swap(&mut buf.data, &mut session.pending);
+        let fd = session.fd.as_raw_fd();
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        match io.send(Owner::Session(k), fd, buf) {
+            Ok(ud) => session.send_op = Some(ud),
+            Err(e) => {
+                session.send = Some(SendBuf::new(0));
+                error!(session = session.id, "cannot queue send: {e}");
+                self.close_session(k, "the daemon could not queue a send");
+            }
+        }
+    }
+
+    fn on_send(&mut self, k: usize, result: i32, mut buf: Box<SendBuf>) {
+        let Some(session) = self.sessions.get_mut(k) else {
+            return;
+        };
+        session.send_op = None;
+        if result < 0 && matches!(-result, libc::EINTR | libc::EAGAIN) {
+            session.pending.splice(0..0, buf.data.drain(buf.sent..));
+            session.send = Some(buf);
+            self.flush(k);
+            return;
+        }
+        if result < 0 {
+            debug!(
+                session = session.id,
+                "send failed: {}",
+                std::io::Error::from_raw_os_error(-result)
+            );
+            session.pending.clear();
+            session.send = Some(buf);
+            self.close_session(k, "the connection failed");
+            self.free_if_done(k);
+            return;
+        }
+        buf.sent += result as usize;
+        if buf.sent < buf.data.len() {
+            // Short send: what is left goes first, ahead of newer events.
+            session.pending.splice(0..0, buf.data.drain(buf.sent..));
+        }
+        session.send = Some(buf);
+        self.flush(k);
+        self.free_if_done(k);
+    }
+
+    // ---- jobs ------------------------------------------------------------------
+
+    fn admit(&mut self, k: usize, submit: SubmitRequest, src: OwnedFd, dst: OwnedFd) {
+        let req = submit.req;
+        let refuse = |kind: FailureKind, message: String| Event::Failed {
+            req,
+            job: None,
+            kind,
+            os_error: None,
+            message,
+            bytes: 0,
+        };
+        let Some(session) = self.sessions.get(k) else {
+            return;
+        };
+        if session.jobs.len() >= self.config.max_jobs_per_connection {
+            let e = refuse(
+                FailureKind::LimitExceeded,
+                format!(
+                    "this connection already has {} unfinished jobs, the most allowed",
+                    self.config.max_jobs_per_connection
+                ),
+            );
+            return self.emit(k, &e);
+        }
+        if self.jobs.len() >= self.config.max_jobs {
+            let e = refuse(
+                FailureKind::LimitExceeded,
+                format!(
+                    "the daemon already runs {} jobs, the most allowed",
+                    self.config.max_jobs
+                ),
+            );
+            return self.emit(k, &e);
+        }
+        let session_id = session.id;
+        let plan = match plan(src, dst, &submit) {
+            Ok(plan) => plan,
+            Err(e) => {
+                debug!(session = session_id, req, "refused: {e}");
+                let ev = Event::Failed {
+                    req,
+                    job: None,
+                    kind: e.kind,
+                    os_error: e.os_error,
+                    message: e.message,
+                    bytes: 0,
+                };
+                return self.emit(k, &ev);
+            }
+        };
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        debug!(
+            session = session_id,
+            job = id,
+            tag = %submit.tag,
+            src = %plan.ends.src_kind,
+            dst = %plan.ends.dst_kind,
+            total = ?plan.total,
+            "job admitted"
+        );
+        let now = Instant::now();
+        let key = self.jobs.insert(Job {
+            id,
+            req,
+            tag: submit.tag,
+            session: Some(k),
+            copy: SpliceCopy::new(plan, self.config.chunks_per_job),
+            started: now,
+            progress: submit.progress,
+            last_progress: now,
+            reported: 0,
+            queued: false,
+        });
+        self.job_ids.insert(id, key);
+        if let Some(session) = self.sessions.get_mut(k) {
+            session.jobs.push(key);
+        }
+        self.emit(k, &Event::Accepted { req, job: id });
+        self.after_job_step(key);
+    }
+
+    fn on_job(&mut self, k: usize, kind: OpKind, result: i32) {
+        let yield_pipes = self.pipe_waiters.front().is_some_and(|&w| w != k);
+        let Some(job) = self.jobs.get_mut(k) else {
+            error!(key = k, "completion for a job that is gone");
+            return;
+        };
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        job.copy.on_complete(
+            kind,
+            result,
+            Owner::Job(k),
+            &mut io,
+            yield_pipes,
+            &mut self.returned,
+        );
+        self.after_job_step(k);
+    }
+
+    fn fail_job(&mut self, k: usize, err: TransferError) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        job.copy
+            .fail(err, Owner::Job(k), &mut io, &mut self.returned);
+        self.after_job_step(k);
+    }
+
+    /// After a job moved: takes back its spare pipes, reports progress, puts
+    /// it in the queue for pipes or finishes it.
+    fn after_job_step(&mut self, k: usize) {
+        self.take_back_pipes();
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        if job.copy.is_finished() {
+            return self.finish_job(k);
+        }
+        if job.copy.wants_pipe() && !job.queued {
+            job.queued = true;
+            self.pipe_waiters.push_back(k);
+        }
+        if job.progress && job.copy.moved != job.reported {
+            let now = Instant::now();
+            if now.duration_since(job.last_progress) >= PROGRESS_INTERVAL {
+                let (Some(sk), req, id, bytes, total) = (
+                    job.session,
+                    job.req,
+                    job.id,
+                    job.copy.moved,
+                    job.copy.total(),
+                ) else {
+                    return;
+                };
+                job.last_progress = now;
+                job.reported = bytes;
+                if self
+                    .sessions
+                    .get(sk)
+                    .is_some_and(|s| s.pending.len() < MAX_PENDING_EVENTS / 4)
+                {
+                    self.emit(
+                        sk,
+                        &Event::Progress {
+                            req,
+                            job: id,
+                            bytes,
+                            total,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn take_back_pipes(&mut self) {
+        for returned in self.returned.drain(..) {
+            match returned {
+                Returned::Clean(pipe) => self.pipes.give_back(pipe),
+                Returned::Dirty(pipe) => {
+                    if let Some(e) = self.pipes.discard(pipe) {
+                        warn!(
+                            "a pipe could not be replaced; the pool shrinks to {}: {e}",
+                            self.pipes.total()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lends idle pipes to queued jobs, one pipe per job per pass, so that
+    /// pipes go round the jobs in turn.
+    fn lend_pipes(&mut self) {
+        while self.pipes.idle() > 0 {
+            let Some(k) = self.pipe_waiters.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(k) else {
+                continue;
+            };
+            job.queued = false;
+            if !job.copy.wants_pipe() {
+                continue;
+            }
+            let Some(pipe) = self.pipes.take() else {
+                break;
+            };
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            job.copy
+                .add_pipe(pipe, Owner::Job(k), &mut io, false, &mut self.returned);
+            self.after_job_step(k);
+        }
+        if self.pipes.total() == 0 && !self.pipe_waiters.is_empty() {
+            // Every pipe failed to be replaced: nothing can move any more.
+            while let Some(k) = self.pipe_waiters.pop_front() {
+                if let Some(job) = self.jobs.get_mut(k) {
+                    job.queued = false;
+                }
+                self.fail_job(
+                    k,
+                    TransferError::new(
+                        FailureKind::Io,
+                        "the pipe pool is empty: no pipe could be made",
+                    ),
+                );
+            }
+        }
+    }
+
+    fn finish_job(&mut self, k: usize) {
+        let job = self.jobs.remove(k);
+        self.job_ids.remove(&job.id);
+        self.bytes_finished += job.copy.moved;
+        let elapsed = job.started.elapsed();
+        let event = match job.copy.failure() {
+            None => {
+                self.jobs_completed += 1;
+                debug!(job = job.id, tag = %job.tag, bytes = job.copy.moved, ?elapsed, "job completed");
+                Event::Completed {
+                    req: job.req,
+                    job: job.id,
+                    bytes: job.copy.moved,
+                    strategy: ringxfer_ipc::Strategy::Splice,
+                    elapsed_us: elapsed.as_micros().min(u64::MAX as u128) as u64,
+                }
+            }
+            Some(e) => {
+                self.jobs_failed += 1;
+                debug!(job = job.id, tag = %job.tag, bytes = job.copy.moved, "job failed: {e}");
+                Event::Failed {
+                    req: job.req,
+                    job: Some(job.id),
+                    kind: e.kind,
+                    os_error: e.os_error,
+                    message: e.message.clone(),
+                    bytes: job.copy.moved,
+                }
+            }
+        };
+        if let Some(sk) = job.session {
+            if let Some(session) = self.sessions.get_mut(sk) {
+                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
+                    session.jobs.swap_remove(pos);
+                }
+            }
+            self.emit(sk, &event);
+        }
+    }
+
+    /// The counters `Request::Stats` answers with.
+    pub fn stats(&self) -> StatsReport {
+        let running: u64 = self.jobs.iter().map(|(_, j)| j.copy.moved).sum();
+        StatsReport {
+            uptime_ms: self.started.elapsed().as_millis().min(u64::MAX as u128) as u64,
+            connections: self.sessions.len() as u64,
+            jobs_running: self.jobs.len() as u64,
+            jobs_completed: self.jobs_completed,
+            jobs_failed: self.jobs_failed,
+            bytes_moved: self.bytes_finished + running,
+            sqes_submitted: self.ring.sqes_submitted,
+            enter_calls: self.ring.enter_calls,
+            pipes_total: self.pipes.total() as u64,
+            pipes_in_use: (self.pipes.total() - self.pipes.idle()) as u64,
+            pipe_capacity: u64::from(self.pipes.pipe_capacity()),
+        }
+    }
+}
+
+fn request_name(req: &Request) -> &'static str {
+    match req {
+        Request::Hello { .. } => "Hello",
+        Request::Submit(_) => "Submit",
+        Request::Cancel { .. } => "Cancel",
+        Request::Stats => "Stats",
+    }
+}
+
+/// The pid, uid and gid of the process at the other end of a Unix socket.
+fn peer_credentials(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // SO_PEERCRED writes at most `len` bytes; the call does not block.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0).then_some((cred.pid, cred.uid, cred.gid))
+}

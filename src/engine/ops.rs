@@ -1,0 +1,111 @@
+//! The table of operations in flight, keyed by `user_data`.
+//!
+//! Each entry says who gets the completion and holds everything the kernel may
+//! read or write for that operation (a receive buffer and its `msghdr`, the
+//! bytes being sent, the pipe and descriptors of a splice). The entry is
+//! removed only when its completion is reaped, so nothing the kernel can see is
+//! freed or moved while the operation runs, whatever happened to its owner.
+
+use std::rc::Rc;
+
+use slab::Slab;
+
+use super::pipe_pool::Pipe;
+use crate::server::session::{RecvBuf, SendBuf};
+use crate::transfer::Endpoints;
+
+/// `user_data` of cancel requests. Their own completions carry nothing the
+/// loop needs (the cancelled operation completes separately), so they get no
+/// table entry. Slab keys never reach this value.
+pub const CANCEL_USER_DATA: u64 = u64::MAX;
+
+/// Who is told when an operation completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The listening socket's accept.
+    Listener,
+    /// A client connection, by key in the session table.
+    Session(usize),
+    /// A transfer, by key in the job table.
+    Job(usize),
+    /// The signalfd read that tells the loop to stop.
+    Signal,
+    /// The eventfd read that wakes the loop from another thread.
+    Waker,
+}
+
+/// What an operation was, so the owner knows which step completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Accept,
+    Recv,
+    Send,
+    Read,
+    /// Source to pipe, for the chunk with this index.
+    SpliceIn(u16),
+    /// Pipe to destination, for the chunk with this index.
+    SpliceOut(u16),
+    /// Wait for the source to be readable, after EAGAIN.
+    PollIn(u16),
+    /// Wait for the destination to be writable, after EAGAIN.
+    PollOut(u16),
+}
+
+/// What the kernel may touch while the operation runs.
+pub enum Hold {
+    Nothing,
+    Recv(Box<RecvBuf>),
+    Send(Box<SendBuf>),
+    /// An 8-byte buffer for eventfd reads and 128 bytes for signalfd reads.
+    ReadBuf(Box<[u8; 128]>),
+    Splice {
+        pipe: Rc<Pipe>,
+        ends: Rc<Endpoints>,
+    },
+    Poll(Rc<Endpoints>),
+}
+
+/// One operation in flight.
+pub struct Op {
+    pub owner: Owner,
+    pub kind: OpKind,
+    pub hold: Hold,
+}
+
+/// The operations in flight.
+pub struct OpTable {
+    ops: Slab<Op>,
+}
+
+impl OpTable {
+    pub fn with_capacity(n: usize) -> OpTable {
+        OpTable {
+            ops: Slab::with_capacity(n),
+        }
+    }
+
+    /// Records an operation about to be submitted and returns its `user_data`.
+    pub fn insert(&mut self, op: Op) -> u64 {
+        self.ops.insert(op) as u64
+    }
+
+    /// Takes back the entry of a completed operation. `None` for a
+    /// `user_data` that is not in the table, which only a bug can cause.
+    pub fn complete(&mut self, user_data: u64) -> Option<Op> {
+        let key = usize::try_from(user_data).ok()?;
+        self.ops.try_remove(key)
+    }
+
+    /// Undoes `insert` for an operation that never reached the ring.
+    pub fn forget(&mut self, user_data: u64) -> Option<Op> {
+        self.complete(user_data)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}

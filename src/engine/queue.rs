@@ -1,0 +1,191 @@
+//! Building and queueing submission entries, with their table entries.
+//!
+//! Every entry is recorded in the op table before it is pushed, so its
+//! `user_data` is known, and the table entry holds what the kernel will touch.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+
+use io_uring::{opcode, types};
+
+use super::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use super::pipe_pool::Pipe;
+use super::ring::Ring;
+use super::EngineError;
+use crate::transfer::Endpoints;
+
+/// The ring and the op table, borrowed together by whoever queues work.
+pub struct IoQueue<'a> {
+    pub ring: &'a mut Ring,
+    pub ops: &'a mut OpTable,
+}
+
+/// One side of a splice: a descriptor and its offset (`None` for streams).
+#[derive(Debug, Clone, Copy)]
+pub struct SpliceEnd {
+    pub fd: RawFd,
+    pub offset: Option<u64>,
+}
+
+impl SpliceEnd {
+    fn raw_offset(self) -> i64 {
+        // Offsets were checked at admission to stay below 2^63.
+        self.offset.map_or(-1, |o| o as i64)
+    }
+}
+
+impl IoQueue<'_> {
+    fn queue(
+        &mut self,
+        op: Op,
+        build: impl FnOnce() -> io_uring::squeue::Entry,
+    ) -> Result<u64, EngineError> {
+        let user_data = self.ops.insert(op);
+        let entry = build().user_data(user_data);
+        // SAFETY: the op table now owns, until this entry's completion is
+        // reaped, whatever the entry points at (see `Hold`): heap buffers that
+        // do not move when the table grows, and descriptors kept open by `Rc`s.
+        match unsafe { self.ring.push(&entry) } {
+            Ok(()) => Ok(user_data),
+            Err(e) => {
+                // The entry never reached the kernel, so its hold can go now.
+                self.ops.forget(user_data);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues a splice of up to `len` bytes from `input` to `output`, one of
+    /// which is `pipe`. The op keeps the pipe and the job's descriptors alive.
+    #[allow(clippy::too_many_arguments)]
+    pub fn splice(
+        &mut self,
+        owner: Owner,
+        kind: OpKind,
+        pipe: &Rc<Pipe>,
+        ends: &Rc<Endpoints>,
+        input: SpliceEnd,
+        output: SpliceEnd,
+        len: u32,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Splice {
+                pipe: Rc::clone(pipe),
+                ends: Rc::clone(ends),
+            },
+        };
+        self.queue(op, || {
+            opcode::Splice::new(
+                types::Fd(input.fd),
+                input.raw_offset(),
+                types::Fd(output.fd),
+                output.raw_offset(),
+                len,
+            )
+            .build()
+        })
+    }
+
+    /// Queues a one-shot poll for `events` on `fd` (one of the job's ends).
+    pub fn poll(
+        &mut self,
+        owner: Owner,
+        kind: OpKind,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+        events: i16,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Poll(Rc::clone(ends)),
+        };
+        self.queue(op, || {
+            opcode::PollAdd::new(types::Fd(fd), events as u32).build()
+        })
+    }
+
+    /// Asks the kernel to cancel the operation with `user_data`. The target
+    /// still completes on its own (with -ECANCELED or its result), and that
+    /// completion is where its owner cleans up.
+    pub fn cancel(&mut self, user_data: u64) -> Result<(), EngineError> {
+        let entry = opcode::AsyncCancel::new(user_data)
+            .build()
+            .user_data(CANCEL_USER_DATA);
+        // SAFETY: a cancel entry points at no memory; it names its target by
+        // user_data only.
+        unsafe { self.ring.push(&entry) }
+    }
+
+    /// Queues a recvmsg into the session's buffer, which the op holds.
+    pub fn recvmsg(
+        &mut self,
+        owner: Owner,
+        fd: &impl AsRawFd,
+        mut buf: Box<crate::server::session::RecvBuf>,
+    ) -> Result<u64, EngineError> {
+        let msg = buf.prepare();
+        let fd = fd.as_raw_fd();
+        let op = Op {
+            owner,
+            kind: OpKind::Recv,
+            hold: Hold::Recv(buf),
+        };
+        self.queue(op, || {
+            opcode::RecvMsg::new(types::Fd(fd), msg)
+                .flags(libc::MSG_CMSG_CLOEXEC as u32)
+                .build()
+        })
+    }
+
+    /// Queues a send of the session's pending bytes, which the op holds.
+    pub fn send(
+        &mut self,
+        owner: Owner,
+        fd: RawFd,
+        buf: Box<crate::server::session::SendBuf>,
+    ) -> Result<u64, EngineError> {
+        let (ptr, len) = buf.unsent();
+        let op = Op {
+            owner,
+            kind: OpKind::Send,
+            hold: Hold::Send(buf),
+        };
+        self.queue(op, || {
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        })
+    }
+
+    /// Queues an accept on the listening socket. The peer address is not
+    /// asked for (SO_PEERCRED says who the peer is), so nothing is held.
+    pub fn accept(&mut self, fd: RawFd) -> Result<u64, EngineError> {
+        let op = Op {
+            owner: Owner::Listener,
+            kind: OpKind::Accept,
+            hold: Hold::Nothing,
+        };
+        self.queue(op, || {
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        })
+    }
+
+    /// Queues a read of a signalfd or eventfd into a buffer the op holds.
+    pub fn read_small(&mut self, owner: Owner, fd: RawFd, len: u32) -> Result<u64, EngineError> {
+        let mut buf = Box::new([0u8; 128]);
+        let ptr = buf.as_mut_ptr();
+        let op = Op {
+            owner,
+            kind: OpKind::Read,
+            hold: Hold::ReadBuf(buf),
+        };
+        self.queue(op, || {
+            opcode::Read::new(types::Fd(fd), ptr, len.min(128)).build()
+        })
+    }
+}

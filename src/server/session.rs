@@ -1,0 +1,171 @@
+//! One client connection: its receive and send buffers and what it owns.
+
+use std::collections::VecDeque;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Room for the control message of one recvmsg: up to this many descriptors.
+pub const MAX_FDS_PER_MESSAGE: usize = 4;
+
+/// 8-byte words of control buffer; `cmsghdr` needs 8-byte alignment, which
+/// an array of u64 gives.
+const CMSG_WORDS: usize = 16;
+
+/// A session's receive side: the bytes received and not yet parsed, and the
+/// `msghdr`, `iovec` and control buffer that point into them. Boxed so those
+/// pointers stay valid while the op that owns it is in flight.
+pub struct RecvBuf {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    cmsg: [u64; CMSG_WORDS],
+    /// Received bytes not yet parsed; its capacity, fixed at creation, is the
+    /// most a frame (header and payload) can need.
+    pub data: Vec<u8>,
+}
+
+/// What one recvmsg brought besides bytes.
+pub struct Received {
+    /// The control data was cut short: more descriptors came than fit.
+    pub truncated: bool,
+}
+
+impl RecvBuf {
+    pub fn new(capacity: usize) -> Box<RecvBuf> {
+        Box::new(RecvBuf {
+            // SAFETY: msghdr and iovec are plain C structs for which all-zero
+            // bytes (null pointers, zero lengths) are valid values.
+            msg: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            iov: unsafe { std::mem::zeroed() },
+            cmsg: [0; CMSG_WORDS],
+            data: Vec::with_capacity(capacity),
+        })
+    }
+
+    /// Points the `msghdr` at the spare capacity of `data` and at the control
+    /// buffer, and returns it for the recvmsg entry.
+    pub fn prepare(&mut self) -> *mut libc::msghdr {
+        let len = self.data.len();
+        let spare = self.data.capacity() - len;
+        // SAFETY: `len` is within the allocation, so the pointer stays in bounds.
+        self.iov.iov_base = unsafe { self.data.as_mut_ptr().add(len) }.cast();
+        self.iov.iov_len = spare;
+        self.msg.msg_name = std::ptr::null_mut();
+        self.msg.msg_namelen = 0;
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_control = self.cmsg.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        self.msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * 4) as u32) } as usize;
+        self.msg.msg_flags = 0;
+        &mut self.msg
+    }
+
+    /// Accounts for `n` bytes received into the spare capacity and moves any
+    /// descriptors that came with them into `fds`.
+    pub fn received(&mut self, n: usize, fds: &mut VecDeque<OwnedFd>) -> Received {
+        let n = n.min(self.data.capacity() - self.data.len());
+        // SAFETY: the kernel wrote `n` bytes into the spare capacity that
+        // `prepare` described, and `n` is clamped to that capacity.
+        unsafe { self.data.set_len(self.data.len() + n) };
+        // SAFETY: the kernel filled msg_control/msg_controllen consistently;
+        // CMSG_FIRSTHDR/NXTHDR stay within msg_controllen, and each SCM_RIGHTS
+        // payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors that this
+        // process now owns and nobody else will close.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&self.msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                    for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                        let raw = std::ptr::read_unaligned(data.add(i));
+                        fds.push_back(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&self.msg, cmsg);
+            }
+        }
+        Received {
+            truncated: self.msg.msg_flags & libc::MSG_CTRUNC != 0,
+        }
+    }
+
+    /// Drops the first `used` bytes, which have been parsed.
+    pub fn consume(&mut self, used: usize) {
+        self.data.drain(..used.min(self.data.len()));
+    }
+}
+
+/// Encoded events on their way to the client.
+pub struct SendBuf {
+    pub data: Vec<u8>,
+    pub sent: usize,
+}
+
+impl SendBuf {
+    pub fn new(capacity: usize) -> Box<SendBuf> {
+        Box::new(SendBuf {
+            data: Vec::with_capacity(capacity),
+            sent: 0,
+        })
+    }
+
+    /// The bytes still to send, as the send entry wants them.
+    pub fn unsent(&self) -> (*const u8, u32) {
+        let rest = &self.data[self.sent.min(self.data.len())..];
+        (rest.as_ptr(), rest.len().min(u32::MAX as usize) as u32)
+    }
+}
+
+/// A client connection.
+pub struct Session {
+    /// Unique for the daemon's lifetime, for logs.
+    pub id: u64,
+    pub fd: OwnedFd,
+    /// Receive buffer, or `None` while a recvmsg holds it.
+    pub recv: Option<Box<RecvBuf>>,
+    /// `user_data` of the recvmsg in flight, to cancel it on close.
+    pub recv_op: Option<u64>,
+    /// Send buffer, or `None` while a send holds it.
+    pub send: Option<Box<SendBuf>>,
+    /// `user_data` of the send in flight.
+    pub send_op: Option<u64>,
+    /// Events encoded while a send was in flight.
+    pub pending: Vec<u8>,
+    /// Descriptors received and not yet claimed by a frame.
+    pub fds: VecDeque<OwnedFd>,
+    /// Whether `Hello` has been accepted.
+    pub greeted: bool,
+    /// Set once the session stops reading; it is freed when its buffers are
+    /// back and its events are sent.
+    pub closing: bool,
+    /// Job keys submitted on this connection and not yet finished.
+    pub jobs: Vec<usize>,
+    /// Peer credentials (SO_PEERCRED): pid, uid, gid.
+    pub peer: (i32, u32, u32),
+}
+
+impl Session {
+    pub fn new(id: u64, fd: OwnedFd, recv_capacity: usize, peer: (i32, u32, u32)) -> Session {
+        Session {
+            id,
+            fd,
+            recv: Some(RecvBuf::new(recv_capacity)),
+            recv_op: None,
+            send: Some(SendBuf::new(16 * 1024)),
+            send_op: None,
+            pending: Vec::with_capacity(16 * 1024),
+            fds: VecDeque::with_capacity(MAX_FDS_PER_MESSAGE * 2),
+            greeted: false,
+            closing: false,
+            jobs: Vec::new(),
+            peer,
+        }
+    }
+
+    /// Whether the session can be freed: closing, nothing in flight, nothing to send.
+    pub fn is_done(&self) -> bool {
+        self.closing && self.recv_op.is_none() && self.send_op.is_none() && self.pending.is_empty()
+    }
+}

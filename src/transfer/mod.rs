@@ -1,0 +1,282 @@
+//! Transfers: what a job moves, and the strategies that move it.
+//!
+//! `plan` looks at the two descriptors a client passed and decides what the
+//! transfer is (which ends are seekable, where it starts and ends); a strategy
+//! then moves the bytes. Only `splice` exists so far.
+
+pub mod splice;
+
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use ringxfer_ipc::{FailureKind, SubmitRequest};
+
+/// What a descriptor refers to, as far as moving bytes is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    File,
+    BlockDevice,
+    CharDevice,
+    Socket,
+    Pipe,
+    Directory,
+    Other,
+}
+
+impl FdKind {
+    fn of(mode: libc::mode_t) -> FdKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => FdKind::File,
+            libc::S_IFBLK => FdKind::BlockDevice,
+            libc::S_IFCHR => FdKind::CharDevice,
+            libc::S_IFSOCK => FdKind::Socket,
+            libc::S_IFIFO => FdKind::Pipe,
+            libc::S_IFDIR => FdKind::Directory,
+            _ => FdKind::Other,
+        }
+    }
+
+    /// Whether reads and writes take an offset. Streams are read and written
+    /// strictly in order, one operation at a time.
+    pub fn seekable(self) -> bool {
+        matches!(self, FdKind::File | FdKind::BlockDevice)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FdKind::File => "file",
+            FdKind::BlockDevice => "block device",
+            FdKind::CharDevice => "character device",
+            FdKind::Socket => "socket",
+            FdKind::Pipe => "pipe",
+            FdKind::Directory => "directory",
+            FdKind::Other => "special file",
+        }
+    }
+}
+
+impl fmt::Display for FdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The two descriptors of a job. Shared (`Rc`) with every operation in flight
+/// on them, so they stay open until the kernel has finished with them even if
+/// the job itself is gone.
+#[derive(Debug)]
+pub struct Endpoints {
+    pub src: OwnedFd,
+    pub dst: OwnedFd,
+    pub src_kind: FdKind,
+    pub dst_kind: FdKind,
+}
+
+/// Why a job failed: the class the client sees, the OS error and a sentence
+/// naming the operation and the descriptors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferError {
+    pub kind: FailureKind,
+    pub os_error: Option<i32>,
+    pub message: String,
+}
+
+impl TransferError {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> TransferError {
+        TransferError {
+            kind,
+            os_error: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error returned by the kernel for operation `op` (for example
+    /// "splice source file -> pipe at offset 4096").
+    pub fn os(op: impl fmt::Display, errno: i32) -> TransferError {
+        let err = std::io::Error::from_raw_os_error(errno);
+        TransferError {
+            kind: failure_kind(errno),
+            os_error: Some(errno),
+            message: format!("{op}: {err}"),
+        }
+    }
+
+    pub fn cancelled(why: &str) -> TransferError {
+        TransferError::new(FailureKind::Cancelled, format!("cancelled: {why}"))
+    }
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// The class of failure an errno stands for.
+pub fn failure_kind(errno: i32) -> FailureKind {
+    match errno {
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => FailureKind::NoSpace,
+        libc::EBADF => FailureKind::BadDescriptor,
+        libc::EPERM | libc::EACCES | libc::EROFS => FailureKind::PermissionDenied,
+        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED => {
+            FailureKind::PeerGone
+        }
+        libc::ECANCELED => FailureKind::Cancelled,
+        libc::EINVAL | libc::ESPIPE => FailureKind::InvalidRequest,
+        _ => FailureKind::Io,
+    }
+}
+
+/// What a job will move, decided once at admission.
+#[derive(Debug)]
+pub struct Plan {
+    pub ends: Endpoints,
+    /// First source offset read (seekable sources).
+    pub src_start: u64,
+    /// First destination offset written (seekable destinations).
+    pub dst_start: u64,
+    /// Bytes to move when known in advance: the requested length, or what a
+    /// regular file holds past the offset. `None`: read until end of file.
+    pub total: Option<u64>,
+    /// Whether `total` was asked for by the client (then a short source is an
+    /// error) rather than read from the file's size (then a file that shrinks
+    /// is an error too, but the message says so).
+    pub length_requested: bool,
+}
+
+struct Probe {
+    kind: FdKind,
+    size: u64,
+    access: libc::c_int,
+    append: bool,
+}
+
+fn probe(fd: &OwnedFd, which: &str) -> Result<Probe, TransferError> {
+    // SAFETY: an all-zero stat is a valid value of a plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer and the fd is open (we own it).
+    // fstat on an open descriptor reads in-memory inode data and does not block.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return Err(TransferError::os(
+            format!("fstat of the {which} descriptor"),
+            errno,
+        ));
+    }
+    // SAFETY: F_GETFL takes no argument and touches no memory of ours.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return Err(TransferError::os(
+            format!("fcntl(F_GETFL) of the {which} descriptor"),
+            errno,
+        ));
+    }
+    Ok(Probe {
+        kind: FdKind::of(st.st_mode),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        access: flags & libc::O_ACCMODE,
+        append: flags & libc::O_APPEND != 0,
+    })
+}
+
+/// Checks the two descriptors against the request and decides what to move.
+/// Every refusal names the descriptor and what is wrong with it.
+pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, TransferError> {
+    let s = probe(&src, "source")?;
+    let d = probe(&dst, "destination")?;
+    for (which, p) in [("source", &s), ("destination", &d)] {
+        if matches!(p.kind, FdKind::Directory | FdKind::Other) {
+            return Err(TransferError::new(
+                FailureKind::InvalidRequest,
+                format!(
+                    "the {which} descriptor is a {}, which cannot be transferred",
+                    p.kind
+                ),
+            ));
+        }
+    }
+    if s.access == libc::O_WRONLY {
+        return Err(TransferError {
+            kind: FailureKind::BadDescriptor,
+            os_error: Some(libc::EBADF),
+            message: format!(
+                "the source {} is open write-only (O_WRONLY): open it for reading",
+                s.kind
+            ),
+        });
+    }
+    if d.access == libc::O_RDONLY {
+        return Err(TransferError {
+            kind: FailureKind::BadDescriptor,
+            os_error: Some(libc::EBADF),
+            message: format!(
+                "the destination {} is open read-only (O_RDONLY): open it for writing",
+                d.kind
+            ),
+        });
+    }
+    if d.append && d.kind.seekable() {
+        return Err(TransferError::new(
+            FailureKind::InvalidRequest,
+            "the destination file is open with O_APPEND, which splice cannot write at an offset: open it without O_APPEND",
+        ));
+    }
+    let (total, length_requested) = match (req.length, s.kind) {
+        (Some(n), _) => (Some(n), true),
+        // A regular file's size is what it holds; 0 may also mean "unknown"
+        // (procfs, sysfs), so a size of 0 is read until end of file instead.
+        (None, FdKind::File) if s.size > 0 => {
+            if req.offset > s.size {
+                return Err(TransferError::new(
+                    FailureKind::InvalidRequest,
+                    format!(
+                        "offset {} is beyond the end of the source file ({} bytes)",
+                        req.offset, s.size
+                    ),
+                ));
+            }
+            (Some(s.size - req.offset), false)
+        }
+        _ => (None, false),
+    };
+    if req.offset > 0 && !s.kind.seekable() {
+        return Err(TransferError::new(
+            FailureKind::InvalidRequest,
+            format!(
+                "an offset was given but the source is a {}, which has no offsets",
+                s.kind
+            ),
+        ));
+    }
+    if req
+        .offset
+        .checked_add(total.unwrap_or(0))
+        .is_none_or(|end| end > i64::MAX as u64)
+        || req
+            .dest_offset
+            .checked_add(total.unwrap_or(0))
+            .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(TransferError::new(
+            FailureKind::InvalidRequest,
+            "offset plus length exceeds the largest file offset (2^63 - 1)",
+        ));
+    }
+    Ok(Plan {
+        ends: Endpoints {
+            src,
+            dst,
+            src_kind: s.kind,
+            dst_kind: d.kind,
+        },
+        src_start: req.offset,
+        dst_start: req.dest_offset,
+        total,
+        length_requested,
+    })
+}

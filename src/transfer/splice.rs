@@ -1,0 +1,542 @@
+//! The splice strategy: source -> pipe -> destination, a chunk at a time.
+//!
+//! A chunk is a pooled pipe plus the range of bytes it is carrying. When the
+//! source is seekable and its length is known ("ranged"), several chunks read
+//! different ranges at once and, into a seekable destination, write them at
+//! their own offsets, so reads and writes of different chunks overlap. A
+//! stream source (socket, pipe, or a file whose size is unknown) is read one
+//! splice at a time, because only the kernel knows where it is; a stream
+//! destination is written strictly in the order the data was read, which a
+//! sequence number per chunk enforces.
+//!
+//! Each chunk has at most one operation in flight and alternates: fill the
+//! pipe, drain it, repeat. Splices are not linked: a short splice (common:
+//! a pipe takes whole pages, and sockets return what they have) would cancel
+//! the linked half, so every result is looked at before the next step.
+
+use std::rc::Rc;
+
+use ringxfer_ipc::FailureKind;
+
+use super::{Endpoints, Plan, TransferError};
+use crate::engine::ops::{OpKind, Owner};
+use crate::engine::pipe_pool::Pipe;
+use crate::engine::queue::{IoQueue, SpliceEnd};
+
+/// One pipe and the bytes it is carrying.
+struct Chunk {
+    pipe: Rc<Pipe>,
+    /// Order of this chunk's data in the stream; a stream destination takes
+    /// chunks strictly in this order.
+    seq: u64,
+    /// Next source offset to read (seekable sources).
+    src_off: u64,
+    /// Bytes of the chunk's range not yet in the pipe (ranged mode).
+    to_read: u64,
+    /// Bytes in the pipe not yet written.
+    in_pipe: u64,
+    /// Next destination offset to write (seekable destinations).
+    dst_off: u64,
+    /// `user_data` of the one operation in flight on this chunk.
+    busy: Option<u64>,
+    /// A stream end said EAGAIN: wait for these poll events before retrying.
+    wait_for: Option<i16>,
+}
+
+/// What a chunk slot's pipe should do once the caller takes it back.
+pub enum Returned {
+    /// Empty: back to the pool.
+    Clean(Rc<Pipe>),
+    /// May hold stray bytes of a failed job: close it and make another.
+    Dirty(Rc<Pipe>),
+}
+
+/// A transfer moved by splice(2) through pooled pipes.
+pub struct SpliceCopy {
+    ends: Rc<Endpoints>,
+    ranged: bool,
+    src_start: u64,
+    dst_start: u64,
+    total: Option<u64>,
+    length_requested: bool,
+    /// Bytes handed to chunks (ranged) or read from the source (streamed).
+    assigned: u64,
+    /// No more bytes will be read: end reached, or end of file.
+    src_done: bool,
+    /// A streamed source has a read in flight.
+    reading: bool,
+    next_seq: u64,
+    write_seq: u64,
+    chunks: Vec<Option<Chunk>>,
+    /// Bytes written to the destination.
+    pub moved: u64,
+    failure: Option<TransferError>,
+}
+
+impl SpliceCopy {
+    /// Prepares the transfer; it moves nothing until it is lent a pipe.
+    /// `max_chunks` pipes at most are used at once.
+    pub fn new(plan: Plan, max_chunks: usize) -> SpliceCopy {
+        let ranged = plan.ends.src_kind.seekable() && plan.total.is_some();
+        // A streamed source is read one splice at a time, so a second chunk
+        // (one writing while the other reads) is all it can use.
+        let max_chunks = if ranged {
+            max_chunks.max(1)
+        } else {
+            max_chunks.clamp(1, 2)
+        };
+        let src_done = plan.total == Some(0);
+        SpliceCopy {
+            ends: Rc::new(plan.ends),
+            ranged,
+            src_start: plan.src_start,
+            dst_start: plan.dst_start,
+            total: plan.total,
+            length_requested: plan.length_requested,
+            assigned: 0,
+            src_done,
+            reading: false,
+            next_seq: 0,
+            write_seq: 0,
+            chunks: (0..max_chunks).map(|_| None).collect(),
+            moved: 0,
+            failure: None,
+        }
+    }
+
+    /// Bytes the job will move, when known in advance.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    fn live_chunks(&self) -> usize {
+        self.chunks.iter().filter(|c| c.is_some()).count()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.chunks
+            .iter()
+            .flatten()
+            .filter(|c| c.busy.is_some())
+            .count()
+    }
+
+    /// Whether another pipe would let this job move more bytes at once.
+    pub fn wants_pipe(&self) -> bool {
+        if self.failure.is_some() || self.src_done || self.live_chunks() == self.chunks.len() {
+            return false;
+        }
+        if self.ranged {
+            self.assigned < self.total.unwrap_or(0)
+        } else {
+            true
+        }
+    }
+
+    /// Whether the job has no chunk and nothing in flight, so it can end.
+    pub fn is_finished(&self) -> bool {
+        self.live_chunks() == 0 && (self.failure.is_some() || self.src_done)
+    }
+
+    /// The outcome, once finished: the error, or `None` for success.
+    pub fn failure(&self) -> Option<&TransferError> {
+        self.failure.as_ref()
+    }
+
+    /// Gives the job a pipe and starts using it.
+    pub fn add_pipe(
+        &mut self,
+        pipe: Rc<Pipe>,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_pipes: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        match self.chunks.iter().position(|c| c.is_none()) {
+            Some(slot) => {
+                self.chunks[slot] = Some(Chunk {
+                    pipe,
+                    seq: 0,
+                    src_off: 0,
+                    to_read: 0,
+                    in_pipe: 0,
+                    dst_off: 0,
+                    busy: None,
+                    wait_for: None,
+                });
+                self.pump(owner, io, yield_pipes, out);
+            }
+            None => out.push(Returned::Clean(pipe)),
+        }
+    }
+
+    /// Records a failure (the first one wins) and asks the kernel to cancel
+    /// whatever is in flight; chunks are let go as their operations complete.
+    pub fn fail(
+        &mut self,
+        err: TransferError,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        if self.failure.is_none() {
+            self.failure = Some(err);
+        }
+        for chunk in self.chunks.iter().flatten() {
+            if let Some(user_data) = chunk.busy {
+                // A failed cancel request means the ring itself is failing;
+                // the operation still completes, so nothing is lost by ignoring it.
+                let _ = io.cancel(user_data);
+            }
+        }
+        self.pump(owner, io, false, out);
+    }
+
+    /// Handles the completion of one of this job's operations, then queues
+    /// whatever can happen next. Pipes the job no longer needs go to `out`.
+    pub fn on_complete(
+        &mut self,
+        kind: OpKind,
+        result: i32,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_pipes: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        let slot = match kind {
+            OpKind::SpliceIn(i) | OpKind::SpliceOut(i) | OpKind::PollIn(i) | OpKind::PollOut(i) => {
+                i as usize
+            }
+            _ => return,
+        };
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            debug_assert!(false, "completion for an empty chunk slot");
+            return;
+        };
+        chunk.busy = None;
+        let step = match kind {
+            OpKind::SpliceIn(_) => self.after_read(slot, result),
+            OpKind::SpliceOut(_) => self.after_write(slot, result),
+            // Readiness arrived (or the poll failed, and the retried splice
+            // will report the real error): the chunk simply tries again.
+            OpKind::PollIn(_) => {
+                self.reading = false;
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = step {
+            self.fail(e, owner, io, out);
+            return;
+        }
+        self.pump(owner, io, yield_pipes, out);
+    }
+
+    fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        let ranged = self.ranged;
+        if !ranged {
+            self.reading = false;
+        }
+        let Some(chunk) = self.chunks[slot].as_mut() else {
+            return Ok(());
+        };
+        if result < 0 {
+            if -result == libc::EAGAIN && !self.ends.src_kind.seekable() {
+                chunk.wait_for = Some(libc::POLLIN);
+            }
+            if !ranged {
+                // The read will be issued again by this chunk.
+                self.reading = false;
+            }
+            return retryable(-result).then_some(()).ok_or_else(|| {
+                TransferError::os(
+                    format!(
+                        "splice from the source {} into a pipe{}",
+                        self.ends.src_kind,
+                        at(self.ends.src_kind.seekable().then_some(chunk.src_off))
+                    ),
+                    -result,
+                )
+            });
+        }
+        let n = result as u64;
+        if n == 0 {
+            let reached = if ranged {
+                chunk.src_off
+            } else {
+                self.src_start + self.assigned
+            };
+            if ranged || (self.length_requested && self.assigned < self.total.unwrap_or(0)) {
+                return Err(self.short_source(reached));
+            }
+            self.src_done = true;
+            return Ok(());
+        }
+        chunk.in_pipe += n;
+        if ranged {
+            chunk.src_off += n;
+            chunk.to_read -= n.min(chunk.to_read);
+        } else {
+            chunk.dst_off = self.dst_start + self.assigned;
+            chunk.seq = self.next_seq;
+            self.next_seq += 1;
+            self.assigned += n;
+            if self.total.is_some_and(|t| self.assigned >= t) {
+                self.src_done = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        let Some(chunk) = self.chunks[slot].as_mut() else {
+            return Ok(());
+        };
+        if result < 0 {
+            if -result == libc::EAGAIN && !self.ends.dst_kind.seekable() {
+                chunk.wait_for = Some(libc::POLLOUT);
+            }
+            return retryable(-result).then_some(()).ok_or_else(|| {
+                TransferError::os(
+                    format!(
+                        "splice from a pipe to the destination {}{}",
+                        self.ends.dst_kind,
+                        at(self.ends.dst_kind.seekable().then_some(chunk.dst_off))
+                    ),
+                    -result,
+                )
+            });
+        }
+        let n = (result as u64).min(chunk.in_pipe);
+        if n == 0 {
+            return Err(TransferError::new(
+                FailureKind::Io,
+                format!(
+                    "the destination {} accepted 0 bytes of {} waiting in the pipe",
+                    self.ends.dst_kind, chunk.in_pipe
+                ),
+            ));
+        }
+        chunk.in_pipe -= n;
+        chunk.dst_off += n;
+        self.moved += n;
+        let unit_done = chunk.in_pipe == 0 && (!self.ranged || chunk.to_read == 0);
+        if unit_done {
+            self.write_seq += 1;
+        }
+        Ok(())
+    }
+
+    fn short_source(&self, reached: u64) -> TransferError {
+        let total = self.total.unwrap_or(0);
+        let message = if self.length_requested {
+            format!(
+                "the source ended at offset {reached}, before the requested length of {total} bytes from offset {} was read",
+                self.src_start
+            )
+        } else {
+            format!(
+                "the source file shrank during the transfer: it ended at offset {reached}, but held {} bytes when the job started",
+                self.src_start + total
+            )
+        };
+        TransferError::new(FailureKind::SourceShort, message)
+    }
+
+    /// Queues the next operation of every idle chunk, and lets go of chunks
+    /// with nothing left to do. With `yield_pipes`, other jobs are waiting
+    /// for pipes, so a chunk that has finished its range gives its pipe back
+    /// instead of taking the next range: pipes go round the jobs in turn.
+    fn pump(
+        &mut self,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_pipes: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        for slot in 0..self.chunks.len() {
+            let Some(chunk) = self.chunks[slot].as_ref() else {
+                continue;
+            };
+            if chunk.busy.is_some() {
+                continue;
+            }
+            if self.failure.is_some() {
+                self.release(slot, out);
+                continue;
+            }
+            if let Err(e) = self.step(slot, owner, io, yield_pipes, out) {
+                self.failure.get_or_insert(e);
+                // Cancel whatever the other chunks have in flight.
+                for other in self.chunks.iter().flatten() {
+                    if let Some(user_data) = other.busy {
+                        let _ = io.cancel(user_data);
+                    }
+                }
+                self.release(slot, out);
+            }
+        }
+    }
+
+    /// Moves one idle chunk on by one operation, if it has one to do.
+    fn step(
+        &mut self,
+        slot: usize,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_pipes: bool,
+        out: &mut Vec<Returned>,
+    ) -> Result<(), TransferError> {
+        let ends = Rc::clone(&self.ends);
+        let Some(chunk) = self.chunks[slot].as_mut() else {
+            return Ok(());
+        };
+        let tag = slot as u16;
+        let cap = u64::from(chunk.pipe.capacity);
+        if let Some(events) = chunk.wait_for.take() {
+            let (fd, kind) = if events == libc::POLLIN {
+                (raw(&ends.src), OpKind::PollIn(tag))
+            } else {
+                (raw(&ends.dst), OpKind::PollOut(tag))
+            };
+            if !self.ranged && events == libc::POLLIN {
+                self.reading = true;
+            }
+            chunk.busy = Some(
+                io.poll(owner, kind, &ends, fd, events)
+                    .map_err(ring_failed)?,
+            );
+            return Ok(());
+        }
+        if chunk.in_pipe > 0 {
+            if ends.dst_kind.seekable() || chunk.seq == self.write_seq {
+                let len = chunk.in_pipe.min(u64::from(u32::MAX)) as u32;
+                let dst = SpliceEnd {
+                    fd: raw(&ends.dst),
+                    offset: ends.dst_kind.seekable().then_some(chunk.dst_off),
+                };
+                let src = SpliceEnd {
+                    fd: chunk.pipe.read_fd(),
+                    offset: None,
+                };
+                chunk.busy = Some(
+                    io.splice(
+                        owner,
+                        OpKind::SpliceOut(tag),
+                        &chunk.pipe,
+                        &ends,
+                        src,
+                        dst,
+                        len,
+                    )
+                    .map_err(ring_failed)?,
+                );
+            }
+            return Ok(());
+        }
+        if self.ranged && chunk.to_read > 0 {
+            let len = chunk.to_read.min(cap) as u32;
+            return Self::read_into(chunk, tag, len, owner, io, &ends);
+        }
+        // The chunk is empty and its range is done: take more work, or let go.
+        if self.ranged {
+            let total = self.total.unwrap_or(0);
+            if self.assigned < total && !yield_pipes {
+                let len = (total - self.assigned).min(cap);
+                chunk.seq = self.next_seq;
+                self.next_seq += 1;
+                chunk.src_off = self.src_start + self.assigned;
+                chunk.dst_off = self.dst_start + self.assigned;
+                chunk.to_read = len;
+                self.assigned += len;
+                self.src_done = self.assigned >= total;
+                return Self::read_into(chunk, tag, len as u32, owner, io, &ends);
+            }
+        } else if !self.src_done && !yield_pipes {
+            if self.reading {
+                // Another chunk is reading the stream; this one writes next.
+                return Ok(());
+            }
+            let left = self.total.map_or(cap, |t| (t - self.assigned).min(cap));
+            chunk.src_off = self.src_start + self.assigned;
+            self.reading = true;
+            return Self::read_into(chunk, tag, left as u32, owner, io, &ends);
+        } else if !self.src_done && self.reading {
+            return Ok(());
+        }
+        self.release(slot, out);
+        Ok(())
+    }
+
+    fn read_into(
+        chunk: &mut Chunk,
+        tag: u16,
+        len: u32,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        ends: &Rc<Endpoints>,
+    ) -> Result<(), TransferError> {
+        let src = SpliceEnd {
+            fd: raw(&ends.src),
+            offset: ends.src_kind.seekable().then_some(chunk.src_off),
+        };
+        let dst = SpliceEnd {
+            fd: chunk.pipe.write_fd(),
+            offset: None,
+        };
+        chunk.busy = Some(
+            io.splice(
+                owner,
+                OpKind::SpliceIn(tag),
+                &chunk.pipe,
+                ends,
+                src,
+                dst,
+                len,
+            )
+            .map_err(ring_failed)?,
+        );
+        Ok(())
+    }
+
+    fn release(&mut self, slot: usize, out: &mut Vec<Returned>) {
+        if let Some(chunk) = self.chunks[slot].take() {
+            if chunk.in_pipe > 0 || self.failure.is_some() {
+                out.push(Returned::Dirty(chunk.pipe));
+            } else {
+                out.push(Returned::Clean(chunk.pipe));
+            }
+        }
+    }
+
+    /// Whether any operation is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight() > 0
+    }
+}
+
+fn raw(fd: &std::os::fd::OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+fn at(offset: Option<u64>) -> String {
+    offset
+        .map(|o| format!(" at offset {o}"))
+        .unwrap_or_default()
+}
+
+/// EINTR and EAGAIN are normal: the chunk's step is simply tried again. The
+/// kernel's worker blocks in splice, so EAGAIN comes only from a stream the
+/// client made non-blocking; the chunk then polls it before retrying, rather
+/// than spinning.
+fn retryable(errno: i32) -> bool {
+    errno == libc::EINTR || errno == libc::EAGAIN
+}
+
+fn ring_failed(e: crate::engine::EngineError) -> TransferError {
+    TransferError::new(
+        FailureKind::Io,
+        format!("queueing the next splice failed: {e}"),
+    )
+}

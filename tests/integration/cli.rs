@@ -1,0 +1,348 @@
+//! The `ringxfer` command line, through a daemon and embedded.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `ringxfer --socket SOCKET` with no ambient socket configuration.
+fn cli(socket: &Path) -> Command {
+    let mut c = Command::new(CLI_BIN);
+    c.env_remove("RINGXFER_SOCKET")
+        .env("XDG_RUNTIME_DIR", socket.parent().unwrap())
+        .arg("--socket")
+        .arg(socket);
+    c
+}
+
+fn run(cmd: Command) -> Output {
+    run_timeout(cmd, CLI_TIMEOUT)
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {}; stdout: {:?}; stderr: {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The JSON objects on stdout, one per non-empty line.
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("stdout line is not JSON ({e}): {l:?}; {}", describe(out))
+            })
+        })
+        .collect()
+}
+
+fn one_json(out: &Output) -> Value {
+    let mut v = json_lines(out);
+    assert_eq!(
+        v.len(),
+        1,
+        "expected one JSON result line; {}",
+        describe(out)
+    );
+    v.pop().unwrap()
+}
+
+/// A socket path in `dir` that nothing listens on.
+fn no_daemon_socket(dir: &Path) -> std::path::PathBuf {
+    dir.join("nobody-here.sock")
+}
+
+#[test]
+fn copy_through_the_daemon_json() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", 3 << 20, 60);
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("--json").arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let v = one_json(&out);
+    assert_eq!(v["engine"], "daemon", "{v}");
+    assert_eq!(v["bytes"], data.len() as u64, "{v}");
+    assert_eq!(v["strategy"], "splice", "{v}");
+    assert!(v.get("error").map_or(true, |e| e.is_null()), "{v}");
+    assert_file_eq(&dst, &data);
+}
+
+#[test]
+fn copy_through_the_daemon_plain_with_offset_and_length() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", 100_000, 61);
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.args(["--strategy", "splice", "copy"])
+        .arg(&src)
+        .arg(&dst)
+        .args(["--offset", "10", "--length", "5000"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_file_eq(&dst, &data[10..5010]);
+}
+
+#[test]
+fn copy_without_a_daemon_runs_in_process() {
+    let dir = tmpdir();
+    let sock = no_daemon_socket(dir.path());
+    let (src, data) = make_file(dir.path(), "src", (1 << 20) + 7, 62);
+
+    let dst = dir.path().join("dst-plain");
+    let mut c = cli(&sock);
+    c.arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        stderr.contains("in-process")
+            || stderr.contains("in process")
+            || stderr.contains("embedded"),
+        "stderr should say the engine runs in-process: {}",
+        describe(&out)
+    );
+    assert_file_eq(&dst, &data);
+
+    let dst = dir.path().join("dst-json");
+    let mut c = cli(&sock);
+    c.arg("--json").arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let v = one_json(&out);
+    assert_eq!(v["engine"], "embedded", "{v}");
+    assert_eq!(v["bytes"], data.len() as u64, "{v}");
+    assert_file_eq(&dst, &data);
+}
+
+#[test]
+fn daemon_only_without_a_daemon_exits_3() {
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 10, 63);
+    let dst = dir.path().join("dst");
+    let mut c = cli(&no_daemon_socket(dir.path()));
+    c.arg("--daemon-only").arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(
+        !out.stderr.is_empty(),
+        "no message on stderr; {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tmpdir();
+    let sock = no_daemon_socket(dir.path());
+    let (src, _) = make_file(dir.path(), "src", 10, 64);
+    let dst = dir.path().join("dst");
+
+    let mut c = cli(&sock);
+    c.arg("--no-such-flag").arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unknown flag: {}",
+        describe(&out)
+    );
+
+    let mut c = cli(&sock);
+    c.arg("copy").arg(&src);
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "copy without DST: {}",
+        describe(&out)
+    );
+
+    let mut c = cli(&sock);
+    c.args(["--strategy", "warp", "copy"]).arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unknown strategy: {}",
+        describe(&out)
+    );
+
+    let mut c = cli(&sock);
+    c.arg("copy").arg(&src).arg(&dst).args(["--length", "lots"]);
+    let out = run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "non-numeric length: {}",
+        describe(&out)
+    );
+    assert!(!dst.exists(), "a usage error created the destination");
+}
+
+#[test]
+fn missing_source_exits_1_naming_the_path() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("does-not-exist");
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&src.display().to_string()),
+        "stderr should name {}: {}",
+        src.display(),
+        describe(&out)
+    );
+}
+
+#[test]
+fn json_failure_names_the_kind() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 1000, 65);
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("--json")
+        .arg("copy")
+        .arg(&src)
+        .arg(&dst)
+        .args(["--length", "5000"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let v = one_json(&out);
+    assert_eq!(v["error"]["kind"], "source-short", "{v}");
+    assert_eq!(v["engine"], "daemon", "{v}");
+}
+
+#[test]
+fn stats_through_the_daemon() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    copy_and_check(&d.client(), dir.path(), "pre-stats", 4096, 66);
+    let mut c = cli(&d.socket);
+    c.arg("--json").arg("stats");
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let v = one_json(&out);
+    assert!(v.is_object(), "{v}");
+    if let Some(n) = v.get("jobs_completed") {
+        assert!(n.as_u64().unwrap_or(0) >= 1, "{v}");
+    }
+
+    let mut c = cli(&d.socket);
+    c.arg("stats");
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        !out.stdout.is_empty(),
+        "plain stats printed nothing; {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn send_and_recv_between_two_cli_processes() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", (5 << 20) + 123, 67);
+    let dst = dir.path().join("received");
+
+    let mut recv = cli(&d.socket);
+    recv.arg("recv")
+        .arg("127.0.0.1:0")
+        .arg(&dst)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut receiver = recv.spawn().expect("spawn ringxfer recv");
+    let stdout_t = {
+        let mut o = receiver.stdout.take().unwrap();
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut o, &mut v);
+            v
+        })
+    };
+    // Forward stderr lines; keep draining after the address shows up.
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr_t = {
+        let e = receiver.stderr.take().unwrap();
+        thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(e).lines() {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        })
+    };
+    let mut addr = None;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        if let Some(i) = line.find("listening on ") {
+            addr = Some(line[i + "listening on ".len()..].trim().to_string());
+            break;
+        }
+    }
+    let Some(addr) = addr else {
+        let _ = receiver.kill();
+        let _ = receiver.wait();
+        panic!(
+            "ringxfer recv never printed \"listening on ADDR:PORT\"; stderr: {:?}",
+            stderr_t.join().unwrap_or_default()
+        );
+    };
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "recv printed an unusable address {addr:?}"
+    );
+
+    let mut send = cli(&d.socket);
+    send.arg("send").arg(&src).arg(&addr);
+    let sent = run(send);
+
+    let status = wait_child(&mut receiver, CLI_TIMEOUT);
+    if status.is_none() {
+        let _ = receiver.kill();
+        let _ = receiver.wait();
+    }
+    let recv_stderr = stderr_t.join().unwrap_or_default();
+    let recv_stdout = stdout_t.join().unwrap_or_default();
+    assert_eq!(
+        sent.status.code(),
+        Some(0),
+        "ringxfer send: {}",
+        describe(&sent)
+    );
+    let status = status.unwrap_or_else(|| {
+        panic!("ringxfer recv did not exit after the sender finished; stderr: {recv_stderr:?}")
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "ringxfer recv: {status}; stdout: {:?}; stderr: {recv_stderr:?}",
+        String::from_utf8_lossy(&recv_stdout)
+    );
+    assert_file_eq(&dst, &data);
+}

@@ -1,0 +1,177 @@
+//! The daemon process: one loop thread, the socket file, signals.
+
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn one_loop_thread_while_busy() {
+    let d = Daemon::start();
+    let idle = d.loop_threads();
+    assert_eq!(
+        idle,
+        1,
+        "idle daemon has {idle} non-io_uring threads: {:?}",
+        d.tasks()
+    );
+
+    let client = d.client();
+    let dir = tmpdir();
+
+    // A socket -> file job kept busy by a writer that streams until told to
+    // stop, so the samples below are taken while bytes are moving.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut writer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server_side, _) = l.accept().unwrap();
+    let sock_dst = create_dst(&dir.path().join("from-socket"));
+    let sock_job = client
+        .submit(server_side.as_fd(), sock_dst.as_fd(), &opts())
+        .unwrap();
+    drop((server_side, sock_dst));
+    let stop = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let stop = stop.clone();
+        thread::spawn(move || -> std::io::Result<u64> {
+            let chunk = pattern(50, 64 << 10);
+            let mut total = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                writer.write_all(&chunk)?;
+                total += chunk.len() as u64;
+                // Rate limit (about 64 MB/s) so the job outlives the sampling
+                // without filling the disk; not a synchronisation.
+                thread::sleep(Duration::from_millis(1));
+            }
+            writer.shutdown(Shutdown::Write)?;
+            Ok(total)
+        })
+    };
+
+    // And some file copies alongside it.
+    let (src, data) = make_file(dir.path(), "src", 16 << 20, 51);
+    let mut copies = Vec::new();
+    for i in 0..4 {
+        let dst: std::path::PathBuf = dir.path().join(format!("dst{i}"));
+        let (s, t) = (open_src(&src), create_dst(&dst));
+        copies.push((client.submit(s.as_fd(), t.as_fd(), &opts()).unwrap(), dst));
+    }
+
+    let mut samples = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(400) {
+        let n = d.loop_threads();
+        assert_eq!(
+            n,
+            1,
+            "busy daemon has {n} non-io_uring threads: {:?}",
+            d.tasks()
+        );
+        samples += 1;
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert!(samples > 10);
+
+    stop.store(true, Ordering::Relaxed);
+    let total = streamer.join().unwrap().expect("streaming writer");
+    let c = completed(wait(sock_job), "socket -> file while sampling threads");
+    assert_eq!(c.bytes, total, "socket job bytes vs bytes streamed");
+    for (h, dst) in copies {
+        let c = completed(wait(h), "16 MiB copy while sampling threads");
+        assert_eq!(c.bytes, data.len() as u64);
+        assert_file_eq(&dst, &data);
+    }
+    let n = d.loop_threads();
+    assert_eq!(
+        n,
+        1,
+        "daemon after the jobs has {n} non-io_uring threads: {:?}",
+        d.tasks()
+    );
+}
+
+#[test]
+fn second_daemon_on_a_live_socket_refuses_to_start() {
+    let d = Daemon::start();
+    let mut cmd = Command::new(DAEMON_BIN);
+    cmd.arg("--socket").arg(&d.socket);
+    let out = run_timeout(cmd, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "second daemon on a live socket: {}; stderr: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(&d.socket.display().to_string()),
+        "second daemon's message should name the socket path {}: {stderr:?}",
+        d.socket.display()
+    );
+    // The first daemon still owns its socket and still serves.
+    assert!(
+        d.socket.exists(),
+        "the second daemon removed the live socket file"
+    );
+    let dir = tmpdir();
+    copy_and_check(&d.client(), dir.path(), "after-second", 5000, 52);
+    d.stop();
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = tmpdir();
+    let path = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    assert!(
+        UnixStream::connect(&path).is_err(),
+        "test setup: the stale socket still answers"
+    );
+    let d = Daemon::start_at(Some(path.clone()), &[]);
+    let data_dir = tmpdir();
+    copy_and_check(&d.client(), data_dir.path(), "stale", 5000, 53);
+    d.stop();
+    assert!(!path.exists());
+}
+
+#[test]
+fn socket_mode_is_0660_and_sigterm_removes_it() {
+    let d = Daemon::start();
+    let md = std::fs::metadata(&d.socket).unwrap();
+    assert!(
+        md.file_type().is_socket(),
+        "{} is not a socket",
+        d.socket.display()
+    );
+    assert_eq!(
+        md.permissions().mode() & 0o7777,
+        0o660,
+        "socket mode is {:o}",
+        md.permissions().mode() & 0o7777
+    );
+    d.stop();
+}
+
+#[test]
+fn sigint_exits_0_and_removes_the_socket() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    copy_and_check(&d.client(), dir.path(), "before-sigint", 1000, 54);
+    d.stop_with(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_with_a_client_connected() {
+    // A connected, idle client must not keep the daemon from exiting.
+    let d = Daemon::start();
+    let _client = d.client();
+    d.stop();
+}

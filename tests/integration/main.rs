@@ -1,0 +1,13 @@
+//! Integration tests against a real `ringxferd`: real kernel, real files, real
+//! sockets. Every test starts its own daemon on a socket in a fresh temporary
+//! directory (see `support`), so tests run in parallel without sharing state.
+
+mod support;
+
+mod cli;
+mod concurrency;
+mod copy;
+mod failures;
+mod lifecycle;
+mod protocol_abuse;
+mod sockets;

@@ -1,0 +1,524 @@
+//! The daemon harness and the helpers every test module shares.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::{Client, Completion, JobError, JobHandle, Strategy, TransferOptions};
+
+/// The daemon binary built by cargo for this test run.
+pub const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_ringxferd");
+/// The CLI binary built by cargo for this test run.
+pub const CLI_BIN: &str = env!("CARGO_BIN_EXE_ringxfer");
+
+/// How long a single job may take before a test calls it hung.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Test data
+
+/// A fresh temporary directory on the real disk (under cargo's target tmpdir).
+pub fn tmpdir() -> tempfile::TempDir {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).expect("create CARGO_TARGET_TMPDIR");
+    tempfile::Builder::new()
+        .prefix("ringxfer-it-")
+        .tempdir_in(&base)
+        .expect("create tempdir")
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift64), different per `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    if x == 0 {
+        x = 1;
+    }
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `pattern(seed, len)` to `dir/name` and returns the path and the bytes.
+pub fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let data = pattern(seed, len);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    (path, data)
+}
+
+/// Opens `path` for reading.
+pub fn open_src(path: &Path) -> File {
+    File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// Creates (or truncates) `path` for writing, O_WRONLY.
+pub fn create_dst(path: &Path) -> File {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
+/// Asserts two byte strings are equal; on failure names the first differing
+/// offset and both lengths instead of dumping megabytes.
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(want.iter())
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let show = |v: &[u8]| -> String {
+        let end = (first + 16).min(v.len());
+        format!("{:02x?}", &v[first.min(v.len())..end])
+    };
+    panic!(
+        "{what}: contents differ at offset {first} (got {} bytes, want {} bytes); \
+         got[{first}..]={} want[{first}..]={}",
+        got.len(),
+        want.len(),
+        show(got),
+        show(want)
+    );
+}
+
+/// Asserts the file at `path` holds exactly `want`.
+pub fn assert_file_eq(path: &Path, want: &[u8]) {
+    let got = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_bytes_eq(&got, want, &path.display().to_string());
+}
+
+// ---------------------------------------------------------------------------
+// Client helpers (the only place that builds TransferOptions from scratch)
+
+/// Default options: whole source, no offsets, strategy Auto, no progress.
+pub fn opts() -> TransferOptions {
+    TransferOptions {
+        tag: "itest".into(),
+        offset: 0,
+        length: None,
+        dest_offset: 0,
+        strategy: Strategy::Auto,
+        progress: false,
+    }
+}
+
+/// Waits for `h` but gives up (panics) after `timeout`, so a hung daemon
+/// fails the test instead of hanging the suite.
+pub fn wait_within(h: JobHandle, timeout: Duration) -> Result<Completion, JobError> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(h.wait());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => panic!("job did not finish within {timeout:?}"),
+    }
+}
+
+/// Waits for `h` with the default job timeout.
+pub fn wait(h: JobHandle) -> Result<Completion, JobError> {
+    wait_within(h, JOB_TIMEOUT)
+}
+
+/// Unwraps a completion, describing the failure if there was one.
+pub fn completed(r: Result<Completion, JobError>, what: &str) -> Completion {
+    match r {
+        Ok(c) => c,
+        Err(e) => panic!("{what}: expected completion, got {e:?}"),
+    }
+}
+
+/// The fields of a `JobError::Failed`, for assertions.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: ringxfer_ipc::FailureKind,
+    pub os_error: Option<i32>,
+    pub message: String,
+    pub bytes: u64,
+}
+
+/// Unwraps a failure of kind `kind`, describing anything else.
+pub fn failed(
+    r: Result<Completion, JobError>,
+    kind: ringxfer_ipc::FailureKind,
+    what: &str,
+) -> Failure {
+    match r {
+        Ok(c) => panic!(
+            "{what}: expected failure {kind:?}, but the job completed ({} bytes, {:?})",
+            c.bytes, c.strategy
+        ),
+        Err(JobError::Failed {
+            kind: k,
+            os_error,
+            message,
+            bytes,
+            ..
+        }) => {
+            assert_eq!(
+                k, kind,
+                "{what}: wrong failure kind (os_error {os_error:?}, message {message:?})"
+            );
+            assert!(
+                !message.trim().is_empty(),
+                "{what}: failure {k:?} carries an empty message"
+            );
+            Failure {
+                kind: k,
+                os_error,
+                message,
+                bytes,
+            }
+        }
+        Err(e) => panic!("{what}: expected Failed({kind:?}), got {e:?}"),
+    }
+}
+
+/// Copies a fresh file of `len` bytes through `client` and checks the result.
+pub fn copy_and_check(client: &Client, dir: &Path, name: &str, len: usize, seed: u64) {
+    let (src, data) = make_file(dir, &format!("{name}.src"), len, seed);
+    let dst = dir.join(format!("{name}.dst"));
+    let s = open_src(&src);
+    let t = create_dst(&dst);
+    let h = client
+        .submit(s.as_fd(), t.as_fd(), &opts())
+        .unwrap_or_else(|e| panic!("{name}: submit: {e:?}"));
+    drop(s);
+    drop(t);
+    let c = completed(wait(h), name);
+    assert_eq!(c.bytes, len as u64, "{name}: completion bytes");
+    assert_eq!(c.strategy, Strategy::Splice, "{name}: strategy used");
+    assert_file_eq(&dst, &data);
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// Runs `cmd` to completion with a deadline, collecting stdout and stderr.
+/// Panics (after killing the child) if it outlives the deadline.
+pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let out_t = drain(child.stdout.take().unwrap());
+    let err_t = drain(child.stderr.take().unwrap());
+    let Some(status) = wait_child(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = err_t.join().unwrap_or_default();
+        panic!(
+            "{desc} still running after {timeout:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        )
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status
+}
+
+// ---------------------------------------------------------------------------
+// The daemon
+
+/// A `ringxferd` on a socket in its own temporary directory; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub pid: i32,
+    pub socket: PathBuf,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon with default options.
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        Daemon::start_at(None, args)
+    }
+
+    /// Starts a daemon on `socket` (default: `sock` in a fresh tempdir).
+    pub fn start_at(socket: Option<PathBuf>, args: &[&str]) -> Daemon {
+        let dir = tmpdir();
+        let socket = socket.unwrap_or_else(|| dir.path().join("ringxferd.sock"));
+        let log = dir.path().join("ringxferd.log");
+        let logf = File::create(&log).expect("create daemon log");
+        let child = Command::new(DAEMON_BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env_remove("RINGXFER_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {DAEMON_BIN}: {e}"));
+        let pid = child.id() as i32;
+        let mut d = Daemon {
+            child: Some(child),
+            pid,
+            socket,
+            log,
+            dir,
+        };
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "ringxferd exited during startup with {st}; log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "ringxferd did not accept on {} within {timeout:?}; log:\n{}",
+                    self.socket.display(),
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon's tempdir (holds its socket and log), usable for test files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the daemon wrote to stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A connected client stub.
+    pub fn client(&self) -> Client {
+        Client::connect(self.socket.as_path()).unwrap_or_else(|e| {
+            panic!(
+                "connect {}: {e:?}; daemon log:\n{}",
+                self.socket.display(),
+                self.log()
+            )
+        })
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// Entries of /proc/PID/fd.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// What the daemon's descriptors point at, for failure messages.
+    pub fn fd_listing(&self) -> String {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path())
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|_| "?".into());
+                        format!("{} -> {}", e.file_name().to_string_lossy(), target)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by_key(|s| {
+            s.split(' ')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        v.join("\n")
+    }
+
+    /// (tid, comm) of every task of the daemon.
+    pub fn tasks(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+            for e in rd.filter_map(|e| e.ok()) {
+                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                v.push((
+                    e.file_name().to_string_lossy().into_owned(),
+                    comm.trim().to_string(),
+                ));
+            }
+        }
+        v
+    }
+
+    /// Tasks that are not the kernel's io_uring workers ("iou-wrk", "iou-sqp").
+    pub fn loop_threads(&self) -> usize {
+        self.tasks()
+            .iter()
+            .filter(|(_, comm)| !comm.starts_with("iou-"))
+            .count()
+    }
+
+    /// A baseline descriptor count: after one warm-up copy whose client has
+    /// gone away, wait until the count has been stable for 200 ms (3 s cap).
+    pub fn baseline(&self) -> usize {
+        {
+            let c = self.client();
+            let dir = tmpdir();
+            copy_and_check(&c, dir.path(), "warmup", 10_000, 0xba5e);
+        }
+        let mut last = self.fd_count();
+        let mut stable_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && stable_since.elapsed() < Duration::from_millis(200) {
+            thread::sleep(Duration::from_millis(20));
+            let n = self.fd_count();
+            if n != last {
+                last = n;
+                stable_since = Instant::now();
+            }
+        }
+        last
+    }
+
+    /// Asserts the descriptor count comes back to `baseline` within `timeout`.
+    pub fn assert_fds_return(&self, baseline: usize, timeout: Duration, what: &str) {
+        if !poll_until(timeout, || self.fd_count() <= baseline) {
+            panic!(
+                "{what}: daemon holds {} descriptors, baseline {baseline}, after {timeout:?}:\n{}",
+                self.fd_count(),
+                self.fd_listing()
+            );
+        }
+    }
+
+    /// After an abuse or failure: a fresh, well-behaved client still gets a
+    /// copy done, and the descriptor count returns to `baseline`.
+    pub fn assert_healthy(&self, baseline: usize, what: &str) {
+        {
+            let c = self.client();
+            let dir = tmpdir();
+            copy_and_check(&c, dir.path(), "health", 70_001, 0x4ea1);
+        }
+        self.assert_fds_return(baseline, Duration::from_secs(3), what);
+    }
+
+    /// Sends `sig`, asserts exit status 0 within 10 s and the socket file gone.
+    pub fn stop_with(mut self, sig: i32) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid);
+        let status = match wait_child(&mut child, Duration::from_secs(10)) {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ringxferd did not exit within 10 s of signal {sig}; log:\n{}",
+                    self.log()
+                );
+            }
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "ringxferd exit status after signal {sig}: {status}; log:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.socket.exists(),
+            "socket file {} still exists after the daemon exited",
+            self.socket.display()
+        );
+    }
+
+    /// SIGTERM; asserts exit 0 and the socket file removed.
+    pub fn stop(self) {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if thread::panicking() {
+                eprintln!(
+                    "---- ringxferd log ({}) ----\n{}",
+                    self.log.display(),
+                    self.log()
+                );
+            }
+        }
+    }
+}
