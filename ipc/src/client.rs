@@ -344,7 +344,7 @@ impl Client {
         Client::from_stream(stream)
     }
 
-    /// Connects to [`default_socket_path`](crate::default_socket_path).
+    /// Connects to [`default_socket_path`].
     ///
     /// # Errors
     ///
@@ -398,7 +398,10 @@ impl Client {
         let answer = match read_frame(&mut &stream, &mut buf) {
             Ok(event) => event,
             Err(FrameError::Io(e))
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
             {
                 return Err(ClientError::Handshake(format!(
                     "no answer to Hello within {} s",
@@ -652,7 +655,11 @@ impl Client {
         let inner = &*self.inner;
         let mut tx = lock(&inner.tx);
         tx.buf.clear();
-        codec::encode_frame(&Request::Cancel { job }, &mut tx.buf, inner.limits.max_frame)?;
+        codec::encode_frame(
+            &Request::Cancel { job },
+            &mut tx.buf,
+            inner.limits.max_frame,
+        )?;
         if lock(&inner.shared).closed.is_some() {
             return Err(ClientError::Disconnected);
         }
@@ -1369,7 +1376,13 @@ mod tests {
                 max_jobs_per_connection: 1000,
                 max_fds_per_message: 2,
             };
-            write_event(&mut peer, &Event::Welcome { version: PROTOCOL_VERSION, limits });
+            write_event(
+                &mut peer,
+                &Event::Welcome {
+                    version: PROTOCOL_VERSION,
+                    limits,
+                },
+            );
             for job in 0..100 {
                 let Request::Submit(submit) = read_request(&mut peer) else {
                     panic!("expected Submit");

@@ -43,11 +43,7 @@ const SCM_MAX_FD: usize = 253;
 /// assert_eq!(&buf, b"hi");
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn send_with_fds(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > SCM_MAX_FD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -59,7 +59,11 @@ fn recv_some(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<Own
             }
             return Err(err);
         }
-        assert_eq!(msg.msg_flags & libc::MSG_CTRUNC, 0, "descriptors were truncated");
+        assert_eq!(
+            msg.msg_flags & libc::MSG_CTRUNC,
+            0,
+            "descriptors were truncated"
+        );
         let mut fds = Vec::new();
         // SAFETY: the kernel filled msg_control and set msg_controllen to
         // what it wrote; CMSG_FIRSTHDR only reads those two fields.
@@ -67,8 +71,13 @@ fn recv_some(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<Own
         while !cmsg.is_null() {
             // SAFETY: a non-null pointer from CMSG_FIRSTHDR/CMSG_NXTHDR points
             // at a whole cmsghdr inside `control`, which is still alive.
-            let (level, kind, len) =
-                unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len as usize) };
+            let (level, kind, len) = unsafe {
+                (
+                    (*cmsg).cmsg_level,
+                    (*cmsg).cmsg_type,
+                    (*cmsg).cmsg_len as usize,
+                )
+            };
             if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
                 // SAFETY: CMSG_LEN is arithmetic on its argument only.
                 let header = unsafe { libc::CMSG_LEN(0) } as usize;
@@ -131,7 +140,10 @@ impl Peer {
             return None;
         }
         let mut payload = vec![0u8; codec::frame_len(header) as usize];
-        assert!(self.fill(&mut payload, &mut fds), "connection ended inside a frame");
+        assert!(
+            self.fill(&mut payload, &mut fds),
+            "connection ended inside a frame"
+        );
         let request = codec::decode_payload(&payload).expect("peer decodes the request");
         Some((request, fds))
     }
@@ -142,9 +154,9 @@ impl Peer {
         let Request::Submit(submit) = request else {
             panic!("expected Submit, got {request:?}");
         };
-        let [source, dest]: [OwnedFd; 2] = fds
-            .try_into()
-            .unwrap_or_else(|fds: Vec<OwnedFd>| panic!("Submit came with {} descriptors", fds.len()));
+        let [source, dest]: [OwnedFd; 2] = fds.try_into().unwrap_or_else(|fds: Vec<OwnedFd>| {
+            panic!("Submit came with {} descriptors", fds.len())
+        });
         (submit, source, dest)
     }
 
@@ -156,7 +168,12 @@ impl Peer {
 
     fn handshake(&mut self) {
         let (hello, fds) = self.recv().expect("Hello");
-        assert_eq!(hello, Request::Hello { version: PROTOCOL_VERSION });
+        assert_eq!(
+            hello,
+            Request::Hello {
+                version: PROTOCOL_VERSION
+            }
+        );
         assert!(fds.is_empty());
         self.send(&Event::Welcome {
             version: PROTOCOL_VERSION,
@@ -185,7 +202,12 @@ fn handshake_answered_with(answer: Option<Event>) -> ClientError {
     let peer = thread::spawn(move || {
         let mut peer = Peer { sock: theirs };
         let (hello, _) = peer.recv().expect("Hello");
-        assert_eq!(hello, Request::Hello { version: PROTOCOL_VERSION });
+        assert_eq!(
+            hello,
+            Request::Hello {
+                version: PROTOCOL_VERSION
+            }
+        );
         if let Some(answer) = answer {
             peer.send(&answer);
         }
@@ -323,7 +345,10 @@ fn handshake_failures() {
     );
 
     let err = handshake_answered_with(Some(Event::Stats(StatsReport::default())));
-    assert!(matches!(&err, ClientError::Handshake(m) if m.contains("Stats")), "{err:?}");
+    assert!(
+        matches!(&err, ClientError::Handshake(m) if m.contains("Stats")),
+        "{err:?}"
+    );
 
     let err = handshake_answered_with(None);
     assert!(
@@ -375,7 +400,10 @@ fn submit_passes_both_descriptors_and_completes() {
 
     assert_eq!(next_event(&events), Event::Accepted { req: 1, job: 42 });
     assert_eq!(job.job_id(), Ok(42));
-    assert!(matches!(next_event(&events), Event::Progress { bytes: 3, .. }));
+    assert!(matches!(
+        next_event(&events),
+        Event::Progress { bytes: 3, .. }
+    ));
     assert_eq!((job.bytes_so_far(), job.total()), (3, Some(5)));
     assert!(!job.is_finished());
     go_on.send(()).expect("peer waits");
@@ -426,7 +454,10 @@ fn failures_and_refusals_resolve_with_their_kind() {
             bytes: 0,
         });
         let (failed, _, _) = peer.recv_submit();
-        peer.send(&Event::Accepted { req: failed.req, job: 9 });
+        peer.send(&Event::Accepted {
+            req: failed.req,
+            job: 9,
+        });
         peer.send(&Event::Failed {
             req: failed.req,
             job: Some(9),
@@ -460,7 +491,10 @@ fn failures_and_refusals_resolve_with_their_kind() {
             bytes: 4096,
         }
     );
-    assert_eq!(err.to_string(), "no-space: write to destination: No space left on device");
+    assert_eq!(
+        err.to_string(),
+        "no-space: write to destination: No space left on device"
+    );
     assert_eq!(failed.bytes_so_far(), 4096);
     peer.join().expect("peer");
 }
@@ -531,7 +565,10 @@ fn a_panicking_callback_does_not_stop_the_event_thread() {
 fn events_fan_out_to_every_live_subscriber() {
     let (client, peer) = scripted(|peer| {
         let (submit, _, _) = peer.recv_submit();
-        peer.send(&Event::Accepted { req: submit.req, job: 5 });
+        peer.send(&Event::Accepted {
+            req: submit.req,
+            job: 5,
+        });
         peer.send(&completed(submit.req, 5, 10));
         // An event for a request the client never made still reaches subscribers.
         peer.send(&Event::Accepted { req: 999, job: 6 });
@@ -562,7 +599,10 @@ fn events_fan_out_to_every_live_subscriber() {
 fn peer_closing_mid_job_disconnects_everything() {
     let (client, peer) = scripted(|peer| {
         let (submit, _, _) = peer.recv_submit();
-        peer.send(&Event::Accepted { req: submit.req, job: 3 });
+        peer.send(&Event::Accepted {
+            req: submit.req,
+            job: 3,
+        });
         // Returning drops the socket: the daemon is gone mid-job.
     });
     let events = client.events();
@@ -665,7 +705,10 @@ fn protocol_error_frame_ends_the_connection() {
     );
     assert!(matches!(
         next_event(&events),
-        Event::ProtocolError { kind: ProtocolErrorKind::ExtraDescriptors, .. }
+        Event::ProtocolError {
+            kind: ProtocolErrorKind::ExtraDescriptors,
+            ..
+        }
     ));
     peer.join().expect("peer");
 }
@@ -724,21 +767,34 @@ fn copy_file_opens_like_cp() {
 
     let (client, peer) = scripted(copying_peer);
     let opts = TransferOptions::default();
-    let job = client.copy_file(&src, &fresh, &opts).expect("copy to a new file");
+    let job = client
+        .copy_file(&src, &fresh, &opts)
+        .expect("copy to a new file");
     assert_eq!(wait(&job).map(|c| c.bytes), Ok(10));
     assert_eq!(fs::read(&fresh).expect("read"), b"0123456789");
     assert_eq!(mode(&fresh), 0o600 & !umask());
 
-    let job = client.copy_file(&src, &existing, &opts).expect("copy over a file");
+    let job = client
+        .copy_file(&src, &existing, &opts)
+        .expect("copy over a file");
     assert_eq!(wait(&job).map(|c| c.bytes), Ok(10));
     assert_eq!(fs::read(&existing).expect("read"), b"0123456789");
 
     let err = client.copy_file(&src, &src, &opts).expect_err("same file");
-    assert!(matches!(&err, ClientError::Open { path, .. } if path == &src), "{err:?}");
-    assert_eq!(fs::read(&src).expect("read"), b"0123456789", "source intact");
+    assert!(
+        matches!(&err, ClientError::Open { path, .. } if path == &src),
+        "{err:?}"
+    );
+    assert_eq!(
+        fs::read(&src).expect("read"),
+        b"0123456789",
+        "source intact"
+    );
 
     let missing = dir.path().join("missing");
-    let err = client.copy_file(&missing, &fresh, &opts).expect_err("no source");
+    let err = client
+        .copy_file(&missing, &fresh, &opts)
+        .expect_err("no source");
     assert!(
         matches!(&err, ClientError::Open { path, source } if path == &missing && source.kind() == io::ErrorKind::NotFound),
         "{err:?}"

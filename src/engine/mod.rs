@@ -123,6 +123,7 @@ pub struct Engine {
     signals: Option<OwnedFd>,
     signal_op: Option<u64>,
     stopping: bool,
+    signal_cancelled: bool,
     stop_now: bool,
     exit_when_idle: bool,
     next_job_id: u64,
@@ -178,6 +179,7 @@ impl Engine {
             signals: None,
             signal_op: None,
             stopping: false,
+            signal_cancelled: false,
             stop_now: false,
             exit_when_idle: false,
             next_job_id: 1,
@@ -222,6 +224,14 @@ impl Engine {
         self.arm_listener();
         self.arm_signals();
         loop {
+            if self.stopping && self.ops.len() == 1 && !self.signal_cancelled {
+                // Only the signal read is left: nothing else can finish now,
+                // so take it back too, and exit once its completion is in.
+                if let Some(ud) = self.signal_op {
+                    self.signal_cancelled = true;
+                    let _ = self.io().cancel(ud);
+                }
+            }
             if self.stop_now
                 || (self.stopping && self.ops.is_empty())
                 || (self.exit_when_idle
@@ -343,6 +353,7 @@ impl Engine {
         }
         info!("signal received: stopping");
         self.stop();
+        // Stay armed, so that a second signal can stop at once.
         self.arm_signals();
     }
 
@@ -356,10 +367,6 @@ impl Engine {
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close_session(k, "the daemon is shutting down");
-        }
-        if let Some(ud) = self.signal_op.take() {
-            let _ = self.io().cancel(ud);
-            self.signal_op = Some(ud);
         }
     }
 
@@ -414,7 +421,7 @@ impl Engine {
             // Descriptors that arrived with a cancelled receive are closed here.
             let mut stray = std::collections::VecDeque::new();
             if result > 0 {
-                buf.received(result as usize, &mut stray);
+                buf.received(result as usize, 0, &mut stray);
             }
             session.recv = Some(buf);
             self.free_if_done(k);
@@ -449,7 +456,8 @@ impl Engine {
             }
             return;
         }
-        let received = buf.received(result as usize, &mut session.fds);
+        session.received += result as u64;
+        let received = buf.received(result as usize, session.received, &mut session.fds);
         if received.truncated {
             session.recv = Some(buf);
             self.protocol_error(
@@ -485,8 +493,16 @@ impl Engine {
         let result = loop {
             match next_frame(&buf.data[used..], max_frame) {
                 Ok(Some((req, n))) => {
+                    let Some(session) = self.sessions.get_mut(k) else {
+                        break Ok(());
+                    };
+                    let start = session.received - buf.data.len() as u64 + used as u64;
                     used += n;
-                    if let Err(e) = self.handle_request(k, req) {
+                    let fds = match claim_fds(session, &req, start, start + n as u64) {
+                        Ok(fds) => fds,
+                        Err(e) => break Err(e),
+                    };
+                    if let Err(e) = self.handle_request(k, req, fds) {
                         break Err(e);
                     }
                     if self.sessions.get(k).is_none_or(|s| s.closing) {
@@ -512,7 +528,12 @@ impl Engine {
         Ok(())
     }
 
-    fn handle_request(&mut self, k: usize, req: Request) -> Result<(), FrameError> {
+    fn handle_request(
+        &mut self,
+        k: usize,
+        req: Request,
+        fds: Option<(OwnedFd, OwnedFd)>,
+    ) -> Result<(), FrameError> {
         let Some(session) = self.sessions.get_mut(k) else {
             return Ok(());
         };
@@ -554,21 +575,10 @@ impl Engine {
                 )))
             }
             Request::Submit(submit) => {
-                if session.fds.len() < SUBMIT_DESCRIPTORS {
-                    let got = session.fds.len();
-                    session.fds.clear();
-                    return Err(FrameError {
-                        kind: ProtocolErrorKind::MissingDescriptors,
-                        message: format!(
-                            "Submit needs {SUBMIT_DESCRIPTORS} descriptors (source, destination) but {got} arrived with it"
-                        ),
-                    });
+                // claim_fds made sure a Submit comes with exactly two.
+                if let Some((src, dst)) = fds {
+                    self.admit(k, submit, src, dst);
                 }
-                let (Some(src), Some(dst)) = (session.fds.pop_front(), session.fds.pop_front())
-                else {
-                    return Ok(());
-                };
-                self.admit(k, submit, src, dst);
             }
             Request::Cancel { job } => {
                 let owned = self
@@ -999,6 +1009,79 @@ impl Engine {
             pipes_total: self.pipes.total() as u64,
             pipes_in_use: (self.pipes.total() - self.pipes.idle()) as u64,
             pipe_capacity: u64::from(self.pipes.pipe_capacity()),
+        }
+    }
+}
+
+/// Takes the descriptors that arrived with the frame at stream positions
+/// `[start, end)`, and checks their number against what the request needs.
+///
+/// A Unix stream socket delivers the descriptors of a `sendmsg` with the
+/// receive that reads that message's first byte, and ends that receive after
+/// the message's bytes; a frame is sent in one `sendmsg` and fits one socket
+/// buffer. So descriptors whose receive ended inside a frame's bytes belong
+/// to that frame, and only to it: a frame cannot borrow a later frame's
+/// descriptors, nor leave its own for the next one.
+fn claim_fds(
+    session: &mut Session,
+    req: &Request,
+    start: u64,
+    end: u64,
+) -> Result<Option<(OwnedFd, OwnedFd)>, FrameError> {
+    let mut claimed: Vec<OwnedFd> = Vec::new();
+    while session.fds.front().is_some_and(|(pos, _)| *pos <= end) {
+        if let Some((pos, fd)) = session.fds.pop_front() {
+            if pos <= start {
+                // Arrived with bytes already handled: nobody claimed it.
+                session.fds.clear();
+                return Err(FrameError {
+                    kind: ProtocolErrorKind::ExtraDescriptors,
+                    message: "a descriptor arrived with a frame that takes none".into(),
+                });
+            }
+            claimed.push(fd);
+        }
+    }
+    let want = if matches!(req, Request::Submit(_)) {
+        SUBMIT_DESCRIPTORS
+    } else {
+        0
+    };
+    if claimed.len() < want {
+        return Err(FrameError {
+            kind: ProtocolErrorKind::MissingDescriptors,
+            message: format!(
+                "Submit needs {SUBMIT_DESCRIPTORS} descriptors (source, destination) but {} arrived with it",
+                claimed.len()
+            ),
+        });
+    }
+    if claimed.len() > want {
+        return Err(FrameError {
+            kind: ProtocolErrorKind::ExtraDescriptors,
+            message: format!(
+                "{} descriptor(s) arrived with {}, which takes {want}",
+                claimed.len(),
+                request_name(req)
+            ),
+        });
+    }
+    let mut it = claimed.into_iter();
+    Ok(it.next().zip(it.next()))
+}
+
+impl Drop for Engine {
+    /// The kernel may still write into what in-flight operations hold until
+    /// their completions arrive, and closing the ring does not wait for that.
+    /// The loop only ends with the table empty; if it ended early on an
+    /// error, what the table holds is leaked rather than freed under the kernel.
+    fn drop(&mut self) {
+        if !self.ops.is_empty() {
+            warn!(
+                in_flight = self.ops.len(),
+                "engine dropped with operations in flight; leaking their buffers"
+            );
+            std::mem::forget(std::mem::replace(&mut self.ops, OpTable::with_capacity(0)));
         }
     }
 }

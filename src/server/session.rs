@@ -62,8 +62,9 @@ impl RecvBuf {
     }
 
     /// Accounts for `n` bytes received into the spare capacity and moves any
-    /// descriptors that came with them into `fds`.
-    pub fn received(&mut self, n: usize, fds: &mut VecDeque<OwnedFd>) -> Received {
+    /// descriptors that came with them into `fds`, each tagged with `end`, the
+    /// stream position just past the bytes of this receive.
+    pub fn received(&mut self, n: usize, end: u64, fds: &mut VecDeque<(u64, OwnedFd)>) -> Received {
         let n = n.min(self.data.capacity() - self.data.len());
         // SAFETY: the kernel wrote `n` bytes into the spare capacity that
         // `prepare` described, and `n` is clamped to that capacity.
@@ -80,7 +81,7 @@ impl RecvBuf {
                     let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
                     for i in 0..payload / std::mem::size_of::<libc::c_int>() {
                         let raw = std::ptr::read_unaligned(data.add(i));
-                        fds.push_back(OwnedFd::from_raw_fd(raw));
+                        fds.push_back((end, OwnedFd::from_raw_fd(raw)));
                     }
                 }
                 cmsg = libc::CMSG_NXTHDR(&self.msg, cmsg);
@@ -133,8 +134,11 @@ pub struct Session {
     pub send_op: Option<u64>,
     /// Events encoded while a send was in flight.
     pub pending: Vec<u8>,
-    /// Descriptors received and not yet claimed by a frame.
-    pub fds: VecDeque<OwnedFd>,
+    /// Descriptors received and not yet claimed by a frame, each with the
+    /// stream position at which its receive ended (see `Engine::claim_fds`).
+    pub fds: VecDeque<(u64, OwnedFd)>,
+    /// Bytes received on this connection so far.
+    pub received: u64,
     /// Whether `Hello` has been accepted.
     pub greeted: bool,
     /// Set once the session stops reading; it is freed when its buffers are
@@ -157,6 +161,7 @@ impl Session {
             send_op: None,
             pending: Vec::with_capacity(16 * 1024),
             fds: VecDeque::with_capacity(MAX_FDS_PER_MESSAGE * 2),
+            received: 0,
             greeted: false,
             closing: false,
             jobs: Vec::new(),
