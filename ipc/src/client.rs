@@ -761,7 +761,10 @@ impl Client {
             });
         }
         // Devices and FIFOs ignore O_TRUNC but would reject ftruncate(2).
-        if dst_meta.file_type().is_file() {
+        // An empty file is left alone: on ext4 a truncate to zero arms
+        // writeback on the last close (auto_da_alloc), which a fresh
+        // destination has no reason to pay.
+        if dst_meta.file_type().is_file() && dst_meta.len() > 0 {
             dest.set_len(0).map_err(open_err(dst))?;
         }
         self.submit(&source, &dest, opts)

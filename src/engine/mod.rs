@@ -146,13 +146,25 @@ impl Engine {
             ));
         }
         let ring = Ring::new(config.ring_entries)?;
-        let (pipes, err) = PipePool::new(config.pipes, config.pipe_size);
+        let mut wanted = config.pipes;
+        if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
+            if budget < wanted {
+                warn!(
+                    "pipe pool limited to {budget} pipes of {} bytes (asked for {wanted}): an unprivileged user's \
+                     pipes may hold {soft} pages in all (/proc/sys/fs/pipe-user-pages-soft); raise it, run as root, \
+                     or lower --pipe-size",
+                    config.pipe_size
+                );
+                wanted = budget.max(1);
+            }
+        }
+        let (pipes, err) = PipePool::new(wanted, config.pipe_size);
         if let Some(err) = err {
             if pipes.total() == 0 {
                 return Err(EngineError::NoPipes(err));
             }
             warn!(
-                wanted = config.pipes,
+                wanted,
                 made = pipes.total(),
                 "pipe pool is smaller than asked: {err}"
             );
@@ -287,6 +299,16 @@ impl Engine {
                 self.on_job(k, kind, result);
             }
             (Owner::Signal, _, _) => self.on_signal(result),
+            (Owner::Closer, _, _) => {
+                if result < 0 {
+                    // A close can report a failed writeback (EIO) or a full
+                    // disk on network file systems.
+                    warn!(
+                        "closing a job's descriptor failed: {}",
+                        std::io::Error::from_raw_os_error(-result)
+                    );
+                }
+            }
             (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
         }
     }
@@ -770,7 +792,11 @@ impl Engine {
         let session_id = session.id;
         let plan = match plan(src, dst, &submit) {
             Ok(plan) => plan,
-            Err(e) => {
+            Err(refused) => {
+                let [a, b] = refused.fds;
+                self.io().close_async(a);
+                self.io().close_async(b);
+                let e = refused.error;
                 debug!(session = session_id, req, "refused: {e}");
                 let ev = Event::Failed {
                     req,
@@ -984,6 +1010,10 @@ impl Engine {
                 }
             }
         };
+        if let Some(ends) = job.copy.into_endpoints() {
+            self.io().close_async(ends.src);
+            self.io().close_async(ends.dst);
+        }
         if let Some(sk) = job.session {
             if let Some(session) = self.sessions.get_mut(sk) {
                 if let Some(pos) = session.jobs.iter().position(|&j| j == k) {

@@ -30,8 +30,8 @@ pub enum Owner {
     Job(usize),
     /// The signalfd read that tells the loop to stop.
     Signal,
-    /// The eventfd read that wakes the loop from another thread.
-    Waker,
+    /// A close of a descriptor nobody needs any more.
+    Closer,
 }
 
 /// What an operation was, so the owner knows which step completed.
@@ -41,6 +41,7 @@ pub enum OpKind {
     Recv,
     Send,
     Read,
+    Close,
     /// Source to pipe, for the chunk with this index.
     SpliceIn(u16),
     /// Pipe to destination, for the chunk with this index.

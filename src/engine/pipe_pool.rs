@@ -78,6 +78,28 @@ pub enum PipeError {
     },
 }
 
+/// How many pipes of `size` bytes an unprivileged user may have in all, by
+/// /proc/sys/fs/pipe-user-pages-soft, keeping a quarter of it for the user's
+/// other pipes (and the client's). `None` when no limit applies: root, or
+/// the limit is 0 (off) or unreadable.
+pub fn pipe_budget(size: u32) -> Option<(usize, u64)> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return None;
+    }
+    let soft: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if soft == 0 {
+        return None;
+    }
+    // The kernel rounds a pipe's size up to a power of two pages.
+    let pages = u64::from(size).div_ceil(4096).next_power_of_two().max(1);
+    Some(((soft * 3 / 4 / pages) as usize, soft))
+}
+
 /// The pool of idle pipes, all of one size.
 pub struct PipePool {
     idle: Vec<Rc<Pipe>>,

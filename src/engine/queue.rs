@@ -3,10 +3,10 @@
 //! Every entry is recorded in the op table before it is pushed, so its
 //! `user_data` is known, and the table entry holds what the kernel will touch.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 
 use super::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
 use super::pipe_pool::Pipe;
@@ -173,6 +173,30 @@ impl IoQueue<'_> {
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
         })
+    }
+
+    /// Closes `fd` in one of the kernel's io_uring workers, never on the loop
+    /// thread. The last close of a file can do real work (ext4 starts
+    /// writeback of a file that was truncated to zero; network file systems
+    /// flush), and the release runs in whichever thread drops the last
+    /// reference: with IOSQE_ASYNC that is the worker.
+    pub fn close_async(&mut self, fd: OwnedFd) {
+        let raw = fd.into_raw_fd();
+        let op = Op {
+            owner: Owner::Closer,
+            kind: OpKind::Close,
+            hold: Hold::Nothing,
+        };
+        let queued = self.queue(op, || {
+            opcode::Close::new(types::Fd(raw))
+                .build()
+                .flags(squeue::Flags::ASYNC)
+        });
+        if queued.is_err() {
+            // SAFETY: `raw` came from an OwnedFd given up above and the close
+            // entry never reached the kernel, so this is its only close.
+            unsafe { libc::close(raw) };
+        }
     }
 
     /// Queues a read of a signalfd or eventfd into a buffer the op holds.

@@ -184,11 +184,40 @@ fn probe(fd: &OwnedFd, which: &str) -> Result<Probe, TransferError> {
     })
 }
 
+/// A refused job: why, and the descriptors, for the caller to close.
+pub struct Refused {
+    pub error: TransferError,
+    pub fds: [OwnedFd; 2],
+}
+
 /// Checks the two descriptors against the request and decides what to move.
 /// Every refusal names the descriptor and what is wrong with it.
-pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, TransferError> {
-    let s = probe(&src, "source")?;
-    let d = probe(&dst, "destination")?;
+pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Refused> {
+    match check(&src, &dst, req) {
+        Ok((src_kind, dst_kind, total, length_requested)) => Ok(Plan {
+            ends: Endpoints {
+                src,
+                dst,
+                src_kind,
+                dst_kind,
+            },
+            src_start: req.offset,
+            dst_start: req.dest_offset,
+            total,
+            length_requested,
+        }),
+        Err(error) => Err(Refused {
+            error,
+            fds: [src, dst],
+        }),
+    }
+}
+
+type Checked = (FdKind, FdKind, Option<u64>, bool);
+
+fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, TransferError> {
+    let s = probe(src, "source")?;
+    let d = probe(dst, "destination")?;
     for (which, p) in [("source", &s), ("destination", &d)] {
         if matches!(p.kind, FdKind::Directory | FdKind::Other) {
             return Err(TransferError::new(
@@ -267,16 +296,5 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Tra
             "offset plus length exceeds the largest file offset (2^63 - 1)",
         ));
     }
-    Ok(Plan {
-        ends: Endpoints {
-            src,
-            dst,
-            src_kind: s.kind,
-            dst_kind: d.kind,
-        },
-        src_start: req.offset,
-        dst_start: req.dest_offset,
-        total,
-        length_requested,
-    })
+    Ok((s.kind, d.kind, total, length_requested))
 }

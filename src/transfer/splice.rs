@@ -509,6 +509,12 @@ impl SpliceCopy {
         }
     }
 
+    /// Gives back the descriptors once no operation holds them any more
+    /// (always the case once the job is finished).
+    pub fn into_endpoints(self) -> Option<Endpoints> {
+        Rc::try_unwrap(self.ends).ok()
+    }
+
     /// Whether any operation is in flight.
     pub fn busy(&self) -> bool {
         self.in_flight() > 0

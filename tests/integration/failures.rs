@@ -97,7 +97,7 @@ fn read_only_destination_is_a_bad_descriptor() {
     );
     assert_eq!(f.bytes, 0, "bytes reported for a read-only destination");
     assert_file_eq(&dst, &before);
-    drop((s, t));
+    drop((s, t, client));
     d.assert_healthy(baseline, "after a read-only destination");
 }
 
@@ -116,7 +116,7 @@ fn write_only_source_is_a_bad_descriptor() {
         "O_WRONLY source",
     );
     assert_eq!(f.bytes, 0);
-    drop((s, t));
+    drop((s, t, client));
     d.assert_healthy(baseline, "after a write-only source");
 }
 

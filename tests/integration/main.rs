@@ -11,3 +11,4 @@ mod failures;
 mod lifecycle;
 mod protocol_abuse;
 mod sockets;
+mod stub;

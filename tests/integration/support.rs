@@ -274,6 +274,23 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 // ---------------------------------------------------------------------------
 // The daemon
 
+/// The kernel's flag for io_uring worker threads (include/linux/sched.h).
+const PF_IO_WORKER: u64 = 0x10;
+
+/// One task (thread) of the daemon, from /proc/PID/task.
+#[derive(Debug)]
+pub struct Task {
+    pub tid: String,
+    pub comm: String,
+    pub flags: u64,
+}
+
+impl Task {
+    pub fn is_io_uring_worker(&self) -> bool {
+        self.comm.starts_with("iou-") || self.flags & PF_IO_WORKER != 0
+    }
+}
+
 /// A `ringxferd` on a socket in its own temporary directory; killed on drop.
 pub struct Daemon {
     child: Option<Child>,
@@ -404,26 +421,38 @@ impl Daemon {
         v.join("\n")
     }
 
-    /// (tid, comm) of every task of the daemon.
-    pub fn tasks(&self) -> Vec<(String, String)> {
+    /// Every task of the daemon.
+    pub fn tasks(&self) -> Vec<Task> {
         let mut v = Vec::new();
         if let Ok(rd) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
             for e in rd.filter_map(|e| e.ok()) {
                 let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-                v.push((
-                    e.file_name().to_string_lossy().into_owned(),
-                    comm.trim().to_string(),
-                ));
+                // Field 9 of stat, counted after the parenthesised comm.
+                let flags = std::fs::read_to_string(e.path().join("stat"))
+                    .ok()
+                    .and_then(|st| {
+                        let rest = &st[st.rfind(')')? + 1..];
+                        rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+                    })
+                    .unwrap_or(0);
+                v.push(Task {
+                    tid: e.file_name().to_string_lossy().into_owned(),
+                    comm: comm.trim().to_string(),
+                    flags,
+                });
             }
         }
         v
     }
 
-    /// Tasks that are not the kernel's io_uring workers ("iou-wrk", "iou-sqp").
+    /// Tasks that are not the kernel's io_uring workers. A worker is known
+    /// by its comm ("iou-wrk-*", "iou-sqp-*") or, in the instant between its
+    /// creation and its naming (when it still carries the parent's comm), by
+    /// the PF_IO_WORKER flag the kernel sets on it from birth.
     pub fn loop_threads(&self) -> usize {
         self.tasks()
             .iter()
-            .filter(|(_, comm)| !comm.starts_with("iou-"))
+            .filter(|t| !t.is_io_uring_worker())
             .count()
     }
 

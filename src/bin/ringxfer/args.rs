@@ -23,12 +23,15 @@ pub struct Cli {
 
 /// Flags every subcommand understands, before or after its name.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
-    /// The daemon's Unix socket [default: $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock,
-    /// else /run/ringxfer/ringxferd.sock].
-    // No clap default: the default depends on the environment and is computed
-    // by ringxfer_ipc::default_socket_path(), the same function the daemon uses.
-    #[arg(long, global = true, env = "RINGXFER_SOCKET", value_name = "PATH")]
+    /// The daemon's Unix socket [env: RINGXFER_SOCKET; default:
+    /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock, else /run/ringxfer/ringxferd.sock].
+    // Neither clap `env` nor a clap default: ringxfer_ipc::default_socket_path()
+    // reads RINGXFER_SOCKET and the XDG fallback exactly as the daemon does,
+    // and treats an empty variable as unset, where clap would call it a
+    // missing value.
+    #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
     /// How to move the bytes: auto (the engine picks) or splice.

@@ -141,7 +141,7 @@ fn run_recv(
 ) -> Result<Finished, CliError> {
     let engine = ctx.engine()?;
     // Before listening, so a bad destination fails before a peer sends a byte.
-    let dst_file = create_destination(dst, 0o666)?;
+    let dst_file = create_destination(dst)?;
     let listener =
         TcpListener::bind(bind).map_err(|err| CliError::io(format!("bind {bind}"), &err))?;
     let local = listener

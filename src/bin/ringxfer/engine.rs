@@ -64,11 +64,7 @@ impl Engine {
             Fallback::Refuse => {
                 return Err(CliError {
                     exit: Exit::Unreachable,
-                    ..CliError::new(
-                        format!("no daemon at {}", socket.display()),
-                        "daemon-unreachable",
-                        unreachable.to_string(),
-                    )
+                    ..CliError::client("", &unreachable)
                 })
             }
             Fallback::Embedded { announce } => announce,

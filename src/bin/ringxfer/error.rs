@@ -25,7 +25,8 @@ impl From<Exit> for ExitCode {
 }
 
 /// A failure, already phrased: `context` names the path, address or transfer
-/// involved, `cause` says what went wrong with it.
+/// involved, `cause` says what went wrong with it. An empty `context` means
+/// `cause` names them itself (the client stub's connect errors do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliError {
     pub context: String,
@@ -40,7 +41,11 @@ pub struct CliError {
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.context, self.cause)
+        if self.context.is_empty() {
+            f.write_str(&self.cause)
+        } else {
+            write!(f, "{}: {}", self.context, self.cause)
+        }
     }
 }
 
@@ -82,13 +87,28 @@ impl CliError {
         }
     }
 
-    /// Talking to the engine failed (other than finding nobody there).
+    /// Talking to the engine failed.
     pub fn client(context: impl Into<String>, err: &ClientError) -> CliError {
+        let os_error = match err {
+            ClientError::Connect { source, .. }
+            | ClientError::Open { source, .. }
+            | ClientError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        let (context, kind) = match err {
+            // Its message already names the socket and says what the errno
+            // means for whether a daemon runs there.
+            ClientError::Connect { .. } if err.is_unreachable() => {
+                (String::new(), "daemon-unreachable")
+            }
+            ClientError::Connect { .. } => (String::new(), "ipc"),
+            _ => (context.into(), "ipc"),
+        };
         CliError {
-            context: context.into(),
+            context,
             cause: err.to_string(),
-            kind: "ipc".to_owned(),
-            os_error: None,
+            kind: kind.to_owned(),
+            os_error,
             exit: Exit::Failed,
         }
     }

@@ -43,41 +43,50 @@ pub fn resolve_destination(src: &Path, dst: &Path) -> Result<PathBuf, CliError> 
     }
 }
 
-/// Opens the destination of a copy (resolved as [`resolve_destination`]),
-/// refusing SRC itself: opening it with O_TRUNC would empty the source
-/// before a byte is read.
+/// Opens the destination of a copy (resolved as [`resolve_destination`]) and
+/// empties it, refusing SRC itself.
 pub fn open_copy_destination(
     src_path: &Path,
     src_meta: &Metadata,
     dst: &Path,
 ) -> Result<(File, PathBuf), CliError> {
     let dst_path = resolve_destination(src_path, dst)?;
-    match fs::metadata(&dst_path) {
-        Ok(meta) if meta.dev() == src_meta.dev() && meta.ino() == src_meta.ino() => {
-            return Err(CliError::new(
-                format!("{} and {}", src_path.display(), dst_path.display()),
-                "invalid-request",
-                "are the same file",
-            ));
-        }
-        Ok(_) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(CliError::io(dst_path.display().to_string(), &err)),
+    let io_err = |err: io::Error| CliError::io(dst_path.display().to_string(), &err);
+    // No O_TRUNC: it would empty the source, before any check, when DST is
+    // SRC under another name. Compare the open files instead (no race with
+    // renames) and truncate only afterwards.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        // Like cp without -p: a new file gets the source's permission bits,
+        // less the umask; an existing file keeps its own.
+        .mode(src_meta.permissions().mode() & 0o777)
+        .open(&dst_path)
+        .map_err(io_err)?;
+    let dst_meta = file.metadata().map_err(io_err)?;
+    if (dst_meta.dev(), dst_meta.ino()) == (src_meta.dev(), src_meta.ino()) {
+        return Err(CliError::new(
+            dst_path.display().to_string(),
+            "invalid-request",
+            format!("is the same file as {}", src_path.display()),
+        ));
     }
-    // Like cp without -p: a new file gets the source's permission bits, less
-    // the umask; an existing file keeps its own.
-    let file = create_destination(&dst_path, src_meta.permissions().mode() & 0o777)?;
+    // Devices and FIFOs (`copy x /dev/null`) have nothing to truncate and
+    // would reject ftruncate(2).
+    if dst_meta.is_file() {
+        file.set_len(0).map_err(io_err)?;
+    }
     Ok((file, dst_path))
 }
 
-/// Creates or truncates a destination file for writing; `mode` applies only
-/// if it is created, less the umask.
-pub fn create_destination(path: &Path, mode: u32) -> Result<File, CliError> {
+/// Creates (mode 0644 less the umask, as the client stub's recv_to_file
+/// does) or truncates a file to receive into.
+pub fn create_destination(path: &Path) -> Result<File, CliError> {
     OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(mode)
+        .mode(0o644)
         .open(path)
         .map_err(|err| CliError::io(path.display().to_string(), &err))
 }
@@ -135,7 +144,10 @@ mod tests {
         // Same file named directly, and via its directory.
         for dst in [src.clone(), dir.path().to_path_buf()] {
             let err = open_copy_destination(&src, &meta, &dst).err().unwrap();
-            assert!(err.to_string().ends_with("are the same file"), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("{}: is the same file as {}", src.display(), src.display())
+            );
         }
         assert_eq!(fs::read(&src).unwrap(), b"keep me");
     }

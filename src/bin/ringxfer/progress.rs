@@ -1,8 +1,8 @@
 //! Waiting for a job, with a progress bar on stderr when it takes a while.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ringxfer_ipc::{Completion, JobError, JobHandle};
 
 /// How often the bar is refreshed from the handle's counters.
@@ -25,40 +25,33 @@ pub fn wait(handle: JobHandle, show: bool) -> Result<Completion, JobError> {
     if !show {
         return handle.wait();
     }
-    let started = Instant::now();
-    let mut bar: Option<ProgressBar> = None;
+    // The bar is fed from the start but drawn nowhere until SHOW_AFTER, so
+    // that its rate and ETA estimates already know the first second's work
+    // when it appears, instead of seeing it as one instantaneous jump.
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+        .with_style(style(SPINNER_TEMPLATE));
+    let mut drawn = false;
     loop {
         if let Some(result) = handle.wait_timeout(POLL) {
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
+            bar.finish_and_clear();
             return result;
         }
-        if bar.is_none() && started.elapsed() >= SHOW_AFTER {
-            bar = Some(new_bar(started.elapsed()));
-        }
-        if let Some(bar) = &bar {
-            // The total may arrive with a later progress event; switch from
-            // spinner to bar when it does.
-            if let Some(total) = handle.total() {
-                if bar.length() != Some(total) {
-                    bar.set_length(total);
-                    bar.set_style(style(BAR_TEMPLATE));
-                }
+        // The total may arrive with a later progress event (and never, for a
+        // socket source); switch from spinner to bar when it does.
+        if let Some(total) = handle.total() {
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+                bar.set_style(style(BAR_TEMPLATE));
             }
-            bar.set_position(handle.bytes_so_far());
+        }
+        bar.set_position(handle.bytes_so_far());
+        if !drawn && bar.elapsed() >= SHOW_AFTER {
+            // stderr, not stdout: stdout may be a script's JSON.
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(POLL);
+            drawn = true;
         }
     }
-}
-
-fn new_bar(already: Duration) -> ProgressBar {
-    // ProgressBar draws to stderr by default, which is where it belongs:
-    // stdout may be a script's JSON.
-    let bar = ProgressBar::no_length()
-        .with_style(style(SPINNER_TEMPLATE))
-        .with_elapsed(already);
-    bar.enable_steady_tick(POLL);
-    bar
 }
 
 fn style(template: &str) -> ProgressStyle {

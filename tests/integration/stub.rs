@@ -1,0 +1,192 @@
+//! The client stub's conveniences against a real daemon: copy_file,
+//! send_file, recv_to_file, stats, cancel, events, per-connection limits.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::thread;
+use std::time::Duration;
+
+use ringxfer_ipc::{Event, FailureKind, Strategy, TransferOptions};
+
+use crate::support::*;
+
+/// A connected TCP pair over 127.0.0.1: (the connecting side, the accepted side).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (a, _) = l.accept().unwrap();
+    (c, a)
+}
+
+#[test]
+fn copy_file_send_file_recv_to_file() {
+    let d = Daemon::start();
+    let client = d.client();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", (2 << 20) + 5, 80);
+
+    let dst = dir.path().join("copy");
+    let h = client.copy_file(&src, &dst, &opts()).expect("copy_file");
+    let c = completed(wait(h), "copy_file");
+    assert_eq!(c.bytes, data.len() as u64);
+    assert_eq!(c.strategy, Strategy::Splice);
+    assert_file_eq(&dst, &data);
+
+    let (conn, mut peer) = tcp_pair();
+    let reader = thread::spawn(move || {
+        peer.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut v = Vec::new();
+        peer.read_to_end(&mut v).map(|_| v)
+    });
+    let h = client.send_file(&src, &conn, &opts()).expect("send_file");
+    let c = completed(wait(h), "send_file");
+    drop(conn);
+    assert_eq!(c.bytes, data.len() as u64);
+    assert_bytes_eq(&reader.join().unwrap().expect("reader"), &data, "send_file");
+
+    let (mut writer, server_side) = tcp_pair();
+    let rdst = dir.path().join("recv");
+    let h = client
+        .recv_to_file(&server_side, &rdst, &opts())
+        .expect("recv_to_file");
+    drop(server_side);
+    let w = {
+        let data = data.clone();
+        thread::spawn(move || {
+            writer.write_all(&data)?;
+            writer.shutdown(Shutdown::Write)
+        })
+    };
+    let c = completed(wait(h), "recv_to_file");
+    w.join().unwrap().unwrap();
+    assert_eq!(c.bytes, data.len() as u64);
+    assert_file_eq(&rdst, &data);
+
+    let st = client.stats().expect("stats");
+    assert!(st.jobs_completed >= 3, "{st:?}");
+    assert_eq!(st.jobs_running, 0, "{st:?}");
+    assert!(st.connections >= 1, "{st:?}");
+    assert!(st.bytes_moved >= 3 * data.len() as u64, "{st:?}");
+}
+
+#[test]
+fn cancel_a_stalled_job() {
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 32 << 20, 81);
+    let (conn, peer) = tcp_pair();
+    {
+        let client = d.client();
+        let s = open_src(&src);
+        let h = client.submit(s.as_fd(), conn.as_fd(), &opts()).unwrap();
+        let job = h.job_id().expect("job id");
+        client.cancel(job).expect("cancel");
+        let f = failed(wait(h), FailureKind::Cancelled, "cancelled job");
+        assert!(f.bytes < 32 << 20, "{f:?}");
+        // The connection is still usable after a cancel.
+        copy_and_check(&client, dir.path(), "after-cancel", 10_000, 82);
+        let st = client.stats().unwrap();
+        assert!(st.jobs_failed >= 1, "{st:?}");
+        assert_eq!(st.jobs_running, 0, "{st:?}");
+    }
+    drop((conn, peer));
+    d.assert_fds_return(baseline, Duration::from_secs(3), "after cancel");
+}
+
+#[test]
+fn per_connection_job_limit() {
+    let d = Daemon::start_with(&["--max-jobs-per-connection", "2"]);
+    let baseline = d.baseline();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 32 << 20, 83);
+    let pairs: Vec<_> = (0..3).map(|_| tcp_pair()).collect();
+    {
+        let client = d.client();
+        assert_eq!(client.limits().max_jobs_per_connection, 2);
+        let s = open_src(&src);
+        let a = client
+            .submit(s.as_fd(), pairs[0].0.as_fd(), &opts())
+            .unwrap();
+        let b = client
+            .submit(s.as_fd(), pairs[1].0.as_fd(), &opts())
+            .unwrap();
+        a.job_id().expect("first job admitted");
+        b.job_id().expect("second job admitted");
+        let c = client
+            .submit(s.as_fd(), pairs[2].0.as_fd(), &opts())
+            .unwrap();
+        match wait_within(c, Duration::from_secs(10)) {
+            Err(ringxfer_ipc::JobError::Failed { job, kind, .. }) => {
+                assert_eq!(kind, FailureKind::LimitExceeded);
+                assert_eq!(job, None, "a refused job has no id");
+            }
+            Err(e) => panic!("third job: expected LimitExceeded, got {e:?}"),
+            Ok(c) => panic!("third job over a limit of 2 completed ({} bytes)", c.bytes),
+        }
+        // Cancelling one frees a slot.
+        client.cancel(a.job_id().unwrap()).unwrap();
+        failed(wait(a), FailureKind::Cancelled, "cancelled first job");
+        copy_and_check(&client, dir.path(), "after-limit", 1000, 84);
+    }
+    drop(pairs);
+    d.assert_fds_return(baseline, Duration::from_secs(3), "after the limit test");
+}
+
+#[test]
+fn progress_events_arrive_in_order() {
+    let d = Daemon::start();
+    let client = d.client();
+    let dir = tmpdir();
+    let len = 16 << 20;
+    let (src, data) = make_file(dir.path(), "src", len, 85);
+    let dst = dir.path().join("dst");
+    let events = client.events();
+    let (s, t) = (open_src(&src), create_dst(&dst));
+    let o = TransferOptions {
+        progress: true,
+        ..opts()
+    };
+    let h = client.submit(s.as_fd(), t.as_fd(), &o).unwrap();
+    let req = h.req();
+    let c = completed(wait(h), "copy with progress");
+    assert_eq!(c.bytes, len as u64);
+    assert_file_eq(&dst, &data);
+
+    let mut last = 0;
+    let mut accepted = false;
+    loop {
+        match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(Event::Accepted { req: r, job }) if r == req => {
+                assert_eq!(job, c.job);
+                accepted = true;
+            }
+            Ok(Event::Progress {
+                req: r,
+                bytes,
+                total,
+                ..
+            }) if r == req => {
+                assert!(accepted, "Progress before Accepted");
+                assert!(
+                    bytes >= last,
+                    "progress went backwards: {last} then {bytes}"
+                );
+                assert!(bytes <= len as u64, "progress {bytes} past {len}");
+                if let Some(t) = total {
+                    assert_eq!(t, len as u64, "progress total");
+                }
+                last = bytes;
+            }
+            Ok(Event::Completed { req: r, bytes, .. }) if r == req => {
+                assert!(accepted, "Completed before Accepted");
+                assert_eq!(bytes, len as u64);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("events channel: {e} before Completed"),
+        }
+    }
+}
