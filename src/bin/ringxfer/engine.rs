@@ -75,18 +75,21 @@ impl Engine {
                 socket.display()
             ));
         }
-        let context = || {
-            format!(
-                "no daemon at {}, and the in-process engine",
-                socket.display()
+        // E.g. no io_uring in this kernel or container.
+        let failed = |cause: String| {
+            CliError::new(
+                format!(
+                    "no daemon at {}, and the in-process engine failed to start",
+                    socket.display()
+                ),
+                "engine-unavailable",
+                cause,
             )
         };
-        let (embedded, stream) =
-            EmbeddedEngine::start().map_err(|err| CliError::io(context(), &err))?;
+        let (embedded, stream) = EmbeddedEngine::start().map_err(|err| failed(err.to_string()))?;
         // On failure `embedded` is dropped here; `stream` was moved into
         // from_stream and is closed by then, so the engine thread can stop.
-        let client =
-            Client::from_stream(stream).map_err(|err| CliError::client(context(), &err))?;
+        let client = Client::from_stream(stream).map_err(|err| failed(err.to_string()))?;
         Ok(Engine {
             client,
             embedded: Some(embedded),

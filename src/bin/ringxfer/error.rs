@@ -37,6 +37,10 @@ pub struct CliError {
     pub kind: String,
     pub os_error: Option<i32>,
     pub exit: Exit,
+    /// Bytes the engine had written before the job failed.
+    pub bytes: Option<u64>,
+    /// Which engine ran the job, once one did.
+    pub engine: Option<&'static str>,
 }
 
 impl fmt::Display for CliError {
@@ -58,6 +62,8 @@ impl CliError {
             kind: kind.to_owned(),
             os_error: None,
             exit: Exit::Failed,
+            bytes: None,
+            engine: None,
         }
     }
 
@@ -69,14 +75,21 @@ impl CliError {
             kind: io_kind(err).to_owned(),
             os_error: err.raw_os_error(),
             exit: Exit::Failed,
+            bytes: None,
+            engine: None,
         }
     }
 
     /// The engine reported the job as failed, or the connection to it broke.
     pub fn job(context: impl Into<String>, err: &JobError) -> CliError {
-        let (kind, os_error) = match err {
-            JobError::Failed { kind, os_error, .. } => (kind.name(), *os_error),
-            JobError::Disconnected(_) => ("disconnected", None),
+        let (kind, os_error, bytes) = match err {
+            JobError::Failed {
+                kind,
+                os_error,
+                bytes,
+                ..
+            } => (kind.name(), *os_error, Some(*bytes)),
+            JobError::Disconnected(_) => ("disconnected", None, None),
         };
         CliError {
             context: context.into(),
@@ -84,7 +97,15 @@ impl CliError {
             kind: kind.to_owned(),
             os_error,
             exit: Exit::Failed,
+            bytes,
+            engine: None,
         }
+    }
+
+    /// Records which engine ran the job that failed.
+    pub fn on_engine(mut self, engine: &'static str) -> CliError {
+        self.engine = Some(engine);
+        self
     }
 
     /// Talking to the engine failed.
@@ -110,6 +131,8 @@ impl CliError {
             kind: kind.to_owned(),
             os_error,
             exit: Exit::Failed,
+            bytes: None,
+            engine: None,
         }
     }
 }
@@ -153,6 +176,20 @@ mod tests {
         assert_eq!(err.os_error, Some(libc::ENOENT));
         assert_eq!(err.exit, Exit::Failed);
         assert_eq!(err.to_string(), "/nope: No such file or directory");
+    }
+
+    #[test]
+    fn unreachable_daemon_keeps_the_stubs_own_words() {
+        let err = ClientError::Connect {
+            path: "/run/x.sock".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let cli = CliError::client("ignored", &err);
+        assert_eq!(cli.kind, "daemon-unreachable");
+        assert_eq!(cli.os_error, Some(libc::ENOENT));
+        // The stub's message names the socket itself; no context is added.
+        assert_eq!(cli.to_string(), err.to_string());
+        assert!(cli.to_string().contains("/run/x.sock"));
     }
 
     #[test]

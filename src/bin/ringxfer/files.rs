@@ -72,8 +72,9 @@ pub fn open_copy_destination(
         ));
     }
     // Devices and FIFOs (`copy x /dev/null`) have nothing to truncate and
-    // would reject ftruncate(2).
-    if dst_meta.is_file() {
+    // would reject ftruncate(2). An empty file is left alone: on ext4 a
+    // truncate to zero makes the last close start writeback (auto_da_alloc).
+    if dst_meta.is_file() && dst_meta.len() > 0 {
         file.set_len(0).map_err(io_err)?;
     }
     Ok((file, dst_path))

@@ -183,6 +183,10 @@ struct FailureJson<'a> {
     src: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<&'static str>,
     error: ErrorJson<'a>,
 }
 
@@ -198,6 +202,8 @@ fn failure_json<'a>(op: Op, subject: Option<&'a Subject>, err: &'a CliError) -> 
         op: op.name(),
         src: subject.map(|s| s.src.as_str()),
         dst: subject.map(|s| s.dst.as_str()),
+        bytes: err.bytes,
+        engine: err.engine,
         error: ErrorJson {
             kind: &err.kind,
             os_error: err.os_error,

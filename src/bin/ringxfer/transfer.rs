@@ -45,7 +45,7 @@ pub fn run(
         .submit(src, dst, &opts)
         .map_err(|err| CliError::client(subject.describe(), &err))?;
     let done = progress::wait(handle, plan.progress)
-        .map_err(|err| CliError::job(subject.describe(), &err))?;
+        .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
     Ok(Finished {
         bytes: done.bytes,
         elapsed: done.elapsed,
