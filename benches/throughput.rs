@@ -31,7 +31,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -607,6 +607,10 @@ enum Contender {
     EmbeddedCopy,
     IoCopy,
     ReadWrite,
+    /// splice(2) file -> pipe -> file on this thread, no io_uring: the
+    /// ceiling of the splice path itself, to tell engine overhead from
+    /// what splice costs in the kernel.
+    SpliceLoop,
     /// Diagnostic, with RINGXFER_BENCH_DAEMON_SUBMIT=1: the daemon moving a
     /// file the bench opened itself (`Client::submit`), not `copy_file`.
     DaemonSubmit,
@@ -614,11 +618,12 @@ enum Contender {
     Sendfile,
 }
 
-const COPIERS: [Contender; 4] = [
+const COPIERS: [Contender; 5] = [
     Contender::DaemonCopy,
     Contender::EmbeddedCopy,
     Contender::IoCopy,
     Contender::ReadWrite,
+    Contender::SpliceLoop,
 ];
 const SENDERS: [Contender; 2] = [Contender::DaemonSend, Contender::Sendfile];
 
@@ -630,6 +635,7 @@ impl Contender {
             Contender::EmbeddedCopy => "embedded engine copy",
             Contender::IoCopy => "std::io::copy (copy_file_range)",
             Contender::ReadWrite => "read/write loop, 1 MiB buffer",
+            Contender::SpliceLoop => "splice(2) loop, 1 MiB pipe",
             Contender::DaemonSend => "daemon send (ringxferd)",
             Contender::Sendfile => "sendfile(2) loop",
         }
@@ -642,6 +648,7 @@ impl Contender {
             Contender::EmbeddedCopy => "embedded_copy",
             Contender::IoCopy => "io_copy",
             Contender::ReadWrite => "read_write",
+            Contender::SpliceLoop => "splice_loop",
             Contender::DaemonSend => "daemon_send",
             Contender::Sendfile => "sendfile",
         }
@@ -786,6 +793,12 @@ impl Bench {
                 }
                 self.last_note.clear();
             }
+            Contender::SpliceLoop => {
+                let from = File::open(&self.src).map_err(|e| format!("open src: {e}"))?;
+                let to = File::create(&dst).map_err(|e| format!("create dst: {e}"))?;
+                splice_loop(&from, &to, self.want.size)?;
+                self.last_note.clear();
+            }
             _ => unreachable!(),
         }
         let secs = t0.elapsed().as_secs_f64();
@@ -873,6 +886,61 @@ impl Bench {
 
 // ---------------------------------------------------------------------------
 // Statistics and the report
+
+/// Copies `size` bytes with splice(2) through one pipe grown to 1 MiB,
+/// blocking, on this thread: what the engine does, minus the ring.
+fn splice_loop(from: &File, to: &File, size: u64) -> Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(format!("pipe2: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are new and ours alone.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours.
+    let cap = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    if cap < 0 {
+        return Err(format!("F_SETPIPE_SZ: {}", io::Error::last_os_error()));
+    }
+    let mut off: i64 = 0;
+    while (off as u64) < size {
+        let want = (size - off as u64).min(cap as u64) as usize;
+        let mut in_off = off;
+        // SAFETY: valid descriptors; the offset pointer refers to a live i64.
+        let n = unsafe {
+            libc::splice(
+                from.as_raw_fd(),
+                &mut in_off,
+                wr.as_raw_fd(),
+                std::ptr::null_mut(),
+                want,
+                0,
+            )
+        };
+        if n <= 0 {
+            return Err(format!("splice in: {n} {}", io::Error::last_os_error()));
+        }
+        let mut left = n as usize;
+        while left > 0 {
+            // SAFETY: as above.
+            let m = unsafe {
+                libc::splice(
+                    rd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    to.as_raw_fd(),
+                    &mut off,
+                    left,
+                    0,
+                )
+            };
+            if m <= 0 {
+                return Err(format!("splice out: {m} {}", io::Error::last_os_error()));
+            }
+            left -= m as usize;
+        }
+    }
+    Ok(())
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -1151,6 +1219,12 @@ fn run() -> Result<()> {
         Contender::DaemonCopy,
         &[Contender::EmbeddedCopy],
     );
+    let splice_check = check(
+        "daemon copy / splice(2) loop",
+        &all,
+        Contender::DaemonCopy,
+        &[Contender::SpliceLoop],
+    );
     let send_check = check(
         "daemon send / sendfile",
         &all,
@@ -1191,6 +1265,12 @@ fn run() -> Result<()> {
         embedded_check.ratio,
         fmt_list(&embedded_check.per_round)
     );
+    println!(
+        "(info) {} = {:.2}  [per-round {}]",
+        splice_check.label,
+        splice_check.ratio,
+        fmt_list(&splice_check.per_round)
+    );
 
     let contenders: Vec<serde_json::Value> = all
         .iter()
@@ -1226,6 +1306,7 @@ fn run() -> Result<()> {
             "daemon_copy_vs_best_peer": check_json(&copy_check),
             "daemon_send_vs_sendfile": check_json(&send_check),
             "daemon_copy_vs_embedded": check_json(&embedded_check),
+            "daemon_copy_vs_splice_loop": check_json(&splice_check),
         },
     });
     println!("RESULT_JSON {json}");

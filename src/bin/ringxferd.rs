@@ -10,6 +10,9 @@ use ringxfer::engine::{Engine, EngineConfig};
 use ringxfer::server::listener::SocketFile;
 use tracing::{error, info};
 
+/// The engine's defaults, which the embedded engine uses too.
+const DEFAULTS: EngineConfig = EngineConfig::DEFAULT;
+
 /// The ringxfer transfer daemon.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -19,22 +22,22 @@ struct Args {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Submission queue entries of the ring.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=32768))]
+    #[arg(long, default_value_t = DEFAULTS.ring_entries, value_parser = clap::value_parser!(u32).range(8..=32768))]
     ring_entries: u32,
     /// Jobs admitted at once across all clients.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = DEFAULTS.max_jobs)]
     max_jobs: usize,
     /// Unfinished jobs one connection may have.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULTS.max_jobs_per_connection)]
     max_jobs_per_connection: usize,
     /// Pipes made at start-up (each job borrows up to --chunks-per-job of them).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DEFAULTS.pipes)]
     pipes: usize,
     /// Capacity each pipe is grown to, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = DEFAULTS.pipe_size)]
     pipe_size: u32,
     /// Pipes one job uses at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULTS.chunks_per_job)]
     chunks_per_job: usize,
     /// Log filter (error, warn, info, debug, trace, or tracing directives).
     #[arg(long, env = "RINGXFER_LOG", default_value = "info")]

@@ -65,9 +65,9 @@ pub enum PipeError {
     Create(#[source] std::io::Error),
     /// F_SETPIPE_SZ refused the size.
     #[error(
-        "F_SETPIPE_SZ to {size} bytes failed: {source}; an unprivileged user's pipes may hold at most \
-         /proc/sys/fs/pipe-user-pages-soft pages in all (and each at most /proc/sys/fs/pipe-max-size bytes): \
-         lower --pipes or --pipe-size, or raise those sysctls"
+        "F_SETPIPE_SZ to {size} bytes failed: {source}; without CAP_SYS_RESOURCE a pipe may hold at most \
+         /proc/sys/fs/pipe-max-size bytes and a user's pipes at most /proc/sys/fs/pipe-user-pages-soft \
+         pages in all: lower --pipe-size or --pipes, or raise those sysctls"
     )]
     Grow {
         /// The size asked for.

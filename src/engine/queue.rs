@@ -88,6 +88,73 @@ impl IoQueue<'_> {
         })
     }
 
+    /// Queues two splices, `first` then `second`, linked: the kernel's worker
+    /// runs the second right after the first, without a trip through the
+    /// loop. If the first moves fewer bytes than asked, or fails, the second
+    /// completes with -ECANCELED and the caller decides what to do instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn splice_linked(
+        &mut self,
+        owner: Owner,
+        kinds: (OpKind, OpKind),
+        pipe: &Rc<Pipe>,
+        ends: &Rc<Endpoints>,
+        first: (SpliceEnd, SpliceEnd),
+        second: (SpliceEnd, SpliceEnd),
+        len: u32,
+    ) -> Result<(u64, u64), EngineError> {
+        // Both entries must reach the ring in one submission, or the link
+        // would join the first to whatever the next submission starts with.
+        if self.ring.free_slots() < 2 {
+            self.ring.submit(0)?;
+            if self.ring.free_slots() < 2 {
+                return Err(EngineError::Config(
+                    "the submission queue has room for fewer than two entries".into(),
+                ));
+            }
+        }
+        let hold = |pipe: &Rc<Pipe>, ends: &Rc<Endpoints>| Hold::Splice {
+            pipe: Rc::clone(pipe),
+            ends: Rc::clone(ends),
+        };
+        let a = self.queue(
+            Op {
+                owner,
+                kind: kinds.0,
+                hold: hold(pipe, ends),
+            },
+            || {
+                opcode::Splice::new(
+                    types::Fd(first.0.fd),
+                    first.0.raw_offset(),
+                    types::Fd(first.1.fd),
+                    first.1.raw_offset(),
+                    len,
+                )
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+            },
+        )?;
+        let b = self.queue(
+            Op {
+                owner,
+                kind: kinds.1,
+                hold: hold(pipe, ends),
+            },
+            || {
+                opcode::Splice::new(
+                    types::Fd(second.0.fd),
+                    second.0.raw_offset(),
+                    types::Fd(second.1.fd),
+                    second.1.raw_offset(),
+                    len,
+                )
+                .build()
+            },
+        )?;
+        Ok((a, b))
+    }
+
     /// Queues a one-shot poll for `events` on `fd` (one of the job's ends).
     pub fn poll(
         &mut self,

@@ -37,10 +37,18 @@ struct Chunk {
     in_pipe: u64,
     /// Next destination offset to write (seekable destinations).
     dst_off: u64,
-    /// `user_data` of the one operation in flight on this chunk.
+    /// `user_data` of the operation in flight on this chunk.
     busy: Option<u64>,
+    /// `user_data` of a write linked behind the read in `busy`.
+    linked: Option<u64>,
     /// A stream end said EAGAIN: wait for these poll events before retrying.
     wait_for: Option<i16>,
+}
+
+impl Chunk {
+    fn is_busy(&self) -> bool {
+        self.busy.is_some() || self.linked.is_some()
+    }
 }
 
 /// What a chunk slot's pipe should do once the caller takes it back.
@@ -114,11 +122,7 @@ impl SpliceCopy {
     }
 
     fn in_flight(&self) -> usize {
-        self.chunks
-            .iter()
-            .flatten()
-            .filter(|c| c.busy.is_some())
-            .count()
+        self.chunks.iter().flatten().filter(|c| c.is_busy()).count()
     }
 
     /// Whether another pipe would let this job move more bytes at once.
@@ -162,6 +166,7 @@ impl SpliceCopy {
                     in_pipe: 0,
                     dst_off: 0,
                     busy: None,
+                    linked: None,
                     wait_for: None,
                 });
                 self.pump(owner, io, yield_pipes, out);
@@ -183,7 +188,7 @@ impl SpliceCopy {
             self.failure = Some(err);
         }
         for chunk in self.chunks.iter().flatten() {
-            if let Some(user_data) = chunk.busy {
+            for user_data in chunk.busy.into_iter().chain(chunk.linked) {
                 // A failed cancel request means the ring itself is failing;
                 // the operation still completes, so nothing is lost by ignoring it.
                 let _ = io.cancel(user_data);
@@ -213,9 +218,17 @@ impl SpliceCopy {
             debug_assert!(false, "completion for an empty chunk slot");
             return;
         };
-        chunk.busy = None;
+        let was_linked = matches!(kind, OpKind::SpliceOut(_)) && chunk.linked.is_some();
+        if was_linked {
+            chunk.linked = None;
+        } else {
+            chunk.busy = None;
+        }
         let step = match kind {
             OpKind::SpliceIn(_) => self.after_read(slot, result),
+            // The read before it moved less than asked (or failed), which
+            // cancels the linked write; the chunk writes what it really holds.
+            OpKind::SpliceOut(_) if was_linked && result == -libc::ECANCELED => Ok(()),
             OpKind::SpliceOut(_) => self.after_write(slot, result),
             // Readiness arrived (or the poll failed, and the retried splice
             // will report the real error): the chunk simply tries again.
@@ -358,7 +371,7 @@ impl SpliceCopy {
             let Some(chunk) = self.chunks[slot].as_ref() else {
                 continue;
             };
-            if chunk.busy.is_some() {
+            if chunk.is_busy() {
                 continue;
             }
             if self.failure.is_some() {
@@ -369,7 +382,7 @@ impl SpliceCopy {
                 self.failure.get_or_insert(e);
                 // Cancel whatever the other chunks have in flight.
                 for other in self.chunks.iter().flatten() {
-                    if let Some(user_data) = other.busy {
+                    for user_data in other.busy.into_iter().chain(other.linked) {
                         let _ = io.cancel(user_data);
                     }
                 }
@@ -434,9 +447,10 @@ impl SpliceCopy {
             }
             return Ok(());
         }
+        let write_now = ends.dst_kind.seekable() || chunk.seq == self.write_seq;
         if self.ranged && chunk.to_read > 0 {
             let len = chunk.to_read.min(cap) as u32;
-            return Self::read_into(chunk, tag, len, owner, io, &ends);
+            return Self::read_into(chunk, tag, len, write_now, owner, io, &ends);
         }
         // The chunk is empty and its range is done: take more work, or let go.
         if self.ranged {
@@ -450,7 +464,8 @@ impl SpliceCopy {
                 chunk.to_read = len;
                 self.assigned += len;
                 self.src_done = self.assigned >= total;
-                return Self::read_into(chunk, tag, len as u32, owner, io, &ends);
+                let write_now = ends.dst_kind.seekable() || chunk.seq == self.write_seq;
+                return Self::read_into(chunk, tag, len as u32, write_now, owner, io, &ends);
             }
         } else if !self.src_done && !yield_pipes {
             if self.reading {
@@ -460,7 +475,9 @@ impl SpliceCopy {
             let left = self.total.map_or(cap, |t| (t - self.assigned).min(cap));
             chunk.src_off = self.src_start + self.assigned;
             self.reading = true;
-            return Self::read_into(chunk, tag, left as u32, owner, io, &ends);
+            // Stream reads are often short, which would break a link every
+            // time; they are not linked.
+            return Self::read_into(chunk, tag, left as u32, false, owner, io, &ends);
         } else if !self.src_done && self.reading {
             return Ok(());
         }
@@ -468,10 +485,13 @@ impl SpliceCopy {
         Ok(())
     }
 
+    /// Queues a read of `len` bytes into the chunk's pipe; with `then_write`,
+    /// a write of the same length to the destination is linked behind it.
     fn read_into(
         chunk: &mut Chunk,
         tag: u16,
         len: u32,
+        then_write: bool,
         owner: Owner,
         io: &mut IoQueue<'_>,
         ends: &Rc<Endpoints>,
@@ -484,6 +504,32 @@ impl SpliceCopy {
             fd: chunk.pipe.write_fd(),
             offset: None,
         };
+        if then_write {
+            let out = (
+                SpliceEnd {
+                    fd: chunk.pipe.read_fd(),
+                    offset: None,
+                },
+                SpliceEnd {
+                    fd: raw(&ends.dst),
+                    offset: ends.dst_kind.seekable().then_some(chunk.dst_off),
+                },
+            );
+            let (a, b) = io
+                .splice_linked(
+                    owner,
+                    (OpKind::SpliceIn(tag), OpKind::SpliceOut(tag)),
+                    &chunk.pipe,
+                    ends,
+                    (src, dst),
+                    out,
+                    len,
+                )
+                .map_err(ring_failed)?;
+            chunk.busy = Some(a);
+            chunk.linked = Some(b);
+            return Ok(());
+        }
         chunk.busy = Some(
             io.splice(
                 owner,
