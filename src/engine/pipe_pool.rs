@@ -30,9 +30,9 @@ impl Pipe {
             .map_err(PipeError::Create)?;
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let fd = write.as_raw_fd();
         // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
-        let granted =
-            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+        let granted = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) };
         if granted < 0 {
             return Err(PipeError::Grow {
                 size,

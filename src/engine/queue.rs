@@ -34,6 +34,17 @@ impl SpliceEnd {
     }
 }
 
+fn splice_entry(input: SpliceEnd, output: SpliceEnd, len: u32) -> squeue::Entry {
+    opcode::Splice::new(
+        types::Fd(input.fd),
+        input.raw_offset(),
+        types::Fd(output.fd),
+        output.raw_offset(),
+        len,
+    )
+    .build()
+}
+
 impl IoQueue<'_> {
     fn queue(
         &mut self,
@@ -76,16 +87,7 @@ impl IoQueue<'_> {
                 ends: Rc::clone(ends),
             },
         };
-        self.queue(op, || {
-            opcode::Splice::new(
-                types::Fd(input.fd),
-                input.raw_offset(),
-                types::Fd(output.fd),
-                output.raw_offset(),
-                len,
-            )
-            .build()
-        })
+        self.queue(op, || splice_entry(input, output, len))
     }
 
     /// Queues two splices, `first` then `second`, linked: the kernel's worker
@@ -123,17 +125,7 @@ impl IoQueue<'_> {
                 kind: kinds.0,
                 hold: hold(pipe, ends),
             },
-            || {
-                opcode::Splice::new(
-                    types::Fd(first.0.fd),
-                    first.0.raw_offset(),
-                    types::Fd(first.1.fd),
-                    first.1.raw_offset(),
-                    len,
-                )
-                .build()
-                .flags(squeue::Flags::IO_LINK)
-            },
+            || splice_entry(first.0, first.1, len).flags(squeue::Flags::IO_LINK),
         )?;
         let b = self.queue(
             Op {
@@ -141,16 +133,7 @@ impl IoQueue<'_> {
                 kind: kinds.1,
                 hold: hold(pipe, ends),
             },
-            || {
-                opcode::Splice::new(
-                    types::Fd(second.0.fd),
-                    second.0.raw_offset(),
-                    types::Fd(second.1.fd),
-                    second.1.raw_offset(),
-                    len,
-                )
-                .build()
-            },
+            || splice_entry(second.0, second.1, len),
         )?;
         Ok((a, b))
     }

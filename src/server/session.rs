@@ -54,9 +54,10 @@ impl RecvBuf {
         self.msg.msg_iov = &mut self.iov;
         self.msg.msg_iovlen = 1;
         self.msg.msg_control = self.cmsg.as_mut_ptr().cast();
+        let fd_bytes = (MAX_FDS_PER_MESSAGE * std::mem::size_of::<libc::c_int>()) as u32;
         // SAFETY: CMSG_SPACE only computes a size.
-        self.msg.msg_controllen =
-            unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * 4) as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(fd_bytes) };
+        self.msg.msg_controllen = space as usize;
         self.msg.msg_flags = 0;
         &mut self.msg
     }

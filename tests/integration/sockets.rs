@@ -12,12 +12,6 @@ use ringxfer_ipc::{Strategy, TransferOptions};
 use crate::support::*;
 
 /// A connected TCP pair over 127.0.0.1: (the connecting side, the accepted side).
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (a, _) = l.accept().unwrap();
-    (c, a)
-}
 
 #[test]
 fn file_to_tcp_socket() {

@@ -2,7 +2,7 @@
 //! send_file, recv_to_file, stats, cancel, events, per-connection limits.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::thread;
 use std::time::Duration;
@@ -12,12 +12,6 @@ use ringxfer_ipc::{Event, FailureKind, Strategy, TransferOptions};
 use crate::support::*;
 
 /// A connected TCP pair over 127.0.0.1: (the connecting side, the accepted side).
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (a, _) = l.accept().unwrap();
-    (c, a)
-}
 
 #[test]
 fn copy_file_send_file_recv_to_file() {

@@ -26,6 +26,14 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 // Test data
 
 /// A fresh temporary directory on the real disk (under cargo's target tmpdir).
+/// A connected pair of loopback TCP sockets: (client side, accepted side).
+pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (a, _) = l.accept().unwrap();
+    (c, a)
+}
+
 pub fn tmpdir() -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).expect("create CARGO_TARGET_TMPDIR");
