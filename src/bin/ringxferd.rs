@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ringxfer::engine::{Engine, EngineConfig};
 use ringxfer::server::listener::SocketFile;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// The engine's defaults, which the embedded engine uses too.
 const DEFAULTS: EngineConfig = EngineConfig::DEFAULT;
@@ -76,9 +76,10 @@ fn serve(args: &Args) -> Result<(), String> {
         .socket
         .clone()
         .unwrap_or_else(ringxfer_ipc::default_socket_path);
+    let max_jobs = fit_jobs_to_fd_limit(args.max_jobs, args.pipes);
     let config = EngineConfig {
         ring_entries: args.ring_entries,
-        max_jobs: args.max_jobs,
+        max_jobs,
         max_jobs_per_connection: args.max_jobs_per_connection,
         pipes: args.pipes,
         pipe_size: args.pipe_size,
@@ -94,6 +95,45 @@ fn serve(args: &Args) -> Result<(), String> {
     drop(socket_file);
     info!("stopped; socket removed");
     Ok(())
+}
+
+/// Raises the open-file limit to its hard limit and lowers `max_jobs` to
+/// what it allows: each job holds two client descriptors, each pipe two, and
+/// connections and the daemon itself need some more. Running out would make
+/// the kernel drop descriptors clients pass, and accept fail.
+fn fit_jobs_to_fd_limit(max_jobs: usize, pipes: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return max_jobs;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the
+        // hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    // Connections, the ring, the signalfd, logs: a generous reserve.
+    const RESERVE: u64 = 256;
+    let limit = lim.rlim_cur;
+    let fit = limit.saturating_sub(RESERVE + 2 * pipes as u64) / 2;
+    if (max_jobs as u64) > fit {
+        let fit = fit.max(1) as usize;
+        warn!(
+            "--max-jobs lowered from {max_jobs} to {fit}: the open-file limit (RLIMIT_NOFILE) is {limit} and \
+             each job holds two descriptors; raise LimitNOFILE / ulimit -n to admit more"
+        );
+        return fit;
+    }
+    max_jobs
 }
 
 /// Blocks SIGINT and SIGTERM and returns a signalfd that reports them, so

@@ -107,7 +107,13 @@ struct Job {
     reported: u64,
     /// Whether the job is in the queue for pipes.
     queued: bool,
+    /// Pipes lent to it now.
+    pipes: usize,
 }
+
+/// How long the listener waits before accepting again after running out of
+/// descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Progress events go out at most this often per job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -138,6 +144,12 @@ pub struct Engine {
     next_session_id: u64,
     cqes: Vec<cqueue::Entry>,
     returned: Vec<Returned>,
+    /// Client descriptors to close through the ring at the end of this turn:
+    /// a client's descriptor can be a socket with SO_LINGER or a file on a
+    /// network file system, whose last close may block.
+    doomed: Vec<OwnedFd>,
+    /// Close operations in flight; the loop does not wait for them to stop.
+    closes_in_flight: usize,
     started: Instant,
     jobs_completed: u64,
     jobs_failed: u64,
@@ -206,6 +218,8 @@ impl Engine {
             next_session_id: 1,
             cqes: Vec::with_capacity(config.ring_entries as usize * 4),
             returned: Vec::with_capacity(16),
+            doomed: Vec::with_capacity(16),
+            closes_in_flight: 0,
             started: Instant::now(),
             jobs_completed: 0,
             jobs_failed: 0,
@@ -244,7 +258,10 @@ impl Engine {
         self.arm_listener();
         self.arm_signals();
         loop {
-            if self.stopping && self.ops.len() == 1 && !self.signal_cancelled {
+            // Closes in flight are the kernel's business now: they hold no
+            // memory of ours, and a lingering socket may take its time.
+            let waiting_for = self.ops.len() - self.closes_in_flight;
+            if self.stopping && waiting_for == 1 && !self.signal_cancelled {
                 // Only the signal read is left: nothing else can finish now,
                 // so take it back too, and exit once its completion is in.
                 if let Some(ud) = self.signal_op {
@@ -253,7 +270,7 @@ impl Engine {
                 }
             }
             if self.stop_now
-                || (self.stopping && self.ops.is_empty())
+                || (self.stopping && waiting_for == 0)
                 || (self.exit_when_idle
                     && self.sessions.is_empty()
                     && self.jobs.is_empty()
@@ -275,6 +292,7 @@ impl Engine {
             }
             self.cqes = cqes;
             self.lend_pipes();
+            self.close_doomed();
         }
         info!(
             jobs_completed = self.jobs_completed,
@@ -297,6 +315,7 @@ impl Engine {
             return;
         };
         match (op.owner, op.kind, op.hold) {
+            (Owner::Listener, OpKind::Timeout, _) => self.arm_listener(),
             (Owner::Listener, _, _) => self.on_accept(result),
             (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => self.on_recv(k, result, buf),
             (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => self.on_send(k, result, buf),
@@ -308,6 +327,7 @@ impl Engine {
             }
             (Owner::Signal, _, _) => self.on_signal(result),
             (Owner::Closer, _, _) => {
+                self.closes_in_flight -= 1;
                 if result < 0 {
                     // A close can report a failed writeback (EIO) or a full
                     // disk on network file systems.
@@ -350,6 +370,19 @@ impl Engine {
         } else if -result != libc::ECANCELED {
             let err = std::io::Error::from_raw_os_error(-result);
             warn!("accept on the listening socket failed: {err}");
+            if !self.stopping
+                && matches!(
+                    -result,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                )
+            {
+                // Out of descriptors or memory: accepting again at once would
+                // fail again at once. Wait for jobs to end and give some back.
+                match self.io().timeout(Owner::Listener, ACCEPT_BACKOFF) {
+                    Ok(_) => return,
+                    Err(e) => error!("cannot queue the accept back-off timer: {e}"),
+                }
+            }
         }
         if self.stopping {
             // Close it now, so that new clients are refused at once instead
@@ -459,6 +492,7 @@ impl Engine {
             if result > 0 {
                 buf.received(result as usize, 0, &mut stray);
             }
+            self.doomed.extend(stray.into_iter().map(|(_, fd)| fd));
             session.recv = Some(buf);
             self.free_if_done(k);
             return;
@@ -486,9 +520,16 @@ impl Engine {
                         message: format!("the connection ended in the middle of a frame ({partial} bytes received)"),
                     },
                 );
-            } else {
+            } else if session.jobs.is_empty() || peer_hung_up(&session.fd) {
                 debug!(session = session.id, "client closed the connection");
                 self.close_session(k, "the client closed the connection");
+            } else {
+                // Shut down for writing only: the client still waits for its
+                // jobs' events, so they run on and the session closes after
+                // the last one. (A client that hangs up entirely later is
+                // noticed when an event to it fails to send.)
+                debug!(session = session.id, "client half-closed the connection");
+                session.half_closed = true;
             }
             return;
         }
@@ -496,13 +537,19 @@ impl Engine {
         let received = buf.received(result as usize, session.received, &mut session.fds);
         if received.truncated {
             session.recv = Some(buf);
+            let message = if received.fds < MAX_FDS_PER_MESSAGE {
+                // The kernel drops descriptors it cannot install (EMFILE) and
+                // says so the same way as for too many.
+                "descriptors sent with a message were lost: the daemon is at its open-file limit"
+                    .to_string()
+            } else {
+                format!("a message carried more than {MAX_FDS_PER_MESSAGE} descriptors")
+            };
             self.protocol_error(
                 k,
                 FrameError {
                     kind: ProtocolErrorKind::TooManyDescriptors,
-                    message: format!(
-                        "a message carried more than {MAX_FDS_PER_MESSAGE} descriptors"
-                    ),
+                    message,
                 },
             );
             return;
@@ -534,11 +581,17 @@ impl Engine {
                     };
                     let start = session.received - buf.data.len() as u64 + used as u64;
                     used += n;
-                    let fds = match claim_fds(session, &req, start, start + n as u64) {
+                    let claimed =
+                        claim_fds(session, &req, start, start + n as u64, &mut self.doomed);
+                    let mut fds = match claimed {
                         Ok(fds) => fds,
                         Err(e) => break Err(e),
                     };
-                    if let Err(e) = self.handle_request(k, req, fds) {
+                    let handled = self.handle_request(k, req, &mut fds);
+                    if let Some((a, b)) = fds {
+                        self.doomed.extend([a, b]);
+                    }
+                    if let Err(e) = handled {
                         break Err(e);
                     }
                     if self.sessions.get(k).is_none_or(|s| s.closing) {
@@ -552,9 +605,13 @@ impl Engine {
         buf.consume(used);
         result?;
         if let Some(session) = self.sessions.get_mut(k) {
-            if buf.data.is_empty() && !session.fds.is_empty() {
+            // Only the frame still arriving can own descriptors now, and it
+            // takes at most two.
+            if (buf.data.is_empty() && !session.fds.is_empty())
+                || session.fds.len() > SUBMIT_DESCRIPTORS
+            {
                 let n = session.fds.len();
-                session.fds.clear();
+                self.doomed.extend(session.fds.drain(..).map(|(_, fd)| fd));
                 return Err(FrameError {
                     kind: ProtocolErrorKind::ExtraDescriptors,
                     message: format!("{n} descriptor(s) arrived that no request claimed; only Submit carries descriptors (exactly {SUBMIT_DESCRIPTORS})"),
@@ -568,7 +625,7 @@ impl Engine {
         &mut self,
         k: usize,
         req: Request,
-        fds: Option<(OwnedFd, OwnedFd)>,
+        fds: &mut Option<(OwnedFd, OwnedFd)>,
     ) -> Result<(), FrameError> {
         let Some(session) = self.sessions.get_mut(k) else {
             return Ok(());
@@ -612,7 +669,7 @@ impl Engine {
             }
             Request::Submit(submit) => {
                 // claim_fds made sure a Submit comes with exactly two.
-                if let Some((src, dst)) = fds {
+                if let Some((src, dst)) = fds.take() {
                     self.admit(k, submit, src, dst);
                 }
             }
@@ -655,7 +712,10 @@ impl Engine {
     }
 
     /// Stops reading, cancels the session's jobs and frees it once its
-    /// operations are back and its last events are sent.
+    /// operations are back, its jobs have reported and its last events are
+    /// sent. A send already waiting on a full socket is cancelled, and later
+    /// sends do not wait: a client that stopped reading cannot hold the
+    /// session (or a daemon that is stopping) forever.
     fn close_session(&mut self, k: usize, why: &str) {
         let Some(session) = self.sessions.get_mut(k) else {
             return;
@@ -664,16 +724,16 @@ impl Engine {
             return;
         }
         session.closing = true;
-        session.fds.clear();
-        let recv_op = session.recv_op;
-        let jobs = std::mem::take(&mut session.jobs);
-        if let Some(ud) = recv_op {
+        self.doomed.extend(session.fds.drain(..).map(|(_, fd)| fd));
+        let ops: Vec<u64> = [session.recv_op, session.send_op]
+            .into_iter()
+            .flatten()
+            .collect();
+        let jobs = session.jobs.clone();
+        for ud in ops {
             let _ = self.io().cancel(ud);
         }
-        for &jk in &jobs {
-            if let Some(job) = self.jobs.get_mut(jk) {
-                job.session = None;
-            }
+        for jk in jobs {
             self.fail_job(jk, TransferError::cancelled(why));
         }
         self.free_if_done(k);
@@ -725,7 +785,7 @@ impl Engine {
             ring: &mut self.ring,
             ops: &mut self.ops,
         };
-        match io.send(Owner::Session(k), fd, buf) {
+        match io.send(Owner::Session(k), fd, buf, session.closing) {
             Ok(ud) => session.send_op = Some(ud),
             Err(e) => {
                 session.send = Some(SendBuf::new(0));
@@ -740,18 +800,23 @@ impl Engine {
             return;
         };
         session.send_op = None;
-        if result < 0 && matches!(-result, libc::EINTR | libc::EAGAIN) {
-            session.pending.splice(0..0, buf.data.drain(buf.sent..));
-            session.send = Some(buf);
-            self.flush(k);
-            return;
-        }
         if result < 0 {
-            debug!(
-                session = session.id,
-                "send failed: {}",
-                std::io::Error::from_raw_os_error(-result)
-            );
+            let errno = -result;
+            if errno == libc::EINTR || (errno == libc::EAGAIN && !session.closing) {
+                session.pending.splice(0..0, buf.data.drain(buf.sent..));
+                session.send = Some(buf);
+                self.flush(k);
+                return;
+            }
+            if !matches!(errno, libc::ECANCELED | libc::EAGAIN) {
+                debug!(
+                    session = session.id,
+                    "send failed: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+            }
+            // The client is gone, or not reading while the session closes:
+            // what was left to send cannot be delivered.
             session.pending.clear();
             session.send = Some(buf);
             self.close_session(k, "the connection failed");
@@ -784,6 +849,7 @@ impl Engine {
             return;
         };
         if session.jobs.len() >= self.config.max_jobs_per_connection {
+            self.doomed.extend([src, dst]);
             let e = refuse(
                 FailureKind::LimitExceeded,
                 format!(
@@ -794,6 +860,7 @@ impl Engine {
             return self.emit(k, &e);
         }
         if self.jobs.len() >= self.config.max_jobs {
+            self.doomed.extend([src, dst]);
             let e = refuse(
                 FailureKind::LimitExceeded,
                 format!(
@@ -807,9 +874,7 @@ impl Engine {
         let plan = match plan(src, dst, &submit) {
             Ok(plan) => plan,
             Err(refused) => {
-                let [a, b] = refused.fds;
-                self.io().close_async(a);
-                self.io().close_async(b);
+                self.doomed.extend(refused.fds);
                 let e = refused.error;
                 debug!(session = session_id, req, "refused: {e}");
                 let ev = Event::Failed {
@@ -846,12 +911,20 @@ impl Engine {
             last_progress: now,
             reported: 0,
             queued: false,
+            pipes: 0,
         });
         self.job_ids.insert(id, key);
         if let Some(session) = self.sessions.get_mut(k) {
             session.jobs.push(key);
         }
         self.emit(k, &Event::Accepted { req, job: id });
+        if let Some(job) = self.jobs.get_mut(key) {
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            job.copy.start(Owner::Job(key), &mut io);
+        }
         self.after_job_step(key);
     }
 
@@ -892,6 +965,15 @@ impl Engine {
     /// After a job moved: takes back its spare pipes, reports progress, puts
     /// it in the queue for pipes or finishes it.
     fn after_job_step(&mut self, k: usize) {
+        let given_back = self.returned.len();
+        if given_back > 0 {
+            if let Some(job) = self.jobs.get_mut(k) {
+                job.pipes -= given_back.min(job.pipes);
+                if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+                    session.pipes_held -= given_back.min(session.pipes_held);
+                }
+            }
+        }
         self.take_back_pipes();
         let Some(job) = self.jobs.get_mut(k) else {
             return;
@@ -953,22 +1035,38 @@ impl Engine {
     }
 
     /// Lends idle pipes to queued jobs, one pipe per job per pass, so that
-    /// pipes go round the jobs in turn.
+    /// pipes go round the jobs in turn. One connection's jobs hold at most
+    /// half the pool, so a client whose transfers stall (a peer that stopped
+    /// reading) cannot hold up everyone else's.
     fn lend_pipes(&mut self) {
-        while self.pipes.idle() > 0 {
+        let quota = (self.pipes.total() / 2).max(1);
+        let mut passed_over = 0;
+        while self.pipes.idle() > 0 && passed_over < self.pipe_waiters.len() {
             let Some(k) = self.pipe_waiters.pop_front() else {
                 break;
             };
             let Some(job) = self.jobs.get_mut(k) else {
                 continue;
             };
-            job.queued = false;
             if !job.copy.wants_pipe() {
+                job.queued = false;
+                continue;
+            }
+            let session = job.session.and_then(|sk| self.sessions.get_mut(sk));
+            if session.as_ref().is_some_and(|s| s.pipes_held >= quota) {
+                self.pipe_waiters.push_back(k);
+                passed_over += 1;
                 continue;
             }
             let Some(pipe) = self.pipes.take() else {
+                self.pipe_waiters.push_front(k);
                 break;
             };
+            if let Some(session) = session {
+                session.pipes_held += 1;
+            }
+            job.queued = false;
+            job.pipes += 1;
             let mut io = IoQueue {
                 ring: &mut self.ring,
                 ops: &mut self.ops,
@@ -996,6 +1094,9 @@ impl Engine {
 
     fn finish_job(&mut self, k: usize) {
         let job = self.jobs.remove(k);
+        if job.queued {
+            self.pipe_waiters.retain(|&w| w != k);
+        }
         self.job_ids.remove(&job.id);
         self.bytes_finished += job.copy.moved;
         let elapsed = job.started.elapsed();
@@ -1025,8 +1126,7 @@ impl Engine {
             }
         };
         if let Some(ends) = job.copy.into_endpoints() {
-            self.io().close_async(ends.src);
-            self.io().close_async(ends.dst);
+            self.doomed.extend([ends.src, ends.dst]);
         }
         if let Some(sk) = job.session {
             if let Some(session) = self.sessions.get_mut(sk) {
@@ -1035,6 +1135,27 @@ impl Engine {
                 }
             }
             self.emit(sk, &event);
+            let idle_half_closed = self
+                .sessions
+                .get(sk)
+                .is_some_and(|s| s.half_closed && s.jobs.is_empty());
+            if idle_half_closed {
+                self.close_session(sk, "the client half-closed the connection");
+            }
+            self.free_if_done(sk);
+        }
+    }
+
+    /// Closes, through the ring, the client descriptors dropped this turn.
+    fn close_doomed(&mut self) {
+        while let Some(fd) = self.doomed.pop() {
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            if io.close_async(fd) {
+                self.closes_in_flight += 1;
+            }
         }
     }
 
@@ -1071,18 +1192,15 @@ fn claim_fds(
     req: &Request,
     start: u64,
     end: u64,
+    doomed: &mut Vec<OwnedFd>,
 ) -> Result<Option<(OwnedFd, OwnedFd)>, FrameError> {
     let mut claimed: Vec<OwnedFd> = Vec::new();
+    let mut stray = false;
     while session.fds.front().is_some_and(|(pos, _)| *pos <= end) {
         if let Some((pos, fd)) = session.fds.pop_front() {
-            if pos <= start {
-                // Arrived with bytes already handled: nobody claimed it.
-                session.fds.clear();
-                return Err(FrameError {
-                    kind: ProtocolErrorKind::ExtraDescriptors,
-                    message: "a descriptor arrived with a frame that takes none".into(),
-                });
-            }
+            // A descriptor at or before the frame's start arrived with bytes
+            // already handled: nobody claimed it.
+            stray |= pos <= start;
             claimed.push(fd);
         }
     }
@@ -1091,27 +1209,28 @@ fn claim_fds(
     } else {
         0
     };
-    if claimed.len() < want {
-        return Err(FrameError {
+    let got = claimed.len();
+    if got == want && !stray {
+        let mut it = claimed.into_iter();
+        return Ok(it.next().zip(it.next()));
+    }
+    doomed.extend(claimed);
+    Err(if got < want {
+        FrameError {
             kind: ProtocolErrorKind::MissingDescriptors,
             message: format!(
-                "Submit needs {SUBMIT_DESCRIPTORS} descriptors (source, destination) but {} arrived with it",
-                claimed.len()
+                "Submit needs {SUBMIT_DESCRIPTORS} descriptors (source, destination) but {got} arrived with it"
             ),
-        });
-    }
-    if claimed.len() > want {
-        return Err(FrameError {
+        }
+    } else {
+        FrameError {
             kind: ProtocolErrorKind::ExtraDescriptors,
             message: format!(
-                "{} descriptor(s) arrived with {}, which takes {want}",
-                claimed.len(),
+                "{got} descriptor(s) arrived with {}, which takes {want}",
                 request_name(req)
             ),
-        });
-    }
-    let mut it = claimed.into_iter();
-    Ok(it.next().zip(it.next()))
+        }
+    })
 }
 
 impl Drop for Engine {
@@ -1121,9 +1240,15 @@ impl Drop for Engine {
     /// error, what the table holds is leaked rather than freed under the kernel.
     fn drop(&mut self) {
         if !self.ops.is_empty() {
-            warn!(
+            if self.ops.len() > self.closes_in_flight + usize::from(self.signal_op.is_some()) {
+                warn!(
+                    in_flight = self.ops.len(),
+                    "engine dropped with operations in flight"
+                );
+            }
+            debug!(
                 in_flight = self.ops.len(),
-                "engine dropped with operations in flight; leaking their buffers"
+                "leaking the op table rather than freeing what the kernel may still touch"
             );
             std::mem::forget(std::mem::replace(&mut self.ops, OpTable::with_capacity(0)));
         }
@@ -1137,6 +1262,19 @@ fn request_name(req: &Request) -> &'static str {
         Request::Cancel { .. } => "Cancel",
         Request::Stats => "Stats",
     }
+}
+
+/// Whether the client closed its socket entirely, not just its sending side:
+/// a Unix socket reports POLLHUP only when both directions are shut.
+fn peer_hung_up(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLHUP,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd; a zero timeout makes poll return at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The pid, uid and gid of the process at the other end of a Unix socket.

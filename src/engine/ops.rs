@@ -42,6 +42,8 @@ pub enum OpKind {
     Send,
     Read,
     Close,
+    /// A delay before the listener accepts again.
+    Timeout,
     /// Source to pipe, for the chunk with this index.
     SpliceIn(u16),
     /// Pipe to destination, for the chunk with this index.
@@ -64,6 +66,7 @@ pub enum Hold {
         ends: Rc<Endpoints>,
     },
     Poll(Rc<Endpoints>),
+    Timeout(Box<io_uring::types::Timespec>),
 }
 
 /// One operation in flight.

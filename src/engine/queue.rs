@@ -191,11 +191,15 @@ impl IoQueue<'_> {
     }
 
     /// Queues a send of the session's pending bytes, which the op holds.
+    /// With `dont_wait`, a full socket ends the send with EAGAIN instead of
+    /// waiting: a closing session does not wait for a client that stopped
+    /// reading.
     pub fn send(
         &mut self,
         owner: Owner,
         fd: RawFd,
         buf: Box<crate::server::session::SendBuf>,
+        dont_wait: bool,
     ) -> Result<u64, EngineError> {
         let (ptr, len) = buf.unsent();
         let op = Op {
@@ -205,7 +209,7 @@ impl IoQueue<'_> {
         };
         self.queue(op, || {
             opcode::Send::new(types::Fd(fd), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
+                .flags(libc::MSG_NOSIGNAL | if dont_wait { libc::MSG_DONTWAIT } else { 0 })
                 .build()
         })
     }
@@ -230,7 +234,8 @@ impl IoQueue<'_> {
     /// writeback of a file that was truncated to zero; network file systems
     /// flush), and the release runs in whichever thread drops the last
     /// reference: with IOSQE_ASYNC that is the worker.
-    pub fn close_async(&mut self, fd: OwnedFd) {
+    /// Returns whether the close went to the ring (and so will complete).
+    pub fn close_async(&mut self, fd: OwnedFd) -> bool {
         let raw = fd.into_raw_fd();
         let op = Op {
             owner: Owner::Closer,
@@ -246,7 +251,29 @@ impl IoQueue<'_> {
             // SAFETY: `raw` came from an OwnedFd given up above and the close
             // entry never reached the kernel, so this is its only close.
             unsafe { libc::close(raw) };
+            return false;
         }
+        true
+    }
+
+    /// Queues a timer that completes after `delay`.
+    pub fn timeout(
+        &mut self,
+        owner: Owner,
+        delay: std::time::Duration,
+    ) -> Result<u64, EngineError> {
+        let ts = Box::new(
+            types::Timespec::new()
+                .sec(delay.as_secs())
+                .nsec(delay.subsec_nanos()),
+        );
+        let ptr: *const types::Timespec = &*ts;
+        let op = Op {
+            owner,
+            kind: OpKind::Timeout,
+            hold: Hold::Timeout(ts),
+        };
+        self.queue(op, || opcode::Timeout::new(ptr).build())
     }
 
     /// Queues a read of a signalfd or eventfd into a buffer the op holds.

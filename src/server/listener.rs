@@ -45,7 +45,13 @@ impl SocketFile {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
                 Ok(_) => return Err(ListenerError::AlreadyServing(path.to_path_buf())),
-                Err(_) => std::fs::remove_file(path).map_err(io_err("remove the stale socket"))?,
+                // Nobody listens: a daemon died without removing it.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    std::fs::remove_file(path).map_err(io_err("remove the stale socket"))?
+                }
+                // EACCES, EAGAIN (a full backlog): a daemon may well be
+                // there; replacing its socket would cut it off.
+                Err(e) => return Err(io_err("check for a daemon already serving on")(e)),
             },
             Ok(_) => return Err(ListenerError::NotASocket(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -24,8 +24,11 @@ pub struct RecvBuf {
 
 /// What one recvmsg brought besides bytes.
 pub struct Received {
-    /// The control data was cut short: more descriptors came than fit.
+    /// The control data was cut short: more descriptors came than fit, or
+    /// the process could not take them all (EMFILE).
     pub truncated: bool,
+    /// Descriptors that did arrive.
+    pub fds: usize,
 }
 
 impl RecvBuf {
@@ -66,6 +69,7 @@ impl RecvBuf {
     /// descriptors that came with them into `fds`, each tagged with `end`, the
     /// stream position just past the bytes of this receive.
     pub fn received(&mut self, n: usize, end: u64, fds: &mut VecDeque<(u64, OwnedFd)>) -> Received {
+        let before = fds.len();
         let n = n.min(self.data.capacity() - self.data.len());
         // SAFETY: the kernel wrote `n` bytes into the spare capacity that
         // `prepare` described, and `n` is clamped to that capacity.
@@ -90,6 +94,7 @@ impl RecvBuf {
         }
         Received {
             truncated: self.msg.msg_flags & libc::MSG_CTRUNC != 0,
+            fds: fds.len() - before,
         }
     }
 
@@ -143,8 +148,13 @@ pub struct Session {
     /// Whether `Hello` has been accepted.
     pub greeted: bool,
     /// Set once the session stops reading; it is freed when its buffers are
-    /// back and its events are sent.
+    /// back, its jobs have ended and its events are sent (or undeliverable).
     pub closing: bool,
+    /// The client shut down its sending side but may still read: its jobs
+    /// run on, and the session closes when they end or the client hangs up.
+    pub half_closed: bool,
+    /// Pipes lent to this connection's jobs now.
+    pub pipes_held: usize,
     /// Job keys submitted on this connection and not yet finished.
     pub jobs: Vec<usize>,
     /// Peer credentials (SO_PEERCRED): pid, uid, gid.
@@ -165,6 +175,8 @@ impl Session {
             received: 0,
             greeted: false,
             closing: false,
+            half_closed: false,
+            pipes_held: 0,
             jobs: Vec::new(),
             peer,
         }
@@ -172,6 +184,10 @@ impl Session {
 
     /// Whether the session can be freed: closing, nothing in flight, nothing to send.
     pub fn is_done(&self) -> bool {
-        self.closing && self.recv_op.is_none() && self.send_op.is_none() && self.pending.is_empty()
+        self.closing
+            && self.recv_op.is_none()
+            && self.send_op.is_none()
+            && self.pending.is_empty()
+            && self.jobs.is_empty()
     }
 }

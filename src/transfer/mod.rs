@@ -102,7 +102,7 @@ impl TransferError {
     }
 
     pub fn cancelled(why: &str) -> TransferError {
-        TransferError::new(FailureKind::Cancelled, format!("cancelled: {why}"))
+        TransferError::new(FailureKind::Cancelled, why)
     }
 }
 
@@ -115,13 +115,14 @@ impl fmt::Display for TransferError {
 /// The class of failure an errno stands for.
 pub fn failure_kind(errno: i32) -> FailureKind {
     match errno {
-        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => FailureKind::NoSpace,
+        libc::ENOSPC | libc::EDQUOT => FailureKind::NoSpace,
         libc::EBADF => FailureKind::BadDescriptor,
         libc::EPERM | libc::EACCES | libc::EROFS => FailureKind::PermissionDenied,
         libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED => {
             FailureKind::PeerGone
         }
-        libc::ECANCELED => FailureKind::Cancelled,
+        // ERESTART* (512..=516) leak out of an interrupted kernel worker.
+        libc::ECANCELED | 512 | 513 | 514 | 516 => FailureKind::Cancelled,
         libc::EINVAL | libc::ESPIPE => FailureKind::InvalidRequest,
         _ => FailureKind::Io,
     }

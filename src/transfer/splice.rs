@@ -41,8 +41,10 @@ struct Chunk {
     busy: Option<u64>,
     /// `user_data` of a write linked behind the read in `busy`.
     linked: Option<u64>,
-    /// A stream end said EAGAIN: wait for these poll events before retrying.
+    /// The destination stream said EAGAIN: wait until it is writable.
     wait_for: Option<i16>,
+    /// Bytes the last read asked for.
+    asked: u32,
 }
 
 impl Chunk {
@@ -50,6 +52,9 @@ impl Chunk {
         self.busy.is_some() || self.linked.is_some()
     }
 }
+
+/// The chunk index of the job's own readiness poll, which belongs to no chunk.
+const JOB_LEVEL: u16 = u16::MAX;
 
 /// What a chunk slot's pipe should do once the caller takes it back.
 pub enum Returned {
@@ -71,8 +76,15 @@ pub struct SpliceCopy {
     assigned: u64,
     /// No more bytes will be read: end reached, or end of file.
     src_done: bool,
-    /// A streamed source has a read in flight.
-    reading: bool,
+    /// The chunk whose read of a streamed source is in flight: a stream is
+    /// read by one splice at a time, or its bytes would interleave.
+    reader: Option<usize>,
+    /// A streamed source is known to have bytes (or its end) to read. While
+    /// it is not, the job waits on a readiness poll and holds no pipe, so a
+    /// silent peer cannot sit on pipes that other jobs need.
+    src_ready: bool,
+    /// `user_data` of the job's readiness poll on a streamed source.
+    ready_poll: Option<u64>,
     next_seq: u64,
     write_seq: u64,
     chunks: Vec<Option<Chunk>>,
@@ -103,7 +115,9 @@ impl SpliceCopy {
             length_requested: plan.length_requested,
             assigned: 0,
             src_done,
-            reading: false,
+            reader: None,
+            src_ready: false,
+            ready_poll: None,
             next_seq: 0,
             write_seq: 0,
             chunks: (0..max_chunks).map(|_| None).collect(),
@@ -133,13 +147,51 @@ impl SpliceCopy {
         if self.ranged {
             self.assigned < self.total.unwrap_or(0)
         } else {
-            true
+            // One pipe reads while another writes; a second pipe is only
+            // worth having once the first is busy, and none before the
+            // source has something to read.
+            self.src_ready && self.reader.is_none()
         }
     }
 
     /// Whether the job has no chunk and nothing in flight, so it can end.
     pub fn is_finished(&self) -> bool {
-        self.live_chunks() == 0 && (self.failure.is_some() || self.src_done)
+        self.live_chunks() == 0
+            && self.ready_poll.is_none()
+            && (self.failure.is_some() || self.src_done)
+    }
+
+    /// Starts what needs no pipe: a streamed source is first polled for
+    /// readiness. Call once, right after admission.
+    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+        if !self.ranged && !self.src_done {
+            if let Err(e) = self.arm_ready_poll(owner, io) {
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    fn arm_ready_poll(&mut self, owner: Owner, io: &mut IoQueue<'_>) -> Result<(), TransferError> {
+        if self.ready_poll.is_some()
+            || self.reader.is_some()
+            || self.src_ready
+            || self.src_done
+            || self.failure.is_some()
+        {
+            return Ok(());
+        }
+        let ends = Rc::clone(&self.ends);
+        let ud = io
+            .poll(
+                owner,
+                OpKind::PollIn(JOB_LEVEL),
+                &ends,
+                raw(&ends.src),
+                libc::POLLIN,
+            )
+            .map_err(ring_failed)?;
+        self.ready_poll = Some(ud);
+        Ok(())
     }
 
     /// The outcome, once finished: the error, or `None` for success.
@@ -168,6 +220,7 @@ impl SpliceCopy {
                     busy: None,
                     linked: None,
                     wait_for: None,
+                    asked: 0,
                 });
                 self.pump(owner, io, yield_pipes, out);
             }
@@ -187,14 +240,21 @@ impl SpliceCopy {
         if self.failure.is_none() {
             self.failure = Some(err);
         }
-        for chunk in self.chunks.iter().flatten() {
-            for user_data in chunk.busy.into_iter().chain(chunk.linked) {
-                // A failed cancel request means the ring itself is failing;
-                // the operation still completes, so nothing is lost by ignoring it.
-                let _ = io.cancel(user_data);
-            }
-        }
+        self.cancel_in_flight(io);
         self.pump(owner, io, false, out);
+    }
+
+    fn cancel_in_flight(&self, io: &mut IoQueue<'_>) {
+        let chunk_ops = self
+            .chunks
+            .iter()
+            .flatten()
+            .flat_map(|c| c.busy.into_iter().chain(c.linked));
+        for user_data in chunk_ops.chain(self.ready_poll) {
+            // A failed cancel request means the ring itself is failing; the
+            // operation still completes, so nothing is lost by ignoring it.
+            let _ = io.cancel(user_data);
+        }
     }
 
     /// Handles the completion of one of this job's operations, then queues
@@ -208,6 +268,13 @@ impl SpliceCopy {
         yield_pipes: bool,
         out: &mut Vec<Returned>,
     ) {
+        if kind == OpKind::PollIn(JOB_LEVEL) {
+            // Readable, at its end, or in error: a read will tell which.
+            self.ready_poll = None;
+            self.src_ready = true;
+            self.pump(owner, io, yield_pipes, out);
+            return;
+        }
         let slot = match kind {
             OpKind::SpliceIn(i) | OpKind::SpliceOut(i) | OpKind::PollIn(i) | OpKind::PollOut(i) => {
                 i as usize
@@ -232,10 +299,6 @@ impl SpliceCopy {
             OpKind::SpliceOut(_) => self.after_write(slot, result),
             // Readiness arrived (or the poll failed, and the retried splice
             // will report the real error): the chunk simply tries again.
-            OpKind::PollIn(_) => {
-                self.reading = false;
-                Ok(())
-            }
             _ => Ok(()),
         };
         if let Err(e) = step {
@@ -248,18 +311,16 @@ impl SpliceCopy {
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
         let ranged = self.ranged;
         if !ranged {
-            self.reading = false;
+            self.reader = None;
         }
         let Some(chunk) = self.chunks[slot].as_mut() else {
             return Ok(());
         };
         if result < 0 {
-            if -result == libc::EAGAIN && !self.ends.src_kind.seekable() {
-                chunk.wait_for = Some(libc::POLLIN);
-            }
-            if !ranged {
-                // The read will be issued again by this chunk.
-                self.reading = false;
+            if !ranged && -result == libc::EAGAIN {
+                // A non-blocking stream had nothing after all: wait for it
+                // without a pipe.
+                self.src_ready = false;
             }
             return retryable(-result).then_some(()).ok_or_else(|| {
                 TransferError::os(
@@ -290,6 +351,11 @@ impl SpliceCopy {
             chunk.src_off += n;
             chunk.to_read -= n.min(chunk.to_read);
         } else {
+            // A stream that gave less than asked has nothing more right now;
+            // the next read waits for readiness first.
+            if n < u64::from(chunk.asked) {
+                self.src_ready = false;
+            }
             chunk.dst_off = self.dst_start + self.assigned;
             chunk.seq = self.next_seq;
             self.next_seq += 1;
@@ -407,18 +473,8 @@ impl SpliceCopy {
         let tag = slot as u16;
         let cap = u64::from(chunk.pipe.capacity);
         if let Some(events) = chunk.wait_for.take() {
-            let (fd, kind) = if events == libc::POLLIN {
-                (raw(&ends.src), OpKind::PollIn(tag))
-            } else {
-                (raw(&ends.dst), OpKind::PollOut(tag))
-            };
-            if !self.ranged && events == libc::POLLIN {
-                self.reading = true;
-            }
-            chunk.busy = Some(
-                io.poll(owner, kind, &ends, fd, events)
-                    .map_err(ring_failed)?,
-            );
+            let poll = io.poll(owner, OpKind::PollOut(tag), &ends, raw(&ends.dst), events);
+            chunk.busy = Some(poll.map_err(ring_failed)?);
             return Ok(());
         }
         if chunk.in_pipe > 0 {
@@ -468,20 +524,23 @@ impl SpliceCopy {
                 return Self::read_into(chunk, tag, len as u32, write_now, owner, io, &ends);
             }
         } else if !self.src_done && !yield_pipes {
-            if self.reading {
+            if self.src_ready && self.reader.is_none() {
+                let left = self.total.map_or(cap, |t| (t - self.assigned).min(cap));
+                chunk.src_off = self.src_start + self.assigned;
+                self.reader = Some(slot);
+                // Stream reads are often short, which would break a link
+                // every time; they are not linked.
+                return Self::read_into(chunk, tag, left as u32, false, owner, io, &ends);
+            }
+            if self.reader.is_some() {
                 // Another chunk is reading the stream; this one writes next.
                 return Ok(());
             }
-            let left = self.total.map_or(cap, |t| (t - self.assigned).min(cap));
-            chunk.src_off = self.src_start + self.assigned;
-            self.reading = true;
-            // Stream reads are often short, which would break a link every
-            // time; they are not linked.
-            return Self::read_into(chunk, tag, left as u32, false, owner, io, &ends);
-        } else if !self.src_done && self.reading {
-            return Ok(());
         }
         self.release(slot, out);
+        if !self.ranged {
+            self.arm_ready_poll(owner, io)?;
+        }
         Ok(())
     }
 
@@ -526,10 +585,12 @@ impl SpliceCopy {
                     len,
                 )
                 .map_err(ring_failed)?;
+            chunk.asked = len;
             chunk.busy = Some(a);
             chunk.linked = Some(b);
             return Ok(());
         }
+        chunk.asked = len;
         chunk.busy = Some(
             io.splice(
                 owner,
@@ -563,7 +624,7 @@ impl SpliceCopy {
 
     /// Whether any operation is in flight.
     pub fn busy(&self) -> bool {
-        self.in_flight() > 0
+        self.in_flight() > 0 || self.ready_poll.is_some()
     }
 }
 
@@ -583,7 +644,9 @@ fn at(offset: Option<u64>) -> String {
 /// client made non-blocking; the chunk then polls it before retrying, rather
 /// than spinning.
 fn retryable(errno: i32) -> bool {
-    errno == libc::EINTR || errno == libc::EAGAIN
+    // 512..=516 are the kernel's ERESTART* codes, which can leak out of an
+    // interrupted io-wq worker; they mean EINTR.
+    matches!(errno, libc::EINTR | libc::EAGAIN | 512 | 513 | 514 | 516)
 }
 
 fn ring_failed(e: crate::engine::EngineError) -> TransferError {

@@ -10,5 +10,6 @@ mod copy;
 mod failures;
 mod lifecycle;
 mod protocol_abuse;
+mod robustness;
 mod sockets;
 mod stub;

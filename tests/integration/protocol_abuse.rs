@@ -433,3 +433,78 @@ fn raw_client_can_copy_and_get_stats() {
         other => panic!("expected Stats, got {other:?}"),
     }
 }
+
+#[test]
+fn descriptors_beyond_what_the_arriving_frame_can_take_are_refused_at_once() {
+    // Part of a frame's header, carrying three descriptors: no frame takes
+    // more than two, so the daemon must refuse now rather than hoard them
+    // while it waits for the rest of the frame.
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let s = raw(&d);
+    hello(&s);
+    let f = fds(3);
+    let three: Vec<BorrowedFd<'_>> = f.files.iter().map(|f| f.as_fd()).collect();
+    send(&s, &submit_frame()[..1], &three);
+    expect_error(
+        &s,
+        &[ProtocolErrorKind::ExtraDescriptors],
+        "1 byte of a frame with 3 fds",
+    );
+    drop((s, f));
+    d.assert_healthy(baseline, "after descriptors sent ahead of their frame");
+}
+
+#[test]
+fn a_half_closed_client_still_gets_its_jobs_results() {
+    // shutdown(SHUT_WR) after submitting is how a client says "no more
+    // requests"; its jobs must run on and report, like an HTTP client that
+    // half-closes after its request.
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", 3 << 20, 91);
+    let dst = dir.path().join("dst");
+    let s = raw(&d);
+    hello(&s);
+    {
+        let (a, b) = (open_src(&src), create_dst(&dst));
+        send(&s, &submit_frame(), &[a.as_fd(), b.as_fd()]);
+    }
+    s.shutdown(Shutdown::Write).expect("shutdown(Write)");
+    let mut completed = None;
+    while let Some(ev) = read_event(&s) {
+        match ev {
+            Event::Accepted { .. } | Event::Progress { .. } => {}
+            Event::Completed { bytes, .. } => completed = Some(bytes),
+            other => panic!("half-closed client: unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(
+        completed,
+        Some(data.len() as u64),
+        "Completed after half-close"
+    );
+    assert_file_eq(&dst, &data);
+}
+
+#[test]
+fn stop_does_not_wait_for_a_client_that_stopped_reading() {
+    // A client floods Stats requests and never reads the answers, so the
+    // daemon's send to it waits on a full socket. SIGTERM must still stop
+    // the daemon promptly (stop() asserts exit 0 within 10 s).
+    let d = Daemon::start();
+    let s = raw(&d);
+    hello(&s);
+    let one = frame(&Request::Stats);
+    let flood: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 20_000)
+        .collect();
+    send(&s, &flood, &[]);
+    // Let the daemon answer until the socket is full.
+    std::thread::sleep(Duration::from_millis(300));
+    d.stop();
+    drop(s);
+}
