@@ -4,7 +4,6 @@
 //! cargo bench --bench throughput
 //! RINGXFER_BENCH_SIZE=256MiB RINGXFER_BENCH_ROUNDS=5 cargo bench --bench throughput
 //! RINGXFER_BENCH_DAEMON_ARGS="--pipes 64 --chunks-per-job 8" cargo bench --bench throughput
-//! RINGXFER_BENCH_DAEMON_SUBMIT=1 cargo bench --bench throughput   # + a diagnostic row
 //! ```
 //!
 //! A. File copy with the page cache hot: the daemon (`ringxferd`, spawned on a
@@ -75,8 +74,6 @@ struct Settings {
     size: u64,
     rounds: usize,
     daemon_args: Vec<String>,
-    /// Also run the diagnostic `DaemonSubmit` contender.
-    daemon_submit: bool,
 }
 
 fn settings() -> Result<Settings> {
@@ -99,12 +96,10 @@ fn settings() -> Result<Settings> {
     let daemon_args = std::env::var("RINGXFER_BENCH_DAEMON_ARGS")
         .map(|s| s.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
-    let daemon_submit = std::env::var("RINGXFER_BENCH_DAEMON_SUBMIT").is_ok_and(|v| v == "1");
     Ok(Settings {
         size,
         rounds,
         daemon_args,
-        daemon_submit,
     })
 }
 
@@ -611,9 +606,6 @@ enum Contender {
     /// ceiling of the splice path itself, to tell engine overhead from
     /// what splice costs in the kernel.
     SpliceLoop,
-    /// Diagnostic, with RINGXFER_BENCH_DAEMON_SUBMIT=1: the daemon moving a
-    /// file the bench opened itself (`Client::submit`), not `copy_file`.
-    DaemonSubmit,
     DaemonSend,
     Sendfile,
 }
@@ -631,7 +623,6 @@ impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::DaemonCopy => "daemon copy (ringxferd)",
-            Contender::DaemonSubmit => "daemon submit (own open, no trunc)",
             Contender::EmbeddedCopy => "embedded engine copy",
             Contender::IoCopy => "std::io::copy (copy_file_range)",
             Contender::ReadWrite => "read/write loop, 1 MiB buffer",
@@ -644,7 +635,6 @@ impl Contender {
     fn key(self) -> &'static str {
         match self {
             Contender::DaemonCopy => "daemon_copy",
-            Contender::DaemonSubmit => "daemon_submit",
             Contender::EmbeddedCopy => "embedded_copy",
             Contender::IoCopy => "io_copy",
             Contender::ReadWrite => "read_write",
@@ -655,10 +645,7 @@ impl Contender {
     }
 
     fn is_daemon(self) -> bool {
-        matches!(
-            self,
-            Contender::DaemonCopy | Contender::DaemonSubmit | Contender::DaemonSend
-        )
+        matches!(self, Contender::DaemonCopy | Contender::DaemonSend)
     }
 }
 
@@ -689,6 +676,24 @@ struct Bench {
 }
 
 impl Bench {
+    /// Checks an engine's completion and notes what it reported.
+    fn record(&mut self, c: Contender, done: &ringxfer_ipc::Completion) -> Result<()> {
+        if done.bytes != self.want.size {
+            return Err(format!(
+                "{}: completed with {} bytes, want {}",
+                c.name(),
+                done.bytes,
+                self.want.size
+            ));
+        }
+        self.last_note = format!(
+            "strategy {}, engine-reported {:.3} s",
+            done.strategy,
+            done.elapsed.as_secs_f64()
+        );
+        Ok(())
+    }
+
     fn run(&mut self, c: Contender) -> Result<Sample> {
         match c {
             Contender::DaemonSend | Contender::Sendfile => self.run_send(c),
@@ -729,45 +734,7 @@ impl Bench {
                     .map_err(|e| format!("{}: submit: {e}", c.name()))?
                     .wait()
                     .map_err(|e| format!("{}: {e}", c.name()))?;
-                if done.bytes != self.want.size {
-                    return Err(format!(
-                        "{}: completed with {} bytes, want {}",
-                        c.name(),
-                        done.bytes,
-                        self.want.size
-                    ));
-                }
-                self.last_note = format!(
-                    "strategy {}, engine-reported {:.3} s",
-                    done.strategy,
-                    done.elapsed.as_secs_f64()
-                );
-            }
-            Contender::DaemonSubmit => {
-                // File::create on a path just deleted makes a new file, which
-                // O_TRUNC leaves alone; copy_file's ftruncate(0) instead marks
-                // it for ext4's flush-on-close (auto_da_alloc).
-                let from = File::open(&self.src).map_err(|e| format!("open src: {e}"))?;
-                let to = File::create(&dst).map_err(|e| format!("create dst: {e}"))?;
-                let job = self
-                    .daemon_client
-                    .submit(&from, &to, &TransferOptions::default())
-                    .map_err(|e| format!("{}: submit: {e}", c.name()))?;
-                drop((from, to));
-                let done = job.wait().map_err(|e| format!("{}: {e}", c.name()))?;
-                if done.bytes != self.want.size {
-                    return Err(format!(
-                        "{}: completed with {} bytes, want {}",
-                        c.name(),
-                        done.bytes,
-                        self.want.size
-                    ));
-                }
-                self.last_note = format!(
-                    "strategy {}, engine-reported {:.3} s",
-                    done.strategy,
-                    done.elapsed.as_secs_f64()
-                );
+                self.record(c, &done)?;
             }
             Contender::IoCopy => {
                 let mut from = File::open(&self.src).map_err(|e| format!("open src: {e}"))?;
@@ -819,19 +786,7 @@ impl Bench {
                     .map_err(|e| format!("{}: submit: {e}", c.name()))?
                     .wait()
                     .map_err(|e| format!("{}: {e}", c.name()))?;
-                if done.bytes != self.want.size {
-                    return Err(format!(
-                        "{}: completed with {} bytes, want {}",
-                        c.name(),
-                        done.bytes,
-                        self.want.size
-                    ));
-                }
-                self.last_note = format!(
-                    "strategy {}, engine-reported {:.3} s",
-                    done.strategy,
-                    done.elapsed.as_secs_f64()
-                );
+                self.record(c, &done)?;
             }
             Contender::Sendfile => {
                 let file = File::open(&self.src).map_err(|e| format!("open src: {e}"))?;
@@ -1160,10 +1115,7 @@ fn run() -> Result<()> {
         bench.daemon_cpu.source()
     );
 
-    let mut copiers = COPIERS.to_vec();
-    if cfg.daemon_submit {
-        copiers.push(Contender::DaemonSubmit);
-    }
+    let copiers = COPIERS.to_vec();
     let groups: [&[Contender]; 2] = [&copiers, &SENDERS];
     let mut samples: [Vec<Vec<Sample>>; 2] = [
         vec![Vec::new(); copiers.len()],
