@@ -99,7 +99,7 @@ impl Default for TransferOptions {
 /// ```
 /// use ringxfer_ipc::{Completion, Strategy};
 /// use std::time::Duration;
-/// let done = Completion { job: 7, bytes: 4096, strategy: Strategy::Splice, elapsed: Duration::from_micros(250) };
+/// let done = Completion { job: 7, bytes: 4096, strategy: Strategy::Splice, elapsed: Duration::from_micros(250), note: None };
 /// assert_eq!(done.bytes, 4096);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub struct Completion {
     pub strategy: Strategy,
     /// Time from admission to the last byte, as measured by the daemon.
     pub elapsed: Duration,
+    /// Why the daemon used this strategy, when it chose (`auto`) or had to
+    /// differ from the one asked for.
+    pub note: Option<String>,
 }
 
 /// Why a job did not complete.
@@ -958,6 +961,7 @@ impl Inner {
                 bytes,
                 strategy,
                 elapsed_us,
+                note,
                 ..
             } => {
                 state.job = Some(*job);
@@ -967,6 +971,7 @@ impl Inner {
                     bytes: *bytes,
                     strategy: *strategy,
                     elapsed: Duration::from_micros(*elapsed_us),
+                    note: note.clone(),
                 }));
             }
             Event::Failed {
@@ -1397,6 +1402,7 @@ mod tests {
                         bytes: 0,
                         strategy: Strategy::Splice,
                         elapsed_us: 1,
+                        note: None,
                     }
                 } else {
                     Event::Failed {

@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks. The daemon refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added the `direct` and `uncached` strategies and `note` on
+/// [`Event::Completed`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 pub const SUBMIT_DESCRIPTORS: usize = 2;
@@ -69,6 +71,13 @@ pub enum Strategy {
     Auto,
     /// splice(2) through a pipe: no copy through user space.
     Splice,
+    /// O_DIRECT reads into the daemon's registered, aligned buffers and
+    /// O_DIRECT writes (or zero-copy sends) out of them: the page cache is
+    /// bypassed, so a large copy evicts nobody's hot data.
+    Direct,
+    /// Buffered reads and writes with RWF_DONTCACHE: no alignment rules, and
+    /// the pages are dropped once written.
+    Uncached,
 }
 
 impl Strategy {
@@ -81,6 +90,8 @@ impl Strategy {
         match self {
             Strategy::Auto => "auto",
             Strategy::Splice => "splice",
+            Strategy::Direct => "direct",
+            Strategy::Uncached => "uncached",
         }
     }
 }
@@ -103,8 +114,10 @@ impl std::str::FromStr for Strategy {
         match s {
             "auto" => Ok(Strategy::Auto),
             "splice" => Ok(Strategy::Splice),
+            "direct" => Ok(Strategy::Direct),
+            "uncached" => Ok(Strategy::Uncached),
             other => Err(format!(
-                "unknown strategy {other:?}: expected \"auto\" or \"splice\""
+                "unknown strategy {other:?}: expected auto, splice, direct or uncached"
             )),
         }
     }
@@ -263,6 +276,10 @@ pub enum Event {
         strategy: Strategy,
         /// Time from admission to the last byte, in microseconds.
         elapsed_us: u64,
+        /// Why this strategy was used, when `auto` chose it or when it
+        /// differs from the one asked for (e.g. "the source is 93% in the
+        /// page cache", "the file system refuses O_DIRECT").
+        note: Option<String>,
     },
     /// The job failed, was cancelled or was refused (then `job` is `None`).
     Failed {

@@ -232,6 +232,7 @@ fn completed(req: u64, job: u64, bytes: u64) -> Event {
         bytes,
         strategy: Strategy::Splice,
         elapsed_us: 1500,
+        note: None,
     }
 }
 
@@ -414,6 +415,7 @@ fn submit_passes_both_descriptors_and_completes() {
             bytes: 5,
             strategy: Strategy::Splice,
             elapsed: Duration::from_micros(1500),
+            note: None,
         })
     );
     assert!(job.is_finished());

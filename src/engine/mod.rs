@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 use ringxfer_ipc::{
-    codec, Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, SubmitRequest,
-    PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
+    codec, Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, Strategy,
+    SubmitRequest, PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
 };
 use slab::Slab;
 use tracing::{debug, error, info, warn};
@@ -871,6 +871,17 @@ impl Engine {
             return self.emit(k, &e);
         }
         let session_id = session.id;
+        if matches!(submit.strategy, Strategy::Direct | Strategy::Uncached) {
+            self.doomed.extend([src, dst]);
+            let e = refuse(
+                FailureKind::InvalidRequest,
+                format!(
+                    "the {} strategy is not available in this daemon yet",
+                    submit.strategy
+                ),
+            );
+            return self.emit(k, &e);
+        }
         let plan = match plan(src, dst, &submit) {
             Ok(plan) => plan,
             Err(refused) => {
@@ -1110,6 +1121,7 @@ impl Engine {
                     bytes: job.copy.moved,
                     strategy: ringxfer_ipc::Strategy::Splice,
                     elapsed_us: elapsed.as_micros().min(u64::MAX as u128) as u64,
+                    note: None,
                 }
             }
             Some(e) => {
