@@ -11,5 +11,6 @@ mod failures;
 mod lifecycle;
 mod protocol_abuse;
 mod robustness;
+mod direct;
 mod sockets;
 mod stub;

@@ -1,0 +1,1 @@
+//! Direct-strategy tests (being written).
