@@ -7,4 +7,5 @@
 pub mod embedded;
 pub mod engine;
 pub mod server;
+pub mod size;
 pub mod transfer;

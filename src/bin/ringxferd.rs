@@ -10,6 +10,10 @@ use ringxfer::engine::{Engine, EngineConfig};
 use ringxfer::server::listener::SocketFile;
 use tracing::{error, info, warn};
 
+fn size_arg(text: &str) -> Result<u64, String> {
+    ringxfer::size::parse_size(text)
+}
+
 /// The engine's defaults, which the embedded engine uses too.
 const DEFAULTS: EngineConfig = EngineConfig::DEFAULT;
 
@@ -33,12 +37,26 @@ struct Args {
     /// Pipes made at start-up (each job borrows up to --chunks-per-job of them).
     #[arg(long, default_value_t = DEFAULTS.pipes)]
     pipes: usize,
-    /// Capacity each pipe is grown to, in bytes.
-    #[arg(long, default_value_t = DEFAULTS.pipe_size)]
-    pipe_size: u32,
+    /// Capacity each pipe is grown to (bytes, or 1MiB etc.).
+    #[arg(long, default_value_t = DEFAULTS.pipe_size as u64, value_parser = size_arg)]
+    pipe_size: u64,
     /// Pipes one job uses at once.
     #[arg(long, default_value_t = DEFAULTS.chunks_per_job)]
     chunks_per_job: usize,
+    /// Aligned I/O buffers made and registered with the ring at start-up, for
+    /// the direct and uncached strategies (0: none, and those strategies off).
+    #[arg(long, default_value_t = DEFAULTS.buffers)]
+    buffers: usize,
+    /// Bytes of each I/O buffer, a multiple of 4 KiB (e.g. 1MiB).
+    #[arg(long, default_value_t = DEFAULTS.buffer_size as u64, value_parser = size_arg)]
+    buffer_size: u64,
+    /// I/O buffers one job uses at once.
+    #[arg(long, default_value_t = DEFAULTS.buffers_per_job)]
+    buffers_per_job: usize,
+    /// Under --strategy auto, files at least this large that are mostly not
+    /// in the page cache go direct (like nginx's directio, plus residency).
+    #[arg(long, default_value_t = DEFAULTS.direct_threshold, value_parser = size_arg)]
+    direct_threshold: u64,
     /// Log filter (error, warn, info, debug, trace, or tracing directives).
     #[arg(long, env = "RINGXFER_LOG", default_value = "info")]
     log_level: String,
@@ -82,7 +100,13 @@ fn serve(args: &Args) -> Result<(), String> {
         max_jobs,
         max_jobs_per_connection: args.max_jobs_per_connection,
         pipes: args.pipes,
-        pipe_size: args.pipe_size,
+        pipe_size: u32::try_from(args.pipe_size)
+            .map_err(|_| format!("--pipe-size {} is too large", args.pipe_size))?,
+        buffers: args.buffers,
+        buffer_size: usize::try_from(args.buffer_size)
+            .map_err(|_| format!("--buffer-size {} is too large", args.buffer_size))?,
+        buffers_per_job: args.buffers_per_job,
+        direct_threshold: args.direct_threshold,
         chunks_per_job: args.chunks_per_job,
         ..EngineConfig::default()
     };

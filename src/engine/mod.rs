@@ -6,6 +6,7 @@
 //! into a list, runs the owner's callback for each, and then lends idle pipes
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
+pub mod buffer_pool;
 pub mod ops;
 pub mod pipe_pool;
 pub mod queue;
@@ -25,8 +26,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::server::frames::{next_frame, FrameError};
 use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE};
+use crate::transfer::buffered::{BufferCopy, IoMode};
+use crate::transfer::choose::{choose, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
-use crate::transfer::{plan, TransferError};
+use crate::transfer::{plan, Mover, TransferError};
+use buffer_pool::BufferPool;
 use ops::{Hold, OpKind, OpTable, Owner, CANCEL_USER_DATA};
 use pipe_pool::{PipeError, PipePool};
 use queue::IoQueue;
@@ -49,6 +53,15 @@ pub struct EngineConfig {
     pub chunks_per_job: usize,
     /// The largest request frame accepted.
     pub max_frame: u32,
+    /// Aligned I/O buffers made (and registered) at start-up, for the direct
+    /// and uncached strategies.
+    pub buffers: usize,
+    /// Bytes of each buffer (a multiple of 4096).
+    pub buffer_size: usize,
+    /// Buffers one job uses at once.
+    pub buffers_per_job: usize,
+    /// Under `auto`, cold files at least this large go direct.
+    pub direct_threshold: u64,
 }
 
 impl EngineConfig {
@@ -64,6 +77,10 @@ impl EngineConfig {
         // (like copy_file_range); four only add io-wq contention.
         chunks_per_job: 2,
         max_frame: ringxfer_ipc::DEFAULT_MAX_FRAME,
+        buffers: 32,
+        buffer_size: 1 << 20,
+        buffers_per_job: 4,
+        direct_threshold: 32 << 20,
     };
 }
 
@@ -91,6 +108,8 @@ pub enum EngineError {
     NoPipes(#[source] PipeError),
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("the I/O buffer pool: {0}")]
+    Buffers(#[from] buffer_pool::BufferError),
 }
 
 /// A transfer admitted from a client.
@@ -100,15 +119,17 @@ struct Job {
     tag: String,
     /// The session that submitted it, while that session exists.
     session: Option<usize>,
-    copy: SpliceCopy,
+    copy: Mover,
+    /// Why the strategy was chosen, for the Completed event.
+    note: Option<String>,
     started: Instant,
     progress: bool,
     last_progress: Instant,
     reported: u64,
-    /// Whether the job is in the queue for pipes.
+    /// Whether the job is in the queue for pipes or buffers.
     queued: bool,
-    /// Pipes lent to it now.
-    pipes: usize,
+    /// Pool resources (pipes or buffers) lent to it now.
+    held: usize,
 }
 
 /// How long the listener waits before accepting again after running out of
@@ -131,7 +152,11 @@ pub struct Engine {
     jobs: Slab<Job>,
     job_ids: HashMap<u64, usize>,
     pipes: PipePool,
-    pipe_waiters: VecDeque<usize>,
+    /// Declared after `ring`, so the ring (which has the buffers registered)
+    /// is closed before their memory is freed.
+    buffers: BufferPool,
+    /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
+    waiters: [VecDeque<usize>; 2],
     listener: Option<OwnedFd>,
     listener_op: Option<u64>,
     signals: Option<OwnedFd>,
@@ -160,12 +185,17 @@ impl Engine {
     /// Makes the ring and the pools. Call it on the thread that will run the
     /// loop: the ring accepts submissions from that thread only.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
-        if config.pipes == 0 || config.chunks_per_job == 0 || config.max_jobs == 0 {
+        if config.pipes == 0
+            || config.chunks_per_job == 0
+            || config.max_jobs == 0
+            || config.buffers_per_job == 0
+        {
             return Err(EngineError::Config(
-                "pipes, chunks per job and max jobs must each be at least 1".into(),
+                "pipes, chunks per job, buffers per job and max jobs must each be at least 1"
+                    .into(),
             ));
         }
-        let ring = Ring::new(config.ring_entries)?;
+        let mut ring = Ring::new(config.ring_entries)?;
         let mut wanted = config.pipes;
         if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
             if budget < wanted {
@@ -189,11 +219,34 @@ impl Engine {
                 "pipe pool is smaller than asked: {err}"
             );
         }
+        let mut buffers = BufferPool::new(config.buffers, config.buffer_size)?;
+        if buffers.total() > 0 {
+            let iovecs = buffers.iovecs();
+            // SAFETY: the pool's memory stays allocated and unmoved until
+            // after the ring is closed (field order, and Drop leaks the pool
+            // while operations are in flight).
+            match unsafe { ring.register_buffers(&iovecs) } {
+                Ok(()) => buffers.mark_registered(),
+                Err(e) => warn!(
+                    "registering {} I/O buffers of {} bytes with the ring failed ({e}); running with \
+                     unregistered buffers (plain READ/WRITE). Registration pins memory, which counts \
+                     against RLIMIT_MEMLOCK (now {} bytes) without CAP_IPC_LOCK: raise it \
+                     (LimitMEMLOCK= in the unit, ulimit -l) to at least {} bytes",
+                    buffers.total(),
+                    buffers.buffer_size(),
+                    buffer_pool::memlock_limit().map_or("unknown".into(), |l| l.to_string()),
+                    buffers.total() * buffers.buffer_size() + (1 << 20),
+                ),
+            }
+        }
         info!(
             ring_entries = config.ring_entries,
             ring_setup = ring.setup,
             pipes = pipes.total(),
             pipe_capacity = pipes.pipe_capacity(),
+            buffers = buffers.total(),
+            buffer_size = buffers.buffer_size(),
+            buffers_registered = buffers.registered(),
             max_jobs = config.max_jobs,
             "engine ready"
         );
@@ -205,7 +258,8 @@ impl Engine {
             jobs: Slab::with_capacity(256),
             job_ids: HashMap::with_capacity(256),
             pipes,
-            pipe_waiters: VecDeque::with_capacity(256),
+            buffers,
+            waiters: [VecDeque::with_capacity(256), VecDeque::with_capacity(256)],
             listener: None,
             listener_op: None,
             signals: None,
@@ -291,7 +345,7 @@ impl Engine {
                 self.dispatch(cqe.user_data(), cqe.result());
             }
             self.cqes = cqes;
-            self.lend_pipes();
+            self.lend();
             self.close_doomed();
         }
         info!(
@@ -871,23 +925,31 @@ impl Engine {
             return self.emit(k, &e);
         }
         let session_id = session.id;
-        if matches!(submit.strategy, Strategy::Direct | Strategy::Uncached) {
-            self.doomed.extend([src, dst]);
-            let e = refuse(
-                FailureKind::InvalidRequest,
-                format!(
-                    "the {} strategy is not available in this daemon yet",
-                    submit.strategy
-                ),
-            );
-            return self.emit(k, &e);
-        }
         let plan = match plan(src, dst, &submit) {
             Ok(plan) => plan,
             Err(refused) => {
                 self.doomed.extend(refused.fds);
                 let e = refused.error;
                 debug!(session = session_id, req, "refused: {e}");
+                let ev = Event::Failed {
+                    req,
+                    job: None,
+                    kind: e.kind,
+                    os_error: e.os_error,
+                    message: e.message,
+                    bytes: 0,
+                };
+                return self.emit(k, &ev);
+            }
+        };
+        let inputs = ChoiceInputs {
+            direct_threshold: self.config.direct_threshold,
+            have_buffers: self.buffers.total() > 0,
+        };
+        let choice = match choose(&plan, submit.strategy, inputs) {
+            Ok(choice) => choice,
+            Err(e) => {
+                self.doomed.extend([plan.ends.src, plan.ends.dst]);
                 let ev = Event::Failed {
                     req,
                     job: None,
@@ -916,13 +978,30 @@ impl Engine {
             req,
             tag: submit.tag,
             session: Some(k),
-            copy: SpliceCopy::new(plan, self.config.chunks_per_job),
+            note: choice.note,
+            copy: match choice.strategy {
+                Strategy::Direct | Strategy::Uncached => Mover::Buffered(BufferCopy::new(
+                    plan,
+                    if choice.strategy == Strategy::Direct {
+                        IoMode::Direct {
+                            align: choice.align,
+                        }
+                    } else {
+                        IoMode::Uncached
+                    },
+                    self.buffers.registered(),
+                    self.config.buffers_per_job,
+                    choice.orig_dst_size,
+                    choice.saved,
+                )),
+                _ => Mover::Splice(SpliceCopy::new(plan, self.config.chunks_per_job)),
+            },
             started: now,
             progress: submit.progress,
             last_progress: now,
             reported: 0,
             queued: false,
-            pipes: 0,
+            held: 0,
         });
         self.job_ids.insert(id, key);
         if let Some(session) = self.sessions.get_mut(k) {
@@ -940,11 +1019,12 @@ impl Engine {
     }
 
     fn on_job(&mut self, k: usize, kind: OpKind, result: i32) {
-        let yield_pipes = self.pipe_waiters.front().is_some_and(|&w| w != k);
         let Some(job) = self.jobs.get_mut(k) else {
             error!(key = k, "completion for a job that is gone");
             return;
         };
+        let uses = Resource::used_by(&job.copy);
+        let yield_pipes = self.waiters[uses as usize].front().is_some_and(|&w| w != k);
         let mut io = IoQueue {
             ring: &mut self.ring,
             ops: &mut self.ops,
@@ -973,37 +1053,39 @@ impl Engine {
         self.after_job_step(k);
     }
 
-    /// After a job moved: takes back its spare pipes, reports progress, puts
-    /// it in the queue for pipes or finishes it.
+    /// After a job moved: takes back the pipes and buffers it gave up,
+    /// reports progress, puts it in the queue for more or finishes it.
     fn after_job_step(&mut self, k: usize) {
         let given_back = self.returned.len();
         if given_back > 0 {
             if let Some(job) = self.jobs.get_mut(k) {
-                job.pipes -= given_back.min(job.pipes);
+                let r = Resource::used_by(&job.copy) as usize;
+                job.held -= given_back.min(job.held);
                 if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
-                    session.pipes_held -= given_back.min(session.pipes_held);
+                    session.held[r] -= given_back.min(session.held[r]);
                 }
             }
         }
-        self.take_back_pipes();
+        self.take_back();
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
         if job.copy.is_finished() {
             return self.finish_job(k);
         }
-        if job.copy.wants_pipe() && !job.queued {
+        let wants = job.copy.wants_pipe() || job.copy.wants_buffer();
+        if wants && !job.queued {
             job.queued = true;
-            self.pipe_waiters.push_back(k);
+            self.waiters[Resource::used_by(&job.copy) as usize].push_back(k);
         }
-        if job.progress && job.copy.moved != job.reported {
+        if job.progress && job.copy.moved() != job.reported {
             let now = Instant::now();
             if now.duration_since(job.last_progress) >= PROGRESS_INTERVAL {
                 let (Some(sk), req, id, bytes, total) = (
                     job.session,
                     job.req,
                     job.id,
-                    job.copy.moved,
+                    job.copy.moved(),
                     job.copy.total(),
                 ) else {
                     return;
@@ -1029,9 +1111,10 @@ impl Engine {
         }
     }
 
-    fn take_back_pipes(&mut self) {
+    fn take_back(&mut self) {
         for returned in self.returned.drain(..) {
             match returned {
+                Returned::Buffer(index) => self.buffers.give_back(index),
                 Returned::Clean(pipe) => self.pipes.give_back(pipe),
                 Returned::Dirty(pipe) => {
                     if let Some(e) = self.pipes.discard(pipe) {
@@ -1045,50 +1128,71 @@ impl Engine {
         }
     }
 
-    /// Lends idle pipes to queued jobs, one pipe per job per pass, so that
-    /// pipes go round the jobs in turn. One connection's jobs hold at most
-    /// half the pool, so a client whose transfers stall (a peer that stopped
-    /// reading) cannot hold up everyone else's.
-    fn lend_pipes(&mut self) {
-        let quota = (self.pipes.total() / 2).max(1);
+    /// Lends idle pipes and buffers to queued jobs, one per job per pass, so
+    /// that they go round the jobs in turn. One connection's jobs hold at
+    /// most half of a pool, so a client whose transfers stall (a peer that
+    /// stopped reading) cannot hold up everyone else's.
+    fn lend(&mut self) {
+        for r in [Resource::Pipe, Resource::Buffer] {
+            self.lend_one_kind(r);
+        }
+    }
+
+    fn lend_one_kind(&mut self, r: Resource) {
+        let (total, idle) = match r {
+            Resource::Pipe => (self.pipes.total(), self.pipes.idle()),
+            Resource::Buffer => (self.buffers.total(), self.buffers.idle()),
+        };
+        let quota = (total / 2).max(1);
+        let mut idle = idle;
         let mut passed_over = 0;
-        while self.pipes.idle() > 0 && passed_over < self.pipe_waiters.len() {
-            let Some(k) = self.pipe_waiters.pop_front() else {
+        let ri = r as usize;
+        while idle > 0 && passed_over < self.waiters[ri].len() {
+            let Some(k) = self.waiters[ri].pop_front() else {
                 break;
             };
             let Some(job) = self.jobs.get_mut(k) else {
                 continue;
             };
-            if !job.copy.wants_pipe() {
+            if !(job.copy.wants_pipe() || job.copy.wants_buffer()) {
                 job.queued = false;
                 continue;
             }
             let session = job.session.and_then(|sk| self.sessions.get_mut(sk));
-            if session.as_ref().is_some_and(|s| s.pipes_held >= quota) {
-                self.pipe_waiters.push_back(k);
+            if session.as_ref().is_some_and(|s| s.held[ri] >= quota) {
+                self.waiters[ri].push_back(k);
                 passed_over += 1;
                 continue;
             }
-            let Some(pipe) = self.pipes.take() else {
-                self.pipe_waiters.push_front(k);
-                break;
-            };
             if let Some(session) = session {
-                session.pipes_held += 1;
+                session.held[ri] += 1;
             }
             job.queued = false;
-            job.pipes += 1;
+            job.held += 1;
+            idle -= 1;
             let mut io = IoQueue {
                 ring: &mut self.ring,
                 ops: &mut self.ops,
             };
-            job.copy
-                .add_pipe(pipe, Owner::Job(k), &mut io, false, &mut self.returned);
+            match r {
+                Resource::Pipe => {
+                    if let Some(pipe) = self.pipes.take() {
+                        job.copy
+                            .add_pipe(pipe, Owner::Job(k), &mut io, &mut self.returned);
+                    }
+                }
+                Resource::Buffer => {
+                    if let Some(buf) = self.buffers.take() {
+                        job.copy
+                            .add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned);
+                    }
+                }
+            }
             self.after_job_step(k);
         }
-        if self.pipes.total() == 0 && !self.pipe_waiters.is_empty() {
+        if r == Resource::Pipe && self.pipes.total() == 0 && !self.waiters[ri].is_empty() {
             // Every pipe failed to be replaced: nothing can move any more.
-            while let Some(k) = self.pipe_waiters.pop_front() {
+            while let Some(k) = self.waiters[ri].pop_front() {
                 if let Some(job) = self.jobs.get_mut(k) {
                     job.queued = false;
                 }
@@ -1106,34 +1210,37 @@ impl Engine {
     fn finish_job(&mut self, k: usize) {
         let job = self.jobs.remove(k);
         if job.queued {
-            self.pipe_waiters.retain(|&w| w != k);
+            for queue in &mut self.waiters {
+                queue.retain(|&w| w != k);
+            }
         }
         self.job_ids.remove(&job.id);
-        self.bytes_finished += job.copy.moved;
+        let moved = job.copy.moved();
+        self.bytes_finished += moved;
         let elapsed = job.started.elapsed();
         let event = match job.copy.failure() {
             None => {
                 self.jobs_completed += 1;
-                debug!(job = job.id, tag = %job.tag, bytes = job.copy.moved, ?elapsed, "job completed");
+                debug!(job = job.id, tag = %job.tag, bytes = moved, strategy = %job.copy.strategy(), ?elapsed, "job completed");
                 Event::Completed {
                     req: job.req,
                     job: job.id,
-                    bytes: job.copy.moved,
-                    strategy: ringxfer_ipc::Strategy::Splice,
+                    bytes: moved,
+                    strategy: job.copy.strategy(),
                     elapsed_us: elapsed.as_micros().min(u64::MAX as u128) as u64,
-                    note: None,
+                    note: job.note.clone(),
                 }
             }
             Some(e) => {
                 self.jobs_failed += 1;
-                debug!(job = job.id, tag = %job.tag, bytes = job.copy.moved, "job failed: {e}");
+                debug!(job = job.id, tag = %job.tag, bytes = moved, "job failed: {e}");
                 Event::Failed {
                     req: job.req,
                     job: Some(job.id),
                     kind: e.kind,
                     os_error: e.os_error,
                     message: e.message.clone(),
-                    bytes: job.copy.moved,
+                    bytes: moved,
                 }
             }
         };
@@ -1173,7 +1280,7 @@ impl Engine {
 
     /// The counters `Request::Stats` answers with.
     pub fn stats(&self) -> StatsReport {
-        let running: u64 = self.jobs.iter().map(|(_, j)| j.copy.moved).sum();
+        let running: u64 = self.jobs.iter().map(|(_, j)| j.copy.moved()).sum();
         StatsReport {
             uptime_ms: self.started.elapsed().as_millis().min(u64::MAX as u128) as u64,
             connections: self.sessions.len() as u64,
@@ -1263,6 +1370,26 @@ impl Drop for Engine {
                 "leaking the op table rather than freeing what the kernel may still touch"
             );
             std::mem::forget(std::mem::replace(&mut self.ops, OpTable::with_capacity(0)));
+            // Buffers an operation may still read or write are leaked too.
+            if let Ok(empty) = BufferPool::new(0, buffer_pool::BUFFER_ALIGN) {
+                std::mem::forget(std::mem::replace(&mut self.buffers, empty));
+            }
+        }
+    }
+}
+
+/// The two kinds of pool resource jobs borrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Pipe = 0,
+    Buffer = 1,
+}
+
+impl Resource {
+    fn used_by(m: &Mover) -> Resource {
+        match m {
+            Mover::Splice(_) => Resource::Pipe,
+            Mover::Buffered(_) => Resource::Buffer,
         }
     }
 }

@@ -52,6 +52,14 @@ pub enum OpKind {
     PollIn(u16),
     /// Wait for the destination to be writable, after EAGAIN.
     PollOut(u16),
+    /// Read into the buffer of the chunk with this index.
+    BufIn(u16),
+    /// Write (or send) from the buffer of the chunk with this index.
+    BufOut(u16),
+    /// Preallocation of the destination.
+    Prealloc,
+    /// Truncation of the destination to its final (or original) size.
+    Truncate,
 }
 
 /// What the kernel may touch while the operation runs.
@@ -59,13 +67,21 @@ pub enum Hold {
     Nothing,
     Recv(Box<RecvBuf>),
     Send(Box<SendBuf>),
-    /// An 8-byte buffer for eventfd reads and 128 bytes for signalfd reads.
+    /// 128 bytes for signalfd reads.
     ReadBuf(Box<[u8; 128]>),
     Splice {
         pipe: Rc<Pipe>,
         ends: Rc<Endpoints>,
     },
+    /// Polls, fallocate and ftruncate: the job's descriptors.
     Poll(Rc<Endpoints>),
+    /// A read or write through a pool buffer: the buffer's index (the pool
+    /// owns the memory and takes the index back only after this completes)
+    /// and the job's descriptors.
+    Buffer {
+        index: u16,
+        ends: Rc<Endpoints>,
+    },
     Timeout(Box<io_uring::types::Timespec>),
 }
 

@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use io_uring::{opcode, squeue, types};
 
+use super::buffer_pool::BufRef;
 use super::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
 use super::pipe_pool::Pipe;
 use super::ring::Ring;
@@ -18,6 +19,15 @@ use crate::transfer::Endpoints;
 pub struct IoQueue<'a> {
     pub ring: &'a mut Ring,
     pub ops: &'a mut OpTable,
+}
+
+/// How a buffered read or write goes to the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct RwOpts {
+    /// Use READ_FIXED/WRITE_FIXED: the pool is registered with the ring.
+    pub fixed: bool,
+    /// RWF_* flags (RWF_DONTCACHE for the uncached strategy).
+    pub flags: i32,
 }
 
 /// One side of a splice: a descriptor and its offset (`None` for streams).
@@ -254,6 +264,124 @@ impl IoQueue<'_> {
             return false;
         }
         true
+    }
+
+    /// Queues a read of `len` bytes at `offset` of `fd` (one of the job's
+    /// ends) into pool buffer `buf`; FIXED when the pool is registered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_buf(
+        &mut self,
+        owner: Owner,
+        kind: OpKind,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+        buf: BufRef,
+        at: usize,
+        len: u32,
+        offset: u64,
+        rw: RwOpts,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Buffer {
+                index: buf.index,
+                ends: Rc::clone(ends),
+            },
+        };
+        // SAFETY: `at + len` stays within the buffer (the caller sizes reads
+        // to the buffer); the pointer is only computed here.
+        let ptr = unsafe { buf.ptr.as_ptr().add(at) };
+        self.queue(op, || {
+            if rw.fixed {
+                opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf.index)
+                    .offset(offset)
+                    .rw_flags(rw.flags)
+                    .build()
+            } else {
+                opcode::Read::new(types::Fd(fd), ptr, len)
+                    .offset(offset)
+                    .rw_flags(rw.flags)
+                    .build()
+            }
+        })
+    }
+
+    /// Queues a write of `len` bytes from pool buffer `buf` (from `at`) to
+    /// `fd` at `offset`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_buf(
+        &mut self,
+        owner: Owner,
+        kind: OpKind,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+        buf: BufRef,
+        at: usize,
+        len: u32,
+        offset: u64,
+        rw: RwOpts,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Buffer {
+                index: buf.index,
+                ends: Rc::clone(ends),
+            },
+        };
+        // SAFETY: as in read_buf.
+        let ptr = unsafe { buf.ptr.as_ptr().add(at) };
+        self.queue(op, || {
+            if rw.fixed {
+                opcode::WriteFixed::new(types::Fd(fd), ptr, len, buf.index)
+                    .offset(offset)
+                    .rw_flags(rw.flags)
+                    .build()
+            } else {
+                opcode::Write::new(types::Fd(fd), ptr, len)
+                    .offset(offset)
+                    .rw_flags(rw.flags)
+                    .build()
+            }
+        })
+    }
+
+    /// Queues fallocate(mode 0) of `len` bytes at `offset` of `fd`.
+    pub fn fallocate(
+        &mut self,
+        owner: Owner,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind: OpKind::Prealloc,
+            hold: Hold::Poll(Rc::clone(ends)),
+        };
+        self.queue(op, || {
+            opcode::Fallocate::new(types::Fd(fd), len)
+                .offset(offset)
+                .build()
+        })
+    }
+
+    /// Queues ftruncate of `fd` to `len` bytes.
+    pub fn ftruncate(
+        &mut self,
+        owner: Owner,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+        len: u64,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind: OpKind::Truncate,
+            hold: Hold::Poll(Rc::clone(ends)),
+        };
+        self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
     }
 
     /// Queues a timer that completes after `delay`.

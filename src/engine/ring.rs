@@ -97,6 +97,15 @@ impl Ring {
         out.extend(self.ring.completion());
     }
 
+    /// Registers `iovecs` as the ring's fixed buffers.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unmoved until the ring is closed.
+    pub unsafe fn register_buffers(&mut self, iovecs: &[libc::iovec]) -> std::io::Result<()> {
+        // SAFETY: the caller keeps the memory valid for the ring's lifetime.
+        unsafe { self.ring.submitter().register_buffers(iovecs) }
+    }
+
     /// Whether entries are queued but not yet handed to the kernel.
     pub fn has_queued(&mut self) -> bool {
         !self.ring.submission().is_empty()

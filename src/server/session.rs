@@ -153,8 +153,8 @@ pub struct Session {
     /// The client shut down its sending side but may still read: its jobs
     /// run on, and the session closes when they end or the client hangs up.
     pub half_closed: bool,
-    /// Pipes lent to this connection's jobs now.
-    pub pipes_held: usize,
+    /// Pipes (index 0) and buffers (index 1) lent to this connection's jobs now.
+    pub held: [usize; 2],
     /// Job keys submitted on this connection and not yet finished.
     pub jobs: Vec<usize>,
     /// Peer credentials (SO_PEERCRED): pid, uid, gid.
@@ -176,7 +176,7 @@ impl Session {
             greeted: false,
             closing: false,
             half_closed: false,
-            pipes_held: 0,
+            held: [0, 0],
             jobs: Vec::new(),
             peer,
         }

@@ -4,12 +4,145 @@
 //! transfer is (which ends are seekable, where it starts and ends); a strategy
 //! then moves the bytes. Only `splice` exists so far.
 
+pub mod buffered;
+pub mod choose;
+pub mod dio;
 pub mod splice;
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use ringxfer_ipc::{FailureKind, SubmitRequest};
+use std::rc::Rc;
+
+use ringxfer_ipc::{FailureKind, Strategy, SubmitRequest};
+
+use crate::engine::buffer_pool::BufRef;
+use crate::engine::ops::{OpKind, Owner};
+use crate::engine::pipe_pool::Pipe;
+use crate::engine::queue::IoQueue;
+use buffered::BufferCopy;
+use splice::{Returned, SpliceCopy};
+
+/// The state machine moving one job's bytes, whichever strategy it is.
+pub enum Mover {
+    Splice(SpliceCopy),
+    Buffered(BufferCopy),
+}
+
+impl Mover {
+    pub fn strategy(&self) -> Strategy {
+        match self {
+            Mover::Splice(_) => Strategy::Splice,
+            Mover::Buffered(b) => b.strategy(),
+        }
+    }
+
+    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+        match self {
+            Mover::Splice(c) => c.start(owner, io),
+            Mover::Buffered(c) => c.start(owner, io),
+        }
+    }
+
+    pub fn wants_pipe(&self) -> bool {
+        matches!(self, Mover::Splice(c) if c.wants_pipe())
+    }
+
+    pub fn wants_buffer(&self) -> bool {
+        matches!(self, Mover::Buffered(c) if c.wants_buffer())
+    }
+
+    pub fn add_pipe(
+        &mut self,
+        pipe: Rc<Pipe>,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        match self {
+            Mover::Splice(c) => c.add_pipe(pipe, owner, io, false, out),
+            Mover::Buffered(_) => out.push(Returned::Clean(pipe)),
+        }
+    }
+
+    pub fn add_buffer(
+        &mut self,
+        buf: BufRef,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        match self {
+            Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
+            Mover::Splice(_) => out.push(Returned::Buffer(buf.index)),
+        }
+    }
+
+    /// Handles a completion; with `yield_resources`, other jobs wait for the
+    /// kind of resource this one uses, so a chunk that is done gives it back.
+    pub fn on_complete(
+        &mut self,
+        kind: OpKind,
+        result: i32,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_resources: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        match self {
+            Mover::Splice(c) => c.on_complete(kind, result, owner, io, yield_resources, out),
+            Mover::Buffered(c) => c.on_complete(kind, result, owner, io, yield_resources, out),
+        }
+    }
+
+    pub fn fail(
+        &mut self,
+        err: TransferError,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        match self {
+            Mover::Splice(c) => c.fail(err, owner, io, out),
+            Mover::Buffered(c) => c.fail(err, owner, io, out),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        match self {
+            Mover::Splice(c) => c.is_finished(),
+            Mover::Buffered(c) => c.is_finished(),
+        }
+    }
+
+    pub fn failure(&self) -> Option<&TransferError> {
+        match self {
+            Mover::Splice(c) => c.failure(),
+            Mover::Buffered(c) => c.failure(),
+        }
+    }
+
+    pub fn moved(&self) -> u64 {
+        match self {
+            Mover::Splice(c) => c.moved,
+            Mover::Buffered(c) => c.moved,
+        }
+    }
+
+    pub fn total(&self) -> Option<u64> {
+        match self {
+            Mover::Splice(c) => c.total(),
+            Mover::Buffered(c) => c.total(),
+        }
+    }
+
+    pub fn into_endpoints(self) -> Option<Endpoints> {
+        match self {
+            Mover::Splice(c) => c.into_endpoints(),
+            Mover::Buffered(c) => c.into_endpoints(),
+        }
+    }
+}
 
 /// What a descriptor refers to, as far as moving bytes is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,12 +56,14 @@ impl Chunk {
 /// The chunk index of the job's own readiness poll, which belongs to no chunk.
 const JOB_LEVEL: u16 = u16::MAX;
 
-/// What a chunk slot's pipe should do once the caller takes it back.
+/// A pool resource a job hands back.
 pub enum Returned {
-    /// Empty: back to the pool.
+    /// An empty pipe: back to the pool.
     Clean(Rc<Pipe>),
-    /// May hold stray bytes of a failed job: close it and make another.
+    /// A pipe that may hold stray bytes of a failed job: close it and make another.
     Dirty(Rc<Pipe>),
+    /// A buffer, by index, whose last operation has completed.
+    Buffer(u16),
 }
 
 /// A transfer moved by splice(2) through pooled pipes.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use ringxfer_ipc::Strategy;
 
-use crate::size::parse_size;
+use ringxfer::size::parse_size;
 
 /// Move bytes between files and sockets through the ringxfer engine.
 ///

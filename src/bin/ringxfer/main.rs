@@ -10,7 +10,6 @@ mod error;
 mod files;
 mod progress;
 mod report;
-mod size;
 mod transfer;
 
 use std::io::IsTerminal;

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::engine::EngineKind;
 use crate::error::CliError;
-use crate::size::{format_bytes, format_rate, throughput};
+use ringxfer::size::{format_bytes, format_rate, throughput};
 
 /// Which transfer a result is about, as the user named it (with copy's
 /// destination already resolved to the file actually written).
@@ -71,6 +71,8 @@ pub struct Finished {
     pub elapsed: Duration,
     pub strategy: Strategy,
     pub engine: EngineKind,
+    /// Why the engine used this strategy, when it chose or had to differ.
+    pub note: Option<String>,
 }
 
 /// How results are printed, from the global flags.
@@ -141,8 +143,13 @@ fn json_line<T: Serialize>(value: &T) {
 
 /// `copied 1.00 GiB in 0.52 s (1.92 GiB/s) via splice`.
 pub fn transfer_text(op: Op, done: &Finished) -> String {
+    let why = done
+        .note
+        .as_deref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
     format!(
-        "{} {} in {:.2} s ({}) via {}",
+        "{} {} in {:.2} s ({}) via {}{why}",
         op.done_verb(),
         format_bytes(done.bytes),
         done.elapsed.as_secs_f64(),
@@ -161,9 +168,11 @@ struct TransferJson<'a> {
     throughput_bps: f64,
     strategy: &'static str,
     engine: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
 }
 
-fn transfer_json<'a>(subject: &'a Subject, done: &Finished) -> TransferJson<'a> {
+fn transfer_json<'a>(subject: &'a Subject, done: &'a Finished) -> TransferJson<'a> {
     TransferJson {
         op: subject.op.name(),
         src: &subject.src,
@@ -173,6 +182,7 @@ fn transfer_json<'a>(subject: &'a Subject, done: &Finished) -> TransferJson<'a> 
         throughput_bps: throughput(done.bytes, done.elapsed),
         strategy: done.strategy.name(),
         engine: done.engine.name(),
+        note: done.note.as_deref(),
     }
 }
 
@@ -282,6 +292,7 @@ mod tests {
             elapsed: Duration::from_millis(500),
             strategy: Strategy::Splice,
             engine: EngineKind::Embedded,
+            note: None,
         }
     }
 
@@ -369,6 +380,15 @@ mod tests {
             elapsed: Duration::ZERO,
             ..finished()
         };
+        let chosen = Finished {
+            strategy: Strategy::Direct,
+            note: Some("auto: the source is cold".into()),
+            ..finished()
+        };
+        assert_eq!(
+            transfer_text(Op::Copy, &chosen),
+            "copied 1.00 GiB in 0.50 s (2.00 GiB/s) via direct (auto: the source is cold)"
+        );
         assert_eq!(
             transfer_text(Op::Recv, &small),
             "received 0 B in 0.00 s (0 B/s) via splice"

@@ -51,5 +51,6 @@ pub fn run(
         elapsed: done.elapsed,
         strategy: done.strategy,
         engine: engine.kind(),
+        note: done.note,
     })
 }

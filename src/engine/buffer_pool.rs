@@ -1,0 +1,177 @@
+//! Aligned buffers made at start-up and registered with the ring.
+//!
+//! O_DIRECT needs memory aligned to the device (statx's dio_mem_align, at
+//! most a page), and READ_FIXED/WRITE_FIXED need buffers registered with the
+//! ring, which pins them once instead of on every operation. Both are done
+//! here, once. Registration counts against RLIMIT_MEMLOCK for users without
+//! CAP_IPC_LOCK; when it fails the pool still works, unregistered, and the
+//! engine uses plain READ/WRITE on the same aligned memory.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+/// Alignment of every buffer: a page, which satisfies any dio_mem_align.
+pub const BUFFER_ALIGN: usize = 4096;
+
+/// One buffer of the pool, named by its index (the registered buffer index).
+#[derive(Debug, Clone, Copy)]
+pub struct BufRef {
+    pub index: u16,
+    pub ptr: NonNull<u8>,
+    pub len: u32,
+}
+
+/// The pool. It owns the memory for the engine's whole life: an operation
+/// holds a buffer's index, never the memory, and the index comes back to the
+/// pool only on that operation's completion.
+pub struct BufferPool {
+    chunks: Vec<NonNull<u8>>,
+    layout: Layout,
+    idle: Vec<u16>,
+    registered: bool,
+}
+
+/// Why the pool could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("--buffer-size {0} must be a non-zero multiple of {BUFFER_ALIGN} up to 1 GiB")]
+    Size(usize),
+    #[error("--buffers {0} must be between 1 and 65535")]
+    Count(usize),
+    #[error("cannot allocate {count} buffers of {size} bytes")]
+    Alloc { count: usize, size: usize },
+}
+
+impl BufferPool {
+    /// Allocates `count` zeroed buffers of `size` bytes, page-aligned.
+    pub fn new(count: usize, size: usize) -> Result<BufferPool, BufferError> {
+        if size == 0 || size % BUFFER_ALIGN != 0 || size > 1 << 30 {
+            return Err(BufferError::Size(size));
+        }
+        if count > u16::MAX as usize {
+            return Err(BufferError::Count(count));
+        }
+        let layout =
+            Layout::from_size_align(size, BUFFER_ALIGN).map_err(|_| BufferError::Size(size))?;
+        let mut chunks = Vec::with_capacity(count);
+        for _ in 0..count {
+            // SAFETY: the layout has a non-zero size (checked above).
+            let p = unsafe { alloc_zeroed(layout) };
+            match NonNull::new(p) {
+                Some(p) => chunks.push(p),
+                None => {
+                    for c in chunks {
+                        // SAFETY: allocated above with this layout, not yet shared.
+                        unsafe { dealloc(c.as_ptr(), layout) };
+                    }
+                    return Err(BufferError::Alloc { count, size });
+                }
+            }
+        }
+        let idle = (0..count as u16).rev().collect();
+        Ok(BufferPool {
+            chunks,
+            layout,
+            idle,
+            registered: false,
+        })
+    }
+
+    /// The iovecs to register with the ring, in index order.
+    pub fn iovecs(&self) -> Vec<libc::iovec> {
+        self.chunks
+            .iter()
+            .map(|c| libc::iovec {
+                iov_base: c.as_ptr().cast(),
+                iov_len: self.layout.size(),
+            })
+            .collect()
+    }
+
+    /// Records that the ring accepted the buffers, so FIXED ops may use them.
+    pub fn mark_registered(&mut self) {
+        self.registered = true;
+    }
+
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Lends an idle buffer.
+    pub fn take(&mut self) -> Option<BufRef> {
+        let index = self.idle.pop()?;
+        Some(BufRef {
+            index,
+            ptr: self.chunks[index as usize],
+            len: self.layout.size() as u32,
+        })
+    }
+
+    /// Takes back a buffer whose last operation has completed.
+    pub fn give_back(&mut self, index: u16) {
+        debug_assert!(
+            !self.idle.contains(&index),
+            "buffer {index} given back twice"
+        );
+        self.idle.push(index);
+    }
+
+    pub fn total(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+
+    pub fn buffer_size(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+impl Drop for BufferPool {
+    fn drop(&mut self) {
+        for c in &self.chunks {
+            // SAFETY: each chunk was allocated with `self.layout`. The engine
+            // drops the pool only after the ring (which unregisters it) and
+            // leaks the pool instead if operations were still in flight.
+            unsafe { dealloc(c.as_ptr(), self.layout) };
+        }
+    }
+}
+
+/// The locked-memory limit, for the message that says why registration failed.
+pub fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_distinct_and_come_back() {
+        let mut pool = BufferPool::new(3, 8192).expect("pool");
+        let a = pool.take().expect("a");
+        let b = pool.take().expect("b");
+        assert_eq!(a.ptr.as_ptr() as usize % BUFFER_ALIGN, 0);
+        assert_ne!(a.index, b.index);
+        assert_eq!(pool.idle(), 1);
+        pool.give_back(a.index);
+        pool.give_back(b.index);
+        assert_eq!(pool.idle(), 3);
+    }
+
+    #[test]
+    fn unaligned_size_is_refused() {
+        assert!(matches!(
+            BufferPool::new(1, 1000),
+            Err(BufferError::Size(1000))
+        ));
+    }
+}

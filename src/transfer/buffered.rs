@@ -1,0 +1,616 @@
+//! The direct and uncached strategies: reads into pool buffers, writes out
+//! of them.
+//!
+//! `direct` opens nothing itself: the descriptors were switched to O_DIRECT
+//! at admission (and are switched back when the job ends), reads and writes
+//! start at offsets aligned to the file system's O_DIRECT alignment and have
+//! aligned lengths, and the buffers are page-aligned and registered with the
+//! ring (READ_FIXED/WRITE_FIXED). The last block of a file whose size is not
+//! aligned is written padded with zeros, and the destination is truncated to
+//! its exact size at the end. `uncached` is the same machine with buffered
+//! I/O and RWF_DONTCACHE: no alignment, pages dropped once written.
+//!
+//! Before the first byte moves, the destination is preallocated to its final
+//! size (fallocate), so a full disk fails the job at once rather than after
+//! minutes; a failed job truncates the destination back to the size it had.
+//!
+//! When the end of a direct transfer is not aligned and the destination has
+//! data after it (a range written into the middle of a file), padding would
+//! overwrite that data; then the last partial block (the "tail") is written
+//! buffered instead, with O_DIRECT switched off on the destination for that
+//! one write, after every other chunk is done.
+//!
+//! Each chunk is a pool buffer with one operation in flight: read its range,
+//! then write it, then take the next range.
+
+use std::rc::Rc;
+
+use ringxfer_ipc::{FailureKind, Strategy};
+
+use super::dio::{restore_flags, SavedFlags};
+use super::splice::Returned;
+use super::{Endpoints, Plan, TransferError};
+use crate::engine::buffer_pool::BufRef;
+use crate::engine::ops::{OpKind, Owner};
+use crate::engine::queue::{IoQueue, RwOpts};
+
+/// How bytes go through the buffers.
+#[derive(Debug, Clone, Copy)]
+pub enum IoMode {
+    /// O_DIRECT: offsets and lengths aligned to `align`.
+    Direct { align: u64 },
+    /// Buffered with RWF_DONTCACHE.
+    Uncached,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for fallocate.
+    Prealloc,
+    Copy,
+    /// Waiting for the final (or, after a failure, the restoring) ftruncate.
+    Truncate,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Idle,
+    Reading,
+    Writing,
+    /// Writing the tail with O_DIRECT off on the destination.
+    WritingTail,
+}
+
+/// One buffer and the range it carries.
+struct Chunk {
+    buf: BufRef,
+    /// Offset of the range from the start of the transfer.
+    rel: u64,
+    /// Bytes of the range that are data.
+    want: u64,
+    /// Bytes each operation moves: `want` rounded up to the alignment.
+    len: u64,
+    /// Bytes of the current read or write done so far.
+    done: u64,
+    step: Step,
+    busy: Option<u64>,
+}
+
+/// A transfer moved through pool buffers.
+pub struct BufferCopy {
+    ends: Rc<Endpoints>,
+    mode: IoMode,
+    fixed: bool,
+    src_start: u64,
+    dst_start: u64,
+    total: u64,
+    length_requested: bool,
+    /// Bytes handed to chunks so far.
+    assigned: u64,
+    /// Bytes at the end written buffered (see the module comment); 0 once done.
+    tail: u64,
+    chunks: Vec<Option<Chunk>>,
+    pub moved: u64,
+    phase: Phase,
+    side_op: Option<u64>,
+    /// The destination's size before the job, restored on failure.
+    orig_dst_size: u64,
+    /// Whether anything may have changed the destination's size.
+    touched: bool,
+    failure: Option<TransferError>,
+    saved_flags: Vec<SavedFlags>,
+}
+
+impl BufferCopy {
+    /// `plan.total` must be known (a regular file source). `orig_dst_size` is
+    /// the destination's size at admission; `saved_flags` the descriptors'
+    /// flags to put back when the job ends.
+    pub fn new(
+        plan: Plan,
+        mode: IoMode,
+        fixed: bool,
+        max_chunks: usize,
+        orig_dst_size: u64,
+        saved_flags: Vec<SavedFlags>,
+    ) -> BufferCopy {
+        let total = plan.total.unwrap_or(0);
+        let end = plan.dst_start + total;
+        let tail = match mode {
+            IoMode::Direct { align } if end % align != 0 && orig_dst_size > end => {
+                (end % align).min(total)
+            }
+            _ => 0,
+        };
+        let copy = BufferCopy {
+            ends: Rc::new(plan.ends),
+            mode,
+            fixed,
+            src_start: plan.src_start,
+            dst_start: plan.dst_start,
+            total: plan.total.unwrap_or(0),
+            length_requested: plan.length_requested,
+            assigned: 0,
+            tail: 0,
+            chunks: (0..max_chunks.max(1)).map(|_| None).collect(),
+            moved: 0,
+            phase: Phase::Prealloc,
+            side_op: None,
+            orig_dst_size,
+            touched: false,
+            failure: None,
+            saved_flags,
+        };
+        BufferCopy { tail, ..copy }
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        match self.mode {
+            IoMode::Direct { .. } => Strategy::Direct,
+            IoMode::Uncached => Strategy::Uncached,
+        }
+    }
+
+    pub fn total(&self) -> Option<u64> {
+        Some(self.total)
+    }
+
+    fn rw(&self) -> RwOpts {
+        RwOpts {
+            fixed: self.fixed && matches!(self.mode, IoMode::Direct { .. }),
+            flags: match self.mode {
+                IoMode::Direct { .. } => 0,
+                IoMode::Uncached => libc::RWF_DONTCACHE,
+            },
+        }
+    }
+
+    fn final_size(&self) -> u64 {
+        self.orig_dst_size.max(self.dst_start + self.total)
+    }
+
+    /// Preallocates the destination, or goes straight to copying.
+    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+        if self.total == 0 {
+            self.phase = Phase::Done;
+            return;
+        }
+        let ends = Rc::clone(&self.ends);
+        match io.fallocate(owner, &ends, raw(&ends.dst), self.dst_start, self.total) {
+            Ok(ud) => {
+                self.touched = true;
+                self.side_op = Some(ud);
+            }
+            Err(e) => {
+                self.failure = Some(ring_failed(e));
+                self.phase = Phase::Done;
+            }
+        }
+    }
+
+    /// Bytes the chunks move with ordinary reads and writes.
+    fn body(&self) -> u64 {
+        self.total - self.tail
+    }
+
+    pub fn wants_buffer(&self) -> bool {
+        let more = self.assigned < self.body()
+            || (self.tail > 0 && self.chunks.iter().all(Option::is_none));
+        self.phase == Phase::Copy
+            && self.failure.is_none()
+            && more
+            && self.chunks.iter().any(Option::is_none)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Done
+            && self.chunks.iter().all(Option::is_none)
+            && self.side_op.is_none()
+    }
+
+    pub fn failure(&self) -> Option<&TransferError> {
+        self.failure.as_ref()
+    }
+
+    /// Puts the descriptors' flags back and gives them up; call once the job
+    /// is finished.
+    pub fn into_endpoints(self) -> Option<Endpoints> {
+        for saved in &self.saved_flags {
+            restore_flags(*saved);
+        }
+        Rc::try_unwrap(self.ends).ok()
+    }
+
+    pub fn add_buffer(
+        &mut self,
+        buf: BufRef,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_bufs: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        match self.chunks.iter().position(Option::is_none) {
+            Some(slot) => {
+                self.chunks[slot] = Some(Chunk {
+                    buf,
+                    rel: 0,
+                    want: 0,
+                    len: 0,
+                    done: 0,
+                    step: Step::Idle,
+                    busy: None,
+                });
+                self.pump(owner, io, yield_bufs, out);
+            }
+            None => out.push(Returned::Buffer(buf.index)),
+        }
+    }
+
+    pub fn fail(
+        &mut self,
+        err: TransferError,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        self.failure.get_or_insert(err);
+        for user_data in self
+            .chunks
+            .iter()
+            .flatten()
+            .filter_map(|c| c.busy)
+            .chain(self.side_op)
+        {
+            let _ = io.cancel(user_data);
+        }
+        self.pump(owner, io, false, out);
+    }
+
+    pub fn on_complete(
+        &mut self,
+        kind: OpKind,
+        result: i32,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_bufs: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        let step = match kind {
+            OpKind::Prealloc => {
+                self.side_op = None;
+                self.after_prealloc(result)
+            }
+            OpKind::Truncate => {
+                self.side_op = None;
+                self.phase = Phase::Done;
+                if result < 0 && self.failure.is_none() {
+                    Err(TransferError::os(
+                        "ftruncate of the destination file to its final size",
+                        -result,
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            OpKind::BufIn(i) => self.after_read(i as usize, result),
+            OpKind::BufOut(i) => self.after_write(i as usize, result),
+            _ => Ok(()),
+        };
+        if let Err(e) = step {
+            self.fail(e, owner, io, out);
+            return;
+        }
+        self.pump(owner, io, yield_bufs, out);
+    }
+
+    fn after_prealloc(&mut self, result: i32) -> Result<(), TransferError> {
+        if self.phase == Phase::Prealloc {
+            self.phase = Phase::Copy;
+        }
+        match -result {
+            e if e <= 0 => Ok(()),
+            // Not every file system preallocates; the copy still works.
+            libc::EOPNOTSUPP | libc::ENOSYS => Ok(()),
+            libc::ECANCELED if self.failure.is_some() => Ok(()),
+            errno => Err(TransferError::os(
+                format!(
+                    "preallocating {} bytes of the destination file at offset {}",
+                    self.total, self.dst_start
+                ),
+                errno,
+            )),
+        }
+    }
+
+    fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        let src_start = self.src_start;
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        chunk.busy = None;
+        if result < 0 {
+            if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                return Ok(());
+            }
+            chunk.step = Step::Idle;
+            let at = src_start + chunk.rel + chunk.done;
+            return Err(TransferError::os(
+                format!("read of the source file at offset {at}"),
+                -result,
+            ));
+        }
+        let n = result as u64;
+        chunk.done += n;
+        let is_tail = self.tail > 0
+            && chunk.rel + chunk.want == self.total
+            && chunk.rel >= self.total - self.tail;
+        if chunk.done >= chunk.want && is_tail {
+            // Written buffered: switch O_DIRECT off on the destination for
+            // this one write (no other operation of the job is in flight).
+            chunk.done = 0;
+            chunk.len = chunk.want;
+            return match super::dio::set_direct(raw(&self.ends.dst), false) {
+                Ok(_) => {
+                    chunk.step = Step::WritingTail;
+                    Ok(())
+                }
+                Err(e) => {
+                    chunk.step = Step::Idle;
+                    Err(TransferError::os(
+                        "switching O_DIRECT off on the destination to write the unaligned tail",
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    ))
+                }
+            };
+        }
+        if chunk.done >= chunk.want {
+            if chunk.len > chunk.want {
+                // The aligned tail: what lies past the data is written as
+                // zeros and cut off by the final truncate.
+                // SAFETY: the buffer is ours again (its read completed), and
+                // `len` is within the buffer.
+                unsafe {
+                    std::ptr::write_bytes(
+                        chunk.buf.ptr.as_ptr().add(chunk.want as usize),
+                        0,
+                        (chunk.len - chunk.want) as usize,
+                    )
+                };
+            }
+            chunk.step = Step::Writing;
+            chunk.done = 0;
+            return Ok(());
+        }
+        if n == 0 || matches!(self.mode, IoMode::Direct { .. }) {
+            // End of file before the range's end. (A direct read is short
+            // only at end of file.)
+            let reached = src_start + chunk.rel + chunk.done;
+            chunk.step = Step::Idle;
+            return Err(self.short_source(reached));
+        }
+        // A short buffered read: the rest of the range is read next.
+        Ok(())
+    }
+
+    fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        let dst_start = self.dst_start;
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        chunk.busy = None;
+        if result < 0 {
+            if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                return Ok(());
+            }
+            chunk.step = Step::Idle;
+            let at = dst_start + chunk.rel + chunk.done;
+            return Err(TransferError::os(
+                format!("write of the destination file at offset {at}"),
+                -result,
+            ));
+        }
+        if result == 0 {
+            chunk.step = Step::Idle;
+            return Err(TransferError::new(
+                FailureKind::Io,
+                "the destination file accepted 0 bytes",
+            ));
+        }
+        chunk.done += result as u64;
+        if chunk.done >= chunk.len {
+            self.moved += chunk.want;
+            if chunk.step == Step::WritingTail {
+                self.tail = 0;
+                if let Err(e) = super::dio::set_direct(raw(&self.ends.dst), true) {
+                    chunk.step = Step::Idle;
+                    return Err(TransferError::os(
+                        "switching O_DIRECT back on for the destination",
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    ));
+                }
+            }
+            chunk.step = Step::Idle;
+        }
+        Ok(())
+    }
+
+    fn short_source(&self, reached: u64) -> TransferError {
+        let message = if self.length_requested {
+            format!(
+                "the source ended at offset {reached}, before the requested length of {} bytes from offset {} was read",
+                self.total, self.src_start
+            )
+        } else {
+            format!(
+                "the source file shrank during the transfer: it ended at offset {reached}, but held {} bytes when the job started",
+                self.src_start + self.total
+            )
+        };
+        TransferError::new(FailureKind::SourceShort, message)
+    }
+
+    fn pump(
+        &mut self,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_bufs: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        for slot in 0..self.chunks.len() {
+            let Some(chunk) = self.chunks[slot].as_ref() else {
+                continue;
+            };
+            if chunk.busy.is_some() {
+                continue;
+            }
+            if self.failure.is_some() {
+                self.release(slot, out);
+                continue;
+            }
+            if let Err(e) = self.step(slot, owner, io, yield_bufs, out) {
+                self.failure.get_or_insert(e);
+                for user_data in self.chunks.iter().flatten().filter_map(|c| c.busy) {
+                    let _ = io.cancel(user_data);
+                }
+                self.release(slot, out);
+            }
+        }
+        self.maybe_finish(owner, io);
+    }
+
+    fn step(
+        &mut self,
+        slot: usize,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        yield_bufs: bool,
+        out: &mut Vec<Returned>,
+    ) -> Result<(), TransferError> {
+        let ends = Rc::clone(&self.ends);
+        let rw = self.rw();
+        let (src_start, dst_start) = (self.src_start, self.dst_start);
+        let Some(chunk) = self.chunks[slot].as_mut() else {
+            return Ok(());
+        };
+        let tag = slot as u16;
+        match chunk.step {
+            Step::Reading => {
+                let at = chunk.done;
+                let ud = io
+                    .read_buf(
+                        owner,
+                        OpKind::BufIn(tag),
+                        &ends,
+                        raw(&ends.src),
+                        chunk.buf,
+                        at as usize,
+                        (chunk.len - at) as u32,
+                        src_start + chunk.rel + at,
+                        rw,
+                    )
+                    .map_err(ring_failed)?;
+                chunk.busy = Some(ud);
+            }
+            Step::Writing | Step::WritingTail => {
+                let at = chunk.done;
+                let rw = if chunk.step == Step::WritingTail {
+                    RwOpts {
+                        fixed: rw.fixed,
+                        flags: 0,
+                    }
+                } else {
+                    rw
+                };
+                let ud = io
+                    .write_buf(
+                        owner,
+                        OpKind::BufOut(tag),
+                        &ends,
+                        raw(&ends.dst),
+                        chunk.buf,
+                        at as usize,
+                        (chunk.len - at) as u32,
+                        dst_start + chunk.rel + at,
+                        rw,
+                    )
+                    .map_err(ring_failed)?;
+                self.touched = true;
+                chunk.busy = Some(ud);
+            }
+            Step::Idle => {
+                let body = self.total - self.tail;
+                let alone = self.chunks.iter().flatten().count() == 1;
+                let tail_now =
+                    self.tail > 0 && self.assigned >= body && alone && self.assigned < self.total;
+                if self.phase != Phase::Copy || (self.assigned >= body && !tail_now) || yield_bufs {
+                    self.release(slot, out);
+                    return Ok(());
+                }
+                let Some(chunk) = self.chunks[slot].as_mut() else {
+                    return Ok(());
+                };
+                let cap = u64::from(chunk.buf.len);
+                chunk.rel = self.assigned;
+                let end = if tail_now { self.total } else { body };
+                chunk.want = (end - self.assigned).min(cap);
+                chunk.len = match self.mode {
+                    IoMode::Direct { align } => chunk.want.div_ceil(align) * align,
+                    IoMode::Uncached => chunk.want,
+                };
+                chunk.done = 0;
+                chunk.step = Step::Reading;
+                self.assigned += chunk.want;
+                return self.step(slot, owner, io, yield_bufs, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, slot: usize, out: &mut Vec<Returned>) {
+        if let Some(chunk) = self.chunks[slot].take() {
+            out.push(Returned::Buffer(chunk.buf.index));
+        }
+    }
+
+    /// Once every chunk is back: truncate the destination to its exact final
+    /// size (cutting the padding), or after a failure to its original size.
+    fn maybe_finish(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+        let idle = self.chunks.iter().all(Option::is_none) && self.side_op.is_none();
+        let copied =
+            self.failure.is_none() && self.phase == Phase::Copy && self.assigned >= self.total;
+        let failed = self.failure.is_some() && matches!(self.phase, Phase::Prealloc | Phase::Copy);
+        if !idle || !(copied || failed) {
+            return;
+        }
+        if failed && !self.touched {
+            self.phase = Phase::Done;
+            return;
+        }
+        let size = if failed {
+            self.orig_dst_size
+        } else {
+            self.final_size()
+        };
+        let ends = Rc::clone(&self.ends);
+        self.phase = Phase::Truncate;
+        match io.ftruncate(owner, &ends, raw(&ends.dst), size) {
+            Ok(ud) => self.side_op = Some(ud),
+            Err(e) => {
+                self.failure.get_or_insert(ring_failed(e));
+                self.phase = Phase::Done;
+            }
+        }
+    }
+}
+
+fn raw(fd: &std::os::fd::OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+fn ring_failed(e: crate::engine::EngineError) -> TransferError {
+    TransferError::new(
+        FailureKind::Io,
+        format!("queueing the next operation failed: {e}"),
+    )
+}

@@ -1,0 +1,183 @@
+//! Which strategy moves a job, and why.
+//!
+//! `auto` decides per job. A source that is mostly in the page cache goes
+//! through splice even when large: its bytes are already in memory, and
+//! reading them with O_DIRECT would go to the disk again. A cold source at or
+//! above the direct threshold goes direct when both ends allow it, so a large
+//! copy does not evict everyone else's hot pages. Everything else splices.
+//! nginx's `directio` decides by size alone; the residency test is ours.
+
+use std::os::fd::AsRawFd;
+
+use ringxfer_ipc::{FailureKind, Strategy};
+
+use super::dio::{cached_fraction, dio_alignment, enable_direct, restore_flags, SavedFlags};
+use super::{FdKind, Plan, TransferError};
+
+/// Above this fraction of its pages in the page cache, a source counts as hot.
+pub const HOT_FRACTION: f64 = 0.5;
+
+/// What the choice depends on besides the job.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceInputs {
+    pub direct_threshold: u64,
+    /// The engine has pool buffers at all.
+    pub have_buffers: bool,
+}
+
+/// The decision.
+#[derive(Debug)]
+pub struct Choice {
+    pub strategy: Strategy,
+    /// Why, for the Completed event (always set for `auto`).
+    pub note: Option<String>,
+    /// For `direct`: the O_DIRECT alignment of the two files.
+    pub align: u64,
+    /// Flags to put back when the job ends (O_DIRECT switched on here).
+    pub saved: Vec<SavedFlags>,
+    /// The destination's size now, to restore if the job fails.
+    pub orig_dst_size: u64,
+}
+
+impl Choice {
+    fn splice(note: Option<String>) -> Choice {
+        Choice {
+            strategy: Strategy::Splice,
+            note,
+            align: 0,
+            saved: Vec::new(),
+            orig_dst_size: 0,
+        }
+    }
+}
+
+/// Decides the strategy for `plan` as `asked`. An explicit strategy that the
+/// descriptors cannot take is an `InvalidRequest` naming the reason; `auto`
+/// falls back to splice and says why in the note.
+pub fn choose(plan: &Plan, asked: Strategy, inputs: ChoiceInputs) -> Result<Choice, TransferError> {
+    let refuse = |why: String| TransferError::new(FailureKind::InvalidRequest, why);
+    match asked {
+        Strategy::Splice => Ok(Choice::splice(None)),
+        Strategy::Direct => direct(plan, inputs)
+            .map_err(|why| refuse(format!("the direct strategy cannot take this job: {why}"))),
+        Strategy::Uncached => uncached(plan, inputs)
+            .map_err(|why| refuse(format!("the uncached strategy cannot take this job: {why}"))),
+        Strategy::Auto => Ok(auto(plan, inputs)),
+    }
+}
+
+fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
+    let Some(total) = plan.total.filter(|_| plan.ends.src_kind == FdKind::File) else {
+        return Choice::splice(Some(
+            "auto: the source is a stream, which splice moves best".into(),
+        ));
+    };
+    let cached = cached_fraction(&plan.ends.src, plan.src_start, total);
+    if let Some(f) = cached.filter(|&f| f >= HOT_FRACTION) {
+        return Choice::splice(Some(format!(
+            "auto: the source is {:.0}% in the page cache, so splice reads it from memory",
+            f * 100.0
+        )));
+    }
+    if total < inputs.direct_threshold {
+        return Choice::splice(Some(format!(
+            "auto: {total} bytes is below the direct threshold of {} bytes",
+            inputs.direct_threshold
+        )));
+    }
+    let residency = cached.map_or("of unknown page-cache residency".to_string(), |f| {
+        format!("{:.0}% in the page cache", f * 100.0)
+    });
+    match direct(plan, inputs) {
+        Ok(mut choice) => {
+            choice.note = Some(format!(
+                "auto: the source is cold ({residency}) and {total} bytes is at or above the direct threshold"
+            ));
+            choice
+        }
+        Err(why) => Choice::splice(Some(format!(
+            "auto: direct not possible ({why}), so splice"
+        ))),
+    }
+}
+
+fn regular_files(plan: &Plan) -> Result<u64, String> {
+    if plan.ends.src_kind != FdKind::File || plan.ends.dst_kind != FdKind::File {
+        return Err(format!(
+            "it moves between regular files, and this job is {} to {}",
+            plan.ends.src_kind, plan.ends.dst_kind
+        ));
+    }
+    let mut st: libc::stat = unsafe_zeroed_stat();
+    // SAFETY: fstat on an open descriptor into a valid stat buffer.
+    if unsafe { libc::fstat(plan.ends.dst.as_raw_fd(), &mut st) } < 0 {
+        return Err(format!(
+            "fstat of the destination failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+fn unsafe_zeroed_stat() -> libc::stat {
+    // SAFETY: an all-zero stat is a valid value of a plain C struct.
+    unsafe { std::mem::zeroed() }
+}
+
+fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
+    if !inputs.have_buffers {
+        return Err("the daemon has no I/O buffers (--buffers 0)".into());
+    }
+    let orig_dst_size = regular_files(plan)?;
+    let align_of = |fd: &std::os::fd::OwnedFd, which: &str| -> Result<u64, String> {
+        match dio_alignment(fd) {
+            Ok(Some(a)) => Ok(u64::from(a)),
+            Ok(None) => Err(format!(
+                "the {which}'s file system does not support O_DIRECT"
+            )),
+            Err(e) => Err(format!("statx of the {which} failed: {e}")),
+        }
+    };
+    let align = align_of(&plan.ends.src, "source")?.max(align_of(&plan.ends.dst, "destination")?);
+    for (which, off) in [("source", plan.src_start), ("destination", plan.dst_start)] {
+        if off % align != 0 {
+            return Err(format!(
+                "the {which} offset {off} is not aligned to the file system's O_DIRECT alignment of {align} bytes"
+            ));
+        }
+    }
+    let mut saved = Vec::with_capacity(2);
+    for (which, fd) in [("source", &plan.ends.src), ("destination", &plan.ends.dst)] {
+        match enable_direct(fd) {
+            Ok(Some(s)) => saved.push(s),
+            Ok(None) => {}
+            Err(e) => {
+                for s in saved {
+                    restore_flags(s);
+                }
+                return Err(format!("the {which}'s file system refuses O_DIRECT ({e})"));
+            }
+        }
+    }
+    Ok(Choice {
+        strategy: Strategy::Direct,
+        note: None,
+        align,
+        saved,
+        orig_dst_size,
+    })
+}
+
+fn uncached(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
+    if !inputs.have_buffers {
+        return Err("the daemon has no I/O buffers (--buffers 0)".into());
+    }
+    let orig_dst_size = regular_files(plan)?;
+    Ok(Choice {
+        strategy: Strategy::Uncached,
+        note: None,
+        align: 1,
+        saved: Vec::new(),
+        orig_dst_size,
+    })
+}
