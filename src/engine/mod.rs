@@ -31,7 +31,7 @@ use crate::transfer::choose::{choose, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::{plan, Mover, TransferError};
 use buffer_pool::BufferPool;
-use ops::{Hold, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
 use pipe_pool::{PipeError, PipePool};
 use queue::IoQueue;
 use ring::Ring;
@@ -342,7 +342,7 @@ impl Engine {
             cqes.clear();
             self.ring.reap(&mut cqes);
             for cqe in &cqes {
-                self.dispatch(cqe.user_data(), cqe.result());
+                self.dispatch(cqe.user_data(), cqe.result(), cqe.flags());
             }
             self.cqes = cqes;
             self.lend();
@@ -357,8 +357,33 @@ impl Engine {
         Ok(())
     }
 
-    fn dispatch(&mut self, user_data: u64, result: i32) {
+    fn dispatch(&mut self, user_data: u64, result: i32, flags: u32) {
         if user_data == CANCEL_USER_DATA {
+            return;
+        }
+        if cqueue::more(flags) {
+            // The first of a SEND_ZC's two completions: the entry (and the
+            // buffer it holds) stays until the notification.
+            if let Some(&Op {
+                owner: Owner::Job(k),
+                kind: OpKind::BufOut(slot),
+                ..
+            }) = self.ops.peek(user_data)
+            {
+                self.on_job(k, OpKind::ZcSent(slot), result);
+            }
+            return;
+        }
+        if cqueue::notif(flags) {
+            if let Some(Op {
+                owner: Owner::Job(k),
+                kind: OpKind::BufOut(slot),
+                hold,
+            }) = self.ops.complete(user_data)
+            {
+                drop(hold);
+                self.on_job(k, OpKind::ZcNotif(slot), result);
+            }
             return;
         }
         let Some(op) = self.ops.complete(user_data) else {

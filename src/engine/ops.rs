@@ -56,6 +56,11 @@ pub enum OpKind {
     BufIn(u16),
     /// Write (or send) from the buffer of the chunk with this index.
     BufOut(u16),
+    /// The first completion of a SEND_ZC from the chunk's buffer: bytes
+    /// sent, and a notification still to come.
+    ZcSent(u16),
+    /// The notification of a SEND_ZC: the kernel is done with the buffer.
+    ZcNotif(u16),
     /// Preallocation of the destination.
     Prealloc,
     /// Truncation of the destination to its final (or original) size.
@@ -107,6 +112,13 @@ impl OpTable {
     /// Records an operation about to be submitted and returns its `user_data`.
     pub fn insert(&mut self, op: Op) -> u64 {
         self.ops.insert(op) as u64
+    }
+
+    /// The entry of an operation that completed but will complete again
+    /// (IORING_CQE_F_MORE): it stays in the table.
+    pub fn peek(&self, user_data: u64) -> Option<&Op> {
+        let key = usize::try_from(user_data).ok()?;
+        self.ops.get(key)
     }
 
     /// Takes back the entry of a completed operation. `None` for a

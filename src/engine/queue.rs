@@ -347,6 +347,46 @@ impl IoQueue<'_> {
         })
     }
 
+    /// Queues a send of `len` bytes from pool buffer `buf` (from `at`) to
+    /// socket `fd`: SEND_ZC when `zc` (the kernel sends from the buffer and
+    /// posts a notification when done with it), else a plain SEND.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_buf(
+        &mut self,
+        owner: Owner,
+        kind: OpKind,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+        buf: BufRef,
+        at: usize,
+        len: u32,
+        zc: bool,
+        fixed: bool,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Buffer {
+                index: buf.index,
+                ends: Rc::clone(ends),
+            },
+        };
+        // SAFETY: as in read_buf.
+        let ptr = unsafe { buf.ptr.as_ptr().add(at) };
+        self.queue(op, || {
+            if zc {
+                opcode::SendZc::new(types::Fd(fd), ptr, len)
+                    .buf_index(fixed.then_some(buf.index))
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            } else {
+                opcode::Send::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+        })
+    }
+
     /// Queues fallocate(mode 0) of `len` bytes at `offset` of `fd`.
     pub fn fallocate(
         &mut self,

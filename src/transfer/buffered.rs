@@ -21,7 +21,13 @@
 //! one write, after every other chunk is done.
 //!
 //! Each chunk is a pool buffer with one operation in flight: read its range,
-//! then write it, then take the next range.
+//! then write it, then take the next range. A stream source (a socket) is
+//! read by one chunk at a time, which fills its whole buffer before the next
+//! chunk reads, so every write but the last stays aligned; a stream
+//! destination takes chunks strictly in the order their bytes were read.
+//! Into a socket, big writes are SEND_ZC from the registered buffer: the
+//! kernel sends straight from it and says when it is done with it in a
+//! second completion, the notification, and only then is the buffer reused.
 
 use std::rc::Rc;
 
@@ -62,6 +68,10 @@ enum Step {
     WritingTail,
 }
 
+/// Sends at least this large go zero-copy (SEND_ZC); smaller ones are
+/// cheaper copied (plain SEND) than pinned and notified.
+const ZC_MIN: u64 = 64 * 1024;
+
 /// One buffer and the range it carries.
 struct Chunk {
     buf: BufRef,
@@ -75,6 +85,17 @@ struct Chunk {
     done: u64,
     step: Step,
     busy: Option<u64>,
+    /// Order of this chunk's bytes in the stream (stream destinations).
+    seq: u64,
+    /// SEND_ZC notifications still to come: the kernel may still read the
+    /// buffer until the last one.
+    notifs: u32,
+}
+
+impl Chunk {
+    fn is_busy(&self) -> bool {
+        self.busy.is_some() || self.notifs > 0
+    }
 }
 
 /// A transfer moved through pool buffers.
@@ -86,6 +107,18 @@ pub struct BufferCopy {
     dst_start: u64,
     total: u64,
     length_requested: bool,
+    /// The source is a stream: read by one chunk at a time, until its end.
+    src_stream: bool,
+    /// The destination is a stream: written in read order, by send.
+    dst_stream: bool,
+    /// The chunk reading a stream source now.
+    reader: Option<usize>,
+    /// A stream source reached its end (or the requested length).
+    src_done: bool,
+    next_seq: u64,
+    write_seq: u64,
+    /// Sends go zero-copy while the kernel takes SEND_ZC.
+    zc: bool,
     /// Bytes handed to chunks so far.
     assigned: u64,
     /// Bytes at the end written buffered (see the module comment); 0 once done.
@@ -114,10 +147,19 @@ impl BufferCopy {
         orig_dst_size: u64,
         saved_flags: Vec<SavedFlags>,
     ) -> BufferCopy {
-        let total = plan.total.unwrap_or(0);
-        let end = plan.dst_start + total;
-        let tail = match mode {
-            IoMode::Direct { align } if end % align != 0 && orig_dst_size > end => {
+        let src_stream = !plan.ends.src_kind.seekable();
+        let dst_stream = !plan.ends.dst_kind.seekable();
+        // A stream's length is unknown (u64::MAX here) unless asked for. A
+        // seekable source reporting size 0 is an empty file: files that say
+        // 0 but hold data (procfs) do no direct I/O and never come here.
+        let total = match plan.total {
+            Some(t) => t,
+            None if !src_stream => 0,
+            None => u64::MAX,
+        };
+        let end = plan.dst_start.saturating_add(total);
+        let tail = match (mode, plan.total) {
+            (IoMode::Direct { align }, Some(total)) if end % align != 0 && orig_dst_size > end => {
                 (end % align).min(total)
             }
             _ => 0,
@@ -128,8 +170,15 @@ impl BufferCopy {
             fixed,
             src_start: plan.src_start,
             dst_start: plan.dst_start,
-            total: plan.total.unwrap_or(0),
+            total,
             length_requested: plan.length_requested,
+            src_stream,
+            dst_stream,
+            reader: None,
+            src_done: false,
+            next_seq: 0,
+            write_seq: 0,
+            zc: true,
             assigned: 0,
             tail: 0,
             chunks: (0..max_chunks.max(1)).map(|_| None).collect(),
@@ -152,7 +201,16 @@ impl BufferCopy {
     }
 
     pub fn total(&self) -> Option<u64> {
-        Some(self.total)
+        (self.total != u64::MAX).then_some(self.total)
+    }
+
+    /// Whether every byte to move has been handed to a chunk.
+    fn all_assigned(&self) -> bool {
+        if self.src_stream {
+            self.src_done
+        } else {
+            self.assigned >= self.total
+        }
     }
 
     fn rw(&self) -> RwOpts {
@@ -166,13 +224,18 @@ impl BufferCopy {
     }
 
     fn final_size(&self) -> u64 {
-        self.orig_dst_size.max(self.dst_start + self.total)
+        self.orig_dst_size.max(self.dst_start + self.assigned)
     }
 
     /// Preallocates the destination, or goes straight to copying.
     pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
         if self.total == 0 {
             self.phase = Phase::Done;
+            return;
+        }
+        if self.dst_stream || self.total == u64::MAX {
+            // Nothing to preallocate: a socket, or a length nobody knows yet.
+            self.phase = Phase::Copy;
             return;
         }
         let ends = Rc::clone(&self.ends);
@@ -194,8 +257,12 @@ impl BufferCopy {
     }
 
     pub fn wants_buffer(&self) -> bool {
-        let more = self.assigned < self.body()
-            || (self.tail > 0 && self.chunks.iter().all(Option::is_none));
+        let more = if self.src_stream {
+            !self.src_done && self.reader.is_none()
+        } else {
+            self.assigned < self.body()
+                || (self.tail > 0 && self.chunks.iter().all(Option::is_none))
+        };
         self.phase == Phase::Copy
             && self.failure.is_none()
             && more
@@ -239,6 +306,8 @@ impl BufferCopy {
                     done: 0,
                     step: Step::Idle,
                     busy: None,
+                    seq: 0,
+                    notifs: 0,
                 });
                 self.pump(owner, io, yield_bufs, out);
             }
@@ -292,7 +361,16 @@ impl BufferCopy {
                     Ok(())
                 }
             }
+            OpKind::BufIn(i) if self.src_stream => self.after_recv(i as usize, result),
             OpKind::BufIn(i) => self.after_read(i as usize, result),
+            OpKind::BufOut(i) if self.dst_stream => self.after_send(i as usize, result, false),
+            OpKind::ZcSent(i) => self.after_send(i as usize, result, true),
+            OpKind::ZcNotif(i) => {
+                if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
+                    chunk.notifs = chunk.notifs.saturating_sub(1);
+                }
+                Ok(())
+            }
             OpKind::BufOut(i) => self.after_write(i as usize, result),
             _ => Ok(()),
         };
@@ -364,21 +442,8 @@ impl BufferCopy {
             };
         }
         if chunk.done >= chunk.want {
-            if chunk.len > chunk.want {
-                // The aligned tail: what lies past the data is written as
-                // zeros and cut off by the final truncate.
-                // SAFETY: the buffer is ours again (its read completed), and
-                // `len` is within the buffer.
-                unsafe {
-                    std::ptr::write_bytes(
-                        chunk.buf.ptr.as_ptr().add(chunk.want as usize),
-                        0,
-                        (chunk.len - chunk.want) as usize,
-                    )
-                };
-            }
-            chunk.step = Step::Writing;
-            chunk.done = 0;
+            let (mode, dst_stream) = (self.mode, self.dst_stream);
+            prepare_write(chunk, mode, dst_stream);
             return Ok(());
         }
         if n == 0 || matches!(self.mode, IoMode::Direct { .. }) {
@@ -389,6 +454,92 @@ impl BufferCopy {
             return Err(self.short_source(reached));
         }
         // A short buffered read: the rest of the range is read next.
+        Ok(())
+    }
+
+    /// A receive from a stream source into the reader's buffer completed.
+    fn after_recv(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        let (mode, dst_stream, src_start) = (self.mode, self.dst_stream, self.src_start);
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        chunk.busy = None;
+        if result < 0 {
+            if matches!(-result, libc::EINTR | libc::EAGAIN) {
+                return Ok(());
+            }
+            self.reader = None;
+            chunk.step = Step::Idle;
+            return Err(TransferError::os(
+                format!("receive from the source {}", self.ends.src_kind),
+                -result,
+            ));
+        }
+        let n = result as u64;
+        chunk.done += n;
+        if n > 0 && chunk.done < chunk.want {
+            // Keep filling: a full buffer keeps the next write aligned.
+            return Ok(());
+        }
+        // Full, or the stream ended: this chunk's bytes are what it holds.
+        self.reader = None;
+        if n == 0 {
+            self.src_done = true;
+            if self.length_requested && self.assigned + chunk.done < self.total {
+                let reached = src_start + self.assigned + chunk.done;
+                chunk.step = Step::Idle;
+                return Err(self.short_source(reached));
+            }
+        }
+        chunk.rel = self.assigned;
+        chunk.want = chunk.done;
+        self.assigned += chunk.want;
+        if self.assigned >= self.total {
+            self.src_done = true;
+        }
+        chunk.seq = self.next_seq;
+        self.next_seq += 1;
+        if chunk.want == 0 {
+            chunk.step = Step::Idle;
+            return Ok(());
+        }
+        prepare_write(chunk, mode, dst_stream);
+        Ok(())
+    }
+
+    /// A send to a stream destination completed; `zc`: it was SEND_ZC and a
+    /// notification follows.
+    fn after_send(&mut self, slot: usize, result: i32, zc: bool) -> Result<(), TransferError> {
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        chunk.busy = None;
+        if zc {
+            chunk.notifs += 1;
+        }
+        if result < 0 {
+            match -result {
+                libc::EINTR | libc::EAGAIN => return Ok(()),
+                // No SEND_ZC for this socket or kernel: plain sends from now on.
+                libc::EOPNOTSUPP | libc::EINVAL if self.zc => {
+                    self.zc = false;
+                    return Ok(());
+                }
+                errno => {
+                    chunk.step = Step::Idle;
+                    return Err(TransferError::os(
+                        format!("send to the destination {}", self.ends.dst_kind),
+                        errno,
+                    ));
+                }
+            }
+        }
+        chunk.done += result as u64;
+        if chunk.done >= chunk.want {
+            self.moved += chunk.want;
+            self.write_seq += 1;
+            chunk.step = Step::Idle;
+        }
         Ok(())
     }
 
@@ -460,7 +611,7 @@ impl BufferCopy {
             let Some(chunk) = self.chunks[slot].as_ref() else {
                 continue;
             };
-            if chunk.busy.is_some() {
+            if chunk.is_busy() {
                 continue;
             }
             if self.failure.is_some() {
@@ -487,8 +638,15 @@ impl BufferCopy {
         out: &mut Vec<Returned>,
     ) -> Result<(), TransferError> {
         let ends = Rc::clone(&self.ends);
-        let rw = self.rw();
         let (src_start, dst_start) = (self.src_start, self.dst_start);
+        // Per-I/O flags such as RWF_DONTCACHE mean nothing to a socket.
+        let file_rw = self.rw();
+        let stream_rw = RwOpts {
+            fixed: self.fixed,
+            flags: 0,
+        };
+        let (src_stream, dst_stream, zc, write_seq) =
+            (self.src_stream, self.dst_stream, self.zc, self.write_seq);
         let Some(chunk) = self.chunks[slot].as_mut() else {
             return Ok(());
         };
@@ -496,6 +654,11 @@ impl BufferCopy {
         match chunk.step {
             Step::Reading => {
                 let at = chunk.done;
+                let (len, offset, rw) = if src_stream {
+                    (chunk.want - at, 0, stream_rw)
+                } else {
+                    (chunk.len - at, src_start + chunk.rel + at, file_rw)
+                };
                 let ud = io
                     .read_buf(
                         owner,
@@ -504,9 +667,31 @@ impl BufferCopy {
                         raw(&ends.src),
                         chunk.buf,
                         at as usize,
-                        (chunk.len - at) as u32,
-                        src_start + chunk.rel + at,
+                        len as u32,
+                        offset,
                         rw,
+                    )
+                    .map_err(ring_failed)?;
+                chunk.busy = Some(ud);
+            }
+            Step::Writing if dst_stream => {
+                if chunk.seq != write_seq {
+                    // An earlier chunk's bytes go first.
+                    return Ok(());
+                }
+                let at = chunk.done;
+                let len = chunk.want - at;
+                let ud = io
+                    .send_buf(
+                        owner,
+                        OpKind::BufOut(tag),
+                        &ends,
+                        raw(&ends.dst),
+                        chunk.buf,
+                        at as usize,
+                        len as u32,
+                        zc && len >= ZC_MIN,
+                        self.fixed,
                     )
                     .map_err(ring_failed)?;
                 chunk.busy = Some(ud);
@@ -515,11 +700,11 @@ impl BufferCopy {
                 let at = chunk.done;
                 let rw = if chunk.step == Step::WritingTail {
                     RwOpts {
-                        fixed: rw.fixed,
+                        fixed: file_rw.fixed,
                         flags: 0,
                     }
                 } else {
-                    rw
+                    file_rw
                 };
                 let ud = io
                     .write_buf(
@@ -536,6 +721,25 @@ impl BufferCopy {
                     .map_err(ring_failed)?;
                 self.touched = true;
                 chunk.busy = Some(ud);
+            }
+            Step::Idle if src_stream => {
+                if self.phase != Phase::Copy || self.src_done || yield_bufs {
+                    self.release(slot, out);
+                    return Ok(());
+                }
+                if self.reader.is_some() {
+                    // Another chunk is filling; this one reads next.
+                    return Ok(());
+                }
+                let Some(chunk) = self.chunks[slot].as_mut() else {
+                    return Ok(());
+                };
+                chunk.want = (self.total - self.assigned).min(u64::from(chunk.buf.len));
+                chunk.len = chunk.want;
+                chunk.done = 0;
+                chunk.step = Step::Reading;
+                self.reader = Some(slot);
+                return self.step(slot, owner, io, yield_bufs, out);
             }
             Step::Idle => {
                 let body = self.total - self.tail;
@@ -559,6 +763,8 @@ impl BufferCopy {
                 };
                 chunk.done = 0;
                 chunk.step = Step::Reading;
+                chunk.seq = self.next_seq;
+                self.next_seq += 1;
                 self.assigned += chunk.want;
                 return self.step(slot, owner, io, yield_bufs, out);
             }
@@ -576,13 +782,13 @@ impl BufferCopy {
     /// size (cutting the padding), or after a failure to its original size.
     fn maybe_finish(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
         let idle = self.chunks.iter().all(Option::is_none) && self.side_op.is_none();
-        let copied =
-            self.failure.is_none() && self.phase == Phase::Copy && self.assigned >= self.total;
+        let copied = self.failure.is_none() && self.phase == Phase::Copy && self.all_assigned();
         let failed = self.failure.is_some() && matches!(self.phase, Phase::Prealloc | Phase::Copy);
         if !idle || !(copied || failed) {
             return;
         }
-        if failed && !self.touched {
+        if (failed && !self.touched) || (copied && self.dst_stream) {
+            // Nothing to cut or restore: a socket, or a file never written.
             self.phase = Phase::Done;
             return;
         }
@@ -601,6 +807,29 @@ impl BufferCopy {
             }
         }
     }
+}
+
+/// Sets a chunk whose bytes are in its buffer up to write them: to a file
+/// with O_DIRECT, the length is rounded up to the alignment and the padding
+/// zeroed (the final truncate cuts it off again).
+fn prepare_write(chunk: &mut Chunk, mode: IoMode, dst_stream: bool) {
+    chunk.len = match mode {
+        IoMode::Direct { align } if !dst_stream => chunk.want.div_ceil(align) * align,
+        _ => chunk.want,
+    };
+    if chunk.len > chunk.want {
+        // SAFETY: the buffer is ours again (its read completed), and `len`
+        // is within it (ranges are at most the buffer's aligned size).
+        unsafe {
+            std::ptr::write_bytes(
+                chunk.buf.ptr.as_ptr().add(chunk.want as usize),
+                0,
+                (chunk.len - chunk.want) as usize,
+            )
+        };
+    }
+    chunk.step = Step::Writing;
+    chunk.done = 0;
 }
 
 fn raw(fd: &std::os::fd::OwnedFd) -> i32 {

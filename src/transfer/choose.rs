@@ -108,18 +108,10 @@ fn regular_files(plan: &Plan) -> Result<u64, String> {
             plan.ends.src_kind, plan.ends.dst_kind
         ));
     }
-    let mut st: libc::stat = unsafe_zeroed_stat();
-    // SAFETY: fstat on an open descriptor into a valid stat buffer.
-    if unsafe { libc::fstat(plan.ends.dst.as_raw_fd(), &mut st) } < 0 {
-        return Err(format!(
-            "fstat of the destination failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(u64::try_from(st.st_size).unwrap_or(0))
+    file_size(&plan.ends.dst)
 }
 
-fn unsafe_zeroed_stat() -> libc::stat {
+fn zeroed_stat() -> libc::stat {
     // SAFETY: an all-zero stat is a valid value of a plain C struct.
     unsafe { std::mem::zeroed() }
 }
@@ -128,7 +120,27 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     if !inputs.have_buffers {
         return Err("the daemon has no I/O buffers (--buffers 0)".into());
     }
-    let orig_dst_size = regular_files(plan)?;
+    let (src, dst) = (plan.ends.src_kind, plan.ends.dst_kind);
+    let src_file = src == FdKind::File;
+    let dst_file = dst == FdKind::File;
+    if !(src_file && (dst_file || dst == FdKind::Socket) || src == FdKind::Socket && dst_file) {
+        return Err(format!(
+            "it moves file to file, file to socket or socket to file, and this job is {src} to {dst}"
+        ));
+    }
+    let orig_dst_size = if dst_file {
+        file_size(&plan.ends.dst)?
+    } else {
+        0
+    };
+    if !src_file && orig_dst_size > plan.dst_start {
+        // The stream's length is unknown, so whether its padded last block
+        // would overwrite data that follows cannot be known either.
+        return Err(format!(
+            "a stream of unknown length cannot be written into the middle of an existing file ({orig_dst_size} bytes, writing from offset {})",
+            plan.dst_start
+        ));
+    }
     let align_of = |fd: &std::os::fd::OwnedFd, which: &str| -> Result<u64, String> {
         match dio_alignment(fd) {
             Ok(Some(a)) => Ok(u64::from(a)),
@@ -138,8 +150,17 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
             Err(e) => Err(format!("statx of the {which} failed: {e}")),
         }
     };
-    let align = align_of(&plan.ends.src, "source")?.max(align_of(&plan.ends.dst, "destination")?);
-    for (which, off) in [("source", plan.src_start), ("destination", plan.dst_start)] {
+    let mut align = 1;
+    let mut files = Vec::with_capacity(2);
+    if src_file {
+        align = align.max(align_of(&plan.ends.src, "source")?);
+        files.push(("source", &plan.ends.src, plan.src_start));
+    }
+    if dst_file {
+        align = align.max(align_of(&plan.ends.dst, "destination")?);
+        files.push(("destination", &plan.ends.dst, plan.dst_start));
+    }
+    for (which, _, off) in &files {
         if off % align != 0 {
             return Err(format!(
                 "the {which} offset {off} is not aligned to the file system's O_DIRECT alignment of {align} bytes"
@@ -147,7 +168,7 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         }
     }
     let mut saved = Vec::with_capacity(2);
-    for (which, fd) in [("source", &plan.ends.src), ("destination", &plan.ends.dst)] {
+    for (which, fd, _) in files {
         match enable_direct(fd) {
             Ok(Some(s)) => saved.push(s),
             Ok(None) => {}
@@ -166,6 +187,18 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         saved,
         orig_dst_size,
     })
+}
+
+fn file_size(fd: &std::os::fd::OwnedFd) -> Result<u64, String> {
+    let mut st = zeroed_stat();
+    // SAFETY: fstat on an open descriptor into a valid stat buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(format!(
+            "fstat of the destination failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
 fn uncached(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
