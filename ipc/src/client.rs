@@ -738,7 +738,7 @@ impl Client {
         dst: &Path,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let source = open_source(src)?;
+        let source = open_source(src, opts)?;
         let open_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ClientError::Open { path, source }
@@ -747,12 +747,15 @@ impl Client {
         // Truncation waits until the destination is known not to be the
         // source: O_TRUNC at open would destroy the data before the check.
         // (std opens with O_CLOEXEC always.)
-        let dest = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .mode(src_meta.permissions().mode() & 0o777)
-            .open(dst)
-            .map_err(open_err(dst))?;
+        let dest = open_direct_or_not(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .mode(src_meta.permissions().mode() & 0o777),
+            dst,
+            opts,
+        )
+        .map_err(open_err(dst))?;
         let dst_meta = dest.metadata().map_err(open_err(dst))?;
         if (dst_meta.dev(), dst_meta.ino()) == (src_meta.dev(), src_meta.ino()) {
             return Err(ClientError::Open {
@@ -795,7 +798,7 @@ impl Client {
         socket: impl AsFd,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let source = open_source(src)?;
+        let source = open_source(src, opts)?;
         self.submit(&source, socket, opts)
     }
 
@@ -822,25 +825,48 @@ impl Client {
         dst: &Path,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let dest = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(dst)
-            .map_err(|source| ClientError::Open {
-                path: dst.to_path_buf(),
-                source,
-            })?;
+        let dest = open_direct_or_not(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644),
+            dst,
+            opts,
+        )
+        .map_err(|source| ClientError::Open {
+            path: dst.to_path_buf(),
+            source,
+        })?;
         self.submit(socket, &dest, opts)
     }
 }
 
-fn open_source(path: &Path) -> Result<File, ClientError> {
-    File::open(path).map_err(|source| ClientError::Open {
-        path: path.to_path_buf(),
-        source,
+fn open_source(path: &Path, opts: &TransferOptions) -> Result<File, ClientError> {
+    open_direct_or_not(OpenOptions::new().read(true), path, opts).map_err(|source| {
+        ClientError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
     })
+}
+
+/// Opens with O_DIRECT when the direct strategy is asked for, so the daemon
+/// need not switch it on in a file description this process shares. A file
+/// system that refuses O_DIRECT (EINVAL) gets a plain open, and the daemon
+/// then says why direct cannot take the job.
+fn open_direct_or_not(
+    options: &mut OpenOptions,
+    path: &Path,
+    opts: &TransferOptions,
+) -> io::Result<File> {
+    if opts.strategy == Strategy::Direct {
+        match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => return other,
+        }
+    }
+    options.open(path)
 }
 
 impl fmt::Debug for Client {
