@@ -80,6 +80,13 @@ impl EngineConfig {
         buffers: 32,
         buffer_size: 1 << 20,
         buffers_per_job: 4,
+        // Measured (cold cache, this VM's virtio disk): direct takes 1.4-2.8x
+        // splice's wall time at 1-256 MiB, because splice returns with its
+        // writes still dirty in the page cache, while direct costs about a
+        // twentieth of the CPU (0.011 vs 0.2 s/GiB) and leaves both files
+        // uncached. Below 32 MiB a copy's page-cache footprint (source plus
+        // destination, at most 64 MiB) is too small to be worth the wait;
+        // above it the footprint grows with the file and direct wins.
         direct_threshold: 32 << 20,
     };
 }
