@@ -111,6 +111,8 @@ pub struct BufferCopy {
     src_stream: bool,
     /// The destination is a stream: written in read order, by send.
     dst_stream: bool,
+    /// The destination is an O_APPEND file: written in read order, at its end.
+    dst_append: bool,
     /// The chunk reading a stream source now.
     reader: Option<usize>,
     /// A stream source reached its end (or the requested length).
@@ -174,6 +176,7 @@ impl BufferCopy {
             length_requested: plan.length_requested,
             src_stream,
             dst_stream,
+            dst_append: plan.dst_append,
             reader: None,
             src_done: false,
             next_seq: 0,
@@ -233,8 +236,9 @@ impl BufferCopy {
             self.phase = Phase::Done;
             return;
         }
-        if self.dst_stream || self.total == u64::MAX {
-            // Nothing to preallocate: a socket, or a length nobody knows yet.
+        if self.dst_stream || self.dst_append || self.total == u64::MAX {
+            // Nothing to preallocate: a socket, an end that moves, or a
+            // length nobody knows yet.
             self.phase = Phase::Copy;
             return;
         }
@@ -363,7 +367,9 @@ impl BufferCopy {
             }
             OpKind::BufIn(i) if self.src_stream => self.after_recv(i as usize, result),
             OpKind::BufIn(i) => self.after_read(i as usize, result),
-            OpKind::BufOut(i) if self.dst_stream => self.after_send(i as usize, result, false),
+            OpKind::BufOut(i) if self.dst_stream || self.dst_append => {
+                self.after_send(i as usize, result, false)
+            }
             OpKind::ZcSent(i) => self.after_send(i as usize, result, true),
             OpKind::ZcNotif(i) => {
                 if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
@@ -521,14 +527,19 @@ impl BufferCopy {
             match -result {
                 libc::EINTR | libc::EAGAIN => return Ok(()),
                 // No SEND_ZC for this socket or kernel: plain sends from now on.
-                libc::EOPNOTSUPP | libc::EINVAL if self.zc => {
+                libc::EOPNOTSUPP | libc::EINVAL if self.zc && !self.dst_append => {
                     self.zc = false;
                     return Ok(());
                 }
                 errno => {
                     chunk.step = Step::Idle;
+                    let verb = if self.dst_append {
+                        "write at the end of"
+                    } else {
+                        "send to"
+                    };
                     return Err(TransferError::os(
-                        format!("send to the destination {}", self.ends.dst_kind),
+                        format!("{verb} the destination {}", self.ends.dst_kind),
                         errno,
                     ));
                 }
@@ -645,8 +656,13 @@ impl BufferCopy {
             fixed: self.fixed,
             flags: 0,
         };
-        let (src_stream, dst_stream, zc, write_seq) =
-            (self.src_stream, self.dst_stream, self.zc, self.write_seq);
+        let (src_stream, dst_stream, dst_append, zc, write_seq) = (
+            self.src_stream,
+            self.dst_stream,
+            self.dst_append,
+            self.zc,
+            self.write_seq,
+        );
         let Some(chunk) = self.chunks[slot].as_mut() else {
             return Ok(());
         };
@@ -674,13 +690,31 @@ impl BufferCopy {
                     .map_err(ring_failed)?;
                 chunk.busy = Some(ud);
             }
-            Step::Writing if dst_stream => {
+            Step::Writing if dst_stream || dst_append => {
                 if chunk.seq != write_seq {
                     // An earlier chunk's bytes go first.
                     return Ok(());
                 }
                 let at = chunk.done;
                 let len = chunk.want - at;
+                if dst_append {
+                    // Offset -1: the file position, which O_APPEND keeps at the end.
+                    let ud = io
+                        .write_buf(
+                            owner,
+                            OpKind::BufOut(tag),
+                            &ends,
+                            raw(&ends.dst),
+                            chunk.buf,
+                            at as usize,
+                            len as u32,
+                            u64::MAX,
+                            file_rw,
+                        )
+                        .map_err(ring_failed)?;
+                    chunk.busy = Some(ud);
+                    return Ok(());
+                }
                 let ud = io
                     .send_buf(
                         owner,
@@ -787,7 +821,7 @@ impl BufferCopy {
         if !idle || !(copied || failed) {
             return;
         }
-        if (failed && !self.touched) || (copied && self.dst_stream) {
+        if (failed && !self.touched) || (copied && (self.dst_stream || self.dst_append)) {
             // Nothing to cut or restore: a socket, or a file never written.
             self.phase = Phase::Done;
             return;

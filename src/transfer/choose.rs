@@ -56,6 +56,25 @@ impl Choice {
 /// falls back to splice and says why in the note.
 pub fn choose(plan: &Plan, asked: Strategy, inputs: ChoiceInputs) -> Result<Choice, TransferError> {
     let refuse = |why: String| TransferError::new(FailureKind::InvalidRequest, why);
+    if plan.dst_append {
+        // splice(2) refuses O_APPEND files, and direct's aligned offsets mean
+        // nothing there: plain buffered writes at the file's end take it.
+        return match asked {
+            Strategy::Auto | Strategy::Uncached => uncached(plan, inputs)
+                .map(|mut c| {
+                    if asked == Strategy::Auto {
+                        c.note = Some(
+                            "auto: splice cannot write to a file open with O_APPEND, so buffered writes at its end (uncached)".into(),
+                        );
+                    }
+                    c
+                })
+                .map_err(|why| refuse(format!("the destination is open with O_APPEND and the uncached strategy cannot take it: {why}"))),
+            other => Err(refuse(format!(
+                "the destination file is open with O_APPEND, which the {other} strategy cannot write: use auto or uncached, or open it without O_APPEND"
+            ))),
+        };
+    }
     match asked {
         Strategy::Splice => Ok(Choice::splice(None)),
         Strategy::Direct => direct(plan, inputs)

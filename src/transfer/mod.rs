@@ -276,6 +276,9 @@ pub struct Plan {
     /// error) rather than read from the file's size (then a file that shrinks
     /// is an error too, but the message says so).
     pub length_requested: bool,
+    /// The destination is a file open with O_APPEND: writes land at its end
+    /// whatever the offset, and splice refuses it.
+    pub dst_append: bool,
 }
 
 struct Probe {
@@ -328,7 +331,7 @@ pub struct Refused {
 /// Every refusal names the descriptor and what is wrong with it.
 pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Refused> {
     match check(&src, &dst, req) {
-        Ok((src_kind, dst_kind, total, length_requested)) => Ok(Plan {
+        Ok((src_kind, dst_kind, total, length_requested, dst_append)) => Ok(Plan {
             ends: Endpoints {
                 src,
                 dst,
@@ -339,6 +342,7 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Ref
             dst_start: req.dest_offset,
             total,
             length_requested,
+            dst_append,
         }),
         Err(error) => Err(Refused {
             error,
@@ -347,7 +351,7 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Ref
     }
 }
 
-type Checked = (FdKind, FdKind, Option<u64>, bool);
+type Checked = (FdKind, FdKind, Option<u64>, bool, bool);
 
 fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, TransferError> {
     let s = probe(src, "source")?;
@@ -383,10 +387,11 @@ fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, T
             ),
         });
     }
-    if d.append && d.kind.seekable() {
+    let dst_append = d.append && d.kind == FdKind::File;
+    if dst_append && req.dest_offset != 0 {
         return Err(TransferError::new(
             FailureKind::InvalidRequest,
-            "the destination file is open with O_APPEND, which splice cannot write at an offset: open it without O_APPEND",
+            "a destination offset was given but the destination file is open with O_APPEND, which writes at its end",
         ));
     }
     let (total, length_requested) = match (req.length, s.kind) {
@@ -430,5 +435,5 @@ fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, T
             "offset plus length exceeds the largest file offset (2^63 - 1)",
         ));
     }
-    Ok((s.kind, d.kind, total, length_requested))
+    Ok((s.kind, d.kind, total, length_requested, dst_append))
 }

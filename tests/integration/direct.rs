@@ -835,3 +835,41 @@ fn direct_copy_leaves_the_page_cache_alone() {
     pat.assert_file(&direct_dst, len);
     pat.assert_file(&splice_dst, len);
 }
+
+#[test]
+fn an_append_only_destination_goes_uncached_under_auto_and_splice_refuses_it() {
+    // splice(2) refuses files open with O_APPEND; auto takes them with plain
+    // buffered writes at the end (uncached), and says so.
+    let d = Daemon::start();
+    let client = d.client();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", (3 << 20) + 11, 360);
+    let (dst, before) = make_file(dir.path(), "dst", 5000, 361);
+    let s = open_src(&src);
+    let t = OpenOptions::new().append(true).open(&dst).unwrap();
+    let c = completed(
+        wait(client.submit(s.as_fd(), t.as_fd(), &opts()).unwrap()),
+        "auto into an O_APPEND file",
+    );
+    assert_eq!(
+        c.strategy,
+        Strategy::Uncached,
+        "strategy (note {:?})",
+        c.note
+    );
+    assert_note_mentions(&c, "O_APPEND", "auto into an O_APPEND file");
+    let mut want = before;
+    want.extend_from_slice(&data);
+    assert_file_eq(&dst, &want);
+
+    let f = failed(
+        wait(
+            client
+                .submit(s.as_fd(), t.as_fd(), &with(Strategy::Splice))
+                .unwrap(),
+        ),
+        FailureKind::InvalidRequest,
+        "splice into an O_APPEND file",
+    );
+    assert!(mentions(&f.message, "O_APPEND"), "{f:?}");
+}
