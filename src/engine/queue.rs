@@ -30,6 +30,26 @@ pub struct RwOpts {
     pub flags: i32,
 }
 
+/// Where a buffer operation goes: a descriptor and a span of a pool buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct BufIo {
+    pub fd: RawFd,
+    pub buf: BufRef,
+    pub at: usize,
+    pub len: u32,
+}
+
+/// What a buffer operation does.
+#[derive(Debug, Clone, Copy)]
+pub enum BufWhat {
+    /// Read into the buffer from `offset` (-1 as u64: the file position).
+    Read { offset: u64, rw: RwOpts },
+    /// Write from the buffer at `offset` (-1 as u64: the file position).
+    Write { offset: u64, rw: RwOpts },
+    /// Send from the buffer; zero-copy when `zc`.
+    Send { zc: bool, fixed: bool },
+}
+
 /// One side of a splice: a descriptor and its offset (`None` for streams).
 #[derive(Debug, Clone, Copy)]
 pub struct SpliceEnd {
@@ -266,124 +286,60 @@ impl IoQueue<'_> {
         true
     }
 
-    /// Queues a read of `len` bytes at `offset` of `fd` (one of the job's
-    /// ends) into pool buffer `buf`; FIXED when the pool is registered.
-    #[allow(clippy::too_many_arguments)]
-    pub fn read_buf(
+    /// Queues a read, write or send of `io.len` bytes through pool buffer
+    /// `io.buf` (from `io.at`). The op holds the buffer's index and the job's
+    /// descriptors until its last completion.
+    pub fn buffer_op(
         &mut self,
         owner: Owner,
         kind: OpKind,
         ends: &Rc<Endpoints>,
-        fd: RawFd,
-        buf: BufRef,
-        at: usize,
-        len: u32,
-        offset: u64,
-        rw: RwOpts,
+        io: BufIo,
+        what: BufWhat,
     ) -> Result<u64, EngineError> {
         let op = Op {
             owner,
             kind,
             hold: Hold::Buffer {
-                index: buf.index,
+                index: io.buf.index,
                 ends: Rc::clone(ends),
             },
         };
-        // SAFETY: `at + len` stays within the buffer (the caller sizes reads
-        // to the buffer); the pointer is only computed here.
+        let BufIo { fd, buf, at, len } = io;
+        // SAFETY: `at + len` stays within the buffer (callers size every
+        // operation to the buffer); the pointer is only computed here.
         let ptr = unsafe { buf.ptr.as_ptr().add(at) };
-        self.queue(op, || {
-            if rw.fixed {
-                opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf.index)
-                    .offset(offset)
-                    .rw_flags(rw.flags)
-                    .build()
-            } else {
-                opcode::Read::new(types::Fd(fd), ptr, len)
+        let fd = types::Fd(fd);
+        self.queue(op, || match what {
+            BufWhat::Read { offset, rw } if rw.fixed => {
+                opcode::ReadFixed::new(fd, ptr, len, buf.index)
                     .offset(offset)
                     .rw_flags(rw.flags)
                     .build()
             }
-        })
-    }
-
-    /// Queues a write of `len` bytes from pool buffer `buf` (from `at`) to
-    /// `fd` at `offset`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write_buf(
-        &mut self,
-        owner: Owner,
-        kind: OpKind,
-        ends: &Rc<Endpoints>,
-        fd: RawFd,
-        buf: BufRef,
-        at: usize,
-        len: u32,
-        offset: u64,
-        rw: RwOpts,
-    ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Buffer {
-                index: buf.index,
-                ends: Rc::clone(ends),
-            },
-        };
-        // SAFETY: as in read_buf.
-        let ptr = unsafe { buf.ptr.as_ptr().add(at) };
-        self.queue(op, || {
-            if rw.fixed {
-                opcode::WriteFixed::new(types::Fd(fd), ptr, len, buf.index)
-                    .offset(offset)
-                    .rw_flags(rw.flags)
-                    .build()
-            } else {
-                opcode::Write::new(types::Fd(fd), ptr, len)
+            BufWhat::Read { offset, rw } => opcode::Read::new(fd, ptr, len)
+                .offset(offset)
+                .rw_flags(rw.flags)
+                .build(),
+            BufWhat::Write { offset, rw } if rw.fixed => {
+                opcode::WriteFixed::new(fd, ptr, len, buf.index)
                     .offset(offset)
                     .rw_flags(rw.flags)
                     .build()
             }
-        })
-    }
-
-    /// Queues a send of `len` bytes from pool buffer `buf` (from `at`) to
-    /// socket `fd`: SEND_ZC when `zc` (the kernel sends from the buffer and
-    /// posts a notification when done with it), else a plain SEND.
-    #[allow(clippy::too_many_arguments)]
-    pub fn send_buf(
-        &mut self,
-        owner: Owner,
-        kind: OpKind,
-        ends: &Rc<Endpoints>,
-        fd: RawFd,
-        buf: BufRef,
-        at: usize,
-        len: u32,
-        zc: bool,
-        fixed: bool,
-    ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Buffer {
-                index: buf.index,
-                ends: Rc::clone(ends),
-            },
-        };
-        // SAFETY: as in read_buf.
-        let ptr = unsafe { buf.ptr.as_ptr().add(at) };
-        self.queue(op, || {
-            if zc {
-                opcode::SendZc::new(types::Fd(fd), ptr, len)
-                    .buf_index(fixed.then_some(buf.index))
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-            } else {
-                opcode::Send::new(types::Fd(fd), ptr, len)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-            }
+            BufWhat::Write { offset, rw } => opcode::Write::new(fd, ptr, len)
+                .offset(offset)
+                .rw_flags(rw.flags)
+                .build(),
+            // SEND_ZC sends straight from the buffer and posts a notification
+            // when the kernel is done with it.
+            BufWhat::Send { zc: true, fixed } => opcode::SendZc::new(fd, ptr, len)
+                .buf_index(fixed.then_some(buf.index))
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            BufWhat::Send { zc: false, .. } => opcode::Send::new(fd, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
         })
     }
 

@@ -38,7 +38,7 @@ use super::splice::Returned;
 use super::{Endpoints, Plan, TransferError};
 use crate::engine::buffer_pool::BufRef;
 use crate::engine::ops::{OpKind, Owner};
-use crate::engine::queue::{IoQueue, RwOpts};
+use crate::engine::queue::{BufIo, BufWhat, IoQueue, RwOpts};
 
 /// How bytes go through the buffers.
 #[derive(Debug, Clone, Copy)]
@@ -676,16 +676,17 @@ impl BufferCopy {
                     (chunk.len - at, src_start + chunk.rel + at, file_rw)
                 };
                 let ud = io
-                    .read_buf(
+                    .buffer_op(
                         owner,
                         OpKind::BufIn(tag),
                         &ends,
-                        raw(&ends.src),
-                        chunk.buf,
-                        at as usize,
-                        len as u32,
-                        offset,
-                        rw,
+                        BufIo {
+                            fd: raw(&ends.src),
+                            buf: chunk.buf,
+                            at: at as usize,
+                            len: len as u32,
+                        },
+                        BufWhat::Read { offset, rw },
                     )
                     .map_err(ring_failed)?;
                 chunk.busy = Some(ud);
@@ -700,32 +701,40 @@ impl BufferCopy {
                 if dst_append {
                     // Offset -1: the file position, which O_APPEND keeps at the end.
                     let ud = io
-                        .write_buf(
+                        .buffer_op(
                             owner,
                             OpKind::BufOut(tag),
                             &ends,
-                            raw(&ends.dst),
-                            chunk.buf,
-                            at as usize,
-                            len as u32,
-                            u64::MAX,
-                            file_rw,
+                            BufIo {
+                                fd: raw(&ends.dst),
+                                buf: chunk.buf,
+                                at: at as usize,
+                                len: len as u32,
+                            },
+                            BufWhat::Write {
+                                offset: u64::MAX,
+                                rw: file_rw,
+                            },
                         )
                         .map_err(ring_failed)?;
                     chunk.busy = Some(ud);
                     return Ok(());
                 }
                 let ud = io
-                    .send_buf(
+                    .buffer_op(
                         owner,
                         OpKind::BufOut(tag),
                         &ends,
-                        raw(&ends.dst),
-                        chunk.buf,
-                        at as usize,
-                        len as u32,
-                        zc && len >= ZC_MIN,
-                        self.fixed,
+                        BufIo {
+                            fd: raw(&ends.dst),
+                            buf: chunk.buf,
+                            at: at as usize,
+                            len: len as u32,
+                        },
+                        BufWhat::Send {
+                            zc: zc && len >= ZC_MIN,
+                            fixed: self.fixed,
+                        },
                     )
                     .map_err(ring_failed)?;
                 chunk.busy = Some(ud);
@@ -741,16 +750,20 @@ impl BufferCopy {
                     file_rw
                 };
                 let ud = io
-                    .write_buf(
+                    .buffer_op(
                         owner,
                         OpKind::BufOut(tag),
                         &ends,
-                        raw(&ends.dst),
-                        chunk.buf,
-                        at as usize,
-                        (chunk.len - at) as u32,
-                        dst_start + chunk.rel + at,
-                        rw,
+                        BufIo {
+                            fd: raw(&ends.dst),
+                            buf: chunk.buf,
+                            at: at as usize,
+                            len: (chunk.len - at) as u32,
+                        },
+                        BufWhat::Write {
+                            offset: dst_start + chunk.rel + at,
+                            rw,
+                        },
                     )
                     .map_err(ring_failed)?;
                 self.touched = true;
