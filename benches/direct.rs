@@ -46,30 +46,28 @@
 //! Until the daemon has the direct strategy it refuses such a job; the direct
 //! rows then say "unavailable" with the daemon's words and the rest runs.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringxfer_ipc::{Client, Completion, FailureKind, JobError, Strategy, TransferOptions};
 
-const GIB: f64 = (1u64 << 30) as f64;
+use support::{
+    bench_dir, daemon_binary, disk_space, env_daemon_args, env_rounds, env_size, fmt_list, fs_type,
+    mem_available, print_daemon, print_host, read_block, self_cpu, write_source, Daemon, DaemonCpu,
+    Receiver, Result, Sink, BLOCK, GIB,
+};
+
 const MIB: u64 = 1 << 20;
-/// The size of each block compared against the source.
-const BLOCK: usize = 4096;
-/// The TCP receiver's buffer.
-const RECV_BUF: usize = 1 << 20;
-/// Bytes the source is generated and written in.
-const GEN_BLOCK: usize = 4 << 20;
 /// Direct copy against dd: pass at this ratio or above.
 const COPY_TARGET: f64 = 1.3;
 /// Direct send CPU against splice send CPU: pass at this ratio or below.
@@ -79,18 +77,9 @@ const WARMUP_BYTES: u64 = 64 << 20;
 /// The longest any one job or tool may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
 
-type Result<T> = std::result::Result<T, String>;
-
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter here.
-    let code = match run() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("direct bench failed: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
+    support::exit("direct", run());
 }
 
 // ---------------------------------------------------------------------------
@@ -103,171 +92,24 @@ struct Settings {
     daemon_args: Vec<String>,
 }
 
-fn env_size(name: &str, default: u64) -> Result<u64> {
-    let size = match std::env::var(name) {
-        Ok(s) => parse_size(&s).map_err(|e| format!("{name}={s:?}: {e}"))?,
-        Err(_) => default,
-    };
-    if size == 0 {
-        return Err(format!("{name} must be more than 0 bytes"));
-    }
-    Ok(size)
-}
-
 fn settings() -> Result<Settings> {
     let size = env_size("RINGXFER_BENCH_SIZE", 4 << 30)?;
     let send_size = env_size("RINGXFER_BENCH_SEND_SIZE", 1 << 30)?;
-    let rounds = match std::env::var("RINGXFER_BENCH_ROUNDS") {
-        Ok(s) => s
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("RINGXFER_BENCH_ROUNDS={s:?}: want a whole number >= 1"))?,
-        Err(_) => 3,
-    };
-    let daemon_args = std::env::var("RINGXFER_BENCH_DAEMON_ARGS")
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
     Ok(Settings {
         size,
         // The send reads the first bytes of the source.
         send_size: send_size.min(size),
-        rounds,
-        daemon_args,
+        rounds: env_rounds()?,
+        daemon_args: env_daemon_args(),
     })
-}
-
-/// "4GiB", "512MiB", "512M", "64k", "1000000", "1.5GiB". K, M, G, T and their
-/// KiB forms are binary; kB, MB, GB, TB are decimal.
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| "want a number with an optional unit, e.g. 512MiB".to_string())?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" | "kiB" => 1 << 10,
-        "M" | "m" | "MiB" => 1 << 20,
-        "G" | "g" | "GiB" => 1 << 30,
-        "T" | "t" | "TiB" => 1 << 40,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        other => return Err(format!("unknown unit {other:?}")),
-    };
-    Ok((num * mult as f64).round() as u64)
 }
 
 // ---------------------------------------------------------------------------
 // CPU time
 
-fn rusage(who: libc::c_int) -> f64 {
-    // SAFETY: rusage is plain data for which zeroed memory is valid, and
-    // getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    let rc = unsafe { libc::getrusage(who, &mut ru) };
-    assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// CPU seconds of this whole process (every thread).
-fn self_cpu() -> f64 {
-    rusage(libc::RUSAGE_SELF)
-}
-
-/// CPU seconds of the calling thread.
-fn thread_cpu() -> f64 {
-    rusage(libc::RUSAGE_THREAD)
-}
-
 /// CPU seconds of this process's terminated and reaped children (dd, cp, fio).
 fn children_cpu() -> f64 {
-    rusage(libc::RUSAGE_CHILDREN)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// utime + stime of process `pid` (every thread, living and exited), in
-/// seconds: fields 14 and 15 of /proc/PID/stat, in clock ticks.
-fn proc_stat_cpu(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').ok_or("no ')' in /proc/PID/stat")? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3, so field N is fields[N - 3].
-    let field = |n: usize| -> Result<f64> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|v| v as f64)
-            .ok_or_else(|| format!("field {n} of /proc/{pid}/stat is missing"))
-    };
-    Ok((field(14)? + field(15)?) / clock_ticks())
-}
-
-/// Another process's CPU time: the sum /proc/PID/stat gives, but in
-/// nanoseconds from the clock clock_getcpuclockid(3) names, when that clock
-/// can be read and agrees with /proc.
-struct DaemonCpu {
-    pid: u32,
-    clock: Option<libc::clockid_t>,
-}
-
-impl DaemonCpu {
-    fn new(pid: u32) -> DaemonCpu {
-        let mut clock: libc::clockid_t = 0;
-        // SAFETY: `clock` is a valid, writable clockid_t.
-        let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
-        let clock = (rc == 0).then_some(clock);
-        let cpu = DaemonCpu { pid, clock };
-        match (cpu.clock_secs(), proc_stat_cpu(pid)) {
-            (Some(c), Ok(p)) if (c - p).abs() < 0.05 + 0.05 * p => cpu,
-            _ => DaemonCpu { pid, clock: None },
-        }
-    }
-
-    fn clock_secs(&self) -> Option<f64> {
-        let clock = self.clock?;
-        // SAFETY: timespec is plain data; clock_gettime only writes into it.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: `ts` is writable.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-            return None;
-        }
-        Some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
-    }
-
-    fn secs(&self) -> Result<f64> {
-        match self.clock_secs() {
-            Some(s) => Ok(s),
-            None => proc_stat_cpu(self.pid),
-        }
-    }
-
-    fn source(&self) -> &'static str {
-        if self.clock.is_some() {
-            "clock_getcpuclockid(daemon pid), ns"
-        } else {
-            "utime+stime of /proc/PID/stat (clock ticks)"
-        }
-    }
+    support::rusage(libc::RUSAGE_CHILDREN)
 }
 
 // ---------------------------------------------------------------------------
@@ -294,8 +136,7 @@ fn cached_fraction(path: &Path) -> Option<f64> {
     }
     // SAFETY: sysconf has no memory effects.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    // SAFETY: a new read-only mapping of an open file, at an address of the
-    // kernel's choosing; nothing reads through it.
+    // SAFETY: a new read-only mapping of an open file, where the kernel chooses; nothing reads it.
     let map = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -311,8 +152,7 @@ fn cached_fraction(path: &Path) -> Option<f64> {
     }
     let pages = len.div_ceil(page);
     let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a live mapping of `len` bytes and `vec` has one byte
-    // per page of it.
+    // SAFETY: `map` is a live mapping of `len` bytes; `vec` has one byte per page of it.
     let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
     // SAFETY: unmaps exactly the mapping made above.
     unsafe { libc::munmap(map, len) };
@@ -321,40 +161,6 @@ fn cached_fraction(path: &Path) -> Option<f64> {
     }
     let resident = vec.iter().filter(|&&b| b & 1 != 0).count();
     Some(resident as f64 / pages as f64)
-}
-
-/// The file system type of `dir`, by name where known.
-fn fs_type(dir: &Path) -> String {
-    let Ok(d) = File::open(dir) else {
-        return "unknown".into();
-    };
-    // SAFETY: statfs is plain data; fstatfs only writes into it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `d` is open and `st` writable.
-    if unsafe { libc::fstatfs(d.as_raw_fd(), &mut st) } != 0 {
-        return "unknown".into();
-    }
-    match st.f_type as i64 {
-        0xEF53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        t => format!("0x{t:x}"),
-    }
-}
-
-/// (total, available to this user) bytes of the file system holding `dir`.
-fn disk_space(dir: &Path) -> Option<(u64, u64)> {
-    let d = File::open(dir).ok()?;
-    // SAFETY: statvfs is plain data; fstatvfs only writes into it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `d` is open and `st` writable.
-    if unsafe { libc::fstatvfs(d.as_raw_fd(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
 }
 
 /// The block device under `dir` and a few of its queue settings, from sysfs.
@@ -428,31 +234,6 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn mem_available() -> Option<u64> {
-    let info = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-fn uname() -> String {
-    // SAFETY: utsname is plain data; uname only writes into it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is writable.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".into();
-    }
-    let s = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    format!("{} {} {}", s(&u.sysname), s(&u.release), s(&u.machine))
-}
-
 /// The first line of `prog --version`, or None if it does not run.
 fn tool_version(prog: &str) -> Option<String> {
     let out = Command::new(prog)
@@ -469,30 +250,6 @@ fn tool_version(prog: &str) -> Option<String> {
 
 // ---------------------------------------------------------------------------
 // Files
-
-/// Writes `size` pseudo-random bytes (xorshift64 over u64 words) to `path`
-/// and syncs them, so no writeback of the source runs during the measurements.
-fn make_source(path: &Path, size: u64) -> Result<()> {
-    use std::io::Write;
-    let mut file = File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
-    let mut block = vec![0u8; GEN_BLOCK];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut left = size;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(GEN_BLOCK as u64) as usize;
-        file.write_all(&block[..n])
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-        left -= n as u64;
-    }
-    file.sync_all()
-        .map_err(|e| format!("fsync {}: {e}", path.display()))
-}
 
 /// Offsets of the blocks compared: the first, the last (the file's very end,
 /// unaligned where the size is) and six pseudo-random 4 KiB-aligned ones.
@@ -511,27 +268,9 @@ fn sample_offsets(size: u64, seed: u64) -> Vec<u64> {
     v
 }
 
-/// The bytes of `file` at `off`, at most one block, not past `end`.
-fn read_block(file: &File, off: u64, end: u64) -> io::Result<Vec<u8>> {
-    let n = (end - off).min(BLOCK as u64) as usize;
-    let mut buf = vec![0u8; n];
-    file.read_exact_at(&mut buf, off)?;
-    Ok(buf)
-}
-
 /// Checks the destination's size, and its sampled blocks against the source.
 fn verify_copy(src: &File, dst: &Path, size: u64, seed: u64) -> Result<()> {
-    let file = File::open(dst).map_err(|e| format!("open {}: {e}", dst.display()))?;
-    let got = file
-        .metadata()
-        .map_err(|e| format!("stat {}: {e}", dst.display()))?
-        .len();
-    if got != size {
-        return Err(format!(
-            "{} has {got} bytes, the source {size}",
-            dst.display()
-        ));
-    }
+    let file = support::open_sized(dst, size)?;
     for off in sample_offsets(size, seed) {
         let want = read_block(src, off, size).map_err(|e| format!("read source: {e}"))?;
         let have =
@@ -555,213 +294,31 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// The daemon
-
-/// A `ringxferd` this bench started; stopped (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn start(bin: &Path, socket: &Path, extra: &[String]) -> Result<Daemon> {
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(socket)
-            .args(extra)
-            // Quiet unless something is wrong; --log-level in `extra` wins.
-            .env("RINGXFER_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let mut daemon = Daemon { child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                return Err(format!(
-                    "{} {} exited at start-up with {status}",
-                    bin.display(),
-                    extra.join(" ")
-                ));
-            }
-            if UnixStream::connect(socket).is_ok() {
-                return Ok(daemon);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not listen on {} within 10 s",
-                    bin.display(),
-                    socket.display()
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `target/<profile>/ringxferd`: from Cargo, or next to this bench's executable.
-fn daemon_binary() -> Result<PathBuf> {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_ringxferd") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    // target/release/deps/direct-<hash> -> target/release/ringxferd
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ringxferd"));
-    match candidate {
-        Some(p) if p.is_file() => Ok(p),
-        other => Err(format!(
-            "ringxferd not found (looked for {} and {}); build it first: cargo build --release --bin ringxferd",
-            option_env!("CARGO_BIN_EXE_ringxferd").unwrap_or("<CARGO_BIN_EXE_ringxferd unset>"),
-            other.map_or_else(|| "<none>".into(), |p| p.display().to_string())
-        )),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The TCP receiver
 
-/// What the receiver saw on one connection.
-struct Received {
-    bytes: u64,
-    /// CPU seconds of the receiver thread for this connection.
-    cpu: f64,
-    /// The bytes at each sampled offset, one block each at most.
+/// What the receiver keeps of a connection: the bytes at each sampled
+/// offset, one block each at most.
+struct Blocks {
+    offsets: Vec<u64>,
     blocks: Vec<Vec<u8>>,
 }
 
-/// One thread accepting loopback connections one at a time, reading each to
-/// EOF into one reused buffer, counting the bytes and keeping the blocks at
-/// the sampled offsets.
-struct Receiver {
-    addr: std::net::SocketAddr,
-    accepted: mpsc::Receiver<()>,
-    done: mpsc::Receiver<io::Result<Received>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start(samples: Vec<u64>) -> Result<Receiver> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("local_addr: {e}"))?;
-        let (acc_tx, accepted) = mpsc::channel();
-        let (done_tx, done) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("bench-receiver".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; RECV_BUF];
-                buf.fill(0x5A); // touch every page now, not while measuring
-                loop {
-                    let Ok((mut conn, _)) = listener.accept() else {
-                        return;
-                    };
-                    if stop2.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let cpu0 = thread_cpu();
-                    if acc_tx.send(()).is_err() {
-                        return;
-                    }
-                    let mut pos = 0u64;
-                    let mut blocks = vec![Vec::new(); samples.len()];
-                    let result = loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) => break Ok(()),
-                            Ok(n) => {
-                                let end = pos + n as u64;
-                                for (block, &off) in blocks.iter_mut().zip(&samples) {
-                                    let lo = off.max(pos);
-                                    let hi = (off + BLOCK as u64).min(end);
-                                    if lo < hi {
-                                        block.extend_from_slice(
-                                            &buf[(lo - pos) as usize..(hi - pos) as usize],
-                                        );
-                                    }
-                                }
-                                pos = end;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => break Err(e),
-                        }
-                    };
-                    let cpu = thread_cpu() - cpu0;
-                    let report = result.map(|()| Received {
-                        bytes: pos,
-                        cpu,
-                        blocks,
-                    });
-                    if done_tx.send(report).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("spawn receiver: {e}"))?;
-        Ok(Receiver {
-            addr,
-            accepted,
-            done,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// A new connection to the receiver, accepted and ready.
-    fn connect(&self) -> Result<TcpStream> {
-        let sock = TcpStream::connect(self.addr).map_err(|e| format!("connect: {e}"))?;
-        self.accepted
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "the receiver did not accept".to_string())?;
-        Ok(sock)
-    }
-
-    /// Waits for the receiver to read the connection to EOF.
-    fn finish(&self) -> Result<Received> {
-        self.done
-            .recv_timeout(RUN_TIMEOUT)
-            .map_err(|_| "the receiver did not finish".to_string())?
-            .map_err(|e| format!("receiver read: {e}"))
+impl Blocks {
+    fn new(offsets: Vec<u64>) -> Blocks {
+        let blocks = vec![Vec::new(); offsets.len()];
+        Blocks { offsets, blocks }
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+impl Sink for Blocks {
+    fn feed(&mut self, pos: u64, data: &[u8]) {
+        let end = pos + data.len() as u64;
+        for (block, &off) in self.blocks.iter_mut().zip(&self.offsets) {
+            let lo = off.max(pos);
+            let hi = (off + BLOCK as u64).min(end);
+            if lo < hi {
+                block.extend_from_slice(&data[(lo - pos) as usize..(hi - pos) as usize]);
+            }
         }
     }
 }
@@ -903,7 +460,7 @@ struct Bench {
     client: Client,
     _daemon: Daemon,
     daemon_cpu: DaemonCpu,
-    receiver: Receiver,
+    receiver: Receiver<Blocks>,
     send_samples: Vec<u64>,
     /// Bumped by every run: the seed of the sampled blocks.
     runs: u64,
@@ -1089,11 +646,7 @@ impl Bench {
                 return Ok(Outcome::Unavailable(why));
             }
         };
-        // The daemon may still hold its duplicate of the socket: shut it down
-        // rather than rely on closing ours to send the FIN.
-        sock.shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))?;
-        let got = self.receiver.finish()?;
+        let got = self.receiver.finish_send(&sock)?;
         let secs = t0.elapsed().as_secs_f64();
         let cpu = self.cpu_now(c)? - cpu0 - got.cpu;
         drop(sock);
@@ -1106,7 +659,7 @@ impl Bench {
             ));
         }
         if length.is_none() {
-            for (block, &off) in got.blocks.iter().zip(&self.send_samples) {
+            for (block, &off) in got.kept.blocks.iter().zip(&self.send_samples) {
                 let src = read_block(&self.src_file, off, want)
                     .map_err(|e| format!("read source: {e}"))?;
                 if *block != src {
@@ -1289,18 +842,10 @@ fn parse_fio(out: &str) -> Result<Vec<FioJob>> {
 // ---------------------------------------------------------------------------
 // Statistics and the report
 
+/// The median of the finite values in `v`, None when there are none.
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    })
+    support::median(v)
 }
 
 fn fmt_opt(v: Option<f64>, width: usize, prec: usize) -> String {
@@ -1312,13 +857,6 @@ fn fmt_opt(v: Option<f64>, width: usize, prec: usize) -> String {
 
 fn fmt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |f| format!("{:.1}%", f * 100.0))
-}
-
-fn fmt_list(v: &[f64]) -> String {
-    v.iter()
-        .map(|x| format!("{x:.2}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn median_of(row: &Row, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
@@ -1412,25 +950,12 @@ fn run() -> Result<()> {
     let cfg = settings()?;
     let bin = daemon_binary()?;
 
-    // On the disk that holds target/, not /tmp (which may be tmpfs).
-    let base = option_env!("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"));
-    fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix("direct-")
-        .tempdir_in(&base)
-        .map_err(|e| format!("tempdir in {}: {e}", base.display()))?;
+    let tmp = bench_dir("direct-")?;
     let dir = tmp.path().to_path_buf();
 
     let gib = cfg.size as f64 / GIB;
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     println!("ringxfer direct bench (cold cache)");
-    println!(
-        "  host: {}, {cpus} CPUs, {:.1} GiB MemAvailable",
-        uname(),
-        mem_available().map_or(f64::NAN, |m| m as f64 / GIB)
-    );
+    print_host(mem_available());
     println!("  load average at start: {}", loadavg());
     println!("  dir {} ({})", dir.display(), fs_type(&dir));
     println!("  device {}", block_device(&dir));
@@ -1459,15 +984,7 @@ fn run() -> Result<()> {
         cfg.send_size as f64 / GIB,
         cfg.rounds
     );
-    println!(
-        "  daemon {} {}",
-        bin.display(),
-        if cfg.daemon_args.is_empty() {
-            "(default settings)".to_string()
-        } else {
-            cfg.daemon_args.join(" ")
-        }
-    );
+    print_daemon(&bin, &cfg.daemon_args);
 
     let cold = match drop_caches() {
         Ok(()) => {
@@ -1498,7 +1015,7 @@ fn run() -> Result<()> {
 
     let src = dir.join("source.bin");
     let t = Instant::now();
-    make_source(&src, cfg.size)?;
+    write_source(&src, cfg.size)?;
     println!(
         "  source written and synced in {:.2} s; O_DIRECT alignment: {}",
         t.elapsed().as_secs_f64(),
@@ -1510,7 +1027,8 @@ fn run() -> Result<()> {
     let daemon = Daemon::start(&bin, &socket, &cfg.daemon_args)?;
     let client = Client::connect(&socket).map_err(|e| format!("connect to the daemon: {e}"))?;
     let send_samples = sample_offsets(cfg.send_size, 0x5EED);
-    let receiver = Receiver::start(send_samples.clone())?;
+    let offsets = send_samples.clone();
+    let receiver = Receiver::start(RUN_TIMEOUT, move || Blocks::new(offsets.clone()))?;
     let mut bench = Bench {
         dir: dir.clone(),
         src,
@@ -1526,11 +1044,7 @@ fn run() -> Result<()> {
         send_samples,
         runs: 0,
     };
-    println!(
-        "  daemon pid {}, CPU read with {}",
-        bench.daemon_cpu.pid,
-        bench.daemon_cpu.source()
-    );
+    bench.daemon_cpu.print_source("");
 
     let mut rows: Vec<Row> = COPIERS
         .iter()

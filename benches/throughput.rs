@@ -27,44 +27,34 @@
 //! TCP cases the receiver thread's CPU, measured with `RUSAGE_THREAD` inside
 //! it, is subtracted, so only the sending side is counted.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ringxfer::embedded::EmbeddedEngine;
 use ringxfer_ipc::{Client, TransferOptions};
 
-const GIB: f64 = (1u64 << 30) as f64;
-/// Bytes compared at each end of every destination.
-const EDGE: usize = 4096;
-/// The read/write loop's and the TCP receiver's buffer.
+use support::{
+    bench_dir, daemon_binary, disk_space, env_daemon_args, env_rounds, env_size, fmt_list, fs_type,
+    mem_available, print_daemon, print_host, read_block, self_cpu, write_source, Daemon, DaemonCpu,
+    Receiver, Result, Sink, GEN_BLOCK, GIB,
+};
+
+/// Bytes compared at each end of every destination: one block.
+const EDGE: usize = support::BLOCK;
+/// The read/write loop's buffer.
 const BUF_SIZE: usize = 1 << 20;
-/// Bytes the source is generated and written in.
-const GEN_BLOCK: usize = 4 << 20;
 /// A verdict passes at this ratio or above.
 const TARGET: f64 = 0.9;
 
-type Result<T> = std::result::Result<T, String>;
-
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter here.
-    let code = match run() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("throughput bench failed: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
+    support::exit("throughput", run());
 }
 
 // ---------------------------------------------------------------------------
@@ -77,161 +67,11 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings> {
-    let size = match std::env::var("RINGXFER_BENCH_SIZE") {
-        Ok(s) => parse_size(&s).map_err(|e| format!("RINGXFER_BENCH_SIZE={s:?}: {e}"))?,
-        Err(_) => 1 << 30,
-    };
-    if size == 0 {
-        return Err("RINGXFER_BENCH_SIZE must be more than 0 bytes".into());
-    }
-    let rounds = match std::env::var("RINGXFER_BENCH_ROUNDS") {
-        Ok(s) => s
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("RINGXFER_BENCH_ROUNDS={s:?}: want a whole number >= 1"))?,
-        Err(_) => 3,
-    };
-    let daemon_args = std::env::var("RINGXFER_BENCH_DAEMON_ARGS")
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
     Ok(Settings {
-        size,
-        rounds,
-        daemon_args,
+        size: env_size("RINGXFER_BENCH_SIZE", 1 << 30)?,
+        rounds: env_rounds()?,
+        daemon_args: env_daemon_args(),
     })
-}
-
-/// "1GiB", "256MiB", "512M", "64k", "1000000", "1.5GiB". K, M, G, T and their
-/// KiB forms are binary; kB, MB, GB, TB are decimal.
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| "want a number with an optional unit, e.g. 256MiB".to_string())?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" | "kiB" => 1 << 10,
-        "M" | "m" | "MiB" => 1 << 20,
-        "G" | "g" | "GiB" => 1 << 30,
-        "T" | "t" | "TiB" => 1 << 40,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        other => return Err(format!("unknown unit {other:?}")),
-    };
-    Ok((num * mult as f64).round() as u64)
-}
-
-// ---------------------------------------------------------------------------
-// CPU time
-
-fn rusage(who: libc::c_int) -> f64 {
-    // SAFETY: rusage is plain data for which zeroed memory is valid, and
-    // getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    let rc = unsafe { libc::getrusage(who, &mut ru) };
-    assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// CPU seconds of this whole process (every thread, io_uring workers included).
-fn self_cpu() -> f64 {
-    rusage(libc::RUSAGE_SELF)
-}
-
-/// CPU seconds of the calling thread.
-fn thread_cpu() -> f64 {
-    rusage(libc::RUSAGE_THREAD)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// utime + stime of process `pid` (all its threads, living and exited), in
-/// seconds: fields 14 and 15 of /proc/PID/stat. These are in clock ticks
-/// (10 ms at 100 Hz), too coarse for a run of a few tens of milliseconds, so
-/// [`DaemonCpu`] prefers the process's CPU-time clock and keeps this as the
-/// fallback and a cross-check.
-fn proc_stat_cpu(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').ok_or("no ')' in /proc/PID/stat")? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3, so field N is fields[N - 3].
-    let field = |n: usize| -> Result<f64> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|v| v as f64)
-            .ok_or_else(|| format!("field {n} of /proc/{pid}/stat is missing"))
-    };
-    Ok((field(14)? + field(15)?) / clock_ticks())
-}
-
-/// Reads another process's CPU time: the same sum as utime + stime of
-/// /proc/PID/stat (every thread, exited ones included), but in nanoseconds,
-/// from the clock clock_getcpuclockid(3) names.
-struct DaemonCpu {
-    pid: u32,
-    clock: Option<libc::clockid_t>,
-}
-
-impl DaemonCpu {
-    fn new(pid: u32) -> DaemonCpu {
-        let mut clock: libc::clockid_t = 0;
-        // SAFETY: `clock` is a valid, writable clockid_t.
-        let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
-        let clock = (rc == 0).then_some(clock);
-        let cpu = DaemonCpu { pid, clock };
-        // Use the clock only if it can be read and agrees with /proc.
-        match (cpu.clock_secs(), proc_stat_cpu(pid)) {
-            (Some(c), Ok(p)) if (c - p).abs() < 0.05 + 0.05 * p => cpu,
-            _ => DaemonCpu { pid, clock: None },
-        }
-    }
-
-    fn clock_secs(&self) -> Option<f64> {
-        let clock = self.clock?;
-        // SAFETY: timespec is plain data; clock_gettime only writes into it.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: `ts` is writable.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-            return None;
-        }
-        Some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
-    }
-
-    fn secs(&self) -> Result<f64> {
-        match self.clock_secs() {
-            Some(s) => Ok(s),
-            None => proc_stat_cpu(self.pid),
-        }
-    }
-
-    fn source(&self) -> &'static str {
-        if self.clock.is_some() {
-            "clock_getcpuclockid(daemon pid), ns; = utime+stime of /proc/PID/stat"
-        } else {
-            "utime+stime of /proc/PID/stat (clock ticks)"
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -244,33 +84,14 @@ struct Expect {
     tail: Vec<u8>,
 }
 
-/// Writes `size` pseudo-random bytes (xorshift64 over u64 words) to `path`
-/// with plain buffered writes, and returns the first and last bytes.
+/// Writes and syncs the source (its pages stay in the page cache), reads it
+/// once so the page cache is hot, and returns its first and last bytes.
 fn make_source(path: &Path, size: u64) -> Result<Expect> {
-    let mut file = File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
-    let mut block = vec![0u8; GEN_BLOCK];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut left = size;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(GEN_BLOCK as u64) as usize;
-        file.write_all(&block[..n])
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-        left -= n as u64;
-    }
-    // Written back now, so the source's writeback does not run during the
-    // measurements; its pages stay in the page cache.
-    file.sync_all()
-        .map_err(|e| format!("fsync {}: {e}", path.display()))?;
-    drop(file);
+    write_source(path, size)?;
 
     // Read once, so the page cache is hot and the edges are known.
     let mut file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut block = vec![0u8; GEN_BLOCK];
     let mut read = 0u64;
     loop {
         match file.read(&mut block) {
@@ -292,29 +113,18 @@ fn make_source(path: &Path, size: u64) -> Result<Expect> {
 
 /// The first and last `EDGE` bytes of a file of `size` bytes.
 fn edges(file: &File, size: u64) -> io::Result<(Vec<u8>, Vec<u8>)> {
-    let n = EDGE.min(size as usize);
-    let mut head = vec![0u8; n];
-    let mut tail = vec![0u8; n];
-    file.read_exact_at(&mut head, 0)?;
-    file.read_exact_at(&mut tail, size - n as u64)?;
-    Ok((head, tail))
+    let n = EDGE.min(size as usize) as u64;
+    Ok((
+        read_block(file, 0, size)?,
+        read_block(file, size - n, size)?,
+    ))
 }
 
 /// Checks a destination file's size and both ends against the source.
 fn verify_file(path: &Path, want: &Expect) -> Result<()> {
-    let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let size = file
-        .metadata()
-        .map_err(|e| format!("stat {}: {e}", path.display()))?
-        .len();
-    if size != want.size {
-        return Err(format!(
-            "{} has {size} bytes, the source {}",
-            path.display(),
-            want.size
-        ));
-    }
-    let (head, tail) = edges(&file, size).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let file = support::open_sized(path, want.size)?;
+    let (head, tail) =
+        edges(&file, want.size).map_err(|e| format!("read {}: {e}", path.display()))?;
     if head != want.head {
         return Err(format!("the first bytes of {} differ", path.display()));
     }
@@ -337,258 +147,48 @@ fn syncfs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The file system type of `dir`, by name where known.
-fn fs_type(dir: &Path) -> String {
-    let Ok(d) = File::open(dir) else {
-        return "unknown".into();
-    };
-    // SAFETY: statfs is plain data; fstatfs only writes into it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `d` is open and `st` writable.
-    if unsafe { libc::fstatfs(d.as_raw_fd(), &mut st) } != 0 {
-        return "unknown".into();
-    }
-    match st.f_type as i64 {
-        0xEF53 => "ext4".into(),
-        0x5846_5342 => "xfs (copy_file_range may reflink!)".into(),
-        0x9123_683E => "btrfs (copy_file_range may reflink!)".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        t => format!("0x{t:x}"),
-    }
-}
-
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let d = File::open(dir).ok()?;
-    // SAFETY: as in fs_type.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `d` is open and `st` writable.
-    if unsafe { libc::fstatvfs(d.as_raw_fd(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-fn mem_available() -> Option<u64> {
-    let info = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-// ---------------------------------------------------------------------------
-// The daemon
-
-/// A `ringxferd` this bench started; stopped (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn start(bin: &Path, socket: &Path, extra: &[String]) -> Result<Daemon> {
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(socket)
-            .args(extra)
-            // Quiet unless something is wrong; --log-level in `extra` wins.
-            .env("RINGXFER_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let mut daemon = Daemon { child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                return Err(format!(
-                    "{} {} exited at start-up with {status}",
-                    bin.display(),
-                    extra.join(" ")
-                ));
-            }
-            if UnixStream::connect(socket).is_ok() {
-                return Ok(daemon);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not listen on {} within 10 s",
-                    bin.display(),
-                    socket.display()
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `target/<profile>/ringxferd`: from Cargo, or next to this bench's executable.
-fn daemon_binary() -> Result<PathBuf> {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_ringxferd") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    // target/release/deps/throughput-<hash> -> target/release/ringxferd
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ringxferd"));
-    match candidate {
-        Some(p) if p.is_file() => Ok(p),
-        other => Err(format!(
-            "ringxferd not found (looked for {} and {}); build it first: cargo build --release --bin ringxferd",
-            option_env!("CARGO_BIN_EXE_ringxferd").unwrap_or("<CARGO_BIN_EXE_ringxferd unset>"),
-            other.map_or_else(|| "<none>".into(), |p| p.display().to_string())
-        )),
+/// The file system type of `dir`, with a warning where copy_file_range may
+/// reflink rather than copy.
+fn fs_type_note(dir: &Path) -> String {
+    let t = fs_type(dir);
+    match t.as_str() {
+        "xfs" | "btrfs" => format!("{t} (copy_file_range may reflink!)"),
+        _ => t,
     }
 }
 
 // ---------------------------------------------------------------------------
 // The TCP receiver
 
-/// What the receiver saw on one connection.
-struct Received {
-    bytes: u64,
-    /// CPU seconds of the receiver thread for this connection.
-    cpu: f64,
+/// What the receiver keeps of a connection: its first and last `EDGE` bytes.
+struct Edges {
     head: Vec<u8>,
     tail: Vec<u8>,
 }
 
-/// One thread accepting loopback connections one at a time, reading each to
-/// EOF into one reused buffer and counting the bytes.
-struct Receiver {
-    addr: std::net::SocketAddr,
-    accepted: mpsc::Receiver<()>,
-    done: mpsc::Receiver<io::Result<Received>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start() -> Result<Receiver> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("local_addr: {e}"))?;
-        let (acc_tx, accepted) = mpsc::channel();
-        let (done_tx, done) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("bench-receiver".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; BUF_SIZE];
-                buf.fill(0x5A); // touch every page now, not while measuring
-                let mut tail = Vec::with_capacity(EDGE);
-                loop {
-                    let Ok((mut conn, _)) = listener.accept() else {
-                        return;
-                    };
-                    if stop2.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let cpu0 = thread_cpu();
-                    if acc_tx.send(()).is_err() {
-                        return;
-                    }
-                    let mut bytes = 0u64;
-                    let mut head = Vec::with_capacity(EDGE);
-                    tail.clear();
-                    let result = loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) => break Ok(()),
-                            Ok(n) => {
-                                let got = &buf[..n];
-                                if head.len() < EDGE {
-                                    let take = (EDGE - head.len()).min(n);
-                                    head.extend_from_slice(&got[..take]);
-                                }
-                                if n >= EDGE {
-                                    tail.clear();
-                                    tail.extend_from_slice(&got[n - EDGE..]);
-                                } else {
-                                    let drop_n = (tail.len() + n).saturating_sub(EDGE);
-                                    tail.drain(..drop_n);
-                                    tail.extend_from_slice(got);
-                                }
-                                bytes += n as u64;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => break Err(e),
-                        }
-                    };
-                    let cpu = thread_cpu() - cpu0;
-                    let report = result.map(|()| Received {
-                        bytes,
-                        cpu,
-                        head,
-                        tail: tail.clone(),
-                    });
-                    if done_tx.send(report).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("spawn receiver: {e}"))?;
-        Ok(Receiver {
-            addr,
-            accepted,
-            done,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// A new connection to the receiver, accepted and ready.
-    fn connect(&self) -> Result<TcpStream> {
-        let sock = TcpStream::connect(self.addr).map_err(|e| format!("connect: {e}"))?;
-        self.accepted
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "the receiver did not accept".to_string())?;
-        Ok(sock)
-    }
-
-    /// Waits for the receiver to read the connection to EOF.
-    fn finish(&self) -> Result<Received> {
-        self.done
-            .recv_timeout(Duration::from_secs(600))
-            .map_err(|_| "the receiver did not finish".to_string())?
-            .map_err(|e| format!("receiver read: {e}"))
+impl Edges {
+    fn new() -> Edges {
+        Edges {
+            head: Vec::with_capacity(EDGE),
+            tail: Vec::with_capacity(EDGE),
+        }
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+impl Sink for Edges {
+    fn feed(&mut self, _pos: u64, got: &[u8]) {
+        let n = got.len();
+        if self.head.len() < EDGE {
+            let take = (EDGE - self.head.len()).min(n);
+            self.head.extend_from_slice(&got[..take]);
+        }
+        if n >= EDGE {
+            self.tail.clear();
+            self.tail.extend_from_slice(&got[n - EDGE..]);
+        } else {
+            let drop_n = (self.tail.len() + n).saturating_sub(EDGE);
+            self.tail.drain(..drop_n);
+            self.tail.extend_from_slice(got);
         }
     }
 }
@@ -667,7 +267,7 @@ struct Bench {
     /// Kept for its Drop, which stops the daemon.
     _daemon: Daemon,
     daemon_cpu: DaemonCpu,
-    receiver: Receiver,
+    receiver: Receiver<Edges>,
     buf: Vec<u8>,
     /// The destination of the previous copy, deleted before the next one.
     prev_dst: Option<PathBuf>,
@@ -793,8 +393,7 @@ impl Bench {
                 let mut off: libc::off_t = 0;
                 while (off as u64) < self.want.size {
                     let left = (self.want.size - off as u64).min(1 << 30) as usize;
-                    // SAFETY: both descriptors are open for the call and
-                    // `off` is a valid, writable off_t.
+                    // SAFETY: both descriptors are open for the call; `off` is a valid, writable off_t.
                     let n = unsafe {
                         libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, left)
                     };
@@ -813,11 +412,7 @@ impl Bench {
             }
             _ => unreachable!(),
         }
-        // The daemon may still hold its duplicate of the socket: shut it down
-        // rather than rely on closing ours to send the FIN.
-        sock.shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))?;
-        let got = self.receiver.finish()?;
+        let got = self.receiver.finish_send(&sock)?;
         let secs = t0.elapsed().as_secs_f64();
         let cpu = self.cpu_now(c)? - cpu0 - got.cpu;
         drop(sock);
@@ -829,7 +424,7 @@ impl Bench {
                 self.want.size
             ));
         }
-        if got.head != self.want.head || got.tail != self.want.tail {
+        if got.kept.head != self.want.head || got.kept.tail != self.want.tail {
             return Err(format!(
                 "{}: the bytes received differ from the source",
                 c.name()
@@ -897,17 +492,9 @@ fn splice_loop(from: &File, to: &File, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+/// The median of `v`, NaN when it is empty.
+fn median(v: Vec<f64>) -> f64 {
+    support::median(v).unwrap_or(f64::NAN)
 }
 
 struct Summary {
@@ -977,13 +564,6 @@ fn check(label: &'static str, all: &[&Summary], subject: Contender, peers: &[Con
     }
 }
 
-fn fmt_list(v: &[f64]) -> String {
-    v.iter()
-        .map(|x| format!("{x:.2}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn print_group(title: &str, rows: &[Summary]) {
     println!("{title}");
     for s in rows {
@@ -997,24 +577,6 @@ fn print_group(title: &str, rows: &[Summary]) {
     }
 }
 
-fn uname() -> String {
-    // SAFETY: utsname is plain data; uname only writes into it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is writable.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".into();
-    }
-    let s = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    format!("{} {} {}", s(&u.sysname), s(&u.release), s(&u.machine))
-}
-
 // ---------------------------------------------------------------------------
 
 fn run() -> Result<()> {
@@ -1022,17 +584,10 @@ fn run() -> Result<()> {
     let gib = cfg.size as f64 / GIB;
     let bin = daemon_binary()?;
 
-    let base = option_env!("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"));
-    fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix("throughput-")
-        .tempdir_in(&base)
-        .map_err(|e| format!("tempdir in {}: {e}", base.display()))?;
+    let tmp = bench_dir("throughput-")?;
     let dir = tmp.path().to_path_buf();
 
-    if let Some(free) = free_bytes(&dir) {
+    if let Some((_, free)) = disk_space(&dir) {
         if free < cfg.size.saturating_mul(3) {
             return Err(format!(
                 "{} has {:.2} GiB free; this size needs about {:.2} GiB",
@@ -1043,28 +598,15 @@ fn run() -> Result<()> {
         }
     }
     let mem = mem_available();
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
 
     println!("ringxfer throughput bench");
-    println!(
-        "  host: {}, {cpus} CPUs, {:.1} GiB MemAvailable",
-        uname(),
-        mem.map_or(f64::NAN, |m| m as f64 / GIB)
-    );
+    print_host(mem);
     println!(
         "  size {} bytes ({gib:.3} GiB), {} measured round(s) after 1 warm-up round",
         cfg.size, cfg.rounds
     );
-    println!("  dir {} ({})", dir.display(), fs_type(&dir));
-    println!(
-        "  daemon {} {}",
-        bin.display(),
-        if cfg.daemon_args.is_empty() {
-            "(default settings)".to_string()
-        } else {
-            cfg.daemon_args.join(" ")
-        }
-    );
+    println!("  dir {} ({})", dir.display(), fs_type_note(&dir));
+    print_daemon(&bin, &cfg.daemon_args);
     println!("  note: std::io::copy between two Files uses copy_file_range(2) on Linux (an in-kernel copy)");
     println!("  note: CPU = user+sys; daemon rows = the daemon's CPU + this process's (client stub); TCP rows exclude the receiver thread");
     if let Some(m) = mem {
@@ -1091,7 +633,7 @@ fn run() -> Result<()> {
         EmbeddedEngine::start().map_err(|e| format!("start the embedded engine: {e}"))?;
     let embedded_client =
         Client::from_stream(stream).map_err(|e| format!("embedded engine handshake: {e}"))?;
-    let receiver = Receiver::start()?;
+    let receiver = Receiver::start(Duration::from_secs(600), Edges::new)?;
     let mut buf = vec![0u8; BUF_SIZE];
     buf.fill(0xA5); // touch every page now, not while measuring
 
@@ -1109,11 +651,9 @@ fn run() -> Result<()> {
         last_note: String::new(),
     };
 
-    println!(
-        "  daemon pid {}, CPU read with {}",
-        bench.daemon_cpu.pid,
-        bench.daemon_cpu.source()
-    );
+    bench
+        .daemon_cpu
+        .print_source("; = utime+stime of /proc/PID/stat");
 
     let copiers = COPIERS.to_vec();
     let groups: [&[Contender]; 2] = [&copiers, &SENDERS];
