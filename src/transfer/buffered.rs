@@ -597,18 +597,7 @@ impl BufferCopy {
     }
 
     fn short_source(&self, reached: u64) -> TransferError {
-        let message = if self.length_requested {
-            format!(
-                "the source ended at offset {reached}, before the requested length of {} bytes from offset {} was read",
-                self.total, self.src_start
-            )
-        } else {
-            format!(
-                "the source file shrank during the transfer: it ended at offset {reached}, but held {} bytes when the job started",
-                self.src_start + self.total
-            )
-        };
-        TransferError::new(FailureKind::SourceShort, message)
+        TransferError::short_source(reached, self.src_start, self.total, self.length_requested)
     }
 
     fn pump(

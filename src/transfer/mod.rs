@@ -234,6 +234,22 @@ impl TransferError {
         }
     }
 
+    /// The source ended at `reached` before `total` bytes from `start` were
+    /// read: asked for too much (`requested`), or a file that shrank.
+    pub fn short_source(reached: u64, start: u64, total: u64, requested: bool) -> TransferError {
+        let message = if requested {
+            format!(
+                "the source ended at offset {reached}, before the requested length of {total} bytes from offset {start} was read"
+            )
+        } else {
+            format!(
+                "the source file shrank during the transfer: it ended at offset {reached}, but held {} bytes when the job started",
+                start + total
+            )
+        };
+        TransferError::new(FailureKind::SourceShort, message)
+    }
+
     pub fn cancelled(why: &str) -> TransferError {
         TransferError::new(FailureKind::Cancelled, why)
     }

@@ -409,19 +409,12 @@ impl SpliceCopy {
     }
 
     fn short_source(&self, reached: u64) -> TransferError {
-        let total = self.total.unwrap_or(0);
-        let message = if self.length_requested {
-            format!(
-                "the source ended at offset {reached}, before the requested length of {total} bytes from offset {} was read",
-                self.src_start
-            )
-        } else {
-            format!(
-                "the source file shrank during the transfer: it ended at offset {reached}, but held {} bytes when the job started",
-                self.src_start + total
-            )
-        };
-        TransferError::new(FailureKind::SourceShort, message)
+        TransferError::short_source(
+            reached,
+            self.src_start,
+            self.total.unwrap_or(0),
+            self.length_requested,
+        )
     }
 
     /// Queues the next operation of every idle chunk, and lets go of chunks
