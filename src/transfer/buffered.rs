@@ -411,19 +411,13 @@ impl BufferCopy {
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
-        chunk.busy = None;
-        if result < 0 {
-            if matches!(-result, libc::EINTR | libc::EAGAIN) {
-                return Ok(());
-            }
-            chunk.step = Step::Idle;
-            let at = src_start + chunk.rel + chunk.done;
-            return Err(TransferError::os(
-                format!("read of the source file at offset {at}"),
-                -result,
-            ));
-        }
-        let n = result as u64;
+        let at = src_start + chunk.rel + chunk.done;
+        let Some(n) = settle(chunk, result, || {
+            format!("read of the source file at offset {at}")
+        })?
+        else {
+            return Ok(());
+        };
         chunk.done += n;
         let is_tail = self.tail > 0
             && chunk.rel + chunk.want == self.total
@@ -469,19 +463,16 @@ impl BufferCopy {
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
-        chunk.busy = None;
-        if result < 0 {
-            if matches!(-result, libc::EINTR | libc::EAGAIN) {
-                return Ok(());
-            }
+        let src_kind = self.ends.src_kind;
+        let settled = settle(chunk, result, || {
+            format!("receive from the source {src_kind}")
+        });
+        if settled.is_err() {
             self.reader = None;
-            chunk.step = Step::Idle;
-            return Err(TransferError::os(
-                format!("receive from the source {}", self.ends.src_kind),
-                -result,
-            ));
         }
-        let n = result as u64;
+        let Some(n) = settled? else {
+            return Ok(());
+        };
         chunk.done += n;
         if n > 0 && chunk.done < chunk.want {
             // Keep filling: a full buffer keeps the next write aligned.
@@ -559,26 +550,21 @@ impl BufferCopy {
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
-        chunk.busy = None;
-        if result < 0 {
-            if matches!(-result, libc::EINTR | libc::EAGAIN) {
-                return Ok(());
-            }
-            chunk.step = Step::Idle;
-            let at = dst_start + chunk.rel + chunk.done;
-            return Err(TransferError::os(
-                format!("write of the destination file at offset {at}"),
-                -result,
-            ));
-        }
-        if result == 0 {
+        let at = dst_start + chunk.rel + chunk.done;
+        let Some(n) = settle(chunk, result, || {
+            format!("write of the destination file at offset {at}")
+        })?
+        else {
+            return Ok(());
+        };
+        if n == 0 {
             chunk.step = Step::Idle;
             return Err(TransferError::new(
                 FailureKind::Io,
                 "the destination file accepted 0 bytes",
             ));
         }
-        chunk.done += result as u64;
+        chunk.done += n;
         if chunk.done >= chunk.len {
             self.moved += chunk.want;
             if chunk.step == Step::WritingTail {
@@ -841,6 +827,25 @@ impl BufferCopy {
                 self.failure.get_or_insert(ring_failed(e));
                 self.phase = Phase::Done;
             }
+        }
+    }
+}
+
+/// Takes a chunk's completed operation off it. EINTR and EAGAIN give
+/// `Ok(None)`: the chunk's step is simply issued again. Any other error idles
+/// the chunk and names the operation `op` describes; success gives the count.
+fn settle(
+    chunk: &mut Chunk,
+    result: i32,
+    op: impl FnOnce() -> String,
+) -> Result<Option<u64>, TransferError> {
+    chunk.busy = None;
+    match result {
+        n if n >= 0 => Ok(Some(n as u64)),
+        e if matches!(-e, libc::EINTR | libc::EAGAIN) => Ok(None),
+        e => {
+            chunk.step = Step::Idle;
+            Err(TransferError::os(op(), -e))
         }
     }
 }

@@ -302,28 +302,24 @@ fn direct_unaligned_length_into_an_existing_file_keeps_what_follows() {
     assert_file_eq(&dst, &want);
 }
 
-#[test]
-fn direct_unaligned_offset_is_invalid_request() {
+/// Submits a direct copy with `o`'s unaligned offset and asserts the
+/// refusal: InvalidRequest naming the alignment, nothing moved or written.
+fn assert_unaligned_direct_refused(o: TransferOptions, seed: u64, what: &str) {
     let d = Daemon::start();
     let client = d.client();
     let dir = tmpdir();
-    let (src, _) = make_file(dir.path(), "src", 1 << 20, 330);
+    let (src, _) = make_file(dir.path(), "src", 1 << 20, seed);
     let dst = dir.path().join("dst");
     let s = open_src(&src);
     let t = create_dst(&dst);
-    // 1001 is a multiple of no block size.
-    let o = TransferOptions {
-        offset: 1001,
-        ..with(Strategy::Direct)
-    };
     let f = failed(
         wait(client.submit(s.as_fd(), t.as_fd(), &o).unwrap()),
         FailureKind::InvalidRequest,
-        "direct with offset 1001",
+        what,
     );
     assert!(
         mentions(&f.message, "align"),
-        "the refusal should say the offset is not aligned: {f:?}"
+        "{what}: the refusal should say the offset is not aligned: {f:?}"
     );
     assert_eq!(f.bytes, 0, "{f:?}");
     assert_eq!(
@@ -334,33 +330,22 @@ fn direct_unaligned_offset_is_invalid_request() {
 }
 
 #[test]
+fn direct_unaligned_offset_is_invalid_request() {
+    // 1001 is a multiple of no block size.
+    let o = TransferOptions {
+        offset: 1001,
+        ..with(Strategy::Direct)
+    };
+    assert_unaligned_direct_refused(o, 330, "direct with offset 1001");
+}
+
+#[test]
 fn direct_unaligned_dest_offset_is_invalid_request() {
-    let d = Daemon::start();
-    let client = d.client();
-    let dir = tmpdir();
-    let (src, _) = make_file(dir.path(), "src", 1 << 20, 331);
-    let dst = dir.path().join("dst");
-    let s = open_src(&src);
-    let t = create_dst(&dst);
     let o = TransferOptions {
         dest_offset: 1001,
         ..with(Strategy::Direct)
     };
-    let f = failed(
-        wait(client.submit(s.as_fd(), t.as_fd(), &o).unwrap()),
-        FailureKind::InvalidRequest,
-        "direct with dest_offset 1001",
-    );
-    assert!(
-        mentions(&f.message, "align"),
-        "the refusal should say the destination offset is not aligned: {f:?}"
-    );
-    assert_eq!(f.bytes, 0, "{f:?}");
-    assert_eq!(
-        std::fs::metadata(&dst).unwrap().len(),
-        0,
-        "destination touched"
-    );
+    assert_unaligned_direct_refused(o, 331, "direct with dest_offset 1001");
 }
 
 #[test]
