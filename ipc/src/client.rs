@@ -32,8 +32,8 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::codec::{self, CodecError};
 use crate::fdpass::send_with_fds;
 use crate::proto::{
-    Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, SubmitRequest,
-    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    Checksums, Event, FailureKind, JobInfo, Limits, Priority, ProtocolErrorKind, Request,
+    StatsReport, Strategy, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use crate::socket_path::default_socket_path;
 
@@ -72,6 +72,24 @@ pub struct TransferOptions {
     pub strategy: Strategy,
     /// Whether to ask for `Progress` events, which feed [`JobHandle::bytes_so_far`].
     pub progress: bool,
+    /// The job's scheduling class.
+    pub priority: Priority,
+    /// At most this many bytes per second for this job.
+    pub rate_limit: Option<u64>,
+    /// Let the job run on if this connection closes; follow it later with
+    /// [`Client::wait_job`] from any connection of the same user.
+    pub detach: bool,
+    /// Complete only once the destination's data is durable (fdatasync).
+    pub fsync: bool,
+    /// Checksum what was read and what landed, and fail on a difference.
+    pub verify: bool,
+    /// Path helpers only ([`Client::copy_file`], [`Client::recv_to_file`]):
+    /// write straight into the destination instead of into a temporary
+    /// file that takes the destination's name only once the job completed.
+    pub in_place: bool,
+    /// Path helpers only: give the destination the source's mode, owner
+    /// (where permitted) and timestamps.
+    pub preserve: bool,
 }
 
 impl Default for TransferOptions {
@@ -90,6 +108,13 @@ impl Default for TransferOptions {
             dest_offset: 0,
             strategy: Strategy::Auto,
             progress: false,
+            priority: Priority::Normal,
+            rate_limit: None,
+            detach: false,
+            fsync: false,
+            verify: false,
+            in_place: false,
+            preserve: false,
         }
     }
 }
@@ -99,7 +124,10 @@ impl Default for TransferOptions {
 /// ```
 /// use ringxfer_ipc::{Completion, Strategy};
 /// use std::time::Duration;
-/// let done = Completion { job: 7, bytes: 4096, strategy: Strategy::Splice, elapsed: Duration::from_micros(250), note: None };
+/// let done = Completion {
+///     job: 7, bytes: 4096, strategy: Strategy::Splice, elapsed: Duration::from_micros(250),
+///     note: None, synced: false, checksums: None,
+/// };
 /// assert_eq!(done.bytes, 4096);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +143,10 @@ pub struct Completion {
     /// Why the daemon used this strategy, when it chose (`auto`) or had to
     /// differ from the one asked for.
     pub note: Option<String>,
+    /// Whether the daemon synced the destination (fdatasync) before reporting.
+    pub synced: bool,
+    /// CRC-32C of what was read and of what landed, when verification was asked for.
+    pub checksums: Option<Checksums>,
 }
 
 /// Why a job did not complete.
@@ -217,6 +249,17 @@ pub enum ClientError {
     /// The connection to the daemon is closed; nothing more can be sent.
     #[error("the connection to the ringxfer daemon is closed")]
     Disconnected,
+    /// The daemon refused a control request about a job (no such job, or
+    /// another user's).
+    #[error("job {job}: {kind}: {message}")]
+    Refused {
+        /// The job named.
+        job: u64,
+        /// [`FailureKind::NoSuchJob`] or [`FailureKind::PermissionDenied`].
+        kind: FailureKind,
+        /// The daemon's explanation.
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -257,6 +300,21 @@ fn connect_hint(err: &io::Error) -> &'static str {
         Some(libc::EACCES | libc::EPERM) => "this user may not use that socket",
         Some(libc::EAGAIN) => "a daemon is running there but its listen queue is full",
         _ => "no daemon could be reached there",
+    }
+}
+
+/// The error for an answer that is not the one asked for: a refusal, or a
+/// confused daemon.
+fn unexpected_answer(job: u64, event: Event) -> ClientError {
+    match event {
+        Event::Refused {
+            job, kind, message, ..
+        } => ClientError::Refused { job, kind, message },
+        other => ClientError::Refused {
+            job,
+            kind: FailureKind::Io,
+            message: format!("the daemon answered with {}", event_name(&other)),
+        },
     }
 }
 
@@ -321,6 +379,8 @@ struct Shared {
     jobs: HashMap<u64, Arc<JobSlot>>,
     /// Callers of `stats`, oldest first, because replies come in request order.
     stats_waiters: VecDeque<(u64, Sender<StatsReport>)>,
+    /// Callers of `cancel`, `status` and `jobs`, by the `req` of their request.
+    answers: HashMap<u64, Sender<Event>>,
     subscribers: Vec<Sender<Event>>,
     /// Why the connection ended, once it has.
     closed: Option<String>,
@@ -468,6 +528,7 @@ impl Client {
             shared: Mutex::new(Shared {
                 jobs: HashMap::new(),
                 stats_waiters: VecDeque::new(),
+                answers: HashMap::new(),
                 subscribers: Vec::new(),
                 closed: None,
             }),
@@ -583,6 +644,11 @@ impl Client {
             dest_offset: opts.dest_offset,
             strategy: opts.strategy,
             progress: opts.progress,
+            priority: opts.priority,
+            rate_limit: opts.rate_limit,
+            detach: opts.detach,
+            fsync: opts.fsync,
+            verify: opts.verify,
         });
         tx.buf.clear();
         codec::encode_frame(&request, &mut tx.buf, inner.limits.max_frame)?;
@@ -633,14 +699,19 @@ impl Client {
         receiver
     }
 
-    /// Asks the daemon to cancel a job of this connection, by the daemon's id
-    /// (from [`JobHandle::job_id`]). The job then fails with
-    /// [`FailureKind::Cancelled`], unless it finished first.
+    /// Asks the daemon to cancel a job by its id (from [`JobHandle::job_id`],
+    /// [`Client::jobs`] or another connection): any job of this user, any
+    /// job at all for root. Returns once the daemon has taken the request;
+    /// the job itself then fails with [`FailureKind::Cancelled`] (seen by its
+    /// [`JobHandle`] and by [`Client::wait_job`]) once every operation it had
+    /// in flight is back, unless it finished first.
     ///
     /// # Errors
     ///
-    /// [`ClientError::Disconnected`] if the connection is closed,
-    /// [`ClientError::Io`] if sending fails.
+    /// [`ClientError::Refused`] for an unknown job ([`FailureKind::NoSuchJob`],
+    /// also for one that already finished) or another user's
+    /// ([`FailureKind::PermissionDenied`]); [`ClientError::Disconnected`] if
+    /// the connection is closed, [`ClientError::Io`] if sending fails.
     ///
     /// ```no_run
     /// # use std::fs::File;
@@ -650,24 +721,138 @@ impl Client {
     /// let job = client.submit(&src, &dst, &TransferOptions::default())?;
     /// client.cancel(job.job_id()?)?;
     /// if let Err(e) = job.wait() {
-    ///     assert!(e.kind() == Some(FailureKind::Cancelled) || e.kind().is_none());
+    ///     assert_eq!(e.kind(), Some(FailureKind::Cancelled));
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn cancel(&self, job: u64) -> Result<(), ClientError> {
+        match self.ask("sending Cancel to the daemon", |req| Request::Cancel {
+            req,
+            job,
+        })? {
+            Event::Cancelling { .. } => Ok(()),
+            other => Err(unexpected_answer(job, other)),
+        }
+    }
+
+    /// Asks for one job's state: a running job, or one that finished
+    /// recently (the daemon remembers the last few thousand).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::cancel`].
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let info = client.status(42)?;
+    /// println!("job 42 is {}: {} of {:?} bytes", info.state.name(), info.bytes, info.total);
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn status(&self, job: u64) -> Result<JobInfo, ClientError> {
+        match self.ask("sending Status to the daemon", |req| Request::Status {
+            req,
+            job,
+        })? {
+            Event::Status { info, .. } => Ok(info),
+            other => Err(unexpected_answer(job, other)),
+        }
+    }
+
+    /// Lists the unfinished jobs this user may see (every user's, for root),
+    /// oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed or closes
+    /// before the answer, [`ClientError::Io`] if sending fails.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// for job in client.jobs()? {
+    ///     println!("{} {} {}/{:?}", job.job, job.state.name(), job.bytes, job.total);
+    /// }
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
+        match self.ask("sending Jobs to the daemon", |req| Request::Jobs { req })? {
+            Event::Jobs { jobs, .. } => Ok(jobs),
+            other => Err(unexpected_answer(0, other)),
+        }
+    }
+
+    /// Follows a job submitted elsewhere (a detached job, or one of another
+    /// connection of this user): the handle resolves with that job's result,
+    /// at once if it finished recently. With `progress`, the handle's
+    /// [`JobHandle::bytes_so_far`] follows it too.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`]. An unknown job is not an error here: the
+    /// handle resolves to [`JobError::Failed`] with [`FailureKind::NoSuchJob`]
+    /// (or [`FailureKind::PermissionDenied`] for another user's job).
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let done = client.wait_job(42, false)?.wait()?;
+    /// println!("job 42 moved {} bytes", done.bytes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_job(&self, job: u64, progress: bool) -> Result<JobHandle, ClientError> {
         let inner = &*self.inner;
         let mut tx = lock(&inner.tx);
+        let tx = &mut *tx;
+        let req = tx.next_req;
+        tx.next_req += 1;
         tx.buf.clear();
         codec::encode_frame(
-            &Request::Cancel { job },
+            &Request::Wait { req, job, progress },
             &mut tx.buf,
             inner.limits.max_frame,
         )?;
-        if lock(&inner.shared).closed.is_some() {
-            return Err(ClientError::Disconnected);
+        let slot = Arc::new(JobSlot::new(req, None));
+        {
+            let mut shared = lock(&inner.shared);
+            if shared.closed.is_some() {
+                return Err(ClientError::Disconnected);
+            }
+            shared.jobs.insert(req, Arc::clone(&slot));
         }
-        send_with_fds(inner.stream.as_fd(), &tx.buf, &[])
-            .map_err(|e| send_error("sending Cancel to the daemon", e))
+        if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+            lock(&inner.shared).jobs.remove(&req);
+            return Err(send_error("sending Wait to the daemon", e));
+        }
+        Ok(JobHandle { slot })
+    }
+
+    /// Sends a request that takes a `req` and waits for the event answering it.
+    fn ask(
+        &self,
+        op: &'static str,
+        make: impl FnOnce(u64) -> Request,
+    ) -> Result<Event, ClientError> {
+        let inner = &*self.inner;
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        {
+            let mut tx = lock(&inner.tx);
+            let tx = &mut *tx;
+            let req = tx.next_req;
+            tx.next_req += 1;
+            tx.buf.clear();
+            codec::encode_frame(&make(req), &mut tx.buf, inner.limits.max_frame)?;
+            {
+                let mut shared = lock(&inner.shared);
+                if shared.closed.is_some() {
+                    return Err(ClientError::Disconnected);
+                }
+                shared.answers.insert(req, sender);
+            }
+            if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+                lock(&inner.shared).answers.remove(&req);
+                return Err(send_error(op, e));
+            }
+        }
+        // The sender is dropped unanswered only when the connection ends.
+        receiver.recv().map_err(|_| ClientError::Disconnected)
     }
 
     /// Asks the daemon for its counters and waits for the answer.
@@ -933,6 +1118,18 @@ impl Inner {
                 self.job_event(req, event);
                 Ok(())
             }
+            Event::Cancelling { req, .. }
+            | Event::Status { req, .. }
+            | Event::Jobs { req, .. }
+            | Event::Refused { req, .. } => {
+                let mut shared = lock(&self.shared);
+                if let Some(waiter) = shared.answers.remove(&req) {
+                    // Err means the caller is gone; the answer is then moot.
+                    let _ = waiter.send(event.clone());
+                }
+                publish(&mut shared, event);
+                Ok(())
+            }
             Event::Stats(ref report) => {
                 let mut shared = lock(&self.shared);
                 if let Some((_, waiter)) = shared.stats_waiters.pop_front() {
@@ -988,6 +1185,8 @@ impl Inner {
                 strategy,
                 elapsed_us,
                 note,
+                synced,
+                checksums,
                 ..
             } => {
                 state.job = Some(*job);
@@ -998,6 +1197,8 @@ impl Inner {
                     strategy: *strategy,
                     elapsed: Duration::from_micros(*elapsed_us),
                     note: note.clone(),
+                    synced: *synced,
+                    checksums: *checksums,
                 }));
             }
             Event::Failed {
@@ -1020,7 +1221,7 @@ impl Inner {
                     bytes: *bytes,
                 }));
             }
-            Event::Welcome { .. } | Event::Stats(_) | Event::ProtocolError { .. } => {}
+            _ => {}
         }
         // Publishing under the slot lock makes both views agree: whoever saw
         // the event on a channel finds the handle updated, and a waiter woken
@@ -1047,18 +1248,20 @@ impl Inner {
         // With the send lock held no Submit is half way out, so every slot in
         // the table belongs to a request that was sent whole.
         let tx = lock(&self.tx);
-        let (jobs, waiters, subscribers) = {
+        let (jobs, waiters, answers, subscribers) = {
             let mut shared = lock(&self.shared);
             shared.closed = Some(reason.clone());
             (
                 std::mem::take(&mut shared.jobs),
                 std::mem::take(&mut shared.stats_waiters),
+                std::mem::take(&mut shared.answers),
                 std::mem::take(&mut shared.subscribers),
             )
         };
         drop(tx);
         // Dropping the senders is what tells stats callers and subscribers.
         drop(waiters);
+        drop(answers);
         drop(subscribers);
         for slot in jobs.into_values() {
             let callback = lock(&slot.state).resolve(Err(JobError::Disconnected(reason.clone())));
@@ -1377,6 +1580,10 @@ fn event_name(event: &Event) -> &'static str {
         Event::Failed { .. } => "Failed",
         Event::Stats(_) => "Stats",
         Event::ProtocolError { .. } => "ProtocolError",
+        Event::Cancelling { .. } => "Cancelling",
+        Event::Status { .. } => "Status",
+        Event::Jobs { .. } => "Jobs",
+        Event::Refused { .. } => "Refused",
     }
 }
 
@@ -1409,6 +1616,9 @@ mod tests {
                 max_frame: DEFAULT_MAX_FRAME,
                 max_jobs_per_connection: 1000,
                 max_fds_per_message: 2,
+                max_jobs_per_user: 1000,
+                max_queued_bytes_per_connection: 0,
+                max_queued_bytes_per_user: 0,
             };
             write_event(
                 &mut peer,
@@ -1429,6 +1639,8 @@ mod tests {
                         strategy: Strategy::Splice,
                         elapsed_us: 1,
                         note: None,
+                        synced: false,
+                        checksums: None,
                     }
                 } else {
                     Event::Failed {

@@ -15,6 +15,7 @@ pub use client::{Client, ClientError, Completion, JobError, JobHandle, TransferO
 pub use socket_path::default_socket_path;
 
 pub use proto::{
-    Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, SubmitRequest,
-    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
+    Checksums, Event, FailureKind, JobInfo, JobState, Limits, Priority, ProtocolErrorKind, Request,
+    StatsReport, Strategy, StrategyStats, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
+    PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
 };

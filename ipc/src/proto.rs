@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks. The daemon refuses any other.
 /// Version 2 added the `direct` and `uncached` strategies and `note` on
-/// [`Event::Completed`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// [`Event::Completed`]; version 3 added job control (priorities, rate
+/// limits, detached jobs, `Cancel`/`Status`/`Wait`/`Jobs` by id, fsync and
+/// verification) and the per-strategy counters.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 pub const SUBMIT_DESCRIPTORS: usize = 2;
@@ -35,13 +37,118 @@ pub enum Request {
     },
     /// Start a transfer between the two descriptors passed with this frame.
     Submit(SubmitRequest),
-    /// Ask the daemon to cancel a job this connection submitted.
+    /// Ask the daemon to cancel a job of this user (any job, for root).
+    /// Answered by [`Event::Cancelling`] or [`Event::Refused`]; the job's own
+    /// final event ([`Event::Failed`] with [`FailureKind::Cancelled`]) goes
+    /// to its owner and watchers once every operation it had in flight is back.
     Cancel {
+        /// Chosen by the client; the answer carries it back.
+        req: u64,
         /// The daemon's id for the job, from [`Event::Accepted`].
         job: u64,
     },
+    /// Ask for one job's state; answered by [`Event::Status`] or
+    /// [`Event::Refused`]. Recently finished jobs are remembered.
+    Status {
+        /// Chosen by the client; the answer carries it back.
+        req: u64,
+        /// The daemon's id for the job.
+        job: u64,
+    },
+    /// Follow a job submitted elsewhere (another connection of the same
+    /// user, or a detached job). The daemon answers as if `req` had
+    /// submitted it: [`Event::Accepted`], [`Event::Progress`] if asked, then
+    /// [`Event::Completed`] or [`Event::Failed`], all carrying this `req`. A
+    /// job that finished recently is answered with its final event at once;
+    /// an unknown job with [`Event::Failed`] of kind [`FailureKind::NoSuchJob`].
+    Wait {
+        /// Chosen by the client, unique on its connection among submits and waits.
+        req: u64,
+        /// The daemon's id for the job.
+        job: u64,
+        /// Whether to send [`Event::Progress`] for it.
+        progress: bool,
+    },
+    /// List the jobs this user may see (all of them, for root); answered by
+    /// [`Event::Jobs`].
+    Jobs {
+        /// Chosen by the client; the answer carries it back.
+        req: u64,
+    },
     /// Ask for the daemon's counters; answered by [`Event::Stats`].
     Stats,
+}
+
+/// How a job shares the ring with others. A job of a higher class gets more
+/// of the daemon's I/O slots when they are contended (weights 4, 2, 1), and a
+/// newly submitted job of any class moves its first bytes before a busy job
+/// gets its next chunk.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Priority {
+    /// Background work: a quarter of a high job's share.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Latency-sensitive work: twice a normal job's share.
+    High,
+}
+
+impl Priority {
+    /// The lower-case name used on the command line and in listings.
+    ///
+    /// ```
+    /// assert_eq!(ringxfer_ipc::Priority::High.name(), "high");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    /// The class's share of contended I/O slots, relative to the others.
+    ///
+    /// ```
+    /// use ringxfer_ipc::Priority;
+    /// assert!(Priority::High.weight() > Priority::Normal.weight());
+    /// ```
+    pub fn weight(self) -> u32 {
+        match self {
+            Priority::Low => 1,
+            Priority::Normal => 2,
+            Priority::High => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    /// ```
+    /// let p: ringxfer_ipc::Priority = "low".parse().unwrap();
+    /// assert_eq!(p, ringxfer_ipc::Priority::Low);
+    /// assert!("urgent".parse::<ringxfer_ipc::Priority>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "low" => Ok(Priority::Low),
+            "normal" => Ok(Priority::Normal),
+            "high" => Ok(Priority::High),
+            other => Err(format!(
+                "unknown priority {other:?}: expected low, normal or high"
+            )),
+        }
+    }
 }
 
 /// What to transfer, sent with two descriptors: source then destination.
@@ -62,6 +169,22 @@ pub struct SubmitRequest {
     pub strategy: Strategy,
     /// Whether the client wants [`Event::Progress`] events for this job.
     pub progress: bool,
+    /// The job's scheduling class.
+    pub priority: Priority,
+    /// At most this many bytes per second, on top of the daemon's global limit.
+    pub rate_limit: Option<u64>,
+    /// Keep running if this connection goes away; otherwise the job is
+    /// cancelled with it. A detached job can be followed with
+    /// [`Request::Wait`] from any connection of the same user.
+    pub detach: bool,
+    /// Complete only after the destination's data is durable
+    /// (fdatasync through the ring). Ignored for socket and pipe destinations.
+    pub fsync: bool,
+    /// Checksum (CRC-32C) what was read and what landed, compare them and
+    /// report both in [`Event::Completed`]; a difference fails the job with
+    /// [`FailureKind::Mismatch`]. Needs a destination that can be read back
+    /// (a regular file opened read-write) unless the direct strategy moves it.
+    pub verify: bool,
 }
 
 /// A transfer strategy, as asked for and as used.
@@ -132,6 +255,13 @@ pub struct Limits {
     pub max_jobs_per_connection: u32,
     /// The most descriptors one message may carry.
     pub max_fds_per_message: u32,
+    /// How many unfinished jobs one user may have across connections.
+    pub max_jobs_per_user: u32,
+    /// How many bytes one connection's unfinished jobs may still have to move
+    /// (0: no limit). Jobs of unknown length count as nothing.
+    pub max_queued_bytes_per_connection: u64,
+    /// The same, across all of one user's connections (0: no limit).
+    pub max_queued_bytes_per_user: u64,
 }
 
 /// Why a job failed or was refused.
@@ -157,6 +287,13 @@ pub enum FailureKind {
     Cancelled,
     /// Any other I/O error; the message names the operation and errno.
     Io,
+    /// The checksum of what landed differs from the checksum of what was read.
+    Mismatch,
+    /// No job has that id (it never existed, or finished too long ago to be
+    /// remembered).
+    NoSuchJob,
+    /// The daemon is shutting down.
+    ShuttingDown,
 }
 
 impl FailureKind {
@@ -176,6 +313,9 @@ impl FailureKind {
             FailureKind::PeerGone => "peer-gone",
             FailureKind::Cancelled => "cancelled",
             FailureKind::Io => "io",
+            FailureKind::Mismatch => "mismatch",
+            FailureKind::NoSuchJob => "no-such-job",
+            FailureKind::ShuttingDown => "shutting-down",
         }
     }
 }
@@ -209,6 +349,96 @@ pub enum ProtocolErrorKind {
     ShuttingDown,
 }
 
+/// Where a job is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Admitted, waiting for its first I/O slot (a pipe or a buffer).
+    Queued,
+    /// Moving bytes (or waiting for a slow peer).
+    Running,
+    /// Waiting for its rate limit (or the daemon's) to allow more bytes.
+    Throttled,
+    /// Every byte is in the destination (and durable, if fsync was asked).
+    Completed,
+    /// Failed or cancelled.
+    Failed {
+        /// The class of failure.
+        kind: FailureKind,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl JobState {
+    /// A short lower-case name for listings.
+    ///
+    /// ```
+    /// assert_eq!(ringxfer_ipc::JobState::Throttled.name(), "throttled");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Throttled => "throttled",
+            JobState::Completed => "completed",
+            JobState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One job as [`Request::Status`] and [`Request::Jobs`] describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The daemon's id for the job.
+    pub job: u64,
+    /// The user who submitted it.
+    pub uid: u32,
+    /// The submitter's tag.
+    pub tag: String,
+    /// Where it is.
+    pub state: JobState,
+    /// Bytes written to the destination so far.
+    pub bytes: u64,
+    /// What it will move in all, when known.
+    pub total: Option<u64>,
+    /// Bytes per second over the last second or so (0 once finished).
+    pub rate: u64,
+    /// The strategy moving it.
+    pub strategy: Strategy,
+    /// Its scheduling class.
+    pub priority: Priority,
+    /// Its own rate limit, if any.
+    pub rate_limit: Option<u64>,
+    /// Whether it outlives the connection that submitted it.
+    pub detached: bool,
+    /// Time since admission (to the end, once finished), in microseconds.
+    pub elapsed_us: u64,
+}
+
+/// Counters of one strategy, in [`StatsReport::strategies`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategyStats {
+    /// The strategy counted.
+    pub strategy: Option<Strategy>,
+    /// Jobs of it that completed.
+    pub jobs_completed: u64,
+    /// Jobs of it that failed or were cancelled.
+    pub jobs_failed: u64,
+    /// Bytes it moved (finished and running jobs).
+    pub bytes: u64,
+    /// I/O operations (splices, reads, writes, sends, fsyncs) it completed.
+    pub ops: u64,
+}
+
+/// CRC-32C checksums of a verified job, in [`Event::Completed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    /// Of the bytes read from the source.
+    pub source: u32,
+    /// Of the bytes in the destination afterwards.
+    pub destination: u32,
+}
+
 /// What the daemon counts, answered to [`Request::Stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsReport {
@@ -216,8 +446,14 @@ pub struct StatsReport {
     pub uptime_ms: u64,
     /// Client connections open now.
     pub connections: u64,
-    /// Jobs moving bytes or waiting for a pipe now.
+    /// Jobs admitted and not finished (queued, running or throttled).
     pub jobs_running: u64,
+    /// Of those, jobs waiting for their first I/O slot.
+    pub jobs_queued: u64,
+    /// Of those, jobs waiting for a rate limit.
+    pub jobs_throttled: u64,
+    /// Of those, detached jobs.
+    pub jobs_detached: u64,
     /// Jobs that completed since start.
     pub jobs_completed: u64,
     /// Jobs that failed or were cancelled since start.
@@ -234,6 +470,22 @@ pub struct StatsReport {
     pub pipes_in_use: u64,
     /// The capacity of each pooled pipe, in bytes.
     pub pipe_capacity: u64,
+    /// I/O buffers the pool holds (direct and uncached strategies).
+    pub buffers_total: u64,
+    /// Buffers lent to jobs now.
+    pub buffers_in_use: u64,
+    /// The size of each buffer, in bytes.
+    pub buffer_size: u64,
+    /// Whether the buffers are registered with the ring (fixed reads and writes).
+    pub buffers_registered: bool,
+    /// Job I/O operations in flight now.
+    pub ops_in_flight: u64,
+    /// The daemon's cap on job I/O operations in flight.
+    pub max_ops_in_flight: u64,
+    /// The daemon's global rate limit in bytes per second, if any.
+    pub rate_limit: Option<u64>,
+    /// Counters per strategy: splice, direct, uncached.
+    pub strategies: Vec<StrategyStats>,
 }
 
 /// An event from the daemon to a client.
@@ -280,6 +532,10 @@ pub enum Event {
         /// differs from the one asked for (e.g. "the source is 93% in the
         /// page cache", "the file system refuses O_DIRECT").
         note: Option<String>,
+        /// Whether the destination was synced (fdatasync) before this event.
+        synced: bool,
+        /// The checksums, when verification was asked for.
+        checksums: Option<Checksums>,
     },
     /// The job failed, was cancelled or was refused (then `job` is `None`).
     Failed {
@@ -295,6 +551,40 @@ pub enum Event {
         message: String,
         /// Bytes written to the destination before the failure.
         bytes: u64,
+    },
+    /// The answer to [`Request::Cancel`]: the job is being cancelled; its
+    /// final event follows to its owner and watchers.
+    Cancelling {
+        /// The client's `req` of the Cancel.
+        req: u64,
+        /// The job.
+        job: u64,
+    },
+    /// The answer to [`Request::Status`].
+    Status {
+        /// The client's `req` of the Status.
+        req: u64,
+        /// The job.
+        info: JobInfo,
+    },
+    /// The answer to [`Request::Jobs`]: unfinished jobs, oldest first.
+    Jobs {
+        /// The client's `req` of the Jobs.
+        req: u64,
+        /// One entry per job the user may see.
+        jobs: Vec<JobInfo>,
+    },
+    /// A `Cancel` or `Status` that could not be done.
+    Refused {
+        /// The client's `req` of the request.
+        req: u64,
+        /// The job it named.
+        job: u64,
+        /// [`FailureKind::NoSuchJob`] or [`FailureKind::PermissionDenied`]
+        /// (another user's job).
+        kind: FailureKind,
+        /// A sentence saying why.
+        message: String,
     },
     /// The answer to [`Request::Stats`].
     Stats(StatsReport),

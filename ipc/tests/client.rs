@@ -18,7 +18,7 @@ use crossbeam_channel::RecvTimeoutError;
 use ringxfer_ipc::fdpass::send_with_fds;
 use ringxfer_ipc::{
     codec, default_socket_path, Client, ClientError, Completion, Event, FailureKind, JobError,
-    JobHandle, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, SubmitRequest,
+    JobHandle, Limits, Priority, ProtocolErrorKind, Request, StatsReport, Strategy, SubmitRequest,
     TransferOptions, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 
@@ -29,6 +29,9 @@ const LIMITS: Limits = Limits {
     max_frame: 64 * 1024,
     max_jobs_per_connection: 64,
     max_fds_per_message: 2,
+    max_jobs_per_user: 64,
+    max_queued_bytes_per_connection: 0,
+    max_queued_bytes_per_user: 0,
 };
 
 /// One recvmsg(2): up to `buf.len()` bytes and any descriptors that came with them.
@@ -233,6 +236,8 @@ fn completed(req: u64, job: u64, bytes: u64) -> Event {
         strategy: Strategy::Splice,
         elapsed_us: 1500,
         note: None,
+        synced: false,
+        checksums: None,
     }
 }
 
@@ -393,6 +398,7 @@ fn submit_passes_both_descriptors_and_completes() {
         dest_offset: 0,
         strategy: Strategy::Splice,
         progress: true,
+        ..TransferOptions::default()
     };
     let source = File::open(&src_path).expect("open source");
     let dest = File::create(&dst_path).expect("create dest");
@@ -416,6 +422,8 @@ fn submit_passes_both_descriptors_and_completes() {
             strategy: Strategy::Splice,
             elapsed: Duration::from_micros(1500),
             note: None,
+            synced: false,
+            checksums: None,
         })
     );
     assert!(job.is_finished());
@@ -438,6 +446,11 @@ fn submit_passes_both_descriptors_and_completes() {
             dest_offset: 0,
             strategy: Strategy::Splice,
             progress: true,
+            priority: Priority::Normal,
+            rate_limit: None,
+            detach: false,
+            fsync: false,
+            verify: false,
         }
     );
     assert_eq!(second_req, 2);
@@ -659,7 +672,10 @@ fn stats_round_trips_in_order_and_cancel_is_sent() {
                     n += 1;
                     peer.send(&Event::Stats(report(n)));
                 }
-                Request::Cancel { job } => return (n, job),
+                Request::Cancel { req, job } => {
+                    peer.send(&Event::Cancelling { req, job });
+                    return (n, job);
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -738,6 +738,9 @@ impl Engine {
                     max_frame: self.config.max_frame,
                     max_jobs_per_connection: self.config.max_jobs_per_connection as u32,
                     max_fds_per_message: MAX_FDS_PER_MESSAGE as u32,
+                    max_jobs_per_user: self.config.max_jobs_per_connection as u32,
+                    max_queued_bytes_per_connection: 0,
+                    max_queued_bytes_per_user: 0,
                 };
                 self.emit(
                     k,
@@ -759,7 +762,7 @@ impl Engine {
                     self.admit(k, submit, src, dst);
                 }
             }
-            Request::Cancel { job } => {
+            Request::Cancel { req, job } => {
                 let owned = self
                     .job_ids
                     .get(&job)
@@ -767,14 +770,21 @@ impl Engine {
                     .filter(|&jk| self.jobs.get(jk).is_some_and(|j| j.session == Some(k)));
                 match owned {
                     Some(jk) => {
+                        self.emit(k, &Event::Cancelling { req, job });
                         self.fail_job(jk, TransferError::cancelled("cancelled by the client"))
                     }
-                    None => debug!(
-                        job,
-                        "cancel for a job this connection does not own (already finished?)"
+                    None => self.emit(
+                        k,
+                        &Event::Refused {
+                            req,
+                            job,
+                            kind: FailureKind::NoSuchJob,
+                            message: format!("no job {job} is running"),
+                        },
                     ),
                 }
             }
+            Request::Status { .. } | Request::Wait { .. } | Request::Jobs { .. } => {}
             Request::Stats => {
                 let report = self.stats();
                 self.emit(k, &Event::Stats(report));
@@ -1261,6 +1271,8 @@ impl Engine {
                     strategy: job.copy.strategy(),
                     elapsed_us: elapsed.as_micros().min(u64::MAX as u128) as u64,
                     note: job.note.clone(),
+                    synced: false,
+                    checksums: None,
                 }
             }
             Some(e) => {
@@ -1325,6 +1337,7 @@ impl Engine {
             pipes_total: self.pipes.total() as u64,
             pipes_in_use: (self.pipes.total() - self.pipes.idle()) as u64,
             pipe_capacity: u64::from(self.pipes.pipe_capacity()),
+            ..StatsReport::default()
         }
     }
 }
@@ -1432,6 +1445,9 @@ fn request_name(req: &Request) -> &'static str {
         Request::Submit(_) => "Submit",
         Request::Cancel { .. } => "Cancel",
         Request::Stats => "Stats",
+        Request::Status { .. } => "Status",
+        Request::Wait { .. } => "Wait",
+        Request::Jobs { .. } => "Jobs",
     }
 }
 

@@ -86,6 +86,11 @@ fn submit_frame() -> Vec<u8> {
         dest_offset: 0,
         strategy: Strategy::Auto,
         progress: false,
+        priority: Default::default(),
+        rate_limit: None,
+        detach: false,
+        fsync: false,
+        verify: false,
     }))
 }
 

@@ -126,6 +126,7 @@ pub fn opts() -> TransferOptions {
         dest_offset: 0,
         strategy: Strategy::Auto,
         progress: false,
+        ..TransferOptions::default()
     }
 }
 

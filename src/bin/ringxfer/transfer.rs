@@ -39,6 +39,7 @@ pub fn run(
         strategy: plan.strategy,
         // Progress events cost the engine work; ask only when they are shown.
         progress: plan.progress,
+        ..TransferOptions::default()
     };
     let handle = engine
         .client()
