@@ -560,3 +560,259 @@ impl Drop for Daemon {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Job control: requests with a deadline, endless sources, stalled ends,
+// receivers that count, fairness.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ringxfer_ipc::{ClientError, JobInfo, StatsReport, StrategyStats};
+
+/// How long a control request (status, jobs, cancel, stats) may go
+/// unanswered before a test calls the daemon stuck.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const MIB: u64 = 1 << 20;
+
+/// Runs `f` on a thread and returns its result, panicking if it takes longer
+/// than `CONTROL_TIMEOUT`: a daemon that never answers a request must fail
+/// the test, not hang the suite. (The stuck thread is left behind.)
+pub fn answered<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(CONTROL_TIMEOUT) {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer from the daemon within {CONTROL_TIMEOUT:?}"),
+    }
+}
+
+/// A connected client that threads (and `answered`) can share.
+pub fn shared_client(d: &Daemon) -> Arc<Client> {
+    Arc::new(d.client())
+}
+
+/// `Client::status`, with a deadline.
+pub fn status_of(c: &Arc<Client>, job: u64) -> Result<JobInfo, ClientError> {
+    let c = Arc::clone(c);
+    answered(&format!("status({job})"), move || c.status(job))
+}
+
+/// `Client::jobs`, with a deadline; the request itself must succeed.
+pub fn jobs_of(c: &Arc<Client>) -> Vec<JobInfo> {
+    let c = Arc::clone(c);
+    answered("jobs()", move || c.jobs()).unwrap_or_else(|e| panic!("jobs(): {e:?}"))
+}
+
+/// `Client::cancel`, with a deadline.
+pub fn cancel_job(c: &Arc<Client>, job: u64) -> Result<(), ClientError> {
+    let c = Arc::clone(c);
+    answered(&format!("cancel({job})"), move || c.cancel(job))
+}
+
+/// `Client::stats`, with a deadline; the request itself must succeed.
+pub fn stats_of(c: &Arc<Client>) -> StatsReport {
+    let c = Arc::clone(c);
+    answered("stats()", move || c.stats()).unwrap_or_else(|e| panic!("stats(): {e:?}"))
+}
+
+/// The daemon's id for a submitted job, with a deadline.
+pub fn id_of(h: &JobHandle) -> u64 {
+    let h = h.clone();
+    answered("job id", move || h.job_id()).unwrap_or_else(|e| panic!("job id: {e:?}"))
+}
+
+/// Unwraps a refusal of kind `kind` and returns its message.
+pub fn refused<T: std::fmt::Debug>(
+    r: Result<T, ClientError>,
+    kind: ringxfer_ipc::FailureKind,
+    what: &str,
+) -> String {
+    match r {
+        Err(ClientError::Refused {
+            kind: k, message, ..
+        }) => {
+            assert_eq!(k, kind, "{what}: refused, but for {message:?}");
+            assert!(!message.trim().is_empty(), "{what}: empty refusal message");
+            message
+        }
+        other => panic!("{what}: expected Refused({kind:?}), got {other:?}"),
+    }
+}
+
+/// Polls `status(job)` until `cond` holds, returning that state; panics
+/// after `timeout` with the last state seen.
+pub fn status_until(
+    c: &Arc<Client>,
+    job: u64,
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut(&JobInfo) -> bool,
+) -> JobInfo {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = status_of(c, job).unwrap_or_else(|e| panic!("{what}: status({job}): {e:?}"));
+        if cond(&info) {
+            return info;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what}: condition not reached within {timeout:?}; last status {info:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The job with id `job` in a listing.
+pub fn find_job(list: &[JobInfo], job: u64) -> Option<&JobInfo> {
+    list.iter().find(|i| i.job == job)
+}
+
+/// The counters of `strategy` in a stats report (zeroes if absent).
+pub fn strategy_stats(s: &StatsReport, strategy: Strategy) -> StrategyStats {
+    s.strategies
+        .iter()
+        .find(|x| x.strategy == Some(strategy))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A memfd of `len` bytes that are all hole. Reading a shmem hole splices
+/// the shared zero page and allocates nothing, so even terabytes cost no
+/// memory: an endless, seekable, CPU-cheap source for long-running jobs.
+pub fn zero_source(len: u64) -> File {
+    // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"ringxfer-zero".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_len(len).expect("ftruncate memfd");
+    f
+}
+
+/// /dev/null opened write-only: a destination that takes anything at once.
+pub fn dev_null() -> File {
+    OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("open /dev/null")
+}
+
+/// A pipe shrunk to one page: (read end, write end). Passed as a destination
+/// with its read end never read, it stalls a job after at most 4 KiB, so
+/// the job's remaining length stays known.
+pub fn stalled_pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    let (r, w) = unsafe {
+        (
+            <File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]),
+            <File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fcntl on a descriptor we own; failure only leaves it larger.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    (r, w)
+}
+
+/// Starts a job that can never make progress on its own: it reads a socket
+/// nobody writes to, into /dev/null. Returns the handle and the silent
+/// writer, which the caller keeps (closing it ends the job with EOF).
+pub fn submit_idle(c: &Client, o: &TransferOptions) -> (JobHandle, UnixStream) {
+    let (writer, reader) = UnixStream::pair().expect("socketpair");
+    let null = dev_null();
+    let h = c
+        .submit(reader.as_fd(), null.as_fd(), o)
+        .unwrap_or_else(|e| panic!("submit idle job: {e:?}"));
+    (h, writer)
+}
+
+/// A thread that reads a stream to its end and counts the bytes, so a test
+/// can sample the count over a window of its own choosing.
+pub struct Drain {
+    count: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<std::io::Result<u64>>>,
+}
+
+impl Drain {
+    pub fn start(mut r: impl Read + Send + 'static) -> Drain {
+        let count = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&count);
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) => return Ok(c.load(Ordering::SeqCst)),
+                    Ok(n) => {
+                        c.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        Drain {
+            count,
+            thread: Some(thread),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to `timeout`) for the end of the stream; the total read.
+    pub fn finish(mut self, timeout: Duration) -> u64 {
+        let t = self.thread.take().expect("drain thread");
+        if !poll_until(timeout, || t.is_finished()) {
+            panic!("the drained stream did not end within {timeout:?}");
+        }
+        t.join()
+            .expect("drain thread panicked")
+            .unwrap_or_else(|e| panic!("drain read: {e}"))
+    }
+}
+
+/// The bytes a drain received per second over `window`, measured from the
+/// first sample after `settle` has passed since the first byte arrived
+/// (`settle` skips a token bucket's start-up burst and the first chunk).
+pub fn drain_rate(drain: &Drain, settle: Duration, window: Duration, what: &str) -> f64 {
+    if !poll_until(Duration::from_secs(10), || drain.bytes() > 0) {
+        panic!("{what}: no byte arrived within 10 s");
+    }
+    thread::sleep(settle);
+    let (t0, b0) = (Instant::now(), drain.bytes());
+    thread::sleep(window);
+    let (t1, b1) = (Instant::now(), drain.bytes());
+    (b1 - b0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// Jain's fairness index of the shares: 1 when all are equal, 1/n when one
+/// takes everything.
+pub fn jain(xs: &[f64]) -> f64 {
+    let sum: f64 = xs.iter().sum();
+    let sq: f64 = xs.iter().map(|x| x * x).sum();
+    if sq == 0.0 {
+        return 0.0;
+    }
+    sum * sum / (xs.len() as f64 * sq)
+}
+
+/// Whether the tests run as root (the other-user checks need it).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// This process's uid.
+pub fn my_uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}

@@ -1,0 +1,208 @@
+//! Rate limits: per job and for the whole daemon, measured by the receiving
+//! end of a socket; the Throttled state; limits on the buffered strategies.
+//!
+//! Sources are sparse memfds (zero pages), so nothing but the limit holds a
+//! job back. Rates are measured by a thread draining the socket, over a
+//! window that starts a second after the first byte (past a token bucket's
+//! start-up burst).
+
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::{Client, FailureKind, JobHandle, JobState, Strategy, TransferOptions};
+
+use crate::support::*;
+
+const ENDLESS: u64 = 1 << 50;
+const SETTLE: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// What the daemon's 5% target allows over `WINDOW`, plus 2.5 MiB: what can
+/// sit between the daemon and the receiver at each end of the window (a
+/// 1 MiB pooled pipe and the socket's buffer) blurs the count by that much.
+fn tolerance(rate: f64) -> f64 {
+    0.05 * rate + 2.5 * MIB as f64 / WINDOW.as_secs_f64()
+}
+
+/// An endless job into a Unix socket drained by a thread.
+fn submit_drained(c: &Client, o: &TransferOptions) -> (JobHandle, Drain, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let drain = Drain::start(theirs);
+    let src = zero_source(ENDLESS);
+    let h = c
+        .submit(src.as_fd(), ours.as_fd(), o)
+        .unwrap_or_else(|e| panic!("submit: {e:?}"));
+    (h, drain, ours)
+}
+
+/// Cancels a job and checks it ends as cancelled; then ends its drain.
+fn cancel_and_end(c: &std::sync::Arc<Client>, h: JobHandle, drain: Drain, ours: UnixStream) {
+    cancel_job(c, id_of(&h)).expect("cancel");
+    failed(
+        wait_within(h, Duration::from_secs(10)),
+        FailureKind::Cancelled,
+        "rate-limited job",
+    );
+    ours.shutdown(Shutdown::Both).unwrap();
+    drop(ours);
+    drain.finish(Duration::from_secs(10));
+}
+
+#[test]
+fn per_job_rate_limit_holds_within_five_percent() {
+    let d = Daemon::start();
+    let c = shared_client(&d);
+    let limit = 20 * MIB;
+    let (h, drain, ours) = submit_drained(
+        &c,
+        &TransferOptions {
+            rate_limit: Some(limit),
+            ..opts()
+        },
+    );
+    let rate = drain_rate(&drain, SETTLE, WINDOW, "20 MiB/s job");
+    let want = limit as f64;
+    eprintln!(
+        "limit {:.1} MiB/s, received {:.2} MiB/s",
+        want / MIB as f64,
+        rate / MIB as f64
+    );
+    assert!(
+        (rate - want).abs() <= tolerance(want),
+        "received {:.2} MiB/s under a {:.0} MiB/s limit (tolerance {:.2})",
+        rate / MIB as f64,
+        want / MIB as f64,
+        tolerance(want) / MIB as f64
+    );
+    let info = status_of(&c, id_of(&h)).expect("status");
+    assert_eq!(info.rate_limit, Some(limit), "{info:?}");
+    assert!(
+        info.rate as f64 > want * 0.5 && (info.rate as f64) < want * 1.5,
+        "the daemon's own rate of the job: {info:?}"
+    );
+    cancel_and_end(&c, h, drain, ours);
+}
+
+#[test]
+fn global_rate_limit_is_shared_by_two_jobs() {
+    let d = Daemon::start_with(&["--rate-limit", "20MiB"]);
+    let c = shared_client(&d);
+    let limit = 20 * MIB;
+    assert_eq!(stats_of(&c).rate_limit, Some(limit));
+    let (h1, drain1, ours1) = submit_drained(&c, &opts());
+    let (h2, drain2, ours2) = submit_drained(&c, &opts());
+    let both = poll_until(Duration::from_secs(10), || {
+        drain1.bytes() > 0 && drain2.bytes() > 0
+    });
+    assert!(both, "both jobs moved bytes");
+    thread::sleep(SETTLE);
+    let (t0, a0, b0) = (Instant::now(), drain1.bytes(), drain2.bytes());
+    thread::sleep(WINDOW);
+    let (a1, b1) = (drain1.bytes(), drain2.bytes());
+    let secs = t0.elapsed().as_secs_f64();
+    let (ra, rb) = ((a1 - a0) as f64 / secs, (b1 - b0) as f64 / secs);
+    let want = limit as f64;
+    eprintln!(
+        "global limit 20 MiB/s: jobs received {:.2} + {:.2} MiB/s",
+        ra / MIB as f64,
+        rb / MIB as f64
+    );
+    assert!(
+        (ra + rb - want).abs() <= 2.0 * tolerance(want),
+        "together {:.2} MiB/s under a global 20 MiB/s",
+        (ra + rb) / MIB as f64
+    );
+    assert!(
+        jain(&[ra, rb]) >= 0.9,
+        "the two jobs share unequally: {ra:.0} vs {rb:.0} B/s"
+    );
+    cancel_and_end(&c, h1, drain1, ours1);
+    cancel_and_end(&c, h2, drain2, ours2);
+}
+
+#[test]
+fn a_job_waiting_for_its_limit_shows_as_throttled() {
+    let d = Daemon::start();
+    let c = shared_client(&d);
+    let (h, drain, ours) = submit_drained(
+        &c,
+        &TransferOptions {
+            rate_limit: Some(MIB),
+            ..opts()
+        },
+    );
+    let id = id_of(&h);
+    let info = status_until(&c, id, Duration::from_secs(10), "throttled", |i| {
+        i.state == JobState::Throttled
+    });
+    assert_eq!(info.rate_limit, Some(MIB), "{info:?}");
+    let listed = jobs_of(&c);
+    assert!(find_job(&listed, id).is_some(), "{listed:?}");
+    let mut throttled = 0;
+    poll_until(Duration::from_secs(5), || {
+        throttled = stats_of(&c).jobs_throttled;
+        throttled == 1
+    });
+    assert_eq!(throttled, 1, "stats count the throttled job");
+    cancel_and_end(&c, h, drain, ours);
+}
+
+#[test]
+fn rate_limit_applies_to_every_strategy_of_file_copy() {
+    let d = Daemon::start();
+    let c = shared_client(&d);
+    let dir = tmpdir();
+    // 8 MiB at 8 MiB/s: about a second; at least half of it even if the
+    // bucket starts with a whole pipe or buffer's worth, or more, of tokens.
+    const LEN: usize = 8 << 20;
+    let limit = 8 * MIB;
+    for (i, strategy) in [Strategy::Splice, Strategy::Direct, Strategy::Uncached]
+        .into_iter()
+        .enumerate()
+    {
+        let (src, data) = make_file(dir.path(), &format!("{strategy}.src"), LEN, i as u64);
+        let dst = dir.path().join(format!("{strategy}.dst"));
+        let flags = if strategy == Strategy::Direct {
+            libc::O_DIRECT
+        } else {
+            0
+        };
+        let s = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&src)
+            .unwrap();
+        let t = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(flags)
+            .open(&dst)
+            .unwrap();
+        let started = Instant::now();
+        let h = c
+            .submit(
+                s.as_fd(),
+                t.as_fd(),
+                &TransferOptions {
+                    strategy,
+                    rate_limit: Some(limit),
+                    ..opts()
+                },
+            )
+            .unwrap();
+        let done = completed(wait(h), strategy.name());
+        let took = started.elapsed();
+        eprintln!("{strategy}: 8 MiB at 8 MiB/s took {took:?}");
+        assert_eq!(done.strategy, strategy);
+        assert_file_eq(&dst, &data);
+        assert!(
+            took >= Duration::from_millis(500) && took <= Duration::from_secs(10),
+            "{strategy}: 8 MiB under an 8 MiB/s limit took {took:?}"
+        );
+    }
+}
