@@ -135,6 +135,8 @@ pub struct BufferCopy {
     touched: bool,
     failure: Option<TransferError>,
     saved_flags: Vec<SavedFlags>,
+    /// The most one read moves (a rate limit's piece; else the buffer's size).
+    piece_limit: u64,
 }
 
 impl BufferCopy {
@@ -192,8 +194,22 @@ impl BufferCopy {
             touched: false,
             failure: None,
             saved_flags,
+            piece_limit: u64::MAX,
         };
         BufferCopy { tail, ..copy }
+    }
+
+    pub fn endpoints(&self) -> Rc<Endpoints> {
+        Rc::clone(&self.ends)
+    }
+
+    /// Caps each read at `bytes`, rounded down to the O_DIRECT alignment
+    /// (at least one block), so every offset stays aligned.
+    pub fn set_piece_limit(&mut self, bytes: u64) {
+        self.piece_limit = match self.mode {
+            IoMode::Direct { align } => (bytes / align).max(1) * align,
+            IoMode::Uncached => bytes.max(1),
+        };
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -756,7 +772,9 @@ impl BufferCopy {
                 let Some(chunk) = self.chunks[slot].as_mut() else {
                     return Ok(());
                 };
-                chunk.want = (self.total - self.assigned).min(u64::from(chunk.buf.len));
+                chunk.want = (self.total - self.assigned)
+                    .min(u64::from(chunk.buf.len))
+                    .min(self.piece_limit);
                 chunk.len = chunk.want;
                 chunk.done = 0;
                 chunk.step = Step::Reading;
@@ -775,7 +793,7 @@ impl BufferCopy {
                 let Some(chunk) = self.chunks[slot].as_mut() else {
                     return Ok(());
                 };
-                let cap = u64::from(chunk.buf.len);
+                let cap = u64::from(chunk.buf.len).min(self.piece_limit);
                 chunk.rel = self.assigned;
                 let end = if tail_now { self.total } else { body };
                 chunk.want = (end - self.assigned).min(cap);

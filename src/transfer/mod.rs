@@ -8,6 +8,7 @@ pub mod buffered;
 pub mod choose;
 pub mod dio;
 pub mod splice;
+pub mod verify;
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -133,6 +134,23 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.total(),
             Mover::Buffered(c) => c.total(),
+        }
+    }
+
+    /// The job's descriptors, shared with its operations.
+    pub fn endpoints(&self) -> Option<Rc<Endpoints>> {
+        match self {
+            Mover::Splice(c) => Some(c.endpoints()),
+            Mover::Buffered(c) => Some(c.endpoints()),
+        }
+    }
+
+    /// Moves at most `bytes` per operation (rounded to the O_DIRECT
+    /// alignment where there is one), so rate limits hold over short windows.
+    pub fn set_piece_limit(&mut self, bytes: u64) {
+        match self {
+            Mover::Splice(c) => c.piece_limit = bytes.max(1),
+            Mover::Buffered(c) => c.set_piece_limit(bytes),
         }
     }
 
