@@ -310,6 +310,9 @@ impl Engine {
         if let Some(piece) = piece {
             copy.set_piece_limit(piece);
         }
+        if submit.verify {
+            copy.checksum_source();
+        }
         let key = self.jobs.insert(Job {
             id,
             req,
@@ -582,7 +585,13 @@ impl Engine {
         if job.verify && job.verifier.is_none() {
             let total = job.copy.moved();
             let (src_start, dst_start) = job.range;
-            job.verifier = Some(Verifier::new(ends, src_start, dst_start, total));
+            let known = job.copy.source_checksum();
+            debug!(
+                job = job.id,
+                source_read_again = known.is_none(),
+                "verifying"
+            );
+            job.verifier = Some(Verifier::new(ends, (src_start, dst_start), total, known));
             job.phase = Phase::Verify;
             if self.buffers.total() == 0 {
                 job.late_failure = Some(TransferError::new(

@@ -145,6 +145,22 @@ impl Mover {
         }
     }
 
+    /// Asks for the source's checksum to be computed in passing, where the
+    /// bytes go through memory (the buffered strategies).
+    pub fn checksum_source(&mut self) {
+        if let Mover::Buffered(c) = self {
+            c.checksum_source();
+        }
+    }
+
+    /// The source's checksum computed in passing, if it was and is complete.
+    pub fn source_checksum(&self) -> Option<u32> {
+        match self {
+            Mover::Buffered(c) => c.source_checksum(),
+            Mover::Splice(_) => None,
+        }
+    }
+
     /// Moves at most `bytes` per operation (rounded to the O_DIRECT
     /// alignment where there is one), so rate limits hold over short windows.
     pub fn set_piece_limit(&mut self, bytes: u64) {

@@ -30,6 +30,9 @@ pub struct Verifier {
     piece: u64,
     crc_src: u32,
     crc_dst: u32,
+    /// The source's CRC-32C computed while copying: only the destination
+    /// is read back.
+    src_known: Option<u32>,
     buf: Option<BufRef>,
     busy: Option<u64>,
     done: bool,
@@ -39,7 +42,12 @@ pub struct Verifier {
 impl Verifier {
     /// Verifies `total` bytes at `src_start` of the source against
     /// `dst_start` of the destination.
-    pub fn new(ends: Rc<Endpoints>, src_start: u64, dst_start: u64, total: u64) -> Verifier {
+    pub fn new(
+        ends: Rc<Endpoints>,
+        (src_start, dst_start): (u64, u64),
+        total: u64,
+        src_known: Option<u32>,
+    ) -> Verifier {
         Verifier {
             ends,
             src_start,
@@ -47,8 +55,9 @@ impl Verifier {
             total,
             pos: 0,
             piece: 0,
-            crc_src: 0,
+            crc_src: src_known.unwrap_or(0),
             crc_dst: 0,
+            src_known,
             buf: None,
             busy: None,
             done: total == 0,
@@ -181,7 +190,7 @@ impl Verifier {
             // The destination is shorter than what was copied: the sums
             // differ (unless by chance), and there is nothing more to read.
             self.done = true;
-            self.crc_dst = !self.crc_src;
+            self.crc_dst = !self.src_known.unwrap_or(self.crc_src);
             self.release(out);
             return;
         }
@@ -201,6 +210,13 @@ impl Verifier {
         if self.pos >= self.total {
             self.done = true;
             self.release(out);
+            return;
+        }
+        if self.src_known.is_some() {
+            if let Some(buf) = self.buf {
+                self.piece = (self.total - self.pos).min(u64::from(buf.len));
+            }
+            self.read(true, owner, io, out);
             return;
         }
         self.read(false, owner, io, out);
