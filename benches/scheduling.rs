@@ -1,0 +1,686 @@
+//! How the daemon shares itself among jobs: fairness between equal jobs,
+//! the latency of small jobs behind a huge one, and rate-limit accuracy.
+//!
+//! ```text
+//! cargo bench --bench scheduling
+//! RINGXFER_BENCH_FAIR_SIZE=2GiB RINGXFER_BENCH_RATE_SECS=5 cargo bench --bench scheduling
+//! RINGXFER_BENCH_DAEMON_ARGS="--max-inflight 8" cargo bench --bench scheduling
+//! ```
+//!
+//! A. Fairness: four equal jobs at once, each from its own source, each
+//!    from its own connection. Every second the bytes each job moved are
+//!    read from the daemon's job listing (one snapshot, so the four counts
+//!    are taken at the same instant), and Jain's index of the four shares is
+//!    computed per 1-s window: 1 when equal, 0.25 when one job takes all.
+//!    Workloads: zero pages (a sparse memfd) into /dev/null, where only the
+//!    daemon limits the rate, with the default in-flight cap and with
+//!    `--max-inflight 3` (three slots for four jobs, so the scheduler always
+//!    chooses); and file-to-file copies with the page cache hot, which run
+//!    at memory speed and are over in about a second, so their windows are
+//!    100 ms. Windows count while all four jobs run.
+//! B. Latency: 100 copies of 64 KiB files submitted at once, alone and then
+//!    behind a huge job (zero pages into /dev/null, endless) submitted
+//!    first. Per-job latency is from the submit to the completion event; the
+//!    ratio busy/alone is the price the huge job makes small ones pay.
+//! C. Rate-limit accuracy: one job (zero pages into a loopback TCP socket
+//!    read by a thread) at 10, 20 and 50 MiB/s; the receiver's byte count
+//!    over RINGXFER_BENCH_RATE_SECS (default 10 s), starting 1 s after the
+//!    first byte, divided by the limit.
+//!
+//! Targets: Jain's index >= 0.9 in every window; rate within 5% of the
+//! limit. The latency ratio is reported without a target.
+
+// This bench needs the daemon, the source files, the host and the
+// statistics of the shared module, not its CPU clocks or its TCP receiver.
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::{Client, JobHandle, JobInfo, Strategy, TransferOptions};
+
+use support::{
+    bench_dir, daemon_binary, env_daemon_args, env_rounds, env_size, fmt_list, median,
+    mem_available, print_daemon, print_host, write_source, Daemon, Result, GIB,
+};
+
+const MIB: u64 = 1 << 20;
+/// A source nothing here outlives: 1 PiB of zero pages.
+const ENDLESS: u64 = 1 << 50;
+const JOBS: usize = 4;
+/// Fairness windows per workload, at most.
+const WINDOWS: usize = 5;
+const JAIN_TARGET: f64 = 0.9;
+const SECOND: Duration = Duration::from_secs(1);
+/// Hot file copies run at memory speed: a GiB each is over in about a
+/// second, so their windows are shorter.
+const FILE_WINDOW: Duration = Duration::from_millis(100);
+const RATE_TOLERANCE: f64 = 0.05;
+const SMALL: usize = 64 << 10;
+const SMALL_JOBS: usize = 100;
+const RATE_LIMITS_MIB: [u64; 3] = [10, 20, 50];
+/// How long any job here may take to finish or to start moving.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter here.
+    support::exit("scheduling", run());
+}
+
+struct Settings {
+    fair_size: u64,
+    rate_secs: u64,
+    rounds: usize,
+    daemon_args: Vec<String>,
+}
+
+fn settings() -> Result<Settings> {
+    let rate_secs = match std::env::var("RINGXFER_BENCH_RATE_SECS") {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("RINGXFER_BENCH_RATE_SECS={s:?}: want whole seconds >= 1"))?,
+        Err(_) => 10,
+    };
+    Ok(Settings {
+        fair_size: env_size("RINGXFER_BENCH_FAIR_SIZE", 1 << 30)?,
+        rate_secs,
+        rounds: env_rounds()?,
+        daemon_args: env_daemon_args(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Sources, destinations and the daemon
+
+/// A memfd of `len` bytes of hole: reading it splices the zero page, so it
+/// costs neither memory nor disk.
+fn zero_source(len: u64) -> Result<File> {
+    // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"ringxfer-bench-zero".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len)
+        .map_err(|e| format!("ftruncate memfd: {e}"))?;
+    Ok(file)
+}
+
+fn dev_null() -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))
+}
+
+/// A daemon on a socket of its own, and the directory holding it.
+struct Running {
+    /// Held for its Drop, which stops the daemon.
+    _daemon: Daemon,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(bin: &Path, args: &[String]) -> Result<Running> {
+        let dir = bench_dir("scheduling-daemon-")?;
+        let socket = dir.path().join("ringxferd.sock");
+        let daemon = Daemon::start(bin, &socket, args)?;
+        Ok(Running {
+            _daemon: daemon,
+            socket,
+            _dir: dir,
+        })
+    }
+
+    fn client(&self) -> Result<Client> {
+        Client::connect(&self.socket).map_err(|e| format!("connect: {e}"))
+    }
+}
+
+fn splice() -> TransferOptions {
+    TransferOptions {
+        strategy: Strategy::Splice,
+        tag: "bench".into(),
+        ..TransferOptions::default()
+    }
+}
+
+fn submit(c: &Client, src: &File, dst: &File, o: &TransferOptions) -> Result<JobHandle> {
+    c.submit(src.as_fd(), dst.as_fd(), o)
+        .map_err(|e| format!("submit: {e}"))
+}
+
+fn jobs(c: &Client) -> Result<Vec<JobInfo>> {
+    c.jobs().map_err(|e| format!("jobs: {e}"))
+}
+
+fn cancel_all(c: &Client, handles: Vec<JobHandle>) -> Result<()> {
+    for h in &handles {
+        let id = h.job_id().map_err(|e| format!("job id: {e}"))?;
+        // Refused only if it finished meanwhile, which is as good.
+        let _ = c.cancel(id);
+    }
+    for h in handles {
+        if h.wait_timeout(Duration::from_secs(30)).is_none() {
+            return Err("a cancelled job did not end within 30 s".into());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every job in `ids` has moved a byte.
+fn wait_moving(c: &Client, ids: &[u64]) -> Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let list = jobs(c)?;
+        let moving = ids
+            .iter()
+            .all(|id| list.iter().any(|i| i.job == *id && i.bytes > 0));
+        if moving {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("jobs {ids:?} did not all start"));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Jain's fairness index: (sum x)^2 / (n sum x^2).
+fn jain(xs: &[f64]) -> f64 {
+    let sum: f64 = xs.iter().sum();
+    let sq: f64 = xs.iter().map(|x| x * x).sum();
+    if sq == 0.0 {
+        return 0.0;
+    }
+    sum * sum / (xs.len() as f64 * sq)
+}
+
+// ---------------------------------------------------------------------------
+// A. Fairness
+
+enum Workload<'a> {
+    /// Zero pages into /dev/null, endless.
+    Zero,
+    /// These sources, copied into fresh files in `dir`.
+    Files(&'a [PathBuf], &'a Path),
+}
+
+struct Fairness {
+    name: String,
+    window: Duration,
+    windows: Vec<f64>,
+    /// Per job, MiB/s over all windows.
+    per_job: Vec<f64>,
+}
+
+fn fairness(
+    bin: &Path,
+    args: &[String],
+    name: &str,
+    window: Duration,
+    work: Workload<'_>,
+) -> Result<Fairness> {
+    let running = Running::start(bin, args)?;
+    let ctl = running.client()?;
+    let clients: Vec<Client> = (0..JOBS).map(|_| running.client()).collect::<Result<_>>()?;
+    let mut handles = Vec::new();
+    let mut dsts = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let h = match &work {
+            Workload::Zero => submit(c, &zero_source(ENDLESS)?, &dev_null()?, &splice())?,
+            Workload::Files(srcs, dir) => {
+                let src = File::open(&srcs[i]).map_err(|e| format!("open source: {e}"))?;
+                let path = dir.join(format!("fair-{i}.dst"));
+                let dst = File::create(&path).map_err(|e| format!("create: {e}"))?;
+                dsts.push(path);
+                submit(c, &src, &dst, &splice())?
+            }
+        };
+        handles.push(h);
+    }
+    let ids: Vec<u64> = handles
+        .iter()
+        .map(|h| h.job_id().map_err(|e| format!("job id: {e}")))
+        .collect::<Result<_>>()?;
+    wait_moving(&ctl, &ids)?;
+
+    let start = Instant::now();
+    let mut last = jobs(&ctl)?;
+    let mut windows = Vec::new();
+    let mut moved = [0u64; JOBS];
+    for w in 1..=WINDOWS {
+        let tick = start + window * w as u32;
+        thread::sleep(tick.saturating_duration_since(Instant::now()));
+        let now = jobs(&ctl)?;
+        // A window counts only while all four run.
+        let deltas: Option<Vec<u64>> = ids
+            .iter()
+            .map(|id| {
+                let a = last.iter().find(|i| i.job == *id)?.bytes;
+                let b = now.iter().find(|i| i.job == *id)?.bytes;
+                Some(b - a)
+            })
+            .collect();
+        let Some(deltas) = deltas else { break };
+        for (m, d) in moved.iter_mut().zip(&deltas) {
+            *m += d;
+        }
+        windows.push(jain(&deltas.iter().map(|&d| d as f64).collect::<Vec<_>>()));
+        last = now;
+    }
+    let secs = windows.len().max(1) as f64 * window.as_secs_f64();
+    let per_job = moved
+        .iter()
+        .map(|&m| m as f64 / MIB as f64 / secs)
+        .collect();
+
+    match work {
+        Workload::Zero => cancel_all(&ctl, handles)?,
+        Workload::Files(srcs, _) => {
+            for (h, (dst, src)) in handles.into_iter().zip(dsts.iter().zip(srcs.iter())) {
+                let done = h.wait().map_err(|e| format!("fair copy: {e}"))?;
+                let want = fs::metadata(src).map_err(|e| format!("stat: {e}"))?.len();
+                let got = fs::metadata(dst).map_err(|e| format!("stat: {e}"))?.len();
+                if done.bytes != want || got != want {
+                    return Err(format!(
+                        "fair copy moved {} bytes, destination {got}, source {want}",
+                        done.bytes
+                    ));
+                }
+                fs::remove_file(dst).map_err(|e| format!("remove: {e}"))?;
+            }
+        }
+    }
+    Ok(Fairness {
+        name: name.into(),
+        window,
+        windows,
+        per_job,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// B. Latency of small jobs
+
+struct Round {
+    total: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// Submits the 100 small copies at once; per-job latency from each submit
+/// to its completion event, in milliseconds.
+fn small_round(c: &Client, srcs: &[PathBuf], dir: &Path) -> Result<Round> {
+    // Every descriptor is opened first, so the submits go out back to back
+    // and the jobs really queue behind each other (and the huge one).
+    let files: Vec<(File, File)> = srcs
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            let s = File::open(src).map_err(|e| format!("open: {e}"))?;
+            let d = File::create(dir.join(format!("small-{i}.dst")))
+                .map_err(|e| format!("create: {e}"))?;
+            Ok((s, d))
+        })
+        .collect::<Result<_>>()?;
+    let (tx, rx) = mpsc::channel();
+    let t = Instant::now();
+    let mut handles = Vec::with_capacity(srcs.len());
+    for (s, d) in &files {
+        let submitted = Instant::now();
+        let tx = tx.clone();
+        let h = c
+            .submit_with_callback(s.as_fd(), d.as_fd(), &splice(), move |r| {
+                let _ = tx.send((submitted.elapsed(), Instant::now(), r.map(|c| c.bytes)));
+            })
+            .map_err(|e| format!("submit: {e}"))?;
+        handles.push(h);
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(srcs.len());
+    let mut last = t;
+    for _ in 0..srcs.len() {
+        let (l, at, r) = rx
+            .recv_timeout(TIMEOUT)
+            .map_err(|_| "a small job did not finish".to_string())?;
+        match r {
+            Ok(b) if b == SMALL as u64 => {}
+            other => return Err(format!("small job: {other:?}")),
+        }
+        lat.push(l.as_secs_f64() * 1e3);
+        last = last.max(at);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    Ok(Round {
+        total: (last - t).as_secs_f64() * 1e3,
+        p50: pick(0.5),
+        p99: pick(0.99),
+    })
+}
+
+struct Latency {
+    alone: Vec<Round>,
+    busy: Vec<Round>,
+    /// The huge job's rate while the small ones ran, GiB/s.
+    huge_rate: Vec<f64>,
+}
+
+fn latency(bin: &Path, args: &[String], rounds: usize, dir: &Path) -> Result<Latency> {
+    let srcs: Vec<PathBuf> = (0..SMALL_JOBS)
+        .map(|i| {
+            let p = dir.join(format!("small-{i}.src"));
+            let bytes: Vec<u8> = (0..SMALL)
+                .map(|b| (b as u64 * 31 + i as u64) as u8)
+                .collect();
+            fs::write(&p, bytes)
+                .map(|()| p)
+                .map_err(|e| format!("write: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    let running = Running::start(bin, args)?;
+    let ctl = running.client()?;
+    let small = running.client()?;
+    let huge_client = running.client()?;
+    // Unmeasured: first touches of the destinations and the daemon's pools.
+    small_round(&small, &srcs, dir)?;
+    let mut out = Latency {
+        alone: Vec::new(),
+        busy: Vec::new(),
+        huge_rate: Vec::new(),
+    };
+    for _ in 0..rounds {
+        out.alone.push(small_round(&small, &srcs, dir)?);
+        let huge = submit(
+            &huge_client,
+            &zero_source(ENDLESS)?,
+            &dev_null()?,
+            &splice(),
+        )?;
+        let id = huge.job_id().map_err(|e| format!("job id: {e}"))?;
+        wait_moving(&ctl, &[id])?;
+        let b0 = ctl.status(id).map_err(|e| format!("status: {e}"))?.bytes;
+        let t0 = Instant::now();
+        out.busy.push(small_round(&small, &srcs, dir)?);
+        let b1 = ctl.status(id).map_err(|e| format!("status: {e}"))?.bytes;
+        out.huge_rate
+            .push((b1 - b0) as f64 / GIB / t0.elapsed().as_secs_f64());
+        cancel_all(&ctl, vec![huge])?;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// C. Rate-limit accuracy
+
+/// A loopback TCP receiver counting the bytes of one connection.
+struct Counter {
+    count: Arc<AtomicU64>,
+    thread: JoinHandle<io::Result<u64>>,
+}
+
+impl Counter {
+    /// Returns the counter and the connected sending end.
+    fn start() -> Result<(Counter, TcpStream)> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("local_addr: {e}"))?;
+        let send = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        let count = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&count);
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => return Ok(c.load(Ordering::SeqCst)),
+                    Ok(n) => {
+                        c.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        Ok((Counter { count, thread }, send))
+    }
+
+    fn bytes(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+struct RateRow {
+    limit_mib: u64,
+    measured_mib: f64,
+    /// The daemon's own idea of the job's rate at the end.
+    reported_mib: f64,
+}
+
+fn rate_accuracy(bin: &Path, args: &[String], secs: u64) -> Result<Vec<RateRow>> {
+    let running = Running::start(bin, args)?;
+    let c = running.client()?;
+    let mut rows = Vec::new();
+    for limit_mib in RATE_LIMITS_MIB {
+        let (counter, send) = Counter::start()?;
+        let o = TransferOptions {
+            rate_limit: Some(limit_mib * MIB),
+            ..splice()
+        };
+        let src = zero_source(ENDLESS)?;
+        let h = c
+            .submit(src.as_fd(), send.as_fd(), &o)
+            .map_err(|e| format!("submit: {e}"))?;
+        let id = h.job_id().map_err(|e| format!("job id: {e}"))?;
+        let deadline = Instant::now() + TIMEOUT;
+        while counter.bytes() == 0 {
+            if Instant::now() > deadline {
+                return Err("the rate-limited job sent nothing".into());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_secs(1));
+        let (t0, b0) = (Instant::now(), counter.bytes());
+        thread::sleep(Duration::from_secs(secs));
+        let (t1, b1) = (Instant::now(), counter.bytes());
+        let reported = c.status(id).map_err(|e| format!("status: {e}"))?.rate;
+        cancel_all(&c, vec![h])?;
+        send.shutdown(Shutdown::Both)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        drop(send);
+        let _ = counter.thread.join();
+        rows.push(RateRow {
+            limit_mib,
+            measured_mib: (b1 - b0) as f64 / MIB as f64 / (t1 - t0).as_secs_f64(),
+            reported_mib: reported as f64 / MIB as f64,
+        });
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------
+
+fn run() -> Result<()> {
+    let cfg = settings()?;
+    let bin = daemon_binary()?;
+    let tmp = bench_dir("scheduling-")?;
+    let dir = tmp.path();
+
+    println!("ringxfer scheduling bench");
+    print_host(mem_available());
+    print_daemon(&bin, &cfg.daemon_args);
+    println!(
+        "  fairness: {JOBS} jobs, {WINDOWS} windows of 1 s at most; file copies of {:.2} GiB each",
+        cfg.fair_size as f64 / GIB
+    );
+    println!(
+        "  latency: {SMALL_JOBS} x {} KiB copies, {} round(s) after a warm-up; rate limits over {} s",
+        SMALL >> 10,
+        cfg.rounds,
+        cfg.rate_secs
+    );
+
+    // A. Fairness.
+    let t = Instant::now();
+    let srcs: Vec<PathBuf> = (0..JOBS)
+        .map(|i| {
+            let p = dir.join(format!("fair-{i}.src"));
+            write_source(&p, cfg.fair_size).map(|()| p)
+        })
+        .collect::<Result<_>>()?;
+    println!(
+        "  wrote {JOBS} sources in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(cfg.daemon_args.iter().cloned());
+        v
+    };
+    let fair = vec![
+        fairness(
+            &bin,
+            &with(&[]),
+            "zero -> /dev/null",
+            SECOND,
+            Workload::Zero,
+        )?,
+        fairness(
+            &bin,
+            &with(&["--max-inflight", "3"]),
+            "zero -> /dev/null, --max-inflight 3",
+            SECOND,
+            Workload::Zero,
+        )?,
+        fairness(
+            &bin,
+            &with(&[]),
+            "file -> file (hot)",
+            FILE_WINDOW,
+            Workload::Files(&srcs, dir),
+        )?,
+    ];
+    for p in &srcs {
+        let _ = fs::remove_file(p);
+    }
+
+    // B. Latency.
+    let lat = latency(&bin, &cfg.daemon_args, cfg.rounds, dir)?;
+
+    // C. Rate limits.
+    let rates = rate_accuracy(&bin, &cfg.daemon_args, cfg.rate_secs)?;
+
+    println!();
+    println!("A. fairness (Jain's index per window; target >= {JAIN_TARGET})");
+    println!(
+        "  {:<38} {:>7} {:>7} {:>6} {:>6}  per-job MiB/s",
+        "workload", "window", "windows", "min", "median"
+    );
+    let mut fair_json = Vec::new();
+    for f in &fair {
+        let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(f.windows.clone()).unwrap_or(f64::NAN);
+        let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
+        println!(
+            "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}{}",
+            f.name,
+            f.window.as_millis(),
+            f.windows.len(),
+            min,
+            med,
+            fmt_list(&f.per_job),
+            if pass { "PASS" } else { "FAIL" },
+            if f.windows.len() < 2 {
+                "  (too short: raise RINGXFER_BENCH_FAIR_SIZE)"
+            } else {
+                ""
+            }
+        );
+        fair_json.push(serde_json::json!({
+            "workload": f.name, "window_ms": f.window.as_millis() as u64, "windows": f.windows, "per_job_mib_s": f.per_job, "pass": pass,
+        }));
+    }
+
+    println!();
+    println!("B. latency of {SMALL_JOBS} small jobs (ms; medians of rounds)");
+    let med =
+        |v: &[Round], f: fn(&Round) -> f64| median(v.iter().map(f).collect()).unwrap_or(f64::NAN);
+    let (at, ab) = (med(&lat.alone, |r| r.total), med(&lat.busy, |r| r.total));
+    let (a50, b50) = (med(&lat.alone, |r| r.p50), med(&lat.busy, |r| r.p50));
+    let (a99, b99) = (med(&lat.alone, |r| r.p99), med(&lat.busy, |r| r.p99));
+    println!("  {:<26} {:>9} {:>9} {:>9}", "", "all done", "p50", "p99");
+    println!("  {:<26} {at:>9.2} {a50:>9.2} {a99:>9.2}", "alone");
+    println!(
+        "  {:<26} {ab:>9.2} {b50:>9.2} {b99:>9.2}",
+        "behind a huge job"
+    );
+    println!(
+        "  {:<26} {:>9.2} {:>9.2} {:>9.2}",
+        "ratio busy/alone",
+        ab / at,
+        b50 / a50,
+        b99 / a99
+    );
+    println!(
+        "  the huge job meanwhile: {} GiB/s",
+        fmt_list(&lat.huge_rate)
+    );
+
+    println!();
+    println!(
+        "C. rate-limit accuracy over {} s (target within {:.0}%)",
+        cfg.rate_secs,
+        RATE_TOLERANCE * 100.0
+    );
+    println!(
+        "  {:>10} {:>12} {:>8} {:>8} {:>16}",
+        "limit", "received", "ratio", "error", "daemon's rate"
+    );
+    let mut rate_json = Vec::new();
+    for r in &rates {
+        let ratio = r.measured_mib / r.limit_mib as f64;
+        let pass = (ratio - 1.0).abs() <= RATE_TOLERANCE;
+        println!(
+            "  {:>6} MiB/s {:>6.2} MiB/s {:>8.3} {:>7.1}% {:>10.2} MiB/s {}",
+            r.limit_mib,
+            r.measured_mib,
+            ratio,
+            (ratio - 1.0) * 100.0,
+            r.reported_mib,
+            if pass { "PASS" } else { "FAIL" }
+        );
+        rate_json.push(serde_json::json!({
+            "limit_mib_s": r.limit_mib, "received_mib_s": r.measured_mib,
+            "ratio": ratio, "daemon_rate_mib_s": r.reported_mib, "pass": pass,
+        }));
+    }
+    let json = serde_json::json!({
+        "bench": "scheduling",
+        "fairness": fair_json,
+        "latency_ms": {
+            "alone": {"all_done": at, "p50": a50, "p99": a99},
+            "busy": {"all_done": ab, "p50": b50, "p99": b99},
+            "ratio_all_done": ab / at,
+        },
+        "rate_limits": rate_json,
+    });
+    println!("RESULT_JSON {json}");
+    Ok(())
+}
