@@ -14,6 +14,7 @@ mod jobcontrol;
 mod lifecycle;
 mod pagecache;
 mod protocol_abuse;
+mod publish;
 mod ratelimit;
 mod robustness;
 mod scheduling;
