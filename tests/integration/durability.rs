@@ -218,14 +218,20 @@ fn verify_into_a_write_only_destination_is_an_invalid_request() {
     let d = Daemon::start();
     let c = d.client();
     let dir = tmpdir();
-    let (src, _) = make_file(dir.path(), "wo.src", 100_000, 9);
-    // The direct strategy may checksum its own buffers (see
-    // SubmitRequest::verify), so only the strategies that must read back.
-    for strategy in [Strategy::Splice, Strategy::Uncached] {
+    let (src, _) = make_file(dir.path(), "wo.src", 128 << 10, 9);
+    // Every strategy reads the destination back (direct from the device).
+    for strategy in STRATEGIES {
+        let t = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(o_direct_if(strategy))
+            .open(dir.path().join(format!("{strategy}.dst")))
+            .unwrap();
         let h = c
             .submit(
-                open_src(&src).as_fd(),
-                create_dst(&dir.path().join(format!("{strategy}.dst"))).as_fd(),
+                source_for(&src, strategy).as_fd(),
+                t.as_fd(),
                 &with(strategy, false, true),
             )
             .unwrap();
@@ -266,4 +272,32 @@ fn verify_into_a_socket_or_pipe_is_an_invalid_request() {
         );
     }
     copy_and_check(&c, dir.path(), "after", 10_000, 2);
+}
+
+#[test]
+fn verify_into_an_append_only_destination_is_an_invalid_request() {
+    let d = Daemon::start();
+    let c = d.client();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "append.src", 100_000, 11);
+    let dst = dir.path().join("append.dst");
+    std::fs::write(&dst, b"kept").unwrap();
+    let t = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&dst)
+        .unwrap();
+    let h = c
+        .submit(
+            open_src(&src).as_fd(),
+            t.as_fd(),
+            &with(Strategy::Auto, false, true),
+        )
+        .unwrap();
+    failed(
+        wait(h),
+        FailureKind::InvalidRequest,
+        "verify into an O_APPEND file",
+    );
+    assert_file_eq(&dst, b"kept");
 }

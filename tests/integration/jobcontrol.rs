@@ -154,6 +154,7 @@ fn detached_job_survives_its_connection_and_is_followed_from_another() {
     assert_eq!(stats_of(&b).jobs_detached, 1);
 
     let w = b.wait_job(job, false).unwrap();
+    assert_eq!(id_of(&w), job, "the watcher's Accepted names the job");
     writer.write_all(&data).unwrap();
     drop(writer);
     let done = completed(wait(w), "waiting for the detached job");
@@ -679,12 +680,174 @@ fn stats_count_jobs_ops_and_bytes_per_strategy() {
     );
 }
 
+#[test]
+fn a_queued_job_shows_as_queued_and_can_be_cancelled() {
+    // One slot, held by a job stalled on a pipe nobody reads: whatever comes
+    // next waits for a slot.
+    let d = Daemon::start_with(&["--max-inflight", "1"]);
+    let baseline = d.baseline();
+    let c = shared_client(&d);
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "stall", 4 << 20, 1);
+    let (_pipe_r, pipe_w) = stalled_pipe();
+    let stalled = c
+        .submit(open_src(&src).as_fd(), pipe_w.as_fd(), &opts())
+        .unwrap();
+    let stalled_id = id_of(&stalled);
+    status_until(
+        &c,
+        stalled_id,
+        Duration::from_secs(10),
+        "stalled job",
+        |i| i.bytes > 0,
+    );
+    let waiting = submit_endless(&c, &opts());
+    let waiting_id = id_of(&waiting);
+    thread::sleep(Duration::from_millis(200));
+    let info = status_of(&c, waiting_id).unwrap();
+    assert_eq!(info.state, JobState::Queued, "{info:?}");
+    assert_eq!(info.bytes, 0, "{info:?}");
+    let s = stats_of(&c);
+    assert_eq!((s.jobs_running, s.jobs_queued), (2, 1), "{s:?}");
+
+    cancel_job(&c, waiting_id).unwrap();
+    let f = assert_cancelled(waiting, "the queued job");
+    assert_eq!(f.bytes, 0);
+    cancel_job(&c, stalled_id).unwrap();
+    assert_cancelled(stalled, "the stalled job");
+    drop(c);
+    d.assert_fds_return(
+        baseline,
+        Duration::from_secs(5),
+        "after cancelling a queued job",
+    );
+    d.assert_healthy(baseline, "after cancelling a queued job");
+}
+
+#[test]
+fn a_detached_job_counts_against_its_users_limit_until_it_ends() {
+    let d = Daemon::start_with(&["--max-jobs-per-user", "1"]);
+    let dir = tmpdir();
+    let (mut writer, reader) = UnixStream::pair().unwrap();
+    let job = {
+        let a = d.client();
+        let h = a
+            .submit(
+                reader.as_fd(),
+                dev_null().as_fd(),
+                &TransferOptions {
+                    detach: true,
+                    ..opts()
+                },
+            )
+            .unwrap();
+        id_of(&h)
+    };
+    drop(reader);
+    let b = shared_client(&d);
+    let (src, _) = make_file(dir.path(), "refused", 10_000, 2);
+    let h = b
+        .submit(
+            open_src(&src).as_fd(),
+            create_dst(&dir.path().join("refused.dst")).as_fd(),
+            &opts(),
+        )
+        .unwrap();
+    failed(
+        wait(h),
+        FailureKind::LimitExceeded,
+        "while the detached job runs",
+    );
+
+    let w = b.wait_job(job, false).unwrap();
+    writer.write_all(b"the end").unwrap();
+    drop(writer);
+    assert_eq!(completed(wait(w), "the detached job").bytes, 7);
+    copy_and_check(&b, dir.path(), "after", 10_000, 3);
+}
+
+#[test]
+fn cancel_racing_completion_gives_one_consistent_answer() {
+    // Jobs so small they may be done by the time the cancel arrives: the
+    // daemon must either refuse the cancel (and the job completes) or take
+    // it (and the job fails as cancelled), never both or neither.
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let c = shared_client(&d);
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "racer", 256 << 10, 4);
+    let (mut taken, mut refused_n) = (0, 0);
+    for i in 0..200 {
+        let dst = dir.path().join(format!("racer-{}.dst", i % 4));
+        let h = c
+            .submit(open_src(&src).as_fd(), create_dst(&dst).as_fd(), &opts())
+            .unwrap();
+        let id = id_of(&h);
+        let answer = cancel_job(&c, id);
+        let end = wait_within(h, Duration::from_secs(10));
+        match answer {
+            Ok(()) => {
+                taken += 1;
+                failed(
+                    end,
+                    FailureKind::Cancelled,
+                    &format!("job {i}: cancel taken"),
+                );
+            }
+            Err(e) => {
+                refused_n += 1;
+                refused::<()>(Err(e), FailureKind::NoSuchJob, &format!("job {i}"));
+                let done = completed(end, &format!("job {i}: cancel refused"));
+                assert_eq!(done.bytes, data.len() as u64);
+            }
+        }
+    }
+    eprintln!("cancels taken {taken}, refused {refused_n}");
+    drop(c);
+    d.assert_fds_return(baseline, Duration::from_secs(5), "after racing cancels");
+}
+
+#[test]
+fn stopping_the_daemon_with_a_detached_job_running_exits_cleanly() {
+    let d = Daemon::start();
+    let (writer, reader) = UnixStream::pair().unwrap();
+    {
+        let a = d.client();
+        let h = a
+            .submit(
+                reader.as_fd(),
+                dev_null().as_fd(),
+                &TransferOptions {
+                    detach: true,
+                    ..opts()
+                },
+            )
+            .unwrap();
+        id_of(&h);
+        let busy = submit_endless(
+            &a,
+            &TransferOptions {
+                detach: true,
+                ..opts()
+            },
+        );
+        id_of(&busy);
+    }
+    let c = shared_client(&d);
+    assert_eq!(stats_of(&c).jobs_detached, 2);
+    drop(c);
+    // Exit status 0 within 10 s, socket removed.
+    d.stop();
+    drop((writer, reader));
+}
+
 // ---------------------------------------------------------------------------
 // Another user
 
 /// The environment variables that turn `other_user_probe` on.
 const PROBE_SOCKET: &str = "RINGXFER_TEST_PROBE_SOCKET";
 const PROBE_JOB: &str = "RINGXFER_TEST_PROBE_JOB";
+const PROBE_DONE_JOB: &str = "RINGXFER_TEST_PROBE_DONE_JOB";
 /// The unprivileged user the probe runs as.
 const NOBODY: u32 = 65534;
 
@@ -723,6 +886,21 @@ fn other_user_probe() {
         find_job(&jobs_of(&c), job).is_none(),
         "probe: another user's job is listed"
     );
+    // What the daemon remembers of another user's finished job is private too.
+    if let Ok(done) = std::env::var(PROBE_DONE_JOB) {
+        let done: u64 = done.parse().expect("probe done job id");
+        refused(
+            status_of(&c, done),
+            FailureKind::PermissionDenied,
+            "probe: status of a finished job",
+        );
+        let w = c.wait_job(done, false).expect("probe: wait_job");
+        failed(
+            wait_within(w, Duration::from_secs(10)),
+            FailureKind::PermissionDenied,
+            "probe: wait on a finished job",
+        );
+    }
 
     let stdin = std::io::stdin();
     let own = c
@@ -760,6 +938,14 @@ fn another_users_jobs_are_off_limits_and_root_sees_all() {
     let root = shared_client(&d);
     let (mine, my_writer) = submit_idle(&root, &opts());
     let my_id = id_of(&mine);
+    let finished = completed(
+        wait(
+            root.submit(zero_source(4096).as_fd(), dev_null().as_fd(), &opts())
+                .unwrap(),
+        ),
+        "root's finished job",
+    )
+    .job;
 
     let (probe_writer, probe_stdin) = UnixStream::pair().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -772,6 +958,7 @@ fn another_users_jobs_are_off_limits_and_root_sees_all() {
         ])
         .env(PROBE_SOCKET, &d.socket)
         .env(PROBE_JOB, my_id.to_string())
+        .env(PROBE_DONE_JOB, finished.to_string())
         .uid(NOBODY)
         .gid(NOBODY)
         .stdin(Stdio::from(OwnedFd::from(probe_stdin)))

@@ -206,3 +206,78 @@ fn rate_limit_applies_to_every_strategy_of_file_copy() {
         );
     }
 }
+
+#[test]
+fn a_throttled_job_cancels_promptly_and_leaks_nothing() {
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let c = shared_client(&d);
+    // 64 KiB/s: the job spends nearly all its time parked on the timer.
+    let (h, drain, ours) = submit_drained(
+        &c,
+        &TransferOptions {
+            rate_limit: Some(64 << 10),
+            ..opts()
+        },
+    );
+    let id = id_of(&h);
+    status_until(&c, id, Duration::from_secs(10), "throttled", |i| {
+        i.state == JobState::Throttled
+    });
+    let t = Instant::now();
+    cancel_and_end(&c, h, drain, ours);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a parked job took {:?} to cancel",
+        t.elapsed()
+    );
+    drop(c);
+    d.assert_fds_return(
+        baseline,
+        Duration::from_secs(5),
+        "after cancelling a throttled job",
+    );
+    d.assert_healthy(baseline, "after cancelling a throttled job");
+}
+
+#[test]
+fn a_job_limit_under_the_global_one_leaves_the_rest_to_others() {
+    let d = Daemon::start_with(&["--rate-limit", "30MiB"]);
+    let c = shared_client(&d);
+    let (h1, slow, ours1) = submit_drained(
+        &c,
+        &TransferOptions {
+            rate_limit: Some(6 * MIB),
+            ..opts()
+        },
+    );
+    let (h2, fast, ours2) = submit_drained(&c, &opts());
+    let both = poll_until(Duration::from_secs(10), || {
+        slow.bytes() > 0 && fast.bytes() > 0
+    });
+    assert!(both, "both jobs moved bytes");
+    thread::sleep(SETTLE);
+    let (t0, a0, b0) = (Instant::now(), slow.bytes(), fast.bytes());
+    thread::sleep(WINDOW);
+    let (a1, b1) = (slow.bytes(), fast.bytes());
+    let secs = t0.elapsed().as_secs_f64();
+    let (ra, rb) = ((a1 - a0) as f64 / secs, (b1 - b0) as f64 / secs);
+    eprintln!(
+        "global 30 MiB/s: the 6 MiB/s job got {:.2}, the other {:.2} MiB/s",
+        ra / MIB as f64,
+        rb / MIB as f64
+    );
+    let (want_a, want_b) = (6.0 * MIB as f64, 24.0 * MIB as f64);
+    assert!(
+        (ra - want_a).abs() <= tolerance(want_a),
+        "the limited job got {:.2} MiB/s",
+        ra / MIB as f64
+    );
+    assert!(
+        (rb - want_b).abs() <= tolerance(want_b),
+        "the unlimited job got {:.2} MiB/s of the 24 left",
+        rb / MIB as f64
+    );
+    cancel_and_end(&c, h1, slow, ours1);
+    cancel_and_end(&c, h2, fast, ours2);
+}

@@ -396,3 +396,68 @@ fn one_op_in_flight_still_completes_every_kind_of_job() {
         "{most} slots lent at once under --max-inflight 1"
     );
 }
+
+#[test]
+fn shares_follow_the_priority_weights() {
+    // Two slots for three endless jobs of the three classes: over a window
+    // their bytes should go about 1 : 2 : 4 (weights low, normal, high).
+    let d = Daemon::start_with(&["--max-inflight", "2"]);
+    let ctl = shared_client(&d);
+    let clients: Vec<Client> = (0..3).map(|_| d.client()).collect();
+    let classes = [Priority::Low, Priority::Normal, Priority::High];
+    let handles: Vec<JobHandle> = clients
+        .iter()
+        .zip(classes)
+        .map(|(c, priority)| {
+            submit_zero(
+                c,
+                ENDLESS,
+                &TransferOptions {
+                    priority,
+                    ..splice()
+                },
+            )
+        })
+        .collect();
+    let ids: Vec<u64> = handles.iter().map(id_of).collect();
+    let started = poll_until(Duration::from_secs(10), || {
+        let list = jobs_of(&ctl);
+        ids.iter()
+            .all(|id| find_job(&list, *id).is_some_and(|i| i.bytes > 0))
+    });
+    assert!(started, "all three jobs moved bytes: {:?}", jobs_of(&ctl));
+    thread::sleep(Duration::from_millis(300));
+    let before = jobs_of(&ctl);
+    thread::sleep(Duration::from_secs(2));
+    let after = jobs_of(&ctl);
+    let got: Vec<f64> = ids
+        .iter()
+        .map(|id| {
+            let b0 = find_job(&before, *id).expect("listed").bytes;
+            let b1 = find_job(&after, *id).expect("listed").bytes;
+            (b1 - b0) as f64
+        })
+        .collect();
+    let (low, normal, high) = (got[0], got[1], got[2]);
+    eprintln!(
+        "low : normal : high = 1 : {:.2} : {:.2}",
+        normal / low,
+        high / low
+    );
+    assert!(low > 0.0, "the low job starved: {got:?}");
+    // Generous bounds around 2 and 4 (and 2 between normal and high).
+    let (n, h, hn) = (normal / low, high / low, high / normal);
+    assert!((1.5..=2.7).contains(&n), "normal/low = {n:.2}: {got:?}");
+    assert!((3.0..=5.3).contains(&h), "high/low = {h:.2}: {got:?}");
+    assert!((1.5..=2.7).contains(&hn), "high/normal = {hn:.2}: {got:?}");
+    for id in &ids {
+        cancel_job(&ctl, *id).unwrap();
+    }
+    for h in handles {
+        failed(
+            wait_within(h, Duration::from_secs(10)),
+            FailureKind::Cancelled,
+            "weighted job",
+        );
+    }
+}
