@@ -60,12 +60,15 @@ fn cancel_by_id_from_another_connection_of_the_same_user() {
     let watch = watcher
         .wait_job(busy_id, false)
         .unwrap_or_else(|e| panic!("wait_job: {e:?}"));
+    // The owner may watch its own job too, under another req.
+    let own_watch = owner.wait_job(busy_id, false).unwrap();
 
     cancel_job(&other, busy_id).unwrap_or_else(|e| panic!("cancel busy job: {e:?}"));
     cancel_job(&other, idle_id).unwrap_or_else(|e| panic!("cancel idle job: {e:?}"));
     let f = assert_cancelled(busy, "the owner's handle of the busy job");
     assert!(f.bytes > 0, "the busy job had moved bytes: {f:?}");
     assert_cancelled(watch, "a watcher of the busy job");
+    assert_cancelled(own_watch, "the owner watching its own job");
     assert_cancelled(idle, "the owner's handle of the idle job");
 
     // Once finished, the job cannot be cancelled again, but is remembered.
@@ -215,6 +218,36 @@ fn attached_job_is_cancelled_when_its_connection_closes() {
 }
 
 #[test]
+fn a_watcher_going_away_leaves_the_job_alone() {
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let a = d.client();
+    let dir = tmpdir();
+    let dst = dir.path().join("watched.dst");
+    let data = pattern(9, 300_001);
+    let (mut writer, reader) = UnixStream::pair().unwrap();
+    let h = a
+        .submit(reader.as_fd(), create_dst(&dst).as_fd(), &opts())
+        .unwrap();
+    drop(reader);
+    let job = id_of(&h);
+    for _ in 0..3 {
+        let b = d.client();
+        let w = b.wait_job(job, true).unwrap();
+        assert_eq!(id_of(&w), job);
+        // Dropping the watcher's connection must not cancel another's job.
+    }
+    thread::sleep(Duration::from_millis(100));
+    writer.write_all(&data).unwrap();
+    drop(writer);
+    let done = completed(wait(h), "the watched job");
+    assert_eq!(done.bytes, data.len() as u64);
+    assert_file_eq(&dst, &data);
+    drop(a);
+    d.assert_fds_return(baseline, Duration::from_secs(5), "after watchers left");
+}
+
+#[test]
 fn jobs_lists_unfinished_jobs_oldest_first_with_their_settings() {
     let d = Daemon::start();
     let c = shared_client(&d);
@@ -346,6 +379,12 @@ fn finished_jobs_are_remembered_for_status_and_wait() {
     assert_eq!(info.bytes, data.len() as u64);
     assert_eq!(info.total, Some(data.len() as u64));
     assert_eq!(info.rate, 0, "a finished job moves nothing now: {info:?}");
+    thread::sleep(Duration::from_millis(50));
+    let later = status_of(&other, done.job).unwrap();
+    assert_eq!(
+        later.elapsed_us, info.elapsed_us,
+        "a finished job's elapsed time stops at its end"
+    );
     let t = Instant::now();
     let w = other.wait_job(done.job, true).unwrap();
     let again = completed(
@@ -636,6 +675,17 @@ fn stats_count_jobs_ops_and_bytes_per_strategy() {
         },
     );
     let ids = [id_of(&busy), id_of(&idle)];
+    // Bytes of running jobs count as they move.
+    status_until(&c, ids[0], Duration::from_secs(10), "endless job", |i| {
+        i.bytes > 0
+    });
+    let running0 = strategy_stats(&stats_of(&c), Strategy::Splice).bytes;
+    thread::sleep(Duration::from_millis(100));
+    let running1 = strategy_stats(&stats_of(&c), Strategy::Splice).bytes;
+    assert!(
+        running1 > running0,
+        "splice bytes grow while a job runs: {running0} -> {running1}"
+    );
     let mut saw_ops = false;
     let mut saw_pipes = false;
     poll_until(Duration::from_secs(10), || {
