@@ -301,3 +301,83 @@ fn verify_into_an_append_only_destination_is_an_invalid_request() {
     );
     assert_file_eq(&dst, b"kept");
 }
+
+#[test]
+fn cancel_after_the_last_byte_during_fsync_or_verify_is_consistent() {
+    // Once the bytes are in, a job with fsync and verify still has the sync
+    // and the read-back ahead of it. A cancel then is either taken (the job
+    // fails as cancelled) or refused because the job just finished (and it
+    // completed, verified): never both, never neither.
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let c = std::sync::Arc::new(d.client());
+    let dir = tmpdir();
+    const LEN: usize = 64 << 20;
+    for strategy in STRATEGIES {
+        let (src, data) = make_file(dir.path(), &format!("{strategy}.src"), LEN, 12);
+        let dst = dir.path().join(format!("{strategy}.dst"));
+        let h = c
+            .submit(
+                source_for(&src, strategy).as_fd(),
+                read_write_dst(&dst, strategy).as_fd(),
+                &with(strategy, true, true),
+            )
+            .unwrap();
+        let id = id_of(&h);
+        let mut finished = false;
+        poll_until(Duration::from_secs(30), || match status_of(&c, id) {
+            Ok(i) => {
+                finished = !matches!(
+                    i.state,
+                    ringxfer_ipc::JobState::Queued
+                        | ringxfer_ipc::JobState::Running
+                        | ringxfer_ipc::JobState::Throttled
+                );
+                finished || i.bytes == LEN as u64
+            }
+            Err(e) => panic!("{strategy}: status: {e:?}"),
+        });
+        let answer = cancel_job(&c, id);
+        let end = wait(h);
+        match answer {
+            Ok(()) => {
+                failed(
+                    end,
+                    FailureKind::Cancelled,
+                    &format!("{strategy}: cancel taken"),
+                );
+            }
+            Err(e) => {
+                refused::<()>(Err(e), FailureKind::NoSuchJob, strategy.name());
+                let done = completed(end, &format!("{strategy}: cancel refused"));
+                assert!(done.synced, "{strategy}: {done:?}");
+                assert_eq!(done.checksums, both(&data), "{strategy}: {done:?}");
+            }
+        }
+        eprintln!(
+            "{strategy}: cancel {} (job finished before: {finished})",
+            if answer_taken(&c, id) {
+                "taken"
+            } else {
+                "refused"
+            }
+        );
+    }
+    drop(c);
+    d.assert_fds_return(
+        baseline,
+        Duration::from_secs(5),
+        "after cancels in the last phases",
+    );
+}
+
+/// Whether the job ended cancelled, from what the daemon remembers.
+fn answer_taken(c: &std::sync::Arc<Client>, id: u64) -> bool {
+    matches!(
+        status_of(c, id).map(|i| i.state),
+        Ok(ringxfer_ipc::JobState::Failed {
+            kind: FailureKind::Cancelled,
+            ..
+        })
+    )
+}

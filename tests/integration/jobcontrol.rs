@@ -980,7 +980,23 @@ fn another_users_jobs_are_off_limits_and_root_sees_all() {
         eprintln!("skipped: needs root to run a client as another user");
         return;
     }
+    let exe = std::env::current_exe().unwrap();
+    if let Some(closed) = closed_to_others(&exe) {
+        eprintln!(
+            "skipped: uid {NOBODY} cannot run {} ({} is closed to others)",
+            exe.display(),
+            closed.display()
+        );
+        return;
+    }
     let d = Daemon::start();
+    if let Some(closed) = d.dir().parent().and_then(closed_to_others) {
+        eprintln!(
+            "skipped: uid {NOBODY} cannot reach the daemon's socket ({} is closed to others)",
+            closed.display()
+        );
+        return;
+    }
     let baseline = d.baseline();
     // The other user must reach the socket.
     std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -998,7 +1014,7 @@ fn another_users_jobs_are_off_limits_and_root_sees_all() {
     .job;
 
     let (probe_writer, probe_stdin) = UnixStream::pair().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut child = Command::new(&exe)
         .args([
             "--exact",
             "jobcontrol::other_user_probe",
@@ -1060,4 +1076,13 @@ fn another_users_jobs_are_off_limits_and_root_sees_all() {
         Duration::from_secs(5),
         "after the other-user checks",
     );
+}
+
+/// The first of `path` and its ancestors that others may not search (or,
+/// for `path` itself, execute), if any: an unprivileged user could not
+/// reach it.
+fn closed_to_others(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    path.ancestors()
+        .find(|p| std::fs::metadata(p).map_or(true, |m| m.permissions().mode() & 0o001 == 0))
+        .map(|p| p.to_path_buf())
 }
