@@ -182,8 +182,9 @@ pub struct SubmitRequest {
     pub fsync: bool,
     /// Checksum (CRC-32C) what was read and what landed, compare them and
     /// report both in [`Event::Completed`]; a difference fails the job with
-    /// [`FailureKind::Mismatch`]. Needs a destination that can be read back
-    /// (a regular file opened read-write) unless the direct strategy moves it.
+    /// [`FailureKind::Mismatch`]. Needs a regular-file source and a
+    /// destination that can be read back (a regular file opened read-write,
+    /// not O_APPEND), whatever the strategy.
     pub verify: bool,
 }
 
@@ -478,9 +479,10 @@ pub struct StatsReport {
     pub buffer_size: u64,
     /// Whether the buffers are registered with the ring (fixed reads and writes).
     pub buffers_registered: bool,
-    /// Job I/O operations in flight now.
+    /// Job I/O slots (pipes and buffers) lent now. Each carries one
+    /// operation at a time (a linked splice read and write count as one).
     pub ops_in_flight: u64,
-    /// The daemon's cap on job I/O operations in flight.
+    /// The daemon's cap on job I/O slots lent at once (`--max-inflight`).
     pub max_ops_in_flight: u64,
     /// The daemon's global rate limit in bytes per second, if any.
     pub rate_limit: Option<u64>,

@@ -991,18 +991,6 @@ impl Engine {
     pub fn stats(&self) -> StatsReport {
         let running: u64 = self.jobs.iter().map(|(_, j)| j.copy.moved()).sum();
         let count = |f: fn(&Job) -> bool| self.jobs.iter().filter(|(_, j)| f(j)).count() as u64;
-        // Sessions' receives and sends, the listener's accept, the signal
-        // read and closes are not job I/O.
-        let session_ops: usize = self
-            .sessions
-            .iter()
-            .map(|(_, s)| usize::from(s.recv_op.is_some()) + usize::from(s.send_op.is_some()))
-            .sum();
-        let other_ops = self.closes_in_flight
-            + session_ops
-            + usize::from(self.listener_op.is_some())
-            + usize::from(self.signal_op.is_some())
-            + usize::from(self.throttle_timer.is_some());
         StatsReport {
             uptime_ms: self.started.elapsed().as_millis().min(u64::MAX as u128) as u64,
             connections: self.sessions.len() as u64,
@@ -1022,7 +1010,7 @@ impl Engine {
             buffers_in_use: (self.buffers.total() - self.buffers.idle()) as u64,
             buffer_size: self.buffers.buffer_size() as u64,
             buffers_registered: self.buffers.registered(),
-            ops_in_flight: self.ops.len().saturating_sub(other_ops) as u64,
+            ops_in_flight: self.slots_lent() as u64,
             max_ops_in_flight: self.config.max_inflight as u64,
             rate_limit: self.global_bucket.as_ref().map(TokenBucket::rate),
             strategies: self.by_strategy.to_vec(),

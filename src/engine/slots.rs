@@ -188,7 +188,7 @@ impl Engine {
         }
     }
 
-    fn slots_lent(&self) -> usize {
+    pub(super) fn slots_lent(&self) -> usize {
         (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
     }
 
