@@ -1,0 +1,333 @@
+//! The many-files pipeline: one job per file, up to a window of them in
+//! flight on one connection, each destination staged and published on its
+//! completion.
+//!
+//! The main thread opens, stages and submits; completions come back through
+//! the stub's callbacks (on its event thread) into a channel, and the main
+//! thread publishes them between submissions. So the daemon always has a
+//! window's worth of jobs to batch into its ring, and nobody waits for one
+//! file's round trip before starting the next.
+
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use ringxfer_ipc::{Client, ClientError, Completion, JobError, Strategy, TransferOptions};
+
+use crate::commands::{Context, CopyArgs};
+use crate::engine::Engine;
+use crate::error::CliError;
+use crate::fdlimit;
+use crate::files::refuse_same_file;
+use crate::progress::TreeBar;
+use crate::report::{Op, Output, Subject};
+use crate::staging::{PublishOptions, StagedFile};
+use crate::transfer::Plan;
+use crate::tree::Item;
+
+/// Jobs in flight at most. Enough to keep the daemon's ring fed with a full
+/// batch while the CLI publishes the previous one; more buys nothing on two
+/// cores and costs descriptors.
+const WINDOW: usize = 256;
+
+/// Descriptors kept for everything else (stdio, the socket, read_dir's
+/// open directories, the engine thread when embedded).
+const SPARE_FDS: u64 = 64;
+
+/// What a multi-file copy did.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Things the copy was asked to copy: files, links, and everything that
+    /// failed (unreadable directories and skipped special files included).
+    pub items: u64,
+    pub files: u64,
+    pub links: u64,
+    pub dirs: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+struct Pending {
+    src: PathBuf,
+    staged: StagedFile,
+    meta: Metadata,
+}
+
+type Done = (u64, Result<Completion, JobError>);
+
+pub struct Pipeline<'a> {
+    client: &'a Client,
+    out: Output,
+    window: usize,
+    pending: HashMap<u64, Pending>,
+    next_token: u64,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    plan: Plan,
+    publish: PublishOptions,
+    preserve: bool,
+    bar: TreeBar,
+    tally: Tally,
+}
+
+/// The window: [`WINDOW`], or less where the daemon's per-connection or
+/// per-user job cap, or this process's descriptors (one per job in flight,
+/// its destination; the source is closed once submitted), are lower.
+fn window(client: &Client) -> usize {
+    let limits = client.limits();
+    let nofile = fdlimit::raise_nofile();
+    let by_fds = nofile.saturating_sub(SPARE_FDS).max(1);
+    [
+        WINDOW as u64,
+        u64::from(limits.max_jobs_per_connection),
+        u64::from(limits.max_jobs_per_user),
+        by_fds,
+    ]
+    .into_iter()
+    .filter(|&n| n > 0)
+    .min()
+    .unwrap_or(1) as usize
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(ctx: &Context, engine: &'a Engine, args: &CopyArgs<'_>) -> Pipeline<'a> {
+        let client = engine.client();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
+        // Per-job progress events would cost the engine work for files that
+        // take microseconds; the bar counts finished files instead.
+        plan.progress = false;
+        Pipeline {
+            client,
+            out: ctx.out,
+            window: window(client),
+            pending: HashMap::new(),
+            next_token: 0,
+            done_tx,
+            done_rx,
+            plan,
+            publish: PublishOptions {
+                in_place: args.dest.in_place,
+                preserve: args.dest.preserve,
+                fsync: args.dest.fsync,
+                direct: ctx.strategy == Strategy::Direct,
+                mode: None,
+            },
+            preserve: args.dest.preserve,
+            bar: TreeBar::new(ctx.progress),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Handles one item of the walk. An error is fatal (the connection to
+    /// the engine is gone); per-path failures are reported and counted.
+    pub fn take(&mut self, item: Item) -> Result<(), CliError> {
+        self.tally.items += 1;
+        match item {
+            Item::File { src, dst, operand } => self.copy_file(src, dst, operand)?,
+            Item::Symlink { src, dst } => match copy_symlink(&src, &dst, self.preserve) {
+                Ok(()) => self.tally.links += 1,
+                Err(err) => self.fail(&src, Some(&dst), &err),
+            },
+            Item::Failed { src, dst, error } => self.fail(&src, dst.as_deref(), &error),
+        }
+        self.reap_ready();
+        Ok(())
+    }
+
+    fn fail(&mut self, src: &Path, dst: Option<&Path>, err: &CliError) {
+        self.tally.failed += 1;
+        let subject = Subject {
+            op: Op::Copy,
+            src: src.display().to_string(),
+            dst: dst.map(|d| d.display().to_string()).unwrap_or_default(),
+        };
+        self.bar
+            .suspend(|| self.out.failed(Op::Copy, Some(&subject), err));
+    }
+
+    fn copy_file(&mut self, src: PathBuf, dst: PathBuf, operand: bool) -> Result<(), CliError> {
+        let opened = File::open(&src).and_then(|f| {
+            let meta = f.metadata()?;
+            Ok((f, meta))
+        });
+        let (file, meta) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                self.fail(&src, Some(&dst), &CliError::path("cannot open", &src, &e));
+                return Ok(());
+            }
+        };
+        if operand {
+            if let Err(err) = refuse_same_file(&src, &meta, &dst) {
+                self.fail(&src, Some(&dst), &err);
+                return Ok(());
+            }
+        }
+        let staged = match StagedFile::create(&dst, Some(&meta), &self.publish) {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.fail(&src, Some(&dst), &CliError::publish(&e));
+                return Ok(());
+            }
+        };
+        while self.pending.len() >= self.window {
+            self.reap_one();
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let opts = TransferOptions {
+            // What `ringxfer jobs` lists and the daemon logs.
+            tag: src.display().to_string(),
+            ..self.plan.options(String::new())
+        };
+        let tx = self.done_tx.clone();
+        let submitted =
+            self.client
+                .submit_with_callback(&file, staged.file(), &opts, move |result| {
+                    // The receiver lives as long as the pipeline, which drains
+                    // every job before it goes; a send can only fail after that.
+                    let _ = tx.send((token, result));
+                });
+        // The daemon has its own copy of the source now.
+        drop(file);
+        match submitted {
+            Ok(_handle) => {
+                self.bar.add_total(meta.len());
+                self.pending.insert(token, Pending { src, staged, meta });
+                Ok(())
+            }
+            Err(err @ (ClientError::Disconnected | ClientError::Io { .. })) => {
+                staged.abandon();
+                self.tally.failed += 1;
+                Err(CliError::client("submitting copies to the engine", &err))
+            }
+            Err(err) => {
+                staged.abandon();
+                self.fail(&src, Some(&dst), &CliError::client("", &err));
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes whatever finished, without waiting.
+    fn reap_ready(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.settle(done);
+        }
+    }
+
+    /// Waits for one job to finish and publishes it.
+    fn reap_one(&mut self) {
+        match self.done_rx.recv() {
+            Ok(done) => self.settle(done),
+            // Cannot happen while we hold a sender; if it did, drop what is
+            // pending (the stub resolves every job when the connection ends).
+            Err(_) => self.pending.clear(),
+        }
+    }
+
+    fn settle(&mut self, (token, result): Done) {
+        let Some(p) = self.pending.remove(&token) else {
+            return;
+        };
+        let dst = p.staged.path().to_path_buf();
+        match result {
+            Ok(done) => match p.staged.publish(Some(&p.meta)) {
+                Ok(()) => {
+                    self.tally.files += 1;
+                    self.tally.bytes += done.bytes;
+                    self.bar.file_done(done.bytes);
+                }
+                Err(e) => self.fail(&p.src, Some(&dst), &CliError::publish(&e)),
+            },
+            Err(err) => {
+                p.staged.abandon();
+                let err = CliError::job(
+                    format!("cannot copy '{}' to '{}'", p.src.display(), dst.display()),
+                    &err,
+                );
+                self.fail(&p.src, Some(&dst), &err);
+            }
+        }
+    }
+
+    /// Waits for every job still in flight and returns the tally.
+    pub fn finish(mut self) -> Tally {
+        while !self.pending.is_empty() {
+            self.reap_one();
+        }
+        self.bar.finish();
+        self.tally
+    }
+}
+
+/// Recreates the link `src` at `dst` (replacing a file or link there
+/// atomically), with --preserve also its owner and times.
+fn copy_symlink(src: &Path, dst: &Path, preserve: bool) -> Result<(), CliError> {
+    let target = fs::read_link(src).map_err(|e| CliError::path("cannot read link", src, &e))?;
+    let create_err = |e: &io::Error| CliError::path("cannot create symbolic link", dst, e);
+    match std::os::unix::fs::symlink(&target, dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let name = dst.file_name().map(|n| n.to_string_lossy().into_owned());
+            let temp = dst.with_file_name(format!(
+                ".{}.ringxfer-link-{}",
+                name.unwrap_or_default(),
+                std::process::id()
+            ));
+            let _ = fs::remove_file(&temp);
+            std::os::unix::fs::symlink(&target, &temp).map_err(|e| create_err(&e))?;
+            if let Err(e) = fs::rename(&temp, dst) {
+                let _ = fs::remove_file(&temp);
+                return Err(create_err(&e));
+            }
+        }
+        Err(e) => return Err(create_err(&e)),
+    }
+    if preserve {
+        let meta = fs::symlink_metadata(src).map_err(|e| CliError::path("cannot stat", src, &e))?;
+        preserve_link(dst, &meta)
+            .map_err(|e| CliError::path("cannot set attributes of", dst, &e))?;
+    }
+    Ok(())
+}
+
+/// Owner and times of a link itself (lchown, utimensat without following).
+fn preserve_link(path: &Path, meta: &Metadata) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // Owner where permitted (root); a refusal keeps ours, as cp -p does.
+    // SAFETY: a NUL-terminated path that outlives the call.
+    let _ = unsafe { libc::lchown(c_path.as_ptr(), meta.uid(), meta.gid()) };
+    let times = [
+        libc::timespec {
+            tv_sec: meta.atime(),
+            tv_nsec: meta.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec(),
+        },
+    ];
+    // SAFETY: the path as above and an array of two timespecs, as utimensat(2) reads.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
