@@ -2,13 +2,14 @@
 //! flight on one connection, each destination staged and published on its
 //! completion.
 //!
-//! The main thread opens, stages and submits; completions come back through
-//! the stub's callbacks (on its event thread) into a channel, and the main
-//! thread publishes them between submissions. So the daemon always has a
-//! window's worth of jobs to batch into its ring, and nobody waits for one
-//! file's round trip before starting the next.
+//! The main thread opens, stages and submits; each job's completion callback
+//! (on the stub's event thread) publishes that file and tells the main
+//! thread through a channel, which frees a place in the window. So the
+//! daemon always has a window's worth of jobs to batch into its ring, nobody
+//! waits for one file's round trip before starting the next, and the CLI's
+//! system calls are split over two threads: open, stat, O_TMPFILE and
+//! sendmsg on the main one; linkat and close on the event thread.
 
-use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -51,22 +52,22 @@ pub struct Tally {
     pub elapsed: Duration,
 }
 
-struct Pending {
+/// What a finished job's callback reports: its bytes once published, or
+/// why it failed.
+struct Settled {
     src: PathBuf,
-    staged: StagedFile,
-    meta: Metadata,
+    dst: PathBuf,
+    result: Result<u64, CliError>,
 }
-
-type Done = (u64, Result<Completion, JobError>);
 
 pub struct Pipeline<'a> {
     client: &'a Client,
     out: Output,
     window: usize,
-    pending: HashMap<u64, Pending>,
-    next_token: u64,
-    done_tx: Sender<Done>,
-    done_rx: Receiver<Done>,
+    /// Jobs submitted whose callback has not reported yet.
+    in_flight: usize,
+    done_tx: Sender<Settled>,
+    done_rx: Receiver<Settled>,
     plan: Plan,
     publish: PublishOptions,
     preserve: bool,
@@ -105,8 +106,7 @@ impl<'a> Pipeline<'a> {
             client,
             out: ctx.out,
             window: window(client),
-            pending: HashMap::new(),
-            next_token: 0,
+            in_flight: 0,
             done_tx,
             done_rx,
             plan,
@@ -175,39 +175,52 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         };
-        while self.pending.len() >= self.window {
+        while self.in_flight >= self.window {
             self.reap_one();
         }
-        let token = self.next_token;
-        self.next_token += 1;
         let opts = TransferOptions {
             // What `ringxfer jobs` lists and the daemon logs.
             tag: src.display().to_string(),
             ..self.plan.options(String::new())
         };
+        let len = meta.len();
+        // The callback takes the staged file; the main thread keeps only a
+        // borrowed descriptor for the submit, which copies it.
+        let dst_fd = match staged.file().try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                staged.abandon();
+                self.fail(&src, Some(&dst), &CliError::path("cannot duplicate", &dst, &e));
+                return Ok(());
+            }
+        };
         let tx = self.done_tx.clone();
-        let submitted =
-            self.client
-                .submit_with_callback(&file, staged.file(), &opts, move |result| {
-                    // The receiver lives as long as the pipeline, which drains
-                    // every job before it goes; a send can only fail after that.
-                    let _ = tx.send((token, result));
-                });
-        // The daemon has its own copy of the source now.
+        let pending = (src.clone(), staged, meta);
+        let submitted = self
+            .client
+            .submit_with_callback(&file, &dst_fd, &opts, move |result| {
+                let (src, staged, meta) = pending;
+                let settled = settle(src, staged, &meta, result);
+                // The receiver lives as long as the pipeline, which waits
+                // for every job before it goes; a send cannot fail before.
+                let _ = tx.send(settled);
+            });
+        // The daemon has its own copies of both now.
         drop(file);
+        drop(dst_fd);
         match submitted {
             Ok(_handle) => {
-                self.bar.add_total(meta.len());
-                self.pending.insert(token, Pending { src, staged, meta });
+                self.in_flight += 1;
+                self.bar.add_total(len);
                 Ok(())
             }
+            // The callback never runs, so the staged file was dropped with
+            // it, leaving nothing under the name.
             Err(err @ (ClientError::Disconnected | ClientError::Io { .. })) => {
-                staged.abandon();
                 self.tally.failed += 1;
                 Err(CliError::client("submitting copies to the engine", &err))
             }
             Err(err) => {
-                staged.abandon();
                 self.fail(&src, Some(&dst), &CliError::client("", &err));
                 Ok(())
             }
@@ -216,54 +229,66 @@ impl<'a> Pipeline<'a> {
 
     /// Publishes whatever finished, without waiting.
     fn reap_ready(&mut self) {
-        while let Ok(done) = self.done_rx.try_recv() {
-            self.settle(done);
+        while let Ok(settled) = self.done_rx.try_recv() {
+            self.count(settled);
         }
     }
 
     /// Waits for one job to finish and publishes it.
     fn reap_one(&mut self) {
         match self.done_rx.recv() {
-            Ok(done) => self.settle(done),
-            // Cannot happen while we hold a sender; if it did, drop what is
-            // pending (the stub resolves every job when the connection ends).
-            Err(_) => self.pending.clear(),
+            Ok(settled) => self.count(settled),
+            // Cannot happen while we hold a sender; if it did, nothing more
+            // would ever come back.
+            Err(_) => self.in_flight = 0,
         }
     }
 
-    fn settle(&mut self, (token, result): Done) {
-        let Some(p) = self.pending.remove(&token) else {
-            return;
-        };
-        let dst = p.staged.path().to_path_buf();
-        match result {
-            Ok(done) => match p.staged.publish(Some(&p.meta)) {
-                Ok(()) => {
-                    self.tally.files += 1;
-                    self.tally.bytes += done.bytes;
-                    self.bar.file_done(done.bytes);
-                }
-                Err(e) => self.fail(&p.src, Some(&dst), &CliError::publish(&e)),
-            },
-            Err(err) => {
-                p.staged.abandon();
-                let err = CliError::job(
-                    format!("cannot copy '{}' to '{}'", p.src.display(), dst.display()),
-                    &err,
-                );
-                self.fail(&p.src, Some(&dst), &err);
+    fn count(&mut self, settled: Settled) {
+        self.in_flight -= 1;
+        match settled.result {
+            Ok(bytes) => {
+                self.tally.files += 1;
+                self.tally.bytes += bytes;
+                self.bar.file_done(bytes);
             }
+            Err(err) => self.fail(&settled.src, Some(&settled.dst), &err),
         }
     }
 
     /// Waits for every job still in flight and returns the tally.
     pub fn finish(mut self) -> Tally {
-        while !self.pending.is_empty() {
+        while self.in_flight > 0 {
             self.reap_one();
         }
         self.bar.finish();
         self.tally
     }
+}
+
+/// Publishes a finished job's file, or drops it (leaving nothing under its
+/// name) if the job failed. Runs on the stub's event thread.
+fn settle(
+    src: PathBuf,
+    staged: StagedFile,
+    meta: &Metadata,
+    result: Result<Completion, JobError>,
+) -> Settled {
+    let dst = staged.path().to_path_buf();
+    let result = match result {
+        Ok(done) => staged
+            .publish(Some(meta))
+            .map(|()| done.bytes)
+            .map_err(|e| CliError::publish(&e)),
+        Err(err) => {
+            staged.abandon();
+            Err(CliError::job(
+                format!("cannot copy '{}' to '{}'", src.display(), dst.display()),
+                &err,
+            ))
+        }
+    };
+    Settled { src, dst, result }
 }
 
 /// Recreates the link `src` at `dst` (replacing a file or link there
