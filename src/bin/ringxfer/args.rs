@@ -241,10 +241,97 @@ mod tests {
     }
 
     #[test]
+    fn job_and_destination_flags() {
+        let cli = Cli::try_parse_from([
+            "ringxfer",
+            "copy",
+            "-r",
+            "a",
+            "b",
+            "dir",
+            "--priority",
+            "high",
+            "--rate-limit",
+            "20MiB/s",
+            "--verify",
+            "--fsync",
+            "--in-place",
+            "--preserve",
+        ])
+        .expect("valid command line");
+        match cli.command {
+            Command::Copy {
+                paths,
+                recursive,
+                job,
+                dest,
+                ..
+            } => {
+                assert_eq!(paths.len(), 3);
+                assert!(recursive);
+                assert_eq!(job.priority, Priority::High);
+                assert_eq!(job.rate_limit, Some(20 << 20));
+                assert!(job.verify && !job.detach);
+                assert!(dest.fsync && dest.in_place && dest.preserve);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["ringxfer", "send", "a", "h:1", "--detach"]).unwrap();
+        match cli.command {
+            Command::Send { job, .. } => {
+                assert!(job.detach);
+                assert_eq!(job.priority, Priority::Normal);
+                assert_eq!(job.rate_limit, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["ringxfer", "-R", "copy", "a", "b"]);
+        assert!(cli.is_err(), "-R belongs to copy, not before it");
+        let cli = Cli::try_parse_from(["ringxfer", "copy", "-R", "a", "b"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Copy {
+                recursive: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn job_commands_take_an_id() {
+        for (name, want) in [("status", 7), ("wait", 8), ("cancel", 9)] {
+            let cli = Cli::try_parse_from(["ringxfer", name, &want.to_string()]).unwrap();
+            let got = match cli.command {
+                Command::Status { job } | Command::Wait { job } | Command::Cancel { job } => job,
+                other => panic!("parsed as {other:?}"),
+            };
+            assert_eq!(got, want);
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["ringxfer", "jobs"]).unwrap().command,
+            Command::Jobs
+        ));
+        for argv in [&["ringxfer", "status"][..], &["ringxfer", "cancel", "x"]] {
+            assert_eq!(Cli::try_parse_from(argv).unwrap_err().exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("1MB/s"), Ok(1_000_000));
+        assert_eq!(parse_rate("2 MiB/sec"), Ok(2 << 20));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("/s").is_err());
+    }
+
+    #[test]
     fn bad_size_and_strategy_are_usage_errors() {
         for argv in [
             &["ringxfer", "copy", "a", "b", "--offset", "lots"][..],
             &["ringxfer", "--strategy", "fast", "stats"][..],
+            &["ringxfer", "copy", "a", "b", "--priority", "urgent"][..],
+            &["ringxfer", "copy", "a", "b", "--rate-limit", "0"][..],
         ] {
             let err = Cli::try_parse_from(argv).expect_err("must be refused");
             assert_eq!(err.exit_code(), 2);

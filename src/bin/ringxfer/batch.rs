@@ -190,7 +190,11 @@ impl<'a> Pipeline<'a> {
             Ok(fd) => fd,
             Err(e) => {
                 staged.abandon();
-                self.fail(&src, Some(&dst), &CliError::path("cannot duplicate", &dst, &e));
+                self.fail(
+                    &src,
+                    Some(&dst),
+                    &CliError::path("cannot duplicate", &dst, &e),
+                );
                 return Ok(());
             }
         };
