@@ -14,11 +14,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,7 @@ use crate::proto::{
     Checksums, Event, FailureKind, JobInfo, Limits, Priority, ProtocolErrorKind, Request,
     StatsReport, Strategy, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
+use crate::publish::{PublishError, PublishOptions, StagedFile};
 use crate::socket_path::default_socket_path;
 
 /// How long [`Client::from_stream`] waits for the answer to `Hello`.
@@ -78,6 +79,10 @@ pub struct TransferOptions {
     pub rate_limit: Option<u64>,
     /// Let the job run on if this connection closes; follow it later with
     /// [`Client::wait_job`] from any connection of the same user.
+    ///
+    /// A staged destination of the path helpers is published by this
+    /// connection only: if it closes first, the job's bytes are discarded.
+    /// Detached path-helper jobs want [`TransferOptions::in_place`].
     pub detach: bool,
     /// Complete only once the destination's data is durable (fdatasync).
     pub fsync: bool,
@@ -85,10 +90,11 @@ pub struct TransferOptions {
     pub verify: bool,
     /// Path helpers only ([`Client::copy_file`], [`Client::recv_to_file`]):
     /// write straight into the destination instead of into a temporary
-    /// file that takes the destination's name only once the job completed.
+    /// file that takes the destination's name only once the job completed
+    /// (see [`crate::publish`]).
     pub in_place: bool,
-    /// Path helpers only: give the destination the source's mode, owner
-    /// (where permitted) and timestamps.
+    /// [`Client::copy_file`] only: give the destination the source's mode,
+    /// owner (where permitted) and timestamps once the job completed.
     pub preserve: bool,
 }
 
@@ -586,7 +592,7 @@ impl Client {
         dest: impl AsFd,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        self.submit_inner(source.as_fd(), dest.as_fd(), opts, None)
+        self.submit_inner(source.as_fd(), dest.as_fd(), opts, None, None)
     }
 
     /// As [`Client::submit`], and `on_done` runs with the job's result on the
@@ -621,7 +627,13 @@ impl Client {
         opts: &TransferOptions,
         on_done: impl FnOnce(Result<Completion, JobError>) + Send + 'static,
     ) -> Result<JobHandle, ClientError> {
-        self.submit_inner(source.as_fd(), dest.as_fd(), opts, Some(Box::new(on_done)))
+        self.submit_inner(
+            source.as_fd(),
+            dest.as_fd(),
+            opts,
+            Some(Box::new(on_done)),
+            None,
+        )
     }
 
     fn submit_inner(
@@ -630,6 +642,7 @@ impl Client {
         dest: BorrowedFd<'_>,
         opts: &TransferOptions,
         callback: Option<Callback>,
+        staged: Option<Staged>,
     ) -> Result<JobHandle, ClientError> {
         let inner = &*self.inner;
         let mut tx = lock(&inner.tx);
@@ -655,7 +668,7 @@ impl Client {
 
         // The slot must be in the table before the frame leaves: the answer
         // can arrive before sendmsg returns.
-        let slot = Arc::new(JobSlot::new(req, callback));
+        let slot = Arc::new(JobSlot::new(req, callback, staged));
         {
             let mut shared = lock(&inner.shared);
             if shared.closed.is_some() {
@@ -666,7 +679,8 @@ impl Client {
         if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest]) {
             // The disconnect sweep takes the send lock we hold, and the daemon
             // cannot answer a request it did not get whole, so the slot is
-            // still unresolved and ours to withdraw, callback unrun.
+            // still unresolved and ours to withdraw, callback unrun; a staged
+            // destination in it is abandoned as the slot drops.
             lock(&inner.shared).jobs.remove(&req);
             return Err(send_error("sending Submit to the daemon", e));
         }
@@ -809,7 +823,7 @@ impl Client {
             &mut tx.buf,
             inner.limits.max_frame,
         )?;
-        let slot = Arc::new(JobSlot::new(req, None));
+        let slot = Arc::new(JobSlot::new(req, None, None));
         {
             let mut shared = lock(&inner.shared);
             if shared.closed.is_some() {
@@ -900,21 +914,44 @@ impl Client {
         receiver.recv().map_err(|_| ClientError::Disconnected)
     }
 
-    /// Copies the file at `src` to `dst`, like cp(1): the source is opened
-    /// read-only, the destination created (with the source's permission bits,
-    /// less the umask) or truncated. The daemon never opens paths itself.
+    /// Copies the file at `src` to `dst`, like cp(1). The source is opened
+    /// read-only. The bytes go into an unnamed temporary file in `dst`'s
+    /// directory, which takes the name `dst` only once the job completed (see
+    /// [`crate::publish`]): until then `dst` is absent or holds its old
+    /// content, and a failed, cancelled or disconnected job leaves it so. A
+    /// new `dst` gets the source's permission bits less the umask; an
+    /// existing one is replaced atomically and its permission bits (and,
+    /// where permitted, owner) carry over, as when cp(1) overwrites.
+    ///
+    /// The handle resolves after the publish: [`JobHandle::wait`] returning
+    /// `Ok` means `dst` holds the copy. A publish that fails turns the job's
+    /// result into [`JobError::Failed`] ([`FailureKind::Io`], or
+    /// [`FailureKind::NoSpace`] / [`FailureKind::PermissionDenied`] by its
+    /// errno) whose message names `dst`.
+    ///
+    /// [`TransferOptions::in_place`] writes into `dst` itself (created, or
+    /// emptied if it holds anything); so do a device or FIFO at `dst`.
+    /// [`TransferOptions::preserve`] copies the source's mode, owner (where
+    /// permitted) and times; [`TransferOptions::fsync`] also syncs the new
+    /// name into the directory; [`Strategy::Direct`] opens both files with
+    /// O_DIRECT. A symbolic link at `dst` is followed: its target is replaced.
+    /// Staging needs write permission on `dst`'s directory, not on `dst`.
     ///
     /// # Errors
     ///
-    /// [`ClientError::Open`] naming the path that could not be opened, also
-    /// when both paths are the same file (which truncating would destroy);
+    /// [`ClientError::Open`] naming the path that could not be opened or
+    /// staged (its `source` wraps the [`PublishError`] for staging
+    /// failures), also when `dst` is a directory or the same file as `src`;
     /// otherwise as [`Client::submit`].
     ///
     /// ```no_run
     /// use std::path::Path;
+    /// use ringxfer_ipc::TransferOptions;
+    ///
     /// let client = ringxfer_ipc::Client::connect_default()?;
-    /// let job = client.copy_file(Path::new("a.iso"), Path::new("b.iso"), &Default::default())?;
-    /// job.wait()?;
+    /// let opts = TransferOptions { preserve: true, fsync: true, ..Default::default() };
+    /// let job = client.copy_file(Path::new("a.iso"), Path::new("b.iso"), &opts)?;
+    /// job.wait()?; // b.iso now holds all of a.iso, durably, with its mode and times
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn copy_file(
@@ -924,41 +961,18 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
         let source = open_source(src, opts)?;
-        let open_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ClientError::Open { path, source }
+        let src_meta = source.metadata().map_err(|e| ClientError::Open {
+            path: src.to_path_buf(),
+            source: e,
+        })?;
+        let publish_opts = PublishOptions {
+            mode: Some(src_meta.permissions().mode() & 0o777),
+            ..publish_options(opts)
         };
-        let src_meta = source.metadata().map_err(open_err(src))?;
-        // Truncation waits until the destination is known not to be the
-        // source: O_TRUNC at open would destroy the data before the check.
-        // (std opens with O_CLOEXEC always.)
-        let dest = open_direct_or_not(
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .mode(src_meta.permissions().mode() & 0o777),
-            dst,
-            opts,
-        )
-        .map_err(open_err(dst))?;
-        let dst_meta = dest.metadata().map_err(open_err(dst))?;
-        if (dst_meta.dev(), dst_meta.ino()) == (src_meta.dev(), src_meta.ino()) {
-            return Err(ClientError::Open {
-                path: dst.to_path_buf(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("it is the same file as {}", src.display()),
-                ),
-            });
-        }
-        // Devices and FIFOs ignore O_TRUNC but would reject ftruncate(2).
-        // An empty file is left alone: on ext4 a truncate to zero arms
-        // writeback on the last close (auto_da_alloc), which a fresh
-        // destination has no reason to pay.
-        if dst_meta.file_type().is_file() && dst_meta.len() > 0 {
-            dest.set_len(0).map_err(open_err(dst))?;
-        }
-        self.submit(&source, &dest, opts)
+        let staged = StagedFile::create(dst, Some(&src_meta), &publish_opts)
+            .map_err(|e| staging_error(dst, e.with_source_path(src)))?;
+        let preserve_from = opts.preserve.then_some(src_meta);
+        self.submit_staged(source.as_fd(), staged, preserve_from, opts)
     }
 
     /// Sends the file at `src` into a connected socket (or pipe) the caller
@@ -988,13 +1002,20 @@ impl Client {
     }
 
     /// Receives from a connected socket (or pipe) the caller owns into the
-    /// file at `dst`, created with mode 0644 (less the umask) or truncated.
-    /// Without [`TransferOptions::length`] the job runs until the peer closes.
+    /// file at `dst`. Without [`TransferOptions::length`] the job runs until
+    /// the peer closes.
+    ///
+    /// The destination is staged and published as by [`Client::copy_file`]:
+    /// `dst` appears (or is replaced) only once the whole stream has landed,
+    /// a new `dst` gets mode 0644 less the umask, and the handle resolves
+    /// after the publish. [`TransferOptions::in_place`] writes into `dst`
+    /// itself; [`TransferOptions::preserve`] has no source to copy from
+    /// and is ignored.
     ///
     /// # Errors
     ///
-    /// [`ClientError::Open`] if `dst` cannot be opened; otherwise as
-    /// [`Client::submit`].
+    /// [`ClientError::Open`] if `dst` cannot be opened or staged; otherwise
+    /// as [`Client::submit`].
     ///
     /// ```no_run
     /// use std::net::TcpListener;
@@ -1010,20 +1031,100 @@ impl Client {
         dst: &Path,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let dest = open_direct_or_not(
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644),
-            dst,
-            opts,
-        )
-        .map_err(|source| ClientError::Open {
-            path: dst.to_path_buf(),
-            source,
-        })?;
-        self.submit(socket, &dest, opts)
+        let publish_opts = PublishOptions {
+            mode: Some(0o644),
+            ..publish_options(opts)
+        };
+        let staged =
+            StagedFile::create(dst, None, &publish_opts).map_err(|e| staging_error(dst, e))?;
+        self.submit_staged(socket.as_fd(), staged, None, opts)
+    }
+
+    /// Submits a job into a staged destination, which the event thread
+    /// publishes when the job completes and abandons otherwise.
+    fn submit_staged(
+        &self,
+        source: BorrowedFd<'_>,
+        staged: StagedFile,
+        preserve_from: Option<Metadata>,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        // A duplicate to send, because the staged file moves into the job's
+        // slot before the Submit goes out (the answer may beat sendmsg's
+        // return) and must not be dropped under a borrowed descriptor.
+        // Closing the duplicate is never the last close of the file.
+        let dest = staged
+            .file()
+            .try_clone()
+            .map_err(|source| ClientError::Io {
+                op: "duplicating the destination's descriptor",
+                source,
+            })?;
+        let staged = Staged {
+            file: staged,
+            preserve_from,
+        };
+        self.submit_inner(source, dest.as_fd(), opts, None, Some(staged))
+    }
+}
+
+/// The staging choices a path helper's [`TransferOptions`] make.
+fn publish_options(opts: &TransferOptions) -> PublishOptions {
+    PublishOptions {
+        in_place: opts.in_place,
+        preserve: opts.preserve,
+        fsync: opts.fsync,
+        direct: opts.strategy == Strategy::Direct,
+        mode: None,
+    }
+}
+
+/// A staging failure as the path helpers report it: an open error on `dst`,
+/// whose source carries the [`PublishError`] (its kind the OS error's kind).
+fn staging_error(dst: &Path, err: PublishError) -> ClientError {
+    let kind = match &err {
+        PublishError::IsDirectory { .. } => io::ErrorKind::IsADirectory,
+        PublishError::SameFile { .. } => io::ErrorKind::InvalidInput,
+        other => other
+            .io_error()
+            .map_or(io::ErrorKind::Other, io::Error::kind),
+    };
+    ClientError::Open {
+        path: dst.to_path_buf(),
+        source: io::Error::new(kind, err),
+    }
+}
+
+/// A destination staged by a path helper, travelling with its job.
+struct Staged {
+    file: StagedFile,
+    /// The source's metadata, when the destination is to take it on.
+    preserve_from: Option<Metadata>,
+}
+
+impl Staged {
+    /// Publishes a completed job's destination, turning a failure into the
+    /// job's failure.
+    fn publish(self, job: u64, bytes: u64) -> Result<(), JobError> {
+        let path = self.file.path().to_path_buf();
+        self.file.publish(self.preserve_from.as_ref()).map_err(|e| {
+            let os_error = e.io_error().and_then(io::Error::raw_os_error);
+            let kind = match os_error {
+                Some(libc::ENOSPC | libc::EDQUOT) => FailureKind::NoSpace,
+                Some(libc::EACCES | libc::EPERM | libc::EROFS) => FailureKind::PermissionDenied,
+                _ => FailureKind::Io,
+            };
+            JobError::Failed {
+                job: Some(job),
+                kind,
+                os_error,
+                message: format!(
+                    "the data was written, but publishing it as {} failed: {e}",
+                    path.display()
+                ),
+                bytes,
+            }
+        })
     }
 }
 
@@ -1168,6 +1269,29 @@ impl Inner {
             }
         };
 
+        // A staged destination is published (or abandoned) before the
+        // handle resolves, so a caller that sees Ok finds the file under its
+        // name. This runs on the event thread with no lock held: link(2),
+        // rename(2) and a directory fsync are short, though not free (ext4
+        // starts writeback of the new data when a rename replaces a file,
+        // and fsync waits for the disk), and they delay this connection's
+        // other events by that much.
+        let staged = if terminal {
+            lock(&slot.state).staged.take()
+        } else {
+            None
+        };
+        let published = match (&event, staged) {
+            (Event::Completed { job, bytes, .. }, Some(staged)) => {
+                Some(staged.publish(*job, *bytes))
+            }
+            // Failed: nothing may appear under the destination's name.
+            (_, staged) => {
+                drop(staged);
+                None
+            }
+        };
+
         let mut state = lock(&slot.state);
         let mut result = None;
         match &event {
@@ -1191,15 +1315,18 @@ impl Inner {
             } => {
                 state.job = Some(*job);
                 state.bytes = *bytes;
-                result = Some(Ok(Completion {
-                    job: *job,
-                    bytes: *bytes,
-                    strategy: *strategy,
-                    elapsed: Duration::from_micros(*elapsed_us),
-                    note: note.clone(),
-                    synced: *synced,
-                    checksums: *checksums,
-                }));
+                result = Some(match published {
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(())) | None => Ok(Completion {
+                        job: *job,
+                        bytes: *bytes,
+                        strategy: *strategy,
+                        elapsed: Duration::from_micros(*elapsed_us),
+                        note: note.clone(),
+                        synced: *synced,
+                        checksums: *checksums,
+                    }),
+                });
             }
             Event::Failed {
                 job,
@@ -1264,6 +1391,11 @@ impl Inner {
         drop(answers);
         drop(subscribers);
         for slot in jobs.into_values() {
+            // The job may still finish in the daemon, but nobody is left to
+            // publish it: drop its staged destination, which removes any
+            // temporary name (an unnamed file goes with its last descriptor).
+            let staged = lock(&slot.state).staged.take();
+            drop(staged);
             let callback = lock(&slot.state).resolve(Err(JobError::Disconnected(reason.clone())));
             slot.changed.notify_all();
             if let Some((callback, result)) = callback {
@@ -1300,10 +1432,13 @@ struct SlotState {
     total: Option<u64>,
     result: Option<Result<Completion, JobError>>,
     callback: Option<Callback>,
+    /// A path helper's destination, until the job ends and the event thread
+    /// publishes or abandons it.
+    staged: Option<Staged>,
 }
 
 impl JobSlot {
-    fn new(req: u64, callback: Option<Callback>) -> JobSlot {
+    fn new(req: u64, callback: Option<Callback>, staged: Option<Staged>) -> JobSlot {
         JobSlot {
             req,
             state: Mutex::new(SlotState {
@@ -1312,6 +1447,7 @@ impl JobSlot {
                 total: None,
                 result: None,
                 callback,
+                staged,
             }),
             changed: Condvar::new(),
         }
@@ -1665,6 +1801,92 @@ mod tests {
             let _ = job.wait();
         }
         assert!(lock(&client.inner.shared).jobs.is_empty());
+        let _peer = daemon.join().expect("daemon thread");
+    }
+
+    fn welcome(peer: &mut UnixStream) {
+        assert!(matches!(read_request(peer), Request::Hello { .. }));
+        let limits = Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_jobs_per_connection: 8,
+            max_fds_per_message: 2,
+            max_jobs_per_user: 8,
+            max_queued_bytes_per_connection: 0,
+            max_queued_bytes_per_user: 0,
+        };
+        write_event(
+            peer,
+            &Event::Welcome {
+                version: PROTOCOL_VERSION,
+                limits,
+            },
+        );
+    }
+
+    /// A completed job whose destination cannot be published is a failed
+    /// job, and its message names the destination.
+    #[test]
+    fn a_publish_failure_fails_the_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"bytes").expect("write source");
+        let sub = dir.path().join("vanishing");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let dst = sub.join("dst");
+
+        let (ours, mut peer) = UnixStream::pair().expect("socketpair");
+        let (got_submit, submitted) = crossbeam_channel::bounded(1);
+        let (go, go_on) = crossbeam_channel::bounded::<()>(1);
+        let daemon = thread::spawn(move || {
+            welcome(&mut peer);
+            let Request::Submit(submit) = read_request(&mut peer) else {
+                panic!("expected Submit");
+            };
+            got_submit.send(()).expect("tell the test");
+            go_on.recv().expect("wait for the test");
+            write_event(
+                &mut peer,
+                &Event::Completed {
+                    req: submit.req,
+                    job: 9,
+                    bytes: 5,
+                    strategy: Strategy::Splice,
+                    elapsed_us: 1,
+                    note: None,
+                    synced: false,
+                    checksums: None,
+                },
+            );
+            peer
+        });
+        let client = Client::from_stream(ours).expect("handshake");
+        let job = client
+            .copy_file(&src, &dst, &TransferOptions::default())
+            .expect("copy_file");
+        submitted.recv().expect("the peer got the Submit");
+        // The unnamed staged file has no entry, so the directory is empty
+        // and can go: the link at publish then has nowhere to land.
+        std::fs::remove_dir(&sub).expect("remove the destination's directory");
+        go.send(()).expect("let the peer complete the job");
+
+        let err = job.wait().expect_err("the publish fails");
+        let JobError::Failed {
+            job,
+            kind,
+            os_error,
+            message,
+            bytes,
+        } = err
+        else {
+            panic!("expected Failed, got {err:?}");
+        };
+        assert_eq!(
+            (job, kind, os_error, bytes),
+            (Some(9), FailureKind::Io, Some(libc::ENOENT), 5)
+        );
+        assert!(message.contains(&*dst.to_string_lossy()), "{message}");
+        assert!(!dst.exists());
+        drop(client);
         let _peer = daemon.join().expect("daemon thread");
     }
 }

@@ -9,9 +9,11 @@ pub mod client;
 pub mod codec;
 pub mod fdpass;
 pub mod proto;
+pub mod publish;
 pub mod socket_path;
 
 pub use client::{Client, ClientError, Completion, JobError, JobHandle, TransferOptions};
+pub use publish::{preserve_metadata, PublishError, PublishOptions, StagedFile};
 pub use socket_path::default_socket_path;
 
 pub use proto::{

@@ -57,6 +57,23 @@ struct Args {
     /// in the page cache go direct (like nginx's directio, plus residency).
     #[arg(long, default_value_t = DEFAULTS.direct_threshold, value_parser = size_arg)]
     direct_threshold: u64,
+    /// Job I/O operations in flight at once across all jobs (each lent pipe or
+    /// buffer carries one).
+    #[arg(long, default_value_t = DEFAULTS.max_inflight as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_inflight: u64,
+    /// Bytes per second all jobs together may move (e.g. 100MiB); each job's
+    /// own --rate-limit applies on top.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    rate_limit: Option<u64>,
+    /// Unfinished jobs one user may have across all connections.
+    #[arg(long, default_value_t = DEFAULTS.max_jobs_per_user)]
+    max_jobs_per_user: usize,
+    /// Bytes one connection's unfinished jobs may still have to move (0: no limit).
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size_arg)]
+    max_queued_bytes_per_connection: u64,
+    /// Bytes one user's unfinished jobs may still have to move (0: no limit).
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size_arg)]
+    max_queued_bytes_per_user: u64,
     /// Log filter (error, warn, info, debug, trace, or tracing directives).
     #[arg(long, env = "RINGXFER_LOG", default_value = "info")]
     log_level: String,
@@ -108,6 +125,11 @@ fn serve(args: &Args) -> Result<(), String> {
         buffers_per_job: args.buffers_per_job,
         direct_threshold: args.direct_threshold,
         chunks_per_job: args.chunks_per_job,
+        max_inflight: usize::try_from(args.max_inflight).unwrap_or(usize::MAX),
+        rate_limit: args.rate_limit.filter(|&r| r > 0),
+        max_jobs_per_user: args.max_jobs_per_user,
+        max_queued_bytes_per_connection: args.max_queued_bytes_per_connection,
+        max_queued_bytes_per_user: args.max_queued_bytes_per_user,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(config).map_err(|e| e.to_string())?;

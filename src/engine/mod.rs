@@ -7,10 +7,15 @@
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
 pub mod buffer_pool;
+mod control;
+mod jobs;
 pub mod ops;
 pub mod pipe_pool;
 pub mod queue;
+pub mod rate;
 pub mod ring;
+pub mod scheduler;
+mod slots;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -18,23 +23,24 @@ use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 use ringxfer_ipc::{
-    codec, Event, FailureKind, Limits, ProtocolErrorKind, Request, StatsReport, Strategy,
-    SubmitRequest, PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
+    codec, Event, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, StrategyStats,
+    PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
 };
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
 use crate::server::frames::{next_frame, FrameError};
 use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE};
-use crate::transfer::buffered::{BufferCopy, IoMode};
-use crate::transfer::choose::{choose, ChoiceInputs};
-use crate::transfer::splice::{Returned, SpliceCopy};
-use crate::transfer::{plan, Mover, TransferError};
+use crate::transfer::splice::Returned;
+use crate::transfer::TransferError;
 use buffer_pool::BufferPool;
+use jobs::{Finished, Job};
 use ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
 use pipe_pool::{PipeError, PipePool};
 use queue::IoQueue;
+use rate::TokenBucket;
 use ring::Ring;
+use scheduler::{FairQueue, Waiter};
 
 /// Settings of one engine.
 #[derive(Debug, Clone)]
@@ -62,6 +68,17 @@ pub struct EngineConfig {
     pub buffers_per_job: usize,
     /// Under `auto`, cold files at least this large go direct.
     pub direct_threshold: u64,
+    /// Job I/O operations in flight at once across all jobs (each lent pipe
+    /// or buffer carries one).
+    pub max_inflight: usize,
+    /// Bytes per second all jobs together may move; `None`: no limit.
+    pub rate_limit: Option<u64>,
+    /// Unfinished jobs one user may have across connections.
+    pub max_jobs_per_user: usize,
+    /// Bytes one connection's jobs may still have to move (0: no limit).
+    pub max_queued_bytes_per_connection: u64,
+    /// Bytes one user's jobs may still have to move (0: no limit).
+    pub max_queued_bytes_per_user: u64,
 }
 
 impl EngineConfig {
@@ -88,6 +105,13 @@ impl EngineConfig {
         // destination, at most 64 MiB) is too small to be worth the wait;
         // above it the footprint grows with the file and direct wins.
         direct_threshold: 32 << 20,
+        // Both pools in full (32 pipes + 32 buffers): the cap matters when
+        // the pools are made larger than the ring and io-wq should carry.
+        max_inflight: 64,
+        rate_limit: None,
+        max_jobs_per_user: 2048,
+        max_queued_bytes_per_connection: 0,
+        max_queued_bytes_per_user: 0,
     };
 }
 
@@ -119,32 +143,14 @@ pub enum EngineError {
     Buffers(#[from] buffer_pool::BufferError),
 }
 
-/// A transfer admitted from a client.
-struct Job {
-    id: u64,
-    req: u64,
-    tag: String,
-    /// The session that submitted it, while that session exists.
-    session: Option<usize>,
-    copy: Mover,
-    /// Why the strategy was chosen, for the Completed event.
-    note: Option<String>,
-    started: Instant,
-    progress: bool,
-    last_progress: Instant,
-    reported: u64,
-    /// Whether the job is in the queue for pipes or buffers.
-    queued: bool,
-    /// Pool resources (pipes or buffers) lent to it now.
-    held: usize,
-}
-
 /// How long the listener waits before accepting again after running out of
 /// descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Progress events go out at most this often per job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Finished jobs remembered for `Status` and `Wait`.
+const RECENT_JOBS: usize = 1024;
 /// A client that lets this many bytes of events pile up is not reading them;
 /// progress events are skipped past a quarter of it, and past all of it the
 /// connection is closed.
@@ -163,7 +169,21 @@ pub struct Engine {
     /// is closed before their memory is freed.
     buffers: BufferPool,
     /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
-    waiters: [VecDeque<usize>; 2],
+    queues: [FairQueue; 2],
+    /// Waiters a lending pass skipped (connection at quota), reused.
+    passed_over: Vec<Waiter>,
+    /// Jobs parked until their rate limits allow more.
+    throttled: Vec<usize>,
+    /// The rate-limit timer in flight and when it fires.
+    throttle_timer: Option<(u64, Instant)>,
+    /// The daemon-wide rate limit.
+    global_bucket: Option<TokenBucket>,
+    /// Unfinished jobs and bytes still to move, per user.
+    users: HashMap<u32, Usage>,
+    /// Finished jobs, oldest first, at most `RECENT_JOBS`.
+    recent: VecDeque<Finished>,
+    /// Counters by strategy: splice, direct, uncached.
+    by_strategy: [StrategyStats; 3],
     listener: Option<OwnedFd>,
     listener_op: Option<u64>,
     signals: Option<OwnedFd>,
@@ -266,7 +286,25 @@ impl Engine {
             job_ids: HashMap::with_capacity(256),
             pipes,
             buffers,
-            waiters: [VecDeque::with_capacity(256), VecDeque::with_capacity(256)],
+            queues: [
+                FairQueue::with_capacity(config.max_jobs * 2),
+                FairQueue::with_capacity(config.max_jobs * 2),
+            ],
+            passed_over: Vec::with_capacity(64),
+            throttled: Vec::with_capacity(64),
+            throttle_timer: None,
+            global_bucket: config
+                .rate_limit
+                .filter(|&r| r > 0)
+                .map(|r| TokenBucket::new(r, Instant::now())),
+            users: HashMap::new(),
+            recent: VecDeque::with_capacity(RECENT_JOBS),
+            by_strategy: [Strategy::Splice, Strategy::Direct, Strategy::Uncached].map(|s| {
+                StrategyStats {
+                    strategy: Some(s),
+                    ..StrategyStats::default()
+                }
+            }),
             listener: None,
             listener_op: None,
             signals: None,
@@ -412,6 +450,7 @@ impl Engine {
                 self.on_job(k, kind, result);
             }
             (Owner::Signal, _, _) => self.on_signal(result),
+            (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
             (Owner::Closer, _, _) => {
                 self.closes_in_flight -= 1;
                 if result < 0 {
@@ -519,9 +558,17 @@ impl Engine {
         if let Some(ud) = self.listener_op {
             let _ = self.io().cancel(ud);
         }
+        if let Some((ud, _)) = self.throttle_timer.take() {
+            let _ = self.io().cancel(ud);
+        }
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close_session(k, "the daemon is shutting down");
+        }
+        // Detached jobs outlive their connections, but not the daemon.
+        let keys: Vec<usize> = self.jobs.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.fail_job(k, TransferError::cancelled("the daemon is shutting down"));
         }
     }
 
@@ -738,9 +785,9 @@ impl Engine {
                     max_frame: self.config.max_frame,
                     max_jobs_per_connection: self.config.max_jobs_per_connection as u32,
                     max_fds_per_message: MAX_FDS_PER_MESSAGE as u32,
-                    max_jobs_per_user: self.config.max_jobs_per_connection as u32,
-                    max_queued_bytes_per_connection: 0,
-                    max_queued_bytes_per_user: 0,
+                    max_jobs_per_user: self.config.max_jobs_per_user as u32,
+                    max_queued_bytes_per_connection: self.config.max_queued_bytes_per_connection,
+                    max_queued_bytes_per_user: self.config.max_queued_bytes_per_user,
                 };
                 self.emit(
                     k,
@@ -762,29 +809,10 @@ impl Engine {
                     self.admit(k, submit, src, dst);
                 }
             }
-            Request::Cancel { req, job } => {
-                let owned = self
-                    .job_ids
-                    .get(&job)
-                    .copied()
-                    .filter(|&jk| self.jobs.get(jk).is_some_and(|j| j.session == Some(k)));
-                match owned {
-                    Some(jk) => {
-                        self.emit(k, &Event::Cancelling { req, job });
-                        self.fail_job(jk, TransferError::cancelled("cancelled by the client"))
-                    }
-                    None => self.emit(
-                        k,
-                        &Event::Refused {
-                            req,
-                            job,
-                            kind: FailureKind::NoSuchJob,
-                            message: format!("no job {job} is running"),
-                        },
-                    ),
-                }
-            }
-            Request::Status { .. } | Request::Wait { .. } | Request::Jobs { .. } => {}
+            Request::Cancel { req, job } => self.on_cancel(k, req, job),
+            Request::Status { req, job } => self.on_status(k, req, job),
+            Request::Wait { req, job, progress } => self.on_wait(k, req, job, progress),
+            Request::Jobs { req } => self.on_jobs(k, req),
             Request::Stats => {
                 let report = self.stats();
                 self.emit(k, &Event::Stats(report));
@@ -825,12 +853,29 @@ impl Engine {
             .into_iter()
             .flatten()
             .collect();
-        let jobs = session.jobs.clone();
+        let jobs = std::mem::take(&mut session.jobs);
         for ud in ops {
             let _ = self.io().cancel(ud);
         }
         for jk in jobs {
-            self.fail_job(jk, TransferError::cancelled(why));
+            match self.jobs.get_mut(jk) {
+                Some(job) if job.detach && !self.stopping => {
+                    // A detached job runs on without its connection; its
+                    // events go to whoever waits for it.
+                    job.session = None;
+                    debug!(job = job.id, "connection closed; detached job runs on");
+                }
+                Some(_) => {
+                    if let Some(session) = self.sessions.get_mut(k) {
+                        session.jobs.push(jk);
+                    }
+                    self.fail_job(jk, TransferError::cancelled(why));
+                }
+                None => {}
+            }
+        }
+        for (_, job) in self.jobs.iter_mut() {
+            job.watchers.retain(|w| w.session != k);
         }
         self.free_if_done(k);
     }
@@ -929,386 +974,6 @@ impl Engine {
         self.free_if_done(k);
     }
 
-    // ---- jobs ------------------------------------------------------------------
-
-    fn admit(&mut self, k: usize, submit: SubmitRequest, src: OwnedFd, dst: OwnedFd) {
-        let req = submit.req;
-        let refuse = |kind: FailureKind, message: String| Event::Failed {
-            req,
-            job: None,
-            kind,
-            os_error: None,
-            message,
-            bytes: 0,
-        };
-        let Some(session) = self.sessions.get(k) else {
-            return;
-        };
-        if session.jobs.len() >= self.config.max_jobs_per_connection {
-            self.doomed.extend([src, dst]);
-            let e = refuse(
-                FailureKind::LimitExceeded,
-                format!(
-                    "this connection already has {} unfinished jobs, the most allowed",
-                    self.config.max_jobs_per_connection
-                ),
-            );
-            return self.emit(k, &e);
-        }
-        if self.jobs.len() >= self.config.max_jobs {
-            self.doomed.extend([src, dst]);
-            let e = refuse(
-                FailureKind::LimitExceeded,
-                format!(
-                    "the daemon already runs {} jobs, the most allowed",
-                    self.config.max_jobs
-                ),
-            );
-            return self.emit(k, &e);
-        }
-        let session_id = session.id;
-        let plan = match plan(src, dst, &submit) {
-            Ok(plan) => plan,
-            Err(refused) => {
-                self.doomed.extend(refused.fds);
-                let e = refused.error;
-                debug!(session = session_id, req, "refused: {e}");
-                let ev = Event::Failed {
-                    req,
-                    job: None,
-                    kind: e.kind,
-                    os_error: e.os_error,
-                    message: e.message,
-                    bytes: 0,
-                };
-                return self.emit(k, &ev);
-            }
-        };
-        let inputs = ChoiceInputs {
-            direct_threshold: self.config.direct_threshold,
-            have_buffers: self.buffers.total() > 0,
-        };
-        let choice = match choose(&plan, submit.strategy, inputs) {
-            Ok(choice) => choice,
-            Err(e) => {
-                self.doomed.extend([plan.ends.src, plan.ends.dst]);
-                let ev = Event::Failed {
-                    req,
-                    job: None,
-                    kind: e.kind,
-                    os_error: e.os_error,
-                    message: e.message,
-                    bytes: 0,
-                };
-                return self.emit(k, &ev);
-            }
-        };
-        let id = self.next_job_id;
-        self.next_job_id += 1;
-        debug!(
-            session = session_id,
-            job = id,
-            tag = %submit.tag,
-            src = %plan.ends.src_kind,
-            dst = %plan.ends.dst_kind,
-            total = ?plan.total,
-            "job admitted"
-        );
-        let now = Instant::now();
-        let key = self.jobs.insert(Job {
-            id,
-            req,
-            tag: submit.tag,
-            session: Some(k),
-            note: choice.note,
-            copy: match choice.strategy {
-                Strategy::Direct | Strategy::Uncached => Mover::Buffered(BufferCopy::new(
-                    plan,
-                    if choice.strategy == Strategy::Direct {
-                        IoMode::Direct {
-                            align: choice.align,
-                        }
-                    } else {
-                        IoMode::Uncached
-                    },
-                    self.buffers.registered(),
-                    self.config.buffers_per_job,
-                    choice.orig_dst_size,
-                    choice.saved,
-                )),
-                _ => Mover::Splice(SpliceCopy::new(plan, self.config.chunks_per_job)),
-            },
-            started: now,
-            progress: submit.progress,
-            last_progress: now,
-            reported: 0,
-            queued: false,
-            held: 0,
-        });
-        self.job_ids.insert(id, key);
-        if let Some(session) = self.sessions.get_mut(k) {
-            session.jobs.push(key);
-        }
-        self.emit(k, &Event::Accepted { req, job: id });
-        if let Some(job) = self.jobs.get_mut(key) {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            job.copy.start(Owner::Job(key), &mut io);
-        }
-        self.after_job_step(key);
-    }
-
-    fn on_job(&mut self, k: usize, kind: OpKind, result: i32) {
-        let Some(job) = self.jobs.get_mut(k) else {
-            error!(key = k, "completion for a job that is gone");
-            return;
-        };
-        let uses = Resource::used_by(&job.copy);
-        let yield_pipes = self.waiters[uses as usize].front().is_some_and(|&w| w != k);
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
-        job.copy.on_complete(
-            kind,
-            result,
-            Owner::Job(k),
-            &mut io,
-            yield_pipes,
-            &mut self.returned,
-        );
-        self.after_job_step(k);
-    }
-
-    fn fail_job(&mut self, k: usize, err: TransferError) {
-        let Some(job) = self.jobs.get_mut(k) else {
-            return;
-        };
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
-        job.copy
-            .fail(err, Owner::Job(k), &mut io, &mut self.returned);
-        self.after_job_step(k);
-    }
-
-    /// After a job moved: takes back the pipes and buffers it gave up,
-    /// reports progress, puts it in the queue for more or finishes it.
-    fn after_job_step(&mut self, k: usize) {
-        let given_back = self.returned.len();
-        if given_back > 0 {
-            if let Some(job) = self.jobs.get_mut(k) {
-                let r = Resource::used_by(&job.copy) as usize;
-                job.held -= given_back.min(job.held);
-                if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
-                    session.held[r] -= given_back.min(session.held[r]);
-                }
-            }
-        }
-        self.take_back();
-        let Some(job) = self.jobs.get_mut(k) else {
-            return;
-        };
-        if job.copy.is_finished() {
-            return self.finish_job(k);
-        }
-        let wants = job.copy.wants_pipe() || job.copy.wants_buffer();
-        if wants && !job.queued {
-            job.queued = true;
-            self.waiters[Resource::used_by(&job.copy) as usize].push_back(k);
-        }
-        if job.progress && job.copy.moved() != job.reported {
-            let now = Instant::now();
-            if now.duration_since(job.last_progress) >= PROGRESS_INTERVAL {
-                let (Some(sk), req, id, bytes, total) = (
-                    job.session,
-                    job.req,
-                    job.id,
-                    job.copy.moved(),
-                    job.copy.total(),
-                ) else {
-                    return;
-                };
-                job.last_progress = now;
-                job.reported = bytes;
-                if self
-                    .sessions
-                    .get(sk)
-                    .is_some_and(|s| s.pending.len() < MAX_PENDING_EVENTS / 4)
-                {
-                    self.emit(
-                        sk,
-                        &Event::Progress {
-                            req,
-                            job: id,
-                            bytes,
-                            total,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    fn take_back(&mut self) {
-        for returned in self.returned.drain(..) {
-            match returned {
-                Returned::Buffer(index) => self.buffers.give_back(index),
-                Returned::Clean(pipe) => self.pipes.give_back(pipe),
-                Returned::Dirty(pipe) => {
-                    if let Some(e) = self.pipes.discard(pipe) {
-                        warn!(
-                            "a pipe could not be replaced; the pool shrinks to {}: {e}",
-                            self.pipes.total()
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// Lends idle pipes and buffers to queued jobs, one per job per pass, so
-    /// that they go round the jobs in turn. One connection's jobs hold at
-    /// most half of a pool, so a client whose transfers stall (a peer that
-    /// stopped reading) cannot hold up everyone else's.
-    fn lend(&mut self) {
-        for r in [Resource::Pipe, Resource::Buffer] {
-            self.lend_one_kind(r);
-        }
-    }
-
-    fn lend_one_kind(&mut self, r: Resource) {
-        let (total, idle) = match r {
-            Resource::Pipe => (self.pipes.total(), self.pipes.idle()),
-            Resource::Buffer => (self.buffers.total(), self.buffers.idle()),
-        };
-        let quota = (total / 2).max(1);
-        let mut idle = idle;
-        let mut passed_over = 0;
-        let ri = r as usize;
-        while idle > 0 && passed_over < self.waiters[ri].len() {
-            let Some(k) = self.waiters[ri].pop_front() else {
-                break;
-            };
-            let Some(job) = self.jobs.get_mut(k) else {
-                continue;
-            };
-            if !(job.copy.wants_pipe() || job.copy.wants_buffer()) {
-                job.queued = false;
-                continue;
-            }
-            let session = job.session.and_then(|sk| self.sessions.get_mut(sk));
-            if session.as_ref().is_some_and(|s| s.held[ri] >= quota) {
-                self.waiters[ri].push_back(k);
-                passed_over += 1;
-                continue;
-            }
-            if let Some(session) = session {
-                session.held[ri] += 1;
-            }
-            job.queued = false;
-            job.held += 1;
-            idle -= 1;
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            match r {
-                Resource::Pipe => {
-                    if let Some(pipe) = self.pipes.take() {
-                        job.copy
-                            .add_pipe(pipe, Owner::Job(k), &mut io, &mut self.returned);
-                    }
-                }
-                Resource::Buffer => {
-                    if let Some(buf) = self.buffers.take() {
-                        job.copy
-                            .add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned);
-                    }
-                }
-            }
-            self.after_job_step(k);
-        }
-        if r == Resource::Pipe && self.pipes.total() == 0 && !self.waiters[ri].is_empty() {
-            // Every pipe failed to be replaced: nothing can move any more.
-            while let Some(k) = self.waiters[ri].pop_front() {
-                if let Some(job) = self.jobs.get_mut(k) {
-                    job.queued = false;
-                }
-                self.fail_job(
-                    k,
-                    TransferError::new(
-                        FailureKind::Io,
-                        "the pipe pool is empty: no pipe could be made",
-                    ),
-                );
-            }
-        }
-    }
-
-    fn finish_job(&mut self, k: usize) {
-        let job = self.jobs.remove(k);
-        if job.queued {
-            for queue in &mut self.waiters {
-                queue.retain(|&w| w != k);
-            }
-        }
-        self.job_ids.remove(&job.id);
-        let moved = job.copy.moved();
-        self.bytes_finished += moved;
-        let elapsed = job.started.elapsed();
-        let event = match job.copy.failure() {
-            None => {
-                self.jobs_completed += 1;
-                debug!(job = job.id, tag = %job.tag, bytes = moved, strategy = %job.copy.strategy(), ?elapsed, "job completed");
-                Event::Completed {
-                    req: job.req,
-                    job: job.id,
-                    bytes: moved,
-                    strategy: job.copy.strategy(),
-                    elapsed_us: elapsed.as_micros().min(u64::MAX as u128) as u64,
-                    note: job.note.clone(),
-                    synced: false,
-                    checksums: None,
-                }
-            }
-            Some(e) => {
-                self.jobs_failed += 1;
-                debug!(job = job.id, tag = %job.tag, bytes = moved, "job failed: {e}");
-                Event::Failed {
-                    req: job.req,
-                    job: Some(job.id),
-                    kind: e.kind,
-                    os_error: e.os_error,
-                    message: e.message.clone(),
-                    bytes: moved,
-                }
-            }
-        };
-        if let Some(ends) = job.copy.into_endpoints() {
-            self.doomed.extend([ends.src, ends.dst]);
-        }
-        if let Some(sk) = job.session {
-            if let Some(session) = self.sessions.get_mut(sk) {
-                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
-                    session.jobs.swap_remove(pos);
-                }
-            }
-            self.emit(sk, &event);
-            let idle_half_closed = self
-                .sessions
-                .get(sk)
-                .is_some_and(|s| s.half_closed && s.jobs.is_empty());
-            if idle_half_closed {
-                self.close_session(sk, "the client half-closed the connection");
-            }
-            self.free_if_done(sk);
-        }
-    }
-
     /// Closes, through the ring, the client descriptors dropped this turn.
     fn close_doomed(&mut self) {
         while let Some(fd) = self.doomed.pop() {
@@ -1325,10 +990,26 @@ impl Engine {
     /// The counters `Request::Stats` answers with.
     pub fn stats(&self) -> StatsReport {
         let running: u64 = self.jobs.iter().map(|(_, j)| j.copy.moved()).sum();
+        let count = |f: fn(&Job) -> bool| self.jobs.iter().filter(|(_, j)| f(j)).count() as u64;
+        // Sessions' receives and sends, the listener's accept, the signal
+        // read and closes are not job I/O.
+        let session_ops: usize = self
+            .sessions
+            .iter()
+            .map(|(_, s)| usize::from(s.recv_op.is_some()) + usize::from(s.send_op.is_some()))
+            .sum();
+        let other_ops = self.closes_in_flight
+            + session_ops
+            + usize::from(self.listener_op.is_some())
+            + usize::from(self.signal_op.is_some())
+            + usize::from(self.throttle_timer.is_some());
         StatsReport {
             uptime_ms: self.started.elapsed().as_millis().min(u64::MAX as u128) as u64,
             connections: self.sessions.len() as u64,
             jobs_running: self.jobs.len() as u64,
+            jobs_queued: count(|j| j.state() == ringxfer_ipc::JobState::Queued),
+            jobs_throttled: count(|j| j.throttled),
+            jobs_detached: count(|j| j.detach),
             jobs_completed: self.jobs_completed,
             jobs_failed: self.jobs_failed,
             bytes_moved: self.bytes_finished + running,
@@ -1337,9 +1018,23 @@ impl Engine {
             pipes_total: self.pipes.total() as u64,
             pipes_in_use: (self.pipes.total() - self.pipes.idle()) as u64,
             pipe_capacity: u64::from(self.pipes.pipe_capacity()),
-            ..StatsReport::default()
+            buffers_total: self.buffers.total() as u64,
+            buffers_in_use: (self.buffers.total() - self.buffers.idle()) as u64,
+            buffer_size: self.buffers.buffer_size() as u64,
+            buffers_registered: self.buffers.registered(),
+            ops_in_flight: self.ops.len().saturating_sub(other_ops) as u64,
+            max_ops_in_flight: self.config.max_inflight as u64,
+            rate_limit: self.global_bucket.as_ref().map(TokenBucket::rate),
+            strategies: self.by_strategy.to_vec(),
         }
     }
+}
+
+/// A user's unfinished jobs and the bytes they still have to move.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    jobs: usize,
+    bytes: u64,
 }
 
 /// Takes the descriptors that arrived with the frame at stream positions
@@ -1428,15 +1123,6 @@ impl Drop for Engine {
 enum Resource {
     Pipe = 0,
     Buffer = 1,
-}
-
-impl Resource {
-    fn used_by(m: &Mover) -> Resource {
-        match m {
-            Mover::Splice(_) => Resource::Pipe,
-            Mover::Buffered(_) => Resource::Buffer,
-        }
-    }
 }
 
 fn request_name(req: &Request) -> &'static str {

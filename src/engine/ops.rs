@@ -32,6 +32,8 @@ pub enum Owner {
     Signal,
     /// A close of a descriptor nobody needs any more.
     Closer,
+    /// The timer that wakes jobs waiting for a rate limit.
+    Throttle,
 }
 
 /// What an operation was, so the owner knows which step completed.
@@ -65,6 +67,11 @@ pub enum OpKind {
     Prealloc,
     /// Truncation of the destination to its final (or original) size.
     Truncate,
+    /// fdatasync of the destination before a job completes.
+    Fsync,
+    /// A read of the verification pass: of the source (`false`) or the
+    /// destination (`true`).
+    VerifyRead(bool),
 }
 
 /// What the kernel may touch while the operation runs.

@@ -380,6 +380,25 @@ impl IoQueue<'_> {
         self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
     }
 
+    /// Queues fdatasync of `fd` (IORING_OP_FSYNC with DATASYNC).
+    pub fn fdatasync(
+        &mut self,
+        owner: Owner,
+        ends: &Rc<Endpoints>,
+        fd: RawFd,
+    ) -> Result<u64, EngineError> {
+        let op = Op {
+            owner,
+            kind: OpKind::Fsync,
+            hold: Hold::Poll(Rc::clone(ends)),
+        };
+        self.queue(op, || {
+            opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+        })
+    }
+
     /// Queues a timer that completes after `delay`.
     pub fn timeout(
         &mut self,

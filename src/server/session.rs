@@ -157,6 +157,8 @@ pub struct Session {
     pub held: [usize; 2],
     /// Job keys submitted on this connection and not yet finished.
     pub jobs: Vec<usize>,
+    /// Bytes this connection's jobs still have to move (known lengths only).
+    pub queued_bytes: u64,
     /// Peer credentials (SO_PEERCRED): pid, uid, gid.
     pub peer: (i32, u32, u32),
 }
@@ -178,6 +180,7 @@ impl Session {
             half_closed: false,
             held: [0, 0],
             jobs: Vec::new(),
+            queued_bytes: 0,
             peer,
         }
     }

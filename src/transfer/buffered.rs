@@ -135,6 +135,34 @@ pub struct BufferCopy {
     touched: bool,
     failure: Option<TransferError>,
     saved_flags: Vec<SavedFlags>,
+    /// The most one read moves (a rate limit's piece; else the buffer's size).
+    piece_limit: u64,
+    /// CRC-32C of the source as read, when verification is asked for: the
+    /// bytes pass through our buffers anyway, so the source need not be
+    /// read twice.
+    source_crc: Option<InOrderCrc>,
+}
+
+/// A CRC-32C over pieces that complete out of order: each piece's CRC is
+/// computed when it arrives and folded in once every byte before it is.
+#[derive(Debug)]
+struct InOrderCrc {
+    next: u64,
+    crc: u32,
+    /// Pieces ahead of `next`: (offset, length, CRC). At most one per chunk.
+    ahead: Vec<(u64, u64, u32)>,
+}
+
+impl InOrderCrc {
+    fn add(&mut self, rel: u64, bytes: &[u8]) {
+        self.ahead
+            .push((rel, bytes.len() as u64, crc32c::crc32c(bytes)));
+        while let Some(i) = self.ahead.iter().position(|&(r, _, _)| r == self.next) {
+            let (_, len, crc) = self.ahead.swap_remove(i);
+            self.crc = crc32c::crc32c_combine(self.crc, crc, len as usize);
+            self.next += len;
+        }
+    }
 }
 
 impl BufferCopy {
@@ -192,8 +220,42 @@ impl BufferCopy {
             touched: false,
             failure: None,
             saved_flags,
+            piece_limit: u64::MAX,
+            source_crc: None,
         };
         BufferCopy { tail, ..copy }
+    }
+
+    pub fn endpoints(&self) -> Rc<Endpoints> {
+        Rc::clone(&self.ends)
+    }
+
+    /// Computes the source's CRC-32C as its bytes are read (file sources).
+    pub fn checksum_source(&mut self) {
+        if !self.src_stream {
+            self.source_crc = Some(InOrderCrc {
+                next: 0,
+                crc: 0,
+                ahead: Vec::with_capacity(self.chunks.len()),
+            });
+        }
+    }
+
+    /// The source's CRC-32C, once every byte of it has been read.
+    pub fn source_checksum(&self) -> Option<u32> {
+        self.source_crc
+            .as_ref()
+            .filter(|c| c.next == self.assigned && c.ahead.is_empty())
+            .map(|c| c.crc)
+    }
+
+    /// Caps each read at `bytes`, rounded down to the O_DIRECT alignment
+    /// (at least one block), so every offset stays aligned.
+    pub fn set_piece_limit(&mut self, bytes: u64) {
+        self.piece_limit = match self.mode {
+            IoMode::Direct { align } => (bytes / align).max(1) * align,
+            IoMode::Uncached => bytes.max(1),
+        };
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -419,6 +481,18 @@ impl BufferCopy {
             return Ok(());
         };
         chunk.done += n;
+        if chunk.done >= chunk.want {
+            if let Some(crc) = self.source_crc.as_mut() {
+                // SAFETY: the chunk owns its buffer and its read has just
+                // completed, so nothing else reads or writes it now; `want`
+                // is at most the buffer's length, and the kernel filled at
+                // least `want` bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(chunk.buf.ptr.as_ptr(), chunk.want as usize)
+                };
+                crc.add(chunk.rel, bytes);
+            }
+        }
         let is_tail = self.tail > 0
             && chunk.rel + chunk.want == self.total
             && chunk.rel >= self.total - self.tail;
@@ -756,7 +830,9 @@ impl BufferCopy {
                 let Some(chunk) = self.chunks[slot].as_mut() else {
                     return Ok(());
                 };
-                chunk.want = (self.total - self.assigned).min(u64::from(chunk.buf.len));
+                chunk.want = (self.total - self.assigned)
+                    .min(u64::from(chunk.buf.len))
+                    .min(self.piece_limit);
                 chunk.len = chunk.want;
                 chunk.done = 0;
                 chunk.step = Step::Reading;
@@ -775,7 +851,7 @@ impl BufferCopy {
                 let Some(chunk) = self.chunks[slot].as_mut() else {
                     return Ok(());
                 };
-                let cap = u64::from(chunk.buf.len);
+                let cap = u64::from(chunk.buf.len).min(self.piece_limit);
                 chunk.rel = self.assigned;
                 let end = if tail_now { self.total } else { body };
                 chunk.want = (end - self.assigned).min(cap);

@@ -91,17 +91,19 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
             "auto: the source is a stream, which splice moves best".into(),
         ));
     };
+    // Small files splice whatever their residency; asking the kernel about
+    // it would cost a syscall per file for nothing.
+    if total < inputs.direct_threshold {
+        return Choice::splice(Some(format!(
+            "auto: {total} bytes is below the direct threshold of {} bytes",
+            inputs.direct_threshold
+        )));
+    }
     let cached = cached_fraction(&plan.ends.src, plan.src_start, total);
     if let Some(f) = cached.filter(|&f| f >= HOT_FRACTION) {
         return Choice::splice(Some(format!(
             "auto: the source is {:.0}% in the page cache, so splice reads it from memory",
             f * 100.0
-        )));
-    }
-    if total < inputs.direct_threshold {
-        return Choice::splice(Some(format!(
-            "auto: {total} bytes is below the direct threshold of {} bytes",
-            inputs.direct_threshold
         )));
     }
     let residency = cached.map_or("of unknown page-cache residency".to_string(), |f| {

@@ -8,6 +8,7 @@ pub mod buffered;
 pub mod choose;
 pub mod dio;
 pub mod splice;
+pub mod verify;
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -133,6 +134,39 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.total(),
             Mover::Buffered(c) => c.total(),
+        }
+    }
+
+    /// The job's descriptors, shared with its operations.
+    pub fn endpoints(&self) -> Option<Rc<Endpoints>> {
+        match self {
+            Mover::Splice(c) => Some(c.endpoints()),
+            Mover::Buffered(c) => Some(c.endpoints()),
+        }
+    }
+
+    /// Asks for the source's checksum to be computed in passing, where the
+    /// bytes go through memory (the buffered strategies).
+    pub fn checksum_source(&mut self) {
+        if let Mover::Buffered(c) = self {
+            c.checksum_source();
+        }
+    }
+
+    /// The source's checksum computed in passing, if it was and is complete.
+    pub fn source_checksum(&self) -> Option<u32> {
+        match self {
+            Mover::Buffered(c) => c.source_checksum(),
+            Mover::Splice(_) => None,
+        }
+    }
+
+    /// Moves at most `bytes` per operation (rounded to the O_DIRECT
+    /// alignment where there is one), so rate limits hold over short windows.
+    pub fn set_piece_limit(&mut self, bytes: u64) {
+        match self {
+            Mover::Splice(c) => c.piece_limit = bytes.max(1),
+            Mover::Buffered(c) => c.set_piece_limit(bytes),
         }
     }
 

@@ -93,6 +93,8 @@ pub struct SpliceCopy {
     /// Bytes written to the destination.
     pub moved: u64,
     failure: Option<TransferError>,
+    /// The most one splice moves (a rate limit's piece; else the pipe's size).
+    pub piece_limit: u64,
 }
 
 impl SpliceCopy {
@@ -125,7 +127,12 @@ impl SpliceCopy {
             chunks: (0..max_chunks).map(|_| None).collect(),
             moved: 0,
             failure: None,
+            piece_limit: u64::MAX,
         }
+    }
+
+    pub fn endpoints(&self) -> Rc<Endpoints> {
+        Rc::clone(&self.ends)
     }
 
     /// Bytes the job will move, when known in advance.
@@ -466,7 +473,7 @@ impl SpliceCopy {
             return Ok(());
         };
         let tag = slot as u16;
-        let cap = u64::from(chunk.pipe.capacity);
+        let cap = u64::from(chunk.pipe.capacity).min(self.piece_limit);
         if let Some(events) = chunk.wait_for.take() {
             let poll = io.poll(owner, OpKind::PollOut(tag), &ends, raw(&ends.dst), events);
             chunk.busy = Some(poll.map_err(ring_failed)?);

@@ -15,6 +15,7 @@ mod failures;
 mod lifecycle;
 mod pagecache;
 mod protocol_abuse;
+mod publish;
 mod robustness;
 mod sockets;
 mod stub;

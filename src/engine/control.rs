@@ -1,0 +1,152 @@
+//! Requests about jobs by id: Cancel, Status, Wait and Jobs.
+//!
+//! A job belongs to the user who submitted it (SO_PEERCRED of the submitting
+//! connection). Any connection of that user may cancel it, ask about it or
+//! follow it; root may do so for every job. Another user is told the job is
+//! not theirs, and does not see it in listings.
+
+use std::time::Instant;
+
+use ringxfer_ipc::{Event, FailureKind, JobInfo};
+
+use super::jobs::{with_req, Watcher};
+use super::Engine;
+use crate::transfer::TransferError;
+
+/// What a lookup by id found.
+enum Lookup {
+    /// A running job, by key.
+    Running(usize),
+    /// A finished job, by index in `recent`.
+    Finished(usize),
+    Refused(FailureKind, String),
+}
+
+impl Engine {
+    fn uid_of(&self, k: usize) -> u32 {
+        self.sessions.get(k).map_or(u32::MAX, |s| s.peer.1)
+    }
+
+    fn lookup(&self, k: usize, job: u64) -> Lookup {
+        let uid = self.uid_of(k);
+        let may = |owner: u32| uid == 0 || uid == owner;
+        if let Some(&jk) = self.job_ids.get(&job) {
+            if let Some(j) = self.jobs.get(jk) {
+                return if may(j.uid) {
+                    Lookup::Running(jk)
+                } else {
+                    Lookup::Refused(
+                        FailureKind::PermissionDenied,
+                        format!("job {job} belongs to another user"),
+                    )
+                };
+            }
+        }
+        match self.recent.iter().rposition(|f| f.info.job == job) {
+            Some(i) if may(self.recent[i].info.uid) => Lookup::Finished(i),
+            Some(_) => Lookup::Refused(
+                FailureKind::PermissionDenied,
+                format!("job {job} belongs to another user"),
+            ),
+            None => Lookup::Refused(
+                FailureKind::NoSuchJob,
+                format!(
+                    "no job {job}: it never existed, or finished before the last {} jobs",
+                    super::RECENT_JOBS
+                ),
+            ),
+        }
+    }
+
+    fn refused(&mut self, k: usize, req: u64, job: u64, kind: FailureKind, message: String) {
+        self.emit(
+            k,
+            &Event::Refused {
+                req,
+                job,
+                kind,
+                message,
+            },
+        );
+    }
+
+    pub(super) fn on_cancel(&mut self, k: usize, req: u64, job: u64) {
+        match self.lookup(k, job) {
+            Lookup::Running(jk) => {
+                self.emit(k, &Event::Cancelling { req, job });
+                let uid = self.uid_of(k);
+                let by = if self.jobs.get(jk).and_then(|j| j.session) == Some(k) {
+                    "cancelled by the client".to_string()
+                } else {
+                    format!("cancelled by request (uid {uid})")
+                };
+                self.fail_job(jk, TransferError::cancelled(&by));
+            }
+            Lookup::Finished(i) => {
+                let state = self.recent[i].info.state.name();
+                self.refused(
+                    k,
+                    req,
+                    job,
+                    FailureKind::NoSuchJob,
+                    format!("job {job} already finished ({state})"),
+                );
+            }
+            Lookup::Refused(kind, message) => self.refused(k, req, job, kind, message),
+        }
+    }
+
+    pub(super) fn on_status(&mut self, k: usize, req: u64, job: u64) {
+        let info = match self.lookup(k, job) {
+            Lookup::Running(jk) => self.jobs.get(jk).map(|j| j.info(Instant::now())),
+            Lookup::Finished(i) => Some(self.recent[i].info.clone()),
+            Lookup::Refused(kind, message) => return self.refused(k, req, job, kind, message),
+        };
+        if let Some(info) = info {
+            self.emit(k, &Event::Status { req, info });
+        }
+    }
+
+    pub(super) fn on_wait(&mut self, k: usize, req: u64, job: u64, progress: bool) {
+        match self.lookup(k, job) {
+            Lookup::Running(jk) => {
+                self.emit(k, &Event::Accepted { req, job });
+                if let Some(j) = self.jobs.get_mut(jk) {
+                    j.watchers.push(Watcher {
+                        session: k,
+                        req,
+                        progress,
+                    });
+                }
+            }
+            Lookup::Finished(i) => {
+                let event = with_req(&self.recent[i].event, req);
+                self.emit(k, &event);
+            }
+            Lookup::Refused(kind, message) => self.emit(
+                k,
+                &Event::Failed {
+                    req,
+                    job: Some(job),
+                    kind,
+                    os_error: None,
+                    message,
+                    bytes: 0,
+                },
+            ),
+        }
+    }
+
+    pub(super) fn on_jobs(&mut self, k: usize, req: u64) {
+        let uid = self.uid_of(k);
+        let now = Instant::now();
+        let mut jobs: Vec<JobInfo> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| uid == 0 || j.uid == uid)
+            .map(|(_, j)| j.info(now))
+            .collect();
+        jobs.sort_by_key(|j| j.job);
+        self.emit(k, &Event::Jobs { req, jobs });
+    }
+}

@@ -1,0 +1,792 @@
+//! Jobs: admission, the callbacks of their operations, their last steps
+//! (fdatasync, verification) and their end.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use ringxfer_ipc::{
+    Checksums, Event, FailureKind, JobInfo, JobState, Priority, Strategy, SubmitRequest,
+};
+use tracing::debug;
+
+use super::ops::{OpKind, Owner};
+use super::queue::IoQueue;
+use super::rate::TokenBucket;
+use super::{Engine, Resource, MAX_PENDING_EVENTS, PROGRESS_INTERVAL, RECENT_JOBS};
+use crate::transfer::buffered::{BufferCopy, IoMode};
+use crate::transfer::choose::{choose, ChoiceInputs};
+use crate::transfer::splice::{Returned, SpliceCopy};
+use crate::transfer::verify::Verifier;
+use crate::transfer::{plan, FdKind, Mover, Plan, TransferError};
+
+/// A connection following a job it did not submit (`Request::Wait`).
+pub(super) struct Watcher {
+    pub session: usize,
+    pub req: u64,
+    pub progress: bool,
+}
+
+/// What a job does after its bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Copy,
+    /// fdatasync of the destination in flight.
+    Sync,
+    /// Reading both ends back.
+    Verify,
+}
+
+/// A transfer admitted from a client.
+pub(super) struct Job {
+    pub id: u64,
+    pub req: u64,
+    pub tag: String,
+    /// The user who submitted it (SO_PEERCRED).
+    pub uid: u32,
+    /// The session that submitted it, while that session exists.
+    pub session: Option<usize>,
+    pub copy: Mover,
+    /// Why the strategy was chosen, for the Completed event.
+    pub note: Option<String>,
+    pub started: Instant,
+    pub progress: bool,
+    pub last_progress: Instant,
+    pub reported: u64,
+    /// Whether the job has a live entry in a fair queue (`queue_seq`).
+    pub queued: bool,
+    pub queue_seq: u64,
+    /// Pool resources (pipes or buffers) lent to it now.
+    pub held: usize,
+    pub priority: Priority,
+    pub detach: bool,
+    pub fsync: bool,
+    pub verify: bool,
+    /// The job's own rate limit.
+    pub bucket: Option<TokenBucket>,
+    /// Connections following it besides its owner.
+    pub watchers: Vec<Watcher>,
+    /// Its virtual time in the fair queues.
+    pub vtime: u64,
+    /// Bytes already charged to virtual time, buckets and counters.
+    pub charged: u64,
+    /// Waiting for a rate limit.
+    pub throttled: bool,
+    /// Has been lent a slot at least once.
+    pub got_slot: bool,
+    /// Bytes and time at the start of the current rate window.
+    pub rate_mark: (Instant, u64),
+    pub rate: u64,
+    pub phase: Phase,
+    pub side_op: Option<u64>,
+    pub verifier: Option<Verifier>,
+    pub synced: bool,
+    pub checksums: Option<Checksums>,
+    /// The part of the source and destination moved, for verification.
+    pub range: (u64, u64),
+    /// Set when fdatasync or verification failed after the copy succeeded.
+    pub late_failure: Option<TransferError>,
+}
+
+impl Job {
+    /// The pool resource the job borrows now.
+    pub fn resource(&self) -> Resource {
+        match (&self.copy, self.phase) {
+            (_, Phase::Verify) => Resource::Buffer,
+            (Mover::Splice(_), _) => Resource::Pipe,
+            (Mover::Buffered(_), _) => Resource::Buffer,
+        }
+    }
+
+    /// Whether the job would use another slot now.
+    pub fn wants_slot(&self) -> bool {
+        match self.phase {
+            Phase::Copy => self.copy.wants_pipe() || self.copy.wants_buffer(),
+            Phase::Sync => false,
+            Phase::Verify => self.verifier.as_ref().is_some_and(Verifier::wants_buffer),
+        }
+    }
+
+    pub fn failure(&self) -> Option<&TransferError> {
+        self.copy.failure().or(self.late_failure.as_ref())
+    }
+
+    /// Bytes still to move, as far as is known.
+    pub fn remaining(&self) -> u64 {
+        self.copy
+            .total()
+            .map_or(0, |t| t.saturating_sub(self.charged))
+    }
+
+    pub fn state(&self) -> JobState {
+        if self.throttled {
+            JobState::Throttled
+        } else if !self.got_slot && self.copy.moved() == 0 {
+            JobState::Queued
+        } else {
+            JobState::Running
+        }
+    }
+
+    pub fn info(&self, now: Instant) -> JobInfo {
+        let (mark, at) = self.rate_mark;
+        let since = now.saturating_duration_since(mark);
+        // A job that stalled has not updated its rate; measure it afresh.
+        let rate = if since.as_secs_f64() > 2.0 {
+            ((self.copy.moved() - at) as f64 / since.as_secs_f64()) as u64
+        } else {
+            self.rate
+        };
+        JobInfo {
+            job: self.id,
+            uid: self.uid,
+            tag: self.tag.clone(),
+            state: self.state(),
+            bytes: self.copy.moved(),
+            total: self.copy.total(),
+            rate,
+            strategy: self.copy.strategy(),
+            priority: self.priority,
+            rate_limit: self.bucket.as_ref().map(TokenBucket::rate),
+            detached: self.detach,
+            elapsed_us: micros(now.saturating_duration_since(self.started)),
+        }
+    }
+}
+
+pub(super) fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// The index of a strategy's counters in `Engine::by_strategy`.
+pub(super) fn strategy_index(s: Strategy) -> usize {
+    match s {
+        Strategy::Auto | Strategy::Splice => 0,
+        Strategy::Direct => 1,
+        Strategy::Uncached => 2,
+    }
+}
+
+/// A job that ended, remembered for `Status` and `Wait`.
+pub(super) struct Finished {
+    pub info: JobInfo,
+    /// Its final event, as sent to its owner.
+    pub event: Event,
+}
+
+impl Engine {
+    /// Refuses a submit before admission: no job id, descriptors closed.
+    fn refuse(
+        &mut self,
+        k: usize,
+        req: u64,
+        e: TransferError,
+        fds: impl IntoIterator<Item = OwnedFd>,
+    ) {
+        self.doomed.extend(fds);
+        let ev = Event::Failed {
+            req,
+            job: None,
+            kind: e.kind,
+            os_error: e.os_error,
+            message: e.message,
+            bytes: 0,
+        };
+        self.emit(k, &ev);
+    }
+
+    pub(super) fn admit(&mut self, k: usize, submit: SubmitRequest, src: OwnedFd, dst: OwnedFd) {
+        let req = submit.req;
+        let Some(session) = self.sessions.get(k) else {
+            return;
+        };
+        let uid = session.peer.1;
+        let limit = |message: String| TransferError::new(FailureKind::LimitExceeded, message);
+        let user = self.users.get(&uid).copied().unwrap_or_default();
+        let refusal = if session.jobs.len() >= self.config.max_jobs_per_connection {
+            Some(limit(format!(
+                "this connection already has {} unfinished jobs, the most allowed (--max-jobs-per-connection)",
+                self.config.max_jobs_per_connection
+            )))
+        } else if self.jobs.len() >= self.config.max_jobs {
+            Some(limit(format!(
+                "the daemon already runs {} jobs, the most allowed (--max-jobs)",
+                self.config.max_jobs
+            )))
+        } else if user.jobs >= self.config.max_jobs_per_user {
+            Some(limit(format!(
+                "user {uid} already has {} unfinished jobs, the most allowed (--max-jobs-per-user)",
+                self.config.max_jobs_per_user
+            )))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            return self.refuse(k, req, e, [src, dst]);
+        }
+        let session_id = session.id;
+        let session_queued = session.queued_bytes;
+        let plan = match plan(src, dst, &submit) {
+            Ok(plan) => plan,
+            Err(refused) => {
+                debug!(session = session_id, req, "refused: {}", refused.error);
+                return self.refuse(k, req, refused.error, refused.fds);
+            }
+        };
+        let bytes = plan.total.unwrap_or(0);
+        let over = |limit: u64, queued: u64| limit > 0 && queued.saturating_add(bytes) > limit;
+        let refusal = if over(self.config.max_queued_bytes_per_connection, session_queued) {
+            Some(limit(format!(
+                "this connection's jobs already have {session_queued} bytes to move; {bytes} more would pass \
+                 the limit of {} (--max-queued-bytes-per-connection)",
+                self.config.max_queued_bytes_per_connection
+            )))
+        } else if over(self.config.max_queued_bytes_per_user, user.bytes) {
+            Some(limit(format!(
+                "user {uid}'s jobs already have {} bytes to move; {bytes} more would pass the limit of {} \
+                 (--max-queued-bytes-per-user)",
+                user.bytes, self.config.max_queued_bytes_per_user
+            )))
+        } else if submit.verify {
+            verify_refusal(&plan)
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            return self.refuse(k, req, e, [plan.ends.src, plan.ends.dst]);
+        }
+        let inputs = ChoiceInputs {
+            direct_threshold: self.config.direct_threshold,
+            have_buffers: self.buffers.total() > 0,
+        };
+        let choice = match choose(&plan, submit.strategy, inputs) {
+            Ok(choice) => choice,
+            Err(e) => return self.refuse(k, req, e, [plan.ends.src, plan.ends.dst]),
+        };
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        debug!(
+            session = session_id,
+            job = id,
+            uid,
+            tag = %submit.tag,
+            src = %plan.ends.src_kind,
+            dst = %plan.ends.dst_kind,
+            total = ?plan.total,
+            priority = %submit.priority,
+            rate_limit = ?submit.rate_limit,
+            detach = submit.detach,
+            "job admitted"
+        );
+        let now = Instant::now();
+        let range = (plan.src_start, plan.dst_start);
+        let mut copy = match choice.strategy {
+            Strategy::Direct | Strategy::Uncached => Mover::Buffered(BufferCopy::new(
+                plan,
+                if choice.strategy == Strategy::Direct {
+                    IoMode::Direct {
+                        align: choice.align,
+                    }
+                } else {
+                    IoMode::Uncached
+                },
+                self.buffers.registered(),
+                self.config.buffers_per_job,
+                choice.orig_dst_size,
+                choice.saved,
+            )),
+            _ => Mover::Splice(SpliceCopy::new(plan, self.config.chunks_per_job)),
+        };
+        let bucket = submit
+            .rate_limit
+            .filter(|&r| r > 0)
+            .map(|r| TokenBucket::new(r, now));
+        // Rate-limited work moves in small pieces, so the limit holds over
+        // short windows too.
+        let piece = [bucket.as_ref(), self.global_bucket.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(TokenBucket::piece)
+            .min();
+        if let Some(piece) = piece {
+            copy.set_piece_limit(piece);
+        }
+        if submit.verify {
+            copy.checksum_source();
+        }
+        let key = self.jobs.insert(Job {
+            id,
+            req,
+            tag: submit.tag,
+            uid,
+            session: Some(k),
+            note: choice.note,
+            copy,
+            started: now,
+            progress: submit.progress,
+            last_progress: now,
+            reported: 0,
+            queued: false,
+            queue_seq: 0,
+            held: 0,
+            priority: submit.priority,
+            detach: submit.detach,
+            fsync: submit.fsync,
+            verify: submit.verify,
+            bucket,
+            watchers: Vec::new(),
+            vtime: 0,
+            charged: 0,
+            throttled: false,
+            got_slot: false,
+            rate_mark: (now, 0),
+            rate: 0,
+            phase: Phase::Copy,
+            side_op: None,
+            verifier: None,
+            synced: false,
+            checksums: None,
+            range,
+            late_failure: None,
+        });
+        self.job_ids.insert(id, key);
+        let usage = self.users.entry(uid).or_default();
+        usage.jobs += 1;
+        usage.bytes += bytes;
+        if let Some(session) = self.sessions.get_mut(k) {
+            session.jobs.push(key);
+            session.queued_bytes += bytes;
+        }
+        self.emit(k, &Event::Accepted { req, job: id });
+        if let Some(job) = self.jobs.get_mut(key) {
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            job.copy.start(Owner::Job(key), &mut io);
+        }
+        self.after_job_step(key);
+    }
+
+    pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32) {
+        let Some(job) = self.jobs.get(k) else {
+            tracing::error!(key = k, "completion for a job that is gone");
+            return;
+        };
+        self.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
+        match kind {
+            OpKind::Fsync => return self.on_synced(k, result),
+            OpKind::VerifyRead(_) => {
+                if let Some(v) = self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
+                    let mut io = IoQueue {
+                        ring: &mut self.ring,
+                        ops: &mut self.ops,
+                    };
+                    v.on_complete(kind, result, Owner::Job(k), &mut io, &mut self.returned);
+                }
+                return self.after_job_step(k);
+            }
+            _ => {}
+        }
+        let yield_slots = self.should_yield(k);
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        job.copy.on_complete(
+            kind,
+            result,
+            Owner::Job(k),
+            &mut io,
+            yield_slots,
+            &mut self.returned,
+        );
+        self.after_job_step(k);
+    }
+
+    pub(super) fn fail_job(&mut self, k: usize, err: TransferError) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        match job.phase {
+            Phase::Copy => job
+                .copy
+                .fail(err, Owner::Job(k), &mut io, &mut self.returned),
+            // An fdatasync cannot be taken back; the job ends when it does.
+            Phase::Sync => {
+                job.late_failure.get_or_insert(err);
+            }
+            Phase::Verify => {
+                job.late_failure.get_or_insert(err.clone());
+                if let Some(v) = job.verifier.as_mut() {
+                    v.fail(err, &mut io, &mut self.returned);
+                }
+            }
+        }
+        self.after_job_step(k);
+    }
+
+    /// After a job moved: takes back the pipes and buffers it gave up,
+    /// charges what it moved, reports progress, queues it for more, starts
+    /// its last steps or finishes it.
+    pub(super) fn after_job_step(&mut self, k: usize) {
+        let given_back = self.returned.len();
+        if given_back > 0 {
+            if let Some(job) = self.jobs.get_mut(k) {
+                let r = job.resource() as usize;
+                job.held -= given_back.min(job.held);
+                if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+                    session.held[r] -= given_back.min(session.held[r]);
+                }
+            }
+        }
+        self.take_back();
+        self.charge(k);
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        if job.phase == Phase::Copy && job.copy.is_finished() && job.copy.failure().is_none() {
+            self.start_last_steps(k);
+        }
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let done = match job.phase {
+            Phase::Copy => job.copy.is_finished(),
+            Phase::Sync => job.side_op.is_none(),
+            Phase::Verify => job.verifier.as_ref().is_none_or(Verifier::is_finished),
+        };
+        if done {
+            return self.finish_job(k);
+        }
+        if job.wants_slot() && !job.queued && !job.throttled {
+            self.enqueue(k);
+        }
+        self.report_progress(k);
+    }
+
+    /// Charges the bytes moved since the last step to the job's virtual
+    /// time, its rate limit, the daemon's, and the counters.
+    fn charge(&mut self, k: usize) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let moved = job.copy.moved();
+        let delta = moved.saturating_sub(job.charged);
+        if delta == 0 {
+            return;
+        }
+        let now = Instant::now();
+        job.charged = moved;
+        job.vtime = job
+            .vtime
+            .saturating_add(super::scheduler::cost(delta, job.priority));
+        if let Some(b) = job.bucket.as_mut() {
+            b.charge(delta, now);
+        }
+        if let Some(b) = self.global_bucket.as_mut() {
+            b.charge(delta, now);
+        }
+        let (mark, at) = job.rate_mark;
+        let window = now.saturating_duration_since(mark).as_secs_f64();
+        if window >= 1.0 {
+            job.rate = ((moved - at) as f64 / window) as u64;
+            job.rate_mark = (now, moved);
+        } else if job.rate == 0 && window > 0.05 {
+            job.rate = ((moved - at) as f64 / window) as u64;
+        }
+        self.by_strategy[strategy_index(job.copy.strategy())].bytes += delta;
+        let known = job.copy.total().is_some();
+        let (uid, session) = (job.uid, job.session);
+        if known {
+            if let Some(u) = self.users.get_mut(&uid) {
+                u.bytes = u.bytes.saturating_sub(delta);
+            }
+            if let Some(s) = session.and_then(|sk| self.sessions.get_mut(sk)) {
+                s.queued_bytes = s.queued_bytes.saturating_sub(delta);
+            }
+        }
+    }
+
+    fn report_progress(&mut self, k: usize) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let listeners = job.progress || job.watchers.iter().any(|w| w.progress);
+        if !listeners || job.copy.moved() == job.reported {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(job.last_progress) < PROGRESS_INTERVAL {
+            return;
+        }
+        job.last_progress = now;
+        job.reported = job.copy.moved();
+        let (id, bytes, total) = (job.id, job.copy.moved(), job.copy.total());
+        let owner = job.session.filter(|_| job.progress).map(|sk| (sk, job.req));
+        let watchers: Vec<(usize, u64)> = job
+            .watchers
+            .iter()
+            .filter(|w| w.progress)
+            .map(|w| (w.session, w.req))
+            .collect();
+        for (sk, req) in owner.into_iter().chain(watchers) {
+            let reading = self
+                .sessions
+                .get(sk)
+                .is_some_and(|s| s.pending.len() < MAX_PENDING_EVENTS / 4);
+            if reading {
+                self.emit(
+                    sk,
+                    &Event::Progress {
+                        req,
+                        job: id,
+                        bytes,
+                        total,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The bytes are in place: fdatasync and verification, as asked.
+    fn start_last_steps(&mut self, k: usize) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let Some(ends) = job.copy.endpoints() else {
+            return;
+        };
+        if job.fsync && !job.synced && ends.dst_kind == FdKind::File {
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            match io.fdatasync(Owner::Job(k), &ends, ends.dst.as_raw_fd()) {
+                Ok(ud) => {
+                    job.phase = Phase::Sync;
+                    job.side_op = Some(ud);
+                }
+                Err(e) => {
+                    job.late_failure = Some(TransferError::new(
+                        FailureKind::Io,
+                        format!("queueing fdatasync of the destination failed: {e}"),
+                    ))
+                }
+            }
+            return;
+        }
+        if job.verify && job.verifier.is_none() {
+            let total = job.copy.moved();
+            let (src_start, dst_start) = job.range;
+            let known = job.copy.source_checksum();
+            debug!(
+                job = job.id,
+                source_read_again = known.is_none(),
+                "verifying"
+            );
+            job.verifier = Some(Verifier::new(ends, (src_start, dst_start), total, known));
+            job.phase = Phase::Verify;
+            if self.buffers.total() == 0 {
+                job.late_failure = Some(TransferError::new(
+                    FailureKind::InvalidRequest,
+                    "verification needs I/O buffers, and this daemon has none (--buffers 0)",
+                ));
+                if let Some(v) = job.verifier.as_mut() {
+                    let mut io = IoQueue {
+                        ring: &mut self.ring,
+                        ops: &mut self.ops,
+                    };
+                    v.fail(
+                        TransferError::new(FailureKind::InvalidRequest, "no buffers"),
+                        &mut io,
+                        &mut self.returned,
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_synced(&mut self, k: usize, result: i32) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        job.side_op = None;
+        if result < 0 && -result != libc::EINTR {
+            job.late_failure.get_or_insert(TransferError::os(
+                format!("fdatasync of the destination {}", FdKind::File),
+                -result,
+            ));
+        } else if result < 0 {
+            // Interrupted: sync again.
+            job.phase = Phase::Copy;
+        } else {
+            job.synced = true;
+            job.phase = Phase::Copy;
+        }
+        if job.late_failure.is_none() {
+            self.start_last_steps(k);
+        }
+        self.after_job_step(k);
+    }
+
+    pub(super) fn take_back(&mut self) {
+        for returned in self.returned.drain(..) {
+            match returned {
+                Returned::Buffer(index) => self.buffers.give_back(index),
+                Returned::Clean(pipe) => self.pipes.give_back(pipe),
+                Returned::Dirty(pipe) => {
+                    if let Some(e) = self.pipes.discard(pipe) {
+                        tracing::warn!(
+                            "a pipe could not be replaced; the pool shrinks to {}: {e}",
+                            self.pipes.total()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn finish_job(&mut self, k: usize) {
+        let mut job = self.jobs.remove(k);
+        self.job_ids.remove(&job.id);
+        let moved = job.copy.moved();
+        self.bytes_finished += moved;
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(job.started);
+        if let Some(v) = job.verifier.as_ref() {
+            match v.outcome() {
+                Ok(sums) => job.checksums = Some(sums),
+                Err(e) => {
+                    job.late_failure.get_or_insert(e);
+                }
+            }
+        }
+        let stats = &mut self.by_strategy[strategy_index(job.copy.strategy())];
+        let (event, state) = match job.failure() {
+            None => {
+                self.jobs_completed += 1;
+                stats.jobs_completed += 1;
+                debug!(job = job.id, tag = %job.tag, bytes = moved, strategy = %job.copy.strategy(), ?elapsed, "job completed");
+                let event = Event::Completed {
+                    req: job.req,
+                    job: job.id,
+                    bytes: moved,
+                    strategy: job.copy.strategy(),
+                    elapsed_us: micros(elapsed),
+                    note: job.note.clone(),
+                    synced: job.synced,
+                    checksums: job.checksums,
+                };
+                (event, JobState::Completed)
+            }
+            Some(e) => {
+                self.jobs_failed += 1;
+                stats.jobs_failed += 1;
+                debug!(job = job.id, tag = %job.tag, bytes = moved, "job failed: {e}");
+                let event = Event::Failed {
+                    req: job.req,
+                    job: Some(job.id),
+                    kind: e.kind,
+                    os_error: e.os_error,
+                    message: e.message.clone(),
+                    bytes: moved,
+                };
+                let state = JobState::Failed {
+                    kind: e.kind,
+                    message: e.message.clone(),
+                };
+                (event, state)
+            }
+        };
+        let remaining = job.remaining();
+        if let Some(u) = self.users.get_mut(&job.uid) {
+            u.jobs -= 1.min(u.jobs);
+            u.bytes = u.bytes.saturating_sub(remaining);
+            if u.jobs == 0 {
+                self.users.remove(&job.uid);
+            }
+        }
+        let mut info = job.info(now);
+        info.state = state;
+        info.rate = 0;
+        if self.recent.len() >= RECENT_JOBS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Finished {
+            info,
+            event: event.clone(),
+        });
+        for w in std::mem::take(&mut job.watchers) {
+            self.emit(w.session, &with_req(&event, w.req));
+        }
+        if let Some(ends) = job.copy.into_endpoints() {
+            self.doomed.extend([ends.src, ends.dst]);
+        }
+        if let Some(sk) = job.session {
+            if let Some(session) = self.sessions.get_mut(sk) {
+                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
+                    session.jobs.swap_remove(pos);
+                }
+                session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
+            }
+            self.emit(sk, &event);
+            let idle_half_closed = self
+                .sessions
+                .get(sk)
+                .is_some_and(|s| s.half_closed && s.jobs.is_empty());
+            if idle_half_closed {
+                self.close_session(sk, "the client half-closed the connection");
+            }
+            self.free_if_done(sk);
+        }
+    }
+}
+
+/// A job's event as sent to a watcher: the same, with the watcher's `req`.
+pub(super) fn with_req(event: &Event, req: u64) -> Event {
+    let mut event = event.clone();
+    match &mut event {
+        Event::Accepted { req: r, .. }
+        | Event::Progress { req: r, .. }
+        | Event::Completed { req: r, .. }
+        | Event::Failed { req: r, .. } => *r = req,
+        _ => {}
+    }
+    event
+}
+
+/// Why a job asking for verification cannot have it, if it cannot.
+fn verify_refusal(plan: &Plan) -> Option<TransferError> {
+    let refuse = |why: &str| Some(TransferError::new(FailureKind::InvalidRequest, why));
+    if plan.ends.dst_kind != FdKind::File {
+        return refuse(&format!(
+            "cannot verify a transfer into a {}: what landed cannot be read back",
+            plan.ends.dst_kind
+        ));
+    }
+    if plan.ends.src_kind != FdKind::File {
+        return refuse(&format!(
+            "cannot verify a transfer from a {}: its bytes cannot be read again",
+            plan.ends.src_kind
+        ));
+    }
+    if plan.dst_append {
+        return refuse("cannot verify a transfer into an O_APPEND file: where its bytes land is not known in advance");
+    }
+    // SAFETY: F_GETFL only reads the descriptor's flags; the descriptor is
+    // open (the plan owns it).
+    let flags = unsafe { libc::fcntl(plan.ends.dst.as_raw_fd(), libc::F_GETFL) };
+    if flags >= 0 && flags & libc::O_ACCMODE == libc::O_WRONLY {
+        return refuse(
+            "verification reads the destination back, but it was opened write-only: open it read-write",
+        );
+    }
+    None
+}

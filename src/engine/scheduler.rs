@@ -1,0 +1,187 @@
+//! Weighted fair queueing of I/O slots (pipes and buffers) between jobs.
+//!
+//! Each job has a virtual time that advances by the bytes it moves divided by
+//! its class's weight. Jobs waiting for a slot of one kind sit in a heap
+//! ordered by virtual time (then class, then arrival), and a freed slot goes
+//! to the first. A job joining the queue starts no earlier than the queue's
+//! virtual time (the time of the last grant), so a newcomer moves its first
+//! bytes before a job that has been running takes its next piece, and a job
+//! that was idle banks no credit. A running job compares itself with the
+//! first waiter at each piece boundary and gives its slot back if it is
+//! ahead (`should_yield`), which is what makes the shares follow the weights.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use ringxfer_ipc::Priority;
+
+/// Virtual time units per byte at weight 1: weights are 1, 2 and 4, so every
+/// class advances by a whole number per byte.
+const SCALE: u64 = 4;
+
+/// One waiting job. Entries are never removed from the middle of the heap:
+/// one whose `seq` no longer matches the job's is stale and skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    vtime: u64,
+    /// Higher classes first among equal virtual times.
+    class: Reverse<Priority>,
+    seq: u64,
+    key: usize,
+}
+
+/// A waiting job as `pop` hands it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub key: usize,
+    pub seq: u64,
+    pub vtime: u64,
+    pub priority: Priority,
+}
+
+/// The queue of jobs waiting for one kind of slot.
+pub struct FairQueue {
+    heap: BinaryHeap<Reverse<Entry>>,
+    /// The virtual time of the last grant: where newcomers start.
+    now: u64,
+    next_seq: u64,
+}
+
+impl FairQueue {
+    /// Room for `capacity` waiters without reallocating.
+    pub fn with_capacity(capacity: usize) -> FairQueue {
+        FairQueue {
+            heap: BinaryHeap::with_capacity(capacity),
+            now: 0,
+            next_seq: 1,
+        }
+    }
+
+    /// Queues a job; returns the entry's sequence number, which the job keeps
+    /// to tell its live entry from stale ones, and the virtual time it was
+    /// queued at (the job's own, or the queue's if that is later).
+    pub fn push(&mut self, key: usize, vtime: u64, priority: Priority) -> (u64, u64) {
+        let vtime = vtime.max(self.now);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Reverse(Entry {
+            vtime,
+            class: Reverse(priority),
+            seq,
+            key,
+        }));
+        (seq, vtime)
+    }
+
+    /// Puts back a waiter that `pop` handed out but could not be served
+    /// (its connection is at its quota), keeping its place.
+    pub fn put_back(&mut self, w: Waiter) {
+        self.heap.push(Reverse(Entry {
+            vtime: w.vtime,
+            class: Reverse(w.priority),
+            seq: w.seq,
+            key: w.key,
+        }));
+    }
+
+    /// Removes stale entries from the front and returns the first live one
+    /// without removing it. `live(key, seq)` says whether an entry is current.
+    pub fn peek(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
+        while let Some(Reverse(e)) = self.heap.peek().copied() {
+            if live(e.key, e.seq) {
+                return Some(Waiter {
+                    key: e.key,
+                    seq: e.seq,
+                    vtime: e.vtime,
+                    priority: e.class.0,
+                });
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Takes the first live waiter.
+    pub fn pop(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
+        let w = self.peek(live)?;
+        self.heap.pop();
+        Some(w)
+    }
+
+    /// Records a grant at `vtime`: newcomers start from there on.
+    pub fn granted(&mut self, vtime: u64) {
+        self.now = self.now.max(vtime);
+    }
+}
+
+/// How far `bytes` moved by a job of `priority` advance its virtual time.
+pub fn cost(bytes: u64, priority: Priority) -> u64 {
+    bytes.saturating_mul(SCALE) / u64::from(priority.weight())
+}
+
+/// Whether a job at `vtime` of `priority` should give its slot to `first`,
+/// the first waiter of the same queue: it should when the waiter is behind it.
+pub fn should_yield(vtime: u64, priority: Priority, first: Option<Waiter>) -> bool {
+    first.is_some_and(|w| (w.vtime, Reverse(w.priority)) < (vtime, Reverse(priority)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earliest_virtual_time_first_then_higher_class() {
+        let mut q = FairQueue::with_capacity(8);
+        q.push(1, 100, Priority::Low);
+        q.push(2, 50, Priority::Low);
+        q.push(3, 50, Priority::High);
+        let order: Vec<usize> = std::iter::from_fn(|| q.pop(|_, _| true).map(|w| w.key)).collect();
+        assert_eq!(order, [3, 2, 1]);
+    }
+
+    #[test]
+    fn stale_entries_are_skipped_and_newcomers_start_at_the_last_grant() {
+        let mut q = FairQueue::with_capacity(8);
+        let (stale, _) = q.push(1, 0, Priority::Normal);
+        q.push(2, 10, Priority::Normal);
+        let w = q.pop(|_, seq| seq != stale).expect("a live waiter");
+        assert_eq!(w.key, 2);
+        q.granted(w.vtime);
+        let (_, at) = q.push(3, 0, Priority::Normal);
+        assert_eq!(at, 10);
+    }
+
+    #[test]
+    fn weights_set_the_shares() {
+        // Two jobs alternate grants of equal pieces by virtual time: the
+        // high one gets four pieces for each of the low one's.
+        let (mut high, mut low) = (0u64, 0u64);
+        let (mut got_high, mut got_low) = (0, 0);
+        for _ in 0..500 {
+            if (high, Reverse(Priority::High)) <= (low, Reverse(Priority::Low)) {
+                high += cost(1 << 20, Priority::High);
+                got_high += 1;
+            } else {
+                low += cost(1 << 20, Priority::Low);
+                got_low += 1;
+            }
+        }
+        assert_eq!(got_high, 400);
+        assert_eq!(got_low, 100);
+    }
+
+    #[test]
+    fn a_job_ahead_of_the_first_waiter_yields() {
+        let w = Waiter {
+            key: 9,
+            seq: 1,
+            vtime: 100,
+            priority: Priority::Normal,
+        };
+        assert!(should_yield(200, Priority::Normal, Some(w)));
+        assert!(!should_yield(50, Priority::Normal, Some(w)));
+        assert!(!should_yield(100, Priority::High, Some(w)));
+        assert!(should_yield(100, Priority::Low, Some(w)));
+        assert!(!should_yield(100, Priority::Normal, None));
+    }
+}

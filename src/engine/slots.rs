@@ -1,0 +1,259 @@
+//! Lending I/O slots (pooled pipes and buffers) to jobs: fair queueing,
+//! per-connection quotas, the global cap on operations in flight, and rate
+//! limits with the timer that wakes throttled jobs.
+
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::FailureKind;
+use tracing::error;
+
+use super::ops::Owner;
+use super::queue::IoQueue;
+use super::scheduler::{should_yield, Waiter};
+use super::{Engine, Resource};
+use crate::transfer::TransferError;
+
+/// Throttled jobs are woken no more often than this, so a tiny limit does
+/// not turn into a timer storm.
+const MIN_THROTTLE_WAIT: Duration = Duration::from_millis(2);
+
+impl Engine {
+    /// Puts a job that wants a slot in its fair queue.
+    pub(super) fn enqueue(&mut self, k: usize) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let q = &mut self.queues[job.resource() as usize];
+        let (seq, vtime) = q.push(k, job.vtime, job.priority);
+        job.queue_seq = seq;
+        job.vtime = vtime;
+        job.queued = true;
+    }
+
+    fn first_waiter(&mut self, r: Resource) -> Option<Waiter> {
+        let jobs = &self.jobs;
+        self.queues[r as usize].peek(|key, seq| {
+            jobs.get(key)
+                .is_some_and(|j| j.queued && j.queue_seq == seq)
+        })
+    }
+
+    /// Whether a running job should give back the slot of a chunk that just
+    /// finished its piece: a job ahead of the first waiter yields, and so
+    /// does one whose rate limit (or the daemon's) is spent.
+    pub(super) fn should_yield(&mut self, k: usize) -> bool {
+        let now = Instant::now();
+        if self.global_bucket.as_mut().is_some_and(|b| !b.ready(now)) {
+            return true;
+        }
+        let Some(job) = self.jobs.get_mut(k) else {
+            return false;
+        };
+        if job.bucket.as_mut().is_some_and(|b| !b.ready(now)) {
+            return true;
+        }
+        let (vtime, priority, r) = (job.vtime, job.priority, job.resource());
+        let first = self.first_waiter(r).filter(|w| w.key != k);
+        should_yield(vtime, priority, first)
+    }
+
+    /// How long `k` must wait for its rate limits, if it must.
+    fn throttle_wait(&mut self, k: usize, now: Instant) -> Option<Duration> {
+        let mut wait = Duration::ZERO;
+        if let Some(b) = self.global_bucket.as_mut() {
+            if !b.ready(now) {
+                wait = wait.max(b.wait());
+            }
+        }
+        if let Some(b) = self.jobs.get_mut(k).and_then(|j| j.bucket.as_mut()) {
+            if !b.ready(now) {
+                wait = wait.max(b.wait());
+            }
+        }
+        (wait > Duration::ZERO).then_some(wait)
+    }
+
+    /// Lends idle pipes and buffers to queued jobs, first waiter first, one
+    /// slot per grant, within the global cap on operations in flight. One
+    /// connection's jobs hold at most half of a pool, so a client whose
+    /// transfers stall (a peer that stopped reading) cannot hold up everyone
+    /// else's.
+    pub(super) fn lend(&mut self) {
+        for r in [Resource::Pipe, Resource::Buffer] {
+            self.lend_one_kind(r);
+        }
+    }
+
+    fn slots_lent(&self) -> usize {
+        (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
+    }
+
+    fn lend_one_kind(&mut self, r: Resource) {
+        let ri = r as usize;
+        let total = match r {
+            Resource::Pipe => self.pipes.total(),
+            Resource::Buffer => self.buffers.total(),
+        };
+        let quota = (total / 2).max(1);
+        let mut passed_over: Vec<Waiter> = std::mem::take(&mut self.passed_over);
+        let now = Instant::now();
+        loop {
+            let idle = match r {
+                Resource::Pipe => self.pipes.idle(),
+                Resource::Buffer => self.buffers.idle(),
+            };
+            if idle == 0 || self.slots_lent() >= self.config.max_inflight {
+                break;
+            }
+            let Some(w) = ({
+                let jobs = &self.jobs;
+                self.queues[ri].pop(|key, seq| {
+                    jobs.get(key)
+                        .is_some_and(|j| j.queued && j.queue_seq == seq)
+                })
+            }) else {
+                break;
+            };
+            let k = w.key;
+            let Some(job) = self.jobs.get_mut(k) else {
+                continue;
+            };
+            job.queued = false;
+            if !job.wants_slot() {
+                continue;
+            }
+            let at_quota = job
+                .session
+                .and_then(|sk| self.sessions.get(sk))
+                .is_some_and(|s| s.held[ri] >= quota);
+            if at_quota {
+                job.queued = true;
+                passed_over.push(w);
+                continue;
+            }
+            if let Some(wait) = self.throttle_wait(k, now) {
+                self.throttle(k, now + wait.max(MIN_THROTTLE_WAIT));
+                continue;
+            }
+            let Some(job) = self.jobs.get_mut(k) else {
+                continue;
+            };
+            self.queues[ri].granted(w.vtime);
+            if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+                session.held[ri] += 1;
+            }
+            job.held += 1;
+            job.got_slot = true;
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            match r {
+                Resource::Pipe => {
+                    if let Some(pipe) = self.pipes.take() {
+                        job.copy
+                            .add_pipe(pipe, Owner::Job(k), &mut io, &mut self.returned);
+                    }
+                }
+                Resource::Buffer => {
+                    if let Some(buf) = self.buffers.take() {
+                        match job.verifier.as_mut() {
+                            Some(v) => {
+                                v.add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned)
+                            }
+                            None => {
+                                job.copy
+                                    .add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned)
+                            }
+                        }
+                    }
+                }
+            }
+            self.after_job_step(k);
+        }
+        for w in passed_over.drain(..) {
+            self.queues[ri].put_back(w);
+        }
+        self.passed_over = passed_over;
+        if r == Resource::Pipe && self.pipes.total() == 0 {
+            // Every pipe failed to be replaced: nothing can move any more.
+            let stuck: Vec<usize> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.queued && j.resource() == Resource::Pipe)
+                .map(|(k, _)| k)
+                .collect();
+            for k in stuck {
+                if let Some(job) = self.jobs.get_mut(k) {
+                    job.queued = false;
+                }
+                self.fail_job(
+                    k,
+                    TransferError::new(
+                        FailureKind::Io,
+                        "the pipe pool is empty: no pipe could be made",
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Parks a job until its rate limits allow more, and makes sure the
+    /// throttle timer fires by `until`.
+    fn throttle(&mut self, k: usize, until: Instant) {
+        if let Some(job) = self.jobs.get_mut(k) {
+            job.throttled = true;
+            self.throttled.push(k);
+        }
+        self.arm_throttle_timer(until);
+    }
+
+    fn arm_throttle_timer(&mut self, until: Instant) {
+        if self.throttle_timer.is_some_and(|(_, at)| at <= until) || self.stopping {
+            return;
+        }
+        let delay = until.saturating_duration_since(Instant::now());
+        if let Some((old, _)) = self.throttle_timer.take() {
+            // One timer at a time, so stopping has only one to take back;
+            // the old one completes with ECANCELED and finds nothing to do.
+            let _ = self.io().cancel(old);
+        }
+        match self.io().timeout(Owner::Throttle, delay) {
+            Ok(ud) => self.throttle_timer = Some((ud, until)),
+            Err(e) => error!("cannot queue the rate-limit timer: {e}"),
+        }
+    }
+
+    /// A rate-limit timer fired: jobs whose limits allow more go back in
+    /// their queues; the rest wait for the next timer.
+    pub(super) fn on_throttle_timer(&mut self, user_data: u64) {
+        if self.throttle_timer.is_some_and(|(ud, _)| ud == user_data) {
+            self.throttle_timer = None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let parked = std::mem::take(&mut self.throttled);
+        for k in parked {
+            if !self.jobs.get(k).is_some_and(|j| j.throttled) {
+                continue;
+            }
+            match self.throttle_wait(k, now) {
+                Some(wait) => {
+                    let at = now + wait.max(MIN_THROTTLE_WAIT);
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    self.throttled.push(k);
+                }
+                None => {
+                    if let Some(job) = self.jobs.get_mut(k) {
+                        job.throttled = false;
+                    }
+                    // A job that failed meanwhile only needs its end.
+                    self.after_job_step(k);
+                }
+            }
+        }
+        if let Some(at) = next {
+            self.arm_throttle_timer(at);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The verification pass: after a job's bytes are in place (and synced, if
+//! asked), read the source range and the destination range back through one
+//! pool buffer and compare their CRC-32C.
+//!
+//! Reads go one at a time, source piece then destination piece, so both
+//! checksums are computed in order and the pass needs a single buffer. A
+//! destination open with O_DIRECT (the direct strategy) is read from the
+//! device, not from the page cache, so what is compared is what landed.
+
+use std::rc::Rc;
+
+use ringxfer_ipc::{Checksums, FailureKind};
+
+use super::splice::Returned;
+use super::{Endpoints, TransferError};
+use crate::engine::buffer_pool::BufRef;
+use crate::engine::ops::{OpKind, Owner};
+use crate::engine::queue::{BufIo, BufWhat, IoQueue, RwOpts};
+
+/// The verification of one job.
+pub struct Verifier {
+    ends: Rc<Endpoints>,
+    src_start: u64,
+    dst_start: u64,
+    total: u64,
+    /// Bytes of the range compared so far.
+    pos: u64,
+    /// Bytes of the source piece now in the buffer, to compare with the
+    /// destination's.
+    piece: u64,
+    crc_src: u32,
+    crc_dst: u32,
+    /// The source's CRC-32C computed while copying: only the destination
+    /// is read back.
+    src_known: Option<u32>,
+    buf: Option<BufRef>,
+    busy: Option<u64>,
+    done: bool,
+    failure: Option<TransferError>,
+}
+
+impl Verifier {
+    /// Verifies `total` bytes at `src_start` of the source against
+    /// `dst_start` of the destination.
+    pub fn new(
+        ends: Rc<Endpoints>,
+        (src_start, dst_start): (u64, u64),
+        total: u64,
+        src_known: Option<u32>,
+    ) -> Verifier {
+        Verifier {
+            ends,
+            src_start,
+            dst_start,
+            total,
+            pos: 0,
+            piece: 0,
+            crc_src: src_known.unwrap_or(0),
+            crc_dst: 0,
+            src_known,
+            buf: None,
+            busy: None,
+            done: total == 0,
+            failure: None,
+        }
+    }
+
+    pub fn wants_buffer(&self) -> bool {
+        self.buf.is_none() && !self.done && self.failure.is_none()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        (self.done || self.failure.is_some()) && self.busy.is_none() && self.buf.is_none()
+    }
+
+    /// The outcome once finished: the checksums, or why verification failed.
+    pub fn outcome(&self) -> Result<Checksums, TransferError> {
+        if let Some(e) = &self.failure {
+            return Err(e.clone());
+        }
+        let sums = Checksums {
+            source: self.crc_src,
+            destination: self.crc_dst,
+        };
+        if sums.source != sums.destination {
+            return Err(TransferError::new(
+                FailureKind::Mismatch,
+                format!(
+                    "verification failed: the source's CRC-32C is {:08x} but the destination's is {:08x} \
+                     over {} bytes",
+                    sums.source, sums.destination, self.total
+                ),
+            ));
+        }
+        Ok(sums)
+    }
+
+    pub fn add_buffer(
+        &mut self,
+        buf: BufRef,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        if self.buf.is_some() {
+            out.push(Returned::Buffer(buf.index));
+            return;
+        }
+        self.buf = Some(buf);
+        self.next(owner, io, out);
+    }
+
+    pub fn fail(&mut self, err: TransferError, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
+        self.failure.get_or_insert(err);
+        if let Some(ud) = self.busy {
+            // A failed cancel request means the ring itself is failing; the
+            // read still completes, which is all that matters here.
+            let _ = io.cancel(ud);
+        } else {
+            self.release(out);
+        }
+    }
+
+    pub fn on_complete(
+        &mut self,
+        kind: OpKind,
+        result: i32,
+        owner: Owner,
+        io: &mut IoQueue<'_>,
+        out: &mut Vec<Returned>,
+    ) {
+        self.busy = None;
+        let OpKind::VerifyRead(of_dst) = kind else {
+            return;
+        };
+        if self.failure.is_some() {
+            self.release(out);
+            return;
+        }
+        if result < 0 {
+            let errno = -result;
+            if !matches!(errno, libc::EINTR | libc::EAGAIN) {
+                let (which, kind) = if of_dst {
+                    ("destination", self.ends.dst_kind)
+                } else {
+                    ("source", self.ends.src_kind)
+                };
+                self.failure = Some(TransferError::os(
+                    format!("reading the {which} {kind} back for verification"),
+                    errno,
+                ));
+                self.release(out);
+                return;
+            }
+            // Interrupted: the same read again.
+            if of_dst {
+                self.read(true, owner, io, out);
+            } else {
+                self.next(owner, io, out);
+            }
+            return;
+        }
+        let Some(buf) = self.buf else {
+            return;
+        };
+        let n = result as u64;
+        if !of_dst {
+            let want = (self.total - self.pos).min(u64::from(buf.len));
+            let got = n.min(want);
+            if got == 0 {
+                self.failure = Some(TransferError::new(
+                    FailureKind::SourceShort,
+                    format!(
+                        "verification: the source ended at offset {} before the {} bytes copied",
+                        self.src_start + self.pos,
+                        self.total
+                    ),
+                ));
+                self.release(out);
+                return;
+            }
+            self.crc_src = crc32c::crc32c_append(self.crc_src, self.bytes(buf, got));
+            self.piece = got;
+            self.read(true, owner, io, out);
+            return;
+        }
+        let got = n.min(self.piece);
+        self.crc_dst = crc32c::crc32c_append(self.crc_dst, self.bytes(buf, got));
+        if got < self.piece {
+            // The destination is shorter than what was copied: the sums
+            // differ (unless by chance), and there is nothing more to read.
+            self.done = true;
+            self.crc_dst = !self.src_known.unwrap_or(self.crc_src);
+            self.release(out);
+            return;
+        }
+        self.pos += got;
+        self.next(owner, io, out);
+    }
+
+    fn bytes(&self, buf: BufRef, len: u64) -> &[u8] {
+        // SAFETY: the buffer is this verifier's (lent by the pool, no
+        // operation of ours is in flight on it: this runs on the completion
+        // of its only read), it is `buf.len` bytes long, and `len` is at most
+        // that; the kernel wrote at least `len` bytes into it.
+        unsafe { std::slice::from_raw_parts(buf.ptr.as_ptr(), len as usize) }
+    }
+
+    fn next(&mut self, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
+        if self.pos >= self.total {
+            self.done = true;
+            self.release(out);
+            return;
+        }
+        if self.src_known.is_some() {
+            if let Some(buf) = self.buf {
+                self.piece = (self.total - self.pos).min(u64::from(buf.len));
+            }
+            self.read(true, owner, io, out);
+            return;
+        }
+        self.read(false, owner, io, out);
+    }
+
+    fn read(&mut self, of_dst: bool, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
+        let Some(buf) = self.buf else {
+            return;
+        };
+        let (fd, offset) = if of_dst {
+            (&self.ends.dst, self.dst_start + self.pos)
+        } else {
+            (&self.ends.src, self.src_start + self.pos)
+        };
+        // A whole buffer is read each time: its length is a multiple of any
+        // O_DIRECT alignment, and only the bytes of the range are hashed.
+        let what = BufWhat::Read {
+            offset,
+            rw: RwOpts {
+                fixed: false,
+                flags: 0,
+            },
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+        let ends = Rc::clone(&self.ends);
+        let req = BufIo {
+            fd,
+            buf,
+            at: 0,
+            len: buf.len,
+        };
+        match io.buffer_op(owner, OpKind::VerifyRead(of_dst), &ends, req, what) {
+            Ok(ud) => self.busy = Some(ud),
+            Err(e) => {
+                self.failure = Some(TransferError::new(
+                    FailureKind::Io,
+                    format!("queueing a verification read failed: {e}"),
+                ));
+                self.release(out);
+            }
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<Returned>) {
+        if self.busy.is_none() {
+            if let Some(buf) = self.buf.take() {
+                out.push(Returned::Buffer(buf.index));
+            }
+        }
+    }
+}
