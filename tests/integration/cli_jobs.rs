@@ -1,9 +1,5 @@
 //! Job control from the command line: --detach, `wait`, `status`, `jobs`,
 //! `cancel`, rate limits, verification, and `stats`.
-//!
-//! Tests marked `ignore` need the engine's side of job control (answers to
-//! Status/Wait/Jobs, detached jobs, rate limits, verification), which lands
-//! on main separately; run them with `cargo test -- --ignored` once it has.
 
 use std::fs;
 use std::time::Duration;
@@ -127,7 +123,6 @@ fn stats_shows_strategies_and_the_ring() {
 }
 
 #[test]
-#[ignore = "waits on the engine: Status answers (job-control issue)"]
 fn status_of_an_unknown_job_exits_1_naming_it() {
     let d = Daemon::start();
     let mut c = cli(&d.socket);
@@ -150,7 +145,6 @@ fn status_of_an_unknown_job_exits_1_naming_it() {
 }
 
 #[test]
-#[ignore = "waits on the engine: detached jobs and Wait (job-control issue)"]
 fn detach_prints_the_id_and_wait_reports_the_result() {
     let d = Daemon::start();
     let dir = tmpdir();
@@ -208,7 +202,6 @@ fn detach_prints_the_id_and_wait_reports_the_result() {
 }
 
 #[test]
-#[ignore = "waits on the engine: rate limits, Jobs, cross-connection Cancel (job-control issue)"]
 fn jobs_lists_a_throttled_job_and_cancel_stops_it() {
     let d = Daemon::start();
     let dir = tmpdir();

@@ -12,6 +12,7 @@
 
 use std::fs::{self, File, Metadata};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,12 +23,11 @@ use crate::commands::{Context, CopyArgs};
 use crate::engine::Engine;
 use crate::error::CliError;
 use crate::fdlimit;
-use crate::files::refuse_same_file;
 use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject};
-use crate::staging::{PublishOptions, StagedFile};
 use crate::transfer::Plan;
 use crate::tree::Item;
+use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Jobs in flight at most. Enough to keep the daemon's ring fed with a full
 /// batch while the CLI publishes the previous one; more buys nothing on two
@@ -128,7 +128,7 @@ impl<'a> Pipeline<'a> {
     pub fn take(&mut self, item: Item) -> Result<(), CliError> {
         self.tally.items += 1;
         match item {
-            Item::File { src, dst, operand } => self.copy_file(src, dst, operand)?,
+            Item::File { src, dst } => self.copy_file(src, dst)?,
             Item::Symlink { src, dst } => match copy_symlink(&src, &dst, self.preserve) {
                 Ok(()) => self.tally.links += 1,
                 Err(err) => self.fail(&src, Some(&dst), &err),
@@ -150,7 +150,7 @@ impl<'a> Pipeline<'a> {
             .suspend(|| self.out.failed(Op::Copy, Some(&subject), err));
     }
 
-    fn copy_file(&mut self, src: PathBuf, dst: PathBuf, operand: bool) -> Result<(), CliError> {
+    fn copy_file(&mut self, src: PathBuf, dst: PathBuf) -> Result<(), CliError> {
         let opened = File::open(&src).and_then(|f| {
             let meta = f.metadata()?;
             Ok((f, meta))
@@ -162,16 +162,16 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         };
-        if operand {
-            if let Err(err) = refuse_same_file(&src, &meta, &dst) {
-                self.fail(&src, Some(&dst), &err);
-                return Ok(());
-            }
-        }
-        let staged = match StagedFile::create(&dst, Some(&meta), &self.publish) {
+        let publish = PublishOptions {
+            mode: Some(meta.mode() & 0o777),
+            ..self.publish.clone()
+        };
+        // Also refuses a file copied onto itself (`copy a b .` in a's directory).
+        let staged = match StagedFile::create(&dst, Some(&meta), &publish) {
             Ok(staged) => staged,
             Err(e) => {
-                self.fail(&src, Some(&dst), &CliError::publish(&e));
+                let e = e.with_source_path(&src);
+                self.fail(&src, Some(&dst), &CliError::staging(&dst, &e));
                 return Ok(());
             }
         };
@@ -329,7 +329,6 @@ fn copy_symlink(src: &Path, dst: &Path, preserve: bool) -> Result<(), CliError> 
 /// Owner and times of a link itself (lchown, utimensat without following).
 fn preserve_link(path: &Path, meta: &Metadata) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // Owner where permitted (root); a refusal keeps ours, as cp -p does.

@@ -9,6 +9,7 @@
 
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ringxfer_ipc::Strategy;
@@ -16,11 +17,11 @@ use ringxfer_ipc::Strategy;
 use crate::args::{DestOpts, JobOpts, RangeOpts};
 use crate::engine::{Engine, Fallback};
 use crate::error::{CliError, Exit};
-use crate::files::{create_destination, open_source, refuse_same_file, resolve_destination};
+use crate::files::{create_destination, open_source, resolve_destination};
 use crate::report::{self, Finished, Op, Output, Subject};
-use crate::staging::{PublishOptions, StagedFile};
 use crate::transfer::{self, Plan};
 use crate::tree;
+use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// What every subcommand needs from the global flags.
 pub struct Context {
@@ -177,17 +178,19 @@ fn copy_one(
     // Report the file actually written, which scripts cannot otherwise know
     // when DST was a directory.
     subject.dst = shown(&dst_path);
-    refuse_same_file(src, &src_meta, &dst_path)?;
     let publish = PublishOptions {
         // A detached job outlives this process, so nobody would publish it.
         in_place: args.dest.in_place || args.job.detach,
         preserve: args.dest.preserve,
         fsync: args.dest.fsync,
         direct: ctx.strategy == Strategy::Direct,
-        mode: None,
+        // Like cp without -p: a new file gets the source's permission bits,
+        // less the umask (a replaced one keeps its own: see publish()).
+        mode: Some(src_meta.mode() & 0o777),
     };
+    // Refuses DST when it is SRC itself, by inode, before anything is written.
     let staged = StagedFile::create(&dst_path, Some(&src_meta), &publish)
-        .map_err(|e| CliError::publish(&e))?;
+        .map_err(|e| CliError::publish(&e.with_source_path(src)))?;
     let plan = ctx.plan(args.range, args.job, args.dest.fsync);
     match run_or_detach(&engine, subject, &src_file, staged.file(), plan) {
         Ok(Outcome::Done(done)) => {

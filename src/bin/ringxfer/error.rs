@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ringxfer_ipc::{ClientError, JobError};
 
-use crate::staging::PublishError;
+use ringxfer_ipc::publish::PublishError;
 
 /// The process exit status; the numbers are part of the CLI's interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,23 +131,37 @@ impl CliError {
     }
 
     /// Staging or publishing a destination failed; the message names the
-    /// operation and the path already.
+    /// step and the path.
     pub fn publish(err: &PublishError) -> CliError {
-        let io = std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>());
+        let io = err.io_error();
+        let kind = match err {
+            PublishError::IsDirectory { .. } => "is-a-directory",
+            PublishError::SameFile { .. } => "invalid-request",
+            _ => io.map_or("io", io_kind),
+        };
         CliError {
             context: String::new(),
+            // Without std's " (os error N)" suffix, as everywhere else.
             cause: match io {
-                // Without std's " (os error N)" suffix, as everywhere else.
                 Some(io_err) => err
                     .to_string()
                     .replace(&io_err.to_string(), &describe_io(io_err)),
                 None => err.to_string(),
             },
-            kind: io.map_or("io", io_kind).to_owned(),
+            kind: kind.to_owned(),
             os_error: io.and_then(io::Error::raw_os_error),
             exit: Exit::Failed,
             bytes: None,
             engine: None,
+        }
+    }
+
+    /// Staging a copy of a file failed: `cannot create 'dst': Permission
+    /// denied`, as cp says it, when a system call failed.
+    pub fn staging(dst: &std::path::Path, err: &PublishError) -> CliError {
+        match (err, err.io_error()) {
+            (PublishError::Io { .. }, Some(io_err)) => CliError::path("cannot create", dst, io_err),
+            _ => CliError::publish(err),
         }
     }
 

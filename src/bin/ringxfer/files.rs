@@ -2,7 +2,7 @@
 //! makes, so that mistakes are refused before anything is truncated.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::CliError;
@@ -42,22 +42,6 @@ pub fn resolve_destination(src: &Path, dst: &Path) -> Result<PathBuf, CliError> 
     }
 }
 
-/// Refuses a copy onto its own source (named directly, through a link, or
-/// via its directory): publishing would replace the file with itself, and
-/// --in-place would truncate it before reading a byte.
-pub fn refuse_same_file(src_path: &Path, src_meta: &Metadata, dst: &Path) -> Result<(), CliError> {
-    match fs::metadata(dst) {
-        Ok(dst_meta) if (dst_meta.dev(), dst_meta.ino()) == (src_meta.dev(), src_meta.ino()) => {
-            Err(CliError::new(
-                dst.display().to_string(),
-                "invalid-request",
-                format!("is the same file as {}", src_path.display()),
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Creates (mode 0644 less the umask, as the client stub's recv_to_file
 /// does) or truncates a file to receive into; `readable` (for --verify, which
 /// reads the bytes back) opens it read-write.
@@ -75,7 +59,6 @@ pub fn create_destination(path: &Path, readable: bool) -> Result<File, CliError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn directory_destination_gets_the_source_name() {
@@ -114,25 +97,6 @@ mod tests {
             err.to_string(),
             format!("{}: is a directory (try -r)", dir.path().display())
         );
-    }
-
-    #[test]
-    fn copy_onto_itself_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        File::create(&src).unwrap().write_all(b"keep me").unwrap();
-        let (_file, meta) = open_source(&src, "").unwrap();
-        // Same file named directly, and via its directory.
-        for dst in [src.clone(), dir.path().to_path_buf()] {
-            let dst = resolve_destination(&src, &dst).unwrap();
-            let err = refuse_same_file(&src, &meta, &dst).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!("{}: is the same file as {}", src.display(), src.display())
-            );
-        }
-        assert!(refuse_same_file(&src, &meta, &dir.path().join("other")).is_ok());
-        assert_eq!(fs::read(&src).unwrap(), b"keep me");
     }
 
     #[test]

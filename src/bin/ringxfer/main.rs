@@ -16,7 +16,6 @@ mod files;
 mod listing;
 mod progress;
 mod report;
-mod staging;
 mod stats;
 mod transfer;
 mod tree;

@@ -25,18 +25,13 @@ use crate::batch::{Pipeline, Tally};
 use crate::commands::{Context, CopyArgs};
 use crate::error::{CliError, Exit};
 use crate::report::Op;
-use crate::staging::preserve_metadata;
+use ringxfer_ipc::publish::preserve_metadata;
 
 /// One thing the walk found that the pipeline must copy or report.
 #[derive(Debug)]
 pub enum Item {
-    /// A regular file. `operand`: named on the command line, so it may be
-    /// the destination itself (`copy a b .` inside a's directory).
-    File {
-        src: PathBuf,
-        dst: PathBuf,
-        operand: bool,
-    },
+    /// A regular file.
+    File { src: PathBuf, dst: PathBuf },
     /// A symbolic link to recreate.
     Symlink { src: PathBuf, dst: PathBuf },
     /// Something that could not be copied, already phrased.
@@ -156,11 +151,7 @@ impl Walk {
             Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
         };
         if meta.is_file() {
-            return Some(Item::File {
-                src,
-                dst,
-                operand: true,
-            });
+            return Some(Item::File { src, dst });
         }
         if !meta.is_dir() {
             return Some(skipped_special(&src, meta.file_type()));
@@ -306,11 +297,7 @@ impl Iterator for Walk {
                 Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
             };
             if ft.is_file() {
-                return Some(Item::File {
-                    src,
-                    dst,
-                    operand: false,
-                });
+                return Some(Item::File { src, dst });
             }
             if ft.is_symlink() {
                 return Some(Item::Symlink { src, dst });
@@ -460,12 +447,12 @@ mod tests {
         let files: Vec<_> = items
             .iter()
             .filter_map(|i| match i {
-                Item::File { dst, operand, .. } => Some((dst.clone(), *operand)),
+                Item::File { dst, .. } => Some(dst.clone()),
                 _ => None,
             })
             .collect();
         assert_eq!(files.len(), 2, "{items:?}");
-        assert!(files.contains(&(dst.join("a/b/f"), false)));
+        assert!(files.contains(&dst.join("a/b/f")));
         assert!(items
             .iter()
             .any(|i| matches!(i, Item::Symlink { dst: d, .. } if *d == dst.join("link"))));
