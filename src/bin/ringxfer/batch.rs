@@ -82,8 +82,9 @@ fn window(client: &Client) -> usize {
     let limits = client.limits();
     let nofile = fdlimit::raise_nofile();
     let by_fds = nofile.saturating_sub(SPARE_FDS).max(1);
+    let want = std::env::var("RINGXFER_WINDOW").ok().and_then(|s| s.parse().ok()).unwrap_or(WINDOW as u64);
     [
-        WINDOW as u64,
+        want,
         u64::from(limits.max_jobs_per_connection),
         u64::from(limits.max_jobs_per_user),
         by_fds,
