@@ -14,6 +14,7 @@ use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -82,9 +83,8 @@ fn window(client: &Client) -> usize {
     let limits = client.limits();
     let nofile = fdlimit::raise_nofile();
     let by_fds = nofile.saturating_sub(SPARE_FDS).max(1);
-    let want = std::env::var("RINGXFER_WINDOW").ok().and_then(|s| s.parse().ok()).unwrap_or(WINDOW as u64);
     [
-        want,
+        WINDOW as u64,
         u64::from(limits.max_jobs_per_connection),
         u64::from(limits.max_jobs_per_user),
         by_fds,
@@ -185,42 +185,42 @@ impl<'a> Pipeline<'a> {
             ..self.plan.options(String::new())
         };
         let len = meta.len();
-        // The callback takes the staged file; the main thread keeps only a
-        // borrowed descriptor for the submit, which copies it.
-        let dst_fd = match staged.file().try_clone() {
-            Ok(fd) => fd,
-            Err(e) => {
-                staged.abandon();
-                self.fail(
-                    &src,
-                    Some(&dst),
-                    &CliError::path("cannot duplicate", &dst, &e),
-                );
-                return Ok(());
-            }
-        };
+        // The callback takes the staged file out of the slot; the main
+        // thread borrows its descriptor for the submit under the same lock,
+        // so a callback that fires before submit returns waits for it
+        // (cheaper than a dup and close per file).
+        let slot = Arc::new(Mutex::new(Some((src.clone(), staged, meta))));
+        let for_callback = Arc::clone(&slot);
         let tx = self.done_tx.clone();
-        let pending = (src.clone(), staged, meta);
-        let submitted = self
-            .client
-            .submit_with_callback(&file, &dst_fd, &opts, move |result| {
-                let (src, staged, meta) = pending;
-                let settled = settle(src, staged, &meta, result);
+        let callback = move |result| {
+            let taken = lock(&for_callback).take();
+            if let Some((src, staged, meta)) = taken {
                 // The receiver lives as long as the pipeline, which waits
                 // for every job before it goes; a send cannot fail before.
-                let _ = tx.send(settled);
-            });
-        // The daemon has its own copies of both now.
+                let _ = tx.send(settle(src, staged, &meta, result));
+            }
+        };
+        let submitted = {
+            let guard = lock(&slot);
+            match guard.as_ref() {
+                Some((_, staged, _)) => {
+                    self.client
+                        .submit_with_callback(&file, staged.file(), &opts, callback)
+                }
+                // Nothing has taken it: it was filled just above.
+                None => return Ok(()),
+            }
+        };
+        // The daemon has its own copy of the source now.
         drop(file);
-        drop(dst_fd);
         match submitted {
             Ok(_handle) => {
                 self.in_flight += 1;
                 self.bar.add_total(len);
                 Ok(())
             }
-            // The callback never runs, so the staged file was dropped with
-            // it, leaving nothing under the name.
+            // The callback never runs; the staged file goes with the slot,
+            // leaving nothing under the name.
             Err(err @ (ClientError::Disconnected | ClientError::Io { .. })) => {
                 self.tally.failed += 1;
                 Err(CliError::client("submitting copies to the engine", &err))
@@ -269,6 +269,11 @@ impl<'a> Pipeline<'a> {
         self.bar.finish();
         self.tally
     }
+}
+
+/// Locks a slot, ignoring poison: a panic elsewhere leaves the data whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Publishes a finished job's file, or drops it (leaving nothing under its
