@@ -55,8 +55,8 @@ pub(super) struct Job {
     /// Whether the job has a live entry in a fair queue (`queue_seq`).
     pub queued: bool,
     pub queue_seq: u64,
-    /// Pool resources (pipes or buffers) lent to it now.
-    pub held: usize,
+    /// Pipes (index 0) and buffers (index 1) lent to it now.
+    pub held: [usize; 2],
     pub priority: Priority,
     pub detach: bool,
     pub fsync: bool,
@@ -327,7 +327,7 @@ impl Engine {
             reported: 0,
             queued: false,
             queue_seq: 0,
-            held: 0,
+            held: [0, 0],
             priority: submit.priority,
             detach: submit.detach,
             fsync: submit.fsync,
@@ -436,13 +436,22 @@ impl Engine {
     /// charges what it moved, reports progress, queues it for more, starts
     /// its last steps or finishes it.
     pub(super) fn after_job_step(&mut self, k: usize) {
-        let given_back = self.returned.len();
-        if given_back > 0 {
+        if !self.returned.is_empty() {
+            // Counted by what came back, not by what the job uses now: a job
+            // that just moved on to verification returns pipes but uses buffers.
+            let mut back = [0usize; 2];
+            for r in &self.returned {
+                match r {
+                    Returned::Buffer(_) => back[Resource::Buffer as usize] += 1,
+                    Returned::Clean(_) | Returned::Dirty(_) => back[Resource::Pipe as usize] += 1,
+                }
+            }
             if let Some(job) = self.jobs.get_mut(k) {
-                let r = job.resource() as usize;
-                job.held -= given_back.min(job.held);
-                if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
-                    session.held[r] -= given_back.min(session.held[r]);
+                for (r, n) in back.into_iter().enumerate() {
+                    job.held[r] -= n.min(job.held[r]);
+                    if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+                        session.held[r] -= n.min(session.held[r]);
+                    }
                 }
             }
         }
@@ -451,7 +460,7 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
-        if job.phase == Phase::Copy && job.copy.is_finished() && job.copy.failure().is_none() {
+        if job.phase == Phase::Copy && job.copy.is_finished() && job.failure().is_none() {
             self.start_last_steps(k);
         }
         let Some(job) = self.jobs.get_mut(k) else {
@@ -484,6 +493,9 @@ impl Engine {
         }
         let now = Instant::now();
         job.charged = moved;
+        // The job went on with this piece without queueing: it was served
+        // at its virtual time, which newcomers must not start behind.
+        self.queues[job.resource() as usize].granted(job.vtime);
         job.vtime = job
             .vtime
             .saturating_add(super::scheduler::cost(delta, job.priority));
@@ -593,6 +605,9 @@ impl Engine {
             );
             job.verifier = Some(Verifier::new(ends, (src_start, dst_start), total, known));
             job.phase = Phase::Verify;
+            // An entry left in the pipe queue from the copy is stale now: the
+            // job queues again, for a buffer.
+            job.queued = false;
             if self.buffers.total() == 0 {
                 job.late_failure = Some(TransferError::new(
                     FailureKind::InvalidRequest,

@@ -171,7 +171,7 @@ pub struct Engine {
     /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
     queues: [FairQueue; 2],
     /// Waiters a lending pass skipped (connection at quota), reused.
-    passed_over: Vec<Waiter>,
+    passed_over: Vec<(Resource, Waiter)>,
     /// Jobs parked until their rate limits allow more.
     throttled: Vec<usize>,
     /// The rate-limit timer in flight and when it fires.
@@ -287,8 +287,8 @@ impl Engine {
             pipes,
             buffers,
             queues: [
-                FairQueue::with_capacity(config.max_jobs * 2),
-                FairQueue::with_capacity(config.max_jobs * 2),
+                FairQueue::with_capacity(config.max_jobs * 2, 0, 2),
+                FairQueue::with_capacity(config.max_jobs * 2, 1, 2),
             ],
             passed_over: Vec::with_capacity(64),
             throttled: Vec::with_capacity(64),

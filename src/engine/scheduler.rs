@@ -45,15 +45,20 @@ pub struct FairQueue {
     /// The virtual time of the last grant: where newcomers start.
     now: u64,
     next_seq: u64,
+    step: u64,
 }
 
 impl FairQueue {
-    /// Room for `capacity` waiters without reallocating.
-    pub fn with_capacity(capacity: usize) -> FairQueue {
+    /// Room for `capacity` waiters without reallocating. Queue `index` of
+    /// `count` numbers its entries `index + 1`, then by steps of `count`, so
+    /// no two queues of an engine ever hand out the same sequence number: a
+    /// job's stale entry in one queue cannot pass for its live one in another.
+    pub fn with_capacity(capacity: usize, index: u64, count: u64) -> FairQueue {
         FairQueue {
             heap: BinaryHeap::with_capacity(capacity),
             now: 0,
-            next_seq: 1,
+            next_seq: index + 1,
+            step: count.max(1),
         }
     }
 
@@ -63,7 +68,7 @@ impl FairQueue {
     pub fn push(&mut self, key: usize, vtime: u64, priority: Priority) -> (u64, u64) {
         let vtime = vtime.max(self.now);
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq += self.step;
         self.heap.push(Reverse(Entry {
             vtime,
             class: Reverse(priority),
@@ -131,7 +136,7 @@ mod tests {
 
     #[test]
     fn earliest_virtual_time_first_then_higher_class() {
-        let mut q = FairQueue::with_capacity(8);
+        let mut q = FairQueue::with_capacity(8, 0, 1);
         q.push(1, 100, Priority::Low);
         q.push(2, 50, Priority::Low);
         q.push(3, 50, Priority::High);
@@ -141,7 +146,7 @@ mod tests {
 
     #[test]
     fn stale_entries_are_skipped_and_newcomers_start_at_the_last_grant() {
-        let mut q = FairQueue::with_capacity(8);
+        let mut q = FairQueue::with_capacity(8, 0, 1);
         let (stale, _) = q.push(1, 0, Priority::Normal);
         q.push(2, 10, Priority::Normal);
         let w = q.pop(|_, seq| seq != stale).expect("a live waiter");

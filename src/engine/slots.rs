@@ -2,6 +2,7 @@
 //! per-connection quotas, the global cap on operations in flight, and rate
 //! limits with the timer that wakes throttled jobs.
 
+use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use ringxfer_ipc::FailureKind;
@@ -53,8 +54,24 @@ impl Engine {
             return true;
         }
         let (vtime, priority, r) = (job.vtime, job.priority, job.resource());
-        let first = self.first_waiter(r).filter(|w| w.key != k);
-        should_yield(vtime, priority, first)
+        if should_yield(vtime, priority, self.first_waiter(r).filter(|w| w.key != k)) {
+            return true;
+        }
+        // When the global cap binds, the other pool's waiters compete for
+        // the same operations in flight.
+        if self.slots_lent() >= self.config.max_inflight {
+            let other = match r {
+                Resource::Pipe => Resource::Buffer,
+                Resource::Buffer => Resource::Pipe,
+            };
+            return self.idle(other) > 0
+                && should_yield(
+                    vtime,
+                    priority,
+                    self.first_waiter(other).filter(|w| w.key != k),
+                );
+        }
+        false
     }
 
     /// How long `k` must wait for its rate limits, if it must.
@@ -73,47 +90,35 @@ impl Engine {
         (wait > Duration::ZERO).then_some(wait)
     }
 
-    /// Lends idle pipes and buffers to queued jobs, first waiter first, one
-    /// slot per grant, within the global cap on operations in flight. One
-    /// connection's jobs hold at most half of a pool, so a client whose
-    /// transfers stall (a peer that stopped reading) cannot hold up everyone
-    /// else's.
+    /// Lends idle pipes and buffers to queued jobs, first waiter first
+    /// (across both pools, by virtual time then class), one slot per grant,
+    /// within the global cap on operations in flight. One connection's jobs
+    /// hold at most half of a pool, so a client whose transfers stall (a
+    /// peer that stopped reading) cannot hold up everyone else's.
     pub(super) fn lend(&mut self) {
-        for r in [Resource::Pipe, Resource::Buffer] {
-            self.lend_one_kind(r);
-        }
-    }
-
-    fn slots_lent(&self) -> usize {
-        (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
-    }
-
-    fn lend_one_kind(&mut self, r: Resource) {
-        let ri = r as usize;
-        let total = match r {
-            Resource::Pipe => self.pipes.total(),
-            Resource::Buffer => self.buffers.total(),
-        };
-        let quota = (total / 2).max(1);
-        let mut passed_over: Vec<Waiter> = std::mem::take(&mut self.passed_over);
+        let mut passed_over = std::mem::take(&mut self.passed_over);
         let now = Instant::now();
-        loop {
-            let idle = match r {
-                Resource::Pipe => self.pipes.idle(),
-                Resource::Buffer => self.buffers.idle(),
-            };
-            if idle == 0 || self.slots_lent() >= self.config.max_inflight {
-                break;
+        while self.slots_lent() < self.config.max_inflight {
+            let mut pick: Option<(Resource, Waiter)> = None;
+            for r in [Resource::Pipe, Resource::Buffer] {
+                if self.idle(r) == 0 {
+                    continue;
+                }
+                if let Some(w) = self.first_waiter(r) {
+                    if pick.is_none_or(|(_, p)| {
+                        (w.vtime, Reverse(w.priority)) < (p.vtime, Reverse(p.priority))
+                    }) {
+                        pick = Some((r, w));
+                    }
+                }
             }
-            let Some(w) = ({
-                let jobs = &self.jobs;
-                self.queues[ri].pop(|key, seq| {
-                    jobs.get(key)
-                        .is_some_and(|j| j.queued && j.queue_seq == seq)
-                })
-            }) else {
+            let Some((r, w)) = pick else {
                 break;
             };
+            let ri = r as usize;
+            let quota = (self.pool_total(r) / 2).max(1);
+            // The waiter `first_waiter` just found is at the top.
+            self.queues[ri].pop(|_, _| true);
             let k = w.key;
             let Some(job) = self.jobs.get_mut(k) else {
                 continue;
@@ -122,60 +127,31 @@ impl Engine {
             if !job.wants_slot() {
                 continue;
             }
+            if job.resource() != r {
+                // It moved on (copy to verification) since it queued.
+                self.enqueue(k);
+                continue;
+            }
             let at_quota = job
                 .session
                 .and_then(|sk| self.sessions.get(sk))
                 .is_some_and(|s| s.held[ri] >= quota);
             if at_quota {
                 job.queued = true;
-                passed_over.push(w);
+                passed_over.push((r, w));
                 continue;
             }
             if let Some(wait) = self.throttle_wait(k, now) {
                 self.throttle(k, now + wait.max(MIN_THROTTLE_WAIT));
                 continue;
             }
-            let Some(job) = self.jobs.get_mut(k) else {
-                continue;
-            };
-            self.queues[ri].granted(w.vtime);
-            if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
-                session.held[ri] += 1;
-            }
-            job.held += 1;
-            job.got_slot = true;
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            match r {
-                Resource::Pipe => {
-                    if let Some(pipe) = self.pipes.take() {
-                        job.copy
-                            .add_pipe(pipe, Owner::Job(k), &mut io, &mut self.returned);
-                    }
-                }
-                Resource::Buffer => {
-                    if let Some(buf) = self.buffers.take() {
-                        match job.verifier.as_mut() {
-                            Some(v) => {
-                                v.add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned)
-                            }
-                            None => {
-                                job.copy
-                                    .add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned)
-                            }
-                        }
-                    }
-                }
-            }
-            self.after_job_step(k);
+            self.grant(k, r, w.vtime);
         }
-        for w in passed_over.drain(..) {
-            self.queues[ri].put_back(w);
+        for (r, w) in passed_over.drain(..) {
+            self.queues[r as usize].put_back(w);
         }
         self.passed_over = passed_over;
-        if r == Resource::Pipe && self.pipes.total() == 0 {
+        if self.pipes.total() == 0 {
             // Every pipe failed to be replaced: nothing can move any more.
             let stuck: Vec<usize> = self
                 .jobs
@@ -196,6 +172,62 @@ impl Engine {
                 );
             }
         }
+    }
+
+    fn idle(&self, r: Resource) -> usize {
+        match r {
+            Resource::Pipe => self.pipes.idle(),
+            Resource::Buffer => self.buffers.idle(),
+        }
+    }
+
+    fn pool_total(&self, r: Resource) -> usize {
+        match r {
+            Resource::Pipe => self.pipes.total(),
+            Resource::Buffer => self.buffers.total(),
+        }
+    }
+
+    fn slots_lent(&self) -> usize {
+        (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
+    }
+
+    /// Lends one slot of `r` to job `k`, queued at virtual time `vtime`.
+    fn grant(&mut self, k: usize, r: Resource, vtime: u64) {
+        let ri = r as usize;
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        self.queues[ri].granted(vtime);
+        if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+            session.held[ri] += 1;
+        }
+        job.held[ri] += 1;
+        job.got_slot = true;
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        match r {
+            Resource::Pipe => {
+                if let Some(pipe) = self.pipes.take() {
+                    job.copy
+                        .add_pipe(pipe, Owner::Job(k), &mut io, &mut self.returned);
+                }
+            }
+            Resource::Buffer => {
+                if let Some(buf) = self.buffers.take() {
+                    match job.verifier.as_mut() {
+                        Some(v) => v.add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned),
+                        None => {
+                            job.copy
+                                .add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned)
+                        }
+                    }
+                }
+            }
+        }
+        self.after_job_step(k);
     }
 
     /// Parks a job until its rate limits allow more, and makes sure the

@@ -17,6 +17,12 @@ use crate::engine::buffer_pool::BufRef;
 use crate::engine::ops::{OpKind, Owner};
 use crate::engine::queue::{BufIo, BufWhat, IoQueue, RwOpts};
 
+/// Reads start at offsets rounded down to this, so a descriptor open with
+/// O_DIRECT (by the direct strategy, or by the client) accepts them; 4 KiB
+/// is a multiple of every logical block size Linux supports for O_DIRECT
+/// except on 64 KiB-sector devices, and the buffers are page aligned.
+const READ_ALIGN: u64 = 4096;
+
 /// The verification of one job.
 pub struct Verifier {
     ends: Rc<Endpoints>,
@@ -163,9 +169,13 @@ impl Verifier {
         let Some(buf) = self.buf else {
             return;
         };
-        let n = result as u64;
+        let skip = self.skip(of_dst);
+        let n = (result as u64).saturating_sub(skip);
         if !of_dst {
-            let want = (self.total - self.pos).min(u64::from(buf.len));
+            // The destination's piece is read into the same buffer at its
+            // own skip, so the piece must fit after the larger of the two.
+            let room = u64::from(buf.len) - skip.max(self.skip(true));
+            let want = (self.total - self.pos).min(room);
             let got = n.min(want);
             if got == 0 {
                 self.failure = Some(TransferError::new(
@@ -179,13 +189,13 @@ impl Verifier {
                 self.release(out);
                 return;
             }
-            self.crc_src = crc32c::crc32c_append(self.crc_src, self.bytes(buf, got));
+            self.crc_src = crc32c::crc32c_append(self.crc_src, self.bytes(buf, skip, got));
             self.piece = got;
             self.read(true, owner, io, out);
             return;
         }
         let got = n.min(self.piece);
-        self.crc_dst = crc32c::crc32c_append(self.crc_dst, self.bytes(buf, got));
+        self.crc_dst = crc32c::crc32c_append(self.crc_dst, self.bytes(buf, skip, got));
         if got < self.piece {
             // The destination is shorter than what was copied: the sums
             // differ (unless by chance), and there is nothing more to read.
@@ -198,12 +208,23 @@ impl Verifier {
         self.next(owner, io, out);
     }
 
-    fn bytes(&self, buf: BufRef, len: u64) -> &[u8] {
+    /// Where the range's byte at `pos` sits in the buffer after an aligned read.
+    fn skip(&self, of_dst: bool) -> u64 {
+        let start = if of_dst {
+            self.dst_start
+        } else {
+            self.src_start
+        };
+        (start + self.pos) % READ_ALIGN
+    }
+
+    fn bytes(&self, buf: BufRef, skip: u64, len: u64) -> &[u8] {
         // SAFETY: the buffer is this verifier's (lent by the pool, no
         // operation of ours is in flight on it: this runs on the completion
-        // of its only read), it is `buf.len` bytes long, and `len` is at most
-        // that; the kernel wrote at least `len` bytes into it.
-        unsafe { std::slice::from_raw_parts(buf.ptr.as_ptr(), len as usize) }
+        // of its only read), it is `buf.len` bytes long, `skip + len` is at
+        // most that (callers clamp `len` to what the read returned past
+        // `skip`), and the kernel wrote those bytes.
+        unsafe { std::slice::from_raw_parts(buf.ptr.as_ptr().add(skip as usize), len as usize) }
     }
 
     fn next(&mut self, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
@@ -214,7 +235,8 @@ impl Verifier {
         }
         if self.src_known.is_some() {
             if let Some(buf) = self.buf {
-                self.piece = (self.total - self.pos).min(u64::from(buf.len));
+                let room = u64::from(buf.len) - self.skip(true);
+                self.piece = (self.total - self.pos).min(room);
             }
             self.read(true, owner, io, out);
             return;
@@ -231,6 +253,7 @@ impl Verifier {
         } else {
             (&self.ends.src, self.src_start + self.pos)
         };
+        let offset = offset - offset % READ_ALIGN;
         // A whole buffer is read each time: its length is a multiple of any
         // O_DIRECT alignment, and only the bytes of the range are hashed.
         let what = BufWhat::Read {
