@@ -139,8 +139,9 @@ fn check_tree(root: &Path, s: &Settings, who: &str) -> Result<()> {
     Ok(())
 }
 
-/// One timed run of `cmd` (which must exit 0): wall seconds, CPU seconds.
-fn timed(mut cmd: Command, daemon: Option<&DaemonCpu>) -> Result<(f64, f64)> {
+/// One timed run of `cmd` (which must exit 0): wall seconds, and CPU seconds
+/// of the command and of the daemon.
+fn timed(mut cmd: Command, daemon: Option<&DaemonCpu>) -> Result<(f64, f64, f64)> {
     sync_all();
     let desc = format!("{cmd:?}");
     let cpu0 = children_cpu();
@@ -161,7 +162,7 @@ fn timed(mut cmd: Command, daemon: Option<&DaemonCpu>) -> Result<(f64, f64)> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok((wall, children_cpu() - cpu0 + daemon1 - daemon0))
+    Ok((wall, children_cpu() - cpu0, daemon1 - daemon0))
 }
 
 fn run() -> Result<()> {
@@ -217,18 +218,19 @@ fn run() -> Result<()> {
     timed(rx(&warm_rx), Some(&daemon_cpu))?;
     check_tree(&warm_rx, &s, "ringxfer copy -r")?;
 
-    let (mut cp_wall, mut rx_wall, mut cp_cpu, mut rx_cpu, mut ratios) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut cp_wall, mut rx_wall, mut cp_cpu, mut rx_cpu, mut rxd_cpu, mut ratios) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for round in 0..s.rounds {
         let mut one = |is_rx: bool| -> Result<()> {
             let dst = next_dst(if is_rx { "rx" } else { "cp" });
             if is_rx {
-                let (w, c) = timed(rx(&dst), Some(&daemon_cpu))?;
+                let (w, c, d) = timed(rx(&dst), Some(&daemon_cpu))?;
                 rx_wall.push(w);
                 rx_cpu.push(c);
+                rxd_cpu.push(d);
                 check_tree(&dst, &s, "ringxfer copy -r")
             } else {
-                let (w, c) = timed(cp(&dst), None)?;
+                let (w, c, _) = timed(cp(&dst), None)?;
                 cp_wall.push(w);
                 cp_cpu.push(c);
                 check_tree(&dst, &s, "cp -r")
@@ -250,10 +252,11 @@ fn run() -> Result<()> {
         med(&cp_cpu)
     );
     println!(
-        "  ringxfer copy -r wall s: {}  median {:.3}  CPU s median {:.3} (CLI + daemon)",
+        "  ringxfer copy -r wall s: {}  median {:.3}  CPU s median {:.3} CLI + {:.3} daemon",
         fmt3(&rx_wall),
         med(&rx_wall),
-        med(&rx_cpu)
+        med(&rx_cpu),
+        med(&rxd_cpu)
     );
     println!(
         "  ringxfer / cp wall time per round: {}  median {:.2} ({})",
