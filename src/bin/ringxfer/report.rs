@@ -226,14 +226,19 @@ pub fn transfer_text(op: Op, done: &Finished) -> String {
     )
 }
 
+/// `3 files`, `1 file`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `copied 10000 files (39.06 MiB), 2 links, 11 directories in 0.35 s (111.60 MiB/s)`.
 pub fn tree_text(t: &Tally) -> String {
     format!(
-        "copied {} files ({}), {} links, {} directories in {:.2} s ({})",
-        t.files,
+        "copied {} ({}), {}, {} in {:.2} s ({})",
+        count(t.files, "file", "files"),
         format_bytes(t.bytes),
-        t.links,
-        t.dirs,
+        count(t.links, "link", "links"),
+        count(t.dirs, "directory", "directories"),
         t.elapsed.as_secs_f64(),
         format_rate(throughput(t.bytes, t.elapsed)),
     )
@@ -430,6 +435,22 @@ mod tests {
         assert_eq!(value["op"], "stats");
         assert_eq!(value["error"]["os_error"], Value::Null);
         assert!(value.get("src").is_none());
+    }
+
+    #[test]
+    fn tree_summary() {
+        let t = Tally {
+            files: 1,
+            links: 2,
+            dirs: 1,
+            bytes: 2048,
+            elapsed: Duration::from_secs(1),
+            ..Tally::default()
+        };
+        assert_eq!(
+            tree_text(&t),
+            "copied 1 file (2.00 KiB), 2 links, 1 directory in 1.00 s (2.00 KiB/s)"
+        );
     }
 
     #[test]
