@@ -30,9 +30,10 @@ use crate::transfer::Plan;
 use crate::tree::Item;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
-/// Jobs in flight at most. Enough to keep the daemon's ring fed with a full
-/// batch while the CLI publishes the previous one; more buys nothing on two
-/// cores and costs descriptors.
+/// Jobs in flight at most. On two cores, windows from 8 to 1000 copied
+/// 10,000 files of 4 KiB in the same time (the work is bound by CPU, the
+/// CLI's and the daemon's together, not by round trips); 256 keeps a
+/// daemon with cores to spare fed, and costs 256 descriptors.
 const WINDOW: usize = 256;
 
 /// Descriptors kept for everything else (stdio, the socket, read_dir's
