@@ -5,6 +5,9 @@
 mod support;
 
 mod cli;
+mod cli_common;
+mod cli_jobs;
+mod cli_tree;
 mod concurrency;
 mod copy;
 mod direct;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ringxfer_ipc::Strategy;
+use ringxfer_ipc::{Priority, Strategy};
 
 use ringxfer::size::parse_size;
 
@@ -53,14 +53,26 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Copy a file: SRC to DST, or into DST/ when DST is a directory.
+    /// Copy files: SRC to DST, SRC... into the directory DST, or (-r) a tree.
+    ///
+    /// DST is written atomically: the bytes land in an unnamed temporary file
+    /// in DST's directory, which takes DST's name only once the engine says
+    /// every byte is there (--in-place writes DST directly instead).
     Copy {
-        /// The file to read.
-        src: PathBuf,
-        /// The file to write (created or truncated), or a directory to copy into.
-        dst: PathBuf,
+        /// The files to read, then the destination (a file, or an existing
+        /// directory to copy into; with several sources it must be one).
+        #[arg(value_name = "PATH", num_args = 2.., required = true)]
+        paths: Vec<PathBuf>,
+        /// Copy directories and everything under them (symbolic links inside
+        /// are recreated as links, not followed).
+        #[arg(short = 'r', short_alias = 'R', long)]
+        recursive: bool,
         #[command(flatten)]
         range: RangeOpts,
+        #[command(flatten)]
+        job: JobOpts,
+        #[command(flatten)]
+        dest: DestOpts,
     },
     /// Send a file to a TCP peer.
     Send {
@@ -71,6 +83,8 @@ pub enum Command {
         addr: String,
         #[command(flatten)]
         range: RangeOpts,
+        #[command(flatten)]
+        job: JobOpts,
     },
     /// Accept one TCP connection and write everything it sends to a file.
     Recv {
@@ -79,9 +93,31 @@ pub enum Command {
         bind: String,
         /// The file to write (created or truncated).
         dst: PathBuf,
+        #[command(flatten)]
+        job: JobOpts,
+        /// Complete only once the received data is durable (fdatasync).
+        #[arg(long)]
+        fsync: bool,
     },
     /// Show the daemon's counters.
     Stats,
+    /// List this user's unfinished jobs (every user's, for root).
+    Jobs,
+    /// Show one job, running or recently finished.
+    Status {
+        /// The job's id (printed by --detach, listed by `jobs`).
+        job: u64,
+    },
+    /// Wait for a job submitted elsewhere (e.g. with --detach) and report its result.
+    Wait {
+        /// The job's id.
+        job: u64,
+    },
+    /// Cancel a job of this user by its id.
+    Cancel {
+        /// The job's id.
+        job: u64,
+    },
 }
 
 /// Which part of the source to move.
@@ -94,6 +130,74 @@ pub struct RangeOpts {
     /// Move at most this many bytes (e.g. 1MiB, 2G) [default: to the end of SRC].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub length: Option<u64>,
+}
+
+impl RangeOpts {
+    /// Whether the user asked for anything but the whole source.
+    pub fn is_partial(&self) -> bool {
+        self.offset != 0 || self.length.is_some()
+    }
+}
+
+/// How the engine runs the job, for every transfer command.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct JobOpts {
+    /// The job's share of the engine when it is busy: low, normal or high.
+    #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
+    pub priority: Priority,
+
+    /// At most this many bytes per second (e.g. 20MiB, 20MiB/s, 500K).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_limit: Option<u64>,
+
+    /// Checksum (CRC-32C) what was read and what landed, fail on a difference,
+    /// and print both checksums.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Print the job's id and return at once; the job runs on in the daemon
+    /// (follow it with `ringxfer wait ID`). Needs a running daemon. A detached
+    /// copy writes DST in place, since no one is left to publish it.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// How a copy's destination is written.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct DestOpts {
+    /// Complete only once the data is durable: fdatasync of each file, and
+    /// of the directory that received its name.
+    #[arg(long)]
+    pub fsync: bool,
+
+    /// Write straight into DST (keeping its inode, hard links and
+    /// permissions) instead of publishing a finished copy under its name.
+    #[arg(long)]
+    pub in_place: bool,
+
+    /// Give copies the source's mode, owner (where permitted) and timestamps,
+    /// directories included.
+    #[arg(long)]
+    pub preserve: bool,
+}
+
+/// Wraps `Priority`'s FromStr so that clap reports its message as a usage error.
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    s.parse()
+}
+
+/// A size per second: `20MiB`, `20MiB/s` or `20 MiB/s`; never 0, which would
+/// stall the job forever.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let trimmed = s.trim();
+    let size = trimmed
+        .strip_suffix("/s")
+        .or_else(|| trimmed.strip_suffix("/sec"))
+        .unwrap_or(trimmed);
+    match parse_size(size)? {
+        0 => Err("a rate limit of 0 would never move a byte".to_owned()),
+        rate => Ok(rate),
+    }
 }
 
 /// Wraps `Strategy`'s FromStr so that clap reports its message as a usage error.
@@ -137,10 +241,97 @@ mod tests {
     }
 
     #[test]
+    fn job_and_destination_flags() {
+        let cli = Cli::try_parse_from([
+            "ringxfer",
+            "copy",
+            "-r",
+            "a",
+            "b",
+            "dir",
+            "--priority",
+            "high",
+            "--rate-limit",
+            "20MiB/s",
+            "--verify",
+            "--fsync",
+            "--in-place",
+            "--preserve",
+        ])
+        .expect("valid command line");
+        match cli.command {
+            Command::Copy {
+                paths,
+                recursive,
+                job,
+                dest,
+                ..
+            } => {
+                assert_eq!(paths.len(), 3);
+                assert!(recursive);
+                assert_eq!(job.priority, Priority::High);
+                assert_eq!(job.rate_limit, Some(20 << 20));
+                assert!(job.verify && !job.detach);
+                assert!(dest.fsync && dest.in_place && dest.preserve);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["ringxfer", "send", "a", "h:1", "--detach"]).unwrap();
+        match cli.command {
+            Command::Send { job, .. } => {
+                assert!(job.detach);
+                assert_eq!(job.priority, Priority::Normal);
+                assert_eq!(job.rate_limit, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["ringxfer", "-R", "copy", "a", "b"]);
+        assert!(cli.is_err(), "-R belongs to copy, not before it");
+        let cli = Cli::try_parse_from(["ringxfer", "copy", "-R", "a", "b"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Copy {
+                recursive: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn job_commands_take_an_id() {
+        for (name, want) in [("status", 7), ("wait", 8), ("cancel", 9)] {
+            let cli = Cli::try_parse_from(["ringxfer", name, &want.to_string()]).unwrap();
+            let got = match cli.command {
+                Command::Status { job } | Command::Wait { job } | Command::Cancel { job } => job,
+                other => panic!("parsed as {other:?}"),
+            };
+            assert_eq!(got, want);
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["ringxfer", "jobs"]).unwrap().command,
+            Command::Jobs
+        ));
+        for argv in [&["ringxfer", "status"][..], &["ringxfer", "cancel", "x"]] {
+            assert_eq!(Cli::try_parse_from(argv).unwrap_err().exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("1MB/s"), Ok(1_000_000));
+        assert_eq!(parse_rate("2 MiB/sec"), Ok(2 << 20));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("/s").is_err());
+    }
+
+    #[test]
     fn bad_size_and_strategy_are_usage_errors() {
         for argv in [
             &["ringxfer", "copy", "a", "b", "--offset", "lots"][..],
             &["ringxfer", "--strategy", "fast", "stats"][..],
+            &["ringxfer", "copy", "a", "b", "--priority", "urgent"][..],
+            &["ringxfer", "copy", "a", "b", "--rate-limit", "0"][..],
         ] {
             let err = Cli::try_parse_from(argv).expect_err("must be refused");
             assert_eq!(err.exit_code(), 2);

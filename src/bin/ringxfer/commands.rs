@@ -1,5 +1,6 @@
-//! The subcommands: each opens what it needs, finds an engine, runs one
-//! transfer and reports it.
+//! The transfer subcommands: each opens what it needs, finds an engine, runs
+//! one transfer (or, for `copy` of several files or a tree, hands over to
+//! [`tree`]) and reports it.
 //!
 //! Order matters in each: the source is opened first (harmless, and a typo is
 //! the commonest error), then the engine is found, and only then is anything
@@ -7,16 +8,20 @@
 //! --daemon-only leaves no empty destination file or half-open peer behind.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ringxfer_ipc::Strategy;
 
-use crate::args::RangeOpts;
+use crate::args::{DestOpts, JobOpts, RangeOpts};
 use crate::engine::{Engine, Fallback};
 use crate::error::{CliError, Exit};
-use crate::files::{create_destination, open_copy_destination, open_source};
+use crate::files::{create_destination, open_source, resolve_destination};
 use crate::report::{self, Finished, Op, Output, Subject};
 use crate::transfer::{self, Plan};
+use crate::tree;
+use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// What every subcommand needs from the global flags.
 pub struct Context {
@@ -29,31 +34,49 @@ pub struct Context {
 }
 
 impl Context {
-    fn engine(&self) -> Result<Engine, CliError> {
-        let fallback = if self.daemon_only {
+    /// The daemon, or the in-process engine where allowed. A detached job
+    /// needs the daemon: the in-process engine dies with this process, so
+    /// there would be nothing to detach from (exit 3, as for --daemon-only).
+    pub fn engine(&self, job: &JobOpts) -> Result<Engine, CliError> {
+        let fallback = if self.daemon_only || job.detach {
             Fallback::Refuse
         } else {
             Fallback::Embedded {
                 announce: self.out.chatty(),
             }
         };
-        Engine::connect(&self.socket, fallback)
+        Engine::connect(&self.socket, fallback).map_err(|err| {
+            if job.detach && err.exit == Exit::Unreachable {
+                CliError {
+                    context: "--detach needs a running daemon".into(),
+                    ..err
+                }
+            } else {
+                err
+            }
+        })
     }
 
-    fn plan(&self, range: RangeOpts) -> Plan {
+    pub fn plan(&self, range: RangeOpts, job: JobOpts, fsync: bool) -> Plan {
         Plan {
             offset: range.offset,
             length: range.length,
             strategy: self.strategy,
-            progress: self.progress,
+            progress: self.progress && !job.detach,
+            job,
+            fsync,
         }
     }
 
     /// Prints the outcome of a transfer and picks the exit status.
-    fn finish(&self, subject: &Subject, result: Result<Finished, CliError>) -> Exit {
+    fn finish(&self, subject: &Subject, result: Result<Outcome, CliError>) -> Exit {
         match result {
-            Ok(done) => {
+            Ok(Outcome::Done(done)) => {
                 self.out.transfer_done(subject, &done);
+                Exit::Done
+            }
+            Ok(Outcome::Detached(job)) => {
+                self.out.detached(subject, job);
                 Exit::Done
             }
             Err(err) => {
@@ -64,43 +87,134 @@ impl Context {
     }
 }
 
+/// How a transfer command ended, when it did not fail.
+enum Outcome {
+    Done(Finished),
+    /// Submitted detached, with this id.
+    Detached(u64),
+}
+
 fn shown(path: &Path) -> String {
     path.display().to_string()
 }
 
-pub fn copy(ctx: &Context, src: &Path, dst: &Path, range: RangeOpts) -> Exit {
+/// Runs the job, or submits it detached.
+fn run_or_detach(
+    engine: &Engine,
+    subject: &Subject,
+    src: impl AsFd,
+    dst: impl AsFd,
+    plan: Plan,
+) -> Result<Outcome, CliError> {
+    if plan.job.detach {
+        transfer::detach(engine, subject, src, dst, plan).map(Outcome::Detached)
+    } else {
+        transfer::run(engine, subject, src, dst, plan).map(Outcome::Done)
+    }
+}
+
+/// What `copy` was asked to do.
+pub struct CopyArgs<'a> {
+    pub paths: &'a [PathBuf],
+    pub recursive: bool,
+    pub range: RangeOpts,
+    pub job: JobOpts,
+    pub dest: DestOpts,
+}
+
+pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
+    let Some((dst, sources)) = args.paths.split_last() else {
+        // clap demands two paths; nothing to do otherwise.
+        return Exit::Usage;
+    };
+    let single = sources.len() == 1 && !args.recursive;
+    if let Err(err) = check_copy_flags(args, single) {
+        ctx.out.failed(Op::Copy, None, &err);
+        return err.exit;
+    }
+    if !single {
+        return tree::copy(ctx, sources, dst, args);
+    }
+    let src = &sources[0];
     let mut subject = Subject {
         op: Op::Copy,
         src: shown(src),
         dst: shown(dst),
     };
-    let result = run_copy(ctx, src, dst, range, &mut subject);
+    let result = copy_one(ctx, src, dst, args, &mut subject);
     ctx.finish(&subject, result)
 }
 
-fn run_copy(
+/// Refuses what the flags cannot mean together, before touching anything.
+fn check_copy_flags(args: &CopyArgs<'_>, single: bool) -> Result<(), CliError> {
+    if !single && args.range.is_partial() {
+        return Err(CliError::usage(
+            "--offset and --length take one source file, not several or -r",
+        ));
+    }
+    if !single && args.job.detach {
+        return Err(CliError::usage(
+            "--detach takes one source file, not several or -r",
+        ));
+    }
+    if args.job.detach && args.dest.preserve {
+        return Err(CliError::usage(
+            "--preserve cannot be applied to a detached copy: no one is left to apply it once the data is written",
+        ));
+    }
+    Ok(())
+}
+
+fn copy_one(
     ctx: &Context,
     src: &Path,
     dst: &Path,
-    range: RangeOpts,
+    args: &CopyArgs<'_>,
     subject: &mut Subject,
-) -> Result<Finished, CliError> {
-    let (src_file, src_meta) = open_source(src, "recursive copy, -r, is not supported yet")?;
-    let engine = ctx.engine()?;
-    let (dst_file, dst_path) = open_copy_destination(src, &src_meta, dst)?;
+) -> Result<Outcome, CliError> {
+    let (src_file, src_meta) = open_source(src, "-r not specified; omitting directory")?;
+    let engine = ctx.engine(&args.job)?;
+    let dst_path = resolve_destination(src, dst)?;
     // Report the file actually written, which scripts cannot otherwise know
     // when DST was a directory.
     subject.dst = shown(&dst_path);
-    transfer::run(&engine, subject, &src_file, &dst_file, ctx.plan(range))
+    let publish = PublishOptions {
+        // A detached job outlives this process, so nobody would publish it.
+        in_place: args.dest.in_place || args.job.detach,
+        preserve: args.dest.preserve,
+        fsync: args.dest.fsync,
+        direct: ctx.strategy == Strategy::Direct,
+        // Like cp without -p: a new file gets the source's permission bits,
+        // less the umask (a replaced one keeps its own: see publish()).
+        mode: Some(src_meta.mode() & 0o777),
+    };
+    // Refuses DST when it is SRC itself, by inode, before anything is written.
+    let staged = StagedFile::create(&dst_path, Some(&src_meta), &publish)
+        .map_err(|e| CliError::publish(&e.with_source_path(src)))?;
+    let plan = ctx.plan(args.range, args.job, args.dest.fsync);
+    match run_or_detach(&engine, subject, &src_file, staged.file(), plan) {
+        Ok(Outcome::Done(done)) => {
+            staged
+                .publish(Some(&src_meta))
+                .map_err(|e| CliError::publish(&e))?;
+            Ok(Outcome::Done(done))
+        }
+        Ok(detached) => Ok(detached),
+        Err(err) => {
+            // Nothing appears under DST's name (unless --in-place).
+            staged.abandon();
+            Err(err)
+        }
+    }
 }
 
-pub fn send(ctx: &Context, src: &Path, addr: &str, range: RangeOpts) -> Exit {
+pub fn send(ctx: &Context, src: &Path, addr: &str, range: RangeOpts, job: JobOpts) -> Exit {
     let subject = Subject {
         op: Op::Send,
         src: shown(src),
         dst: addr.to_owned(),
     };
-    let result = run_send(ctx, src, addr, range, &subject);
+    let result = run_send(ctx, src, addr, range, job, &subject);
     ctx.finish(&subject, result)
 }
 
@@ -109,27 +223,37 @@ fn run_send(
     src: &Path,
     addr: &str,
     range: RangeOpts,
+    job: JobOpts,
     subject: &Subject,
-) -> Result<Finished, CliError> {
+) -> Result<Outcome, CliError> {
     let (src_file, _) = open_source(src, "sending a directory is not supported")?;
-    let engine = ctx.engine()?;
+    let engine = ctx.engine(&job)?;
     let socket =
         TcpStream::connect(addr).map_err(|err| CliError::io(format!("connect to {addr}"), &err))?;
-    let done = transfer::run(&engine, subject, &src_file, &socket, ctx.plan(range))?;
-    // The engine holds its own copy of the descriptor and may close it later
-    // than we exit; shutting down our side tells the peer at once that the
-    // stream is complete. It may already be closed, which is fine.
-    let _ = socket.shutdown(Shutdown::Write);
-    Ok(done)
+    let outcome = run_or_detach(
+        &engine,
+        subject,
+        &src_file,
+        &socket,
+        ctx.plan(range, job, false),
+    )?;
+    if matches!(outcome, Outcome::Done(_)) {
+        // The engine holds its own copy of the descriptor and may close it
+        // later than we exit; shutting down our side tells the peer at once
+        // that the stream is complete. It may already be closed, which is
+        // fine. (Not when detached: the job is still sending.)
+        let _ = socket.shutdown(Shutdown::Write);
+    }
+    Ok(outcome)
 }
 
-pub fn recv(ctx: &Context, bind: &str, dst: &Path) -> Exit {
+pub fn recv(ctx: &Context, bind: &str, dst: &Path, job: JobOpts, fsync: bool) -> Exit {
     let mut subject = Subject {
         op: Op::Recv,
         src: bind.to_owned(),
         dst: shown(dst),
     };
-    let result = run_recv(ctx, bind, dst, &mut subject);
+    let result = run_recv(ctx, bind, dst, job, fsync, &mut subject);
     ctx.finish(&subject, result)
 }
 
@@ -137,11 +261,13 @@ fn run_recv(
     ctx: &Context,
     bind: &str,
     dst: &Path,
+    job: JobOpts,
+    fsync: bool,
     subject: &mut Subject,
-) -> Result<Finished, CliError> {
-    let engine = ctx.engine()?;
+) -> Result<Outcome, CliError> {
+    let engine = ctx.engine(&job)?;
     // Before listening, so a bad destination fails before a peer sends a byte.
-    let dst_file = create_destination(dst)?;
+    let dst_file = create_destination(dst, job.verify)?;
     let listener =
         TcpListener::bind(bind).map_err(|err| CliError::io(format!("bind {bind}"), &err))?;
     let local = listener
@@ -158,33 +284,11 @@ fn run_recv(
     // Accept only one connection: stop listening before the transfer.
     drop(listener);
     subject.src = peer.to_string();
-    transfer::run(
+    run_or_detach(
         &engine,
         subject,
         &socket,
         &dst_file,
-        ctx.plan(RangeOpts::default()),
+        ctx.plan(RangeOpts::default(), job, fsync),
     )
-}
-
-/// `stats` asks the daemon only: a fresh in-process engine would report
-/// nothing but zeros, so no daemon is an error (exit 3) here.
-pub fn stats(ctx: &Context) -> Exit {
-    let result = Engine::connect(&ctx.socket, Fallback::Refuse).and_then(|engine| {
-        let stats = engine
-            .client()
-            .stats()
-            .map_err(|err| CliError::client(format!("daemon at {}", ctx.socket.display()), &err))?;
-        Ok((stats, engine.kind()))
-    });
-    match result {
-        Ok((stats, kind)) => {
-            ctx.out.stats(&stats, kind);
-            Exit::Done
-        }
-        Err(err) => {
-            ctx.out.failed(Op::Stats, None, &err);
-            err.exit
-        }
-    }
 }

@@ -7,13 +7,17 @@ use std::process::ExitCode;
 
 use ringxfer_ipc::{ClientError, JobError};
 
+use ringxfer_ipc::publish::PublishError;
+
 /// The process exit status; the numbers are part of the CLI's interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Done = 0,
     /// The transfer failed, or a file or address could not be opened.
     Failed = 1,
-    // 2 is clap's usage-error status; clap exits with it before we run.
+    /// A usage error: clap's own status for the ones it finds, and ours for
+    /// combinations it cannot see (several sources into a non-directory).
+    Usage = 2,
     /// No daemon answered and --daemon-only forbade running the engine here.
     Unreachable = 3,
 }
@@ -108,6 +112,59 @@ impl CliError {
         self
     }
 
+    /// An operation on a path failed, phrased as cp(1) does:
+    /// `cannot open 'x': Permission denied`.
+    pub fn path(op: &str, path: &std::path::Path, err: &io::Error) -> CliError {
+        CliError {
+            context: String::new(),
+            cause: format!("{op} '{}': {}", path.display(), describe_io(err)),
+            ..CliError::io("", err)
+        }
+    }
+
+    /// A usage error found after parsing, phrased like clap's.
+    pub fn usage(cause: impl Into<String>) -> CliError {
+        CliError {
+            exit: Exit::Usage,
+            ..CliError::new("", "usage", cause)
+        }
+    }
+
+    /// Staging or publishing a destination failed; the message names the
+    /// step and the path.
+    pub fn publish(err: &PublishError) -> CliError {
+        let io = err.io_error();
+        let kind = match err {
+            PublishError::IsDirectory { .. } => "is-a-directory",
+            PublishError::SameFile { .. } => "invalid-request",
+            _ => io.map_or("io", io_kind),
+        };
+        CliError {
+            context: String::new(),
+            // Without std's " (os error N)" suffix, as everywhere else.
+            cause: match io {
+                Some(io_err) => err
+                    .to_string()
+                    .replace(&io_err.to_string(), &describe_io(io_err)),
+                None => err.to_string(),
+            },
+            kind: kind.to_owned(),
+            os_error: io.and_then(io::Error::raw_os_error),
+            exit: Exit::Failed,
+            bytes: None,
+            engine: None,
+        }
+    }
+
+    /// Staging a copy of a file failed: `cannot create 'dst': Permission
+    /// denied`, as cp says it, when a system call failed.
+    pub fn staging(dst: &std::path::Path, err: &PublishError) -> CliError {
+        match (err, err.io_error()) {
+            (PublishError::Io { .. }, Some(io_err)) => CliError::path("cannot create", dst, io_err),
+            _ => CliError::publish(err),
+        }
+    }
+
     /// Talking to the engine failed.
     pub fn client(context: impl Into<String>, err: &ClientError) -> CliError {
         let os_error = match err {
@@ -123,6 +180,8 @@ impl CliError {
                 (String::new(), "daemon-unreachable")
             }
             ClientError::Connect { .. } => (String::new(), "ipc"),
+            // It names the job itself: `job 7: no-such-job: ...`.
+            ClientError::Refused { kind, .. } => (String::new(), kind.name()),
             _ => (context.into(), "ipc"),
         };
         CliError {
@@ -196,6 +255,7 @@ mod tests {
     fn exit_codes_are_stable() {
         assert_eq!(Exit::Done as u8, 0);
         assert_eq!(Exit::Failed as u8, 1);
+        assert_eq!(Exit::Usage as u8, 2);
         assert_eq!(Exit::Unreachable as u8, 3);
     }
 }

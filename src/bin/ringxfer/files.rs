@@ -2,8 +2,7 @@
 //! makes, so that mistakes are refused before anything is truncated.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::CliError;
@@ -43,47 +42,12 @@ pub fn resolve_destination(src: &Path, dst: &Path) -> Result<PathBuf, CliError> 
     }
 }
 
-/// Opens the destination of a copy (resolved as [`resolve_destination`]) and
-/// empties it, refusing SRC itself.
-pub fn open_copy_destination(
-    src_path: &Path,
-    src_meta: &Metadata,
-    dst: &Path,
-) -> Result<(File, PathBuf), CliError> {
-    let dst_path = resolve_destination(src_path, dst)?;
-    let io_err = |err: io::Error| CliError::io(dst_path.display().to_string(), &err);
-    // No O_TRUNC: it would empty the source, before any check, when DST is
-    // SRC under another name. Compare the open files instead (no race with
-    // renames) and truncate only afterwards.
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        // Like cp without -p: a new file gets the source's permission bits,
-        // less the umask; an existing file keeps its own.
-        .mode(src_meta.permissions().mode() & 0o777)
-        .open(&dst_path)
-        .map_err(io_err)?;
-    let dst_meta = file.metadata().map_err(io_err)?;
-    if (dst_meta.dev(), dst_meta.ino()) == (src_meta.dev(), src_meta.ino()) {
-        return Err(CliError::new(
-            dst_path.display().to_string(),
-            "invalid-request",
-            format!("is the same file as {}", src_path.display()),
-        ));
-    }
-    // Devices and FIFOs (`copy x /dev/null`) have nothing to truncate and
-    // would reject ftruncate(2). An empty file is left alone: on ext4 a
-    // truncate to zero makes the last close start writeback (auto_da_alloc).
-    if dst_meta.is_file() && dst_meta.len() > 0 {
-        file.set_len(0).map_err(io_err)?;
-    }
-    Ok((file, dst_path))
-}
-
 /// Creates (mode 0644 less the umask, as the client stub's recv_to_file
-/// does) or truncates a file to receive into.
-pub fn create_destination(path: &Path) -> Result<File, CliError> {
+/// does) or truncates a file to receive into; `readable` (for --verify, which
+/// reads the bytes back) opens it read-write.
+pub fn create_destination(path: &Path, readable: bool) -> Result<File, CliError> {
     OpenOptions::new()
+        .read(readable)
         .write(true)
         .create(true)
         .truncate(true)
@@ -95,7 +59,6 @@ pub fn create_destination(path: &Path) -> Result<File, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn directory_destination_gets_the_source_name() {
@@ -137,23 +100,6 @@ mod tests {
     }
 
     #[test]
-    fn copy_onto_itself_is_refused_before_truncating() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        File::create(&src).unwrap().write_all(b"keep me").unwrap();
-        let (_file, meta) = open_source(&src, "").unwrap();
-        // Same file named directly, and via its directory.
-        for dst in [src.clone(), dir.path().to_path_buf()] {
-            let err = open_copy_destination(&src, &meta, &dst).err().unwrap();
-            assert_eq!(
-                err.to_string(),
-                format!("{}: is the same file as {}", src.display(), src.display())
-            );
-        }
-        assert_eq!(fs::read(&src).unwrap(), b"keep me");
-    }
-
-    #[test]
     fn missing_source_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("nope");
@@ -163,18 +109,5 @@ mod tests {
             err.to_string(),
             format!("{}: No such file or directory", src.display())
         );
-    }
-
-    #[test]
-    fn copy_into_a_directory_creates_the_named_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        File::create(&src).unwrap();
-        let (_file, meta) = open_source(&src, "").unwrap();
-        let into = dir.path().join("into");
-        fs::create_dir(&into).unwrap();
-        let (_dst, dst_path) = open_copy_destination(&src, &meta, &into).unwrap();
-        assert_eq!(dst_path, into.join("src"));
-        assert!(dst_path.is_file());
     }
 }

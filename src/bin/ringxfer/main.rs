@@ -1,16 +1,24 @@
 //! `ringxfer`: the command-line client of the ringxfer transfer engine.
 //!
 //! Exit status: 0 done, 1 the transfer failed (or a file or address could not
-//! be opened), 2 usage error, 3 no daemon answered and --daemon-only was given.
+//! be opened, or any file of a multi-file copy failed), 2 usage error, 3 no
+//! daemon answered and the command needs one (--daemon-only, --detach,
+//! stats, jobs, status, wait, cancel).
 
 mod args;
+mod batch;
 mod commands;
+mod control;
 mod engine;
 mod error;
+mod fdlimit;
 mod files;
+mod listing;
 mod progress;
 mod report;
+mod stats;
 mod transfer;
+mod tree;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -18,7 +26,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{Cli, Command};
-use crate::commands::Context;
+use crate::commands::{Context, CopyArgs};
 use crate::report::Output;
 
 fn main() -> ExitCode {
@@ -41,10 +49,39 @@ fn main() -> ExitCode {
     // Returning the status (rather than process::exit) lets the engine and
     // its thread shut down through their destructors first.
     let exit = match &cli.command {
-        Command::Copy { src, dst, range } => commands::copy(&ctx, src, dst, *range),
-        Command::Send { src, addr, range } => commands::send(&ctx, src, addr, *range),
-        Command::Recv { bind, dst } => commands::recv(&ctx, bind, dst),
-        Command::Stats => commands::stats(&ctx),
+        Command::Copy {
+            paths,
+            recursive,
+            range,
+            job,
+            dest,
+        } => commands::copy(
+            &ctx,
+            &CopyArgs {
+                paths,
+                recursive: *recursive,
+                range: *range,
+                job: *job,
+                dest: *dest,
+            },
+        ),
+        Command::Send {
+            src,
+            addr,
+            range,
+            job,
+        } => commands::send(&ctx, src, addr, *range, *job),
+        Command::Recv {
+            bind,
+            dst,
+            job,
+            fsync,
+        } => commands::recv(&ctx, bind, dst, *job, *fsync),
+        Command::Stats => stats::run(&ctx),
+        Command::Jobs => control::jobs(&ctx),
+        Command::Status { job } => control::status(&ctx, *job),
+        Command::Wait { job } => control::wait(&ctx, *job),
+        Command::Cancel { job } => control::cancel(&ctx, *job),
     };
     exit.into()
 }

@@ -54,6 +54,72 @@ pub fn wait(handle: JobHandle, show: bool) -> Result<Completion, JobError> {
     }
 }
 
+/// For multi-file copies: bytes of finished files against bytes submitted so
+/// far (the total grows while the walk goes on), files in the message.
+const TREE_TEMPLATE: &str =
+    "{wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}";
+
+/// The bar of a multi-file copy, fed as files finish, drawn (like the
+/// single-file bar) only once the copy has run for [`SHOW_AFTER`].
+pub struct TreeBar {
+    bar: Option<ProgressBar>,
+    drawn: bool,
+    files: u64,
+}
+
+impl TreeBar {
+    pub fn new(show: bool) -> TreeBar {
+        let bar = show.then(|| {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
+                .with_style(style(TREE_TEMPLATE))
+        });
+        TreeBar {
+            bar,
+            drawn: false,
+            files: 0,
+        }
+    }
+
+    /// A file was submitted: its bytes join the total.
+    pub fn add_total(&mut self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc_length(bytes);
+        }
+    }
+
+    /// A file was published.
+    pub fn file_done(&mut self, bytes: u64) {
+        let Some(bar) = &self.bar else { return };
+        self.files += 1;
+        bar.inc(bytes);
+        // Formatting the message for each of 10,000 files would cost more
+        // than the bar is worth; every 64th is plenty at 10 redraws a second.
+        if self.files % 64 == 1 {
+            bar.set_message(format!("{} files", self.files));
+        }
+        if !self.drawn && bar.elapsed() >= SHOW_AFTER {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(POLL);
+            self.drawn = true;
+        }
+    }
+
+    /// Runs `print` with the bar out of the way, so a message is not drawn
+    /// over it.
+    pub fn suspend(&self, print: impl FnOnce()) {
+        match &self.bar {
+            Some(bar) if self.drawn => bar.suspend(print),
+            _ => print(),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 fn style(template: &str) -> ProgressStyle {
     // The templates are constants checked by a test; falling back keeps a
     // typo from ever turning into a panic mid-transfer.
@@ -68,5 +134,6 @@ mod tests {
     fn templates_parse() {
         assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
         assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(TREE_TEMPLATE).is_ok());
     }
 }

@@ -12,9 +12,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use ringxfer_ipc::{StatsReport, Strategy};
+use ringxfer_ipc::{Checksums, Completion, Strategy};
 use serde::Serialize;
 
+use crate::batch::Tally;
 use crate::engine::EngineKind;
 use crate::error::CliError;
 use ringxfer::size::{format_bytes, format_rate, throughput};
@@ -41,6 +42,10 @@ pub enum Op {
     Send,
     Recv,
     Stats,
+    Jobs,
+    Status,
+    Wait,
+    Cancel,
 }
 
 impl Op {
@@ -50,6 +55,10 @@ impl Op {
             Op::Send => "send",
             Op::Recv => "recv",
             Op::Stats => "stats",
+            Op::Jobs => "jobs",
+            Op::Status => "status",
+            Op::Wait => "wait",
+            Op::Cancel => "cancel",
         }
     }
 
@@ -59,7 +68,8 @@ impl Op {
             Op::Copy => "copied",
             Op::Send => "sent",
             Op::Recv => "received",
-            Op::Stats => "reported",
+            Op::Wait => "moved",
+            Op::Stats | Op::Jobs | Op::Status | Op::Cancel => "reported",
         }
     }
 }
@@ -73,6 +83,27 @@ pub struct Finished {
     pub engine: EngineKind,
     /// Why the engine used this strategy, when it chose or had to differ.
     pub note: Option<String>,
+    /// The daemon's id for the job.
+    pub job: Option<u64>,
+    /// Whether the destination was made durable before completion.
+    pub synced: bool,
+    /// CRC-32C of what was read and what landed, with --verify.
+    pub checksums: Option<Checksums>,
+}
+
+impl Finished {
+    pub fn from_completion(done: Completion, engine: EngineKind) -> Finished {
+        Finished {
+            bytes: done.bytes,
+            elapsed: done.elapsed,
+            strategy: done.strategy,
+            engine,
+            note: done.note,
+            job: Some(done.job),
+            synced: done.synced,
+            checksums: done.checksums,
+        }
+    }
 }
 
 /// How results are printed, from the global flags.
@@ -97,19 +128,46 @@ impl Output {
         }
     }
 
-    pub fn stats(self, stats: &StatsReport, engine: EngineKind) {
+    /// Prints a detached job's id: the result scripts need to follow it.
+    pub fn detached(self, subject: &Subject, job: u64) {
         if self.json {
-            json_line(&StatsJson {
-                op: Op::Stats.name(),
-                engine: engine.name(),
-                stats,
+            json_line(&DetachedJson {
+                op: subject.op.name(),
+                job,
+                src: &subject.src,
+                dst: &subject.dst,
+                detached: true,
             });
         } else {
-            // Stats are the result the user asked for, so they go to stdout
-            // and are printed even with -q.
-            let mut out = std::io::stdout().lock();
-            // A closed stdout (`| head -1`) is not worth a second error.
-            let _ = out.write_all(stats_text(stats).as_bytes());
+            // stdout, and even with -q: the id is the result, like `mktemp`.
+            let _ = writeln!(std::io::stdout().lock(), "{job}");
+        }
+    }
+
+    /// The end of a multi-file copy: a summary line (and the count of
+    /// failures, which is an error and so shown even with -q), or one JSON
+    /// object after the failures' own.
+    pub fn tree_done(self, tally: &Tally, engine: EngineKind) {
+        if self.json {
+            json_line(&TreeJson {
+                op: Op::Copy.name(),
+                items: tally.items,
+                files: tally.files,
+                links: tally.links,
+                directories: tally.dirs,
+                failed: tally.failed,
+                bytes: tally.bytes,
+                elapsed_s: tally.elapsed.as_secs_f64(),
+                throughput_bps: throughput(tally.bytes, tally.elapsed),
+                engine: engine.name(),
+            });
+            return;
+        }
+        if !self.quiet {
+            status(&tree_text(tally));
+        }
+        if tally.failed > 0 {
+            note(&format!("{} of {} files failed", tally.failed, tally.items));
         }
     }
 
@@ -134,7 +192,7 @@ pub fn status(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-fn json_line<T: Serialize>(value: &T) {
+pub fn json_line<T: Serialize>(value: &T) {
     // Serializing these plain structs cannot fail; if it somehow did, an empty
     // line is better for a script than a panic.
     let text = serde_json::to_string(value).unwrap_or_default();
@@ -148,14 +206,83 @@ pub fn transfer_text(op: Op, done: &Finished) -> String {
         .as_deref()
         .map(|n| format!(" ({n})"))
         .unwrap_or_default();
+    let synced = if done.synced { ", synced" } else { "" };
+    let verified = done
+        .checksums
+        .map(|c| {
+            format!(
+                ", verified crc32c {:08x} -> {:08x}",
+                c.source, c.destination
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{} {} in {:.2} s ({}) via {}{why}",
+        "{} {} in {:.2} s ({}) via {}{why}{synced}{verified}",
         op.done_verb(),
         format_bytes(done.bytes),
         done.elapsed.as_secs_f64(),
         format_rate(throughput(done.bytes, done.elapsed)),
         done.strategy.name(),
     )
+}
+
+/// `3 files`, `1 file`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `copied 10000 files (39.06 MiB), 2 links, 11 directories in 0.35 s (111.60 MiB/s)`.
+pub fn tree_text(t: &Tally) -> String {
+    format!(
+        "copied {} ({}), {}, {} in {:.2} s ({})",
+        count(t.files, "file", "files"),
+        format_bytes(t.bytes),
+        count(t.links, "link", "links"),
+        count(t.dirs, "directory", "directories"),
+        t.elapsed.as_secs_f64(),
+        format_rate(throughput(t.bytes, t.elapsed)),
+    )
+}
+
+#[derive(Serialize)]
+struct TreeJson {
+    op: &'static str,
+    items: u64,
+    files: u64,
+    links: u64,
+    directories: u64,
+    failed: u64,
+    bytes: u64,
+    elapsed_s: f64,
+    throughput_bps: f64,
+    engine: &'static str,
+}
+
+#[derive(Serialize)]
+struct DetachedJson<'a> {
+    op: &'static str,
+    job: u64,
+    src: &'a str,
+    dst: &'a str,
+    detached: bool,
+}
+
+/// Checksums as JSON: numbers, which is what the protocol carries.
+#[derive(Serialize)]
+pub struct ChecksumsJson {
+    pub algorithm: &'static str,
+    pub source: u32,
+    pub destination: u32,
+}
+
+impl From<Checksums> for ChecksumsJson {
+    fn from(c: Checksums) -> ChecksumsJson {
+        ChecksumsJson {
+            algorithm: "crc32c",
+            source: c.source,
+            destination: c.destination,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -170,6 +297,11 @@ struct TransferJson<'a> {
     engine: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<u64>,
+    synced: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksums: Option<ChecksumsJson>,
 }
 
 fn transfer_json<'a>(subject: &'a Subject, done: &'a Finished) -> TransferJson<'a> {
@@ -183,6 +315,9 @@ fn transfer_json<'a>(subject: &'a Subject, done: &'a Finished) -> TransferJson<'
         strategy: done.strategy.name(),
         engine: done.engine.name(),
         note: done.note.as_deref(),
+        job: done.job,
+        synced: done.synced,
+        checksums: done.checksums.map(ChecksumsJson::from),
     }
 }
 
@@ -222,57 +357,6 @@ fn failure_json<'a>(op: Op, subject: Option<&'a Subject>, err: &'a CliError) -> 
     }
 }
 
-#[derive(Serialize)]
-struct StatsJson<'a> {
-    op: &'static str,
-    engine: &'static str,
-    // Flattened so scripts read `.jobs_running`, with the daemon's own names.
-    #[serde(flatten)]
-    stats: &'a StatsReport,
-}
-
-fn stats_text(s: &StatsReport) -> String {
-    let rows: [(&str, String); 10] = [
-        ("uptime", format_uptime(s.uptime_ms)),
-        ("connections", s.connections.to_string()),
-        ("jobs running", s.jobs_running.to_string()),
-        ("jobs completed", s.jobs_completed.to_string()),
-        ("jobs failed", s.jobs_failed.to_string()),
-        (
-            "bytes moved",
-            format!("{} ({} bytes)", format_bytes(s.bytes_moved), s.bytes_moved),
-        ),
-        ("sqes submitted", s.sqes_submitted.to_string()),
-        ("enter calls", s.enter_calls.to_string()),
-        (
-            "pipes",
-            format!("{} in use of {}", s.pipes_in_use, s.pipes_total),
-        ),
-        ("pipe capacity", format_bytes(s.pipe_capacity)),
-    ];
-    rows.iter()
-        .map(|(label, value)| format!("{:<16}{value}\n", format!("{label}:")))
-        .collect()
-}
-
-/// `3d 4h 05m 06s`, dropping leading zero units; `0.25 s` under a second.
-fn format_uptime(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{:.2} s", ms as f64 / 1000.0);
-    }
-    let secs = ms / 1000;
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    if d > 0 {
-        format!("{d}d {h}h {m:02}m {s:02}s")
-    } else if h > 0 {
-        format!("{h}h {m:02}m {s:02}s")
-    } else if m > 0 {
-        format!("{m}m {s:02}s")
-    } else {
-        format!("{s}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +377,9 @@ mod tests {
             strategy: Strategy::Splice,
             engine: EngineKind::Embedded,
             note: None,
+            job: None,
+            synced: false,
+            checksums: None,
         }
     }
 
@@ -310,6 +397,7 @@ mod tests {
                 "throughput_bps": 2.0 * (1u64 << 30) as f64,
                 "strategy": "splice",
                 "engine": "embedded",
+                "synced": false,
             })
         );
     }
@@ -350,23 +438,19 @@ mod tests {
     }
 
     #[test]
-    fn stats_json_is_flat() {
-        let stats = StatsReport {
-            jobs_running: 2,
-            pipe_capacity: 65536,
-            ..StatsReport::default()
+    fn tree_summary() {
+        let t = Tally {
+            files: 1,
+            links: 2,
+            dirs: 1,
+            bytes: 2048,
+            elapsed: Duration::from_secs(1),
+            ..Tally::default()
         };
-        let value = serde_json::to_value(StatsJson {
-            op: "stats",
-            engine: "daemon",
-            stats: &stats,
-        })
-        .unwrap();
-        assert_eq!(value["op"], "stats");
-        assert_eq!(value["engine"], "daemon");
-        assert_eq!(value["jobs_running"], 2);
-        assert_eq!(value["pipe_capacity"], 65536);
-        assert_eq!(value["uptime_ms"], 0);
+        assert_eq!(
+            tree_text(&t),
+            "copied 1 file (2.00 KiB), 2 links, 1 directory in 1.00 s (2.00 KiB/s)"
+        );
     }
 
     #[test]
@@ -389,33 +473,22 @@ mod tests {
             transfer_text(Op::Copy, &chosen),
             "copied 1.00 GiB in 0.50 s (2.00 GiB/s) via direct (auto: the source is cold)"
         );
+        let checked = Finished {
+            synced: true,
+            checksums: Some(Checksums {
+                source: 0xdead_beef,
+                destination: 0xdead_beef,
+            }),
+            ..finished()
+        };
+        assert_eq!(
+            transfer_text(Op::Copy, &checked),
+            "copied 1.00 GiB in 0.50 s (2.00 GiB/s) via splice, synced, verified crc32c deadbeef -> deadbeef"
+        );
         assert_eq!(
             transfer_text(Op::Recv, &small),
             "received 0 B in 0.00 s (0 B/s) via splice"
         );
         assert!(transfer_text(Op::Send, &small).starts_with("sent "));
-    }
-
-    #[test]
-    fn stats_text_has_every_counter() {
-        let text = stats_text(&StatsReport {
-            uptime_ms: 3_723_000,
-            bytes_moved: 1536,
-            ..StatsReport::default()
-        });
-        assert_eq!(text.lines().count(), 10);
-        assert!(text.starts_with("uptime:         1h 02m 03s\n"), "{text}");
-        assert!(
-            text.contains("bytes moved:    1.50 KiB (1536 bytes)\n"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn uptime() {
-        assert_eq!(format_uptime(250), "0.25 s");
-        assert_eq!(format_uptime(59_000), "59s");
-        assert_eq!(format_uptime(61_000), "1m 01s");
-        assert_eq!(format_uptime(90_061_000), "1d 1h 01m 01s");
     }
 }

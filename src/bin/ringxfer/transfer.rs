@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 
 use ringxfer_ipc::{Strategy, TransferOptions};
 
+use crate::args::JobOpts;
 use crate::engine::Engine;
 use crate::error::CliError;
 use crate::progress;
@@ -21,8 +22,33 @@ pub struct Plan {
     pub strategy: Strategy,
     /// Draw a progress bar (stderr is a terminal, no -q, no --json).
     pub progress: bool,
+    pub job: JobOpts,
+    /// Ask the engine to fdatasync the destination before completing.
+    pub fsync: bool,
 }
 
+impl Plan {
+    /// The job as the stub sends it; `tag` is what the daemon logs and lists.
+    pub fn options(&self, tag: String) -> TransferOptions {
+        TransferOptions {
+            tag,
+            offset: self.offset,
+            length: self.length,
+            dest_offset: 0,
+            strategy: self.strategy,
+            // Progress events cost the engine work; ask only when they are shown.
+            progress: self.progress,
+            priority: self.job.priority,
+            rate_limit: self.job.rate_limit,
+            detach: self.job.detach,
+            fsync: self.fsync,
+            verify: self.job.verify,
+            ..TransferOptions::default()
+        }
+    }
+}
+
+/// Runs the job to its end.
 pub fn run(
     engine: &Engine,
     subject: &Subject,
@@ -30,28 +56,34 @@ pub fn run(
     dst: impl AsFd,
     plan: Plan,
 ) -> Result<Finished, CliError> {
-    let opts = TransferOptions {
-        // The daemon logs the tag with the job, so make it say what this is.
-        tag: subject.describe(),
-        offset: plan.offset,
-        length: plan.length,
-        dest_offset: 0,
-        strategy: plan.strategy,
-        // Progress events cost the engine work; ask only when they are shown.
-        progress: plan.progress,
-        ..TransferOptions::default()
-    };
     let handle = engine
         .client()
-        .submit(src, dst, &opts)
+        .submit(src, dst, &plan.options(subject.describe()))
         .map_err(|err| CliError::client(subject.describe(), &err))?;
     let done = progress::wait(handle, plan.progress)
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
-    Ok(Finished {
-        bytes: done.bytes,
-        elapsed: done.elapsed,
-        strategy: done.strategy,
-        engine: engine.kind(),
-        note: done.note,
-    })
+    Ok(Finished::from_completion(done, engine.kind()))
+}
+
+/// Submits a detached job and returns its id once the daemon admitted it.
+pub fn detach(
+    engine: &Engine,
+    subject: &Subject,
+    src: impl AsFd,
+    dst: impl AsFd,
+    plan: Plan,
+) -> Result<u64, CliError> {
+    let plan = Plan {
+        progress: false,
+        ..plan
+    };
+    let handle = engine
+        .client()
+        .submit(src, dst, &plan.options(subject.describe()))
+        .map_err(|err| CliError::client(subject.describe(), &err))?;
+    // Waits for Accepted only: a refusal (a limit, a bad descriptor) comes
+    // back here as the job's failure, anything later belongs to `wait ID`.
+    handle
+        .job_id()
+        .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))
 }

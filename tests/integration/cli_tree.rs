@@ -1,0 +1,371 @@
+//! `ringxfer copy -r` and `ringxfer copy FILE... DIR` through a daemon, with
+//! cp(1)'s semantics, and the atomic publish of every destination.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use crate::cli_common::*;
+use crate::support::*;
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// src/{top.bin, empty, link -> a/b/deep.bin, a/b/deep.bin, a/mid.bin, a/dirlink -> b}
+fn make_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    let mut files = Vec::new();
+    for (i, (name, len)) in [
+        ("top.bin", 70_001),
+        ("a/mid.bin", 4096),
+        ("a/b/deep.bin", 1 << 20),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_, data) = make_file(root, name, len, 300 + i as u64);
+        files.push((name.to_string(), data));
+    }
+    fs::write(root.join("empty"), b"").unwrap();
+    files.push(("empty".into(), Vec::new()));
+    std::os::unix::fs::symlink("a/b/deep.bin", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("b", root.join("a/dirlink")).unwrap();
+    files
+}
+
+fn assert_tree_copied(dst: &Path, files: &[(String, Vec<u8>)]) {
+    for (name, data) in files {
+        assert_file_eq(&dst.join(name), data);
+    }
+    for (link, target) in [("link", "a/b/deep.bin"), ("a/dirlink", "b")] {
+        let path = dst.join(link);
+        let meta =
+            fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            meta.file_type().is_symlink(),
+            "{} is not a link",
+            path.display()
+        );
+        assert_eq!(fs::read_link(&path).unwrap(), Path::new(target));
+    }
+    assert!(dst.join("a/b").is_dir());
+}
+
+#[test]
+fn copy_r_copies_a_tree_with_links_and_empty_files() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    let files = make_tree(&src);
+
+    // DST does not exist: it becomes the copy.
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg("-r").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_exit(&out, 0, "copy -r into a new name");
+    assert_tree_copied(&dst, &files);
+    assert!(
+        stderr(&out).contains("copied 4 files"),
+        "summary line: {}",
+        describe(&out)
+    );
+    // No temporary names left behind anywhere.
+    assert_eq!(names(&dst), ["a", "empty", "link", "top.bin"]);
+    assert_eq!(names(&dst.join("a")), ["b", "dirlink", "mid.bin"]);
+
+    // DST exists: the copy goes inside it, under SRC's name, as cp -r does.
+    let mut c = cli(&d.socket);
+    c.args(["--json", "copy", "-r"]).arg(&src).arg(&dst);
+    let out = run(c);
+    assert_exit(&out, 0, "copy -r into an existing directory");
+    assert_tree_copied(&dst.join("src"), &files);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    let v = &lines[0];
+    assert_eq!(v["op"], "copy", "{v}");
+    assert_eq!(v["files"], 4, "{v}");
+    assert_eq!(v["links"], 2, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v["engine"], "daemon", "{v}");
+    let bytes: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(v["bytes"], bytes, "{v}");
+}
+
+#[test]
+fn copy_r_keeps_directory_modes_and_preserve_keeps_times() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("ro")).unwrap();
+    make_file(&src, "ro/f", 1000, 310);
+    make_file(&src, "g", 1000, 311);
+    chmod(&src.join("g"), 0o640);
+    // Old times, to tell preserved from fresh.
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(src.join("g"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    // A directory without u+w: its copy must still receive its file.
+    chmod(&src.join("ro"), 0o555);
+
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r", "--preserve"]).arg(&src).arg(&dst);
+    let out = run(c);
+    chmod(&src.join("ro"), 0o755);
+    assert_exit(&out, 0, "copy -r --preserve");
+    let ro = fs::metadata(dst.join("ro")).unwrap();
+    assert_eq!(ro.mode() & 0o777, 0o555, "directory mode");
+    assert_eq!(fs::read(dst.join("ro/f")).unwrap().len(), 1000);
+    let g = fs::metadata(dst.join("g")).unwrap();
+    assert_eq!(g.mode() & 0o777, 0o640, "file mode");
+    assert_eq!(g.mtime(), 1_000_000_000, "file mtime");
+    chmod(&dst.join("ro"), 0o755);
+}
+
+#[test]
+fn copy_files_into_a_directory() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (f1, d1) = make_file(dir.path(), "f1", 12_345, 320);
+    let (f2, d2) = make_file(dir.path(), "f2", 0, 321);
+    let into = dir.path().join("into");
+    fs::create_dir(&into).unwrap();
+
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&f1).arg(&f2).arg(&into);
+    let out = run(c);
+    assert_exit(&out, 0, "copy F1 F2 DIR");
+    assert_file_eq(&into.join("f1"), &d1);
+    assert_file_eq(&into.join("f2"), &d2);
+
+    // DST must be a directory when there are several sources: usage error.
+    let not_dir = dir.path().join("not-a-dir");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&f1).arg(&f2).arg(&not_dir);
+    let out = run(c);
+    assert_exit(&out, 2, "copy F1 F2 NOT-A-DIR");
+    assert!(
+        stderr(&out).contains(&not_dir.display().to_string())
+            && stderr(&out).contains("not a directory"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!not_dir.exists());
+
+    // A directory operand without -r is omitted, like cp, and counted; the
+    // files beside it are still copied.
+    let sub = dir.path().join("subdir");
+    fs::create_dir(&sub).unwrap();
+    let into2 = dir.path().join("into2");
+    fs::create_dir(&into2).unwrap();
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&f1).arg(&sub).arg(&into2);
+    let out = run(c);
+    assert_exit(&out, 1, "copy F1 DIR DST without -r");
+    let err = stderr(&out);
+    assert!(err.contains("omitting directory"), "{}", describe(&out));
+    assert!(err.contains("1 of 2 files failed"), "{}", describe(&out));
+    assert_file_eq(&into2.join("f1"), &d1);
+    assert!(!into2.join("subdir").exists());
+}
+
+#[test]
+fn special_files_in_a_tree_are_skipped_and_counted() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let (_, data) = make_file(&src, "regular", 5000, 330);
+    let status = Command::new("mkfifo")
+        .arg(src.join("fifo"))
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r"]).arg(&src).arg(&dst);
+    let out = run(c);
+    assert_exit(&out, 1, "a tree with a FIFO");
+    assert!(stderr(&out).contains("fifo"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("1 of 2 files failed"),
+        "{}",
+        describe(&out)
+    );
+    assert_file_eq(&dst.join("regular"), &data);
+    assert!(!dst.join("fifo").exists());
+}
+
+#[test]
+fn a_failed_copy_leaves_nothing_under_the_name() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 10_000, 340);
+
+    // New destination: the job fails (the source is shorter than asked),
+    // and no file appears, not even an empty one.
+    let dst = dir.path().join("dst-new");
+    let mut c = cli(&d.socket);
+    c.arg("copy")
+        .arg(&src)
+        .arg(&dst)
+        .args(["--length", "20000"]);
+    let out = run(c);
+    assert_exit(&out, 1, "copy of more than the source holds");
+    assert!(!dst.exists(), "a failed copy created {}", dst.display());
+
+    // Existing destination: it keeps its old contents.
+    let old = dir.path().join("dst-old");
+    fs::write(&old, b"old contents").unwrap();
+    let mut c = cli(&d.socket);
+    c.arg("copy")
+        .arg(&src)
+        .arg(&old)
+        .args(["--length", "20000"]);
+    let out = run(c);
+    assert_exit(&out, 1, "failed copy over an existing file");
+    assert_file_eq(&old, b"old contents");
+
+    // Nothing else was left in the directory (no temporary names).
+    assert_eq!(names(dir.path()), ["dst-old", "src"]);
+
+    // A successful copy replaces the old file with a new one (a new inode:
+    // a reader holding the old file sees the old bytes to the end).
+    let before = fs::metadata(&old).unwrap().ino();
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&src).arg(&old);
+    let out = run(c);
+    assert_exit(&out, 0, "copy over an existing file");
+    assert_file_eq(&old, &fs::read(&src).unwrap());
+    assert_ne!(fs::metadata(&old).unwrap().ino(), before);
+
+    // --in-place keeps the inode.
+    let before = fs::metadata(&old).unwrap().ino();
+    let mut c = cli(&d.socket);
+    c.args(["copy", "--in-place"]).arg(&src).arg(&old);
+    let out = run(c);
+    assert_exit(&out, 0, "copy --in-place");
+    assert_eq!(fs::metadata(&old).unwrap().ino(), before);
+}
+
+/// Whether `setpriv` can run a command as another user here.
+fn setpriv_works() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
+    if !setpriv_works() {
+        eprintln!("SKIPPED: needs root and setpriv to run the CLI as uid 65534");
+        return;
+    }
+    // Everything the unprivileged CLI must reach: world-searchable.
+    let base = tmpdir();
+    chmod(base.path(), 0o755);
+    let sock_dir = base.path().join("sock");
+    fs::create_dir(&sock_dir).unwrap();
+    chmod(&sock_dir, 0o755);
+    let d = Daemon::start_at(Some(sock_dir.join("rx.sock")), &[]);
+    chmod(&d.socket, 0o666);
+
+    let src = base.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let (_, ok1) = make_file(&src, "ok1", 3000, 350);
+    let (_, ok2) = make_file(&src, "sub/ok2", 5000, 351);
+    make_file(&src, "secret", 100, 352);
+    chmod(&src.join("secret"), 0o600);
+    fs::create_dir(src.join("locked")).unwrap();
+    make_file(&src, "locked/inner", 100, 353);
+    chmod(&src.join("locked"), 0o700);
+    chmod(&src, 0o755);
+    chmod(&src.join("sub"), 0o755);
+    chmod(&src.join("ok1"), 0o644);
+    chmod(&src.join("sub/ok2"), 0o644);
+    // A destination directory the CLI may write in.
+    let out_dir = base.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(65534), Some(65534)).unwrap();
+
+    let as_nobody = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(CLI_BIN)
+            .env_remove("RINGXFER_SOCKET")
+            .arg("--socket")
+            .arg(&d.socket)
+            .arg("--daemon-only")
+            .args(args);
+        run(c)
+    };
+    let dst = out_dir.join("copy");
+    let out = as_nobody(&[
+        "copy".as_ref(),
+        "-r".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_exit(&out, 1, "copy -r with unreadable parts");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "cannot open '{}': Permission denied",
+            src.join("secret").display()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        err.contains(&format!(
+            "cannot open directory '{}': Permission denied",
+            src.join("locked").display()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert!(err.contains("2 of 4 files failed"), "{}", describe(&out));
+    assert_file_eq(&dst.join("ok1"), &ok1);
+    assert_file_eq(&dst.join("sub/ok2"), &ok2);
+    assert!(!dst.join("secret").exists());
+
+    // A destination directory it may not write in: every file fails, each named.
+    let root_only = base.path().join("root-only");
+    fs::create_dir(&root_only).unwrap();
+    chmod(&root_only, 0o755);
+    let out = as_nobody(&[
+        "copy".as_ref(),
+        src.join("ok1").as_os_str(),
+        src.join("sub/ok2").as_os_str(),
+        root_only.as_os_str(),
+    ]);
+    assert_exit(&out, 1, "copy into an unwritable directory");
+    let err = stderr(&out);
+    assert!(
+        err.contains("Permission denied") && err.contains("2 of 2 files failed"),
+        "{}",
+        describe(&out)
+    );
+    assert!(names(&root_only).is_empty());
+}
