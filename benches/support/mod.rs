@@ -427,11 +427,14 @@ impl<S> Drop for Receiver<S> {
 // ---------------------------------------------------------------------------
 // Files
 
-/// A new directory for one run's files, removed on drop: under `target/`, on
-/// the disk that holds it, not /tmp (which may be tmpfs).
+/// A new directory for one run's files, removed on drop: under
+/// RINGXFER_BENCH_DIR when set (another file system, say, away from a
+/// neighbour's deletions), else under `target/`, on the disk that holds it,
+/// not /tmp (which may be tmpfs).
 pub fn bench_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    let base = option_env!("CARGO_TARGET_TMPDIR")
+    let base = std::env::var_os("RINGXFER_BENCH_DIR")
         .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from))
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"));
     fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
     tempfile::Builder::new()

@@ -325,7 +325,7 @@ fn unexpected_answer(job: u64, event: Event) -> ClientError {
 }
 
 /// Turns a failed send into an error; a peer that is gone is a closed connection.
-fn send_error(op: &'static str, source: io::Error) -> ClientError {
+pub(crate) fn send_error(op: &'static str, source: io::Error) -> ClientError {
     match source.raw_os_error() {
         Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => ClientError::Disconnected,
         _ => ClientError::Io { op, source },
@@ -334,11 +334,29 @@ fn send_error(op: &'static str, source: io::Error) -> ClientError {
 
 /// Locks a mutex of the stub, ignoring poison: no code of the stub panics while
 /// holding one, and user callbacks never run under one, so the data is intact.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-type Callback = Box<dyn FnOnce(Result<Completion, JobError>) + Send + 'static>;
+pub(crate) type Callback = Box<dyn FnOnce(Result<Completion, JobError>) + Send + 'static>;
+
+/// The Submit frame for request `req` with `opts`.
+pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
+    Request::Submit(SubmitRequest {
+        req,
+        tag: opts.tag.clone(),
+        offset: opts.offset,
+        length: opts.length,
+        dest_offset: opts.dest_offset,
+        strategy: opts.strategy,
+        progress: opts.progress,
+        priority: opts.priority,
+        rate_limit: opts.rate_limit,
+        detach: opts.detach,
+        fsync: opts.fsync,
+        verify: opts.verify,
+    })
+}
 
 /// A connection to the daemon. Cheap methods take `&self`, so share it
 /// between threads with an `Arc` (or scoped threads).
@@ -358,38 +376,38 @@ type Callback = Box<dyn FnOnce(Result<Completion, JobError>) + Send + 'static>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     event_thread: Option<JoinHandle<()>>,
 }
 
 /// What the caller threads and the event thread share.
-struct Inner {
+pub(crate) struct Inner {
     /// Used for sending and for shutdown; the event thread reads a clone.
-    stream: UnixStream,
-    limits: Limits,
-    tx: Mutex<Tx>,
-    shared: Mutex<Shared>,
+    pub(crate) stream: UnixStream,
+    pub(crate) limits: Limits,
+    pub(crate) tx: Mutex<Tx>,
+    pub(crate) shared: Mutex<Shared>,
     /// Set by `Drop` so the event thread reports why the connection ended.
     dropping: AtomicBool,
 }
 
 /// The send side; its lock makes each frame one uninterrupted write.
-struct Tx {
+pub(crate) struct Tx {
     buf: Vec<u8>,
-    next_req: u64,
+    pub(crate) next_req: u64,
     next_stats: u64,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     /// Unresolved jobs by `req`; a slot leaves when its job resolves.
-    jobs: HashMap<u64, Arc<JobSlot>>,
+    pub(crate) jobs: HashMap<u64, Arc<JobSlot>>,
     /// Callers of `stats`, oldest first, because replies come in request order.
     stats_waiters: VecDeque<(u64, Sender<StatsReport>)>,
     /// Callers of `cancel`, `status` and `jobs`, by the `req` of their request.
     answers: HashMap<u64, Sender<Event>>,
     subscribers: Vec<Sender<Event>>,
     /// Why the connection ended, once it has.
-    closed: Option<String>,
+    pub(crate) closed: Option<String>,
 }
 
 impl Client {
@@ -649,20 +667,7 @@ impl Client {
         let tx = &mut *tx;
         let req = tx.next_req;
         tx.next_req += 1;
-        let request = Request::Submit(SubmitRequest {
-            req,
-            tag: opts.tag.clone(),
-            offset: opts.offset,
-            length: opts.length,
-            dest_offset: opts.dest_offset,
-            strategy: opts.strategy,
-            progress: opts.progress,
-            priority: opts.priority,
-            rate_limit: opts.rate_limit,
-            detach: opts.detach,
-            fsync: opts.fsync,
-            verify: opts.verify,
-        });
+        let request = submit_request(req, opts);
         tx.buf.clear();
         codec::encode_frame(&request, &mut tx.buf, inner.limits.max_frame)?;
 
@@ -1096,7 +1101,7 @@ fn staging_error(dst: &Path, err: PublishError) -> ClientError {
 }
 
 /// A destination staged by a path helper, travelling with its job.
-struct Staged {
+pub(crate) struct Staged {
     file: StagedFile,
     /// The source's metadata, when the destination is to take it on.
     preserve_from: Option<Metadata>,
@@ -1391,16 +1396,7 @@ impl Inner {
         drop(answers);
         drop(subscribers);
         for slot in jobs.into_values() {
-            // The job may still finish in the daemon, but nobody is left to
-            // publish it: drop its staged destination, which removes any
-            // temporary name (an unnamed file goes with its last descriptor).
-            let staged = lock(&slot.state).staged.take();
-            drop(staged);
-            let callback = lock(&slot.state).resolve(Err(JobError::Disconnected(reason.clone())));
-            slot.changed.notify_all();
-            if let Some((callback, result)) = callback {
-                run_callback(callback, result);
-            }
+            slot.abandon(JobError::Disconnected(reason.clone()));
         }
     }
 }
@@ -1420,8 +1416,8 @@ fn run_callback(callback: Callback, result: Result<Completion, JobError>) {
 }
 
 /// One job as the stub sees it; shared by the table and every handle clone.
-struct JobSlot {
-    req: u64,
+pub(crate) struct JobSlot {
+    pub(crate) req: u64,
     state: Mutex<SlotState>,
     changed: Condvar,
 }
@@ -1438,7 +1434,7 @@ struct SlotState {
 }
 
 impl JobSlot {
-    fn new(req: u64, callback: Option<Callback>, staged: Option<Staged>) -> JobSlot {
+    pub(crate) fn new(req: u64, callback: Option<Callback>, staged: Option<Staged>) -> JobSlot {
         JobSlot {
             req,
             state: Mutex::new(SlotState {
@@ -1450,6 +1446,24 @@ impl JobSlot {
                 staged,
             }),
             changed: Condvar::new(),
+        }
+    }
+}
+
+impl JobSlot {
+    /// Resolves a job that will hear no more from the daemon (its connection
+    /// ended, or its request never left) with `err`, and runs its callback.
+    /// Not under any lock of the stub.
+    pub(crate) fn abandon(&self, err: JobError) {
+        // The job may still finish in the daemon, but nobody is left to
+        // publish it: drop its staged destination, which removes any
+        // temporary name (an unnamed file goes with its last descriptor).
+        let staged = lock(&self.state).staged.take();
+        drop(staged);
+        let callback = lock(&self.state).resolve(Err(err));
+        self.changed.notify_all();
+        if let Some((callback, result)) = callback {
+            run_callback(callback, result);
         }
     }
 }
@@ -1485,7 +1499,7 @@ impl SlotState {
 /// ```
 #[derive(Clone)]
 pub struct JobHandle {
-    slot: Arc<JobSlot>,
+    pub(crate) slot: Arc<JobSlot>,
 }
 
 impl JobHandle {

@@ -5,6 +5,7 @@
 //! socket, and are told when each transfer is done. The crate has no io_uring
 //! dependency; it needs only a Unix socket.
 
+pub mod batch;
 pub mod client;
 pub mod codec;
 pub mod fdpass;
@@ -12,6 +13,7 @@ pub mod proto;
 pub mod publish;
 pub mod socket_path;
 
+pub use batch::SubmitBatch;
 pub use client::{Client, ClientError, Completion, JobError, JobHandle, TransferOptions};
 pub use publish::{preserve_metadata, PublishError, PublishOptions, StagedFile};
 pub use socket_path::default_socket_path;

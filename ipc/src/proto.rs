@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 /// Version 2 added the `direct` and `uncached` strategies and `note` on
 /// [`Event::Completed`]; version 3 added job control (priorities, rate
 /// limits, detached jobs, `Cancel`/`Status`/`Wait`/`Jobs` by id, fsync and
-/// verification) and the per-strategy counters.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// verification) and the per-strategy counters; version 4 added
+/// [`Request::SubmitBatch`].
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 pub const SUBMIT_DESCRIPTORS: usize = 2;
@@ -77,6 +78,13 @@ pub enum Request {
     },
     /// Ask for the daemon's counters; answered by [`Event::Stats`].
     Stats,
+    /// Several transfers in one frame, each answered as if it had come in
+    /// its own `Submit`: the frame carries [`SUBMIT_DESCRIPTORS`] descriptors
+    /// per job, in job order (source, destination, source, destination, ...),
+    /// so at most [`Limits::max_fds_per_message`] / 2 jobs. One frame and one
+    /// message for many small jobs saves the client a sendmsg(2) and the
+    /// daemon a receive per job.
+    SubmitBatch(Vec<SubmitRequest>),
 }
 
 /// How a job shares the ring with others. A job of a higher class gets more

@@ -70,6 +70,9 @@ enum Identity {
     Named(PathBuf),
     /// The destination itself: nothing to publish.
     InPlace,
+    /// A file created under its own name in a directory nobody else sees
+    /// yet: publishing only applies attributes; abandoning unlinks it.
+    New,
 }
 
 /// A destination file being written under a temporary identity until `publish`.
@@ -370,6 +373,61 @@ impl StagedFile {
         })
     }
 
+    /// Creates `dst` itself (O_CREAT|O_EXCL, O_RDWR so the daemon can read it
+    /// back for verification), for a destination inside a directory that is
+    /// itself staged under a hidden name (a tree copy into a new directory,
+    /// renamed into place once everything in it is done). No temporary name,
+    /// no link and no rename per file: the directory's one rename publishes
+    /// them all. Abandoning (or dropping) the result unlinks `dst`.
+    ///
+    /// `opts.in_place` is ignored: the file is new either way.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Io`] from creating the file, `AlreadyExists` when
+    /// something is already called `dst`.
+    ///
+    /// ```
+    /// use ringxfer_ipc::publish::{PublishOptions, StagedFile};
+    /// use std::io::Write;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ringxfer-doc-new-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let dst = dir.join("part-0001");
+    /// let staged = StagedFile::create_new(&dst, &PublishOptions::default())?;
+    /// staged.file().write_all(b"half")?;
+    /// staged.abandon();
+    /// assert!(!dst.exists(), "an abandoned new file is removed");
+    /// let staged = StagedFile::create_new(&dst, &PublishOptions::default())?;
+    /// staged.file().write_all(b"whole")?;
+    /// staged.publish(None)?;
+    /// assert_eq!(std::fs::read(&dst)?, b"whole");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_new(dst: &Path, opts: &PublishOptions) -> Result<StagedFile, PublishError> {
+        let mode = opts.mode.unwrap_or(DEFAULT_MODE) & 0o7777;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create_new(true).mode(mode);
+        let file =
+            open_maybe_direct(&options, 0, dst, opts.direct).map_err(io_err("creating", dst))?;
+        let dir = match dst.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(StagedFile {
+            file,
+            path: dst.to_path_buf(),
+            target: dst.to_path_buf(),
+            dir,
+            identity: Identity::New,
+            linked_temp: None,
+            fsync: opts.fsync,
+            preserve: opts.preserve,
+            published: false,
+        })
+    }
+
     /// The open file to hand to the daemon as the destination.
     ///
     /// ```no_run
@@ -454,7 +512,7 @@ impl StagedFile {
 
     fn publish_inner(&mut self, source: Option<&Metadata>) -> Result<(), PublishError> {
         let replacing = match &self.identity {
-            Identity::InPlace => None,
+            Identity::InPlace | Identity::New => None,
             Identity::Unnamed | Identity::Named(_) => match fs::symlink_metadata(&self.target) {
                 Ok(meta) if meta.is_file() => Some(meta),
                 _ => None,
@@ -474,7 +532,7 @@ impl StagedFile {
         }
 
         match &self.identity {
-            Identity::InPlace => {}
+            Identity::InPlace | Identity::New => {}
             Identity::Named(temp) => {
                 fs::rename(temp, &self.target).map_err(|source| PublishError::Rename {
                     from: temp.clone(),
@@ -540,7 +598,7 @@ impl StagedFile {
         Ok(())
     }
 
-    /// Call when the job failed: nothing appears under dst's name (a named temp is unlinked; in_place leaves dst as the daemon left it). Drop does the same.
+    /// Call when the job failed: nothing appears under dst's name (a named temp is unlinked, so is a file made by [`StagedFile::create_new`]; in_place leaves dst as the daemon left it). Drop does the same.
     ///
     /// ```
     /// use ringxfer_ipc::publish::{PublishOptions, StagedFile};
@@ -566,8 +624,14 @@ impl StagedFile {
         if let Some(temp) = self.linked_temp.take() {
             let _ = fs::remove_file(temp);
         }
-        if let Identity::Named(temp) = &self.identity {
-            let _ = fs::remove_file(temp);
+        match &self.identity {
+            Identity::Named(temp) => {
+                let _ = fs::remove_file(temp);
+            }
+            Identity::New => {
+                let _ = fs::remove_file(&self.path);
+            }
+            Identity::Unnamed | Identity::InPlace => {}
         }
     }
 }

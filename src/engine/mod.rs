@@ -721,9 +721,8 @@ impl Engine {
                         Err(e) => break Err(e),
                     };
                     let handled = self.handle_request(k, req, &mut fds);
-                    if let Some((a, b)) = fds {
-                        self.doomed.extend([a, b]);
-                    }
+                    // Those of jobs a closing session did not get to.
+                    self.doomed.extend(fds);
                     if let Err(e) = handled {
                         break Err(e);
                     }
@@ -738,16 +737,17 @@ impl Engine {
         buf.consume(used);
         result?;
         if let Some(session) = self.sessions.get_mut(k) {
-            // Only the frame still arriving can own descriptors now, and it
-            // takes at most two.
-            if (buf.data.is_empty() && !session.fds.is_empty())
-                || session.fds.len() > SUBMIT_DESCRIPTORS
+            // Only the frame still arriving can own descriptors now: two per
+            // job, so an even number, and no more than one message holds.
+            let n = session.fds.len();
+            if (buf.data.is_empty() && n > 0)
+                || n % SUBMIT_DESCRIPTORS != 0
+                || n > MAX_FDS_PER_MESSAGE
             {
-                let n = session.fds.len();
                 self.doomed.extend(session.fds.drain(..).map(|(_, fd)| fd));
                 return Err(FrameError {
                     kind: ProtocolErrorKind::ExtraDescriptors,
-                    message: format!("{n} descriptor(s) arrived that no request claimed; only Submit carries descriptors (exactly {SUBMIT_DESCRIPTORS})"),
+                    message: format!("{n} descriptor(s) arrived that no request claimed; only Submit and SubmitBatch carry descriptors ({SUBMIT_DESCRIPTORS} per job)"),
                 });
             }
         }
@@ -758,7 +758,7 @@ impl Engine {
         &mut self,
         k: usize,
         req: Request,
-        fds: &mut Option<(OwnedFd, OwnedFd)>,
+        fds: &mut Vec<OwnedFd>,
     ) -> Result<(), FrameError> {
         let Some(session) = self.sessions.get_mut(k) else {
             return Ok(());
@@ -805,9 +805,25 @@ impl Engine {
             }
             Request::Submit(submit) => {
                 // claim_fds made sure a Submit comes with exactly two.
-                if let Some((src, dst)) = fds.take() {
+                let mut pair = fds.drain(..);
+                if let (Some(src), Some(dst)) = (pair.next(), pair.next()) {
+                    drop(pair);
                     self.admit(k, submit, src, dst);
                 }
+            }
+            Request::SubmitBatch(submits) => {
+                // claim_fds made sure of two per job, in job order.
+                let mut pairs = std::mem::take(fds).into_iter();
+                for submit in submits {
+                    let (Some(src), Some(dst)) = (pairs.next(), pairs.next()) else {
+                        break;
+                    };
+                    self.admit(k, submit, src, dst);
+                    if self.sessions.get(k).is_none_or(|s| s.closing) {
+                        break;
+                    }
+                }
+                fds.extend(pairs);
             }
             Request::Cancel { req, job } => self.on_cancel(k, req, job),
             Request::Status { req, job } => self.on_status(k, req, job),
@@ -1040,7 +1056,7 @@ fn claim_fds(
     start: u64,
     end: u64,
     doomed: &mut Vec<OwnedFd>,
-) -> Result<Option<(OwnedFd, OwnedFd)>, FrameError> {
+) -> Result<Vec<OwnedFd>, FrameError> {
     let mut claimed: Vec<OwnedFd> = Vec::new();
     let mut stray = false;
     while session.fds.front().is_some_and(|(pos, _)| *pos <= end) {
@@ -1051,22 +1067,30 @@ fn claim_fds(
             claimed.push(fd);
         }
     }
-    let want = if matches!(req, Request::Submit(_)) {
-        SUBMIT_DESCRIPTORS
-    } else {
-        0
+    let want = match req {
+        Request::Submit(_) => SUBMIT_DESCRIPTORS,
+        Request::SubmitBatch(jobs) => jobs.len().saturating_mul(SUBMIT_DESCRIPTORS),
+        _ => 0,
     };
     let got = claimed.len();
     if got == want && !stray {
-        let mut it = claimed.into_iter();
-        return Ok(it.next().zip(it.next()));
+        return Ok(claimed);
     }
     doomed.extend(claimed);
-    Err(if got < want {
+    Err(if want > MAX_FDS_PER_MESSAGE {
+        FrameError {
+            kind: ProtocolErrorKind::TooManyDescriptors,
+            message: format!(
+                "a SubmitBatch of {} jobs needs {want} descriptors, and one message carries at most {MAX_FDS_PER_MESSAGE}",
+                want / SUBMIT_DESCRIPTORS
+            ),
+        }
+    } else if got < want {
         FrameError {
             kind: ProtocolErrorKind::MissingDescriptors,
             message: format!(
-                "Submit needs {SUBMIT_DESCRIPTORS} descriptors (source, destination) but {got} arrived with it"
+                "{} needs {want} descriptors ({SUBMIT_DESCRIPTORS} per job: source, destination) but {got} arrived with it",
+                request_name(req)
             ),
         }
     } else {
@@ -1117,6 +1141,7 @@ fn request_name(req: &Request) -> &'static str {
     match req {
         Request::Hello { .. } => "Hello",
         Request::Submit(_) => "Submit",
+        Request::SubmitBatch(_) => "SubmitBatch",
         Request::Cancel { .. } => "Cancel",
         Request::Stats => "Stats",
         Request::Status { .. } => "Status",

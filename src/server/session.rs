@@ -3,12 +3,15 @@
 use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-/// Room for the control message of one recvmsg: up to this many descriptors.
-pub const MAX_FDS_PER_MESSAGE: usize = 4;
+/// Room for the control message of one recvmsg: up to this many
+/// descriptors, so that one `SubmitBatch` frame can carry 32 jobs.
+/// Advertised in `Limits::max_fds_per_message`.
+pub const MAX_FDS_PER_MESSAGE: usize = 64;
 
-/// 8-byte words of control buffer; `cmsghdr` needs 8-byte alignment, which
-/// an array of u64 gives.
-const CMSG_WORDS: usize = 16;
+/// 8-byte words of control buffer: one `cmsghdr` (16 bytes) and the
+/// descriptors, with a word to spare; `cmsghdr` needs 8-byte alignment,
+/// which an array of u64 gives.
+const CMSG_WORDS: usize = 2 + MAX_FDS_PER_MESSAGE * 4 / 8 + 1;
 
 /// A session's receive side: the bytes received and not yet parsed, and the
 /// `msghdr`, `iovec` and control buffer that point into them. Boxed so those

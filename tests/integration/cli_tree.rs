@@ -83,7 +83,9 @@ fn copy_r_copies_a_tree_with_links_and_empty_files() {
         "summary line: {}",
         describe(&out)
     );
-    // No temporary names left behind anywhere.
+    // No temporary names left behind anywhere: the tree was built under a
+    // hidden name next to DST and renamed, and nothing of it is left.
+    assert_eq!(names(dir.path()), ["dst", "src"]);
     assert_eq!(names(&dst), ["a", "empty", "link", "top.bin"]);
     assert_eq!(names(&dst.join("a")), ["b", "dirlink", "mid.bin"]);
 
@@ -368,4 +370,44 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
         describe(&out)
     );
     assert!(names(&root_only).is_empty());
+}
+
+#[test]
+fn a_tree_copy_killed_midway_leaves_nothing_under_the_name() {
+    // The new tree is built under a hidden name and renamed once done, so
+    // even SIGKILL, which no cleanup can catch, leaves no half-written file
+    // where a reader would take it for the real one.
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    make_file(&src, "small", 1000, 370);
+    make_file(&src, "big", 8 << 20, 371);
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    // 8 MiB at 2 MiB/s: four seconds, of which we wait a fraction.
+    c.args(["copy", "-r", "--rate-limit", "2MiB"])
+        .arg(&src)
+        .arg(&dst)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn the CLI");
+    let hidden = (0..200).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        names(dir.path())
+            .into_iter()
+            .find(|n| n.starts_with(".dst.ringxfer-"))
+    });
+    let hidden = hidden.expect("the copy is built under a hidden name");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().expect("SIGKILL the CLI");
+    let _ = child.wait();
+    assert!(!dst.exists(), "a killed copy left {}", dst.display());
+    // What is left is only the hidden directory, which says what it is.
+    assert_eq!(names(dir.path()), [hidden.clone(), "src".to_string()]);
+    let partial = fs::metadata(dir.path().join(&hidden).join("big")).map(|m| m.len());
+    assert!(
+        partial.as_ref().is_ok_and(|&n| n < 8 << 20),
+        "the big file was mid-copy: {partial:?}"
+    );
 }

@@ -77,6 +77,29 @@ fn hello(s: &UnixStream) -> Limits {
     }
 }
 
+fn submit_request(req: u64) -> SubmitRequest {
+    SubmitRequest {
+        req,
+        tag: "abuse".into(),
+        offset: 0,
+        length: None,
+        dest_offset: 0,
+        strategy: Strategy::Auto,
+        progress: false,
+        priority: Default::default(),
+        rate_limit: None,
+        detach: false,
+        fsync: false,
+        verify: false,
+    }
+}
+
+fn batch_frame(jobs: u64) -> Vec<u8> {
+    frame(&Request::SubmitBatch(
+        (1..=jobs).map(submit_request).collect(),
+    ))
+}
+
 fn submit_frame() -> Vec<u8> {
     frame(&Request::Submit(SubmitRequest {
         req: 1,
@@ -512,4 +535,94 @@ fn stop_does_not_wait_for_a_client_that_stopped_reading() {
     std::thread::sleep(Duration::from_millis(300));
     d.stop();
     drop(s);
+}
+
+#[test]
+fn a_batch_with_one_descriptor_pair_too_few() {
+    let f = fds(4);
+    case(
+        "SubmitBatch of 3 jobs with 4 fds",
+        &[ProtocolErrorKind::MissingDescriptors],
+        |s, _| {
+            hello(s);
+            send(s, &batch_frame(3), &f.borrow());
+        },
+    );
+}
+
+#[test]
+fn a_batch_with_a_descriptor_pair_too_many() {
+    let f = fds(6);
+    case(
+        "SubmitBatch of 2 jobs with 6 fds",
+        &[ProtocolErrorKind::ExtraDescriptors],
+        |s, _| {
+            hello(s);
+            send(s, &batch_frame(2), &f.borrow());
+        },
+    );
+}
+
+#[test]
+fn a_batch_bigger_than_one_message_can_carry() {
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    {
+        let s = raw(&d);
+        let limits = hello(&s);
+        let jobs = u64::from(limits.max_fds_per_message) / 2 + 1;
+        send(&s, &batch_frame(jobs), &[]);
+        expect_error(
+            &s,
+            &[ProtocolErrorKind::TooManyDescriptors],
+            "SubmitBatch over max_fds_per_message / 2 jobs",
+        );
+    }
+    d.assert_healthy(baseline, "an oversized batch");
+}
+
+#[test]
+fn raw_batch_copies_every_file() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let s = raw(&d);
+    hello(&s);
+    let made: Vec<_> = (0..3)
+        .map(|i| {
+            make_file(
+                dir.path(),
+                &format!("src{i}"),
+                5000 + i * 999,
+                360 + i as u64,
+            )
+        })
+        .collect();
+    {
+        let ends: Vec<_> = made
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (src, _))| {
+                [
+                    open_src(src),
+                    create_dst(&dir.path().join(format!("dst{i}"))),
+                ]
+            })
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = ends.iter().map(|f| f.as_fd()).collect();
+        send(&s, &batch_frame(3), &borrowed);
+    }
+    let mut done = std::collections::BTreeMap::new();
+    while done.len() < 3 {
+        match read_event(&s) {
+            Some(Event::Accepted { .. }) => {}
+            Some(Event::Completed { req, bytes, .. }) => {
+                done.insert(req, bytes);
+            }
+            other => panic!("expected Accepted/Completed for the batch, got {other:?}"),
+        }
+    }
+    for (i, (_, data)) in made.iter().enumerate() {
+        assert_eq!(done[&(i as u64 + 1)], data.len() as u64, "job {}", i + 1);
+        assert_file_eq(&dir.path().join(format!("dst{i}")), data);
+    }
 }

@@ -184,3 +184,101 @@ fn progress_events_arrive_in_order() {
         }
     }
 }
+
+#[test]
+fn a_batch_of_submits_goes_in_one_message_and_every_job_reports_once() {
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let dir = tmpdir();
+    let client = d.client();
+    let batch = client.batch();
+    assert_eq!(
+        batch.capacity() as u32,
+        client.limits().max_fds_per_message / 2,
+        "the capacity follows the daemon's descriptors per message"
+    );
+    let cap = batch.capacity();
+    assert!(cap >= 2, "a batch of one would gain nothing: {cap}");
+    drop(batch);
+
+    // Two full batches and a part: every job completes with its own bytes,
+    // and each callback runs exactly once.
+    let n = 2 * cap + 3;
+    let sources: Vec<_> = (0..n)
+        .map(|i| {
+            make_file(
+                dir.path(),
+                &format!("src{i}"),
+                1000 + i * 517,
+                400 + i as u64,
+            )
+        })
+        .collect();
+    let files: Vec<_> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, (src, _))| {
+            (
+                open_src(src),
+                create_dst(&dir.path().join(format!("dst{i}"))),
+            )
+        })
+        .collect();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut handles = Vec::new();
+    let mut batch = client.batch();
+    for (i, (src, dst)) in files.iter().enumerate() {
+        if batch.is_full() {
+            let full = std::mem::replace(&mut batch, client.batch());
+            assert_eq!(full.send().expect("send a full batch"), cap);
+        }
+        let tx = tx.clone();
+        let h = batch
+            .submit(
+                src,
+                dst,
+                &opts(),
+                Some(Box::new(move |r| tx.send((i, r.map(|c| c.bytes))).unwrap())),
+            )
+            .expect("add to the batch");
+        handles.push(h);
+    }
+    assert_eq!(batch.send().expect("send the rest"), 3);
+    drop(tx);
+    let mut seen = vec![0; n];
+    for (i, r) in rx.iter() {
+        assert_eq!(r.expect("job result"), sources[i].1.len() as u64, "job {i}");
+        seen[i] += 1;
+    }
+    assert!(seen.iter().all(|&c| c == 1), "callbacks per job: {seen:?}");
+    for (i, h) in handles.into_iter().enumerate() {
+        completed(wait(h), "batched job");
+        assert_file_eq(&dir.path().join(format!("dst{i}")), &sources[i].1);
+    }
+
+    // A batch full to capacity refuses one more; a dropped batch resolves
+    // its jobs instead of leaving their waiters hanging.
+    let (src, dst) = &files[0];
+    let mut batch = client.batch();
+    let mut unsent = Vec::new();
+    for _ in 0..cap {
+        unsent.push(batch.submit(src, dst, &opts(), None).expect("add"));
+    }
+    assert!(batch.is_full());
+    assert!(
+        batch.submit(src, dst, &opts(), None).is_err(),
+        "over capacity"
+    );
+    drop(batch);
+    for h in unsent {
+        match wait_within(h, Duration::from_secs(5)) {
+            Err(ringxfer_ipc::JobError::Disconnected(why)) => {
+                assert!(why.contains("dropped before it was sent"), "{why}")
+            }
+            other => panic!("a job of a dropped batch: {other:?}"),
+        }
+    }
+    drop(files);
+    drop(client);
+    d.assert_fds_return(baseline, Duration::from_secs(3), "after batches");
+}

@@ -2,23 +2,24 @@
 //! flight on one connection, each destination staged and published on its
 //! completion.
 //!
-//! The main thread opens, stages and submits; each job's completion callback
-//! (on the stub's event thread) publishes that file and tells the main
-//! thread through a channel, which frees a place in the window. So the
-//! daemon always has a window's worth of jobs to batch into its ring, nobody
-//! waits for one file's round trip before starting the next, and the CLI's
-//! system calls are split over two threads: open, stat, O_TMPFILE and
-//! sendmsg on the main one; linkat and close on the event thread.
+//! The main thread opens sources and stages destinations, and sends them to
+//! the daemon in batches (one sendmsg for up to 32 jobs, see
+//! ringxfer_ipc::SubmitBatch), so the daemon always has a window's worth of
+//! jobs to batch into its ring and nobody waits for one file's round trip
+//! before starting the next. Each job's completion callback (on the stub's
+//! event thread) only passes the result back through a channel; the main
+//! thread publishes the file (which inside a staged directory is just a
+//! close) and frees its place in the window.
 
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use ringxfer_ipc::{Client, ClientError, Completion, JobError, Strategy, TransferOptions};
+use ringxfer_ipc::{Client, Completion, JobError, Strategy, TransferOptions};
+use slab::Slab;
 
 use crate::commands::{Context, CopyArgs};
 use crate::engine::Engine;
@@ -27,7 +28,7 @@ use crate::fdlimit;
 use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject};
 use crate::transfer::Plan;
-use crate::tree::Item;
+use crate::tree::{Item, StagedDirs};
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Jobs in flight at most. On two cores, windows from 8 to 1000 copied
@@ -54,27 +55,37 @@ pub struct Tally {
     pub elapsed: Duration,
 }
 
-/// What a finished job's callback reports: its bytes once published, or
-/// why it failed.
-struct Settled {
+/// A file on its way: opened, staged, and (once its batch is sent) a job.
+struct Job {
     src: PathBuf,
-    dst: PathBuf,
-    result: Result<u64, CliError>,
+    /// The open source until the batch carrying it is sent.
+    source: Option<File>,
+    staged: StagedFile,
+    meta: Metadata,
 }
+
+/// What a job's callback reports: the job's key in the table, and its result.
+type Finished = (usize, Result<Completion, JobError>);
 
 pub struct Pipeline<'a> {
     client: &'a Client,
     out: Output,
     window: usize,
-    /// Jobs submitted whose callback has not reported yet.
-    in_flight: usize,
-    done_tx: Sender<Settled>,
-    done_rx: Receiver<Settled>,
+    /// Jobs opened and not yet settled, sent or not.
+    jobs: Slab<Job>,
+    /// Keys of jobs not yet sent, in the order they were opened.
+    unsent: Vec<usize>,
+    /// Jobs per batch (the daemon's descriptors per message / 2).
+    batch: usize,
+    done_tx: Sender<Finished>,
+    done_rx: Receiver<Finished>,
     plan: Plan,
     publish: PublishOptions,
     preserve: bool,
     bar: TreeBar,
     tally: Tally,
+    /// New directories being built under hidden names.
+    staged: StagedDirs,
 }
 
 /// The window: [`WINDOW`], or less where the daemon's per-connection or
@@ -104,11 +115,14 @@ impl<'a> Pipeline<'a> {
         // Per-job progress events would cost the engine work for files that
         // take microseconds; the bar counts finished files instead.
         plan.progress = false;
+        let window = window(client);
         Pipeline {
             client,
             out: ctx.out,
-            window: window(client),
-            in_flight: 0,
+            window,
+            jobs: Slab::with_capacity(window),
+            unsent: Vec::new(),
+            batch: client.batch().capacity().min(window),
             done_tx,
             done_rx,
             plan,
@@ -122,15 +136,21 @@ impl<'a> Pipeline<'a> {
             preserve: args.dest.preserve,
             bar: TreeBar::new(ctx.progress),
             tally: Tally::default(),
+            staged: StagedDirs::default(),
         }
     }
 
     /// Handles one item of the walk. An error is fatal (the connection to
     /// the engine is gone); per-path failures are reported and counted.
     pub fn take(&mut self, item: Item) -> Result<(), CliError> {
+        if let Item::Staged(dir) = item {
+            self.staged.push(dir);
+            return Ok(());
+        }
         self.tally.items += 1;
         match item {
-            Item::File { src, dst } => self.copy_file(src, dst)?,
+            Item::Staged(_) => {}
+            Item::File { src, dst, new } => self.copy_file(src, dst, new)?,
             Item::Symlink { src, dst } => match copy_symlink(&src, &dst, self.preserve) {
                 Ok(()) => self.tally.links += 1,
                 Err(err) => self.fail(&src, Some(&dst), &err),
@@ -141,18 +161,23 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
+    /// Reports a failure, naming paths inside staged directories by the
+    /// names they will have.
     fn fail(&mut self, src: &Path, dst: Option<&Path>, err: &CliError) {
         self.tally.failed += 1;
         let subject = Subject {
             op: Op::Copy,
             src: src.display().to_string(),
-            dst: dst.map(|d| d.display().to_string()).unwrap_or_default(),
+            dst: dst
+                .map(|d| self.staged.shown(d).display().to_string())
+                .unwrap_or_default(),
         };
+        let err = self.staged.error(err.clone());
         self.bar
-            .suspend(|| self.out.failed(Op::Copy, Some(&subject), err));
+            .suspend(|| self.out.failed(Op::Copy, Some(&subject), &err));
     }
 
-    fn copy_file(&mut self, src: PathBuf, dst: PathBuf) -> Result<(), CliError> {
+    fn copy_file(&mut self, src: PathBuf, dst: PathBuf, new: bool) -> Result<(), CliError> {
         let opened = File::open(&src).and_then(|f| {
             let meta = f.metadata()?;
             Ok((f, meta))
@@ -168,8 +193,14 @@ impl<'a> Pipeline<'a> {
             mode: Some(meta.mode() & 0o777),
             ..self.publish.clone()
         };
-        // Also refuses a file copied onto itself (`copy a b .` in a's directory).
-        let staged = match StagedFile::create(&dst, Some(&meta), &publish) {
+        // Also refuses a file copied onto itself (`copy a b .` in a's
+        // directory); a new file in a staged directory cannot be the source.
+        let staged = if new {
+            StagedFile::create_new(&dst, &publish)
+        } else {
+            StagedFile::create(&dst, Some(&meta), &publish)
+        };
+        let staged = match staged {
             Ok(staged) => staged,
             Err(e) => {
                 let e = e.with_source_path(&src);
@@ -177,129 +208,154 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         };
-        while self.in_flight >= self.window {
+        while self.jobs.len() >= self.window {
+            self.send()?;
             self.reap_one();
         }
-        let opts = TransferOptions {
-            // What `ringxfer jobs` lists and the daemon logs.
-            tag: src.display().to_string(),
-            ..self.plan.options(String::new())
-        };
-        let len = meta.len();
-        // The callback takes the staged file out of the slot; the main
-        // thread borrows its descriptor for the submit under the same lock,
-        // so a callback that fires before submit returns waits for it
-        // (cheaper than a dup and close per file).
-        let slot = Arc::new(Mutex::new(Some((src.clone(), staged, meta))));
-        let for_callback = Arc::clone(&slot);
-        let tx = self.done_tx.clone();
-        let callback = move |result| {
-            let taken = lock(&for_callback).take();
-            if let Some((src, staged, meta)) = taken {
-                // The receiver lives as long as the pipeline, which waits
-                // for every job before it goes; a send cannot fail before.
-                let _ = tx.send(settle(src, staged, &meta, result));
-            }
-        };
-        let submitted = {
-            let guard = lock(&slot);
-            match guard.as_ref() {
-                Some((_, staged, _)) => {
-                    self.client
-                        .submit_with_callback(&file, staged.file(), &opts, callback)
+        let key = self.jobs.insert(Job {
+            src,
+            source: Some(file),
+            staged,
+            meta,
+        });
+        self.unsent.push(key);
+        if self.unsent.len() >= self.batch {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the jobs not yet sent, in one message. An error is fatal (the
+    /// connection is gone); the batch's jobs then come back failed through
+    /// their callbacks, which removes what was staged for them.
+    fn send(&mut self) -> Result<(), CliError> {
+        if self.unsent.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.client.batch();
+        let mut refused = Vec::new();
+        let mut sent = Ok(0);
+        for &key in &self.unsent {
+            let job = &self.jobs[key];
+            let Some(source) = job.source.as_ref() else {
+                continue;
+            };
+            let opts = TransferOptions {
+                // What `ringxfer jobs` lists and the daemon logs.
+                tag: job.src.display().to_string(),
+                ..self.plan.options(String::new())
+            };
+            for _ in 0..2 {
+                let tx = self.done_tx.clone();
+                let callback = Box::new(move |result| {
+                    // The receiver lives as long as the pipeline, which waits
+                    // for every job before it goes; a send cannot fail before.
+                    let _ = tx.send((key, result));
+                });
+                match batch.submit(source, job.staged.file(), &opts, Some(callback)) {
+                    Ok(_handle) => {
+                        self.bar.add_total(job.meta.len());
+                        break;
+                    }
+                    // Long tags filled the frame: send what it has and put
+                    // this job in the next.
+                    Err(_) if batch.is_full() && !batch.is_empty() => {
+                        let full = std::mem::replace(&mut batch, self.client.batch());
+                        sent = sent.and(full.send());
+                    }
+                    // Its callback never runs.
+                    Err(err) => {
+                        refused.push((key, err));
+                        break;
+                    }
                 }
-                // Nothing has taken it: it was filled just above.
-                None => return Ok(()),
-            }
-        };
-        // The daemon has its own copy of the source now.
-        drop(file);
-        match submitted {
-            Ok(_handle) => {
-                self.in_flight += 1;
-                self.bar.add_total(len);
-                Ok(())
-            }
-            // The callback never runs; the staged file goes with the slot,
-            // leaving nothing under the name.
-            Err(err @ (ClientError::Disconnected | ClientError::Io { .. })) => {
-                self.tally.failed += 1;
-                Err(CliError::client("submitting copies to the engine", &err))
-            }
-            Err(err) => {
-                self.fail(&src, Some(&dst), &CliError::client("", &err));
-                Ok(())
             }
         }
+        let sent = sent.and(batch.send());
+        // The daemon has its own copies of the sources now (or never will).
+        for key in self.unsent.drain(..) {
+            if let Some(job) = self.jobs.get_mut(key) {
+                job.source = None;
+            }
+        }
+        for (key, err) in refused {
+            let job = self.jobs.remove(key);
+            // Dropping the staged file leaves nothing under the name.
+            let dst = job.staged.path().to_path_buf();
+            self.fail(&job.src, Some(&dst), &CliError::client("", &err));
+        }
+        sent.map(|_| ())
+            .map_err(|err| CliError::client("submitting copies to the engine", &err))
     }
 
     /// Publishes whatever finished, without waiting.
     fn reap_ready(&mut self) {
-        while let Ok(settled) = self.done_rx.try_recv() {
-            self.count(settled);
+        while let Ok(finished) = self.done_rx.try_recv() {
+            self.settle(finished);
         }
     }
 
     /// Waits for one job to finish and publishes it.
     fn reap_one(&mut self) {
         match self.done_rx.recv() {
-            Ok(settled) => self.count(settled),
+            Ok(finished) => self.settle(finished),
             // Cannot happen while we hold a sender; if it did, nothing more
             // would ever come back.
-            Err(_) => self.in_flight = 0,
+            Err(_) => {
+                self.jobs.clear();
+            }
         }
     }
 
-    fn count(&mut self, settled: Settled) {
-        self.in_flight -= 1;
-        match settled.result {
+    /// Publishes a finished job's file, or drops it (leaving nothing under
+    /// its name) if the job failed.
+    fn settle(&mut self, (key, result): Finished) {
+        let Some(job) = self.jobs.try_remove(key) else {
+            return;
+        };
+        let dst = job.staged.path().to_path_buf();
+        let published = match result {
+            Ok(done) => job
+                .staged
+                .publish(Some(&job.meta))
+                .map(|()| done.bytes)
+                .map_err(|e| CliError::publish(&e)),
+            Err(err) => {
+                job.staged.abandon();
+                Err(CliError::job(
+                    format!(
+                        "cannot copy '{}' to '{}'",
+                        job.src.display(),
+                        self.staged.shown(&dst).display()
+                    ),
+                    &err,
+                ))
+            }
+        };
+        match published {
             Ok(bytes) => {
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
                 self.bar.file_done(bytes);
             }
-            Err(err) => self.fail(&settled.src, Some(&settled.dst), &err),
+            Err(err) => self.fail(&job.src, Some(&dst), &err),
         }
     }
 
-    /// Waits for every job still in flight and returns the tally.
-    pub fn finish(mut self) -> Tally {
-        while self.in_flight > 0 {
+    /// Sends what is left, waits for every job; returns the tally and the
+    /// directories still to rename into place.
+    pub fn finish(mut self) -> (Tally, StagedDirs) {
+        if let Err(err) = self.send() {
+            self.bar.suspend(|| self.out.failed(Op::Copy, None, &err));
+        }
+        // Jobs never sent (the batch failed) were refused and removed; what
+        // is left has a callback to come.
+        while !self.jobs.is_empty() {
             self.reap_one();
         }
         self.bar.finish();
-        self.tally
+        (self.tally, self.staged)
     }
-}
-
-/// Locks a slot, ignoring poison: a panic elsewhere leaves the data whole.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Publishes a finished job's file, or drops it (leaving nothing under its
-/// name) if the job failed. Runs on the stub's event thread.
-fn settle(
-    src: PathBuf,
-    staged: StagedFile,
-    meta: &Metadata,
-    result: Result<Completion, JobError>,
-) -> Settled {
-    let dst = staged.path().to_path_buf();
-    let result = match result {
-        Ok(done) => staged
-            .publish(Some(meta))
-            .map(|()| done.bytes)
-            .map_err(|e| CliError::publish(&e)),
-        Err(err) => {
-            staged.abandon();
-            Err(CliError::job(
-                format!("cannot copy '{}' to '{}'", src.display(), dst.display()),
-                &err,
-            ))
-        }
-    };
-    Settled { src, dst, result }
 }
 
 /// Recreates the link `src` at `dst` (replacing a file or link there

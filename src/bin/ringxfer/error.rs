@@ -106,6 +106,15 @@ impl CliError {
         }
     }
 
+    /// Says `to` wherever the message says `from`: a tree copied under a
+    /// hidden name is reported under the name it is copied to.
+    pub fn renamed(mut self, from: &std::path::Path, to: &std::path::Path) -> CliError {
+        let (from, to) = (from.display().to_string(), to.display().to_string());
+        self.context = self.context.replace(&from, &to);
+        self.cause = self.cause.replace(&from, &to);
+        self
+    }
+
     /// Records which engine ran the job that failed.
     pub fn on_engine(mut self, engine: &'static str) -> CliError {
         self.engine = Some(engine);

@@ -13,15 +13,29 @@
 //! - FIFOs, devices and sockets are skipped with a message and counted as
 //!   failures; so are unreadable files and directories, and every other
 //!   per-path error. The walk goes on; the summary says how many failed.
-//! - An existing destination directory is merged into, as cp does.
+//! - An existing destination directory is merged into, as cp does: each
+//!   file is staged and published on its own (see ringxfer_ipc::publish).
+//! - A destination directory that does not exist yet is built under a hidden
+//!   name next to it (`.NAME.ringxfer-PID-N`) and renamed into place once
+//!   everything in it is done, like rsync's temporary files but for the whole
+//!   tree. Until then nothing of the copy is under its final name, so a copy
+//!   cut short (even by SIGKILL) leaves no half-written file where a reader
+//!   would take it for the real one; and the files inside are created under
+//!   their own names, with no per-file temporary, link or rename, which is
+//!   most of what a small file costs the CLI. A file whose job fails is
+//!   removed before the rename. If something took the name meanwhile, the
+//!   copy stays under the hidden name and the failure says where.
 
+use std::borrow::Cow;
+use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, Metadata, ReadDir};
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::batch::{Pipeline, Tally};
+use crate::batch::Pipeline;
 use crate::commands::{Context, CopyArgs};
 use crate::error::{CliError, Exit};
 use crate::report::Op;
@@ -30,8 +44,15 @@ use ringxfer_ipc::publish::preserve_metadata;
 /// One thing the walk found that the pipeline must copy or report.
 #[derive(Debug)]
 pub enum Item {
-    /// A regular file.
-    File { src: PathBuf, dst: PathBuf },
+    /// A regular file. `new`: `dst` is inside a [`StagedDir`], so it is
+    /// created under its own name instead of staged.
+    File {
+        src: PathBuf,
+        dst: PathBuf,
+        new: bool,
+    },
+    /// A new destination directory is being built under a hidden name.
+    Staged(StagedDir),
     /// A symbolic link to recreate.
     Symlink { src: PathBuf, dst: PathBuf },
     /// Something that could not be copied, already phrased.
@@ -54,7 +75,106 @@ struct Frame {
     entries: ReadDir,
     src: PathBuf,
     dst: PathBuf,
+    /// Inside a [`StagedDir`]: everything here is ours and unseen.
+    new: bool,
     fixup: Option<DirFixup>,
+}
+
+/// A destination directory built under `hidden` and renamed to `dst` when
+/// the copy is done (see the module comment).
+#[derive(Debug, Clone)]
+pub struct StagedDir {
+    pub hidden: PathBuf,
+    pub dst: PathBuf,
+}
+
+/// The directories a copy stages, for renaming them into place and for
+/// naming paths inside them as the user knows them.
+#[derive(Debug, Default)]
+pub struct StagedDirs(Vec<StagedDir>);
+
+impl StagedDirs {
+    pub fn push(&mut self, dir: StagedDir) {
+        self.0.push(dir);
+    }
+
+    /// `path` under its final name.
+    pub fn shown<'a>(&self, path: &'a Path) -> Cow<'a, Path> {
+        for dir in &self.0 {
+            if let Ok(rest) = path.strip_prefix(&dir.hidden) {
+                return Cow::Owned(dir.dst.join(rest));
+            }
+        }
+        Cow::Borrowed(path)
+    }
+
+    /// `err` with hidden names replaced by final ones.
+    pub fn error(&self, err: CliError) -> CliError {
+        self.0
+            .iter()
+            .fold(err, |err, dir| err.renamed(&dir.hidden, &dir.dst))
+    }
+
+    /// Renames every staged directory into place; the failures, phrased.
+    pub fn publish(&self) -> Vec<CliError> {
+        let mut failures = Vec::new();
+        for dir in &self.0 {
+            if let Err(e) = rename_noreplace(&dir.hidden, &dir.dst) {
+                let mut err = CliError::path("cannot move the copy into place at", &dir.dst, &e);
+                err.cause
+                    .push_str(&format!("; the copy is kept in '{}'", dir.hidden.display()));
+                failures.push(err);
+            }
+        }
+        failures
+    }
+}
+
+/// rename(2) that never replaces what is at `to` (RENAME_NOREPLACE; where
+/// the file system lacks the flag, a check just before a plain rename).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call; AT_FDCWD needs no descriptor.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err);
+    }
+    match fs::symlink_metadata(to) {
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(from, to),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hidden names tried before giving up on staging a directory.
+const MAX_HIDDEN_TRIES: u32 = 100;
+
+/// `.NAME.ringxfer-PID-N` next to `dst`, the name kept short enough for NAME_MAX.
+fn hidden_sibling(dst: &Path, n: u32) -> Option<PathBuf> {
+    let name = dst.file_name()?.as_bytes();
+    let suffix = format!(".ringxfer-{}-{n}", std::process::id());
+    let room = 255 - 1 - suffix.len();
+    let mut hidden = Vec::with_capacity(255);
+    hidden.push(b'.');
+    hidden.extend_from_slice(&name[..name.len().min(room)]);
+    hidden.extend_from_slice(suffix.as_bytes());
+    Some(dst.with_file_name(OsString::from_vec(hidden)))
 }
 
 /// Depth-first walk over the operands, creating destination directories as
@@ -151,7 +271,11 @@ impl Walk {
             Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
         };
         if meta.is_file() {
-            return Some(Item::File { src, dst });
+            return Some(Item::File {
+                src,
+                dst,
+                new: false,
+            });
         }
         if !meta.is_dir() {
             return Some(skipped_special(&src, meta.file_type()));
@@ -170,20 +294,50 @@ impl Walk {
         if let Some(item) = refuse_into_itself(&src, &dst) {
             return Some(item);
         }
-        self.enter(src, dst, meta)
+        self.enter(src, dst, meta, false)
     }
 
     /// Creates `dst` for the directory `src` and starts reading `src`;
     /// returns an item only when that failed.
-    fn enter(&mut self, src: PathBuf, dst: PathBuf, meta: Metadata) -> Option<Item> {
+    /// Inside a staged directory (`parent_new`) the directory is simply
+    /// made; elsewhere a destination that does not exist yet is staged under
+    /// a hidden name (then the returned item is [`Item::Staged`]).
+    fn enter(
+        &mut self,
+        src: PathBuf,
+        dst: PathBuf,
+        meta: Metadata,
+        parent_new: bool,
+    ) -> Option<Item> {
         let mode = meta.mode() & 0o7777;
         // u+rwx while we fill it, or a 0555 source would refuse its own files.
-        let created = match DirBuilder::new().mode(mode | 0o700).create(&dst) {
-            Ok(()) => {
-                self.dirs += 1;
-                true
+        let mut builder = DirBuilder::new();
+        builder.mode(mode | 0o700);
+        let mut staged = None;
+        let absent = !parent_new
+            && matches!(fs::symlink_metadata(&dst), Err(e) if e.kind() == io::ErrorKind::NotFound);
+        let made = if absent {
+            match self.stage(&builder, &dst) {
+                Ok(hidden) => {
+                    staged = Some(StagedDir {
+                        hidden: hidden.clone(),
+                        dst: dst.clone(),
+                    });
+                    Ok(hidden)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dst.is_dir() => false,
+        } else {
+            builder.create(&dst).map(|()| dst.clone())
+        };
+        let (dir, created) = match made {
+            Ok(dir) => {
+                self.dirs += 1;
+                (dir, true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !absent && dst.is_dir() => {
+                (dst.clone(), false)
+            }
             Err(e) => {
                 return Some(failed(
                     &src,
@@ -192,6 +346,7 @@ impl Walk {
                 ))
             }
         };
+        let dst = dir;
         let entries = match fs::read_dir(&src) {
             Ok(entries) => entries,
             Err(e) => {
@@ -210,9 +365,27 @@ impl Walk {
             entries,
             src,
             dst: dst.clone(),
+            new: parent_new || staged.is_some(),
             fixup: needs_fixup.then_some(DirFixup { dst, meta }),
         });
-        None
+        staged.map(Item::Staged)
+    }
+
+    /// Makes a hidden directory next to `dst`; returns its path.
+    fn stage(&mut self, builder: &DirBuilder, dst: &Path) -> io::Result<PathBuf> {
+        let mut n = 0;
+        loop {
+            let hidden =
+                hidden_sibling(dst, n).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            match builder.create(&hidden) {
+                Ok(()) => return Ok(hidden),
+                // A leftover of an earlier copy that was killed.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < MAX_HIDDEN_TRIES => {
+                    n += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Applies a directory's final attributes (see [`DirFixup`]).
@@ -291,13 +464,14 @@ impl Iterator for Walk {
             };
             let src = entry.path();
             let dst = frame.dst.join(entry.file_name());
+            let new = frame.new;
             // d_type from getdents: no stat per file.
             let ft = match entry.file_type() {
                 Ok(ft) => ft,
                 Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
             };
             if ft.is_file() {
-                return Some(Item::File { src, dst });
+                return Some(Item::File { src, dst, new });
             }
             if ft.is_symlink() {
                 return Some(Item::Symlink { src, dst });
@@ -309,7 +483,7 @@ impl Iterator for Walk {
                 Ok(meta) => meta,
                 Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
             };
-            if let Some(item) = self.enter(src, dst, meta) {
+            if let Some(item) = self.enter(src, dst, meta, new) {
                 return Some(item);
             }
         }
@@ -381,15 +555,21 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
             break;
         }
     }
-    let mut tally: Tally = pipeline.finish();
+    let (mut tally, staged) = pipeline.finish();
     tally.dirs = walk.dirs;
     if fatal.is_none() {
         for fixup in &walk.fixups {
             if let Err(err) = walk.fix_directory(fixup) {
                 tally.failed += 1;
-                ctx.out.failed(Op::Copy, None, &err);
+                ctx.out.failed(Op::Copy, None, &staged.error(err));
             }
         }
+    }
+    // Even after a fatal error: what finished is whole (what did not was
+    // removed), and cp leaves a partial tree where it stopped too.
+    for err in staged.publish() {
+        tally.failed += 1;
+        ctx.out.failed(Op::Copy, None, &err);
     }
     tally.elapsed = started.elapsed();
     ctx.out.tree_done(&tally, engine.kind());
@@ -443,21 +623,68 @@ mod tests {
         let mut walk = Walk::new(vec![(src.clone(), Some(dst.clone()))], true, false, 0o022);
         let items = walk_all(&mut walk);
         assert_eq!(walk.dirs, 3);
-        assert!(dst.join("a/b").is_dir());
+        // A new destination is built under a hidden name next to it.
+        let Some(Item::Staged(staged)) = items.first() else {
+            panic!("the first item stages the new directory: {items:?}");
+        };
+        assert_eq!(staged.dst, dst);
+        assert_eq!(staged.hidden.parent(), dst.parent());
+        let hidden_name = staged.hidden.file_name().unwrap().to_string_lossy();
+        assert!(hidden_name.starts_with(".dst.ringxfer-"), "{hidden_name}");
+        assert!(
+            !dst.exists(),
+            "nothing under the final name before the copy is done"
+        );
+        let hidden = staged.hidden.clone();
+        assert!(hidden.join("a/b").is_dir());
         let files: Vec<_> = items
             .iter()
             .filter_map(|i| match i {
-                Item::File { dst, .. } => Some(dst.clone()),
+                Item::File { dst, new, .. } => Some((dst.clone(), *new)),
                 _ => None,
             })
             .collect();
         assert_eq!(files.len(), 2, "{items:?}");
-        assert!(files.contains(&dst.join("a/b/f")));
+        assert!(files.contains(&(hidden.join("a/b/f"), true)));
         assert!(items
             .iter()
-            .any(|i| matches!(i, Item::Symlink { dst: d, .. } if *d == dst.join("link"))));
+            .any(|i| matches!(i, Item::Symlink { dst: d, .. } if *d == hidden.join("link"))));
+        let mut dirs = StagedDirs::default();
+        dirs.push(staged.clone());
+        assert_eq!(dirs.shown(&hidden.join("a/b/f")), dst.join("a/b/f"));
+        assert!(dirs.publish().is_empty());
+        assert!(dst.join("a/b").is_dir() && !hidden.exists());
         assert!(items.iter().any(|i| matches!(i,
             Item::Failed { error, .. } if error.to_string().contains("fifo"))));
+    }
+
+    #[test]
+    fn a_name_taken_meanwhile_keeps_the_copy_hidden_and_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), b"x").unwrap();
+        let dst = dir.path().join("dst");
+        let mut walk = Walk::new(vec![(src.clone(), Some(dst.clone()))], true, false, 0o022);
+        let items = walk_all(&mut walk);
+        let Some(Item::Staged(staged)) = items.first() else {
+            panic!("{items:?}");
+        };
+        fs::create_dir(&dst).unwrap();
+        fs::write(dst.join("theirs"), b"keep").unwrap();
+        let mut dirs = StagedDirs::default();
+        dirs.push(staged.clone());
+        let errs = dirs.publish();
+        assert_eq!(errs.len(), 1);
+        let msg = errs[0].to_string();
+        assert!(
+            msg.contains("cannot move the copy into place at")
+                && msg.contains(&staged.hidden.display().to_string()),
+            "{msg}"
+        );
+        assert_eq!(errs[0].os_error, Some(libc::EEXIST));
+        assert_eq!(fs::read(dst.join("theirs")).unwrap(), b"keep");
+        assert!(staged.hidden.is_dir());
     }
 
     #[test]
@@ -490,10 +717,16 @@ mod tests {
         fs::set_permissions(&src, fs::Permissions::from_mode(0o555)).unwrap();
         let dst = dir.path().join("dst");
         let mut walk = Walk::new(vec![(src.clone(), Some(dst.clone()))], true, false, 0o022);
-        assert!(walk_all(&mut walk).is_empty());
-        assert_eq!(fs::metadata(&dst).unwrap().mode() & 0o777, 0o755);
+        let items = walk_all(&mut walk);
+        let [Item::Staged(staged)] = &items[..] else {
+            panic!("expected only the staged directory: {items:?}");
+        };
+        assert_eq!(fs::metadata(&staged.hidden).unwrap().mode() & 0o777, 0o755);
         assert_eq!(walk.fixups.len(), 1);
         walk.fix_directory(&walk.fixups[0]).unwrap();
+        let mut dirs = StagedDirs::default();
+        dirs.push(staged.clone());
+        assert!(dirs.publish().is_empty());
         assert_eq!(fs::metadata(&dst).unwrap().mode() & 0o777, 0o555);
     }
 }
