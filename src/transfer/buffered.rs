@@ -10,9 +10,11 @@
 //! its exact size at the end. `uncached` is the same machine with buffered
 //! I/O and RWF_DONTCACHE: no alignment, pages dropped once written.
 //!
-//! Before the first byte moves, the destination is preallocated to its final
-//! size (fallocate), so a full disk fails the job at once rather than after
-//! minutes; a failed job truncates the destination back to the size it had.
+//! Before the first byte moves, the destination of a job of 4 MiB or more is
+//! preallocated to its final size (fallocate), so a full disk fails the job
+//! at once rather than after minutes; a failed job truncates the destination
+//! back to the size it had. Only direct truncates after a success (to cut
+//! its padding): uncached writes leave the file at its final size already.
 //!
 //! When the end of a direct transfer is not aligned and the destination has
 //! data after it (a range written into the middle of a file), padding would
@@ -67,6 +69,11 @@ enum Step {
     /// Writing the tail with O_DIRECT off on the destination.
     WritingTail,
 }
+
+/// Destinations of at least this many bytes are preallocated before the
+/// first byte moves; below it a job is a few writes, which fail with
+/// ENOSPC as early as fallocate would.
+const PREALLOC_MIN: u64 = 4 << 20;
 
 /// Sends at least this large go zero-copy (SEND_ZC); smaller ones are
 /// cheaper copied (plain SEND) than pinned and notified.
@@ -301,6 +308,13 @@ impl BufferCopy {
         if self.dst_stream || self.dst_append || self.total == u64::MAX {
             // Nothing to preallocate: a socket, an end that moves, or a
             // length nobody knows yet.
+            self.phase = Phase::Copy;
+            return;
+        }
+        if self.total < PREALLOC_MIN {
+            // A write or two: the first of them reports a full disk as early
+            // as fallocate would, and fallocate is another op that io_uring
+            // always hands to an io-wq worker.
             self.phase = Phase::Copy;
             return;
         }
@@ -887,6 +901,13 @@ impl BufferCopy {
         }
         if (failed && !self.touched) || (copied && (self.dst_stream || self.dst_append)) {
             // Nothing to cut or restore: a socket, or a file never written.
+            self.phase = Phase::Done;
+            return;
+        }
+        if copied && matches!(self.mode, IoMode::Uncached) {
+            // Without padding the file already has its final size: the
+            // writes (or fallocate, which extends to the same end) took it
+            // to max(original size, end of the range).
             self.phase = Phase::Done;
             return;
         }

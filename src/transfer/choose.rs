@@ -93,6 +93,15 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     };
     // Small files splice whatever their residency; asking the kernel about
     // it would cost a syscall per file for nothing.
+    //
+    // A buffered read into a pool buffer and a write out of it would save
+    // one io-wq trip per small file (splice is always handed to a worker,
+    // both halves; a page-cache read completes inline), but not both: ext4
+    // refuses IOCB_NOWAIT buffered writes, so on 6.18 the write still goes
+    // to a worker (measured: one queued work per read+write pair, two per
+    // splice pair). No strategy the protocol can name does that: uncached
+    // adds RWF_DONTCACHE, whose writeback kick per file cost more CPU than
+    // splice saves. It waits for a strategy name of its own.
     if total < inputs.direct_threshold {
         return Choice::splice(Some(format!(
             "auto: {total} bytes is below the direct threshold of {} bytes",
