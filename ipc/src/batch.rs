@@ -23,7 +23,9 @@ const BATCH_OVERHEAD: usize = 18;
 /// Submissions gathered to go to the daemon together; made by
 /// [`Client::batch`].
 ///
-/// The batch borrows each job's descriptors until it is sent. Every job added
+/// The batch borrows each job's descriptors until it is sent. A job that
+/// asked for neither progress nor detach is not acknowledged with
+/// `Accepted`, so its [`JobHandle::job_id`] waits for its final event. Every job added
 /// runs its callback (and resolves its [`JobHandle`]) exactly once: with its
 /// result once sent, or with [`JobError::Disconnected`] if the batch could not
 /// be sent or was dropped unsent.

@@ -83,7 +83,9 @@ pub enum Request {
     /// per job, in job order (source, destination, source, destination, ...),
     /// so at most [`Limits::max_fds_per_message`] / 2 jobs. One frame and one
     /// message for many small jobs saves the client a sendmsg(2) and the
-    /// daemon a receive per job.
+    /// daemon a receive per job. A job of a batch gets no [`Event::Accepted`]
+    /// unless it asked for progress or to be detached: its first event is
+    /// otherwise its final one, which carries its id too.
     SubmitBatch(Vec<SubmitRequest>),
 }
 

@@ -194,7 +194,17 @@ impl Engine {
         self.emit(k, &ev);
     }
 
-    pub(super) fn admit(&mut self, k: usize, submit: SubmitRequest, src: OwnedFd, dst: OwnedFd) {
+    /// Admits a job (or refuses it with `Failed`). `acknowledge`: send
+    /// `Accepted`; jobs of a `SubmitBatch` that asked for neither progress
+    /// nor detach go without, their id coming with their final event.
+    pub(super) fn admit(
+        &mut self,
+        k: usize,
+        submit: SubmitRequest,
+        src: OwnedFd,
+        dst: OwnedFd,
+        acknowledge: bool,
+    ) {
         let req = submit.req;
         let Some(session) = self.sessions.get(k) else {
             return;
@@ -356,7 +366,9 @@ impl Engine {
             session.jobs.push(key);
             session.queued_bytes += bytes;
         }
-        self.emit(k, &Event::Accepted { req, job: id });
+        if acknowledge {
+            self.emit(k, &Event::Accepted { req, job: id });
+        }
         if let Some(job) = self.jobs.get_mut(key) {
             let mut io = IoQueue {
                 ring: &mut self.ring,

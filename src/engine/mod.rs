@@ -808,7 +808,7 @@ impl Engine {
                 let mut pair = fds.drain(..);
                 if let (Some(src), Some(dst)) = (pair.next(), pair.next()) {
                     drop(pair);
-                    self.admit(k, submit, src, dst);
+                    self.admit(k, submit, src, dst, true);
                 }
             }
             Request::SubmitBatch(submits) => {
@@ -818,7 +818,12 @@ impl Engine {
                     let (Some(src), Some(dst)) = (pairs.next(), pairs.next()) else {
                         break;
                     };
-                    self.admit(k, submit, src, dst);
+                    // An Accepted per job would double the events of a
+                    // batch of small files for nothing: their final event
+                    // carries the id. A detached job's owner needs the id
+                    // before that, and so does a progress bar.
+                    let acknowledge = submit.progress || submit.detach;
+                    self.admit(k, submit, src, dst, acknowledge);
                     if self.sessions.get(k).is_none_or(|s| s.closing) {
                         break;
                     }
