@@ -4,6 +4,7 @@
 //! `server` the client connections, and `embedded` runs an engine inside
 //! another program (the CLI, when no daemon answers).
 
+pub mod duration;
 pub mod embedded;
 pub mod engine;
 pub mod server;

@@ -74,6 +74,10 @@ struct Args {
     /// Bytes one user's unfinished jobs may still have to move (0: no limit).
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size_arg)]
     max_queued_bytes_per_user: u64,
+    /// After the first SIGTERM/SIGINT, how long running jobs may take to
+    /// finish before they are cancelled (30, 1.5s, 500ms, 2m; 0: at once).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = ringxfer::duration::parse_duration)]
+    shutdown_grace: std::time::Duration,
     /// Log filter (error, warn, info, debug, trace, or tracing directives).
     #[arg(long, env = "RINGXFER_LOG", default_value = "info")]
     log_level: String,
@@ -130,6 +134,7 @@ fn serve(args: &Args) -> Result<(), String> {
         max_jobs_per_user: args.max_jobs_per_user,
         max_queued_bytes_per_connection: args.max_queued_bytes_per_connection,
         max_queued_bytes_per_user: args.max_queued_bytes_per_user,
+        shutdown_grace: args.shutdown_grace,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(config).map_err(|e| e.to_string())?;

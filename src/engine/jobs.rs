@@ -212,7 +212,9 @@ impl Engine {
         let uid = session.peer.1;
         let limit = |message: String| TransferError::new(FailureKind::LimitExceeded, message);
         let user = self.users.get(&uid).copied().unwrap_or_default();
-        let refusal = if session.jobs.len() >= self.config.max_jobs_per_connection {
+        let refusal = if let Some(e) = self.draining_refusal() {
+            Some(e)
+        } else if session.jobs.len() >= self.config.max_jobs_per_connection {
             Some(limit(format!(
                 "this connection already has {} unfinished jobs, the most allowed (--max-jobs-per-connection)",
                 self.config.max_jobs_per_connection

@@ -15,6 +15,7 @@ pub mod queue;
 pub mod rate;
 pub mod ring;
 pub mod scheduler;
+mod shutdown;
 mod slots;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,8 @@ use queue::IoQueue;
 use rate::TokenBucket;
 use ring::Ring;
 use scheduler::{FairQueue, Waiter};
+pub use shutdown::LoopObserver;
+use shutdown::SHUTDOWN_NOW;
 
 /// Settings of one engine.
 #[derive(Debug, Clone)]
@@ -79,6 +82,11 @@ pub struct EngineConfig {
     pub max_queued_bytes_per_connection: u64,
     /// Bytes one user's jobs may still have to move (0: no limit).
     pub max_queued_bytes_per_user: u64,
+    /// After the first SIGTERM or SIGINT, how long running and queued jobs
+    /// may take to finish before they are cancelled (zero: at once).
+    pub shutdown_grace: Duration,
+    /// How often the loop reports to its [`LoopObserver`] (`None`: never).
+    pub tick: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -112,6 +120,10 @@ impl EngineConfig {
         max_jobs_per_user: 2048,
         max_queued_bytes_per_connection: 0,
         max_queued_bytes_per_user: 0,
+        // Long enough for most jobs in flight to end, well inside systemd's
+        // default TimeoutStopSec of 90 s.
+        shutdown_grace: Duration::from_secs(30),
+        tick: None,
     };
 }
 
@@ -188,6 +200,15 @@ pub struct Engine {
     listener_op: Option<u64>,
     signals: Option<OwnedFd>,
     signal_op: Option<u64>,
+    /// The first stop signal came: no new jobs; the rest finish or time out.
+    draining: bool,
+    /// The grace period's timer in flight.
+    grace_timer: Option<u64>,
+    /// The observer's timer in flight.
+    tick_timer: Option<u64>,
+    observer: Option<Box<dyn LoopObserver>>,
+    /// The observer was told the engine is stopping; no more ticks.
+    observer_done: bool,
     stopping: bool,
     signal_cancelled: bool,
     stop_now: bool,
@@ -309,6 +330,11 @@ impl Engine {
             listener_op: None,
             signals: None,
             signal_op: None,
+            draining: false,
+            grace_timer: None,
+            tick_timer: None,
+            observer: None,
+            observer_done: false,
             stopping: false,
             signal_cancelled: false,
             stop_now: false,
@@ -356,6 +382,7 @@ impl Engine {
     pub fn run(&mut self) -> Result<(), EngineError> {
         self.arm_listener();
         self.arm_signals();
+        self.arm_tick();
         loop {
             // Closes in flight are the kernel's business now: they hold no
             // memory of ours, and a lingering socket may take its time.
@@ -391,6 +418,10 @@ impl Engine {
             }
             self.cqes = cqes;
             self.lend();
+            if self.draining && !self.stopping && self.jobs.is_empty() {
+                info!("every job has ended; stopping");
+                self.stop();
+            }
             self.close_doomed();
         }
         info!(
@@ -451,6 +482,8 @@ impl Engine {
             }
             (Owner::Signal, _, _) => self.on_signal(result),
             (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
+            (Owner::Grace, _, _) => self.on_grace_timer(result),
+            (Owner::Tick, _, _) => self.on_tick(result),
             (Owner::Closer, _, _) => {
                 self.closes_in_flight -= 1;
                 if result < 0 {
@@ -469,7 +502,7 @@ impl Engine {
     // ---- listener and signals -------------------------------------------------
 
     fn arm_listener(&mut self) {
-        if self.stopping {
+        if self.stopping || self.draining {
             return;
         }
         let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
@@ -487,7 +520,7 @@ impl Engine {
             // SAFETY: a successful accept returns a new descriptor that only
             // this completion knows about.
             let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            if self.stopping {
+            if self.stopping || self.draining {
                 drop(fd);
             } else {
                 self.open_session(fd);
@@ -509,9 +542,11 @@ impl Engine {
                 }
             }
         }
-        if self.stopping {
+        if self.stopping || self.draining {
             // Close it now, so that new clients are refused at once instead
             // of waiting in the backlog of a daemon that will not answer.
+            // (A socket systemd passed stays open in systemd, which queues
+            // new clients for the next start.)
             self.listener = None;
             return;
         }
@@ -541,12 +576,16 @@ impl Engine {
             return;
         }
         if self.stopping {
-            warn!("second signal: stopping at once");
+            warn!("another signal while jobs are being cancelled: exiting now");
             self.stop_now = true;
             return;
         }
-        info!("signal received: stopping");
-        self.stop();
+        if self.draining {
+            warn!("second signal: cancelling every job now");
+            self.stop_with(SHUTDOWN_NOW);
+        } else {
+            self.drain();
+        }
         // Stay armed, so that a second signal can stop at once.
         self.arm_signals();
     }
@@ -554,21 +593,38 @@ impl Engine {
     /// Stops accepting, cancels every job and closes every connection; the
     /// loop ends when the last operation has completed.
     pub fn stop(&mut self) {
+        self.stop_with(SHUTDOWN_NOW);
+    }
+
+    /// As [`Engine::stop`]; `why` is what each cancelled job's owner is told.
+    fn stop_with(&mut self, why: &str) {
+        if self.stopping {
+            return;
+        }
         self.stopping = true;
-        if let Some(ud) = self.listener_op {
+        self.notify_stopping();
+        for ud in [
+            self.listener_op,
+            self.grace_timer.take(),
+            self.tick_timer.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = self.io().cancel(ud);
         }
         if let Some((ud, _)) = self.throttle_timer.take() {
             let _ = self.io().cancel(ud);
         }
-        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.close_session(k, "the daemon is shutting down");
-        }
+        // Jobs first, so their owners hear why; then the connections.
         // Detached jobs outlive their connections, but not the daemon.
         let keys: Vec<usize> = self.jobs.iter().map(|(k, _)| k).collect();
         for k in keys {
-            self.fail_job(k, TransferError::cancelled("the daemon is shutting down"));
+            self.fail_job(k, TransferError::cancelled(why));
+        }
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close_session(k, "the daemon is shutting down");
         }
     }
 

@@ -34,6 +34,10 @@ pub enum Owner {
     Closer,
     /// The timer that wakes jobs waiting for a rate limit.
     Throttle,
+    /// The end of the shutdown grace period.
+    Grace,
+    /// The periodic report to the loop's observer.
+    Tick,
 }
 
 /// What an operation was, so the owner knows which step completed.

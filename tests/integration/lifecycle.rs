@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ringxfer_ipc::{FailureKind, JobError, TransferOptions};
+
 use crate::support::*;
 
 #[test]
@@ -174,4 +176,106 @@ fn sigterm_with_a_client_connected() {
     let d = Daemon::start();
     let _client = d.client();
     d.stop();
+}
+
+#[test]
+fn sigterm_lets_running_jobs_finish_and_takes_no_new_work() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    // About 1.5 s at 2 MiB/s: long enough to see the daemon drain.
+    let (src, data) = make_file(dir.path(), "src", 3 << 20, 380);
+    let client = d.client();
+    let running = client
+        .copy_file(
+            &src,
+            &dir.path().join("dst"),
+            &TransferOptions {
+                rate_limit: Some(2 << 20),
+                ..opts()
+            },
+        )
+        .expect("submit the slow copy");
+    running.job_id().expect("admitted");
+    d.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+
+    // No new connections: the listener is closed at once.
+    match UnixStream::connect(&d.socket) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}"),
+        Ok(_) => panic!("a draining daemon accepted a new connection"),
+    }
+    // No new jobs on an existing one.
+    let late = client
+        .copy_file(&src, &dir.path().join("late"), &opts())
+        .expect("the request itself still goes out");
+    failed(
+        wait(late),
+        FailureKind::ShuttingDown,
+        "a job submitted while draining",
+    );
+    assert!(!dir.path().join("late").exists());
+
+    // The running job finishes whole.
+    let c = completed(wait(running), "the job running at SIGTERM");
+    assert_eq!(c.bytes, data.len() as u64);
+    assert_file_eq(&dir.path().join("dst"), &data);
+    drop(client);
+    // And then the daemon exits 0 on its own, socket removed.
+    d.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn a_second_sigterm_cancels_running_jobs_with_a_shutdown_message() {
+    let d = Daemon::start();
+    let client = d.client();
+    let src = zero_source(1 << 50);
+    let null = dev_null();
+    let endless = client
+        .submit(src.as_fd(), null.as_fd(), &opts())
+        .expect("submit");
+    endless.job_id().expect("admitted");
+    d.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        endless.wait_timeout(Duration::from_millis(10)).is_none(),
+        "one SIGTERM cancelled a running job before its grace period"
+    );
+    d.signal(libc::SIGTERM);
+    match wait(endless) {
+        Err(JobError::Failed { kind, message, .. }) => {
+            assert_eq!(kind, FailureKind::Cancelled);
+            assert!(message.starts_with("shutdown"), "{message}");
+        }
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    drop(client);
+    d.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn the_grace_period_ends_with_the_jobs_left_cancelled() {
+    let d = Daemon::start_with(&["--shutdown-grace", "500ms"]);
+    let client = d.client();
+    let src = zero_source(1 << 50);
+    let null = dev_null();
+    let endless = client
+        .submit(src.as_fd(), null.as_fd(), &opts())
+        .expect("submit");
+    endless.job_id().expect("admitted");
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    match wait(endless) {
+        Err(JobError::Failed { kind, message, .. }) => {
+            assert_eq!(kind, FailureKind::Cancelled);
+            assert!(message.contains("grace period"), "{message}");
+        }
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "cancelled after {:?}, before the grace period ended",
+        t.elapsed()
+    );
+    drop(client);
+    d.wait_exit(Duration::from_secs(10));
 }

@@ -509,12 +509,42 @@ impl Daemon {
         self.assert_fds_return(baseline, Duration::from_secs(3), what);
     }
 
-    /// Sends `sig`, asserts exit status 0 within 10 s and the socket file gone.
-    pub fn stop_with(mut self, sig: i32) {
-        let mut child = self.child.take().expect("daemon already stopped");
+    /// Sends `sig` and returns at once.
+    pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.pid, sig) };
         assert_eq!(rc, 0, "kill({}, {sig})", self.pid);
+    }
+
+    /// Waits for the daemon to exit by itself (after a signal sent with
+    /// [`Daemon::signal`]); asserts status 0 and the socket file gone.
+    pub fn wait_exit(mut self, within: Duration) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let Some(status) = wait_child(&mut child, within) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ringxferd did not exit within {within:?}; log:\n{}",
+                self.log()
+            );
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status {status}; log:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.socket.exists(),
+            "socket file {} still exists after the daemon exited",
+            self.socket.display()
+        );
+    }
+
+    /// Sends `sig`, asserts exit status 0 within 10 s and the socket file gone.
+    pub fn stop_with(mut self, sig: i32) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        self.signal(sig);
         let status = match wait_child(&mut child, Duration::from_secs(10)) {
             Some(s) => s,
             None => {
