@@ -9,8 +9,9 @@ const SOCKET_ENV: &str = "RINGXFER_SOCKET";
 /// The per-user runtime directory of the XDG base directory specification.
 const RUNTIME_DIR_ENV: &str = "XDG_RUNTIME_DIR";
 
-/// The socket of a system-wide daemon.
-const SYSTEM_SOCKET: &str = "/run/ringxfer/ringxferd.sock";
+/// The socket of a system-wide daemon: where `systemd/ringxferd.socket`
+/// listens (its ListenStream= must stay equal to this; a test checks).
+pub const SYSTEM_SOCKET: &str = "/run/ringxfer/ringxferd.sock";
 
 /// The socket path a client uses when it is not given one.
 ///

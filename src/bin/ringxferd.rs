@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringxfer::engine::{Engine, EngineConfig};
-use ringxfer::server::listener::SocketFile;
+use ringxfer::server::activation::{self, Listening};
+use ringxfer::server::notify;
 use tracing::{error, info, warn};
 
 fn size_arg(text: &str) -> Result<u64, String> {
@@ -109,12 +110,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &Args) -> Result<(), String> {
-    let signals =
-        block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let path = args
         .socket
         .clone()
         .unwrap_or_else(ringxfer_ipc::default_socket_path);
+    // First, while this is the only thread: it unsets LISTEN_FDS/LISTEN_PID.
+    let listening = activation::listen(&path, args.socket.is_some()).map_err(|e| e.to_string())?;
+    let signals =
+        block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let max_jobs = fit_jobs_to_fd_limit(args.max_jobs, args.pipes);
     let config = EngineConfig {
         ring_entries: args.ring_entries,
@@ -138,13 +141,27 @@ fn serve(args: &Args) -> Result<(), String> {
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(config).map_err(|e| e.to_string())?;
-    let (socket_file, listener) = SocketFile::bind(&path).map_err(|e| e.to_string())?;
-    info!(socket = %socket_file.path().display(), pid = std::process::id(), "listening");
+    let Listening {
+        listener,
+        address,
+        from_systemd,
+        socket_file,
+    } = listening;
+    info!(socket = %address, from_systemd, pid = std::process::id(), "listening");
     engine.set_listener(OwnedFd::from(listener));
     engine.set_signalfd(signals);
-    engine.run().map_err(|e| e.to_string())?;
+    notify::ready(&address, "io_uring");
+    let ran = engine.run();
+    // Sent once the loop has ended: the engine reads the stop signal through
+    // its ring, and telling systemd the moment shutdown starts needs a hook in it.
+    notify::stopping("stopping");
+    ran.map_err(|e| e.to_string())?;
     drop(socket_file);
-    info!("stopped; socket removed");
+    if from_systemd {
+        info!("stopped; the socket stays with systemd");
+    } else {
+        info!("stopped; socket removed");
+    }
     Ok(())
 }
 

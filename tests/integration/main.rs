@@ -23,3 +23,4 @@ mod robustness;
 mod scheduling;
 mod sockets;
 mod stub;
+mod systemd;
