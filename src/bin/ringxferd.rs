@@ -140,7 +140,16 @@ fn serve(args: &Args) -> Result<(), String> {
         shutdown_grace: args.shutdown_grace,
         ..EngineConfig::default()
     };
+    let heartbeat = notify::Heartbeat::from_env();
+    let config = EngineConfig {
+        tick: heartbeat.enabled().then(|| heartbeat.period()),
+        ..config
+    };
     let mut engine = Engine::new(config).map_err(|e| e.to_string())?;
+    if heartbeat.enabled() {
+        // Ticked from the loop itself, so a stuck loop starves the watchdog.
+        engine.set_observer(Box::new(heartbeat));
+    }
     let Listening {
         listener,
         address,
@@ -151,11 +160,8 @@ fn serve(args: &Args) -> Result<(), String> {
     engine.set_listener(OwnedFd::from(listener));
     engine.set_signalfd(signals);
     notify::ready(&address, "io_uring");
-    let ran = engine.run();
-    // Sent once the loop has ended: the engine reads the stop signal through
-    // its ring, and telling systemd the moment shutdown starts needs a hook in it.
-    notify::stopping("stopping");
-    ran.map_err(|e| e.to_string())?;
+    // STOPPING=1 goes out from the loop when the first stop signal is read.
+    engine.run().map_err(|e| e.to_string())?;
     drop(socket_file);
     if from_systemd {
         info!("stopped; the socket stays with systemd");

@@ -93,6 +93,21 @@ impl Heartbeat {
     }
 }
 
+/// The engine's observer under systemd: ticks feed the watchdog and the
+/// status line; the first stop signal sends STOPPING=1 at once, while jobs
+/// still drain, so `systemctl status` says "deactivating" for the grace period.
+impl crate::engine::LoopObserver for Heartbeat {
+    fn tick(&mut self, stats: &StatsReport) {
+        Heartbeat::tick(self, stats);
+    }
+
+    fn stopping(&mut self) {
+        if self.enabled {
+            stopping("stopping: running jobs may finish within the shutdown grace period");
+        }
+    }
+}
+
 /// One line for `systemctl status`: what runs now, how fast, and totals.
 pub fn status_line(stats: &StatsReport, bytes_per_sec: f64) -> String {
     let mut line = format!(

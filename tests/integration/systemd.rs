@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -594,4 +594,58 @@ fn a_passed_descriptor_that_is_not_a_listener_is_refused() {
             "{what}: the daemon fell back to binding its own socket"
         );
     }
+}
+
+#[test]
+fn the_loop_feeds_the_watchdog_and_says_stopping_when_draining() {
+    let dir = tmpdir();
+    let path = dir.path().join("wd.sock");
+    let mut notify = NotifySocket::new(dir.path());
+    let log = dir.path().join("ringxferd.log");
+    // WATCHDOG_USEC of 400 ms: the loop ticks every 200 ms. WATCHDOG_PID is
+    // left unset, which sd_watchdog_enabled(3) takes as "this process".
+    let mut child = Command::new(DAEMON_BIN)
+        .args(["--socket", path.to_str().expect("utf-8 path")])
+        .env_remove("RINGXFER_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("WATCHDOG_PID")
+        .env("WATCHDOG_USEC", "400000")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("RINGXFER_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("create the daemon log"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {DAEMON_BIN}: {e}"));
+    let mut reap = Reap(None);
+    notify.expect("READY=1", Duration::from_secs(10), &log);
+    // Two keep-alives, each with a status line.
+    for _ in 0..2 {
+        let ping = notify.expect("WATCHDOG=1", Duration::from_secs(5), &log);
+        assert!(
+            ping.lines()
+                .any(|l| l.starts_with("STATUS=") && l.contains("running")),
+            "a keep-alive without a status line: {ping:?}"
+        );
+    }
+    // STOPPING=1 comes when the stop signal is read, before the exit.
+    let client = Client::connect(&path).expect("connect");
+    let src = zero_source(1 << 50);
+    let null = dev_null();
+    let job = client
+        .submit(src.as_fd(), null.as_fd(), &opts())
+        .expect("submit an endless job");
+    job.job_id().expect("admitted");
+    // SAFETY: kill(2) on our own child's pid, which it still is (not reaped).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    notify.expect("STOPPING=1", Duration::from_secs(5), &log);
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the daemon exited instead of draining its running job"
+    );
+    reap.0 = Some(child);
+    terminate(reap.0.as_mut().expect("running"), &log);
+    reap.0 = None;
+    drop(client);
 }
