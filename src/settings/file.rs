@@ -181,7 +181,7 @@ mod tests {
         );
         let err = parse_str("max_jobs = -1\n").unwrap_err();
         assert!(
-            err.contains("key `max_jobs`: -1 is not an integer of at least 1"),
+            err.contains("key `max_jobs`: -1 is not an integer from 1 to 4294967295"),
             "{err}"
         );
         let err = parse_str("log_level = 3\n").unwrap_err();

@@ -127,7 +127,6 @@ impl Key {
     /// What the key takes, in words, for error messages and the example.
     pub fn allowed(&self) -> String {
         match self.kind {
-            Kind::Count { min, max } if max >= U32 => format!("an integer of at least {min}"),
             Kind::Count { min, max } => format!("an integer from {min} to {max}"),
             Kind::Size { min, max, multiple } => {
                 let mut text = format!("a size ({SIZE_FORMS})");
