@@ -2,94 +2,43 @@
 //! connection and every transfer.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use ringxfer::engine::{Engine, EngineConfig};
 use ringxfer::server::activation::{self, Listening};
 use ringxfer::server::notify;
+use ringxfer::settings::{keys, Args, Origin, Settings};
 use tracing::{error, info, warn};
 
-fn size_arg(text: &str) -> Result<u64, String> {
-    ringxfer::size::parse_size(text)
-}
-
-/// The engine's defaults, which the embedded engine uses too.
-const DEFAULTS: EngineConfig = EngineConfig::DEFAULT;
-
-/// The ringxfer transfer daemon.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// Socket to listen on [default: $RINGXFER_SOCKET, else
-    /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock, else /run/ringxfer/ringxferd.sock].
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Submission queue entries of the ring.
-    #[arg(long, default_value_t = DEFAULTS.ring_entries, value_parser = clap::value_parser!(u32).range(8..=32768))]
-    ring_entries: u32,
-    /// Jobs admitted at once across all clients.
-    #[arg(long, default_value_t = DEFAULTS.max_jobs)]
-    max_jobs: usize,
-    /// Unfinished jobs one connection may have.
-    #[arg(long, default_value_t = DEFAULTS.max_jobs_per_connection)]
-    max_jobs_per_connection: usize,
-    /// Pipes made at start-up (each job borrows up to --chunks-per-job of them).
-    #[arg(long, default_value_t = DEFAULTS.pipes)]
-    pipes: usize,
-    /// Capacity each pipe is grown to (bytes, or 1MiB etc.).
-    #[arg(long, default_value_t = DEFAULTS.pipe_size as u64, value_parser = size_arg)]
-    pipe_size: u64,
-    /// Pipes one job uses at once.
-    #[arg(long, default_value_t = DEFAULTS.chunks_per_job)]
-    chunks_per_job: usize,
-    /// Aligned I/O buffers made and registered with the ring at start-up, for
-    /// the direct and uncached strategies (0: none, and those strategies off).
-    #[arg(long, default_value_t = DEFAULTS.buffers)]
-    buffers: usize,
-    /// Bytes of each I/O buffer, a multiple of 4 KiB (e.g. 1MiB).
-    #[arg(long, default_value_t = DEFAULTS.buffer_size as u64, value_parser = size_arg)]
-    buffer_size: u64,
-    /// I/O buffers one job uses at once.
-    #[arg(long, default_value_t = DEFAULTS.buffers_per_job)]
-    buffers_per_job: usize,
-    /// Under --strategy auto, files at least this large that are mostly not
-    /// in the page cache go direct (like nginx's directio, plus residency).
-    #[arg(long, default_value_t = DEFAULTS.direct_threshold, value_parser = size_arg)]
-    direct_threshold: u64,
-    /// Job I/O operations in flight at once across all jobs (each lent pipe or
-    /// buffer carries one).
-    #[arg(long, default_value_t = DEFAULTS.max_inflight as u64, value_parser = clap::value_parser!(u64).range(1..))]
-    max_inflight: u64,
-    /// Bytes per second all jobs together may move (e.g. 100MiB); each job's
-    /// own --rate-limit applies on top.
-    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
-    rate_limit: Option<u64>,
-    /// Unfinished jobs one user may have across all connections.
-    #[arg(long, default_value_t = DEFAULTS.max_jobs_per_user)]
-    max_jobs_per_user: usize,
-    /// Bytes one connection's unfinished jobs may still have to move (0: no limit).
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size_arg)]
-    max_queued_bytes_per_connection: u64,
-    /// Bytes one user's unfinished jobs may still have to move (0: no limit).
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size_arg)]
-    max_queued_bytes_per_user: u64,
-    /// After the first SIGTERM/SIGINT, how long running jobs may take to
-    /// finish before they are cancelled (30, 1.5s, 500ms, 2m; 0: at once).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = ringxfer::duration::parse_duration)]
-    shutdown_grace: std::time::Duration,
-    /// Log filter (error, warn, info, debug, trace, or tracing directives).
-    #[arg(long, env = "RINGXFER_LOG", default_value = "info")]
-    log_level: String,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+    let args = Args::parse_command_line();
+    // Settings errors are usage errors (exit 2, like a bad flag): the daemon
+    // was told something it cannot do, and nothing has started yet.
+    let settings = match Settings::load(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringxferd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.checking() {
+        let report = ringxfer::check::run(&settings, &args.check_paths());
+        if args.json {
+            println!("{}", report.to_json(&settings));
+        } else {
+            print!("{}", report.to_text(&settings));
+        }
+        return if report.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    // Checked when the settings were read; kept as an error, not an unwrap.
+    let filter = match tracing_subscriber::EnvFilter::try_new(&settings.log_level) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("ringxferd: invalid --log-level {:?}: {e}", args.log_level);
+            eprintln!("ringxferd: invalid log level {:?}: {e}", settings.log_level);
             return ExitCode::from(2);
         }
     };
@@ -99,7 +48,12 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match serve(&args) {
+    info!(
+        config = %settings.config_file,
+        changed = %settings.overrides(),
+        "settings"
+    );
+    match serve(&settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -109,13 +63,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: &Args) -> Result<(), String> {
-    let path = args
-        .socket
-        .clone()
-        .unwrap_or_else(ringxfer_ipc::default_socket_path);
+/// Runs the daemon. `args` are the resolved settings (flags over the
+/// environment over the config file over defaults), with the fields the
+/// flags had.
+fn serve(args: &Settings) -> Result<(), String> {
+    let path = args.socket.clone();
+    // A socket systemd passes wins over a default path, with a warning only
+    // if one was asked for (flag, environment or file).
+    let explicit = args.origin(&keys::SOCKET) != Origin::Default;
     // First, while this is the only thread: it unsets LISTEN_FDS/LISTEN_PID.
-    let listening = activation::listen(&path, args.socket.is_some()).map_err(|e| e.to_string())?;
+    let listening = activation::listen(&path, explicit).map_err(|e| e.to_string())?;
     let signals =
         block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let max_jobs = fit_jobs_to_fd_limit(args.max_jobs, args.pipes);

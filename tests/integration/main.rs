@@ -9,6 +9,7 @@ mod cli_common;
 mod cli_jobs;
 mod cli_tree;
 mod concurrency;
+mod config;
 mod copy;
 mod direct;
 mod durability;

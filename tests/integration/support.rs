@@ -326,9 +326,16 @@ impl Daemon {
         let socket = socket.unwrap_or_else(|| dir.path().join("ringxferd.sock"));
         let log = dir.path().join("ringxferd.log");
         let logf = File::create(&log).expect("create daemon log");
+        // A machine's /etc/ringxfer/ringxferd.toml must not steer the tests.
+        let no_config: &[&str] = if args.contains(&"--config") {
+            &[]
+        } else {
+            &["--no-config"]
+        };
         let child = Command::new(DAEMON_BIN)
             .arg("--socket")
             .arg(&socket)
+            .args(no_config)
             .args(args)
             .env_remove("RINGXFER_SOCKET")
             .stdin(Stdio::null())

@@ -1,0 +1,221 @@
+//! The config file: TOML, one top-level key per setting.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::keys::{self, Value, KEYS};
+use super::SettingsError;
+
+/// The file as serde sees it. Every value is read as raw TOML first and
+/// checked by its `Key`, so a bad value gets our message (file, key, value,
+/// what is allowed) rather than serde's "invalid type". `deny_unknown_fields`
+/// refuses keys this version does not know: a misspelt key silently ignored
+/// would leave the daemon on a default the operator thinks they changed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    socket: Option<Spanned<toml::Value>>,
+    ring_entries: Option<Spanned<toml::Value>>,
+    max_jobs: Option<Spanned<toml::Value>>,
+    max_jobs_per_connection: Option<Spanned<toml::Value>>,
+    max_jobs_per_user: Option<Spanned<toml::Value>>,
+    pipes: Option<Spanned<toml::Value>>,
+    pipe_size: Option<Spanned<toml::Value>>,
+    chunks_per_job: Option<Spanned<toml::Value>>,
+    buffers: Option<Spanned<toml::Value>>,
+    buffer_size: Option<Spanned<toml::Value>>,
+    buffers_per_job: Option<Spanned<toml::Value>>,
+    direct_threshold: Option<Spanned<toml::Value>>,
+    max_inflight: Option<Spanned<toml::Value>>,
+    rate_limit: Option<Spanned<toml::Value>>,
+    max_queued_bytes_per_connection: Option<Spanned<toml::Value>>,
+    max_queued_bytes_per_user: Option<Spanned<toml::Value>>,
+    shutdown_grace: Option<Spanned<toml::Value>>,
+    log_level: Option<Spanned<toml::Value>>,
+}
+
+impl RawFile {
+    /// Each field with its key. A field missing here, or a key missing from
+    /// `KEYS`, fails the unit test that reads a file setting every key.
+    fn entries(self) -> Vec<(&'static keys::Key, Option<Spanned<toml::Value>>)> {
+        vec![
+            (&keys::SOCKET, self.socket),
+            (&keys::RING_ENTRIES, self.ring_entries),
+            (&keys::MAX_JOBS, self.max_jobs),
+            (&keys::MAX_JOBS_PER_CONNECTION, self.max_jobs_per_connection),
+            (&keys::MAX_JOBS_PER_USER, self.max_jobs_per_user),
+            (&keys::PIPES, self.pipes),
+            (&keys::PIPE_SIZE, self.pipe_size),
+            (&keys::CHUNKS_PER_JOB, self.chunks_per_job),
+            (&keys::BUFFERS, self.buffers),
+            (&keys::BUFFER_SIZE, self.buffer_size),
+            (&keys::BUFFERS_PER_JOB, self.buffers_per_job),
+            (&keys::DIRECT_THRESHOLD, self.direct_threshold),
+            (&keys::MAX_INFLIGHT, self.max_inflight),
+            (&keys::RATE_LIMIT, self.rate_limit),
+            (
+                &keys::MAX_QUEUED_BYTES_PER_CONNECTION,
+                self.max_queued_bytes_per_connection,
+            ),
+            (
+                &keys::MAX_QUEUED_BYTES_PER_USER,
+                self.max_queued_bytes_per_user,
+            ),
+            (&keys::SHUTDOWN_GRACE, self.shutdown_grace),
+            (&keys::LOG_LEVEL, self.log_level),
+        ]
+    }
+}
+
+/// The settings a file gives, each checked, in the order of `KEYS`.
+pub type FileValues = Vec<(&'static keys::Key, Value)>;
+
+/// Reads and checks the config file at `path`.
+pub fn read(path: &Path) -> Result<FileValues, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Checks the text of a config file; `path` only names it in errors.
+pub fn parse(path: &Path, text: &str) -> Result<FileValues, SettingsError> {
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => return Err(explain(path, text, e)),
+    };
+    let mut values = Vec::new();
+    for (key, spanned) in raw.entries() {
+        let Some(spanned) = spanned else { continue };
+        let line = line_of(text, spanned.span().start);
+        let value =
+            key.from_toml(spanned.get_ref())
+                .map_err(|problem| SettingsError::BadValue {
+                    path: path.to_path_buf(),
+                    line,
+                    key: key.name,
+                    problem,
+                })?;
+        values.push((key, value));
+    }
+    Ok(values)
+}
+
+/// Turns serde's error into ours. An unknown key is worth its own message
+/// (with the closest known key); anything else is a TOML syntax error,
+/// whose text already shows the line and a caret.
+fn explain(path: &Path, text: &str, err: toml::de::Error) -> SettingsError {
+    let table = match text.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(syntax) => {
+            return SettingsError::Syntax {
+                path: path.to_path_buf(),
+                message: syntax.to_string().trim_end().to_string(),
+            }
+        }
+    };
+    if let Some(unknown) = table.keys().find(|k| keys::find(k).is_none()) {
+        let suggestion = match keys::closest(unknown) {
+            Some(near) => format!(" (did you mean `{near}`?)"),
+            None => String::new(),
+        };
+        return SettingsError::UnknownKey {
+            path: path.to_path_buf(),
+            line: err.span().map_or(0, |s| line_of(text, s.start)),
+            key: unknown.clone(),
+            suggestion,
+            known: KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+        };
+    }
+    SettingsError::Syntax {
+        path: path.to_path_buf(),
+        message: err.to_string().trim_end().to_string(),
+    }
+}
+
+/// The 1-based line of byte offset `at` in `text` (0 if it is past the end).
+fn line_of(text: &str, at: usize) -> usize {
+    text.get(..at)
+        .map_or(0, |before| before.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<FileValues, String> {
+        parse(Path::new("/etc/ringxfer/ringxferd.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = "socket = \"/tmp/x.sock\"\nring_entries = 64\nmax_jobs = 10\n\
+            max_jobs_per_connection = 5\nmax_jobs_per_user = 7\npipes = 4\npipe_size = \"64KiB\"\n\
+            chunks_per_job = 1\nbuffers = 0\nbuffer_size = 8192\nbuffers_per_job = 2\n\
+            direct_threshold = \"1MiB\"\nmax_inflight = 3\nrate_limit = \"10MiB/s\"\n\
+            max_queued_bytes_per_connection = \"1GiB\"\nmax_queued_bytes_per_user = 0\n\
+            shutdown_grace = \"5s\"\nlog_level = \"debug\"\n";
+        let values = parse_str(text).expect("parses");
+        assert_eq!(
+            values.len(),
+            KEYS.len(),
+            "every key in KEYS is a RawFile field"
+        );
+        for key in KEYS {
+            assert!(
+                values.iter().any(|(k, _)| k.name == key.name),
+                "{} not read",
+                key.name
+            );
+        }
+    }
+
+    #[test]
+    fn bad_value_names_file_line_key_value_and_what_is_allowed() {
+        let err = parse_str("pipes = 4\npipe_size = \"12 parsecs\"\n").unwrap_err();
+        assert_eq!(
+            err,
+            "/etc/ringxfer/ringxferd.toml:2: key `pipe_size`: \"12 parsecs\" is not a size \
+             (use bytes or a unit: 64KiB, 1MiB)"
+        );
+        let err = parse_str("max_jobs = -1\n").unwrap_err();
+        assert!(
+            err.contains("key `max_jobs`: -1 is not an integer from 1 to 4294967295"),
+            "{err}"
+        );
+        let err = parse_str("log_level = 3\n").unwrap_err();
+        assert!(
+            err.contains("key `log_level`: 3 is not a log filter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_closest_one() {
+        let err = parse_str("pipes = 4\n\npipe-size = 1\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/ringxfer/ringxferd.toml:3: unknown key `pipe-size` (did you mean `pipe_size`?)"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("known keys: socket, ring_entries"), "{err}");
+        let err = parse_str("[daemon]\npipes = 4\n").unwrap_err();
+        assert!(err.contains("unknown key `daemon`"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let err = parse_str("pipes = = 4\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/ringxfer/ringxferd.toml: not valid TOML"),
+            "{err}"
+        );
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse_str("pipes = 4\npipes = 5\n").unwrap_err();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+}
