@@ -57,6 +57,20 @@ fn submit_zero_timed(
     .unwrap_or_else(|e| panic!("submit zero job: {e:?}"))
 }
 
+/// When a job's callback ran. Its handle resolves just before the callback
+/// runs (both on the event thread, in that order), so after `wait` returns
+/// the instant may still be a moment away.
+fn callback_instant(at: &Arc<Mutex<Option<Instant>>>, what: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(t) = *at.lock().unwrap() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}'s callback never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Bytes per second one zero-page job gets alone on this daemon, measured
 /// over half a second after its first byte.
 fn calibrate(c: &Arc<Client>) -> f64 {
@@ -154,7 +168,19 @@ fn small_jobs_finish_before_a_huge_job_submitted_earlier() {
 
     let huge_result = completed(wait(huge), "huge job");
     assert_eq!(huge_result.bytes, huge_len);
-    let huge_at = huge_done.lock().unwrap().expect("huge job callback ran");
+    // The handle resolves before the callback runs (both on the event
+    // thread, in that order), so the callback's instant may lag a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let huge_at = loop {
+        if let Some(at) = *huge_done.lock().unwrap() {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the huge job's callback never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
     assert!(
         last_small < huge_at,
         "the last small job finished {:?} after the huge job",
@@ -262,9 +288,9 @@ fn high_priority_job_overtakes_low_jobs_that_started_earlier() {
     for (i, h) in lows.into_iter().enumerate() {
         assert_eq!(completed(wait(h), &format!("low job {i}")).bytes, len);
     }
-    let high_at = high_done.lock().unwrap().expect("high callback ran");
+    let high_at = callback_instant(&high_done, "the high-priority job");
     for (i, at) in low_done.iter().enumerate() {
-        let low_at = at.lock().unwrap().expect("low callback ran");
+        let low_at = callback_instant(at, &format!("low job {i}"));
         assert!(
             high_at < low_at,
             "low job {i} (started first, 1/4 of the weight) finished {:?} before the high one",
