@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench many_files
 //! RINGXFER_BENCH_FILES=2000 RINGXFER_BENCH_FILE_SIZE=64KiB RINGXFER_BENCH_ROUNDS=7 cargo bench --bench many_files
+//! RINGXFER_BENCH_DIR=/mnt/scratch cargo bench --bench many_files   # another file system
 //! ```
 //!
 //! The source is a tree of RINGXFER_BENCH_FILES (10,000) files of
