@@ -532,10 +532,11 @@ fn pipes(report: &mut Report, settings: &Settings) {
         report.add(Level::Fail, TOPIC, format!("pipe2 failed: {e}"));
         return;
     }
-    // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody
-    // else; OwnedFd closes them when this function returns.
-    let (read_end, _write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: pipe2 succeeded, so this is a new descriptor owned by nobody
+    // else; OwnedFd closes it when this function returns.
+    let read_end = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above, for the other end.
+    let _write_end = unsafe { OwnedFd::from_raw_fd(fds[1]) };
     let want = i32::try_from(size).unwrap_or(i32::MAX);
     // SAFETY: F_SETPIPE_SZ takes an int argument; the descriptor is open.
     let got = unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
