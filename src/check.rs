@@ -783,3 +783,20 @@ fn direct_io(report: &mut Report, path: &Path) {
         ),
     }
 }
+
+#[cfg(test)]
+mod opcode_list_tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_checks_exactly_the_opcodes_the_ring_allows() {
+        let mut probed: Vec<u8> = OPCODES.iter().map(|&(_, code, _, _)| code).collect();
+        let mut allowed = crate::engine::ring::ALLOWED_OPCODES.to_vec();
+        probed.sort_unstable();
+        allowed.sort_unstable();
+        assert_eq!(
+            probed, allowed,
+            "--check's OPCODES and ring::ALLOWED_OPCODES differ"
+        );
+    }
+}
