@@ -865,11 +865,24 @@ fn open_in_place(
     Ok(file)
 }
 
-/// `.<name>.ringxfer-<pid>-<counter>`, with `name` shortened (bytewise; Linux
-/// names are bytes) so that the whole stays within NAME_MAX.
+/// `.<name>.ringxfer-<pid>-<counter>`, a fresh counter each call.
 fn temp_name(name: &OsStr) -> OsString {
-    let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!(".ringxfer-{}-{counter}", std::process::id());
+    hidden_name(name, TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `.<name>.ringxfer-<pid>-<n>`: the hidden name ringxfer stages something
+/// called `name` under, with `name` shortened (bytewise; Linux names are
+/// bytes) so that the whole stays within NAME_MAX.
+///
+/// ```
+/// use std::ffi::OsStr;
+/// let hidden = ringxfer_ipc::publish::hidden_name(OsStr::new("photos"), 3);
+/// assert_eq!(hidden, format!(".photos.ringxfer-{}-3", std::process::id()).as_str());
+/// let long = ringxfer_ipc::publish::hidden_name(OsStr::new(&"x".repeat(300)), 0);
+/// assert!(long.len() <= 255);
+/// ```
+pub fn hidden_name(name: &OsStr, n: u64) -> OsString {
+    let suffix = format!(".ringxfer-{}-{n}", std::process::id());
     let room = NAME_MAX - 1 - suffix.len();
     let bytes = name.as_bytes();
     let mut out = Vec::with_capacity(NAME_MAX);

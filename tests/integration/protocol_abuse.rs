@@ -101,20 +101,7 @@ fn batch_frame(jobs: u64) -> Vec<u8> {
 }
 
 fn submit_frame() -> Vec<u8> {
-    frame(&Request::Submit(SubmitRequest {
-        req: 1,
-        tag: "abuse".into(),
-        offset: 0,
-        length: None,
-        dest_offset: 0,
-        strategy: Strategy::Auto,
-        progress: false,
-        priority: Default::default(),
-        rate_limit: None,
-        detach: false,
-        fsync: false,
-        verify: false,
-    }))
+    frame(&Request::Submit(submit_request(1)))
 }
 
 /// Asserts the next event is a ProtocolError of one of `kinds`, then EOF.

@@ -27,10 +27,9 @@
 //!   copy stays under the hidden name and the failure says where.
 
 use std::borrow::Cow;
-use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, Metadata, ReadDir};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -39,7 +38,7 @@ use crate::batch::Pipeline;
 use crate::commands::{Context, CopyArgs};
 use crate::error::{CliError, Exit};
 use crate::report::Op;
-use ringxfer_ipc::publish::preserve_metadata;
+use ringxfer_ipc::publish::{hidden_name, preserve_metadata};
 
 /// One thing the walk found that the pipeline must copy or report.
 #[derive(Debug)]
@@ -167,14 +166,7 @@ const MAX_HIDDEN_TRIES: u32 = 100;
 
 /// `.NAME.ringxfer-PID-N` next to `dst`, the name kept short enough for NAME_MAX.
 fn hidden_sibling(dst: &Path, n: u32) -> Option<PathBuf> {
-    let name = dst.file_name()?.as_bytes();
-    let suffix = format!(".ringxfer-{}-{n}", std::process::id());
-    let room = 255 - 1 - suffix.len();
-    let mut hidden = Vec::with_capacity(255);
-    hidden.push(b'.');
-    hidden.extend_from_slice(&name[..name.len().min(room)]);
-    hidden.extend_from_slice(suffix.as_bytes());
-    Some(dst.with_file_name(OsString::from_vec(hidden)))
+    Some(dst.with_file_name(hidden_name(dst.file_name()?, u64::from(n))))
 }
 
 /// Depth-first walk over the operands, creating destination directories as
