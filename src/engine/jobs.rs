@@ -460,11 +460,20 @@ impl Engine {
                     Returned::Clean(_) | Returned::Dirty(_) => back[Resource::Pipe as usize] += 1,
                 }
             }
+            let mut session_back = None;
             if let Some(job) = self.jobs.get_mut(k) {
                 for (r, n) in back.into_iter().enumerate() {
                     job.held[r] -= n.min(job.held[r]);
                     if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
                         session.held[r] -= n.min(session.held[r]);
+                    }
+                }
+                session_back = job.session;
+            }
+            if let Some(sk) = session_back {
+                for r in [Resource::Pipe, Resource::Buffer] {
+                    if back[r as usize] > 0 {
+                        self.unpark(sk, r);
                     }
                 }
             }

@@ -41,7 +41,7 @@ use pipe_pool::{PipeError, PipePool};
 use queue::IoQueue;
 use rate::TokenBucket;
 use ring::Ring;
-use scheduler::{FairQueue, Waiter};
+use scheduler::FairQueue;
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
 
@@ -182,8 +182,6 @@ pub struct Engine {
     buffers: BufferPool,
     /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
     queues: [FairQueue; 2],
-    /// Waiters a lending pass skipped (connection at quota), reused.
-    passed_over: Vec<(Resource, Waiter)>,
     /// Jobs parked until their rate limits allow more.
     throttled: Vec<usize>,
     /// The rate-limit timer in flight and when it fires.
@@ -311,7 +309,6 @@ impl Engine {
                 FairQueue::with_capacity(config.max_jobs * 2, 0, 2),
                 FairQueue::with_capacity(config.max_jobs * 2, 1, 2),
             ],
-            passed_over: Vec::with_capacity(64),
             throttled: Vec::with_capacity(64),
             throttle_timer: None,
             global_bucket: config
@@ -953,6 +950,10 @@ impl Engine {
         }
         for (_, job) in self.jobs.iter_mut() {
             job.watchers.retain(|w| w.session != k);
+        }
+        // Its detached jobs wait on for slots without it.
+        for q in &mut self.queues {
+            q.unpark_all(k);
         }
         self.free_if_done(k);
     }

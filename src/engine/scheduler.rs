@@ -9,9 +9,16 @@
 //! that was idle banks no credit. A running job compares itself with the
 //! first waiter at each piece boundary and gives its slot back if it is
 //! ahead (`should_yield`), which is what makes the shares follow the weights.
+//!
+//! A waiter whose group (its connection) may not take more slots right now is
+//! parked in that group's own heap rather than pushed back into the shared
+//! one: otherwise every grant would pop and re-push all of a busy client's
+//! waiters, which made the scheduler the daemon's largest cost with
+//! thousands of small jobs queued. The group's owner unparks as many as it
+//! has room for when its slots come back.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use ringxfer_ipc::Priority;
 
@@ -42,6 +49,8 @@ pub struct Waiter {
 /// The queue of jobs waiting for one kind of slot.
 pub struct FairQueue {
     heap: BinaryHeap<Reverse<Entry>>,
+    /// Waiters set aside per group, in the same order as `heap`.
+    parked: HashMap<usize, BinaryHeap<Reverse<Entry>>>,
     /// The virtual time of the last grant: where newcomers start.
     now: u64,
     next_seq: u64,
@@ -56,6 +65,7 @@ impl FairQueue {
     pub fn with_capacity(capacity: usize, index: u64, count: u64) -> FairQueue {
         FairQueue {
             heap: BinaryHeap::with_capacity(capacity),
+            parked: HashMap::new(),
             now: 0,
             next_seq: index + 1,
             step: count.max(1),
@@ -78,15 +88,49 @@ impl FairQueue {
         (seq, vtime)
     }
 
-    /// Puts back a waiter that `pop` handed out but could not be served
-    /// (its connection is at its quota), keeping its place.
-    pub fn put_back(&mut self, w: Waiter) {
-        self.heap.push(Reverse(Entry {
+    /// Sets aside a waiter that `pop` handed out but whose group may not take
+    /// a slot now, keeping its place among the group's other parked waiters.
+    pub fn park(&mut self, group: usize, w: Waiter) {
+        self.parked.entry(group).or_default().push(Reverse(Entry {
             vtime: w.vtime,
             class: Reverse(w.priority),
             seq: w.seq,
             key: w.key,
         }));
+    }
+
+    /// Returns up to `n` of `group`'s live parked waiters, first first, to
+    /// the shared queue; stale ones are dropped on the way and do not count.
+    pub fn unpark(&mut self, group: usize, n: usize, live: impl Fn(usize, u64) -> bool) {
+        let Some(parked) = self.parked.get_mut(&group) else {
+            return;
+        };
+        let mut moved = 0;
+        while moved < n {
+            let Some(Reverse(e)) = parked.pop() else {
+                break;
+            };
+            if live(e.key, e.seq) {
+                self.heap.push(Reverse(e));
+                moved += 1;
+            }
+        }
+        if parked.is_empty() {
+            self.parked.remove(&group);
+        }
+    }
+
+    /// Returns all of `group`'s parked waiters to the shared queue: the group
+    /// is going away, and its detached jobs wait on without it.
+    pub fn unpark_all(&mut self, group: usize) {
+        if let Some(parked) = self.parked.remove(&group) {
+            self.heap.extend(parked);
+        }
+    }
+
+    /// How many of `group`'s waiters are parked (stale ones included).
+    pub fn parked(&self, group: usize) -> usize {
+        self.parked.get(&group).map_or(0, BinaryHeap::len)
     }
 
     /// Removes stale entries from the front and returns the first live one
@@ -154,6 +198,31 @@ mod tests {
         q.granted(w.vtime);
         let (_, at) = q.push(3, 0, Priority::Normal);
         assert_eq!(at, 10);
+    }
+
+    #[test]
+    fn parked_waiters_come_back_first_first_and_stale_ones_do_not_count() {
+        let mut q = FairQueue::with_capacity(8, 0, 1);
+        let (s1, _) = q.push(1, 30, Priority::Normal);
+        let (s2, _) = q.push(2, 10, Priority::Normal);
+        let (s3, _) = q.push(3, 20, Priority::Normal);
+        q.push(4, 40, Priority::Normal);
+        for _ in 0..3 {
+            let w = q.pop(|_, _| true).expect("a waiter");
+            q.park(7, w);
+        }
+        assert_eq!(q.parked(7), 3);
+        // Only 4 is left in the shared queue.
+        assert_eq!(q.peek(|_, _| true).map(|w| w.key), Some(4));
+        // Job 2's entry went stale while parked: unparking one skips it.
+        q.unpark(7, 1, |_, seq| seq != s2);
+        assert_eq!(q.parked(7), 1);
+        assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((3, s3)));
+        q.unpark_all(7);
+        assert_eq!(q.parked(7), 0);
+        assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((1, s1)));
+        assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(4));
+        assert_eq!(q.pop(|_, _| true), None);
     }
 
     #[test]

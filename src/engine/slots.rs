@@ -96,7 +96,6 @@ impl Engine {
     /// hold at most half of a pool, so a client whose transfers stall (a
     /// peer that stopped reading) cannot hold up everyone else's.
     pub(super) fn lend(&mut self) {
-        let mut passed_over = std::mem::take(&mut self.passed_over);
         let now = Instant::now();
         while self.slots_lent() < self.config.max_inflight {
             let mut pick: Option<(Resource, Waiter)> = None;
@@ -116,7 +115,7 @@ impl Engine {
                 break;
             };
             let ri = r as usize;
-            let quota = (self.pool_total(r) / 2).max(1);
+            let quota = self.quota(r);
             // The waiter `first_waiter` just found is at the top.
             self.queues[ri].pop(|_, _| true);
             let k = w.key;
@@ -134,11 +133,11 @@ impl Engine {
             }
             let at_quota = job
                 .session
-                .and_then(|sk| self.sessions.get(sk))
-                .is_some_and(|s| s.held[ri] >= quota);
-            if at_quota {
+                .filter(|&sk| self.sessions.get(sk).is_some_and(|s| s.held[ri] >= quota));
+            if let Some(sk) = at_quota {
+                // It waits on, set aside until its connection gives a slot back.
                 job.queued = true;
-                passed_over.push((r, w));
+                self.queues[ri].park(sk, w);
                 continue;
             }
             if let Some(wait) = self.throttle_wait(k, now) {
@@ -147,10 +146,6 @@ impl Engine {
             }
             self.grant(k, r, w.vtime);
         }
-        for (r, w) in passed_over.drain(..) {
-            self.queues[r as usize].put_back(w);
-        }
-        self.passed_over = passed_over;
         if self.pipes.total() == 0 {
             // Every pipe failed to be replaced: nothing can move any more.
             let stuck: Vec<usize> = self
@@ -172,6 +167,29 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// The most slots of `r` one connection's jobs may hold at once.
+    fn quota(&self, r: Resource) -> usize {
+        (self.pool_total(r) / 2).max(1)
+    }
+
+    /// Session `sk` gave back slots of `r`: as many of its parked waiters as
+    /// it now has room for go back to the shared queue.
+    pub(super) fn unpark(&mut self, sk: usize, r: Resource) {
+        let ri = r as usize;
+        let Some(held) = self.sessions.get(sk).map(|s| s.held[ri]) else {
+            return;
+        };
+        let room = self.quota(r).saturating_sub(held);
+        if room == 0 || self.queues[ri].parked(sk) == 0 {
+            return;
+        }
+        let jobs = &self.jobs;
+        self.queues[ri].unpark(sk, room, |key, seq| {
+            jobs.get(key)
+                .is_some_and(|j| j.queued && j.queue_seq == seq)
+        });
     }
 
     fn idle(&self, r: Resource) -> usize {

@@ -1087,3 +1087,102 @@ fn closed_to_others(path: &std::path::Path) -> Option<std::path::PathBuf> {
         .find(|p| std::fs::metadata(p).map_or(true, |m| m.permissions().mode() & 0o001 == 0))
         .map(|p| p.to_path_buf())
 }
+
+#[test]
+fn a_connection_at_its_pipe_quota_waits_without_holding_up_others() {
+    // Four pipes: one connection may hold two. Its jobs past that wait, set
+    // aside until it gives a pipe back, while another connection's go ahead.
+    let d = Daemon::start_with(&["--pipes", "4"]);
+    let baseline = d.baseline();
+    let a = shared_client(&d);
+    let b = shared_client(&d);
+    let dir = tmpdir();
+    let (stall_src, _) = make_file(dir.path(), "stall", 1 << 20, 1);
+    let splice = || TransferOptions {
+        strategy: Strategy::Splice,
+        ..opts()
+    };
+    let mut pipes = Vec::new();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let (r, w) = stalled_pipe();
+        let h = a
+            .submit(open_src(&stall_src).as_fd(), w.as_fd(), &splice())
+            .unwrap();
+        stalled.push((id_of(&h), h));
+        pipes.push((r, w));
+    }
+    for &(id, _) in &stalled[..2] {
+        status_until(&a, id, Duration::from_secs(10), "stalled job", |i| {
+            i.bytes > 0
+        });
+    }
+    let (late_src, late_data) = make_file(dir.path(), "late", 256 << 10, 2);
+    let late_dst = dir.path().join("late.dst");
+    let late = a.copy_file(&late_src, &late_dst, &splice()).unwrap();
+    let late_id = id_of(&late);
+
+    copy_and_check(&b, dir.path(), "other", 256 << 10, 3);
+    thread::sleep(Duration::from_millis(100));
+    for id in [stalled[2].0, late_id] {
+        let info = status_of(&a, id).unwrap();
+        assert_eq!(info.state, JobState::Queued, "past the quota: {info:?}");
+    }
+
+    // Each pipe `a` gets back goes to its first waiter: the third stalled
+    // job, then the copy, which completes.
+    let mut stalled = stalled.into_iter();
+    for n in 0..2 {
+        let (id, h) = stalled.next().unwrap();
+        cancel_job(&a, id).unwrap();
+        assert_cancelled(h, "stalled job");
+        if n == 0 {
+            let (third, _) = &stalled.as_slice()[1];
+            status_until(&a, *third, Duration::from_secs(10), "third", |i| {
+                i.bytes > 0
+            });
+            assert_eq!(status_of(&a, late_id).unwrap().state, JobState::Queued);
+        }
+    }
+    let done = completed(wait_within(late, Duration::from_secs(10)), "the late copy");
+    assert_eq!(done.bytes, late_data.len() as u64);
+    assert_file_eq(&late_dst, &late_data);
+
+    // A detached job waiting behind its connection's quota runs on when the
+    // connection closes.
+    let (r, w) = stalled_pipe();
+    let fourth = a
+        .submit(open_src(&stall_src).as_fd(), w.as_fd(), &splice())
+        .unwrap();
+    pipes.push((r, w));
+    status_until(&a, id_of(&fourth), Duration::from_secs(10), "fourth", |i| {
+        i.bytes > 0
+    });
+    let detached_dst = dir.path().join("detached.dst");
+    let detached = a
+        .copy_file(
+            &late_src,
+            &detached_dst,
+            &TransferOptions {
+                detach: true,
+                ..splice()
+            },
+        )
+        .unwrap();
+    let detached_id = id_of(&detached);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(status_of(&a, detached_id).unwrap().state, JobState::Queued);
+    drop((detached, fourth, stalled));
+    drop(a);
+    let done = completed(
+        wait_within(
+            b.wait_job(detached_id, false).unwrap(),
+            Duration::from_secs(10),
+        ),
+        "the detached copy",
+    );
+    assert_eq!(done.bytes, late_data.len() as u64);
+    drop(pipes);
+    drop(b);
+    d.assert_fds_return(baseline, Duration::from_secs(5), "after the quota test");
+}
