@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, IoUring, Probe};
 
-use crate::engine::buffer_pool::{memlock_limit, BufferPool};
+use crate::engine::buffer_pool::BufferPool;
 use crate::engine::pipe_pool::pipe_budget;
+use crate::engine::unavailable;
 use crate::settings::keys::show_size;
 use crate::settings::Settings;
 use crate::transfer::dio;
@@ -142,23 +143,6 @@ pub fn run(settings: &Settings, paths: &[PathBuf]) -> Report {
     report
 }
 
-fn errno_name(e: &io::Error) -> String {
-    let name = match e.raw_os_error() {
-        Some(libc::EPERM) => "EPERM",
-        Some(libc::ENOSYS) => "ENOSYS",
-        Some(libc::ENOMEM) => "ENOMEM",
-        Some(libc::EINVAL) => "EINVAL",
-        Some(libc::EACCES) => "EACCES",
-        Some(libc::EFAULT) => "EFAULT",
-        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
-        _ => return e.to_string(),
-    };
-    // "Invalid argument (os error 22)" -> "EINVAL (Invalid argument)".
-    let text = e.to_string();
-    let words = text.split(" (os error").next().unwrap_or(&text);
-    format!("{name} ({words})")
-}
-
 /// Whether this process holds CAP_IPC_LOCK, which lifts RLIMIT_MEMLOCK for
 /// registered buffers (root has it unless a unit drops it).
 fn has_ipc_lock() -> bool {
@@ -189,16 +173,6 @@ fn kernel(report: &mut Report) {
     );
 }
 
-fn memlock_text() -> String {
-    memlock_limit().map_or("unknown".into(), |l| {
-        if l == libc::RLIM_INFINITY {
-            "unlimited".into()
-        } else {
-            format!("{l} bytes")
-        }
-    })
-}
-
 /// io_uring_setup with the configured entries, as the engine's fallback
 /// (no flags) makes it: whether io_uring is there at all, and if not, why.
 fn ring_setup(report: &mut Report, entries: u32) -> Option<IoUring> {
@@ -218,52 +192,15 @@ fn ring_setup(report: &mut Report, entries: u32) -> Option<IoUring> {
         }
         Err(e) => e,
     };
-    let why = match e.raw_os_error() {
-        Some(libc::EPERM) => {
-            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-                .ok()
-                .map(|v| v.trim().to_string());
-            match sysctl.as_deref() {
-                Some("2") => "kernel.io_uring_disabled = 2: io_uring is off for everyone; \
-                    set it to 0 (sysctl -w kernel.io_uring_disabled=0)"
-                    .to_string(),
-                Some("1") => {
-                    let group = std::fs::read_to_string("/proc/sys/kernel/io_uring_group")
-                        .map_or("unknown".into(), |g| g.trim().to_string());
-                    format!(
-                        "kernel.io_uring_disabled = 1: only CAP_SYS_ADMIN and members of group \
-                         {group} (kernel.io_uring_group) may make rings; add the daemon's user to \
-                         it, or set the sysctl to 0"
-                    )
-                }
-                Some(v) => format!(
-                    "kernel.io_uring_disabled = {v}, so not the sysctl: a seccomp filter (the \
-                     default profile of container runtimes) or a security module refuses \
-                     io_uring_setup; allow io_uring_setup, io_uring_enter and io_uring_register"
-                ),
-                None => "no kernel.io_uring_disabled sysctl (kernel before 6.6): a seccomp \
-                    filter or a security module refuses io_uring_setup"
-                    .to_string(),
-            }
-        }
-        Some(libc::ENOSYS) => "the kernel has no io_uring (built without CONFIG_IO_URING, or \
-            older than 5.1), or a seccomp filter answers ENOSYS for it"
-            .to_string(),
-        Some(libc::ENOMEM) => format!(
-            "RLIMIT_MEMLOCK is {}: kernels before 5.12 charge the ring's memory to it; raise \
-             it (LimitMEMLOCK= in the unit, ulimit -l) or lower ring_entries",
-            memlock_text()
-        ),
-        Some(libc::EINVAL) => {
-            format!("the kernel refuses {entries} entries; lower ring_entries")
-        }
-        _ => "unexpected error".to_string(),
-    };
+    let why = unavailable::cause(&e, entries);
     // No fallback engine exists yet: without a ring the daemon cannot serve.
     report.add(
         Level::Fail,
         "io_uring",
-        format!("io_uring_setup failed with {}: {why}", errno_name(&e)),
+        format!(
+            "io_uring_setup failed with {}: {why}",
+            unavailable::errno_name(&e)
+        ),
     );
     None
 }
@@ -295,7 +232,10 @@ fn setup_flags(report: &mut Report, entries: u32) {
                 report.add(
                     Level::Warn,
                     format!("setup {name}"),
-                    format!("refused with {} (needs Linux {since})", errno_name(&e)),
+                    format!(
+                        "refused with {} (needs Linux {since})",
+                        unavailable::errno_name(&e)
+                    ),
                 );
             }
         }
@@ -417,7 +357,7 @@ fn opcodes(report: &mut Report, ring: &IoUring) {
             "opcodes",
             format!(
                 "IORING_REGISTER_PROBE failed with {} (Linux before 5.6): the engine needs newer",
-                errno_name(&e)
+                unavailable::errno_name(&e)
             ),
         );
         return;
@@ -487,7 +427,7 @@ fn registered_buffers(report: &mut Report, settings: &Settings) {
                 if has_ipc_lock() {
                     "CAP_IPC_LOCK: RLIMIT_MEMLOCK does not apply".to_string()
                 } else {
-                    format!("within RLIMIT_MEMLOCK, {}", memlock_text())
+                    format!("within RLIMIT_MEMLOCK, {}", unavailable::memlock_text())
                 }
             ),
         ),
@@ -498,8 +438,8 @@ fn registered_buffers(report: &mut Report, settings: &Settings) {
                 "{what}: registration failed with {}; RLIMIT_MEMLOCK is {} and a user without \
                  CAP_IPC_LOCK needs at least {} bytes (LimitMEMLOCK= in the unit, ulimit -l). \
                  The daemon will run with unregistered buffers (plain READ/WRITE)",
-                errno_name(&e),
-                memlock_text(),
+                unavailable::errno_name(&e),
+                unavailable::memlock_text(),
                 total + (1 << 20)
             ),
         ),
@@ -551,7 +491,7 @@ fn pipes(report: &mut Report, settings: &Settings) {
                 "growing a pipe to {} failed with {} (fs.pipe-max-size = {max} for users without \
                  CAP_SYS_RESOURCE); lower pipe_size",
                 show_size(settings.pipe_size),
-                errno_name(&e)
+                unavailable::errno_name(&e)
             ),
         );
     } else {
@@ -778,7 +718,7 @@ fn direct_io(report: &mut Report, path: &Path) {
             topic,
             format!(
                 "opening with O_DIRECT fails with {}: no direct I/O here",
-                errno_name(&e)
+                unavailable::errno_name(&e)
             ),
         ),
     }

@@ -17,6 +17,7 @@ pub mod ring;
 pub mod scheduler;
 mod shutdown;
 mod slots;
+pub mod unavailable;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -45,9 +46,40 @@ use scheduler::FairQueue;
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
 
+/// Which I/O back end the loop drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// io_uring; start-up fails if it is unavailable.
+    Uring,
+    /// Worker threads doing the same operations with plain syscalls.
+    Threads,
+    /// io_uring when the kernel allows it, else threads, saying why once.
+    Auto,
+}
+
+impl EngineKind {
+    /// The name used in flags, the config file and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Uring => "uring",
+            EngineKind::Threads => "threads",
+            EngineKind::Auto => "auto",
+        }
+    }
+
+    /// Parses `uring`, `threads` or `auto`.
+    pub fn parse(s: &str) -> Option<EngineKind> {
+        [EngineKind::Uring, EngineKind::Threads, EngineKind::Auto]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+}
+
 /// Settings of one engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The I/O back end: io_uring, worker threads, or the first that works.
+    pub engine: EngineKind,
     /// Submission queue entries of the ring.
     pub ring_entries: u32,
     /// Jobs admitted at once across all connections.
@@ -92,6 +124,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// The defaults, as a constant so command-line flags can show them.
     pub const DEFAULT: EngineConfig = EngineConfig {
+        engine: EngineKind::Auto,
         ring_entries: 256,
         max_jobs: 4096,
         max_jobs_per_connection: 1024,
