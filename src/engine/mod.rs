@@ -17,6 +17,7 @@ pub mod ring;
 pub mod scheduler;
 mod shutdown;
 mod slots;
+mod threads;
 pub mod unavailable;
 
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
+use ring::Cqe;
 use ringxfer_ipc::{
     codec, Event, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, StrategyStats,
     PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
@@ -169,12 +171,24 @@ impl Default for EngineConfig {
 /// Why the engine could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("io_uring_setup with {entries} entries failed: {source}")]
+    #[error(
+        "io_uring_setup with {entries} entries failed with {}: {cause}",
+        unavailable::errno_name(source)
+    )]
     RingSetup {
         entries: u32,
+        /// What the errno means here and how to fix it.
+        cause: String,
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "io_uring lacks operations the engine needs ({0}): the kernel is too old; \
+         upgrade it, or run --engine threads"
+    )]
+    MissingOpcodes(String),
+    #[error("the threads engine could not start: {0}")]
+    Threads(#[source] std::io::Error),
     #[error("io_uring_enter failed: {source}")]
     Enter {
         #[source]
@@ -246,7 +260,7 @@ pub struct Engine {
     exit_when_idle: bool,
     next_job_id: u64,
     next_session_id: u64,
-    cqes: Vec<cqueue::Entry>,
+    cqes: Vec<Cqe>,
     returned: Vec<Returned>,
     /// Client descriptors to close through the ring at the end of this turn:
     /// a client's descriptor can be a socket with SO_LINGER or a file on a
@@ -274,7 +288,10 @@ impl Engine {
                     .into(),
             ));
         }
-        let mut ring = Ring::new(config.ring_entries)?;
+        let mut ring = Ring::new(config.ring_entries, config.engine)?;
+        if let Some(why) = &ring.fallback_reason {
+            warn!("io_uring is unavailable ({why}); using the threads engine");
+        }
         let mut wanted = config.pipes;
         if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
             if budget < wanted {
@@ -319,6 +336,7 @@ impl Engine {
             }
         }
         info!(
+            engine = ring.kind().name(),
             ring_entries = config.ring_entries,
             ring_setup = ring.setup,
             pipes = pipes.total(),
@@ -444,7 +462,7 @@ impl Engine {
             cqes.clear();
             self.ring.reap(&mut cqes);
             for cqe in &cqes {
-                self.dispatch(cqe.user_data(), cqe.result(), cqe.flags());
+                self.dispatch(cqe.user_data, cqe.result, cqe.flags);
             }
             self.cqes = cqes;
             self.lend();

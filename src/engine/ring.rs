@@ -1,13 +1,17 @@
-//! The one io_uring instance and the two counters the stats report about it.
+//! The ring the loop drives (io_uring, or the threads back end in its place)
+//! and the two counters the stats report about it.
 
 use std::io;
 
 use io_uring::register::Restriction;
-use io_uring::{cqueue, opcode, squeue, IoUring};
+use io_uring::{opcode, squeue, IoUring, Probe};
 
-use super::EngineError;
+pub use super::threads::Cqe;
+use super::threads::ThreadRing;
+use super::{unavailable, EngineError, EngineKind};
 
-/// The ring, created on the thread that will drive it.
+/// The one ring the loop drives: io_uring, or the threads back end, which
+/// takes the same entries and gives the same completions.
 ///
 /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` are asked for first:
 /// completions then run only when this thread enters the kernel, which is exactly
@@ -18,48 +22,64 @@ use super::EngineError;
 /// submits and the one registration it makes (IORING_REGISTER_RESTRICTIONS),
 /// then enabled: a bug that built a wrong entry cannot make it open a path,
 /// connect a socket or register anything else. seccomp does not see io_uring
-/// operations, so this is the only filter on them.
+/// operations, so this is the only filter on them. The threads back end
+/// refuses the same opcodes the same way (EACCES).
 pub struct Ring {
-    ring: IoUring,
-    /// Entries handed to the kernel since start.
+    backend: Backend,
+    /// Entries handed to the kernel (or the workers) since start.
     pub sqes_submitted: u64,
-    /// `io_uring_enter` calls made since start.
+    /// `io_uring_enter` calls (or turns of the threads back end's wait) since start.
     pub enter_calls: u64,
     /// A description of the set-up flags the kernel accepted, for the start-up log.
     pub setup: &'static str,
+    /// Why io_uring is not used, when `auto` fell back to threads.
+    pub fallback_reason: Option<String>,
+}
+
+enum Backend {
+    Uring(IoUring),
+    Threads(ThreadRing),
 }
 
 impl Ring {
-    /// Creates a ring with `entries` submission slots and four times as many
-    /// completion slots, so that bursts of completions do not overflow.
-    pub fn new(entries: u32) -> Result<Ring, EngineError> {
-        let cq = entries.saturating_mul(4);
-        let tuned = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_submit_all()
-            .setup_r_disabled()
-            .setup_cqsize(cq)
-            .build(entries);
-        let (ring, setup) = match tuned {
-            Ok(ring) => (ring, "single-issuer, defer-taskrun"),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let ring = IoUring::builder()
-                    .setup_r_disabled()
-                    .setup_cqsize(cq)
-                    .build(entries)
-                    .map_err(|source| EngineError::RingSetup { entries, source })?;
-                (ring, "plain")
-            }
-            Err(source) => return Err(EngineError::RingSetup { entries, source }),
+    /// Creates the back end `kind` asks for, with `entries` submission slots.
+    /// With `auto`, io_uring if the kernel allows it and has every opcode the
+    /// engine uses, else threads, with the reason in `fallback_reason`.
+    pub fn new(entries: u32, kind: EngineKind) -> Result<Ring, EngineError> {
+        let uring = match kind {
+            EngineKind::Threads => None,
+            EngineKind::Uring | EngineKind::Auto => Some(uring(entries)),
         };
-        restrict(&ring).map_err(|source| EngineError::RingSetup { entries, source })?;
+        let fallback_reason = match uring {
+            Some(Ok((ring, setup))) => {
+                return Ok(Ring {
+                    backend: Backend::Uring(ring),
+                    sqes_submitted: 0,
+                    enter_calls: 0,
+                    setup,
+                    fallback_reason: None,
+                })
+            }
+            Some(Err(e)) if kind == EngineKind::Uring => return Err(e),
+            Some(Err(e)) => Some(e.to_string()),
+            None => None,
+        };
+        let threads = ThreadRing::new(entries).map_err(EngineError::Threads)?;
         Ok(Ring {
-            ring,
+            backend: Backend::Threads(threads),
             sqes_submitted: 0,
             enter_calls: 0,
-            setup,
+            setup: "threads",
+            fallback_reason,
         })
+    }
+
+    /// The back end in use: "uring" or "threads".
+    pub fn kind(&self) -> EngineKind {
+        match self.backend {
+            Backend::Uring(_) => EngineKind::Uring,
+            Backend::Threads(_) => EngineKind::Threads,
+        }
     }
 
     /// Queues one entry, handing the queue to the kernel first if it is full.
@@ -69,9 +89,15 @@ impl Ring {
     /// valid and unmoved until its completion has been reaped.
     pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), EngineError> {
         loop {
-            // SAFETY: the caller guarantees that what the entry points at outlives
-            // the operation; pushing only copies the entry into the ring.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            let pushed = match &mut self.backend {
+                // SAFETY: the caller guarantees that what the entry points at
+                // outlives the operation; pushing only copies the entry.
+                Backend::Uring(ring) => unsafe { ring.submission().push(entry) }.is_ok(),
+                // SAFETY: as above; the threads back end reads the entry back
+                // and uses its pointers until the completion is reaped.
+                Backend::Threads(ring) => unsafe { ring.push(entry) },
+            };
+            if pushed {
                 return Ok(());
             }
             self.submit(0)?;
@@ -82,7 +108,14 @@ impl Ring {
     /// least that many completions are ready.
     pub fn submit(&mut self, want: usize) -> Result<(), EngineError> {
         self.enter_calls += 1;
-        match self.ring.submit_and_wait(want) {
+        let ring = match &mut self.backend {
+            Backend::Uring(ring) => ring,
+            Backend::Threads(ring) => {
+                self.sqes_submitted += ring.submit(want) as u64;
+                return Ok(());
+            }
+        };
+        match ring.submit_and_wait(want) {
             Ok(n) => {
                 self.sqes_submitted += n as u64;
                 Ok(())
@@ -103,28 +136,134 @@ impl Ring {
     }
 
     /// Moves every ready completion into `out`.
-    pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
-        out.extend(self.ring.completion());
+    pub fn reap(&mut self, out: &mut Vec<Cqe>) {
+        match &mut self.backend {
+            Backend::Uring(ring) => out.extend(ring.completion().map(|c| Cqe {
+                user_data: c.user_data(),
+                result: c.result(),
+                flags: c.flags(),
+            })),
+            Backend::Threads(ring) => ring.reap(out),
+        }
     }
 
-    /// Registers `iovecs` as the ring's fixed buffers.
+    /// Registers `iovecs` as the ring's fixed buffers (the threads back end
+    /// needs no registration: fixed reads and writes are plain ones there).
     ///
     /// # Safety
     /// The memory must stay valid and unmoved until the ring is closed.
     pub unsafe fn register_buffers(&mut self, iovecs: &[libc::iovec]) -> std::io::Result<()> {
-        // SAFETY: the caller keeps the memory valid for the ring's lifetime.
-        unsafe { self.ring.submitter().register_buffers(iovecs) }
+        match &mut self.backend {
+            // SAFETY: the caller keeps the memory valid for the ring's lifetime.
+            Backend::Uring(ring) => unsafe { ring.submitter().register_buffers(iovecs) },
+            Backend::Threads(_) => Ok(()),
+        }
     }
 
     /// Whether entries are queued but not yet handed to the kernel.
     pub fn has_queued(&mut self) -> bool {
-        !self.ring.submission().is_empty()
+        match &mut self.backend {
+            Backend::Uring(ring) => !ring.submission().is_empty(),
+            Backend::Threads(ring) => ring.has_queued(),
+        }
     }
 
     /// Room left in the submission queue.
     pub fn free_slots(&mut self) -> usize {
-        let sq = self.ring.submission();
-        sq.capacity() - sq.len()
+        match &mut self.backend {
+            Backend::Uring(ring) => {
+                let sq = ring.submission();
+                sq.capacity() - sq.len()
+            }
+            Backend::Threads(ring) => ring.free_slots(),
+        }
+    }
+
+    /// Worker threads of the threads back end (0 for io_uring, whose io-wq
+    /// workers are the kernel's).
+    pub fn workers(&self) -> usize {
+        match &self.backend {
+            Backend::Uring(_) => 0,
+            Backend::Threads(ring) => ring.workers(),
+        }
+    }
+}
+
+/// Makes the io_uring ring: tuned flags first, plain on EINVAL, then checks
+/// the opcodes and restricts it.
+fn uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
+    let cq = entries.saturating_mul(4);
+    let setup_failed = |source: io::Error| EngineError::RingSetup {
+        entries,
+        cause: unavailable::cause(&source, entries),
+        source,
+    };
+    let tuned = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .setup_r_disabled()
+        .setup_cqsize(cq)
+        .build(entries);
+    let (ring, setup) = match tuned {
+        Ok(ring) => (ring, "single-issuer, defer-taskrun"),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let ring = IoUring::builder()
+                .setup_r_disabled()
+                .setup_cqsize(cq)
+                .build(entries)
+                .map_err(setup_failed)?;
+            (ring, "plain")
+        }
+        Err(source) => return Err(setup_failed(source)),
+    };
+    let missing = missing_opcodes(&ring);
+    if !missing.is_empty() {
+        return Err(EngineError::MissingOpcodes(missing.join(", ")));
+    }
+    restrict(&ring).map_err(|source| EngineError::RingSetup {
+        entries,
+        cause: "registering the ring's restrictions failed".into(),
+        source,
+    })?;
+    Ok((ring, setup))
+}
+
+/// The engine's opcodes this kernel lacks, by name (none when it cannot
+/// say: a kernel without IORING_REGISTER_PROBE is older than every opcode
+/// check would help with, and restrictions will refuse what is missing).
+fn missing_opcodes(ring: &IoUring) -> Vec<String> {
+    let mut probe = Probe::new();
+    if ring.submitter().register_probe(&mut probe).is_err() {
+        return Vec::new();
+    }
+    ALLOWED_OPCODES
+        .iter()
+        .filter(|&&op| !probe.is_supported(op))
+        .map(|&op| opcode_name(op).to_string())
+        .collect()
+}
+
+/// The name of one of the engine's opcodes.
+fn opcode_name(op: u8) -> &'static str {
+    match op {
+        opcode::Accept::CODE => "ACCEPT",
+        opcode::AsyncCancel::CODE => "ASYNC_CANCEL",
+        opcode::Close::CODE => "CLOSE",
+        opcode::Fallocate::CODE => "FALLOCATE",
+        opcode::Fsync::CODE => "FSYNC",
+        opcode::Ftruncate::CODE => "FTRUNCATE",
+        opcode::PollAdd::CODE => "POLL_ADD",
+        opcode::Read::CODE => "READ",
+        opcode::ReadFixed::CODE => "READ_FIXED",
+        opcode::RecvMsg::CODE => "RECVMSG",
+        opcode::Send::CODE => "SEND",
+        opcode::SendZc::CODE => "SEND_ZC",
+        opcode::Splice::CODE => "SPLICE",
+        opcode::Timeout::CODE => "TIMEOUT",
+        opcode::Write::CODE => "WRITE",
+        opcode::WriteFixed::CODE => "WRITE_FIXED",
+        _ => "an unknown opcode",
     }
 }
 
@@ -183,7 +322,14 @@ mod tests {
 
     #[test]
     fn the_ring_refuses_operations_the_engine_does_not_use() {
-        let mut ring = Ring::new(8).expect("ring");
+        for kind in [EngineKind::Uring, EngineKind::Threads] {
+            refuses_operations_the_engine_does_not_use(kind);
+        }
+    }
+
+    fn refuses_operations_the_engine_does_not_use(kind: EngineKind) {
+        let mut ring = Ring::new(8, kind).expect("ring");
+        assert_eq!(ring.kind(), kind);
         let path = c"/etc/hostname";
         let open = opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
             .build()
@@ -205,8 +351,8 @@ mod tests {
         }
         let result = |ud: u64| {
             got.iter()
-                .find(|c| c.user_data() == ud)
-                .map(|c| c.result())
+                .find(|c| c.user_data == ud)
+                .map(|c| c.result)
                 .expect("completion")
         };
         assert_eq!(result(7), -libc::EACCES, "openat must be refused");

@@ -295,8 +295,12 @@ pub struct Task {
 }
 
 impl Task {
+    /// An I/O worker rather than the loop: io_uring's io-wq and sqpoll
+    /// threads, or the threads engine's workers (which stand in for io-wq).
     pub fn is_io_uring_worker(&self) -> bool {
-        self.comm.starts_with("iou-") || self.flags & PF_IO_WORKER != 0
+        self.comm.starts_with("iou-")
+            || self.flags & PF_IO_WORKER != 0
+            || self.comm == "ringxfer-worker"
     }
 }
 

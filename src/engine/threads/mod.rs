@@ -1,0 +1,532 @@
+//! The threads back end: the engine's operations without io_uring.
+//!
+//! Where io_uring is refused (the kernel.io_uring_disabled sysctl, a
+//! container's seccomp profile, a hardened kernel), the engine runs
+//! unchanged on top of this: it builds the same submission entries, and
+//! `ThreadRing` reads them back (`sqe.rs`) and carries them out.
+//!
+//! - Operations that may block (splice, preadv2/pwritev2 on files, fallocate,
+//!   ftruncate, fdatasync, close) go to worker threads (`worker.rs`).
+//! - Socket operations (accept, recvmsg, send) run on the loop thread with
+//!   MSG_DONTWAIT (the listener is made non-blocking); one that would block
+//!   waits for readiness in the loop's poll(2), as io_uring's poll-driven
+//!   retry does.
+//! - Reads and writes of pipes, sockets and other streams wait for readiness
+//!   first, then go to a worker; polls and timeouts are the loop's own.
+//!
+//! The loop waits in poll(2) on the waiting descriptors and an eventfd the
+//! workers write after each chain, with the nearest timer as its timeout.
+
+mod sqe;
+mod worker;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use io_uring::squeue;
+use tracing::debug;
+
+use sqe::{Decoded, Request};
+use worker::{Cell, Work, WorkerPool, CQE_F_MORE, CQE_F_NOTIF, MAX_CHAIN};
+
+use super::ops::CANCEL_USER_DATA;
+
+/// One completion, as either back end reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Cqe {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+/// How often a cancelled operation's worker is interrupted again while it
+/// has not finished (the first signal may land before its syscall starts).
+const CANCEL_REPEAT: Duration = Duration::from_millis(10);
+
+/// An operation waiting for its descriptor to become ready.
+struct Waiter {
+    user_data: u64,
+    fd: RawFd,
+    events: i16,
+    request: Request,
+}
+
+/// The threads back end's ring: entries in, completions out.
+pub struct ThreadRing {
+    capacity: usize,
+    /// Entries pushed and not yet submitted, in order.
+    queued: Vec<Decoded>,
+    pool: WorkerPool,
+    done_rx: Receiver<Cqe>,
+    wake: Arc<OwnedFd>,
+    /// Completions not yet reaped.
+    ready: Vec<Cqe>,
+    /// Operations on workers, by user_data, and whether each is the last
+    /// of its chain (whose completion frees the chain's cell).
+    on_workers: HashMap<u64, (Arc<Cell>, bool)>,
+    waiters: Vec<Waiter>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    live_timers: HashSet<u64>,
+    cancelling: Vec<Arc<Cell>>,
+    pollfds: Vec<libc::pollfd>,
+    /// Listening sockets already made non-blocking.
+    nonblocking: HashSet<RawFd>,
+}
+
+impl ThreadRing {
+    /// A back end that accepts `entries` entries per submission.
+    pub fn new(entries: u32) -> io::Result<ThreadRing> {
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let pool = WorkerPool::new(done_tx, Arc::clone(&wake))?;
+        let capacity = entries as usize;
+        Ok(ThreadRing {
+            capacity,
+            queued: Vec::with_capacity(capacity),
+            pool,
+            done_rx,
+            wake,
+            ready: Vec::with_capacity(capacity * 4),
+            on_workers: HashMap::with_capacity(capacity * 2),
+            waiters: Vec::with_capacity(64),
+            timers: BinaryHeap::with_capacity(16),
+            live_timers: HashSet::with_capacity(16),
+            cancelling: Vec::new(),
+            pollfds: Vec::with_capacity(64),
+            nonblocking: HashSet::new(),
+        })
+    }
+
+    /// Queues an entry; false when the queue is full (submit, then retry).
+    ///
+    /// # Safety
+    /// As for io_uring: what the entry points at stays valid until its
+    /// completion has been reaped.
+    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+        if self.queued.len() >= self.capacity {
+            return false;
+        }
+        // SAFETY: the caller keeps a timeout's timespec alive.
+        self.queued.push(unsafe { sqe::decode(entry) });
+        true
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    pub fn free_slots(&self) -> usize {
+        self.capacity - self.queued.len()
+    }
+
+    /// Starts every queued entry; when `want` > 0, waits until at least that
+    /// many completions are ready. Returns how many entries were started.
+    pub fn submit(&mut self, want: usize) -> usize {
+        let started = self.start_queued();
+        loop {
+            self.collect();
+            if want == 0 || self.ready.len() >= want {
+                return started;
+            }
+            self.wait();
+        }
+    }
+
+    /// Moves every ready completion into `out`.
+    pub fn reap(&mut self, out: &mut Vec<Cqe>) {
+        out.append(&mut self.ready);
+    }
+
+    /// Worker threads running now.
+    pub fn workers(&self) -> usize {
+        self.pool.threads()
+    }
+
+    fn start_queued(&mut self) -> usize {
+        let queued = std::mem::take(&mut self.queued);
+        let n = queued.len();
+        let mut i = 0;
+        while i < n {
+            // A chain is the entries up to and including the first without
+            // IO_LINK; a link at the very end of a submission ends there.
+            let mut end = i;
+            while queued[end].link && end + 1 < n {
+                end += 1;
+            }
+            let chain = &queued[i..=end];
+            if chain.len() == 1 {
+                self.start(chain[0]);
+            } else if chain.len() <= MAX_CHAIN {
+                let mut ops = [None; MAX_CHAIN];
+                for (slot, d) in ops.iter_mut().zip(chain) {
+                    *slot = Some((d.user_data, d.request));
+                }
+                self.hand_to_worker(ops);
+            } else {
+                for d in chain {
+                    self.complete(d.user_data, -libc::EINVAL, 0);
+                }
+            }
+            i = end + 1;
+        }
+        self.queued = queued;
+        self.queued.clear();
+        n
+    }
+
+    fn start(&mut self, d: Decoded) {
+        let ud = d.user_data;
+        match d.request {
+            Request::Timeout { after } => {
+                self.timers.push(Reverse((Instant::now() + after, ud)));
+                self.live_timers.insert(ud);
+            }
+            Request::Cancel { target } => {
+                let result = self.cancel(target);
+                self.complete(ud, result, 0);
+            }
+            Request::PollAdd { fd, events } => self.wait_for(ud, fd, events, d.request),
+            Request::RecvMsg { fd, .. } | Request::Accept { fd, .. } => {
+                if !self.try_inline(ud, d.request) {
+                    self.wait_for(ud, fd, libc::POLLIN, d.request);
+                }
+            }
+            Request::Send { fd, .. } => {
+                if !self.try_inline(ud, d.request) {
+                    self.wait_for(ud, fd, libc::POLLOUT, d.request);
+                }
+            }
+            // io_uring ignores the offset of a stream; preadv2 and pwritev2
+            // would refuse it with ESPIPE, so streams use the position (-1).
+            Request::Read {
+                fd,
+                ptr,
+                len,
+                rw_flags,
+                ..
+            } if is_stream(fd) => {
+                let request = Request::Read {
+                    fd,
+                    ptr,
+                    len,
+                    offset: -1,
+                    rw_flags,
+                };
+                self.wait_for(ud, fd, libc::POLLIN, request)
+            }
+            Request::Write {
+                fd,
+                ptr,
+                len,
+                rw_flags,
+                ..
+            } if is_stream(fd) => {
+                let request = Request::Write {
+                    fd,
+                    ptr,
+                    len,
+                    offset: -1,
+                    rw_flags,
+                };
+                self.wait_for(ud, fd, libc::POLLOUT, request)
+            }
+            Request::Refused { opcode } => {
+                debug!(opcode, "refused: not an operation the engine uses");
+                self.complete(ud, -libc::EACCES, 0)
+            }
+            Request::Splice { .. }
+            | Request::Read { .. }
+            | Request::Write { .. }
+            | Request::Close { .. }
+            | Request::Fallocate { .. }
+            | Request::Ftruncate { .. }
+            | Request::Fsync { .. } => {
+                let mut ops = [None; MAX_CHAIN];
+                ops[0] = Some((ud, d.request));
+                self.hand_to_worker(ops);
+            }
+        }
+    }
+
+    fn hand_to_worker(&mut self, ops: [Option<(u64, Request)>; MAX_CHAIN]) {
+        let cell = self.pool.cell();
+        let last = ops.iter().flatten().count();
+        for (i, (ud, _)) in ops.iter().flatten().enumerate() {
+            self.on_workers
+                .insert(*ud, (Arc::clone(&cell), i + 1 == last));
+        }
+        self.pool.run(Work { ops, cell });
+    }
+
+    fn wait_for(&mut self, user_data: u64, fd: RawFd, events: i16, request: Request) {
+        self.waiters.push(Waiter {
+            user_data,
+            fd,
+            events,
+            request,
+        });
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
+        self.ready.push(Cqe {
+            user_data,
+            result,
+            flags,
+        });
+    }
+
+    /// Tries a socket operation without blocking; true when it completed.
+    fn try_inline(&mut self, ud: u64, request: Request) -> bool {
+        let (ret, zc) = match request {
+            Request::RecvMsg { fd, msg, msg_flags } => {
+                // SAFETY: the msghdr and everything it points at are held by
+                // the op table until this operation's completion is reaped.
+                let ret = retry_eintr(|| unsafe {
+                    libc::recvmsg(fd, msg, msg_flags | libc::MSG_DONTWAIT)
+                });
+                (ret, false)
+            }
+            Request::Send {
+                fd,
+                ptr,
+                len,
+                msg_flags,
+                zc,
+            } => {
+                // SAFETY: the bytes are held by the op table until this
+                // operation's completion is reaped.
+                let ret = retry_eintr(|| unsafe {
+                    libc::send(fd, ptr.cast(), len, msg_flags | libc::MSG_DONTWAIT)
+                });
+                if ret == -(libc::EAGAIN as isize) && msg_flags & libc::MSG_DONTWAIT != 0 {
+                    // The engine asked not to wait: EAGAIN is its answer.
+                    self.complete_send(ud, -libc::EAGAIN, zc);
+                    return true;
+                }
+                (ret, zc)
+            }
+            Request::Accept { fd, flags } => {
+                if self.nonblocking.insert(fd) {
+                    set_nonblocking(fd);
+                }
+                // SAFETY: no address is asked for.
+                let ret = retry_eintr(|| unsafe {
+                    libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags) as isize
+                });
+                (ret, false)
+            }
+            _ => return false,
+        };
+        if ret == -(libc::EAGAIN as isize) {
+            return false;
+        }
+        self.complete_send(
+            ud,
+            ret.clamp(i32::MIN as isize, i32::MAX as isize) as i32,
+            zc,
+        );
+        true
+    }
+
+    fn complete_send(&mut self, ud: u64, result: i32, zc: bool) {
+        if zc {
+            self.complete(ud, result, CQE_F_MORE);
+            self.complete(ud, 0, CQE_F_NOTIF);
+        } else {
+            self.complete(ud, result, 0);
+        }
+    }
+
+    /// Cancels `target`; the result of the cancel entry itself.
+    fn cancel(&mut self, target: u64) -> i32 {
+        if self.live_timers.remove(&target) {
+            self.complete(target, -libc::ECANCELED, 0);
+            return 0;
+        }
+        if let Some(i) = self.waiters.iter().position(|w| w.user_data == target) {
+            let w = self.waiters.swap_remove(i);
+            let zc = matches!(w.request, Request::Send { zc: true, .. });
+            self.complete_send(target, -libc::ECANCELED, zc);
+            return 0;
+        }
+        if let Some((cell, _)) = self.on_workers.get(&target) {
+            cell.cancel();
+            if cell.is_running() {
+                self.cancelling.push(Arc::clone(cell));
+                return -libc::EALREADY;
+            }
+            return 0;
+        }
+        -libc::ENOENT
+    }
+
+    /// Takes the workers' completions and fires due timers.
+    fn collect(&mut self) {
+        while let Ok(cqe) = self.done_rx.try_recv() {
+            // SEND_ZC's first completion leaves the op on its worker's books
+            // until the notification.
+            if cqe.flags & CQE_F_MORE == 0 {
+                if let Some((cell, true)) = self.on_workers.remove(&cqe.user_data) {
+                    self.pool.retire(cell);
+                }
+            }
+            self.ready.push(cqe);
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, ud))) = self.timers.peek() {
+            if !self.live_timers.contains(&ud) {
+                self.timers.pop();
+                continue;
+            }
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.live_timers.remove(&ud);
+            self.complete(ud, -libc::ETIME, 0);
+        }
+        self.cancelling.retain(|c| c.is_running());
+    }
+
+    /// Sleeps in poll(2) until a worker finishes, a waiting descriptor is
+    /// ready or the nearest timer is due; then runs what became ready.
+    fn wait(&mut self) {
+        let mut timeout: Option<Duration> = None;
+        while let Some(&Reverse((at, ud))) = self.timers.peek() {
+            if self.live_timers.contains(&ud) {
+                timeout = Some(at.saturating_duration_since(Instant::now()));
+                break;
+            }
+            self.timers.pop();
+        }
+        if !self.cancelling.is_empty() {
+            for cell in &self.cancelling {
+                cell.cancel();
+            }
+            timeout = Some(timeout.map_or(CANCEL_REPEAT, |t| t.min(CANCEL_REPEAT)));
+        }
+        self.pollfds.clear();
+        self.pollfds.push(libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for w in &self.waiters {
+            self.pollfds.push(libc::pollfd {
+                fd: w.fd,
+                events: w.events,
+                revents: 0,
+            });
+        }
+        let ms = timeout.map_or(-1, |t| {
+            // Round up, so a timer is never woken for early and spun on.
+            t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+        });
+        // SAFETY: `pollfds` is a live array of as many entries as passed.
+        let n = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                ms,
+            )
+        };
+        if n <= 0 {
+            // A timeout, or EINTR: the caller looks at timers and comes back.
+            return;
+        }
+        if self.pollfds[0].revents != 0 {
+            let mut count = 0u64;
+            // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+            unsafe {
+                libc::read(
+                    self.wake.as_raw_fd(),
+                    (&mut count as *mut u64).cast(),
+                    std::mem::size_of::<u64>(),
+                )
+            };
+        }
+        // Waiters were pushed in order after the eventfd; walk back so
+        // swap_remove does not disturb the entries still to visit.
+        for i in (0..self.waiters.len()).rev() {
+            let revents = self.pollfds[i + 1].revents;
+            if revents == 0 {
+                continue;
+            }
+            let w = self.waiters.swap_remove(i);
+            self.ready_waiter(w, revents);
+        }
+    }
+
+    fn ready_waiter(&mut self, w: Waiter, revents: i16) {
+        if revents & libc::POLLNVAL != 0 {
+            let zc = matches!(w.request, Request::Send { zc: true, .. });
+            return self.complete_send(w.user_data, -libc::EBADF, zc);
+        }
+        match w.request {
+            Request::PollAdd { .. } => self.complete(w.user_data, i32::from(revents), 0),
+            Request::RecvMsg { .. } | Request::Accept { .. } | Request::Send { .. } => {
+                if !self.try_inline(w.user_data, w.request) {
+                    self.waiters.push(w);
+                }
+            }
+            request => {
+                let mut ops = [None; MAX_CHAIN];
+                ops[0] = Some((w.user_data, request));
+                self.hand_to_worker(ops);
+            }
+        }
+    }
+}
+
+/// Whether `fd` is a pipe, socket or other stream rather than a file or block
+/// device (an fstat error counts as a stream: the operation then reports it).
+fn is_stream(fd: RawFd) -> bool {
+    // SAFETY: a zeroed stat is valid; fstat only writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is live and writable.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return true;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    kind != libc::S_IFREG && kind != libc::S_IFBLK
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the engine owns (its listener).
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// Runs a syscall returning -1 and errno as the negative errno, retrying EINTR.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> isize {
+    loop {
+        let ret = call();
+        if ret >= 0 {
+            return ret;
+        }
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return -(errno as isize);
+        }
+    }
+}
+
+// The reserved user_data of cancel entries is never an operation's.
+const _: () = assert!(CANCEL_USER_DATA == u64::MAX);

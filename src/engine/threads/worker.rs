@@ -1,0 +1,400 @@
+//! The threads back end's workers: blocking syscalls (splice, preadv2,
+//! pwritev2, send, fallocate, ftruncate, fdatasync, close) run here, fed by a
+//! crossbeam channel, and their results go back to the loop as completions.
+//!
+//! A worker may block for as long as a peer does not read, so the pool grows
+//! when every worker is busy (up to `MAX_WORKERS`, as io-wq grows its
+//! unbounded workers), and cancellation interrupts a blocked syscall with a
+//! signal whose handler does nothing and is installed without SA_RESTART: the
+//! syscall returns EINTR (or the bytes it moved) and the worker reports
+//! -ECANCELED. A signal can land just before the worker enters the syscall;
+//! the loop repeats it until the operation is done (`Cell::is_running`).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::warn;
+
+use super::sqe::Request;
+use super::Cqe;
+
+/// Workers made at start.
+const START_WORKERS: usize = 2;
+/// The most workers: each blocked one is a stalled peer or a slow disk, and
+/// the engine caps the operations in flight well below this.
+const MAX_WORKERS: usize = 256;
+/// The longest link chain the engine builds is a splice pair.
+pub const MAX_CHAIN: usize = 4;
+
+/// IORING_CQE_F_MORE and IORING_CQE_F_NOTIF: SEND_ZC's two completions.
+pub const CQE_F_MORE: u32 = 1 << 1;
+pub const CQE_F_NOTIF: u32 = 1 << 3;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+
+/// What the loop and the worker running an operation share.
+#[derive(Default)]
+pub struct Cell {
+    state: AtomicU8,
+    cancel: AtomicBool,
+    /// The pthread_t of the worker running it, for the cancel signal.
+    thread: AtomicU64,
+}
+
+impl Cell {
+    /// Asks for the operation to end: before it starts it never does; while a
+    /// worker runs it, that worker is interrupted (again on each call).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        if self.state.load(Ordering::SeqCst) == RUNNING {
+            let thread = self.thread.load(Ordering::SeqCst) as libc::pthread_t;
+            // SAFETY: the thread is a worker, and workers live as long as the
+            // pool (they leave only when its channel closes, after the loop
+            // is gone). If it has moved on to another operation the signal
+            // costs that one an EINTR, which it retries (it was not cancelled).
+            unsafe { libc::pthread_kill(thread, cancel_signal()) };
+        }
+    }
+
+    /// Whether a worker is still inside the operation.
+    pub fn is_running(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == RUNNING
+    }
+
+    fn reset(&self) {
+        self.state.store(QUEUED, Ordering::SeqCst);
+        self.cancel.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One chain of operations for a worker: each runs only if the one before
+/// moved everything it was asked to.
+pub struct Work {
+    pub ops: [Option<(u64, Request)>; MAX_CHAIN],
+    pub cell: Arc<Cell>,
+}
+
+// SAFETY: a Request's raw pointers (buffers, a msghdr) point at memory the
+// engine's op table holds until the operation's completion is reaped, which
+// is after the worker has sent it; nothing else touches that memory
+// meanwhile. Sending them to the worker thread is the point.
+unsafe impl Send for Work {}
+
+/// The workers and their queues.
+pub struct WorkerPool {
+    work_tx: Sender<Work>,
+    work_rx: Receiver<Work>,
+    done_tx: Sender<Cqe>,
+    wake: Arc<OwnedFd>,
+    idle: Arc<AtomicUsize>,
+    threads: usize,
+    /// Cells whose operations are over, reused once their worker let go.
+    spare: Vec<Arc<Cell>>,
+}
+
+impl WorkerPool {
+    /// Starts the first workers; completions go to `done_tx`, and each batch
+    /// of them is announced on the eventfd `wake`.
+    pub fn new(done_tx: Sender<Cqe>, wake: Arc<OwnedFd>) -> std::io::Result<WorkerPool> {
+        install_cancel_handler();
+        let (work_tx, work_rx) = crossbeam_channel::unbounded();
+        let mut pool = WorkerPool {
+            work_tx,
+            work_rx,
+            done_tx,
+            wake,
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: 0,
+            spare: Vec::with_capacity(64),
+        };
+        for _ in 0..START_WORKERS {
+            pool.spawn()?;
+        }
+        Ok(pool)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let rx = self.work_rx.clone();
+        let done = self.done_tx.clone();
+        let wake = Arc::clone(&self.wake);
+        let idle = Arc::clone(&self.idle);
+        idle.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("ringxfer-worker".into())
+            .spawn(move || worker(rx, done, wake, idle));
+        match spawned {
+            Ok(_) => {
+                self.threads += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.idle.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// A cell for a new piece of work: a spare one whose worker is done with
+    /// it, or a new one.
+    pub fn cell(&mut self) -> Arc<Cell> {
+        if let Some(i) = self.spare.iter().position(|c| Arc::strong_count(c) == 1) {
+            let cell = self.spare.swap_remove(i);
+            cell.reset();
+            return cell;
+        }
+        Arc::new(Cell::default())
+    }
+
+    /// Keeps a cell whose operations have all completed, for reuse.
+    pub fn retire(&mut self, cell: Arc<Cell>) {
+        if self.spare.len() < self.spare.capacity() {
+            self.spare.push(cell);
+        }
+    }
+
+    /// Hands `work` to a worker, making one more if all are busy.
+    pub fn run(&mut self, work: Work) {
+        if self.idle.load(Ordering::SeqCst) == 0 && self.threads < MAX_WORKERS {
+            if let Err(e) = self.spawn() {
+                warn!(
+                    workers = self.threads,
+                    "cannot start another worker thread: {e}; work waits for a free one"
+                );
+            }
+        }
+        // The receiver lives in `self`, so the channel cannot be closed.
+        let _ = self.work_tx.send(work);
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+/// The signal that interrupts a worker's blocked syscall.
+fn cancel_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+extern "C" fn on_cancel_signal(_: libc::c_int) {}
+
+fn install_cancel_handler() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler does nothing (so
+        // it is async-signal-safe) and SA_RESTART is left out so blocked
+        // syscalls return EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_cancel_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(cancel_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
+
+fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, idle: Arc<AtomicUsize>) {
+    // Workers inherit the loop thread's mask (SIGTERM and SIGINT blocked for
+    // its signalfd); only the cancel signal must get through.
+    // SAFETY: a sigset filled by sigemptyset/sigaddset, used on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, cancel_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as u64;
+    for work in rx.iter() {
+        idle.fetch_sub(1, Ordering::SeqCst);
+        run_chain(&work, me, &done);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd. It cannot
+        // block: the counter would have to reach 2^64 - 1 first.
+        unsafe {
+            libc::write(
+                wake.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        idle.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>) {
+    let cell = &work.cell;
+    cell.thread.store(me, Ordering::SeqCst);
+    let started = cell
+        .state
+        .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok();
+    let mut broken = !started || cell.cancel.load(Ordering::SeqCst);
+    for &(user_data, request) in work.ops.iter().flatten() {
+        // A close always runs: cancelling it would leak the descriptor.
+        let closes = matches!(request, Request::Close { .. });
+        let result = if broken && !closes {
+            -libc::ECANCELED
+        } else {
+            execute(request, cell)
+        };
+        let send = |result: i32, flags: u32| {
+            let _ = done.send(Cqe {
+                user_data,
+                result,
+                flags,
+            });
+        };
+        if let Request::Send { zc: true, .. } = request {
+            send(result, CQE_F_MORE);
+            send(0, CQE_F_NOTIF);
+        } else {
+            send(result, 0);
+        }
+        // A link breaks on an error or a short transfer, as io_uring's does.
+        broken |= result < 0 || expected(request).is_some_and(|len| result as usize != len);
+    }
+    cell.state.store(DONE, Ordering::SeqCst);
+}
+
+/// The full result of a transfer, for the link rule.
+fn expected(request: Request) -> Option<usize> {
+    match request {
+        Request::Splice { len, .. }
+        | Request::Read { len, .. }
+        | Request::Write { len, .. }
+        | Request::Send { len, .. } => Some(len),
+        _ => None,
+    }
+}
+
+/// Runs one request; EINTR is retried unless the operation was cancelled.
+fn execute(request: Request, cell: &Cell) -> i32 {
+    let cancellable = !matches!(request, Request::Close { .. });
+    loop {
+        if cancellable && cell.cancel.load(Ordering::SeqCst) {
+            return -libc::ECANCELED;
+        }
+        let ret = syscall(request);
+        if ret >= 0 {
+            return ret.min(i32::MAX as isize) as i32;
+        }
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno == libc::EINTR {
+            continue;
+        }
+        return -errno;
+    }
+}
+
+fn syscall(request: Request) -> isize {
+    // SAFETY (every arm): the descriptors and memory a request names are held
+    // by the engine's op table until its completion is reaped (see `Work`);
+    // lengths are the ones the engine sized to its buffers.
+    unsafe {
+        match request {
+            Request::Splice {
+                fd_in,
+                off_in,
+                fd_out,
+                off_out,
+                len,
+                flags,
+            } => {
+                let mut oin = off_in.unwrap_or(0);
+                let mut oout = off_out.unwrap_or(0);
+                libc::splice(
+                    fd_in,
+                    if off_in.is_some() {
+                        &mut oin
+                    } else {
+                        std::ptr::null_mut()
+                    },
+                    fd_out,
+                    if off_out.is_some() {
+                        &mut oout
+                    } else {
+                        std::ptr::null_mut()
+                    },
+                    len,
+                    flags,
+                )
+            }
+            Request::Read {
+                fd,
+                ptr,
+                len,
+                offset,
+                rw_flags,
+            } => {
+                let iov = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len,
+                };
+                libc::preadv2(fd, &iov, 1, offset, rw_flags)
+            }
+            Request::Write {
+                fd,
+                ptr,
+                len,
+                offset,
+                rw_flags,
+            } => {
+                let iov = libc::iovec {
+                    iov_base: ptr.cast_mut().cast(),
+                    iov_len: len,
+                };
+                libc::pwritev2(fd, &iov, 1, offset, rw_flags)
+            }
+            Request::Send {
+                fd,
+                ptr,
+                len,
+                msg_flags,
+                ..
+            } => libc::send(fd, ptr.cast(), len, msg_flags),
+            Request::Fallocate {
+                fd,
+                mode,
+                offset,
+                len,
+            } => libc::fallocate(fd, mode, offset, len) as isize,
+            Request::Ftruncate { fd, len } => libc::ftruncate(fd, len) as isize,
+            Request::Fsync { fd, datasync } => {
+                (if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }) as isize
+            }
+            Request::Close { fd } => close_once(fd),
+            Request::RecvMsg { fd, msg, msg_flags } => libc::recvmsg(fd, msg, msg_flags),
+            // Not given to workers: the loop answers these itself.
+            Request::Accept { .. }
+            | Request::PollAdd { .. }
+            | Request::Cancel { .. }
+            | Request::Timeout { .. }
+            | Request::Refused { .. } => {
+                *libc::__errno_location() = libc::EINVAL;
+                -1
+            }
+        }
+    }
+}
+
+/// close(2) once: after EINTR the descriptor is gone on Linux, so it is not
+/// retried (a retry could close a descriptor someone else just got).
+fn close_once(fd: RawFd) -> isize {
+    // SAFETY: the engine gave up this descriptor to the close operation.
+    let ret = unsafe { libc::close(fd) };
+    if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+        return 0;
+    }
+    ret as isize
+}
