@@ -4,7 +4,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use ringxfer::engine::{Engine, EngineConfig, EngineKind};
+use ringxfer::engine::{unavailable, Engine, EngineConfig, EngineError, EngineKind};
 use ringxfer::server::activation::{self, Listening};
 use ringxfer::server::notify;
 use ringxfer::settings::{keys, Args, Origin, Settings};
@@ -103,7 +103,7 @@ fn serve(args: &Settings) -> Result<(), String> {
         tick: heartbeat.enabled().then(|| heartbeat.period()),
         ..config
     };
-    let mut engine = Engine::new(config).map_err(|e| e.to_string())?;
+    let mut engine = Engine::new(config).map_err(|e| engine_error(&e, args))?;
     if heartbeat.enabled() {
         // Ticked from the loop itself, so a stuck loop starves the watchdog.
         engine.set_observer(Box::new(heartbeat));
@@ -127,6 +127,29 @@ fn serve(args: &Settings) -> Result<(), String> {
         info!("stopped; socket removed");
     }
     Ok(())
+}
+
+/// Why the engine did not start, in words an operator can act on: a failed
+/// io_uring_setup gets its errno by name and what causes it here (the
+/// sysctl, a seccomp filter, RLIMIT_MEMLOCK), as `--check` gives them; the
+/// error's own text has only the OS's "Operation not permitted".
+fn engine_error(e: &EngineError, settings: &Settings) -> String {
+    let EngineError::RingSetup { entries, source } = e else {
+        return e.to_string();
+    };
+    let mut text = format!(
+        "io_uring_setup with {entries} entries failed with {}: {}",
+        unavailable::errno_name(source),
+        unavailable::cause(source, *entries)
+    );
+    if settings.engine == EngineKind::Uring {
+        text += &format!(
+            "; engine = uring ({}) runs only on io_uring: engine = auto would run the threads \
+             engine instead",
+            settings.origin(&keys::ENGINE)
+        );
+    }
+    text
 }
 
 /// The engine as READY=1's status line names it. Under `auto` the engine
