@@ -17,8 +17,9 @@ use io_uring::{opcode, IoUring, Probe};
 use crate::engine::buffer_pool::BufferPool;
 use crate::engine::pipe_pool::pipe_budget;
 use crate::engine::unavailable;
-use crate::settings::keys::show_size;
-use crate::settings::Settings;
+use crate::engine::EngineKind;
+use crate::settings::keys::{self, show_size};
+use crate::settings::{Origin, Settings};
 use crate::transfer::dio;
 
 /// How a fact bears on running the daemon.
@@ -57,6 +58,9 @@ pub struct Fact {
 #[derive(Debug, Default)]
 pub struct Report {
     pub facts: Vec<Fact>,
+    /// The back end the daemon would run (`Uring` or `Threads`); `None` if
+    /// it would not start for want of one.
+    pub engine: Option<EngineKind>,
 }
 
 impl Report {
@@ -117,6 +121,7 @@ impl Report {
             .collect();
         serde_json::json!({
             "ok": self.ok(),
+            "engine": self.engine.map(EngineKind::name),
             "config_file": settings.config_file.to_string(),
             "settings": settings_json,
             "facts": facts,
@@ -128,7 +133,10 @@ impl Report {
 pub fn run(settings: &Settings, paths: &[PathBuf]) -> Report {
     let mut report = Report::default();
     kernel(&mut report);
-    if let Some(ring) = ring_setup(&mut report, settings.ring_entries) {
+    let ring = ring_setup(&mut report, settings);
+    // The ring's opcodes, flags and registered buffers matter only to the
+    // io_uring engine; under threads they would be warnings about nothing.
+    if let (Some(ring), Some(EngineKind::Uring)) = (ring, report.engine) {
         opcodes(&mut report, &ring);
         setup_flags(&mut report, settings.ring_entries);
         drop(ring);
@@ -173,36 +181,86 @@ fn kernel(report: &mut Report) {
     );
 }
 
+/// The back end that runs under `configured`, given whether
+/// io_uring_setup worked: `None` if the daemon would not start.
+fn engine_for(configured: EngineKind, io_uring_works: bool) -> Option<EngineKind> {
+    match (configured, io_uring_works) {
+        (EngineKind::Threads, _) | (EngineKind::Auto, false) => Some(EngineKind::Threads),
+        (EngineKind::Uring | EngineKind::Auto, true) => Some(EngineKind::Uring),
+        (EngineKind::Uring, false) => None,
+    }
+}
+
 /// io_uring_setup with the configured entries, as the engine's fallback
-/// (no flags) makes it: whether io_uring is there at all, and if not, why.
-fn ring_setup(report: &mut Report, entries: u32) -> Option<IoUring> {
+/// (no flags) makes it: whether io_uring is there at all, and if not, why;
+/// then which engine the daemon would run (`report.engine`) and why. Under
+/// `threads` the probe is only information.
+fn ring_setup(report: &mut Report, settings: &Settings) -> Option<IoUring> {
+    let entries = settings.ring_entries;
+    let configured = settings.engine;
+    let chosen = match settings.origin(&keys::ENGINE) {
+        Origin::Default => format!("engine = {} (the default)", configured.name()),
+        origin => format!("engine = {} ({origin})", configured.name()),
+    };
     let built = IoUring::builder()
         .setup_cqsize(entries.saturating_mul(4))
         .build(entries);
-    let e = match built {
-        Ok(ring) => {
-            report.add(
-                Level::Ok,
-                "io_uring",
-                format!(
-                    "io_uring_setup with {entries} entries succeeded: the daemon will use io_uring"
-                ),
-            );
-            return Some(ring);
-        }
-        Err(e) => e,
+    report.engine = engine_for(configured, built.is_ok());
+    let (ring, failure) = match built {
+        Ok(ring) => (Some(ring), None),
+        Err(e) => (None, Some(e)),
     };
-    let why = unavailable::cause(&e, entries);
-    // No fallback engine exists yet: without a ring the daemon cannot serve.
-    report.add(
-        Level::Fail,
-        "io_uring",
-        format!(
-            "io_uring_setup failed with {}: {why}",
-            unavailable::errno_name(&e)
+    let setup = format!("io_uring_setup with {entries} entries");
+    let (level, text) = match (&failure, report.engine) {
+        (None, Some(EngineKind::Uring)) => (
+            Level::Ok,
+            format!("{setup} succeeded: the daemon will use io_uring"),
         ),
-    );
-    None
+        (None, _) => (
+            Level::Info,
+            format!("{setup} succeeded, but the daemon will not use it: {chosen}"),
+        ),
+        (Some(e), engine) => {
+            let failed = format!(
+                "{setup} failed with {}: {}",
+                unavailable::errno_name(e),
+                unavailable::cause(e, entries)
+            );
+            match engine {
+                None => (
+                    Level::Fail,
+                    format!(
+                        "{failed}. With {chosen} the daemon will not start; engine = auto \
+                         would run the threads engine instead"
+                    ),
+                ),
+                Some(_) if configured == EngineKind::Threads => {
+                    (Level::Info, format!("{failed}. Not needed: {chosen}"))
+                }
+                Some(_) => (
+                    Level::Warn,
+                    format!("{failed}. The daemon will run the threads engine: {chosen}"),
+                ),
+            }
+        }
+    };
+    report.add(level, "io_uring", text);
+    // One line that says what runs and why, whatever happened above.
+    let why = match (&failure, configured) {
+        (_, EngineKind::Threads) => format!("{chosen} asks for it"),
+        (None, _) => format!("{chosen} and io_uring_setup works"),
+        (Some(e), _) => format!(
+            "{chosen} and io_uring_setup fails with {}",
+            unavailable::errno_name(e)
+        ),
+    };
+    let text = match report.engine {
+        Some(EngineKind::Uring) => format!("the daemon will run the io_uring engine: {why}"),
+        Some(_) => format!("the daemon will run the threads engine: {why}"),
+        None => format!("none: {why}, so the daemon will not start"),
+    };
+    report.add(Level::Info, "engine", text);
+    ring
 }
 
 /// Sets some set-up flags on a ring builder.
@@ -721,6 +779,22 @@ fn direct_io(report: &mut Report, path: &Path) {
                 unavailable::errno_name(&e)
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_uring_insists_threads_is_threads() {
+        use EngineKind::{Auto, Threads, Uring};
+        assert_eq!(engine_for(Auto, true), Some(Uring));
+        assert_eq!(engine_for(Auto, false), Some(Threads));
+        assert_eq!(engine_for(Uring, true), Some(Uring));
+        assert_eq!(engine_for(Uring, false), None);
+        assert_eq!(engine_for(Threads, true), Some(Threads));
+        assert_eq!(engine_for(Threads, false), Some(Threads));
     }
 }
 

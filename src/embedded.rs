@@ -8,7 +8,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, EngineKind};
+use crate::settings::{keys, ENV_ENGINE};
 
 /// An engine thread serving exactly one connection, the other end of which is
 /// returned to the caller by [`EmbeddedEngine::start`].
@@ -20,9 +21,18 @@ pub struct EmbeddedEngine {
 }
 
 impl EmbeddedEngine {
-    /// Starts an engine thread with default settings.
+    /// Starts an engine thread with default settings, except the engine:
+    /// `RINGXFER_ENGINE` (uring, threads, auto) when set. The CLI that runs
+    /// this has no daemon settings, and without the variable there would be
+    /// no way to pick the back end it uses (nor for the test suite to run
+    /// the CLI's in-process engine under each). A bad value is an error
+    /// rather than ignored, as it is for ringxferd.
     pub fn start() -> std::io::Result<(EmbeddedEngine, UnixStream)> {
-        EmbeddedEngine::start_with(EngineConfig::default())
+        let mut config = EngineConfig::default();
+        if let Some(kind) = engine_from_env()? {
+            config.engine = kind;
+        }
+        EmbeddedEngine::start_with(config)
     }
 
     /// Starts an engine thread with `config` and returns it with the client
@@ -66,6 +76,24 @@ impl EmbeddedEngine {
                 ))
             }
         }
+    }
+}
+
+/// The engine `RINGXFER_ENGINE` names; `None` when it is unset or empty
+/// (empty counts as unset, as for the daemon's environment layer).
+fn engine_from_env() -> std::io::Result<Option<EngineKind>> {
+    let Some(value) = std::env::var_os(ENV_ENGINE).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(EngineKind::parse) {
+        Some(kind) => Ok(Some(kind)),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "environment variable {ENV_ENGINE}: {value:?} is not {}",
+                keys::ENGINE.allowed()
+            ),
+        )),
     }
 }
 

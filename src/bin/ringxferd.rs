@@ -4,7 +4,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use ringxfer::engine::{Engine, EngineConfig};
+use ringxfer::engine::{unavailable, Engine, EngineConfig, EngineError, EngineKind};
 use ringxfer::server::activation::{self, Listening};
 use ringxfer::server::notify;
 use ringxfer::settings::{keys, Args, Origin, Settings};
@@ -77,6 +77,7 @@ fn serve(args: &Settings) -> Result<(), String> {
         block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let max_jobs = fit_jobs_to_fd_limit(args.max_jobs, args.pipes);
     let config = EngineConfig {
+        engine: args.engine,
         ring_entries: args.ring_entries,
         max_jobs,
         max_jobs_per_connection: args.max_jobs_per_connection,
@@ -102,7 +103,7 @@ fn serve(args: &Settings) -> Result<(), String> {
         tick: heartbeat.enabled().then(|| heartbeat.period()),
         ..config
     };
-    let mut engine = Engine::new(config).map_err(|e| e.to_string())?;
+    let mut engine = Engine::new(config).map_err(|e| engine_error(&e, args))?;
     if heartbeat.enabled() {
         // Ticked from the loop itself, so a stuck loop starves the watchdog.
         engine.set_observer(Box::new(heartbeat));
@@ -116,7 +117,7 @@ fn serve(args: &Settings) -> Result<(), String> {
     info!(socket = %address, from_systemd, pid = std::process::id(), "listening");
     engine.set_listener(OwnedFd::from(listener));
     engine.set_signalfd(signals);
-    notify::ready(&address, "io_uring");
+    notify::ready(&address, status_engine(args.engine));
     // STOPPING=1 goes out from the loop when the first stop signal is read.
     engine.run().map_err(|e| e.to_string())?;
     drop(socket_file);
@@ -126,6 +127,40 @@ fn serve(args: &Settings) -> Result<(), String> {
         info!("stopped; socket removed");
     }
     Ok(())
+}
+
+/// Why the engine did not start, in words an operator can act on: a failed
+/// io_uring_setup gets its errno by name and what causes it here (the
+/// sysctl, a seccomp filter, RLIMIT_MEMLOCK), as `--check` gives them; the
+/// error's own text has only the OS's "Operation not permitted".
+fn engine_error(e: &EngineError, settings: &Settings) -> String {
+    let EngineError::RingSetup { entries, source } = e else {
+        return e.to_string();
+    };
+    let mut text = format!(
+        "io_uring_setup with {entries} entries failed with {}: {}",
+        unavailable::errno_name(source),
+        unavailable::cause(source, *entries)
+    );
+    if settings.engine == EngineKind::Uring {
+        text += &format!(
+            "; engine = uring ({}) runs only on io_uring: engine = auto would run the threads \
+             engine instead",
+            settings.origin(&keys::ENGINE)
+        );
+    }
+    text
+}
+
+/// The engine as READY=1's status line names it. Under `auto` the engine
+/// picks at start-up (threads when io_uring_setup fails) and does not report
+/// its pick yet, so `auto` is shown as io_uring, the usual outcome; the
+/// engine's own "engine ready" log line says which one really runs.
+fn status_engine(kind: EngineKind) -> &'static str {
+    match kind {
+        EngineKind::Threads => "threads",
+        EngineKind::Uring | EngineKind::Auto => "io_uring",
+    }
 }
 
 /// Raises the open-file limit to its hard limit and lowers `max_jobs` to

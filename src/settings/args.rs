@@ -18,8 +18,9 @@ fn by(key: &'static Key) -> impl Fn(&str) -> Result<Value, String> + Clone + Sen
 ///
 /// Settings come from built-in defaults, then the config file
 /// (/etc/ringxfer/ringxferd.toml if it exists, or --config), then the
-/// environment (RINGXFER_SOCKET, RINGXFER_LOG), then these flags; each later
-/// one overrides. `ringxferd --check` shows where each came from.
+/// environment (RINGXFER_SOCKET, RINGXFER_LOG, RINGXFER_ENGINE), then these
+/// flags; each later one overrides. `ringxferd --check` shows where each came
+/// from.
 #[derive(Debug, Parser)]
 #[command(name = "ringxferd", version, about, long_about)]
 pub struct Args {
@@ -47,6 +48,11 @@ pub struct Args {
     /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock, else /run/ringxfer/ringxferd.sock].
     #[arg(long, value_parser = by(&keys::SOCKET))]
     pub socket: Option<Value>,
+    /// I/O engine: uring (io_uring, or refuse to start), threads (worker
+    /// threads with plain system calls), auto (io_uring if the kernel allows
+    /// it, else threads, saying why) [env: RINGXFER_ENGINE].
+    #[arg(long, value_name = "ENGINE", value_parser = by(&keys::ENGINE))]
+    pub engine: Option<Value>,
     /// Submission queue entries of the ring.
     #[arg(long, value_name = "N", value_parser = by(&keys::RING_ENTRIES))]
     pub ring_entries: Option<Value>,
@@ -154,6 +160,7 @@ impl Args {
     pub fn flag_values(&self) -> Vec<(&'static Key, Value)> {
         let given = [
             (&keys::SOCKET, &self.socket),
+            (&keys::ENGINE, &self.engine),
             (&keys::RING_ENTRIES, &self.ring_entries),
             (&keys::MAX_JOBS, &self.max_jobs),
             (
@@ -218,6 +225,13 @@ mod tests {
         assert_eq!(given[0].0.name, "pipe_size");
         assert_eq!(given[0].1, Value::Number(2 << 20));
         assert!(Args::try_parse_from(["ringxferd", "--ring-entries", "4"]).is_err());
+        let err = Args::try_parse_from(["ringxferd", "--engine", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--engine") && err.contains("\"fast\" is not one of uring, threads, auto"),
+            "{err}"
+        );
         let check = Args::try_parse_from(["ringxferd", "--check", "/tmp"]).expect("parses");
         assert_eq!(check.check_paths(), vec![PathBuf::from("/tmp")]);
         let bare = Args::try_parse_from(["ringxferd", "--check"]).expect("parses");

@@ -17,6 +17,7 @@ use super::SettingsError;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     socket: Option<Spanned<toml::Value>>,
+    engine: Option<Spanned<toml::Value>>,
     ring_entries: Option<Spanned<toml::Value>>,
     max_jobs: Option<Spanned<toml::Value>>,
     max_jobs_per_connection: Option<Spanned<toml::Value>>,
@@ -42,6 +43,7 @@ impl RawFile {
     fn entries(self) -> Vec<(&'static keys::Key, Option<Spanned<toml::Value>>)> {
         vec![
             (&keys::SOCKET, self.socket),
+            (&keys::ENGINE, self.engine),
             (&keys::RING_ENTRIES, self.ring_entries),
             (&keys::MAX_JOBS, self.max_jobs),
             (&keys::MAX_JOBS_PER_CONNECTION, self.max_jobs_per_connection),
@@ -152,7 +154,8 @@ mod tests {
 
     #[test]
     fn every_key_is_read() {
-        let text = "socket = \"/tmp/x.sock\"\nring_entries = 64\nmax_jobs = 10\n\
+        let text =
+            "socket = \"/tmp/x.sock\"\nengine = \"threads\"\nring_entries = 64\nmax_jobs = 10\n\
             max_jobs_per_connection = 5\nmax_jobs_per_user = 7\npipes = 4\npipe_size = \"64KiB\"\n\
             chunks_per_job = 1\nbuffers = 0\nbuffer_size = 8192\nbuffers_per_job = 2\n\
             direct_threshold = \"1MiB\"\nmax_inflight = 3\nrate_limit = \"10MiB/s\"\n\
@@ -186,6 +189,12 @@ mod tests {
             err.contains("key `max_jobs`: -1 is not an integer from 1 to 4294967295"),
             "{err}"
         );
+        let err = parse_str("pipes = 4\n\nengine = \"fast\"\n").unwrap_err();
+        assert_eq!(
+            err,
+            "/etc/ringxfer/ringxferd.toml:3: key `engine`: \"fast\" is not one of uring, \
+             threads, auto"
+        );
         let err = parse_str("log_level = 3\n").unwrap_err();
         assert!(
             err.contains("key `log_level`: 3 is not a log filter"),
@@ -202,7 +211,10 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(err.contains("known keys: socket, ring_entries"), "{err}");
+        assert!(
+            err.contains("known keys: socket, engine, ring_entries"),
+            "{err}"
+        );
         let err = parse_str("[daemon]\npipes = 4\n").unwrap_err();
         assert!(err.contains("unknown key `daemon`"), "{err}");
     }

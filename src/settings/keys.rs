@@ -24,6 +24,8 @@ pub enum Kind {
     /// A duration in milliseconds: seconds as a number, or text with a unit
     /// ("30s", "500ms", "2m"), at most `max_ms`.
     Duration { max_ms: u64 },
+    /// One word of `values`, exactly as written there.
+    Choice { values: &'static [&'static str] },
 }
 
 /// One setting.
@@ -98,10 +100,19 @@ pub const LOG_LEVEL: Key = Key {
     name: "log_level",
     kind: Kind::LogFilter,
 };
+// The names of `EngineKind` (a unit test keeps the two the same), so the
+// value is refused here, naming the key, rather than by the engine.
+pub const ENGINE: Key = Key {
+    name: "engine",
+    kind: Kind::Choice {
+        values: &["uring", "threads", "auto"],
+    },
+};
 
 /// Every key, in the order the example file and `--check` show them.
 pub const KEYS: &[&Key] = &[
     &SOCKET,
+    &ENGINE,
     &RING_ENTRIES,
     &MAX_JOBS,
     &MAX_JOBS_PER_CONNECTION,
@@ -157,6 +168,7 @@ impl Key {
                 "a duration: seconds, or a number with ms, s, m or h (30, 1.5s, 500ms, 2m), at most {}",
                 show_ms(max_ms)
             ),
+            Kind::Choice { values } => format!("one of {}", values.join(", ")),
         }
     }
 
@@ -197,6 +209,10 @@ impl Key {
                 let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
                 self.check_number(ms).map(Value::Number)
             }
+            // Exact words only: "URING" or " auto" in a unit file is more
+            // likely a mistake than a wish, and the message lists the words.
+            Kind::Choice { values } if values.contains(&text) => Ok(Value::Text(text.to_string())),
+            Kind::Choice { .. } => Err(format!("{text:?} is not {}", self.allowed())),
         }
     }
 
@@ -227,9 +243,10 @@ impl Key {
                 self.parse_text(s)
             }
             (Kind::Size { .. }, _) => Err(format!("{shown} is not a size ({SIZE_FORMS})")),
-            (Kind::Path | Kind::LogFilter | Kind::Duration { .. }, toml::Value::String(s)) => {
-                self.parse_text(s)
-            }
+            (
+                Kind::Path | Kind::LogFilter | Kind::Duration { .. } | Kind::Choice { .. },
+                toml::Value::String(s),
+            ) => self.parse_text(s),
             (Kind::Duration { .. }, toml::Value::Integer(n)) if *n >= 0 => {
                 self.parse_text(&n.to_string())
             }
@@ -245,7 +262,7 @@ impl Key {
             Kind::Count { min, max } => (min..=max).contains(&n),
             Kind::Size { min, max, multiple } => (min..=max).contains(&n) && n % multiple == 0,
             Kind::Duration { max_ms } => n <= max_ms,
-            Kind::Rate | Kind::Path | Kind::LogFilter => true,
+            Kind::Rate | Kind::Path | Kind::LogFilter | Kind::Choice { .. } => true,
         };
         if fits {
             Ok(n)
@@ -420,6 +437,44 @@ mod tests {
                 k.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use crate::engine::EngineKind;
+
+    #[test]
+    fn engine_takes_exactly_the_engine_kinds() {
+        let Kind::Choice { values } = ENGINE.kind else {
+            panic!("engine is a choice")
+        };
+        let kinds = [EngineKind::Uring, EngineKind::Threads, EngineKind::Auto];
+        assert_eq!(values.len(), kinds.len());
+        for kind in kinds {
+            assert!(values.contains(&kind.name()), "{}", kind.name());
+            assert_eq!(
+                ENGINE.parse_text(kind.name()),
+                Ok(Value::Text(kind.name().into()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_engine_is_refused_with_the_words_allowed() {
+        let err = ENGINE.parse_text("io_uring").unwrap_err();
+        assert_eq!(err, "\"io_uring\" is not one of uring, threads, auto");
+        let err = ENGINE
+            .from_toml(&toml::Value::String("Threads".into()))
+            .unwrap_err();
+        assert_eq!(err, "\"Threads\" is not one of uring, threads, auto");
+        let err = ENGINE.from_toml(&toml::Value::Integer(1)).unwrap_err();
+        assert_eq!(err, "1 is not one of uring, threads, auto");
+        assert_eq!(
+            ENGINE.from_toml(&toml::Value::String("threads".into())),
+            Ok(Value::Text("threads".into()))
+        );
     }
 }
 

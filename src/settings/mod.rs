@@ -6,7 +6,7 @@
 //! 2. the config file: `--config PATH` (which must exist), else
 //!    `/etc/ringxfer/ringxferd.toml` if it exists, else none (`--no-config`:
 //!    none at all);
-//! 3. the environment: `RINGXFER_SOCKET`, `RINGXFER_LOG`;
+//! 3. the environment: `RINGXFER_SOCKET`, `RINGXFER_LOG`, `RINGXFER_ENGINE`;
 //! 4. command-line flags.
 //!
 //! Every key is described once in `keys.rs` (name, allowed values, parsing);
@@ -28,7 +28,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, EngineKind};
 pub use args::Args;
 use keys::{Key, Value};
 
@@ -38,6 +38,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/ringxfer/ringxferd.toml";
 pub const ENV_LOG: &str = "RINGXFER_LOG";
 /// The environment variable that sets the socket (clients read it too).
 pub const ENV_SOCKET: &str = "RINGXFER_SOCKET";
+/// The environment variable that sets the engine. The CLI's in-process
+/// engine (`EmbeddedEngine::start`) reads it too, since it has no settings
+/// of its own: one variable picks the back end wherever the engine runs.
+pub const ENV_ENGINE: &str = "RINGXFER_ENGINE";
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +132,7 @@ pub enum SettingsError {
 pub struct Env {
     pub socket: Option<OsString>,
     pub log: Option<OsString>,
+    pub engine: Option<OsString>,
     /// What the socket defaults to when nothing sets it.
     pub default_socket: Option<PathBuf>,
 }
@@ -140,6 +145,7 @@ impl Env {
         Env {
             socket: var(ENV_SOCKET),
             log: var(ENV_LOG),
+            engine: var(ENV_ENGINE),
             default_socket: Some(ringxfer_ipc::default_socket_path()),
         }
     }
@@ -150,6 +156,8 @@ impl Env {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub socket: PathBuf,
+    /// The I/O back end: io_uring, worker threads, or io_uring if allowed.
+    pub engine: EngineKind,
     pub ring_entries: u32,
     pub max_jobs: usize,
     pub max_jobs_per_connection: usize,
@@ -190,6 +198,7 @@ impl Settings {
                 .default_socket
                 .clone()
                 .unwrap_or_else(ringxfer_ipc::default_socket_path),
+            engine: d.engine,
             ring_entries: d.ring_entries,
             max_jobs: d.max_jobs,
             max_jobs_per_connection: d.max_jobs_per_connection,
@@ -251,6 +260,7 @@ impl Settings {
         for (var, key, text) in [
             (ENV_SOCKET, &keys::SOCKET, &env.socket),
             (ENV_LOG, &keys::LOG_LEVEL, &env.log),
+            (ENV_ENGINE, &keys::ENGINE, &env.engine),
         ] {
             let Some(text) = text else { continue };
             let text = text.to_str().ok_or_else(|| SettingsError::BadEnv {
@@ -274,6 +284,15 @@ impl Settings {
         use Value::{Number as N, Path as P, Text as T};
         match (key.name, value) {
             ("socket", P(p)) => self.socket = p,
+            ("engine", T(t)) => match EngineKind::parse(&t) {
+                Some(kind) => self.engine = kind,
+                // keys::ENGINE admits only EngineKind's names (a unit test
+                // keeps them equal), so this is the wrong-variant case below.
+                None => {
+                    debug_assert!(false, "no engine {t:?}");
+                    return;
+                }
+            },
             ("ring_entries", N(n)) => self.ring_entries = u32::try_from(n).unwrap_or(u32::MAX),
             ("max_jobs", N(n)) => self.max_jobs = to_usize(n),
             ("max_jobs_per_connection", N(n)) => self.max_jobs_per_connection = to_usize(n),
@@ -304,6 +323,7 @@ impl Settings {
         use Value::{Number as N, Path as P, Text as T};
         match key.name {
             "socket" => P(self.socket.clone()),
+            "engine" => T(self.engine.name().into()),
             "ring_entries" => N(u64::from(self.ring_entries)),
             "max_jobs" => N(self.max_jobs as u64),
             "max_jobs_per_connection" => N(self.max_jobs_per_connection as u64),
@@ -369,6 +389,7 @@ mod tests {
         Env {
             socket: None,
             log: None,
+            engine: None,
             default_socket: Some("/run/ringxfer/ringxferd.sock".into()),
         }
     }
@@ -416,6 +437,7 @@ mod tests {
                 keys::Kind::Rate => Value::Number(12345),
                 keys::Kind::Size { .. } | keys::Kind::Count { .. } => Value::Number(8192),
                 keys::Kind::Duration { .. } => Value::Number(1500),
+                keys::Kind::Choice { values } => Value::Text(values[0].into()),
             };
             s.set(key, value.clone(), Origin::Flag(key.flag()));
             assert_eq!(s.get(key), value, "{}", key.name);
@@ -434,6 +456,40 @@ mod tests {
         let none = Args::parse_from(["ringxferd", "--no-config"]);
         let s = Settings::resolve(&none, &env()).expect("resolves");
         assert_eq!(s.config_file, ConfigFile::Disabled);
+    }
+
+    #[test]
+    fn engine_comes_from_file_environment_and_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), "engine = \"uring\"\n");
+        let config = path.to_str().expect("utf-8 tempdir");
+        let s = Settings::resolve(&Args::parse_from(["ringxferd", "--no-config"]), &env())
+            .expect("resolves");
+        assert_eq!(s.engine, EngineKind::Auto, "the default");
+        let file = Args::parse_from(["ringxferd", "--config", config]);
+        let s = Settings::resolve(&file, &env()).expect("resolves");
+        assert_eq!(s.engine, EngineKind::Uring);
+        assert_eq!(s.origin(&keys::ENGINE), Origin::File(path.clone()));
+        let mut threads = env();
+        threads.engine = Some("threads".into());
+        let s = Settings::resolve(&file, &threads).expect("resolves");
+        assert_eq!(
+            s.engine,
+            EngineKind::Threads,
+            "the environment beats the file"
+        );
+        assert_eq!(s.origin(&keys::ENGINE), Origin::Env(ENV_ENGINE));
+        let flag = Args::parse_from(["ringxferd", "--config", config, "--engine", "auto"]);
+        let s = Settings::resolve(&flag, &threads).expect("resolves");
+        assert_eq!(s.engine, EngineKind::Auto, "the flag beats both");
+        assert!(s.overrides().contains("engine=auto (flag --engine)"));
+        let mut bad = env();
+        bad.engine = Some("fast".into());
+        let err = Settings::resolve(&file, &bad).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "environment variable RINGXFER_ENGINE: \"fast\" is not one of uring, threads, auto"
+        );
     }
 
     #[test]

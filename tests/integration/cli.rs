@@ -20,6 +20,7 @@ fn cli(socket: &Path) -> Command {
         .env("XDG_RUNTIME_DIR", socket.parent().unwrap())
         .arg("--socket")
         .arg(socket);
+    cli_engine_env(&mut c);
     c
 }
 

@@ -18,6 +18,7 @@ pub fn cli(socket: &Path) -> Command {
         .env("XDG_RUNTIME_DIR", socket.parent().unwrap_or(Path::new("/")))
         .arg("--socket")
         .arg(socket);
+    cli_engine_env(&mut c);
     c
 }
 

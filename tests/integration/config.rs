@@ -18,11 +18,13 @@ fn config(dir: &Path, text: &str) -> PathBuf {
 }
 
 /// `ringxferd ARGS` with a clean environment for settings, to completion.
+/// No test engine is added: these check settings and `--check` as given.
 fn daemon(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(DAEMON_BIN);
     cmd.args(args)
         .env_remove("RINGXFER_SOCKET")
-        .env_remove("RINGXFER_LOG");
+        .env_remove("RINGXFER_LOG")
+        .env_remove("RINGXFER_ENGINE");
     for (k, v) in env {
         cmd.env(k, v);
     }

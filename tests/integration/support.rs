@@ -304,6 +304,68 @@ impl Task {
     }
 }
 
+/// The variable that picks the engine every daemon of the suite runs
+/// (`uring`, `threads` or `auto`); unset or empty: the daemon's default. The
+/// suite runs once per engine this way (see README: "Run all the tests").
+pub const TEST_ENGINE_ENV: &str = "RINGXFER_TEST_ENGINE";
+
+/// The engine `RINGXFER_TEST_ENGINE` names, if set. A value the daemon would
+/// refuse fails the test at once, rather than every daemon at start-up.
+pub fn test_engine() -> Option<String> {
+    let value = std::env::var(TEST_ENGINE_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    assert!(
+        ringxfer::engine::EngineKind::parse(&value).is_some(),
+        "{TEST_ENGINE_ENV}={value:?}: want uring, threads or auto"
+    );
+    Some(value)
+}
+
+/// `--engine ENGINE` from `RINGXFER_TEST_ENGINE`, for a daemon command line
+/// `args` that does not pick its engine itself (a test that does, tests
+/// that engine whatever the run). The flag beats a config file's `engine`.
+pub fn engine_args(args: &[&str]) -> Vec<String> {
+    let chooses = args
+        .iter()
+        .any(|a| *a == "--engine" || a.starts_with("--engine="));
+    match test_engine() {
+        Some(engine) if !chooses => vec!["--engine".into(), engine],
+        _ => Vec::new(),
+    }
+}
+
+/// Gives a `ringxfer` CLI command the test engine for its in-process engine
+/// (`RINGXFER_ENGINE`, which `EmbeddedEngine::start` reads), and otherwise
+/// keeps an ambient `RINGXFER_ENGINE` from steering the test.
+pub fn cli_engine_env(cmd: &mut Command) {
+    match test_engine() {
+        Some(engine) => cmd.env("RINGXFER_ENGINE", engine),
+        None => cmd.env_remove("RINGXFER_ENGINE"),
+    };
+}
+
+/// The `ringxferd` command line every test daemon starts from: `--socket`,
+/// `--no-config` unless `args` name a `--config`, the test engine unless
+/// `args` pick one, then `args`; no settings from the environment.
+pub fn daemon_command(socket: &Path, args: &[&str]) -> Command {
+    // A machine's /etc/ringxfer/ringxferd.toml must not steer the tests.
+    let no_config: &[&str] = if args.contains(&"--config") {
+        &[]
+    } else {
+        &["--no-config"]
+    };
+    let mut cmd = Command::new(DAEMON_BIN);
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(no_config)
+        .args(engine_args(args))
+        .args(args)
+        .env_remove("RINGXFER_SOCKET")
+        .env_remove("RINGXFER_ENGINE");
+    cmd
+}
+
 /// A `ringxferd` on a socket in its own temporary directory; killed on drop.
 pub struct Daemon {
     child: Option<Child>,
@@ -326,22 +388,24 @@ impl Daemon {
 
     /// Starts a daemon on `socket` (default: `sock` in a fresh tempdir).
     pub fn start_at(socket: Option<PathBuf>, args: &[&str]) -> Daemon {
+        Daemon::start_customized(socket, args, |_| {})
+    }
+
+    /// Starts a daemon as `start_at` does, with `customize` applied to its
+    /// command before the spawn (a seccomp filter, say). Its stdout and
+    /// stderr go to the log, which [`Daemon::log`] reads.
+    pub fn start_customized(
+        socket: Option<PathBuf>,
+        args: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let dir = tmpdir();
         let socket = socket.unwrap_or_else(|| dir.path().join("ringxferd.sock"));
         let log = dir.path().join("ringxferd.log");
         let logf = File::create(&log).expect("create daemon log");
-        // A machine's /etc/ringxfer/ringxferd.toml must not steer the tests.
-        let no_config: &[&str] = if args.contains(&"--config") {
-            &[]
-        } else {
-            &["--no-config"]
-        };
-        let child = Command::new(DAEMON_BIN)
-            .arg("--socket")
-            .arg(&socket)
-            .args(no_config)
-            .args(args)
-            .env_remove("RINGXFER_SOCKET")
+        let mut cmd = daemon_command(&socket, args);
+        customize(&mut cmd);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

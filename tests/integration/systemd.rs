@@ -317,6 +317,15 @@ impl NotifySocket {
     }
 }
 
+/// The engine READY=1's status line names for a daemon of this run: threads
+/// when the run forces it, else io_uring (which `auto` gets on this kernel).
+fn status_engine() -> &'static str {
+    match test_engine().as_deref() {
+        Some("threads") => "threads",
+        _ => "io_uring",
+    }
+}
+
 /// What LISTEN_PID says.
 enum ListenPid {
     /// The daemon's own pid, as systemd sets it.
@@ -350,8 +359,10 @@ fn spawn(
             c
         }
     };
-    cmd.args(args)
+    cmd.args(engine_args(args))
+        .args(args)
         .env_remove("RINGXFER_SOCKET")
+        .env_remove("RINGXFER_ENGINE")
         .env_remove("LISTEN_FDNAMES")
         .env_remove("WATCHDOG_USEC")
         .env("NOTIFY_SOCKET", notify)
@@ -443,7 +454,11 @@ fn activated_socket_serves_and_stays_with_systemd() {
         &["--socket", unused_arg],
     )));
     let ready = notify.expect("READY=1", Duration::from_secs(10), &log);
-    let status = format!("STATUS=serving on {}, engine io_uring", path.display());
+    let status = format!(
+        "STATUS=serving on {}, engine {}",
+        path.display(),
+        status_engine()
+    );
     assert!(
         ready.lines().any(|l| l == status),
         "READY without {status:?}: {ready:?}"
@@ -515,7 +530,11 @@ fn self_bound_socket_notifies_and_is_removed() {
         &["--socket", arg],
     )));
     let ready = notify.expect("READY=1", Duration::from_secs(10), &log);
-    let status = format!("STATUS=serving on {}, engine io_uring", path.display());
+    let status = format!(
+        "STATUS=serving on {}, engine {}",
+        path.display(),
+        status_engine()
+    );
     assert!(
         ready.lines().any(|l| l == status),
         "READY without {status:?}: {ready:?}"
@@ -606,7 +625,9 @@ fn the_loop_feeds_the_watchdog_and_says_stopping_when_draining() {
     // left unset, which sd_watchdog_enabled(3) takes as "this process".
     let mut child = Command::new(DAEMON_BIN)
         .args(["--socket", path.to_str().expect("utf-8 path")])
+        .args(engine_args(&[]))
         .env_remove("RINGXFER_SOCKET")
+        .env_remove("RINGXFER_ENGINE")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("WATCHDOG_PID")
