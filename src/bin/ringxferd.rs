@@ -4,7 +4,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use ringxfer::engine::{unavailable, Engine, EngineConfig, EngineError, EngineKind};
+use ringxfer::engine::{Engine, EngineConfig, EngineError, EngineKind};
 use ringxfer::server::activation::{self, Listening};
 use ringxfer::server::notify;
 use ringxfer::settings::{keys, Args, Origin, Settings};
@@ -117,7 +117,7 @@ fn serve(args: &Settings) -> Result<(), String> {
     info!(socket = %address, from_systemd, pid = std::process::id(), "listening");
     engine.set_listener(OwnedFd::from(listener));
     engine.set_signalfd(signals);
-    notify::ready(&address, status_engine(args.engine));
+    notify::ready(&address, status_engine(engine.engine_kind()));
     // STOPPING=1 goes out from the loop when the first stop signal is read.
     engine.run().map_err(|e| e.to_string())?;
     drop(socket_file);
@@ -129,20 +129,12 @@ fn serve(args: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// Why the engine did not start, in words an operator can act on: a failed
-/// io_uring_setup gets its errno by name and what causes it here (the
-/// sysctl, a seccomp filter, RLIMIT_MEMLOCK), as `--check` gives them; the
-/// error's own text has only the OS's "Operation not permitted".
+/// Why the engine did not start: the error's own text (a failed
+/// io_uring_setup already has its errno by name and what causes it here, as
+/// `--check` gives them), and under `engine = uring` what would run instead.
 fn engine_error(e: &EngineError, settings: &Settings) -> String {
-    let EngineError::RingSetup { entries, source } = e else {
-        return e.to_string();
-    };
-    let mut text = format!(
-        "io_uring_setup with {entries} entries failed with {}: {}",
-        unavailable::errno_name(source),
-        unavailable::cause(source, *entries)
-    );
-    if settings.engine == EngineKind::Uring {
+    let mut text = e.to_string();
+    if matches!(e, EngineError::RingSetup { .. }) && settings.engine == EngineKind::Uring {
         text += &format!(
             "; engine = uring ({}) runs only on io_uring: engine = auto would run the threads \
              engine instead",
@@ -150,17 +142,6 @@ fn engine_error(e: &EngineError, settings: &Settings) -> String {
         );
     }
     text
-}
-
-/// The engine as READY=1's status line names it. Under `auto` the engine
-/// picks at start-up (threads when io_uring_setup fails) and does not report
-/// its pick yet, so `auto` is shown as io_uring, the usual outcome; the
-/// engine's own "engine ready" log line says which one really runs.
-fn status_engine(kind: EngineKind) -> &'static str {
-    match kind {
-        EngineKind::Threads => "threads",
-        EngineKind::Uring | EngineKind::Auto => "io_uring",
-    }
 }
 
 /// Raises the open-file limit to its hard limit and lowers `max_jobs` to
@@ -227,4 +208,13 @@ fn block_stop_signals() -> std::io::Result<OwnedFd> {
     }
     // SAFETY: signalfd returned a new descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The engine as READY=1's status line names it: the one that runs, after
+/// `auto` has chosen.
+fn status_engine(kind: EngineKind) -> &'static str {
+    match kind {
+        EngineKind::Uring => "io_uring",
+        EngineKind::Threads | EngineKind::Auto => "threads",
+    }
 }

@@ -425,6 +425,12 @@ impl Engine {
         }
     }
 
+    /// The back end this engine runs on: `Uring` or `Threads` (never `Auto`:
+    /// that choice is made at start-up).
+    pub fn engine_kind(&self) -> EngineKind {
+        self.ring.kind()
+    }
+
     /// Runs the loop until a signal stops it (or, with `exit_when_idle`,
     /// until the last connection and job are gone).
     pub fn run(&mut self) -> Result<(), EngineError> {

@@ -242,6 +242,18 @@ fn copy_and_send(d: &Daemon, what: &str) {
     assert_bytes_eq(&got, &data, &format!("{what}: bytes received over TCP"));
 }
 
+/// The daemon's log once the engine has said it is ready: the socket is
+/// bound before the engine starts, so a daemon that answers connect may not
+/// have logged it yet.
+fn log_once_ready(d: &Daemon) -> String {
+    let mut log = d.log();
+    poll_until(Duration::from_secs(10), || {
+        log = d.log();
+        log.contains("engine ready")
+    });
+    log
+}
+
 // Needs the threads engine (and its log lines).
 #[test]
 fn auto_under_an_eperm_filter_says_why_once_and_serves_with_threads() {
@@ -249,7 +261,7 @@ fn auto_under_an_eperm_filter_says_why_once_and_serves_with_threads() {
         return;
     };
     let d = Daemon::start_customized(None, &["--engine", "auto"], |cmd| filter.apply(cmd));
-    let log = d.log();
+    let log = log_once_ready(&d);
     let fallback = lines_with(&log, "using the threads engine");
     assert_eq!(fallback.len(), 1, "one fallback line; log:\n{log}");
     let why = cause(Refusal::Eperm);
@@ -285,7 +297,7 @@ fn threads_when_asked_needs_no_io_uring_and_explains_nothing() {
     };
     let d = Daemon::start_customized(None, &["--engine", "threads"], |cmd| filter.apply(cmd));
     copy_and_send(&d, "threads asked for");
-    let log = d.log();
+    let log = log_once_ready(&d);
     assert!(engine_ready(&log, "threads"), "{log}");
     assert!(
         lines_with(&log, "using the threads engine").is_empty(),
@@ -298,7 +310,7 @@ fn threads_when_asked_needs_no_io_uring_and_explains_nothing() {
 #[test]
 fn auto_with_io_uring_allowed_runs_io_uring_quietly() {
     let d = Daemon::start_with(&["--engine", "auto"]);
-    let log = d.log();
+    let log = log_once_ready(&d);
     assert!(engine_ready(&log, "uring"), "{log}");
     assert!(
         lines_with(&log, "using the threads engine").is_empty(),
