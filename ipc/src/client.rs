@@ -378,6 +378,31 @@ pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
     event_thread: Option<JoinHandle<()>>,
+    /// The socket `connect` used, for `reconnect`.
+    path: Option<PathBuf>,
+}
+
+/// A job that was still outstanding when its connection ended, as
+/// [`Client::reconnect`] reports it.
+///
+/// The daemon cancels a connection's attached jobs when the connection
+/// closes, so those are gone; a detached job (`detach: true`) runs on, and
+/// [`Client::wait_job`] on the new connection follows it by `job`, unless
+/// the daemon itself restarted.
+///
+/// ```
+/// let lost = ringxfer_ipc::LostJob { request: 3, job: Some(41), bytes: 8192 };
+/// assert_eq!(lost.job, Some(41));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostJob {
+    /// The stub's request number of the submit (its place in this
+    /// connection's order of requests).
+    pub request: u64,
+    /// The daemon's job id, if the job had been given one.
+    pub job: Option<u64>,
+    /// Bytes the job was last reported to have moved.
+    pub bytes: u64,
 }
 
 /// What the caller threads and the event thread share.
@@ -408,6 +433,8 @@ pub(crate) struct Shared {
     subscribers: Vec<Sender<Event>>,
     /// Why the connection ended, once it has.
     pub(crate) closed: Option<String>,
+    /// The jobs still outstanding when it ended, for `reconnect`.
+    lost: Vec<LostJob>,
 }
 
 impl Client {
@@ -428,7 +455,9 @@ impl Client {
             path: path.to_path_buf(),
             source,
         })?;
-        Client::from_stream(stream)
+        let mut client = Client::from_stream(stream)?;
+        client.path = Some(path.to_path_buf());
+        Ok(client)
     }
 
     /// Connects to [`default_socket_path`].
@@ -555,6 +584,7 @@ impl Client {
                 answers: HashMap::new(),
                 subscribers: Vec::new(),
                 closed: None,
+                lost: Vec::new(),
             }),
             dropping: AtomicBool::new(false),
         });
@@ -566,7 +596,64 @@ impl Client {
         Ok(Client {
             inner,
             event_thread: Some(event_thread),
+            path: None,
         })
+    }
+
+    /// Replaces this connection with a new one to the same socket (the path
+    /// given to [`Client::connect`]) and returns the jobs that were still
+    /// outstanding on the old one: their handles resolve (or have resolved)
+    /// to [`JobError::Disconnected`]. Use it after the daemon restarted, or
+    /// whenever a call returned [`ClientError::Disconnected`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`], and then the old connection is kept as it
+    /// was; [`ClientError::Io`] (`InvalidInput`) for a client made by
+    /// [`Client::from_stream`], which has no path: use
+    /// [`Client::reconnect_to`].
+    ///
+    /// ```no_run
+    /// let mut client = ringxfer_ipc::Client::connect_default()?;
+    /// // ... the daemon restarts ...
+    /// for lost in client.reconnect()? {
+    ///     eprintln!("request {} (job {:?}) was lost", lost.request, lost.job);
+    /// }
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn reconnect(&mut self) -> Result<Vec<LostJob>, ClientError> {
+        let Some(path) = self.path.clone() else {
+            return Err(ClientError::Io {
+                op: "reconnect",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "this client was made from a stream and has no socket path; use reconnect_to",
+                ),
+            });
+        };
+        self.reconnect_to(path)
+    }
+
+    /// As [`Client::reconnect`], to the socket at `path`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`]; the old connection is then kept as it was.
+    ///
+    /// ```no_run
+    /// let mut client = ringxfer_ipc::Client::connect("/run/ringxfer/ringxferd.sock")?;
+    /// let lost = client.reconnect_to("/run/ringxfer/ringxferd.sock")?;
+    /// println!("{} jobs lost", lost.len());
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn reconnect_to(&mut self, path: impl AsRef<Path>) -> Result<Vec<LostJob>, ClientError> {
+        let fresh = Client::connect(path)?;
+        let old_inner = Arc::clone(&self.inner);
+        // Dropping the old client ends its connection and joins its event
+        // thread, which resolves whatever was still outstanding and lists it.
+        drop(std::mem::replace(self, fresh));
+        let lost = std::mem::take(&mut lock(&old_inner.shared).lost);
+        Ok(lost)
     }
 
     /// The limits the daemon announced in its `Welcome`.
@@ -1391,6 +1478,21 @@ impl Inner {
             )
         };
         drop(tx);
+        // Listed for `reconnect` before any handle resolves, with no other
+        // lock held (a slot's lock is never taken under the shared one).
+        let mut lost: Vec<LostJob> = jobs
+            .values()
+            .map(|slot| {
+                let state = lock(&slot.state);
+                LostJob {
+                    request: slot.req,
+                    job: state.job,
+                    bytes: state.bytes,
+                }
+            })
+            .collect();
+        lost.sort_by_key(|l| l.request);
+        lock(&self.shared).lost = lost;
         // Dropping the senders is what tells stats callers and subscribers.
         drop(waiters);
         drop(answers);

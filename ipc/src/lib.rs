@@ -14,7 +14,7 @@ pub mod publish;
 pub mod socket_path;
 
 pub use batch::SubmitBatch;
-pub use client::{Client, ClientError, Completion, JobError, JobHandle, TransferOptions};
+pub use client::{Client, ClientError, Completion, JobError, JobHandle, LostJob, TransferOptions};
 pub use publish::{preserve_metadata, PublishError, PublishOptions, StagedFile};
 pub use socket_path::{default_socket_path, SYSTEM_SOCKET};
 

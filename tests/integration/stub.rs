@@ -282,3 +282,55 @@ fn a_batch_of_submits_goes_in_one_message_and_every_job_reports_once() {
     drop(client);
     d.assert_fds_return(baseline, Duration::from_secs(3), "after batches");
 }
+
+#[test]
+fn reconnect_after_a_daemon_restart_names_the_jobs_lost_with_the_old_connection() {
+    let sockdir = tmpdir();
+    let socket = sockdir.path().join("ringxferd.sock");
+    let first = Daemon::start_at(Some(socket.clone()), &[]);
+    let mut client = ringxfer_ipc::Client::connect(&socket).expect("connect");
+    let dir = tmpdir();
+
+    copy_and_check(&client, dir.path(), "before", 64 << 10, 1);
+    let (src, _) = make_file(dir.path(), "stall", 4 << 20, 2);
+    let (_pipe_r, pipe_w) = stalled_pipe();
+    let stalled = client
+        .submit(open_src(&src).as_fd(), pipe_w.as_fd(), &opts())
+        .expect("submit");
+    let stalled_id = id_of(&stalled);
+
+    // The daemon dies (SIGKILL) and another takes the socket's place.
+    drop(first);
+    let r = wait_within(stalled, Duration::from_secs(10));
+    assert!(
+        matches!(r, Err(ringxfer_ipc::JobError::Disconnected(_))),
+        "the stalled job's handle: {r:?}"
+    );
+    let second = Daemon::start_at(Some(socket.clone()), &[]);
+    let lost = client.reconnect().expect("reconnect");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].job, Some(stalled_id), "{lost:?}");
+    assert!(lost[0].bytes <= 4 << 20, "{lost:?}");
+
+    // The new connection works, and a second reconnect, with nothing
+    // outstanding, loses nothing.
+    copy_and_check(&client, dir.path(), "after", 64 << 10, 3);
+    assert_eq!(client.reconnect().expect("reconnect again"), []);
+    copy_and_check(&client, dir.path(), "after-again", 64 << 10, 4);
+    drop(client);
+    second.stop();
+
+    // A client made from a stream has no path to go back to.
+    let d = Daemon::start();
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    let mut from_stream = ringxfer_ipc::Client::from_stream(stream).unwrap();
+    match from_stream.reconnect() {
+        Err(ringxfer_ipc::ClientError::Io { op, source }) => {
+            assert_eq!(op, "reconnect");
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+        }
+        other => panic!("reconnect without a path: {other:?}"),
+    }
+    assert!(from_stream.reconnect_to(&d.socket).unwrap().is_empty());
+    copy_and_check(&from_stream, dir.path(), "via-path", 4096, 5);
+}
