@@ -71,7 +71,9 @@ pub struct ThreadRing {
     on_workers: HashMap<u64, (Arc<Cell>, bool)>,
     waiters: Vec<Waiter>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    live_timers: HashSet<u64>,
+    /// Timers not yet fired or cancelled, with their deadlines: a heap entry
+    /// counts only if it matches (user_data is reused once an op completes).
+    live_timers: HashMap<u64, Instant>,
     cancelling: Vec<Arc<Cell>>,
     pollfds: Vec<libc::pollfd>,
     /// Listening sockets already made non-blocking.
@@ -101,7 +103,7 @@ impl ThreadRing {
             on_workers: HashMap::with_capacity(capacity * 2),
             waiters: Vec::with_capacity(64),
             timers: BinaryHeap::with_capacity(16),
-            live_timers: HashSet::with_capacity(16),
+            live_timers: HashMap::with_capacity(16),
             cancelling: Vec::new(),
             pollfds: Vec::with_capacity(64),
             nonblocking: HashSet::new(),
@@ -189,8 +191,9 @@ impl ThreadRing {
         let ud = d.user_data;
         match d.request {
             Request::Timeout { after } => {
-                self.timers.push(Reverse((Instant::now() + after, ud)));
-                self.live_timers.insert(ud);
+                let at = Instant::now() + after;
+                self.timers.push(Reverse((at, ud)));
+                self.live_timers.insert(ud, at);
             }
             Request::Cancel { target } => {
                 let result = self.cancel(target);
@@ -260,7 +263,14 @@ impl ThreadRing {
     }
 
     fn hand_to_worker(&mut self, ops: [Option<(u64, Request)>; MAX_CHAIN]) {
-        let cell = self.pool.cell();
+        let mut cell = self.pool.cell();
+        if let Some(c) = Arc::get_mut(&mut cell) {
+            for (slot, (ud, request)) in c.chain.iter_mut().zip(ops.iter().flatten()) {
+                *slot = *ud;
+                c.closes |= matches!(request, Request::Close { .. });
+                c.chain_len += 1;
+            }
+        }
         let last = ops.iter().flatten().count();
         for (i, (ud, _)) in ops.iter().flatten().enumerate() {
             self.on_workers
@@ -350,7 +360,7 @@ impl ThreadRing {
 
     /// Cancels `target`; the result of the cancel entry itself.
     fn cancel(&mut self, target: u64) -> i32 {
-        if self.live_timers.remove(&target) {
+        if self.live_timers.remove(&target).is_some() {
             self.complete(target, -libc::ECANCELED, 0);
             return 0;
         }
@@ -361,12 +371,28 @@ impl ThreadRing {
             return 0;
         }
         if let Some((cell, _)) = self.on_workers.get(&target) {
-            cell.cancel();
-            if cell.is_running() {
-                self.cancelling.push(Arc::clone(cell));
+            let cell = Arc::clone(cell);
+            if cell.closes {
+                // A close runs to the end: cancelling it would leak the descriptor.
                 return -libc::EALREADY;
             }
-            return 0;
+            if cell.take_back() {
+                // No worker has it: the whole chain ends here and now.
+                for &ud in &cell.chain[..cell.chain_len] {
+                    if let Some((_, last)) = self.on_workers.remove(&ud) {
+                        self.complete(ud, -libc::ECANCELED, 0);
+                        if last {
+                            self.pool.retire(Arc::clone(&cell));
+                        }
+                    }
+                }
+                return 0;
+            }
+            cell.cancel();
+            if cell.is_running() {
+                self.cancelling.push(cell);
+            }
+            return -libc::EALREADY;
         }
         -libc::ENOENT
     }
@@ -385,7 +411,7 @@ impl ThreadRing {
         }
         let now = Instant::now();
         while let Some(&Reverse((at, ud))) = self.timers.peek() {
-            if !self.live_timers.contains(&ud) {
+            if self.live_timers.get(&ud) != Some(&at) {
                 self.timers.pop();
                 continue;
             }
@@ -404,7 +430,7 @@ impl ThreadRing {
     fn wait(&mut self) {
         let mut timeout: Option<Duration> = None;
         while let Some(&Reverse((at, ud))) = self.timers.peek() {
-            if self.live_timers.contains(&ud) {
+            if self.live_timers.get(&ud) == Some(&at) {
                 timeout = Some(at.saturating_duration_since(Instant::now()));
                 break;
             }
@@ -492,13 +518,26 @@ impl ThreadRing {
 /// Whether `fd` is a pipe, socket or other stream rather than a file or block
 /// device (an fstat error counts as a stream: the operation then reports it).
 fn is_stream(fd: RawFd) -> bool {
-    // SAFETY: a zeroed stat is valid; fstat only writes into it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is live and writable.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+    // statx with AT_STATX_DONT_SYNC and only the type asked for: fstat on
+    // NFS waits for the file's dirty pages, and on FUSE may ask a server
+    // that hangs; neither may stall the loop.
+    // SAFETY: a zeroed statx is valid; statx only writes into it, and the
+    // empty path with AT_EMPTY_PATH names `fd` itself.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `stx` is live and writable.
+    let ret = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut stx,
+        )
+    };
+    if ret < 0 {
         return true;
     }
-    let kind = st.st_mode & libc::S_IFMT;
+    let kind = u32::from(stx.stx_mode) & libc::S_IFMT;
     kind != libc::S_IFREG && kind != libc::S_IFBLK
 }
 
@@ -530,3 +569,135 @@ fn retry_eintr(mut call: impl FnMut() -> isize) -> isize {
 
 // The reserved user_data of cancel entries is never an operation's.
 const _: () = assert!(CANCEL_USER_DATA == u64::MAX);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_uring::{opcode, types};
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the live array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both are new descriptors nothing else owns.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn splice(from: &OwnedFd, to: &OwnedFd, ud: u64) -> squeue::Entry {
+        opcode::Splice::new(
+            types::Fd(from.as_raw_fd()),
+            -1,
+            types::Fd(to.as_raw_fd()),
+            -1,
+            4096,
+        )
+        .build()
+        .user_data(ud)
+    }
+
+    /// Waits (up to `limit`) for the completion of `ud`.
+    fn wait_for(ring: &mut ThreadRing, got: &mut Vec<Cqe>, ud: u64, limit: Duration) -> i32 {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(c) = got.iter().find(|c| c.user_data == ud) {
+                return c.result;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no completion for {ud} in {limit:?}"
+            );
+            let ts = types::Timespec::new().nsec(20_000_000);
+            let tick = opcode::Timeout::new(&ts).build().user_data(1000);
+            // SAFETY: `ts` lives until the submit below has reaped the timer
+            // (it fires within the wait or is found later; tick ids are
+            // ignored), and is only read at push.
+            assert!(unsafe { ring.push(&tick) });
+            ring.submit(1);
+            ring.reap(got);
+        }
+    }
+
+    #[test]
+    fn ready_work_does_not_wait_behind_blocked_workers_and_queued_work_cancels_at_once() {
+        let mut ring = ThreadRing::new(64).expect("threads ring");
+        let (empty_a, _keep_a) = pipe();
+        let (empty_b, _keep_b) = pipe();
+        let (full_r, full_w) = pipe();
+        let (out_r, out_w) = pipe();
+        // SAFETY: writes 4096 bytes from a live buffer into our pipe.
+        assert_eq!(
+            unsafe { libc::write(full_w.as_raw_fd(), [7u8; 4096].as_ptr().cast(), 4096) },
+            4096
+        );
+        let (sink_r, sink_w) = pipe();
+        let (blocked_r, _keep_c) = pipe();
+        // SAFETY: every descriptor outlives the ring's use of it below.
+        unsafe {
+            assert!(ring.push(&splice(&empty_a, &sink_w, 1)));
+            assert!(ring.push(&splice(&empty_b, &sink_w, 2)));
+            assert!(ring.push(&splice(&blocked_r, &sink_w, 3)));
+            assert!(ring.push(&splice(&full_r, &out_w, 4)));
+        }
+        ring.submit(0);
+        let mut got = Vec::new();
+        assert_eq!(
+            wait_for(&mut ring, &mut got, 4, Duration::from_secs(5)),
+            4096
+        );
+        // Every blocked splice is cancelled, wherever it is (running or
+        // still queued), and completes exactly once.
+        for target in [1, 2, 3] {
+            let cancel = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            // SAFETY: a cancel points at no memory.
+            assert!(unsafe { ring.push(&cancel) });
+        }
+        ring.submit(0);
+        for target in [1, 2, 3] {
+            let r = wait_for(&mut ring, &mut got, target, Duration::from_secs(5));
+            assert_eq!(r, -libc::ECANCELED, "splice {target}");
+        }
+        for target in [1, 2, 3, 4] {
+            assert_eq!(got.iter().filter(|c| c.user_data == target).count(), 1);
+        }
+        drop((out_r, sink_r));
+    }
+
+    #[test]
+    fn a_reused_user_data_does_not_inherit_a_cancelled_timer() {
+        let mut ring = ThreadRing::new(8).expect("threads ring");
+        let short = types::Timespec::new().nsec(100_000_000);
+        let long = types::Timespec::new().sec(30);
+        let t = |ts: &types::Timespec, ud: u64| opcode::Timeout::new(ts).build().user_data(ud);
+        // SAFETY: the timespecs outlive the test; they are read at push.
+        unsafe {
+            assert!(ring.push(&t(&short, 5)));
+        }
+        ring.submit(0);
+        let cancel = opcode::AsyncCancel::new(5)
+            .build()
+            .user_data(CANCEL_USER_DATA);
+        // SAFETY: as above; a cancel points at no memory.
+        unsafe {
+            assert!(ring.push(&cancel));
+            // The op table would hand out 5 again at once.
+            assert!(ring.push(&t(&long, 5)));
+        }
+        ring.submit(0);
+        let mut got = Vec::new();
+        ring.reap(&mut got);
+        assert!(got
+            .iter()
+            .any(|c| c.user_data == 5 && c.result == -libc::ECANCELED));
+        // Past the cancelled timer's deadline, the new one has not fired.
+        std::thread::sleep(Duration::from_millis(200));
+        ring.submit(0);
+        got.clear();
+        ring.reap(&mut got);
+        assert!(
+            !got.iter().any(|c| c.user_data == 5),
+            "the 30 s timer fired early: {got:?}"
+        );
+    }
+}

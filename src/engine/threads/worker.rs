@@ -43,6 +43,11 @@ pub struct Cell {
     cancel: AtomicBool,
     /// The pthread_t of the worker running it, for the cancel signal.
     thread: AtomicU64,
+    /// The chain's user_data, set while the loop alone holds the cell.
+    pub chain: [u64; MAX_CHAIN],
+    pub chain_len: usize,
+    /// Whether the chain closes a descriptor (never cancelled: it would leak).
+    pub closes: bool,
 }
 
 impl Cell {
@@ -60,14 +65,21 @@ impl Cell {
         }
     }
 
+    /// Takes back work no worker has started: true if it will never run,
+    /// and the caller then completes its operations itself.
+    pub fn take_back(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, DONE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
     /// Whether a worker is still inside the operation.
     pub fn is_running(&self) -> bool {
         self.state.load(Ordering::SeqCst) == RUNNING
     }
 
-    fn reset(&self) {
-        self.state.store(QUEUED, Ordering::SeqCst);
-        self.cancel.store(false, Ordering::SeqCst);
+    fn reset(&mut self) {
+        *self = Cell::default();
     }
 }
 
@@ -142,9 +154,11 @@ impl WorkerPool {
     /// it, or a new one.
     pub fn cell(&mut self) -> Arc<Cell> {
         if let Some(i) = self.spare.iter().position(|c| Arc::strong_count(c) == 1) {
-            let cell = self.spare.swap_remove(i);
-            cell.reset();
-            return cell;
+            let mut cell = self.spare.swap_remove(i);
+            if let Some(c) = Arc::get_mut(&mut cell) {
+                c.reset();
+                return cell;
+            }
         }
         Arc::new(Cell::default())
     }
@@ -158,7 +172,10 @@ impl WorkerPool {
 
     /// Hands `work` to a worker, making one more if all are busy.
     pub fn run(&mut self, work: Work) {
-        if self.idle.load(Ordering::SeqCst) == 0 && self.threads < MAX_WORKERS {
+        // Work already queued goes to the idle workers first; this piece
+        // needs one more, or it could wait behind workers blocked on peers.
+        let queued = self.work_rx.len();
+        if self.idle.load(Ordering::SeqCst) <= queued && self.threads < MAX_WORKERS {
             if let Err(e) = self.spawn() {
                 warn!(
                     workers = self.threads,
@@ -211,29 +228,38 @@ fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, idle: Arc<A
     let me = unsafe { libc::pthread_self() } as u64;
     for work in rx.iter() {
         idle.fetch_sub(1, Ordering::SeqCst);
-        run_chain(&work, me, &done);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. It cannot
-        // block: the counter would have to reach 2^64 - 1 first.
-        unsafe {
-            libc::write(
-                wake.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        run_chain(&work, me, &done, &wake);
         idle.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>) {
+/// Tells the loop a completion is waiting (after each one, not each chain:
+/// the first of a pair must not wait for a second that blocks).
+fn announce(wake: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to our eventfd. It cannot
+    // block: the counter would have to reach 2^64 - 1 first.
+    unsafe {
+        libc::write(
+            wake.as_raw_fd(),
+            (&one as *const u64).cast(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+}
+
+fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>, wake: &OwnedFd) {
     let cell = &work.cell;
     cell.thread.store(me, Ordering::SeqCst);
     let started = cell
         .state
         .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
         .is_ok();
-    let mut broken = !started || cell.cancel.load(Ordering::SeqCst);
+    if !started {
+        // The loop took it back and completed its operations itself.
+        return;
+    }
+    let mut broken = cell.cancel.load(Ordering::SeqCst);
     for &(user_data, request) in work.ops.iter().flatten() {
         // A close always runs: cancelling it would leak the descriptor.
         let closes = matches!(request, Request::Close { .. });
@@ -248,6 +274,7 @@ fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>) {
                 result,
                 flags,
             });
+            announce(wake);
         };
         if let Request::Send { zc: true, .. } = request {
             send(result, CQE_F_MORE);
