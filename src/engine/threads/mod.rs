@@ -625,10 +625,8 @@ mod tests {
         let (full_r, full_w) = pipe();
         let (out_r, out_w) = pipe();
         // SAFETY: writes 4096 bytes from a live buffer into our pipe.
-        assert_eq!(
-            unsafe { libc::write(full_w.as_raw_fd(), [7u8; 4096].as_ptr().cast(), 4096) },
-            4096
-        );
+        let wrote = unsafe { libc::write(full_w.as_raw_fd(), [7u8; 4096].as_ptr().cast(), 4096) };
+        assert_eq!(wrote, 4096);
         let (sink_r, sink_w) = pipe();
         let (blocked_r, _keep_c) = pipe();
         // SAFETY: every descriptor outlives the ring's use of it below.

@@ -302,8 +302,9 @@ mod tests {
             .flags(types::FsyncFlags::DATASYNC)
             .build();
         // SAFETY: not a timeout.
+        let d = unsafe { decode(&e) };
         assert!(matches!(
-            unsafe { decode(&e) }.request,
+            d.request,
             Request::Fsync {
                 fd: 7,
                 datasync: true
@@ -320,16 +321,15 @@ mod tests {
 
         let e = opcode::PollAdd::new(types::Fd(8), libc::POLLIN as u32).build();
         // SAFETY: not a timeout.
+        let d = unsafe { decode(&e) };
         assert!(matches!(
-            unsafe { decode(&e) }.request,
+            d.request,
             Request::PollAdd { fd: 8, events } if events == libc::POLLIN
         ));
 
         let e = opcode::Nop::new().build();
         // SAFETY: not a timeout.
-        assert!(matches!(
-            unsafe { decode(&e) }.request,
-            Request::Refused { .. }
-        ));
+        let d = unsafe { decode(&e) };
+        assert!(matches!(d.request, Request::Refused { .. }));
     }
 }
