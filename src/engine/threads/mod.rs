@@ -211,38 +211,12 @@ impl ThreadRing {
                 }
             }
             // io_uring ignores the offset of a stream; preadv2 and pwritev2
-            // would refuse it with ESPIPE, so streams use the position (-1).
-            Request::Read {
-                fd,
-                ptr,
-                len,
-                rw_flags,
-                ..
-            } if is_stream(fd) => {
-                let request = Request::Read {
-                    fd,
-                    ptr,
-                    len,
-                    offset: -1,
-                    rw_flags,
-                };
-                self.wait_for(ud, fd, libc::POLLIN, request)
+            // would refuse it with ESPIPE, so streams use the position.
+            Request::Read { fd, .. } if is_stream(fd) => {
+                self.wait_for(ud, fd, libc::POLLIN, d.request.at_position())
             }
-            Request::Write {
-                fd,
-                ptr,
-                len,
-                rw_flags,
-                ..
-            } if is_stream(fd) => {
-                let request = Request::Write {
-                    fd,
-                    ptr,
-                    len,
-                    offset: -1,
-                    rw_flags,
-                };
-                self.wait_for(ud, fd, libc::POLLOUT, request)
+            Request::Write { fd, .. } if is_stream(fd) => {
+                self.wait_for(ud, fd, libc::POLLOUT, d.request.at_position())
             }
             Request::Refused { opcode } => {
                 debug!(opcode, "refused: not an operation the engine uses");

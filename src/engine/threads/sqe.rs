@@ -132,6 +132,17 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// A read or write at the descriptor's position (offset -1) instead of
+    /// the offset it names; any other request as it is.
+    pub fn at_position(mut self) -> Request {
+        if let Request::Read { offset, .. } | Request::Write { offset, .. } = &mut self {
+            *offset = -1;
+        }
+        self
+    }
+}
+
 /// An entry read back: its request, user_data and whether it links to the next.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoded {
