@@ -102,7 +102,11 @@ pub struct WorkerPool {
     work_rx: Receiver<Work>,
     done_tx: Sender<Cqe>,
     wake: Arc<OwnedFd>,
-    idle: Arc<AtomicUsize>,
+    /// Pieces of work handed out and not yet finished: raised here before
+    /// the send, lowered by the worker only after the chain has run, so it
+    /// never undercounts (a worker between taking work and starting it is
+    /// still counted busy).
+    unfinished: Arc<AtomicUsize>,
     threads: usize,
     /// Cells whose operations are over, reused once their worker let go.
     spare: Vec<Arc<Cell>>,
@@ -119,7 +123,7 @@ impl WorkerPool {
             work_rx,
             done_tx,
             wake,
-            idle: Arc::new(AtomicUsize::new(0)),
+            unfinished: Arc::new(AtomicUsize::new(0)),
             threads: 0,
             spare: Vec::with_capacity(64),
         };
@@ -133,21 +137,12 @@ impl WorkerPool {
         let rx = self.work_rx.clone();
         let done = self.done_tx.clone();
         let wake = Arc::clone(&self.wake);
-        let idle = Arc::clone(&self.idle);
-        idle.fetch_add(1, Ordering::SeqCst);
-        let spawned = std::thread::Builder::new()
+        let unfinished = Arc::clone(&self.unfinished);
+        std::thread::Builder::new()
             .name("ringxfer-worker".into())
-            .spawn(move || worker(rx, done, wake, idle));
-        match spawned {
-            Ok(_) => {
-                self.threads += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.idle.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
-            }
-        }
+            .spawn(move || worker(rx, done, wake, unfinished))?;
+        self.threads += 1;
+        Ok(())
     }
 
     /// A cell for a new piece of work: a spare one whose worker is done with
@@ -172,10 +167,10 @@ impl WorkerPool {
 
     /// Hands `work` to a worker, making one more if all are busy.
     pub fn run(&mut self, work: Work) {
-        // Work already queued goes to the idle workers first; this piece
-        // needs one more, or it could wait behind workers blocked on peers.
-        let queued = self.work_rx.len();
-        if self.idle.load(Ordering::SeqCst) <= queued && self.threads < MAX_WORKERS {
+        // Each unfinished piece may be blocked on a peer for good, so this
+        // one gets a thread of its own unless one is free for certain.
+        let unfinished = self.unfinished.fetch_add(1, Ordering::SeqCst) + 1;
+        if unfinished > self.threads && self.threads < MAX_WORKERS {
             if let Err(e) = self.spawn() {
                 warn!(
                     workers = self.threads,
@@ -214,7 +209,7 @@ fn install_cancel_handler() {
     });
 }
 
-fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, idle: Arc<AtomicUsize>) {
+fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, unfinished: Arc<AtomicUsize>) {
     // Workers inherit the loop thread's mask (SIGTERM and SIGINT blocked for
     // its signalfd); only the cancel signal must get through.
     // SAFETY: a sigset filled by sigemptyset/sigaddset, used on this thread.
@@ -227,9 +222,8 @@ fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, idle: Arc<A
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as u64;
     for work in rx.iter() {
-        idle.fetch_sub(1, Ordering::SeqCst);
         run_chain(&work, me, &done, &wake);
-        idle.fetch_add(1, Ordering::SeqCst);
+        unfinished.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
