@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// limits, detached jobs, `Cancel`/`Status`/`Wait`/`Jobs` by id, fsync and
 /// verification) and the per-strategy counters; version 4 added
 /// [`Request::SubmitBatch`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 pub const SUBMIT_DESCRIPTORS: usize = 2;
@@ -212,6 +212,11 @@ pub enum Strategy {
     /// Buffered reads and writes with RWF_DONTCACHE: no alignment rules, and
     /// the pages are dropped once written.
     Uncached,
+    /// Plain buffered reads into the daemon's registered buffers and writes
+    /// out of them, through the page cache. What `auto` uses for small
+    /// files: a read the page cache answers completes without a worker
+    /// thread, where splice hands both of its halves to one.
+    Buffered,
 }
 
 impl Strategy {
@@ -226,6 +231,7 @@ impl Strategy {
             Strategy::Splice => "splice",
             Strategy::Direct => "direct",
             Strategy::Uncached => "uncached",
+            Strategy::Buffered => "buffered",
         }
     }
 }
@@ -250,8 +256,9 @@ impl std::str::FromStr for Strategy {
             "splice" => Ok(Strategy::Splice),
             "direct" => Ok(Strategy::Direct),
             "uncached" => Ok(Strategy::Uncached),
+            "buffered" => Ok(Strategy::Buffered),
             other => Err(format!(
-                "unknown strategy {other:?}: expected auto, splice, direct or uncached"
+                "unknown strategy {other:?}: expected auto, splice, direct, uncached or buffered"
             )),
         }
     }
@@ -475,6 +482,13 @@ pub struct StatsReport {
     pub sqes_submitted: u64,
     /// `io_uring_enter` calls made by the loop.
     pub enter_calls: u64,
+    /// Events queued for clients (sent, or lost with a connection that ended).
+    pub events_sent: u64,
+    /// Sends that carried them.
+    pub event_sends: u64,
+    /// Of the events, final events of batch jobs held back (at most 1 ms)
+    /// to go out together with others.
+    pub events_held: u64,
     /// Pipes the pool holds, idle or lent out.
     pub pipes_total: u64,
     /// Pipes lent to jobs now.
@@ -496,7 +510,7 @@ pub struct StatsReport {
     pub max_ops_in_flight: u64,
     /// The daemon's global rate limit in bytes per second, if any.
     pub rate_limit: Option<u64>,
-    /// Counters per strategy: splice, direct, uncached.
+    /// Counters per strategy: splice, direct, uncached, buffered.
     pub strategies: Vec<StrategyStats>,
 }
 

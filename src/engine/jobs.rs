@@ -59,6 +59,9 @@ pub(super) struct Job {
     pub held: [usize; 2],
     pub priority: Priority,
     pub detach: bool,
+    /// Came in a batch without asking for `Accepted`: its final event may
+    /// be held back to go out with others (see engine::coalesce).
+    pub quiet: bool,
     pub fsync: bool,
     pub verify: bool,
     /// The job's own rate limit.
@@ -163,6 +166,7 @@ pub(super) fn strategy_index(s: Strategy) -> usize {
         Strategy::Auto | Strategy::Splice => 0,
         Strategy::Direct => 1,
         Strategy::Uncached => 2,
+        Strategy::Buffered => 3,
     }
 }
 
@@ -292,20 +296,22 @@ impl Engine {
         let now = Instant::now();
         let range = (plan.src_start, plan.dst_start);
         let mut copy = match choice.strategy {
-            Strategy::Direct | Strategy::Uncached => Mover::Buffered(BufferCopy::new(
-                plan,
-                if choice.strategy == Strategy::Direct {
-                    IoMode::Direct {
-                        align: choice.align,
-                    }
-                } else {
-                    IoMode::Uncached
-                },
-                self.buffers.registered(),
-                self.config.buffers_per_job,
-                choice.orig_dst_size,
-                choice.saved,
-            )),
+            Strategy::Direct | Strategy::Uncached | Strategy::Buffered => {
+                Mover::Buffered(BufferCopy::new(
+                    plan,
+                    match choice.strategy {
+                        Strategy::Direct => IoMode::Direct {
+                            align: choice.align,
+                        },
+                        Strategy::Uncached => IoMode::Uncached,
+                        _ => IoMode::Buffered,
+                    },
+                    self.buffers.registered(),
+                    self.config.buffers_per_job,
+                    choice.orig_dst_size,
+                    choice.saved,
+                ))
+            }
             _ => Mover::Splice(SpliceCopy::new(plan, self.config.chunks_per_job)),
         };
         let bucket = submit
@@ -342,6 +348,7 @@ impl Engine {
             held: [0, 0],
             priority: submit.priority,
             detach: submit.detach,
+            quiet: !acknowledge,
             fsync: submit.fsync,
             verify: submit.verify,
             bucket,
@@ -774,7 +781,7 @@ impl Engine {
                 }
                 session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
             }
-            self.emit(sk, &event);
+            self.emit_final(sk, &event, job.quiet);
             let idle_half_closed = self
                 .sessions
                 .get(sk)

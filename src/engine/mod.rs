@@ -7,6 +7,7 @@
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
 pub mod buffer_pool;
+mod coalesce;
 mod control;
 mod jobs;
 pub mod ops;
@@ -239,8 +240,8 @@ pub struct Engine {
     users: HashMap<u32, Usage>,
     /// Finished jobs, oldest first, at most `RECENT_JOBS`.
     recent: VecDeque<Finished>,
-    /// Counters by strategy: splice, direct, uncached.
-    by_strategy: [StrategyStats; 3],
+    /// Counters by strategy: splice, direct, uncached, buffered.
+    by_strategy: [StrategyStats; 4],
     listener: Option<OwnedFd>,
     listener_op: Option<u64>,
     signals: Option<OwnedFd>,
@@ -251,6 +252,14 @@ pub struct Engine {
     grace_timer: Option<u64>,
     /// The observer's timer in flight.
     tick_timer: Option<u64>,
+    /// Events encoded for clients, and the sends that carried them.
+    events_sent: u64,
+    event_sends: u64,
+    events_held: u64,
+    /// The timer that sends held final events, in flight (see `coalesce`).
+    hold_timer: Option<u64>,
+    /// Sessions that may hold events (possibly some twice, or gone).
+    held_sessions: Vec<usize>,
     observer: Option<Box<dyn LoopObserver>>,
     /// The observer was told the engine is stopping; no more ticks.
     observer_done: bool,
@@ -368,11 +377,15 @@ impl Engine {
                 .map(|r| TokenBucket::new(r, Instant::now())),
             users: HashMap::new(),
             recent: VecDeque::with_capacity(RECENT_JOBS),
-            by_strategy: [Strategy::Splice, Strategy::Direct, Strategy::Uncached].map(|s| {
-                StrategyStats {
-                    strategy: Some(s),
-                    ..StrategyStats::default()
-                }
+            by_strategy: [
+                Strategy::Splice,
+                Strategy::Direct,
+                Strategy::Uncached,
+                Strategy::Buffered,
+            ]
+            .map(|s| StrategyStats {
+                strategy: Some(s),
+                ..StrategyStats::default()
             }),
             listener: None,
             listener_op: None,
@@ -381,6 +394,11 @@ impl Engine {
             draining: false,
             grace_timer: None,
             tick_timer: None,
+            events_sent: 0,
+            event_sends: 0,
+            events_held: 0,
+            hold_timer: None,
+            held_sessions: Vec::with_capacity(16),
             observer: None,
             observer_done: false,
             stopping: false,
@@ -538,6 +556,7 @@ impl Engine {
             (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
             (Owner::Grace, _, _) => self.on_grace_timer(result),
             (Owner::Tick, _, _) => self.on_tick(result),
+            (Owner::HoldTimer, _, _) => self.on_hold_timer(),
             (Owner::Closer, _, _) => {
                 self.closes_in_flight -= 1;
                 if result < 0 {
@@ -1022,10 +1041,19 @@ impl Engine {
         }
     }
 
-    /// Encodes an event for the session and starts sending it.
+    /// Encodes an event for the session and starts sending it (with any
+    /// events held before it).
     fn emit(&mut self, k: usize, event: &Event) {
+        if self.encode_event(k, event) {
+            self.flush(k);
+        }
+    }
+
+    /// Appends an event to the session's unsent bytes; false if there is no
+    /// such session any more or it had to be closed.
+    fn encode_event(&mut self, k: usize, event: &Event) -> bool {
         let Some(session) = self.sessions.get_mut(k) else {
-            return;
+            return false;
         };
         if session.pending.len() > MAX_PENDING_EVENTS {
             warn!(
@@ -1033,14 +1061,16 @@ impl Engine {
                 "client is not reading its events; closing"
             );
             session.pending.clear();
+            session.held_events = 0;
             self.close_session(k, "the client stopped reading its events");
-            return;
+            return false;
         }
         if let Err(e) = codec::encode_frame(event, &mut session.pending, u32::MAX) {
             error!(session = session.id, "cannot encode an event: {e}");
-            return;
+            return false;
         }
-        self.flush(k);
+        self.events_sent += 1;
+        true
     }
 
     fn flush(&mut self, k: usize) {
@@ -1056,13 +1086,17 @@ impl Engine {
         buf.data.clear();
         buf.sent = 0;
         std::mem::swap(&mut buf.data, &mut session.pending);
+        session.held_events = 0;
         let fd = session.fd.as_raw_fd();
         let mut io = IoQueue {
             ring: &mut self.ring,
             ops: &mut self.ops,
         };
         match io.send(Owner::Session(k), fd, buf, session.closing) {
-            Ok(ud) => session.send_op = Some(ud),
+            Ok(ud) => {
+                session.send_op = Some(ud);
+                self.event_sends += 1;
+            }
             Err(e) => {
                 session.send = Some(SendBuf::new(0));
                 error!(session = session.id, "cannot queue send: {e}");
@@ -1138,6 +1172,9 @@ impl Engine {
             bytes_moved: self.bytes_finished + running,
             sqes_submitted: self.ring.sqes_submitted,
             enter_calls: self.ring.enter_calls,
+            events_sent: self.events_sent,
+            event_sends: self.event_sends,
+            events_held: self.events_held,
             pipes_total: self.pipes.total() as u64,
             pipes_in_use: (self.pipes.total() - self.pipes.idle()) as u64,
             pipe_capacity: u64::from(self.pipes.pipe_capacity()),

@@ -38,6 +38,8 @@ pub enum Owner {
     Grace,
     /// The periodic report to the loop's observer.
     Tick,
+    /// The timer that sends held final events of batch jobs.
+    HoldTimer,
 }
 
 /// What an operation was, so the owner knows which step completed.

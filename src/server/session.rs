@@ -141,8 +141,11 @@ pub struct Session {
     pub send: Option<Box<SendBuf>>,
     /// `user_data` of the send in flight.
     pub send_op: Option<u64>,
-    /// Events encoded while a send was in flight.
+    /// Events encoded while a send was in flight, or held back.
     pub pending: Vec<u8>,
+    /// Final events of batch jobs in `pending`, held back to go out
+    /// together (see engine::coalesce).
+    pub held_events: u32,
     /// Descriptors received and not yet claimed by a frame, each with the
     /// stream position at which its receive ended (see `Engine::claim_fds`).
     pub fds: VecDeque<(u64, OwnedFd)>,
@@ -176,6 +179,7 @@ impl Session {
             send: Some(SendBuf::new(16 * 1024)),
             send_op: None,
             pending: Vec::with_capacity(16 * 1024),
+            held_events: 0,
             fds: VecDeque::with_capacity(MAX_FDS_PER_MESSAGE * 2),
             received: 0,
             greeted: false,

@@ -1,5 +1,5 @@
-//! The direct and uncached strategies: reads into pool buffers, writes out
-//! of them.
+//! The direct, uncached and buffered strategies: reads into pool buffers,
+//! writes out of them.
 //!
 //! `direct` opens nothing itself: the descriptors were switched to O_DIRECT
 //! at admission (and are switched back when the job ends), reads and writes
@@ -9,6 +9,8 @@
 //! aligned is written padded with zeros, and the destination is truncated to
 //! its exact size at the end. `uncached` is the same machine with buffered
 //! I/O and RWF_DONTCACHE: no alignment, pages dropped once written.
+//! `buffered` is plain page-cache I/O into the registered buffers, for
+//! small files (see transfer::choose).
 //!
 //! Before the first byte moves, the destination of a job of 4 MiB or more is
 //! preallocated to its final size (fallocate), so a full disk fails the job
@@ -49,6 +51,8 @@ pub enum IoMode {
     Direct { align: u64 },
     /// Buffered with RWF_DONTCACHE.
     Uncached,
+    /// Buffered through the page cache.
+    Buffered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +265,7 @@ impl BufferCopy {
     pub fn set_piece_limit(&mut self, bytes: u64) {
         self.piece_limit = match self.mode {
             IoMode::Direct { align } => (bytes / align).max(1) * align,
-            IoMode::Uncached => bytes.max(1),
+            IoMode::Uncached | IoMode::Buffered => bytes.max(1),
         };
     }
 
@@ -269,6 +273,7 @@ impl BufferCopy {
         match self.mode {
             IoMode::Direct { .. } => Strategy::Direct,
             IoMode::Uncached => Strategy::Uncached,
+            IoMode::Buffered => Strategy::Buffered,
         }
     }
 
@@ -287,9 +292,9 @@ impl BufferCopy {
 
     fn rw(&self) -> RwOpts {
         RwOpts {
-            fixed: self.fixed && matches!(self.mode, IoMode::Direct { .. }),
+            fixed: self.fixed && !matches!(self.mode, IoMode::Uncached),
             flags: match self.mode {
-                IoMode::Direct { .. } => 0,
+                IoMode::Direct { .. } | IoMode::Buffered => 0,
                 IoMode::Uncached => libc::RWF_DONTCACHE,
             },
         }
@@ -871,7 +876,7 @@ impl BufferCopy {
                 chunk.want = (end - self.assigned).min(cap);
                 chunk.len = match self.mode {
                     IoMode::Direct { align } => chunk.want.div_ceil(align) * align,
-                    IoMode::Uncached => chunk.want,
+                    IoMode::Uncached | IoMode::Buffered => chunk.want,
                 };
                 chunk.done = 0;
                 chunk.step = Step::Reading;
@@ -904,7 +909,7 @@ impl BufferCopy {
             self.phase = Phase::Done;
             return;
         }
-        if copied && matches!(self.mode, IoMode::Uncached) {
+        if copied && matches!(self.mode, IoMode::Uncached | IoMode::Buffered) {
             // Without padding the file already has its final size: the
             // writes (or fallocate, which extends to the same end) took it
             // to max(original size, end of the range).

@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use ringxfer_ipc::{Client, Strategy};
+use ringxfer_ipc::Client;
 
 use crate::support::*;
 
@@ -69,7 +69,11 @@ fn ten_clients_each_with_a_hundred_jobs_in_flight() {
                     let what = format!("client {c} job {j} ({} bytes)", data.len());
                     let done = completed(wait(h), &what);
                     assert_eq!(done.bytes, data.len() as u64, "{what}: bytes");
-                    assert_eq!(done.strategy, Strategy::Splice, "{what}: strategy");
+                    assert_eq!(
+                        done.strategy,
+                        auto_between_files(data.len() as u64),
+                        "{what}: strategy"
+                    );
                     assert_file_eq(dst, data);
                 }
             })

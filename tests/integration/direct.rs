@@ -690,6 +690,91 @@ fn uncached_file_to_file() {
 }
 
 // ---------------------------------------------------------------------------
+// Buffered
+
+#[test]
+fn buffered_file_to_file() {
+    let d = Daemon::start();
+    let client = d.client();
+    let dir = tmpdir();
+    // One byte, a page and one, and several buffers' worth with a tail.
+    for (i, len) in [1usize, 4097, (3 << 20) + 5].into_iter().enumerate() {
+        copy_with(
+            &client,
+            dir.path(),
+            &format!("buffered-size-{len}"),
+            len,
+            395 + i as u64,
+            Strategy::Buffered,
+        );
+    }
+}
+
+#[test]
+fn buffered_needs_regular_files_and_appends_to_an_append_only_file() {
+    let d = Daemon::start();
+    let client = d.client();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "src", 70_000, 396);
+    let s = open_src(&src);
+
+    let (conn, _peer) = tcp_pair();
+    let f = failed(
+        wait(
+            client
+                .submit(s.as_fd(), conn.as_fd(), &with(Strategy::Buffered))
+                .unwrap(),
+        ),
+        FailureKind::InvalidRequest,
+        "buffered into a socket",
+    );
+    assert!(mentions(&f.message, "buffered"), "{f:?}");
+    assert!(mentions(&f.message, "regular files"), "{f:?}");
+
+    let (dst, before) = make_file(dir.path(), "dst", 3000, 397);
+    let t = OpenOptions::new().append(true).open(&dst).unwrap();
+    let c = completed(
+        wait(
+            client
+                .submit(s.as_fd(), t.as_fd(), &with(Strategy::Buffered))
+                .unwrap(),
+        ),
+        "buffered into an O_APPEND file",
+    );
+    assert_eq!(c.strategy, Strategy::Buffered);
+    let mut want = before;
+    want.extend_from_slice(&data);
+    assert_file_eq(&dst, &want);
+}
+
+#[test]
+fn auto_copies_a_small_file_through_a_buffer_and_says_why() {
+    let d = Daemon::start();
+    let client = d.client();
+    let dir = tmpdir();
+    for (len, want) in [
+        (4096, Strategy::Buffered),
+        (64 << 10, Strategy::Buffered),
+        ((64 << 10) + 1, Strategy::Splice),
+    ] {
+        let (src, data) = make_file(dir.path(), &format!("src{len}"), len, 398);
+        let dst = dir.path().join(format!("dst{len}"));
+        let (s, t) = (open_src(&src), create_dst(&dst));
+        let what = format!("auto, {len} bytes");
+        let c = completed(
+            wait(client.submit(s.as_fd(), t.as_fd(), &opts()).unwrap()),
+            &what,
+        );
+        assert_eq!(c.strategy, want, "{what}: strategy (note {:?})", c.note);
+        if want == Strategy::Buffered {
+            assert_note_mentions(&c, "through a buffer", &what);
+        }
+        assert_eq!(c.bytes, data.len() as u64, "{what}: bytes");
+        assert_file_eq(&dst, &data);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Auto
 
 #[test]

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
@@ -183,6 +184,114 @@ fn progress_events_arrive_in_order() {
             Err(e) => panic!("events channel: {e} before Completed"),
         }
     }
+}
+
+#[test]
+fn final_events_of_batch_jobs_go_out_together() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let client = d.client();
+    let n = 200;
+    let sources: Vec<_> = (0..n)
+        .map(|i| make_file(dir.path(), &format!("src{i}"), 1000 + i, 900 + i as u64))
+        .collect();
+    let files: Vec<_> = (0..n)
+        .map(|i| {
+            (
+                open_src(&sources[i].0),
+                create_dst(&dir.path().join(format!("dst{i}"))),
+            )
+        })
+        .collect();
+    let before = client.stats().expect("stats before");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut batch = client.batch();
+    for (i, (src, dst)) in files.iter().enumerate() {
+        if batch.is_full() {
+            std::mem::replace(&mut batch, client.batch())
+                .send()
+                .expect("send a batch");
+        }
+        let tx = tx.clone();
+        batch
+            .submit(
+                src,
+                dst,
+                &opts(),
+                Some(Box::new(move |r| tx.send((i, r)).unwrap())),
+            )
+            .expect("add to the batch");
+    }
+    batch.send().expect("send the last batch");
+    drop(tx);
+    let mut seen = vec![0; n];
+    for (i, r) in rx.iter() {
+        let c = r.unwrap_or_else(|e| panic!("job {i}: {e:?}"));
+        assert_eq!(c.bytes, sources[i].1.len() as u64, "job {i}: bytes");
+        assert_eq!(c.strategy, Strategy::Buffered, "job {i}: strategy");
+        seen[i] += 1;
+    }
+    assert!(seen.iter().all(|&c| c == 1), "callbacks per job: {seen:?}");
+    for (i, (_, data)) in sources.iter().enumerate() {
+        assert_file_eq(&dir.path().join(format!("dst{i}")), data);
+    }
+    let after = client.stats().expect("stats after");
+    // An event is sent at once only when it tips the held ones over half
+    // of the jobs still running; every other one waits for company.
+    let events = after.events_sent - before.events_sent;
+    let sends = after.event_sends - before.event_sends;
+    let held = after.events_held - before.events_held;
+    assert!(events > n as u64, "{events} events for {n} jobs");
+    assert!(
+        held >= n as u64 / 2,
+        "{held} of {n} final events held back ({events} events in {sends} sends)"
+    );
+    assert!(sends < events, "{events} events took {sends} sends");
+}
+
+#[test]
+fn a_held_final_event_is_sent_while_the_connections_other_jobs_run_on() {
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let dir = tmpdir();
+    let (src, data) = make_file(dir.path(), "small", 5000, 950);
+    let dst = dir.path().join("small.dst");
+    {
+        let client = d.client();
+        // Three jobs that cannot end on their own (sockets nobody writes
+        // to) keep the connection busy, so the small job's final event is
+        // held; only the hold timer can send it.
+        let idle: Vec<_> = (0..3)
+            .map(|_| UnixStream::pair().expect("socketpair"))
+            .collect();
+        let nulls: Vec<_> = (0..3).map(|_| dev_null()).collect();
+        let (s, t) = (open_src(&src), create_dst(&dst));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut batch = client.batch();
+        for ((_, reader), null) in idle.iter().zip(&nulls) {
+            batch
+                .submit(reader, null, &opts(), None)
+                .expect("add an idle job");
+        }
+        batch
+            .submit(
+                &s,
+                &t,
+                &opts(),
+                Some(Box::new(move |r| tx.send(r).unwrap())),
+            )
+            .expect("add the small job");
+        assert_eq!(batch.send().expect("send the batch"), 4);
+        let done = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the small job's final event was never sent");
+        assert_eq!(done.expect("small job").bytes, data.len() as u64);
+        assert_file_eq(&dst, &data);
+        let st = client.stats().expect("stats");
+        assert_eq!(st.jobs_running, 3, "the idle jobs run on: {st:?}");
+        // Dropping the client cancels the idle jobs.
+    }
+    d.assert_fds_return(baseline, Duration::from_secs(3), "after the idle jobs");
 }
 
 #[test]

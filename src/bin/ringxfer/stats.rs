@@ -131,6 +131,16 @@ fn stats_text(s: &StatsReport) -> String {
             ),
         ),
         (
+            "events".into(),
+            format!(
+                "{} sent in {} sends ({:.1} per send), {} held back to go together",
+                s.events_sent,
+                s.event_sends,
+                per(s.events_sent, s.event_sends),
+                s.events_held
+            ),
+        ),
+        (
             "ops in flight".into(),
             format!("{} (at most {})", s.ops_in_flight, s.max_ops_in_flight),
         ),
@@ -222,6 +232,9 @@ mod tests {
             uptime_ms: 3_723_000,
             bytes_moved: 1536,
             jobs_queued: 1,
+            events_sent: 30,
+            event_sends: 4,
+            events_held: 25,
             strategies: vec![StrategyStats {
                 strategy: Some(Strategy::Direct),
                 ops: 9,
@@ -229,7 +242,11 @@ mod tests {
             }],
             ..StatsReport::default()
         });
-        assert_eq!(text.lines().count(), 10, "{text}");
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(
+            text.contains("events:         30 sent in 4 sends (7.5 per send), 25 held back"),
+            "{text}"
+        );
         assert!(text.starts_with("uptime:         1h 02m 03s\n"), "{text}");
         assert!(
             text.contains("bytes moved:    1.50 KiB (1536 bytes)\n"),
