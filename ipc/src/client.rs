@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::codec::{self, CodecError};
+use crate::dispatch::{wait_readable, EventReader};
 use crate::fdpass::send_with_fds;
 use crate::proto::{
     Checksums, Event, FailureKind, JobInfo, Limits, Priority, ProtocolErrorKind, Request,
@@ -43,10 +44,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest frame accepted from the daemon. Events are small; anything
 /// near this is a broken or hostile peer, not data.
-const MAX_EVENT_FRAME: u32 = 16 * 1024 * 1024;
-
-/// The event thread's read buffer: many small events per read(2).
-const READ_BUFFER: usize = 64 * 1024;
+pub(crate) const MAX_EVENT_FRAME: u32 = 16 * 1024 * 1024;
 
 /// The payload buffer is shrunk back to this after a large frame, so one odd
 /// event does not pin megabytes for the life of the connection.
@@ -414,6 +412,12 @@ pub(crate) struct Inner {
     pub(crate) shared: Mutex<Shared>,
     /// Set by `Drop` so the event thread reports why the connection ended.
     dropping: AtomicBool,
+    /// The receiving side, taken by whoever dispatches events.
+    pub(crate) reader: Mutex<EventReader>,
+    /// A [`Dispatcher`](crate::dispatch::Dispatcher) dispatches events now,
+    /// so the event thread stands aside.
+    pub(crate) pumping: Mutex<bool>,
+    pub(crate) pump_changed: Condvar,
 }
 
 /// The send side; its lock makes each frame one uninterrupted write.
@@ -587,11 +591,14 @@ impl Client {
                 lost: Vec::new(),
             }),
             dropping: AtomicBool::new(false),
+            reader: Mutex::new(EventReader::new(reader)),
+            pumping: Mutex::new(false),
+            pump_changed: Condvar::new(),
         });
         let for_thread = Arc::clone(&inner);
         let event_thread = thread::Builder::new()
             .name("ringxfer-ipc-events".into())
-            .spawn(move || event_loop(&for_thread, reader))
+            .spawn(move || event_loop(&for_thread))
             .map_err(io_err("spawning the event thread"))?;
         Ok(Client {
             inner,
@@ -1277,19 +1284,31 @@ impl Drop for Client {
     }
 }
 
-/// The event thread: reads frames until the connection ends, then resolves
-/// everything still waiting with the reason.
-fn event_loop(inner: &Inner, stream: UnixStream) {
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
-    let mut payload = Vec::new();
+/// The event thread: dispatches events until the connection ends, then
+/// resolves everything still waiting with the reason. It waits for the
+/// socket holding nothing, and stands aside while a
+/// [`Dispatcher`](crate::dispatch::Dispatcher) dispatches instead.
+fn event_loop(inner: &Inner) {
+    let fd = lock(&inner.reader).fd();
     let reason = loop {
-        match read_frame(&mut reader, &mut payload) {
-            Ok(event) => {
-                if let Err(reason) = inner.dispatch(event) {
-                    break reason;
-                }
+        {
+            let mut pumping = lock(&inner.pumping);
+            while *pumping {
+                pumping = inner
+                    .pump_changed
+                    .wait(pumping)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
-            Err(e) => break e.to_string(),
+        }
+        if let Err(e) = wait_readable(fd, None) {
+            break FrameError::Io(e).to_string();
+        }
+        // A dispatcher may have started (and taken the bytes) meanwhile.
+        if *lock(&inner.pumping) {
+            continue;
+        }
+        if let Err(reason) = lock(&inner.reader).pump(inner) {
+            break reason;
         }
     };
     let reason = if inner.dropping.load(Ordering::Acquire) {
@@ -1302,7 +1321,7 @@ fn event_loop(inner: &Inner, stream: UnixStream) {
 
 impl Inner {
     /// Routes one event; `Err` carries the reason to end the connection.
-    fn dispatch(&self, event: Event) -> Result<(), String> {
+    pub(crate) fn dispatch(&self, event: Event) -> Result<(), String> {
         match event {
             Event::Accepted { req, .. }
             | Event::Progress { req, .. }
@@ -1459,7 +1478,12 @@ impl Inner {
 
     /// Ends the connection: afterwards nothing can be sent, and every job,
     /// `stats` caller and subscriber still waiting learns that it is over.
-    fn close(&self, reason: String) {
+    pub(crate) fn close(&self, reason: String) {
+        // A dispatcher and then the event thread both see the end; the
+        // first says why.
+        if lock(&self.shared).closed.is_some() {
+            return;
+        }
         // Wakes any sender blocked on a full socket buffer (with EPIPE), so
         // taking the send lock below cannot hang. An error means the socket
         // is already shut down.
@@ -1776,7 +1800,7 @@ impl fmt::Debug for JobHandle {
 
 /// Why reading a frame from the daemon failed.
 #[derive(Debug, thiserror::Error)]
-enum FrameError {
+pub(crate) enum FrameError {
     #[error("the daemon closed the connection")]
     Eof,
     #[error("the connection ended in the middle of a frame")]

@@ -443,3 +443,73 @@ fn reconnect_after_a_daemon_restart_names_the_jobs_lost_with_the_old_connection(
     assert!(from_stream.reconnect_to(&d.socket).unwrap().is_empty());
     copy_and_check(&from_stream, dir.path(), "via-path", 4096, 5);
 }
+
+#[test]
+fn a_dispatcher_runs_the_events_on_its_own_thread_until_dropped() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let client = d.client();
+    let (src, data) = make_file(dir.path(), "src", 10_000, 960);
+    let dst = dir.path().join("dst");
+    let (s, t) = (open_src(&src), create_dst(&dst));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    {
+        let mut events = client.dispatch_here();
+        client
+            .submit_with_callback(&s, &t, &opts(), move |r| {
+                tx.send((thread::current().id(), r)).unwrap()
+            })
+            .expect("submit");
+        // The event thread stands aside: nothing is dispatched until this
+        // thread dispatches.
+        thread::sleep(Duration::from_millis(200));
+        assert!(
+            rx.is_empty(),
+            "a callback ran while a dispatcher held the events"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rx.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the completion was never dispatched"
+            );
+            events
+                .dispatch(Some(Duration::from_millis(100)))
+                .expect("dispatch");
+        }
+    }
+    let (on, r) = rx.recv().unwrap();
+    assert_eq!(
+        on,
+        thread::current().id(),
+        "the callback ran on another thread"
+    );
+    assert_eq!(r.expect("job").bytes, data.len() as u64);
+    assert_file_eq(&dst, &data);
+
+    // With the dispatcher gone the event thread dispatches again.
+    copy_and_check(&client, dir.path(), "after", 5000, 961);
+
+    // The end of the connection shows through a dispatcher, and resolves
+    // what was outstanding.
+    let (idle, _writer) = submit_idle(&client, &opts());
+    let mut events = client.dispatch_here();
+    drop(d);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match events.dispatch(Some(Duration::from_millis(100))) {
+            Err(ringxfer_ipc::ClientError::Disconnected) => break,
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon's end never showed"
+            ),
+            Err(e) => panic!("dispatch: {e:?}"),
+        }
+    }
+    drop(events);
+    let r = wait_within(idle, Duration::from_secs(5));
+    assert!(
+        matches!(r, Err(ringxfer_ipc::JobError::Disconnected(_))),
+        "the idle job's handle: {r:?}"
+    );
+}

@@ -6,10 +6,13 @@
 //! the daemon in batches (one sendmsg for up to 32 jobs, see
 //! ringxfer_ipc::SubmitBatch), so the daemon always has a window's worth of
 //! jobs to batch into its ring and nobody waits for one file's round trip
-//! before starting the next. Each job's completion callback (on the stub's
-//! event thread) only passes the result back through a channel; the main
-//! thread publishes the file (which inside a staged directory is just a
-//! close) and frees its place in the window.
+//! before starting the next. The main thread also reads the daemon's events
+//! itself (ringxfer_ipc::dispatch::Dispatcher): without waiting, after each
+//! batch it sends, and waiting only when the window is full. The stub's
+//! event thread, woken by every batch of completions, kept preempting it on
+//! two cores. Each job's completion callback only passes the result back
+//! through a channel; the main thread then publishes the file (which inside
+//! a staged directory is just a close) and frees its place in the window.
 
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use ringxfer_ipc::dispatch::Dispatcher;
 use ringxfer_ipc::{Client, Completion, JobError, Strategy, TransferOptions};
 use slab::Slab;
 
@@ -69,6 +73,8 @@ type Finished = (usize, Result<Completion, JobError>);
 
 pub struct Pipeline<'a> {
     client: &'a Client,
+    /// The connection's events, read on this thread.
+    events: Dispatcher<'a>,
     out: Output,
     window: usize,
     /// Jobs opened and not yet settled, sent or not.
@@ -118,6 +124,7 @@ impl<'a> Pipeline<'a> {
         let window = window(client);
         Pipeline {
             client,
+            events: client.dispatch_here(),
             out: ctx.out,
             window,
             jobs: Slab::with_capacity(window),
@@ -221,6 +228,9 @@ impl<'a> Pipeline<'a> {
         self.unsent.push(key);
         if self.unsent.len() >= self.batch {
             self.send()?;
+            // Whatever finished meanwhile, without waiting: a receive per
+            // batch, not per file.
+            let _ = self.events.dispatch(Some(Duration::ZERO));
         }
         Ok(())
     }
@@ -297,12 +307,20 @@ impl<'a> Pipeline<'a> {
 
     /// Waits for one job to finish and publishes it.
     fn reap_one(&mut self) {
-        match self.done_rx.recv() {
-            Ok(finished) => self.settle(finished),
-            // Cannot happen while we hold a sender; if it did, nothing more
-            // would ever come back.
-            Err(_) => {
+        loop {
+            if let Ok(finished) = self.done_rx.try_recv() {
+                self.settle(finished);
+                return;
+            }
+            if self.events.dispatch(None).is_err() {
+                // The connection ended: every outstanding job was resolved,
+                // its callback run, before the error came back.
+                while let Ok(finished) = self.done_rx.try_recv() {
+                    self.settle(finished);
+                }
+                // Nothing more can come; jobs still listed never will.
                 self.jobs.clear();
+                return;
             }
         }
     }
