@@ -7,7 +7,7 @@
 //! The tests pass plain (buffered) descriptors: making the I/O direct is the
 //! daemon's business.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -459,24 +459,30 @@ fn ramfs_source_is_hot_for_auto_and_refused_by_direct() {
     assert_eq!(c.bytes, data.len() as u64);
     assert_file_eq(&dst, &data);
 
-    let dst = dir.path().join("direct.dst");
-    let t = create_dst(&dst);
-    let f = failed(
-        wait(
-            client
-                .submit(s.as_fd(), t.as_fd(), &with(Strategy::Direct))
-                .unwrap(),
-        ),
-        FailureKind::InvalidRequest,
+    assert_direct_refused(
+        &client,
+        &s,
+        &dir.path().join("direct.dst"),
         "direct from ramfs",
+    );
+    drop(s);
+    drop(mnt);
+}
+
+/// Submits `src` into a new file at `dst` with the direct strategy and
+/// checks it is refused at once, naming O_DIRECT, with nothing moved.
+fn assert_direct_refused(client: &Client, src: &File, dst: &Path, what: &str) {
+    let t = create_dst(dst);
+    let f = failed(
+        wait(client.submit(src, &t, &with(Strategy::Direct)).unwrap()),
+        FailureKind::InvalidRequest,
+        what,
     );
     assert!(
         mentions(&f.message, "O_DIRECT"),
-        "the refusal should name O_DIRECT: {f:?}"
+        "{what}: the refusal should name O_DIRECT: {f:?}"
     );
-    assert_eq!(f.bytes, 0, "{f:?}");
-    drop((s, t));
-    drop(mnt);
+    assert_eq!(f.bytes, 0, "{what}: {f:?}");
 }
 
 #[test]
@@ -511,23 +517,8 @@ fn ramfs_destination_auto_falls_back_to_splice_and_direct_is_refused() {
     assert_eq!(c.bytes, data.len() as u64);
     assert_file_eq(&dst, &data);
 
-    let dst = mnt.0.join("direct.dst");
-    let t = create_dst(&dst);
-    let f = failed(
-        wait(
-            client
-                .submit(s.as_fd(), t.as_fd(), &with(Strategy::Direct))
-                .unwrap(),
-        ),
-        FailureKind::InvalidRequest,
-        "direct to ramfs",
-    );
-    assert!(
-        mentions(&f.message, "O_DIRECT"),
-        "the refusal should name O_DIRECT: {f:?}"
-    );
-    assert_eq!(f.bytes, 0, "{f:?}");
-    drop((s, t));
+    assert_direct_refused(&client, &s, &mnt.0.join("direct.dst"), "direct to ramfs");
+    drop(s);
     drop(mnt);
 }
 
