@@ -15,7 +15,9 @@
 //! one: otherwise every grant would pop and re-push all of a busy client's
 //! waiters, which made the scheduler the daemon's largest cost with
 //! thousands of small jobs queued. The group's owner unparks as many as it
-//! has room for when its slots come back.
+//! has room for when its slots come back. A job queued while its group is
+//! already at its limit is parked at once, which halves the heap work per
+//! small job.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -80,6 +82,28 @@ impl FairQueue {
         let seq = self.next_seq;
         self.next_seq += self.step;
         self.heap.push(Reverse(Entry {
+            vtime,
+            class: Reverse(priority),
+            seq,
+            key,
+        }));
+        (seq, vtime)
+    }
+
+    /// Queues a job straight into `group`'s parked waiters, for a group that
+    /// may not take a slot now: what `push` then `pop` and `park` would do,
+    /// without passing through the shared heap. Returns as `push` does.
+    pub fn push_parked(
+        &mut self,
+        group: usize,
+        key: usize,
+        vtime: u64,
+        priority: Priority,
+    ) -> (u64, u64) {
+        let vtime = vtime.max(self.now);
+        let seq = self.next_seq;
+        self.next_seq += self.step;
+        self.parked.entry(group).or_default().push(Reverse(Entry {
             vtime,
             class: Reverse(priority),
             seq,
@@ -223,6 +247,22 @@ mod tests {
         assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((1, s1)));
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(4));
         assert_eq!(q.pop(|_, _| true), None);
+    }
+
+    #[test]
+    fn a_waiter_parked_at_once_comes_back_in_order_with_the_others() {
+        let mut q = FairQueue::with_capacity(8, 0, 1);
+        q.push(1, 30, Priority::Normal);
+        let w = q.pop(|_, _| true).expect("a waiter");
+        q.park(7, w);
+        let (_, at) = q.push_parked(7, 2, 10, Priority::Normal);
+        assert_eq!(at, 10);
+        assert_eq!(q.parked(7), 2);
+        assert_eq!(q.peek(|_, _| true), None, "nothing in the shared queue");
+        q.unpark(7, 1, |_, _| true);
+        assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(2));
+        q.unpark(7, 1, |_, _| true);
+        assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(1));
     }
 
     #[test]

@@ -21,11 +21,25 @@ const MIN_THROTTLE_WAIT: Duration = Duration::from_millis(2);
 impl Engine {
     /// Puts a job that wants a slot in its fair queue.
     pub(super) fn enqueue(&mut self, k: usize) {
+        let Some((r, session)) = self.jobs.get(k).map(|j| (j.resource(), j.session)) else {
+            return;
+        };
+        let quota = self.quota(r);
+        // A connection at its quota would only have the job parked when it
+        // reached the front: park it now.
+        let at_quota = session.filter(|&sk| {
+            self.sessions
+                .get(sk)
+                .is_some_and(|s| s.held[r as usize] >= quota)
+        });
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
-        let q = &mut self.queues[job.resource() as usize];
-        let (seq, vtime) = q.push(k, job.vtime, job.priority);
+        let q = &mut self.queues[r as usize];
+        let (seq, vtime) = match at_quota {
+            Some(sk) => q.push_parked(sk, k, job.vtime, job.priority),
+            None => q.push(k, job.vtime, job.priority),
+        };
         job.queue_seq = seq;
         job.vtime = vtime;
         job.queued = true;

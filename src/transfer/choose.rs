@@ -9,8 +9,6 @@
 //! copy does not evict everyone else's hot pages. Everything else splices.
 //! nginx's `directio` decides by size alone; the residency test is ours.
 
-use std::os::fd::AsRawFd;
-
 use ringxfer_ipc::{FailureKind, Strategy};
 
 use super::dio::{cached_fraction, dio_alignment, enable_direct, restore_flags, SavedFlags};
@@ -150,12 +148,7 @@ fn regular_files(plan: &Plan) -> Result<u64, String> {
             plan.ends.src_kind, plan.ends.dst_kind
         ));
     }
-    file_size(&plan.ends.dst)
-}
-
-fn zeroed_stat() -> libc::stat {
-    // SAFETY: an all-zero stat is a valid value of a plain C struct.
-    unsafe { std::mem::zeroed() }
+    Ok(plan.dst_size)
 }
 
 fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
@@ -170,11 +163,7 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
             "it moves file to file, file to socket or socket to file, and this job is {src} to {dst}"
         ));
     }
-    let orig_dst_size = if dst_file {
-        file_size(&plan.ends.dst)?
-    } else {
-        0
-    };
+    let orig_dst_size = plan.dst_size;
     if !src_file && orig_dst_size > plan.dst_start {
         // The stream's length is unknown, so whether its padded last block
         // would overwrite data that follows cannot be known either.
@@ -229,18 +218,6 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         saved,
         orig_dst_size,
     })
-}
-
-fn file_size(fd: &std::os::fd::OwnedFd) -> Result<u64, String> {
-    let mut st = zeroed_stat();
-    // SAFETY: fstat on an open descriptor into a valid stat buffer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(format!(
-            "fstat of the destination failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
 fn buffered(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {

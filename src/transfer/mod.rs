@@ -329,6 +329,9 @@ pub struct Plan {
     /// The destination is a file open with O_APPEND: writes land at its end
     /// whatever the offset, and splice refuses it.
     pub dst_append: bool,
+    /// What the destination held at admission (0 for anything but a
+    /// regular file), from the same fstat as its kind.
+    pub dst_size: u64,
 }
 
 struct Probe {
@@ -381,7 +384,7 @@ pub struct Refused {
 /// Every refusal names the descriptor and what is wrong with it.
 pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Refused> {
     match check(&src, &dst, req) {
-        Ok((src_kind, dst_kind, total, length_requested, dst_append)) => Ok(Plan {
+        Ok((src_kind, dst_kind, total, length_requested, dst_append, dst_size)) => Ok(Plan {
             ends: Endpoints {
                 src,
                 dst,
@@ -393,6 +396,7 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Ref
             total,
             length_requested,
             dst_append,
+            dst_size,
         }),
         Err(error) => Err(Refused {
             error,
@@ -401,7 +405,7 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Ref
     }
 }
 
-type Checked = (FdKind, FdKind, Option<u64>, bool, bool);
+type Checked = (FdKind, FdKind, Option<u64>, bool, bool, u64);
 
 fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, TransferError> {
     let s = probe(src, "source")?;
@@ -485,5 +489,13 @@ fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, T
             "offset plus length exceeds the largest file offset (2^63 - 1)",
         ));
     }
-    Ok((s.kind, d.kind, total, length_requested, dst_append))
+    let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
+    Ok((
+        s.kind,
+        d.kind,
+        total,
+        length_requested,
+        dst_append,
+        dst_size,
+    ))
 }

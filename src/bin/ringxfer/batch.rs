@@ -33,6 +33,7 @@ use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject};
 use crate::transfer::Plan;
 use crate::tree::{Item, StagedDirs};
+use crate::walk_ahead::{Found, FDS_AHEAD};
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Jobs in flight at most. On two cores, windows from 8 to 1000 copied
@@ -96,11 +97,12 @@ pub struct Pipeline<'a> {
 
 /// The window: [`WINDOW`], or less where the daemon's per-connection or
 /// per-user job cap, or this process's descriptors (one per job in flight,
-/// its destination; the source is closed once submitted), are lower.
+/// its destination, the source being closed once submitted; plus the
+/// sources the walk opened ahead), are lower.
 fn window(client: &Client) -> usize {
     let limits = client.limits();
     let nofile = fdlimit::raise_nofile();
-    let by_fds = nofile.saturating_sub(SPARE_FDS).max(1);
+    let by_fds = nofile.saturating_sub(SPARE_FDS + FDS_AHEAD).max(1);
     [
         WINDOW as u64,
         u64::from(limits.max_jobs_per_connection),
@@ -149,15 +151,36 @@ impl<'a> Pipeline<'a> {
 
     /// Handles one item of the walk. An error is fatal (the connection to
     /// the engine is gone); per-path failures are reported and counted.
-    pub fn take(&mut self, item: Item) -> Result<(), CliError> {
-        if let Item::Staged(dir) = item {
-            self.staged.push(dir);
-            return Ok(());
-        }
+    pub fn take(&mut self, found: Found) -> Result<(), CliError> {
+        let item = match found {
+            Found::File {
+                src,
+                dst,
+                new,
+                opened,
+            } => {
+                self.tally.items += 1;
+                self.copy_file(src, dst, new, opened)?;
+                self.reap_ready();
+                return Ok(());
+            }
+            Found::Other(Item::Staged(dir)) => {
+                self.staged.push(dir);
+                return Ok(());
+            }
+            Found::Other(item) => item,
+        };
         self.tally.items += 1;
         match item {
             Item::Staged(_) => {}
-            Item::File { src, dst, new } => self.copy_file(src, dst, new)?,
+            // The walk hands files out opened, as Found::File.
+            Item::File { src, dst, new } => {
+                let opened = File::open(&src).and_then(|f| {
+                    let meta = f.metadata()?;
+                    Ok((f, meta))
+                });
+                self.copy_file(src, dst, new, opened)?
+            }
             Item::Symlink { src, dst } => match copy_symlink(&src, &dst, self.preserve) {
                 Ok(()) => self.tally.links += 1,
                 Err(err) => self.fail(&src, Some(&dst), &err),
@@ -184,11 +207,13 @@ impl<'a> Pipeline<'a> {
             .suspend(|| self.out.failed(Op::Copy, Some(&subject), &err));
     }
 
-    fn copy_file(&mut self, src: PathBuf, dst: PathBuf, new: bool) -> Result<(), CliError> {
-        let opened = File::open(&src).and_then(|f| {
-            let meta = f.metadata()?;
-            Ok((f, meta))
-        });
+    fn copy_file(
+        &mut self,
+        src: PathBuf,
+        dst: PathBuf,
+        new: bool,
+        opened: io::Result<(File, Metadata)>,
+    ) -> Result<(), CliError> {
         let (file, meta) = match opened {
             Ok(x) => x,
             Err(e) => {

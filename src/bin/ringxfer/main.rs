@@ -19,6 +19,7 @@ mod report;
 mod stats;
 mod transfer;
 mod tree;
+mod walk_ahead;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

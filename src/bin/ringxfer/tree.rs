@@ -38,6 +38,7 @@ use crate::batch::Pipeline;
 use crate::commands::{Context, CopyArgs};
 use crate::error::{CliError, Exit};
 use crate::report::Op;
+use crate::walk_ahead::WalkAhead;
 use ringxfer_ipc::publish::{hidden_name, preserve_metadata};
 
 /// One thing the walk found that the pipeline must copy or report.
@@ -538,16 +539,28 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
         }
     };
     let started = Instant::now();
-    let mut walk = Walk::new(operands, args.recursive, args.dest.preserve, umask);
+    let walk = Walk::new(operands, args.recursive, args.dest.preserve, umask);
+    let mut ahead = match WalkAhead::start(walk) {
+        Ok(ahead) => ahead,
+        Err(e) => {
+            let err = CliError::new("cannot start the directory walk", "io", e.to_string());
+            ctx.out.failed(Op::Copy, None, &err);
+            return err.exit;
+        }
+    };
     let mut pipeline = Pipeline::new(ctx, &engine, args);
     let mut fatal = None;
-    for item in walk.by_ref() {
-        if let Err(err) = pipeline.take(item) {
+    for found in ahead.by_ref() {
+        if let Err(err) = pipeline.take(found) {
             fatal = Some(err);
             break;
         }
     }
-    let (mut tally, staged) = pipeline.finish();
+    let (walk, staged_unseen) = ahead.finish();
+    let (mut tally, mut staged) = pipeline.finish();
+    for dir in staged_unseen {
+        staged.push(dir);
+    }
     tally.dirs = walk.dirs;
     if fatal.is_none() {
         for fixup in &walk.fixups {
