@@ -24,14 +24,9 @@ impl Engine {
         let Some((r, session)) = self.jobs.get(k).map(|j| (j.resource(), j.session)) else {
             return;
         };
-        let quota = self.quota(r);
         // A connection at its quota would only have the job parked when it
         // reached the front: park it now.
-        let at_quota = session.filter(|&sk| {
-            self.sessions
-                .get(sk)
-                .is_some_and(|s| s.held[r as usize] >= quota)
-        });
+        let at_quota = self.at_quota(session, r);
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
@@ -129,7 +124,6 @@ impl Engine {
                 break;
             };
             let ri = r as usize;
-            let quota = self.quota(r);
             // The waiter `first_waiter` just found is at the top.
             self.queues[ri].pop(|_, _| true);
             let k = w.key;
@@ -145,12 +139,12 @@ impl Engine {
                 self.enqueue(k);
                 continue;
             }
-            let at_quota = job
-                .session
-                .filter(|&sk| self.sessions.get(sk).is_some_and(|s| s.held[ri] >= quota));
-            if let Some(sk) = at_quota {
+            let session = job.session;
+            if let Some(sk) = self.at_quota(session, r) {
                 // It waits on, set aside until its connection gives a slot back.
-                job.queued = true;
+                if let Some(job) = self.jobs.get_mut(k) {
+                    job.queued = true;
+                }
                 self.queues[ri].park(sk, w);
                 continue;
             }
@@ -181,6 +175,16 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// `session`, if it holds as many slots of `r` as it may.
+    fn at_quota(&self, session: Option<usize>, r: Resource) -> Option<usize> {
+        let quota = self.quota(r);
+        session.filter(|&sk| {
+            self.sessions
+                .get(sk)
+                .is_some_and(|s| s.held[r as usize] >= quota)
+        })
     }
 
     /// The most slots of `r` one connection's jobs may hold at once.

@@ -33,7 +33,7 @@ use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject};
 use crate::transfer::Plan;
 use crate::tree::{Item, StagedDirs};
-use crate::walk_ahead::{Found, FDS_AHEAD};
+use crate::walk_ahead::{open_source, Found, FDS_AHEAD};
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Jobs in flight at most. On two cores, windows from 8 to 1000 copied
@@ -152,40 +152,33 @@ impl<'a> Pipeline<'a> {
     /// Handles one item of the walk. An error is fatal (the connection to
     /// the engine is gone); per-path failures are reported and counted.
     pub fn take(&mut self, found: Found) -> Result<(), CliError> {
-        let item = match found {
+        // The walk hands files out opened; one that was not is opened here.
+        let found = match found {
+            Found::Other(item @ Item::File { .. }) => open_source(item),
+            found => found,
+        };
+        if let Found::Other(Item::Staged(dir)) = found {
+            self.staged.push(dir);
+            return Ok(());
+        }
+        self.tally.items += 1;
+        match found {
             Found::File {
                 src,
                 dst,
                 new,
                 opened,
-            } => {
-                self.tally.items += 1;
-                self.copy_file(src, dst, new, opened)?;
-                self.reap_ready();
-                return Ok(());
+            } => self.copy_file(src, dst, new, opened)?,
+            Found::Other(Item::Symlink { src, dst }) => {
+                match copy_symlink(&src, &dst, self.preserve) {
+                    Ok(()) => self.tally.links += 1,
+                    Err(err) => self.fail(&src, Some(&dst), &err),
+                }
             }
-            Found::Other(Item::Staged(dir)) => {
-                self.staged.push(dir);
-                return Ok(());
+            Found::Other(Item::Failed { src, dst, error }) => {
+                self.fail(&src, dst.as_deref(), &error)
             }
-            Found::Other(item) => item,
-        };
-        self.tally.items += 1;
-        match item {
-            Item::Staged(_) => {}
-            // The walk hands files out opened, as Found::File.
-            Item::File { src, dst, new } => {
-                let opened = File::open(&src).and_then(|f| {
-                    let meta = f.metadata()?;
-                    Ok((f, meta))
-                });
-                self.copy_file(src, dst, new, opened)?
-            }
-            Item::Symlink { src, dst } => match copy_symlink(&src, &dst, self.preserve) {
-                Ok(()) => self.tally.links += 1,
-                Err(err) => self.fail(&src, Some(&dst), &err),
-            },
-            Item::Failed { src, dst, error } => self.fail(&src, dst.as_deref(), &error),
+            Found::Other(Item::Staged(_) | Item::File { .. }) => {}
         }
         self.reap_ready();
         Ok(())

@@ -50,7 +50,8 @@ pub enum Found {
     Other(Item),
 }
 
-fn open(item: Item) -> Found {
+/// Opens `item`'s source if it is a regular file.
+pub fn open_source(item: Item) -> Found {
     match item {
         Item::File { src, dst, new } => {
             let opened = File::open(&src).and_then(|file| {
@@ -90,7 +91,7 @@ impl WalkAhead {
                     let Some(item) = walk.next() else {
                         break;
                     };
-                    chunk.push(open(item));
+                    chunk.push(open_source(item));
                     if chunk.len() == CHUNK {
                         let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                         if tx.send(full).is_err() {
