@@ -9,7 +9,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, IoUring, Probe};
@@ -615,30 +614,32 @@ fn writable(dir: &Path) -> bool {
 fn socket(report: &mut Report, path: &Path) {
     let topic = format!("socket {}", path.display());
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => {
-                report.add(
-                    Level::Fail,
-                    topic,
-                    "a daemon already answers there: ringxferd would refuse to start; stop it \
+        Ok(meta) if meta.file_type().is_socket() => {
+            match crate::server::listener::still_served(path) {
+                Ok(true) => {
+                    report.add(
+                        Level::Fail,
+                        topic,
+                        "a daemon already answers there: ringxferd would refuse to start; stop it \
                      or choose another socket",
-                );
-                return;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => report.add(
-                Level::Ok,
-                topic.clone(),
-                "a stale socket file nobody answers on: the daemon will replace it",
-            ),
-            Err(e) => {
-                report.add(
+                    );
+                    return;
+                }
+                Ok(false) => report.add(
+                    Level::Ok,
+                    topic.clone(),
+                    "a stale socket file nobody answers on: the daemon will replace it",
+                ),
+                Err(e) => {
+                    report.add(
                     Level::Fail,
                     topic,
                     format!("exists, and connecting to it fails with {e}: the daemon would refuse to replace it"),
                 );
-                return;
+                    return;
+                }
             }
-        },
+        }
         Ok(_) => {
             report.add(
                 Level::Fail,

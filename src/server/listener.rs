@@ -4,6 +4,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +44,13 @@ impl SocketFile {
             })?;
         }
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-                Ok(_) => return Err(ListenerError::AlreadyServing(path.to_path_buf())),
-                // Nobody listens: a daemon died without removing it.
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    std::fs::remove_file(path).map_err(io_err("remove the stale socket"))?
+            Ok(meta) if meta.file_type().is_socket() => {
+                if still_served(path).map_err(io_err("check for a daemon already serving on"))? {
+                    return Err(ListenerError::AlreadyServing(path.to_path_buf()));
                 }
-                // EACCES, EAGAIN (a full backlog): a daemon may well be
-                // there; replacing its socket would cut it off.
-                Err(e) => return Err(io_err("check for a daemon already serving on")(e)),
-            },
+                // Nobody listens: a daemon died without removing it.
+                std::fs::remove_file(path).map_err(io_err("remove the stale socket"))?
+            }
             Ok(_) => return Err(ListenerError::NotASocket(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspect")(e)),
@@ -70,6 +68,33 @@ impl SocketFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// How long a socket must keep taking connections before it counts as served.
+///
+/// A daemon killed by SIGKILL does not let go of its listener when it is
+/// reaped: the listener stays referenced by the dying process's io_uring
+/// (an accept in flight) until the kernel's ring teardown runs, a few
+/// milliseconds later. Until then `connect` succeeds and the connection is
+/// reset. A restart that came that quickly (a supervisor, a test) would be
+/// refused as "already serving" if one connect decided.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(1);
+const LIVENESS_PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether a daemon is serving on `path`: every connect for
+/// [`LIVENESS_WINDOW`] succeeds. ECONNREFUSED means nobody listens. Any
+/// other error (EACCES, EAGAIN for a full backlog) is returned, since a
+/// daemon may well be there and replacing its socket would cut it off.
+pub(crate) fn still_served(path: &Path) -> io::Result<bool> {
+    let deadline = Instant::now() + LIVENESS_WINDOW;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(_) if Instant::now() >= deadline => return Ok(true),
+            Ok(_) => std::thread::sleep(LIVENESS_PROBE_EVERY),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
 }
 

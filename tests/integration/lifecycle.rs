@@ -148,6 +148,33 @@ fn stale_socket_file_is_replaced() {
 }
 
 #[test]
+fn a_socket_whose_listener_is_going_away_is_taken_over() {
+    // A daemon killed with SIGKILL still takes connections for a moment:
+    // the kernel tears its ring, which holds the listener, down a little
+    // after it is reaped. A daemon started in that moment waits it out
+    // instead of calling the socket served.
+    let dir = tmpdir();
+    let path = dir.path().join("dying.sock");
+    let dying = UnixListener::bind(&path).unwrap();
+    let closer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        drop(dying);
+    });
+    let d = Daemon::start_at(Some(path.clone()), &[]);
+    closer.join().unwrap();
+    // Connections that succeed from here on are the daemon's.
+    assert!(
+        poll_until(Duration::from_secs(10), || UnixStream::connect(&path)
+            .is_ok()),
+        "the daemon never took the socket over; log:\n{}",
+        d.log()
+    );
+    let data_dir = tmpdir();
+    copy_and_check(&d.client(), data_dir.path(), "taken-over", 5000, 55);
+    d.stop();
+}
+
+#[test]
 fn socket_mode_is_0660_and_sigterm_removes_it() {
     let d = Daemon::start();
     let md = std::fs::metadata(&d.socket).unwrap();

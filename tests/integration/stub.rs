@@ -415,6 +415,9 @@ fn reconnect_after_a_daemon_restart_names_the_jobs_lost_with_the_old_connection(
         matches!(r, Err(ringxfer_ipc::JobError::Disconnected(_))),
         "the stalled job's handle: {r:?}"
     );
+    // Until its listener is gone, the new daemon's readiness check could
+    // be answered by the old one's.
+    wait_refused(&socket);
     let second = Daemon::start_at(Some(socket.clone()), &[]);
     let lost = client.reconnect().expect("reconnect");
     assert_eq!(lost.len(), 1, "{lost:?}");

@@ -234,6 +234,19 @@ pub fn auto_between_files(len: u64) -> Strategy {
     }
 }
 
+/// Waits up to 10 s for `socket` to refuse connections: a daemon killed
+/// with SIGKILL keeps its listener until the kernel tears its ring down, a
+/// little after it is reaped.
+pub fn wait_refused(socket: &Path) {
+    let refused = poll_until(Duration::from_secs(10), || {
+        matches!(
+            UnixStream::connect(socket),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED)
+        )
+    });
+    assert!(refused, "{} still takes connections", socket.display());
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
 pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
