@@ -10,6 +10,7 @@ pub mod check;
 pub mod duration;
 pub mod embedded;
 pub mod engine;
+pub mod fdtable;
 pub mod server;
 pub mod settings;
 pub mod size;

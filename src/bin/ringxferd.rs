@@ -76,6 +76,8 @@ fn serve(args: &Settings) -> Result<(), String> {
     let signals =
         block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let max_jobs = fit_jobs_to_fd_limit(args.max_jobs, args.pipes);
+    // Before the ring's workers share the table (see ringxfer::fdtable).
+    ringxfer::fdtable::reserve(fd_need(max_jobs, args.pipes));
     let config = EngineConfig {
         engine: args.engine,
         ring_entries: args.ring_entries,
@@ -144,6 +146,15 @@ fn engine_error(e: &EngineError, settings: &Settings) -> String {
     text
 }
 
+/// Descriptors besides jobs and pipes: connections, the ring, the signalfd,
+/// logs. A generous reserve.
+const FD_RESERVE: u64 = 256;
+
+/// Descriptors the daemon holds at most with `max_jobs` jobs and `pipes` pipes.
+fn fd_need(max_jobs: usize, pipes: usize) -> u64 {
+    2 * (max_jobs as u64 + pipes as u64) + FD_RESERVE
+}
+
 /// Raises the open-file limit to its hard limit and lowers `max_jobs` to
 /// what it allows: each job holds two client descriptors, each pipe two, and
 /// connections and the daemon itself need some more. Running out would make
@@ -168,10 +179,8 @@ fn fit_jobs_to_fd_limit(max_jobs: usize, pipes: usize) -> usize {
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    // Connections, the ring, the signalfd, logs: a generous reserve.
-    const RESERVE: u64 = 256;
     let limit = lim.rlim_cur;
-    let fit = limit.saturating_sub(RESERVE + 2 * pipes as u64) / 2;
+    let fit = limit.saturating_sub(FD_RESERVE + 2 * pipes as u64) / 2;
     if (max_jobs as u64) > fit {
         let fit = fit.max(1) as usize;
         warn!(

@@ -9,6 +9,7 @@
 pub mod buffer_pool;
 mod coalesce;
 mod control;
+mod fd_closer;
 mod jobs;
 pub mod ops;
 pub mod pipe_pool;
@@ -39,6 +40,7 @@ use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE};
 use crate::transfer::splice::Returned;
 use crate::transfer::TransferError;
 use buffer_pool::BufferPool;
+use fd_closer::FdCloser;
 use jobs::{Finished, Job};
 use ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
 use pipe_pool::{PipeError, PipePool};
@@ -271,10 +273,13 @@ pub struct Engine {
     next_session_id: u64,
     cqes: Vec<Cqe>,
     returned: Vec<Returned>,
-    /// Client descriptors to close through the ring at the end of this turn:
-    /// a client's descriptor can be a socket with SO_LINGER or a file on a
-    /// network file system, whose last close may block.
+    /// Client descriptors to close at the end of this turn, off the loop
+    /// thread: a client's descriptor can be a socket with SO_LINGER or a file
+    /// on a network file system, whose last close may block.
     doomed: Vec<OwnedFd>,
+    /// The thread that closes them (see fd_closer); without it, or when its
+    /// queue is full, they are closed through the ring.
+    closer: Option<FdCloser>,
     /// Close operations in flight; the loop does not wait for them to stop.
     closes_in_flight: usize,
     started: Instant,
@@ -357,6 +362,9 @@ impl Engine {
             "engine ready"
         );
         let ops = OpTable::with_capacity(config.ring_entries as usize * 2);
+        let closer = FdCloser::start()
+            .map_err(|e| warn!("cannot start the closing thread ({e}); closing through the ring"))
+            .ok();
         Ok(Engine {
             ring,
             ops,
@@ -410,6 +418,7 @@ impl Engine {
             cqes: Vec::with_capacity(config.ring_entries as usize * 4),
             returned: Vec::with_capacity(16),
             doomed: Vec::with_capacity(16),
+            closer,
             closes_in_flight: 0,
             started: Instant::now(),
             jobs_completed: 0,
@@ -1143,9 +1152,17 @@ impl Engine {
         self.free_if_done(k);
     }
 
-    /// Closes, through the ring, the client descriptors dropped this turn.
+    /// Closes the client descriptors dropped this turn: hands them to the
+    /// closing thread, or closes them through the ring.
     fn close_doomed(&mut self) {
         while let Some(fd) = self.doomed.pop() {
+            let fd = match &self.closer {
+                Some(closer) => match closer.hand_over(fd) {
+                    Ok(()) => continue,
+                    Err(fd) => fd,
+                },
+                None => fd,
+            };
             let mut io = IoQueue {
                 ring: &mut self.ring,
                 ops: &mut self.ops,

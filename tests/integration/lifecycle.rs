@@ -17,9 +17,10 @@ use crate::support::*;
 
 #[test]
 fn one_loop_thread_while_busy() {
-    // One thread is the io_uring engine's design (io-wq workers aside); the
-    // threads engine has workers by design, so this runs io_uring whatever
-    // RINGXFER_TEST_ENGINE says.
+    // One thread is the io_uring engine's design (io-wq workers and the
+    // thread that closes client descriptors aside); the threads engine has
+    // workers by design, so this runs io_uring whatever RINGXFER_TEST_ENGINE
+    // says.
     let d = Daemon::start_with(&["--engine", "uring"]);
     let idle = d.loop_threads();
     assert_eq!(
@@ -30,6 +31,12 @@ fn one_loop_thread_while_busy() {
     );
 
     let client = d.client();
+    // The handshake came from the loop, so the engine (and its closer) exists.
+    assert!(
+        d.tasks().iter().any(|t| t.comm == "ringxfer-close"),
+        "no descriptor closer: {:?}",
+        d.tasks()
+    );
     let dir = tmpdir();
 
     // A socket -> file job kept busy by a writer that streams until told to

@@ -557,14 +557,16 @@ impl Daemon {
         v
     }
 
-    /// Tasks that are not the kernel's io_uring workers. A worker is known
-    /// by its comm ("iou-wrk-*", "iou-sqp-*") or, in the instant between its
-    /// creation and its naming (when it still carries the parent's comm), by
-    /// the PF_IO_WORKER flag the kernel sets on it from birth.
+    /// Tasks that are neither the kernel's io_uring workers nor the thread
+    /// that closes client descriptors (which moves no bytes). A worker is
+    /// known by its comm ("iou-wrk-*", "iou-sqp-*") or, in the instant
+    /// between its creation and its naming (when it still carries the
+    /// parent's comm), by the PF_IO_WORKER flag the kernel sets on it from
+    /// birth. The closer is named before the daemon says it is ready.
     pub fn loop_threads(&self) -> usize {
         self.tasks()
             .iter()
-            .filter(|t| !t.is_io_uring_worker())
+            .filter(|t| !t.is_io_uring_worker() && t.comm != "ringxfer-close")
             .count()
     }
 

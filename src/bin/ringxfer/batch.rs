@@ -46,6 +46,11 @@ const WINDOW: usize = 256;
 /// open directories, the engine thread when embedded).
 const SPARE_FDS: u64 = 64;
 
+/// Descriptors a copy holds at most: a destination per job in the window
+/// and a source per job not yet sent (at most a window's worth), what the
+/// walk opened ahead, and the spares.
+pub const MAX_FDS: u64 = 2 * WINDOW as u64 + FDS_AHEAD + SPARE_FDS;
+
 /// What a multi-file copy did.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {

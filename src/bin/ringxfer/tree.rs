@@ -531,6 +531,9 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     };
     // Read before the engine's threads exist (umask is process-wide).
     let umask = current_umask();
+    // Also before any thread exists (see ringxfer::fdtable).
+    crate::fdlimit::raise_nofile();
+    ringxfer::fdtable::reserve(crate::batch::MAX_FDS);
     let engine = match ctx.engine(&args.job) {
         Ok(engine) => engine,
         Err(err) => {

@@ -1,0 +1,90 @@
+//! Closing the descriptors clients passed, on a thread of its own.
+//!
+//! The loop never closes a client's descriptor itself: the last close of a
+//! file can start writeback (ext4 does for a file truncated to zero), a
+//! socket with SO_LINGER can wait, a network file system flushes. These
+//! closes used to go through the ring as IORING_OP_CLOSE with IOSQE_ASYNC,
+//! and each then cost an entry, a hand-off to an io-wq worker and a
+//! completion for the loop to reap: about half a microsecond per descriptor,
+//! 15% of the daemon's CPU time when it copied 10,000 files of 4 KiB. Here the
+//! loop hands the descriptor over through a bounded channel, which wakes the
+//! thread only when it sleeps, and the thread closes whatever has queued.
+//!
+//! The channel's room is fixed at start-up, so handing over never allocates
+//! and never waits: when it is full (closes stuck on a dead NFS server, say)
+//! `hand_over` gives the descriptor back and the loop closes it through the
+//! ring as before. The thread is never joined: the loop does not wait for
+//! closes when it stops, and the thread ends once the channel is dropped and
+//! drained.
+
+use std::os::fd::OwnedFd;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+/// Descriptors queued for closing at most before `hand_over` refuses more.
+const QUEUE: usize = 4096;
+
+/// The closing thread's end of the loop.
+pub struct FdCloser {
+    tx: Sender<OwnedFd>,
+}
+
+impl FdCloser {
+    /// Starts the thread and waits until it runs (so it carries its name
+    /// before the daemon says it is ready). An error (no thread could be
+    /// made) leaves the loop to close through the ring.
+    pub fn start() -> std::io::Result<FdCloser> {
+        let (tx, rx) = crossbeam_channel::bounded::<OwnedFd>(QUEUE);
+        let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
+        std::thread::Builder::new()
+            .name("ringxfer-close".into())
+            .spawn(move || {
+                let _ = started_tx.send(());
+                // Dropping closes; a failed close (EIO from a network file
+                // system's writeback) has nobody left to tell.
+                for fd in rx {
+                    drop(fd);
+                }
+            })?;
+        // The thread sends before anything else; an error means it ended
+        // (panicked) before, which leaves closing to the ring.
+        started
+            .recv()
+            .map_err(|_| std::io::Error::other("the closing thread ended at start"))?;
+        Ok(FdCloser { tx })
+    }
+
+    /// Queues `fd` for closing; gives it back if the queue is full or the
+    /// thread is gone.
+    pub fn hand_over(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
+        self.tx.try_send(fd).map_err(|e| match e {
+            TrySendError::Full(fd) | TrySendError::Disconnected(fd) => fd,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    fn is_open(raw: i32) -> bool {
+        // SAFETY: F_GETFD only asks about the descriptor number.
+        unsafe { libc::fcntl(raw, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn closes_what_it_is_handed() {
+        let closer = FdCloser::start().unwrap();
+        let file: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
+        let raw = file.as_raw_fd();
+        assert!(is_open(raw));
+        closer.hand_over(file).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_open(raw) {
+            assert!(Instant::now() < deadline, "descriptor {raw} still open");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
