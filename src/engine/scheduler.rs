@@ -20,7 +20,7 @@
 //! small job.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use ringxfer_ipc::Priority;
 
@@ -51,8 +51,11 @@ pub struct Waiter {
 /// The queue of jobs waiting for one kind of slot.
 pub struct FairQueue {
     heap: BinaryHeap<Reverse<Entry>>,
-    /// Waiters set aside per group, in the same order as `heap`.
-    parked: HashMap<usize, BinaryHeap<Reverse<Entry>>>,
+    /// Waiters set aside per group (indexed by the group, a session's slab
+    /// key, so small and reused), in the same order as `heap`. A group's
+    /// heap keeps its memory when it empties: a busy client parks and
+    /// unparks a job per small file.
+    parked: Vec<BinaryHeap<Reverse<Entry>>>,
     /// The virtual time of the last grant: where newcomers start.
     now: u64,
     next_seq: u64,
@@ -67,7 +70,7 @@ impl FairQueue {
     pub fn with_capacity(capacity: usize, index: u64, count: u64) -> FairQueue {
         FairQueue {
             heap: BinaryHeap::with_capacity(capacity),
-            parked: HashMap::new(),
+            parked: Vec::new(),
             now: 0,
             next_seq: index + 1,
             step: count.max(1),
@@ -103,7 +106,7 @@ impl FairQueue {
         let vtime = vtime.max(self.now);
         let seq = self.next_seq;
         self.next_seq += self.step;
-        self.parked.entry(group).or_default().push(Reverse(Entry {
+        self.group(group).push(Reverse(Entry {
             vtime,
             class: Reverse(priority),
             seq,
@@ -115,7 +118,7 @@ impl FairQueue {
     /// Sets aside a waiter that `pop` handed out but whose group may not take
     /// a slot now, keeping its place among the group's other parked waiters.
     pub fn park(&mut self, group: usize, w: Waiter) {
-        self.parked.entry(group).or_default().push(Reverse(Entry {
+        self.group(group).push(Reverse(Entry {
             vtime: w.vtime,
             class: Reverse(w.priority),
             seq: w.seq,
@@ -126,7 +129,7 @@ impl FairQueue {
     /// Returns up to `n` of `group`'s live parked waiters, first first, to
     /// the shared queue; stale ones are dropped on the way and do not count.
     pub fn unpark(&mut self, group: usize, n: usize, live: impl Fn(usize, u64) -> bool) {
-        let Some(parked) = self.parked.get_mut(&group) else {
+        let Some(parked) = self.parked.get_mut(group) else {
             return;
         };
         let mut moved = 0;
@@ -139,22 +142,27 @@ impl FairQueue {
                 moved += 1;
             }
         }
-        if parked.is_empty() {
-            self.parked.remove(&group);
-        }
     }
 
     /// Returns all of `group`'s parked waiters to the shared queue: the group
     /// is going away, and its detached jobs wait on without it.
     pub fn unpark_all(&mut self, group: usize) {
-        if let Some(parked) = self.parked.remove(&group) {
-            self.heap.extend(parked);
+        if let Some(parked) = self.parked.get_mut(group) {
+            self.heap.extend(parked.drain());
         }
     }
 
     /// How many of `group`'s waiters are parked (stale ones included).
     pub fn parked(&self, group: usize) -> usize {
-        self.parked.get(&group).map_or(0, BinaryHeap::len)
+        self.parked.get(group).map_or(0, BinaryHeap::len)
+    }
+
+    /// `group`'s parked waiters, made empty if it had none yet.
+    fn group(&mut self, group: usize) -> &mut BinaryHeap<Reverse<Entry>> {
+        if group >= self.parked.len() {
+            self.parked.resize_with(group + 1, BinaryHeap::new);
+        }
+        &mut self.parked[group]
     }
 
     /// Removes stale entries from the front and returns the first live one
