@@ -67,14 +67,23 @@ impl FdCloser {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn closes_what_it_is_handed() {
         let closer = FdCloser::start().unwrap();
         let (mut reader, writer) = std::io::pipe().unwrap();
         closer.hand_over(OwnedFd::from(writer)).unwrap();
-        // The read end sees end-of-file only once the write end, its one
-        // other reference, is closed; a hang here would fail by timeout.
+        // The read end turns readable (end-of-file) only once the write end,
+        // its one other reference, is closed.
+        let mut pfd = libc::pollfd {
+            fd: reader.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd that outlives the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 5_000) };
+        assert_eq!(ready, 1, "the write end was not closed within 5 s");
         let mut rest = Vec::new();
         assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
     }
