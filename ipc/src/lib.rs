@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod client;
 pub mod codec;
+mod destination;
 pub mod dispatch;
 pub mod fdpass;
 pub mod proto;

@@ -20,12 +20,10 @@ use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::destination::{self, Destination, ResolveError};
+
 /// Mode of a new destination when [`PublishOptions::mode`] is `None`, before the umask.
 const DEFAULT_MODE: u32 = 0o666;
-
-/// How many symbolic links a destination path may pass through, as the kernel's
-/// own limit for path lookup (ELOOP past it).
-const MAX_SYMLINK_HOPS: usize = 40;
 
 /// How many taken temporary names to step over before giving up: each try
 /// uses a fresh counter value, so collisions mean leftovers of a process that
@@ -169,6 +167,13 @@ pub enum PublishError {
         /// The OS error.
         source: io::Error,
     },
+    /// The destination is a symbolic link to nothing: as cp does, ringxfer
+    /// does not create a file through it.
+    #[error("not writing through dangling symlink {}", .path.display())]
+    DanglingSymlink {
+        /// The destination (the link).
+        path: PathBuf,
+    },
     /// Renaming the staged file over the destination failed.
     #[error("renaming {} to {}: {source}", .from.display(), .to.display())]
     Rename {
@@ -205,6 +210,7 @@ impl PublishError {
     pub fn path(&self) -> &Path {
         match self {
             PublishError::IsDirectory { path }
+            | PublishError::DanglingSymlink { path }
             | PublishError::SameFile { path, .. }
             | PublishError::Io { path, .. } => path,
             PublishError::Link { to, .. } | PublishError::Rename { to, .. } => to,
@@ -220,7 +226,9 @@ impl PublishError {
     /// ```
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            PublishError::IsDirectory { .. } | PublishError::SameFile { .. } => None,
+            PublishError::IsDirectory { .. }
+            | PublishError::DanglingSymlink { .. }
+            | PublishError::SameFile { .. } => None,
             PublishError::Io { source, .. }
             | PublishError::Link { source, .. }
             | PublishError::Rename { source, .. } => Some(source),
@@ -261,11 +269,16 @@ impl StagedFile {
     /// Opens where the bytes go for final path `dst`: an O_TMPFILE in dst's directory (O_RDWR, so the daemon can read it back for verification), falling back (EOPNOTSUPP/EISDIR/EINVAL from O_TMPFILE) to a hidden named temp `.<name>.ringxfer-<pid>-<counter>` created O_EXCL|O_RDWR in the same directory. With in_place: dst itself, O_RDWR|O_CREAT, truncated only if non-empty (do NOT O_TRUNC an empty file: ext4 then starts writeback on close).
     /// Errors if dst's directory does not exist, if dst is a directory, or if dst is the same file (dev, ino) as `source` when given (`same file` error naming both).
     ///
-    /// A symbolic link at `dst` is followed: the file it points at is the
-    /// one replaced, and the link stays. A destination that exists and is
-    /// not a regular file (a device, a FIFO) cannot be replaced by a rename
-    /// and is written in place, as if `in_place` were set. An in-place
-    /// destination that may be written but not read is opened write-only.
+    /// A symbolic link at `dst` is followed as the kernel follows it for
+    /// this user (so `fs.protected_symlinks` applies): the file it leads to
+    /// is the one replaced, and the link stays; a dangling link is refused
+    /// ([`PublishError::DanglingSymlink`]), as cp refuses it. A destination
+    /// that exists and is not a regular file (a device, a FIFO) cannot be
+    /// replaced by a rename and is written in place, as if `in_place` were
+    /// set; one that is this process's own standard output or error (say
+    /// `/dev/stdout` behind a shell's `>>`) is written through that very
+    /// descriptor, which keeps its O_APPEND. An in-place destination that
+    /// may be written but not read is opened write-only.
     ///
     /// # Errors
     ///
@@ -307,40 +320,44 @@ impl StagedFile {
                 path: dst.to_path_buf(),
             });
         };
-        let target = follow_symlinks(dst).map_err(io_err("following the symbolic link", dst))?;
+        let (target, existing, own) = match destination::resolve(dst) {
+            Ok(Destination::Absent { target }) => (target, None, None),
+            Ok(Destination::File { target, meta }) => (target, Some(meta), None),
+            Ok(Destination::Direct { target, meta, own }) => (target, Some(meta), own),
+            Ok(Destination::Directory) => {
+                return Err(PublishError::IsDirectory {
+                    path: dst.to_path_buf(),
+                })
+            }
+            Err(ResolveError::Dangling) => {
+                return Err(PublishError::DanglingSymlink {
+                    path: dst.to_path_buf(),
+                })
+            }
+            Err(ResolveError::Io(e)) => return Err(io_err("inspecting", dst)(e)),
+        };
         // Temporary names are made next to the file being replaced, after it.
         let name = target.file_name().unwrap_or(link_name);
         let dir = match target.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let existing = match fs::metadata(&target) {
-            Ok(meta) => Some(meta),
-            // A missing directory surfaces when the temporary file is opened in it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_err("inspecting", dst)(e)),
-        };
-        if let Some(existing) = &existing {
-            if existing.is_dir() {
-                return Err(PublishError::IsDirectory {
+        if let (Some(existing), Some(source)) = (&existing, source) {
+            if (existing.dev(), existing.ino()) == (source.dev(), source.ino()) {
+                return Err(PublishError::SameFile {
                     path: dst.to_path_buf(),
+                    source_path: None,
+                    dev: source.dev(),
+                    ino: source.ino(),
                 });
-            }
-            if let Some(source) = source {
-                if (existing.dev(), existing.ino()) == (source.dev(), source.ino()) {
-                    return Err(PublishError::SameFile {
-                        path: dst.to_path_buf(),
-                        source_path: None,
-                        dev: source.dev(),
-                        ino: source.ino(),
-                    });
-                }
             }
         }
         let mode = opts.mode.unwrap_or(DEFAULT_MODE) & 0o7777;
-        let special = existing.as_ref().is_some_and(|m| !m.is_file());
+        let special = existing.as_ref().is_some_and(|m| !m.is_file()) || own.is_some();
 
-        let (file, identity) = if opts.in_place || special {
+        let (file, identity) = if let Some(own) = own {
+            (own, Identity::InPlace)
+        } else if opts.in_place || special {
             let file = open_in_place(&target, mode, opts.direct, existing.as_ref())
                 .map_err(io_err("opening", dst))?;
             (file, Identity::InPlace)
@@ -750,26 +767,6 @@ fn apply_owner_and_mode(
     }
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| ("setting the mode of", e))
-}
-
-/// Follows symbolic links in the last component of `path` (also dangling
-/// ones: writing through a link creates its target, as open(2) with O_CREAT
-/// would), so publishing replaces the file and keeps the link.
-fn follow_symlinks(path: &Path) -> io::Result<PathBuf> {
-    let mut current = path.to_path_buf();
-    for _ in 0..MAX_SYMLINK_HOPS {
-        match fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let link = fs::read_link(&current)?;
-                current = match current.parent() {
-                    Some(parent) if link.is_relative() => parent.join(link),
-                    _ => link,
-                };
-            }
-            _ => return Ok(current),
-        }
-    }
-    Err(io::Error::from_raw_os_error(libc::ELOOP))
 }
 
 /// Opens with O_DIRECT first when asked, and plainly where the file system
@@ -1198,14 +1195,15 @@ mod tests {
             .is_symlink());
         assert_eq!(fs::read(&real).expect("read"), b"new");
 
-        // Through a dangling link, as open(2) with O_CREAT would.
+        // Not through a dangling link: cp refuses, and so does staging.
         let dangling = dir.path().join("dangling");
         symlink("made", &dangling).expect("symlink");
-        let staged = stage(&dangling, &PublishOptions::default(), false);
-        staged.file().write_all(b"made").expect("write");
-        staged.publish(None).expect("publish");
-        assert_eq!(fs::read(dir.path().join("made")).expect("read"), b"made");
-        assert_eq!(names(dir.path()), ["dangling", "link", "made", "real"]);
+        let err = StagedFile::create(&dangling, None, &PublishOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, PublishError::DanglingSymlink { ref path } if *path == dangling),
+            "{err}"
+        );
+        assert_eq!(names(dir.path()), ["dangling", "link", "real"]);
     }
 
     /// Sets distinct access and modification times on `file` through

@@ -284,9 +284,10 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
         eprintln!("SKIPPED: needs root and setpriv to run the CLI as uid 65534");
         return;
     }
-    // Everything the unprivileged CLI must reach: world-searchable.
-    let base = tmpdir();
-    chmod(base.path(), 0o755);
+    // Everything the unprivileged CLI must reach, itself included:
+    // world-searchable and outside the checkout (which may be 0700).
+    let base = world_tmpdir();
+    let cli_bin = executable_for_others(Path::new(CLI_BIN), base.path());
     let sock_dir = base.path().join("sock");
     fs::create_dir(&sock_dir).unwrap();
     chmod(&sock_dir, 0o755);
@@ -314,7 +315,8 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
     let as_nobody = |args: &[&std::ffi::OsStr]| {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(CLI_BIN)
+            .arg(&cli_bin)
+            .current_dir(base.path())
             .env_remove("RINGXFER_SOCKET")
             .arg("--socket")
             .arg(&d.socket)

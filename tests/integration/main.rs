@@ -11,6 +11,7 @@ mod cli_tree;
 mod concurrency;
 mod config;
 mod copy;
+mod destinations;
 mod direct;
 mod durability;
 mod engines;

@@ -43,6 +43,45 @@ pub fn tmpdir() -> tempfile::TempDir {
         .expect("create tempdir")
 }
 
+/// A fresh directory that every user may search (mode 0755), under the
+/// system's temporary directory rather than the checkout: a test that runs
+/// something as another user must work from a checkout only root can enter
+/// (a clone under /root or in `mktemp -d`, both 0700).
+pub fn world_tmpdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let base = [std::env::temp_dir(), PathBuf::from("/tmp")]
+        .into_iter()
+        .find(|b| open_to_others(b))
+        .expect("neither $TMPDIR nor /tmp is searchable by other users");
+    let dir = tempfile::Builder::new()
+        .prefix("ringxfer-it-shared-")
+        .tempdir_in(&base)
+        .expect("create a shared tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755 the shared tempdir");
+    dir
+}
+
+/// Whether every ancestor of `path` (itself included) lets other users in.
+pub fn open_to_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// A copy of the executable `bin` in `dir` (a [`world_tmpdir`]) that other
+/// users may run, wherever the checkout that built it lies.
+pub fn executable_for_others(bin: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let name = bin.file_name().expect("an executable has a file name");
+    let copy = dir.join(name);
+    std::fs::copy(bin, &copy)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), copy.display()));
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755 the copied executable");
+    copy
+}
+
 /// `len` deterministic pseudo-random bytes (xorshift64), different per `seed`.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;

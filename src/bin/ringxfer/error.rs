@@ -146,6 +146,7 @@ impl CliError {
         let kind = match err {
             PublishError::IsDirectory { .. } => "is-a-directory",
             PublishError::SameFile { .. } => "invalid-request",
+            PublishError::DanglingSymlink { .. } => "not-found",
             _ => io.map_or("io", io_kind),
         };
         CliError {
