@@ -27,35 +27,28 @@ impl Engine {
         self.sessions.get(k).map_or(u32::MAX, |s| s.peer.1)
     }
 
+    /// Finds job `job` for the user of session `k`. Another user's job is
+    /// answered exactly as a job that does not exist, so nobody learns who
+    /// runs what by trying ids.
     fn lookup(&self, k: usize, job: u64) -> Lookup {
         let uid = self.uid_of(k);
         let may = |owner: u32| uid == 0 || uid == owner;
-        if let Some(&jk) = self.job_ids.get(&job) {
-            if let Some(j) = self.jobs.get(jk) {
-                return if may(j.uid) {
-                    Lookup::Running(jk)
-                } else {
-                    Lookup::Refused(
-                        FailureKind::PermissionDenied,
-                        format!("job {job} belongs to another user"),
-                    )
-                };
+        if let Some(j) = self.job_ids.get(&job).and_then(|&jk| self.jobs.get(jk)) {
+            if may(j.uid) {
+                return Lookup::Running(self.job_ids[&job]);
+            }
+        } else if let Some(i) = self.recent.iter().rposition(|f| f.info.job == job) {
+            if may(self.recent[i].info.uid) {
+                return Lookup::Finished(i);
             }
         }
-        match self.recent.iter().rposition(|f| f.info.job == job) {
-            Some(i) if may(self.recent[i].info.uid) => Lookup::Finished(i),
-            Some(_) => Lookup::Refused(
-                FailureKind::PermissionDenied,
-                format!("job {job} belongs to another user"),
+        Lookup::Refused(
+            FailureKind::NoSuchJob,
+            format!(
+                "no job {job}: it never existed, or finished before the last {} jobs",
+                super::RECENT_JOBS
             ),
-            None => Lookup::Refused(
-                FailureKind::NoSuchJob,
-                format!(
-                    "no job {job}: it never existed, or finished before the last {} jobs",
-                    super::RECENT_JOBS
-                ),
-            ),
-        }
+        )
     }
 
     fn refused(&mut self, k: usize, req: u64, job: u64, kind: FailureKind, message: String) {
