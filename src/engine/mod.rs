@@ -713,7 +713,17 @@ impl Engine {
     // ---- sessions --------------------------------------------------------------
 
     fn open_session(&mut self, fd: OwnedFd) {
-        let peer = peer_credentials(&fd).unwrap_or((-1, u32::MAX, u32::MAX));
+        // Jobs belong to the peer's uid; a connection whose uid cannot be
+        // known would otherwise share one placeholder owner with every
+        // other such connection, and see and cancel their jobs.
+        let Some(peer) = peer_credentials(&fd) else {
+            let err = std::io::Error::last_os_error();
+            warn!(
+                "refusing a connection whose peer credentials cannot be read (SO_PEERCRED: {err})"
+            );
+            self.doomed.push(fd);
+            return;
+        };
         let id = self.next_session_id;
         self.next_session_id += 1;
         let capacity = self.config.max_frame as usize + ringxfer_ipc::FRAME_HEADER_LEN + 4096;

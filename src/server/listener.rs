@@ -55,8 +55,9 @@ impl SocketFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspect")(e)),
         }
-        let listener = UnixListener::bind(path).map_err(io_err("bind"))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        let listener = bind_with_mode(path, SOCKET_MODE).map_err(io_err("bind"))?;
+        // Already at most SOCKET_MODE; this widens it to exactly that.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(io_err("chmod 0660"))?;
         Ok((
             SocketFile {
@@ -69,6 +70,30 @@ impl SocketFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The socket's mode: owner and group may connect.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Binds and listens on `path` with the process umask widened to leave at
+/// most `mode`, so the socket file never exists with more permissions than
+/// that, not even between bind(2) and the chmod after it: a daemon started
+/// under umask 000 would otherwise be reachable by anyone for that moment.
+/// bind(2) gives the file 0777 less the umask.
+fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    let strict = (!mode & 0o777) as libc::mode_t;
+    // SAFETY: umask(2) only swaps the process's mask and cannot fail. It is
+    // process-wide: reading it sets the strictest mask for an instant, and
+    // the mask used for the bind is the old one plus `strict`, so a file
+    // another thread creates meanwhile never gets a wider mode than it
+    // would have (at this point of start-up the daemon has no other thread).
+    let old = unsafe { libc::umask(0o777) };
+    // SAFETY: as above.
+    unsafe { libc::umask(old | strict) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; this puts the caller's mask back.
+    unsafe { libc::umask(old) };
+    bound
 }
 
 /// How long a socket must keep taking connections before it counts as served.
@@ -101,5 +126,54 @@ pub(crate) fn still_served(path: &Path) -> io::Result<bool> {
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const PROBE_ENV: &str = "RINGXFER_TEST_BIND_PROBE";
+
+    /// Not a test by itself: `a_socket_is_never_wider_than_its_mode` runs
+    /// it alone in a child process, because the umask belongs to the whole
+    /// process and other tests run on other threads of this one.
+    #[test]
+    fn bind_probe() {
+        let Some(dir) = std::env::var_os(PROBE_ENV) else {
+            return;
+        };
+        // SAFETY: umask(2) cannot fail; this child runs this test alone.
+        unsafe { libc::umask(0) };
+        let path = Path::new(&dir).join("probe.sock");
+        let _listener = bind_with_mode(&path, SOCKET_MODE).expect("bind");
+        let mode = std::fs::metadata(&path).expect("stat").mode() & 0o777;
+        assert_eq!(mode, 0o660, "the socket as bound, before any chmod");
+        // SAFETY: as above.
+        let now = unsafe { libc::umask(0) };
+        assert_eq!(now, 0, "the umask was not put back");
+    }
+
+    #[test]
+    fn a_socket_is_never_wider_than_its_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+            .args([
+                "--exact",
+                "server::listener::tests::bind_probe",
+                "--test-threads",
+                "1",
+            ])
+            .env(PROBE_ENV, dir.path())
+            .output()
+            .expect("run the probe");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }
