@@ -37,7 +37,7 @@ use crate::proto::{
     StatsReport, Strategy, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use crate::publish::{PublishError, PublishOptions, StagedFile};
-use crate::socket_path::default_socket_path;
+use crate::socket_path::client_socket_path;
 
 /// How long [`Client::from_stream`] waits for the answer to `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -464,7 +464,8 @@ impl Client {
         Ok(client)
     }
 
-    /// Connects to [`default_socket_path`].
+    /// Connects to [`client_socket_path`]: the per-user daemon's socket
+    /// where one exists, else the system daemon's.
     ///
     /// # Errors
     ///
@@ -475,7 +476,7 @@ impl Client {
     /// # Ok::<(), ringxfer_ipc::ClientError>(())
     /// ```
     pub fn connect_default() -> Result<Client, ClientError> {
-        Client::connect(default_socket_path())
+        Client::connect(client_socket_path())
     }
 
     /// Speaks the protocol on an already connected stream (from socket

@@ -18,7 +18,7 @@ pub mod socket_path;
 pub use batch::SubmitBatch;
 pub use client::{Client, ClientError, Completion, JobError, JobHandle, LostJob, TransferOptions};
 pub use publish::{preserve_metadata, PublishError, PublishOptions, StagedFile};
-pub use socket_path::{default_socket_path, SYSTEM_SOCKET};
+pub use socket_path::{client_socket_path, default_socket_path, SYSTEM_SOCKET};
 
 pub use proto::{
     Checksums, Event, FailureKind, JobInfo, JobState, Limits, Priority, ProtocolErrorKind, Request,

@@ -1,7 +1,7 @@
 //! Where the daemon's socket lives when nobody says otherwise.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The environment variable that names the daemon's socket explicitly.
 const SOCKET_ENV: &str = "RINGXFER_SOCKET";
@@ -31,6 +31,39 @@ pub fn default_socket_path() -> PathBuf {
     )
 }
 
+/// The socket a client connects to when it is not given one: as
+/// [`default_socket_path`], except that the per-user socket under
+/// `$XDG_RUNTIME_DIR` is taken only where a socket file exists there, so
+/// that a logged-in user (every login session sets `$XDG_RUNTIME_DIR`)
+/// reaches the system daemon at [`SYSTEM_SOCKET`] when they run no daemon
+/// of their own.
+///
+/// ```
+/// let path = ringxfer_ipc::client_socket_path();
+/// assert!(path.ends_with("ringxferd.sock") || std::env::var_os("RINGXFER_SOCKET").is_some());
+/// ```
+pub fn client_socket_path() -> PathBuf {
+    client_from_env(
+        std::env::var_os(SOCKET_ENV),
+        std::env::var_os(RUNTIME_DIR_ENV),
+    )
+}
+
+fn client_from_env(socket: Option<OsString>, runtime_dir: Option<OsString>) -> PathBuf {
+    let explicit = socket.as_ref().is_some_and(|s| !s.is_empty());
+    let path = from_env(socket, runtime_dir);
+    if explicit || is_socket(&path) {
+        path
+    } else {
+        PathBuf::from(SYSTEM_SOCKET)
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
 fn from_env(socket: Option<OsString>, runtime_dir: Option<OsString>) -> PathBuf {
     if let Some(socket) = socket.filter(|s| !s.is_empty()) {
         return PathBuf::from(socket);
@@ -55,5 +88,23 @@ mod tests {
         assert_eq!(xdg, PathBuf::from("/run/user/1/ringxfer/ringxferd.sock"));
         let explicit = from_env(Some("rel.sock".into()), Some("/run/user/1".into()));
         assert_eq!(explicit, PathBuf::from("rel.sock"));
+    }
+
+    #[test]
+    fn a_client_takes_the_per_user_socket_only_where_one_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = Some(dir.path().as_os_str().to_owned());
+        let per_user = dir.path().join("ringxfer").join("ringxferd.sock");
+        // No per-user daemon: the system daemon.
+        assert_eq!(
+            client_from_env(None, runtime.clone()),
+            PathBuf::from(SYSTEM_SOCKET)
+        );
+        std::fs::create_dir(dir.path().join("ringxfer")).expect("mkdir");
+        let _listener = std::os::unix::net::UnixListener::bind(&per_user).expect("bind");
+        assert_eq!(client_from_env(None, runtime.clone()), per_user);
+        // Named explicitly: taken as it is, existing or not.
+        let named = client_from_env(Some("/nowhere/x.sock".into()), runtime);
+        assert_eq!(named, PathBuf::from("/nowhere/x.sock"));
     }
 }

@@ -26,9 +26,10 @@ pub struct Cli {
 #[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// The daemon's Unix socket [env: RINGXFER_SOCKET; default:
-    /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock, else /run/ringxfer/ringxferd.sock].
-    // Neither clap `env` nor a clap default: ringxfer_ipc::default_socket_path()
-    // reads RINGXFER_SOCKET and the XDG fallback exactly as the daemon does,
+    /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock where that socket exists,
+    /// else /run/ringxfer/ringxferd.sock].
+    // Neither clap `env` nor a clap default: ringxfer_ipc::client_socket_path()
+    // reads RINGXFER_SOCKET and the XDG fallback as the daemon does,
     // and treats an empty variable as unset, where clap would call it a
     // missing value.
     #[arg(long, global = true, value_name = "PATH")]

@@ -60,20 +60,31 @@ impl Engine {
                 ))
             }
         };
+        let denied = access_denied(socket, &unreachable);
         let announce = match fallback {
             Fallback::Refuse => {
+                let err = CliError::client("", &unreachable);
                 return Err(CliError {
                     exit: Exit::Unreachable,
-                    ..CliError::client("", &unreachable)
-                })
+                    cause: match &denied {
+                        Some(how) => format!("{}; {how}", err.cause),
+                        None => err.cause,
+                    },
+                    ..err
+                });
             }
             Fallback::Embedded { announce } => announce,
         };
-        if announce {
-            crate::report::note(&format!(
+        match (&denied, announce) {
+            (Some(how), _) => crate::report::note(&format!(
+                "permission denied on the daemon's socket {}; {how}; running the engine in-process",
+                socket.display()
+            )),
+            (None, true) => crate::report::note(&format!(
                 "no daemon at {}; running the engine in-process",
                 socket.display()
-            ));
+            )),
+            (None, false) => {}
         }
         // E.g. no io_uring in this kernel or container.
         let failed = |cause: String| {
@@ -107,4 +118,43 @@ impl Engine {
             EngineKind::Daemon
         }
     }
+}
+
+/// For a connect refused with EACCES/EPERM (a daemon may well run there,
+/// but this user may not use its socket): how to get access.
+fn access_denied(socket: &Path, err: &ringxfer_ipc::ClientError) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ringxfer_ipc::ClientError::Connect { source, .. } = err else {
+        return None;
+    };
+    if !matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+        return None;
+    }
+    let group = std::fs::metadata(socket)
+        .ok()
+        .and_then(|m| group_name(m.gid()));
+    Some(match group {
+        Some(g) => format!(
+            "it is open to group '{g}': ask an administrator to add you (usermod -aG {g} $USER), then log in again"
+        ),
+        None => "ask its administrator for access to it".to_string(),
+    })
+}
+
+/// The name of group `gid`, from the group database.
+fn group_name(gid: u32) -> Option<String> {
+    // SAFETY: an all-zero `group` (null pointers, gid 0) is a valid value.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: `grp`, `buf` (with its true length) and `found` are valid for
+    // writes for the whole call; getgrgid_r writes only within them.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || grp.gr_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success gr_name points at a NUL-terminated string in `buf`,
+    // which is alive here.
+    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
+    Some(name.to_string_lossy().into_owned())
 }

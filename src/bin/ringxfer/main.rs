@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         socket: cli
             .global
             .socket
-            .unwrap_or_else(ringxfer_ipc::default_socket_path),
+            .unwrap_or_else(ringxfer_ipc::client_socket_path),
         strategy: cli.global.strategy,
         daemon_only: cli.global.daemon_only,
         out,

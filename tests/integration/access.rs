@@ -1,0 +1,70 @@
+//! How a user reaches the daemon: the socket it finds, and what it is told
+//! when the socket exists but is not for it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::cli_common::*;
+use crate::support::*;
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn a_user_refused_by_the_socket_is_told_so_and_how_to_get_access() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the CLI as another user");
+        return;
+    }
+    let base = world_tmpdir();
+    let cli_bin = executable_for_others(Path::new(CLI_BIN), base.path());
+    // Root's daemon, its socket 0660 root:root: nobody may not connect.
+    let d = Daemon::start_at(Some(base.path().join("rx.sock")), &[]);
+    let src = base.path().join("src");
+    fs::write(&src, b"some bytes").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o644)).unwrap();
+    let out_dir = base.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let as_nobody = |extra: &[&str], dst: &str| {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(&cli_bin)
+            .current_dir(base.path())
+            .env_remove("RINGXFER_SOCKET")
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(extra)
+            .arg("copy")
+            .arg(&src)
+            .arg(out_dir.join(dst));
+        cli_engine_env(&mut c);
+        run(c)
+    };
+
+    let out = as_nobody(&[], "a");
+    assert_exit(&out, 0, "copy in-process after a refused connect");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "permission denied on the daemon's socket {}",
+            d.socket.display()
+        )) && err.contains("group 'root'")
+            && err.contains("running the engine in-process"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(fs::read(out_dir.join("a")).unwrap(), b"some bytes");
+
+    let out = as_nobody(&["--daemon-only"], "b");
+    assert_exit(&out, 3, "--daemon-only after a refused connect");
+    assert!(
+        stderr(&out).contains("usermod -aG root"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!out_dir.join("b").exists());
+}
