@@ -1,14 +1,18 @@
 //! ringxferd: the transfer daemon. One thread, one io_uring ring, every client
 //! connection and every transfer.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
+use ringxfer::engine::signals::{self, ReloadableLimits, Reloaded, Reloader};
 use ringxfer::engine::{Engine, EngineConfig, EngineError, EngineKind};
 use ringxfer::server::activation::{self, Listening};
 use ringxfer::server::notify;
 use ringxfer::settings::{keys, Args, Origin, Settings};
 use tracing::{error, info, warn};
+
+/// Swaps the log filter on reload.
+type LogFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send>;
 
 fn main() -> ExitCode {
     let args = Args::parse_command_line();
@@ -42,18 +46,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logging = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter_reloading();
+    let handle = logging.reload_handle();
+    let log_filter: LogFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+    logging.init();
     info!(
         config = %settings.config_file,
         changed = %settings.overrides(),
         "settings"
     );
-    match serve(&settings) {
+    let reloader = reloader(args, settings.clone(), log_filter);
+    match serve(&settings, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -66,15 +74,16 @@ fn main() -> ExitCode {
 /// Runs the daemon. `args` are the resolved settings (flags over the
 /// environment over the config file over defaults), with the fields the
 /// flags had.
-fn serve(args: &Settings) -> Result<(), String> {
+fn serve(args: &Settings, reloader: Reloader) -> Result<(), String> {
     let path = args.socket.clone();
     // A socket systemd passes wins over a default path, with a warning only
     // if one was asked for (flag, environment or file).
     let explicit = args.origin(&keys::SOCKET) != Origin::Default;
-    // First, while this is the only thread: it unsets LISTEN_FDS/LISTEN_PID.
+    // Before the socket takes connections, so that no signal sent once a
+    // client can connect finds its default action (termination) in place.
+    let signals = signals::install().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    // While this is the only thread: it unsets LISTEN_FDS/LISTEN_PID.
     let listening = activation::listen(&path, explicit).map_err(|e| e.to_string())?;
-    let signals =
-        block_stop_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let max_jobs = fit_jobs_to_fd_limit(args.max_jobs, args.pipes);
     // Before the ring's workers share the table (see ringxfer::fdtable).
     ringxfer::fdtable::reserve(fd_need(max_jobs, args.pipes));
@@ -119,6 +128,7 @@ fn serve(args: &Settings) -> Result<(), String> {
     info!(socket = %address, from_systemd, pid = std::process::id(), "listening");
     engine.set_listener(OwnedFd::from(listener));
     engine.set_signalfd(signals);
+    engine.set_reloader(reloader);
     notify::ready(&address, status_engine(engine.engine_kind()));
     // STOPPING=1 goes out from the loop when the first stop signal is read.
     engine.run().map_err(|e| e.to_string())?;
@@ -192,31 +202,66 @@ fn fit_jobs_to_fd_limit(max_jobs: usize, pipes: usize) -> usize {
     max_jobs
 }
 
-/// Blocks SIGINT and SIGTERM and returns a signalfd that reports them, so
-/// they reach the loop as completions instead of interrupting it. SIGPIPE is
-/// ignored: a client that goes away must cost its session, not the daemon.
-fn block_stop_signals() -> std::io::Result<OwnedFd> {
-    // SAFETY: sigset_t is a plain bitmask for which zeroed memory is valid,
-    // and sigemptyset/sigaddset only write into it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; these calls touch only it, and
-    // sigprocmask on this (still the only) thread is inherited by none other.
-    // SIG_IGN for SIGPIPE installs no handler code.
-    let fd = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
+/// Settings a reload applies while jobs run; any other changed key is
+/// reported as needing a restart.
+const RELOADABLE: &[&keys::Key] = &[
+    &keys::LOG_LEVEL,
+    &keys::RATE_LIMIT,
+    &keys::MAX_JOBS_PER_CONNECTION,
+    &keys::MAX_JOBS_PER_USER,
+    &keys::MAX_QUEUED_BYTES_PER_CONNECTION,
+    &keys::MAX_QUEUED_BYTES_PER_USER,
+    &keys::DIRECT_THRESHOLD,
+    &keys::SHUTDOWN_GRACE,
+];
+
+/// SIGHUP's reader: the settings again, from the same flags, environment
+/// and config file as at start; the log filter is swapped here, the limits
+/// by the engine.
+fn reloader(args: Args, mut current: Settings, log_filter: LogFilter) -> Reloader {
+    Box::new(move || {
+        let new = Settings::load(&args).map_err(|e| e.to_string())?;
+        let filter = tracing_subscriber::EnvFilter::try_new(&new.log_level)
+            .map_err(|e| format!("invalid log level {:?}: {e}", new.log_level))?;
+        let (applied, needs_restart) = changes(&current, &new);
+        if new.log_level != current.log_level {
+            log_filter(filter).map_err(|e| format!("cannot swap the log filter: {e}"))?;
         }
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        let limits = ReloadableLimits {
+            rate_limit: new.rate_limit.filter(|&r| r > 0),
+            max_jobs_per_connection: new.max_jobs_per_connection,
+            max_jobs_per_user: new.max_jobs_per_user,
+            max_queued_bytes_per_connection: new.max_queued_bytes_per_connection,
+            max_queued_bytes_per_user: new.max_queued_bytes_per_user,
+            direct_threshold: new.direct_threshold,
+            shutdown_grace: new.shutdown_grace,
+        };
+        // What needs a restart stays as it runs, and is reported again.
+        current = new;
+        Ok(Reloaded {
+            limits,
+            applied,
+            needs_restart,
+        })
+    })
+}
+
+/// `key: old -> new` for each setting that differs, split into those a
+/// reload applies and those that need a restart.
+fn changes(old: &Settings, new: &Settings) -> (Vec<String>, Vec<String>) {
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    for ((key, was, _), (_, now, _)) in old.describe().into_iter().zip(new.describe()) {
+        if was != now {
+            let line = format!("{}: {was} -> {now}", key.name);
+            if RELOADABLE.iter().any(|k| k.name == key.name) {
+                applied.push(line);
+            } else {
+                restart.push(line);
+            }
+        }
     }
-    // SAFETY: signalfd returned a new descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    (applied, restart)
 }
 
 /// The engine as READY=1's status line names it: the one that runs, after

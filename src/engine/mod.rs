@@ -18,6 +18,7 @@ pub mod rate;
 pub mod ring;
 pub mod scheduler;
 mod shutdown;
+pub mod signals;
 mod slots;
 mod threads;
 pub mod unavailable;
@@ -248,6 +249,8 @@ pub struct Engine {
     listener_op: Option<u64>,
     signals: Option<OwnedFd>,
     signal_op: Option<u64>,
+    /// SIGHUP's reload: the reader, and its result on the way back.
+    reload: signals::Reload,
     /// The first stop signal came: no new jobs; the rest finish or time out.
     draining: bool,
     /// The grace period's timer in flight.
@@ -399,6 +402,7 @@ impl Engine {
             listener_op: None,
             signals: None,
             signal_op: None,
+            reload: signals::Reload::new(),
             draining: false,
             grace_timer: None,
             tick_timer: None,
@@ -433,7 +437,9 @@ impl Engine {
         self.listener = Some(listener);
     }
 
-    /// Stops on the first signal read from `signalfd` (and at once on a second).
+    /// Reads the daemon's signals from `signalfd` (made by
+    /// [`signals::install`]): the first stop signal drains, a second stops
+    /// at once; SIGHUP reloads (see [`Engine::set_reloader`]).
     pub fn set_signalfd(&mut self, signalfd: OwnedFd) {
         self.signals = Some(signalfd);
     }
@@ -561,7 +567,8 @@ impl Engine {
                 drop(hold);
                 self.on_job(k, kind, result);
             }
-            (Owner::Signal, _, _) => self.on_signal(result),
+            (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
+            (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
             (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
             (Owner::Grace, _, _) => self.on_grace_timer(result),
             (Owner::Tick, _, _) => self.on_tick(result),
@@ -633,43 +640,6 @@ impl Engine {
             return;
         }
         self.arm_listener();
-    }
-
-    fn arm_signals(&mut self) {
-        let Some(fd) = self.signals.as_ref().map(|s| s.as_raw_fd()) else {
-            return;
-        };
-        let len = std::mem::size_of::<libc::signalfd_siginfo>() as u32;
-        match self.io().read_small(Owner::Signal, fd, len) {
-            Ok(ud) => self.signal_op = Some(ud),
-            Err(e) => error!("cannot queue the signalfd read: {e}"),
-        }
-    }
-
-    fn on_signal(&mut self, result: i32) {
-        self.signal_op = None;
-        if result < 0 {
-            if -result != libc::ECANCELED {
-                warn!(
-                    "reading the signalfd failed: {}",
-                    std::io::Error::from_raw_os_error(-result)
-                );
-            }
-            return;
-        }
-        if self.stopping {
-            warn!("another signal while jobs are being cancelled: exiting now");
-            self.stop_now = true;
-            return;
-        }
-        if self.draining {
-            warn!("second signal: cancelling every job now");
-            self.stop_with(SHUTDOWN_NOW);
-        } else {
-            self.drain();
-        }
-        // Stay armed, so that a second signal can stop at once.
-        self.arm_signals();
     }
 
     /// Stops accepting, cancels every job and closes every connection; the

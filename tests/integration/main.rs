@@ -26,6 +26,7 @@ mod ratelimit;
 mod robustness;
 mod scheduling;
 mod seccomp;
+mod signals;
 mod sockets;
 mod stub;
 mod systemd;

@@ -1,0 +1,293 @@
+//! The daemon's signals: read from a signalfd through the ring, so that they
+//! reach the loop as completions, never as handlers interrupting it.
+//!
+//! As nginx does: SIGTERM, SIGINT and SIGQUIT stop gracefully (a second one
+//! cancels at once), SIGHUP reloads the settings that can change while jobs
+//! run, SIGUSR1 logs a status line. SIGUSR2 is logged and otherwise ignored,
+//! and the other signals whose default action would kill the daemon for
+//! nothing (timers, SIGIO, SIGPWR, SIGXFSZ, SIGXCPU, SIGPIPE) are ignored, so
+//! no stray `kill -USR2` loses every running job.
+//!
+//! A reload reads the config file, which may sit on any file system, so it
+//! runs on a short-lived thread; the thread hands its result over a channel
+//! and wakes the loop with [`wake_signal`], one of the signals the signalfd
+//! reports.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{error, info, warn};
+
+use super::queue::IoQueue;
+use super::rate::TokenBucket;
+use super::{Engine, Owner, SHUTDOWN_NOW};
+
+/// The signal a finished reload wakes the loop with.
+pub fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 4
+}
+
+/// Signals read from the signalfd (blocked in every thread).
+fn handled() -> [libc::c_int; 7] {
+    [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        wake_signal(),
+    ]
+}
+
+/// Signals whose default action is to end the process, and that mean
+/// nothing to the daemon.
+const IGNORED: [libc::c_int; 9] = [
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    // A write past RLIMIT_FSIZE then fails with EFBIG, failing its job only.
+    libc::SIGXFSZ,
+    libc::SIGXCPU,
+    libc::SIGSTKFLT,
+];
+
+/// Blocks the handled signals, ignores the others of [`IGNORED`] and
+/// returns a signalfd that reports the handled ones. Call while the process
+/// has one thread: the mask is per thread and inherited by threads made
+/// later (io_uring's workers, the closing thread).
+pub fn install() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is a plain bitmask for which zeroed memory is valid,
+    // and sigemptyset/sigaddset only write into it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t, which these calls only write.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in handled() {
+        // SAFETY: as above.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: `set` is a valid, initialised sigset_t; the old mask is not asked for.
+    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for sig in IGNORED {
+        // SAFETY: SIG_IGN installs no handler code; these signals are valid.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    // SAFETY: `set` is valid; -1 asks for a new descriptor.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The settings a reload may change while jobs run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadableLimits {
+    pub rate_limit: Option<u64>,
+    pub max_jobs_per_connection: usize,
+    pub max_jobs_per_user: usize,
+    pub max_queued_bytes_per_connection: u64,
+    pub max_queued_bytes_per_user: u64,
+    pub direct_threshold: u64,
+    pub shutdown_grace: Duration,
+}
+
+/// What a reload read: the new limits, and what changed, as `key: old ->
+/// new` lines, split by whether it took effect or needs a restart.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub limits: ReloadableLimits,
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
+/// Reads the settings again (the daemon's binary supplies it; it may also
+/// apply what the engine does not own, such as the log filter).
+pub type Reloader = Box<dyn FnMut() -> Result<Reloaded, String> + Send>;
+
+/// The reload machinery's state in the engine.
+pub(super) struct Reload {
+    reloader: Option<Arc<Mutex<Reloader>>>,
+    tx: Sender<Result<Reloaded, String>>,
+    rx: Receiver<Result<Reloaded, String>>,
+    /// A reload thread is running.
+    running: bool,
+    /// Another SIGHUP came meanwhile: reload again when it is done.
+    again: bool,
+}
+
+impl Reload {
+    pub(super) fn new() -> Reload {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Reload {
+            reloader: None,
+            tx,
+            rx,
+            running: false,
+            again: false,
+        }
+    }
+}
+
+impl Engine {
+    /// Lets SIGHUP reload settings through `reloader`.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reload.reloader = Some(Arc::new(Mutex::new(reloader)));
+    }
+
+    pub(super) fn arm_signals(&mut self) {
+        let Some(fd) = self.signals.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let len = std::mem::size_of::<libc::signalfd_siginfo>() as u32;
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        match io.read_small(Owner::Signal, fd, len) {
+            Ok(ud) => self.signal_op = Some(ud),
+            Err(e) => error!("cannot queue the signalfd read: {e}"),
+        }
+    }
+
+    /// A signalfd read completed with `result` bytes in `buf`.
+    pub(super) fn on_signal(&mut self, result: i32, buf: &[u8; 128]) {
+        self.signal_op = None;
+        if result < 0 {
+            if -result != libc::ECANCELED {
+                warn!(
+                    "reading the signalfd failed: {}",
+                    io::Error::from_raw_os_error(-result)
+                );
+            }
+            return;
+        }
+        // ssi_signo, the first field of struct signalfd_siginfo.
+        let signo = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        match signo {
+            libc::SIGINT | libc::SIGTERM | libc::SIGQUIT => {
+                if self.on_stop_signal() {
+                    return;
+                }
+            }
+            libc::SIGHUP => self.start_reload(),
+            libc::SIGUSR1 => self.log_status(),
+            s if s == wake_signal() => self.finish_reload(),
+            libc::SIGUSR2 => info!("SIGUSR2 ignored"),
+            other => info!(signal = other, "signal ignored"),
+        }
+        // Stay armed, so that a second signal can stop at once.
+        self.arm_signals();
+    }
+
+    /// Returns whether the loop is ending now (no read re-armed).
+    fn on_stop_signal(&mut self) -> bool {
+        if self.stopping {
+            warn!("another signal while jobs are being cancelled: exiting now");
+            self.stop_now = true;
+            return true;
+        }
+        if self.draining {
+            warn!("second signal: cancelling every job now");
+            self.stop_with(SHUTDOWN_NOW);
+        } else {
+            self.drain();
+        }
+        false
+    }
+
+    fn log_status(&self) {
+        info!(
+            jobs = self.jobs.len(),
+            connections = self.sessions.len(),
+            in_flight = self.ops.len(),
+            jobs_completed = self.jobs_completed,
+            jobs_failed = self.jobs_failed,
+            bytes = self.bytes_finished,
+            draining = self.draining,
+            "status (SIGUSR1)"
+        );
+    }
+
+    fn start_reload(&mut self) {
+        let Some(reloader) = self.reload.reloader.clone() else {
+            info!("SIGHUP: nothing to reload (no config to read)");
+            return;
+        };
+        if self.reload.running {
+            self.reload.again = true;
+            return;
+        }
+        let tx = self.reload.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringxfer-reload".into())
+            .spawn(move || {
+                let result = match reloader.lock() {
+                    Ok(mut reload) => reload(),
+                    Err(_) => Err("an earlier reload panicked".to_string()),
+                };
+                // The channel has room for one: the loop starts no second
+                // reload before it has taken this one's result.
+                let _ = tx.send(result);
+                // SAFETY: kill(2) on our own pid with a valid signal number;
+                // the signal is blocked everywhere and read by the signalfd.
+                unsafe { libc::kill(libc::getpid(), wake_signal()) };
+            });
+        match spawned {
+            Ok(_) => self.reload.running = true,
+            Err(e) => error!("SIGHUP: cannot start the reload thread: {e}"),
+        }
+    }
+
+    fn finish_reload(&mut self) {
+        let Ok(result) = self.reload.rx.try_recv() else {
+            return;
+        };
+        self.reload.running = false;
+        match result {
+            Ok(reloaded) => self.apply_reload(reloaded),
+            Err(e) => error!("SIGHUP: the settings were not reloaded, nothing changed: {e}"),
+        }
+        if std::mem::take(&mut self.reload.again) {
+            self.start_reload();
+        }
+    }
+
+    fn apply_reload(&mut self, r: Reloaded) {
+        let l = r.limits;
+        if self.config.rate_limit != l.rate_limit {
+            self.global_bucket = l
+                .rate_limit
+                .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+        }
+        let c = &mut self.config;
+        c.rate_limit = l.rate_limit;
+        c.max_jobs_per_connection = l.max_jobs_per_connection;
+        c.max_jobs_per_user = l.max_jobs_per_user;
+        c.max_queued_bytes_per_connection = l.max_queued_bytes_per_connection;
+        c.max_queued_bytes_per_user = l.max_queued_bytes_per_user;
+        c.direct_threshold = l.direct_threshold;
+        c.shutdown_grace = l.shutdown_grace;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "nothing".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        info!(
+            changed = %list(&r.applied),
+            needs_restart = %list(&r.needs_restart),
+            "SIGHUP: settings reloaded"
+        );
+    }
+}
