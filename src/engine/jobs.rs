@@ -234,7 +234,9 @@ impl Engine {
                 self.config.max_jobs_per_user
             )))
         } else {
-            None
+            self.listener_address
+                .as_ref()
+                .and_then(|ours| super::loopback::refuse_loopback(ours, &src, &dst))
         };
         if let Some(e) = refusal {
             return self.refuse(k, req, e, [src, dst]);

@@ -11,6 +11,7 @@ mod coalesce;
 mod control;
 mod fd_closer;
 mod jobs;
+mod loopback;
 pub mod ops;
 pub mod pipe_pool;
 pub mod queue;
@@ -246,6 +247,8 @@ pub struct Engine {
     /// Counters by strategy: splice, direct, uncached, buffered.
     by_strategy: [StrategyStats; 4],
     listener: Option<OwnedFd>,
+    /// The listener's address, to refuse job descriptors that connect to it.
+    listener_address: Option<loopback::UnixAddress>,
     listener_op: Option<u64>,
     signals: Option<OwnedFd>,
     signal_op: Option<u64>,
@@ -399,6 +402,7 @@ impl Engine {
                 ..StrategyStats::default()
             }),
             listener: None,
+            listener_address: None,
             listener_op: None,
             signals: None,
             signal_op: None,
@@ -434,6 +438,7 @@ impl Engine {
 
     /// Serves connections accepted on `listener`.
     pub fn set_listener(&mut self, listener: OwnedFd) {
+        self.listener_address = loopback::listener_address(&listener);
         self.listener = Some(listener);
     }
 

@@ -68,3 +68,40 @@ fn a_user_refused_by_the_socket_is_told_so_and_how_to_get_access() {
     );
     assert!(!out_dir.join("b").exists());
 }
+
+#[test]
+fn a_connection_to_the_daemon_itself_is_refused_as_either_end_of_a_job() {
+    use std::os::fd::AsFd;
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let c = d.client();
+    for end in ["source", "destination"] {
+        // What a client could pass to leave a job nobody can end: a
+        // connection of its own to the daemon.
+        let own = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        let null = dev_null();
+        let zero = zero_source(4096);
+        let h = if end == "source" {
+            c.submit(own.as_fd(), null.as_fd(), &opts())
+        } else {
+            c.submit(zero.as_fd(), own.as_fd(), &opts())
+        }
+        .unwrap();
+        let f = failed(
+            wait(h),
+            ringxfer_ipc::FailureKind::InvalidRequest,
+            "a job on a connection to the daemon",
+        );
+        assert!(
+            f.message
+                .contains(&format!("the {end} is a connection to this daemon")),
+            "{f:?}"
+        );
+    }
+    drop(c);
+    d.assert_fds_return(
+        baseline,
+        std::time::Duration::from_secs(3),
+        "after the refusals",
+    );
+}
