@@ -365,6 +365,13 @@ pub enum ProtocolErrorKind {
     UnexpectedRequest,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// A connection limit was reached: the daemon's total, or this user's.
+    TooManyConnections,
+    /// The connection sent no `Hello` in time, or held part of a frame too long.
+    TimedOut,
+    /// The client left more events unread than its share of the daemon's
+    /// event memory.
+    NotReading,
 }
 
 /// Where a job is in its life.

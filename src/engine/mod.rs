@@ -8,6 +8,7 @@
 
 pub mod buffer_pool;
 mod coalesce;
+mod connections;
 mod control;
 mod fd_closer;
 mod jobs;
@@ -38,7 +39,7 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 
 use crate::server::frames::{next_frame, FrameError};
-use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE};
+use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE, RECV_CAPACITY};
 use crate::transfer::splice::Returned;
 use crate::transfer::TransferError;
 use buffer_pool::BufferPool;
@@ -117,6 +118,14 @@ pub struct EngineConfig {
     pub rate_limit: Option<u64>,
     /// Unfinished jobs one user may have across connections.
     pub max_jobs_per_user: usize,
+    /// Client connections open at once, and per user.
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    /// Bytes of events queued for all clients together.
+    pub max_event_bytes: u64,
+    /// How long a connection may take to send Hello, and to finish a frame.
+    pub handshake_timeout: Duration,
+    pub frame_timeout: Duration,
     /// Bytes one connection's jobs may still have to move (0: no limit).
     pub max_queued_bytes_per_connection: u64,
     /// Bytes one user's jobs may still have to move (0: no limit).
@@ -158,6 +167,14 @@ impl EngineConfig {
         max_inflight: 64,
         rate_limit: None,
         max_jobs_per_user: 2048,
+        // A quarter of the whole per user: one or two users cannot take
+        // every connection.
+        max_connections: 4096,
+        max_connections_per_user: 1024,
+        // 1,000 clients that never read hold at most this much.
+        max_event_bytes: 32 << 20,
+        handshake_timeout: Duration::from_secs(10),
+        frame_timeout: Duration::from_secs(30),
         max_queued_bytes_per_connection: 0,
         max_queued_bytes_per_user: 0,
         // Long enough for most jobs in flight to end, well inside systemd's
@@ -254,6 +271,8 @@ pub struct Engine {
     signal_op: Option<u64>,
     /// SIGHUP's reload: the reader, and its result on the way back.
     reload: signals::Reload,
+    /// Connections per user, and their deadline timer.
+    connections: connections::Connections,
     /// The first stop signal came: no new jobs; the rest finish or time out.
     draining: bool,
     /// The grace period's timer in flight.
@@ -407,6 +426,7 @@ impl Engine {
             signals: None,
             signal_op: None,
             reload: signals::Reload::new(),
+            connections: connections::Connections::default(),
             draining: false,
             grace_timer: None,
             tick_timer: None,
@@ -578,6 +598,7 @@ impl Engine {
             (Owner::Grace, _, _) => self.on_grace_timer(result),
             (Owner::Tick, _, _) => self.on_tick(result),
             (Owner::HoldTimer, _, _) => self.on_hold_timer(),
+            (Owner::Housekeeping, _, _) => self.on_deadlines(result),
             (Owner::Closer, _, _) => {
                 self.closes_in_flight -= 1;
                 if result < 0 {
@@ -664,6 +685,7 @@ impl Engine {
             self.listener_op,
             self.grace_timer.take(),
             self.tick_timer.take(),
+            self.connections.take_timer(),
         ]
         .into_iter()
         .flatten()
@@ -701,8 +723,9 @@ impl Engine {
         };
         let id = self.next_session_id;
         self.next_session_id += 1;
-        let capacity = self.config.max_frame as usize + ringxfer_ipc::FRAME_HEADER_LEN + 4096;
-        let key = self.sessions.insert(Session::new(id, fd, capacity, peer));
+        let key = self
+            .sessions
+            .insert(Session::new(id, fd, RECV_CAPACITY, peer));
         info!(
             session = id,
             pid = peer.0,
@@ -710,7 +733,12 @@ impl Engine {
             gid = peer.2,
             "client connected"
         );
+        if let Some(message) = self.count_connection(peer.1) {
+            let kind = ProtocolErrorKind::TooManyConnections;
+            return self.protocol_error(key, FrameError { kind, message });
+        }
         self.arm_recv(key);
+        self.arm_deadlines();
     }
 
     fn arm_recv(&mut self, k: usize) {
@@ -814,6 +842,12 @@ impl Engine {
         let Some(session) = self.sessions.get_mut(k) else {
             return;
         };
+        // What is left after the complete frames is part of one.
+        session.partial_since = match buf.data.is_empty() {
+            true => None,
+            false => session.partial_since.or(Some(Instant::now())),
+        };
+        buf.fit(self.config.max_frame as usize + ringxfer_ipc::FRAME_HEADER_LEN);
         session.recv = Some(buf);
         if let Err(e) = outcome {
             self.protocol_error(k, e);
@@ -1031,6 +1065,7 @@ impl Engine {
     fn free_if_done(&mut self, k: usize) {
         if self.sessions.get(k).is_some_and(Session::is_done) {
             let session = self.sessions.remove(k);
+            self.release_connection(session.peer.1);
             debug!(session = session.id, "connection closed");
         }
     }
@@ -1063,6 +1098,17 @@ impl Engine {
             error!(session = session.id, "cannot encode an event: {e}");
             return false;
         }
+        if self.over_event_share(k) {
+            let session = &mut self.sessions[k];
+            warn!(
+                session = session.id,
+                "client is not reading its events and holds more than its share of the daemon's event memory; closing"
+            );
+            session.pending = Vec::new();
+            session.held_events = 0;
+            self.close_session(k, "the client stopped reading its events");
+            return false;
+        }
         self.events_sent += 1;
         true
     }
@@ -1081,6 +1127,7 @@ impl Engine {
         buf.sent = 0;
         std::mem::swap(&mut buf.data, &mut session.pending);
         session.held_events = 0;
+        session.sending = buf.data.len();
         let fd = session.fd.as_raw_fd();
         let mut io = IoQueue {
             ring: &mut self.ring,
@@ -1104,6 +1151,7 @@ impl Engine {
             return;
         };
         session.send_op = None;
+        session.sending = 0;
         if result < 0 {
             let errno = -result;
             if errno == libc::EINTR || (errno == libc::EAGAIN && !session.closing) {
@@ -1134,6 +1182,9 @@ impl Engine {
         }
         session.send = Some(buf);
         self.flush(k);
+        if let Some(session) = self.sessions.get_mut(k) {
+            session.shrink_idle_buffers();
+        }
         self.free_if_done(k);
     }
 

@@ -40,6 +40,8 @@ pub enum Owner {
     Tick,
     /// The timer that sends held final events of batch jobs.
     HoldTimer,
+    /// The once-a-second check of connections' deadlines.
+    Housekeeping,
 }
 
 /// What an operation was, so the owner knows which step completed.

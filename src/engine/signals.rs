@@ -95,6 +95,9 @@ pub struct ReloadableLimits {
     pub rate_limit: Option<u64>,
     pub max_jobs_per_connection: usize,
     pub max_jobs_per_user: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_event_bytes: u64,
     pub max_queued_bytes_per_connection: u64,
     pub max_queued_bytes_per_user: u64,
     pub direct_threshold: u64,
@@ -273,6 +276,9 @@ impl Engine {
         c.rate_limit = l.rate_limit;
         c.max_jobs_per_connection = l.max_jobs_per_connection;
         c.max_jobs_per_user = l.max_jobs_per_user;
+        c.max_connections = l.max_connections;
+        c.max_connections_per_user = l.max_connections_per_user;
+        c.max_event_bytes = l.max_event_bytes;
         c.max_queued_bytes_per_connection = l.max_queued_bytes_per_connection;
         c.max_queued_bytes_per_user = l.max_queued_bytes_per_user;
         c.direct_threshold = l.direct_threshold;

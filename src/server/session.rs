@@ -3,10 +3,21 @@
 use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use ringxfer_ipc::{codec, FRAME_HEADER_LEN};
+
 /// Room for the control message of one recvmsg: up to this many
 /// descriptors, so that one `SubmitBatch` frame can carry 32 jobs.
 /// Advertised in `Limits::max_fds_per_message`.
 pub const MAX_FDS_PER_MESSAGE: usize = 64;
+
+/// What a session's receive buffer holds unless a larger frame is arriving:
+/// a whole `SubmitBatch` of 32 jobs, with room to spare.
+pub const RECV_CAPACITY: usize = 16 * 1024;
+
+/// What a session's event buffers start with, and the most an idle session
+/// keeps of what a large event grew them to.
+const EVENT_CAPACITY: usize = 4 * 1024;
+const KEEP_EVENT_CAPACITY: usize = 64 * 1024;
 
 /// 8-byte words of control buffer: one `cmsghdr` (16 bytes) and the
 /// descriptors, with a word to spare; `cmsghdr` needs 8-byte alignment,
@@ -105,6 +116,26 @@ impl RecvBuf {
     pub fn consume(&mut self, used: usize) {
         self.data.drain(..used.min(self.data.len()));
     }
+
+    /// Sizes the buffer for the next receive, with the complete frames
+    /// handled: room for the whole frame that has begun, if its header says
+    /// it is large (at most `most` bytes, the largest frame allowed), else
+    /// [`RECV_CAPACITY`], to which a buffer a large frame grew goes back. A
+    /// thousand idle connections then hold a few KiB each, not a maximum
+    /// frame each.
+    pub fn fit(&mut self, most: usize) {
+        let begun = self.data.get(..FRAME_HEADER_LEN).map_or(0, |h| {
+            let mut header = [0u8; FRAME_HEADER_LEN];
+            header.copy_from_slice(h);
+            FRAME_HEADER_LEN + codec::frame_len(header) as usize
+        });
+        let want = begun.clamp(RECV_CAPACITY, most.max(RECV_CAPACITY));
+        if self.data.capacity() < want {
+            self.data.reserve_exact(want - self.data.len());
+        } else if want == RECV_CAPACITY && self.data.capacity() > RECV_CAPACITY {
+            self.data.shrink_to(RECV_CAPACITY);
+        }
+    }
 }
 
 /// Encoded events on their way to the client.
@@ -167,6 +198,13 @@ pub struct Session {
     pub queued_bytes: u64,
     /// Peer credentials (SO_PEERCRED): pid, uid, gid.
     pub peer: (i32, u32, u32),
+    /// When the connection was accepted (for the handshake deadline).
+    pub opened: std::time::Instant,
+    /// Bytes of events in the send in flight (counted against the daemon's
+    /// event memory with `pending`).
+    pub sending: usize,
+    /// Since when the receive buffer has held part of a frame.
+    pub partial_since: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -176,9 +214,9 @@ impl Session {
             fd,
             recv: Some(RecvBuf::new(recv_capacity)),
             recv_op: None,
-            send: Some(SendBuf::new(16 * 1024)),
+            send: Some(SendBuf::new(EVENT_CAPACITY)),
             send_op: None,
-            pending: Vec::with_capacity(16 * 1024),
+            pending: Vec::with_capacity(EVENT_CAPACITY),
             held_events: 0,
             fds: VecDeque::with_capacity(MAX_FDS_PER_MESSAGE * 2),
             received: 0,
@@ -189,6 +227,24 @@ impl Session {
             jobs: Vec::new(),
             queued_bytes: 0,
             peer,
+            opened: std::time::Instant::now(),
+            partial_since: None,
+            sending: 0,
+        }
+    }
+
+    /// Gives back event buffers that one large event (a long listing) grew,
+    /// once they hold nothing: a thousand idle connections must not each
+    /// keep the largest event they were ever sent.
+    pub fn shrink_idle_buffers(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > KEEP_EVENT_CAPACITY {
+            self.pending = Vec::with_capacity(EVENT_CAPACITY);
+        }
+        if let Some(send) = self.send.as_mut() {
+            if send.data.capacity() > KEEP_EVENT_CAPACITY {
+                send.data = Vec::with_capacity(EVENT_CAPACITY);
+                send.sent = 0;
+            }
         }
     }
 

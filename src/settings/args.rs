@@ -96,6 +96,16 @@ pub struct Args {
     /// Unfinished jobs one user may have across all connections.
     #[arg(long, value_name = "N", value_parser = by(&keys::MAX_JOBS_PER_USER))]
     pub max_jobs_per_user: Option<Value>,
+    /// Client connections open at once, all users together.
+    #[arg(long, value_name = "N", value_parser = by(&keys::MAX_CONNECTIONS))]
+    pub max_connections: Option<Value>,
+    /// Client connections one user may have open at once.
+    #[arg(long, value_name = "N", value_parser = by(&keys::MAX_CONNECTIONS_PER_USER))]
+    pub max_connections_per_user: Option<Value>,
+    /// Bytes of events queued for all clients together; past it, a client
+    /// holding more than its share (one that does not read) is disconnected.
+    #[arg(long, value_name = "SIZE", value_parser = by(&keys::MAX_EVENT_BYTES))]
+    pub max_event_bytes: Option<Value>,
     /// Bytes one connection's unfinished jobs may still have to move (0: no limit).
     #[arg(long, value_name = "SIZE", value_parser = by(&keys::MAX_QUEUED_BYTES_PER_CONNECTION))]
     pub max_queued_bytes_per_connection: Option<Value>,
@@ -106,6 +116,12 @@ pub struct Args {
     /// finish before they are cancelled (30, 1.5s, 500ms, 2m; 0: at once).
     #[arg(long, value_name = "DURATION", value_parser = by(&keys::SHUTDOWN_GRACE))]
     pub shutdown_grace: Option<Value>,
+    /// How long a new connection may take to send Hello before it is closed.
+    #[arg(long, value_name = "DURATION", value_parser = by(&keys::HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout: Option<Value>,
+    /// How long a connection may hold part of a request frame unfinished.
+    #[arg(long, value_name = "DURATION", value_parser = by(&keys::FRAME_TIMEOUT))]
+    pub frame_timeout: Option<Value>,
     /// Log filter (error, warn, info, debug, trace, or tracing directives)
     /// [env: RINGXFER_LOG].
     #[arg(long, value_name = "FILTER", value_parser = by(&keys::LOG_LEVEL))]
@@ -168,6 +184,12 @@ impl Args {
                 &self.max_jobs_per_connection,
             ),
             (&keys::MAX_JOBS_PER_USER, &self.max_jobs_per_user),
+            (&keys::MAX_CONNECTIONS, &self.max_connections),
+            (
+                &keys::MAX_CONNECTIONS_PER_USER,
+                &self.max_connections_per_user,
+            ),
+            (&keys::MAX_EVENT_BYTES, &self.max_event_bytes),
             (&keys::PIPES, &self.pipes),
             (&keys::PIPE_SIZE, &self.pipe_size),
             (&keys::CHUNKS_PER_JOB, &self.chunks_per_job),
@@ -186,6 +208,8 @@ impl Args {
                 &self.max_queued_bytes_per_user,
             ),
             (&keys::SHUTDOWN_GRACE, &self.shutdown_grace),
+            (&keys::HANDSHAKE_TIMEOUT, &self.handshake_timeout),
+            (&keys::FRAME_TIMEOUT, &self.frame_timeout),
             (&keys::LOG_LEVEL, &self.log_level),
         ];
         given

@@ -22,6 +22,9 @@ struct RawFile {
     max_jobs: Option<Spanned<toml::Value>>,
     max_jobs_per_connection: Option<Spanned<toml::Value>>,
     max_jobs_per_user: Option<Spanned<toml::Value>>,
+    max_connections: Option<Spanned<toml::Value>>,
+    max_connections_per_user: Option<Spanned<toml::Value>>,
+    max_event_bytes: Option<Spanned<toml::Value>>,
     pipes: Option<Spanned<toml::Value>>,
     pipe_size: Option<Spanned<toml::Value>>,
     chunks_per_job: Option<Spanned<toml::Value>>,
@@ -34,6 +37,8 @@ struct RawFile {
     max_queued_bytes_per_connection: Option<Spanned<toml::Value>>,
     max_queued_bytes_per_user: Option<Spanned<toml::Value>>,
     shutdown_grace: Option<Spanned<toml::Value>>,
+    handshake_timeout: Option<Spanned<toml::Value>>,
+    frame_timeout: Option<Spanned<toml::Value>>,
     log_level: Option<Spanned<toml::Value>>,
 }
 
@@ -48,6 +53,12 @@ impl RawFile {
             (&keys::MAX_JOBS, self.max_jobs),
             (&keys::MAX_JOBS_PER_CONNECTION, self.max_jobs_per_connection),
             (&keys::MAX_JOBS_PER_USER, self.max_jobs_per_user),
+            (&keys::MAX_CONNECTIONS, self.max_connections),
+            (
+                &keys::MAX_CONNECTIONS_PER_USER,
+                self.max_connections_per_user,
+            ),
+            (&keys::MAX_EVENT_BYTES, self.max_event_bytes),
             (&keys::PIPES, self.pipes),
             (&keys::PIPE_SIZE, self.pipe_size),
             (&keys::CHUNKS_PER_JOB, self.chunks_per_job),
@@ -66,6 +77,8 @@ impl RawFile {
                 self.max_queued_bytes_per_user,
             ),
             (&keys::SHUTDOWN_GRACE, self.shutdown_grace),
+            (&keys::HANDSHAKE_TIMEOUT, self.handshake_timeout),
+            (&keys::FRAME_TIMEOUT, self.frame_timeout),
             (&keys::LOG_LEVEL, self.log_level),
         ]
     }
@@ -156,11 +169,12 @@ mod tests {
     fn every_key_is_read() {
         let text =
             "socket = \"/tmp/x.sock\"\nengine = \"threads\"\nring_entries = 64\nmax_jobs = 10\n\
-            max_jobs_per_connection = 5\nmax_jobs_per_user = 7\npipes = 4\npipe_size = \"64KiB\"\n\
+            max_jobs_per_connection = 5\nmax_jobs_per_user = 7\nmax_connections = 9\n\
+            max_connections_per_user = 3\nmax_event_bytes = \"8MiB\"\npipes = 4\npipe_size = \"64KiB\"\n\
             chunks_per_job = 1\nbuffers = 0\nbuffer_size = 8192\nbuffers_per_job = 2\n\
             direct_threshold = \"1MiB\"\nmax_inflight = 3\nrate_limit = \"10MiB/s\"\n\
             max_queued_bytes_per_connection = \"1GiB\"\nmax_queued_bytes_per_user = 0\n\
-            shutdown_grace = \"5s\"\nlog_level = \"debug\"\n";
+            shutdown_grace = \"5s\"\nhandshake_timeout = \"2s\"\nframe_timeout = 3\nlog_level = \"debug\"\n";
         let values = parse_str(text).expect("parses");
         assert_eq!(
             values.len(),

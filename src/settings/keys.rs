@@ -46,6 +46,7 @@ pub enum Value {
 }
 
 const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const U32: u64 = u32::MAX as u64;
 
@@ -87,6 +88,9 @@ pub const RATE_LIMIT: Key = Key {
     kind: Kind::Rate,
 };
 pub const MAX_JOBS_PER_USER: Key = count("max_jobs_per_user", 1, U32);
+pub const MAX_CONNECTIONS: Key = count("max_connections", 1, U32);
+pub const MAX_CONNECTIONS_PER_USER: Key = count("max_connections_per_user", 1, U32);
+pub const MAX_EVENT_BYTES: Key = size("max_event_bytes", MIB, u64::MAX, 1);
 pub const MAX_QUEUED_BYTES_PER_CONNECTION: Key =
     size("max_queued_bytes_per_connection", 0, u64::MAX, 1);
 pub const MAX_QUEUED_BYTES_PER_USER: Key = size("max_queued_bytes_per_user", 0, u64::MAX, 1);
@@ -94,6 +98,18 @@ pub const SHUTDOWN_GRACE: Key = Key {
     name: "shutdown_grace",
     kind: Kind::Duration {
         max_ms: 24 * 3600 * 1000,
+    },
+};
+pub const HANDSHAKE_TIMEOUT: Key = Key {
+    name: "handshake_timeout",
+    kind: Kind::Duration {
+        max_ms: 3600 * 1000,
+    },
+};
+pub const FRAME_TIMEOUT: Key = Key {
+    name: "frame_timeout",
+    kind: Kind::Duration {
+        max_ms: 3600 * 1000,
     },
 };
 pub const LOG_LEVEL: Key = Key {
@@ -117,6 +133,9 @@ pub const KEYS: &[&Key] = &[
     &MAX_JOBS,
     &MAX_JOBS_PER_CONNECTION,
     &MAX_JOBS_PER_USER,
+    &MAX_CONNECTIONS,
+    &MAX_CONNECTIONS_PER_USER,
+    &MAX_EVENT_BYTES,
     &PIPES,
     &PIPE_SIZE,
     &CHUNKS_PER_JOB,
@@ -129,6 +148,8 @@ pub const KEYS: &[&Key] = &[
     &MAX_QUEUED_BYTES_PER_CONNECTION,
     &MAX_QUEUED_BYTES_PER_USER,
     &SHUTDOWN_GRACE,
+    &HANDSHAKE_TIMEOUT,
+    &FRAME_TIMEOUT,
     &LOG_LEVEL,
 ];
 

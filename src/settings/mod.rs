@@ -173,10 +173,15 @@ pub struct Settings {
     /// file or on the command line).
     pub rate_limit: Option<u64>,
     pub max_jobs_per_user: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_event_bytes: u64,
     pub max_queued_bytes_per_connection: u64,
     pub max_queued_bytes_per_user: u64,
     /// How long running jobs may take to finish after a stop signal.
     pub shutdown_grace: std::time::Duration,
+    pub handshake_timeout: std::time::Duration,
+    pub frame_timeout: std::time::Duration,
     pub log_level: String,
     /// The config file looked at.
     pub config_file: ConfigFile,
@@ -212,9 +217,14 @@ impl Settings {
             max_inflight: d.max_inflight as u64,
             rate_limit: d.rate_limit,
             max_jobs_per_user: d.max_jobs_per_user,
+            max_connections: d.max_connections,
+            max_connections_per_user: d.max_connections_per_user,
+            max_event_bytes: d.max_event_bytes,
             max_queued_bytes_per_connection: d.max_queued_bytes_per_connection,
             max_queued_bytes_per_user: d.max_queued_bytes_per_user,
             shutdown_grace: d.shutdown_grace,
+            handshake_timeout: d.handshake_timeout,
+            frame_timeout: d.frame_timeout,
             log_level: "info".into(),
             config_file: ConfigFile::Disabled,
             origins: keys::KEYS
@@ -297,6 +307,9 @@ impl Settings {
             ("max_jobs", N(n)) => self.max_jobs = to_usize(n),
             ("max_jobs_per_connection", N(n)) => self.max_jobs_per_connection = to_usize(n),
             ("max_jobs_per_user", N(n)) => self.max_jobs_per_user = to_usize(n),
+            ("max_connections", N(n)) => self.max_connections = to_usize(n),
+            ("max_connections_per_user", N(n)) => self.max_connections_per_user = to_usize(n),
+            ("max_event_bytes", N(n)) => self.max_event_bytes = n,
             ("pipes", N(n)) => self.pipes = to_usize(n),
             ("pipe_size", N(n)) => self.pipe_size = n,
             ("chunks_per_job", N(n)) => self.chunks_per_job = to_usize(n),
@@ -309,6 +322,10 @@ impl Settings {
             ("max_queued_bytes_per_connection", N(n)) => self.max_queued_bytes_per_connection = n,
             ("max_queued_bytes_per_user", N(n)) => self.max_queued_bytes_per_user = n,
             ("shutdown_grace", N(ms)) => self.shutdown_grace = std::time::Duration::from_millis(ms),
+            ("handshake_timeout", N(ms)) => {
+                self.handshake_timeout = std::time::Duration::from_millis(ms)
+            }
+            ("frame_timeout", N(ms)) => self.frame_timeout = std::time::Duration::from_millis(ms),
             ("log_level", T(t)) => self.log_level = t,
             (name, value) => {
                 debug_assert!(false, "no setting {name} of {value:?}");
@@ -328,6 +345,9 @@ impl Settings {
             "max_jobs" => N(self.max_jobs as u64),
             "max_jobs_per_connection" => N(self.max_jobs_per_connection as u64),
             "max_jobs_per_user" => N(self.max_jobs_per_user as u64),
+            "max_connections" => N(self.max_connections as u64),
+            "max_connections_per_user" => N(self.max_connections_per_user as u64),
+            "max_event_bytes" => N(self.max_event_bytes),
             "pipes" => N(self.pipes as u64),
             "pipe_size" => N(self.pipe_size),
             "chunks_per_job" => N(self.chunks_per_job as u64),
@@ -339,9 +359,9 @@ impl Settings {
             "rate_limit" => N(self.rate_limit.unwrap_or(0)),
             "max_queued_bytes_per_connection" => N(self.max_queued_bytes_per_connection),
             "max_queued_bytes_per_user" => N(self.max_queued_bytes_per_user),
-            "shutdown_grace" => {
-                N(u64::try_from(self.shutdown_grace.as_millis()).unwrap_or(u64::MAX))
-            }
+            "handshake_timeout" => N(millis(self.handshake_timeout)),
+            "frame_timeout" => N(millis(self.frame_timeout)),
+            "shutdown_grace" => N(millis(self.shutdown_grace)),
             "log_level" => T(self.log_level.clone()),
             _ => T(String::new()),
         }
@@ -378,6 +398,10 @@ impl Settings {
             changed.join(", ")
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

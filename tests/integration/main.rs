@@ -11,6 +11,7 @@ mod cli_jobs;
 mod cli_tree;
 mod concurrency;
 mod config;
+mod connections;
 mod copy;
 mod destinations;
 mod direct;

@@ -17,14 +17,14 @@ use ringxfer_ipc::{
 
 use crate::support::*;
 
-fn raw(d: &Daemon) -> UnixStream {
+pub(crate) fn raw(d: &Daemon) -> UnixStream {
     let s = UnixStream::connect(&d.socket).expect("raw connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     s
 }
 
-fn frame(req: &Request) -> Vec<u8> {
+pub(crate) fn frame(req: &Request) -> Vec<u8> {
     let mut buf = Vec::new();
     codec::encode_frame(req, &mut buf, DEFAULT_MAX_FRAME).expect("encode");
     buf
@@ -39,7 +39,7 @@ fn send(s: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
 }
 
 /// Reads one event; `None` at a clean EOF before any byte of a header.
-fn read_event(s: &UnixStream) -> Option<Event> {
+pub(crate) fn read_event(s: &UnixStream) -> Option<Event> {
     let mut hdr = [0u8; FRAME_HEADER_LEN];
     let mut got = 0;
     while got < hdr.len() {
@@ -60,7 +60,7 @@ fn read_event(s: &UnixStream) -> Option<Event> {
     Some(codec::decode_payload::<Event>(&payload).expect("daemon sent an undecodable event"))
 }
 
-fn hello(s: &UnixStream) -> Limits {
+pub(crate) fn hello(s: &UnixStream) -> Limits {
     send(
         s,
         &frame(&Request::Hello {

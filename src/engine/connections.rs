@@ -1,0 +1,133 @@
+//! Limits on client connections, so that no user can hold the daemon's
+//! connections or memory: how many connections in all and per user, how
+//! long a connection may take to say `Hello` or to finish a frame it began,
+//! and how many bytes of events all clients together may leave unread.
+//!
+//! Deadlines are checked by one ring timer a second, armed only while a
+//! daemon (with a listener) has connections; the in-process engine's one
+//! connection is its own caller and needs none.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::ProtocolErrorKind;
+use tracing::error;
+
+use super::{Engine, Owner};
+use crate::server::frames::FrameError;
+
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Unread events below this are never held against a client.
+const EVENT_SHARE_FLOOR: usize = 64 << 10;
+
+/// Open connections per user, and the deadline timer.
+#[derive(Default)]
+pub(super) struct Connections {
+    per_user: HashMap<u32, usize>,
+    timer: Option<u64>,
+}
+
+impl Connections {
+    /// The deadline timer in flight, taken to cancel it.
+    pub(super) fn take_timer(&mut self) -> Option<u64> {
+        self.timer.take()
+    }
+}
+
+impl Engine {
+    /// Counts a new connection of `uid`; the reason to refuse it, if it is
+    /// past the daemon's limit or the user's.
+    pub(super) fn count_connection(&mut self, uid: u32) -> Option<String> {
+        let total = self.sessions.len();
+        let mine = self.connections.per_user.entry(uid).or_default();
+        *mine += 1;
+        if total > self.config.max_connections {
+            Some(format!(
+                "the daemon already has {} connections, the most allowed (--max-connections)",
+                self.config.max_connections
+            ))
+        } else if *mine > self.config.max_connections_per_user {
+            Some(format!(
+                "user {uid} already has {} connections, the most allowed (--max-connections-per-user)",
+                self.config.max_connections_per_user
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// A connection of `uid` is gone.
+    pub(super) fn release_connection(&mut self, uid: u32) {
+        if let Some(n) = self.connections.per_user.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.connections.per_user.remove(&uid);
+            }
+        }
+    }
+
+    /// Whether session `k`'s unsent events (the event just added included)
+    /// are more than its share while all clients' together are past
+    /// `--max-event-bytes`. A client that reads its events holds little for
+    /// long; one that does not is cut off before the daemon's memory grows.
+    pub(super) fn over_event_share(&self, k: usize) -> bool {
+        let unsent = |s: &crate::server::session::Session| s.pending.len() + s.sending;
+        let Some(mine) = self.sessions.get(k).map(unsent) else {
+            return false;
+        };
+        if mine <= EVENT_SHARE_FLOOR {
+            return false;
+        }
+        let total: usize = self.sessions.iter().map(|(_, s)| unsent(s)).sum();
+        let budget = usize::try_from(self.config.max_event_bytes).unwrap_or(usize::MAX);
+        total > budget && mine >= budget / self.sessions.len().max(1)
+    }
+
+    /// Arms the deadline check, if a daemon has connections and none is armed.
+    pub(super) fn arm_deadlines(&mut self) {
+        if self.listener.is_none()
+            || self.stopping
+            || self.connections.timer.is_some()
+            || self.sessions.is_empty()
+        {
+            return;
+        }
+        match self.io().timeout(Owner::Housekeeping, CHECK_EVERY) {
+            Ok(ud) => self.connections.timer = Some(ud),
+            Err(e) => error!("cannot queue the connection deadline timer: {e}"),
+        }
+    }
+
+    pub(super) fn on_deadlines(&mut self, result: i32) {
+        self.connections.timer = None;
+        if result == -libc::ECANCELED {
+            return;
+        }
+        let now = Instant::now();
+        let (handshake, frame) = (self.config.handshake_timeout, self.config.frame_timeout);
+        let late: Vec<(usize, String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.closing)
+            .filter_map(|(k, s)| {
+                if !s.greeted && now.duration_since(s.opened) > handshake {
+                    let why = format!("no Hello within {:?} (--handshake-timeout)", handshake);
+                    Some((k, why))
+                } else {
+                    let since = s.partial_since?;
+                    (now.duration_since(since) > frame).then(|| {
+                        let why = format!(
+                            "part of a request frame held unfinished for over {frame:?} (--frame-timeout)"
+                        );
+                        (k, why)
+                    })
+                }
+            })
+            .collect();
+        for (k, message) in late {
+            let kind = ProtocolErrorKind::TimedOut;
+            self.protocol_error(k, FrameError { kind, message });
+        }
+        self.arm_deadlines();
+    }
+}
