@@ -27,3 +27,4 @@ mod seccomp;
 mod sockets;
 mod stub;
 mod systemd;
+mod tree_promise;
