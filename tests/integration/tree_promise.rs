@@ -222,10 +222,22 @@ impl Setup {
         torn(&self.dst, &self.files, &self.old)
     }
 
-    /// A new destination is all there or not there at all.
+    /// A new directory is all there or not there at all: the destination
+    /// itself, or in a merge `b`, which did not exist before.
     fn assert_all_or_nothing(&self, dest: Dest, what: &str) {
-        if dest == Dest::New && self.dst.exists() {
-            assert_complete(&self.dst, &self.files, what);
+        match dest {
+            Dest::New if self.dst.exists() => assert_complete(&self.dst, &self.files, what),
+            Dest::Existing if self.dst.join("b").exists() => {
+                for (rel, data) in self.files.iter().filter(|(rel, _)| rel.starts_with("b/")) {
+                    let got = fs::read(self.dst.join(rel));
+                    assert!(
+                        got.as_ref().is_ok_and(|got| got == data),
+                        "{what}: {rel} in a published new directory: {:?}",
+                        got.map(|g| g.len())
+                    );
+                }
+            }
+            _ => {}
         }
     }
 }
