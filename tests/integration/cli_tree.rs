@@ -201,9 +201,12 @@ fn special_files_in_a_tree_are_skipped_and_counted() {
         .status()
         .expect("run mkfifo");
     assert!(status.success());
-    let dst = dir.path().join("dst");
+    // Into an existing directory: the regular file is published, the FIFO
+    // skipped, and both counted.
+    let into = dir.path().join("into");
+    fs::create_dir_all(into.join("src")).unwrap();
     let mut c = cli(&d.socket);
-    c.args(["copy", "-r"]).arg(&src).arg(&dst);
+    c.args(["copy", "-r"]).arg(&src).arg(&into);
     let out = run(c);
     assert_exit(&out, 1, "a tree with a FIFO");
     assert!(stderr(&out).contains("fifo"), "{}", describe(&out));
@@ -212,8 +215,17 @@ fn special_files_in_a_tree_are_skipped_and_counted() {
         "{}",
         describe(&out)
     );
-    assert_file_eq(&dst.join("regular"), &data);
-    assert!(!dst.join("fifo").exists());
+    assert_file_eq(&into.join("src/regular"), &data);
+    assert!(!into.join("src/fifo").exists());
+
+    // To a new name: a tree with a failure inside is not created at all.
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r"]).arg(&src).arg(&dst);
+    let out = run(c);
+    assert_exit(&out, 1, "a new tree with a FIFO");
+    assert!(!dst.exists(), "{}", describe(&out));
+    assert_eq!(names(dir.path()), ["into", "src"]);
 }
 
 #[test]
@@ -307,10 +319,14 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
     chmod(&src.join("sub"), 0o755);
     chmod(&src.join("ok1"), 0o644);
     chmod(&src.join("sub/ok2"), 0o644);
-    // A destination directory the CLI may write in.
+    // A destination directory the CLI may write in, which already holds
+    // the tree's top (so the copy merges into it, file by file).
     let out_dir = base.path().join("out");
-    fs::create_dir(&out_dir).unwrap();
-    std::os::unix::fs::chown(&out_dir, Some(65534), Some(65534)).unwrap();
+    let dst = out_dir.join("src");
+    fs::create_dir_all(&dst).unwrap();
+    for dir in [&out_dir, &dst] {
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    }
 
     let as_nobody = |args: &[&std::ffi::OsStr]| {
         let mut c = Command::new("setpriv");
@@ -324,12 +340,11 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
             .args(args);
         run(c)
     };
-    let dst = out_dir.join("copy");
     let out = as_nobody(&[
         "copy".as_ref(),
         "-r".as_ref(),
         src.as_os_str(),
-        dst.as_os_str(),
+        out_dir.as_os_str(),
     ]);
     assert_exit(&out, 1, "copy -r with unreadable parts");
     let err = stderr(&out);
@@ -353,6 +368,23 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
     assert_file_eq(&dst.join("ok1"), &ok1);
     assert_file_eq(&dst.join("sub/ok2"), &ok2);
     assert!(!dst.join("secret").exists());
+    assert!(!dst.join("locked").exists());
+
+    // To a new name, the same failures keep the whole tree from its name.
+    let new = out_dir.join("new");
+    let out = as_nobody(&[
+        "copy".as_ref(),
+        "-r".as_ref(),
+        src.as_os_str(),
+        new.as_os_str(),
+    ]);
+    assert_exit(&out, 1, "copy -r with unreadable parts to a new name");
+    assert!(
+        stderr(&out).contains(&format!("'{}' was not created", new.display())),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(names(&out_dir), ["src"]);
 
     // A destination directory it may not write in: every file fails, each named.
     let root_only = base.path().join("root-only");

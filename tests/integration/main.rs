@@ -31,3 +31,4 @@ mod signals;
 mod sockets;
 mod stub;
 mod systemd;
+mod tree_promise;

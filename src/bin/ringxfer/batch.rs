@@ -13,6 +13,11 @@
 //! two cores. Each job's completion callback only passes the result back
 //! through a channel; the main thread then publishes the file (which inside
 //! a staged directory is just a close) and frees its place in the window.
+//!
+//! A signal (see [`crate::signals`]) stops the pipeline: its waits end every
+//! [`crate::signals::POLL`] to look, nothing more is submitted, and the jobs
+//! not settled are dropped unpublished (the engine, seeing the connection
+//! close, cancels them).
 
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -32,7 +37,7 @@ use crate::fdlimit;
 use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject};
 use crate::transfer::Plan;
-use crate::tree::{Item, StagedDirs};
+use crate::tree::{Item, StagedDirs, Within};
 use crate::walk_ahead::{open_source, Found, FDS_AHEAD};
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
@@ -61,9 +66,15 @@ pub struct Tally {
     pub links: u64,
     pub dirs: u64,
     pub failed: u64,
+    /// The first [`NAMED_FAILURES`] that failed, by source path, for the
+    /// summary.
+    pub failed_paths: Vec<String>,
     pub bytes: u64,
     pub elapsed: Duration,
 }
+
+/// Failures the summary names (each is also reported as it happens).
+pub const NAMED_FAILURES: usize = 10;
 
 /// A file on its way: opened, staged, and (once its batch is sent) a job.
 struct Job {
@@ -72,6 +83,7 @@ struct Job {
     source: Option<File>,
     staged: StagedFile,
     meta: Metadata,
+    within: Within,
 }
 
 /// What a job's callback reports: the job's key in the table, and its result.
@@ -162,37 +174,56 @@ impl<'a> Pipeline<'a> {
             Found::Other(item @ Item::File { .. }) => open_source(item),
             found => found,
         };
-        if let Found::Other(Item::Staged(dir)) = found {
-            self.staged.push(dir);
-            return Ok(());
-        }
+        let found = match found {
+            Found::Other(Item::Staged(dir)) => {
+                self.staged.push(dir);
+                return Ok(());
+            }
+            Found::Other(Item::Leftover(left)) => {
+                let line = left.describe();
+                self.bar.suspend(|| crate::report::note(&line));
+                return Ok(());
+            }
+            found => found,
+        };
         self.tally.items += 1;
         match found {
             Found::File {
                 src,
                 dst,
-                new,
+                within,
                 opened,
-            } => self.copy_file(src, dst, new, opened)?,
-            Found::Other(Item::Symlink { src, dst }) => {
+            } => self.copy_file(src, dst, within, opened)?,
+            Found::Other(Item::Symlink { src, dst, within }) => {
                 match copy_symlink(&src, &dst, self.preserve) {
-                    Ok(()) => self.tally.links += 1,
-                    Err(err) => self.fail(&src, Some(&dst), &err),
+                    Ok(()) => {
+                        self.tally.links += 1;
+                        self.staged.landed(within, true, 0);
+                    }
+                    Err(err) => self.fail(&src, Some(&dst), within, &err),
                 }
             }
-            Found::Other(Item::Failed { src, dst, error }) => {
-                self.fail(&src, dst.as_deref(), &error)
-            }
-            Found::Other(Item::Staged(_) | Item::File { .. }) => {}
+            Found::Other(Item::Failed {
+                src,
+                dst,
+                within,
+                error,
+            }) => self.fail(&src, dst.as_deref(), within, &error),
+            Found::Other(Item::Staged(_) | Item::Leftover(_) | Item::File { .. }) => {}
         }
         self.reap_ready();
         Ok(())
     }
 
     /// Reports a failure, naming paths inside staged directories by the
-    /// names they will have.
-    fn fail(&mut self, src: &Path, dst: Option<&Path>, err: &CliError) {
+    /// names they will have, and keeps the staged directory it is in from
+    /// its name.
+    fn fail(&mut self, src: &Path, dst: Option<&Path>, within: Within, err: &CliError) {
         self.tally.failed += 1;
+        if self.tally.failed_paths.len() < NAMED_FAILURES {
+            self.tally.failed_paths.push(src.display().to_string());
+        }
+        self.staged.failed(within);
         let subject = Subject {
             op: Op::Copy,
             src: src.display().to_string(),
@@ -209,13 +240,14 @@ impl<'a> Pipeline<'a> {
         &mut self,
         src: PathBuf,
         dst: PathBuf,
-        new: bool,
+        within: Within,
         opened: io::Result<(File, Metadata)>,
     ) -> Result<(), CliError> {
         let (file, meta) = match opened {
             Ok(x) => x,
             Err(e) => {
-                self.fail(&src, Some(&dst), &CliError::path("cannot open", &src, &e));
+                let err = CliError::path("cannot open", &src, &e);
+                self.fail(&src, Some(&dst), within, &err);
                 return Ok(());
             }
         };
@@ -225,7 +257,7 @@ impl<'a> Pipeline<'a> {
         };
         // Also refuses a file copied onto itself (`copy a b .` in a's
         // directory); a new file in a staged directory cannot be the source.
-        let staged = if new {
+        let staged = if within.is_some() {
             StagedFile::create_new(&dst, &publish)
         } else {
             StagedFile::create(&dst, Some(&meta), &publish)
@@ -234,19 +266,23 @@ impl<'a> Pipeline<'a> {
             Ok(staged) => staged,
             Err(e) => {
                 let e = e.with_source_path(&src);
-                self.fail(&src, Some(&dst), &CliError::staging(&dst, &e));
+                self.fail(&src, Some(&dst), within, &CliError::staging(&dst, &e));
                 return Ok(());
             }
         };
         while self.jobs.len() >= self.window {
             self.send()?;
-            self.reap_one();
+            if !self.reap_one() {
+                // Interrupted: the staged file is dropped unpublished.
+                return Ok(());
+            }
         }
         let key = self.jobs.insert(Job {
             src,
             source: Some(file),
             staged,
             meta,
+            within,
         });
         self.unsent.push(key);
         if self.unsent.len() >= self.batch {
@@ -315,7 +351,12 @@ impl<'a> Pipeline<'a> {
             let job = self.jobs.remove(key);
             // Dropping the staged file leaves nothing under the name.
             let dst = job.staged.path().to_path_buf();
-            self.fail(&job.src, Some(&dst), &CliError::client("", &err));
+            self.fail(
+                &job.src,
+                Some(&dst),
+                job.within,
+                &CliError::client("", &err),
+            );
         }
         sent.map(|_| ())
             .map_err(|err| CliError::client("submitting copies to the engine", &err))
@@ -328,14 +369,18 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// Waits for one job to finish and publishes it.
-    fn reap_one(&mut self) {
+    /// Waits for one job to finish and publishes it; false if a signal
+    /// came first.
+    fn reap_one(&mut self) -> bool {
         loop {
             if let Ok(finished) = self.done_rx.try_recv() {
                 self.settle(finished);
-                return;
+                return true;
             }
-            if self.events.dispatch(None).is_err() {
+            if crate::signals::received().is_some() {
+                return false;
+            }
+            if self.events.dispatch(Some(crate::signals::POLL)).is_err() {
                 // The connection ended: every outstanding job was resolved,
                 // its callback run, before the error came back.
                 while let Ok(finished) = self.done_rx.try_recv() {
@@ -343,7 +388,7 @@ impl<'a> Pipeline<'a> {
                 }
                 // Nothing more can come; jobs still listed never will.
                 self.jobs.clear();
-                return;
+                return true;
             }
         }
     }
@@ -377,22 +422,29 @@ impl<'a> Pipeline<'a> {
             Ok(bytes) => {
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
+                self.staged.landed(job.within, false, bytes);
                 self.bar.file_done(bytes);
             }
-            Err(err) => self.fail(&job.src, Some(&dst), &err),
+            Err(err) => self.fail(&job.src, Some(&dst), job.within, &err),
         }
     }
 
     /// Sends what is left, waits for every job; returns the tally and the
-    /// directories still to rename into place.
+    /// directories still to rename into place. After a signal nothing is
+    /// sent or waited for: the jobs not settled are dropped, which removes
+    /// whatever name their files had.
     pub fn finish(mut self) -> (Tally, StagedDirs) {
-        if let Err(err) = self.send() {
-            self.bar.suspend(|| self.out.failed(Op::Copy, None, &err));
+        if crate::signals::received().is_none() {
+            if let Err(err) = self.send() {
+                self.bar.suspend(|| self.out.failed(Op::Copy, None, &err));
+            }
         }
         // Jobs never sent (the batch failed) were refused and removed; what
         // is left has a callback to come.
         while !self.jobs.is_empty() {
-            self.reap_one();
+            if !self.reap_one() {
+                self.jobs.clear();
+            }
         }
         self.bar.finish();
         (self.tally, self.staged)

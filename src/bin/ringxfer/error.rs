@@ -208,7 +208,7 @@ impl CliError {
 
 /// The OS's description without std's " (os error N)" suffix: the number is
 /// noise for people, and scripts get it separately as `os_error`.
-fn describe_io(err: &io::Error) -> String {
+pub fn describe_io(err: &io::Error) -> String {
     let text = err.to_string();
     match err.raw_os_error() {
         Some(code) => text

@@ -3,7 +3,8 @@
 //! Exit status: 0 done, 1 the transfer failed (or a file or address could not
 //! be opened, or any file of a multi-file copy failed), 2 usage error, 3 no
 //! daemon answered and the command needs one (--daemon-only, --detach,
-//! stats, jobs, status, wait, cancel).
+//! stats, jobs, status, wait, cancel); 128 + N when signal N (SIGINT,
+//! SIGTERM, SIGHUP) ended a copy or recv, after it removed what it staged.
 
 mod args;
 mod batch;
@@ -16,12 +17,15 @@ mod files;
 mod listing;
 mod progress;
 mod report;
+mod signals;
+mod staging;
 mod stats;
 mod transfer;
 mod tree;
 mod walk_ahead;
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         out,
         progress: out.chatty() && std::io::stderr().is_terminal(),
     };
+    catch_signals(&cli.command);
     // Returning the status (rather than process::exit) lets the engine and
     // its thread shut down through their destructors first.
     let exit = match &cli.command {
@@ -84,5 +89,44 @@ fn main() -> ExitCode {
         Command::Wait { job } => control::wait(&ctx, *job),
         Command::Cancel { job } => control::cancel(&ctx, *job),
     };
-    exit.into()
+    match signals::exit_status() {
+        Some(status) => ExitCode::from(status),
+        None => exit.into(),
+    }
+}
+
+/// Where a signal is taken instead of ending the process at once (see
+/// [`signals`]): commands that stage a destination. A tree copy starts it
+/// itself, once its descriptor table is grown (which must happen while the
+/// process has one thread). A detached copy is the daemon's once submitted,
+/// staging included, so it keeps the signals' default action.
+fn catch_signals(command: &Command) {
+    let dirs = match command {
+        Command::Copy {
+            paths,
+            recursive: false,
+            job,
+            ..
+        } if paths.len() == 2 && !job.detach => staging_dirs(&paths[1]),
+        Command::Recv { dst, job, .. } if !job.detach => staging_dirs(dst),
+        _ => return,
+    };
+    for dir in dirs {
+        signals::sweep_in(dir);
+    }
+    signals::start();
+}
+
+/// The directories a file copied to `dst` may be staged in: `dst` itself
+/// if it is a directory (the file lands inside), and its parent.
+fn staging_dirs(dst: &Path) -> Vec<PathBuf> {
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent];
+    if dst.is_dir() {
+        dirs.push(dst.to_path_buf());
+    }
+    dirs
 }

@@ -156,6 +156,7 @@ impl Output {
                 links: tally.links,
                 directories: tally.dirs,
                 failed: tally.failed,
+                failed_paths: &tally.failed_paths,
                 bytes: tally.bytes,
                 elapsed_s: tally.elapsed.as_secs_f64(),
                 throughput_bps: throughput(tally.bytes, tally.elapsed),
@@ -167,7 +168,7 @@ impl Output {
             status(&tree_text(tally));
         }
         if tally.failed > 0 {
-            note(&format!("{} of {} files failed", tally.failed, tally.items));
+            note(&failed_text(tally));
         }
     }
 
@@ -244,14 +245,34 @@ pub fn tree_text(t: &Tally) -> String {
     )
 }
 
+/// `2 of 10 files failed: 'a/x', 'a/y'`, naming at most the first
+/// [`crate::batch::NAMED_FAILURES`] by source path.
+pub fn failed_text(t: &Tally) -> String {
+    let named: Vec<String> = t.failed_paths.iter().map(|p| format!("'{p}'")).collect();
+    let more = t.failed.saturating_sub(named.len() as u64);
+    let more = if more > 0 {
+        format!(" and {more} more (each reported above)")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} of {} files failed: {}{more}",
+        t.failed,
+        t.items,
+        named.join(", ")
+    )
+}
+
 #[derive(Serialize)]
-struct TreeJson {
+struct TreeJson<'a> {
     op: &'static str,
     items: u64,
     files: u64,
     links: u64,
     directories: u64,
     failed: u64,
+    /// The first failures' source paths (see [`failed_text`]).
+    failed_paths: &'a [String],
     bytes: u64,
     elapsed_s: f64,
     throughput_bps: f64,

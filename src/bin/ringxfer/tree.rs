@@ -16,17 +16,24 @@
 //! - An existing destination directory is merged into, as cp does: each
 //!   file is staged and published on its own (see ringxfer_ipc::publish).
 //! - A destination directory that does not exist yet is built under a hidden
-//!   name next to it (`.NAME.ringxfer-PID-N`) and renamed into place once
-//!   everything in it is done, like rsync's temporary files but for the whole
-//!   tree. Until then nothing of the copy is under its final name, so a copy
-//!   cut short (even by SIGKILL) leaves no half-written file where a reader
-//!   would take it for the real one; and the files inside are created under
-//!   their own names, with no per-file temporary, link or rename, which is
-//!   most of what a small file costs the CLI. A file whose job fails is
-//!   removed before the rename. If something took the name meanwhile, the
-//!   copy stays under the hidden name and the failure says where.
+//!   name next to it (`.NAME.ringxfer-PID-N`) and renamed into place only if
+//!   everything in it completed: every file, link and directory under it,
+//!   the copy not cut short (connection to the engine lost, interrupted).
+//!   Otherwise it is removed, and the copy says the directory was not
+//!   created and why. Removed rather than kept and named, because a partial
+//!   tree kept after a full disk keeps the disk full, because a later copy
+//!   would remove it as a leftover anyway (see [`crate::staging`]), and so
+//!   that a failed tree ends as a failed file does: nothing under the name,
+//!   nothing beside it. Until the rename nothing of the copy is under its
+//!   final name, so even SIGKILL leaves no half-written file where a reader
+//!   would take it for the real one, and the next copy that stages in the
+//!   same directory removes what SIGKILL left. The files inside are created
+//!   under their own names, with no per-file temporary, link or rename,
+//!   which is most of what a small file costs the CLI. If something took
+//!   the name meanwhile, the copy fails the same way (nothing is replaced).
 
 use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, DirBuilder, File, Metadata, ReadDir};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -34,33 +41,45 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::batch::Pipeline;
+use crate::batch::{Pipeline, Tally};
 use crate::commands::{Context, CopyArgs};
 use crate::error::{CliError, Exit};
-use crate::report::Op;
+use crate::report::{Op, Output};
+use crate::staging::{remove_leftovers, Leftover};
 use crate::walk_ahead::WalkAhead;
 use ringxfer_ipc::publish::{hidden_name, preserve_metadata};
+
+/// Which staged directory (see [`StagedDir`]) a path is inside, by the
+/// order the walk staged them in; `None` outside every staged directory.
+pub type Within = Option<usize>;
 
 /// One thing the walk found that the pipeline must copy or report.
 #[derive(Debug)]
 pub enum Item {
-    /// A regular file. `new`: `dst` is inside a [`StagedDir`], so it is
+    /// A regular file. Inside a [`StagedDir`] (`within` is some), `dst` is
     /// created under its own name instead of staged.
     File {
         src: PathBuf,
         dst: PathBuf,
-        new: bool,
+        within: Within,
     },
     /// A new destination directory is being built under a hidden name.
     Staged(StagedDir),
     /// A symbolic link to recreate.
-    Symlink { src: PathBuf, dst: PathBuf },
+    Symlink {
+        src: PathBuf,
+        dst: PathBuf,
+        within: Within,
+    },
     /// Something that could not be copied, already phrased.
     Failed {
         src: PathBuf,
         dst: Option<PathBuf>,
+        within: Within,
         error: CliError,
     },
+    /// A staging directory of a killed copy, removed (or not removable).
+    Leftover(Leftover),
 }
 
 /// A directory's final mode (and with --preserve, owner and times), applied
@@ -69,6 +88,7 @@ pub enum Item {
 pub struct DirFixup {
     pub dst: PathBuf,
     pub meta: Metadata,
+    pub within: Within,
 }
 
 struct Frame {
@@ -76,31 +96,105 @@ struct Frame {
     src: PathBuf,
     dst: PathBuf,
     /// Inside a [`StagedDir`]: everything here is ours and unseen.
-    new: bool,
+    within: Within,
     fixup: Option<DirFixup>,
 }
 
 /// A destination directory built under `hidden` and renamed to `dst` when
-/// the copy is done (see the module comment).
+/// everything in it completed (see the module comment).
 #[derive(Debug, Clone)]
 pub struct StagedDir {
     pub hidden: PathBuf,
     pub dst: PathBuf,
+    /// Its place in the order the walk staged directories in.
+    pub index: usize,
 }
 
-/// The directories a copy stages, for renaming them into place and for
-/// naming paths inside them as the user knows them.
+/// A staged directory and what happened inside it so far.
+#[derive(Debug)]
+struct Staged {
+    dir: StagedDir,
+    /// Things inside that failed: any keeps the directory from its name.
+    failed: u64,
+    /// What landed inside, taken back out of the tally if it is removed.
+    files: u64,
+    links: u64,
+    bytes: u64,
+}
+
+/// The directories a copy stages, for renaming them into place (or
+/// removing them), and for naming paths inside them as the user knows them.
 #[derive(Debug, Default)]
-pub struct StagedDirs(Vec<StagedDir>);
+pub struct StagedDirs(Vec<Option<Staged>>);
+
+/// Why staged directories are not renamed into place, whatever is in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutShort {
+    /// Every job ran to its end: each directory is judged on its own.
+    No,
+    /// The connection to the engine was lost.
+    Lost,
+    /// A signal stopped the copy.
+    Interrupted(i32),
+}
 
 impl StagedDirs {
     pub fn push(&mut self, dir: StagedDir) {
-        self.0.push(dir);
+        let index = dir.index;
+        if self.0.len() <= index {
+            self.0.resize_with(index + 1, || None);
+        }
+        self.0[index] = Some(Staged {
+            dir,
+            failed: 0,
+            files: 0,
+            links: 0,
+            bytes: 0,
+        });
+    }
+
+    fn dirs(&self) -> impl Iterator<Item = &StagedDir> {
+        self.0.iter().flatten().map(|s| &s.dir)
+    }
+
+    fn get(&mut self, within: Within) -> Option<&mut Staged> {
+        self.0.get_mut(within?)?.as_mut()
+    }
+
+    /// Something inside `within` failed.
+    pub fn failed(&mut self, within: Within) {
+        if let Some(staged) = self.get(within) {
+            staged.failed += 1;
+        }
+    }
+
+    /// A file (or link, with `bytes` 0 and `link`) landed inside `within`.
+    pub fn landed(&mut self, within: Within, link: bool, bytes: u64) {
+        if let Some(staged) = self.get(within) {
+            if link {
+                staged.links += 1;
+            } else {
+                staged.files += 1;
+                staged.bytes += bytes;
+            }
+        }
+    }
+
+    /// Whether `within` will be renamed into place as far as is known now.
+    fn intact(&self, within: Within) -> bool {
+        match within {
+            None => true,
+            Some(i) => self
+                .0
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.failed == 0),
+        }
     }
 
     /// `path` under its final name.
     pub fn shown<'a>(&self, path: &'a Path) -> Cow<'a, Path> {
-        for dir in &self.0 {
+        for dir in self.dirs() {
             if let Ok(rest) = path.strip_prefix(&dir.hidden) {
                 return Cow::Owned(dir.dst.join(rest));
             }
@@ -110,24 +204,113 @@ impl StagedDirs {
 
     /// `err` with hidden names replaced by final ones.
     pub fn error(&self, err: CliError) -> CliError {
-        self.0
-            .iter()
+        self.dirs()
             .fold(err, |err, dir| err.renamed(&dir.hidden, &dir.dst))
     }
 
-    /// Renames every staged directory into place; the failures, phrased.
-    pub fn publish(&self) -> Vec<CliError> {
-        let mut failures = Vec::new();
-        for dir in &self.0 {
-            if let Err(e) = rename_noreplace(&dir.hidden, &dir.dst) {
-                let mut err = CliError::path("cannot move the copy into place at", &dir.dst, &e);
-                err.cause
-                    .push_str(&format!("; the copy is kept in '{}'", dir.hidden.display()));
-                failures.push(err);
-            }
+    /// Renames every staged directory in which everything completed into
+    /// place, and removes the others, taking what was in them out of
+    /// `tally`; returns what to report.
+    /// `dirs`: directories made in each (see [`Walk::staged_dirs`]).
+    pub fn publish(self, cut_short: CutShort, dirs: &[u64], tally: &mut Tally) -> Vec<CliError> {
+        let mut reports = Vec::new();
+        for staged in self.0.into_iter().flatten() {
+            let why = match cut_short {
+                CutShort::Lost => Some("the copy did not finish".to_string()),
+                CutShort::Interrupted(sig) => Some(format!(
+                    "the copy was interrupted by {}",
+                    crate::signals::name(sig)
+                )),
+                CutShort::No if staged.failed > 0 => Some(format!(
+                    "{} in it failed",
+                    if staged.failed == 1 {
+                        "1 item".to_string()
+                    } else {
+                        format!("{} items", staged.failed)
+                    }
+                )),
+                CutShort::No => None,
+            };
+            let dir = &staged.dir;
+            let mut os_error = None;
+            let why = match why {
+                None => match rename_noreplace(&dir.hidden, &dir.dst) {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        os_error = e.raw_os_error();
+                        format!(
+                            "cannot move the copy into place: {}",
+                            crate::error::describe_io(&e)
+                        )
+                    }
+                },
+                Some(why) => why,
+            };
+            tally.files -= staged.files.min(tally.files);
+            tally.links -= staged.links.min(tally.links);
+            tally.bytes -= staged.bytes.min(tally.bytes);
+            let made = dirs.get(dir.index).copied().unwrap_or(0);
+            tally.dirs -= made.min(tally.dirs);
+            reports.push(CliError {
+                os_error,
+                ..abandon(dir, &why)
+            });
         }
-        failures
+        reports
     }
+}
+
+/// Removes a staged directory that is not to be renamed into place, and
+/// says so: by its final name, or by the hidden one if it had to stay.
+fn abandon(dir: &StagedDir, why: &str) -> CliError {
+    let (kind, tail) = match remove_tree(&dir.hidden) {
+        Ok(()) => ("not-created", "the partial copy was removed".to_string()),
+        Err(e) => (
+            "staging-left",
+            format!(
+                "the partial copy is left in '{}' (cannot remove it: {})",
+                dir.hidden.display(),
+                crate::error::describe_io(&e)
+            ),
+        ),
+    };
+    CliError::new(
+        "",
+        kind,
+        format!("'{}' was not created: {why}; {tail}", dir.dst.display()),
+    )
+}
+
+/// Removes a staged tree. A directory in it may have lost u+w already (its
+/// final mode applied), which would refuse the removal of what is inside:
+/// then every directory gets u+rwx back and the removal is tried again.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let _ = open_up(path);
+            fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+}
+
+/// Adds u+rwx to `dir` and every directory under it, never following a
+/// symbolic link (each is opened O_NOFOLLOW and changed through its
+/// descriptor).
+fn open_up(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)?;
+    let mode = file.metadata()?.mode() & 0o7777;
+    file.set_permissions(fs::Permissions::from_mode(mode | 0o700))?;
+    for entry in fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = open_up(&entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// rename(2) that never replaces what is at `to` (RENAME_NOREPLACE; where
@@ -170,6 +353,14 @@ fn hidden_sibling(dst: &Path, n: u32) -> Option<PathBuf> {
     Some(dst.with_file_name(hidden_name(dst.file_name()?, u64::from(n))))
 }
 
+/// The directory `path` is in (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Depth-first walk over the operands, creating destination directories as
 /// it goes (a file's directory always exists before the file is yielded).
 pub struct Walk {
@@ -178,16 +369,24 @@ pub struct Walk {
     recursive: bool,
     preserve: bool,
     umask: u32,
+    /// Items to hand out before walking on (leftovers found while staging).
+    pending: VecDeque<Item>,
+    /// Directories already searched for leftovers.
+    searched: HashSet<PathBuf>,
     /// Directories finished, in post-order (children before parents).
     pub fixups: Vec<DirFixup>,
     /// Directories created.
     pub dirs: u64,
+    /// Directories created inside each staged directory (itself included),
+    /// by [`StagedDir::index`].
+    pub staged_dirs: Vec<u64>,
 }
 
-fn failed(src: &Path, dst: Option<&Path>, error: CliError) -> Item {
+fn failed(src: &Path, dst: Option<&Path>, within: Within, error: CliError) -> Item {
     Item::Failed {
         src: src.to_path_buf(),
         dst: dst.map(Path::to_path_buf),
+        within,
         error,
     }
 }
@@ -207,10 +406,11 @@ fn special_kind(ft: fs::FileType) -> &'static str {
     }
 }
 
-fn skipped_special(src: &Path, ft: fs::FileType) -> Item {
+fn skipped_special(src: &Path, dst: Option<&Path>, within: Within, ft: fs::FileType) -> Item {
     failed(
         src,
-        None,
+        dst,
+        within,
         CliError::new(
             "",
             "special-file",
@@ -238,8 +438,11 @@ impl Walk {
             recursive,
             preserve,
             umask,
+            pending: VecDeque::new(),
+            searched: HashSet::new(),
             fixups: Vec::new(),
             dirs: 0,
+            staged_dirs: Vec::new(),
         }
     }
 
@@ -247,6 +450,7 @@ impl Walk {
         let Some(dst) = dst else {
             return Some(failed(
                 &src,
+                None,
                 None,
                 CliError::new(
                     "",
@@ -261,21 +465,29 @@ impl Walk {
         // Followed, like `cp -H`: see the module comment.
         let meta = match fs::metadata(&src) {
             Ok(meta) => meta,
-            Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
+            Err(e) => {
+                return Some(failed(
+                    &src,
+                    None,
+                    None,
+                    CliError::path("cannot stat", &src, &e),
+                ))
+            }
         };
         if meta.is_file() {
             return Some(Item::File {
                 src,
                 dst,
-                new: false,
+                within: None,
             });
         }
         if !meta.is_dir() {
-            return Some(skipped_special(&src, meta.file_type()));
+            return Some(skipped_special(&src, None, None, meta.file_type()));
         }
         if !self.recursive {
             return Some(failed(
                 &src,
+                None,
                 None,
                 CliError::new(
                     "",
@@ -287,12 +499,12 @@ impl Walk {
         if let Some(item) = refuse_into_itself(&src, &dst) {
             return Some(item);
         }
-        self.enter(src, dst, meta, false)
+        self.enter(src, dst, meta, None)
     }
 
     /// Creates `dst` for the directory `src` and starts reading `src`;
-    /// returns an item only when that failed.
-    /// Inside a staged directory (`parent_new`) the directory is simply
+    /// returns an item when that failed, or when `dst` was staged.
+    /// Inside a staged directory (`within` is some) the directory is simply
     /// made; elsewhere a destination that does not exist yet is staged under
     /// a hidden name (then the returned item is [`Item::Staged`]).
     fn enter(
@@ -300,56 +512,104 @@ impl Walk {
         src: PathBuf,
         dst: PathBuf,
         meta: Metadata,
-        parent_new: bool,
+        within: Within,
     ) -> Option<Item> {
         let mode = meta.mode() & 0o7777;
         // u+rwx while we fill it, or a 0555 source would refuse its own files.
         let mut builder = DirBuilder::new();
         builder.mode(mode | 0o700);
-        let mut staged = None;
-        let absent = !parent_new
+        let absent = within.is_none()
             && matches!(fs::symlink_metadata(&dst), Err(e) if e.kind() == io::ErrorKind::NotFound);
-        let made = if absent {
-            match self.stage(&builder, &dst) {
-                Ok(hidden) => {
-                    staged = Some(StagedDir {
-                        hidden: hidden.clone(),
-                        dst: dst.clone(),
-                    });
-                    Ok(hidden)
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            builder.create(&dst).map(|()| dst.clone())
-        };
-        let (dir, created) = match made {
-            Ok(dir) => {
-                self.dirs += 1;
-                (dir, true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !absent && dst.is_dir() => {
-                (dst.clone(), false)
-            }
+        if absent {
+            return self.enter_staged(src, dst, meta, &builder);
+        }
+        let created = match builder.create(&dst) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dst.is_dir() => false,
             Err(e) => {
                 return Some(failed(
                     &src,
                     Some(&dst),
+                    within,
                     CliError::path("cannot create directory", &dst, &e),
                 ))
             }
         };
-        let dst = dir;
+        if created {
+            self.count_dir(within);
+        }
         let entries = match fs::read_dir(&src) {
             Ok(entries) => entries,
             Err(e) => {
                 return Some(failed(
                     &src,
                     Some(&dst),
+                    within,
                     CliError::path("cannot open directory", &src, &e),
                 ))
             }
         };
+        self.push_frame(entries, src, dst, meta, within, created);
+        None
+    }
+
+    /// Stages a new destination directory: the source is opened first, so
+    /// one that cannot be read leaves nothing behind.
+    fn enter_staged(
+        &mut self,
+        src: PathBuf,
+        dst: PathBuf,
+        meta: Metadata,
+        builder: &DirBuilder,
+    ) -> Option<Item> {
+        let entries = match fs::read_dir(&src) {
+            Ok(entries) => entries,
+            Err(e) => {
+                return Some(failed(
+                    &src,
+                    Some(&dst),
+                    None,
+                    CliError::path("cannot open directory", &src, &e),
+                ))
+            }
+        };
+        let found = remove_leftovers(parent_of(&dst), &mut self.searched);
+        self.pending.extend(found.into_iter().map(Item::Leftover));
+        let hidden = match self.stage(builder, &dst) {
+            Ok(hidden) => hidden,
+            Err(e) => {
+                return Some(failed(
+                    &src,
+                    Some(&dst),
+                    None,
+                    CliError::path("cannot create directory", &dst, &e),
+                ))
+            }
+        };
+        let index = self.staged_dirs.len();
+        self.staged_dirs.push(0);
+        self.count_dir(Some(index));
+        self.push_frame(entries, src, hidden.clone(), meta, Some(index), true);
+        Some(Item::Staged(StagedDir { hidden, dst, index }))
+    }
+
+    fn count_dir(&mut self, within: Within) {
+        self.dirs += 1;
+        if let Some(n) = within.and_then(|i| self.staged_dirs.get_mut(i)) {
+            *n += 1;
+        }
+    }
+
+    fn push_frame(
+        &mut self,
+        entries: ReadDir,
+        src: PathBuf,
+        dst: PathBuf,
+        meta: Metadata,
+        within: Within,
+        created: bool,
+    ) {
+        let mode = meta.mode() & 0o7777;
         // A directory we created whose mode mkdir could not give it at once
         // (it lacked u+rwx), or any directory with --preserve.
         let needs_fixup =
@@ -358,10 +618,9 @@ impl Walk {
             entries,
             src,
             dst: dst.clone(),
-            new: parent_new || staged.is_some(),
-            fixup: needs_fixup.then_some(DirFixup { dst, meta }),
+            within,
+            fixup: needs_fixup.then_some(DirFixup { dst, meta, within }),
         });
-        staged.map(Item::Staged)
     }
 
     /// Makes a hidden directory next to `dst`; returns its path.
@@ -372,7 +631,7 @@ impl Walk {
                 hidden_sibling(dst, n).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
             match builder.create(&hidden) {
                 Ok(()) => return Ok(hidden),
-                // A leftover of an earlier copy that was killed.
+                // Ours from an earlier attempt, or a process that had our pid.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < MAX_HIDDEN_TRIES => {
                     n += 1
                 }
@@ -394,20 +653,26 @@ impl Walk {
         };
         result.map_err(|e| CliError::path("cannot set attributes of", &fixup.dst, &e))
     }
+
+    /// Leaves the directory on top of the stack, keeping its fixup.
+    fn leave(&mut self) {
+        if let Some(fixup) = self.stack.pop().and_then(|f| f.fixup) {
+            self.fixups.push(fixup);
+        }
+    }
 }
 
 /// `copy -r a a/sub` would copy forever: refused, as cp does.
 fn refuse_into_itself(src: &Path, dst: &Path) -> Option<Item> {
     let src_real = fs::canonicalize(src).ok()?;
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let dst_real = fs::canonicalize(parent).ok()?.join(dst.file_name()?);
+    let dst_real = fs::canonicalize(parent_of(dst))
+        .ok()?
+        .join(dst.file_name()?);
     dst_real.starts_with(&src_real).then(|| {
         failed(
             src,
             Some(dst),
+            None,
             CliError::new(
                 "",
                 "invalid-request",
@@ -426,6 +691,9 @@ impl Iterator for Walk {
 
     fn next(&mut self) -> Option<Item> {
         loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
             let Some(frame) = self.stack.last_mut() else {
                 let (src, dst) = self.operands.next()?;
                 match self.operand(src, dst) {
@@ -433,6 +701,7 @@ impl Iterator for Walk {
                     None => continue,
                 }
             };
+            let within = frame.within;
             let entry = match frame.entries.next() {
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
@@ -440,43 +709,53 @@ impl Iterator for Walk {
                     // directory, rather than retry forever.
                     let item = failed(
                         &frame.src,
-                        None,
+                        Some(&frame.dst),
+                        within,
                         CliError::path("cannot read directory", &frame.src, &e),
                     );
-                    if let Some(fixup) = self.stack.pop().and_then(|f| f.fixup) {
-                        self.fixups.push(fixup);
-                    }
+                    self.leave();
                     return Some(item);
                 }
                 None => {
-                    if let Some(fixup) = self.stack.pop().and_then(|f| f.fixup) {
-                        self.fixups.push(fixup);
-                    }
+                    self.leave();
                     continue;
                 }
             };
             let src = entry.path();
             let dst = frame.dst.join(entry.file_name());
-            let new = frame.new;
             // d_type from getdents: no stat per file.
             let ft = match entry.file_type() {
                 Ok(ft) => ft,
-                Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
+                Err(e) => {
+                    return Some(failed(
+                        &src,
+                        Some(&dst),
+                        within,
+                        CliError::path("cannot stat", &src, &e),
+                    ))
+                }
             };
             if ft.is_file() {
-                return Some(Item::File { src, dst, new });
+                return Some(Item::File { src, dst, within });
             }
             if ft.is_symlink() {
-                return Some(Item::Symlink { src, dst });
+                return Some(Item::Symlink { src, dst, within });
             }
             if !ft.is_dir() {
-                return Some(skipped_special(&src, ft));
+                return Some(skipped_special(&src, Some(&dst), within, ft));
             }
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
-                Err(e) => return Some(failed(&src, None, CliError::path("cannot stat", &src, &e))),
+                Err(e) => {
+                    return Some(failed(
+                        &src,
+                        Some(&dst),
+                        within,
+                        CliError::path("cannot stat", &src, &e),
+                    ))
+                }
             };
-            if let Some(item) = self.enter(src, dst, meta, new) {
+            if let Some(item) = self.enter(src, dst, meta, within) {
                 return Some(item);
             }
         }
@@ -520,7 +799,35 @@ fn destinations(
         .collect())
 }
 
-/// Runs a multi-file or recursive copy; exit 1 if anything failed.
+/// Applies the directories' final attributes, deepest first, except in
+/// staged directories that will not be renamed into place (they are
+/// removed, and a directory without u+w would stand in the way), and not
+/// at all if the copy was cut short.
+fn fix_directories(
+    walk: &Walk,
+    mut staged: StagedDirs,
+    cut_short: CutShort,
+    tally: &mut Tally,
+    out: Output,
+) -> StagedDirs {
+    if cut_short != CutShort::No {
+        return staged;
+    }
+    for fixup in &walk.fixups {
+        if !staged.intact(fixup.within) {
+            continue;
+        }
+        if let Err(err) = walk.fix_directory(fixup) {
+            tally.failed += 1;
+            staged.failed(fixup.within);
+            out.failed(Op::Copy, None, &staged.error(err));
+        }
+    }
+    staged
+}
+
+/// Runs a multi-file or recursive copy; exit 1 if anything failed. A
+/// signal (see [`crate::signals`]) stops it; `main` then exits 128 + N.
 pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>) -> Exit {
     let operands = match destinations(sources, dst) {
         Ok(operands) => operands,
@@ -534,6 +841,9 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     // Also before any thread exists (see ringxfer::fdtable).
     crate::fdlimit::raise_nofile();
     ringxfer::fdtable::reserve(crate::batch::MAX_FDS);
+    // The signal thread is the first: every later one inherits the mask.
+    crate::signals::start();
+    let _watch = crate::signals::watch();
     let engine = match ctx.engine(&args.job) {
         Ok(engine) => engine,
         Err(err) => {
@@ -559,33 +869,30 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
             break;
         }
     }
-    let (walk, staged_unseen) = ahead.finish();
-    let (mut tally, mut staged) = pipeline.finish();
-    for dir in staged_unseen {
-        staged.push(dir);
+    // Stops the walk before anything it made is removed.
+    let (walk, unseen) = ahead.finish();
+    for found in unseen {
+        // Only staged directories and leftovers: nothing for the engine.
+        let _ = pipeline.take(found);
     }
+    let (mut tally, staged) = pipeline.finish();
     tally.dirs = walk.dirs;
-    if fatal.is_none() {
-        for fixup in &walk.fixups {
-            if let Err(err) = walk.fix_directory(fixup) {
-                tally.failed += 1;
-                ctx.out.failed(Op::Copy, None, &staged.error(err));
-            }
-        }
-    }
-    // Even after a fatal error: what finished is whole (what did not was
-    // removed), and cp leaves a partial tree where it stopped too.
-    for err in staged.publish() {
-        tally.failed += 1;
-        ctx.out.failed(Op::Copy, None, &err);
-    }
+    let cut_short = match (crate::signals::received(), &fatal) {
+        (Some(sig), _) => CutShort::Interrupted(sig),
+        (None, Some(_)) => CutShort::Lost,
+        (None, None) => CutShort::No,
+    };
+    let staged = fix_directories(&walk, staged, cut_short, &mut tally, ctx.out);
+    let reports = staged.publish(cut_short, &walk.staged_dirs, &mut tally);
     tally.elapsed = started.elapsed();
-    ctx.out.tree_done(&tally, engine.kind());
-    if let Some(err) = fatal {
-        ctx.out.failed(Op::Copy, None, &err);
-        return Exit::Failed;
+    if let Some(err) = &fatal {
+        ctx.out.failed(Op::Copy, None, err);
     }
-    if tally.failed > 0 {
+    for err in &reports {
+        ctx.out.failed(Op::Copy, None, err);
+    }
+    ctx.out.tree_done(&tally, engine.kind());
+    if fatal.is_some() || cut_short != CutShort::No || tally.failed > 0 || !reports.is_empty() {
         Exit::Failed
     } else {
         Exit::Done
@@ -648,51 +955,108 @@ mod tests {
         let files: Vec<_> = items
             .iter()
             .filter_map(|i| match i {
-                Item::File { dst, new, .. } => Some((dst.clone(), *new)),
+                Item::File { dst, within, .. } => Some((dst.clone(), *within)),
                 _ => None,
             })
             .collect();
         assert_eq!(files.len(), 2, "{items:?}");
-        assert!(files.contains(&(hidden.join("a/b/f"), true)));
+        assert!(files.contains(&(hidden.join("a/b/f"), Some(0))));
         assert!(items
             .iter()
             .any(|i| matches!(i, Item::Symlink { dst: d, .. } if *d == hidden.join("link"))));
+        assert!(items.iter().any(|i| matches!(i,
+            Item::Failed { error, within: Some(0), dst: Some(_), .. }
+                if error.to_string().contains("fifo"))));
         let mut dirs = StagedDirs::default();
         dirs.push(staged.clone());
         assert_eq!(dirs.shown(&hidden.join("a/b/f")), dst.join("a/b/f"));
-        assert!(dirs.publish().is_empty());
+        let mut tally = Tally::default();
+        assert!(dirs
+            .publish(CutShort::No, &walk.staged_dirs, &mut tally)
+            .is_empty());
         assert!(dst.join("a/b").is_dir() && !hidden.exists());
-        assert!(items.iter().any(|i| matches!(i,
-            Item::Failed { error, .. } if error.to_string().contains("fifo"))));
     }
 
-    #[test]
-    fn a_name_taken_meanwhile_keeps_the_copy_hidden_and_says_where() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        fs::create_dir(&src).unwrap();
-        fs::write(src.join("f"), b"x").unwrap();
-        let dst = dir.path().join("dst");
-        let mut walk = Walk::new(vec![(src.clone(), Some(dst.clone()))], true, false, 0o022);
+    /// A tree in `dir/src` with one file, walked to `dir/dst`: the walk
+    /// and its staged directory.
+    fn staged_tree(dir: &Path) -> (Walk, StagedDir) {
+        let src = dir.join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("sub/f"), b"x").unwrap();
+        let dst = dir.join("dst");
+        let mut walk = Walk::new(vec![(src, Some(dst))], true, false, 0o022);
         let items = walk_all(&mut walk);
         let Some(Item::Staged(staged)) = items.first() else {
             panic!("{items:?}");
         };
-        fs::create_dir(&dst).unwrap();
-        fs::write(dst.join("theirs"), b"keep").unwrap();
+        (walk, staged.clone())
+    }
+
+    #[test]
+    fn a_name_taken_meanwhile_fails_the_copy_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (walk, staged) = staged_tree(dir.path());
+        fs::create_dir(&staged.dst).unwrap();
+        fs::write(staged.dst.join("theirs"), b"keep").unwrap();
         let mut dirs = StagedDirs::default();
         dirs.push(staged.clone());
-        let errs = dirs.publish();
+        let mut tally = Tally::default();
+        let errs = dirs.publish(CutShort::No, &walk.staged_dirs, &mut tally);
         assert_eq!(errs.len(), 1);
         let msg = errs[0].to_string();
         assert!(
-            msg.contains("cannot move the copy into place at")
-                && msg.contains(&staged.hidden.display().to_string()),
+            msg.contains("was not created: cannot move the copy into place: File exists")
+                && msg.contains("the partial copy was removed")
+                && !msg.contains(".ringxfer-"),
             "{msg}"
         );
         assert_eq!(errs[0].os_error, Some(libc::EEXIST));
-        assert_eq!(fs::read(dst.join("theirs")).unwrap(), b"keep");
-        assert!(staged.hidden.is_dir());
+        assert_eq!(fs::read(staged.dst.join("theirs")).unwrap(), b"keep");
+        assert!(!staged.hidden.exists());
+    }
+
+    #[test]
+    fn a_failure_inside_or_a_cut_short_copy_removes_the_staged_tree() {
+        for cut_short in [
+            CutShort::No,
+            CutShort::Lost,
+            CutShort::Interrupted(libc::SIGINT),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (walk, staged) = staged_tree(dir.path());
+            let mut dirs = StagedDirs::default();
+            dirs.push(staged.clone());
+            dirs.landed(Some(0), false, 1);
+            if cut_short == CutShort::No {
+                dirs.failed(Some(0));
+            }
+            // A directory whose final mode lacks u+w must not stop the removal.
+            fs::set_permissions(staged.hidden.join("sub"), fs::Permissions::from_mode(0o555))
+                .unwrap();
+            let mut tally = Tally {
+                files: 1,
+                bytes: 1,
+                dirs: walk.dirs,
+                ..Tally::default()
+            };
+            let errs = dirs.publish(cut_short, &walk.staged_dirs, &mut tally);
+            assert_eq!(errs.len(), 1, "{cut_short:?}");
+            let msg = errs[0].to_string();
+            assert!(
+                msg.starts_with(&format!("'{}' was not created: ", staged.dst.display()))
+                    && msg.ends_with("the partial copy was removed"),
+                "{msg}"
+            );
+            assert!(
+                !staged.hidden.exists() && !staged.dst.exists(),
+                "{cut_short:?}"
+            );
+            assert_eq!(
+                (tally.files, tally.bytes, tally.dirs),
+                (0, 0, 0),
+                "{cut_short:?}"
+            );
+        }
     }
 
     #[test]
@@ -734,7 +1098,9 @@ mod tests {
         walk.fix_directory(&walk.fixups[0]).unwrap();
         let mut dirs = StagedDirs::default();
         dirs.push(staged.clone());
-        assert!(dirs.publish().is_empty());
+        assert!(dirs
+            .publish(CutShort::No, &walk.staged_dirs, &mut Tally::default())
+            .is_empty());
         assert_eq!(fs::metadata(&dst).unwrap().mode() & 0o777, 0o555);
     }
 }

@@ -11,6 +11,9 @@
 //! holds open are bounded ([`FDS_AHEAD`]). Items reach the pipeline in the
 //! walk's order: a directory is always made before a file in it is handed
 //! out.
+//!
+//! Waiting for the walk ends every [`crate::signals::POLL`] to look for a
+//! signal: an interrupted copy stops taking what the walk finds.
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -19,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::tree::{Item, StagedDir, Walk};
+use crate::tree::{Item, Walk, Within};
 
 /// Items per hand-over: one channel operation (and wake-up) per chunk, not
 /// per file.
@@ -42,8 +45,8 @@ pub enum Found {
     File {
         src: PathBuf,
         dst: PathBuf,
-        /// `dst` is inside a staged directory (see [`Item::File`]).
-        new: bool,
+        /// The staged directory `dst` is inside (see [`Item::File`]).
+        within: Within,
         opened: io::Result<(File, Metadata)>,
     },
     /// Anything else the walk found.
@@ -53,7 +56,7 @@ pub enum Found {
 /// Opens `item`'s source if it is a regular file.
 pub fn open_source(item: Item) -> Found {
     match item {
-        Item::File { src, dst, new } => {
+        Item::File { src, dst, within } => {
             let opened = File::open(&src).and_then(|file| {
                 let meta = file.metadata()?;
                 Ok((file, meta))
@@ -61,7 +64,7 @@ pub fn open_source(item: Item) -> Found {
             Found::File {
                 src,
                 dst,
-                new,
+                within,
                 opened,
             }
         }
@@ -113,23 +116,22 @@ impl WalkAhead {
     }
 
     /// Stops the walk where it is and waits for its thread. Returns the walk
-    /// (directories made, attributes still to apply) and the directories it
-    /// staged that were never handed out, which must still be renamed into
-    /// place or they would stay hidden. Sources opened ahead are closed.
-    pub fn finish(self) -> (Walk, Vec<StagedDir>) {
+    /// (directories made, attributes still to apply) and what it found but
+    /// never handed out that must still be dealt with: the directories it
+    /// staged, which must be renamed into place or removed, and the
+    /// leftovers it removed, which must be reported. Sources opened ahead
+    /// are closed.
+    pub fn finish(self) -> (Walk, Vec<Found>) {
         self.stop.store(true, Ordering::Relaxed);
-        let staged = self
+        let unseen = self
             .current
             .chain(self.chunks.iter().flatten())
-            .filter_map(|found| match found {
-                Found::Other(Item::Staged(dir)) => Some(dir),
-                _ => None,
-            })
+            .filter(|found| matches!(found, Found::Other(Item::Staged(_) | Item::Leftover(_))))
             .collect();
         // The channel is drained and closed by the thread's end, so the
         // join cannot wait on a full channel.
         match self.thread.join() {
-            Ok(walk) => (walk, staged),
+            Ok(walk) => (walk, unseen),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
@@ -138,13 +140,22 @@ impl WalkAhead {
 impl Iterator for WalkAhead {
     type Item = Found;
 
+    /// The next thing the walk found; `None` once it is over or a signal
+    /// came.
     fn next(&mut self) -> Option<Found> {
         loop {
+            if crate::signals::received().is_some() {
+                return None;
+            }
             if let Some(found) = self.current.next() {
                 return Some(found);
             }
-            // An error means the walk is over and everything was taken.
-            self.current = self.chunks.recv().ok()?.into_iter();
+            match self.chunks.recv_timeout(crate::signals::POLL) {
+                Ok(chunk) => self.current = chunk.into_iter(),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The walk is over and everything was taken.
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
         }
     }
 }
@@ -177,7 +188,7 @@ mod tests {
                 Found::File {
                     src: file,
                     dst,
-                    new,
+                    within,
                     opened,
                 } => {
                     let (mut f, meta) = opened.unwrap();
@@ -185,7 +196,7 @@ mod tests {
                     io::Read::read_to_string(&mut f, &mut text).unwrap();
                     assert_eq!(fs::read_to_string(&file).unwrap(), text);
                     assert_eq!(meta.len(), text.len() as u64);
-                    assert!(new, "inside a staged directory");
+                    assert_eq!(within, Some(0), "inside the staged directory");
                     assert!(dst.parent().unwrap().is_dir(), "{}", dst.display());
                     files += 1;
                 }
@@ -208,8 +219,10 @@ mod tests {
         // The walk fills the channel and waits; nothing is taken.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let (walk, staged) = ahead.finish();
-        assert_eq!(staged.len(), 1, "the new top directory");
-        assert!(staged[0].hidden.is_dir());
+        let [Found::Other(Item::Staged(top))] = &staged[..] else {
+            panic!("the new top directory: {staged:?}");
+        };
+        assert!(top.hidden.is_dir());
         assert_eq!(walk.dirs, 2);
     }
 }
