@@ -91,6 +91,8 @@ fn submit_request(req: u64) -> SubmitRequest {
         detach: false,
         fsync: false,
         verify: false,
+        truncate: false,
+        publish: None,
     }
 }
 
