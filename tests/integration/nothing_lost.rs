@@ -566,3 +566,43 @@ fn recv_of_a_killed_sender_publishes_nothing() {
         assert_eq!(names(&work), ["dst"], "detach={detach}");
     }
 }
+
+/// The daemon takes only single-component names to publish under, in the
+/// directory it was given: nothing can be named outside it.
+#[test]
+fn publish_names_must_be_one_component() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 100, 1308);
+    let work = dir.path().join("work");
+    fs::create_dir(&work).expect("mkdir");
+    let client = d.client();
+    for name in [&b"../escape"[..], b"a/b", b"", b"..", b"."] {
+        let staged = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&work)
+            .expect("O_TMPFILE");
+        let dirfd = fs::File::open(&work).expect("open dir");
+        let to = ringxfer_ipc::PublishTo {
+            name: name.to_vec(),
+            staged_name: None,
+        };
+        let opts = ringxfer_ipc::TransferOptions {
+            detach: true,
+            ..Default::default()
+        };
+        let job = client
+            .submit_publish(open_src(&src), &staged, &dirfd, to, &opts)
+            .expect("submit");
+        failed(
+            wait(job),
+            ringxfer_ipc::FailureKind::InvalidRequest,
+            &String::from_utf8_lossy(name),
+        );
+    }
+    assert!(names(&work).is_empty());
+    assert_eq!(names(dir.path()), ["src", "work"]);
+}
