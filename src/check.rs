@@ -402,7 +402,25 @@ const OPCODES: &[(&str, u8, bool, &str)] = &[
         "ftruncate",
         opcode::Ftruncate::CODE,
         false,
-        "direct: trims the padded last block",
+        "direct: trims the padded last block; in-place copies end at the copy's end",
+    ),
+    (
+        "linkat",
+        opcode::LinkAt::CODE,
+        false,
+        "detached copies: the daemon names the finished file",
+    ),
+    (
+        "renameat",
+        opcode::RenameAt::CODE,
+        false,
+        "detached copies: replacing an existing file",
+    ),
+    (
+        "unlinkat",
+        opcode::UnlinkAt::CODE,
+        false,
+        "detached copies: removing a hidden name after a failure",
     ),
 ];
 

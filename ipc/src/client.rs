@@ -33,8 +33,9 @@ use crate::codec::{self, CodecError};
 use crate::dispatch::{wait_readable, EventReader};
 use crate::fdpass::send_with_fds;
 use crate::proto::{
-    Checksums, Event, FailureKind, JobInfo, Limits, Priority, ProtocolErrorKind, Request,
-    StatsReport, Strategy, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    Checksums, Event, FailureKind, JobInfo, Limits, Priority, ProtocolErrorKind, PublishTo,
+    Request, StatsReport, Strategy, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
+    PROTOCOL_VERSION,
 };
 use crate::publish::{PublishError, PublishOptions, StagedFile};
 use crate::socket_path::client_socket_path;
@@ -78,9 +79,9 @@ pub struct TransferOptions {
     /// Let the job run on if this connection closes; follow it later with
     /// [`Client::wait_job`] from any connection of the same user.
     ///
-    /// A staged destination of the path helpers is published by this
-    /// connection only: if it closes first, the job's bytes are discarded.
-    /// Detached path-helper jobs want [`TransferOptions::in_place`].
+    /// A staged destination of the path helpers is then published by the
+    /// daemon when the job completes (this process may be gone by then):
+    /// it gets the destination's directory and name with the job.
     pub detach: bool,
     /// Complete only once the destination's data is durable (fdatasync).
     pub fsync: bool,
@@ -94,6 +95,11 @@ pub struct TransferOptions {
     /// [`Client::copy_file`] only: give the destination the source's mode,
     /// owner (where permitted) and timestamps once the job completed.
     pub preserve: bool,
+    /// Once every byte is written, the daemon truncates a regular-file
+    /// destination to where the job's writes ended (see
+    /// [`SubmitRequest::truncate`]). The path helpers set it themselves for
+    /// [`TransferOptions::in_place`].
+    pub truncate: bool,
 }
 
 impl Default for TransferOptions {
@@ -119,6 +125,7 @@ impl Default for TransferOptions {
             verify: false,
             in_place: false,
             preserve: false,
+            truncate: false,
         }
     }
 }
@@ -353,6 +360,8 @@ pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
         detach: opts.detach,
         fsync: opts.fsync,
         verify: opts.verify,
+        truncate: opts.truncate,
+        publish: None,
     })
 }
 
@@ -705,7 +714,37 @@ impl Client {
         dest: impl AsFd,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        self.submit_inner(source.as_fd(), dest.as_fd(), opts, None, None)
+        self.submit_inner(source.as_fd(), dest.as_fd(), None, opts, None, None)
+    }
+
+    /// As [`Client::submit`], and the daemon gives `dest` a name in `dir`
+    /// when the job completes (see [`PublishTo`]): for a detached job whose
+    /// destination is staged (an O_TMPFILE, or a hidden file named in
+    /// `publish.staged_name`) and whose submitter may be gone by then. A
+    /// failed or cancelled job leaves nothing under the name. `dir` is the
+    /// directory both names are in, opened by the caller (O_RDONLY, so
+    /// that with `fsync` the daemon can sync it too).
+    /// [`StagedFile::for_daemon`] makes both.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    pub fn submit_publish(
+        &self,
+        source: impl AsFd,
+        dest: impl AsFd,
+        dir: impl AsFd,
+        publish: PublishTo,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        self.submit_inner(
+            source.as_fd(),
+            dest.as_fd(),
+            Some((dir.as_fd(), publish)),
+            opts,
+            None,
+            None,
+        )
     }
 
     /// As [`Client::submit`], and `on_done` runs with the job's result on the
@@ -743,6 +782,7 @@ impl Client {
         self.submit_inner(
             source.as_fd(),
             dest.as_fd(),
+            None,
             opts,
             Some(Box::new(on_done)),
             None,
@@ -753,6 +793,7 @@ impl Client {
         &self,
         source: BorrowedFd<'_>,
         dest: BorrowedFd<'_>,
+        publish: Option<(BorrowedFd<'_>, PublishTo)>,
         opts: &TransferOptions,
         callback: Option<Callback>,
         staged: Option<Staged>,
@@ -762,7 +803,11 @@ impl Client {
         let tx = &mut *tx;
         let req = tx.next_req;
         tx.next_req += 1;
-        let request = submit_request(req, opts);
+        let mut request = submit_request(req, opts);
+        let (dir, publish) = publish.unzip();
+        if let Request::Submit(submit) = &mut request {
+            submit.publish = publish;
+        }
         tx.buf.clear();
         codec::encode_frame(&request, &mut tx.buf, inner.limits.max_frame)?;
 
@@ -776,7 +821,11 @@ impl Client {
             }
             shared.jobs.insert(req, Arc::clone(&slot));
         }
-        if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest]) {
+        let sent = match dir {
+            Some(dir) => send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest, dir]),
+            None => send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest]),
+        };
+        if let Err(e) = sent {
             // The disconnect sweep takes the send lock we hold, and the daemon
             // cannot answer a request it did not get whole, so the slot is
             // still unresolved and ours to withdraw, callback unrun; a staged
@@ -1069,7 +1118,8 @@ impl Client {
             mode: Some(src_meta.permissions().mode() & 0o777),
             ..publish_options(opts)
         };
-        let staged = StagedFile::create(dst, Some(&src_meta), &publish_opts)
+        let staged = self
+            .stage(dst, Some(&src_meta), &publish_opts, opts)
             .map_err(|e| staging_error(dst, e.with_source_path(src)))?;
         let preserve_from = opts.preserve.then_some(src_meta);
         self.submit_staged(source.as_fd(), staged, preserve_from, opts)
@@ -1135,9 +1185,45 @@ impl Client {
             mode: Some(0o644),
             ..publish_options(opts)
         };
-        let staged =
-            StagedFile::create(dst, None, &publish_opts).map_err(|e| staging_error(dst, e))?;
+        let staged = self
+            .stage(dst, None, &publish_opts, opts)
+            .map_err(|e| staging_error(dst, e))?;
         self.submit_staged(socket.as_fd(), staged, None, opts)
+    }
+
+    /// Stages `dst`; for a detached job, with hidden names (where there is
+    /// no O_TMPFILE) that carry the daemon's pid, since it publishes them.
+    fn stage(
+        &self,
+        dst: &Path,
+        source: Option<&Metadata>,
+        publish_opts: &PublishOptions,
+        opts: &TransferOptions,
+    ) -> Result<StagedFile, PublishError> {
+        match self.daemon_pid().filter(|_| opts.detach) {
+            Some(pid) => StagedFile::create_for_daemon(dst, source, publish_opts, pid),
+            None => StagedFile::create(dst, source, publish_opts),
+        }
+    }
+
+    /// The daemon's process id, from the socket's peer credentials
+    /// (SO_PEERCRED, as of the connect); `None` where the kernel does not say.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        // SAFETY: ucred is plain data; all-zero is a valid value.
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: the socket is open for the call; `cred` and `len` are
+        // writable and sized as getsockopt(SO_PEERCRED) expects.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.inner.stream),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                std::ptr::addr_of_mut!(cred).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
     }
 
     /// Submits a job into a staged destination, which the event thread
@@ -1160,11 +1246,29 @@ impl Client {
                 op: "duplicating the destination's descriptor",
                 source,
             })?;
+        let opts = TransferOptions {
+            truncate: opts.truncate || staged.wants_truncate(),
+            ..opts.clone()
+        };
+        // A detached job's destination is published by the daemon: this
+        // process may be gone when the job ends.
+        let by_daemon = if opts.detach {
+            staged
+                .for_daemon()
+                .map_err(|e| staging_error(staged.path(), e))?
+        } else {
+            None
+        };
+        let hand_over = by_daemon.is_some();
         let staged = Staged {
             file: staged,
             preserve_from,
+            hand_over,
         };
-        self.submit_inner(source, dest.as_fd(), opts, None, Some(staged))
+        let publish = by_daemon
+            .as_ref()
+            .map(|(dir, to)| (dir.as_fd(), to.clone()));
+        self.submit_inner(source, dest.as_fd(), publish, &opts, None, Some(staged))
     }
 }
 
@@ -1200,6 +1304,9 @@ pub(crate) struct Staged {
     file: StagedFile,
     /// The source's metadata, when the destination is to take it on.
     preserve_from: Option<Metadata>,
+    /// The daemon publishes it: handed over when the job is accepted,
+    /// dropped (its hidden name removed) if it is refused.
+    hand_over: bool,
 }
 
 impl Staged {
@@ -1390,6 +1497,19 @@ impl Inner {
         // other events by that much.
         let staged = if terminal {
             lock(&slot.state).staged.take()
+        } else if matches!(event, Event::Accepted { .. }) {
+            // Admitted: a staged file the daemon publishes is its now.
+            let mut state = lock(&slot.state);
+            match state.staged.take() {
+                Some(staged) if staged.hand_over => {
+                    staged.file.hand_over();
+                    None
+                }
+                other => {
+                    state.staged = other;
+                    None
+                }
+            }
         } else {
             None
         };

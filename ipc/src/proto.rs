@@ -16,11 +16,17 @@ use serde::{Deserialize, Serialize};
 /// [`Event::Completed`]; version 3 added job control (priorities, rate
 /// limits, detached jobs, `Cancel`/`Status`/`Wait`/`Jobs` by id, fsync and
 /// verification) and the per-strategy counters; version 4 added
-/// [`Request::SubmitBatch`].
-pub const PROTOCOL_VERSION: u32 = 5;
+/// [`Request::SubmitBatch`]; version 5 the buffered strategy; version 6
+/// [`SubmitRequest::truncate`] and [`SubmitRequest::publish`] (the daemon
+/// gives a detached job's staged file its name).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 pub const SUBMIT_DESCRIPTORS: usize = 2;
+
+/// How many a job with [`SubmitRequest::publish`] carries: source, the
+/// staged destination, then the directory it is to be named in.
+pub const PUBLISH_DESCRIPTORS: usize = 3;
 
 /// The length of a frame's header: a little-endian `u32` payload length.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -196,6 +202,52 @@ pub struct SubmitRequest {
     /// destination that can be read back (a regular file opened read-write,
     /// not O_APPEND), whatever the strategy.
     pub verify: bool,
+    /// Once every byte is written, truncate a regular-file destination to
+    /// where the job's writes ended (`dest_offset` + bytes moved): what an
+    /// in-place copy over a longer file needs, done only after the job was
+    /// admitted, so that a refused job leaves the destination as it was.
+    pub truncate: bool,
+    /// Give the destination (a staged, unnamed or hidden file) its name once
+    /// the job completed: the daemon links or renames it into the directory
+    /// passed as a third descriptor. A failed or cancelled job leaves
+    /// nothing under the name. For detached jobs, whose client is gone by then.
+    pub publish: Option<PublishTo>,
+}
+
+impl SubmitRequest {
+    /// How many descriptors travel with this job: [`SUBMIT_DESCRIPTORS`],
+    /// or [`PUBLISH_DESCRIPTORS`] with [`SubmitRequest::publish`].
+    ///
+    /// ```
+    /// # let mut s = ringxfer_ipc::SubmitRequest { req: 1, tag: String::new(), offset: 0, length: None,
+    /// #   dest_offset: 0, strategy: ringxfer_ipc::Strategy::Auto, progress: false,
+    /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
+    /// #   verify: false, truncate: false, publish: None };
+    /// assert_eq!(s.descriptors(), 2);
+    /// s.publish = Some(ringxfer_ipc::PublishTo { name: b"out".to_vec(), staged_name: None });
+    /// assert_eq!(s.descriptors(), 3);
+    /// ```
+    pub fn descriptors(&self) -> usize {
+        if self.publish.is_some() {
+            PUBLISH_DESCRIPTORS
+        } else {
+            SUBMIT_DESCRIPTORS
+        }
+    }
+}
+
+/// Where the daemon names a published destination, in the directory
+/// descriptor that comes with the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishTo {
+    /// The final name: one path component, no `/`.
+    pub name: Vec<u8>,
+    /// The hidden name the destination was created under in that
+    /// directory, where the file system has no O_TMPFILE; `None`: the
+    /// destination is an unnamed O_TMPFILE, linked through
+    /// `/proc/self/fd`. A hidden name is renamed over the final name on
+    /// completion and unlinked if the job fails.
+    pub staged_name: Option<Vec<u8>>,
 }
 
 /// A transfer strategy, as asked for and as used.

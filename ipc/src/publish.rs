@@ -47,7 +47,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
-    /// Write straight into the destination (created, truncated if non-empty) instead of staging.
+    /// Write straight into the destination instead of staging. It is
+    /// created if missing but never truncated here: a job that the daemon
+    /// refuses must leave it as it was, so the daemon truncates it to the
+    /// job's end once the job is done ([`StagedFile::wants_truncate`]).
     pub in_place: bool,
     /// After the job: copy mode, owner (where permitted: chown errors EPERM are ignored, like cp -p) and atime/mtime from the source's metadata.
     pub preserve: bool,
@@ -109,6 +112,13 @@ pub struct StagedFile {
     preserve: bool,
     /// Set once published, so that `Drop` leaves the result alone.
     published: bool,
+    /// An in-place destination this created (it did not exist): removed
+    /// again if the job is abandoned, so a refused job leaves no empty file.
+    created_here: bool,
+    /// The process whose pid the hidden names carry: the one that will
+    /// publish or remove them (this one, or the daemon for detached jobs),
+    /// so a later run can tell leftovers of a dead one ([`remove_stale`]).
+    owner_pid: u32,
 }
 
 /// Why staging or publishing a destination failed.
@@ -304,7 +314,24 @@ impl StagedFile {
         source: Option<&Metadata>,
         opts: &PublishOptions,
     ) -> Result<StagedFile, PublishError> {
-        StagedFile::create_as(dst, source, opts, false)
+        StagedFile::create_as(dst, source, opts, false, std::process::id())
+    }
+
+    /// As [`StagedFile::create`], for a job the daemon with pid `daemon_pid`
+    /// will publish ([`StagedFile::for_daemon`]): a hidden name made where
+    /// the file system has no O_TMPFILE carries the daemon's pid, so that
+    /// [`remove_stale`] removes it only once that daemon is gone.
+    ///
+    /// # Errors
+    ///
+    /// As [`StagedFile::create`].
+    pub fn create_for_daemon(
+        dst: &Path,
+        source: Option<&Metadata>,
+        opts: &PublishOptions,
+        daemon_pid: u32,
+    ) -> Result<StagedFile, PublishError> {
+        StagedFile::create_as(dst, source, opts, false, daemon_pid)
     }
 
     /// As [`StagedFile::create`]; `named_only` skips O_TMPFILE, so tests can
@@ -314,6 +341,7 @@ impl StagedFile {
         source: Option<&Metadata>,
         opts: &PublishOptions,
         named_only: bool,
+        owner_pid: u32,
     ) -> Result<StagedFile, PublishError> {
         let Some(link_name) = dst.file_name() else {
             return Err(PublishError::IsDirectory {
@@ -355,11 +383,13 @@ impl StagedFile {
         let mode = opts.mode.unwrap_or(DEFAULT_MODE) & 0o7777;
         let special = existing.as_ref().is_some_and(|m| !m.is_file()) || own.is_some();
 
+        let mut created_here = false;
         let (file, identity) = if let Some(own) = own {
             (own, Identity::InPlace)
         } else if opts.in_place || special {
-            let file = open_in_place(&target, mode, opts.direct, existing.as_ref())
+            let (file, created) = open_in_place(&target, mode, opts.direct, existing.as_ref())
                 .map_err(io_err("opening", dst))?;
+            created_here = created;
             (file, Identity::InPlace)
         } else {
             let unnamed = if named_only {
@@ -371,7 +401,7 @@ impl StagedFile {
             match unnamed {
                 Some(file) => (file, Identity::Unnamed),
                 None => {
-                    let (file, temp) = open_named_temp(&dir, name, mode, opts.direct)
+                    let (file, temp) = open_named_temp(&dir, name, mode, opts.direct, owner_pid)
                         .map_err(io_err("creating a temporary file in", &dir))?;
                     (file, Identity::Named(temp))
                 }
@@ -387,6 +417,8 @@ impl StagedFile {
             fsync: opts.fsync,
             preserve: opts.preserve,
             published: false,
+            created_here,
+            owner_pid,
         })
     }
 
@@ -442,6 +474,8 @@ impl StagedFile {
             fsync: opts.fsync,
             preserve: opts.preserve,
             published: false,
+            created_here: false,
+            owner_pid: std::process::id(),
         })
     }
 
@@ -589,7 +623,7 @@ impl StagedFile {
         let name = self.target.file_name().unwrap_or(OsStr::new("file"));
         let mut tries = 0;
         let temp = loop {
-            let temp = self.dir.join(temp_name(name));
+            let temp = self.dir.join(temp_name(name, self.owner_pid));
             match link_fd(&self.file, &temp) {
                 Ok(()) => break temp,
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && tries < MAX_TEMP_TRIES => {
@@ -648,9 +682,152 @@ impl StagedFile {
             Identity::New => {
                 let _ = fs::remove_file(&self.path);
             }
+            Identity::InPlace if self.created_here => self.remove_if_ours(),
             Identity::Unnamed | Identity::InPlace => {}
         }
     }
+
+    /// Removes an in-place destination this created, if its name still
+    /// names the file this wrote (not one someone put there meanwhile).
+    fn remove_if_ours(&self) {
+        let ours = self.file.metadata().map(|m| (m.dev(), m.ino()));
+        let named = fs::symlink_metadata(&self.target).map(|m| (m.dev(), m.ino()));
+        if let (Ok(ours), Ok(named)) = (ours, named) {
+            if ours == named {
+                let _ = fs::remove_file(&self.target);
+            }
+        }
+    }
+
+    /// Whether the daemon should truncate the destination to where the
+    /// job's writes end once they are done ([`crate::SubmitRequest::truncate`]):
+    /// an in-place regular file, which this left untruncated so that a
+    /// refused job changes nothing. A staged file starts empty.
+    pub fn wants_truncate(&self) -> bool {
+        matches!(self.identity, Identity::InPlace)
+            && self.file.metadata().is_ok_and(|m| m.is_file())
+    }
+
+    /// What the daemon needs to publish this file itself, for a detached
+    /// job that outlives this process: the destination's directory, opened
+    /// here (O_RDONLY, so the daemon can also fsync it), and the names.
+    /// A file that will replace an existing destination takes that file's
+    /// permission bits and, where permitted, owner now, as
+    /// [`StagedFile::publish`] would (times are the data's own). `None` for
+    /// a destination written in place: there is nothing to publish.
+    ///
+    /// Call [`StagedFile::hand_over`] once the daemon accepted the job, and
+    /// drop the staged file if it refused it.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Io`] naming the step: opening the directory, or
+    /// giving the file the replaced one's owner and mode.
+    pub fn for_daemon(&self) -> Result<Option<(File, crate::PublishTo)>, PublishError> {
+        let staged_name = match &self.identity {
+            Identity::InPlace | Identity::New => return Ok(None),
+            Identity::Unnamed => None,
+            Identity::Named(temp) => temp.file_name().map(|n| n.as_bytes().to_vec()),
+        };
+        if let Ok(existing) = fs::symlink_metadata(&self.target) {
+            if existing.is_file() {
+                apply_metadata_keep_times(&self.file, &existing)
+                    .map_err(|(op, e)| io_err(op, &self.path)(e))?;
+            }
+        }
+        let name = self
+            .target
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .ok_or_else(|| PublishError::IsDirectory {
+                path: self.path.clone(),
+            })?;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.dir)
+            .map_err(io_err("opening the directory", &self.dir))?;
+        Ok(Some((dir, crate::PublishTo { name, staged_name })))
+    }
+
+    /// Removes hidden staging files for this destination's name that a
+    /// killed process left in its directory (see [`remove_stale`]).
+    pub fn remove_stale(&self) -> Vec<PathBuf> {
+        match self.target.file_name() {
+            Some(name) => remove_stale(&self.dir, name),
+            None => Vec::new(),
+        }
+    }
+
+    /// Gives the staged file up to the daemon, which publishes it (or
+    /// removes its hidden name) when the job ends: nothing is removed here.
+    pub fn hand_over(mut self) {
+        self.published = true;
+    }
+}
+
+/// Removes hidden staging files for `name` in `dir` that a killed process
+/// left: `.NAME.ringxfer-PID-N` regular files (never directories: those are
+/// a tree copy's, see the CLI) whose PID no longer runs. A live process's
+/// files, this process's included, are left alone. Returns the paths removed.
+///
+/// Such a file exists only if its owner died between making it and renaming
+/// it: a CLI or daemon killed while replacing a destination (between the
+/// link to the hidden name and the rename over the old file), or, on a file
+/// system without O_TMPFILE, at any moment of the job.
+pub fn remove_stale(dir: &Path, name: &OsStr) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = stale_owner(&file_name, name) else {
+            continue;
+        };
+        if process_alive(pid) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        if fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// The pid in `entry` if it is a hidden staging name made for `name`
+/// (see [`hidden_name`]).
+fn stale_owner(entry: &OsStr, name: &OsStr) -> Option<u32> {
+    let bytes = entry.as_bytes();
+    let rest = bytes.strip_prefix(b".")?;
+    const TAG: &[u8] = b".ringxfer-";
+    let at = rest.windows(TAG.len()).rposition(|w| w == TAG)?;
+    let (stem, suffix) = (&rest[..at], &rest[at + TAG.len()..]);
+    let suffix = std::str::from_utf8(suffix).ok()?;
+    let (pid, n) = suffix.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    // A stem shorter than the name is ours only where hidden_name shortened it.
+    let full = name.as_bytes();
+    let ours = stem == full || (bytes.len() == NAME_MAX && full.starts_with(stem));
+    ours.then(|| pid.parse().ok()).flatten()
+}
+
+/// Whether a process with this pid exists (a zombie counts; EPERM means
+/// it exists and belongs to someone else).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 impl Drop for StagedFile {
@@ -817,12 +994,13 @@ fn open_named_temp(
     name: &OsStr,
     mode: u32,
     direct: bool,
+    owner_pid: u32,
 ) -> io::Result<(File, PathBuf)> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create_new(true).mode(mode);
     let mut tries = 0;
     loop {
-        let temp = dir.join(temp_name(name));
+        let temp = dir.join(temp_name(name, owner_pid));
         match open_maybe_direct(&options, 0, &temp, direct) {
             Ok(file) => return Ok((file, temp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < MAX_TEMP_TRIES => {
@@ -834,37 +1012,43 @@ fn open_named_temp(
 }
 
 /// The destination itself, opened read-write (write-only where it may not be
-/// read) and emptied only if it holds something.
+/// read), and whether this created it. Never truncated here (no O_TRUNC
+/// either): the job may yet be refused, and a refused job must leave the
+/// destination byte for byte as it was. The daemon truncates it to the
+/// job's end once the job is done (`SubmitRequest::truncate`).
 fn open_in_place(
     path: &Path,
     mode: u32,
     direct: bool,
     existing: Option<&Metadata>,
-) -> io::Result<File> {
+) -> io::Result<(File, bool)> {
+    if existing.is_none() {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create_new(true).mode(mode);
+        match open_maybe_direct(&options, 0, path, direct) {
+            Ok(file) => return Ok((file, true)),
+            // It appeared since it was looked at: open it as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).mode(mode);
+    options.read(true).write(true);
     let file = match open_maybe_direct(&options, 0, path, direct) {
         // A destination that may be written but not read (mode 0200) takes a
         // copy without verification, as it did before read-back existed.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && existing.is_some() => {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             options.read(false);
             open_maybe_direct(&options, 0, path, direct)?
         }
         other => other?,
     };
-    // Not O_TRUNC: devices and FIFOs would ignore it anyway, and on ext4 a
-    // truncate to zero arms writeback on the last close (auto_da_alloc), which
-    // an empty destination has no reason to pay.
-    let meta = file.metadata()?;
-    if meta.is_file() && meta.len() > 0 {
-        file.set_len(0)?;
-    }
-    Ok(file)
+    Ok((file, false))
 }
 
 /// `.<name>.ringxfer-<pid>-<counter>`, a fresh counter each call.
-fn temp_name(name: &OsStr) -> OsString {
-    hidden_name(name, TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
+fn temp_name(name: &OsStr, pid: u32) -> OsString {
+    hidden_name_for(name, pid, TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `.<name>.ringxfer-<pid>-<n>`: the hidden name ringxfer stages something
@@ -879,7 +1063,19 @@ fn temp_name(name: &OsStr) -> OsString {
 /// assert!(long.len() <= 255);
 /// ```
 pub fn hidden_name(name: &OsStr, n: u64) -> OsString {
-    let suffix = format!(".ringxfer-{}-{n}", std::process::id());
+    hidden_name_for(name, std::process::id(), n)
+}
+
+/// As [`hidden_name`], for the process `pid` (the daemon names its own
+/// hidden links with its pid, so that [`remove_stale`] can tell them).
+///
+/// ```
+/// use std::ffi::OsStr;
+/// let hidden = ringxfer_ipc::publish::hidden_name_for(OsStr::new("a.iso"), 42, 7);
+/// assert_eq!(hidden, ".a.iso.ringxfer-42-7");
+/// ```
+pub fn hidden_name_for(name: &OsStr, pid: u32, n: u64) -> OsString {
+    let suffix = format!(".ringxfer-{pid}-{n}");
     let room = NAME_MAX - 1 - suffix.len();
     let bytes = name.as_bytes();
     let mut out = Vec::with_capacity(NAME_MAX);
@@ -975,7 +1171,7 @@ mod tests {
     }
 
     fn stage(dst: &Path, opts: &PublishOptions, named: bool) -> StagedFile {
-        StagedFile::create_as(dst, None, opts, named).expect("stage")
+        StagedFile::create_as(dst, None, opts, named, std::process::id()).expect("stage")
     }
 
     #[test]
@@ -1081,9 +1277,25 @@ mod tests {
         };
         let staged = stage(&dst, &opts, false);
         assert!(staged.is_in_place());
-        assert_eq!(fs::metadata(&dst).expect("stat").len(), 0, "truncated");
+        assert!(staged.wants_truncate());
+        assert_eq!(
+            fs::read(&dst).expect("read"),
+            b"previous content",
+            "not truncated before the daemon took the job"
+        );
+        drop(staged);
+        assert_eq!(fs::read(&dst).expect("read"), b"previous content");
+        let staged = stage(&dst, &opts, false);
         staged.file().write_all(b"direct").expect("write");
-        assert_eq!(fs::read(&dst).expect("read"), b"direct", "visible at once");
+        assert_eq!(
+            fs::read(&dst).expect("read"),
+            b"directus content",
+            "visible at once"
+        );
+        staged
+            .file()
+            .set_len(6)
+            .expect("truncate, as the daemon does");
         staged.publish(None).expect("publish");
         assert_eq!(fs::read(&dst).expect("read"), b"direct");
         assert_eq!(fs::metadata(&dst).expect("stat").ino(), ino);
@@ -1104,6 +1316,9 @@ mod tests {
         let fresh = dir.path().join("fresh");
         let staged = stage(&fresh, &opts, false);
         assert!(fresh.exists(), "created at once");
+        drop(staged);
+        assert!(!fresh.exists(), "an abandoned file it created is removed");
+        let staged = stage(&fresh, &opts, false);
         staged.publish(None).expect("publish");
         assert_eq!(mode_of(&fresh), 0o666 & !umask());
     }
@@ -1255,7 +1470,8 @@ mod tests {
                 in_place,
                 ..Default::default()
             };
-            let staged = StagedFile::create_as(&dst, Some(&meta), &opts, named).expect("stage");
+            let staged = StagedFile::create_as(&dst, Some(&meta), &opts, named, std::process::id())
+                .expect("stage");
             staged.file().write_all(b"source").expect("write");
             staged.publish(Some(&meta)).expect("publish");
             let got = fs::metadata(&dst).expect("stat");

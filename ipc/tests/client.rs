@@ -451,6 +451,8 @@ fn submit_passes_both_descriptors_and_completes() {
             detach: false,
             fsync: false,
             verify: false,
+            truncate: false,
+            publish: None,
         }
     );
     assert_eq!(second_req, 2);

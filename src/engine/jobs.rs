@@ -10,6 +10,7 @@ use ringxfer_ipc::{
 use tracing::debug;
 
 use super::ops::{OpKind, Owner};
+use super::publish::{self, Publisher};
 use super::queue::IoQueue;
 use super::rate::TokenBucket;
 use super::{Engine, Resource, MAX_PENDING_EVENTS, PROGRESS_INTERVAL, RECENT_JOBS};
@@ -34,6 +35,11 @@ pub(super) enum Phase {
     Sync,
     /// Reading both ends back.
     Verify,
+    /// Truncating an in-place destination to the job's end.
+    Truncate,
+    /// Giving a detached job's staged destination its name (or removing
+    /// its hidden name after a failure): engine/publish.rs.
+    Publish,
 }
 
 /// A transfer admitted from a client.
@@ -88,6 +94,13 @@ pub(super) struct Job {
     pub range: (u64, u64),
     /// Set when fdatasync or verification failed after the copy succeeded.
     pub late_failure: Option<TransferError>,
+    /// Truncate the destination to the job's end once the bytes are in
+    /// (`SubmitRequest::truncate`, for a regular file not open O_APPEND),
+    /// and whether that was done.
+    pub truncate: bool,
+    pub truncated: bool,
+    /// Where to publish the destination at the end, for a detached job.
+    pub publish: Option<Publisher>,
 }
 
 impl Job {
@@ -104,13 +117,16 @@ impl Job {
     pub fn wants_slot(&self) -> bool {
         match self.phase {
             Phase::Copy => self.copy.wants_pipe() || self.copy.wants_buffer(),
-            Phase::Sync => false,
+            Phase::Sync | Phase::Truncate | Phase::Publish => false,
             Phase::Verify => self.verifier.as_ref().is_some_and(Verifier::wants_buffer),
         }
     }
 
     pub fn failure(&self) -> Option<&TransferError> {
-        self.copy.failure().or(self.late_failure.as_ref())
+        self.copy
+            .failure()
+            .or(self.late_failure.as_ref())
+            .or(self.publish.as_ref().and_then(|p| p.failure.as_ref()))
     }
 
     /// Bytes still to move, as far as is known.
@@ -207,6 +223,7 @@ impl Engine {
         submit: SubmitRequest,
         src: OwnedFd,
         dst: OwnedFd,
+        dir: Option<OwnedFd>,
         acknowledge: bool,
     ) {
         let req = submit.req;
@@ -239,7 +256,7 @@ impl Engine {
                 .and_then(|ours| super::loopback::refuse_loopback(ours, &src, &dst))
         };
         if let Some(e) = refusal {
-            return self.refuse(k, req, e, [src, dst]);
+            return self.refuse(k, req, e, [src, dst].into_iter().chain(dir));
         }
         let session_id = session.id;
         let session_queued = session.queued_bytes;
@@ -247,7 +264,18 @@ impl Engine {
             Ok(plan) => plan,
             Err(refused) => {
                 debug!(session = session_id, req, "refused: {}", refused.error);
-                return self.refuse(k, req, refused.error, refused.fds);
+                return self.refuse(k, req, refused.error, refused.fds.into_iter().chain(dir));
+            }
+        };
+        let checked = match submit.publish.as_ref().zip(dir.as_ref()) {
+            Some((to, d)) => publish::check(to, d, plan.ends.dst_kind).map(Some),
+            None => Ok(None),
+        };
+        let publish_to = match checked {
+            Ok(names) => names,
+            Err(e) => {
+                let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
+                return self.refuse(k, req, e, fds);
             }
         };
         let bytes = plan.total.unwrap_or(0);
@@ -270,7 +298,8 @@ impl Engine {
             None
         };
         if let Some(e) = refusal {
-            return self.refuse(k, req, e, [plan.ends.src, plan.ends.dst]);
+            let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
+            return self.refuse(k, req, e, fds);
         }
         let inputs = ChoiceInputs {
             direct_threshold: self.config.direct_threshold,
@@ -278,7 +307,10 @@ impl Engine {
         };
         let choice = match choose(&plan, submit.strategy, inputs) {
             Ok(choice) => choice,
-            Err(e) => return self.refuse(k, req, e, [plan.ends.src, plan.ends.dst]),
+            Err(e) => {
+                let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
+                return self.refuse(k, req, e, fds);
+            }
         };
         let id = self.next_job_id;
         self.next_job_id += 1;
@@ -297,6 +329,10 @@ impl Engine {
         );
         let now = Instant::now();
         let range = (plan.src_start, plan.dst_start);
+        let truncate = submit.truncate && plan.ends.dst_kind == FdKind::File && !plan.dst_append;
+        let publisher = publish_to
+            .zip(dir)
+            .map(|((name, staged), dir)| Publisher::new(dir, name, staged, id, submit.fsync));
         let mut copy = match choice.strategy {
             Strategy::Direct | Strategy::Uncached | Strategy::Buffered => {
                 Mover::Buffered(BufferCopy::new(
@@ -368,6 +404,9 @@ impl Engine {
             checksums: None,
             range,
             late_failure: None,
+            truncate,
+            truncated: false,
+            publish: publisher,
         });
         self.job_ids.insert(id, key);
         let usage = self.users.entry(uid).or_default();
@@ -398,6 +437,8 @@ impl Engine {
         self.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
         match kind {
             OpKind::Fsync => return self.on_synced(k, result),
+            OpKind::EndTruncate => return self.on_end_truncated(k, result),
+            OpKind::Publish => return self.on_publish_step(k, result),
             OpKind::VerifyRead(_) => {
                 if let Some(v) = self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
                     let mut io = IoQueue {
@@ -441,8 +482,11 @@ impl Engine {
             Phase::Copy => job
                 .copy
                 .fail(err, Owner::Job(k), &mut io, &mut self.returned),
+            // The bytes are all in: a publish under way finishes (a cancel
+            // arriving now is too late), and its own failure is its own.
+            Phase::Publish => {}
             // An fdatasync cannot be taken back; the job ends when it does.
-            Phase::Sync => {
+            Phase::Sync | Phase::Truncate => {
                 job.late_failure.get_or_insert(err);
             }
             Phase::Verify => {
@@ -500,10 +544,14 @@ impl Engine {
         };
         let done = match job.phase {
             Phase::Copy => job.copy.is_finished(),
-            Phase::Sync => job.side_op.is_none(),
+            Phase::Sync | Phase::Truncate => job.side_op.is_none(),
             Phase::Verify => job.verifier.as_ref().is_none_or(Verifier::is_finished),
+            Phase::Publish => job.publish.as_ref().is_none_or(Publisher::is_finished),
         };
         if done {
+            if self.start_publish(k) {
+                return;
+            }
             return self.finish_job(k);
         }
         if job.wants_slot() && !job.queued && !job.throttled {
@@ -599,7 +647,8 @@ impl Engine {
         }
     }
 
-    /// The bytes are in place: fdatasync and verification, as asked.
+    /// The bytes are in place: truncation to the job's end, fdatasync and
+    /// verification, as asked, one after the other.
     fn start_last_steps(&mut self, k: usize) {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
@@ -607,6 +656,26 @@ impl Engine {
         let Some(ends) = job.copy.endpoints() else {
             return;
         };
+        if job.truncate && !job.truncated {
+            let end = job.range.1.saturating_add(job.copy.moved());
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            match io.end_truncate(Owner::Job(k), &ends, end) {
+                Ok(ud) => {
+                    job.phase = Phase::Truncate;
+                    job.side_op = Some(ud);
+                }
+                Err(e) => {
+                    job.late_failure = Some(TransferError::new(
+                        FailureKind::Io,
+                        format!("queueing the truncation of the destination failed: {e}"),
+                    ))
+                }
+            }
+            return;
+        }
         if job.fsync && !job.synced && ends.dst_kind == FdKind::File {
             let mut io = IoQueue {
                 ring: &mut self.ring,
@@ -679,6 +748,79 @@ impl Engine {
         }
         if job.late_failure.is_none() {
             self.start_last_steps(k);
+        }
+        self.after_job_step(k);
+    }
+
+    /// The in-place destination was truncated to the job's end.
+    fn on_end_truncated(&mut self, k: usize, result: i32) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        job.side_op = None;
+        job.phase = Phase::Copy;
+        if result < 0 && -result != libc::EINTR {
+            job.late_failure.get_or_insert(TransferError::os(
+                format!(
+                    "truncating the destination to the copy's end ({} bytes)",
+                    job.range.1.saturating_add(job.copy.moved())
+                ),
+                -result,
+            ));
+        } else if result >= 0 {
+            job.truncated = true;
+        }
+        if job.late_failure.is_none() {
+            self.start_last_steps(k);
+        }
+        self.after_job_step(k);
+    }
+
+    /// Starts the publish of a job whose other steps are done: its name if
+    /// it succeeded, the removal of a hidden name if not. False when there
+    /// is nothing (more) to do and the job can end.
+    fn start_publish(&mut self, k: usize) -> bool {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return false;
+        };
+        if job.phase == Phase::Publish {
+            return false;
+        }
+        // Verification's verdict decides whether the copy gets its name.
+        if let Some(v) = job.verifier.as_ref().filter(|v| v.is_finished()) {
+            match v.outcome() {
+                Ok(sums) => job.checksums = Some(sums),
+                Err(e) => {
+                    job.late_failure.get_or_insert(e);
+                }
+            }
+        }
+        let success = job.failure().is_none();
+        let (Some(p), Some(ends)) = (job.publish.as_mut(), job.copy.endpoints()) else {
+            return false;
+        };
+        if !p.has_work(success) {
+            return false;
+        }
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        p.start(success, Owner::Job(k), &ends, &mut io);
+        job.phase = Phase::Publish;
+        !p.is_finished()
+    }
+
+    fn on_publish_step(&mut self, k: usize, result: i32) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        if let (Some(p), Some(ends)) = (job.publish.as_mut(), job.copy.endpoints()) {
+            let mut io = IoQueue {
+                ring: &mut self.ring,
+                ops: &mut self.ops,
+            };
+            p.on_complete(result, Owner::Job(k), &ends, &mut io);
         }
         self.after_job_step(k);
     }
@@ -775,6 +917,9 @@ impl Engine {
         }
         if let Some(ends) = job.copy.into_endpoints() {
             self.doomed.extend([ends.src, ends.dst]);
+        }
+        if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
+            self.doomed.push(dir);
         }
         if let Some(sk) = job.session {
             if let Some(session) = self.sessions.get_mut(sk) {

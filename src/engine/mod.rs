@@ -15,6 +15,7 @@ mod jobs;
 mod loopback;
 pub mod ops;
 pub mod pipe_pool;
+mod publish;
 pub mod queue;
 pub mod rate;
 pub mod ring;
@@ -33,7 +34,7 @@ use io_uring::cqueue;
 use ring::Cqe;
 use ringxfer_ipc::{
     codec, Event, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, StrategyStats,
-    PROTOCOL_VERSION, SUBMIT_DESCRIPTORS,
+    SubmitRequest, PROTOCOL_VERSION, PUBLISH_DESCRIPTORS, SUBMIT_DESCRIPTORS,
 };
 use slab::Slab;
 use tracing::{debug, error, info, warn};
@@ -895,10 +896,11 @@ impl Engine {
         result?;
         if let Some(session) = self.sessions.get_mut(k) {
             // Only the frame still arriving can own descriptors now: two per
-            // job, so an even number, and no more than one message holds.
+            // job, so an even number (or the three of one Submit that
+            // publishes), and no more than one message holds.
             let n = session.fds.len();
             if (buf.data.is_empty() && n > 0)
-                || n % SUBMIT_DESCRIPTORS != 0
+                || (n % SUBMIT_DESCRIPTORS != 0 && n != PUBLISH_DESCRIPTORS)
                 || n > MAX_FDS_PER_MESSAGE
             {
                 self.doomed.extend(session.fds.drain(..).map(|(_, fd)| fd));
@@ -961,26 +963,33 @@ impl Engine {
                 )))
             }
             Request::Submit(submit) => {
-                // claim_fds made sure a Submit comes with exactly two.
+                // claim_fds made sure a Submit comes with exactly two (three
+                // with a directory to publish in).
                 let mut pair = fds.drain(..);
                 if let (Some(src), Some(dst)) = (pair.next(), pair.next()) {
+                    let dir = pair.next();
                     drop(pair);
-                    self.admit(k, submit, src, dst, true);
+                    self.admit(k, submit, src, dst, dir, true);
                 }
             }
             Request::SubmitBatch(submits) => {
-                // claim_fds made sure of two per job, in job order.
+                // claim_fds made sure of two (or three) per job, in job order.
                 let mut pairs = std::mem::take(fds).into_iter();
                 for submit in submits {
                     let (Some(src), Some(dst)) = (pairs.next(), pairs.next()) else {
                         break;
+                    };
+                    let dir = if submit.publish.is_some() {
+                        pairs.next()
+                    } else {
+                        None
                     };
                     // An Accepted per job would double the events of a
                     // batch of small files for nothing: their final event
                     // carries the id. A detached job's owner needs the id
                     // before that, and so does a progress bar.
                     let acknowledge = submit.progress || submit.detach;
-                    self.admit(k, submit, src, dst, acknowledge);
+                    self.admit(k, submit, src, dst, dir, acknowledge);
                     if self.sessions.get(k).is_none_or(|s| s.closing) {
                         break;
                     }
@@ -1277,8 +1286,8 @@ fn claim_fds(
         }
     }
     let want = match req {
-        Request::Submit(_) => SUBMIT_DESCRIPTORS,
-        Request::SubmitBatch(jobs) => jobs.len().saturating_mul(SUBMIT_DESCRIPTORS),
+        Request::Submit(job) => job.descriptors(),
+        Request::SubmitBatch(jobs) => jobs.iter().map(SubmitRequest::descriptors).sum(),
         _ => 0,
     };
     let got = claimed.len();

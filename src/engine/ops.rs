@@ -80,6 +80,11 @@ pub enum OpKind {
     /// A read of the verification pass: of the source (`false`) or the
     /// destination (`true`).
     VerifyRead(bool),
+    /// Truncation of an in-place destination to where the job's writes
+    /// ended, once they all did (`SubmitRequest::truncate`).
+    EndTruncate,
+    /// A step of publishing a detached job's destination (engine/publish.rs).
+    Publish,
 }
 
 /// What the kernel may touch while the operation runs.
@@ -103,6 +108,9 @@ pub enum Hold {
         ends: Rc<Endpoints>,
     },
     Timeout(Box<io_uring::types::Timespec>),
+    /// A link, rename, unlink or directory fsync of a publish: the paths,
+    /// the directory and the job's descriptors.
+    Publish(super::publish::PublishHold),
 }
 
 /// One operation in flight.

@@ -76,6 +76,16 @@ fn splice_entry(input: SpliceEnd, output: SpliceEnd, len: u32) -> squeue::Entry 
 }
 
 impl IoQueue<'_> {
+    /// Records `op` and pushes the entry `build` makes, tagged with its
+    /// `user_data`; for builders outside this file (engine/publish.rs).
+    pub(super) fn queue_op(
+        &mut self,
+        op: Op,
+        build: impl FnOnce() -> io_uring::squeue::Entry,
+    ) -> Result<u64, EngineError> {
+        self.queue(op, build)
+    }
+
     fn queue(
         &mut self,
         op: Op,
@@ -390,6 +400,22 @@ impl IoQueue<'_> {
         let op = Op {
             owner,
             kind: OpKind::Truncate,
+            hold: Hold::Poll(Rc::clone(ends)),
+        };
+        self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
+    }
+
+    /// Queues the final ftruncate of an in-place destination to `len`.
+    pub fn end_truncate(
+        &mut self,
+        owner: Owner,
+        ends: &Rc<Endpoints>,
+        len: u64,
+    ) -> Result<u64, EngineError> {
+        let fd = ends.dst.as_raw_fd();
+        let op = Op {
+            owner,
+            kind: OpKind::EndTruncate,
             hold: Hold::Poll(Rc::clone(ends)),
         };
         self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())

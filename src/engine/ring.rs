@@ -253,14 +253,17 @@ fn opcode_name(op: u8) -> &'static str {
         opcode::Fallocate::CODE => "FALLOCATE",
         opcode::Fsync::CODE => "FSYNC",
         opcode::Ftruncate::CODE => "FTRUNCATE",
+        opcode::LinkAt::CODE => "LINKAT",
         opcode::PollAdd::CODE => "POLL_ADD",
         opcode::Read::CODE => "READ",
         opcode::ReadFixed::CODE => "READ_FIXED",
         opcode::RecvMsg::CODE => "RECVMSG",
+        opcode::RenameAt::CODE => "RENAMEAT",
         opcode::Send::CODE => "SEND",
         opcode::SendZc::CODE => "SEND_ZC",
         opcode::Splice::CODE => "SPLICE",
         opcode::Timeout::CODE => "TIMEOUT",
+        opcode::UnlinkAt::CODE => "UNLINKAT",
         opcode::Write::CODE => "WRITE",
         opcode::WriteFixed::CODE => "WRITE_FIXED",
         _ => "an unknown opcode",
@@ -269,21 +272,26 @@ fn opcode_name(op: u8) -> &'static str {
 
 /// The operations the engine submits; keep in step with `engine/queue.rs`
 /// (a missing one fails its operations with EACCES, which the tests see).
-pub const ALLOWED_OPCODES: [u8; 16] = [
+/// LINKAT, RENAMEAT and UNLINKAT publish detached jobs' destinations
+/// (engine/publish.rs) in directories their clients passed.
+pub const ALLOWED_OPCODES: [u8; 19] = [
     opcode::Accept::CODE,
     opcode::AsyncCancel::CODE,
     opcode::Close::CODE,
     opcode::Fallocate::CODE,
     opcode::Fsync::CODE,
     opcode::Ftruncate::CODE,
+    opcode::LinkAt::CODE,
     opcode::PollAdd::CODE,
     opcode::Read::CODE,
     opcode::ReadFixed::CODE,
     opcode::RecvMsg::CODE,
+    opcode::RenameAt::CODE,
     opcode::Send::CODE,
     opcode::SendZc::CODE,
     opcode::Splice::CODE,
     opcode::Timeout::CODE,
+    opcode::UnlinkAt::CODE,
     opcode::Write::CODE,
     opcode::WriteFixed::CODE,
 ];

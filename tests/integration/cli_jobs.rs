@@ -237,9 +237,8 @@ fn jobs_lists_a_throttled_job_and_cancel_stops_it() {
         describe(&out)
     );
 
-    // Atomic publish is not for detached copies (written in place), so the
-    // name exists while the job runs; a second, attached copy shows that the
-    // name appears only once a copy completes.
+    // The daemon publishes a detached copy only once it completes: the
+    // name is absent while the job runs, as for an attached copy.
     let dst_attached = dir.path().join("attached");
     let mut attached = cli(&d.socket);
     attached
@@ -250,6 +249,10 @@ fn jobs_lists_a_throttled_job_and_cancel_stops_it() {
         .stderr(std::process::Stdio::null());
     let mut child = attached.spawn().expect("spawn ringxfer copy");
     std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !dst.exists(),
+        "a detached copy's name appeared while it ran"
+    );
     assert!(
         !dst_attached.exists(),
         "the destination's name appeared before the copy completed"

@@ -20,6 +20,7 @@ mod engines;
 mod failures;
 mod jobcontrol;
 mod lifecycle;
+mod nothing_lost;
 mod pagecache;
 mod protocol_abuse;
 mod publish;

@@ -91,6 +91,8 @@ fn submit_request(req: u64) -> SubmitRequest {
         detach: false,
         fsync: false,
         verify: false,
+        truncate: false,
+        publish: None,
     }
 }
 
@@ -451,20 +453,21 @@ fn raw_client_can_copy_and_get_stats() {
 
 #[test]
 fn descriptors_beyond_what_the_arriving_frame_can_take_are_refused_at_once() {
-    // Part of a frame's header, carrying three descriptors: no frame takes
-    // more than two, so the daemon must refuse now rather than hoard them
-    // while it waits for the rest of the frame.
+    // Part of a frame's header, carrying five descriptors: a frame takes two
+    // per job, or the three of one Submit that publishes, never five, so
+    // the daemon must refuse now rather than hoard them while it waits for
+    // the rest of the frame.
     let d = Daemon::start();
     let baseline = d.baseline();
     let s = raw(&d);
     hello(&s);
-    let f = fds(3);
-    let three: Vec<BorrowedFd<'_>> = f.files.iter().map(|f| f.as_fd()).collect();
-    send(&s, &submit_frame()[..1], &three);
+    let f = fds(5);
+    let five: Vec<BorrowedFd<'_>> = f.files.iter().map(|f| f.as_fd()).collect();
+    send(&s, &submit_frame()[..1], &five);
     expect_error(
         &s,
         &[ProtocolErrorKind::ExtraDescriptors],
-        "1 byte of a frame with 3 fds",
+        "1 byte of a frame with 5 fds",
     );
     drop((s, f));
     d.assert_healthy(baseline, "after descriptors sent ahead of their frame");

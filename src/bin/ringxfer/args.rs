@@ -88,12 +88,19 @@ pub enum Command {
         job: JobOpts,
     },
     /// Accept one TCP connection and write everything it sends to a file.
+    ///
+    /// DST is written atomically, as by copy: it appears (or replaces the
+    /// old file) only once the stream is complete.
     Recv {
         /// The address to listen on, e.g. 0.0.0.0:7000 (port 0 picks a free port).
         #[arg(value_name = "BIND_ADDR")]
         bind: String,
-        /// The file to write (created or truncated).
+        /// The file to write.
         dst: PathBuf,
+        /// Expect exactly this many bytes: a stream that ends sooner fails
+        /// (nothing is published) [default: whatever arrives until the peer closes].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        length: Option<u64>,
         #[command(flatten)]
         job: JobOpts,
         /// Complete only once the received data is durable (fdatasync).
@@ -157,8 +164,8 @@ pub struct JobOpts {
     pub verify: bool,
 
     /// Print the job's id and return at once; the job runs on in the daemon
-    /// (follow it with `ringxfer wait ID`). Needs a running daemon. A detached
-    /// copy writes DST in place, since no one is left to publish it.
+    /// (follow it with `ringxfer wait ID`). Needs a running daemon, which
+    /// gives DST its name when the job completes (nothing, if it fails).
     #[arg(long)]
     pub detach: bool,
 }

@@ -17,7 +17,7 @@ use ringxfer_ipc::Strategy;
 use crate::args::{DestOpts, JobOpts, RangeOpts};
 use crate::engine::{Engine, Fallback};
 use crate::error::{CliError, Exit};
-use crate::files::{create_destination, open_source, resolve_destination};
+use crate::files::{open_source, resolve_destination};
 use crate::report::{self, Finished, Op, Output, Subject};
 use crate::transfer::{self, Plan};
 use crate::tree;
@@ -65,6 +65,7 @@ impl Context {
             progress: self.progress && !job.detach,
             job,
             fsync,
+            truncate: false,
         }
     }
 
@@ -179,8 +180,7 @@ fn copy_one(
     // when DST was a directory.
     subject.dst = shown(&dst_path);
     let publish = PublishOptions {
-        // A detached job outlives this process, so nobody would publish it.
-        in_place: args.dest.in_place || args.job.detach,
+        in_place: args.dest.in_place,
         preserve: args.dest.preserve,
         fsync: args.dest.fsync,
         direct: ctx.strategy == Strategy::Direct,
@@ -189,19 +189,68 @@ fn copy_one(
         mode: Some(src_meta.mode() & 0o777),
     };
     // Refuses DST when it is SRC itself, by inode, before anything is written.
-    let staged = StagedFile::create(&dst_path, Some(&src_meta), &publish)
+    let staged = stage(ctx, &engine, &dst_path, Some(&src_meta), &publish, args.job)
         .map_err(|e| CliError::publish(&e.with_source_path(src)))?;
-    let plan = ctx.plan(args.range, args.job, args.dest.fsync);
-    match run_or_detach(&engine, subject, &src_file, staged.file(), plan) {
-        Ok(Outcome::Done(done)) => {
+    let plan = Plan {
+        truncate: staged.wants_truncate(),
+        ..ctx.plan(args.range, args.job, args.dest.fsync)
+    };
+    run_staged(&engine, subject, &src_file, staged, Some(&src_meta), plan)
+}
+
+/// Stages a destination: for a detached job, so that the daemon can
+/// publish it (hidden names, where needed, carry the daemon's pid). Hidden
+/// staging files for the same name that a killed run left behind are
+/// removed first, and said so.
+fn stage(
+    ctx: &Context,
+    engine: &Engine,
+    dst: &Path,
+    source: Option<&std::fs::Metadata>,
+    publish: &PublishOptions,
+    job: JobOpts,
+) -> Result<StagedFile, ringxfer_ipc::PublishError> {
+    let daemon_pid = engine.client().daemon_pid().filter(|_| job.detach);
+    let staged = match daemon_pid {
+        Some(pid) => StagedFile::create_for_daemon(dst, source, publish, pid)?,
+        None => StagedFile::create(dst, source, publish)?,
+    };
+    for stale in staged.remove_stale() {
+        if !ctx.out.quiet {
+            report::status(&format!(
+                "removed {}, left by a ringxfer process that was killed while writing {}",
+                stale.display(),
+                dst.display()
+            ));
+        }
+    }
+    Ok(staged)
+}
+
+/// Runs a job into a staged destination and publishes it when it
+/// completed; a failed job leaves nothing under the name (or the old file,
+/// untouched). A detached job is published by the daemon instead.
+fn run_staged(
+    engine: &Engine,
+    subject: &Subject,
+    src: impl AsFd,
+    staged: StagedFile,
+    preserve_from: Option<&std::fs::Metadata>,
+    plan: Plan,
+) -> Result<Outcome, CliError> {
+    if plan.job.detach {
+        return transfer::detach_staged(engine, subject, src, staged, plan).map(Outcome::Detached);
+    }
+    match transfer::run(engine, subject, src, staged.file(), plan) {
+        Ok(done) => {
             staged
-                .publish(Some(&src_meta))
+                .publish(preserve_from)
                 .map_err(|e| CliError::publish(&e))?;
             Ok(Outcome::Done(done))
         }
-        Ok(detached) => Ok(detached),
         Err(err) => {
-            // Nothing appears under DST's name (unless --in-place).
+            // Nothing appears under DST's name (with --in-place: a file
+            // this made goes again; an existing one keeps what was written).
             staged.abandon();
             Err(err)
         }
@@ -247,13 +296,20 @@ fn run_send(
     Ok(outcome)
 }
 
-pub fn recv(ctx: &Context, bind: &str, dst: &Path, job: JobOpts, fsync: bool) -> Exit {
+pub fn recv(
+    ctx: &Context,
+    bind: &str,
+    dst: &Path,
+    length: Option<u64>,
+    job: JobOpts,
+    fsync: bool,
+) -> Exit {
     let mut subject = Subject {
         op: Op::Recv,
         src: bind.to_owned(),
         dst: shown(dst),
     };
-    let result = run_recv(ctx, bind, dst, job, fsync, &mut subject);
+    let result = run_recv(ctx, bind, dst, length, job, fsync, &mut subject);
     ctx.finish(&subject, result)
 }
 
@@ -261,13 +317,22 @@ fn run_recv(
     ctx: &Context,
     bind: &str,
     dst: &Path,
+    length: Option<u64>,
     job: JobOpts,
     fsync: bool,
     subject: &mut Subject,
 ) -> Result<Outcome, CliError> {
     let engine = ctx.engine(&job)?;
-    // Before listening, so a bad destination fails before a peer sends a byte.
-    let dst_file = create_destination(dst, job.verify)?;
+    // Before listening, so a bad destination fails before a peer sends a
+    // byte. Staged like copy's: the old file stays until the stream is whole.
+    let publish = PublishOptions {
+        fsync,
+        direct: ctx.strategy == Strategy::Direct,
+        mode: Some(RECV_MODE),
+        ..PublishOptions::default()
+    };
+    let staged =
+        stage(ctx, &engine, dst, None, &publish, job).map_err(|e| CliError::publish(&e))?;
     let listener =
         TcpListener::bind(bind).map_err(|err| CliError::io(format!("bind {bind}"), &err))?;
     let local = listener
@@ -284,11 +349,30 @@ fn run_recv(
     // Accept only one connection: stop listening before the transfer.
     drop(listener);
     subject.src = peer.to_string();
-    run_or_detach(
+    let range = RangeOpts { offset: 0, length };
+    let outcome = run_staged(
         &engine,
         subject,
         &socket,
-        &dst_file,
-        ctx.plan(RangeOpts::default(), job, fsync),
-    )
+        staged,
+        None,
+        ctx.plan(range, job, fsync),
+    )?;
+    Ok(match outcome {
+        // Without a length nothing says how much the peer meant to send:
+        // say that the stream simply ended, and where.
+        Outcome::Done(mut done) if length.is_none() => {
+            let ended = format!("stream ended after {} bytes", done.bytes);
+            done.note = Some(match done.note.take() {
+                Some(note) => format!("{note}; {ended}"),
+                None => ended,
+            });
+            Outcome::Done(done)
+        }
+        other => other,
+    })
 }
+
+/// Mode of a file `recv` creates, before the umask (as the client stub's
+/// recv_to_file).
+const RECV_MODE: u32 = 0o644;

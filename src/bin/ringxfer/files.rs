@@ -1,8 +1,7 @@
 //! Opening the files a transfer reads and writes, with the checks cp(1)
-//! makes, so that mistakes are refused before anything is truncated.
+//! makes, so that mistakes are refused before anything is written.
 
-use std::fs::{self, File, Metadata, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File, Metadata};
 use std::path::{Path, PathBuf};
 
 use crate::error::CliError;
@@ -40,20 +39,6 @@ pub fn resolve_destination(src: &Path, dst: &Path) -> Result<PathBuf, CliError> 
             format!("has no file name to copy into directory {}", dst.display()),
         )),
     }
-}
-
-/// Creates (mode 0644 less the umask, as the client stub's recv_to_file
-/// does) or truncates a file to receive into; `readable` (for --verify, which
-/// reads the bytes back) opens it read-write.
-pub fn create_destination(path: &Path, readable: bool) -> Result<File, CliError> {
-    OpenOptions::new()
-        .read(readable)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(|err| CliError::io(path.display().to_string(), &err))
 }
 
 #[cfg(test)]

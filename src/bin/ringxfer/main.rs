@@ -80,9 +80,10 @@ fn main() -> ExitCode {
         Command::Recv {
             bind,
             dst,
+            length,
             job,
             fsync,
-        } => commands::recv(&ctx, bind, dst, *job, *fsync),
+        } => commands::recv(&ctx, bind, dst, *length, *job, *fsync),
         Command::Stats => stats::run(&ctx),
         Command::Jobs => control::jobs(&ctx),
         Command::Status { job } => control::status(&ctx, *job),

@@ -6,6 +6,7 @@
 
 use std::os::fd::AsFd;
 
+use ringxfer_ipc::publish::StagedFile;
 use ringxfer_ipc::{Strategy, TransferOptions};
 
 use crate::args::JobOpts;
@@ -25,6 +26,10 @@ pub struct Plan {
     pub job: JobOpts,
     /// Ask the engine to fdatasync the destination before completing.
     pub fsync: bool,
+    /// Ask the engine to truncate the destination to the job's end once
+    /// every byte is in: an in-place destination, which is never truncated
+    /// before the engine accepted the job.
+    pub truncate: bool,
 }
 
 impl Plan {
@@ -43,6 +48,7 @@ impl Plan {
             detach: self.job.detach,
             fsync: self.fsync,
             verify: self.job.verify,
+            truncate: self.truncate,
             ..TransferOptions::default()
         }
     }
@@ -63,6 +69,48 @@ pub fn run(
     let done = progress::wait(handle, plan.progress)
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
     Ok(Finished::from_completion(done, engine.kind()))
+}
+
+/// Submits a detached job into a staged destination, which the daemon
+/// publishes when the job completes (this process is gone by then): it
+/// gets the destination's directory and name with the job. Returns the id
+/// once the daemon admitted the job; a refused job's staged file is dropped
+/// (nothing appears, an existing destination is untouched).
+pub fn detach_staged(
+    engine: &Engine,
+    subject: &Subject,
+    src: impl AsFd,
+    staged: StagedFile,
+    plan: Plan,
+) -> Result<u64, CliError> {
+    let opts = Plan {
+        progress: false,
+        ..plan
+    }
+    .options(subject.describe());
+    let target = staged.for_daemon().map_err(|e| CliError::publish(&e))?;
+    let handle = match &target {
+        Some((dir, to)) => {
+            engine
+                .client()
+                .submit_publish(src, staged.file(), dir, to.clone(), &opts)
+        }
+        // In place: nothing to publish.
+        None => engine.client().submit(src, staged.file(), &opts),
+    }
+    .map_err(|err| CliError::client(subject.describe(), &err))?;
+    match handle.job_id() {
+        Ok(id) => {
+            staged.hand_over();
+            Ok(id)
+        }
+        Err(err) => {
+            // Refused: nothing of it may stay (an in-place file this made
+            // goes too).
+            staged.abandon();
+            Err(CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))
+        }
+    }
 }
 
 /// Submits a detached job and returns its id once the daemon admitted it.

@@ -228,7 +228,10 @@ impl ThreadRing {
             | Request::Close { .. }
             | Request::Fallocate { .. }
             | Request::Ftruncate { .. }
-            | Request::Fsync { .. } => {
+            | Request::Fsync { .. }
+            | Request::LinkAt { .. }
+            | Request::RenameAt { .. }
+            | Request::UnlinkAt { .. } => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.request));
                 self.hand_to_worker(ops);

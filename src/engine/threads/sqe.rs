@@ -125,6 +125,28 @@ pub enum Request {
     Timeout {
         after: std::time::Duration,
     },
+    /// linkat(2); the paths are NUL-terminated and held by the op table.
+    LinkAt {
+        olddirfd: RawFd,
+        oldpath: *const libc::c_char,
+        newdirfd: RawFd,
+        newpath: *const libc::c_char,
+        flags: i32,
+    },
+    /// renameat2(2).
+    RenameAt {
+        olddirfd: RawFd,
+        oldpath: *const libc::c_char,
+        newdirfd: RawFd,
+        newpath: *const libc::c_char,
+        flags: u32,
+    },
+    /// unlinkat(2).
+    UnlinkAt {
+        dirfd: RawFd,
+        path: *const libc::c_char,
+        flags: i32,
+    },
     /// An opcode the engine does not submit: refused with EACCES, as the
     /// io_uring back end's restrictions refuse it.
     Refused {
@@ -224,6 +246,25 @@ pub unsafe fn decode(entry: &squeue::Entry) -> Decoded {
         opcode::Fsync::CODE => Request::Fsync {
             fd,
             datasync: sqe.op_flags & FSYNC_DATASYNC != 0,
+        },
+        opcode::LinkAt::CODE => Request::LinkAt {
+            olddirfd: fd,
+            oldpath: sqe.addr as *const libc::c_char,
+            newdirfd: sqe.len as i32,
+            newpath: sqe.off as *const libc::c_char,
+            flags: sqe.op_flags as i32,
+        },
+        opcode::RenameAt::CODE => Request::RenameAt {
+            olddirfd: fd,
+            oldpath: sqe.addr as *const libc::c_char,
+            newdirfd: sqe.len as i32,
+            newpath: sqe.off as *const libc::c_char,
+            flags: sqe.op_flags,
+        },
+        opcode::UnlinkAt::CODE => Request::UnlinkAt {
+            dirfd: fd,
+            path: sqe.addr as *const libc::c_char,
+            flags: sqe.op_flags as i32,
         },
         opcode::Timeout::CODE => {
             // SAFETY: the caller keeps the timespec alive (the op table holds
@@ -336,6 +377,53 @@ mod tests {
         assert!(matches!(
             d.request,
             Request::PollAdd { fd: 8, events } if events == libc::POLLIN
+        ));
+
+        let (a, b) = (c"a", c"b");
+        let e = opcode::LinkAt::new(types::Fd(-100), a.as_ptr(), types::Fd(9), b.as_ptr())
+            .flags(libc::AT_SYMLINK_FOLLOW)
+            .build();
+        // SAFETY: not a timeout.
+        match unsafe { decode(&e) }.request {
+            Request::LinkAt {
+                olddirfd,
+                oldpath,
+                newdirfd,
+                newpath,
+                flags,
+            } => {
+                assert_eq!(
+                    (olddirfd, newdirfd, flags),
+                    (-100, 9, libc::AT_SYMLINK_FOLLOW)
+                );
+                assert_eq!((oldpath, newpath), (a.as_ptr(), b.as_ptr()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = opcode::RenameAt::new(types::Fd(3), a.as_ptr(), types::Fd(4), b.as_ptr()).build();
+        // SAFETY: not a timeout.
+        match unsafe { decode(&e) }.request {
+            Request::RenameAt {
+                olddirfd,
+                oldpath,
+                newdirfd,
+                newpath,
+                flags,
+            } => {
+                assert_eq!((olddirfd, newdirfd, flags), (3, 4, 0));
+                assert_eq!((oldpath, newpath), (a.as_ptr(), b.as_ptr()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = opcode::UnlinkAt::new(types::Fd(5), a.as_ptr()).build();
+        // SAFETY: not a timeout.
+        assert!(matches!(
+            unsafe { decode(&e) }.request,
+            Request::UnlinkAt {
+                dirfd: 5,
+                flags: 0,
+                ..
+            }
         ));
 
         let e = opcode::Nop::new().build();

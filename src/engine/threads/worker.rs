@@ -395,6 +395,23 @@ fn syscall(request: Request) -> isize {
                 }) as isize
             }
             Request::Close { fd } => close_once(fd),
+            // Directory operations of a publish (engine/publish.rs); the op
+            // table holds the paths until the completion is reaped.
+            Request::LinkAt {
+                olddirfd,
+                oldpath,
+                newdirfd,
+                newpath,
+                flags,
+            } => libc::linkat(olddirfd, oldpath, newdirfd, newpath, flags) as isize,
+            Request::RenameAt {
+                olddirfd,
+                oldpath,
+                newdirfd,
+                newpath,
+                flags,
+            } => libc::renameat2(olddirfd, oldpath, newdirfd, newpath, flags) as isize,
+            Request::UnlinkAt { dirfd, path, flags } => libc::unlinkat(dirfd, path, flags) as isize,
             Request::RecvMsg { fd, msg, msg_flags } => libc::recvmsg(fd, msg, msg_flags),
             // Not given to workers: the loop answers these itself.
             Request::Accept { .. }
