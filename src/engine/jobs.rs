@@ -48,6 +48,9 @@ pub(super) struct Job {
     pub copy: Mover,
     /// Why the strategy was chosen, for the Completed event.
     pub note: Option<String>,
+    /// The client asked for `auto`: a source splice refuses moves the job to
+    /// the read()+write() rung (see `fall_back`).
+    pub auto: bool,
     pub started: Instant,
     pub progress: bool,
     pub last_progress: Instant,
@@ -295,10 +298,12 @@ impl Engine {
         );
         let now = Instant::now();
         let range = (plan.src_start, plan.dst_start);
+        let (ends, shape) = plan.into_parts();
         let mut copy = match choice.strategy {
             Strategy::Direct | Strategy::Uncached | Strategy::Buffered => {
                 Mover::Buffered(BufferCopy::new(
-                    plan,
+                    ends,
+                    shape,
                     match choice.strategy {
                         Strategy::Direct => IoMode::Direct {
                             align: choice.align,
@@ -312,7 +317,7 @@ impl Engine {
                     choice.saved,
                 ))
             }
-            _ => Mover::Splice(SpliceCopy::new(plan, self.config.chunks_per_job)),
+            _ => Mover::Splice(SpliceCopy::new(ends, shape, self.config.chunks_per_job)),
         };
         let bucket = submit
             .rate_limit
@@ -338,6 +343,7 @@ impl Engine {
             uid,
             session: Some(k),
             note: choice.note,
+            auto: submit.strategy == Strategy::Auto,
             copy,
             started: now,
             progress: submit.progress,
@@ -493,6 +499,7 @@ impl Engine {
         if job.phase == Phase::Copy && job.copy.is_finished() && job.failure().is_none() {
             self.start_last_steps(k);
         }
+        self.fall_back(k);
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
@@ -508,6 +515,52 @@ impl Engine {
             self.enqueue(k);
         }
         self.report_progress(k);
+    }
+
+    /// An `auto` job whose source refused splice (EINVAL: procfs files
+    /// without splice_read, /dev/null) before any byte moved goes on with
+    /// buffered read() and write(), the ladder's next rung; the note says so.
+    fn fall_back(&mut self, k: usize) {
+        let have_buffers = self.buffers.total() > 0;
+        let (fixed, per_job) = (self.buffers.registered(), self.config.buffers_per_job);
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let Mover::Splice(c) = &job.copy else {
+            return;
+        };
+        if !job.auto || job.phase != Phase::Copy || !c.is_finished() || !c.source_refused() {
+            return;
+        }
+        let ends = c.endpoints();
+        if !have_buffers || ends.dst_kind != FdKind::File {
+            return;
+        }
+        let why = format!(
+            "auto: the source {} refuses splice (EINVAL), so read() and write() through a buffer (buffered)",
+            ends.src_kind
+        );
+        let shape = c.shape();
+        let orig = shape.dst_size;
+        job.copy = Mover::Buffered(BufferCopy::new(
+            ends,
+            shape,
+            IoMode::Buffered,
+            fixed,
+            per_job,
+            orig,
+            Vec::new(),
+        ));
+        debug!(job = job.id, "{why}");
+        job.note = Some(why);
+        // An entry left in the pipe queue is stale: the job queues again,
+        // for a buffer.
+        job.queued = false;
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        job.copy.start(Owner::Job(k), &mut io);
     }
 
     /// Charges the bytes moved since the last step to the job's virtual
@@ -663,7 +716,7 @@ impl Engine {
             return;
         };
         job.side_op = None;
-        if result < 0 && -result != libc::EINTR {
+        if result < 0 && !crate::transfer::errno::interrupted(-result) {
             job.late_failure.get_or_insert(TransferError::os(
                 format!("fdatasync of the destination {}", FdKind::File),
                 -result,

@@ -106,9 +106,17 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     // is not asked: that would cost a syscall per file for nothing.
     if total <= SMALL_FILE_MAX {
         if let Ok(mut choice) = buffered(plan, inputs) {
-            choice.note = Some(format!(
-                "auto: {total} bytes is at most {SMALL_FILE_MAX}, so one read and one write through a buffer"
-            ));
+            choice.note = Some(if plan.length_requested {
+                format!(
+                    "auto: {total} bytes is at most {SMALL_FILE_MAX}, so one read and one write through a buffer"
+                )
+            } else {
+                // procfs says 0 and sysfs a page whatever they hold: the size
+                // is a hint, and the file is read to its end.
+                format!(
+                    "auto: the source file says it holds {total} bytes, at most {SMALL_FILE_MAX}, so it is read to its end through a buffer"
+                )
+            });
             return choice;
         }
     }
@@ -141,11 +149,13 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     }
 }
 
-fn regular_files(plan: &Plan) -> Result<u64, String> {
-    if plan.ends.src_kind != FdKind::File || plan.ends.dst_kind != FdKind::File {
+/// read() and write() take any source (a character device or a pipe is
+/// read at its position until it ends); the destination must be a file.
+fn into_a_file(plan: &Plan) -> Result<u64, String> {
+    if plan.ends.dst_kind != FdKind::File {
         return Err(format!(
-            "it moves between regular files, and this job is {} to {}",
-            plan.ends.src_kind, plan.ends.dst_kind
+            "it writes into regular files, and this job's destination is a {}",
+            plan.ends.dst_kind
         ));
     }
     Ok(plan.dst_size)
@@ -231,7 +241,7 @@ fn uncached(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     if !inputs.have_buffers {
         return Err("the daemon has no I/O buffers (--buffers 0)".into());
     }
-    let orig_dst_size = regular_files(plan)?;
+    let orig_dst_size = into_a_file(plan)?;
     Ok(Choice {
         strategy: Strategy::Uncached,
         note: None,

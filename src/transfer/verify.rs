@@ -145,7 +145,11 @@ impl Verifier {
         }
         if result < 0 {
             let errno = -result;
-            if !matches!(errno, libc::EINTR | libc::EAGAIN) {
+            // Files: EAGAIN (a client's O_NONBLOCK) is tried again like an
+            // interruption; anything the table fails, fails verification.
+            if crate::transfer::errno::action(errno, crate::transfer::errno::Side::Source)
+                == crate::transfer::errno::Action::Fail
+            {
                 let (which, kind) = if of_dst {
                     ("destination", self.ends.dst_kind)
                 } else {

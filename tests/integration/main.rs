@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cleanup;
 mod cli;
 mod cli_common;
 mod cli_jobs;
@@ -25,5 +26,6 @@ mod robustness;
 mod scheduling;
 mod seccomp;
 mod sockets;
+mod sources;
 mod stub;
 mod systemd;
