@@ -276,6 +276,7 @@ impl Engine {
         let inputs = ChoiceInputs {
             direct_threshold: self.config.direct_threshold,
             have_buffers: self.buffers.total() > 0,
+            buffer_size: self.buffers.buffer_size() as u64,
         };
         let choice = match choose(&plan, submit.strategy, inputs) {
             Ok(choice) => choice,

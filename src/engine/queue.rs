@@ -321,8 +321,19 @@ impl IoQueue<'_> {
             },
         };
         let BufIo { fd, buf, at, len } = io;
-        // SAFETY: `at + len` stays within the buffer (callers size every
-        // operation to the buffer); the pointer is only computed here.
+        // The kernel writes `len` bytes from `at`: past the buffer would be
+        // another job's memory. Callers size every operation to the buffer
+        // (and admission refuses a direct job whose alignment does not divide
+        // it), so this never fires; if a bug ever broke that, the daemon
+        // stops here rather than let the kernel write there.
+        assert!(
+            at.checked_add(len as usize)
+                .is_some_and(|end| end <= buf.len as usize),
+            "an operation of {len} bytes at {at} does not fit a buffer of {} bytes",
+            buf.len
+        );
+        // SAFETY: `at + len` is within the buffer (asserted above); the
+        // pointer is only computed here.
         let ptr = unsafe { buf.ptr.as_ptr().add(at) };
         let fd = types::Fd(fd);
         self.queue(op, || match what {

@@ -26,6 +26,8 @@ pub struct ChoiceInputs {
     pub direct_threshold: u64,
     /// The engine has pool buffers at all.
     pub have_buffers: bool,
+    /// The size of each pool buffer (`--buffer-size`).
+    pub buffer_size: u64,
 }
 
 /// The decision.
@@ -201,6 +203,7 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         align = align.max(align_of(&plan.ends.dst, "destination")?);
         files.push(("destination", &plan.ends.dst, plan.dst_start));
     }
+    fits_buffers(align, inputs.buffer_size)?;
     for (which, _, off) in &files {
         if off % align != 0 {
             return Err(format!(
@@ -230,6 +233,19 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     })
 }
 
+/// Every O_DIRECT read and write is a whole number of alignment blocks in
+/// one pool buffer, and the last one is zero-padded to a block: a block must
+/// fit the buffer and divide it, or the kernel (and the padding) would write
+/// past it into memory another job owns.
+pub fn fits_buffers(align: u64, buffer_size: u64) -> Result<(), String> {
+    if align > buffer_size || buffer_size % align != 0 {
+        return Err(format!(
+            "the file system's O_DIRECT alignment of {align} bytes does not divide the daemon's buffer size of {buffer_size} bytes (ringxferd --buffer-size): use a multiple of {align}"
+        ));
+    }
+    Ok(())
+}
+
 fn buffered(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     uncached(plan, inputs).map(|c| Choice {
         strategy: Strategy::Buffered,
@@ -249,4 +265,19 @@ fn uncached(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         saved: Vec::new(),
         orig_dst_size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fits_buffers;
+
+    #[test]
+    fn a_direct_block_must_fit_and_divide_a_buffer() {
+        assert!(fits_buffers(4096, 1 << 20).is_ok());
+        assert!(fits_buffers(512, 4096).is_ok());
+        assert!(fits_buffers(4096, 4096).is_ok());
+        let small = fits_buffers(8192, 4096).expect_err("larger than a buffer");
+        assert!(small.contains("--buffer-size"), "{small}");
+        assert!(fits_buffers(8192, 12288).is_err(), "not a divisor");
+    }
 }
