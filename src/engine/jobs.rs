@@ -9,6 +9,7 @@ use ringxfer_ipc::{
 };
 use tracing::debug;
 
+use super::buffer_pool::BufRef;
 use super::ops::{OpKind, Owner};
 use super::queue::IoQueue;
 use super::rate::TokenBucket;
@@ -395,21 +396,39 @@ impl Engine {
         self.after_job_step(key);
     }
 
-    pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32) {
+    /// A completion for job `k`; `buf` is the pool buffer its operation
+    /// held, handed back (a buffer operation's last completion).
+    pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32, buf: Option<BufRef>) {
         let Some(job) = self.jobs.get(k) else {
             tracing::error!(key = k, "completion for a job that is gone");
+            if let Some(buf) = buf {
+                self.buffers.give_back(buf);
+            }
             return;
         };
         self.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
         match kind {
-            OpKind::Fsync => return self.on_synced(k, result),
+            OpKind::Fsync => {
+                self.returned.extend(buf.map(Returned::Buffer));
+                return self.on_synced(k, result);
+            }
             OpKind::VerifyRead(_) => {
-                if let Some(v) = self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
-                    let mut io = IoQueue {
-                        ring: &mut self.ring,
-                        ops: &mut self.ops,
-                    };
-                    v.on_complete(kind, result, Owner::Job(k), &mut io, &mut self.returned);
+                match self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
+                    Some(v) => {
+                        let mut io = IoQueue {
+                            ring: &mut self.ring,
+                            ops: &mut self.ops,
+                        };
+                        v.on_complete(
+                            kind,
+                            result,
+                            buf,
+                            Owner::Job(k),
+                            &mut io,
+                            &mut self.returned,
+                        );
+                    }
+                    None => self.returned.extend(buf.map(Returned::Buffer)),
                 }
                 return self.after_job_step(k);
             }
@@ -426,6 +445,7 @@ impl Engine {
         job.copy.on_complete(
             kind,
             result,
+            buf,
             Owner::Job(k),
             &mut io,
             yield_slots,
@@ -738,7 +758,7 @@ impl Engine {
     pub(super) fn take_back(&mut self) {
         for returned in self.returned.drain(..) {
             match returned {
-                Returned::Buffer(index) => self.buffers.give_back(index),
+                Returned::Buffer(buf) => self.buffers.give_back(buf),
                 Returned::Clean(pipe) => self.pipes.give_back(pipe),
                 Returned::Dirty(pipe) => {
                     if let Some(e) = self.pipes.discard(pipe) {

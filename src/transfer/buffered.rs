@@ -86,7 +86,9 @@ const ZC_MIN: u64 = 64 * 1024;
 
 /// One buffer and the range it carries.
 struct Chunk {
-    buf: BufRef,
+    /// The chunk's buffer while no operation holds it; an operation takes it
+    /// into its op-table entry and the completion brings it back.
+    buf: Option<BufRef>,
     /// Offset of the range from the start of the transfer.
     rel: u64,
     /// Bytes of the range that are data.
@@ -112,6 +114,43 @@ struct Chunk {
 impl Chunk {
     fn is_busy(&self) -> bool {
         self.busy.is_some() || self.notifs > 0
+    }
+
+    /// Bytes the chunk's buffer holds (it is idle, so it has it).
+    fn capacity(&self) -> u64 {
+        self.buf.as_ref().map_or(0, |b| u64::from(b.len))
+    }
+}
+
+/// Queues `what` on the chunk's buffer, moving the buffer into the
+/// operation; `span` is (offset in the buffer, length).
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    chunk: &mut Chunk,
+    io: &mut IoQueue<'_>,
+    owner: Owner,
+    kind: OpKind,
+    ends: &Rc<Endpoints>,
+    fd: i32,
+    span: (usize, u32),
+    what: BufWhat,
+) -> Result<(), TransferError> {
+    let Some(buf) = chunk.buf.take() else {
+        return Err(TransferError::new(
+            FailureKind::Io,
+            "internal error: a chunk queued an operation without its buffer",
+        ));
+    };
+    let (at, len) = span;
+    match io.buffer_op(owner, kind, ends, BufIo { fd, buf, at, len }, what) {
+        Ok(ud) => {
+            chunk.busy = Some(ud);
+            Ok(())
+        }
+        Err(failed) => {
+            chunk.buf = failed.buf;
+            Err(ring_failed(failed.error))
+        }
     }
 }
 
@@ -434,7 +473,7 @@ impl BufferCopy {
         match self.chunks.iter().position(Option::is_none) {
             Some(slot) => {
                 self.chunks[slot] = Some(Chunk {
-                    buf,
+                    buf: Some(buf),
                     rel: 0,
                     want: 0,
                     len: 0,
@@ -448,7 +487,7 @@ impl BufferCopy {
                 });
                 self.pump(owner, io, yield_bufs, out);
             }
-            None => out.push(Returned::Buffer(buf.index)),
+            None => out.push(Returned::Buffer(buf)),
         }
     }
 
@@ -472,15 +511,38 @@ impl BufferCopy {
         self.pump(owner, io, false, out);
     }
 
+    /// A completion handed back the buffer its operation held: it returns
+    /// to the chunk that lent it.
+    fn take_back(&mut self, kind: OpKind, buf: BufRef, out: &mut Vec<Returned>) {
+        let slot = match kind {
+            OpKind::BufIn(i) | OpKind::BufOut(i) | OpKind::ZcSent(i) | OpKind::ZcNotif(i) => {
+                i as usize
+            }
+            _ => usize::MAX,
+        };
+        match self.chunks.get_mut(slot).and_then(Option::as_mut) {
+            Some(chunk) if chunk.buf.is_none() => chunk.buf = Some(buf),
+            _ => {
+                debug_assert!(false, "a buffer came back to no chunk");
+                out.push(Returned::Buffer(buf));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub fn on_complete(
         &mut self,
         kind: OpKind,
         result: i32,
+        buf: Option<BufRef>,
         owner: Owner,
         io: &mut IoQueue<'_>,
         yield_bufs: bool,
         out: &mut Vec<Returned>,
     ) {
+        if let Some(buf) = buf {
+            self.take_back(kind, buf, out);
+        }
         let step = match kind {
             OpKind::Prealloc => {
                 self.side_op = None;
@@ -582,14 +644,11 @@ impl BufferCopy {
         chunk.done += n;
         if chunk.done >= chunk.want {
             if let Some(crc) = self.source_crc.as_mut() {
-                // SAFETY: the chunk owns its buffer and its read has just
-                // completed, so nothing else reads or writes it now; `want`
-                // is at most the buffer's length, and the kernel filled at
-                // least `want` bytes.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(chunk.buf.ptr.as_ptr(), chunk.want as usize)
-                };
-                crc.add(chunk.rel, bytes);
+                // The read completed and gave the buffer back: the kernel
+                // filled at least `want` bytes of it.
+                if let Some(buf) = chunk.buf.as_ref() {
+                    crc.add(chunk.rel, buf.filled(0, chunk.want as usize));
+                }
             }
         }
         let is_tail = self.tail > 0
@@ -697,13 +756,11 @@ impl BufferCopy {
         }
         if chunk.want > 0 {
             if let Some(crc) = self.source_crc.as_mut() {
-                // SAFETY: the chunk owns its buffer and its read has just
-                // completed, so nothing else reads or writes it now; `want`
-                // is at most what the kernel filled, within the buffer.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(chunk.buf.ptr.as_ptr(), chunk.want as usize)
-                };
-                crc.add(chunk.rel, bytes);
+                // The read completed and gave the buffer back: the kernel
+                // filled at least `want` bytes of it.
+                if let Some(buf) = chunk.buf.as_ref() {
+                    crc.add(chunk.rel, buf.filled(0, chunk.want as usize));
+                }
             }
         }
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
@@ -940,21 +997,16 @@ impl BufferCopy {
                     };
                     (chunk.len - at, src_start + chunk.rel + at, rw)
                 };
-                let ud = io
-                    .buffer_op(
-                        owner,
-                        OpKind::BufIn(tag),
-                        &ends,
-                        BufIo {
-                            fd: raw(&ends.src),
-                            buf: chunk.buf,
-                            at: at as usize,
-                            len: len as u32,
-                        },
-                        BufWhat::Read { offset, rw },
-                    )
-                    .map_err(ring_failed)?;
-                chunk.busy = Some(ud);
+                submit(
+                    chunk,
+                    io,
+                    owner,
+                    OpKind::BufIn(tag),
+                    &ends,
+                    raw(&ends.src),
+                    (at as usize, len as u32),
+                    BufWhat::Read { offset, rw },
+                )?;
             }
             Step::Writing if dst_stream || dst_append => {
                 if chunk.seq != write_seq {
@@ -965,44 +1017,34 @@ impl BufferCopy {
                 let len = chunk.want - at;
                 if dst_append {
                     // Offset -1: the file position, which O_APPEND keeps at the end.
-                    let ud = io
-                        .buffer_op(
-                            owner,
-                            OpKind::BufOut(tag),
-                            &ends,
-                            BufIo {
-                                fd: raw(&ends.dst),
-                                buf: chunk.buf,
-                                at: at as usize,
-                                len: len as u32,
-                            },
-                            BufWhat::Write {
-                                offset: u64::MAX,
-                                rw: file_rw,
-                            },
-                        )
-                        .map_err(ring_failed)?;
-                    chunk.busy = Some(ud);
-                    return Ok(());
-                }
-                let ud = io
-                    .buffer_op(
+                    submit(
+                        chunk,
+                        io,
                         owner,
                         OpKind::BufOut(tag),
                         &ends,
-                        BufIo {
-                            fd: raw(&ends.dst),
-                            buf: chunk.buf,
-                            at: at as usize,
-                            len: len as u32,
+                        raw(&ends.dst),
+                        (at as usize, len as u32),
+                        BufWhat::Write {
+                            offset: u64::MAX,
+                            rw: file_rw,
                         },
-                        BufWhat::Send {
-                            zc: zc && len >= ZC_MIN,
-                            fixed: self.fixed,
-                        },
-                    )
-                    .map_err(ring_failed)?;
-                chunk.busy = Some(ud);
+                    )?;
+                    return Ok(());
+                }
+                submit(
+                    chunk,
+                    io,
+                    owner,
+                    OpKind::BufOut(tag),
+                    &ends,
+                    raw(&ends.dst),
+                    (at as usize, len as u32),
+                    BufWhat::Send {
+                        zc: zc && len >= ZC_MIN,
+                        fixed: self.fixed,
+                    },
+                )?;
             }
             Step::Writing | Step::WritingTail => {
                 let at = chunk.done;
@@ -1014,25 +1056,20 @@ impl BufferCopy {
                 } else {
                     file_rw
                 };
-                let ud = io
-                    .buffer_op(
-                        owner,
-                        OpKind::BufOut(tag),
-                        &ends,
-                        BufIo {
-                            fd: raw(&ends.dst),
-                            buf: chunk.buf,
-                            at: at as usize,
-                            len: (chunk.len - at) as u32,
-                        },
-                        BufWhat::Write {
-                            offset: dst_start + chunk.rel + at,
-                            rw,
-                        },
-                    )
-                    .map_err(ring_failed)?;
                 self.touched = true;
-                chunk.busy = Some(ud);
+                submit(
+                    chunk,
+                    io,
+                    owner,
+                    OpKind::BufOut(tag),
+                    &ends,
+                    raw(&ends.dst),
+                    (at as usize, (chunk.len - at) as u32),
+                    BufWhat::Write {
+                        offset: dst_start + chunk.rel + at,
+                        rw,
+                    },
+                )?;
             }
             Step::Idle if src_stream => {
                 if self.phase != Phase::Copy || self.src_done || yield_bufs {
@@ -1047,7 +1084,7 @@ impl BufferCopy {
                     return Ok(());
                 };
                 chunk.want = (self.total - self.assigned)
-                    .min(u64::from(chunk.buf.len))
+                    .min(chunk.capacity())
                     .min(self.piece_limit);
                 chunk.len = chunk.want;
                 chunk.done = 0;
@@ -1076,7 +1113,7 @@ impl BufferCopy {
                 let Some(chunk) = self.chunks[slot].as_mut() else {
                     return Ok(());
                 };
-                let cap = u64::from(chunk.buf.len).min(self.piece_limit);
+                let cap = chunk.capacity().min(self.piece_limit);
                 chunk.rel = self.assigned;
                 let end = if tail_now { self.total } else { body };
                 chunk.want = end.saturating_sub(self.assigned).min(cap);
@@ -1112,7 +1149,10 @@ impl BufferCopy {
             if self.prober == Some(slot) {
                 self.prober = None;
             }
-            out.push(Returned::Buffer(chunk.buf.index));
+            // An idle chunk holds its buffer: no operation is in flight.
+            if let Some(buf) = chunk.buf {
+                out.push(Returned::Buffer(buf));
+            }
         }
     }
 
@@ -1201,15 +1241,11 @@ fn prepare_write(chunk: &mut Chunk, mode: IoMode, dst_stream: bool) {
         _ => chunk.want,
     };
     if chunk.len > chunk.want {
-        // SAFETY: the buffer is ours again (its read completed), and `len`
-        // is within it (ranges are at most the buffer's aligned size).
-        unsafe {
-            std::ptr::write_bytes(
-                chunk.buf.ptr.as_ptr().add(chunk.want as usize),
-                0,
-                (chunk.len - chunk.want) as usize,
-            )
-        };
+        // The read completed and gave the buffer back; `zero` checks the
+        // padding lies within it.
+        if let Some(buf) = chunk.buf.as_mut() {
+            buf.zero(chunk.want as usize, chunk.len as usize);
+        }
     }
     chunk.step = Step::Writing;
     chunk.done = 0;

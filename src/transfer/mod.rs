@@ -76,24 +76,32 @@ impl Mover {
     ) {
         match self {
             Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
-            Mover::Splice(_) => out.push(Returned::Buffer(buf.index)),
+            Mover::Splice(_) => out.push(Returned::Buffer(buf)),
         }
     }
 
     /// Handles a completion; with `yield_resources`, other jobs wait for the
     /// kind of resource this one uses, so a chunk that is done gives it back.
+    /// `buf`: the pool buffer the completed operation held, handed back.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_complete(
         &mut self,
         kind: OpKind,
         result: i32,
+        buf: Option<BufRef>,
         owner: Owner,
         io: &mut IoQueue<'_>,
         yield_resources: bool,
         out: &mut Vec<Returned>,
     ) {
         match self {
-            Mover::Splice(c) => c.on_complete(kind, result, owner, io, yield_resources, out),
-            Mover::Buffered(c) => c.on_complete(kind, result, owner, io, yield_resources, out),
+            Mover::Splice(c) => {
+                if let Some(buf) = buf {
+                    out.push(Returned::Buffer(buf));
+                }
+                c.on_complete(kind, result, owner, io, yield_resources, out)
+            }
+            Mover::Buffered(c) => c.on_complete(kind, result, buf, owner, io, yield_resources, out),
         }
     }
 

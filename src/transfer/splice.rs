@@ -66,8 +66,8 @@ pub enum Returned {
     Clean(Rc<Pipe>),
     /// A pipe that may hold stray bytes of a failed job: close it and make another.
     Dirty(Rc<Pipe>),
-    /// A buffer, by index, whose last operation has completed.
-    Buffer(u16),
+    /// A buffer whose last operation has completed.
+    Buffer(crate::engine::buffer_pool::BufRef),
 }
 
 /// A transfer moved by splice(2) through pooled pipes.
