@@ -370,3 +370,45 @@ fn a_non_blocking_pipe_source_is_waited_for_the_same_way_by_splice_and_buffered(
         assert_file_eq(&dst, &want);
     }
 }
+
+/// What a user types: `ringxfer copy` of procfs and sysfs files exits 0 only
+/// with every byte, whichever strategy they name, and an explicit splice of
+/// a source that refuses it exits 1 naming the strategy, leaving nothing.
+#[test]
+fn the_cli_copies_procfs_and_sysfs_files_like_cp() {
+    use crate::cli_common::{assert_exit, cli, run, stderr};
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let mut srcs = vec![
+        PathBuf::from("/proc/version"),
+        PathBuf::from("/proc/1/cmdline"),
+    ];
+    srcs.extend(
+        sources(dir.path())
+            .into_iter()
+            .map(|s| s.path)
+            .filter(|p| p.starts_with("/sys")),
+    );
+    for (i, src) in srcs.iter().enumerate() {
+        let want = read_loop(src);
+        for strategy in ["auto", "buffered", "uncached", "splice"] {
+            let what = format!("copy --strategy {strategy} {}", src.display());
+            let dst = dir.path().join(format!("cli-{i}-{strategy}"));
+            let mut c = cli(&d.socket);
+            c.args(["copy", "--strategy", strategy]).arg(src).arg(&dst);
+            let out = run(c);
+            if strategy == "splice" && src.ends_with("cmdline") {
+                assert_exit(&out, 1, &what);
+                assert!(
+                    stderr(&out).contains("the splice strategy cannot read this source"),
+                    "{what}: {}",
+                    stderr(&out)
+                );
+                assert!(!dst.exists(), "{what}: a destination was published");
+                continue;
+            }
+            assert_exit(&out, 0, &what);
+            assert_file_eq(&dst, &want);
+        }
+    }
+}
