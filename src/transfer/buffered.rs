@@ -433,9 +433,10 @@ impl BufferCopy {
         let more = if self.src_stream {
             !self.src_done && self.reader.is_none()
         } else {
+            // Reading past the hint is done by a chunk that finished its
+            // range; only a job left with none asks for a buffer to probe.
             (self.assigned < self.body() && self.eof.is_none())
-                || (self.tail > 0 && self.chunks.iter().all(Option::is_none))
-                || self.may_probe()
+                || ((self.tail > 0 || self.may_probe()) && self.chunks.iter().all(Option::is_none))
         };
         self.phase == Phase::Copy
             && self.failure.is_none()

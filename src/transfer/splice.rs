@@ -186,8 +186,19 @@ impl SpliceCopy {
         Rc::clone(&self.ends)
     }
 
-    /// Bytes the job will move, when known in advance.
+    /// Bytes the job will move, as far as is known: past a size hint, what
+    /// the reads found so far.
     pub fn total(&self) -> Option<u64> {
+        if self.open_end {
+            let found = self.eof.map(|e| e.saturating_sub(self.src_start));
+            return Some(
+                found.unwrap_or(
+                    self.high
+                        .saturating_sub(self.src_start)
+                        .max(self.total.unwrap_or(0)),
+                ),
+            );
+        }
         self.total
     }
 
@@ -205,7 +216,10 @@ impl SpliceCopy {
             return false;
         }
         if self.ranged {
-            self.assigned < self.total.unwrap_or(0) || self.may_probe()
+            // Reading past the hint is done by a chunk that finished its
+            // range, so a job holds no more pipes than before for it; only
+            // a job left with none (it yielded them) asks for one to probe.
+            self.assigned < self.total.unwrap_or(0) || (self.may_probe() && self.live_chunks() == 0)
         } else {
             // One pipe reads while another writes; a second pipe is only
             // worth having once the first is busy, and none before the
