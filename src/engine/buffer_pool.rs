@@ -14,11 +14,44 @@ use std::ptr::NonNull;
 pub const BUFFER_ALIGN: usize = 4096;
 
 /// One buffer of the pool, named by its index (the registered buffer index).
-#[derive(Debug, Clone, Copy)]
+///
+/// Not `Copy` or `Clone`: whoever holds the value owns the memory. A job's
+/// chunk holds it while idle; an operation on it takes it into its op-table
+/// entry (`Hold::Buffer`) and the completion hands it back, so nothing can
+/// give a buffer back to the pool, or touch its bytes, while the kernel may
+/// still read or write it.
+#[derive(Debug)]
+#[must_use = "a buffer not given back to the pool is lost to it"]
 pub struct BufRef {
     pub index: u16,
     pub ptr: NonNull<u8>,
     pub len: u32,
+}
+
+impl BufRef {
+    /// The first `len` bytes, which a completed read filled.
+    pub fn filled(&self, at: usize, len: usize) -> &[u8] {
+        assert!(
+            at.checked_add(len)
+                .is_some_and(|end| end <= self.len as usize),
+            "{len} bytes at {at} past a buffer of {}",
+            self.len
+        );
+        // SAFETY: within the buffer (asserted); holding the value means no
+        // operation is in flight on it, so nothing writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(at), len) }
+    }
+
+    /// Zeroes bytes `from..to` (O_DIRECT padding).
+    pub fn zero(&mut self, from: usize, to: usize) {
+        assert!(
+            from <= to && to <= self.len as usize,
+            "zeroing {from}..{to} of a buffer of {}",
+            self.len
+        );
+        // SAFETY: within the buffer (asserted), which `&mut self` owns.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(from), 0, to - from) };
+    }
 }
 
 /// The pool. It owns the memory for the engine's whole life: an operation
@@ -108,7 +141,8 @@ impl BufferPool {
     }
 
     /// Takes back a buffer whose last operation has completed.
-    pub fn give_back(&mut self, index: u16) {
+    pub fn give_back(&mut self, buf: BufRef) {
+        let index = buf.index;
         debug_assert!(
             !self.idle.contains(&index),
             "buffer {index} given back twice"
@@ -162,9 +196,24 @@ mod tests {
         assert_eq!(a.ptr.as_ptr() as usize % BUFFER_ALIGN, 0);
         assert_ne!(a.index, b.index);
         assert_eq!(pool.idle(), 1);
-        pool.give_back(a.index);
-        pool.give_back(b.index);
+        pool.give_back(a);
+        pool.give_back(b);
         assert_eq!(pool.idle(), 3);
+    }
+
+    #[test]
+    fn a_buffer_gives_its_bytes_only_within_its_length() {
+        let mut pool = BufferPool::new(1, 4096).expect("pool");
+        let mut a = pool.take().expect("a");
+        a.zero(0, 4096);
+        assert_eq!(a.filled(4000, 96), &[0u8; 96][..]);
+        let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = a.filled(4000, 97);
+        }));
+        assert!(past.is_err(), "a span past the buffer must panic");
+        let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.zero(10, 4097)));
+        assert!(past.is_err(), "zeroing past the buffer must panic");
+        pool.give_back(a);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use ringxfer_ipc::{
 };
 use tracing::debug;
 
+use super::buffer_pool::BufRef;
 use super::ops::{OpKind, Owner};
 use super::publish::{self, Publisher};
 use super::queue::IoQueue;
@@ -54,6 +55,9 @@ pub(super) struct Job {
     pub copy: Mover,
     /// Why the strategy was chosen, for the Completed event.
     pub note: Option<String>,
+    /// The client asked for `auto`: a source splice refuses moves the job to
+    /// the read()+write() rung (see `fall_back`).
+    pub auto: bool,
     pub started: Instant,
     pub progress: bool,
     pub last_progress: Instant,
@@ -304,6 +308,7 @@ impl Engine {
         let inputs = ChoiceInputs {
             direct_threshold: self.config.direct_threshold,
             have_buffers: self.buffers.total() > 0,
+            buffer_size: self.buffers.buffer_size() as u64,
         };
         let choice = match choose(&plan, submit.strategy, inputs) {
             Ok(choice) => choice,
@@ -333,10 +338,12 @@ impl Engine {
         let publisher = publish_to
             .zip(dir)
             .map(|((name, staged), dir)| Publisher::new(dir, name, staged, id, submit.fsync));
+        let (ends, shape) = plan.into_parts();
         let mut copy = match choice.strategy {
             Strategy::Direct | Strategy::Uncached | Strategy::Buffered => {
                 Mover::Buffered(BufferCopy::new(
-                    plan,
+                    ends,
+                    shape,
                     match choice.strategy {
                         Strategy::Direct => IoMode::Direct {
                             align: choice.align,
@@ -350,7 +357,7 @@ impl Engine {
                     choice.saved,
                 ))
             }
-            _ => Mover::Splice(SpliceCopy::new(plan, self.config.chunks_per_job)),
+            _ => Mover::Splice(SpliceCopy::new(ends, shape, self.config.chunks_per_job)),
         };
         let bucket = submit
             .rate_limit
@@ -376,6 +383,7 @@ impl Engine {
             uid,
             session: Some(k),
             note: choice.note,
+            auto: submit.strategy == Strategy::Auto,
             copy,
             started: now,
             progress: submit.progress,
@@ -429,23 +437,44 @@ impl Engine {
         self.after_job_step(key);
     }
 
-    pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32) {
+    /// A completion for job `k`; `buf` is the pool buffer its operation
+    /// held, handed back (a buffer operation's last completion).
+    pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32, buf: Option<BufRef>) {
         let Some(job) = self.jobs.get(k) else {
             tracing::error!(key = k, "completion for a job that is gone");
+            if let Some(buf) = buf {
+                self.buffers.give_back(buf);
+            }
             return;
         };
         self.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
         match kind {
-            OpKind::Fsync => return self.on_synced(k, result),
-            OpKind::EndTruncate => return self.on_end_truncated(k, result),
-            OpKind::Publish => return self.on_publish_step(k, result),
+            // None of these holds a pool buffer; one handed back anyway goes home.
+            OpKind::Fsync | OpKind::EndTruncate | OpKind::Publish => {
+                self.returned.extend(buf.map(Returned::Buffer));
+                return match kind {
+                    OpKind::Fsync => self.on_synced(k, result),
+                    OpKind::EndTruncate => self.on_end_truncated(k, result),
+                    _ => self.on_publish_step(k, result),
+                };
+            }
             OpKind::VerifyRead(_) => {
-                if let Some(v) = self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
-                    let mut io = IoQueue {
-                        ring: &mut self.ring,
-                        ops: &mut self.ops,
-                    };
-                    v.on_complete(kind, result, Owner::Job(k), &mut io, &mut self.returned);
+                match self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
+                    Some(v) => {
+                        let mut io = IoQueue {
+                            ring: &mut self.ring,
+                            ops: &mut self.ops,
+                        };
+                        v.on_complete(
+                            kind,
+                            result,
+                            buf,
+                            Owner::Job(k),
+                            &mut io,
+                            &mut self.returned,
+                        );
+                    }
+                    None => self.returned.extend(buf.map(Returned::Buffer)),
                 }
                 return self.after_job_step(k);
             }
@@ -462,6 +491,7 @@ impl Engine {
         job.copy.on_complete(
             kind,
             result,
+            buf,
             Owner::Job(k),
             &mut io,
             yield_slots,
@@ -539,6 +569,7 @@ impl Engine {
         if job.phase == Phase::Copy && job.copy.is_finished() && job.failure().is_none() {
             self.start_last_steps(k);
         }
+        self.fall_back(k);
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
@@ -558,6 +589,52 @@ impl Engine {
             self.enqueue(k);
         }
         self.report_progress(k);
+    }
+
+    /// An `auto` job whose source refused splice (EINVAL: procfs files
+    /// without splice_read, /dev/null) before any byte moved goes on with
+    /// buffered read() and write(), the ladder's next rung; the note says so.
+    fn fall_back(&mut self, k: usize) {
+        let have_buffers = self.buffers.total() > 0;
+        let (fixed, per_job) = (self.buffers.registered(), self.config.buffers_per_job);
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let Mover::Splice(c) = &job.copy else {
+            return;
+        };
+        if !job.auto || job.phase != Phase::Copy || !c.is_finished() || !c.source_refused() {
+            return;
+        }
+        let ends = c.endpoints();
+        if !have_buffers || ends.dst_kind != FdKind::File {
+            return;
+        }
+        let why = format!(
+            "auto: the source {} refuses splice (EINVAL), so read() and write() through a buffer (buffered)",
+            ends.src_kind
+        );
+        let shape = c.shape();
+        let orig = shape.dst_size;
+        job.copy = Mover::Buffered(BufferCopy::new(
+            ends,
+            shape,
+            IoMode::Buffered,
+            fixed,
+            per_job,
+            orig,
+            Vec::new(),
+        ));
+        debug!(job = job.id, "{why}");
+        job.note = Some(why);
+        // An entry left in the pipe queue is stale: the job queues again,
+        // for a buffer.
+        job.queued = false;
+        let mut io = IoQueue {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+        };
+        job.copy.start(Owner::Job(k), &mut io);
     }
 
     /// Charges the bytes moved since the last step to the job's virtual
@@ -734,7 +811,7 @@ impl Engine {
             return;
         };
         job.side_op = None;
-        if result < 0 && -result != libc::EINTR {
+        if result < 0 && !crate::transfer::errno::interrupted(-result) {
             job.late_failure.get_or_insert(TransferError::os(
                 format!("fdatasync of the destination {}", FdKind::File),
                 -result,
@@ -828,7 +905,7 @@ impl Engine {
     pub(super) fn take_back(&mut self) {
         for returned in self.returned.drain(..) {
             match returned {
-                Returned::Buffer(index) => self.buffers.give_back(index),
+                Returned::Buffer(buf) => self.buffers.give_back(buf),
                 Returned::Clean(pipe) => self.pipes.give_back(pipe),
                 Returned::Dirty(pipe) => {
                     if let Some(e) = self.pipes.discard(pipe) {

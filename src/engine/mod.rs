@@ -559,7 +559,7 @@ impl Engine {
                 ..
             }) = self.ops.peek(user_data)
             {
-                self.on_job(k, OpKind::ZcSent(slot), result);
+                self.on_job(k, OpKind::ZcSent(slot), result, None);
             }
             return;
         }
@@ -570,8 +570,8 @@ impl Engine {
                 hold,
             }) = self.ops.complete(user_data)
             {
-                drop(hold);
-                self.on_job(k, OpKind::ZcNotif(slot), result);
+                // The kernel is done with the buffer: it goes back to the job.
+                self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
             }
             return;
         }
@@ -589,9 +589,10 @@ impl Engine {
             (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => self.on_send(k, result, buf),
             (Owner::Job(k), kind, hold) => {
                 // The op's references to the pipe and descriptors go first,
-                // so a chunk that is done can hand its pipe straight back.
-                drop(hold);
-                self.on_job(k, kind, result);
+                // so a chunk that is done can hand its pipe straight back;
+                // a buffer goes back to the job that lent it.
+                let buf = hold_buffer(hold);
+                self.on_job(k, kind, result, buf);
             }
             (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
             (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
@@ -1401,4 +1402,13 @@ fn peer_credentials(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
         )
     };
     (ret == 0).then_some((cred.pid, cred.uid, cred.gid))
+}
+
+/// The pool buffer an operation held, if any; its other references (pipe,
+/// descriptors) are dropped here.
+fn hold_buffer(hold: Hold) -> Option<buffer_pool::BufRef> {
+    match hold {
+        Hold::Buffer { buf, .. } => Some(buf),
+        _ => None,
+    }
 }

@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 
+use super::buffer_pool::BufRef;
 use super::pipe_pool::Pipe;
 use crate::server::session::{RecvBuf, SendBuf};
 use crate::transfer::Endpoints;
@@ -100,11 +101,11 @@ pub enum Hold {
     },
     /// Polls, fallocate and ftruncate: the job's descriptors.
     Poll(Rc<Endpoints>),
-    /// A read or write through a pool buffer: the buffer's index (the pool
-    /// owns the memory and takes the index back only after this completes)
-    /// and the job's descriptors.
+    /// A read or write through a pool buffer: the buffer itself, moved in
+    /// when the operation is queued and handed back to its owner by the
+    /// completion (the notification, for SEND_ZC), and the job's descriptors.
     Buffer {
-        index: u16,
+        buf: BufRef,
         ends: Rc<Endpoints>,
     },
     Timeout(Box<io_uring::types::Timespec>),

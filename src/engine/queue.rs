@@ -30,8 +30,15 @@ pub struct RwOpts {
     pub flags: i32,
 }
 
+/// A buffer operation that could not be queued, and its buffer back.
+#[derive(Debug)]
+pub struct BufFailed {
+    pub error: EngineError,
+    pub buf: Option<BufRef>,
+}
+
 /// Where a buffer operation goes: a descriptor and a span of a pool buffer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct BufIo {
     pub fd: RawFd,
     pub buf: BufRef,
@@ -312,8 +319,9 @@ impl IoQueue<'_> {
     }
 
     /// Queues a read, write or send of `io.len` bytes through pool buffer
-    /// `io.buf` (from `io.at`). The op holds the buffer's index and the job's
-    /// descriptors until its last completion.
+    /// `io.buf` (from `io.at`). The buffer moves into the op's entry, with
+    /// the job's descriptors, and comes back with its last completion; if
+    /// the entry cannot be queued it comes back in the error.
     pub fn buffer_op(
         &mut self,
         owner: Owner,
@@ -321,33 +329,35 @@ impl IoQueue<'_> {
         ends: &Rc<Endpoints>,
         io: BufIo,
         what: BufWhat,
-    ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Buffer {
-                index: io.buf.index,
-                ends: Rc::clone(ends),
-            },
-        };
+    ) -> Result<u64, BufFailed> {
         let BufIo { fd, buf, at, len } = io;
-        // SAFETY: `at + len` stays within the buffer (callers size every
-        // operation to the buffer); the pointer is only computed here.
+        // The kernel writes `len` bytes from `at`: past the buffer would be
+        // another job's memory. Callers size every operation to the buffer
+        // (and admission refuses a direct job whose alignment does not divide
+        // it), so this never fires; if a bug ever broke that, the daemon
+        // stops here rather than let the kernel write there.
+        assert!(
+            at.checked_add(len as usize)
+                .is_some_and(|end| end <= buf.len as usize),
+            "an operation of {len} bytes at {at} does not fit a buffer of {} bytes",
+            buf.len
+        );
+        // SAFETY: `at + len` is within the buffer (asserted above); the
+        // pointer is only computed here.
         let ptr = unsafe { buf.ptr.as_ptr().add(at) };
+        let index = buf.index;
         let fd = types::Fd(fd);
-        self.queue(op, || match what {
-            BufWhat::Read { offset, rw } if rw.fixed => {
-                opcode::ReadFixed::new(fd, ptr, len, buf.index)
-                    .offset(offset)
-                    .rw_flags(rw.flags)
-                    .build()
-            }
+        let entry = match what {
+            BufWhat::Read { offset, rw } if rw.fixed => opcode::ReadFixed::new(fd, ptr, len, index)
+                .offset(offset)
+                .rw_flags(rw.flags)
+                .build(),
             BufWhat::Read { offset, rw } => opcode::Read::new(fd, ptr, len)
                 .offset(offset)
                 .rw_flags(rw.flags)
                 .build(),
             BufWhat::Write { offset, rw } if rw.fixed => {
-                opcode::WriteFixed::new(fd, ptr, len, buf.index)
+                opcode::WriteFixed::new(fd, ptr, len, index)
                     .offset(offset)
                     .rw_flags(rw.flags)
                     .build()
@@ -359,13 +369,39 @@ impl IoQueue<'_> {
             // SEND_ZC sends straight from the buffer and posts a notification
             // when the kernel is done with it.
             BufWhat::Send { zc: true, fixed } => opcode::SendZc::new(fd, ptr, len)
-                .buf_index(fixed.then_some(buf.index))
+                .buf_index(fixed.then_some(index))
                 .flags(libc::MSG_NOSIGNAL)
                 .build(),
             BufWhat::Send { zc: false, .. } => opcode::Send::new(fd, ptr, len)
                 .flags(libc::MSG_NOSIGNAL)
                 .build(),
-        })
+        };
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Buffer {
+                buf,
+                ends: Rc::clone(ends),
+            },
+        };
+        let user_data = self.ops.insert(op);
+        let entry = entry.user_data(user_data);
+        // SAFETY: the op table now owns the buffer the entry points into and
+        // the descriptors (see `Hold::Buffer`) until its completion is reaped.
+        match unsafe { self.ring.push(&entry) } {
+            Ok(()) => Ok(user_data),
+            Err(error) => {
+                // The entry never reached the kernel: the buffer goes back.
+                let buf = match self.ops.forget(user_data) {
+                    Some(Op {
+                        hold: Hold::Buffer { buf, .. },
+                        ..
+                    }) => Some(buf),
+                    _ => None,
+                };
+                Err(BufFailed { error, buf })
+            }
+        }
     }
 
     /// Queues fallocate(mode 0) of `len` bytes at `offset` of `fd`.

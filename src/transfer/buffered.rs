@@ -38,8 +38,9 @@ use std::rc::Rc;
 use ringxfer_ipc::{FailureKind, Strategy};
 
 use super::dio::{restore_flags, SavedFlags};
+use super::errno::{self, Action, Side};
 use super::splice::Returned;
-use super::{Endpoints, Plan, TransferError};
+use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::engine::buffer_pool::BufRef;
 use crate::engine::ops::{OpKind, Owner};
 use crate::engine::queue::{BufIo, BufWhat, IoQueue, RwOpts};
@@ -85,7 +86,9 @@ const ZC_MIN: u64 = 64 * 1024;
 
 /// One buffer and the range it carries.
 struct Chunk {
-    buf: BufRef,
+    /// The chunk's buffer while no operation holds it; an operation takes it
+    /// into its op-table entry and the completion brings it back.
+    buf: Option<BufRef>,
     /// Offset of the range from the start of the transfer.
     rel: u64,
     /// Bytes of the range that are data.
@@ -101,11 +104,53 @@ struct Chunk {
     /// SEND_ZC notifications still to come: the kernel may still read the
     /// buffer until the last one.
     notifs: u32,
+    /// The range reaches the source's size hint: its read asks for the whole
+    /// buffer, so a short read tells where the file ends (see `open_end`).
+    open: bool,
+    /// A non-blocking stream said EAGAIN: poll for these events first.
+    wait: Option<i16>,
 }
 
 impl Chunk {
     fn is_busy(&self) -> bool {
         self.busy.is_some() || self.notifs > 0
+    }
+
+    /// Bytes the chunk's buffer holds (it is idle, so it has it).
+    fn capacity(&self) -> u64 {
+        self.buf.as_ref().map_or(0, |b| u64::from(b.len))
+    }
+}
+
+/// Queues `what` on the chunk's buffer, moving the buffer into the
+/// operation; `span` is (offset in the buffer, length).
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    chunk: &mut Chunk,
+    io: &mut IoQueue<'_>,
+    owner: Owner,
+    kind: OpKind,
+    ends: &Rc<Endpoints>,
+    fd: i32,
+    span: (usize, u32),
+    what: BufWhat,
+) -> Result<(), TransferError> {
+    let Some(buf) = chunk.buf.take() else {
+        return Err(TransferError::new(
+            FailureKind::Io,
+            "internal error: a chunk queued an operation without its buffer",
+        ));
+    };
+    let (at, len) = span;
+    match io.buffer_op(owner, kind, ends, BufIo { fd, buf, at, len }, what) {
+        Ok(ud) => {
+            chunk.busy = Some(ud);
+            Ok(())
+        }
+        Err(failed) => {
+            chunk.buf = failed.buf;
+            Err(ring_failed(failed.error))
+        }
     }
 }
 
@@ -152,6 +197,21 @@ pub struct BufferCopy {
     /// bytes pass through our buffers anyway, so the source need not be
     /// read twice.
     source_crc: Option<InOrderCrc>,
+    /// `total` is a regular file's size hint, not a requested length: the
+    /// file is read until a read returns 0 (procfs says 0, sysfs a page, a
+    /// file may shrink or grow while it is read).
+    open_end: bool,
+    /// Where a read found the source's end, from the start of the transfer.
+    eof: Option<u64>,
+    /// Highest offset (from the start of the transfer) a read found bytes up to.
+    high: u64,
+    /// The chunk reading at or past the hint; one at a time, like a read loop.
+    prober: Option<usize>,
+    /// Source reads pass RWF_DONTCACHE (uncached), until a file system
+    /// without a page cache of its own (procfs, sysfs) refuses it.
+    src_dontcache: bool,
+    /// fallocate extended the destination to the hint's end.
+    preallocated: bool,
 }
 
 /// A CRC-32C over pieces that complete out of order: each piece's CRC is
@@ -181,18 +241,17 @@ impl BufferCopy {
     /// the destination's size at admission; `saved_flags` the descriptors'
     /// flags to put back when the job ends.
     pub fn new(
-        plan: Plan,
+        ends: Rc<Endpoints>,
+        plan: Shape,
         mode: IoMode,
         fixed: bool,
         max_chunks: usize,
         orig_dst_size: u64,
         saved_flags: Vec<SavedFlags>,
     ) -> BufferCopy {
-        let src_stream = !plan.ends.src_kind.seekable();
-        let dst_stream = !plan.ends.dst_kind.seekable();
-        // A stream's length is unknown (u64::MAX here) unless asked for. A
-        // seekable source reporting size 0 is an empty file: files that say
-        // 0 but hold data (procfs) do no direct I/O and never come here.
+        let src_stream = !ends.src_kind.seekable();
+        let dst_stream = !ends.dst_kind.seekable();
+        // A stream's length is unknown (u64::MAX here) unless asked for.
         let total = match plan.total {
             Some(t) => t,
             None if !src_stream => 0,
@@ -205,8 +264,12 @@ impl BufferCopy {
             }
             _ => 0,
         };
+        // Writing into the middle of a larger file with O_DIRECT, the tail
+        // is written buffered and nothing past the hint is read: the hint
+        // is taken as the length (a shrunk source still fails).
+        let open_end = plan.open_end(ends.src_kind) && tail == 0;
         let copy = BufferCopy {
-            ends: Rc::new(plan.ends),
+            ends,
             mode,
             fixed,
             src_start: plan.src_start,
@@ -233,6 +296,12 @@ impl BufferCopy {
             saved_flags,
             piece_limit: u64::MAX,
             source_crc: None,
+            open_end,
+            eof: None,
+            high: 0,
+            prober: None,
+            src_dontcache: matches!(mode, IoMode::Uncached),
+            preallocated: false,
         };
         BufferCopy { tail, ..copy }
     }
@@ -256,7 +325,7 @@ impl BufferCopy {
     pub fn source_checksum(&self) -> Option<u32> {
         self.source_crc
             .as_ref()
-            .filter(|c| c.next == self.assigned && c.ahead.is_empty())
+            .filter(|c| c.next == self.end() && c.ahead.is_empty())
             .map(|c| c.crc)
     }
 
@@ -277,17 +346,35 @@ impl BufferCopy {
         }
     }
 
+    /// Bytes the job moves, as far as is known: past a size hint, what
+    /// the reads found so far.
     pub fn total(&self) -> Option<u64> {
+        if self.open_end {
+            return Some(self.eof.unwrap_or(self.total.max(self.assigned)));
+        }
         (self.total != u64::MAX).then_some(self.total)
+    }
+
+    /// Where the source's bytes end, from the start of the transfer.
+    fn end(&self) -> u64 {
+        self.eof.unwrap_or(self.assigned)
     }
 
     /// Whether every byte to move has been handed to a chunk.
     fn all_assigned(&self) -> bool {
         if self.src_stream {
             self.src_done
+        } else if self.open_end {
+            self.eof.is_some()
         } else {
             self.assigned >= self.total
         }
+    }
+
+    /// Whether a chunk may read at or past the size hint: the hint is all
+    /// handed out, no read found the end yet, and no chunk probes now.
+    fn may_probe(&self) -> bool {
+        self.open_end && self.eof.is_none() && self.prober.is_none() && self.assigned >= self.total
     }
 
     fn rw(&self) -> RwOpts {
@@ -301,12 +388,12 @@ impl BufferCopy {
     }
 
     fn final_size(&self) -> u64 {
-        self.orig_dst_size.max(self.dst_start + self.assigned)
+        self.orig_dst_size.max(self.dst_start + self.end())
     }
 
     /// Preallocates the destination, or goes straight to copying.
     pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
-        if self.total == 0 {
+        if self.total == 0 && !self.open_end {
             self.phase = Phase::Done;
             return;
         }
@@ -327,6 +414,7 @@ impl BufferCopy {
         match io.fallocate(owner, &ends, raw(&ends.dst), self.dst_start, self.total) {
             Ok(ud) => {
                 self.touched = true;
+                self.preallocated = true;
                 self.side_op = Some(ud);
             }
             Err(e) => {
@@ -345,8 +433,10 @@ impl BufferCopy {
         let more = if self.src_stream {
             !self.src_done && self.reader.is_none()
         } else {
-            self.assigned < self.body()
-                || (self.tail > 0 && self.chunks.iter().all(Option::is_none))
+            // Reading past the hint is done by a chunk that finished its
+            // range; only a job left with none asks for a buffer to probe.
+            (self.assigned < self.body() && self.eof.is_none())
+                || ((self.tail > 0 || self.may_probe()) && self.chunks.iter().all(Option::is_none))
         };
         self.phase == Phase::Copy
             && self.failure.is_none()
@@ -384,7 +474,7 @@ impl BufferCopy {
         match self.chunks.iter().position(Option::is_none) {
             Some(slot) => {
                 self.chunks[slot] = Some(Chunk {
-                    buf,
+                    buf: Some(buf),
                     rel: 0,
                     want: 0,
                     len: 0,
@@ -393,10 +483,12 @@ impl BufferCopy {
                     busy: None,
                     seq: 0,
                     notifs: 0,
+                    open: false,
+                    wait: None,
                 });
                 self.pump(owner, io, yield_bufs, out);
             }
-            None => out.push(Returned::Buffer(buf.index)),
+            None => out.push(Returned::Buffer(buf)),
         }
     }
 
@@ -420,15 +512,38 @@ impl BufferCopy {
         self.pump(owner, io, false, out);
     }
 
+    /// A completion handed back the buffer its operation held: it returns
+    /// to the chunk that lent it.
+    fn take_back(&mut self, kind: OpKind, buf: BufRef, out: &mut Vec<Returned>) {
+        let slot = match kind {
+            OpKind::BufIn(i) | OpKind::BufOut(i) | OpKind::ZcSent(i) | OpKind::ZcNotif(i) => {
+                i as usize
+            }
+            _ => usize::MAX,
+        };
+        match self.chunks.get_mut(slot).and_then(Option::as_mut) {
+            Some(chunk) if chunk.buf.is_none() => chunk.buf = Some(buf),
+            _ => {
+                debug_assert!(false, "a buffer came back to no chunk");
+                out.push(Returned::Buffer(buf));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub fn on_complete(
         &mut self,
         kind: OpKind,
         result: i32,
+        buf: Option<BufRef>,
         owner: Owner,
         io: &mut IoQueue<'_>,
         yield_bufs: bool,
         out: &mut Vec<Returned>,
     ) {
+        if let Some(buf) = buf {
+            self.take_back(kind, buf, out);
+        }
         let step = match kind {
             OpKind::Prealloc => {
                 self.side_op = None;
@@ -459,6 +574,14 @@ impl BufferCopy {
                 Ok(())
             }
             OpKind::BufOut(i) => self.after_write(i as usize, result),
+            // Readiness after EAGAIN (or an error the retried operation
+            // will report): the chunk issues its step again.
+            OpKind::PollIn(i) | OpKind::PollOut(i) => {
+                if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
+                    chunk.busy = None;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         };
         if let Err(e) = step {
@@ -487,7 +610,27 @@ impl BufferCopy {
         }
     }
 
+    /// A file system without a page cache of its own (procfs, sysfs)
+    /// refuses RWF_DONTCACHE on reads with EOPNOTSUPP: its reads cache
+    /// nothing anyway, so the uncached strategy reads it without the flag.
+    fn dontcache_refused(&mut self, slot: usize, result: i32) -> bool {
+        if result != -libc::EOPNOTSUPP || !self.src_dontcache {
+            return false;
+        }
+        self.src_dontcache = false;
+        if let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) {
+            chunk.busy = None;
+        }
+        true
+    }
+
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        if self.dontcache_refused(slot, result) {
+            return Ok(());
+        }
+        if self.open_end {
+            return self.after_open_read(slot, result);
+        }
         let src_start = self.src_start;
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
@@ -502,14 +645,11 @@ impl BufferCopy {
         chunk.done += n;
         if chunk.done >= chunk.want {
             if let Some(crc) = self.source_crc.as_mut() {
-                // SAFETY: the chunk owns its buffer and its read has just
-                // completed, so nothing else reads or writes it now; `want`
-                // is at most the buffer's length, and the kernel filled at
-                // least `want` bytes.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(chunk.buf.ptr.as_ptr(), chunk.want as usize)
-                };
-                crc.add(chunk.rel, bytes);
+                // The read completed and gave the buffer back: the kernel
+                // filled at least `want` bytes of it.
+                if let Some(buf) = chunk.buf.as_ref() {
+                    crc.add(chunk.rel, buf.filled(0, chunk.want as usize));
+                }
             }
         }
         let is_tail = self.tail > 0
@@ -547,6 +687,91 @@ impl BufferCopy {
             return Err(self.short_source(reached));
         }
         // A short buffered read: the rest of the range is read next.
+        Ok(())
+    }
+
+    /// A read of a source whose size is only a hint completed: the range
+    /// is done when full; a read returning 0 (or short past the hint, or
+    /// any short O_DIRECT read) is the end of the file.
+    fn after_open_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        let (src_start, hint, mode) = (self.src_start, self.total, self.mode);
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let at = src_start + chunk.rel + chunk.done;
+        let Some(n) = settle(chunk, result, || {
+            format!("read of the source file at offset {at}")
+        })?
+        else {
+            return Ok(());
+        };
+        chunk.done += n;
+        let asked = if chunk.open { chunk.len } else { chunk.want };
+        let direct = matches!(mode, IoMode::Direct { .. });
+        let at_end = if chunk.done >= asked {
+            false
+        } else if n == 0 || direct || (chunk.open && hint > 0 && chunk.rel + chunk.done >= hint) {
+            // A regular file read short at or past its size has ended; a
+            // file saying 0 (procfs) may return a page at a time, so only
+            // a read returning 0 ends it.
+            true
+        } else {
+            // A short read before the hint: read the rest (the next read
+            // returns 0 if this was the end).
+            return Ok(());
+        };
+        chunk.want = chunk.done.min(asked);
+        let end = chunk.rel + chunk.want;
+        if chunk.open {
+            chunk.open = false;
+            self.prober = None;
+            if !at_end {
+                // A whole buffer at or past the hint: the file goes on, and
+                // the next chunk reads on from here.
+                self.assigned = self.assigned.max(end);
+            }
+        }
+        self.high = self.high.max(end);
+        if at_end {
+            self.eof = Some(self.eof.map_or(end, |e| e.min(end)));
+        }
+        if let Some(eof) = self.eof.filter(|&e| self.high > e) {
+            chunk.step = Step::Idle;
+            return Err(TransferError::source_changed(
+                src_start + eof,
+                src_start + self.high,
+            ));
+        }
+        if let IoMode::Direct { align } = mode {
+            if at_end && end % align != 0 && self.orig_dst_size > self.dst_start + end {
+                // The padded last block would overwrite the destination's
+                // bytes after the end.
+                chunk.step = Step::Idle;
+                return Err(TransferError::short_source(
+                    src_start + end,
+                    src_start,
+                    hint,
+                    false,
+                ));
+            }
+        }
+        if chunk.want > 0 {
+            if let Some(crc) = self.source_crc.as_mut() {
+                // The read completed and gave the buffer back: the kernel
+                // filled at least `want` bytes of it.
+                if let Some(buf) = chunk.buf.as_ref() {
+                    crc.add(chunk.rel, buf.filled(0, chunk.want as usize));
+                }
+            }
+        }
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if chunk.want == 0 {
+            chunk.step = Step::Idle;
+            return Ok(());
+        }
+        prepare_write(chunk, mode, self.dst_stream);
         Ok(())
     }
 
@@ -609,7 +834,11 @@ impl BufferCopy {
         }
         if result < 0 {
             match -result {
-                libc::EINTR | libc::EAGAIN => return Ok(()),
+                e if errno::action(e, Side::Destination) == Action::Retry => return Ok(()),
+                e if errno::action(e, Side::Destination) == Action::WaitWritable => {
+                    chunk.wait = Some(libc::POLLOUT);
+                    return Ok(());
+                }
                 // No SEND_ZC for this socket or kernel: plain sends from now on.
                 libc::EOPNOTSUPP | libc::EINVAL if self.zc && !self.dst_append => {
                     self.zc = false;
@@ -724,40 +953,61 @@ impl BufferCopy {
             fixed: self.fixed,
             flags: 0,
         };
-        let (src_stream, dst_stream, dst_append, zc, write_seq) = (
+        let (src_stream, dst_stream, dst_append, zc, write_seq, src_dontcache) = (
             self.src_stream,
             self.dst_stream,
             self.dst_append,
             self.zc,
             self.write_seq,
+            self.src_dontcache,
         );
         let Some(chunk) = self.chunks[slot].as_mut() else {
             return Ok(());
         };
         let tag = slot as u16;
         match chunk.step {
+            _ if chunk.wait.is_some() => {
+                let events = chunk.wait.take().unwrap_or(libc::POLLIN);
+                let (kind, fd) = if events == libc::POLLIN {
+                    (OpKind::PollIn(tag), raw(&ends.src))
+                } else {
+                    (OpKind::PollOut(tag), raw(&ends.dst))
+                };
+                let ud = io
+                    .poll(owner, kind, &ends, fd, events)
+                    .map_err(ring_failed)?;
+                chunk.busy = Some(ud);
+            }
             Step::Reading => {
                 let at = chunk.done;
                 let (len, offset, rw) = if src_stream {
-                    (chunk.want - at, 0, stream_rw)
-                } else {
+                    // A socket ignores the offset; any other stream (a
+                    // character device, a pipe) is read at its position.
+                    let offset = if ends.src_kind == FdKind::Socket {
+                        0
+                    } else {
+                        u64::MAX
+                    };
+                    (chunk.want - at, offset, stream_rw)
+                } else if src_dontcache {
                     (chunk.len - at, src_start + chunk.rel + at, file_rw)
+                } else {
+                    let rw = RwOpts {
+                        fixed: file_rw.fixed,
+                        flags: 0,
+                    };
+                    (chunk.len - at, src_start + chunk.rel + at, rw)
                 };
-                let ud = io
-                    .buffer_op(
-                        owner,
-                        OpKind::BufIn(tag),
-                        &ends,
-                        BufIo {
-                            fd: raw(&ends.src),
-                            buf: chunk.buf,
-                            at: at as usize,
-                            len: len as u32,
-                        },
-                        BufWhat::Read { offset, rw },
-                    )
-                    .map_err(ring_failed)?;
-                chunk.busy = Some(ud);
+                submit(
+                    chunk,
+                    io,
+                    owner,
+                    OpKind::BufIn(tag),
+                    &ends,
+                    raw(&ends.src),
+                    (at as usize, len as u32),
+                    BufWhat::Read { offset, rw },
+                )?;
             }
             Step::Writing if dst_stream || dst_append => {
                 if chunk.seq != write_seq {
@@ -768,44 +1018,34 @@ impl BufferCopy {
                 let len = chunk.want - at;
                 if dst_append {
                     // Offset -1: the file position, which O_APPEND keeps at the end.
-                    let ud = io
-                        .buffer_op(
-                            owner,
-                            OpKind::BufOut(tag),
-                            &ends,
-                            BufIo {
-                                fd: raw(&ends.dst),
-                                buf: chunk.buf,
-                                at: at as usize,
-                                len: len as u32,
-                            },
-                            BufWhat::Write {
-                                offset: u64::MAX,
-                                rw: file_rw,
-                            },
-                        )
-                        .map_err(ring_failed)?;
-                    chunk.busy = Some(ud);
-                    return Ok(());
-                }
-                let ud = io
-                    .buffer_op(
+                    submit(
+                        chunk,
+                        io,
                         owner,
                         OpKind::BufOut(tag),
                         &ends,
-                        BufIo {
-                            fd: raw(&ends.dst),
-                            buf: chunk.buf,
-                            at: at as usize,
-                            len: len as u32,
+                        raw(&ends.dst),
+                        (at as usize, len as u32),
+                        BufWhat::Write {
+                            offset: u64::MAX,
+                            rw: file_rw,
                         },
-                        BufWhat::Send {
-                            zc: zc && len >= ZC_MIN,
-                            fixed: self.fixed,
-                        },
-                    )
-                    .map_err(ring_failed)?;
-                chunk.busy = Some(ud);
+                    )?;
+                    return Ok(());
+                }
+                submit(
+                    chunk,
+                    io,
+                    owner,
+                    OpKind::BufOut(tag),
+                    &ends,
+                    raw(&ends.dst),
+                    (at as usize, len as u32),
+                    BufWhat::Send {
+                        zc: zc && len >= ZC_MIN,
+                        fixed: self.fixed,
+                    },
+                )?;
             }
             Step::Writing | Step::WritingTail => {
                 let at = chunk.done;
@@ -817,25 +1057,20 @@ impl BufferCopy {
                 } else {
                     file_rw
                 };
-                let ud = io
-                    .buffer_op(
-                        owner,
-                        OpKind::BufOut(tag),
-                        &ends,
-                        BufIo {
-                            fd: raw(&ends.dst),
-                            buf: chunk.buf,
-                            at: at as usize,
-                            len: (chunk.len - at) as u32,
-                        },
-                        BufWhat::Write {
-                            offset: dst_start + chunk.rel + at,
-                            rw,
-                        },
-                    )
-                    .map_err(ring_failed)?;
                 self.touched = true;
-                chunk.busy = Some(ud);
+                submit(
+                    chunk,
+                    io,
+                    owner,
+                    OpKind::BufOut(tag),
+                    &ends,
+                    raw(&ends.dst),
+                    (at as usize, (chunk.len - at) as u32),
+                    BufWhat::Write {
+                        offset: dst_start + chunk.rel + at,
+                        rw,
+                    },
+                )?;
             }
             Step::Idle if src_stream => {
                 if self.phase != Phase::Copy || self.src_done || yield_bufs {
@@ -850,7 +1085,7 @@ impl BufferCopy {
                     return Ok(());
                 };
                 chunk.want = (self.total - self.assigned)
-                    .min(u64::from(chunk.buf.len))
+                    .min(chunk.capacity())
                     .min(self.piece_limit);
                 chunk.len = chunk.want;
                 chunk.done = 0;
@@ -863,21 +1098,42 @@ impl BufferCopy {
                 let alone = self.chunks.iter().flatten().count() == 1;
                 let tail_now =
                     self.tail > 0 && self.assigned >= body && alone && self.assigned < self.total;
-                if self.phase != Phase::Copy || (self.assigned >= body && !tail_now) || yield_bufs {
+                let more = self.assigned < body && self.eof.is_none();
+                let probe = self.may_probe();
+                if self.phase != Phase::Copy || !(more || tail_now || probe) || yield_bufs {
                     self.release(slot, out);
                     return Ok(());
                 }
+                let (open_end, eof, prober, assigned, total) = (
+                    self.open_end,
+                    self.eof,
+                    self.prober,
+                    self.assigned,
+                    self.total,
+                );
                 let Some(chunk) = self.chunks[slot].as_mut() else {
                     return Ok(());
                 };
-                let cap = u64::from(chunk.buf.len).min(self.piece_limit);
+                let cap = chunk.capacity().min(self.piece_limit);
                 chunk.rel = self.assigned;
                 let end = if tail_now { self.total } else { body };
-                chunk.want = (end - self.assigned).min(cap);
+                chunk.want = end.saturating_sub(self.assigned).min(cap);
                 chunk.len = match self.mode {
                     IoMode::Direct { align } => chunk.want.div_ceil(align) * align,
                     IoMode::Uncached | IoMode::Buffered => chunk.want,
                 };
+                // The range that reaches the hint asks for a whole buffer: a
+                // short read then says where the file ends, without another
+                // read that returns 0.
+                chunk.open =
+                    open_end && eof.is_none() && prober.is_none() && assigned + chunk.want >= total;
+                if chunk.open {
+                    chunk.len = match self.mode {
+                        IoMode::Direct { align } => (cap / align).max(1) * align,
+                        IoMode::Uncached | IoMode::Buffered => cap,
+                    };
+                    self.prober = Some(slot);
+                }
                 chunk.done = 0;
                 chunk.step = Step::Reading;
                 chunk.seq = self.next_seq;
@@ -891,7 +1147,13 @@ impl BufferCopy {
 
     fn release(&mut self, slot: usize, out: &mut Vec<Returned>) {
         if let Some(chunk) = self.chunks[slot].take() {
-            out.push(Returned::Buffer(chunk.buf.index));
+            if self.prober == Some(slot) {
+                self.prober = None;
+            }
+            // An idle chunk holds its buffer: no operation is in flight.
+            if let Some(buf) = chunk.buf {
+                out.push(Returned::Buffer(buf));
+            }
         }
     }
 
@@ -909,7 +1171,10 @@ impl BufferCopy {
             self.phase = Phase::Done;
             return;
         }
-        if copied && matches!(self.mode, IoMode::Uncached | IoMode::Buffered) {
+        // fallocate took the file to the hint's end, and the source ended
+        // before it: cut back.
+        let cut = self.preallocated && self.end() < self.total;
+        if copied && !cut && matches!(self.mode, IoMode::Uncached | IoMode::Buffered) {
             // Without padding the file already has its final size: the
             // writes (or fallocate, which extends to the same end) took it
             // to max(original size, end of the range).
@@ -933,21 +1198,37 @@ impl BufferCopy {
     }
 }
 
-/// Takes a chunk's completed operation off it. EINTR and EAGAIN give
-/// `Ok(None)`: the chunk's step is simply issued again. Any other error idles
-/// the chunk and names the operation `op` describes; success gives the count.
+/// Takes a chunk's completed operation off it. What an error means comes
+/// from the errno table: an interruption gives `Ok(None)` and the chunk's
+/// step is issued again; EAGAIN also `Ok(None)`, after a readiness poll.
+/// Any other error idles the chunk and names the operation `op` describes;
+/// success gives the count.
 fn settle(
     chunk: &mut Chunk,
     result: i32,
     op: impl FnOnce() -> String,
 ) -> Result<Option<u64>, TransferError> {
     chunk.busy = None;
-    match result {
-        n if n >= 0 => Ok(Some(n as u64)),
-        e if matches!(-e, libc::EINTR | libc::EAGAIN) => Ok(None),
-        e => {
+    if result >= 0 {
+        return Ok(Some(result as u64));
+    }
+    let side = match chunk.step {
+        Step::Reading => Side::Source,
+        _ => Side::Destination,
+    };
+    match errno::action(-result, side) {
+        Action::Retry => Ok(None),
+        Action::WaitReadable => {
+            chunk.wait = Some(libc::POLLIN);
+            Ok(None)
+        }
+        Action::WaitWritable => {
+            chunk.wait = Some(libc::POLLOUT);
+            Ok(None)
+        }
+        Action::Fail => {
             chunk.step = Step::Idle;
-            Err(TransferError::os(op(), -e))
+            Err(TransferError::os(op(), -result))
         }
     }
 }
@@ -961,15 +1242,11 @@ fn prepare_write(chunk: &mut Chunk, mode: IoMode, dst_stream: bool) {
         _ => chunk.want,
     };
     if chunk.len > chunk.want {
-        // SAFETY: the buffer is ours again (its read completed), and `len`
-        // is within it (ranges are at most the buffer's aligned size).
-        unsafe {
-            std::ptr::write_bytes(
-                chunk.buf.ptr.as_ptr().add(chunk.want as usize),
-                0,
-                (chunk.len - chunk.want) as usize,
-            )
-        };
+        // The read completed and gave the buffer back; `zero` checks the
+        // padding lies within it.
+        if let Some(buf) = chunk.buf.as_mut() {
+            buf.zero(chunk.want as usize, chunk.len as usize);
+        }
     }
     chunk.step = Step::Writing;
     chunk.done = 0;

@@ -26,6 +26,8 @@ pub struct ChoiceInputs {
     pub direct_threshold: u64,
     /// The engine has pool buffers at all.
     pub have_buffers: bool,
+    /// The size of each pool buffer (`--buffer-size`).
+    pub buffer_size: u64,
 }
 
 /// The decision.
@@ -106,9 +108,17 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     // is not asked: that would cost a syscall per file for nothing.
     if total <= SMALL_FILE_MAX {
         if let Ok(mut choice) = buffered(plan, inputs) {
-            choice.note = Some(format!(
-                "auto: {total} bytes is at most {SMALL_FILE_MAX}, so one read and one write through a buffer"
-            ));
+            choice.note = Some(if plan.length_requested {
+                format!(
+                    "auto: {total} bytes is at most {SMALL_FILE_MAX}, so one read and one write through a buffer"
+                )
+            } else {
+                // procfs says 0 and sysfs a page whatever they hold: the size
+                // is a hint, and the file is read to its end.
+                format!(
+                    "auto: the source file says it holds {total} bytes, at most {SMALL_FILE_MAX}, so it is read to its end through a buffer"
+                )
+            });
             return choice;
         }
     }
@@ -141,11 +151,13 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     }
 }
 
-fn regular_files(plan: &Plan) -> Result<u64, String> {
-    if plan.ends.src_kind != FdKind::File || plan.ends.dst_kind != FdKind::File {
+/// read() and write() take any source (a character device or a pipe is
+/// read at its position until it ends); the destination must be a file.
+fn into_a_file(plan: &Plan) -> Result<u64, String> {
+    if plan.ends.dst_kind != FdKind::File {
         return Err(format!(
-            "it moves between regular files, and this job is {} to {}",
-            plan.ends.src_kind, plan.ends.dst_kind
+            "it writes into regular files, and this job's destination is a {}",
+            plan.ends.dst_kind
         ));
     }
     Ok(plan.dst_size)
@@ -191,6 +203,7 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         align = align.max(align_of(&plan.ends.dst, "destination")?);
         files.push(("destination", &plan.ends.dst, plan.dst_start));
     }
+    fits_buffers(align, inputs.buffer_size)?;
     for (which, _, off) in &files {
         if off % align != 0 {
             return Err(format!(
@@ -220,6 +233,19 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     })
 }
 
+/// Every O_DIRECT read and write is a whole number of alignment blocks in
+/// one pool buffer, and the last one is zero-padded to a block: a block must
+/// fit the buffer and divide it, or the kernel (and the padding) would write
+/// past it into memory another job owns.
+pub fn fits_buffers(align: u64, buffer_size: u64) -> Result<(), String> {
+    if align > buffer_size || buffer_size % align != 0 {
+        return Err(format!(
+            "the file system's O_DIRECT alignment of {align} bytes does not divide the daemon's buffer size of {buffer_size} bytes (ringxferd --buffer-size): use a multiple of {align}"
+        ));
+    }
+    Ok(())
+}
+
 fn buffered(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     uncached(plan, inputs).map(|c| Choice {
         strategy: Strategy::Buffered,
@@ -231,7 +257,7 @@ fn uncached(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
     if !inputs.have_buffers {
         return Err("the daemon has no I/O buffers (--buffers 0)".into());
     }
-    let orig_dst_size = regular_files(plan)?;
+    let orig_dst_size = into_a_file(plan)?;
     Ok(Choice {
         strategy: Strategy::Uncached,
         note: None,
@@ -239,4 +265,19 @@ fn uncached(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
         saved: Vec::new(),
         orig_dst_size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fits_buffers;
+
+    #[test]
+    fn a_direct_block_must_fit_and_divide_a_buffer() {
+        assert!(fits_buffers(4096, 1 << 20).is_ok());
+        assert!(fits_buffers(512, 4096).is_ok());
+        assert!(fits_buffers(4096, 4096).is_ok());
+        let small = fits_buffers(8192, 4096).expect_err("larger than a buffer");
+        assert!(small.contains("--buffer-size"), "{small}");
+        assert!(fits_buffers(8192, 12288).is_err(), "not a divisor");
+    }
 }

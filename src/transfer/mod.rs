@@ -7,6 +7,7 @@
 pub mod buffered;
 pub mod choose;
 pub mod dio;
+pub mod errno;
 pub mod splice;
 pub mod verify;
 
@@ -75,24 +76,32 @@ impl Mover {
     ) {
         match self {
             Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
-            Mover::Splice(_) => out.push(Returned::Buffer(buf.index)),
+            Mover::Splice(_) => out.push(Returned::Buffer(buf)),
         }
     }
 
     /// Handles a completion; with `yield_resources`, other jobs wait for the
     /// kind of resource this one uses, so a chunk that is done gives it back.
+    /// `buf`: the pool buffer the completed operation held, handed back.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_complete(
         &mut self,
         kind: OpKind,
         result: i32,
+        buf: Option<BufRef>,
         owner: Owner,
         io: &mut IoQueue<'_>,
         yield_resources: bool,
         out: &mut Vec<Returned>,
     ) {
         match self {
-            Mover::Splice(c) => c.on_complete(kind, result, owner, io, yield_resources, out),
-            Mover::Buffered(c) => c.on_complete(kind, result, owner, io, yield_resources, out),
+            Mover::Splice(c) => {
+                if let Some(buf) = buf {
+                    out.push(Returned::Buffer(buf));
+                }
+                c.on_complete(kind, result, owner, io, yield_resources, out)
+            }
+            Mover::Buffered(c) => c.on_complete(kind, result, buf, owner, io, yield_resources, out),
         }
     }
 
@@ -248,6 +257,25 @@ pub struct TransferError {
     pub message: String,
 }
 
+/// What a job moves, apart from its descriptors: what the strategies are
+/// built from, at admission or when `auto` falls back at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub src_start: u64,
+    pub dst_start: u64,
+    pub total: Option<u64>,
+    pub length_requested: bool,
+    pub dst_append: bool,
+    pub dst_size: u64,
+}
+
+impl Shape {
+    /// The total is a regular file's size hint: read until end of file.
+    pub fn open_end(&self, src_kind: FdKind) -> bool {
+        !self.length_requested && src_kind.seekable() && self.total.is_some()
+    }
+}
+
 impl TransferError {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> TransferError {
         TransferError {
@@ -284,6 +312,18 @@ impl TransferError {
         TransferError::new(FailureKind::SourceShort, message)
     }
 
+    /// Reads of a source without a requested length disagreed on where it
+    /// ends: one returned end of file at `eof`, another found bytes up to
+    /// `high` (the file shrank and grew again while it was read).
+    pub fn source_changed(eof: u64, high: u64) -> TransferError {
+        TransferError::new(
+            FailureKind::SourceShort,
+            format!(
+                "the source file changed size while it was read: a read found its end at offset {eof}, another found bytes up to offset {high}"
+            ),
+        )
+    }
+
     pub fn cancelled(why: &str) -> TransferError {
         TransferError::new(FailureKind::Cancelled, why)
     }
@@ -295,21 +335,7 @@ impl fmt::Display for TransferError {
     }
 }
 
-/// The class of failure an errno stands for.
-pub fn failure_kind(errno: i32) -> FailureKind {
-    match errno {
-        libc::ENOSPC | libc::EDQUOT => FailureKind::NoSpace,
-        libc::EBADF => FailureKind::BadDescriptor,
-        libc::EPERM | libc::EACCES | libc::EROFS => FailureKind::PermissionDenied,
-        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED => {
-            FailureKind::PeerGone
-        }
-        // ERESTART* (512..=516) leak out of an interrupted kernel worker.
-        libc::ECANCELED | 512 | 513 | 514 | 516 => FailureKind::Cancelled,
-        libc::EINVAL | libc::ESPIPE => FailureKind::InvalidRequest,
-        _ => FailureKind::Io,
-    }
-}
+pub use errno::failure_kind;
 
 /// What a job will move, decided once at admission.
 #[derive(Debug)]
@@ -319,12 +345,14 @@ pub struct Plan {
     pub src_start: u64,
     /// First destination offset written (seekable destinations).
     pub dst_start: u64,
-    /// Bytes to move when known in advance: the requested length, or what a
-    /// regular file holds past the offset. `None`: read until end of file.
+    /// Bytes to move: the requested length, or, for a regular file, what it
+    /// says it holds past the offset. That size is only a hint (procfs says
+    /// 0, sysfs a page, a file may grow or shrink): without a requested
+    /// length every strategy reads a regular file until a read returns 0.
+    /// `None`: a stream, read until its end.
     pub total: Option<u64>,
-    /// Whether `total` was asked for by the client (then a short source is an
-    /// error) rather than read from the file's size (then a file that shrinks
-    /// is an error too, but the message says so).
+    /// Whether `total` was asked for by the client: then a source that ends
+    /// early is `SourceShort`; otherwise `total` is the hint above.
     pub length_requested: bool,
     /// The destination is a file open with O_APPEND: writes land at its end
     /// whatever the offset, and splice refuses it.
@@ -332,6 +360,22 @@ pub struct Plan {
     /// What the destination held at admission (0 for anything but a
     /// regular file), from the same fstat as its kind.
     pub dst_size: u64,
+}
+
+impl Plan {
+    /// Splits the plan into the descriptors, to share with operations, and
+    /// the rest.
+    pub fn into_parts(self) -> (Rc<Endpoints>, Shape) {
+        let shape = Shape {
+            src_start: self.src_start,
+            dst_start: self.dst_start,
+            total: self.total,
+            length_requested: self.length_requested,
+            dst_append: self.dst_append,
+            dst_size: self.dst_size,
+        };
+        (Rc::new(self.ends), shape)
+    }
 }
 
 struct Probe {
@@ -450,9 +494,8 @@ fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, T
     }
     let (total, length_requested) = match (req.length, s.kind) {
         (Some(n), _) => (Some(n), true),
-        // A regular file's size is what it holds; 0 may also mean "unknown"
-        // (procfs, sysfs), so a size of 0 is read until end of file instead.
-        (None, FdKind::File) if s.size > 0 => {
+        // A regular file's size is a hint (see `Plan::total`), 0 included.
+        (None, FdKind::File) => {
             if req.offset > s.size {
                 return Err(TransferError::new(
                     FailureKind::InvalidRequest,

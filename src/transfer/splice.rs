@@ -18,7 +18,8 @@ use std::rc::Rc;
 
 use ringxfer_ipc::FailureKind;
 
-use super::{Endpoints, Plan, TransferError};
+use super::errno::{self, Action, Side};
+use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::engine::ops::{OpKind, Owner};
 use crate::engine::pipe_pool::Pipe;
 use crate::engine::queue::{IoQueue, SpliceEnd};
@@ -45,6 +46,9 @@ struct Chunk {
     wait_for: Option<i16>,
     /// Bytes the last read asked for.
     asked: u32,
+    /// The chunk reads past the source's size hint, until end of file (see
+    /// `SpliceCopy::open_end`).
+    probing: bool,
 }
 
 impl Chunk {
@@ -62,8 +66,8 @@ pub enum Returned {
     Clean(Rc<Pipe>),
     /// A pipe that may hold stray bytes of a failed job: close it and make another.
     Dirty(Rc<Pipe>),
-    /// A buffer, by index, whose last operation has completed.
-    Buffer(u16),
+    /// A buffer whose last operation has completed.
+    Buffer(crate::engine::buffer_pool::BufRef),
 }
 
 /// A transfer moved by splice(2) through pooled pipes.
@@ -95,13 +99,34 @@ pub struct SpliceCopy {
     failure: Option<TransferError>,
     /// The most one splice moves (a rate limit's piece; else the pipe's size).
     pub piece_limit: u64,
+    /// `total` is a regular file's size hint, not a requested length: the
+    /// file is read until a read returns 0, which may come before the hint
+    /// (sysfs, a file that shrank) or after it (procfs, a file that grows).
+    open_end: bool,
+    /// Source offset where a read found end of file (open-ended jobs).
+    eof: Option<u64>,
+    /// Highest source offset a read returned bytes up to.
+    high: u64,
+    /// The chunk reading past the hint; one at a time, as a read loop would.
+    prober: Option<usize>,
+    /// The destination's size at admission, restored if the job fails after
+    /// writing (regular-file destinations).
+    orig_dst_size: u64,
+    /// A write was queued: a failure truncates the destination back.
+    touched: bool,
+    /// `user_data` of that restoring ftruncate.
+    restoring: Option<u64>,
+    /// The source refused splice (EINVAL) before any byte moved: `auto`
+    /// moves the job to the read()+write() rung.
+    source_refused: bool,
 }
 
 impl SpliceCopy {
     /// Prepares the transfer; it moves nothing until it is lent a pipe.
     /// `max_chunks` pipes at most are used at once.
-    pub fn new(plan: Plan, max_chunks: usize) -> SpliceCopy {
-        let ranged = plan.ends.src_kind.seekable() && plan.total.is_some();
+    pub fn new(ends: Rc<Endpoints>, plan: Shape, max_chunks: usize) -> SpliceCopy {
+        let ranged = ends.src_kind.seekable() && plan.total.is_some();
+        let open_end = plan.open_end(ends.src_kind);
         // A streamed source is read one splice at a time, so a second chunk
         // (one writing while the other reads) is all it can use.
         let max_chunks = if ranged {
@@ -109,9 +134,9 @@ impl SpliceCopy {
         } else {
             max_chunks.clamp(1, 2)
         };
-        let src_done = plan.total == Some(0);
+        let src_done = plan.total == Some(0) && !open_end;
         SpliceCopy {
-            ends: Rc::new(plan.ends),
+            ends,
             ranged,
             src_start: plan.src_start,
             dst_start: plan.dst_start,
@@ -128,15 +153,52 @@ impl SpliceCopy {
             moved: 0,
             failure: None,
             piece_limit: u64::MAX,
+            open_end,
+            eof: None,
+            high: 0,
+            prober: None,
+            orig_dst_size: plan.dst_size,
+            touched: false,
+            restoring: None,
+            source_refused: false,
         }
+    }
+
+    /// What the job moves, for another strategy to take it over.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            src_start: self.src_start,
+            dst_start: self.dst_start,
+            total: self.total,
+            length_requested: self.length_requested,
+            dst_append: false,
+            dst_size: self.orig_dst_size,
+        }
+    }
+
+    /// Whether the job failed only because the source refused splice, with
+    /// nothing written: the read()+write() rung can take it over.
+    pub fn source_refused(&self) -> bool {
+        self.source_refused && !self.touched && self.moved == 0
     }
 
     pub fn endpoints(&self) -> Rc<Endpoints> {
         Rc::clone(&self.ends)
     }
 
-    /// Bytes the job will move, when known in advance.
+    /// Bytes the job will move, as far as is known: past a size hint, what
+    /// the reads found so far.
     pub fn total(&self) -> Option<u64> {
+        if self.open_end {
+            let found = self.eof.map(|e| e.saturating_sub(self.src_start));
+            return Some(
+                found.unwrap_or(
+                    self.high
+                        .saturating_sub(self.src_start)
+                        .max(self.total.unwrap_or(0)),
+                ),
+            );
+        }
         self.total
     }
 
@@ -154,7 +216,10 @@ impl SpliceCopy {
             return false;
         }
         if self.ranged {
-            self.assigned < self.total.unwrap_or(0)
+            // Reading past the hint is done by a chunk that finished its
+            // range, so a job holds no more pipes than before for it; only
+            // a job left with none (it yielded them) asks for one to probe.
+            self.assigned < self.total.unwrap_or(0) || (self.may_probe() && self.live_chunks() == 0)
         } else {
             // One pipe reads while another writes; a second pipe is only
             // worth having once the first is busy, and none before the
@@ -163,10 +228,20 @@ impl SpliceCopy {
         }
     }
 
+    /// Whether a chunk may start reading past the size hint: the hint is
+    /// all handed out, no read found the end yet, and no chunk probes now.
+    fn may_probe(&self) -> bool {
+        self.open_end
+            && self.eof.is_none()
+            && self.prober.is_none()
+            && self.assigned >= self.total.unwrap_or(0)
+    }
+
     /// Whether the job has no chunk and nothing in flight, so it can end.
     pub fn is_finished(&self) -> bool {
         self.live_chunks() == 0
             && self.ready_poll.is_none()
+            && self.restoring.is_none()
             && (self.failure.is_some() || self.src_done)
     }
 
@@ -230,6 +305,7 @@ impl SpliceCopy {
                     linked: None,
                     wait_for: None,
                     asked: 0,
+                    probing: false,
                 });
                 self.pump(owner, io, yield_pipes, out);
             }
@@ -277,6 +353,17 @@ impl SpliceCopy {
         yield_pipes: bool,
         out: &mut Vec<Returned>,
     ) {
+        if kind == OpKind::Truncate {
+            self.restoring = None;
+            if result < 0 {
+                tracing::warn!(
+                    "truncating the destination back to its {} bytes after a failure: {}",
+                    self.orig_dst_size,
+                    std::io::Error::from_raw_os_error(-result)
+                );
+            }
+            return;
+        }
         if kind == OpKind::PollIn(JOB_LEVEL) {
             // Readable, at its end, or in error: a read will tell which.
             self.ready_poll = None;
@@ -322,26 +409,13 @@ impl SpliceCopy {
         if !ranged {
             self.reader = None;
         }
+        if result < 0 {
+            return self.read_failed(slot, -result);
+        }
+        let open_end = self.open_end;
         let Some(chunk) = self.chunks[slot].as_mut() else {
             return Ok(());
         };
-        if result < 0 {
-            if !ranged && -result == libc::EAGAIN {
-                // A non-blocking stream had nothing after all: wait for it
-                // without a pipe.
-                self.src_ready = false;
-            }
-            return retryable(-result).then_some(()).ok_or_else(|| {
-                TransferError::os(
-                    format!(
-                        "splice from the source {} into a pipe{}",
-                        self.ends.src_kind,
-                        at(self.ends.src_kind.seekable().then_some(chunk.src_off))
-                    ),
-                    -result,
-                )
-            });
-        }
         let n = result as u64;
         if n == 0 {
             let reached = if ranged {
@@ -349,6 +423,17 @@ impl SpliceCopy {
             } else {
                 self.src_start + self.assigned
             };
+            if open_end {
+                // End of file, wherever the size hint said it would be.
+                chunk.to_read = 0;
+                if chunk.probing {
+                    chunk.probing = false;
+                    self.prober = None;
+                }
+                self.eof = Some(self.eof.map_or(reached, |e| e.min(reached)));
+                self.src_done = true;
+                return self.check_eof();
+            }
             if ranged || (self.length_requested && self.assigned < self.total.unwrap_or(0)) {
                 return Err(self.short_source(reached));
             }
@@ -359,6 +444,15 @@ impl SpliceCopy {
         if ranged {
             chunk.src_off += n;
             chunk.to_read -= n.min(chunk.to_read);
+            self.high = self.high.max(chunk.src_off);
+            if chunk.probing && chunk.to_read == 0 {
+                // The file had a whole piece more: the next piece probes on.
+                chunk.probing = false;
+                self.prober = None;
+            }
+            if open_end {
+                return self.check_eof();
+            }
         } else {
             // A stream that gave less than asked has nothing more right now;
             // the next read waits for readiness first.
@@ -376,24 +470,67 @@ impl SpliceCopy {
         Ok(())
     }
 
+    /// A read of the source failed with `errno`: retry, wait, or fail.
+    fn read_failed(&mut self, slot: usize, errno: i32) -> Result<(), TransferError> {
+        let Some(chunk) = self.chunks[slot].as_ref() else {
+            return Ok(());
+        };
+        let kind = self.ends.src_kind;
+        let offset = kind.seekable().then_some(chunk.src_off);
+        match errno::action(errno, Side::Source) {
+            Action::Retry => Ok(()),
+            Action::WaitReadable if !self.ranged => {
+                // A non-blocking stream had nothing after all: wait for it
+                // without a pipe.
+                self.src_ready = false;
+                Ok(())
+            }
+            // A file does not say EAGAIN unless the client made it
+            // non-blocking; the worker blocks in splice, so try again.
+            Action::WaitReadable | Action::WaitWritable => Ok(()),
+            Action::Fail if errno == libc::EINVAL && self.moved == 0 && !self.touched => {
+                self.source_refused = true;
+                Err(splice_refused(kind))
+            }
+            Action::Fail => Err(TransferError::os(
+                format!("splice from the source {kind} into a pipe{}", at(offset)),
+                errno,
+            )),
+        }
+    }
+
+    /// In an open-ended job, bytes found past the end another read found
+    /// mean the file changed size under the reads; nothing after that end
+    /// may be written.
+    fn check_eof(&self) -> Result<(), TransferError> {
+        match self.eof {
+            Some(eof) if self.high > eof => Err(TransferError::source_changed(eof, self.high)),
+            _ => Ok(()),
+        }
+    }
+
     fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
         let Some(chunk) = self.chunks[slot].as_mut() else {
             return Ok(());
         };
         if result < 0 {
-            if -result == libc::EAGAIN && !self.ends.dst_kind.seekable() {
-                chunk.wait_for = Some(libc::POLLOUT);
-            }
-            return retryable(-result).then_some(()).ok_or_else(|| {
-                TransferError::os(
+            return match errno::action(-result, Side::Destination) {
+                Action::Retry => Ok(()),
+                Action::WaitWritable | Action::WaitReadable => {
+                    if !self.ends.dst_kind.seekable() {
+                        chunk.wait_for = Some(libc::POLLOUT);
+                    }
+                    Ok(())
+                }
+                Action::Fail => Err(TransferError::os(
                     format!(
                         "splice from a pipe to the destination {}{}",
                         self.ends.dst_kind,
                         at(self.ends.dst_kind.seekable().then_some(chunk.dst_off))
                     ),
                     -result,
-                )
-            });
+                )),
+            };
         }
         let n = (result as u64).min(chunk.in_pipe);
         if n == 0 {
@@ -457,6 +594,7 @@ impl SpliceCopy {
                 self.release(slot, out);
             }
         }
+        self.restore_destination(owner, io);
     }
 
     /// Moves one idle chunk on by one operation, if it has one to do.
@@ -481,6 +619,7 @@ impl SpliceCopy {
         }
         if chunk.in_pipe > 0 {
             if ends.dst_kind.seekable() || chunk.seq == self.write_seq {
+                self.touched = true;
                 let len = chunk.in_pipe.min(u64::from(u32::MAX)) as u32;
                 let dst = SpliceEnd {
                     fd: raw(&ends.dst),
@@ -513,7 +652,7 @@ impl SpliceCopy {
         // The chunk is empty and its range is done: take more work, or let go.
         if self.ranged {
             let total = self.total.unwrap_or(0);
-            if self.assigned < total && !yield_pipes {
+            if self.assigned < total && self.eof.is_none() && !yield_pipes {
                 let len = (total - self.assigned).min(cap);
                 chunk.seq = self.next_seq;
                 self.next_seq += 1;
@@ -521,9 +660,29 @@ impl SpliceCopy {
                 chunk.dst_off = self.dst_start + self.assigned;
                 chunk.to_read = len;
                 self.assigned += len;
-                self.src_done = self.assigned >= total;
+                self.src_done = !self.open_end && self.assigned >= total;
                 let write_now = ends.dst_kind.seekable() || chunk.seq == self.write_seq;
+                if write_now {
+                    self.touched = true;
+                }
                 return Self::read_into(chunk, tag, len as u32, write_now, owner, io, &ends);
+            }
+            let may_probe = self.may_probe();
+            if may_probe && !yield_pipes {
+                // Past the size hint: read on, a piece at a time, until a
+                // read returns 0. Not linked: this read is expected short.
+                let Some(chunk) = self.chunks[slot].as_mut() else {
+                    return Ok(());
+                };
+                chunk.seq = self.next_seq;
+                self.next_seq += 1;
+                chunk.src_off = self.src_start + self.assigned;
+                chunk.dst_off = self.dst_start + self.assigned;
+                chunk.to_read = cap;
+                chunk.probing = true;
+                self.prober = Some(slot);
+                self.assigned += cap;
+                return Self::read_into(chunk, tag, cap as u32, false, owner, io, &ends);
             }
         } else if !self.src_done && !yield_pipes {
             if self.src_ready && self.reader.is_none() {
@@ -608,8 +767,32 @@ impl SpliceCopy {
         Ok(())
     }
 
+    /// After a failure, once nothing is in flight, truncates a regular-file
+    /// destination that was written back to its size at admission: every
+    /// strategy leaves a failed `--in-place` destination the same way.
+    fn restore_destination(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+        if self.failure.is_none()
+            || !self.touched
+            || self.ends.dst_kind != FdKind::File
+            || self.live_chunks() > 0
+            || self.ready_poll.is_some()
+            || self.restoring.is_some()
+        {
+            return;
+        }
+        self.touched = false;
+        let ends = Rc::clone(&self.ends);
+        match io.ftruncate(owner, &ends, raw(&ends.dst), self.orig_dst_size) {
+            Ok(ud) => self.restoring = Some(ud),
+            Err(e) => tracing::warn!("queueing the truncate of a failed job's destination: {e}"),
+        }
+    }
+
     fn release(&mut self, slot: usize, out: &mut Vec<Returned>) {
         if let Some(chunk) = self.chunks[slot].take() {
+            if self.prober == Some(slot) {
+                self.prober = None;
+            }
             if chunk.in_pipe > 0 || self.failure.is_some() {
                 out.push(Returned::Dirty(chunk.pipe));
             } else {
@@ -641,14 +824,21 @@ fn at(offset: Option<u64>) -> String {
         .unwrap_or_default()
 }
 
-/// EINTR and EAGAIN are normal: the chunk's step is simply tried again. The
-/// kernel's worker blocks in splice, so EAGAIN comes only from a stream the
-/// client made non-blocking; the chunk then polls it before retrying, rather
-/// than spinning.
-fn retryable(errno: i32) -> bool {
-    // 512..=516 are the kernel's ERESTART* codes, which can leak out of an
-    // interrupted io-wq worker; they mean EINTR.
-    matches!(errno, libc::EINTR | libc::EAGAIN | 512 | 513 | 514 | 516)
+/// The refusal of a source that does not splice (procfs files without
+/// splice_read, /dev/null): nothing was written, and `auto` moves such a job
+/// to buffered read() and write().
+fn splice_refused(kind: FdKind) -> TransferError {
+    let who = match kind {
+        FdKind::File => "its file system refuses splice".to_string(),
+        other => format!("the {other} refuses splice"),
+    };
+    TransferError {
+        kind: FailureKind::InvalidRequest,
+        os_error: Some(libc::EINVAL),
+        message: format!(
+            "the splice strategy cannot read this source: {who} (EINVAL); use auto or buffered"
+        ),
+    }
 }
 
 fn ring_failed(e: crate::engine::EngineError) -> TransferError {

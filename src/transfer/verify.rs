@@ -72,7 +72,8 @@ impl Verifier {
     }
 
     pub fn wants_buffer(&self) -> bool {
-        self.buf.is_none() && !self.done && self.failure.is_none()
+        // While a read holds the buffer, `buf` is empty too.
+        self.buf.is_none() && self.busy.is_none() && !self.done && self.failure.is_none()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -109,7 +110,7 @@ impl Verifier {
         out: &mut Vec<Returned>,
     ) {
         if self.buf.is_some() {
-            out.push(Returned::Buffer(buf.index));
+            out.push(Returned::Buffer(buf));
             return;
         }
         self.buf = Some(buf);
@@ -127,15 +128,24 @@ impl Verifier {
         }
     }
 
+    /// `buf`: the buffer the read held, handed back by its completion.
     pub fn on_complete(
         &mut self,
         kind: OpKind,
         result: i32,
+        buf: Option<BufRef>,
         owner: Owner,
         io: &mut IoQueue<'_>,
         out: &mut Vec<Returned>,
     ) {
         self.busy = None;
+        if let Some(buf) = buf {
+            if self.buf.is_some() {
+                out.push(Returned::Buffer(buf));
+            } else {
+                self.buf = Some(buf);
+            }
+        }
         let OpKind::VerifyRead(of_dst) = kind else {
             return;
         };
@@ -145,7 +155,11 @@ impl Verifier {
         }
         if result < 0 {
             let errno = -result;
-            if !matches!(errno, libc::EINTR | libc::EAGAIN) {
+            // Files: EAGAIN (a client's O_NONBLOCK) is tried again like an
+            // interruption; anything the table fails, fails verification.
+            if crate::transfer::errno::action(errno, crate::transfer::errno::Side::Source)
+                == crate::transfer::errno::Action::Fail
+            {
                 let (which, kind) = if of_dst {
                     ("destination", self.ends.dst_kind)
                 } else {
@@ -166,7 +180,7 @@ impl Verifier {
             }
             return;
         }
-        let Some(buf) = self.buf else {
+        let Some(len) = self.buf.as_ref().map(|b| b.len) else {
             return;
         };
         let skip = self.skip(of_dst);
@@ -174,7 +188,7 @@ impl Verifier {
         if !of_dst {
             // The destination's piece is read into the same buffer at its
             // own skip, so the piece must fit after the larger of the two.
-            let room = u64::from(buf.len) - skip.max(self.skip(true));
+            let room = u64::from(len) - skip.max(self.skip(true));
             let want = (self.total - self.pos).min(room);
             let got = n.min(want);
             if got == 0 {
@@ -189,13 +203,13 @@ impl Verifier {
                 self.release(out);
                 return;
             }
-            self.crc_src = crc32c::crc32c_append(self.crc_src, self.bytes(buf, skip, got));
+            self.crc_src = crc32c::crc32c_append(self.crc_src, self.bytes(skip, got));
             self.piece = got;
             self.read(true, owner, io, out);
             return;
         }
         let got = n.min(self.piece);
-        self.crc_dst = crc32c::crc32c_append(self.crc_dst, self.bytes(buf, skip, got));
+        self.crc_dst = crc32c::crc32c_append(self.crc_dst, self.bytes(skip, got));
         if got < self.piece {
             // The destination is shorter than what was copied: the sums
             // differ (unless by chance), and there is nothing more to read.
@@ -218,13 +232,12 @@ impl Verifier {
         (start + self.pos) % READ_ALIGN
     }
 
-    fn bytes(&self, buf: BufRef, skip: u64, len: u64) -> &[u8] {
-        // SAFETY: the buffer is this verifier's (lent by the pool, no
-        // operation of ours is in flight on it: this runs on the completion
-        // of its only read), it is `buf.len` bytes long, `skip + len` is at
-        // most that (callers clamp `len` to what the read returned past
-        // `skip`), and the kernel wrote those bytes.
-        unsafe { std::slice::from_raw_parts(buf.ptr.as_ptr().add(skip as usize), len as usize) }
+    /// The bytes of the buffer the read just filled (its completion gave
+    /// the buffer back; `filled` checks they lie within it).
+    fn bytes(&self, skip: u64, len: u64) -> &[u8] {
+        self.buf
+            .as_ref()
+            .map_or(&[][..], |b| b.filled(skip as usize, len as usize))
     }
 
     fn next(&mut self, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
@@ -234,7 +247,7 @@ impl Verifier {
             return;
         }
         if self.src_known.is_some() {
-            if let Some(buf) = self.buf {
+            if let Some(buf) = self.buf.as_ref() {
                 let room = u64::from(buf.len) - self.skip(true);
                 self.piece = (self.total - self.pos).min(room);
             }
@@ -245,7 +258,7 @@ impl Verifier {
     }
 
     fn read(&mut self, of_dst: bool, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
-        let Some(buf) = self.buf else {
+        let Some(buf) = self.buf.take() else {
             return;
         };
         let (fd, offset) = if of_dst {
@@ -265,18 +278,20 @@ impl Verifier {
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
         let ends = Rc::clone(&self.ends);
+        let len = buf.len;
         let req = BufIo {
             fd,
             buf,
             at: 0,
-            len: buf.len,
+            len,
         };
         match io.buffer_op(owner, OpKind::VerifyRead(of_dst), &ends, req, what) {
             Ok(ud) => self.busy = Some(ud),
-            Err(e) => {
+            Err(failed) => {
+                self.buf = failed.buf;
                 self.failure = Some(TransferError::new(
                     FailureKind::Io,
-                    format!("queueing a verification read failed: {e}"),
+                    format!("queueing a verification read failed: {}", failed.error),
                 ));
                 self.release(out);
             }
@@ -286,7 +301,7 @@ impl Verifier {
     fn release(&mut self, out: &mut Vec<Returned>) {
         if self.busy.is_none() {
             if let Some(buf) = self.buf.take() {
-                out.push(Returned::Buffer(buf.index));
+                out.push(Returned::Buffer(buf));
             }
         }
     }

@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod cleanup;
 mod cli;
 mod cli_common;
 mod cli_jobs;
@@ -30,6 +31,7 @@ mod scheduling;
 mod seccomp;
 mod signals;
 mod sockets;
+mod sources;
 mod stub;
 mod systemd;
 mod tree_promise;

@@ -214,16 +214,15 @@ fn detached_copies_publish_only_when_complete() {
     assert_eq!(fs::read(&dst).expect("read"), OLD, "after cancel");
     assert_eq!(names(&work), ["dst"], "after cancel");
 
-    // Failed mid-way (the source shrinks under it): the same.
-    let shrinking = dir.path().join("shrinking");
-    fs::copy(&src, &shrinking).expect("copy");
-    let job = detach(&d, &["--rate-limit", "1MiB"], &shrinking, &dst);
+    // Failed mid-way (the source ends before the length asked for): the same.
+    let job = detach(
+        &d,
+        &["--length", "8MiB", "--rate-limit", "4MiB"],
+        &src,
+        &dst,
+    );
     wait_moving(&d, job);
-    fs::File::options()
-        .write(true)
-        .open(&shrinking)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("shrink the source");
+    assert_eq!(fs::read(&dst).expect("read"), OLD, "while failing");
     let out = wait_job(&d, job);
     assert_exit(&out, 1, "wait for the failed job");
     assert_eq!(fs::read(&dst).expect("read"), OLD, "after failure");

@@ -263,10 +263,10 @@ pub fn copy_and_check(client: &Client, dir: &Path, name: &str, len: usize, seed:
 }
 
 /// What `auto` uses between two regular files for a hot transfer of `len`
-/// bytes: small ones go through a buffer, the rest splice (and so does an
-/// empty source, whose size of 0 might mean "unknown" as in procfs).
+/// bytes: small ones (an empty one too: procfs says 0) go through a buffer,
+/// read to the end of the file, the rest splice.
 pub fn auto_between_files(len: u64) -> Strategy {
-    if len > 0 && len <= 64 * 1024 {
+    if len <= 64 * 1024 {
         Strategy::Buffered
     } else {
         Strategy::Splice

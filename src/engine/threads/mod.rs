@@ -538,7 +538,7 @@ fn retry_eintr(mut call: impl FnMut() -> isize) -> isize {
         let errno = io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO);
-        if errno != libc::EINTR {
+        if !crate::transfer::errno::interrupted(errno) {
             return -(errno as isize);
         }
     }

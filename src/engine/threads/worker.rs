@@ -307,7 +307,9 @@ fn execute(request: Request, cell: &Cell) -> i32 {
         let errno = std::io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO);
-        if errno == libc::EINTR {
+        // What the kernel would retry inside io_uring: the errno table's
+        // interruptions (only EINTR reaches user space from a syscall).
+        if crate::transfer::errno::interrupted(errno) {
             continue;
         }
         return -errno;

@@ -1,0 +1,145 @@
+//! The one table of what a kernel error means: the `FailureKind` a client
+//! sees, and whether the operation is retried, waits for readiness or fails
+//! the job. Every strategy (splice, direct, uncached, buffered), verification,
+//! fdatasync and both engines ask here, so the same errno has the same
+//! outcome whichever strategy or engine met it.
+//!
+//! Strategy-specific capability fallbacks (SEND_ZC or RWF_DONTCACHE not
+//! supported, fallocate not supported, splice refused by a file system) are
+//! decided by the strategy before the table: they change how the job moves
+//! bytes, not what an error means.
+
+use ringxfer_ipc::FailureKind;
+
+/// The kernel's ERESTART* codes (include/linux/errno.h). They are not meant
+/// to reach user space, but can leak out of an interrupted io-wq worker; they
+/// mean the same as EINTR.
+pub const ERESTARTSYS: i32 = 512;
+pub const ERESTARTNOINTR: i32 = 513;
+pub const ERESTARTNOHAND: i32 = 514;
+pub const ERESTART_RESTARTBLOCK: i32 = 516;
+
+/// Which end of the job an operation touched: EAGAIN waits for the source to
+/// be readable or the destination to be writable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// What to do after an operation failed with an errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Interrupted: issue the same operation again at once.
+    Retry,
+    /// A non-blocking stream had nothing (or no room): poll it, then retry.
+    WaitReadable,
+    WaitWritable,
+    /// The job fails with the errno's `FailureKind`.
+    Fail,
+}
+
+/// The entry of the table for `errno` met on `side`.
+pub fn classify(errno: i32, side: Side) -> (FailureKind, Action) {
+    (failure_kind(errno), action(errno, side))
+}
+
+/// Whether `errno` only says the operation was interrupted.
+pub fn interrupted(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EINTR | ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+    )
+}
+
+/// Retry, wait or fail.
+pub fn action(errno: i32, side: Side) -> Action {
+    match errno {
+        e if interrupted(e) => Action::Retry,
+        libc::EAGAIN => match side {
+            Side::Source => Action::WaitReadable,
+            Side::Destination => Action::WaitWritable,
+        },
+        _ => Action::Fail,
+    }
+}
+
+/// The class of failure an errno stands for, when it fails a job.
+pub fn failure_kind(errno: i32) -> FailureKind {
+    match errno {
+        libc::ENOSPC | libc::EDQUOT => FailureKind::NoSpace,
+        libc::EBADF => FailureKind::BadDescriptor,
+        libc::EPERM | libc::EACCES | libc::EROFS => FailureKind::PermissionDenied,
+        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED => {
+            FailureKind::PeerGone
+        }
+        // An interruption that could not be retried (the job was cancelled
+        // meanwhile) reads as a cancel.
+        e if e == libc::ECANCELED || interrupted(e) => FailureKind::Cancelled,
+        libc::EINVAL | libc::ESPIPE => FailureKind::InvalidRequest,
+        _ => FailureKind::Io,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interruptions_retry_on_either_side() {
+        for e in [
+            libc::EINTR,
+            ERESTARTSYS,
+            ERESTARTNOINTR,
+            ERESTARTNOHAND,
+            ERESTART_RESTARTBLOCK,
+        ] {
+            for side in [Side::Source, Side::Destination] {
+                assert_eq!(action(e, side), Action::Retry, "errno {e} on {side:?}");
+            }
+        }
+        // 515 is ENOIOCTLCMD, not a restart code.
+        assert_eq!(action(515, Side::Source), Action::Fail);
+    }
+
+    #[test]
+    fn eagain_waits_for_the_side_that_said_it() {
+        assert_eq!(action(libc::EAGAIN, Side::Source), Action::WaitReadable);
+        assert_eq!(
+            action(libc::EAGAIN, Side::Destination),
+            Action::WaitWritable
+        );
+    }
+
+    #[test]
+    fn every_other_errno_fails_with_its_kind() {
+        let table = [
+            (libc::ENOSPC, FailureKind::NoSpace),
+            (libc::EDQUOT, FailureKind::NoSpace),
+            (libc::EBADF, FailureKind::BadDescriptor),
+            (libc::EPERM, FailureKind::PermissionDenied),
+            (libc::EACCES, FailureKind::PermissionDenied),
+            (libc::EROFS, FailureKind::PermissionDenied),
+            (libc::EPIPE, FailureKind::PeerGone),
+            (libc::ECONNRESET, FailureKind::PeerGone),
+            (libc::ENOTCONN, FailureKind::PeerGone),
+            (libc::ECONNABORTED, FailureKind::PeerGone),
+            (libc::ECANCELED, FailureKind::Cancelled),
+            (libc::EINVAL, FailureKind::InvalidRequest),
+            (libc::ESPIPE, FailureKind::InvalidRequest),
+            (libc::EIO, FailureKind::Io),
+            (libc::EOPNOTSUPP, FailureKind::Io),
+        ];
+        for (e, kind) in table {
+            for side in [Side::Source, Side::Destination] {
+                assert_eq!(classify(e, side), (kind, Action::Fail), "errno {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_restart_code_that_escapes_reads_as_a_cancel() {
+        assert_eq!(failure_kind(ERESTARTSYS), FailureKind::Cancelled);
+        assert_eq!(failure_kind(libc::EINTR), FailureKind::Cancelled);
+    }
+}
