@@ -937,9 +937,24 @@ impl Client {
     /// # Ok::<(), ringxfer_ipc::ClientError>(())
     /// ```
     pub fn jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
-        match self.ask("sending Jobs to the daemon", |req| Request::Jobs { req })? {
-            Event::Jobs { jobs, .. } => Ok(jobs),
-            other => Err(unexpected_answer(0, other)),
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            match self.ask("sending Jobs to the daemon", |req| Request::Jobs {
+                req,
+                after,
+            })? {
+                Event::Jobs { jobs, more, .. } => {
+                    let last = jobs.last().map(|j| j.job);
+                    all.extend(jobs);
+                    match last {
+                        // Ids only grow, so the next page starts past this one.
+                        Some(last) if more && last > after => after = last,
+                        _ => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected_answer(0, other)),
+            }
         }
     }
 

@@ -34,6 +34,36 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// The largest payload either side accepts unless the daemon's [`Limits`] say otherwise.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
 
+/// The longest [`SubmitRequest::tag`] the daemon takes, in bytes; a longer
+/// one is refused, so that any listing fits in pages of [`JOBS_PAGE`] jobs.
+pub const MAX_TAG_BYTES: usize = 1024;
+
+/// `text` made short enough to be a tag: unchanged if it fits in
+/// [`MAX_TAG_BYTES`], else its end (the informative part of a path) after
+/// an ellipsis, cut at a character boundary.
+///
+/// ```
+/// use ringxfer_ipc::{fit_tag, MAX_TAG_BYTES};
+/// assert_eq!(fit_tag("a/b.txt"), "a/b.txt");
+/// let long = format!("/{}/file.bin", "d".repeat(5000));
+/// let tag = fit_tag(&long);
+/// assert!(tag.len() <= MAX_TAG_BYTES && tag.starts_with('…') && tag.ends_with("/file.bin"));
+/// ```
+pub fn fit_tag(text: &str) -> String {
+    if text.len() <= MAX_TAG_BYTES {
+        return text.to_string();
+    }
+    let mut start = text.len() - (MAX_TAG_BYTES - '…'.len_utf8());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+/// The most jobs one [`Event::Jobs`] answer carries; a listing of more comes
+/// in pages, each asked for with [`Request::Jobs`]'s `after`.
+pub const JOBS_PAGE: usize = 256;
+
 /// A request from a client to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -77,10 +107,13 @@ pub enum Request {
         progress: bool,
     },
     /// List the jobs this user may see (all of them, for root); answered by
-    /// [`Event::Jobs`].
+    /// [`Event::Jobs`] with at most [`JOBS_PAGE`] of them, by id.
     Jobs {
         /// Chosen by the client; the answer carries it back.
         req: u64,
+        /// Only jobs with a larger id: 0 for the first page, then the last
+        /// id of the page before.
+        after: u64,
     },
     /// Ask for the daemon's counters; answered by [`Event::Stats`].
     Stats,
@@ -173,7 +206,8 @@ pub struct SubmitRequest {
     /// Chosen by the client, unique on its connection; every event about this
     /// job carries it back.
     pub req: u64,
-    /// Free text the daemon logs with the job (a file name, say).
+    /// Free text the daemon logs with the job (a file name, say); at most
+    /// [`MAX_TAG_BYTES`] bytes.
     pub tag: String,
     /// Where reading starts in the source (ignored for sockets and pipes).
     pub offset: u64,
@@ -656,8 +690,10 @@ pub enum Event {
     Jobs {
         /// The client's `req` of the Jobs.
         req: u64,
-        /// One entry per job the user may see.
+        /// One entry per job the user may see, at most [`JOBS_PAGE`].
         jobs: Vec<JobInfo>,
+        /// More jobs follow the last one here: ask again with `after`.
+        more: bool,
     },
     /// A `Cancel` or `Status` that could not be done.
     Refused {

@@ -7,11 +7,15 @@
 
 use std::time::Instant;
 
-use ringxfer_ipc::{Event, FailureKind, JobInfo};
+use ringxfer_ipc::{Event, FailureKind, JobInfo, JOBS_PAGE};
 
 use super::jobs::{with_req, Watcher};
 use super::Engine;
 use crate::transfer::TransferError;
+
+/// The most `Wait`s one job takes at once: each is a copy of every event
+/// the job sends, so they are bounded like everything a client can make.
+const MAX_WATCHERS: usize = 64;
 
 /// What a lookup by id found.
 enum Lookup {
@@ -102,6 +106,19 @@ impl Engine {
 
     pub(super) fn on_wait(&mut self, k: usize, req: u64, job: u64, progress: bool) {
         match self.lookup(k, job) {
+            Lookup::Running(jk) if self.jobs[jk].watchers.len() >= MAX_WATCHERS => self.emit(
+                k,
+                &Event::Failed {
+                    req,
+                    job: Some(job),
+                    kind: FailureKind::LimitExceeded,
+                    os_error: None,
+                    message: format!(
+                        "job {job} already has {MAX_WATCHERS} waiters, the most one job takes"
+                    ),
+                    bytes: 0,
+                },
+            ),
             Lookup::Running(jk) => {
                 self.emit(k, &Event::Accepted { req, job });
                 if let Some(j) = self.jobs.get_mut(jk) {
@@ -130,16 +147,25 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_jobs(&mut self, k: usize, req: u64) {
+    /// Answers one page of the listing: the first [`JOBS_PAGE`] jobs this
+    /// user may see with an id above `after`, so that any number of jobs
+    /// lists in answers of bounded size (tags are bounded at submit).
+    pub(super) fn on_jobs(&mut self, k: usize, req: u64, after: u64) {
         let uid = self.uid_of(k);
         let now = Instant::now();
-        let mut jobs: Vec<JobInfo> = self
+        let mut ids: Vec<(u64, usize)> = self
             .jobs
             .iter()
-            .filter(|(_, j)| uid == 0 || j.uid == uid)
-            .map(|(_, j)| j.info(now))
+            .filter(|(_, j)| (uid == 0 || j.uid == uid) && j.id > after)
+            .map(|(key, j)| (j.id, key))
             .collect();
-        jobs.sort_by_key(|j| j.job);
-        self.emit(k, &Event::Jobs { req, jobs });
+        ids.sort_unstable();
+        let more = ids.len() > JOBS_PAGE;
+        let jobs: Vec<JobInfo> = ids
+            .iter()
+            .take(JOBS_PAGE)
+            .filter_map(|&(_, key)| self.jobs.get(key).map(|j| j.info(now)))
+            .collect();
+        self.emit(k, &Event::Jobs { req, jobs, more });
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use ringxfer_ipc::{
     Checksums, Event, FailureKind, JobInfo, JobState, Priority, Strategy, SubmitRequest,
+    MAX_TAG_BYTES,
 };
 use tracing::debug;
 
@@ -239,6 +240,14 @@ impl Engine {
         let user = self.users.get(&uid).copied().unwrap_or_default();
         let refusal = if let Some(e) = self.draining_refusal() {
             Some(e)
+        } else if submit.tag.len() > MAX_TAG_BYTES {
+            Some(TransferError::new(
+                FailureKind::InvalidRequest,
+                format!(
+                    "the job's tag is {} bytes; a tag is at most {MAX_TAG_BYTES}",
+                    submit.tag.len()
+                ),
+            ))
         } else if session.jobs.len() >= self.config.max_jobs_per_connection {
             Some(limit(format!(
                 "this connection already has {} unfinished jobs, the most allowed (--max-jobs-per-connection)",

@@ -1000,7 +1000,7 @@ impl Engine {
             Request::Cancel { req, job } => self.on_cancel(k, req, job),
             Request::Status { req, job } => self.on_status(k, req, job),
             Request::Wait { req, job, progress } => self.on_wait(k, req, job, progress),
-            Request::Jobs { req } => self.on_jobs(k, req),
+            Request::Jobs { req, after } => self.on_jobs(k, req, after),
             Request::Stats => {
                 let report = self.stats();
                 self.emit(k, &Event::Stats(report));

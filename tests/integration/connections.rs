@@ -134,7 +134,7 @@ fn a_thousand_clients_that_never_read_hold_bounded_memory() {
         version: PROTOCOL_VERSION,
     });
     for req in 0..20 {
-        asks.extend_from_slice(&frame(&Request::Jobs { req }));
+        asks.extend_from_slice(&frame(&Request::Jobs { req, after: 0 }));
     }
     // A thousand clients ask for 20 listings each and never read a byte.
     let silent: Vec<_> = (0..1000)
@@ -178,5 +178,68 @@ fn a_thousand_clients_that_never_read_hold_bounded_memory() {
     );
     assert_eq!(done.bytes, 4096);
     drop((silent, idle, other, owner, stats));
+    d.stop();
+}
+
+#[test]
+fn listings_come_in_pages_and_tags_are_bounded() {
+    raise_nofile();
+    let d = Daemon::start();
+    let c = d.client();
+    let too_long = TransferOptions {
+        tag: "x".repeat(ringxfer_ipc::MAX_TAG_BYTES + 1),
+        ..opts()
+    };
+    let (h, _w) = submit_idle(&c, &too_long);
+    let f = failed(
+        wait(h),
+        ringxfer_ipc::FailureKind::InvalidRequest,
+        "a tag over the limit",
+    );
+    assert!(f.message.contains("a tag is at most 1024"), "{f:?}");
+
+    // More jobs than a page holds, each with the longest tag allowed.
+    let n = ringxfer_ipc::JOBS_PAGE * 2 + 17;
+    let held: Vec<_> = (0..n)
+        .map(|i| {
+            let o = TransferOptions {
+                tag: format!("{i:05}{}", "t".repeat(ringxfer_ipc::MAX_TAG_BYTES - 5)),
+                ..opts()
+            };
+            submit_idle(&c, &o)
+        })
+        .collect();
+    let listed = c.jobs().expect("jobs");
+    assert_eq!(listed.len(), n, "every job, across pages");
+    assert!(
+        listed.windows(2).all(|w| w[0].job < w[1].job),
+        "oldest first, once each"
+    );
+    for (i, job) in listed.iter().enumerate() {
+        assert!(job.tag.starts_with(&format!("{i:05}")), "{}", &job.tag[..5]);
+    }
+    drop(held);
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn waiters_on_one_job_are_bounded() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (h, _w) = submit_idle(&c, &opts());
+    let id = h.job_id().expect("the job's id");
+    let other = d.client();
+    let waits: Vec<_> = (0..64)
+        .map(|_| other.wait_job(id, false).expect("wait_job"))
+        .collect();
+    let over = other.wait_job(id, false).expect("wait_job");
+    let f = failed(
+        wait_within(over, Duration::from_secs(10)),
+        ringxfer_ipc::FailureKind::LimitExceeded,
+        "the 65th waiter",
+    );
+    assert!(f.message.contains("64 waiters"), "{f:?}");
+    drop((waits, h, c, other));
     d.stop();
 }

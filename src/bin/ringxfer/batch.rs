@@ -311,7 +311,7 @@ impl<'a> Pipeline<'a> {
             };
             let opts = TransferOptions {
                 // What `ringxfer jobs` lists and the daemon logs.
-                tag: job.src.display().to_string(),
+                tag: ringxfer_ipc::fit_tag(&job.src.display().to_string()),
                 ..self.plan.options(String::new())
             };
             for _ in 0..2 {

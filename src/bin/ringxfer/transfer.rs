@@ -36,7 +36,7 @@ impl Plan {
     /// The job as the stub sends it; `tag` is what the daemon logs and lists.
     pub fn options(&self, tag: String) -> TransferOptions {
         TransferOptions {
-            tag,
+            tag: ringxfer_ipc::fit_tag(&tag),
             offset: self.offset,
             length: self.length,
             dest_offset: 0,
