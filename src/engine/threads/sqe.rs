@@ -417,8 +417,9 @@ mod tests {
         }
         let e = opcode::UnlinkAt::new(types::Fd(5), a.as_ptr()).build();
         // SAFETY: not a timeout.
+        let decoded = unsafe { decode(&e) };
         assert!(matches!(
-            unsafe { decode(&e) }.request,
+            decoded.request,
             Request::UnlinkAt {
                 dirfd: 5,
                 flags: 0,
