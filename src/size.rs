@@ -45,7 +45,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             .map_err(|_| format!("not a size: {text:?}"))?;
         let denominator = 10u128.pow(fraction.len() as u32);
         let scaled = numerator * multiplier;
-        if scaled % denominator != 0 {
+        if !scaled.is_multiple_of(denominator) {
             return Err(format!("size {text:?} is not a whole number of bytes"));
         }
         bytes += scaled / denominator;

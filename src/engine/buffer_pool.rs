@@ -78,7 +78,7 @@ pub enum BufferError {
 impl BufferPool {
     /// Allocates `count` zeroed buffers of `size` bytes, page-aligned.
     pub fn new(count: usize, size: usize) -> Result<BufferPool, BufferError> {
-        if size == 0 || size % BUFFER_ALIGN != 0 || size > 1 << 30 {
+        if size == 0 || !size.is_multiple_of(BUFFER_ALIGN) || size > 1 << 30 {
             return Err(BufferError::Size(size));
         }
         if count > u16::MAX as usize {

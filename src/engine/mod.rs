@@ -7,6 +7,8 @@
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
 pub mod buffer_pool;
+#[cfg(test)]
+mod claim_tests;
 mod coalesce;
 mod connections;
 mod control;

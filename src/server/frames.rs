@@ -76,4 +76,112 @@ mod tests {
         let err = next_frame(&[3, 0, 0, 0, 0xff, 0xfe, 0xfd], 1024).expect_err("garbage");
         assert_eq!(err.kind, ProtocolErrorKind::Undecodable);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use ringxfer_ipc::{Priority, PublishTo, Strategy as Xfer, SubmitRequest};
+
+        fn strategy() -> impl Strategy<Value = Xfer> {
+            prop_oneof![
+                Just(Xfer::Auto),
+                Just(Xfer::Splice),
+                Just(Xfer::Direct),
+                Just(Xfer::Uncached),
+                Just(Xfer::Buffered),
+            ]
+        }
+
+        fn submit() -> impl Strategy<Value = SubmitRequest> {
+            let publish = proptest::option::of(
+                (
+                    proptest::collection::vec(any::<u8>(), 0..16),
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                )
+                    .prop_map(|(name, staged_name)| PublishTo { name, staged_name }),
+            );
+            (
+                (any::<u64>(), ".{0,24}", any::<u64>(), any::<Option<u64>>()),
+                (any::<u64>(), strategy(), any::<bool>(), 0u8..3),
+                (any::<Option<u64>>(), any::<[bool; 4]>(), publish),
+            )
+                .prop_map(
+                    |((req, tag, offset, length), (dest_offset, strategy, progress, p), rest)| {
+                        let (rate_limit, [detach, fsync, verify, truncate], publish) = rest;
+                        SubmitRequest {
+                            req,
+                            tag,
+                            offset,
+                            length,
+                            dest_offset,
+                            strategy,
+                            progress,
+                            priority: [Priority::Low, Priority::Normal, Priority::High][p as usize],
+                            rate_limit,
+                            detach,
+                            fsync,
+                            verify,
+                            truncate,
+                            publish,
+                        }
+                    },
+                )
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                any::<u32>().prop_map(|version| Request::Hello { version }),
+                Just(Request::Stats),
+                (any::<u64>(), any::<u64>()).prop_map(|(req, job)| Request::Cancel { req, job }),
+                (any::<u64>(), any::<u64>()).prop_map(|(req, job)| Request::Status { req, job }),
+                (any::<u64>(), any::<u64>(), any::<bool>())
+                    .prop_map(|(req, job, progress)| Request::Wait { req, job, progress }),
+                (any::<u64>(), any::<u64>()).prop_map(|(req, after)| Request::Jobs { req, after }),
+                submit().prop_map(Request::Submit),
+                proptest::collection::vec(submit(), 0..5).prop_map(Request::SubmitBatch),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Every request the client can send comes back whole, and no
+            /// strict prefix of its frame is taken for a frame.
+            #[test]
+            fn requests_round_trip_and_prefixes_wait(req in request()) {
+                let bytes = frame(&req);
+                prop_assert_eq!(next_frame(&bytes, 1 << 20), Ok(Some((req, bytes.len()))));
+                for cut in 0..bytes.len() {
+                    prop_assert_eq!(next_frame(&bytes[..cut], 1 << 20), Ok(None));
+                }
+            }
+
+            /// Whatever bytes arrive, the decoder answers without panicking
+            /// and never claims more bytes than it was given.
+            #[test]
+            fn any_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                if let Ok(Some((_, used))) = next_frame(&bytes, 1024) {
+                    prop_assert!(used <= bytes.len());
+                }
+            }
+
+            /// A valid frame with bytes of its payload changed is decoded
+            /// to something or refused, never a panic, and a frame's header
+            /// still bounds it.
+            #[test]
+            fn corrupted_frames_are_refused_or_decoded(
+                req in request(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            ) {
+                let mut bytes = frame(&req);
+                for (at, value) in flips {
+                    let i = FRAME_HEADER_LEN + at.index(bytes.len() - FRAME_HEADER_LEN);
+                    bytes[i] = value;
+                }
+                if let Ok(Some((_, used))) = next_frame(&bytes, 1 << 20) {
+                    prop_assert_eq!(used, bytes.len());
+                }
+            }
+        }
+    }
 }

@@ -281,7 +281,9 @@ impl Key {
     fn check_number(&self, n: u64) -> Result<u64, String> {
         let fits = match self.kind {
             Kind::Count { min, max } => (min..=max).contains(&n),
-            Kind::Size { min, max, multiple } => (min..=max).contains(&n) && n % multiple == 0,
+            Kind::Size { min, max, multiple } => {
+                (min..=max).contains(&n) && n.is_multiple_of(multiple)
+            }
             Kind::Duration { max_ms } => n <= max_ms,
             Kind::Rate | Kind::Path | Kind::LogFilter | Kind::Choice { .. } => true,
         };
@@ -320,7 +322,7 @@ impl Key {
 
 /// `30s` for 30000, `1500ms` for 1500: valid as flag text and in the file.
 pub fn show_ms(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -337,7 +339,7 @@ pub fn show_size(n: u64) -> String {
     let mut unit = None;
     let mut value = n;
     for name in UNITS {
-        if value % 1024 != 0 {
+        if !value.is_multiple_of(1024) {
             break;
         }
         value /= 1024;

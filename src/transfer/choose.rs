@@ -238,7 +238,7 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
 /// fit the buffer and divide it, or the kernel (and the padding) would write
 /// past it into memory another job owns.
 pub fn fits_buffers(align: u64, buffer_size: u64) -> Result<(), String> {
-    if align > buffer_size || buffer_size % align != 0 {
+    if align > buffer_size || !buffer_size.is_multiple_of(align) {
         return Err(format!(
             "the file system's O_DIRECT alignment of {align} bytes does not divide the daemon's buffer size of {buffer_size} bytes (ringxferd --buffer-size): use a multiple of {align}"
         ));

@@ -617,3 +617,42 @@ fn raw_batch_copies_every_file() {
         assert_file_eq(&dir.path().join(format!("dst{i}")), data);
     }
 }
+
+#[test]
+fn a_client_of_the_bincode_protocol_still_gets_a_clear_bad_version() {
+    // What a v5 client (bincode 2, standard configuration) sends for
+    // `Hello { version: 5 }`: the enum tag 0 and the version, one varint
+    // byte each.
+    let d = Daemon::start();
+    let s = raw(&d);
+    send(&s, &[2, 0, 0, 0, 0, 5], &[]);
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    (&s).read_exact(&mut header).expect("an answer");
+    let mut payload = vec![0u8; codec::frame_len(header) as usize];
+    (&s).read_exact(&mut payload).expect("its payload");
+    // The answer in the layout bincode's standard configuration decodes:
+    // Event's tag, ProtocolErrorKind's tag, the message's length, its bytes
+    // (each number below 128, so one byte in either format).
+    let mut tags = Vec::new();
+    let probe = Event::ProtocolError {
+        kind: ProtocolErrorKind::BadVersion,
+        message: String::new(),
+    };
+    codec::encode_frame(&probe, &mut tags, DEFAULT_MAX_FRAME).expect("encode");
+    let (event_tag, kind_tag) = (tags[FRAME_HEADER_LEN], tags[FRAME_HEADER_LEN + 1]);
+    assert!(event_tag < 128 && kind_tag < 128);
+    assert_eq!(
+        (payload[0], payload[1]),
+        (event_tag, kind_tag),
+        "{payload:?}"
+    );
+    let len = payload[2] as usize;
+    assert!(
+        len < 128,
+        "a message of {len} bytes would be read differently by bincode"
+    );
+    let message = std::str::from_utf8(&payload[3..]).expect("UTF-8");
+    assert_eq!(message.len(), len);
+    assert!(message.contains("protocol version 5"), "{message}");
+    assert_eq!(read_event(&s), None, "closed after the refusal");
+}

@@ -412,14 +412,16 @@ fn daemon_killed(dest: Dest) {
         d.signal(libc::SIGKILL);
         let status = wait_cli(&mut child, &what);
         drop(d);
+        // 3: killed before the CLI could connect (a loaded machine starts
+        // it late), which must leave nothing either.
         assert!(
-            matches!(status.code(), Some(0 | 1)),
+            matches!(status.code(), Some(0 | 1 | 3)),
             "{what}: {status}; stderr: {}",
             s.stderr()
         );
         assert_eq!(s.torn(), Vec::<String>::new(), "{what}: torn");
         assert_eq!(s.leftovers(), Vec::<PathBuf>::new(), "{what}: left");
-        if status.code() == Some(1) && dest == Dest::New {
+        if status.code() != Some(0) && dest == Dest::New {
             assert!(!s.dst.exists(), "{what}: published: {}", s.stderr());
         }
         s.assert_all_or_nothing(dest, &what);
@@ -494,8 +496,12 @@ fn cli_interrupted(dest: Dest) {
         std::thread::sleep(Duration::from_millis(rng.below(700)));
         kill(&child, libc::SIGINT);
         let status = wait_cli(&mut child, &what);
+        // Or ended by the signal itself: it came before the CLI took its
+        // signals (a loaded machine starts it late), so before it staged
+        // anything; the checks below hold either way.
         assert!(
-            matches!(status.code(), Some(0 | 130)),
+            matches!(status.code(), Some(0 | 130))
+                || std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGINT),
             "{what}: {status}; stderr: {}",
             s.stderr()
         );
