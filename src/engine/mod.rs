@@ -1106,11 +1106,20 @@ impl Engine {
             self.close_session(k, "the client stopped reading its events");
             return false;
         }
-        if let Err(e) = codec::encode_frame(event, &mut session.pending, u32::MAX) {
-            error!(session = session.id, "cannot encode an event: {e}");
+        // Checked before encoding too, so that a client already over its
+        // share costs no more encoding (a listing is ~120 KiB of work), and
+        // after, for the event just added.
+        let over = self.over_event_share(k);
+        let Some(session) = self.sessions.get_mut(k) else {
             return false;
+        };
+        if !over {
+            if let Err(e) = codec::encode_frame(event, &mut session.pending, u32::MAX) {
+                error!(session = session.id, "cannot encode an event: {e}");
+                return false;
+            }
         }
-        if self.over_event_share(k) {
+        if over || self.over_event_share(k) {
             let session = &mut self.sessions[k];
             warn!(
                 session = session.id,
