@@ -20,6 +20,7 @@ mod durability;
 mod engines;
 mod failures;
 mod jobcontrol;
+mod layers;
 mod lifecycle;
 mod nothing_lost;
 mod pagecache;

@@ -10,80 +10,34 @@
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ringxfer_ipc::Strategy;
 
-use crate::args::{DestOpts, JobOpts, RangeOpts};
-use crate::engine::{Engine, Fallback};
+use crate::args::{JobOpts, RangeOpts};
+use crate::context::{Context, CopyArgs};
+use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::{open_source, resolve_destination};
-use crate::report::{self, Finished, Op, Output, Subject};
-use crate::transfer::{self, Plan};
+use crate::job_plan::{self, JobPlan};
+use crate::report::{self, Finished, Op, Subject};
 use crate::tree;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
-/// What every subcommand needs from the global flags.
-pub struct Context {
-    pub socket: PathBuf,
-    pub strategy: Strategy,
-    pub daemon_only: bool,
-    pub out: Output,
-    /// Whether to draw progress bars (stderr is a terminal, output is chatty).
-    pub progress: bool,
-}
-
-impl Context {
-    /// The daemon, or the in-process engine where allowed. A detached job
-    /// needs the daemon: the in-process engine dies with this process, so
-    /// there would be nothing to detach from (exit 3, as for --daemon-only).
-    pub fn engine(&self, job: &JobOpts) -> Result<Engine, CliError> {
-        let fallback = if self.daemon_only || job.detach {
-            Fallback::Refuse
-        } else {
-            Fallback::Embedded {
-                announce: self.out.chatty(),
-            }
-        };
-        Engine::connect(&self.socket, fallback).map_err(|err| {
-            if job.detach && err.exit == Exit::Unreachable {
-                CliError {
-                    context: "--detach needs a running daemon".into(),
-                    ..err
-                }
-            } else {
-                err
-            }
-        })
-    }
-
-    pub fn plan(&self, range: RangeOpts, job: JobOpts, fsync: bool) -> Plan {
-        Plan {
-            offset: range.offset,
-            length: range.length,
-            strategy: self.strategy,
-            progress: self.progress && !job.detach,
-            job,
-            fsync,
-            truncate: false,
+/// Prints the outcome of a transfer and picks the exit status.
+fn finish(ctx: &Context, subject: &Subject, result: Result<Outcome, CliError>) -> Exit {
+    match result {
+        Ok(Outcome::Done(done)) => {
+            ctx.out.transfer_done(subject, &done);
+            Exit::Done
         }
-    }
-
-    /// Prints the outcome of a transfer and picks the exit status.
-    fn finish(&self, subject: &Subject, result: Result<Outcome, CliError>) -> Exit {
-        match result {
-            Ok(Outcome::Done(done)) => {
-                self.out.transfer_done(subject, &done);
-                Exit::Done
-            }
-            Ok(Outcome::Detached(job)) => {
-                self.out.detached(subject, job);
-                Exit::Done
-            }
-            Err(err) => {
-                self.out.failed(subject.op, Some(subject), &err);
-                err.exit
-            }
+        Ok(Outcome::Detached(job)) => {
+            ctx.out.detached(subject, job);
+            Exit::Done
+        }
+        Err(err) => {
+            ctx.out.failed(subject.op, Some(subject), &err);
+            err.exit
         }
     }
 }
@@ -101,26 +55,17 @@ fn shown(path: &Path) -> String {
 
 /// Runs the job, or submits it detached.
 fn run_or_detach(
-    engine: &Engine,
+    engine: &EngineHandle,
     subject: &Subject,
     src: impl AsFd,
     dst: impl AsFd,
-    plan: Plan,
+    plan: JobPlan,
 ) -> Result<Outcome, CliError> {
     if plan.job.detach {
-        transfer::detach(engine, subject, src, dst, plan).map(Outcome::Detached)
+        job_plan::detach(engine, subject, src, dst, plan).map(Outcome::Detached)
     } else {
-        transfer::run(engine, subject, src, dst, plan).map(Outcome::Done)
+        job_plan::run(engine, subject, src, dst, plan).map(Outcome::Done)
     }
-}
-
-/// What `copy` was asked to do.
-pub struct CopyArgs<'a> {
-    pub paths: &'a [PathBuf],
-    pub recursive: bool,
-    pub range: RangeOpts,
-    pub job: JobOpts,
-    pub dest: DestOpts,
 }
 
 pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
@@ -143,7 +88,7 @@ pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
         dst: shown(dst),
     };
     let result = copy_one(ctx, src, dst, args, &mut subject);
-    ctx.finish(&subject, result)
+    finish(ctx, &subject, result)
 }
 
 /// Refuses what the flags cannot mean together, before touching anything.
@@ -191,7 +136,7 @@ fn copy_one(
     // Refuses DST when it is SRC itself, by inode, before anything is written.
     let staged = stage(ctx, &engine, &dst_path, Some(&src_meta), &publish, args.job)
         .map_err(|e| CliError::publish(&e.with_source_path(src)))?;
-    let plan = Plan {
+    let plan = JobPlan {
         truncate: staged.wants_truncate(),
         ..ctx.plan(args.range, args.job, args.dest.fsync)
     };
@@ -204,7 +149,7 @@ fn copy_one(
 /// removed first, and said so.
 fn stage(
     ctx: &Context,
-    engine: &Engine,
+    engine: &EngineHandle,
     dst: &Path,
     source: Option<&std::fs::Metadata>,
     publish: &PublishOptions,
@@ -231,17 +176,17 @@ fn stage(
 /// completed; a failed job leaves nothing under the name (or the old file,
 /// untouched). A detached job is published by the daemon instead.
 fn run_staged(
-    engine: &Engine,
+    engine: &EngineHandle,
     subject: &Subject,
     src: impl AsFd,
     staged: StagedFile,
     preserve_from: Option<&std::fs::Metadata>,
-    plan: Plan,
+    plan: JobPlan,
 ) -> Result<Outcome, CliError> {
     if plan.job.detach {
-        return transfer::detach_staged(engine, subject, src, staged, plan).map(Outcome::Detached);
+        return job_plan::detach_staged(engine, subject, src, staged, plan).map(Outcome::Detached);
     }
-    match transfer::run(engine, subject, src, staged.file(), plan) {
+    match job_plan::run(engine, subject, src, staged.file(), plan) {
         Ok(done) => {
             staged
                 .publish(preserve_from)
@@ -264,7 +209,7 @@ pub fn send(ctx: &Context, src: &Path, addr: &str, range: RangeOpts, job: JobOpt
         dst: addr.to_owned(),
     };
     let result = run_send(ctx, src, addr, range, job, &subject);
-    ctx.finish(&subject, result)
+    finish(ctx, &subject, result)
 }
 
 fn run_send(
@@ -310,7 +255,7 @@ pub fn recv(
         dst: shown(dst),
     };
     let result = run_recv(ctx, bind, dst, length, job, fsync, &mut subject);
-    ctx.finish(&subject, result)
+    finish(ctx, &subject, result)
 }
 
 fn run_recv(

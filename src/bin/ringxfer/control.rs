@@ -8,8 +8,8 @@ use std::time::Duration;
 use ringxfer_ipc::{FailureKind, JobError};
 use serde::Serialize;
 
-use crate::commands::Context;
-use crate::engine::{Engine, Fallback};
+use crate::context::Context;
+use crate::engine_handle::{EngineHandle, Fallback};
 use crate::error::{CliError, Exit};
 use crate::listing;
 use crate::progress;
@@ -21,8 +21,8 @@ use ringxfer::size::{format_bytes, throughput};
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
 /// Connects to the daemon, or says that this command needs one.
-fn daemon(ctx: &Context, op: Op) -> Result<Engine, CliError> {
-    Engine::connect(&ctx.socket, Fallback::Refuse).map_err(|err| {
+fn daemon(ctx: &Context, op: Op) -> Result<EngineHandle, CliError> {
+    EngineHandle::connect(&ctx.socket, Fallback::Refuse).map_err(|err| {
         if err.exit == Exit::Unreachable {
             CliError {
                 context: format!("`ringxfer {}` needs a running daemon", op.name()),

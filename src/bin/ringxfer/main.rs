@@ -7,21 +7,24 @@
 //! SIGTERM, SIGHUP) ended a copy or recv, after it removed what it staged.
 
 mod args;
-mod batch;
 mod commands;
+mod context;
 mod control;
-mod engine;
+mod engine_handle;
 mod error;
 mod fdlimit;
 mod files;
+mod job_plan;
 mod listing;
+mod pipeline;
 mod progress;
 mod report;
 mod signals;
+mod staged_dirs;
 mod staging;
 mod stats;
-mod transfer;
 mod tree;
+mod walk;
 mod walk_ahead;
 
 use std::io::IsTerminal;
@@ -31,7 +34,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{Cli, Command};
-use crate::commands::{Context, CopyArgs};
+use crate::context::{Context, CopyArgs};
 use crate::report::Output;
 
 fn main() -> ExitCode {

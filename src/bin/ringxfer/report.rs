@@ -15,10 +15,44 @@ use std::time::Duration;
 use ringxfer_ipc::{Checksums, Completion, Strategy};
 use serde::Serialize;
 
-use crate::batch::Tally;
-use crate::engine::EngineKind;
 use crate::error::CliError;
 use ringxfer::size::{format_bytes, format_rate, throughput};
+
+/// Which engine moved the bytes; reported in JSON as `"engine"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineUsed {
+    Daemon,
+    Embedded,
+}
+
+impl EngineUsed {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineUsed::Daemon => "daemon",
+            EngineUsed::Embedded => "embedded",
+        }
+    }
+}
+
+/// What a multi-file copy did.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Things the copy was asked to copy: files, links, and everything that
+    /// failed (unreadable directories and skipped special files included).
+    pub items: u64,
+    pub files: u64,
+    pub links: u64,
+    pub dirs: u64,
+    pub failed: u64,
+    /// The first [`NAMED_FAILURES`] that failed, by source path, for the
+    /// summary.
+    pub failed_paths: Vec<String>,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Failures the summary names (each is also reported as it happens).
+pub const NAMED_FAILURES: usize = 10;
 
 /// Which transfer a result is about, as the user named it (with copy's
 /// destination already resolved to the file actually written).
@@ -80,7 +114,7 @@ pub struct Finished {
     pub bytes: u64,
     pub elapsed: Duration,
     pub strategy: Strategy,
-    pub engine: EngineKind,
+    pub engine: EngineUsed,
     /// Why the engine used this strategy, when it chose or had to differ.
     pub note: Option<String>,
     /// The daemon's id for the job.
@@ -92,7 +126,7 @@ pub struct Finished {
 }
 
 impl Finished {
-    pub fn from_completion(done: Completion, engine: EngineKind) -> Finished {
+    pub fn from_completion(done: Completion, engine: EngineUsed) -> Finished {
         Finished {
             bytes: done.bytes,
             elapsed: done.elapsed,
@@ -147,7 +181,7 @@ impl Output {
     /// The end of a multi-file copy: a summary line (and the count of
     /// failures, which is an error and so shown even with -q), or one JSON
     /// object after the failures' own.
-    pub fn tree_done(self, tally: &Tally, engine: EngineKind) {
+    pub fn tree_done(self, tally: &Tally, engine: EngineUsed) {
         if self.json {
             json_line(&TreeJson {
                 op: Op::Copy.name(),
@@ -246,7 +280,7 @@ pub fn tree_text(t: &Tally) -> String {
 }
 
 /// `2 of 10 files failed: 'a/x', 'a/y'`, naming at most the first
-/// [`crate::batch::NAMED_FAILURES`] by source path.
+/// [`NAMED_FAILURES`] by source path.
 pub fn failed_text(t: &Tally) -> String {
     let named: Vec<String> = t.failed_paths.iter().map(|p| format!("'{p}'")).collect();
     let more = t.failed.saturating_sub(named.len() as u64);
@@ -396,7 +430,7 @@ mod tests {
             bytes: 1 << 30,
             elapsed: Duration::from_millis(500),
             strategy: Strategy::Splice,
-            engine: EngineKind::Embedded,
+            engine: EngineUsed::Embedded,
             note: None,
             job: None,
             synced: false,

@@ -6,16 +6,17 @@ use std::io::Write;
 use ringxfer_ipc::StatsReport;
 use serde_json::{json, Value};
 
-use crate::commands::Context;
-use crate::engine::{Engine, EngineKind, Fallback};
+use crate::context::Context;
+use crate::engine_handle::{EngineHandle, Fallback};
 use crate::error::{CliError, Exit};
+use crate::report::EngineUsed;
 use crate::report::{json_line, Op};
 use ringxfer::size::format_bytes;
 
 /// Asks the daemon only: a fresh in-process engine would report nothing but
 /// zeros, so no daemon is an error (exit 3) here.
 pub fn run(ctx: &Context) -> Exit {
-    let result = Engine::connect(&ctx.socket, Fallback::Refuse).and_then(|engine| {
+    let result = EngineHandle::connect(&ctx.socket, Fallback::Refuse).and_then(|engine| {
         let stats = engine
             .client()
             .stats()
@@ -54,7 +55,7 @@ fn per(total: u64, calls: u64) -> f64 {
 
 /// The daemon's own field names, flat (`.jobs_running`), strategies named
 /// as on the command line, plus the two ratios the counters imply.
-fn stats_json(s: &StatsReport, engine: EngineKind) -> Value {
+fn stats_json(s: &StatsReport, engine: EngineUsed) -> Value {
     let strategies: Vec<Value> = s
         .strategies
         .iter()
@@ -215,7 +216,7 @@ mod tests {
             }],
             ..StatsReport::default()
         };
-        let value = stats_json(&stats, EngineKind::Daemon);
+        let value = stats_json(&stats, EngineUsed::Daemon);
         assert_eq!(value["op"], "stats");
         assert_eq!(value["engine"], "daemon");
         assert_eq!(value["jobs_running"], 2);

@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::tree::{Item, Walk, Within};
+use crate::staged_dirs::Within;
+use crate::walk::{Item, Walk};
 
 /// Items per hand-over: one channel operation (and wake-up) per chunk, not
 /// per file.

@@ -30,14 +30,15 @@ use ringxfer_ipc::dispatch::Dispatcher;
 use ringxfer_ipc::{Client, Completion, JobError, Strategy, TransferOptions};
 use slab::Slab;
 
-use crate::commands::{Context, CopyArgs};
-use crate::engine::Engine;
+use crate::context::{Context, CopyArgs};
+use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
 use crate::fdlimit;
+use crate::job_plan::JobPlan;
 use crate::progress::TreeBar;
-use crate::report::{Op, Output, Subject};
-use crate::transfer::Plan;
-use crate::tree::{Item, StagedDirs, Within};
+use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
+use crate::staged_dirs::{StagedDirs, Within};
+use crate::walk::Item;
 use crate::walk_ahead::{open_source, Found, FDS_AHEAD};
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
@@ -55,26 +56,6 @@ const SPARE_FDS: u64 = 64;
 /// and a source per job not yet sent (at most a window's worth), what the
 /// walk opened ahead, and the spares.
 pub const MAX_FDS: u64 = 2 * WINDOW as u64 + FDS_AHEAD + SPARE_FDS;
-
-/// What a multi-file copy did.
-#[derive(Debug, Default, Clone)]
-pub struct Tally {
-    /// Things the copy was asked to copy: files, links, and everything that
-    /// failed (unreadable directories and skipped special files included).
-    pub items: u64,
-    pub files: u64,
-    pub links: u64,
-    pub dirs: u64,
-    pub failed: u64,
-    /// The first [`NAMED_FAILURES`] that failed, by source path, for the
-    /// summary.
-    pub failed_paths: Vec<String>,
-    pub bytes: u64,
-    pub elapsed: Duration,
-}
-
-/// Failures the summary names (each is also reported as it happens).
-pub const NAMED_FAILURES: usize = 10;
 
 /// A file on its way: opened, staged, and (once its batch is sent) a job.
 struct Job {
@@ -103,7 +84,7 @@ pub struct Pipeline<'a> {
     batch: usize,
     done_tx: Sender<Finished>,
     done_rx: Receiver<Finished>,
-    plan: Plan,
+    plan: JobPlan,
     publish: PublishOptions,
     preserve: bool,
     bar: TreeBar,
@@ -133,7 +114,7 @@ fn window(client: &Client) -> usize {
 }
 
 impl<'a> Pipeline<'a> {
-    pub fn new(ctx: &Context, engine: &'a Engine, args: &CopyArgs<'_>) -> Pipeline<'a> {
+    pub fn new(ctx: &Context, engine: &'a EngineHandle, args: &CopyArgs<'_>) -> Pipeline<'a> {
         let client = engine.client();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);

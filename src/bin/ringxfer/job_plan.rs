@@ -10,14 +10,14 @@ use ringxfer_ipc::publish::StagedFile;
 use ringxfer_ipc::{Strategy, TransferOptions};
 
 use crate::args::JobOpts;
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
 use crate::progress;
 use crate::report::{Finished, Subject};
 
 /// How to run one transfer, from the command line.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub struct JobPlan {
     pub offset: u64,
     pub length: Option<u64>,
     pub strategy: Strategy,
@@ -32,7 +32,7 @@ pub struct Plan {
     pub truncate: bool,
 }
 
-impl Plan {
+impl JobPlan {
     /// The job as the stub sends it; `tag` is what the daemon logs and lists.
     pub fn options(&self, tag: String) -> TransferOptions {
         TransferOptions {
@@ -56,11 +56,11 @@ impl Plan {
 
 /// Runs the job to its end.
 pub fn run(
-    engine: &Engine,
+    engine: &EngineHandle,
     subject: &Subject,
     src: impl AsFd,
     dst: impl AsFd,
-    plan: Plan,
+    plan: JobPlan,
 ) -> Result<Finished, CliError> {
     let handle = engine
         .client()
@@ -77,13 +77,13 @@ pub fn run(
 /// once the daemon admitted the job; a refused job's staged file is dropped
 /// (nothing appears, an existing destination is untouched).
 pub fn detach_staged(
-    engine: &Engine,
+    engine: &EngineHandle,
     subject: &Subject,
     src: impl AsFd,
     staged: StagedFile,
-    plan: Plan,
+    plan: JobPlan,
 ) -> Result<u64, CliError> {
-    let opts = Plan {
+    let opts = JobPlan {
         progress: false,
         ..plan
     }
@@ -115,13 +115,13 @@ pub fn detach_staged(
 
 /// Submits a detached job and returns its id once the daemon admitted it.
 pub fn detach(
-    engine: &Engine,
+    engine: &EngineHandle,
     subject: &Subject,
     src: impl AsFd,
     dst: impl AsFd,
-    plan: Plan,
+    plan: JobPlan,
 ) -> Result<u64, CliError> {
-    let plan = Plan {
+    let plan = JobPlan {
         progress: false,
         ..plan
     };

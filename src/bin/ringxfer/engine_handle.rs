@@ -7,22 +7,7 @@ use ringxfer::embedded::EmbeddedEngine;
 use ringxfer_ipc::Client;
 
 use crate::error::{CliError, Exit};
-
-/// Which engine moved the bytes; reported in JSON as `"engine"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineKind {
-    Daemon,
-    Embedded,
-}
-
-impl EngineKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Daemon => "daemon",
-            EngineKind::Embedded => "embedded",
-        }
-    }
-}
+use crate::report::EngineUsed;
 
 /// What to do when no daemon answers on the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +19,7 @@ pub enum Fallback {
 }
 
 /// A client connected to some engine.
-pub struct Engine {
+pub struct EngineHandle {
     // Declaration order is drop order, and it matters: the embedded engine's
     // thread stops only once the client's end of its stream is closed, and
     // dropping `EmbeddedEngine` joins that thread. Dropping `embedded` first
@@ -43,11 +28,11 @@ pub struct Engine {
     embedded: Option<EmbeddedEngine>,
 }
 
-impl Engine {
-    pub fn connect(socket: &Path, fallback: Fallback) -> Result<Engine, CliError> {
+impl EngineHandle {
+    pub fn connect(socket: &Path, fallback: Fallback) -> Result<EngineHandle, CliError> {
         let unreachable = match Client::connect(socket) {
             Ok(client) => {
-                return Ok(Engine {
+                return Ok(EngineHandle {
                     client,
                     embedded: None,
                 })
@@ -101,7 +86,7 @@ impl Engine {
         // On failure `embedded` is dropped here; `stream` was moved into
         // from_stream and is closed by then, so the engine thread can stop.
         let client = Client::from_stream(stream).map_err(|err| failed(err.to_string()))?;
-        Ok(Engine {
+        Ok(EngineHandle {
             client,
             embedded: Some(embedded),
         })
@@ -111,11 +96,11 @@ impl Engine {
         &self.client
     }
 
-    pub fn kind(&self) -> EngineKind {
+    pub fn kind(&self) -> EngineUsed {
         if self.embedded.is_some() {
-            EngineKind::Embedded
+            EngineUsed::Embedded
         } else {
-            EngineKind::Daemon
+            EngineUsed::Daemon
         }
     }
 }

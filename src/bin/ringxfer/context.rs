@@ -1,0 +1,69 @@
+//! What every subcommand is handed: the global flags, and what `copy` was
+//! asked to do. Below the commands that use it, so that the tree copy, its
+//! pipeline and the job-control commands need not import `commands`.
+
+use std::path::PathBuf;
+
+use ringxfer_ipc::Strategy;
+
+use crate::args::{DestOpts, JobOpts, RangeOpts};
+use crate::engine_handle::{EngineHandle, Fallback};
+use crate::error::{CliError, Exit};
+use crate::job_plan::JobPlan;
+use crate::report::Output;
+
+/// What every subcommand needs from the global flags.
+pub struct Context {
+    pub socket: PathBuf,
+    pub strategy: Strategy,
+    pub daemon_only: bool,
+    pub out: Output,
+    /// Whether to draw progress bars (stderr is a terminal, output is chatty).
+    pub progress: bool,
+}
+
+impl Context {
+    /// The daemon, or the in-process engine where allowed. A detached job
+    /// needs the daemon: the in-process engine dies with this process, so
+    /// there would be nothing to detach from (exit 3, as for --daemon-only).
+    pub fn engine(&self, job: &JobOpts) -> Result<EngineHandle, CliError> {
+        let fallback = if self.daemon_only || job.detach {
+            Fallback::Refuse
+        } else {
+            Fallback::Embedded {
+                announce: self.out.chatty(),
+            }
+        };
+        EngineHandle::connect(&self.socket, fallback).map_err(|err| {
+            if job.detach && err.exit == Exit::Unreachable {
+                CliError {
+                    context: "--detach needs a running daemon".into(),
+                    ..err
+                }
+            } else {
+                err
+            }
+        })
+    }
+
+    pub fn plan(&self, range: RangeOpts, job: JobOpts, fsync: bool) -> JobPlan {
+        JobPlan {
+            offset: range.offset,
+            length: range.length,
+            strategy: self.strategy,
+            progress: self.progress && !job.detach,
+            job,
+            fsync,
+            truncate: false,
+        }
+    }
+}
+
+/// What `copy` was asked to do.
+pub struct CopyArgs<'a> {
+    pub paths: &'a [PathBuf],
+    pub recursive: bool,
+    pub range: RangeOpts,
+    pub job: JobOpts,
+    pub dest: DestOpts,
+}
