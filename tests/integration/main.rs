@@ -23,6 +23,7 @@ mod jobcontrol;
 mod lifecycle;
 mod nothing_lost;
 mod pagecache;
+mod privileges;
 mod protocol_abuse;
 mod publish;
 mod ratelimit;
