@@ -107,7 +107,10 @@ pub fn can_assume() -> bool {
 }
 
 /// The capabilities the daemon keeps: CAP_SETUID and CAP_SETGID when it can
-/// take its clients' identities, none otherwise.
+/// take its clients' identities, none otherwise. (Its own pipes need none:
+/// a pipe that may hold a failed chunk's bytes is drained and lent again,
+/// not replaced by a new one that F_SETPIPE_SZ would have to grow past
+/// pipe-user-pages-soft, counted over every process of uid 0.)
 fn target() -> u32 {
     if can_assume() {
         (1 << CAP_SETUID) | (1 << CAP_SETGID)
@@ -179,14 +182,20 @@ fn apply_here(keep: u32) -> i32 {
             0,
             0,
         );
+        let keep = keep & caps.permitted;
+        if caps.effective == keep && caps.permitted == keep && caps.inheritable == 0 {
+            // Nothing to drop (a daemon started without capabilities); a
+            // unit's SystemCallFilter=~@privileged refuses capset itself.
+            return 0;
+        }
         let mut header = CapHeader {
             version: CAP_VERSION_3,
             pid: 0,
         };
         let data = [
             CapData {
-                effective: keep & caps.permitted,
-                permitted: keep & caps.permitted,
+                effective: keep,
+                permitted: keep,
                 inheritable: 0,
             },
             CapData::default(),
