@@ -144,6 +144,7 @@ pub fn run(settings: &Settings, paths: &[PathBuf]) -> Report {
     pipes(&mut report, settings);
     open_files(&mut report, settings);
     socket(&mut report, &settings.socket);
+    capabilities(&mut report);
     for path in paths {
         direct_io(&mut report, path);
     }
@@ -162,6 +163,11 @@ fn has_ipc_lock() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// The capabilities the daemon keeps once started (crate::privileges).
+fn capabilities(report: &mut Report) {
+    report.add(Level::Info, "capabilities", crate::privileges::check_line());
 }
 
 fn kernel(report: &mut Report) {

@@ -135,6 +135,14 @@ fn serve(args: &Settings, reloader: Reloader) -> Result<(), String> {
     engine.set_listener(OwnedFd::from(listener));
     engine.set_signalfd(signals);
     engine.set_reloader(reloader);
+    // Everything that needed privilege is done: the socket is bound, the
+    // descriptor table grown, pipes sized, buffers registered.
+    let kept = ringxfer::privileges::drop_after_startup()
+        .map_err(|e| format!("{e}; refusing to serve with the privileges it started with"))?;
+    info!(
+        capabilities = %ringxfer::privileges::describe(kept),
+        "privileges dropped"
+    );
     notify::ready(&address, status_engine(engine.engine_kind()));
     // STOPPING=1 goes out from the loop when the first stop signal is read.
     engine.run().map_err(|e| e.to_string())?;

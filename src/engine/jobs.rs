@@ -106,6 +106,8 @@ pub(super) struct Job {
     pub truncated: bool,
     /// Where to publish the destination at the end, for a detached job.
     pub publish: Option<Publisher>,
+    /// The client's RLIMIT_FSIZE, for a regular-file destination.
+    pub fsize_limit: Option<u64>,
 }
 
 impl Job {
@@ -273,6 +275,7 @@ impl Engine {
         }
         let session_id = session.id;
         let session_queued = session.queued_bytes;
+        let (personality, fsize_limit) = (session.personality, session.fsize_limit);
         let plan = match plan(src, dst, &submit) {
             Ok(plan) => plan,
             Err(refused) => {
@@ -280,6 +283,12 @@ impl Engine {
                 return self.refuse(k, req, refused.error, refused.fds.into_iter().chain(dir));
             }
         };
+        // The client's RLIMIT_FSIZE binds what the daemon writes for it.
+        let fsize_limit = fsize_limit.filter(|_| plan.ends.dst_kind == FdKind::File);
+        if let Some(e) = crate::privileges::fsize_refusal(fsize_limit, plan.dst_start, plan.total) {
+            let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
+            return self.refuse(k, req, e, fds);
+        }
         let checked = match submit.publish.as_ref().zip(dir.as_ref()) {
             Some((to, d)) => publish::check(to, d, plan.ends.dst_kind).map(Some),
             None => Ok(None),
@@ -424,7 +433,9 @@ impl Engine {
             truncate,
             truncated: false,
             publish: publisher,
+            fsize_limit,
         });
+        self.ops.set_personality(key, personality);
         self.job_ids.insert(id, key);
         let usage = self.users.entry(uid).or_default();
         usage.jobs += 1;
@@ -575,6 +586,13 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
+        if job.phase == Phase::Copy && job.failure().is_none() {
+            let past =
+                crate::privileges::fsize_exceeded(job.fsize_limit, job.range.1, job.copy.moved());
+            if let Some(e) = past {
+                return self.fail_job(k, e);
+            }
+        }
         if job.phase == Phase::Copy && job.copy.is_finished() && job.failure().is_none() {
             self.start_last_steps(k);
         }

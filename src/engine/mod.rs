@@ -725,11 +725,20 @@ impl Engine {
             self.doomed.push(fd);
             return;
         };
+        let (personality, fsize_limit) = match self.client_rights(&fd, peer) {
+            Ok(rights) => rights,
+            Err(why) => {
+                warn!(pid = peer.0, uid = peer.1, "refusing a connection: {why}");
+                self.doomed.push(fd);
+                return;
+            }
+        };
         let id = self.next_session_id;
         self.next_session_id += 1;
-        let key = self
-            .sessions
-            .insert(Session::new(id, fd, RECV_CAPACITY, peer));
+        let mut session = Session::new(id, fd, RECV_CAPACITY, peer);
+        session.personality = personality;
+        session.fsize_limit = fsize_limit;
+        let key = self.sessions.insert(session);
         info!(
             session = id,
             pid = peer.0,
@@ -743,6 +752,46 @@ impl Engine {
         }
         self.arm_recv(key);
         self.arm_deadlines();
+    }
+
+    /// What a client may have the daemon do for it, once the daemon has
+    /// dropped its privileges: the personality its jobs run under and its
+    /// RLIMIT_FSIZE (see `crate::privileges`). An engine embedded in the CLI
+    /// acts with its host's rights, which are the client's.
+    fn client_rights(
+        &mut self,
+        fd: &OwnedFd,
+        peer: (i32, u32, u32),
+    ) -> Result<(u16, Option<u64>), String> {
+        use crate::privileges::{self, FsizeLimit};
+        if !privileges::dropped() {
+            return Ok((0, None));
+        }
+        let (pid, uid, gid) = peer;
+        let identity = privileges::peer_identity(fd.as_raw_fd(), uid, gid).ok_or_else(|| {
+            format!(
+                "its groups cannot be read (SO_PEERGROUPS: {})",
+                std::io::Error::last_os_error()
+            )
+        })?;
+        let personality = self
+            .ring
+            .personality(&identity)
+            .map_err(|e| format!("cannot register its credentials with the ring: {e}"))?
+            .unwrap_or(0);
+        let fsize = match privileges::peer_fsize_limit(fd.as_raw_fd(), pid) {
+            FsizeLimit::Known(limit) => limit,
+            FsizeLimit::Hidden => {
+                debug!(pid, "the client's RLIMIT_FSIZE cannot be read (/proc/{pid} hidden): not enforced");
+                None
+            }
+            FsizeLimit::Gone => {
+                return Err(format!(
+                    "the process that connected (pid {pid}) is gone, so its RLIMIT_FSIZE cannot be read"
+                ))
+            }
+        };
+        Ok((personality, fsize))
     }
 
     fn arm_recv(&mut self, k: usize) {

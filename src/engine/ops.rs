@@ -124,12 +124,34 @@ pub struct Op {
 /// The operations in flight.
 pub struct OpTable {
     ops: Slab<Op>,
+    /// Per job key, the personality its operations run under (0: the
+    /// daemon's credentials); see `crate::privileges`.
+    personalities: Vec<u16>,
 }
 
 impl OpTable {
     pub fn with_capacity(n: usize) -> OpTable {
         OpTable {
             ops: Slab::with_capacity(n),
+            personalities: Vec::new(),
+        }
+    }
+
+    /// Makes every operation of the job at `key` from now on run under
+    /// `personality` (0: the daemon's credentials). Set at admission, so a
+    /// reused key never keeps the one before.
+    pub fn set_personality(&mut self, key: usize, personality: u16) {
+        if self.personalities.len() <= key {
+            self.personalities.resize(key + 1, 0);
+        }
+        self.personalities[key] = personality;
+    }
+
+    /// The personality of `owner`'s operations: its job's, or 0.
+    pub fn personality(&self, owner: Owner) -> u16 {
+        match owner {
+            Owner::Job(key) => self.personalities.get(key).copied().unwrap_or(0),
+            _ => 0,
         }
     }
 

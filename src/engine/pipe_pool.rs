@@ -46,6 +46,30 @@ impl Pipe {
         })
     }
 
+    /// Reads out whatever the pipe holds: true once it is empty. Each read
+    /// asks for at most what FIONREAD says is there, so none blocks (no op
+    /// holds the pipe: nothing else writes to it).
+    fn drain(&self) -> bool {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            if unsafe { libc::ioctl(self.read.as_raw_fd(), libc::FIONREAD, &mut queued) } != 0 {
+                return false;
+            }
+            if queued <= 0 {
+                return true;
+            }
+            let want = (queued as usize).min(scratch.len());
+            // SAFETY: reads at most `want` bytes into `scratch`, which holds more.
+            let got =
+                unsafe { libc::read(self.read.as_raw_fd(), scratch.as_mut_ptr().cast(), want) };
+            if got <= 0 {
+                return false;
+            }
+        }
+    }
+
     /// The end splice reads from.
     pub fn read_fd(&self) -> RawFd {
         self.read.as_raw_fd()
@@ -149,9 +173,16 @@ impl PipePool {
     }
 
     /// Takes back a pipe that may still hold bytes from a failed or cancelled
-    /// chunk. Those bytes belong to nobody now, so the pipe is closed and a
-    /// fresh one made in its place; if that fails the pool is one pipe smaller.
+    /// chunk. Those bytes belong to nobody now: they are read out and the
+    /// pipe is lent again; if that fails, the pipe is closed and a fresh one
+    /// made in its place, and if that fails too the pool is one pipe smaller.
+    /// (Draining first: a daemon that dropped its privileges may not grow a
+    /// new pipe past pipe-user-pages-soft, counted over all of its uid.)
     pub fn discard(&mut self, pipe: Rc<Pipe>) -> Option<PipeError> {
+        if Rc::strong_count(&pipe) == 1 && pipe.drain() {
+            self.idle.push(pipe);
+            return None;
+        }
         drop(pipe);
         match Pipe::new(self.size) {
             Ok(p) => {

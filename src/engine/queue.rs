@@ -98,8 +98,13 @@ impl IoQueue<'_> {
         op: Op,
         build: impl FnOnce() -> io_uring::squeue::Entry,
     ) -> Result<u64, EngineError> {
+        let personality = self.ops.personality(op.owner);
         let user_data = self.ops.insert(op);
-        let entry = build().user_data(user_data);
+        let mut entry = build().user_data(user_data);
+        if personality != 0 {
+            // A job's operations run with its client's credentials.
+            entry = entry.personality(personality);
+        }
         // SAFETY: the op table now owns, until this entry's completion is
         // reaped, whatever the entry points at (see `Hold`): heap buffers that
         // do not move when the table grows, and descriptors kept open by `Rc`s.
@@ -384,8 +389,12 @@ impl IoQueue<'_> {
                 ends: Rc::clone(ends),
             },
         };
+        let personality = self.ops.personality(op.owner);
         let user_data = self.ops.insert(op);
-        let entry = entry.user_data(user_data);
+        let mut entry = entry.user_data(user_data);
+        if personality != 0 {
+            entry = entry.personality(personality);
+        }
         // SAFETY: the op table now owns the buffer the entry points into and
         // the descriptors (see `Hold::Buffer`) until its completion is reaped.
         match unsafe { self.ring.push(&entry) } {

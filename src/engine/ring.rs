@@ -34,6 +34,10 @@ pub struct Ring {
     pub setup: &'static str,
     /// Why io_uring is not used, when `auto` fell back to threads.
     pub fallback_reason: Option<String>,
+    /// Client identities registered as personalities. Never unregistered:
+    /// detached jobs outlive their connections, and there are no more
+    /// identities than users and their group sets.
+    personalities: std::collections::HashMap<crate::privileges::Identity, u16>,
 }
 
 enum Backend {
@@ -58,6 +62,7 @@ impl Ring {
                     enter_calls: 0,
                     setup,
                     fallback_reason: None,
+                    personalities: Default::default(),
                 })
             }
             Some(Err(e)) if kind == EngineKind::Uring => return Err(e),
@@ -71,6 +76,7 @@ impl Ring {
             enter_calls: 0,
             setup: "threads",
             fallback_reason,
+            personalities: Default::default(),
         })
     }
 
@@ -158,6 +164,30 @@ impl Ring {
             Backend::Uring(ring) => unsafe { ring.submitter().register_buffers(iovecs) },
             Backend::Threads(_) => Ok(()),
         }
+    }
+
+    /// The personality that runs operations under `id`'s uid, gid and
+    /// groups, without capabilities: registered once per identity (for
+    /// io_uring, by this thread taking the identity for the moment of the
+    /// registration, which captures its credentials), then reused. Only a
+    /// daemon that dropped its privileges and kept CAP_SETUID/CAP_SETGID
+    /// registers any; otherwise None, and jobs run as the daemon.
+    pub fn personality(&mut self, id: &crate::privileges::Identity) -> io::Result<Option<u16>> {
+        if !crate::privileges::dropped() || !crate::privileges::can_assume() {
+            return Ok(None);
+        }
+        if let Some(&p) = self.personalities.get(id) {
+            return Ok(Some(p));
+        }
+        let p = match &mut self.backend {
+            Backend::Uring(ring) => {
+                let submitter = ring.submitter();
+                crate::privileges::with_identity(id, || submitter.register_personality())??
+            }
+            Backend::Threads(ring) => ring.register_personality(id.clone())?,
+        };
+        self.personalities.insert(id.clone(), p);
+        Ok(Some(p))
     }
 
     /// Whether entries are queued but not yet handed to the kernel.
@@ -296,8 +326,10 @@ pub const ALLOWED_OPCODES: [u8; 19] = [
     opcode::WriteFixed::CODE,
 ];
 
-/// IORING_REGISTER_BUFFERS, the one registration made after enabling.
+/// IORING_REGISTER_BUFFERS, made after enabling.
 const REGISTER_BUFFERS: u8 = 0;
+/// IORING_REGISTER_PERSONALITY: each client identity, for its jobs.
+const REGISTER_PERSONALITY: u8 = 9;
 
 /// Restricts the disabled ring to what the engine uses, then enables it.
 fn restrict(ring: &IoUring) -> io::Result<()> {
@@ -306,6 +338,7 @@ fn restrict(ring: &IoUring) -> io::Result<()> {
         .map(|&op| Restriction::sqe_op(op))
         .collect();
     rules.push(Restriction::register_op(REGISTER_BUFFERS));
+    rules.push(Restriction::register_op(REGISTER_PERSONALITY));
     // Linked splice pairs and worker-side closes; nothing else.
     rules.push(Restriction::sqe_flags_allowed(
         (squeue::Flags::IO_LINK | squeue::Flags::ASYNC).bits(),

@@ -198,6 +198,10 @@ pub struct Session {
     pub queued_bytes: u64,
     /// Peer credentials (SO_PEERCRED): pid, uid, gid.
     pub peer: (i32, u32, u32),
+    /// The personality its jobs run under (0: the daemon's credentials),
+    /// and its RLIMIT_FSIZE when known (see `crate::privileges`).
+    pub personality: u16,
+    pub fsize_limit: Option<u64>,
     /// When the connection was accepted (for the handshake deadline).
     pub opened: std::time::Instant,
     /// Bytes of events in the send in flight (counted against the daemon's
@@ -227,6 +231,8 @@ impl Session {
             jobs: Vec::new(),
             queued_bytes: 0,
             peer,
+            personality: 0,
+            fsize_limit: None,
             opened: std::time::Instant::now(),
             partial_since: None,
             sending: 0,

@@ -24,6 +24,7 @@ mod layers;
 mod lifecycle;
 mod nothing_lost;
 mod pagecache;
+mod privileges;
 mod protocol_abuse;
 mod publish;
 mod ratelimit;

@@ -54,6 +54,7 @@ struct Waiter {
     fd: RawFd,
     events: i16,
     request: Request,
+    personality: u16,
 }
 
 /// The threads back end's ring: entries in, completions out.
@@ -150,6 +151,20 @@ impl ThreadRing {
         out.append(&mut self.ready);
     }
 
+    /// Registers `id` for operations to run under (the SQE's personality
+    /// field), as IORING_REGISTER_PERSONALITY does: its number, from 1.
+    pub fn register_personality(&mut self, id: crate::privileges::Identity) -> io::Result<u16> {
+        let mut table = self
+            .pool
+            .identities
+            .write()
+            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+        let n = u16::try_from(table.len() + 1)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOSPC))?;
+        table.push(id);
+        Ok(n)
+    }
+
     /// Worker threads running now.
     pub fn workers(&self) -> usize {
         self.pool.threads()
@@ -174,7 +189,7 @@ impl ThreadRing {
                 for (slot, d) in ops.iter_mut().zip(chain) {
                     *slot = Some((d.user_data, d.request));
                 }
-                self.hand_to_worker(ops);
+                self.hand_to_worker(ops, chain[0].personality);
             } else {
                 for d in chain {
                     self.complete(d.user_data, -libc::EINVAL, 0);
@@ -189,6 +204,7 @@ impl ThreadRing {
 
     fn start(&mut self, d: Decoded) {
         let ud = d.user_data;
+        let who = d.personality;
         match d.request {
             Request::Timeout { after } => {
                 let at = Instant::now() + after;
@@ -199,24 +215,24 @@ impl ThreadRing {
                 let result = self.cancel(target);
                 self.complete(ud, result, 0);
             }
-            Request::PollAdd { fd, events } => self.wait_for(ud, fd, events, d.request),
+            Request::PollAdd { fd, events } => self.wait_for(ud, fd, events, d.request, who),
             Request::RecvMsg { fd, .. } | Request::Accept { fd, .. } => {
                 if !self.try_inline(ud, d.request) {
-                    self.wait_for(ud, fd, libc::POLLIN, d.request);
+                    self.wait_for(ud, fd, libc::POLLIN, d.request, who);
                 }
             }
             Request::Send { fd, .. } => {
                 if !self.try_inline(ud, d.request) {
-                    self.wait_for(ud, fd, libc::POLLOUT, d.request);
+                    self.wait_for(ud, fd, libc::POLLOUT, d.request, who);
                 }
             }
             // io_uring ignores the offset of a stream; preadv2 and pwritev2
             // would refuse it with ESPIPE, so streams use the position.
             Request::Read { fd, .. } if is_stream(fd) => {
-                self.wait_for(ud, fd, libc::POLLIN, d.request.at_position())
+                self.wait_for(ud, fd, libc::POLLIN, d.request.at_position(), who)
             }
             Request::Write { fd, .. } if is_stream(fd) => {
-                self.wait_for(ud, fd, libc::POLLOUT, d.request.at_position())
+                self.wait_for(ud, fd, libc::POLLOUT, d.request.at_position(), who)
             }
             Request::Refused { opcode } => {
                 debug!(opcode, "refused: not an operation the engine uses");
@@ -234,12 +250,14 @@ impl ThreadRing {
             | Request::UnlinkAt { .. } => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.request));
-                self.hand_to_worker(ops);
+                self.hand_to_worker(ops, who);
             }
         }
     }
 
-    fn hand_to_worker(&mut self, ops: [Option<(u64, Request)>; MAX_CHAIN]) {
+    /// Hands a chain to a worker, which runs it under the identity
+    /// registered as `personality` (0: the daemon's own).
+    fn hand_to_worker(&mut self, ops: [Option<(u64, Request)>; MAX_CHAIN], personality: u16) {
         let mut cell = self.pool.cell();
         if let Some(c) = Arc::get_mut(&mut cell) {
             for (slot, (ud, request)) in c.chain.iter_mut().zip(ops.iter().flatten()) {
@@ -253,15 +271,27 @@ impl ThreadRing {
             self.on_workers
                 .insert(*ud, (Arc::clone(&cell), i + 1 == last));
         }
-        self.pool.run(Work { ops, cell });
+        self.pool.run(Work {
+            ops,
+            cell,
+            personality,
+        });
     }
 
-    fn wait_for(&mut self, user_data: u64, fd: RawFd, events: i16, request: Request) {
+    fn wait_for(
+        &mut self,
+        user_data: u64,
+        fd: RawFd,
+        events: i16,
+        request: Request,
+        personality: u16,
+    ) {
         self.waiters.push(Waiter {
             user_data,
             fd,
             events,
             request,
+            personality,
         });
     }
 
@@ -486,7 +516,7 @@ impl ThreadRing {
             request => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((w.user_data, request));
-                self.hand_to_worker(ops);
+                self.hand_to_worker(ops, w.personality);
             }
         }
     }

@@ -171,6 +171,8 @@ pub struct Decoded {
     pub request: Request,
     pub user_data: u64,
     pub link: bool,
+    /// The registered identity the operation runs under (0: the daemon's).
+    pub personality: u16,
 }
 
 fn offset(raw: u64) -> Option<i64> {
@@ -283,6 +285,7 @@ pub unsafe fn decode(entry: &squeue::Entry) -> Decoded {
         request,
         user_data: sqe.user_data,
         link: sqe.flags & IOSQE_IO_LINK != 0,
+        personality: sqe.personality,
     }
 }
 

@@ -12,13 +12,18 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, RwLock};
 
 use crossbeam_channel::{Receiver, Sender};
 use tracing::warn;
 
 use super::sqe::Request;
 use super::Cqe;
+use crate::privileges::{Identity, WorkerIdentity};
+
+/// Client identities registered as personalities: personality N is entry
+/// N - 1 (0 is none, as for io_uring). Only ever appended to.
+pub type Identities = Arc<RwLock<Vec<Identity>>>;
 
 /// Workers made at start.
 const START_WORKERS: usize = 2;
@@ -88,6 +93,8 @@ impl Cell {
 pub struct Work {
     pub ops: [Option<(u64, Request)>; MAX_CHAIN],
     pub cell: Arc<Cell>,
+    /// The identity the chain runs under (0: the daemon's own).
+    pub personality: u16,
 }
 
 // SAFETY: a Request's raw pointers (buffers, a msghdr) point at memory the
@@ -110,6 +117,7 @@ pub struct WorkerPool {
     threads: usize,
     /// Cells whose operations are over, reused once their worker let go.
     spare: Vec<Arc<Cell>>,
+    pub identities: Identities,
 }
 
 impl WorkerPool {
@@ -126,6 +134,7 @@ impl WorkerPool {
             unfinished: Arc::new(AtomicUsize::new(0)),
             threads: 0,
             spare: Vec::with_capacity(64),
+            identities: Arc::default(),
         };
         for _ in 0..START_WORKERS {
             pool.spawn()?;
@@ -138,9 +147,10 @@ impl WorkerPool {
         let done = self.done_tx.clone();
         let wake = Arc::clone(&self.wake);
         let unfinished = Arc::clone(&self.unfinished);
+        let identities = Arc::clone(&self.identities);
         std::thread::Builder::new()
             .name("ringxfer-worker".into())
-            .spawn(move || worker(rx, done, wake, unfinished))?;
+            .spawn(move || worker(rx, done, wake, unfinished, identities))?;
         self.threads += 1;
         Ok(())
     }
@@ -209,7 +219,13 @@ fn install_cancel_handler() {
     });
 }
 
-fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, unfinished: Arc<AtomicUsize>) {
+fn worker(
+    rx: Receiver<Work>,
+    done: Sender<Cqe>,
+    wake: Arc<OwnedFd>,
+    unfinished: Arc<AtomicUsize>,
+    identities: Identities,
+) {
     // Workers inherit the loop thread's mask (SIGTERM and SIGINT blocked for
     // its signalfd); only the cancel signal must get through.
     // SAFETY: a sigset filled by sigemptyset/sigaddset, used on this thread.
@@ -221,8 +237,9 @@ fn worker(rx: Receiver<Work>, done: Sender<Cqe>, wake: Arc<OwnedFd>, unfinished:
     }
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as u64;
+    let mut wearing = WorkerIdentity::default();
     for work in rx.iter() {
-        run_chain(&work, me, &done, &wake);
+        run_chain(&work, me, &done, &wake, &identities, &mut wearing);
         unfinished.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -242,7 +259,14 @@ fn announce(wake: &OwnedFd) {
     };
 }
 
-fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>, wake: &OwnedFd) {
+fn run_chain(
+    work: &Work,
+    me: u64,
+    done: &Sender<Cqe>,
+    wake: &OwnedFd,
+    identities: &Identities,
+    wearing: &mut WorkerIdentity,
+) {
     let cell = &work.cell;
     cell.thread.store(me, Ordering::SeqCst);
     let started = cell
@@ -254,10 +278,18 @@ fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>, wake: &OwnedFd) {
         return;
     }
     let mut broken = cell.cancel.load(Ordering::SeqCst);
+    // The client's identity, as io_uring applies a personality: an identity
+    // that cannot be worn fails the chain rather than run it as the daemon.
+    let refused = match wear(work.personality, identities, wearing) {
+        Ok(()) => None,
+        Err(e) => Some(-e.raw_os_error().unwrap_or(libc::EPERM)),
+    };
     for &(user_data, request) in work.ops.iter().flatten() {
         // A close always runs: cancelling it would leak the descriptor.
         let closes = matches!(request, Request::Close { .. });
-        let result = if broken && !closes {
+        let result = if let Some(errno) = refused.filter(|_| !closes) {
+            errno
+        } else if broken && !closes {
             -libc::ECANCELED
         } else {
             execute(request, cell)
@@ -280,6 +312,24 @@ fn run_chain(work: &Work, me: u64, done: &Sender<Cqe>, wake: &OwnedFd) {
         broken |= result < 0 || expected(request).is_some_and(|len| result as usize != len);
     }
     cell.state.store(DONE, Ordering::SeqCst);
+}
+
+/// Makes this worker wear the identity registered as `personality`.
+fn wear(
+    personality: u16,
+    identities: &Identities,
+    wearing: &mut WorkerIdentity,
+) -> std::io::Result<()> {
+    if personality == 0 {
+        return wearing.wear(0, None);
+    }
+    let table = identities
+        .read()
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+    match table.get(usize::from(personality) - 1) {
+        Some(id) => wearing.wear(personality, Some(id)),
+        None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+    }
 }
 
 /// The full result of a transfer, for the link rule.
