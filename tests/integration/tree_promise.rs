@@ -176,18 +176,23 @@ fn setup(dest: Dest, seed: u64) -> Setup {
 
 impl Setup {
     /// `copy -r SRC DST` through the daemon only, 1 MiB/s a job.
-    fn command(&self, socket: &Path, rate: bool) -> Command {
+    fn command(&self, socket: &Path, rate: Option<&str>) -> Command {
         let mut c = cli(socket);
         c.args(["--daemon-only", "copy", "-r"]);
-        if rate {
-            c.args(["--rate-limit", "1MiB"]);
+        if let Some(rate) = rate {
+            c.args(["--rate-limit", rate]);
         }
         c.arg(&self.src).arg(&self.arg);
         c
     }
 
     fn spawn(&self, socket: &Path, default_sigint: bool) -> Child {
-        let mut c = self.command(socket, true);
+        self.spawn_at(socket, default_sigint, "1MiB")
+    }
+
+    /// As `spawn`, each file moving at most `rate` per second.
+    fn spawn_at(&self, socket: &Path, default_sigint: bool, rate: &str) -> Child {
+        let mut c = self.command(socket, Some(rate));
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(self.work.join("stderr")).unwrap());
@@ -264,7 +269,7 @@ fn a_new_tree_with_a_failed_item_is_not_created_and_the_summary_names_it() {
         .expect("run mkfifo");
     assert!(status.success());
 
-    let out = run(s.command(&d.socket, false));
+    let out = run(s.command(&d.socket, None));
     assert_exit(&out, 1, "a new tree with a FIFO in it");
     assert!(
         !s.dst.exists(),
@@ -456,7 +461,7 @@ fn cli_killed(dest: Dest) {
         s.assert_all_or_nothing(dest, &what);
         let left = s.leftovers();
 
-        let out = run(s.command(&d.socket, false));
+        let out = run(s.command(&d.socket, None));
         assert_exit(&out, 0, &format!("{what}: the next copy"));
         for path in &left {
             removed += 1;
@@ -534,7 +539,9 @@ fn sigterm_and_sighup_remove_the_staged_tree_and_exit_143_and_129() {
         (libc::SIGINT, 130, "SIGINT"),
     ] {
         let s = setup(Dest::New, 5);
-        let mut child = s.spawn(&d.socket, true);
+        // Slow enough (each file at 64 KiB/s) that a loaded machine cannot
+        // finish the copy between seeing the staged tree and the signal.
+        let mut child = s.spawn_at(&d.socket, true, "64KiB");
         // Mid-copy: the staged tree is there.
         let staged = poll_until(Duration::from_secs(10), || !s.leftovers().is_empty());
         assert!(staged, "{name}: no staged tree appeared");
@@ -582,7 +589,7 @@ fn staging_of_a_live_process_or_another_user_is_kept() {
     }
     fs::set_permissions(&of_gone, fs::Permissions::from_mode(0o755)).unwrap();
 
-    let out = run(s.command(&d.socket, false));
+    let out = run(s.command(&d.socket, None));
     let _ = live.kill();
     let _ = live.wait();
     assert_exit(&out, 0, "copy beside leftovers");
