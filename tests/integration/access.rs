@@ -12,11 +12,9 @@ use crate::support::*;
 const NOBODY: u32 = 65534;
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_user_refused_by_the_socket_is_told_so_and_how_to_get_access() {
-    if !running_as_root() {
-        eprintln!("skipped: needs root to run the CLI as another user");
-        return;
-    }
+    require_root("root to run the CLI as another user");
     let base = world_tmpdir();
     let cli_bin = executable_for_others(Path::new(CLI_BIN), base.path());
     // Root's daemon, its socket 0660 root:root: nobody may not connect.

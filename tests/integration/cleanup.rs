@@ -102,11 +102,9 @@ impl Drop for Mount {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_full_disk_ends_every_strategy_the_same_way_and_restores_the_size() {
-    if !running_as_root() {
-        println!("skipped: needs root to mount tmpfs");
-        return;
-    }
+    require_root("root to mount tmpfs");
     let d = Daemon::start();
     let c = d.client();
     let dir = tmpdir();
@@ -118,13 +116,11 @@ fn a_full_disk_ends_every_strategy_the_same_way_and_restores_the_size() {
         .arg(&mnt)
         .output()
         .expect("run mount");
-    if !out.status.success() {
-        println!(
-            "skipped: cannot mount tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
+    assert!(
+        out.status.success(),
+        "cannot mount tmpfs (as root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _mount = Mount(mnt.clone());
     let orig = 64 << 10;
     for strategy in STRATEGIES {

@@ -280,22 +280,10 @@ fn a_failed_copy_leaves_nothing_under_the_name() {
     assert_eq!(fs::metadata(&old).unwrap().ino(), before);
 }
 
-/// Whether `setpriv` can run a command as another user here.
-fn setpriv_works() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
-    if !setpriv_works() {
-        eprintln!("SKIPPED: needs root and setpriv to run the CLI as uid 65534");
-        return;
-    }
+    require_root("root and setpriv to run the CLI as uid 65534");
     // Everything the unprivileged CLI must reach, itself included:
     // world-searchable and outside the checkout (which may be 0700).
     let base = world_tmpdir();

@@ -80,13 +80,9 @@ impl Drop for ProtectedSymlinks {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_symlink_planted_by_another_user_in_a_sticky_directory_is_not_followed() {
-    if !running_as_root() {
-        eprintln!(
-            "skipped: needs root to set fs.protected_symlinks and give a link to another user"
-        );
-        return;
-    }
+    require_root("root to set fs.protected_symlinks and give a link to another user");
     let _guard = ProtectedSymlinks::on();
     let d = Daemon::start();
     let (src, _) = make_file(d.dir(), "src", 3000, 902);

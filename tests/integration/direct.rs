@@ -71,11 +71,6 @@ fn copy_with(
     c
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A file system mounted for one test; unmounted (lazily if busy) on drop.
 struct Mount(PathBuf);
 
@@ -377,21 +372,16 @@ fn auto_with_unaligned_offset_falls_back_to_splice_with_a_note() {
 // Failures
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn direct_into_a_full_file_system_fails_at_once_and_leaves_the_destination() {
-    if !is_root() {
-        println!("skipped: needs root to mount a 4 MiB tmpfs");
-        return;
-    }
+    require_root("root to mount a 4 MiB tmpfs");
     let d = Daemon::start();
     let baseline = d.baseline();
     let dir = tmpdir();
     let (src, _) = make_file(dir.path(), "src", 8 << 20, 340);
     let mnt = match mount(dir.path(), "mnt", "tmpfs", Some("size=4m")) {
         Ok(m) => m,
-        Err(e) => {
-            println!("skipped: cannot mount tmpfs: {e}");
-            return;
-        }
+        Err(e) => panic!("cannot mount tmpfs (as root): {e}"),
     };
     {
         let dst = mnt.0.join("dst");
@@ -427,23 +417,18 @@ fn direct_into_a_full_file_system_fails_at_once_and_leaves_the_destination() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn ramfs_source_is_hot_for_auto_and_refused_by_direct() {
     // A ramfs file lives in the page cache, so auto splices it from memory
     // (the residency test comes first, and says so); explicit direct is
     // refused because ramfs has no O_DIRECT.
-    if !is_root() {
-        println!("skipped: needs root to mount ramfs");
-        return;
-    }
+    require_root("root to mount ramfs");
     let d = Daemon::start_with(&["--direct-threshold", "1"]);
     let client = d.client();
     let dir = tmpdir();
     let mnt = match mount(dir.path(), "ramfs", "ramfs", None) {
         Ok(m) => m,
-        Err(e) => {
-            println!("skipped: cannot mount ramfs: {e}");
-            return;
-        }
+        Err(e) => panic!("cannot mount ramfs (as root): {e}"),
     };
     let (src, data) = make_file(&mnt.0, "src", (2 << 20) + 3, 350);
 
@@ -486,20 +471,15 @@ fn assert_direct_refused(client: &Client, src: &File, dst: &Path, what: &str) {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn ramfs_destination_auto_falls_back_to_splice_and_direct_is_refused() {
-    if !is_root() {
-        println!("skipped: needs root to mount ramfs");
-        return;
-    }
+    require_root("root to mount ramfs");
     let d = Daemon::start_with(&["--direct-threshold", "1"]);
     let client = d.client();
     let dir = tmpdir();
     let mnt = match mount(dir.path(), "ramfs", "ramfs", None) {
         Ok(m) => m,
-        Err(e) => {
-            println!("skipped: cannot mount ramfs: {e}");
-            return;
-        }
+        Err(e) => panic!("cannot mount ramfs (as root): {e}"),
     };
     // A cold source on ext4: only the destination stands in direct's way.
     let (src, data) = make_file(dir.path(), "src", (2 << 20) + 3, 351);

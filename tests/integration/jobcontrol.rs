@@ -998,11 +998,9 @@ fn other_user_probe() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn another_users_jobs_are_off_limits_and_root_sees_all() {
-    if !running_as_root() {
-        eprintln!("skipped: needs root to run a client as another user");
-        return;
-    }
+    require_root("root to run a client as another user");
     // The other user runs a copy of this binary and reaches the socket
     // through a directory of its own, both outside the checkout, which may
     // be closed to others (a clone under /root).

@@ -55,14 +55,6 @@ fn cli_as_nobody(base: &Path, d: &Daemon, fsize: Option<u64>, args: &[&str]) -> 
     run(as_nobody(base, fsize, &cmd))
 }
 
-fn skip_unless_root(what: &str) -> bool {
-    if !running_as_root() {
-        eprintln!("skipped: needs root ({what})");
-        return true;
-    }
-    false
-}
-
 /// A file of `len` bytes owned by nobody with `mode`.
 fn nobodys_file(path: &Path, len: usize, mode: u32) {
     fs::write(path, pattern(7, len)).unwrap();
@@ -76,10 +68,9 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_users_copy_into_its_setuid_file_clears_the_bits_as_its_own_write_does() {
-    if skip_unless_root("runs the CLI as nobody") {
-        return;
-    }
+    require_root("runs the CLI as nobody");
     let base = world_tmpdir();
     executable_for_others(Path::new(CLI_BIN), base.path());
     let d = open_daemon(base.path());
@@ -145,10 +136,9 @@ impl Drop for Mounted {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_user_filling_ext4_through_the_daemon_stops_where_its_own_dd_stops() {
-    if skip_unless_root("mounts a loop device and runs the CLI as nobody") {
-        return;
-    }
+    require_root("mounts a loop device and runs the CLI as nobody");
     let base = world_tmpdir();
     executable_for_others(Path::new(CLI_BIN), base.path());
     let img = base.path().join("ext4.img");
@@ -166,10 +156,7 @@ fn a_user_filling_ext4_through_the_daemon_stops_where_its_own_dd_stops() {
         c.args(["-o", "loop"]).arg(&img).arg(&mnt);
         c
     });
-    if !out.status.success() {
-        eprintln!("skipped: cannot loop-mount ext4 here: {}", describe(&out));
-        return;
-    }
+    assert_exit(&out, 0, "mount -o loop of the ext4 image (as root)");
     let _mounted = Mounted(mnt.clone());
     let home = mnt.join("home");
     fs::create_dir(&home).unwrap();
@@ -225,10 +212,9 @@ fn a_user_filling_ext4_through_the_daemon_stops_where_its_own_dd_stops() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_users_rlimit_fsize_bounds_what_the_daemon_writes_for_it() {
-    if skip_unless_root("runs the CLI as nobody") {
-        return;
-    }
+    require_root("runs the CLI as nobody");
     let base = world_tmpdir();
     executable_for_others(Path::new(CLI_BIN), base.path());
     let d = open_daemon(base.path());

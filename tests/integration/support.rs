@@ -980,6 +980,16 @@ pub fn jain(xs: &[f64]) -> f64 {
 }
 
 /// Whether the tests run as root (the other-user checks need it).
+/// For a test that needs root (marked `#[ignore]`, which `.ci/run` runs as
+/// root with `--include-ignored`): fails, saying why, rather than passing
+/// without having run.
+pub fn require_root(why: &str) {
+    assert!(
+        running_as_root(),
+        "this test needs root ({why}); run the suite as root, as .ci/run does"
+    );
+}
+
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
