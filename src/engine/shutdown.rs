@@ -61,6 +61,11 @@ impl Engine {
     pub(super) fn drain(&mut self) {
         self.draining = true;
         self.notify_stopping();
+        // Submits still waiting for statx are new jobs: refused now, not
+        // after a file system that stalls their statx answers.
+        if let Some(e) = self.draining_refusal() {
+            self.refuse_admissions(&e);
+        }
         if let Some(ud) = self.listener_op.take() {
             let _ = self.io().cancel(ud);
         }
