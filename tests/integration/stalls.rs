@@ -1,0 +1,261 @@
+//! Nothing blocks the loop: a file system whose getattr stalls (a real FUSE
+//! mount, tests/fuse/slowfs.py) stalls only the job whose descriptor is on
+//! it, never another client's.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::{fdpass::send_with_fds, Event, FailureKind, Request};
+
+use crate::protocol_abuse::{frame, hello, raw, read_event, submit_request};
+use crate::support::*;
+
+/// How long the armed getattr sleeps.
+const STALL: Duration = Duration::from_secs(5);
+/// The size of the file on the FUSE mount.
+const FUSE_SIZE: usize = 1 << 20;
+
+/// A mounted tests/fuse/slowfs.py: unmounted and stopped on drop.
+struct SlowFs {
+    server: Child,
+    mount: PathBuf,
+    arm: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SlowFs {
+    /// Mounts it, or says why it cannot (no python3-fuse or fusermount3:
+    /// .ci/run installs both).
+    fn mount() -> Result<SlowFs, String> {
+        let python = Path::new("/usr/bin/python3");
+        let usable = Command::new(python)
+            .args(["-c", "import fuse"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !usable || !Path::new("/usr/bin/fusermount3").exists() {
+            return Err("needs /usr/bin/python3 with python3-fuse, and fuse3".into());
+        }
+        let dir = tmpdir();
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).expect("mount point");
+        let arm = dir.path().join("arm");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuse/slowfs.py");
+        let server = Command::new(python)
+            .arg(script)
+            .arg(&mount)
+            .args([
+                "-f",
+                "-o",
+                "attr_timeout=0,entry_timeout=0,negative_timeout=0",
+            ])
+            .env("SLOWFS_ARM", &arm)
+            .env("SLOWFS_SIZE", FUSE_SIZE.to_string())
+            .env("SLOWFS_STALL", STALL.as_secs().to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start slowfs.py: {e}"))?;
+        let fs = SlowFs {
+            server,
+            mount,
+            arm,
+            _dir: dir,
+        };
+        if !poll_until(Duration::from_secs(10), || fs.data().exists()) {
+            return Err("the FUSE file system did not come up within 10 s".into());
+        }
+        Ok(fs)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.mount.join("data")
+    }
+
+    /// The next getattr of the file sleeps `STALL`.
+    fn arm(&self) {
+        File::create(&self.arm).expect("arm file");
+    }
+
+    /// Whether an armed getattr has begun (it removes the arm file).
+    fn stalling(&self) -> bool {
+        !self.arm.exists()
+    }
+}
+
+impl Drop for SlowFs {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mount)
+            .status();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn fuse_content() -> Vec<u8> {
+    (0..FUSE_SIZE).map(|i| ((7 * i + 3) % 251) as u8).collect()
+}
+
+/// Mounts slowfs, or prints why the test is skipped.
+fn slowfs_or_skip() -> Option<SlowFs> {
+    if !running_as_root() {
+        println!("skipped: needs root to mount a FUSE file system");
+        return None;
+    }
+    match SlowFs::mount() {
+        Ok(fs) => Some(fs),
+        // CI installs both (.ci/run): there, not having them is a failure.
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("cannot mount the stalling FUSE file system under CI: {why}")
+        }
+        Err(why) => {
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_stalled_getattr_stalls_only_its_own_job() {
+    let Some(fs) = slowfs_or_skip() else {
+        return;
+    };
+    let d = Daemon::start();
+    let dir = tmpdir();
+    // Connected first: connecting waits for the daemon's Welcome, and the
+    // measure below is of the copy alone.
+    let fast = d.client();
+    // Opened before arming: the open's own lookup answers at once.
+    let src = File::open(fs.data()).expect("open the FUSE file");
+    let dst_path = dir.path().join("from-fuse");
+    let dst = create_dst(&dst_path);
+    fs.arm();
+    // Submitted with bare protocol frames: ringxfer_ipc's Client looks at
+    // the source itself, and its own stat would take the armed stall.
+    let slow = raw(&d);
+    slow.set_read_timeout(Some(JOB_TIMEOUT)).expect("timeout");
+    hello(&slow);
+    let submit = Request::Submit(submit_request(1));
+    send_with_fds(slow.as_fd(), &frame(&submit), &[src.as_fd(), dst.as_fd()])
+        .expect("sendmsg with fds");
+    drop((src, dst));
+    let (tx, rx) = mpsc::channel();
+    let submitted = Instant::now();
+    thread::spawn(move || {
+        let mut events = Vec::new();
+        while let Some(ev) = read_event(&slow) {
+            let last = matches!(ev, Event::Completed { .. } | Event::Failed { .. });
+            events.push(ev);
+            if last {
+                break;
+            }
+        }
+        let _ = tx.send((events, submitted.elapsed()));
+    });
+    assert!(
+        poll_until(Duration::from_secs(10), || fs.stalling()),
+        "the daemon never asked the FUSE file system for the file's attributes"
+    );
+
+    // Another client's copy on an ordinary file system meanwhile.
+    let started = Instant::now();
+    copy_and_check(&fast, dir.path(), "beside-the-stall", 1 << 20, 0x57a1);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a copy on a normal file system took {took:?} while another job's source stalled in getattr: the stall blocked the loop"
+    );
+
+    // The stalled job itself completes once getattr answers.
+    let (events, after) = rx
+        .recv_timeout(JOB_TIMEOUT)
+        .expect("the stalled job never ended");
+    match events.last() {
+        Some(Event::Completed { bytes, .. }) => assert_eq!(*bytes, FUSE_SIZE as u64),
+        other => panic!("the job whose getattr stalled did not complete: {other:?} ({events:?})"),
+    }
+    assert!(
+        after >= STALL - Duration::from_millis(500),
+        "the job ended after {after:?}, before its getattr could have answered"
+    );
+    assert_file_eq(&dst_path, &fuse_content());
+}
+
+#[test]
+fn a_submit_stalled_in_getattr_is_closed_cleanly_when_its_client_leaves_or_the_daemon_stops() {
+    let Some(fs) = slowfs_or_skip() else {
+        return;
+    };
+    let d = Daemon::start();
+    let baseline = d.baseline();
+    let dir = tmpdir();
+
+    // A client that leaves while its submit waits on getattr: the daemon
+    // closes the descriptors once getattr answers, and serves others meanwhile.
+    {
+        let s = raw(&d);
+        hello(&s);
+        let src = File::open(fs.data()).expect("open the FUSE file");
+        let dst = create_dst(&dir.path().join("abandoned"));
+        fs.arm();
+        let submit = Request::Submit(submit_request(1));
+        send_with_fds(s.as_fd(), &frame(&submit), &[src.as_fd(), dst.as_fd()])
+            .expect("sendmsg with fds");
+        drop((src, dst));
+        assert!(
+            poll_until(Duration::from_secs(10), || fs.stalling()),
+            "the daemon never asked the FUSE file system"
+        );
+        drop(s);
+    }
+    let started = Instant::now();
+    copy_and_check(&d.client(), dir.path(), "beside-the-left", 70_001, 0x4ea1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a copy took {:?} beside an abandoned submit stalled in getattr",
+        started.elapsed()
+    );
+    // The descriptors are closed once getattr answers (they stay owned
+    // by the statx until then).
+    d.assert_fds_return(
+        baseline,
+        STALL * 2,
+        "a client left while its submit stalled in getattr",
+    );
+
+    // The daemon stops while a submit waits on getattr: the client is told
+    // at once, and the daemon exits once getattr answers.
+    let s = raw(&d);
+    hello(&s);
+    let src = File::open(fs.data()).expect("open the FUSE file");
+    let dst = create_dst(&dir.path().join("stopped"));
+    fs.arm();
+    let submit = Request::Submit(submit_request(7));
+    send_with_fds(s.as_fd(), &frame(&submit), &[src.as_fd(), dst.as_fd()])
+        .expect("sendmsg with fds");
+    drop((src, dst));
+    assert!(poll_until(Duration::from_secs(10), || fs.stalling()));
+    let stopped = Instant::now();
+    d.signal(libc::SIGTERM);
+    match read_event(&s) {
+        Some(Event::Failed {
+            req: 7,
+            job: None,
+            kind: FailureKind::ShuttingDown,
+            ..
+        }) => {}
+        other => panic!("expected the stalled submit refused with ShuttingDown, got {other:?}"),
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "the client of a stalled submit was told the daemon stops after {:?}",
+        stopped.elapsed()
+    );
+    d.wait_exit(STALL * 3);
+}
