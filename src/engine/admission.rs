@@ -14,9 +14,11 @@
 //! the submitted descriptors until its completion, as every operation
 //! holds what the kernel touches. The `Admitting` entry, with the request,
 //! stays until its last statx is back, whatever happens meanwhile: if its
-//! connection closes, it is abandoned (nobody to tell); if the daemon
-//! drains or stops, its client is told `ShuttingDown` at once. Either way
-//! the descriptors go to the closing thread when the statx ops are back.
+//! connection closes, it is abandoned (nobody to tell); a draining daemon
+//! lets it in like a job admitted before the signal (within the grace
+//! period); a daemon that stops (the grace ended, a second signal) tells
+//! its client `ShuttingDown` at once. Either way the descriptors go to the
+//! closing thread when the statx ops are back.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -73,6 +75,11 @@ impl Admissions {
 
     pub fn of_session(&self, k: usize) -> usize {
         self.by_session.get(&k).copied().unwrap_or(0)
+    }
+
+    /// Submits being admitted whose client still waits for them.
+    pub fn live(&self) -> usize {
+        self.by_session.values().sum()
     }
 
     pub fn of_user(&self, uid: u32) -> usize {
@@ -250,9 +257,9 @@ impl Engine {
         }
     }
 
-    /// The daemon drains or stops: every submit being admitted is refused
-    /// now (its statx ops may wait on a server for long), each client told
-    /// why; the descriptors close when the statx ops are back.
+    /// The daemon stops: every submit being admitted is refused now (its
+    /// statx ops may wait on a server for long), each client told why; the
+    /// descriptors close when the statx ops are back.
     pub(super) fn refuse_admissions(&mut self, e: &TransferError) {
         let mut told = Vec::new();
         for (_, a) in self.admissions.pending.iter_mut() {

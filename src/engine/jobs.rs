@@ -291,10 +291,6 @@ impl Engine {
             Some((fd, stat)) => (Some(fd), stat.ok().map(|s| s.kind)),
             None => (None, None),
         };
-        // The daemon may have begun draining while statx ran.
-        if let Some(e) = self.draining_refusal() {
-            return self.refuse(k, req, e, [src, dst].into_iter().chain(dir));
-        }
         let Some(session) = self.sessions.get(k) else {
             self.doomed.extend([src, dst].into_iter().chain(dir));
             return;

@@ -535,7 +535,11 @@ impl Engine {
             }
             self.cqes = cqes;
             self.lend();
-            if self.draining && !self.stopping && self.jobs.is_empty() {
+            if self.draining
+                && !self.stopping
+                && self.jobs.is_empty()
+                && self.admissions.live() == 0
+            {
                 info!("every job has ended; stopping");
                 self.stop();
             }

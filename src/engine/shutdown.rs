@@ -61,16 +61,13 @@ impl Engine {
     pub(super) fn drain(&mut self) {
         self.draining = true;
         self.notify_stopping();
-        // Submits still waiting for statx are new jobs: refused now, not
-        // after a file system that stalls their statx answers.
-        if let Some(e) = self.draining_refusal() {
-            self.refuse_admissions(&e);
-        }
         if let Some(ud) = self.listener_op.take() {
             let _ = self.io().cancel(ud);
         }
         let grace = self.config.shutdown_grace;
-        if self.jobs.is_empty() || grace.is_zero() {
+        // Submits that came before the signal and wait for statx are let
+        // in like the jobs already admitted, within the same grace period.
+        if (self.jobs.is_empty() && self.admissions.live() == 0) || grace.is_zero() {
             info!("stop signal: stopping");
             return self.stop_with(&grace_ended(grace));
         }

@@ -188,7 +188,8 @@ fn a_stalled_getattr_stalls_only_its_own_job() {
 }
 
 #[test]
-fn a_submit_stalled_in_getattr_is_closed_cleanly_when_its_client_leaves_or_the_daemon_stops() {
+fn a_submit_stalled_in_getattr_is_closed_cleanly_when_its_client_leaves_and_let_in_or_refused_when_the_daemon_stops(
+) {
     let Some(fs) = slowfs_or_skip() else {
         return;
     };
@@ -229,23 +230,35 @@ fn a_submit_stalled_in_getattr_is_closed_cleanly_when_its_client_leaves_or_the_d
         "a client left while its submit stalled in getattr",
     );
 
-    // The daemon stops while a submit waits on getattr: the client is told
-    // at once, and the daemon exits once getattr answers.
-    let s = raw(&d);
-    hello(&s);
-    let src = File::open(fs.data()).expect("open the FUSE file");
-    let dst = create_dst(&dir.path().join("stopped"));
-    fs.arm();
-    let submit = Request::Submit(submit_request(7));
-    send_with_fds(s.as_fd(), &frame(&submit), &[src.as_fd(), dst.as_fd()])
-        .expect("sendmsg with fds");
-    drop((src, dst));
-    assert!(poll_until(Duration::from_secs(10), || fs.stalling()));
+    // A stop signal while a submit waits on getattr: the daemon drains,
+    // letting the submit in like the jobs it already runs (it came before
+    // the signal), and exits once that job is done.
+    let s = stalled_submit(&fs, &dir.path().join("drained"), 7, &d);
+    d.signal(libc::SIGTERM);
+    match read_event(&s) {
+        Some(Event::Accepted { req: 7, .. }) => {}
+        other => panic!("expected the stalled submit accepted while draining, got {other:?}"),
+    }
+    match read_event(&s) {
+        Some(Event::Completed { req: 7, bytes, .. }) => assert_eq!(bytes, FUSE_SIZE as u64),
+        other => panic!("expected the drained job completed, got {other:?}"),
+    }
+    d.wait_exit(STALL * 3);
+
+    // A second signal stops at once: the client of a submit still waiting
+    // on getattr is told so then, and the daemon exits once getattr answers.
+    let d = Daemon::start();
+    let s = stalled_submit(&fs, &dir.path().join("stopped"), 8, &d);
     let stopped = Instant::now();
+    d.signal(libc::SIGTERM);
+    // Two signals sent at once would merge into one.
+    assert!(poll_until(Duration::from_secs(5), || d
+        .log()
+        .contains("stop signal")));
     d.signal(libc::SIGTERM);
     match read_event(&s) {
         Some(Event::Failed {
-            req: 7,
+            req: 8,
             job: None,
             kind: FailureKind::ShuttingDown,
             ..
@@ -258,4 +271,23 @@ fn a_submit_stalled_in_getattr_is_closed_cleanly_when_its_client_leaves_or_the_d
         stopped.elapsed()
     );
     d.wait_exit(STALL * 3);
+}
+
+/// Submits a copy of the FUSE file to `dst` as request `req` on a bare
+/// connection to `d`, its getattr armed, and returns once it stalls.
+fn stalled_submit(fs: &SlowFs, dst: &Path, req: u64, d: &Daemon) -> std::os::unix::net::UnixStream {
+    let s = raw(d);
+    s.set_read_timeout(Some(JOB_TIMEOUT)).expect("timeout");
+    hello(&s);
+    let src = File::open(fs.data()).expect("open the FUSE file");
+    let dst = create_dst(dst);
+    fs.arm();
+    let submit = Request::Submit(submit_request(req));
+    send_with_fds(s.as_fd(), &frame(&submit), &[src.as_fd(), dst.as_fd()])
+        .expect("sendmsg with fds");
+    assert!(
+        poll_until(Duration::from_secs(10), || fs.stalling()),
+        "the daemon never asked the FUSE file system"
+    );
+    s
 }
