@@ -51,6 +51,10 @@ pub(super) struct Admitting {
     /// told it is refused: then it is only waiting to close its descriptors.
     pub session: Option<usize>,
     pub uid: u32,
+    /// The job's id, given when the submit arrived: ids (and `Jobs`, which
+    /// lists by id) follow the order of submission, not the order in which
+    /// statx answered. A refused submit's id is never used.
+    pub id: u64,
     pub submit: SubmitRequest,
     pub acknowledge: bool,
     fds: Rc<Submitted>,
@@ -135,9 +139,12 @@ impl Engine {
         acknowledge: bool,
     ) {
         let fds = Rc::new(Submitted { src, dst, dir });
+        let id = self.next_job_id;
+        self.next_job_id += 1;
         let key = self.admissions.pending.insert(Admitting {
             session: Some(k),
             uid,
+            id,
             submit,
             acknowledge,
             fds: Rc::clone(&fds),
@@ -235,6 +242,7 @@ impl Engine {
         self.admit_stated(
             k,
             a.uid,
+            a.id,
             a.submit,
             [src, dst],
             [s.unwrap_or_else(missing), d.unwrap_or_else(missing)],

@@ -280,6 +280,7 @@ impl Engine {
         &mut self,
         k: usize,
         uid: u32,
+        id: u64,
         submit: SubmitRequest,
         [src, dst]: [OwnedFd; 2],
         stats: Stats,
@@ -352,8 +353,6 @@ impl Engine {
                 return self.refuse(k, req, e, fds);
             }
         };
-        let id = self.next_job_id;
-        self.next_job_id += 1;
         debug!(
             session = session_id,
             job = id,
