@@ -356,6 +356,12 @@ const OPCODES: &[(&str, u8, bool, &str)] = &[
     ),
     ("splice", opcode::Splice::CODE, true, "the splice strategy"),
     (
+        "statx",
+        opcode::Statx::CODE,
+        true,
+        "admission: what a job's descriptors are, off the loop thread (a stalled FUSE or NFS getattr holds only its job)",
+    ),
+    (
         "timeout",
         opcode::Timeout::CODE,
         true,

@@ -20,7 +20,7 @@ use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{choose, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::verify::Verifier;
-use crate::transfer::{plan, FdKind, Mover, Plan, TransferError};
+use crate::transfer::{plan, FdKind, FdStat, Mover, Plan, Stats, TransferError};
 
 /// A connection following a job it did not submit (`Request::Wait`).
 pub(super) struct Watcher {
@@ -240,6 +240,8 @@ impl Engine {
         let uid = session.peer.1;
         let limit = |message: String| TransferError::new(FailureKind::LimitExceeded, message);
         let user = self.users.get(&uid).copied().unwrap_or_default();
+        // Submits still being admitted count as jobs: each holds descriptors.
+        let admitting = &self.admissions;
         let refusal = if let Some(e) = self.draining_refusal() {
             Some(e)
         } else if submit.tag.len() > MAX_TAG_BYTES {
@@ -250,17 +252,19 @@ impl Engine {
                     submit.tag.len()
                 ),
             ))
-        } else if session.jobs.len() >= self.config.max_jobs_per_connection {
+        } else if session.jobs.len() + admitting.of_session(k)
+            >= self.config.max_jobs_per_connection
+        {
             Some(limit(format!(
                 "this connection already has {} unfinished jobs, the most allowed (--max-jobs-per-connection)",
                 self.config.max_jobs_per_connection
             )))
-        } else if self.jobs.len() >= self.config.max_jobs {
+        } else if self.jobs.len() + admitting.len() >= self.config.max_jobs {
             Some(limit(format!(
                 "the daemon already runs {} jobs, the most allowed (--max-jobs)",
                 self.config.max_jobs
             )))
-        } else if user.jobs >= self.config.max_jobs_per_user {
+        } else if user.jobs + admitting.of_user(uid) >= self.config.max_jobs_per_user {
             Some(limit(format!(
                 "user {uid} already has {} unfinished jobs, the most allowed (--max-jobs-per-user)",
                 self.config.max_jobs_per_user
@@ -273,10 +277,42 @@ impl Engine {
         if let Some(e) = refusal {
             return self.refuse(k, req, e, [src, dst].into_iter().chain(dir));
         }
+        // What the descriptors are is asked through the ring (admission.rs);
+        // admission goes on in `admit_stated`.
+        self.start_admission(k, uid, submit, src, dst, dir, acknowledge);
+    }
+
+    /// Goes on admitting a submit of session `k` once statx said what its
+    /// descriptors are (`stats`, `dir`'s with it): plans the job, checks it
+    /// against the byte limits, chooses its strategy and starts it, or
+    /// refuses it with `Failed`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit_stated(
+        &mut self,
+        k: usize,
+        uid: u32,
+        id: u64,
+        submit: SubmitRequest,
+        [src, dst]: [OwnedFd; 2],
+        stats: Stats,
+        dir: Option<(OwnedFd, Result<FdStat, i32>)>,
+        acknowledge: bool,
+    ) {
+        let req = submit.req;
+        let (dir, dir_kind) = match dir {
+            Some((fd, stat)) => (Some(fd), stat.ok().map(|s| s.kind)),
+            None => (None, None),
+        };
+        let Some(session) = self.sessions.get(k) else {
+            self.doomed.extend([src, dst].into_iter().chain(dir));
+            return;
+        };
+        let limit = |message: String| TransferError::new(FailureKind::LimitExceeded, message);
+        let user = self.users.get(&uid).copied().unwrap_or_default();
         let session_id = session.id;
         let session_queued = session.queued_bytes;
         let (personality, fsize_limit) = (session.personality, session.fsize_limit);
-        let plan = match plan(src, dst, &submit) {
+        let plan = match plan(src, dst, &submit, stats) {
             Ok(plan) => plan,
             Err(refused) => {
                 debug!(session = session_id, req, "refused: {}", refused.error);
@@ -289,8 +325,8 @@ impl Engine {
             let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
             return self.refuse(k, req, e, fds);
         }
-        let checked = match submit.publish.as_ref().zip(dir.as_ref()) {
-            Some((to, d)) => publish::check(to, d, plan.ends.dst_kind).map(Some),
+        let checked = match submit.publish.as_ref().filter(|_| dir.is_some()) {
+            Some(to) => publish::check(to, dir_kind, plan.ends.dst_kind).map(Some),
             None => Ok(None),
         };
         let publish_to = match checked {
@@ -335,8 +371,6 @@ impl Engine {
                 return self.refuse(k, req, e, fds);
             }
         };
-        let id = self.next_job_id;
-        self.next_job_id += 1;
         debug!(
             session = session_id,
             job = id,
@@ -1033,14 +1067,21 @@ impl Engine {
                 session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
             }
             self.emit_final(sk, &event, job.quiet);
-            let idle_half_closed = self
-                .sessions
-                .get(sk)
-                .is_some_and(|s| s.half_closed && s.jobs.is_empty());
-            if idle_half_closed {
-                self.close_session(sk, "the client half-closed the connection");
-            }
+            self.close_if_idle_half_closed(sk);
             self.free_if_done(sk);
+        }
+    }
+}
+
+impl Engine {
+    /// Closes session `k` if its client shut down its sending side and
+    /// nothing it submitted is left: no job, no submit being admitted.
+    pub(super) fn close_if_idle_half_closed(&mut self, k: usize) {
+        let idle_half_closed = self.sessions.get(k).is_some_and(|s| {
+            s.half_closed && !s.closing && s.jobs.is_empty() && self.admissions.of_session(k) == 0
+        });
+        if idle_half_closed {
+            self.close_session(k, "the client half-closed the connection");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! into a list, runs the owner's callback for each, and then lends idle pipes
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
+mod admission;
 pub mod buffer_pool;
 #[cfg(test)]
 mod claim_tests;
@@ -248,6 +249,8 @@ pub struct Engine {
     sessions: Slab<Session>,
     jobs: Slab<Job>,
     job_ids: HashMap<u64, usize>,
+    /// Submits whose descriptors statx is asked about (admission.rs).
+    admissions: admission::Admissions,
     pipes: PipePool,
     /// Declared after `ring`, so the ring (which has the buffers registered)
     /// is closed before their memory is freed.
@@ -399,6 +402,7 @@ impl Engine {
             sessions: Slab::with_capacity(64),
             jobs: Slab::with_capacity(256),
             job_ids: HashMap::with_capacity(256),
+            admissions: admission::Admissions::default(),
             pipes,
             buffers,
             queues: [
@@ -533,7 +537,11 @@ impl Engine {
             }
             self.cqes = cqes;
             self.lend();
-            if self.draining && !self.stopping && self.jobs.is_empty() {
+            if self.draining
+                && !self.stopping
+                && self.jobs.is_empty()
+                && self.admissions.live() == 0
+            {
                 info!("every job has ended; stopping");
                 self.stop();
             }
@@ -589,6 +597,12 @@ impl Engine {
             (Owner::Listener, _, _) => self.on_accept(result),
             (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => self.on_recv(k, result, buf),
             (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => self.on_send(k, result, buf),
+            (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
+                // The op's share of the descriptors goes first, so the last
+                // statx back leaves them to the admission alone.
+                drop(fds);
+                self.on_statx(a, which, result, &buf);
+            }
             (Owner::Job(k), kind, hold) => {
                 // The op's references to the pipe and descriptors go first,
                 // so a chunk that is done can hand its pipe straight back;
@@ -699,8 +713,13 @@ impl Engine {
         if let Some((ud, _)) = self.throttle_timer.take() {
             let _ = self.io().cancel(ud);
         }
-        // Jobs first, so their owners hear why; then the connections.
-        // Detached jobs outlive their connections, but not the daemon.
+        // Submits still being admitted and jobs first, so their owners hear
+        // why; then the connections. Detached jobs outlive their
+        // connections, but not the daemon.
+        self.refuse_admissions(&TransferError::new(
+            ringxfer_ipc::FailureKind::ShuttingDown,
+            "the daemon is shutting down and takes no new jobs",
+        ));
         let keys: Vec<usize> = self.jobs.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.fail_job(k, TransferError::cancelled(why));
@@ -857,7 +876,9 @@ impl Engine {
                         message: format!("the connection ended in the middle of a frame ({partial} bytes received)"),
                     },
                 );
-            } else if session.jobs.is_empty() || peer_hung_up(&session.fd) {
+            } else if (session.jobs.is_empty() && self.admissions.of_session(k) == 0)
+                || peer_hung_up(&session.fd)
+            {
                 debug!(session = session.id, "client closed the connection");
                 self.close_session(k, "the client closed the connection");
             } else {
@@ -1096,6 +1117,7 @@ impl Engine {
         for ud in ops {
             let _ = self.io().cancel(ud);
         }
+        self.abandon_admissions(k);
         for jk in jobs {
             match self.jobs.get_mut(jk) {
                 Some(job) if job.detach && !self.stopping => {

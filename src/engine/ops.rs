@@ -29,6 +29,8 @@ pub enum Owner {
     Session(usize),
     /// A transfer, by key in the job table.
     Job(usize),
+    /// A submitted job being admitted, by key in `Admissions`.
+    Admission(usize),
     /// The signalfd read that tells the loop to stop.
     Signal,
     /// A close of a descriptor nobody needs any more.
@@ -86,6 +88,9 @@ pub enum OpKind {
     EndTruncate,
     /// A step of publishing a detached job's destination (engine/publish.rs).
     Publish,
+    /// statx of a submitted job's descriptor, at admission: the source (0),
+    /// the destination (1) or the directory to publish in (2).
+    Statx(u8),
 }
 
 /// What the kernel may touch while the operation runs.
@@ -112,6 +117,12 @@ pub enum Hold {
     /// A link, rename, unlink or directory fsync of a publish: the paths,
     /// the directory and the job's descriptors.
     Publish(super::publish::PublishHold),
+    /// A statx at admission: the buffer the kernel writes, and the
+    /// submitted descriptors (one of which it looks at).
+    Statx {
+        buf: Box<libc::statx>,
+        fds: Rc<super::admission::Submitted>,
+    },
 }
 
 /// One operation in flight.

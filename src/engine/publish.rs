@@ -80,11 +80,12 @@ pub(super) struct Publisher {
     pub failure: Option<TransferError>,
 }
 
-/// Checks what a client asked to publish: a directory, a regular file, and
-/// names of one component each.
+/// Checks what a client asked to publish: a directory (`dir_kind`, from
+/// admission's statx of the descriptor, run off the loop thread), a regular
+/// file, and names of one component each.
 pub(super) fn check(
     to: &PublishTo,
-    dir: &OwnedFd,
+    dir_kind: Option<FdKind>,
     dst_kind: FdKind,
 ) -> Result<(CString, Option<CString>), TransferError> {
     let refuse = |why: String| TransferError::new(FailureKind::InvalidRequest, why);
@@ -93,7 +94,7 @@ pub(super) fn check(
             "only a regular file can be published under a name, not a {dst_kind}"
         )));
     }
-    if !is_directory(dir.as_raw_fd()) {
+    if dir_kind != Some(FdKind::Directory) {
         return Err(refuse(
             "the descriptor passed to publish in is not a directory".into(),
         ));
@@ -120,16 +121,6 @@ pub(super) fn check(
 fn component(name: &[u8]) -> Option<CString> {
     let ok = !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/');
     ok.then(|| CString::new(name).ok()).flatten()
-}
-
-fn is_directory(fd: RawFd) -> bool {
-    // SAFETY: stat is plain data; all-zero is a valid value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open (the caller owns it) and `st` is writable for
-    // the call. fstat of a directory the client opened does not block on
-    // local file systems, like admission's fstat of the job's descriptors.
-    let rc = unsafe { libc::fstat(fd, &mut st) };
-    rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 impl Publisher {

@@ -485,6 +485,39 @@ impl IoQueue<'_> {
         })
     }
 
+    /// Queues a statx of `fd` itself (an empty path with AT_EMPTY_PATH) for
+    /// `mask`, into a buffer the op holds with the descriptors `fd` is one
+    /// of. io_uring always runs it in an io-wq worker (and the threads back
+    /// end on a worker thread): a getattr that waits on a FUSE or NFS server
+    /// never waits on the loop.
+    pub fn statx(
+        &mut self,
+        owner: Owner,
+        kind: OpKind,
+        fds: &Rc<super::admission::Submitted>,
+        fd: RawFd,
+        flags: i32,
+        mask: u32,
+    ) -> Result<u64, EngineError> {
+        // SAFETY: an all-zero statx is a valid value of a plain C struct.
+        let mut buf: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+        let ptr: *mut libc::statx = &mut *buf;
+        let op = Op {
+            owner,
+            kind,
+            hold: Hold::Statx {
+                buf,
+                fds: Rc::clone(fds),
+            },
+        };
+        self.queue(op, || {
+            opcode::Statx::new(types::Fd(fd), c"".as_ptr(), ptr.cast::<types::statx>())
+                .flags(flags | libc::AT_EMPTY_PATH)
+                .mask(mask)
+                .build()
+        })
+    }
+
     /// Queues a timer that completes after `delay`.
     pub fn timeout(
         &mut self,

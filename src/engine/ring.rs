@@ -292,6 +292,7 @@ fn opcode_name(op: u8) -> &'static str {
         opcode::Send::CODE => "SEND",
         opcode::SendZc::CODE => "SEND_ZC",
         opcode::Splice::CODE => "SPLICE",
+        opcode::Statx::CODE => "STATX",
         opcode::Timeout::CODE => "TIMEOUT",
         opcode::UnlinkAt::CODE => "UNLINKAT",
         opcode::Write::CODE => "WRITE",
@@ -303,8 +304,10 @@ fn opcode_name(op: u8) -> &'static str {
 /// The operations the engine submits; keep in step with `engine/queue.rs`
 /// (a missing one fails its operations with EACCES, which the tests see).
 /// LINKAT, RENAMEAT and UNLINKAT publish detached jobs' destinations
-/// (engine/publish.rs) in directories their clients passed.
-pub const ALLOWED_OPCODES: [u8; 19] = [
+/// (engine/publish.rs) in directories their clients passed; STATX tells
+/// admission what a job's descriptors are (engine/admission.rs), always in
+/// an io-wq worker, never on the loop thread.
+pub const ALLOWED_OPCODES: [u8; 20] = [
     opcode::Accept::CODE,
     opcode::AsyncCancel::CODE,
     opcode::Close::CODE,
@@ -320,6 +323,7 @@ pub const ALLOWED_OPCODES: [u8; 19] = [
     opcode::Send::CODE,
     opcode::SendZc::CODE,
     opcode::Splice::CODE,
+    opcode::Statx::CODE,
     opcode::Timeout::CODE,
     opcode::UnlinkAt::CODE,
     opcode::Write::CODE,

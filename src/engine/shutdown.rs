@@ -65,7 +65,9 @@ impl Engine {
             let _ = self.io().cancel(ud);
         }
         let grace = self.config.shutdown_grace;
-        if self.jobs.is_empty() || grace.is_zero() {
+        // Submits that came before the signal and wait for statx are let
+        // in like the jobs already admitted, within the same grace period.
+        if (self.jobs.is_empty() && self.admissions.live() == 0) || grace.is_zero() {
             info!("stop signal: stopping");
             return self.stop_with(&grace_ended(grace));
         }

@@ -11,7 +11,7 @@
 
 use ringxfer_ipc::{FailureKind, Strategy};
 
-use super::dio::{cached_fraction, dio_alignment, enable_direct, restore_flags, SavedFlags};
+use super::dio::{cached_fraction, enable_direct, may_ask_residency, restore_flags, SavedFlags};
 use super::{FdKind, Plan, TransferError};
 
 /// Above this fraction of its pages in the page cache, a source counts as hot.
@@ -128,7 +128,12 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
             inputs.direct_threshold
         )));
     }
-    let cached = cached_fraction(&plan.ends.src, plan.src_start, total);
+    // cachestat looks at the page cache only, unless it must ask the file
+    // system whether the daemon may know (see `may_ask_residency`): then the
+    // residency stays unknown rather than stall the loop on a server.
+    let cached = may_ask_residency(plan.src_owner, plan.src_writable)
+        .then(|| cached_fraction(&plan.ends.src, plan.src_start, total))
+        .flatten();
     if let Some(f) = cached.filter(|&f| f >= HOT_FRACTION) {
         return Choice::splice(Some(format!(
             "auto: the source is {:.0}% in the page cache, so splice reads it from memory",
@@ -184,23 +189,21 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
             plan.dst_start
         ));
     }
-    let align_of = |fd: &std::os::fd::OwnedFd, which: &str| -> Result<u64, String> {
-        match dio_alignment(fd) {
-            Ok(Some(a)) => Ok(u64::from(a)),
-            Ok(None) => Err(format!(
-                "the {which}'s file system does not support O_DIRECT"
-            )),
-            Err(e) => Err(format!("statx of the {which} failed: {e}")),
-        }
+    // From admission's statx (STATX_DIOALIGN), run off the loop thread.
+    let align_of = |which: &str| -> Result<u64, String> {
+        let i = usize::from(which == "destination");
+        plan.dio_align[i]
+            .map(u64::from)
+            .ok_or_else(|| format!("the {which}'s file system does not support O_DIRECT"))
     };
     let mut align = 1;
     let mut files = Vec::with_capacity(2);
     if src_file {
-        align = align.max(align_of(&plan.ends.src, "source")?);
+        align = align.max(align_of("source")?);
         files.push(("source", &plan.ends.src, plan.src_start));
     }
     if dst_file {
-        align = align.max(align_of(&plan.ends.dst, "destination")?);
+        align = align.max(align_of("destination")?);
         files.push(("destination", &plan.ends.dst, plan.dst_start));
     }
     fits_buffers(align, inputs.buffer_size)?;

@@ -26,12 +26,19 @@ pub fn dio_alignment(fd: &impl AsRawFd) -> std::io::Result<Option<u32>> {
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(alignment_of(&stx))
+}
+
+/// The O_DIRECT alignment a statx (asked for STATX_DIOALIGN) gives, as
+/// [`dio_alignment`] says. The engine gets its statx from the ring at
+/// admission (engine/admission.rs), never from a syscall on the loop thread.
+pub fn alignment_of(stx: &libc::statx) -> Option<u32> {
     if stx.stx_mask & libc::STATX_DIOALIGN != 0 {
         // 0 means the file system does no direct I/O on this file.
-        return Ok((stx.stx_dio_offset_align != 0)
-            .then_some(stx.stx_dio_offset_align.max(stx.stx_dio_mem_align)));
+        return (stx.stx_dio_offset_align != 0)
+            .then_some(stx.stx_dio_offset_align.max(stx.stx_dio_mem_align));
     }
-    Ok(Some(stx.stx_blksize.max(512)))
+    Some(stx.stx_blksize.max(512))
 }
 
 /// The file status flags of `fd` before the engine switched O_DIRECT on, to
@@ -45,6 +52,13 @@ pub struct SavedFlags {
 
 /// Switches O_DIRECT on for `fd` if it is not on already. `Err` with the OS
 /// error when the file system refuses it (EINVAL).
+///
+/// Called on the loop thread at admission: F_GETFL reads the open file's
+/// flags, and F_SETFL changes them under the file's spinlock after checks
+/// that look only at the open file (FMODE_CAN_ODIRECT, and NFS's
+/// `check_flags`, which tests flag bits); neither reaches a server or a
+/// disk. The first O_DIRECT read or write does (it flushes cached pages),
+/// and that runs in the ring's workers.
 pub fn enable_direct(fd: &impl AsRawFd) -> std::io::Result<Option<SavedFlags>> {
     let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL takes no argument and touches no memory of ours.
@@ -88,6 +102,51 @@ pub fn restore_flags(saved: SavedFlags) {
     unsafe { libc::fcntl(saved.fd, libc::F_SETFL, saved.flags) };
 }
 
+/// Whether cachestat on a file owned by `owner`, through a descriptor open
+/// for writing or not, can answer without calling into its file system.
+/// Since Linux 6.14 (backported to stable), cachestat first checks that the
+/// caller could write the file: an open for writing, ownership, CAP_FOWNER,
+/// and last `file_permission(MAY_WRITE)`, which asks the file system (a
+/// FUSE getattr with `default_permissions`, an NFS ACCESS call) and could
+/// stall the loop. So the last is never reached from here.
+pub fn may_ask_residency(owner: u32, writable: bool) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    writable || owner == unsafe { libc::geteuid() } || has_cap_fowner()
+}
+
+/// CAP_FOWNER in the effective set (capget: reads this task's credentials).
+fn has_cap_fowner() -> bool {
+    const CAP_FOWNER: u32 = 3;
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget reads `header` and writes two `Data` (version 3's
+    // size), both live and of the kernel's layout.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    ret == 0 && data[0].effective & (1 << CAP_FOWNER) != 0
+}
+
 /// cachestat(2)'s number: 451 on every architecture (it was added after the
 /// syscall tables were unified); libc 0.2 does not name it for x86_64.
 const SYS_CACHESTAT: libc::c_long = 451;
@@ -109,8 +168,15 @@ struct Cachestat {
 }
 
 /// The fraction (0.0 to 1.0) of `len` bytes from `off` that is in the page
-/// cache, by the cachestat syscall (6.5+), else by mincore over a mapping of
-/// at most the first GiB of the range. `None` when neither can tell.
+/// cache, by the cachestat syscall (6.5+). `None` when it cannot tell (an
+/// older kernel, hugetlbfs, no permission).
+///
+/// Called on the loop thread at admission, and only where
+/// [`may_ask_residency`] says: cachestat then walks the file's page-cache
+/// index under RCU and never calls into the file system (no getattr, no
+/// revalidation, no read). The mincore fallback this had before mapped the
+/// file, and mmap on NFS revalidates the mapping with the server
+/// (`nfs_file_mmap`); without cachestat the residency is unknown.
 pub fn cached_fraction(fd: &impl AsRawFd, off: u64, len: u64) -> Option<f64> {
     if len == 0 {
         return Some(0.0);
@@ -129,37 +195,7 @@ pub fn cached_fraction(fd: &impl AsRawFd, off: u64, len: u64) -> Option<f64> {
             0u32,
         )
     };
-    if ret == 0 {
-        return Some((cs.nr_cache as f64 / pages as f64).min(1.0));
-    }
-    mincore_fraction(fd.as_raw_fd(), off, len)
-}
-
-fn mincore_fraction(fd: RawFd, off: u64, len: u64) -> Option<f64> {
-    let start = off & !4095;
-    let len = (len + (off - start)).min(1 << 30) as usize;
-    // SAFETY: a shared read-only mapping of a file we hold open; it is only
-    // passed to mincore and unmapped before returning, never read.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            fd,
-            start as libc::off_t,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return None;
-    }
-    let pages = len.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a mapping of `len` bytes and `vec` has one byte per page.
-    let ok = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) } == 0;
-    // SAFETY: unmapping exactly what was mapped above.
-    unsafe { libc::munmap(map, len) };
-    ok.then(|| vec.iter().filter(|&&b| b & 1 != 0).count() as f64 / pages as f64)
+    (ret == 0).then(|| (cs.nr_cache as f64 / pages as f64).min(1.0))
 }
 
 #[cfg(test)]

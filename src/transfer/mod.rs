@@ -1,8 +1,9 @@
 //! Transfers: what a job moves, and the strategies that move it.
 //!
-//! `plan` looks at the two descriptors a client passed and decides what the
-//! transfer is (which ends are seekable, where it starts and ends); a strategy
-//! then moves the bytes. Only `splice` exists so far.
+//! `plan` looks at the two descriptors a client passed (with what statx,
+//! run off the loop thread, said about them) and decides what the transfer
+//! is (which ends are seekable, where it starts and ends); a strategy then
+//! moves the bytes.
 
 pub mod buffered;
 pub mod choose;
@@ -358,8 +359,15 @@ pub struct Plan {
     /// whatever the offset, and splice refuses it.
     pub dst_append: bool,
     /// What the destination held at admission (0 for anything but a
-    /// regular file), from the same fstat as its kind.
+    /// regular file), from the same statx as its kind.
     pub dst_size: u64,
+    /// The O_DIRECT alignment of the source and the destination, from the
+    /// same statx (`None`: the file system does no direct I/O there).
+    pub dio_align: [Option<u32>; 2],
+    /// Who owns the source and whether its descriptor is open for writing:
+    /// what decides whether cachestat may ask the file system (`choose`).
+    pub src_owner: u32,
+    pub src_writable: bool,
 }
 
 impl Plan {
@@ -378,27 +386,54 @@ impl Plan {
     }
 }
 
+/// What statx said about one of a job's descriptors. Asked for through the
+/// ring (IORING_OP_STATX, run by io-wq or a worker of the threads back end)
+/// when the job is submitted: on FUSE or a network file system a getattr can
+/// wait on a server, and it must not wait on the loop thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdStat {
+    pub kind: FdKind,
+    /// `st_size` (0 for what is not a regular file).
+    pub size: u64,
+    /// The O_DIRECT alignment (see `dio::alignment_of`); `None` when the
+    /// file system does no direct I/O on it.
+    pub dio_align: Option<u32>,
+    /// The owner: cachestat asks the file system for permission unless the
+    /// daemon owns the file (see `dio::cached_fraction`).
+    pub uid: u32,
+}
+
+impl FdStat {
+    /// The statx mask admission asks for: the type, the size and the
+    /// O_DIRECT alignment (which the kernel answers where it knows it).
+    pub const MASK: u32 =
+        libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_UID | libc::STATX_DIOALIGN;
+
+    pub fn from_statx(stx: &libc::statx) -> FdStat {
+        FdStat {
+            kind: FdKind::of(libc::mode_t::from(stx.stx_mode)),
+            size: stx.stx_size,
+            dio_align: dio::alignment_of(stx),
+            uid: stx.stx_uid,
+        }
+    }
+}
+
 struct Probe {
     kind: FdKind,
     size: u64,
     access: libc::c_int,
     append: bool,
+    dio_align: Option<u32>,
+    uid: u32,
 }
 
-fn probe(fd: &OwnedFd, which: &str) -> Result<Probe, TransferError> {
-    // SAFETY: an all-zero stat is a valid value of a plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable stat buffer and the fd is open (we own it).
-    // fstat on an open descriptor reads in-memory inode data and does not block.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        let errno = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        return Err(TransferError::os(
-            format!("fstat of the {which} descriptor"),
-            errno,
-        ));
-    }
+/// `stat`: what statx said, or the errno it failed with. The status flags
+/// come from F_GETFL here, on the loop thread: it reads the open file's
+/// `f_flags` and never reaches the file system.
+fn probe(fd: &OwnedFd, stat: Result<FdStat, i32>, which: &str) -> Result<Probe, TransferError> {
+    let stat =
+        stat.map_err(|errno| TransferError::os(format!("statx of the {which} descriptor"), errno))?;
     // SAFETY: F_GETFL takes no argument and touches no memory of ours.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if flags < 0 {
@@ -411,10 +446,12 @@ fn probe(fd: &OwnedFd, which: &str) -> Result<Probe, TransferError> {
         ));
     }
     Ok(Probe {
-        kind: FdKind::of(st.st_mode),
-        size: u64::try_from(st.st_size).unwrap_or(0),
+        kind: stat.kind,
+        size: stat.size,
         access: flags & libc::O_ACCMODE,
         append: flags & libc::O_APPEND != 0,
+        dio_align: stat.dio_align,
+        uid: stat.uid,
     })
 }
 
@@ -424,11 +461,30 @@ pub struct Refused {
     pub fds: [OwnedFd; 2],
 }
 
+/// What statx said about a job's two descriptors (or the errno each
+/// failed with), source first.
+pub type Stats = [Result<FdStat, i32>; 2];
+
 /// Checks the two descriptors against the request and decides what to move.
 /// Every refusal names the descriptor and what is wrong with it.
-pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Refused> {
-    match check(&src, &dst, req) {
-        Ok((src_kind, dst_kind, total, length_requested, dst_append, dst_size)) => Ok(Plan {
+pub fn plan(
+    src: OwnedFd,
+    dst: OwnedFd,
+    req: &SubmitRequest,
+    stats: Stats,
+) -> Result<Plan, Refused> {
+    match check(&src, &dst, req, stats) {
+        Ok(Checked {
+            src_kind,
+            dst_kind,
+            total,
+            length_requested,
+            dst_append,
+            dst_size,
+            dio_align,
+            src_owner,
+            src_writable,
+        }) => Ok(Plan {
             ends: Endpoints {
                 src,
                 dst,
@@ -441,6 +497,9 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Ref
             length_requested,
             dst_append,
             dst_size,
+            dio_align,
+            src_owner,
+            src_writable,
         }),
         Err(error) => Err(Refused {
             error,
@@ -449,11 +508,26 @@ pub fn plan(src: OwnedFd, dst: OwnedFd, req: &SubmitRequest) -> Result<Plan, Ref
     }
 }
 
-type Checked = (FdKind, FdKind, Option<u64>, bool, bool, u64);
+struct Checked {
+    src_kind: FdKind,
+    dst_kind: FdKind,
+    total: Option<u64>,
+    length_requested: bool,
+    dst_append: bool,
+    dst_size: u64,
+    dio_align: [Option<u32>; 2],
+    src_owner: u32,
+    src_writable: bool,
+}
 
-fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, TransferError> {
-    let s = probe(src, "source")?;
-    let d = probe(dst, "destination")?;
+fn check(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    req: &SubmitRequest,
+    [src_stat, dst_stat]: Stats,
+) -> Result<Checked, TransferError> {
+    let s = probe(src, src_stat, "source")?;
+    let d = probe(dst, dst_stat, "destination")?;
     for (which, p) in [("source", &s), ("destination", &d)] {
         if matches!(p.kind, FdKind::Directory | FdKind::Other) {
             return Err(TransferError::new(
@@ -533,12 +607,15 @@ fn check(src: &OwnedFd, dst: &OwnedFd, req: &SubmitRequest) -> Result<Checked, T
         ));
     }
     let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
-    Ok((
-        s.kind,
-        d.kind,
+    Ok(Checked {
+        src_kind: s.kind,
+        dst_kind: d.kind,
         total,
         length_requested,
         dst_append,
         dst_size,
-    ))
+        dio_align: [s.dio_align, d.dio_align],
+        src_owner: s.uid,
+        src_writable: s.access != libc::O_RDONLY,
+    })
 }

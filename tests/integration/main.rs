@@ -34,6 +34,7 @@ mod seccomp;
 mod signals;
 mod sockets;
 mod sources;
+mod stalls;
 mod stub;
 mod systemd;
 mod tree_promise;

@@ -77,7 +77,7 @@ pub(crate) fn hello(s: &UnixStream) -> Limits {
     }
 }
 
-fn submit_request(req: u64) -> SubmitRequest {
+pub(crate) fn submit_request(req: u64) -> SubmitRequest {
     SubmitRequest {
         req,
         tag: "abuse".into(),

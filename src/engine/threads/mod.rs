@@ -6,7 +6,8 @@
 //! `ThreadRing` reads them back (`sqe.rs`) and carries them out.
 //!
 //! - Operations that may block (splice, preadv2/pwritev2 on files, fallocate,
-//!   ftruncate, fdatasync, close) go to worker threads (`worker.rs`).
+//!   ftruncate, fdatasync, close, statx at admission, a publish's directory
+//!   operations) go to worker threads (`worker.rs`).
 //! - Socket operations (accept, recvmsg, send) run on the loop thread with
 //!   MSG_DONTWAIT (the listener is made non-blocking); one that would block
 //!   waits for readiness in the loop's poll(2), as io_uring's poll-driven
@@ -247,7 +248,8 @@ impl ThreadRing {
             | Request::Fsync { .. }
             | Request::LinkAt { .. }
             | Request::RenameAt { .. }
-            | Request::UnlinkAt { .. } => {
+            | Request::UnlinkAt { .. }
+            | Request::Statx { .. } => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.request));
                 self.hand_to_worker(ops, who);

@@ -147,6 +147,14 @@ pub enum Request {
         path: *const libc::c_char,
         flags: i32,
     },
+    /// statx(2) into a buffer the op table holds (admission).
+    Statx {
+        dirfd: RawFd,
+        path: *const libc::c_char,
+        flags: i32,
+        mask: u32,
+        buf: *mut libc::statx,
+    },
     /// An opcode the engine does not submit: refused with EACCES, as the
     /// io_uring back end's restrictions refuse it.
     Refused {
@@ -267,6 +275,13 @@ pub unsafe fn decode(entry: &squeue::Entry) -> Decoded {
             dirfd: fd,
             path: sqe.addr as *const libc::c_char,
             flags: sqe.op_flags as i32,
+        },
+        opcode::Statx::CODE => Request::Statx {
+            dirfd: fd,
+            path: sqe.addr as *const libc::c_char,
+            flags: sqe.op_flags as i32,
+            mask: sqe.len,
+            buf: sqe.off as *mut libc::statx,
         },
         opcode::Timeout::CODE => {
             // SAFETY: the caller keeps the timespec alive (the op table holds
@@ -429,6 +444,35 @@ mod tests {
                 ..
             }
         ));
+
+        // SAFETY: a zeroed statx is a valid value; only its address is used.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        let e = opcode::Statx::new(
+            types::Fd(10),
+            c"".as_ptr(),
+            (&mut stx as *mut libc::statx).cast(),
+        )
+        .flags(libc::AT_EMPTY_PATH)
+        .mask(libc::STATX_TYPE)
+        .build();
+        // SAFETY: not a timeout.
+        match unsafe { decode(&e) }.request {
+            Request::Statx {
+                dirfd,
+                path,
+                flags,
+                mask,
+                buf,
+            } => {
+                assert_eq!(
+                    (dirfd, flags, mask),
+                    (10, libc::AT_EMPTY_PATH, libc::STATX_TYPE)
+                );
+                assert_eq!(path, c"".as_ptr());
+                assert_eq!(buf, &mut stx as *mut libc::statx);
+            }
+            other => panic!("{other:?}"),
+        }
 
         let e = opcode::Nop::new().build();
         // SAFETY: not a timeout.

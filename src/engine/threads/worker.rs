@@ -1,5 +1,5 @@
 //! The threads back end's workers: blocking syscalls (splice, preadv2,
-//! pwritev2, send, fallocate, ftruncate, fdatasync, close) run here, fed by a
+//! pwritev2, send, fallocate, ftruncate, fdatasync, close, statx) run here, fed by a
 //! crossbeam channel, and their results go back to the loop as completions.
 //!
 //! A worker may block for as long as a peer does not read, so the pool grows
@@ -464,6 +464,15 @@ fn syscall(request: Request) -> isize {
                 flags,
             } => libc::renameat2(olddirfd, oldpath, newdirfd, newpath, flags) as isize,
             Request::UnlinkAt { dirfd, path, flags } => libc::unlinkat(dirfd, path, flags) as isize,
+            // Admission's statx: a getattr that may wait on a FUSE or NFS
+            // server; the op table holds the buffer and the descriptor.
+            Request::Statx {
+                dirfd,
+                path,
+                flags,
+                mask,
+                buf,
+            } => libc::statx(dirfd, path, flags, mask, buf) as isize,
             Request::RecvMsg { fd, msg, msg_flags } => libc::recvmsg(fd, msg, msg_flags),
             // Not given to workers: the loop answers these itself.
             Request::Accept { .. }

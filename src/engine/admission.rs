@@ -1,0 +1,292 @@
+//! Admission off the loop thread.
+//!
+//! What a submitted job's descriptors are (type, size, O_DIRECT alignment)
+//! used to come from fstat on the loop thread, and a FUSE or network file
+//! system whose getattr stalls stalled every client with it. Now a submit
+//! that passed the checks needing no file system (limits, draining, a
+//! descriptor leading back to the daemon) becomes an `Admitting`: one
+//! IORING_OP_STATX per descriptor goes to the ring (an io-wq worker runs it;
+//! a worker thread on the threads back end), and admission carries on in
+//! `Engine::admit_stated` (jobs.rs) when the last of them completes. A
+//! stalled statx holds only its own submit.
+//!
+//! Ownership: each statx's op-table entry holds its buffer and an `Rc` of
+//! the submitted descriptors until its completion, as every operation
+//! holds what the kernel touches. The `Admitting` entry, with the request,
+//! stays until its last statx is back, whatever happens meanwhile: if its
+//! connection closes, it is abandoned (nobody to tell); a draining daemon
+//! lets it in like a job admitted before the signal (within the grace
+//! period); a daemon that stops (the grace ended, a second signal) tells
+//! its client `ShuttingDown` at once. Either way the descriptors go to the
+//! closing thread when the statx ops are back.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+
+use ringxfer_ipc::{Event, SubmitRequest};
+use slab::Slab;
+use tracing::error;
+
+use super::ops::{OpKind, Owner};
+use super::Engine;
+use crate::transfer::{FdStat, TransferError};
+
+/// The descriptors a client passed with a submit, while it is admitted.
+pub struct Submitted {
+    pub src: OwnedFd,
+    pub dst: OwnedFd,
+    /// The directory to publish in, if the job asked for that.
+    pub dir: Option<OwnedFd>,
+}
+
+/// Indexes of `Admitting::stats` (and `OpKind::Statx`).
+const SOURCE: u8 = 0;
+const DESTINATION: u8 = 1;
+const DIRECTORY: u8 = 2;
+
+/// A submit waiting for its statx ops.
+pub(super) struct Admitting {
+    /// The connection it came on; `None` once that closed or the client was
+    /// told it is refused: then it is only waiting to close its descriptors.
+    pub session: Option<usize>,
+    pub uid: u32,
+    /// The job's id, given when the submit arrived: ids (and `Jobs`, which
+    /// lists by id) follow the order of submission, not the order in which
+    /// statx answered. A refused submit's id is never used.
+    pub id: u64,
+    pub submit: SubmitRequest,
+    pub acknowledge: bool,
+    fds: Rc<Submitted>,
+    /// What each statx said, or its errno; `None` until it completes.
+    pub stats: [Option<Result<FdStat, i32>>; 3],
+    in_flight: u8,
+}
+
+/// The submits being admitted, and how many each connection and user has
+/// (they count against the job limits like jobs: each holds descriptors).
+#[derive(Default)]
+pub(super) struct Admissions {
+    pending: Slab<Admitting>,
+    by_session: HashMap<usize, usize>,
+    by_user: HashMap<u32, usize>,
+}
+
+impl Admissions {
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn of_session(&self, k: usize) -> usize {
+        self.by_session.get(&k).copied().unwrap_or(0)
+    }
+
+    /// Submits being admitted whose client still waits for them.
+    pub fn live(&self) -> usize {
+        self.by_session.values().sum()
+    }
+
+    pub fn of_user(&self, uid: u32) -> usize {
+        self.by_user.get(&uid).copied().unwrap_or(0)
+    }
+
+    fn forget_session(&mut self, k: usize) {
+        if let Some(n) = self.by_session.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_session.remove(&k);
+            }
+        }
+    }
+
+    fn forget_user(&mut self, uid: u32) {
+        if let Some(n) = self.by_user.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_user.remove(&uid);
+            }
+        }
+    }
+}
+
+/// The flags of a statx at admission. A job's ends are asked as fstat
+/// would (AT_STATX_SYNC_AS_STAT): the size decides what is read, whether an
+/// offset is past the end and what a failed in-place job is truncated back
+/// to, so a size cached by FUSE or NFS that another client has changed since
+/// would be wrong, and waiting for the server is what the worker is for.
+/// The directory to publish in is asked only its type, which no file system
+/// changes under an open descriptor: AT_STATX_DONT_SYNC spares the server.
+fn statx_flags(which: u8) -> (i32, u32) {
+    if which == DIRECTORY {
+        (libc::AT_STATX_DONT_SYNC, libc::STATX_TYPE)
+    } else {
+        (libc::AT_STATX_SYNC_AS_STAT, FdStat::MASK)
+    }
+}
+
+impl Engine {
+    /// Starts admitting a submit from session `k` (user `uid`): a statx of
+    /// each descriptor through the ring. `admit_stated` takes it from there.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_admission(
+        &mut self,
+        k: usize,
+        uid: u32,
+        submit: SubmitRequest,
+        src: OwnedFd,
+        dst: OwnedFd,
+        dir: Option<OwnedFd>,
+        acknowledge: bool,
+    ) {
+        let fds = Rc::new(Submitted { src, dst, dir });
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        let key = self.admissions.pending.insert(Admitting {
+            session: Some(k),
+            uid,
+            id,
+            submit,
+            acknowledge,
+            fds: Rc::clone(&fds),
+            stats: [None, None, None],
+            in_flight: 0,
+        });
+        *self.admissions.by_session.entry(k).or_default() += 1;
+        *self.admissions.by_user.entry(uid).or_default() += 1;
+        let targets = [
+            Some((SOURCE, fds.src.as_raw_fd())),
+            Some((DESTINATION, fds.dst.as_raw_fd())),
+            fds.dir.as_ref().map(|d| (DIRECTORY, d.as_raw_fd())),
+        ];
+        for (which, fd) in targets.into_iter().flatten() {
+            let (flags, mask) = statx_flags(which);
+            let queued = self.io().statx(
+                Owner::Admission(key),
+                OpKind::Statx(which),
+                &fds,
+                fd,
+                flags,
+                mask,
+            );
+            let Some(a) = self.admissions.pending.get_mut(key) else {
+                return;
+            };
+            match queued {
+                Ok(_) => a.in_flight += 1,
+                Err(e) => {
+                    error!("cannot queue a statx at admission: {e}");
+                    a.stats[usize::from(which)] = Some(Err(libc::EAGAIN));
+                }
+            }
+        }
+        drop(fds);
+        if self
+            .admissions
+            .pending
+            .get(key)
+            .is_some_and(|a| a.in_flight == 0)
+        {
+            self.end_admission(key);
+        }
+    }
+
+    /// A statx of admission `key` completed into `buf`.
+    pub(super) fn on_statx(&mut self, key: usize, which: u8, result: i32, buf: &libc::statx) {
+        let Some(a) = self.admissions.pending.get_mut(key) else {
+            error!(key, "statx completion for an admission that is gone");
+            return;
+        };
+        let stat = if result < 0 {
+            Err(-result)
+        } else {
+            Ok(FdStat::from_statx(buf))
+        };
+        if let Some(slot) = a.stats.get_mut(usize::from(which)) {
+            *slot = Some(stat);
+        }
+        a.in_flight -= 1;
+        if a.in_flight == 0 {
+            self.end_admission(key);
+        }
+    }
+
+    /// Every statx of admission `key` is back: admit (or refuse) the job if
+    /// its client is still there, else close its descriptors.
+    fn end_admission(&mut self, key: usize) {
+        let a = self.admissions.pending.remove(key);
+        self.admissions.forget_user(a.uid);
+        if let Some(k) = a.session {
+            self.admissions.forget_session(k);
+        }
+        // No op holds the descriptors any more (each held them until its
+        // completion, and this is after the last), so they are ours alone.
+        let fds = match Rc::try_unwrap(a.fds) {
+            Ok(fds) => fds,
+            Err(_) => {
+                // Cannot happen (see above); if it did, the last op to let
+                // go would close them, which is safe, only on this thread.
+                error!("an admission's descriptors are still shared at its end");
+                return;
+            }
+        };
+        let Submitted { src, dst, dir } = fds;
+        let live = a
+            .session
+            .filter(|&k| self.sessions.get(k).is_some_and(|s| !s.closing));
+        let Some(k) = live else {
+            self.doomed.extend([src, dst].into_iter().chain(dir));
+            return;
+        };
+        let [s, d, dir_stat] = a.stats;
+        let missing = || Err(libc::EIO);
+        self.admit_stated(
+            k,
+            a.uid,
+            a.id,
+            a.submit,
+            [src, dst],
+            [s.unwrap_or_else(missing), d.unwrap_or_else(missing)],
+            dir.map(|dir| (dir, dir_stat.unwrap_or_else(missing))),
+            a.acknowledge,
+        );
+        self.close_if_idle_half_closed(k);
+    }
+
+    /// Connection `k` closed: its submits being admitted are abandoned;
+    /// their descriptors close when their statx ops are back.
+    pub(super) fn abandon_admissions(&mut self, k: usize) {
+        if self.admissions.by_session.remove(&k).is_none() {
+            return;
+        }
+        for (_, a) in self.admissions.pending.iter_mut() {
+            if a.session == Some(k) {
+                a.session = None;
+            }
+        }
+    }
+
+    /// The daemon stops: every submit being admitted is refused now (its
+    /// statx ops may wait on a server for long), each client told why; the
+    /// descriptors close when the statx ops are back.
+    pub(super) fn refuse_admissions(&mut self, e: &TransferError) {
+        let mut told = Vec::new();
+        for (_, a) in self.admissions.pending.iter_mut() {
+            if let Some(k) = a.session.take() {
+                told.push((k, a.submit.req));
+            }
+        }
+        for (k, req) in told {
+            self.admissions.forget_session(k);
+            let ev = Event::Failed {
+                req,
+                job: None,
+                kind: e.kind,
+                os_error: e.os_error,
+                message: e.message.clone(),
+                bytes: 0,
+            };
+            self.emit(k, &ev);
+            self.close_if_idle_half_closed(k);
+        }
+    }
+}
