@@ -10,9 +10,9 @@
 //! first waiter at each piece boundary and gives its slot back if it is
 //! ahead (`should_yield`), which is what makes the shares follow the weights.
 //!
-//! A waiter whose group (its connection) may not take more slots right now is
-//! parked in that group's own heap rather than pushed back into the shared
-//! one: otherwise every grant would pop and re-push all of a busy client's
+//! A waiter whose group (its user, or its connection) may not take more
+//! slots right now is parked in that group's own heap rather than pushed
+//! back into the shared one: otherwise every grant would pop and re-push all of a busy client's
 //! waiters, which made the scheduler the daemon's largest cost with
 //! thousands of small jobs queued. The group's owner unparks as many as it
 //! has room for when its slots come back. A job queued while its group is
@@ -39,6 +39,27 @@ struct Entry {
     key: usize,
 }
 
+/// Who a parked waiter waits behind: its user (over its share of the pool
+/// while another user waits) or its connection (at its quota). Both kinds
+/// index one `Vec` of heaps, users on odd slots and connections on even
+/// ones, so parking neither hashes nor allocates once a group has been used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// A session's slab key.
+    Connection(usize),
+    /// A user's small index (`Usage::group`), not the uid.
+    User(usize),
+}
+
+impl Group {
+    fn index(self) -> usize {
+        match self {
+            Group::Connection(k) => k * 2,
+            Group::User(k) => k * 2 + 1,
+        }
+    }
+}
+
 /// A waiting job as `pop` hands it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waiter {
@@ -51,8 +72,8 @@ pub struct Waiter {
 /// The queue of jobs waiting for one kind of slot.
 pub struct FairQueue {
     heap: BinaryHeap<Reverse<Entry>>,
-    /// Waiters set aside per group (indexed by the group, a session's slab
-    /// key, so small and reused), in the same order as `heap`. A group's
+    /// Waiters set aside per group (indexed by `Group::index`, small and
+    /// reused), in the same order as `heap`. A group's
     /// heap keeps its memory when it empties: a busy client parks and
     /// unparks a job per small file.
     parked: Vec<BinaryHeap<Reverse<Entry>>>,
@@ -98,7 +119,7 @@ impl FairQueue {
     /// without passing through the shared heap. Returns as `push` does.
     pub fn push_parked(
         &mut self,
-        group: usize,
+        group: Group,
         key: usize,
         vtime: u64,
         priority: Priority,
@@ -117,7 +138,7 @@ impl FairQueue {
 
     /// Sets aside a waiter that `pop` handed out but whose group may not take
     /// a slot now, keeping its place among the group's other parked waiters.
-    pub fn park(&mut self, group: usize, w: Waiter) {
+    pub fn park(&mut self, group: Group, w: Waiter) {
         self.group(group).push(Reverse(Entry {
             vtime: w.vtime,
             class: Reverse(w.priority),
@@ -128,8 +149,8 @@ impl FairQueue {
 
     /// Returns up to `n` of `group`'s live parked waiters, first first, to
     /// the shared queue; stale ones are dropped on the way and do not count.
-    pub fn unpark(&mut self, group: usize, n: usize, live: impl Fn(usize, u64) -> bool) {
-        let Some(parked) = self.parked.get_mut(group) else {
+    pub fn unpark(&mut self, group: Group, n: usize, live: impl Fn(usize, u64) -> bool) {
+        let Some(parked) = self.parked.get_mut(group.index()) else {
             return;
         };
         let mut moved = 0;
@@ -144,21 +165,31 @@ impl FairQueue {
         }
     }
 
-    /// Returns all of `group`'s parked waiters to the shared queue: the group
-    /// is going away, and its detached jobs wait on without it.
-    pub fn unpark_all(&mut self, group: usize) {
-        if let Some(parked) = self.parked.get_mut(group) {
+    /// Returns all of `group`'s parked waiters to the shared queue: a
+    /// connection going away (its detached jobs wait on without it), or a
+    /// user whose share no longer binds because nobody else waits.
+    pub fn unpark_all(&mut self, group: Group) {
+        if let Some(parked) = self.parked.get_mut(group.index()) {
             self.heap.extend(parked.drain());
         }
     }
 
     /// How many of `group`'s waiters are parked (stale ones included).
-    pub fn parked(&self, group: usize) -> usize {
-        self.parked.get(group).map_or(0, BinaryHeap::len)
+    pub fn parked(&self, group: Group) -> usize {
+        self.parked.get(group.index()).map_or(0, BinaryHeap::len)
+    }
+
+    /// Forgets `group`'s parked waiters (all stale: a user whose last job
+    /// ended), so the index can go to another user.
+    pub fn clear(&mut self, group: Group) {
+        if let Some(parked) = self.parked.get_mut(group.index()) {
+            parked.clear();
+        }
     }
 
     /// `group`'s parked waiters, made empty if it had none yet.
-    fn group(&mut self, group: usize) -> &mut BinaryHeap<Reverse<Entry>> {
+    fn group(&mut self, group: Group) -> &mut BinaryHeap<Reverse<Entry>> {
+        let group = group.index();
         if group >= self.parked.len() {
             self.parked.resize_with(group + 1, BinaryHeap::new);
         }
@@ -210,6 +241,8 @@ pub fn should_yield(vtime: u64, priority: Priority, first: Option<Waiter>) -> bo
 mod tests {
     use super::*;
 
+    const G: Group = Group::Connection(7);
+
     #[test]
     fn earliest_virtual_time_first_then_higher_class() {
         let mut q = FairQueue::with_capacity(8, 0, 1);
@@ -241,17 +274,17 @@ mod tests {
         q.push(4, 40, Priority::Normal);
         for _ in 0..3 {
             let w = q.pop(|_, _| true).expect("a waiter");
-            q.park(7, w);
+            q.park(G, w);
         }
-        assert_eq!(q.parked(7), 3);
+        assert_eq!(q.parked(G), 3);
         // Only 4 is left in the shared queue.
         assert_eq!(q.peek(|_, _| true).map(|w| w.key), Some(4));
         // Job 2's entry went stale while parked: unparking one skips it.
-        q.unpark(7, 1, |_, seq| seq != s2);
-        assert_eq!(q.parked(7), 1);
+        q.unpark(G, 1, |_, seq| seq != s2);
+        assert_eq!(q.parked(G), 1);
         assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((3, s3)));
-        q.unpark_all(7);
-        assert_eq!(q.parked(7), 0);
+        q.unpark_all(G);
+        assert_eq!(q.parked(G), 0);
         assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((1, s1)));
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(4));
         assert_eq!(q.pop(|_, _| true), None);
@@ -262,14 +295,14 @@ mod tests {
         let mut q = FairQueue::with_capacity(8, 0, 1);
         q.push(1, 30, Priority::Normal);
         let w = q.pop(|_, _| true).expect("a waiter");
-        q.park(7, w);
-        let (_, at) = q.push_parked(7, 2, 10, Priority::Normal);
+        q.park(G, w);
+        let (_, at) = q.push_parked(G, 2, 10, Priority::Normal);
         assert_eq!(at, 10);
-        assert_eq!(q.parked(7), 2);
+        assert_eq!(q.parked(G), 2);
         assert_eq!(q.peek(|_, _| true), None, "nothing in the shared queue");
-        q.unpark(7, 1, |_, _| true);
+        q.unpark(G, 1, |_, _| true);
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(2));
-        q.unpark(7, 1, |_, _| true);
+        q.unpark(G, 1, |_, _| true);
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(1));
     }
 

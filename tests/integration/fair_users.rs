@@ -1,0 +1,189 @@
+//! Fair shares between users: one user whose jobs stall holding every pipe
+//! (socket peers that never read, over several connections) does not keep
+//! another user's small copy waiting, and gets its stalled jobs' bytes
+//! through intact once its peers read again.
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringxfer_ipc::{Client, Strategy, TransferOptions};
+
+use crate::support::*;
+
+/// The user whose copy must not starve.
+const OTHER: u32 = 65534;
+/// Stalled jobs of the first user, and the connections they come over.
+const STALLED: usize = 32;
+const CONNECTIONS: usize = 4;
+/// Each stalled job's source: more than its two pipes and the socket's
+/// buffer hold, so it stalls with bytes in both pipes.
+const STALLED_LEN: usize = 8 << 20;
+/// The other user's copy, and how long it may take.
+const COPY_LEN: usize = 1 << 20;
+const TARGET: Duration = Duration::from_secs(1);
+
+/// The environment that turns `other_user_copy` on.
+const COPY_SOCKET: &str = "RINGXFER_TEST_FAIR_SOCKET";
+const COPY_SRC: &str = "RINGXFER_TEST_FAIR_SRC";
+const COPY_DST: &str = "RINGXFER_TEST_FAIR_DST";
+
+/// Run by `a_stalled_users_jobs_do_not_starve_another_users_copy` as the
+/// other user (a no-op otherwise): copies `COPY_SRC` to `COPY_DST` through
+/// the daemon and prints how long the job took, from submit to completion.
+#[test]
+fn other_user_copy() {
+    let (Ok(socket), Ok(src), Ok(dst)) = (
+        std::env::var(COPY_SOCKET),
+        std::env::var(COPY_SRC),
+        std::env::var(COPY_DST),
+    ) else {
+        return;
+    };
+    let c = Client::connect(&socket).expect("other user: connect");
+    let src = open_src(Path::new(&src));
+    let dst = create_dst(Path::new(&dst));
+    let t0 = Instant::now();
+    let h = c
+        .submit(src.as_fd(), dst.as_fd(), &opts())
+        .expect("other user: submit");
+    let done = completed(wait(h), "other user's copy");
+    println!("copy-ms={} bytes={}", t0.elapsed().as_millis(), done.bytes);
+}
+
+#[test]
+fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let shared = world_tmpdir();
+    let exe = executable_for_others(&std::env::current_exe().unwrap(), shared.path());
+    let d = Daemon::start_at(Some(shared.path().join("rx.sock")), &[]);
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (src, want) = make_file(shared.path(), "src", COPY_LEN, 14);
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let theirs = shared.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
+    let dst = theirs.join("copy");
+
+    // Root: 32 jobs over 4 connections into sockets nobody reads. The
+    // sources are patterns, so what finally arrives can be checked.
+    let conns: Vec<Arc<Client>> = (0..CONNECTIONS).map(|_| shared_client(&d)).collect();
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let (path, bytes) = make_file(
+            shared.path(),
+            &format!("stalled-{i}"),
+            STALLED_LEN,
+            i as u64,
+        );
+        let (into, peer) = UnixStream::pair().unwrap();
+        let o = TransferOptions {
+            strategy: Strategy::Splice,
+            ..opts()
+        };
+        let h = conns[i % CONNECTIONS]
+            .submit(open_src(&path).as_fd(), into.as_fd(), &o)
+            .unwrap_or_else(|e| panic!("submit stalled job {i}: {e:?}"));
+        stalled.push((h, peer, bytes));
+    }
+    let probe = shared_client(&d);
+    let all_lent = poll_until(Duration::from_secs(10), || {
+        let s = stats_of(&probe);
+        s.pipes_in_use == s.pipes_total
+    });
+    assert!(
+        all_lent,
+        "the stalled jobs never held every pipe: {:?}",
+        stats_of(&probe)
+    );
+    // Long enough that every one of them has stalled.
+    thread::sleep(Duration::from_millis(500));
+
+    let mut child = Command::new(&exe)
+        .args([
+            "--exact",
+            "fair_users::other_user_copy",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(COPY_SOCKET, &d.socket)
+        .env(COPY_SRC, &src)
+        .env(COPY_DST, &dst)
+        .uid(OTHER)
+        .gid(OTHER)
+        .current_dir(shared.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the other user's copy");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (out, err) = (out_t.join().unwrap(), err_t.join().unwrap());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the other user's copy (uid {OTHER}) did not finish within 20 s ({status:?}) while root's {STALLED} \
+         jobs stalled:\n{out}\n{err}"
+    );
+    let ms: u64 = out
+        .lines()
+        .find_map(|l| {
+            l.split("copy-ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no copy-ms line in:\n{out}\n{err}"));
+    eprintln!("the other user's copy took {ms} ms behind {STALLED} stalled jobs");
+    assert!(
+        Duration::from_millis(ms) < TARGET,
+        "the other user's {COPY_LEN}-byte copy took {ms} ms behind root's {STALLED} stalled jobs (target {TARGET:?})"
+    );
+    assert_file_eq(&dst, &want);
+
+    // The stalled jobs gave pipes back without losing or repeating a byte:
+    // once their peers read, every one delivers its source exactly.
+    let readers: Vec<_> = stalled
+        .into_iter()
+        .map(|(h, mut peer, bytes)| {
+            let t = thread::spawn(move || {
+                let mut got = Vec::with_capacity(STALLED_LEN);
+                peer.read_to_end(&mut got).map(|_| got)
+            });
+            (h, t, bytes)
+        })
+        .collect();
+    for (i, (h, t, bytes)) in readers.into_iter().enumerate() {
+        let done = completed(wait(h), &format!("stalled job {i}"));
+        assert_eq!(done.bytes, STALLED_LEN as u64, "stalled job {i}");
+        let got = t.join().unwrap().expect("read a stalled job's socket");
+        assert_bytes_eq(&got, &bytes, &format!("what stalled job {i} delivered"));
+    }
+}
