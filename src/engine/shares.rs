@@ -176,9 +176,8 @@ impl Users {
         self.waiting_any > 0 && self.active > 1
     }
 
-    /// The users' parking groups.
-    pub fn groups(&self) -> impl Iterator<Item = usize> + '_ {
-        self.map.values().map(|u| u.group)
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Usage)> + '_ {
+        self.map.iter().map(|(&uid, u)| (uid, u))
     }
 }
 
@@ -202,11 +201,21 @@ impl Engine {
     pub(super) fn over_user_share(&self, k: usize, r: Resource) -> Option<Group> {
         let uid = self.jobs.get(k)?.uid;
         let u = self.users.get(&uid)?;
+        self.user_full(uid, u, r).then_some(Group::User(u.group))
+    }
+
+    /// Whether user `uid` holds its share of `r`, or of `--max-inflight`
+    /// (when that cap is below the pools together, so it can bind), while
+    /// another user waits.
+    fn user_full(&self, uid: u32, u: &Usage, r: Resource) -> bool {
         let pool = self.users.share(self.pool_total(r), Some(r));
-        let inflight = self.users.share(self.config.max_inflight, None);
-        let full = (u.held[r as usize] >= pool && self.users.others_waiting(uid, Some(r)))
-            || (u.held[0] + u.held[1] >= inflight && self.users.others_waiting(uid, None));
-        full.then_some(Group::User(u.group))
+        if u.held[r as usize] >= pool && self.users.others_waiting(uid, Some(r)) {
+            return true;
+        }
+        let cap = self.config.max_inflight;
+        cap < self.pipes.total() + self.buffers.total()
+            && u.held[0] + u.held[1] >= self.users.share(cap, None)
+            && self.users.others_waiting(uid, None)
     }
 
     /// Whether job `k`'s user holds more than its share of `r` while
@@ -236,11 +245,13 @@ impl Engine {
             if self.queues[ri].parked(group) == 0 {
                 continue;
             }
-            let room = if self.users.others_waiting(uid, Some(r)) {
+            let room = if self.user_full(uid, &u, r) {
+                0
+            } else if self.users.others_waiting(uid, None) {
+                // Room up to its share; the waiters put back beyond it
+                // would only park again.
                 let pool = self.users.share(self.pool_total(r), Some(r));
-                let inflight = self.users.share(self.config.max_inflight, None);
-                pool.saturating_sub(u.held[ri])
-                    .min(inflight.saturating_sub(u.held[0] + u.held[1]))
+                pool.saturating_sub(u.held[ri]).max(1)
             } else {
                 usize::MAX
             };
@@ -253,8 +264,9 @@ impl Engine {
     }
 
     /// Slots of `r` lie idle and nobody waits for them in the shared queue:
-    /// users parked over their share get them (shares bind only while
-    /// another user waits). True if any waiter came back.
+    /// users parked over their share get them if their share no longer
+    /// binds (nobody else waits, or more users want the pool less). True if
+    /// any waiter came back.
     pub(super) fn unpark_idle_users(&mut self) -> bool {
         let mut moved = false;
         for r in [Resource::Pipe, Resource::Buffer] {
@@ -264,8 +276,11 @@ impl Engine {
             }
             let groups: Vec<usize> = self
                 .users
-                .groups()
-                .filter(|&g| self.queues[ri].parked(Group::User(g)) > 0)
+                .iter()
+                .filter(|(uid, u)| {
+                    self.queues[ri].parked(Group::User(u.group)) > 0 && !self.user_full(*uid, u, r)
+                })
+                .map(|(_, u)| u.group)
                 .collect();
             for g in groups {
                 self.queues[ri].unpark_all(Group::User(g));

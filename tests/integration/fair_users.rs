@@ -58,22 +58,161 @@ fn other_user_copy() {
     println!("copy-ms={} bytes={}", t0.elapsed().as_millis(), done.bytes);
 }
 
-#[test]
-fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
-    if !running_as_root() {
-        eprintln!("skipped: needs root to run a client as another user");
-        return;
+/// Runs `other_user_copy` as `OTHER` (a copy of this test binary, `exe`):
+/// the milliseconds its copy took, or what went wrong.
+fn other_user_copy_ms(
+    exe: &Path,
+    socket: &Path,
+    src: &Path,
+    dst: &Path,
+    dir: &Path,
+) -> Result<u64, String> {
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "fair_users::other_user_copy",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(COPY_SOCKET, socket)
+        .env(COPY_SRC, src)
+        .env(COPY_DST, dst)
+        .uid(OTHER)
+        .gid(OTHER)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the other user's copy");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
+    let (out, err) = (out_t.join().unwrap(), err_t.join().unwrap());
+    if !status.is_some_and(|s| s.success()) {
+        return Err(format!(
+            "the other user's copy (uid {OTHER}) did not succeed within 20 s ({status:?}):\n{out}\n{err}"
+        ));
+    }
+    out.lines()
+        .find_map(|l| {
+            l.split("copy-ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("no copy-ms line in:\n{out}\n{err}"))
+}
+
+/// A shared directory with the daemon's socket open to everyone, the other
+/// user's source (readable by all) and a directory of its own for the copy.
+struct Setup {
+    shared: tempfile::TempDir,
+    exe: std::path::PathBuf,
+    src: std::path::PathBuf,
+    want: Vec<u8>,
+    dst: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
     let shared = world_tmpdir();
     let exe = executable_for_others(&std::env::current_exe().unwrap(), shared.path());
-    let d = Daemon::start_at(Some(shared.path().join("rx.sock")), &[]);
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let (src, want) = make_file(shared.path(), "src", COPY_LEN, 14);
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
     let theirs = shared.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
     let dst = theirs.join("copy");
+    Setup {
+        shared,
+        exe,
+        src,
+        want,
+        dst,
+    }
+}
+
+fn open_socket_to_all(d: &Daemon) {
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+#[test]
+fn one_user_cannot_take_every_job_of_the_daemon() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let s = setup();
+    // The flag asks for more than a quarter of --max-jobs: each user gets
+    // a quarter, and says so.
+    let d = Daemon::start_at(
+        Some(s.shared.path().join("rx.sock")),
+        &["--max-jobs", "8", "--max-jobs-per-user", "100"],
+    );
+    open_socket_to_all(&d);
+    let root = shared_client(&d);
+    assert_eq!(
+        root.limits().max_jobs_per_user,
+        2,
+        "the cap reported to clients"
+    );
+    // Root tries to take every job of the daemon: two are admitted.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let (h, writer) = submit_idle(&root, &opts());
+        id_of(&h);
+        idle.push((h, writer));
+    }
+    for i in 2..8 {
+        let (h, _writer) = submit_idle(&root, &opts());
+        let f = failed(
+            wait_within(h, Duration::from_secs(10)),
+            ringxfer_ipc::FailureKind::LimitExceeded,
+            &format!("root's job {i}"),
+        );
+        assert!(
+            f.message.contains("a quarter of --max-jobs") && f.message.contains("user 0"),
+            "{f:?}"
+        );
+    }
+    // Another user still gets in.
+    let ms = other_user_copy_ms(&s.exe, &d.socket, &s.src, &s.dst, s.shared.path())
+        .unwrap_or_else(|e| panic!("with root at its cap: {e}"));
+    eprintln!("the other user's copy took {ms} ms with root at its job cap");
+    assert_file_eq(&s.dst, &s.want);
+    assert!(
+        d.log().contains("more than a quarter of --max-jobs"),
+        "no warning about the cap:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let s = setup();
+    let d = Daemon::start_at(Some(s.shared.path().join("rx.sock")), &[]);
+    open_socket_to_all(&d);
+    let (shared, src, dst, want) = (&s.shared, &s.src, &s.dst, &s.want);
 
     // Root: 32 jobs over 4 connections into sockets nobody reads. The
     // sources are patterns, so what finally arrives can be checked.
@@ -109,64 +248,14 @@ fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
     // Long enough that every one of them has stalled.
     thread::sleep(Duration::from_millis(500));
 
-    let mut child = Command::new(&exe)
-        .args([
-            "--exact",
-            "fair_users::other_user_copy",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(COPY_SOCKET, &d.socket)
-        .env(COPY_SRC, &src)
-        .env(COPY_DST, &dst)
-        .uid(OTHER)
-        .gid(OTHER)
-        .current_dir(shared.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the other user's copy");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = wait_child(&mut child, Duration::from_secs(20));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let (out, err) = (out_t.join().unwrap(), err_t.join().unwrap());
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the other user's copy (uid {OTHER}) did not finish within 20 s ({status:?}) while root's {STALLED} \
-         jobs stalled:\n{out}\n{err}"
-    );
-    let ms: u64 = out
-        .lines()
-        .find_map(|l| {
-            l.split("copy-ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no copy-ms line in:\n{out}\n{err}"));
+    let ms = other_user_copy_ms(&s.exe, &d.socket, src, dst, shared.path())
+        .unwrap_or_else(|e| panic!("while root's {STALLED} jobs stalled: {e}"));
     eprintln!("the other user's copy took {ms} ms behind {STALLED} stalled jobs");
     assert!(
         Duration::from_millis(ms) < TARGET,
         "the other user's {COPY_LEN}-byte copy took {ms} ms behind root's {STALLED} stalled jobs (target {TARGET:?})"
     );
-    assert_file_eq(&dst, &want);
+    assert_file_eq(dst, want);
 
     // The stalled jobs gave pipes back without losing or repeating a byte:
     // once their peers read, every one delivers its source exactly.
