@@ -648,9 +648,11 @@ impl Engine {
         // The job went on with this piece without queueing: it was served
         // at its virtual time, which newcomers must not start behind.
         self.queues[job.resource() as usize].granted(job.vtime);
+        // Scaled by the user's jobs wanting slots: users share first.
+        let scale = self.users.vtime_scale(job.uid);
         job.vtime = job
             .vtime
-            .saturating_add(super::scheduler::cost(delta, job.priority));
+            .saturating_add(super::scheduler::cost(delta, job.priority).saturating_mul(scale));
         if let Some(b) = job.bucket.as_mut() {
             b.charge(delta, now);
         }

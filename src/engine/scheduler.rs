@@ -213,6 +213,39 @@ impl FairQueue {
         None
     }
 
+    /// `group`'s first live parked waiter other than job `except`, without
+    /// removing it; stale entries are dropped from the front on the way.
+    /// (A job holding a slot may have its own entry parked for another; on
+    /// top, it would hide the others behind it.)
+    pub fn peek_parked(
+        &mut self,
+        group: Group,
+        except: usize,
+        live: impl Fn(usize, u64) -> bool,
+    ) -> Option<Waiter> {
+        let parked = self.parked.get_mut(group.index())?;
+        let mut own = None;
+        let found = loop {
+            let Some(Reverse(e)) = parked.peek().copied() else {
+                break None;
+            };
+            if !live(e.key, e.seq) {
+                parked.pop();
+            } else if e.key == except && own.is_none() {
+                own = parked.pop();
+            } else {
+                break Some(Waiter {
+                    key: e.key,
+                    seq: e.seq,
+                    vtime: e.vtime,
+                    priority: e.class.0,
+                });
+            }
+        };
+        parked.extend(own);
+        found
+    }
+
     /// Takes the first live waiter.
     pub fn pop(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
         let w = self.peek(live)?;
@@ -304,6 +337,18 @@ mod tests {
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(2));
         q.unpark(G, 1, |_, _| true);
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(1));
+    }
+
+    #[test]
+    fn a_jobs_own_parked_entry_does_not_hide_the_others() {
+        let mut q = FairQueue::with_capacity(8, 0, 1);
+        q.push_parked(G, 1, 10, Priority::Normal);
+        q.push_parked(G, 2, 20, Priority::Normal);
+        assert_eq!(q.peek_parked(G, 1, |_, _| true).map(|w| w.key), Some(2));
+        assert_eq!(q.peek_parked(G, 2, |_, _| true).map(|w| w.key), Some(1));
+        assert_eq!(q.parked(G), 2, "the own entry is put back");
+        assert_eq!(q.peek_parked(G, 9, |k, _| k != 1).map(|w| w.key), Some(2));
+        assert_eq!(q.parked(G), 1, "a stale entry is dropped");
     }
 
     #[test]

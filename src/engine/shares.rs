@@ -38,6 +38,8 @@ pub(super) const STALL_AFTER: Duration = Duration::from_millis(250);
 pub(super) const STALL_FAIL: Duration = Duration::from_secs(5);
 /// How often stalls are looked for while some user waits behind another.
 const STALL_CHECK: Duration = Duration::from_millis(100);
+/// The most a user's job count speeds its jobs' virtual times up.
+const MAX_SCALE: usize = 1 << 16;
 
 /// A user's unfinished jobs and bytes still to move, the slots its jobs
 /// hold, and its jobs waiting for one.
@@ -51,6 +53,9 @@ pub(super) struct Usage {
     pub queued: [usize; 2],
     /// Its parked waiters' group in the fair queues.
     pub group: usize,
+    /// Its jobs holding or waiting for a slot: each advances its virtual
+    /// time this many times faster, so users share by user, not by job.
+    pub wanting_jobs: usize,
 }
 
 impl Usage {
@@ -147,6 +152,29 @@ impl Users {
         step(&mut self.waiting_any, u.waiting());
     }
 
+    /// One of `uid`'s jobs went from wanting slots (holding or waiting for
+    /// one) or not, `before`, to `after`.
+    pub fn job_wanting(&mut self, uid: u32, before: bool, after: bool) {
+        if let Some(u) = self.map.get_mut(&uid) {
+            match (before, after) {
+                (false, true) => u.wanting_jobs += 1,
+                (true, false) => u.wanting_jobs = u.wanting_jobs.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+
+    /// How much faster than its own cost a job of `uid` advances its virtual
+    /// time: by the number of the user's jobs wanting slots (at least one,
+    /// at most `MAX_SCALE`), which makes each user's jobs together weigh
+    /// what one job weighs: weighted fair queueing between users first,
+    /// then between a user's jobs by their classes.
+    pub fn vtime_scale(&self, uid: u32) -> u64 {
+        self.map
+            .get(&uid)
+            .map_or(1, |u| u.wanting_jobs.clamp(1, MAX_SCALE) as u64)
+    }
+
     /// Whether a user other than `uid` has a job waiting for `r` (`None`:
     /// for either pool).
     pub fn others_waiting(&self, uid: u32, r: Option<Resource>) -> bool {
@@ -187,11 +215,17 @@ pub(super) fn share(total: usize, users: usize) -> usize {
     total.div_ceil(users.max(1)).max(1)
 }
 
-/// Marks a job no longer waiting in a queue, keeping its user's count true.
+/// Marks a job no longer waiting in a queue, keeping its user's counts true.
 pub(super) fn unqueue(job: &mut Job, users: &mut Users) {
     if std::mem::take(&mut job.queued) {
         users.adjust(job.uid, job.queued_for, 0, -1);
+        users.job_wanting(job.uid, true, wanting(job));
     }
+}
+
+/// Whether a job holds or waits for a slot.
+pub(super) fn wanting(job: &Job) -> bool {
+    job.queued || job.held != [0, 0]
 }
 
 impl Engine {

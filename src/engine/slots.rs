@@ -11,7 +11,7 @@ use tracing::error;
 use super::ops::Owner;
 use super::queue::IoQueue;
 use super::scheduler::{should_yield, Group, Waiter};
-use super::shares::unqueue;
+use super::shares::{unqueue, wanting};
 use super::{Engine, Resource};
 use crate::transfer::TransferError;
 
@@ -38,11 +38,13 @@ impl Engine {
             Some(g) => q.push_parked(g, k, job.vtime, job.priority),
             None => q.push(k, job.vtime, job.priority),
         };
+        let before = wanting(job);
         job.queue_seq = seq;
         job.vtime = vtime;
         job.queued = true;
         job.queued_for = r;
         self.users.adjust(job.uid, r, 0, 1);
+        self.users.job_wanting(job.uid, before, true);
     }
 
     pub(super) fn first_waiter(&mut self, r: Resource) -> Option<Waiter> {
@@ -76,6 +78,11 @@ impl Engine {
         if should_yield(vtime, priority, self.first_waiter(r).filter(|w| w.key != k)) {
             return true;
         }
+        // Waiters parked behind this job's own user or connection can only
+        // get a slot that one of its jobs gives back: they take turns.
+        if should_yield(vtime, priority, self.first_parked_sibling(k, r)) {
+            return true;
+        }
         // When the global cap binds, the other pool's waiters compete for
         // the same operations in flight.
         if self.slots_lent() >= self.config.max_inflight {
@@ -91,6 +98,24 @@ impl Engine {
                 );
         }
         false
+    }
+
+    /// The first of the waiters parked behind job `k`'s user or connection
+    /// (the one with the earlier virtual time), other than `k` itself.
+    fn first_parked_sibling(&mut self, k: usize, r: Resource) -> Option<Waiter> {
+        let job = self.jobs.get(k)?;
+        let user = self.users.get(&job.uid).map(|u| Group::User(u.group));
+        let groups = [user, job.session.map(Group::Connection)];
+        let jobs = &self.jobs;
+        let live = |key: usize, seq: u64| {
+            jobs.get(key)
+                .is_some_and(|j| j.queued && j.queue_seq == seq)
+        };
+        groups
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.queues[r as usize].peek_parked(g, k, live))
+            .min_by_key(|w| (w.vtime, Reverse(w.priority)))
     }
 
     /// How long `k` must wait for its rate limits, if it must.
@@ -226,6 +251,7 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
+        let before = wanting(job);
         for (ri, n) in back.into_iter().enumerate() {
             let n = n.min(job.held[ri]);
             job.held[ri] -= n;
@@ -235,6 +261,7 @@ impl Engine {
             let r = [Resource::Pipe, Resource::Buffer][ri];
             self.users.adjust(job.uid, r, -(n as isize), 0);
         }
+        self.users.job_wanting(job.uid, before, wanting(job));
         let (session, uid) = (job.session, job.uid);
         if let Some(sk) = session {
             for r in [Resource::Pipe, Resource::Buffer] {
@@ -297,8 +324,10 @@ impl Engine {
             // A stall is measured from when it last moved or got a slot.
             job.moved_at = Instant::now();
         }
+        let before = wanting(job);
         job.held[ri] += 1;
         self.users.adjust(job.uid, r, 1, 0);
+        self.users.job_wanting(job.uid, before, true);
         job.got_slot = true;
         let mut io = IoQueue {
             ring: &mut self.ring,

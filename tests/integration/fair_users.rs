@@ -276,3 +276,145 @@ fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
         assert_bytes_eq(&got, &bytes, &format!("what stalled job {i} delivered"));
     }
 }
+
+/// The environment that turns `other_user_endless` on: the socket.
+const ENDLESS_SOCKET: &str = "RINGXFER_TEST_FAIR_ENDLESS";
+/// A source no test outlives: 1 PiB of zero pages.
+const ENDLESS: u64 = 1 << 50;
+
+/// Run by `users_share_by_user_not_by_job` as the other user (a no-op
+/// otherwise): one endless job (zero pages into /dev/null), its id printed,
+/// then waits until it is cancelled.
+#[test]
+fn other_user_endless() {
+    let Ok(socket) = std::env::var(ENDLESS_SOCKET) else {
+        return;
+    };
+    let c = Client::connect(&socket).expect("other user: connect");
+    let src = zero_source(ENDLESS);
+    let o = TransferOptions {
+        strategy: Strategy::Splice,
+        ..opts()
+    };
+    let h = c
+        .submit(src.as_fd(), dev_null().as_fd(), &o)
+        .expect("other user: submit");
+    println!("endless-job={}", id_of(&h));
+    // Cancelled by the test at the end; any outcome will do.
+    let _ = h.wait();
+}
+
+#[test]
+fn users_share_by_user_not_by_job() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let s = setup();
+    // Two slots for five jobs: someone always waits, so the shares are the
+    // scheduler's choice. Root has four jobs over two connections, the
+    // other user one: per job, root would get four fifths.
+    let d = Daemon::start_at(
+        Some(s.shared.path().join("rx.sock")),
+        &["--max-inflight", "2"],
+    );
+    open_socket_to_all(&d);
+    let ctl = shared_client(&d);
+    let mut child = Command::new(&s.exe)
+        .args([
+            "--exact",
+            "fair_users::other_user_endless",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(ENDLESS_SOCKET, &d.socket)
+        .uid(OTHER)
+        .gid(OTHER)
+        .current_dir(s.shared.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the other user's job");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(id) = line.split("endless-job=").nth(1) {
+                let _ = tx.send(id.trim().parse::<u64>().ok());
+            }
+        }
+    });
+    let theirs = rx
+        .recv_timeout(Duration::from_secs(20))
+        .ok()
+        .flatten()
+        .expect("the other user's job id");
+    let conns: Vec<Client> = (0..2).map(|_| d.client()).collect();
+    let o = TransferOptions {
+        strategy: Strategy::Splice,
+        ..opts()
+    };
+    let mine: Vec<_> = (0..4)
+        .map(|i| {
+            let src = zero_source(ENDLESS);
+            conns[i % 2]
+                .submit(src.as_fd(), dev_null().as_fd(), &o)
+                .expect("submit root's job")
+        })
+        .collect();
+    let mut ids: Vec<u64> = mine.iter().map(id_of).collect();
+    ids.push(theirs);
+    let started = poll_until(Duration::from_secs(10), || {
+        let list = jobs_of(&ctl);
+        ids.iter()
+            .all(|id| find_job(&list, *id).is_some_and(|i| i.bytes > 0))
+    });
+    assert!(started, "every job moved bytes: {:?}", jobs_of(&ctl));
+    thread::sleep(Duration::from_millis(300));
+    let per_user = |list: &[ringxfer_ipc::JobInfo]| {
+        let mut by = [0u64; 2];
+        for id in &ids {
+            let info = find_job(list, *id).expect("listed");
+            by[usize::from(info.uid == OTHER)] += info.bytes;
+        }
+        by
+    };
+    let mut indexes = Vec::new();
+    let mut before = per_user(&jobs_of(&ctl));
+    for _ in 0..3 {
+        thread::sleep(Duration::from_secs(1));
+        let after = per_user(&jobs_of(&ctl));
+        let shares = [(after[0] - before[0]) as f64, (after[1] - before[1]) as f64];
+        indexes.push((jain(&shares), shares));
+        before = after;
+    }
+    for id in &ids {
+        let _ = cancel_job(&ctl, *id);
+    }
+    if wait_child(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for h in mine {
+        let _ = wait_within(h, Duration::from_secs(10));
+    }
+    eprintln!(
+        "per 1-s window, root (4 jobs) and uid {OTHER} (1 job), MiB and Jain's index: {:?}",
+        indexes
+            .iter()
+            .map(|(j, s)| (
+                (s[0] / MIB as f64) as u64,
+                (s[1] / MIB as f64) as u64,
+                (j * 1000.0).round() / 1000.0
+            ))
+            .collect::<Vec<_>>()
+    );
+    for (j, shares) in &indexes {
+        assert!(
+            *j >= 0.9,
+            "Jain's index across users {j:.3} < 0.9 in a 1-s window: {shares:?}"
+        );
+    }
+}
