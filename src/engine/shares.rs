@@ -242,13 +242,19 @@ impl Engine {
     /// (when that cap is below the pools together, so it can bind), while
     /// another user waits.
     fn user_full(&self, uid: u32, u: &Usage, r: Resource) -> bool {
-        let pool = self.users.share(self.pool_total(r), Some(r));
+        self.user_beyond(uid, u, r, 0)
+    }
+
+    /// Whether user `uid` holds more than its share of `r` or of
+    /// `--max-inflight` plus `slack` while another user waits.
+    fn user_beyond(&self, uid: u32, u: &Usage, r: Resource, slack: usize) -> bool {
+        let pool = self.users.share(self.pool_total(r), Some(r)) + slack;
         if u.held[r as usize] >= pool && self.users.others_waiting(uid, Some(r)) {
             return true;
         }
         let cap = self.config.max_inflight;
         cap < self.pipes.total() + self.buffers.total()
-            && u.held[0] + u.held[1] >= self.users.share(cap, None)
+            && u.held[0] + u.held[1] >= self.users.share(cap, None) + slack
             && self.users.others_waiting(uid, None)
     }
 
@@ -259,11 +265,9 @@ impl Engine {
         let Some(uid) = self.jobs.get(k).map(|j| j.uid) else {
             return false;
         };
-        let Some(u) = self.users.get(&uid) else {
-            return false;
-        };
-        let pool = self.users.share(self.pool_total(r), Some(r));
-        u.held[r as usize] > pool && self.users.others_waiting(uid, Some(r))
+        self.users
+            .get(&uid)
+            .is_some_and(|u| self.user_beyond(uid, u, r, 1))
     }
 
     /// A user gave slots back: as many of its parked waiters as its share
@@ -357,8 +361,10 @@ impl Engine {
     /// Takes slots back from stalled jobs of users over their share while
     /// another user waits, until each such user is down to its share.
     fn reclaim_stalled(&mut self, now: Instant) {
-        // Slots already on their way back, per user, this pass.
-        let mut coming_back: HashMap<u32, [usize; 2]> = HashMap::new();
+        // What each user holds, less what this pass already took back (a
+        // failed job gives some back at once, a reclaimed one later: counted
+        // here when asked for, so neither is counted twice).
+        let mut left: HashMap<u32, [usize; 2]> = HashMap::new();
         let stalled: Vec<usize> = self
             .jobs
             .iter()
@@ -377,21 +383,21 @@ impl Engine {
             let Some(u) = self.users.get(&uid).copied() else {
                 continue;
             };
-            let back = coming_back.entry(uid).or_default();
+            let user_left = *left.entry(uid).or_insert(u.held);
             let over = [Resource::Pipe, Resource::Buffer].into_iter().any(|r| {
                 let ri = r as usize;
                 let share = self.users.share(self.pool_total(r), Some(r));
-                held[ri] > 0
-                    && self.users.others_waiting(uid, Some(r))
-                    && u.held[ri].saturating_sub(back[ri]) > share
+                held[ri] > 0 && self.users.others_waiting(uid, Some(r)) && user_left[ri] > share
             });
             if !over {
                 continue;
             }
             let stalled_for = now.saturating_duration_since(job.moved_at);
             if self.reclaim_job(k, stalled_for) {
-                back[0] += held[0];
-                back[1] += held[1];
+                if let Some(l) = left.get_mut(&uid) {
+                    l[0] = l[0].saturating_sub(held[0]);
+                    l[1] = l[1].saturating_sub(held[1]);
+                }
             }
         }
     }

@@ -418,3 +418,87 @@ fn users_share_by_user_not_by_job() {
         );
     }
 }
+
+#[test]
+fn stalled_stream_jobs_over_their_users_share_are_failed_cleanly() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let s = setup();
+    let d = Daemon::start_at(Some(s.shared.path().join("rx.sock")), &[]);
+    open_socket_to_all(&d);
+    // Root: 32 jobs from sockets with bytes waiting (stream sources, whose
+    // bytes in a pipe cannot be read again) into sockets nobody reads:
+    // every pipe held, all stalled.
+    let conns: Vec<Arc<Client>> = (0..CONNECTIONS).map(|_| shared_client(&d)).collect();
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let (mut feed, from) = UnixStream::pair().unwrap();
+        let (into, peer) = UnixStream::pair().unwrap();
+        let o = TransferOptions {
+            strategy: Strategy::Splice,
+            ..opts()
+        };
+        let h = conns[i % CONNECTIONS]
+            .submit(from.as_fd(), into.as_fd(), &o)
+            .unwrap_or_else(|e| panic!("submit stalled job {i}: {e:?}"));
+        let writer = thread::spawn(move || {
+            use std::io::Write;
+            let block = vec![7u8; 64 << 10];
+            while feed.write_all(&block).is_ok() {}
+        });
+        stalled.push((h, peer, writer));
+    }
+    let probe = shared_client(&d);
+    let all_lent = poll_until(Duration::from_secs(10), || {
+        let s = stats_of(&probe);
+        s.pipes_in_use == s.pipes_total
+    });
+    assert!(
+        all_lent,
+        "the stalled jobs never held every pipe: {:?}",
+        stats_of(&probe)
+    );
+    // Long enough that every one of them has stalled.
+    thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let ms = other_user_copy_ms(&s.exe, &d.socket, &s.src, &s.dst, s.shared.path())
+        .unwrap_or_else(|e| panic!("while root's stream jobs stalled: {e}"));
+    eprintln!(
+        "the other user's copy took {ms} ms ({:?} with the start-up) behind root's stalled stream jobs",
+        t0.elapsed()
+    );
+    assert_file_eq(&s.dst, &s.want);
+    // Only as many of root's jobs as it took to bring it down to its share
+    // (16 of its 32 pipes) failed, after about 5 s, each saying why; the
+    // others still run.
+    let mut failed_jobs = 0;
+    let mut running = Vec::new();
+    for (h, peer, writer) in stalled {
+        match h.wait_timeout(Duration::from_millis(100)) {
+            Some(Err(ringxfer_ipc::JobError::Failed { message, .. })) => {
+                assert!(
+                    message.contains("accepted no bytes") && message.contains("other users waited"),
+                    "{message}"
+                );
+                failed_jobs += 1;
+            }
+            Some(other) => panic!("a stalled stream job ended: {other:?}"),
+            None => running.push((h, peer, writer)),
+        }
+    }
+    eprintln!("{failed_jobs} of root's {STALLED} stalled stream jobs were failed");
+    assert!(
+        (1..STALLED).contains(&failed_jobs),
+        "{failed_jobs} of {STALLED} stalled stream jobs failed"
+    );
+    for (h, _, _) in &running {
+        let _ = cancel_job(&probe, id_of(h));
+    }
+    for (h, peer, writer) in running {
+        let _ = wait_within(h, Duration::from_secs(10));
+        drop(peer);
+        let _ = writer.join();
+    }
+}
