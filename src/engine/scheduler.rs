@@ -150,18 +150,32 @@ impl FairQueue {
     /// Returns up to `n` of `group`'s live parked waiters, first first, to
     /// the shared queue; stale ones are dropped on the way and do not count.
     pub fn unpark(&mut self, group: Group, n: usize, live: impl Fn(usize, u64) -> bool) {
+        let floor = self.floor(group);
         let Some(parked) = self.parked.get_mut(group.index()) else {
             return;
         };
         let mut moved = 0;
         while moved < n {
-            let Some(Reverse(e)) = parked.pop() else {
+            let Some(Reverse(mut e)) = parked.pop() else {
                 break;
             };
             if live(e.key, e.seq) {
+                e.vtime = e.vtime.max(floor);
                 self.heap.push(Reverse(e));
                 moved += 1;
             }
+        }
+    }
+
+    /// The earliest virtual time `group`'s waiters come back at. A user's
+    /// waiters come back no earlier than the last grant, as newcomers: the
+    /// user was served meanwhile through its other jobs, so a parked job's
+    /// wait is no credit (it would let a user with many jobs run ahead of
+    /// one with few). A connection's keep theirs, as before.
+    fn floor(&self, group: Group) -> u64 {
+        match group {
+            Group::User(_) => self.now,
+            Group::Connection(_) => 0,
         }
     }
 
@@ -169,8 +183,12 @@ impl FairQueue {
     /// connection going away (its detached jobs wait on without it), or a
     /// user whose share no longer binds because nobody else waits.
     pub fn unpark_all(&mut self, group: Group) {
+        let floor = self.floor(group);
         if let Some(parked) = self.parked.get_mut(group.index()) {
-            self.heap.extend(parked.drain());
+            self.heap.extend(parked.drain().map(|Reverse(mut e)| {
+                e.vtime = e.vtime.max(floor);
+                Reverse(e)
+            }));
         }
     }
 
@@ -349,6 +367,20 @@ mod tests {
         assert_eq!(q.parked(G), 2, "the own entry is put back");
         assert_eq!(q.peek_parked(G, 9, |k, _| k != 1).map(|w| w.key), Some(2));
         assert_eq!(q.parked(G), 1, "a stale entry is dropped");
+    }
+
+    #[test]
+    fn a_users_waiters_come_back_no_earlier_than_the_last_grant() {
+        let mut q = FairQueue::with_capacity(8, 0, 1);
+        let user = Group::User(3);
+        q.push_parked(user, 1, 10, Priority::Normal);
+        q.push_parked(G, 2, 10, Priority::Normal);
+        q.granted(100);
+        q.unpark(user, 1, |_, _| true);
+        q.unpark_all(G);
+        let order: Vec<(usize, u64)> =
+            std::iter::from_fn(|| q.pop(|_, _| true).map(|w| (w.key, w.vtime))).collect();
+        assert_eq!(order, [(2, 10), (1, 100)]);
     }
 
     #[test]

@@ -221,6 +221,9 @@ impl Engine {
             }
             if let Some(job) = self.jobs.get_mut(k) {
                 unqueue(job, &mut self.users);
+                // An entry that came back from its user's parked heap may
+                // have been moved up to the queue's virtual time.
+                job.vtime = job.vtime.max(w.vtime);
             }
             if let Some(wait) = self.throttle_wait(k, now) {
                 self.throttle(k, now + wait.max(MIN_THROTTLE_WAIT));
