@@ -27,8 +27,19 @@
 //!    over RINGXFER_BENCH_RATE_SECS (default 10 s), starting 1 s after the
 //!    first byte, divided by the limit.
 //!
+//! D. Users (as root: clients connect under other uids, see `connect_as`).
+//!    Fairness across users with equal demand: four users (uids 65531 to
+//!    65534), each saturating (endless zero pages into /dev/null), either
+//!    with two jobs each or with 1, 2, 3 and 4 jobs, every job on its own
+//!    connection; Jain's index of the users' shares per 1-s window, with
+//!    the default settings and with `--max-inflight 3`. Starvation: one
+//!    user with 32 jobs over 4 connections into sockets nobody reads (every
+//!    pipe held, all stalled), then another user's 1 MiB file copy, timed
+//!    from submit to completion, on a fresh daemon per round.
+//!
 //! Targets: Jain's index >= 0.9 in every window; rate within 5% of the
-//! limit. The latency ratio is reported without a target.
+//! limit; the other user's copy under 1 s. The latency ratio is reported
+//! without a target.
 
 // This bench needs the daemon, the source files, the host and the
 // statistics of the shared module, not its CPU clocks or its TCP receiver.
@@ -40,6 +51,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -210,6 +223,53 @@ fn jain(xs: &[f64]) -> f64 {
     sum * sum / (xs.len() as f64 * sq)
 }
 
+/// Connects to `socket` as user `uid`: the daemon takes a connection's
+/// owner from SO_PEERCRED, the credentials of whoever called connect(). A
+/// thread of its own switches its effective uid with the raw system call,
+/// which (unlike glibc's setresuid) changes that thread only, connects, and
+/// ends; the rest of the bench stays root.
+fn connect_as(socket: &Path, uid: u32) -> Result<Client> {
+    let socket = socket.to_path_buf();
+    thread::spawn(move || {
+        // SAFETY: setresuid takes three integers; -1 (uid_t::MAX) leaves the
+        // real and saved uids alone, so only this thread's effective uid
+        // changes, and the thread ends right after connecting.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_setresuid,
+                libc::uid_t::MAX,
+                uid as libc::uid_t,
+                libc::uid_t::MAX,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "setresuid to uid {uid}: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Client::connect(&socket).map_err(|e| format!("connect as uid {uid}: {e}"))
+    })
+    .join()
+    .map_err(|_| "the connecting thread panicked".to_string())?
+}
+
+/// A daemon whose socket other users can reach: in a directory under /tmp
+/// open to everyone (a checkout's target/ may not be), socket mode 0666.
+fn shared_daemon(bin: &Path, args: &[String]) -> Result<(Daemon, PathBuf, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix("ringxfer-bench-users-")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("tempdir in /tmp: {e}"))?;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod: {e}"))?;
+    let socket = dir.path().join("ringxferd.sock");
+    let daemon = Daemon::start(bin, &socket, args)?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("chmod the socket: {e}"))?;
+    Ok((daemon, socket, dir))
+}
+
 // ---------------------------------------------------------------------------
 // A. Fairness
 
@@ -312,6 +372,145 @@ fn fairness(
         windows,
         per_job,
     })
+}
+
+// ---------------------------------------------------------------------------
+// D. Users
+
+const USERS: [u32; 4] = [65531, 65532, 65533, 65534];
+const STALLED: usize = 32;
+const STALLED_CONNECTIONS: usize = 4;
+const VICTIM: u64 = 1 << 20;
+const STARVE_TARGET_MS: f64 = 1000.0;
+/// How long a starved copy is waited for; a round that gets there ends the
+/// series (the daemon is left with its stalled jobs).
+const STARVE_GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Fairness across `USERS`, user `i` running `jobs[i]` endless jobs.
+fn user_fairness(
+    bin: &Path,
+    args: &[String],
+    name: &str,
+    jobs_per_user: [usize; 4],
+) -> Result<Fairness> {
+    let (_daemon, socket, _dir) = shared_daemon(bin, args)?;
+    let ctl = Client::connect(&socket).map_err(|e| format!("connect: {e}"))?;
+    let mut handles = Vec::new();
+    let mut owners = Vec::new();
+    let mut clients = Vec::new();
+    for (u, &uid) in USERS.iter().enumerate() {
+        for _ in 0..jobs_per_user[u] {
+            let c = connect_as(&socket, uid)?;
+            handles.push(submit(&c, &zero_source(ENDLESS)?, &dev_null()?, &splice())?);
+            owners.push(u);
+            clients.push(c);
+        }
+    }
+    let ids: Vec<u64> = handles
+        .iter()
+        .map(|h| h.job_id().map_err(|e| format!("job id: {e}")))
+        .collect::<Result<_>>()?;
+    wait_moving(&ctl, &ids)?;
+    let by_user = |list: &[JobInfo]| -> Option<[u64; 4]> {
+        let mut by = [0u64; 4];
+        for (id, &u) in ids.iter().zip(&owners) {
+            by[u] += list.iter().find(|i| i.job == *id)?.bytes;
+        }
+        Some(by)
+    };
+    let start = Instant::now();
+    let mut last = by_user(&jobs(&ctl)?).ok_or("a job is missing")?;
+    let mut windows = Vec::new();
+    let mut moved = [0u64; 4];
+    for w in 1..=WINDOWS {
+        thread::sleep((start + SECOND * w as u32).saturating_duration_since(Instant::now()));
+        let Some(now) = by_user(&jobs(&ctl)?) else {
+            break;
+        };
+        let deltas: Vec<f64> = (0..4).map(|u| (now[u] - last[u]) as f64).collect();
+        for u in 0..4 {
+            moved[u] += now[u] - last[u];
+        }
+        windows.push(jain(&deltas));
+        last = now;
+    }
+    cancel_all(&ctl, handles)?;
+    let secs = windows.len().max(1) as f64;
+    Ok(Fairness {
+        name: name.into(),
+        window: SECOND,
+        windows,
+        per_job: moved
+            .iter()
+            .map(|&m| m as f64 / MIB as f64 / secs)
+            .collect(),
+    })
+}
+
+/// One round of the starvation target: milliseconds the other user's copy
+/// took behind the first user's stalled jobs (`None`: not within
+/// `STARVE_GIVE_UP`).
+fn starvation_round(bin: &Path, args: &[String], dir: &Path, round: usize) -> Result<Option<f64>> {
+    let (_daemon, socket, _shared) = shared_daemon(bin, args)?;
+    let ctl = Client::connect(&socket).map_err(|e| format!("connect: {e}"))?;
+    let conns: Vec<Client> = (0..STALLED_CONNECTIONS)
+        .map(|_| connect_as(&socket, USERS[0]))
+        .collect::<Result<_>>()?;
+    let src = dir.join("stalled.src");
+    if !src.exists() {
+        write_source(&src, 8 * MIB)?;
+    }
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let (into, peer) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let f = File::open(&src).map_err(|e| format!("open: {e}"))?;
+        let into = File::from(std::os::fd::OwnedFd::from(into));
+        stalled.push((
+            submit(&conns[i % STALLED_CONNECTIONS], &f, &into, &splice())?,
+            peer,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = ctl.stats().map_err(|e| format!("stats: {e}"))?;
+        if s.pipes_in_use == s.pipes_total {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the stalled jobs never held every pipe".into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let victim_src = dir.join("victim.src");
+    if !victim_src.exists() {
+        write_source(&victim_src, VICTIM)?;
+    }
+    let victim = connect_as(&socket, USERS[3])?;
+    let f = File::open(&victim_src).map_err(|e| format!("open: {e}"))?;
+    let out = dir.join(format!("victim-{round}.dst"));
+    let d = File::create(&out).map_err(|e| format!("create: {e}"))?;
+    let t0 = Instant::now();
+    let h = submit(
+        &victim,
+        &f,
+        &d,
+        &TransferOptions {
+            tag: "bench".into(),
+            ..TransferOptions::default()
+        },
+    )?;
+    let Some(done) = h.wait_timeout(STARVE_GIVE_UP) else {
+        return Ok(None);
+    };
+    let done = done.map_err(|e| format!("the other user's copy: {e}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if done.bytes != VICTIM {
+        return Err(format!("the other user's copy moved {} bytes", done.bytes));
+    }
+    let _ = fs::remove_file(&out);
+    cancel_all(&ctl, stalled.into_iter().map(|(h, _peer)| h).collect())?;
+    Ok(Some(ms))
 }
 
 // ---------------------------------------------------------------------------
@@ -587,6 +786,37 @@ fn run() -> Result<()> {
     // C. Rate limits.
     let rates = rate_accuracy(&bin, &cfg.daemon_args, cfg.rate_secs)?;
 
+    // D. Users: needs root, to connect as other uids.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut users = Vec::new();
+    let mut starve = Vec::new();
+    if root {
+        for (extra, inflight) in [
+            (&[][..], ""),
+            (&["--max-inflight", "3"][..], ", --max-inflight 3"),
+        ] {
+            for (jobs, what) in [
+                ([2, 2, 2, 2], "2 jobs each"),
+                ([1, 2, 3, 4], "1, 2, 3, 4 jobs"),
+            ] {
+                users.push(user_fairness(
+                    &bin,
+                    &with(extra),
+                    &format!("4 users, {what}{inflight}"),
+                    jobs,
+                )?);
+            }
+        }
+        for round in 0..cfg.rounds.max(5) {
+            let ms = starvation_round(&bin, &cfg.daemon_args, dir, round)?;
+            starve.push(ms.unwrap_or(f64::INFINITY));
+            if ms.is_none() {
+                break;
+            }
+        }
+    }
+
     println!();
     println!("A. fairness (Jain's index per window; target >= {JAIN_TARGET})");
     println!(
@@ -671,8 +901,60 @@ fn run() -> Result<()> {
             "ratio": ratio, "daemon_rate_mib_s": r.reported_mib, "pass": pass,
         }));
     }
+    println!();
+    let mut users_json = Vec::new();
+    if root {
+        println!("D. users (Jain's index across users per 1-s window; target >= {JAIN_TARGET})");
+        println!(
+            "  {:<38} {:>7} {:>7} {:>6} {:>6}  per-user MiB/s",
+            "workload", "window", "windows", "min", "median"
+        );
+        for f in &users {
+            let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
+            let med = median(f.windows.clone()).unwrap_or(f64::NAN);
+            let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
+            println!(
+                "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}",
+                f.name,
+                f.window.as_millis(),
+                f.windows.len(),
+                min,
+                med,
+                fmt_list(&f.per_job),
+                if pass { "PASS" } else { "FAIL" },
+            );
+            users_json.push(serde_json::json!({
+                "workload": f.name, "windows": f.windows, "per_user_mib_s": f.per_job, "pass": pass,
+            }));
+        }
+        let max = starve.iter().copied().fold(0.0, f64::max);
+        if max.is_finite() {
+            let min = starve.iter().copied().fold(f64::INFINITY, f64::min);
+            let med = median(starve.clone()).unwrap_or(f64::NAN);
+            println!(
+                "  another user's 1 MiB copy behind {STALLED} stalled jobs of one user: median {med:.1} ms, \
+                 min {min:.1}, max {max:.1} over {} rounds (target < {STARVE_TARGET_MS} ms) {}",
+                starve.len(),
+                if max < STARVE_TARGET_MS { "PASS" } else { "FAIL" }
+            );
+        } else {
+            println!(
+                "  another user's 1 MiB copy behind {STALLED} stalled jobs of one user: not done after {:?} \
+                 (round {}) FAIL",
+                STARVE_GIVE_UP,
+                starve.len()
+            );
+        }
+        let finite: Vec<f64> = starve.iter().copied().filter(|m| m.is_finite()).collect();
+        users_json.push(serde_json::json!({
+            "starvation_ms": finite, "rounds": starve.len(), "pass": max < STARVE_TARGET_MS,
+        }));
+    } else {
+        println!("D. users: skipped (needs root to connect as other users)");
+    }
     let json = serde_json::json!({
         "bench": "scheduling",
+        "users": users_json,
         "fairness": fair_json,
         "latency_ms": {
             "alone": {"all_done": at, "p50": a50, "p99": a99},

@@ -15,6 +15,7 @@ use super::ops::{OpKind, Owner};
 use super::publish::{self, Publisher};
 use super::queue::IoQueue;
 use super::rate::TokenBucket;
+use super::shares::unqueue;
 use super::{Engine, Resource, MAX_PENDING_EVENTS, PROGRESS_INTERVAL, RECENT_JOBS};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{choose, ChoiceInputs};
@@ -63,11 +64,17 @@ pub(super) struct Job {
     pub progress: bool,
     pub last_progress: Instant,
     pub reported: u64,
-    /// Whether the job has a live entry in a fair queue (`queue_seq`).
+    /// Whether the job has a live entry in a fair queue (`queue_seq`), and
+    /// which: set through `enqueue` and `shares::unqueue`, which keep its
+    /// user's count of waiting jobs.
     pub queued: bool,
+    pub queued_for: Resource,
     pub queue_seq: u64,
     /// Pipes (index 0) and buffers (index 1) lent to it now.
     pub held: [usize; 2],
+    /// When it last moved a byte or, holding nothing, got a slot: a job
+    /// holding slots that has not moved for a while has stalled.
+    pub moved_at: Instant,
     pub priority: Priority,
     pub detach: bool,
     /// Came in a batch without asking for `Accepted`: its final event may
@@ -264,10 +271,11 @@ impl Engine {
                 "the daemon already runs {} jobs, the most allowed (--max-jobs)",
                 self.config.max_jobs
             )))
-        } else if user.jobs + admitting.of_user(uid) >= self.config.max_jobs_per_user {
+        } else if user.jobs + admitting.of_user(uid) >= self.config.user_job_cap() {
             Some(limit(format!(
-                "user {uid} already has {} unfinished jobs, the most allowed (--max-jobs-per-user)",
-                self.config.max_jobs_per_user
+                "user {uid} already has {} unfinished jobs, the most allowed (--max-jobs-per-user, at \
+                 most a quarter of --max-jobs)",
+                self.config.user_job_cap()
             )))
         } else {
             self.listener_address
@@ -442,8 +450,10 @@ impl Engine {
             last_progress: now,
             reported: 0,
             queued: false,
+            queued_for: Resource::Pipe,
             queue_seq: 0,
             held: [0, 0],
+            moved_at: now,
             priority: submit.priority,
             detach: submit.detach,
             quiet: !acknowledge,
@@ -471,7 +481,7 @@ impl Engine {
         });
         self.ops.set_personality(key, personality);
         self.job_ids.insert(id, key);
-        let usage = self.users.entry(uid).or_default();
+        let usage = self.users.entry(uid);
         usage.jobs += 1;
         usage.bytes += bytes;
         if let Some(session) = self.sessions.get_mut(k) {
@@ -597,23 +607,7 @@ impl Engine {
                     Returned::Clean(_) | Returned::Dirty(_) => back[Resource::Pipe as usize] += 1,
                 }
             }
-            let mut session_back = None;
-            if let Some(job) = self.jobs.get_mut(k) {
-                for (r, n) in back.into_iter().enumerate() {
-                    job.held[r] -= n.min(job.held[r]);
-                    if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
-                        session.held[r] -= n.min(session.held[r]);
-                    }
-                }
-                session_back = job.session;
-            }
-            if let Some(sk) = session_back {
-                for r in [Resource::Pipe, Resource::Buffer] {
-                    if back[r as usize] > 0 {
-                        self.unpark(sk, r);
-                    }
-                }
-            }
+            self.slots_returned(k, back);
         }
         self.take_back();
         self.charge(k);
@@ -690,7 +684,7 @@ impl Engine {
         job.note = Some(why);
         // An entry left in the pipe queue is stale: the job queues again,
         // for a buffer.
-        job.queued = false;
+        unqueue(job, &mut self.users);
         let mut io = IoQueue {
             ring: &mut self.ring,
             ops: &mut self.ops,
@@ -711,12 +705,15 @@ impl Engine {
         }
         let now = Instant::now();
         job.charged = moved;
+        job.moved_at = now;
         // The job went on with this piece without queueing: it was served
         // at its virtual time, which newcomers must not start behind.
         self.queues[job.resource() as usize].granted(job.vtime);
+        // Scaled by the user's jobs wanting slots: users share first.
+        let scale = self.users.vtime_scale(job.uid);
         job.vtime = job
             .vtime
-            .saturating_add(super::scheduler::cost(delta, job.priority));
+            .saturating_add(super::scheduler::cost(delta, job.priority).saturating_mul(scale));
         if let Some(b) = job.bucket.as_mut() {
             b.charge(delta, now);
         }
@@ -846,7 +843,7 @@ impl Engine {
             job.phase = Phase::Verify;
             // An entry left in the pipe queue from the copy is stale now: the
             // job queues again, for a buffer.
-            job.queued = false;
+            unqueue(job, &mut self.users);
             if self.buffers.total() == 0 {
                 job.late_failure = Some(TransferError::new(
                     FailureKind::InvalidRequest,
@@ -1033,12 +1030,14 @@ impl Engine {
             }
         };
         let remaining = job.remaining();
-        if let Some(u) = self.users.get_mut(&job.uid) {
+        unqueue(&mut job, &mut self.users);
+        let last = self.users.get_mut(&job.uid).is_some_and(|u| {
             u.jobs -= 1.min(u.jobs);
             u.bytes = u.bytes.saturating_sub(remaining);
-            if u.jobs == 0 {
-                self.users.remove(&job.uid);
-            }
+            u.jobs == 0
+        });
+        if last {
+            self.forget_user(job.uid);
         }
         let mut info = job.info(now);
         info.state = state;

@@ -23,6 +23,7 @@ pub mod queue;
 pub mod rate;
 pub mod ring;
 pub mod scheduler;
+mod shares;
 mod shutdown;
 pub mod signals;
 mod slots;
@@ -170,7 +171,9 @@ impl EngineConfig {
         // the pools are made larger than the ring and io-wq should carry.
         max_inflight: 64,
         rate_limit: None,
-        max_jobs_per_user: 2048,
+        // A quarter of --max-jobs (and never more, see `user_job_cap`): one
+        // or two users cannot take every job slot.
+        max_jobs_per_user: 1024,
         // A quarter of the whole per user: one or two users cannot take
         // every connection.
         max_connections: 4096,
@@ -186,6 +189,16 @@ impl EngineConfig {
         shutdown_grace: Duration::from_secs(30),
         tick: None,
     };
+}
+
+impl EngineConfig {
+    /// The most unfinished jobs one user may have: `--max-jobs-per-user`,
+    /// but never more than a quarter of `--max-jobs` (at least one), so one
+    /// or two users leave at least half of the daemon's jobs to the others
+    /// whatever the two flags say.
+    pub fn user_job_cap(&self) -> usize {
+        self.max_jobs_per_user.min((self.max_jobs / 4).max(1))
+    }
 }
 
 impl Default for EngineConfig {
@@ -263,8 +276,11 @@ pub struct Engine {
     throttle_timer: Option<(u64, Instant)>,
     /// The daemon-wide rate limit.
     global_bucket: Option<TokenBucket>,
-    /// Unfinished jobs and bytes still to move, per user.
-    users: HashMap<u32, Usage>,
+    /// Unfinished jobs, bytes still to move, slots held and jobs waiting,
+    /// per user (shares.rs).
+    users: shares::Users,
+    /// The timer that looks for stalled jobs, in flight.
+    stall_timer: Option<u64>,
     /// Finished jobs, oldest first, at most `RECENT_JOBS`.
     recent: VecDeque<Finished>,
     /// Counters by strategy: splice, direct, uncached, buffered.
@@ -332,6 +348,15 @@ impl Engine {
                 "pipes, chunks per job, buffers per job and max jobs must each be at least 1"
                     .into(),
             ));
+        }
+        if config.user_job_cap() < config.max_jobs_per_user {
+            warn!(
+                "--max-jobs-per-user {} is more than a quarter of --max-jobs {}: each user may have at most {} \
+                 unfinished jobs, so one or two users cannot take every job",
+                config.max_jobs_per_user,
+                config.max_jobs,
+                config.user_job_cap()
+            );
         }
         let mut ring = Ring::new(config.ring_entries, config.engine)?;
         if let Some(why) = &ring.fallback_reason {
@@ -415,7 +440,8 @@ impl Engine {
                 .rate_limit
                 .filter(|&r| r > 0)
                 .map(|r| TokenBucket::new(r, Instant::now())),
-            users: HashMap::new(),
+            users: shares::Users::default(),
+            stall_timer: None,
             recent: VecDeque::with_capacity(RECENT_JOBS),
             by_strategy: [
                 Strategy::Splice,
@@ -613,6 +639,7 @@ impl Engine {
             (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
             (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
             (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
+            (Owner::Stall, _, _) => self.on_stall_timer(),
             (Owner::Grace, _, _) => self.on_grace_timer(result),
             (Owner::Tick, _, _) => self.on_tick(result),
             (Owner::HoldTimer, _, _) => self.on_hold_timer(),
@@ -704,6 +731,7 @@ impl Engine {
             self.grace_timer.take(),
             self.tick_timer.take(),
             self.connections.take_timer(),
+            self.stall_timer.take(),
         ]
         .into_iter()
         .flatten()
@@ -1017,7 +1045,7 @@ impl Engine {
                     max_frame: self.config.max_frame,
                     max_jobs_per_connection: self.config.max_jobs_per_connection as u32,
                     max_fds_per_message: MAX_FDS_PER_MESSAGE as u32,
-                    max_jobs_per_user: self.config.max_jobs_per_user as u32,
+                    max_jobs_per_user: self.config.user_job_cap() as u32,
                     max_queued_bytes_per_connection: self.config.max_queued_bytes_per_connection,
                     max_queued_bytes_per_user: self.config.max_queued_bytes_per_user,
                 };
@@ -1140,7 +1168,7 @@ impl Engine {
         }
         // Its detached jobs wait on for slots without it.
         for q in &mut self.queues {
-            q.unpark_all(k);
+            q.unpark_all(scheduler::Group::Connection(k));
         }
         self.free_if_done(k);
     }
@@ -1333,13 +1361,6 @@ impl Engine {
             strategies: self.by_strategy.to_vec(),
         }
     }
-}
-
-/// A user's unfinished jobs and the bytes they still have to move.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    jobs: usize,
-    bytes: u64,
 }
 
 /// Takes the descriptors that arrived with the frame at stream positions

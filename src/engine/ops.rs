@@ -45,6 +45,8 @@ pub enum Owner {
     HoldTimer,
     /// The once-a-second check of connections' deadlines.
     Housekeeping,
+    /// The look for jobs stalled over their user's share (shares.rs).
+    Stall,
 }
 
 /// What an operation was, so the owner knows which step completed.

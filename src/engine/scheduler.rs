@@ -10,9 +10,9 @@
 //! first waiter at each piece boundary and gives its slot back if it is
 //! ahead (`should_yield`), which is what makes the shares follow the weights.
 //!
-//! A waiter whose group (its connection) may not take more slots right now is
-//! parked in that group's own heap rather than pushed back into the shared
-//! one: otherwise every grant would pop and re-push all of a busy client's
+//! A waiter whose group (its user, or its connection) may not take more
+//! slots right now is parked in that group's own heap rather than pushed
+//! back into the shared one: otherwise every grant would pop and re-push all of a busy client's
 //! waiters, which made the scheduler the daemon's largest cost with
 //! thousands of small jobs queued. The group's owner unparks as many as it
 //! has room for when its slots come back. A job queued while its group is
@@ -39,6 +39,27 @@ struct Entry {
     key: usize,
 }
 
+/// Who a parked waiter waits behind: its user (over its share of the pool
+/// while another user waits) or its connection (at its quota). Both kinds
+/// index one `Vec` of heaps, users on odd slots and connections on even
+/// ones, so parking neither hashes nor allocates once a group has been used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// A session's slab key.
+    Connection(usize),
+    /// A user's small index (`Usage::group`), not the uid.
+    User(usize),
+}
+
+impl Group {
+    fn index(self) -> usize {
+        match self {
+            Group::Connection(k) => k * 2,
+            Group::User(k) => k * 2 + 1,
+        }
+    }
+}
+
 /// A waiting job as `pop` hands it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waiter {
@@ -51,8 +72,8 @@ pub struct Waiter {
 /// The queue of jobs waiting for one kind of slot.
 pub struct FairQueue {
     heap: BinaryHeap<Reverse<Entry>>,
-    /// Waiters set aside per group (indexed by the group, a session's slab
-    /// key, so small and reused), in the same order as `heap`. A group's
+    /// Waiters set aside per group (indexed by `Group::index`, small and
+    /// reused), in the same order as `heap`. A group's
     /// heap keeps its memory when it empties: a busy client parks and
     /// unparks a job per small file.
     parked: Vec<BinaryHeap<Reverse<Entry>>>,
@@ -98,7 +119,7 @@ impl FairQueue {
     /// without passing through the shared heap. Returns as `push` does.
     pub fn push_parked(
         &mut self,
-        group: usize,
+        group: Group,
         key: usize,
         vtime: u64,
         priority: Priority,
@@ -117,7 +138,7 @@ impl FairQueue {
 
     /// Sets aside a waiter that `pop` handed out but whose group may not take
     /// a slot now, keeping its place among the group's other parked waiters.
-    pub fn park(&mut self, group: usize, w: Waiter) {
+    pub fn park(&mut self, group: Group, w: Waiter) {
         self.group(group).push(Reverse(Entry {
             vtime: w.vtime,
             class: Reverse(w.priority),
@@ -128,37 +149,65 @@ impl FairQueue {
 
     /// Returns up to `n` of `group`'s live parked waiters, first first, to
     /// the shared queue; stale ones are dropped on the way and do not count.
-    pub fn unpark(&mut self, group: usize, n: usize, live: impl Fn(usize, u64) -> bool) {
-        let Some(parked) = self.parked.get_mut(group) else {
+    pub fn unpark(&mut self, group: Group, n: usize, live: impl Fn(usize, u64) -> bool) {
+        let floor = self.floor(group);
+        let Some(parked) = self.parked.get_mut(group.index()) else {
             return;
         };
         let mut moved = 0;
         while moved < n {
-            let Some(Reverse(e)) = parked.pop() else {
+            let Some(Reverse(mut e)) = parked.pop() else {
                 break;
             };
             if live(e.key, e.seq) {
+                e.vtime = e.vtime.max(floor);
                 self.heap.push(Reverse(e));
                 moved += 1;
             }
         }
     }
 
-    /// Returns all of `group`'s parked waiters to the shared queue: the group
-    /// is going away, and its detached jobs wait on without it.
-    pub fn unpark_all(&mut self, group: usize) {
-        if let Some(parked) = self.parked.get_mut(group) {
-            self.heap.extend(parked.drain());
+    /// The earliest virtual time `group`'s waiters come back at. A user's
+    /// waiters come back no earlier than the last grant, as newcomers: the
+    /// user was served meanwhile through its other jobs, so a parked job's
+    /// wait is no credit (it would let a user with many jobs run ahead of
+    /// one with few). A connection's keep theirs, as before.
+    fn floor(&self, group: Group) -> u64 {
+        match group {
+            Group::User(_) => self.now,
+            Group::Connection(_) => 0,
+        }
+    }
+
+    /// Returns all of `group`'s parked waiters to the shared queue: a
+    /// connection going away (its detached jobs wait on without it), or a
+    /// user whose share no longer binds because nobody else waits.
+    pub fn unpark_all(&mut self, group: Group) {
+        let floor = self.floor(group);
+        if let Some(parked) = self.parked.get_mut(group.index()) {
+            self.heap.extend(parked.drain().map(|Reverse(mut e)| {
+                e.vtime = e.vtime.max(floor);
+                Reverse(e)
+            }));
         }
     }
 
     /// How many of `group`'s waiters are parked (stale ones included).
-    pub fn parked(&self, group: usize) -> usize {
-        self.parked.get(group).map_or(0, BinaryHeap::len)
+    pub fn parked(&self, group: Group) -> usize {
+        self.parked.get(group.index()).map_or(0, BinaryHeap::len)
+    }
+
+    /// Forgets `group`'s parked waiters (all stale: a user whose last job
+    /// ended), so the index can go to another user.
+    pub fn clear(&mut self, group: Group) {
+        if let Some(parked) = self.parked.get_mut(group.index()) {
+            parked.clear();
+        }
     }
 
     /// `group`'s parked waiters, made empty if it had none yet.
-    fn group(&mut self, group: usize) -> &mut BinaryHeap<Reverse<Entry>> {
+    fn group(&mut self, group: Group) -> &mut BinaryHeap<Reverse<Entry>> {
+        let group = group.index();
         if group >= self.parked.len() {
             self.parked.resize_with(group + 1, BinaryHeap::new);
         }
@@ -180,6 +229,39 @@ impl FairQueue {
             self.heap.pop();
         }
         None
+    }
+
+    /// `group`'s first live parked waiter other than job `except`, without
+    /// removing it; stale entries are dropped from the front on the way.
+    /// (A job holding a slot may have its own entry parked for another; on
+    /// top, it would hide the others behind it.)
+    pub fn peek_parked(
+        &mut self,
+        group: Group,
+        except: usize,
+        live: impl Fn(usize, u64) -> bool,
+    ) -> Option<Waiter> {
+        let parked = self.parked.get_mut(group.index())?;
+        let mut own = None;
+        let found = loop {
+            let Some(Reverse(e)) = parked.peek().copied() else {
+                break None;
+            };
+            if !live(e.key, e.seq) {
+                parked.pop();
+            } else if e.key == except && own.is_none() {
+                own = parked.pop();
+            } else {
+                break Some(Waiter {
+                    key: e.key,
+                    seq: e.seq,
+                    vtime: e.vtime,
+                    priority: e.class.0,
+                });
+            }
+        };
+        parked.extend(own);
+        found
     }
 
     /// Takes the first live waiter.
@@ -209,6 +291,8 @@ pub fn should_yield(vtime: u64, priority: Priority, first: Option<Waiter>) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const G: Group = Group::Connection(7);
 
     #[test]
     fn earliest_virtual_time_first_then_higher_class() {
@@ -241,17 +325,17 @@ mod tests {
         q.push(4, 40, Priority::Normal);
         for _ in 0..3 {
             let w = q.pop(|_, _| true).expect("a waiter");
-            q.park(7, w);
+            q.park(G, w);
         }
-        assert_eq!(q.parked(7), 3);
+        assert_eq!(q.parked(G), 3);
         // Only 4 is left in the shared queue.
         assert_eq!(q.peek(|_, _| true).map(|w| w.key), Some(4));
         // Job 2's entry went stale while parked: unparking one skips it.
-        q.unpark(7, 1, |_, seq| seq != s2);
-        assert_eq!(q.parked(7), 1);
+        q.unpark(G, 1, |_, seq| seq != s2);
+        assert_eq!(q.parked(G), 1);
         assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((3, s3)));
-        q.unpark_all(7);
-        assert_eq!(q.parked(7), 0);
+        q.unpark_all(G);
+        assert_eq!(q.parked(G), 0);
         assert_eq!(q.pop(|_, _| true).map(|w| (w.key, w.seq)), Some((1, s1)));
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(4));
         assert_eq!(q.pop(|_, _| true), None);
@@ -262,15 +346,41 @@ mod tests {
         let mut q = FairQueue::with_capacity(8, 0, 1);
         q.push(1, 30, Priority::Normal);
         let w = q.pop(|_, _| true).expect("a waiter");
-        q.park(7, w);
-        let (_, at) = q.push_parked(7, 2, 10, Priority::Normal);
+        q.park(G, w);
+        let (_, at) = q.push_parked(G, 2, 10, Priority::Normal);
         assert_eq!(at, 10);
-        assert_eq!(q.parked(7), 2);
+        assert_eq!(q.parked(G), 2);
         assert_eq!(q.peek(|_, _| true), None, "nothing in the shared queue");
-        q.unpark(7, 1, |_, _| true);
+        q.unpark(G, 1, |_, _| true);
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(2));
-        q.unpark(7, 1, |_, _| true);
+        q.unpark(G, 1, |_, _| true);
         assert_eq!(q.pop(|_, _| true).map(|w| w.key), Some(1));
+    }
+
+    #[test]
+    fn a_jobs_own_parked_entry_does_not_hide_the_others() {
+        let mut q = FairQueue::with_capacity(8, 0, 1);
+        q.push_parked(G, 1, 10, Priority::Normal);
+        q.push_parked(G, 2, 20, Priority::Normal);
+        assert_eq!(q.peek_parked(G, 1, |_, _| true).map(|w| w.key), Some(2));
+        assert_eq!(q.peek_parked(G, 2, |_, _| true).map(|w| w.key), Some(1));
+        assert_eq!(q.parked(G), 2, "the own entry is put back");
+        assert_eq!(q.peek_parked(G, 9, |k, _| k != 1).map(|w| w.key), Some(2));
+        assert_eq!(q.parked(G), 1, "a stale entry is dropped");
+    }
+
+    #[test]
+    fn a_users_waiters_come_back_no_earlier_than_the_last_grant() {
+        let mut q = FairQueue::with_capacity(8, 0, 1);
+        let user = Group::User(3);
+        q.push_parked(user, 1, 10, Priority::Normal);
+        q.push_parked(G, 2, 10, Priority::Normal);
+        q.granted(100);
+        q.unpark(user, 1, |_, _| true);
+        q.unpark_all(G);
+        let order: Vec<(usize, u64)> =
+            std::iter::from_fn(|| q.pop(|_, _| true).map(|w| (w.key, w.vtime))).collect();
+        assert_eq!(order, [(2, 10), (1, 100)]);
     }
 
     #[test]

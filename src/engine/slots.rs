@@ -10,7 +10,8 @@ use tracing::error;
 
 use super::ops::Owner;
 use super::queue::IoQueue;
-use super::scheduler::{should_yield, Waiter};
+use super::scheduler::{should_yield, Group, Waiter};
+use super::shares::{unqueue, wanting};
 use super::{Engine, Resource};
 use crate::transfer::TransferError;
 
@@ -24,23 +25,29 @@ impl Engine {
         let Some((r, session)) = self.jobs.get(k).map(|j| (j.resource(), j.session)) else {
             return;
         };
-        // A connection at its quota would only have the job parked when it
-        // reached the front: park it now.
-        let at_quota = self.at_quota(session, r);
+        // A user over its share, or a connection at its quota, would only
+        // have the job parked when it reached the front: park it now.
+        let held_back = self
+            .over_user_share(k, r)
+            .or_else(|| self.at_quota(session, r).map(Group::Connection));
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
         let q = &mut self.queues[r as usize];
-        let (seq, vtime) = match at_quota {
-            Some(sk) => q.push_parked(sk, k, job.vtime, job.priority),
+        let (seq, vtime) = match held_back {
+            Some(g) => q.push_parked(g, k, job.vtime, job.priority),
             None => q.push(k, job.vtime, job.priority),
         };
+        let before = wanting(job);
         job.queue_seq = seq;
         job.vtime = vtime;
         job.queued = true;
+        job.queued_for = r;
+        self.users.adjust(job.uid, r, 0, 1);
+        self.users.job_wanting(job.uid, before, true);
     }
 
-    fn first_waiter(&mut self, r: Resource) -> Option<Waiter> {
+    pub(super) fn first_waiter(&mut self, r: Resource) -> Option<Waiter> {
         let jobs = &self.jobs;
         self.queues[r as usize].peek(|key, seq| {
             jobs.get(key)
@@ -63,7 +70,17 @@ impl Engine {
             return true;
         }
         let (vtime, priority, r) = (job.vtime, job.priority, job.resource());
+        // A user over its share while another user waits gives slots back
+        // whatever the virtual times say: shares are per user first.
+        if self.user_over_share(k, r) {
+            return true;
+        }
         if should_yield(vtime, priority, self.first_waiter(r).filter(|w| w.key != k)) {
+            return true;
+        }
+        // Waiters parked behind this job's own user or connection can only
+        // get a slot that one of its jobs gives back: they take turns.
+        if should_yield(vtime, priority, self.first_parked_sibling(k, r)) {
             return true;
         }
         // When the global cap binds, the other pool's waiters compete for
@@ -81,6 +98,24 @@ impl Engine {
                 );
         }
         false
+    }
+
+    /// The first of the waiters parked behind job `k`'s user or connection
+    /// (the one with the earlier virtual time), other than `k` itself.
+    fn first_parked_sibling(&mut self, k: usize, r: Resource) -> Option<Waiter> {
+        let job = self.jobs.get(k)?;
+        let user = self.users.get(&job.uid).map(|u| Group::User(u.group));
+        let groups = [user, job.session.map(Group::Connection)];
+        let jobs = &self.jobs;
+        let live = |key: usize, seq: u64| {
+            jobs.get(key)
+                .is_some_and(|j| j.queued && j.queue_seq == seq)
+        };
+        groups
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.queues[r as usize].peek_parked(g, k, live))
+            .min_by_key(|w| (w.vtime, Reverse(w.priority)))
     }
 
     /// How long `k` must wait for its rate limits, if it must.
@@ -101,11 +136,45 @@ impl Engine {
 
     /// Lends idle pipes and buffers to queued jobs, first waiter first
     /// (across both pools, by virtual time then class), one slot per grant,
-    /// within the global cap on operations in flight. One connection's jobs
-    /// hold at most half of a pool, so a client whose transfers stall (a
-    /// peer that stopped reading) cannot hold up everyone else's.
+    /// within the global cap on operations in flight. A user holds at most
+    /// its share of a pool while another user waits (shares.rs), and one
+    /// connection's jobs at most half of a pool, so a client whose
+    /// transfers stall (a peer that stopped reading) cannot hold up
+    /// everyone else's.
     pub(super) fn lend(&mut self) {
         let now = Instant::now();
+        self.lend_pass(now);
+        // Shares bind only while another user waits: slots left idle go to
+        // users parked over theirs. Once per turn, so waiters that park
+        // again cannot make the loop spin.
+        if self.unpark_idle_users() {
+            self.lend_pass(now);
+        }
+        if self.pipes.total() == 0 {
+            // Every pipe failed to be replaced: nothing can move any more.
+            let stuck: Vec<usize> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.queued && j.resource() == Resource::Pipe)
+                .map(|(k, _)| k)
+                .collect();
+            for k in stuck {
+                if let Some(job) = self.jobs.get_mut(k) {
+                    unqueue(job, &mut self.users);
+                }
+                self.fail_job(
+                    k,
+                    TransferError::new(
+                        FailureKind::Io,
+                        "the pipe pool is empty: no pipe could be made",
+                    ),
+                );
+            }
+        }
+        self.arm_stall_timer();
+    }
+
+    fn lend_pass(&mut self, now: Instant) {
         while self.slots_lent() < self.config.max_inflight {
             let mut pick: Option<(Resource, Waiter)> = None;
             for r in [Resource::Pipe, Resource::Buffer] {
@@ -130,50 +199,37 @@ impl Engine {
             let Some(job) = self.jobs.get_mut(k) else {
                 continue;
             };
-            job.queued = false;
             if !job.wants_slot() {
+                unqueue(job, &mut self.users);
                 continue;
             }
             if job.resource() != r {
                 // It moved on (copy to verification) since it queued.
+                unqueue(job, &mut self.users);
                 self.enqueue(k);
                 continue;
             }
             let session = job.session;
-            if let Some(sk) = self.at_quota(session, r) {
-                // It waits on, set aside until its connection gives a slot back.
-                if let Some(job) = self.jobs.get_mut(k) {
-                    job.queued = true;
-                }
-                self.queues[ri].park(sk, w);
+            let held_back = self
+                .over_user_share(k, r)
+                .or_else(|| self.at_quota(session, r).map(Group::Connection));
+            if let Some(g) = held_back {
+                // It waits on, set aside until its user or connection gives
+                // a slot back (or, for a user, until nobody else waits).
+                self.queues[ri].park(g, w);
                 continue;
+            }
+            if let Some(job) = self.jobs.get_mut(k) {
+                unqueue(job, &mut self.users);
+                // An entry that came back from its user's parked heap may
+                // have been moved up to the queue's virtual time.
+                job.vtime = job.vtime.max(w.vtime);
             }
             if let Some(wait) = self.throttle_wait(k, now) {
                 self.throttle(k, now + wait.max(MIN_THROTTLE_WAIT));
                 continue;
             }
             self.grant(k, r, w.vtime);
-        }
-        if self.pipes.total() == 0 {
-            // Every pipe failed to be replaced: nothing can move any more.
-            let stuck: Vec<usize> = self
-                .jobs
-                .iter()
-                .filter(|(_, j)| j.queued && j.resource() == Resource::Pipe)
-                .map(|(k, _)| k)
-                .collect();
-            for k in stuck {
-                if let Some(job) = self.jobs.get_mut(k) {
-                    job.queued = false;
-                }
-                self.fail_job(
-                    k,
-                    TransferError::new(
-                        FailureKind::Io,
-                        "the pipe pool is empty: no pipe could be made",
-                    ),
-                );
-            }
         }
     }
 
@@ -192,6 +248,34 @@ impl Engine {
         (self.pool_total(r) / 2).max(1)
     }
 
+    /// Job `k` gave back `back` pipes and buffers: its, its connection's and
+    /// its user's counts go down, and waiters parked behind them may go on.
+    pub(super) fn slots_returned(&mut self, k: usize, back: [usize; 2]) {
+        let Some(job) = self.jobs.get_mut(k) else {
+            return;
+        };
+        let before = wanting(job);
+        for (ri, n) in back.into_iter().enumerate() {
+            let n = n.min(job.held[ri]);
+            job.held[ri] -= n;
+            if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+                session.held[ri] -= n.min(session.held[ri]);
+            }
+            let r = [Resource::Pipe, Resource::Buffer][ri];
+            self.users.adjust(job.uid, r, -(n as isize), 0);
+        }
+        self.users.job_wanting(job.uid, before, wanting(job));
+        let (session, uid) = (job.session, job.uid);
+        if let Some(sk) = session {
+            for r in [Resource::Pipe, Resource::Buffer] {
+                if back[r as usize] > 0 {
+                    self.unpark(sk, r);
+                }
+            }
+        }
+        self.unpark_user(uid);
+    }
+
     /// Session `sk` gave back slots of `r`: as many of its parked waiters as
     /// it now has room for go back to the shared queue.
     pub(super) fn unpark(&mut self, sk: usize, r: Resource) {
@@ -200,24 +284,25 @@ impl Engine {
             return;
         };
         let room = self.quota(r).saturating_sub(held);
-        if room == 0 || self.queues[ri].parked(sk) == 0 {
+        let group = Group::Connection(sk);
+        if room == 0 || self.queues[ri].parked(group) == 0 {
             return;
         }
         let jobs = &self.jobs;
-        self.queues[ri].unpark(sk, room, |key, seq| {
+        self.queues[ri].unpark(group, room, |key, seq| {
             jobs.get(key)
                 .is_some_and(|j| j.queued && j.queue_seq == seq)
         });
     }
 
-    fn idle(&self, r: Resource) -> usize {
+    pub(super) fn idle(&self, r: Resource) -> usize {
         match r {
             Resource::Pipe => self.pipes.idle(),
             Resource::Buffer => self.buffers.idle(),
         }
     }
 
-    fn pool_total(&self, r: Resource) -> usize {
+    pub(super) fn pool_total(&self, r: Resource) -> usize {
         match r {
             Resource::Pipe => self.pipes.total(),
             Resource::Buffer => self.buffers.total(),
@@ -238,7 +323,14 @@ impl Engine {
         if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
             session.held[ri] += 1;
         }
+        if job.held == [0, 0] {
+            // A stall is measured from when it last moved or got a slot.
+            job.moved_at = Instant::now();
+        }
+        let before = wanting(job);
         job.held[ri] += 1;
+        self.users.adjust(job.uid, r, 1, 0);
+        self.users.job_wanting(job.uid, before, true);
         job.got_slot = true;
         let mut io = IoQueue {
             ring: &mut self.ring,

@@ -93,7 +93,8 @@ pub struct Args {
     /// limit); each job's own --rate-limit applies on top.
     #[arg(long, value_name = "SIZE", value_parser = by(&keys::RATE_LIMIT))]
     pub rate_limit: Option<Value>,
-    /// Unfinished jobs one user may have across all connections.
+    /// Unfinished jobs one user may have across all connections (never more
+    /// than a quarter of --max-jobs).
     #[arg(long, value_name = "N", value_parser = by(&keys::MAX_JOBS_PER_USER))]
     pub max_jobs_per_user: Option<Value>,
     /// Client connections open at once, all users together.

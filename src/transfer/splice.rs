@@ -57,6 +57,17 @@ impl Chunk {
     }
 }
 
+/// The unwritten rest of a chunk's range, set aside when the job gave its
+/// pipes back (`SpliceCopy::reclaim`): read again from the source later.
+#[derive(Debug, Clone, Copy)]
+struct SetAside {
+    seq: u64,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+    probing: bool,
+}
+
 /// The chunk index of the job's own readiness poll, which belongs to no chunk.
 const JOB_LEVEL: u16 = u16::MAX;
 
@@ -119,6 +130,11 @@ pub struct SpliceCopy {
     /// The source refused splice (EINVAL) before any byte moved: `auto`
     /// moves the job to the read()+write() rung.
     source_refused: bool,
+    /// Giving every pipe back (`reclaim`): chunks set their ranges aside as
+    /// their operations come back, and take no new work.
+    reclaiming: bool,
+    /// Ranges set aside, to be read again before any new one.
+    set_aside: Vec<SetAside>,
 }
 
 impl SpliceCopy {
@@ -161,6 +177,8 @@ impl SpliceCopy {
             touched: false,
             restoring: None,
             source_refused: false,
+            reclaiming: false,
+            set_aside: Vec::new(),
         }
     }
 
@@ -212,7 +230,13 @@ impl SpliceCopy {
 
     /// Whether another pipe would let this job move more bytes at once.
     pub fn wants_pipe(&self) -> bool {
-        if self.failure.is_some() || self.src_done || self.live_chunks() == self.chunks.len() {
+        if self.failure.is_some() || self.reclaiming || self.live_chunks() == self.chunks.len() {
+            return false;
+        }
+        if self.ranged && !self.set_aside.is_empty() {
+            return true;
+        }
+        if self.src_done {
             return false;
         }
         if self.ranged {
@@ -234,6 +258,7 @@ impl SpliceCopy {
         self.open_end
             && self.eof.is_none()
             && self.prober.is_none()
+            && self.set_aside.is_empty()
             && self.assigned >= self.total.unwrap_or(0)
     }
 
@@ -242,7 +267,7 @@ impl SpliceCopy {
         self.live_chunks() == 0
             && self.ready_poll.is_none()
             && self.restoring.is_none()
-            && (self.failure.is_some() || self.src_done)
+            && (self.failure.is_some() || (self.src_done && self.set_aside.is_empty()))
     }
 
     /// Starts what needs no pipe: a streamed source is first polled for
@@ -329,6 +354,80 @@ impl SpliceCopy {
         self.pump(owner, io, false, out);
     }
 
+    /// Gives every pipe back, because the job stalled holding more than its
+    /// user's share while another user waits. Only a ranged job (a seekable
+    /// source) can: the operations in flight are cancelled, and as each
+    /// comes back its chunk sets the unwritten rest of its range aside (the
+    /// bytes a cancelled write left in the pipe are dropped with the pipe,
+    /// which the pool replaces) and lets go. What reached the destination is
+    /// counted from the results, so the ranges read again later start
+    /// exactly where the writes stopped: nothing is lost or written twice.
+    /// A stream source's bytes in a pipe exist nowhere else: false, and the
+    /// job keeps its pipes. True if the pipes are on their way back.
+    pub fn reclaim(&mut self, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) -> bool {
+        if !self.ranged || self.failure.is_some() || self.live_chunks() == 0 || self.reclaiming {
+            return false;
+        }
+        self.reclaiming = true;
+        for c in self.chunks.iter().flatten() {
+            for user_data in c.busy.into_iter().chain(c.linked) {
+                let _ = io.cancel(user_data);
+            }
+        }
+        self.pump(owner, io, true, out);
+        true
+    }
+
+    /// Sets an idle chunk's unwritten range aside and lets its pipe go.
+    fn set_chunk_aside(&mut self, slot: usize, out: &mut Vec<Returned>) {
+        let Some(c) = self.chunks[slot].as_ref() else {
+            return;
+        };
+        let len = c.in_pipe + c.to_read;
+        if len > 0 {
+            self.set_aside.push(SetAside {
+                seq: c.seq,
+                src_off: c.src_off - c.in_pipe,
+                dst_off: c.dst_off,
+                len,
+                probing: c.probing,
+            });
+        }
+        // A pipe still holding bytes is Dirty: the pool closes it, dropping
+        // them, and makes another.
+        self.release(slot, out);
+        if self.live_chunks() == 0 {
+            self.reclaiming = false;
+        }
+    }
+
+    /// Hands an empty chunk the first range set aside (the lowest sequence
+    /// number, so a stream destination gets its bytes in order). False if
+    /// there is none.
+    fn take_set_aside(&mut self, slot: usize) -> bool {
+        if let Some(eof) = self.eof {
+            // Nothing is read past an end of file a read found.
+            self.set_aside.retain(|r| r.src_off < eof);
+        }
+        let Some(i) = (0..self.set_aside.len()).min_by_key(|&i| self.set_aside[i].seq) else {
+            return false;
+        };
+        let r = self.set_aside.swap_remove(i);
+        let Some(c) = self.chunks[slot].as_mut() else {
+            return false;
+        };
+        c.seq = r.seq;
+        c.src_off = r.src_off;
+        c.dst_off = r.dst_off;
+        c.to_read = r.len;
+        c.in_pipe = 0;
+        c.probing = r.probing;
+        if r.probing {
+            self.prober = Some(slot);
+        }
+        true
+    }
+
     fn cancel_in_flight(&self, io: &mut IoQueue<'_>) {
         let chunk_ops = self
             .chunks
@@ -387,7 +486,11 @@ impl SpliceCopy {
         } else {
             chunk.busy = None;
         }
+        let taken_back =
+            self.reclaiming && (result == -libc::ECANCELED || errno::interrupted(-result));
         let step = match kind {
+            // Cancelled to give the pipe back: nothing moved.
+            _ if taken_back => Ok(()),
             OpKind::SpliceIn(_) => self.after_read(slot, result),
             // The read before it moved less than asked (or failed), which
             // cancels the linked write; the chunk writes what it really holds.
@@ -583,6 +686,10 @@ impl SpliceCopy {
                 self.release(slot, out);
                 continue;
             }
+            if self.reclaiming {
+                self.set_chunk_aside(slot, out);
+                continue;
+            }
             if let Err(e) = self.step(slot, owner, io, yield_pipes, out) {
                 self.failure.get_or_insert(e);
                 // Cancel whatever the other chunks have in flight.
@@ -651,6 +758,22 @@ impl SpliceCopy {
         }
         // The chunk is empty and its range is done: take more work, or let go.
         if self.ranged {
+            if !yield_pipes && self.take_set_aside(slot) {
+                // The rest of a range whose pipe was given back.
+                let Some(chunk) = self.chunks[slot].as_mut() else {
+                    return Ok(());
+                };
+                let write_now =
+                    !chunk.probing && (ends.dst_kind.seekable() || chunk.seq == self.write_seq);
+                if write_now {
+                    self.touched = true;
+                }
+                let len = chunk.to_read.min(cap) as u32;
+                return Self::read_into(chunk, tag, len, write_now, owner, io, &ends);
+            }
+            let Some(chunk) = self.chunks[slot].as_mut() else {
+                return Ok(());
+            };
             let total = self.total.unwrap_or(0);
             if self.assigned < total && self.eof.is_none() && !yield_pipes {
                 let len = (total - self.assigned).min(cap);

@@ -19,6 +19,7 @@ mod direct;
 mod durability;
 mod engines;
 mod failures;
+mod fair_users;
 mod jobcontrol;
 mod layers;
 mod lifecycle;
