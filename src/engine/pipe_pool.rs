@@ -61,9 +61,9 @@ impl Pipe {
                 return true;
             }
             let want = (queued as usize).min(scratch.len());
+            let (fd, buf) = (self.read.as_raw_fd(), scratch.as_mut_ptr().cast());
             // SAFETY: reads at most `want` bytes into `scratch`, which holds more.
-            let got =
-                unsafe { libc::read(self.read.as_raw_fd(), scratch.as_mut_ptr().cast(), want) };
+            let got = unsafe { libc::read(fd, buf, want) };
             if got <= 0 {
                 return false;
             }
