@@ -151,7 +151,7 @@ fn apply_here(keep: u32) -> i32 {
             .raw_os_error()
             .unwrap_or(libc::EPERM)
     };
-    // SAFETY (every call): prctl and capset with integer arguments or, for
+    // SAFETY: (every call) prctl and capset with integer arguments or, for
     // capset, pointers to live structures of the kernel's layout.
     unsafe {
         let caps = match capget() {

@@ -367,7 +367,7 @@ fn execute(request: Request, cell: &Cell) -> i32 {
 }
 
 fn syscall(request: Request) -> isize {
-    // SAFETY (every arm): the descriptors and memory a request names are held
+    // SAFETY: (every arm) the descriptors and memory a request names are held
     // by the engine's op table until its completion is reaped (see `Work`);
     // lengths are the ones the engine sized to its buffers.
     unsafe {
