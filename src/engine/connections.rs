@@ -17,17 +17,40 @@ use super::{Engine, Owner};
 use crate::server::frames::FrameError;
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// At most one warning a second about clients cut off for not reading.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 /// Unread events below this are never held against a client.
 const EVENT_SHARE_FLOOR: usize = 64 << 10;
 
-/// Open connections per user, and the deadline timer.
+/// Open connections per user, the deadline timer, and the log of clients
+/// cut off for not reading.
 #[derive(Default)]
 pub(super) struct Connections {
     per_user: HashMap<u32, usize>,
     timer: Option<u64>,
+    /// When a disconnection for not reading was last logged at warn level,
+    /// and how many came since: a thousand such clients make one line a
+    /// second, not a thousand.
+    not_reading_logged: Option<Instant>,
+    not_reading_since: u64,
 }
 
 impl Connections {
+    /// Counts a client cut off for not reading; `Some(n)` when it is time
+    /// to log it, with `n` cut off since the last line.
+    pub(super) fn cut_off_for_not_reading(&mut self) -> Option<u64> {
+        self.not_reading_since += 1;
+        let now = Instant::now();
+        if self
+            .not_reading_logged
+            .is_some_and(|at| now.duration_since(at) < LOG_EVERY)
+        {
+            return None;
+        }
+        self.not_reading_logged = Some(now);
+        Some(std::mem::take(&mut self.not_reading_since))
+    }
+
     /// The deadline timer in flight, taken to cancel it.
     pub(super) fn take_timer(&mut self) -> Option<u64> {
         self.timer.take()

@@ -1219,11 +1219,14 @@ impl Engine {
             }
         }
         if over || self.over_event_share(k) {
+            if let Some(clients) = self.connections.cut_off_for_not_reading() {
+                warn!(
+                    session = self.sessions[k].id,
+                    clients,
+                    "clients not reading their events held more than their share of the daemon's event memory; closed"
+                );
+            }
             let session = &mut self.sessions[k];
-            warn!(
-                session = session.id,
-                "client is not reading its events and holds more than its share of the daemon's event memory; closing"
-            );
             session.pending = Vec::new();
             session.held_events = 0;
             self.close_session(k, "the client stopped reading its events");
