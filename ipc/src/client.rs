@@ -32,6 +32,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::codec::{self, CodecError};
 use crate::dispatch::{wait_readable, EventReader};
 use crate::fdpass::send_with_fds;
+use crate::frame::{self, DeframeError};
 use crate::proto::{
     Checksums, Event, FailureKind, JobInfo, Limits, Priority, ProtocolErrorKind, PublishTo,
     Request, StatsReport, Strategy, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
@@ -1977,6 +1978,15 @@ pub(crate) enum FrameError {
     Decode(CodecError),
 }
 
+impl From<DeframeError> for FrameError {
+    fn from(e: DeframeError) -> FrameError {
+        match e {
+            DeframeError::TooLarge { len, .. } => FrameError::TooLarge(len),
+            DeframeError::Decode { source, .. } => FrameError::Decode(source),
+        }
+    }
+}
+
 /// Reads one whole frame and decodes the event in it, using `payload` as scratch.
 fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Event, FrameError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
@@ -1990,10 +2000,7 @@ fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Event, FrameEr
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
-    let len = codec::frame_len(header);
-    if len > MAX_EVENT_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
+    let len = frame::payload_len(header, MAX_EVENT_FRAME)?;
     payload.clear();
     if payload.capacity() > KEEP_PAYLOAD_CAPACITY {
         payload.shrink_to(KEEP_PAYLOAD_CAPACITY);

@@ -16,8 +16,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::client::{lock, Client, ClientError, FrameError, Inner, MAX_EVENT_FRAME};
-use crate::codec;
-use crate::proto::{Event, FRAME_HEADER_LEN};
+use crate::frame;
+use crate::proto::Event;
 
 /// Bytes read per receive (many small events at once); the buffer grows
 /// beyond it only for a frame that does not fit.
@@ -112,17 +112,14 @@ impl EventReader {
 
     /// The next whole frame's event, if one has arrived.
     fn next_event(&mut self) -> Option<Result<Event, FrameError>> {
-        let have = &self.buf[self.start..];
-        let header: [u8; FRAME_HEADER_LEN] = have.get(..FRAME_HEADER_LEN)?.try_into().ok()?;
-        let len = codec::frame_len(header);
-        if len > MAX_EVENT_FRAME {
-            return Some(Err(FrameError::TooLarge(len)));
+        match frame::next(&self.buf[self.start..], MAX_EVENT_FRAME) {
+            Ok(None) => None,
+            Ok(Some((event, used))) => {
+                self.start += used;
+                Some(Ok(event))
+            }
+            Err(e) => Some(Err(e.into())),
         }
-        let end = FRAME_HEADER_LEN + len as usize;
-        let payload = have.get(FRAME_HEADER_LEN..end)?;
-        let event = codec::decode_payload(payload).map_err(FrameError::Decode);
-        self.start += end;
-        Some(event)
     }
 
     /// Reads everything that has arrived and dispatches every whole frame.

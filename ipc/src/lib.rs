@@ -11,6 +11,7 @@ pub mod codec;
 mod destination;
 pub mod dispatch;
 pub mod fdpass;
+pub mod frame;
 pub mod proto;
 pub mod publish;
 pub mod socket_path;

@@ -15,12 +15,11 @@ use tracing::error;
 
 use super::{Engine, Owner};
 use crate::server::frames::FrameError;
+use crate::server::wire;
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// At most one warning a second about clients cut off for not reading.
 const LOG_EVERY: Duration = Duration::from_secs(1);
-/// Unread events below this are never held against a client.
-const EVENT_SHARE_FLOOR: usize = 64 << 10;
 
 /// Open connections per user, the deadline timer, and the log of clients
 /// cut off for not reading.
@@ -91,19 +90,14 @@ impl Engine {
 
     /// Whether session `k`'s unsent events (the event just added included)
     /// are more than its share while all clients' together are past
-    /// `--max-event-bytes`. A client that reads its events holds little for
-    /// long; one that does not is cut off before the daemon's memory grows.
+    /// `--max-event-bytes` (see [`wire::over_event_share`]).
     pub(super) fn over_event_share(&self, k: usize) -> bool {
-        let unsent = |s: &crate::server::session::Session| s.pending.len() + s.sending;
-        let Some(mine) = self.sessions.get(k).map(unsent) else {
+        let Some(mine) = self.sessions.get(k).map(|s| s.wire.unsent()) else {
             return false;
         };
-        if mine <= EVENT_SHARE_FLOOR {
-            return false;
-        }
-        let total: usize = self.sessions.iter().map(|(_, s)| unsent(s)).sum();
-        let budget = usize::try_from(self.config.max_event_bytes).unwrap_or(usize::MAX);
-        total > budget && mine >= budget / self.sessions.len().max(1)
+        let total = || self.sessions.iter().map(|(_, s)| s.wire.unsent()).sum();
+        let budget = self.config.max_event_bytes;
+        wire::over_event_share(mine, total, budget, self.sessions.len())
     }
 
     /// Arms the deadline check, if a daemon has connections and none is armed.
@@ -133,11 +127,11 @@ impl Engine {
             .iter()
             .filter(|(_, s)| !s.closing)
             .filter_map(|(k, s)| {
-                if !s.greeted && now.duration_since(s.opened) > handshake {
+                if !s.wire.greeted() && now.duration_since(s.opened) > handshake {
                     let why = format!("no Hello within {:?} (--handshake-timeout)", handshake);
                     Some((k, why))
                 } else {
-                    let since = s.partial_since?;
+                    let since = s.wire.partial_since()?;
                     (now.duration_since(since) > frame).then(|| {
                         let why = format!(
                             "part of a request frame held unfinished for over {frame:?} (--frame-timeout)"

@@ -16,7 +16,7 @@ use super::publish::{self, Publisher};
 use super::queue::IoQueue;
 use super::rate::TokenBucket;
 use super::shares::unqueue;
-use super::{Engine, Resource, MAX_PENDING_EVENTS, PROGRESS_INTERVAL, RECENT_JOBS};
+use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{choose, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
@@ -764,10 +764,7 @@ impl Engine {
             .map(|w| (w.session, w.req))
             .collect();
         for (sk, req) in owner.into_iter().chain(watchers) {
-            let reading = self
-                .sessions
-                .get(sk)
-                .is_some_and(|s| s.pending.len() < MAX_PENDING_EVENTS / 4);
+            let reading = self.sessions.get(sk).is_some_and(|s| s.wire.keeps_up());
             if reading {
                 self.emit(
                     sk,

@@ -1,6 +1,9 @@
-//! Cutting requests out of the bytes a connection has received.
+//! Cutting requests out of the bytes a connection has received, with the
+//! deframer the client stub uses too ([`ringxfer_ipc::frame`]), and saying
+//! why in the protocol's terms.
 
-use ringxfer_ipc::{codec, ProtocolErrorKind, Request, FRAME_HEADER_LEN};
+use ringxfer_ipc::frame::{self, DeframeError};
+use ringxfer_ipc::{ProtocolErrorKind, Request};
 
 /// Why the bytes received so far are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,35 +17,22 @@ pub struct FrameError {
 /// A length over `max_frame` is refused as soon as the header is in, before
 /// any of the payload is waited for.
 pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Option<(Request, usize)>, FrameError> {
-    let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
-        return Ok(None);
-    };
-    let mut len_bytes = [0u8; FRAME_HEADER_LEN];
-    len_bytes.copy_from_slice(header);
-    let len = codec::frame_len(len_bytes);
-    if len > max_frame {
-        return Err(FrameError {
+    frame::next(buf, max_frame).map_err(|e| match e {
+        DeframeError::TooLarge { .. } => FrameError {
             kind: ProtocolErrorKind::FrameTooLarge,
-            message: format!("frame length {len} exceeds the limit of {max_frame} bytes"),
-        });
-    }
-    let end = FRAME_HEADER_LEN + len as usize;
-    let Some(payload) = buf.get(FRAME_HEADER_LEN..end) else {
-        return Ok(None);
-    };
-    match codec::decode_payload::<Request>(payload) {
-        Ok(req) => Ok(Some((req, end))),
-        Err(e) => Err(FrameError {
+            message: e.to_string(),
+        },
+        DeframeError::Decode { len, source } => FrameError {
             kind: ProtocolErrorKind::Undecodable,
-            message: format!("a frame of {len} bytes is not a valid request: {e}"),
-        }),
-    }
+            message: format!("a frame of {len} bytes is not a valid request: {source}"),
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringxfer_ipc::PROTOCOL_VERSION;
+    use ringxfer_ipc::{codec, FRAME_HEADER_LEN, PROTOCOL_VERSION};
 
     fn frame(req: &Request) -> Vec<u8> {
         let mut v = Vec::new();

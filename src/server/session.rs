@@ -1,9 +1,12 @@
 //! One client connection: its receive and send buffers and what it owns.
+//! The protocol itself is in [`super::wire`].
 
 use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use ringxfer_ipc::{codec, FRAME_HEADER_LEN};
+use ringxfer_ipc::frame;
+
+use super::wire::Wire;
 
 /// Room for the control message of one recvmsg: up to this many
 /// descriptors, so that one `SubmitBatch` frame can carry 32 jobs.
@@ -13,11 +16,6 @@ pub const MAX_FDS_PER_MESSAGE: usize = 64;
 /// What a session's receive buffer holds unless a larger frame is arriving:
 /// a whole `SubmitBatch` of 32 jobs, with room to spare.
 pub const RECV_CAPACITY: usize = 16 * 1024;
-
-/// What a session's event buffers start with, and the most an idle session
-/// keeps of what a large event grew them to.
-const EVENT_CAPACITY: usize = 4 * 1024;
-const KEEP_EVENT_CAPACITY: usize = 64 * 1024;
 
 /// 8-byte words of control buffer: one `cmsghdr` (16 bytes) and the
 /// descriptors, with a word to spare; `cmsghdr` needs 8-byte alignment,
@@ -124,11 +122,7 @@ impl RecvBuf {
     /// thousand idle connections then hold a few KiB each, not a maximum
     /// frame each.
     pub fn fit(&mut self, most: usize) {
-        let begun = self.data.get(..FRAME_HEADER_LEN).map_or(0, |h| {
-            let mut header = [0u8; FRAME_HEADER_LEN];
-            header.copy_from_slice(h);
-            FRAME_HEADER_LEN + codec::frame_len(header) as usize
-        });
+        let begun = frame::begun_len(&self.data).unwrap_or(0);
         let want = begun.clamp(RECV_CAPACITY, most.max(RECV_CAPACITY));
         if self.data.capacity() < want {
             self.data.reserve_exact(want - self.data.len());
@@ -159,31 +153,21 @@ impl SendBuf {
     }
 }
 
-/// A client connection.
+/// A client connection: its wire (buffers, descriptors, protocol state)
+/// and what the engine keeps about it.
 pub struct Session {
     /// Unique for the daemon's lifetime, for logs.
     pub id: u64,
     pub fd: OwnedFd,
-    /// Receive buffer, or `None` while a recvmsg holds it.
-    pub recv: Option<Box<RecvBuf>>,
+    /// Bytes and descriptors in, requests out; events in, bytes out.
+    pub wire: Wire,
     /// `user_data` of the recvmsg in flight, to cancel it on close.
     pub recv_op: Option<u64>,
-    /// Send buffer, or `None` while a send holds it.
-    pub send: Option<Box<SendBuf>>,
     /// `user_data` of the send in flight.
     pub send_op: Option<u64>,
-    /// Events encoded while a send was in flight, or held back.
-    pub pending: Vec<u8>,
-    /// Final events of batch jobs in `pending`, held back to go out
-    /// together (see engine::coalesce).
+    /// Final events of batch jobs among the wire's pending events, held
+    /// back to go out together (see engine::coalesce).
     pub held_events: u32,
-    /// Descriptors received and not yet claimed by a frame, each with the
-    /// stream position at which its receive ended (see `Engine::claim_fds`).
-    pub fds: VecDeque<(u64, OwnedFd)>,
-    /// Bytes received on this connection so far.
-    pub received: u64,
-    /// Whether `Hello` has been accepted.
-    pub greeted: bool,
     /// Set once the session stops reading; it is freed when its buffers are
     /// back, its jobs have ended and its events are sent (or undeliverable).
     pub closing: bool,
@@ -204,27 +188,18 @@ pub struct Session {
     pub fsize_limit: Option<u64>,
     /// When the connection was accepted (for the handshake deadline).
     pub opened: std::time::Instant,
-    /// Bytes of events in the send in flight (counted against the daemon's
-    /// event memory with `pending`).
-    pub sending: usize,
-    /// Since when the receive buffer has held part of a frame.
-    pub partial_since: Option<std::time::Instant>,
 }
 
 impl Session {
-    pub fn new(id: u64, fd: OwnedFd, recv_capacity: usize, peer: (i32, u32, u32)) -> Session {
+    /// A session for `fd`, taking requests of at most `max_frame` bytes.
+    pub fn new(id: u64, fd: OwnedFd, max_frame: u32, peer: (i32, u32, u32)) -> Session {
         Session {
             id,
             fd,
-            recv: Some(RecvBuf::new(recv_capacity)),
+            wire: Wire::new(max_frame, RECV_CAPACITY),
             recv_op: None,
-            send: Some(SendBuf::new(EVENT_CAPACITY)),
             send_op: None,
-            pending: Vec::with_capacity(EVENT_CAPACITY),
             held_events: 0,
-            fds: VecDeque::with_capacity(MAX_FDS_PER_MESSAGE * 2),
-            received: 0,
-            greeted: false,
             closing: false,
             half_closed: false,
             held: [0, 0],
@@ -234,23 +209,6 @@ impl Session {
             personality: 0,
             fsize_limit: None,
             opened: std::time::Instant::now(),
-            partial_since: None,
-            sending: 0,
-        }
-    }
-
-    /// Gives back event buffers that one large event (a long listing) grew,
-    /// once they hold nothing: a thousand idle connections must not each
-    /// keep the largest event they were ever sent.
-    pub fn shrink_idle_buffers(&mut self) {
-        if self.pending.is_empty() && self.pending.capacity() > KEEP_EVENT_CAPACITY {
-            self.pending = Vec::with_capacity(EVENT_CAPACITY);
-        }
-        if let Some(send) = self.send.as_mut() {
-            if send.data.capacity() > KEEP_EVENT_CAPACITY {
-                send.data = Vec::with_capacity(EVENT_CAPACITY);
-                send.sent = 0;
-            }
         }
     }
 
@@ -259,7 +217,7 @@ impl Session {
         self.closing
             && self.recv_op.is_none()
             && self.send_op.is_none()
-            && self.pending.is_empty()
+            && !self.wire.has_pending()
             && self.jobs.is_empty()
     }
 }

@@ -2,13 +2,13 @@
 //! that arrived inside its bytes, and every descriptor ends up claimed,
 //! doomed (closed later) or still waiting, never lost or taken twice.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
 use proptest::prelude::*;
 use ringxfer_ipc::{Request, Strategy as Xfer, SubmitRequest};
 
-use super::claim_fds;
-use crate::server::session::Session;
+use super::wire::claim_fds;
 
 fn job(publish: bool) -> SubmitRequest {
     SubmitRequest {
@@ -40,11 +40,6 @@ fn request(kind: u8, jobs: usize, publish: bool) -> Request {
     }
 }
 
-fn session() -> Session {
-    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-    Session::new(1, OwnedFd::from(ours), 4096, (1, 0, 0))
-}
-
 fn descriptor() -> OwnedFd {
     OwnedFd::from(std::fs::File::open("/dev/null").expect("open /dev/null"))
 }
@@ -60,9 +55,9 @@ proptest! {
     ) {
         positions.sort_unstable();
         let end = start + len;
-        let mut s = session();
+        let mut fds = VecDeque::new();
         for &pos in &positions {
-            s.fds.push_back((pos, descriptor()));
+            fds.push_back((pos, descriptor()));
         }
         let req = request(kind, jobs, publish);
         let want = match &req {
@@ -73,12 +68,12 @@ proptest! {
         let taken: Vec<u64> = positions.iter().copied().filter(|&p| p <= end).collect();
         let stray = taken.iter().any(|&p| p <= start);
         let mut doomed = Vec::new();
-        let result = claim_fds(&mut s, &req, start, end, &mut doomed);
+        let result = claim_fds(&mut fds, &req, start, end, &mut doomed);
         let ok = taken.len() == want && !stray;
         prop_assert_eq!(result.is_ok(), ok, "taken {:?} want {} stray {}", taken, want, stray);
         let claimed = result.map_or(0, |v| v.len());
         prop_assert_eq!(claimed + doomed.len(), taken.len());
-        prop_assert_eq!(s.fds.len(), positions.len() - taken.len());
-        prop_assert!(s.fds.iter().all(|(p, _)| *p > end));
+        prop_assert_eq!(fds.len(), positions.len() - taken.len());
+        prop_assert!(fds.iter().all(|(p, _)| *p > end));
     }
 }
