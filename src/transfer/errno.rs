@@ -2,7 +2,9 @@
 //! sees, and whether the operation is retried, waits for readiness or fails
 //! the job. Every strategy (splice, direct, uncached, buffered), verification,
 //! fdatasync and both engines ask here, so the same errno has the same
-//! outcome whichever strategy or engine met it.
+//! outcome whichever strategy or engine met it; so do the session's wire
+//! (what an interrupted receive or send is) and the CLI (its own full-disk
+//! and permission errors are named with the table's kinds).
 //!
 //! Strategy-specific capability fallbacks (SEND_ZC or RWF_DONTCACHE not
 //! supported, fallocate not supported, splice refused by a file system) are

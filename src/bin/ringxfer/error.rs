@@ -5,7 +5,8 @@ use std::fmt;
 use std::io;
 use std::process::ExitCode;
 
-use ringxfer_ipc::{ClientError, JobError};
+use ringxfer::transfer::errno;
+use ringxfer_ipc::{ClientError, FailureKind, JobError};
 
 use ringxfer_ipc::publish::PublishError;
 
@@ -220,12 +221,15 @@ pub fn describe_io(err: &io::Error) -> String {
 }
 
 /// Classifies the CLI's own I/O errors with the same names the daemon uses
-/// where they overlap, so scripts can match one set of kinds.
+/// where they overlap, so scripts can match one set of kinds: a full disk
+/// and a refusal are named by the daemon's errno table itself.
 fn io_kind(err: &io::Error) -> &'static str {
+    let daemons = err.raw_os_error().map(errno::failure_kind);
+    if let Some(kind @ (FailureKind::NoSpace | FailureKind::PermissionDenied)) = daemons {
+        return kind.name();
+    }
     match err.raw_os_error() {
         Some(libc::ENOENT) => "not-found",
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => "permission-denied",
-        Some(libc::ENOSPC | libc::EDQUOT) => "no-space",
         Some(libc::EISDIR) => "is-a-directory",
         Some(libc::ECONNREFUSED) => "connection-refused",
         Some(libc::EADDRINUSE) => "address-in-use",
@@ -259,6 +263,23 @@ mod tests {
         // The stub's message names the socket itself; no context is added.
         assert_eq!(cli.to_string(), err.to_string());
         assert!(cli.to_string().contains("/run/x.sock"));
+    }
+
+    #[test]
+    fn io_kinds_the_daemon_has_too_come_from_its_errno_table() {
+        let cases = [
+            (libc::ENOSPC, "no-space"),
+            (libc::EDQUOT, "no-space"),
+            (libc::EACCES, "permission-denied"),
+            (libc::EPERM, "permission-denied"),
+            (libc::EROFS, "permission-denied"),
+            (libc::EISDIR, "is-a-directory"),
+            (libc::EINVAL, "invalid-address"),
+            (libc::EPIPE, "io"),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(io_kind(&io::Error::from_raw_os_error(e)), kind, "errno {e}");
+        }
     }
 
     #[test]
