@@ -13,7 +13,9 @@ use super::ops::Owner;
 use super::queue::IoQueue;
 use super::{scheduler, Engine};
 use crate::server::frames::FrameError;
-use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE};
+use crate::server::session::{
+    peer_credentials, peer_hung_up, RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE,
+};
 use crate::server::wire::{Incoming, Receipt, Sent};
 use crate::transfer::TransferError;
 
@@ -445,39 +447,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// Whether the client closed its socket entirely, not just its sending side:
-/// a Unix socket reports POLLHUP only when both directions are shut.
-fn peer_hung_up(fd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLHUP,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid pollfd; a zero timeout makes poll return at once.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// The pid, uid and gid of the process at the other end of a Unix socket.
-fn peer_credentials(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
-    // SO_PEERCRED writes at most `len` bytes; the call does not block.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (ret == 0).then_some((cred.pid, cred.uid, cred.gid))
 }

@@ -2,7 +2,7 @@
 //! The protocol itself is in [`super::wire`].
 
 use std::collections::VecDeque;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ringxfer_ipc::frame;
 
@@ -220,4 +220,39 @@ impl Session {
             && !self.wire.has_pending()
             && self.jobs.is_empty()
     }
+}
+
+/// Whether the client closed its socket entirely, not just its sending side:
+/// a Unix socket reports POLLHUP only when both directions are shut.
+pub fn peer_hung_up(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLHUP,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd; a zero timeout makes poll return at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// The pid, uid and gid of the process at the other end of a Unix socket.
+pub fn peer_credentials(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // SO_PEERCRED writes at most `len` bytes; the call does not block.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0).then_some((cred.pid, cred.uid, cred.gid))
 }
