@@ -415,3 +415,66 @@ fn a_full_socket_puts_the_bytes_back_in_order_and_a_closing_one_drops_them() {
     );
     assert!(!wire.has_pending());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A request of each shape a stream mixes: bare, or carrying two descriptors.
+    fn request(i: u8) -> Request {
+        match i % 3 {
+            0 => Request::Stats,
+            1 => Request::Cancel {
+                req: u64::from(i),
+                job: 1,
+            },
+            _ => submit(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// However each frame is cut into sends, and whichever of its
+        /// pieces carries its descriptors, the same requests come out in
+        /// order, each Submit with its own two descriptors, and nothing is
+        /// left over.
+        #[test]
+        fn any_cut_of_the_frames_gives_the_same_requests(
+            frames in proptest::collection::vec((any::<u8>(), 1usize..4, any::<prop::sample::Index>()), 1..12),
+        ) {
+            let (mut wire, daemon, client) = greeted();
+            let mut doomed = Vec::new();
+            let mut got = Vec::new();
+            for &(i, pieces, with_fds) in &frames {
+                let req = request(i);
+                let all = bytes(std::slice::from_ref(&req));
+                let size = all.len().div_ceil(pieces);
+                let carrier = with_fds.index(all.len().div_ceil(size));
+                let pipes = [pipe(), pipe()];
+                for (n, piece) in all.chunks(size).enumerate() {
+                    let fds = match &req {
+                        Request::Submit(_) if n == carrier => ends(&pipes),
+                        _ => Vec::new(),
+                    };
+                    send_with_fds(client.as_fd(), piece, &fds).expect("sendmsg");
+                    while receive(&mut wire, &daemon) == Receipt::Bytes {
+                        let (incoming, end) = take_all(&mut wire, &mut doomed);
+                        prop_assert_eq!(end, Ok(()));
+                        got.extend(incoming);
+                    }
+                }
+            }
+            prop_assert!(doomed.is_empty());
+            prop_assert!(wire.partial_since().is_none());
+            prop_assert_eq!(got.len(), frames.len());
+            for (incoming, &(i, _, _)) in got.iter().zip(&frames) {
+                let Incoming::Request(req, fds) = incoming else {
+                    return Err(TestCaseError::fail(format!("{incoming:?}")));
+                };
+                prop_assert_eq!(req, &request(i));
+                prop_assert_eq!(fds.len(), if i % 3 == 2 { 2 } else { 0 });
+            }
+        }
+    }
+}
