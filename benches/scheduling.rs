@@ -795,6 +795,25 @@ fn measure_users(cfg: &Settings, bin: &Path, dir: &Path) -> Result<(Vec<Fairness
     Ok((users, starve))
 }
 
+/// One workload's row: its windows' Jain's indexes and per-job (or user)
+/// rates; whether every window met the target.
+fn print_fairness_row(f: &Fairness, note: &str) -> bool {
+    let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
+    let med = median(f.windows.clone()).unwrap_or(f64::NAN);
+    let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
+    println!(
+        "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}{note}",
+        f.name,
+        f.window.as_millis(),
+        f.windows.len(),
+        min,
+        med,
+        fmt_list(&f.per_job),
+        if pass { "PASS" } else { "FAIL" },
+    );
+    pass
+}
+
 fn report_fairness(fair: &[Fairness]) -> Vec<serde_json::Value> {
     println!();
     println!("A. fairness (Jain's index per window; target >= {JAIN_TARGET})");
@@ -804,24 +823,12 @@ fn report_fairness(fair: &[Fairness]) -> Vec<serde_json::Value> {
     );
     let mut fair_json = Vec::new();
     for f in fair {
-        let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
-        let med = median(f.windows.clone()).unwrap_or(f64::NAN);
-        let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
-        println!(
-            "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}{}",
-            f.name,
-            f.window.as_millis(),
-            f.windows.len(),
-            min,
-            med,
-            fmt_list(&f.per_job),
-            if pass { "PASS" } else { "FAIL" },
-            if f.windows.len() < 2 {
-                "  (too short: raise RINGXFER_BENCH_FAIR_SIZE)"
-            } else {
-                ""
-            }
-        );
+        let short = if f.windows.len() < 2 {
+            "  (too short: raise RINGXFER_BENCH_FAIR_SIZE)"
+        } else {
+            ""
+        };
+        let pass = print_fairness_row(f, short);
         fair_json.push(serde_json::json!({
             "workload": f.name, "window_ms": f.window.as_millis() as u64, "windows": f.windows, "per_job_mib_s": f.per_job, "pass": pass,
         }));
@@ -905,19 +912,7 @@ fn report_users(root: bool, users: &[Fairness], starve: &[f64]) -> Vec<serde_jso
             "workload", "window", "windows", "min", "median"
         );
         for f in users {
-            let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
-            let med = median(f.windows.clone()).unwrap_or(f64::NAN);
-            let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
-            println!(
-                "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}",
-                f.name,
-                f.window.as_millis(),
-                f.windows.len(),
-                min,
-                med,
-                fmt_list(&f.per_job),
-                if pass { "PASS" } else { "FAIL" },
-            );
+            let pass = print_fairness_row(f, "");
             users_json.push(serde_json::json!({
                 "workload": f.name, "windows": f.windows, "per_user_mib_s": f.per_job, "pass": pass,
             }));
