@@ -7,13 +7,17 @@
 
 pub mod batch;
 pub mod client;
-pub mod codec;
 mod destination;
 pub mod dispatch;
 pub mod fdpass;
-pub mod proto;
 pub mod publish;
 pub mod socket_path;
+
+/// The protocol's messages, from `ringxfer-proto` (the crate a program or a
+/// language binding links to speak the protocol without this stub).
+pub use ringxfer_proto as proto;
+/// The frame codec, from `ringxfer-proto`.
+pub use ringxfer_proto::codec;
 
 pub use batch::SubmitBatch;
 pub use client::{Client, ClientError, Completion, JobError, JobHandle, LostJob, TransferOptions};

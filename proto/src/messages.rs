@@ -43,7 +43,7 @@ pub const MAX_TAG_BYTES: usize = 1024;
 /// an ellipsis, cut at a character boundary.
 ///
 /// ```
-/// use ringxfer_ipc::{fit_tag, MAX_TAG_BYTES};
+/// use ringxfer_proto::{fit_tag, MAX_TAG_BYTES};
 /// assert_eq!(fit_tag("a/b.txt"), "a/b.txt");
 /// let long = format!("/{}/file.bin", "d".repeat(5000));
 /// let tag = fit_tag(&long);
@@ -149,7 +149,7 @@ impl Priority {
     /// The lower-case name used on the command line and in listings.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::Priority::High.name(), "high");
+    /// assert_eq!(ringxfer_proto::Priority::High.name(), "high");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -162,7 +162,7 @@ impl Priority {
     /// The class's share of contended I/O slots, relative to the others.
     ///
     /// ```
-    /// use ringxfer_ipc::Priority;
+    /// use ringxfer_proto::Priority;
     /// assert!(Priority::High.weight() > Priority::Normal.weight());
     /// ```
     pub fn weight(self) -> u32 {
@@ -184,9 +184,9 @@ impl std::str::FromStr for Priority {
     type Err = String;
 
     /// ```
-    /// let p: ringxfer_ipc::Priority = "low".parse().unwrap();
-    /// assert_eq!(p, ringxfer_ipc::Priority::Low);
-    /// assert!("urgent".parse::<ringxfer_ipc::Priority>().is_err());
+    /// let p: ringxfer_proto::Priority = "low".parse().unwrap();
+    /// assert_eq!(p, ringxfer_proto::Priority::Low);
+    /// assert!("urgent".parse::<ringxfer_proto::Priority>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -253,12 +253,12 @@ impl SubmitRequest {
     /// or [`PUBLISH_DESCRIPTORS`] with [`SubmitRequest::publish`].
     ///
     /// ```
-    /// # let mut s = ringxfer_ipc::SubmitRequest { req: 1, tag: String::new(), offset: 0, length: None,
-    /// #   dest_offset: 0, strategy: ringxfer_ipc::Strategy::Auto, progress: false,
+    /// # let mut s = ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0, length: None,
+    /// #   dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
     /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
     /// #   verify: false, truncate: false, publish: None };
     /// assert_eq!(s.descriptors(), 2);
-    /// s.publish = Some(ringxfer_ipc::PublishTo { name: b"out".to_vec(), staged_name: None });
+    /// s.publish = Some(ringxfer_proto::PublishTo { name: b"out".to_vec(), staged_name: None });
     /// assert_eq!(s.descriptors(), 3);
     /// ```
     pub fn descriptors(&self) -> usize {
@@ -309,7 +309,7 @@ impl Strategy {
     /// The lower-case name used on the command line and in logs.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::Strategy::Splice.name(), "splice");
+    /// assert_eq!(ringxfer_proto::Strategy::Splice.name(), "splice");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -332,9 +332,9 @@ impl std::str::FromStr for Strategy {
     type Err = String;
 
     /// ```
-    /// let s: ringxfer_ipc::Strategy = "splice".parse().unwrap();
-    /// assert_eq!(s, ringxfer_ipc::Strategy::Splice);
-    /// assert!("fast".parse::<ringxfer_ipc::Strategy>().is_err());
+    /// let s: ringxfer_proto::Strategy = "splice".parse().unwrap();
+    /// assert_eq!(s, ringxfer_proto::Strategy::Splice);
+    /// assert!("fast".parse::<ringxfer_proto::Strategy>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -404,7 +404,7 @@ impl FailureKind {
     /// A short lower-case name for logs and JSON output.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::FailureKind::NoSpace.name(), "no-space");
+    /// assert_eq!(ringxfer_proto::FailureKind::NoSpace.name(), "no-space");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -484,7 +484,7 @@ impl JobState {
     /// A short lower-case name for listings.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::JobState::Throttled.name(), "throttled");
+    /// assert_eq!(ringxfer_proto::JobState::Throttled.name(), "throttled");
     /// ```
     pub fn name(&self) -> &'static str {
         match self {
