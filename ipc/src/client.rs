@@ -64,9 +64,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A connection to the daemon. Cheap methods take `&self`, so share it
 /// between threads with an `Arc` (or scoped threads).
 ///
-/// Dropping it shuts the socket down and joins the event thread; jobs still
-/// outstanding then resolve to [`JobError::Disconnected`] (the daemon decides
-/// on its own whether to finish them).
+/// Dropping it shuts the socket down and joins the event thread (and the
+/// thread publishing the path helpers' destinations, once it has published
+/// those whose jobs completed); jobs still outstanding then resolve to
+/// [`JobError::Disconnected`] (the daemon decides on its own whether to
+/// finish them).
 ///
 /// ```no_run
 /// use ringxfer_ipc::{Client, TransferOptions};

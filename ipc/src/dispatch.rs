@@ -191,7 +191,9 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 
 /// Runs a connection's events on the calling thread instead of the
 /// client's event thread, for as long as it lives: job callbacks, handle
-/// updates and subscribers then happen inside [`Dispatcher::dispatch`].
+/// updates and subscribers then happen inside [`Dispatcher::dispatch`]
+/// (but for the final event of a path helper's job, which the client's
+/// publishing thread delivers once the destination has its name).
 ///
 /// Meant for a thread that submits jobs in a loop and collects their
 /// completions between submissions: it saves the event thread's wake-ups,
