@@ -231,6 +231,14 @@ impl Client {
     /// Moves event dispatch to the calling thread until the returned
     /// [`Dispatcher`] is dropped (see there). At most one at a time: a
     /// second waits for the first to be dropped.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let mut events = client.dispatch_here();
+    /// events.dispatch(Some(std::time::Duration::ZERO))?; // whatever has arrived
+    /// drop(events); // the event thread dispatches again
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
     pub fn dispatch_here(&self) -> Dispatcher<'_> {
         let inner = &self.inner;
         let mut pumping = lock(&inner.pumping);
@@ -256,6 +264,15 @@ impl Dispatcher<'_> {
     /// outstanding job has then been resolved with the reason
     /// ([`JobError::Disconnected`](crate::JobError::Disconnected)), as when
     /// the event thread sees the end. [`ClientError::Io`] if waiting failed.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let mut events = client.dispatch_here();
+    /// let n = events.dispatch(Some(Duration::from_millis(100)))?;
+    /// println!("{n} events dispatched");
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
     pub fn dispatch(&mut self, timeout: Option<Duration>) -> Result<usize, ClientError> {
         let inner = &self.client.inner;
         let fd = lock(&inner.reader).fd();

@@ -3,7 +3,10 @@
 //! Programs link this crate to hand transfers to `ringxferd`: they open the
 //! files or sockets themselves, pass the descriptors over the daemon's Unix
 //! socket, and are told when each transfer is done. The crate has no io_uring
-//! dependency; it needs only a Unix socket.
+//! dependency; it needs only a Unix socket. The messages and their codec
+//! come from `ringxfer-proto` (re-exported here as [`proto`] and
+//! [`codec`]), which a program speaking the protocol without this stub
+//! links on its own.
 
 pub mod batch;
 pub mod client;

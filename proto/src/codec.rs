@@ -19,6 +19,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::FRAME_HEADER_LEN;
 
 /// A frame that could not be encoded or decoded.
+///
+/// ```
+/// use ringxfer_proto::{codec, CodecError, Request};
+/// let err = codec::decode_payload::<Request>(&[6, 0]).unwrap_err(); // Stats, then a stray byte
+/// assert!(matches!(err, CodecError::Trailing(1)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// The payload is not a valid encoding of the expected message.

@@ -65,6 +65,15 @@ pub fn fit_tag(text: &str) -> String {
 pub const JOBS_PAGE: usize = 256;
 
 /// A request from a client to the daemon.
+///
+/// ```
+/// use ringxfer_proto::{codec, Request, DEFAULT_MAX_FRAME};
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Request::Cancel { req: 4, job: 17 }, &mut frame, DEFAULT_MAX_FRAME)?;
+/// // Variant 2, then req and job as varints.
+/// assert_eq!(frame, [3, 0, 0, 0, 2, 4, 17]);
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// The first frame of every connection.
@@ -201,6 +210,16 @@ impl std::str::FromStr for Priority {
 }
 
 /// What to transfer, sent with two descriptors: source then destination.
+///
+/// ```
+/// use ringxfer_proto::{Priority, Request, Strategy, SubmitRequest};
+/// let submit = Request::Submit(SubmitRequest {
+///     req: 1, tag: "backup.tar".into(), offset: 0, length: None, dest_offset: 0,
+///     strategy: Strategy::Auto, progress: true, priority: Priority::Normal, rate_limit: None,
+///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
+/// });
+/// assert!(matches!(submit, Request::Submit(SubmitRequest { req: 1, .. })));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitRequest {
     /// Chosen by the client, unique on its connection; every event about this
@@ -351,6 +370,16 @@ impl std::str::FromStr for Strategy {
 }
 
 /// The limits a daemon enforces on each connection, sent in [`Event::Welcome`].
+///
+/// ```
+/// use ringxfer_proto::{Limits, SUBMIT_DESCRIPTORS};
+/// let limits = Limits {
+///     max_frame: 64 * 1024, max_jobs_per_connection: 64, max_fds_per_message: 64,
+///     max_jobs_per_user: 256, max_queued_bytes_per_connection: 0, max_queued_bytes_per_user: 0,
+/// };
+/// // Jobs one SubmitBatch can carry.
+/// assert_eq!(limits.max_fds_per_message as usize / SUBMIT_DESCRIPTORS, 32);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The largest frame payload the daemon accepts, in bytes.
@@ -608,6 +637,15 @@ pub struct StatsReport {
 }
 
 /// An event from the daemon to a client.
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, DEFAULT_MAX_FRAME};
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Event::Accepted { req: 1, job: 300 }, &mut frame, DEFAULT_MAX_FRAME)?;
+/// let back: Event = codec::decode_payload(&frame[ringxfer_proto::FRAME_HEADER_LEN..])?;
+/// assert_eq!(back, Event::Accepted { req: 1, job: 300 });
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The answer to `Hello`.

@@ -213,6 +213,14 @@ impl Client {
     }
     /// The daemon's process id, from the socket's peer credentials
     /// (SO_PEERCRED, as of the connect); `None` where the kernel does not say.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// if let Some(pid) = client.daemon_pid() {
+    ///     println!("ringxferd runs as pid {pid}");
+    /// }
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
     pub fn daemon_pid(&self) -> Option<u32> {
         // SAFETY: ucred is plain data; all-zero is a valid value.
         let mut cred: libc::ucred = unsafe { std::mem::zeroed() };

@@ -62,6 +62,23 @@ impl Client {
     /// # Errors
     ///
     /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use std::path::Path;
+    /// use ringxfer_ipc::{Client, PublishOptions, StagedFile, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let pid = client.daemon_pid().expect("the daemon's pid");
+    /// let src = File::open("in.bin")?;
+    /// let staged = StagedFile::create_for_daemon(Path::new("out.bin"), None, &PublishOptions::default(), pid)?;
+    /// let (dir, publish) = staged.for_daemon()?.expect("a staged, not in-place, destination");
+    /// let opts = TransferOptions { detach: true, ..Default::default() };
+    /// let job = client.submit_publish(&src, staged.file(), &dir, publish, &opts)?;
+    /// job.job_id()?; // admitted: the daemon names out.bin when the job completes
+    /// staged.hand_over();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit_publish(
         &self,
         source: impl AsFd,
