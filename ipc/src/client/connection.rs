@@ -21,6 +21,8 @@ use crate::proto::{
     PROTOCOL_VERSION,
 };
 use crate::socket_path::client_socket_path;
+#[cfg(doc)]
+use crate::JobError;
 
 /// How long [`Client::from_stream`] waits for the answer to `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,6 +1,8 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
 use crate::proto::{Priority, Request, Strategy, SubmitRequest};
+#[cfg(doc)]
+use crate::{Client, JobHandle};
 
 /// What to transfer and how; everything but the two descriptors.
 ///

@@ -12,6 +12,8 @@ use super::Client;
 use crate::proto::Strategy;
 use crate::publish::{PublishError, PublishOptions, StagedFile};
 use crate::{ClientError, JobHandle, TransferOptions};
+#[cfg(doc)]
+use crate::{FailureKind, JobError};
 
 impl Client {
     /// Copies the file at `src` to `dst`, like cp(1). The source is opened
