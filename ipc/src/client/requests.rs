@@ -193,6 +193,11 @@ impl Client {
     /// or drop it; a dropped receiver is pruned at the next event. When the
     /// connection ends the channel disconnects (after any events still in it).
     ///
+    /// Events come in the order received, but for the final event of a
+    /// [`Client::copy_file`] or [`Client::recv_to_file`] job: it comes once
+    /// the destination has its name (or was abandoned), which other jobs'
+    /// events received meanwhile need not wait for.
+    ///
     /// ```no_run
     /// let client = ringxfer_ipc::Client::connect_default()?;
     /// let events = client.events();
