@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, IoUring, Probe};
 
-use crate::engine::buffer_pool::BufferPool;
-use crate::engine::pipe_pool::pipe_budget;
-use crate::engine::unavailable;
 use crate::engine::EngineKind;
+use crate::io::buffer_pool::BufferPool;
+use crate::io::pipe_pool::pipe_budget;
+use crate::io::unavailable;
 use crate::settings::keys::{self, show_size};
 use crate::settings::{Origin, Settings};
 use crate::transfer::dio;
@@ -836,7 +836,7 @@ mod opcode_list_tests {
     #[test]
     fn the_probe_checks_exactly_the_opcodes_the_ring_allows() {
         let mut probed: Vec<u8> = OPCODES.iter().map(|&(_, code, _, _)| code).collect();
-        let mut allowed = crate::engine::ring::ALLOWED_OPCODES.to_vec();
+        let mut allowed = crate::io::ring::ALLOWED_OPCODES.to_vec();
         probed.sort_unstable();
         allowed.sort_unstable();
         assert_eq!(

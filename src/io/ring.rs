@@ -301,7 +301,7 @@ fn opcode_name(op: u8) -> &'static str {
     }
 }
 
-/// The operations the engine submits; keep in step with `engine/queue.rs`
+/// The operations the engine submits; keep in step with `io/queue.rs`
 /// (a missing one fails its operations with EACCES, which the tests see).
 /// LINKAT, RENAMEAT and UNLINKAT publish detached jobs' destinations
 /// (engine/publish.rs) in directories their clients passed; STATX tells
