@@ -6,6 +6,7 @@
 
 pub mod buffer_pool;
 pub mod errno;
+pub mod opcodes;
 pub mod ops;
 pub mod pipe_pool;
 pub mod queue;
@@ -64,10 +65,11 @@ pub enum EngineError {
         source: std::io::Error,
     },
     #[error(
-        "io_uring lacks operations the engine needs ({0}): the kernel is too old; \
-         upgrade it, or run --engine threads"
+        "io_uring lacks operations the engine needs ({}): the kernel is too old; \
+         upgrade it, or run --engine threads",
+        opcode_names(.0)
     )]
-    MissingOpcodes(String),
+    MissingOpcodes(Vec<&'static opcodes::Opcode>),
     #[error("the threads engine could not start: {0}")]
     Threads(#[source] std::io::Error),
     #[error("io_uring_enter failed: {source}")]
@@ -81,4 +83,10 @@ pub enum EngineError {
     Config(String),
     #[error("the I/O buffer pool: {0}")]
     Buffers(#[from] buffer_pool::BufferError),
+}
+
+/// "FTRUNCATE, SEND_ZC": opcodes by their kernel names.
+fn opcode_names(ops: &[&opcodes::Opcode]) -> String {
+    let names: Vec<String> = ops.iter().map(|o| o.name.to_ascii_uppercase()).collect();
+    names.join(", ")
 }

@@ -83,7 +83,9 @@ fn cli_modules_use_only_lower_layers() {
 }
 
 /// The layers above the I/O layer: `src/io` must name none of them.
-const ABOVE_IO: &[&str] = &["engine", "transfer", "server", "settings", "check", "embedded"];
+const ABOVE_IO: &[&str] = &[
+    "engine", "transfer", "server", "settings", "check", "embedded",
+];
 
 /// The top-level modules a source file names with `crate::NAME` or inside
 /// `crate::{...}`, and whether it climbs out of its module with
