@@ -28,8 +28,8 @@ use ringxfer_ipc::{Event, SubmitRequest};
 use slab::Slab;
 use tracing::error;
 
-use super::ops::{OpKind, Owner};
 use super::Engine;
+use crate::io::ops::{OpKind, Owner};
 use crate::transfer::{FdStat, TransferError};
 
 /// The descriptors a client passed with a submit, while it is admitted.
@@ -160,7 +160,7 @@ impl Engine {
         ];
         for (which, fd) in targets.into_iter().flatten() {
             let (flags, mask) = statx_flags(which);
-            let queued = self.io().statx(
+            let queued = self.io.statx(
                 Owner::Admission(key),
                 OpKind::Statx(which),
                 &fds,

@@ -10,13 +10,12 @@ use ringxfer_ipc::{
 };
 use tracing::debug;
 
-use super::buffer_pool::BufRef;
-use super::ops::{OpKind, Owner};
 use super::publish::{self, Publisher};
-use super::queue::IoQueue;
 use super::rate::TokenBucket;
 use super::shares::unqueue;
 use super::{Engine, Resource, MAX_PENDING_EVENTS, PROGRESS_INTERVAL, RECENT_JOBS};
+use crate::io::buffer_pool::BufRef;
+use crate::io::ops::{OpKind, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{choose, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
@@ -479,7 +478,7 @@ impl Engine {
             publish: publisher,
             fsize_limit,
         });
-        self.ops.set_personality(key, personality);
+        self.io.ops.set_personality(key, personality);
         self.job_ids.insert(id, key);
         let usage = self.users.entry(uid);
         usage.jobs += 1;
@@ -492,11 +491,8 @@ impl Engine {
             self.emit(k, &Event::Accepted { req, job: id });
         }
         if let Some(job) = self.jobs.get_mut(key) {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            job.copy.start(Owner::Job(key), &mut io);
+            let io = &mut self.io;
+            job.copy.start(Owner::Job(key), io);
         }
         self.after_job_step(key);
     }
@@ -525,18 +521,8 @@ impl Engine {
             OpKind::VerifyRead(_) => {
                 match self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
                     Some(v) => {
-                        let mut io = IoQueue {
-                            ring: &mut self.ring,
-                            ops: &mut self.ops,
-                        };
-                        v.on_complete(
-                            kind,
-                            result,
-                            buf,
-                            Owner::Job(k),
-                            &mut io,
-                            &mut self.returned,
-                        );
+                        let io = &mut self.io;
+                        v.on_complete(kind, result, buf, Owner::Job(k), io, &mut self.returned);
                     }
                     None => self.returned.extend(buf.map(Returned::Buffer)),
                 }
@@ -548,16 +534,13 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         job.copy.on_complete(
             kind,
             result,
             buf,
             Owner::Job(k),
-            &mut io,
+            io,
             yield_slots,
             &mut self.returned,
         );
@@ -568,14 +551,9 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match job.phase {
-            Phase::Copy => job
-                .copy
-                .fail(err, Owner::Job(k), &mut io, &mut self.returned),
+            Phase::Copy => job.copy.fail(err, Owner::Job(k), io, &mut self.returned),
             // The bytes are all in: a publish under way finishes (a cancel
             // arriving now is too late), and its own failure is its own.
             Phase::Publish => {}
@@ -586,7 +564,7 @@ impl Engine {
             Phase::Verify => {
                 job.late_failure.get_or_insert(err.clone());
                 if let Some(v) = job.verifier.as_mut() {
-                    v.fail(err, &mut io, &mut self.returned);
+                    v.fail(err, io, &mut self.returned);
                 }
             }
         }
@@ -685,11 +663,8 @@ impl Engine {
         // An entry left in the pipe queue is stale: the job queues again,
         // for a buffer.
         unqueue(job, &mut self.users);
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
-        job.copy.start(Owner::Job(k), &mut io);
+        let io = &mut self.io;
+        job.copy.start(Owner::Job(k), io);
     }
 
     /// Charges the bytes moved since the last step to the job's virtual
@@ -793,11 +768,8 @@ impl Engine {
         };
         if job.truncate && !job.truncated {
             let end = job.range.1.saturating_add(job.copy.moved());
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            match io.end_truncate(Owner::Job(k), &ends, end) {
+            let io = &mut self.io;
+            match io.end_truncate(Owner::Job(k), &ends, ends.dst.as_raw_fd(), end) {
                 Ok(ud) => {
                     job.phase = Phase::Truncate;
                     job.side_op = Some(ud);
@@ -812,10 +784,7 @@ impl Engine {
             return;
         }
         if job.fsync && !job.synced && ends.dst_kind == FdKind::File {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
+            let io = &mut self.io;
             match io.fdatasync(Owner::Job(k), &ends, ends.dst.as_raw_fd()) {
                 Ok(ud) => {
                     job.phase = Phase::Sync;
@@ -850,13 +819,10 @@ impl Engine {
                     "verification needs I/O buffers, and this daemon has none (--buffers 0)",
                 ));
                 if let Some(v) = job.verifier.as_mut() {
-                    let mut io = IoQueue {
-                        ring: &mut self.ring,
-                        ops: &mut self.ops,
-                    };
+                    let io = &mut self.io;
                     v.fail(
                         TransferError::new(FailureKind::InvalidRequest, "no buffers"),
-                        &mut io,
+                        io,
                         &mut self.returned,
                     );
                 }
@@ -937,11 +903,8 @@ impl Engine {
         if !p.has_work(success) {
             return false;
         }
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
-        p.start(success, Owner::Job(k), &ends, &mut io);
+        let io = &mut self.io;
+        p.start(success, Owner::Job(k), &ends, io);
         job.phase = Phase::Publish;
         !p.is_finished()
     }
@@ -951,11 +914,8 @@ impl Engine {
             return;
         };
         if let (Some(p), Some(ends)) = (job.publish.as_mut(), job.copy.endpoints()) {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            p.on_complete(result, Owner::Job(k), &ends, &mut io);
+            let io = &mut self.io;
+            p.on_complete(result, Owner::Job(k), &ends, io);
         }
         self.after_job_step(k);
     }

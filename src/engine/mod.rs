@@ -7,7 +7,6 @@
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
 mod admission;
-pub mod buffer_pool;
 #[cfg(test)]
 mod claim_tests;
 mod coalesce;
@@ -16,26 +15,20 @@ mod control;
 mod fd_closer;
 mod jobs;
 mod loopback;
-pub mod ops;
-pub mod pipe_pool;
 mod publish;
-pub mod queue;
 pub mod rate;
-pub mod ring;
 pub mod scheduler;
 mod shares;
 mod shutdown;
 pub mod signals;
 mod slots;
-mod threads;
-pub mod unavailable;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::io::ring::Cqe;
 use io_uring::cqueue;
-use ring::Cqe;
 use ringxfer_ipc::{
     codec, Event, Limits, ProtocolErrorKind, Request, StatsReport, Strategy, StrategyStats,
     SubmitRequest, PROTOCOL_VERSION, PUBLISH_DESCRIPTORS, SUBMIT_DESCRIPTORS,
@@ -43,50 +36,22 @@ use ringxfer_ipc::{
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
+use crate::io::buffer_pool::{self, BufferPool};
+use crate::io::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use crate::io::pipe_pool::{self, PipePool};
+use crate::io::ring::Ring;
+use crate::io::Io;
+pub use crate::io::{EngineError, EngineKind};
 use crate::server::frames::{next_frame, FrameError};
 use crate::server::session::{RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE, RECV_CAPACITY};
 use crate::transfer::splice::Returned;
 use crate::transfer::TransferError;
-use buffer_pool::BufferPool;
 use fd_closer::FdCloser;
 use jobs::{Finished, Job};
-use ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
-use pipe_pool::{PipeError, PipePool};
-use queue::IoQueue;
 use rate::TokenBucket;
-use ring::Ring;
 use scheduler::FairQueue;
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
-
-/// Which I/O back end the loop drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineKind {
-    /// io_uring; start-up fails if it is unavailable.
-    Uring,
-    /// Worker threads doing the same operations with plain syscalls.
-    Threads,
-    /// io_uring when the kernel allows it, else threads, saying why once.
-    Auto,
-}
-
-impl EngineKind {
-    /// The name used in flags, the config file and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Uring => "uring",
-            EngineKind::Threads => "threads",
-            EngineKind::Auto => "auto",
-        }
-    }
-
-    /// Parses `uring`, `threads` or `auto`.
-    pub fn parse(s: &str) -> Option<EngineKind> {
-        [EngineKind::Uring, EngineKind::Threads, EngineKind::Auto]
-            .into_iter()
-            .find(|k| k.name() == s)
-    }
-}
 
 /// Settings of one engine.
 #[derive(Debug, Clone)]
@@ -207,40 +172,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// Why the engine could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(
-        "io_uring_setup with {entries} entries failed with {}: {cause}",
-        unavailable::errno_name(source)
-    )]
-    RingSetup {
-        entries: u32,
-        /// What the errno means here and how to fix it.
-        cause: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "io_uring lacks operations the engine needs ({0}): the kernel is too old; \
-         upgrade it, or run --engine threads"
-    )]
-    MissingOpcodes(String),
-    #[error("the threads engine could not start: {0}")]
-    Threads(#[source] std::io::Error),
-    #[error("io_uring_enter failed: {source}")]
-    Enter {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no pipe could be made for the pipe pool: {0}")]
-    NoPipes(#[source] PipeError),
-    #[error("invalid setting: {0}")]
-    Config(String),
-    #[error("the I/O buffer pool: {0}")]
-    Buffers(#[from] buffer_pool::BufferError),
-}
-
 /// How long the listener waits before accepting again after running out of
 /// descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -257,8 +188,8 @@ const MAX_PENDING_EVENTS: usize = 8 << 20;
 /// The engine: everything the loop thread owns.
 pub struct Engine {
     config: EngineConfig,
-    ring: Ring,
-    ops: OpTable,
+    /// The ring and its op table (src/io).
+    io: Io,
     sessions: Slab<Session>,
     jobs: Slab<Job>,
     job_ids: HashMap<u64, usize>,
@@ -422,8 +353,7 @@ impl Engine {
             .map_err(|e| warn!("cannot start the closing thread ({e}); closing through the ring"))
             .ok();
         Ok(Engine {
-            ring,
-            ops,
+            io: Io { ring, ops },
             sessions: Slab::with_capacity(64),
             jobs: Slab::with_capacity(256),
             job_ids: HashMap::with_capacity(256),
@@ -509,17 +439,10 @@ impl Engine {
         self.open_session(fd);
     }
 
-    fn io(&mut self) -> IoQueue<'_> {
-        IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        }
-    }
-
     /// The back end this engine runs on: `Uring` or `Threads` (never `Auto`:
     /// that choice is made at start-up).
     pub fn engine_kind(&self) -> EngineKind {
-        self.ring.kind()
+        self.io.ring.kind()
     }
 
     /// Runs the loop until a signal stops it (or, with `exit_when_idle`,
@@ -531,13 +454,13 @@ impl Engine {
         loop {
             // Closes in flight are the kernel's business now: they hold no
             // memory of ours, and a lingering socket may take its time.
-            let waiting_for = self.ops.len() - self.closes_in_flight;
+            let waiting_for = self.io.ops.len() - self.closes_in_flight;
             if self.stopping && waiting_for == 1 && !self.signal_cancelled {
                 // Only the signal read is left: nothing else can finish now,
                 // so take it back too, and exit once its completion is in.
                 if let Some(ud) = self.signal_op {
                     self.signal_cancelled = true;
-                    let _ = self.io().cancel(ud);
+                    let _ = self.io.cancel(ud);
                 }
             }
             if self.stop_now
@@ -545,19 +468,19 @@ impl Engine {
                 || (self.exit_when_idle
                     && self.sessions.is_empty()
                     && self.jobs.is_empty()
-                    && self.ops.is_empty())
+                    && self.io.ops.is_empty())
             {
                 break;
             }
-            if self.ops.is_empty() && !self.ring.has_queued() {
+            if self.io.ops.is_empty() && !self.io.ring.has_queued() {
                 // Nothing in flight and nothing to submit: waiting would never end.
                 error!("the loop has nothing in flight; stopping");
                 break;
             }
-            self.ring.submit(1)?;
+            self.io.ring.submit(1)?;
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
-            self.ring.reap(&mut cqes);
+            self.io.ring.reap(&mut cqes);
             for cqe in &cqes {
                 self.dispatch(cqe.user_data, cqe.result, cqe.flags);
             }
@@ -593,7 +516,7 @@ impl Engine {
                 owner: Owner::Job(k),
                 kind: OpKind::BufOut(slot),
                 ..
-            }) = self.ops.peek(user_data)
+            }) = self.io.ops.peek(user_data)
             {
                 self.on_job(k, OpKind::ZcSent(slot), result, None);
             }
@@ -604,14 +527,14 @@ impl Engine {
                 owner: Owner::Job(k),
                 kind: OpKind::BufOut(slot),
                 hold,
-            }) = self.ops.complete(user_data)
+            }) = self.io.ops.complete(user_data)
             {
                 // The kernel is done with the buffer: it goes back to the job.
                 self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
             }
             return;
         }
-        let Some(op) = self.ops.complete(user_data) else {
+        let Some(op) = self.io.ops.complete(user_data) else {
             error!(
                 user_data,
                 result, "completion for an operation not in the table"
@@ -621,8 +544,14 @@ impl Engine {
         match (op.owner, op.kind, op.hold) {
             (Owner::Listener, OpKind::Timeout, _) => self.arm_listener(),
             (Owner::Listener, _, _) => self.on_accept(result),
-            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => self.on_recv(k, result, buf),
-            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => self.on_send(k, result, buf),
+            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => match buf.downcast() {
+                Ok(buf) => self.on_recv(k, result, buf),
+                Err(_) => error!("a receive completed without the session's buffer"),
+            },
+            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => match buf.downcast() {
+                Ok(buf) => self.on_send(k, result, buf),
+                Err(_) => error!("a send completed without the session's buffer"),
+            },
             (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
                 // The op's share of the descriptors goes first, so the last
                 // statx back leaves them to the admission alone.
@@ -668,7 +597,7 @@ impl Engine {
         let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
             return;
         };
-        match self.io().accept(fd) {
+        match self.io.accept(fd) {
             Ok(ud) => self.listener_op = Some(ud),
             Err(e) => error!("cannot queue accept: {e}"),
         }
@@ -696,7 +625,7 @@ impl Engine {
             {
                 // Out of descriptors or memory: accepting again at once would
                 // fail again at once. Wait for jobs to end and give some back.
-                match self.io().timeout(Owner::Listener, ACCEPT_BACKOFF) {
+                match self.io.timeout(Owner::Listener, ACCEPT_BACKOFF) {
                     Ok(_) => return,
                     Err(e) => error!("cannot queue the accept back-off timer: {e}"),
                 }
@@ -736,10 +665,10 @@ impl Engine {
         .into_iter()
         .flatten()
         {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         if let Some((ud, _)) = self.throttle_timer.take() {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         // Submits still being admitted and jobs first, so their owners hear
         // why; then the connections. Detached jobs outlive their
@@ -822,6 +751,7 @@ impl Engine {
             )
         })?;
         let personality = self
+            .io
             .ring
             .personality(&identity)
             .map_err(|e| format!("cannot register its credentials with the ring: {e}"))?
@@ -849,10 +779,7 @@ impl Engine {
             return;
         };
         let fd = session.fd.as_raw_fd();
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match io.recvmsg(Owner::Session(k), &fd, buf) {
             Ok(ud) => session.recv_op = Some(ud),
             Err(e) => {
@@ -1143,7 +1070,7 @@ impl Engine {
             .collect();
         let jobs = std::mem::take(&mut session.jobs);
         for ud in ops {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         self.abandon_admissions(k);
         for jk in jobs {
@@ -1252,10 +1179,7 @@ impl Engine {
         session.held_events = 0;
         session.sending = buf.data.len();
         let fd = session.fd.as_raw_fd();
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match io.send(Owner::Session(k), fd, buf, session.closing) {
             Ok(ud) => {
                 session.send_op = Some(ud);
@@ -1322,10 +1246,7 @@ impl Engine {
                 },
                 None => fd,
             };
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
+            let io = &mut self.io;
             if io.close_async(fd) {
                 self.closes_in_flight += 1;
             }
@@ -1346,8 +1267,8 @@ impl Engine {
             jobs_completed: self.jobs_completed,
             jobs_failed: self.jobs_failed,
             bytes_moved: self.bytes_finished + running,
-            sqes_submitted: self.ring.sqes_submitted,
-            enter_calls: self.ring.enter_calls,
+            sqes_submitted: self.io.ring.sqes_submitted,
+            enter_calls: self.io.ring.enter_calls,
             events_sent: self.events_sent,
             event_sends: self.event_sends,
             events_held: self.events_held,
@@ -1435,18 +1356,21 @@ impl Drop for Engine {
     /// The loop only ends with the table empty; if it ended early on an
     /// error, what the table holds is leaked rather than freed under the kernel.
     fn drop(&mut self) {
-        if !self.ops.is_empty() {
-            if self.ops.len() > self.closes_in_flight + usize::from(self.signal_op.is_some()) {
+        if !self.io.ops.is_empty() {
+            if self.io.ops.len() > self.closes_in_flight + usize::from(self.signal_op.is_some()) {
                 warn!(
-                    in_flight = self.ops.len(),
+                    in_flight = self.io.ops.len(),
                     "engine dropped with operations in flight"
                 );
             }
             debug!(
-                in_flight = self.ops.len(),
+                in_flight = self.io.ops.len(),
                 "leaking the op table rather than freeing what the kernel may still touch"
             );
-            std::mem::forget(std::mem::replace(&mut self.ops, OpTable::with_capacity(0)));
+            std::mem::forget(std::mem::replace(
+                &mut self.io.ops,
+                OpTable::with_capacity(0),
+            ));
             // Buffers an operation may still read or write are leaked too.
             if let Ok(empty) = BufferPool::new(0, buffer_pool::BUFFER_ALIGN) {
                 std::mem::forget(std::mem::replace(&mut self.buffers, empty));

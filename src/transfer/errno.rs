@@ -11,13 +11,9 @@
 
 use ringxfer_ipc::FailureKind;
 
-/// The kernel's ERESTART* codes (include/linux/errno.h). They are not meant
-/// to reach user space, but can leak out of an interrupted io-wq worker; they
-/// mean the same as EINTR.
-pub const ERESTARTSYS: i32 = 512;
-pub const ERESTARTNOINTR: i32 = 513;
-pub const ERESTARTNOHAND: i32 = 514;
-pub const ERESTART_RESTARTBLOCK: i32 = 516;
+pub use crate::io::errno::{
+    interrupted, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK,
+};
 
 /// Which end of the job an operation touched: EAGAIN waits for the source to
 /// be readable or the destination to be writable.
@@ -42,14 +38,6 @@ pub enum Action {
 /// The entry of the table for `errno` met on `side`.
 pub fn classify(errno: i32, side: Side) -> (FailureKind, Action) {
     (failure_kind(errno), action(errno, side))
-}
-
-/// Whether `errno` only says the operation was interrupted.
-pub fn interrupted(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::EINTR | ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
-    )
 }
 
 /// Retry, wait or fail.

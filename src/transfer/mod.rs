@@ -19,10 +19,10 @@ use std::rc::Rc;
 
 use ringxfer_ipc::{FailureKind, Strategy, SubmitRequest};
 
-use crate::engine::buffer_pool::BufRef;
-use crate::engine::ops::{OpKind, Owner};
-use crate::engine::pipe_pool::Pipe;
-use crate::engine::queue::IoQueue;
+use crate::io::buffer_pool::BufRef;
+use crate::io::ops::{OpKind, Owner};
+use crate::io::pipe_pool::Pipe;
+use crate::io::Io;
 use buffered::BufferCopy;
 use splice::{Returned, SpliceCopy};
 
@@ -40,7 +40,7 @@ impl Mover {
         }
     }
 
-    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+    pub fn start(&mut self, owner: Owner, io: &mut Io) {
         match self {
             Mover::Splice(c) => c.start(owner, io),
             Mover::Buffered(c) => c.start(owner, io),
@@ -55,26 +55,14 @@ impl Mover {
         matches!(self, Mover::Buffered(c) if c.wants_buffer())
     }
 
-    pub fn add_pipe(
-        &mut self,
-        pipe: Rc<Pipe>,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn add_pipe(&mut self, pipe: Rc<Pipe>, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
             Mover::Splice(c) => c.add_pipe(pipe, owner, io, false, out),
             Mover::Buffered(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
-    pub fn add_buffer(
-        &mut self,
-        buf: BufRef,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn add_buffer(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
             Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
             Mover::Splice(_) => out.push(Returned::Buffer(buf)),
@@ -91,7 +79,7 @@ impl Mover {
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_resources: bool,
         out: &mut Vec<Returned>,
     ) {
@@ -106,13 +94,7 @@ impl Mover {
         }
     }
 
-    pub fn fail(
-        &mut self,
-        err: TransferError,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
             Mover::Splice(c) => c.fail(err, owner, io, out),
             Mover::Buffered(c) => c.fail(err, owner, io, out),
