@@ -1,5 +1,7 @@
-//! Jobs: admission, the callbacks of their operations, their last steps
-//! (fdatasync, verification) and their end.
+//! Jobs: admission's engine side (it gathers what the pure steps of
+//! admission/spec.rs decide on and starts the `JobSpec` they return), the
+//! callbacks of their operations, their last steps (fdatasync,
+//! verification) and their end.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
@@ -979,13 +981,13 @@ impl Engine {
         }
     }
 
+    /// Job `k` has ended: its final event to its owner and watchers, its
+    /// charges taken back, its descriptors to the closing thread.
     pub(super) fn finish_job(&mut self, k: usize) {
         let mut job = self.jobs.remove(k);
         self.job_ids.remove(&job.id);
-        let moved = job.copy.moved();
-        self.bytes_finished += moved;
+        self.bytes_finished += job.copy.moved();
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(job.started);
         if let Some(v) = job.verifier.as_ref() {
             match v.outcome() {
                 Ok(sums) => job.checksums = Some(sums),
@@ -994,8 +996,39 @@ impl Engine {
                 }
             }
         }
+        let (event, state) = self.final_event(&job, now);
+        let remaining = job.remaining();
+        self.release_user(&mut job, remaining);
+        self.remember(&job, now, state, &event);
+        for w in std::mem::take(&mut job.watchers) {
+            self.emit(w.session, &with_req(&event, w.req));
+        }
+        if let Some(ends) = job.copy.into_endpoints() {
+            self.doomed.extend([ends.src, ends.dst]);
+        }
+        if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
+            self.doomed.push(dir);
+        }
+        if let Some(sk) = job.session {
+            if let Some(session) = self.sessions.get_mut(sk) {
+                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
+                    session.jobs.swap_remove(pos);
+                }
+                session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
+            }
+            self.emit_final(sk, &event, job.quiet);
+            self.close_if_idle_half_closed(sk);
+            self.free_if_done(sk);
+        }
+    }
+
+    /// The final event of a job that ended (and its state for `Status`),
+    /// counted as completed or failed.
+    fn final_event(&mut self, job: &Job, now: Instant) -> (Event, JobState) {
+        let moved = job.copy.moved();
+        let elapsed = now.saturating_duration_since(job.started);
         let stats = &mut self.by_strategy[strategy_index(job.copy.strategy())];
-        let (event, state) = match job.failure() {
+        match job.failure() {
             None => {
                 self.jobs_completed += 1;
                 stats.jobs_completed += 1;
@@ -1030,9 +1063,13 @@ impl Engine {
                 };
                 (event, state)
             }
-        };
-        let remaining = job.remaining();
-        unqueue(&mut job, &mut self.users);
+        }
+    }
+
+    /// Takes an ended job off its user's counts (its `remaining` bytes
+    /// included), and forgets a user left with no job.
+    fn release_user(&mut self, job: &mut Job, remaining: u64) {
+        unqueue(job, &mut self.users);
         let last = self.users.get_mut(&job.uid).is_some_and(|u| {
             u.jobs -= 1.min(u.jobs);
             u.bytes = u.bytes.saturating_sub(remaining);
@@ -1041,6 +1078,10 @@ impl Engine {
         if last {
             self.forget_user(job.uid);
         }
+    }
+
+    /// Keeps an ended job for `Status` and `Wait`, the oldest making room.
+    fn remember(&mut self, job: &Job, now: Instant, state: JobState, event: &Event) {
         let mut info = job.info(now);
         info.state = state;
         info.rate = 0;
@@ -1051,26 +1092,6 @@ impl Engine {
             info,
             event: event.clone(),
         });
-        for w in std::mem::take(&mut job.watchers) {
-            self.emit(w.session, &with_req(&event, w.req));
-        }
-        if let Some(ends) = job.copy.into_endpoints() {
-            self.doomed.extend([ends.src, ends.dst]);
-        }
-        if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
-            self.doomed.push(dir);
-        }
-        if let Some(sk) = job.session {
-            if let Some(session) = self.sessions.get_mut(sk) {
-                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
-                    session.jobs.swap_remove(pos);
-                }
-                session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
-            }
-            self.emit_final(sk, &event, job.quiet);
-            self.close_if_idle_half_closed(sk);
-            self.free_if_done(sk);
-        }
     }
 }
 
