@@ -428,8 +428,8 @@ impl Engine {
         match decided {
             Ok(spec) => self.start_job(spec),
             Err(refused) => {
-                let session = self.sessions.get(k).map(|s| s.id);
-                debug!(?session, req, "refused: {}", refused.error);
+                let session = self.sessions.get(k).map_or(0, |s| s.id);
+                debug!(session, req, "refused: {}", refused.error);
                 self.refuse(k, req, refused.error, refused.fds.into_fds());
             }
         }
@@ -463,7 +463,7 @@ impl Engine {
         let (k, uid) = (spec.submitter.session, spec.submitter.uid);
         let (id, req, bytes, quiet) = (spec.id, spec.req, spec.bytes, spec.quiet);
         debug!(
-            session = self.sessions.get(k).map(|s| s.id),
+            session = self.sessions.get(k).map_or(0, |s| s.id),
             job = id,
             uid,
             tag = %spec.tag,

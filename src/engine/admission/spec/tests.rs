@@ -498,3 +498,47 @@ fn an_explicit_strategy_the_ends_cannot_take_is_refused() {
     let e = refused(decide(submit, src, destination(dir.path()), None, &cx), 2);
     assert!(e.message.contains("--buffers 0"), "{e}");
 }
+
+#[test]
+fn a_job_is_built_from_its_spec_as_admitted() {
+    use crate::engine::jobs::{Job, MoverPools, Phase};
+    use crate::engine::rate::TokenBucket;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut submit = request();
+    submit.offset = 100;
+    submit.dest_offset = 4096;
+    submit.length = Some(200);
+    submit.strategy = Strategy::Buffered;
+    submit.rate_limit = Some(1 << 20);
+    submit.truncate = true;
+    submit.detach = true;
+    let src = file_with(dir.path(), "src", 1000);
+    let spec = admitted(decide(
+        submit,
+        src,
+        destination(dir.path()),
+        None,
+        &context(),
+    ));
+    let pools = MoverPools {
+        fixed_buffers: false,
+        buffers_per_job: 2,
+        chunks_per_job: 2,
+    };
+    let now = Instant::now();
+    let global = TokenBucket::new(4 << 20, now);
+    let job = Job::from_spec(spec, pools, Some(&global), now);
+    assert_eq!(
+        (job.id, job.req, job.uid, job.session),
+        (42, 7, 1000, Some(3))
+    );
+    assert_eq!(job.copy.strategy(), Strategy::Buffered);
+    assert_eq!(job.copy.total(), Some(200));
+    assert_eq!(job.range, (100, 4096));
+    assert!(job.truncate && job.detach && !job.quiet && !job.auto);
+    assert_eq!(job.bucket.as_ref().map(TokenBucket::rate), Some(1 << 20));
+    assert_eq!(job.phase, Phase::Copy);
+    assert!(job.note.is_none(), "an explicit strategy needs no note");
+}
