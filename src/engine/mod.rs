@@ -266,76 +266,96 @@ pub struct Engine {
     bytes_finished: u64,
 }
 
+/// Refuses settings the engine cannot run with, and warns of a per-user
+/// job limit that the cap of a quarter of `--max-jobs` lowers.
+fn check_config(config: &EngineConfig) -> Result<(), EngineError> {
+    if config.pipes == 0
+        || config.chunks_per_job == 0
+        || config.max_jobs == 0
+        || config.buffers_per_job == 0
+    {
+        return Err(EngineError::Config(
+            "pipes, chunks per job, buffers per job and max jobs must each be at least 1".into(),
+        ));
+    }
+    if config.user_job_cap() < config.max_jobs_per_user {
+        warn!(
+            "--max-jobs-per-user {} is more than a quarter of --max-jobs {}: each user may have at most {} \
+             unfinished jobs, so one or two users cannot take every job",
+            config.max_jobs_per_user,
+            config.max_jobs,
+            config.user_job_cap()
+        );
+    }
+    Ok(())
+}
+
+/// The pipe pool: as many pipes as asked, or as the user's pipe budget
+/// allows, or as could be made (at least one).
+fn make_pipes(config: &EngineConfig) -> Result<PipePool, EngineError> {
+    let mut wanted = config.pipes;
+    if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
+        if budget < wanted {
+            warn!(
+                "pipe pool limited to {budget} pipes of {} bytes (asked for {wanted}): an unprivileged user's \
+                 pipes may hold {soft} pages in all (/proc/sys/fs/pipe-user-pages-soft); raise it, run as root, \
+                 or lower --pipe-size",
+                config.pipe_size
+            );
+            wanted = budget.max(1);
+        }
+    }
+    let (pipes, err) = PipePool::new(wanted, config.pipe_size);
+    if let Some(err) = err {
+        if pipes.total() == 0 {
+            return Err(EngineError::NoPipes(err));
+        }
+        warn!(
+            wanted,
+            made = pipes.total(),
+            "pipe pool is smaller than asked: {err}"
+        );
+    }
+    Ok(pipes)
+}
+
+/// Registers the buffer pool with the ring; without it (RLIMIT_MEMLOCK)
+/// the buffers are used unregistered, with plain READ/WRITE.
+fn register_buffers(ring: &mut Ring, buffers: &mut BufferPool) {
+    if buffers.total() == 0 {
+        return;
+    }
+    let iovecs = buffers.iovecs();
+    // SAFETY: the pool's memory stays allocated and unmoved until
+    // after the ring is closed (field order, and Drop leaks the pool
+    // while operations are in flight).
+    match unsafe { ring.register_buffers(&iovecs) } {
+        Ok(()) => buffers.mark_registered(),
+        Err(e) => warn!(
+            "registering {} I/O buffers of {} bytes with the ring failed ({e}); running with \
+             unregistered buffers (plain READ/WRITE). Registration pins memory, which counts \
+             against RLIMIT_MEMLOCK (now {} bytes) without CAP_IPC_LOCK: raise it \
+             (LimitMEMLOCK= in the unit, ulimit -l) to at least {} bytes",
+            buffers.total(),
+            buffers.buffer_size(),
+            buffer_pool::memlock_limit().map_or("unknown".into(), |l| l.to_string()),
+            buffers.total() * buffers.buffer_size() + (1 << 20),
+        ),
+    }
+}
+
 impl Engine {
     /// Makes the ring and the pools. Call it on the thread that will run the
     /// loop: the ring accepts submissions from that thread only.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
-        if config.pipes == 0
-            || config.chunks_per_job == 0
-            || config.max_jobs == 0
-            || config.buffers_per_job == 0
-        {
-            return Err(EngineError::Config(
-                "pipes, chunks per job, buffers per job and max jobs must each be at least 1"
-                    .into(),
-            ));
-        }
-        if config.user_job_cap() < config.max_jobs_per_user {
-            warn!(
-                "--max-jobs-per-user {} is more than a quarter of --max-jobs {}: each user may have at most {} \
-                 unfinished jobs, so one or two users cannot take every job",
-                config.max_jobs_per_user,
-                config.max_jobs,
-                config.user_job_cap()
-            );
-        }
+        check_config(&config)?;
         let mut ring = Ring::new(config.ring_entries, config.engine)?;
         if let Some(why) = &ring.fallback_reason {
             warn!("io_uring is unavailable ({why}); using the threads engine");
         }
-        let mut wanted = config.pipes;
-        if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
-            if budget < wanted {
-                warn!(
-                    "pipe pool limited to {budget} pipes of {} bytes (asked for {wanted}): an unprivileged user's \
-                     pipes may hold {soft} pages in all (/proc/sys/fs/pipe-user-pages-soft); raise it, run as root, \
-                     or lower --pipe-size",
-                    config.pipe_size
-                );
-                wanted = budget.max(1);
-            }
-        }
-        let (pipes, err) = PipePool::new(wanted, config.pipe_size);
-        if let Some(err) = err {
-            if pipes.total() == 0 {
-                return Err(EngineError::NoPipes(err));
-            }
-            warn!(
-                wanted,
-                made = pipes.total(),
-                "pipe pool is smaller than asked: {err}"
-            );
-        }
+        let pipes = make_pipes(&config)?;
         let mut buffers = BufferPool::new(config.buffers, config.buffer_size)?;
-        if buffers.total() > 0 {
-            let iovecs = buffers.iovecs();
-            // SAFETY: the pool's memory stays allocated and unmoved until
-            // after the ring is closed (field order, and Drop leaks the pool
-            // while operations are in flight).
-            match unsafe { ring.register_buffers(&iovecs) } {
-                Ok(()) => buffers.mark_registered(),
-                Err(e) => warn!(
-                    "registering {} I/O buffers of {} bytes with the ring failed ({e}); running with \
-                     unregistered buffers (plain READ/WRITE). Registration pins memory, which counts \
-                     against RLIMIT_MEMLOCK (now {} bytes) without CAP_IPC_LOCK: raise it \
-                     (LimitMEMLOCK= in the unit, ulimit -l) to at least {} bytes",
-                    buffers.total(),
-                    buffers.buffer_size(),
-                    buffer_pool::memlock_limit().map_or("unknown".into(), |l| l.to_string()),
-                    buffers.total() * buffers.buffer_size() + (1 << 20),
-                ),
-            }
-        }
+        register_buffers(&mut ring, &mut buffers);
         info!(
             engine = ring.kind().name(),
             ring_entries = config.ring_entries,

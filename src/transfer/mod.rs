@@ -353,9 +353,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Splits the plan into the descriptors, to share with operations, and
-    /// the rest.
-    pub fn into_parts(self) -> (Rc<Endpoints>, Shape) {
+    /// Splits the plan into the descriptors (for a strategy to share with
+    /// its operations) and the rest.
+    pub fn into_parts(self) -> (Endpoints, Shape) {
         let shape = Shape {
             src_start: self.src_start,
             dst_start: self.dst_start,
@@ -364,7 +364,7 @@ impl Plan {
             dst_append: self.dst_append,
             dst_size: self.dst_size,
         };
-        (Rc::new(self.ends), shape)
+        (self.ends, shape)
     }
 }
 
@@ -510,7 +510,33 @@ fn check(
 ) -> Result<Checked, TransferError> {
     let s = probe(src, src_stat, "source")?;
     let d = probe(dst, dst_stat, "destination")?;
-    for (which, p) in [("source", &s), ("destination", &d)] {
+    movable(&s, &d)?;
+    let dst_append = d.append && d.kind == FdKind::File;
+    if dst_append && req.dest_offset != 0 {
+        return Err(TransferError::new(
+            FailureKind::InvalidRequest,
+            "a destination offset was given but the destination file is open with O_APPEND, which writes at its end",
+        ));
+    }
+    let (total, length_requested) = extent(req, &s)?;
+    let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
+    Ok(Checked {
+        src_kind: s.kind,
+        dst_kind: d.kind,
+        total,
+        length_requested,
+        dst_append,
+        dst_size,
+        dio_align: [s.dio_align, d.dio_align],
+        src_owner: s.uid,
+        src_writable: s.access != libc::O_RDONLY,
+    })
+}
+
+/// Whether bytes can move from `s` to `d` at all: their kinds, and the
+/// direction each is open for.
+fn movable(s: &Probe, d: &Probe) -> Result<(), TransferError> {
+    for (which, p) in [("source", s), ("destination", d)] {
         if matches!(p.kind, FdKind::Directory | FdKind::Other) {
             return Err(TransferError::new(
                 FailureKind::InvalidRequest,
@@ -541,13 +567,12 @@ fn check(
             ),
         });
     }
-    let dst_append = d.append && d.kind == FdKind::File;
-    if dst_append && req.dest_offset != 0 {
-        return Err(TransferError::new(
-            FailureKind::InvalidRequest,
-            "a destination offset was given but the destination file is open with O_APPEND, which writes at its end",
-        ));
-    }
+    Ok(())
+}
+
+/// How much the job moves (`Plan::total`) and whether that was asked for,
+/// with the offsets checked against the source and the largest offset.
+fn extent(req: &SubmitRequest, s: &Probe) -> Result<(Option<u64>, bool), TransferError> {
     let (total, length_requested) = match (req.length, s.kind) {
         (Some(n), _) => (Some(n), true),
         // A regular file's size is a hint (see `Plan::total`), 0 included.
@@ -574,30 +599,16 @@ fn check(
             ),
         ));
     }
-    if req
-        .offset
-        .checked_add(total.unwrap_or(0))
-        .is_none_or(|end| end > i64::MAX as u64)
-        || req
-            .dest_offset
+    let fits = |start: u64| {
+        start
             .checked_add(total.unwrap_or(0))
-            .is_none_or(|end| end > i64::MAX as u64)
-    {
+            .is_some_and(|end| end <= i64::MAX as u64)
+    };
+    if !fits(req.offset) || !fits(req.dest_offset) {
         return Err(TransferError::new(
             FailureKind::InvalidRequest,
             "offset plus length exceeds the largest file offset (2^63 - 1)",
         ));
     }
-    let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
-    Ok(Checked {
-        src_kind: s.kind,
-        dst_kind: d.kind,
-        total,
-        length_requested,
-        dst_append,
-        dst_size,
-        dio_align: [s.dio_align, d.dio_align],
-        src_owner: s.uid,
-        src_writable: s.access != libc::O_RDONLY,
-    })
+    Ok((total, length_requested))
 }
