@@ -946,21 +946,26 @@ fn print_run_line(label: &str, c: Contender, out: &Outcome) {
 
 // ---------------------------------------------------------------------------
 
-fn run() -> Result<()> {
-    let cfg = settings()?;
-    let bin = daemon_binary()?;
+/// What the start of the run found out.
+struct Intro {
+    disk_total: u64,
+    disk_free: u64,
+    /// Whether the page cache can be dropped before each run.
+    cold: bool,
+    /// fio's version, if it is installed.
+    fio: Option<String>,
+}
 
-    let tmp = bench_dir("direct-")?;
-    let dir = tmp.path().to_path_buf();
-
+/// Says what the bench runs on and with; refuses a disk without room.
+fn intro(cfg: &Settings, bin: &Path, dir: &Path) -> Result<Intro> {
     let gib = cfg.size as f64 / GIB;
     println!("ringxfer direct bench (cold cache)");
     print_host(mem_available());
     println!("  load average at start: {}", loadavg());
-    println!("  dir {} ({})", dir.display(), fs_type(&dir));
-    println!("  device {}", block_device(&dir));
+    println!("  dir {} ({})", dir.display(), fs_type(dir));
+    println!("  device {}", block_device(dir));
     let (disk_total, disk_free) =
-        disk_space(&dir).ok_or_else(|| format!("statvfs {} failed", dir.display()))?;
+        disk_space(dir).ok_or_else(|| format!("statvfs {} failed", dir.display()))?;
     println!(
         "  disk size {:.2} GiB, free {:.2} GiB",
         disk_total as f64 / GIB,
@@ -984,7 +989,7 @@ fn run() -> Result<()> {
         cfg.send_size as f64 / GIB,
         cfg.rounds
     );
-    print_daemon(&bin, &cfg.daemon_args);
+    print_daemon(bin, &cfg.daemon_args);
 
     let cold = match drop_caches() {
         Ok(()) => {
@@ -1013,39 +1018,17 @@ fn run() -> Result<()> {
     println!("  note: cp copies with copy_file_range(2) where it can (coreutils >= 9): an in-kernel, page-cache copy on ext4");
     println!("  note: CPU = user+sys; daemon rows = the daemon's + this process's (client stub); dd/cp = the child's; send rows exclude the receiver thread; writeback by kernel flusher threads is not counted");
 
-    let src = dir.join("source.bin");
-    let t = Instant::now();
-    write_source(&src, cfg.size)?;
-    println!(
-        "  source written and synced in {:.2} s; O_DIRECT alignment: {}",
-        t.elapsed().as_secs_f64(),
-        dio_align(&src)
-    );
-    let src_file = File::open(&src).map_err(|e| format!("open {}: {e}", src.display()))?;
-
-    let socket = dir.join("d.sock");
-    let daemon = Daemon::start(&bin, &socket, &cfg.daemon_args)?;
-    let client = Client::connect(&socket).map_err(|e| format!("connect to the daemon: {e}"))?;
-    let send_samples = sample_offsets(cfg.send_size, 0x5EED);
-    let offsets = send_samples.clone();
-    let receiver = Receiver::start(RUN_TIMEOUT, move || Blocks::new(offsets.clone()))?;
-    let mut bench = Bench {
-        dir: dir.clone(),
-        src,
-        src_file,
-        size: cfg.size,
-        send_size: cfg.send_size,
+    Ok(Intro {
+        disk_total,
+        disk_free,
         cold,
         fio,
-        client,
-        daemon_cpu: DaemonCpu::new(daemon.pid()),
-        _daemon: daemon,
-        receiver,
-        send_samples,
-        runs: 0,
-    };
-    bench.daemon_cpu.print_source("");
+    })
+}
 
+/// The warm-up, then `cfg.rounds` rounds of every contender, in an order
+/// that rotates.
+fn measure(bench: &mut Bench, cfg: &Settings) -> Result<Vec<Row>> {
     let mut rows: Vec<Row> = COPIERS
         .iter()
         .chain(&CEILINGS)
@@ -1095,6 +1078,56 @@ fn run() -> Result<()> {
         }
     }
 
+    Ok(rows)
+}
+
+fn run() -> Result<()> {
+    let cfg = settings()?;
+    let bin = daemon_binary()?;
+
+    let tmp = bench_dir("direct-")?;
+    let dir = tmp.path().to_path_buf();
+
+    let Intro {
+        disk_total,
+        disk_free,
+        cold,
+        fio,
+    } = intro(&cfg, &bin, &dir)?;
+    let src = dir.join("source.bin");
+    let t = Instant::now();
+    write_source(&src, cfg.size)?;
+    println!(
+        "  source written and synced in {:.2} s; O_DIRECT alignment: {}",
+        t.elapsed().as_secs_f64(),
+        dio_align(&src)
+    );
+    let src_file = File::open(&src).map_err(|e| format!("open {}: {e}", src.display()))?;
+
+    let socket = dir.join("d.sock");
+    let daemon = Daemon::start(&bin, &socket, &cfg.daemon_args)?;
+    let client = Client::connect(&socket).map_err(|e| format!("connect to the daemon: {e}"))?;
+    let send_samples = sample_offsets(cfg.send_size, 0x5EED);
+    let offsets = send_samples.clone();
+    let receiver = Receiver::start(RUN_TIMEOUT, move || Blocks::new(offsets.clone()))?;
+    let mut bench = Bench {
+        dir: dir.clone(),
+        src,
+        src_file,
+        size: cfg.size,
+        send_size: cfg.send_size,
+        cold,
+        fio,
+        client,
+        daemon_cpu: DaemonCpu::new(daemon.pid()),
+        _daemon: daemon,
+        receiver,
+        send_samples,
+        runs: 0,
+    };
+    bench.daemon_cpu.print_source("");
+
+    let rows = measure(&mut bench, &cfg)?;
     println!(
         "  load average at the end: {} (the bench keeps about one CPU busy; more means other work ran)",
         loadavg()
@@ -1110,17 +1143,41 @@ fn row(rows: &[Row], c: Contender) -> &Row {
     rows.iter().find(|r| r.c == c).expect("a row")
 }
 
-fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: u64, dir: &Path) {
-    let gibps = |s: &Sample| Some(s.gibps());
-    let gibps_sync = |s: &Sample| s.gibps_sync();
-    let cpu = |s: &Sample| s.cpu_per_gib();
-    let unavailable = |r: &Row| {
-        r.unavailable
-            .as_ref()
-            .filter(|_| r.samples.is_empty())
-            .cloned()
-    };
+fn gibps(s: &Sample) -> Option<f64> {
+    Some(s.gibps())
+}
 
+fn gibps_sync(s: &Sample) -> Option<f64> {
+    s.gibps_sync()
+}
+
+fn cpu(s: &Sample) -> Option<f64> {
+    s.cpu_per_gib()
+}
+
+/// Why a contender has no figures, if it has none.
+fn unavailable(r: &Row) -> Option<String> {
+    r.unavailable
+        .as_ref()
+        .filter(|_| r.samples.is_empty())
+        .cloned()
+}
+
+/// fio's medians: reading, writing, both at once.
+type Fio = (Option<f64>, Option<f64>, Option<f64>);
+
+/// The two targets' ratios, per round and overall, and verdicts.
+struct Targets {
+    copy_ratio: Option<f64>,
+    copy_rounds: Vec<f64>,
+    copy_sync_rounds: Vec<f64>,
+    copy_verdict: Option<bool>,
+    send_ratio: Option<f64>,
+    send_rounds: Vec<f64>,
+    send_verdict: Option<bool>,
+}
+
+fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: u64, dir: &Path) {
     println!();
     println!(
         "results: median of {} round(s){}",
@@ -1132,7 +1189,22 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
         }
     );
 
-    // A. Copies.
+    report_copies(cfg, rows, dir);
+    let fio = report_ceiling(rows);
+    report_sends(cfg, rows);
+    println!();
+    let targets = report_targets(rows);
+    report_bounds(rows, fio);
+    let disk = serde_json::json!({
+        "fs": fs_type(dir),
+        "total_bytes": disk_total,
+        "free_bytes": disk_free,
+    });
+    print_json(cfg, rows, cold, disk, &targets, fio);
+}
+
+/// A. Copies.
+fn report_copies(cfg: &Settings, rows: &[Row], dir: &Path) {
     let dd = row(rows, Contender::Dd);
     println!(
         "A. cold copy, {} bytes ({:.3} GiB), {} on the same disk",
@@ -1167,8 +1239,10 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
             row_notes(r)
         );
     }
+}
 
-    // B. The ceiling.
+/// B. The ceiling: fio's figures.
+fn report_ceiling(rows: &[Row]) -> Fio {
     println!(
         "B. ceiling: fio --ioengine=io_uring --direct=1 --bs=1M --iodepth=16, same size, same disk"
     );
@@ -1193,7 +1267,11 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
         );
     }
 
-    // C. Sends.
+    (fio_read, fio_write, fio_both)
+}
+
+/// C. Sends.
+fn report_sends(cfg: &Settings, rows: &[Row]) {
     let splice_send = row(rows, Contender::SpliceSend);
     println!(
         "C. cold file -> loopback TCP, {} bytes ({:.3} GiB)",
@@ -1220,9 +1298,12 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
             row_notes(r)
         );
     }
+}
 
-    // The targets.
-    println!();
+/// The targets: direct copy against dd, direct send's CPU against splice's.
+fn report_targets(rows: &[Row]) -> Targets {
+    let dd = row(rows, Contender::Dd);
+    let splice_send = row(rows, Contender::SpliceSend);
     let direct_copy = row(rows, Contender::DirectCopy);
     let copy_rounds = per_round(direct_copy, dd, gibps);
     let copy_ratio = median(copy_rounds.clone());
@@ -1267,6 +1348,19 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
             None
         }
     };
+    Targets {
+        copy_ratio,
+        copy_rounds,
+        copy_sync_rounds,
+        copy_verdict,
+        send_ratio,
+        send_rounds,
+        send_verdict,
+    }
+}
+
+/// How close direct copy and dd come to what fio says the disk can do.
+fn report_bounds(rows: &[Row], (fio_read, fio_write, fio_both): Fio) {
     // A copy reads every byte and writes it once, so it cannot beat the
     // slower of fio's read and write alone. fio doing both at once (as a
     // copy does) is a reference, not a bound: how well the disk takes mixed
@@ -1298,7 +1392,18 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
             }
         }
     }
+}
 
+/// The figures as one line of JSON, for scripts.
+fn print_json(
+    cfg: &Settings,
+    rows: &[Row],
+    cold: bool,
+    disk: serde_json::Value,
+    t: &Targets,
+    fio: Fio,
+) {
+    let (fio_read, fio_write, fio_both) = fio;
     let contenders: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -1328,25 +1433,21 @@ fn report(cfg: &Settings, rows: &[Row], cold: bool, disk_total: u64, disk_free: 
         "rounds": cfg.rounds,
         "cold": cold,
         "daemon_args": cfg.daemon_args,
-        "disk": {
-            "fs": fs_type(dir),
-            "total_bytes": disk_total,
-            "free_bytes": disk_free,
-        },
+        "disk": disk,
         "contenders": contenders,
         "checks": {
             "direct_copy_vs_dd": {
-                "ratio": copy_ratio,
-                "per_round": copy_rounds,
-                "per_round_with_sync": copy_sync_rounds,
+                "ratio": t.copy_ratio,
+                "per_round": t.copy_rounds,
+                "per_round_with_sync": t.copy_sync_rounds,
                 "target": COPY_TARGET,
-                "pass": copy_verdict,
+                "pass": t.copy_verdict,
             },
             "direct_send_cpu_vs_splice_send_cpu": {
-                "ratio": send_ratio,
-                "per_round": send_rounds,
+                "ratio": t.send_ratio,
+                "per_round": t.send_rounds,
                 "target": SEND_CPU_TARGET,
-                "pass": send_verdict,
+                "pass": t.send_verdict,
             },
         },
         "fio": {

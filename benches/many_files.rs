@@ -168,7 +168,8 @@ fn timed(mut cmd: Command, daemon: Option<&DaemonCpu>) -> Result<(f64, f64, f64)
 
 fn run() -> Result<()> {
     let s = settings()?;
-    let cli = PathBuf::from(env!("CARGO_BIN_EXE_ringxfer"));
+    let cli = support::bin_override("ringxfer")?
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringxfer")));
     let daemon_bin = support::daemon_binary()?;
     let dir = support::bench_dir("ringxfer-many-files-")?;
     let src = dir.path().join("src");
@@ -244,26 +245,62 @@ fn run() -> Result<()> {
     }
     drop(daemon);
 
+    report(
+        &s,
+        &Figures {
+            cp_wall,
+            rx_wall,
+            cp_cpu,
+            rx_cpu,
+            rxd_cpu,
+            ratios,
+        },
+    );
+    // Removing every copy is what makes the next minute's inode allocation
+    // slow on this file system; it is the last thing the bench does.
+    drop(dir);
+    Ok(())
+}
+
+/// What the measured rounds gave, one entry per round.
+struct Figures {
+    cp_wall: Vec<f64>,
+    rx_wall: Vec<f64>,
+    cp_cpu: Vec<f64>,
+    rx_cpu: Vec<f64>,
+    rxd_cpu: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+fn report(s: &Settings, f: &Figures) {
+    let Figures {
+        cp_wall,
+        rx_wall,
+        cp_cpu,
+        rx_cpu,
+        rxd_cpu,
+        ratios,
+    } = f;
     let med = |v: &[f64]| support::median(v.to_vec()).unwrap_or(f64::NAN);
     println!("  rounds: {} (order swaps each round)", s.rounds);
     println!(
         "  cp -r            wall s: {}  median {:.3}  CPU s median {:.3}",
-        fmt3(&cp_wall),
-        med(&cp_wall),
-        med(&cp_cpu)
+        fmt3(cp_wall),
+        med(cp_wall),
+        med(cp_cpu)
     );
     println!(
         "  ringxfer copy -r wall s: {}  median {:.3}  CPU s median {:.3} CLI + {:.3} daemon",
-        fmt3(&rx_wall),
-        med(&rx_wall),
-        med(&rx_cpu),
-        med(&rxd_cpu)
+        fmt3(rx_wall),
+        med(rx_wall),
+        med(rx_cpu),
+        med(rxd_cpu)
     );
     println!(
         "  ringxfer / cp wall time per round: {}  median {:.2} ({})",
-        support::fmt_list(&ratios),
-        med(&ratios),
-        if med(&ratios) <= 1.0 {
+        support::fmt_list(ratios),
+        med(ratios),
+        if med(ratios) <= 1.0 {
             "ringxfer at least as fast"
         } else {
             "ringxfer slower"
@@ -276,7 +313,7 @@ fn run() -> Result<()> {
     let best_cp = cp_wall.iter().copied().fold(f64::INFINITY, f64::min);
     let clean: Vec<f64> = ratios
         .iter()
-        .zip(&cp_wall)
+        .zip(cp_wall.iter())
         .filter(|(_, &cp)| cp <= 1.5 * best_cp)
         .map(|(&r, _)| r)
         .collect();
@@ -292,11 +329,7 @@ fn run() -> Result<()> {
     }
     println!(
         "  files per second (median): cp {:.0}, ringxfer {:.0}",
-        s.files as f64 / med(&cp_wall),
-        s.files as f64 / med(&rx_wall)
+        s.files as f64 / med(cp_wall),
+        s.files as f64 / med(rx_wall)
     );
-    // Removing every copy is what makes the next minute's inode allocation
-    // slow on this file system; it is the last thing the bench does.
-    drop(dir);
-    Ok(())
 }

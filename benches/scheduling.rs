@@ -716,26 +716,15 @@ fn rate_accuracy(bin: &Path, args: &[String], secs: u64) -> Result<Vec<RateRow>>
 
 // ---------------------------------------------------------------------------
 
-fn run() -> Result<()> {
-    let cfg = settings()?;
-    let bin = daemon_binary()?;
-    let tmp = bench_dir("scheduling-")?;
-    let dir = tmp.path();
+/// `extra` flags, then the bench's RINGXFER_BENCH_DAEMON_ARGS.
+fn with_args(extra: &[&str], daemon_args: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    v.extend(daemon_args.iter().cloned());
+    v
+}
 
-    println!("ringxfer scheduling bench");
-    print_host(mem_available());
-    print_daemon(&bin, &cfg.daemon_args);
-    println!(
-        "  fairness: {JOBS} jobs, {WINDOWS} windows of 1 s at most; file copies of {:.2} GiB each",
-        cfg.fair_size as f64 / GIB
-    );
-    println!(
-        "  latency: {SMALL_JOBS} x {} KiB copies, {} round(s) after a warm-up; rate limits over {} s",
-        SMALL >> 10,
-        cfg.rounds,
-        cfg.rate_secs
-    );
-
+/// A: fairness between jobs, under three workloads.
+fn measure_fairness(cfg: &Settings, bin: &Path, dir: &Path) -> Result<Vec<Fairness>> {
     // A. Fairness.
     let t = Instant::now();
     let srcs: Vec<PathBuf> = (0..JOBS)
@@ -748,28 +737,18 @@ fn run() -> Result<()> {
         "  wrote {JOBS} sources in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let with = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend(cfg.daemon_args.iter().cloned());
-        v
-    };
+    let with = |extra: &[&str]| with_args(extra, &cfg.daemon_args);
     let fair = vec![
+        fairness(bin, &with(&[]), "zero -> /dev/null", SECOND, Workload::Zero)?,
         fairness(
-            &bin,
-            &with(&[]),
-            "zero -> /dev/null",
-            SECOND,
-            Workload::Zero,
-        )?,
-        fairness(
-            &bin,
+            bin,
             &with(&["--max-inflight", "3"]),
             "zero -> /dev/null, --max-inflight 3",
             SECOND,
             Workload::Zero,
         )?,
         fairness(
-            &bin,
+            bin,
             &with(&[]),
             "file -> file (hot)",
             FILE_WINDOW,
@@ -780,43 +759,62 @@ fn run() -> Result<()> {
         let _ = fs::remove_file(p);
     }
 
-    // B. Latency.
-    let lat = latency(&bin, &cfg.daemon_args, cfg.rounds, dir)?;
+    Ok(fair)
+}
 
-    // C. Rate limits.
-    let rates = rate_accuracy(&bin, &cfg.daemon_args, cfg.rate_secs)?;
-
+/// D: fairness between users, and one user's stalled jobs against
+/// another's copy (needs root, to connect as other uids).
+fn measure_users(cfg: &Settings, bin: &Path, dir: &Path) -> Result<(Vec<Fairness>, Vec<f64>)> {
+    let with = |extra: &[&str]| with_args(extra, &cfg.daemon_args);
     // D. Users: needs root, to connect as other uids.
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let mut users = Vec::new();
     let mut starve = Vec::new();
-    if root {
-        for (extra, inflight) in [
-            (&[][..], ""),
-            (&["--max-inflight", "3"][..], ", --max-inflight 3"),
+    for (extra, inflight) in [
+        (&[][..], ""),
+        (&["--max-inflight", "3"][..], ", --max-inflight 3"),
+    ] {
+        for (jobs, what) in [
+            ([2, 2, 2, 2], "2 jobs each"),
+            ([1, 2, 3, 4], "1, 2, 3, 4 jobs"),
         ] {
-            for (jobs, what) in [
-                ([2, 2, 2, 2], "2 jobs each"),
-                ([1, 2, 3, 4], "1, 2, 3, 4 jobs"),
-            ] {
-                users.push(user_fairness(
-                    &bin,
-                    &with(extra),
-                    &format!("4 users, {what}{inflight}"),
-                    jobs,
-                )?);
-            }
-        }
-        for round in 0..cfg.rounds.max(5) {
-            let ms = starvation_round(&bin, &cfg.daemon_args, dir, round)?;
-            starve.push(ms.unwrap_or(f64::INFINITY));
-            if ms.is_none() {
-                break;
-            }
+            users.push(user_fairness(
+                bin,
+                &with(extra),
+                &format!("4 users, {what}{inflight}"),
+                jobs,
+            )?);
         }
     }
+    for round in 0..cfg.rounds.max(5) {
+        let ms = starvation_round(bin, &cfg.daemon_args, dir, round)?;
+        starve.push(ms.unwrap_or(f64::INFINITY));
+        if ms.is_none() {
+            break;
+        }
+    }
+    Ok((users, starve))
+}
 
+/// One workload's row: its windows' Jain's indexes and per-job (or user)
+/// rates; whether every window met the target.
+fn print_fairness_row(f: &Fairness, note: &str) -> bool {
+    let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
+    let med = median(f.windows.clone()).unwrap_or(f64::NAN);
+    let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
+    println!(
+        "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}{note}",
+        f.name,
+        f.window.as_millis(),
+        f.windows.len(),
+        min,
+        med,
+        fmt_list(&f.per_job),
+        if pass { "PASS" } else { "FAIL" },
+    );
+    pass
+}
+
+fn report_fairness(fair: &[Fairness]) -> Vec<serde_json::Value> {
     println!();
     println!("A. fairness (Jain's index per window; target >= {JAIN_TARGET})");
     println!(
@@ -824,30 +822,22 @@ fn run() -> Result<()> {
         "workload", "window", "windows", "min", "median"
     );
     let mut fair_json = Vec::new();
-    for f in &fair {
-        let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
-        let med = median(f.windows.clone()).unwrap_or(f64::NAN);
-        let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
-        println!(
-            "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}{}",
-            f.name,
-            f.window.as_millis(),
-            f.windows.len(),
-            min,
-            med,
-            fmt_list(&f.per_job),
-            if pass { "PASS" } else { "FAIL" },
-            if f.windows.len() < 2 {
-                "  (too short: raise RINGXFER_BENCH_FAIR_SIZE)"
-            } else {
-                ""
-            }
-        );
+    for f in fair {
+        let short = if f.windows.len() < 2 {
+            "  (too short: raise RINGXFER_BENCH_FAIR_SIZE)"
+        } else {
+            ""
+        };
+        let pass = print_fairness_row(f, short);
         fair_json.push(serde_json::json!({
             "workload": f.name, "window_ms": f.window.as_millis() as u64, "windows": f.windows, "per_job_mib_s": f.per_job, "pass": pass,
         }));
     }
 
+    fair_json
+}
+
+fn report_latency(lat: &Latency) -> serde_json::Value {
     println!();
     println!("B. latency of {SMALL_JOBS} small jobs (ms; medians of rounds)");
     let med =
@@ -873,6 +863,14 @@ fn run() -> Result<()> {
         fmt_list(&lat.huge_rate)
     );
 
+    serde_json::json!({
+        "alone": {"all_done": at, "p50": a50, "p99": a99},
+        "busy": {"all_done": ab, "p50": b50, "p99": b99},
+        "ratio_all_done": ab / at,
+    })
+}
+
+fn report_rates(cfg: &Settings, rates: &[RateRow]) -> Vec<serde_json::Value> {
     println!();
     println!(
         "C. rate-limit accuracy over {} s (target within {:.0}%)",
@@ -884,7 +882,7 @@ fn run() -> Result<()> {
         "limit", "received", "ratio", "error", "daemon's rate"
     );
     let mut rate_json = Vec::new();
-    for r in &rates {
+    for r in rates {
         let ratio = r.measured_mib / r.limit_mib as f64;
         let pass = (ratio - 1.0).abs() <= RATE_TOLERANCE;
         println!(
@@ -901,6 +899,10 @@ fn run() -> Result<()> {
             "ratio": ratio, "daemon_rate_mib_s": r.reported_mib, "pass": pass,
         }));
     }
+    rate_json
+}
+
+fn report_users(root: bool, users: &[Fairness], starve: &[f64]) -> Vec<serde_json::Value> {
     println!();
     let mut users_json = Vec::new();
     if root {
@@ -909,20 +911,8 @@ fn run() -> Result<()> {
             "  {:<38} {:>7} {:>7} {:>6} {:>6}  per-user MiB/s",
             "workload", "window", "windows", "min", "median"
         );
-        for f in &users {
-            let min = f.windows.iter().copied().fold(f64::INFINITY, f64::min);
-            let med = median(f.windows.clone()).unwrap_or(f64::NAN);
-            let pass = !f.windows.is_empty() && min >= JAIN_TARGET;
-            println!(
-                "  {:<38} {:>5}ms {:>7} {:>6.3} {:>6.3}  [{}] {}",
-                f.name,
-                f.window.as_millis(),
-                f.windows.len(),
-                min,
-                med,
-                fmt_list(&f.per_job),
-                if pass { "PASS" } else { "FAIL" },
-            );
+        for f in users {
+            let pass = print_fairness_row(f, "");
             users_json.push(serde_json::json!({
                 "workload": f.name, "windows": f.windows, "per_user_mib_s": f.per_job, "pass": pass,
             }));
@@ -930,7 +920,7 @@ fn run() -> Result<()> {
         let max = starve.iter().copied().fold(0.0, f64::max);
         if max.is_finite() {
             let min = starve.iter().copied().fold(f64::INFINITY, f64::min);
-            let med = median(starve.clone()).unwrap_or(f64::NAN);
+            let med = median(starve.to_vec()).unwrap_or(f64::NAN);
             println!(
                 "  another user's 1 MiB copy behind {STALLED} stalled jobs of one user: median {med:.1} ms, \
                  min {min:.1}, max {max:.1} over {} rounds (target < {STARVE_TARGET_MS} ms) {}",
@@ -952,15 +942,55 @@ fn run() -> Result<()> {
     } else {
         println!("D. users: skipped (needs root to connect as other users)");
     }
+    users_json
+}
+
+fn run() -> Result<()> {
+    let cfg = settings()?;
+    let bin = daemon_binary()?;
+    let tmp = bench_dir("scheduling-")?;
+    let dir = tmp.path();
+
+    println!("ringxfer scheduling bench");
+    print_host(mem_available());
+    print_daemon(&bin, &cfg.daemon_args);
+    println!(
+        "  fairness: {JOBS} jobs, {WINDOWS} windows of 1 s at most; file copies of {:.2} GiB each",
+        cfg.fair_size as f64 / GIB
+    );
+    println!(
+        "  latency: {SMALL_JOBS} x {} KiB copies, {} round(s) after a warm-up; rate limits over {} s",
+        SMALL >> 10,
+        cfg.rounds,
+        cfg.rate_secs
+    );
+
+    let fair = measure_fairness(&cfg, &bin, dir)?;
+
+    // B. Latency.
+    let lat = latency(&bin, &cfg.daemon_args, cfg.rounds, dir)?;
+
+    // C. Rate limits.
+    let rates = rate_accuracy(&bin, &cfg.daemon_args, cfg.rate_secs)?;
+
+    // D. Users: needs root, to connect as other uids.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (users, starve) = if root {
+        measure_users(&cfg, &bin, dir)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+
+    let fair_json = report_fairness(&fair);
+    let latency_json = report_latency(&lat);
+    let rate_json = report_rates(&cfg, &rates);
+    let users_json = report_users(root, &users, &starve);
     let json = serde_json::json!({
         "bench": "scheduling",
         "users": users_json,
         "fairness": fair_json,
-        "latency_ms": {
-            "alone": {"all_done": at, "p50": a50, "p99": a99},
-            "busy": {"all_done": ab, "p50": b50, "p99": b99},
-            "ratio_all_done": ab / at,
-        },
+        "latency_ms": latency_json,
         "rate_limits": rate_json,
     });
     println!("RESULT_JSON {json}");

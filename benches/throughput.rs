@@ -579,15 +579,11 @@ fn print_group(title: &str, rows: &[Summary]) {
 
 // ---------------------------------------------------------------------------
 
-fn run() -> Result<()> {
-    let cfg = settings()?;
+/// Checks there is room for the bench, and says what it will measure on
+/// which machine.
+fn intro(cfg: &Settings, bin: &Path, dir: &Path) -> Result<()> {
     let gib = cfg.size as f64 / GIB;
-    let bin = daemon_binary()?;
-
-    let tmp = bench_dir("throughput-")?;
-    let dir = tmp.path().to_path_buf();
-
-    if let Some((_, free)) = disk_space(&dir) {
+    if let Some((_, free)) = disk_space(dir) {
         if free < cfg.size.saturating_mul(3) {
             return Err(format!(
                 "{} has {:.2} GiB free; this size needs about {:.2} GiB",
@@ -605,8 +601,8 @@ fn run() -> Result<()> {
         "  size {} bytes ({gib:.3} GiB), {} measured round(s) after 1 warm-up round",
         cfg.size, cfg.rounds
     );
-    println!("  dir {} ({})", dir.display(), fs_type_note(&dir));
-    print_daemon(&bin, &cfg.daemon_args);
+    println!("  dir {} ({})", dir.display(), fs_type_note(dir));
+    print_daemon(bin, &cfg.daemon_args);
     println!("  note: std::io::copy between two Files uses copy_file_range(2) on Linux (an in-kernel copy)");
     println!("  note: CPU = user+sys; daemon rows = the daemon's CPU + this process's (client stub); TCP rows exclude the receiver thread");
     if let Some(m) = mem {
@@ -617,44 +613,13 @@ fn run() -> Result<()> {
         }
     }
 
-    let src = dir.join("source.bin");
-    let t = Instant::now();
-    let want = make_source(&src, cfg.size)?;
-    println!(
-        "  source written, synced and read once in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    Ok(())
+}
 
-    let socket = dir.join("d.sock");
-    let daemon = Daemon::start(&bin, &socket, &cfg.daemon_args)?;
-    let daemon_client =
-        Client::connect(&socket).map_err(|e| format!("connect to the daemon: {e}"))?;
-    let (engine, stream) =
-        EmbeddedEngine::start().map_err(|e| format!("start the embedded engine: {e}"))?;
-    let embedded_client =
-        Client::from_stream(stream).map_err(|e| format!("embedded engine handshake: {e}"))?;
-    let receiver = Receiver::start(Duration::from_secs(600), Edges::new)?;
-    let mut buf = vec![0u8; BUF_SIZE];
-    buf.fill(0xA5); // touch every page now, not while measuring
-
-    let mut bench = Bench {
-        dir: dir.clone(),
-        src,
-        want,
-        daemon_client,
-        embedded_client: Some(embedded_client),
-        daemon_cpu: DaemonCpu::new(daemon.pid()),
-        _daemon: daemon,
-        receiver,
-        buf,
-        prev_dst: None,
-        last_note: String::new(),
-    };
-
-    bench
-        .daemon_cpu
-        .print_source("; = utime+stime of /proc/PID/stat");
-
+/// The warm-up round, then `cfg.rounds` measured ones; each group's
+/// contenders take turns, in an order that rotates every round.
+fn measure(bench: &mut Bench, cfg: &Settings) -> Result<[Vec<Vec<Sample>>; 2]> {
+    let gib = cfg.size as f64 / GIB;
     let copiers = COPIERS.to_vec();
     let groups: [&[Contender]; 2] = [&copiers, &SENDERS];
     let mut samples: [Vec<Vec<Sample>>; 2] = [
@@ -696,6 +661,11 @@ fn run() -> Result<()> {
         let _ = fs::remove_file(prev);
     }
 
+    Ok(samples)
+}
+
+fn report(cfg: &Settings, samples: &[Vec<Vec<Sample>>; 2]) {
+    let copiers = COPIERS.to_vec();
     let copy = summarize(&copiers, &samples[0], cfg.size);
     let send = summarize(&SENDERS, &samples[1], cfg.size);
     let all: Vec<&Summary> = copy.iter().chain(send.iter()).collect();
@@ -764,6 +734,17 @@ fn run() -> Result<()> {
         fmt_list(&splice_check.per_round)
     );
 
+    print_json(
+        cfg,
+        &all,
+        [&copy_check, &send_check, &embedded_check, &splice_check],
+    );
+}
+
+/// The figures as one line of JSON, for scripts.
+fn print_json(cfg: &Settings, all: &[&Summary], checks: [&Check; 4]) {
+    let copiers = COPIERS.to_vec();
+    let [copy_check, send_check, embedded_check, splice_check] = checks;
     let contenders: Vec<serde_json::Value> = all
         .iter()
         .map(|s| {
@@ -795,13 +776,63 @@ fn run() -> Result<()> {
         "daemon_args": cfg.daemon_args,
         "contenders": contenders,
         "checks": {
-            "daemon_copy_vs_best_peer": check_json(&copy_check),
-            "daemon_send_vs_sendfile": check_json(&send_check),
-            "daemon_copy_vs_embedded": check_json(&embedded_check),
-            "daemon_copy_vs_splice_loop": check_json(&splice_check),
+            "daemon_copy_vs_best_peer": check_json(copy_check),
+            "daemon_send_vs_sendfile": check_json(send_check),
+            "daemon_copy_vs_embedded": check_json(embedded_check),
+            "daemon_copy_vs_splice_loop": check_json(splice_check),
         },
     });
     println!("RESULT_JSON {json}");
+}
+
+fn run() -> Result<()> {
+    let cfg = settings()?;
+    let bin = daemon_binary()?;
+
+    let tmp = bench_dir("throughput-")?;
+    let dir = tmp.path().to_path_buf();
+
+    intro(&cfg, &bin, &dir)?;
+    let src = dir.join("source.bin");
+    let t = Instant::now();
+    let want = make_source(&src, cfg.size)?;
+    println!(
+        "  source written, synced and read once in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let socket = dir.join("d.sock");
+    let daemon = Daemon::start(&bin, &socket, &cfg.daemon_args)?;
+    let daemon_client =
+        Client::connect(&socket).map_err(|e| format!("connect to the daemon: {e}"))?;
+    let (engine, stream) =
+        EmbeddedEngine::start().map_err(|e| format!("start the embedded engine: {e}"))?;
+    let embedded_client =
+        Client::from_stream(stream).map_err(|e| format!("embedded engine handshake: {e}"))?;
+    let receiver = Receiver::start(Duration::from_secs(600), Edges::new)?;
+    let mut buf = vec![0u8; BUF_SIZE];
+    buf.fill(0xA5); // touch every page now, not while measuring
+
+    let mut bench = Bench {
+        dir: dir.clone(),
+        src,
+        want,
+        daemon_client,
+        embedded_client: Some(embedded_client),
+        daemon_cpu: DaemonCpu::new(daemon.pid()),
+        _daemon: daemon,
+        receiver,
+        buf,
+        prev_dst: None,
+        last_note: String::new(),
+    };
+
+    bench
+        .daemon_cpu
+        .print_source("; = utime+stime of /proc/PID/stat");
+
+    let samples = measure(&mut bench, &cfg)?;
+    report(&cfg, &samples);
 
     // Close the embedded engine's connection before joining its thread.
     bench.embedded_client = None;

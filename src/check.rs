@@ -11,12 +11,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use io_uring::{opcode, IoUring, Probe};
+use io_uring::IoUring;
 
-use crate::engine::buffer_pool::BufferPool;
-use crate::engine::pipe_pool::pipe_budget;
-use crate::engine::unavailable;
-use crate::engine::EngineKind;
+use crate::io::buffer_pool::BufferPool;
+use crate::io::opcodes::{Opcode, OPCODES};
+use crate::io::pipe_pool::pipe_budget;
+use crate::io::ring::setup_uring;
+use crate::io::unavailable;
+use crate::io::{EngineError, EngineKind};
 use crate::settings::keys::{self, show_size};
 use crate::settings::{Origin, Settings};
 use crate::transfer::dio;
@@ -135,11 +137,12 @@ pub fn run(settings: &Settings, paths: &[PathBuf]) -> Report {
     let ring = ring_setup(&mut report, settings);
     // The ring's opcodes, flags and registered buffers matter only to the
     // io_uring engine; under threads they would be warnings about nothing.
-    if let (Some(ring), Some(EngineKind::Uring)) = (ring, report.engine) {
+    if settings.engine != EngineKind::Threads {
         opcodes(&mut report, &ring);
+    }
+    if let (Ok(ring), Some(EngineKind::Uring)) = (ring, report.engine) {
         setup_flags(&mut report, settings.ring_entries);
-        drop(ring);
-        registered_buffers(&mut report, settings);
+        registered_buffers(&mut report, settings, ring);
     }
     pipes(&mut report, settings);
     open_files(&mut report, settings);
@@ -196,41 +199,31 @@ fn engine_for(configured: EngineKind, io_uring_works: bool) -> Option<EngineKind
     }
 }
 
-/// io_uring_setup with the configured entries, as the engine's fallback
-/// (no flags) makes it: whether io_uring is there at all, and if not, why;
-/// then which engine the daemon would run (`report.engine`) and why. Under
-/// `threads` the probe is only information.
-fn ring_setup(report: &mut Report, settings: &Settings) -> Option<IoUring> {
+/// The engine's own io_uring set-up (io::ring::setup_uring: the configured
+/// entries, its flags, its opcode check and restrictions): whether io_uring
+/// is there at all, and if not, why; then which engine the daemon would run
+/// (`report.engine`) and why. Under `threads` the probe is only information.
+fn ring_setup(report: &mut Report, settings: &Settings) -> Result<IoUring, EngineError> {
     let entries = settings.ring_entries;
     let configured = settings.engine;
     let chosen = match settings.origin(&keys::ENGINE) {
         Origin::Default => format!("engine = {} (the default)", configured.name()),
         origin => format!("engine = {} ({origin})", configured.name()),
     };
-    let built = IoUring::builder()
-        .setup_cqsize(entries.saturating_mul(4))
-        .build(entries);
+    let built = setup_uring(entries).map(|(ring, _)| ring);
     report.engine = engine_for(configured, built.is_ok());
-    let (ring, failure) = match built {
-        Ok(ring) => (Some(ring), None),
-        Err(e) => (None, Some(e)),
-    };
     let setup = format!("io_uring_setup with {entries} entries");
-    let (level, text) = match (&failure, report.engine) {
-        (None, Some(EngineKind::Uring)) => (
+    let (level, text) = match (&built, report.engine) {
+        (Ok(_), Some(EngineKind::Uring)) => (
             Level::Ok,
             format!("{setup} succeeded: the daemon will use io_uring"),
         ),
-        (None, _) => (
+        (Ok(_), _) => (
             Level::Info,
             format!("{setup} succeeded, but the daemon will not use it: {chosen}"),
         ),
-        (Some(e), engine) => {
-            let failed = format!(
-                "{setup} failed with {}: {}",
-                unavailable::errno_name(e),
-                unavailable::cause(e, entries)
-            );
+        (Err(e), engine) => {
+            let failed = setup_failure(&setup, e);
             match engine {
                 None => (
                     Level::Fail,
@@ -251,13 +244,13 @@ fn ring_setup(report: &mut Report, settings: &Settings) -> Option<IoUring> {
     };
     report.add(level, "io_uring", text);
     // One line that says what runs and why, whatever happened above.
-    let why = match (&failure, configured) {
+    let why = match (&built, configured) {
         (_, EngineKind::Threads) => format!("{chosen} asks for it"),
-        (None, _) => format!("{chosen} and io_uring_setup works"),
-        (Some(e), _) => format!(
-            "{chosen} and io_uring_setup fails with {}",
-            unavailable::errno_name(e)
-        ),
+        (Ok(_), _) => format!("{chosen} and io_uring_setup works"),
+        (Err(EngineError::MissingOpcodes(missing)), _) => {
+            format!("{chosen} and io_uring lacks {}", opcode_list(missing))
+        }
+        (Err(e), _) => format!("{chosen} and io_uring_setup fails with {}", short_cause(e)),
     };
     let text = match report.engine {
         Some(EngineKind::Uring) => format!("the daemon will run the io_uring engine: {why}"),
@@ -265,7 +258,36 @@ fn ring_setup(report: &mut Report, settings: &Settings) -> Option<IoUring> {
         None => format!("none: {why}, so the daemon will not start"),
     };
     report.add(Level::Info, "engine", text);
-    ring
+    built
+}
+
+/// Why the engine's ring set-up failed, after "io_uring_setup with N entries".
+fn setup_failure(setup: &str, e: &EngineError) -> String {
+    match e {
+        EngineError::RingSetup { cause, source, .. } => format!(
+            "{setup} failed with {}: {cause}",
+            unavailable::errno_name(source)
+        ),
+        EngineError::MissingOpcodes(missing) => format!(
+            "{setup} succeeded, but the kernel lacks operations the engine needs: {}",
+            opcode_list(missing)
+        ),
+        other => format!("{setup} failed: {other}"),
+    }
+}
+
+/// The errno of a failed set-up by name, or the whole error.
+fn short_cause(e: &EngineError) -> String {
+    match e {
+        EngineError::RingSetup { source, .. } => unavailable::errno_name(source),
+        other => other.to_string(),
+    }
+}
+
+/// "ftruncate, send_zc".
+fn opcode_list(ops: &[&Opcode]) -> String {
+    let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
+    names.join(", ")
 }
 
 /// Sets some set-up flags on a ring builder.
@@ -321,153 +343,48 @@ fn setup_flags(report: &mut Report, entries: u32) {
     }
 }
 
-/// What each opcode the engine submits is for; required ones the daemon
-/// cannot serve without.
-const OPCODES: &[(&str, u8, bool, &str)] = &[
-    (
-        "accept",
-        opcode::Accept::CODE,
-        true,
-        "accepts client connections",
-    ),
-    (
-        "recvmsg",
-        opcode::RecvMsg::CODE,
-        true,
-        "receives requests and their descriptors",
-    ),
-    (
-        "send",
-        opcode::Send::CODE,
-        true,
-        "sends events, and file-to-socket data",
-    ),
-    (
-        "read",
-        opcode::Read::CODE,
-        true,
-        "reads the signalfd; unregistered buffer reads",
-    ),
-    (
-        "poll_add",
-        opcode::PollAdd::CODE,
-        true,
-        "waits on stream sources and destinations",
-    ),
-    ("splice", opcode::Splice::CODE, true, "the splice strategy"),
-    (
-        "statx",
-        opcode::Statx::CODE,
-        true,
-        "admission: what a job's descriptors are, off the loop thread (a stalled FUSE or NFS getattr holds only its job)",
-    ),
-    (
-        "timeout",
-        opcode::Timeout::CODE,
-        true,
-        "rate limits and accept back-off",
-    ),
-    (
-        "async_cancel",
-        opcode::AsyncCancel::CODE,
-        true,
-        "cancels jobs and sessions",
-    ),
-    (
-        "close",
-        opcode::Close::CODE,
-        true,
-        "closes client descriptors off the loop thread",
-    ),
-    (
-        "read_fixed",
-        opcode::ReadFixed::CODE,
-        false,
-        "direct/uncached reads into registered buffers",
-    ),
-    (
-        "write_fixed",
-        opcode::WriteFixed::CODE,
-        false,
-        "direct/uncached writes from registered buffers",
-    ),
-    (
-        "write",
-        opcode::Write::CODE,
-        false,
-        "uncached writes; unregistered buffer writes",
-    ),
-    (
-        "send_zc",
-        opcode::SendZc::CODE,
-        false,
-        "zero-copy sends from registered buffers; without it the engine sends with plain SEND",
-    ),
-    ("fsync", opcode::Fsync::CODE, false, "jobs with fsync"),
-    (
-        "fallocate",
-        opcode::Fallocate::CODE,
-        false,
-        "direct: preallocates the destination",
-    ),
-    (
-        "ftruncate",
-        opcode::Ftruncate::CODE,
-        false,
-        "direct: trims the padded last block; in-place copies end at the copy's end",
-    ),
-    (
-        "linkat",
-        opcode::LinkAt::CODE,
-        false,
-        "detached copies: the daemon names the finished file",
-    ),
-    (
-        "renameat",
-        opcode::RenameAt::CODE,
-        false,
-        "detached copies: replacing an existing file",
-    ),
-    (
-        "unlinkat",
-        opcode::UnlinkAt::CODE,
-        false,
-        "detached copies: removing a hidden name after a failure",
-    ),
-];
-
-fn opcodes(report: &mut Report, ring: &IoUring) {
-    let mut probe = Probe::new();
-    if let Err(e) = ring.submitter().register_probe(&mut probe) {
-        report.add(
-            Level::Fail,
-            "opcodes",
-            format!(
-                "IORING_REGISTER_PROBE failed with {} (Linux before 5.6): the engine needs newer",
-                unavailable::errno_name(&e)
-            ),
-        );
-        return;
-    }
-    for &(name, code, required, role) in OPCODES {
-        let (level, text) = match (probe.is_supported(code), required) {
-            (true, _) => (Level::Ok, format!("supported ({role})")),
-            (false, true) => (
-                Level::Fail,
-                format!("NOT supported; the daemon needs it ({role})"),
-            ),
-            (false, false) => (
-                Level::Warn,
-                format!("not supported; jobs that need it fail or fall back ({role})"),
-            ),
-        };
-        report.add(level, format!("opcode {name}"), text);
+/// One line per opcode of the engine's list (io/opcodes.rs), from what the
+/// engine's own ring set-up found: all there if it succeeded, the ones it
+/// named missing if it refused. Nothing when it failed before asking.
+fn opcodes(report: &mut Report, setup: &Result<IoUring, EngineError>) {
+    let missing: &[&Opcode] = match setup {
+        Ok(_) => &[],
+        Err(EngineError::MissingOpcodes(missing)) => missing,
+        Err(_) => return,
+    };
+    for op in OPCODES {
+        let there = !missing.iter().any(|m| m.code == op.code);
+        let (level, text) = opcode_line(op, there, report.engine);
+        report.add(level, format!("opcode {}", op.name), text);
     }
 }
 
-/// Makes the configured buffer pool and registers it with a ring, as the
-/// engine does at start-up.
-fn registered_buffers(report: &mut Report, settings: &Settings) {
+/// The level and text of one opcode's line, given whether the kernel has
+/// it and the engine the daemon would run (`None`: it would not start).
+fn opcode_line(op: &Opcode, there: bool, engine: Option<EngineKind>) -> (Level, String) {
+    let role = op.role;
+    match (there, op.required, engine) {
+        (true, _, _) => (Level::Ok, format!("supported ({role})")),
+        (false, true, None) => (
+            Level::Fail,
+            format!("NOT supported; the daemon needs it ({role})"),
+        ),
+        (false, true, Some(_)) => (
+            Level::Warn,
+            format!(
+                "NOT supported; the io_uring engine needs it, so the daemon runs threads ({role})"
+            ),
+        ),
+        (false, false, _) => (
+            Level::Warn,
+            format!("not supported; jobs that need it fail or fall back ({role})"),
+        ),
+    }
+}
+
+/// Makes the configured buffer pool and registers it with the engine's
+/// ring, as the engine does at start-up.
+fn registered_buffers(report: &mut Report, settings: &Settings, ring: IoUring) {
     const TOPIC: &str = "registered buffers";
     if settings.buffers == 0 {
         report.add(
@@ -492,13 +409,6 @@ fn registered_buffers(report: &mut Report, settings: &Settings) {
         show_size(settings.buffer_size),
         show_size(total)
     );
-    let ring = match IoUring::new(8) {
-        Ok(ring) => ring,
-        Err(e) => {
-            report.add(Level::Fail, TOPIC, format!("no ring to try on: {e}"));
-            return;
-        }
-    };
     let iovecs = pool.iovecs();
     // SAFETY: the pool's memory stays allocated and unmoved until after the
     // ring is closed: the ring is dropped explicitly below, before the pool.
@@ -835,13 +745,51 @@ mod opcode_list_tests {
 
     #[test]
     fn the_probe_checks_exactly_the_opcodes_the_ring_allows() {
-        let mut probed: Vec<u8> = OPCODES.iter().map(|&(_, code, _, _)| code).collect();
-        let mut allowed = crate::engine::ring::ALLOWED_OPCODES.to_vec();
-        probed.sort_unstable();
-        allowed.sort_unstable();
-        assert_eq!(
-            probed, allowed,
-            "--check's OPCODES and ring::ALLOWED_OPCODES differ"
-        );
+        // --check reports on the engine's own set-up, over the one list.
+        let mut report = Report {
+            engine: Some(EngineKind::Uring),
+            ..Report::default()
+        };
+        let setup = setup_uring(8).map(|(ring, _)| ring);
+        if let Err(e) = &setup {
+            panic!("this kernel runs the engine's io_uring: {e}");
+        }
+        opcodes(&mut report, &setup);
+        let lines: Vec<&String> = report.facts.iter().map(|f| &f.topic).collect();
+        let listed: Vec<String> = OPCODES
+            .iter()
+            .map(|o| format!("opcode {}", o.name))
+            .collect();
+        assert_eq!(lines, listed.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_missing_opcode_is_reported_as_the_engine_treats_it() {
+        let Some(ftruncate) = crate::io::opcodes::find(io_uring::opcode::Ftruncate::CODE) else {
+            panic!("ftruncate is on the list");
+        };
+        // The engine refuses io_uring without it: with engine = uring the
+        // daemon would not start, with auto it runs threads.
+        assert!(ftruncate.required);
+        let missing: Result<IoUring, EngineError> =
+            Err(EngineError::MissingOpcodes(vec![ftruncate]));
+        for (engine, level) in [
+            (None, Level::Fail),
+            (Some(EngineKind::Threads), Level::Warn),
+        ] {
+            let mut report = Report {
+                engine,
+                ..Report::default()
+            };
+            opcodes(&mut report, &missing);
+            let line = report
+                .facts
+                .iter()
+                .find(|f| f.topic == "opcode ftruncate")
+                .expect("a line for ftruncate");
+            assert_eq!(line.level, level, "{engine:?}: {}", line.text);
+            let others = report.facts.iter().filter(|f| f.level != Level::Ok).count();
+            assert_eq!(others, 1, "only ftruncate is missing");
+        }
     }
 }

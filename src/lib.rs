@@ -11,6 +11,7 @@ pub mod duration;
 pub mod embedded;
 pub mod engine;
 pub mod fdtable;
+pub mod io;
 pub mod privileges;
 pub mod server;
 pub mod settings;

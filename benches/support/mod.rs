@@ -253,8 +253,30 @@ impl Drop for Daemon {
     }
 }
 
-/// `target/<profile>/ringxferd`: from Cargo, or next to this bench's executable.
+/// RINGXFER_BENCH_BIN_DIR: a directory holding another build's `ringxferd`
+/// and `ringxfer`, run instead of this build's (benches/before_after.sh uses
+/// it to time an older commit with the same bench code, interleaved).
+pub fn bin_override(name: &str) -> Result<Option<PathBuf>> {
+    let Some(dir) = std::env::var_os("RINGXFER_BENCH_BIN_DIR") else {
+        return Ok(None);
+    };
+    let p = Path::new(&dir).join(name);
+    if p.is_file() {
+        Ok(Some(p))
+    } else {
+        Err(format!(
+            "RINGXFER_BENCH_BIN_DIR={}: no {name} there",
+            Path::new(&dir).display()
+        ))
+    }
+}
+
+/// `target/<profile>/ringxferd`: RINGXFER_BENCH_BIN_DIR's, from Cargo, or
+/// next to this bench's executable.
 pub fn daemon_binary() -> Result<PathBuf> {
+    if let Some(p) = bin_override("ringxferd")? {
+        return Ok(p);
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_ringxferd") {
         let p = PathBuf::from(p);
         if p.is_file() {

@@ -188,7 +188,9 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 
 /// Runs a connection's events on the calling thread instead of the
 /// client's event thread, for as long as it lives: job callbacks, handle
-/// updates and subscribers then happen inside [`Dispatcher::dispatch`].
+/// updates and subscribers then happen inside [`Dispatcher::dispatch`]
+/// (but for the final event of a path helper's job, which the client's
+/// publishing thread delivers once the destination has its name).
 ///
 /// Meant for a thread that submits jobs in a loop and collects their
 /// completions between submissions: it saves the event thread's wake-ups,
@@ -226,6 +228,14 @@ impl Client {
     /// Moves event dispatch to the calling thread until the returned
     /// [`Dispatcher`] is dropped (see there). At most one at a time: a
     /// second waits for the first to be dropped.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let mut events = client.dispatch_here();
+    /// events.dispatch(Some(std::time::Duration::ZERO))?; // whatever has arrived
+    /// drop(events); // the event thread dispatches again
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
     pub fn dispatch_here(&self) -> Dispatcher<'_> {
         let inner = &self.inner;
         let mut pumping = lock(&inner.pumping);
@@ -251,6 +261,15 @@ impl Dispatcher<'_> {
     /// outstanding job has then been resolved with the reason
     /// ([`JobError::Disconnected`](crate::JobError::Disconnected)), as when
     /// the event thread sees the end. [`ClientError::Io`] if waiting failed.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let mut events = client.dispatch_here();
+    /// let n = events.dispatch(Some(Duration::from_millis(100)))?;
+    /// println!("{n} events dispatched");
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
     pub fn dispatch(&mut self, timeout: Option<Duration>) -> Result<usize, ClientError> {
         let inner = &self.client.inner;
         let fd = lock(&inner.reader).fd();

@@ -3,18 +3,26 @@
 //! Programs link this crate to hand transfers to `ringxferd`: they open the
 //! files or sockets themselves, pass the descriptors over the daemon's Unix
 //! socket, and are told when each transfer is done. The crate has no io_uring
-//! dependency; it needs only a Unix socket.
+//! dependency; it needs only a Unix socket. The messages and their codec
+//! come from `ringxfer-proto` (re-exported here as [`proto`] and
+//! [`codec`]), which a program speaking the protocol without this stub
+//! links on its own.
 
 pub mod batch;
 pub mod client;
-pub mod codec;
 mod destination;
 pub mod dispatch;
 pub mod fdpass;
-pub mod frame;
-pub mod proto;
 pub mod publish;
 pub mod socket_path;
+
+/// The protocol's messages, from `ringxfer-proto` (the crate a program or a
+/// language binding links to speak the protocol without this stub).
+pub use ringxfer_proto as proto;
+/// The frame codec, from `ringxfer-proto`.
+pub use ringxfer_proto::codec;
+/// The one deframer, daemon's and client's, from `ringxfer-proto`.
+pub use ringxfer_proto::frame;
 
 pub use batch::SubmitBatch;
 pub use client::{Client, ClientError, Completion, JobError, JobHandle, LostJob, TransferOptions};

@@ -28,9 +28,11 @@ use ringxfer_ipc::{Event, SubmitRequest};
 use slab::Slab;
 use tracing::error;
 
-use super::ops::{OpKind, Owner};
 use super::Engine;
-use crate::transfer::{FdStat, TransferError};
+use crate::io::ops::{OpKind, Owner};
+use crate::transfer::{FdStat, Stats, TransferError};
+
+pub(super) mod spec;
 
 /// The descriptors a client passed with a submit, while it is admitted.
 pub struct Submitted {
@@ -38,6 +40,26 @@ pub struct Submitted {
     pub dst: OwnedFd,
     /// The directory to publish in, if the job asked for that.
     pub dir: Option<OwnedFd>,
+}
+
+impl Submitted {
+    /// All of them, to close.
+    pub fn into_fds(self) -> impl Iterator<Item = OwnedFd> {
+        [self.src, self.dst].into_iter().chain(self.dir)
+    }
+}
+
+/// A submit whose statx ops are all back, for `Engine::admit_stated`.
+pub(super) struct Stated {
+    pub uid: u32,
+    pub id: u64,
+    pub submit: SubmitRequest,
+    pub fds: Submitted,
+    /// What statx said about the source and the destination.
+    pub stats: Stats,
+    /// And about the directory to publish in, if one came.
+    pub dir: spec::DirStat,
+    pub acknowledge: bool,
 }
 
 /// Indexes of `Admitting::stats` (and `OpKind::Statx`).
@@ -127,18 +149,15 @@ fn statx_flags(which: u8) -> (i32, u32) {
 impl Engine {
     /// Starts admitting a submit from session `k` (user `uid`): a statx of
     /// each descriptor through the ring. `admit_stated` takes it from there.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_admission(
         &mut self,
         k: usize,
         uid: u32,
         submit: SubmitRequest,
-        src: OwnedFd,
-        dst: OwnedFd,
-        dir: Option<OwnedFd>,
+        fds: Submitted,
         acknowledge: bool,
     ) {
-        let fds = Rc::new(Submitted { src, dst, dir });
+        let fds = Rc::new(fds);
         let id = self.next_job_id;
         self.next_job_id += 1;
         let key = self.admissions.pending.insert(Admitting {
@@ -160,7 +179,7 @@ impl Engine {
         ];
         for (which, fd) in targets.into_iter().flatten() {
             let (flags, mask) = statx_flags(which);
-            let queued = self.io().statx(
+            let queued = self.io.statx(
                 Owner::Admission(key),
                 OpKind::Statx(which),
                 &fds,
@@ -229,26 +248,25 @@ impl Engine {
                 return;
             }
         };
-        let Submitted { src, dst, dir } = fds;
         let live = a
             .session
             .filter(|&k| self.sessions.get(k).is_some_and(|s| !s.closing));
         let Some(k) = live else {
-            self.doomed.extend([src, dst].into_iter().chain(dir));
+            self.doomed.extend(fds.into_fds());
             return;
         };
         let [s, d, dir_stat] = a.stats;
         let missing = || Err(libc::EIO);
-        self.admit_stated(
-            k,
-            a.uid,
-            a.id,
-            a.submit,
-            [src, dst],
-            [s.unwrap_or_else(missing), d.unwrap_or_else(missing)],
-            dir.map(|dir| (dir, dir_stat.unwrap_or_else(missing))),
-            a.acknowledge,
-        );
+        let stated = Stated {
+            uid: a.uid,
+            id: a.id,
+            submit: a.submit,
+            stats: [s.unwrap_or_else(missing), d.unwrap_or_else(missing)],
+            dir: fds.dir.as_ref().map(|_| dir_stat.unwrap_or_else(missing)),
+            fds,
+            acknowledge: a.acknowledge,
+        };
+        self.admit_stated(k, stated);
         self.close_if_idle_half_closed(k);
     }
 

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use tracing::error;
 
-use super::ops::Owner;
 use super::Engine;
+use crate::io::ops::Owner;
 use ringxfer_ipc::proto::Event;
 
 /// The longest a held event waits.
@@ -55,7 +55,7 @@ impl Engine {
             self.held_sessions.push(k);
         }
         if self.hold_timer.is_none() {
-            match self.io().timeout(Owner::HoldTimer, HOLD_AT_MOST) {
+            match self.io.timeout(Owner::HoldTimer, HOLD_AT_MOST) {
                 Ok(ud) => self.hold_timer = Some(ud),
                 Err(e) => {
                     // Without the timer nothing would send them: send now.

@@ -109,7 +109,7 @@ impl Engine {
         {
             return;
         }
-        match self.io().timeout(Owner::Housekeeping, CHECK_EVERY) {
+        match self.io.timeout(Owner::Housekeeping, CHECK_EVERY) {
             Ok(ud) => self.connections.timer = Some(ud),
             Err(e) => error!("cannot queue the connection deadline timer: {e}"),
         }

@@ -1,27 +1,30 @@
-//! Jobs: admission, the callbacks of their operations, their last steps
-//! (fdatasync, verification) and their end.
+//! Jobs: admission's engine side (it gathers what the pure steps of
+//! admission/spec.rs decide on and starts the `JobSpec` they return), the
+//! callbacks of their operations, their last steps (fdatasync,
+//! verification) and their end.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::time::Instant;
 
 use ringxfer_ipc::{
     Checksums, Event, FailureKind, JobInfo, JobState, Priority, Strategy, SubmitRequest,
-    MAX_TAG_BYTES,
 };
 use tracing::debug;
 
-use super::buffer_pool::BufRef;
-use super::ops::{OpKind, Owner};
-use super::publish::{self, Publisher};
-use super::queue::IoQueue;
+use super::admission::spec::{self, Context, JobSpec, Limits, Load, Submitter};
+use super::admission::{Stated, Submitted};
+use super::publish::Publisher;
 use super::rate::TokenBucket;
 use super::shares::unqueue;
 use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
+use crate::io::buffer_pool::BufRef;
+use crate::io::ops::{OpKind, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
-use crate::transfer::choose::{choose, ChoiceInputs};
+use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::verify::Verifier;
-use crate::transfer::{plan, FdKind, FdStat, Mover, Plan, Stats, TransferError};
+use crate::transfer::{Endpoints, FdKind, Mover, Shape, TransferError};
 
 /// A connection following a job it did not submit (`Request::Wait`).
 pub(super) struct Watcher {
@@ -186,6 +189,122 @@ impl Job {
     }
 }
 
+/// What a job's mover borrows from the daemon's pools.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MoverPools {
+    /// The pool buffers are registered with the ring.
+    pub fixed_buffers: bool,
+    pub buffers_per_job: usize,
+    pub chunks_per_job: usize,
+}
+
+/// The state machine moving `ends` as `choice` says.
+fn mover(ends: Endpoints, shape: Shape, choice: Choice, pools: MoverPools) -> Mover {
+    let ends = Rc::new(ends);
+    let mode = match choice.strategy {
+        Strategy::Direct => IoMode::Direct {
+            align: choice.align,
+        },
+        Strategy::Uncached => IoMode::Uncached,
+        Strategy::Buffered => IoMode::Buffered,
+        Strategy::Auto | Strategy::Splice => {
+            return Mover::Splice(SpliceCopy::new(ends, shape, pools.chunks_per_job))
+        }
+    };
+    Mover::Buffered(BufferCopy::new(
+        ends,
+        shape,
+        mode,
+        pools.fixed_buffers,
+        pools.buffers_per_job,
+        choice.orig_dst_size,
+        choice.saved,
+    ))
+}
+
+impl Job {
+    /// The job an admitted `spec` runs as, started `now`; `global` is the
+    /// daemon's rate limit, if it has one.
+    pub fn from_spec(
+        spec: JobSpec,
+        pools: MoverPools,
+        global: Option<&TokenBucket>,
+        now: Instant,
+    ) -> Job {
+        let JobSpec {
+            ends,
+            shape,
+            mut choice,
+            ..
+        } = spec;
+        let note = choice.note.take();
+        let mut copy = mover(ends, shape, choice, pools);
+        let bucket = spec
+            .rate_limit
+            .filter(|&r| r > 0)
+            .map(|r| TokenBucket::new(r, now));
+        // Rate-limited work moves in small pieces, so the limit holds over
+        // short windows too.
+        let piece = [bucket.as_ref(), global]
+            .into_iter()
+            .flatten()
+            .map(TokenBucket::piece)
+            .min();
+        if let Some(piece) = piece {
+            copy.set_piece_limit(piece);
+        }
+        if spec.verify {
+            copy.checksum_source();
+        }
+        let publish = spec
+            .publish
+            .map(|p| Publisher::new(p.dir, p.name, p.staged, spec.id, spec.fsync));
+        Job {
+            id: spec.id,
+            req: spec.req,
+            tag: spec.tag,
+            uid: spec.submitter.uid,
+            session: Some(spec.submitter.session),
+            note,
+            auto: spec.auto,
+            copy,
+            started: now,
+            progress: spec.progress,
+            last_progress: now,
+            reported: 0,
+            queued: false,
+            queued_for: Resource::Pipe,
+            queue_seq: 0,
+            held: [0, 0],
+            moved_at: now,
+            priority: spec.priority,
+            detach: spec.detach,
+            quiet: spec.quiet,
+            fsync: spec.fsync,
+            verify: spec.verify,
+            bucket,
+            watchers: Vec::new(),
+            vtime: 0,
+            charged: 0,
+            throttled: false,
+            got_slot: false,
+            rate_mark: (now, 0),
+            rate: 0,
+            phase: Phase::Copy,
+            side_op: None,
+            verifier: None,
+            synced: false,
+            checksums: None,
+            range: (shape.src_start, shape.dst_start),
+            late_failure: None,
+            truncate: spec.truncate,
+            truncated: false,
+            publish,
+            fsize_limit: spec.fsize_limit,
+        }
+    }
+}
+
 pub(super) fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
@@ -231,6 +350,10 @@ impl Engine {
     /// Admits a job (or refuses it with `Failed`). `acknowledge`: send
     /// `Accepted`; jobs of a `SubmitBatch` that asked for neither progress
     /// nor detach go without, their id coming with their final event.
+    ///
+    /// The pipeline (admission/spec.rs): the checks needing no file system
+    /// here, then statx through the ring (admission.rs), then
+    /// `admit_stated`.
     pub(super) fn admit(
         &mut self,
         k: usize,
@@ -240,246 +363,125 @@ impl Engine {
         dir: Option<OwnedFd>,
         acknowledge: bool,
     ) {
-        let req = submit.req;
         let Some(session) = self.sessions.get(k) else {
             return;
         };
         let uid = session.peer.1;
-        let limit = |message: String| TransferError::new(FailureKind::LimitExceeded, message);
-        let user = self.users.get(&uid).copied().unwrap_or_default();
-        // Submits still being admitted count as jobs: each holds descriptors.
-        let admitting = &self.admissions;
-        let refusal = if let Some(e) = self.draining_refusal() {
-            Some(e)
-        } else if submit.tag.len() > MAX_TAG_BYTES {
-            Some(TransferError::new(
-                FailureKind::InvalidRequest,
-                format!(
-                    "the job's tag is {} bytes; a tag is at most {MAX_TAG_BYTES}",
-                    submit.tag.len()
-                ),
-            ))
-        } else if session.jobs.len() + admitting.of_session(k)
-            >= self.config.max_jobs_per_connection
-        {
-            Some(limit(format!(
-                "this connection already has {} unfinished jobs, the most allowed (--max-jobs-per-connection)",
-                self.config.max_jobs_per_connection
-            )))
-        } else if self.jobs.len() + admitting.len() >= self.config.max_jobs {
-            Some(limit(format!(
-                "the daemon already runs {} jobs, the most allowed (--max-jobs)",
-                self.config.max_jobs
-            )))
-        } else if user.jobs + admitting.of_user(uid) >= self.config.user_job_cap() {
-            Some(limit(format!(
-                "user {uid} already has {} unfinished jobs, the most allowed (--max-jobs-per-user, at \
-                 most a quarter of --max-jobs)",
-                self.config.user_job_cap()
-            )))
-        } else {
-            self.listener_address
-                .as_ref()
-                .and_then(|ours| super::loopback::refuse_loopback(ours, &src, &dst))
-        };
-        if let Some(e) = refusal {
-            return self.refuse(k, req, e, [src, dst].into_iter().chain(dir));
+        let fds = Submitted { src, dst, dir };
+        let limits = Limits::of(&self.config);
+        let checked = spec::precheck(
+            &submit,
+            uid,
+            self.draining_refusal(),
+            &self.load(k, uid),
+            &limits,
+        )
+        .and_then(|()| self.loopback_refusal(&fds));
+        match checked {
+            Ok(()) => self.start_admission(k, uid, submit, fds, acknowledge),
+            Err(e) => self.refuse(k, submit.req, e, fds.into_fds()),
         }
-        // What the descriptors are is asked through the ring (admission.rs);
-        // admission goes on in `admit_stated`.
-        self.start_admission(k, uid, submit, src, dst, dir, acknowledge);
+    }
+
+    /// What session `k`, user `uid` and the daemon hold now, submits being
+    /// admitted counted as jobs.
+    fn load(&self, k: usize, uid: u32) -> Load {
+        let user = self.users.get(&uid).copied().unwrap_or_default();
+        let session = self.sessions.get(k);
+        Load {
+            connection_jobs: session.map_or(0, |s| s.jobs.len()) + self.admissions.of_session(k),
+            jobs: self.jobs.len() + self.admissions.len(),
+            user_jobs: user.jobs + self.admissions.of_user(uid),
+            connection_bytes: session.map_or(0, |s| s.queued_bytes),
+            user_bytes: user.bytes,
+        }
+    }
+
+    /// A descriptor leading back to this daemon (see engine/loopback.rs).
+    fn loopback_refusal(&self, fds: &Submitted) -> Result<(), TransferError> {
+        let ours = self.listener_address.as_ref();
+        match ours.and_then(|ours| super::loopback::refuse_loopback(ours, &fds.src, &fds.dst)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Goes on admitting a submit of session `k` once statx said what its
-    /// descriptors are (`stats`, `dir`'s with it): plans the job, checks it
-    /// against the byte limits, chooses its strategy and starts it, or
-    /// refuses it with `Failed`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn admit_stated(
-        &mut self,
-        k: usize,
-        uid: u32,
-        id: u64,
-        submit: SubmitRequest,
-        [src, dst]: [OwnedFd; 2],
-        stats: Stats,
-        dir: Option<(OwnedFd, Result<FdStat, i32>)>,
-        acknowledge: bool,
-    ) {
-        let req = submit.req;
-        let (dir, dir_kind) = match dir {
-            Some((fd, stat)) => (Some(fd), stat.ok().map(|s| s.kind)),
-            None => (None, None),
-        };
-        let Some(session) = self.sessions.get(k) else {
-            self.doomed.extend([src, dst].into_iter().chain(dir));
+    /// descriptors are: decides its `JobSpec` and starts it, or refuses it
+    /// with `Failed`.
+    pub(super) fn admit_stated(&mut self, k: usize, stated: Stated) {
+        let Some(cx) = self.admission_context(k, stated.uid, stated.acknowledge) else {
+            self.doomed.extend(stated.fds.into_fds());
             return;
         };
-        let limit = |message: String| TransferError::new(FailureKind::LimitExceeded, message);
-        let user = self.users.get(&uid).copied().unwrap_or_default();
-        let session_id = session.id;
-        let session_queued = session.queued_bytes;
-        let (personality, fsize_limit) = (session.personality, session.fsize_limit);
-        let plan = match plan(src, dst, &submit, stats) {
-            Ok(plan) => plan,
+        let req = stated.submit.req;
+        let decided = spec::spec(
+            stated.id,
+            stated.submit,
+            stated.fds,
+            stated.stats,
+            stated.dir,
+            &cx,
+        );
+        match decided {
+            Ok(spec) => self.start_job(spec),
             Err(refused) => {
-                debug!(session = session_id, req, "refused: {}", refused.error);
-                return self.refuse(k, req, refused.error, refused.fds.into_iter().chain(dir));
+                let session = self.sessions.get(k).map_or(0, |s| s.id);
+                debug!(session, req, "refused: {}", refused.error);
+                self.refuse(k, req, refused.error, refused.fds.into_fds());
             }
-        };
-        // The client's RLIMIT_FSIZE binds what the daemon writes for it.
-        let fsize_limit = fsize_limit.filter(|_| plan.ends.dst_kind == FdKind::File);
-        if let Some(e) = crate::privileges::fsize_refusal(fsize_limit, plan.dst_start, plan.total) {
-            let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
-            return self.refuse(k, req, e, fds);
         }
-        let checked = match submit.publish.as_ref().filter(|_| dir.is_some()) {
-            Some(to) => publish::check(to, dir_kind, plan.ends.dst_kind).map(Some),
-            None => Ok(None),
-        };
-        let publish_to = match checked {
-            Ok(names) => names,
-            Err(e) => {
-                let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
-                return self.refuse(k, req, e, fds);
-            }
-        };
-        let bytes = plan.total.unwrap_or(0);
-        let over = |limit: u64, queued: u64| limit > 0 && queued.saturating_add(bytes) > limit;
-        let refusal = if over(self.config.max_queued_bytes_per_connection, session_queued) {
-            Some(limit(format!(
-                "this connection's jobs already have {session_queued} bytes to move; {bytes} more would pass \
-                 the limit of {} (--max-queued-bytes-per-connection)",
-                self.config.max_queued_bytes_per_connection
-            )))
-        } else if over(self.config.max_queued_bytes_per_user, user.bytes) {
-            Some(limit(format!(
-                "user {uid}'s jobs already have {} bytes to move; {bytes} more would pass the limit of {} \
-                 (--max-queued-bytes-per-user)",
-                user.bytes, self.config.max_queued_bytes_per_user
-            )))
-        } else if submit.verify {
-            verify_refusal(&plan)
-        } else {
-            None
-        };
-        if let Some(e) = refusal {
-            let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
-            return self.refuse(k, req, e, fds);
-        }
-        let inputs = ChoiceInputs {
-            direct_threshold: self.config.direct_threshold,
-            have_buffers: self.buffers.total() > 0,
-            buffer_size: self.buffers.buffer_size() as u64,
-        };
-        let choice = match choose(&plan, submit.strategy, inputs) {
-            Ok(choice) => choice,
-            Err(e) => {
-                let fds = [plan.ends.src, plan.ends.dst].into_iter().chain(dir);
-                return self.refuse(k, req, e, fds);
-            }
-        };
+    }
+
+    /// What the stated steps check a submit of session `k` (user `uid`)
+    /// against; `None` when the session is gone.
+    fn admission_context(&self, k: usize, uid: u32, acknowledge: bool) -> Option<Context> {
+        let session = self.sessions.get(k)?;
+        Some(Context {
+            submitter: Submitter {
+                session: k,
+                uid,
+                personality: session.personality,
+                fsize_limit: session.fsize_limit,
+            },
+            load: self.load(k, uid),
+            limits: Limits::of(&self.config),
+            choice: ChoiceInputs {
+                direct_threshold: self.config.direct_threshold,
+                have_buffers: self.buffers.total() > 0,
+                buffer_size: self.buffers.buffer_size() as u64,
+            },
+            acknowledge,
+        })
+    }
+
+    /// Starts an admitted job: its `Job`, the counts it is charged to,
+    /// `Accepted`, and its first operations.
+    fn start_job(&mut self, spec: JobSpec) {
+        let (k, uid) = (spec.submitter.session, spec.submitter.uid);
+        let (id, req, bytes, quiet) = (spec.id, spec.req, spec.bytes, spec.quiet);
         debug!(
-            session = session_id,
+            session = self.sessions.get(k).map_or(0, |s| s.id),
             job = id,
             uid,
-            tag = %submit.tag,
-            src = %plan.ends.src_kind,
-            dst = %plan.ends.dst_kind,
-            total = ?plan.total,
-            priority = %submit.priority,
-            rate_limit = ?submit.rate_limit,
-            detach = submit.detach,
+            tag = %spec.tag,
+            src = %spec.ends.src_kind,
+            dst = %spec.ends.dst_kind,
+            total = ?spec.shape.total,
+            priority = %spec.priority,
+            rate_limit = ?spec.rate_limit,
+            detach = spec.detach,
             "job admitted"
         );
-        let now = Instant::now();
-        let range = (plan.src_start, plan.dst_start);
-        let truncate = submit.truncate && plan.ends.dst_kind == FdKind::File && !plan.dst_append;
-        let publisher = publish_to
-            .zip(dir)
-            .map(|((name, staged), dir)| Publisher::new(dir, name, staged, id, submit.fsync));
-        let (ends, shape) = plan.into_parts();
-        let mut copy = match choice.strategy {
-            Strategy::Direct | Strategy::Uncached | Strategy::Buffered => {
-                Mover::Buffered(BufferCopy::new(
-                    ends,
-                    shape,
-                    match choice.strategy {
-                        Strategy::Direct => IoMode::Direct {
-                            align: choice.align,
-                        },
-                        Strategy::Uncached => IoMode::Uncached,
-                        _ => IoMode::Buffered,
-                    },
-                    self.buffers.registered(),
-                    self.config.buffers_per_job,
-                    choice.orig_dst_size,
-                    choice.saved,
-                ))
-            }
-            _ => Mover::Splice(SpliceCopy::new(ends, shape, self.config.chunks_per_job)),
+        let personality = spec.submitter.personality;
+        let pools = MoverPools {
+            fixed_buffers: self.buffers.registered(),
+            buffers_per_job: self.config.buffers_per_job,
+            chunks_per_job: self.config.chunks_per_job,
         };
-        let bucket = submit
-            .rate_limit
-            .filter(|&r| r > 0)
-            .map(|r| TokenBucket::new(r, now));
-        // Rate-limited work moves in small pieces, so the limit holds over
-        // short windows too.
-        let piece = [bucket.as_ref(), self.global_bucket.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(TokenBucket::piece)
-            .min();
-        if let Some(piece) = piece {
-            copy.set_piece_limit(piece);
-        }
-        if submit.verify {
-            copy.checksum_source();
-        }
-        let key = self.jobs.insert(Job {
-            id,
-            req,
-            tag: submit.tag,
-            uid,
-            session: Some(k),
-            note: choice.note,
-            auto: submit.strategy == Strategy::Auto,
-            copy,
-            started: now,
-            progress: submit.progress,
-            last_progress: now,
-            reported: 0,
-            queued: false,
-            queued_for: Resource::Pipe,
-            queue_seq: 0,
-            held: [0, 0],
-            moved_at: now,
-            priority: submit.priority,
-            detach: submit.detach,
-            quiet: !acknowledge,
-            fsync: submit.fsync,
-            verify: submit.verify,
-            bucket,
-            watchers: Vec::new(),
-            vtime: 0,
-            charged: 0,
-            throttled: false,
-            got_slot: false,
-            rate_mark: (now, 0),
-            rate: 0,
-            phase: Phase::Copy,
-            side_op: None,
-            verifier: None,
-            synced: false,
-            checksums: None,
-            range,
-            late_failure: None,
-            truncate,
-            truncated: false,
-            publish: publisher,
-            fsize_limit,
-        });
-        self.ops.set_personality(key, personality);
+        let job = Job::from_spec(spec, pools, self.global_bucket.as_ref(), Instant::now());
+        let key = self.jobs.insert(job);
+        self.io.ops.set_personality(key, personality);
         self.job_ids.insert(id, key);
         let usage = self.users.entry(uid);
         usage.jobs += 1;
@@ -488,15 +490,12 @@ impl Engine {
             session.jobs.push(key);
             session.queued_bytes += bytes;
         }
-        if acknowledge {
+        if !quiet {
             self.emit(k, &Event::Accepted { req, job: id });
         }
         if let Some(job) = self.jobs.get_mut(key) {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            job.copy.start(Owner::Job(key), &mut io);
+            let io = &mut self.io;
+            job.copy.start(Owner::Job(key), io);
         }
         self.after_job_step(key);
     }
@@ -525,18 +524,8 @@ impl Engine {
             OpKind::VerifyRead(_) => {
                 match self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
                     Some(v) => {
-                        let mut io = IoQueue {
-                            ring: &mut self.ring,
-                            ops: &mut self.ops,
-                        };
-                        v.on_complete(
-                            kind,
-                            result,
-                            buf,
-                            Owner::Job(k),
-                            &mut io,
-                            &mut self.returned,
-                        );
+                        let io = &mut self.io;
+                        v.on_complete(kind, result, buf, Owner::Job(k), io, &mut self.returned);
                     }
                     None => self.returned.extend(buf.map(Returned::Buffer)),
                 }
@@ -548,16 +537,13 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         job.copy.on_complete(
             kind,
             result,
             buf,
             Owner::Job(k),
-            &mut io,
+            io,
             yield_slots,
             &mut self.returned,
         );
@@ -568,14 +554,9 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(k) else {
             return;
         };
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match job.phase {
-            Phase::Copy => job
-                .copy
-                .fail(err, Owner::Job(k), &mut io, &mut self.returned),
+            Phase::Copy => job.copy.fail(err, Owner::Job(k), io, &mut self.returned),
             // The bytes are all in: a publish under way finishes (a cancel
             // arriving now is too late), and its own failure is its own.
             Phase::Publish => {}
@@ -586,7 +567,7 @@ impl Engine {
             Phase::Verify => {
                 job.late_failure.get_or_insert(err.clone());
                 if let Some(v) = job.verifier.as_mut() {
-                    v.fail(err, &mut io, &mut self.returned);
+                    v.fail(err, io, &mut self.returned);
                 }
             }
         }
@@ -685,11 +666,8 @@ impl Engine {
         // An entry left in the pipe queue is stale: the job queues again,
         // for a buffer.
         unqueue(job, &mut self.users);
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
-        job.copy.start(Owner::Job(k), &mut io);
+        let io = &mut self.io;
+        job.copy.start(Owner::Job(k), io);
     }
 
     /// Charges the bytes moved since the last step to the job's virtual
@@ -790,11 +768,8 @@ impl Engine {
         };
         if job.truncate && !job.truncated {
             let end = job.range.1.saturating_add(job.copy.moved());
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            match io.end_truncate(Owner::Job(k), &ends, end) {
+            let io = &mut self.io;
+            match io.end_truncate(Owner::Job(k), &ends, ends.dst.as_raw_fd(), end) {
                 Ok(ud) => {
                     job.phase = Phase::Truncate;
                     job.side_op = Some(ud);
@@ -809,10 +784,7 @@ impl Engine {
             return;
         }
         if job.fsync && !job.synced && ends.dst_kind == FdKind::File {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
+            let io = &mut self.io;
             match io.fdatasync(Owner::Job(k), &ends, ends.dst.as_raw_fd()) {
                 Ok(ud) => {
                     job.phase = Phase::Sync;
@@ -847,13 +819,10 @@ impl Engine {
                     "verification needs I/O buffers, and this daemon has none (--buffers 0)",
                 ));
                 if let Some(v) = job.verifier.as_mut() {
-                    let mut io = IoQueue {
-                        ring: &mut self.ring,
-                        ops: &mut self.ops,
-                    };
+                    let io = &mut self.io;
                     v.fail(
                         TransferError::new(FailureKind::InvalidRequest, "no buffers"),
-                        &mut io,
+                        io,
                         &mut self.returned,
                     );
                 }
@@ -934,11 +903,8 @@ impl Engine {
         if !p.has_work(success) {
             return false;
         }
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
-        p.start(success, Owner::Job(k), &ends, &mut io);
+        let io = &mut self.io;
+        p.start(success, Owner::Job(k), &ends, io);
         job.phase = Phase::Publish;
         !p.is_finished()
     }
@@ -948,11 +914,8 @@ impl Engine {
             return;
         };
         if let (Some(p), Some(ends)) = (job.publish.as_mut(), job.copy.endpoints()) {
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
-            p.on_complete(result, Owner::Job(k), &ends, &mut io);
+            let io = &mut self.io;
+            p.on_complete(result, Owner::Job(k), &ends, io);
         }
         self.after_job_step(k);
     }
@@ -974,13 +937,13 @@ impl Engine {
         }
     }
 
+    /// Job `k` has ended: its final event to its owner and watchers, its
+    /// charges taken back, its descriptors to the closing thread.
     pub(super) fn finish_job(&mut self, k: usize) {
         let mut job = self.jobs.remove(k);
         self.job_ids.remove(&job.id);
-        let moved = job.copy.moved();
-        self.bytes_finished += moved;
+        self.bytes_finished += job.copy.moved();
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(job.started);
         if let Some(v) = job.verifier.as_ref() {
             match v.outcome() {
                 Ok(sums) => job.checksums = Some(sums),
@@ -989,8 +952,39 @@ impl Engine {
                 }
             }
         }
+        let (event, state) = self.final_event(&job, now);
+        let remaining = job.remaining();
+        self.release_user(&mut job, remaining);
+        self.remember(&job, now, state, &event);
+        for w in std::mem::take(&mut job.watchers) {
+            self.emit(w.session, &with_req(&event, w.req));
+        }
+        if let Some(ends) = job.copy.into_endpoints() {
+            self.doomed.extend([ends.src, ends.dst]);
+        }
+        if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
+            self.doomed.push(dir);
+        }
+        if let Some(sk) = job.session {
+            if let Some(session) = self.sessions.get_mut(sk) {
+                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
+                    session.jobs.swap_remove(pos);
+                }
+                session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
+            }
+            self.emit_final(sk, &event, job.quiet);
+            self.close_if_idle_half_closed(sk);
+            self.free_if_done(sk);
+        }
+    }
+
+    /// The final event of a job that ended (and its state for `Status`),
+    /// counted as completed or failed.
+    fn final_event(&mut self, job: &Job, now: Instant) -> (Event, JobState) {
+        let moved = job.copy.moved();
+        let elapsed = now.saturating_duration_since(job.started);
         let stats = &mut self.by_strategy[strategy_index(job.copy.strategy())];
-        let (event, state) = match job.failure() {
+        match job.failure() {
             None => {
                 self.jobs_completed += 1;
                 stats.jobs_completed += 1;
@@ -1025,9 +1019,13 @@ impl Engine {
                 };
                 (event, state)
             }
-        };
-        let remaining = job.remaining();
-        unqueue(&mut job, &mut self.users);
+        }
+    }
+
+    /// Takes an ended job off its user's counts (its `remaining` bytes
+    /// included), and forgets a user left with no job.
+    fn release_user(&mut self, job: &mut Job, remaining: u64) {
+        unqueue(job, &mut self.users);
         let last = self.users.get_mut(&job.uid).is_some_and(|u| {
             u.jobs -= 1.min(u.jobs);
             u.bytes = u.bytes.saturating_sub(remaining);
@@ -1036,6 +1034,10 @@ impl Engine {
         if last {
             self.forget_user(job.uid);
         }
+    }
+
+    /// Keeps an ended job for `Status` and `Wait`, the oldest making room.
+    fn remember(&mut self, job: &Job, now: Instant, state: JobState, event: &Event) {
         let mut info = job.info(now);
         info.state = state;
         info.rate = 0;
@@ -1046,26 +1048,6 @@ impl Engine {
             info,
             event: event.clone(),
         });
-        for w in std::mem::take(&mut job.watchers) {
-            self.emit(w.session, &with_req(&event, w.req));
-        }
-        if let Some(ends) = job.copy.into_endpoints() {
-            self.doomed.extend([ends.src, ends.dst]);
-        }
-        if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
-            self.doomed.push(dir);
-        }
-        if let Some(sk) = job.session {
-            if let Some(session) = self.sessions.get_mut(sk) {
-                if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
-                    session.jobs.swap_remove(pos);
-                }
-                session.queued_bytes = session.queued_bytes.saturating_sub(remaining);
-            }
-            self.emit_final(sk, &event, job.quiet);
-            self.close_if_idle_half_closed(sk);
-            self.free_if_done(sk);
-        }
     }
 }
 
@@ -1093,33 +1075,4 @@ pub(super) fn with_req(event: &Event, req: u64) -> Event {
         _ => {}
     }
     event
-}
-
-/// Why a job asking for verification cannot have it, if it cannot.
-fn verify_refusal(plan: &Plan) -> Option<TransferError> {
-    let refuse = |why: &str| Some(TransferError::new(FailureKind::InvalidRequest, why));
-    if plan.ends.dst_kind != FdKind::File {
-        return refuse(&format!(
-            "cannot verify a transfer into a {}: what landed cannot be read back",
-            plan.ends.dst_kind
-        ));
-    }
-    if plan.ends.src_kind != FdKind::File {
-        return refuse(&format!(
-            "cannot verify a transfer from a {}: its bytes cannot be read again",
-            plan.ends.src_kind
-        ));
-    }
-    if plan.dst_append {
-        return refuse("cannot verify a transfer into an O_APPEND file: where its bytes land is not known in advance");
-    }
-    // SAFETY: F_GETFL only reads the descriptor's flags; the descriptor is
-    // open (the plan owns it).
-    let flags = unsafe { libc::fcntl(plan.ends.dst.as_raw_fd(), libc::F_GETFL) };
-    if flags >= 0 && flags & libc::O_ACCMODE == libc::O_WRONLY {
-        return refuse(
-            "verification reads the destination back, but it was opened write-only: open it read-write",
-        );
-    }
-    None
 }

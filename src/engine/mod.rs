@@ -7,81 +7,46 @@
 //! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
 
 mod admission;
-pub mod buffer_pool;
 mod coalesce;
 mod connections;
 mod control;
 mod fd_closer;
 mod jobs;
 mod loopback;
-pub mod ops;
-pub mod pipe_pool;
 mod publish;
-pub mod queue;
 pub mod rate;
-pub mod ring;
 pub mod scheduler;
 mod sessions;
 mod shares;
 mod shutdown;
 pub mod signals;
 mod slots;
-mod threads;
-pub mod unavailable;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::io::ring::Cqe;
 use io_uring::cqueue;
-use ring::Cqe;
 use ringxfer_ipc::{StatsReport, Strategy, StrategyStats};
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
+use crate::io::buffer_pool::{self, BufferPool};
+use crate::io::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use crate::io::pipe_pool::{self, PipePool};
+use crate::io::ring::Ring;
+use crate::io::Io;
+pub use crate::io::{EngineError, EngineKind};
 use crate::server::session::Session;
 use crate::transfer::splice::Returned;
 use crate::transfer::TransferError;
-use buffer_pool::BufferPool;
 use fd_closer::FdCloser;
 use jobs::{Finished, Job};
-use ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
-use pipe_pool::{PipeError, PipePool};
-use queue::IoQueue;
 use rate::TokenBucket;
-use ring::Ring;
 use scheduler::FairQueue;
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
-
-/// Which I/O back end the loop drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineKind {
-    /// io_uring; start-up fails if it is unavailable.
-    Uring,
-    /// Worker threads doing the same operations with plain syscalls.
-    Threads,
-    /// io_uring when the kernel allows it, else threads, saying why once.
-    Auto,
-}
-
-impl EngineKind {
-    /// The name used in flags, the config file and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Uring => "uring",
-            EngineKind::Threads => "threads",
-            EngineKind::Auto => "auto",
-        }
-    }
-
-    /// Parses `uring`, `threads` or `auto`.
-    pub fn parse(s: &str) -> Option<EngineKind> {
-        [EngineKind::Uring, EngineKind::Threads, EngineKind::Auto]
-            .into_iter()
-            .find(|k| k.name() == s)
-    }
-}
 
 /// Settings of one engine.
 #[derive(Debug, Clone)]
@@ -202,40 +167,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// Why the engine could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(
-        "io_uring_setup with {entries} entries failed with {}: {cause}",
-        unavailable::errno_name(source)
-    )]
-    RingSetup {
-        entries: u32,
-        /// What the errno means here and how to fix it.
-        cause: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "io_uring lacks operations the engine needs ({0}): the kernel is too old; \
-         upgrade it, or run --engine threads"
-    )]
-    MissingOpcodes(String),
-    #[error("the threads engine could not start: {0}")]
-    Threads(#[source] std::io::Error),
-    #[error("io_uring_enter failed: {source}")]
-    Enter {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no pipe could be made for the pipe pool: {0}")]
-    NoPipes(#[source] PipeError),
-    #[error("invalid setting: {0}")]
-    Config(String),
-    #[error("the I/O buffer pool: {0}")]
-    Buffers(#[from] buffer_pool::BufferError),
-}
-
 /// How long the listener waits before accepting again after running out of
 /// descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -248,8 +179,8 @@ const RECENT_JOBS: usize = 1024;
 /// The engine: everything the loop thread owns.
 pub struct Engine {
     config: EngineConfig,
-    ring: Ring,
-    ops: OpTable,
+    /// The ring and its op table (src/io).
+    io: Io,
     sessions: Slab<Session>,
     jobs: Slab<Job>,
     job_ids: HashMap<u64, usize>,
@@ -326,76 +257,96 @@ pub struct Engine {
     bytes_finished: u64,
 }
 
+/// Refuses settings the engine cannot run with, and warns of a per-user
+/// job limit that the cap of a quarter of `--max-jobs` lowers.
+fn check_config(config: &EngineConfig) -> Result<(), EngineError> {
+    if config.pipes == 0
+        || config.chunks_per_job == 0
+        || config.max_jobs == 0
+        || config.buffers_per_job == 0
+    {
+        return Err(EngineError::Config(
+            "pipes, chunks per job, buffers per job and max jobs must each be at least 1".into(),
+        ));
+    }
+    if config.user_job_cap() < config.max_jobs_per_user {
+        warn!(
+            "--max-jobs-per-user {} is more than a quarter of --max-jobs {}: each user may have at most {} \
+             unfinished jobs, so one or two users cannot take every job",
+            config.max_jobs_per_user,
+            config.max_jobs,
+            config.user_job_cap()
+        );
+    }
+    Ok(())
+}
+
+/// The pipe pool: as many pipes as asked, or as the user's pipe budget
+/// allows, or as could be made (at least one).
+fn make_pipes(config: &EngineConfig) -> Result<PipePool, EngineError> {
+    let mut wanted = config.pipes;
+    if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
+        if budget < wanted {
+            warn!(
+                "pipe pool limited to {budget} pipes of {} bytes (asked for {wanted}): an unprivileged user's \
+                 pipes may hold {soft} pages in all (/proc/sys/fs/pipe-user-pages-soft); raise it, run as root, \
+                 or lower --pipe-size",
+                config.pipe_size
+            );
+            wanted = budget.max(1);
+        }
+    }
+    let (pipes, err) = PipePool::new(wanted, config.pipe_size);
+    if let Some(err) = err {
+        if pipes.total() == 0 {
+            return Err(EngineError::NoPipes(err));
+        }
+        warn!(
+            wanted,
+            made = pipes.total(),
+            "pipe pool is smaller than asked: {err}"
+        );
+    }
+    Ok(pipes)
+}
+
+/// Registers the buffer pool with the ring; without it (RLIMIT_MEMLOCK)
+/// the buffers are used unregistered, with plain READ/WRITE.
+fn register_buffers(ring: &mut Ring, buffers: &mut BufferPool) {
+    if buffers.total() == 0 {
+        return;
+    }
+    let iovecs = buffers.iovecs();
+    // SAFETY: the pool's memory stays allocated and unmoved until
+    // after the ring is closed (field order, and Drop leaks the pool
+    // while operations are in flight).
+    match unsafe { ring.register_buffers(&iovecs) } {
+        Ok(()) => buffers.mark_registered(),
+        Err(e) => warn!(
+            "registering {} I/O buffers of {} bytes with the ring failed ({e}); running with \
+             unregistered buffers (plain READ/WRITE). Registration pins memory, which counts \
+             against RLIMIT_MEMLOCK (now {} bytes) without CAP_IPC_LOCK: raise it \
+             (LimitMEMLOCK= in the unit, ulimit -l) to at least {} bytes",
+            buffers.total(),
+            buffers.buffer_size(),
+            buffer_pool::memlock_limit().map_or("unknown".into(), |l| l.to_string()),
+            buffers.total() * buffers.buffer_size() + (1 << 20),
+        ),
+    }
+}
+
 impl Engine {
     /// Makes the ring and the pools. Call it on the thread that will run the
     /// loop: the ring accepts submissions from that thread only.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
-        if config.pipes == 0
-            || config.chunks_per_job == 0
-            || config.max_jobs == 0
-            || config.buffers_per_job == 0
-        {
-            return Err(EngineError::Config(
-                "pipes, chunks per job, buffers per job and max jobs must each be at least 1"
-                    .into(),
-            ));
-        }
-        if config.user_job_cap() < config.max_jobs_per_user {
-            warn!(
-                "--max-jobs-per-user {} is more than a quarter of --max-jobs {}: each user may have at most {} \
-                 unfinished jobs, so one or two users cannot take every job",
-                config.max_jobs_per_user,
-                config.max_jobs,
-                config.user_job_cap()
-            );
-        }
+        check_config(&config)?;
         let mut ring = Ring::new(config.ring_entries, config.engine)?;
         if let Some(why) = &ring.fallback_reason {
             warn!("io_uring is unavailable ({why}); using the threads engine");
         }
-        let mut wanted = config.pipes;
-        if let Some((budget, soft)) = pipe_pool::pipe_budget(config.pipe_size) {
-            if budget < wanted {
-                warn!(
-                    "pipe pool limited to {budget} pipes of {} bytes (asked for {wanted}): an unprivileged user's \
-                     pipes may hold {soft} pages in all (/proc/sys/fs/pipe-user-pages-soft); raise it, run as root, \
-                     or lower --pipe-size",
-                    config.pipe_size
-                );
-                wanted = budget.max(1);
-            }
-        }
-        let (pipes, err) = PipePool::new(wanted, config.pipe_size);
-        if let Some(err) = err {
-            if pipes.total() == 0 {
-                return Err(EngineError::NoPipes(err));
-            }
-            warn!(
-                wanted,
-                made = pipes.total(),
-                "pipe pool is smaller than asked: {err}"
-            );
-        }
+        let pipes = make_pipes(&config)?;
         let mut buffers = BufferPool::new(config.buffers, config.buffer_size)?;
-        if buffers.total() > 0 {
-            let iovecs = buffers.iovecs();
-            // SAFETY: the pool's memory stays allocated and unmoved until
-            // after the ring is closed (field order, and Drop leaks the pool
-            // while operations are in flight).
-            match unsafe { ring.register_buffers(&iovecs) } {
-                Ok(()) => buffers.mark_registered(),
-                Err(e) => warn!(
-                    "registering {} I/O buffers of {} bytes with the ring failed ({e}); running with \
-                     unregistered buffers (plain READ/WRITE). Registration pins memory, which counts \
-                     against RLIMIT_MEMLOCK (now {} bytes) without CAP_IPC_LOCK: raise it \
-                     (LimitMEMLOCK= in the unit, ulimit -l) to at least {} bytes",
-                    buffers.total(),
-                    buffers.buffer_size(),
-                    buffer_pool::memlock_limit().map_or("unknown".into(), |l| l.to_string()),
-                    buffers.total() * buffers.buffer_size() + (1 << 20),
-                ),
-            }
-        }
+        register_buffers(&mut ring, &mut buffers);
         info!(
             engine = ring.kind().name(),
             ring_entries = config.ring_entries,
@@ -413,8 +364,7 @@ impl Engine {
             .map_err(|e| warn!("cannot start the closing thread ({e}); closing through the ring"))
             .ok();
         Ok(Engine {
-            ring,
-            ops,
+            io: Io { ring, ops },
             sessions: Slab::with_capacity(64),
             jobs: Slab::with_capacity(256),
             job_ids: HashMap::with_capacity(256),
@@ -500,17 +450,10 @@ impl Engine {
         self.open_session(fd);
     }
 
-    fn io(&mut self) -> IoQueue<'_> {
-        IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        }
-    }
-
     /// The back end this engine runs on: `Uring` or `Threads` (never `Auto`:
     /// that choice is made at start-up).
     pub fn engine_kind(&self) -> EngineKind {
-        self.ring.kind()
+        self.io.ring.kind()
     }
 
     /// Runs the loop until a signal stops it (or, with `exit_when_idle`,
@@ -522,13 +465,13 @@ impl Engine {
         loop {
             // Closes in flight are the kernel's business now: they hold no
             // memory of ours, and a lingering socket may take its time.
-            let waiting_for = self.ops.len() - self.closes_in_flight;
+            let waiting_for = self.io.ops.len() - self.closes_in_flight;
             if self.stopping && waiting_for == 1 && !self.signal_cancelled {
                 // Only the signal read is left: nothing else can finish now,
                 // so take it back too, and exit once its completion is in.
                 if let Some(ud) = self.signal_op {
                     self.signal_cancelled = true;
-                    let _ = self.io().cancel(ud);
+                    let _ = self.io.cancel(ud);
                 }
             }
             if self.stop_now
@@ -536,19 +479,19 @@ impl Engine {
                 || (self.exit_when_idle
                     && self.sessions.is_empty()
                     && self.jobs.is_empty()
-                    && self.ops.is_empty())
+                    && self.io.ops.is_empty())
             {
                 break;
             }
-            if self.ops.is_empty() && !self.ring.has_queued() {
+            if self.io.ops.is_empty() && !self.io.ring.has_queued() {
                 // Nothing in flight and nothing to submit: waiting would never end.
                 error!("the loop has nothing in flight; stopping");
                 break;
             }
-            self.ring.submit(1)?;
+            self.io.ring.submit(1)?;
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
-            self.ring.reap(&mut cqes);
+            self.io.ring.reap(&mut cqes);
             for cqe in &cqes {
                 self.dispatch(cqe.user_data, cqe.result, cqe.flags);
             }
@@ -584,7 +527,7 @@ impl Engine {
                 owner: Owner::Job(k),
                 kind: OpKind::BufOut(slot),
                 ..
-            }) = self.ops.peek(user_data)
+            }) = self.io.ops.peek(user_data)
             {
                 self.on_job(k, OpKind::ZcSent(slot), result, None);
             }
@@ -595,14 +538,14 @@ impl Engine {
                 owner: Owner::Job(k),
                 kind: OpKind::BufOut(slot),
                 hold,
-            }) = self.ops.complete(user_data)
+            }) = self.io.ops.complete(user_data)
             {
                 // The kernel is done with the buffer: it goes back to the job.
                 self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
             }
             return;
         }
-        let Some(op) = self.ops.complete(user_data) else {
+        let Some(op) = self.io.ops.complete(user_data) else {
             error!(
                 user_data,
                 result, "completion for an operation not in the table"
@@ -612,8 +555,14 @@ impl Engine {
         match (op.owner, op.kind, op.hold) {
             (Owner::Listener, OpKind::Timeout, _) => self.arm_listener(),
             (Owner::Listener, _, _) => self.on_accept(result),
-            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => self.on_recv(k, result, buf),
-            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => self.on_send(k, result, buf),
+            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => match buf.downcast() {
+                Ok(buf) => self.on_recv(k, result, buf),
+                Err(_) => error!("a receive completed without the session's buffer"),
+            },
+            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => match buf.downcast() {
+                Ok(buf) => self.on_send(k, result, buf),
+                Err(_) => error!("a send completed without the session's buffer"),
+            },
             (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
                 // The op's share of the descriptors goes first, so the last
                 // statx back leaves them to the admission alone.
@@ -659,7 +608,7 @@ impl Engine {
         let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
             return;
         };
-        match self.io().accept(fd) {
+        match self.io.accept(fd) {
             Ok(ud) => self.listener_op = Some(ud),
             Err(e) => error!("cannot queue accept: {e}"),
         }
@@ -687,7 +636,7 @@ impl Engine {
             {
                 // Out of descriptors or memory: accepting again at once would
                 // fail again at once. Wait for jobs to end and give some back.
-                match self.io().timeout(Owner::Listener, ACCEPT_BACKOFF) {
+                match self.io.timeout(Owner::Listener, ACCEPT_BACKOFF) {
                     Ok(_) => return,
                     Err(e) => error!("cannot queue the accept back-off timer: {e}"),
                 }
@@ -727,10 +676,10 @@ impl Engine {
         .into_iter()
         .flatten()
         {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         if let Some((ud, _)) = self.throttle_timer.take() {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         // Submits still being admitted and jobs first, so their owners hear
         // why; then the connections. Detached jobs outlive their
@@ -760,10 +709,7 @@ impl Engine {
                 },
                 None => fd,
             };
-            let mut io = IoQueue {
-                ring: &mut self.ring,
-                ops: &mut self.ops,
-            };
+            let io = &mut self.io;
             if io.close_async(fd) {
                 self.closes_in_flight += 1;
             }
@@ -784,8 +730,8 @@ impl Engine {
             jobs_completed: self.jobs_completed,
             jobs_failed: self.jobs_failed,
             bytes_moved: self.bytes_finished + running,
-            sqes_submitted: self.ring.sqes_submitted,
-            enter_calls: self.ring.enter_calls,
+            sqes_submitted: self.io.ring.sqes_submitted,
+            enter_calls: self.io.ring.enter_calls,
             events_sent: self.events_sent,
             event_sends: self.event_sends,
             events_held: self.events_held,
@@ -810,18 +756,21 @@ impl Drop for Engine {
     /// The loop only ends with the table empty; if it ended early on an
     /// error, what the table holds is leaked rather than freed under the kernel.
     fn drop(&mut self) {
-        if !self.ops.is_empty() {
-            if self.ops.len() > self.closes_in_flight + usize::from(self.signal_op.is_some()) {
+        if !self.io.ops.is_empty() {
+            if self.io.ops.len() > self.closes_in_flight + usize::from(self.signal_op.is_some()) {
                 warn!(
-                    in_flight = self.ops.len(),
+                    in_flight = self.io.ops.len(),
                     "engine dropped with operations in flight"
                 );
             }
             debug!(
-                in_flight = self.ops.len(),
+                in_flight = self.io.ops.len(),
                 "leaking the op table rather than freeing what the kernel may still touch"
             );
-            std::mem::forget(std::mem::replace(&mut self.ops, OpTable::with_capacity(0)));
+            std::mem::forget(std::mem::replace(
+                &mut self.io.ops,
+                OpTable::with_capacity(0),
+            ));
             // Buffers an operation may still read or write are leaked too.
             if let Ok(empty) = BufferPool::new(0, buffer_pool::BUFFER_ALIGN) {
                 std::mem::forget(std::mem::replace(&mut self.buffers, empty));

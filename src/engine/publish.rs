@@ -18,9 +18,9 @@ use std::rc::Rc;
 use io_uring::{opcode, types};
 use ringxfer_ipc::{FailureKind, PublishTo};
 
-use super::ops::{Hold, Op, OpKind, Owner};
-use super::queue::IoQueue;
 use super::EngineError;
+use crate::io::ops::{Hold, Op, OpKind, Owner};
+use crate::io::Io;
 use crate::transfer::{Endpoints, FdKind, TransferError};
 
 /// How many taken hidden names to step over before giving up.
@@ -36,6 +36,10 @@ pub struct Paths {
 /// What a publish step holds while in flight: the paths, the directory
 /// and the job's descriptors (the staged file is named by its number in
 /// `/proc/self/fd`, so it must stay open until the link is done).
+#[allow(
+    dead_code,
+    reason = "held for the kernel until the completion, never read"
+)]
 pub struct PublishHold {
     pub paths: Box<Paths>,
     pub dir: Rc<OwnedFd>,
@@ -157,7 +161,7 @@ impl Publisher {
 
     /// Starts publishing a completed job (`success`), or removing the
     /// client's hidden file of a failed one.
-    pub fn start(&mut self, success: bool, owner: Owner, ends: &Rc<Endpoints>, io: &mut IoQueue) {
+    pub fn start(&mut self, success: bool, owner: Owner, ends: &Rc<Endpoints>, io: &mut Io) {
         let next = match (&self.staged, success) {
             (Some(_), true) => Step::RenameStaged,
             (None, true) => Step::LinkName,
@@ -168,13 +172,7 @@ impl Publisher {
     }
 
     /// The step in flight completed with `result`.
-    pub fn on_complete(
-        &mut self,
-        result: i32,
-        owner: Owner,
-        ends: &Rc<Endpoints>,
-        io: &mut IoQueue,
-    ) {
+    pub fn on_complete(&mut self, result: i32, owner: Owner, ends: &Rc<Endpoints>, io: &mut Io) {
         let err = (result < 0).then_some(-result);
         let next = match (self.step, err) {
             (Step::LinkName, None) | (Step::RenameTemp | Step::RenameStaged, None) => {
@@ -227,7 +225,7 @@ impl Publisher {
     }
 
     /// Queues `step` (or ends, if it cannot be queued).
-    fn go(&mut self, step: Step, owner: Owner, ends: &Rc<Endpoints>, io: &mut IoQueue) {
+    fn go(&mut self, step: Step, owner: Owner, ends: &Rc<Endpoints>, io: &mut Io) {
         self.step = step;
         let queued = match step {
             Step::Idle | Step::Done => return,
@@ -288,11 +286,11 @@ impl Publisher {
     ) -> (Hold, *const libc::c_char, *const libc::c_char) {
         let paths = Box::new(Paths { from, to });
         let (from, to) = (paths.from.as_ptr(), paths.to.as_ptr());
-        let hold = Hold::Publish(PublishHold {
+        let hold = Hold::Keep(Box::new(PublishHold {
             paths,
             dir: Rc::clone(&self.dir),
             ends: Rc::clone(ends),
-        });
+        }));
         (hold, from, to)
     }
 
@@ -300,7 +298,7 @@ impl Publisher {
         &self,
         owner: Owner,
         ends: &Rc<Endpoints>,
-        io: &mut IoQueue,
+        io: &mut Io,
         from: CString,
         to: CString,
     ) -> Result<u64, EngineError> {
@@ -324,7 +322,7 @@ impl Publisher {
         &self,
         owner: Owner,
         ends: &Rc<Endpoints>,
-        io: &mut IoQueue,
+        io: &mut Io,
         from: CString,
     ) -> Result<u64, EngineError> {
         let (hold, from, to) = self.hold(ends, from, self.name.clone());
@@ -343,7 +341,7 @@ impl Publisher {
         &self,
         owner: Owner,
         ends: &Rc<Endpoints>,
-        io: &mut IoQueue,
+        io: &mut Io,
         path: CString,
     ) -> Result<u64, EngineError> {
         let (hold, path, _) = self.hold(ends, path, CString::default());
@@ -362,7 +360,7 @@ impl Publisher {
         &self,
         owner: Owner,
         ends: &Rc<Endpoints>,
-        io: &mut IoQueue,
+        io: &mut Io,
     ) -> Result<u64, EngineError> {
         let (hold, _, _) = self.hold(ends, CString::default(), CString::default());
         let dir = types::Fd(self.dir.as_raw_fd());

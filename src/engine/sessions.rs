@@ -9,9 +9,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use ringxfer_ipc::{Event, Limits, ProtocolErrorKind, Request, PROTOCOL_VERSION};
 use tracing::{debug, error, info, warn};
 
-use super::ops::Owner;
-use super::queue::IoQueue;
 use super::{scheduler, Engine};
+use crate::io::ops::Owner;
 use crate::server::frames::FrameError;
 use crate::server::session::{
     peer_credentials, peer_hung_up, RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE,
@@ -79,6 +78,7 @@ impl Engine {
             )
         })?;
         let personality = self
+            .io
             .ring
             .personality(&identity)
             .map_err(|e| format!("cannot register its credentials with the ring: {e}"))?
@@ -108,10 +108,7 @@ impl Engine {
             return;
         };
         let fd = session.fd.as_raw_fd();
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match io.recvmsg(Owner::Session(k), &fd, buf) {
             Ok(ud) => session.recv_op = Some(ud),
             Err(e) => {
@@ -289,7 +286,7 @@ impl Engine {
         let ops = [session.recv_op, session.send_op];
         let jobs = std::mem::take(&mut session.jobs);
         for ud in ops.into_iter().flatten() {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         self.abandon_admissions(k);
         self.end_session_jobs(k, jobs, why);
@@ -404,10 +401,7 @@ impl Engine {
         };
         session.held_events = 0;
         let fd = session.fd.as_raw_fd();
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match io.send(Owner::Session(k), fd, buf, session.closing) {
             Ok(ud) => {
                 session.send_op = Some(ud);

@@ -22,10 +22,9 @@ use ringxfer_ipc::FailureKind;
 use tracing::{debug, error};
 
 use super::jobs::Job;
-use super::ops::Owner;
-use super::queue::IoQueue;
 use super::scheduler::Group;
 use super::{Engine, Resource};
+use crate::io::ops::Owner;
 use crate::transfer::{Mover, TransferError};
 
 /// A job holding slots that moved nothing for this long, while its user is
@@ -343,7 +342,7 @@ impl Engine {
         if self.stall_timer.is_some() || self.stopping || !self.users.contended() {
             return;
         }
-        match self.io().timeout(Owner::Stall, STALL_CHECK) {
+        match self.io.timeout(Owner::Stall, STALL_CHECK) {
             Ok(ud) => self.stall_timer = Some(ud),
             Err(e) => error!("cannot queue the stall timer: {e}"),
         }
@@ -409,12 +408,9 @@ impl Engine {
             return false;
         };
         let (id, uid) = (job.id, job.uid);
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         let taken = match &mut job.copy {
-            Mover::Splice(c) => c.reclaim(Owner::Job(k), &mut io, &mut self.returned),
+            Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.returned),
             Mover::Buffered(_) => false,
         };
         if taken {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use ringxfer_ipc::{FailureKind, StatsReport};
 use tracing::{error, info, warn};
 
-use super::ops::Owner;
 use super::Engine;
+use crate::io::ops::Owner;
 use crate::transfer::TransferError;
 
 /// What a job cancelled by a stop without grace (a second signal, or
@@ -62,7 +62,7 @@ impl Engine {
         self.draining = true;
         self.notify_stopping();
         if let Some(ud) = self.listener_op.take() {
-            let _ = self.io().cancel(ud);
+            let _ = self.io.cancel(ud);
         }
         let grace = self.config.shutdown_grace;
         // Submits that came before the signal and wait for statx are let
@@ -76,7 +76,7 @@ impl Engine {
             grace_s = grace.as_secs_f64(),
             "stop signal: no new connections or jobs; waiting for the running ones (a second signal cancels them)"
         );
-        match self.io().timeout(Owner::Grace, grace) {
+        match self.io.timeout(Owner::Grace, grace) {
             Ok(ud) => self.grace_timer = Some(ud),
             Err(e) => {
                 error!("cannot queue the shutdown grace timer ({e}); cancelling every job now");
@@ -104,7 +104,7 @@ impl Engine {
         if self.observer.is_none() || self.observer_done || self.stopping {
             return;
         }
-        match self.io().timeout(Owner::Tick, every) {
+        match self.io.timeout(Owner::Tick, every) {
             Ok(ud) => self.tick_timer = Some(ud),
             Err(e) => error!("cannot queue the observer's timer: {e}"),
         }

@@ -21,7 +21,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, warn};
 
-use super::queue::IoQueue;
 use super::rate::TokenBucket;
 use super::{Engine, Owner, SHUTDOWN_NOW};
 
@@ -152,10 +151,7 @@ impl Engine {
             return;
         };
         let len = std::mem::size_of::<libc::signalfd_siginfo>() as u32;
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match io.read_small(Owner::Signal, fd, len) {
             Ok(ud) => self.signal_op = Some(ud),
             Err(e) => error!("cannot queue the signalfd read: {e}"),
@@ -212,7 +208,7 @@ impl Engine {
         info!(
             jobs = self.jobs.len(),
             connections = self.sessions.len(),
-            in_flight = self.ops.len(),
+            in_flight = self.io.ops.len(),
             jobs_completed = self.jobs_completed,
             jobs_failed = self.jobs_failed,
             bytes = self.bytes_finished,

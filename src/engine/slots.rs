@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use ringxfer_ipc::FailureKind;
 use tracing::error;
 
-use super::ops::Owner;
-use super::queue::IoQueue;
 use super::scheduler::{should_yield, Group, Waiter};
 use super::shares::{unqueue, wanting};
 use super::{Engine, Resource};
+use crate::io::ops::Owner;
 use crate::transfer::TransferError;
 
 /// Throttled jobs are woken no more often than this, so a tiny limit does
@@ -332,25 +331,21 @@ impl Engine {
         self.users.adjust(job.uid, r, 1, 0);
         self.users.job_wanting(job.uid, before, true);
         job.got_slot = true;
-        let mut io = IoQueue {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-        };
+        let io = &mut self.io;
         match r {
             Resource::Pipe => {
                 if let Some(pipe) = self.pipes.take() {
                     job.copy
-                        .add_pipe(pipe, Owner::Job(k), &mut io, &mut self.returned);
+                        .add_pipe(pipe, Owner::Job(k), io, &mut self.returned);
                 }
             }
             Resource::Buffer => {
                 if let Some(buf) = self.buffers.take() {
                     match job.verifier.as_mut() {
-                        Some(v) => v.add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned),
-                        None => {
-                            job.copy
-                                .add_buffer(buf, Owner::Job(k), &mut io, &mut self.returned)
-                        }
+                        Some(v) => v.add_buffer(buf, Owner::Job(k), io, &mut self.returned),
+                        None => job
+                            .copy
+                            .add_buffer(buf, Owner::Job(k), io, &mut self.returned),
                     }
                 }
             }
@@ -376,9 +371,9 @@ impl Engine {
         if let Some((old, _)) = self.throttle_timer.take() {
             // One timer at a time, so stopping has only one to take back;
             // the old one completes with ECANCELED and finds nothing to do.
-            let _ = self.io().cancel(old);
+            let _ = self.io.cancel(old);
         }
-        match self.io().timeout(Owner::Throttle, delay) {
+        match self.io.timeout(Owner::Throttle, delay) {
             Ok(ud) => self.throttle_timer = Some((ud, until)),
             Err(e) => error!("cannot queue the rate-limit timer: {e}"),
         }

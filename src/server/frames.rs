@@ -1,5 +1,5 @@
 //! Cutting requests out of the bytes a connection has received, with the
-//! deframer the client stub uses too ([`ringxfer_ipc::frame`]), and saying
+//! deframer the client stub uses too (`ringxfer_proto::frame`), and saying
 //! why in the protocol's terms.
 
 use ringxfer_ipc::frame::{self, DeframeError};

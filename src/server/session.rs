@@ -132,6 +132,19 @@ impl RecvBuf {
     }
 }
 
+// The I/O layer queues recvmsg and send with these, without knowing sessions.
+impl crate::io::queue::RecvTarget for RecvBuf {
+    fn prepare(&mut self) -> *mut libc::msghdr {
+        RecvBuf::prepare(self)
+    }
+}
+
+impl crate::io::queue::SendSource for SendBuf {
+    fn unsent(&self) -> (*const u8, u32) {
+        SendBuf::unsent(self)
+    }
+}
+
 /// Encoded events on their way to the client.
 pub struct SendBuf {
     pub data: Vec<u8>,

@@ -17,7 +17,7 @@ use ringxfer_ipc::{
 
 use super::frames::{next_frame, FrameError};
 use super::session::{RecvBuf, SendBuf, MAX_FDS_PER_MESSAGE};
-use crate::transfer::errno;
+use crate::io::errno;
 
 /// What a session's event buffers start with, and the most an idle session
 /// keeps of what a large event grew them to.

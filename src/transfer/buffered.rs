@@ -41,9 +41,10 @@ use super::dio::{restore_flags, SavedFlags};
 use super::errno::{self, Action, Side};
 use super::splice::Returned;
 use super::{Endpoints, FdKind, Shape, TransferError};
-use crate::engine::buffer_pool::BufRef;
-use crate::engine::ops::{OpKind, Owner};
-use crate::engine::queue::{BufIo, BufWhat, IoQueue, RwOpts};
+use crate::io::buffer_pool::BufRef;
+use crate::io::ops::{OpKind, Owner};
+use crate::io::queue::{BufIo, BufWhat, RwOpts};
+use crate::io::Io;
 
 /// How bytes go through the buffers.
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +128,7 @@ impl Chunk {
 #[allow(clippy::too_many_arguments)]
 fn submit(
     chunk: &mut Chunk,
-    io: &mut IoQueue<'_>,
+    io: &mut Io,
     owner: Owner,
     kind: OpKind,
     ends: &Rc<Endpoints>,
@@ -392,7 +393,7 @@ impl BufferCopy {
     }
 
     /// Preallocates the destination, or goes straight to copying.
-    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+    pub fn start(&mut self, owner: Owner, io: &mut Io) {
         if self.total == 0 && !self.open_end {
             self.phase = Phase::Done;
             return;
@@ -467,7 +468,7 @@ impl BufferCopy {
         &mut self,
         buf: BufRef,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_bufs: bool,
         out: &mut Vec<Returned>,
     ) {
@@ -492,13 +493,7 @@ impl BufferCopy {
         }
     }
 
-    pub fn fail(
-        &mut self,
-        err: TransferError,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         self.failure.get_or_insert(err);
         for user_data in self
             .chunks
@@ -537,7 +532,7 @@ impl BufferCopy {
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_bufs: bool,
         out: &mut Vec<Returned>,
     ) {
@@ -908,13 +903,7 @@ impl BufferCopy {
         TransferError::short_source(reached, self.src_start, self.total, self.length_requested)
     }
 
-    fn pump(
-        &mut self,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        yield_bufs: bool,
-        out: &mut Vec<Returned>,
-    ) {
+    fn pump(&mut self, owner: Owner, io: &mut Io, yield_bufs: bool, out: &mut Vec<Returned>) {
         for slot in 0..self.chunks.len() {
             let Some(chunk) = self.chunks[slot].as_ref() else {
                 continue;
@@ -941,7 +930,7 @@ impl BufferCopy {
         &mut self,
         slot: usize,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_bufs: bool,
         out: &mut Vec<Returned>,
     ) -> Result<(), TransferError> {
@@ -1159,7 +1148,7 @@ impl BufferCopy {
 
     /// Once every chunk is back: truncate the destination to its exact final
     /// size (cutting the padding), or after a failure to its original size.
-    fn maybe_finish(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+    fn maybe_finish(&mut self, owner: Owner, io: &mut Io) {
         let idle = self.chunks.iter().all(Option::is_none) && self.side_op.is_none();
         let copied = self.failure.is_none() && self.phase == Phase::Copy && self.all_assigned();
         let failed = self.failure.is_some() && matches!(self.phase, Phase::Prealloc | Phase::Copy);

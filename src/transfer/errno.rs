@@ -3,7 +3,8 @@
 //! the job. Every strategy (splice, direct, uncached, buffered), verification,
 //! fdatasync and both engines ask here, so the same errno has the same
 //! outcome whichever strategy or engine met it; so do the session's wire
-//! (what an interrupted receive or send is) and the CLI (its own full-disk
+//! (what an interrupted receive or send is: `io::errno::interrupted`, which
+//! this table re-exports, as the wire sits above `io` only) and the CLI (its own full-disk
 //! and permission errors are named with the table's kinds).
 //!
 //! Strategy-specific capability fallbacks (SEND_ZC or RWF_DONTCACHE not
@@ -13,13 +14,9 @@
 
 use ringxfer_ipc::FailureKind;
 
-/// The kernel's ERESTART* codes (include/linux/errno.h). They are not meant
-/// to reach user space, but can leak out of an interrupted io-wq worker; they
-/// mean the same as EINTR.
-pub const ERESTARTSYS: i32 = 512;
-pub const ERESTARTNOINTR: i32 = 513;
-pub const ERESTARTNOHAND: i32 = 514;
-pub const ERESTART_RESTARTBLOCK: i32 = 516;
+pub use crate::io::errno::{
+    interrupted, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK,
+};
 
 /// Which end of the job an operation touched: EAGAIN waits for the source to
 /// be readable or the destination to be writable.
@@ -44,14 +41,6 @@ pub enum Action {
 /// The entry of the table for `errno` met on `side`.
 pub fn classify(errno: i32, side: Side) -> (FailureKind, Action) {
     (failure_kind(errno), action(errno, side))
-}
-
-/// Whether `errno` only says the operation was interrupted.
-pub fn interrupted(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::EINTR | ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
-    )
 }
 
 /// Retry, wait or fail.

@@ -19,10 +19,10 @@ use std::rc::Rc;
 
 use ringxfer_ipc::{FailureKind, Strategy, SubmitRequest};
 
-use crate::engine::buffer_pool::BufRef;
-use crate::engine::ops::{OpKind, Owner};
-use crate::engine::pipe_pool::Pipe;
-use crate::engine::queue::IoQueue;
+use crate::io::buffer_pool::BufRef;
+use crate::io::ops::{OpKind, Owner};
+use crate::io::pipe_pool::Pipe;
+use crate::io::Io;
 use buffered::BufferCopy;
 use splice::{Returned, SpliceCopy};
 
@@ -40,7 +40,7 @@ impl Mover {
         }
     }
 
-    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+    pub fn start(&mut self, owner: Owner, io: &mut Io) {
         match self {
             Mover::Splice(c) => c.start(owner, io),
             Mover::Buffered(c) => c.start(owner, io),
@@ -55,26 +55,14 @@ impl Mover {
         matches!(self, Mover::Buffered(c) if c.wants_buffer())
     }
 
-    pub fn add_pipe(
-        &mut self,
-        pipe: Rc<Pipe>,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn add_pipe(&mut self, pipe: Rc<Pipe>, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
             Mover::Splice(c) => c.add_pipe(pipe, owner, io, false, out),
             Mover::Buffered(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
-    pub fn add_buffer(
-        &mut self,
-        buf: BufRef,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn add_buffer(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
             Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
             Mover::Splice(_) => out.push(Returned::Buffer(buf)),
@@ -91,7 +79,7 @@ impl Mover {
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_resources: bool,
         out: &mut Vec<Returned>,
     ) {
@@ -106,13 +94,7 @@ impl Mover {
         }
     }
 
-    pub fn fail(
-        &mut self,
-        err: TransferError,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
             Mover::Splice(c) => c.fail(err, owner, io, out),
             Mover::Buffered(c) => c.fail(err, owner, io, out),
@@ -371,9 +353,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Splits the plan into the descriptors, to share with operations, and
-    /// the rest.
-    pub fn into_parts(self) -> (Rc<Endpoints>, Shape) {
+    /// Splits the plan into the descriptors (for a strategy to share with
+    /// its operations) and the rest.
+    pub fn into_parts(self) -> (Endpoints, Shape) {
         let shape = Shape {
             src_start: self.src_start,
             dst_start: self.dst_start,
@@ -382,7 +364,7 @@ impl Plan {
             dst_append: self.dst_append,
             dst_size: self.dst_size,
         };
-        (Rc::new(self.ends), shape)
+        (self.ends, shape)
     }
 }
 
@@ -528,7 +510,33 @@ fn check(
 ) -> Result<Checked, TransferError> {
     let s = probe(src, src_stat, "source")?;
     let d = probe(dst, dst_stat, "destination")?;
-    for (which, p) in [("source", &s), ("destination", &d)] {
+    movable(&s, &d)?;
+    let dst_append = d.append && d.kind == FdKind::File;
+    if dst_append && req.dest_offset != 0 {
+        return Err(TransferError::new(
+            FailureKind::InvalidRequest,
+            "a destination offset was given but the destination file is open with O_APPEND, which writes at its end",
+        ));
+    }
+    let (total, length_requested) = extent(req, &s)?;
+    let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
+    Ok(Checked {
+        src_kind: s.kind,
+        dst_kind: d.kind,
+        total,
+        length_requested,
+        dst_append,
+        dst_size,
+        dio_align: [s.dio_align, d.dio_align],
+        src_owner: s.uid,
+        src_writable: s.access != libc::O_RDONLY,
+    })
+}
+
+/// Whether bytes can move from `s` to `d` at all: their kinds, and the
+/// direction each is open for.
+fn movable(s: &Probe, d: &Probe) -> Result<(), TransferError> {
+    for (which, p) in [("source", s), ("destination", d)] {
         if matches!(p.kind, FdKind::Directory | FdKind::Other) {
             return Err(TransferError::new(
                 FailureKind::InvalidRequest,
@@ -559,13 +567,12 @@ fn check(
             ),
         });
     }
-    let dst_append = d.append && d.kind == FdKind::File;
-    if dst_append && req.dest_offset != 0 {
-        return Err(TransferError::new(
-            FailureKind::InvalidRequest,
-            "a destination offset was given but the destination file is open with O_APPEND, which writes at its end",
-        ));
-    }
+    Ok(())
+}
+
+/// How much the job moves (`Plan::total`) and whether that was asked for,
+/// with the offsets checked against the source and the largest offset.
+fn extent(req: &SubmitRequest, s: &Probe) -> Result<(Option<u64>, bool), TransferError> {
     let (total, length_requested) = match (req.length, s.kind) {
         (Some(n), _) => (Some(n), true),
         // A regular file's size is a hint (see `Plan::total`), 0 included.
@@ -592,30 +599,16 @@ fn check(
             ),
         ));
     }
-    if req
-        .offset
-        .checked_add(total.unwrap_or(0))
-        .is_none_or(|end| end > i64::MAX as u64)
-        || req
-            .dest_offset
+    let fits = |start: u64| {
+        start
             .checked_add(total.unwrap_or(0))
-            .is_none_or(|end| end > i64::MAX as u64)
-    {
+            .is_some_and(|end| end <= i64::MAX as u64)
+    };
+    if !fits(req.offset) || !fits(req.dest_offset) {
         return Err(TransferError::new(
             FailureKind::InvalidRequest,
             "offset plus length exceeds the largest file offset (2^63 - 1)",
         ));
     }
-    let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
-    Ok(Checked {
-        src_kind: s.kind,
-        dst_kind: d.kind,
-        total,
-        length_requested,
-        dst_append,
-        dst_size,
-        dio_align: [s.dio_align, d.dio_align],
-        src_owner: s.uid,
-        src_writable: s.access != libc::O_RDONLY,
-    })
+    Ok((total, length_requested))
 }

@@ -20,9 +20,10 @@ use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
 use super::{Endpoints, FdKind, Shape, TransferError};
-use crate::engine::ops::{OpKind, Owner};
-use crate::engine::pipe_pool::Pipe;
-use crate::engine::queue::{IoQueue, SpliceEnd};
+use crate::io::ops::{OpKind, Owner};
+use crate::io::pipe_pool::Pipe;
+use crate::io::queue::SpliceEnd;
+use crate::io::Io;
 
 /// One pipe and the bytes it is carrying.
 struct Chunk {
@@ -78,7 +79,7 @@ pub enum Returned {
     /// A pipe that may hold stray bytes of a failed job: close it and make another.
     Dirty(Rc<Pipe>),
     /// A buffer whose last operation has completed.
-    Buffer(crate::engine::buffer_pool::BufRef),
+    Buffer(crate::io::buffer_pool::BufRef),
 }
 
 /// A transfer moved by splice(2) through pooled pipes.
@@ -272,7 +273,7 @@ impl SpliceCopy {
 
     /// Starts what needs no pipe: a streamed source is first polled for
     /// readiness. Call once, right after admission.
-    pub fn start(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+    pub fn start(&mut self, owner: Owner, io: &mut Io) {
         if !self.ranged && !self.src_done {
             if let Err(e) = self.arm_ready_poll(owner, io) {
                 self.failure.get_or_insert(e);
@@ -280,7 +281,7 @@ impl SpliceCopy {
         }
     }
 
-    fn arm_ready_poll(&mut self, owner: Owner, io: &mut IoQueue<'_>) -> Result<(), TransferError> {
+    fn arm_ready_poll(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
         if self.ready_poll.is_some()
             || self.reader.is_some()
             || self.src_ready
@@ -313,7 +314,7 @@ impl SpliceCopy {
         &mut self,
         pipe: Rc<Pipe>,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_pipes: bool,
         out: &mut Vec<Returned>,
     ) {
@@ -340,13 +341,7 @@ impl SpliceCopy {
 
     /// Records a failure (the first one wins) and asks the kernel to cancel
     /// whatever is in flight; chunks are let go as their operations complete.
-    pub fn fail(
-        &mut self,
-        err: TransferError,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         if self.failure.is_none() {
             self.failure = Some(err);
         }
@@ -364,7 +359,7 @@ impl SpliceCopy {
     /// exactly where the writes stopped: nothing is lost or written twice.
     /// A stream source's bytes in a pipe exist nowhere else: false, and the
     /// job keeps its pipes. True if the pipes are on their way back.
-    pub fn reclaim(&mut self, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) -> bool {
+    pub fn reclaim(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) -> bool {
         if !self.ranged || self.failure.is_some() || self.live_chunks() == 0 || self.reclaiming {
             return false;
         }
@@ -428,7 +423,7 @@ impl SpliceCopy {
         true
     }
 
-    fn cancel_in_flight(&self, io: &mut IoQueue<'_>) {
+    fn cancel_in_flight(&self, io: &mut Io) {
         let chunk_ops = self
             .chunks
             .iter()
@@ -448,7 +443,7 @@ impl SpliceCopy {
         kind: OpKind,
         result: i32,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_pipes: bool,
         out: &mut Vec<Returned>,
     ) {
@@ -668,13 +663,7 @@ impl SpliceCopy {
     /// with nothing left to do. With `yield_pipes`, other jobs are waiting
     /// for pipes, so a chunk that has finished its range gives its pipe back
     /// instead of taking the next range: pipes go round the jobs in turn.
-    fn pump(
-        &mut self,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        yield_pipes: bool,
-        out: &mut Vec<Returned>,
-    ) {
+    fn pump(&mut self, owner: Owner, io: &mut Io, yield_pipes: bool, out: &mut Vec<Returned>) {
         for slot in 0..self.chunks.len() {
             let Some(chunk) = self.chunks[slot].as_ref() else {
                 continue;
@@ -709,7 +698,7 @@ impl SpliceCopy {
         &mut self,
         slot: usize,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         yield_pipes: bool,
         out: &mut Vec<Returned>,
     ) -> Result<(), TransferError> {
@@ -836,7 +825,7 @@ impl SpliceCopy {
         len: u32,
         then_write: bool,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         ends: &Rc<Endpoints>,
     ) -> Result<(), TransferError> {
         let src = SpliceEnd {
@@ -893,7 +882,7 @@ impl SpliceCopy {
     /// After a failure, once nothing is in flight, truncates a regular-file
     /// destination that was written back to its size at admission: every
     /// strategy leaves a failed `--in-place` destination the same way.
-    fn restore_destination(&mut self, owner: Owner, io: &mut IoQueue<'_>) {
+    fn restore_destination(&mut self, owner: Owner, io: &mut Io) {
         if self.failure.is_none()
             || !self.touched
             || self.ends.dst_kind != FdKind::File

@@ -13,9 +13,10 @@ use ringxfer_ipc::{Checksums, FailureKind};
 
 use super::splice::Returned;
 use super::{Endpoints, TransferError};
-use crate::engine::buffer_pool::BufRef;
-use crate::engine::ops::{OpKind, Owner};
-use crate::engine::queue::{BufIo, BufWhat, IoQueue, RwOpts};
+use crate::io::buffer_pool::BufRef;
+use crate::io::ops::{OpKind, Owner};
+use crate::io::queue::{BufIo, BufWhat, RwOpts};
+use crate::io::Io;
 
 /// Reads start at offsets rounded down to this, so a descriptor open with
 /// O_DIRECT (by the direct strategy, or by the client) accepts them; 4 KiB
@@ -102,13 +103,7 @@ impl Verifier {
         Ok(sums)
     }
 
-    pub fn add_buffer(
-        &mut self,
-        buf: BufRef,
-        owner: Owner,
-        io: &mut IoQueue<'_>,
-        out: &mut Vec<Returned>,
-    ) {
+    pub fn add_buffer(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         if self.buf.is_some() {
             out.push(Returned::Buffer(buf));
             return;
@@ -117,7 +112,7 @@ impl Verifier {
         self.next(owner, io, out);
     }
 
-    pub fn fail(&mut self, err: TransferError, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
+    pub fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
         self.failure.get_or_insert(err);
         if let Some(ud) = self.busy {
             // A failed cancel request means the ring itself is failing; the
@@ -135,7 +130,7 @@ impl Verifier {
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
-        io: &mut IoQueue<'_>,
+        io: &mut Io,
         out: &mut Vec<Returned>,
     ) {
         self.busy = None;
@@ -240,7 +235,7 @@ impl Verifier {
             .map_or(&[][..], |b| b.filled(skip as usize, len as usize))
     }
 
-    fn next(&mut self, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
+    fn next(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         if self.pos >= self.total {
             self.done = true;
             self.release(out);
@@ -257,7 +252,7 @@ impl Verifier {
         self.read(false, owner, io, out);
     }
 
-    fn read(&mut self, of_dst: bool, owner: Owner, io: &mut IoQueue<'_>, out: &mut Vec<Returned>) {
+    fn read(&mut self, of_dst: bool, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         let Some(buf) = self.buf.take() else {
             return;
         };

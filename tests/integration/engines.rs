@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::Duration;
 
-use ringxfer::engine::unavailable;
+use ringxfer::io::unavailable;
 
 use crate::cli_common::{cli, describe, no_daemon_socket, run};
 use crate::seccomp::{filter_or_skip, Refusal};

@@ -314,6 +314,61 @@ fn users_share_by_user_not_by_job() {
     );
     open_socket_to_all(&d);
     let ctl = shared_client(&d);
+    let (mut child, theirs) = spawn_other_user_endless(&s, &d);
+    let conns: Vec<Client> = (0..2).map(|_| d.client()).collect();
+    let o = TransferOptions {
+        strategy: Strategy::Splice,
+        ..opts()
+    };
+    let mine: Vec<_> = (0..4)
+        .map(|i| {
+            let src = zero_source(ENDLESS);
+            conns[i % 2]
+                .submit(src.as_fd(), dev_null().as_fd(), &o)
+                .expect("submit root's job")
+        })
+        .collect();
+    let mut ids: Vec<u64> = mine.iter().map(id_of).collect();
+    ids.push(theirs);
+    let started = poll_until(Duration::from_secs(10), || {
+        let list = jobs_of(&ctl);
+        ids.iter()
+            .all(|id| find_job(&list, *id).is_some_and(|i| i.bytes > 0))
+    });
+    assert!(started, "every job moved bytes: {:?}", jobs_of(&ctl));
+    thread::sleep(Duration::from_millis(300));
+    let indexes = user_shares_per_second(&ctl, &ids, 3);
+    for id in &ids {
+        let _ = cancel_job(&ctl, *id);
+    }
+    if wait_child(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for h in mine {
+        let _ = wait_within(h, Duration::from_secs(10));
+    }
+    eprintln!(
+        "per 1-s window, root (4 jobs) and uid {OTHER} (1 job), MiB and Jain's index: {:?}",
+        indexes
+            .iter()
+            .map(|(j, s)| (
+                (s[0] / MIB as f64) as u64,
+                (s[1] / MIB as f64) as u64,
+                (j * 1000.0).round() / 1000.0
+            ))
+            .collect::<Vec<_>>()
+    );
+    for (j, shares) in &indexes {
+        assert!(
+            *j >= 0.9,
+            "Jain's index across users {j:.3} < 0.9 in a 1-s window: {shares:?}"
+        );
+    }
+}
+
+/// Starts `other_user_endless` as uid OTHER against `d`; its job id.
+fn spawn_other_user_endless(s: &Setup, d: &Daemon) -> (std::process::Child, u64) {
     let mut child = Command::new(&s.exe)
         .args([
             "--exact",
@@ -345,72 +400,30 @@ fn users_share_by_user_not_by_job() {
         .ok()
         .flatten()
         .expect("the other user's job id");
-    let conns: Vec<Client> = (0..2).map(|_| d.client()).collect();
-    let o = TransferOptions {
-        strategy: Strategy::Splice,
-        ..opts()
-    };
-    let mine: Vec<_> = (0..4)
-        .map(|i| {
-            let src = zero_source(ENDLESS);
-            conns[i % 2]
-                .submit(src.as_fd(), dev_null().as_fd(), &o)
-                .expect("submit root's job")
-        })
-        .collect();
-    let mut ids: Vec<u64> = mine.iter().map(id_of).collect();
-    ids.push(theirs);
-    let started = poll_until(Duration::from_secs(10), || {
-        let list = jobs_of(&ctl);
-        ids.iter()
-            .all(|id| find_job(&list, *id).is_some_and(|i| i.bytes > 0))
-    });
-    assert!(started, "every job moved bytes: {:?}", jobs_of(&ctl));
-    thread::sleep(Duration::from_millis(300));
+    (child, theirs)
+}
+
+/// Over `windows` 1-s windows, Jain's index of the bytes the jobs `ids`
+/// moved per user (root, OTHER), and those bytes.
+fn user_shares_per_second(ctl: &Arc<Client>, ids: &[u64], windows: usize) -> Vec<(f64, [f64; 2])> {
     let per_user = |list: &[ringxfer_ipc::JobInfo]| {
         let mut by = [0u64; 2];
-        for id in &ids {
+        for id in ids {
             let info = find_job(list, *id).expect("listed");
             by[usize::from(info.uid == OTHER)] += info.bytes;
         }
         by
     };
     let mut indexes = Vec::new();
-    let mut before = per_user(&jobs_of(&ctl));
-    for _ in 0..3 {
+    let mut before = per_user(&jobs_of(ctl));
+    for _ in 0..windows {
         thread::sleep(Duration::from_secs(1));
-        let after = per_user(&jobs_of(&ctl));
+        let after = per_user(&jobs_of(ctl));
         let shares = [(after[0] - before[0]) as f64, (after[1] - before[1]) as f64];
         indexes.push((jain(&shares), shares));
         before = after;
     }
-    for id in &ids {
-        let _ = cancel_job(&ctl, *id);
-    }
-    if wait_child(&mut child, Duration::from_secs(10)).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    for h in mine {
-        let _ = wait_within(h, Duration::from_secs(10));
-    }
-    eprintln!(
-        "per 1-s window, root (4 jobs) and uid {OTHER} (1 job), MiB and Jain's index: {:?}",
-        indexes
-            .iter()
-            .map(|(j, s)| (
-                (s[0] / MIB as f64) as u64,
-                (s[1] / MIB as f64) as u64,
-                (j * 1000.0).round() / 1000.0
-            ))
-            .collect::<Vec<_>>()
-    );
-    for (j, shares) in &indexes {
-        assert!(
-            *j >= 0.9,
-            "Jain's index across users {j:.3} < 0.9 in a 1-s window: {shares:?}"
-        );
-    }
+    indexes
 }
 
 #[test]

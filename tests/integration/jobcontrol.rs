@@ -309,6 +309,20 @@ fn jobs_lists_unfinished_jobs_oldest_first_with_their_settings() {
         assert!(unfinished(&i.state), "{i:?}");
         assert!(i.elapsed_us > 0, "{i:?}");
     }
+    assert_listed_settings(&list);
+
+    for id in ids {
+        cancel_job(&c, id).unwrap_or_else(|e| panic!("cancel {id}: {e:?}"));
+    }
+    for (h, what) in [(one, "one"), (two, "two"), (three, "three")] {
+        assert_cancelled(h, what);
+    }
+    assert!(jobs_of(&c).is_empty(), "jobs() after cancelling everything");
+}
+
+/// The three jobs of the test above are listed with the settings they were
+/// submitted with.
+fn assert_listed_settings(list: &[ringxfer_ipc::JobInfo]) {
     let want = [
         (
             "one",
@@ -350,14 +364,6 @@ fn jobs_lists_unfinished_jobs_oldest_first_with_their_settings() {
         );
         assert!(i.total.is_none_or(|t| i.bytes < t), "{i:?}");
     }
-
-    for id in ids {
-        cancel_job(&c, id).unwrap_or_else(|e| panic!("cancel {id}: {e:?}"));
-    }
-    for (h, what) in [(one, "one"), (two, "two"), (three, "three")] {
-        assert_cancelled(h, what);
-    }
-    assert!(jobs_of(&c).is_empty(), "jobs() after cancelling everything");
 }
 
 #[test]
@@ -642,23 +648,7 @@ fn stats_count_jobs_ops_and_bytes_per_strategy() {
         assert_file_eq(&dst, &data);
     }
     let s1 = stats_of(&c);
-    for strategy in [Strategy::Splice, Strategy::Direct, Strategy::Uncached] {
-        let (before, after) = (strategy_stats(&s0, strategy), strategy_stats(&s1, strategy));
-        assert_eq!(
-            after.jobs_completed,
-            before.jobs_completed + 1,
-            "{strategy}: {after:?}"
-        );
-        assert!(
-            after.bytes >= before.bytes + LEN as u64,
-            "{strategy} bytes: {before:?} -> {after:?}"
-        );
-        // At least one read and one write.
-        assert!(
-            after.ops >= before.ops + 2,
-            "{strategy} ops: {before:?} -> {after:?}"
-        );
-    }
+    assert_each_strategy_counted(&s0, &s1, LEN as u64);
     assert!(s1.jobs_completed >= s0.jobs_completed + 3);
     assert!(s1.bytes_moved >= s0.bytes_moved + 3 * LEN as u64);
     assert!(s1.sqes_submitted > s0.sqes_submitted);
@@ -728,6 +718,32 @@ fn stats_count_jobs_ops_and_bytes_per_strategy() {
         "everything given back: {:?}",
         stats_of(&c)
     );
+}
+
+/// Each of splice, direct and uncached counted one more completed job of
+/// `len` bytes, with at least a read and a write, from `s0` to `s1`.
+fn assert_each_strategy_counted(
+    s0: &ringxfer_ipc::StatsReport,
+    s1: &ringxfer_ipc::StatsReport,
+    len: u64,
+) {
+    for strategy in [Strategy::Splice, Strategy::Direct, Strategy::Uncached] {
+        let (before, after) = (strategy_stats(s0, strategy), strategy_stats(s1, strategy));
+        assert_eq!(
+            after.jobs_completed,
+            before.jobs_completed + 1,
+            "{strategy}: {after:?}"
+        );
+        assert!(
+            after.bytes >= before.bytes + len,
+            "{strategy} bytes: {before:?} -> {after:?}"
+        );
+        // At least one read and one write.
+        assert!(
+            after.ops >= before.ops + 2,
+            "{strategy} ops: {before:?} -> {after:?}"
+        );
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -299,6 +299,56 @@ fn high_priority_job_overtakes_low_jobs_that_started_earlier() {
     }
 }
 
+/// Two direct and two uncached copies of odd sizes, submitted on `a`.
+fn submit_direct_and_uncached(
+    a: &Client,
+    dir: &Path,
+    checks: &mut Vec<(JobHandle, PathBuf, Vec<u8>)>,
+) {
+    for (i, strategy) in [
+        Strategy::Direct,
+        Strategy::Direct,
+        Strategy::Uncached,
+        Strategy::Uncached,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let len = if strategy == Strategy::Direct {
+            (4 << 20) + 123
+        } else {
+            (2 << 20) + 5
+        };
+        let (src, data) = make_file(dir, &format!("{strategy}{i}"), len, 100 + i as u64);
+        let dst = dir.join(format!("{strategy}{i}.dst"));
+        let flags = if strategy == Strategy::Direct {
+            libc::O_DIRECT
+        } else {
+            0
+        };
+        let s = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&src)
+            .unwrap();
+        let t = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(flags)
+            .open(&dst)
+            .unwrap();
+        let h = a
+            .submit(
+                s.as_fd(),
+                t.as_fd(),
+                &TransferOptions { strategy, ..opts() },
+            )
+            .unwrap();
+        checks.push((h, dst, data));
+    }
+}
+
 #[test]
 fn one_op_in_flight_still_completes_every_kind_of_job() {
     let d = Daemon::start_with(&["--max-inflight", "1"]);
@@ -336,48 +386,7 @@ fn one_op_in_flight_still_completes_every_kind_of_job() {
             .unwrap();
         checks.push((h, dst, data));
     }
-    for (i, strategy) in [
-        Strategy::Direct,
-        Strategy::Direct,
-        Strategy::Uncached,
-        Strategy::Uncached,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let len = if strategy == Strategy::Direct {
-            (4 << 20) + 123
-        } else {
-            (2 << 20) + 5
-        };
-        let (src, data) = make_file(dir.path(), &format!("{strategy}{i}"), len, 100 + i as u64);
-        let dst = dir.path().join(format!("{strategy}{i}.dst"));
-        let flags = if strategy == Strategy::Direct {
-            libc::O_DIRECT
-        } else {
-            0
-        };
-        let s = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(&src)
-            .unwrap();
-        let t = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(flags)
-            .open(&dst)
-            .unwrap();
-        let h = a
-            .submit(
-                s.as_fd(),
-                t.as_fd(),
-                &TransferOptions { strategy, ..opts() },
-            )
-            .unwrap();
-        checks.push((h, dst, data));
-    }
+    submit_direct_and_uncached(&a, dir.path(), &mut checks);
     // A file into a socket, and a socket into a file.
     let (send_src, send_data) = make_file(dir.path(), "send", (2 << 20) + 11, 200);
     let (ours, theirs) = UnixStream::pair().unwrap();

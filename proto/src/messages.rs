@@ -43,7 +43,7 @@ pub const MAX_TAG_BYTES: usize = 1024;
 /// an ellipsis, cut at a character boundary.
 ///
 /// ```
-/// use ringxfer_ipc::{fit_tag, MAX_TAG_BYTES};
+/// use ringxfer_proto::{fit_tag, MAX_TAG_BYTES};
 /// assert_eq!(fit_tag("a/b.txt"), "a/b.txt");
 /// let long = format!("/{}/file.bin", "d".repeat(5000));
 /// let tag = fit_tag(&long);
@@ -65,6 +65,15 @@ pub fn fit_tag(text: &str) -> String {
 pub const JOBS_PAGE: usize = 256;
 
 /// A request from a client to the daemon.
+///
+/// ```
+/// use ringxfer_proto::{codec, Request, DEFAULT_MAX_FRAME};
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Request::Cancel { req: 4, job: 17 }, &mut frame, DEFAULT_MAX_FRAME)?;
+/// // Variant 2, then req and job as varints.
+/// assert_eq!(frame, [3, 0, 0, 0, 2, 4, 17]);
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// The first frame of every connection.
@@ -149,7 +158,7 @@ impl Priority {
     /// The lower-case name used on the command line and in listings.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::Priority::High.name(), "high");
+    /// assert_eq!(ringxfer_proto::Priority::High.name(), "high");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -162,7 +171,7 @@ impl Priority {
     /// The class's share of contended I/O slots, relative to the others.
     ///
     /// ```
-    /// use ringxfer_ipc::Priority;
+    /// use ringxfer_proto::Priority;
     /// assert!(Priority::High.weight() > Priority::Normal.weight());
     /// ```
     pub fn weight(self) -> u32 {
@@ -184,9 +193,9 @@ impl std::str::FromStr for Priority {
     type Err = String;
 
     /// ```
-    /// let p: ringxfer_ipc::Priority = "low".parse().unwrap();
-    /// assert_eq!(p, ringxfer_ipc::Priority::Low);
-    /// assert!("urgent".parse::<ringxfer_ipc::Priority>().is_err());
+    /// let p: ringxfer_proto::Priority = "low".parse().unwrap();
+    /// assert_eq!(p, ringxfer_proto::Priority::Low);
+    /// assert!("urgent".parse::<ringxfer_proto::Priority>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -201,6 +210,16 @@ impl std::str::FromStr for Priority {
 }
 
 /// What to transfer, sent with two descriptors: source then destination.
+///
+/// ```
+/// use ringxfer_proto::{Priority, Request, Strategy, SubmitRequest};
+/// let submit = Request::Submit(SubmitRequest {
+///     req: 1, tag: "backup.tar".into(), offset: 0, length: None, dest_offset: 0,
+///     strategy: Strategy::Auto, progress: true, priority: Priority::Normal, rate_limit: None,
+///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
+/// });
+/// assert!(matches!(submit, Request::Submit(SubmitRequest { req: 1, .. })));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitRequest {
     /// Chosen by the client, unique on its connection; every event about this
@@ -253,12 +272,12 @@ impl SubmitRequest {
     /// or [`PUBLISH_DESCRIPTORS`] with [`SubmitRequest::publish`].
     ///
     /// ```
-    /// # let mut s = ringxfer_ipc::SubmitRequest { req: 1, tag: String::new(), offset: 0, length: None,
-    /// #   dest_offset: 0, strategy: ringxfer_ipc::Strategy::Auto, progress: false,
+    /// # let mut s = ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0, length: None,
+    /// #   dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
     /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
     /// #   verify: false, truncate: false, publish: None };
     /// assert_eq!(s.descriptors(), 2);
-    /// s.publish = Some(ringxfer_ipc::PublishTo { name: b"out".to_vec(), staged_name: None });
+    /// s.publish = Some(ringxfer_proto::PublishTo { name: b"out".to_vec(), staged_name: None });
     /// assert_eq!(s.descriptors(), 3);
     /// ```
     pub fn descriptors(&self) -> usize {
@@ -309,7 +328,7 @@ impl Strategy {
     /// The lower-case name used on the command line and in logs.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::Strategy::Splice.name(), "splice");
+    /// assert_eq!(ringxfer_proto::Strategy::Splice.name(), "splice");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -332,9 +351,9 @@ impl std::str::FromStr for Strategy {
     type Err = String;
 
     /// ```
-    /// let s: ringxfer_ipc::Strategy = "splice".parse().unwrap();
-    /// assert_eq!(s, ringxfer_ipc::Strategy::Splice);
-    /// assert!("fast".parse::<ringxfer_ipc::Strategy>().is_err());
+    /// let s: ringxfer_proto::Strategy = "splice".parse().unwrap();
+    /// assert_eq!(s, ringxfer_proto::Strategy::Splice);
+    /// assert!("fast".parse::<ringxfer_proto::Strategy>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -351,6 +370,16 @@ impl std::str::FromStr for Strategy {
 }
 
 /// The limits a daemon enforces on each connection, sent in [`Event::Welcome`].
+///
+/// ```
+/// use ringxfer_proto::{Limits, SUBMIT_DESCRIPTORS};
+/// let limits = Limits {
+///     max_frame: 64 * 1024, max_jobs_per_connection: 64, max_fds_per_message: 64,
+///     max_jobs_per_user: 256, max_queued_bytes_per_connection: 0, max_queued_bytes_per_user: 0,
+/// };
+/// // Jobs one SubmitBatch can carry.
+/// assert_eq!(limits.max_fds_per_message as usize / SUBMIT_DESCRIPTORS, 32);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The largest frame payload the daemon accepts, in bytes.
@@ -404,7 +433,7 @@ impl FailureKind {
     /// A short lower-case name for logs and JSON output.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::FailureKind::NoSpace.name(), "no-space");
+    /// assert_eq!(ringxfer_proto::FailureKind::NoSpace.name(), "no-space");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -484,7 +513,7 @@ impl JobState {
     /// A short lower-case name for listings.
     ///
     /// ```
-    /// assert_eq!(ringxfer_ipc::JobState::Throttled.name(), "throttled");
+    /// assert_eq!(ringxfer_proto::JobState::Throttled.name(), "throttled");
     /// ```
     pub fn name(&self) -> &'static str {
         match self {
@@ -608,6 +637,15 @@ pub struct StatsReport {
 }
 
 /// An event from the daemon to a client.
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, DEFAULT_MAX_FRAME};
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Event::Accepted { req: 1, job: 300 }, &mut frame, DEFAULT_MAX_FRAME)?;
+/// let back: Event = codec::decode_payload(&frame[ringxfer_proto::FRAME_HEADER_LEN..])?;
+/// assert_eq!(back, Event::Accepted { req: 1, job: 300 });
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The answer to `Hello`.

@@ -9,7 +9,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::codec::{self, CodecError};
-use crate::proto::FRAME_HEADER_LEN;
+use crate::FRAME_HEADER_LEN;
 
 /// Why the bytes at the front of a buffer are not a frame that can be used.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum DeframeError {
 /// The payload length a frame header names, refused when over `max_frame`.
 ///
 /// ```
-/// use ringxfer_ipc::frame;
+/// use ringxfer_proto::frame;
 /// assert_eq!(frame::payload_len([5, 0, 0, 0], 1024).unwrap(), 5);
 /// assert!(frame::payload_len([0, 0, 0, 1], 1024).is_err());
 /// ```
@@ -76,7 +76,7 @@ pub fn cut(buf: &[u8], max_frame: u32) -> Result<Option<(&[u8], usize)>, Deframe
 /// message: the message and the bytes used, or `None` when more are needed.
 ///
 /// ```
-/// use ringxfer_ipc::{codec, frame, Request};
+/// use ringxfer_proto::{codec, frame, Request};
 /// let mut bytes = Vec::new();
 /// codec::encode_frame(&Request::Stats, &mut bytes, 1024).unwrap();
 /// let n = bytes.len();
@@ -102,7 +102,7 @@ pub fn next<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Event;
+    use crate::Event;
 
     #[test]
     fn several_frames_are_cut_one_by_one_and_a_partial_one_waits() {

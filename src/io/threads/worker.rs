@@ -359,7 +359,7 @@ fn execute(request: Request, cell: &Cell) -> i32 {
             .unwrap_or(libc::EIO);
         // What the kernel would retry inside io_uring: the errno table's
         // interruptions (only EINTR reaches user space from a syscall).
-        if crate::transfer::errno::interrupted(errno) {
+        if crate::io::errno::interrupted(errno) {
             continue;
         }
         return -errno;

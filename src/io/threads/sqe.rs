@@ -11,6 +11,8 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue};
 
+use crate::io::opcodes;
+
 /// `struct io_uring_sqe` as the kernel lays it out (include/uapi/linux/io_uring.h),
 /// with each union read through the member the engine's entries use.
 #[repr(C)]
@@ -199,6 +201,8 @@ pub unsafe fn decode(entry: &squeue::Entry) -> Decoded {
     let sqe = unsafe { *(entry as *const squeue::Entry).cast::<RawSqe>() };
     let fd = sqe.fd;
     let request = match sqe.opcode {
+        // What the restricted ring refuses, refused the same way.
+        opcode if !opcodes::allowed(opcode) => Request::Refused { opcode },
         opcode::Splice::CODE => Request::Splice {
             fd_in: sqe.splice_fd_in,
             off_in: offset(sqe.addr),

@@ -570,7 +570,7 @@ fn retry_eintr(mut call: impl FnMut() -> isize) -> isize {
         let errno = io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO);
-        if !crate::transfer::errno::interrupted(errno) {
+        if !crate::io::errno::interrupted(errno) {
             return -(errno as isize);
         }
     }

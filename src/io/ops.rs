@@ -6,14 +6,13 @@
 //! removed only when its completion is reaped, so nothing the kernel can see is
 //! freed or moved while the operation runs, whatever happened to its owner.
 
+use std::any::Any;
 use std::rc::Rc;
 
 use slab::Slab;
 
 use super::buffer_pool::BufRef;
 use super::pipe_pool::Pipe;
-use crate::server::session::{RecvBuf, SendBuf};
-use crate::transfer::Endpoints;
 
 /// `user_data` of cancel requests. Their own completions carry nothing the
 /// loop needs (the cancelled operation completes separately), so they get no
@@ -95,35 +94,41 @@ pub enum OpKind {
     Statx(u8),
 }
 
-/// What the kernel may touch while the operation runs.
+/// What the kernel may touch while the operation runs. What belongs to the
+/// layers above (a session's buffers, a job's descriptors, a publish's
+/// paths) is held as `dyn Any`: this layer keeps it alive and gives it back,
+/// without knowing what it is.
 pub enum Hold {
     Nothing,
-    Recv(Box<RecvBuf>),
-    Send(Box<SendBuf>),
+    /// A session's receive buffer (with its `msghdr`), handed back to the
+    /// session by the completion.
+    Recv(Box<dyn Any>),
+    /// A session's pending bytes, handed back likewise.
+    Send(Box<dyn Any>),
     /// 128 bytes for signalfd reads.
     ReadBuf(Box<[u8; 128]>),
     Splice {
         pipe: Rc<Pipe>,
-        ends: Rc<Endpoints>,
+        ends: Rc<dyn Any>,
     },
     /// Polls, fallocate and ftruncate: the job's descriptors.
-    Poll(Rc<Endpoints>),
+    Poll(Rc<dyn Any>),
     /// A read or write through a pool buffer: the buffer itself, moved in
     /// when the operation is queued and handed back to its owner by the
     /// completion (the notification, for SEND_ZC), and the job's descriptors.
     Buffer {
         buf: BufRef,
-        ends: Rc<Endpoints>,
+        ends: Rc<dyn Any>,
     },
     Timeout(Box<io_uring::types::Timespec>),
-    /// A link, rename, unlink or directory fsync of a publish: the paths,
-    /// the directory and the job's descriptors.
-    Publish(super::publish::PublishHold),
+    /// Whatever an operation built above this layer points at (a publish's
+    /// paths, its directory and the job's descriptors).
+    Keep(Box<dyn Any>),
     /// A statx at admission: the buffer the kernel writes, and the
     /// submitted descriptors (one of which it looks at).
     Statx {
         buf: Box<libc::statx>,
-        fds: Rc<super::admission::Submitted>,
+        fds: Rc<dyn Any>,
     },
 }
 

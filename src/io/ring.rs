@@ -4,8 +4,9 @@
 use std::io;
 
 use io_uring::register::Restriction;
-use io_uring::{opcode, squeue, IoUring, Probe};
+use io_uring::{squeue, IoUring, Probe};
 
+use super::opcodes::{Opcode, OPCODES};
 pub use super::threads::Cqe;
 use super::threads::ThreadRing;
 use super::{unavailable, EngineError, EngineKind};
@@ -52,7 +53,7 @@ impl Ring {
     pub fn new(entries: u32, kind: EngineKind) -> Result<Ring, EngineError> {
         let uring = match kind {
             EngineKind::Threads => None,
-            EngineKind::Uring | EngineKind::Auto => Some(uring(entries)),
+            EngineKind::Uring | EngineKind::Auto => Some(setup_uring(entries)),
         };
         let fallback_reason = match uring {
             Some(Ok((ring, setup))) => {
@@ -220,8 +221,10 @@ impl Ring {
 }
 
 /// Makes the io_uring ring: tuned flags first, plain on EINVAL, then checks
-/// the opcodes and restricts it.
-fn uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
+/// the opcodes (io/opcodes.rs) and restricts it. Returns the ring, enabled,
+/// and a description of its set-up flags. `ringxferd --check` calls this
+/// too, so what it reports is what the engine does.
+pub fn setup_uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
     let cq = entries.saturating_mul(4);
     let setup_failed = |source: io::Error| EngineError::RingSetup {
         entries,
@@ -247,11 +250,15 @@ fn uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
         }
         Err(source) => return Err(setup_failed(source)),
     };
-    let missing = missing_opcodes(&ring);
+    let supported = supported_opcodes(&ring);
+    let missing: Vec<&'static Opcode> = OPCODES
+        .iter()
+        .filter(|o| o.required && supported.as_ref().is_some_and(|s| !s.contains(&o.code)))
+        .collect();
     if !missing.is_empty() {
-        return Err(EngineError::MissingOpcodes(missing.join(", ")));
+        return Err(EngineError::MissingOpcodes(missing));
     }
-    restrict(&ring).map_err(|source| EngineError::RingSetup {
+    restrict(&ring, supported.as_deref()).map_err(|source| EngineError::RingSetup {
         entries,
         cause: "registering the ring's restrictions failed".into(),
         source,
@@ -259,87 +266,34 @@ fn uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
     Ok((ring, setup))
 }
 
-/// The engine's opcodes this kernel lacks, by name (none when it cannot
+/// Which of the engine's opcodes this kernel has (`None` when it cannot
 /// say: a kernel without IORING_REGISTER_PROBE is older than every opcode
 /// check would help with, and restrictions will refuse what is missing).
-fn missing_opcodes(ring: &IoUring) -> Vec<String> {
+fn supported_opcodes(ring: &IoUring) -> Option<Vec<u8>> {
     let mut probe = Probe::new();
-    if ring.submitter().register_probe(&mut probe).is_err() {
-        return Vec::new();
-    }
-    ALLOWED_OPCODES
-        .iter()
-        .filter(|&&op| !probe.is_supported(op))
-        .map(|&op| opcode_name(op).to_string())
-        .collect()
+    ring.submitter().register_probe(&mut probe).ok()?;
+    Some(
+        OPCODES
+            .iter()
+            .map(|o| o.code)
+            .filter(|&code| probe.is_supported(code))
+            .collect(),
+    )
 }
-
-/// The name of one of the engine's opcodes.
-fn opcode_name(op: u8) -> &'static str {
-    match op {
-        opcode::Accept::CODE => "ACCEPT",
-        opcode::AsyncCancel::CODE => "ASYNC_CANCEL",
-        opcode::Close::CODE => "CLOSE",
-        opcode::Fallocate::CODE => "FALLOCATE",
-        opcode::Fsync::CODE => "FSYNC",
-        opcode::Ftruncate::CODE => "FTRUNCATE",
-        opcode::LinkAt::CODE => "LINKAT",
-        opcode::PollAdd::CODE => "POLL_ADD",
-        opcode::Read::CODE => "READ",
-        opcode::ReadFixed::CODE => "READ_FIXED",
-        opcode::RecvMsg::CODE => "RECVMSG",
-        opcode::RenameAt::CODE => "RENAMEAT",
-        opcode::Send::CODE => "SEND",
-        opcode::SendZc::CODE => "SEND_ZC",
-        opcode::Splice::CODE => "SPLICE",
-        opcode::Statx::CODE => "STATX",
-        opcode::Timeout::CODE => "TIMEOUT",
-        opcode::UnlinkAt::CODE => "UNLINKAT",
-        opcode::Write::CODE => "WRITE",
-        opcode::WriteFixed::CODE => "WRITE_FIXED",
-        _ => "an unknown opcode",
-    }
-}
-
-/// The operations the engine submits; keep in step with `engine/queue.rs`
-/// (a missing one fails its operations with EACCES, which the tests see).
-/// LINKAT, RENAMEAT and UNLINKAT publish detached jobs' destinations
-/// (engine/publish.rs) in directories their clients passed; STATX tells
-/// admission what a job's descriptors are (engine/admission.rs), always in
-/// an io-wq worker, never on the loop thread.
-pub const ALLOWED_OPCODES: [u8; 20] = [
-    opcode::Accept::CODE,
-    opcode::AsyncCancel::CODE,
-    opcode::Close::CODE,
-    opcode::Fallocate::CODE,
-    opcode::Fsync::CODE,
-    opcode::Ftruncate::CODE,
-    opcode::LinkAt::CODE,
-    opcode::PollAdd::CODE,
-    opcode::Read::CODE,
-    opcode::ReadFixed::CODE,
-    opcode::RecvMsg::CODE,
-    opcode::RenameAt::CODE,
-    opcode::Send::CODE,
-    opcode::SendZc::CODE,
-    opcode::Splice::CODE,
-    opcode::Statx::CODE,
-    opcode::Timeout::CODE,
-    opcode::UnlinkAt::CODE,
-    opcode::Write::CODE,
-    opcode::WriteFixed::CODE,
-];
 
 /// IORING_REGISTER_BUFFERS, made after enabling.
 const REGISTER_BUFFERS: u8 = 0;
 /// IORING_REGISTER_PERSONALITY: each client identity, for its jobs.
 const REGISTER_PERSONALITY: u8 = 9;
 
-/// Restricts the disabled ring to what the engine uses, then enables it.
-fn restrict(ring: &IoUring) -> io::Result<()> {
-    let mut rules: Vec<Restriction> = ALLOWED_OPCODES
+/// Restricts the disabled ring to the engine's opcodes (those of them the
+/// kernel has, when it says) and the registrations it makes, then enables it.
+fn restrict(ring: &IoUring, supported: Option<&[u8]>) -> io::Result<()> {
+    let mut rules: Vec<Restriction> = OPCODES
         .iter()
-        .map(|&op| Restriction::sqe_op(op))
+        .map(|o| o.code)
+        .filter(|code| supported.is_none_or(|s| s.contains(code)))
+        .map(Restriction::sqe_op)
         .collect();
     rules.push(Restriction::register_op(REGISTER_BUFFERS));
     rules.push(Restriction::register_op(REGISTER_PERSONALITY));
@@ -364,6 +318,7 @@ pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use io_uring::opcode;
 
     #[test]
     fn the_ring_refuses_operations_the_engine_does_not_use() {

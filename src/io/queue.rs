@@ -3,22 +3,32 @@
 //! Every entry is recorded in the op table before it is pushed, so its
 //! `user_data` is known, and the table entry holds what the kernel will touch.
 
+use std::any::Any;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 use io_uring::{opcode, squeue, types};
 
 use super::buffer_pool::BufRef;
-use super::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use super::ops::{Hold, Op, OpKind, Owner, CANCEL_USER_DATA};
 use super::pipe_pool::Pipe;
-use super::ring::Ring;
-use super::EngineError;
-use crate::transfer::Endpoints;
+use super::{EngineError, Io};
 
-/// The ring and the op table, borrowed together by whoever queues work.
-pub struct IoQueue<'a> {
-    pub ring: &'a mut Ring,
-    pub ops: &'a mut OpTable,
+/// A receive buffer, with the `msghdr` recvmsg fills (a session's).
+pub trait RecvTarget: Any {
+    /// The `msghdr` the kernel writes through, pointing into `self`.
+    fn prepare(&mut self) -> *mut libc::msghdr;
+}
+
+/// Bytes to send (a session's).
+pub trait SendSource: Any {
+    /// Where the bytes still to send start, and how many there are.
+    fn unsent(&self) -> (*const u8, u32);
+}
+
+/// A share of what an operation's descriptors belong to, kept by the op.
+fn keep<T: Any>(x: &Rc<T>) -> Rc<dyn Any> {
+    Rc::clone(x) as Rc<dyn Any>
 }
 
 /// How a buffered read or write goes to the kernel.
@@ -82,10 +92,10 @@ fn splice_entry(input: SpliceEnd, output: SpliceEnd, len: u32) -> squeue::Entry 
     .build()
 }
 
-impl IoQueue<'_> {
+impl Io {
     /// Records `op` and pushes the entry `build` makes, tagged with its
     /// `user_data`; for builders outside this file (engine/publish.rs).
-    pub(super) fn queue_op(
+    pub fn queue_op(
         &mut self,
         op: Op,
         build: impl FnOnce() -> io_uring::squeue::Entry,
@@ -126,7 +136,7 @@ impl IoQueue<'_> {
         owner: Owner,
         kind: OpKind,
         pipe: &Rc<Pipe>,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         input: SpliceEnd,
         output: SpliceEnd,
         len: u32,
@@ -136,7 +146,7 @@ impl IoQueue<'_> {
             kind,
             hold: Hold::Splice {
                 pipe: Rc::clone(pipe),
-                ends: Rc::clone(ends),
+                ends: keep(ends),
             },
         };
         self.queue(op, || splice_entry(input, output, len))
@@ -152,7 +162,7 @@ impl IoQueue<'_> {
         owner: Owner,
         kinds: (OpKind, OpKind),
         pipe: &Rc<Pipe>,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         first: (SpliceEnd, SpliceEnd),
         second: (SpliceEnd, SpliceEnd),
         len: u32,
@@ -167,9 +177,9 @@ impl IoQueue<'_> {
                 ));
             }
         }
-        let hold = |pipe: &Rc<Pipe>, ends: &Rc<Endpoints>| Hold::Splice {
+        let hold = |pipe: &Rc<Pipe>, ends: &Rc<_>| Hold::Splice {
             pipe: Rc::clone(pipe),
-            ends: Rc::clone(ends),
+            ends: keep(ends),
         };
         let a = self.queue(
             Op {
@@ -195,14 +205,14 @@ impl IoQueue<'_> {
         &mut self,
         owner: Owner,
         kind: OpKind,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         fd: RawFd,
         events: i16,
     ) -> Result<u64, EngineError> {
         let op = Op {
             owner,
             kind,
-            hold: Hold::Poll(Rc::clone(ends)),
+            hold: Hold::Poll(keep(ends)),
         };
         self.queue(op, || {
             opcode::PollAdd::new(types::Fd(fd), events as u32).build()
@@ -226,7 +236,7 @@ impl IoQueue<'_> {
         &mut self,
         owner: Owner,
         fd: &impl AsRawFd,
-        mut buf: Box<crate::server::session::RecvBuf>,
+        mut buf: Box<impl RecvTarget>,
     ) -> Result<u64, EngineError> {
         let msg = buf.prepare();
         let fd = fd.as_raw_fd();
@@ -250,7 +260,7 @@ impl IoQueue<'_> {
         &mut self,
         owner: Owner,
         fd: RawFd,
-        buf: Box<crate::server::session::SendBuf>,
+        buf: Box<impl SendSource>,
         dont_wait: bool,
     ) -> Result<u64, EngineError> {
         let (ptr, len) = buf.unsent();
@@ -331,7 +341,7 @@ impl IoQueue<'_> {
         &mut self,
         owner: Owner,
         kind: OpKind,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         io: BufIo,
         what: BufWhat,
     ) -> Result<u64, BufFailed> {
@@ -386,7 +396,7 @@ impl IoQueue<'_> {
             kind,
             hold: Hold::Buffer {
                 buf,
-                ends: Rc::clone(ends),
+                ends: keep(ends),
             },
         };
         let personality = self.ops.personality(op.owner);
@@ -417,7 +427,7 @@ impl IoQueue<'_> {
     pub fn fallocate(
         &mut self,
         owner: Owner,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         fd: RawFd,
         offset: u64,
         len: u64,
@@ -425,7 +435,7 @@ impl IoQueue<'_> {
         let op = Op {
             owner,
             kind: OpKind::Prealloc,
-            hold: Hold::Poll(Rc::clone(ends)),
+            hold: Hold::Poll(keep(ends)),
         };
         self.queue(op, || {
             opcode::Fallocate::new(types::Fd(fd), len)
@@ -438,14 +448,14 @@ impl IoQueue<'_> {
     pub fn ftruncate(
         &mut self,
         owner: Owner,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         fd: RawFd,
         len: u64,
     ) -> Result<u64, EngineError> {
         let op = Op {
             owner,
             kind: OpKind::Truncate,
-            hold: Hold::Poll(Rc::clone(ends)),
+            hold: Hold::Poll(keep(ends)),
         };
         self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
     }
@@ -454,14 +464,14 @@ impl IoQueue<'_> {
     pub fn end_truncate(
         &mut self,
         owner: Owner,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
+        fd: RawFd,
         len: u64,
     ) -> Result<u64, EngineError> {
-        let fd = ends.dst.as_raw_fd();
         let op = Op {
             owner,
             kind: OpKind::EndTruncate,
-            hold: Hold::Poll(Rc::clone(ends)),
+            hold: Hold::Poll(keep(ends)),
         };
         self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
     }
@@ -470,13 +480,13 @@ impl IoQueue<'_> {
     pub fn fdatasync(
         &mut self,
         owner: Owner,
-        ends: &Rc<Endpoints>,
+        ends: &Rc<impl Any>,
         fd: RawFd,
     ) -> Result<u64, EngineError> {
         let op = Op {
             owner,
             kind: OpKind::Fsync,
-            hold: Hold::Poll(Rc::clone(ends)),
+            hold: Hold::Poll(keep(ends)),
         };
         self.queue(op, || {
             opcode::Fsync::new(types::Fd(fd))
@@ -494,7 +504,7 @@ impl IoQueue<'_> {
         &mut self,
         owner: Owner,
         kind: OpKind,
-        fds: &Rc<super::admission::Submitted>,
+        fds: &Rc<impl Any>,
         fd: RawFd,
         flags: i32,
         mask: u32,
@@ -507,7 +517,7 @@ impl IoQueue<'_> {
             kind,
             hold: Hold::Statx {
                 buf,
-                fds: Rc::clone(fds),
+                fds: keep(fds),
             },
         };
         self.queue(op, || {

@@ -10,14 +10,21 @@
 //! cannot make the decoder allocate more than the payload holds. Its
 //! varints and enum tags encode `Hello { version }` exactly as bincode's
 //! standard configuration did, so a client of the bincode protocol (v5 and
-//! before) still gets a clear `BadVersion` (see the test below). Swapping
+//! before) still gets a clear `BadVersion` (see the integration test
+//! `a_client_of_the_bincode_protocol_still_gets_a_clear_bad_version`). Swapping
 //! the codec means changing this module only.
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::proto::FRAME_HEADER_LEN;
+use crate::FRAME_HEADER_LEN;
 
 /// A frame that could not be encoded or decoded.
+///
+/// ```
+/// use ringxfer_proto::{codec, CodecError, Request};
+/// let err = codec::decode_payload::<Request>(&[6, 0]).unwrap_err(); // Stats, then a stray byte
+/// assert!(matches!(err, CodecError::Trailing(1)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// The payload is not a valid encoding of the expected message.
@@ -42,7 +49,7 @@ pub enum CodecError {
 /// Appends one frame (header and payload) holding `msg` to `out`.
 ///
 /// ```
-/// use ringxfer_ipc::{codec, Request, PROTOCOL_VERSION};
+/// use ringxfer_proto::{codec, Request, PROTOCOL_VERSION};
 /// let mut buf = Vec::new();
 /// codec::encode_frame(&Request::Hello { version: PROTOCOL_VERSION }, &mut buf, 1024).unwrap();
 /// let len = codec::frame_len(buf[..4].try_into().unwrap()) as usize;
@@ -76,7 +83,7 @@ pub fn encode_frame<T: Serialize>(
 /// Reads the payload length from a frame header.
 ///
 /// ```
-/// assert_eq!(ringxfer_ipc::codec::frame_len([5, 1, 0, 0]), 261);
+/// assert_eq!(ringxfer_proto::codec::frame_len([5, 1, 0, 0]), 261);
 /// ```
 pub fn frame_len(header: [u8; FRAME_HEADER_LEN]) -> u32 {
     u32::from_le_bytes(header)
@@ -85,7 +92,7 @@ pub fn frame_len(header: [u8; FRAME_HEADER_LEN]) -> u32 {
 /// Decodes one payload, refusing trailing bytes.
 ///
 /// ```
-/// use ringxfer_ipc::{codec, Request};
+/// use ringxfer_proto::{codec, Request};
 /// assert!(codec::decode_payload::<Request>(&[0xff, 0xff, 0xff]).is_err());
 /// ```
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {

@@ -1,0 +1,104 @@
+//! What a job asks for: [`TransferOptions`], and the `Submit` they make.
+
+use crate::proto::{Priority, Request, Strategy, SubmitRequest};
+#[cfg(doc)]
+use crate::{Client, JobHandle};
+
+/// What to transfer and how; everything but the two descriptors.
+///
+/// ```
+/// use ringxfer_ipc::{Strategy, TransferOptions};
+/// let opts = TransferOptions { tag: "backup.tar".into(), length: Some(4096), ..Default::default() };
+/// assert_eq!(opts.strategy, Strategy::Auto);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// Free text the daemon logs with the job (a file name, say).
+    pub tag: String,
+    /// Where reading starts in the source (ignored for sockets and pipes).
+    pub offset: u64,
+    /// How many bytes to move; `None` means to the end of the source.
+    pub length: Option<u64>,
+    /// Where writing starts in the destination (ignored for sockets and pipes).
+    pub dest_offset: u64,
+    /// Which transfer strategy to ask for.
+    pub strategy: Strategy,
+    /// Whether to ask for `Progress` events, which feed [`JobHandle::bytes_so_far`].
+    pub progress: bool,
+    /// The job's scheduling class.
+    pub priority: Priority,
+    /// At most this many bytes per second for this job.
+    pub rate_limit: Option<u64>,
+    /// Let the job run on if this connection closes; follow it later with
+    /// [`Client::wait_job`] from any connection of the same user.
+    ///
+    /// A staged destination of the path helpers is then published by the
+    /// daemon when the job completes (this process may be gone by then):
+    /// it gets the destination's directory and name with the job.
+    pub detach: bool,
+    /// Complete only once the destination's data is durable (fdatasync).
+    pub fsync: bool,
+    /// Checksum what was read and what landed, and fail on a difference.
+    pub verify: bool,
+    /// Path helpers only ([`Client::copy_file`], [`Client::recv_to_file`]):
+    /// write straight into the destination instead of into a temporary
+    /// file that takes the destination's name only once the job completed
+    /// (see [`crate::publish`]).
+    pub in_place: bool,
+    /// [`Client::copy_file`] only: give the destination the source's mode,
+    /// owner (where permitted) and timestamps once the job completed.
+    pub preserve: bool,
+    /// Once every byte is written, the daemon truncates a regular-file
+    /// destination to where the job's writes ended (see
+    /// [`SubmitRequest::truncate`]). The path helpers set it themselves for
+    /// [`TransferOptions::in_place`].
+    pub truncate: bool,
+}
+
+impl Default for TransferOptions {
+    /// The whole source from offset 0 to destination offset 0, strategy
+    /// chosen by the daemon, no progress events.
+    ///
+    /// ```
+    /// let opts = ringxfer_ipc::TransferOptions::default();
+    /// assert_eq!((opts.offset, opts.length, opts.progress), (0, None, false));
+    /// ```
+    fn default() -> Self {
+        TransferOptions {
+            tag: String::new(),
+            offset: 0,
+            length: None,
+            dest_offset: 0,
+            strategy: Strategy::Auto,
+            progress: false,
+            priority: Priority::Normal,
+            rate_limit: None,
+            detach: false,
+            fsync: false,
+            verify: false,
+            in_place: false,
+            preserve: false,
+            truncate: false,
+        }
+    }
+}
+
+/// The Submit frame for request `req` with `opts`.
+pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
+    Request::Submit(SubmitRequest {
+        req,
+        tag: opts.tag.clone(),
+        offset: opts.offset,
+        length: opts.length,
+        dest_offset: opts.dest_offset,
+        strategy: opts.strategy,
+        progress: opts.progress,
+        priority: opts.priority,
+        rate_limit: opts.rate_limit,
+        detach: opts.detach,
+        fsync: opts.fsync,
+        verify: opts.verify,
+        truncate: opts.truncate,
+        publish: None,
+    })
+}

@@ -1,0 +1,435 @@
+//! Requests: submitting jobs, following them, and the control requests
+//! answered by one event (cancel, status, jobs, stats).
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::errors::unexpected_answer;
+use super::publisher::Staged;
+use super::{lock, send_error, submit_request, Callback, Client, JobSlot};
+use crate::codec;
+use crate::fdpass::send_with_fds;
+use crate::proto::{Event, JobInfo, PublishTo, Request, StatsReport};
+use crate::{ClientError, Completion, JobError, JobHandle, TransferOptions};
+#[cfg(doc)]
+use crate::{FailureKind, StagedFile};
+
+impl Client {
+    /// Hands the daemon a transfer from `source` to `dest`. Returns once the
+    /// request is sent; the handle tells when the job is admitted and done.
+    ///
+    /// The daemon gets its own copies of the descriptors, so the caller may
+    /// close its copies as soon as this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed,
+    /// [`ClientError::Codec`] if the request does not fit in a frame (an
+    /// enormous tag), [`ClientError::Io`] if sendmsg(2) fails (e.g. `EBADF`
+    /// for a closed descriptor).
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let src = File::open("in.bin")?;
+    /// let dst = File::create("out.bin")?;
+    /// let job = client.submit(&src, &dst, &TransferOptions { progress: true, ..Default::default() })?;
+    /// println!("job {} moved {} bytes", job.job_id()?, job.wait()?.bytes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit(
+        &self,
+        source: impl AsFd,
+        dest: impl AsFd,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        self.submit_inner(source.as_fd(), dest.as_fd(), None, opts, None, None)
+    }
+
+    /// As [`Client::submit`], and the daemon gives `dest` a name in `dir`
+    /// when the job completes (see [`PublishTo`]): for a detached job whose
+    /// destination is staged (an O_TMPFILE, or a hidden file named in
+    /// `publish.staged_name`) and whose submitter may be gone by then. A
+    /// failed or cancelled job leaves nothing under the name. `dir` is the
+    /// directory both names are in, opened by the caller (O_RDONLY, so
+    /// that with `fsync` the daemon can sync it too).
+    /// [`StagedFile::for_daemon`] makes both.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use std::path::Path;
+    /// use ringxfer_ipc::{Client, PublishOptions, StagedFile, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let pid = client.daemon_pid().expect("the daemon's pid");
+    /// let src = File::open("in.bin")?;
+    /// let staged = StagedFile::create_for_daemon(Path::new("out.bin"), None, &PublishOptions::default(), pid)?;
+    /// let (dir, publish) = staged.for_daemon()?.expect("a staged, not in-place, destination");
+    /// let opts = TransferOptions { detach: true, ..Default::default() };
+    /// let job = client.submit_publish(&src, staged.file(), &dir, publish, &opts)?;
+    /// job.job_id()?; // admitted: the daemon names out.bin when the job completes
+    /// staged.hand_over();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_publish(
+        &self,
+        source: impl AsFd,
+        dest: impl AsFd,
+        dir: impl AsFd,
+        publish: PublishTo,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        self.submit_inner(
+            source.as_fd(),
+            dest.as_fd(),
+            Some((dir.as_fd(), publish)),
+            opts,
+            None,
+            None,
+        )
+    }
+
+    /// As [`Client::submit`], and `on_done` runs with the job's result on the
+    /// stub's event thread, exactly once: when the job completes or fails, or
+    /// when the connection ends first. If this returns an error, `on_done`
+    /// never runs.
+    ///
+    /// The callback delays every other event while it runs, so keep it short,
+    /// and do not wait in it for anything only the event thread can deliver
+    /// ([`JobHandle::wait`] on another job, [`Client::stats`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// client.submit_with_callback(&src, &dst, &TransferOptions::default(), |result| match result {
+    ///     Ok(done) => println!("{} bytes", done.bytes),
+    ///     Err(e) => eprintln!("copy failed: {e}"),
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_with_callback(
+        &self,
+        source: impl AsFd,
+        dest: impl AsFd,
+        opts: &TransferOptions,
+        on_done: impl FnOnce(Result<Completion, JobError>) + Send + 'static,
+    ) -> Result<JobHandle, ClientError> {
+        self.submit_inner(
+            source.as_fd(),
+            dest.as_fd(),
+            None,
+            opts,
+            Some(Box::new(on_done)),
+            None,
+        )
+    }
+
+    pub(crate) fn submit_inner(
+        &self,
+        source: BorrowedFd<'_>,
+        dest: BorrowedFd<'_>,
+        publish: Option<(BorrowedFd<'_>, PublishTo)>,
+        opts: &TransferOptions,
+        callback: Option<Callback>,
+        staged: Option<Staged>,
+    ) -> Result<JobHandle, ClientError> {
+        let inner = &*self.inner;
+        let mut tx = lock(&inner.tx);
+        let tx = &mut *tx;
+        let req = tx.next_req;
+        tx.next_req += 1;
+        let mut request = submit_request(req, opts);
+        let (dir, publish) = publish.unzip();
+        if let Request::Submit(submit) = &mut request {
+            submit.publish = publish;
+        }
+        tx.buf.clear();
+        codec::encode_frame(&request, &mut tx.buf, inner.limits.max_frame)?;
+
+        // The slot must be in the table before the frame leaves: the answer
+        // can arrive before sendmsg returns.
+        let slot = Arc::new(JobSlot::new(req, callback, staged));
+        {
+            let mut shared = lock(&inner.shared);
+            if shared.closed.is_some() {
+                return Err(ClientError::Disconnected);
+            }
+            shared.jobs.insert(req, Arc::clone(&slot));
+        }
+        let sent = match dir {
+            Some(dir) => send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest, dir]),
+            None => send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest]),
+        };
+        if let Err(e) = sent {
+            // The disconnect sweep takes the send lock we hold, and the daemon
+            // cannot answer a request it did not get whole, so the slot is
+            // still unresolved and ours to withdraw, callback unrun; a staged
+            // destination in it is abandoned as the slot drops.
+            lock(&inner.shared).jobs.remove(&req);
+            return Err(send_error("sending Submit to the daemon", e));
+        }
+        Ok(JobHandle { slot })
+    }
+
+    /// A channel of every event received from now on: `Accepted`,
+    /// `Progress`, `Completed`, `Failed`, `Stats` and `ProtocolError`.
+    ///
+    /// Each call makes a new subscriber. The channel is unbounded, so read it
+    /// or drop it; a dropped receiver is pruned at the next event. When the
+    /// connection ends the channel disconnects (after any events still in it).
+    ///
+    /// Events come in the order received, but for the final event of a
+    /// [`Client::copy_file`] or [`Client::recv_to_file`] job: it comes once
+    /// the destination has its name (or was abandoned), which other jobs'
+    /// events received meanwhile need not wait for.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let events = client.events();
+    /// for event in events.iter() {
+    ///     println!("{event:?}");
+    /// }
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn events(&self) -> Receiver<Event> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut shared = lock(&self.inner.shared);
+        // After the end, dropping the sender here makes the receiver report
+        // the disconnection at once instead of waiting forever.
+        if shared.closed.is_none() {
+            shared.subscribers.push(sender);
+        }
+        receiver
+    }
+
+    /// Asks the daemon to cancel a job by its id (from [`JobHandle::job_id`],
+    /// [`Client::jobs`] or another connection): any job of this user, any
+    /// job at all for root. Returns once the daemon has taken the request;
+    /// the job itself then fails with [`FailureKind::Cancelled`] (seen by its
+    /// [`JobHandle`] and by [`Client::wait_job`]) once every operation it had
+    /// in flight is back, unless it finished first.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] for an unknown job ([`FailureKind::NoSuchJob`],
+    /// also for one that already finished) or another user's
+    /// ([`FailureKind::PermissionDenied`]); [`ClientError::Disconnected`] if
+    /// the connection is closed, [`ClientError::Io`] if sending fails.
+    ///
+    /// ```no_run
+    /// # use std::fs::File;
+    /// # use ringxfer_ipc::{Client, FailureKind, TransferOptions};
+    /// # let client = Client::connect_default()?;
+    /// # let (src, dst) = (File::open("in.bin")?, File::create("out.bin")?);
+    /// let job = client.submit(&src, &dst, &TransferOptions::default())?;
+    /// client.cancel(job.job_id()?)?;
+    /// if let Err(e) = job.wait() {
+    ///     assert_eq!(e.kind(), Some(FailureKind::Cancelled));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self, job: u64) -> Result<(), ClientError> {
+        match self.ask("sending Cancel to the daemon", |req| Request::Cancel {
+            req,
+            job,
+        })? {
+            Event::Cancelling { .. } => Ok(()),
+            other => Err(unexpected_answer(job, other)),
+        }
+    }
+
+    /// Asks for one job's state: a running job, or one that finished
+    /// recently (the daemon remembers the last few thousand).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::cancel`].
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let info = client.status(42)?;
+    /// println!("job 42 is {}: {} of {:?} bytes", info.state.name(), info.bytes, info.total);
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn status(&self, job: u64) -> Result<JobInfo, ClientError> {
+        match self.ask("sending Status to the daemon", |req| Request::Status {
+            req,
+            job,
+        })? {
+            Event::Status { info, .. } => Ok(info),
+            other => Err(unexpected_answer(job, other)),
+        }
+    }
+
+    /// Lists the unfinished jobs this user may see (every user's, for root),
+    /// oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed or closes
+    /// before the answer, [`ClientError::Io`] if sending fails.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// for job in client.jobs()? {
+    ///     println!("{} {} {}/{:?}", job.job, job.state.name(), job.bytes, job.total);
+    /// }
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            match self.ask("sending Jobs to the daemon", |req| Request::Jobs {
+                req,
+                after,
+            })? {
+                Event::Jobs { jobs, more, .. } => {
+                    let last = jobs.last().map(|j| j.job);
+                    all.extend(jobs);
+                    match last {
+                        // Ids only grow, so the next page starts past this one.
+                        Some(last) if more && last > after => after = last,
+                        _ => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected_answer(0, other)),
+            }
+        }
+    }
+
+    /// Follows a job submitted elsewhere (a detached job, or one of another
+    /// connection of this user): the handle resolves with that job's result,
+    /// at once if it finished recently. With `progress`, the handle's
+    /// [`JobHandle::bytes_so_far`] follows it too.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`]. An unknown job is not an error here: the
+    /// handle resolves to [`JobError::Failed`] with [`FailureKind::NoSuchJob`]
+    /// (or [`FailureKind::PermissionDenied`] for another user's job).
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let done = client.wait_job(42, false)?.wait()?;
+    /// println!("job 42 moved {} bytes", done.bytes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_job(&self, job: u64, progress: bool) -> Result<JobHandle, ClientError> {
+        let inner = &*self.inner;
+        let mut tx = lock(&inner.tx);
+        let tx = &mut *tx;
+        let req = tx.next_req;
+        tx.next_req += 1;
+        tx.buf.clear();
+        codec::encode_frame(
+            &Request::Wait { req, job, progress },
+            &mut tx.buf,
+            inner.limits.max_frame,
+        )?;
+        let slot = Arc::new(JobSlot::new(req, None, None));
+        {
+            let mut shared = lock(&inner.shared);
+            if shared.closed.is_some() {
+                return Err(ClientError::Disconnected);
+            }
+            shared.jobs.insert(req, Arc::clone(&slot));
+        }
+        if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+            lock(&inner.shared).jobs.remove(&req);
+            return Err(send_error("sending Wait to the daemon", e));
+        }
+        Ok(JobHandle { slot })
+    }
+
+    /// Sends a request that takes a `req` and waits for the event answering it.
+    fn ask(
+        &self,
+        op: &'static str,
+        make: impl FnOnce(u64) -> Request,
+    ) -> Result<Event, ClientError> {
+        let inner = &*self.inner;
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        {
+            let mut tx = lock(&inner.tx);
+            let tx = &mut *tx;
+            let req = tx.next_req;
+            tx.next_req += 1;
+            tx.buf.clear();
+            codec::encode_frame(&make(req), &mut tx.buf, inner.limits.max_frame)?;
+            {
+                let mut shared = lock(&inner.shared);
+                if shared.closed.is_some() {
+                    return Err(ClientError::Disconnected);
+                }
+                shared.answers.insert(req, sender);
+            }
+            if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+                lock(&inner.shared).answers.remove(&req);
+                return Err(send_error(op, e));
+            }
+        }
+        // The sender is dropped unanswered only when the connection ends.
+        receiver.recv().map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Asks the daemon for its counters and waits for the answer.
+    ///
+    /// Do not call this from a job callback: the answer is delivered by the
+    /// thread the callback runs on.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Disconnected`] if the connection is closed or closes
+    /// before the answer, [`ClientError::Io`] if sending fails.
+    ///
+    /// ```no_run
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let stats = client.stats()?;
+    /// println!("{} jobs running, {} bytes moved", stats.jobs_running, stats.bytes_moved);
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn stats(&self) -> Result<StatsReport, ClientError> {
+        let inner = &*self.inner;
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        {
+            let mut tx = lock(&inner.tx);
+            let tx = &mut *tx;
+            tx.buf.clear();
+            codec::encode_frame(&Request::Stats, &mut tx.buf, inner.limits.max_frame)?;
+            let id = tx.next_stats;
+            tx.next_stats += 1;
+            {
+                let mut shared = lock(&inner.shared);
+                if shared.closed.is_some() {
+                    return Err(ClientError::Disconnected);
+                }
+                // Queued under the send lock, so queue order is send order.
+                shared.stats_waiters.push_back((id, sender));
+            }
+            if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+                lock(&inner.shared)
+                    .stats_waiters
+                    .retain(|(waiter, _)| *waiter != id);
+                return Err(send_error("sending Stats to the daemon", e));
+            }
+        }
+        // The sender is dropped unanswered only when the connection ends.
+        receiver.recv().map_err(|_| ClientError::Disconnected)
+    }
+}
