@@ -555,7 +555,7 @@ fn socket(report: &mut Report, path: &Path) {
     let topic = format!("socket {}", path.display());
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            match crate::server::listener::still_served(path) {
+            match crate::daemon::listener::still_served(path) {
                 Ok(true) => {
                     report.add(
                         Level::Fail,

@@ -1,12 +1,18 @@
 //! ringxfer: a file transfer engine driven by one io_uring ring.
 //!
-//! `engine` is the loop thread, `transfer` the strategies that move bytes,
-//! `server` the client connections, and `embedded` runs an engine inside
-//! another program (the CLI, when no daemon answers). `settings` is the
-//! daemon's configuration (defaults, file, environment, flags) and `check`
-//! its `--check` report.
+//! The modules form layers, each using only those below it (a test in
+//! tests/integration/layers.rs fails on an upward use), lowest first:
+//! `duration`, `size`, `fdtable` and `privileges` (plain helpers and the
+//! daemon's identities); `io`, the ring, the op table and the pools; `transfer`,
+//! the strategies that move bytes; `server`, the wire and client sessions;
+//! `engine`, the loop thread that drives them all; `settings`, the daemon's
+//! configuration (defaults, file, environment, flags); `embedded`, an engine
+//! on a thread of another program (the CLI, when no daemon answers);
+//! `daemon`, the listening socket and systemd's notifications; `check`, the
+//! `--check` report.
 
 pub mod check;
+pub mod daemon;
 pub mod duration;
 pub mod embedded;
 pub mod engine;

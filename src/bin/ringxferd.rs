@@ -4,10 +4,10 @@
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
+use ringxfer::daemon::activation::{self, Listening};
+use ringxfer::daemon::notify;
 use ringxfer::engine::signals::{self, ReloadableLimits, Reloaded, Reloader};
 use ringxfer::engine::{Engine, EngineConfig, EngineError, EngineKind};
-use ringxfer::server::activation::{self, Listening};
-use ringxfer::server::notify;
 use ringxfer::settings::{keys, Args, Origin, Settings};
 use tracing::{error, info, warn};
 

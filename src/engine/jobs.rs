@@ -596,8 +596,11 @@ impl Engine {
             return;
         };
         if job.phase == Phase::Copy && job.failure().is_none() {
-            let past =
-                crate::privileges::fsize_exceeded(job.fsize_limit, job.range.1, job.copy.moved());
+            let past = crate::transfer::fsize::fsize_exceeded(
+                job.fsize_limit,
+                job.range.1,
+                job.copy.moved(),
+            );
             if let Some(e) = past {
                 return self.fail_job(k, e);
             }

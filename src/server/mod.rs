@@ -1,12 +1,11 @@
-//! Client connections: the listening socket (bound, or from systemd), frame
-//! parsing, sessions and their wire state machine; and notifications to systemd.
+//! The wire: frame parsing, client sessions and their state machine (bytes
+//! and descriptors in, requests out; events in, sends out), below the engine
+//! that drives them through the ring. The listening socket and systemd's
+//! notifications are the daemon's (`crate::daemon`).
 
-pub mod activation;
 #[cfg(test)]
 mod claim_tests;
 pub mod frames;
-pub mod listener;
-pub mod notify;
 pub mod session;
 pub mod wire;
 #[cfg(test)]

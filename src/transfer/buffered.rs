@@ -1246,7 +1246,7 @@ fn raw(fd: &std::os::fd::OwnedFd) -> i32 {
     fd.as_raw_fd()
 }
 
-fn ring_failed(e: crate::engine::EngineError) -> TransferError {
+fn ring_failed(e: crate::io::EngineError) -> TransferError {
     TransferError::new(
         FailureKind::Io,
         format!("queueing the next operation failed: {e}"),

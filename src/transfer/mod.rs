@@ -9,6 +9,7 @@ pub mod buffered;
 pub mod choose;
 pub mod dio;
 pub mod errno;
+pub mod fsize;
 pub mod splice;
 pub mod verify;
 

@@ -953,7 +953,7 @@ fn splice_refused(kind: FdKind) -> TransferError {
     }
 }
 
-fn ring_failed(e: crate::engine::EngineError) -> TransferError {
+fn ring_failed(e: crate::io::EngineError) -> TransferError {
     TransferError::new(
         FailureKind::Io,
         format!("queueing the next splice failed: {e}"),

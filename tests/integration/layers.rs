@@ -82,20 +82,43 @@ fn cli_modules_use_only_lower_layers() {
     assert!(upward.is_empty(), "upward or sideways uses: {upward:?}");
 }
 
-/// The layers above the I/O layer: `src/io` must name none of them.
-const ABOVE_IO: &[&str] = &[
-    "engine", "transfer", "server", "settings", "check", "embedded",
+/// The library's modules (`src/NAME.rs` or `src/NAME/`), lowest first. The
+/// I/O layer knows nothing of transfers, transfers nothing of the wire, the
+/// wire nothing of the engine that drives them; the daemon's plumbing and
+/// `--check` sit on top.
+const LIB_LAYERS: &[&str] = &[
+    "duration",
+    "size",
+    "fdtable",
+    "privileges",
+    "io",
+    "transfer",
+    "server",
+    "engine",
+    "settings",
+    "embedded",
+    "daemon",
+    "check",
 ];
 
 /// The top-level modules a source file names with `crate::NAME` or inside
-/// `crate::{...}`, and whether it climbs out of its module with
-/// `super::super`, comments left out.
-fn crate_uses(source: &str) -> (Vec<String>, bool) {
+/// `crate::{...}`, and the longest run of `super::` in it, comments left out.
+fn crate_uses(source: &str) -> (Vec<String>, usize) {
     let mut names = uses(source);
-    let mut climbs = false;
+    let mut climbs = 0;
     for line in source.lines() {
         let code = line.split("//").next().unwrap_or("");
-        climbs |= code.contains("super::super");
+        for (at, _) in code.match_indices("super::") {
+            let run = code[at..].matches("super::").count().min(
+                code[at..]
+                    .split("super::")
+                    .skip(1)
+                    .take_while(|rest| rest.is_empty())
+                    .count()
+                    + 1,
+            );
+            climbs = climbs.max(run);
+        }
         if let Some(at) = code.find("crate::{") {
             let inside = &code[at + "crate::{".len()..];
             let inside = inside.split('}').next().unwrap_or("");
@@ -125,53 +148,117 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// What in `sources` (path, text) reaches above the I/O layer.
-fn upward_from_io(sources: &[(String, String)]) -> Vec<String> {
-    let mut upward = Vec::new();
+/// How deep below its top-level module a file's module is: `src/io/mod.rs`
+/// 0, `src/io/ring.rs` 1, `src/io/threads/sqe.rs` 2. A run of more
+/// `super::` than that leaves the module for the crate root.
+fn depth(rel: &Path) -> usize {
+    let parts: Vec<_> = rel.iter().collect();
+    let last_is_mod = rel.file_stem().is_some_and(|s| s == "mod");
+    // parts: "src", then the module's file, or its directory, ..., a file
+    if parts.len() <= 2 {
+        return 0;
+    }
+    parts.len() - 2 - usize::from(last_is_mod)
+}
+
+/// What in `sources` (path under the crate, text) of the top-level module
+/// `module` reaches a module not below it.
+fn upward(module: &str, sources: &[(String, String)]) -> Vec<String> {
+    let rank = |m: &str| LIB_LAYERS.iter().position(|l| *l == m);
+    let own = rank(module)
+        .unwrap_or_else(|| panic!("src/{module} is not in LIB_LAYERS: give it a layer"));
+    let mut found = Vec::new();
     for (path, source) in sources {
         let (names, climbs) = crate_uses(source);
-        for name in names.iter().filter(|n| ABOVE_IO.contains(&n.as_str())) {
-            upward.push(format!("{path} uses crate::{name}"));
+        for name in names {
+            match rank(&name) {
+                Some(r) if r < own || name == module => {}
+                _ => found.push(format!("{path} uses crate::{name}")),
+            }
         }
-        if climbs {
-            upward.push(format!("{path} uses super::super"));
+        // An inline module (`mod tests { use super::*; }`) is one level
+        // deeper than its file.
+        let inline = usize::from(source.lines().any(|l| {
+            let l = l.trim_start();
+            (l.starts_with("mod ") || l.starts_with("pub mod ")) && l.ends_with('{')
+        }));
+        if climbs > depth(Path::new(path)) + inline {
+            found.push(format!("{path} climbs out of src/{module} with super::"));
         }
     }
-    upward
+    found
 }
 
-#[test]
-fn the_io_layer_imports_nothing_above_it() {
+/// The sources of each of the library's top-level modules.
+fn library_sources() -> Vec<(String, Vec<(String, String)>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src/io"), &mut files);
-    assert!(files.len() >= 8, "src/io has too few files: {files:?}");
-    let sources: Vec<(String, String)> = files
-        .iter()
-        .map(|p| {
-            let rel = p.strip_prefix(root).unwrap_or(p).display().to_string();
-            (rel, std::fs::read_to_string(p).expect("read an io module"))
-        })
-        .collect();
-    let upward = upward_from_io(&sources);
-    assert!(upward.is_empty(), "src/io reaches above itself: {upward:?}");
+    let mut modules = Vec::new();
+    for entry in std::fs::read_dir(root.join("src")).expect("read src") {
+        let path = entry.expect("entry").path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if name == "lib" || name == "bin" {
+            continue;
+        }
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path.clone());
+        }
+        let sources = files
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(root).unwrap_or(p).display().to_string();
+                (rel, std::fs::read_to_string(p).expect("read a module"))
+            })
+            .collect();
+        modules.push((name.to_string(), sources));
+    }
+    modules
 }
 
 #[test]
-fn an_upward_use_from_the_io_layer_is_caught() {
+fn library_modules_use_only_lower_layers() {
+    let modules = library_sources();
+    assert_eq!(
+        modules.len(),
+        LIB_LAYERS.len(),
+        "a module in LIB_LAYERS has no file"
+    );
+    let io = modules.iter().find(|(m, _)| m == "io").expect("src/io");
+    assert!(io.1.len() >= 8, "src/io has too few files: {}", io.1.len());
+    let found: Vec<String> = modules.iter().flat_map(|(m, s)| upward(m, s)).collect();
+    assert!(found.is_empty(), "upward or sideways uses: {found:#?}");
+}
+
+#[test]
+fn an_upward_use_is_caught() {
     for bad in [
         "use crate::engine::Engine;",
         "use crate::transfer::Endpoints;",
         "fn f(_: crate::server::session::RecvBuf) {}",
         "use crate::{io, settings};",
         "use super::super::jobs;",
+        "use crate::nowhere::Thing;",
     ] {
         let sources = [("src/io/x.rs".to_string(), bad.to_string())];
-        assert_eq!(upward_from_io(&sources).len(), 1, "not caught: {bad}");
+        assert_eq!(upward("io", &sources).len(), 1, "not caught: {bad}");
     }
-    let fine = [(
-        "src/io/x.rs".to_string(),
-        "use crate::privileges::Identity; // crate::engine in a comment".to_string(),
-    )];
-    assert!(upward_from_io(&fine).is_empty());
+    let fine = [
+        (
+            "src/io/x.rs".to_string(),
+            "use crate::privileges::Identity; // crate::engine in a comment".to_string(),
+        ),
+        (
+            "src/io/threads/y.rs".to_string(),
+            "use super::super::ops::Op;".to_string(),
+        ),
+        (
+            "src/io/x.rs".to_string(),
+            "use crate::io::ops::Op; use super::ops;".to_string(),
+        ),
+    ];
+    assert!(upward("io", &fine).is_empty(), "{:?}", upward("io", &fine));
 }

@@ -274,7 +274,7 @@ fn decide(
 /// limit the job runs under (for a stream of unknown length) is returned.
 fn fsize(limit: Option<u64>, plan: &Plan) -> Result<Option<u64>, TransferError> {
     let limit = limit.filter(|_| plan.ends.dst_kind == FdKind::File);
-    match crate::privileges::fsize_refusal(limit, plan.dst_start, plan.total) {
+    match crate::transfer::fsize::fsize_refusal(limit, plan.dst_start, plan.total) {
         Some(e) => Err(e),
         None => Ok(limit),
     }

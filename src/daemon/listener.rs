@@ -161,7 +161,7 @@ mod tests {
         let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
             .args([
                 "--exact",
-                "server::listener::tests::bind_probe",
+                "daemon::listener::tests::bind_probe",
                 "--test-threads",
                 "1",
             ])
