@@ -12,6 +12,7 @@ pub mod batch;
 pub mod client;
 mod destination;
 pub mod dispatch;
+pub mod errno;
 pub mod fdpass;
 pub mod publish;
 pub mod socket_path;

@@ -17,6 +17,9 @@ use ringxfer_ipc::FailureKind;
 pub use crate::io::errno::{
     interrupted, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK,
 };
+/// The table's kinds, shared with the client crate (which fails jobs and
+/// connections by it too).
+pub use ringxfer_ipc::errno::failure_kind;
 
 /// Which end of the job an operation touched: EAGAIN waits for the source to
 /// be readable or the destination to be writable.
@@ -52,23 +55,6 @@ pub fn action(errno: i32, side: Side) -> Action {
             Side::Destination => Action::WaitWritable,
         },
         _ => Action::Fail,
-    }
-}
-
-/// The class of failure an errno stands for, when it fails a job.
-pub fn failure_kind(errno: i32) -> FailureKind {
-    match errno {
-        libc::ENOSPC | libc::EDQUOT => FailureKind::NoSpace,
-        libc::EBADF => FailureKind::BadDescriptor,
-        libc::EPERM | libc::EACCES | libc::EROFS => FailureKind::PermissionDenied,
-        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED => {
-            FailureKind::PeerGone
-        }
-        // An interruption that could not be retried (the job was cancelled
-        // meanwhile) reads as a cancel.
-        e if e == libc::ECANCELED || interrupted(e) => FailureKind::Cancelled,
-        libc::EINVAL | libc::ESPIPE => FailureKind::InvalidRequest,
-        _ => FailureKind::Io,
     }
 }
 
@@ -126,11 +112,5 @@ mod tests {
                 assert_eq!(classify(e, side), (kind, Action::Fail), "errno {e}");
             }
         }
-    }
-
-    #[test]
-    fn a_restart_code_that_escapes_reads_as_a_cancel() {
-        assert_eq!(failure_kind(ERESTARTSYS), FailureKind::Cancelled);
-        assert_eq!(failure_kind(libc::EINTR), FailureKind::Cancelled);
     }
 }

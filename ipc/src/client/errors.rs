@@ -179,8 +179,8 @@ pub(crate) fn unexpected_answer(job: u64, event: Event) -> ClientError {
 
 /// Turns a failed send into an error; a peer that is gone is a closed connection.
 pub(crate) fn send_error(op: &'static str, source: io::Error) -> ClientError {
-    match source.raw_os_error() {
-        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => ClientError::Disconnected,
+    match source.raw_os_error().map(crate::errno::failure_kind) {
+        Some(FailureKind::PeerGone) => ClientError::Disconnected,
         _ => ClientError::Io { op, source },
     }
 }

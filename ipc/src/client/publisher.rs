@@ -47,9 +47,9 @@ impl Staged {
         let path = self.file.path().to_path_buf();
         self.file.publish(self.preserve_from.as_ref()).map_err(|e| {
             let os_error = e.io_error().and_then(io::Error::raw_os_error);
-            let kind = match os_error {
-                Some(libc::ENOSPC | libc::EDQUOT) => FailureKind::NoSpace,
-                Some(libc::EACCES | libc::EPERM | libc::EROFS) => FailureKind::PermissionDenied,
+            // A publish's own failures are full disks, permissions, or I/O.
+            let kind = match os_error.map(crate::errno::failure_kind) {
+                Some(k @ (FailureKind::NoSpace | FailureKind::PermissionDenied)) => k,
                 _ => FailureKind::Io,
             };
             JobError::Failed {
