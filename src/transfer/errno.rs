@@ -12,11 +12,7 @@
 //! decided by the strategy before the table: they change how the job moves
 //! bytes, not what an error means.
 
-use ringxfer_ipc::FailureKind;
-
-pub use crate::io::errno::{
-    interrupted, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK,
-};
+pub use crate::io::errno::interrupted;
 /// The table's kinds, shared with the client crate (which fails jobs and
 /// connections by it too).
 pub use ringxfer_ipc::errno::failure_kind;
@@ -41,12 +37,7 @@ pub enum Action {
     Fail,
 }
 
-/// The entry of the table for `errno` met on `side`.
-pub fn classify(errno: i32, side: Side) -> (FailureKind, Action) {
-    (failure_kind(errno), action(errno, side))
-}
-
-/// Retry, wait or fail.
+/// Retry, wait or fail; a failure is of the kind `failure_kind` says.
 pub fn action(errno: i32, side: Side) -> Action {
     match errno {
         e if interrupted(e) => Action::Retry,
@@ -61,6 +52,8 @@ pub fn action(errno: i32, side: Side) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::errno::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
+    use ringxfer_ipc::FailureKind;
 
     #[test]
     fn interruptions_retry_on_either_side() {
@@ -109,7 +102,11 @@ mod tests {
         ];
         for (e, kind) in table {
             for side in [Side::Source, Side::Destination] {
-                assert_eq!(classify(e, side), (kind, Action::Fail), "errno {e}");
+                assert_eq!(
+                    (failure_kind(e), action(e, side)),
+                    (kind, Action::Fail),
+                    "errno {e}"
+                );
             }
         }
     }

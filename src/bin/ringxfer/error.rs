@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::process::ExitCode;
 
-use ringxfer::transfer::errno;
+use ringxfer_ipc::errno;
 use ringxfer_ipc::{ClientError, FailureKind, JobError};
 
 use ringxfer_ipc::publish::PublishError;
