@@ -7,12 +7,53 @@
 
 use crate::FailureKind;
 
-/// The kernel's ERESTART* codes (include/linux/errno.h). They are not meant
-/// to reach user space, but can leak out of an interrupted io-wq worker; they
-/// mean the same as EINTR.
+/// The kernel's ERESTARTSYS (include/linux/errno.h): "restart the call if
+/// the signal handler allows". The ERESTART* codes are not meant to reach
+/// user space, and libc has no names for them, but they can leak out of an
+/// interrupted io-wq worker as a completion's result; they mean the same as
+/// EINTR, so a job that gets one is retried or, if it cannot be, reported
+/// as cancelled.
+///
+/// ```
+/// use ringxfer_ipc::errno::{failure_kind, interrupted, ERESTARTSYS};
+/// use ringxfer_ipc::FailureKind;
+///
+/// // A completion's negative result, as io_uring reports it.
+/// let res: i32 = -ERESTARTSYS;
+/// assert!(interrupted(-res));
+/// assert_eq!(failure_kind(-res), FailureKind::Cancelled);
+/// ```
 pub const ERESTARTSYS: i32 = 512;
+
+/// The kernel's ERESTARTNOINTR: "always restart the call". Means EINTR
+/// here, as [`ERESTARTSYS`] explains.
+///
+/// ```
+/// use ringxfer_ipc::errno::{interrupted, ERESTARTNOINTR};
+/// let err = std::io::Error::from_raw_os_error(ERESTARTNOINTR);
+/// assert!(err.raw_os_error().is_some_and(interrupted));
+/// ```
 pub const ERESTARTNOINTR: i32 = 513;
+
+/// The kernel's ERESTARTNOHAND: "restart the call if no signal handler
+/// ran". Means EINTR here, as [`ERESTARTSYS`] explains.
+///
+/// ```
+/// use ringxfer_ipc::errno::{failure_kind, ERESTARTNOHAND};
+/// assert_eq!(failure_kind(ERESTARTNOHAND), failure_kind(libc::EINTR));
+/// ```
 pub const ERESTARTNOHAND: i32 = 514;
+
+/// The kernel's ERESTART_RESTARTBLOCK: "restart through
+/// restart_syscall(2)" (an interrupted sleep, say). Means EINTR here, as
+/// [`ERESTARTSYS`] explains.
+///
+/// ```
+/// use ringxfer_ipc::errno::{interrupted, ERESTART_RESTARTBLOCK};
+/// assert!(interrupted(ERESTART_RESTARTBLOCK));
+/// // 515 (ENOIOCTLCMD) lies between the restart codes but is none of them.
+/// assert!(!interrupted(515));
+/// ```
 pub const ERESTART_RESTARTBLOCK: i32 = 516;
 
 /// Whether `errno` only says the operation was interrupted.

@@ -179,6 +179,25 @@ impl StagedFile {
     /// # Errors
     ///
     /// As [`StagedFile::create`].
+    ///
+    /// ```
+    /// use ringxfer_ipc::publish::{PublishOptions, StagedFile};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let dst = dir.path().join("out.bin");
+    /// // Client::daemon_pid() in a real program; this process stands in.
+    /// let daemon_pid = std::process::id();
+    /// let opts = PublishOptions::default();
+    /// let staged = StagedFile::create_for_daemon(&dst, None, &opts, daemon_pid)?;
+    /// let (_dir, to) = staged.for_daemon()?.expect("staged, not in place");
+    /// if let Some(hidden) = &to.staged_name {
+    ///     // No O_TMPFILE here: a hidden name that carries the daemon's pid.
+    ///     let prefix = format!(".out.bin.ringxfer-{daemon_pid}-");
+    ///     assert!(hidden.starts_with(prefix.as_bytes()));
+    /// }
+    /// staged.abandon();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create_for_daemon(
         dst: &Path,
         source: Option<&Metadata>,
@@ -557,6 +576,23 @@ impl StagedFile {
     /// job's writes end once they are done ([`crate::SubmitRequest::truncate`]):
     /// an in-place regular file, which this left untruncated so that a
     /// refused job changes nothing. A staged file starts empty.
+    ///
+    /// ```
+    /// use ringxfer_ipc::publish::{PublishOptions, StagedFile};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let dst = dir.path().join("disk.img");
+    /// std::fs::write(&dst, vec![7u8; 4096])?;
+    /// let in_place = PublishOptions { in_place: true, ..Default::default() };
+    /// let staged = StagedFile::create(&dst, None, &in_place)?;
+    /// assert!(staged.wants_truncate(), "a shorter copy must not keep the old tail");
+    /// assert_eq!(std::fs::metadata(&dst)?.len(), 4096, "untouched until the job is done");
+    /// staged.abandon();
+    ///
+    /// let staged = StagedFile::create(&dst, None, &PublishOptions::default())?;
+    /// assert!(!staged.wants_truncate(), "a staged file starts empty");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wants_truncate(&self) -> bool {
         matches!(self.identity, Identity::InPlace)
             && self.file.metadata().is_ok_and(|m| m.is_file())
@@ -577,6 +613,28 @@ impl StagedFile {
     ///
     /// [`PublishError::Io`] naming the step: opening the directory, or
     /// giving the file the replaced one's owner and mode.
+    ///
+    /// ```
+    /// use ringxfer_ipc::publish::{PublishOptions, StagedFile};
+    /// use std::os::unix::fs::PermissionsExt;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let dst = dir.path().join("report.txt");
+    /// std::fs::write(&dst, "old")?;
+    /// std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o640))?;
+    ///
+    /// let staged = StagedFile::create(&dst, None, &PublishOptions::default())?;
+    /// let (dir_fd, to) = staged.for_daemon()?.expect("staged, not in place");
+    /// assert_eq!(to.name, b"report.txt");
+    /// assert!(dir_fd.metadata()?.is_dir());
+    /// assert_eq!(staged.file().metadata()?.permissions().mode() & 0o777, 0o640);
+    /// // Then Client::submit_publish(&src, staged.file(), &dir_fd, to, ..),
+    /// // and staged.hand_over() once the job is accepted.
+    ///
+    /// let in_place = PublishOptions { in_place: true, ..Default::default() };
+    /// assert!(StagedFile::create(&dst, None, &in_place)?.for_daemon()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn for_daemon(&self) -> Result<Option<(File, crate::PublishTo)>, PublishError> {
         let staged_name = match &self.identity {
             Identity::InPlace | Identity::New => return Ok(None),
@@ -605,7 +663,28 @@ impl StagedFile {
     }
 
     /// Removes hidden staging files for this destination's name that a
-    /// killed process left in its directory (see [`remove_stale`]).
+    /// killed process left in its directory (see [`remove_stale`]); call
+    /// it once staged, and tell the user what was removed.
+    ///
+    /// ```
+    /// use ringxfer_ipc::publish::{hidden_name_for, PublishOptions, StagedFile};
+    /// use std::ffi::OsStr;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let dst = dir.path().join("out.bin");
+    /// let mut killed = std::process::Command::new("true").spawn()?;
+    /// let pid = killed.id();
+    /// killed.wait()?;
+    /// let leftover = dir.path().join(hidden_name_for(OsStr::new("out.bin"), pid, 0));
+    /// std::fs::write(&leftover, "half a copy")?;
+    ///
+    /// let staged = StagedFile::create(&dst, None, &PublishOptions::default())?;
+    /// for stale in staged.remove_stale() {
+    ///     eprintln!("removed {}, left by a killed copy to {}", stale.display(), dst.display());
+    /// }
+    /// assert!(!leftover.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn remove_stale(&self) -> Vec<PathBuf> {
         match self.target.file_name() {
             Some(name) => remove_stale(&self.dir, name),
@@ -615,6 +694,29 @@ impl StagedFile {
 
     /// Gives the staged file up to the daemon, which publishes it (or
     /// removes its hidden name) when the job ends: nothing is removed here.
+    /// Only once the daemon accepted the job
+    /// ([`Client::submit_publish`](crate::Client::submit_publish), with what
+    /// [`StagedFile::for_daemon`] gave); a staged file the daemon refused is
+    /// dropped instead, which removes it.
+    ///
+    /// ```
+    /// use ringxfer_ipc::publish::{PublishOptions, StagedFile};
+    /// use std::ffi::OsStr;
+    /// use std::os::unix::ffi::OsStrExt;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let dst = dir.path().join("out.bin");
+    /// let staged = StagedFile::create(&dst, None, &PublishOptions::default())?;
+    /// let (_dir_fd, to) = staged.for_daemon()?.expect("staged, not in place");
+    /// // ... the daemon accepted the job ...
+    /// staged.hand_over();
+    /// if let Some(hidden) = to.staged_name {
+    ///     // The daemon's to rename or remove now.
+    ///     assert!(dir.path().join(OsStr::from_bytes(&hidden)).exists());
+    /// }
+    /// assert!(!dst.exists(), "named only when the job completes");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn hand_over(mut self) {
         self.published = true;
     }

@@ -11,6 +11,25 @@ const RUNTIME_DIR_ENV: &str = "XDG_RUNTIME_DIR";
 
 /// The socket of a system-wide daemon: where `systemd/ringxferd.socket`
 /// listens (its ListenStream= must stay equal to this; a test checks).
+/// [`client_socket_path`] falls back to it, so a program that connects
+/// with [`Client::connect_default`](crate::Client::connect_default) reaches
+/// the system daemon when the user runs none of their own. Connect to it
+/// by name to reach the system daemon even when they do.
+///
+/// ```
+/// use ringxfer_ipc::{default_socket_path, SYSTEM_SOCKET};
+///
+/// // Neither variable set: the system daemon's socket.
+/// std::env::remove_var("RINGXFER_SOCKET");
+/// std::env::remove_var("XDG_RUNTIME_DIR");
+/// assert_eq!(default_socket_path(), std::path::Path::new(SYSTEM_SOCKET));
+/// ```
+///
+/// ```no_run
+/// let client = ringxfer_ipc::Client::connect(ringxfer_ipc::SYSTEM_SOCKET)?;
+/// println!("{} jobs running system-wide", client.stats()?.jobs_running);
+/// # Ok::<(), ringxfer_ipc::ClientError>(())
+/// ```
 pub const SYSTEM_SOCKET: &str = "/run/ringxfer/ringxferd.sock";
 
 /// The socket path a client uses when it is not given one.

@@ -12,6 +12,24 @@ use crate::codec::{self, CodecError};
 use crate::FRAME_HEADER_LEN;
 
 /// Why the bytes at the front of a buffer are not a frame that can be used.
+/// Either way the stream cannot go on (the receiver cannot tell where the
+/// next frame starts): the daemon closes the connection with
+/// [`ProtocolErrorKind::FrameTooLarge`](crate::ProtocolErrorKind::FrameTooLarge)
+/// or [`Undecodable`](crate::ProtocolErrorKind::Undecodable).
+///
+/// ```
+/// use ringxfer_proto::{frame::{self, DeframeError}, Request};
+///
+/// // A header naming 2 bytes, and 2 bytes that are no Request.
+/// match frame::next::<Request>(&[2, 0, 0, 0, 0xff, 0xff], 1024) {
+///     Err(DeframeError::Decode { len: 2, source }) => println!("{source}"),
+///     other => panic!("{other:?}"),
+/// }
+/// match frame::next::<Request>(&[0, 0, 1, 0], 1024) {
+///     Err(e @ DeframeError::TooLarge { len: 65536, max: 1024 }) => println!("{e}"),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum DeframeError {
     /// The header names a payload longer than the receiver accepts.
@@ -54,6 +72,20 @@ pub fn payload_len(header: [u8; FRAME_HEADER_LEN], max_frame: u32) -> Result<u32
 /// How many bytes the frame begun at the front of `buf` takes in all,
 /// header included, once its header is in (`None` before that). Not checked
 /// against a limit: for sizing a receive buffer.
+///
+/// ```
+/// use ringxfer_proto::{codec, frame, Event};
+///
+/// let mut sent = Vec::new();
+/// codec::encode_frame(&Event::Stats(Default::default()), &mut sent, 1024)?;
+/// // Only part of the frame has arrived yet: grow the buffer to hold it all.
+/// let mut buf = sent[..6].to_vec();
+/// let whole = frame::begun_len(&buf).expect("the header is in");
+/// assert_eq!(whole, sent.len());
+/// buf.reserve(whole - buf.len());
+/// assert_eq!(frame::begun_len(&buf[..3]), None);
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 pub fn begun_len(buf: &[u8]) -> Option<usize> {
     let header: [u8; FRAME_HEADER_LEN] = buf.get(..FRAME_HEADER_LEN)?.try_into().ok()?;
     Some(FRAME_HEADER_LEN + codec::frame_len(header) as usize)
@@ -62,6 +94,28 @@ pub fn begun_len(buf: &[u8]) -> Option<usize> {
 /// Cuts the first complete frame off the front of `buf`: its payload and
 /// how many bytes of `buf` the frame used, or `None` when more bytes are
 /// needed. A length over `max_frame` is refused as soon as the header is in.
+/// For a receiver that decodes elsewhere (or not at all); [`next`] also
+/// decodes.
+///
+/// ```
+/// use ringxfer_proto::{codec, frame, Request};
+///
+/// // Two frames and the start of a third, as one recv(2) may return them.
+/// let mut buf = Vec::new();
+/// codec::encode_frame(&Request::Stats, &mut buf, 1024)?;
+/// codec::encode_frame(&Request::Cancel { req: 1, job: 2 }, &mut buf, 1024)?;
+/// buf.extend_from_slice(&[3, 0]);
+///
+/// let mut payloads = Vec::new();
+/// let mut at = 0;
+/// while let Some((payload, used)) = frame::cut(&buf[at..], 1024)? {
+///     payloads.push(payload.to_vec());
+///     at += used;
+/// }
+/// assert_eq!(payloads, [vec![6], vec![2, 1, 2]]);
+/// assert_eq!(&buf[at..], [3, 0], "kept until the rest arrives");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn cut(buf: &[u8], max_frame: u32) -> Result<Option<(&[u8], usize)>, DeframeError> {
     let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
         return Ok(None);

@@ -19,23 +19,107 @@ use serde::{Deserialize, Serialize};
 /// [`Request::SubmitBatch`]; version 5 the buffered strategy; version 6
 /// [`SubmitRequest::truncate`] and [`SubmitRequest::publish`] (the daemon
 /// gives a detached job's staged file its name).
+///
+/// A client sends it in [`Request::Hello`]; a daemon of another version
+/// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
+///
+/// ```
+/// use ringxfer_proto::{codec, Request, FRAME_HEADER_LEN, PROTOCOL_VERSION};
+///
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Request::Hello { version: PROTOCOL_VERSION }, &mut frame, 64)?;
+/// // What the daemon checks first.
+/// match codec::decode_payload(&frame[FRAME_HEADER_LEN..])? {
+///     Request::Hello { version } => assert_eq!(version, PROTOCOL_VERSION),
+///     other => panic!("not a Hello: {other:?}"),
+/// }
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
+/// A frame with fewer is refused ([`ProtocolErrorKind::MissingDescriptors`]).
+///
+/// ```
+/// use ringxfer_proto::SUBMIT_DESCRIPTORS;
+/// use std::os::fd::{AsRawFd, RawFd};
+/// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
+/// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
+/// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
+/// #     verify: false, truncate: false, publish };
+///
+/// let src = std::fs::File::open("/dev/zero")?;
+/// let dst = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+/// // The SCM_RIGHTS array of the sendmsg(2) that carries the frame: source first.
+/// let fds: [RawFd; SUBMIT_DESCRIPTORS] = [src.as_raw_fd(), dst.as_raw_fd()];
+/// assert_eq!(fds.len(), submit(None).descriptors());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub const SUBMIT_DESCRIPTORS: usize = 2;
 
 /// How many a job with [`SubmitRequest::publish`] carries: source, the
 /// staged destination, then the directory it is to be named in.
+///
+/// ```
+/// use ringxfer_proto::{PublishTo, PUBLISH_DESCRIPTORS};
+/// use std::os::fd::{AsRawFd, RawFd};
+/// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
+/// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
+/// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
+/// #     verify: false, truncate: false, publish };
+///
+/// let src = std::fs::File::open("/dev/zero")?;
+/// let staged = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+/// let dir = std::fs::File::open("/tmp")?;
+/// let fds: [RawFd; PUBLISH_DESCRIPTORS] = [src.as_raw_fd(), staged.as_raw_fd(), dir.as_raw_fd()];
+/// let to = PublishTo { name: b"out.bin".to_vec(), staged_name: None };
+/// assert_eq!(fds.len(), submit(Some(to)).descriptors());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub const PUBLISH_DESCRIPTORS: usize = 3;
 
 /// The length of a frame's header: a little-endian `u32` payload length.
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, FRAME_HEADER_LEN};
+///
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Event::Accepted { req: 1, job: 9 }, &mut frame, 64)?;
+/// let (header, payload) = frame.split_at(FRAME_HEADER_LEN);
+/// let header: [u8; FRAME_HEADER_LEN] = header.try_into()?;
+/// assert_eq!(codec::frame_len(header) as usize, payload.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const FRAME_HEADER_LEN: usize = 4;
 
 /// The largest payload either side accepts unless the daemon's [`Limits`] say otherwise.
+/// A client uses it until [`Event::Welcome`] arrives, then
+/// [`Limits::max_frame`]; a receiver refuses a longer frame from its header
+/// alone, before waiting for the payload.
+///
+/// ```
+/// use ringxfer_proto::{frame, DEFAULT_MAX_FRAME};
+///
+/// let header = (DEFAULT_MAX_FRAME + 1).to_le_bytes();
+/// assert!(matches!(
+///     frame::cut(&header, DEFAULT_MAX_FRAME),
+///     Err(frame::DeframeError::TooLarge { .. })
+/// ));
+/// ```
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
 
 /// The longest [`SubmitRequest::tag`] the daemon takes, in bytes; a longer
 /// one is refused, so that any listing fits in pages of [`JOBS_PAGE`] jobs.
+/// [`fit_tag`] shortens a tag that may be longer (a deep path, say).
+///
+/// ```
+/// use ringxfer_proto::{fit_tag, MAX_TAG_BYTES};
+///
+/// let path = format!("/srv/{}/image.raw", "nested/".repeat(200));
+/// assert!(path.len() > MAX_TAG_BYTES);
+/// let tag = fit_tag(&path);
+/// assert!(tag.len() <= MAX_TAG_BYTES);
+/// ```
 pub const MAX_TAG_BYTES: usize = 1024;
 
 /// `text` made short enough to be a tag: unchanged if it fits in
@@ -62,6 +146,24 @@ pub fn fit_tag(text: &str) -> String {
 
 /// The most jobs one [`Event::Jobs`] answer carries; a listing of more comes
 /// in pages, each asked for with [`Request::Jobs`]'s `after`.
+///
+/// ```
+/// use ringxfer_proto::{Event, JobInfo, Request, JOBS_PAGE};
+///
+/// // How a client walks the pages: ask again after the last id while `more`.
+/// fn next_request(req: u64, answer: &Event) -> Option<Request> {
+///     match answer {
+///         Event::Jobs { jobs, more: true, .. } => {
+///             assert!(jobs.len() <= JOBS_PAGE);
+///             let after = jobs.last()?.job;
+///             Some(Request::Jobs { req, after })
+///         }
+///         _ => None,
+///     }
+/// }
+/// let last_page = Event::Jobs { req: 1, jobs: Vec::<JobInfo>::new(), more: false };
+/// assert_eq!(next_request(2, &last_page), None);
+/// ```
 pub const JOBS_PAGE: usize = 256;
 
 /// A request from a client to the daemon.
@@ -140,7 +242,18 @@ pub enum Request {
 /// How a job shares the ring with others. A job of a higher class gets more
 /// of the daemon's I/O slots when they are contended (weights 4, 2, 1), and a
 /// newly submitted job of any class moves its first bytes before a busy job
-/// gets its next chunk.
+/// gets its next chunk. Set per job in [`SubmitRequest::priority`];
+/// [`JobInfo::priority`] reports it.
+///
+/// ```
+/// use ringxfer_proto::Priority;
+///
+/// let p: Priority = "high".parse()?;
+/// assert_eq!(p.weight(), 2 * Priority::default().weight());
+/// assert!(Priority::Low < Priority::Normal && Priority::Normal < p);
+/// assert_eq!(p.to_string(), "high");
+/// # Ok::<(), String>(())
+/// ```
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -290,7 +403,21 @@ impl SubmitRequest {
 }
 
 /// Where the daemon names a published destination, in the directory
-/// descriptor that comes with the job.
+/// descriptor that comes with the job. Names are bytes, as Linux names
+/// are: one component, no `/`.
+///
+/// ```
+/// use ringxfer_proto::PublishTo;
+/// use std::os::unix::ffi::OsStrExt;
+///
+/// let dst = std::path::Path::new("/srv/backup/db.dump");
+/// let to = PublishTo {
+///     name: dst.file_name().expect("a file name").as_bytes().to_vec(),
+///     // The destination is an O_TMPFILE in /srv/backup: no hidden name.
+///     staged_name: None,
+/// };
+/// assert_eq!(to.name, b"db.dump");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishTo {
     /// The final name: one path component, no `/`.
@@ -303,7 +430,27 @@ pub struct PublishTo {
     pub staged_name: Option<Vec<u8>>,
 }
 
-/// A transfer strategy, as asked for and as used.
+/// A transfer strategy, as asked for ([`SubmitRequest::strategy`]) and as
+/// used ([`Event::Completed`]'s `strategy`, with a `note` saying why when
+/// `Auto` chose it or the daemon used another).
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, Strategy, FRAME_HEADER_LEN};
+///
+/// let mut frame = Vec::new();
+/// let note = "auto: 4096 bytes is at most 65536, so one read and one write through a buffer";
+/// let done = Event::Completed {
+///     req: 1, job: 7, bytes: 4096, strategy: Strategy::Buffered, elapsed_us: 90,
+///     note: Some(note.into()), synced: false, checksums: None,
+/// };
+/// codec::encode_frame(&done, &mut frame, 1024)?;
+/// let back = codec::decode_payload(&frame[FRAME_HEADER_LEN..])?;
+/// if let Event::Completed { strategy, note, .. } = back {
+///     assert_eq!(strategy, "buffered".parse()?);
+///     println!("moved with {strategy}: {}", note.unwrap_or_default());
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Strategy {
     /// Let the daemon pick the cheapest path the descriptors allow.
@@ -397,7 +544,32 @@ pub struct Limits {
     pub max_queued_bytes_per_user: u64,
 }
 
-/// Why a job failed or was refused.
+/// Why a job failed or was refused, in [`Event::Failed`] and
+/// [`Event::Refused`]: what a program can act on (free space and retry,
+/// fix permissions, give up) without parsing the message. The client crate
+/// maps an errno to it with `ringxfer_ipc::errno::failure_kind`, as the
+/// daemon does.
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, FailureKind, FRAME_HEADER_LEN};
+///
+/// let mut frame = Vec::new();
+/// let failed = Event::Failed {
+///     req: 3, job: Some(12), kind: FailureKind::NoSpace, os_error: Some(28),
+///     message: "writing /mnt/full/out.bin: No space left on device".into(), bytes: 1 << 20,
+/// };
+/// codec::encode_frame(&failed, &mut frame, 1024)?;
+/// let Event::Failed { kind, .. } = codec::decode_payload(&frame[FRAME_HEADER_LEN..])? else {
+///     unreachable!("encoded a Failed")
+/// };
+/// match kind {
+///     FailureKind::NoSpace => eprintln!("free some space on the destination and try again"),
+///     FailureKind::Cancelled => {}
+///     other => eprintln!("the copy failed ({other})"),
+/// }
+/// assert_eq!(kind.to_string(), "no-space");
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FailureKind {
     /// The request itself was wrong (a bad offset, a descriptor of a kind that
@@ -459,7 +631,28 @@ impl std::fmt::Display for FailureKind {
     }
 }
 
-/// Why the daemon closed a connection.
+/// Why the daemon closed a connection, in [`Event::ProtocolError`], the
+/// last event the connection carries. Most kinds are a client's bug; a few
+/// (`ShuttingDown`, `TooManyConnections`) are worth a retry later.
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, ProtocolErrorKind, FRAME_HEADER_LEN};
+///
+/// // What a daemon of another version answers to Hello.
+/// let mut frame = Vec::new();
+/// let refusal = Event::ProtocolError {
+///     kind: ProtocolErrorKind::BadVersion,
+///     message: "the client speaks protocol version 5; this daemon speaks version 6".into(),
+/// };
+/// codec::encode_frame(&refusal, &mut frame, 1024)?;
+/// match codec::decode_payload(&frame[FRAME_HEADER_LEN..])? {
+///     Event::ProtocolError { kind: ProtocolErrorKind::BadVersion, message } => {
+///         assert!(message.contains("version"));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ProtocolErrorKind {
     /// A frame's length exceeded [`Limits::max_frame`].
@@ -489,7 +682,17 @@ pub enum ProtocolErrorKind {
     NotReading,
 }
 
-/// Where a job is in its life.
+/// Where a job is in its life, in [`JobInfo::state`]. The first three are
+/// a job still running; the last two are kept a while after it finished.
+///
+/// ```
+/// use ringxfer_proto::{FailureKind, JobState};
+///
+/// let state = JobState::Failed { kind: FailureKind::Cancelled, message: "cancelled".into() };
+/// let finished = matches!(state, JobState::Completed | JobState::Failed { .. });
+/// assert!(finished);
+/// assert_eq!(state.name(), "failed");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
     /// Admitted, waiting for its first I/O slot (a pipe or a buffer).
@@ -526,7 +729,28 @@ impl JobState {
     }
 }
 
-/// One job as [`Request::Status`] and [`Request::Jobs`] describe it.
+/// One job as [`Request::Status`] and [`Request::Jobs`] describe it
+/// ([`Event::Status`], [`Event::Jobs`]).
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, JobInfo, JobState, Priority, Strategy, FRAME_HEADER_LEN};
+///
+/// let info = JobInfo {
+///     job: 12, uid: 1000, tag: "db.dump".into(), state: JobState::Running,
+///     bytes: 1 << 30, total: Some(4 << 30), rate: 200 << 20, strategy: Strategy::Splice,
+///     priority: Priority::Normal, rate_limit: None, detached: true, elapsed_us: 5_000_000,
+/// };
+/// let mut frame = Vec::new();
+/// codec::encode_frame(&Event::Status { req: 1, info }, &mut frame, 1024)?;
+/// let Event::Status { info, .. } = codec::decode_payload(&frame[FRAME_HEADER_LEN..])? else {
+///     unreachable!("encoded a Status")
+/// };
+/// if let (Some(total), true) = (info.total, info.rate > 0) {
+///     let left_s = (total - info.bytes) / info.rate;
+///     assert_eq!(left_s, 15);
+/// }
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobInfo {
     /// The daemon's id for the job.
@@ -556,6 +780,25 @@ pub struct JobInfo {
 }
 
 /// Counters of one strategy, in [`StatsReport::strategies`].
+///
+/// ```
+/// use ringxfer_proto::{StatsReport, Strategy, StrategyStats};
+///
+/// let report = StatsReport {
+///     strategies: vec![StrategyStats {
+///         strategy: Some(Strategy::Splice), jobs_completed: 40, jobs_failed: 2,
+///         bytes: 40 << 20, ops: 1280,
+///     }],
+///     ..Default::default()
+/// };
+/// for s in &report.strategies {
+///     let name = s.strategy.map_or("?", Strategy::name);
+///     let jobs = s.jobs_completed + s.jobs_failed;
+///     println!("{name}: {jobs} jobs, {} failed, {} bytes", s.jobs_failed, s.bytes);
+/// }
+/// let splice = report.strategies.iter().find(|s| s.strategy == Some(Strategy::Splice));
+/// assert_eq!(splice.map(|s| s.jobs_failed), Some(2));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StrategyStats {
     /// The strategy counted.
@@ -570,7 +813,23 @@ pub struct StrategyStats {
     pub ops: u64,
 }
 
-/// CRC-32C checksums of a verified job, in [`Event::Completed`].
+/// CRC-32C checksums of a verified job, in [`Event::Completed`]
+/// ([`SubmitRequest::verify`]). A job completes only when they are equal
+/// (a difference fails it with [`FailureKind::Mismatch`]); the client may
+/// keep the value, to check the file later.
+///
+/// ```
+/// use ringxfer_proto::{Checksums, Event, Strategy};
+///
+/// let done = Event::Completed {
+///     req: 1, job: 7, bytes: 9, strategy: Strategy::Buffered, elapsed_us: 40, note: None,
+///     synced: true, checksums: Some(Checksums { source: 0xe306_9283, destination: 0xe306_9283 }),
+/// };
+/// if let Event::Completed { checksums: Some(sums), .. } = done {
+///     assert_eq!(sums.source, sums.destination);
+///     println!("crc32c {:08x}", sums.destination);
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checksums {
     /// Of the bytes read from the source.
@@ -579,7 +838,25 @@ pub struct Checksums {
     pub destination: u32,
 }
 
-/// What the daemon counts, answered to [`Request::Stats`].
+/// What the daemon counts, answered to [`Request::Stats`] with
+/// [`Event::Stats`].
+///
+/// ```
+/// use ringxfer_proto::{codec, Event, Request, StatsReport, FRAME_HEADER_LEN};
+///
+/// let mut ask = Vec::new();
+/// codec::encode_frame(&Request::Stats, &mut ask, 64)?;
+/// assert_eq!(ask, [1, 0, 0, 0, 6]);
+///
+/// let report = StatsReport { pipes_total: 8, pipes_in_use: 6, ..Default::default() };
+/// let mut answer = Vec::new();
+/// codec::encode_frame(&Event::Stats(report), &mut answer, 1024)?;
+/// if let Event::Stats(stats) = codec::decode_payload(&answer[FRAME_HEADER_LEN..])? {
+///     println!("{} of {} pipes lent", stats.pipes_in_use, stats.pipes_total);
+///     assert_eq!(stats.jobs_running, 0);
+/// }
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsReport {
     /// Milliseconds since the engine started.

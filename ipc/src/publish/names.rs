@@ -29,6 +29,26 @@ pub(super) static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// it: a CLI or daemon killed while replacing a destination (between the
 /// link to the hidden name and the rename over the old file), or, on a file
 /// system without O_TMPFILE, at any moment of the job.
+///
+/// ```
+/// use ringxfer_ipc::publish::{hidden_name_for, remove_stale};
+/// use std::ffi::OsStr;
+///
+/// let dir = tempfile::tempdir()?;
+/// let name = OsStr::new("out.bin");
+/// // A process that has exited, and its leftover; and one of this live process.
+/// let mut child = std::process::Command::new("true").spawn()?;
+/// let dead = child.id();
+/// child.wait()?;
+/// let leftover = dir.path().join(hidden_name_for(name, dead, 0));
+/// let ours = dir.path().join(hidden_name_for(name, std::process::id(), 0));
+/// std::fs::write(&leftover, "half a copy")?;
+/// std::fs::write(&ours, "in progress")?;
+///
+/// assert_eq!(remove_stale(dir.path(), name), [leftover.clone()]);
+/// assert!(!leftover.exists() && ours.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn remove_stale(dir: &Path, name: &OsStr) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
