@@ -93,9 +93,9 @@ pub const PUBLISH_DESCRIPTORS: usize = 3;
 pub const FRAME_HEADER_LEN: usize = 4;
 
 /// The largest payload either side accepts unless the daemon's [`Limits`] say otherwise.
-/// A client uses it until [`Event::Welcome`] arrives, then
-/// [`Limits::max_frame`]; a receiver refuses a longer frame from its header
-/// alone, before waiting for the payload.
+/// A client keeps the requests it sends within it until [`Event::Welcome`]
+/// arrives, then within [`Limits::max_frame`]; the daemon refuses a longer
+/// request from its header alone, before waiting for the payload.
 ///
 /// ```
 /// use ringxfer_proto::{frame, DEFAULT_MAX_FRAME};
