@@ -256,35 +256,39 @@ fn handshake(stream: &UnixStream, buf: &mut Vec<u8>) -> Result<Limits, ClientErr
         version: PROTOCOL_VERSION,
     };
     codec::encode_frame(&hello, buf, DEFAULT_MAX_FRAME)?;
-    send_with_fds(stream.as_fd(), buf, &[]).map_err(io_err("sending Hello"))?;
+    // A daemon refusing the connection (too many connections) writes its
+    // reason and closes, possibly before Hello arrives: the send then fails
+    // with EPIPE, but the reason is still there to read, and says more.
+    let sent = send_with_fds(stream.as_fd(), buf, &[]);
+    let answer = match (read_frame(&mut &*stream, buf), sent) {
+        (Ok(event), _) => event,
+        (Err(_), Err(e)) => return Err(io_err("sending Hello")(e)),
+        (Err(e), Ok(_)) => return Err(handshake_read_error(e)),
+    };
+    welcome_limits(answer)
+}
 
-    let answer = match read_frame(&mut &*stream, buf) {
-        Ok(event) => event,
-        Err(FrameError::Io(e))
+/// The error of a handshake whose answer could not be read.
+fn handshake_read_error(e: FrameError) -> ClientError {
+    match e {
+        FrameError::Io(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            return Err(ClientError::Handshake(format!(
+            ClientError::Handshake(format!(
                 "no answer to Hello within {} s",
                 HANDSHAKE_TIMEOUT.as_secs()
-            )))
+            ))
         }
-        Err(FrameError::Io(source)) => {
-            return Err(ClientError::Io {
-                op: "reading the answer to Hello",
-                source,
-            })
-        }
-        Err(FrameError::Decode(e)) => return Err(ClientError::Codec(e)),
-        Err(e) => {
-            return Err(ClientError::Handshake(format!(
-                "waiting for the answer to Hello: {e}"
-            )))
-        }
-    };
-    welcome_limits(answer)
+        FrameError::Io(source) => ClientError::Io {
+            op: "reading the answer to Hello",
+            source,
+        },
+        FrameError::Decode(e) => ClientError::Codec(e),
+        e => ClientError::Handshake(format!("waiting for the answer to Hello: {e}")),
+    }
 }
 
 /// The limits of a `Welcome` in our version; any other answer to `Hello`

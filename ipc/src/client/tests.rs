@@ -310,3 +310,27 @@ fn a_publish_in_progress_finishes_before_the_end_is_told() {
         Err(crossbeam_channel::RecvTimeoutError::Disconnected)
     ));
 }
+
+/// A daemon over its connection cap writes why and closes at once, often
+/// before our Hello arrives. The reason must reach the caller, not the
+/// EPIPE of sending Hello to a closed socket.
+#[test]
+fn a_refusal_sent_before_hello_arrives_is_read() {
+    let (ours, mut peer) = UnixStream::pair().expect("socketpair");
+    write_event(
+        &mut peer,
+        &Event::ProtocolError {
+            kind: crate::proto::ProtocolErrorKind::TooManyConnections,
+            message: "over --max-connections".into(),
+        },
+    );
+    drop(peer);
+    match Client::from_stream(ours) {
+        Err(ClientError::Protocol { kind, message }) => {
+            assert_eq!(kind, crate::proto::ProtocolErrorKind::TooManyConnections);
+            assert!(message.contains("--max-connections"), "{message}");
+        }
+        Err(other) => panic!("expected the refusal, got {other}"),
+        Ok(_) => panic!("expected the refusal, got a client"),
+    }
+}
