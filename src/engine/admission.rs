@@ -29,7 +29,7 @@ use slab::Slab;
 use tracing::error;
 
 use super::Engine;
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::{Hold, Op, OpKind, Owner};
 use crate::transfer::{FdStat, Stats, TransferError};
 
 pub(super) mod spec;
@@ -158,9 +158,9 @@ impl Engine {
         acknowledge: bool,
     ) {
         let fds = Rc::new(fds);
-        let id = self.next_job_id;
-        self.next_job_id += 1;
-        let key = self.admissions.pending.insert(Admitting {
+        let id = self.jobs.next_id;
+        self.jobs.next_id += 1;
+        let key = self.jobs.admissions.pending.insert(Admitting {
             session: Some(k),
             uid,
             id,
@@ -170,8 +170,8 @@ impl Engine {
             stats: [None, None, None],
             in_flight: 0,
         });
-        *self.admissions.by_session.entry(k).or_default() += 1;
-        *self.admissions.by_user.entry(uid).or_default() += 1;
+        *self.jobs.admissions.by_session.entry(k).or_default() += 1;
+        *self.jobs.admissions.by_user.entry(uid).or_default() += 1;
         let targets = [
             Some((SOURCE, fds.src.as_raw_fd())),
             Some((DESTINATION, fds.dst.as_raw_fd())),
@@ -187,7 +187,7 @@ impl Engine {
                 flags,
                 mask,
             );
-            let Some(a) = self.admissions.pending.get_mut(key) else {
+            let Some(a) = self.jobs.admissions.pending.get_mut(key) else {
                 return;
             };
             match queued {
@@ -200,6 +200,7 @@ impl Engine {
         }
         drop(fds);
         if self
+            .jobs
             .admissions
             .pending
             .get(key)
@@ -209,9 +210,22 @@ impl Engine {
         }
     }
 
+    /// A completion of a statx of admission `key`.
+    pub(super) fn on_admission_op(&mut self, op: Op, result: i32) {
+        match (op.owner, op.kind, op.hold) {
+            (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
+                // The op's share of the descriptors goes first, so the last
+                // statx back leaves them to the admission alone.
+                drop(fds);
+                self.on_statx(a, which, result, &buf);
+            }
+            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        }
+    }
+
     /// A statx of admission `key` completed into `buf`.
-    pub(super) fn on_statx(&mut self, key: usize, which: u8, result: i32, buf: &libc::statx) {
-        let Some(a) = self.admissions.pending.get_mut(key) else {
+    fn on_statx(&mut self, key: usize, which: u8, result: i32, buf: &libc::statx) {
+        let Some(a) = self.jobs.admissions.pending.get_mut(key) else {
             error!(key, "statx completion for an admission that is gone");
             return;
         };
@@ -232,10 +246,10 @@ impl Engine {
     /// Every statx of admission `key` is back: admit (or refuse) the job if
     /// its client is still there, else close its descriptors.
     fn end_admission(&mut self, key: usize) {
-        let a = self.admissions.pending.remove(key);
-        self.admissions.forget_user(a.uid);
+        let a = self.jobs.admissions.pending.remove(key);
+        self.jobs.admissions.forget_user(a.uid);
         if let Some(k) = a.session {
-            self.admissions.forget_session(k);
+            self.jobs.admissions.forget_session(k);
         }
         // No op holds the descriptors any more (each held them until its
         // completion, and this is after the last), so they are ours alone.
@@ -250,9 +264,9 @@ impl Engine {
         };
         let live = a
             .session
-            .filter(|&k| self.sessions.get(k).is_some_and(|s| !s.closing));
+            .filter(|&k| self.sessions.slab.get(k).is_some_and(|s| !s.closing));
         let Some(k) = live else {
-            self.doomed.extend(fds.into_fds());
+            self.closing.doomed.extend(fds.into_fds());
             return;
         };
         let [s, d, dir_stat] = a.stats;
@@ -273,10 +287,10 @@ impl Engine {
     /// Connection `k` closed: its submits being admitted are abandoned;
     /// their descriptors close when their statx ops are back.
     pub(super) fn abandon_admissions(&mut self, k: usize) {
-        if self.admissions.by_session.remove(&k).is_none() {
+        if self.jobs.admissions.by_session.remove(&k).is_none() {
             return;
         }
-        for (_, a) in self.admissions.pending.iter_mut() {
+        for (_, a) in self.jobs.admissions.pending.iter_mut() {
             if a.session == Some(k) {
                 a.session = None;
             }
@@ -288,13 +302,13 @@ impl Engine {
     /// descriptors close when the statx ops are back.
     pub(super) fn refuse_admissions(&mut self, e: &TransferError) {
         let mut told = Vec::new();
-        for (_, a) in self.admissions.pending.iter_mut() {
+        for (_, a) in self.jobs.admissions.pending.iter_mut() {
             if let Some(k) = a.session.take() {
                 told.push((k, a.submit.req));
             }
         }
         for (k, req) in told {
-            self.admissions.forget_session(k);
+            self.jobs.admissions.forget_session(k);
             let ev = Event::Failed {
                 req,
                 job: None,

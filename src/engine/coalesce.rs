@@ -42,7 +42,7 @@ impl Engine {
         if !self.encode_event(k, event) {
             return;
         }
-        let Some(session) = self.sessions.get_mut(k) else {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         session.held_events += 1;
@@ -50,13 +50,13 @@ impl Engine {
             self.flush(k);
             return;
         }
-        self.events_held += 1;
+        self.counters.events_held += 1;
         if session.held_events == 1 {
-            self.held_sessions.push(k);
+            self.sessions.held.push(k);
         }
-        if self.hold_timer.is_none() {
+        if self.timers.hold.is_none() {
             match self.io.timeout(Owner::HoldTimer, HOLD_AT_MOST) {
-                Ok(ud) => self.hold_timer = Some(ud),
+                Ok(ud) => self.timers.hold = Some(ud),
                 Err(e) => {
                     // Without the timer nothing would send them: send now.
                     error!("cannot queue the timer for held events: {e}");
@@ -68,19 +68,19 @@ impl Engine {
 
     /// Sends every held event.
     pub(super) fn on_hold_timer(&mut self) {
-        self.hold_timer = None;
-        let mut held = std::mem::take(&mut self.held_sessions);
+        self.timers.hold = None;
+        let mut held = std::mem::take(&mut self.sessions.held);
         for &k in &held {
             // A key whose session ended (or was reused by one holding
             // nothing) has nothing held.
-            if self.sessions.get(k).is_some_and(|s| s.held_events > 0) {
+            if self.sessions.slab.get(k).is_some_and(|s| s.held_events > 0) {
                 self.flush(k);
             }
         }
         held.clear();
         // Keep the list's memory: it fills again on the next busy turn.
-        if self.held_sessions.is_empty() {
-            self.held_sessions = held;
+        if self.sessions.held.is_empty() {
+            self.sessions.held = held;
         }
     }
 }

@@ -21,12 +21,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// At most one warning a second about clients cut off for not reading.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Open connections per user, the deadline timer, and the log of clients
-/// cut off for not reading.
+/// Open connections per user, and the log of clients cut off for not
+/// reading.
 #[derive(Default)]
 pub(super) struct Connections {
     per_user: HashMap<u32, usize>,
-    timer: Option<u64>,
     /// When a disconnection for not reading was last logged at warn level,
     /// and how many came since: a thousand such clients make one line a
     /// second, not a thousand.
@@ -50,9 +49,14 @@ impl Connections {
         Some(std::mem::take(&mut self.not_reading_since))
     }
 
-    /// The deadline timer in flight, taken to cancel it.
-    pub(super) fn take_timer(&mut self) -> Option<u64> {
-        self.timer.take()
+    /// A connection of `uid` is gone.
+    pub(super) fn release(&mut self, uid: u32) {
+        if let Some(n) = self.per_user.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&uid);
+            }
+        }
     }
 }
 
@@ -60,8 +64,8 @@ impl Engine {
     /// Counts a new connection of `uid`; the reason to refuse it, if it is
     /// past the daemon's limit or the user's.
     pub(super) fn count_connection(&mut self, uid: u32) -> Option<String> {
-        let total = self.sessions.len();
-        let mine = self.connections.per_user.entry(uid).or_default();
+        let total = self.sessions.slab.len();
+        let mine = self.sessions.connections.per_user.entry(uid).or_default();
         *mine += 1;
         if total > self.config.max_connections {
             Some(format!(
@@ -78,45 +82,41 @@ impl Engine {
         }
     }
 
-    /// A connection of `uid` is gone.
-    pub(super) fn release_connection(&mut self, uid: u32) {
-        if let Some(n) = self.connections.per_user.get_mut(&uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.connections.per_user.remove(&uid);
-            }
-        }
-    }
-
     /// Whether session `k`'s unsent events (the event just added included)
     /// are more than its share while all clients' together are past
     /// `--max-event-bytes` (see [`wire::over_event_share`]).
     pub(super) fn over_event_share(&self, k: usize) -> bool {
-        let Some(mine) = self.sessions.get(k).map(|s| s.wire.unsent()) else {
+        let Some(mine) = self.sessions.slab.get(k).map(|s| s.wire.unsent()) else {
             return false;
         };
-        let total = || self.sessions.iter().map(|(_, s)| s.wire.unsent()).sum();
+        let total = || {
+            self.sessions
+                .slab
+                .iter()
+                .map(|(_, s)| s.wire.unsent())
+                .sum()
+        };
         let budget = self.config.max_event_bytes;
-        wire::over_event_share(mine, total, budget, self.sessions.len())
+        wire::over_event_share(mine, total, budget, self.sessions.slab.len())
     }
 
     /// Arms the deadline check, if a daemon has connections and none is armed.
     pub(super) fn arm_deadlines(&mut self) {
-        if self.listener.is_none()
-            || self.stopping
-            || self.connections.timer.is_some()
-            || self.sessions.is_empty()
+        if self.listener.fd.is_none()
+            || self.life.stopping
+            || self.timers.deadlines.is_some()
+            || self.sessions.slab.is_empty()
         {
             return;
         }
         match self.io.timeout(Owner::Housekeeping, CHECK_EVERY) {
-            Ok(ud) => self.connections.timer = Some(ud),
+            Ok(ud) => self.timers.deadlines = Some(ud),
             Err(e) => error!("cannot queue the connection deadline timer: {e}"),
         }
     }
 
     pub(super) fn on_deadlines(&mut self, result: i32) {
-        self.connections.timer = None;
+        self.timers.deadlines = None;
         if result == -libc::ECANCELED {
             return;
         }
@@ -124,6 +124,7 @@ impl Engine {
         let (handshake, frame) = (self.config.handshake_timeout, self.config.frame_timeout);
         let late: Vec<(usize, String)> = self
             .sessions
+            .slab
             .iter()
             .filter(|(_, s)| !s.closing)
             .filter_map(|(k, s)| {

@@ -28,7 +28,7 @@ enum Lookup {
 
 impl Engine {
     fn uid_of(&self, k: usize) -> u32 {
-        self.sessions.get(k).map_or(u32::MAX, |s| s.peer.1)
+        self.sessions.slab.get(k).map_or(u32::MAX, |s| s.peer.1)
     }
 
     /// Finds job `job` for the user of session `k`. Another user's job is
@@ -37,12 +37,17 @@ impl Engine {
     fn lookup(&self, k: usize, job: u64) -> Lookup {
         let uid = self.uid_of(k);
         let may = |owner: u32| uid == 0 || uid == owner;
-        if let Some(j) = self.job_ids.get(&job).and_then(|&jk| self.jobs.get(jk)) {
+        if let Some(j) = self
+            .jobs
+            .ids
+            .get(&job)
+            .and_then(|&jk| self.jobs.slab.get(jk))
+        {
             if may(j.uid) {
-                return Lookup::Running(self.job_ids[&job]);
+                return Lookup::Running(self.jobs.ids[&job]);
             }
-        } else if let Some(i) = self.recent.iter().rposition(|f| f.info.job == job) {
-            if may(self.recent[i].info.uid) {
+        } else if let Some(i) = self.jobs.recent.iter().rposition(|f| f.info.job == job) {
+            if may(self.jobs.recent[i].info.uid) {
                 return Lookup::Finished(i);
             }
         }
@@ -72,7 +77,7 @@ impl Engine {
             Lookup::Running(jk) => {
                 self.emit(k, &Event::Cancelling { req, job });
                 let uid = self.uid_of(k);
-                let by = if self.jobs.get(jk).and_then(|j| j.session) == Some(k) {
+                let by = if self.jobs.slab.get(jk).and_then(|j| j.session) == Some(k) {
                     "cancelled by the client".to_string()
                 } else {
                     format!("cancelled by request (uid {uid})")
@@ -80,7 +85,7 @@ impl Engine {
                 self.fail_job(jk, TransferError::cancelled(&by));
             }
             Lookup::Finished(i) => {
-                let state = self.recent[i].info.state.name();
+                let state = self.jobs.recent[i].info.state.name();
                 self.refused(
                     k,
                     req,
@@ -95,8 +100,8 @@ impl Engine {
 
     pub(super) fn on_status(&mut self, k: usize, req: u64, job: u64) {
         let info = match self.lookup(k, job) {
-            Lookup::Running(jk) => self.jobs.get(jk).map(|j| j.info(Instant::now())),
-            Lookup::Finished(i) => Some(self.recent[i].info.clone()),
+            Lookup::Running(jk) => self.jobs.slab.get(jk).map(|j| j.info(Instant::now())),
+            Lookup::Finished(i) => Some(self.jobs.recent[i].info.clone()),
             Lookup::Refused(kind, message) => return self.refused(k, req, job, kind, message),
         };
         if let Some(info) = info {
@@ -106,7 +111,7 @@ impl Engine {
 
     pub(super) fn on_wait(&mut self, k: usize, req: u64, job: u64, progress: bool) {
         match self.lookup(k, job) {
-            Lookup::Running(jk) if self.jobs[jk].watchers.len() >= MAX_WATCHERS => self.emit(
+            Lookup::Running(jk) if self.jobs.slab[jk].watchers.len() >= MAX_WATCHERS => self.emit(
                 k,
                 &Event::Failed {
                     req,
@@ -121,7 +126,7 @@ impl Engine {
             ),
             Lookup::Running(jk) => {
                 self.emit(k, &Event::Accepted { req, job });
-                if let Some(j) = self.jobs.get_mut(jk) {
+                if let Some(j) = self.jobs.slab.get_mut(jk) {
                     j.watchers.push(Watcher {
                         session: k,
                         req,
@@ -130,7 +135,7 @@ impl Engine {
                 }
             }
             Lookup::Finished(i) => {
-                let event = with_req(&self.recent[i].event, req);
+                let event = with_req(&self.jobs.recent[i].event, req);
                 self.emit(k, &event);
             }
             Lookup::Refused(kind, message) => self.emit(
@@ -155,6 +160,7 @@ impl Engine {
         let now = Instant::now();
         let mut ids: Vec<(u64, usize)> = self
             .jobs
+            .slab
             .iter()
             .filter(|(_, j)| (uid == 0 || j.uid == uid) && j.id > after)
             .map(|(key, j)| (j.id, key))
@@ -164,7 +170,7 @@ impl Engine {
         let jobs: Vec<JobInfo> = ids
             .iter()
             .take(JOBS_PAGE)
-            .filter_map(|&(_, key)| self.jobs.get(key).map(|j| j.info(now)))
+            .filter_map(|&(_, key)| self.jobs.slab.get(key).map(|j| j.info(now)))
             .collect();
         self.emit(k, &Event::Jobs { req, jobs, more });
     }

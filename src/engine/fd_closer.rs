@@ -20,6 +20,9 @@
 use std::os::fd::OwnedFd;
 
 use crossbeam_channel::{Sender, TrySendError};
+use tracing::warn;
+
+use crate::io::Io;
 
 /// Descriptors queued for closing at most before `hand_over` refuses more.
 const QUEUE: usize = 4096;
@@ -60,6 +63,63 @@ impl FdCloser {
         self.tx.try_send(fd).map_err(|e| match e {
             TrySendError::Full(fd) | TrySendError::Disconnected(fd) => fd,
         })
+    }
+}
+
+/// Client descriptors dropped this turn, and how they get closed.
+pub(super) struct Closing {
+    /// Client descriptors to close at the end of this turn, off the loop
+    /// thread: a client's descriptor can be a socket with SO_LINGER or a file
+    /// on a network file system, whose last close may block.
+    pub doomed: Vec<OwnedFd>,
+    /// The thread that closes them; without it, or when its queue is full,
+    /// they are closed through the ring.
+    pub closer: Option<FdCloser>,
+    /// Close operations in flight; the loop does not wait for them to stop.
+    pub in_flight: usize,
+}
+
+impl Closing {
+    /// Starts the closing thread (or, failing that, closes through the ring).
+    pub(super) fn new() -> Closing {
+        let closer = FdCloser::start()
+            .map_err(|e| warn!("cannot start the closing thread ({e}); closing through the ring"))
+            .ok();
+        Closing {
+            doomed: Vec::with_capacity(16),
+            closer,
+            in_flight: 0,
+        }
+    }
+
+    /// Closes the client descriptors dropped this turn: hands them to the
+    /// closing thread, or closes them through the ring.
+    pub(super) fn close_doomed(&mut self, io: &mut Io) {
+        while let Some(fd) = self.doomed.pop() {
+            let fd = match &self.closer {
+                Some(closer) => match closer.hand_over(fd) {
+                    Ok(()) => continue,
+                    Err(fd) => fd,
+                },
+                None => fd,
+            };
+            if io.close_async(fd) {
+                self.in_flight += 1;
+            }
+        }
+    }
+
+    /// A close through the ring completed.
+    pub(super) fn on_closed(&mut self, result: i32) {
+        self.in_flight -= 1;
+        if result < 0 {
+            // A close can report a failed writeback (EIO) or a full
+            // disk on network file systems.
+            warn!(
+                "closing a job's descriptor failed: {}",
+                std::io::Error::from_raw_os_error(-result)
+            );
+        }
     }
 }
 

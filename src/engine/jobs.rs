@@ -3,28 +3,57 @@
 //! callbacks of their operations, their last steps (fdatasync,
 //! verification) and their end.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
 
+use io_uring::cqueue;
 use ringxfer_ipc::{
     Checksums, Event, FailureKind, JobInfo, JobState, Priority, Strategy, SubmitRequest,
 };
+use slab::Slab;
 use tracing::debug;
 
 use super::admission::spec::{self, Context, JobSpec, Limits, Load, Submitter};
-use super::admission::{Stated, Submitted};
+use super::admission::{Admissions, Stated, Submitted};
+use super::counters::strategy_index;
 use super::publish::Publisher;
 use super::rate::TokenBucket;
 use super::shares::unqueue;
-use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
+use super::{hold_buffer, Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
 use crate::io::buffer_pool::BufRef;
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::{Op, OpKind, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::verify::Verifier;
 use crate::transfer::{Endpoints, FdKind, Mover, Shape, TransferError};
+
+/// The jobs: running ones by key, submits being admitted, and those that
+/// ended lately.
+pub(super) struct Jobs {
+    pub slab: Slab<Job>,
+    /// Running jobs' keys by job id.
+    pub ids: HashMap<u64, usize>,
+    /// Submits whose descriptors statx is asked about (admission.rs).
+    pub admissions: Admissions,
+    /// Finished jobs, oldest first, at most `RECENT_JOBS`.
+    pub recent: VecDeque<Finished>,
+    pub next_id: u64,
+}
+
+impl Jobs {
+    pub(super) fn new() -> Jobs {
+        Jobs {
+            slab: Slab::with_capacity(256),
+            ids: HashMap::with_capacity(256),
+            admissions: Admissions::default(),
+            recent: VecDeque::with_capacity(RECENT_JOBS),
+            next_id: 1,
+        }
+    }
+}
 
 /// A connection following a job it did not submit (`Request::Wait`).
 pub(super) struct Watcher {
@@ -309,16 +338,6 @@ pub(super) fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
-/// The index of a strategy's counters in `Engine::by_strategy`.
-pub(super) fn strategy_index(s: Strategy) -> usize {
-    match s {
-        Strategy::Auto | Strategy::Splice => 0,
-        Strategy::Direct => 1,
-        Strategy::Uncached => 2,
-        Strategy::Buffered => 3,
-    }
-}
-
 /// A job that ended, remembered for `Status` and `Wait`.
 pub(super) struct Finished {
     pub info: JobInfo,
@@ -335,7 +354,7 @@ impl Engine {
         e: TransferError,
         fds: impl IntoIterator<Item = OwnedFd>,
     ) {
-        self.doomed.extend(fds);
+        self.closing.doomed.extend(fds);
         let ev = Event::Failed {
             req,
             job: None,
@@ -363,7 +382,7 @@ impl Engine {
         dir: Option<OwnedFd>,
         acknowledge: bool,
     ) {
-        let Some(session) = self.sessions.get(k) else {
+        let Some(session) = self.sessions.slab.get(k) else {
             return;
         };
         let uid = session.peer.1;
@@ -386,12 +405,13 @@ impl Engine {
     /// What session `k`, user `uid` and the daemon hold now, submits being
     /// admitted counted as jobs.
     fn load(&self, k: usize, uid: u32) -> Load {
-        let user = self.users.get(&uid).copied().unwrap_or_default();
-        let session = self.sessions.get(k);
+        let user = self.slots.users.get(&uid).copied().unwrap_or_default();
+        let session = self.sessions.slab.get(k);
         Load {
-            connection_jobs: session.map_or(0, |s| s.jobs.len()) + self.admissions.of_session(k),
-            jobs: self.jobs.len() + self.admissions.len(),
-            user_jobs: user.jobs + self.admissions.of_user(uid),
+            connection_jobs: session.map_or(0, |s| s.jobs.len())
+                + self.jobs.admissions.of_session(k),
+            jobs: self.jobs.slab.len() + self.jobs.admissions.len(),
+            user_jobs: user.jobs + self.jobs.admissions.of_user(uid),
             connection_bytes: session.map_or(0, |s| s.queued_bytes),
             user_bytes: user.bytes,
         }
@@ -399,7 +419,7 @@ impl Engine {
 
     /// A descriptor leading back to this daemon (see engine/loopback.rs).
     fn loopback_refusal(&self, fds: &Submitted) -> Result<(), TransferError> {
-        let ours = self.listener_address.as_ref();
+        let ours = self.listener.address.as_ref();
         match ours.and_then(|ours| super::loopback::refuse_loopback(ours, &fds.src, &fds.dst)) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -411,7 +431,7 @@ impl Engine {
     /// with `Failed`.
     pub(super) fn admit_stated(&mut self, k: usize, stated: Stated) {
         let Some(cx) = self.admission_context(k, stated.uid, stated.acknowledge) else {
-            self.doomed.extend(stated.fds.into_fds());
+            self.closing.doomed.extend(stated.fds.into_fds());
             return;
         };
         let req = stated.submit.req;
@@ -426,7 +446,7 @@ impl Engine {
         match decided {
             Ok(spec) => self.start_job(spec),
             Err(refused) => {
-                let session = self.sessions.get(k).map_or(0, |s| s.id);
+                let session = self.sessions.slab.get(k).map_or(0, |s| s.id);
                 debug!(session, req, "refused: {}", refused.error);
                 self.refuse(k, req, refused.error, refused.fds.into_fds());
             }
@@ -436,7 +456,7 @@ impl Engine {
     /// What the stated steps check a submit of session `k` (user `uid`)
     /// against; `None` when the session is gone.
     fn admission_context(&self, k: usize, uid: u32, acknowledge: bool) -> Option<Context> {
-        let session = self.sessions.get(k)?;
+        let session = self.sessions.slab.get(k)?;
         Some(Context {
             submitter: Submitter {
                 session: k,
@@ -448,8 +468,8 @@ impl Engine {
             limits: Limits::of(&self.config),
             choice: ChoiceInputs {
                 direct_threshold: self.config.direct_threshold,
-                have_buffers: self.buffers.total() > 0,
-                buffer_size: self.buffers.buffer_size() as u64,
+                have_buffers: self.slots.buffers.total() > 0,
+                buffer_size: self.slots.buffers.buffer_size() as u64,
             },
             acknowledge,
         })
@@ -461,7 +481,7 @@ impl Engine {
         let (k, uid) = (spec.submitter.session, spec.submitter.uid);
         let (id, req, bytes, quiet) = (spec.id, spec.req, spec.bytes, spec.quiet);
         debug!(
-            session = self.sessions.get(k).map_or(0, |s| s.id),
+            session = self.sessions.slab.get(k).map_or(0, |s| s.id),
             job = id,
             uid,
             tag = %spec.tag,
@@ -475,46 +495,80 @@ impl Engine {
         );
         let personality = spec.submitter.personality;
         let pools = MoverPools {
-            fixed_buffers: self.buffers.registered(),
+            fixed_buffers: self.slots.buffers.registered(),
             buffers_per_job: self.config.buffers_per_job,
             chunks_per_job: self.config.chunks_per_job,
         };
-        let job = Job::from_spec(spec, pools, self.global_bucket.as_ref(), Instant::now());
-        let key = self.jobs.insert(job);
+        let job = Job::from_spec(
+            spec,
+            pools,
+            self.slots.global_bucket.as_ref(),
+            Instant::now(),
+        );
+        let key = self.jobs.slab.insert(job);
         self.io.ops.set_personality(key, personality);
-        self.job_ids.insert(id, key);
-        let usage = self.users.entry(uid);
+        self.jobs.ids.insert(id, key);
+        let usage = self.slots.users.entry(uid);
         usage.jobs += 1;
         usage.bytes += bytes;
-        if let Some(session) = self.sessions.get_mut(k) {
+        if let Some(session) = self.sessions.slab.get_mut(k) {
             session.jobs.push(key);
             session.queued_bytes += bytes;
         }
         if !quiet {
             self.emit(k, &Event::Accepted { req, job: id });
         }
-        if let Some(job) = self.jobs.get_mut(key) {
+        if let Some(job) = self.jobs.slab.get_mut(key) {
             let io = &mut self.io;
             job.copy.start(Owner::Job(key), io);
         }
         self.after_job_step(key);
     }
 
+    /// A SEND_ZC completion of a job: the first of its two, or the
+    /// notification that the kernel is done with the buffer.
+    pub(super) fn on_zero_copy(&mut self, user_data: u64, result: i32, flags: u32) {
+        if cqueue::more(flags) {
+            // The first of a SEND_ZC's two completions: the entry (and the
+            // buffer it holds) stays until the notification.
+            if let Some(&Op {
+                owner: Owner::Job(k),
+                kind: OpKind::BufOut(slot),
+                ..
+            }) = self.io.ops.peek(user_data)
+            {
+                self.on_job(k, OpKind::ZcSent(slot), result, None);
+            }
+            return;
+        }
+        if cqueue::notif(flags) {
+            if let Some(Op {
+                owner: Owner::Job(k),
+                kind: OpKind::BufOut(slot),
+                hold,
+            }) = self.io.ops.complete(user_data)
+            {
+                // The kernel is done with the buffer: it goes back to the job.
+                self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
+            }
+        }
+    }
+
     /// A completion for job `k`; `buf` is the pool buffer its operation
     /// held, handed back (a buffer operation's last completion).
     pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32, buf: Option<BufRef>) {
-        let Some(job) = self.jobs.get(k) else {
+        let Some(job) = self.jobs.slab.get(k) else {
             tracing::error!(key = k, "completion for a job that is gone");
             if let Some(buf) = buf {
-                self.buffers.give_back(buf);
+                self.slots.buffers.give_back(buf);
             }
             return;
         };
-        self.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
+        self.counters.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
         match kind {
             // None of these holds a pool buffer; one handed back anyway goes home.
             OpKind::Fsync | OpKind::EndTruncate | OpKind::Publish => {
-                self.returned.extend(buf.map(Returned::Buffer));
+                self.slots.returned.extend(buf.map(Returned::Buffer));
                 return match kind {
                     OpKind::Fsync => self.on_synced(k, result),
                     OpKind::EndTruncate => self.on_end_truncated(k, result),
@@ -522,19 +576,26 @@ impl Engine {
                 };
             }
             OpKind::VerifyRead(_) => {
-                match self.jobs.get_mut(k).and_then(|j| j.verifier.as_mut()) {
+                match self.jobs.slab.get_mut(k).and_then(|j| j.verifier.as_mut()) {
                     Some(v) => {
                         let io = &mut self.io;
-                        v.on_complete(kind, result, buf, Owner::Job(k), io, &mut self.returned);
+                        v.on_complete(
+                            kind,
+                            result,
+                            buf,
+                            Owner::Job(k),
+                            io,
+                            &mut self.slots.returned,
+                        );
                     }
-                    None => self.returned.extend(buf.map(Returned::Buffer)),
+                    None => self.slots.returned.extend(buf.map(Returned::Buffer)),
                 }
                 return self.after_job_step(k);
             }
             _ => {}
         }
         let yield_slots = self.should_yield(k);
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let io = &mut self.io;
@@ -545,18 +606,20 @@ impl Engine {
             Owner::Job(k),
             io,
             yield_slots,
-            &mut self.returned,
+            &mut self.slots.returned,
         );
         self.after_job_step(k);
     }
 
     pub(super) fn fail_job(&mut self, k: usize, err: TransferError) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let io = &mut self.io;
         match job.phase {
-            Phase::Copy => job.copy.fail(err, Owner::Job(k), io, &mut self.returned),
+            Phase::Copy => job
+                .copy
+                .fail(err, Owner::Job(k), io, &mut self.slots.returned),
             // The bytes are all in: a publish under way finishes (a cancel
             // arriving now is too late), and its own failure is its own.
             Phase::Publish => {}
@@ -567,7 +630,7 @@ impl Engine {
             Phase::Verify => {
                 job.late_failure.get_or_insert(err.clone());
                 if let Some(v) = job.verifier.as_mut() {
-                    v.fail(err, io, &mut self.returned);
+                    v.fail(err, io, &mut self.slots.returned);
                 }
             }
         }
@@ -578,11 +641,11 @@ impl Engine {
     /// charges what it moved, reports progress, queues it for more, starts
     /// its last steps or finishes it.
     pub(super) fn after_job_step(&mut self, k: usize) {
-        if !self.returned.is_empty() {
+        if !self.slots.returned.is_empty() {
             // Counted by what came back, not by what the job uses now: a job
             // that just moved on to verification returns pipes but uses buffers.
             let mut back = [0usize; 2];
-            for r in &self.returned {
+            for r in &self.slots.returned {
                 match r {
                     Returned::Buffer(_) => back[Resource::Buffer as usize] += 1,
                     Returned::Clean(_) | Returned::Dirty(_) => back[Resource::Pipe as usize] += 1,
@@ -590,9 +653,9 @@ impl Engine {
             }
             self.slots_returned(k, back);
         }
-        self.take_back();
+        self.slots.take_back();
         self.charge(k);
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         if job.phase == Phase::Copy && job.failure().is_none() {
@@ -609,7 +672,7 @@ impl Engine {
             self.start_last_steps(k);
         }
         self.fall_back(k);
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let done = match job.phase {
@@ -634,9 +697,9 @@ impl Engine {
     /// without splice_read, /dev/null) before any byte moved goes on with
     /// buffered read() and write(), the ladder's next rung; the note says so.
     fn fall_back(&mut self, k: usize) {
-        let have_buffers = self.buffers.total() > 0;
-        let (fixed, per_job) = (self.buffers.registered(), self.config.buffers_per_job);
-        let Some(job) = self.jobs.get_mut(k) else {
+        let have_buffers = self.slots.buffers.total() > 0;
+        let (fixed, per_job) = (self.slots.buffers.registered(), self.config.buffers_per_job);
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let Mover::Splice(c) = &job.copy else {
@@ -668,7 +731,7 @@ impl Engine {
         job.note = Some(why);
         // An entry left in the pipe queue is stale: the job queues again,
         // for a buffer.
-        unqueue(job, &mut self.users);
+        unqueue(job, &mut self.slots.users);
         let io = &mut self.io;
         job.copy.start(Owner::Job(k), io);
     }
@@ -676,7 +739,7 @@ impl Engine {
     /// Charges the bytes moved since the last step to the job's virtual
     /// time, its rate limit, the daemon's, and the counters.
     fn charge(&mut self, k: usize) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let moved = job.copy.moved();
@@ -689,16 +752,16 @@ impl Engine {
         job.moved_at = now;
         // The job went on with this piece without queueing: it was served
         // at its virtual time, which newcomers must not start behind.
-        self.queues[job.resource() as usize].granted(job.vtime);
+        self.slots.queues[job.resource() as usize].granted(job.vtime);
         // Scaled by the user's jobs wanting slots: users share first.
-        let scale = self.users.vtime_scale(job.uid);
+        let scale = self.slots.users.vtime_scale(job.uid);
         job.vtime = job
             .vtime
             .saturating_add(super::scheduler::cost(delta, job.priority).saturating_mul(scale));
         if let Some(b) = job.bucket.as_mut() {
             b.charge(delta, now);
         }
-        if let Some(b) = self.global_bucket.as_mut() {
+        if let Some(b) = self.slots.global_bucket.as_mut() {
             b.charge(delta, now);
         }
         let (mark, at) = job.rate_mark;
@@ -709,21 +772,21 @@ impl Engine {
         } else if job.rate == 0 && window > 0.05 {
             job.rate = ((moved - at) as f64 / window) as u64;
         }
-        self.by_strategy[strategy_index(job.copy.strategy())].bytes += delta;
+        self.counters.by_strategy[strategy_index(job.copy.strategy())].bytes += delta;
         let known = job.copy.total().is_some();
         let (uid, session) = (job.uid, job.session);
         if known {
-            if let Some(u) = self.users.get_mut(&uid) {
+            if let Some(u) = self.slots.users.get_mut(&uid) {
                 u.bytes = u.bytes.saturating_sub(delta);
             }
-            if let Some(s) = session.and_then(|sk| self.sessions.get_mut(sk)) {
+            if let Some(s) = session.and_then(|sk| self.sessions.slab.get_mut(sk)) {
                 s.queued_bytes = s.queued_bytes.saturating_sub(delta);
             }
         }
     }
 
     fn report_progress(&mut self, k: usize) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let listeners = job.progress || job.watchers.iter().any(|w| w.progress);
@@ -745,7 +808,11 @@ impl Engine {
             .map(|w| (w.session, w.req))
             .collect();
         for (sk, req) in owner.into_iter().chain(watchers) {
-            let reading = self.sessions.get(sk).is_some_and(|s| s.wire.keeps_up());
+            let reading = self
+                .sessions
+                .slab
+                .get(sk)
+                .is_some_and(|s| s.wire.keeps_up());
             if reading {
                 self.emit(
                     sk,
@@ -763,7 +830,7 @@ impl Engine {
     /// The bytes are in place: truncation to the job's end, fdatasync and
     /// verification, as asked, one after the other.
     fn start_last_steps(&mut self, k: usize) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let Some(ends) = job.copy.endpoints() else {
@@ -815,8 +882,8 @@ impl Engine {
             job.phase = Phase::Verify;
             // An entry left in the pipe queue from the copy is stale now: the
             // job queues again, for a buffer.
-            unqueue(job, &mut self.users);
-            if self.buffers.total() == 0 {
+            unqueue(job, &mut self.slots.users);
+            if self.slots.buffers.total() == 0 {
                 job.late_failure = Some(TransferError::new(
                     FailureKind::InvalidRequest,
                     "verification needs I/O buffers, and this daemon has none (--buffers 0)",
@@ -826,7 +893,7 @@ impl Engine {
                     v.fail(
                         TransferError::new(FailureKind::InvalidRequest, "no buffers"),
                         io,
-                        &mut self.returned,
+                        &mut self.slots.returned,
                     );
                 }
             }
@@ -834,7 +901,7 @@ impl Engine {
     }
 
     fn on_synced(&mut self, k: usize, result: i32) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         job.side_op = None;
@@ -858,7 +925,7 @@ impl Engine {
 
     /// The in-place destination was truncated to the job's end.
     fn on_end_truncated(&mut self, k: usize, result: i32) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         job.side_op = None;
@@ -884,7 +951,7 @@ impl Engine {
     /// it succeeded, the removal of a hidden name if not. False when there
     /// is nothing (more) to do and the job can end.
     fn start_publish(&mut self, k: usize) -> bool {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return false;
         };
         if job.phase == Phase::Publish {
@@ -913,7 +980,7 @@ impl Engine {
     }
 
     fn on_publish_step(&mut self, k: usize, result: i32) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         if let (Some(p), Some(ends)) = (job.publish.as_mut(), job.copy.endpoints()) {
@@ -923,29 +990,12 @@ impl Engine {
         self.after_job_step(k);
     }
 
-    pub(super) fn take_back(&mut self) {
-        for returned in self.returned.drain(..) {
-            match returned {
-                Returned::Buffer(buf) => self.buffers.give_back(buf),
-                Returned::Clean(pipe) => self.pipes.give_back(pipe),
-                Returned::Dirty(pipe) => {
-                    if let Some(e) = self.pipes.discard(pipe) {
-                        tracing::warn!(
-                            "a pipe could not be replaced; the pool shrinks to {}: {e}",
-                            self.pipes.total()
-                        );
-                    }
-                }
-            }
-        }
-    }
-
     /// Job `k` has ended: its final event to its owner and watchers, its
     /// charges taken back, its descriptors to the closing thread.
     pub(super) fn finish_job(&mut self, k: usize) {
-        let mut job = self.jobs.remove(k);
-        self.job_ids.remove(&job.id);
-        self.bytes_finished += job.copy.moved();
+        let mut job = self.jobs.slab.remove(k);
+        self.jobs.ids.remove(&job.id);
+        self.counters.bytes_finished += job.copy.moved();
         let now = Instant::now();
         if let Some(v) = job.verifier.as_ref() {
             match v.outcome() {
@@ -963,13 +1013,13 @@ impl Engine {
             self.emit(w.session, &with_req(&event, w.req));
         }
         if let Some(ends) = job.copy.into_endpoints() {
-            self.doomed.extend([ends.src, ends.dst]);
+            self.closing.doomed.extend([ends.src, ends.dst]);
         }
         if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
-            self.doomed.push(dir);
+            self.closing.doomed.push(dir);
         }
         if let Some(sk) = job.session {
-            if let Some(session) = self.sessions.get_mut(sk) {
+            if let Some(session) = self.sessions.slab.get_mut(sk) {
                 if let Some(pos) = session.jobs.iter().position(|&j| j == k) {
                     session.jobs.swap_remove(pos);
                 }
@@ -986,10 +1036,10 @@ impl Engine {
     fn final_event(&mut self, job: &Job, now: Instant) -> (Event, JobState) {
         let moved = job.copy.moved();
         let elapsed = now.saturating_duration_since(job.started);
-        let stats = &mut self.by_strategy[strategy_index(job.copy.strategy())];
+        let stats = &mut self.counters.by_strategy[strategy_index(job.copy.strategy())];
         match job.failure() {
             None => {
-                self.jobs_completed += 1;
+                self.counters.jobs_completed += 1;
                 stats.jobs_completed += 1;
                 debug!(job = job.id, tag = %job.tag, bytes = moved, strategy = %job.copy.strategy(), ?elapsed, "job completed");
                 let event = Event::Completed {
@@ -1005,7 +1055,7 @@ impl Engine {
                 (event, JobState::Completed)
             }
             Some(e) => {
-                self.jobs_failed += 1;
+                self.counters.jobs_failed += 1;
                 stats.jobs_failed += 1;
                 debug!(job = job.id, tag = %job.tag, bytes = moved, "job failed: {e}");
                 let event = Event::Failed {
@@ -1028,14 +1078,14 @@ impl Engine {
     /// Takes an ended job off its user's counts (its `remaining` bytes
     /// included), and forgets a user left with no job.
     fn release_user(&mut self, job: &mut Job, remaining: u64) {
-        unqueue(job, &mut self.users);
-        let last = self.users.get_mut(&job.uid).is_some_and(|u| {
+        unqueue(job, &mut self.slots.users);
+        let last = self.slots.users.get_mut(&job.uid).is_some_and(|u| {
             u.jobs -= 1.min(u.jobs);
             u.bytes = u.bytes.saturating_sub(remaining);
             u.jobs == 0
         });
         if last {
-            self.forget_user(job.uid);
+            self.slots.forget_user(job.uid);
         }
     }
 
@@ -1044,10 +1094,10 @@ impl Engine {
         let mut info = job.info(now);
         info.state = state;
         info.rate = 0;
-        if self.recent.len() >= RECENT_JOBS {
-            self.recent.pop_front();
+        if self.jobs.recent.len() >= RECENT_JOBS {
+            self.jobs.recent.pop_front();
         }
-        self.recent.push_back(Finished {
+        self.jobs.recent.push_back(Finished {
             info,
             event: event.clone(),
         });
@@ -1058,8 +1108,11 @@ impl Engine {
     /// Closes session `k` if its client shut down its sending side and
     /// nothing it submitted is left: no job, no submit being admitted.
     pub(super) fn close_if_idle_half_closed(&mut self, k: usize) {
-        let idle_half_closed = self.sessions.get(k).is_some_and(|s| {
-            s.half_closed && !s.closing && s.jobs.is_empty() && self.admissions.of_session(k) == 0
+        let idle_half_closed = self.sessions.slab.get(k).is_some_and(|s| {
+            s.half_closed
+                && !s.closing
+                && s.jobs.is_empty()
+                && self.jobs.admissions.of_session(k) == 0
         });
         if idle_half_closed {
             self.close_session(k, "the client half-closed the connection");

@@ -3,15 +3,18 @@
 //!
 //! Each turn of the loop hands queued entries to the kernel and waits for at
 //! least one completion (one `io_uring_enter`), moves every ready completion
-//! into a list, runs the owner's callback for each, and then lends idle pipes
-//! to jobs waiting for one. Callbacks only queue entries; nothing here blocks.
+//! into a list, hands each to the part of the engine that owns its operation
+//! (`dispatch`), and then lends idle pipes and buffers to jobs waiting for
+//! one. Callbacks only queue entries; nothing here blocks.
 
 mod admission;
 mod coalesce;
 mod connections;
 mod control;
+mod counters;
 mod fd_closer;
 mod jobs;
+mod listener;
 mod loopback;
 mod publish;
 pub mod rate;
@@ -21,30 +24,21 @@ mod shares;
 mod shutdown;
 pub mod signals;
 mod slots;
+mod timers;
 
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use crate::io::ring::Cqe;
 use io_uring::cqueue;
-use ringxfer_ipc::{StatsReport, Strategy, StrategyStats};
-use slab::Slab;
 use tracing::{debug, error, info, warn};
 
 use crate::io::buffer_pool::{self, BufferPool};
-use crate::io::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use crate::io::ops::{Hold, OpTable, Owner, CANCEL_USER_DATA};
 use crate::io::pipe_pool::{self, PipePool};
 use crate::io::ring::Ring;
 use crate::io::Io;
 pub use crate::io::{EngineError, EngineKind};
-use crate::server::session::Session;
-use crate::transfer::splice::Returned;
-use crate::transfer::TransferError;
-use fd_closer::FdCloser;
-use jobs::{Finished, Job};
-use rate::TokenBucket;
-use scheduler::FairQueue;
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
 
@@ -167,94 +161,41 @@ impl Default for EngineConfig {
     }
 }
 
-/// How long the listener waits before accepting again after running out of
-/// descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Progress events go out at most this often per job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Finished jobs remembered for `Status` and `Wait`.
 const RECENT_JOBS: usize = 1024;
 
-/// The engine: everything the loop thread owns.
+/// The engine: everything the loop thread owns, in parts. A part whose work
+/// needs no other part has its methods on itself (the borrow checker then
+/// lets a method of `Engine` lend two parts at once); the rest are methods
+/// of `Engine` in the part's file.
 pub struct Engine {
     config: EngineConfig,
-    /// The ring and its op table (src/io).
+    /// The ring and its op table (src/io). Declared before `slots`, so the
+    /// ring (which has the buffers registered) is closed before their
+    /// memory is freed.
     io: Io,
-    sessions: Slab<Session>,
-    jobs: Slab<Job>,
-    job_ids: HashMap<u64, usize>,
-    /// Submits whose descriptors statx is asked about (admission.rs).
-    admissions: admission::Admissions,
-    pipes: PipePool,
-    /// Declared after `ring`, so the ring (which has the buffers registered)
-    /// is closed before their memory is freed.
-    buffers: BufferPool,
-    /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
-    queues: [FairQueue; 2],
-    /// Jobs parked until their rate limits allow more.
-    throttled: Vec<usize>,
-    /// The rate-limit timer in flight and when it fires.
-    throttle_timer: Option<(u64, Instant)>,
-    /// The daemon-wide rate limit.
-    global_bucket: Option<TokenBucket>,
-    /// Unfinished jobs, bytes still to move, slots held and jobs waiting,
-    /// per user (shares.rs).
-    users: shares::Users,
-    /// The timer that looks for stalled jobs, in flight.
-    stall_timer: Option<u64>,
-    /// Finished jobs, oldest first, at most `RECENT_JOBS`.
-    recent: VecDeque<Finished>,
-    /// Counters by strategy: splice, direct, uncached, buffered.
-    by_strategy: [StrategyStats; 4],
-    listener: Option<OwnedFd>,
-    /// The listener's address, to refuse job descriptors that connect to it.
-    listener_address: Option<loopback::UnixAddress>,
-    listener_op: Option<u64>,
-    signals: Option<OwnedFd>,
-    signal_op: Option<u64>,
-    /// SIGHUP's reload: the reader, and its result on the way back.
-    reload: signals::Reload,
-    /// Connections per user, and their deadline timer.
-    connections: connections::Connections,
-    /// The first stop signal came: no new jobs; the rest finish or time out.
-    draining: bool,
-    /// The grace period's timer in flight.
-    grace_timer: Option<u64>,
-    /// The observer's timer in flight.
-    tick_timer: Option<u64>,
-    /// Events encoded for clients, and the sends that carried them.
-    events_sent: u64,
-    event_sends: u64,
-    events_held: u64,
-    /// The timer that sends held final events, in flight (see `coalesce`).
-    hold_timer: Option<u64>,
-    /// Sessions that may hold events (possibly some twice, or gone).
-    held_sessions: Vec<usize>,
-    observer: Option<Box<dyn LoopObserver>>,
-    /// The observer was told the engine is stopping; no more ticks.
-    observer_done: bool,
-    stopping: bool,
-    signal_cancelled: bool,
-    stop_now: bool,
-    exit_when_idle: bool,
-    next_job_id: u64,
-    next_session_id: u64,
+    /// Client connections (sessions.rs).
+    sessions: sessions::Sessions,
+    /// Jobs running, being admitted, and recently finished (jobs.rs).
+    jobs: jobs::Jobs,
+    /// The pipes and buffers jobs borrow, and who waits for them (slots.rs).
+    slots: slots::Slots,
+    /// The engine's own timers in flight (timers.rs).
+    timers: timers::Timers,
+    /// What `Request::Stats` reports (counters.rs).
+    counters: counters::Counters,
+    /// Client descriptors on their way to being closed (fd_closer.rs).
+    closing: fd_closer::Closing,
+    /// The listening socket (listener.rs).
+    listener: listener::Listener,
+    /// The signalfd and SIGHUP's reload (signals.rs).
+    signals: signals::Signals,
+    /// Draining, stopping, and who watches the loop (shutdown.rs).
+    life: shutdown::Life,
+    /// The completions of one turn; kept to reuse its memory.
     cqes: Vec<Cqe>,
-    returned: Vec<Returned>,
-    /// Client descriptors to close at the end of this turn, off the loop
-    /// thread: a client's descriptor can be a socket with SO_LINGER or a file
-    /// on a network file system, whose last close may block.
-    doomed: Vec<OwnedFd>,
-    /// The thread that closes them (see fd_closer); without it, or when its
-    /// queue is full, they are closed through the ring.
-    closer: Option<FdCloser>,
-    /// Close operations in flight; the loop does not wait for them to stop.
-    closes_in_flight: usize,
-    started: Instant,
-    jobs_completed: u64,
-    jobs_failed: u64,
-    bytes_finished: u64,
 }
 
 /// Refuses settings the engine cannot run with, and warns of a per-user
@@ -360,93 +301,26 @@ impl Engine {
             "engine ready"
         );
         let ops = OpTable::with_capacity(config.ring_entries as usize * 2);
-        let closer = FdCloser::start()
-            .map_err(|e| warn!("cannot start the closing thread ({e}); closing through the ring"))
-            .ok();
         Ok(Engine {
             io: Io { ring, ops },
-            sessions: Slab::with_capacity(64),
-            jobs: Slab::with_capacity(256),
-            job_ids: HashMap::with_capacity(256),
-            admissions: admission::Admissions::default(),
-            pipes,
-            buffers,
-            queues: [
-                FairQueue::with_capacity(config.max_jobs * 2, 0, 2),
-                FairQueue::with_capacity(config.max_jobs * 2, 1, 2),
-            ],
-            throttled: Vec::with_capacity(64),
-            throttle_timer: None,
-            global_bucket: config
-                .rate_limit
-                .filter(|&r| r > 0)
-                .map(|r| TokenBucket::new(r, Instant::now())),
-            users: shares::Users::default(),
-            stall_timer: None,
-            recent: VecDeque::with_capacity(RECENT_JOBS),
-            by_strategy: [
-                Strategy::Splice,
-                Strategy::Direct,
-                Strategy::Uncached,
-                Strategy::Buffered,
-            ]
-            .map(|s| StrategyStats {
-                strategy: Some(s),
-                ..StrategyStats::default()
-            }),
-            listener: None,
-            listener_address: None,
-            listener_op: None,
-            signals: None,
-            signal_op: None,
-            reload: signals::Reload::new(),
-            connections: connections::Connections::default(),
-            draining: false,
-            grace_timer: None,
-            tick_timer: None,
-            events_sent: 0,
-            event_sends: 0,
-            events_held: 0,
-            hold_timer: None,
-            held_sessions: Vec::with_capacity(16),
-            observer: None,
-            observer_done: false,
-            stopping: false,
-            signal_cancelled: false,
-            stop_now: false,
-            exit_when_idle: false,
-            next_job_id: 1,
-            next_session_id: 1,
+            sessions: sessions::Sessions::new(),
+            jobs: jobs::Jobs::new(),
+            slots: slots::Slots::new(&config, pipes, buffers),
+            timers: timers::Timers::default(),
+            counters: counters::Counters::new(),
+            closing: fd_closer::Closing::new(),
+            listener: listener::Listener::default(),
+            signals: signals::Signals::new(),
+            life: shutdown::Life::default(),
             cqes: Vec::with_capacity(config.ring_entries as usize * 4),
-            returned: Vec::with_capacity(16),
-            doomed: Vec::with_capacity(16),
-            closer,
-            closes_in_flight: 0,
-            started: Instant::now(),
-            jobs_completed: 0,
-            jobs_failed: 0,
-            bytes_finished: 0,
             config,
         })
-    }
-
-    /// Serves connections accepted on `listener`.
-    pub fn set_listener(&mut self, listener: OwnedFd) {
-        self.listener_address = loopback::listener_address(&listener);
-        self.listener = Some(listener);
-    }
-
-    /// Reads the daemon's signals from `signalfd` (made by
-    /// [`signals::install`]): the first stop signal drains, a second stops
-    /// at once; SIGHUP reloads (see [`Engine::set_reloader`]).
-    pub fn set_signalfd(&mut self, signalfd: OwnedFd) {
-        self.signals = Some(signalfd);
     }
 
     /// Serves one already-connected client; with `exit_when_idle`, the loop
     /// returns once no connection and no job is left.
     pub fn add_connection(&mut self, fd: OwnedFd, exit_when_idle: bool) {
-        self.exit_when_idle = exit_when_idle;
+        self.life.exit_when_idle = exit_when_idle;
         self.open_session(fd);
     }
 
@@ -460,27 +334,14 @@ impl Engine {
     /// until the last connection and job are gone).
     pub fn run(&mut self) -> Result<(), EngineError> {
         self.arm_listener();
-        self.arm_signals();
+        self.signals.arm(&mut self.io);
         self.arm_tick();
         loop {
             // Closes in flight are the kernel's business now: they hold no
             // memory of ours, and a lingering socket may take its time.
-            let waiting_for = self.io.ops.len() - self.closes_in_flight;
-            if self.stopping && waiting_for == 1 && !self.signal_cancelled {
-                // Only the signal read is left: nothing else can finish now,
-                // so take it back too, and exit once its completion is in.
-                if let Some(ud) = self.signal_op {
-                    self.signal_cancelled = true;
-                    let _ = self.io.cancel(ud);
-                }
-            }
-            if self.stop_now
-                || (self.stopping && waiting_for == 0)
-                || (self.exit_when_idle
-                    && self.sessions.is_empty()
-                    && self.jobs.is_empty()
-                    && self.io.ops.is_empty())
-            {
+            let waiting_for = self.io.ops.len() - self.closing.in_flight;
+            self.cancel_signal_read_if_last(waiting_for);
+            if self.should_exit(waiting_for) {
                 break;
             }
             if self.io.ops.is_empty() && !self.io.ring.has_queued() {
@@ -497,53 +358,25 @@ impl Engine {
             }
             self.cqes = cqes;
             self.lend();
-            if self.draining
-                && !self.stopping
-                && self.jobs.is_empty()
-                && self.admissions.live() == 0
-            {
-                info!("every job has ended; stopping");
-                self.stop();
-            }
-            self.close_doomed();
+            self.stop_if_drained();
+            self.closing.close_doomed(&mut self.io);
         }
         info!(
-            jobs_completed = self.jobs_completed,
-            jobs_failed = self.jobs_failed,
-            bytes = self.bytes_finished,
+            jobs_completed = self.counters.jobs_completed,
+            jobs_failed = self.counters.jobs_failed,
+            bytes = self.counters.bytes_finished,
             "engine stopped"
         );
         Ok(())
     }
 
+    /// Hands a completion to the part that owns its operation.
     fn dispatch(&mut self, user_data: u64, result: i32, flags: u32) {
         if user_data == CANCEL_USER_DATA {
             return;
         }
-        if cqueue::more(flags) {
-            // The first of a SEND_ZC's two completions: the entry (and the
-            // buffer it holds) stays until the notification.
-            if let Some(&Op {
-                owner: Owner::Job(k),
-                kind: OpKind::BufOut(slot),
-                ..
-            }) = self.io.ops.peek(user_data)
-            {
-                self.on_job(k, OpKind::ZcSent(slot), result, None);
-            }
-            return;
-        }
-        if cqueue::notif(flags) {
-            if let Some(Op {
-                owner: Owner::Job(k),
-                kind: OpKind::BufOut(slot),
-                hold,
-            }) = self.io.ops.complete(user_data)
-            {
-                // The kernel is done with the buffer: it goes back to the job.
-                self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
-            }
-            return;
+        if cqueue::more(flags) || cqueue::notif(flags) {
+            return self.on_zero_copy(user_data, result, flags);
         }
         let Some(op) = self.io.ops.complete(user_data) else {
             error!(
@@ -552,200 +385,25 @@ impl Engine {
             );
             return;
         };
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Listener, OpKind::Timeout, _) => self.arm_listener(),
-            (Owner::Listener, _, _) => self.on_accept(result),
-            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => match buf.downcast() {
-                Ok(buf) => self.on_recv(k, result, buf),
-                Err(_) => error!("a receive completed without the session's buffer"),
-            },
-            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => match buf.downcast() {
-                Ok(buf) => self.on_send(k, result, buf),
-                Err(_) => error!("a send completed without the session's buffer"),
-            },
-            (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
-                // The op's share of the descriptors goes first, so the last
-                // statx back leaves them to the admission alone.
-                drop(fds);
-                self.on_statx(a, which, result, &buf);
-            }
-            (Owner::Job(k), kind, hold) => {
+        match op.owner {
+            Owner::Listener => self.on_listener_op(op, result),
+            Owner::Session(_) => self.on_session_op(op, result),
+            Owner::Admission(_) => self.on_admission_op(op, result),
+            Owner::Job(k) => {
                 // The op's references to the pipe and descriptors go first,
                 // so a chunk that is done can hand its pipe straight back;
                 // a buffer goes back to the job that lent it.
-                let buf = hold_buffer(hold);
-                self.on_job(k, kind, result, buf);
+                let buf = hold_buffer(op.hold);
+                self.on_job(k, op.kind, result, buf);
             }
-            (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
-            (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
-            (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
-            (Owner::Stall, _, _) => self.on_stall_timer(),
-            (Owner::Grace, _, _) => self.on_grace_timer(result),
-            (Owner::Tick, _, _) => self.on_tick(result),
-            (Owner::HoldTimer, _, _) => self.on_hold_timer(),
-            (Owner::Housekeeping, _, _) => self.on_deadlines(result),
-            (Owner::Closer, _, _) => {
-                self.closes_in_flight -= 1;
-                if result < 0 {
-                    // A close can report a failed writeback (EIO) or a full
-                    // disk on network file systems.
-                    warn!(
-                        "closing a job's descriptor failed: {}",
-                        std::io::Error::from_raw_os_error(-result)
-                    );
-                }
-            }
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
-        }
-    }
-
-    // ---- listener and signals -------------------------------------------------
-
-    fn arm_listener(&mut self) {
-        if self.stopping || self.draining {
-            return;
-        }
-        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
-            return;
-        };
-        match self.io.accept(fd) {
-            Ok(ud) => self.listener_op = Some(ud),
-            Err(e) => error!("cannot queue accept: {e}"),
-        }
-    }
-
-    fn on_accept(&mut self, result: i32) {
-        self.listener_op = None;
-        if result >= 0 {
-            // SAFETY: a successful accept returns a new descriptor that only
-            // this completion knows about.
-            let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            if self.stopping || self.draining {
-                drop(fd);
-            } else {
-                self.open_session(fd);
-            }
-        } else if -result != libc::ECANCELED {
-            let err = std::io::Error::from_raw_os_error(-result);
-            warn!("accept on the listening socket failed: {err}");
-            if !self.stopping
-                && matches!(
-                    -result,
-                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-                )
-            {
-                // Out of descriptors or memory: accepting again at once would
-                // fail again at once. Wait for jobs to end and give some back.
-                match self.io.timeout(Owner::Listener, ACCEPT_BACKOFF) {
-                    Ok(_) => return,
-                    Err(e) => error!("cannot queue the accept back-off timer: {e}"),
-                }
-            }
-        }
-        if self.stopping || self.draining {
-            // Close it now, so that new clients are refused at once instead
-            // of waiting in the backlog of a daemon that will not answer.
-            // (A socket systemd passed stays open in systemd, which queues
-            // new clients for the next start.)
-            self.listener = None;
-            return;
-        }
-        self.arm_listener();
-    }
-
-    /// Stops accepting, cancels every job and closes every connection; the
-    /// loop ends when the last operation has completed.
-    pub fn stop(&mut self) {
-        self.stop_with(SHUTDOWN_NOW);
-    }
-
-    /// As [`Engine::stop`]; `why` is what each cancelled job's owner is told.
-    fn stop_with(&mut self, why: &str) {
-        if self.stopping {
-            return;
-        }
-        self.stopping = true;
-        self.notify_stopping();
-        for ud in [
-            self.listener_op,
-            self.grace_timer.take(),
-            self.tick_timer.take(),
-            self.connections.take_timer(),
-            self.stall_timer.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let _ = self.io.cancel(ud);
-        }
-        if let Some((ud, _)) = self.throttle_timer.take() {
-            let _ = self.io.cancel(ud);
-        }
-        // Submits still being admitted and jobs first, so their owners hear
-        // why; then the connections. Detached jobs outlive their
-        // connections, but not the daemon.
-        self.refuse_admissions(&TransferError::new(
-            ringxfer_ipc::FailureKind::ShuttingDown,
-            "the daemon is shutting down and takes no new jobs",
-        ));
-        let keys: Vec<usize> = self.jobs.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.fail_job(k, TransferError::cancelled(why));
-        }
-        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.close_session(k, "the daemon is shutting down");
-        }
-    }
-
-    /// Closes the client descriptors dropped this turn: hands them to the
-    /// closing thread, or closes them through the ring.
-    fn close_doomed(&mut self) {
-        while let Some(fd) = self.doomed.pop() {
-            let fd = match &self.closer {
-                Some(closer) => match closer.hand_over(fd) {
-                    Ok(()) => continue,
-                    Err(fd) => fd,
-                },
-                None => fd,
-            };
-            let io = &mut self.io;
-            if io.close_async(fd) {
-                self.closes_in_flight += 1;
-            }
-        }
-    }
-
-    /// The counters `Request::Stats` answers with.
-    pub fn stats(&self) -> StatsReport {
-        let running: u64 = self.jobs.iter().map(|(_, j)| j.copy.moved()).sum();
-        let count = |f: fn(&Job) -> bool| self.jobs.iter().filter(|(_, j)| f(j)).count() as u64;
-        StatsReport {
-            uptime_ms: self.started.elapsed().as_millis().min(u64::MAX as u128) as u64,
-            connections: self.sessions.len() as u64,
-            jobs_running: self.jobs.len() as u64,
-            jobs_queued: count(|j| j.state() == ringxfer_ipc::JobState::Queued),
-            jobs_throttled: count(|j| j.throttled),
-            jobs_detached: count(|j| j.detach),
-            jobs_completed: self.jobs_completed,
-            jobs_failed: self.jobs_failed,
-            bytes_moved: self.bytes_finished + running,
-            sqes_submitted: self.io.ring.sqes_submitted,
-            enter_calls: self.io.ring.enter_calls,
-            events_sent: self.events_sent,
-            event_sends: self.event_sends,
-            events_held: self.events_held,
-            pipes_total: self.pipes.total() as u64,
-            pipes_in_use: (self.pipes.total() - self.pipes.idle()) as u64,
-            pipe_capacity: u64::from(self.pipes.pipe_capacity()),
-            buffers_total: self.buffers.total() as u64,
-            buffers_in_use: (self.buffers.total() - self.buffers.idle()) as u64,
-            buffer_size: self.buffers.buffer_size() as u64,
-            buffers_registered: self.buffers.registered(),
-            ops_in_flight: self.slots_lent() as u64,
-            max_ops_in_flight: self.config.max_inflight as u64,
-            rate_limit: self.global_bucket.as_ref().map(TokenBucket::rate),
-            strategies: self.by_strategy.to_vec(),
+            Owner::Signal => self.on_signal_op(op, result),
+            Owner::Closer => self.closing.on_closed(result),
+            Owner::Throttle
+            | Owner::Stall
+            | Owner::Grace
+            | Owner::Tick
+            | Owner::HoldTimer
+            | Owner::Housekeeping => self.on_timer(op, user_data, result),
         }
     }
 }
@@ -757,7 +415,7 @@ impl Drop for Engine {
     /// error, what the table holds is leaked rather than freed under the kernel.
     fn drop(&mut self) {
         if !self.io.ops.is_empty() {
-            if self.io.ops.len() > self.closes_in_flight + usize::from(self.signal_op.is_some()) {
+            if self.io.ops.len() > self.closing.in_flight + usize::from(self.signals.op.is_some()) {
                 warn!(
                     in_flight = self.io.ops.len(),
                     "engine dropped with operations in flight"
@@ -773,7 +431,7 @@ impl Drop for Engine {
             ));
             // Buffers an operation may still read or write are leaked too.
             if let Ok(empty) = BufferPool::new(0, buffer_pool::BUFFER_ALIGN) {
-                std::mem::forget(std::mem::replace(&mut self.buffers, empty));
+                std::mem::forget(std::mem::replace(&mut self.slots.buffers, empty));
             }
         }
     }

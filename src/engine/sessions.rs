@@ -7,10 +7,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use ringxfer_ipc::{Event, Limits, ProtocolErrorKind, Request, PROTOCOL_VERSION};
+use slab::Slab;
 use tracing::{debug, error, info, warn};
 
+use super::connections::Connections;
 use super::{scheduler, Engine};
-use crate::io::ops::Owner;
+use crate::io::ops::{Hold, Op, OpKind, Owner};
 use crate::server::frames::FrameError;
 use crate::server::session::{
     peer_credentials, peer_hung_up, RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE,
@@ -18,7 +20,44 @@ use crate::server::session::{
 use crate::server::wire::{Incoming, Receipt, Sent};
 use crate::transfer::TransferError;
 
+/// Client connections, and what is kept across them.
+pub(super) struct Sessions {
+    pub slab: Slab<Session>,
+    /// Connections per user, and clients cut off (connections.rs).
+    pub connections: Connections,
+    /// Sessions that may hold events (possibly some twice, or gone); see
+    /// coalesce.rs.
+    pub held: Vec<usize>,
+    pub next_id: u64,
+}
+
+impl Sessions {
+    pub(super) fn new() -> Sessions {
+        Sessions {
+            slab: Slab::with_capacity(64),
+            connections: Connections::default(),
+            held: Vec::with_capacity(16),
+            next_id: 1,
+        }
+    }
+}
+
 impl Engine {
+    /// A completion of session `k`'s receive or send.
+    pub(super) fn on_session_op(&mut self, op: Op, result: i32) {
+        match (op.owner, op.kind, op.hold) {
+            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => match buf.downcast() {
+                Ok(buf) => self.on_recv(k, result, buf),
+                Err(_) => error!("a receive completed without the session's buffer"),
+            },
+            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => match buf.downcast() {
+                Ok(buf) => self.on_send(k, result, buf),
+                Err(_) => error!("a send completed without the session's buffer"),
+            },
+            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        }
+    }
+
     /// Takes a new connection: who is at the other end, what it may do,
     /// and whether there is room for it.
     pub(super) fn open_session(&mut self, fd: OwnedFd) {
@@ -30,23 +69,23 @@ impl Engine {
             warn!(
                 "refusing a connection whose peer credentials cannot be read (SO_PEERCRED: {err})"
             );
-            self.doomed.push(fd);
+            self.closing.doomed.push(fd);
             return;
         };
         let (personality, fsize_limit) = match self.client_rights(&fd, peer) {
             Ok(rights) => rights,
             Err(why) => {
                 warn!(pid = peer.0, uid = peer.1, "refusing a connection: {why}");
-                self.doomed.push(fd);
+                self.closing.doomed.push(fd);
                 return;
             }
         };
-        let id = self.next_session_id;
-        self.next_session_id += 1;
+        let id = self.sessions.next_id;
+        self.sessions.next_id += 1;
         let mut session = Session::new(id, fd, self.config.max_frame, peer);
         session.personality = personality;
         session.fsize_limit = fsize_limit;
-        let key = self.sessions.insert(session);
+        let key = self.sessions.slab.insert(session);
         let (pid, uid, gid) = peer;
         info!(session = id, pid, uid, gid, "client connected");
         if let Some(message) = self.count_connection(uid) {
@@ -101,7 +140,7 @@ impl Engine {
     // ---- receiving -------------------------------------------------------------
 
     pub(super) fn arm_recv(&mut self, k: usize) {
-        let Some(session) = self.sessions.get_mut(k) else {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         let Some(buf) = session.wire.take_recv() else {
@@ -119,13 +158,15 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_recv(&mut self, k: usize, result: i32, buf: Box<RecvBuf>) {
-        let Some(session) = self.sessions.get_mut(k) else {
+    fn on_recv(&mut self, k: usize, result: i32, buf: Box<RecvBuf>) {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         session.recv_op = None;
         if session.closing {
-            session.wire.on_recv_closing(result, buf, &mut self.doomed);
+            session
+                .wire
+                .on_recv_closing(result, buf, &mut self.closing.doomed);
             return self.free_if_done(k);
         }
         match session.wire.on_recv(result, buf) {
@@ -143,8 +184,8 @@ impl Engine {
 
     /// The client shut down its sending side between frames.
     fn on_eof(&mut self, k: usize) {
-        let busy = self.admissions.of_session(k) > 0;
-        let Some(session) = self.sessions.get_mut(k) else {
+        let busy = self.jobs.admissions.of_session(k) > 0;
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         if (session.jobs.is_empty() && !busy) || peer_hung_up(&session.fd) {
@@ -163,22 +204,25 @@ impl Engine {
     /// Acts on every complete frame received, then receives again.
     fn take_requests(&mut self, k: usize) {
         let outcome = loop {
-            let Some(session) = self.sessions.get_mut(k) else {
+            let Some(session) = self.sessions.slab.get_mut(k) else {
                 return;
             };
             if session.closing {
                 break Ok(());
             }
-            match session.wire.next_incoming(&mut self.doomed) {
+            match session.wire.next_incoming(&mut self.closing.doomed) {
                 None => break Ok(()),
                 Some(Err(e)) => break Err(e),
                 Some(Ok(incoming)) => self.act_on(k, incoming),
             }
         };
-        let Some(session) = self.sessions.get_mut(k) else {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
-        match session.wire.finish_frames(outcome, &mut self.doomed) {
+        match session
+            .wire
+            .finish_frames(outcome, &mut self.closing.doomed)
+        {
             Err(e) => self.protocol_error(k, e),
             Ok(()) if !session.closing => self.arm_recv(k),
             Ok(()) => {}
@@ -216,7 +260,7 @@ impl Engine {
                 if let (Some(src), Some(dst)) = (fds.next(), fds.next()) {
                     self.admit(k, submit, src, dst, fds.next(), true);
                 }
-                self.doomed.extend(fds);
+                self.closing.doomed.extend(fds);
             }
             Request::SubmitBatch(submits) => self.admit_batch(k, submits, fds),
             Request::Cancel { req, job } => self.on_cancel(k, req, job),
@@ -250,16 +294,16 @@ impl Engine {
             // progress bar.
             let acknowledge = submit.progress || submit.detach;
             self.admit(k, submit, src, dst, dir, acknowledge);
-            if self.sessions.get(k).is_none_or(|s| s.closing) {
+            if self.sessions.slab.get(k).is_none_or(|s| s.closing) {
                 break;
             }
         }
         // Those of jobs a closing session did not get to.
-        self.doomed.extend(fds);
+        self.closing.doomed.extend(fds);
     }
 
     pub(super) fn protocol_error(&mut self, k: usize, e: FrameError) {
-        if let Some(session) = self.sessions.get(k) {
+        if let Some(session) = self.sessions.slab.get(k) {
             warn!(session = session.id, kind = ?e.kind, "closing connection: {}", e.message);
         }
         let (kind, message) = (e.kind, e.message);
@@ -275,14 +319,14 @@ impl Engine {
     /// sends do not wait: a client that stopped reading cannot hold the
     /// session (or a daemon that is stopping) forever.
     pub(super) fn close_session(&mut self, k: usize, why: &str) {
-        let Some(session) = self.sessions.get_mut(k) else {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         if session.closing {
             return;
         }
         session.closing = true;
-        session.wire.close(&mut self.doomed);
+        session.wire.close(&mut self.closing.doomed);
         let ops = [session.recv_op, session.send_op];
         let jobs = std::mem::take(&mut session.jobs);
         for ud in ops.into_iter().flatten() {
@@ -290,11 +334,11 @@ impl Engine {
         }
         self.abandon_admissions(k);
         self.end_session_jobs(k, jobs, why);
-        for (_, job) in self.jobs.iter_mut() {
+        for (_, job) in self.jobs.slab.iter_mut() {
             job.watchers.retain(|w| w.session != k);
         }
         // Its detached jobs wait on for slots without it.
-        for q in &mut self.queues {
+        for q in &mut self.slots.queues {
             q.unpark_all(scheduler::Group::Connection(k));
         }
         self.free_if_done(k);
@@ -304,15 +348,15 @@ impl Engine {
     /// others are cancelled.
     fn end_session_jobs(&mut self, k: usize, jobs: Vec<usize>, why: &str) {
         for jk in jobs {
-            match self.jobs.get_mut(jk) {
-                Some(job) if job.detach && !self.stopping => {
+            match self.jobs.slab.get_mut(jk) {
+                Some(job) if job.detach && !self.life.stopping => {
                     // A detached job runs on without its connection; its
                     // events go to whoever waits for it.
                     job.session = None;
                     debug!(job = job.id, "connection closed; detached job runs on");
                 }
                 Some(_) => {
-                    if let Some(session) = self.sessions.get_mut(k) {
+                    if let Some(session) = self.sessions.slab.get_mut(k) {
                         session.jobs.push(jk);
                     }
                     self.fail_job(jk, TransferError::cancelled(why));
@@ -323,9 +367,9 @@ impl Engine {
     }
 
     pub(super) fn free_if_done(&mut self, k: usize) {
-        if self.sessions.get(k).is_some_and(Session::is_done) {
-            let session = self.sessions.remove(k);
-            self.release_connection(session.peer.1);
+        if self.sessions.slab.get(k).is_some_and(Session::is_done) {
+            let session = self.sessions.slab.remove(k);
+            self.sessions.connections.release(session.peer.1);
             debug!(session = session.id, "connection closed");
         }
     }
@@ -343,7 +387,7 @@ impl Engine {
     /// Appends an event to the session's unsent bytes; false if there is no
     /// such session any more or it had to be closed.
     pub(super) fn encode_event(&mut self, k: usize, event: &Event) -> bool {
-        let Some(session) = self.sessions.get_mut(k) else {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return false;
         };
         if session.wire.not_reading() {
@@ -358,7 +402,7 @@ impl Engine {
         // share costs no more encoding (a listing is ~120 KiB of work), and
         // after, for the event just added.
         let over = self.over_event_share(k);
-        let session = &mut self.sessions[k];
+        let session = &mut self.sessions.slab[k];
         if !over {
             if let Err(e) = session.wire.queue_event(event) {
                 error!(session = session.id, "cannot encode an event: {e}");
@@ -366,9 +410,9 @@ impl Engine {
             }
         }
         if over || self.over_event_share(k) {
-            if let Some(clients) = self.connections.cut_off_for_not_reading() {
+            if let Some(clients) = self.sessions.connections.cut_off_for_not_reading() {
                 warn!(
-                    session = self.sessions[k].id,
+                    session = self.sessions.slab[k].id,
                     clients,
                     "clients not reading their events held more than their share of the daemon's event memory; closed"
                 );
@@ -376,13 +420,13 @@ impl Engine {
             self.cut_off(k);
             return false;
         }
-        self.events_sent += 1;
+        self.counters.events_sent += 1;
         true
     }
 
     /// Closes a session that does not read its events, dropping them.
     fn cut_off(&mut self, k: usize) {
-        let session = &mut self.sessions[k];
+        let session = &mut self.sessions.slab[k];
         session.wire.drop_pending();
         session.held_events = 0;
         self.close_session(k, "the client stopped reading its events");
@@ -390,7 +434,7 @@ impl Engine {
 
     /// Sends what the session has pending, unless a send is in flight.
     pub(super) fn flush(&mut self, k: usize) {
-        let Some(session) = self.sessions.get_mut(k) else {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         if session.send_op.is_some() {
@@ -405,7 +449,7 @@ impl Engine {
         match io.send(Owner::Session(k), fd, buf, session.closing) {
             Ok(ud) => {
                 session.send_op = Some(ud);
-                self.event_sends += 1;
+                self.counters.event_sends += 1;
             }
             Err(e) => {
                 session.wire.send_not_queued();
@@ -415,8 +459,8 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_send(&mut self, k: usize, result: i32, buf: Box<SendBuf>) {
-        let Some(session) = self.sessions.get_mut(k) else {
+    fn on_send(&mut self, k: usize, result: i32, buf: Box<SendBuf>) {
+        let Some(session) = self.sessions.slab.get_mut(k) else {
             return;
         };
         session.send_op = None;
@@ -424,7 +468,7 @@ impl Engine {
             Sent::Again => self.flush(k),
             Sent::Done => {
                 self.flush(k);
-                if let Some(session) = self.sessions.get_mut(k) {
+                if let Some(session) = self.sessions.slab.get_mut(k) {
                     session.wire.shrink_idle_buffers();
                 }
                 self.free_if_done(k);

@@ -232,8 +232,8 @@ impl Engine {
     /// its share of the pool (or of `--max-inflight`) and another user
     /// waits. Its waiter parks in the user's group until that changes.
     pub(super) fn over_user_share(&self, k: usize, r: Resource) -> Option<Group> {
-        let uid = self.jobs.get(k)?.uid;
-        let u = self.users.get(&uid)?;
+        let uid = self.jobs.slab.get(k)?.uid;
+        let u = self.slots.users.get(&uid)?;
         self.user_full(uid, u, r).then_some(Group::User(u.group))
     }
 
@@ -247,24 +247,25 @@ impl Engine {
     /// Whether user `uid` holds more than its share of `r` or of
     /// `--max-inflight` plus `slack` while another user waits.
     fn user_beyond(&self, uid: u32, u: &Usage, r: Resource, slack: usize) -> bool {
-        let pool = self.users.share(self.pool_total(r), Some(r)) + slack;
-        if u.held[r as usize] >= pool && self.users.others_waiting(uid, Some(r)) {
+        let pool = self.slots.users.share(self.slots.pool_total(r), Some(r)) + slack;
+        if u.held[r as usize] >= pool && self.slots.users.others_waiting(uid, Some(r)) {
             return true;
         }
         let cap = self.config.max_inflight;
-        cap < self.pipes.total() + self.buffers.total()
-            && u.held[0] + u.held[1] >= self.users.share(cap, None) + slack
-            && self.users.others_waiting(uid, None)
+        cap < self.slots.pipes.total() + self.slots.buffers.total()
+            && u.held[0] + u.held[1] >= self.slots.users.share(cap, None) + slack
+            && self.slots.users.others_waiting(uid, None)
     }
 
     /// Whether job `k`'s user holds more than its share of `r` while
     /// another user waits for one: its running jobs give slots back at
     /// their next piece boundary.
     pub(super) fn user_over_share(&self, k: usize, r: Resource) -> bool {
-        let Some(uid) = self.jobs.get(k).map(|j| j.uid) else {
+        let Some(uid) = self.jobs.slab.get(k).map(|j| j.uid) else {
             return false;
         };
-        self.users
+        self.slots
+            .users
             .get(&uid)
             .is_some_and(|u| self.user_beyond(uid, u, r, 1))
     }
@@ -273,27 +274,27 @@ impl Engine {
     /// now has room for go back to the shared queues (all of them when
     /// nobody else waits).
     pub(super) fn unpark_user(&mut self, uid: u32) {
-        let Some(u) = self.users.get(&uid).copied() else {
+        let Some(u) = self.slots.users.get(&uid).copied() else {
             return;
         };
         for r in [Resource::Pipe, Resource::Buffer] {
             let ri = r as usize;
             let group = Group::User(u.group);
-            if self.queues[ri].parked(group) == 0 {
+            if self.slots.queues[ri].parked(group) == 0 {
                 continue;
             }
             let room = if self.user_full(uid, &u, r) {
                 0
-            } else if self.users.others_waiting(uid, None) {
+            } else if self.slots.users.others_waiting(uid, None) {
                 // Room up to its share; the waiters put back beyond it
                 // would only park again.
-                let pool = self.users.share(self.pool_total(r), Some(r));
+                let pool = self.slots.users.share(self.slots.pool_total(r), Some(r));
                 pool.saturating_sub(u.held[ri]).max(1)
             } else {
                 usize::MAX
             };
-            let jobs = &self.jobs;
-            self.queues[ri].unpark(group, room, |key, seq| {
+            let jobs = &self.jobs.slab;
+            self.slots.queues[ri].unpark(group, room, |key, seq| {
                 jobs.get(key)
                     .is_some_and(|j| j.queued && j.queue_seq == seq)
             });
@@ -308,49 +309,42 @@ impl Engine {
         let mut moved = false;
         for r in [Resource::Pipe, Resource::Buffer] {
             let ri = r as usize;
-            if self.idle(r) == 0 || self.first_waiter(r).is_some() {
+            if self.slots.idle(r) == 0 || self.first_waiter(r).is_some() {
                 continue;
             }
             let groups: Vec<usize> = self
+                .slots
                 .users
                 .iter()
                 .filter(|(uid, u)| {
-                    self.queues[ri].parked(Group::User(u.group)) > 0 && !self.user_full(*uid, u, r)
+                    self.slots.queues[ri].parked(Group::User(u.group)) > 0
+                        && !self.user_full(*uid, u, r)
                 })
                 .map(|(_, u)| u.group)
                 .collect();
             for g in groups {
-                self.queues[ri].unpark_all(Group::User(g));
+                self.slots.queues[ri].unpark_all(Group::User(g));
                 moved = true;
             }
         }
         moved
     }
 
-    /// The last job of `uid` ended: its parking group goes to the next user.
-    pub(super) fn forget_user(&mut self, uid: u32) {
-        if let Some(group) = self.users.remove(&uid) {
-            for q in &mut self.queues {
-                q.clear(Group::User(group));
-            }
-        }
-    }
-
     /// Looks for stalled jobs every `STALL_CHECK` while some user waits
     /// behind another.
     pub(super) fn arm_stall_timer(&mut self) {
-        if self.stall_timer.is_some() || self.stopping || !self.users.contended() {
+        if self.timers.stall.is_some() || self.life.stopping || !self.slots.users.contended() {
             return;
         }
         match self.io.timeout(Owner::Stall, STALL_CHECK) {
-            Ok(ud) => self.stall_timer = Some(ud),
+            Ok(ud) => self.timers.stall = Some(ud),
             Err(e) => error!("cannot queue the stall timer: {e}"),
         }
     }
 
     pub(super) fn on_stall_timer(&mut self) {
-        self.stall_timer = None;
-        if !self.stopping && self.users.contended() {
+        self.timers.stall = None;
+        if !self.life.stopping && self.slots.users.contended() {
             self.reclaim_stalled(Instant::now());
         }
         // `lend` runs after this turn's completions and re-arms it if
@@ -366,6 +360,7 @@ impl Engine {
         let mut left: HashMap<u32, [usize; 2]> = HashMap::new();
         let stalled: Vec<usize> = self
             .jobs
+            .slab
             .iter()
             .filter(|(_, j)| {
                 j.held != [0, 0]
@@ -375,18 +370,20 @@ impl Engine {
             .map(|(k, _)| k)
             .collect();
         for k in stalled {
-            let Some(job) = self.jobs.get(k) else {
+            let Some(job) = self.jobs.slab.get(k) else {
                 continue;
             };
             let (uid, held) = (job.uid, job.held);
-            let Some(u) = self.users.get(&uid).copied() else {
+            let Some(u) = self.slots.users.get(&uid).copied() else {
                 continue;
             };
             let user_left = *left.entry(uid).or_insert(u.held);
             let over = [Resource::Pipe, Resource::Buffer].into_iter().any(|r| {
                 let ri = r as usize;
-                let share = self.users.share(self.pool_total(r), Some(r));
-                held[ri] > 0 && self.users.others_waiting(uid, Some(r)) && user_left[ri] > share
+                let share = self.slots.users.share(self.slots.pool_total(r), Some(r));
+                held[ri] > 0
+                    && self.slots.users.others_waiting(uid, Some(r))
+                    && user_left[ri] > share
             });
             if !over {
                 continue;
@@ -404,13 +401,13 @@ impl Engine {
     /// Takes job `k`'s slots back, if that is safe now: true if they are on
     /// their way back (or the job was failed, which gives them back too).
     fn reclaim_job(&mut self, k: usize, stalled_for: Duration) -> bool {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return false;
         };
         let (id, uid) = (job.id, job.uid);
         let io = &mut self.io;
         let taken = match &mut job.copy {
-            Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.returned),
+            Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
             Mover::Buffered(_) => false,
         };
         if taken {

@@ -22,7 +22,9 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info, warn};
 
 use super::rate::TokenBucket;
-use super::{Engine, Owner, SHUTDOWN_NOW};
+use super::{Engine, SHUTDOWN_NOW};
+use crate::io::ops::{Hold, Op, Owner};
+use crate::io::Io;
 
 /// The signal a finished reload wakes the loop with.
 pub fn wake_signal() -> libc::c_int {
@@ -140,27 +142,76 @@ impl Reload {
     }
 }
 
-impl Engine {
-    /// Lets SIGHUP reload settings through `reloader`.
-    pub fn set_reloader(&mut self, reloader: Reloader) {
-        self.reload.reloader = Some(Arc::new(Mutex::new(reloader)));
+/// The signalfd, its read in flight, and SIGHUP's reload.
+pub(super) struct Signals {
+    pub fd: Option<OwnedFd>,
+    pub op: Option<u64>,
+    /// The read was taken back because nothing else was left in flight.
+    pub cancelled: bool,
+    /// SIGHUP's reload: the reader, and its result on the way back.
+    pub reload: Reload,
+}
+
+impl Signals {
+    pub(super) fn new() -> Signals {
+        Signals {
+            fd: None,
+            op: None,
+            cancelled: false,
+            reload: Reload::new(),
+        }
     }
 
-    pub(super) fn arm_signals(&mut self) {
-        let Some(fd) = self.signals.as_ref().map(|s| s.as_raw_fd()) else {
+    pub(super) fn arm(&mut self, io: &mut Io) {
+        let Some(fd) = self.fd.as_ref().map(|s| s.as_raw_fd()) else {
             return;
         };
         let len = std::mem::size_of::<libc::signalfd_siginfo>() as u32;
-        let io = &mut self.io;
         match io.read_small(Owner::Signal, fd, len) {
-            Ok(ud) => self.signal_op = Some(ud),
+            Ok(ud) => self.op = Some(ud),
             Err(e) => error!("cannot queue the signalfd read: {e}"),
         }
+    }
+}
+
+impl Engine {
+    /// Reads the daemon's signals from `signalfd` (made by
+    /// [`install`]): the first stop signal drains, a second stops
+    /// at once; SIGHUP reloads (see [`Engine::set_reloader`]).
+    pub fn set_signalfd(&mut self, signalfd: OwnedFd) {
+        self.signals.fd = Some(signalfd);
+    }
+
+    /// A completion of the signalfd read.
+    pub(super) fn on_signal_op(&mut self, op: Op, result: i32) {
+        match (op.owner, op.kind, op.hold) {
+            (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
+            (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
+            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        }
+    }
+
+    /// A stopping loop waiting for nothing but the signal read
+    /// (`waiting_for`: operations in flight other than closes).
+    pub(super) fn cancel_signal_read_if_last(&mut self, waiting_for: usize) {
+        if self.life.stopping && waiting_for == 1 && !self.signals.cancelled {
+            // Only the signal read is left: nothing else can finish now,
+            // so take it back too, and exit once its completion is in.
+            if let Some(ud) = self.signals.op {
+                self.signals.cancelled = true;
+                let _ = self.io.cancel(ud);
+            }
+        }
+    }
+
+    /// Lets SIGHUP reload settings through `reloader`.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.signals.reload.reloader = Some(Arc::new(Mutex::new(reloader)));
     }
 
     /// A signalfd read completed with `result` bytes in `buf`.
     pub(super) fn on_signal(&mut self, result: i32, buf: &[u8; 128]) {
-        self.signal_op = None;
+        self.signals.op = None;
         if result < 0 {
             if -result != libc::ECANCELED {
                 warn!(
@@ -185,17 +236,17 @@ impl Engine {
             other => info!(signal = other, "signal ignored"),
         }
         // Stay armed, so that a second signal can stop at once.
-        self.arm_signals();
+        self.signals.arm(&mut self.io);
     }
 
     /// Returns whether the loop is ending now (no read re-armed).
     fn on_stop_signal(&mut self) -> bool {
-        if self.stopping {
+        if self.life.stopping {
             warn!("another signal while jobs are being cancelled: exiting now");
-            self.stop_now = true;
+            self.life.stop_now = true;
             return true;
         }
-        if self.draining {
+        if self.life.draining {
             warn!("second signal: cancelling every job now");
             self.stop_with(SHUTDOWN_NOW);
         } else {
@@ -206,27 +257,27 @@ impl Engine {
 
     fn log_status(&self) {
         info!(
-            jobs = self.jobs.len(),
-            connections = self.sessions.len(),
+            jobs = self.jobs.slab.len(),
+            connections = self.sessions.slab.len(),
             in_flight = self.io.ops.len(),
-            jobs_completed = self.jobs_completed,
-            jobs_failed = self.jobs_failed,
-            bytes = self.bytes_finished,
-            draining = self.draining,
+            jobs_completed = self.counters.jobs_completed,
+            jobs_failed = self.counters.jobs_failed,
+            bytes = self.counters.bytes_finished,
+            draining = self.life.draining,
             "status (SIGUSR1)"
         );
     }
 
     fn start_reload(&mut self) {
-        let Some(reloader) = self.reload.reloader.clone() else {
+        let Some(reloader) = self.signals.reload.reloader.clone() else {
             info!("SIGHUP: nothing to reload (no config to read)");
             return;
         };
-        if self.reload.running {
-            self.reload.again = true;
+        if self.signals.reload.running {
+            self.signals.reload.again = true;
             return;
         }
-        let tx = self.reload.tx.clone();
+        let tx = self.signals.reload.tx.clone();
         let spawned = std::thread::Builder::new()
             .name("ringxfer-reload".into())
             .spawn(move || {
@@ -242,21 +293,21 @@ impl Engine {
                 unsafe { libc::kill(libc::getpid(), wake_signal()) };
             });
         match spawned {
-            Ok(_) => self.reload.running = true,
+            Ok(_) => self.signals.reload.running = true,
             Err(e) => error!("SIGHUP: cannot start the reload thread: {e}"),
         }
     }
 
     fn finish_reload(&mut self) {
-        let Ok(result) = self.reload.rx.try_recv() else {
+        let Ok(result) = self.signals.reload.rx.try_recv() else {
             return;
         };
-        self.reload.running = false;
+        self.signals.reload.running = false;
         match result {
             Ok(reloaded) => self.apply_reload(reloaded),
             Err(e) => error!("SIGHUP: the settings were not reloaded, nothing changed: {e}"),
         }
-        if std::mem::take(&mut self.reload.again) {
+        if std::mem::take(&mut self.signals.reload.again) {
             self.start_reload();
         }
     }
@@ -264,7 +315,7 @@ impl Engine {
     fn apply_reload(&mut self, r: Reloaded) {
         let l = r.limits;
         if self.config.rate_limit != l.rate_limit {
-            self.global_bucket = l
+            self.slots.global_bucket = l
                 .rate_limit
                 .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
         }

@@ -8,20 +8,115 @@ use std::time::{Duration, Instant};
 use ringxfer_ipc::FailureKind;
 use tracing::error;
 
-use super::scheduler::{should_yield, Group, Waiter};
-use super::shares::{unqueue, wanting};
-use super::{Engine, Resource};
+use super::rate::TokenBucket;
+use super::scheduler::{should_yield, FairQueue, Group, Waiter};
+use super::shares::{unqueue, wanting, Users};
+use super::{Engine, EngineConfig, Resource};
+use crate::io::buffer_pool::BufferPool;
 use crate::io::ops::Owner;
+use crate::io::pipe_pool::PipePool;
+use crate::transfer::splice::Returned;
 use crate::transfer::TransferError;
 
 /// Throttled jobs are woken no more often than this, so a tiny limit does
 /// not turn into a timer storm.
 const MIN_THROTTLE_WAIT: Duration = Duration::from_millis(2);
 
+/// The pools jobs borrow from, the queues of jobs waiting for them, and
+/// the rate limits that hold jobs back.
+pub(super) struct Slots {
+    pub pipes: PipePool,
+    /// Declared after `Engine::io`, so the ring (which has the buffers
+    /// registered) is closed before their memory is freed.
+    pub buffers: BufferPool,
+    /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
+    pub queues: [FairQueue; 2],
+    /// Jobs parked until their rate limits allow more.
+    pub throttled: Vec<usize>,
+    /// The daemon-wide rate limit.
+    pub global_bucket: Option<TokenBucket>,
+    /// Unfinished jobs, bytes still to move, slots held and jobs waiting,
+    /// per user (shares.rs).
+    pub users: Users,
+    /// Pipes and buffers jobs gave up this step, on their way to the pools.
+    pub returned: Vec<Returned>,
+}
+
+impl Slots {
+    pub(super) fn new(config: &EngineConfig, pipes: PipePool, buffers: BufferPool) -> Slots {
+        Slots {
+            pipes,
+            buffers,
+            queues: [
+                FairQueue::with_capacity(config.max_jobs * 2, 0, 2),
+                FairQueue::with_capacity(config.max_jobs * 2, 1, 2),
+            ],
+            throttled: Vec::with_capacity(64),
+            global_bucket: config
+                .rate_limit
+                .filter(|&r| r > 0)
+                .map(|r| TokenBucket::new(r, Instant::now())),
+            users: Users::default(),
+            returned: Vec::with_capacity(16),
+        }
+    }
+
+    /// The most slots of `r` one connection's jobs may hold at once.
+    fn quota(&self, r: Resource) -> usize {
+        (self.pool_total(r) / 2).max(1)
+    }
+
+    pub(super) fn idle(&self, r: Resource) -> usize {
+        match r {
+            Resource::Pipe => self.pipes.idle(),
+            Resource::Buffer => self.buffers.idle(),
+        }
+    }
+
+    pub(super) fn pool_total(&self, r: Resource) -> usize {
+        match r {
+            Resource::Pipe => self.pipes.total(),
+            Resource::Buffer => self.buffers.total(),
+        }
+    }
+
+    /// Slots lent now, each carrying one operation in flight.
+    pub(super) fn lent(&self) -> usize {
+        (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
+    }
+
+    /// The last job of `uid` ended: its parking group goes to the next user.
+    pub(super) fn forget_user(&mut self, uid: u32) {
+        if let Some(group) = self.users.remove(&uid) {
+            for q in &mut self.queues {
+                q.clear(Group::User(group));
+            }
+        }
+    }
+
+    /// Puts what jobs gave up back in the pools.
+    pub(super) fn take_back(&mut self) {
+        for returned in self.returned.drain(..) {
+            match returned {
+                Returned::Buffer(buf) => self.buffers.give_back(buf),
+                Returned::Clean(pipe) => self.pipes.give_back(pipe),
+                Returned::Dirty(pipe) => {
+                    if let Some(e) = self.pipes.discard(pipe) {
+                        tracing::warn!(
+                            "a pipe could not be replaced; the pool shrinks to {}: {e}",
+                            self.pipes.total()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Engine {
     /// Puts a job that wants a slot in its fair queue.
     pub(super) fn enqueue(&mut self, k: usize) {
-        let Some((r, session)) = self.jobs.get(k).map(|j| (j.resource(), j.session)) else {
+        let Some((r, session)) = self.jobs.slab.get(k).map(|j| (j.resource(), j.session)) else {
             return;
         };
         // A user over its share, or a connection at its quota, would only
@@ -29,10 +124,10 @@ impl Engine {
         let held_back = self
             .over_user_share(k, r)
             .or_else(|| self.at_quota(session, r).map(Group::Connection));
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
-        let q = &mut self.queues[r as usize];
+        let q = &mut self.slots.queues[r as usize];
         let (seq, vtime) = match held_back {
             Some(g) => q.push_parked(g, k, job.vtime, job.priority),
             None => q.push(k, job.vtime, job.priority),
@@ -42,13 +137,13 @@ impl Engine {
         job.vtime = vtime;
         job.queued = true;
         job.queued_for = r;
-        self.users.adjust(job.uid, r, 0, 1);
-        self.users.job_wanting(job.uid, before, true);
+        self.slots.users.adjust(job.uid, r, 0, 1);
+        self.slots.users.job_wanting(job.uid, before, true);
     }
 
     pub(super) fn first_waiter(&mut self, r: Resource) -> Option<Waiter> {
-        let jobs = &self.jobs;
-        self.queues[r as usize].peek(|key, seq| {
+        let jobs = &self.jobs.slab;
+        self.slots.queues[r as usize].peek(|key, seq| {
             jobs.get(key)
                 .is_some_and(|j| j.queued && j.queue_seq == seq)
         })
@@ -59,10 +154,15 @@ impl Engine {
     /// does one whose rate limit (or the daemon's) is spent.
     pub(super) fn should_yield(&mut self, k: usize) -> bool {
         let now = Instant::now();
-        if self.global_bucket.as_mut().is_some_and(|b| !b.ready(now)) {
+        if self
+            .slots
+            .global_bucket
+            .as_mut()
+            .is_some_and(|b| !b.ready(now))
+        {
             return true;
         }
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return false;
         };
         if job.bucket.as_mut().is_some_and(|b| !b.ready(now)) {
@@ -84,12 +184,12 @@ impl Engine {
         }
         // When the global cap binds, the other pool's waiters compete for
         // the same operations in flight.
-        if self.slots_lent() >= self.config.max_inflight {
+        if self.slots.lent() >= self.config.max_inflight {
             let other = match r {
                 Resource::Pipe => Resource::Buffer,
                 Resource::Buffer => Resource::Pipe,
             };
-            return self.idle(other) > 0
+            return self.slots.idle(other) > 0
                 && should_yield(
                     vtime,
                     priority,
@@ -102,10 +202,10 @@ impl Engine {
     /// The first of the waiters parked behind job `k`'s user or connection
     /// (the one with the earlier virtual time), other than `k` itself.
     fn first_parked_sibling(&mut self, k: usize, r: Resource) -> Option<Waiter> {
-        let job = self.jobs.get(k)?;
-        let user = self.users.get(&job.uid).map(|u| Group::User(u.group));
+        let job = self.jobs.slab.get(k)?;
+        let user = self.slots.users.get(&job.uid).map(|u| Group::User(u.group));
         let groups = [user, job.session.map(Group::Connection)];
-        let jobs = &self.jobs;
+        let jobs = &self.jobs.slab;
         let live = |key: usize, seq: u64| {
             jobs.get(key)
                 .is_some_and(|j| j.queued && j.queue_seq == seq)
@@ -113,19 +213,19 @@ impl Engine {
         groups
             .into_iter()
             .flatten()
-            .filter_map(|g| self.queues[r as usize].peek_parked(g, k, live))
+            .filter_map(|g| self.slots.queues[r as usize].peek_parked(g, k, live))
             .min_by_key(|w| (w.vtime, Reverse(w.priority)))
     }
 
     /// How long `k` must wait for its rate limits, if it must.
     fn throttle_wait(&mut self, k: usize, now: Instant) -> Option<Duration> {
         let mut wait = Duration::ZERO;
-        if let Some(b) = self.global_bucket.as_mut() {
+        if let Some(b) = self.slots.global_bucket.as_mut() {
             if !b.ready(now) {
                 wait = wait.max(b.wait());
             }
         }
-        if let Some(b) = self.jobs.get_mut(k).and_then(|j| j.bucket.as_mut()) {
+        if let Some(b) = self.jobs.slab.get_mut(k).and_then(|j| j.bucket.as_mut()) {
             if !b.ready(now) {
                 wait = wait.max(b.wait());
             }
@@ -149,17 +249,18 @@ impl Engine {
         if self.unpark_idle_users() {
             self.lend_pass(now);
         }
-        if self.pipes.total() == 0 {
+        if self.slots.pipes.total() == 0 {
             // Every pipe failed to be replaced: nothing can move any more.
             let stuck: Vec<usize> = self
                 .jobs
+                .slab
                 .iter()
                 .filter(|(_, j)| j.queued && j.resource() == Resource::Pipe)
                 .map(|(k, _)| k)
                 .collect();
             for k in stuck {
-                if let Some(job) = self.jobs.get_mut(k) {
-                    unqueue(job, &mut self.users);
+                if let Some(job) = self.jobs.slab.get_mut(k) {
+                    unqueue(job, &mut self.slots.users);
                 }
                 self.fail_job(
                     k,
@@ -174,10 +275,10 @@ impl Engine {
     }
 
     fn lend_pass(&mut self, now: Instant) {
-        while self.slots_lent() < self.config.max_inflight {
+        while self.slots.lent() < self.config.max_inflight {
             let mut pick: Option<(Resource, Waiter)> = None;
             for r in [Resource::Pipe, Resource::Buffer] {
-                if self.idle(r) == 0 {
+                if self.slots.idle(r) == 0 {
                     continue;
                 }
                 if let Some(w) = self.first_waiter(r) {
@@ -193,18 +294,18 @@ impl Engine {
             };
             let ri = r as usize;
             // The waiter `first_waiter` just found is at the top.
-            self.queues[ri].pop(|_, _| true);
+            self.slots.queues[ri].pop(|_, _| true);
             let k = w.key;
-            let Some(job) = self.jobs.get_mut(k) else {
+            let Some(job) = self.jobs.slab.get_mut(k) else {
                 continue;
             };
             if !job.wants_slot() {
-                unqueue(job, &mut self.users);
+                unqueue(job, &mut self.slots.users);
                 continue;
             }
             if job.resource() != r {
                 // It moved on (copy to verification) since it queued.
-                unqueue(job, &mut self.users);
+                unqueue(job, &mut self.slots.users);
                 self.enqueue(k);
                 continue;
             }
@@ -215,11 +316,11 @@ impl Engine {
             if let Some(g) = held_back {
                 // It waits on, set aside until its user or connection gives
                 // a slot back (or, for a user, until nobody else waits).
-                self.queues[ri].park(g, w);
+                self.slots.queues[ri].park(g, w);
                 continue;
             }
-            if let Some(job) = self.jobs.get_mut(k) {
-                unqueue(job, &mut self.users);
+            if let Some(job) = self.jobs.slab.get_mut(k) {
+                unqueue(job, &mut self.slots.users);
                 // An entry that came back from its user's parked heap may
                 // have been moved up to the queue's virtual time.
                 job.vtime = job.vtime.max(w.vtime);
@@ -234,36 +335,32 @@ impl Engine {
 
     /// `session`, if it holds as many slots of `r` as it may.
     fn at_quota(&self, session: Option<usize>, r: Resource) -> Option<usize> {
-        let quota = self.quota(r);
+        let quota = self.slots.quota(r);
         session.filter(|&sk| {
             self.sessions
+                .slab
                 .get(sk)
                 .is_some_and(|s| s.held[r as usize] >= quota)
         })
     }
 
-    /// The most slots of `r` one connection's jobs may hold at once.
-    fn quota(&self, r: Resource) -> usize {
-        (self.pool_total(r) / 2).max(1)
-    }
-
     /// Job `k` gave back `back` pipes and buffers: its, its connection's and
     /// its user's counts go down, and waiters parked behind them may go on.
     pub(super) fn slots_returned(&mut self, k: usize, back: [usize; 2]) {
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let before = wanting(job);
         for (ri, n) in back.into_iter().enumerate() {
             let n = n.min(job.held[ri]);
             job.held[ri] -= n;
-            if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+            if let Some(session) = job.session.and_then(|sk| self.sessions.slab.get_mut(sk)) {
                 session.held[ri] -= n.min(session.held[ri]);
             }
             let r = [Resource::Pipe, Resource::Buffer][ri];
-            self.users.adjust(job.uid, r, -(n as isize), 0);
+            self.slots.users.adjust(job.uid, r, -(n as isize), 0);
         }
-        self.users.job_wanting(job.uid, before, wanting(job));
+        self.slots.users.job_wanting(job.uid, before, wanting(job));
         let (session, uid) = (job.session, job.uid);
         if let Some(sk) = session {
             for r in [Resource::Pipe, Resource::Buffer] {
@@ -279,47 +376,29 @@ impl Engine {
     /// it now has room for go back to the shared queue.
     pub(super) fn unpark(&mut self, sk: usize, r: Resource) {
         let ri = r as usize;
-        let Some(held) = self.sessions.get(sk).map(|s| s.held[ri]) else {
+        let Some(held) = self.sessions.slab.get(sk).map(|s| s.held[ri]) else {
             return;
         };
-        let room = self.quota(r).saturating_sub(held);
+        let room = self.slots.quota(r).saturating_sub(held);
         let group = Group::Connection(sk);
-        if room == 0 || self.queues[ri].parked(group) == 0 {
+        if room == 0 || self.slots.queues[ri].parked(group) == 0 {
             return;
         }
-        let jobs = &self.jobs;
-        self.queues[ri].unpark(group, room, |key, seq| {
+        let jobs = &self.jobs.slab;
+        self.slots.queues[ri].unpark(group, room, |key, seq| {
             jobs.get(key)
                 .is_some_and(|j| j.queued && j.queue_seq == seq)
         });
     }
 
-    pub(super) fn idle(&self, r: Resource) -> usize {
-        match r {
-            Resource::Pipe => self.pipes.idle(),
-            Resource::Buffer => self.buffers.idle(),
-        }
-    }
-
-    pub(super) fn pool_total(&self, r: Resource) -> usize {
-        match r {
-            Resource::Pipe => self.pipes.total(),
-            Resource::Buffer => self.buffers.total(),
-        }
-    }
-
-    pub(super) fn slots_lent(&self) -> usize {
-        (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
-    }
-
     /// Lends one slot of `r` to job `k`, queued at virtual time `vtime`.
     fn grant(&mut self, k: usize, r: Resource, vtime: u64) {
         let ri = r as usize;
-        let Some(job) = self.jobs.get_mut(k) else {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
-        self.queues[ri].granted(vtime);
-        if let Some(session) = job.session.and_then(|sk| self.sessions.get_mut(sk)) {
+        self.slots.queues[ri].granted(vtime);
+        if let Some(session) = job.session.and_then(|sk| self.sessions.slab.get_mut(sk)) {
             session.held[ri] += 1;
         }
         if job.held == [0, 0] {
@@ -328,24 +407,25 @@ impl Engine {
         }
         let before = wanting(job);
         job.held[ri] += 1;
-        self.users.adjust(job.uid, r, 1, 0);
-        self.users.job_wanting(job.uid, before, true);
+        self.slots.users.adjust(job.uid, r, 1, 0);
+        self.slots.users.job_wanting(job.uid, before, true);
         job.got_slot = true;
         let io = &mut self.io;
         match r {
             Resource::Pipe => {
-                if let Some(pipe) = self.pipes.take() {
+                if let Some(pipe) = self.slots.pipes.take() {
                     job.copy
-                        .add_pipe(pipe, Owner::Job(k), io, &mut self.returned);
+                        .add_pipe(pipe, Owner::Job(k), io, &mut self.slots.returned);
                 }
             }
             Resource::Buffer => {
-                if let Some(buf) = self.buffers.take() {
+                if let Some(buf) = self.slots.buffers.take() {
                     match job.verifier.as_mut() {
-                        Some(v) => v.add_buffer(buf, Owner::Job(k), io, &mut self.returned),
-                        None => job
-                            .copy
-                            .add_buffer(buf, Owner::Job(k), io, &mut self.returned),
+                        Some(v) => v.add_buffer(buf, Owner::Job(k), io, &mut self.slots.returned),
+                        None => {
+                            job.copy
+                                .add_buffer(buf, Owner::Job(k), io, &mut self.slots.returned)
+                        }
                     }
                 }
             }
@@ -356,25 +436,25 @@ impl Engine {
     /// Parks a job until its rate limits allow more, and makes sure the
     /// throttle timer fires by `until`.
     fn throttle(&mut self, k: usize, until: Instant) {
-        if let Some(job) = self.jobs.get_mut(k) {
+        if let Some(job) = self.jobs.slab.get_mut(k) {
             job.throttled = true;
-            self.throttled.push(k);
+            self.slots.throttled.push(k);
         }
         self.arm_throttle_timer(until);
     }
 
     fn arm_throttle_timer(&mut self, until: Instant) {
-        if self.throttle_timer.is_some_and(|(_, at)| at <= until) || self.stopping {
+        if self.timers.throttle.is_some_and(|(_, at)| at <= until) || self.life.stopping {
             return;
         }
         let delay = until.saturating_duration_since(Instant::now());
-        if let Some((old, _)) = self.throttle_timer.take() {
+        if let Some((old, _)) = self.timers.throttle.take() {
             // One timer at a time, so stopping has only one to take back;
             // the old one completes with ECANCELED and finds nothing to do.
             let _ = self.io.cancel(old);
         }
         match self.io.timeout(Owner::Throttle, delay) {
-            Ok(ud) => self.throttle_timer = Some((ud, until)),
+            Ok(ud) => self.timers.throttle = Some((ud, until)),
             Err(e) => error!("cannot queue the rate-limit timer: {e}"),
         }
     }
@@ -382,24 +462,24 @@ impl Engine {
     /// A rate-limit timer fired: jobs whose limits allow more go back in
     /// their queues; the rest wait for the next timer.
     pub(super) fn on_throttle_timer(&mut self, user_data: u64) {
-        if self.throttle_timer.is_some_and(|(ud, _)| ud == user_data) {
-            self.throttle_timer = None;
+        if self.timers.throttle.is_some_and(|(ud, _)| ud == user_data) {
+            self.timers.throttle = None;
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        let parked = std::mem::take(&mut self.throttled);
+        let parked = std::mem::take(&mut self.slots.throttled);
         for k in parked {
-            if !self.jobs.get(k).is_some_and(|j| j.throttled) {
+            if !self.jobs.slab.get(k).is_some_and(|j| j.throttled) {
                 continue;
             }
             match self.throttle_wait(k, now) {
                 Some(wait) => {
                     let at = now + wait.max(MIN_THROTTLE_WAIT);
                     next = Some(next.map_or(at, |n| n.min(at)));
-                    self.throttled.push(k);
+                    self.slots.throttled.push(k);
                 }
                 None => {
-                    if let Some(job) = self.jobs.get_mut(k) {
+                    if let Some(job) = self.jobs.slab.get_mut(k) {
                         job.throttled = false;
                     }
                     // A job that failed meanwhile only needs its end.
