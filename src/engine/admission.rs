@@ -29,7 +29,7 @@ use slab::Slab;
 use tracing::error;
 
 use super::Engine;
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::Owner;
 use crate::transfer::{FdStat, Stats, TransferError};
 
 pub(super) mod spec;
@@ -62,7 +62,7 @@ pub(super) struct Stated {
     pub acknowledge: bool,
 }
 
-/// Indexes of `Admitting::stats` (and `OpKind::Statx`).
+/// Indexes of `Admitting::stats`, and the tags of their statx ops.
 const SOURCE: u8 = 0;
 const DESTINATION: u8 = 1;
 const DIRECTORY: u8 = 2;
@@ -181,7 +181,7 @@ impl Engine {
             let (flags, mask) = statx_flags(which);
             let queued = self.io.statx(
                 Owner::Admission(key),
-                OpKind::Statx(which),
+                u32::from(which),
                 &fds,
                 fd,
                 flags,

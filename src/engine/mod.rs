@@ -33,13 +33,15 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 
 use crate::io::buffer_pool::{self, BufferPool};
-use crate::io::ops::{Hold, Op, OpKind, OpTable, Owner, CANCEL_USER_DATA};
+use crate::io::op::AnyOp;
+use crate::io::ops::{Op, OpTable, Owner, CANCEL_USER_DATA};
 use crate::io::pipe_pool::{self, PipePool};
 use crate::io::ring::Ring;
 use crate::io::Io;
 pub use crate::io::{EngineError, EngineKind};
 use crate::server::session::Session;
 use crate::transfer::splice::Returned;
+use crate::transfer::step::CopyStep;
 use crate::transfer::TransferError;
 use fd_closer::FdCloser;
 use jobs::{Finished, Job};
@@ -525,23 +527,27 @@ impl Engine {
             // buffer it holds) stays until the notification.
             if let Some(&Op {
                 owner: Owner::Job(k),
-                kind: OpKind::BufOut(slot),
+                tag,
                 ..
             }) = self.io.ops.peek(user_data)
             {
-                self.on_job(k, OpKind::ZcSent(slot), result, None);
+                if let Some(CopyStep::BufOut(slot)) = CopyStep::from_tag(tag) {
+                    self.on_job(k, CopyStep::ZcSent(slot).tag(), result, None);
+                }
             }
             return;
         }
         if cqueue::notif(flags) {
             if let Some(Op {
                 owner: Owner::Job(k),
-                kind: OpKind::BufOut(slot),
-                hold,
+                tag,
+                op,
             }) = self.io.ops.complete(user_data)
             {
-                // The kernel is done with the buffer: it goes back to the job.
-                self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
+                if let Some(CopyStep::BufOut(slot)) = CopyStep::from_tag(tag) {
+                    // The kernel is done with the buffer: it goes back to the job.
+                    self.on_job(k, CopyStep::ZcNotif(slot).tag(), result, op.into_buffer());
+                }
             }
             return;
         }
@@ -552,39 +558,47 @@ impl Engine {
             );
             return;
         };
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Listener, OpKind::Timeout, _) => self.arm_listener(),
-            (Owner::Listener, _, _) => self.on_accept(result),
-            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => match buf.downcast() {
-                Ok(buf) => self.on_recv(k, result, buf),
-                Err(_) => error!("a receive completed without the session's buffer"),
-            },
-            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => match buf.downcast() {
-                Ok(buf) => self.on_send(k, result, buf),
-                Err(_) => error!("a send completed without the session's buffer"),
-            },
-            (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
+        let Op { owner, tag, op } = op;
+        match (owner, op) {
+            (Owner::Listener, AnyOp::Timeout(_)) => self.arm_listener(),
+            (Owner::Listener, _) => self.on_accept(result),
+            (Owner::Session(k), AnyOp::RecvMsg(op)) => {
+                let buf: Box<dyn std::any::Any> = op.into_target();
+                match buf.downcast() {
+                    Ok(buf) => self.on_recv(k, result, buf),
+                    Err(_) => error!("a receive completed without the session's buffer"),
+                }
+            }
+            (Owner::Session(k), AnyOp::Send(op)) => {
+                let buf: Option<Box<dyn std::any::Any>> = op.into_bytes().map(|b| b as _);
+                match buf.map(|b| b.downcast()) {
+                    Some(Ok(buf)) => self.on_send(k, result, buf),
+                    _ => error!("a send completed without the session's buffer"),
+                }
+            }
+            (Owner::Admission(a), AnyOp::Statx(op)) => {
                 // The op's share of the descriptors goes first, so the last
                 // statx back leaves them to the admission alone.
-                drop(fds);
+                let buf = op.into_buf();
+                let which = u8::try_from(tag).unwrap_or(u8::MAX);
                 self.on_statx(a, which, result, &buf);
             }
-            (Owner::Job(k), kind, hold) => {
+            (Owner::Job(k), op) => {
                 // The op's references to the pipe and descriptors go first,
                 // so a chunk that is done can hand its pipe straight back;
                 // a buffer goes back to the job that lent it.
-                let buf = hold_buffer(hold);
-                self.on_job(k, kind, result, buf);
+                let buf = op.into_buffer();
+                self.on_job(k, tag, result, buf);
             }
-            (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
-            (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
-            (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
-            (Owner::Stall, _, _) => self.on_stall_timer(),
-            (Owner::Grace, _, _) => self.on_grace_timer(result),
-            (Owner::Tick, _, _) => self.on_tick(result),
-            (Owner::HoldTimer, _, _) => self.on_hold_timer(),
-            (Owner::Housekeeping, _, _) => self.on_deadlines(result),
-            (Owner::Closer, _, _) => {
+            (Owner::Signal, AnyOp::ReadSmall(op)) => self.on_signal(result, &op.buf),
+            (Owner::Signal, _) => self.on_signal(result, &[0; 128]),
+            (Owner::Throttle, _) => self.on_throttle_timer(user_data),
+            (Owner::Stall, _) => self.on_stall_timer(),
+            (Owner::Grace, _) => self.on_grace_timer(result),
+            (Owner::Tick, _) => self.on_tick(result),
+            (Owner::HoldTimer, _) => self.on_hold_timer(),
+            (Owner::Housekeeping, _) => self.on_deadlines(result),
+            (Owner::Closer, _) => {
                 self.closes_in_flight -= 1;
                 if result < 0 {
                     // A close can report a failed writeback (EIO) or a full
@@ -595,7 +609,7 @@ impl Engine {
                     );
                 }
             }
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+            (owner, _) => error!(?owner, tag, "completion of an unexpected kind"),
         }
     }
 
@@ -784,13 +798,4 @@ impl Drop for Engine {
 enum Resource {
     Pipe = 0,
     Buffer = 1,
-}
-
-/// The pool buffer an operation held, if any; its other references (pipe,
-/// descriptors) are dropped here.
-fn hold_buffer(hold: Hold) -> Option<buffer_pool::BufRef> {
-    match hold {
-        Hold::Buffer { buf, .. } => Some(buf),
-        _ => None,
-    }
 }

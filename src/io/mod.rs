@@ -6,6 +6,7 @@
 
 pub mod buffer_pool;
 pub mod errno;
+pub mod op;
 pub mod opcodes;
 pub mod ops;
 pub mod pipe_pool;
