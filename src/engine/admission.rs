@@ -29,7 +29,8 @@ use slab::Slab;
 use tracing::error;
 
 use super::Engine;
-use crate::io::ops::{Hold, Op, OpKind, Owner};
+use crate::io::op::AnyOp;
+use crate::io::ops::{Op, Owner};
 use crate::transfer::{FdStat, Stats, TransferError};
 
 pub(super) mod spec;
@@ -62,7 +63,7 @@ pub(super) struct Stated {
     pub acknowledge: bool,
 }
 
-/// Indexes of `Admitting::stats` (and `OpKind::Statx`).
+/// Indexes of `Admitting::stats`, and the tags of their statx ops.
 const SOURCE: u8 = 0;
 const DESTINATION: u8 = 1;
 const DIRECTORY: u8 = 2;
@@ -181,7 +182,7 @@ impl Engine {
             let (flags, mask) = statx_flags(which);
             let queued = self.io.statx(
                 Owner::Admission(key),
-                OpKind::Statx(which),
+                u32::from(which),
                 &fds,
                 fd,
                 flags,
@@ -212,14 +213,16 @@ impl Engine {
 
     /// A completion of a statx of admission `key`.
     pub(super) fn on_admission_op(&mut self, op: Op, result: i32) {
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Admission(a), OpKind::Statx(which), Hold::Statx { buf, fds }) => {
+        let Op { owner, tag, op } = op;
+        match (owner, op) {
+            (Owner::Admission(a), AnyOp::Statx(op)) => {
                 // The op's share of the descriptors goes first, so the last
                 // statx back leaves them to the admission alone.
-                drop(fds);
+                let buf = op.into_buf();
+                let which = u8::try_from(tag).unwrap_or(u8::MAX);
                 self.on_statx(a, which, result, &buf);
             }
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+            (owner, _) => error!(?owner, tag, "completion of an unexpected kind"),
         }
     }
 

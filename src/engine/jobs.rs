@@ -21,13 +21,14 @@ use super::counters::strategy_index;
 use super::publish::Publisher;
 use super::rate::TokenBucket;
 use super::shares::unqueue;
-use super::{hold_buffer, Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
+use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
 use crate::io::buffer_pool::BufRef;
-use crate::io::ops::{Op, OpKind, Owner};
+use crate::io::ops::{Op, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::splice::{Returned, SpliceCopy};
-use crate::transfer::verify::Verifier;
+use crate::transfer::step::CopyStep;
+use crate::transfer::verify::{Verifier, VerifyRead};
 use crate::transfer::{Endpoints, FdKind, Mover, Shape, TransferError};
 
 /// The jobs: running ones by key, submits being admitted, and those that
@@ -60,6 +61,32 @@ pub(super) struct Watcher {
     pub session: usize,
     pub req: u64,
     pub progress: bool,
+}
+
+/// The job's own operations, by the tag each carries (class 3 of a job's
+/// tags; the copy's and verification's are theirs, transfer/step.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum JobStep {
+    /// fdatasync of the destination before the job completes.
+    Fsync,
+    /// Truncation of an in-place destination to where the job's writes
+    /// ended, once they all did (`SubmitRequest::truncate`).
+    EndTruncate,
+    /// A step of publishing a detached job's destination (publish.rs).
+    Publish,
+}
+
+impl JobStep {
+    const CLASS: u32 = 3;
+    const ALL: [JobStep; 3] = [JobStep::Fsync, JobStep::EndTruncate, JobStep::Publish];
+
+    pub(super) fn tag(self) -> u32 {
+        Self::CLASS << 24 | self as u32
+    }
+
+    pub(super) fn from_tag(tag: u32) -> Option<JobStep> {
+        Self::ALL.into_iter().find(|s| s.tag() == tag)
+    }
 }
 
 /// What a job does after its bytes are moved.
@@ -533,30 +560,34 @@ impl Engine {
             // buffer it holds) stays until the notification.
             if let Some(&Op {
                 owner: Owner::Job(k),
-                kind: OpKind::BufOut(slot),
+                tag,
                 ..
             }) = self.io.ops.peek(user_data)
             {
-                self.on_job(k, OpKind::ZcSent(slot), result, None);
+                if let Some(CopyStep::BufOut(slot)) = CopyStep::from_tag(tag) {
+                    self.on_job(k, CopyStep::ZcSent(slot).tag(), result, None);
+                }
             }
             return;
         }
         if cqueue::notif(flags) {
             if let Some(Op {
                 owner: Owner::Job(k),
-                kind: OpKind::BufOut(slot),
-                hold,
+                tag,
+                op,
             }) = self.io.ops.complete(user_data)
             {
-                // The kernel is done with the buffer: it goes back to the job.
-                self.on_job(k, OpKind::ZcNotif(slot), result, hold_buffer(hold));
+                if let Some(CopyStep::BufOut(slot)) = CopyStep::from_tag(tag) {
+                    // The kernel is done with the buffer: it goes back to the job.
+                    self.on_job(k, CopyStep::ZcNotif(slot).tag(), result, op.into_buffer());
+                }
             }
         }
     }
 
     /// A completion for job `k`; `buf` is the pool buffer its operation
     /// held, handed back (a buffer operation's last completion).
-    pub(super) fn on_job(&mut self, k: usize, kind: OpKind, result: i32, buf: Option<BufRef>) {
+    pub(super) fn on_job(&mut self, k: usize, tag: u32, result: i32, buf: Option<BufRef>) {
         let Some(job) = self.jobs.slab.get(k) else {
             tracing::error!(key = k, "completion for a job that is gone");
             if let Some(buf) = buf {
@@ -565,35 +596,41 @@ impl Engine {
             return;
         };
         self.counters.by_strategy[strategy_index(job.copy.strategy())].ops += 1;
-        match kind {
+        if let Some(step) = JobStep::from_tag(tag) {
             // None of these holds a pool buffer; one handed back anyway goes home.
-            OpKind::Fsync | OpKind::EndTruncate | OpKind::Publish => {
-                self.slots.returned.extend(buf.map(Returned::Buffer));
-                return match kind {
-                    OpKind::Fsync => self.on_synced(k, result),
-                    OpKind::EndTruncate => self.on_end_truncated(k, result),
-                    _ => self.on_publish_step(k, result),
-                };
-            }
-            OpKind::VerifyRead(_) => {
-                match self.jobs.slab.get_mut(k).and_then(|j| j.verifier.as_mut()) {
-                    Some(v) => {
-                        let io = &mut self.io;
-                        v.on_complete(
-                            kind,
-                            result,
-                            buf,
-                            Owner::Job(k),
-                            io,
-                            &mut self.slots.returned,
-                        );
-                    }
-                    None => self.slots.returned.extend(buf.map(Returned::Buffer)),
-                }
-                return self.after_job_step(k);
-            }
-            _ => {}
+            self.slots.returned.extend(buf.map(Returned::Buffer));
+            return match step {
+                JobStep::Fsync => self.on_synced(k, result),
+                JobStep::EndTruncate => self.on_end_truncated(k, result),
+                JobStep::Publish => self.on_publish_step(k, result),
+            };
         }
+        if VerifyRead::from_tag(tag).is_some() {
+            match self.jobs.slab.get_mut(k).and_then(|j| j.verifier.as_mut()) {
+                Some(v) => {
+                    let io = &mut self.io;
+                    v.on_complete(
+                        tag,
+                        result,
+                        buf,
+                        Owner::Job(k),
+                        io,
+                        &mut self.slots.returned,
+                    );
+                }
+                None => self.slots.returned.extend(buf.map(Returned::Buffer)),
+            }
+            return self.after_job_step(k);
+        }
+        let Some(kind) = CopyStep::from_tag(tag) else {
+            tracing::error!(
+                key = k,
+                tag,
+                "completion of an operation the job did not queue"
+            );
+            self.slots.returned.extend(buf.map(Returned::Buffer));
+            return;
+        };
         let yield_slots = self.should_yield(k);
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
@@ -839,7 +876,13 @@ impl Engine {
         if job.truncate && !job.truncated {
             let end = job.range.1.saturating_add(job.copy.moved());
             let io = &mut self.io;
-            match io.end_truncate(Owner::Job(k), &ends, ends.dst.as_raw_fd(), end) {
+            match io.ftruncate(
+                Owner::Job(k),
+                JobStep::EndTruncate.tag(),
+                &ends,
+                ends.dst.as_raw_fd(),
+                end,
+            ) {
                 Ok(ud) => {
                     job.phase = Phase::Truncate;
                     job.side_op = Some(ud);
@@ -855,7 +898,12 @@ impl Engine {
         }
         if job.fsync && !job.synced && ends.dst_kind == FdKind::File {
             let io = &mut self.io;
-            match io.fdatasync(Owner::Job(k), &ends, ends.dst.as_raw_fd()) {
+            match io.fdatasync(
+                Owner::Job(k),
+                JobStep::Fsync.tag(),
+                &ends,
+                ends.dst.as_raw_fd(),
+            ) {
                 Ok(ud) => {
                     job.phase = Phase::Sync;
                     job.side_op = Some(ud);

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tracing::{error, warn};
 
 use super::{loopback, Engine};
-use crate::io::ops::{Op, OpKind, Owner};
+use crate::io::op::AnyOp;
+use crate::io::ops::{Op, Owner};
 
 /// How long the listener waits before accepting again after running out of
 /// descriptors.
@@ -34,10 +35,10 @@ impl Engine {
 
     /// A completion of the accept, or of its back-off timer.
     pub(super) fn on_listener_op(&mut self, op: Op, result: i32) {
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Listener, OpKind::Timeout, _) => self.arm_listener(),
-            (Owner::Listener, _, _) => self.on_accept(result),
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        match (op.owner, op.op) {
+            (Owner::Listener, AnyOp::Timeout(_)) => self.arm_listener(),
+            (Owner::Listener, _) => self.on_accept(result),
+            (owner, _) => error!(?owner, tag = op.tag, "completion of an unexpected kind"),
         }
     }
 

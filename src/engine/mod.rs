@@ -34,7 +34,7 @@ use io_uring::cqueue;
 use tracing::{debug, error, info, warn};
 
 use crate::io::buffer_pool::{self, BufferPool};
-use crate::io::ops::{Hold, OpTable, Owner, CANCEL_USER_DATA};
+use crate::io::ops::{OpTable, Owner, CANCEL_USER_DATA};
 use crate::io::pipe_pool::{self, PipePool};
 use crate::io::ring::Ring;
 use crate::io::Io;
@@ -393,8 +393,8 @@ impl Engine {
                 // The op's references to the pipe and descriptors go first,
                 // so a chunk that is done can hand its pipe straight back;
                 // a buffer goes back to the job that lent it.
-                let buf = hold_buffer(op.hold);
-                self.on_job(k, op.kind, result, buf);
+                let buf = op.op.into_buffer();
+                self.on_job(k, op.tag, result, buf);
             }
             Owner::Signal => self.on_signal_op(op, result),
             Owner::Closer => self.closing.on_closed(result),
@@ -442,13 +442,4 @@ impl Drop for Engine {
 enum Resource {
     Pipe = 0,
     Buffer = 1,
-}
-
-/// The pool buffer an operation held, if any; its other references (pipe,
-/// descriptors) are dropped here.
-fn hold_buffer(hold: Hold) -> Option<buffer_pool::BufRef> {
-    match hold {
-        Hold::Buffer { buf, .. } => Some(buf),
-        _ => None,
-    }
 }

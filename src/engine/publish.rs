@@ -15,33 +15,27 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
-use io_uring::{opcode, types};
 use ringxfer_ipc::{FailureKind, PublishTo};
 
+use super::jobs::JobStep;
 use super::EngineError;
-use crate::io::ops::{Hold, Op, OpKind, Owner};
+use crate::io::op::{Fsync, Keep, LinkAt, RenameAt, UnlinkAt};
+use crate::io::ops::Owner;
 use crate::io::Io;
 use crate::transfer::{Endpoints, FdKind, TransferError};
 
 /// How many taken hidden names to step over before giving up.
 const MAX_TEMP_TRIES: u32 = 64;
 
-/// The two paths of a link or rename (one for an unlink), owned by the op
-/// until its completion: the kernel reads them while the op runs.
-pub struct Paths {
-    pub from: CString,
-    pub to: CString,
-}
-
-/// What a publish step holds while in flight: the paths, the directory
-/// and the job's descriptors (the staged file is named by its number in
-/// `/proc/self/fd`, so it must stay open until the link is done).
+/// What a publish step keeps open while in flight besides its paths (which
+/// its op owns): the directory and the job's descriptors (the staged file
+/// is named by its number in `/proc/self/fd`, so it must stay open until
+/// the link is done).
 #[allow(
     dead_code,
     reason = "held for the kernel until the completion, never read"
 )]
 pub struct PublishHold {
-    pub paths: Box<Paths>,
     pub dir: Rc<OwnedFd>,
     pub ends: Rc<Endpoints>,
 }
@@ -278,20 +272,11 @@ impl Publisher {
         CString::new(name.as_bytes()).unwrap_or_else(|_| self.name.clone())
     }
 
-    fn hold(
-        &self,
-        ends: &Rc<Endpoints>,
-        from: CString,
-        to: CString,
-    ) -> (Hold, *const libc::c_char, *const libc::c_char) {
-        let paths = Box::new(Paths { from, to });
-        let (from, to) = (paths.from.as_ptr(), paths.to.as_ptr());
-        let hold = Hold::Keep(Box::new(PublishHold {
-            paths,
+    fn hold(&self, ends: &Rc<Endpoints>) -> Keep {
+        Rc::new(PublishHold {
             dir: Rc::clone(&self.dir),
             ends: Rc::clone(ends),
-        }));
-        (hold, from, to)
+        })
     }
 
     fn link(
@@ -302,20 +287,14 @@ impl Publisher {
         from: CString,
         to: CString,
     ) -> Result<u64, EngineError> {
-        let (hold, from, to) = self.hold(ends, from, to);
-        let dir = types::Fd(self.dir.as_raw_fd());
-        io.queue_op(
-            Op {
-                owner,
-                kind: OpKind::Publish,
-                hold,
-            },
-            || {
-                opcode::LinkAt::new(types::Fd(libc::AT_FDCWD), from, dir, to)
-                    .flags(libc::AT_SYMLINK_FOLLOW)
-                    .build()
-            },
-        )
+        let dir = self.dir.as_raw_fd();
+        let op = LinkAt::new(
+            (libc::AT_FDCWD, from),
+            (dir, to),
+            libc::AT_SYMLINK_FOLLOW,
+            self.hold(ends),
+        );
+        io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
     fn rename(
@@ -325,16 +304,9 @@ impl Publisher {
         io: &mut Io,
         from: CString,
     ) -> Result<u64, EngineError> {
-        let (hold, from, to) = self.hold(ends, from, self.name.clone());
-        let dir = types::Fd(self.dir.as_raw_fd());
-        io.queue_op(
-            Op {
-                owner,
-                kind: OpKind::Publish,
-                hold,
-            },
-            || opcode::RenameAt::new(dir, from, dir, to).build(),
-        )
+        let dir = self.dir.as_raw_fd();
+        let op = RenameAt::new(dir, from, self.name.clone(), self.hold(ends));
+        io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
     fn unlink(
@@ -344,16 +316,8 @@ impl Publisher {
         io: &mut Io,
         path: CString,
     ) -> Result<u64, EngineError> {
-        let (hold, path, _) = self.hold(ends, path, CString::default());
-        let dir = types::Fd(self.dir.as_raw_fd());
-        io.queue_op(
-            Op {
-                owner,
-                kind: OpKind::Publish,
-                hold,
-            },
-            || opcode::UnlinkAt::new(dir, path).build(),
-        )
+        let op = UnlinkAt::new(self.dir.as_raw_fd(), path, self.hold(ends));
+        io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
     fn sync_dir(
@@ -362,16 +326,8 @@ impl Publisher {
         ends: &Rc<Endpoints>,
         io: &mut Io,
     ) -> Result<u64, EngineError> {
-        let (hold, _, _) = self.hold(ends, CString::default(), CString::default());
-        let dir = types::Fd(self.dir.as_raw_fd());
-        io.queue_op(
-            Op {
-                owner,
-                kind: OpKind::Publish,
-                hold,
-            },
-            || opcode::Fsync::new(dir).build(),
-        )
+        let op = Fsync::new(self.dir.as_raw_fd(), false, self.hold(ends));
+        io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
     /// The directory descriptor, for the closing thread once the job ends.

@@ -12,7 +12,8 @@ use tracing::{debug, error, info, warn};
 
 use super::connections::Connections;
 use super::{scheduler, Engine};
-use crate::io::ops::{Hold, Op, OpKind, Owner};
+use crate::io::op::AnyOp;
+use crate::io::ops::{Op, Owner};
 use crate::server::frames::FrameError;
 use crate::server::session::{
     peer_credentials, peer_hung_up, RecvBuf, SendBuf, Session, MAX_FDS_PER_MESSAGE,
@@ -45,16 +46,22 @@ impl Sessions {
 impl Engine {
     /// A completion of session `k`'s receive or send.
     pub(super) fn on_session_op(&mut self, op: Op, result: i32) {
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Session(k), OpKind::Recv, Hold::Recv(buf)) => match buf.downcast() {
-                Ok(buf) => self.on_recv(k, result, buf),
-                Err(_) => error!("a receive completed without the session's buffer"),
-            },
-            (Owner::Session(k), OpKind::Send, Hold::Send(buf)) => match buf.downcast() {
-                Ok(buf) => self.on_send(k, result, buf),
-                Err(_) => error!("a send completed without the session's buffer"),
-            },
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        match (op.owner, op.op) {
+            (Owner::Session(k), AnyOp::RecvMsg(op)) => {
+                let buf: Box<dyn std::any::Any> = op.into_target();
+                match buf.downcast() {
+                    Ok(buf) => self.on_recv(k, result, buf),
+                    Err(_) => error!("a receive completed without the session's buffer"),
+                }
+            }
+            (Owner::Session(k), AnyOp::Send(op)) => {
+                let buf: Option<Box<dyn std::any::Any>> = op.into_bytes().map(|b| b as _);
+                match buf.map(|b| b.downcast()) {
+                    Some(Ok(buf)) => self.on_send(k, result, buf),
+                    _ => error!("a send completed without the session's buffer"),
+                }
+            }
+            (owner, _) => error!(?owner, tag = op.tag, "completion of an unexpected kind"),
         }
     }
 

@@ -23,7 +23,8 @@ use tracing::{error, info, warn};
 
 use super::rate::TokenBucket;
 use super::{Engine, SHUTDOWN_NOW};
-use crate::io::ops::{Hold, Op, Owner};
+use crate::io::op::AnyOp;
+use crate::io::ops::{Op, Owner};
 use crate::io::Io;
 
 /// The signal a finished reload wakes the loop with.
@@ -184,10 +185,10 @@ impl Engine {
 
     /// A completion of the signalfd read.
     pub(super) fn on_signal_op(&mut self, op: Op, result: i32) {
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Signal, _, Hold::ReadBuf(buf)) => self.on_signal(result, &buf),
-            (Owner::Signal, _, _) => self.on_signal(result, &[0; 128]),
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        match (op.owner, op.op) {
+            (Owner::Signal, AnyOp::ReadSmall(op)) => self.on_signal(result, &op.buf),
+            (Owner::Signal, _) => self.on_signal(result, &[0; 128]),
+            (owner, _) => error!(?owner, tag = op.tag, "completion of an unexpected kind"),
         }
     }
 

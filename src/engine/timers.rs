@@ -29,14 +29,14 @@ pub(super) struct Timers {
 impl Engine {
     /// A completion of one of the engine's timers.
     pub(super) fn on_timer(&mut self, op: Op, user_data: u64, result: i32) {
-        match (op.owner, op.kind, op.hold) {
-            (Owner::Throttle, _, _) => self.on_throttle_timer(user_data),
-            (Owner::Stall, _, _) => self.on_stall_timer(),
-            (Owner::Grace, _, _) => self.on_grace_timer(result),
-            (Owner::Tick, _, _) => self.on_tick(result),
-            (Owner::HoldTimer, _, _) => self.on_hold_timer(),
-            (Owner::Housekeeping, _, _) => self.on_deadlines(result),
-            (owner, kind, _) => error!(?owner, ?kind, "completion of an unexpected kind"),
+        match op.owner {
+            Owner::Throttle => self.on_throttle_timer(user_data),
+            Owner::Stall => self.on_stall_timer(),
+            Owner::Grace => self.on_grace_timer(result),
+            Owner::Tick => self.on_tick(result),
+            Owner::HoldTimer => self.on_hold_timer(),
+            Owner::Housekeeping => self.on_deadlines(result),
+            owner => error!(?owner, tag = op.tag, "completion of an unexpected kind"),
         }
     }
 }

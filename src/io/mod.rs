@@ -1,11 +1,13 @@
 //! The I/O layer: the ring (io_uring, or the threads back end in its place),
-//! the table of operations in flight, the queueing of operations, and the
-//! pools of pipes and buffers they lend. It imports nothing from the layers
-//! above it (engine, transfer, server, settings): completions are routed by
-//! `Owner`, and what an owner makes of them is the owner's business.
+//! the typed operations (op/), the table of operations in flight, the
+//! queueing of operations, and the pools of pipes and buffers they lend. It
+//! imports nothing from the layers above it (engine, transfer, server,
+//! settings): completions are routed by `Owner` and an opaque tag the owner
+//! chose, and what an owner makes of them is the owner's business.
 
 pub mod buffer_pool;
 pub mod errno;
+pub mod op;
 pub mod opcodes;
 pub mod ops;
 pub mod pipe_pool;

@@ -1,18 +1,15 @@
 //! The table of operations in flight, keyed by `user_data`.
 //!
-//! Each entry says who gets the completion and holds everything the kernel may
-//! read or write for that operation (a receive buffer and its `msghdr`, the
-//! bytes being sent, the pipe and descriptors of a splice). The entry is
+//! Each entry says who gets the completion, with the owner's opaque tag,
+//! and holds the typed operation (io/op/), which owns everything the kernel
+//! may read or write for it (a receive buffer and its `msghdr`, the bytes
+//! being sent, the pipe and descriptors of a splice). The entry is
 //! removed only when its completion is reaped, so nothing the kernel can see is
 //! freed or moved while the operation runs, whatever happened to its owner.
 
-use std::any::Any;
-use std::rc::Rc;
-
 use slab::Slab;
 
-use super::buffer_pool::BufRef;
-use super::pipe_pool::Pipe;
+use super::op::AnyOp;
 
 /// `user_data` of cancel requests. Their own completions carry nothing the
 /// loop needs (the cancelled operation completes separately), so they get no
@@ -48,95 +45,14 @@ pub enum Owner {
     Stall,
 }
 
-/// What an operation was, so the owner knows which step completed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    Accept,
-    Recv,
-    Send,
-    Read,
-    Close,
-    /// A delay before the listener accepts again.
-    Timeout,
-    /// Source to pipe, for the chunk with this index.
-    SpliceIn(u16),
-    /// Pipe to destination, for the chunk with this index.
-    SpliceOut(u16),
-    /// Wait for the source to be readable, after EAGAIN.
-    PollIn(u16),
-    /// Wait for the destination to be writable, after EAGAIN.
-    PollOut(u16),
-    /// Read into the buffer of the chunk with this index.
-    BufIn(u16),
-    /// Write (or send) from the buffer of the chunk with this index.
-    BufOut(u16),
-    /// The first completion of a SEND_ZC from the chunk's buffer: bytes
-    /// sent, and a notification still to come.
-    ZcSent(u16),
-    /// The notification of a SEND_ZC: the kernel is done with the buffer.
-    ZcNotif(u16),
-    /// Preallocation of the destination.
-    Prealloc,
-    /// Truncation of the destination to its final (or original) size.
-    Truncate,
-    /// fdatasync of the destination before a job completes.
-    Fsync,
-    /// A read of the verification pass: of the source (`false`) or the
-    /// destination (`true`).
-    VerifyRead(bool),
-    /// Truncation of an in-place destination to where the job's writes
-    /// ended, once they all did (`SubmitRequest::truncate`).
-    EndTruncate,
-    /// A step of publishing a detached job's destination (engine/publish.rs).
-    Publish,
-    /// statx of a submitted job's descriptor, at admission: the source (0),
-    /// the destination (1) or the directory to publish in (2).
-    Statx(u8),
-}
-
-/// What the kernel may touch while the operation runs. What belongs to the
-/// layers above (a session's buffers, a job's descriptors, a publish's
-/// paths) is held as `dyn Any`: this layer keeps it alive and gives it back,
-/// without knowing what it is.
-pub enum Hold {
-    Nothing,
-    /// A session's receive buffer (with its `msghdr`), handed back to the
-    /// session by the completion.
-    Recv(Box<dyn Any>),
-    /// A session's pending bytes, handed back likewise.
-    Send(Box<dyn Any>),
-    /// 128 bytes for signalfd reads.
-    ReadBuf(Box<[u8; 128]>),
-    Splice {
-        pipe: Rc<Pipe>,
-        ends: Rc<dyn Any>,
-    },
-    /// Polls, fallocate and ftruncate: the job's descriptors.
-    Poll(Rc<dyn Any>),
-    /// A read or write through a pool buffer: the buffer itself, moved in
-    /// when the operation is queued and handed back to its owner by the
-    /// completion (the notification, for SEND_ZC), and the job's descriptors.
-    Buffer {
-        buf: BufRef,
-        ends: Rc<dyn Any>,
-    },
-    Timeout(Box<io_uring::types::Timespec>),
-    /// Whatever an operation built above this layer points at (a publish's
-    /// paths, its directory and the job's descriptors).
-    Keep(Box<dyn Any>),
-    /// A statx at admission: the buffer the kernel writes, and the
-    /// submitted descriptors (one of which it looks at).
-    Statx {
-        buf: Box<libc::statx>,
-        fds: Rc<dyn Any>,
-    },
-}
-
-/// One operation in flight.
+/// One operation in flight: who is told when it completes, the tag its
+/// owner gave it (what it means is the owner's: a chunk's step, a statx's
+/// index; this layer never looks), and the operation itself, which holds
+/// what the kernel touches and goes back to the owner with the completion.
 pub struct Op {
     pub owner: Owner,
-    pub kind: OpKind,
-    pub hold: Hold,
+    pub tag: u32,
+    pub op: AnyOp,
 }
 
 /// The operations in flight.
@@ -190,6 +106,12 @@ impl OpTable {
     pub fn complete(&mut self, user_data: u64) -> Option<Op> {
         let key = usize::try_from(user_data).ok()?;
         self.ops.try_remove(key)
+    }
+
+    /// The operation at `user_data`, for building its entry once in place.
+    pub fn get_mut(&mut self, user_data: u64) -> Option<&mut Op> {
+        let key = usize::try_from(user_data).ok()?;
+        self.ops.get_mut(key)
     }
 
     /// Undoes `insert` for an operation that never reached the ring.

@@ -1,18 +1,24 @@
-//! Building and queueing submission entries, with their table entries.
+//! Queueing typed operations (io/op/), with their table entries.
 //!
-//! Every entry is recorded in the op table before it is pushed, so its
-//! `user_data` is known, and the table entry holds what the kernel will touch.
+//! Every operation is recorded in the op table before its entry is built and
+//! pushed, so its `user_data` is known and the table holds it, and what the
+//! kernel will touch, until its final completion.
 
 use std::any::Any;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::time::Duration;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::squeue;
 
 use super::buffer_pool::BufRef;
-use super::ops::{Hold, Op, OpKind, Owner, CANCEL_USER_DATA};
+use super::op::{self, AnyOp, Keep, PoolSpan, SendFrom};
+use super::ops::{Op, Owner, CANCEL_USER_DATA};
 use super::pipe_pool::Pipe;
 use super::{EngineError, Io};
+
+pub use super::op::rw::RwOpts;
+pub use super::op::splice::SpliceEnd;
 
 /// A receive buffer, with the `msghdr` recvmsg fills (a session's).
 pub trait RecvTarget: Any {
@@ -27,17 +33,8 @@ pub trait SendSource: Any {
 }
 
 /// A share of what an operation's descriptors belong to, kept by the op.
-fn keep<T: Any>(x: &Rc<T>) -> Rc<dyn Any> {
-    Rc::clone(x) as Rc<dyn Any>
-}
-
-/// How a buffered read or write goes to the kernel.
-#[derive(Debug, Clone, Copy)]
-pub struct RwOpts {
-    /// Use READ_FIXED/WRITE_FIXED: the pool is registered with the ring.
-    pub fixed: bool,
-    /// RWF_* flags (RWF_DONTCACHE for the uncached strategy).
-    pub flags: i32,
+fn keep<T: Any>(x: &Rc<T>) -> Keep {
+    Rc::clone(x) as Keep
 }
 
 /// A buffer operation that could not be queued, and its buffer back.
@@ -67,64 +64,44 @@ pub enum BufWhat {
     Send { zc: bool, fixed: bool },
 }
 
-/// One side of a splice: a descriptor and its offset (`None` for streams).
-#[derive(Debug, Clone, Copy)]
-pub struct SpliceEnd {
-    pub fd: RawFd,
-    pub offset: Option<u64>,
-}
-
-impl SpliceEnd {
-    fn raw_offset(self) -> i64 {
-        // Offsets were checked at admission to stay below 2^63.
-        self.offset.map_or(-1, |o| o as i64)
-    }
-}
-
-fn splice_entry(input: SpliceEnd, output: SpliceEnd, len: u32) -> squeue::Entry {
-    opcode::Splice::new(
-        types::Fd(input.fd),
-        input.raw_offset(),
-        types::Fd(output.fd),
-        output.raw_offset(),
-        len,
-    )
-    .build()
-}
-
 impl Io {
-    /// Records `op` and pushes the entry `build` makes, tagged with its
-    /// `user_data`; for builders outside this file (engine/publish.rs).
+    /// Records `op` for `owner` with `tag` and queues it.
     pub fn queue_op(
         &mut self,
-        op: Op,
-        build: impl FnOnce() -> io_uring::squeue::Entry,
+        owner: Owner,
+        tag: u32,
+        op: impl Into<AnyOp>,
     ) -> Result<u64, EngineError> {
-        self.queue(op, build)
+        self.queue(owner, tag, op.into(), squeue::Flags::empty())
+            .map_err(|(e, _)| e)
     }
 
+    /// Records the operation, builds its entry where the table keeps it and
+    /// pushes it; an operation that never reached the ring comes back with
+    /// the error.
     fn queue(
         &mut self,
-        op: Op,
-        build: impl FnOnce() -> io_uring::squeue::Entry,
-    ) -> Result<u64, EngineError> {
-        let personality = self.ops.personality(op.owner);
-        let user_data = self.ops.insert(op);
-        let mut entry = build().user_data(user_data);
-        if personality != 0 {
-            // A job's operations run with its client's credentials.
-            entry = entry.personality(personality);
-        }
-        // SAFETY: the op table now owns, until this entry's completion is
-        // reaped, whatever the entry points at (see `Hold`): heap buffers that
-        // do not move when the table grows, and descriptors kept open by `Rc`s.
-        match unsafe { self.ring.push(&entry) } {
+        owner: Owner,
+        tag: u32,
+        op: AnyOp,
+        flags: squeue::Flags,
+    ) -> Result<u64, (EngineError, Option<AnyOp>)> {
+        let personality = self.ops.personality(owner);
+        let user_data = self.ops.insert(Op { owner, tag, op });
+        let Some(entry) = self.ops.get_mut(user_data) else {
+            // Just inserted: only a bug in the table could lose it.
+            let error = EngineError::Config("the op table lost an operation".into());
+            return Err((error, None));
+        };
+        // SAFETY: the op table now owns the operation, and through it
+        // whatever its entry points at (heap memory that does not move when
+        // the table grows, descriptors kept open by `Rc`s), until this
+        // entry's completion is reaped.
+        let pushed = unsafe { self.ring.push(&mut entry.op, user_data, flags, personality) };
+        match pushed {
             Ok(()) => Ok(user_data),
-            Err(e) => {
-                // The entry never reached the kernel, so its hold can go now.
-                self.ops.forget(user_data);
-                Err(e)
-            }
+            // The entry never reached the kernel: its operation comes back.
+            Err(e) => Err((e, self.ops.forget(user_data).map(|op| op.op))),
         }
     }
 
@@ -134,22 +111,15 @@ impl Io {
     pub fn splice(
         &mut self,
         owner: Owner,
-        kind: OpKind,
+        tag: u32,
         pipe: &Rc<Pipe>,
         ends: &Rc<impl Any>,
         input: SpliceEnd,
         output: SpliceEnd,
         len: u32,
     ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Splice {
-                pipe: Rc::clone(pipe),
-                ends: keep(ends),
-            },
-        };
-        self.queue(op, || splice_entry(input, output, len))
+        let op = op::Splice::new(pipe, keep(ends), input, output, len);
+        self.queue_op(owner, tag, op)
     }
 
     /// Queues two splices, `first` then `second`, linked: the kernel's worker
@@ -160,7 +130,7 @@ impl Io {
     pub fn splice_linked(
         &mut self,
         owner: Owner,
-        kinds: (OpKind, OpKind),
+        tags: (u32, u32),
         pipe: &Rc<Pipe>,
         ends: &Rc<impl Any>,
         first: (SpliceEnd, SpliceEnd),
@@ -177,26 +147,12 @@ impl Io {
                 ));
             }
         }
-        let hold = |pipe: &Rc<Pipe>, ends: &Rc<_>| Hold::Splice {
-            pipe: Rc::clone(pipe),
-            ends: keep(ends),
-        };
-        let a = self.queue(
-            Op {
-                owner,
-                kind: kinds.0,
-                hold: hold(pipe, ends),
-            },
-            || splice_entry(first.0, first.1, len).flags(squeue::Flags::IO_LINK),
-        )?;
-        let b = self.queue(
-            Op {
-                owner,
-                kind: kinds.1,
-                hold: hold(pipe, ends),
-            },
-            || splice_entry(second.0, second.1, len),
-        )?;
+        let a = op::Splice::new(pipe, keep(ends), first.0, first.1, len);
+        let a = self
+            .queue(owner, tags.0, a.into(), squeue::Flags::IO_LINK)
+            .map_err(|(e, _)| e)?;
+        let b = op::Splice::new(pipe, keep(ends), second.0, second.1, len);
+        let b = self.queue_op(owner, tags.1, b)?;
         Ok((a, b))
     }
 
@@ -204,31 +160,25 @@ impl Io {
     pub fn poll(
         &mut self,
         owner: Owner,
-        kind: OpKind,
+        tag: u32,
         ends: &Rc<impl Any>,
         fd: RawFd,
         events: i16,
     ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Poll(keep(ends)),
-        };
-        self.queue(op, || {
-            opcode::PollAdd::new(types::Fd(fd), events as u32).build()
-        })
+        self.queue_op(owner, tag, op::Poll::new(fd, events, keep(ends)))
     }
 
     /// Asks the kernel to cancel the operation with `user_data`. The target
     /// still completes on its own (with -ECANCELED or its result), and that
     /// completion is where its owner cleans up.
     pub fn cancel(&mut self, user_data: u64) -> Result<(), EngineError> {
-        let entry = opcode::AsyncCancel::new(user_data)
-            .build()
-            .user_data(CANCEL_USER_DATA);
-        // SAFETY: a cancel entry points at no memory; it names its target by
-        // user_data only.
-        unsafe { self.ring.push(&entry) }
+        let mut cancel = op::Cancel::new(user_data);
+        // SAFETY: a cancel points at no memory; it names its target by
+        // user_data only, and gets no table entry.
+        unsafe {
+            self.ring
+                .push(&mut cancel, CANCEL_USER_DATA, squeue::Flags::empty(), 0)
+        }
     }
 
     /// Queues a recvmsg into the session's buffer, which the op holds.
@@ -236,20 +186,9 @@ impl Io {
         &mut self,
         owner: Owner,
         fd: &impl AsRawFd,
-        mut buf: Box<impl RecvTarget>,
+        buf: Box<impl RecvTarget>,
     ) -> Result<u64, EngineError> {
-        let msg = buf.prepare();
-        let fd = fd.as_raw_fd();
-        let op = Op {
-            owner,
-            kind: OpKind::Recv,
-            hold: Hold::Recv(buf),
-        };
-        self.queue(op, || {
-            opcode::RecvMsg::new(types::Fd(fd), msg)
-                .flags(libc::MSG_CMSG_CLOEXEC as u32)
-                .build()
-        })
+        self.queue_op(owner, 0, op::RecvMsg::new(fd.as_raw_fd(), buf))
     }
 
     /// Queues a send of the session's pending bytes, which the op holds.
@@ -263,32 +202,13 @@ impl Io {
         buf: Box<impl SendSource>,
         dont_wait: bool,
     ) -> Result<u64, EngineError> {
-        let (ptr, len) = buf.unsent();
-        let op = Op {
-            owner,
-            kind: OpKind::Send,
-            hold: Hold::Send(buf),
-        };
-        self.queue(op, || {
-            opcode::Send::new(types::Fd(fd), ptr, len)
-                .flags(libc::MSG_NOSIGNAL | if dont_wait { libc::MSG_DONTWAIT } else { 0 })
-                .build()
-        })
+        let flags = if dont_wait { libc::MSG_DONTWAIT } else { 0 };
+        self.queue_op(owner, 0, op::Send::new(fd, SendFrom::Bytes(buf), flags))
     }
 
-    /// Queues an accept on the listening socket. The peer address is not
-    /// asked for (SO_PEERCRED says who the peer is), so nothing is held.
+    /// Queues an accept on the listening socket.
     pub fn accept(&mut self, fd: RawFd) -> Result<u64, EngineError> {
-        let op = Op {
-            owner: Owner::Listener,
-            kind: OpKind::Accept,
-            hold: Hold::Nothing,
-        };
-        self.queue(op, || {
-            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-        })
+        self.queue_op(Owner::Listener, 0, op::Accept::new(fd))
     }
 
     /// Closes `fd` in one of the kernel's io_uring workers, never on the loop
@@ -313,252 +233,107 @@ impl Io {
     /// (measured: 8 closes queued at once cost about 2.6 context switches).
     /// Returns whether the close went to the ring (and so will complete).
     pub fn close_async(&mut self, fd: OwnedFd) -> bool {
-        let raw = fd.into_raw_fd();
-        let op = Op {
-            owner: Owner::Closer,
-            kind: OpKind::Close,
-            hold: Hold::Nothing,
-        };
-        let queued = self.queue(op, || {
-            opcode::Close::new(types::Fd(raw))
-                .build()
-                .flags(squeue::Flags::ASYNC)
-        });
-        if queued.is_err() {
-            // SAFETY: `raw` came from an OwnedFd given up above and the close
-            // entry never reached the kernel, so this is its only close.
-            unsafe { libc::close(raw) };
-            return false;
+        let close = op::Close::new(fd);
+        match self.queue(Owner::Closer, 0, close.into(), squeue::Flags::empty()) {
+            Ok(_) => true,
+            Err((_, Some(AnyOp::Close(close)))) => {
+                close.close_now();
+                false
+            }
+            Err(_) => false,
         }
-        true
     }
 
     /// Queues a read, write or send of `io.len` bytes through pool buffer
-    /// `io.buf` (from `io.at`). The buffer moves into the op's entry, with
-    /// the job's descriptors, and comes back with its last completion; if
-    /// the entry cannot be queued it comes back in the error.
+    /// `io.buf` (from `io.at`). The buffer moves into the op, with the job's
+    /// descriptors, and comes back with its last completion; if the op
+    /// cannot be queued it comes back in the error.
     pub fn buffer_op(
         &mut self,
         owner: Owner,
-        kind: OpKind,
+        tag: u32,
         ends: &Rc<impl Any>,
         io: BufIo,
         what: BufWhat,
     ) -> Result<u64, BufFailed> {
         let BufIo { fd, buf, at, len } = io;
-        // The kernel writes `len` bytes from `at`: past the buffer would be
-        // another job's memory. Callers size every operation to the buffer
-        // (and admission refuses a direct job whose alignment does not divide
-        // it), so this never fires; if a bug ever broke that, the daemon
-        // stops here rather than let the kernel write there.
-        assert!(
-            at.checked_add(len as usize)
-                .is_some_and(|end| end <= buf.len as usize),
-            "an operation of {len} bytes at {at} does not fit a buffer of {} bytes",
-            buf.len
-        );
-        // SAFETY: `at + len` is within the buffer (asserted above); the
-        // pointer is only computed here.
-        let ptr = unsafe { buf.ptr.as_ptr().add(at) };
-        let index = buf.index;
-        let fd = types::Fd(fd);
-        let entry = match what {
-            BufWhat::Read { offset, rw } if rw.fixed => opcode::ReadFixed::new(fd, ptr, len, index)
-                .offset(offset)
-                .rw_flags(rw.flags)
-                .build(),
-            BufWhat::Read { offset, rw } => opcode::Read::new(fd, ptr, len)
-                .offset(offset)
-                .rw_flags(rw.flags)
-                .build(),
-            BufWhat::Write { offset, rw } if rw.fixed => {
-                opcode::WriteFixed::new(fd, ptr, len, index)
-                    .offset(offset)
-                    .rw_flags(rw.flags)
-                    .build()
-            }
-            BufWhat::Write { offset, rw } => opcode::Write::new(fd, ptr, len)
-                .offset(offset)
-                .rw_flags(rw.flags)
-                .build(),
+        let span = PoolSpan::new(buf, at, len);
+        let keep = keep(ends);
+        let op: AnyOp = match what {
+            BufWhat::Read { offset, rw } => op::Read::new(fd, span, offset, rw, keep).into(),
+            BufWhat::Write { offset, rw } => op::Write::new(fd, span, offset, rw, keep).into(),
             // SEND_ZC sends straight from the buffer and posts a notification
             // when the kernel is done with it.
-            BufWhat::Send { zc: true, fixed } => opcode::SendZc::new(fd, ptr, len)
-                .buf_index(fixed.then_some(index))
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
-            BufWhat::Send { zc: false, .. } => opcode::Send::new(fd, ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
-        };
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Buffer {
-                buf,
-                ends: keep(ends),
-            },
-        };
-        let personality = self.ops.personality(op.owner);
-        let user_data = self.ops.insert(op);
-        let mut entry = entry.user_data(user_data);
-        if personality != 0 {
-            entry = entry.personality(personality);
-        }
-        // SAFETY: the op table now owns the buffer the entry points into and
-        // the descriptors (see `Hold::Buffer`) until its completion is reaped.
-        match unsafe { self.ring.push(&entry) } {
-            Ok(()) => Ok(user_data),
-            Err(error) => {
-                // The entry never reached the kernel: the buffer goes back.
-                let buf = match self.ops.forget(user_data) {
-                    Some(Op {
-                        hold: Hold::Buffer { buf, .. },
-                        ..
-                    }) => Some(buf),
-                    _ => None,
-                };
-                Err(BufFailed { error, buf })
+            BufWhat::Send { zc: true, fixed } => op::SendZc::new(fd, span, fixed, keep).into(),
+            BufWhat::Send { zc: false, .. } => {
+                op::Send::new(fd, SendFrom::Pool(span, keep), 0).into()
             }
-        }
+        };
+        self.queue(owner, tag, op, squeue::Flags::empty())
+            .map_err(|(error, op)| BufFailed {
+                error,
+                buf: op.and_then(AnyOp::into_buffer),
+            })
     }
 
     /// Queues fallocate(mode 0) of `len` bytes at `offset` of `fd`.
     pub fn fallocate(
         &mut self,
         owner: Owner,
+        tag: u32,
         ends: &Rc<impl Any>,
         fd: RawFd,
         offset: u64,
         len: u64,
     ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind: OpKind::Prealloc,
-            hold: Hold::Poll(keep(ends)),
-        };
-        self.queue(op, || {
-            opcode::Fallocate::new(types::Fd(fd), len)
-                .offset(offset)
-                .build()
-        })
+        self.queue_op(owner, tag, op::Fallocate::new(fd, offset, len, keep(ends)))
     }
 
     /// Queues ftruncate of `fd` to `len` bytes.
     pub fn ftruncate(
         &mut self,
         owner: Owner,
+        tag: u32,
         ends: &Rc<impl Any>,
         fd: RawFd,
         len: u64,
     ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind: OpKind::Truncate,
-            hold: Hold::Poll(keep(ends)),
-        };
-        self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
-    }
-
-    /// Queues the final ftruncate of an in-place destination to `len`.
-    pub fn end_truncate(
-        &mut self,
-        owner: Owner,
-        ends: &Rc<impl Any>,
-        fd: RawFd,
-        len: u64,
-    ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind: OpKind::EndTruncate,
-            hold: Hold::Poll(keep(ends)),
-        };
-        self.queue(op, || opcode::Ftruncate::new(types::Fd(fd), len).build())
+        self.queue_op(owner, tag, op::Ftruncate::new(fd, len, keep(ends)))
     }
 
     /// Queues fdatasync of `fd` (IORING_OP_FSYNC with DATASYNC).
     pub fn fdatasync(
         &mut self,
         owner: Owner,
+        tag: u32,
         ends: &Rc<impl Any>,
         fd: RawFd,
     ) -> Result<u64, EngineError> {
-        let op = Op {
-            owner,
-            kind: OpKind::Fsync,
-            hold: Hold::Poll(keep(ends)),
-        };
-        self.queue(op, || {
-            opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-        })
+        self.queue_op(owner, tag, op::Fsync::new(fd, true, keep(ends)))
     }
 
     /// Queues a statx of `fd` itself (an empty path with AT_EMPTY_PATH) for
     /// `mask`, into a buffer the op holds with the descriptors `fd` is one
-    /// of. io_uring always runs it in an io-wq worker (and the threads back
-    /// end on a worker thread): a getattr that waits on a FUSE or NFS server
-    /// never waits on the loop.
+    /// of (see io/op/statx.rs).
     pub fn statx(
         &mut self,
         owner: Owner,
-        kind: OpKind,
+        tag: u32,
         fds: &Rc<impl Any>,
         fd: RawFd,
         flags: i32,
         mask: u32,
     ) -> Result<u64, EngineError> {
-        // SAFETY: an all-zero statx is a valid value of a plain C struct.
-        let mut buf: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
-        let ptr: *mut libc::statx = &mut *buf;
-        let op = Op {
-            owner,
-            kind,
-            hold: Hold::Statx {
-                buf,
-                fds: keep(fds),
-            },
-        };
-        self.queue(op, || {
-            opcode::Statx::new(types::Fd(fd), c"".as_ptr(), ptr.cast::<types::statx>())
-                .flags(flags | libc::AT_EMPTY_PATH)
-                .mask(mask)
-                .build()
-        })
+        self.queue_op(owner, tag, op::Statx::new(fd, flags, mask, keep(fds)))
     }
 
     /// Queues a timer that completes after `delay`.
-    pub fn timeout(
-        &mut self,
-        owner: Owner,
-        delay: std::time::Duration,
-    ) -> Result<u64, EngineError> {
-        let ts = Box::new(
-            types::Timespec::new()
-                .sec(delay.as_secs())
-                .nsec(delay.subsec_nanos()),
-        );
-        let ptr: *const types::Timespec = &*ts;
-        let op = Op {
-            owner,
-            kind: OpKind::Timeout,
-            hold: Hold::Timeout(ts),
-        };
-        self.queue(op, || opcode::Timeout::new(ptr).build())
+    pub fn timeout(&mut self, owner: Owner, delay: Duration) -> Result<u64, EngineError> {
+        self.queue_op(owner, 0, op::Timeout::new(delay))
     }
 
     /// Queues a read of a signalfd or eventfd into a buffer the op holds.
     pub fn read_small(&mut self, owner: Owner, fd: RawFd, len: u32) -> Result<u64, EngineError> {
-        let mut buf = Box::new([0u8; 128]);
-        let ptr = buf.as_mut_ptr();
-        let op = Op {
-            owner,
-            kind: OpKind::Read,
-            hold: Hold::ReadBuf(buf),
-        };
-        self.queue(op, || {
-            opcode::Read::new(types::Fd(fd), ptr, len.min(128)).build()
-        })
+        self.queue_op(owner, 0, op::ReadSmall::new(fd, len))
     }
 }

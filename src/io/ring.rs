@@ -6,9 +6,10 @@ use std::io;
 use io_uring::register::Restriction;
 use io_uring::{squeue, IoUring, Probe};
 
+use super::op::Operation;
 use super::opcodes::{Opcode, OPCODES};
 pub use super::threads::Cqe;
-use super::threads::ThreadRing;
+use super::threads::{Submitted, ThreadRing};
 use super::{unavailable, EngineError, EngineKind};
 
 /// The one ring the loop drives: io_uring, or the threads back end, which
@@ -89,20 +90,50 @@ impl Ring {
         }
     }
 
-    /// Queues one entry, handing the queue to the kernel first if it is full.
+    /// Queues `op` as `user_data` (with `flags`, under `personality`; 0:
+    /// the daemon's own), handing the queue to the kernel first if it is
+    /// full: io_uring gets its entry, the threads back end its blocking
+    /// equivalent.
     ///
     /// # Safety
-    /// Every buffer, descriptor and structure that `entry` points at must stay
+    /// Every buffer, descriptor and structure that `op` points at must stay
     /// valid and unmoved until its completion has been reaped.
-    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<(), EngineError> {
+    pub unsafe fn push(
+        &mut self,
+        op: &mut dyn Operation,
+        user_data: u64,
+        flags: squeue::Flags,
+        personality: u16,
+    ) -> Result<(), EngineError> {
+        let prepared = match self.backend {
+            Backend::Uring(_) => {
+                let mut entry = op.entry().user_data(user_data).flags(flags);
+                if personality != 0 {
+                    // A job's operations run with its client's credentials.
+                    entry = entry.personality(personality);
+                }
+                Ok(entry)
+            }
+            Backend::Threads(_) => Err(Submitted {
+                code: op.code(),
+                call: op.blocking(),
+                user_data,
+                link: flags.contains(squeue::Flags::IO_LINK),
+                personality,
+            }),
+        };
         loop {
-            let pushed = match &mut self.backend {
-                // SAFETY: the caller guarantees that what the entry points at
-                // outlives the operation; pushing only copies the entry.
-                Backend::Uring(ring) => unsafe { ring.submission().push(entry) }.is_ok(),
-                // SAFETY: as above; the threads back end reads the entry back
-                // and uses its pointers until the completion is reaped.
-                Backend::Threads(ring) => unsafe { ring.push(entry) },
+            let pushed = match (&mut self.backend, &prepared) {
+                (Backend::Uring(ring), Ok(entry)) => {
+                    // SAFETY: the caller guarantees that what the entry points
+                    // at outlives the operation; pushing only copies the entry.
+                    unsafe { ring.submission().push(entry) }.is_ok()
+                }
+                // SAFETY: as above; the call's pointers are used until the
+                // completion is reaped.
+                (Backend::Threads(ring), Err(submitted)) => unsafe { ring.push(*submitted) },
+                // The back end does not change after `Ring::new`.
+                _ => return Err(EngineError::Config("the ring changed back end".into())),
             };
             if pushed {
                 return Ok(());
@@ -327,22 +358,43 @@ mod tests {
         }
     }
 
+    /// An operation the engine never submits, built by hand.
+    struct OffList(fn() -> io_uring::squeue::Entry, u8);
+
+    impl Operation for OffList {
+        fn code(&self) -> u8 {
+            self.1
+        }
+
+        fn entry(&mut self) -> io_uring::squeue::Entry {
+            (self.0)()
+        }
+
+        fn blocking(&mut self) -> crate::io::op::Blocking {
+            crate::io::op::Blocking::Unsupported
+        }
+    }
+
     fn refuses_operations_the_engine_does_not_use(kind: EngineKind) {
         let mut ring = Ring::new(8, kind).expect("ring");
         assert_eq!(ring.kind(), kind);
-        let path = c"/etc/hostname";
-        let open = opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        let open = || {
+            opcode::OpenAt::new(
+                io_uring::types::Fd(libc::AT_FDCWD),
+                c"/etc/hostname".as_ptr(),
+            )
             .build()
-            .user_data(7);
-        let nop = opcode::Nop::new().build().user_data(8);
-        let timeout_ts = io_uring::types::Timespec::new();
-        let allowed = opcode::Timeout::new(&timeout_ts).build().user_data(9);
-        // SAFETY: the path and the timespec outlive the wait below, which
-        // reaps all three completions.
+        };
+        let mut open = OffList(open, opcode::OpenAt::CODE);
+        let mut nop = OffList(|| opcode::Nop::new().build(), opcode::Nop::CODE);
+        let mut allowed = crate::io::op::Timeout::new(std::time::Duration::ZERO);
+        let none = squeue::Flags::empty();
+        // SAFETY: the path is static and the timer owns its timespec, which
+        // outlives the wait below that reaps all three completions.
         unsafe {
-            ring.push(&open).expect("push openat");
-            ring.push(&nop).expect("push nop");
-            ring.push(&allowed).expect("push timeout");
+            ring.push(&mut open, 7, none, 0).expect("push openat");
+            ring.push(&mut nop, 8, none, 0).expect("push nop");
+            ring.push(&mut allowed, 9, none, 0).expect("push timeout");
         }
         let mut got = Vec::new();
         while got.len() < 3 {

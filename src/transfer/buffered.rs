@@ -42,9 +42,10 @@ use super::errno::{self, Action, Side};
 use super::splice::Returned;
 use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::Owner;
 use crate::io::queue::{BufIo, BufWhat, RwOpts};
 use crate::io::Io;
+use crate::transfer::step::CopyStep;
 
 /// How bytes go through the buffers.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +131,7 @@ fn submit(
     chunk: &mut Chunk,
     io: &mut Io,
     owner: Owner,
-    kind: OpKind,
+    kind: CopyStep,
     ends: &Rc<Endpoints>,
     fd: i32,
     span: (usize, u32),
@@ -143,7 +144,7 @@ fn submit(
         ));
     };
     let (at, len) = span;
-    match io.buffer_op(owner, kind, ends, BufIo { fd, buf, at, len }, what) {
+    match io.buffer_op(owner, kind.tag(), ends, BufIo { fd, buf, at, len }, what) {
         Ok(ud) => {
             chunk.busy = Some(ud);
             Ok(())
@@ -412,7 +413,14 @@ impl BufferCopy {
             return;
         }
         let ends = Rc::clone(&self.ends);
-        match io.fallocate(owner, &ends, raw(&ends.dst), self.dst_start, self.total) {
+        match io.fallocate(
+            owner,
+            CopyStep::Prealloc.tag(),
+            &ends,
+            raw(&ends.dst),
+            self.dst_start,
+            self.total,
+        ) {
             Ok(ud) => {
                 self.touched = true;
                 self.preallocated = true;
@@ -509,11 +517,12 @@ impl BufferCopy {
 
     /// A completion handed back the buffer its operation held: it returns
     /// to the chunk that lent it.
-    fn take_back(&mut self, kind: OpKind, buf: BufRef, out: &mut Vec<Returned>) {
+    fn take_back(&mut self, kind: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
         let slot = match kind {
-            OpKind::BufIn(i) | OpKind::BufOut(i) | OpKind::ZcSent(i) | OpKind::ZcNotif(i) => {
-                i as usize
-            }
+            CopyStep::BufIn(i)
+            | CopyStep::BufOut(i)
+            | CopyStep::ZcSent(i)
+            | CopyStep::ZcNotif(i) => i as usize,
             _ => usize::MAX,
         };
         match self.chunks.get_mut(slot).and_then(Option::as_mut) {
@@ -528,7 +537,7 @@ impl BufferCopy {
     #[allow(clippy::too_many_arguments)]
     pub fn on_complete(
         &mut self,
-        kind: OpKind,
+        kind: CopyStep,
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
@@ -540,11 +549,11 @@ impl BufferCopy {
             self.take_back(kind, buf, out);
         }
         let step = match kind {
-            OpKind::Prealloc => {
+            CopyStep::Prealloc => {
                 self.side_op = None;
                 self.after_prealloc(result)
             }
-            OpKind::Truncate => {
+            CopyStep::Truncate => {
                 self.side_op = None;
                 self.phase = Phase::Done;
                 if result < 0 && self.failure.is_none() {
@@ -556,22 +565,22 @@ impl BufferCopy {
                     Ok(())
                 }
             }
-            OpKind::BufIn(i) if self.src_stream => self.after_recv(i as usize, result),
-            OpKind::BufIn(i) => self.after_read(i as usize, result),
-            OpKind::BufOut(i) if self.dst_stream || self.dst_append => {
+            CopyStep::BufIn(i) if self.src_stream => self.after_recv(i as usize, result),
+            CopyStep::BufIn(i) => self.after_read(i as usize, result),
+            CopyStep::BufOut(i) if self.dst_stream || self.dst_append => {
                 self.after_send(i as usize, result, false)
             }
-            OpKind::ZcSent(i) => self.after_send(i as usize, result, true),
-            OpKind::ZcNotif(i) => {
+            CopyStep::ZcSent(i) => self.after_send(i as usize, result, true),
+            CopyStep::ZcNotif(i) => {
                 if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
                     chunk.notifs = chunk.notifs.saturating_sub(1);
                 }
                 Ok(())
             }
-            OpKind::BufOut(i) => self.after_write(i as usize, result),
+            CopyStep::BufOut(i) => self.after_write(i as usize, result),
             // Readiness after EAGAIN (or an error the retried operation
             // will report): the chunk issues its step again.
-            OpKind::PollIn(i) | OpKind::PollOut(i) => {
+            CopyStep::PollIn(i) | CopyStep::PollOut(i) => {
                 if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
                     chunk.busy = None;
                 }
@@ -958,12 +967,12 @@ impl BufferCopy {
             _ if chunk.wait.is_some() => {
                 let events = chunk.wait.take().unwrap_or(libc::POLLIN);
                 let (kind, fd) = if events == libc::POLLIN {
-                    (OpKind::PollIn(tag), raw(&ends.src))
+                    (CopyStep::PollIn(tag), raw(&ends.src))
                 } else {
-                    (OpKind::PollOut(tag), raw(&ends.dst))
+                    (CopyStep::PollOut(tag), raw(&ends.dst))
                 };
                 let ud = io
-                    .poll(owner, kind, &ends, fd, events)
+                    .poll(owner, kind.tag(), &ends, fd, events)
                     .map_err(ring_failed)?;
                 chunk.busy = Some(ud);
             }
@@ -991,7 +1000,7 @@ impl BufferCopy {
                     chunk,
                     io,
                     owner,
-                    OpKind::BufIn(tag),
+                    CopyStep::BufIn(tag),
                     &ends,
                     raw(&ends.src),
                     (at as usize, len as u32),
@@ -1011,7 +1020,7 @@ impl BufferCopy {
                         chunk,
                         io,
                         owner,
-                        OpKind::BufOut(tag),
+                        CopyStep::BufOut(tag),
                         &ends,
                         raw(&ends.dst),
                         (at as usize, len as u32),
@@ -1026,7 +1035,7 @@ impl BufferCopy {
                     chunk,
                     io,
                     owner,
-                    OpKind::BufOut(tag),
+                    CopyStep::BufOut(tag),
                     &ends,
                     raw(&ends.dst),
                     (at as usize, len as u32),
@@ -1051,7 +1060,7 @@ impl BufferCopy {
                     chunk,
                     io,
                     owner,
-                    OpKind::BufOut(tag),
+                    CopyStep::BufOut(tag),
                     &ends,
                     raw(&ends.dst),
                     (at as usize, (chunk.len - at) as u32),
@@ -1177,7 +1186,7 @@ impl BufferCopy {
         };
         let ends = Rc::clone(&self.ends);
         self.phase = Phase::Truncate;
-        match io.ftruncate(owner, &ends, raw(&ends.dst), size) {
+        match io.ftruncate(owner, CopyStep::Truncate.tag(), &ends, raw(&ends.dst), size) {
             Ok(ud) => self.side_op = Some(ud),
             Err(e) => {
                 self.failure.get_or_insert(ring_failed(e));

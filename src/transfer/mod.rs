@@ -11,6 +11,7 @@ pub mod dio;
 pub mod errno;
 pub mod fsize;
 pub mod splice;
+pub mod step;
 pub mod verify;
 
 use std::fmt;
@@ -21,9 +22,10 @@ use std::rc::Rc;
 use ringxfer_ipc::{FailureKind, Strategy, SubmitRequest};
 
 use crate::io::buffer_pool::BufRef;
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::Io;
+use crate::transfer::step::CopyStep;
 use buffered::BufferCopy;
 use splice::{Returned, SpliceCopy};
 
@@ -76,7 +78,7 @@ impl Mover {
     #[allow(clippy::too_many_arguments)]
     pub fn on_complete(
         &mut self,
-        kind: OpKind,
+        kind: CopyStep,
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,

@@ -20,10 +20,11 @@ use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
 use super::{Endpoints, FdKind, Shape, TransferError};
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::queue::SpliceEnd;
 use crate::io::Io;
+use crate::transfer::step::CopyStep;
 
 /// One pipe and the bytes it is carrying.
 struct Chunk {
@@ -294,7 +295,7 @@ impl SpliceCopy {
         let ud = io
             .poll(
                 owner,
-                OpKind::PollIn(JOB_LEVEL),
+                CopyStep::PollIn(JOB_LEVEL).tag(),
                 &ends,
                 raw(&ends.src),
                 libc::POLLIN,
@@ -440,14 +441,14 @@ impl SpliceCopy {
     /// whatever can happen next. Pipes the job no longer needs go to `out`.
     pub fn on_complete(
         &mut self,
-        kind: OpKind,
+        kind: CopyStep,
         result: i32,
         owner: Owner,
         io: &mut Io,
         yield_pipes: bool,
         out: &mut Vec<Returned>,
     ) {
-        if kind == OpKind::Truncate {
+        if kind == CopyStep::Truncate {
             self.restoring = None;
             if result < 0 {
                 tracing::warn!(
@@ -458,7 +459,7 @@ impl SpliceCopy {
             }
             return;
         }
-        if kind == OpKind::PollIn(JOB_LEVEL) {
+        if kind == CopyStep::PollIn(JOB_LEVEL) {
             // Readable, at its end, or in error: a read will tell which.
             self.ready_poll = None;
             self.src_ready = true;
@@ -466,16 +467,17 @@ impl SpliceCopy {
             return;
         }
         let slot = match kind {
-            OpKind::SpliceIn(i) | OpKind::SpliceOut(i) | OpKind::PollIn(i) | OpKind::PollOut(i) => {
-                i as usize
-            }
+            CopyStep::SpliceIn(i)
+            | CopyStep::SpliceOut(i)
+            | CopyStep::PollIn(i)
+            | CopyStep::PollOut(i) => i as usize,
             _ => return,
         };
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             debug_assert!(false, "completion for an empty chunk slot");
             return;
         };
-        let was_linked = matches!(kind, OpKind::SpliceOut(_)) && chunk.linked.is_some();
+        let was_linked = matches!(kind, CopyStep::SpliceOut(_)) && chunk.linked.is_some();
         if was_linked {
             chunk.linked = None;
         } else {
@@ -486,11 +488,11 @@ impl SpliceCopy {
         let step = match kind {
             // Cancelled to give the pipe back: nothing moved.
             _ if taken_back => Ok(()),
-            OpKind::SpliceIn(_) => self.after_read(slot, result),
+            CopyStep::SpliceIn(_) => self.after_read(slot, result),
             // The read before it moved less than asked (or failed), which
             // cancels the linked write; the chunk writes what it really holds.
-            OpKind::SpliceOut(_) if was_linked && result == -libc::ECANCELED => Ok(()),
-            OpKind::SpliceOut(_) => self.after_write(slot, result),
+            CopyStep::SpliceOut(_) if was_linked && result == -libc::ECANCELED => Ok(()),
+            CopyStep::SpliceOut(_) => self.after_write(slot, result),
             // Readiness arrived (or the poll failed, and the retried splice
             // will report the real error): the chunk simply tries again.
             _ => Ok(()),
@@ -709,7 +711,13 @@ impl SpliceCopy {
         let tag = slot as u16;
         let cap = u64::from(chunk.pipe.capacity).min(self.piece_limit);
         if let Some(events) = chunk.wait_for.take() {
-            let poll = io.poll(owner, OpKind::PollOut(tag), &ends, raw(&ends.dst), events);
+            let poll = io.poll(
+                owner,
+                CopyStep::PollOut(tag).tag(),
+                &ends,
+                raw(&ends.dst),
+                events,
+            );
             chunk.busy = Some(poll.map_err(ring_failed)?);
             return Ok(());
         }
@@ -728,7 +736,7 @@ impl SpliceCopy {
                 chunk.busy = Some(
                     io.splice(
                         owner,
-                        OpKind::SpliceOut(tag),
+                        CopyStep::SpliceOut(tag).tag(),
                         &chunk.pipe,
                         &ends,
                         src,
@@ -850,7 +858,10 @@ impl SpliceCopy {
             let (a, b) = io
                 .splice_linked(
                     owner,
-                    (OpKind::SpliceIn(tag), OpKind::SpliceOut(tag)),
+                    (
+                        CopyStep::SpliceIn(tag).tag(),
+                        CopyStep::SpliceOut(tag).tag(),
+                    ),
                     &chunk.pipe,
                     ends,
                     (src, dst),
@@ -867,7 +878,7 @@ impl SpliceCopy {
         chunk.busy = Some(
             io.splice(
                 owner,
-                OpKind::SpliceIn(tag),
+                CopyStep::SpliceIn(tag).tag(),
                 &chunk.pipe,
                 ends,
                 src,
@@ -894,7 +905,13 @@ impl SpliceCopy {
         }
         self.touched = false;
         let ends = Rc::clone(&self.ends);
-        match io.ftruncate(owner, &ends, raw(&ends.dst), self.orig_dst_size) {
+        match io.ftruncate(
+            owner,
+            CopyStep::Truncate.tag(),
+            &ends,
+            raw(&ends.dst),
+            self.orig_dst_size,
+        ) {
             Ok(ud) => self.restoring = Some(ud),
             Err(e) => tracing::warn!("queueing the truncate of a failed job's destination: {e}"),
         }

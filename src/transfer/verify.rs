@@ -14,7 +14,7 @@ use ringxfer_ipc::{Checksums, FailureKind};
 use super::splice::Returned;
 use super::{Endpoints, TransferError};
 use crate::io::buffer_pool::BufRef;
-use crate::io::ops::{OpKind, Owner};
+use crate::io::ops::Owner;
 use crate::io::queue::{BufIo, BufWhat, RwOpts};
 use crate::io::Io;
 
@@ -23,6 +23,30 @@ use crate::io::Io;
 /// is a multiple of every logical block size Linux supports for O_DIRECT
 /// except on 64 KiB-sector devices, and the buffers are page aligned.
 const READ_ALIGN: u64 = 4096;
+
+/// A read of the verification pass, of the source or the destination: the
+/// tag its op carries (class 2 of a job's tags, transfer/step.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyRead {
+    pub of_dst: bool,
+}
+
+impl VerifyRead {
+    const CLASS: u32 = 2;
+
+    pub fn tag(self) -> u32 {
+        Self::CLASS << 24 | u32::from(self.of_dst)
+    }
+
+    /// The read a tag says, if it is a verification read's.
+    pub fn from_tag(tag: u32) -> Option<VerifyRead> {
+        match tag {
+            t if t == (VerifyRead { of_dst: false }).tag() => Some(VerifyRead { of_dst: false }),
+            t if t == (VerifyRead { of_dst: true }).tag() => Some(VerifyRead { of_dst: true }),
+            _ => None,
+        }
+    }
+}
 
 /// The verification of one job.
 pub struct Verifier {
@@ -126,7 +150,7 @@ impl Verifier {
     /// `buf`: the buffer the read held, handed back by its completion.
     pub fn on_complete(
         &mut self,
-        kind: OpKind,
+        tag: u32,
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
@@ -141,7 +165,7 @@ impl Verifier {
                 self.buf = Some(buf);
             }
         }
-        let OpKind::VerifyRead(of_dst) = kind else {
+        let Some(VerifyRead { of_dst }) = VerifyRead::from_tag(tag) else {
             return;
         };
         if self.failure.is_some() {
@@ -280,7 +304,7 @@ impl Verifier {
             at: 0,
             len,
         };
-        match io.buffer_op(owner, OpKind::VerifyRead(of_dst), &ends, req, what) {
+        match io.buffer_op(owner, VerifyRead { of_dst }.tag(), &ends, req, what) {
             Ok(ud) => self.busy = Some(ud),
             Err(failed) => {
                 self.buf = failed.buf;

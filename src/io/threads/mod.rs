@@ -2,8 +2,9 @@
 //!
 //! Where io_uring is refused (the kernel.io_uring_disabled sysctl, a
 //! container's seccomp profile, a hardened kernel), the engine runs
-//! unchanged on top of this: it builds the same submission entries, and
-//! `ThreadRing` reads them back (`sqe.rs`) and carries them out.
+//! unchanged on top of this: it queues the same typed operations (io/op/),
+//! and `ThreadRing` carries out each one's blocking equivalent
+//! (`Operation::blocking`) instead of its submission entry.
 //!
 //! - Operations that may block (splice, preadv2/pwritev2 on files, fallocate,
 //!   ftruncate, fdatasync, close, statx at admission, a publish's directory
@@ -18,7 +19,6 @@
 //! The loop waits in poll(2) on the waiting descriptors and an eventfd the
 //! workers write after each chain, with the nearest timer as its timeout.
 
-mod sqe;
 mod worker;
 
 use std::cmp::Reverse;
@@ -29,13 +29,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use io_uring::squeue;
 use tracing::debug;
 
-use sqe::{Decoded, Request};
+use super::op::{accept, recvmsg};
 use worker::{Cell, Work, WorkerPool, CQE_F_MORE, CQE_F_NOTIF, MAX_CHAIN};
 
+use super::op::Blocking;
+use super::opcodes;
 use super::ops::CANCEL_USER_DATA;
+
+/// One operation handed to the threads back end: its opcode (for the
+/// restrictions), its blocking equivalent, and what the entry would carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitted {
+    pub code: u8,
+    pub call: Blocking,
+    pub user_data: u64,
+    /// The next operation runs only if this one moved all it was asked.
+    pub link: bool,
+    /// The registered identity the operation runs under (0: the daemon's).
+    pub personality: u16,
+}
 
 /// One completion, as either back end reports it.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +68,7 @@ struct Waiter {
     user_data: u64,
     fd: RawFd,
     events: i16,
-    request: Request,
+    request: Blocking,
     personality: u16,
 }
 
@@ -62,7 +76,7 @@ struct Waiter {
 pub struct ThreadRing {
     capacity: usize,
     /// Entries pushed and not yet submitted, in order.
-    queued: Vec<Decoded>,
+    queued: Vec<Submitted>,
     pool: WorkerPool,
     done_rx: Receiver<Cqe>,
     wake: Arc<OwnedFd>,
@@ -112,17 +126,25 @@ impl ThreadRing {
         })
     }
 
-    /// Queues an entry; false when the queue is full (submit, then retry).
+    /// Queues an operation; false when the queue is full (submit, then
+    /// retry). One the engine does not use is refused with EACCES when it
+    /// starts, as the restricted ring refuses it.
     ///
     /// # Safety
-    /// As for io_uring: what the entry points at stays valid until its
+    /// As for io_uring: what the call points at stays valid until its
     /// completion has been reaped.
-    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+    pub unsafe fn push(&mut self, mut op: Submitted) -> bool {
         if self.queued.len() >= self.capacity {
             return false;
         }
-        // SAFETY: the caller keeps a timeout's timespec alive.
-        self.queued.push(unsafe { sqe::decode(entry) });
+        if !opcodes::allowed(op.code) {
+            debug!(
+                opcode = op.code,
+                "refused: not an operation the engine uses"
+            );
+            op.call = Blocking::Unsupported;
+        }
+        self.queued.push(op);
         true
     }
 
@@ -188,7 +210,7 @@ impl ThreadRing {
             } else if chain.len() <= MAX_CHAIN {
                 let mut ops = [None; MAX_CHAIN];
                 for (slot, d) in ops.iter_mut().zip(chain) {
-                    *slot = Some((d.user_data, d.request));
+                    *slot = Some((d.user_data, d.call));
                 }
                 self.hand_to_worker(ops, chain[0].personality);
             } else {
@@ -203,55 +225,57 @@ impl ThreadRing {
         n
     }
 
-    fn start(&mut self, d: Decoded) {
+    fn start(&mut self, d: Submitted) {
         let ud = d.user_data;
         let who = d.personality;
-        match d.request {
-            Request::Timeout { after } => {
+        match d.call {
+            Blocking::Timeout { after } => {
                 let at = Instant::now() + after;
                 self.timers.push(Reverse((at, ud)));
                 self.live_timers.insert(ud, at);
             }
-            Request::Cancel { target } => {
+            Blocking::Cancel { target } => {
                 let result = self.cancel(target);
                 self.complete(ud, result, 0);
             }
-            Request::PollAdd { fd, events } => self.wait_for(ud, fd, events, d.request, who),
-            Request::RecvMsg { fd, .. } | Request::Accept { fd, .. } => {
-                if !self.try_inline(ud, d.request) {
-                    self.wait_for(ud, fd, libc::POLLIN, d.request, who);
+            Blocking::Poll { fd, events } => self.wait_for(ud, fd, events, d.call, who),
+            Blocking::RecvMsg(recvmsg::Call { fd, .. })
+            | Blocking::Accept(accept::Call { fd, .. }) => {
+                if !self.try_inline(ud, d.call) {
+                    self.wait_for(ud, fd, libc::POLLIN, d.call, who);
                 }
             }
-            Request::Send { fd, .. } => {
-                if !self.try_inline(ud, d.request) {
-                    self.wait_for(ud, fd, libc::POLLOUT, d.request, who);
+            Blocking::Send(c) => {
+                if !self.try_inline(ud, d.call) {
+                    self.wait_for(ud, c.fd, libc::POLLOUT, d.call, who);
                 }
             }
             // io_uring ignores the offset of a stream; preadv2 and pwritev2
             // would refuse it with ESPIPE, so streams use the position.
-            Request::Read { fd, .. } if is_stream(fd) => {
-                self.wait_for(ud, fd, libc::POLLIN, d.request.at_position(), who)
+            Blocking::Read(c) if is_stream(c.fd) => {
+                self.wait_for(ud, c.fd, libc::POLLIN, Blocking::Read(c.at_position()), who)
             }
-            Request::Write { fd, .. } if is_stream(fd) => {
-                self.wait_for(ud, fd, libc::POLLOUT, d.request.at_position(), who)
-            }
-            Request::Refused { opcode } => {
-                debug!(opcode, "refused: not an operation the engine uses");
-                self.complete(ud, -libc::EACCES, 0)
-            }
-            Request::Splice { .. }
-            | Request::Read { .. }
-            | Request::Write { .. }
-            | Request::Close { .. }
-            | Request::Fallocate { .. }
-            | Request::Ftruncate { .. }
-            | Request::Fsync { .. }
-            | Request::LinkAt { .. }
-            | Request::RenameAt { .. }
-            | Request::UnlinkAt { .. }
-            | Request::Statx { .. } => {
+            Blocking::Write(c) if is_stream(c.fd) => self.wait_for(
+                ud,
+                c.fd,
+                libc::POLLOUT,
+                Blocking::Write(c.at_position()),
+                who,
+            ),
+            Blocking::Unsupported => self.complete(ud, -libc::EACCES, 0),
+            Blocking::Splice(_)
+            | Blocking::Read(_)
+            | Blocking::Write(_)
+            | Blocking::Close(_)
+            | Blocking::Fallocate(_)
+            | Blocking::Ftruncate(_)
+            | Blocking::Fsync(_)
+            | Blocking::LinkAt(_)
+            | Blocking::RenameAt(_)
+            | Blocking::UnlinkAt(_)
+            | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
-                ops[0] = Some((ud, d.request));
+                ops[0] = Some((ud, d.call));
                 self.hand_to_worker(ops, who);
             }
         }
@@ -259,12 +283,12 @@ impl ThreadRing {
 
     /// Hands a chain to a worker, which runs it under the identity
     /// registered as `personality` (0: the daemon's own).
-    fn hand_to_worker(&mut self, ops: [Option<(u64, Request)>; MAX_CHAIN], personality: u16) {
+    fn hand_to_worker(&mut self, ops: [Option<(u64, Blocking)>; MAX_CHAIN], personality: u16) {
         let mut cell = self.pool.cell();
         if let Some(c) = Arc::get_mut(&mut cell) {
             for (slot, (ud, request)) in c.chain.iter_mut().zip(ops.iter().flatten()) {
                 *slot = *ud;
-                c.closes |= matches!(request, Request::Close { .. });
+                c.closes |= matches!(request, Blocking::Close(_));
                 c.chain_len += 1;
             }
         }
@@ -285,7 +309,7 @@ impl ThreadRing {
         user_data: u64,
         fd: RawFd,
         events: i16,
-        request: Request,
+        request: Blocking,
         personality: u16,
     ) {
         self.waiters.push(Waiter {
@@ -306,44 +330,33 @@ impl ThreadRing {
     }
 
     /// Tries a socket operation without blocking; true when it completed.
-    fn try_inline(&mut self, ud: u64, request: Request) -> bool {
+    fn try_inline(&mut self, ud: u64, request: Blocking) -> bool {
         let (ret, zc) = match request {
-            Request::RecvMsg { fd, msg, msg_flags } => {
+            Blocking::RecvMsg(mut c) => {
+                c.msg_flags |= libc::MSG_DONTWAIT;
                 // SAFETY: the msghdr and everything it points at are held by
                 // the op table until this operation's completion is reaped.
-                let ret = retry_eintr(|| unsafe {
-                    libc::recvmsg(fd, msg, msg_flags | libc::MSG_DONTWAIT)
-                });
-                (ret, false)
+                (retry_eintr(|| unsafe { c.run() }), false)
             }
-            Request::Send {
-                fd,
-                ptr,
-                len,
-                msg_flags,
-                zc,
-            } => {
+            Blocking::Send(mut c) => {
+                let asked_not_to_wait = c.msg_flags & libc::MSG_DONTWAIT != 0;
+                c.msg_flags |= libc::MSG_DONTWAIT;
                 // SAFETY: the bytes are held by the op table until this
                 // operation's completion is reaped.
-                let ret = retry_eintr(|| unsafe {
-                    libc::send(fd, ptr.cast(), len, msg_flags | libc::MSG_DONTWAIT)
-                });
-                if ret == -(libc::EAGAIN as isize) && msg_flags & libc::MSG_DONTWAIT != 0 {
+                let ret = retry_eintr(|| unsafe { c.run() });
+                if ret == -(libc::EAGAIN as isize) && asked_not_to_wait {
                     // The engine asked not to wait: EAGAIN is its answer.
-                    self.complete_send(ud, -libc::EAGAIN, zc);
+                    self.complete_send(ud, -libc::EAGAIN, c.zc);
                     return true;
                 }
-                (ret, zc)
+                (ret, c.zc)
             }
-            Request::Accept { fd, flags } => {
-                if self.nonblocking.insert(fd) {
-                    set_nonblocking(fd);
+            Blocking::Accept(c) => {
+                if self.nonblocking.insert(c.fd) {
+                    set_nonblocking(c.fd);
                 }
-                // SAFETY: no address is asked for.
-                let ret = retry_eintr(|| unsafe {
-                    libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags) as isize
-                });
-                (ret, false)
+                // SAFETY: no address is asked for; the listener is open.
+                (retry_eintr(|| unsafe { c.run() }), false)
             }
             _ => return false,
         };
@@ -375,7 +388,7 @@ impl ThreadRing {
         }
         if let Some(i) = self.waiters.iter().position(|w| w.user_data == target) {
             let w = self.waiters.swap_remove(i);
-            let zc = matches!(w.request, Request::Send { zc: true, .. });
+            let zc = matches!(w.request, Blocking::Send(c) if c.zc);
             self.complete_send(target, -libc::ECANCELED, zc);
             return 0;
         }
@@ -505,12 +518,12 @@ impl ThreadRing {
 
     fn ready_waiter(&mut self, w: Waiter, revents: i16) {
         if revents & libc::POLLNVAL != 0 {
-            let zc = matches!(w.request, Request::Send { zc: true, .. });
+            let zc = matches!(w.request, Blocking::Send(c) if c.zc);
             return self.complete_send(w.user_data, -libc::EBADF, zc);
         }
         match w.request {
-            Request::PollAdd { .. } => self.complete(w.user_data, i32::from(revents), 0),
-            Request::RecvMsg { .. } | Request::Accept { .. } | Request::Send { .. } => {
+            Blocking::Poll { .. } => self.complete(w.user_data, i32::from(revents), 0),
+            Blocking::RecvMsg(_) | Blocking::Accept(_) | Blocking::Send(_) => {
                 if !self.try_inline(w.user_data, w.request) {
                     self.waiters.push(w);
                 }
@@ -582,7 +595,8 @@ const _: () = assert!(CANCEL_USER_DATA == u64::MAX);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use io_uring::{opcode, types};
+    use crate::io::op::splice;
+    use io_uring::opcode;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
@@ -592,16 +606,34 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
-    fn splice(from: &OwnedFd, to: &OwnedFd, ud: u64) -> squeue::Entry {
-        opcode::Splice::new(
-            types::Fd(from.as_raw_fd()),
-            -1,
-            types::Fd(to.as_raw_fd()),
-            -1,
-            4096,
-        )
-        .build()
-        .user_data(ud)
+    fn submitted(code: u8, call: Blocking, user_data: u64) -> Submitted {
+        Submitted {
+            code,
+            call,
+            user_data,
+            link: false,
+            personality: 0,
+        }
+    }
+
+    fn splice(from: &OwnedFd, to: &OwnedFd, ud: u64) -> Submitted {
+        let call = Blocking::Splice(splice::Call {
+            fd_in: from.as_raw_fd(),
+            off_in: None,
+            fd_out: to.as_raw_fd(),
+            off_out: None,
+            len: 4096,
+        });
+        submitted(opcode::Splice::CODE, call, ud)
+    }
+
+    fn timer(after: Duration, ud: u64) -> Submitted {
+        submitted(opcode::Timeout::CODE, Blocking::Timeout { after }, ud)
+    }
+
+    fn cancel(target: u64) -> Submitted {
+        let call = Blocking::Cancel { target };
+        submitted(opcode::AsyncCancel::CODE, call, CANCEL_USER_DATA)
     }
 
     /// Waits (up to `limit`) for the completion of `ud`.
@@ -615,12 +647,9 @@ mod tests {
                 Instant::now() < deadline,
                 "no completion for {ud} in {limit:?}"
             );
-            let ts = types::Timespec::new().nsec(20_000_000);
-            let tick = opcode::Timeout::new(&ts).build().user_data(1000);
-            // SAFETY: `ts` lives until the submit below has reaped the timer
-            // (it fires within the wait or is found later; tick ids are
-            // ignored), and is only read at push.
-            assert!(unsafe { ring.push(&tick) });
+            let tick = timer(Duration::from_millis(20), 1000);
+            // SAFETY: a timer points at no memory (tick ids are ignored).
+            assert!(unsafe { ring.push(tick) });
             ring.submit(1);
             ring.reap(got);
         }
@@ -640,10 +669,10 @@ mod tests {
         let (blocked_r, _keep_c) = pipe();
         // SAFETY: every descriptor outlives the ring's use of it below.
         unsafe {
-            assert!(ring.push(&splice(&empty_a, &sink_w, 1)));
-            assert!(ring.push(&splice(&empty_b, &sink_w, 2)));
-            assert!(ring.push(&splice(&blocked_r, &sink_w, 3)));
-            assert!(ring.push(&splice(&full_r, &out_w, 4)));
+            assert!(ring.push(splice(&empty_a, &sink_w, 1)));
+            assert!(ring.push(splice(&empty_b, &sink_w, 2)));
+            assert!(ring.push(splice(&blocked_r, &sink_w, 3)));
+            assert!(ring.push(splice(&full_r, &out_w, 4)));
         }
         ring.submit(0);
         let mut got = Vec::new();
@@ -654,11 +683,8 @@ mod tests {
         // Every blocked splice is cancelled, wherever it is (running or
         // still queued), and completes exactly once.
         for target in [1, 2, 3] {
-            let cancel = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(CANCEL_USER_DATA);
             // SAFETY: a cancel points at no memory.
-            assert!(unsafe { ring.push(&cancel) });
+            assert!(unsafe { ring.push(cancel(target)) });
         }
         ring.submit(0);
         for target in [1, 2, 3] {
@@ -674,22 +700,16 @@ mod tests {
     #[test]
     fn a_reused_user_data_does_not_inherit_a_cancelled_timer() {
         let mut ring = ThreadRing::new(8).expect("threads ring");
-        let short = types::Timespec::new().nsec(100_000_000);
-        let long = types::Timespec::new().sec(30);
-        let t = |ts: &types::Timespec, ud: u64| opcode::Timeout::new(ts).build().user_data(ud);
-        // SAFETY: the timespecs outlive the test; they are read at push.
+        // SAFETY: timers and cancels point at no memory.
         unsafe {
-            assert!(ring.push(&t(&short, 5)));
+            assert!(ring.push(timer(Duration::from_millis(100), 5)));
         }
         ring.submit(0);
-        let cancel = opcode::AsyncCancel::new(5)
-            .build()
-            .user_data(CANCEL_USER_DATA);
-        // SAFETY: as above; a cancel points at no memory.
+        // SAFETY: as above.
         unsafe {
-            assert!(ring.push(&cancel));
+            assert!(ring.push(cancel(5)));
             // The op table would hand out 5 again at once.
-            assert!(ring.push(&t(&long, 5)));
+            assert!(ring.push(timer(Duration::from_secs(30), 5)));
         }
         ring.submit(0);
         let mut got = Vec::new();

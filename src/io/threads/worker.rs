@@ -10,15 +10,15 @@
 //! -ECANCELED. A signal can land just before the worker enters the syscall;
 //! the loop repeats it until the operation is done (`Cell::is_running`).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, RwLock};
 
 use crossbeam_channel::{Receiver, Sender};
 use tracing::warn;
 
-use super::sqe::Request;
 use super::Cqe;
+use crate::io::op::Blocking;
 use crate::privileges::{Identity, WorkerIdentity};
 
 /// Client identities registered as personalities: personality N is entry
@@ -91,13 +91,13 @@ impl Cell {
 /// One chain of operations for a worker: each runs only if the one before
 /// moved everything it was asked to.
 pub struct Work {
-    pub ops: [Option<(u64, Request)>; MAX_CHAIN],
+    pub ops: [Option<(u64, Blocking)>; MAX_CHAIN],
     pub cell: Arc<Cell>,
     /// The identity the chain runs under (0: the daemon's own).
     pub personality: u16,
 }
 
-// SAFETY: a Request's raw pointers (buffers, a msghdr) point at memory the
+// SAFETY: a Blocking call's raw pointers (buffers, a msghdr) point at memory the
 // engine's op table holds until the operation's completion is reaped, which
 // is after the worker has sent it; nothing else touches that memory
 // meanwhile. Sending them to the worker thread is the point.
@@ -286,7 +286,7 @@ fn run_chain(
     };
     for &(user_data, request) in work.ops.iter().flatten() {
         // A close always runs: cancelling it would leak the descriptor.
-        let closes = matches!(request, Request::Close { .. });
+        let closes = matches!(request, Blocking::Close(_));
         let result = if let Some(errno) = refused.filter(|_| !closes) {
             errno
         } else if broken && !closes {
@@ -302,14 +302,14 @@ fn run_chain(
             });
             announce(wake);
         };
-        if let Request::Send { zc: true, .. } = request {
+        if matches!(request, Blocking::Send(c) if c.zc) {
             send(result, CQE_F_MORE);
             send(0, CQE_F_NOTIF);
         } else {
             send(result, 0);
         }
         // A link breaks on an error or a short transfer, as io_uring's does.
-        broken |= result < 0 || expected(request).is_some_and(|len| result as usize != len);
+        broken |= result < 0 || request.full_len().is_some_and(|len| result as usize != len);
     }
     cell.state.store(DONE, Ordering::SeqCst);
 }
@@ -332,25 +332,17 @@ fn wear(
     }
 }
 
-/// The full result of a transfer, for the link rule.
-fn expected(request: Request) -> Option<usize> {
-    match request {
-        Request::Splice { len, .. }
-        | Request::Read { len, .. }
-        | Request::Write { len, .. }
-        | Request::Send { len, .. } => Some(len),
-        _ => None,
-    }
-}
-
 /// Runs one request; EINTR is retried unless the operation was cancelled.
-fn execute(request: Request, cell: &Cell) -> i32 {
-    let cancellable = !matches!(request, Request::Close { .. });
+fn execute(request: Blocking, cell: &Cell) -> i32 {
+    let cancellable = !matches!(request, Blocking::Close(_));
     loop {
         if cancellable && cell.cancel.load(Ordering::SeqCst) {
             return -libc::ECANCELED;
         }
-        let ret = syscall(request);
+        // SAFETY: the descriptors and memory a call names are held by the
+        // engine's op table until its completion is reaped (see `Work`);
+        // lengths are the ones the engine sized to its buffers.
+        let ret = unsafe { request.run() };
         if ret >= 0 {
             return ret.min(i32::MAX as isize) as i32;
         }
@@ -364,136 +356,4 @@ fn execute(request: Request, cell: &Cell) -> i32 {
         }
         return -errno;
     }
-}
-
-fn syscall(request: Request) -> isize {
-    // SAFETY: (every arm) the descriptors and memory a request names are held
-    // by the engine's op table until its completion is reaped (see `Work`);
-    // lengths are the ones the engine sized to its buffers.
-    unsafe {
-        match request {
-            Request::Splice {
-                fd_in,
-                off_in,
-                fd_out,
-                off_out,
-                len,
-                flags,
-            } => {
-                let mut oin = off_in.unwrap_or(0);
-                let mut oout = off_out.unwrap_or(0);
-                libc::splice(
-                    fd_in,
-                    if off_in.is_some() {
-                        &mut oin
-                    } else {
-                        std::ptr::null_mut()
-                    },
-                    fd_out,
-                    if off_out.is_some() {
-                        &mut oout
-                    } else {
-                        std::ptr::null_mut()
-                    },
-                    len,
-                    flags,
-                )
-            }
-            Request::Read {
-                fd,
-                ptr,
-                len,
-                offset,
-                rw_flags,
-            } => {
-                let iov = libc::iovec {
-                    iov_base: ptr.cast(),
-                    iov_len: len,
-                };
-                libc::preadv2(fd, &iov, 1, offset, rw_flags)
-            }
-            Request::Write {
-                fd,
-                ptr,
-                len,
-                offset,
-                rw_flags,
-            } => {
-                let iov = libc::iovec {
-                    iov_base: ptr.cast_mut().cast(),
-                    iov_len: len,
-                };
-                libc::pwritev2(fd, &iov, 1, offset, rw_flags)
-            }
-            Request::Send {
-                fd,
-                ptr,
-                len,
-                msg_flags,
-                ..
-            } => libc::send(fd, ptr.cast(), len, msg_flags),
-            Request::Fallocate {
-                fd,
-                mode,
-                offset,
-                len,
-            } => libc::fallocate(fd, mode, offset, len) as isize,
-            Request::Ftruncate { fd, len } => libc::ftruncate(fd, len) as isize,
-            Request::Fsync { fd, datasync } => {
-                (if datasync {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                }) as isize
-            }
-            Request::Close { fd } => close_once(fd),
-            // Directory operations of a publish (engine/publish.rs); the op
-            // table holds the paths until the completion is reaped.
-            Request::LinkAt {
-                olddirfd,
-                oldpath,
-                newdirfd,
-                newpath,
-                flags,
-            } => libc::linkat(olddirfd, oldpath, newdirfd, newpath, flags) as isize,
-            Request::RenameAt {
-                olddirfd,
-                oldpath,
-                newdirfd,
-                newpath,
-                flags,
-            } => libc::renameat2(olddirfd, oldpath, newdirfd, newpath, flags) as isize,
-            Request::UnlinkAt { dirfd, path, flags } => libc::unlinkat(dirfd, path, flags) as isize,
-            // Admission's statx: a getattr that may wait on a FUSE or NFS
-            // server; the op table holds the buffer and the descriptor.
-            Request::Statx {
-                dirfd,
-                path,
-                flags,
-                mask,
-                buf,
-            } => libc::statx(dirfd, path, flags, mask, buf) as isize,
-            Request::RecvMsg { fd, msg, msg_flags } => libc::recvmsg(fd, msg, msg_flags),
-            // Not given to workers: the loop answers these itself.
-            Request::Accept { .. }
-            | Request::PollAdd { .. }
-            | Request::Cancel { .. }
-            | Request::Timeout { .. }
-            | Request::Refused { .. } => {
-                *libc::__errno_location() = libc::EINVAL;
-                -1
-            }
-        }
-    }
-}
-
-/// close(2) once: after EINTR the descriptor is gone on Linux, so it is not
-/// retried (a retry could close a descriptor someone else just got).
-fn close_once(fd: RawFd) -> isize {
-    // SAFETY: the engine gave up this descriptor to the close operation.
-    let ret = unsafe { libc::close(fd) };
-    if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-        return 0;
-    }
-    ret as isize
 }
