@@ -11,6 +11,8 @@
 //! `daemon`, the listening socket and systemd's notifications; `check`, the
 //! `--check` report.
 
+#![warn(unreachable_pub)]
+
 pub mod check;
 pub mod daemon;
 pub mod duration;
@@ -19,7 +21,7 @@ pub mod engine;
 pub mod fdtable;
 pub mod io;
 pub mod privileges;
-pub mod server;
+pub(crate) mod server;
 pub mod settings;
 pub mod size;
 pub mod transfer;

@@ -3,5 +3,5 @@
 //! notifications to systemd (READY, STATUS, the watchdog heartbeat).
 
 pub mod activation;
-pub mod listener;
+pub(crate) mod listener;
 pub mod notify;

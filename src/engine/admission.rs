@@ -36,7 +36,7 @@ use crate::transfer::{FdStat, Stats, TransferError};
 pub(super) mod spec;
 
 /// The descriptors a client passed with a submit, while it is admitted.
-pub struct Submitted {
+pub(super) struct Submitted {
     pub src: OwnedFd,
     pub dst: OwnedFd,
     /// The directory to publish in, if the job asked for that.
@@ -45,7 +45,7 @@ pub struct Submitted {
 
 impl Submitted {
     /// All of them, to close.
-    pub fn into_fds(self) -> impl Iterator<Item = OwnedFd> {
+    pub(super) fn into_fds(self) -> impl Iterator<Item = OwnedFd> {
         [self.src, self.dst].into_iter().chain(self.dir)
     }
 }
@@ -96,20 +96,20 @@ pub(super) struct Admissions {
 }
 
 impl Admissions {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.pending.len()
     }
 
-    pub fn of_session(&self, k: usize) -> usize {
+    pub(super) fn of_session(&self, k: usize) -> usize {
         self.by_session.get(&k).copied().unwrap_or(0)
     }
 
     /// Submits being admitted whose client still waits for them.
-    pub fn live(&self) -> usize {
+    pub(super) fn live(&self) -> usize {
         self.by_session.values().sum()
     }
 
-    pub fn of_user(&self, uid: u32) -> usize {
+    pub(super) fn of_user(&self, uid: u32) -> usize {
         self.by_user.get(&uid).copied().unwrap_or(0)
     }
 

@@ -28,7 +28,7 @@ use crate::io::Io;
 const QUEUE: usize = 4096;
 
 /// The closing thread's end of the loop.
-pub struct FdCloser {
+pub(super) struct FdCloser {
     tx: Sender<OwnedFd>,
 }
 
@@ -36,7 +36,7 @@ impl FdCloser {
     /// Starts the thread and waits until it runs (so it carries its name
     /// before the daemon says it is ready). An error (no thread could be
     /// made) leaves the loop to close through the ring.
-    pub fn start() -> std::io::Result<FdCloser> {
+    pub(super) fn start() -> std::io::Result<FdCloser> {
         let (tx, rx) = crossbeam_channel::bounded::<OwnedFd>(QUEUE);
         let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
@@ -59,7 +59,7 @@ impl FdCloser {
 
     /// Queues `fd` for closing; gives it back if the queue is full or the
     /// thread is gone.
-    pub fn hand_over(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
+    pub(super) fn hand_over(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
         self.tx.try_send(fd).map_err(|e| match e {
             TrySendError::Full(fd) | TrySendError::Disconnected(fd) => fd,
         })

@@ -178,7 +178,7 @@ pub(super) struct Job {
 
 impl Job {
     /// The pool resource the job borrows now.
-    pub fn resource(&self) -> Resource {
+    pub(super) fn resource(&self) -> Resource {
         match (&self.copy, self.phase) {
             (_, Phase::Verify) => Resource::Buffer,
             (Mover::Splice(_), _) => Resource::Pipe,
@@ -187,7 +187,7 @@ impl Job {
     }
 
     /// Whether the job would use another slot now.
-    pub fn wants_slot(&self) -> bool {
+    pub(super) fn wants_slot(&self) -> bool {
         match self.phase {
             Phase::Copy => self.copy.wants_pipe() || self.copy.wants_buffer(),
             Phase::Sync | Phase::Truncate | Phase::Publish => false,
@@ -195,7 +195,7 @@ impl Job {
         }
     }
 
-    pub fn failure(&self) -> Option<&TransferError> {
+    pub(super) fn failure(&self) -> Option<&TransferError> {
         self.copy
             .failure()
             .or(self.late_failure.as_ref())
@@ -203,13 +203,13 @@ impl Job {
     }
 
     /// Bytes still to move, as far as is known.
-    pub fn remaining(&self) -> u64 {
+    pub(super) fn remaining(&self) -> u64 {
         self.copy
             .total()
             .map_or(0, |t| t.saturating_sub(self.charged))
     }
 
-    pub fn state(&self) -> JobState {
+    pub(super) fn state(&self) -> JobState {
         if self.throttled {
             JobState::Throttled
         } else if !self.got_slot && self.copy.moved() == 0 {
@@ -219,7 +219,7 @@ impl Job {
         }
     }
 
-    pub fn info(&self, now: Instant) -> JobInfo {
+    pub(super) fn info(&self, now: Instant) -> JobInfo {
         let (mark, at) = self.rate_mark;
         let since = now.saturating_duration_since(mark);
         // A job that stalled has not updated its rate; measure it afresh.
@@ -281,7 +281,7 @@ fn mover(ends: Endpoints, shape: Shape, choice: Choice, pools: MoverPools) -> Mo
 impl Job {
     /// The job an admitted `spec` runs as, started `now`; `global` is the
     /// daemon's rate limit, if it has one.
-    pub fn from_spec(
+    pub(super) fn from_spec(
         spec: JobSpec,
         pools: MoverPools,
         global: Option<&TokenBucket>,

@@ -35,7 +35,7 @@ const MAX_TEMP_TRIES: u32 = 64;
     dead_code,
     reason = "held for the kernel until the completion, never read"
 )]
-pub struct PublishHold {
+pub(super) struct PublishHold {
     pub dir: Rc<OwnedFd>,
     pub ends: Rc<Endpoints>,
 }
@@ -122,7 +122,7 @@ fn component(name: &[u8]) -> Option<CString> {
 }
 
 impl Publisher {
-    pub fn new(
+    pub(super) fn new(
         dir: OwnedFd,
         name: CString,
         staged: Option<CString>,
@@ -143,19 +143,19 @@ impl Publisher {
     }
 
     /// Whether nothing is in flight and nothing is left to do.
-    pub fn is_finished(&self) -> bool {
+    pub(super) fn is_finished(&self) -> bool {
         self.step == Step::Done
     }
 
     /// Whether the job's end still needs a step here: a name to give (the
     /// job succeeded) or a hidden name to remove (it failed).
-    pub fn has_work(&self, success: bool) -> bool {
+    pub(super) fn has_work(&self, success: bool) -> bool {
         self.step == Step::Idle && (success || self.staged.is_some())
     }
 
     /// Starts publishing a completed job (`success`), or removing the
     /// client's hidden file of a failed one.
-    pub fn start(&mut self, success: bool, owner: Owner, ends: &Rc<Endpoints>, io: &mut Io) {
+    pub(super) fn start(&mut self, success: bool, owner: Owner, ends: &Rc<Endpoints>, io: &mut Io) {
         let next = match (&self.staged, success) {
             (Some(_), true) => Step::RenameStaged,
             (None, true) => Step::LinkName,
@@ -166,7 +166,13 @@ impl Publisher {
     }
 
     /// The step in flight completed with `result`.
-    pub fn on_complete(&mut self, result: i32, owner: Owner, ends: &Rc<Endpoints>, io: &mut Io) {
+    pub(super) fn on_complete(
+        &mut self,
+        result: i32,
+        owner: Owner,
+        ends: &Rc<Endpoints>,
+        io: &mut Io,
+    ) {
         let err = (result < 0).then_some(-result);
         let next = match (self.step, err) {
             (Step::LinkName, None) | (Step::RenameTemp | Step::RenameStaged, None) => {
@@ -331,7 +337,7 @@ impl Publisher {
     }
 
     /// The directory descriptor, for the closing thread once the job ends.
-    pub fn into_dir(self) -> Option<OwnedFd> {
+    pub(super) fn into_dir(self) -> Option<OwnedFd> {
         Rc::into_inner(self.dir)
     }
 }

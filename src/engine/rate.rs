@@ -16,7 +16,7 @@ const MIN_PIECE: u64 = 16 * 1024;
 /// A bucket of `rate` bytes per second holding at most a tenth of a second's
 /// worth (and at least one minimal piece).
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(super) struct TokenBucket {
     rate: u64,
     burst: f64,
     tokens: f64,
@@ -25,7 +25,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket; `rate` must be at least 1.
-    pub fn new(rate: u64, now: Instant) -> TokenBucket {
+    pub(super) fn new(rate: u64, now: Instant) -> TokenBucket {
         let rate = rate.max(1);
         let burst = (rate / 10).max(MIN_PIECE) as f64;
         TokenBucket {
@@ -37,7 +37,7 @@ impl TokenBucket {
     }
 
     /// Bytes per second.
-    pub fn rate(&self) -> u64 {
+    pub(super) fn rate(&self) -> u64 {
         self.rate
     }
 
@@ -48,19 +48,19 @@ impl TokenBucket {
     }
 
     /// Takes `bytes` that were moved; the bucket may go into debt.
-    pub fn charge(&mut self, bytes: u64, now: Instant) {
+    pub(super) fn charge(&mut self, bytes: u64, now: Instant) {
         self.refill(now);
         self.tokens -= bytes as f64;
     }
 
     /// Whether the bucket is out of debt, so the job may start another piece.
-    pub fn ready(&mut self, now: Instant) -> bool {
+    pub(super) fn ready(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= 0.0
     }
 
     /// How long until the debt is paid back (zero when ready).
-    pub fn wait(&self) -> Duration {
+    pub(super) fn wait(&self) -> Duration {
         if self.tokens >= 0.0 {
             return Duration::ZERO;
         }
@@ -69,7 +69,7 @@ impl TokenBucket {
 
     /// The piece size that keeps a job within its limit: a twentieth of a
     /// second's worth, at least `MIN_PIECE`.
-    pub fn piece(&self) -> u64 {
+    pub(super) fn piece(&self) -> u64 {
         (self.rate / 20).max(MIN_PIECE)
     }
 }

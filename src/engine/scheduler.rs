@@ -44,7 +44,7 @@ struct Entry {
 /// index one `Vec` of heaps, users on odd slots and connections on even
 /// ones, so parking neither hashes nor allocates once a group has been used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Group {
+pub(super) enum Group {
     /// A session's slab key.
     Connection(usize),
     /// A user's small index (`Usage::group`), not the uid.
@@ -62,7 +62,7 @@ impl Group {
 
 /// A waiting job as `pop` hands it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Waiter {
+pub(super) struct Waiter {
     pub key: usize,
     pub seq: u64,
     pub vtime: u64,
@@ -70,7 +70,7 @@ pub struct Waiter {
 }
 
 /// The queue of jobs waiting for one kind of slot.
-pub struct FairQueue {
+pub(super) struct FairQueue {
     heap: BinaryHeap<Reverse<Entry>>,
     /// Waiters set aside per group (indexed by `Group::index`, small and
     /// reused), in the same order as `heap`. A group's
@@ -88,7 +88,7 @@ impl FairQueue {
     /// `count` numbers its entries `index + 1`, then by steps of `count`, so
     /// no two queues of an engine ever hand out the same sequence number: a
     /// job's stale entry in one queue cannot pass for its live one in another.
-    pub fn with_capacity(capacity: usize, index: u64, count: u64) -> FairQueue {
+    pub(super) fn with_capacity(capacity: usize, index: u64, count: u64) -> FairQueue {
         FairQueue {
             heap: BinaryHeap::with_capacity(capacity),
             parked: Vec::new(),
@@ -101,7 +101,7 @@ impl FairQueue {
     /// Queues a job; returns the entry's sequence number, which the job keeps
     /// to tell its live entry from stale ones, and the virtual time it was
     /// queued at (the job's own, or the queue's if that is later).
-    pub fn push(&mut self, key: usize, vtime: u64, priority: Priority) -> (u64, u64) {
+    pub(super) fn push(&mut self, key: usize, vtime: u64, priority: Priority) -> (u64, u64) {
         let vtime = vtime.max(self.now);
         let seq = self.next_seq;
         self.next_seq += self.step;
@@ -117,7 +117,7 @@ impl FairQueue {
     /// Queues a job straight into `group`'s parked waiters, for a group that
     /// may not take a slot now: what `push` then `pop` and `park` would do,
     /// without passing through the shared heap. Returns as `push` does.
-    pub fn push_parked(
+    pub(super) fn push_parked(
         &mut self,
         group: Group,
         key: usize,
@@ -138,7 +138,7 @@ impl FairQueue {
 
     /// Sets aside a waiter that `pop` handed out but whose group may not take
     /// a slot now, keeping its place among the group's other parked waiters.
-    pub fn park(&mut self, group: Group, w: Waiter) {
+    pub(super) fn park(&mut self, group: Group, w: Waiter) {
         self.group(group).push(Reverse(Entry {
             vtime: w.vtime,
             class: Reverse(w.priority),
@@ -149,7 +149,7 @@ impl FairQueue {
 
     /// Returns up to `n` of `group`'s live parked waiters, first first, to
     /// the shared queue; stale ones are dropped on the way and do not count.
-    pub fn unpark(&mut self, group: Group, n: usize, live: impl Fn(usize, u64) -> bool) {
+    pub(super) fn unpark(&mut self, group: Group, n: usize, live: impl Fn(usize, u64) -> bool) {
         let floor = self.floor(group);
         let Some(parked) = self.parked.get_mut(group.index()) else {
             return;
@@ -182,7 +182,7 @@ impl FairQueue {
     /// Returns all of `group`'s parked waiters to the shared queue: a
     /// connection going away (its detached jobs wait on without it), or a
     /// user whose share no longer binds because nobody else waits.
-    pub fn unpark_all(&mut self, group: Group) {
+    pub(super) fn unpark_all(&mut self, group: Group) {
         let floor = self.floor(group);
         if let Some(parked) = self.parked.get_mut(group.index()) {
             self.heap.extend(parked.drain().map(|Reverse(mut e)| {
@@ -193,13 +193,13 @@ impl FairQueue {
     }
 
     /// How many of `group`'s waiters are parked (stale ones included).
-    pub fn parked(&self, group: Group) -> usize {
+    pub(super) fn parked(&self, group: Group) -> usize {
         self.parked.get(group.index()).map_or(0, BinaryHeap::len)
     }
 
     /// Forgets `group`'s parked waiters (all stale: a user whose last job
     /// ended), so the index can go to another user.
-    pub fn clear(&mut self, group: Group) {
+    pub(super) fn clear(&mut self, group: Group) {
         if let Some(parked) = self.parked.get_mut(group.index()) {
             parked.clear();
         }
@@ -216,7 +216,7 @@ impl FairQueue {
 
     /// Removes stale entries from the front and returns the first live one
     /// without removing it. `live(key, seq)` says whether an entry is current.
-    pub fn peek(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
+    pub(super) fn peek(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
         while let Some(Reverse(e)) = self.heap.peek().copied() {
             if live(e.key, e.seq) {
                 return Some(Waiter {
@@ -235,7 +235,7 @@ impl FairQueue {
     /// removing it; stale entries are dropped from the front on the way.
     /// (A job holding a slot may have its own entry parked for another; on
     /// top, it would hide the others behind it.)
-    pub fn peek_parked(
+    pub(super) fn peek_parked(
         &mut self,
         group: Group,
         except: usize,
@@ -265,26 +265,26 @@ impl FairQueue {
     }
 
     /// Takes the first live waiter.
-    pub fn pop(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
+    pub(super) fn pop(&mut self, live: impl Fn(usize, u64) -> bool) -> Option<Waiter> {
         let w = self.peek(live)?;
         self.heap.pop();
         Some(w)
     }
 
     /// Records a grant at `vtime`: newcomers start from there on.
-    pub fn granted(&mut self, vtime: u64) {
+    pub(super) fn granted(&mut self, vtime: u64) {
         self.now = self.now.max(vtime);
     }
 }
 
 /// How far `bytes` moved by a job of `priority` advance its virtual time.
-pub fn cost(bytes: u64, priority: Priority) -> u64 {
+pub(super) fn cost(bytes: u64, priority: Priority) -> u64 {
     bytes.saturating_mul(SCALE) / u64::from(priority.weight())
 }
 
 /// Whether a job at `vtime` of `priority` should give its slot to `first`,
 /// the first waiter of the same queue: it should when the waiter is behind it.
-pub fn should_yield(vtime: u64, priority: Priority, first: Option<Waiter>) -> bool {
+pub(super) fn should_yield(vtime: u64, priority: Priority, first: Option<Waiter>) -> bool {
     first.is_some_and(|w| (w.vtime, Reverse(w.priority)) < (vtime, Reverse(priority)))
 }
 

@@ -88,17 +88,17 @@ pub(super) struct Users {
 }
 
 impl Users {
-    pub fn get(&self, uid: &u32) -> Option<&Usage> {
+    pub(super) fn get(&self, uid: &u32) -> Option<&Usage> {
         self.map.get(uid)
     }
 
     /// The job and byte counts only: slot counts go through `adjust`.
-    pub fn get_mut(&mut self, uid: &u32) -> Option<&mut Usage> {
+    pub(super) fn get_mut(&mut self, uid: &u32) -> Option<&mut Usage> {
         self.map.get_mut(uid)
     }
 
     /// `uid`'s usage, made (with a parking group of its own) if it had none.
-    pub fn entry(&mut self, uid: u32) -> &mut Usage {
+    pub(super) fn entry(&mut self, uid: u32) -> &mut Usage {
         let (free, next) = (&mut self.free_groups, &mut self.next_group);
         self.map.entry(uid).or_insert_with(|| {
             let group = free.pop().unwrap_or_else(|| {
@@ -113,7 +113,7 @@ impl Users {
     }
 
     /// Forgets a user whose last job ended; its group index, to clear.
-    pub fn remove(&mut self, uid: &u32) -> Option<usize> {
+    pub(super) fn remove(&mut self, uid: &u32) -> Option<usize> {
         let u = self.map.remove(uid)?;
         // A job ends holding nothing and waiting for nothing; should one
         // not have, the counts of users wanting stay true anyway.
@@ -124,7 +124,7 @@ impl Users {
 
     /// Moves `uid`'s count of held slots of `r` by `held` and of waiting
     /// jobs by `queued`, keeping the counts of users wanting in step.
-    pub fn adjust(&mut self, uid: u32, r: Resource, held: isize, queued: isize) {
+    pub(super) fn adjust(&mut self, uid: u32, r: Resource, held: isize, queued: isize) {
         let Some(mut u) = self.map.get(&uid).copied() else {
             return;
         };
@@ -153,7 +153,7 @@ impl Users {
 
     /// One of `uid`'s jobs went from wanting slots (holding or waiting for
     /// one) or not, `before`, to `after`.
-    pub fn job_wanting(&mut self, uid: u32, before: bool, after: bool) {
+    pub(super) fn job_wanting(&mut self, uid: u32, before: bool, after: bool) {
         if let Some(u) = self.map.get_mut(&uid) {
             match (before, after) {
                 (false, true) => u.wanting_jobs += 1,
@@ -168,7 +168,7 @@ impl Users {
     /// at most `MAX_SCALE`), which makes each user's jobs together weigh
     /// what one job weighs: weighted fair queueing between users first,
     /// then between a user's jobs by their classes.
-    pub fn vtime_scale(&self, uid: u32) -> u64 {
+    pub(super) fn vtime_scale(&self, uid: u32) -> u64 {
         self.map
             .get(&uid)
             .map_or(1, |u| u.wanting_jobs.clamp(1, MAX_SCALE) as u64)
@@ -176,7 +176,7 @@ impl Users {
 
     /// Whether a user other than `uid` has a job waiting for `r` (`None`:
     /// for either pool).
-    pub fn others_waiting(&self, uid: u32, r: Option<Resource>) -> bool {
+    pub(super) fn others_waiting(&self, uid: u32, r: Option<Resource>) -> bool {
         let mine = self.map.get(&uid);
         match r {
             Some(r) => {
@@ -189,7 +189,7 @@ impl Users {
 
     /// A user's share of `total` slots of `r` (`None`: of the in-flight cap,
     /// shared by users wanting either pool).
-    pub fn share(&self, total: usize, r: Option<Resource>) -> usize {
+    pub(super) fn share(&self, total: usize, r: Option<Resource>) -> usize {
         let users = match r {
             Some(r) => self.wanting[r as usize],
             None => self.active,
@@ -199,11 +199,11 @@ impl Users {
 
     /// Whether some user waits while another holds or waits: only then can
     /// one user's stalled jobs hold another's back.
-    pub fn contended(&self) -> bool {
+    pub(super) fn contended(&self) -> bool {
         self.waiting_any > 0 && self.active > 1
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Usage)> + '_ {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &Usage)> + '_ {
         self.map.iter().map(|(&uid, u)| (uid, u))
     }
 }

@@ -11,7 +11,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
 /// Alignment of every buffer: a page, which satisfies any dio_mem_align.
-pub const BUFFER_ALIGN: usize = 4096;
+pub(crate) const BUFFER_ALIGN: usize = 4096;
 
 /// One buffer of the pool, named by its index (the registered buffer index).
 ///
@@ -57,7 +57,7 @@ impl BufRef {
 /// The pool. It owns the memory for the engine's whole life: an operation
 /// holds a buffer's index, never the memory, and the index comes back to the
 /// pool only on that operation's completion.
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     chunks: Vec<NonNull<u8>>,
     layout: Layout,
     idle: Vec<u16>,
@@ -77,7 +77,7 @@ pub enum BufferError {
 
 impl BufferPool {
     /// Allocates `count` zeroed buffers of `size` bytes, page-aligned.
-    pub fn new(count: usize, size: usize) -> Result<BufferPool, BufferError> {
+    pub(crate) fn new(count: usize, size: usize) -> Result<BufferPool, BufferError> {
         if size == 0 || !size.is_multiple_of(BUFFER_ALIGN) || size > 1 << 30 {
             return Err(BufferError::Size(size));
         }
@@ -111,7 +111,7 @@ impl BufferPool {
     }
 
     /// The iovecs to register with the ring, in index order.
-    pub fn iovecs(&self) -> Vec<libc::iovec> {
+    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
         self.chunks
             .iter()
             .map(|c| libc::iovec {
@@ -122,16 +122,16 @@ impl BufferPool {
     }
 
     /// Records that the ring accepted the buffers, so FIXED ops may use them.
-    pub fn mark_registered(&mut self) {
+    pub(crate) fn mark_registered(&mut self) {
         self.registered = true;
     }
 
-    pub fn registered(&self) -> bool {
+    pub(crate) fn registered(&self) -> bool {
         self.registered
     }
 
     /// Lends an idle buffer.
-    pub fn take(&mut self) -> Option<BufRef> {
+    pub(crate) fn take(&mut self) -> Option<BufRef> {
         let index = self.idle.pop()?;
         Some(BufRef {
             index,
@@ -141,7 +141,7 @@ impl BufferPool {
     }
 
     /// Takes back a buffer whose last operation has completed.
-    pub fn give_back(&mut self, buf: BufRef) {
+    pub(crate) fn give_back(&mut self, buf: BufRef) {
         let index = buf.index;
         debug_assert!(
             !self.idle.contains(&index),
@@ -150,15 +150,15 @@ impl BufferPool {
         self.idle.push(index);
     }
 
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.chunks.len()
     }
 
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.idle.len()
     }
 
-    pub fn buffer_size(&self) -> usize {
+    pub(crate) fn buffer_size(&self) -> usize {
         self.layout.size()
     }
 }
@@ -175,7 +175,7 @@ impl Drop for BufferPool {
 }
 
 /// The locked-memory limit, for the message that says why registration failed.
-pub fn memlock_limit() -> Option<u64> {
+pub(crate) fn memlock_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -4,6 +4,4 @@
 //! sees the same codes; `transfer/errno.rs` adds what each errno means to a
 //! job's next step.
 
-pub use ringxfer_ipc::errno::{
-    interrupted, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK,
-};
+pub(crate) use ringxfer_ipc::errno::interrupted;

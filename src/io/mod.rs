@@ -5,14 +5,14 @@
 //! settings): completions are routed by `Owner` and an opaque tag the owner
 //! chose, and what an owner makes of them is the owner's business.
 
-pub mod buffer_pool;
-pub mod errno;
-pub mod op;
-pub mod opcodes;
-pub mod ops;
-pub mod pipe_pool;
-pub mod queue;
-pub mod ring;
+pub(crate) mod buffer_pool;
+pub(crate) mod errno;
+pub(crate) mod op;
+pub(crate) mod opcodes;
+pub(crate) mod ops;
+pub(crate) mod pipe_pool;
+pub(crate) mod queue;
+pub(crate) mod ring;
 mod threads;
 pub mod unavailable;
 

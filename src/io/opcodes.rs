@@ -35,7 +35,7 @@ const fn op(name: &'static str, code: u8, role: &'static str) -> Opcode {
 /// required today: the engine has always refused io_uring without any of
 /// them, and making one optional changes which engine `auto` runs on older
 /// kernels (a behaviour change to make on purpose, with its fallback tested).
-pub const OPCODES: &[Opcode] = &[
+pub(crate) const OPCODES: &[Opcode] = &[
     op("accept", opcode::Accept::CODE, "accepts client connections"),
     op(
         "recvmsg",
@@ -127,12 +127,12 @@ pub const OPCODES: &[Opcode] = &[
 ];
 
 /// The entry for `code`, if the engine uses it.
-pub fn find(code: u8) -> Option<&'static Opcode> {
+pub(crate) fn find(code: u8) -> Option<&'static Opcode> {
     OPCODES.iter().find(|o| o.code == code)
 }
 
 /// Whether the engine submits `code`: what both back ends allow.
-pub fn allowed(code: u8) -> bool {
+pub(crate) fn allowed(code: u8) -> bool {
     find(code).is_some()
 }
 

@@ -14,7 +14,7 @@ use super::op::AnyOp;
 /// `user_data` of cancel requests. Their own completions carry nothing the
 /// loop needs (the cancelled operation completes separately), so they get no
 /// table entry. Slab keys never reach this value.
-pub const CANCEL_USER_DATA: u64 = u64::MAX;
+pub(crate) const CANCEL_USER_DATA: u64 = u64::MAX;
 
 /// Who is told when an operation completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

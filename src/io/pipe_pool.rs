@@ -106,7 +106,7 @@ pub enum PipeError {
 /// /proc/sys/fs/pipe-user-pages-soft, keeping a quarter of it for the user's
 /// other pipes (and the client's). `None` when no limit applies: root, or
 /// the limit is 0 (off) or unreadable.
-pub fn pipe_budget(size: u32) -> Option<(usize, u64)> {
+pub(crate) fn pipe_budget(size: u32) -> Option<(usize, u64)> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return None;
@@ -125,7 +125,7 @@ pub fn pipe_budget(size: u32) -> Option<(usize, u64)> {
 }
 
 /// The pool of idle pipes, all of one size.
-pub struct PipePool {
+pub(crate) struct PipePool {
     idle: Vec<Rc<Pipe>>,
     total: usize,
     size: u32,
@@ -135,7 +135,7 @@ impl PipePool {
     /// Makes up to `count` pipes of `size` bytes. Stops at the first pipe the
     /// kernel refuses and returns that error with the pipes made so far, so the
     /// caller can decide whether fewer pipes will do.
-    pub fn new(count: usize, size: u32) -> (PipePool, Option<PipeError>) {
+    pub(crate) fn new(count: usize, size: u32) -> (PipePool, Option<PipeError>) {
         let mut idle = Vec::with_capacity(count);
         let mut error = None;
         for _ in 0..count {
@@ -152,14 +152,14 @@ impl PipePool {
     }
 
     /// Lends an idle pipe, if there is one.
-    pub fn take(&mut self) -> Option<Rc<Pipe>> {
+    pub(crate) fn take(&mut self) -> Option<Rc<Pipe>> {
         self.idle.pop()
     }
 
     /// Takes back a pipe whose chunk is done and which holds no data. The
     /// caller must hold the last reference; a pipe still referenced elsewhere
     /// is a bug, and is dropped from the pool rather than shared.
-    pub fn give_back(&mut self, pipe: Rc<Pipe>) {
+    pub(crate) fn give_back(&mut self, pipe: Rc<Pipe>) {
         debug_assert_eq!(
             Rc::strong_count(&pipe),
             1,
@@ -178,7 +178,7 @@ impl PipePool {
     /// made in its place, and if that fails too the pool is one pipe smaller.
     /// (Draining first: a daemon that dropped its privileges may not grow a
     /// new pipe past pipe-user-pages-soft, counted over all of its uid.)
-    pub fn discard(&mut self, pipe: Rc<Pipe>) -> Option<PipeError> {
+    pub(crate) fn discard(&mut self, pipe: Rc<Pipe>) -> Option<PipeError> {
         if Rc::strong_count(&pipe) == 1 && pipe.drain() {
             self.idle.push(pipe);
             return None;
@@ -197,17 +197,17 @@ impl PipePool {
     }
 
     /// Pipes the pool owns, idle or lent.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.total
     }
 
     /// Pipes idle now.
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.idle.len()
     }
 
     /// The capacity of each pipe.
-    pub fn pipe_capacity(&self) -> u32 {
+    pub(crate) fn pipe_capacity(&self) -> u32 {
         self.idle.first().map(|p| p.capacity).unwrap_or(self.size)
     }
 }

@@ -17,8 +17,8 @@ use super::ops::{Op, Owner, CANCEL_USER_DATA};
 use super::pipe_pool::Pipe;
 use super::{EngineError, Io};
 
-pub use super::op::rw::RwOpts;
-pub use super::op::splice::SpliceEnd;
+pub(crate) use super::op::rw::RwOpts;
+pub(crate) use super::op::splice::SpliceEnd;
 
 /// A receive buffer, with the `msghdr` recvmsg fills (a session's).
 pub trait RecvTarget: Any {

@@ -8,7 +8,7 @@ use io_uring::{squeue, IoUring, Probe};
 
 use super::op::Operation;
 use super::opcodes::{Opcode, OPCODES};
-pub use super::threads::Cqe;
+pub(crate) use super::threads::Cqe;
 use super::threads::{Submitted, ThreadRing};
 use super::{unavailable, EngineError, EngineKind};
 
@@ -255,7 +255,7 @@ impl Ring {
 /// the opcodes (io/opcodes.rs) and restricts it. Returns the ring, enabled,
 /// and a description of its set-up flags. `ringxferd --check` calls this
 /// too, so what it reports is what the engine does.
-pub fn setup_uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
+pub(crate) fn setup_uring(entries: u32) -> Result<(IoUring, &'static str), EngineError> {
     let cq = entries.saturating_mul(4);
     let setup_failed = |source: io::Error| EngineError::RingSetup {
         entries,
@@ -338,7 +338,7 @@ fn restrict(ring: &IoUring, supported: Option<&[u8]>) -> io::Result<()> {
 }
 
 /// Fails with the OS error of a syscall that returned -1.
-pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -7,7 +7,7 @@ use ringxfer_ipc::{ProtocolErrorKind, Request};
 
 /// Why the bytes received so far are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameError {
+pub(crate) struct FrameError {
     pub kind: ProtocolErrorKind,
     pub message: String,
 }
@@ -16,7 +16,10 @@ pub struct FrameError {
 /// request and how many bytes it used, or `None` when more bytes are needed.
 /// A length over `max_frame` is refused as soon as the header is in, before
 /// any of the payload is waited for.
-pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Option<(Request, usize)>, FrameError> {
+pub(crate) fn next_frame(
+    buf: &[u8],
+    max_frame: u32,
+) -> Result<Option<(Request, usize)>, FrameError> {
     frame::next(buf, max_frame).map_err(|e| match e {
         DeframeError::TooLarge { .. } => FrameError {
             kind: ProtocolErrorKind::FrameTooLarge,

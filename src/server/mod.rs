@@ -5,8 +5,8 @@
 
 #[cfg(test)]
 mod claim_tests;
-pub mod frames;
-pub mod session;
-pub mod wire;
+pub(crate) mod frames;
+pub(crate) mod session;
+pub(crate) mod wire;
 #[cfg(test)]
 mod wire_tests;

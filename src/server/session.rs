@@ -11,11 +11,11 @@ use super::wire::Wire;
 /// Room for the control message of one recvmsg: up to this many
 /// descriptors, so that one `SubmitBatch` frame can carry 32 jobs.
 /// Advertised in `Limits::max_fds_per_message`.
-pub const MAX_FDS_PER_MESSAGE: usize = 64;
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 64;
 
 /// What a session's receive buffer holds unless a larger frame is arriving:
 /// a whole `SubmitBatch` of 32 jobs, with room to spare.
-pub const RECV_CAPACITY: usize = 16 * 1024;
+pub(crate) const RECV_CAPACITY: usize = 16 * 1024;
 
 /// 8-byte words of control buffer: one `cmsghdr` (16 bytes) and the
 /// descriptors, with a word to spare; `cmsghdr` needs 8-byte alignment,
@@ -25,7 +25,7 @@ const CMSG_WORDS: usize = 2 + MAX_FDS_PER_MESSAGE * 4 / 8 + 1;
 /// A session's receive side: the bytes received and not yet parsed, and the
 /// `msghdr`, `iovec` and control buffer that point into them. Boxed so those
 /// pointers stay valid while the op that owns it is in flight.
-pub struct RecvBuf {
+pub(crate) struct RecvBuf {
     msg: libc::msghdr,
     iov: libc::iovec,
     cmsg: [u64; CMSG_WORDS],
@@ -35,7 +35,7 @@ pub struct RecvBuf {
 }
 
 /// What one recvmsg brought besides bytes.
-pub struct Received {
+pub(crate) struct Received {
     /// The control data was cut short: more descriptors came than fit, or
     /// the process could not take them all (EMFILE).
     pub truncated: bool,
@@ -44,7 +44,7 @@ pub struct Received {
 }
 
 impl RecvBuf {
-    pub fn new(capacity: usize) -> Box<RecvBuf> {
+    pub(crate) fn new(capacity: usize) -> Box<RecvBuf> {
         Box::new(RecvBuf {
             // SAFETY: msghdr and iovec are plain C structs for which all-zero
             // bytes (null pointers, zero lengths) are valid values.
@@ -58,7 +58,7 @@ impl RecvBuf {
 
     /// Points the `msghdr` at the spare capacity of `data` and at the control
     /// buffer, and returns it for the recvmsg entry.
-    pub fn prepare(&mut self) -> *mut libc::msghdr {
+    pub(crate) fn prepare(&mut self) -> *mut libc::msghdr {
         let len = self.data.len();
         let spare = self.data.capacity() - len;
         // SAFETY: `len` is within the allocation, so the pointer stays in bounds.
@@ -80,7 +80,12 @@ impl RecvBuf {
     /// Accounts for `n` bytes received into the spare capacity and moves any
     /// descriptors that came with them into `fds`, each tagged with `end`, the
     /// stream position just past the bytes of this receive.
-    pub fn received(&mut self, n: usize, end: u64, fds: &mut VecDeque<(u64, OwnedFd)>) -> Received {
+    pub(crate) fn received(
+        &mut self,
+        n: usize,
+        end: u64,
+        fds: &mut VecDeque<(u64, OwnedFd)>,
+    ) -> Received {
         let before = fds.len();
         let n = n.min(self.data.capacity() - self.data.len());
         // SAFETY: the kernel wrote `n` bytes into the spare capacity that
@@ -111,7 +116,7 @@ impl RecvBuf {
     }
 
     /// Drops the first `used` bytes, which have been parsed.
-    pub fn consume(&mut self, used: usize) {
+    pub(crate) fn consume(&mut self, used: usize) {
         self.data.drain(..used.min(self.data.len()));
     }
 
@@ -121,7 +126,7 @@ impl RecvBuf {
     /// [`RECV_CAPACITY`], to which a buffer a large frame grew goes back. A
     /// thousand idle connections then hold a few KiB each, not a maximum
     /// frame each.
-    pub fn fit(&mut self, most: usize) {
+    pub(crate) fn fit(&mut self, most: usize) {
         let begun = frame::begun_len(&self.data).unwrap_or(0);
         let want = begun.clamp(RECV_CAPACITY, most.max(RECV_CAPACITY));
         if self.data.capacity() < want {
@@ -146,13 +151,13 @@ impl crate::io::queue::SendSource for SendBuf {
 }
 
 /// Encoded events on their way to the client.
-pub struct SendBuf {
+pub(crate) struct SendBuf {
     pub data: Vec<u8>,
     pub sent: usize,
 }
 
 impl SendBuf {
-    pub fn new(capacity: usize) -> Box<SendBuf> {
+    pub(crate) fn new(capacity: usize) -> Box<SendBuf> {
         Box::new(SendBuf {
             data: Vec::with_capacity(capacity),
             sent: 0,
@@ -160,7 +165,7 @@ impl SendBuf {
     }
 
     /// The bytes still to send, as the send entry wants them.
-    pub fn unsent(&self) -> (*const u8, u32) {
+    pub(crate) fn unsent(&self) -> (*const u8, u32) {
         let rest = &self.data[self.sent.min(self.data.len())..];
         (rest.as_ptr(), rest.len().min(u32::MAX as usize) as u32)
     }
@@ -168,7 +173,7 @@ impl SendBuf {
 
 /// A client connection: its wire (buffers, descriptors, protocol state)
 /// and what the engine keeps about it.
-pub struct Session {
+pub(crate) struct Session {
     /// Unique for the daemon's lifetime, for logs.
     pub id: u64,
     pub fd: OwnedFd,
@@ -205,7 +210,7 @@ pub struct Session {
 
 impl Session {
     /// A session for `fd`, taking requests of at most `max_frame` bytes.
-    pub fn new(id: u64, fd: OwnedFd, max_frame: u32, peer: (i32, u32, u32)) -> Session {
+    pub(crate) fn new(id: u64, fd: OwnedFd, max_frame: u32, peer: (i32, u32, u32)) -> Session {
         Session {
             id,
             fd,
@@ -226,7 +231,7 @@ impl Session {
     }
 
     /// Whether the session can be freed: closing, nothing in flight, nothing to send.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.closing
             && self.recv_op.is_none()
             && self.send_op.is_none()
@@ -237,7 +242,7 @@ impl Session {
 
 /// Whether the client closed its socket entirely, not just its sending side:
 /// a Unix socket reports POLLHUP only when both directions are shut.
-pub fn peer_hung_up(fd: &OwnedFd) -> bool {
+pub(crate) fn peer_hung_up(fd: &OwnedFd) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLHUP,
@@ -249,7 +254,7 @@ pub fn peer_hung_up(fd: &OwnedFd) -> bool {
 }
 
 /// The pid, uid and gid of the process at the other end of a Unix socket.
-pub fn peer_credentials(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
+pub(crate) fn peer_credentials(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,

@@ -27,14 +27,14 @@ const KEEP_EVENT_CAPACITY: usize = 64 * 1024;
 /// A client that lets this many bytes of events pile up is not reading them;
 /// progress events are skipped past a quarter of it, and past all of it the
 /// connection is closed.
-pub const MAX_PENDING_EVENTS: usize = 8 << 20;
+pub(crate) const MAX_PENDING_EVENTS: usize = 8 << 20;
 
 /// Unread events below this are never held against a client.
 const EVENT_SHARE_FLOOR: usize = 64 << 10;
 
 /// What a receive completion means for the connection.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Receipt {
+pub(crate) enum Receipt {
     /// Bytes arrived: take the requests with [`Wire::next_incoming`], then
     /// call [`Wire::finish_frames`].
     Bytes,
@@ -50,7 +50,7 @@ pub enum Receipt {
 
 /// A frame taken off the wire.
 #[derive(Debug)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     /// `Hello` with this daemon's version: answer `Welcome`.
     Hello,
     /// A request after `Hello`, with the descriptors its frame carried.
@@ -59,7 +59,7 @@ pub enum Incoming {
 
 /// What a send completion means.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     /// The bytes went (maybe some of them); whatever is left, or came
     /// meanwhile, is ready for the next send.
     Done,
@@ -72,7 +72,7 @@ pub enum Sent {
 }
 
 /// One connection's protocol state and buffers.
-pub struct Wire {
+pub(crate) struct Wire {
     max_frame: u32,
     /// Receive buffer, or `None` while a receive holds it.
     recv: Option<Box<RecvBuf>>,
@@ -98,7 +98,7 @@ pub struct Wire {
 
 impl Wire {
     /// A connection whose requests may be at most `max_frame` bytes.
-    pub fn new(max_frame: u32, recv_capacity: usize) -> Wire {
+    pub(crate) fn new(max_frame: u32, recv_capacity: usize) -> Wire {
         Wire {
             max_frame,
             recv: Some(RecvBuf::new(recv_capacity)),
@@ -114,31 +114,31 @@ impl Wire {
     }
 
     /// Whether `Hello` has been accepted.
-    pub fn greeted(&self) -> bool {
+    pub(crate) fn greeted(&self) -> bool {
         self.greeted
     }
 
     /// Since when part of a frame has waited for the rest.
-    pub fn partial_since(&self) -> Option<Instant> {
+    pub(crate) fn partial_since(&self) -> Option<Instant> {
         self.partial_since
     }
 
     // ---- receiving -------------------------------------------------------------
 
     /// The receive buffer for the next receive; `None` while one is in flight.
-    pub fn take_recv(&mut self) -> Option<Box<RecvBuf>> {
+    pub(crate) fn take_recv(&mut self) -> Option<Box<RecvBuf>> {
         self.recv.take()
     }
 
     /// The receive could not be queued: the buffer went with it, so a new
     /// empty one keeps the wire whole while the session closes.
-    pub fn recv_not_queued(&mut self) {
+    pub(crate) fn recv_not_queued(&mut self) {
         self.recv = Some(RecvBuf::new(0));
     }
 
     /// A receive came back (`result`: bytes, 0 at end of stream, or
     /// -errno) with its buffer.
-    pub fn on_recv(&mut self, result: i32, mut buf: Box<RecvBuf>) -> Receipt {
+    pub(crate) fn on_recv(&mut self, result: i32, mut buf: Box<RecvBuf>) -> Receipt {
         if result < 0 {
             self.recv = Some(buf);
             return match -result {
@@ -179,7 +179,7 @@ impl Wire {
 
     /// A receive came back after the session began closing: descriptors it
     /// brought go to `doomed`, and its bytes are not looked at.
-    pub fn on_recv_closing(
+    pub(crate) fn on_recv_closing(
         &mut self,
         result: i32,
         mut buf: Box<RecvBuf>,
@@ -197,7 +197,7 @@ impl Wire {
     /// inside it; `None` when the rest of a frame is still to come. An error
     /// ends the connection; descriptors that cannot be handed on go to
     /// `doomed`.
-    pub fn next_incoming(
+    pub(crate) fn next_incoming(
         &mut self,
         doomed: &mut Vec<OwnedFd>,
     ) -> Option<Result<Incoming, FrameError>> {
@@ -266,7 +266,7 @@ impl Wire {
     /// half-received, sizes the buffer for the next receive and, if the
     /// frames were handled without error (`outcome`), checks that no
     /// descriptor arrived that no frame can claim.
-    pub fn finish_frames(
+    pub(crate) fn finish_frames(
         &mut self,
         outcome: Result<(), FrameError>,
         doomed: &mut Vec<OwnedFd>,
@@ -301,45 +301,45 @@ impl Wire {
     }
 
     /// The session closes: descriptors no frame claimed go to `doomed`.
-    pub fn close(&mut self, doomed: &mut Vec<OwnedFd>) {
+    pub(crate) fn close(&mut self, doomed: &mut Vec<OwnedFd>) {
         doomed.extend(self.fds.drain(..).map(|(_, fd)| fd));
     }
 
     // ---- sending ---------------------------------------------------------------
 
     /// Appends an event to the bytes to send.
-    pub fn queue_event(&mut self, event: &Event) -> Result<(), CodecError> {
+    pub(crate) fn queue_event(&mut self, event: &Event) -> Result<(), CodecError> {
         codec::encode_frame(event, &mut self.pending, u32::MAX)
     }
 
     /// Bytes of events not yet sent, those in the send in flight included.
-    pub fn unsent(&self) -> usize {
+    pub(crate) fn unsent(&self) -> usize {
         self.pending.len() + self.sending
     }
 
     /// Whether more than [`MAX_PENDING_EVENTS`] wait: the client is not reading.
-    pub fn not_reading(&self) -> bool {
+    pub(crate) fn not_reading(&self) -> bool {
         self.pending.len() > MAX_PENDING_EVENTS
     }
 
     /// Whether the client keeps up well enough to be sent progress events.
-    pub fn keeps_up(&self) -> bool {
+    pub(crate) fn keeps_up(&self) -> bool {
         self.pending.len() < MAX_PENDING_EVENTS / 4
     }
 
     /// Whether events wait to be sent.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
     /// Forgets the events not yet sent (the client was cut off).
-    pub fn drop_pending(&mut self) {
+    pub(crate) fn drop_pending(&mut self) {
         self.pending = Vec::new();
     }
 
     /// The buffer for the next send, holding every pending event; `None`
     /// while a send is in flight or nothing waits.
-    pub fn start_send(&mut self) -> Option<Box<SendBuf>> {
+    pub(crate) fn start_send(&mut self) -> Option<Box<SendBuf>> {
         if self.pending.is_empty() {
             return None;
         }
@@ -352,13 +352,13 @@ impl Wire {
     }
 
     /// The send could not be queued; its bytes are lost with it.
-    pub fn send_not_queued(&mut self) {
+    pub(crate) fn send_not_queued(&mut self) {
         self.send = Some(SendBuf::new(0));
     }
 
     /// A send came back (`result`: bytes sent or -errno). `closing`: the
     /// session sends without waiting, so a full socket is a failure.
-    pub fn on_sent(&mut self, result: i32, mut buf: Box<SendBuf>, closing: bool) -> Sent {
+    pub(crate) fn on_sent(&mut self, result: i32, mut buf: Box<SendBuf>, closing: bool) -> Sent {
         self.sending = 0;
         if result < 0 {
             let e = -result;
@@ -383,7 +383,7 @@ impl Wire {
     /// Gives back event buffers that one large event (a long listing) grew,
     /// once they hold nothing: a thousand idle connections must not each
     /// keep the largest event they were ever sent.
-    pub fn shrink_idle_buffers(&mut self) {
+    pub(crate) fn shrink_idle_buffers(&mut self) {
         if self.pending.is_empty() && self.pending.capacity() > KEEP_EVENT_CAPACITY {
             self.pending = Vec::with_capacity(EVENT_CAPACITY);
         }
@@ -401,7 +401,7 @@ impl Wire {
 /// (`--max-event-bytes`). A client that reads its events holds little for
 /// long; one that does not is cut off before the daemon's memory grows.
 /// `total` is only added up for a client past the floor.
-pub fn over_event_share(
+pub(crate) fn over_event_share(
     mine: usize,
     total: impl FnOnce() -> usize,
     budget: u64,
@@ -423,7 +423,7 @@ pub fn over_event_share(
 /// buffer. So descriptors whose receive ended inside a frame's bytes belong
 /// to that frame, and only to it: a frame cannot borrow a later frame's
 /// descriptors, nor leave its own for the next one.
-pub fn claim_fds(
+pub(crate) fn claim_fds(
     fds: &mut VecDeque<(u64, OwnedFd)>,
     req: &Request,
     start: u64,
@@ -487,7 +487,7 @@ fn claim_error(req: &Request, want: usize, got: usize) -> FrameError {
 }
 
 /// The request's name, for messages that must not dump a whole request.
-pub fn request_name(req: &Request) -> &'static str {
+pub(crate) fn request_name(req: &Request) -> &'static str {
     match req {
         Request::Hello { .. } => "Hello",
         Request::Submit(_) => "Submit",

@@ -85,10 +85,10 @@ impl RawFile {
 }
 
 /// The settings a file gives, each checked, in the order of `KEYS`.
-pub type FileValues = Vec<(&'static keys::Key, Value)>;
+pub(super) type FileValues = Vec<(&'static keys::Key, Value)>;
 
 /// Reads and checks the config file at `path`.
-pub fn read(path: &Path) -> Result<FileValues, SettingsError> {
+pub(super) fn read(path: &Path) -> Result<FileValues, SettingsError> {
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
         path: path.to_path_buf(),
         source,
@@ -97,7 +97,7 @@ pub fn read(path: &Path) -> Result<FileValues, SettingsError> {
 }
 
 /// Checks the text of a config file; `path` only names it in errors.
-pub fn parse(path: &Path, text: &str) -> Result<FileValues, SettingsError> {
+pub(super) fn parse(path: &Path, text: &str) -> Result<FileValues, SettingsError> {
     let raw: RawFile = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => return Err(explain(path, text, e)),

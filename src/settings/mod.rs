@@ -20,7 +20,7 @@
 //! until all of them are there.
 
 pub mod args;
-pub mod file;
+mod file;
 pub mod keys;
 
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@
 //! decided by the strategy before the table: they change how the job moves
 //! bytes, not what an error means.
 
-pub use crate::io::errno::interrupted;
+pub(crate) use crate::io::errno::interrupted;
 /// The table's kinds, shared with the client crate (which fails jobs and
 /// connections by it too).
 pub use ringxfer_ipc::errno::failure_kind;
@@ -52,7 +52,7 @@ pub fn action(errno: i32, side: Side) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::errno::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
+    use ringxfer_ipc::errno::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
     use ringxfer_ipc::FailureKind;
 
     #[test]

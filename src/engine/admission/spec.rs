@@ -42,7 +42,7 @@ pub(in crate::engine) struct Limits {
 }
 
 impl Limits {
-    pub fn of(config: &EngineConfig) -> Limits {
+    pub(crate) fn of(config: &EngineConfig) -> Limits {
         Limits {
             jobs_per_connection: config.max_jobs_per_connection,
             jobs: config.max_jobs,

@@ -5,12 +5,12 @@ use io_uring::{opcode, squeue};
 
 use super::{Blocking, Operation};
 
-pub struct Cancel {
+pub(crate) struct Cancel {
     target: u64,
 }
 
 impl Cancel {
-    pub fn new(target: u64) -> Cancel {
+    pub(crate) fn new(target: u64) -> Cancel {
         Cancel { target }
     }
 }

@@ -9,24 +9,24 @@
 //! and neither reads the other's bytes. The op table holds the value until
 //! its final completion, then hands it back to its owner.
 
-pub mod accept;
-pub mod cancel;
-pub mod close;
-pub mod fallocate;
-pub mod fsync;
-pub mod ftruncate;
-pub mod linkat;
-pub mod poll;
-pub mod read_small;
-pub mod recvmsg;
-pub mod renameat;
-pub mod rw;
-pub mod send;
-pub mod send_zc;
-pub mod splice;
-pub mod statx;
-pub mod timeout;
-pub mod unlinkat;
+pub(crate) mod accept;
+pub(crate) mod cancel;
+pub(crate) mod close;
+pub(crate) mod fallocate;
+pub(crate) mod fsync;
+pub(crate) mod ftruncate;
+pub(crate) mod linkat;
+pub(crate) mod poll;
+pub(crate) mod read_small;
+pub(crate) mod recvmsg;
+pub(crate) mod renameat;
+pub(crate) mod rw;
+pub(crate) mod send;
+pub(crate) mod send_zc;
+pub(crate) mod splice;
+pub(crate) mod statx;
+pub(crate) mod timeout;
+pub(crate) mod unlinkat;
 
 use std::any::Any;
 use std::os::fd::RawFd;
@@ -37,30 +37,30 @@ use io_uring::squeue;
 
 use super::buffer_pool::BufRef;
 
-pub use accept::Accept;
-pub use cancel::Cancel;
-pub use close::Close;
-pub use fallocate::Fallocate;
-pub use fsync::Fsync;
-pub use ftruncate::Ftruncate;
-pub use linkat::LinkAt;
-pub use poll::Poll;
-pub use read_small::ReadSmall;
-pub use recvmsg::RecvMsg;
-pub use renameat::RenameAt;
-pub use rw::{Read, Write};
-pub use send::{Send, SendFrom};
-pub use send_zc::SendZc;
-pub use splice::Splice;
-pub use statx::Statx;
-pub use timeout::Timeout;
-pub use unlinkat::UnlinkAt;
+pub(crate) use accept::Accept;
+pub(crate) use cancel::Cancel;
+pub(crate) use close::Close;
+pub(crate) use fallocate::Fallocate;
+pub(crate) use fsync::Fsync;
+pub(crate) use ftruncate::Ftruncate;
+pub(crate) use linkat::LinkAt;
+pub(crate) use poll::Poll;
+pub(crate) use read_small::ReadSmall;
+pub(crate) use recvmsg::RecvMsg;
+pub(crate) use renameat::RenameAt;
+pub(crate) use rw::{Read, Write};
+pub(crate) use send::{Send, SendFrom};
+pub(crate) use send_zc::SendZc;
+pub(crate) use splice::Splice;
+pub(crate) use statx::Statx;
+pub(crate) use timeout::Timeout;
+pub(crate) use unlinkat::UnlinkAt;
 
 /// A share of what an operation's descriptors belong to (a job's ends, a
 /// publish's directory), kept alive by the op and never looked into: the
 /// descriptors are the upper layers', this layer only must not let them
 /// close while the kernel may use them.
-pub type Keep = Rc<dyn Any>;
+pub(crate) type Keep = Rc<dyn Any>;
 
 /// One operation, as either back end carries it out (like monoio's `OpAble`).
 ///

@@ -41,7 +41,7 @@ use super::ops::CANCEL_USER_DATA;
 /// One operation handed to the threads back end: its opcode (for the
 /// restrictions), its blocking equivalent, and what the entry would carry.
 #[derive(Debug, Clone, Copy)]
-pub struct Submitted {
+pub(super) struct Submitted {
     pub code: u8,
     pub call: Blocking,
     pub user_data: u64,
@@ -73,7 +73,7 @@ struct Waiter {
 }
 
 /// The threads back end's ring: entries in, completions out.
-pub struct ThreadRing {
+pub(super) struct ThreadRing {
     capacity: usize,
     /// Entries pushed and not yet submitted, in order.
     queued: Vec<Submitted>,
@@ -98,7 +98,7 @@ pub struct ThreadRing {
 
 impl ThreadRing {
     /// A back end that accepts `entries` entries per submission.
-    pub fn new(entries: u32) -> io::Result<ThreadRing> {
+    pub(super) fn new(entries: u32) -> io::Result<ThreadRing> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -133,7 +133,7 @@ impl ThreadRing {
     /// # Safety
     /// As for io_uring: what the call points at stays valid until its
     /// completion has been reaped.
-    pub unsafe fn push(&mut self, mut op: Submitted) -> bool {
+    pub(super) unsafe fn push(&mut self, mut op: Submitted) -> bool {
         if self.queued.len() >= self.capacity {
             return false;
         }
@@ -148,17 +148,17 @@ impl ThreadRing {
         true
     }
 
-    pub fn has_queued(&self) -> bool {
+    pub(super) fn has_queued(&self) -> bool {
         !self.queued.is_empty()
     }
 
-    pub fn free_slots(&self) -> usize {
+    pub(super) fn free_slots(&self) -> usize {
         self.capacity - self.queued.len()
     }
 
     /// Starts every queued entry; when `want` > 0, waits until at least that
     /// many completions are ready. Returns how many entries were started.
-    pub fn submit(&mut self, want: usize) -> usize {
+    pub(super) fn submit(&mut self, want: usize) -> usize {
         let started = self.start_queued();
         loop {
             self.collect();
@@ -170,13 +170,16 @@ impl ThreadRing {
     }
 
     /// Moves every ready completion into `out`.
-    pub fn reap(&mut self, out: &mut Vec<Cqe>) {
+    pub(super) fn reap(&mut self, out: &mut Vec<Cqe>) {
         out.append(&mut self.ready);
     }
 
     /// Registers `id` for operations to run under (the SQE's personality
     /// field), as IORING_REGISTER_PERSONALITY does: its number, from 1.
-    pub fn register_personality(&mut self, id: crate::privileges::Identity) -> io::Result<u16> {
+    pub(super) fn register_personality(
+        &mut self,
+        id: crate::privileges::Identity,
+    ) -> io::Result<u16> {
         let mut table = self
             .pool
             .identities
@@ -189,7 +192,7 @@ impl ThreadRing {
     }
 
     /// Worker threads running now.
-    pub fn workers(&self) -> usize {
+    pub(super) fn workers(&self) -> usize {
         self.pool.threads()
     }
 

@@ -23,7 +23,7 @@ use crate::privileges::{Identity, WorkerIdentity};
 
 /// Client identities registered as personalities: personality N is entry
 /// N - 1 (0 is none, as for io_uring). Only ever appended to.
-pub type Identities = Arc<RwLock<Vec<Identity>>>;
+pub(super) type Identities = Arc<RwLock<Vec<Identity>>>;
 
 /// Workers made at start.
 const START_WORKERS: usize = 2;
@@ -31,11 +31,11 @@ const START_WORKERS: usize = 2;
 /// the engine caps the operations in flight well below this.
 const MAX_WORKERS: usize = 256;
 /// The longest link chain the engine builds is a splice pair.
-pub const MAX_CHAIN: usize = 4;
+pub(super) const MAX_CHAIN: usize = 4;
 
 /// IORING_CQE_F_MORE and IORING_CQE_F_NOTIF: SEND_ZC's two completions.
-pub const CQE_F_MORE: u32 = 1 << 1;
-pub const CQE_F_NOTIF: u32 = 1 << 3;
+pub(super) const CQE_F_MORE: u32 = 1 << 1;
+pub(super) const CQE_F_NOTIF: u32 = 1 << 3;
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -43,7 +43,7 @@ const DONE: u8 = 2;
 
 /// What the loop and the worker running an operation share.
 #[derive(Default)]
-pub struct Cell {
+pub(super) struct Cell {
     state: AtomicU8,
     cancel: AtomicBool,
     /// The pthread_t of the worker running it, for the cancel signal.
@@ -58,7 +58,7 @@ pub struct Cell {
 impl Cell {
     /// Asks for the operation to end: before it starts it never does; while a
     /// worker runs it, that worker is interrupted (again on each call).
-    pub fn cancel(&self) {
+    pub(super) fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
         if self.state.load(Ordering::SeqCst) == RUNNING {
             let thread = self.thread.load(Ordering::SeqCst) as libc::pthread_t;
@@ -72,14 +72,14 @@ impl Cell {
 
     /// Takes back work no worker has started: true if it will never run,
     /// and the caller then completes its operations itself.
-    pub fn take_back(&self) -> bool {
+    pub(super) fn take_back(&self) -> bool {
         self.state
             .compare_exchange(QUEUED, DONE, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
 
     /// Whether a worker is still inside the operation.
-    pub fn is_running(&self) -> bool {
+    pub(super) fn is_running(&self) -> bool {
         self.state.load(Ordering::SeqCst) == RUNNING
     }
 
@@ -90,7 +90,7 @@ impl Cell {
 
 /// One chain of operations for a worker: each runs only if the one before
 /// moved everything it was asked to.
-pub struct Work {
+pub(super) struct Work {
     pub ops: [Option<(u64, Blocking)>; MAX_CHAIN],
     pub cell: Arc<Cell>,
     /// The identity the chain runs under (0: the daemon's own).
@@ -104,7 +104,7 @@ pub struct Work {
 unsafe impl Send for Work {}
 
 /// The workers and their queues.
-pub struct WorkerPool {
+pub(super) struct WorkerPool {
     work_tx: Sender<Work>,
     work_rx: Receiver<Work>,
     done_tx: Sender<Cqe>,
@@ -123,7 +123,7 @@ pub struct WorkerPool {
 impl WorkerPool {
     /// Starts the first workers; completions go to `done_tx`, and each batch
     /// of them is announced on the eventfd `wake`.
-    pub fn new(done_tx: Sender<Cqe>, wake: Arc<OwnedFd>) -> std::io::Result<WorkerPool> {
+    pub(super) fn new(done_tx: Sender<Cqe>, wake: Arc<OwnedFd>) -> std::io::Result<WorkerPool> {
         install_cancel_handler();
         let (work_tx, work_rx) = crossbeam_channel::unbounded();
         let mut pool = WorkerPool {
@@ -157,7 +157,7 @@ impl WorkerPool {
 
     /// A cell for a new piece of work: a spare one whose worker is done with
     /// it, or a new one.
-    pub fn cell(&mut self) -> Arc<Cell> {
+    pub(super) fn cell(&mut self) -> Arc<Cell> {
         if let Some(i) = self.spare.iter().position(|c| Arc::strong_count(c) == 1) {
             let mut cell = self.spare.swap_remove(i);
             if let Some(c) = Arc::get_mut(&mut cell) {
@@ -169,14 +169,14 @@ impl WorkerPool {
     }
 
     /// Keeps a cell whose operations have all completed, for reuse.
-    pub fn retire(&mut self, cell: Arc<Cell>) {
+    pub(super) fn retire(&mut self, cell: Arc<Cell>) {
         if self.spare.len() < self.spare.capacity() {
             self.spare.push(cell);
         }
     }
 
     /// Hands `work` to a worker, making one more if all are busy.
-    pub fn run(&mut self, work: Work) {
+    pub(super) fn run(&mut self, work: Work) {
         // Each unfinished piece may be blocked on a peer for good, so this
         // one gets a thread of its own unless one is free for certain.
         let unfinished = self.unfinished.fetch_add(1, Ordering::SeqCst) + 1;
@@ -192,7 +192,7 @@ impl WorkerPool {
         let _ = self.work_tx.send(work);
     }
 
-    pub fn threads(&self) -> usize {
+    pub(super) fn threads(&self) -> usize {
         self.threads
     }
 }
