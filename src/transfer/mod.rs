@@ -10,6 +10,7 @@ pub mod choose;
 pub mod dio;
 pub mod errno;
 pub mod fsize;
+pub mod pipeline;
 pub mod splice;
 pub mod verify;
 
@@ -58,14 +59,14 @@ impl Mover {
 
     pub fn add_pipe(&mut self, pipe: Rc<Pipe>, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
-            Mover::Splice(c) => c.add_pipe(pipe, owner, io, false, out),
+            Mover::Splice(c) => c.lend(pipe, owner, io, false, out),
             Mover::Buffered(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
     pub fn add_buffer(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         match self {
-            Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
+            Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
             Mover::Splice(_) => out.push(Returned::Buffer(buf)),
         }
     }
@@ -85,12 +86,7 @@ impl Mover {
         out: &mut Vec<Returned>,
     ) {
         match self {
-            Mover::Splice(c) => {
-                if let Some(buf) = buf {
-                    out.push(Returned::Buffer(buf));
-                }
-                c.on_complete(kind, result, owner, io, yield_resources, out)
-            }
+            Mover::Splice(c) => c.on_complete(kind, result, buf, owner, io, yield_resources, out),
             Mover::Buffered(c) => c.on_complete(kind, result, buf, owner, io, yield_resources, out),
         }
     }
@@ -158,7 +154,7 @@ impl Mover {
     /// alignment where there is one), so rate limits hold over short windows.
     pub fn set_piece_limit(&mut self, bytes: u64) {
         match self {
-            Mover::Splice(c) => c.piece_limit = bytes.max(1),
+            Mover::Splice(c) => c.set_piece_limit(bytes),
             Mover::Buffered(c) => c.set_piece_limit(bytes),
         }
     }
