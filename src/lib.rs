@@ -24,4 +24,4 @@ pub mod privileges;
 pub(crate) mod server;
 pub mod settings;
 pub mod size;
-pub mod transfer;
+pub(crate) mod transfer;

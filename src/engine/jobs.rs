@@ -564,7 +564,7 @@ impl Engine {
                 ..
             }) = self.io.ops.peek(user_data)
             {
-                if let Some(CopyStep::BufOut(slot)) = CopyStep::from_tag(tag) {
+                if let Some(CopyStep::Out(slot)) = CopyStep::from_tag(tag) {
                     self.on_job(k, CopyStep::ZcSent(slot).tag(), result, None);
                 }
             }
@@ -577,7 +577,7 @@ impl Engine {
                 op,
             }) = self.io.ops.complete(user_data)
             {
-                if let Some(CopyStep::BufOut(slot)) = CopyStep::from_tag(tag) {
+                if let Some(CopyStep::Out(slot)) = CopyStep::from_tag(tag) {
                     // The kernel is done with the buffer: it goes back to the job.
                     self.on_job(k, CopyStep::ZcNotif(slot).tag(), result, op.into_buffer());
                 }
@@ -622,7 +622,7 @@ impl Engine {
             }
             return self.after_job_step(k);
         }
-        let Some(kind) = CopyStep::from_tag(tag) else {
+        if CopyStep::from_tag(tag).is_none() {
             tracing::error!(
                 key = k,
                 tag,
@@ -630,14 +630,14 @@ impl Engine {
             );
             self.slots.returned.extend(buf.map(Returned::Buffer));
             return;
-        };
+        }
         let yield_slots = self.should_yield(k);
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let io = &mut self.io;
         job.copy.on_complete(
-            kind,
+            tag,
             result,
             buf,
             Owner::Job(k),

@@ -32,30 +32,51 @@
 //! Into a socket, big writes are SEND_ZC from the registered buffer: the
 //! kernel sends straight from it and says when it is done with it in a
 //! second completion, the notification, and only then is the buffer reused.
+//!
+//! The chunk bookkeeping is the pipeline's (pipeline.rs): this file is what
+//! the buffer strategies add to it.
 
 use std::rc::Rc;
 
-use ringxfer_ipc::{FailureKind, Strategy};
+use ringxfer_ipc::FailureKind;
 
 use super::dio::{restore_flags, SavedFlags};
 use super::errno::{self, Action, Side};
-use super::splice::Returned;
+use super::pipeline::{raw, ring_failed, Chunk, Pipeline, Returned, Strategy};
+use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
 use crate::io::ops::Owner;
 use crate::io::queue::{BufIo, BufWhat, RwOpts};
 use crate::io::Io;
-use crate::transfer::step::CopyStep;
 
 /// How bytes go through the buffers.
 #[derive(Debug, Clone, Copy)]
-pub enum IoMode {
+pub(crate) enum IoMode {
     /// O_DIRECT: offsets and lengths aligned to `align`.
     Direct { align: u64 },
     /// Buffered with RWF_DONTCACHE.
     Uncached,
     /// Buffered through the page cache.
     Buffered,
+}
+
+impl IoMode {
+    /// `n` rounded up to the O_DIRECT alignment (unchanged without one).
+    fn aligned_up(self, n: u64) -> u64 {
+        match self {
+            IoMode::Direct { align } => n.div_ceil(align) * align,
+            IoMode::Uncached | IoMode::Buffered => n,
+        }
+    }
+
+    /// `n` rounded down to the O_DIRECT alignment, at least one block.
+    fn aligned_down(self, n: u64) -> u64 {
+        match self {
+            IoMode::Direct { align } => (n / align).max(1) * align,
+            IoMode::Uncached | IoMode::Buffered => n.max(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +89,9 @@ enum Phase {
     Done,
 }
 
+/// What a chunk is doing with its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+enum Doing {
     Idle,
     Reading,
     Writing,
@@ -86,8 +108,8 @@ const PREALLOC_MIN: u64 = 4 << 20;
 /// cheaper copied (plain SEND) than pinned and notified.
 const ZC_MIN: u64 = 64 * 1024;
 
-/// One buffer and the range it carries.
-struct Chunk {
+/// A chunk's buffer and the range it carries.
+pub(crate) struct BufChunk {
     /// The chunk's buffer while no operation holds it; an operation takes it
     /// into its op-table entry and the completion brings it back.
     buf: Option<BufRef>,
@@ -99,116 +121,42 @@ struct Chunk {
     len: u64,
     /// Bytes of the current read or write done so far.
     done: u64,
-    step: Step,
-    busy: Option<u64>,
-    /// Order of this chunk's bytes in the stream (stream destinations).
-    seq: u64,
-    /// SEND_ZC notifications still to come: the kernel may still read the
-    /// buffer until the last one.
-    notifs: u32,
-    /// The range reaches the source's size hint: its read asks for the whole
-    /// buffer, so a short read tells where the file ends (see `open_end`).
-    open: bool,
-    /// A non-blocking stream said EAGAIN: poll for these events first.
-    wait: Option<i16>,
+    doing: Doing,
 }
 
-impl Chunk {
-    fn is_busy(&self) -> bool {
-        self.busy.is_some() || self.notifs > 0
-    }
-
+impl BufChunk {
     /// Bytes the chunk's buffer holds (it is idle, so it has it).
     fn capacity(&self) -> u64 {
         self.buf.as_ref().map_or(0, |b| u64::from(b.len))
     }
 }
 
-/// Queues `what` on the chunk's buffer, moving the buffer into the
-/// operation; `span` is (offset in the buffer, length).
-#[allow(clippy::too_many_arguments)]
-fn submit(
-    chunk: &mut Chunk,
-    io: &mut Io,
-    owner: Owner,
-    kind: CopyStep,
-    ends: &Rc<Endpoints>,
-    fd: i32,
-    span: (usize, u32),
-    what: BufWhat,
-) -> Result<(), TransferError> {
-    let Some(buf) = chunk.buf.take() else {
-        return Err(TransferError::new(
-            FailureKind::Io,
-            "internal error: a chunk queued an operation without its buffer",
-        ));
-    };
-    let (at, len) = span;
-    match io.buffer_op(owner, kind.tag(), ends, BufIo { fd, buf, at, len }, what) {
-        Ok(ud) => {
-            chunk.busy = Some(ud);
-            Ok(())
-        }
-        Err(failed) => {
-            chunk.buf = failed.buf;
-            Err(ring_failed(failed.error))
-        }
-    }
-}
-
 /// A transfer moved through pool buffers.
-pub struct BufferCopy {
-    ends: Rc<Endpoints>,
+pub(crate) type BufferCopy = Pipeline<Buffer>;
+
+/// What the buffer strategies keep beyond the pipeline's chunk bookkeeping.
+pub(crate) struct Buffer {
     mode: IoMode,
     fixed: bool,
-    src_start: u64,
-    dst_start: u64,
+    /// Bytes to move; for a stream of unknown length, u64::MAX.
     total: u64,
-    length_requested: bool,
     /// The source is a stream: read by one chunk at a time, until its end.
     src_stream: bool,
     /// The destination is a stream: written in read order, by send.
     dst_stream: bool,
     /// The destination is an O_APPEND file: written in read order, at its end.
     dst_append: bool,
-    /// The chunk reading a stream source now.
-    reader: Option<usize>,
-    /// A stream source reached its end (or the requested length).
-    src_done: bool,
-    next_seq: u64,
-    write_seq: u64,
     /// Sends go zero-copy while the kernel takes SEND_ZC.
     zc: bool,
-    /// Bytes handed to chunks so far.
-    assigned: u64,
     /// Bytes at the end written buffered (see the module comment); 0 once done.
     tail: u64,
-    chunks: Vec<Option<Chunk>>,
-    pub moved: u64,
     phase: Phase,
     side_op: Option<u64>,
-    /// The destination's size before the job, restored on failure.
-    orig_dst_size: u64,
-    /// Whether anything may have changed the destination's size.
-    touched: bool,
-    failure: Option<TransferError>,
     saved_flags: Vec<SavedFlags>,
-    /// The most one read moves (a rate limit's piece; else the buffer's size).
-    piece_limit: u64,
     /// CRC-32C of the source as read, when verification is asked for: the
     /// bytes pass through our buffers anyway, so the source need not be
     /// read twice.
     source_crc: Option<InOrderCrc>,
-    /// `total` is a regular file's size hint, not a requested length: the
-    /// file is read until a read returns 0 (procfs says 0, sysfs a page, a
-    /// file may shrink or grow while it is read).
-    open_end: bool,
-    /// Where a read found the source's end, from the start of the transfer.
-    eof: Option<u64>,
-    /// Highest offset (from the start of the transfer) a read found bytes up to.
-    high: u64,
-    /// The chunk reading at or past the hint; one at a time, like a read loop.
-    prober: Option<usize>,
     /// Source reads pass RWF_DONTCACHE (uncached), until a file system
     /// without a page cache of its own (procfs, sysfs) refuses it.
     src_dontcache: bool,
@@ -238,11 +186,154 @@ impl InOrderCrc {
     }
 }
 
+impl Strategy for Buffer {
+    type Lent = BufRef;
+    type Chunk = BufChunk;
+    const OP_NAME: &'static str = "operation";
+
+    fn chunk(buf: BufRef) -> BufChunk {
+        BufChunk {
+            buf: Some(buf),
+            rel: 0,
+            want: 0,
+            len: 0,
+            done: 0,
+            doing: Doing::Idle,
+        }
+    }
+
+    fn refused(buf: BufRef) -> Returned {
+        Returned::Buffer(buf)
+    }
+
+    fn give_back(chunk: BufChunk, _failed: bool) -> Option<Returned> {
+        // An idle chunk holds its buffer: no operation is in flight.
+        chunk.buf.map(Returned::Buffer)
+    }
+
+    /// The buffer returns to the chunk that lent it.
+    fn take_back(p: &mut BufferCopy, step: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
+        match step.slot().and_then(|slot| p.chunk(slot)) {
+            Some(chunk) if chunk.s.buf.is_none() => chunk.s.buf = Some(buf),
+            _ => {
+                debug_assert!(false, "a buffer came back to no chunk");
+                out.push(Returned::Buffer(buf));
+            }
+        }
+    }
+
+    /// With `yield_bufs`, other jobs wait for buffers, so a chunk whose
+    /// range is done gives its buffer back.
+    fn step(
+        p: &mut BufferCopy,
+        slot: usize,
+        owner: Owner,
+        io: &mut Io,
+        yield_bufs: bool,
+        out: &mut Vec<Returned>,
+    ) -> Result<(), TransferError> {
+        let Some(chunk) = p.chunks[slot].as_ref() else {
+            return Ok(());
+        };
+        match chunk.s.doing {
+            Doing::Reading => p.read(slot, owner, io),
+            Doing::Writing if p.in_order => p.send(slot, owner, io),
+            Doing::Writing | Doing::WritingTail => p.write(slot, owner, io),
+            Doing::Idle => {
+                let more = if p.s.src_stream {
+                    !p.src_done
+                } else {
+                    (p.assigned < p.body() && p.eof.is_none()) || p.tail_now() || p.may_probe()
+                };
+                if p.s.phase != Phase::Copy || !more || yield_bufs {
+                    p.release(slot, out);
+                    return Ok(());
+                }
+                if p.s.src_stream {
+                    p.next_stream_read(slot, owner, io)
+                } else {
+                    p.next_range(slot, owner, io)
+                }
+            }
+        }
+    }
+
+    fn complete(
+        p: &mut BufferCopy,
+        step: CopyStep,
+        _slot: usize,
+        result: i32,
+        _linked: bool,
+    ) -> Result<(), TransferError> {
+        match step {
+            CopyStep::In(i) if p.s.src_stream => p.after_recv(i, result),
+            CopyStep::In(i) => p.after_read(i, result),
+            CopyStep::Out(i) if p.in_order => p.after_send(i, result, false),
+            CopyStep::ZcSent(i) => p.after_send(i, result, true),
+            CopyStep::ZcNotif(i) => {
+                if let Some(chunk) = p.chunk(i) {
+                    chunk.notifs = chunk.notifs.saturating_sub(1);
+                }
+                Ok(())
+            }
+            CopyStep::Out(i) => p.after_write(i, result),
+            // Readiness after EAGAIN (or an error the retried operation
+            // will report): the chunk issues its step again.
+            _ => Ok(()),
+        }
+    }
+
+    fn side(p: &mut BufferCopy, step: CopyStep, result: i32) -> Result<bool, TransferError> {
+        match step {
+            CopyStep::Prealloc => {
+                p.s.side_op = None;
+                p.after_prealloc(result).map(|()| true)
+            }
+            CopyStep::Truncate => {
+                p.s.side_op = None;
+                p.s.phase = Phase::Done;
+                if result < 0 && p.failure.is_none() {
+                    return Err(TransferError::os(
+                        "ftruncate of the destination file to its final size",
+                        -result,
+                    ));
+                }
+                Ok(true)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn side_op(p: &BufferCopy) -> Option<u64> {
+        p.s.side_op
+    }
+
+    fn after_pump(p: &mut BufferCopy, owner: Owner, io: &mut Io) {
+        p.maybe_finish(owner, io);
+    }
+
+    fn finished(p: &BufferCopy) -> bool {
+        p.s.phase == Phase::Done && p.s.side_op.is_none()
+    }
+
+    /// Rounded down to the O_DIRECT alignment (at least one block), so
+    /// every offset stays aligned.
+    fn piece(&self, bytes: u64) -> u64 {
+        self.mode.aligned_down(bytes)
+    }
+
+    fn on_end(&self) {
+        for saved in &self.saved_flags {
+            restore_flags(*saved);
+        }
+    }
+}
+
 impl BufferCopy {
     /// `plan.total` must be known (a regular file source). `orig_dst_size` is
     /// the destination's size at admission; `saved_flags` the descriptors'
     /// flags to put back when the job ends.
-    pub fn new(
+    pub(crate) fn new(
         ends: Rc<Endpoints>,
         plan: Shape,
         mode: IoMode,
@@ -270,52 +361,32 @@ impl BufferCopy {
         // is written buffered and nothing past the hint is read: the hint
         // is taken as the length (a shrunk source still fails).
         let open_end = plan.open_end(ends.src_kind) && tail == 0;
-        let copy = BufferCopy {
-            ends,
+        let buffer = Buffer {
             mode,
             fixed,
-            src_start: plan.src_start,
-            dst_start: plan.dst_start,
             total,
-            length_requested: plan.length_requested,
             src_stream,
             dst_stream,
             dst_append: plan.dst_append,
-            reader: None,
-            src_done: false,
-            next_seq: 0,
-            write_seq: 0,
             zc: true,
-            assigned: 0,
-            tail: 0,
-            chunks: (0..max_chunks.max(1)).map(|_| None).collect(),
-            moved: 0,
+            tail,
             phase: Phase::Prealloc,
             side_op: None,
-            orig_dst_size,
-            touched: false,
-            failure: None,
             saved_flags,
-            piece_limit: u64::MAX,
             source_crc: None,
-            open_end,
-            eof: None,
-            high: 0,
-            prober: None,
             src_dontcache: matches!(mode, IoMode::Uncached),
             preallocated: false,
         };
-        BufferCopy { tail, ..copy }
-    }
-
-    pub fn endpoints(&self) -> Rc<Endpoints> {
-        Rc::clone(&self.ends)
+        let mut copy = Pipeline::with(ends, &plan, max_chunks.max(1), orig_dst_size, buffer);
+        copy.in_order = dst_stream || plan.dst_append;
+        copy.open_end = open_end;
+        copy
     }
 
     /// Computes the source's CRC-32C as its bytes are read (file sources).
-    pub fn checksum_source(&mut self) {
-        if !self.src_stream {
-            self.source_crc = Some(InOrderCrc {
+    pub(crate) fn checksum_source(&mut self) {
+        if !self.s.src_stream {
+            self.s.source_crc = Some(InOrderCrc {
                 next: 0,
                 crc: 0,
                 ahead: Vec::with_capacity(self.chunks.len()),
@@ -324,24 +395,17 @@ impl BufferCopy {
     }
 
     /// The source's CRC-32C, once every byte of it has been read.
-    pub fn source_checksum(&self) -> Option<u32> {
-        self.source_crc
+    pub(crate) fn source_checksum(&self) -> Option<u32> {
+        self.s
+            .source_crc
             .as_ref()
             .filter(|c| c.next == self.end() && c.ahead.is_empty())
             .map(|c| c.crc)
     }
 
-    /// Caps each read at `bytes`, rounded down to the O_DIRECT alignment
-    /// (at least one block), so every offset stays aligned.
-    pub fn set_piece_limit(&mut self, bytes: u64) {
-        self.piece_limit = match self.mode {
-            IoMode::Direct { align } => (bytes / align).max(1) * align,
-            IoMode::Uncached | IoMode::Buffered => bytes.max(1),
-        };
-    }
-
-    pub fn strategy(&self) -> Strategy {
-        match self.mode {
+    pub(crate) fn strategy(&self) -> ringxfer_ipc::Strategy {
+        use ringxfer_ipc::Strategy;
+        match self.s.mode {
             IoMode::Direct { .. } => Strategy::Direct,
             IoMode::Uncached => Strategy::Uncached,
             IoMode::Buffered => Strategy::Buffered,
@@ -350,11 +414,12 @@ impl BufferCopy {
 
     /// Bytes the job moves, as far as is known: past a size hint, what
     /// the reads found so far.
-    pub fn total(&self) -> Option<u64> {
+    pub(crate) fn total(&self) -> Option<u64> {
+        let total = self.s.total;
         if self.open_end {
-            return Some(self.eof.unwrap_or(self.total.max(self.assigned)));
+            return Some(self.eof.unwrap_or(total.max(self.assigned)));
         }
-        (self.total != u64::MAX).then_some(self.total)
+        (total != u64::MAX).then_some(total)
     }
 
     /// Where the source's bytes end, from the start of the transfer.
@@ -364,25 +429,28 @@ impl BufferCopy {
 
     /// Whether every byte to move has been handed to a chunk.
     fn all_assigned(&self) -> bool {
-        if self.src_stream {
+        if self.s.src_stream {
             self.src_done
         } else if self.open_end {
             self.eof.is_some()
         } else {
-            self.assigned >= self.total
+            self.assigned >= self.s.total
         }
     }
 
     /// Whether a chunk may read at or past the size hint: the hint is all
     /// handed out, no read found the end yet, and no chunk probes now.
     fn may_probe(&self) -> bool {
-        self.open_end && self.eof.is_none() && self.prober.is_none() && self.assigned >= self.total
+        self.open_end
+            && self.eof.is_none()
+            && self.prober.is_none()
+            && self.assigned >= self.s.total
     }
 
     fn rw(&self) -> RwOpts {
         RwOpts {
-            fixed: self.fixed && !matches!(self.mode, IoMode::Uncached),
-            flags: match self.mode {
+            fixed: self.s.fixed && !matches!(self.s.mode, IoMode::Uncached),
+            flags: match self.s.mode {
                 IoMode::Direct { .. } | IoMode::Buffered => 0,
                 IoMode::Uncached => libc::RWF_DONTCACHE,
             },
@@ -394,22 +462,23 @@ impl BufferCopy {
     }
 
     /// Preallocates the destination, or goes straight to copying.
-    pub fn start(&mut self, owner: Owner, io: &mut Io) {
-        if self.total == 0 && !self.open_end {
-            self.phase = Phase::Done;
+    pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
+        let total = self.s.total;
+        if total == 0 && !self.open_end {
+            self.s.phase = Phase::Done;
             return;
         }
-        if self.dst_stream || self.dst_append || self.total == u64::MAX {
+        if self.s.dst_stream || self.s.dst_append || total == u64::MAX {
             // Nothing to preallocate: a socket, an end that moves, or a
             // length nobody knows yet.
-            self.phase = Phase::Copy;
+            self.s.phase = Phase::Copy;
             return;
         }
-        if self.total < PREALLOC_MIN {
+        if total < PREALLOC_MIN {
             // A write or two: the first of them reports a full disk as early
             // as fallocate would, and fallocate is another op that io_uring
             // always hands to an io-wq worker.
-            self.phase = Phase::Copy;
+            self.s.phase = Phase::Copy;
             return;
         }
         let ends = Rc::clone(&self.ends);
@@ -419,185 +488,43 @@ impl BufferCopy {
             &ends,
             raw(&ends.dst),
             self.dst_start,
-            self.total,
+            total,
         ) {
             Ok(ud) => {
                 self.touched = true;
-                self.preallocated = true;
-                self.side_op = Some(ud);
+                self.s.preallocated = true;
+                self.s.side_op = Some(ud);
             }
             Err(e) => {
-                self.failure = Some(ring_failed(e));
-                self.phase = Phase::Done;
+                self.failure = Some(ring_failed::<Buffer>(e));
+                self.s.phase = Phase::Done;
             }
         }
     }
 
     /// Bytes the chunks move with ordinary reads and writes.
     fn body(&self) -> u64 {
-        self.total - self.tail
+        self.s.total - self.s.tail
     }
 
-    pub fn wants_buffer(&self) -> bool {
-        let more = if self.src_stream {
+    pub(crate) fn wants_buffer(&self) -> bool {
+        let more = if self.s.src_stream {
             !self.src_done && self.reader.is_none()
         } else {
             // Reading past the hint is done by a chunk that finished its
             // range; only a job left with none asks for a buffer to probe.
             (self.assigned < self.body() && self.eof.is_none())
-                || ((self.tail > 0 || self.may_probe()) && self.chunks.iter().all(Option::is_none))
+                || ((self.s.tail > 0 || self.may_probe()) && self.live_chunks() == 0)
         };
-        self.phase == Phase::Copy
+        self.s.phase == Phase::Copy
             && self.failure.is_none()
             && more
             && self.chunks.iter().any(Option::is_none)
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Done
-            && self.chunks.iter().all(Option::is_none)
-            && self.side_op.is_none()
-    }
-
-    pub fn failure(&self) -> Option<&TransferError> {
-        self.failure.as_ref()
-    }
-
-    /// Puts the descriptors' flags back and gives them up; call once the job
-    /// is finished.
-    pub fn into_endpoints(self) -> Option<Endpoints> {
-        for saved in &self.saved_flags {
-            restore_flags(*saved);
-        }
-        Rc::try_unwrap(self.ends).ok()
-    }
-
-    pub fn add_buffer(
-        &mut self,
-        buf: BufRef,
-        owner: Owner,
-        io: &mut Io,
-        yield_bufs: bool,
-        out: &mut Vec<Returned>,
-    ) {
-        match self.chunks.iter().position(Option::is_none) {
-            Some(slot) => {
-                self.chunks[slot] = Some(Chunk {
-                    buf: Some(buf),
-                    rel: 0,
-                    want: 0,
-                    len: 0,
-                    done: 0,
-                    step: Step::Idle,
-                    busy: None,
-                    seq: 0,
-                    notifs: 0,
-                    open: false,
-                    wait: None,
-                });
-                self.pump(owner, io, yield_bufs, out);
-            }
-            None => out.push(Returned::Buffer(buf)),
-        }
-    }
-
-    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
-        self.failure.get_or_insert(err);
-        for user_data in self
-            .chunks
-            .iter()
-            .flatten()
-            .filter_map(|c| c.busy)
-            .chain(self.side_op)
-        {
-            let _ = io.cancel(user_data);
-        }
-        self.pump(owner, io, false, out);
-    }
-
-    /// A completion handed back the buffer its operation held: it returns
-    /// to the chunk that lent it.
-    fn take_back(&mut self, kind: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
-        let slot = match kind {
-            CopyStep::BufIn(i)
-            | CopyStep::BufOut(i)
-            | CopyStep::ZcSent(i)
-            | CopyStep::ZcNotif(i) => i as usize,
-            _ => usize::MAX,
-        };
-        match self.chunks.get_mut(slot).and_then(Option::as_mut) {
-            Some(chunk) if chunk.buf.is_none() => chunk.buf = Some(buf),
-            _ => {
-                debug_assert!(false, "a buffer came back to no chunk");
-                out.push(Returned::Buffer(buf));
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_complete(
-        &mut self,
-        kind: CopyStep,
-        result: i32,
-        buf: Option<BufRef>,
-        owner: Owner,
-        io: &mut Io,
-        yield_bufs: bool,
-        out: &mut Vec<Returned>,
-    ) {
-        if let Some(buf) = buf {
-            self.take_back(kind, buf, out);
-        }
-        let step = match kind {
-            CopyStep::Prealloc => {
-                self.side_op = None;
-                self.after_prealloc(result)
-            }
-            CopyStep::Truncate => {
-                self.side_op = None;
-                self.phase = Phase::Done;
-                if result < 0 && self.failure.is_none() {
-                    Err(TransferError::os(
-                        "ftruncate of the destination file to its final size",
-                        -result,
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
-            CopyStep::BufIn(i) if self.src_stream => self.after_recv(i as usize, result),
-            CopyStep::BufIn(i) => self.after_read(i as usize, result),
-            CopyStep::BufOut(i) if self.dst_stream || self.dst_append => {
-                self.after_send(i as usize, result, false)
-            }
-            CopyStep::ZcSent(i) => self.after_send(i as usize, result, true),
-            CopyStep::ZcNotif(i) => {
-                if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
-                    chunk.notifs = chunk.notifs.saturating_sub(1);
-                }
-                Ok(())
-            }
-            CopyStep::BufOut(i) => self.after_write(i as usize, result),
-            // Readiness after EAGAIN (or an error the retried operation
-            // will report): the chunk issues its step again.
-            CopyStep::PollIn(i) | CopyStep::PollOut(i) => {
-                if let Some(chunk) = self.chunks.get_mut(i as usize).and_then(Option::as_mut) {
-                    chunk.busy = None;
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = step {
-            self.fail(e, owner, io, out);
-            return;
-        }
-        self.pump(owner, io, yield_bufs, out);
-    }
-
     fn after_prealloc(&mut self, result: i32) -> Result<(), TransferError> {
-        if self.phase == Phase::Prealloc {
-            self.phase = Phase::Copy;
+        if self.s.phase == Phase::Prealloc {
+            self.s.phase = Phase::Copy;
         }
         match -result {
             e if e <= 0 => Ok(()),
@@ -607,7 +534,7 @@ impl BufferCopy {
             errno => Err(TransferError::os(
                 format!(
                     "preallocating {} bytes of the destination file at offset {}",
-                    self.total, self.dst_start
+                    self.s.total, self.dst_start
                 ),
                 errno,
             )),
@@ -617,104 +544,126 @@ impl BufferCopy {
     /// A file system without a page cache of its own (procfs, sysfs)
     /// refuses RWF_DONTCACHE on reads with EOPNOTSUPP: its reads cache
     /// nothing anyway, so the uncached strategy reads it without the flag.
-    fn dontcache_refused(&mut self, slot: usize, result: i32) -> bool {
-        if result != -libc::EOPNOTSUPP || !self.src_dontcache {
+    fn dontcache_refused(&mut self, result: i32) -> bool {
+        if result != -libc::EOPNOTSUPP || !self.s.src_dontcache {
             return false;
         }
-        self.src_dontcache = false;
-        if let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) {
-            chunk.busy = None;
-        }
+        self.s.src_dontcache = false;
         true
     }
 
+    /// Sets the chunk idle (its operation failed).
+    fn idle(&mut self, slot: usize) {
+        if let Some(chunk) = self.chunk(slot) {
+            chunk.s.doing = Doing::Idle;
+        }
+    }
+
+    /// Folds the bytes a completed read brought into the chunk's buffer into
+    /// the source's checksum, if one is computed.
+    fn add_to_checksum(&mut self, slot: usize) {
+        let (Some(crc), Some(Some(chunk))) = (self.s.source_crc.as_mut(), self.chunks.get(slot))
+        else {
+            return;
+        };
+        // The read completed and gave the buffer back: the kernel filled at
+        // least `want` bytes of it.
+        if let Some(buf) = chunk.s.buf.as_ref() {
+            crc.add(chunk.s.rel, buf.filled(0, chunk.s.want as usize));
+        }
+    }
+
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        if self.dontcache_refused(slot, result) {
+        if self.dontcache_refused(result) {
             return Ok(());
         }
         if self.open_end {
             return self.after_open_read(slot, result);
         }
-        let src_start = self.src_start;
-        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+        let (src_start, total, tail, mode) =
+            (self.src_start, self.s.total, self.s.tail, self.s.mode);
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        let at = src_start + chunk.rel + chunk.done;
+        let at = src_start + chunk.s.rel + chunk.s.done;
         let Some(n) = settle(chunk, result, || {
             format!("read of the source file at offset {at}")
         })?
         else {
             return Ok(());
         };
-        chunk.done += n;
-        if chunk.done >= chunk.want {
-            if let Some(crc) = self.source_crc.as_mut() {
-                // The read completed and gave the buffer back: the kernel
-                // filled at least `want` bytes of it.
-                if let Some(buf) = chunk.buf.as_ref() {
-                    crc.add(chunk.rel, buf.filled(0, chunk.want as usize));
-                }
+        chunk.s.done += n;
+        if chunk.s.done < chunk.s.want {
+            if n == 0 || matches!(mode, IoMode::Direct { .. }) {
+                // End of file before the range's end. (A direct read is short
+                // only at end of file.)
+                let reached = src_start + chunk.s.rel + chunk.s.done;
+                chunk.s.doing = Doing::Idle;
+                return Err(self.short_source(reached, total));
             }
-        }
-        let is_tail = self.tail > 0
-            && chunk.rel + chunk.want == self.total
-            && chunk.rel >= self.total - self.tail;
-        if chunk.done >= chunk.want && is_tail {
-            // Written buffered: switch O_DIRECT off on the destination for
-            // this one write (no other operation of the job is in flight).
-            chunk.done = 0;
-            chunk.len = chunk.want;
-            return match super::dio::set_direct(raw(&self.ends.dst), false) {
-                Ok(_) => {
-                    chunk.step = Step::WritingTail;
-                    Ok(())
-                }
-                Err(e) => {
-                    chunk.step = Step::Idle;
-                    Err(TransferError::os(
-                        "switching O_DIRECT off on the destination to write the unaligned tail",
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                    ))
-                }
-            };
-        }
-        if chunk.done >= chunk.want {
-            let (mode, dst_stream) = (self.mode, self.dst_stream);
-            prepare_write(chunk, mode, dst_stream);
+            // A short buffered read: the rest of the range is read next.
             return Ok(());
         }
-        if n == 0 || matches!(self.mode, IoMode::Direct { .. }) {
-            // End of file before the range's end. (A direct read is short
-            // only at end of file.)
-            let reached = src_start + chunk.rel + chunk.done;
-            chunk.step = Step::Idle;
-            return Err(self.short_source(reached));
+        let is_tail =
+            tail > 0 && chunk.s.rel + chunk.s.want == total && chunk.s.rel >= total - tail;
+        self.add_to_checksum(slot);
+        if is_tail {
+            return self.write_tail(slot);
         }
-        // A short buffered read: the rest of the range is read next.
+        let dst_stream = self.s.dst_stream;
+        if let Some(chunk) = self.chunk(slot) {
+            prepare_write(chunk, mode, dst_stream);
+        }
         Ok(())
+    }
+
+    /// The tail is read: it is written buffered, with O_DIRECT switched off
+    /// on the destination for this one write (no other operation of the
+    /// job is in flight).
+    fn write_tail(&mut self, slot: usize) -> Result<(), TransferError> {
+        let dst = raw(&self.ends.dst);
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        chunk.s.done = 0;
+        chunk.s.len = chunk.s.want;
+        match super::dio::set_direct(dst, false) {
+            Ok(_) => {
+                chunk.s.doing = Doing::WritingTail;
+                Ok(())
+            }
+            Err(e) => {
+                chunk.s.doing = Doing::Idle;
+                Err(TransferError::os(
+                    "switching O_DIRECT off on the destination to write the unaligned tail",
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ))
+            }
+        }
     }
 
     /// A read of a source whose size is only a hint completed: the range
     /// is done when full; a read returning 0 (or short past the hint, or
     /// any short O_DIRECT read) is the end of the file.
     fn after_open_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        let (src_start, hint, mode) = (self.src_start, self.total, self.mode);
+        let (src_start, hint, mode) = (self.src_start, self.s.total, self.s.mode);
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
-        let at = src_start + chunk.rel + chunk.done;
+        let at = src_start + chunk.s.rel + chunk.s.done;
         let Some(n) = settle(chunk, result, || {
             format!("read of the source file at offset {at}")
         })?
         else {
             return Ok(());
         };
-        chunk.done += n;
-        let asked = if chunk.open { chunk.len } else { chunk.want };
+        let c = &mut chunk.s;
+        c.done += n;
+        let asked = if chunk.probing { c.len } else { c.want };
         let direct = matches!(mode, IoMode::Direct { .. });
-        let at_end = if chunk.done >= asked {
+        let at_end = if c.done >= asked {
             false
-        } else if n == 0 || direct || (chunk.open && hint > 0 && chunk.rel + chunk.done >= hint) {
+        } else if n == 0 || direct || (chunk.probing && hint > 0 && c.rel + c.done >= hint) {
             // A regular file read short at or past its size has ended; a
             // file saying 0 (procfs) may return a page at a time, so only
             // a read returning 0 ends it.
@@ -724,10 +673,10 @@ impl BufferCopy {
             // returns 0 if this was the end).
             return Ok(());
         };
-        chunk.want = chunk.done.min(asked);
-        let end = chunk.rel + chunk.want;
-        if chunk.open {
-            chunk.open = false;
+        c.want = c.done.min(asked);
+        let end = c.rel + c.want;
+        if chunk.probing {
+            chunk.probing = false;
             self.prober = None;
             if !at_end {
                 // A whole buffer at or past the hint: the file goes on, and
@@ -737,20 +686,24 @@ impl BufferCopy {
         }
         self.high = self.high.max(end);
         if at_end {
-            self.eof = Some(self.eof.map_or(end, |e| e.min(end)));
+            self.found_eof(end);
         }
-        if let Some(eof) = self.eof.filter(|&e| self.high > e) {
-            chunk.step = Step::Idle;
-            return Err(TransferError::source_changed(
-                src_start + eof,
-                src_start + self.high,
-            ));
+        self.open_read_done(slot, end, at_end)
+    }
+
+    /// An open-ended read ended its range at `end` (`at_end`: the file's
+    /// end): check it against what other reads found, and write it.
+    fn open_read_done(&mut self, slot: usize, end: u64, at_end: bool) -> Result<(), TransferError> {
+        if let Err(e) = self.check_eof() {
+            self.idle(slot);
+            return Err(e);
         }
+        let (src_start, hint, mode) = (self.src_start, self.s.total, self.s.mode);
         if let IoMode::Direct { align } = mode {
-            if at_end && end % align != 0 && self.orig_dst_size > self.dst_start + end {
+            if at_end && !end.is_multiple_of(align) && self.orig_dst_size > self.dst_start + end {
                 // The padded last block would overwrite the destination's
                 // bytes after the end.
-                chunk.step = Step::Idle;
+                self.idle(slot);
                 return Err(TransferError::short_source(
                     src_start + end,
                     src_start,
@@ -759,33 +712,28 @@ impl BufferCopy {
                 ));
             }
         }
-        if chunk.want > 0 {
-            if let Some(crc) = self.source_crc.as_mut() {
-                // The read completed and gave the buffer back: the kernel
-                // filled at least `want` bytes of it.
-                if let Some(buf) = chunk.buf.as_ref() {
-                    crc.add(chunk.rel, buf.filled(0, chunk.want as usize));
-                }
-            }
-        }
-        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+        let dst_stream = self.s.dst_stream;
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        if chunk.want == 0 {
-            chunk.step = Step::Idle;
+        if chunk.s.want == 0 {
+            chunk.s.doing = Doing::Idle;
             return Ok(());
         }
-        prepare_write(chunk, mode, self.dst_stream);
+        self.add_to_checksum(slot);
+        if let Some(chunk) = self.chunk(slot) {
+            prepare_write(chunk, mode, dst_stream);
+        }
         Ok(())
     }
 
     /// A receive from a stream source into the reader's buffer completed.
     fn after_recv(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        let (mode, dst_stream, src_start) = (self.mode, self.dst_stream, self.src_start);
+        let (mode, dst_stream, src_start) = (self.s.mode, self.s.dst_stream, self.src_start);
+        let src_kind = self.ends.src_kind;
         let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
-        let src_kind = self.ends.src_kind;
         let settled = settle(chunk, result, || {
             format!("receive from the source {src_kind}")
         });
@@ -795,8 +743,8 @@ impl BufferCopy {
         let Some(n) = settled? else {
             return Ok(());
         };
-        chunk.done += n;
-        if n > 0 && chunk.done < chunk.want {
+        chunk.s.done += n;
+        if n > 0 && chunk.s.done < chunk.s.want {
             // Keep filling: a full buffer keeps the next write aligned.
             return Ok(());
         }
@@ -804,22 +752,22 @@ impl BufferCopy {
         self.reader = None;
         if n == 0 {
             self.src_done = true;
-            if self.length_requested && self.assigned + chunk.done < self.total {
-                let reached = src_start + self.assigned + chunk.done;
-                chunk.step = Step::Idle;
-                return Err(self.short_source(reached));
+            if self.length_requested && self.assigned + chunk.s.done < self.s.total {
+                let reached = src_start + self.assigned + chunk.s.done;
+                chunk.s.doing = Doing::Idle;
+                return Err(self.short_source(reached, self.s.total));
             }
         }
-        chunk.rel = self.assigned;
-        chunk.want = chunk.done;
-        self.assigned += chunk.want;
-        if self.assigned >= self.total {
+        chunk.s.rel = self.assigned;
+        chunk.s.want = chunk.s.done;
+        self.assigned += chunk.s.want;
+        if self.assigned >= self.s.total {
             self.src_done = true;
         }
         chunk.seq = self.next_seq;
         self.next_seq += 1;
-        if chunk.want == 0 {
-            chunk.step = Step::Idle;
+        if chunk.s.want == 0 {
+            chunk.s.doing = Doing::Idle;
             return Ok(());
         }
         prepare_write(chunk, mode, dst_stream);
@@ -829,10 +777,10 @@ impl BufferCopy {
     /// A send to a stream destination completed; `zc`: it was SEND_ZC and a
     /// notification follows.
     fn after_send(&mut self, slot: usize, result: i32, zc: bool) -> Result<(), TransferError> {
-        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+        let (zc_on, dst_append, dst_kind) = (self.s.zc, self.s.dst_append, self.ends.dst_kind);
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        chunk.busy = None;
         if zc {
             chunk.notifs += 1;
         }
@@ -844,39 +792,40 @@ impl BufferCopy {
                     return Ok(());
                 }
                 // No SEND_ZC for this socket or kernel: plain sends from now on.
-                libc::EOPNOTSUPP | libc::EINVAL if self.zc && !self.dst_append => {
-                    self.zc = false;
+                libc::EOPNOTSUPP | libc::EINVAL if zc_on && !dst_append => {
+                    self.s.zc = false;
                     return Ok(());
                 }
                 errno => {
-                    chunk.step = Step::Idle;
-                    let verb = if self.dst_append {
+                    chunk.s.doing = Doing::Idle;
+                    let verb = if dst_append {
                         "write at the end of"
                     } else {
                         "send to"
                     };
                     return Err(TransferError::os(
-                        format!("{verb} the destination {}", self.ends.dst_kind),
+                        format!("{verb} the destination {dst_kind}"),
                         errno,
                     ));
                 }
             }
         }
-        chunk.done += result as u64;
-        if chunk.done >= chunk.want {
-            self.moved += chunk.want;
+        chunk.s.done += result as u64;
+        if chunk.s.done >= chunk.s.want {
+            let want = chunk.s.want;
+            chunk.s.doing = Doing::Idle;
+            self.moved += want;
             self.write_seq += 1;
-            chunk.step = Step::Idle;
         }
         Ok(())
     }
 
     fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
         let dst_start = self.dst_start;
-        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        let at = dst_start + chunk.rel + chunk.done;
+        let at = dst_start + chunk.s.rel + chunk.s.done;
         let Some(n) = settle(chunk, result, || {
             format!("write of the destination file at offset {at}")
         })?
@@ -884,299 +833,253 @@ impl BufferCopy {
             return Ok(());
         };
         if n == 0 {
-            chunk.step = Step::Idle;
+            chunk.s.doing = Doing::Idle;
             return Err(TransferError::new(
                 FailureKind::Io,
                 "the destination file accepted 0 bytes",
             ));
         }
-        chunk.done += n;
-        if chunk.done >= chunk.len {
-            self.moved += chunk.want;
-            if chunk.step == Step::WritingTail {
-                self.tail = 0;
-                if let Err(e) = super::dio::set_direct(raw(&self.ends.dst), true) {
-                    chunk.step = Step::Idle;
-                    return Err(TransferError::os(
-                        "switching O_DIRECT back on for the destination",
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                    ));
-                }
+        chunk.s.done += n;
+        if chunk.s.done < chunk.s.len {
+            return Ok(());
+        }
+        let (want, tail) = (chunk.s.want, chunk.s.doing == Doing::WritingTail);
+        chunk.s.doing = Doing::Idle;
+        self.moved += want;
+        if tail {
+            self.s.tail = 0;
+            if let Err(e) = super::dio::set_direct(raw(&self.ends.dst), true) {
+                return Err(TransferError::os(
+                    "switching O_DIRECT back on for the destination",
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ));
             }
-            chunk.step = Step::Idle;
         }
         Ok(())
     }
 
-    fn short_source(&self, reached: u64) -> TransferError {
-        TransferError::short_source(reached, self.src_start, self.total, self.length_requested)
+    /// Queues the read of the rest of the chunk's range into its buffer.
+    fn read(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let src_kind = self.ends.src_kind;
+        let file_rw = self.rw();
+        let (src_stream, src_dontcache) = (self.s.src_stream, self.s.src_dontcache);
+        let (src_start, fixed) = (self.src_start, self.s.fixed);
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        let at = chunk.s.done;
+        let (len, offset, rw) = if src_stream {
+            // A socket ignores the offset; any other stream (a character
+            // device, a pipe) is read at its position. Per-I/O flags such
+            // as RWF_DONTCACHE mean nothing to a socket.
+            let offset = if src_kind == FdKind::Socket {
+                0
+            } else {
+                u64::MAX
+            };
+            let rw = RwOpts { fixed, flags: 0 };
+            (chunk.s.want - at, offset, rw)
+        } else if src_dontcache {
+            (chunk.s.len - at, src_start + chunk.s.rel + at, file_rw)
+        } else {
+            let rw = RwOpts {
+                fixed: file_rw.fixed,
+                flags: 0,
+            };
+            (chunk.s.len - at, src_start + chunk.s.rel + at, rw)
+        };
+        let span = (at as usize, len as u32);
+        let what = BufWhat::Read { offset, rw };
+        self.submit(CopyStep::In(slot), owner, io, span, what)
     }
 
-    fn pump(&mut self, owner: Owner, io: &mut Io, yield_bufs: bool, out: &mut Vec<Returned>) {
-        for slot in 0..self.chunks.len() {
-            let Some(chunk) = self.chunks[slot].as_ref() else {
-                continue;
-            };
-            if chunk.is_busy() {
-                continue;
+    /// Queues the send (or the write at the end of an O_APPEND file) of the
+    /// chunk's bytes, once every earlier chunk's went.
+    fn send(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let (file_rw, dst_append, zc, fixed) =
+            (self.rw(), self.s.dst_append, self.s.zc, self.s.fixed);
+        let write_seq = self.write_seq;
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        if chunk.seq != write_seq {
+            // An earlier chunk's bytes go first.
+            return Ok(());
+        }
+        let at = chunk.s.done;
+        let len = chunk.s.want - at;
+        let what = if dst_append {
+            // Offset -1: the file position, which O_APPEND keeps at the end.
+            BufWhat::Write {
+                offset: u64::MAX,
+                rw: file_rw,
             }
-            if self.failure.is_some() {
-                self.release(slot, out);
-                continue;
+        } else {
+            BufWhat::Send {
+                zc: zc && len >= ZC_MIN,
+                fixed,
             }
-            if let Err(e) = self.step(slot, owner, io, yield_bufs, out) {
-                self.failure.get_or_insert(e);
-                for user_data in self.chunks.iter().flatten().filter_map(|c| c.busy) {
-                    let _ = io.cancel(user_data);
-                }
-                self.release(slot, out);
+        };
+        let span = (at as usize, len as u32);
+        self.submit(CopyStep::Out(slot), owner, io, span, what)
+    }
+
+    /// Queues the write of the chunk's bytes at their offset in the file.
+    fn write(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let (file_rw, dst_start) = (self.rw(), self.dst_start);
+        self.touched = true;
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        let at = chunk.s.done;
+        let rw = if chunk.s.doing == Doing::WritingTail {
+            RwOpts {
+                fixed: file_rw.fixed,
+                flags: 0,
+            }
+        } else {
+            file_rw
+        };
+        let span = (at as usize, (chunk.s.len - at) as u32);
+        let what = BufWhat::Write {
+            offset: dst_start + chunk.s.rel + at,
+            rw,
+        };
+        self.submit(CopyStep::Out(slot), owner, io, span, what)
+    }
+
+    /// Queues `what` on the chunk's buffer (from the source for `CopyStep::In`,
+    /// else to the destination), moving the buffer into the operation;
+    /// `span` is (offset in the buffer, length).
+    fn submit(
+        &mut self,
+        step: CopyStep,
+        owner: Owner,
+        io: &mut Io,
+        span: (usize, u32),
+        what: BufWhat,
+    ) -> Result<(), TransferError> {
+        let ends = Rc::clone(&self.ends);
+        let slot = step.slot().unwrap_or(usize::MAX);
+        let fd = raw(if matches!(step, CopyStep::In(_)) {
+            &ends.src
+        } else {
+            &ends.dst
+        });
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        let Some(buf) = chunk.s.buf.take() else {
+            return Err(TransferError::new(
+                FailureKind::Io,
+                "internal error: a chunk queued an operation without its buffer",
+            ));
+        };
+        let (at, len) = span;
+        let kind = step.tag();
+        match io.buffer_op(owner, kind, &ends, BufIo { fd, buf, at, len }, what) {
+            Ok(ud) => {
+                chunk.busy = Some(ud);
+                Ok(())
+            }
+            Err(failed) => {
+                chunk.s.buf = failed.buf;
+                Err(ring_failed::<Buffer>(failed.error))
             }
         }
-        self.maybe_finish(owner, io);
     }
 
-    fn step(
+    /// An idle chunk of a stream source fills its buffer next, once no
+    /// other chunk is.
+    fn next_stream_read(
         &mut self,
         slot: usize,
         owner: Owner,
         io: &mut Io,
-        yield_bufs: bool,
-        out: &mut Vec<Returned>,
     ) -> Result<(), TransferError> {
-        let ends = Rc::clone(&self.ends);
-        let (src_start, dst_start) = (self.src_start, self.dst_start);
-        // Per-I/O flags such as RWF_DONTCACHE mean nothing to a socket.
-        let file_rw = self.rw();
-        let stream_rw = RwOpts {
-            fixed: self.fixed,
-            flags: 0,
-        };
-        let (src_stream, dst_stream, dst_append, zc, write_seq, src_dontcache) = (
-            self.src_stream,
-            self.dst_stream,
-            self.dst_append,
-            self.zc,
-            self.write_seq,
-            self.src_dontcache,
-        );
-        let Some(chunk) = self.chunks[slot].as_mut() else {
+        if self.reader.is_some() {
+            // Another chunk is filling; this one reads next.
+            return Ok(());
+        }
+        let left = self.s.total - self.assigned;
+        let piece_limit = self.piece_limit;
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        let tag = slot as u16;
-        match chunk.step {
-            _ if chunk.wait.is_some() => {
-                let events = chunk.wait.take().unwrap_or(libc::POLLIN);
-                let (kind, fd) = if events == libc::POLLIN {
-                    (CopyStep::PollIn(tag), raw(&ends.src))
-                } else {
-                    (CopyStep::PollOut(tag), raw(&ends.dst))
-                };
-                let ud = io
-                    .poll(owner, kind.tag(), &ends, fd, events)
-                    .map_err(ring_failed)?;
-                chunk.busy = Some(ud);
-            }
-            Step::Reading => {
-                let at = chunk.done;
-                let (len, offset, rw) = if src_stream {
-                    // A socket ignores the offset; any other stream (a
-                    // character device, a pipe) is read at its position.
-                    let offset = if ends.src_kind == FdKind::Socket {
-                        0
-                    } else {
-                        u64::MAX
-                    };
-                    (chunk.want - at, offset, stream_rw)
-                } else if src_dontcache {
-                    (chunk.len - at, src_start + chunk.rel + at, file_rw)
-                } else {
-                    let rw = RwOpts {
-                        fixed: file_rw.fixed,
-                        flags: 0,
-                    };
-                    (chunk.len - at, src_start + chunk.rel + at, rw)
-                };
-                submit(
-                    chunk,
-                    io,
-                    owner,
-                    CopyStep::BufIn(tag),
-                    &ends,
-                    raw(&ends.src),
-                    (at as usize, len as u32),
-                    BufWhat::Read { offset, rw },
-                )?;
-            }
-            Step::Writing if dst_stream || dst_append => {
-                if chunk.seq != write_seq {
-                    // An earlier chunk's bytes go first.
-                    return Ok(());
-                }
-                let at = chunk.done;
-                let len = chunk.want - at;
-                if dst_append {
-                    // Offset -1: the file position, which O_APPEND keeps at the end.
-                    submit(
-                        chunk,
-                        io,
-                        owner,
-                        CopyStep::BufOut(tag),
-                        &ends,
-                        raw(&ends.dst),
-                        (at as usize, len as u32),
-                        BufWhat::Write {
-                            offset: u64::MAX,
-                            rw: file_rw,
-                        },
-                    )?;
-                    return Ok(());
-                }
-                submit(
-                    chunk,
-                    io,
-                    owner,
-                    CopyStep::BufOut(tag),
-                    &ends,
-                    raw(&ends.dst),
-                    (at as usize, len as u32),
-                    BufWhat::Send {
-                        zc: zc && len >= ZC_MIN,
-                        fixed: self.fixed,
-                    },
-                )?;
-            }
-            Step::Writing | Step::WritingTail => {
-                let at = chunk.done;
-                let rw = if chunk.step == Step::WritingTail {
-                    RwOpts {
-                        fixed: file_rw.fixed,
-                        flags: 0,
-                    }
-                } else {
-                    file_rw
-                };
-                self.touched = true;
-                submit(
-                    chunk,
-                    io,
-                    owner,
-                    CopyStep::BufOut(tag),
-                    &ends,
-                    raw(&ends.dst),
-                    (at as usize, (chunk.len - at) as u32),
-                    BufWhat::Write {
-                        offset: dst_start + chunk.rel + at,
-                        rw,
-                    },
-                )?;
-            }
-            Step::Idle if src_stream => {
-                if self.phase != Phase::Copy || self.src_done || yield_bufs {
-                    self.release(slot, out);
-                    return Ok(());
-                }
-                if self.reader.is_some() {
-                    // Another chunk is filling; this one reads next.
-                    return Ok(());
-                }
-                let Some(chunk) = self.chunks[slot].as_mut() else {
-                    return Ok(());
-                };
-                chunk.want = (self.total - self.assigned)
-                    .min(chunk.capacity())
-                    .min(self.piece_limit);
-                chunk.len = chunk.want;
-                chunk.done = 0;
-                chunk.step = Step::Reading;
-                self.reader = Some(slot);
-                return self.step(slot, owner, io, yield_bufs, out);
-            }
-            Step::Idle => {
-                let body = self.total - self.tail;
-                let alone = self.chunks.iter().flatten().count() == 1;
-                let tail_now =
-                    self.tail > 0 && self.assigned >= body && alone && self.assigned < self.total;
-                let more = self.assigned < body && self.eof.is_none();
-                let probe = self.may_probe();
-                if self.phase != Phase::Copy || !(more || tail_now || probe) || yield_bufs {
-                    self.release(slot, out);
-                    return Ok(());
-                }
-                let (open_end, eof, prober, assigned, total) = (
-                    self.open_end,
-                    self.eof,
-                    self.prober,
-                    self.assigned,
-                    self.total,
-                );
-                let Some(chunk) = self.chunks[slot].as_mut() else {
-                    return Ok(());
-                };
-                let cap = chunk.capacity().min(self.piece_limit);
-                chunk.rel = self.assigned;
-                let end = if tail_now { self.total } else { body };
-                chunk.want = end.saturating_sub(self.assigned).min(cap);
-                chunk.len = match self.mode {
-                    IoMode::Direct { align } => chunk.want.div_ceil(align) * align,
-                    IoMode::Uncached | IoMode::Buffered => chunk.want,
-                };
-                // The range that reaches the hint asks for a whole buffer: a
-                // short read then says where the file ends, without another
-                // read that returns 0.
-                chunk.open =
-                    open_end && eof.is_none() && prober.is_none() && assigned + chunk.want >= total;
-                if chunk.open {
-                    chunk.len = match self.mode {
-                        IoMode::Direct { align } => (cap / align).max(1) * align,
-                        IoMode::Uncached | IoMode::Buffered => cap,
-                    };
-                    self.prober = Some(slot);
-                }
-                chunk.done = 0;
-                chunk.step = Step::Reading;
-                chunk.seq = self.next_seq;
-                self.next_seq += 1;
-                self.assigned += chunk.want;
-                return self.step(slot, owner, io, yield_bufs, out);
-            }
-        }
-        Ok(())
+        let c = &mut chunk.s;
+        c.want = left.min(c.capacity()).min(piece_limit);
+        c.len = c.want;
+        c.done = 0;
+        c.doing = Doing::Reading;
+        self.reader = Some(slot);
+        self.read(slot, owner, io)
     }
 
-    fn release(&mut self, slot: usize, out: &mut Vec<Returned>) {
-        if let Some(chunk) = self.chunks[slot].take() {
-            if self.prober == Some(slot) {
-                self.prober = None;
-            }
-            // An idle chunk holds its buffer: no operation is in flight.
-            if let Some(buf) = chunk.buf {
-                out.push(Returned::Buffer(buf));
-            }
+    /// Whether the unaligned tail is the range to read now: last, and alone.
+    fn tail_now(&self) -> bool {
+        self.s.tail > 0
+            && self.assigned >= self.body()
+            && self.live_chunks() == 1
+            && self.assigned < self.s.total
+    }
+
+    /// An idle chunk of a file source takes the next range (the tail last,
+    /// alone; past the hint, one probing chunk at a time) and reads it.
+    fn next_range(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let (body, total, tail_now) = (self.body(), self.s.total, self.tail_now());
+        // The range that reaches the hint asks for a whole buffer: a short
+        // read then says where the file ends, without another read that
+        // returns 0.
+        let may_open = self.open_end && self.eof.is_none() && self.prober.is_none();
+        let (assigned, mode, piece_limit) = (self.assigned, self.s.mode, self.piece_limit);
+        let seq = self.take_seq();
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        let c = &mut chunk.s;
+        let cap = c.capacity().min(piece_limit);
+        let end = if tail_now { total } else { body };
+        c.rel = assigned;
+        c.want = end.saturating_sub(assigned).min(cap);
+        c.len = mode.aligned_up(c.want);
+        chunk.probing = may_open && assigned + c.want >= total;
+        if chunk.probing {
+            c.len = mode.aligned_down(cap);
         }
+        c.done = 0;
+        c.doing = Doing::Reading;
+        chunk.seq = seq;
+        let (want, probing) = (c.want, chunk.probing);
+        if probing {
+            self.prober = Some(slot);
+        }
+        self.assigned += want;
+        self.read(slot, owner, io)
     }
 
     /// Once every chunk is back: truncate the destination to its exact final
     /// size (cutting the padding), or after a failure to its original size.
     fn maybe_finish(&mut self, owner: Owner, io: &mut Io) {
-        let idle = self.chunks.iter().all(Option::is_none) && self.side_op.is_none();
-        let copied = self.failure.is_none() && self.phase == Phase::Copy && self.all_assigned();
-        let failed = self.failure.is_some() && matches!(self.phase, Phase::Prealloc | Phase::Copy);
+        let phase = self.s.phase;
+        let idle = self.live_chunks() == 0 && self.s.side_op.is_none();
+        let copied = self.failure.is_none() && phase == Phase::Copy && self.all_assigned();
+        let failed = self.failure.is_some() && matches!(phase, Phase::Prealloc | Phase::Copy);
         if !idle || !(copied || failed) {
             return;
         }
-        if (failed && !self.touched) || (copied && (self.dst_stream || self.dst_append)) {
+        if (failed && !self.touched) || (copied && self.in_order) {
             // Nothing to cut or restore: a socket, or a file never written.
-            self.phase = Phase::Done;
+            self.s.phase = Phase::Done;
             return;
         }
         // fallocate took the file to the hint's end, and the source ended
         // before it: cut back.
-        let cut = self.preallocated && self.end() < self.total;
-        if copied && !cut && matches!(self.mode, IoMode::Uncached | IoMode::Buffered) {
+        let cut = self.s.preallocated && self.end() < self.s.total;
+        if copied && !cut && matches!(self.s.mode, IoMode::Uncached | IoMode::Buffered) {
             // Without padding the file already has its final size: the
             // writes (or fallocate, which extends to the same end) took it
             // to max(original size, end of the range).
-            self.phase = Phase::Done;
+            self.s.phase = Phase::Done;
             return;
         }
         let size = if failed {
@@ -1185,12 +1088,12 @@ impl BufferCopy {
             self.final_size()
         };
         let ends = Rc::clone(&self.ends);
-        self.phase = Phase::Truncate;
+        self.s.phase = Phase::Truncate;
         match io.ftruncate(owner, CopyStep::Truncate.tag(), &ends, raw(&ends.dst), size) {
-            Ok(ud) => self.side_op = Some(ud),
+            Ok(ud) => self.s.side_op = Some(ud),
             Err(e) => {
-                self.failure.get_or_insert(ring_failed(e));
-                self.phase = Phase::Done;
+                self.failure.get_or_insert(ring_failed::<Buffer>(e));
+                self.s.phase = Phase::Done;
             }
         }
     }
@@ -1202,16 +1105,15 @@ impl BufferCopy {
 /// Any other error idles the chunk and names the operation `op` describes;
 /// success gives the count.
 fn settle(
-    chunk: &mut Chunk,
+    chunk: &mut Chunk<BufChunk>,
     result: i32,
     op: impl FnOnce() -> String,
 ) -> Result<Option<u64>, TransferError> {
-    chunk.busy = None;
     if result >= 0 {
         return Ok(Some(result as u64));
     }
-    let side = match chunk.step {
-        Step::Reading => Side::Source,
+    let side = match chunk.s.doing {
+        Doing::Reading => Side::Source,
         _ => Side::Destination,
     };
     match errno::action(-result, side) {
@@ -1225,7 +1127,7 @@ fn settle(
             Ok(None)
         }
         Action::Fail => {
-            chunk.step = Step::Idle;
+            chunk.s.doing = Doing::Idle;
             Err(TransferError::os(op(), -result))
         }
     }
@@ -1234,30 +1136,20 @@ fn settle(
 /// Sets a chunk whose bytes are in its buffer up to write them: to a file
 /// with O_DIRECT, the length is rounded up to the alignment and the padding
 /// zeroed (the final truncate cuts it off again).
-fn prepare_write(chunk: &mut Chunk, mode: IoMode, dst_stream: bool) {
-    chunk.len = match mode {
-        IoMode::Direct { align } if !dst_stream => chunk.want.div_ceil(align) * align,
-        _ => chunk.want,
+fn prepare_write(chunk: &mut Chunk<BufChunk>, mode: IoMode, dst_stream: bool) {
+    let c = &mut chunk.s;
+    c.len = if dst_stream {
+        c.want
+    } else {
+        mode.aligned_up(c.want)
     };
-    if chunk.len > chunk.want {
+    if c.len > c.want {
         // The read completed and gave the buffer back; `zero` checks the
         // padding lies within it.
-        if let Some(buf) = chunk.buf.as_mut() {
-            buf.zero(chunk.want as usize, chunk.len as usize);
+        if let Some(buf) = c.buf.as_mut() {
+            buf.zero(c.want as usize, c.len as usize);
         }
     }
-    chunk.step = Step::Writing;
-    chunk.done = 0;
-}
-
-fn raw(fd: &std::os::fd::OwnedFd) -> i32 {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
-}
-
-fn ring_failed(e: crate::io::EngineError) -> TransferError {
-    TransferError::new(
-        FailureKind::Io,
-        format!("queueing the next operation failed: {e}"),
-    )
+    c.doing = Doing::Writing;
+    c.done = 0;
 }

@@ -15,14 +15,14 @@ use super::dio::{cached_fraction, enable_direct, may_ask_residency, restore_flag
 use super::{FdKind, Plan, TransferError};
 
 /// Above this fraction of its pages in the page cache, a source counts as hot.
-pub const HOT_FRACTION: f64 = 0.5;
+pub(crate) const HOT_FRACTION: f64 = 0.5;
 
 /// Under `auto`, regular files up to this size go `buffered`.
-pub const SMALL_FILE_MAX: u64 = 64 * 1024;
+pub(crate) const SMALL_FILE_MAX: u64 = 64 * 1024;
 
 /// What the choice depends on besides the job.
 #[derive(Debug, Clone, Copy)]
-pub struct ChoiceInputs {
+pub(crate) struct ChoiceInputs {
     pub direct_threshold: u64,
     /// The engine has pool buffers at all.
     pub have_buffers: bool,
@@ -32,7 +32,7 @@ pub struct ChoiceInputs {
 
 /// The decision.
 #[derive(Debug)]
-pub struct Choice {
+pub(crate) struct Choice {
     pub strategy: Strategy,
     /// Why, for the Completed event (always set for `auto`).
     pub note: Option<String>,
@@ -59,7 +59,11 @@ impl Choice {
 /// Decides the strategy for `plan` as `asked`. An explicit strategy that the
 /// descriptors cannot take is an `InvalidRequest` naming the reason; `auto`
 /// falls back to splice and says why in the note.
-pub fn choose(plan: &Plan, asked: Strategy, inputs: ChoiceInputs) -> Result<Choice, TransferError> {
+pub(crate) fn choose(
+    plan: &Plan,
+    asked: Strategy,
+    inputs: ChoiceInputs,
+) -> Result<Choice, TransferError> {
     let refuse = |why: String| TransferError::new(FailureKind::InvalidRequest, why);
     if plan.dst_append {
         // splice(2) refuses O_APPEND files, and direct's aligned offsets mean
@@ -240,7 +244,7 @@ fn direct(plan: &Plan, inputs: ChoiceInputs) -> Result<Choice, String> {
 /// one pool buffer, and the last one is zero-padded to a block: a block must
 /// fit the buffer and divide it, or the kernel (and the padding) would write
 /// past it into memory another job owns.
-pub fn fits_buffers(align: u64, buffer_size: u64) -> Result<(), String> {
+pub(crate) fn fits_buffers(align: u64, buffer_size: u64) -> Result<(), String> {
     if align > buffer_size || !buffer_size.is_multiple_of(align) {
         return Err(format!(
             "the file system's O_DIRECT alignment of {align} bytes does not divide the daemon's buffer size of {buffer_size} bytes (ringxferd --buffer-size): use a multiple of {align}"

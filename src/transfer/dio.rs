@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, RawFd};
 /// From statx STATX_DIOALIGN where the kernel reports it (6.1+); otherwise
 /// the file's preferred I/O block size, which is the logical block size or a
 /// multiple of it.
-pub fn dio_alignment(fd: &impl AsRawFd) -> std::io::Result<Option<u32>> {
+pub(crate) fn dio_alignment(fd: &impl AsRawFd) -> std::io::Result<Option<u32>> {
     // SAFETY: an all-zero statx is a valid value of a plain C struct.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself (no path is
@@ -32,7 +32,7 @@ pub fn dio_alignment(fd: &impl AsRawFd) -> std::io::Result<Option<u32>> {
 /// The O_DIRECT alignment a statx (asked for STATX_DIOALIGN) gives, as
 /// [`dio_alignment`] says. The engine gets its statx from the ring at
 /// admission (engine/admission.rs), never from a syscall on the loop thread.
-pub fn alignment_of(stx: &libc::statx) -> Option<u32> {
+pub(crate) fn alignment_of(stx: &libc::statx) -> Option<u32> {
     if stx.stx_mask & libc::STATX_DIOALIGN != 0 {
         // 0 means the file system does no direct I/O on this file.
         return (stx.stx_dio_offset_align != 0)
@@ -45,7 +45,7 @@ pub fn alignment_of(stx: &libc::statx) -> Option<u32> {
 /// put back when the job ends: the open file description is shared with the
 /// client, which should get it back as it gave it.
 #[derive(Debug, Clone, Copy)]
-pub struct SavedFlags {
+pub(crate) struct SavedFlags {
     pub fd: RawFd,
     pub flags: libc::c_int,
 }
@@ -59,7 +59,7 @@ pub struct SavedFlags {
 /// `check_flags`, which tests flag bits); neither reaches a server or a
 /// disk. The first O_DIRECT read or write does (it flushes cached pages),
 /// and that runs in the ring's workers.
-pub fn enable_direct(fd: &impl AsRawFd) -> std::io::Result<Option<SavedFlags>> {
+pub(crate) fn enable_direct(fd: &impl AsRawFd) -> std::io::Result<Option<SavedFlags>> {
     let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL takes no argument and touches no memory of ours.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -77,7 +77,7 @@ pub fn enable_direct(fd: &impl AsRawFd) -> std::io::Result<Option<SavedFlags>> {
 }
 
 /// Switches O_DIRECT on or off for `fd`, returning whether it was on.
-pub fn set_direct(fd: RawFd, on: bool) -> std::io::Result<bool> {
+pub(crate) fn set_direct(fd: RawFd, on: bool) -> std::io::Result<bool> {
     // SAFETY: F_GETFL takes no argument and touches no memory of ours.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -97,7 +97,7 @@ pub fn set_direct(fd: RawFd, on: bool) -> std::io::Result<bool> {
 
 /// Puts back flags saved by `enable_direct`. The descriptor must still be
 /// open (the job's endpoints are, until after this is called).
-pub fn restore_flags(saved: SavedFlags) {
+pub(crate) fn restore_flags(saved: SavedFlags) {
     // SAFETY: F_SETFL takes an int argument; the caller keeps `fd` open.
     unsafe { libc::fcntl(saved.fd, libc::F_SETFL, saved.flags) };
 }
@@ -109,7 +109,7 @@ pub fn restore_flags(saved: SavedFlags) {
 /// and last `file_permission(MAY_WRITE)`, which asks the file system (a
 /// FUSE getattr with `default_permissions`, an NFS ACCESS call) and could
 /// stall the loop. So the last is never reached from here.
-pub fn may_ask_residency(owner: u32, writable: bool) -> bool {
+pub(crate) fn may_ask_residency(owner: u32, writable: bool) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     writable || owner == unsafe { libc::geteuid() } || has_cap_fowner()
 }
@@ -177,7 +177,7 @@ struct Cachestat {
 /// revalidation, no read). The mincore fallback this had before mapped the
 /// file, and mmap on NFS revalidates the mapping with the server
 /// (`nfs_file_mmap`); without cachestat the residency is unknown.
-pub fn cached_fraction(fd: &impl AsRawFd, off: u64, len: u64) -> Option<f64> {
+pub(crate) fn cached_fraction(fd: &impl AsRawFd, off: u64, len: u64) -> Option<f64> {
     if len == 0 {
         return Some(0.0);
     }

@@ -15,19 +15,19 @@
 pub(crate) use crate::io::errno::interrupted;
 /// The table's kinds, shared with the client crate (which fails jobs and
 /// connections by it too).
-pub use ringxfer_ipc::errno::failure_kind;
+pub(crate) use ringxfer_ipc::errno::failure_kind;
 
 /// Which end of the job an operation touched: EAGAIN waits for the source to
 /// be readable or the destination to be writable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Source,
     Destination,
 }
 
 /// What to do after an operation failed with an errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Interrupted: issue the same operation again at once.
     Retry,
     /// A non-blocking stream had nothing (or no room): poll it, then retry.
@@ -38,7 +38,7 @@ pub enum Action {
 }
 
 /// Retry, wait or fail; a failure is of the kind `failure_kind` says.
-pub fn action(errno: i32, side: Side) -> Action {
+pub(crate) fn action(errno: i32, side: Side) -> Action {
     match errno {
         e if interrupted(e) => Action::Retry,
         libc::EAGAIN => match side {

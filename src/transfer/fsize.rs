@@ -7,7 +7,7 @@ use ringxfer_ipc::FailureKind;
 use super::TransferError;
 
 /// The EFBIG failure of a job that would write past its client's limit.
-pub fn too_large(limit: u64, what: &str) -> TransferError {
+pub(crate) fn too_large(limit: u64, what: &str) -> TransferError {
     TransferError {
         kind: FailureKind::Io,
         os_error: Some(libc::EFBIG),
@@ -21,7 +21,7 @@ pub fn too_large(limit: u64, what: &str) -> TransferError {
 /// At admission: a job into a regular file whose end is known (a requested
 /// length, or a regular source's size) and lies past the client's limit is
 /// refused, as its own write would fail there.
-pub fn fsize_refusal(
+pub(crate) fn fsize_refusal(
     limit: Option<u64>,
     dst_start: u64,
     total: Option<u64>,
@@ -38,7 +38,11 @@ pub fn fsize_refusal(
 
 /// While a job runs: whether a destination written from `dst_start` with
 /// `moved` bytes has passed the limit (a stream of unknown length).
-pub fn fsize_exceeded(limit: Option<u64>, dst_start: u64, moved: u64) -> Option<TransferError> {
+pub(crate) fn fsize_exceeded(
+    limit: Option<u64>,
+    dst_start: u64,
+    moved: u64,
+) -> Option<TransferError> {
     let limit = limit?;
     (dst_start.saturating_add(moved) > limit).then(|| {
         too_large(

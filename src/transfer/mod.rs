@@ -5,14 +5,15 @@
 //! is (which ends are seekable, where it starts and ends); a strategy then
 //! moves the bytes.
 
-pub mod buffered;
-pub mod choose;
-pub mod dio;
-pub mod errno;
-pub mod fsize;
-pub mod splice;
-pub mod step;
-pub mod verify;
+pub(crate) mod buffered;
+pub(crate) mod choose;
+pub(crate) mod dio;
+pub(crate) mod errno;
+pub(crate) mod fsize;
+pub(crate) mod pipeline;
+pub(crate) mod splice;
+pub(crate) mod step;
+pub(crate) mod verify;
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,49 +26,60 @@ use crate::io::buffer_pool::BufRef;
 use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::Io;
-use crate::transfer::step::CopyStep;
 use buffered::BufferCopy;
 use splice::{Returned, SpliceCopy};
 
 /// The state machine moving one job's bytes, whichever strategy it is.
-pub enum Mover {
+pub(crate) enum Mover {
     Splice(SpliceCopy),
     Buffered(BufferCopy),
 }
 
 impl Mover {
-    pub fn strategy(&self) -> Strategy {
+    pub(crate) fn strategy(&self) -> Strategy {
         match self {
             Mover::Splice(_) => Strategy::Splice,
             Mover::Buffered(b) => b.strategy(),
         }
     }
 
-    pub fn start(&mut self, owner: Owner, io: &mut Io) {
+    pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
         match self {
             Mover::Splice(c) => c.start(owner, io),
             Mover::Buffered(c) => c.start(owner, io),
         }
     }
 
-    pub fn wants_pipe(&self) -> bool {
+    pub(crate) fn wants_pipe(&self) -> bool {
         matches!(self, Mover::Splice(c) if c.wants_pipe())
     }
 
-    pub fn wants_buffer(&self) -> bool {
+    pub(crate) fn wants_buffer(&self) -> bool {
         matches!(self, Mover::Buffered(c) if c.wants_buffer())
     }
 
-    pub fn add_pipe(&mut self, pipe: Rc<Pipe>, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+    pub(crate) fn add_pipe(
+        &mut self,
+        pipe: Rc<Pipe>,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
         match self {
-            Mover::Splice(c) => c.add_pipe(pipe, owner, io, false, out),
+            Mover::Splice(c) => c.lend(pipe, owner, io, false, out),
             Mover::Buffered(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
-    pub fn add_buffer(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+    pub(crate) fn add_buffer(
+        &mut self,
+        buf: BufRef,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
         match self {
-            Mover::Buffered(c) => c.add_buffer(buf, owner, io, false, out),
+            Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
             Mover::Splice(_) => out.push(Returned::Buffer(buf)),
         }
     }
@@ -76,9 +88,9 @@ impl Mover {
     /// kind of resource this one uses, so a chunk that is done gives it back.
     /// `buf`: the pool buffer the completed operation held, handed back.
     #[allow(clippy::too_many_arguments)]
-    pub fn on_complete(
+    pub(crate) fn on_complete(
         &mut self,
-        kind: CopyStep,
+        tag: u32,
         result: i32,
         buf: Option<BufRef>,
         owner: Owner,
@@ -87,45 +99,46 @@ impl Mover {
         out: &mut Vec<Returned>,
     ) {
         match self {
-            Mover::Splice(c) => {
-                if let Some(buf) = buf {
-                    out.push(Returned::Buffer(buf));
-                }
-                c.on_complete(kind, result, owner, io, yield_resources, out)
-            }
-            Mover::Buffered(c) => c.on_complete(kind, result, buf, owner, io, yield_resources, out),
+            Mover::Splice(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
+            Mover::Buffered(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
         }
     }
 
-    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+    pub(crate) fn fail(
+        &mut self,
+        err: TransferError,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
         match self {
             Mover::Splice(c) => c.fail(err, owner, io, out),
             Mover::Buffered(c) => c.fail(err, owner, io, out),
         }
     }
 
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         match self {
             Mover::Splice(c) => c.is_finished(),
             Mover::Buffered(c) => c.is_finished(),
         }
     }
 
-    pub fn failure(&self) -> Option<&TransferError> {
+    pub(crate) fn failure(&self) -> Option<&TransferError> {
         match self {
             Mover::Splice(c) => c.failure(),
             Mover::Buffered(c) => c.failure(),
         }
     }
 
-    pub fn moved(&self) -> u64 {
+    pub(crate) fn moved(&self) -> u64 {
         match self {
             Mover::Splice(c) => c.moved,
             Mover::Buffered(c) => c.moved,
         }
     }
 
-    pub fn total(&self) -> Option<u64> {
+    pub(crate) fn total(&self) -> Option<u64> {
         match self {
             Mover::Splice(c) => c.total(),
             Mover::Buffered(c) => c.total(),
@@ -133,7 +146,7 @@ impl Mover {
     }
 
     /// The job's descriptors, shared with its operations.
-    pub fn endpoints(&self) -> Option<Rc<Endpoints>> {
+    pub(crate) fn endpoints(&self) -> Option<Rc<Endpoints>> {
         match self {
             Mover::Splice(c) => Some(c.endpoints()),
             Mover::Buffered(c) => Some(c.endpoints()),
@@ -142,14 +155,14 @@ impl Mover {
 
     /// Asks for the source's checksum to be computed in passing, where the
     /// bytes go through memory (the buffered strategies).
-    pub fn checksum_source(&mut self) {
+    pub(crate) fn checksum_source(&mut self) {
         if let Mover::Buffered(c) = self {
             c.checksum_source();
         }
     }
 
     /// The source's checksum computed in passing, if it was and is complete.
-    pub fn source_checksum(&self) -> Option<u32> {
+    pub(crate) fn source_checksum(&self) -> Option<u32> {
         match self {
             Mover::Buffered(c) => c.source_checksum(),
             Mover::Splice(_) => None,
@@ -158,14 +171,14 @@ impl Mover {
 
     /// Moves at most `bytes` per operation (rounded to the O_DIRECT
     /// alignment where there is one), so rate limits hold over short windows.
-    pub fn set_piece_limit(&mut self, bytes: u64) {
+    pub(crate) fn set_piece_limit(&mut self, bytes: u64) {
         match self {
-            Mover::Splice(c) => c.piece_limit = bytes.max(1),
+            Mover::Splice(c) => c.set_piece_limit(bytes),
             Mover::Buffered(c) => c.set_piece_limit(bytes),
         }
     }
 
-    pub fn into_endpoints(self) -> Option<Endpoints> {
+    pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
         match self {
             Mover::Splice(c) => c.into_endpoints(),
             Mover::Buffered(c) => c.into_endpoints(),
@@ -175,7 +188,7 @@ impl Mover {
 
 /// What a descriptor refers to, as far as moving bytes is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdKind {
+pub(crate) enum FdKind {
     File,
     BlockDevice,
     CharDevice,
@@ -200,11 +213,11 @@ impl FdKind {
 
     /// Whether reads and writes take an offset. Streams are read and written
     /// strictly in order, one operation at a time.
-    pub fn seekable(self) -> bool {
+    pub(crate) fn seekable(self) -> bool {
         matches!(self, FdKind::File | FdKind::BlockDevice)
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             FdKind::File => "file",
             FdKind::BlockDevice => "block device",
@@ -227,7 +240,7 @@ impl fmt::Display for FdKind {
 /// on them, so they stay open until the kernel has finished with them even if
 /// the job itself is gone.
 #[derive(Debug)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     pub src: OwnedFd,
     pub dst: OwnedFd,
     pub src_kind: FdKind,
@@ -237,7 +250,7 @@ pub struct Endpoints {
 /// Why a job failed: the class the client sees, the OS error and a sentence
 /// naming the operation and the descriptors.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransferError {
+pub(crate) struct TransferError {
     pub kind: FailureKind,
     pub os_error: Option<i32>,
     pub message: String,
@@ -246,7 +259,7 @@ pub struct TransferError {
 /// What a job moves, apart from its descriptors: what the strategies are
 /// built from, at admission or when `auto` falls back at run time.
 #[derive(Debug, Clone, Copy)]
-pub struct Shape {
+pub(crate) struct Shape {
     pub src_start: u64,
     pub dst_start: u64,
     pub total: Option<u64>,
@@ -257,13 +270,13 @@ pub struct Shape {
 
 impl Shape {
     /// The total is a regular file's size hint: read until end of file.
-    pub fn open_end(&self, src_kind: FdKind) -> bool {
+    pub(crate) fn open_end(&self, src_kind: FdKind) -> bool {
         !self.length_requested && src_kind.seekable() && self.total.is_some()
     }
 }
 
 impl TransferError {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> TransferError {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> TransferError {
         TransferError {
             kind,
             os_error: None,
@@ -273,7 +286,7 @@ impl TransferError {
 
     /// An error returned by the kernel for operation `op` (for example
     /// "splice source file -> pipe at offset 4096").
-    pub fn os(op: impl fmt::Display, errno: i32) -> TransferError {
+    pub(crate) fn os(op: impl fmt::Display, errno: i32) -> TransferError {
         let err = std::io::Error::from_raw_os_error(errno);
         TransferError {
             kind: failure_kind(errno),
@@ -284,7 +297,12 @@ impl TransferError {
 
     /// The source ended at `reached` before `total` bytes from `start` were
     /// read: asked for too much (`requested`), or a file that shrank.
-    pub fn short_source(reached: u64, start: u64, total: u64, requested: bool) -> TransferError {
+    pub(crate) fn short_source(
+        reached: u64,
+        start: u64,
+        total: u64,
+        requested: bool,
+    ) -> TransferError {
         let message = if requested {
             format!(
                 "the source ended at offset {reached}, before the requested length of {total} bytes from offset {start} was read"
@@ -301,7 +319,7 @@ impl TransferError {
     /// Reads of a source without a requested length disagreed on where it
     /// ends: one returned end of file at `eof`, another found bytes up to
     /// `high` (the file shrank and grew again while it was read).
-    pub fn source_changed(eof: u64, high: u64) -> TransferError {
+    pub(crate) fn source_changed(eof: u64, high: u64) -> TransferError {
         TransferError::new(
             FailureKind::SourceShort,
             format!(
@@ -310,7 +328,7 @@ impl TransferError {
         )
     }
 
-    pub fn cancelled(why: &str) -> TransferError {
+    pub(crate) fn cancelled(why: &str) -> TransferError {
         TransferError::new(FailureKind::Cancelled, why)
     }
 }
@@ -321,11 +339,11 @@ impl fmt::Display for TransferError {
     }
 }
 
-pub use errno::failure_kind;
+pub(crate) use errno::failure_kind;
 
 /// What a job will move, decided once at admission.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub ends: Endpoints,
     /// First source offset read (seekable sources).
     pub src_start: u64,
@@ -358,7 +376,7 @@ pub struct Plan {
 impl Plan {
     /// Splits the plan into the descriptors (for a strategy to share with
     /// its operations) and the rest.
-    pub fn into_parts(self) -> (Endpoints, Shape) {
+    pub(crate) fn into_parts(self) -> (Endpoints, Shape) {
         let shape = Shape {
             src_start: self.src_start,
             dst_start: self.dst_start,
@@ -376,7 +394,7 @@ impl Plan {
 /// when the job is submitted: on FUSE or a network file system a getattr can
 /// wait on a server, and it must not wait on the loop thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdStat {
+pub(crate) struct FdStat {
     pub kind: FdKind,
     /// `st_size` (0 for what is not a regular file).
     pub size: u64,
@@ -391,10 +409,10 @@ pub struct FdStat {
 impl FdStat {
     /// The statx mask admission asks for: the type, the size and the
     /// O_DIRECT alignment (which the kernel answers where it knows it).
-    pub const MASK: u32 =
+    pub(crate) const MASK: u32 =
         libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_UID | libc::STATX_DIOALIGN;
 
-    pub fn from_statx(stx: &libc::statx) -> FdStat {
+    pub(crate) fn from_statx(stx: &libc::statx) -> FdStat {
         FdStat {
             kind: FdKind::of(libc::mode_t::from(stx.stx_mode)),
             size: stx.stx_size,
@@ -441,18 +459,18 @@ fn probe(fd: &OwnedFd, stat: Result<FdStat, i32>, which: &str) -> Result<Probe, 
 }
 
 /// A refused job: why, and the descriptors, for the caller to close.
-pub struct Refused {
+pub(crate) struct Refused {
     pub error: TransferError,
     pub fds: [OwnedFd; 2],
 }
 
 /// What statx said about a job's two descriptors (or the errno each
 /// failed with), source first.
-pub type Stats = [Result<FdStat, i32>; 2];
+pub(crate) type Stats = [Result<FdStat, i32>; 2];
 
 /// Checks the two descriptors against the request and decides what to move.
 /// Every refusal names the descriptor and what is wrong with it.
-pub fn plan(
+pub(crate) fn plan(
     src: OwnedFd,
     dst: OwnedFd,
     req: &SubmitRequest,

@@ -9,29 +9,37 @@
 //! destination is written strictly in the order the data was read, which a
 //! sequence number per chunk enforces.
 //!
-//! Each chunk has at most one operation in flight and alternates: fill the
-//! pipe, drain it, repeat. Splices are not linked: a short splice (common:
-//! a pipe takes whole pages, and sockets return what they have) would cancel
-//! the linked half, so every result is looked at before the next step.
+//! Each chunk alternates: fill the pipe, drain it, repeat. A ranged read
+//! whose bytes may be written at once has its write linked behind it; a
+//! short splice (common: a pipe takes whole pages) cancels the linked half,
+//! and the chunk then writes what the pipe really holds. Stream reads are
+//! often short and are not linked.
+//!
+//! The chunk bookkeeping is the pipeline's (pipeline.rs): this file is what
+//! the splice strategy adds to it.
 
 use std::rc::Rc;
 
 use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
+use super::pipeline::{raw, ring_failed, Chunk, Pipeline, Strategy};
+use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
+use crate::io::buffer_pool::BufRef;
 use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::queue::SpliceEnd;
 use crate::io::Io;
-use crate::transfer::step::CopyStep;
 
-/// One pipe and the bytes it is carrying.
-struct Chunk {
+pub(crate) use super::pipeline::Returned;
+
+/// A transfer moved by splice(2) through pooled pipes.
+pub(crate) type SpliceCopy = Pipeline<Splice>;
+
+/// A chunk's pipe and where the bytes it carries come from and go to.
+pub(crate) struct PipeChunk {
     pipe: Rc<Pipe>,
-    /// Order of this chunk's data in the stream; a stream destination takes
-    /// chunks strictly in this order.
-    seq: u64,
     /// Next source offset to read (seekable sources).
     src_off: u64,
     /// Bytes of the chunk's range not yet in the pipe (ranged mode).
@@ -40,23 +48,8 @@ struct Chunk {
     in_pipe: u64,
     /// Next destination offset to write (seekable destinations).
     dst_off: u64,
-    /// `user_data` of the operation in flight on this chunk.
-    busy: Option<u64>,
-    /// `user_data` of a write linked behind the read in `busy`.
-    linked: Option<u64>,
-    /// The destination stream said EAGAIN: wait until it is writable.
-    wait_for: Option<i16>,
     /// Bytes the last read asked for.
     asked: u32,
-    /// The chunk reads past the source's size hint, until end of file (see
-    /// `SpliceCopy::open_end`).
-    probing: bool,
-}
-
-impl Chunk {
-    fn is_busy(&self) -> bool {
-        self.busy.is_some() || self.linked.is_some()
-    }
 }
 
 /// The unwritten rest of a chunk's range, set aside when the job gave its
@@ -70,64 +63,19 @@ struct SetAside {
     probing: bool,
 }
 
-/// The chunk index of the job's own readiness poll, which belongs to no chunk.
-const JOB_LEVEL: u16 = u16::MAX;
-
-/// A pool resource a job hands back.
-pub enum Returned {
-    /// An empty pipe: back to the pool.
-    Clean(Rc<Pipe>),
-    /// A pipe that may hold stray bytes of a failed job: close it and make another.
-    Dirty(Rc<Pipe>),
-    /// A buffer whose last operation has completed.
-    Buffer(crate::io::buffer_pool::BufRef),
-}
-
-/// A transfer moved by splice(2) through pooled pipes.
-pub struct SpliceCopy {
-    ends: Rc<Endpoints>,
+/// What the splice strategy keeps beyond the pipeline's chunk bookkeeping.
+pub(crate) struct Splice {
+    /// The source is seekable and its length known: several chunks read
+    /// different ranges at once.
     ranged: bool,
-    src_start: u64,
-    dst_start: u64,
     total: Option<u64>,
-    length_requested: bool,
-    /// Bytes handed to chunks (ranged) or read from the source (streamed).
-    assigned: u64,
-    /// No more bytes will be read: end reached, or end of file.
-    src_done: bool,
-    /// The chunk whose read of a streamed source is in flight: a stream is
-    /// read by one splice at a time, or its bytes would interleave.
-    reader: Option<usize>,
     /// A streamed source is known to have bytes (or its end) to read. While
     /// it is not, the job waits on a readiness poll and holds no pipe, so a
     /// silent peer cannot sit on pipes that other jobs need.
     src_ready: bool,
     /// `user_data` of the job's readiness poll on a streamed source.
     ready_poll: Option<u64>,
-    next_seq: u64,
-    write_seq: u64,
-    chunks: Vec<Option<Chunk>>,
-    /// Bytes written to the destination.
-    pub moved: u64,
-    failure: Option<TransferError>,
-    /// The most one splice moves (a rate limit's piece; else the pipe's size).
-    pub piece_limit: u64,
-    /// `total` is a regular file's size hint, not a requested length: the
-    /// file is read until a read returns 0, which may come before the hint
-    /// (sysfs, a file that shrank) or after it (procfs, a file that grows).
-    open_end: bool,
-    /// Source offset where a read found end of file (open-ended jobs).
-    eof: Option<u64>,
-    /// Highest source offset a read returned bytes up to.
-    high: u64,
-    /// The chunk reading past the hint; one at a time, as a read loop would.
-    prober: Option<usize>,
-    /// The destination's size at admission, restored if the job fails after
-    /// writing (regular-file destinations).
-    orig_dst_size: u64,
-    /// A write was queued: a failure truncates the destination back.
-    touched: bool,
-    /// `user_data` of that restoring ftruncate.
+    /// `user_data` of the ftruncate restoring a failed job's destination.
     restoring: Option<u64>,
     /// The source refused splice (EINVAL) before any byte moved: `auto`
     /// moves the job to the read()+write() rung.
@@ -139,10 +87,158 @@ pub struct SpliceCopy {
     set_aside: Vec<SetAside>,
 }
 
+impl Strategy for Splice {
+    type Lent = Rc<Pipe>;
+    type Chunk = PipeChunk;
+    const OP_NAME: &'static str = "splice";
+
+    fn chunk(pipe: Rc<Pipe>) -> PipeChunk {
+        PipeChunk {
+            pipe,
+            src_off: 0,
+            to_read: 0,
+            in_pipe: 0,
+            dst_off: 0,
+            asked: 0,
+        }
+    }
+
+    fn refused(pipe: Rc<Pipe>) -> Returned {
+        Returned::Clean(pipe)
+    }
+
+    fn give_back(chunk: PipeChunk, failed: bool) -> Option<Returned> {
+        Some(if chunk.in_pipe > 0 || failed {
+            Returned::Dirty(chunk.pipe)
+        } else {
+            Returned::Clean(chunk.pipe)
+        })
+    }
+
+    fn take_back(_: &mut SpliceCopy, _: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
+        out.push(Returned::Buffer(buf));
+    }
+
+    fn divert(p: &mut SpliceCopy, slot: usize, out: &mut Vec<Returned>) -> bool {
+        if p.s.reclaiming {
+            p.set_chunk_aside(slot, out);
+        }
+        p.s.reclaiming
+    }
+
+    /// Moves one idle chunk on by one operation, if it has one to do. With
+    /// `yield_pipes`, other jobs are waiting for pipes, so a chunk that has
+    /// finished its range gives its pipe back instead of taking the next
+    /// range: pipes go round the jobs in turn.
+    fn step(
+        p: &mut SpliceCopy,
+        slot: usize,
+        owner: Owner,
+        io: &mut Io,
+        yield_pipes: bool,
+        out: &mut Vec<Returned>,
+    ) -> Result<(), TransferError> {
+        let cap = p.cap(slot);
+        let Some(chunk) = p.chunks[slot].as_ref() else {
+            return Ok(());
+        };
+        let (seq, in_pipe, to_read) = (chunk.seq, chunk.s.in_pipe, chunk.s.to_read);
+        if in_pipe > 0 {
+            if p.in_turn(seq) {
+                p.touched = true;
+                p.write_out(slot, owner, io)?;
+            }
+            return Ok(());
+        }
+        if p.s.ranged && to_read > 0 {
+            let write_now = p.in_turn(seq);
+            return p.read_into(slot, to_read.min(cap) as u32, write_now, owner, io);
+        }
+        // The chunk is empty and its range is done: take more work, or let go.
+        let busy = if p.s.ranged {
+            !yield_pipes && p.next_range(slot, owner, io)?
+        } else {
+            !p.src_done && !yield_pipes && p.next_stream_read(slot, owner, io)?
+        };
+        if busy {
+            return Ok(());
+        }
+        p.release(slot, out);
+        if !p.s.ranged {
+            p.arm_ready_poll(owner, io)?;
+        }
+        Ok(())
+    }
+
+    fn complete(
+        p: &mut SpliceCopy,
+        step: CopyStep,
+        slot: usize,
+        result: i32,
+        linked: bool,
+    ) -> Result<(), TransferError> {
+        let taken_back =
+            p.s.reclaiming && (result == -libc::ECANCELED || errno::interrupted(-result));
+        match step {
+            // Cancelled to give the pipe back: nothing moved.
+            _ if taken_back => Ok(()),
+            CopyStep::In(_) => p.after_read(slot, result),
+            // The read before it moved less than asked (or failed), which
+            // cancels the linked write; the chunk writes what it really holds.
+            CopyStep::Out(_) if linked && result == -libc::ECANCELED => Ok(()),
+            CopyStep::Out(_) => p.after_write(slot, result),
+            // Readiness arrived (or the poll failed, and the retried splice
+            // will report the real error): the chunk simply tries again.
+            _ => Ok(()),
+        }
+    }
+
+    fn side(p: &mut SpliceCopy, step: CopyStep, result: i32) -> Result<bool, TransferError> {
+        match step {
+            CopyStep::Truncate => {
+                p.s.restoring = None;
+                if result < 0 {
+                    tracing::warn!(
+                        "truncating the destination back to its {} bytes after a failure: {}",
+                        p.orig_dst_size,
+                        std::io::Error::from_raw_os_error(-result)
+                    );
+                }
+                Ok(false)
+            }
+            CopyStep::Ready => {
+                // Readable, at its end, or in error: a read will tell which.
+                p.s.ready_poll = None;
+                p.s.src_ready = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn side_op(p: &SpliceCopy) -> Option<u64> {
+        p.s.ready_poll
+    }
+
+    fn after_pump(p: &mut SpliceCopy, owner: Owner, io: &mut Io) {
+        p.restore_destination(owner, io);
+    }
+
+    fn finished(p: &SpliceCopy) -> bool {
+        p.s.ready_poll.is_none()
+            && p.s.restoring.is_none()
+            && (p.failure.is_some() || (p.src_done && p.s.set_aside.is_empty()))
+    }
+
+    fn piece(&self, bytes: u64) -> u64 {
+        bytes.max(1)
+    }
+}
+
 impl SpliceCopy {
     /// Prepares the transfer; it moves nothing until it is lent a pipe.
     /// `max_chunks` pipes at most are used at once.
-    pub fn new(ends: Rc<Endpoints>, plan: Shape, max_chunks: usize) -> SpliceCopy {
+    pub(crate) fn new(ends: Rc<Endpoints>, plan: Shape, max_chunks: usize) -> SpliceCopy {
         let ranged = ends.src_kind.seekable() && plan.total.is_some();
         let open_end = plan.open_end(ends.src_kind);
         // A streamed source is read one splice at a time, so a second chunk
@@ -152,44 +248,30 @@ impl SpliceCopy {
         } else {
             max_chunks.clamp(1, 2)
         };
-        let src_done = plan.total == Some(0) && !open_end;
-        SpliceCopy {
-            ends,
+        let in_order = !ends.dst_kind.seekable();
+        let splice = Splice {
             ranged,
-            src_start: plan.src_start,
-            dst_start: plan.dst_start,
             total: plan.total,
-            length_requested: plan.length_requested,
-            assigned: 0,
-            src_done,
-            reader: None,
             src_ready: false,
             ready_poll: None,
-            next_seq: 0,
-            write_seq: 0,
-            chunks: (0..max_chunks).map(|_| None).collect(),
-            moved: 0,
-            failure: None,
-            piece_limit: u64::MAX,
-            open_end,
-            eof: None,
-            high: 0,
-            prober: None,
-            orig_dst_size: plan.dst_size,
-            touched: false,
             restoring: None,
             source_refused: false,
             reclaiming: false,
             set_aside: Vec::new(),
-        }
+        };
+        let mut copy = Pipeline::with(ends, &plan, max_chunks, plan.dst_size, splice);
+        copy.in_order = in_order;
+        copy.open_end = open_end;
+        copy.src_done = plan.total == Some(0) && !open_end;
+        copy
     }
 
     /// What the job moves, for another strategy to take it over.
-    pub fn shape(&self) -> Shape {
+    pub(crate) fn shape(&self) -> Shape {
         Shape {
             src_start: self.src_start,
             dst_start: self.dst_start,
-            total: self.total,
+            total: self.s.total,
             length_requested: self.length_requested,
             dst_append: false,
             dst_size: self.orig_dst_size,
@@ -198,59 +280,41 @@ impl SpliceCopy {
 
     /// Whether the job failed only because the source refused splice, with
     /// nothing written: the read()+write() rung can take it over.
-    pub fn source_refused(&self) -> bool {
-        self.source_refused && !self.touched && self.moved == 0
-    }
-
-    pub fn endpoints(&self) -> Rc<Endpoints> {
-        Rc::clone(&self.ends)
+    pub(crate) fn source_refused(&self) -> bool {
+        self.s.source_refused && !self.touched && self.moved == 0
     }
 
     /// Bytes the job will move, as far as is known: past a size hint, what
     /// the reads found so far.
-    pub fn total(&self) -> Option<u64> {
+    pub(crate) fn total(&self) -> Option<u64> {
         if self.open_end {
-            let found = self.eof.map(|e| e.saturating_sub(self.src_start));
-            return Some(
-                found.unwrap_or(
-                    self.high
-                        .saturating_sub(self.src_start)
-                        .max(self.total.unwrap_or(0)),
-                ),
-            );
+            return Some(self.eof.unwrap_or(self.high.max(self.s.total.unwrap_or(0))));
         }
-        self.total
-    }
-
-    fn live_chunks(&self) -> usize {
-        self.chunks.iter().filter(|c| c.is_some()).count()
-    }
-
-    fn in_flight(&self) -> usize {
-        self.chunks.iter().flatten().filter(|c| c.is_busy()).count()
+        self.s.total
     }
 
     /// Whether another pipe would let this job move more bytes at once.
-    pub fn wants_pipe(&self) -> bool {
-        if self.failure.is_some() || self.reclaiming || self.live_chunks() == self.chunks.len() {
+    pub(crate) fn wants_pipe(&self) -> bool {
+        if self.failure.is_some() || self.s.reclaiming || self.live_chunks() == self.chunks.len() {
             return false;
         }
-        if self.ranged && !self.set_aside.is_empty() {
+        if self.s.ranged && !self.s.set_aside.is_empty() {
             return true;
         }
         if self.src_done {
             return false;
         }
-        if self.ranged {
+        if self.s.ranged {
             // Reading past the hint is done by a chunk that finished its
             // range, so a job holds no more pipes than before for it; only
             // a job left with none (it yielded them) asks for one to probe.
-            self.assigned < self.total.unwrap_or(0) || (self.may_probe() && self.live_chunks() == 0)
+            self.assigned < self.s.total.unwrap_or(0)
+                || (self.may_probe() && self.live_chunks() == 0)
         } else {
             // One pipe reads while another writes; a second pipe is only
             // worth having once the first is busy, and none before the
             // source has something to read.
-            self.src_ready && self.reader.is_none()
+            self.s.src_ready && self.reader.is_none()
         }
     }
 
@@ -260,22 +324,14 @@ impl SpliceCopy {
         self.open_end
             && self.eof.is_none()
             && self.prober.is_none()
-            && self.set_aside.is_empty()
-            && self.assigned >= self.total.unwrap_or(0)
-    }
-
-    /// Whether the job has no chunk and nothing in flight, so it can end.
-    pub fn is_finished(&self) -> bool {
-        self.live_chunks() == 0
-            && self.ready_poll.is_none()
-            && self.restoring.is_none()
-            && (self.failure.is_some() || (self.src_done && self.set_aside.is_empty()))
+            && self.s.set_aside.is_empty()
+            && self.assigned >= self.s.total.unwrap_or(0)
     }
 
     /// Starts what needs no pipe: a streamed source is first polled for
     /// readiness. Call once, right after admission.
-    pub fn start(&mut self, owner: Owner, io: &mut Io) {
-        if !self.ranged && !self.src_done {
+    pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
+        if !self.s.ranged && !self.src_done {
             if let Err(e) = self.arm_ready_poll(owner, io) {
                 self.failure.get_or_insert(e);
             }
@@ -283,71 +339,21 @@ impl SpliceCopy {
     }
 
     fn arm_ready_poll(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
-        if self.ready_poll.is_some()
+        if self.s.ready_poll.is_some()
             || self.reader.is_some()
-            || self.src_ready
+            || self.s.src_ready
             || self.src_done
             || self.failure.is_some()
         {
             return Ok(());
         }
         let ends = Rc::clone(&self.ends);
+        let kind = CopyStep::Ready.tag();
         let ud = io
-            .poll(
-                owner,
-                CopyStep::PollIn(JOB_LEVEL).tag(),
-                &ends,
-                raw(&ends.src),
-                libc::POLLIN,
-            )
-            .map_err(ring_failed)?;
-        self.ready_poll = Some(ud);
+            .poll(owner, kind, &ends, raw(&ends.src), libc::POLLIN)
+            .map_err(ring_failed::<Splice>)?;
+        self.s.ready_poll = Some(ud);
         Ok(())
-    }
-
-    /// The outcome, once finished: the error, or `None` for success.
-    pub fn failure(&self) -> Option<&TransferError> {
-        self.failure.as_ref()
-    }
-
-    /// Gives the job a pipe and starts using it.
-    pub fn add_pipe(
-        &mut self,
-        pipe: Rc<Pipe>,
-        owner: Owner,
-        io: &mut Io,
-        yield_pipes: bool,
-        out: &mut Vec<Returned>,
-    ) {
-        match self.chunks.iter().position(|c| c.is_none()) {
-            Some(slot) => {
-                self.chunks[slot] = Some(Chunk {
-                    pipe,
-                    seq: 0,
-                    src_off: 0,
-                    to_read: 0,
-                    in_pipe: 0,
-                    dst_off: 0,
-                    busy: None,
-                    linked: None,
-                    wait_for: None,
-                    asked: 0,
-                    probing: false,
-                });
-                self.pump(owner, io, yield_pipes, out);
-            }
-            None => out.push(Returned::Clean(pipe)),
-        }
-    }
-
-    /// Records a failure (the first one wins) and asks the kernel to cancel
-    /// whatever is in flight; chunks are let go as their operations complete.
-    pub fn fail(&mut self, err: TransferError, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
-        if self.failure.is_none() {
-            self.failure = Some(err);
-        }
-        self.cancel_in_flight(io);
-        self.pump(owner, io, false, out);
     }
 
     /// Gives every pipe back, because the job stalled holding more than its
@@ -360,16 +366,13 @@ impl SpliceCopy {
     /// exactly where the writes stopped: nothing is lost or written twice.
     /// A stream source's bytes in a pipe exist nowhere else: false, and the
     /// job keeps its pipes. True if the pipes are on their way back.
-    pub fn reclaim(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) -> bool {
-        if !self.ranged || self.failure.is_some() || self.live_chunks() == 0 || self.reclaiming {
+    pub(crate) fn reclaim(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) -> bool {
+        if !self.s.ranged || self.failure.is_some() || self.live_chunks() == 0 || self.s.reclaiming
+        {
             return false;
         }
-        self.reclaiming = true;
-        for c in self.chunks.iter().flatten() {
-            for user_data in c.busy.into_iter().chain(c.linked) {
-                let _ = io.cancel(user_data);
-            }
-        }
+        self.s.reclaiming = true;
+        self.cancel_chunks(io);
         self.pump(owner, io, true, out);
         true
     }
@@ -379,12 +382,12 @@ impl SpliceCopy {
         let Some(c) = self.chunks[slot].as_ref() else {
             return;
         };
-        let len = c.in_pipe + c.to_read;
+        let len = c.s.in_pipe + c.s.to_read;
         if len > 0 {
-            self.set_aside.push(SetAside {
+            self.s.set_aside.push(SetAside {
                 seq: c.seq,
-                src_off: c.src_off - c.in_pipe,
-                dst_off: c.dst_off,
+                src_off: c.s.src_off - c.s.in_pipe,
+                dst_off: c.s.dst_off,
                 len,
                 probing: c.probing,
             });
@@ -393,7 +396,7 @@ impl SpliceCopy {
         // them, and makes another.
         self.release(slot, out);
         if self.live_chunks() == 0 {
-            self.reclaiming = false;
+            self.s.reclaiming = false;
         }
     }
 
@@ -403,20 +406,22 @@ impl SpliceCopy {
     fn take_set_aside(&mut self, slot: usize) -> bool {
         if let Some(eof) = self.eof {
             // Nothing is read past an end of file a read found.
-            self.set_aside.retain(|r| r.src_off < eof);
+            let end = self.src_start + eof;
+            self.s.set_aside.retain(|r| r.src_off < end);
         }
-        let Some(i) = (0..self.set_aside.len()).min_by_key(|&i| self.set_aside[i].seq) else {
+        let set_aside = &mut self.s.set_aside;
+        let Some(i) = (0..set_aside.len()).min_by_key(|&i| set_aside[i].seq) else {
             return false;
         };
-        let r = self.set_aside.swap_remove(i);
-        let Some(c) = self.chunks[slot].as_mut() else {
+        let r = set_aside.swap_remove(i);
+        let Some(c) = self.chunk(slot) else {
             return false;
         };
         c.seq = r.seq;
-        c.src_off = r.src_off;
-        c.dst_off = r.dst_off;
-        c.to_read = r.len;
-        c.in_pipe = 0;
+        c.s.src_off = r.src_off;
+        c.s.dst_off = r.dst_off;
+        c.s.to_read = r.len;
+        c.s.in_pipe = 0;
         c.probing = r.probing;
         if r.probing {
             self.prober = Some(slot);
@@ -424,149 +429,86 @@ impl SpliceCopy {
         true
     }
 
-    fn cancel_in_flight(&self, io: &mut Io) {
-        let chunk_ops = self
-            .chunks
-            .iter()
-            .flatten()
-            .flat_map(|c| c.busy.into_iter().chain(c.linked));
-        for user_data in chunk_ops.chain(self.ready_poll) {
-            // A failed cancel request means the ring itself is failing; the
-            // operation still completes, so nothing is lost by ignoring it.
-            let _ = io.cancel(user_data);
-        }
-    }
-
-    /// Handles the completion of one of this job's operations, then queues
-    /// whatever can happen next. Pipes the job no longer needs go to `out`.
-    pub fn on_complete(
-        &mut self,
-        kind: CopyStep,
-        result: i32,
-        owner: Owner,
-        io: &mut Io,
-        yield_pipes: bool,
-        out: &mut Vec<Returned>,
-    ) {
-        if kind == CopyStep::Truncate {
-            self.restoring = None;
-            if result < 0 {
-                tracing::warn!(
-                    "truncating the destination back to its {} bytes after a failure: {}",
-                    self.orig_dst_size,
-                    std::io::Error::from_raw_os_error(-result)
-                );
-            }
-            return;
-        }
-        if kind == CopyStep::PollIn(JOB_LEVEL) {
-            // Readable, at its end, or in error: a read will tell which.
-            self.ready_poll = None;
-            self.src_ready = true;
-            self.pump(owner, io, yield_pipes, out);
-            return;
-        }
-        let slot = match kind {
-            CopyStep::SpliceIn(i)
-            | CopyStep::SpliceOut(i)
-            | CopyStep::PollIn(i)
-            | CopyStep::PollOut(i) => i as usize,
-            _ => return,
-        };
-        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
-            debug_assert!(false, "completion for an empty chunk slot");
-            return;
-        };
-        let was_linked = matches!(kind, CopyStep::SpliceOut(_)) && chunk.linked.is_some();
-        if was_linked {
-            chunk.linked = None;
-        } else {
-            chunk.busy = None;
-        }
-        let taken_back =
-            self.reclaiming && (result == -libc::ECANCELED || errno::interrupted(-result));
-        let step = match kind {
-            // Cancelled to give the pipe back: nothing moved.
-            _ if taken_back => Ok(()),
-            CopyStep::SpliceIn(_) => self.after_read(slot, result),
-            // The read before it moved less than asked (or failed), which
-            // cancels the linked write; the chunk writes what it really holds.
-            CopyStep::SpliceOut(_) if was_linked && result == -libc::ECANCELED => Ok(()),
-            CopyStep::SpliceOut(_) => self.after_write(slot, result),
-            // Readiness arrived (or the poll failed, and the retried splice
-            // will report the real error): the chunk simply tries again.
-            _ => Ok(()),
-        };
-        if let Err(e) = step {
-            self.fail(e, owner, io, out);
-            return;
-        }
-        self.pump(owner, io, yield_pipes, out);
-    }
-
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        let ranged = self.ranged;
-        if !ranged {
+        if !self.s.ranged {
             self.reader = None;
         }
         if result < 0 {
             return self.read_failed(slot, -result);
         }
-        let open_end = self.open_end;
-        let Some(chunk) = self.chunks[slot].as_mut() else {
+        if result == 0 {
+            return self.read_end(slot);
+        }
+        let n = result as u64;
+        let (ranged, open_end, src_start) = (self.s.ranged, self.open_end, self.src_start);
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        let n = result as u64;
-        if n == 0 {
-            let reached = if ranged {
-                chunk.src_off
-            } else {
-                self.src_start + self.assigned
-            };
-            if open_end {
-                // End of file, wherever the size hint said it would be.
-                chunk.to_read = 0;
-                if chunk.probing {
-                    chunk.probing = false;
-                    self.prober = None;
-                }
-                self.eof = Some(self.eof.map_or(reached, |e| e.min(reached)));
-                self.src_done = true;
-                return self.check_eof();
-            }
-            if ranged || (self.length_requested && self.assigned < self.total.unwrap_or(0)) {
-                return Err(self.short_source(reached));
-            }
-            self.src_done = true;
-            return Ok(());
+        chunk.s.in_pipe += n;
+        if !ranged {
+            return self.after_stream_read(slot, n);
         }
-        chunk.in_pipe += n;
-        if ranged {
-            chunk.src_off += n;
-            chunk.to_read -= n.min(chunk.to_read);
-            self.high = self.high.max(chunk.src_off);
-            if chunk.probing && chunk.to_read == 0 {
-                // The file had a whole piece more: the next piece probes on.
+        chunk.s.src_off += n;
+        chunk.s.to_read -= n.min(chunk.s.to_read);
+        let (src_off, done_probing) = (chunk.s.src_off, chunk.probing && chunk.s.to_read == 0);
+        if done_probing {
+            // The file had a whole piece more: the next piece probes on.
+            chunk.probing = false;
+            self.prober = None;
+        }
+        self.high = self.high.max(src_off - src_start);
+        if open_end {
+            return self.check_eof();
+        }
+        Ok(())
+    }
+
+    /// A read of a stream source brought `n` bytes into the chunk's pipe.
+    fn after_stream_read(&mut self, slot: usize, n: u64) -> Result<(), TransferError> {
+        let seq = self.take_seq();
+        let dst_off = self.dst_start + self.assigned;
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        // A stream that gave less than asked has nothing more right now;
+        // the next read waits for readiness first.
+        let short = n < u64::from(chunk.s.asked);
+        chunk.s.dst_off = dst_off;
+        chunk.seq = seq;
+        if short {
+            self.s.src_ready = false;
+        }
+        self.assigned += n;
+        if self.s.total.is_some_and(|t| self.assigned >= t) {
+            self.src_done = true;
+        }
+        Ok(())
+    }
+
+    /// A read returned 0: the source's end.
+    fn read_end(&mut self, slot: usize) -> Result<(), TransferError> {
+        let (ranged, open_end) = (self.s.ranged, self.open_end);
+        let stream_at = self.src_start + self.assigned;
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
+        let reached = if ranged { chunk.s.src_off } else { stream_at };
+        if open_end {
+            // End of file, wherever the size hint said it would be.
+            chunk.s.to_read = 0;
+            if chunk.probing {
                 chunk.probing = false;
                 self.prober = None;
             }
-            if open_end {
-                return self.check_eof();
-            }
-        } else {
-            // A stream that gave less than asked has nothing more right now;
-            // the next read waits for readiness first.
-            if n < u64::from(chunk.asked) {
-                self.src_ready = false;
-            }
-            chunk.dst_off = self.dst_start + self.assigned;
-            chunk.seq = self.next_seq;
-            self.next_seq += 1;
-            self.assigned += n;
-            if self.total.is_some_and(|t| self.assigned >= t) {
-                self.src_done = true;
-            }
+            self.found_eof(reached - self.src_start);
+            self.src_done = true;
+            return self.check_eof();
         }
+        let total = self.s.total.unwrap_or(0);
+        if ranged || (self.length_requested && self.assigned < total) {
+            return Err(self.short_source(reached, total));
+        }
+        self.src_done = true;
         Ok(())
     }
 
@@ -576,20 +518,20 @@ impl SpliceCopy {
             return Ok(());
         };
         let kind = self.ends.src_kind;
-        let offset = kind.seekable().then_some(chunk.src_off);
+        let offset = kind.seekable().then_some(chunk.s.src_off);
         match errno::action(errno, Side::Source) {
             Action::Retry => Ok(()),
-            Action::WaitReadable if !self.ranged => {
+            Action::WaitReadable if !self.s.ranged => {
                 // A non-blocking stream had nothing after all: wait for it
                 // without a pipe.
-                self.src_ready = false;
+                self.s.src_ready = false;
                 Ok(())
             }
             // A file does not say EAGAIN unless the client made it
             // non-blocking; the worker blocks in splice, so try again.
             Action::WaitReadable | Action::WaitWritable => Ok(()),
             Action::Fail if errno == libc::EINVAL && self.moved == 0 && !self.touched => {
-                self.source_refused = true;
+                self.s.source_refused = true;
                 Err(splice_refused(kind))
             }
             Action::Fail => Err(TransferError::os(
@@ -599,294 +541,199 @@ impl SpliceCopy {
         }
     }
 
-    /// In an open-ended job, bytes found past the end another read found
-    /// mean the file changed size under the reads; nothing after that end
-    /// may be written.
-    fn check_eof(&self) -> Result<(), TransferError> {
-        match self.eof {
-            Some(eof) if self.high > eof => Err(TransferError::source_changed(eof, self.high)),
-            _ => Ok(()),
-        }
-    }
-
     fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        let Some(chunk) = self.chunks[slot].as_mut() else {
+        let (dst_kind, ranged) = (self.ends.dst_kind, self.s.ranged);
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
         if result < 0 {
             return match errno::action(-result, Side::Destination) {
                 Action::Retry => Ok(()),
                 Action::WaitWritable | Action::WaitReadable => {
-                    if !self.ends.dst_kind.seekable() {
-                        chunk.wait_for = Some(libc::POLLOUT);
+                    if !dst_kind.seekable() {
+                        chunk.wait = Some(libc::POLLOUT);
                     }
                     Ok(())
                 }
                 Action::Fail => Err(TransferError::os(
                     format!(
-                        "splice from a pipe to the destination {}{}",
-                        self.ends.dst_kind,
-                        at(self.ends.dst_kind.seekable().then_some(chunk.dst_off))
+                        "splice from a pipe to the destination {dst_kind}{}",
+                        at(dst_kind.seekable().then_some(chunk.s.dst_off))
                     ),
                     -result,
                 )),
             };
         }
-        let n = (result as u64).min(chunk.in_pipe);
+        let n = (result as u64).min(chunk.s.in_pipe);
         if n == 0 {
             return Err(TransferError::new(
                 FailureKind::Io,
                 format!(
-                    "the destination {} accepted 0 bytes of {} waiting in the pipe",
-                    self.ends.dst_kind, chunk.in_pipe
+                    "the destination {dst_kind} accepted 0 bytes of {} waiting in the pipe",
+                    chunk.s.in_pipe
                 ),
             ));
         }
-        chunk.in_pipe -= n;
-        chunk.dst_off += n;
+        chunk.s.in_pipe -= n;
+        chunk.s.dst_off += n;
+        let unit_done = chunk.s.in_pipe == 0 && (!ranged || chunk.s.to_read == 0);
         self.moved += n;
-        let unit_done = chunk.in_pipe == 0 && (!self.ranged || chunk.to_read == 0);
         if unit_done {
             self.write_seq += 1;
         }
         Ok(())
     }
 
-    fn short_source(&self, reached: u64) -> TransferError {
-        TransferError::short_source(
-            reached,
-            self.src_start,
-            self.total.unwrap_or(0),
-            self.length_requested,
-        )
+    /// The most one splice of the chunk's pipe moves.
+    fn cap(&self, slot: usize) -> u64 {
+        let capacity = self.chunks[slot].as_ref().map_or(0, |c| c.s.pipe.capacity);
+        u64::from(capacity).min(self.piece_limit)
     }
 
-    /// Queues the next operation of every idle chunk, and lets go of chunks
-    /// with nothing left to do. With `yield_pipes`, other jobs are waiting
-    /// for pipes, so a chunk that has finished its range gives its pipe back
-    /// instead of taking the next range: pipes go round the jobs in turn.
-    fn pump(&mut self, owner: Owner, io: &mut Io, yield_pipes: bool, out: &mut Vec<Returned>) {
-        for slot in 0..self.chunks.len() {
-            let Some(chunk) = self.chunks[slot].as_ref() else {
-                continue;
-            };
-            if chunk.is_busy() {
-                continue;
-            }
-            if self.failure.is_some() {
-                self.release(slot, out);
-                continue;
-            }
-            if self.reclaiming {
-                self.set_chunk_aside(slot, out);
-                continue;
-            }
-            if let Err(e) = self.step(slot, owner, io, yield_pipes, out) {
-                self.failure.get_or_insert(e);
-                // Cancel whatever the other chunks have in flight.
-                for other in self.chunks.iter().flatten() {
-                    for user_data in other.busy.into_iter().chain(other.linked) {
-                        let _ = io.cancel(user_data);
-                    }
-                }
-                self.release(slot, out);
-            }
-        }
-        self.restore_destination(owner, io);
-    }
-
-    /// Moves one idle chunk on by one operation, if it has one to do.
-    fn step(
+    /// Hands an empty chunk of a ranged job the next range, a range set
+    /// aside, or a piece past the size hint, and starts reading it. False
+    /// if there is none.
+    fn next_range(
         &mut self,
         slot: usize,
         owner: Owner,
         io: &mut Io,
-        yield_pipes: bool,
-        out: &mut Vec<Returned>,
-    ) -> Result<(), TransferError> {
+    ) -> Result<bool, TransferError> {
+        let cap = self.cap(slot);
+        let (write_now, len) = if self.take_set_aside(slot) {
+            // The rest of a range whose pipe was given back.
+            let Some(chunk) = self.chunks[slot].as_ref() else {
+                return Ok(true);
+            };
+            let write_now = !chunk.probing && self.in_turn(chunk.seq);
+            (write_now, chunk.s.to_read.min(cap))
+        } else if self.assigned < self.s.total.unwrap_or(0) && self.eof.is_none() {
+            let total = self.s.total.unwrap_or(0);
+            let len = (total - self.assigned).min(cap);
+            let seq = self.assign(slot, len);
+            self.src_done = !self.open_end && self.assigned >= total;
+            (self.in_turn(seq), len)
+        } else if self.may_probe() {
+            // Past the size hint: read on, a piece at a time, until a
+            // read returns 0. Not linked: this read is expected short.
+            self.assign(slot, cap);
+            if let Some(chunk) = self.chunk(slot) {
+                chunk.probing = true;
+            }
+            self.prober = Some(slot);
+            (false, cap)
+        } else {
+            return Ok(false);
+        };
+        if write_now {
+            self.touched = true;
+        }
+        self.read_into(slot, len as u32, write_now, owner, io)?;
+        Ok(true)
+    }
+
+    /// Gives the chunk the next `len` bytes of the source; its sequence number.
+    fn assign(&mut self, slot: usize, len: u64) -> u64 {
+        let seq = self.take_seq();
+        let (src_off, dst_off) = (
+            self.src_start + self.assigned,
+            self.dst_start + self.assigned,
+        );
+        if let Some(chunk) = self.chunk(slot) {
+            chunk.seq = seq;
+            chunk.s.src_off = src_off;
+            chunk.s.dst_off = dst_off;
+            chunk.s.to_read = len;
+        }
+        self.assigned += len;
+        seq
+    }
+
+    /// Starts the chunk reading a streamed source, if it may now: true if
+    /// it did, or if it is to write what another chunk is reading.
+    fn next_stream_read(
+        &mut self,
+        slot: usize,
+        owner: Owner,
+        io: &mut Io,
+    ) -> Result<bool, TransferError> {
+        let cap = self.cap(slot);
+        if self.reader.is_some() {
+            // Another chunk is reading the stream; this one writes next.
+            return Ok(true);
+        }
+        if !self.s.src_ready {
+            return Ok(false);
+        }
+        let left = self.s.total.map_or(cap, |t| (t - self.assigned).min(cap));
+        let src_off = self.src_start + self.assigned;
+        if let Some(chunk) = self.chunk(slot) {
+            chunk.s.src_off = src_off;
+        }
+        self.reader = Some(slot);
+        // Stream reads are often short, which would break a link every
+        // time; they are not linked.
+        self.read_into(slot, left as u32, false, owner, io)?;
+        Ok(true)
+    }
+
+    /// Queues a splice of what the chunk's pipe holds to the destination.
+    fn write_out(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
         let ends = Rc::clone(&self.ends);
-        let Some(chunk) = self.chunks[slot].as_mut() else {
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
-        let tag = slot as u16;
-        let cap = u64::from(chunk.pipe.capacity).min(self.piece_limit);
-        if let Some(events) = chunk.wait_for.take() {
-            let poll = io.poll(
-                owner,
-                CopyStep::PollOut(tag).tag(),
-                &ends,
-                raw(&ends.dst),
-                events,
-            );
-            chunk.busy = Some(poll.map_err(ring_failed)?);
-            return Ok(());
-        }
-        if chunk.in_pipe > 0 {
-            if ends.dst_kind.seekable() || chunk.seq == self.write_seq {
-                self.touched = true;
-                let len = chunk.in_pipe.min(u64::from(u32::MAX)) as u32;
-                let dst = SpliceEnd {
-                    fd: raw(&ends.dst),
-                    offset: ends.dst_kind.seekable().then_some(chunk.dst_off),
-                };
-                let src = SpliceEnd {
-                    fd: chunk.pipe.read_fd(),
-                    offset: None,
-                };
-                chunk.busy = Some(
-                    io.splice(
-                        owner,
-                        CopyStep::SpliceOut(tag).tag(),
-                        &chunk.pipe,
-                        &ends,
-                        src,
-                        dst,
-                        len,
-                    )
-                    .map_err(ring_failed)?,
-                );
-            }
-            return Ok(());
-        }
-        let write_now = ends.dst_kind.seekable() || chunk.seq == self.write_seq;
-        if self.ranged && chunk.to_read > 0 {
-            let len = chunk.to_read.min(cap) as u32;
-            return Self::read_into(chunk, tag, len, write_now, owner, io, &ends);
-        }
-        // The chunk is empty and its range is done: take more work, or let go.
-        if self.ranged {
-            if !yield_pipes && self.take_set_aside(slot) {
-                // The rest of a range whose pipe was given back.
-                let Some(chunk) = self.chunks[slot].as_mut() else {
-                    return Ok(());
-                };
-                let write_now =
-                    !chunk.probing && (ends.dst_kind.seekable() || chunk.seq == self.write_seq);
-                if write_now {
-                    self.touched = true;
-                }
-                let len = chunk.to_read.min(cap) as u32;
-                return Self::read_into(chunk, tag, len, write_now, owner, io, &ends);
-            }
-            let Some(chunk) = self.chunks[slot].as_mut() else {
-                return Ok(());
-            };
-            let total = self.total.unwrap_or(0);
-            if self.assigned < total && self.eof.is_none() && !yield_pipes {
-                let len = (total - self.assigned).min(cap);
-                chunk.seq = self.next_seq;
-                self.next_seq += 1;
-                chunk.src_off = self.src_start + self.assigned;
-                chunk.dst_off = self.dst_start + self.assigned;
-                chunk.to_read = len;
-                self.assigned += len;
-                self.src_done = !self.open_end && self.assigned >= total;
-                let write_now = ends.dst_kind.seekable() || chunk.seq == self.write_seq;
-                if write_now {
-                    self.touched = true;
-                }
-                return Self::read_into(chunk, tag, len as u32, write_now, owner, io, &ends);
-            }
-            let may_probe = self.may_probe();
-            if may_probe && !yield_pipes {
-                // Past the size hint: read on, a piece at a time, until a
-                // read returns 0. Not linked: this read is expected short.
-                let Some(chunk) = self.chunks[slot].as_mut() else {
-                    return Ok(());
-                };
-                chunk.seq = self.next_seq;
-                self.next_seq += 1;
-                chunk.src_off = self.src_start + self.assigned;
-                chunk.dst_off = self.dst_start + self.assigned;
-                chunk.to_read = cap;
-                chunk.probing = true;
-                self.prober = Some(slot);
-                self.assigned += cap;
-                return Self::read_into(chunk, tag, cap as u32, false, owner, io, &ends);
-            }
-        } else if !self.src_done && !yield_pipes {
-            if self.src_ready && self.reader.is_none() {
-                let left = self.total.map_or(cap, |t| (t - self.assigned).min(cap));
-                chunk.src_off = self.src_start + self.assigned;
-                self.reader = Some(slot);
-                // Stream reads are often short, which would break a link
-                // every time; they are not linked.
-                return Self::read_into(chunk, tag, left as u32, false, owner, io, &ends);
-            }
-            if self.reader.is_some() {
-                // Another chunk is reading the stream; this one writes next.
-                return Ok(());
-            }
-        }
-        self.release(slot, out);
-        if !self.ranged {
-            self.arm_ready_poll(owner, io)?;
-        }
+        let len = chunk.s.in_pipe.min(u64::from(u32::MAX)) as u32;
+        let (src, dst) = pipe_to_dst(chunk, &ends);
+        let kind = CopyStep::Out(slot).tag();
+        let ud = io.splice(owner, kind, &chunk.s.pipe, &ends, src, dst, len);
+        chunk.busy = Some(ud.map_err(ring_failed::<Splice>)?);
         Ok(())
     }
 
     /// Queues a read of `len` bytes into the chunk's pipe; with `then_write`,
     /// a write of the same length to the destination is linked behind it.
     fn read_into(
-        chunk: &mut Chunk,
-        tag: u16,
+        &mut self,
+        slot: usize,
         len: u32,
         then_write: bool,
         owner: Owner,
         io: &mut Io,
-        ends: &Rc<Endpoints>,
     ) -> Result<(), TransferError> {
+        let ends = Rc::clone(&self.ends);
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(());
+        };
         let src = SpliceEnd {
             fd: raw(&ends.src),
-            offset: ends.src_kind.seekable().then_some(chunk.src_off),
+            offset: ends.src_kind.seekable().then_some(chunk.s.src_off),
         };
         let dst = SpliceEnd {
-            fd: chunk.pipe.write_fd(),
+            fd: chunk.s.pipe.write_fd(),
             offset: None,
         };
+        let (read, write) = (CopyStep::In(slot).tag(), CopyStep::Out(slot).tag());
+        chunk.s.asked = len;
         if then_write {
-            let out = (
-                SpliceEnd {
-                    fd: chunk.pipe.read_fd(),
-                    offset: None,
-                },
-                SpliceEnd {
-                    fd: raw(&ends.dst),
-                    offset: ends.dst_kind.seekable().then_some(chunk.dst_off),
-                },
-            );
+            let out = pipe_to_dst(chunk, &ends);
             let (a, b) = io
                 .splice_linked(
                     owner,
-                    (
-                        CopyStep::SpliceIn(tag).tag(),
-                        CopyStep::SpliceOut(tag).tag(),
-                    ),
-                    &chunk.pipe,
-                    ends,
+                    (read, write),
+                    &chunk.s.pipe,
+                    &ends,
                     (src, dst),
                     out,
                     len,
                 )
-                .map_err(ring_failed)?;
-            chunk.asked = len;
+                .map_err(ring_failed::<Splice>)?;
             chunk.busy = Some(a);
             chunk.linked = Some(b);
             return Ok(());
         }
-        chunk.asked = len;
-        chunk.busy = Some(
-            io.splice(
-                owner,
-                CopyStep::SpliceIn(tag).tag(),
-                &chunk.pipe,
-                ends,
-                src,
-                dst,
-                len,
-            )
-            .map_err(ring_failed)?,
-        );
+        let ud = io.splice(owner, read, &chunk.s.pipe, &ends, src, dst, len);
+        chunk.busy = Some(ud.map_err(ring_failed::<Splice>)?);
         Ok(())
     }
 
@@ -898,8 +745,8 @@ impl SpliceCopy {
             || !self.touched
             || self.ends.dst_kind != FdKind::File
             || self.live_chunks() > 0
-            || self.ready_poll.is_some()
-            || self.restoring.is_some()
+            || self.s.ready_poll.is_some()
+            || self.s.restoring.is_some()
         {
             return;
         }
@@ -912,39 +759,23 @@ impl SpliceCopy {
             raw(&ends.dst),
             self.orig_dst_size,
         ) {
-            Ok(ud) => self.restoring = Some(ud),
+            Ok(ud) => self.s.restoring = Some(ud),
             Err(e) => tracing::warn!("queueing the truncate of a failed job's destination: {e}"),
         }
     }
-
-    fn release(&mut self, slot: usize, out: &mut Vec<Returned>) {
-        if let Some(chunk) = self.chunks[slot].take() {
-            if self.prober == Some(slot) {
-                self.prober = None;
-            }
-            if chunk.in_pipe > 0 || self.failure.is_some() {
-                out.push(Returned::Dirty(chunk.pipe));
-            } else {
-                out.push(Returned::Clean(chunk.pipe));
-            }
-        }
-    }
-
-    /// Gives back the descriptors once no operation holds them any more
-    /// (always the case once the job is finished).
-    pub fn into_endpoints(self) -> Option<Endpoints> {
-        Rc::try_unwrap(self.ends).ok()
-    }
-
-    /// Whether any operation is in flight.
-    pub fn busy(&self) -> bool {
-        self.in_flight() > 0 || self.ready_poll.is_some()
-    }
 }
 
-fn raw(fd: &std::os::fd::OwnedFd) -> i32 {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
+/// The two ends of a splice from the chunk's pipe to the destination.
+fn pipe_to_dst(chunk: &Chunk<PipeChunk>, ends: &Endpoints) -> (SpliceEnd, SpliceEnd) {
+    let src = SpliceEnd {
+        fd: chunk.s.pipe.read_fd(),
+        offset: None,
+    };
+    let dst = SpliceEnd {
+        fd: raw(&ends.dst),
+        offset: ends.dst_kind.seekable().then_some(chunk.s.dst_off),
+    };
+    (src, dst)
 }
 
 fn at(offset: Option<u64>) -> String {
@@ -968,11 +799,4 @@ fn splice_refused(kind: FdKind) -> TransferError {
             "the splice strategy cannot read this source: {who} (EINVAL); use auto or buffered"
         ),
     }
-}
-
-fn ring_failed(e: crate::io::EngineError) -> TransferError {
-    TransferError::new(
-        FailureKind::Io,
-        format!("queueing the next splice failed: {e}"),
-    )
 }

@@ -27,19 +27,19 @@ const READ_ALIGN: u64 = 4096;
 /// A read of the verification pass, of the source or the destination: the
 /// tag its op carries (class 2 of a job's tags, transfer/step.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VerifyRead {
+pub(crate) struct VerifyRead {
     pub of_dst: bool,
 }
 
 impl VerifyRead {
     const CLASS: u32 = 2;
 
-    pub fn tag(self) -> u32 {
+    pub(crate) fn tag(self) -> u32 {
         Self::CLASS << 24 | u32::from(self.of_dst)
     }
 
     /// The read a tag says, if it is a verification read's.
-    pub fn from_tag(tag: u32) -> Option<VerifyRead> {
+    pub(crate) fn from_tag(tag: u32) -> Option<VerifyRead> {
         match tag {
             t if t == (VerifyRead { of_dst: false }).tag() => Some(VerifyRead { of_dst: false }),
             t if t == (VerifyRead { of_dst: true }).tag() => Some(VerifyRead { of_dst: true }),
@@ -49,7 +49,7 @@ impl VerifyRead {
 }
 
 /// The verification of one job.
-pub struct Verifier {
+pub(crate) struct Verifier {
     ends: Rc<Endpoints>,
     src_start: u64,
     dst_start: u64,
@@ -73,7 +73,7 @@ pub struct Verifier {
 impl Verifier {
     /// Verifies `total` bytes at `src_start` of the source against
     /// `dst_start` of the destination.
-    pub fn new(
+    pub(crate) fn new(
         ends: Rc<Endpoints>,
         (src_start, dst_start): (u64, u64),
         total: u64,
@@ -96,17 +96,17 @@ impl Verifier {
         }
     }
 
-    pub fn wants_buffer(&self) -> bool {
+    pub(crate) fn wants_buffer(&self) -> bool {
         // While a read holds the buffer, `buf` is empty too.
         self.buf.is_none() && self.busy.is_none() && !self.done && self.failure.is_none()
     }
 
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         (self.done || self.failure.is_some()) && self.busy.is_none() && self.buf.is_none()
     }
 
     /// The outcome once finished: the checksums, or why verification failed.
-    pub fn outcome(&self) -> Result<Checksums, TransferError> {
+    pub(crate) fn outcome(&self) -> Result<Checksums, TransferError> {
         if let Some(e) = &self.failure {
             return Err(e.clone());
         }
@@ -127,7 +127,13 @@ impl Verifier {
         Ok(sums)
     }
 
-    pub fn add_buffer(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+    pub(crate) fn add_buffer(
+        &mut self,
+        buf: BufRef,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
         if self.buf.is_some() {
             out.push(Returned::Buffer(buf));
             return;
@@ -136,7 +142,7 @@ impl Verifier {
         self.next(owner, io, out);
     }
 
-    pub fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
+    pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
         self.failure.get_or_insert(err);
         if let Some(ud) = self.busy {
             // A failed cancel request means the ring itself is failing; the
@@ -148,7 +154,7 @@ impl Verifier {
     }
 
     /// `buf`: the buffer the read held, handed back by its completion.
-    pub fn on_complete(
+    pub(crate) fn on_complete(
         &mut self,
         tag: u32,
         result: i32,
