@@ -573,6 +573,23 @@ impl BufferCopy {
         }
     }
 
+    /// Settles a chunk's completed read or write of a file (see `settle`);
+    /// `None` also when the slot is empty.
+    fn settle_file(&mut self, slot: usize, result: i32) -> Result<Option<u64>, TransferError> {
+        let (src_start, dst_start) = (self.src_start, self.dst_start);
+        let Some(chunk) = self.chunk(slot) else {
+            return Ok(None);
+        };
+        let (reading, at) = (chunk.s.doing == Doing::Reading, chunk.s.rel + chunk.s.done);
+        settle(chunk, result, || {
+            if reading {
+                format!("read of the source file at offset {}", src_start + at)
+            } else {
+                format!("write of the destination file at offset {}", dst_start + at)
+            }
+        })
+    }
+
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
         if self.dontcache_refused(result) {
             return Ok(());
@@ -582,14 +599,10 @@ impl BufferCopy {
         }
         let (src_start, total, tail, mode) =
             (self.src_start, self.s.total, self.s.tail, self.s.mode);
-        let Some(chunk) = self.chunk(slot) else {
+        let Some(n) = self.settle_file(slot, result)? else {
             return Ok(());
         };
-        let at = src_start + chunk.s.rel + chunk.s.done;
-        let Some(n) = settle(chunk, result, || {
-            format!("read of the source file at offset {at}")
-        })?
-        else {
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
         chunk.s.done += n;
@@ -646,15 +659,11 @@ impl BufferCopy {
     /// is done when full; a read returning 0 (or short past the hint, or
     /// any short O_DIRECT read) is the end of the file.
     fn after_open_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        let (src_start, hint, mode) = (self.src_start, self.s.total, self.s.mode);
-        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
+        let (hint, mode) = (self.s.total, self.s.mode);
+        let Some(n) = self.settle_file(slot, result)? else {
             return Ok(());
         };
-        let at = src_start + chunk.s.rel + chunk.s.done;
-        let Some(n) = settle(chunk, result, || {
-            format!("read of the source file at offset {at}")
-        })?
-        else {
+        let Some(chunk) = self.chunks.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
         let c = &mut chunk.s;
@@ -821,15 +830,10 @@ impl BufferCopy {
     }
 
     fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        let dst_start = self.dst_start;
-        let Some(chunk) = self.chunk(slot) else {
+        let Some(n) = self.settle_file(slot, result)? else {
             return Ok(());
         };
-        let at = dst_start + chunk.s.rel + chunk.s.done;
-        let Some(n) = settle(chunk, result, || {
-            format!("write of the destination file at offset {at}")
-        })?
-        else {
+        let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
         if n == 0 {
