@@ -216,6 +216,26 @@ fn missing_source_exits_1_naming_the_path() {
     );
 }
 
+/// As cp: the destination the user named, not the staging step inside it.
+#[test]
+fn a_destination_in_a_missing_directory_is_named_as_given() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 1000, 65);
+    let dst = dir.path().join("nodir").join("x");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "cannot create '{}': No such file or directory",
+        dst.display()
+    );
+    assert!(stderr.contains(&want), "want {want:?}: {}", describe(&out));
+    assert!(!stderr.contains("temporary"), "{}", describe(&out));
+}
+
 #[test]
 fn json_failure_names_the_kind() {
     let d = Daemon::start();

@@ -135,7 +135,7 @@ fn copy_one(
     };
     // Refuses DST when it is SRC itself, by inode, before anything is written.
     let staged = stage(ctx, &engine, &dst_path, Some(&src_meta), &publish, args.job)
-        .map_err(|e| CliError::publish(&e.with_source_path(src)))?;
+        .map_err(|e| CliError::staging(&dst_path, &e.with_source_path(src)))?;
     let plan = JobPlan {
         truncate: staged.wants_truncate(),
         ..ctx.plan(args.range, args.job, args.dest.fsync)
@@ -277,7 +277,7 @@ fn run_recv(
         ..PublishOptions::default()
     };
     let staged =
-        stage(ctx, &engine, dst, None, &publish, job).map_err(|e| CliError::publish(&e))?;
+        stage(ctx, &engine, dst, None, &publish, job).map_err(|e| CliError::staging(dst, &e))?;
     let listener =
         TcpListener::bind(bind).map_err(|err| CliError::io(format!("bind {bind}"), &err))?;
     let local = listener
