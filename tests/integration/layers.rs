@@ -27,6 +27,7 @@ const CLI_LAYERS: &[&str] = &[
     "commands",
     "control",
     "stats",
+    "docs",
     "main",
 ];
 

@@ -257,8 +257,55 @@ fn install_sh_stages_into_destdir() {
     );
     assert!(root.join("lib/sysusers.d/ringxfer.conf").is_file());
     assert!(root.join("share/doc/ringxfer/README.md").is_file());
+    assert_eq!(
+        read(&root.join("share/doc/ringxfer/ringxferd.toml.example")),
+        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ringxferd.toml.example"))
+    );
+    installed_manuals_and_completions(&root);
     // Staging printed no follow-up steps for this machine.
     assert!(!String::from_utf8_lossy(&out.stdout).contains("systemctl"));
+}
+
+/// The man pages name every subcommand and the daemon's flags, and bash
+/// completes a subcommand from the installed script.
+fn installed_manuals_and_completions(root: &Path) {
+    let main_page = read(&root.join("share/man/man1/ringxfer.1"));
+    assert!(main_page.contains(".TH ringxfer 1"), "{main_page}");
+    for sub in [
+        "copy", "send", "recv", "stats", "jobs", "status", "wait", "cancel",
+    ] {
+        let page = root.join(format!("share/man/man1/ringxfer-{sub}.1"));
+        assert!(page.is_file(), "no man page {}", page.display());
+        assert!(main_page.contains(sub), "ringxfer.1 does not name {sub}");
+    }
+    let daemon_page = read(&root.join("share/man/man8/ringxferd.8"));
+    for flag in ["max\\-jobs", "socket", "engine"] {
+        assert!(daemon_page.contains(flag), "ringxferd.8 lacks {flag}");
+    }
+    assert!(root.join("share/zsh/site-functions/_ringxfer").is_file());
+    assert!(root
+        .join("share/fish/vendor_completions.d/ringxfer.fish")
+        .is_file());
+    let bash = root.join("share/bash-completion/completions/ringxfer");
+    let script = format!(
+        "source {}; COMP_WORDS=(ringxfer co); COMP_CWORD=1; _ringxfer ringxfer co ringxfer; \
+         echo \"${{COMPREPLY[@]}}\"",
+        bash.display()
+    );
+    let out = run_timeout(
+        {
+            let mut c = Command::new("bash");
+            c.args(["-c", &script]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    let words = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        words.split_whitespace().any(|w| w == "copy"),
+        "bash completed 'co' to {words:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------

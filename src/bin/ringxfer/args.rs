@@ -126,6 +126,20 @@ pub enum Command {
         /// The job's id.
         job: u64,
     },
+    /// Print a completion script for SHELL on stdout (bash, zsh, fish,
+    /// elvish, powershell), e.g. `ringxfer completions bash >
+    /// ~/.local/share/bash-completion/completions/ringxfer`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (man1/, man8/) and completion scripts
+    /// (completions/) into DIR; systemd/install.sh runs it.
+    #[command(hide = true)]
+    Manuals {
+        /// Where to write them (made if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Which part of the source to move.

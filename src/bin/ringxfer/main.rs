@@ -10,6 +10,7 @@ mod args;
 mod commands;
 mod context;
 mod control;
+mod docs;
 mod engine_handle;
 mod error;
 mod fdlimit;
@@ -92,6 +93,8 @@ fn main() -> ExitCode {
         Command::Status { job } => control::status(&ctx, *job),
         Command::Wait { job } => control::wait(&ctx, *job),
         Command::Cancel { job } => control::cancel(&ctx, *job),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Manuals { dir } => docs::manuals(dir),
     };
     match signals::exit_status() {
         Some(status) => ExitCode::from(status),
