@@ -367,3 +367,120 @@ fn send_and_recv_between_two_cli_processes() {
     );
     assert_file_eq(&dst, &data);
 }
+
+/// Sets a file's modification time to `secs` after the epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(when))
+        .unwrap_or_else(|e| panic!("set the mtime of {}: {e}", path.display()));
+}
+
+/// cp's -n, -u and -v, on one file and merged into an existing tree.
+#[test]
+fn no_clobber_and_update_leave_destinations_as_cp_does() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let (old_src, _) = make_file(&src, "old", 100, 1);
+    let (new_src, new_bytes) = make_file(&src, "new", 100, 2);
+    set_mtime(&old_src, 1_000);
+    set_mtime(&new_src, 3_000);
+    let dst = dir.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    for name in ["old", "new"] {
+        std::fs::write(dst.join(name), "kept").unwrap();
+        set_mtime(&dst.join(name), 2_000);
+    }
+
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-n", "-v"])
+        .arg(&new_src)
+        .arg(dst.join("new"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        std::fs::read(dst.join("new")).unwrap(),
+        b"kept",
+        "-n replaced"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("skipped '"), "{}", describe(&out));
+
+    // -u merges the tree: the newer source replaces, the older is skipped.
+    let mut c = cli(&d.socket);
+    c.args(["--json", "copy", "-r", "-u", "-T"])
+        .arg(&src)
+        .arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(std::fs::read(dst.join("new")).unwrap(), new_bytes);
+    assert_eq!(
+        std::fs::read(dst.join("old")).unwrap(),
+        b"kept",
+        "-u replaced a newer file"
+    );
+    let lines = json_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["skipped"] == true && v["dst"].as_str().is_some_and(|d| d.ends_with("old"))),
+        "{lines:?}"
+    );
+    let summary = lines.last().expect("a summary");
+    assert_eq!(
+        (summary["files"].as_u64(), summary["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{summary}"
+    );
+}
+
+/// cp's -t and -T, and their usage errors.
+#[test]
+fn target_directory_flags_place_copies_as_cp_does() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (a, a_bytes) = make_file(dir.path(), "a", 10, 3);
+    let (b, _) = make_file(dir.path(), "b", 10, 4);
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-v", "-t"]).arg(&into).arg(&a).arg(&b);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(std::fs::read(into.join("a")).unwrap(), a_bytes);
+    assert!(into.join("b").is_file());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let want = format!("'{}' -> '{}'", a.display(), into.join("a").display());
+    assert!(stdout.contains(&want), "want {want}: {}", describe(&out));
+
+    // -T: an existing directory is the name, so a file cannot replace it.
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-T"]).arg(&a).arg(&into);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(!into.join("a").join("a").exists());
+
+    for (args, says) in [
+        (
+            vec!["-t", "nowhere", "a"],
+            "target directory 'nowhere' is not a directory",
+        ),
+        (vec!["-T", "a", "b", "c"], "extra operand 'b'"),
+        (vec!["a"], "missing destination file operand after 'a'"),
+    ] {
+        let mut c = cli(&d.socket);
+        c.current_dir(dir.path()).arg("copy").args(&args);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+}

@@ -62,8 +62,15 @@ pub enum Command {
     Copy {
         /// The files to read, then the destination (a file, or an existing
         /// directory to copy into; with several sources it must be one).
-        #[arg(value_name = "PATH", num_args = 2.., required = true)]
+        /// With -t, all are sources.
+        #[arg(value_name = "PATH", num_args = 1.., required = true)]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        target: TargetOpts,
+        /// Say what is being done: "'SRC' -> 'DST'" for each file copied,
+        /// "skipped 'DST'" for each one -n or -u left alone.
+        #[arg(short = 'v', long)]
+        verbose: bool,
         /// Copy directories and everything under them (symbolic links inside
         /// are recreated as links, not followed).
         #[arg(short = 'r', short_alias = 'R', long)]
@@ -184,9 +191,36 @@ pub struct JobOpts {
     pub detach: bool,
 }
 
+/// Where the sources go, as cp's -t and -T say it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetOpts {
+    /// Copy every PATH into the directory DIR.
+    #[arg(
+        short = 't',
+        long,
+        value_name = "DIR",
+        conflicts_with = "no_target_directory"
+    )]
+    pub target_directory: Option<PathBuf>,
+
+    /// Treat DST as a file name even when it is a directory: a tree is
+    /// copied as DST (merged into it when it exists), not into it.
+    #[arg(short = 'T', long)]
+    pub no_target_directory: bool,
+}
+
 /// How a copy's destination is written.
 #[derive(Debug, Clone, Copy, Default, Args)]
 pub struct DestOpts {
+    /// Never replace an existing file: skip it (and say so with -v).
+    #[arg(short = 'n', long, conflicts_with = "update")]
+    pub no_clobber: bool,
+
+    /// Replace an existing file only when the source is newer (by
+    /// modification time); copy files that do not exist yet.
+    #[arg(short = 'u', long)]
+    pub update: bool,
+
     /// Complete only once the data is durable: fdatasync of each file, and
     /// of the directory that received its name.
     #[arg(long)]

@@ -15,7 +15,7 @@ use std::path::Path;
 use ringxfer_ipc::Strategy;
 
 use crate::args::{JobOpts, RangeOpts};
-use crate::context::{Context, CopyArgs};
+use crate::context::{Context, CopyArgs, Target};
 use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::{open_source, resolve_destination};
@@ -25,14 +25,25 @@ use crate::tree;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Prints the outcome of a transfer and picks the exit status.
-fn finish(ctx: &Context, subject: &Subject, result: Result<Outcome, CliError>) -> Exit {
+fn finish(
+    ctx: &Context,
+    subject: &Subject,
+    verbose: bool,
+    result: Result<Outcome, CliError>,
+) -> Exit {
     match result {
         Ok(Outcome::Done(done)) => {
+            ctx.out
+                .copied(verbose, Path::new(&subject.src), Path::new(&subject.dst));
             ctx.out.transfer_done(subject, &done);
             Exit::Done
         }
         Ok(Outcome::Detached(job)) => {
             ctx.out.detached(subject, job);
+            Exit::Done
+        }
+        Ok(Outcome::Skipped) => {
+            ctx.out.skipped(verbose, subject);
             Exit::Done
         }
         Err(err) => {
@@ -47,6 +58,8 @@ enum Outcome {
     Done(Finished),
     /// Submitted detached, with this id.
     Detached(u64),
+    /// Left alone, as -n or -u asked.
+    Skipped,
 }
 
 fn shown(path: &Path) -> String {
@@ -69,10 +82,7 @@ fn run_or_detach(
 }
 
 pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
-    let Some((dst, sources)) = args.paths.split_last() else {
-        // clap demands two paths; nothing to do otherwise.
-        return Exit::Usage;
-    };
+    let (dst, sources) = (args.dst, args.sources);
     let single = sources.len() == 1 && !args.recursive;
     if let Err(err) = check_copy_flags(args, single) {
         ctx.out.failed(Op::Copy, None, &err);
@@ -88,7 +98,7 @@ pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
         dst: shown(dst),
     };
     let result = copy_one(ctx, src, dst, args, &mut subject);
-    finish(ctx, &subject, result)
+    finish(ctx, &subject, args.verbose, result)
 }
 
 /// Refuses what the flags cannot mean together, before touching anything.
@@ -119,11 +129,18 @@ fn copy_one(
     subject: &mut Subject,
 ) -> Result<Outcome, CliError> {
     let (src_file, src_meta) = open_source(src, "-r not specified; omitting directory")?;
-    let engine = ctx.engine(&args.job)?;
-    let dst_path = resolve_destination(src, dst)?;
+    let dst_path = if args.target == Target::AsName {
+        dst.to_path_buf()
+    } else {
+        resolve_destination(src, dst)?
+    };
     // Report the file actually written, which scripts cannot otherwise know
     // when DST was a directory.
     subject.dst = shown(&dst_path);
+    if args.replace().skips(&src_meta, &dst_path) {
+        return Ok(Outcome::Skipped);
+    }
+    let engine = ctx.engine(&args.job)?;
     let publish = PublishOptions {
         in_place: args.dest.in_place,
         preserve: args.dest.preserve,
@@ -209,7 +226,7 @@ pub fn send(ctx: &Context, src: &Path, addr: &str, range: RangeOpts, job: JobOpt
         dst: addr.to_owned(),
     };
     let result = run_send(ctx, src, addr, range, job, &subject);
-    finish(ctx, &subject, result)
+    finish(ctx, &subject, false, result)
 }
 
 fn run_send(
@@ -255,7 +272,7 @@ pub fn recv(
         dst: shown(dst),
     };
     let result = run_recv(ctx, bind, dst, length, job, fsync, &mut subject);
-    finish(ctx, &subject, result)
+    finish(ctx, &subject, false, result)
 }
 
 fn run_recv(

@@ -2,13 +2,14 @@
 //! asked to do. Below the commands that use it, so that the tree copy, its
 //! pipeline and the job-control commands need not import `commands`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ringxfer_ipc::Strategy;
 
 use crate::args::{DestOpts, JobOpts, RangeOpts};
 use crate::engine_handle::{EngineHandle, Fallback};
 use crate::error::{CliError, Exit};
+use crate::files::Replace;
 use crate::job_plan::JobPlan;
 use crate::report::Output;
 
@@ -61,9 +62,41 @@ impl Context {
 
 /// What `copy` was asked to do.
 pub struct CopyArgs<'a> {
-    pub paths: &'a [PathBuf],
+    pub sources: &'a [PathBuf],
+    pub dst: &'a Path,
+    pub target: Target,
     pub recursive: bool,
+    pub verbose: bool,
     pub range: RangeOpts,
     pub job: JobOpts,
     pub dest: DestOpts,
+}
+
+impl CopyArgs<'_> {
+    /// What -n and -u say about existing destinations.
+    pub fn replace(&self) -> Replace {
+        Replace::new(self.dest.no_clobber, self.dest.update)
+    }
+}
+
+/// How `copy` reads its destination operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// As cp: into it when it is an existing directory, else as the name.
+    IntoIfDirectory,
+    /// `-t DIR`: into it, which must be a directory.
+    Into,
+    /// `-T`: as the name, even when it is a directory.
+    AsName,
+}
+
+impl Target {
+    /// Whether sources go into `dst` rather than become it.
+    pub fn into_dir(self, dst: &Path) -> bool {
+        match self {
+            Target::IntoIfDirectory => std::fs::metadata(dst).is_ok_and(|m| m.is_dir()),
+            Target::Into => true,
+            Target::AsName => false,
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! makes, so that mistakes are refused before anything is written.
 
 use std::fs::{self, File, Metadata};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::CliError;
@@ -41,9 +42,88 @@ pub fn resolve_destination(src: &Path, dst: &Path) -> Result<PathBuf, CliError> 
     }
 }
 
+/// What -n and -u say about replacing what is at `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replace {
+    /// Replace it (cp's default).
+    #[default]
+    Always,
+    /// `-n`: never; anything at the name, a dangling link included, stays.
+    Never,
+    /// `-u`: only when the source's modification time is later.
+    IfOlder,
+}
+
+impl Replace {
+    pub fn new(no_clobber: bool, update: bool) -> Replace {
+        match (no_clobber, update) {
+            (true, _) => Replace::Never,
+            (false, true) => Replace::IfOlder,
+            (false, false) => Replace::Always,
+        }
+    }
+
+    /// Whether a copy of a source with metadata `src` skips `dst`.
+    pub fn skips(self, src: &Metadata, dst: &Path) -> bool {
+        if self == Replace::Always {
+            return false;
+        }
+        let Ok(link) = fs::symlink_metadata(dst) else {
+            return false;
+        };
+        if self == Replace::Never {
+            return true;
+        }
+        // As cp: the time of what the name leads to, else of the link.
+        let existing = fs::metadata(dst).unwrap_or(link);
+        (src.mtime(), src.mtime_nsec()) <= (existing.mtime(), existing.mtime_nsec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_clobber_skips_anything_there_and_update_only_what_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let new = dir.path().join("new");
+        fs::write(&old, "o").unwrap();
+        fs::write(&new, "n").unwrap();
+        let t = |s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(t(1_000))
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&new)
+            .unwrap()
+            .set_modified(t(2_000))
+            .unwrap();
+        let (old_meta, new_meta) = (fs::metadata(&old).unwrap(), fs::metadata(&new).unwrap());
+        let missing = dir.path().join("missing");
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(&missing, &dangling).unwrap();
+
+        assert!(!Replace::Always.skips(&new_meta, &old));
+        assert!(Replace::Never.skips(&new_meta, &old));
+        assert!(Replace::Never.skips(&new_meta, &dangling));
+        assert!(!Replace::Never.skips(&new_meta, &missing));
+        assert!(
+            !Replace::IfOlder.skips(&new_meta, &old),
+            "newer source replaces"
+        );
+        assert!(
+            Replace::IfOlder.skips(&old_meta, &new),
+            "older source skips"
+        );
+        assert!(Replace::IfOlder.skips(&old_meta, &old), "same time skips");
+        assert!(!Replace::IfOlder.skips(&old_meta, &missing));
+    }
 
     #[test]
     fn directory_destination_gets_the_source_name() {

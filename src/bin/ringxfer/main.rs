@@ -34,8 +34,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::args::TargetOpts;
 use crate::args::{Cli, Command};
-use crate::context::{Context, CopyArgs};
+use crate::context::{Context, CopyArgs, Target};
+use crate::error::CliError;
 use crate::report::Output;
 
 fn main() -> ExitCode {
@@ -61,20 +63,31 @@ fn main() -> ExitCode {
     let exit = match &cli.command {
         Command::Copy {
             paths,
+            target,
+            verbose,
             recursive,
             range,
             job,
             dest,
-        } => commands::copy(
-            &ctx,
-            &CopyArgs {
-                paths,
-                recursive: *recursive,
-                range: *range,
-                job: *job,
-                dest: *dest,
-            },
-        ),
+        } => match copy_operands(paths, target) {
+            Ok((sources, dst, target)) => commands::copy(
+                &ctx,
+                &CopyArgs {
+                    sources,
+                    dst,
+                    target,
+                    recursive: *recursive,
+                    verbose: *verbose,
+                    range: *range,
+                    job: *job,
+                    dest: *dest,
+                },
+            ),
+            Err(err) => {
+                ctx.out.failed(report::Op::Copy, None, &err);
+                err.exit
+            }
+        },
         Command::Send {
             src,
             addr,
@@ -111,6 +124,11 @@ fn catch_signals(command: &Command) {
     let dirs = match command {
         Command::Copy {
             paths,
+            target:
+                TargetOpts {
+                    target_directory: None,
+                    ..
+                },
             recursive: false,
             job,
             ..
@@ -122,6 +140,42 @@ fn catch_signals(command: &Command) {
         signals::sweep_in(dir);
     }
     signals::start();
+}
+
+/// The sources and the destination of `copy`, as -t and -T read its
+/// operands (with cp's words for what is missing or extra).
+fn copy_operands<'a>(
+    paths: &'a [PathBuf],
+    target: &'a TargetOpts,
+) -> Result<(&'a [PathBuf], &'a Path, Target), CliError> {
+    if let Some(dir) = &target.target_directory {
+        if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return Err(CliError::usage(format!(
+                "target directory '{}' is not a directory",
+                dir.display()
+            )));
+        }
+        return Ok((paths, dir, Target::Into));
+    }
+    let Some((dst, sources)) = paths.split_last().filter(|(_, s)| !s.is_empty()) else {
+        return Err(CliError::usage(format!(
+            "missing destination file operand after '{}'",
+            paths
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )));
+    };
+    if target.no_target_directory {
+        if sources.len() > 1 {
+            return Err(CliError::usage(format!(
+                "extra operand '{}' (-T takes one source and its destination)",
+                paths[1].display()
+            )));
+        }
+        return Ok((sources, dst, Target::AsName));
+    }
+    Ok((sources, dst, Target::IntoIfDirectory))
 }
 
 /// The directories a file copied to `dst` may be staged in: `dst` itself

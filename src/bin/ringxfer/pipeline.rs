@@ -34,6 +34,7 @@ use crate::context::{Context, CopyArgs};
 use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
 use crate::fdlimit;
+use crate::files::Replace;
 use crate::job_plan::JobPlan;
 use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
@@ -87,6 +88,9 @@ pub struct Pipeline<'a> {
     plan: JobPlan,
     publish: PublishOptions,
     preserve: bool,
+    /// -n, -u: which existing destinations stay.
+    replace: Replace,
+    verbose: bool,
     bar: TreeBar,
     tally: Tally,
     /// New directories being built under hidden names.
@@ -141,6 +145,8 @@ impl<'a> Pipeline<'a> {
                 mode: None,
             },
             preserve: args.dest.preserve,
+            replace: args.replace(),
+            verbose: args.verbose,
             bar: TreeBar::new(ctx.progress),
             tally: Tally::default(),
             staged: StagedDirs::default(),
@@ -232,6 +238,18 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         };
+        // A staged directory is new: nothing in it to keep.
+        if within.is_none() && self.replace.skips(&meta, &dst) {
+            self.tally.skipped += 1;
+            let subject = Subject {
+                op: Op::Copy,
+                src: src.display().to_string(),
+                dst: dst.display().to_string(),
+            };
+            let (out, verbose) = (self.out, self.verbose);
+            self.bar.suspend(|| out.skipped(verbose, &subject));
+            return Ok(());
+        }
         let publish = PublishOptions {
             mode: Some(meta.mode() & 0o777),
             ..self.publish.clone()
@@ -401,6 +419,9 @@ impl<'a> Pipeline<'a> {
         };
         match published {
             Ok(bytes) => {
+                let (out, verbose) = (self.out, self.verbose);
+                let shown = self.staged.shown(&dst);
+                self.bar.suspend(|| out.copied(verbose, &job.src, &shown));
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
                 self.staged.landed(job.within, false, bytes);

@@ -10,6 +10,7 @@
 //! Errors always also go to stderr as `ringxfer: <what>: <cause>`.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use ringxfer_ipc::{Checksums, Completion, Strategy};
@@ -44,6 +45,8 @@ pub struct Tally {
     pub links: u64,
     pub dirs: u64,
     pub failed: u64,
+    /// Files -n or -u left alone.
+    pub skipped: u64,
     /// The first [`NAMED_FAILURES`] that failed, by source path, for the
     /// summary.
     pub failed_paths: Vec<String>,
@@ -190,6 +193,7 @@ impl Output {
                 links: tally.links,
                 directories: tally.dirs,
                 failed: tally.failed,
+                skipped: tally.skipped,
                 failed_paths: &tally.failed_paths,
                 bytes: tally.bytes,
                 elapsed_s: tally.elapsed.as_secs_f64(),
@@ -203,6 +207,29 @@ impl Output {
         }
         if tally.failed > 0 {
             note(&failed_text(tally));
+        }
+    }
+
+    /// `-v`: a file copied, as cp -v says it, on stdout.
+    pub fn copied(self, verbose: bool, src: &Path, dst: &Path) {
+        if verbose && !self.json && !self.quiet {
+            let line = format!("'{}' -> '{}'", src.display(), dst.display());
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+    }
+
+    /// A destination -n or -u left alone: with --json always (scripts
+    /// must not take it for a copy), in text with -v.
+    pub fn skipped(self, verbose: bool, subject: &Subject) {
+        if self.json {
+            json_line(&SkippedJson {
+                op: subject.op.name(),
+                src: &subject.src,
+                dst: &subject.dst,
+                skipped: true,
+            });
+        } else if verbose && !self.quiet {
+            let _ = writeln!(std::io::stdout().lock(), "skipped '{}'", subject.dst);
         }
     }
 
@@ -266,10 +293,16 @@ fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// `copied 10000 files (39.06 MiB), 2 links, 11 directories in 0.35 s (111.60 MiB/s)`.
+/// `copied 10000 files (39.06 MiB), 2 links, 11 directories in 0.35 s (111.60 MiB/s)`,
+/// with `, 3 skipped` when -n or -u left files alone.
 pub fn tree_text(t: &Tally) -> String {
+    let skipped = if t.skipped > 0 {
+        format!(", {} skipped", t.skipped)
+    } else {
+        String::new()
+    };
     format!(
-        "copied {} ({}), {}, {} in {:.2} s ({})",
+        "copied {} ({}), {}, {}{skipped} in {:.2} s ({})",
         count(t.files, "file", "files"),
         format_bytes(t.bytes),
         count(t.links, "link", "links"),
@@ -305,12 +338,21 @@ struct TreeJson<'a> {
     links: u64,
     directories: u64,
     failed: u64,
+    skipped: u64,
     /// The first failures' source paths (see [`failed_text`]).
     failed_paths: &'a [String],
     bytes: u64,
     elapsed_s: f64,
     throughput_bps: f64,
     engine: &'static str,
+}
+
+#[derive(Serialize)]
+struct SkippedJson<'a> {
+    op: &'static str,
+    src: &'a str,
+    dst: &'a str,
+    skipped: bool,
 }
 
 #[derive(Serialize)]

@@ -32,7 +32,6 @@
 //!   which is most of what a small file costs the CLI. If something took
 //!   the name meanwhile, the copy fails the same way (nothing is replaced).
 
-use std::fs::{self};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -61,8 +60,8 @@ fn current_umask() -> u32 {
 fn destinations(
     sources: &[PathBuf],
     dst: &Path,
+    dst_is_dir: bool,
 ) -> Result<Vec<(PathBuf, Option<PathBuf>)>, CliError> {
-    let dst_is_dir = fs::metadata(dst).is_ok_and(|m| m.is_dir());
     if sources.len() > 1 && !dst_is_dir {
         return Err(CliError::usage(format!(
             "target '{}' is not a directory (several sources are copied into a directory)",
@@ -112,7 +111,7 @@ fn fix_directories(
 /// Runs a multi-file or recursive copy; exit 1 if anything failed. A
 /// signal (see [`crate::signals`]) stops it; `main` then exits 128 + N.
 pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>) -> Exit {
-    let operands = match destinations(sources, dst) {
+    let operands = match destinations(sources, dst, args.target.into_dir(dst)) {
         Ok(operands) => operands,
         Err(err) => {
             ctx.out.failed(Op::Copy, None, &err);
@@ -185,7 +184,7 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
+    use std::fs::{self, File};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn walk_all(walk: &mut Walk) -> Vec<Item> {
@@ -197,14 +196,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         File::create(&file).unwrap();
-        let err = destinations(&[file.clone(), file.clone()], &file).unwrap_err();
+        let err = destinations(&[file.clone(), file.clone()], &file, false).unwrap_err();
         assert_eq!(err.exit, Exit::Usage);
         assert!(err.to_string().contains("is not a directory"), "{err}");
-        let ok = destinations(&[file.clone(), file.clone()], dir.path()).unwrap();
+        let ok = destinations(&[file.clone(), file.clone()], dir.path(), true).unwrap();
         assert_eq!(ok[0].1.as_deref(), Some(dir.path().join("f").as_path()));
         // One source, DST missing: DST is the copy's name.
         let new = dir.path().join("new");
-        let one = destinations(std::slice::from_ref(&file), &new).unwrap();
+        let one = destinations(std::slice::from_ref(&file), &new, false).unwrap();
         assert_eq!(one[0].1.as_deref(), Some(new.as_path()));
     }
 
