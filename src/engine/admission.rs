@@ -21,7 +21,7 @@
 //! closing thread when the statx ops are back.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
 use ringxfer_ipc::{Event, SubmitRequest};
@@ -29,6 +29,7 @@ use slab::Slab;
 use tracing::error;
 
 use super::Engine;
+use crate::io::fd::SharedFd;
 use crate::io::op::AnyOp;
 use crate::io::ops::{Op, Owner};
 use crate::transfer::{FdStat, Stats, TransferError};
@@ -173,21 +174,17 @@ impl Engine {
         });
         *self.jobs.admissions.by_session.entry(k).or_default() += 1;
         *self.jobs.admissions.by_user.entry(uid).or_default() += 1;
+        // Each statx shares the descriptors (`fds`) until its completion.
         let targets = [
-            Some((SOURCE, fds.src.as_raw_fd())),
-            Some((DESTINATION, fds.dst.as_raw_fd())),
-            fds.dir.as_ref().map(|d| (DIRECTORY, d.as_raw_fd())),
+            Some((SOURCE, SharedFd::of(&fds, |f| f.src.as_fd()))),
+            Some((DESTINATION, SharedFd::of(&fds, |f| f.dst.as_fd()))),
+            SharedFd::try_of(&fds, |f| f.dir.as_ref().map(AsFd::as_fd)).map(|d| (DIRECTORY, d)),
         ];
         for (which, fd) in targets.into_iter().flatten() {
             let (flags, mask) = statx_flags(which);
-            let queued = self.io.statx(
-                Owner::Admission(key),
-                u32::from(which),
-                &fds,
-                fd,
-                flags,
-                mask,
-            );
+            let queued = self
+                .io
+                .statx(Owner::Admission(key), u32::from(which), fd, flags, mask);
             let Some(a) = self.jobs.admissions.pending.get_mut(key) else {
                 return;
             };

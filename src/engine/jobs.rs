@@ -4,7 +4,7 @@
 //! verification) and their end.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -879,8 +879,7 @@ impl Engine {
             match io.ftruncate(
                 Owner::Job(k),
                 JobStep::EndTruncate.tag(),
-                &ends,
-                ends.dst.as_raw_fd(),
+                ends.shared_dst(),
                 end,
             ) {
                 Ok(ud) => {
@@ -898,12 +897,7 @@ impl Engine {
         }
         if job.fsync && !job.synced && ends.dst_kind == FdKind::File {
             let io = &mut self.io;
-            match io.fdatasync(
-                Owner::Job(k),
-                JobStep::Fsync.tag(),
-                &ends,
-                ends.dst.as_raw_fd(),
-            ) {
+            match io.fdatasync(Owner::Job(k), JobStep::Fsync.tag(), ends.shared_dst()) {
                 Ok(ud) => {
                     job.phase = Phase::Sync;
                     job.side_op = Some(ud);

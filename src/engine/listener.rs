@@ -3,12 +3,14 @@
 //! when the daemon runs out of descriptors. Draining closes it, so that new
 //! clients are refused at once.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 use tracing::{error, warn};
 
 use super::{loopback, Engine};
+use crate::io::fd::SharedFd;
 use crate::io::op::AnyOp;
 use crate::io::ops::{Op, Owner};
 
@@ -19,7 +21,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The listening socket, when the engine serves one.
 #[derive(Default)]
 pub(super) struct Listener {
-    pub fd: Option<OwnedFd>,
+    /// Shared with the accept in flight, if any; let go of (closed) only
+    /// from the accept's completion or when the engine is dropped after
+    /// its loop ended, so never under an accept.
+    pub fd: Option<Rc<OwnedFd>>,
     /// Its address, to refuse job descriptors that connect to it.
     pub address: Option<loopback::UnixAddress>,
     /// The accept in flight.
@@ -30,7 +35,7 @@ impl Engine {
     /// Serves connections accepted on `listener`.
     pub fn set_listener(&mut self, listener: OwnedFd) {
         self.listener.address = loopback::listener_address(&listener);
-        self.listener.fd = Some(listener);
+        self.listener.fd = Some(Rc::new(listener));
     }
 
     /// A completion of the accept, or of its back-off timer.
@@ -46,7 +51,7 @@ impl Engine {
         if self.life.stopping || self.life.draining {
             return;
         }
-        let Some(fd) = self.listener.fd.as_ref().map(|l| l.as_raw_fd()) else {
+        let Some(fd) = self.listener.fd.as_ref().map(SharedFd::owned) else {
             return;
         };
         match self.io.accept(fd) {

@@ -11,7 +11,7 @@
 //! file it was given) into the directory descriptor it was given.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
@@ -19,26 +19,14 @@ use ringxfer_ipc::{FailureKind, PublishTo};
 
 use super::jobs::JobStep;
 use super::EngineError;
-use crate::io::op::{Fsync, Keep, LinkAt, RenameAt, UnlinkAt};
+use crate::io::fd::SharedFd;
+use crate::io::op::{Fsync, LinkAt, RenameAt, UnlinkAt};
 use crate::io::ops::Owner;
 use crate::io::Io;
 use crate::transfer::{Endpoints, FdKind, TransferError};
 
 /// How many taken hidden names to step over before giving up.
 const MAX_TEMP_TRIES: u32 = 64;
-
-/// What a publish step keeps open while in flight besides its paths (which
-/// its op owns): the directory and the job's descriptors (the staged file
-/// is named by its number in `/proc/self/fd`, so it must stay open until
-/// the link is done).
-#[allow(
-    dead_code,
-    reason = "held for the kernel until the completion, never read"
-)]
-pub(super) struct PublishHold {
-    pub dir: Rc<OwnedFd>,
-    pub ends: Rc<Endpoints>,
-}
 
 /// The step in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,15 +217,11 @@ impl Publisher {
         self.step = step;
         let queued = match step {
             Step::Idle | Step::Done => return,
-            Step::LinkName => {
-                let from = proc_fd_path(ends.dst.as_raw_fd());
-                self.link(owner, ends, io, from, self.name.clone())
-            }
+            Step::LinkName => self.link(owner, ends, io, self.name.clone()),
             Step::LinkTemp => {
                 let temp = self.temp_name();
                 self.temp = Some(temp.clone());
-                let from = proc_fd_path(ends.dst.as_raw_fd());
-                self.link(owner, ends, io, from, temp)
+                self.link(owner, ends, io, temp)
             }
             Step::RenameTemp | Step::RenameStaged => {
                 let from = if step == Step::RenameTemp {
@@ -246,13 +230,13 @@ impl Publisher {
                     self.staged.clone()
                 };
                 match from {
-                    Some(from) => self.rename(owner, ends, io, from),
+                    Some(from) => self.rename(owner, io, from),
                     None => return self.go(Step::Done, owner, ends, io),
                 }
             }
-            Step::SyncDir => self.sync_dir(owner, ends, io),
+            Step::SyncDir => self.sync_dir(owner, io),
             Step::Unlink => match self.temp.take().or_else(|| self.staged.take()) {
-                Some(path) => self.unlink(owner, ends, io, path),
+                Some(path) => self.unlink(owner, io, path),
                 None => return self.go(Step::Done, owner, ends, io),
             },
         };
@@ -278,61 +262,37 @@ impl Publisher {
         CString::new(name.as_bytes()).unwrap_or_else(|_| self.name.clone())
     }
 
-    fn hold(&self, ends: &Rc<Endpoints>) -> Keep {
-        Rc::new(PublishHold {
-            dir: Rc::clone(&self.dir),
-            ends: Rc::clone(ends),
-        })
+    /// The directory, for a step's operation (which shares it until its
+    /// completion; `into_dir` finds it unshared after the last).
+    fn dir(&self) -> SharedFd {
+        SharedFd::owned(&self.dir)
     }
 
+    /// Links the job's destination (the staged file, named by its number
+    /// in `/proc/self/fd`, which the op's share keeps open) as `to`.
     fn link(
         &self,
         owner: Owner,
         ends: &Rc<Endpoints>,
         io: &mut Io,
-        from: CString,
         to: CString,
     ) -> Result<u64, EngineError> {
-        let dir = self.dir.as_raw_fd();
-        let op = LinkAt::new(
-            (libc::AT_FDCWD, from),
-            (dir, to),
-            libc::AT_SYMLINK_FOLLOW,
-            self.hold(ends),
-        );
+        let op = LinkAt::new(ends.shared_dst(), self.dir(), to);
         io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
-    fn rename(
-        &self,
-        owner: Owner,
-        ends: &Rc<Endpoints>,
-        io: &mut Io,
-        from: CString,
-    ) -> Result<u64, EngineError> {
-        let dir = self.dir.as_raw_fd();
-        let op = RenameAt::new(dir, from, self.name.clone(), self.hold(ends));
+    fn rename(&self, owner: Owner, io: &mut Io, from: CString) -> Result<u64, EngineError> {
+        let op = RenameAt::new(self.dir(), from, self.name.clone());
         io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
-    fn unlink(
-        &self,
-        owner: Owner,
-        ends: &Rc<Endpoints>,
-        io: &mut Io,
-        path: CString,
-    ) -> Result<u64, EngineError> {
-        let op = UnlinkAt::new(self.dir.as_raw_fd(), path, self.hold(ends));
+    fn unlink(&self, owner: Owner, io: &mut Io, path: CString) -> Result<u64, EngineError> {
+        let op = UnlinkAt::new(self.dir(), path);
         io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
-    fn sync_dir(
-        &self,
-        owner: Owner,
-        ends: &Rc<Endpoints>,
-        io: &mut Io,
-    ) -> Result<u64, EngineError> {
-        let op = Fsync::new(self.dir.as_raw_fd(), false, self.hold(ends));
+    fn sync_dir(&self, owner: Owner, io: &mut Io) -> Result<u64, EngineError> {
+        let op = Fsync::new(self.dir(), false);
         io.queue_op(owner, JobStep::Publish.tag(), op)
     }
 
@@ -348,11 +308,4 @@ fn step_name(step: Step) -> &'static str {
         Step::RenameTemp | Step::RenameStaged => "renaming it to its name",
         _ => "publishing it as",
     }
-}
-
-/// `/proc/self/fd/N`: the daemon's own descriptor of the staged file,
-/// which linkat with AT_SYMLINK_FOLLOW links into the directory.
-fn proc_fd_path(fd: RawFd) -> CString {
-    // Digits only: no NUL.
-    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
 }

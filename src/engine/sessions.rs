@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use super::connections::Connections;
 use super::{scheduler, Engine};
+use crate::io::fd::SharedFd;
 use crate::io::op::AnyOp;
 use crate::io::ops::{Op, Owner};
 use crate::server::frames::FrameError;
@@ -153,9 +154,9 @@ impl Engine {
         let Some(buf) = session.wire.take_recv() else {
             return;
         };
-        let fd = session.fd.as_raw_fd();
+        let fd = SharedFd::owned(&session.fd);
         let io = &mut self.io;
-        match io.recvmsg(Owner::Session(k), &fd, buf) {
+        match io.recvmsg(Owner::Session(k), fd, buf) {
             Ok(ud) => session.recv_op = Some(ud),
             Err(e) => {
                 session.wire.recv_not_queued();
@@ -451,7 +452,7 @@ impl Engine {
             return;
         };
         session.held_events = 0;
-        let fd = session.fd.as_raw_fd();
+        let fd = SharedFd::owned(&session.fd);
         let io = &mut self.io;
         match io.send(Owner::Session(k), fd, buf, session.closing) {
             Ok(ud) => {

@@ -14,7 +14,8 @@
 //! reports.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tracing::{error, info, warn};
 
 use super::rate::TokenBucket;
 use super::{Engine, SHUTDOWN_NOW};
+use crate::io::fd::SharedFd;
 use crate::io::op::AnyOp;
 use crate::io::ops::{Op, Owner};
 use crate::io::Io;
@@ -145,7 +147,9 @@ impl Reload {
 
 /// The signalfd, its read in flight, and SIGHUP's reload.
 pub(super) struct Signals {
-    pub fd: Option<OwnedFd>,
+    /// Shared with the read in flight, if any: the engine keeps it until
+    /// it is dropped, after the loop waited for that read's completion.
+    pub fd: Option<Rc<OwnedFd>>,
     pub op: Option<u64>,
     /// The read was taken back because nothing else was left in flight.
     pub cancelled: bool,
@@ -164,7 +168,7 @@ impl Signals {
     }
 
     pub(super) fn arm(&mut self, io: &mut Io) {
-        let Some(fd) = self.fd.as_ref().map(|s| s.as_raw_fd()) else {
+        let Some(fd) = self.fd.as_ref().map(SharedFd::owned) else {
             return;
         };
         let len = std::mem::size_of::<libc::signalfd_siginfo>() as u32;
@@ -180,7 +184,7 @@ impl Engine {
     /// [`install`]): the first stop signal drains, a second stops
     /// at once; SIGHUP reloads (see [`Engine::set_reloader`]).
     pub fn set_signalfd(&mut self, signalfd: OwnedFd) {
-        self.signals.fd = Some(signalfd);
+        self.signals.fd = Some(Rc::new(signalfd));
     }
 
     /// A completion of the signalfd read.

@@ -7,6 +7,7 @@
 
 pub(crate) mod buffer_pool;
 pub(crate) mod errno;
+pub(crate) mod fd;
 pub(crate) mod op;
 pub(crate) mod opcodes;
 pub(crate) mod ops;

@@ -7,14 +7,14 @@
 //! and whichever splice is in flight on it, so it cannot be closed before the
 //! kernel is done with it; it goes back to the pool only when nothing else holds it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 use super::ring::check;
 
 /// One pipe: the kernel reads from `read` and writes into `write`.
 #[derive(Debug)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// The capacity the kernel granted, in bytes.
@@ -71,13 +71,13 @@ impl Pipe {
     }
 
     /// The end splice reads from.
-    pub fn read_fd(&self) -> RawFd {
-        self.read.as_raw_fd()
+    pub(crate) fn read_end(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
     }
 
     /// The end splice writes into.
-    pub fn write_fd(&self) -> RawFd {
-        self.write.as_raw_fd()
+    pub(crate) fn write_end(&self) -> BorrowedFd<'_> {
+        self.write.as_fd()
     }
 }
 
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(pool.total(), 3);
         let p = pool.take().expect("an idle pipe");
         assert!(p.capacity >= 256 * 1024);
-        let old = p.read_fd();
+        let old = p.read_end().as_raw_fd();
         assert!(pool.discard(p).is_none());
         assert_eq!((pool.total(), pool.idle()), (3, 3));
         let _ = old;

@@ -5,16 +5,15 @@
 //! kernel will touch, until its final completion.
 
 use std::any::Any;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use io_uring::squeue;
 
 use super::buffer_pool::BufRef;
-use super::op::{self, AnyOp, Keep, PoolSpan, SendFrom};
+use super::fd::SharedFd;
+use super::op::{self, AnyOp, PoolSpan, SendFrom};
 use super::ops::{Op, Owner, CANCEL_USER_DATA};
-use super::pipe_pool::Pipe;
 use super::{EngineError, Io};
 
 pub(crate) use super::op::rw::RwOpts;
@@ -32,11 +31,6 @@ pub trait SendSource: Any {
     fn unsent(&self) -> (*const u8, u32);
 }
 
-/// A share of what an operation's descriptors belong to, kept by the op.
-fn keep<T: Any>(x: &Rc<T>) -> Keep {
-    Rc::clone(x) as Keep
-}
-
 /// A buffer operation that could not be queued, and its buffer back.
 #[derive(Debug)]
 pub struct BufFailed {
@@ -47,7 +41,7 @@ pub struct BufFailed {
 /// Where a buffer operation goes: a descriptor and a span of a pool buffer.
 #[derive(Debug)]
 pub struct BufIo {
-    pub fd: RawFd,
+    pub fd: SharedFd,
     pub buf: BufRef,
     pub at: usize,
     pub len: u32,
@@ -95,7 +89,7 @@ impl Io {
         };
         // SAFETY: the op table now owns the operation, and through it
         // whatever its entry points at (heap memory that does not move when
-        // the table grows, descriptors kept open by `Rc`s), until this
+        // the table grows, descriptors kept open by its `SharedFd`s), until this
         // entry's completion is reaped.
         let pushed = unsafe { self.ring.push(&mut entry.op, user_data, flags, personality) };
         match pushed {
@@ -106,33 +100,26 @@ impl Io {
     }
 
     /// Queues a splice of up to `len` bytes from `input` to `output`, one of
-    /// which is `pipe`. The op keeps the pipe and the job's descriptors alive.
-    #[allow(clippy::too_many_arguments)]
+    /// which is a pipe's end. The op keeps both ends' owners alive.
     pub fn splice(
         &mut self,
         owner: Owner,
         tag: u32,
-        pipe: &Rc<Pipe>,
-        ends: &Rc<impl Any>,
         input: SpliceEnd,
         output: SpliceEnd,
         len: u32,
     ) -> Result<u64, EngineError> {
-        let op = op::Splice::new(pipe, keep(ends), input, output, len);
-        self.queue_op(owner, tag, op)
+        self.queue_op(owner, tag, op::Splice::new(input, output, len))
     }
 
     /// Queues two splices, `first` then `second`, linked: the kernel's worker
     /// runs the second right after the first, without a trip through the
     /// loop. If the first moves fewer bytes than asked, or fails, the second
     /// completes with -ECANCELED and the caller decides what to do instead.
-    #[allow(clippy::too_many_arguments)]
     pub fn splice_linked(
         &mut self,
         owner: Owner,
         tags: (u32, u32),
-        pipe: &Rc<Pipe>,
-        ends: &Rc<impl Any>,
         first: (SpliceEnd, SpliceEnd),
         second: (SpliceEnd, SpliceEnd),
         len: u32,
@@ -147,11 +134,11 @@ impl Io {
                 ));
             }
         }
-        let a = op::Splice::new(pipe, keep(ends), first.0, first.1, len);
+        let a = op::Splice::new(first.0, first.1, len);
         let a = self
             .queue(owner, tags.0, a.into(), squeue::Flags::IO_LINK)
             .map_err(|(e, _)| e)?;
-        let b = op::Splice::new(pipe, keep(ends), second.0, second.1, len);
+        let b = op::Splice::new(second.0, second.1, len);
         let b = self.queue_op(owner, tags.1, b)?;
         Ok((a, b))
     }
@@ -161,11 +148,10 @@ impl Io {
         &mut self,
         owner: Owner,
         tag: u32,
-        ends: &Rc<impl Any>,
-        fd: RawFd,
+        fd: SharedFd,
         events: i16,
     ) -> Result<u64, EngineError> {
-        self.queue_op(owner, tag, op::Poll::new(fd, events, keep(ends)))
+        self.queue_op(owner, tag, op::Poll::new(fd, events))
     }
 
     /// Asks the kernel to cancel the operation with `user_data`. The target
@@ -181,14 +167,15 @@ impl Io {
         }
     }
 
-    /// Queues a recvmsg into the session's buffer, which the op holds.
+    /// Queues a recvmsg on the session's socket into the session's buffer,
+    /// which the op holds.
     pub fn recvmsg(
         &mut self,
         owner: Owner,
-        fd: &impl AsRawFd,
+        fd: SharedFd,
         buf: Box<impl RecvTarget>,
     ) -> Result<u64, EngineError> {
-        self.queue_op(owner, 0, op::RecvMsg::new(fd.as_raw_fd(), buf))
+        self.queue_op(owner, 0, op::RecvMsg::new(fd, buf))
     }
 
     /// Queues a send of the session's pending bytes, which the op holds.
@@ -198,7 +185,7 @@ impl Io {
     pub fn send(
         &mut self,
         owner: Owner,
-        fd: RawFd,
+        fd: SharedFd,
         buf: Box<impl SendSource>,
         dont_wait: bool,
     ) -> Result<u64, EngineError> {
@@ -207,7 +194,7 @@ impl Io {
     }
 
     /// Queues an accept on the listening socket.
-    pub fn accept(&mut self, fd: RawFd) -> Result<u64, EngineError> {
+    pub fn accept(&mut self, fd: SharedFd) -> Result<u64, EngineError> {
         self.queue_op(Owner::Listener, 0, op::Accept::new(fd))
     }
 
@@ -245,29 +232,25 @@ impl Io {
     }
 
     /// Queues a read, write or send of `io.len` bytes through pool buffer
-    /// `io.buf` (from `io.at`). The buffer moves into the op, with the job's
-    /// descriptors, and comes back with its last completion; if the op
-    /// cannot be queued it comes back in the error.
+    /// `io.buf` (from `io.at`). The buffer moves into the op, with a share
+    /// of the descriptor, and comes back with its last completion; if the
+    /// op cannot be queued it comes back in the error.
     pub fn buffer_op(
         &mut self,
         owner: Owner,
         tag: u32,
-        ends: &Rc<impl Any>,
         io: BufIo,
         what: BufWhat,
     ) -> Result<u64, BufFailed> {
         let BufIo { fd, buf, at, len } = io;
         let span = PoolSpan::new(buf, at, len);
-        let keep = keep(ends);
         let op: AnyOp = match what {
-            BufWhat::Read { offset, rw } => op::Read::new(fd, span, offset, rw, keep).into(),
-            BufWhat::Write { offset, rw } => op::Write::new(fd, span, offset, rw, keep).into(),
+            BufWhat::Read { offset, rw } => op::Read::new(fd, span, offset, rw).into(),
+            BufWhat::Write { offset, rw } => op::Write::new(fd, span, offset, rw).into(),
             // SEND_ZC sends straight from the buffer and posts a notification
             // when the kernel is done with it.
-            BufWhat::Send { zc: true, fixed } => op::SendZc::new(fd, span, fixed, keep).into(),
-            BufWhat::Send { zc: false, .. } => {
-                op::Send::new(fd, SendFrom::Pool(span, keep), 0).into()
-            }
+            BufWhat::Send { zc: true, fixed } => op::SendZc::new(fd, span, fixed).into(),
+            BufWhat::Send { zc: false, .. } => op::Send::new(fd, SendFrom::Pool(span), 0).into(),
         };
         self.queue(owner, tag, op, squeue::Flags::empty())
             .map_err(|(error, op)| BufFailed {
@@ -281,12 +264,11 @@ impl Io {
         &mut self,
         owner: Owner,
         tag: u32,
-        ends: &Rc<impl Any>,
-        fd: RawFd,
+        fd: SharedFd,
         offset: u64,
         len: u64,
     ) -> Result<u64, EngineError> {
-        self.queue_op(owner, tag, op::Fallocate::new(fd, offset, len, keep(ends)))
+        self.queue_op(owner, tag, op::Fallocate::new(fd, offset, len))
     }
 
     /// Queues ftruncate of `fd` to `len` bytes.
@@ -294,37 +276,28 @@ impl Io {
         &mut self,
         owner: Owner,
         tag: u32,
-        ends: &Rc<impl Any>,
-        fd: RawFd,
+        fd: SharedFd,
         len: u64,
     ) -> Result<u64, EngineError> {
-        self.queue_op(owner, tag, op::Ftruncate::new(fd, len, keep(ends)))
+        self.queue_op(owner, tag, op::Ftruncate::new(fd, len))
     }
 
     /// Queues fdatasync of `fd` (IORING_OP_FSYNC with DATASYNC).
-    pub fn fdatasync(
-        &mut self,
-        owner: Owner,
-        tag: u32,
-        ends: &Rc<impl Any>,
-        fd: RawFd,
-    ) -> Result<u64, EngineError> {
-        self.queue_op(owner, tag, op::Fsync::new(fd, true, keep(ends)))
+    pub fn fdatasync(&mut self, owner: Owner, tag: u32, fd: SharedFd) -> Result<u64, EngineError> {
+        self.queue_op(owner, tag, op::Fsync::new(fd, true))
     }
 
     /// Queues a statx of `fd` itself (an empty path with AT_EMPTY_PATH) for
-    /// `mask`, into a buffer the op holds with the descriptors `fd` is one
-    /// of (see io/op/statx.rs).
+    /// `mask`, into a buffer the op holds (see io/op/statx.rs).
     pub fn statx(
         &mut self,
         owner: Owner,
         tag: u32,
-        fds: &Rc<impl Any>,
-        fd: RawFd,
+        fd: SharedFd,
         flags: i32,
         mask: u32,
     ) -> Result<u64, EngineError> {
-        self.queue_op(owner, tag, op::Statx::new(fd, flags, mask, keep(fds)))
+        self.queue_op(owner, tag, op::Statx::new(fd, flags, mask))
     }
 
     /// Queues a timer that completes after `delay`.
@@ -333,7 +306,7 @@ impl Io {
     }
 
     /// Queues a read of a signalfd or eventfd into a buffer the op holds.
-    pub fn read_small(&mut self, owner: Owner, fd: RawFd, len: u32) -> Result<u64, EngineError> {
+    pub fn read_small(&mut self, owner: Owner, fd: SharedFd, len: u32) -> Result<u64, EngineError> {
         self.queue_op(owner, 0, op::ReadSmall::new(fd, len))
     }
 }

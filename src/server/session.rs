@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
 
 use ringxfer_ipc::frame;
 
@@ -176,7 +177,10 @@ impl SendBuf {
 pub(crate) struct Session {
     /// Unique for the daemon's lifetime, for logs.
     pub id: u64,
-    pub fd: OwnedFd,
+    /// The socket, shared with the recvmsg and send in flight (each op
+    /// holds a `SharedFd` of it); the session is freed, and the socket
+    /// closed, only once neither is (`is_done`).
+    pub fd: Rc<OwnedFd>,
     /// Bytes and descriptors in, requests out; events in, bytes out.
     pub wire: Wire,
     /// `user_data` of the recvmsg in flight, to cancel it on close.
@@ -213,7 +217,7 @@ impl Session {
     pub(crate) fn new(id: u64, fd: OwnedFd, max_frame: u32, peer: (i32, u32, u32)) -> Session {
         Session {
             id,
-            fd,
+            fd: Rc::new(fd),
             wire: Wire::new(max_frame, RECV_CAPACITY),
             recv_op: None,
             send_op: None,

@@ -481,12 +481,10 @@ impl BufferCopy {
             self.s.phase = Phase::Copy;
             return;
         }
-        let ends = Rc::clone(&self.ends);
         match io.fallocate(
             owner,
             CopyStep::Prealloc.tag(),
-            &ends,
-            raw(&ends.dst),
+            self.ends.shared_dst(),
             self.dst_start,
             total,
         ) {
@@ -963,13 +961,12 @@ impl BufferCopy {
         span: (usize, u32),
         what: BufWhat,
     ) -> Result<(), TransferError> {
-        let ends = Rc::clone(&self.ends);
         let slot = step.slot().unwrap_or(usize::MAX);
-        let fd = raw(if matches!(step, CopyStep::In(_)) {
-            &ends.src
+        let fd = if matches!(step, CopyStep::In(_)) {
+            self.ends.shared_src()
         } else {
-            &ends.dst
-        });
+            self.ends.shared_dst()
+        };
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
@@ -981,7 +978,7 @@ impl BufferCopy {
         };
         let (at, len) = span;
         let kind = step.tag();
-        match io.buffer_op(owner, kind, &ends, BufIo { fd, buf, at, len }, what) {
+        match io.buffer_op(owner, kind, BufIo { fd, buf, at, len }, what) {
             Ok(ud) => {
                 chunk.busy = Some(ud);
                 Ok(())
@@ -1091,9 +1088,13 @@ impl BufferCopy {
         } else {
             self.final_size()
         };
-        let ends = Rc::clone(&self.ends);
         self.s.phase = Phase::Truncate;
-        match io.ftruncate(owner, CopyStep::Truncate.tag(), &ends, raw(&ends.dst), size) {
+        match io.ftruncate(
+            owner,
+            CopyStep::Truncate.tag(),
+            self.ends.shared_dst(),
+            size,
+        ) {
             Ok(ud) => self.s.side_op = Some(ud),
             Err(e) => {
                 self.failure.get_or_insert(ring_failed::<Buffer>(e));

@@ -16,13 +16,14 @@ pub(crate) mod step;
 pub(crate) mod verify;
 
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use std::rc::Rc;
 
 use ringxfer_ipc::{FailureKind, Strategy, SubmitRequest};
 
 use crate::io::buffer_pool::BufRef;
+use crate::io::fd::SharedFd;
 use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::Io;
@@ -245,6 +246,19 @@ pub(crate) struct Endpoints {
     pub dst: OwnedFd,
     pub src_kind: FdKind,
     pub dst_kind: FdKind,
+}
+
+impl Endpoints {
+    /// The source, for an operation that names it: the share keeps both
+    /// descriptors open until the operation is back from the kernel.
+    pub(crate) fn shared_src(self: &Rc<Self>) -> SharedFd {
+        SharedFd::of(self, |e| e.src.as_fd())
+    }
+
+    /// The destination, for an operation that names it.
+    pub(crate) fn shared_dst(self: &Rc<Self>) -> SharedFd {
+        SharedFd::of(self, |e| e.dst.as_fd())
+    }
 }
 
 /// Why a job failed: the class the client sees, the OS error and a sentence

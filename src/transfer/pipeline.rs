@@ -380,11 +380,11 @@ impl<S: Strategy> Pipeline<S> {
             return Ok(false);
         };
         let (step, fd) = if events == libc::POLLIN {
-            (CopyStep::PollIn(slot), raw(&ends.src))
+            (CopyStep::PollIn(slot), ends.shared_src())
         } else {
-            (CopyStep::PollOut(slot), raw(&ends.dst))
+            (CopyStep::PollOut(slot), ends.shared_dst())
         };
-        let polled = io.poll(owner, step.tag(), &ends, fd, events);
+        let polled = io.poll(owner, step.tag(), fd, events);
         chunk.busy = Some(polled.map_err(ring_failed::<S>)?);
         Ok(true)
     }

@@ -23,10 +23,11 @@ use std::rc::Rc;
 use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
-use super::pipeline::{raw, ring_failed, Chunk, Pipeline, Strategy};
+use super::pipeline::{ring_failed, Chunk, Pipeline, Strategy};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
+use crate::io::fd::SharedFd;
 use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::queue::SpliceEnd;
@@ -347,10 +348,9 @@ impl SpliceCopy {
         {
             return Ok(());
         }
-        let ends = Rc::clone(&self.ends);
         let kind = CopyStep::Ready.tag();
         let ud = io
-            .poll(owner, kind, &ends, raw(&ends.src), libc::POLLIN)
+            .poll(owner, kind, self.ends.shared_src(), libc::POLLIN)
             .map_err(ring_failed::<Splice>)?;
         self.s.ready_poll = Some(ud);
         Ok(())
@@ -686,7 +686,7 @@ impl SpliceCopy {
         let len = chunk.s.in_pipe.min(u64::from(u32::MAX)) as u32;
         let (src, dst) = pipe_to_dst(chunk, &ends);
         let kind = CopyStep::Out(slot).tag();
-        let ud = io.splice(owner, kind, &chunk.s.pipe, &ends, src, dst, len);
+        let ud = io.splice(owner, kind, src, dst, len);
         chunk.busy = Some(ud.map_err(ring_failed::<Splice>)?);
         Ok(())
     }
@@ -706,11 +706,11 @@ impl SpliceCopy {
             return Ok(());
         };
         let src = SpliceEnd {
-            fd: raw(&ends.src),
+            fd: ends.shared_src(),
             offset: ends.src_kind.seekable().then_some(chunk.s.src_off),
         };
         let dst = SpliceEnd {
-            fd: chunk.s.pipe.write_fd(),
+            fd: SharedFd::of(&chunk.s.pipe, Pipe::write_end),
             offset: None,
         };
         let (read, write) = (CopyStep::In(slot).tag(), CopyStep::Out(slot).tag());
@@ -718,21 +718,13 @@ impl SpliceCopy {
         if then_write {
             let out = pipe_to_dst(chunk, &ends);
             let (a, b) = io
-                .splice_linked(
-                    owner,
-                    (read, write),
-                    &chunk.s.pipe,
-                    &ends,
-                    (src, dst),
-                    out,
-                    len,
-                )
+                .splice_linked(owner, (read, write), (src, dst), out, len)
                 .map_err(ring_failed::<Splice>)?;
             chunk.busy = Some(a);
             chunk.linked = Some(b);
             return Ok(());
         }
-        let ud = io.splice(owner, read, &chunk.s.pipe, &ends, src, dst, len);
+        let ud = io.splice(owner, read, src, dst, len);
         chunk.busy = Some(ud.map_err(ring_failed::<Splice>)?);
         Ok(())
     }
@@ -751,12 +743,10 @@ impl SpliceCopy {
             return;
         }
         self.touched = false;
-        let ends = Rc::clone(&self.ends);
         match io.ftruncate(
             owner,
             CopyStep::Truncate.tag(),
-            &ends,
-            raw(&ends.dst),
+            self.ends.shared_dst(),
             self.orig_dst_size,
         ) {
             Ok(ud) => self.s.restoring = Some(ud),
@@ -766,13 +756,13 @@ impl SpliceCopy {
 }
 
 /// The two ends of a splice from the chunk's pipe to the destination.
-fn pipe_to_dst(chunk: &Chunk<PipeChunk>, ends: &Endpoints) -> (SpliceEnd, SpliceEnd) {
+fn pipe_to_dst(chunk: &Chunk<PipeChunk>, ends: &Rc<Endpoints>) -> (SpliceEnd, SpliceEnd) {
     let src = SpliceEnd {
-        fd: chunk.s.pipe.read_fd(),
+        fd: SharedFd::of(&chunk.s.pipe, Pipe::read_end),
         offset: None,
     };
     let dst = SpliceEnd {
-        fd: raw(&ends.dst),
+        fd: ends.shared_dst(),
         offset: ends.dst_kind.seekable().then_some(chunk.s.dst_off),
     };
     (src, dst)

@@ -287,9 +287,9 @@ impl Verifier {
             return;
         };
         let (fd, offset) = if of_dst {
-            (&self.ends.dst, self.dst_start + self.pos)
+            (self.ends.shared_dst(), self.dst_start + self.pos)
         } else {
-            (&self.ends.src, self.src_start + self.pos)
+            (self.ends.shared_src(), self.src_start + self.pos)
         };
         let offset = offset - offset % READ_ALIGN;
         // A whole buffer is read each time: its length is a multiple of any
@@ -301,8 +301,6 @@ impl Verifier {
                 flags: 0,
             },
         };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
-        let ends = Rc::clone(&self.ends);
         let len = buf.len;
         let req = BufIo {
             fd,
@@ -310,7 +308,7 @@ impl Verifier {
             at: 0,
             len,
         };
-        match io.buffer_op(owner, VerifyRead { of_dst }.tag(), &ends, req, what) {
+        match io.buffer_op(owner, VerifyRead { of_dst }.tag(), req, what) {
             Ok(ud) => self.busy = Some(ud),
             Err(failed) => {
                 self.buf = failed.buf;

@@ -5,15 +5,16 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, squeue, types};
 
 use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
-/// An accept on the listener. The peer address is not asked for
-/// (SO_PEERCRED says who the peer is), so nothing is held.
+/// An accept on the listener, which it shares. The peer address is not
+/// asked for (SO_PEERCRED says who the peer is), so no memory is held.
 pub struct Accept {
-    fd: RawFd,
+    fd: SharedFd,
 }
 
 impl Accept {
-    pub fn new(fd: RawFd) -> Accept {
+    pub fn new(fd: SharedFd) -> Accept {
         Accept { fd }
     }
 }
@@ -25,7 +26,7 @@ impl Operation for Accept {
 
     fn entry(&mut self) -> squeue::Entry {
         opcode::Accept::new(
-            types::Fd(self.fd),
+            types::Fd(self.fd.raw()),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
         )
@@ -35,7 +36,7 @@ impl Operation for Accept {
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Accept(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             flags: libc::SOCK_CLOEXEC,
         })
     }

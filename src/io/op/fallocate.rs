@@ -5,24 +5,19 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
 pub struct Fallocate {
-    fd: RawFd,
+    fd: SharedFd,
     offset: u64,
     len: u64,
-    _keep: Keep,
 }
 
 impl Fallocate {
-    /// `len` bytes at `offset` of `fd`, which `keep` holds open.
-    pub fn new(fd: RawFd, offset: u64, len: u64, keep: Keep) -> Fallocate {
-        Fallocate {
-            fd,
-            offset,
-            len,
-            _keep: keep,
-        }
+    /// `len` bytes at `offset` of `fd`.
+    pub fn new(fd: SharedFd, offset: u64, len: u64) -> Fallocate {
+        Fallocate { fd, offset, len }
     }
 }
 
@@ -32,14 +27,14 @@ impl Operation for Fallocate {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        opcode::Fallocate::new(types::Fd(self.fd), self.len)
+        opcode::Fallocate::new(types::Fd(self.fd.raw()), self.len)
             .offset(self.offset)
             .build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Fallocate(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             offset: self.offset as i64,
             len: self.len as i64,
         })

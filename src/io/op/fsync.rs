@@ -5,22 +5,18 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
 pub struct Fsync {
-    fd: RawFd,
+    fd: SharedFd,
     datasync: bool,
-    _keep: Keep,
 }
 
 impl Fsync {
-    /// fsync of `fd`, or fdatasync with `datasync`; `keep` holds it open.
-    pub fn new(fd: RawFd, datasync: bool, keep: Keep) -> Fsync {
-        Fsync {
-            fd,
-            datasync,
-            _keep: keep,
-        }
+    /// fsync of `fd`, or fdatasync with `datasync`.
+    pub fn new(fd: SharedFd, datasync: bool) -> Fsync {
+        Fsync { fd, datasync }
     }
 }
 
@@ -30,7 +26,7 @@ impl Operation for Fsync {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        let entry = opcode::Fsync::new(types::Fd(self.fd));
+        let entry = opcode::Fsync::new(types::Fd(self.fd.raw()));
         if self.datasync {
             entry.flags(types::FsyncFlags::DATASYNC).build()
         } else {
@@ -40,7 +36,7 @@ impl Operation for Fsync {
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Fsync(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             datasync: self.datasync,
         })
     }

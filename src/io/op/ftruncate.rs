@@ -5,22 +5,18 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
 pub struct Ftruncate {
-    fd: RawFd,
+    fd: SharedFd,
     len: u64,
-    _keep: Keep,
 }
 
 impl Ftruncate {
-    /// `fd`, which `keep` holds open, cut (or grown) to `len` bytes.
-    pub fn new(fd: RawFd, len: u64, keep: Keep) -> Ftruncate {
-        Ftruncate {
-            fd,
-            len,
-            _keep: keep,
-        }
+    /// `fd` cut (or grown) to `len` bytes.
+    pub fn new(fd: SharedFd, len: u64) -> Ftruncate {
+        Ftruncate { fd, len }
     }
 }
 
@@ -30,12 +26,12 @@ impl Operation for Ftruncate {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        opcode::Ftruncate::new(types::Fd(self.fd), self.len).build()
+        opcode::Ftruncate::new(types::Fd(self.fd.raw()), self.len).build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Ftruncate(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             len: self.len as i64,
         })
     }

@@ -6,35 +6,40 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
-/// linkat of `from` (under `old_dir`) to `to` (under `new_dir`); it owns the
-/// paths and keeps the directories open.
+/// linkat of an open file to `to` under `dir`. The file is named by its
+/// `/proc/self/fd/N` path, followed (AT_SYMLINK_FOLLOW): AT_EMPTY_PATH
+/// would need CAP_DAC_READ_SEARCH. The op owns the paths and shares both
+/// descriptors: the file's number is in the path, so it must stay open.
 pub struct LinkAt {
-    old_dir: RawFd,
     from: CString,
-    new_dir: RawFd,
     to: CString,
-    flags: i32,
-    _keep: Keep,
+    /// The file (its number is in `from`) and the directory, boxed: every
+    /// entry of the op table is as big as the largest op, and a publish is
+    /// once a job where a chunk's ops are many.
+    fds: Box<[SharedFd; 2]>,
 }
 
 impl LinkAt {
-    pub fn new(
-        (old_dir, from): (RawFd, CString),
-        (new_dir, to): (RawFd, CString),
-        flags: i32,
-        keep: Keep,
-    ) -> LinkAt {
+    pub fn new(file: SharedFd, dir: SharedFd, to: CString) -> LinkAt {
         LinkAt {
-            old_dir,
-            from,
-            new_dir,
+            from: proc_fd_path(file.raw()),
             to,
-            flags,
-            _keep: keep,
+            fds: Box::new([file, dir]),
         }
     }
+
+    fn dir(&self) -> RawFd {
+        self.fds[1].raw()
+    }
+}
+
+/// `/proc/self/fd/N`: the daemon's own descriptor `N`.
+fn proc_fd_path(fd: RawFd) -> CString {
+    // Digits only: no NUL.
+    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
 }
 
 impl Operation for LinkAt {
@@ -44,22 +49,22 @@ impl Operation for LinkAt {
 
     fn entry(&mut self) -> squeue::Entry {
         opcode::LinkAt::new(
-            types::Fd(self.old_dir),
+            types::Fd(libc::AT_FDCWD),
             self.from.as_ptr(),
-            types::Fd(self.new_dir),
+            types::Fd(self.dir()),
             self.to.as_ptr(),
         )
-        .flags(self.flags)
+        .flags(libc::AT_SYMLINK_FOLLOW)
         .build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::LinkAt(Call {
-            old_dir: self.old_dir,
+            old_dir: libc::AT_FDCWD,
             from: self.from.as_ptr(),
-            new_dir: self.new_dir,
+            new_dir: self.dir(),
             to: self.to.as_ptr(),
-            flags: self.flags,
+            flags: libc::AT_SYMLINK_FOLLOW,
         })
     }
 }

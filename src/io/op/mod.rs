@@ -2,7 +2,8 @@
 //!
 //! An operation owns everything the kernel touches while it runs (a pool
 //! buffer moved in, a session's buffer, a statx buffer, a timespec, a
-//! publish's paths) and shares the descriptors it names. It builds its
+//! publish's paths) and shares the descriptors it names (`SharedFd`, never
+//! a bare number: io/fd.rs). It builds its
 //! io_uring submission entry (`Operation::entry`) and says what the same
 //! operation is as a blocking syscall (`Operation::blocking`), which the
 //! threads back end runs instead: both back ends carry out one description,
@@ -28,9 +29,7 @@ pub(crate) mod statx;
 pub(crate) mod timeout;
 pub(crate) mod unlinkat;
 
-use std::any::Any;
 use std::os::fd::RawFd;
-use std::rc::Rc;
 use std::time::Duration;
 
 use io_uring::squeue;
@@ -55,12 +54,6 @@ pub(crate) use splice::Splice;
 pub(crate) use statx::Statx;
 pub(crate) use timeout::Timeout;
 pub(crate) use unlinkat::UnlinkAt;
-
-/// A share of what an operation's descriptors belong to (a job's ends, a
-/// publish's directory), kept alive by the op and never looked into: the
-/// descriptors are the upper layers', this layer only must not let them
-/// close while the kernel may use them.
-pub(crate) type Keep = Rc<dyn Any>;
 
 /// One operation, as either back end carries it out (like monoio's `OpAble`).
 ///

@@ -1,26 +1,20 @@
 //! IORING_OP_POLL_ADD, one-shot: a stream end became readable or writable.
 //! The threads back end answers it with its own poll(2).
 
-use std::os::fd::RawFd;
-
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
-/// A wait for `events` on `fd`, one of the job's descriptors it keeps.
+/// A wait for `events` on `fd` (one of a job's descriptors).
 pub struct Poll {
-    fd: RawFd,
+    fd: SharedFd,
     events: i16,
-    _keep: Keep,
 }
 
 impl Poll {
-    pub fn new(fd: RawFd, events: i16, keep: Keep) -> Poll {
-        Poll {
-            fd,
-            events,
-            _keep: keep,
-        }
+    pub fn new(fd: SharedFd, events: i16) -> Poll {
+        Poll { fd, events }
     }
 }
 
@@ -30,12 +24,12 @@ impl Operation for Poll {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        opcode::PollAdd::new(types::Fd(self.fd), self.events as u16 as u32).build()
+        opcode::PollAdd::new(types::Fd(self.fd.raw()), self.events as u16 as u32).build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Poll {
-            fd: self.fd,
+            fd: self.fd.raw(),
             events: self.events,
         }
     }

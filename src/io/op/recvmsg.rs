@@ -5,18 +5,19 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, squeue, types};
 
 use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 use crate::io::queue::RecvTarget;
 
 /// A recvmsg into a session's receive buffer, which it owns and hands back.
 pub struct RecvMsg {
-    fd: RawFd,
+    fd: SharedFd,
     /// Points into `target` (on the heap, so moving the op moves no byte).
     msg: *mut libc::msghdr,
     target: Box<dyn RecvTarget>,
 }
 
 impl RecvMsg {
-    pub fn new(fd: RawFd, mut target: Box<dyn RecvTarget>) -> RecvMsg {
+    pub fn new(fd: SharedFd, mut target: Box<dyn RecvTarget>) -> RecvMsg {
         let msg = target.prepare();
         RecvMsg { fd, msg, target }
     }
@@ -33,14 +34,14 @@ impl Operation for RecvMsg {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        opcode::RecvMsg::new(types::Fd(self.fd), self.msg)
+        opcode::RecvMsg::new(types::Fd(self.fd.raw()), self.msg)
             .flags(libc::MSG_CMSG_CLOEXEC as u32)
             .build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::RecvMsg(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             msg: self.msg,
             msg_flags: libc::MSG_CMSG_CLOEXEC,
         })

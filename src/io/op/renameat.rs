@@ -6,25 +6,20 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
-/// rename of `from` to `to`, both under `dir`; it owns the paths and keeps
-/// the directory open.
+/// rename of `from` to `to`, both under `dir`; it owns the paths and
+/// shares the directory.
 pub struct RenameAt {
-    dir: RawFd,
+    dir: SharedFd,
     from: CString,
     to: CString,
-    _keep: Keep,
 }
 
 impl RenameAt {
-    pub fn new(dir: RawFd, from: CString, to: CString, keep: Keep) -> RenameAt {
-        RenameAt {
-            dir,
-            from,
-            to,
-            _keep: keep,
-        }
+    pub fn new(dir: SharedFd, from: CString, to: CString) -> RenameAt {
+        RenameAt { dir, from, to }
     }
 }
 
@@ -34,13 +29,13 @@ impl Operation for RenameAt {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        let dir = types::Fd(self.dir);
+        let dir = types::Fd(self.dir.raw());
         opcode::RenameAt::new(dir, self.from.as_ptr(), dir, self.to.as_ptr()).build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::RenameAt(Call {
-            dir: self.dir,
+            dir: self.dir.raw(),
             from: self.from.as_ptr(),
             to: self.to.as_ptr(),
         })

@@ -5,7 +5,8 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation, PoolSpan};
+use super::{Blocking, Operation, PoolSpan};
+use crate::io::fd::SharedFd;
 
 /// How a buffered read or write goes to the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -19,43 +20,39 @@ pub struct RwOpts {
 /// A read into a span of a pool buffer, at `offset` (-1 as u64: the file
 /// position); the buffer comes back with the completion.
 pub struct Read {
-    fd: RawFd,
+    fd: SharedFd,
     pub(super) span: PoolSpan,
     offset: u64,
     rw: RwOpts,
-    _keep: Keep,
 }
 
 /// A write from a span of a pool buffer, at `offset` (-1 as u64: the file
 /// position); the buffer comes back with the completion.
 pub struct Write {
-    fd: RawFd,
+    fd: SharedFd,
     pub(super) span: PoolSpan,
     offset: u64,
     rw: RwOpts,
-    _keep: Keep,
 }
 
 impl Read {
-    pub fn new(fd: RawFd, span: PoolSpan, offset: u64, rw: RwOpts, keep: Keep) -> Read {
+    pub fn new(fd: SharedFd, span: PoolSpan, offset: u64, rw: RwOpts) -> Read {
         Read {
             fd,
             span,
             offset,
             rw,
-            _keep: keep,
         }
     }
 }
 
 impl Write {
-    pub fn new(fd: RawFd, span: PoolSpan, offset: u64, rw: RwOpts, keep: Keep) -> Write {
+    pub fn new(fd: SharedFd, span: PoolSpan, offset: u64, rw: RwOpts) -> Write {
         Write {
             fd,
             span,
             offset,
             rw,
-            _keep: keep,
         }
     }
 }
@@ -70,7 +67,7 @@ impl Operation for Read {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        let (fd, ptr, len) = (types::Fd(self.fd), self.span.ptr(), self.span.len());
+        let (fd, ptr, len) = (types::Fd(self.fd.raw()), self.span.ptr(), self.span.len());
         if self.rw.fixed {
             opcode::ReadFixed::new(fd, ptr, len, self.span.index())
                 .offset(self.offset)
@@ -85,7 +82,7 @@ impl Operation for Read {
     }
 
     fn blocking(&mut self) -> Blocking {
-        Blocking::Read(call(self.fd, &self.span, self.offset, self.rw))
+        Blocking::Read(call(self.fd.raw(), &self.span, self.offset, self.rw))
     }
 }
 
@@ -99,7 +96,7 @@ impl Operation for Write {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        let (fd, ptr, len) = (types::Fd(self.fd), self.span.ptr(), self.span.len());
+        let (fd, ptr, len) = (types::Fd(self.fd.raw()), self.span.ptr(), self.span.len());
         if self.rw.fixed {
             opcode::WriteFixed::new(fd, ptr, len, self.span.index())
                 .offset(self.offset)
@@ -114,7 +111,7 @@ impl Operation for Write {
     }
 
     fn blocking(&mut self) -> Blocking {
-        Blocking::Write(call(self.fd, &self.span, self.offset, self.rw))
+        Blocking::Write(call(self.fd.raw(), &self.span, self.offset, self.rw))
     }
 }
 

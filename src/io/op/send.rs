@@ -5,28 +5,28 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation, PoolSpan};
+use super::{Blocking, Operation, PoolSpan};
 use crate::io::buffer_pool::BufRef;
+use crate::io::fd::SharedFd;
 use crate::io::queue::SendSource;
 
 /// What a send sends from, which it owns until its completion.
 pub enum SendFrom {
     /// A session's pending bytes, handed back to the session.
     Bytes(Box<dyn SendSource>),
-    /// A span of a pool buffer, handed back to the job, and the job's
-    /// descriptors.
-    Pool(PoolSpan, Keep),
+    /// A span of a pool buffer, handed back to the job.
+    Pool(PoolSpan),
 }
 
 pub struct Send {
-    fd: RawFd,
+    fd: SharedFd,
     from: SendFrom,
     flags: i32,
 }
 
 impl Send {
     /// A send of `from` on `fd` with MSG_* `flags` (MSG_NOSIGNAL is added).
-    pub fn new(fd: RawFd, from: SendFrom, flags: i32) -> Send {
+    pub fn new(fd: SharedFd, from: SendFrom, flags: i32) -> Send {
         Send {
             fd,
             from,
@@ -38,14 +38,14 @@ impl Send {
     pub fn into_bytes(self) -> Option<Box<dyn SendSource>> {
         match self.from {
             SendFrom::Bytes(b) => Some(b),
-            SendFrom::Pool(..) => None,
+            SendFrom::Pool(_) => None,
         }
     }
 
     /// The pool buffer, handed back.
     pub fn into_buffer(self) -> Option<BufRef> {
         match self.from {
-            SendFrom::Pool(span, _) => Some(span.buf),
+            SendFrom::Pool(span) => Some(span.buf),
             SendFrom::Bytes(_) => None,
         }
     }
@@ -53,7 +53,7 @@ impl Send {
     fn bytes(&self) -> (*const u8, u32) {
         match &self.from {
             SendFrom::Bytes(b) => b.unsent(),
-            SendFrom::Pool(span, _) => (span.ptr().cast_const(), span.len()),
+            SendFrom::Pool(span) => (span.ptr().cast_const(), span.len()),
         }
     }
 }
@@ -65,7 +65,7 @@ impl Operation for Send {
 
     fn entry(&mut self) -> squeue::Entry {
         let (ptr, len) = self.bytes();
-        opcode::Send::new(types::Fd(self.fd), ptr, len)
+        opcode::Send::new(types::Fd(self.fd.raw()), ptr, len)
             .flags(self.flags)
             .build()
     }
@@ -73,7 +73,7 @@ impl Operation for Send {
     fn blocking(&mut self) -> Blocking {
         let (ptr, len) = self.bytes();
         Blocking::Send(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             ptr,
             len: len as usize,
             msg_flags: self.flags,

@@ -1,46 +1,45 @@
 //! IORING_OP_SPLICE: between a job's descriptor and a lent pipe; splice(2).
 
 use std::os::fd::RawFd;
-use std::rc::Rc;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{raw_offset, Blocking, Keep, Operation};
-use crate::io::pipe_pool::Pipe;
+use super::{raw_offset, Blocking, Operation};
+use crate::io::fd::SharedFd;
 
 /// One side of a splice: a descriptor and its offset (`None` for streams).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SpliceEnd {
-    pub fd: RawFd,
+    pub fd: SharedFd,
     pub offset: Option<u64>,
 }
 
 /// A splice of up to `len` bytes from `input` to `output`, one of which is
-/// the pipe it holds; it keeps the job's descriptors too.
+/// a lent pipe's end (its `SharedFd` holds the `Rc<Pipe>`).
 pub struct Splice {
-    input: SpliceEnd,
-    output: SpliceEnd,
+    fd_in: SharedFd,
+    fd_out: SharedFd,
+    /// As the kernel takes them (-1: none), which keeps a chunk's op small.
+    off_in: i64,
+    off_out: i64,
     len: u32,
-    _pipe: Rc<Pipe>,
-    _keep: Keep,
 }
 
 impl Splice {
-    pub fn new(
-        pipe: &Rc<Pipe>,
-        keep: Keep,
-        input: SpliceEnd,
-        output: SpliceEnd,
-        len: u32,
-    ) -> Splice {
+    pub fn new(input: SpliceEnd, output: SpliceEnd, len: u32) -> Splice {
         Splice {
-            input,
-            output,
+            off_in: raw_offset(input.offset),
+            off_out: raw_offset(output.offset),
+            fd_in: input.fd,
+            fd_out: output.fd,
             len,
-            _pipe: Rc::clone(pipe),
-            _keep: keep,
         }
     }
+}
+
+/// An offset for splice(2): none for -1 (see `raw_offset`).
+fn call_offset(offset: i64) -> Option<i64> {
+    (offset >= 0).then_some(offset)
 }
 
 impl Operation for Splice {
@@ -50,10 +49,10 @@ impl Operation for Splice {
 
     fn entry(&mut self) -> squeue::Entry {
         opcode::Splice::new(
-            types::Fd(self.input.fd),
-            raw_offset(self.input.offset),
-            types::Fd(self.output.fd),
-            raw_offset(self.output.offset),
+            types::Fd(self.fd_in.raw()),
+            self.off_in,
+            types::Fd(self.fd_out.raw()),
+            self.off_out,
             self.len,
         )
         .build()
@@ -61,10 +60,10 @@ impl Operation for Splice {
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Splice(Call {
-            fd_in: self.input.fd,
-            off_in: self.input.offset.map(|o| o as i64),
-            fd_out: self.output.fd,
-            off_out: self.output.offset.map(|o| o as i64),
+            fd_in: self.fd_in.raw(),
+            off_in: call_offset(self.off_in),
+            fd_out: self.fd_out.raw(),
+            off_out: call_offset(self.off_out),
             len: self.len as usize,
         })
     }

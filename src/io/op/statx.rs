@@ -7,34 +7,32 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
-/// A statx of `fd` for `mask` into a buffer the op owns, holding the
-/// descriptors `fd` is one of.
+/// A statx of `fd` for `mask` into a buffer the op owns.
 pub struct Statx {
-    fd: RawFd,
+    fd: SharedFd,
     flags: i32,
     mask: u32,
     buf: Box<libc::statx>,
-    keep: Keep,
 }
 
 impl Statx {
-    pub fn new(fd: RawFd, flags: i32, mask: u32, keep: Keep) -> Statx {
+    pub fn new(fd: SharedFd, flags: i32, mask: u32) -> Statx {
         Statx {
             fd,
             flags: flags | libc::AT_EMPTY_PATH,
             mask,
             // SAFETY: an all-zero statx is a valid value of a plain C struct.
             buf: Box::new(unsafe { std::mem::zeroed() }),
-            keep,
         }
     }
 
     /// What the kernel wrote; the op's share of the descriptors is dropped
     /// first, so the last statx back leaves them to their owner alone.
     pub fn into_buf(self) -> Box<libc::statx> {
-        drop(self.keep);
+        drop(self.fd);
         self.buf
     }
 }
@@ -46,15 +44,19 @@ impl Operation for Statx {
 
     fn entry(&mut self) -> squeue::Entry {
         let buf: *mut libc::statx = &mut *self.buf;
-        opcode::Statx::new(types::Fd(self.fd), c"".as_ptr(), buf.cast::<types::statx>())
-            .flags(self.flags)
-            .mask(self.mask)
-            .build()
+        opcode::Statx::new(
+            types::Fd(self.fd.raw()),
+            c"".as_ptr(),
+            buf.cast::<types::statx>(),
+        )
+        .flags(self.flags)
+        .mask(self.mask)
+        .build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::Statx(Call {
-            fd: self.fd,
+            fd: self.fd.raw(),
             flags: self.flags,
             mask: self.mask,
             buf: &mut *self.buf,

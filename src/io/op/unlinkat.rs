@@ -6,22 +6,18 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Blocking, Keep, Operation};
+use super::{Blocking, Operation};
+use crate::io::fd::SharedFd;
 
-/// unlink of `path` under `dir`; it owns the path and keeps the directory open.
+/// unlink of `path` under `dir`; it owns the path and shares the directory.
 pub struct UnlinkAt {
-    dir: RawFd,
+    dir: SharedFd,
     path: CString,
-    _keep: Keep,
 }
 
 impl UnlinkAt {
-    pub fn new(dir: RawFd, path: CString, keep: Keep) -> UnlinkAt {
-        UnlinkAt {
-            dir,
-            path,
-            _keep: keep,
-        }
+    pub fn new(dir: SharedFd, path: CString) -> UnlinkAt {
+        UnlinkAt { dir, path }
     }
 }
 
@@ -31,12 +27,12 @@ impl Operation for UnlinkAt {
     }
 
     fn entry(&mut self) -> squeue::Entry {
-        opcode::UnlinkAt::new(types::Fd(self.dir), self.path.as_ptr()).build()
+        opcode::UnlinkAt::new(types::Fd(self.dir.raw()), self.path.as_ptr()).build()
     }
 
     fn blocking(&mut self) -> Blocking {
         Blocking::UnlinkAt(Call {
-            dir: self.dir,
+            dir: self.dir.raw(),
             path: self.path.as_ptr(),
         })
     }
