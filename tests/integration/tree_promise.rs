@@ -186,24 +186,27 @@ impl Setup {
         c
     }
 
-    fn spawn(&self, socket: &Path, default_sigint: bool) -> Child {
-        self.spawn_at(socket, default_sigint, "1MiB")
+    fn spawn(&self, socket: &Path, default_signals: bool) -> Child {
+        self.spawn_at(socket, default_signals, "1MiB")
     }
 
     /// As `spawn`, each file moving at most `rate` per second.
-    fn spawn_at(&self, socket: &Path, default_sigint: bool, rate: &str) -> Child {
+    fn spawn_at(&self, socket: &Path, default_signals: bool, rate: &str) -> Child {
         let mut c = self.command(socket, Some(rate));
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(self.work.join("stderr")).unwrap());
-        if default_sigint {
+        if default_signals {
             // SAFETY: signal(2) is async-signal-safe. The test may run
-            // where SIGINT is ignored (a background job of a script), and
-            // the CLI keeps an ignored SIGINT ignored; a user's Ctrl-C
-            // reaches a foreground job whose SIGINT is not ignored.
+            // where SIGINT is ignored (a background job of a script) or
+            // SIGHUP is (under nohup), and the CLI keeps an ignored signal
+            // ignored; a user's Ctrl-C, a hang-up or a kill reaches a
+            // foreground job that does not ignore them.
             unsafe {
                 c.pre_exec(|| {
-                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+                    for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGTERM] {
+                        libc::signal(sig, libc::SIG_DFL);
+                    }
                     Ok(())
                 });
             }
