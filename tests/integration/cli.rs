@@ -484,3 +484,84 @@ fn target_directory_flags_place_copies_as_cp_does() {
         );
     }
 }
+
+/// cp's --backup, -b and --suffix: the old file is kept under cp's backup
+/// names, on one file and in a tree merged into an existing directory.
+#[test]
+fn backups_keep_replaced_files_under_cps_names() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, src_bytes) = make_file(dir.path(), "src", 100, 5);
+    let dst = dir.path().join("dst");
+    let copy = |args: &[&str]| {
+        let mut c = cli(&d.socket);
+        c.arg("copy").args(args).arg(&src).arg(&dst);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        out
+    };
+    std::fs::write(&dst, "first").unwrap();
+    let out = copy(&["-v", "--backup"]);
+    let simple = dir.path().join("dst~");
+    assert_eq!(std::fs::read(&simple).unwrap(), b"first");
+    assert_eq!(std::fs::read(&dst).unwrap(), src_bytes);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("(backup: '{}')", simple.display())),
+        "{}",
+        describe(&out)
+    );
+
+    copy(&["--backup=numbered"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("dst.~1~")).unwrap(),
+        src_bytes
+    );
+    copy(&["-b", "--suffix=.old"]);
+    assert!(
+        dir.path().join("dst.~2~").is_file(),
+        "existing: numbered, as some are"
+    );
+
+    // A tree merged into a directory backs up what it replaces.
+    let tree = dir.path().join("tree");
+    let into = dir.path().join("into");
+    for d in [&tree, &into] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(tree.join("f"), "new").unwrap();
+    std::fs::write(into.join("f"), "old").unwrap();
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r", "-T", "--backup=simple", "--suffix=.bak"])
+        .arg(&tree)
+        .arg(&into);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(std::fs::read(into.join("f")).unwrap(), b"new");
+    assert_eq!(std::fs::read(into.join("f.bak")).unwrap(), b"old");
+
+    for (args, says) in [
+        (
+            vec!["--backup=sometimes"],
+            "invalid backup type 'sometimes'",
+        ),
+        (
+            vec!["--backup", "-n"],
+            "--backup cannot be combined with --no-clobber",
+        ),
+        (
+            vec!["-b", "--in-place"],
+            "--backup cannot be combined with --in-place",
+        ),
+    ] {
+        let mut c = cli(&d.socket);
+        c.arg("copy").args(&args).arg(&src).arg(&dst);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+}

@@ -12,6 +12,7 @@ const CLI_LAYERS: &[&str] = &[
     "progress",
     "fdlimit",
     "files",
+    "backup",
     "staging",
     "signals",
     "report",

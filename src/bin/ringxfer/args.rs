@@ -67,6 +67,8 @@ pub enum Command {
         paths: Vec<PathBuf>,
         #[command(flatten)]
         target: TargetOpts,
+        #[command(flatten)]
+        backup: BackupOpts,
         /// Say what is being done: "'SRC' -> 'DST'" for each file copied,
         /// "skipped 'DST'" for each one -n or -u left alone.
         #[arg(short = 'v', long)]
@@ -207,6 +209,25 @@ pub struct TargetOpts {
     /// copied as DST (merged into it when it exists), not into it.
     #[arg(short = 'T', long)]
     pub no_target_directory: bool,
+}
+
+/// cp's backups of the files a copy replaces.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BackupOpts {
+    /// Keep each file a copy replaces under a backup name. CONTROL: none
+    /// (off), numbered (t: NAME.~N~), existing (nil: numbered if numbered
+    /// backups exist, else simple), simple (never: NAME~) [default:
+    /// $VERSION_CONTROL, else existing].
+    #[arg(long, value_name = "CONTROL", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub backup: Option<String>,
+
+    /// Like --backup, but takes no CONTROL.
+    #[arg(short = 'b')]
+    pub backup_default: bool,
+
+    /// The simple backups' suffix [default: $SIMPLE_BACKUP_SUFFIX, else ~].
+    #[arg(short = 'S', long, value_name = "SUFFIX")]
+    pub suffix: Option<String>,
 }
 
 /// How a copy's destination is written.

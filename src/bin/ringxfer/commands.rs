@@ -33,8 +33,6 @@ fn finish(
 ) -> Exit {
     match result {
         Ok(Outcome::Done(done)) => {
-            ctx.out
-                .copied(verbose, Path::new(&subject.src), Path::new(&subject.dst));
             ctx.out.transfer_done(subject, &done);
             Exit::Done
         }
@@ -113,6 +111,22 @@ fn check_copy_flags(args: &CopyArgs<'_>, single: bool) -> Result<(), CliError> {
             "--detach takes one source file, not several or -r",
         ));
     }
+    if args.backup.is_some() {
+        let with = if args.dest.no_clobber {
+            Some("--no-clobber")
+        } else if args.dest.in_place {
+            Some("--in-place (a backup keeps the old file, which --in-place overwrites)")
+        } else if args.job.detach {
+            Some("--detach (the daemon publishes a detached copy, and makes no backups)")
+        } else {
+            None
+        };
+        if let Some(with) = with {
+            return Err(CliError::usage(format!(
+                "--backup cannot be combined with {with}"
+            )));
+        }
+    }
     if args.job.detach && args.dest.preserve {
         return Err(CliError::usage(
             "--preserve cannot be applied to a detached copy: no one is left to apply it once the data is written",
@@ -157,7 +171,29 @@ fn copy_one(
         truncate: staged.wants_truncate(),
         ..ctx.plan(args.range, args.job, args.dest.fsync)
     };
-    run_staged(&engine, subject, &src_file, staged, Some(&src_meta), plan)
+    let mut kept = None;
+    let keep_old = |dst: &Path| -> Result<(), CliError> {
+        if let Some(backup) = &args.backup {
+            kept = backup
+                .keep(dst)
+                .map_err(|e| CliError::path("cannot back up", dst, &e))?;
+        }
+        Ok(())
+    };
+    let outcome = run_staged(
+        &engine,
+        subject,
+        &src_file,
+        staged,
+        Some(&src_meta),
+        plan,
+        keep_old,
+    )?;
+    if matches!(outcome, Outcome::Done(_)) {
+        ctx.out
+            .copied(args.verbose, src, &dst_path, kept.as_deref());
+    }
+    Ok(outcome)
 }
 
 /// Stages a destination: for a detached job, so that the daemon can
@@ -199,12 +235,17 @@ fn run_staged(
     staged: StagedFile,
     preserve_from: Option<&std::fs::Metadata>,
     plan: JobPlan,
+    before_publish: impl FnOnce(&Path) -> Result<(), CliError>,
 ) -> Result<Outcome, CliError> {
     if plan.job.detach {
         return job_plan::detach_staged(engine, subject, src, staged, plan).map(Outcome::Detached);
     }
     match job_plan::run(engine, subject, src, staged.file(), plan) {
         Ok(done) => {
+            if let Err(err) = before_publish(staged.path()) {
+                staged.abandon();
+                return Err(err);
+            }
             staged
                 .publish(preserve_from)
                 .map_err(|e| CliError::publish(&e))?;
@@ -319,6 +360,7 @@ fn run_recv(
         staged,
         None,
         ctx.plan(range, job, fsync),
+        |_| Ok(()),
     )?;
     Ok(match outcome {
         // Without a length nothing says how much the peer meant to send:

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use ringxfer_ipc::Strategy;
 
 use crate::args::{DestOpts, JobOpts, RangeOpts};
+use crate::backup::Backup;
 use crate::engine_handle::{EngineHandle, Fallback};
 use crate::error::{CliError, Exit};
 use crate::files::Replace;
@@ -67,6 +68,8 @@ pub struct CopyArgs<'a> {
     pub target: Target,
     pub recursive: bool,
     pub verbose: bool,
+    /// --backup, -b: what to keep of the files the copy replaces.
+    pub backup: Option<Backup>,
     pub range: RangeOpts,
     pub job: JobOpts,
     pub dest: DestOpts,

@@ -7,6 +7,7 @@
 //! SIGTERM, SIGHUP) ended a copy or recv, after it removed what it staged.
 
 mod args;
+mod backup;
 mod commands;
 mod context;
 mod control;
@@ -34,8 +35,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::TargetOpts;
+use crate::args::{BackupOpts, TargetOpts};
 use crate::args::{Cli, Command};
+use crate::backup::{Backup, Control};
 use crate::context::{Context, CopyArgs, Target};
 use crate::error::CliError;
 use crate::report::Output;
@@ -64,13 +66,14 @@ fn main() -> ExitCode {
         Command::Copy {
             paths,
             target,
+            backup,
             verbose,
             recursive,
             range,
             job,
             dest,
-        } => match copy_operands(paths, target) {
-            Ok((sources, dst, target)) => commands::copy(
+        } => match copy_operands(paths, target).and_then(|ops| Ok((ops, backups(backup)?))) {
+            Ok(((sources, dst, target), backup)) => commands::copy(
                 &ctx,
                 &CopyArgs {
                     sources,
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
                     target,
                     recursive: *recursive,
                     verbose: *verbose,
+                    backup,
                     range: *range,
                     job: *job,
                     dest: *dest,
@@ -140,6 +144,30 @@ fn catch_signals(command: &Command) {
         signals::sweep_in(dir);
     }
     signals::start();
+}
+
+/// What --backup, -b and --suffix ask, with cp's defaults from the
+/// environment (VERSION_CONTROL, SIMPLE_BACKUP_SUFFIX).
+fn backups(opts: &BackupOpts) -> Result<Option<Backup>, CliError> {
+    let word = match (&opts.backup, opts.backup_default) {
+        (Some(word), _) if !word.is_empty() => word.clone(),
+        (Some(_), _) | (None, true) => std::env::var("VERSION_CONTROL")
+            .ok()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "existing".into()),
+        (None, false) => return Ok(None),
+    };
+    let control = Control::parse(&word).map_err(CliError::usage)?;
+    let suffix = opts
+        .suffix
+        .clone()
+        .or_else(|| std::env::var("SIMPLE_BACKUP_SUFFIX").ok())
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+        .unwrap_or_else(|| "~".into());
+    Ok(Some(Backup {
+        control,
+        suffix: suffix.into(),
+    }))
 }
 
 /// The sources and the destination of `copy`, as -t and -T read its

@@ -30,6 +30,7 @@ use ringxfer_ipc::dispatch::Dispatcher;
 use ringxfer_ipc::{Client, Completion, JobError, Strategy, TransferOptions};
 use slab::Slab;
 
+use crate::backup::Backup;
 use crate::context::{Context, CopyArgs};
 use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
@@ -90,6 +91,8 @@ pub struct Pipeline<'a> {
     preserve: bool,
     /// -n, -u: which existing destinations stay.
     replace: Replace,
+    /// --backup: what to keep of the files replaced.
+    backup: Option<Backup>,
     verbose: bool,
     bar: TreeBar,
     tally: Tally,
@@ -146,6 +149,7 @@ impl<'a> Pipeline<'a> {
             },
             preserve: args.dest.preserve,
             replace: args.replace(),
+            backup: args.backup.clone(),
             verbose: args.verbose,
             bar: TreeBar::new(ctx.progress),
             tally: Tally::default(),
@@ -399,12 +403,22 @@ impl<'a> Pipeline<'a> {
             return;
         };
         let dst = job.staged.path().to_path_buf();
+        let mut kept = None;
         let published = match result {
-            Ok(done) => job
-                .staged
-                .publish(Some(&job.meta))
-                .map(|()| done.bytes)
-                .map_err(|e| CliError::publish(&e)),
+            // A staged directory is new: nothing in it to back up.
+            Ok(done) => match (&self.backup, job.within) {
+                (Some(backup), None) => backup
+                    .keep(&dst)
+                    .map_err(|e| CliError::path("cannot back up", &dst, &e)),
+                _ => Ok(None),
+            }
+            .and_then(|backup| {
+                kept = backup;
+                job.staged
+                    .publish(Some(&job.meta))
+                    .map(|()| done.bytes)
+                    .map_err(|e| CliError::publish(&e))
+            }),
             Err(err) => {
                 job.staged.abandon();
                 Err(CliError::job(
@@ -421,7 +435,8 @@ impl<'a> Pipeline<'a> {
             Ok(bytes) => {
                 let (out, verbose) = (self.out, self.verbose);
                 let shown = self.staged.shown(&dst);
-                self.bar.suspend(|| out.copied(verbose, &job.src, &shown));
+                self.bar
+                    .suspend(|| out.copied(verbose, &job.src, &shown, kept.as_deref()));
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
                 self.staged.landed(job.within, false, bytes);

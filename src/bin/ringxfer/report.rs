@@ -210,10 +210,14 @@ impl Output {
         }
     }
 
-    /// `-v`: a file copied, as cp -v says it, on stdout.
-    pub fn copied(self, verbose: bool, src: &Path, dst: &Path) {
+    /// `-v`: a file copied, as cp -v says it, on stdout, with the backup
+    /// the old file was kept as.
+    pub fn copied(self, verbose: bool, src: &Path, dst: &Path, backup: Option<&Path>) {
         if verbose && !self.json && !self.quiet {
-            let line = format!("'{}' -> '{}'", src.display(), dst.display());
+            let backup = backup
+                .map(|b| format!(" (backup: '{}')", b.display()))
+                .unwrap_or_default();
+            let line = format!("'{}' -> '{}'{backup}", src.display(), dst.display());
             let _ = writeln!(std::io::stdout().lock(), "{line}");
         }
     }
