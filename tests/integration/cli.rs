@@ -565,3 +565,44 @@ fn backups_keep_replaced_files_under_cps_names() {
         );
     }
 }
+
+/// `copy -a` as cp -a: a tree with its files' extended attributes and ACLs
+/// (setfattr and setfacl, from the attr and acl packages); a plain copy
+/// keeps neither.
+#[test]
+fn archive_keeps_extended_attributes_and_acls() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let (file, _) = make_file(&src, "f", 1000, 6);
+    let tool = |cmd: &str, args: &[&str], path: &Path| {
+        let out = Command::new(cmd)
+            .args(args)
+            .arg(path)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd} (from the attr/acl packages): {e}"));
+        assert!(out.status.success(), "{cmd} {args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    tool("setfattr", &["-n", "user.colour", "-v", "blue"], &file);
+    tool("setfacl", &["-m", "u:nobody:r"], &file);
+
+    let archived = dir.path().join("archived");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-a"]).arg(&src).arg(&archived);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let copy = archived.join("f");
+    let attrs = tool("getfattr", &["-d"], &copy);
+    assert!(attrs.contains("user.colour=\"blue\""), "{attrs}");
+    let acl = tool("getfacl", &["-c"], &copy);
+    assert!(acl.contains("user:nobody:r--"), "{acl}");
+
+    let plain = dir.path().join("plain");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r"]).arg(&src).arg(&plain);
+    assert_eq!(run(c).status.code(), Some(0));
+    let attrs = tool("getfattr", &["-d"], &plain.join("f"));
+    assert!(!attrs.contains("user.colour"), "{attrs}");
+}

@@ -17,6 +17,7 @@ const CLI_LAYERS: &[&str] = &[
     "signals",
     "report",
     "listing",
+    "xattrs",
     "engine_handle",
     "job_plan",
     "context",

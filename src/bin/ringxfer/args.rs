@@ -77,6 +77,10 @@ pub enum Command {
         /// are recreated as links, not followed).
         #[arg(short = 'r', short_alias = 'R', long)]
         recursive: bool,
+        /// Archive, as cp -a: -r and --preserve (mode, owner, times,
+        /// extended attributes and ACLs); symbolic links stay links.
+        #[arg(short = 'a', long)]
+        archive: bool,
         #[command(flatten)]
         range: RangeOpts,
         #[command(flatten)]
@@ -253,7 +257,7 @@ pub struct DestOpts {
     pub in_place: bool,
 
     /// Give copies the source's mode, owner (where permitted) and timestamps,
-    /// directories included.
+    /// directories included, and files their extended attributes and ACLs.
     #[arg(long)]
     pub preserve: bool,
 }

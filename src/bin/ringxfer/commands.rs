@@ -22,6 +22,7 @@ use crate::files::{open_source, resolve_destination};
 use crate::job_plan::{self, JobPlan};
 use crate::report::{self, Finished, Op, Subject};
 use crate::tree;
+use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Prints the outcome of a transfer and picks the exit status.
@@ -171,9 +172,16 @@ fn copy_one(
         truncate: staged.wants_truncate(),
         ..ctx.plan(args.range, args.job, args.dest.fsync)
     };
+    let xattrs = if args.dest.preserve {
+        Xattrs::of_source(&src_file, src)
+    } else {
+        Xattrs::default()
+    };
     let mut kept = None;
-    let keep_old = |dst: &Path| -> Result<(), CliError> {
+    let before_publish = |staged: &StagedFile| -> Result<(), CliError> {
+        xattrs.apply_and_report(staged.file(), staged.path());
         if let Some(backup) = &args.backup {
+            let dst = staged.path();
             kept = backup
                 .keep(dst)
                 .map_err(|e| CliError::path("cannot back up", dst, &e))?;
@@ -187,7 +195,7 @@ fn copy_one(
         staged,
         Some(&src_meta),
         plan,
-        keep_old,
+        before_publish,
     )?;
     if matches!(outcome, Outcome::Done(_)) {
         ctx.out
@@ -235,14 +243,14 @@ fn run_staged(
     staged: StagedFile,
     preserve_from: Option<&std::fs::Metadata>,
     plan: JobPlan,
-    before_publish: impl FnOnce(&Path) -> Result<(), CliError>,
+    before_publish: impl FnOnce(&StagedFile) -> Result<(), CliError>,
 ) -> Result<Outcome, CliError> {
     if plan.job.detach {
         return job_plan::detach_staged(engine, subject, src, staged, plan).map(Outcome::Detached);
     }
     match job_plan::run(engine, subject, src, staged.file(), plan) {
         Ok(done) => {
-            if let Err(err) = before_publish(staged.path()) {
+            if let Err(err) = before_publish(&staged) {
                 staged.abandon();
                 return Err(err);
             }

@@ -28,6 +28,7 @@ mod stats;
 mod tree;
 mod walk;
 mod walk_ahead;
+mod xattrs;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{BackupOpts, TargetOpts};
+use crate::args::{BackupOpts, DestOpts, TargetOpts};
 use crate::args::{Cli, Command};
 use crate::backup::{Backup, Control};
 use crate::context::{Context, CopyArgs, Target};
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
             backup,
             verbose,
             recursive,
+            archive,
             range,
             job,
             dest,
@@ -79,12 +81,15 @@ fn main() -> ExitCode {
                     sources,
                     dst,
                     target,
-                    recursive: *recursive,
+                    recursive: *recursive || *archive,
                     verbose: *verbose,
                     backup,
                     range: *range,
                     job: *job,
-                    dest: *dest,
+                    dest: DestOpts {
+                        preserve: dest.preserve || *archive,
+                        ..*dest
+                    },
                 },
             ),
             Err(err) => {
@@ -134,6 +139,7 @@ fn catch_signals(command: &Command) {
                     ..
                 },
             recursive: false,
+            archive: false,
             job,
             ..
         } if paths.len() == 2 && !job.detach => staging_dirs(&paths[1]),

@@ -42,6 +42,7 @@ use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
 use crate::staged_dirs::{StagedDirs, Within};
 use crate::walk::Item;
 use crate::walk_ahead::{open_source, Found, FDS_AHEAD};
+use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
 /// Jobs in flight at most. On two cores, windows from 8 to 1000 copied
@@ -66,6 +67,8 @@ struct Job {
     source: Option<File>,
     staged: StagedFile,
     meta: Metadata,
+    /// --preserve: the source's extended attributes, set before publishing.
+    xattrs: Xattrs,
     within: Within,
 }
 
@@ -280,11 +283,17 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         }
+        let xattrs = if self.preserve {
+            Xattrs::of_source(&file, &src)
+        } else {
+            Xattrs::default()
+        };
         let key = self.jobs.insert(Job {
             src,
             source: Some(file),
             staged,
             meta,
+            xattrs,
             within,
         });
         self.unsent.push(key);
@@ -414,6 +423,8 @@ impl<'a> Pipeline<'a> {
             }
             .and_then(|backup| {
                 kept = backup;
+                job.xattrs
+                    .apply_and_report(job.staged.file(), &self.staged.shown(&dst));
                 job.staged
                     .publish(Some(&job.meta))
                     .map(|()| done.bytes)
