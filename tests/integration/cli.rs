@@ -606,3 +606,50 @@ fn archive_keeps_extended_attributes_and_acls() {
     let attrs = tool("getfattr", &["-d"], &plain.join("f"));
     assert!(!attrs.contains("user.colour"), "{attrs}");
 }
+
+/// `copy -a` keeps hard links within the tree, into a new directory and
+/// merged into an existing one (replacing what was there); -r does not.
+#[test]
+fn archive_keeps_hard_links_within_the_tree() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let (one, bytes) = make_file(&src, "one", 5000, 7);
+    std::fs::hard_link(&one, src.join("two")).unwrap();
+    std::fs::hard_link(&one, src.join("sub/three")).unwrap();
+    let merged = dir.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    std::fs::write(merged.join("two"), "old").unwrap();
+
+    for (args, dst) in [
+        (vec!["-a"], dir.path().join("new")),
+        (vec!["-a", "-T"], merged.clone()),
+    ] {
+        let mut c = cli(&d.socket);
+        c.arg("copy").args(&args).arg(&src).arg(&dst);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        let metas: Vec<_> = ["one", "two", "sub/three"]
+            .iter()
+            .map(|n| std::fs::metadata(dst.join(n)).unwrap())
+            .collect();
+        assert!(
+            metas.iter().all(|m| m.ino() == metas[0].ino()),
+            "{args:?}: not one file"
+        );
+        assert_eq!(metas[0].nlink(), 3, "{args:?}");
+        assert_eq!(std::fs::read(dst.join("sub/three")).unwrap(), bytes);
+    }
+
+    let plain = dir.path().join("plain");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r"]).arg(&src).arg(&plain);
+    assert_eq!(run(c).status.code(), Some(0));
+    let (a, b) = (
+        std::fs::metadata(plain.join("one")).unwrap(),
+        std::fs::metadata(plain.join("two")).unwrap(),
+    );
+    assert_ne!(a.ino(), b.ino(), "-r copies each name");
+}

@@ -22,6 +22,7 @@ const CLI_LAYERS: &[&str] = &[
     "job_plan",
     "context",
     "staged_dirs",
+    "hardlinks",
     "walk",
     "walk_ahead",
     "pipeline",

@@ -16,6 +16,7 @@ mod engine_handle;
 mod error;
 mod fdlimit;
 mod files;
+mod hardlinks;
 mod job_plan;
 mod listing;
 mod pipeline;

@@ -36,6 +36,7 @@ use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
 use crate::fdlimit;
 use crate::files::Replace;
+use crate::hardlinks::HardLinks;
 use crate::job_plan::JobPlan;
 use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
@@ -96,6 +97,8 @@ pub struct Pipeline<'a> {
     replace: Replace,
     /// --backup: what to keep of the files replaced.
     backup: Option<Backup>,
+    /// -a: the source's hard links, kept in the copy.
+    links: Option<HardLinks>,
     verbose: bool,
     bar: TreeBar,
     tally: Tally,
@@ -153,6 +156,7 @@ impl<'a> Pipeline<'a> {
             preserve: args.dest.preserve,
             replace: args.replace(),
             backup: args.backup.clone(),
+            links: args.dest.preserve.then(HardLinks::default),
             verbose: args.verbose,
             bar: TreeBar::new(ctx.progress),
             tally: Tally::default(),
@@ -245,6 +249,11 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         };
+        if let Some(links) = &mut self.links {
+            if links.defer(&meta, &src, &dst, within) {
+                return Ok(());
+            }
+        }
         // A staged directory is new: nothing in it to keep.
         if within.is_none() && self.replace.skips(&meta, &dst) {
             self.tally.skipped += 1;
@@ -457,6 +466,31 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Links the other names of files with several (-a), now that every
+    /// copy has settled.
+    fn make_links(&mut self) {
+        let Some(links) = self.links.take() else {
+            return;
+        };
+        for (p, made) in links.make() {
+            match made {
+                Ok(()) => {
+                    let shown = self.staged.shown(&p.dst);
+                    let (out, verbose) = (self.out, self.verbose);
+                    self.bar
+                        .suspend(|| out.copied(verbose, &p.src, &shown, None));
+                    self.tally.files += 1;
+                    self.staged.landed(p.within, false, 0);
+                }
+                Err(e) => {
+                    let err =
+                        CliError::path("cannot create hard link", &self.staged.shown(&p.dst), &e);
+                    self.fail(&p.src, Some(&p.dst), p.within, &err);
+                }
+            }
+        }
+    }
+
     /// Sends what is left, waits for every job; returns the tally and the
     /// directories still to rename into place. After a signal nothing is
     /// sent or waited for: the jobs not settled are dropped, which removes
@@ -473,6 +507,9 @@ impl<'a> Pipeline<'a> {
             if !self.reap_one() {
                 self.jobs.clear();
             }
+        }
+        if crate::signals::received().is_none() {
+            self.make_links();
         }
         self.bar.finish();
         (self.tally, self.staged)
