@@ -653,3 +653,48 @@ fn archive_keeps_hard_links_within_the_tree() {
     );
     assert_ne!(a.ino(), b.ino(), "-r copies each name");
 }
+
+/// `copy -a` recreates a FIFO and a device node as cp -a does (mode,
+/// device number, times); `-r` still refuses them, as before.
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn archive_recreates_fifos_and_device_nodes() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    require_root("mknod of a device node");
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    let null = std::ffi::CString::new(src.join("null").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated paths that outlive the calls.
+    unsafe {
+        assert_eq!(libc::mkfifo(fifo.as_ptr(), 0o640), 0);
+        assert_eq!(
+            libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)),
+            0
+        );
+    }
+    set_mtime(&src.join("null"), 1_000_000);
+
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-a"]).arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let fifo_meta = std::fs::symlink_metadata(dst.join("fifo")).unwrap();
+    assert!(fifo_meta.file_type().is_fifo());
+    assert_eq!(fifo_meta.mode() & 0o7777, 0o640);
+    let null_meta = std::fs::symlink_metadata(dst.join("null")).unwrap();
+    assert!(null_meta.file_type().is_char_device());
+    assert_eq!(null_meta.rdev(), libc::makedev(1, 3));
+    assert_eq!(null_meta.mtime(), 1_000_000);
+
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r"])
+        .arg(&src)
+        .arg(dir.path().join("plain"));
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a fifo is not copied"));
+}

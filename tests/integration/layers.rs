@@ -21,6 +21,7 @@ const CLI_LAYERS: &[&str] = &[
     "engine_handle",
     "job_plan",
     "context",
+    "specials",
     "staged_dirs",
     "hardlinks",
     "walk",

@@ -23,6 +23,7 @@ mod pipeline;
 mod progress;
 mod report;
 mod signals;
+mod specials;
 mod staged_dirs;
 mod staging;
 mod stats;

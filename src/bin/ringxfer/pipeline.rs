@@ -40,6 +40,7 @@ use crate::hardlinks::HardLinks;
 use crate::job_plan::JobPlan;
 use crate::progress::TreeBar;
 use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
+use crate::specials::{copy_special, copy_symlink};
 use crate::staged_dirs::{StagedDirs, Within};
 use crate::walk::Item;
 use crate::walk_ahead::{open_source, Found, FDS_AHEAD};
@@ -197,6 +198,18 @@ impl<'a> Pipeline<'a> {
                     Ok(()) => {
                         self.tally.links += 1;
                         self.staged.landed(within, true, 0);
+                    }
+                    Err(err) => self.fail(&src, Some(&dst), within, &err),
+                }
+            }
+            Found::Other(Item::Special { src, dst, within }) => {
+                match fs::symlink_metadata(&src)
+                    .map_err(|e| CliError::path("cannot stat", &src, &e))
+                    .and_then(|meta| copy_special(&dst, &meta))
+                {
+                    Ok(()) => {
+                        self.tally.files += 1;
+                        self.staged.landed(within, false, 0);
                     }
                     Err(err) => self.fail(&src, Some(&dst), within, &err),
                 }
@@ -513,70 +526,5 @@ impl<'a> Pipeline<'a> {
         }
         self.bar.finish();
         (self.tally, self.staged)
-    }
-}
-
-/// Recreates the link `src` at `dst` (replacing a file or link there
-/// atomically), with --preserve also its owner and times.
-fn copy_symlink(src: &Path, dst: &Path, preserve: bool) -> Result<(), CliError> {
-    let target = fs::read_link(src).map_err(|e| CliError::path("cannot read link", src, &e))?;
-    let create_err = |e: &io::Error| CliError::path("cannot create symbolic link", dst, e);
-    match std::os::unix::fs::symlink(&target, dst) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let name = dst.file_name().map(|n| n.to_string_lossy().into_owned());
-            let temp = dst.with_file_name(format!(
-                ".{}.ringxfer-link-{}",
-                name.unwrap_or_default(),
-                std::process::id()
-            ));
-            let _ = fs::remove_file(&temp);
-            std::os::unix::fs::symlink(&target, &temp).map_err(|e| create_err(&e))?;
-            if let Err(e) = fs::rename(&temp, dst) {
-                let _ = fs::remove_file(&temp);
-                return Err(create_err(&e));
-            }
-        }
-        Err(e) => return Err(create_err(&e)),
-    }
-    if preserve {
-        let meta = fs::symlink_metadata(src).map_err(|e| CliError::path("cannot stat", src, &e))?;
-        preserve_link(dst, &meta)
-            .map_err(|e| CliError::path("cannot set attributes of", dst, &e))?;
-    }
-    Ok(())
-}
-
-/// Owner and times of a link itself (lchown, utimensat without following).
-fn preserve_link(path: &Path, meta: &Metadata) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // Owner where permitted (root); a refusal keeps ours, as cp -p does.
-    // SAFETY: a NUL-terminated path that outlives the call.
-    let _ = unsafe { libc::lchown(c_path.as_ptr(), meta.uid(), meta.gid()) };
-    let times = [
-        libc::timespec {
-            tv_sec: meta.atime(),
-            tv_nsec: meta.atime_nsec(),
-        },
-        libc::timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec(),
-        },
-    ];
-    // SAFETY: the path as above and an array of two timespecs, as utimensat(2) reads.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

@@ -30,6 +30,12 @@ pub enum Item {
         dst: PathBuf,
         within: Within,
     },
+    /// A FIFO, socket or device node to recreate (-a).
+    Special {
+        src: PathBuf,
+        dst: PathBuf,
+        within: Within,
+    },
     /// Something that could not be copied, already phrased.
     Failed {
         src: PathBuf,
@@ -456,7 +462,11 @@ impl Iterator for Walk {
                 return Some(Item::Symlink { src, dst, within });
             }
             if !ft.is_dir() {
-                return Some(skipped_special(&src, Some(&dst), within, ft));
+                return Some(if self.preserve {
+                    Item::Special { src, dst, within }
+                } else {
+                    skipped_special(&src, Some(&dst), within, ft)
+                });
             }
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
