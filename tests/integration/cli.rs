@@ -698,3 +698,46 @@ fn archive_recreates_fifos_and_device_nodes() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a fifo is not copied"));
 }
+
+/// A full disk is said in the user's terms (the destination, the OS's
+/// words, how much was written), not by the engine's step.
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn a_full_disk_is_named_in_the_users_terms() {
+    require_root("root to mount tmpfs");
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 3 << 20, 8);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _mount = mount_tmpfs(&mnt, "1m").unwrap_or_else(|e| panic!("mount tmpfs: {e}"));
+    let dst = mnt.join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg(&src).arg(&dst);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&dst.display().to_string()),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("No space left on device ("),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("written before it filled)"),
+        "{}",
+        describe(&out)
+    );
+    for internal in ["splice", "pipe", "offset"] {
+        assert!(
+            !stderr.contains(internal),
+            "says {internal}: {}",
+            describe(&out)
+        );
+    }
+    assert!(!dst.exists(), "a short copy took the name");
+}

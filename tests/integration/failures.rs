@@ -3,8 +3,6 @@
 use std::fs::OpenOptions;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use ringxfer_ipc::{FailureKind, TransferOptions};
@@ -139,35 +137,6 @@ fn swapped_descriptors_fail_clearly() {
     );
     assert_eq!(f.bytes, 0);
     assert_file_eq(&src, &data);
-}
-
-/// Unmounts on drop.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(Mount(dir.to_path_buf()))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 #[test]

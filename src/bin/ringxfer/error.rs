@@ -98,12 +98,32 @@ impl CliError {
         };
         CliError {
             context: context.into(),
-            cause: err.to_string(),
+            cause: Self::job_cause(err),
             kind: kind.to_owned(),
             os_error,
             exit: Exit::Failed,
             bytes,
             engine: None,
+        }
+    }
+
+    /// What a failed job's message says. A full disk is the disk's doing, not
+    /// the engine step's: say it in the user's terms, as cp does, with how much
+    /// was written; other failures keep the engine's words (which step, at
+    /// what offset), which are what tells them apart.
+    fn job_cause(err: &JobError) -> String {
+        match err {
+            JobError::Failed {
+                kind: FailureKind::NoSpace,
+                os_error: Some(code),
+                bytes,
+                ..
+            } => format!(
+                "{} ({} written before it filled)",
+                describe_io(&io::Error::from_raw_os_error(*code)),
+                ringxfer::size::format_bytes(*bytes)
+            ),
+            _ => err.to_string(),
         }
     }
 
