@@ -741,3 +741,46 @@ fn a_full_disk_is_named_in_the_users_terms() {
     }
     assert!(!dst.exists(), "a short copy took the name");
 }
+
+/// On a terminal (`script` gives the CLI one), a tree copy's bar counts a
+/// large file's bytes while it moves, not only once it is done.
+#[test]
+fn a_tree_bar_moves_during_a_large_file() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_file(&src, "big", 24 << 20, 9);
+    let cli_bin = Path::new(CLI_BIN);
+    let line = format!(
+        "{} --socket {} copy -r --rate-limit 8MiB {} {}",
+        cli_bin.display(),
+        d.socket.display(),
+        src.display(),
+        dir.path().join("dst").display()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"]);
+    let out = run(c);
+    assert!(out.status.success(), "{}", describe(&out));
+    let screen = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    // Each frame says "<moved> <unit>/24.00 MiB".
+    let moved: Vec<f64> = screen
+        .split("/24.00 MiB")
+        .filter_map(|before| {
+            let mut words = before.split_whitespace().rev();
+            let unit = words.next()?;
+            let n: f64 = words.next()?.parse().ok()?;
+            match unit {
+                "MiB" => Some(n),
+                "KiB" => Some(n / 1024.0),
+                _ => None,
+            }
+        })
+        .collect();
+    let partial = moved.iter().any(|&m| m > 0.0 && m < 24.0);
+    assert!(
+        partial,
+        "no bar between 0 and 24 MiB on the terminal ({moved:?}): {screen}"
+    );
+}

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ringxfer_ipc::dispatch::Dispatcher;
-use ringxfer_ipc::{Client, Completion, JobError, Strategy, TransferOptions};
+use ringxfer_ipc::{Client, Completion, JobError, JobHandle, Strategy, TransferOptions};
 use slab::Slab;
 
 use crate::backup::Backup;
@@ -72,7 +72,14 @@ struct Job {
     /// --preserve: the source's extended attributes, set before publishing.
     xattrs: Xattrs,
     within: Within,
+    /// A large file's handle, whose progress events the bar counts.
+    handle: Option<JobHandle>,
 }
+
+/// Files at least this large report their progress while a bar is shown,
+/// so the bar moves during them; smaller ones finish within a redraw or
+/// two, and progress events for each would cost the engine work.
+const MOVING_AT_LEAST: u64 = 8 << 20;
 
 /// What a job's callback reports: the job's key in the table, and its result.
 type Finished = (usize, Result<Completion, JobError>);
@@ -317,6 +324,7 @@ impl<'a> Pipeline<'a> {
             meta,
             xattrs,
             within,
+            handle: None,
         });
         self.unsent.push(key);
         if self.unsent.len() >= self.batch {
@@ -337,15 +345,18 @@ impl<'a> Pipeline<'a> {
         }
         let mut batch = self.client.batch();
         let mut refused = Vec::new();
+        let mut watched = Vec::new();
         let mut sent = Ok(0);
         for &key in &self.unsent {
             let job = &self.jobs[key];
             let Some(source) = job.source.as_ref() else {
                 continue;
             };
+            let watch = self.bar.shown() && job.meta.len() >= MOVING_AT_LEAST;
             let opts = TransferOptions {
                 // What `ringxfer jobs` lists and the daemon logs.
                 tag: ringxfer_ipc::fit_tag(&job.src.display().to_string()),
+                progress: watch,
                 ..self.plan.options(String::new())
             };
             for _ in 0..2 {
@@ -356,8 +367,11 @@ impl<'a> Pipeline<'a> {
                     let _ = tx.send((key, result));
                 });
                 match batch.submit(source, job.staged.file(), &opts, Some(callback)) {
-                    Ok(_handle) => {
+                    Ok(handle) => {
                         self.bar.add_total(job.meta.len());
+                        if watch {
+                            watched.push((key, handle));
+                        }
                         break;
                     }
                     // Long tags filled the frame: send what it has and put
@@ -375,6 +389,11 @@ impl<'a> Pipeline<'a> {
             }
         }
         let sent = sent.and(batch.send());
+        for (key, handle) in watched {
+            if let Some(job) = self.jobs.get_mut(key) {
+                job.handle = Some(handle);
+            }
+        }
         // The daemon has its own copies of the sources now (or never will).
         for key in self.unsent.drain(..) {
             if let Some(job) = self.jobs.get_mut(key) {
@@ -414,7 +433,9 @@ impl<'a> Pipeline<'a> {
             if crate::signals::received().is_some() {
                 return false;
             }
-            if self.events.dispatch(Some(crate::signals::POLL)).is_err() {
+            let dispatched = self.events.dispatch(Some(crate::signals::POLL));
+            self.show_moving();
+            if dispatched.is_err() {
                 // The connection ended: every outstanding job was resolved,
                 // its callback run, before the error came back.
                 while let Ok(finished) = self.done_rx.try_recv() {
@@ -425,6 +446,20 @@ impl<'a> Pipeline<'a> {
                 return true;
             }
         }
+    }
+
+    /// Counts on the bar the bytes large files in flight have moved.
+    fn show_moving(&mut self) {
+        if !self.bar.shown() {
+            return;
+        }
+        let moving = self
+            .jobs
+            .iter()
+            .filter_map(|(_, job)| job.handle.as_ref())
+            .map(JobHandle::bytes_so_far)
+            .sum();
+        self.bar.moving(moving);
     }
 
     /// Publishes a finished job's file, or drops it (leaving nothing under

@@ -65,6 +65,8 @@ pub struct TreeBar {
     bar: Option<ProgressBar>,
     drawn: bool,
     files: u64,
+    /// Bytes of the files published.
+    finished: u64,
 }
 
 impl TreeBar {
@@ -77,6 +79,7 @@ impl TreeBar {
             bar,
             drawn: false,
             files: 0,
+            finished: 0,
         }
     }
 
@@ -87,16 +90,38 @@ impl TreeBar {
         }
     }
 
+    /// Whether the bar is shown (or will be): whether moving bytes are worth
+    /// counting.
+    pub fn shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
     /// A file was published.
     pub fn file_done(&mut self, bytes: u64) {
         let Some(bar) = &self.bar else { return };
         self.files += 1;
-        bar.inc(bytes);
+        self.finished += bytes;
+        // Never back: the bytes of files still moving may be counted already.
+        bar.set_position(bar.position().max(self.finished));
         // Formatting the message for each of 10,000 files would cost more
         // than the bar is worth; every 64th is plenty at 10 redraws a second.
         if self.files % 64 == 1 {
             bar.set_message(format!("{} files", self.files));
         }
+        self.draw_when_due();
+    }
+
+    /// Bytes of files still in flight have moved: the bar counts them as
+    /// they go, so a large file shows before it is done.
+    pub fn moving(&mut self, in_flight: u64) {
+        let Some(bar) = &self.bar else { return };
+        bar.set_position(bar.position().max(self.finished + in_flight));
+        self.draw_when_due();
+    }
+
+    /// Shows the bar once the copy has run for [`SHOW_AFTER`].
+    fn draw_when_due(&mut self) {
+        let Some(bar) = &self.bar else { return };
         if !self.drawn && bar.elapsed() >= SHOW_AFTER {
             bar.set_draw_target(ProgressDrawTarget::stderr());
             bar.enable_steady_tick(POLL);
