@@ -784,3 +784,58 @@ fn a_tree_bar_moves_during_a_large_file() {
         "no bar between 0 and 24 MiB on the terminal ({moved:?}): {screen}"
     );
 }
+
+/// cp's -L, -P and -H (the default): which symbolic links a copy follows.
+#[test]
+fn dereference_flags_follow_links_as_cp_does() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    let (_, bytes) = make_file(&tree.join("d"), "f", 100, 10);
+    std::os::unix::fs::symlink("d", tree.join("dlink")).unwrap();
+    let named = dir.path().join("named");
+    std::os::unix::fs::symlink("tree", &named).unwrap();
+    let copy = |args: &[&str], src: &Path, dst: &Path| {
+        let mut c = cli(&d.socket);
+        c.arg("copy").args(args).arg(src).arg(dst);
+        run(c)
+    };
+    let is_link = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    };
+
+    // -H (default): the named link is followed, the one inside is kept.
+    let h = dir.path().join("h");
+    assert_eq!(copy(&["-r"], &named, &h).status.code(), Some(0));
+    assert!(!is_link(&h) && is_link(&h.join("dlink")));
+    // -L: both followed; the link inside becomes a directory.
+    let l = dir.path().join("l");
+    let out = copy(&["-rL"], &named, &l);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!is_link(&l.join("dlink")));
+    assert_eq!(std::fs::read(l.join("dlink/f")).unwrap(), bytes);
+    // -P: the named link is copied as a link, with or without -r.
+    for args in [&["-P"][..], &["-rP"][..]] {
+        let p = dir.path().join(format!("p{}", args[0]));
+        let out = copy(args, &named, &p);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        assert_eq!(
+            std::fs::read_link(&p).unwrap(),
+            Path::new("tree"),
+            "{args:?}"
+        );
+    }
+    // -L through a link back up the tree: a cycle, refused by name.
+    std::os::unix::fs::symlink("..", tree.join("d/up")).unwrap();
+    let out = copy(&["-rL"], &tree, &dir.path().join("cycle"));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(a cycle)"),
+        "{}",
+        describe(&out)
+    );
+}

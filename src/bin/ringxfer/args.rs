@@ -81,6 +81,17 @@ pub enum Command {
         /// extended attributes and ACLs); symbolic links stay links.
         #[arg(short = 'a', long)]
         archive: bool,
+        /// Follow every symbolic link in the sources: a link is copied as
+        /// what it leads to.
+        #[arg(short = 'L', long, overrides_with_all = ["no_dereference", "command_line_links"])]
+        dereference: bool,
+        /// Follow no symbolic link, not even one named on the command line:
+        /// links are copied as links.
+        #[arg(short = 'P', long, overrides_with_all = ["dereference", "command_line_links"])]
+        no_dereference: bool,
+        /// Follow the symbolic links named on the command line only (the default).
+        #[arg(short = 'H', overrides_with_all = ["dereference", "no_dereference"])]
+        command_line_links: bool,
         #[command(flatten)]
         range: RangeOpts,
         #[command(flatten)]

@@ -7,6 +7,7 @@
 //! created, truncated or connected, so that a missing daemon under
 //! --daemon-only leaves no empty destination file or half-open peer behind.
 
+use std::fs;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -15,7 +16,7 @@ use std::path::Path;
 use ringxfer_ipc::Strategy;
 
 use crate::args::{JobOpts, RangeOpts};
-use crate::context::{Context, CopyArgs, Target};
+use crate::context::{Context, CopyArgs, Follow, Target};
 use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::{open_source, resolve_destination};
@@ -82,7 +83,11 @@ fn run_or_detach(
 
 pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
     let (dst, sources) = (args.dst, args.sources);
-    let single = sources.len() == 1 && !args.recursive;
+    // -P: a link named on the command line is copied as a link, which the
+    // tree copy does.
+    let link_as_link = args.follow == Follow::Never
+        && fs::symlink_metadata(&sources[0]).is_ok_and(|m| m.is_symlink());
+    let single = sources.len() == 1 && !args.recursive && !link_as_link;
     if let Err(err) = check_copy_flags(args, single) {
         ctx.out.failed(Op::Copy, None, &err);
         return err.exit;

@@ -67,6 +67,8 @@ pub struct CopyArgs<'a> {
     pub dst: &'a Path,
     pub target: Target,
     pub recursive: bool,
+    /// -H, -L, -P.
+    pub follow: Follow,
     pub verbose: bool,
     /// --backup, -b: what to keep of the files the copy replaces.
     pub backup: Option<Backup>,
@@ -102,4 +104,16 @@ impl Target {
             Target::AsName => false,
         }
     }
+}
+
+/// Which symbolic links a copy follows, as cp's -H, -L and -P say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Follow {
+    /// `-H` (the default here): the operands, not the links inside a tree.
+    #[default]
+    Operands,
+    /// `-P`: none; a link is copied as a link, operands included.
+    Never,
+    /// `-L`: all; a link is copied as what it leads to.
+    Always,
 }

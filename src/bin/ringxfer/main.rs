@@ -41,7 +41,7 @@ use clap::Parser;
 use crate::args::{BackupOpts, DestOpts, TargetOpts};
 use crate::args::{Cli, Command};
 use crate::backup::{Backup, Control};
-use crate::context::{Context, CopyArgs, Target};
+use crate::context::{Context, CopyArgs, Follow, Target};
 use crate::error::CliError;
 use crate::report::Output;
 
@@ -73,9 +73,12 @@ fn main() -> ExitCode {
             verbose,
             recursive,
             archive,
+            dereference,
+            no_dereference,
             range,
             job,
             dest,
+            command_line_links: _,
         } => match copy_operands(paths, target).and_then(|ops| Ok((ops, backups(backup)?))) {
             Ok(((sources, dst, target), backup)) => commands::copy(
                 &ctx,
@@ -84,6 +87,11 @@ fn main() -> ExitCode {
                     dst,
                     target,
                     recursive: *recursive || *archive,
+                    follow: match (dereference, no_dereference) {
+                        (true, _) => Follow::Always,
+                        (_, true) => Follow::Never,
+                        _ => Follow::Operands,
+                    },
                     verbose: *verbose,
                     backup,
                     range: *range,

@@ -134,7 +134,8 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
         }
     };
     let started = Instant::now();
-    let walk = Walk::new(operands, args.recursive, args.dest.preserve, umask);
+    let walk =
+        Walk::new(operands, args.recursive, args.dest.preserve, umask).following(args.follow);
     let mut ahead = match WalkAhead::start(walk) {
         Ok(ahead) => ahead,
         Err(e) => {

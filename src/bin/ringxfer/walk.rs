@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::context::Follow;
 use crate::error::CliError;
 use crate::staged_dirs::{StagedDir, Within};
 use crate::staging::{remove_leftovers, Leftover};
@@ -63,6 +64,8 @@ struct Frame {
     /// Inside a [`StagedDir`]: everything here is ours and unseen.
     within: Within,
     fixup: Option<DirFixup>,
+    /// The source directory's device and inode, to tell a cycle (-L).
+    id: (u64, u64),
 }
 
 /// Hidden names tried before giving up on staging a directory.
@@ -88,6 +91,7 @@ pub struct Walk {
     stack: Vec<Frame>,
     recursive: bool,
     preserve: bool,
+    follow: Follow,
     umask: u32,
     /// Items to hand out before walking on (leftovers found while staging).
     pending: VecDeque<Item>,
@@ -157,6 +161,7 @@ impl Walk {
             stack: Vec::new(),
             recursive,
             preserve,
+            follow: Follow::Operands,
             umask,
             pending: VecDeque::new(),
             searched: HashSet::new(),
@@ -164,6 +169,12 @@ impl Walk {
             dirs: 0,
             staged_dirs: Vec::new(),
         }
+    }
+
+    /// Which symbolic links the walk follows (cp's -H, -L, -P).
+    pub fn following(mut self, follow: Follow) -> Walk {
+        self.follow = follow;
+        self
     }
 
     fn operand(&mut self, src: PathBuf, dst: Option<PathBuf>) -> Option<Item> {
@@ -182,8 +193,12 @@ impl Walk {
                 ),
             ));
         };
-        // Followed, like `cp -H`: see the module comment.
-        let meta = match fs::metadata(&src) {
+        // Followed, like `cp -H`, unless -P: see the module comment.
+        let stat = match self.follow {
+            Follow::Never => fs::symlink_metadata(&src),
+            Follow::Operands | Follow::Always => fs::metadata(&src),
+        };
+        let meta = match stat {
             Ok(meta) => meta,
             Err(e) => {
                 return Some(failed(
@@ -196,6 +211,13 @@ impl Walk {
         };
         if meta.is_file() {
             return Some(Item::File {
+                src,
+                dst,
+                within: None,
+            });
+        }
+        if meta.is_symlink() {
+            return Some(Item::Symlink {
                 src,
                 dst,
                 within: None,
@@ -338,6 +360,7 @@ impl Walk {
             entries,
             src,
             dst: dst.clone(),
+            id: (meta.dev(), meta.ino()),
             within,
             fixup: needs_fixup.then_some(DirFixup { dst, meta, within }),
         });
@@ -458,17 +481,14 @@ impl Iterator for Walk {
             if ft.is_file() {
                 return Some(Item::File { src, dst, within });
             }
-            if ft.is_symlink() {
+            if ft.is_symlink() && self.follow != Follow::Always {
                 return Some(Item::Symlink { src, dst, within });
             }
-            if !ft.is_dir() {
-                return Some(if self.preserve {
-                    Item::Special { src, dst, within }
-                } else {
-                    skipped_special(&src, Some(&dst), within, ft)
-                });
+            if !ft.is_dir() && !ft.is_symlink() {
+                return Some(self.special(src, dst, within, ft));
             }
-            let meta = match entry.metadata() {
+            // A directory, or (-L) a link to anything: stat says which.
+            let meta = match fs::metadata(&src) {
                 Ok(meta) => meta,
                 Err(e) => {
                     return Some(failed(
@@ -479,9 +499,54 @@ impl Iterator for Walk {
                     ))
                 }
             };
-            if let Some(item) = self.enter(src, dst, meta, within) {
+            if meta.is_file() {
+                return Some(Item::File { src, dst, within });
+            }
+            if !meta.is_dir() {
+                return Some(self.special(src, dst, within, meta.file_type()));
+            }
+            if let Some(item) = self.enter_unless_cycle(src, dst, meta, within) {
                 return Some(item);
             }
         }
+    }
+}
+
+impl Walk {
+    /// A FIFO, socket or device: recreated with -a, else a failed item.
+    fn special(&self, src: PathBuf, dst: PathBuf, within: Within, ft: fs::FileType) -> Item {
+        if self.preserve {
+            Item::Special { src, dst, within }
+        } else {
+            skipped_special(&src, Some(&dst), within, ft)
+        }
+    }
+
+    /// Enters a directory, unless it is one being walked already (a link
+    /// followed with -L back up the tree), which would never end.
+    fn enter_unless_cycle(
+        &mut self,
+        src: PathBuf,
+        dst: PathBuf,
+        meta: Metadata,
+        within: Within,
+    ) -> Option<Item> {
+        let id = (meta.dev(), meta.ino());
+        if self.stack.iter().any(|f| f.id == id) {
+            return Some(failed(
+                &src,
+                Some(&dst),
+                within,
+                CliError::new(
+                    "",
+                    "invalid-request",
+                    format!(
+                        "not following '{}': it leads back to a directory being copied (a cycle)",
+                        src.display()
+                    ),
+                ),
+            ));
+        }
+        self.enter(src, dst, meta, within)
     }
 }
