@@ -587,6 +587,8 @@ fn archive_keeps_extended_attributes_and_acls() {
     };
     tool("setfattr", &["-n", "user.colour", "-v", "blue"], &file);
     tool("setfacl", &["-m", "u:nobody:r"], &file);
+    tool("setfacl", &["-d", "-m", "u:nobody:rx"], &src);
+    tool("setfattr", &["-n", "user.shelf", "-v", "top"], &src);
 
     let archived = dir.path().join("archived");
     let mut c = cli(&d.socket);
@@ -598,6 +600,11 @@ fn archive_keeps_extended_attributes_and_acls() {
     assert!(attrs.contains("user.colour=\"blue\""), "{attrs}");
     let acl = tool("getfacl", &["-c"], &copy);
     assert!(acl.contains("user:nobody:r--"), "{acl}");
+    // The directory's own: its default ACL and attributes.
+    let acl = tool("getfacl", &["-c"], &archived);
+    assert!(acl.contains("default:user:nobody:r-x"), "{acl}");
+    let attrs = tool("getfattr", &["-d"], &archived);
+    assert!(attrs.contains("user.shelf=\"top\""), "{attrs}");
 
     let plain = dir.path().join("plain");
     let mut c = cli(&d.socket);

@@ -11,6 +11,7 @@ use crate::context::Follow;
 use crate::error::CliError;
 use crate::staged_dirs::{StagedDir, Within};
 use crate::staging::{remove_leftovers, Leftover};
+use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{hidden_name, preserve_metadata};
 
 /// One thing the walk found that the pipeline must copy or report.
@@ -52,6 +53,8 @@ pub enum Item {
 /// once its contents are done.
 #[derive(Debug)]
 pub struct DirFixup {
+    /// The source directory, whose extended attributes --preserve carries.
+    pub src: PathBuf,
     pub dst: PathBuf,
     pub meta: Metadata,
     pub within: Within,
@@ -356,13 +359,20 @@ impl Walk {
         // (it lacked u+rwx), or any directory with --preserve.
         let needs_fixup =
             self.preserve || (created && (mode & !self.umask) != ((mode | 0o700) & !self.umask));
+        let id = (meta.dev(), meta.ino());
+        let fixup = needs_fixup.then(|| DirFixup {
+            src: src.clone(),
+            dst: dst.clone(),
+            meta,
+            within,
+        });
         self.stack.push(Frame {
             entries,
             src,
-            dst: dst.clone(),
-            id: (meta.dev(), meta.ino()),
+            dst,
+            id,
             within,
-            fixup: needs_fixup.then_some(DirFixup { dst, meta, within }),
+            fixup,
         });
     }
 
@@ -388,6 +398,15 @@ impl Walk {
         let dir =
             File::open(&fixup.dst).map_err(|e| CliError::path("cannot open", &fixup.dst, &e))?;
         let result = if self.preserve {
+            // Extended attributes first (a default ACL among them), then
+            // the mode, which sets an ACL's mask, then owner and times.
+            match File::open(&fixup.src) {
+                Ok(src) => Xattrs::of_source(&src, &fixup.src).apply_and_report(&dir, &fixup.dst),
+                Err(e) => crate::report::note(&format!(
+                    "cannot read the extended attributes of '{}': {e}",
+                    fixup.src.display()
+                )),
+            }
             preserve_metadata(&dir, &fixup.meta)
         } else {
             dir.set_permissions(fs::Permissions::from_mode(
