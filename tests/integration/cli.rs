@@ -846,3 +846,23 @@ fn dereference_flags_follow_links_as_cp_does() {
         describe(&out)
     );
 }
+
+/// `copy -r d/. e`, as cp: d's contents go into e itself (not into e/d).
+#[test]
+fn a_dot_source_copies_the_contents_into_the_directory() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("d");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let (_, bytes) = make_file(&src.join("sub"), "f", 100, 11);
+    let into = dir.path().join("e");
+    std::fs::create_dir(&into).unwrap();
+    std::fs::write(into.join("kept"), "k").unwrap();
+    let mut c = cli(&d.socket);
+    c.args(["copy", "-r"]).arg(src.join(".")).arg(&into);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(std::fs::read(into.join("sub/f")).unwrap(), bytes);
+    assert!(into.join("kept").is_file());
+    assert!(!into.join("d").exists(), "copied into e/d");
+}

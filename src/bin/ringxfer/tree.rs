@@ -71,7 +71,10 @@ fn destinations(
     Ok(sources
         .iter()
         .map(|src| {
-            let target = if dst_is_dir {
+            let target = if dst_is_dir && ends_in_dot(src) {
+                // `d/.` names d's contents, as in cp: they go into DST itself.
+                Some(dst.to_path_buf())
+            } else if dst_is_dir {
                 src.file_name().map(|name| dst.join(name))
             } else {
                 Some(dst.to_path_buf())
@@ -79,6 +82,14 @@ fn destinations(
             (src.clone(), target)
         })
         .collect())
+}
+
+/// Whether `path`'s last component is `.` (`.`, `d/.`), which `Path`
+/// drops from its components.
+fn ends_in_dot(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    bytes == b"." || bytes.ends_with(b"/.")
 }
 
 /// Applies the directories' final attributes, deepest first, except in
