@@ -12,6 +12,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::staging::link_temp;
+
 /// Which backup names to make (cp's CONTROL words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -118,9 +120,8 @@ fn highest_number(dst: &Path) -> io::Result<u64> {
 /// backup by rename (so a simple backup is replaced whole), else `dst`
 /// itself renamed there.
 fn link_or_rename(dst: &Path, backup: &Path) -> io::Result<()> {
-    let mut temp = backup.as_os_str().to_owned();
-    temp.push(format!(".ringxfer-backup-{}", std::process::id()));
-    let temp = PathBuf::from(temp);
+    let temp = link_temp(backup);
+    let _ = fs::remove_file(&temp);
     match fs::hard_link(dst, &temp) {
         Ok(()) => fs::rename(&temp, backup).inspect_err(|_| {
             let _ = fs::remove_file(&temp);

@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::staged_dirs::Within;
+use crate::staging::link_temp;
 
 /// A name to be linked to the copy of a file met earlier.
 pub struct Pending {
@@ -70,9 +71,8 @@ impl HardLinks {
 
 /// `dst` becomes a link to `target`, in one rename where `dst` exists.
 fn link_over(target: &Path, dst: &Path) -> io::Result<()> {
-    let mut temp = dst.as_os_str().to_owned();
-    temp.push(format!(".ringxfer-link-{}", std::process::id()));
-    let temp = PathBuf::from(temp);
+    let temp = link_temp(dst);
+    let _ = fs::remove_file(&temp);
     fs::hard_link(target, &temp)?;
     fs::rename(&temp, dst).inspect_err(|_| {
         let _ = fs::remove_file(&temp);

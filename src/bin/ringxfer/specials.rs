@@ -7,9 +7,10 @@ use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::CliError;
+use crate::staging::link_temp;
 
 /// Recreates the link `src` at `dst` (replacing a file or link there
 /// atomically), with --preserve also its owner and times.
@@ -19,7 +20,7 @@ pub fn copy_symlink(src: &Path, dst: &Path, preserve: bool) -> Result<(), CliErr
     match std::os::unix::fs::symlink(&target, dst) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let temp = temp_name(dst, "link");
+            let temp = link_temp(dst);
             let _ = fs::remove_file(&temp);
             std::os::unix::fs::symlink(&target, &temp).map_err(|e| create_err(&e))?;
             if let Err(e) = fs::rename(&temp, dst) {
@@ -76,7 +77,7 @@ fn preserve_link(path: &Path, meta: &Metadata) -> io::Result<()> {
 /// the refusal is the item's error.
 pub fn copy_special(dst: &Path, meta: &Metadata) -> Result<(), CliError> {
     let create_err = |e: &io::Error| CliError::path("cannot create special file", dst, e);
-    let temp = temp_name(dst, "special");
+    let temp = link_temp(dst);
     let c_temp = CString::new(temp.as_os_str().as_bytes())
         .map_err(|_| create_err(&io::Error::from_raw_os_error(libc::EINVAL)))?;
     let _ = fs::remove_file(&temp);
@@ -94,14 +95,4 @@ pub fn copy_special(dst: &Path, meta: &Metadata) -> Result<(), CliError> {
         CliError::path("cannot create special file", dst, &e)
     })?;
     Ok(())
-}
-
-/// A temporary name next to `dst`, hidden, naming this process.
-fn temp_name(dst: &Path, what: &str) -> PathBuf {
-    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned());
-    dst.with_file_name(format!(
-        ".{}.ringxfer-{what}-{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ))
 }

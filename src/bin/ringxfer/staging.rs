@@ -2,11 +2,13 @@
 //! (see ringxfer_ipc::publish::hidden_name) and `.NAME.ringxfer-link-PID`
 //! (a link being replaced), and what may be done with them: a process
 //! removes its own when interrupted (see [`crate::signals`]), and a later
-//! copy removes directories left by a copy that was killed outright.
+//! copy removes the directories and `link` names left by a copy that was
+//! killed outright.
 //!
 //! The PID in the name says whose a name is. A directory is taken to be a
 //! leftover only when all of these hold: its name has that shape, it is a
-//! directory (not followed if a link), it belongs to this user, and no
+//! directory (not followed if a link) or has the `link` shape, it belongs
+//! to this user, and no
 //! process has that PID any more (kill(pid, 0) answers ESRCH). A PID in use
 //! again by some other process keeps the leftover until that one ends too;
 //! that errs on the side of keeping. Staged files are not swept by later
@@ -17,7 +19,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +48,32 @@ pub fn staging_pid(name: &OsStr) -> Option<u32> {
         return None;
     }
     std::str::from_utf8(pid).ok()?.parse().ok()
+}
+
+/// A name for making `dst` anew beside it before renaming it into place (a
+/// link, a special file, another name for a file): `.NAME.ringxfer-link-PID`,
+/// which a later copy removes if this process dies before the rename.
+pub fn link_temp(dst: &Path) -> PathBuf {
+    let suffix = format!(".ringxfer-link-{}", std::process::id());
+    let name = dst.file_name().map(OsStr::as_bytes).unwrap_or_default();
+    // NAME_MAX (255) bounds a name: NAME is cut to leave room.
+    let room = 255 - 1 - suffix.len();
+    let mut out = vec![b'.'];
+    out.extend_from_slice(&name[..name.len().min(room)]);
+    out.extend_from_slice(suffix.as_bytes());
+    dst.with_file_name(std::ffi::OsString::from_vec(out))
+}
+
+/// Whether a staging name is of the `.NAME.ringxfer-link-PID` shape.
+fn is_link_temp(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.windows(b".ringxfer-link-".len())
+        .rposition(|w| w == b".ringxfer-link-")
+        .is_some_and(|at| {
+            name[at + b".ringxfer-link-".len()..]
+                .iter()
+                .all(u8::is_ascii_digit)
+        })
 }
 
 /// Whether a process with this PID exists (in this PID namespace). Only
@@ -119,11 +147,21 @@ pub fn remove_leftovers(dir: &Path, seen: &mut HashSet<PathBuf>) -> Vec<Leftover
         } else {
             entry.path()
         };
-        let ours = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == euid());
+        // A directory staged under a hidden name, or a link, special file
+        // or extra name made beside its destination (never a detached
+        // job's staged file, which has the other shape).
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ours = meta.uid() == euid() && (meta.is_dir() || is_link_temp(&name));
         if !ours || pid_alive(pid) {
             continue;
         }
-        let error = fs::remove_dir_all(&path).err();
+        let error = if meta.is_dir() {
+            fs::remove_dir_all(&path).err()
+        } else {
+            fs::remove_file(&path).err()
+        };
         found.push(Leftover { path, pid, error });
     }
     found
@@ -153,6 +191,36 @@ pub fn remove_own(dir: &Path) {
 mod tests {
     use super::*;
     use ringxfer_ipc::publish::hidden_name;
+
+    /// A copy killed between making a link (or special file, or extra
+    /// name) beside its destination and renaming it leaves a `link` name:
+    /// the next copy removes it, but not a staged file of the other shape,
+    /// which may be a detached job's.
+    #[test]
+    fn a_dead_copys_link_names_are_swept_and_staged_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let dead = child.id();
+        let link = dir.path().join(format!(".l.ringxfer-link-{dead}"));
+        std::os::unix::fs::symlink("target", &link).unwrap();
+        let extra = dir.path().join(format!(".f.ringxfer-link-{dead}"));
+        fs::write(&extra, "another name for a copy").unwrap();
+        let staged_file = dir.path().join(format!(".g.ringxfer-{dead}-0"));
+        fs::write(&staged_file, "a detached job's").unwrap();
+        let mut removed: Vec<_> = remove_leftovers(dir.path(), &mut HashSet::new())
+            .into_iter()
+            .map(|l| (l.path, l.error.is_none()))
+            .collect();
+        removed.sort();
+        assert_eq!(removed, vec![(extra, true), (link.clone(), true)]);
+        assert!(fs::symlink_metadata(&link).is_err());
+        assert!(staged_file.exists());
+        assert_eq!(
+            link_temp(Path::new("d/x")),
+            Path::new(&format!("d/.x.ringxfer-link-{}", std::process::id()))
+        );
+    }
 
     #[test]
     fn staging_names_are_recognised_with_their_pid() {
