@@ -191,6 +191,12 @@ impl ThreadRing {
         Ok(n)
     }
 
+    /// The eventfd the workers write after each completion: io_uring's
+    /// back end polls it through the ring (io/ring.rs, `SidePool`).
+    pub(super) fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
     /// Worker threads running now.
     pub(super) fn workers(&self) -> usize {
         self.pool.threads()
@@ -276,6 +282,7 @@ impl ThreadRing {
             | Blocking::LinkAt(_)
             | Blocking::RenameAt(_)
             | Blocking::UnlinkAt(_)
+            | Blocking::Ficlone(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.call));
