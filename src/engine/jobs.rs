@@ -757,12 +757,13 @@ impl Engine {
             return;
         };
         if let Mover::Reflink(c) = &mut job.copy {
-            if job.phase != Phase::Copy || !c.is_finished() {
+            if job.phase != Phase::Copy {
                 return;
             }
-            let Some((errno, ends, shape, mut choice)) = c.fall_back() else {
+            let Some(back) = c.fall_back() else {
                 return;
             };
+            let mut choice = back.choice;
             let pools = MoverPools {
                 fixed_buffers: fixed,
                 buffers_per_job: per_job,
@@ -774,10 +775,16 @@ impl Engine {
                 .unwrap_or_else(|| format!("the {} strategy", choice.strategy));
             let why = format!(
                 "auto: no clone ({}), so {}",
-                crate::transfer::reflink::refusal(errno),
+                crate::transfer::reflink::refusal(back.errno),
                 then.strip_prefix("auto: ").unwrap_or(&then)
             );
-            job.copy = mover(ends, shape, choice, pools);
+            job.copy = mover(back.ends, back.shape, choice, pools);
+            if let Some(piece) = back.piece_limit {
+                job.copy.set_piece_limit(piece);
+            }
+            if back.checksum_source {
+                job.copy.checksum_source();
+            }
             debug!(job = job.id, "{why}");
             job.note = Some(why);
             let io = &mut self.io;

@@ -557,6 +557,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_clone_runs_on_a_worker_and_wakes_a_ring_waiting_for_it() {
+        for kind in [EngineKind::Uring, EngineKind::Threads] {
+            let mut ring = Ring::new(8, kind).expect("ring");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let open = |name: &str| {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.path().join(name))
+                    .expect("open");
+                std::rc::Rc::new(std::os::fd::OwnedFd::from(f))
+            };
+            let (src, dst) = (open("src"), open("dst"));
+            std::fs::write(dir.path().join("src"), b"data").expect("write");
+            let size = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut op = crate::io::op::Ficlone::new(
+                crate::io::fd::SharedFd::owned(&src),
+                crate::io::fd::SharedFd::owned(&dst),
+                size,
+            );
+            // SAFETY: the op (its descriptors and size) lives until the
+            // completion below is reaped.
+            unsafe { ring.push(&mut op, 3, squeue::Flags::empty(), 0) }.expect("push");
+            let mut got = Vec::new();
+            // Waiting in the kernel (io_uring) or in poll (threads): the
+            // worker's completion must end the wait, on either back end.
+            while got.is_empty() {
+                ring.submit(1).expect("submit");
+                ring.reap(&mut got);
+            }
+            assert_eq!(got.len(), 1, "{kind:?}: {got:?}");
+            assert_eq!(got[0].user_data, 3);
+            let r = got[0].result;
+            // Whatever this file system says (cloned, or not supported),
+            // it is FICLONE's answer, not the restricted ring's EACCES.
+            assert!(
+                r == 0 || matches!(-r, libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL),
+                "{kind:?}: {r}"
+            );
+        }
+    }
+
     fn refuses_operations_the_engine_does_not_use(kind: EngineKind) {
         let mut ring = Ring::new(8, kind).expect("ring");
         assert_eq!(ring.kind(), kind);

@@ -173,8 +173,10 @@ impl Mover {
     /// Asks for the source's checksum to be computed in passing, where the
     /// bytes go through memory (the buffered strategies).
     pub(crate) fn checksum_source(&mut self) {
-        if let Mover::Buffered(c) = self {
-            c.checksum_source();
+        match self {
+            Mover::Buffered(c) => c.checksum_source(),
+            Mover::Reflink(c) => c.checksum_source(),
+            Mover::Splice(_) => {}
         }
     }
 
@@ -192,8 +194,8 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.set_piece_limit(bytes),
             Mover::Buffered(c) => c.set_piece_limit(bytes),
-            // One operation whatever the size: nothing to cut in pieces.
-            Mover::Reflink(_) => {}
+            // One operation whatever the size; kept for a fall back.
+            Mover::Reflink(c) => c.set_piece_limit(bytes),
         }
     }
 

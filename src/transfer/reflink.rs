@@ -6,6 +6,8 @@
 //! admission, and the note says why), or fails the job.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ringxfer_ipc::{FailureKind, Reflink, Strategy};
 
@@ -112,7 +114,22 @@ pub(crate) struct ReflinkCopy {
     /// The errno a clone was refused with, for `auto` to fall back on.
     refused: Option<i32>,
     failure: Option<TransferError>,
+    /// The destination's size once cloned (io/op/ficlone.rs).
+    size: Arc<AtomicU64>,
+    /// What the job asked of its mover, for the one it falls back to.
+    piece_limit: Option<u64>,
+    checksum_source: bool,
     pub moved: u64,
+}
+
+/// What an `auto` job whose clone was refused goes on with.
+pub(crate) struct Fallback {
+    pub errno: i32,
+    pub ends: Rc<Endpoints>,
+    pub shape: Shape,
+    pub choice: Choice,
+    pub piece_limit: Option<u64>,
+    pub checksum_source: bool,
 }
 
 impl ReflinkCopy {
@@ -127,6 +144,9 @@ impl ReflinkCopy {
             cloned: false,
             refused: None,
             failure: None,
+            size: Arc::new(AtomicU64::new(0)),
+            piece_limit: None,
+            checksum_source: false,
             moved: 0,
         }
     }
@@ -136,7 +156,11 @@ impl ReflinkCopy {
             return;
         }
         self.started = true;
-        let op = Ficlone::new(self.ends.shared_src(), self.ends.shared_dst());
+        let op = Ficlone::new(
+            self.ends.shared_src(),
+            self.ends.shared_dst(),
+            Arc::clone(&self.size),
+        );
         match io.queue_op(owner, CopyStep::Clone.tag(), op) {
             Ok(ud) => self.in_flight = Some(ud),
             Err(e) => self.settle(Some(TransferError::new(
@@ -153,7 +177,7 @@ impl ReflinkCopy {
         }
         if result >= 0 {
             self.cloned = true;
-            self.moved = self.shape.total.unwrap_or(0);
+            self.moved = self.size.load(Ordering::Acquire);
             return self.settle(None);
         }
         let errno = -result;
@@ -199,10 +223,20 @@ impl ReflinkCopy {
         }
     }
 
+    /// Over: cloned or failed. A refused clone is not the end of the
+    /// copy: the job falls back (`fall_back`) before anything else.
     pub(crate) fn is_finished(&self) -> bool {
-        self.started
-            && self.in_flight.is_none()
-            && (self.cloned || self.refused.is_some() || self.failure.is_some())
+        self.started && self.in_flight.is_none() && (self.cloned || self.failure.is_some())
+    }
+
+    /// Passed on to the mover a refused clone falls back to.
+    pub(crate) fn set_piece_limit(&mut self, bytes: u64) {
+        self.piece_limit = Some(bytes);
+    }
+
+    /// Passed on as `set_piece_limit`; a clone reads nothing.
+    pub(crate) fn checksum_source(&mut self) {
+        self.checksum_source = true;
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {
@@ -210,6 +244,9 @@ impl ReflinkCopy {
     }
 
     pub(crate) fn total(&self) -> Option<u64> {
+        if self.cloned {
+            return Some(self.moved);
+        }
         self.shape.total
     }
 
@@ -222,11 +259,21 @@ impl ReflinkCopy {
         Rc::try_unwrap(self.ends).ok()
     }
 
-    /// A refused clone of an `auto` job: why, and what to go on with (the
-    /// descriptors, the job's shape and the ladder's choice).
-    pub(crate) fn fall_back(&mut self) -> Option<(i32, Rc<Endpoints>, Shape, Choice)> {
-        let errno = self.refused.filter(|_| self.failure.is_none())?;
-        let next = self.next.take()?;
-        Some((errno, Rc::clone(&self.ends), self.shape, next))
+    /// A refused clone of an `auto` job, once its completion is in: why,
+    /// and what to go on with.
+    pub(crate) fn fall_back(&mut self) -> Option<Fallback> {
+        if self.in_flight.is_some() || self.failure.is_some() {
+            return None;
+        }
+        let errno = self.refused?;
+        let choice = self.next.take()?;
+        Some(Fallback {
+            errno,
+            ends: Rc::clone(&self.ends),
+            shape: self.shape,
+            choice,
+            piece_limit: self.piece_limit,
+            checksum_source: self.checksum_source,
+        })
     }
 }

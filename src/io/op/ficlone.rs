@@ -6,6 +6,8 @@
 //! (io/ring.rs), whose completion comes back as an ordinary one.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use io_uring::{opcode, squeue};
 
@@ -20,12 +22,16 @@ pub(crate) const CODE: u8 = 0xF0;
 pub struct Ficlone {
     src: SharedFd,
     dst: SharedFd,
+    /// The destination's size once cloned, written by the worker (the
+    /// whole source at the moment of the clone, whatever it held at
+    /// admission); the owner keeps the other reference.
+    size: Arc<AtomicU64>,
 }
 
 impl Ficlone {
-    /// Clones all of `src` into `dst`.
-    pub fn new(src: SharedFd, dst: SharedFd) -> Ficlone {
-        Ficlone { src, dst }
+    /// Clones all of `src` into `dst`; `size` gets the destination's size.
+    pub fn new(src: SharedFd, dst: SharedFd, size: Arc<AtomicU64>) -> Ficlone {
+        Ficlone { src, dst, size }
     }
 }
 
@@ -44,6 +50,7 @@ impl Operation for Ficlone {
         Blocking::Ficlone(Call {
             src: self.src.raw(),
             dst: self.dst.raw(),
+            size: Arc::as_ptr(&self.size),
         })
     }
 }
@@ -52,15 +59,33 @@ impl Operation for Ficlone {
 pub struct Call {
     pub src: RawFd,
     pub dst: RawFd,
+    /// Where the destination's size goes (the op's `size`).
+    pub size: *const AtomicU64,
 }
 
 impl Call {
+    /// The clone, then the destination's size into `size`: 0, or -1 with
+    /// errno set.
+    ///
     /// # Safety
-    /// Both descriptors are held by the op.
+    /// Both descriptors and `size` are held by the op.
     pub unsafe fn run(self) -> isize {
         // SAFETY: FICLONE takes the source descriptor as its argument, by
         // value: no memory of ours is read or written; the caller keeps both
         // descriptors open.
-        (unsafe { libc::ioctl(self.dst, libc::FICLONE, self.src) }) as isize
+        if unsafe { libc::ioctl(self.dst, libc::FICLONE, self.src) } < 0 {
+            return -1;
+        }
+        // SAFETY: a zeroed stat is valid; fstat only writes into it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is live and writable; the descriptor is open.
+        if unsafe { libc::fstat(self.dst, &mut st) } < 0 {
+            return -1;
+        }
+        // SAFETY: the op holds the Arc `size` points into until its
+        // completion is reaped, which is after this returns; an atomic may
+        // be written from any thread.
+        unsafe { &*self.size }.store(st.st_size as u64, Ordering::Release);
+        0
     }
 }
