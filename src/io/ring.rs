@@ -41,7 +41,7 @@ pub struct Ring {
     /// identities than users and their group sets.
     personalities: std::collections::HashMap<crate::privileges::Identity, u16>,
     /// Under io_uring, the workers of the operations it has no opcode for
-    /// (`opcodes::on_workers`): made at the first such operation.
+    /// (`opcodes::on_workers`).
     side: Option<SidePool>,
 }
 
@@ -68,11 +68,16 @@ struct SidePool {
 
 /// Few operations go to the side pool, one at a time per job.
 const SIDE_ENTRIES: u32 = 64;
+/// Its threads, all made with the ring (before the daemon says it is
+/// ready, so none appears while it runs). A clone is disk work, never a
+/// wait on a peer, so more clones than this wait their turn.
+const SIDE_WORKERS: usize = 2;
 
 impl SidePool {
     fn new() -> Result<SidePool, EngineError> {
         Ok(SidePool {
-            ring: ThreadRing::new(SIDE_ENTRIES).map_err(EngineError::Threads)?,
+            ring: ThreadRing::with_workers(SIDE_ENTRIES, SIDE_WORKERS)
+                .map_err(EngineError::Threads)?,
             in_flight: Vec::with_capacity(16),
             armed: false,
             personalities: Default::default(),
@@ -138,6 +143,7 @@ impl Ring {
         };
         let fallback_reason = match uring {
             Some(Ok((ring, setup))) => {
+                let side = Some(SidePool::new()?);
                 return Ok(Ring {
                     backend: Backend::Uring(ring),
                     sqes_submitted: 0,
@@ -145,8 +151,8 @@ impl Ring {
                     setup,
                     fallback_reason: None,
                     personalities: Default::default(),
-                    side: None,
-                })
+                    side,
+                });
             }
             Some(Err(e)) if kind == EngineKind::Uring => return Err(e),
             Some(Err(e)) => Some(e.to_string()),
@@ -252,12 +258,9 @@ impl Ring {
         }
     }
 
-    /// Hands `d` to the side pool (made now if this is its first), under
-    /// the pool's number for the identity of the kernel's personality.
+    /// Hands `d` to the side pool, under the pool's number for the
+    /// identity of the kernel's personality.
     fn push_side(&mut self, mut d: Submitted) -> Result<(), EngineError> {
-        if self.side.is_none() {
-            self.side = Some(SidePool::new()?);
-        }
         let Some(side) = self.side.as_mut() else {
             return Err(EngineError::Config("the side pool is gone".into()));
         };
