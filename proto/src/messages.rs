@@ -47,7 +47,7 @@ pub const PROTOCOL_VERSION: u32 = 7;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish };
+/// #     verify: false, truncate: false, publish, reflink: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let dst = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -67,7 +67,7 @@ pub const SUBMIT_DESCRIPTORS: usize = 2;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish };
+/// #     verify: false, truncate: false, publish, reflink: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let staged = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
