@@ -453,6 +453,7 @@ fn submit_passes_both_descriptors_and_completes() {
             verify: false,
             truncate: false,
             publish: None,
+            reflink: Default::default(),
         }
     );
     assert_eq!(second_req, 2);

@@ -115,6 +115,7 @@ mod tests {
                 name: b"out".to_vec(),
                 staged_name: Some(b".out.ringxfer-1-2".to_vec()),
             }),
+            reflink: crate::Reflink::Always,
         }
     }
 

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 /// verification) and the per-strategy counters; version 4 added
 /// [`Request::SubmitBatch`]; version 5 the buffered strategy; version 6
 /// [`SubmitRequest::truncate`] and [`SubmitRequest::publish`] (the daemon
-/// gives a detached job's staged file its name).
+/// gives a detached job's staged file its name); version 7 the `reflink`
+/// strategy and [`SubmitRequest::reflink`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 /// }
 /// # Ok::<(), ringxfer_proto::CodecError>(())
 /// ```
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 /// A frame with fewer is refused ([`ProtocolErrorKind::MissingDescriptors`]).
@@ -46,7 +47,7 @@ pub const PROTOCOL_VERSION: u32 = 6;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish };
+/// #     verify: false, truncate: false, publish, reflink: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let dst = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -66,7 +67,7 @@ pub const SUBMIT_DESCRIPTORS: usize = 2;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish };
+/// #     verify: false, truncate: false, publish, reflink: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let staged = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -330,6 +331,7 @@ impl std::str::FromStr for Priority {
 ///     req: 1, tag: "backup.tar".into(), offset: 0, length: None, dest_offset: 0,
 ///     strategy: Strategy::Auto, progress: true, priority: Priority::Normal, rate_limit: None,
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
+///     reflink: Default::default(),
 /// });
 /// assert!(matches!(submit, Request::Submit(SubmitRequest { req: 1, .. })));
 /// ```
@@ -378,6 +380,58 @@ pub struct SubmitRequest {
     /// passed as a third descriptor. A failed or cancelled job leaves
     /// nothing under the name. For detached jobs, whose client is gone by then.
     pub publish: Option<PublishTo>,
+    /// Whether to clone the source (FICLONE: the destination shares its
+    /// extents) before any copy: see [`Reflink`].
+    pub reflink: Reflink,
+}
+
+/// Cloning a whole regular file into an empty one (FICLONE), as `cp
+/// --reflink` asks it: on btrfs, XFS and other copy-on-write file systems
+/// the destination then shares the source's extents and nothing is copied.
+/// A job clones only when it copies a whole regular file (offset 0, no
+/// length) to a regular file from offset 0 that is empty or truncated at
+/// the end, with the `auto` or `reflink` strategy.
+///
+/// ```
+/// let r: ringxfer_proto::Reflink = "always".parse().unwrap();
+/// assert_eq!(r, ringxfer_proto::Reflink::Always);
+/// assert_eq!(ringxfer_proto::Reflink::default().name(), "auto");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reflink {
+    /// Clone where the file systems can; else copy, and the note says why.
+    #[default]
+    Auto,
+    /// Clone, or fail the job saying why (as the `reflink` strategy).
+    Always,
+    /// Never clone.
+    Never,
+}
+
+impl Reflink {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reflink::Auto => "auto",
+            Reflink::Always => "always",
+            Reflink::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Reflink {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Reflink::Auto),
+            "always" => Ok(Reflink::Always),
+            "never" => Ok(Reflink::Never),
+            other => Err(format!(
+                "unknown reflink choice {other:?}: expected auto, always or never"
+            )),
+        }
+    }
 }
 
 impl SubmitRequest {
@@ -388,7 +442,8 @@ impl SubmitRequest {
     /// # let mut s = ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0, length: None,
     /// #   dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
     /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-    /// #   verify: false, truncate: false, publish: None };
+    /// #   verify: false, truncate: false, publish: None,
+    /// #   reflink: Default::default() };
     /// assert_eq!(s.descriptors(), 2);
     /// s.publish = Some(ringxfer_proto::PublishTo { name: b"out".to_vec(), staged_name: None });
     /// assert_eq!(s.descriptors(), 3);
@@ -469,6 +524,10 @@ pub enum Strategy {
     /// files: a read the page cache answers completes without a worker
     /// thread, where splice hands both of its halves to one.
     Buffered,
+    /// The destination was cloned from the source (FICLONE): it shares
+    /// the source's extents and no byte was copied. As asked: clone or
+    /// fail (see [`Reflink`]).
+    Reflink,
 }
 
 impl Strategy {
@@ -484,6 +543,7 @@ impl Strategy {
             Strategy::Direct => "direct",
             Strategy::Uncached => "uncached",
             Strategy::Buffered => "buffered",
+            Strategy::Reflink => "reflink",
         }
     }
 }
@@ -509,8 +569,9 @@ impl std::str::FromStr for Strategy {
             "direct" => Ok(Strategy::Direct),
             "uncached" => Ok(Strategy::Uncached),
             "buffered" => Ok(Strategy::Buffered),
+            "reflink" => Ok(Strategy::Reflink),
             other => Err(format!(
-                "unknown strategy {other:?}: expected auto, splice, direct, uncached or buffered"
+                "unknown strategy {other:?}: expected auto, splice, direct, uncached, buffered or reflink"
             )),
         }
     }

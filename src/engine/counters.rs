@@ -13,7 +13,7 @@ use super::Engine;
 pub(super) struct Counters {
     pub started: Instant,
     /// Counters by strategy: splice, direct, uncached, buffered.
-    pub by_strategy: [StrategyStats; 4],
+    pub by_strategy: [StrategyStats; 5],
     /// Events encoded for clients, and the sends that carried them.
     pub events_sent: u64,
     pub event_sends: u64,
@@ -33,6 +33,7 @@ impl Counters {
                 Strategy::Direct,
                 Strategy::Uncached,
                 Strategy::Buffered,
+                Strategy::Reflink,
             ]
             .map(|s| StrategyStats {
                 strategy: Some(s),
@@ -55,6 +56,7 @@ pub(super) fn strategy_index(s: Strategy) -> usize {
         Strategy::Direct => 1,
         Strategy::Uncached => 2,
         Strategy::Buffered => 3,
+        Strategy::Reflink => 4,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::io::buffer_pool::BufRef;
 use crate::io::ops::{Op, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
+use crate::transfer::reflink::ReflinkCopy;
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::step::CopyStep;
 use crate::transfer::verify::{Verifier, VerifyRead};
@@ -183,6 +184,8 @@ impl Job {
             (_, Phase::Verify) => Resource::Buffer,
             (Mover::Splice(_), _) => Resource::Pipe,
             (Mover::Buffered(_), _) => Resource::Buffer,
+            // A clone holds neither; it never queues for one.
+            (Mover::Reflink(_), _) => Resource::Pipe,
         }
     }
 
@@ -255,15 +258,14 @@ pub(super) struct MoverPools {
 }
 
 /// The state machine moving `ends` as `choice` says.
-fn mover(ends: Endpoints, shape: Shape, choice: Choice, pools: MoverPools) -> Mover {
-    let ends = Rc::new(ends);
+fn mover(ends: Rc<Endpoints>, shape: Shape, choice: Choice, pools: MoverPools) -> Mover {
     let mode = match choice.strategy {
         Strategy::Direct => IoMode::Direct {
             align: choice.align,
         },
         Strategy::Uncached => IoMode::Uncached,
         Strategy::Buffered => IoMode::Buffered,
-        Strategy::Auto | Strategy::Splice => {
+        Strategy::Auto | Strategy::Splice | Strategy::Reflink => {
             return Mover::Splice(SpliceCopy::new(ends, shape, pools.chunks_per_job))
         }
     };
@@ -293,8 +295,14 @@ impl Job {
             mut choice,
             ..
         } = spec;
-        let note = choice.note.take();
-        let mut copy = mover(ends, shape, choice, pools);
+        let ends = Rc::new(ends);
+        let (note, mut copy) = match spec.reflink {
+            Some(required) => (
+                Some(clone_note(required)),
+                Mover::Reflink(ReflinkCopy::new(ends, shape, required, choice)),
+            ),
+            None => (choice.note.take(), mover(ends, shape, choice, pools)),
+        };
         let bucket = spec
             .rate_limit
             .filter(|&r| r > 0)
@@ -358,6 +366,15 @@ impl Job {
             publish,
             fsize_limit: spec.fsize_limit,
         }
+    }
+}
+
+/// Why a job clones.
+fn clone_note(required: bool) -> String {
+    if required {
+        "reflink: the destination was cloned from the source (FICLONE), as asked".into()
+    } else {
+        "auto: a whole regular file into an empty one, so the destination was cloned from the source (FICLONE), sharing its extents".into()
     }
 }
 
@@ -739,6 +756,41 @@ impl Engine {
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
+        if let Mover::Reflink(c) = &mut job.copy {
+            if job.phase != Phase::Copy {
+                return;
+            }
+            let Some(back) = c.fall_back() else {
+                return;
+            };
+            let mut choice = back.choice;
+            let pools = MoverPools {
+                fixed_buffers: fixed,
+                buffers_per_job: per_job,
+                chunks_per_job: self.config.chunks_per_job,
+            };
+            let then = choice
+                .note
+                .take()
+                .unwrap_or_else(|| format!("the {} strategy", choice.strategy));
+            let why = format!(
+                "auto: no clone ({}), so {}",
+                crate::transfer::reflink::refusal(back.errno),
+                then.strip_prefix("auto: ").unwrap_or(&then)
+            );
+            job.copy = mover(back.ends, back.shape, choice, pools);
+            if let Some(piece) = back.piece_limit {
+                job.copy.set_piece_limit(piece);
+            }
+            if back.checksum_source {
+                job.copy.checksum_source();
+            }
+            debug!(job = job.id, "{why}");
+            job.note = Some(why);
+            let io = &mut self.io;
+            job.copy.start(Owner::Job(k), io);
+            return;
+        }
         let Mover::Splice(c) = &job.copy else {
             return;
         };

@@ -408,7 +408,7 @@ impl Engine {
         let io = &mut self.io;
         let taken = match &mut job.copy {
             Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
-            Mover::Buffered(_) => false,
+            Mover::Buffered(_) | Mover::Reflink(_) => false,
         };
         if taken {
             debug!(
@@ -432,6 +432,7 @@ impl Engine {
         let what = match &job.copy {
             Mover::Splice(_) => "its bytes in the pipe cannot be read again from the source",
             Mover::Buffered(_) => "a job moving bytes through buffers cannot hand them back",
+            Mover::Reflink(_) => "a clone cannot be taken back",
         };
         let dst = job.copy.endpoints().map_or_else(
             || "destination".to_string(),

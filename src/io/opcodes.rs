@@ -131,9 +131,16 @@ pub(crate) fn find(code: u8) -> Option<&'static Opcode> {
     OPCODES.iter().find(|o| o.code == code)
 }
 
-/// Whether the engine submits `code`: what both back ends allow.
+/// Whether the engine submits `code`: what both back ends allow (the
+/// operations io_uring lacks, which workers run, included).
 pub(crate) fn allowed(code: u8) -> bool {
-    find(code).is_some()
+    find(code).is_some() || on_workers(code)
+}
+
+/// Whether `code` is one of the engine's operations that io_uring has no
+/// opcode for (FICLONE): a worker runs it under either back end.
+pub(crate) fn on_workers(code: u8) -> bool {
+    code == super::op::ficlone::CODE
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::io;
 
 use io_uring::register::Restriction;
-use io_uring::{squeue, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::op::Operation;
 use super::opcodes::{Opcode, OPCODES};
@@ -40,6 +40,91 @@ pub struct Ring {
     /// detached jobs outlive their connections, and there are no more
     /// identities than users and their group sets.
     personalities: std::collections::HashMap<crate::privileges::Identity, u16>,
+    /// Under io_uring, the workers of the operations it has no opcode for
+    /// (`opcodes::on_workers`).
+    side: Option<SidePool>,
+}
+
+/// The user_data of the ring's poll on the side pool's eventfd: never an
+/// op table key (slab keys stay far below it) nor CANCEL_USER_DATA.
+const SIDE_WAKE: u64 = u64::MAX - 1;
+
+/// A small worker pool next to the io_uring ring, for the operations
+/// io_uring cannot run (FICLONE): the threads back end's own ring, whose
+/// workers run the blocking call and post its completion on a channel,
+/// then write an eventfd. The ring keeps a one-shot poll on that eventfd,
+/// so a loop waiting in io_uring_enter wakes up; `reap` then hands the
+/// pool's completions out with the kernel's, and the loop dispatches them
+/// exactly alike (the op table keeps each operation until then).
+struct SidePool {
+    ring: ThreadRing,
+    /// Operations handed to the pool and not yet reaped, by user_data.
+    in_flight: Vec<u64>,
+    /// The poll on the eventfd is in the ring.
+    armed: bool,
+    /// The kernel's personality number -> the pool's, for the same identity.
+    personalities: std::collections::HashMap<u16, u16>,
+}
+
+/// Few operations go to the side pool, one at a time per job.
+const SIDE_ENTRIES: u32 = 64;
+/// Its threads, all made with the ring (before the daemon says it is
+/// ready, so none appears while it runs). A clone is disk work, never a
+/// wait on a peer, so more clones than this wait their turn.
+const SIDE_WORKERS: usize = 2;
+
+impl SidePool {
+    fn new() -> Result<SidePool, EngineError> {
+        Ok(SidePool {
+            ring: ThreadRing::with_workers(SIDE_ENTRIES, SIDE_WORKERS)
+                .map_err(EngineError::Threads)?,
+            in_flight: Vec::with_capacity(16),
+            armed: false,
+            personalities: Default::default(),
+        })
+    }
+
+    /// Hands `d` to a worker at once (the pool's queue never fills: each
+    /// push is started before the next).
+    fn start(&mut self, d: Submitted) {
+        // SAFETY: the caller of `Ring::push` keeps what the call names
+        // alive until its completion is reaped.
+        if unsafe { self.ring.push(d) } {
+            if d.user_data != super::ops::CANCEL_USER_DATA {
+                self.in_flight.push(d.user_data);
+            }
+            self.ring.submit(0);
+        }
+    }
+
+    /// Moves the pool's ready completions into `out`.
+    fn reap(&mut self, out: &mut Vec<Cqe>) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        self.ring.submit(0);
+        let from = out.len();
+        self.ring.reap(out);
+        for c in &out[from..] {
+            if let Some(i) = self.in_flight.iter().position(|&ud| ud == c.user_data) {
+                self.in_flight.swap_remove(i);
+            }
+        }
+    }
+
+    /// Empties the eventfd, so the next poll waits for new completions.
+    fn drain_wake(&self) {
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from the pool's own
+        // non-blocking eventfd; EAGAIN (already empty) is fine.
+        unsafe {
+            libc::read(
+                self.ring.wake_fd(),
+                (&mut count as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
 }
 
 enum Backend {
@@ -58,6 +143,7 @@ impl Ring {
         };
         let fallback_reason = match uring {
             Some(Ok((ring, setup))) => {
+                let side = Some(SidePool::new()?);
                 return Ok(Ring {
                     backend: Backend::Uring(ring),
                     sqes_submitted: 0,
@@ -65,7 +151,8 @@ impl Ring {
                     setup,
                     fallback_reason: None,
                     personalities: Default::default(),
-                })
+                    side,
+                });
             }
             Some(Err(e)) if kind == EngineKind::Uring => return Err(e),
             Some(Err(e)) => Some(e.to_string()),
@@ -79,6 +166,7 @@ impl Ring {
             setup: "threads",
             fallback_reason,
             personalities: Default::default(),
+            side: None,
         })
     }
 
@@ -106,6 +194,16 @@ impl Ring {
         personality: u16,
     ) -> Result<(), EngineError> {
         let prepared = match self.backend {
+            Backend::Uring(_) if self.goes_to_side(op) => {
+                let d = Submitted {
+                    code: op.code(),
+                    call: op.blocking(),
+                    user_data,
+                    link: false,
+                    personality,
+                };
+                return self.push_side(d);
+            }
             Backend::Uring(_) => {
                 let mut entry = op.entry().user_data(user_data).flags(flags);
                 if personality != 0 {
@@ -142,6 +240,54 @@ impl Ring {
         }
     }
 
+    /// Under io_uring, whether `op` goes to the side pool: an operation
+    /// io_uring has no opcode for, or a cancel of one there.
+    fn goes_to_side(&self, op: &mut dyn Operation) -> bool {
+        let code = op.code();
+        if super::opcodes::on_workers(code) {
+            return true;
+        }
+        if code != opcode::AsyncCancel::CODE {
+            return false;
+        }
+        match (op.blocking(), &self.side) {
+            (super::op::Blocking::Cancel { target }, Some(side)) => {
+                side.in_flight.contains(&target)
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands `d` to the side pool, under the pool's number for the
+    /// identity of the kernel's personality.
+    fn push_side(&mut self, mut d: Submitted) -> Result<(), EngineError> {
+        let Some(side) = self.side.as_mut() else {
+            return Err(EngineError::Config("the side pool is gone".into()));
+        };
+        if d.personality != 0 {
+            d.personality = match side.personalities.get(&d.personality) {
+                Some(&p) => p,
+                None => {
+                    let id = self
+                        .personalities
+                        .iter()
+                        .find(|&(_, &p)| p == d.personality)
+                        .map(|(id, _)| id.clone());
+                    // An identity the pool cannot wear fails the operation
+                    // (an unregistered number) rather than run it as the daemon.
+                    let p = match id.map(|id| side.ring.register_personality(id)) {
+                        Some(Ok(p)) => p,
+                        _ => u16::MAX,
+                    };
+                    side.personalities.insert(d.personality, p);
+                    p
+                }
+            };
+        }
+        side.start(d);
+        Ok(())
+    }
+
     /// Hands queued entries to the kernel and, when `want` > 0, waits until at
     /// least that many completions are ready.
     pub fn submit(&mut self, want: usize) -> Result<(), EngineError> {
@@ -153,6 +299,9 @@ impl Ring {
                 return Ok(());
             }
         };
+        if let Some(side) = self.side.as_mut() {
+            arm_side(ring, side)?;
+        }
         match ring.submit_and_wait(want) {
             Ok(n) => {
                 self.sqes_submitted += n as u64;
@@ -173,14 +322,29 @@ impl Ring {
         }
     }
 
-    /// Moves every ready completion into `out`.
+    /// Moves every ready completion into `out` (under io_uring, the side
+    /// pool's too).
     pub fn reap(&mut self, out: &mut Vec<Cqe>) {
         match &mut self.backend {
-            Backend::Uring(ring) => out.extend(ring.completion().map(|c| Cqe {
-                user_data: c.user_data(),
-                result: c.result(),
-                flags: c.flags(),
-            })),
+            Backend::Uring(ring) => {
+                for c in ring.completion() {
+                    if c.user_data() == SIDE_WAKE {
+                        if let Some(side) = self.side.as_mut() {
+                            side.armed = false;
+                            side.drain_wake();
+                        }
+                        continue;
+                    }
+                    out.push(Cqe {
+                        user_data: c.user_data(),
+                        result: c.result(),
+                        flags: c.flags(),
+                    });
+                }
+                if let Some(side) = self.side.as_mut() {
+                    side.reap(out);
+                }
+            }
             Backend::Threads(ring) => ring.reap(out),
         }
     }
@@ -248,6 +412,27 @@ impl Ring {
             Backend::Uring(_) => 0,
             Backend::Threads(ring) => ring.workers(),
         }
+    }
+}
+
+/// Puts the poll on the side pool's eventfd in the ring while the pool has
+/// work, so that waiting for completions also waits for the pool's.
+fn arm_side(ring: &mut IoUring, side: &mut SidePool) -> Result<(), EngineError> {
+    if side.armed || side.in_flight.is_empty() {
+        return Ok(());
+    }
+    let poll = opcode::PollAdd::new(types::Fd(side.ring.wake_fd()), libc::POLLIN as u32)
+        .build()
+        .user_data(SIDE_WAKE);
+    loop {
+        // SAFETY: a poll points at no memory; the eventfd lives as long as
+        // the side pool, which lives as long as the ring.
+        if unsafe { ring.submission().push(&poll) }.is_ok() {
+            side.armed = true;
+            return Ok(());
+        }
+        ring.submit()
+            .map_err(|source| EngineError::Enter { source })?;
     }
 }
 
@@ -372,6 +557,51 @@ mod tests {
 
         fn blocking(&mut self) -> crate::io::op::Blocking {
             crate::io::op::Blocking::Unsupported
+        }
+    }
+
+    #[test]
+    fn a_clone_runs_on_a_worker_and_wakes_a_ring_waiting_for_it() {
+        for kind in [EngineKind::Uring, EngineKind::Threads] {
+            let mut ring = Ring::new(8, kind).expect("ring");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let open = |name: &str| {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.path().join(name))
+                    .expect("open");
+                std::rc::Rc::new(std::os::fd::OwnedFd::from(f))
+            };
+            let (src, dst) = (open("src"), open("dst"));
+            std::fs::write(dir.path().join("src"), b"data").expect("write");
+            let size = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut op = crate::io::op::Ficlone::new(
+                crate::io::fd::SharedFd::owned(&src),
+                crate::io::fd::SharedFd::owned(&dst),
+                size,
+            );
+            // SAFETY: the op (its descriptors and size) lives until the
+            // completion below is reaped.
+            unsafe { ring.push(&mut op, 3, squeue::Flags::empty(), 0) }.expect("push");
+            let mut got = Vec::new();
+            // Waiting in the kernel (io_uring) or in poll (threads): the
+            // worker's completion must end the wait, on either back end.
+            while got.is_empty() {
+                ring.submit(1).expect("submit");
+                ring.reap(&mut got);
+            }
+            assert_eq!(got.len(), 1, "{kind:?}: {got:?}");
+            assert_eq!(got[0].user_data, 3);
+            let r = got[0].result;
+            // Whatever this file system says (cloned, or not supported),
+            // it is FICLONE's answer, not the restricted ring's EACCES.
+            assert!(
+                r == 0 || matches!(-r, libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL),
+                "{kind:?}: {r}"
+            );
         }
     }
 

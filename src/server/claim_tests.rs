@@ -29,6 +29,7 @@ fn job(publish: bool) -> SubmitRequest {
             name: b"x".to_vec(),
             staged_name: None,
         }),
+        reflink: Default::default(),
     }
 }
 

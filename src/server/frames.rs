@@ -82,6 +82,7 @@ mod tests {
                 Just(Xfer::Direct),
                 Just(Xfer::Uncached),
                 Just(Xfer::Buffered),
+                Just(Xfer::Reflink),
             ]
         }
 
@@ -116,6 +117,7 @@ mod tests {
                             verify,
                             truncate,
                             publish,
+                            reflink: Default::default(),
                         }
                     },
                 )

@@ -50,6 +50,7 @@ fn submit() -> Request {
         verify: false,
         truncate: false,
         publish: None,
+        reflink: Default::default(),
     })
 }
 

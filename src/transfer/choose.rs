@@ -95,6 +95,9 @@ pub(crate) fn choose(
         Strategy::Buffered => buffered(plan, inputs)
             .map_err(|why| refuse(format!("the buffered strategy cannot take this job: {why}"))),
         Strategy::Auto => Ok(auto(plan, inputs)),
+        // The clone is reflink.rs's; admission asks here only for what
+        // follows it, and a required clone has nothing after it.
+        Strategy::Reflink => Ok(Choice::splice(None)),
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod dio;
 pub(crate) mod errno;
 pub(crate) mod fsize;
 pub(crate) mod pipeline;
+pub(crate) mod reflink;
 pub(crate) mod splice;
 pub(crate) mod step;
 pub(crate) mod verify;
@@ -28,12 +29,15 @@ use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::Io;
 use buffered::BufferCopy;
+use reflink::ReflinkCopy;
 use splice::{Returned, SpliceCopy};
 
 /// The state machine moving one job's bytes, whichever strategy it is.
 pub(crate) enum Mover {
     Splice(SpliceCopy),
     Buffered(BufferCopy),
+    /// A clone, which borrows neither pipes nor buffers.
+    Reflink(ReflinkCopy),
 }
 
 impl Mover {
@@ -41,6 +45,7 @@ impl Mover {
         match self {
             Mover::Splice(_) => Strategy::Splice,
             Mover::Buffered(b) => b.strategy(),
+            Mover::Reflink(_) => Strategy::Reflink,
         }
     }
 
@@ -48,6 +53,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.start(owner, io),
             Mover::Buffered(c) => c.start(owner, io),
+            Mover::Reflink(c) => c.start(owner, io),
         }
     }
 
@@ -68,7 +74,7 @@ impl Mover {
     ) {
         match self {
             Mover::Splice(c) => c.lend(pipe, owner, io, false, out),
-            Mover::Buffered(_) => out.push(Returned::Clean(pipe)),
+            Mover::Buffered(_) | Mover::Reflink(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
@@ -81,7 +87,7 @@ impl Mover {
     ) {
         match self {
             Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
-            Mover::Splice(_) => out.push(Returned::Buffer(buf)),
+            Mover::Splice(_) | Mover::Reflink(_) => out.push(Returned::Buffer(buf)),
         }
     }
 
@@ -102,6 +108,10 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
             Mover::Buffered(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
+            Mover::Reflink(c) => {
+                out.extend(buf.map(Returned::Buffer));
+                c.on_complete(result)
+            }
         }
     }
 
@@ -115,6 +125,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.fail(err, owner, io, out),
             Mover::Buffered(c) => c.fail(err, owner, io, out),
+            Mover::Reflink(c) => c.fail(err, io),
         }
     }
 
@@ -122,6 +133,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.is_finished(),
             Mover::Buffered(c) => c.is_finished(),
+            Mover::Reflink(c) => c.is_finished(),
         }
     }
 
@@ -129,6 +141,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.failure(),
             Mover::Buffered(c) => c.failure(),
+            Mover::Reflink(c) => c.failure(),
         }
     }
 
@@ -136,6 +149,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.moved,
             Mover::Buffered(c) => c.moved,
+            Mover::Reflink(c) => c.moved,
         }
     }
 
@@ -143,6 +157,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.total(),
             Mover::Buffered(c) => c.total(),
+            Mover::Reflink(c) => c.total(),
         }
     }
 
@@ -151,14 +166,17 @@ impl Mover {
         match self {
             Mover::Splice(c) => Some(c.endpoints()),
             Mover::Buffered(c) => Some(c.endpoints()),
+            Mover::Reflink(c) => Some(c.endpoints()),
         }
     }
 
     /// Asks for the source's checksum to be computed in passing, where the
     /// bytes go through memory (the buffered strategies).
     pub(crate) fn checksum_source(&mut self) {
-        if let Mover::Buffered(c) = self {
-            c.checksum_source();
+        match self {
+            Mover::Buffered(c) => c.checksum_source(),
+            Mover::Reflink(c) => c.checksum_source(),
+            Mover::Splice(_) => {}
         }
     }
 
@@ -166,7 +184,7 @@ impl Mover {
     pub(crate) fn source_checksum(&self) -> Option<u32> {
         match self {
             Mover::Buffered(c) => c.source_checksum(),
-            Mover::Splice(_) => None,
+            Mover::Splice(_) | Mover::Reflink(_) => None,
         }
     }
 
@@ -176,6 +194,8 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.set_piece_limit(bytes),
             Mover::Buffered(c) => c.set_piece_limit(bytes),
+            // One operation whatever the size; kept for a fall back.
+            Mover::Reflink(c) => c.set_piece_limit(bytes),
         }
     }
 
@@ -183,6 +203,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.into_endpoints(),
             Mover::Buffered(c) => c.into_endpoints(),
+            Mover::Reflink(c) => c.into_endpoints(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub(crate) enum CopyStep {
     Prealloc,
     /// Truncation of the destination to its final (or original) size.
     Truncate,
+    /// The clone of the whole source (reflink.rs).
+    Clone,
 }
 
 impl CopyStep {
@@ -48,6 +50,7 @@ impl CopyStep {
             CopyStep::Ready => (6, 0),
             CopyStep::Prealloc => (7, 0),
             CopyStep::Truncate => (8, 0),
+            CopyStep::Clone => (9, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -69,6 +72,7 @@ impl CopyStep {
             6 => CopyStep::Ready,
             7 => CopyStep::Prealloc,
             8 => CopyStep::Truncate,
+            9 => CopyStep::Clone,
             _ => return None,
         })
     }
@@ -82,7 +86,7 @@ impl CopyStep {
             | CopyStep::ZcNotif(i)
             | CopyStep::PollIn(i)
             | CopyStep::PollOut(i) => Some(i),
-            CopyStep::Ready | CopyStep::Prealloc | CopyStep::Truncate => None,
+            CopyStep::Ready | CopyStep::Prealloc | CopyStep::Truncate | CopyStep::Clone => None,
         }
     }
 }
@@ -105,10 +109,15 @@ mod tests {
                 assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
             }
         }
-        for step in [CopyStep::Ready, CopyStep::Prealloc, CopyStep::Truncate] {
+        for step in [
+            CopyStep::Ready,
+            CopyStep::Prealloc,
+            CopyStep::Truncate,
+            CopyStep::Clone,
+        ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 9 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 10 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }

@@ -93,6 +93,7 @@ pub(crate) fn submit_request(req: u64) -> SubmitRequest {
         verify: false,
         truncate: false,
         publish: None,
+        reflink: Default::default(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
-use crate::proto::{Priority, Request, Strategy, SubmitRequest};
+use crate::proto::{Priority, Reflink, Request, Strategy, SubmitRequest};
 #[cfg(doc)]
 use crate::{Client, JobHandle};
 
@@ -53,6 +53,9 @@ pub struct TransferOptions {
     /// [`SubmitRequest::truncate`]). The path helpers set it themselves for
     /// [`TransferOptions::in_place`].
     pub truncate: bool,
+    /// Whether the daemon clones the source (FICLONE) where it can:
+    /// [`Reflink`], as `cp --reflink`.
+    pub reflink: Reflink,
 }
 
 impl Default for TransferOptions {
@@ -79,6 +82,7 @@ impl Default for TransferOptions {
             in_place: false,
             preserve: false,
             truncate: false,
+            reflink: Reflink::Auto,
         }
     }
 }
@@ -100,5 +104,6 @@ pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
         verify: opts.verify,
         truncate: opts.truncate,
         publish: None,
+        reflink: opts.reflink,
     })
 }

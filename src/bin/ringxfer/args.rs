@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ringxfer_ipc::{Priority, Strategy};
+use ringxfer_ipc::{Priority, Reflink, Strategy};
 
 use ringxfer::size::parse_size;
 
@@ -206,6 +206,18 @@ pub struct JobOpts {
     /// gives DST its name when the job completes (nothing, if it fails).
     #[arg(long)]
     pub detach: bool,
+
+    // --reflink (issue 16), kept apart from the options above.
+    /// Clone a whole file into a new one (FICLONE) where the file systems
+    /// share extents (btrfs, XFS): auto (clone where possible, else copy),
+    /// always (clone or fail), never. As cp's --reflink.
+    #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = parse_reflink)]
+    pub reflink: Reflink,
+}
+
+/// Wraps `Reflink`'s FromStr so that clap reports its message as a usage error.
+fn parse_reflink(s: &str) -> Result<Reflink, String> {
+    s.parse()
 }
 
 /// Where the sources go, as cp's -t and -T say it.

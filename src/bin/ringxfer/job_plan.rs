@@ -49,6 +49,7 @@ impl JobPlan {
             fsync: self.fsync,
             verify: self.job.verify,
             truncate: self.truncate,
+            reflink: self.job.reflink,
             ..TransferOptions::default()
         }
     }

@@ -91,6 +91,9 @@ pub(in crate::engine) struct JobSpec {
     pub choice: Choice,
     /// The client asked for `auto` (run-time fall back allowed).
     pub auto: bool,
+    /// Clone first (`Some`), and whether the clone is required: then a
+    /// refused one fails the job instead of going on with `choice`.
+    pub reflink: Option<bool>,
     /// The directory and names to publish the destination under.
     pub publish: Option<PublishPlan>,
     /// Truncate the destination to the job's end once the bytes are in.
@@ -235,6 +238,7 @@ struct Decided {
     publish: Option<(CString, Option<CString>)>,
     bytes: u64,
     choice: Choice,
+    reflink: Option<bool>,
 }
 
 /// The checks of a planned job, in the order the client hears of them.
@@ -259,13 +263,21 @@ fn decide(
     if submit.verify {
         verifiable(plan)?;
     }
+    let reflink =
+        crate::transfer::reflink::wanted(plan, submit.strategy, submit.reflink, submit.truncate)?;
+    // A required clone has no rung after it.
+    let ladder = match reflink {
+        Some(true) => Strategy::Reflink,
+        _ => submit.strategy,
+    };
     // Last: a direct choice switches O_DIRECT on, to be put back by the job.
-    let choice = choose(plan, submit.strategy, cx.choice)?;
+    let choice = choose(plan, ladder, cx.choice)?;
     Ok(Decided {
         fsize_limit,
         publish,
         bytes,
         choice,
+        reflink,
     })
 }
 
@@ -353,6 +365,7 @@ fn assemble(
         shape,
         choice: decided.choice,
         auto: submit.strategy == Strategy::Auto,
+        reflink: decided.reflink,
         publish,
         truncate,
         fsize_limit: decided.fsize_limit,

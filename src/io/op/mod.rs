@@ -14,6 +14,7 @@ pub(crate) mod accept;
 pub(crate) mod cancel;
 pub(crate) mod close;
 pub(crate) mod fallocate;
+pub(crate) mod ficlone;
 pub(crate) mod fsync;
 pub(crate) mod ftruncate;
 pub(crate) mod linkat;
@@ -40,6 +41,7 @@ pub(crate) use accept::Accept;
 pub(crate) use cancel::Cancel;
 pub(crate) use close::Close;
 pub(crate) use fallocate::Fallocate;
+pub(crate) use ficlone::Ficlone;
 pub(crate) use fsync::Fsync;
 pub(crate) use ftruncate::Ftruncate;
 pub(crate) use linkat::LinkAt;
@@ -103,6 +105,9 @@ pub enum Blocking {
     LinkAt(linkat::Call),
     RenameAt(renameat::Call),
     UnlinkAt(unlinkat::Call),
+    /// ioctl(FICLONE): a worker runs it under either back end (io_uring
+    /// has no opcode for it).
+    Ficlone(ficlone::Call),
     /// No blocking equivalent: an operation only io_uring runs (none of
     /// the engine's; tests' operations off the list, which both back ends
     /// refuse by their opcode before looking at this).
@@ -134,6 +139,7 @@ impl Blocking {
                 Blocking::LinkAt(c) => c.run(),
                 Blocking::RenameAt(c) => c.run(),
                 Blocking::UnlinkAt(c) => c.run(),
+                Blocking::Ficlone(c) => c.run(),
                 // Refused, as the restricted ring refuses what is off the list.
                 Blocking::Unsupported => {
                     *libc::__errno_location() = libc::EACCES;
@@ -250,8 +256,8 @@ macro_rules! any_op {
 }
 
 any_op!(
-    Accept, Close, Fallocate, Fsync, Ftruncate, LinkAt, Poll, Read, ReadSmall, RecvMsg, RenameAt,
-    Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
+    Accept, Close, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, Poll, Read, ReadSmall, RecvMsg,
+    RenameAt, Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
 );
 
 impl AnyOp {

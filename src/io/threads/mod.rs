@@ -32,7 +32,7 @@ use crossbeam_channel::Receiver;
 use tracing::debug;
 
 use super::op::{accept, recvmsg};
-use worker::{Cell, Work, WorkerPool, CQE_F_MORE, CQE_F_NOTIF, MAX_CHAIN};
+use worker::{Cell, Work, WorkerPool, CQE_F_MORE, CQE_F_NOTIF, MAX_CHAIN, MAX_WORKERS};
 
 use super::op::Blocking;
 use super::opcodes;
@@ -99,6 +99,12 @@ pub(super) struct ThreadRing {
 impl ThreadRing {
     /// A back end that accepts `entries` entries per submission.
     pub(super) fn new(entries: u32) -> io::Result<ThreadRing> {
+        ThreadRing::with_workers(entries, MAX_WORKERS)
+    }
+
+    /// The same with at most `max_workers` worker threads, all made now
+    /// (io_uring's side pool: no thread appears while the daemon runs).
+    pub(super) fn with_workers(entries: u32, max_workers: usize) -> io::Result<ThreadRing> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -107,7 +113,7 @@ impl ThreadRing {
         // SAFETY: `raw` is a new descriptor nothing else owns.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let pool = WorkerPool::new(done_tx, Arc::clone(&wake))?;
+        let pool = WorkerPool::new(done_tx, Arc::clone(&wake), max_workers)?;
         let capacity = entries as usize;
         Ok(ThreadRing {
             capacity,
@@ -189,6 +195,12 @@ impl ThreadRing {
             .map_err(|_| io::Error::from_raw_os_error(libc::ENOSPC))?;
         table.push(id);
         Ok(n)
+    }
+
+    /// The eventfd the workers write after each completion: io_uring's
+    /// back end polls it through the ring (io/ring.rs, `SidePool`).
+    pub(super) fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
     }
 
     /// Worker threads running now.
@@ -276,6 +288,7 @@ impl ThreadRing {
             | Blocking::LinkAt(_)
             | Blocking::RenameAt(_)
             | Blocking::UnlinkAt(_)
+            | Blocking::Ficlone(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.call));

@@ -29,7 +29,7 @@ pub(super) type Identities = Arc<RwLock<Vec<Identity>>>;
 const START_WORKERS: usize = 2;
 /// The most workers: each blocked one is a stalled peer or a slow disk, and
 /// the engine caps the operations in flight well below this.
-const MAX_WORKERS: usize = 256;
+pub(super) const MAX_WORKERS: usize = 256;
 /// The longest link chain the engine builds is a splice pair.
 pub(super) const MAX_CHAIN: usize = 4;
 
@@ -115,6 +115,8 @@ pub(super) struct WorkerPool {
     /// still counted busy).
     unfinished: Arc<AtomicUsize>,
     threads: usize,
+    /// The most threads this pool makes.
+    max_workers: usize,
     /// Cells whose operations are over, reused once their worker let go.
     spare: Vec<Arc<Cell>>,
     pub identities: Identities,
@@ -122,8 +124,13 @@ pub(super) struct WorkerPool {
 
 impl WorkerPool {
     /// Starts the first workers; completions go to `done_tx`, and each batch
-    /// of them is announced on the eventfd `wake`.
-    pub(super) fn new(done_tx: Sender<Cqe>, wake: Arc<OwnedFd>) -> std::io::Result<WorkerPool> {
+    /// of them is announced on the eventfd `wake`. It grows up to
+    /// `max_workers` threads (at least the first ones).
+    pub(super) fn new(
+        done_tx: Sender<Cqe>,
+        wake: Arc<OwnedFd>,
+        max_workers: usize,
+    ) -> std::io::Result<WorkerPool> {
         install_cancel_handler();
         let (work_tx, work_rx) = crossbeam_channel::unbounded();
         let mut pool = WorkerPool {
@@ -133,6 +140,7 @@ impl WorkerPool {
             wake,
             unfinished: Arc::new(AtomicUsize::new(0)),
             threads: 0,
+            max_workers: max_workers.max(START_WORKERS),
             spare: Vec::with_capacity(64),
             identities: Arc::default(),
         };
@@ -180,7 +188,7 @@ impl WorkerPool {
         // Each unfinished piece may be blocked on a peer for good, so this
         // one gets a thread of its own unless one is free for certain.
         let unfinished = self.unfinished.fetch_add(1, Ordering::SeqCst) + 1;
-        if unfinished > self.threads && self.threads < MAX_WORKERS {
+        if unfinished > self.threads && self.threads < self.max_workers {
             if let Err(e) = self.spawn() {
                 warn!(
                     workers = self.threads,

@@ -55,6 +55,7 @@ fn request() -> SubmitRequest {
         verify: false,
         truncate: false,
         publish: None,
+        reflink: Default::default(),
     }
 }
 

@@ -1,0 +1,172 @@
+//! The copy ladder's first rung (issue 16): a whole file into a new one is
+//! cloned (FICLONE) where the file system shares extents (btrfs, XFS with
+//! reflink=1), and `auto` falls back where it cannot (ext4, tmpfs), on
+//! real loop-mounted file systems. The engine under test is the suite's
+//! (RINGXFER_TEST_ENGINE), so .ci/run covers both.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cli_common::*;
+use crate::support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Unmounts the file system when the test ends, pass or fail.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A fresh file system of `kind` ("btrfs", "xfs", "ext4", "tmpfs") at `dir/mnt`.
+fn mount(dir: &Path, kind: &str) -> Mounted {
+    let mnt = dir.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    if kind == "tmpfs" {
+        let out = run({
+            let mut c = Command::new("mount");
+            c.args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+                .arg(&mnt);
+            c
+        });
+        assert_exit(&out, 0, "mount tmpfs");
+        return Mounted(mnt);
+    }
+    let img = dir.join(format!("{kind}.img"));
+    fs::File::create(&img).unwrap().set_len(400 * MIB).unwrap();
+    let mut mkfs = Command::new(format!("mkfs.{kind}"));
+    match kind {
+        "xfs" => mkfs.args(["-q", "-f", "-m", "reflink=1"]),
+        "btrfs" => mkfs.args(["-q", "-f"]),
+        _ => mkfs.args(["-q", "-F"]),
+    };
+    let out = run({
+        mkfs.arg(&img);
+        mkfs
+    });
+    assert_exit(&out, 0, &format!("mkfs.{kind}"));
+    let out = run({
+        let mut c = Command::new("mount");
+        c.args(["-o", "loop"]).arg(&img).arg(&mnt);
+        c
+    });
+    assert_exit(&out, 0, &format!("mount -o loop of the {kind} image"));
+    Mounted(mnt)
+}
+
+/// `ringxfer --json copy ARGS... SRC DST`: its output.
+fn copy(d: &Daemon, args: &[&str], src: &Path, dst: &Path) -> std::process::Output {
+    let mut c = cli(&d.socket);
+    c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
+    run(c)
+}
+
+/// Whether `filefrag -v` shows every extent of `path` as shared.
+fn extents_shared(path: &Path) -> (bool, String) {
+    let out = run({
+        let mut c = Command::new("filefrag");
+        c.arg("-v").arg(path);
+        c
+    });
+    assert_exit(&out, 0, "filefrag -v");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let extents: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .filter(|l| l.contains(':'))
+        .collect();
+    let shared = !extents.is_empty() && extents.iter().all(|l| l.contains("shared"));
+    (shared, text)
+}
+
+fn clones_on(kind: &str) {
+    require_root("mounts loop images");
+    let base = tmpdir();
+    let m = mount(base.path(), kind);
+    let d = Daemon::start();
+    let (src, want) = make_file(&m.0, "src", (64 * MIB) as usize, 16);
+    let dst = m.0.join("dst");
+    let out = copy(&d, &[], &src, &dst);
+    assert_exit(&out, 0, &format!("copy on {kind}"));
+    let done = &json_lines(&out)[0];
+    assert_eq!(done["strategy"], "reflink", "{kind}: {done}");
+    assert_eq!(done["bytes"], 64 * MIB, "{kind}: {done}");
+    assert_file_eq(&dst, &want);
+    let (shared, text) = extents_shared(&dst);
+    assert!(shared, "{kind}: the copy's extents are not shared:\n{text}");
+    // --reflink=always clones too; stats count the bytes by strategy.
+    let out = copy(&d, &["--reflink=always"], &src, &m.0.join("dst2"));
+    assert_exit(&out, 0, &format!("copy --reflink=always on {kind}"));
+    let mut c = cli(&d.socket);
+    c.args(["--json", "stats"]);
+    let out = run(c);
+    let v = &json_lines(&out)[0];
+    let reflink = v["strategies"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["strategy"] == "reflink"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(reflink["bytes"], 128 * MIB, "{v}");
+    // --reflink=never copies.
+    let out = copy(&d, &["--reflink=never"], &src, &m.0.join("dst3"));
+    assert_exit(&out, 0, "copy --reflink=never");
+    assert_ne!(json_lines(&out)[0]["strategy"], "reflink");
+    assert_file_eq(&m.0.join("dst3"), &want);
+    d.stop();
+}
+
+fn falls_back_on(kind: &str) {
+    require_root("mounts loop images");
+    let base = tmpdir();
+    let m = mount(base.path(), kind);
+    let d = Daemon::start();
+    let (src, want) = make_file(&m.0, "src", (8 * MIB) as usize, 17);
+    let dst = m.0.join("dst");
+    let out = copy(&d, &[], &src, &dst);
+    assert_exit(&out, 0, &format!("copy on {kind}"));
+    let done = &json_lines(&out)[0];
+    assert_ne!(done["strategy"], "reflink", "{kind}: {done}");
+    assert_file_eq(&dst, &want);
+    // always: fails, naming the destination, and leaves nothing under it.
+    let never = m.0.join("never");
+    let out = copy(&d, &["--reflink=always"], &src, &never);
+    assert!(!out.status.success(), "{kind}: {}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("reflink not supported"), "{kind}: {err}");
+    assert!(err.contains(&never.display().to_string()), "{kind}: {err}");
+    assert!(!never.exists(), "{kind}: a failed clone left {never:?}");
+    d.stop();
+}
+
+#[test]
+#[ignore = "needs root: mounts a btrfs loop image (.ci/run runs it)"]
+fn a_copy_on_btrfs_is_a_clone_sharing_extents() {
+    clones_on("btrfs");
+}
+
+#[test]
+#[ignore = "needs root: mounts an XFS loop image (.ci/run runs it)"]
+fn a_copy_on_xfs_is_a_clone_sharing_extents() {
+    clones_on("xfs");
+}
+
+#[test]
+#[ignore = "needs root: mounts an ext4 loop image (.ci/run runs it)"]
+fn a_copy_on_ext4_falls_back_and_always_fails_clearly() {
+    falls_back_on("ext4");
+}
+
+#[test]
+#[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
+fn a_copy_on_tmpfs_falls_back_and_always_fails_clearly() {
+    falls_back_on("tmpfs");
+}
