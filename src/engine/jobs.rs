@@ -26,7 +26,7 @@ use crate::io::buffer_pool::BufRef;
 use crate::io::ops::{Op, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
-use crate::transfer::reflink::ReflinkCopy;
+use crate::transfer::reflink::{CloneRefusals, ReflinkCopy};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::step::CopyStep;
 use crate::transfer::verify::{Verifier, VerifyRead};
@@ -43,6 +43,8 @@ pub(super) struct Jobs {
     /// Finished jobs, oldest first, at most `RECENT_JOBS`.
     pub recent: VecDeque<Finished>,
     pub next_id: u64,
+    /// File systems that refused a clone (reflink.rs).
+    pub clone_refusals: CloneRefusals,
 }
 
 impl Jobs {
@@ -53,6 +55,7 @@ impl Jobs {
             admissions: Admissions::default(),
             recent: VecDeque::with_capacity(RECENT_JOBS),
             next_id: 1,
+            clone_refusals: CloneRefusals::default(),
         }
     }
 }
@@ -108,6 +111,9 @@ pub(super) enum Phase {
 /// A transfer admitted from a client.
 pub(super) struct Job {
     pub id: u64,
+    /// The devices of its source and destination (a refused clone is
+    /// remembered by them).
+    pub devices: Option<(u64, u64)>,
     pub req: u64,
     pub tag: String,
     /// The user who submitted it (SO_PEERCRED).
@@ -325,6 +331,7 @@ impl Job {
             .map(|p| Publisher::new(p.dir, p.name, p.staged, spec.id, spec.fsync));
         Job {
             id: spec.id,
+            devices: spec.devices,
             req: spec.req,
             tag: spec.tag,
             uid: spec.submitter.uid,
@@ -474,10 +481,13 @@ impl Engine {
     /// descriptors are: decides its `JobSpec` and starts it, or refuses it
     /// with `Failed`.
     pub(super) fn admit_stated(&mut self, k: usize, stated: Stated) {
-        let Some(cx) = self.admission_context(k, stated.uid, stated.acknowledge) else {
+        let Some(mut cx) = self.admission_context(k, stated.uid, stated.acknowledge) else {
             self.closing.doomed.extend(stated.fds.into_fds());
             return;
         };
+        if let [Ok(src), Ok(dst)] = &stated.stats {
+            cx.clone_refused = self.jobs.clone_refusals.known(src.dev, dst.dev);
+        }
         let req = stated.submit.req;
         let decided = spec::spec(
             stated.id,
@@ -516,6 +526,7 @@ impl Engine {
                 buffer_size: self.slots.buffers.buffer_size() as u64,
             },
             acknowledge,
+            clone_refused: false,
         })
     }
 
@@ -763,6 +774,9 @@ impl Engine {
             let Some(back) = c.fall_back() else {
                 return;
             };
+            if let Some((src, dst)) = job.devices {
+                self.jobs.clone_refusals.learn(back.errno, src, dst);
+            }
             let mut choice = back.choice;
             let pools = MoverPools {
                 fixed_buffers: fixed,

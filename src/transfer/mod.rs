@@ -439,6 +439,8 @@ pub(crate) struct FdStat {
     /// The owner: cachestat asks the file system for permission unless the
     /// daemon owns the file (see `dio::cached_fraction`).
     pub uid: u32,
+    /// The device (file system) it is on: statx always tells it.
+    pub dev: u64,
 }
 
 impl FdStat {
@@ -453,6 +455,7 @@ impl FdStat {
             size: stx.stx_size,
             dio_align: dio::alignment_of(stx),
             uid: stx.stx_uid,
+            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
         }
     }
 }

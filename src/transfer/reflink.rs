@@ -27,6 +27,7 @@ pub(crate) fn wanted(
     asked: Strategy,
     reflink: Reflink,
     truncate: bool,
+    refused_before: bool,
 ) -> Result<Option<bool>, TransferError> {
     let refuse = |why: String| TransferError::new(FailureKind::InvalidRequest, why);
     let required = asked == Strategy::Reflink || reflink == Reflink::Always;
@@ -46,6 +47,9 @@ pub(crate) fn wanted(
         _ => return Ok(None),
     }
     match eligible(plan, truncate) {
+        // `auto` asks no file system twice; a required clone asks, so that
+        // its refusal says what the kernel says now.
+        Ok(()) if refused_before && !required => Ok(None),
         Ok(()) => Ok(Some(required)),
         Err(why) if required => Err(refuse(format!("reflink not supported for this job: {why}"))),
         Err(_) => Ok(None),
@@ -84,6 +88,45 @@ pub(crate) fn unsupported(errno: i32) -> bool {
         errno,
         libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::EBADF | libc::ENOSYS
     )
+}
+
+/// File systems that refused to clone, so that `auto` does not ask again
+/// for every file: a FICLONE refused costs a worker hand-off, which for
+/// thousands of small files was a quarter more of the daemon's CPU time.
+/// A file system that cannot share extents (EOPNOTSUPP, ENOTTY) is
+/// remembered by the destination's device, two that are not one (EXDEV) as
+/// the pair; the other refusals may be about the file, and are not kept.
+#[derive(Debug, Default)]
+pub(crate) struct CloneRefusals {
+    devices: std::collections::HashSet<u64>,
+    pairs: std::collections::HashSet<(u64, u64)>,
+}
+
+/// Devices and pairs remembered at most; past it, memory starts over.
+const MAX_REMEMBERED: usize = 4096;
+
+impl CloneRefusals {
+    /// Whether a clone from device `src` to device `dst` was refused before.
+    pub(crate) fn known(&self, src: u64, dst: u64) -> bool {
+        self.devices.contains(&dst) || self.pairs.contains(&(src, dst))
+    }
+
+    /// Remembers what FICLONE's `errno` said about devices `src` and `dst`.
+    pub(crate) fn learn(&mut self, errno: i32, src: u64, dst: u64) {
+        if self.devices.len() + self.pairs.len() >= MAX_REMEMBERED {
+            self.devices.clear();
+            self.pairs.clear();
+        }
+        match errno {
+            libc::EOPNOTSUPP | libc::ENOTTY => {
+                self.devices.insert(dst);
+            }
+            libc::EXDEV => {
+                self.pairs.insert((src, dst));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What a refused FICLONE means, for the note of a job that fell back.

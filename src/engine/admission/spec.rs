@@ -94,6 +94,9 @@ pub(in crate::engine) struct JobSpec {
     /// Clone first (`Some`), and whether the clone is required: then a
     /// refused one fails the job instead of going on with `choice`.
     pub reflink: Option<bool>,
+    /// The devices of the source and the destination, for remembering a
+    /// refused clone.
+    pub devices: Option<(u64, u64)>,
     /// The directory and names to publish the destination under.
     pub publish: Option<PublishPlan>,
     /// Truncate the destination to the job's end once the bytes are in.
@@ -182,6 +185,9 @@ pub(in crate::engine) struct Context {
     /// Send `Accepted` (a `SubmitBatch` job asking for neither progress
     /// nor detach goes without).
     pub acknowledge: bool,
+    /// The two ends' file systems refused a clone before (`auto` does not
+    /// ask again; see `reflink::CloneRefusals`).
+    pub clone_refused: bool,
 }
 
 /// What statx said about the directory to publish in, if one came.
@@ -202,6 +208,10 @@ pub(in crate::engine) fn spec(
         dst,
         dir: dir_fd,
     } = fds;
+    let devices = match &stats {
+        [Ok(s), Ok(d)] => Some((s.dev, d.dev)),
+        _ => None,
+    };
     let plan = match plan(src, dst, &submit, stats) {
         Ok(plan) => plan,
         Err(refused) => {
@@ -219,7 +229,10 @@ pub(in crate::engine) fn spec(
     };
     let dir_kind = dir.and_then(|s| s.ok()).map(|s| s.kind);
     match decide(&plan, &submit, dir_fd.is_some(), dir_kind, cx) {
-        Ok(decided) => Ok(assemble(id, submit, plan, dir_fd, decided, cx)),
+        Ok(decided) => Ok(JobSpec {
+            devices,
+            ..assemble(id, submit, plan, dir_fd, decided, cx)
+        }),
         Err(error) => {
             let Endpoints { src, dst, .. } = plan.ends;
             let fds = Submitted {
@@ -263,8 +276,13 @@ fn decide(
     if submit.verify {
         verifiable(plan)?;
     }
-    let reflink =
-        crate::transfer::reflink::wanted(plan, submit.strategy, submit.reflink, submit.truncate)?;
+    let reflink = crate::transfer::reflink::wanted(
+        plan,
+        submit.strategy,
+        submit.reflink,
+        submit.truncate,
+        cx.clone_refused,
+    )?;
     // A required clone has no rung after it.
     let ladder = match reflink {
         Some(true) => Strategy::Reflink,
@@ -366,6 +384,7 @@ fn assemble(
         choice: decided.choice,
         auto: submit.strategy == Strategy::Auto,
         reflink: decided.reflink,
+        devices: None,
         publish,
         truncate,
         fsize_limit: decided.fsize_limit,

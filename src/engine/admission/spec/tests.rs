@@ -85,6 +85,7 @@ fn context() -> Context {
             buffer_size: 1 << 20,
         },
         acknowledge: true,
+        clone_refused: false,
     }
 }
 
@@ -542,4 +543,50 @@ fn a_job_is_built_from_its_spec_as_admitted() {
     assert_eq!(job.bucket.as_ref().map(TokenBucket::rate), Some(1 << 20));
     assert_eq!(job.phase, Phase::Copy);
     assert!(job.note.is_none(), "an explicit strategy needs no note");
+}
+
+/// `auto` tries a clone once per file system that refuses them: after a
+/// refusal (`clone_refused`), the next file-to-file job goes straight to
+/// its strategy; one that requires the clone still asks the kernel.
+#[test]
+fn auto_does_not_ask_a_file_system_that_refused_a_clone_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = admitted(decide(
+        request(),
+        file_with(dir.path(), "a", 1000),
+        destination(dir.path()),
+        None,
+        &context(),
+    ));
+    assert_eq!(first.reflink, Some(false), "auto tries a clone first");
+    let devices = first.devices.expect("both ends' devices");
+    let mut refusals = crate::transfer::reflink::CloneRefusals::default();
+    refusals.learn(libc::EINVAL, devices.0, devices.1);
+    assert!(
+        !refusals.known(devices.0, devices.1),
+        "EINVAL may be the file's"
+    );
+    refusals.learn(libc::EOPNOTSUPP, devices.0, devices.1);
+    assert!(refusals.known(devices.0, devices.1));
+
+    let mut cx = context();
+    cx.clone_refused = true;
+    let src = file_with(dir.path(), "b", 1000);
+    let dst = open(
+        &dir.path().join("b2"),
+        OpenOptions::new().create(true).read(true).write(true),
+    );
+    let next = admitted(decide(request(), src, dst, None, &cx));
+    assert_eq!(next.reflink, None, "asked again");
+    let mut required = request();
+    required.reflink = ringxfer_ipc::Reflink::Always;
+    let src = file_with(dir.path(), "c", 1000);
+    let dst = open(
+        &dir.path().join("c2"),
+        OpenOptions::new().create(true).read(true).write(true),
+    );
+    assert_eq!(
+        admitted(decide(required, src, dst, None, &cx)).reflink,
+        Some(true)
+    );
 }
