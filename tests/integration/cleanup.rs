@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use ringxfer_ipc::{Client, Completion, FailureKind, JobError, Strategy, TransferOptions};
@@ -86,21 +86,6 @@ fn a_failed_job_into_an_existing_file_truncates_it_back_whatever_the_strategy() 
     }
 }
 
-/// Unmounts on drop.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_full_disk_ends_every_strategy_the_same_way_and_restores_the_size() {
@@ -121,7 +106,7 @@ fn a_full_disk_ends_every_strategy_the_same_way_and_restores_the_size() {
         "cannot mount tmpfs (as root): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _mount = Mount(mnt.clone());
+    let _mount = Mount::at(&mnt);
     let orig = 64 << 10;
     for strategy in STRATEGIES {
         let what = format!("{strategy:?} into a full tmpfs");

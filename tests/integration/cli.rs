@@ -438,6 +438,17 @@ fn no_clobber_and_update_leave_destinations_as_cp_does() {
     );
 }
 
+/// Runs `c`, which must end in a usage error (exit 2) saying `says`.
+fn assert_usage_error(c: Command, args: &[&str], says: &str) {
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{args:?}: {}",
+        describe(&out)
+    );
+}
+
 /// cp's -t and -T, and their usage errors.
 #[test]
 fn target_directory_flags_place_copies_as_cp_does() {
@@ -475,13 +486,7 @@ fn target_directory_flags_place_copies_as_cp_does() {
     ] {
         let mut c = cli(&d.socket);
         c.current_dir(dir.path()).arg("copy").args(&args);
-        let out = run(c);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(says),
-            "{args:?}: {}",
-            describe(&out)
-        );
+        assert_usage_error(c, &args, says);
     }
 }
 
@@ -556,13 +561,7 @@ fn backups_keep_replaced_files_under_cps_names() {
     ] {
         let mut c = cli(&d.socket);
         c.arg("copy").args(&args).arg(&src).arg(&dst);
-        let out = run(c);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(says),
-            "{args:?}: {}",
-            describe(&out)
-        );
+        assert_usage_error(c, &args, says);
     }
 }
 

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -71,22 +71,6 @@ fn copy_with(
     c
 }
 
-/// A file system mounted for one test; unmounted (lazily if busy) on drop.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 /// Mounts a `fstype` (tmpfs, ramfs) with `options` on a fresh directory
 /// `dir/name`, or says why it could not.
 fn mount(dir: &Path, name: &str, fstype: &str, options: Option<&str>) -> Result<Mount, String> {
@@ -103,7 +87,7 @@ fn mount(dir: &Path, name: &str, fstype: &str, options: Option<&str>) -> Result<
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
-        Ok(Mount(mnt))
+        Ok(Mount::at(&mnt))
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
@@ -384,7 +368,7 @@ fn direct_into_a_full_file_system_fails_at_once_and_leaves_the_destination() {
         Err(e) => panic!("cannot mount tmpfs (as root): {e}"),
     };
     {
-        let dst = mnt.0.join("dst");
+        let dst = mnt.path().join("dst");
         let before = pattern(341, 1000);
         std::fs::write(&dst, &before).unwrap();
         let client = d.client();
@@ -430,7 +414,7 @@ fn ramfs_source_is_hot_for_auto_and_refused_by_direct() {
         Ok(m) => m,
         Err(e) => panic!("cannot mount ramfs (as root): {e}"),
     };
-    let (src, data) = make_file(&mnt.0, "src", (2 << 20) + 3, 350);
+    let (src, data) = make_file(mnt.path(), "src", (2 << 20) + 3, 350);
 
     let dst = dir.path().join("auto.dst");
     let s = open_src(&src);
@@ -485,7 +469,7 @@ fn ramfs_destination_auto_falls_back_to_splice_and_direct_is_refused() {
     let (src, data) = make_file(dir.path(), "src", (2 << 20) + 3, 351);
     assert_cold(&src, "source");
 
-    let dst = mnt.0.join("auto.dst");
+    let dst = mnt.path().join("auto.dst");
     let s = open_src(&src);
     let t = create_dst(&dst);
     let c = completed(
@@ -497,7 +481,12 @@ fn ramfs_destination_auto_falls_back_to_splice_and_direct_is_refused() {
     assert_eq!(c.bytes, data.len() as u64);
     assert_file_eq(&dst, &data);
 
-    assert_direct_refused(&client, &s, &mnt.0.join("direct.dst"), "direct to ramfs");
+    assert_direct_refused(
+        &client,
+        &s,
+        &mnt.path().join("direct.dst"),
+        "direct to ramfs",
+    );
     drop(s);
     drop(mnt);
 }

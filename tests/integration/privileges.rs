@@ -126,15 +126,6 @@ fn a_users_copy_into_its_setuid_file_clears_the_bits_as_its_own_write_does() {
     d.stop();
 }
 
-/// Unmounts and detaches the loop device when the test ends, pass or fail.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_user_filling_ext4_through_the_daemon_stops_where_its_own_dd_stops() {
@@ -157,7 +148,7 @@ fn a_user_filling_ext4_through_the_daemon_stops_where_its_own_dd_stops() {
         c
     });
     assert_exit(&out, 0, "mount -o loop of the ext4 image (as root)");
-    let _mounted = Mounted(mnt.clone());
+    let _mounted = Mount::at(&mnt);
     let home = mnt.join("home");
     fs::create_dir(&home).unwrap();
     std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();

@@ -5,7 +5,7 @@
 //! (RINGXFER_TEST_ENGINE), so .ci/run covers both.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::cli_common::*;
@@ -13,17 +13,8 @@ use crate::support::*;
 
 const MIB: u64 = 1 << 20;
 
-/// Unmounts the file system when the test ends, pass or fail.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A fresh file system of `kind` ("btrfs", "xfs", "ext4", "tmpfs") at `dir/mnt`.
-fn mount(dir: &Path, kind: &str) -> Mounted {
+fn mount(dir: &Path, kind: &str) -> Mount {
     let mnt = dir.join("mnt");
     fs::create_dir(&mnt).unwrap();
     if kind == "tmpfs" {
@@ -34,7 +25,7 @@ fn mount(dir: &Path, kind: &str) -> Mounted {
             c
         });
         assert_exit(&out, 0, "mount tmpfs");
-        return Mounted(mnt);
+        return Mount::at(&mnt);
     }
     let img = dir.join(format!("{kind}.img"));
     fs::File::create(&img).unwrap().set_len(400 * MIB).unwrap();
@@ -55,7 +46,7 @@ fn mount(dir: &Path, kind: &str) -> Mounted {
         c
     });
     assert_exit(&out, 0, &format!("mount -o loop of the {kind} image"));
-    Mounted(mnt)
+    Mount::at(&mnt)
 }
 
 /// `ringxfer --json copy ARGS... SRC DST`: its output.
@@ -93,8 +84,8 @@ fn clones_on(kind: &str) {
     let base = tmpdir();
     let m = mount(base.path(), kind);
     let d = Daemon::start();
-    let (src, want) = make_file(&m.0, "src", (64 * MIB) as usize, 16);
-    let dst = m.0.join("dst");
+    let (src, want) = make_file(m.path(), "src", (64 * MIB) as usize, 16);
+    let dst = m.path().join("dst");
     let out = copy(&d, &[], &src, &dst);
     assert_exit(&out, 0, &format!("copy on {kind}"));
     let done = &json_lines(&out)[0];
@@ -104,7 +95,7 @@ fn clones_on(kind: &str) {
     let (shared, text) = extents_shared(&dst);
     assert!(shared, "{kind}: the copy's extents are not shared:\n{text}");
     // --reflink=always clones too; stats count the bytes by strategy.
-    let out = copy(&d, &["--reflink=always"], &src, &m.0.join("dst2"));
+    let out = copy(&d, &["--reflink=always"], &src, &m.path().join("dst2"));
     assert_exit(&out, 0, &format!("copy --reflink=always on {kind}"));
     let mut c = cli(&d.socket);
     c.args(["--json", "stats"]);
@@ -117,10 +108,10 @@ fn clones_on(kind: &str) {
         .unwrap_or_default();
     assert_eq!(reflink["bytes"], 128 * MIB, "{v}");
     // --reflink=never copies.
-    let out = copy(&d, &["--reflink=never"], &src, &m.0.join("dst3"));
+    let out = copy(&d, &["--reflink=never"], &src, &m.path().join("dst3"));
     assert_exit(&out, 0, "copy --reflink=never");
     assert_ne!(json_lines(&out)[0]["strategy"], "reflink");
-    assert_file_eq(&m.0.join("dst3"), &want);
+    assert_file_eq(&m.path().join("dst3"), &want);
     d.stop();
 }
 
@@ -129,15 +120,15 @@ fn falls_back_on(kind: &str) {
     let base = tmpdir();
     let m = mount(base.path(), kind);
     let d = Daemon::start();
-    let (src, want) = make_file(&m.0, "src", (8 * MIB) as usize, 17);
-    let dst = m.0.join("dst");
+    let (src, want) = make_file(m.path(), "src", (8 * MIB) as usize, 17);
+    let dst = m.path().join("dst");
     let out = copy(&d, &[], &src, &dst);
     assert_exit(&out, 0, &format!("copy on {kind}"));
     let done = &json_lines(&out)[0];
     assert_ne!(done["strategy"], "reflink", "{kind}: {done}");
     assert_file_eq(&dst, &want);
     // always: fails, naming the destination, and leaves nothing under it.
-    let never = m.0.join("never");
+    let never = m.path().join("never");
     let out = copy(&d, &["--reflink=always"], &src, &never);
     assert!(!out.status.success(), "{kind}: {}", describe(&out));
     let err = stderr(&out);

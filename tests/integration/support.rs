@@ -1004,6 +1004,18 @@ pub fn my_uid() -> u32 {
 /// A file system mounted by a test (root only); unmounted on drop.
 pub struct Mount(PathBuf);
 
+impl Mount {
+    /// Takes over unmounting what a test mounted at `dir`.
+    pub fn at(dir: &Path) -> Mount {
+        Mount(dir.to_path_buf())
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let ok = Command::new("umount")
@@ -1025,7 +1037,7 @@ pub fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
-        Ok(Mount(dir.to_path_buf()))
+        Ok(Mount::at(dir))
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
