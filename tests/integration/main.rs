@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod archive;
 mod cleanup;
 mod cli;
 mod cli_common;

@@ -212,7 +212,7 @@ impl<'a> Pipeline<'a> {
             Found::Other(Item::Special { src, dst, within }) => {
                 match fs::symlink_metadata(&src)
                     .map_err(|e| CliError::path("cannot stat", &src, &e))
-                    .and_then(|meta| copy_special(&dst, &meta))
+                    .and_then(|meta| copy_special(&src, &dst, &meta))
                 {
                     Ok(()) => {
                         self.tally.files += 1;

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::error::CliError;
 use crate::staging::link_temp;
+use crate::xattrs::Xattrs;
 
 /// Recreates the link `src` at `dst` (replacing a file or link there
 /// atomically), with --preserve also its owner and times.
@@ -32,10 +33,23 @@ pub fn copy_symlink(src: &Path, dst: &Path, preserve: bool) -> Result<(), CliErr
     }
     if preserve {
         let meta = fs::symlink_metadata(src).map_err(|e| CliError::path("cannot stat", src, &e))?;
+        link_xattrs(src).apply_to_link(dst, dst);
         preserve_link(dst, &meta)
             .map_err(|e| CliError::path("cannot set attributes of", dst, &e))?;
     }
     Ok(())
+}
+
+/// The extended attributes of the link or special file `src` itself
+/// (cp -a keeps them too); none, said on stderr, where they cannot be read.
+fn link_xattrs(src: &Path) -> Xattrs {
+    Xattrs::read_link(src).unwrap_or_else(|e| {
+        crate::report::note(&format!(
+            "cannot read the extended attributes of '{}': {e}",
+            src.display()
+        ));
+        Xattrs::default()
+    })
 }
 
 /// Owner and times of a link itself (lchown, utimensat without following).
@@ -71,11 +85,11 @@ fn preserve_link(path: &Path, meta: &Metadata) -> io::Result<()> {
     }
 }
 
-/// Recreates a special file (the source's `meta`) at `dst` as cp -a does:
-/// mknod of the same type, mode and device number, then its owner (where
-/// permitted) and times. A device node needs root (CAP_MKNOD): elsewhere
+/// Recreates a special file `src` (its `meta`) at `dst` as cp -a does:
+/// mknod of the same type, mode and device number, then its extended
+/// attributes, owner (where permitted) and times. A device node needs root (CAP_MKNOD): elsewhere
 /// the refusal is the item's error.
-pub fn copy_special(dst: &Path, meta: &Metadata) -> Result<(), CliError> {
+pub fn copy_special(src: &Path, dst: &Path, meta: &Metadata) -> Result<(), CliError> {
     let create_err = |e: &io::Error| CliError::path("cannot create special file", dst, e);
     let temp = link_temp(dst);
     let c_temp = CString::new(temp.as_os_str().as_bytes())
@@ -87,6 +101,7 @@ pub fn copy_special(dst: &Path, meta: &Metadata) -> Result<(), CliError> {
     if rc != 0 {
         return Err(create_err(&io::Error::last_os_error()));
     }
+    link_xattrs(src).apply_to_link(&temp, dst);
     let placed = preserve_link(&temp, meta)
         .and_then(|()| fs::set_permissions(&temp, fs::Permissions::from_mode(meta.mode() & 0o7777)))
         .and_then(|()| fs::rename(&temp, dst));
