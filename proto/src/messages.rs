@@ -645,7 +645,8 @@ pub enum FailureKind {
     /// A descriptor was not open for the needed direction (EBADF), e.g. a
     /// read-only destination.
     BadDescriptor,
-    /// The kernel refused the operation (EPERM, EACCES, EROFS).
+    /// The kernel refused the operation (EPERM, EACCES); a read-only file
+    /// system is [`FailureKind::ReadOnly`].
     PermissionDenied,
     /// The peer of a socket went away (EPIPE, ECONNRESET).
     PeerGone,
@@ -660,6 +661,11 @@ pub enum FailureKind {
     NoSuchJob,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The destination's file system is read-only (EROFS): mounted so, or
+    /// turned so by the kernel after an error (ext4's errors=remount-ro).
+    /// Not a permission a user could be granted: remount it or write
+    /// elsewhere.
+    ReadOnly,
 }
 
 impl FailureKind {
@@ -682,6 +688,7 @@ impl FailureKind {
             FailureKind::Mismatch => "mismatch",
             FailureKind::NoSuchJob => "no-such-job",
             FailureKind::ShuttingDown => "shutting-down",
+            FailureKind::ReadOnly => "read-only",
         }
     }
 }

@@ -29,6 +29,7 @@ mod privileges;
 mod protocol_abuse;
 mod publish;
 mod ratelimit;
+mod read_only;
 mod reflink;
 mod robustness;
 mod scheduling;
