@@ -192,7 +192,8 @@ pub struct JobOpts {
     #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
     pub priority: Priority,
 
-    /// At most this many bytes per second (e.g. 20MiB, 20MiB/s, 500K).
+    /// At most this many bytes per second for the whole command, all its
+    /// files together, as rsync --bwlimit (e.g. 20MiB, 20MiB/s, 500K).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate_limit: Option<u64>,
 

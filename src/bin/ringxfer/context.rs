@@ -57,6 +57,7 @@ impl Context {
             job,
             fsync,
             truncate: false,
+            whole_command: false,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::os::fd::AsFd;
 
 use ringxfer_ipc::publish::StagedFile;
-use ringxfer_ipc::{Strategy, TransferOptions};
+use ringxfer_ipc::{RateGroup, Strategy, TransferOptions};
 
 use crate::args::JobOpts;
 use crate::engine_handle::EngineHandle;
@@ -30,7 +30,14 @@ pub struct JobPlan {
     /// every byte is in: an in-place destination, which is never truncated
     /// before the engine accepted the job.
     pub truncate: bool,
+    /// --rate-limit caps all the command's jobs together (several files, a
+    /// tree), as rsync --bwlimit does, rather than each job.
+    pub whole_command: bool,
 }
+
+/// The command's group of jobs sharing its --rate-limit: the id is the
+/// connection's own, and a command has one.
+const COMMAND_GROUP: u64 = 1;
 
 impl JobPlan {
     /// The job as the stub sends it; `tag` is what the daemon logs and lists.
@@ -44,7 +51,15 @@ impl JobPlan {
             // Progress events cost the engine work; ask only when they are shown.
             progress: self.progress,
             priority: self.job.priority,
-            rate_limit: self.job.rate_limit,
+            rate_limit: self.job.rate_limit.filter(|_| !self.whole_command),
+            rate_group: self
+                .job
+                .rate_limit
+                .filter(|_| self.whole_command)
+                .map(|rate| RateGroup {
+                    id: COMMAND_GROUP,
+                    rate,
+                }),
             detach: self.job.detach,
             fsync: self.fsync,
             verify: self.job.verify,
@@ -135,4 +150,35 @@ pub fn detach(
     handle
         .job_id()
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_is_the_jobs_or_the_whole_commands() {
+        let plan = JobPlan {
+            offset: 0,
+            length: None,
+            strategy: Strategy::Auto,
+            progress: false,
+            job: JobOpts {
+                rate_limit: Some(50 << 20),
+                ..JobOpts::default()
+            },
+            fsync: false,
+            truncate: false,
+            whole_command: false,
+        };
+        let one = plan.options("a".into());
+        assert_eq!((one.rate_limit, one.rate_group), (Some(50 << 20), None));
+        let all = JobPlan {
+            whole_command: true,
+            ..plan
+        }
+        .options("b".into());
+        assert_eq!(all.rate_limit, None);
+        assert_eq!(all.rate_group.map(|g| g.rate), Some(50 << 20));
+    }
 }

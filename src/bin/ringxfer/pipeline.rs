@@ -142,6 +142,8 @@ impl<'a> Pipeline<'a> {
         // Per-job progress events would cost the engine work for files that
         // take microseconds; the bar counts finished files instead.
         plan.progress = false;
+        // --rate-limit is the whole copy's, not each file's.
+        plan.whole_command = true;
         let window = window(client);
         Pipeline {
             client,
