@@ -9,6 +9,7 @@ mod cleanup;
 mod cli;
 mod cli_common;
 mod cli_jobs;
+mod cli_progress;
 mod cli_tree;
 mod concurrency;
 mod config;

@@ -43,6 +43,13 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// With --json, also print a progress object (bytes, total, files,
+    /// rate, time left, the current file) on stdout every second while a
+    /// transfer runs, before its result. Without --json the bar shows on a
+    /// terminal anyway.
+    #[arg(long, global = true)]
+    pub progress: bool,
+
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,

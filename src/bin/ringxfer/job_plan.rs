@@ -12,7 +12,7 @@ use ringxfer_ipc::{RateGroup, Strategy, TransferOptions};
 use crate::args::JobOpts;
 use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
-use crate::progress;
+use crate::progress::{self, Moving, Show};
 use crate::report::{Finished, Subject};
 
 /// How to run one transfer, from the command line.
@@ -21,8 +21,8 @@ pub struct JobPlan {
     pub offset: u64,
     pub length: Option<u64>,
     pub strategy: Strategy,
-    /// Draw a progress bar (stderr is a terminal, no -q, no --json).
-    pub progress: bool,
+    /// How to show progress: a bar, objects (--json --progress), or not.
+    pub progress: Show,
     pub job: JobOpts,
     /// Ask the engine to fdatasync the destination before completing.
     pub fsync: bool,
@@ -49,7 +49,7 @@ impl JobPlan {
             dest_offset: 0,
             strategy: self.strategy,
             // Progress events cost the engine work; ask only when they are shown.
-            progress: self.progress,
+            progress: self.progress.any(),
             priority: self.job.priority,
             rate_limit: self.job.rate_limit.filter(|_| !self.whole_command),
             rate_group: self
@@ -82,7 +82,11 @@ pub fn run(
         .client()
         .submit(src, dst, &plan.options(subject.describe()))
         .map_err(|err| CliError::client(subject.describe(), &err))?;
-    let done = progress::wait(handle, plan.progress)
+    let moving = Moving {
+        op: subject.op.name(),
+        current: Some(&subject.src),
+    };
+    let done = progress::wait(handle, plan.progress, moving)
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
     Ok(Finished::from_completion(done, engine.kind()))
 }
@@ -100,7 +104,7 @@ pub fn detach_staged(
     plan: JobPlan,
 ) -> Result<u64, CliError> {
     let opts = JobPlan {
-        progress: false,
+        progress: Show::Off,
         ..plan
     }
     .options(subject.describe());
@@ -138,7 +142,7 @@ pub fn detach(
     plan: JobPlan,
 ) -> Result<u64, CliError> {
     let plan = JobPlan {
-        progress: false,
+        progress: Show::Off,
         ..plan
     };
     let handle = engine
@@ -162,7 +166,7 @@ mod tests {
             offset: 0,
             length: None,
             strategy: Strategy::Auto,
-            progress: false,
+            progress: Show::Off,
             job: JobOpts {
                 rate_limit: Some(50 << 20),
                 ..JobOpts::default()
