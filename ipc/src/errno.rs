@@ -76,12 +76,15 @@ pub fn interrupted(errno: i32) -> bool {
 /// use ringxfer_ipc::{errno::failure_kind, FailureKind};
 /// assert_eq!(failure_kind(libc::EDQUOT), FailureKind::NoSpace);
 /// assert_eq!(failure_kind(libc::ECONNRESET), FailureKind::PeerGone);
+/// // Not a permission anyone could grant: the file system is read-only.
+/// assert_eq!(failure_kind(libc::EROFS), FailureKind::ReadOnly);
 /// ```
 pub fn failure_kind(errno: i32) -> FailureKind {
     match errno {
         libc::ENOSPC | libc::EDQUOT => FailureKind::NoSpace,
         libc::EBADF => FailureKind::BadDescriptor,
-        libc::EPERM | libc::EACCES | libc::EROFS => FailureKind::PermissionDenied,
+        libc::EPERM | libc::EACCES => FailureKind::PermissionDenied,
+        libc::EROFS => FailureKind::ReadOnly,
         libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED => {
             FailureKind::PeerGone
         }

@@ -116,6 +116,10 @@ mod tests {
                 staged_name: Some(b".out.ringxfer-1-2".to_vec()),
             }),
             reflink: crate::Reflink::Always,
+            rate_group: Some(RateGroup {
+                id: 3,
+                rate: 50 << 20,
+            }),
         }
     }
 

@@ -47,7 +47,8 @@ pub const PROTOCOL_VERSION: u32 = 7;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish, reflink: Default::default() };
+/// #     verify: false, truncate: false, publish, reflink: Default::default(),
+/// #     rate_group: None };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let dst = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -67,7 +68,8 @@ pub const SUBMIT_DESCRIPTORS: usize = 2;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish, reflink: Default::default() };
+/// #     verify: false, truncate: false, publish, reflink: Default::default(),
+/// #     rate_group: None };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let staged = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -331,7 +333,7 @@ impl std::str::FromStr for Priority {
 ///     req: 1, tag: "backup.tar".into(), offset: 0, length: None, dest_offset: 0,
 ///     strategy: Strategy::Auto, progress: true, priority: Priority::Normal, rate_limit: None,
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
-///     reflink: Default::default(),
+///     reflink: Default::default(), rate_group: None,
 /// });
 /// assert!(matches!(submit, Request::Submit(SubmitRequest { req: 1, .. })));
 /// ```
@@ -383,6 +385,44 @@ pub struct SubmitRequest {
     /// Whether to clone the source (FICLONE: the destination shares its
     /// extents) before any copy: see [`Reflink`].
     pub reflink: Reflink,
+    /// A limit this job shares with the connection's other jobs of the same
+    /// group, on top of [`SubmitRequest::rate_limit`] and the daemon's: see
+    /// [`RateGroup`].
+    pub rate_group: Option<RateGroup>,
+}
+
+/// A rate limit shared by several jobs of one connection: together they
+/// move at most `rate` bytes per second, however many run at once (as
+/// `rsync --bwlimit` caps a whole transfer). A job's own
+/// [`SubmitRequest::rate_limit`] still applies to it as well.
+///
+/// The `id` is the client's choice and the connection's own: the same id on
+/// another connection (another process, another user) is another group, so
+/// nobody can join or slow a group but the connection that made it. The
+/// group lives while any of its jobs does (a detached one included, after
+/// its connection closed); the rate is the one its latest job named.
+///
+/// ```
+/// use ringxfer_proto::{RateGroup, SubmitRequest};
+/// # let file = |req, tag: &str| SubmitRequest { req, tag: tag.into(), offset: 0, length: None,
+/// #     dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
+/// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
+/// #     verify: false, truncate: false, publish: None, reflink: Default::default(),
+/// #     rate_group: None };
+///
+/// // Eight files, 50 MiB/s for all of them together.
+/// let all = RateGroup { id: 1, rate: 50 << 20 };
+/// let jobs: Vec<SubmitRequest> = (0..8)
+///     .map(|i| SubmitRequest { rate_group: Some(all), ..file(i, "part") })
+///     .collect();
+/// assert!(jobs.iter().all(|j| j.rate_group == Some(all) && j.rate_limit.is_none()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateGroup {
+    /// The client's name for the group, unique among its connection's groups.
+    pub id: u64,
+    /// Bytes per second for all the group's jobs together (0: no limit).
+    pub rate: u64,
 }
 
 /// Cloning a whole regular file into an empty one (FICLONE), as `cp
@@ -443,7 +483,7 @@ impl SubmitRequest {
     /// #   dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
     /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
     /// #   verify: false, truncate: false, publish: None,
-    /// #   reflink: Default::default() };
+    /// #   reflink: Default::default(), rate_group: None };
     /// assert_eq!(s.descriptors(), 2);
     /// s.publish = Some(ringxfer_proto::PublishTo { name: b"out".to_vec(), staged_name: None });
     /// assert_eq!(s.descriptors(), 3);
@@ -645,7 +685,8 @@ pub enum FailureKind {
     /// A descriptor was not open for the needed direction (EBADF), e.g. a
     /// read-only destination.
     BadDescriptor,
-    /// The kernel refused the operation (EPERM, EACCES, EROFS).
+    /// The kernel refused the operation (EPERM, EACCES); a read-only file
+    /// system is [`FailureKind::ReadOnly`].
     PermissionDenied,
     /// The peer of a socket went away (EPIPE, ECONNRESET).
     PeerGone,
@@ -660,6 +701,11 @@ pub enum FailureKind {
     NoSuchJob,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The destination's file system is read-only (EROFS): mounted so, or
+    /// turned so by the kernel after an error (ext4's errors=remount-ro).
+    /// Not a permission a user could be granted: remount it or write
+    /// elsewhere.
+    ReadOnly,
 }
 
 impl FailureKind {
@@ -682,6 +728,7 @@ impl FailureKind {
             FailureKind::Mismatch => "mismatch",
             FailureKind::NoSuchJob => "no-such-job",
             FailureKind::ShuttingDown => "shutting-down",
+            FailureKind::ReadOnly => "read-only",
         }
     }
 }

@@ -19,7 +19,7 @@ use super::admission::spec::{self, Context, JobSpec, Limits, Load, Submitter};
 use super::admission::{Admissions, Stated, Submitted};
 use super::counters::strategy_index;
 use super::publish::Publisher;
-use super::rate::TokenBucket;
+use super::rate::{GroupKey, TokenBucket};
 use super::shares::unqueue;
 use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
 use crate::io::buffer_pool::BufRef;
@@ -150,6 +150,9 @@ pub(super) struct Job {
     pub verify: bool,
     /// The job's own rate limit.
     pub bucket: Option<TokenBucket>,
+    /// The limit it shares with its connection's jobs of the same group
+    /// (`Slots::rate_groups`).
+    pub rate_group: Option<GroupKey>,
     /// Connections following it besides its owner.
     pub watchers: Vec<Watcher>,
     /// Its virtual time in the fair queues.
@@ -286,15 +289,18 @@ fn mover(ends: Rc<Endpoints>, shape: Shape, choice: Choice, pools: MoverPools) -
     ))
 }
 
+/// What a job shares with others as it starts: the smallest piece the
+/// daemon's limit and its group's want, and its group.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Shared {
+    pub piece: Option<u64>,
+    pub group: Option<GroupKey>,
+}
+
 impl Job {
-    /// The job an admitted `spec` runs as, started `now`; `global` is the
-    /// daemon's rate limit, if it has one.
-    pub(super) fn from_spec(
-        spec: JobSpec,
-        pools: MoverPools,
-        global: Option<&TokenBucket>,
-        now: Instant,
-    ) -> Job {
+    /// The job an admitted `spec` runs as, started `now`, under the limits
+    /// it `shared`.
+    pub(super) fn from_spec(spec: JobSpec, pools: MoverPools, shared: Shared, now: Instant) -> Job {
         let JobSpec {
             ends,
             shape,
@@ -315,10 +321,9 @@ impl Job {
             .map(|r| TokenBucket::new(r, now));
         // Rate-limited work moves in small pieces, so the limit holds over
         // short windows too.
-        let piece = [bucket.as_ref(), global]
+        let piece = [bucket.as_ref().map(TokenBucket::piece), shared.piece]
             .into_iter()
             .flatten()
-            .map(TokenBucket::piece)
             .min();
         if let Some(piece) = piece {
             copy.set_piece_limit(piece);
@@ -354,6 +359,7 @@ impl Job {
             fsync: spec.fsync,
             verify: spec.verify,
             bucket,
+            rate_group: shared.group,
             watchers: Vec::new(),
             vtime: 0,
             charged: 0,
@@ -554,12 +560,9 @@ impl Engine {
             buffers_per_job: self.config.buffers_per_job,
             chunks_per_job: self.config.chunks_per_job,
         };
-        let job = Job::from_spec(
-            spec,
-            pools,
-            self.slots.global_bucket.as_ref(),
-            Instant::now(),
-        );
+        let now = Instant::now();
+        let shared = self.shared_limits(k, spec.rate_group, now);
+        let job = Job::from_spec(spec, pools, shared, now);
         let key = self.jobs.slab.insert(job);
         self.io.ops.set_personality(key, personality);
         self.jobs.ids.insert(id, key);
@@ -840,7 +843,8 @@ impl Engine {
     }
 
     /// Charges the bytes moved since the last step to the job's virtual
-    /// time, its rate limit, the daemon's, and the counters.
+    /// time, its rate limits (its own, its group's, the daemon's), and the
+    /// counters.
     fn charge(&mut self, k: usize) {
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
@@ -865,6 +869,12 @@ impl Engine {
             b.charge(delta, now);
         }
         if let Some(b) = self.slots.global_bucket.as_mut() {
+            b.charge(delta, now);
+        }
+        if let Some(b) = job
+            .rate_group
+            .and_then(|g| self.slots.rate_groups.bucket(g))
+        {
             b.charge(delta, now);
         }
         let (mark, at) = job.rate_mark;
@@ -1116,6 +1126,9 @@ impl Engine {
         let (event, state) = self.final_event(&job, now);
         let remaining = job.remaining();
         self.release_user(&mut job, remaining);
+        if let Some(group) = job.rate_group {
+            self.slots.rate_groups.leave(group);
+        }
         self.remember(&job, now, state, &event);
         for w in std::mem::take(&mut job.watchers) {
             self.emit(w.session, &with_req(&event, w.req));

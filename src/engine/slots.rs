@@ -5,10 +5,11 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
-use ringxfer_ipc::FailureKind;
+use ringxfer_ipc::{FailureKind, RateGroup};
 use tracing::error;
 
-use super::rate::TokenBucket;
+use super::jobs::Shared;
+use super::rate::{GroupKey, RateGroups, TokenBucket};
 use super::scheduler::{should_yield, FairQueue, Group, Waiter};
 use super::shares::{unqueue, wanting, Users};
 use super::{Engine, EngineConfig, Resource};
@@ -35,6 +36,8 @@ pub(super) struct Slots {
     pub throttled: Vec<usize>,
     /// The daemon-wide rate limit.
     pub global_bucket: Option<TokenBucket>,
+    /// Limits shared by groups of one connection's jobs.
+    pub rate_groups: RateGroups,
     /// Unfinished jobs, bytes still to move, slots held and jobs waiting,
     /// per user (shares.rs).
     pub users: Users,
@@ -56,6 +59,7 @@ impl Slots {
                 .rate_limit
                 .filter(|&r| r > 0)
                 .map(|r| TokenBucket::new(r, Instant::now())),
+            rate_groups: RateGroups::default(),
             users: Users::default(),
             returned: Vec::with_capacity(16),
         }
@@ -64,6 +68,13 @@ impl Slots {
     /// The most slots of `r` one connection's jobs may hold at once.
     fn quota(&self, r: Resource) -> usize {
         (self.pool_total(r) / 2).max(1)
+    }
+
+    /// The most slots one connection's jobs may hold at once, of both
+    /// pools, within the cap on operations in flight: how many pieces a
+    /// group of its jobs can have in flight when its bucket runs dry.
+    pub(super) fn connection_slots(&self, max_inflight: usize) -> usize {
+        (self.quota(Resource::Pipe) + self.quota(Resource::Buffer)).min(max_inflight)
     }
 
     pub(super) fn idle(&self, r: Resource) -> usize {
@@ -151,7 +162,8 @@ impl Engine {
 
     /// Whether a running job should give back the slot of a chunk that just
     /// finished its piece: a job ahead of the first waiter yields, and so
-    /// does one whose rate limit (or the daemon's) is spent.
+    /// does one whose rate limit (its own, its group's or the daemon's) is
+    /// spent.
     pub(super) fn should_yield(&mut self, k: usize) -> bool {
         let now = Instant::now();
         if self
@@ -166,6 +178,12 @@ impl Engine {
             return false;
         };
         if job.bucket.as_mut().is_some_and(|b| !b.ready(now)) {
+            return true;
+        }
+        let group = job
+            .rate_group
+            .and_then(|g| self.slots.rate_groups.bucket(g));
+        if group.is_some_and(|b| !b.ready(now)) {
             return true;
         }
         let (vtime, priority, r) = (job.vtime, job.priority, job.resource());
@@ -217,7 +235,8 @@ impl Engine {
             .min_by_key(|w| (w.vtime, Reverse(w.priority)))
     }
 
-    /// How long `k` must wait for its rate limits, if it must.
+    /// How long `k` must wait for its rate limits (its own, its group's,
+    /// the daemon's), if it must.
     fn throttle_wait(&mut self, k: usize, now: Instant) -> Option<Duration> {
         let mut wait = Duration::ZERO;
         if let Some(b) = self.slots.global_bucket.as_mut() {
@@ -225,9 +244,16 @@ impl Engine {
                 wait = wait.max(b.wait());
             }
         }
-        if let Some(b) = self.jobs.slab.get_mut(k).and_then(|j| j.bucket.as_mut()) {
-            if !b.ready(now) {
-                wait = wait.max(b.wait());
+        if let Some(job) = self.jobs.slab.get_mut(k) {
+            let group = job.rate_group;
+            let buckets = [
+                job.bucket.as_mut(),
+                group.and_then(|g| self.slots.rate_groups.bucket(g)),
+            ];
+            for b in buckets.into_iter().flatten() {
+                if !b.ready(now) {
+                    wait = wait.max(b.wait());
+                }
             }
         }
         (wait > Duration::ZERO).then_some(wait)
@@ -431,6 +457,39 @@ impl Engine {
             }
         }
         self.after_job_step(k);
+    }
+
+    /// The limits a job of session `sk` starting `now` shares with others:
+    /// the daemon's, and the group it names, which it joins. Its pieces are
+    /// cut to the smallest either wants; a group's, to what keeps the debt
+    /// of all the slots its connection can hold small.
+    pub(super) fn shared_limits(
+        &mut self,
+        sk: usize,
+        group: Option<RateGroup>,
+        now: Instant,
+    ) -> Shared {
+        let global = self.slots.global_bucket.as_ref().map(TokenBucket::piece);
+        let slots = self.slots.connection_slots(self.config.max_inflight);
+        let joined = group.zip(self.sessions.slab.get(sk)).map(|(g, session)| {
+            let key = GroupKey {
+                connection: session.id,
+                id: g.id,
+            };
+            let piece = self
+                .slots
+                .rate_groups
+                .join(key, g.rate, now)
+                .shared_piece(slots);
+            (key, piece)
+        });
+        Shared {
+            piece: [global, joined.map(|(_, piece)| piece)]
+                .into_iter()
+                .flatten()
+                .min(),
+            group: joined.map(|(key, _)| key),
+        }
     }
 
     /// Parks a job until its rate limits allow more, and makes sure the

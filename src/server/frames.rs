@@ -73,7 +73,7 @@ mod tests {
     mod properties {
         use super::*;
         use proptest::prelude::*;
-        use ringxfer_ipc::{Priority, PublishTo, Strategy as Xfer, SubmitRequest};
+        use ringxfer_ipc::{Priority, PublishTo, RateGroup, Strategy as Xfer, SubmitRequest};
 
         fn strategy() -> impl Strategy<Value = Xfer> {
             prop_oneof![
@@ -97,11 +97,16 @@ mod tests {
             (
                 (any::<u64>(), ".{0,24}", any::<u64>(), any::<Option<u64>>()),
                 (any::<u64>(), strategy(), any::<bool>(), 0u8..3),
-                (any::<Option<u64>>(), any::<[bool; 4]>(), publish),
+                (
+                    any::<Option<u64>>(),
+                    any::<[bool; 4]>(),
+                    publish,
+                    any::<Option<(u64, u64)>>(),
+                ),
             )
                 .prop_map(
                     |((req, tag, offset, length), (dest_offset, strategy, progress, p), rest)| {
-                        let (rate_limit, [detach, fsync, verify, truncate], publish) = rest;
+                        let (rate_limit, [detach, fsync, verify, truncate], publish, group) = rest;
                         SubmitRequest {
                             req,
                             tag,
@@ -118,6 +123,7 @@ mod tests {
                             truncate,
                             publish,
                             reflink: Default::default(),
+                            rate_group: group.map(|(id, rate)| RateGroup { id, rate }),
                         }
                     },
                 )

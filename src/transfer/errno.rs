@@ -89,7 +89,7 @@ mod tests {
             (libc::EBADF, FailureKind::BadDescriptor),
             (libc::EPERM, FailureKind::PermissionDenied),
             (libc::EACCES, FailureKind::PermissionDenied),
-            (libc::EROFS, FailureKind::PermissionDenied),
+            (libc::EROFS, FailureKind::ReadOnly),
             (libc::EPIPE, FailureKind::PeerGone),
             (libc::ECONNRESET, FailureKind::PeerGone),
             (libc::ENOTCONN, FailureKind::PeerGone),

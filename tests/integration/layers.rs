@@ -9,6 +9,7 @@ use std::path::Path;
 const CLI_LAYERS: &[&str] = &[
     "error",
     "args",
+    "progress_json",
     "progress",
     "fdlimit",
     "files",

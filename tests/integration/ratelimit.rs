@@ -1,5 +1,7 @@
-//! Rate limits: per job and for the whole daemon, measured by the receiving
-//! end of a socket; the Throttled state; limits on the buffered strategies.
+//! Rate limits: per job, per group of a connection's jobs (what the CLI's
+//! --rate-limit is for several files) and for the whole daemon, measured
+//! by the receiving end of a socket; the Throttled state; limits on the
+//! buffered strategies.
 //!
 //! Sources are sparse memfds (zero pages), so nothing but the limit holds a
 //! job back. Rates are measured by a thread draining the socket, over a
@@ -13,8 +15,11 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringxfer_ipc::{Client, FailureKind, JobHandle, JobState, Strategy, TransferOptions};
+use ringxfer_ipc::{
+    Client, FailureKind, JobHandle, JobState, RateGroup, Strategy, TransferOptions,
+};
 
+use crate::cli_common::*;
 use crate::support::*;
 
 const ENDLESS: u64 = 1 << 50;
@@ -280,4 +285,110 @@ fn a_job_limit_under_the_global_one_leaves_the_rest_to_others() {
     );
     cancel_and_end(&c, h1, slow, ours1);
     cancel_and_end(&c, h2, fast, ours2);
+}
+
+/// What a group of `jobs` jobs may be off by over `WINDOW`: the daemon's
+/// 5%, and each job's 2.5 MiB in pipes and socket buffers (see `tolerance`).
+fn group_tolerance(rate: f64, jobs: usize) -> f64 {
+    0.05 * rate + jobs as f64 * 2.5 * MIB as f64 / WINDOW.as_secs_f64()
+}
+
+/// Four endless jobs of a connection in one group: their drains.
+fn group_of_four(c: &Client, group: RateGroup) -> Vec<(JobHandle, Drain, UnixStream)> {
+    let o = TransferOptions {
+        rate_group: Some(group),
+        ..opts()
+    };
+    (0..4).map(|_| submit_drained(c, &o)).collect()
+}
+
+/// The bytes every drain of `jobs` has received, together.
+fn received(jobs: &[(JobHandle, Drain, UnixStream)]) -> u64 {
+    jobs.iter().map(|(_, d, _)| d.bytes()).sum()
+}
+
+/// A group's limit holds for all its jobs together; another connection's
+/// group of the same id is another group, which neither slows nor is
+/// slowed by the first (a limit per user would halve both).
+#[test]
+fn a_group_limit_caps_its_jobs_together_and_is_its_connections_own() {
+    let d = Daemon::start();
+    let (a, b) = (shared_client(&d), shared_client(&d));
+    let limit = 16 * MIB;
+    let group = RateGroup { id: 1, rate: limit };
+    let first = group_of_four(&a, group);
+    let second = group_of_four(&b, group);
+    let all_moving = poll_until(Duration::from_secs(10), || {
+        first.iter().chain(&second).all(|(_, d, _)| d.bytes() > 0)
+    });
+    assert!(all_moving, "every job moved bytes");
+    thread::sleep(SETTLE);
+    let (t0, a0, b0) = (Instant::now(), received(&first), received(&second));
+    thread::sleep(WINDOW);
+    let (a1, b1) = (received(&first), received(&second));
+    let secs = t0.elapsed().as_secs_f64();
+    let (ra, rb) = ((a1 - a0) as f64 / secs, (b1 - b0) as f64 / secs);
+    let (want, tolerance) = (limit as f64, group_tolerance(limit as f64, 4));
+    eprintln!(
+        "two connections' group 1 at 16 MiB/s, four jobs each: {:.2} and {:.2} MiB/s",
+        ra / MIB as f64,
+        rb / MIB as f64
+    );
+    for (rate, whose) in [(ra, "the first connection's"), (rb, "the second's")] {
+        assert!(
+            (rate - want).abs() <= tolerance,
+            "{whose} group moved {:.2} MiB/s under a shared 16 MiB/s (tolerance {:.2})",
+            rate / MIB as f64,
+            tolerance / MIB as f64
+        );
+    }
+    for (c, jobs) in [(&a, first), (&b, second)] {
+        for (h, drain, ours) in jobs {
+            assert_eq!(status_of(c, id_of(&h)).unwrap().rate_limit, None);
+            cancel_and_end(c, h, drain, ours);
+        }
+    }
+}
+
+/// `copy --rate-limit` of several files caps the whole copy, as `rsync
+/// --bwlimit` does: eight files at 8 MiB/s take as long as one file of
+/// their size (each file at the limit, as before, took an eighth of it).
+#[test]
+fn a_cli_rate_limit_caps_the_whole_copy() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    const FILES: usize = 8;
+    const LEN: usize = 3 << 20;
+    let limit = 8 * MIB;
+    let dst = dir.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let mut c = cli(&d.socket);
+    c.args(["--json", "copy", "--rate-limit", "8MiB"]);
+    for i in 0..FILES {
+        c.arg(make_file(dir.path(), &format!("f{i}"), LEN, i as u64).0);
+    }
+    c.arg(&dst);
+    let out = run(c);
+    assert_exit(&out, 0, "copy of eight files");
+    let summary = json_lines(&out).pop().expect("the summary");
+    assert_eq!(summary["files"], FILES, "{summary}");
+    let (bytes, secs) = (
+        summary["bytes"].as_f64().unwrap(),
+        summary["elapsed_s"].as_f64().unwrap(),
+    );
+    let rate = bytes / secs;
+    eprintln!(
+        "{FILES} files of {} MiB under --rate-limit 8MiB: {:.2} s, {:.2} MiB/s",
+        LEN >> 20,
+        secs,
+        rate / MIB as f64
+    );
+    // The bucket starts with a tenth of a second's worth, and the copy
+    // ends without paying its last debt: a little over the limit.
+    let want = limit as f64;
+    assert!(
+        rate >= 0.8 * want && rate <= 1.2 * want,
+        "eight files moved {:.2} MiB/s in all under an 8 MiB/s limit",
+        rate / MIB as f64
+    );
 }

@@ -1042,3 +1042,28 @@ pub fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
+
+/// A fresh loop image of `mb` MiB made with `mkfs.KIND` (root only),
+/// mounted on `dir` with `options` added to `loop` (e.g.
+/// "errors=remount-ro"); the image is `dir` with `.img` added.
+pub fn mount_image(dir: &Path, kind: &str, mb: u64, options: &str) -> Result<Mount, String> {
+    let img = dir.with_extension("img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(mb << 20))
+        .map_err(|e| format!("making {}: {e}", img.display()))?;
+    let force = if kind == "ext4" { "-F" } else { "-f" };
+    let mut mkfs = Command::new(format!("mkfs.{kind}"));
+    mkfs.args(["-q", force]).arg(&img);
+    let mut mount = Command::new("mount");
+    mount
+        .args(["-o", &format!("loop,{options}")])
+        .arg(&img)
+        .arg(dir);
+    for mut step in [mkfs, mount] {
+        let out = step.output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+    }
+    Ok(Mount::at(dir))
+}

@@ -1,6 +1,6 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
-use crate::proto::{Priority, Reflink, Request, Strategy, SubmitRequest};
+use crate::proto::{Priority, RateGroup, Reflink, Request, Strategy, SubmitRequest};
 #[cfg(doc)]
 use crate::{Client, JobHandle};
 
@@ -27,7 +27,8 @@ pub struct TransferOptions {
     pub progress: bool,
     /// The job's scheduling class.
     pub priority: Priority,
-    /// At most this many bytes per second for this job.
+    /// At most this many bytes per second for this job alone; to cap
+    /// several jobs together, see [`TransferOptions::rate_group`].
     pub rate_limit: Option<u64>,
     /// Let the job run on if this connection closes; follow it later with
     /// [`Client::wait_job`] from any connection of the same user.
@@ -56,6 +57,34 @@ pub struct TransferOptions {
     /// Whether the daemon clones the source (FICLONE) where it can:
     /// [`Reflink`], as `cp --reflink`.
     pub reflink: Reflink,
+    /// A limit shared with this connection's other jobs of the same group:
+    /// all of them together move at most [`RateGroup::rate`] bytes per
+    /// second, as `rsync --bwlimit` or `pv -L` cap a whole transfer. The id
+    /// is this connection's own (another client's group 1 is another
+    /// group); [`TransferOptions::rate_limit`] still caps each job too.
+    ///
+    /// ```no_run
+    /// use ringxfer_ipc::{Client, RateGroup, TransferOptions};
+    /// use std::fs::File;
+    ///
+    /// let client = Client::connect_default()?;
+    /// // Eight files at 50 MiB/s in all, not 50 MiB/s each.
+    /// let all = TransferOptions {
+    ///     rate_group: Some(RateGroup { id: 1, rate: 50 << 20 }),
+    ///     ..Default::default()
+    /// };
+    /// let mut handles = Vec::new();
+    /// for i in 0..8 {
+    ///     let src = File::open(format!("part{i}"))?;
+    ///     let dst = File::create(format!("/backup/part{i}"))?;
+    ///     handles.push(client.submit(&src, &dst, &all)?);
+    /// }
+    /// for h in handles {
+    ///     h.wait()?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub rate_group: Option<RateGroup>,
 }
 
 impl Default for TransferOptions {
@@ -83,6 +112,7 @@ impl Default for TransferOptions {
             preserve: false,
             truncate: false,
             reflink: Reflink::Auto,
+            rate_group: None,
         }
     }
 }
@@ -105,5 +135,6 @@ pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
         truncate: opts.truncate,
         publish: None,
         reflink: opts.reflink,
+        rate_group: opts.rate_group,
     })
 }

@@ -28,8 +28,8 @@ impl Client {
     /// The handle resolves after the publish: [`JobHandle::wait`] returning
     /// `Ok` means `dst` holds the copy. A publish that fails turns the job's
     /// result into [`JobError::Failed`] ([`FailureKind::Io`], or
-    /// [`FailureKind::NoSpace`] / [`FailureKind::PermissionDenied`] by its
-    /// errno) whose message names `dst`.
+    /// [`FailureKind::NoSpace`] / [`FailureKind::PermissionDenied`] /
+    /// [`FailureKind::ReadOnly`] by its errno) whose message names `dst`.
     ///
     /// [`TransferOptions::in_place`] writes into `dst` itself (created, or
     /// emptied if it holds anything); so do a device or FIFO at `dst`.

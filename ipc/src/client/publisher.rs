@@ -47,9 +47,14 @@ impl Staged {
         let path = self.file.path().to_path_buf();
         self.file.publish(self.preserve_from.as_ref()).map_err(|e| {
             let os_error = e.io_error().and_then(io::Error::raw_os_error);
-            // A publish's own failures are full disks, permissions, or I/O.
+            // A publish's own failures are full disks, permissions,
+            // read-only file systems, or I/O.
             let kind = match os_error.map(crate::errno::failure_kind) {
-                Some(k @ (FailureKind::NoSpace | FailureKind::PermissionDenied)) => k,
+                Some(
+                    k @ (FailureKind::NoSpace
+                    | FailureKind::PermissionDenied
+                    | FailureKind::ReadOnly),
+                ) => k,
                 _ => FailureKind::Io,
             };
             JobError::Failed {

@@ -43,6 +43,13 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// With --json, also print a progress object (bytes, total, files,
+    /// rate, time left, the current file) on stdout every second while a
+    /// transfer runs, before its result. Without --json the bar shows on a
+    /// terminal anyway.
+    #[arg(long, global = true)]
+    pub progress: bool,
+
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -192,7 +199,8 @@ pub struct JobOpts {
     #[arg(long, value_name = "CLASS", default_value = "normal", value_parser = parse_priority)]
     pub priority: Priority,
 
-    /// At most this many bytes per second (e.g. 20MiB, 20MiB/s, 500K).
+    /// At most this many bytes per second for the whole command, all its
+    /// files together, as rsync --bwlimit (e.g. 20MiB, 20MiB/s, 500K).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate_limit: Option<u64>,
 

@@ -12,6 +12,7 @@ use crate::engine_handle::{EngineHandle, Fallback};
 use crate::error::{CliError, Exit};
 use crate::files::Replace;
 use crate::job_plan::JobPlan;
+use crate::progress::Show;
 use crate::report::Output;
 
 /// What every subcommand needs from the global flags.
@@ -20,8 +21,9 @@ pub struct Context {
     pub strategy: Strategy,
     pub daemon_only: bool,
     pub out: Output,
-    /// Whether to draw progress bars (stderr is a terminal, output is chatty).
-    pub progress: bool,
+    /// How to show progress: a bar (stderr is a terminal, output is
+    /// chatty), objects (--json --progress), or not at all.
+    pub progress: Show,
 }
 
 impl Context {
@@ -53,10 +55,11 @@ impl Context {
             offset: range.offset,
             length: range.length,
             strategy: self.strategy,
-            progress: self.progress && !job.detach,
+            progress: if job.detach { Show::Off } else { self.progress },
             job,
             fsync,
             truncate: false,
+            whole_command: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::engine_handle::{EngineHandle, Fallback};
 use crate::error::{CliError, Exit};
 use crate::listing;
-use crate::progress;
+use crate::progress::{self, Moving};
 use crate::report::{self, json_line, ChecksumsJson, Finished, Op};
 use ringxfer::size::{format_bytes, throughput};
 
@@ -105,9 +105,13 @@ pub fn wait(ctx: &Context, job: u64) -> Exit {
     let result = daemon(ctx, Op::Wait).and_then(|engine| {
         let handle = engine
             .client()
-            .wait_job(job, ctx.progress)
+            .wait_job(job, ctx.progress.any())
             .map_err(|err| CliError::client(format!("job {job}"), &err))?;
-        let done = progress::wait(handle, ctx.progress)
+        let moving = Moving {
+            op: Op::Wait.name(),
+            current: None,
+        };
+        let done = progress::wait(handle, ctx.progress, moving)
             .map_err(|err| CliError::job(format!("job {job}"), &err))?;
         let done = Finished::from_completion(done, engine.kind());
         if ctx.out.json {

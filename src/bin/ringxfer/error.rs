@@ -107,24 +107,31 @@ impl CliError {
         }
     }
 
-    /// What a failed job's message says. A full disk is the disk's doing, not
-    /// the engine step's: say it in the user's terms, as cp does, with how much
-    /// was written; other failures keep the engine's words (which step, at
-    /// what offset), which are what tells them apart.
+    /// What a failed job's message says. A full disk or a read-only file
+    /// system is the file system's doing, not the engine step's: say it in
+    /// the user's terms, as cp does, with how much was written; other
+    /// failures keep the engine's words (which step, at what offset), which
+    /// are what tells them apart.
     fn job_cause(err: &JobError) -> String {
-        match err {
-            JobError::Failed {
-                kind: FailureKind::NoSpace,
-                os_error: Some(code),
-                bytes,
-                ..
-            } => format!(
-                "{} ({} written before it filled)",
-                describe_io(&io::Error::from_raw_os_error(*code)),
-                ringxfer::size::format_bytes(*bytes)
-            ),
-            _ => err.to_string(),
-        }
+        let JobError::Failed {
+            kind,
+            os_error: Some(code),
+            bytes,
+            ..
+        } = err
+        else {
+            return err.to_string();
+        };
+        let when = match kind {
+            FailureKind::NoSpace => "before it filled",
+            FailureKind::ReadOnly => "before it turned read-only",
+            _ => return err.to_string(),
+        };
+        format!(
+            "{} ({} written {when})",
+            describe_io(&io::Error::from_raw_os_error(*code)),
+            ringxfer::size::format_bytes(*bytes)
+        )
     }
 
     /// Says `to` wherever the message says `from`: a tree copied under a
@@ -245,7 +252,10 @@ pub fn describe_io(err: &io::Error) -> String {
 /// and a refusal are named by the daemon's errno table itself.
 fn io_kind(err: &io::Error) -> &'static str {
     let daemons = err.raw_os_error().map(errno::failure_kind);
-    if let Some(kind @ (FailureKind::NoSpace | FailureKind::PermissionDenied)) = daemons {
+    if let Some(
+        kind @ (FailureKind::NoSpace | FailureKind::PermissionDenied | FailureKind::ReadOnly),
+    ) = daemons
+    {
         return kind.name();
     }
     match err.raw_os_error() {
@@ -292,7 +302,7 @@ mod tests {
             (libc::EDQUOT, "no-space"),
             (libc::EACCES, "permission-denied"),
             (libc::EPERM, "permission-denied"),
-            (libc::EROFS, "permission-denied"),
+            (libc::EROFS, "read-only"),
             (libc::EISDIR, "is-a-directory"),
             (libc::EINVAL, "invalid-address"),
             (libc::EPIPE, "io"),

@@ -7,12 +7,12 @@
 use std::os::fd::AsFd;
 
 use ringxfer_ipc::publish::StagedFile;
-use ringxfer_ipc::{Strategy, TransferOptions};
+use ringxfer_ipc::{RateGroup, Strategy, TransferOptions};
 
 use crate::args::JobOpts;
 use crate::engine_handle::EngineHandle;
 use crate::error::CliError;
-use crate::progress;
+use crate::progress::{self, Moving, Show};
 use crate::report::{Finished, Subject};
 
 /// How to run one transfer, from the command line.
@@ -21,8 +21,8 @@ pub struct JobPlan {
     pub offset: u64,
     pub length: Option<u64>,
     pub strategy: Strategy,
-    /// Draw a progress bar (stderr is a terminal, no -q, no --json).
-    pub progress: bool,
+    /// How to show progress: a bar, objects (--json --progress), or not.
+    pub progress: Show,
     pub job: JobOpts,
     /// Ask the engine to fdatasync the destination before completing.
     pub fsync: bool,
@@ -30,7 +30,14 @@ pub struct JobPlan {
     /// every byte is in: an in-place destination, which is never truncated
     /// before the engine accepted the job.
     pub truncate: bool,
+    /// --rate-limit caps all the command's jobs together (several files, a
+    /// tree), as rsync --bwlimit does, rather than each job.
+    pub whole_command: bool,
 }
+
+/// The command's group of jobs sharing its --rate-limit: the id is the
+/// connection's own, and a command has one.
+const COMMAND_GROUP: u64 = 1;
 
 impl JobPlan {
     /// The job as the stub sends it; `tag` is what the daemon logs and lists.
@@ -42,9 +49,17 @@ impl JobPlan {
             dest_offset: 0,
             strategy: self.strategy,
             // Progress events cost the engine work; ask only when they are shown.
-            progress: self.progress,
+            progress: self.progress.any(),
             priority: self.job.priority,
-            rate_limit: self.job.rate_limit,
+            rate_limit: self.job.rate_limit.filter(|_| !self.whole_command),
+            rate_group: self
+                .job
+                .rate_limit
+                .filter(|_| self.whole_command)
+                .map(|rate| RateGroup {
+                    id: COMMAND_GROUP,
+                    rate,
+                }),
             detach: self.job.detach,
             fsync: self.fsync,
             verify: self.job.verify,
@@ -67,7 +82,11 @@ pub fn run(
         .client()
         .submit(src, dst, &plan.options(subject.describe()))
         .map_err(|err| CliError::client(subject.describe(), &err))?;
-    let done = progress::wait(handle, plan.progress)
+    let moving = Moving {
+        op: subject.op.name(),
+        current: Some(&subject.src),
+    };
+    let done = progress::wait(handle, plan.progress, moving)
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
     Ok(Finished::from_completion(done, engine.kind()))
 }
@@ -85,7 +104,7 @@ pub fn detach_staged(
     plan: JobPlan,
 ) -> Result<u64, CliError> {
     let opts = JobPlan {
-        progress: false,
+        progress: Show::Off,
         ..plan
     }
     .options(subject.describe());
@@ -123,7 +142,7 @@ pub fn detach(
     plan: JobPlan,
 ) -> Result<u64, CliError> {
     let plan = JobPlan {
-        progress: false,
+        progress: Show::Off,
         ..plan
     };
     let handle = engine
@@ -135,4 +154,35 @@ pub fn detach(
     handle
         .job_id()
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_is_the_jobs_or_the_whole_commands() {
+        let plan = JobPlan {
+            offset: 0,
+            length: None,
+            strategy: Strategy::Auto,
+            progress: Show::Off,
+            job: JobOpts {
+                rate_limit: Some(50 << 20),
+                ..JobOpts::default()
+            },
+            fsync: false,
+            truncate: false,
+            whole_command: false,
+        };
+        let one = plan.options("a".into());
+        assert_eq!((one.rate_limit, one.rate_group), (Some(50 << 20), None));
+        let all = JobPlan {
+            whole_command: true,
+            ..plan
+        }
+        .options("b".into());
+        assert_eq!(all.rate_limit, None);
+        assert_eq!(all.rate_group.map(|g| g.rate), Some(50 << 20));
+    }
 }

@@ -21,6 +21,7 @@ mod job_plan;
 mod listing;
 mod pipeline;
 mod progress;
+mod progress_json;
 mod report;
 mod signals;
 mod specials;
@@ -43,6 +44,7 @@ use crate::args::{Cli, Command};
 use crate::backup::{Backup, Control};
 use crate::context::{Context, CopyArgs, Follow, Target};
 use crate::error::CliError;
+use crate::progress::Show;
 use crate::report::Output;
 
 fn main() -> ExitCode {
@@ -60,7 +62,13 @@ fn main() -> ExitCode {
         strategy: cli.global.strategy,
         daemon_only: cli.global.daemon_only,
         out,
-        progress: out.chatty() && std::io::stderr().is_terminal(),
+        progress: if out.json && cli.global.progress {
+            Show::Json
+        } else if out.chatty() && std::io::stderr().is_terminal() {
+            Show::Bar
+        } else {
+            Show::Off
+        },
     };
     catch_signals(&cli.command);
     // Returning the status (rather than process::exit) lets the engine and

@@ -38,7 +38,7 @@ use crate::fdlimit;
 use crate::files::Replace;
 use crate::hardlinks::HardLinks;
 use crate::job_plan::JobPlan;
-use crate::progress::TreeBar;
+use crate::progress::{Show, TreeProgress};
 use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
 use crate::specials::{copy_special, copy_symlink};
 use crate::staged_dirs::{StagedDirs, Within};
@@ -72,14 +72,25 @@ struct Job {
     /// --preserve: the source's extended attributes, set before publishing.
     xattrs: Xattrs,
     within: Within,
-    /// A large file's handle, whose progress events the bar counts.
+    /// A large file's handle, whose progress events the progress counts.
     handle: Option<JobHandle>,
+    /// When it was opened, among the copy's jobs: the oldest still in
+    /// flight is the one a progress object names.
+    seq: u64,
 }
 
-/// Files at least this large report their progress while a bar is shown,
-/// so the bar moves during them; smaller ones finish within a redraw or
-/// two, and progress events for each would cost the engine work.
+/// Files at least this large report their progress while progress is
+/// shown, so the bar (or the objects) move during them; smaller ones finish
+/// within a redraw or two, and progress events for each would cost the
+/// engine work.
 const MOVING_AT_LEAST: u64 = 8 << 20;
+
+/// Whether a file of `len` bytes is worth following as it moves: a large
+/// one, or one a rate limit of `rate` bytes per second makes take a tenth
+/// of a second or more (the engine's interval between progress events).
+fn worth_watching(len: u64, rate: Option<u64>) -> bool {
+    len >= MOVING_AT_LEAST || rate.is_some_and(|r| len >= r / 10)
+}
 
 /// What a job's callback reports: the job's key in the table, and its result.
 type Finished = (usize, Result<Completion, JobError>);
@@ -108,7 +119,9 @@ pub struct Pipeline<'a> {
     /// -a: the source's hard links, kept in the copy.
     links: Option<HardLinks>,
     verbose: bool,
-    bar: TreeBar,
+    progress: TreeProgress,
+    /// The order jobs were opened in: the next job's number.
+    next_seq: u64,
     tally: Tally,
     /// New directories being built under hidden names.
     staged: StagedDirs,
@@ -140,8 +153,10 @@ impl<'a> Pipeline<'a> {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
         // Per-job progress events would cost the engine work for files that
-        // take microseconds; the bar counts finished files instead.
-        plan.progress = false;
+        // take microseconds; progress counts finished files instead.
+        plan.progress = Show::Off;
+        // --rate-limit is the whole copy's, not each file's.
+        plan.whole_command = true;
         let window = window(client);
         Pipeline {
             client,
@@ -166,7 +181,8 @@ impl<'a> Pipeline<'a> {
             backup: args.backup.clone(),
             links: args.dest.preserve.then(HardLinks::default),
             verbose: args.verbose,
-            bar: TreeBar::new(ctx.progress),
+            progress: TreeProgress::new(ctx.progress),
+            next_seq: 0,
             tally: Tally::default(),
             staged: StagedDirs::default(),
         }
@@ -187,7 +203,7 @@ impl<'a> Pipeline<'a> {
             }
             Found::Other(Item::Leftover(left)) => {
                 let line = left.describe();
-                self.bar.suspend(|| crate::report::note(&line));
+                self.progress.suspend(|| crate::report::note(&line));
                 return Ok(());
             }
             found => found,
@@ -230,6 +246,7 @@ impl<'a> Pipeline<'a> {
             Found::Other(Item::Staged(_) | Item::Leftover(_) | Item::File { .. }) => {}
         }
         self.reap_ready();
+        self.tick();
         Ok(())
     }
 
@@ -250,7 +267,7 @@ impl<'a> Pipeline<'a> {
                 .unwrap_or_default(),
         };
         let err = self.staged.error(err.clone());
-        self.bar
+        self.progress
             .suspend(|| self.out.failed(Op::Copy, Some(&subject), &err));
     }
 
@@ -283,7 +300,7 @@ impl<'a> Pipeline<'a> {
                 dst: dst.display().to_string(),
             };
             let (out, verbose) = (self.out, self.verbose);
-            self.bar.suspend(|| out.skipped(verbose, &subject));
+            self.progress.suspend(|| out.skipped(verbose, &subject));
             return Ok(());
         }
         let publish = PublishOptions {
@@ -325,7 +342,9 @@ impl<'a> Pipeline<'a> {
             xattrs,
             within,
             handle: None,
+            seq: self.next_seq,
         });
+        self.next_seq += 1;
         self.unsent.push(key);
         if self.unsent.len() >= self.batch {
             self.send()?;
@@ -352,7 +371,8 @@ impl<'a> Pipeline<'a> {
             let Some(source) = job.source.as_ref() else {
                 continue;
             };
-            let watch = self.bar.shown() && job.meta.len() >= MOVING_AT_LEAST;
+            let watch =
+                self.progress.shown() && worth_watching(job.meta.len(), self.plan.job.rate_limit);
             let opts = TransferOptions {
                 // What `ringxfer jobs` lists and the daemon logs.
                 tag: ringxfer_ipc::fit_tag(&job.src.display().to_string()),
@@ -368,7 +388,7 @@ impl<'a> Pipeline<'a> {
                 });
                 match batch.submit(source, job.staged.file(), &opts, Some(callback)) {
                     Ok(handle) => {
-                        self.bar.add_total(job.meta.len());
+                        self.progress.add_total(job.meta.len());
                         if watch {
                             watched.push((key, handle));
                         }
@@ -435,6 +455,7 @@ impl<'a> Pipeline<'a> {
             }
             let dispatched = self.events.dispatch(Some(crate::signals::POLL));
             self.show_moving();
+            self.tick();
             if dispatched.is_err() {
                 // The connection ended: every outstanding job was resolved,
                 // its callback run, before the error came back.
@@ -448,9 +469,9 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// Counts on the bar the bytes large files in flight have moved.
+    /// Counts the bytes large files in flight have moved.
     fn show_moving(&mut self) {
-        if !self.bar.shown() {
+        if !self.progress.shown() {
             return;
         }
         let moving = self
@@ -459,7 +480,22 @@ impl<'a> Pipeline<'a> {
             .filter_map(|(_, job)| job.handle.as_ref())
             .map(JobHandle::bytes_so_far)
             .sum();
-        self.bar.moving(moving);
+        self.progress.moving(moving);
+    }
+
+    /// Prints a progress object when one is due (--json --progress),
+    /// naming the oldest file still in flight.
+    fn tick(&mut self) {
+        if !self.progress.json_due() {
+            return;
+        }
+        let current = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.source.is_none())
+            .min_by_key(|(_, job)| job.seq)
+            .map(|(_, job)| job.src.display().to_string());
+        self.progress.print_json(current.as_deref());
     }
 
     /// Publishes a finished job's file, or drops it (leaving nothing under
@@ -503,14 +539,17 @@ impl<'a> Pipeline<'a> {
             Ok(bytes) => {
                 let (out, verbose) = (self.out, self.verbose);
                 let shown = self.staged.shown(&dst);
-                self.bar
+                self.progress
                     .suspend(|| out.copied(verbose, &job.src, &shown, kept.as_deref()));
                 self.tally.files += 1;
                 self.tally.bytes += bytes;
                 self.staged.landed(job.within, false, bytes);
-                self.bar.file_done(bytes);
+                self.progress.file_done(bytes);
             }
-            Err(err) => self.fail(&job.src, Some(&dst), job.within, &err),
+            Err(err) => {
+                self.progress.file_failed();
+                self.fail(&job.src, Some(&dst), job.within, &err);
+            }
         }
     }
 
@@ -525,7 +564,7 @@ impl<'a> Pipeline<'a> {
                 Ok(()) => {
                     let shown = self.staged.shown(&p.dst);
                     let (out, verbose) = (self.out, self.verbose);
-                    self.bar
+                    self.progress
                         .suspend(|| out.copied(verbose, &p.src, &shown, None));
                     self.tally.files += 1;
                     self.staged.landed(p.within, false, 0);
@@ -544,9 +583,11 @@ impl<'a> Pipeline<'a> {
     /// sent or waited for: the jobs not settled are dropped, which removes
     /// whatever name their files had.
     pub fn finish(mut self) -> (Tally, StagedDirs) {
+        self.progress.walk_done();
         if crate::signals::received().is_none() {
             if let Err(err) = self.send() {
-                self.bar.suspend(|| self.out.failed(Op::Copy, None, &err));
+                self.progress
+                    .suspend(|| self.out.failed(Op::Copy, None, &err));
             }
         }
         // Jobs never sent (the batch failed) were refused and removed; what
@@ -559,7 +600,7 @@ impl<'a> Pipeline<'a> {
         if crate::signals::received().is_none() {
             self.make_links();
         }
-        self.bar.finish();
+        self.progress.finish();
         (self.tally, self.staged)
     }
 }

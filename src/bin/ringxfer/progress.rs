@@ -1,9 +1,12 @@
-//! Waiting for a job, with a progress bar on stderr when it takes a while.
+//! Waiting for a job, with a progress bar on stderr when it takes a while,
+//! or progress objects on stdout (`--json --progress`, progress_json.rs).
 
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ringxfer_ipc::{Completion, JobError, JobHandle};
+
+use crate::progress_json::{JsonProgress, Snapshot};
 
 /// How often the bar is refreshed from the handle's counters.
 const POLL: Duration = Duration::from_millis(100);
@@ -17,14 +20,43 @@ const BAR_TEMPLATE: &str =
 /// For sources whose length the engine cannot know in advance (sockets).
 const SPINNER_TEMPLATE: &str = "{spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed}";
 
-/// Waits for the job to end. With `show` (stderr is a terminal and the user
-/// did not ask for quiet or JSON), draws a bar once the job has run for
-/// [`SHOW_AFTER`]; the bar is cleared before returning so the final line
-/// stands alone.
-pub fn wait(handle: JobHandle, show: bool) -> Result<Completion, JobError> {
-    if !show {
-        return handle.wait();
+/// How a command shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    Off,
+    /// A bar on stderr: stderr is a terminal, and neither -q nor --json.
+    Bar,
+    /// `--json --progress`: objects on stdout.
+    Json,
+}
+
+impl Show {
+    /// Whether anything is shown, so the engine's progress events are worth asking for.
+    pub fn any(self) -> bool {
+        self != Show::Off
     }
+}
+
+/// What a single transfer is, for its progress objects: the command, and
+/// the file being moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Moving<'a> {
+    pub op: &'static str,
+    pub current: Option<&'a str>,
+}
+
+/// Waits for the job to end, showing its progress as `show` says: a bar
+/// once the job has run for [`SHOW_AFTER`] (cleared before returning, so the
+/// final line stands alone), or progress objects.
+pub fn wait(handle: JobHandle, show: Show, what: Moving<'_>) -> Result<Completion, JobError> {
+    match show {
+        Show::Off => handle.wait(),
+        Show::Bar => wait_with_bar(handle),
+        Show::Json => wait_with_json(handle, what),
+    }
+}
+
+fn wait_with_bar(handle: JobHandle) -> Result<Completion, JobError> {
     // The bar is fed from the start but drawn nowhere until SHOW_AFTER, so
     // that its rate and ETA estimates already know the first second's work
     // when it appears, instead of seeing it as one instantaneous jump.
@@ -54,55 +86,104 @@ pub fn wait(handle: JobHandle, show: bool) -> Result<Completion, JobError> {
     }
 }
 
-/// For multi-file copies: bytes of finished files against bytes submitted so
-/// far (the total grows while the walk goes on), files in the message.
+/// Prints an object every second while the job runs, and one when it ended.
+fn wait_with_json(handle: JobHandle, what: Moving<'_>) -> Result<Completion, JobError> {
+    let mut json = JsonProgress::new(what.op);
+    let snapshot = |done: Option<&Result<Completion, JobError>>| {
+        let bytes = match done {
+            Some(Ok(c)) => c.bytes,
+            _ => handle.bytes_so_far(),
+        };
+        let total = match done {
+            Some(Ok(c)) => Some(c.bytes),
+            _ => handle.total(),
+        };
+        Snapshot {
+            bytes,
+            total,
+            total_known: total.is_some(),
+            files_done: u64::from(done.is_some()),
+            files_total: 1,
+            current: what.current,
+        }
+    };
+    loop {
+        if let Some(result) = handle.wait_timeout(POLL) {
+            json.print(&snapshot(Some(&result)));
+            return result;
+        }
+        if json.due() {
+            json.print(&snapshot(None));
+        }
+    }
+}
+
+/// For multi-file copies: bytes moved against bytes submitted so far (the
+/// total grows while the walk goes on), files in the message.
 const TREE_TEMPLATE: &str =
     "{wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}";
 
-/// The bar of a multi-file copy, fed as files finish, drawn (like the
-/// single-file bar) only once the copy has run for [`SHOW_AFTER`].
-pub struct TreeBar {
+/// The progress of a multi-file copy, fed as files are submitted, move and
+/// finish: a bar drawn (like the single-file bar) only once the copy has
+/// run for [`SHOW_AFTER`], or progress objects.
+pub struct TreeProgress {
     bar: Option<ProgressBar>,
+    json: Option<JsonProgress>,
     drawn: bool,
+    /// Files finished (copied or failed), and submitted.
     files: u64,
-    /// Bytes of the files published.
+    files_total: u64,
+    /// Bytes of the files submitted.
+    total: u64,
+    /// Bytes of the files copied.
     finished: u64,
+    /// Bytes counted: of the files copied and, of the files still moving,
+    /// what they moved. Never goes back.
+    position: u64,
+    /// The walk ended: no file joins the totals any more.
+    total_known: bool,
 }
 
-impl TreeBar {
-    pub fn new(show: bool) -> TreeBar {
-        let bar = show.then(|| {
+impl TreeProgress {
+    pub fn new(show: Show) -> TreeProgress {
+        let bar = (show == Show::Bar).then(|| {
             ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
                 .with_style(style(TREE_TEMPLATE))
         });
-        TreeBar {
+        TreeProgress {
             bar,
+            json: (show == Show::Json).then(|| JsonProgress::new("copy")),
             drawn: false,
             files: 0,
+            files_total: 0,
+            total: 0,
             finished: 0,
+            position: 0,
+            total_known: false,
         }
     }
 
     /// A file was submitted: its bytes join the total.
     pub fn add_total(&mut self, bytes: u64) {
+        self.files_total += 1;
+        self.total += bytes;
         if let Some(bar) = &self.bar {
             bar.inc_length(bytes);
         }
     }
 
-    /// Whether the bar is shown (or will be): whether moving bytes are worth
-    /// counting.
+    /// Whether progress is shown (or will be): whether moving bytes are
+    /// worth counting.
     pub fn shown(&self) -> bool {
-        self.bar.is_some()
+        self.bar.is_some() || self.json.is_some()
     }
 
     /// A file was published.
     pub fn file_done(&mut self, bytes: u64) {
-        let Some(bar) = &self.bar else { return };
         self.files += 1;
         self.finished += bytes;
-        // Never back: the bytes of files still moving may be counted already.
-        bar.set_position(bar.position().max(self.finished));
+        self.advance(self.finished);
+        let Some(bar) = &self.bar else { return };
         // Formatting the message for each of 10,000 files would cost more
         // than the bar is worth; every 64th is plenty at 10 redraws a second.
         if self.files % 64 == 1 {
@@ -111,12 +192,49 @@ impl TreeBar {
         self.draw_when_due();
     }
 
-    /// Bytes of files still in flight have moved: the bar counts them as
+    /// A submitted file failed: it is done, having moved nothing that stays.
+    pub fn file_failed(&mut self) {
+        self.files += 1;
+    }
+
+    /// Bytes of files still in flight have moved: they are counted as
     /// they go, so a large file shows before it is done.
     pub fn moving(&mut self, in_flight: u64) {
-        let Some(bar) = &self.bar else { return };
-        bar.set_position(bar.position().max(self.finished + in_flight));
+        self.advance(self.finished + in_flight);
         self.draw_when_due();
+    }
+
+    fn advance(&mut self, to: u64) {
+        // Never back: the bytes of files still moving may be counted already.
+        self.position = self.position.max(to);
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.position);
+        }
+    }
+
+    /// The walk ended: the totals are final.
+    pub fn walk_done(&mut self) {
+        self.total_known = true;
+    }
+
+    /// Whether a progress object is due.
+    pub fn json_due(&self) -> bool {
+        self.json.as_ref().is_some_and(JsonProgress::due)
+    }
+
+    /// Prints a progress object, naming the file being moved.
+    pub fn print_json(&mut self, current: Option<&str>) {
+        let now = Snapshot {
+            bytes: self.position,
+            total: Some(self.total),
+            total_known: self.total_known,
+            files_done: self.files,
+            files_total: self.files_total,
+            current,
+        };
+        if let Some(json) = &mut self.json {
+            json.print(&now);
+        }
     }
 
     /// Shows the bar once the copy has run for [`SHOW_AFTER`].
@@ -138,10 +256,13 @@ impl TreeBar {
         }
     }
 
-    pub fn finish(&self) {
+    /// The copy ended: the bar goes, and the last progress object says
+    /// where it ended.
+    pub fn finish(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+        self.print_json(None);
     }
 }
 

@@ -22,7 +22,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use ringxfer_ipc::{FailureKind, Priority, Strategy, SubmitRequest, MAX_TAG_BYTES};
+use ringxfer_ipc::{FailureKind, Priority, RateGroup, Strategy, SubmitRequest, MAX_TAG_BYTES};
 
 use super::Submitted;
 use crate::engine::EngineConfig;
@@ -107,6 +107,8 @@ pub(in crate::engine) struct JobSpec {
     pub bytes: u64,
     pub priority: Priority,
     pub rate_limit: Option<u64>,
+    /// The limit it shares with its connection's jobs of the same group.
+    pub rate_group: Option<RateGroup>,
     pub progress: bool,
     pub detach: bool,
     /// Send no `Accepted`; the final event may be held back (coalesce.rs).
@@ -391,6 +393,7 @@ fn assemble(
         bytes: decided.bytes,
         priority: submit.priority,
         rate_limit: submit.rate_limit,
+        rate_group: submit.rate_group.filter(|g| g.rate > 0),
         progress: submit.progress,
         detach: submit.detach,
         quiet: !cx.acknowledge,

@@ -56,6 +56,7 @@ fn request() -> SubmitRequest {
         truncate: false,
         publish: None,
         reflink: Default::default(),
+        rate_group: None,
     }
 }
 
@@ -196,6 +197,8 @@ fn a_small_file_into_a_file_is_admitted_with_everything_it_needs() {
     submit.truncate = true;
     submit.verify = true;
     submit.rate_limit = Some(1 << 20);
+    let group = ringxfer_ipc::RateGroup { id: 9, rate: 5 };
+    submit.rate_group = Some(group);
     let mut cx = context();
     cx.acknowledge = false;
     let src = file_with(dir.path(), "src", 1000);
@@ -216,6 +219,7 @@ fn a_small_file_into_a_file_is_admitted_with_everything_it_needs() {
         .is_some_and(|n| n.starts_with("auto:")));
     assert!(spec.auto && spec.truncate && spec.verify && spec.quiet);
     assert_eq!(spec.rate_limit, Some(1 << 20));
+    assert_eq!(spec.rate_group, Some(group));
     assert_eq!(spec.submitter.session, 3);
     assert!(spec.publish.is_none());
 }
@@ -503,7 +507,7 @@ fn an_explicit_strategy_the_ends_cannot_take_is_refused() {
 
 #[test]
 fn a_job_is_built_from_its_spec_as_admitted() {
-    use crate::engine::jobs::{Job, MoverPools, Phase};
+    use crate::engine::jobs::{Job, MoverPools, Phase, Shared};
     use crate::engine::rate::TokenBucket;
     use std::time::Instant;
 
@@ -531,7 +535,11 @@ fn a_job_is_built_from_its_spec_as_admitted() {
     };
     let now = Instant::now();
     let global = TokenBucket::new(4 << 20, now);
-    let job = Job::from_spec(spec, pools, Some(&global), now);
+    let shared = Shared {
+        piece: Some(global.piece()),
+        group: None,
+    };
+    let job = Job::from_spec(spec, pools, shared, now);
     assert_eq!(
         (job.id, job.req, job.uid, job.session),
         (42, 7, 1000, Some(3))
