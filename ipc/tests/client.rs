@@ -454,6 +454,7 @@ fn submit_passes_both_descriptors_and_completes() {
             truncate: false,
             publish: None,
             reflink: Default::default(),
+            sparse: Default::default(),
         }
     );
     assert_eq!(second_req, 2);

@@ -116,6 +116,7 @@ mod tests {
                 staged_name: Some(b".out.ringxfer-1-2".to_vec()),
             }),
             reflink: crate::Reflink::Always,
+            sparse: crate::Sparse::Never,
         }
     }
 

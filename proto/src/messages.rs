@@ -47,7 +47,8 @@ pub const PROTOCOL_VERSION: u32 = 7;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish, reflink: Default::default() };
+/// #     verify: false, truncate: false, publish, reflink: Default::default(),
+/// #     sparse: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let dst = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -67,7 +68,8 @@ pub const SUBMIT_DESCRIPTORS: usize = 2;
 /// # let submit = |publish| ringxfer_proto::SubmitRequest { req: 1, tag: String::new(), offset: 0,
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
-/// #     verify: false, truncate: false, publish, reflink: Default::default() };
+/// #     verify: false, truncate: false, publish, reflink: Default::default(),
+/// #     sparse: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let staged = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -331,7 +333,7 @@ impl std::str::FromStr for Priority {
 ///     req: 1, tag: "backup.tar".into(), offset: 0, length: None, dest_offset: 0,
 ///     strategy: Strategy::Auto, progress: true, priority: Priority::Normal, rate_limit: None,
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
-///     reflink: Default::default(),
+///     reflink: Default::default(), sparse: Default::default(),
 /// });
 /// assert!(matches!(submit, Request::Submit(SubmitRequest { req: 1, .. })));
 /// ```
@@ -383,6 +385,60 @@ pub struct SubmitRequest {
     /// Whether to clone the source (FICLONE: the destination shares its
     /// extents) before any copy: see [`Reflink`].
     pub reflink: Reflink,
+    /// What becomes of the source's holes and runs of zeros: see [`Sparse`].
+    pub sparse: Sparse,
+}
+
+/// Holes in a regular-file destination, as `cp --sparse` asks for them. A
+/// copy from a regular file to a regular file finds the source's holes
+/// (SEEK_DATA and SEEK_HOLE) and writes none of them: the destination gets
+/// the same holes (a region of an existing destination that must become a
+/// hole is punched), and its size is the source's. Other pairs of ends have
+/// no holes to keep.
+///
+/// ```
+/// let s: ringxfer_proto::Sparse = "always".parse().unwrap();
+/// assert_eq!(s, ringxfer_proto::Sparse::Always);
+/// assert_eq!(ringxfer_proto::Sparse::default().name(), "auto");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Sparse {
+    /// Keep the source's holes.
+    #[default]
+    Auto,
+    /// Keep the holes, and also turn every block of zeros read from the
+    /// data into a hole: only a strategy whose reads go through memory
+    /// (direct, uncached, buffered) sees the bytes; `auto` picks one, and
+    /// the splice strategy refuses.
+    Always,
+    /// Write holes out as zeros: a fully allocated destination.
+    Never,
+}
+
+impl Sparse {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sparse::Auto => "auto",
+            Sparse::Always => "always",
+            Sparse::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Sparse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Sparse::Auto),
+            "always" => Ok(Sparse::Always),
+            "never" => Ok(Sparse::Never),
+            other => Err(format!(
+                "unknown sparse choice {other:?}: expected auto, always or never"
+            )),
+        }
+    }
 }
 
 /// Cloning a whole regular file into an empty one (FICLONE), as `cp
@@ -443,7 +499,7 @@ impl SubmitRequest {
     /// #   dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
     /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
     /// #   verify: false, truncate: false, publish: None,
-    /// #   reflink: Default::default() };
+    /// #   reflink: Default::default(), sparse: Default::default() };
     /// assert_eq!(s.descriptors(), 2);
     /// s.publish = Some(ringxfer_proto::PublishTo { name: b"out".to_vec(), staged_name: None });
     /// assert_eq!(s.descriptors(), 3);

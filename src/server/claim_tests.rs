@@ -30,6 +30,7 @@ fn job(publish: bool) -> SubmitRequest {
             staged_name: None,
         }),
         reflink: Default::default(),
+        sparse: Default::default(),
     }
 }
 

@@ -118,6 +118,7 @@ mod tests {
                             truncate,
                             publish,
                             reflink: Default::default(),
+                            sparse: Default::default(),
                         }
                     },
                 )

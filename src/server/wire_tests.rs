@@ -51,6 +51,7 @@ fn submit() -> Request {
         truncate: false,
         publish: None,
         reflink: Default::default(),
+        sparse: Default::default(),
     })
 }
 

@@ -87,6 +87,8 @@ pub(crate) fn choose(
         };
     }
     match asked {
+        // Blocks of zeros become holes only where the bytes are seen.
+        Strategy::Splice if plan.holes.zeros => Err(super::holes::zeros_unseen("splice")),
         Strategy::Splice => Ok(Choice::splice(None)),
         Strategy::Direct => direct(plan, inputs)
             .map_err(|why| refuse(format!("the direct strategy cannot take this job: {why}"))),
@@ -94,7 +96,7 @@ pub(crate) fn choose(
             .map_err(|why| refuse(format!("the uncached strategy cannot take this job: {why}"))),
         Strategy::Buffered => buffered(plan, inputs)
             .map_err(|why| refuse(format!("the buffered strategy cannot take this job: {why}"))),
-        Strategy::Auto => Ok(auto(plan, inputs)),
+        Strategy::Auto => Ok(seeing_zeros(auto(plan, inputs), plan, inputs)),
         // The clone is reflink.rs's; admission asks here only for what
         // follows it, and a required clone has nothing after it.
         Strategy::Reflink => Ok(Choice::splice(None)),
@@ -159,6 +161,27 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
         }
         Err(why) => Choice::splice(Some(format!(
             "auto: direct not possible ({why}), so splice"
+        ))),
+    }
+}
+
+/// With `--sparse=always` (a file into a file), blocks of zeros are to
+/// become holes, which only a strategy whose reads go through memory can
+/// find: where `auto` chose splice, it goes buffered instead.
+fn seeing_zeros(choice: Choice, plan: &Plan, inputs: ChoiceInputs) -> Choice {
+    if !plan.holes.zeros || choice.strategy != Strategy::Splice {
+        return choice;
+    }
+    let why = "sparse \"always\" looks for blocks of zeros, which splice never sees";
+    match buffered(plan, inputs) {
+        Ok(mut c) => {
+            c.note = Some(format!(
+                "auto: {why}: read() and write() through a buffer (buffered)"
+            ));
+            c
+        }
+        Err(no) => Choice::splice(Some(format!(
+            "auto: {why}, and no buffer strategy can take the job ({no}): splice keeps the source's holes, and writes its zeros"
         ))),
     }
 }

@@ -94,6 +94,7 @@ pub(crate) fn submit_request(req: u64) -> SubmitRequest {
         truncate: false,
         publish: None,
         reflink: Default::default(),
+        sparse: Default::default(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
-use crate::proto::{Priority, Reflink, Request, Strategy, SubmitRequest};
+use crate::proto::{Priority, Reflink, Request, Sparse, Strategy, SubmitRequest};
 #[cfg(doc)]
 use crate::{Client, JobHandle};
 
@@ -56,6 +56,8 @@ pub struct TransferOptions {
     /// Whether the daemon clones the source (FICLONE) where it can:
     /// [`Reflink`], as `cp --reflink`.
     pub reflink: Reflink,
+    /// What becomes of the source's holes: [`Sparse`], as `cp --sparse`.
+    pub sparse: Sparse,
 }
 
 impl Default for TransferOptions {
@@ -83,6 +85,7 @@ impl Default for TransferOptions {
             preserve: false,
             truncate: false,
             reflink: Reflink::Auto,
+            sparse: Sparse::Auto,
         }
     }
 }
@@ -105,5 +108,6 @@ pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
         truncate: opts.truncate,
         publish: None,
         reflink: opts.reflink,
+        sparse: opts.sparse,
     })
 }

@@ -50,6 +50,7 @@ impl JobPlan {
             verify: self.job.verify,
             truncate: self.truncate,
             reflink: self.job.reflink,
+            sparse: self.job.sparse,
             ..TransferOptions::default()
         }
     }

@@ -56,6 +56,7 @@ fn request() -> SubmitRequest {
         truncate: false,
         publish: None,
         reflink: Default::default(),
+        sparse: Default::default(),
     }
 }
 
