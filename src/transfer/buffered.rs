@@ -131,6 +131,8 @@ pub(crate) struct BufChunk {
     /// Bytes of `want` whose write was skipped as blocks of zeros
     /// (`--sparse=always`), counted as holes when the write completes.
     zeros: u64,
+    /// The operation in flight carries RWF_DONTCACHE (uncached).
+    dontcache: bool,
 }
 
 impl BufChunk {
@@ -169,6 +171,8 @@ pub(crate) struct Buffer {
     /// Source reads pass RWF_DONTCACHE (uncached), until a file system
     /// without a page cache of its own (procfs, sysfs) refuses it.
     src_dontcache: bool,
+    /// The same for destination writes.
+    dst_dontcache: bool,
     /// fallocate extended the destination to the hint's end.
     preallocated: bool,
     /// Blocks of zeros read from the data are not written, where the
@@ -213,6 +217,7 @@ impl Strategy for Buffer {
             done: 0,
             doing: Doing::Idle,
             zeros: 0,
+            dontcache: false,
         }
     }
 
@@ -398,6 +403,7 @@ impl BufferCopy {
             saved_flags,
             source_crc: None,
             src_dontcache: matches!(mode, IoMode::Uncached),
+            dst_dontcache: matches!(mode, IoMode::Uncached),
             preallocated: false,
             zero_block: if plan.holes.zeros { zero_block } else { 0 },
         };
@@ -481,6 +487,16 @@ impl BufferCopy {
                 IoMode::Direct { .. } | IoMode::Buffered => 0,
                 IoMode::Uncached => libc::RWF_DONTCACHE,
             },
+        }
+    }
+
+    /// How the destination is written: as `rw`, without RWF_DONTCACHE
+    /// once its file system refused it.
+    fn dst_rw(&self) -> RwOpts {
+        let rw = self.rw();
+        RwOpts {
+            flags: if self.s.dst_dontcache { rw.flags } else { 0 },
+            ..rw
         }
     }
 
@@ -568,14 +584,24 @@ impl BufferCopy {
         }
     }
 
-    /// A file system without a page cache of its own (procfs, sysfs)
-    /// refuses RWF_DONTCACHE on reads with EOPNOTSUPP: its reads cache
-    /// nothing anyway, so the uncached strategy reads it without the flag.
-    fn dontcache_refused(&mut self, result: i32) -> bool {
-        if result != -libc::EOPNOTSUPP || !self.s.src_dontcache {
+    /// A file system without a page cache of its own (procfs, sysfs), or
+    /// one without RWF_DONTCACHE support (tmpfs, btrfs on Linux 6.18),
+    /// refuses the flag with EOPNOTSUPP: the uncached strategy then reads
+    /// (or writes) that end without it, and the chunk's operation is issued
+    /// again. Every operation that carried the flag says so (chunks read
+    /// and write at once, so several may come back refused).
+    fn dontcache_refused(&mut self, slot: usize, result: i32, src: bool) -> bool {
+        let Some(chunk) = self.chunk(slot) else {
+            return false;
+        };
+        if result != -libc::EOPNOTSUPP || !std::mem::take(&mut chunk.s.dontcache) {
             return false;
         }
-        self.s.src_dontcache = false;
+        if src {
+            self.s.src_dontcache = false;
+        } else {
+            self.s.dst_dontcache = false;
+        }
         true
     }
 
@@ -618,7 +644,7 @@ impl BufferCopy {
     }
 
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        if self.dontcache_refused(result) {
+        if self.dontcache_refused(slot, result, true) {
             return Ok(());
         }
         if self.open_end {
@@ -813,6 +839,9 @@ impl BufferCopy {
     /// A send to a stream destination completed; `zc`: it was SEND_ZC and a
     /// notification follows.
     fn after_send(&mut self, slot: usize, result: i32, zc: bool) -> Result<(), TransferError> {
+        if self.dontcache_refused(slot, result, false) {
+            return Ok(());
+        }
         let (zc_on, dst_append, dst_kind) = (self.s.zc, self.s.dst_append, self.ends.dst_kind);
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
@@ -857,6 +886,9 @@ impl BufferCopy {
     }
 
     fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        if self.dontcache_refused(slot, result, false) {
+            return Ok(());
+        }
         let Some(n) = self.settle_file(slot, result)? else {
             return Ok(());
         };
@@ -927,7 +959,7 @@ impl BufferCopy {
     /// chunk's bytes, once every earlier chunk's went.
     fn send(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
         let (file_rw, dst_append, zc, fixed) =
-            (self.rw(), self.s.dst_append, self.s.zc, self.s.fixed);
+            (self.dst_rw(), self.s.dst_append, self.s.zc, self.s.fixed);
         let write_seq = self.write_seq;
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
@@ -956,7 +988,7 @@ impl BufferCopy {
 
     /// Queues the write of the chunk's bytes at their offset in the file.
     fn write(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
-        let (file_rw, dst_start) = (self.rw(), self.dst_start);
+        let (file_rw, dst_start) = (self.dst_rw(), self.dst_start);
         self.touched = true;
         let end = match self.chunks.get(slot).and_then(Option::as_ref) {
             Some(c) if c.s.doing == Doing::WritingTail => c.s.len,
@@ -1010,6 +1042,12 @@ impl BufferCopy {
             ));
         };
         let (at, len) = span;
+        chunk.s.dontcache = match what {
+            BufWhat::Read { rw, .. } | BufWhat::Write { rw, .. } => {
+                rw.flags & libc::RWF_DONTCACHE != 0
+            }
+            BufWhat::Send { .. } => false,
+        };
         let kind = step.tag();
         match io.buffer_op(owner, kind, BufIo { fd, buf, at, len }, what) {
             Ok(ud) => {
