@@ -591,3 +591,58 @@ fn auto_does_not_ask_a_file_system_that_refused_a_clone_again() {
         Some(true)
     );
 }
+
+/// What admission makes of `sparse`: a sparse file into a file is mapped
+/// and a dense one is not (cp's test of its blocks against its size);
+/// `always` sends `auto` to a strategy that sees the bytes and refuses
+/// splice; a required clone goes with `auto` only, as cp.
+#[test]
+fn sparse_maps_only_files_with_holes_and_always_needs_a_strategy_that_sees_the_bytes() {
+    use ringxfer_ipc::{Reflink, Sparse};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holey = || {
+        let path = dir.path().join("holey");
+        let f = File::create(&path).expect("create");
+        f.set_len(8 << 20).expect("set_len");
+        OwnedFd::from(File::open(&path).expect("open"))
+    };
+    let dst = |name: &str| {
+        open(
+            &dir.path().join(name),
+            OpenOptions::new().create(true).read(true).write(true),
+        )
+    };
+    let spec = admitted(decide(request(), holey(), dst("a"), None, &context()));
+    assert!(spec.shape.holes.map && !spec.shape.holes.zeros);
+    let dense = file_with(dir.path(), "dense", 64 << 10);
+    let spec = admitted(decide(request(), dense, dst("b"), None, &context()));
+    assert!(!spec.shape.holes.any(), "a dense file is not mapped");
+
+    let mut never = request();
+    never.sparse = Sparse::Never;
+    let spec = admitted(decide(never.clone(), holey(), dst("c"), None, &context()));
+    assert!(!spec.shape.holes.any());
+
+    let mut always = request();
+    always.sparse = Sparse::Always;
+    always.reflink = Reflink::Never;
+    let spec = admitted(decide(always.clone(), holey(), dst("d"), None, &context()));
+    assert!(spec.shape.holes.map && spec.shape.holes.zeros);
+    assert_eq!(spec.choice.strategy, Strategy::Buffered, "not splice");
+    assert!(
+        spec.choice
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("splice never sees")),
+        "{:?}",
+        spec.choice.note
+    );
+    always.strategy = Strategy::Splice;
+    let e = refused(decide(always, holey(), dst("e"), None, &context()), 2);
+    assert_eq!(e.kind, FailureKind::InvalidRequest);
+    assert!(e.message.contains("sparse \"always\""), "{e}");
+
+    never.reflink = Reflink::Always;
+    let e = refused(decide(never, holey(), dst("f"), None, &context()), 2);
+    assert!(e.message.contains("only with sparse \"auto\""), "{e}");
+}
