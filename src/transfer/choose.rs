@@ -131,18 +131,29 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
             return choice;
         }
     }
-    if total < inputs.direct_threshold {
+    // A source whose holes are skipped moves its data only: that is what
+    // weighs (a GiB with a MiB of data is a MiB to copy, not a cold GiB
+    // for O_DIRECT, whose writes wait for the disk).
+    let data = plan.data_bytes(total);
+    let weighed = if data < total {
+        format!("{data} bytes of data (the rest is holes)")
+    } else {
+        format!("{total} bytes")
+    };
+    if data < inputs.direct_threshold {
         return Choice::splice(Some(format!(
-            "auto: {total} bytes is below the direct threshold of {} bytes",
+            "auto: {weighed} is below the direct threshold of {} bytes",
             inputs.direct_threshold
         )));
     }
     // cachestat looks at the page cache only, unless it must ask the file
     // system whether the daemon may know (see `may_ask_residency`): then the
-    // residency stays unknown rather than stall the loop on a server.
+    // residency stays unknown rather than stall the loop on a server. Of a
+    // sparse source, the pages cached are weighed against its data.
     let cached = may_ask_residency(plan.src_owner, plan.src_writable)
         .then(|| cached_fraction(&plan.ends.src, plan.src_start, total))
-        .flatten();
+        .flatten()
+        .map(|f| (f * total as f64 / data.max(1) as f64).min(1.0));
     if let Some(f) = cached.filter(|&f| f >= HOT_FRACTION) {
         return Choice::splice(Some(format!(
             "auto: the source is {:.0}% in the page cache, so splice reads it from memory",
@@ -155,7 +166,7 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     match direct(plan, inputs) {
         Ok(mut choice) => {
             choice.note = Some(format!(
-                "auto: the source is cold ({residency}) and {total} bytes is at or above the direct threshold"
+                "auto: the source is cold ({residency}) and {weighed} is at or above the direct threshold"
             ));
             choice
         }

@@ -423,9 +423,22 @@ pub(crate) struct Plan {
     /// What the client asked of holes, and what becomes of them here.
     pub sparse: Sparse,
     pub holes: HolePlan,
+    /// Bytes the source has allocated (st_blocks), for a regular file.
+    pub src_allocated: u64,
 }
 
 impl Plan {
+    /// Bytes of data the job reads, as far as admission knows: of a
+    /// source whose holes are skipped, what it has allocated (its data,
+    /// give or take a block), else the total.
+    pub(crate) fn data_bytes(&self, total: u64) -> u64 {
+        if self.holes.map {
+            total.min(self.src_allocated)
+        } else {
+            total
+        }
+    }
+
     /// Splits the plan into the descriptors (for a strategy to share with
     /// its operations) and the rest.
     pub(crate) fn into_parts(self) -> (Endpoints, Shape) {
@@ -564,6 +577,7 @@ pub(crate) fn plan(
             src_owner,
             src_writable,
             holes,
+            src_allocated,
         }) => Ok(Plan {
             ends: Endpoints {
                 src,
@@ -582,6 +596,7 @@ pub(crate) fn plan(
             src_writable,
             sparse: req.sparse,
             holes,
+            src_allocated,
         }),
         Err(error) => Err(Refused {
             error,
@@ -601,6 +616,7 @@ struct Checked {
     src_owner: u32,
     src_writable: bool,
     holes: HolePlan,
+    src_allocated: u64,
 }
 
 fn check(
@@ -632,6 +648,7 @@ fn check(
         src_owner: s.uid,
         src_writable: s.access != libc::O_RDONLY,
         holes: HolePlan::of(req.sparse, [s.kind, d.kind], dst_append, s.alloc),
+        src_allocated: s.alloc.blocks.saturating_mul(512),
     })
 }
 

@@ -646,3 +646,29 @@ fn sparse_maps_only_files_with_holes_and_always_needs_a_strategy_that_sees_the_b
     let e = refused(decide(never, holey(), dst("f"), None, &context()), 2);
     assert!(e.message.contains("only with sparse \"auto\""), "{e}");
 }
+
+/// `auto` weighs a sparse source by its data, not its size: 64 MiB of
+/// holes with 4 KiB of data is below the direct threshold (32 MiB here),
+/// where by its size it would have gone direct, waiting on the disk.
+#[test]
+fn auto_weighs_a_sparse_source_by_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("holey");
+    let f = File::create(&path).expect("create");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], 32 << 20).expect("write");
+    f.set_len(64 << 20).expect("set_len");
+    f.sync_all().expect("sync");
+    let mut submit = request();
+    submit.reflink = ringxfer_ipc::Reflink::Never;
+    let src = OwnedFd::from(File::open(&path).expect("open"));
+    let spec = admitted(decide(
+        submit,
+        src,
+        destination(dir.path()),
+        None,
+        &context(),
+    ));
+    assert_eq!(spec.choice.strategy, Strategy::Splice);
+    let note = spec.choice.note.unwrap_or_default();
+    assert!(note.contains("bytes of data (the rest is holes)"), "{note}");
+}
