@@ -182,11 +182,18 @@ impl Holes {
 
     /// The map's segments (absolute, as the worker wrote them) from
     /// `from` (relative), as relative ranges widened to the grain, and where
-    /// the map now stops.
-    fn take_window(&self, src_start: u64, from: u64) -> (Vec<(u64, u64)>, u64) {
+    /// the map now stops. A file that ends before the map's end (it shrank,
+    /// or a length was asked past its end) is mapped to its end only: what
+    /// lies past it is read as data, and that read finds the end as it
+    /// always did (the job ends there, or fails short), rather than a hole
+    /// making up the missing bytes.
+    fn take_window(&mut self, src_start: u64, from: u64) -> (Vec<(u64, u64)>, u64) {
         let Ok(mapped) = self.out.lock() else {
             return (Vec::new(), self.end);
         };
+        self.end = self
+            .end
+            .min(mapped.size.saturating_sub(src_start).max(from));
         let g = self.grain;
         let mut mapped_to = mapped.mapped_to.saturating_sub(src_start).min(self.end);
         let mut out: Vec<(u64, u64)> = Vec::with_capacity(mapped.segments.len());
@@ -411,12 +418,14 @@ impl<S: Strategy> Pipeline<S> {
     }
 
     /// Where the next data ends, from `assigned`: the end of its segment,
-    /// or `end` where everything is data.
+    /// or `end` where everything is data (no map, or past the map's end).
     pub(super) fn data_end(&self, end: u64) -> u64 {
         match &self.holes.state {
-            MapState::Mapped { segments, .. } => {
-                segments.front().map_or(self.assigned, |&(_, b)| b).min(end)
-            }
+            MapState::Mapped { segments, .. } => match segments.front() {
+                Some(&(_, b)) => b.min(end),
+                None if self.assigned >= self.holes.end => end,
+                None => self.assigned,
+            },
             MapState::Dense => end,
         }
     }
@@ -462,6 +471,7 @@ mod tests {
         if let Ok(mut m) = h.out.lock() {
             m.segments = segments.to_vec();
             m.mapped_to = mapped_to;
+            m.size = u64::MAX;
         }
         h
     }
@@ -470,7 +480,7 @@ mod tests {
     fn direct_segments_are_widened_to_the_alignment_and_merged() {
         // From source offset 8192: blocks of 1 KiB data map unaligned to
         // a 4 KiB O_DIRECT alignment.
-        let h = holes_with(
+        let mut h = holes_with(
             4096,
             40_000,
             &[(9216, 10_240), (13_312, 14_336), (30_720, 50_000)],
@@ -490,13 +500,23 @@ mod tests {
 
     #[test]
     fn a_window_that_stops_early_resumes_after_its_widened_last_segment() {
-        let h = holes_with(4096, 1 << 20, &[(100, 5000)], 5000);
+        let mut h = holes_with(4096, 1 << 20, &[(100, 5000)], 5000);
         let (w, to) = h.take_window(0, 0);
         assert_eq!((w, to), (vec![(0, 8192)], 8192));
         // The next window never reaches back before where this one stopped.
-        let h = holes_with(4096, 1 << 20, &[(5000, 9000)], 1 << 20);
+        let mut h = holes_with(4096, 1 << 20, &[(5000, 9000)], 1 << 20);
         let (w, _) = h.take_window(0, 8192);
         assert_eq!(w, [(8192, 12_288)]);
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_range_is_mapped_to_its_end_only() {
+        let mut h = holes_with(1, 1 << 20, &[(100, 5000)], 1 << 20);
+        if let Ok(mut m) = h.out.lock() {
+            m.size = 6000;
+        }
+        let (w, to) = h.take_window(0, 0);
+        assert_eq!((w, to, h.end), (vec![(100, 5000)], 6000, 6000));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct Mapped {
     /// Where the map stops: the range's end, or, when `cap` segments were
     /// found first, the end of the last one (the next window starts there).
     pub mapped_to: u64,
+    /// The file's size once mapped: past it there is no hole but the end
+    /// of the file (one that shrank, or a range asked past its end).
+    pub size: u64,
 }
 
 pub struct DataMap {
@@ -110,6 +113,12 @@ impl Call {
             return -1;
         }
         let found = self.walk(&mut mapped);
+        // SAFETY: a zeroed stat is valid; fstat only writes into it, and
+        // the op keeps the descriptor open.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `st` is live and writable.
+        let stated = unsafe { libc::fstat(self.fd, &mut st) } == 0;
+        mapped.size = if stated { st.st_size as u64 } else { u64::MAX };
         let errno = std::io::Error::last_os_error().raw_os_error();
         // SAFETY: as above.
         unsafe { libc::lseek(self.fd, position, libc::SEEK_SET) };
@@ -215,7 +224,7 @@ mod tests {
         assert_eq!(r, 3);
         let want = [(M, M + 4096), (3 * M, 3 * M + 4096), (5 * M, 5 * M + 4096)];
         assert_eq!(m.segments, want, "ext4, XFS, btrfs and tmpfs map blocks");
-        assert_eq!(m.mapped_to, 8 * M);
+        assert_eq!((m.mapped_to, m.size), (8 * M, 8 * M));
         assert_eq!(f.stream_position().expect("position"), 123);
         // Two segments at most: the window stops after the second.
         let (r, m) = map(&f, 0, 8 * M, 2);
