@@ -411,7 +411,11 @@ impl BufferCopy {
         copy.in_order = dst_stream || plan.dst_append;
         copy.open_end = open_end;
         // The unaligned tail is copied as it is, holes or not.
-        copy.holes = Holes::new(plan.holes, Some(total - tail), grain);
+        copy.holes = Holes::new(plan.holes, Some(total - tail), grain).sized_first(
+            plan.dst_start,
+            plan.total,
+            orig_dst_size,
+        );
         copy
     }
 
@@ -1228,7 +1232,8 @@ impl BufferCopy {
         }
         // fallocate took the file to the hint's end, and the source ended
         // before it: cut back. Or no write reached the end (a hole).
-        let cut = (self.s.preallocated && self.end() < self.s.total) || self.holes.ends_in_hole;
+        let cut = (self.s.preallocated && self.end() < self.s.total)
+            || self.holes.resize_at_end(self.dst_start + self.end());
         if copied && !cut && matches!(self.s.mode, IoMode::Uncached | IoMode::Buffered) {
             // Without padding the file already has its final size: the
             // writes (or fallocate, which extends to the same end) took it

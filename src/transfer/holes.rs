@@ -6,8 +6,10 @@
 //! every strategy that takes its ranges there keeps the holes. A hole is
 //! skipped where the destination has no bytes yet and punched
 //! (FALLOC_FL_PUNCH_HOLE) where an existing destination has some; a file
-//! system that cannot punch gets the zeros written instead. The destination
-//! is truncated to its size at the end when it ends in a hole.
+//! system that cannot punch gets the zeros written instead. A destination
+//! the job extends gets its size before the first write, so no write
+//! extends it (see `Holes::size_first`); one that was not, and ends in a
+//! hole, is truncated to its size at the end.
 //!
 //! A hole counts as moved once it is skipped (or punched): progress and
 //! the Completed event count the job's range, holes included, as rsync's
@@ -126,8 +128,19 @@ pub(crate) struct Holes {
     /// Bytes skipped as holes (counted in `moved` too).
     pub(crate) bytes: u64,
     /// The transfer ends in a hole: nothing writes its last byte, so the
-    /// destination is truncated to its size at the end.
+    /// destination is truncated to its size at the end (unless it had it
+    /// from the start).
     pub(crate) ends_in_hole: bool,
+    /// The destination's final size (absolute), given to it before any
+    /// byte is written so that no write extends it: XFS preallocates past
+    /// the end of a file a write extends, and writeback can make that
+    /// preallocation real inside a hole a later write leaves behind.
+    size_first: Option<u64>,
+    /// Whether that is still to be queued, and the ftruncate in flight.
+    size_queued: bool,
+    size_op: Option<u64>,
+    /// Done: the destination has its size from the start.
+    sized: bool,
 }
 
 impl Holes {
@@ -154,6 +167,30 @@ impl Holes {
             refill: Vec::new(),
             bytes: 0,
             ends_in_hole: false,
+            size_first: None,
+            size_queued: false,
+            size_op: None,
+            sized: false,
+        }
+    }
+
+    /// A job that keeps holes and extends its destination (from
+    /// `dst_start`, `total` bytes, past its `orig` size) gives it its size
+    /// first.
+    pub(crate) fn sized_first(mut self, dst_start: u64, total: Option<u64>, orig: u64) -> Holes {
+        let end = total.map(|t| dst_start.saturating_add(t));
+        self.size_first = end.filter(|&e| self.plan.any() && e > orig);
+        self
+    }
+
+    /// Whether the destination needs its size set at the end, where the
+    /// source's bytes end at `end` (absolute, in the destination): it ends
+    /// in a hole and was not sized first, or it was sized to more than the
+    /// source held.
+    pub(crate) fn resize_at_end(&self, end: u64) -> bool {
+        match self.size_first.filter(|_| self.sized) {
+            Some(size) => end < size,
+            None => self.ends_in_hole,
         }
     }
 
@@ -172,12 +209,16 @@ impl Holes {
     pub(crate) fn busy(&self, failed: bool) -> bool {
         self.map_op.is_some()
             || self.punch_op.is_some()
+            || self.size_op.is_some()
             || (!failed && (!self.punches.is_empty() || !self.refill.is_empty()))
     }
 
     /// The operations in flight, to cancel when the job fails.
     pub(crate) fn in_flight(&self) -> impl Iterator<Item = u64> {
-        self.map_op.into_iter().chain(self.punch_op)
+        self.map_op
+            .into_iter()
+            .chain(self.punch_op)
+            .chain(self.size_op)
     }
 
     /// The map's segments (absolute, as the worker wrote them) from
@@ -229,10 +270,11 @@ impl<S: Strategy> Pipeline<S> {
         if self.failure.is_some() {
             return;
         }
-        if let Err(e) = self
-            .queue_map(owner, io)
-            .and_then(|()| self.queue_punch(owner, io))
-        {
+        let queued = self
+            .queue_size(owner, io)
+            .and_then(|()| self.queue_map(owner, io))
+            .and_then(|()| self.queue_punch(owner, io));
+        if let Err(e) = queued {
             self.failure.get_or_insert(e);
             self.cancel_chunks(io);
         }
@@ -254,6 +296,21 @@ impl<S: Strategy> Pipeline<S> {
             .queue_op(owner, CopyStep::DataMap.tag(), op)
             .map_err(ring_failed::<S>)?;
         self.holes.map_op = Some(ud);
+        Ok(())
+    }
+
+    fn queue_size(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let h = &self.holes;
+        let Some(size) = h.size_first.filter(|_| !h.size_queued) else {
+            return Ok(());
+        };
+        let dst = self.ends.shared_dst();
+        let ud = io
+            .ftruncate(owner, CopyStep::Size.tag(), dst, size)
+            .map_err(ring_failed::<S>)?;
+        self.holes.size_queued = true;
+        self.holes.size_op = Some(ud);
+        self.touched = true;
         Ok(())
     }
 
@@ -289,6 +346,20 @@ impl<S: Strategy> Pipeline<S> {
                 self.holes.punch_op = None;
                 let punched = self.holes.punches.pop_front();
                 self.after_punch(punched, result).map(|()| true)
+            }
+            CopyStep::Size => {
+                self.holes.size_op = None;
+                match -result {
+                    e if e <= 0 => {
+                        self.holes.sized = true;
+                        Ok(true)
+                    }
+                    libc::ECANCELED if self.failure.is_some() => Ok(true),
+                    errno => Err(TransferError::os(
+                        "ftruncate of the destination file to the source's size, before a sparse copy",
+                        errno,
+                    )),
+                }
             }
             _ => Ok(false),
         }
@@ -402,9 +473,11 @@ impl<S: Strategy> Pipeline<S> {
         }
     }
 
-    /// Whether ranges past `assigned` wait for the map.
-    pub(super) fn map_pending(&self) -> bool {
-        self.holes.waiting(self.assigned)
+    /// Whether ranges past `assigned` wait for the map, or for the
+    /// destination's size to be set first.
+    pub(super) fn holes_pending(&self) -> bool {
+        let h = &self.holes;
+        h.waiting(self.assigned) || (h.size_first.is_some() && !h.sized)
     }
 
     /// The next range to copy after a refused punch, if any.

@@ -195,7 +195,11 @@ impl<S: Strategy> Pipeline<S> {
             prober: None,
             orig_dst_size,
             touched: false,
-            holes: Holes::new(plan.holes, plan.total, 1),
+            holes: Holes::new(plan.holes, plan.total, 1).sized_first(
+                plan.dst_start,
+                plan.total,
+                orig_dst_size,
+            ),
             s,
         }
     }
@@ -310,7 +314,7 @@ impl<S: Strategy> Pipeline<S> {
             S::take_back(self, step, buf, out);
         }
         let moved_on = match step.slot() {
-            None if matches!(step, CopyStep::DataMap | CopyStep::Punch) => {
+            None if matches!(step, CopyStep::DataMap | CopyStep::Punch | CopyStep::Size) => {
                 self.on_hole_step(step, result)
             }
             None => S::side(self, step, result),
@@ -422,7 +426,7 @@ impl<S: Strategy> Pipeline<S> {
             return None;
         }
         self.skip_holes();
-        if self.assigned >= end || self.map_pending() {
+        if self.assigned >= end || self.holes_pending() {
             return None;
         }
         let rel = self.assigned;
@@ -438,7 +442,7 @@ impl<S: Strategy> Pipeline<S> {
     /// Whether `next_range` has a range for a chunk now: what decides
     /// whether a job asks for a pipe or a buffer.
     pub(super) fn range_ready(&self, end: u64) -> bool {
-        self.has_refill() || (self.eof.is_none() && self.assigned < end && !self.map_pending())
+        self.has_refill() || (self.eof.is_none() && self.assigned < end && !self.holes_pending())
     }
 
     fn range(&self, rel: u64, len: u64) -> Range {

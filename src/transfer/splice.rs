@@ -244,7 +244,7 @@ impl Strategy for Splice {
     }
 
     fn finished(p: &SpliceCopy) -> bool {
-        let sized = p.s.sized || !p.holes.ends_in_hole;
+        let sized = p.s.sized || !p.holes.resize_at_end(p.dst_start + p.end());
         p.s.ready_poll.is_none()
             && p.s.restoring.is_none()
             && (p.failure.is_some() || (p.copied() && p.s.set_aside.is_empty() && sized))
@@ -680,6 +680,17 @@ impl SpliceCopy {
         seq
     }
 
+    /// Where the source's bytes end, from the start of the transfer: where a
+    /// read found its end, else the total.
+    fn end(&self) -> u64 {
+        let total = self.s.total.unwrap_or(0);
+        if self.open_end {
+            self.eof.unwrap_or(total)
+        } else {
+            total
+        }
+    }
+
     /// Whether every byte was read: the source's end found, or every
     /// range of a job of known length handed out.
     fn copied(&self) -> bool {
@@ -690,7 +701,7 @@ impl SpliceCopy {
     /// (which no write reached) to its final size.
     fn size_destination(&mut self, owner: Owner, io: &mut Io) {
         if self.failure.is_some()
-            || !self.holes.ends_in_hole
+            || !self.holes.resize_at_end(self.dst_start + self.end())
             || self.s.sized
             || self.s.restoring.is_some()
             || self.live_chunks() > 0
@@ -700,12 +711,7 @@ impl SpliceCopy {
         {
             return;
         }
-        let end = if self.open_end {
-            self.eof.unwrap_or(self.s.total.unwrap_or(0))
-        } else {
-            self.s.total.unwrap_or(0)
-        };
-        let size = self.orig_dst_size.max(self.dst_start + end);
+        let size = self.orig_dst_size.max(self.dst_start + self.end());
         let dst = self.ends.shared_dst();
         match io.ftruncate(owner, CopyStep::Truncate.tag(), dst, size) {
             Ok(ud) => {

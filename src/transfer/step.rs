@@ -38,6 +38,8 @@ pub(crate) enum CopyStep {
     DataMap,
     /// A hole punched into the destination (holes.rs).
     Punch,
+    /// The destination given its size before a sparse copy (holes.rs).
+    Size,
 }
 
 impl CopyStep {
@@ -57,6 +59,7 @@ impl CopyStep {
             CopyStep::Clone => (9, 0),
             CopyStep::DataMap => (10, 0),
             CopyStep::Punch => (11, 0),
+            CopyStep::Size => (12, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -81,6 +84,7 @@ impl CopyStep {
             9 => CopyStep::Clone,
             10 => CopyStep::DataMap,
             11 => CopyStep::Punch,
+            12 => CopyStep::Size,
             _ => return None,
         })
     }
@@ -99,7 +103,8 @@ impl CopyStep {
             | CopyStep::Truncate
             | CopyStep::Clone
             | CopyStep::DataMap
-            | CopyStep::Punch => None,
+            | CopyStep::Punch
+            | CopyStep::Size => None,
         }
     }
 }
@@ -129,10 +134,11 @@ mod tests {
             CopyStep::Clone,
             CopyStep::DataMap,
             CopyStep::Punch,
+            CopyStep::Size,
         ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 12 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 13 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }
