@@ -455,6 +455,7 @@ fn submit_passes_both_descriptors_and_completes() {
             publish: None,
             reflink: Default::default(),
             rate_group: None,
+            sparse: Default::default(),
         }
     );
     assert_eq!(second_req, 2);

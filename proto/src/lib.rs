@@ -120,6 +120,7 @@ mod tests {
                 id: 3,
                 rate: 50 << 20,
             }),
+            sparse: crate::Sparse::Never,
         }
     }
 

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 /// [`Request::SubmitBatch`]; version 5 the buffered strategy; version 6
 /// [`SubmitRequest::truncate`] and [`SubmitRequest::publish`] (the daemon
 /// gives a detached job's staged file its name); version 7 the `reflink`
-/// strategy and [`SubmitRequest::reflink`].
+/// strategy and [`SubmitRequest::reflink`]; version 8
+/// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`] and
+/// [`FailureKind::ReadOnly`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -36,7 +38,7 @@ use serde::{Deserialize, Serialize};
 /// }
 /// # Ok::<(), ringxfer_proto::CodecError>(())
 /// ```
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 /// A frame with fewer is refused ([`ProtocolErrorKind::MissingDescriptors`]).
@@ -48,7 +50,7 @@ pub const PROTOCOL_VERSION: u32 = 7;
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
 /// #     verify: false, truncate: false, publish, reflink: Default::default(),
-/// #     rate_group: None };
+/// #     rate_group: None, sparse: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let dst = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -69,7 +71,7 @@ pub const SUBMIT_DESCRIPTORS: usize = 2;
 /// #     length: None, dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
 /// #     verify: false, truncate: false, publish, reflink: Default::default(),
-/// #     rate_group: None };
+/// #     rate_group: None, sparse: Default::default() };
 ///
 /// let src = std::fs::File::open("/dev/zero")?;
 /// let staged = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -333,7 +335,7 @@ impl std::str::FromStr for Priority {
 ///     req: 1, tag: "backup.tar".into(), offset: 0, length: None, dest_offset: 0,
 ///     strategy: Strategy::Auto, progress: true, priority: Priority::Normal, rate_limit: None,
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
-///     reflink: Default::default(), rate_group: None,
+///     reflink: Default::default(), rate_group: None, sparse: Default::default(),
 /// });
 /// assert!(matches!(submit, Request::Submit(SubmitRequest { req: 1, .. })));
 /// ```
@@ -389,6 +391,8 @@ pub struct SubmitRequest {
     /// group, on top of [`SubmitRequest::rate_limit`] and the daemon's: see
     /// [`RateGroup`].
     pub rate_group: Option<RateGroup>,
+    /// What becomes of the source's holes and runs of zeros: see [`Sparse`].
+    pub sparse: Sparse,
 }
 
 /// A rate limit shared by several jobs of one connection: together they
@@ -408,7 +412,7 @@ pub struct SubmitRequest {
 /// #     dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
 /// #     priority: Default::default(), rate_limit: None, detach: false, fsync: false,
 /// #     verify: false, truncate: false, publish: None, reflink: Default::default(),
-/// #     rate_group: None };
+/// #     rate_group: None, sparse: Default::default() };
 ///
 /// // Eight files, 50 MiB/s for all of them together.
 /// let all = RateGroup { id: 1, rate: 50 << 20 };
@@ -423,6 +427,58 @@ pub struct RateGroup {
     pub id: u64,
     /// Bytes per second for all the group's jobs together (0: no limit).
     pub rate: u64,
+}
+
+/// Holes in a regular-file destination, as `cp --sparse` asks for them. A
+/// copy from a regular file to a regular file finds the source's holes
+/// (SEEK_DATA and SEEK_HOLE) and writes none of them: the destination gets
+/// the same holes (a region of an existing destination that must become a
+/// hole is punched), and its size is the source's. Other pairs of ends have
+/// no holes to keep.
+///
+/// ```
+/// let s: ringxfer_proto::Sparse = "always".parse().unwrap();
+/// assert_eq!(s, ringxfer_proto::Sparse::Always);
+/// assert_eq!(ringxfer_proto::Sparse::default().name(), "auto");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Sparse {
+    /// Keep the source's holes.
+    #[default]
+    Auto,
+    /// Keep the holes, and also turn every block of zeros read from the
+    /// data into a hole: only a strategy whose reads go through memory
+    /// (direct, uncached, buffered) sees the bytes; `auto` picks one, and
+    /// the splice strategy refuses.
+    Always,
+    /// Write holes out as zeros: a fully allocated destination.
+    Never,
+}
+
+impl Sparse {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sparse::Auto => "auto",
+            Sparse::Always => "always",
+            Sparse::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Sparse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Sparse::Auto),
+            "always" => Ok(Sparse::Always),
+            "never" => Ok(Sparse::Never),
+            other => Err(format!(
+                "unknown sparse choice {other:?}: expected auto, always or never"
+            )),
+        }
+    }
 }
 
 /// Cloning a whole regular file into an empty one (FICLONE), as `cp
@@ -483,7 +539,7 @@ impl SubmitRequest {
     /// #   dest_offset: 0, strategy: ringxfer_proto::Strategy::Auto, progress: false,
     /// #   priority: Default::default(), rate_limit: None, detach: false, fsync: false,
     /// #   verify: false, truncate: false, publish: None,
-    /// #   reflink: Default::default(), rate_group: None };
+    /// #   reflink: Default::default(), rate_group: None, sparse: Default::default() };
     /// assert_eq!(s.descriptors(), 2);
     /// s.publish = Some(ringxfer_proto::PublishTo { name: b"out".to_vec(), staged_name: None });
     /// assert_eq!(s.descriptors(), 3);

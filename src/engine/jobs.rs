@@ -157,8 +157,13 @@ pub(super) struct Job {
     pub watchers: Vec<Watcher>,
     /// Its virtual time in the fair queues.
     pub vtime: u64,
-    /// Bytes already charged to virtual time, buckets and counters.
+    /// Bytes moved already accounted for (queued bytes, progress), holes
+    /// skipped included.
     pub charged: u64,
+    /// Of those, the bytes read and written, which are what virtual time,
+    /// rate limits and the per-strategy counters are charged (a hole
+    /// skipped costs nothing: transfer/holes.rs).
+    pub charged_data: u64,
     /// Waiting for a rate limit.
     pub throttled: bool,
     /// Has been lent a slot at least once.
@@ -363,6 +368,7 @@ impl Job {
             watchers: Vec::new(),
             vtime: 0,
             charged: 0,
+            charged_data: 0,
             throttled: false,
             got_slot: false,
             rate_mark: (now, 0),
@@ -857,6 +863,9 @@ impl Engine {
         let now = Instant::now();
         job.charged = moved;
         job.moved_at = now;
+        let data = moved.saturating_sub(job.copy.hole_bytes());
+        let data_delta = data.saturating_sub(job.charged_data);
+        job.charged_data = job.charged_data.max(data);
         // The job went on with this piece without queueing: it was served
         // at its virtual time, which newcomers must not start behind.
         self.slots.queues[job.resource() as usize].granted(job.vtime);
@@ -864,12 +873,12 @@ impl Engine {
         let scale = self.slots.users.vtime_scale(job.uid);
         job.vtime = job
             .vtime
-            .saturating_add(super::scheduler::cost(delta, job.priority).saturating_mul(scale));
+            .saturating_add(super::scheduler::cost(data_delta, job.priority).saturating_mul(scale));
         if let Some(b) = job.bucket.as_mut() {
-            b.charge(delta, now);
+            b.charge(data_delta, now);
         }
         if let Some(b) = self.slots.global_bucket.as_mut() {
-            b.charge(delta, now);
+            b.charge(data_delta, now);
         }
         if let Some(b) = job
             .rate_group
@@ -885,7 +894,7 @@ impl Engine {
         } else if job.rate == 0 && window > 0.05 {
             job.rate = ((moved - at) as f64 / window) as u64;
         }
-        self.counters.by_strategy[strategy_index(job.copy.strategy())].bytes += delta;
+        self.counters.by_strategy[strategy_index(job.copy.strategy())].bytes += data_delta;
         let known = job.copy.total().is_some();
         let (uid, session) = (job.uid, job.session);
         if known {

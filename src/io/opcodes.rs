@@ -102,7 +102,7 @@ pub(crate) const OPCODES: &[Opcode] = &[
     op(
         "fallocate",
         opcode::Fallocate::CODE,
-        "direct: preallocates the destination",
+        "direct: preallocates the destination; sparse copies punch holes into an existing one",
     ),
     op(
         "ftruncate",
@@ -138,9 +138,10 @@ pub(crate) fn allowed(code: u8) -> bool {
 }
 
 /// Whether `code` is one of the engine's operations that io_uring has no
-/// opcode for (FICLONE): a worker runs it under either back end.
+/// opcode for (FICLONE, the SEEK_DATA/SEEK_HOLE map): a worker runs it
+/// under either back end.
 pub(crate) fn on_workers(code: u8) -> bool {
-    code == super::op::ficlone::CODE
+    code == super::op::ficlone::CODE || code == super::op::data_map::CODE
 }
 
 #[cfg(test)]

@@ -271,6 +271,19 @@ impl Io {
         self.queue_op(owner, tag, op::Fallocate::new(fd, offset, len))
     }
 
+    /// Queues a punch of `len` bytes at `offset` of `fd` (a hole; the size
+    /// stays).
+    pub fn punch_hole(
+        &mut self,
+        owner: Owner,
+        tag: u32,
+        fd: SharedFd,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, EngineError> {
+        self.queue_op(owner, tag, op::Fallocate::punch(fd, offset, len))
+    }
+
     /// Queues ftruncate of `fd` to `len` bytes.
     pub fn ftruncate(
         &mut self,

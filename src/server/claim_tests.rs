@@ -31,6 +31,7 @@ fn job(publish: bool) -> SubmitRequest {
         }),
         reflink: Default::default(),
         rate_group: None,
+        sparse: Default::default(),
     }
 }
 

@@ -124,6 +124,7 @@ mod tests {
                             publish,
                             reflink: Default::default(),
                             rate_group: group.map(|(id, rate)| RateGroup { id, rate }),
+                            sparse: Default::default(),
                         }
                     },
                 )

@@ -52,6 +52,7 @@ fn submit() -> Request {
         publish: None,
         reflink: Default::default(),
         rate_group: None,
+        sparse: Default::default(),
     })
 }
 

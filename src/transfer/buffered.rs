@@ -42,6 +42,7 @@ use ringxfer_ipc::FailureKind;
 
 use super::dio::{restore_flags, SavedFlags};
 use super::errno::{self, Action, Side};
+use super::holes::{all_zero, Holes};
 use super::pipeline::{raw, ring_failed, Chunk, Pipeline, Returned, Strategy};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
@@ -108,6 +109,11 @@ const PREALLOC_MIN: u64 = 4 << 20;
 /// cheaper copied (plain SEND) than pinned and notified.
 const ZC_MIN: u64 = 64 * 1024;
 
+/// With `--sparse=always`, blocks of zeros this large (or direct's
+/// alignment, if larger) become holes: a page, the block of most file
+/// systems.
+const ZERO_BLOCK: u64 = 4096;
+
 /// A chunk's buffer and the range it carries.
 pub(crate) struct BufChunk {
     /// The chunk's buffer while no operation holds it; an operation takes it
@@ -122,6 +128,11 @@ pub(crate) struct BufChunk {
     /// Bytes of the current read or write done so far.
     done: u64,
     doing: Doing,
+    /// Bytes of `want` whose write was skipped as blocks of zeros
+    /// (`--sparse=always`), counted as holes when the write completes.
+    zeros: u64,
+    /// The operation in flight carries RWF_DONTCACHE (uncached).
+    dontcache: bool,
 }
 
 impl BufChunk {
@@ -160,8 +171,14 @@ pub(crate) struct Buffer {
     /// Source reads pass RWF_DONTCACHE (uncached), until a file system
     /// without a page cache of its own (procfs, sysfs) refuses it.
     src_dontcache: bool,
+    /// The same for destination writes.
+    dst_dontcache: bool,
     /// fallocate extended the destination to the hint's end.
     preallocated: bool,
+    /// Blocks of zeros read from the data are not written, where the
+    /// destination has no bytes yet (`--sparse=always`): 0, or the size of
+    /// such a block (a multiple of direct's alignment).
+    zero_block: u64,
 }
 
 /// A CRC-32C over pieces that complete out of order: each piece's CRC is
@@ -199,6 +216,8 @@ impl Strategy for Buffer {
             len: 0,
             done: 0,
             doing: Doing::Idle,
+            zeros: 0,
+            dontcache: false,
         }
     }
 
@@ -232,18 +251,20 @@ impl Strategy for Buffer {
         yield_bufs: bool,
         out: &mut Vec<Returned>,
     ) -> Result<(), TransferError> {
-        let Some(chunk) = p.chunks[slot].as_ref() else {
+        let Some(doing) = p.chunks[slot].as_ref().map(|c| c.s.doing) else {
             return Ok(());
         };
-        match chunk.s.doing {
+        match doing {
             Doing::Reading => p.read(slot, owner, io),
             Doing::Writing if p.in_order => p.send(slot, owner, io),
+            // The rest of the chunk was zeros, left as holes: it is idle.
+            Doing::Writing if p.skip_zeros(slot) => Self::step(p, slot, owner, io, yield_bufs, out),
             Doing::Writing | Doing::WritingTail => p.write(slot, owner, io),
             Doing::Idle => {
                 let more = if p.s.src_stream {
                     !p.src_done
                 } else {
-                    (p.assigned < p.body() && p.eof.is_none()) || p.tail_now() || p.may_probe()
+                    p.range_ready(p.body()) || p.tail_now() || p.may_probe()
                 };
                 if p.s.phase != Phase::Copy || !more || yield_bufs {
                     p.release(slot, out);
@@ -251,8 +272,11 @@ impl Strategy for Buffer {
                 }
                 if p.s.src_stream {
                     p.next_stream_read(slot, owner, io)
+                } else if p.take_range(slot, owner, io)? {
+                    Ok(())
                 } else {
-                    p.next_range(slot, owner, io)
+                    p.release(slot, out);
+                    Ok(())
                 }
             }
         }
@@ -361,6 +385,10 @@ impl BufferCopy {
         // is written buffered and nothing past the hint is read: the hint
         // is taken as the length (a shrunk source still fails).
         let open_end = plan.open_end(ends.src_kind) && tail == 0;
+        let (grain, zero_block) = match mode {
+            IoMode::Direct { align } => (align, ZERO_BLOCK.div_ceil(align) * align),
+            IoMode::Uncached | IoMode::Buffered => (1, ZERO_BLOCK),
+        };
         let buffer = Buffer {
             mode,
             fixed,
@@ -375,17 +403,26 @@ impl BufferCopy {
             saved_flags,
             source_crc: None,
             src_dontcache: matches!(mode, IoMode::Uncached),
+            dst_dontcache: matches!(mode, IoMode::Uncached),
             preallocated: false,
+            zero_block: if plan.holes.zeros { zero_block } else { 0 },
         };
         let mut copy = Pipeline::with(ends, &plan, max_chunks.max(1), orig_dst_size, buffer);
         copy.in_order = dst_stream || plan.dst_append;
         copy.open_end = open_end;
+        // The unaligned tail is copied as it is, holes or not.
+        copy.holes = Holes::new(plan.holes, Some(total - tail), grain).sized_first(
+            plan.dst_start,
+            plan.total,
+            orig_dst_size,
+        );
         copy
     }
 
     /// Computes the source's CRC-32C as its bytes are read (file sources).
     pub(crate) fn checksum_source(&mut self) {
-        if !self.s.src_stream {
+        // Holes skipped are never read: verification reads the source again.
+        if !self.s.src_stream && !self.holes.plan().map {
             self.s.source_crc = Some(InOrderCrc {
                 next: 0,
                 crc: 0,
@@ -432,9 +469,9 @@ impl BufferCopy {
         if self.s.src_stream {
             self.src_done
         } else if self.open_end {
-            self.eof.is_some()
+            self.eof.is_some() && !self.holes.busy(false)
         } else {
-            self.assigned >= self.s.total
+            self.assigned >= self.s.total && !self.holes.busy(false)
         }
     }
 
@@ -457,6 +494,16 @@ impl BufferCopy {
         }
     }
 
+    /// How the destination is written: as `rw`, without RWF_DONTCACHE
+    /// once its file system refused it.
+    fn dst_rw(&self) -> RwOpts {
+        let rw = self.rw();
+        RwOpts {
+            flags: if self.s.dst_dontcache { rw.flags } else { 0 },
+            ..rw
+        }
+    }
+
     fn final_size(&self) -> u64 {
         self.orig_dst_size.max(self.dst_start + self.end())
     }
@@ -468,9 +515,10 @@ impl BufferCopy {
             self.s.phase = Phase::Done;
             return;
         }
-        if self.s.dst_stream || self.s.dst_append || total == u64::MAX {
-            // Nothing to preallocate: a socket, an end that moves, or a
-            // length nobody knows yet.
+        self.drive_holes(owner, io);
+        if self.s.dst_stream || self.s.dst_append || total == u64::MAX || self.holes.plan().any() {
+            // Nothing to preallocate: a socket, an end that moves, a
+            // length nobody knows yet, or a file whose holes are kept.
             self.s.phase = Phase::Copy;
             return;
         }
@@ -511,7 +559,8 @@ impl BufferCopy {
         } else {
             // Reading past the hint is done by a chunk that finished its
             // range; only a job left with none asks for a buffer to probe.
-            (self.assigned < self.body() && self.eof.is_none())
+            // None while the map of the source's data is not in.
+            self.range_ready(self.body())
                 || ((self.s.tail > 0 || self.may_probe()) && self.live_chunks() == 0)
         };
         self.s.phase == Phase::Copy
@@ -539,14 +588,24 @@ impl BufferCopy {
         }
     }
 
-    /// A file system without a page cache of its own (procfs, sysfs)
-    /// refuses RWF_DONTCACHE on reads with EOPNOTSUPP: its reads cache
-    /// nothing anyway, so the uncached strategy reads it without the flag.
-    fn dontcache_refused(&mut self, result: i32) -> bool {
-        if result != -libc::EOPNOTSUPP || !self.s.src_dontcache {
+    /// A file system without a page cache of its own (procfs, sysfs), or
+    /// one without RWF_DONTCACHE support (tmpfs, btrfs on Linux 6.18),
+    /// refuses the flag with EOPNOTSUPP: the uncached strategy then reads
+    /// (or writes) that end without it, and the chunk's operation is issued
+    /// again. Every operation that carried the flag says so (chunks read
+    /// and write at once, so several may come back refused).
+    fn dontcache_refused(&mut self, slot: usize, result: i32, src: bool) -> bool {
+        let Some(chunk) = self.chunk(slot) else {
+            return false;
+        };
+        if result != -libc::EOPNOTSUPP || !std::mem::take(&mut chunk.s.dontcache) {
             return false;
         }
-        self.s.src_dontcache = false;
+        if src {
+            self.s.src_dontcache = false;
+        } else {
+            self.s.dst_dontcache = false;
+        }
         true
     }
 
@@ -589,7 +648,7 @@ impl BufferCopy {
     }
 
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
-        if self.dontcache_refused(result) {
+        if self.dontcache_refused(slot, result, true) {
             return Ok(());
         }
         if self.open_end {
@@ -784,6 +843,9 @@ impl BufferCopy {
     /// A send to a stream destination completed; `zc`: it was SEND_ZC and a
     /// notification follows.
     fn after_send(&mut self, slot: usize, result: i32, zc: bool) -> Result<(), TransferError> {
+        if self.dontcache_refused(slot, result, false) {
+            return Ok(());
+        }
         let (zc_on, dst_append, dst_kind) = (self.s.zc, self.s.dst_append, self.ends.dst_kind);
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
@@ -828,6 +890,9 @@ impl BufferCopy {
     }
 
     fn after_write(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
+        if self.dontcache_refused(slot, result, false) {
+            return Ok(());
+        }
         let Some(n) = self.settle_file(slot, result)? else {
             return Ok(());
         };
@@ -845,9 +910,8 @@ impl BufferCopy {
         if chunk.s.done < chunk.s.len {
             return Ok(());
         }
-        let (want, tail) = (chunk.s.want, chunk.s.doing == Doing::WritingTail);
-        chunk.s.doing = Doing::Idle;
-        self.moved += want;
+        let tail = chunk.s.doing == Doing::WritingTail;
+        self.finish_write(slot);
         if tail {
             self.s.tail = 0;
             if let Err(e) = super::dio::set_direct(raw(&self.ends.dst), true) {
@@ -899,7 +963,7 @@ impl BufferCopy {
     /// chunk's bytes, once every earlier chunk's went.
     fn send(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
         let (file_rw, dst_append, zc, fixed) =
-            (self.rw(), self.s.dst_append, self.s.zc, self.s.fixed);
+            (self.dst_rw(), self.s.dst_append, self.s.zc, self.s.fixed);
         let write_seq = self.write_seq;
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
@@ -928,8 +992,13 @@ impl BufferCopy {
 
     /// Queues the write of the chunk's bytes at their offset in the file.
     fn write(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
-        let (file_rw, dst_start) = (self.rw(), self.dst_start);
+        let (file_rw, dst_start) = (self.dst_rw(), self.dst_start);
         self.touched = true;
+        let end = match self.chunks.get(slot).and_then(Option::as_ref) {
+            Some(c) if c.s.doing == Doing::WritingTail => c.s.len,
+            Some(c) => self.write_end(&c.s),
+            None => return Ok(()),
+        };
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
@@ -942,7 +1011,7 @@ impl BufferCopy {
         } else {
             file_rw
         };
-        let span = (at as usize, (chunk.s.len - at) as u32);
+        let span = (at as usize, (end - at) as u32);
         let what = BufWhat::Write {
             offset: dst_start + chunk.s.rel + at,
             rw,
@@ -977,6 +1046,12 @@ impl BufferCopy {
             ));
         };
         let (at, len) = span;
+        chunk.s.dontcache = match what {
+            BufWhat::Read { rw, .. } | BufWhat::Write { rw, .. } => {
+                rw.flags & libc::RWF_DONTCACHE != 0
+            }
+            BufWhat::Send { .. } => false,
+        };
         let kind = step.tag();
         match io.buffer_op(owner, kind, BufIo { fd, buf, at, len }, what) {
             Ok(ud) => {
@@ -1024,38 +1099,120 @@ impl BufferCopy {
             && self.assigned < self.s.total
     }
 
-    /// An idle chunk of a file source takes the next range (the tail last,
-    /// alone; past the hint, one probing chunk at a time) and reads it.
-    fn next_range(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
-        let (body, total, tail_now) = (self.body(), self.s.total, self.tail_now());
+    /// An idle chunk of a file source takes the next range (the
+    /// pipeline's `next_range`, data only; the tail last, alone; past the
+    /// hint, one probing chunk at a time) and reads it. False if there is
+    /// none.
+    fn take_range(
+        &mut self,
+        slot: usize,
+        owner: Owner,
+        io: &mut Io,
+    ) -> Result<bool, TransferError> {
+        let (body, total) = (self.body(), self.s.total);
         // The range that reaches the hint asks for a whole buffer: a short
         // read then says where the file ends, without another read that
         // returns 0.
         let may_open = self.open_end && self.eof.is_none() && self.prober.is_none();
-        let (assigned, mode, piece_limit) = (self.assigned, self.s.mode, self.piece_limit);
+        let (mode, piece_limit) = (self.s.mode, self.piece_limit);
+        let cap = match self.chunk(slot) {
+            Some(chunk) => chunk.s.capacity().min(piece_limit),
+            None => return Ok(false),
+        };
+        let (rel, want) = if self.tail_now() {
+            // The tail as it is, holes or not (it is less than a block).
+            (self.assigned, (total - self.assigned).min(cap))
+        } else if let Some(r) = self.next_range(cap, body) {
+            (r.rel, r.len)
+        } else if self.may_probe() {
+            // At or past the hint: a probe, from where the ranges end.
+            (self.assigned, 0)
+        } else {
+            return Ok(false);
+        };
+        self.assigned = self.assigned.max(rel + want);
         let seq = self.take_seq();
         let Some(chunk) = self.chunk(slot) else {
-            return Ok(());
+            return Ok(false);
         };
         let c = &mut chunk.s;
-        let cap = c.capacity().min(piece_limit);
-        let end = if tail_now { total } else { body };
-        c.rel = assigned;
-        c.want = end.saturating_sub(assigned).min(cap);
+        c.rel = rel;
+        c.want = want;
         c.len = mode.aligned_up(c.want);
-        chunk.probing = may_open && assigned + c.want >= total;
+        chunk.probing = may_open && rel + want >= total;
         if chunk.probing {
             c.len = mode.aligned_down(cap);
         }
         c.done = 0;
+        c.zeros = 0;
         c.doing = Doing::Reading;
         chunk.seq = seq;
-        let (want, probing) = (c.want, chunk.probing);
-        if probing {
+        if chunk.probing {
             self.prober = Some(slot);
         }
-        self.assigned += want;
-        self.read(slot, owner, io)
+        self.read(slot, owner, io).map(|()| true)
+    }
+
+    /// With `--sparse=always`, before a chunk writes on: the whole blocks
+    /// of zeros where its write stands are skipped, left as holes, where
+    /// the destination has no bytes yet (an existing destination's bytes
+    /// are overwritten with the zeros). True if that was the rest of the
+    /// chunk's bytes: its write is done.
+    fn skip_zeros(&mut self, slot: usize) -> bool {
+        let (block, base) = (self.s.zero_block, self.dst_start);
+        let (orig, total) = (self.orig_dst_size, self.s.total);
+        let Some(chunk) = self.chunk(slot).filter(|_| block > 0) else {
+            return false;
+        };
+        let c = &mut chunk.s;
+        let Some(buf) = c.buf.as_ref() else {
+            return false;
+        };
+        let start = c.done;
+        while let Some(at) = zero_block_at(buf, base + c.rel, c.done, c.len, block, orig) {
+            // Padding past `want` (direct's) is not the source's.
+            c.zeros += c.want.min(at + block).saturating_sub(at);
+            c.done = at + block;
+        }
+        if c.done == start || c.done < c.len {
+            return false;
+        }
+        let (rel, want) = (c.rel, c.want);
+        self.finish_write(slot);
+        if rel + want >= total {
+            self.holes.ends_in_hole = true;
+        }
+        true
+    }
+
+    /// Where the chunk's next write stops: before its next block of zeros
+    /// that `skip_zeros` will leave as a hole, or at its end.
+    fn write_end(&self, c: &BufChunk) -> u64 {
+        let block = self.s.zero_block;
+        let (Some(buf), true) = (c.buf.as_ref(), block > 0) else {
+            return c.len;
+        };
+        let base = self.dst_start + c.rel;
+        // The first block boundary past where the write starts.
+        let mut at = (base + c.done + 1).div_ceil(block) * block - base;
+        while at + block <= c.len {
+            if zero_block_at(buf, base, at, c.len, block, self.orig_dst_size).is_some() {
+                return at;
+            }
+            at += block;
+        }
+        c.len
+    }
+
+    /// A chunk's write is done: its bytes (and zeros skipped) are moved.
+    fn finish_write(&mut self, slot: usize) {
+        let Some(chunk) = self.chunk(slot) else {
+            return;
+        };
+        let (want, zeros) = (chunk.s.want, std::mem::take(&mut chunk.s.zeros));
+        chunk.s.doing = Doing::Idle;
+        self.moved += want;
+        self.holes.bytes += zeros;
     }
 
     /// Once every chunk is back: truncate the destination to its exact final
@@ -1074,8 +1231,9 @@ impl BufferCopy {
             return;
         }
         // fallocate took the file to the hint's end, and the source ended
-        // before it: cut back.
-        let cut = self.s.preallocated && self.end() < self.s.total;
+        // before it: cut back. Or no write reached the end (a hole).
+        let cut = (self.s.preallocated && self.end() < self.s.total)
+            || self.holes.resize_at_end(self.dst_start + self.end());
         if copied && !cut && matches!(self.s.mode, IoMode::Uncached | IoMode::Buffered) {
             // Without padding the file already has its final size: the
             // writes (or fallocate, which extends to the same end) took it
@@ -1102,6 +1260,16 @@ impl BufferCopy {
             }
         }
     }
+}
+
+/// Where a block of zeros to leave as a hole starts, if one does at `at`
+/// of `buf` (which lands at destination offset `base`): a whole block of
+/// the destination (`block` bytes, at a multiple of it), within the
+/// chunk's `len` bytes, past the destination's `orig` bytes, all zero.
+fn zero_block_at(buf: &BufRef, base: u64, at: u64, len: u64, block: u64, orig: u64) -> Option<u64> {
+    let off = base + at;
+    let whole = off.is_multiple_of(block) && at + block <= len && off >= orig;
+    (whole && all_zero(buf.filled(at as usize, block as usize))).then_some(at)
 }
 
 /// Takes a chunk's completed operation off it. What an error means comes

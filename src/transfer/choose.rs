@@ -87,6 +87,8 @@ pub(crate) fn choose(
         };
     }
     match asked {
+        // Blocks of zeros become holes only where the bytes are seen.
+        Strategy::Splice if plan.holes.zeros => Err(super::holes::zeros_unseen("splice")),
         Strategy::Splice => Ok(Choice::splice(None)),
         Strategy::Direct => direct(plan, inputs)
             .map_err(|why| refuse(format!("the direct strategy cannot take this job: {why}"))),
@@ -94,7 +96,7 @@ pub(crate) fn choose(
             .map_err(|why| refuse(format!("the uncached strategy cannot take this job: {why}"))),
         Strategy::Buffered => buffered(plan, inputs)
             .map_err(|why| refuse(format!("the buffered strategy cannot take this job: {why}"))),
-        Strategy::Auto => Ok(auto(plan, inputs)),
+        Strategy::Auto => Ok(seeing_zeros(auto(plan, inputs), plan, inputs)),
         // The clone is reflink.rs's; admission asks here only for what
         // follows it, and a required clone has nothing after it.
         Strategy::Reflink => Ok(Choice::splice(None)),
@@ -129,18 +131,29 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
             return choice;
         }
     }
-    if total < inputs.direct_threshold {
+    // A source whose holes are skipped moves its data only: that is what
+    // weighs (a GiB with a MiB of data is a MiB to copy, not a cold GiB
+    // for O_DIRECT, whose writes wait for the disk).
+    let data = plan.data_bytes(total);
+    let weighed = if data < total {
+        format!("{data} bytes of data (the rest is holes)")
+    } else {
+        format!("{total} bytes")
+    };
+    if data < inputs.direct_threshold {
         return Choice::splice(Some(format!(
-            "auto: {total} bytes is below the direct threshold of {} bytes",
+            "auto: {weighed} is below the direct threshold of {} bytes",
             inputs.direct_threshold
         )));
     }
     // cachestat looks at the page cache only, unless it must ask the file
     // system whether the daemon may know (see `may_ask_residency`): then the
-    // residency stays unknown rather than stall the loop on a server.
+    // residency stays unknown rather than stall the loop on a server. Of a
+    // sparse source, the pages cached are weighed against its data.
     let cached = may_ask_residency(plan.src_owner, plan.src_writable)
         .then(|| cached_fraction(&plan.ends.src, plan.src_start, total))
-        .flatten();
+        .flatten()
+        .map(|f| (f * total as f64 / data.max(1) as f64).min(1.0));
     if let Some(f) = cached.filter(|&f| f >= HOT_FRACTION) {
         return Choice::splice(Some(format!(
             "auto: the source is {:.0}% in the page cache, so splice reads it from memory",
@@ -153,12 +166,33 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     match direct(plan, inputs) {
         Ok(mut choice) => {
             choice.note = Some(format!(
-                "auto: the source is cold ({residency}) and {total} bytes is at or above the direct threshold"
+                "auto: the source is cold ({residency}) and {weighed} is at or above the direct threshold"
             ));
             choice
         }
         Err(why) => Choice::splice(Some(format!(
             "auto: direct not possible ({why}), so splice"
+        ))),
+    }
+}
+
+/// With `--sparse=always` (a file into a file), blocks of zeros are to
+/// become holes, which only a strategy whose reads go through memory can
+/// find: where `auto` chose splice, it goes buffered instead.
+fn seeing_zeros(choice: Choice, plan: &Plan, inputs: ChoiceInputs) -> Choice {
+    if !plan.holes.zeros || choice.strategy != Strategy::Splice {
+        return choice;
+    }
+    let why = "sparse \"always\" looks for blocks of zeros, which splice never sees";
+    match buffered(plan, inputs) {
+        Ok(mut c) => {
+            c.note = Some(format!(
+                "auto: {why}: read() and write() through a buffer (buffered)"
+            ));
+            c
+        }
+        Err(no) => Choice::splice(Some(format!(
+            "auto: {why}, and no buffer strategy can take the job ({no}): splice keeps the source's holes, and writes its zeros"
         ))),
     }
 }

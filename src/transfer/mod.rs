@@ -10,6 +10,7 @@ pub(crate) mod choose;
 pub(crate) mod dio;
 pub(crate) mod errno;
 pub(crate) mod fsize;
+pub(crate) mod holes;
 pub(crate) mod pipeline;
 pub(crate) mod reflink;
 pub(crate) mod splice;
@@ -21,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use std::rc::Rc;
 
-use ringxfer_ipc::{FailureKind, Strategy, SubmitRequest};
+use ringxfer_ipc::{FailureKind, Sparse, Strategy, SubmitRequest};
 
 use crate::io::buffer_pool::BufRef;
 use crate::io::fd::SharedFd;
@@ -29,6 +30,7 @@ use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
 use crate::io::Io;
 use buffered::BufferCopy;
+use holes::{HolePlan, SrcAlloc};
 use reflink::ReflinkCopy;
 use splice::{Returned, SpliceCopy};
 
@@ -150,6 +152,16 @@ impl Mover {
             Mover::Splice(c) => c.moved,
             Mover::Buffered(c) => c.moved,
             Mover::Reflink(c) => c.moved,
+        }
+    }
+
+    /// Of `moved`, the bytes skipped as holes (holes.rs): no byte was
+    /// read or written for them.
+    pub(crate) fn hole_bytes(&self) -> u64 {
+        match self {
+            Mover::Splice(c) => c.hole_bytes(),
+            Mover::Buffered(c) => c.hole_bytes(),
+            Mover::Reflink(_) => 0,
         }
     }
 
@@ -301,6 +313,8 @@ pub(crate) struct Shape {
     pub length_requested: bool,
     pub dst_append: bool,
     pub dst_size: u64,
+    /// What becomes of the source's holes (holes.rs).
+    pub holes: HolePlan,
 }
 
 impl Shape {
@@ -406,9 +420,25 @@ pub(crate) struct Plan {
     /// what decides whether cachestat may ask the file system (`choose`).
     pub src_owner: u32,
     pub src_writable: bool,
+    /// What the client asked of holes, and what becomes of them here.
+    pub sparse: Sparse,
+    pub holes: HolePlan,
+    /// Bytes the source has allocated (st_blocks), for a regular file.
+    pub src_allocated: u64,
 }
 
 impl Plan {
+    /// Bytes of data the job reads, as far as admission knows: of a
+    /// source whose holes are skipped, what it has allocated (its data,
+    /// give or take a block), else the total.
+    pub(crate) fn data_bytes(&self, total: u64) -> u64 {
+        if self.holes.map {
+            total.min(self.src_allocated)
+        } else {
+            total
+        }
+    }
+
     /// Splits the plan into the descriptors (for a strategy to share with
     /// its operations) and the rest.
     pub(crate) fn into_parts(self) -> (Endpoints, Shape) {
@@ -419,6 +449,7 @@ impl Plan {
             length_requested: self.length_requested,
             dst_append: self.dst_append,
             dst_size: self.dst_size,
+            holes: self.holes,
         };
         (self.ends, shape)
     }
@@ -441,13 +472,20 @@ pub(crate) struct FdStat {
     pub uid: u32,
     /// The device (file system) it is on: statx always tells it.
     pub dev: u64,
+    /// Blocks of 512 bytes allocated, and the file system's block size:
+    /// whether a regular file may have holes (holes.rs).
+    pub blocks: u64,
+    pub blksize: u32,
 }
 
 impl FdStat {
     /// The statx mask admission asks for: the type, the size and the
     /// O_DIRECT alignment (which the kernel answers where it knows it).
-    pub(crate) const MASK: u32 =
-        libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_UID | libc::STATX_DIOALIGN;
+    pub(crate) const MASK: u32 = libc::STATX_TYPE
+        | libc::STATX_SIZE
+        | libc::STATX_UID
+        | libc::STATX_DIOALIGN
+        | libc::STATX_BLOCKS;
 
     pub(crate) fn from_statx(stx: &libc::statx) -> FdStat {
         FdStat {
@@ -456,6 +494,13 @@ impl FdStat {
             dio_align: dio::alignment_of(stx),
             uid: stx.stx_uid,
             dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            // Without STATX_BLOCKS in the answer the file counts as dense.
+            blocks: if stx.stx_mask & libc::STATX_BLOCKS != 0 {
+                stx.stx_blocks
+            } else {
+                u64::MAX / 512
+            },
+            blksize: stx.stx_blksize,
         }
     }
 }
@@ -467,6 +512,7 @@ struct Probe {
     append: bool,
     dio_align: Option<u32>,
     uid: u32,
+    alloc: SrcAlloc,
 }
 
 /// `stat`: what statx said, or the errno it failed with. The status flags
@@ -493,6 +539,11 @@ fn probe(fd: &OwnedFd, stat: Result<FdStat, i32>, which: &str) -> Result<Probe, 
         append: flags & libc::O_APPEND != 0,
         dio_align: stat.dio_align,
         uid: stat.uid,
+        alloc: SrcAlloc {
+            size: stat.size,
+            blocks: stat.blocks,
+            blksize: stat.blksize,
+        },
     })
 }
 
@@ -525,6 +576,8 @@ pub(crate) fn plan(
             dio_align,
             src_owner,
             src_writable,
+            holes,
+            src_allocated,
         }) => Ok(Plan {
             ends: Endpoints {
                 src,
@@ -541,6 +594,9 @@ pub(crate) fn plan(
             dio_align,
             src_owner,
             src_writable,
+            sparse: req.sparse,
+            holes,
+            src_allocated,
         }),
         Err(error) => Err(Refused {
             error,
@@ -559,6 +615,8 @@ struct Checked {
     dio_align: [Option<u32>; 2],
     src_owner: u32,
     src_writable: bool,
+    holes: HolePlan,
+    src_allocated: u64,
 }
 
 fn check(
@@ -589,6 +647,8 @@ fn check(
         dio_align: [s.dio_align, d.dio_align],
         src_owner: s.uid,
         src_writable: s.access != libc::O_RDONLY,
+        holes: HolePlan::of(req.sparse, [s.kind, d.kind], dst_append, s.alloc),
+        src_allocated: s.alloc.blocks.saturating_mul(512),
     })
 }
 

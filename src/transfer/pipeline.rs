@@ -14,6 +14,7 @@ use std::rc::Rc;
 
 use ringxfer_ipc::FailureKind;
 
+use super::holes::{Holes, Range};
 use super::step::CopyStep;
 use super::{Endpoints, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
@@ -125,7 +126,8 @@ pub(crate) struct Pipeline<S: Strategy> {
     pub(super) length_requested: bool,
     /// The destination takes chunks strictly in read order (`Chunk::seq`).
     pub(super) in_order: bool,
-    /// Bytes handed to chunks (ranged) or read from a stream source.
+    /// Bytes handed to chunks (ranged) or read from a stream source; for a
+    /// file, where the next range starts (holes before it skipped).
     pub(super) assigned: u64,
     /// No more bytes will be read: end reached, or end of file.
     pub(super) src_done: bool,
@@ -135,7 +137,7 @@ pub(crate) struct Pipeline<S: Strategy> {
     pub(super) next_seq: u64,
     pub(super) write_seq: u64,
     pub(super) chunks: Vec<Option<Chunk<S::Chunk>>>,
-    /// Bytes written to the destination.
+    /// Bytes written to the destination, and holes skipped (holes.rs).
     pub moved: u64,
     pub(super) failure: Option<TransferError>,
     /// The most one operation moves (a rate limit's piece; else the
@@ -157,6 +159,8 @@ pub(crate) struct Pipeline<S: Strategy> {
     pub(super) orig_dst_size: u64,
     /// A write was queued: a failure truncates the destination back.
     pub(super) touched: bool,
+    /// The source's holes: its data map, punches, what was skipped.
+    pub(super) holes: Holes,
     /// The strategy's own state.
     pub(super) s: S,
 }
@@ -191,6 +195,11 @@ impl<S: Strategy> Pipeline<S> {
             prober: None,
             orig_dst_size,
             touched: false,
+            holes: Holes::new(plan.holes, plan.total, 1).sized_first(
+                plan.dst_start,
+                plan.total,
+                orig_dst_size,
+            ),
             s,
         }
     }
@@ -206,7 +215,7 @@ impl<S: Strategy> Pipeline<S> {
 
     /// Whether the job has no chunk and nothing in flight, so it can end.
     pub(crate) fn is_finished(&self) -> bool {
-        self.live_chunks() == 0 && S::finished(self)
+        self.live_chunks() == 0 && !self.holes.busy(self.failure.is_some()) && S::finished(self)
     }
 
     /// Caps what one operation moves, so rate limits hold over short windows.
@@ -266,7 +275,8 @@ impl<S: Strategy> Pipeline<S> {
     ) {
         self.failure.get_or_insert(err);
         self.cancel_chunks(io);
-        if let Some(user_data) = S::side_op(self) {
+        let side = S::side_op(self).into_iter().chain(self.holes.in_flight());
+        for user_data in side.collect::<Vec<_>>() {
             let _ = io.cancel(user_data);
         }
         self.pump(owner, io, false, out);
@@ -304,6 +314,9 @@ impl<S: Strategy> Pipeline<S> {
             S::take_back(self, step, buf, out);
         }
         let moved_on = match step.slot() {
+            None if matches!(step, CopyStep::DataMap | CopyStep::Punch | CopyStep::Size) => {
+                self.on_hole_step(step, result)
+            }
             None => S::side(self, step, result),
             Some(slot) => {
                 let Some(chunk) = self.chunk(slot) else {
@@ -361,6 +374,7 @@ impl<S: Strategy> Pipeline<S> {
                 self.release(slot, out);
             }
         }
+        self.drive_holes(owner, io);
         S::after_pump(self, owner, io);
     }
 
@@ -395,6 +409,48 @@ impl<S: Strategy> Pipeline<S> {
                 self.prober = None;
             }
             out.extend(S::give_back(chunk.s, self.failure.is_some()));
+        }
+    }
+
+    /// The next range of a file source a chunk copies: at most `max` bytes,
+    /// not past `end` (from the start of the transfer), and data only: the
+    /// holes before and after it are skipped (holes.rs), so every strategy
+    /// that takes its ranges here keeps the source's holes. `None`: nothing
+    /// to copy now (the end, an end of file a read found, or the map of
+    /// what follows is not in yet: see `range_ready`).
+    pub(super) fn next_range(&mut self, max: u64, end: u64) -> Option<Range> {
+        if let Some((rel, len)) = self.take_refill(max) {
+            return Some(self.range(rel, len));
+        }
+        if self.eof.is_some() {
+            return None;
+        }
+        self.skip_holes();
+        if self.assigned >= end || self.holes_pending() {
+            return None;
+        }
+        let rel = self.assigned;
+        let len = self.data_end(end).saturating_sub(rel).min(max.max(1));
+        if len == 0 {
+            return None;
+        }
+        self.assigned += len;
+        self.skip_holes();
+        Some(self.range(rel, len))
+    }
+
+    /// Whether `next_range` has a range for a chunk now: what decides
+    /// whether a job asks for a pipe or a buffer.
+    pub(super) fn range_ready(&self, end: u64) -> bool {
+        self.has_refill() || (self.eof.is_none() && self.assigned < end && !self.holes_pending())
+    }
+
+    fn range(&self, rel: u64, len: u64) -> Range {
+        Range {
+            rel,
+            src_off: self.src_start + rel,
+            dst_off: self.dst_start + rel,
+            len,
         }
     }
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ringxfer_ipc::{FailureKind, Reflink, Strategy};
+use ringxfer_ipc::{FailureKind, Reflink, Sparse, Strategy};
 
 use super::choose::Choice;
 use super::dio::restore_flags;
@@ -31,6 +31,13 @@ pub(crate) fn wanted(
 ) -> Result<Option<bool>, TransferError> {
     let refuse = |why: String| TransferError::new(FailureKind::InvalidRequest, why);
     let required = asked == Strategy::Reflink || reflink == Reflink::Always;
+    if required && plan.sparse != Sparse::Auto {
+        // As cp: a clone has the source's holes and zeros as they are.
+        return Err(refuse(format!(
+            "a clone keeps the source's holes and zeros as they are, so reflink \"always\" (or the reflink strategy) goes only with sparse \"auto\", not \"{}\"",
+            plan.sparse.name()
+        )));
+    }
     match (asked, reflink) {
         (Strategy::Reflink, Reflink::Never) => {
             return Err(refuse(

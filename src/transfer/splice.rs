@@ -23,6 +23,7 @@ use std::rc::Rc;
 use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
+use super::holes::Range;
 use super::pipeline::{ring_failed, Chunk, Pipeline, Strategy};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
@@ -76,8 +77,13 @@ pub(crate) struct Splice {
     src_ready: bool,
     /// `user_data` of the job's readiness poll on a streamed source.
     ready_poll: Option<u64>,
-    /// `user_data` of the ftruncate restoring a failed job's destination.
+    /// `user_data` of the ftruncate restoring a failed job's destination
+    /// (or, with `sizing`, giving one that ends in a hole its size).
     restoring: Option<u64>,
+    /// The ftruncate in flight gives the destination its final size.
+    sizing: bool,
+    /// The destination, which ends in a hole, has its final size.
+    sized: bool,
     /// The source refused splice (EINVAL) before any byte moved: `auto`
     /// moves the job to the read()+write() rung.
     source_refused: bool,
@@ -157,7 +163,7 @@ impl Strategy for Splice {
         }
         // The chunk is empty and its range is done: take more work, or let go.
         let busy = if p.s.ranged {
-            !yield_pipes && p.next_range(slot, owner, io)?
+            !yield_pipes && p.take_range(slot, owner, io)?
         } else {
             !p.src_done && !yield_pipes && p.next_stream_read(slot, owner, io)?
         };
@@ -198,6 +204,17 @@ impl Strategy for Splice {
         match step {
             CopyStep::Truncate => {
                 p.s.restoring = None;
+                if std::mem::take(&mut p.s.sizing) {
+                    p.s.sized = true;
+                    if result < 0 && p.failure.is_none() {
+                        return Err(TransferError::os(
+                            "ftruncate of the destination file to its final size (it ends in a hole)",
+                            -result,
+                        ));
+                    }
+                    // A failure meanwhile restores the destination next.
+                    return Ok(true);
+                }
                 if result < 0 {
                     tracing::warn!(
                         "truncating the destination back to its {} bytes after a failure: {}",
@@ -223,12 +240,14 @@ impl Strategy for Splice {
 
     fn after_pump(p: &mut SpliceCopy, owner: Owner, io: &mut Io) {
         p.restore_destination(owner, io);
+        p.size_destination(owner, io);
     }
 
     fn finished(p: &SpliceCopy) -> bool {
+        let sized = p.s.sized || !p.holes.resize_at_end(p.dst_start + p.end());
         p.s.ready_poll.is_none()
             && p.s.restoring.is_none()
-            && (p.failure.is_some() || (p.src_done && p.s.set_aside.is_empty()))
+            && (p.failure.is_some() || (p.copied() && p.s.set_aside.is_empty() && sized))
     }
 
     fn piece(&self, bytes: u64) -> u64 {
@@ -256,6 +275,8 @@ impl SpliceCopy {
             src_ready: false,
             ready_poll: None,
             restoring: None,
+            sizing: false,
+            sized: false,
             source_refused: false,
             reclaiming: false,
             set_aside: Vec::new(),
@@ -276,13 +297,14 @@ impl SpliceCopy {
             length_requested: self.length_requested,
             dst_append: false,
             dst_size: self.orig_dst_size,
+            holes: self.holes.plan(),
         }
     }
 
     /// Whether the job failed only because the source refused splice, with
     /// nothing written: the read()+write() rung can take it over.
     pub(crate) fn source_refused(&self) -> bool {
-        self.s.source_refused && !self.touched && self.moved == 0
+        self.s.source_refused && !self.touched && self.moved == self.holes.bytes
     }
 
     /// Bytes the job will move, as far as is known: past a size hint, what
@@ -299,7 +321,7 @@ impl SpliceCopy {
         if self.failure.is_some() || self.s.reclaiming || self.live_chunks() == self.chunks.len() {
             return false;
         }
-        if self.s.ranged && !self.s.set_aside.is_empty() {
+        if self.s.ranged && (!self.s.set_aside.is_empty() || self.has_refill()) {
             return true;
         }
         if self.src_done {
@@ -309,7 +331,8 @@ impl SpliceCopy {
             // Reading past the hint is done by a chunk that finished its
             // range, so a job holds no more pipes than before for it; only
             // a job left with none (it yielded them) asks for one to probe.
-            self.assigned < self.s.total.unwrap_or(0)
+            // None while the map of the source's data is not in.
+            self.range_ready(self.s.total.unwrap_or(0))
                 || (self.may_probe() && self.live_chunks() == 0)
         } else {
             // One pipe reads while another writes; a second pipe is only
@@ -332,6 +355,9 @@ impl SpliceCopy {
     /// Starts what needs no pipe: a streamed source is first polled for
     /// readiness. Call once, right after admission.
     pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
+        if self.s.ranged {
+            self.drive_holes(owner, io);
+        }
         if !self.s.ranged && !self.src_done {
             if let Err(e) = self.arm_ready_poll(owner, io) {
                 self.failure.get_or_insert(e);
@@ -530,7 +556,9 @@ impl SpliceCopy {
             // A file does not say EAGAIN unless the client made it
             // non-blocking; the worker blocks in splice, so try again.
             Action::WaitReadable | Action::WaitWritable => Ok(()),
-            Action::Fail if errno == libc::EINVAL && self.moved == 0 && !self.touched => {
+            Action::Fail
+                if errno == libc::EINVAL && self.moved == self.holes.bytes && !self.touched =>
+            {
                 self.s.source_refused = true;
                 Err(splice_refused(kind))
             }
@@ -590,10 +618,10 @@ impl SpliceCopy {
         u64::from(capacity).min(self.piece_limit)
     }
 
-    /// Hands an empty chunk of a ranged job the next range, a range set
-    /// aside, or a piece past the size hint, and starts reading it. False
-    /// if there is none.
-    fn next_range(
+    /// Hands an empty chunk of a ranged job the next range (the pipeline's
+    /// `next_range`: data only), a range set aside, or a piece past the
+    /// size hint, and starts reading it. False if there is none.
+    fn take_range(
         &mut self,
         slot: usize,
         owner: Owner,
@@ -607,16 +635,24 @@ impl SpliceCopy {
             };
             let write_now = !chunk.probing && self.in_turn(chunk.seq);
             (write_now, chunk.s.to_read.min(cap))
-        } else if self.assigned < self.s.total.unwrap_or(0) && self.eof.is_none() {
-            let total = self.s.total.unwrap_or(0);
-            let len = (total - self.assigned).min(cap);
-            let seq = self.assign(slot, len);
-            self.src_done = !self.open_end && self.assigned >= total;
-            (self.in_turn(seq), len)
+        } else if let Some(r) = self.next_range(cap, self.s.total.unwrap_or(0)) {
+            let seq = self.assign(slot, r);
+            self.src_done = !self.open_end && self.all_assigned();
+            (self.in_turn(seq), r.len)
         } else if self.may_probe() {
             // Past the size hint: read on, a piece at a time, until a
             // read returns 0. Not linked: this read is expected short.
-            self.assign(slot, cap);
+            let rel = self.assigned;
+            self.assigned += cap;
+            self.assign(
+                slot,
+                Range {
+                    rel,
+                    src_off: self.src_start + rel,
+                    dst_off: self.dst_start + rel,
+                    len: cap,
+                },
+            );
             if let Some(chunk) = self.chunk(slot) {
                 chunk.probing = true;
             }
@@ -632,21 +668,66 @@ impl SpliceCopy {
         Ok(true)
     }
 
-    /// Gives the chunk the next `len` bytes of the source; its sequence number.
-    fn assign(&mut self, slot: usize, len: u64) -> u64 {
+    /// Gives the chunk range `r`; its sequence number.
+    fn assign(&mut self, slot: usize, r: Range) -> u64 {
         let seq = self.take_seq();
-        let (src_off, dst_off) = (
-            self.src_start + self.assigned,
-            self.dst_start + self.assigned,
-        );
         if let Some(chunk) = self.chunk(slot) {
             chunk.seq = seq;
-            chunk.s.src_off = src_off;
-            chunk.s.dst_off = dst_off;
-            chunk.s.to_read = len;
+            chunk.s.src_off = r.src_off;
+            chunk.s.dst_off = r.dst_off;
+            chunk.s.to_read = r.len;
         }
-        self.assigned += len;
         seq
+    }
+
+    /// Where the source's bytes end, from the start of the transfer: where a
+    /// read found its end, else the total.
+    fn end(&self) -> u64 {
+        let total = self.s.total.unwrap_or(0);
+        if self.open_end {
+            self.eof.unwrap_or(total)
+        } else {
+            total
+        }
+    }
+
+    /// Whether every byte was read: the source's end found, or every
+    /// range of a job of known length handed out.
+    fn copied(&self) -> bool {
+        self.src_done || (self.s.ranged && !self.open_end && self.all_assigned())
+    }
+
+    /// Once every byte is in, truncates a destination that ends in a hole
+    /// (which no write reached) to its final size.
+    fn size_destination(&mut self, owner: Owner, io: &mut Io) {
+        if self.failure.is_some()
+            || !self.holes.resize_at_end(self.dst_start + self.end())
+            || self.s.sized
+            || self.s.restoring.is_some()
+            || self.live_chunks() > 0
+            || !self.s.set_aside.is_empty()
+            || self.holes.busy(false)
+            || !self.copied()
+        {
+            return;
+        }
+        let size = self.orig_dst_size.max(self.dst_start + self.end());
+        let dst = self.ends.shared_dst();
+        match io.ftruncate(owner, CopyStep::Truncate.tag(), dst, size) {
+            Ok(ud) => {
+                self.s.restoring = Some(ud);
+                self.s.sizing = true;
+            }
+            Err(e) => {
+                self.failure.get_or_insert(ring_failed::<Splice>(e));
+            }
+        }
+    }
+
+    /// Whether every range of a ranged job was handed out (holes skipped,
+    /// none waiting for a map or to be copied after a refused punch).
+    fn all_assigned(&self) -> bool {
+        self.assigned >= self.s.total.unwrap_or(0) && !self.has_refill()
     }
 
     /// Starts the chunk reading a streamed source, if it may now: true if

@@ -34,6 +34,12 @@ pub(crate) enum CopyStep {
     Truncate,
     /// The clone of the whole source (reflink.rs).
     Clone,
+    /// The map of where the source's data is (holes.rs).
+    DataMap,
+    /// A hole punched into the destination (holes.rs).
+    Punch,
+    /// The destination given its size before a sparse copy (holes.rs).
+    Size,
 }
 
 impl CopyStep {
@@ -51,6 +57,9 @@ impl CopyStep {
             CopyStep::Prealloc => (7, 0),
             CopyStep::Truncate => (8, 0),
             CopyStep::Clone => (9, 0),
+            CopyStep::DataMap => (10, 0),
+            CopyStep::Punch => (11, 0),
+            CopyStep::Size => (12, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -73,6 +82,9 @@ impl CopyStep {
             7 => CopyStep::Prealloc,
             8 => CopyStep::Truncate,
             9 => CopyStep::Clone,
+            10 => CopyStep::DataMap,
+            11 => CopyStep::Punch,
+            12 => CopyStep::Size,
             _ => return None,
         })
     }
@@ -86,7 +98,13 @@ impl CopyStep {
             | CopyStep::ZcNotif(i)
             | CopyStep::PollIn(i)
             | CopyStep::PollOut(i) => Some(i),
-            CopyStep::Ready | CopyStep::Prealloc | CopyStep::Truncate | CopyStep::Clone => None,
+            CopyStep::Ready
+            | CopyStep::Prealloc
+            | CopyStep::Truncate
+            | CopyStep::Clone
+            | CopyStep::DataMap
+            | CopyStep::Punch
+            | CopyStep::Size => None,
         }
     }
 }
@@ -114,10 +132,13 @@ mod tests {
             CopyStep::Prealloc,
             CopyStep::Truncate,
             CopyStep::Clone,
+            CopyStep::DataMap,
+            CopyStep::Punch,
+            CopyStep::Size,
         ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 10 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 13 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }

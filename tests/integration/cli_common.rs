@@ -22,6 +22,13 @@ pub fn cli(socket: &Path) -> Command {
     c
 }
 
+/// `ringxfer --json copy ARGS... SRC DST`: its output.
+pub fn copy_json(d: &Daemon, args: &[&str], src: &Path, dst: &Path) -> Output {
+    let mut c = cli(&d.socket);
+    c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
+    run(c)
+}
+
 /// Runs `cmd` to its end (panics after [`CLI_TIMEOUT`]).
 pub fn run(cmd: Command) -> Output {
     run_timeout(cmd, CLI_TIMEOUT)

@@ -39,6 +39,7 @@ mod seccomp;
 mod signals;
 mod sockets;
 mod sources;
+mod sparse;
 mod stalls;
 mod stub;
 mod systemd;

@@ -95,6 +95,7 @@ pub(crate) fn submit_request(req: u64) -> SubmitRequest {
         publish: None,
         reflink: Default::default(),
         rate_group: None,
+        sparse: Default::default(),
     }
 }
 

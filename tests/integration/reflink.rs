@@ -4,7 +4,6 @@
 //! real loop-mounted file systems. The engine under test is the suite's
 //! (RINGXFER_TEST_ENGINE), so .ci/run covers both.
 
-use std::fs;
 use std::path::Path;
 use std::process::Command;
 
@@ -12,49 +11,6 @@ use crate::cli_common::*;
 use crate::support::*;
 
 const MIB: u64 = 1 << 20;
-
-/// A fresh file system of `kind` ("btrfs", "xfs", "ext4", "tmpfs") at `dir/mnt`.
-fn mount(dir: &Path, kind: &str) -> Mount {
-    let mnt = dir.join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    if kind == "tmpfs" {
-        let out = run({
-            let mut c = Command::new("mount");
-            c.args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
-                .arg(&mnt);
-            c
-        });
-        assert_exit(&out, 0, "mount tmpfs");
-        return Mount::at(&mnt);
-    }
-    let img = dir.join(format!("{kind}.img"));
-    fs::File::create(&img).unwrap().set_len(400 * MIB).unwrap();
-    let mut mkfs = Command::new(format!("mkfs.{kind}"));
-    match kind {
-        "xfs" => mkfs.args(["-q", "-f", "-m", "reflink=1"]),
-        "btrfs" => mkfs.args(["-q", "-f"]),
-        _ => mkfs.args(["-q", "-F"]),
-    };
-    let out = run({
-        mkfs.arg(&img);
-        mkfs
-    });
-    assert_exit(&out, 0, &format!("mkfs.{kind}"));
-    let out = run({
-        let mut c = Command::new("mount");
-        c.args(["-o", "loop"]).arg(&img).arg(&mnt);
-        c
-    });
-    assert_exit(&out, 0, &format!("mount -o loop of the {kind} image"));
-    Mount::at(&mnt)
-}
-
-/// `ringxfer --json copy ARGS... SRC DST`: its output.
-fn copy(d: &Daemon, args: &[&str], src: &Path, dst: &Path) -> std::process::Output {
-    let mut c = cli(&d.socket);
-    c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
-    run(c)
-}
 
 /// Whether `filefrag -v` shows every extent of `path` as shared.
 fn extents_shared(path: &Path) -> (bool, String) {
@@ -82,11 +38,11 @@ fn extents_shared(path: &Path) -> (bool, String) {
 fn clones_on(kind: &str) {
     require_root("mounts loop images");
     let base = tmpdir();
-    let m = mount(base.path(), kind);
+    let m = mount_fs(base.path(), kind);
     let d = Daemon::start();
     let (src, want) = make_file(m.path(), "src", (64 * MIB) as usize, 16);
     let dst = m.path().join("dst");
-    let out = copy(&d, &[], &src, &dst);
+    let out = copy_json(&d, &[], &src, &dst);
     assert_exit(&out, 0, &format!("copy on {kind}"));
     let done = &json_lines(&out)[0];
     assert_eq!(done["strategy"], "reflink", "{kind}: {done}");
@@ -95,7 +51,7 @@ fn clones_on(kind: &str) {
     let (shared, text) = extents_shared(&dst);
     assert!(shared, "{kind}: the copy's extents are not shared:\n{text}");
     // --reflink=always clones too; stats count the bytes by strategy.
-    let out = copy(&d, &["--reflink=always"], &src, &m.path().join("dst2"));
+    let out = copy_json(&d, &["--reflink=always"], &src, &m.path().join("dst2"));
     assert_exit(&out, 0, &format!("copy --reflink=always on {kind}"));
     let mut c = cli(&d.socket);
     c.args(["--json", "stats"]);
@@ -108,7 +64,7 @@ fn clones_on(kind: &str) {
         .unwrap_or_default();
     assert_eq!(reflink["bytes"], 128 * MIB, "{v}");
     // --reflink=never copies.
-    let out = copy(&d, &["--reflink=never"], &src, &m.path().join("dst3"));
+    let out = copy_json(&d, &["--reflink=never"], &src, &m.path().join("dst3"));
     assert_exit(&out, 0, "copy --reflink=never");
     assert_ne!(json_lines(&out)[0]["strategy"], "reflink");
     assert_file_eq(&m.path().join("dst3"), &want);
@@ -118,18 +74,18 @@ fn clones_on(kind: &str) {
 fn falls_back_on(kind: &str) {
     require_root("mounts loop images");
     let base = tmpdir();
-    let m = mount(base.path(), kind);
+    let m = mount_fs(base.path(), kind);
     let d = Daemon::start();
     let (src, want) = make_file(m.path(), "src", (8 * MIB) as usize, 17);
     let dst = m.path().join("dst");
-    let out = copy(&d, &[], &src, &dst);
+    let out = copy_json(&d, &[], &src, &dst);
     assert_exit(&out, 0, &format!("copy on {kind}"));
     let done = &json_lines(&out)[0];
     assert_ne!(done["strategy"], "reflink", "{kind}: {done}");
     assert_file_eq(&dst, &want);
     // always: fails, naming the destination, and leaves nothing under it.
     let never = m.path().join("never");
-    let out = copy(&d, &["--reflink=always"], &src, &never);
+    let out = copy_json(&d, &["--reflink=always"], &src, &never);
     assert!(!out.status.success(), "{kind}: {}", describe(&out));
     let err = stderr(&out);
     assert!(err.contains("reflink not supported"), "{kind}: {err}");

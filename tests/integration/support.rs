@@ -1029,6 +1029,45 @@ impl Drop for Mount {
     }
 }
 
+/// A fresh file system of `kind` ("btrfs", "xfs" with reflink=1, "ext4",
+/// or a 256 MiB "tmpfs") at `dir/mnt`, from a 400 MiB loop image in `dir`
+/// (root only).
+pub fn mount_fs(dir: &Path, kind: &str) -> Mount {
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("create the mount point");
+    let must = |mut c: Command, what: &str| {
+        let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if kind == "tmpfs" {
+        let mut c = Command::new("mount");
+        c.args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+            .arg(&mnt);
+        must(c, "mount tmpfs");
+        return Mount::at(&mnt);
+    }
+    let img = dir.join(format!("{kind}.img"));
+    File::create(&img)
+        .and_then(|f| f.set_len(400 << 20))
+        .expect("make the image file");
+    let mut mkfs = Command::new(format!("mkfs.{kind}"));
+    match kind {
+        "xfs" => mkfs.args(["-q", "-f", "-m", "reflink=1"]),
+        "btrfs" => mkfs.args(["-q", "-f"]),
+        _ => mkfs.args(["-q", "-F"]),
+    };
+    mkfs.arg(&img);
+    must(mkfs, &format!("mkfs.{kind}"));
+    let mut c = Command::new("mount");
+    c.args(["-o", "loop"]).arg(&img).arg(&mnt);
+    must(c, &format!("mount -o loop of the {kind} image"));
+    Mount::at(&mnt)
+}
+
 /// Mounts a tmpfs of `size` (e.g. "1m") on `dir`.
 pub fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
     let out = Command::new("mount")

@@ -1,6 +1,6 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
-use crate::proto::{Priority, RateGroup, Reflink, Request, Strategy, SubmitRequest};
+use crate::proto::{Priority, RateGroup, Reflink, Request, Sparse, Strategy, SubmitRequest};
 #[cfg(doc)]
 use crate::{Client, JobHandle};
 
@@ -85,6 +85,8 @@ pub struct TransferOptions {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub rate_group: Option<RateGroup>,
+    /// What becomes of the source's holes: [`Sparse`], as `cp --sparse`.
+    pub sparse: Sparse,
 }
 
 impl Default for TransferOptions {
@@ -113,6 +115,7 @@ impl Default for TransferOptions {
             truncate: false,
             reflink: Reflink::Auto,
             rate_group: None,
+            sparse: Sparse::Auto,
         }
     }
 }
@@ -136,5 +139,6 @@ pub(crate) fn submit_request(req: u64, opts: &TransferOptions) -> Request {
         publish: None,
         reflink: opts.reflink,
         rate_group: opts.rate_group,
+        sparse: opts.sparse,
     })
 }

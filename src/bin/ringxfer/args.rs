@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ringxfer_ipc::{Priority, Reflink, Strategy};
+use ringxfer_ipc::{Priority, Reflink, Sparse, Strategy};
 
 use ringxfer::size::parse_size;
 
@@ -221,10 +221,22 @@ pub struct JobOpts {
     /// always (clone or fail), never. As cp's --reflink.
     #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = parse_reflink)]
     pub reflink: Reflink,
+
+    /// Holes in a file copied to a file: auto (the copy has the source's
+    /// holes), always (also turns every block of zeros into a hole), never
+    /// (holes are written out as zeros: a fully allocated copy). As cp's
+    /// --sparse.
+    #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = parse_sparse)]
+    pub sparse: Sparse,
 }
 
 /// Wraps `Reflink`'s FromStr so that clap reports its message as a usage error.
 fn parse_reflink(s: &str) -> Result<Reflink, String> {
+    s.parse()
+}
+
+/// Wraps `Sparse`'s FromStr, as `parse_reflink`.
+fn parse_sparse(s: &str) -> Result<Sparse, String> {
     s.parse()
 }
 

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ringxfer_ipc::Strategy;
+use ringxfer_ipc::{Reflink, Sparse, Strategy};
 
 use crate::args::{JobOpts, RangeOpts};
 use crate::context::{Context, CopyArgs, Follow, Target};
@@ -132,6 +132,12 @@ fn check_copy_flags(args: &CopyArgs<'_>, single: bool) -> Result<(), CliError> {
                 "--backup cannot be combined with {with}"
             )));
         }
+    }
+    if args.job.reflink == Reflink::Always && args.job.sparse != Sparse::Auto {
+        // As cp: a clone has the source's holes and its zeros as they are.
+        return Err(CliError::usage(
+            "--reflink=always can be used only with --sparse=auto",
+        ));
     }
     if args.job.detach && args.dest.preserve {
         return Err(CliError::usage(

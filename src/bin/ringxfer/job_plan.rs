@@ -65,6 +65,7 @@ impl JobPlan {
             verify: self.job.verify,
             truncate: self.truncate,
             reflink: self.job.reflink,
+            sparse: self.job.sparse,
             ..TransferOptions::default()
         }
     }

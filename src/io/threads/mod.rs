@@ -289,6 +289,7 @@ impl ThreadRing {
             | Blocking::RenameAt(_)
             | Blocking::UnlinkAt(_)
             | Blocking::Ficlone(_)
+            | Blocking::DataMap(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.call));

@@ -144,13 +144,26 @@ impl WorkerPool {
             spare: Vec::with_capacity(64),
             identities: Arc::default(),
         };
+        // The first workers are waited for, so that once the engine exists
+        // every thread it made is running under its name (`ps`, and the
+        // tests that count the daemon's threads, see them as workers).
+        let (started_tx, started) = crossbeam_channel::bounded(START_WORKERS);
         for _ in 0..START_WORKERS {
-            pool.spawn()?;
+            pool.spawn_with(Some(started_tx.clone()))?;
+        }
+        drop(started_tx);
+        for _ in 0..START_WORKERS {
+            // A worker that died before saying so has dropped its sender.
+            let _ = started.recv();
         }
         Ok(pool)
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
+        self.spawn_with(None)
+    }
+
+    fn spawn_with(&mut self, started: Option<Sender<()>>) -> std::io::Result<()> {
         let rx = self.work_rx.clone();
         let done = self.done_tx.clone();
         let wake = Arc::clone(&self.wake);
@@ -158,7 +171,12 @@ impl WorkerPool {
         let identities = Arc::clone(&self.identities);
         std::thread::Builder::new()
             .name("ringxfer-worker".into())
-            .spawn(move || worker(rx, done, wake, unfinished, identities))?;
+            .spawn(move || {
+                if let Some(started) = started {
+                    let _ = started.send(());
+                }
+                worker(rx, done, wake, unfinished, identities)
+            })?;
         self.threads += 1;
         Ok(())
     }

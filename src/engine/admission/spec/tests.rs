@@ -57,6 +57,7 @@ fn request() -> SubmitRequest {
         publish: None,
         reflink: Default::default(),
         rate_group: None,
+        sparse: Default::default(),
     }
 }
 
@@ -597,4 +598,85 @@ fn auto_does_not_ask_a_file_system_that_refused_a_clone_again() {
         admitted(decide(required, src, dst, None, &cx)).reflink,
         Some(true)
     );
+}
+
+/// What admission makes of `sparse`: a sparse file into a file is mapped
+/// and a dense one is not (cp's test of its blocks against its size);
+/// `always` sends `auto` to a strategy that sees the bytes and refuses
+/// splice; a required clone goes with `auto` only, as cp.
+#[test]
+fn sparse_maps_only_files_with_holes_and_always_needs_a_strategy_that_sees_the_bytes() {
+    use ringxfer_ipc::{Reflink, Sparse};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holey = || {
+        let path = dir.path().join("holey");
+        let f = File::create(&path).expect("create");
+        f.set_len(8 << 20).expect("set_len");
+        OwnedFd::from(File::open(&path).expect("open"))
+    };
+    let dst = |name: &str| {
+        open(
+            &dir.path().join(name),
+            OpenOptions::new().create(true).read(true).write(true),
+        )
+    };
+    let spec = admitted(decide(request(), holey(), dst("a"), None, &context()));
+    assert!(spec.shape.holes.map && !spec.shape.holes.zeros);
+    let dense = file_with(dir.path(), "dense", 64 << 10);
+    let spec = admitted(decide(request(), dense, dst("b"), None, &context()));
+    assert!(!spec.shape.holes.any(), "a dense file is not mapped");
+
+    let mut never = request();
+    never.sparse = Sparse::Never;
+    let spec = admitted(decide(never.clone(), holey(), dst("c"), None, &context()));
+    assert!(!spec.shape.holes.any());
+
+    let mut always = request();
+    always.sparse = Sparse::Always;
+    always.reflink = Reflink::Never;
+    let spec = admitted(decide(always.clone(), holey(), dst("d"), None, &context()));
+    assert!(spec.shape.holes.map && spec.shape.holes.zeros);
+    assert_eq!(spec.choice.strategy, Strategy::Buffered, "not splice");
+    assert!(
+        spec.choice
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("splice never sees")),
+        "{:?}",
+        spec.choice.note
+    );
+    always.strategy = Strategy::Splice;
+    let e = refused(decide(always, holey(), dst("e"), None, &context()), 2);
+    assert_eq!(e.kind, FailureKind::InvalidRequest);
+    assert!(e.message.contains("sparse \"always\""), "{e}");
+
+    never.reflink = Reflink::Always;
+    let e = refused(decide(never, holey(), dst("f"), None, &context()), 2);
+    assert!(e.message.contains("only with sparse \"auto\""), "{e}");
+}
+
+/// `auto` weighs a sparse source by its data, not its size: 64 MiB of
+/// holes with 4 KiB of data is below the direct threshold (32 MiB here),
+/// where by its size it would have gone direct, waiting on the disk.
+#[test]
+fn auto_weighs_a_sparse_source_by_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("holey");
+    let f = File::create(&path).expect("create");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], 32 << 20).expect("write");
+    f.set_len(64 << 20).expect("set_len");
+    f.sync_all().expect("sync");
+    let mut submit = request();
+    submit.reflink = ringxfer_ipc::Reflink::Never;
+    let src = OwnedFd::from(File::open(&path).expect("open"));
+    let spec = admitted(decide(
+        submit,
+        src,
+        destination(dir.path()),
+        None,
+        &context(),
+    ));
+    assert_eq!(spec.choice.strategy, Strategy::Splice);
+    let note = spec.choice.note.unwrap_or_default();
+    assert!(note.contains("bytes of data (the rest is holes)"), "{note}");
 }
