@@ -18,15 +18,23 @@ use std::time::{Duration, Instant};
 
 use super::Result;
 
-/// How long a freed page takes to go back to the host: the kernel reports
+/// How long a freed page takes to go back to the host, unless
+/// RINGXFER_BENCH_FRESH_WAIT (seconds) says otherwise: the kernel reports
 /// free blocks of pageblock order 2 s after they were freed
-/// (PAGE_REPORTING_DELAY); three times that leaves room for a busy host.
-const FRESH_WAIT: Duration = Duration::from_secs(6);
+/// (PAGE_REPORTING_DELAY), a part of each free list per pass, so a freed
+/// GiB takes a few passes.
+fn fresh_wait() -> Duration {
+    std::env::var("RINGXFER_BENCH_FRESH_WAIT")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::from_secs(6), Duration::from_secs_f64)
+}
 
 /// The memory a run's destination pages come from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Memory {
-    /// Pages the host took back: the run starts FRESH_WAIT after the
+    /// Pages the host took back: the run starts `fresh_wait()` after the
     /// previous run's pages were freed.
     Fresh,
     /// Pages the previous run freed just before: the run starts at once.
@@ -45,7 +53,7 @@ impl Memory {
     /// destination deleted), before the next run starts.
     pub fn settle(self) {
         if self == Memory::Fresh {
-            std::thread::sleep(FRESH_WAIT);
+            std::thread::sleep(fresh_wait());
         }
     }
 }
@@ -87,9 +95,9 @@ pub fn print_memory(states: &[Memory]) {
         None => "no virtio balloon: both states should match",
     };
     println!(
-        "  memory: {} (fresh: start {} s after the previous run freed its pages; recycled: at once); {reporting}",
+        "  memory: {} (fresh: start {:.1} s after the previous copy freed its pages; recycled: at once); {reporting}",
         names.join(" and "),
-        FRESH_WAIT.as_secs()
+        fresh_wait().as_secs_f64()
     );
 }
 

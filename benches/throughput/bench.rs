@@ -165,13 +165,23 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// Frees the previous copy's pages and waits as `memory` says.
-    pub fn prepare(&mut self, memory: Memory) -> Result<()> {
-        if let Some(prev) = self.prev_dst.take() {
-            fs::remove_file(&prev).map_err(|e| format!("remove {}: {e}", prev.display()))?;
+    /// Before a copy, frees the previous copy's pages (its destination
+    /// lives on through the sends between, so that the first copy of a
+    /// recycled pass too starts on pages just freed); then waits as `memory`
+    /// says.
+    pub fn prepare(&mut self, group: Group, memory: Memory) -> Result<()> {
+        if group == Group::Copy {
+            self.remove_prev()?;
         }
         syncfs(&self.dir)?;
         memory.settle();
+        Ok(())
+    }
+
+    pub fn remove_prev(&mut self) -> Result<()> {
+        if let Some(prev) = self.prev_dst.take() {
+            fs::remove_file(&prev).map_err(|e| format!("remove {}: {e}", prev.display()))?;
+        }
         Ok(())
     }
 

@@ -28,11 +28,14 @@
 //! it starts with followed by `_`: `daemon` is every daemon row) limits the
 //! run to some contenders; the keys are those of the JSON line.
 //!
-//! Memory states (support/peers.rs): "fresh" starts each run 6 s after the
-//! previous one's destination was deleted, so this VM has given those pages
-//! back to its host and the run pays to fault its destination's page cache
-//! back in; "recycled" starts at once, on the pages just freed. A round runs
-//! every contender in each state asked for.
+//! Memory states (support/peers.rs): "fresh" starts each run 6 s
+//! (RINGXFER_BENCH_FRESH_WAIT) after the previous copy's destination was
+//! deleted, so this VM has given those pages back to its host and the run
+//! pays to fault its destination's page cache back in; "recycled" starts at
+//! once, on the pages just freed. A round runs every contender in each state
+//! asked for. What a recycled copy meets depends on the copy before it (one
+//! that wrote large folios leaves high-order blocks behind, cp's 64 KiB
+//! pieces do not), which the rotating order spreads over the rounds.
 //!
 //! These machines are shared and noisy, so: every contender runs once
 //! unmeasured first, then the contenders take turns round by round (the
@@ -191,7 +194,7 @@ fn pass(
         for k in 0..n {
             let i = idx[(k + round) % n];
             let e = &entries[i];
-            bench.prepare(memory)?;
+            bench.prepare(group, memory)?;
             let s = bench.run(e)?;
             let gib = bench.want.size as f64 / GIB;
             println!(
@@ -226,7 +229,7 @@ fn measure(bench: &mut Bench, cfg: &Settings, entries: &[Entry]) -> Result<Vec<V
             pass(bench, entries, &label, memory, round, Some(&mut samples[s]))?;
         }
     }
-    bench.prepare(Memory::Recycled)?;
+    bench.remove_prev()?;
     Ok(samples)
 }
 
