@@ -274,8 +274,9 @@ impl Bench {
             Contender::ReadWrite => {
                 read_write(&mut open(&self.src)?, &mut create(dst)?, &mut self.buf)
             }
-            Contender::SpliceLoop(pipe) => {
-                splice_loop(&open(&self.src)?, &create(dst)?, self.want.size, pipe)
+            Contender::SpliceLoop { pipe, write } => {
+                let (from, to) = (open(&self.src)?, create(dst)?);
+                splice_loop(&from, &to, self.want.size, pipe, write)
             }
             other => Err(format!("{other:?} does not copy here")),
         }
@@ -357,9 +358,9 @@ fn sendfile_loop(sock: &impl AsRawFd, file: &File, size: u64) -> Result<()> {
 }
 
 /// Copies `size` bytes with splice(2) through one pipe grown (or shrunk) to
-/// `pipe` bytes, blocking, on this thread: what the engine does, minus the
-/// ring.
-fn splice_loop(from: &File, to: &File, size: u64, pipe: usize) -> Result<()> {
+/// `pipe` bytes, writing at most `write` bytes a call, blocking, on this
+/// thread: what the engine does, minus the ring.
+fn splice_loop(from: &File, to: &File, size: u64, pipe: usize, write: usize) -> Result<()> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -400,7 +401,7 @@ fn splice_loop(from: &File, to: &File, size: u64, pipe: usize) -> Result<()> {
                     std::ptr::null_mut(),
                     to.as_raw_fd(),
                     &mut off,
-                    left,
+                    left.min(write),
                     0,
                 )
             };

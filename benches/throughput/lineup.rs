@@ -46,9 +46,15 @@ pub enum Contender {
     IoCopy,
     ReadWrite,
     /// splice(2) file -> pipe -> file on this thread, no io_uring, through a
-    /// pipe of this many bytes: the ceiling of the splice path itself, to
-    /// tell engine overhead from what splice costs in the kernel.
-    SpliceLoop(usize),
+    /// pipe of `pipe` bytes, written out at most `write` bytes a call: the
+    /// ceiling of the splice path itself, to tell engine overhead from what
+    /// splice costs in the kernel. The size of each write is the size of the
+    /// page-cache folios it allocates, which is what fresh memory charges
+    /// for; the pipe's size is not.
+    SpliceLoop {
+        pipe: usize,
+        write: usize,
+    },
     Program(Program),
     /// Through daemon N: 0 is the one started with RINGXFER_BENCH_DAEMON_ARGS,
     /// the others RINGXFER_BENCH_SEND_DAEMONS's.
@@ -126,13 +132,28 @@ pub fn lineup(send_daemons: &[Vec<String>], only: Option<&[String]>) -> (Vec<Ent
             "read_write",
         ),
         entry(
-            Contender::SpliceLoop(1 << 20),
+            Contender::SpliceLoop {
+                pipe: 1 << 20,
+                write: 1 << 20,
+            },
             Group::Copy,
             "splice(2) loop, 1 MiB pipe",
             "splice_loop_1m",
         ),
         entry(
-            Contender::SpliceLoop(64 << 10),
+            Contender::SpliceLoop {
+                pipe: 1 << 20,
+                write: 64 << 10,
+            },
+            Group::Copy,
+            "splice(2) loop, 1 MiB pipe, 64 KiB writes",
+            "splice_loop_1m_64k",
+        ),
+        entry(
+            Contender::SpliceLoop {
+                pipe: 64 << 10,
+                write: 64 << 10,
+            },
             Group::Copy,
             "splice(2) loop, 64 KiB pipe",
             "splice_loop_64k",

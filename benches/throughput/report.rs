@@ -131,8 +131,18 @@ pub fn checks(entries: &[Entry], samples: &[Vec<Sample>]) -> Vec<Check> {
     for peer in [
         Program(Prog::Cpz),
         EmbeddedCopy,
-        SpliceLoop(1 << 20),
-        SpliceLoop(64 << 10),
+        SpliceLoop {
+            pipe: 1 << 20,
+            write: 1 << 20,
+        },
+        SpliceLoop {
+            pipe: 1 << 20,
+            write: 64 << 10,
+        },
+        SpliceLoop {
+            pipe: 64 << 10,
+            write: 64 << 10,
+        },
         IoCopy,
     ] {
         out.push(compare(entries, samples, DaemonCopy, &[peer], tput, None));
@@ -188,8 +198,12 @@ pub fn report(
         (Group::Copy, "A. file copy, page cache hot"),
         (Group::Send, "B. file -> loopback TCP"),
     ] {
+        let group: Vec<&Row<'_>> = rows.iter().filter(|r| r.e.group == group).collect();
+        if group.is_empty() {
+            continue;
+        }
         println!("  {title}");
-        for r in rows.iter().filter(|r| r.e.group == group) {
+        for r in group {
             println!(
                 "    {:<44} {:>18} {:>8.3} {:>10.3}",
                 r.e.name,
