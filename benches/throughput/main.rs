@@ -313,6 +313,11 @@ fn run() -> Result<()> {
         .zip(&samples)
         .map(|(&m, s)| report::report(m, &entries, s, cfg.size))
         .collect();
+    if let [fresh, recycled] = &samples[..] {
+        if cfg.memory == [Memory::Fresh, Memory::Recycled] {
+            report::memory_charge(&entries, fresh, recycled);
+        }
+    }
     println!();
     println!("  load at the end: {}", support::loadavg());
     print_json(&cfg, states);

@@ -268,3 +268,23 @@ fn json(memory: Memory, rows: &[Row<'_>], checks: &[Check]) -> serde_json::Value
         "checks": checks,
     })
 }
+
+/// Each copier's median time in fresh memory over its median in recycled
+/// memory: how much this run met the VM's fresh-memory charge (near 1.0
+/// for all: the host was not taking freed pages back while it ran).
+pub fn memory_charge(entries: &[Entry], fresh: &[Vec<Sample>], recycled: &[Vec<Sample>]) {
+    let secs = |v: &[Sample]| med(&v.iter().map(|s| s.secs).collect::<Vec<_>>());
+    let parts: Vec<String> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.group == Group::Copy)
+        .map(|(i, e)| format!("{} {:.2}", e.key, secs(&fresh[i]) / secs(&recycled[i])))
+        .collect();
+    if !parts.is_empty() {
+        println!();
+        println!(
+            "fresh / recycled median time, each copier: {}",
+            parts.join(", ")
+        );
+    }
+}
