@@ -6,6 +6,7 @@
 //! Cargo does not take a directory under `benches/` without a `main.rs` for
 //! a bench of its own. Each bench is a crate of its own, so every item here
 //! is used by every bench; what only one bench needs stays in that bench.
+//! peers.rs is what the benches racing other programs (cp, xcp) share.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -19,6 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+// Only the benches that race other programs use it.
+#[allow(dead_code)]
+pub mod peers;
 
 pub const GIB: f64 = (1u64 << 30) as f64;
 /// The size of each block of a destination compared against the source.
@@ -575,13 +580,24 @@ fn uname() -> String {
     format!("{} {} {}", s(&u.sysname), s(&u.release), s(&u.machine))
 }
 
-/// Prints the kernel, the CPUs and `mem` (MemAvailable, where known).
+/// The load averages over 1, 5 and 15 minutes, as /proc/loadavg says them:
+/// these machines are shared, and a figure means little without the load.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
+/// Prints the kernel, the CPUs, `mem` (MemAvailable, where known) and the
+/// load.
 pub fn print_host(mem: Option<u64>) {
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "  host: {}, {cpus} CPUs, {:.1} GiB MemAvailable",
+        "  host: {}, {cpus} CPUs, {:.1} GiB MemAvailable, load {}",
         uname(),
-        mem.map_or(f64::NAN, |m| m as f64 / GIB)
+        mem.map_or(f64::NAN, |m| m as f64 / GIB),
+        loadavg()
     );
 }
 
