@@ -105,7 +105,7 @@ impl EngineConfig {
         max_jobs_per_connection: 1024,
         pipes: 32,
         pipe_size: 1 << 20,
-        // Measured (benches/throughput.rs, 1 GiB hot copy on 2 cores): two
+        // Measured (benches/throughput/, 1 GiB hot copy on 2 cores): two
         // chunks give the best throughput; one chunk uses the least CPU
         // (like copy_file_range); four only add io-wq contention.
         chunks_per_job: 2,
