@@ -13,6 +13,7 @@
 pub(crate) mod accept;
 pub(crate) mod cancel;
 pub(crate) mod close;
+pub(crate) mod copy_range;
 pub(crate) mod fallocate;
 pub(crate) mod ficlone;
 pub(crate) mod fsync;
@@ -40,6 +41,7 @@ use super::buffer_pool::BufRef;
 pub(crate) use accept::Accept;
 pub(crate) use cancel::Cancel;
 pub(crate) use close::Close;
+pub(crate) use copy_range::CopyRange;
 pub(crate) use fallocate::Fallocate;
 pub(crate) use ficlone::Ficlone;
 pub(crate) use fsync::Fsync;
@@ -108,6 +110,9 @@ pub enum Blocking {
     /// ioctl(FICLONE): a worker runs it under either back end (io_uring
     /// has no opcode for it).
     Ficlone(ficlone::Call),
+    /// copy_file_range or sendfile, one bounded piece: a worker runs it
+    /// under either back end (io_uring has no opcode for either).
+    CopyRange(copy_range::Call),
     /// No blocking equivalent: an operation only io_uring runs (none of
     /// the engine's; tests' operations off the list, which both back ends
     /// refuse by their opcode before looking at this).
@@ -140,6 +145,7 @@ impl Blocking {
                 Blocking::RenameAt(c) => c.run(),
                 Blocking::UnlinkAt(c) => c.run(),
                 Blocking::Ficlone(c) => c.run(),
+                Blocking::CopyRange(c) => c.run(),
                 // Refused, as the restricted ring refuses what is off the list.
                 Blocking::Unsupported => {
                     *libc::__errno_location() = libc::EACCES;
@@ -256,8 +262,8 @@ macro_rules! any_op {
 }
 
 any_op!(
-    Accept, Close, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, Poll, Read, ReadSmall, RecvMsg,
-    RenameAt, Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
+    Accept, Close, CopyRange, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, Poll, Read, ReadSmall,
+    RecvMsg, RenameAt, Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
 );
 
 impl AnyOp {

@@ -83,6 +83,7 @@ fn context() -> Context {
             direct_threshold: 32 << 20,
             have_buffers: true,
             buffer_size: 1 << 20,
+            copy_refused: None,
         },
         acknowledge: true,
         clone_refused: false,
