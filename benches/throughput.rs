@@ -7,9 +7,11 @@
 //! ```
 //!
 //! A. File copy with the page cache hot: the daemon (`ringxferd`, spawned on a
-//!    private socket), the engine embedded in this process, `std::io::copy`
-//!    (copy_file_range(2) on Linux) and a read/write loop with a 1 MiB buffer.
-//! B. File to a loopback TCP socket: the daemon against a sendfile(2) loop.
+//!    private socket; `auto`, and `--strategy splice` beside it), the engine
+//!    embedded in this process, `std::io::copy` (copy_file_range(2) on
+//!    Linux) and a read/write loop with a 1 MiB buffer.
+//! B. File to a loopback TCP socket: the daemon (`auto`, splice, and
+//!    sendfile on its workers) against a sendfile(2) loop.
 //!
 //! These machines are shared and noisy, and the VM charges a host fault on
 //! the first touch of freshly allocated pages, so: every contender runs once
@@ -37,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ringxfer::embedded::EmbeddedEngine;
-use ringxfer_ipc::{Client, TransferOptions};
+use ringxfer_ipc::{Client, Strategy, TransferOptions};
 
 use support::{
     bench_dir, daemon_binary, disk_space, env_daemon_args, env_rounds, env_size, fmt_list, fs_type,
@@ -199,6 +201,8 @@ impl Sink for Edges {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {
     DaemonCopy,
+    /// The daemon with `--strategy splice`: what `auto` is weighed against.
+    DaemonCopySplice,
     EmbeddedCopy,
     IoCopy,
     ReadWrite,
@@ -207,27 +211,39 @@ enum Contender {
     /// what splice costs in the kernel.
     SpliceLoop,
     DaemonSend,
+    DaemonSendSplice,
+    /// The daemon with `--strategy sendfile`: sendfile on its workers.
+    DaemonSendfile,
     Sendfile,
 }
 
-const COPIERS: [Contender; 5] = [
+const COPIERS: [Contender; 6] = [
     Contender::DaemonCopy,
+    Contender::DaemonCopySplice,
     Contender::EmbeddedCopy,
     Contender::IoCopy,
     Contender::ReadWrite,
     Contender::SpliceLoop,
 ];
-const SENDERS: [Contender; 2] = [Contender::DaemonSend, Contender::Sendfile];
+const SENDERS: [Contender; 4] = [
+    Contender::DaemonSend,
+    Contender::DaemonSendSplice,
+    Contender::DaemonSendfile,
+    Contender::Sendfile,
+];
 
 impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::DaemonCopy => "daemon copy (ringxferd)",
+            Contender::DaemonCopySplice => "daemon copy, splice",
             Contender::EmbeddedCopy => "embedded engine copy",
             Contender::IoCopy => "std::io::copy (copy_file_range)",
             Contender::ReadWrite => "read/write loop, 1 MiB buffer",
             Contender::SpliceLoop => "splice(2) loop, 1 MiB pipe",
             Contender::DaemonSend => "daemon send (ringxferd)",
+            Contender::DaemonSendSplice => "daemon send, splice",
+            Contender::DaemonSendfile => "daemon send, sendfile",
             Contender::Sendfile => "sendfile(2) loop",
         }
     }
@@ -235,17 +251,42 @@ impl Contender {
     fn key(self) -> &'static str {
         match self {
             Contender::DaemonCopy => "daemon_copy",
+            Contender::DaemonCopySplice => "daemon_copy_splice",
             Contender::EmbeddedCopy => "embedded_copy",
             Contender::IoCopy => "io_copy",
             Contender::ReadWrite => "read_write",
             Contender::SpliceLoop => "splice_loop",
             Contender::DaemonSend => "daemon_send",
+            Contender::DaemonSendSplice => "daemon_send_splice",
+            Contender::DaemonSendfile => "daemon_sendfile",
             Contender::Sendfile => "sendfile",
         }
     }
 
     fn is_daemon(self) -> bool {
-        matches!(self, Contender::DaemonCopy | Contender::DaemonSend)
+        matches!(
+            self,
+            Contender::DaemonCopy
+                | Contender::DaemonCopySplice
+                | Contender::DaemonSend
+                | Contender::DaemonSendSplice
+                | Contender::DaemonSendfile
+        )
+    }
+
+    /// The options the daemon's job is submitted with.
+    fn options(self) -> TransferOptions {
+        match self {
+            Contender::DaemonCopySplice | Contender::DaemonSendSplice => TransferOptions {
+                strategy: Strategy::Splice,
+                ..TransferOptions::default()
+            },
+            Contender::DaemonSendfile => TransferOptions {
+                strategy: Strategy::Sendfile,
+                ..TransferOptions::default()
+            },
+            _ => TransferOptions::default(),
+        }
     }
 }
 
@@ -296,7 +337,10 @@ impl Bench {
 
     fn run(&mut self, c: Contender) -> Result<Sample> {
         match c {
-            Contender::DaemonSend | Contender::Sendfile => self.run_send(c),
+            Contender::DaemonSend
+            | Contender::DaemonSendSplice
+            | Contender::DaemonSendfile
+            | Contender::Sendfile => self.run_send(c),
             _ => self.run_copy(c),
         }
     }
@@ -323,14 +367,14 @@ impl Bench {
         let cpu0 = self.cpu_now(c)?;
         let t0 = Instant::now();
         match c {
-            Contender::DaemonCopy | Contender::EmbeddedCopy => {
-                let client = if c == Contender::DaemonCopy {
-                    &self.daemon_client
-                } else {
+            Contender::DaemonCopy | Contender::DaemonCopySplice | Contender::EmbeddedCopy => {
+                let client = if c == Contender::EmbeddedCopy {
                     self.embedded_client.as_ref().expect("embedded client")
+                } else {
+                    &self.daemon_client
                 };
                 let done = client
-                    .copy_file(&self.src, &dst, &TransferOptions::default())
+                    .copy_file(&self.src, &dst, &c.options())
                     .map_err(|e| format!("{}: submit: {e}", c.name()))?
                     .wait()
                     .map_err(|e| format!("{}: {e}", c.name()))?;
@@ -379,10 +423,10 @@ impl Bench {
         let cpu0 = self.cpu_now(c)?;
         let t0 = Instant::now();
         match c {
-            Contender::DaemonSend => {
+            Contender::DaemonSend | Contender::DaemonSendSplice | Contender::DaemonSendfile => {
                 let done = self
                     .daemon_client
-                    .send_file(&self.src, &sock, &TransferOptions::default())
+                    .send_file(&self.src, &sock, &c.options())
                     .map_err(|e| format!("{}: submit: {e}", c.name()))?
                     .wait()
                     .map_err(|e| format!("{}: {e}", c.name()))?;
@@ -687,6 +731,18 @@ fn report(cfg: &Settings, samples: &[Vec<Vec<Sample>>; 2]) {
         Contender::DaemonCopy,
         &[Contender::SpliceLoop],
     );
+    let auto_copy_check = check(
+        "daemon copy, auto / splice",
+        &all,
+        Contender::DaemonCopy,
+        &[Contender::DaemonCopySplice],
+    );
+    let auto_send_check = check(
+        "daemon send, sendfile / splice",
+        &all,
+        Contender::DaemonSendfile,
+        &[Contender::DaemonSendSplice],
+    );
     let send_check = check(
         "daemon send / sendfile",
         &all,
@@ -727,12 +783,14 @@ fn report(cfg: &Settings, samples: &[Vec<Vec<Sample>>; 2]) {
         embedded_check.ratio,
         fmt_list(&embedded_check.per_round)
     );
-    println!(
-        "(info) {} = {:.2}  [per-round {}]",
-        splice_check.label,
-        splice_check.ratio,
-        fmt_list(&splice_check.per_round)
-    );
+    for k in [&splice_check, &auto_copy_check, &auto_send_check] {
+        println!(
+            "(info) {} = {:.2}  [per-round {}]",
+            k.label,
+            k.ratio,
+            fmt_list(&k.per_round)
+        );
+    }
 
     print_json(
         cfg,
