@@ -188,14 +188,17 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
 /// on NFS 4.2 or SMB the server copies), unless it refused these two file
 /// systems before; splice otherwise, into a socket too.
 ///
-/// Measured (benches/throughput.rs, hot 1 GiB, 5 rounds each, this 2-core
-/// VM): copy-range took 0.24 s and 0.25 s of CPU where splice through 1 MiB
-/// pipes took 0.21 s and 0.30 s, and in the rounds where the VM faulted in
-/// the page cache's high-order pages splice took 1.0-2.1 s and copy-range
-/// 0.3 s (cp, std::io::copy: copy_file_range, 0.24 s). Into a loopback TCP
-/// socket sendfile on a worker and splice were level (per-round ratios
-/// 0.95-1.18 over five runs, CPU 0.28-0.33 s/GiB either way): sendfile
-/// does not win, so a socket still splices; `--strategy sendfile` asks.
+/// Measured (benches/throughput.rs, hot 1 GiB, this 2-core VM, two runs
+/// of 8 rounds): copy-range took 0.25-0.26 s and 0.25 s of CPU, as
+/// std::io::copy (cp's copy_file_range) did, where splice through 1 MiB
+/// pipes took 0.22 s and 0.22-0.31 s of CPU (median ratio 0.88); but in
+/// the rounds where the VM faulted in the page cache's high-order pages for
+/// splice's 1 MiB loads, splice took 0.4-2.1 s and copy-range 0.25-0.6 s
+/// (ratios up to 2.1, 4.6 in earlier runs): copy-range is fast in both
+/// memory states. Into a loopback TCP socket sendfile on a worker and
+/// splice were level (medians of per-round ratios 0.91-1.18 over six runs,
+/// CPU 0.26-0.33 s/GiB either way): sendfile does not win, so a socket
+/// still splices; `--strategy sendfile` asks for it.
 fn in_kernel(plan: &Plan, inputs: ChoiceInputs, why: String) -> Choice {
     match (plan.ends.dst_kind, inputs.copy_refused) {
         (FdKind::File, None) => Choice::plain(
