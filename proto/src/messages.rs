@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 /// [`SubmitRequest::truncate`] and [`SubmitRequest::publish`] (the daemon
 /// gives a detached job's staged file its name); version 7 the `reflink`
 /// strategy and [`SubmitRequest::reflink`]; version 8
-/// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`] and
-/// [`FailureKind::ReadOnly`].
+/// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`],
+/// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies.
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -624,6 +624,16 @@ pub enum Strategy {
     /// the source's extents and no byte was copied. As asked: clone or
     /// fail (see [`Reflink`]).
     Reflink,
+    /// copy_file_range(2) from a regular file into a regular file, one
+    /// bounded piece at a time on the daemon's worker threads: the kernel
+    /// copies in the page cache (ext4, tmpfs) or asks the server to (NFS
+    /// 4.2, SMB, CephFS). What `auto` uses for larger files it does not
+    /// send direct; where the file systems refuse it (different ones:
+    /// EXDEV), `auto` splices instead.
+    CopyRange,
+    /// sendfile(2) from a regular file into a socket, one bounded piece at
+    /// a time on the daemon's worker threads.
+    Sendfile,
 }
 
 impl Strategy {
@@ -640,6 +650,8 @@ impl Strategy {
             Strategy::Uncached => "uncached",
             Strategy::Buffered => "buffered",
             Strategy::Reflink => "reflink",
+            Strategy::CopyRange => "copy-range",
+            Strategy::Sendfile => "sendfile",
         }
     }
 }
@@ -666,8 +678,10 @@ impl std::str::FromStr for Strategy {
             "uncached" => Ok(Strategy::Uncached),
             "buffered" => Ok(Strategy::Buffered),
             "reflink" => Ok(Strategy::Reflink),
+            "copy-range" => Ok(Strategy::CopyRange),
+            "sendfile" => Ok(Strategy::Sendfile),
             other => Err(format!(
-                "unknown strategy {other:?}: expected auto, splice, direct, uncached, buffered or reflink"
+                "unknown strategy {other:?}: expected auto, splice, direct, uncached, buffered, reflink, copy-range or sendfile"
             )),
         }
     }

@@ -12,8 +12,9 @@ use super::Engine;
 /// Counters kept as the engine runs.
 pub(super) struct Counters {
     pub started: Instant,
-    /// Counters by strategy: splice, direct, uncached, buffered.
-    pub by_strategy: [StrategyStats; 5],
+    /// Counters by strategy: splice, direct, uncached, buffered, reflink,
+    /// copy-range, sendfile.
+    pub by_strategy: [StrategyStats; 7],
     /// Events encoded for clients, and the sends that carried them.
     pub events_sent: u64,
     pub event_sends: u64,
@@ -34,6 +35,8 @@ impl Counters {
                 Strategy::Uncached,
                 Strategy::Buffered,
                 Strategy::Reflink,
+                Strategy::CopyRange,
+                Strategy::Sendfile,
             ]
             .map(|s| StrategyStats {
                 strategy: Some(s),
@@ -57,6 +60,8 @@ pub(super) fn strategy_index(s: Strategy) -> usize {
         Strategy::Uncached => 2,
         Strategy::Buffered => 3,
         Strategy::Reflink => 4,
+        Strategy::CopyRange => 5,
+        Strategy::Sendfile => 6,
     }
 }
 

@@ -21,11 +21,12 @@ use super::counters::strategy_index;
 use super::publish::Publisher;
 use super::rate::{GroupKey, TokenBucket};
 use super::shares::unqueue;
-use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS};
+use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS, RESOURCES};
 use crate::io::buffer_pool::BufRef;
 use crate::io::ops::{Op, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
+use crate::transfer::copy_range::{CopyRefusals, RangeCopy};
 use crate::transfer::reflink::{CloneRefusals, ReflinkCopy};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::step::CopyStep;
@@ -45,6 +46,8 @@ pub(super) struct Jobs {
     pub next_id: u64,
     /// File systems that refused a clone (reflink.rs).
     pub clone_refusals: CloneRefusals,
+    /// Pairs of file systems copy_file_range refused (copy_range.rs).
+    pub copy_refusals: CopyRefusals,
 }
 
 impl Jobs {
@@ -56,6 +59,7 @@ impl Jobs {
             recent: VecDeque::with_capacity(RECENT_JOBS),
             next_id: 1,
             clone_refusals: CloneRefusals::default(),
+            copy_refusals: CopyRefusals::default(),
         }
     }
 }
@@ -136,8 +140,8 @@ pub(super) struct Job {
     pub queued: bool,
     pub queued_for: Resource,
     pub queue_seq: u64,
-    /// Pipes (index 0) and buffers (index 1) lent to it now.
-    pub held: [usize; 2],
+    /// Pipes, buffers and pieces (by `Resource`) lent to it now.
+    pub held: [usize; RESOURCES],
     /// When it last moved a byte or, holding nothing, got a slot: a job
     /// holding slots that has not moved for a while has stalled.
     pub moved_at: Instant,
@@ -198,7 +202,8 @@ impl Job {
             (_, Phase::Verify) => Resource::Buffer,
             (Mover::Splice(_), _) => Resource::Pipe,
             (Mover::Buffered(_), _) => Resource::Buffer,
-            // A clone holds neither; it never queues for one.
+            (Mover::CopyRange(_), _) => Resource::Piece,
+            // A clone holds none; it never queues for one.
             (Mover::Reflink(_), _) => Resource::Pipe,
         }
     }
@@ -206,7 +211,9 @@ impl Job {
     /// Whether the job would use another slot now.
     pub(super) fn wants_slot(&self) -> bool {
         match self.phase {
-            Phase::Copy => self.copy.wants_pipe() || self.copy.wants_buffer(),
+            Phase::Copy => {
+                self.copy.wants_pipe() || self.copy.wants_buffer() || self.copy.wants_piece()
+            }
             Phase::Sync | Phase::Truncate | Phase::Publish => false,
             Phase::Verify => self.verifier.as_ref().is_some_and(Verifier::wants_buffer),
         }
@@ -279,6 +286,9 @@ fn mover(ends: Rc<Endpoints>, shape: Shape, choice: Choice, pools: MoverPools) -
         },
         Strategy::Uncached => IoMode::Uncached,
         Strategy::Buffered => IoMode::Buffered,
+        Strategy::CopyRange | Strategy::Sendfile => {
+            return Mover::CopyRange(RangeCopy::new(ends, shape))
+        }
         Strategy::Auto | Strategy::Splice | Strategy::Reflink => {
             return Mover::Splice(SpliceCopy::new(ends, shape, pools.chunks_per_job))
         }
@@ -356,7 +366,7 @@ impl Job {
             queued: false,
             queued_for: Resource::Pipe,
             queue_seq: 0,
-            held: [0, 0],
+            held: [0; RESOURCES],
             moved_at: now,
             priority: spec.priority,
             detach: spec.detach,
@@ -385,6 +395,15 @@ impl Job {
             publish,
             fsize_limit: spec.fsize_limit,
         }
+    }
+}
+
+/// The note of a job that fell back: what it said so far, then why it
+/// went on with another rung, so the note tells the whole way down.
+fn then(note: Option<String>, why: String) -> String {
+    match note {
+        Some(note) => format!("{note}; {why}"),
+        None => format!("auto: {why}"),
     }
 }
 
@@ -499,6 +518,7 @@ impl Engine {
         };
         if let [Ok(src), Ok(dst)] = &stated.stats {
             cx.clone_refused = self.jobs.clone_refusals.known(src.dev, dst.dev);
+            cx.choice.copy_refused = self.jobs.copy_refusals.known(src.dev, dst.dev);
         }
         let req = stated.submit.req;
         let decided = spec::spec(
@@ -536,6 +556,7 @@ impl Engine {
                 direct_threshold: self.config.direct_threshold,
                 have_buffers: self.slots.buffers.total() > 0,
                 buffer_size: self.slots.buffers.buffer_size() as u64,
+                copy_refused: None,
             },
             acknowledge,
             clone_refused: false,
@@ -718,12 +739,14 @@ impl Engine {
         if !self.slots.returned.is_empty() {
             // Counted by what came back, not by what the job uses now: a job
             // that just moved on to verification returns pipes but uses buffers.
-            let mut back = [0usize; 2];
+            let mut back = [0usize; RESOURCES];
             for r in &self.slots.returned {
-                match r {
-                    Returned::Buffer(_) => back[Resource::Buffer as usize] += 1,
-                    Returned::Clean(_) | Returned::Dirty(_) => back[Resource::Pipe as usize] += 1,
-                }
+                let r = match r {
+                    Returned::Buffer(_) => Resource::Buffer,
+                    Returned::Clean(_) | Returned::Dirty(_) => Resource::Pipe,
+                    Returned::Piece(_) => Resource::Piece,
+                };
+                back[r as usize] += 1;
             }
             self.slots_returned(k, back);
         }
@@ -767,53 +790,121 @@ impl Engine {
         self.report_progress(k);
     }
 
-    /// An `auto` job whose source refused splice (EINVAL: procfs files
-    /// without splice_read, /dev/null) before any byte moved goes on with
-    /// buffered read() and write(), the ladder's next rung; the note says so.
+    /// A job whose strategy refused its files before any byte moved goes
+    /// on with the ladder's next rung, and the note says so: a refused
+    /// clone with the choice admission made, a refused copy_file_range or
+    /// sendfile with splice, a source that refuses splice with buffered.
     fn fall_back(&mut self, k: usize) {
-        let have_buffers = self.slots.buffers.total() > 0;
-        let (fixed, per_job) = (self.slots.buffers.registered(), self.config.buffers_per_job);
+        match self.jobs.slab.get(k).map(|j| (&j.copy, j.phase)) {
+            Some((Mover::Reflink(_), Phase::Copy)) => self.fall_back_from_clone(k),
+            Some((Mover::CopyRange(_), Phase::Copy)) => self.fall_back_from_copy_range(k),
+            Some((Mover::Splice(_), Phase::Copy)) => self.fall_back_from_splice(k),
+            _ => {}
+        }
+    }
+
+    fn mover_pools(&self) -> MoverPools {
+        MoverPools {
+            fixed_buffers: self.slots.buffers.registered(),
+            buffers_per_job: self.config.buffers_per_job,
+            chunks_per_job: self.config.chunks_per_job,
+        }
+    }
+
+    /// An `auto` job whose clone was refused goes on with the choice
+    /// admission made for it.
+    fn fall_back_from_clone(&mut self, k: usize) {
+        let pools = self.mover_pools();
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
-        if let Mover::Reflink(c) = &mut job.copy {
-            if job.phase != Phase::Copy {
-                return;
-            }
-            let Some(back) = c.fall_back() else {
-                return;
-            };
-            if let Some((src, dst)) = job.devices {
-                self.jobs.clone_refusals.learn(back.errno, src, dst);
-            }
-            let mut choice = back.choice;
-            let pools = MoverPools {
-                fixed_buffers: fixed,
-                buffers_per_job: per_job,
-                chunks_per_job: self.config.chunks_per_job,
-            };
-            let then = choice
-                .note
-                .take()
-                .unwrap_or_else(|| format!("the {} strategy", choice.strategy));
-            let why = format!(
-                "auto: no clone ({}), so {}",
-                crate::transfer::reflink::refusal(back.errno),
-                then.strip_prefix("auto: ").unwrap_or(&then)
-            );
-            job.copy = mover(back.ends, back.shape, choice, pools);
-            if let Some(piece) = back.piece_limit {
-                job.copy.set_piece_limit(piece);
-            }
-            if back.checksum_source {
-                job.copy.checksum_source();
-            }
-            debug!(job = job.id, "{why}");
-            job.note = Some(why);
-            let io = &mut self.io;
-            job.copy.start(Owner::Job(k), io);
+        let Mover::Reflink(c) = &mut job.copy else {
             return;
+        };
+        let Some(back) = c.fall_back() else {
+            return;
+        };
+        if let Some((src, dst)) = job.devices {
+            self.jobs.clone_refusals.learn(back.errno, src, dst);
         }
+        let mut choice = back.choice;
+        let then = choice
+            .note
+            .take()
+            .unwrap_or_else(|| format!("the {} strategy", choice.strategy));
+        let why = format!(
+            "auto: no clone ({}), so {}",
+            crate::transfer::reflink::refusal(back.errno),
+            then.strip_prefix("auto: ").unwrap_or(&then)
+        );
+        job.copy = mover(back.ends, back.shape, choice, pools);
+        if let Some(piece) = back.piece_limit {
+            job.copy.set_piece_limit(piece);
+        }
+        if back.checksum_source {
+            job.copy.checksum_source();
+        }
+        debug!(job = job.id, "{why}");
+        job.note = Some(why);
+        let io = &mut self.io;
+        job.copy.start(Owner::Job(k), io);
+    }
+
+    /// An `auto` job whose files copy_file_range (or sendfile) refused
+    /// before any byte moved (different file systems: EXDEV; EOPNOTSUPP,
+    /// EINVAL, ENOSYS, EBADF) goes on with splice; the pair of file systems
+    /// is remembered, so later jobs between them splice at once.
+    fn fall_back_from_copy_range(&mut self, k: usize) {
+        let chunks = self.config.chunks_per_job;
+        let global = self.slots.global_bucket.as_ref().map(TokenBucket::piece);
+        let Some(job) = self.jobs.slab.get_mut(k) else {
+            return;
+        };
+        let Mover::CopyRange(c) = &job.copy else {
+            return;
+        };
+        let errno = match c.refused() {
+            Some(errno) if job.auto && c.is_finished() => errno,
+            _ => return,
+        };
+        let syscall = if c.sends() {
+            "sendfile"
+        } else {
+            if let Some((src, dst)) = job.devices {
+                self.jobs.copy_refusals.learn(errno, src, dst);
+            }
+            "copy_file_range"
+        };
+        let why = then(
+            job.note.take(),
+            format!(
+                "{syscall} refused ({}), so splice",
+                crate::transfer::copy_range::refusal_reason(errno)
+            ),
+        );
+        job.copy = Mover::Splice(SpliceCopy::new(c.endpoints(), c.shape(), chunks));
+        let piece = job.bucket.as_ref().map(TokenBucket::piece).into_iter();
+        if let Some(piece) = piece.chain(global).min() {
+            job.copy.set_piece_limit(piece);
+        }
+        debug!(job = job.id, "{why}");
+        job.note = Some(why);
+        // An entry left in the piece queue is stale: the job queues again,
+        // for a pipe.
+        unqueue(job, &mut self.slots.users);
+        let io = &mut self.io;
+        job.copy.start(Owner::Job(k), io);
+    }
+
+    /// An `auto` job whose source refused splice (EINVAL: procfs files
+    /// without splice_read, /dev/null) before any byte moved goes on with
+    /// buffered read() and write().
+    fn fall_back_from_splice(&mut self, k: usize) {
+        let have_buffers = self.slots.buffers.total() > 0;
+        let pools = self.mover_pools();
+        let Some(job) = self.jobs.slab.get_mut(k) else {
+            return;
+        };
         let Mover::Splice(c) = &job.copy else {
             return;
         };
@@ -824,9 +915,12 @@ impl Engine {
         if !have_buffers || ends.dst_kind != FdKind::File {
             return;
         }
-        let why = format!(
-            "auto: the source {} refuses splice (EINVAL), so read() and write() through a buffer (buffered)",
-            ends.src_kind
+        let why = then(
+            job.note.take(),
+            format!(
+                "the source {} refuses splice (EINVAL), so read() and write() through a buffer (buffered)",
+                ends.src_kind
+            ),
         );
         let shape = c.shape();
         let orig = shape.dst_size;
@@ -834,8 +928,8 @@ impl Engine {
             ends,
             shape,
             IoMode::Buffered,
-            fixed,
-            per_job,
+            pools.fixed_buffers,
+            pools.buffers_per_job,
             orig,
             Vec::new(),
         ));

@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::io::buffer_pool::{self, BufferPool};
 use crate::io::ops::{OpTable, Owner, CANCEL_USER_DATA};
+use crate::io::piece_pool::{PiecePool, PIECES};
 use crate::io::pipe_pool::{self, PipePool};
 use crate::io::ring::Ring;
 use crate::io::Io;
@@ -121,9 +122,10 @@ impl EngineConfig {
         // destination, at most 64 MiB) is too small to be worth the wait;
         // above it the footprint grows with the file and direct wins.
         direct_threshold: 32 << 20,
-        // Both pools in full (32 pipes + 32 buffers): the cap matters when
-        // the pools are made larger than the ring and io-wq should carry.
-        max_inflight: 64,
+        // Every pool in full (32 pipes + 32 buffers + 8 worker pieces):
+        // the cap matters when the pools are made larger than the ring and
+        // io-wq should carry.
+        max_inflight: 72,
         rate_limit: None,
         // A quarter of --max-jobs (and never more, see `user_job_cap`): one
         // or two users cannot take every job slot.
@@ -305,7 +307,7 @@ impl Engine {
             io: Io { ring, ops },
             sessions: sessions::Sessions::new(),
             jobs: jobs::Jobs::new(),
-            slots: slots::Slots::new(&config, pipes, buffers),
+            slots: slots::Slots::new(&config, pipes, buffers, PiecePool::new(PIECES)),
             timers: timers::Timers::default(),
             counters: counters::Counters::new(),
             closing: fd_closer::Closing::new(),
@@ -437,9 +439,18 @@ impl Drop for Engine {
     }
 }
 
-/// The two kinds of pool resource jobs borrow.
+/// The kinds of pool resource jobs borrow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resource {
     Pipe = 0,
     Buffer = 1,
+    /// A worker piece: one copy_file_range or sendfile in flight.
+    Piece = 2,
 }
+
+impl Resource {
+    const ALL: [Resource; RESOURCES] = [Resource::Pipe, Resource::Buffer, Resource::Piece];
+}
+
+/// How many kinds of resource there are: the length of every per-kind count.
+const RESOURCES: usize = 3;

@@ -23,7 +23,7 @@ use tracing::{debug, error};
 
 use super::jobs::Job;
 use super::scheduler::Group;
-use super::{Engine, Resource};
+use super::{Engine, Resource, RESOURCES};
 use crate::io::ops::Owner;
 use crate::transfer::{Mover, TransferError};
 
@@ -46,10 +46,10 @@ const MAX_SCALE: usize = 1 << 16;
 pub(super) struct Usage {
     pub jobs: usize,
     pub bytes: u64,
-    /// Pipes (index 0) and buffers (index 1) its jobs hold.
-    pub held: [usize; 2],
-    /// Its jobs with a live entry in the pipe or buffer queue.
-    pub queued: [usize; 2],
+    /// Pipes, buffers and pieces (by `Resource`) its jobs hold.
+    pub held: [usize; RESOURCES],
+    /// Its jobs with a live entry in each queue.
+    pub queued: [usize; RESOURCES],
     /// Its parked waiters' group in the fair queues.
     pub group: usize,
     /// Its jobs holding or waiting for a slot: each advances its virtual
@@ -63,11 +63,11 @@ impl Usage {
     }
 
     fn active(&self) -> bool {
-        self.wants(0) || self.wants(1)
+        (0..RESOURCES).any(|r| self.wants(r))
     }
 
     fn waiting(&self) -> bool {
-        self.queued[0] > 0 || self.queued[1] > 0
+        self.queued.iter().any(|&q| q > 0)
     }
 }
 
@@ -76,9 +76,9 @@ impl Usage {
 pub(super) struct Users {
     map: HashMap<u32, Usage>,
     /// Users holding or waiting for a slot of each pool.
-    wanting: [usize; 2],
+    wanting: [usize; RESOURCES],
     /// Users with a job waiting for a slot of each pool.
-    waiting: [usize; 2],
+    waiting: [usize; RESOURCES],
     /// Users holding or waiting for any slot, and waiting for any.
     active: usize,
     waiting_any: usize,
@@ -143,7 +143,7 @@ impl Users {
                 *n = n.saturating_add_signed(sign);
             }
         };
-        for r in 0..2 {
+        for r in 0..RESOURCES {
             step(&mut self.wanting[r], u.wants(r));
             step(&mut self.waiting[r], u.queued[r] > 0);
         }
@@ -224,7 +224,7 @@ pub(super) fn unqueue(job: &mut Job, users: &mut Users) {
 
 /// Whether a job holds or waits for a slot.
 pub(super) fn wanting(job: &Job) -> bool {
-    job.queued || job.held != [0, 0]
+    job.queued || job.held != [0; RESOURCES]
 }
 
 impl Engine {
@@ -252,8 +252,8 @@ impl Engine {
             return true;
         }
         let cap = self.config.max_inflight;
-        cap < self.slots.pipes.total() + self.slots.buffers.total()
-            && u.held[0] + u.held[1] >= self.slots.users.share(cap, None) + slack
+        cap < self.slots.all_slots()
+            && u.held.iter().sum::<usize>() >= self.slots.users.share(cap, None) + slack
             && self.slots.users.others_waiting(uid, None)
     }
 
@@ -277,7 +277,7 @@ impl Engine {
         let Some(u) = self.slots.users.get(&uid).copied() else {
             return;
         };
-        for r in [Resource::Pipe, Resource::Buffer] {
+        for r in Resource::ALL {
             let ri = r as usize;
             let group = Group::User(u.group);
             if self.slots.queues[ri].parked(group) == 0 {
@@ -307,7 +307,7 @@ impl Engine {
     /// any waiter came back.
     pub(super) fn unpark_idle_users(&mut self) -> bool {
         let mut moved = false;
-        for r in [Resource::Pipe, Resource::Buffer] {
+        for r in Resource::ALL {
             let ri = r as usize;
             if self.slots.idle(r) == 0 || self.first_waiter(r).is_some() {
                 continue;
@@ -357,13 +357,13 @@ impl Engine {
         // What each user holds, less what this pass already took back (a
         // failed job gives some back at once, a reclaimed one later: counted
         // here when asked for, so neither is counted twice).
-        let mut left: HashMap<u32, [usize; 2]> = HashMap::new();
+        let mut left: HashMap<u32, [usize; RESOURCES]> = HashMap::new();
         let stalled: Vec<usize> = self
             .jobs
             .slab
             .iter()
             .filter(|(_, j)| {
-                j.held != [0, 0]
+                j.held != [0; RESOURCES]
                     && j.phase == super::jobs::Phase::Copy
                     && now.saturating_duration_since(j.moved_at) >= STALL_AFTER
             })
@@ -378,7 +378,7 @@ impl Engine {
                 continue;
             };
             let user_left = *left.entry(uid).or_insert(u.held);
-            let over = [Resource::Pipe, Resource::Buffer].into_iter().any(|r| {
+            let over = Resource::ALL.into_iter().any(|r| {
                 let ri = r as usize;
                 let share = self.slots.users.share(self.slots.pool_total(r), Some(r));
                 held[ri] > 0
@@ -391,8 +391,9 @@ impl Engine {
             let stalled_for = now.saturating_duration_since(job.moved_at);
             if self.reclaim_job(k, stalled_for) {
                 if let Some(l) = left.get_mut(&uid) {
-                    l[0] = l[0].saturating_sub(held[0]);
-                    l[1] = l[1].saturating_sub(held[1]);
+                    for (l, h) in l.iter_mut().zip(held) {
+                        *l = l.saturating_sub(h);
+                    }
                 }
             }
         }
@@ -408,6 +409,7 @@ impl Engine {
         let io = &mut self.io;
         let taken = match &mut job.copy {
             Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
+            Mover::CopyRange(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
             Mover::Buffered(_) | Mover::Reflink(_) => false,
         };
         if taken {
@@ -415,7 +417,7 @@ impl Engine {
                 job = id,
                 uid,
                 ?stalled_for,
-                "stalled while another user waits: its pipes go back and its bytes in flight will be read again"
+                "stalled while another user waits: its pipes or pieces go back and its bytes in flight will be read again"
             );
             self.after_job_step(k);
             return true;
@@ -433,6 +435,8 @@ impl Engine {
             Mover::Splice(_) => "its bytes in the pipe cannot be read again from the source",
             Mover::Buffered(_) => "a job moving bytes through buffers cannot hand them back",
             Mover::Reflink(_) => "a clone cannot be taken back",
+            // Its pieces came back only if none was in flight to cancel.
+            Mover::CopyRange(_) => "its copies in flight did not come back",
         };
         let dst = job.copy.endpoints().map_or_else(
             || "destination".to_string(),

@@ -12,9 +12,10 @@ use super::jobs::Shared;
 use super::rate::{GroupKey, RateGroups, TokenBucket};
 use super::scheduler::{should_yield, FairQueue, Group, Waiter};
 use super::shares::{unqueue, wanting, Users};
-use super::{Engine, EngineConfig, Resource};
+use super::{Engine, EngineConfig, Resource, RESOURCES};
 use crate::io::buffer_pool::BufferPool;
 use crate::io::ops::Owner;
+use crate::io::piece_pool::PiecePool;
 use crate::io::pipe_pool::PipePool;
 use crate::transfer::splice::Returned;
 use crate::transfer::TransferError;
@@ -30,8 +31,10 @@ pub(super) struct Slots {
     /// Declared after `Engine::io`, so the ring (which has the buffers
     /// registered) is closed before their memory is freed.
     pub buffers: BufferPool,
-    /// Jobs waiting for a pipe (index 0) or a buffer (index 1).
-    pub queues: [FairQueue; 2],
+    /// Worker pieces (copy_file_range, sendfile in flight).
+    pub pieces: PiecePool,
+    /// Jobs waiting for a pipe, a buffer or a piece (by `Resource`).
+    pub queues: [FairQueue; RESOURCES],
     /// Jobs parked until their rate limits allow more.
     pub throttled: Vec<usize>,
     /// The daemon-wide rate limit.
@@ -46,14 +49,19 @@ pub(super) struct Slots {
 }
 
 impl Slots {
-    pub(super) fn new(config: &EngineConfig, pipes: PipePool, buffers: BufferPool) -> Slots {
+    pub(super) fn new(
+        config: &EngineConfig,
+        pipes: PipePool,
+        buffers: BufferPool,
+        pieces: PiecePool,
+    ) -> Slots {
+        let n = RESOURCES as u64;
         Slots {
             pipes,
             buffers,
-            queues: [
-                FairQueue::with_capacity(config.max_jobs * 2, 0, 2),
-                FairQueue::with_capacity(config.max_jobs * 2, 1, 2),
-            ],
+            pieces,
+            queues: Resource::ALL
+                .map(|r| FairQueue::with_capacity(config.max_jobs * 2, r as u64, n)),
             throttled: Vec::with_capacity(64),
             global_bucket: config
                 .rate_limit
@@ -81,6 +89,7 @@ impl Slots {
         match r {
             Resource::Pipe => self.pipes.idle(),
             Resource::Buffer => self.buffers.idle(),
+            Resource::Piece => self.pieces.idle(),
         }
     }
 
@@ -88,12 +97,21 @@ impl Slots {
         match r {
             Resource::Pipe => self.pipes.total(),
             Resource::Buffer => self.buffers.total(),
+            Resource::Piece => self.pieces.total(),
         }
     }
 
     /// Slots lent now, each carrying one operation in flight.
     pub(super) fn lent(&self) -> usize {
-        (self.pipes.total() - self.pipes.idle()) + (self.buffers.total() - self.buffers.idle())
+        Resource::ALL
+            .iter()
+            .map(|&r| self.pool_total(r) - self.idle(r))
+            .sum()
+    }
+
+    /// All slots of every pool.
+    pub(super) fn all_slots(&self) -> usize {
+        Resource::ALL.iter().map(|&r| self.pool_total(r)).sum()
     }
 
     /// The last job of `uid` ended: its parking group goes to the next user.
@@ -110,6 +128,7 @@ impl Slots {
         for returned in self.returned.drain(..) {
             match returned {
                 Returned::Buffer(buf) => self.buffers.give_back(buf),
+                Returned::Piece(piece) => self.pieces.give_back(piece),
                 Returned::Clean(pipe) => self.pipes.give_back(pipe),
                 Returned::Dirty(pipe) => {
                     if let Some(e) = self.pipes.discard(pipe) {
@@ -200,19 +219,20 @@ impl Engine {
         if should_yield(vtime, priority, self.first_parked_sibling(k, r)) {
             return true;
         }
-        // When the global cap binds, the other pool's waiters compete for
+        // When the global cap binds, the other pools' waiters compete for
         // the same operations in flight.
         if self.slots.lent() >= self.config.max_inflight {
-            let other = match r {
-                Resource::Pipe => Resource::Buffer,
-                Resource::Buffer => Resource::Pipe,
-            };
-            return self.slots.idle(other) > 0
-                && should_yield(
-                    vtime,
-                    priority,
-                    self.first_waiter(other).filter(|w| w.key != k),
-                );
+            for other in Resource::ALL.into_iter().filter(|&o| o != r) {
+                if self.slots.idle(other) > 0
+                    && should_yield(
+                        vtime,
+                        priority,
+                        self.first_waiter(other).filter(|w| w.key != k),
+                    )
+                {
+                    return true;
+                }
+            }
         }
         false
     }
@@ -303,7 +323,7 @@ impl Engine {
     fn lend_pass(&mut self, now: Instant) {
         while self.slots.lent() < self.config.max_inflight {
             let mut pick: Option<(Resource, Waiter)> = None;
-            for r in [Resource::Pipe, Resource::Buffer] {
+            for r in Resource::ALL {
                 if self.slots.idle(r) == 0 {
                     continue;
                 }
@@ -370,9 +390,10 @@ impl Engine {
         })
     }
 
-    /// Job `k` gave back `back` pipes and buffers: its, its connection's and
-    /// its user's counts go down, and waiters parked behind them may go on.
-    pub(super) fn slots_returned(&mut self, k: usize, back: [usize; 2]) {
+    /// Job `k` gave back `back` pipes, buffers and pieces: its, its
+    /// connection's and its user's counts go down, and waiters parked
+    /// behind them may go on.
+    pub(super) fn slots_returned(&mut self, k: usize, back: [usize; RESOURCES]) {
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
@@ -383,13 +404,13 @@ impl Engine {
             if let Some(session) = job.session.and_then(|sk| self.sessions.slab.get_mut(sk)) {
                 session.held[ri] -= n.min(session.held[ri]);
             }
-            let r = [Resource::Pipe, Resource::Buffer][ri];
+            let r = Resource::ALL[ri];
             self.slots.users.adjust(job.uid, r, -(n as isize), 0);
         }
         self.slots.users.job_wanting(job.uid, before, wanting(job));
         let (session, uid) = (job.session, job.uid);
         if let Some(sk) = session {
-            for r in [Resource::Pipe, Resource::Buffer] {
+            for r in Resource::ALL {
                 if back[r as usize] > 0 {
                     self.unpark(sk, r);
                 }
@@ -427,7 +448,7 @@ impl Engine {
         if let Some(session) = job.session.and_then(|sk| self.sessions.slab.get_mut(sk)) {
             session.held[ri] += 1;
         }
-        if job.held == [0, 0] {
+        if job.held == [0; RESOURCES] {
             // A stall is measured from when it last moved or got a slot.
             job.moved_at = Instant::now();
         }
@@ -453,6 +474,12 @@ impl Engine {
                                 .add_buffer(buf, Owner::Job(k), io, &mut self.slots.returned)
                         }
                     }
+                }
+            }
+            Resource::Piece => {
+                if let Some(piece) = self.slots.pieces.take() {
+                    job.copy
+                        .add_piece(piece, Owner::Job(k), io, &mut self.slots.returned);
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! The I/O layer: the ring (io_uring, or the threads back end in its place),
 //! the typed operations (op/), the table of operations in flight, the
-//! queueing of operations, and the pools of pipes and buffers they lend. It
-//! imports nothing from the layers above it (engine, transfer, server,
-//! settings): completions are routed by `Owner` and an opaque tag the owner
-//! chose, and what an owner makes of them is the owner's business.
+//! queueing of operations, and the pools of pipes, buffers and worker
+//! pieces they lend. It imports nothing from the layers above it (engine,
+//! transfer, server, settings): completions are routed by `Owner` and an
+//! opaque tag the owner chose, and what an owner makes of them is the
+//! owner's business.
 
 pub(crate) mod buffer_pool;
 pub(crate) mod errno;
@@ -11,6 +12,7 @@ pub(crate) mod fd;
 pub(crate) mod op;
 pub(crate) mod opcodes;
 pub(crate) mod ops;
+pub(crate) mod piece_pool;
 pub(crate) mod pipe_pool;
 pub(crate) mod queue;
 pub(crate) mod ring;

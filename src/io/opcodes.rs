@@ -138,10 +138,12 @@ pub(crate) fn allowed(code: u8) -> bool {
 }
 
 /// Whether `code` is one of the engine's operations that io_uring has no
-/// opcode for (FICLONE, the SEEK_DATA/SEEK_HOLE map): a worker runs it
-/// under either back end.
+/// opcode for (FICLONE, the SEEK_DATA/SEEK_HOLE map; copy_file_range and
+/// sendfile): a worker runs it under either back end.
 pub(crate) fn on_workers(code: u8) -> bool {
-    code == super::op::ficlone::CODE || code == super::op::data_map::CODE
+    code == super::op::ficlone::CODE
+        || code == super::op::data_map::CODE
+        || code == super::op::copy_range::CODE
 }
 
 #[cfg(test)]

@@ -49,10 +49,10 @@ pub struct Ring {
 /// op table key (slab keys stay far below it) nor CANCEL_USER_DATA.
 const SIDE_WAKE: u64 = u64::MAX - 1;
 
-/// A small worker pool next to the io_uring ring, for the operations
-/// io_uring cannot run (FICLONE): the threads back end's own ring, whose
-/// workers run the blocking call and post its completion on a channel,
-/// then write an eventfd. The ring keeps a one-shot poll on that eventfd,
+/// A worker pool next to the io_uring ring, for the operations io_uring
+/// cannot run (FICLONE, copy_file_range, sendfile): the threads back end's
+/// own ring, whose workers run the blocking call and post its completion
+/// on a channel, then write an eventfd. The ring keeps a one-shot poll on that eventfd,
 /// so a loop waiting in io_uring_enter wakes up; `reap` then hands the
 /// pool's completions out with the kernel's, and the loop dispatches them
 /// exactly alike (the op table keeps each operation until then).
@@ -66,17 +66,21 @@ struct SidePool {
     personalities: std::collections::HashMap<u16, u16>,
 }
 
-/// Few operations go to the side pool, one at a time per job.
+/// Entries the side pool takes per submission: each push is started at
+/// once, so this never fills.
 const SIDE_ENTRIES: u32 = 64;
 /// Its threads, all made with the ring (before the daemon says it is
-/// ready, so none appears while it runs). A clone is disk work, never a
-/// wait on a peer, so more clones than this wait their turn.
-const SIDE_WORKERS: usize = 2;
+/// ready, so none appears while it runs): one per worker piece (a
+/// copy_file_range or sendfile in flight, lent like pipes, so no more can
+/// be in flight than there are threads for them, and a sendfile blocked
+/// on a peer that does not read holds up no other job's piece), and two
+/// for clones, which are disk work and otherwise wait their turn.
+const SIDE_WORKERS: usize = super::piece_pool::PIECES + 2;
 
 impl SidePool {
     fn new() -> Result<SidePool, EngineError> {
         Ok(SidePool {
-            ring: ThreadRing::with_workers(SIDE_ENTRIES, SIDE_WORKERS)
+            ring: ThreadRing::with_workers(SIDE_ENTRIES, SIDE_WORKERS, SIDE_WORKERS)
                 .map_err(EngineError::Threads)?,
             in_flight: Vec::with_capacity(16),
             armed: false,
@@ -94,7 +98,28 @@ impl SidePool {
                 self.in_flight.push(d.user_data);
             }
             self.ring.submit(0);
+            if self.ring.has_ready() {
+                // Completed here, not by a worker (a cancel took back a
+                // piece no worker had started): no worker writes the
+                // eventfd for it, so this does, or a loop waiting in
+                // io_uring_enter for it would wait for ever.
+                self.poke();
+            }
         }
+    }
+
+    /// Makes the ring's poll on the eventfd fire.
+    fn poke(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to the pool's own
+        // eventfd; it cannot block before the counter nears 2^64.
+        unsafe {
+            libc::write(
+                self.ring.wake_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
     }
 
     /// Moves the pool's ready completions into `out`.
@@ -603,6 +628,56 @@ mod tests {
                 "{kind:?}: {r}"
             );
         }
+    }
+
+    #[test]
+    fn a_cancel_that_takes_back_work_no_worker_started_wakes_the_ring() {
+        // Cancelled at once, a piece is often still on the pool's channel:
+        // the pool completes it itself, and the ring waiting in
+        // io_uring_enter must hear of it. Under a watchdog: the bug was a
+        // wait for ever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![7u8; 1 << 16]).expect("write");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open");
+            let fd = std::rc::Rc::new(std::os::fd::OwnedFd::from(file));
+            let mut ring = Ring::new(8, EngineKind::Uring).expect("ring");
+            for round in 0..50u64 {
+                let mut op = crate::io::op::CopyRange::new(
+                    crate::io::op::copy_range::Kind::CopyFileRange,
+                    crate::io::fd::SharedFd::owned(&fd),
+                    crate::io::fd::SharedFd::owned(&fd),
+                    (0, 1 << 16),
+                    1 << 16,
+                );
+                let mut cancel = crate::io::op::Cancel::new(round);
+                // SAFETY: the op (its descriptors and offsets) lives until
+                // its completion is reaped below; a cancel points at nothing.
+                unsafe {
+                    ring.push(&mut op, round, squeue::Flags::empty(), 0)
+                        .expect("push");
+                    ring.push(&mut cancel, u64::MAX, squeue::Flags::empty(), 0)
+                        .expect("push cancel");
+                }
+                let mut got = Vec::new();
+                while !got.iter().any(|c: &Cqe| c.user_data == round) {
+                    ring.submit(1).expect("submit");
+                    ring.reap(&mut got);
+                }
+            }
+            let _ = tx.send(());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(
+            done.is_ok(),
+            "the ring waited for a completion the pool had made itself"
+        );
     }
 
     fn refuses_operations_the_engine_does_not_use(kind: EngineKind) {

@@ -196,8 +196,9 @@ pub(crate) struct Session {
     /// The client shut down its sending side but may still read: its jobs
     /// run on, and the session closes when they end or the client hangs up.
     pub half_closed: bool,
-    /// Pipes (index 0) and buffers (index 1) lent to this connection's jobs now.
-    pub held: [usize; 2],
+    /// Pipes, buffers and worker pieces (index 0, 1, 2: the engine's
+    /// `Resource`) lent to this connection's jobs now.
+    pub held: [usize; 3],
     /// Job keys submitted on this connection and not yet finished.
     pub jobs: Vec<usize>,
     /// Bytes this connection's jobs still have to move (known lengths only).
@@ -224,7 +225,7 @@ impl Session {
             held_events: 0,
             closing: false,
             half_closed: false,
-            held: [0, 0],
+            held: [0; 3],
             jobs: Vec::new(),
             queued_bytes: 0,
             peer,

@@ -85,8 +85,8 @@ pub struct Args {
     /// in the page cache go direct (like nginx's directio, plus residency).
     #[arg(long, value_name = "SIZE", value_parser = by(&keys::DIRECT_THRESHOLD))]
     pub direct_threshold: Option<Value>,
-    /// Job I/O operations in flight at once across all jobs (each lent pipe or
-    /// buffer carries one).
+    /// Job I/O operations in flight at once across all jobs (each lent pipe,
+    /// buffer or worker piece carries one).
     #[arg(long, value_name = "N", value_parser = by(&keys::MAX_INFLIGHT))]
     pub max_inflight: Option<Value>,
     /// Bytes per second all jobs together may move (e.g. 100MiB; 0: no

@@ -7,6 +7,7 @@
 
 pub(crate) mod buffered;
 pub(crate) mod choose;
+pub(crate) mod copy_range;
 pub(crate) mod dio;
 pub(crate) mod errno;
 pub(crate) mod fsize;
@@ -27,9 +28,11 @@ use ringxfer_ipc::{FailureKind, Sparse, Strategy, SubmitRequest};
 use crate::io::buffer_pool::BufRef;
 use crate::io::fd::SharedFd;
 use crate::io::ops::Owner;
+use crate::io::piece_pool::Piece;
 use crate::io::pipe_pool::Pipe;
 use crate::io::Io;
 use buffered::BufferCopy;
+use copy_range::RangeCopy;
 use holes::{HolePlan, SrcAlloc};
 use reflink::ReflinkCopy;
 use splice::{Returned, SpliceCopy};
@@ -40,6 +43,8 @@ pub(crate) enum Mover {
     Buffered(BufferCopy),
     /// A clone, which borrows neither pipes nor buffers.
     Reflink(ReflinkCopy),
+    /// copy_file_range or sendfile on workers, which borrow worker pieces.
+    CopyRange(RangeCopy),
 }
 
 impl Mover {
@@ -48,6 +53,8 @@ impl Mover {
             Mover::Splice(_) => Strategy::Splice,
             Mover::Buffered(b) => b.strategy(),
             Mover::Reflink(_) => Strategy::Reflink,
+            Mover::CopyRange(c) if c.sends() => Strategy::Sendfile,
+            Mover::CopyRange(_) => Strategy::CopyRange,
         }
     }
 
@@ -56,6 +63,7 @@ impl Mover {
             Mover::Splice(c) => c.start(owner, io),
             Mover::Buffered(c) => c.start(owner, io),
             Mover::Reflink(c) => c.start(owner, io),
+            Mover::CopyRange(c) => c.start(owner, io),
         }
     }
 
@@ -67,6 +75,10 @@ impl Mover {
         matches!(self, Mover::Buffered(c) if c.wants_buffer())
     }
 
+    pub(crate) fn wants_piece(&self) -> bool {
+        matches!(self, Mover::CopyRange(c) if c.wants_piece())
+    }
+
     pub(crate) fn add_pipe(
         &mut self,
         pipe: Rc<Pipe>,
@@ -76,7 +88,9 @@ impl Mover {
     ) {
         match self {
             Mover::Splice(c) => c.lend(pipe, owner, io, false, out),
-            Mover::Buffered(_) | Mover::Reflink(_) => out.push(Returned::Clean(pipe)),
+            Mover::Buffered(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
+                out.push(Returned::Clean(pipe))
+            }
         }
     }
 
@@ -89,7 +103,24 @@ impl Mover {
     ) {
         match self {
             Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
-            Mover::Splice(_) | Mover::Reflink(_) => out.push(Returned::Buffer(buf)),
+            Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
+                out.push(Returned::Buffer(buf))
+            }
+        }
+    }
+
+    pub(crate) fn add_piece(
+        &mut self,
+        piece: Piece,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
+        match self {
+            Mover::CopyRange(c) => c.lend(piece, owner, io, false, out),
+            Mover::Splice(_) | Mover::Buffered(_) | Mover::Reflink(_) => {
+                out.push(Returned::Piece(piece))
+            }
         }
     }
 
@@ -110,6 +141,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
             Mover::Buffered(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
+            Mover::CopyRange(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
             Mover::Reflink(c) => {
                 out.extend(buf.map(Returned::Buffer));
                 c.on_complete(result)
@@ -127,6 +159,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.fail(err, owner, io, out),
             Mover::Buffered(c) => c.fail(err, owner, io, out),
+            Mover::CopyRange(c) => c.fail(err, owner, io, out),
             Mover::Reflink(c) => c.fail(err, io),
         }
     }
@@ -135,6 +168,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.is_finished(),
             Mover::Buffered(c) => c.is_finished(),
+            Mover::CopyRange(c) => c.is_finished(),
             Mover::Reflink(c) => c.is_finished(),
         }
     }
@@ -143,6 +177,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.failure(),
             Mover::Buffered(c) => c.failure(),
+            Mover::CopyRange(c) => c.failure(),
             Mover::Reflink(c) => c.failure(),
         }
     }
@@ -151,6 +186,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.moved,
             Mover::Buffered(c) => c.moved,
+            Mover::CopyRange(c) => c.moved,
             Mover::Reflink(c) => c.moved,
         }
     }
@@ -161,6 +197,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.hole_bytes(),
             Mover::Buffered(c) => c.hole_bytes(),
+            Mover::CopyRange(c) => c.hole_bytes(),
             Mover::Reflink(_) => 0,
         }
     }
@@ -169,6 +206,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.total(),
             Mover::Buffered(c) => c.total(),
+            Mover::CopyRange(c) => c.total(),
             Mover::Reflink(c) => c.total(),
         }
     }
@@ -178,6 +216,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => Some(c.endpoints()),
             Mover::Buffered(c) => Some(c.endpoints()),
+            Mover::CopyRange(c) => Some(c.endpoints()),
             Mover::Reflink(c) => Some(c.endpoints()),
         }
     }
@@ -188,7 +227,7 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.checksum_source(),
             Mover::Reflink(c) => c.checksum_source(),
-            Mover::Splice(_) => {}
+            Mover::Splice(_) | Mover::CopyRange(_) => {}
         }
     }
 
@@ -196,7 +235,7 @@ impl Mover {
     pub(crate) fn source_checksum(&self) -> Option<u32> {
         match self {
             Mover::Buffered(c) => c.source_checksum(),
-            Mover::Splice(_) | Mover::Reflink(_) => None,
+            Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => None,
         }
     }
 
@@ -206,6 +245,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.set_piece_limit(bytes),
             Mover::Buffered(c) => c.set_piece_limit(bytes),
+            Mover::CopyRange(c) => c.set_piece_limit(bytes),
             // One operation whatever the size; kept for a fall back.
             Mover::Reflink(c) => c.set_piece_limit(bytes),
         }
@@ -215,6 +255,7 @@ impl Mover {
         match self {
             Mover::Splice(c) => c.into_endpoints(),
             Mover::Buffered(c) => c.into_endpoints(),
+            Mover::CopyRange(c) => c.into_endpoints(),
             Mover::Reflink(c) => c.into_endpoints(),
         }
     }

@@ -30,6 +30,8 @@ pub(crate) enum Returned {
     Dirty(Rc<Pipe>),
     /// A buffer whose last operation has completed.
     Buffer(BufRef),
+    /// A worker piece whose operation has completed (copy_range.rs).
+    Piece(crate::io::piece_pool::Piece),
 }
 
 /// One lent resource and the bytes it carries: what every strategy's chunk

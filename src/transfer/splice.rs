@@ -302,9 +302,11 @@ impl SpliceCopy {
     }
 
     /// Whether the job failed only because the source refused splice, with
-    /// nothing written: the read()+write() rung can take it over.
+    /// nothing written: the read()+write() rung can take it over. Nothing
+    /// was written when nothing was moved: a write linked behind a read
+    /// that failed is cancelled, and a write that fails writes nothing.
     pub(crate) fn source_refused(&self) -> bool {
-        self.s.source_refused && !self.touched && self.moved == self.holes.bytes
+        self.s.source_refused && self.moved == self.holes.bytes
     }
 
     /// Bytes the job will move, as far as is known: past a size hint, what
@@ -556,9 +558,7 @@ impl SpliceCopy {
             // A file does not say EAGAIN unless the client made it
             // non-blocking; the worker blocks in splice, so try again.
             Action::WaitReadable | Action::WaitWritable => Ok(()),
-            Action::Fail
-                if errno == libc::EINVAL && self.moved == self.holes.bytes && !self.touched =>
-            {
+            Action::Fail if errno == libc::EINVAL && self.moved == self.holes.bytes => {
                 self.s.source_refused = true;
                 Err(splice_refused(kind))
             }

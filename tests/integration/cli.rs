@@ -79,7 +79,7 @@ fn copy_through_the_daemon_json() {
     let v = one_json(&out);
     assert_eq!(v["engine"], "daemon", "{v}");
     assert_eq!(v["bytes"], data.len() as u64, "{v}");
-    assert_eq!(v["strategy"], "splice", "{v}");
+    assert_eq!(v["strategy"], "copy-range", "{v}");
     assert!(v.get("error").is_none_or(|e| e.is_null()), "{v}");
     assert_file_eq(&dst, &data);
 }

@@ -95,7 +95,7 @@ fn offset_and_length() {
         &src,
         &o,
         100_000 - 1234,
-        Strategy::Splice,
+        Strategy::CopyRange,
     );
     assert_bytes_eq(&got, &data[1234..], "offset only");
 

@@ -328,7 +328,7 @@ fn direct_unaligned_dest_offset_is_invalid_request() {
 }
 
 #[test]
-fn auto_with_unaligned_offset_falls_back_to_splice_with_a_note() {
+fn auto_with_unaligned_offset_falls_back_to_copy_range_with_a_note() {
     // Cold and over the threshold, so auto would go direct but for the offset.
     let d = Daemon::start_with(&["--direct-threshold", "1"]);
     let client = d.client();
@@ -346,7 +346,12 @@ fn auto_with_unaligned_offset_falls_back_to_splice_with_a_note() {
         wait(client.submit(s.as_fd(), t.as_fd(), &o).unwrap()),
         "auto with offset 1001",
     );
-    assert_eq!(c.strategy, Strategy::Splice, "strategy (note {:?})", c.note);
+    assert_eq!(
+        c.strategy,
+        Strategy::CopyRange,
+        "strategy (note {:?})",
+        c.note
+    );
     assert_note_mentions(&c, "align", "auto with offset 1001");
     assert_eq!(c.bytes, (data.len() - 1001) as u64);
     assert_file_eq(&dst, &data[1001..]);
@@ -706,7 +711,7 @@ fn auto_copies_a_small_file_through_a_buffer_and_says_why() {
     for (len, want) in [
         (4096, Strategy::Buffered),
         (64 << 10, Strategy::Buffered),
-        ((64 << 10) + 1, Strategy::Splice),
+        ((64 << 10) + 1, Strategy::CopyRange),
     ] {
         let (src, data) = make_file(dir.path(), &format!("src{len}"), len, 398);
         let dst = dir.path().join(format!("dst{len}"));
@@ -753,7 +758,7 @@ fn auto_sends_a_cold_large_file_direct() {
 }
 
 #[test]
-fn auto_sends_a_hot_large_file_through_splice() {
+fn auto_copies_a_hot_large_file_in_the_kernel() {
     let d = Daemon::start_with(&["--direct-threshold", "1048576"]);
     let client = d.client();
     let dir = tmpdir();
@@ -771,7 +776,12 @@ fn auto_sends_a_hot_large_file_through_splice() {
         "auto, hot 16 MiB",
     );
     eprintln!("auto, hot: {:?}, note {:?}", c.strategy, c.note);
-    assert_eq!(c.strategy, Strategy::Splice, "strategy (note {:?})", c.note);
+    assert_eq!(
+        c.strategy,
+        Strategy::CopyRange,
+        "strategy (note {:?})",
+        c.note
+    );
     assert_note_mentions(&c, "page cache", "auto, hot 16 MiB");
     assert_eq!(c.bytes, data.len() as u64);
     assert_file_eq(&dst, &data);

@@ -34,6 +34,9 @@ const TARGET: Duration = Duration::from_secs(1);
 const COPY_SOCKET: &str = "RINGXFER_TEST_FAIR_SOCKET";
 const COPY_SRC: &str = "RINGXFER_TEST_FAIR_SRC";
 const COPY_DST: &str = "RINGXFER_TEST_FAIR_DST";
+/// The strategy of the other user's copy (default splice: the tests that
+/// hold every pipe need it to want one).
+const COPY_STRATEGY: &str = "RINGXFER_TEST_FAIR_STRATEGY";
 
 /// Run by `a_stalled_users_jobs_do_not_starve_another_users_copy` as the
 /// other user (a no-op otherwise): copies `COPY_SRC` to `COPY_DST` through
@@ -50,11 +53,17 @@ fn other_user_copy() {
     let c = Client::connect(&socket).expect("other user: connect");
     let src = open_src(Path::new(&src));
     let dst = create_dst(Path::new(&dst));
+    let strategy = std::env::var(COPY_STRATEGY)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Strategy::Splice);
     let t0 = Instant::now();
+    let o = TransferOptions { strategy, ..opts() };
     let h = c
-        .submit(src.as_fd(), dst.as_fd(), &opts())
+        .submit(src.as_fd(), dst.as_fd(), &o)
         .expect("other user: submit");
     let done = completed(wait(h), "other user's copy");
+    assert_eq!(done.strategy, strategy, "the other user's copy");
     println!("copy-ms={} bytes={}", t0.elapsed().as_millis(), done.bytes);
 }
 
@@ -67,6 +76,15 @@ fn other_user_copy_ms(
     dst: &Path,
     dir: &Path,
 ) -> Result<u64, String> {
+    other_user_copy_with(exe, (socket, src, dst, dir), Strategy::Splice)
+}
+
+/// `other_user_copy_ms` with the copy's strategy.
+fn other_user_copy_with(
+    exe: &Path,
+    (socket, src, dst, dir): (&Path, &Path, &Path, &Path),
+    strategy: Strategy,
+) -> Result<u64, String> {
     let mut child = Command::new(exe)
         .args([
             "--exact",
@@ -78,6 +96,7 @@ fn other_user_copy_ms(
         .env(COPY_SOCKET, socket)
         .env(COPY_SRC, src)
         .env(COPY_DST, dst)
+        .env(COPY_STRATEGY, strategy.name())
         .uid(OTHER)
         .gid(OTHER)
         .current_dir(dir)
@@ -270,6 +289,81 @@ fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
         assert_eq!(done.bytes, STALLED_LEN as u64, "stalled job {i}");
         let got = t.join().unwrap().expect("read a stalled job's socket");
         assert_bytes_eq(&got, &bytes, &format!("what stalled job {i} delivered"));
+    }
+}
+
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn a_stalled_users_sendfile_jobs_give_their_pieces_to_another_users_copy() {
+    require_root("root to run a client as another user");
+    let s = setup();
+    let d = Daemon::start_at(Some(s.shared.path().join("rx.sock")), &[]);
+    open_socket_to_all(&d);
+    let (shared, src, dst, want) = (&s.shared, &s.src, &s.dst, &s.want);
+    // Root: sendfile into sockets nobody reads, a job for every worker
+    // piece, each stalled in the kernel inside a piece.
+    const PIECES: usize = 8;
+    // Over several connections: one may hold only half of a pool.
+    let conns: Vec<Arc<Client>> = (0..CONNECTIONS).map(|_| shared_client(&d)).collect();
+    let c = shared_client(&d);
+    let mut stalled = Vec::new();
+    for i in 0..PIECES {
+        let name = format!("sendfile-{i}");
+        let (path, bytes) = make_file(shared.path(), &name, STALLED_LEN, 100 + i as u64);
+        let (into, peer) = UnixStream::pair().unwrap();
+        let o = TransferOptions {
+            strategy: Strategy::Sendfile,
+            ..opts()
+        };
+        let h = conns[i % CONNECTIONS]
+            .submit(open_src(&path).as_fd(), into.as_fd(), &o)
+            .unwrap_or_else(|e| panic!("submit stalled job {i}: {e:?}"));
+        stalled.push((h, peer, bytes));
+    }
+    let all_lent = poll_until(Duration::from_secs(10), || {
+        stats_of(&c).ops_in_flight as usize == PIECES
+    });
+    assert!(
+        all_lent,
+        "the stalled jobs never held every piece: {:?}",
+        stats_of(&c)
+    );
+    thread::sleep(Duration::from_millis(500));
+    // The other user's copy-range wants a piece: root's stalled jobs give
+    // theirs back (their sends in flight cancelled, what was sent counted).
+    let ms = other_user_copy_with(
+        &s.exe,
+        (&d.socket, src, dst, shared.path()),
+        Strategy::CopyRange,
+    )
+    .unwrap_or_else(|e| panic!("while root's sendfile jobs stalled: {e}"));
+    eprintln!("the other user's copy-range took {ms} ms behind {PIECES} stalled sendfile jobs");
+    assert!(
+        Duration::from_millis(ms) < TARGET,
+        "the other user's copy took {ms} ms behind root's stalled sendfile jobs (target {TARGET:?})"
+    );
+    assert_file_eq(dst, want);
+    // Nothing was lost or sent twice: once their peers read, every stalled
+    // job delivers its source exactly, in order.
+    let readers: Vec<_> = stalled
+        .into_iter()
+        .map(|(h, mut peer, bytes)| {
+            let t = thread::spawn(move || {
+                let mut got = Vec::with_capacity(STALLED_LEN);
+                peer.read_to_end(&mut got).map(|_| got)
+            });
+            (h, t, bytes)
+        })
+        .collect();
+    for (i, (h, t, bytes)) in readers.into_iter().enumerate() {
+        let done = completed(wait(h), &format!("stalled sendfile job {i}"));
+        assert_eq!(done.bytes, STALLED_LEN as u64, "stalled sendfile job {i}");
+        let got = t.join().unwrap().expect("read a stalled job's socket");
+        assert_bytes_eq(
+            &got,
+            &bytes,
+            &format!("what stalled sendfile job {i} delivered"),
+        );
     }
 }
 

@@ -22,6 +22,10 @@ fn one_loop_thread_while_busy() {
     // workers by design, so this runs io_uring whatever RINGXFER_TEST_ENGINE
     // says.
     let d = Daemon::start_with(&["--engine", "uring"]);
+    // The socket listens before the engine is made: once the handshake came
+    // from the loop, the engine (its closer, its side pool's workers, each
+    // named as it starts) exists.
+    let client = d.client();
     let idle = d.loop_threads();
     assert_eq!(
         idle,
@@ -29,9 +33,6 @@ fn one_loop_thread_while_busy() {
         "idle daemon has {idle} non-io_uring threads: {:?}",
         d.tasks()
     );
-
-    let client = d.client();
-    // The handshake came from the loop, so the engine (and its closer) exists.
     assert!(
         d.tasks().iter().any(|t| t.comm == "ringxfer-close"),
         "no descriptor closer: {:?}",

@@ -16,6 +16,7 @@ mod concurrency;
 mod config;
 mod connections;
 mod copy;
+mod copy_range;
 mod destinations;
 mod direct;
 mod durability;

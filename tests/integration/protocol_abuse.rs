@@ -436,7 +436,7 @@ fn raw_client_can_copy_and_get_stats() {
             }) => {
                 assert_eq!((req, j), (1, job));
                 assert_eq!(bytes, data.len() as u64);
-                assert_eq!(strategy, Strategy::Splice);
+                assert_eq!(strategy, Strategy::CopyRange);
                 break;
             }
             other => panic!("expected Completed, got {other:?}"),

@@ -165,9 +165,14 @@ fn rate_limit_applies_to_every_strategy_of_file_copy() {
     // bucket starts with a whole pipe or buffer's worth, or more, of tokens.
     const LEN: usize = 8 << 20;
     let limit = 8 * MIB;
-    for (i, strategy) in [Strategy::Splice, Strategy::Direct, Strategy::Uncached]
-        .into_iter()
-        .enumerate()
+    for (i, strategy) in [
+        Strategy::Splice,
+        Strategy::Direct,
+        Strategy::Uncached,
+        Strategy::CopyRange,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (src, data) = make_file(dir.path(), &format!("{strategy}.src"), LEN, i as u64);
         let dst = dir.path().join(format!("{strategy}.dst"));

@@ -15,12 +15,13 @@ use ringxfer_ipc::{Client, Completion, FailureKind, JobError, Strategy, Transfer
 
 use crate::support::*;
 
-const STRATEGIES: [Strategy; 5] = [
+const STRATEGIES: [Strategy; 6] = [
     Strategy::Auto,
     Strategy::Splice,
     Strategy::Buffered,
     Strategy::Uncached,
     Strategy::Direct,
+    Strategy::CopyRange,
 ];
 
 /// What a plain read() loop returns from `path` until EOF.
@@ -63,6 +64,15 @@ struct Source {
     splices: bool,
     /// Whether O_DIRECT opens it (only regular files on a disk file system).
     direct: bool,
+}
+
+impl Source {
+    /// Whether it is a regular file on the destination's file system (the
+    /// test's directory), which copy_file_range copies within; procfs and
+    /// sysfs are others (EXDEV), a device is no regular file.
+    fn copies_in_kernel(&self, dir: &Path) -> bool {
+        self.path.starts_with(dir)
+    }
 }
 
 fn sources(dir: &Path) -> Vec<Source> {
@@ -119,8 +129,14 @@ fn sources(dir: &Path) -> Vec<Source> {
     list
 }
 
-fn expect(src: &Source, strategy: Strategy) -> Expect {
+fn expect(src: &Source, strategy: Strategy, dir: &Path) -> Expect {
     match strategy {
+        Strategy::CopyRange if src.path.starts_with("/dev") => {
+            Expect::Refused("the copy-range strategy cannot take this job")
+        }
+        Strategy::CopyRange if !src.copies_in_kernel(dir) => {
+            Expect::Refused("the copy-range strategy cannot copy between these files")
+        }
         Strategy::Splice if !src.splices => {
             Expect::Refused("the splice strategy cannot read this source")
         }
@@ -149,7 +165,7 @@ fn every_source_kind_with_every_strategy_copies_what_a_read_loop_gives() {
                 "{what}: the source is not stable between reads"
             );
             let landed = std::fs::read(&dst).expect("read destination");
-            match expect(&src, strategy) {
+            match expect(&src, strategy, dir.path()) {
                 Expect::Copies => {
                     let done = completed(r, &what);
                     assert_eq!(done.bytes, before.len() as u64, "{what}: bytes reported");
@@ -237,7 +253,11 @@ fn a_requested_length_past_the_end_stays_source_short() {
     let (small, _) = make_file(dir.path(), "small", 100_000, 3);
     for strategy in STRATEGIES {
         for src in [small.as_path(), Path::new("/proc/version")] {
-            if strategy == Strategy::Direct && src.starts_with("/proc") {
+            // Neither O_DIRECT nor copy_file_range (from procfs to another
+            // file system) takes procfs: they refuse it (see above).
+            if matches!(strategy, Strategy::Direct | Strategy::CopyRange)
+                && src.starts_with("/proc")
+            {
                 continue;
             }
             let o = TransferOptions {

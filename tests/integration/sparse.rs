@@ -17,7 +17,14 @@ use crate::support::*;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-const STRATEGIES: [&str; 5] = ["splice", "direct", "buffered", "uncached", "auto"];
+const STRATEGIES: [&str; 6] = [
+    "splice",
+    "copy-range",
+    "direct",
+    "buffered",
+    "uncached",
+    "auto",
+];
 
 /// Holes at the start, in the middle and at the end; one data region ends
 /// off a block boundary.
@@ -150,6 +157,16 @@ fn sparse_modes_on(kind: &str) {
         let dst = m.path().join(format!("never-{st}"));
         let what = format!("{kind}: {st} copy with --sparse=never");
         let args = with_strategy(st, &["--sparse=never"], true);
+        if st == "copy-range" {
+            // XFS and btrfs clone a copied range, holes and all.
+            let out = copy_json(&d, &args, &holey, &dst);
+            let err = stderr(&out);
+            assert!(
+                !out.status.success() && err.contains("sparse \"never\""),
+                "{what}: {err}"
+            );
+            continue;
+        }
         copy_ok(&d, &args, &holey, &dst, &what);
         assert_same(&holey, &dst);
         let got = allocated(&dst);
@@ -178,20 +195,17 @@ fn sparse_modes_on(kind: &str) {
         );
         fs::remove_file(&dst).unwrap();
     }
-    let refused = m.path().join("always-splice");
-    let out = copy_json(
-        &d,
-        &["--strategy", "splice", "--sparse=always"],
-        &zeros,
-        &refused,
-    );
-    assert!(!out.status.success(), "{kind}: {}", describe(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("sparse \"always\"") && err.contains("splice"),
-        "{kind}: {err}"
-    );
-    assert!(!refused.exists(), "{kind}: a refused copy left {refused:?}");
+    for st in ["splice", "copy-range"] {
+        let refused = m.path().join(format!("always-{st}"));
+        let out = copy_json(&d, &["--strategy", st, "--sparse=always"], &zeros, &refused);
+        assert!(!out.status.success(), "{kind}: {}", describe(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("sparse \"always\"") && err.contains(st),
+            "{kind}: {err}"
+        );
+        assert!(!refused.exists(), "{kind}: a refused copy left {refused:?}");
+    }
     d.stop();
 }
 
@@ -291,7 +305,7 @@ fn a_file_with_more_regions_than_a_map_window_is_mapped_in_windows() {
         .map(|i| (i * 8 * KIB + 4 * KIB, 4 * KIB))
         .collect();
     sparse_file(&src, 2500 * 8 * KIB + 4 * KIB, &data, 41);
-    for st in ["splice", "direct", "buffered", "uncached"] {
+    for st in ["splice", "copy-range", "direct", "buffered", "uncached"] {
         let dst = dir.path().join(format!("copy-{st}"));
         let what = format!("{st} copy of 2500 data regions");
         copy_ok(&d, &with_strategy(st, &[], false), &src, &dst, &what);
@@ -336,7 +350,7 @@ fn an_in_place_copy_punches_the_holes_into_the_old_bytes() {
     let d = Daemon::start();
     let src = dir.path().join("holey");
     sparse_file(&src, HOLEY.0, HOLEY.1, 43);
-    for st in ["splice", "direct", "buffered", "uncached"] {
+    for st in ["splice", "copy-range", "direct", "buffered", "uncached"] {
         let dst = dir.path().join(format!("old-{st}"));
         fs::write(&dst, pattern(44, (HOLEY.0 + 3 * MIB) as usize)).unwrap();
         let what = format!("{st} copy in place over a dense file");

@@ -25,7 +25,7 @@ fn copy_file_send_file_recv_to_file() {
     let h = client.copy_file(&src, &dst, &opts()).expect("copy_file");
     let c = completed(wait(h), "copy_file");
     assert_eq!(c.bytes, data.len() as u64);
-    assert_eq!(c.strategy, Strategy::Splice);
+    assert_eq!(c.strategy, Strategy::CopyRange);
     assert_file_eq(&dst, &data);
 
     let (conn, mut peer) = tcp_pair();

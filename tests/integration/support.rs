@@ -262,14 +262,15 @@ pub fn copy_and_check(client: &Client, dir: &Path, name: &str, len: usize, seed:
     assert_file_eq(&dst, &data);
 }
 
-/// What `auto` uses between two regular files for a hot transfer of `len`
-/// bytes: small ones (an empty one too: procfs says 0) go through a buffer,
-/// read to the end of the file, the rest splice.
+/// What `auto` uses between two regular files of one file system for a
+/// hot transfer of `len` bytes: small ones (an empty one too: procfs says
+/// 0) go through a buffer, read to the end of the file; the kernel copies
+/// the rest (copy_file_range).
 pub fn auto_between_files(len: u64) -> Strategy {
     if len <= 64 * 1024 {
         Strategy::Buffered
     } else {
-        Strategy::Splice
+        Strategy::CopyRange
     }
 }
 

@@ -35,7 +35,9 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
-    /// How to move the bytes: auto (the engine picks) or splice.
+    /// How to move the bytes: auto (the engine picks, and says why), or one of
+    /// splice, copy-range (copy_file_range), sendfile (into a socket),
+    /// direct, uncached, buffered, reflink.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_strategy)]
     pub strategy: Strategy,
 

@@ -13,6 +13,7 @@
 pub(crate) mod accept;
 pub(crate) mod cancel;
 pub(crate) mod close;
+pub(crate) mod copy_range;
 pub(crate) mod data_map;
 pub(crate) mod fallocate;
 pub(crate) mod ficlone;
@@ -41,6 +42,7 @@ use super::buffer_pool::BufRef;
 pub(crate) use accept::Accept;
 pub(crate) use cancel::Cancel;
 pub(crate) use close::Close;
+pub(crate) use copy_range::CopyRange;
 pub(crate) use data_map::DataMap;
 pub(crate) use fallocate::Fallocate;
 pub(crate) use ficlone::Ficlone;
@@ -113,6 +115,9 @@ pub enum Blocking {
     /// lseek(SEEK_DATA/SEEK_HOLE) over a range: on a worker under either
     /// back end, as FICLONE.
     DataMap(data_map::Call),
+    /// copy_file_range or sendfile, one bounded piece: a worker runs it
+    /// under either back end (io_uring has no opcode for either).
+    CopyRange(copy_range::Call),
     /// No blocking equivalent: an operation only io_uring runs (none of
     /// the engine's; tests' operations off the list, which both back ends
     /// refuse by their opcode before looking at this).
@@ -146,6 +151,7 @@ impl Blocking {
                 Blocking::UnlinkAt(c) => c.run(),
                 Blocking::Ficlone(c) => c.run(),
                 Blocking::DataMap(c) => c.run(),
+                Blocking::CopyRange(c) => c.run(),
                 // Refused, as the restricted ring refuses what is off the list.
                 Blocking::Unsupported => {
                     *libc::__errno_location() = libc::EACCES;
@@ -262,8 +268,8 @@ macro_rules! any_op {
 }
 
 any_op!(
-    Accept, Close, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, Poll, Read, ReadSmall,
-    RecvMsg, RenameAt, Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
+    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, Poll, Read,
+    ReadSmall, RecvMsg, RenameAt, Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
 );
 
 impl AnyOp {

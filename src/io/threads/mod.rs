@@ -32,7 +32,9 @@ use crossbeam_channel::Receiver;
 use tracing::debug;
 
 use super::op::{accept, recvmsg};
-use worker::{Cell, Work, WorkerPool, CQE_F_MORE, CQE_F_NOTIF, MAX_CHAIN, MAX_WORKERS};
+use worker::{
+    Cell, Work, WorkerPool, CQE_F_MORE, CQE_F_NOTIF, MAX_CHAIN, MAX_WORKERS, START_WORKERS,
+};
 
 use super::op::Blocking;
 use super::opcodes;
@@ -99,12 +101,16 @@ pub(super) struct ThreadRing {
 impl ThreadRing {
     /// A back end that accepts `entries` entries per submission.
     pub(super) fn new(entries: u32) -> io::Result<ThreadRing> {
-        ThreadRing::with_workers(entries, MAX_WORKERS)
+        ThreadRing::with_workers(entries, START_WORKERS, MAX_WORKERS)
     }
 
-    /// The same with at most `max_workers` worker threads, all made now
-    /// (io_uring's side pool: no thread appears while the daemon runs).
-    pub(super) fn with_workers(entries: u32, max_workers: usize) -> io::Result<ThreadRing> {
+    /// The same with `start` worker threads made now, growing to at most
+    /// `max_workers` (io_uring's side pool makes all of its own at once).
+    pub(super) fn with_workers(
+        entries: u32,
+        start: usize,
+        max_workers: usize,
+    ) -> io::Result<ThreadRing> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -113,7 +119,7 @@ impl ThreadRing {
         // SAFETY: `raw` is a new descriptor nothing else owns.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let pool = WorkerPool::new(done_tx, Arc::clone(&wake), max_workers)?;
+        let pool = WorkerPool::new(done_tx, Arc::clone(&wake), (start, max_workers))?;
         let capacity = entries as usize;
         Ok(ThreadRing {
             capacity,
@@ -203,6 +209,13 @@ impl ThreadRing {
         self.wake.as_raw_fd()
     }
 
+    /// Whether completions are waiting to be reaped that no worker
+    /// announced on the eventfd: those the loop made itself (a cancel that
+    /// took back work no worker had started, a refused operation).
+    pub(super) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Worker threads running now.
     pub(super) fn workers(&self) -> usize {
         self.pool.threads()
@@ -290,6 +303,7 @@ impl ThreadRing {
             | Blocking::UnlinkAt(_)
             | Blocking::Ficlone(_)
             | Blocking::DataMap(_)
+            | Blocking::CopyRange(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.call));

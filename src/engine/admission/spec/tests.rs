@@ -85,6 +85,7 @@ fn context() -> Context {
             direct_threshold: 32 << 20,
             have_buffers: true,
             buffer_size: 1 << 20,
+            copy_refused: None,
         },
         acknowledge: true,
         clone_refused: false,
@@ -636,12 +637,12 @@ fn sparse_maps_only_files_with_holes_and_always_needs_a_strategy_that_sees_the_b
     always.reflink = Reflink::Never;
     let spec = admitted(decide(always.clone(), holey(), dst("d"), None, &context()));
     assert!(spec.shape.holes.map && spec.shape.holes.zeros);
-    assert_eq!(spec.choice.strategy, Strategy::Buffered, "not splice");
+    assert_eq!(spec.choice.strategy, Strategy::Buffered, "not copy-range");
     assert!(
         spec.choice
             .note
             .as_deref()
-            .is_some_and(|n| n.contains("splice never sees")),
+            .is_some_and(|n| n.contains("copy-range never sees")),
         "{:?}",
         spec.choice.note
     );
@@ -676,7 +677,7 @@ fn auto_weighs_a_sparse_source_by_its_data() {
         None,
         &context(),
     ));
-    assert_eq!(spec.choice.strategy, Strategy::Splice);
+    assert_eq!(spec.choice.strategy, Strategy::CopyRange);
     let note = spec.choice.note.unwrap_or_default();
     assert!(note.contains("bytes of data (the rest is holes)"), "{note}");
 }
