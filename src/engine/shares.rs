@@ -13,7 +13,8 @@
 //! peer that never reads) while its user is over its share and another user
 //! waits gives its slots back (`Engine::reclaim_stalled`), so the waiting
 //! user's jobs run. What is safe depends on the strategy: see
-//! `SpliceCopy::reclaim`, and ARCHITECTURE.md "Pipes and scheduling".
+//! `Pipeline::reclaim` (transfer/ranges.rs), and ARCHITECTURE.md "Pipes and
+//! scheduling".
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -27,8 +27,8 @@ use std::rc::Rc;
 use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
-use super::holes::Range;
 use super::pipeline::{ring_failed, Pipeline, Returned, Strategy};
+use super::ranges::{RangeStrategy, Ranges, Span};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
@@ -58,33 +58,14 @@ pub(crate) struct RangeChunk {
     to_copy: u64,
 }
 
-/// The rest of a range whose piece was given back (`reclaim`).
-#[derive(Debug, Clone, Copy)]
-struct SetAside {
-    seq: u64,
-    src_off: u64,
-    dst_off: u64,
-    len: u64,
-    probing: bool,
-}
-
 /// What the in-kernel strategies keep beyond the pipeline's chunks.
 pub(crate) struct InKernel {
     kind: Kind,
-    total: Option<u64>,
-    /// `user_data` of the ftruncate restoring a failed job's destination
-    /// (or, with `sizing`, giving one that ends in a hole its size).
-    restoring: Option<u64>,
-    sizing: bool,
-    /// The destination that ends in a hole has its size.
-    sized: bool,
     /// The errno the syscall refused the files with, before any byte
     /// moved: `auto` goes on with splice.
     refused: Option<i32>,
-    /// Giving every piece back: chunks set their ranges aside as their
-    /// operations come back, and take no new work.
-    reclaiming: bool,
-    set_aside: Vec<SetAside>,
+    /// The total, ranges set aside, the destination's final size (ranges.rs).
+    ranges: Ranges,
 }
 
 impl Strategy for InKernel {
@@ -114,10 +95,7 @@ impl Strategy for InKernel {
     }
 
     fn divert(p: &mut RangeCopy, slot: usize, out: &mut Vec<Returned>) -> bool {
-        if p.s.reclaiming {
-            p.set_chunk_aside(slot, out);
-        }
-        p.s.reclaiming
+        p.divert_reclaimed(slot, out)
     }
 
     /// Copies the next piece of the chunk's range, or takes the next range;
@@ -155,11 +133,9 @@ impl Strategy for InKernel {
         result: i32,
         _linked: bool,
     ) -> Result<(), TransferError> {
-        let taken_back =
-            p.s.reclaiming && (result == -libc::ECANCELED || errno::interrupted(-result));
         match step {
             // Cancelled to give the piece back: nothing moved.
-            _ if taken_back => Ok(()),
+            _ if p.taken_back(result) => Ok(()),
             CopyStep::In(_) => p.after_piece(slot, result),
             // The socket is writable (or the poll failed, and the retried
             // sendfile will say why): the chunk tries again.
@@ -171,25 +147,7 @@ impl Strategy for InKernel {
         if step != CopyStep::Truncate {
             return Ok(false);
         }
-        p.s.restoring = None;
-        if std::mem::take(&mut p.s.sizing) {
-            p.s.sized = true;
-            if result < 0 && p.failure.is_none() {
-                return Err(TransferError::os(
-                    "ftruncate of the destination file to its final size (it ends in a hole)",
-                    -result,
-                ));
-            }
-            return Ok(true);
-        }
-        if result < 0 {
-            tracing::warn!(
-                "truncating the destination back to its {} bytes after a failure: {}",
-                p.orig_dst_size,
-                std::io::Error::from_raw_os_error(-result)
-            );
-        }
-        Ok(false)
+        p.truncated(result)
     }
 
     fn side_op(_: &RangeCopy) -> Option<u64> {
@@ -197,18 +155,47 @@ impl Strategy for InKernel {
     }
 
     fn after_pump(p: &mut RangeCopy, owner: Owner, io: &mut Io) {
-        p.restore_destination(owner, io);
-        p.size_destination(owner, io);
+        p.settle_destination(owner, io);
     }
 
     fn finished(p: &RangeCopy) -> bool {
-        let sized = p.s.sized || !p.holes.resize_at_end(p.dst_start + p.end());
-        p.s.restoring.is_none()
-            && (p.failure.is_some() || (p.src_done && p.s.set_aside.is_empty() && sized))
+        p.ranges_finished()
     }
 
     fn piece(&self, bytes: u64) -> u64 {
         bytes.max(1)
+    }
+}
+
+impl RangeStrategy for InKernel {
+    fn ranges(&self) -> &Ranges {
+        &self.ranges
+    }
+
+    fn ranges_mut(&mut self) -> &mut Ranges {
+        &mut self.ranges
+    }
+
+    /// A piece holds no bytes: what its result did not count is copied
+    /// again.
+    fn rest(c: &RangeChunk) -> Span {
+        Span {
+            src_off: c.src_off,
+            dst_off: c.dst_off,
+            len: c.to_copy,
+        }
+    }
+
+    fn start(c: &mut RangeChunk, span: Span) {
+        c.src_off = span.src_off;
+        c.dst_off = span.dst_off;
+        c.to_copy = span.len;
+    }
+
+    /// `src_done`: set as `hand_out` gives out a job's last range, or as a
+    /// copy past a size hint returns 0.
+    fn all_read(p: &RangeCopy) -> bool {
+        p.src_done
     }
 }
 
@@ -227,41 +214,17 @@ impl RangeCopy {
         } else {
             Kind::Sendfile
         };
-        let open_end = shape.open_end(ends.src_kind);
-        let in_order = !ends.dst_kind.seekable();
         let s = InKernel {
             kind,
-            total: shape.total,
-            restoring: None,
-            sizing: false,
-            sized: false,
             refused: None,
-            reclaiming: false,
-            set_aside: Vec::new(),
+            ranges: Ranges::new(shape.total),
         };
-        let mut copy = Pipeline::with(ends, &shape, 1, shape.dst_size, s);
-        copy.in_order = in_order;
-        copy.open_end = open_end;
-        copy.src_done = shape.total == Some(0) && !open_end;
-        copy
+        Pipeline::with_ranges(ends, &shape, 1, s)
     }
 
     /// Whether this is a sendfile into a socket (else copy_file_range).
     pub(crate) fn sends(&self) -> bool {
         self.s.kind == Kind::Sendfile
-    }
-
-    /// What the job moves, for another strategy to take it over.
-    pub(crate) fn shape(&self) -> Shape {
-        Shape {
-            src_start: self.src_start,
-            dst_start: self.dst_start,
-            total: self.s.total,
-            length_requested: self.length_requested,
-            dst_append: false,
-            dst_size: self.orig_dst_size,
-            holes: self.holes.plan(),
-        }
     }
 
     /// The errno the syscall refused these files with, if the job failed
@@ -270,201 +233,20 @@ impl RangeCopy {
         self.s.refused.filter(|_| self.moved == self.holes.bytes)
     }
 
-    /// Bytes the job will move, as far as is known: past a size hint, what
-    /// the copies found so far.
-    pub(crate) fn total(&self) -> Option<u64> {
-        if self.open_end {
-            return Some(self.eof.unwrap_or(self.high.max(self.s.total.unwrap_or(0))));
-        }
-        self.s.total
-    }
-
     /// Whether another piece would let this job copy more at once.
     pub(crate) fn wants_piece(&self) -> bool {
-        if self.failure.is_some() || self.s.reclaiming || self.live_chunks() == self.chunks.len() {
-            return false;
-        }
-        if !self.s.set_aside.is_empty() || self.has_refill() {
-            return true;
-        }
-        if self.src_done {
-            return false;
-        }
-        // Past the size hint one chunk copies on at a time, a chunk that
-        // finished its range: only a job left with none asks for a piece.
-        // None while the map of the source's data is not in.
-        self.range_ready(self.s.total.unwrap_or(0)) || (self.may_probe() && self.live_chunks() == 0)
+        self.wants_range()
     }
 
-    /// Whether a chunk may start copying past the size hint: the hint is
-    /// all handed out, no copy found the end yet, and no chunk probes now.
-    fn may_probe(&self) -> bool {
-        self.open_end
-            && self.eof.is_none()
-            && self.prober.is_none()
-            && self.s.set_aside.is_empty()
-            && self.assigned >= self.s.total.unwrap_or(0)
-    }
-
-    /// Gives every piece back, because the job stalled holding more than
-    /// its user's share while another user waits: what is in flight is
-    /// cancelled, each result says how far its copy got, and the rest of
-    /// each range is set aside to be copied later, lowest sequence first.
-    /// True if the pieces are on their way back.
-    pub(crate) fn reclaim(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) -> bool {
-        if self.failure.is_some() || self.live_chunks() == 0 || self.s.reclaiming {
-            return false;
-        }
-        self.s.reclaiming = true;
-        self.cancel_chunks(io);
-        self.pump(owner, io, true, out);
-        true
-    }
-
-    /// Sets an idle chunk's uncopied range aside and lets its piece go.
-    fn set_chunk_aside(&mut self, slot: usize, out: &mut Vec<Returned>) {
-        let Some(c) = self.chunks[slot].as_ref() else {
-            return;
-        };
-        if c.s.to_copy > 0 {
-            self.s.set_aside.push(SetAside {
-                seq: c.seq,
-                src_off: c.s.src_off,
-                dst_off: c.s.dst_off,
-                len: c.s.to_copy,
-                probing: c.probing,
-            });
-        }
-        self.release(slot, out);
-        if self.live_chunks() == 0 {
-            self.s.reclaiming = false;
-        }
-    }
-
-    /// Hands an empty chunk the next range: one set aside (lowest sequence
-    /// first, so a socket gets its bytes in order), the next data of the
-    /// source (`Pipeline::next_range`: holes skipped), or a piece past its
-    /// size hint. False if there is none.
+    /// Hands an empty chunk its next range (`hand_out`). False if there is
+    /// none.
     fn take_range(&mut self, slot: usize) -> bool {
-        let cap = self.cap();
-        if self.take_set_aside(slot) {
-            return true;
-        }
-        if let Some(r) = self.next_range(cap, self.s.total.unwrap_or(0)) {
-            self.assign(slot, r);
-            self.src_done = !self.open_end && self.all_assigned();
-            return true;
-        }
-        if !self.may_probe() {
-            return false;
-        }
-        // Past the size hint: copy on, a piece at a time, until a copy
-        // returns 0 (procfs says 0, a file that grows).
-        let rel = self.assigned;
-        self.assigned += cap;
-        self.assign(
-            slot,
-            Range {
-                rel,
-                src_off: self.src_start + rel,
-                dst_off: self.dst_start + rel,
-                len: cap,
-            },
-        );
-        if let Some(chunk) = self.chunk(slot) {
-            chunk.probing = true;
-        }
-        self.prober = Some(slot);
-        true
-    }
-
-    /// Whether every range of the job was handed out (holes skipped, none
-    /// waiting for a map or to be copied after a refused punch).
-    fn all_assigned(&self) -> bool {
-        self.assigned >= self.s.total.unwrap_or(0) && !self.has_refill()
-    }
-
-    /// Where the source's bytes end, from the start of the transfer.
-    fn end(&self) -> u64 {
-        let total = self.s.total.unwrap_or(0);
-        if self.open_end {
-            self.eof.unwrap_or(total)
-        } else {
-            total
-        }
-    }
-
-    /// Once every byte is in, truncates a destination that ends in a hole
-    /// (which no copy reached) to its final size.
-    fn size_destination(&mut self, owner: Owner, io: &mut Io) {
-        if self.failure.is_some()
-            || self.s.sized
-            || !self.holes.resize_at_end(self.dst_start + self.end())
-            || self.s.restoring.is_some()
-            || self.live_chunks() > 0
-            || !self.s.set_aside.is_empty()
-            || self.holes.busy(false)
-            || !self.src_done
-        {
-            return;
-        }
-        let size = self.orig_dst_size.max(self.dst_start + self.end());
-        match io.ftruncate(
-            owner,
-            CopyStep::Truncate.tag(),
-            self.ends.shared_dst(),
-            size,
-        ) {
-            Ok(ud) => {
-                self.s.restoring = Some(ud);
-                self.s.sizing = true;
-            }
-            Err(e) => {
-                self.failure.get_or_insert(ring_failed::<InKernel>(e));
-            }
-        }
+        self.hand_out(slot, self.cap()).is_some()
     }
 
     /// Starts the job: the map of a sparse source's data first.
     pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
         self.drive_holes(owner, io);
-    }
-
-    fn take_set_aside(&mut self, slot: usize) -> bool {
-        if let Some(eof) = self.eof {
-            // Nothing is copied past an end of file a copy found.
-            let end = self.src_start + eof;
-            self.s.set_aside.retain(|r| r.src_off < end);
-        }
-        let set_aside = &mut self.s.set_aside;
-        let Some(i) = (0..set_aside.len()).min_by_key(|&i| set_aside[i].seq) else {
-            return false;
-        };
-        let r = set_aside.swap_remove(i);
-        let Some(c) = self.chunk(slot) else {
-            return false;
-        };
-        c.seq = r.seq;
-        c.s.src_off = r.src_off;
-        c.s.dst_off = r.dst_off;
-        c.s.to_copy = r.len;
-        c.probing = r.probing;
-        if r.probing {
-            self.prober = Some(slot);
-        }
-        true
-    }
-
-    /// Gives the chunk the next `len` bytes of the source.
-    /// Gives the chunk range `r`.
-    fn assign(&mut self, slot: usize, r: Range) {
-        let seq = self.take_seq();
-        if let Some(chunk) = self.chunk(slot) {
-            chunk.seq = seq;
-            chunk.s.src_off = r.src_off;
-            chunk.s.dst_off = r.dst_off;
-            chunk.s.to_copy = r.len;
-        }
     }
 
     /// The most one piece copies.
@@ -535,7 +317,7 @@ impl RangeCopy {
         };
         let reached = chunk.s.src_off;
         if !open_end {
-            return Err(self.short_source(reached, self.s.total.unwrap_or(0)));
+            return Err(self.short_source(reached, self.s.ranges.total.unwrap_or(0)));
         }
         // End of file, wherever the size hint said it would be.
         chunk.s.to_copy = 0;
@@ -577,30 +359,6 @@ impl RangeCopy {
                 ),
                 errno,
             )),
-        }
-    }
-
-    /// After a failure, once nothing is in flight, truncates a regular-file
-    /// destination that was written back to its size at admission, as
-    /// every strategy does.
-    fn restore_destination(&mut self, owner: Owner, io: &mut Io) {
-        if self.failure.is_none()
-            || !self.touched
-            || self.ends.dst_kind != FdKind::File
-            || self.live_chunks() > 0
-            || self.s.restoring.is_some()
-        {
-            return;
-        }
-        self.touched = false;
-        match io.ftruncate(
-            owner,
-            CopyStep::Truncate.tag(),
-            self.ends.shared_dst(),
-            self.orig_dst_size,
-        ) {
-            Ok(ud) => self.s.restoring = Some(ud),
-            Err(e) => tracing::warn!("queueing the truncate of a failed job's destination: {e}"),
         }
     }
 }

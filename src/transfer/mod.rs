@@ -13,6 +13,7 @@ pub(crate) mod errno;
 pub(crate) mod fsize;
 pub(crate) mod holes;
 pub(crate) mod pipeline;
+pub(crate) mod ranges;
 pub(crate) mod reflink;
 pub(crate) mod splice;
 pub(crate) mod step;

@@ -447,7 +447,8 @@ impl<S: Strategy> Pipeline<S> {
         self.has_refill() || (self.eof.is_none() && self.assigned < end && !self.holes_pending())
     }
 
-    fn range(&self, rel: u64, len: u64) -> Range {
+    /// The range of `len` bytes at `rel` from the start of the transfer.
+    pub(super) fn range(&self, rel: u64, len: u64) -> Range {
         Range {
             rel,
             src_off: self.src_start + rel,

@@ -23,8 +23,8 @@ use std::rc::Rc;
 use ringxfer_ipc::FailureKind;
 
 use super::errno::{self, Action, Side};
-use super::holes::Range;
 use super::pipeline::{ring_failed, Chunk, Pipeline, Strategy};
+use super::ranges::{RangeStrategy, Ranges, Span, Taken};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
@@ -54,44 +54,22 @@ pub(crate) struct PipeChunk {
     asked: u32,
 }
 
-/// The unwritten rest of a chunk's range, set aside when the job gave its
-/// pipes back (`SpliceCopy::reclaim`): read again from the source later.
-#[derive(Debug, Clone, Copy)]
-struct SetAside {
-    seq: u64,
-    src_off: u64,
-    dst_off: u64,
-    len: u64,
-    probing: bool,
-}
-
 /// What the splice strategy keeps beyond the pipeline's chunk bookkeeping.
 pub(crate) struct Splice {
     /// The source is seekable and its length known: several chunks read
     /// different ranges at once.
     ranged: bool,
-    total: Option<u64>,
     /// A streamed source is known to have bytes (or its end) to read. While
     /// it is not, the job waits on a readiness poll and holds no pipe, so a
     /// silent peer cannot sit on pipes that other jobs need.
     src_ready: bool,
     /// `user_data` of the job's readiness poll on a streamed source.
     ready_poll: Option<u64>,
-    /// `user_data` of the ftruncate restoring a failed job's destination
-    /// (or, with `sizing`, giving one that ends in a hole its size).
-    restoring: Option<u64>,
-    /// The ftruncate in flight gives the destination its final size.
-    sizing: bool,
-    /// The destination, which ends in a hole, has its final size.
-    sized: bool,
     /// The source refused splice (EINVAL) before any byte moved: `auto`
     /// moves the job to the read()+write() rung.
     source_refused: bool,
-    /// Giving every pipe back (`reclaim`): chunks set their ranges aside as
-    /// their operations come back, and take no new work.
-    reclaiming: bool,
-    /// Ranges set aside, to be read again before any new one.
-    set_aside: Vec<SetAside>,
+    /// The total, ranges set aside, the destination's final size (ranges.rs).
+    ranges: Ranges,
 }
 
 impl Strategy for Splice {
@@ -127,10 +105,7 @@ impl Strategy for Splice {
     }
 
     fn divert(p: &mut SpliceCopy, slot: usize, out: &mut Vec<Returned>) -> bool {
-        if p.s.reclaiming {
-            p.set_chunk_aside(slot, out);
-        }
-        p.s.reclaiming
+        p.divert_reclaimed(slot, out)
     }
 
     /// Moves one idle chunk on by one operation, if it has one to do. With
@@ -184,11 +159,9 @@ impl Strategy for Splice {
         result: i32,
         linked: bool,
     ) -> Result<(), TransferError> {
-        let taken_back =
-            p.s.reclaiming && (result == -libc::ECANCELED || errno::interrupted(-result));
         match step {
             // Cancelled to give the pipe back: nothing moved.
-            _ if taken_back => Ok(()),
+            _ if p.taken_back(result) => Ok(()),
             CopyStep::In(_) => p.after_read(slot, result),
             // The read before it moved less than asked (or failed), which
             // cancels the linked write; the chunk writes what it really holds.
@@ -202,28 +175,7 @@ impl Strategy for Splice {
 
     fn side(p: &mut SpliceCopy, step: CopyStep, result: i32) -> Result<bool, TransferError> {
         match step {
-            CopyStep::Truncate => {
-                p.s.restoring = None;
-                if std::mem::take(&mut p.s.sizing) {
-                    p.s.sized = true;
-                    if result < 0 && p.failure.is_none() {
-                        return Err(TransferError::os(
-                            "ftruncate of the destination file to its final size (it ends in a hole)",
-                            -result,
-                        ));
-                    }
-                    // A failure meanwhile restores the destination next.
-                    return Ok(true);
-                }
-                if result < 0 {
-                    tracing::warn!(
-                        "truncating the destination back to its {} bytes after a failure: {}",
-                        p.orig_dst_size,
-                        std::io::Error::from_raw_os_error(-result)
-                    );
-                }
-                Ok(false)
-            }
+            CopyStep::Truncate => p.truncated(result),
             CopyStep::Ready => {
                 // Readable, at its end, or in error: a read will tell which.
                 p.s.ready_poll = None;
@@ -239,19 +191,55 @@ impl Strategy for Splice {
     }
 
     fn after_pump(p: &mut SpliceCopy, owner: Owner, io: &mut Io) {
-        p.restore_destination(owner, io);
-        p.size_destination(owner, io);
+        p.settle_destination(owner, io);
     }
 
+    /// The readiness poll (`side_op`) is waited for too.
     fn finished(p: &SpliceCopy) -> bool {
-        let sized = p.s.sized || !p.holes.resize_at_end(p.dst_start + p.end());
-        p.s.ready_poll.is_none()
-            && p.s.restoring.is_none()
-            && (p.failure.is_some() || (p.copied() && p.s.set_aside.is_empty() && sized))
+        p.ranges_finished()
     }
 
     fn piece(&self, bytes: u64) -> u64 {
         bytes.max(1)
+    }
+}
+
+impl RangeStrategy for Splice {
+    fn ranges(&self) -> &Ranges {
+        &self.ranges
+    }
+
+    fn ranges_mut(&mut self) -> &mut Ranges {
+        &mut self.ranges
+    }
+
+    /// The bytes a cancelled write left in the pipe are read again: the
+    /// pipe, handed back dirty, is dropped with them.
+    fn rest(c: &PipeChunk) -> Span {
+        Span {
+            src_off: c.src_off - c.in_pipe,
+            dst_off: c.dst_off,
+            len: c.in_pipe + c.to_read,
+        }
+    }
+
+    fn start(c: &mut PipeChunk, span: Span) {
+        c.src_off = span.src_off;
+        c.dst_off = span.dst_off;
+        c.to_read = span.len;
+        c.in_pipe = 0;
+    }
+
+    /// The source's end found, or every range of a job of known length
+    /// handed out.
+    fn all_read(p: &SpliceCopy) -> bool {
+        p.src_done || (p.s.ranged && !p.open_end && p.all_assigned())
+    }
+
+    /// Only a ranged job (a seekable source): a stream source's bytes in a
+    /// pipe exist nowhere else, and the job keeps its pipes.
+    fn reclaimable(p: &SpliceCopy) -> bool {
+        p.s.ranged
     }
 }
 
@@ -260,7 +248,6 @@ impl SpliceCopy {
     /// `max_chunks` pipes at most are used at once.
     pub(crate) fn new(ends: Rc<Endpoints>, plan: Shape, max_chunks: usize) -> SpliceCopy {
         let ranged = ends.src_kind.seekable() && plan.total.is_some();
-        let open_end = plan.open_end(ends.src_kind);
         // A streamed source is read one splice at a time, so a second chunk
         // (one writing while the other reads) is all it can use.
         let max_chunks = if ranged {
@@ -268,37 +255,14 @@ impl SpliceCopy {
         } else {
             max_chunks.clamp(1, 2)
         };
-        let in_order = !ends.dst_kind.seekable();
         let splice = Splice {
             ranged,
-            total: plan.total,
             src_ready: false,
             ready_poll: None,
-            restoring: None,
-            sizing: false,
-            sized: false,
             source_refused: false,
-            reclaiming: false,
-            set_aside: Vec::new(),
+            ranges: Ranges::new(plan.total),
         };
-        let mut copy = Pipeline::with(ends, &plan, max_chunks, plan.dst_size, splice);
-        copy.in_order = in_order;
-        copy.open_end = open_end;
-        copy.src_done = plan.total == Some(0) && !open_end;
-        copy
-    }
-
-    /// What the job moves, for another strategy to take it over.
-    pub(crate) fn shape(&self) -> Shape {
-        Shape {
-            src_start: self.src_start,
-            dst_start: self.dst_start,
-            total: self.s.total,
-            length_requested: self.length_requested,
-            dst_append: false,
-            dst_size: self.orig_dst_size,
-            holes: self.holes.plan(),
-        }
+        Pipeline::with_ranges(ends, &plan, max_chunks, splice)
     }
 
     /// Whether the job failed only because the source refused splice, with
@@ -309,49 +273,22 @@ impl SpliceCopy {
         self.s.source_refused && self.moved == self.holes.bytes
     }
 
-    /// Bytes the job will move, as far as is known: past a size hint, what
-    /// the reads found so far.
-    pub(crate) fn total(&self) -> Option<u64> {
-        if self.open_end {
-            return Some(self.eof.unwrap_or(self.high.max(self.s.total.unwrap_or(0))));
-        }
-        self.s.total
-    }
-
     /// Whether another pipe would let this job move more bytes at once.
     pub(crate) fn wants_pipe(&self) -> bool {
-        if self.failure.is_some() || self.s.reclaiming || self.live_chunks() == self.chunks.len() {
-            return false;
-        }
-        if self.s.ranged && (!self.s.set_aside.is_empty() || self.has_refill()) {
-            return true;
-        }
-        if self.src_done {
-            return false;
-        }
         if self.s.ranged {
-            // Reading past the hint is done by a chunk that finished its
-            // range, so a job holds no more pipes than before for it; only
-            // a job left with none (it yielded them) asks for one to probe.
-            // None while the map of the source's data is not in.
-            self.range_ready(self.s.total.unwrap_or(0))
-                || (self.may_probe() && self.live_chunks() == 0)
-        } else {
-            // One pipe reads while another writes; a second pipe is only
-            // worth having once the first is busy, and none before the
-            // source has something to read.
-            self.s.src_ready && self.reader.is_none()
+            return self.wants_range();
         }
-    }
-
-    /// Whether a chunk may start reading past the size hint: the hint is
-    /// all handed out, no read found the end yet, and no chunk probes now.
-    fn may_probe(&self) -> bool {
-        self.open_end
-            && self.eof.is_none()
-            && self.prober.is_none()
-            && self.s.set_aside.is_empty()
-            && self.assigned >= self.s.total.unwrap_or(0)
+        if self.failure.is_some()
+            || self.s.ranges.reclaiming
+            || self.live_chunks() == self.chunks.len()
+            || self.src_done
+        {
+            return false;
+        }
+        // One pipe reads while another writes; a second pipe is only worth
+        // having once the first is busy, and none before the source has
+        // something to read.
+        self.s.src_ready && self.reader.is_none()
     }
 
     /// Starts what needs no pipe: a streamed source is first polled for
@@ -382,79 +319,6 @@ impl SpliceCopy {
             .map_err(ring_failed::<Splice>)?;
         self.s.ready_poll = Some(ud);
         Ok(())
-    }
-
-    /// Gives every pipe back, because the job stalled holding more than its
-    /// user's share while another user waits. Only a ranged job (a seekable
-    /// source) can: the operations in flight are cancelled, and as each
-    /// comes back its chunk sets the unwritten rest of its range aside (the
-    /// bytes a cancelled write left in the pipe are dropped with the pipe,
-    /// which the pool replaces) and lets go. What reached the destination is
-    /// counted from the results, so the ranges read again later start
-    /// exactly where the writes stopped: nothing is lost or written twice.
-    /// A stream source's bytes in a pipe exist nowhere else: false, and the
-    /// job keeps its pipes. True if the pipes are on their way back.
-    pub(crate) fn reclaim(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) -> bool {
-        if !self.s.ranged || self.failure.is_some() || self.live_chunks() == 0 || self.s.reclaiming
-        {
-            return false;
-        }
-        self.s.reclaiming = true;
-        self.cancel_chunks(io);
-        self.pump(owner, io, true, out);
-        true
-    }
-
-    /// Sets an idle chunk's unwritten range aside and lets its pipe go.
-    fn set_chunk_aside(&mut self, slot: usize, out: &mut Vec<Returned>) {
-        let Some(c) = self.chunks[slot].as_ref() else {
-            return;
-        };
-        let len = c.s.in_pipe + c.s.to_read;
-        if len > 0 {
-            self.s.set_aside.push(SetAside {
-                seq: c.seq,
-                src_off: c.s.src_off - c.s.in_pipe,
-                dst_off: c.s.dst_off,
-                len,
-                probing: c.probing,
-            });
-        }
-        // A pipe still holding bytes is Dirty: the pool closes it, dropping
-        // them, and makes another.
-        self.release(slot, out);
-        if self.live_chunks() == 0 {
-            self.s.reclaiming = false;
-        }
-    }
-
-    /// Hands an empty chunk the first range set aside (the lowest sequence
-    /// number, so a stream destination gets its bytes in order). False if
-    /// there is none.
-    fn take_set_aside(&mut self, slot: usize) -> bool {
-        if let Some(eof) = self.eof {
-            // Nothing is read past an end of file a read found.
-            let end = self.src_start + eof;
-            self.s.set_aside.retain(|r| r.src_off < end);
-        }
-        let set_aside = &mut self.s.set_aside;
-        let Some(i) = (0..set_aside.len()).min_by_key(|&i| set_aside[i].seq) else {
-            return false;
-        };
-        let r = set_aside.swap_remove(i);
-        let Some(c) = self.chunk(slot) else {
-            return false;
-        };
-        c.seq = r.seq;
-        c.s.src_off = r.src_off;
-        c.s.dst_off = r.dst_off;
-        c.s.to_read = r.len;
-        c.s.in_pipe = 0;
-        c.probing = r.probing;
-        if r.probing {
-            self.prober = Some(slot);
-        }
-        true
     }
 
     fn after_read(&mut self, slot: usize, result: i32) -> Result<(), TransferError> {
@@ -507,7 +371,7 @@ impl SpliceCopy {
             self.s.src_ready = false;
         }
         self.assigned += n;
-        if self.s.total.is_some_and(|t| self.assigned >= t) {
+        if self.s.ranges.total.is_some_and(|t| self.assigned >= t) {
             self.src_done = true;
         }
         Ok(())
@@ -532,7 +396,7 @@ impl SpliceCopy {
             self.src_done = true;
             return self.check_eof();
         }
-        let total = self.s.total.unwrap_or(0);
+        let total = self.s.ranges.total.unwrap_or(0);
         if ranged || (self.length_requested && self.assigned < total) {
             return Err(self.short_source(reached, total));
         }
@@ -618,9 +482,8 @@ impl SpliceCopy {
         u64::from(capacity).min(self.piece_limit)
     }
 
-    /// Hands an empty chunk of a ranged job the next range (the pipeline's
-    /// `next_range`: data only), a range set aside, or a piece past the
-    /// size hint, and starts reading it. False if there is none.
+    /// Hands an empty chunk of a ranged job its next range (`hand_out`) and
+    /// starts reading it. False if there is none.
     fn take_range(
         &mut self,
         slot: usize,
@@ -628,106 +491,25 @@ impl SpliceCopy {
         io: &mut Io,
     ) -> Result<bool, TransferError> {
         let cap = self.cap(slot);
-        let (write_now, len) = if self.take_set_aside(slot) {
-            // The rest of a range whose pipe was given back.
-            let Some(chunk) = self.chunks[slot].as_ref() else {
-                return Ok(true);
-            };
-            let write_now = !chunk.probing && self.in_turn(chunk.seq);
-            (write_now, chunk.s.to_read.min(cap))
-        } else if let Some(r) = self.next_range(cap, self.s.total.unwrap_or(0)) {
-            let seq = self.assign(slot, r);
-            self.src_done = !self.open_end && self.all_assigned();
-            (self.in_turn(seq), r.len)
-        } else if self.may_probe() {
-            // Past the size hint: read on, a piece at a time, until a
-            // read returns 0. Not linked: this read is expected short.
-            let rel = self.assigned;
-            self.assigned += cap;
-            self.assign(
-                slot,
-                Range {
-                    rel,
-                    src_off: self.src_start + rel,
-                    dst_off: self.dst_start + rel,
-                    len: cap,
-                },
-            );
-            if let Some(chunk) = self.chunk(slot) {
-                chunk.probing = true;
-            }
-            self.prober = Some(slot);
-            (false, cap)
-        } else {
+        let Some(taken) = self.hand_out(slot, cap) else {
             return Ok(false);
         };
+        let Some(chunk) = self.chunks[slot].as_ref() else {
+            return Ok(true);
+        };
+        let write_now = match taken {
+            // Past the size hint: not linked, this read is expected short.
+            Taken::Probe => false,
+            // The rest of a range whose pipe was given back.
+            Taken::SetAside => !chunk.probing && self.in_turn(chunk.seq),
+            Taken::Next => self.in_turn(chunk.seq),
+        };
+        let len = chunk.s.to_read.min(cap);
         if write_now {
             self.touched = true;
         }
         self.read_into(slot, len as u32, write_now, owner, io)?;
         Ok(true)
-    }
-
-    /// Gives the chunk range `r`; its sequence number.
-    fn assign(&mut self, slot: usize, r: Range) -> u64 {
-        let seq = self.take_seq();
-        if let Some(chunk) = self.chunk(slot) {
-            chunk.seq = seq;
-            chunk.s.src_off = r.src_off;
-            chunk.s.dst_off = r.dst_off;
-            chunk.s.to_read = r.len;
-        }
-        seq
-    }
-
-    /// Where the source's bytes end, from the start of the transfer: where a
-    /// read found its end, else the total.
-    fn end(&self) -> u64 {
-        let total = self.s.total.unwrap_or(0);
-        if self.open_end {
-            self.eof.unwrap_or(total)
-        } else {
-            total
-        }
-    }
-
-    /// Whether every byte was read: the source's end found, or every
-    /// range of a job of known length handed out.
-    fn copied(&self) -> bool {
-        self.src_done || (self.s.ranged && !self.open_end && self.all_assigned())
-    }
-
-    /// Once every byte is in, truncates a destination that ends in a hole
-    /// (which no write reached) to its final size.
-    fn size_destination(&mut self, owner: Owner, io: &mut Io) {
-        if self.failure.is_some()
-            || !self.holes.resize_at_end(self.dst_start + self.end())
-            || self.s.sized
-            || self.s.restoring.is_some()
-            || self.live_chunks() > 0
-            || !self.s.set_aside.is_empty()
-            || self.holes.busy(false)
-            || !self.copied()
-        {
-            return;
-        }
-        let size = self.orig_dst_size.max(self.dst_start + self.end());
-        let dst = self.ends.shared_dst();
-        match io.ftruncate(owner, CopyStep::Truncate.tag(), dst, size) {
-            Ok(ud) => {
-                self.s.restoring = Some(ud);
-                self.s.sizing = true;
-            }
-            Err(e) => {
-                self.failure.get_or_insert(ring_failed::<Splice>(e));
-            }
-        }
-    }
-
-    /// Whether every range of a ranged job was handed out (holes skipped,
-    /// none waiting for a map or to be copied after a refused punch).
-    fn all_assigned(&self) -> bool {
-        self.assigned >= self.s.total.unwrap_or(0) && !self.has_refill()
     }
 
     /// Starts the chunk reading a streamed source, if it may now: true if
@@ -746,7 +528,11 @@ impl SpliceCopy {
         if !self.s.src_ready {
             return Ok(false);
         }
-        let left = self.s.total.map_or(cap, |t| (t - self.assigned).min(cap));
+        let left = self
+            .s
+            .ranges
+            .total
+            .map_or(cap, |t| (t - self.assigned).min(cap));
         let src_off = self.src_start + self.assigned;
         if let Some(chunk) = self.chunk(slot) {
             chunk.s.src_off = src_off;
@@ -808,31 +594,6 @@ impl SpliceCopy {
         let ud = io.splice(owner, read, src, dst, len);
         chunk.busy = Some(ud.map_err(ring_failed::<Splice>)?);
         Ok(())
-    }
-
-    /// After a failure, once nothing is in flight, truncates a regular-file
-    /// destination that was written back to its size at admission: every
-    /// strategy leaves a failed `--in-place` destination the same way.
-    fn restore_destination(&mut self, owner: Owner, io: &mut Io) {
-        if self.failure.is_none()
-            || !self.touched
-            || self.ends.dst_kind != FdKind::File
-            || self.live_chunks() > 0
-            || self.s.ready_poll.is_some()
-            || self.s.restoring.is_some()
-        {
-            return;
-        }
-        self.touched = false;
-        match io.ftruncate(
-            owner,
-            CopyStep::Truncate.tag(),
-            self.ends.shared_dst(),
-            self.orig_dst_size,
-        ) {
-            Ok(ud) => self.s.restoring = Some(ud),
-            Err(e) => tracing::warn!("queueing the truncate of a failed job's destination: {e}"),
-        }
     }
 }
 
