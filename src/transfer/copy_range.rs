@@ -31,7 +31,6 @@ use super::pipeline::{ring_failed, Pipeline, Returned, Strategy};
 use super::ranges::{RangeStrategy, Ranges, Span};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
-use crate::io::buffer_pool::BufRef;
 use crate::io::op::copy_range::Kind;
 use crate::io::op::CopyRange;
 use crate::io::ops::Owner;
@@ -88,10 +87,6 @@ impl Strategy for InKernel {
 
     fn give_back(chunk: RangeChunk, _failed: bool) -> Option<Returned> {
         Some(Returned::Piece(chunk.piece))
-    }
-
-    fn take_back(_: &mut RangeCopy, _: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
-        out.push(Returned::Buffer(buf));
     }
 
     fn divert(p: &mut RangeCopy, slot: usize, out: &mut Vec<Returned>) -> bool {
@@ -160,10 +155,6 @@ impl Strategy for InKernel {
 
     fn finished(p: &RangeCopy) -> bool {
         p.ranges_finished()
-    }
-
-    fn piece(&self, bytes: u64) -> u64 {
-        bytes.max(1)
     }
 }
 

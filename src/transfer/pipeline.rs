@@ -80,8 +80,11 @@ pub(crate) trait Strategy: Sized {
     fn refused(lent: Self::Lent) -> Returned;
     /// A chunk let go; `failed`: the job failed.
     fn give_back(chunk: Self::Chunk, failed: bool) -> Option<Returned>;
-    /// A buffer a completion handed back.
-    fn take_back(p: &mut Pipeline<Self>, step: CopyStep, buf: BufRef, out: &mut Vec<Returned>);
+    /// A buffer a completion handed back: to the pool, unless the
+    /// strategy's chunks lent it.
+    fn take_back(_p: &mut Pipeline<Self>, _step: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
+        out.push(Returned::Buffer(buf));
+    }
     /// Whether an idle chunk is taken out of the pipeline instead of being
     /// moved on (the job is giving its resources back).
     fn divert(_p: &mut Pipeline<Self>, _slot: usize, _out: &mut Vec<Returned>) -> bool {
@@ -114,8 +117,11 @@ pub(crate) trait Strategy: Sized {
     fn after_pump(p: &mut Pipeline<Self>, owner: Owner, io: &mut Io);
     /// Whether the job, holding no chunk, is done.
     fn finished(p: &Pipeline<Self>) -> bool;
-    /// The most one operation moves, from a rate limit's piece of `bytes`.
-    fn piece(&self, bytes: u64) -> u64;
+    /// The most one operation moves, from a rate limit's piece of `bytes`:
+    /// any length but 0, unless the strategy aligns it.
+    fn piece(&self, bytes: u64) -> u64 {
+        bytes.max(1)
+    }
     /// The job ends: put back what it changed on the descriptors.
     fn on_end(&self) {}
 }

@@ -27,7 +27,6 @@ use super::pipeline::{ring_failed, Chunk, Pipeline, Strategy};
 use super::ranges::{RangeStrategy, Ranges, Span, Taken};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
-use crate::io::buffer_pool::BufRef;
 use crate::io::fd::SharedFd;
 use crate::io::ops::Owner;
 use crate::io::pipe_pool::Pipe;
@@ -98,10 +97,6 @@ impl Strategy for Splice {
         } else {
             Returned::Clean(chunk.pipe)
         })
-    }
-
-    fn take_back(_: &mut SpliceCopy, _: CopyStep, buf: BufRef, out: &mut Vec<Returned>) {
-        out.push(Returned::Buffer(buf));
     }
 
     fn divert(p: &mut SpliceCopy, slot: usize, out: &mut Vec<Returned>) -> bool {
@@ -197,10 +192,6 @@ impl Strategy for Splice {
     /// The readiness poll (`side_op`) is waited for too.
     fn finished(p: &SpliceCopy) -> bool {
         p.ranges_finished()
-    }
-
-    fn piece(&self, bytes: u64) -> u64 {
-        bytes.max(1)
     }
 }
 
