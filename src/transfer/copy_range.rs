@@ -183,10 +183,12 @@ impl RangeStrategy for InKernel {
         c.to_copy = span.len;
     }
 
-    /// `src_done`: set as `hand_out` gives out a job's last range, or as a
-    /// copy past a size hint returns 0.
+    /// The source's end found, or every range of a job of known length
+    /// handed out: `src_done` is set as `hand_out` gives out a job's last
+    /// range, but a map of the source that arrives after it can skip a
+    /// trailing hole without any chunk asking for a range.
     fn all_read(p: &RangeCopy) -> bool {
-        p.src_done
+        p.src_done || (!p.open_end && p.all_assigned())
     }
 }
 
