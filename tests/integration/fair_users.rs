@@ -272,8 +272,13 @@ fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
     );
     assert_file_eq(dst, want);
 
-    // The stalled jobs gave pipes back without losing or repeating a byte:
-    // once their peers read, every one delivers its source exactly.
+    // The stalled jobs gave pipes back without losing or repeating a byte.
+    deliver_exactly(stalled, "stalled job");
+}
+
+/// Once their peers read, every stalled job delivers its source exactly,
+/// in order: giving its pipe or piece back lost or repeated no byte.
+fn deliver_exactly(stalled: Vec<(ringxfer_ipc::JobHandle, UnixStream, Vec<u8>)>, what: &str) {
     let readers: Vec<_> = stalled
         .into_iter()
         .map(|(h, mut peer, bytes)| {
@@ -285,10 +290,10 @@ fn a_stalled_users_jobs_do_not_starve_another_users_copy() {
         })
         .collect();
     for (i, (h, t, bytes)) in readers.into_iter().enumerate() {
-        let done = completed(wait(h), &format!("stalled job {i}"));
-        assert_eq!(done.bytes, STALLED_LEN as u64, "stalled job {i}");
+        let done = completed(wait(h), &format!("{what} {i}"));
+        assert_eq!(done.bytes, STALLED_LEN as u64, "{what} {i}");
         let got = t.join().unwrap().expect("read a stalled job's socket");
-        assert_bytes_eq(&got, &bytes, &format!("what stalled job {i} delivered"));
+        assert_bytes_eq(&got, &bytes, &format!("what {what} {i} delivered"));
     }
 }
 
@@ -343,28 +348,8 @@ fn a_stalled_users_sendfile_jobs_give_their_pieces_to_another_users_copy() {
         "the other user's copy took {ms} ms behind root's stalled sendfile jobs (target {TARGET:?})"
     );
     assert_file_eq(dst, want);
-    // Nothing was lost or sent twice: once their peers read, every stalled
-    // job delivers its source exactly, in order.
-    let readers: Vec<_> = stalled
-        .into_iter()
-        .map(|(h, mut peer, bytes)| {
-            let t = thread::spawn(move || {
-                let mut got = Vec::with_capacity(STALLED_LEN);
-                peer.read_to_end(&mut got).map(|_| got)
-            });
-            (h, t, bytes)
-        })
-        .collect();
-    for (i, (h, t, bytes)) in readers.into_iter().enumerate() {
-        let done = completed(wait(h), &format!("stalled sendfile job {i}"));
-        assert_eq!(done.bytes, STALLED_LEN as u64, "stalled sendfile job {i}");
-        let got = t.join().unwrap().expect("read a stalled job's socket");
-        assert_bytes_eq(
-            &got,
-            &bytes,
-            &format!("what stalled sendfile job {i} delivered"),
-        );
-    }
+    // Nothing was lost or sent twice.
+    deliver_exactly(stalled, "stalled sendfile job");
 }
 
 /// The environment that turns `other_user_endless` on: the socket.
