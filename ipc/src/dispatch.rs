@@ -194,7 +194,11 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 ///
 /// Meant for a thread that submits jobs in a loop and collects their
 /// completions between submissions: it saves the event thread's wake-ups,
-/// which on a busy machine take turns with the submitting thread.
+/// which on a busy machine take turns with the submitting thread. A client
+/// whose requests are all made while a dispatcher reads never starts the
+/// event thread at all; one dropped while jobs, callers or subscribers
+/// still wait for the daemon hands them to the event thread, started then
+/// if it has not been.
 ///
 /// While it lives, nothing else dispatches. A call that waits for the
 /// daemon's answer ([`JobHandle::wait`](crate::JobHandle::wait),
@@ -294,5 +298,8 @@ impl Drop for Dispatcher<'_> {
         let inner = &self.client.inner;
         *lock(&inner.pumping) = false;
         inner.pump_changed.notify_all();
+        // After the flag is down: a request registered from now on starts
+        // the event thread itself if it must (`Client::ensure_reader`).
+        self.client.dispatcher_gone();
     }
 }
