@@ -11,7 +11,7 @@
 //! the copy took up to half as long again.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -255,6 +255,24 @@ impl Client {
 }
 
 impl Dispatcher<'_> {
+    /// The socket [`Dispatcher::dispatch`] waits on, for a caller that
+    /// waits on other descriptors too: poll it for `POLLIN` with them,
+    /// then dispatch what arrived with `dispatch(Some(Duration::ZERO))`.
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsRawFd;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let events = client.dispatch_here();
+    /// println!("events arrive on descriptor {}", events.fd().as_raw_fd());
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        let fd = lock(&self.client.inner.reader).fd();
+        // SAFETY: the reader's stream is the client's, open until the
+        // client is dropped, which the borrow of it this holds prevents.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
+
     /// Dispatches every event that has arrived, first waiting up to
     /// `timeout` for one (`None`: until one arrives; `Some(ZERO)`: not at
     /// all). Returns how many were dispatched.

@@ -112,7 +112,7 @@ pub fn wait(ctx: &Context, job: u64) -> Exit {
             op: Op::Wait.name(),
             current: None,
         };
-        let done = progress::wait(&mut events, &handle, ctx.progress, moving)
+        let done = progress::wait(&mut events, None, &handle, ctx.progress, moving)
             .map_err(|err| CliError::job(format!("job {job}"), &err))?;
         let done = Finished::from_completion(done, engine.kind());
         if ctx.out.json {

@@ -90,7 +90,11 @@ pub fn run(
         op: subject.op.name(),
         current: Some(&subject.src),
     };
-    let done = progress::wait(&mut events, &handle, plan.progress, moving)
+    let signals = crate::signals::fd().map(|fd| progress::Also {
+        fd,
+        act: crate::signals::take,
+    });
+    let done = progress::wait(&mut events, signals, &handle, plan.progress, moving)
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
     Ok(Finished::from_completion(done, engine.kind()))
 }

@@ -1,6 +1,7 @@
 //! Waiting for a job, with a progress bar on stderr when it takes a while,
 //! or progress objects on stdout (`--json --progress`, progress_json.rs).
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,17 +47,26 @@ pub struct Moving<'a> {
     pub current: Option<&'a str>,
 }
 
+/// Something else the wait for a job watches: when `fd` is readable,
+/// `act` runs (the signals a copy takes: it exits if one came).
+#[derive(Clone, Copy)]
+pub struct Also<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub act: fn(),
+}
+
 /// Waits for the job to end, reading the connection's events with
-/// `events`, and shows its progress as `show` says: a bar once the job has
-/// run for [`SHOW_AFTER`] (cleared before returning, so the final line
-/// stands alone), or progress objects.
+/// `events` (and watching `also`), and shows its progress as `show` says:
+/// a bar once the job has run for [`SHOW_AFTER`] (cleared before
+/// returning, so the final line stands alone), or progress objects.
 pub fn wait(
     events: &mut Dispatcher<'_>,
+    also: Option<Also<'_>>,
     handle: &JobHandle,
     show: Show,
     what: Moving<'_>,
 ) -> Result<Completion, JobError> {
-    let mut wait = |timeout| wait_for(events, handle, timeout);
+    let mut wait = |timeout| wait_for(events, also, handle, timeout);
     match show {
         Show::Off => wait(None).unwrap_or_else(|| handle.wait()),
         Show::Bar => wait_with_bar(handle, wait),
@@ -68,6 +78,7 @@ pub fn wait(
 /// `timeout` (`None`: until it ends); `None` if it is still running.
 fn wait_for(
     events: &mut Dispatcher<'_>,
+    also: Option<Also<'_>>,
     handle: &JobHandle,
     timeout: Option<Duration>,
 ) -> Option<Result<Completion, JobError>> {
@@ -83,12 +94,52 @@ fn wait_for(
             },
             None => None,
         };
-        if let Err(err) = events.dispatch(left) {
+        let ready = match readable(events.fd(), also.map(|a| a.fd), left) {
+            Ok(ready) => ready,
+            Err(err) => return Some(Err(JobError::Disconnected(err.to_string()))),
+        };
+        if let (Some(also), true) = (also, ready.1) {
+            (also.act)();
+        }
+        if !ready.0 {
+            continue;
+        }
+        if let Err(err) = events.dispatch(Some(Duration::ZERO)) {
             // The connection's end resolved the job; a failed wait did not.
             if handle.is_finished() {
                 return Some(handle.wait());
             }
             return Some(Err(JobError::Disconnected(err.to_string())));
+        }
+    }
+}
+
+/// Waits at most `timeout` (`None`: for as long as it takes) for `fd` or
+/// `also` to be readable (or hung up): which are.
+fn readable(
+    fd: BorrowedFd<'_>,
+    also: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> std::io::Result<(bool, bool)> {
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    let watch = |fd: Option<BorrowedFd<'_>>| libc::pollfd {
+        // A negative descriptor is skipped by poll(2).
+        fd: fd.map_or(-1, |f| f.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(Some(fd)), watch(also)];
+    loop {
+        // SAFETY: two pollfds that live across the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc >= 0 {
+            return Ok((fds[0].revents != 0, fds[1].revents != 0));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
