@@ -24,8 +24,6 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use ringxfer_ipc::FailureKind;
 
@@ -96,9 +94,6 @@ pub(crate) struct InKernel {
     /// operations come back, and take no new work.
     reclaiming: bool,
     set_aside: Vec<SetAside>,
-    /// The worker says here whether the piece in flight stopped at a range
-    /// that came back with 0, the source's end (`CopyRange::then`).
-    ended: Arc<AtomicBool>,
 }
 
 impl Strategy for InKernel {
@@ -253,7 +248,6 @@ impl RangeCopy {
             refused: None,
             reclaiming: false,
             set_aside: Vec::new(),
-            ended: Arc::new(AtomicBool::new(false)),
         };
         let mut copy = Pipeline::with(ends, &shape, 1, shape.dst_size, s);
         copy.in_order = in_order;
@@ -487,11 +481,10 @@ impl RangeCopy {
 
     /// Into a file, a chunk whose range is short of a piece takes the
     /// source's next ranges too (holes still skipped: `next_range`), up to
-    /// a piece's bytes and `MAX_SPANS` ranges, and past the size hint the
-    /// probe for the end of the file, all copied by one worker hand-off:
-    /// the 16 runs of data of a sparse 1 GiB file took a hand-off each, a
-    /// third of the job's time (issue 16), and every file one more for its
-    /// end. Into a socket each range is a piece of its own, in order.
+    /// a piece's bytes and `MAX_SPANS` ranges, all copied by one worker
+    /// hand-off: the 16 runs of data of a sparse 1 GiB file took a
+    /// hand-off each, a third of the job's time (issue 16). Into a socket
+    /// each range is a piece of its own, in order.
     fn gather(&mut self, slot: usize) {
         if self.s.kind != Kind::CopyFileRange || self.in_order {
             return;
@@ -514,21 +507,6 @@ impl RangeCopy {
                 probing: false,
             });
         }
-        // Past a size hint the file is read on until a copy returns 0: with
-        // what is left of the piece, in the same hand-off, so that a file
-        // whose hint was right ends with its data instead of a piece more.
-        if bytes < cap && self.may_probe() {
-            let (rel, len) = (self.assigned, cap - bytes);
-            self.assigned += len;
-            self.prober = Some(slot);
-            more.push_back(SetAside {
-                seq: self.take_seq(),
-                src_off: self.src_start + rel,
-                dst_off: self.dst_start + rel,
-                len,
-                probing: true,
-            });
-        }
         if let Some(chunk) = self.chunk(slot) {
             chunk.s.more = more;
         }
@@ -542,7 +520,6 @@ impl RangeCopy {
     /// Queues the next piece of the chunk's range on a worker.
     fn copy_piece(&mut self, slot: usize, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
         let (ends, kind, cap) = (Rc::clone(&self.ends), self.s.kind, self.cap());
-        let ended = Arc::clone(&self.s.ended);
         let Some(chunk) = self.chunk(slot) else {
             return Ok(());
         };
@@ -561,7 +538,7 @@ impl RangeCopy {
             (chunk.s.src_off, chunk.s.dst_off),
             len,
         )
-        .then(more, ended);
+        .then(more);
         let ud = io.queue_op(owner, CopyStep::In(slot).tag(), op);
         chunk.busy = Some(ud.map_err(ring_failed::<InKernel>)?);
         self.touched = true;
@@ -581,11 +558,6 @@ impl RangeCopy {
         // The piece's bytes fill its first range, then the gathered ones in
         // order; a range not filled is where the next piece starts.
         while self.advance(slot, &mut left) {}
-        // It stopped at a range that came back with 0: the source's end,
-        // there, as if a piece of its own had found it.
-        if self.s.ended.load(Ordering::SeqCst) {
-            return self.piece_end(slot);
-        }
         if self.open_end {
             return self.check_eof();
         }
@@ -618,7 +590,6 @@ impl RangeCopy {
             chunk.s.src_off = r.src_off;
             chunk.s.dst_off = r.dst_off;
             chunk.s.to_copy = r.len;
-            chunk.probing = r.probing;
         }
         if probed {
             self.prober = None;
@@ -642,10 +613,11 @@ impl RangeCopy {
             return Err(self.short_source(reached, self.s.total.unwrap_or(0)));
         }
         // End of file, wherever the size hint said it would be: nothing
-        // gathered after it (a probe included) is copied.
+        // gathered after it is copied.
         chunk.s.to_copy = 0;
-        let probed = chunk.s.more.drain(..).any(|r| r.probing);
-        if std::mem::take(&mut chunk.probing) || probed {
+        chunk.s.more.clear();
+        if chunk.probing {
+            chunk.probing = false;
             self.prober = None;
         }
         self.write_seq += 1;

@@ -287,32 +287,6 @@ fn copy_range_reports_progress_and_holds_its_rate_limit() {
     );
 }
 
-/// A file of the size it says is copied in one piece: its data and the
-/// look past the size for its end (a copy that returns 0) go to the worker
-/// together, not a piece each.
-#[test]
-fn a_file_of_the_size_it_says_is_copied_in_one_piece() {
-    let d = Daemon::start();
-    let c = d.client();
-    let dir = tmpdir();
-    let len = 3 * MIB;
-    let (src, want) = make_file(dir.path(), "src", len as usize, 65);
-    let dst = dir.path().join("dst");
-    let ops = |c: &ringxfer_ipc::Client| {
-        strategy_stats(&c.stats().expect("stats"), Strategy::CopyRange).ops
-    };
-    let before = ops(&c);
-    let (s, t) = (open_src(&src), create_dst(&dst));
-    let h = c
-        .submit(s.as_fd(), t.as_fd(), &with(Strategy::CopyRange))
-        .unwrap();
-    drop((s, t));
-    let done = completed(wait(h), "a copy-range job of 3 MiB");
-    assert_eq!((done.strategy, done.bytes), (Strategy::CopyRange, len));
-    assert_file_eq(&dst, &want);
-    assert_eq!(ops(&c) - before, 1, "worker pieces of a 3 MiB copy");
-}
-
 /// Sends `src` (offset, length) into a TCP connection with `o`; what the
 /// peer received, and the completion.
 fn send_over_tcp(

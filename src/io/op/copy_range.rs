@@ -7,8 +7,6 @@
 //! one.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use io_uring::{opcode, squeue};
 
@@ -41,10 +39,6 @@ pub struct Offsets {
     /// Ranges copied after the first, in order (`CopyRange::then`): read
     /// by the worker, so the op's until its completion is reaped too.
     pub more: Box<[Span]>,
-    /// Set by the worker, before the completion, to whether the piece
-    /// stopped at a range that came back with 0 (the source's end): the
-    /// result, bytes moved by the ranges before it, cannot say so.
-    pub ended: Option<Arc<AtomicBool>>,
 }
 
 /// A further range a piece copies once the one before it is whole:
@@ -83,22 +77,18 @@ impl CopyRange {
                 src: src_off as i64,
                 dst: dst_off as i64,
                 more: Box::default(),
-                ended: None,
             }),
             len,
         }
     }
 
     /// Copies `more` too, each once the one before it moved its whole
-    /// length: a sparse file's small runs of data, and a probe past a size
-    /// hint, one worker hand-off for all of them instead of one each. The
-    /// result is then the bytes moved by all, up to the first range that
-    /// came back short, at its end or failed (that range's own result, if
-    /// it is the first); `ended` says, once the completion is in, whether
-    /// that range came back with 0 (the source's end).
-    pub fn then(mut self, more: Vec<Span>, ended: Arc<AtomicBool>) -> CopyRange {
+    /// length: a sparse file's small runs of data, one worker hand-off for
+    /// all of them instead of one each. The result is then the bytes moved
+    /// by all, up to the first range that came back short, at its end or
+    /// failed (that range's own result, if it is the first).
+    pub fn then(mut self, more: Vec<Span>) -> CopyRange {
         self.offsets.more = more.into_boxed_slice();
-        self.offsets.ended = Some(ended);
         self
     }
 }
@@ -145,25 +135,9 @@ impl Call {
     /// and nothing else touches them until its completion is reaped.
     pub unsafe fn run(self) -> isize {
         // SAFETY: the caller's guarantee, passed on.
-        let (total, ended) = unsafe { self.ranges() };
-        // SAFETY: as above; the flag is the op's (and its owner's, which
-        // reads it only once the completion is reaped).
-        if let Some(flag) = unsafe { &(*self.offsets).ended } {
-            flag.store(ended, Ordering::SeqCst);
-        }
-        total
-    }
-
-    /// The bytes moved by the ranges (or the first one's failure), and
-    /// whether the last one tried came back with 0.
-    ///
-    /// # Safety
-    /// As for `run`.
-    unsafe fn ranges(&self) -> (isize, bool) {
-        // SAFETY: the caller's guarantee, passed on.
         let first = unsafe { self.one(self.len) };
         if first < 0 || first as usize != self.len {
-            return (first, first == 0);
+            return first;
         }
         // SAFETY: the op's offsets, alive and touched by nothing else until
         // its completion is reaped (the caller's guarantee); the ranges are
@@ -186,15 +160,12 @@ impl Call {
             if n < 0 {
                 break;
             }
-            if n == 0 {
-                return (total, true);
-            }
             total += n;
             if n as usize != span.len {
                 break;
             }
         }
-        (total, false)
+        total
     }
 
     /// One syscall over `len` bytes at the current offsets.
@@ -244,10 +215,8 @@ mod tests {
         }
     }
 
-    /// Runs a piece of `first` then `more` from `src` into `dst` as a
-    /// worker would: its result, and whether it ended at the source's end.
-    fn piece(src: &Rc<OwnedFd>, dst: &Rc<OwnedFd>, first: Span, more: Vec<Span>) -> (isize, bool) {
-        let ended = Arc::new(AtomicBool::new(false));
+    /// Runs a piece of `first` then `more` from `src` into `dst` as a worker would.
+    fn piece(src: &Rc<OwnedFd>, dst: &Rc<OwnedFd>, first: Span, more: Vec<Span>) -> isize {
         let mut op = CopyRange::new(
             Kind::CopyFileRange,
             SharedFd::owned(src),
@@ -255,13 +224,12 @@ mod tests {
             (first.src as u64, first.dst as u64),
             first.len,
         )
-        .then(more, Arc::clone(&ended));
+        .then(more);
         let Blocking::CopyRange(call) = op.blocking() else {
             panic!("a copy range runs as CopyRange");
         };
         // SAFETY: the op (descriptors, offsets, ranges) outlives the call.
-        let result = unsafe { call.run() };
-        (result, ended.load(Ordering::SeqCst))
+        unsafe { call.run() }
     }
 
     #[test]
@@ -272,8 +240,13 @@ mod tests {
         let f = std::fs::File::from(src.try_clone().expect("dup"));
         f.write_all_at(&data, 0).expect("write");
         // Three ranges, holes between: all of them.
-        let three = vec![span(4096, 4096), span(12288, 4096)];
-        assert_eq!(piece(&src, &dst, span(0, 1000), three), (9192, false));
+        let got = piece(
+            &src,
+            &dst,
+            span(0, 1000),
+            vec![span(4096, 4096), span(12288, 4096)],
+        );
+        assert_eq!(got, 9192);
         let out = std::fs::File::from(dst.try_clone().expect("dup"));
         let mut back = vec![0u8; 16384];
         out.read_exact_at(&mut back, 0).expect("read back");
@@ -282,28 +255,23 @@ mod tests {
         assert_eq!(back[4096..8192], data[4096..8192]);
         assert_eq!(back[12288..], data[12288..]);
         // A range past the end comes back with 0: the piece ends there,
-        // with what the ranges before it moved, and says it met the end;
-        // the range after it is not copied.
-        let past = vec![span(20000, 10), span(8192, 4096)];
-        assert_eq!(piece(&src, &dst, span(0, 4096), past), (4096, true));
+        // with what the ranges before it moved; the one after is not copied.
+        let got = piece(
+            &src,
+            &dst,
+            span(0, 4096),
+            vec![span(20000, 10), span(8192, 4096)],
+        );
+        assert_eq!(got, 4096);
         out.read_exact_at(&mut back, 0).expect("read back");
         assert!(back[8192..12288].iter().all(|&b| b == 0));
-        // A probe past a size hint: the data, then the end.
-        let probe = vec![span(16384, 1 << 20)];
-        assert_eq!(piece(&src, &dst, span(8192, 8192), probe), (8192, true));
-        assert_eq!(piece(&src, &dst, span(16384, 4096), Vec::new()), (0, true));
-        // A range cut short ends the piece, not at the end.
-        let short = vec![span(12288, 8192), span(0, 10)];
-        assert_eq!(piece(&src, &dst, span(0, 4096), short), (8192, false));
         // A first range that fails says why; a later one ends the piece
         // with the bytes before it (its next piece starts there and says).
         let bad = Rc::new(OwnedFd::from(
             std::fs::File::open(dir.path().join("src")).expect("open read-only"),
         ));
-        assert_eq!(piece(&src, &bad, span(0, 4096), Vec::new()), (-1, false));
-        assert_eq!(
-            piece(&src, &dst, span(0, 4096), vec![span(-5, 4096)]),
-            (4096, false)
-        );
+        assert_eq!(piece(&src, &bad, span(0, 4096), Vec::new()), -1);
+        let got = piece(&src, &dst, span(0, 4096), vec![span(-5, 4096)]);
+        assert_eq!(got, 4096);
     }
 }
