@@ -22,7 +22,6 @@
 //! and the note says why (engine/jobs.rs), and `CopyRefusals` keeps `auto`
 //! from asking the same pair of file systems again for each file.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use ringxfer_ipc::FailureKind;
@@ -33,7 +32,7 @@ use super::pipeline::{ring_failed, Pipeline, Returned, Strategy};
 use super::step::CopyStep;
 use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
-use crate::io::op::copy_range::{Kind, Span};
+use crate::io::op::copy_range::Kind;
 use crate::io::op::CopyRange;
 use crate::io::ops::Owner;
 use crate::io::piece_pool::Piece;
@@ -44,11 +43,6 @@ use crate::io::Io;
 /// round every few milliseconds on a local disk, large enough that the
 /// worker hand-off per piece costs nothing measurable.
 pub(crate) const PIECE: u64 = 8 << 20;
-
-/// The most ranges one piece copies (see `RangeCopy::gather`): a sparse
-/// source's runs of data, each a copy_file_range of its own on the same
-/// worker, a piece's bytes in all.
-const MAX_SPANS: usize = 64;
 
 /// A transfer the kernel copies in pieces, on workers.
 pub(crate) type RangeCopy = Pipeline<InKernel>;
@@ -62,9 +56,6 @@ pub(crate) struct RangeChunk {
     dst_off: u64,
     /// Bytes of the chunk's range not yet copied.
     to_copy: u64,
-    /// The ranges the chunk copies after this one, in the same pieces
-    /// (`RangeCopy::gather`); none unless `to_copy` is above 0.
-    more: VecDeque<SetAside>,
 }
 
 /// The rest of a range whose piece was given back (`reclaim`).
@@ -107,7 +98,6 @@ impl Strategy for InKernel {
             src_off: 0,
             dst_off: 0,
             to_copy: 0,
-            more: VecDeque::new(),
         }
     }
 
@@ -344,7 +334,6 @@ impl RangeCopy {
                 len: c.s.to_copy,
                 probing: c.probing,
             });
-            self.s.set_aside.extend(c.s.more.iter().copied());
         }
         self.release(slot, out);
         if self.live_chunks() == 0 {
@@ -363,7 +352,6 @@ impl RangeCopy {
         }
         if let Some(r) = self.next_range(cap, self.s.total.unwrap_or(0)) {
             self.assign(slot, r);
-            self.gather(slot);
             self.src_done = !self.open_end && self.all_assigned();
             return true;
         }
@@ -479,39 +467,6 @@ impl RangeCopy {
         }
     }
 
-    /// Into a file, a chunk whose range is short of a piece takes the
-    /// source's next ranges too (holes still skipped: `next_range`), up to
-    /// a piece's bytes and `MAX_SPANS` ranges, all copied by one worker
-    /// hand-off: the 16 runs of data of a sparse 1 GiB file took a
-    /// hand-off each, a third of the job's time (issue 16). Into a socket
-    /// each range is a piece of its own, in order.
-    fn gather(&mut self, slot: usize) {
-        if self.s.kind != Kind::CopyFileRange || self.in_order {
-            return;
-        }
-        let (cap, end) = (self.cap(), self.s.total.unwrap_or(0));
-        let Some(mut bytes) = self.chunk(slot).map(|c| c.s.to_copy) else {
-            return;
-        };
-        let mut more = VecDeque::new();
-        while bytes < cap && more.len() < MAX_SPANS {
-            let Some(r) = self.next_range(cap - bytes, end) else {
-                break;
-            };
-            bytes += r.len;
-            more.push_back(SetAside {
-                seq: self.take_seq(),
-                src_off: r.src_off,
-                dst_off: r.dst_off,
-                len: r.len,
-                probing: false,
-            });
-        }
-        if let Some(chunk) = self.chunk(slot) {
-            chunk.s.more = more;
-        }
-    }
-
     /// The most one piece copies.
     fn cap(&self) -> u64 {
         PIECE.min(self.piece_limit)
@@ -524,21 +479,13 @@ impl RangeCopy {
             return Ok(());
         };
         let len = chunk.s.to_copy.min(cap) as usize;
-        // Gathered ranges follow a first range copied whole; they add up
-        // to a piece at most (`gather`).
-        let more = if len as u64 == chunk.s.to_copy {
-            chunk.s.more.iter().map(span).collect()
-        } else {
-            Vec::new()
-        };
         let op = CopyRange::new(
             kind,
             ends.shared_src(),
             ends.shared_dst(),
             (chunk.s.src_off, chunk.s.dst_off),
             len,
-        )
-        .then(more);
+        );
         let ud = io.queue_op(owner, CopyStep::In(slot).tag(), op);
         chunk.busy = Some(ud.map_err(ring_failed::<InKernel>)?);
         self.touched = true;
@@ -554,44 +501,19 @@ impl RangeCopy {
         if result == 0 {
             return self.piece_end(slot);
         }
-        let mut left = result as u64;
-        // The piece's bytes fill its first range, then the gathered ones in
-        // order; a range not filled is where the next piece starts.
-        while self.advance(slot, &mut left) {}
-        if self.open_end {
-            return self.check_eof();
-        }
-        Ok(())
-    }
-
-    /// Counts up to `left` bytes of a piece as copied from the chunk's
-    /// range; when the range is whole the chunk takes its next gathered one.
-    /// True while bytes are left for that one.
-    fn advance(&mut self, slot: usize, left: &mut u64) -> bool {
-        let src_start = self.src_start;
+        let n = result as u64;
+        let (open_end, src_start) = (self.open_end, self.src_start);
         let Some(chunk) = self.chunk(slot) else {
-            return false;
+            return Ok(());
         };
-        let n = (*left).min(chunk.s.to_copy);
-        *left -= n;
+        let n = n.min(chunk.s.to_copy);
         chunk.s.src_off += n;
         chunk.s.dst_off += n;
         chunk.s.to_copy -= n;
         let (src_off, range_done) = (chunk.s.src_off, chunk.s.to_copy == 0);
-        // The file had a whole piece more: the next piece probes on.
-        let probed = range_done && std::mem::take(&mut chunk.probing);
-        let next = if range_done {
-            chunk.s.more.pop_front()
-        } else {
-            None
-        };
-        if let Some(r) = next {
-            chunk.seq = r.seq;
-            chunk.s.src_off = r.src_off;
-            chunk.s.dst_off = r.dst_off;
-            chunk.s.to_copy = r.len;
-        }
-        if probed {
+        if range_done && chunk.probing {
+            // The file had a whole piece more: the next piece probes on.
+            chunk.probing = false;
             self.prober = None;
         }
         self.moved += n;
@@ -599,7 +521,10 @@ impl RangeCopy {
             self.write_seq += 1;
         }
         self.high = self.high.max(src_off - src_start);
-        next.is_some() && *left > 0
+        if open_end {
+            return self.check_eof();
+        }
+        Ok(())
     }
 
     /// A copy returned 0: the source's end.
@@ -612,10 +537,8 @@ impl RangeCopy {
         if !open_end {
             return Err(self.short_source(reached, self.s.total.unwrap_or(0)));
         }
-        // End of file, wherever the size hint said it would be: nothing
-        // gathered after it is copied.
+        // End of file, wherever the size hint said it would be.
         chunk.s.to_copy = 0;
-        chunk.s.more.clear();
         if chunk.probing {
             chunk.probing = false;
             self.prober = None;
@@ -679,16 +602,6 @@ impl RangeCopy {
             Ok(ud) => self.s.restoring = Some(ud),
             Err(e) => tracing::warn!("queueing the truncate of a failed job's destination: {e}"),
         }
-    }
-}
-
-/// A gathered range as the worker copies it (offsets were checked at
-/// admission to stay below 2^63; a range is at most a piece).
-fn span(r: &SetAside) -> Span {
-    Span {
-        src: r.src_off as i64,
-        dst: r.dst_off as i64,
-        len: r.len as usize,
     }
 }
 

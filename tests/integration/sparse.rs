@@ -320,47 +320,6 @@ fn a_file_with_more_regions_than_a_map_window_is_mapped_in_windows() {
     d.stop();
 }
 
-/// The daemon's count of loop turns (`enter_calls`), from `stats --json`.
-fn enter_calls(d: &Daemon) -> u64 {
-    let mut c = cli(&d.socket);
-    c.args(["--json", "stats"]);
-    let out = run(c);
-    assert_exit(&out, 0, "stats --json");
-    json_lines(&out)[0]["enter_calls"]
-        .as_u64()
-        .expect("enter_calls in stats")
-}
-
-/// copy-range copies a sparse file's small runs of data several to a
-/// worker piece, not one piece (one worker hand-off and loop turn) each:
-/// 200 runs of 4 KiB take far fewer than 200 turns of the loop.
-#[test]
-fn copy_range_copies_many_runs_of_data_in_few_pieces() {
-    let dir = tmpdir();
-    let d = Daemon::start();
-    let src = dir.path().join("striped");
-    let data: Vec<(u64, u64)> = (0..200).map(|i| (i * 64 * KIB, 4 * KIB)).collect();
-    sparse_file(&src, 200 * 64 * KIB, &data, 43);
-    let dst = dir.path().join("copy");
-    let before = enter_calls(&d);
-    let what = "copy-range copy of 200 runs of data";
-    copy_ok(
-        &d,
-        &with_strategy("copy-range", &[], false),
-        &src,
-        &dst,
-        what,
-    );
-    let turns = enter_calls(&d) - before;
-    assert_same(&src, &dst);
-    assert_holes_kept(&src, &dst, 400, what);
-    assert!(
-        turns < 100,
-        "{what}: the loop turned {turns} times (one piece per run would be 200 or more)"
-    );
-    d.stop();
-}
-
 /// A hole costs no rate: 256 MiB holding 1 MiB of data at 4 MiB/s takes
 /// about a quarter of a second, not a minute.
 #[test]
