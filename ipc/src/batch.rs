@@ -250,7 +250,10 @@ impl<'c, 'fd> SubmitBatch<'c, 'fd> {
                     shared.jobs.insert(slot.req, Arc::clone(slot));
                 }
             }
-            let sent = send_with_fds(inner.stream.as_fd(), &frame, &self.fds);
+            let sent = self.client.ensure_reader().and_then(|()| {
+                send_with_fds(inner.stream.as_fd(), &frame, &self.fds)
+                    .map_err(|e| send_error("sending a batch of Submits to the daemon", e))
+            });
             if sent.is_err() {
                 let mut shared = lock(&inner.shared);
                 for slot in &self.slots {
@@ -266,7 +269,7 @@ impl<'c, 'fd> SubmitBatch<'c, 'fd> {
             }
             Err(e) => {
                 self.abandon("sending the batch to the daemon failed");
-                Err(send_error("sending a batch of Submits to the daemon", e))
+                Err(e)
             }
         }
     }

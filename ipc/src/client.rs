@@ -1,8 +1,10 @@
 //! The client stub: one connection to the daemon, shared by any number of threads.
 //!
-//! A [`Client`] owns the socket and one event thread. Requests go out under a
-//! send lock, so frames from different threads never interleave. The event
-//! thread reads every frame the daemon sends and routes it: job events to the
+//! A [`Client`] owns the socket and, once something waits for an answer
+//! that no [`Dispatcher`](crate::dispatch::Dispatcher) reads, one event
+//! thread. Requests go out under a send lock, so frames from different
+//! threads never interleave. The event thread (or a dispatcher) reads every
+//! frame the daemon sends and routes it: job events to the
 //! [`JobHandle`] (and callback) of the request they name, `Stats` replies to
 //! the callers waiting for them in request order, and a copy of everything to
 //! each [`Client::events`] subscriber. When the connection ends, for whatever
@@ -82,7 +84,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// ```
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
-    event_thread: Option<JoinHandle<()>>,
+    /// Started by the first request that no dispatcher reads the answer to
+    /// (`Client::ensure_reader`); joined on drop.
+    event_thread: Mutex<Option<JoinHandle<()>>>,
     /// The socket `connect` used, for `reconnect`.
     pub(crate) path: Option<PathBuf>,
 }
@@ -168,14 +172,23 @@ impl Drop for Client {
         // what is outstanding; the daemon sees us go. An error here means the
         // socket is already shut down, which is the goal anyway.
         let _ = self.inner.stream.shutdown(Shutdown::Both);
-        if let Some(handle) = self.event_thread.take() {
+        let event_thread = self
+            .event_thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match event_thread {
             // A callback that owned the last Client drops it on the event
             // thread itself, which then ends on its own once it returns.
-            if handle.thread().id() != thread::current().id() {
-                // Err only if the thread panicked, which the panic hook has
-                // already reported; there is nothing left to clean up.
+            Some(handle) if handle.thread().id() == thread::current().id() => {}
+            // Err only if the thread panicked, which the panic hook has
+            // already reported; there is nothing left to clean up.
+            Some(handle) => {
                 let _ = handle.join();
             }
+            // Nothing was left for a thread to read; whatever is (a job
+            // submitted under a dispatcher and never answered) ends here.
+            None => self.inner.close("the client was dropped".to_string()),
         }
         // After the event thread, which hands it its last work as the
         // connection ends.

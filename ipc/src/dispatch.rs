@@ -11,7 +11,7 @@
 //! the copy took up to half as long again.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -194,7 +194,11 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 ///
 /// Meant for a thread that submits jobs in a loop and collects their
 /// completions between submissions: it saves the event thread's wake-ups,
-/// which on a busy machine take turns with the submitting thread.
+/// which on a busy machine take turns with the submitting thread. A client
+/// whose requests are all made while a dispatcher reads never starts the
+/// event thread at all; one dropped while jobs, callers or subscribers
+/// still wait for the daemon hands them to the event thread, started then
+/// if it has not been.
 ///
 /// While it lives, nothing else dispatches. A call that waits for the
 /// daemon's answer ([`JobHandle::wait`](crate::JobHandle::wait),
@@ -251,6 +255,24 @@ impl Client {
 }
 
 impl Dispatcher<'_> {
+    /// The socket [`Dispatcher::dispatch`] waits on, for a caller that
+    /// waits on other descriptors too: poll it for `POLLIN` with them,
+    /// then dispatch what arrived with `dispatch(Some(Duration::ZERO))`.
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsRawFd;
+    /// let client = ringxfer_ipc::Client::connect_default()?;
+    /// let events = client.dispatch_here();
+    /// println!("events arrive on descriptor {}", events.fd().as_raw_fd());
+    /// # Ok::<(), ringxfer_ipc::ClientError>(())
+    /// ```
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        let fd = lock(&self.client.inner.reader).fd();
+        // SAFETY: the reader's stream is the client's, open until the
+        // client is dropped, which the borrow of it this holds prevents.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
+
     /// Dispatches every event that has arrived, first waiting up to
     /// `timeout` for one (`None`: until one arrives; `Some(ZERO)`: not at
     /// all). Returns how many were dispatched.
@@ -294,5 +316,8 @@ impl Drop for Dispatcher<'_> {
         let inner = &self.client.inner;
         *lock(&inner.pumping) = false;
         inner.pump_changed.notify_all();
+        // After the flag is down: a request registered from now on starts
+        // the event thread itself if it must (`Client::ensure_reader`).
+        self.client.dispatcher_gone();
     }
 }

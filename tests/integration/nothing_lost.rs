@@ -381,6 +381,52 @@ fn cli_killed_during_copies_leaves_nothing_torn() {
     }
 }
 
+/// A single file's copy takes SIGINT, SIGTERM and SIGHUP on its main thread
+/// (no thread of its own waits for them): mid-copy each ends it with
+/// 128 + N, the old file kept or no new one made, and nothing left beside.
+#[test]
+fn a_single_copy_takes_signals_on_its_one_thread() {
+    let d = Daemon::start();
+    let c = d.client();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 4 << 20, 1309);
+    for (i, (sig, code)) in [
+        (libc::SIGINT, 130),
+        (libc::SIGTERM, 143),
+        (libc::SIGHUP, 129),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let work = dir.path().join(format!("round-{i}"));
+        fs::create_dir(&work).expect("mkdir");
+        let dst = work.join("dst");
+        let existing = i % 2 == 1;
+        if existing {
+            fs::write(&dst, OLD).expect("write old");
+        }
+        let mut child = spawn_copy(&d.socket, &["--rate-limit", "1MiB"], &src, &dst);
+        let running = poll_until(Duration::from_secs(10), || {
+            c.jobs().is_ok_and(|jobs| !jobs.is_empty())
+        });
+        assert!(running, "signal {sig}: the copy's job never ran");
+        let threads = fs::read_dir(format!("/proc/{}/task", child.id()))
+            .expect("the copy's threads")
+            .count();
+        assert_eq!(threads, 1, "signal {sig}: threads of a single copy");
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = wait_child(&mut child, Duration::from_secs(20)).expect("the copy ends");
+        assert_eq!(status.code(), Some(code), "signal {sig}: {status:?}");
+        assert!(judge(&dst, existing.then_some(OLD), b"-"), "signal {sig}");
+        let left: Vec<String> = names(&work).into_iter().filter(|n| n != "dst").collect();
+        assert!(left.is_empty(), "signal {sig}: left {left:?}");
+        poll_until(Duration::from_secs(10), || {
+            c.jobs().is_ok_and(|jobs| jobs.is_empty())
+        });
+    }
+}
+
 /// A hidden staging file a killed run left (its pid gone) is removed by the
 /// next copy to the same name, which says so; a live process's is not.
 #[test]

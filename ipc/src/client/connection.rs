@@ -8,10 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 use std::time::Duration;
 
-use super::events::{event_loop, event_name};
+use super::events::event_name;
 use super::{lock, Client, ClientError, Inner, LostJob, Publisher, Shared, Tx};
 use crate::codec::{self, CodecError};
 use crate::dispatch::EventReader;
@@ -76,7 +75,7 @@ impl Client {
 
     /// Speaks the protocol on an already connected stream (from socket
     /// activation, a test, or a socket connected some other way): sends
-    /// `Hello`, waits up to 10 s for `Welcome`, then starts the event thread.
+    /// `Hello` and waits up to 10 s for `Welcome`.
     ///
     /// # Errors
     ///
@@ -109,7 +108,9 @@ impl Client {
         Client::start(stream, limits, buf)
     }
 
-    /// Starts the event thread on a connection past its handshake.
+    /// A client on a connection past its handshake. Its event thread
+    /// starts when first needed (`Client::ensure_reader`): a program that
+    /// reads its events with a dispatcher never starts one.
     fn start(stream: UnixStream, limits: Limits, buf: Vec<u8>) -> Result<Client, ClientError> {
         let reader = stream
             .try_clone()
@@ -136,14 +137,9 @@ impl Client {
             pump_changed: Condvar::new(),
             publisher: Publisher::new(),
         });
-        let for_thread = Arc::clone(&inner);
-        let event_thread = thread::Builder::new()
-            .name("ringxfer-ipc-events".into())
-            .spawn(move || event_loop(&for_thread))
-            .map_err(io_err("spawning the event thread"))?;
         Ok(Client {
             inner,
-            event_thread: Some(event_thread),
+            event_thread: Mutex::new(None),
             path: None,
         })
     }

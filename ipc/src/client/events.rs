@@ -1,14 +1,17 @@
 //! The event thread: reads the daemon's events and routes each to the job,
 //! caller or subscribers it is for; when the connection ends, tells
-//! everyone still waiting.
+//! everyone still waiting. It starts with the first request whose answer
+//! no dispatcher reads: a program that reads its own events (the CLI)
+//! never pays for starting and joining it.
 
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
+use std::thread;
 
 use super::job::{run_callback, JobSlot};
 use super::publisher::Work;
-use super::{lock, FrameError, Inner, LostJob, Shared};
+use super::{lock, Client, ClientError, FrameError, Inner, LostJob, Shared};
 use crate::dispatch::wait_readable;
 use crate::proto::Event;
 use crate::JobError;
@@ -46,6 +49,53 @@ pub(crate) fn event_loop(inner: &Inner) {
         reason
     };
     inner.close(reason);
+}
+
+impl Client {
+    /// Makes sure the answers to what was just registered (a job, a
+    /// caller, a subscriber) will be read: by the dispatcher that reads
+    /// now, or else by the event thread, started here if it has not been.
+    /// Called after registering, so that a dispatcher dropped meanwhile
+    /// sees the registration (and starts the thread itself) or this sees
+    /// that no dispatcher reads.
+    pub(crate) fn ensure_reader(&self) -> Result<(), ClientError> {
+        if *lock(&self.inner.pumping) {
+            return Ok(());
+        }
+        let mut event_thread = lock(&self.event_thread);
+        if event_thread.is_some() {
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        let handle = thread::Builder::new()
+            .name("ringxfer-ipc-events".into())
+            .spawn(move || event_loop(&inner))
+            .map_err(|source| ClientError::Io {
+                op: "spawning the event thread",
+                source,
+            })?;
+        *event_thread = Some(handle);
+        Ok(())
+    }
+
+    /// A dispatcher stopped reading: if anything still waits for the daemon,
+    /// the event thread takes over (or, if it cannot start, the connection
+    /// ends, so that nothing waits for ever).
+    pub(crate) fn dispatcher_gone(&self) {
+        let waiting = {
+            let shared = lock(&self.inner.shared);
+            shared.closed.is_none()
+                && !(shared.jobs.is_empty()
+                    && shared.stats_waiters.is_empty()
+                    && shared.answers.is_empty()
+                    && shared.subscribers.is_empty())
+        };
+        if waiting {
+            if let Err(e) = self.ensure_reader() {
+                self.inner.close(e.to_string());
+            }
+        }
+    }
 }
 
 impl Inner {

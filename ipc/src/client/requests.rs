@@ -171,6 +171,11 @@ impl Client {
             }
             shared.jobs.insert(req, Arc::clone(&slot));
         }
+        if let Err(e) = self.ensure_reader() {
+            // Withdrawn unsent, its callback unrun, as for a failed send.
+            lock(&inner.shared).jobs.remove(&req);
+            return Err(e);
+        }
         let sent = match dir {
             Some(dir) => send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest, dir]),
             None => send_with_fds(inner.stream.as_fd(), &tx.buf, &[source, dest]),
@@ -208,11 +213,18 @@ impl Client {
     /// ```
     pub fn events(&self) -> Receiver<Event> {
         let (sender, receiver) = crossbeam_channel::unbounded();
-        let mut shared = lock(&self.inner.shared);
-        // After the end, dropping the sender here makes the receiver report
-        // the disconnection at once instead of waiting forever.
-        if shared.closed.is_none() {
-            shared.subscribers.push(sender);
+        {
+            let mut shared = lock(&self.inner.shared);
+            // After the end, dropping the sender here makes the receiver
+            // report the disconnection at once instead of waiting forever.
+            if shared.closed.is_none() {
+                shared.subscribers.push(sender);
+            }
+        }
+        // Without a thread to read them no event would come, nor the end:
+        // a connection that cannot have one ends, which the channel tells.
+        if let Err(e) = self.ensure_reader() {
+            self.inner.close(e.to_string());
         }
         receiver
     }
@@ -350,9 +362,13 @@ impl Client {
             }
             shared.jobs.insert(req, Arc::clone(&slot));
         }
-        if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+        let sent = self.ensure_reader().and_then(|()| {
+            send_with_fds(inner.stream.as_fd(), &tx.buf, &[])
+                .map_err(|e| send_error("sending Wait to the daemon", e))
+        });
+        if let Err(e) = sent {
             lock(&inner.shared).jobs.remove(&req);
-            return Err(send_error("sending Wait to the daemon", e));
+            return Err(e);
         }
         Ok(JobHandle { slot })
     }
@@ -379,9 +395,12 @@ impl Client {
                 }
                 shared.answers.insert(req, sender);
             }
-            if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+            let sent = self.ensure_reader().and_then(|()| {
+                send_with_fds(inner.stream.as_fd(), &tx.buf, &[]).map_err(|e| send_error(op, e))
+            });
+            if let Err(e) = sent {
                 lock(&inner.shared).answers.remove(&req);
-                return Err(send_error(op, e));
+                return Err(e);
             }
         }
         // The sender is dropped unanswered only when the connection ends.
@@ -422,11 +441,15 @@ impl Client {
                 // Queued under the send lock, so queue order is send order.
                 shared.stats_waiters.push_back((id, sender));
             }
-            if let Err(e) = send_with_fds(inner.stream.as_fd(), &tx.buf, &[]) {
+            let sent = self.ensure_reader().and_then(|()| {
+                send_with_fds(inner.stream.as_fd(), &tx.buf, &[])
+                    .map_err(|e| send_error("sending Stats to the daemon", e))
+            });
+            if let Err(e) = sent {
                 lock(&inner.shared)
                     .stats_waiters
                     .retain(|(waiter, _)| *waiter != id);
-                return Err(send_error("sending Stats to the daemon", e));
+                return Err(e);
             }
         }
         // The sender is dropped unanswered only when the connection ends.

@@ -102,6 +102,8 @@ pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
         dst: shown(dst),
     };
     let result = copy_one(ctx, src, dst, args, &mut subject);
+    // A signal that came while the copy published (or failed) ends it here.
+    crate::signals::take();
     finish(ctx, &subject, args.verbose, result)
 }
 
@@ -167,6 +169,8 @@ fn copy_one(
         return Ok(Outcome::Skipped);
     }
     let engine = ctx.engine(&args.job)?;
+    // From here on something may be staged: a signal is taken, not fatal.
+    crate::signals::arm();
     let publish = PublishOptions {
         in_place: args.dest.in_place,
         preserve: args.dest.preserve,

@@ -103,6 +103,7 @@ struct WaitJson<'a> {
 /// there is no such job), as `copy` would have.
 pub fn wait(ctx: &Context, job: u64) -> Exit {
     let result = daemon(ctx, Op::Wait).and_then(|engine| {
+        let mut events = engine.client().dispatch_here();
         let handle = engine
             .client()
             .wait_job(job, ctx.progress.any())
@@ -111,7 +112,7 @@ pub fn wait(ctx: &Context, job: u64) -> Exit {
             op: Op::Wait.name(),
             current: None,
         };
-        let done = progress::wait(handle, ctx.progress, moving)
+        let done = progress::wait(&mut events, None, &handle, ctx.progress, moving)
             .map_err(|err| CliError::job(format!("job {job}"), &err))?;
         let done = Finished::from_completion(done, engine.kind());
         if ctx.out.json {

@@ -82,6 +82,8 @@ impl EngineHandle {
                 cause,
             )
         };
+        // The engine's thread must not take a signal meant for the copy.
+        crate::signals::arm();
         let (embedded, stream) = EmbeddedEngine::start().map_err(|err| failed(err.to_string()))?;
         // On failure `embedded` is dropped here; `stream` was moved into
         // from_stream and is closed by then, so the engine thread can stop.

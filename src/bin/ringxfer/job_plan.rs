@@ -71,7 +71,9 @@ impl JobPlan {
     }
 }
 
-/// Runs the job to its end.
+/// Runs the job to its end, reading its events on this thread: the
+/// client then starts no event thread, which would be woken for each
+/// event only to wake this one, and be joined at the end.
 pub fn run(
     engine: &EngineHandle,
     subject: &Subject,
@@ -79,6 +81,7 @@ pub fn run(
     dst: impl AsFd,
     plan: JobPlan,
 ) -> Result<Finished, CliError> {
+    let mut events = engine.client().dispatch_here();
     let handle = engine
         .client()
         .submit(src, dst, &plan.options(subject.describe()))
@@ -87,7 +90,11 @@ pub fn run(
         op: subject.op.name(),
         current: Some(&subject.src),
     };
-    let done = progress::wait(handle, plan.progress, moving)
+    let signals = crate::signals::fd().map(|fd| progress::Also {
+        fd,
+        act: crate::signals::take,
+    });
+    let done = progress::wait(&mut events, signals, &handle, plan.progress, moving)
         .map_err(|err| CliError::job(subject.describe(), &err).on_engine(engine.kind().name()))?;
     Ok(Finished::from_completion(done, engine.kind()))
 }

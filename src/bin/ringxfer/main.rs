@@ -145,9 +145,12 @@ fn main() -> ExitCode {
 /// Where a signal is taken instead of ending the process at once (see
 /// [`signals`]): commands that stage a destination. A tree copy starts it
 /// itself, once its descriptor table is grown (which must happen while the
-/// process has one thread). A detached copy is the daemon's once submitted,
-/// staging included, so it keeps the signals' default action.
+/// process has one thread); a single file's copy arms it once the engine
+/// answered, a recv (which waits in accept) takes them on a thread. A
+/// detached copy is the daemon's once submitted, staging included, so it
+/// keeps the signals' default action.
 fn catch_signals(command: &Command) {
+    let copy = matches!(command, Command::Copy { .. });
     let dirs = match command {
         Command::Copy {
             paths,
@@ -167,7 +170,11 @@ fn catch_signals(command: &Command) {
     for dir in dirs {
         signals::sweep_in(dir);
     }
-    signals::start();
+    if copy {
+        signals::defer();
+    } else {
+        signals::start();
+    }
 }
 
 /// What --backup, -b and --suffix ask, with cp's defaults from the

@@ -1,9 +1,11 @@
 //! Waiting for a job, with a progress bar on stderr when it takes a while,
 //! or progress objects on stdout (`--json --progress`, progress_json.rs).
 
-use std::time::Duration;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ringxfer_ipc::dispatch::Dispatcher;
 use ringxfer_ipc::{Completion, JobError, JobHandle};
 
 use crate::progress_json::{JsonProgress, Snapshot};
@@ -45,18 +47,107 @@ pub struct Moving<'a> {
     pub current: Option<&'a str>,
 }
 
-/// Waits for the job to end, showing its progress as `show` says: a bar
-/// once the job has run for [`SHOW_AFTER`] (cleared before returning, so the
-/// final line stands alone), or progress objects.
-pub fn wait(handle: JobHandle, show: Show, what: Moving<'_>) -> Result<Completion, JobError> {
+/// Something else the wait for a job watches: when `fd` is readable,
+/// `act` runs (the signals a copy takes: it exits if one came).
+#[derive(Clone, Copy)]
+pub struct Also<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub act: fn(),
+}
+
+/// Waits for the job to end, reading the connection's events with
+/// `events` (and watching `also`), and shows its progress as `show` says:
+/// a bar once the job has run for [`SHOW_AFTER`] (cleared before
+/// returning, so the final line stands alone), or progress objects.
+pub fn wait(
+    events: &mut Dispatcher<'_>,
+    also: Option<Also<'_>>,
+    handle: &JobHandle,
+    show: Show,
+    what: Moving<'_>,
+) -> Result<Completion, JobError> {
+    let mut wait = |timeout| wait_for(events, also, handle, timeout);
     match show {
-        Show::Off => handle.wait(),
-        Show::Bar => wait_with_bar(handle),
-        Show::Json => wait_with_json(handle, what),
+        Show::Off => wait(None).unwrap_or_else(|| handle.wait()),
+        Show::Bar => wait_with_bar(handle, wait),
+        Show::Json => wait_with_json(handle, wait, what),
     }
 }
 
-fn wait_with_bar(handle: JobHandle) -> Result<Completion, JobError> {
+/// The job's result once it ended, reading events until then or for at most
+/// `timeout` (`None`: until it ends); `None` if it is still running.
+fn wait_for(
+    events: &mut Dispatcher<'_>,
+    also: Option<Also<'_>>,
+    handle: &JobHandle,
+    timeout: Option<Duration>,
+) -> Option<Result<Completion, JobError>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if handle.is_finished() {
+            return Some(handle.wait());
+        }
+        let left = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return None,
+            },
+            None => None,
+        };
+        let ready = match readable(events.fd(), also.map(|a| a.fd), left) {
+            Ok(ready) => ready,
+            Err(err) => return Some(Err(JobError::Disconnected(err.to_string()))),
+        };
+        if let (Some(also), true) = (also, ready.1) {
+            (also.act)();
+        }
+        if !ready.0 {
+            continue;
+        }
+        if let Err(err) = events.dispatch(Some(Duration::ZERO)) {
+            // The connection's end resolved the job; a failed wait did not.
+            if handle.is_finished() {
+                return Some(handle.wait());
+            }
+            return Some(Err(JobError::Disconnected(err.to_string())));
+        }
+    }
+}
+
+/// Waits at most `timeout` (`None`: for as long as it takes) for `fd` or
+/// `also` to be readable (or hung up): which are.
+fn readable(
+    fd: BorrowedFd<'_>,
+    also: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> std::io::Result<(bool, bool)> {
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    let watch = |fd: Option<BorrowedFd<'_>>| libc::pollfd {
+        // A negative descriptor is skipped by poll(2).
+        fd: fd.map_or(-1, |f| f.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(Some(fd)), watch(also)];
+    loop {
+        // SAFETY: two pollfds that live across the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if rc >= 0 {
+            return Ok((fds[0].revents != 0, fds[1].revents != 0));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn wait_with_bar(
+    handle: &JobHandle,
+    mut wait: impl FnMut(Option<Duration>) -> Option<Result<Completion, JobError>>,
+) -> Result<Completion, JobError> {
     // The bar is fed from the start but drawn nowhere until SHOW_AFTER, so
     // that its rate and ETA estimates already know the first second's work
     // when it appears, instead of seeing it as one instantaneous jump.
@@ -64,7 +155,7 @@ fn wait_with_bar(handle: JobHandle) -> Result<Completion, JobError> {
         .with_style(style(SPINNER_TEMPLATE));
     let mut drawn = false;
     loop {
-        if let Some(result) = handle.wait_timeout(POLL) {
+        if let Some(result) = wait(Some(POLL)) {
             bar.finish_and_clear();
             return result;
         }
@@ -87,7 +178,11 @@ fn wait_with_bar(handle: JobHandle) -> Result<Completion, JobError> {
 }
 
 /// Prints an object every second while the job runs, and one when it ended.
-fn wait_with_json(handle: JobHandle, what: Moving<'_>) -> Result<Completion, JobError> {
+fn wait_with_json(
+    handle: &JobHandle,
+    mut wait: impl FnMut(Option<Duration>) -> Option<Result<Completion, JobError>>,
+    what: Moving<'_>,
+) -> Result<Completion, JobError> {
     let mut json = JsonProgress::new(what.op);
     let snapshot = |done: Option<&Result<Completion, JobError>>| {
         let bytes = match done {
@@ -108,7 +203,7 @@ fn wait_with_json(handle: JobHandle, what: Moving<'_>) -> Result<Completion, Job
         }
     };
     loop {
-        if let Some(result) = handle.wait_timeout(POLL) {
+        if let Some(result) = wait(Some(POLL)) {
             json.print(&snapshot(Some(&result)));
             return result;
         }
