@@ -9,20 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli_common::cli;
 use crate::support::*;
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `ringxfer --socket SOCKET` with no ambient socket configuration.
-fn cli(socket: &Path) -> Command {
-    let mut c = Command::new(CLI_BIN);
-    c.env_remove("RINGXFER_SOCKET")
-        .env("XDG_RUNTIME_DIR", socket.parent().unwrap())
-        .arg("--socket")
-        .arg(socket);
-    cli_engine_env(&mut c);
-    c
-}
 
 fn run(cmd: Command) -> Output {
     run_timeout(cmd, CLI_TIMEOUT)

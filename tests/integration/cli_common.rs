@@ -19,7 +19,26 @@ pub fn cli(socket: &Path) -> Command {
         .arg("--socket")
         .arg(socket);
     cli_engine_env(&mut c);
+    default_signals(&mut c);
     c
+}
+
+/// The CLI gets SIGINT, SIGTERM and SIGHUP with their default actions, as
+/// from an interactive shell: a test run started in the background (`cmd
+/// &` ignores SIGINT, nohup SIGHUP) would hand its ignored signals down,
+/// and the CLI keeps an ignored signal ignored, as nohup asks, so a test
+/// that signals it would wait for a copy that never stops.
+pub fn default_signals(c: &mut Command) {
+    // SAFETY: signal(2) is async-signal-safe, and only this child's
+    // dispositions change, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(c, || {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// `ringxfer --json copy ARGS... SRC DST`: its output.
