@@ -855,3 +855,43 @@ fn a_dot_source_copies_the_contents_into_the_directory() {
     assert!(into.join("kept").is_file());
     assert!(!into.join("d").exists(), "copied into e/d");
 }
+
+/// `--sparse` other than auto is about a file copied into a file: send and
+/// recv, with a socket at one end, refuse it rather than ignore it, before
+/// they connect, listen or stage anything.
+#[test]
+fn send_and_recv_refuse_sparse_choices() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 100, 5);
+    let dst = dir.path().join("dst");
+    for (args, says) in [
+        (
+            vec![
+                "send",
+                "--sparse=always",
+                src.to_str().unwrap(),
+                "127.0.0.1:9",
+            ],
+            "--sparse=always applies to copies into a file, and send writes to a socket",
+        ),
+        (
+            vec![
+                "recv",
+                "--sparse=never",
+                "127.0.0.1:0",
+                dst.to_str().unwrap(),
+            ],
+            "--sparse=never applies to copies into a file, and recv reads from a socket",
+        ),
+    ] {
+        let mut c = cli(&d.socket);
+        c.args(&args);
+        assert_usage_error(c, &args, says);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "only src"
+    );
+}

@@ -301,6 +301,7 @@ fn run_send(
     job: JobOpts,
     subject: &Subject,
 ) -> Result<Outcome, CliError> {
+    holes_need_two_files(&job, "send writes to a socket")?;
     let (src_file, _) = open_source(src, "sending a directory is not supported")?;
     let engine = ctx.engine(&job)?;
     let socket =
@@ -320,6 +321,19 @@ fn run_send(
         let _ = socket.shutdown(Shutdown::Write);
     }
     Ok(outcome)
+}
+
+/// `--sparse` is about a file copied into a file; a send or a receive has
+/// a socket at one end, where it could mean nothing, so asking for it is a
+/// mistake to say rather than ignore.
+fn holes_need_two_files(job: &JobOpts, why: &str) -> Result<(), CliError> {
+    if job.sparse == Sparse::Auto {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "--sparse={} applies to copies into a file, and {why}",
+        job.sparse.name()
+    )))
 }
 
 pub fn recv(
@@ -348,6 +362,7 @@ fn run_recv(
     fsync: bool,
     subject: &mut Subject,
 ) -> Result<Outcome, CliError> {
+    holes_need_two_files(&job, "recv reads from a socket")?;
     let engine = ctx.engine(&job)?;
     // Before listening, so a bad destination fails before a peer sends a
     // byte. Staged like copy's: the old file stays until the stream is whole.
