@@ -9,12 +9,9 @@
 //! (RINGXFER_TEST_ENGINE), so .ci/run covers both.
 
 use std::fs;
-use std::io::Read;
-use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use ringxfer_ipc::{Event, FailureKind, Reflink, Strategy, TransferOptions};
@@ -295,16 +292,7 @@ fn send_over_tcp(
     o: &TransferOptions,
 ) -> (Vec<u8>, ringxfer_ipc::Completion) {
     let client = d.client();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reader = thread::spawn(move || -> std::io::Result<Vec<u8>> {
-        let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut v = Vec::new();
-        s.read_to_end(&mut v)?;
-        Ok(v)
-    });
-    let conn = std::net::TcpStream::connect(addr).unwrap();
+    let (conn, reader) = tcp_to_reader();
     let s = open_src(src);
     let h = client.submit(s.as_fd(), conn.as_fd(), o).unwrap();
     drop(s);

@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
@@ -551,16 +550,7 @@ fn direct_file_to_tcp_socket() {
     for (i, len) in [1usize, 4097, (8 << 20) + 17].into_iter().enumerate() {
         let what = format!("direct file -> tcp, {len} bytes");
         let (src, data) = make_file(dir.path(), &format!("src{i}"), len, 370 + i as u64);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let reader = thread::spawn(move || -> std::io::Result<Vec<u8>> {
-            let (mut s, _) = listener.accept()?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            let mut v = Vec::new();
-            s.read_to_end(&mut v)?;
-            Ok(v)
-        });
-        let conn = TcpStream::connect(addr).unwrap();
+        let (conn, reader) = tcp_to_reader();
         let s = open_src(&src);
         let h = client
             .submit(s.as_fd(), conn.as_fd(), &with(Strategy::Direct))

@@ -1,7 +1,6 @@
 //! File to TCP socket and TCP socket to file, over 127.0.0.1.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread;
@@ -22,16 +21,7 @@ fn file_to_tcp_socket() {
     let len = (8 << 20) + 17;
     let (src, data) = make_file(dir.path(), "src", len, 31);
 
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reader = thread::spawn(move || -> std::io::Result<Vec<u8>> {
-        let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut v = Vec::new();
-        s.read_to_end(&mut v)?;
-        Ok(v)
-    });
-    let conn = TcpStream::connect(addr).unwrap();
+    let (conn, reader) = tcp_to_reader();
     let s = open_src(&src);
     let h = client.submit(s.as_fd(), conn.as_fd(), &opts()).unwrap();
     let r = wait(h);

@@ -25,7 +25,6 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------
 // Test data
 
-/// A fresh temporary directory on the real disk (under cargo's target tmpdir).
 /// A connected pair of loopback TCP sockets: (client side, accepted side).
 pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -34,6 +33,27 @@ pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
     (c, a)
 }
 
+/// A loopback TCP connection whose far end a thread reads to its end (or
+/// for 30 s without a byte): the connection, and the thread that hands
+/// back every byte it read.
+pub fn tcp_to_reader() -> (
+    std::net::TcpStream,
+    std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v)?;
+        Ok(v)
+    });
+    (std::net::TcpStream::connect(addr).unwrap(), reader)
+}
+
+/// A fresh temporary directory on the real disk (under cargo's target tmpdir).
 pub fn tmpdir() -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).expect("create CARGO_TARGET_TMPDIR");
