@@ -83,19 +83,6 @@ fn children_cpu() -> f64 {
     support::rusage(libc::RUSAGE_CHILDREN)
 }
 
-/// File `i`'s bytes: distinct per file, so a copy that swaps two is caught.
-fn contents(i: u64, size: u64) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn file_path(root: &Path, i: u64) -> PathBuf {
     root.join(format!("d{:03}", i / 100))
         .join(format!("f{i:05}"))
@@ -108,7 +95,7 @@ fn make_tree(root: &Path, s: &Settings) -> Result<()> {
             let dir = path.parent().ok_or("no parent")?;
             fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         }
-        fs::write(&path, contents(i, s.file_size))
+        fs::write(&path, support::data::seeded_bytes(i, s.file_size))
             .map_err(|e| format!("write {}: {e}", path.display()))?;
     }
     sync_all();
@@ -133,7 +120,7 @@ fn check_tree(root: &Path, s: &Settings, who: &str) -> Result<()> {
     for i in 0..s.files {
         let path = file_path(root, i);
         let got = fs::read(&path).map_err(|e| format!("{who}: read {}: {e}", path.display()))?;
-        if got != contents(i, s.file_size) {
+        if got != support::data::seeded_bytes(i, s.file_size) {
             return Err(format!("{who}: {} differs from its source", path.display()));
         }
     }

@@ -93,24 +93,11 @@ fn pieces(s: &Settings) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Piece `i`'s bytes: distinct per piece, so a copy that moves one is caught.
-fn contents(i: usize, len: u64) -> Vec<u8> {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Writes the pieces, extends the file to its size with a hole, and syncs.
 fn make_source(path: &Path, s: &Settings) -> Result<()> {
     let f = File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
     for (i, &(off, len)) in pieces(s).iter().enumerate() {
-        f.write_all_at(&contents(i, len), off)
+        f.write_all_at(&support::data::seeded_bytes(i as u64 + 1, len), off)
             .map_err(|e| format!("write {}: {e}", path.display()))?;
     }
     f.set_len(s.size)
@@ -137,7 +124,7 @@ fn check_copy(path: &Path, s: &Settings, who: &str) -> Result<()> {
     };
     let p = pieces(s);
     for (i, &(off, len)) in p.iter().enumerate() {
-        if read(off, len)? != contents(i, len) {
+        if read(off, len)? != support::data::seeded_bytes(i as u64 + 1, len) {
             return Err(format!("{who}: piece {i} at {off} differs from the source"));
         }
     }

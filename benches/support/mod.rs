@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 // Only the benches that race other programs use it.
 #[allow(dead_code)]
 pub mod peers;
+// What some benches write and check, not all.
+#[allow(dead_code)]
+pub mod data;
 
 pub const GIB: f64 = (1u64 << 30) as f64;
 /// The size of each block of a destination compared against the source.
