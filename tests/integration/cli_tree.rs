@@ -107,6 +107,56 @@ fn copy_r_copies_a_tree_with_links_and_empty_files() {
     assert_eq!(v["bytes"], bytes, "{v}");
 }
 
+/// An empty file in a tree is made by the CLI, with no job: a tree of
+/// empty files costs a create each, not a round trip to the daemon. A file
+/// whose size says 0 but which has bytes (procfs) still gets a job, which
+/// reads it to its end.
+#[test]
+fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..20 {
+        let path = src.join("sub").join(format!("e{i}"));
+        fs::write(&path, b"").unwrap();
+        chmod(&path, if i % 2 == 0 { 0o600 } else { 0o751 });
+    }
+    fs::write(src.join("one"), b"x").unwrap();
+    let before = stats_of(&std::sync::Arc::new(d.client())).jobs_completed;
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg("-r").arg(&src).arg(&dst);
+    assert_exit(&run(c), 0, "copy -r of empty files");
+    for i in 0..20 {
+        let path = dst.join("sub").join(format!("e{i}"));
+        let meta = fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(meta.len(), 0, "{}", path.display());
+        let want = if i % 2 == 0 { 0o600 } else { 0o751 };
+        assert_eq!(meta.mode() & 0o777, want, "{}", path.display());
+    }
+    assert_eq!(fs::read(dst.join("one")).unwrap(), b"x");
+    let jobs = stats_of(&std::sync::Arc::new(d.client())).jobs_completed - before;
+    assert_eq!(
+        jobs, 1,
+        "one job (the file of one byte), none for the 20 empty files"
+    );
+
+    let proc_dir = Path::new("/proc/sys/kernel/random");
+    let boot_id = fs::read(proc_dir.join("boot_id")).unwrap();
+    assert_eq!(fs::metadata(proc_dir.join("boot_id")).unwrap().len(), 0);
+    let dst = dir.path().join("random");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg("-r").arg(proc_dir).arg(&dst);
+    let out = run(c);
+    assert_eq!(
+        fs::read(dst.join("boot_id")).unwrap(),
+        boot_id,
+        "{}",
+        describe(&out)
+    );
+}
+
 #[test]
 fn copy_r_keeps_directory_modes_and_preserve_keeps_times() {
     let d = Daemon::start();

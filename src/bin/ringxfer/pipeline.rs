@@ -2,15 +2,17 @@
 //! flight on one connection, each destination staged and published on its
 //! completion.
 //!
-//! The main thread opens sources and stages destinations, and sends them to
-//! the daemon in batches (one sendmsg for up to 32 jobs, see
-//! ringxfer_ipc::SubmitBatch), so the daemon always has a window's worth of
-//! jobs to batch into its ring and nobody waits for one file's round trip
-//! before starting the next. The main thread also reads the daemon's events
-//! itself (ringxfer_ipc::dispatch::Dispatcher): without waiting, after each
-//! batch it sends, and waiting only when the window is full. The stub's
-//! event thread, woken by every batch of completions, kept preempting it on
-//! two cores. Each job's completion callback only passes the result back
+//! The main thread gets sources opened (and, in a staged directory,
+//! destinations created) by the walk's openers (see [`crate::walk_ahead`]),
+//! stages the other destinations, and sends them to the daemon in batches
+//! (one sendmsg for up to 32 jobs, see ringxfer_ipc::SubmitBatch), so the
+//! daemon always has a window's worth of jobs to batch into its ring and
+//! nobody waits for one file's round trip before starting the next. The
+//! main thread also reads the daemon's events itself
+//! (ringxfer_ipc::dispatch::Dispatcher): without waiting, after each batch
+//! it sends, and waiting only when the window is full. The stub's event
+//! thread, woken by every batch of completions, kept preempting it on two
+//! cores. Each job's completion callback only passes the result back
 //! through a channel; the main thread then publishes the file (which inside
 //! a staged directory is just a close) and frees its place in the window.
 //!
@@ -20,7 +22,6 @@
 //! close, cancels them).
 
 use std::fs::{self, File, Metadata};
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,7 +44,7 @@ use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
 use crate::specials::{copy_special, copy_symlink};
 use crate::staged_dirs::{StagedDirs, Within};
 use crate::walk::Item;
-use crate::walk_ahead::{open_source, Found, FDS_AHEAD};
+use crate::walk_ahead::{open_source, Found, SourceFile, FDS_AHEAD};
 use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
@@ -188,12 +189,18 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// How destinations are created and published, for the walk that
+    /// creates those inside staged directories.
+    pub fn publish_options(&self) -> PublishOptions {
+        self.publish.clone()
+    }
+
     /// Handles one item of the walk. An error is fatal (the connection to
     /// the engine is gone); per-path failures are reported and counted.
     pub fn take(&mut self, found: Found) -> Result<(), CliError> {
         // The walk hands files out opened; one that was not is opened here.
         let found = match found {
-            Found::Other(item @ Item::File { .. }) => open_source(item),
+            Found::Other(item @ Item::File { .. }) => open_source(item, None),
             found => found,
         };
         let found = match found {
@@ -210,12 +217,7 @@ impl<'a> Pipeline<'a> {
         };
         self.tally.items += 1;
         match found {
-            Found::File {
-                src,
-                dst,
-                within,
-                opened,
-            } => self.copy_file(src, dst, within, opened)?,
+            Found::File(file) => self.copy_file(*file)?,
             Found::Other(Item::Symlink { src, dst, within }) => {
                 match copy_symlink(&src, &dst, self.preserve) {
                     Ok(()) => {
@@ -271,13 +273,15 @@ impl<'a> Pipeline<'a> {
             .suspend(|| self.out.failed(Op::Copy, Some(&subject), &err));
     }
 
-    fn copy_file(
-        &mut self,
-        src: PathBuf,
-        dst: PathBuf,
-        within: Within,
-        opened: io::Result<(File, Metadata)>,
-    ) -> Result<(), CliError> {
+    fn copy_file(&mut self, found: SourceFile) -> Result<(), CliError> {
+        let SourceFile {
+            src,
+            dst,
+            within,
+            opened,
+            staged,
+            empty,
+        } = found;
         let (file, meta) = match opened {
             Ok(x) => x,
             Err(e) => {
@@ -309,10 +313,10 @@ impl<'a> Pipeline<'a> {
         };
         // Also refuses a file copied onto itself (`copy a b .` in a's
         // directory); a new file in a staged directory cannot be the source.
-        let staged = if within.is_some() {
-            StagedFile::create_new(&dst, &publish)
-        } else {
-            StagedFile::create(&dst, Some(&meta), &publish)
+        let staged = match staged {
+            Some(staged) => staged,
+            None if within.is_some() => StagedFile::create_new(&dst, &publish),
+            None => StagedFile::create(&dst, Some(&meta), &publish),
         };
         let staged = match staged {
             Ok(staged) => staged,
@@ -322,19 +326,12 @@ impl<'a> Pipeline<'a> {
                 return Ok(());
             }
         };
-        while self.jobs.len() >= self.window {
-            self.send()?;
-            if !self.reap_one() {
-                // Interrupted: the staged file is dropped unpublished.
-                return Ok(());
-            }
-        }
         let xattrs = if self.preserve {
             Xattrs::of_source(&file, &src)
         } else {
             Xattrs::default()
         };
-        let key = self.jobs.insert(Job {
+        let job = Job {
             src,
             source: Some(file),
             staged,
@@ -343,8 +340,20 @@ impl<'a> Pipeline<'a> {
             within,
             handle: None,
             seq: self.next_seq,
-        });
+        };
         self.next_seq += 1;
+        if empty && self.nothing_to_move() {
+            self.land(job, Ok(0));
+            return Ok(());
+        }
+        while self.jobs.len() >= self.window {
+            self.send()?;
+            if !self.reap_one() {
+                // Interrupted: the staged file is dropped unpublished.
+                return Ok(());
+            }
+        }
+        let key = self.jobs.insert(job);
         self.unsent.push(key);
         if self.unsent.len() >= self.batch {
             self.send()?;
@@ -504,11 +513,29 @@ impl<'a> Pipeline<'a> {
         let Some(job) = self.jobs.try_remove(key) else {
             return;
         };
+        self.land(job, result.map(|done| done.bytes));
+    }
+
+    /// Whether an empty source (see [`SourceFile::empty`]) needs no job:
+    /// nothing asked of the engine could fail on it (`--reflink=always`
+    /// fails where cloning is impossible, as cp's does) or print something
+    /// (`--verify`). A tree of empty files (100,000 in a deep tree, issue
+    /// 17) then costs a create each, not a round trip to the daemon and its
+    /// work.
+    fn nothing_to_move(&self) -> bool {
+        let opts = &self.plan.job;
+        let asked = opts.verify || opts.detach || opts.reflink == ringxfer_ipc::Reflink::Always;
+        !asked && self.plan.offset == 0 && self.plan.length.is_none()
+    }
+
+    /// Publishes a file whose job moved `result` bytes, or drops it
+    /// (leaving nothing under its name) if the job failed.
+    fn land(&mut self, job: Job, result: Result<u64, JobError>) {
         let dst = job.staged.path().to_path_buf();
         let mut kept = None;
         let published = match result {
             // A staged directory is new: nothing in it to back up.
-            Ok(done) => match (&self.backup, job.within) {
+            Ok(bytes) => match (&self.backup, job.within) {
                 (Some(backup), None) => backup
                     .keep(&dst)
                     .map_err(|e| CliError::path("cannot back up", &dst, &e)),
@@ -520,7 +547,7 @@ impl<'a> Pipeline<'a> {
                     .apply_and_report(job.staged.file(), &self.staged.shown(&dst));
                 job.staged
                     .publish(Some(&job.meta))
-                    .map(|()| done.bytes)
+                    .map(|()| bytes)
                     .map_err(|e| CliError::publish(&e))
             }),
             Err(err) => {

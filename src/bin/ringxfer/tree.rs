@@ -147,7 +147,8 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     let started = Instant::now();
     let walk =
         Walk::new(operands, args.recursive, args.dest.preserve, umask).following(args.follow);
-    let mut ahead = match WalkAhead::start(walk) {
+    let mut pipeline = Pipeline::new(ctx, &engine, args);
+    let mut ahead = match WalkAhead::start(walk, Some(pipeline.publish_options())) {
         Ok(ahead) => ahead,
         Err(e) => {
             let err = CliError::new("cannot start the directory walk", "io", e.to_string());
@@ -155,7 +156,6 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
             return err.exit;
         }
     };
-    let mut pipeline = Pipeline::new(ctx, &engine, args);
     let mut fatal = None;
     for found in ahead.by_ref() {
         if let Err(err) = pipeline.take(found) {
