@@ -55,7 +55,11 @@ fn peer_names(contenders: &[Contender]) -> String {
         .filter(|c| matches!(c.who, Who::Xcp | Who::Cpz))
         .map(|c| c.who.label())
         .collect();
-    format!("faster of ({})", names.join(", "))
+    if names.is_empty() {
+        "faster of xcp and cpz (neither ran)".into()
+    } else {
+        format!("faster of ({})", names.join(", "))
+    }
 }
 
 fn col<T>(s: &[Sample], f: impl Fn(&Sample) -> T) -> Vec<T> {
@@ -67,12 +71,12 @@ pub fn case(contenders: &[Contender], case: &Case) {
     let rounds = case.samples.first().map_or(0, Vec::len);
     println!(
         "results {} / {} / {}: {rounds} round(s), median [min-max]",
-        case.fs.key(),
+        case.fs,
         case.shape.key(),
         case.cache.key()
     );
     println!(
-        "  {:<17} {:>22} {:>9} {:>7} {:>15} {:>8} {:>10}",
+        "  {:<17} {:>23} {:>9} {:>7} {:>15} {:>8} {:>10}",
         "contender", "wall s", "files/s", "CPU s", "(CLI + daemon)", "µs/file", "disk MiB"
     );
     for (c, s) in contenders.iter().zip(&case.samples) {
@@ -88,7 +92,7 @@ pub fn case(contenders: &[Contender], case: &Case) {
             String::new()
         };
         println!(
-            "  {:<17} {:>22} {:>9.0} {:>7.2} {:>15} {:>8.1} {:>10.1}",
+            "  {:<17} {:>23} {:>9.0} {:>7.2} {:>15} {:>8.1} {:>10.1}",
             c.who.label(),
             spread3(&wall),
             case.files as f64 / med(&wall),
@@ -135,7 +139,7 @@ pub fn summary(contenders: &[Contender], cases: &[Case]) {
         };
         println!(
             "  {:<6} {:<6} {:<5} {verdict}",
-            c.fs.key(),
+            c.fs,
             c.shape.key(),
             c.cache.key()
         );
@@ -172,7 +176,7 @@ fn case_json(contenders: &[Contender], case: &Case) -> serde_json::Value {
         })
     });
     serde_json::json!({
-        "fs": case.fs.key(),
+        "fs": case.fs,
         "tree": case.shape.key(),
         "cache": case.cache.key(),
         "files": case.files,
