@@ -141,7 +141,7 @@ fn one_round(
         let i = (k + round) % n;
         let c = &ctx.contenders[i];
         let dst = scratch.path().join(c.who.key());
-        prepare(cache, &sample_files)?;
+        prepare(cache, &sample_files, c.who.label())?;
         let used0 = scratch.used();
         let mut sample = c.run(&ctx.rx, &src, &dst)?;
         sync_all();
@@ -170,7 +170,7 @@ fn one_round(
 
 /// Hot: the file system synced, the source checked to be cached. Cold:
 /// the page cache dropped, the source checked to be out of it.
-fn prepare(cache: Cache, sample_files: &[PathBuf]) -> Result<()> {
+fn prepare(cache: Cache, sample_files: &[PathBuf], who: &str) -> Result<()> {
     match cache {
         Cache::Hot => sync_all(),
         Cache::Cold => drop_caches().map_err(|e| format!("drop_caches: {e}"))?,
@@ -178,11 +178,11 @@ fn prepare(cache: Cache, sample_files: &[PathBuf]) -> Result<()> {
     let cached = cached_fraction(sample_files.iter().map(PathBuf::as_path));
     match (cache, cached) {
         (Cache::Hot, Some(f)) if f < 0.99 => println!(
-            "  WARNING: only {:.1}% of a sample of the source is cached before a hot run",
+            "  WARNING: only {:.1}% of a sample of the source is cached before {who}'s hot run",
             f * 100.0
         ),
         (Cache::Cold, Some(f)) if f > 0.01 => println!(
-            "  WARNING: {:.1}% of a sample of the source is still cached after drop_caches",
+            "  WARNING: {:.1}% of a sample of the source is still cached after drop_caches, before {who}",
             f * 100.0
         ),
         _ => {}
