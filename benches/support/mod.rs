@@ -6,7 +6,8 @@
 //! Cargo does not take a directory under `benches/` without a `main.rs` for
 //! a bench of its own. Each bench is a crate of its own, so every item here
 //! is used by every bench; what only one bench needs stays in that bench.
-//! peers.rs is what the benches racing other programs (cp, xcp) share.
+//! peers.rs is what the benches racing other programs (cp, xcp) share;
+//! cache.rs drops the page cache and asks what of a file is in it.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -27,6 +28,9 @@ pub mod peers;
 // What some benches write and check, not all.
 #[allow(dead_code)]
 pub mod data;
+// The benches that measure cold copies and watch the page cache.
+#[allow(dead_code)]
+pub mod cache;
 
 pub const GIB: f64 = (1u64 << 30) as f64;
 /// The size of each block of a destination compared against the source.
