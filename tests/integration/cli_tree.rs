@@ -122,7 +122,8 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
         fs::write(&path, b"").unwrap();
         chmod(&path, if i % 2 == 0 { 0o600 } else { 0o751 });
     }
-    fs::write(src.join("one"), b"x").unwrap();
+    let big = vec![5u8; 100 << 10];
+    fs::write(src.join("big"), &big).unwrap();
     let before = stats_of(&std::sync::Arc::new(d.client())).jobs_completed;
     let dst = dir.path().join("dst");
     let mut c = cli(&d.socket);
@@ -135,11 +136,11 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
         let want = if i % 2 == 0 { 0o600 } else { 0o751 };
         assert_eq!(meta.mode() & 0o777, want, "{}", path.display());
     }
-    assert_eq!(fs::read(dst.join("one")).unwrap(), b"x");
+    assert_eq!(fs::read(dst.join("big")).unwrap(), big);
     let jobs = stats_of(&std::sync::Arc::new(d.client())).jobs_completed - before;
     assert_eq!(
         jobs, 1,
-        "one job (the file of one byte), none for the 20 empty files"
+        "one job (the file of 100 KiB), none for the 20 empty files"
     );
 
     let proc_dir = Path::new("/proc/sys/kernel/random");
@@ -155,6 +156,133 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
         "{}",
         describe(&out)
     );
+}
+
+/// Jobs the daemon completed while `f` ran.
+fn jobs_during(d: &Daemon, f: impl FnOnce()) -> u64 {
+    let client = std::sync::Arc::new(d.client());
+    let before = stats_of(&client).jobs_completed;
+    f();
+    stats_of(&client).jobs_completed - before
+}
+
+/// Files of up to 64 KiB in a new tree are copied by the CLI (a job would
+/// cost more than the copy), with their bytes, modes and, with -a, times;
+/// one with holes, and every file when the command asks something of the
+/// engine (a rate limit, a strategy, a priority), still get a job each.
+#[test]
+fn small_files_of_a_new_tree_are_copied_by_the_cli_unless_the_engine_is_asked() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    let mut files = Vec::new();
+    for (i, len) in [1usize, 100, 4096, 5000, 65_536].into_iter().enumerate() {
+        let (_, data) = make_file(&src, &format!("a/b/s{i}"), len, 900 + i as u64);
+        files.push((format!("a/b/s{i}"), data));
+    }
+    chmod(&src.join("a/b/s1"), 0o640);
+    let (_, data) = make_file(&src, "large", 65_537, 999);
+    files.push(("large".to_string(), data));
+    // 64 KiB with a hole before its last 4 KiB: a job keeps the hole.
+    let holey = fs::File::create(src.join("holey")).unwrap();
+    holey.set_len(60 << 10).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&holey, &[9u8; 4096], 60 << 10).unwrap();
+    let mut want_holey = vec![0u8; 60 << 10];
+    want_holey.extend_from_slice(&[9u8; 4096]);
+    files.push(("holey".to_string(), want_holey));
+
+    let copy = |dst: &str, args: &[&str]| {
+        let dst = dir.path().join(dst);
+        let mut c = cli(&d.socket);
+        c.arg("copy").arg("-a").args(args).arg(&src).arg(&dst);
+        assert_exit(&run(c), 0, &format!("copy -a {args:?}"));
+        for (name, data) in &files {
+            assert_file_eq(&dst.join(name), data);
+            let (s, t) = (src.join(name), dst.join(name));
+            let (s, t) = (fs::metadata(s).unwrap(), fs::metadata(t).unwrap());
+            assert_eq!(s.mode(), t.mode(), "{name}");
+            assert_eq!(
+                (s.mtime(), s.mtime_nsec()),
+                (t.mtime(), t.mtime_nsec()),
+                "{name}"
+            );
+        }
+        dst
+    };
+    let jobs = jobs_during(&d, || {
+        let dst = copy("plain", &[]);
+        let holey = fs::metadata(dst.join("holey")).unwrap();
+        assert!(holey.blocks() * 512 < holey.len(), "the hole was kept");
+    });
+    assert_eq!(
+        jobs, 2,
+        "jobs for the 65,537-byte file and the one with a hole"
+    );
+    assert_eq!(
+        jobs_during(&d, || drop(copy("never", &["--reflink=never"]))),
+        2
+    );
+    for asked in [
+        &["--rate-limit", "1GiB"][..],
+        &["--strategy", "buffered"],
+        &["--priority", "high"],
+    ] {
+        let name = asked.join("");
+        assert_eq!(jobs_during(&d, || drop(copy(&name, asked))), 7, "{asked:?}");
+    }
+}
+
+/// Access and modification times of `path`, both long ago: relatime then
+/// updates the access time on the next read.
+fn make_old(path: &Path) -> i64 {
+    let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
+    let times = fs::FileTimes::new()
+        .set_accessed(long_ago)
+        .set_modified(long_ago);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_times(times))
+        .unwrap_or_else(|e| panic!("set times of {}: {e}", path.display()));
+    946_684_800
+}
+
+/// A tree copy reads its sources with O_NOATIME (their owner, or root, may),
+/// so it writes nothing to the source's file system: the daemon's reads
+/// and the CLI's look at an empty file leave access times alone.
+#[test]
+fn a_tree_copy_leaves_the_access_times_of_its_sources_alone() {
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let files = [("data", vec![7u8; 100_000]), ("empty", Vec::new())];
+    for (name, data) in &files {
+        fs::write(src.join(name), data).unwrap();
+    }
+    // The file system must update access times, or this cannot fail.
+    let probe = dir.path().join("probe");
+    fs::write(&probe, b"probe").unwrap();
+    let old = make_old(&probe);
+    fs::read(&probe).unwrap();
+    assert_ne!(
+        fs::metadata(&probe).unwrap().atime(),
+        old,
+        "reads here update atime"
+    );
+    for (name, _) in &files {
+        make_old(&src.join(name));
+    }
+    let dst = dir.path().join("dst");
+    let mut c = cli(&d.socket);
+    c.arg("copy").arg("-r").arg(&src).arg(&dst);
+    assert_exit(&run(c), 0, "copy -r");
+    for (name, data) in &files {
+        assert_eq!(&fs::read(dst.join(name)).unwrap(), data);
+        let atime = fs::metadata(src.join(name)).unwrap().atime();
+        assert_eq!(atime, old, "the access time of {name} changed");
+    }
 }
 
 #[test]

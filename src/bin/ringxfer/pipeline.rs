@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ringxfer_ipc::dispatch::Dispatcher;
-use ringxfer_ipc::{Client, Completion, JobError, JobHandle, Strategy, TransferOptions};
+use ringxfer_ipc::{
+    Client, Completion, JobError, JobHandle, Priority, Reflink, Sparse, Strategy, TransferOptions,
+};
 use slab::Slab;
 
 use crate::backup::Backup;
@@ -44,7 +46,7 @@ use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
 use crate::specials::{copy_special, copy_symlink};
 use crate::staged_dirs::{StagedDirs, Within};
 use crate::walk::Item;
-use crate::walk_ahead::{open_source, Found, SourceFile, FDS_AHEAD};
+use crate::walk_ahead::{open_source, Found, SmallFiles, SourceFile, Staging, FDS_AHEAD};
 use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
@@ -189,10 +191,28 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// How destinations are created and published, for the walk that
-    /// creates those inside staged directories.
-    pub fn publish_options(&self) -> PublishOptions {
-        self.publish.clone()
+    /// What the walk's openers do inside staged directories: create the
+    /// destinations as this pipeline would, and copy small files when the
+    /// command asks nothing of the engine that such a file could use (a
+    /// strategy, a rate limit, a priority, holes made or filled, a clone
+    /// or nothing, a check, a detached job, a range).
+    pub fn staging(&self) -> Staging {
+        let (plan, job) = (&self.plan, &self.plan.job);
+        let plain = plan.strategy == Strategy::Auto
+            && plan.offset == 0
+            && plan.length.is_none()
+            && job.rate_limit.is_none()
+            && job.priority == Priority::Normal
+            && job.sparse == Sparse::Auto
+            && job.reflink != Reflink::Always
+            && !job.verify
+            && !job.detach;
+        Staging {
+            publish: self.publish.clone(),
+            small: plain.then_some(SmallFiles {
+                no_clone: job.reflink == Reflink::Never,
+            }),
+        }
     }
 
     /// Handles one item of the walk. An error is fatal (the connection to
@@ -281,6 +301,7 @@ impl<'a> Pipeline<'a> {
             opened,
             staged,
             empty,
+            copied,
         } = found;
         let (file, meta) = match opened {
             Ok(x) => x,
@@ -344,6 +365,18 @@ impl<'a> Pipeline<'a> {
         self.next_seq += 1;
         if empty && self.nothing_to_move() {
             self.land(job, Ok(0));
+            return Ok(());
+        }
+        if let Some(copied) = copied {
+            self.progress.add_total(job.meta.len());
+            match copied {
+                Ok(bytes) => self.land(job, Ok(bytes)),
+                Err(e) => {
+                    let err = CliError::path("cannot copy", &job.src, &e);
+                    self.progress.file_failed();
+                    self.fail(&job.src.clone(), Some(&dst), within, &err);
+                }
+            }
             return Ok(());
         }
         while self.jobs.len() >= self.window {
@@ -524,7 +557,7 @@ impl<'a> Pipeline<'a> {
     /// work.
     fn nothing_to_move(&self) -> bool {
         let opts = &self.plan.job;
-        let asked = opts.verify || opts.detach || opts.reflink == ringxfer_ipc::Reflink::Always;
+        let asked = opts.verify || opts.detach || opts.reflink == Reflink::Always;
         !asked && self.plan.offset == 0 && self.plan.length.is_none()
     }
 
