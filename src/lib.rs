@@ -21,6 +21,7 @@ pub mod engine;
 pub mod fdtable;
 pub mod io;
 pub mod privileges;
+pub mod residency;
 pub(crate) mod server;
 pub mod settings;
 pub mod size;

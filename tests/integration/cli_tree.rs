@@ -231,6 +231,22 @@ fn small_files_of_a_new_tree_are_copied_by_the_cli_unless_the_engine_is_asked() 
         let name = asked.join("");
         assert_eq!(jobs_during(&d, || drop(copy(&name, asked))), 7, "{asked:?}");
     }
+    // Out of the page cache, they are the daemon's, whose io_uring reads
+    // many at once.
+    for (name, _) in &files {
+        evict(&src.join(name));
+    }
+    assert_eq!(jobs_during(&d, || drop(copy("cold", &[]))), 7, "cold files");
+}
+
+/// Drops `path`'s pages from the page cache (written back first).
+fn evict(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: an open descriptor; fadvise only drops clean cached pages.
+    let ret = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(ret, 0, "fadvise {}", path.display());
 }
 
 /// Access and modification times of `path`, both long ago: relatime then

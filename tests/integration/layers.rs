@@ -95,6 +95,7 @@ fn cli_modules_use_only_lower_layers() {
 const LIB_LAYERS: &[&str] = &[
     "duration",
     "size",
+    "residency",
     "fdtable",
     "privileges",
     "io",
