@@ -3,7 +3,8 @@
 # the same bench code, runs interleaved (the order swaps every pair):
 #
 #   benches/before_after.sh REV BENCH [PAIRS]
-#   benches/before_after.sh 30ce707 many_files 4
+#   RINGXFER_BENCH_SCALE=0.2 RINGXFER_BENCH_ROUNDS=3 benches/before_after.sh 30ce707 many_files 4
+#     (many_files at its defaults takes about 11 minutes a run)
 #   RINGXFER_BENCH_ROUNDS=3 benches/before_after.sh main~5 throughput
 #
 # The older commit is built in a scratch directory (its own target dir, kept

@@ -146,7 +146,7 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
             });
             let (mut staged, mut empty, mut copied) = (None, false, None);
             if let Ok((file, meta)) = &opened {
-                empty = meta.len() == 0 && matches!(file.read_at(&mut [0u8; 1], 0), Ok(0));
+                empty = meta.len() == 0 && (has_a_device(meta) || nothing_at_0(file));
                 staged = stage
                     .filter(|st| within.is_some() && (!st.publish.preserve || meta.nlink() == 1))
                     .map(|st| {
@@ -160,7 +160,7 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
                     .and_then(|st| st.small)
                     .filter(|_| !empty && is_small(file, meta));
                 if let (Some(small), Some(Ok(staged))) = (small, &staged) {
-                    copied = Some(copy_small(file, staged.file(), small));
+                    copied = Some(copy_small(file, staged.file(), meta.len(), small));
                 }
             }
             Found::File(Box::new(SourceFile {
@@ -177,6 +177,18 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
     }
 }
 
+/// Whether the file's system sits on a block device (ext4, XFS on a disk):
+/// there a size of 0 means no bytes. Those with none (procfs, sysfs, but
+/// also tmpfs, btrfs, NFS) are asked by a read.
+fn has_a_device(meta: &Metadata) -> bool {
+    libc::major(meta.dev()) != 0
+}
+
+/// A read at 0 finds the end: a file of /proc says 0 and has bytes.
+fn nothing_at_0(file: &File) -> bool {
+    matches!(file.read_at(&mut [0u8; 1], 0), Ok(0))
+}
+
 /// A file small enough to copy here, without holes to keep, and in the
 /// page cache: a cold one is the daemon's, whose io_uring reads hundreds
 /// of files at once where an opener reads one (cold files of 4 KiB against
@@ -189,25 +201,34 @@ fn is_small(file: &File, meta: &Metadata) -> bool {
         && ringxfer::residency::cached_fraction(file, 0, meta.len()) == Some(1.0)
 }
 
-/// Copies `src` into the new, empty `dst` to the source's end (a file that
-/// grew is copied whole, as cp's): copy_file_range, then read and write
-/// from where it stopped (at once where it refuses before a byte moved or
-/// cloning is forbidden), which also confirms the end.
-fn copy_small(src: &File, dst: &File, small: SmallFiles) -> io::Result<u64> {
+/// Copies `src` (`len` bytes by its size) into the new, empty `dst` to the
+/// source's end (a file that grew is copied whole, as cp's):
+/// copy_file_range, then read and write from where it stopped unless that
+/// was at the size (at once where it refuses before a byte moved or cloning
+/// is forbidden).
+fn copy_small(src: &File, dst: &File, len: u64, small: SmallFiles) -> io::Result<u64> {
     let mut done = if small.no_clone {
         0
     } else {
         copy_range(src, dst)?
     };
-    let mut buf = vec![0u8; SMALL_FILE as usize];
-    loop {
-        let n = src.read_at(&mut buf, done)?;
+    if done == len && done > 0 {
+        // copy_file_range's 0 after the size's worth was the end.
+        return Ok(done);
+    }
+    BUFFER.with_borrow_mut(|buf| loop {
+        let n = src.read_at(buf, done)?;
         if n == 0 {
             return Ok(done);
         }
         dst.write_all_at(&buf[..n], done)?;
         done += n as u64;
-    }
+    })
+}
+
+thread_local! {
+    /// An opener's buffer for read and write, made once.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SMALL_FILE as usize]);
 }
 
 /// copy_file_range from offset 0 until it returns 0 (the end, or a file
