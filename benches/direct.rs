@@ -52,7 +52,6 @@ mod support;
 use std::fs::{self, File};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -61,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use ringxfer_ipc::{Client, Completion, FailureKind, JobError, Strategy, TransferOptions};
 
+use support::cache::{drop_caches, sync_all};
 use support::{
     bench_dir, daemon_binary, disk_space, env_daemon_args, env_rounds, env_size, fmt_list, fs_type,
     mem_available, print_daemon, print_host, read_block, self_cpu, write_source, Daemon, DaemonCpu,
@@ -115,52 +115,14 @@ fn children_cpu() -> f64 {
 // ---------------------------------------------------------------------------
 // The page cache and the disk
 
-fn sync_all() {
-    // SAFETY: sync(2) takes nothing and cannot fail.
-    unsafe { libc::sync() };
-}
-
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`.
-fn drop_caches() -> io::Result<()> {
-    sync_all();
-    fs::write("/proc/sys/vm/drop_caches", "3")
-}
-
-/// The fraction of `path`'s pages in the page cache (mincore over a
-/// read-only shared mapping, which faults nothing in).
+/// The fraction of `path`'s pages in the page cache (support::cache).
 fn cached_fraction(path: &Path) -> Option<f64> {
-    let file = File::open(path).ok()?;
-    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
-    if len == 0 {
-        return Some(0.0);
-    }
-    // SAFETY: sysconf has no memory effects.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    // SAFETY: a new read-only mapping of an open file, where the kernel chooses; nothing reads it.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return None;
-    }
-    let pages = len.div_ceil(page);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a live mapping of `len` bytes; `vec` has one byte per page of it.
-    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
-    // SAFETY: unmaps exactly the mapping made above.
-    unsafe { libc::munmap(map, len) };
-    if rc != 0 {
-        return None;
-    }
-    let resident = vec.iter().filter(|&&b| b & 1 != 0).count();
-    Some(resident as f64 / pages as f64)
+    let (resident, pages) = support::cache::resident_pages(path)?;
+    Some(if pages == 0 {
+        0.0
+    } else {
+        resident as f64 / pages as f64
+    })
 }
 
 /// The block device under `dir` and a few of its queue settings, from sysfs.
