@@ -5,6 +5,7 @@
 //! cargo bench --bench scheduling
 //! RINGXFER_BENCH_FAIR_SIZE=2GiB RINGXFER_BENCH_RATE_SECS=5 cargo bench --bench scheduling
 //! RINGXFER_BENCH_DAEMON_ARGS="--max-inflight 8" cargo bench --bench scheduling
+//! RINGXFER_BENCH_PARTS=E RINGXFER_BENCH_TREE_FILES=4000 cargo bench --bench scheduling
 //! ```
 //!
 //! A. Fairness: four equal jobs at once, each from its own source, each
@@ -36,10 +37,20 @@
 //!    user with 32 jobs over 4 connections into sockets nobody reads (every
 //!    pipe held, all stalled), then another user's 1 MiB file copy, timed
 //!    from submit to completion, on a fresh daemon per round.
+//! E. Many files against one (as root). User A (uid 65531) runs the
+//!    release CLI, `ringxfer --daemon-only copy -r`, on a tree of
+//!    RINGXFER_BENCH_TREE_FILES (default 2,000) files of 256 KiB in 20
+//!    directories: above the 64 KiB the CLI copies itself, so each is a
+//!    daemon job. Once a job of A's moved bytes, user B (uid 65532) submits
+//!    one 1 MiB file copy, timed from submit to completion, and again with
+//!    no A, on the same daemon; each round copies A's tree afresh.
+//!
+//! RINGXFER_BENCH_PARTS picks parts by letter (say `E`; default `ABCDE`).
 //!
 //! Targets: Jain's index >= 0.9 in every window; rate within 5% of the
-//! limit; the other user's copy under 1 s. The latency ratio is reported
-//! without a target.
+//! limit; the other user's copy under 1 s behind stalled jobs (D) and under
+//! 100 ms beside another user's tree copy (E). The latency ratios are
+//! reported without a target.
 
 // This bench needs the daemon, the source files, the host and the
 // statistics of the shared module, not its CPU clocks or its TCP receiver.
@@ -53,13 +64,15 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use ringxfer_ipc::{Client, JobHandle, JobInfo, Strategy, TransferOptions};
+use ringxfer_ipc::{Client, JobHandle, JobInfo, JobState, Strategy, TransferOptions};
 
 use support::{
     bench_dir, daemon_binary, env_daemon_args, env_rounds, env_size, fmt_list, median,
@@ -94,6 +107,41 @@ struct Settings {
     rate_secs: u64,
     rounds: usize,
     daemon_args: Vec<String>,
+    /// The parts to run, of "ABCDE".
+    parts: String,
+    tree_files: usize,
+}
+
+impl Settings {
+    fn runs(&self, part: char) -> bool {
+        self.parts.contains(part)
+    }
+}
+
+/// RINGXFER_BENCH_PARTS: letters of the parts to run (default all).
+fn env_parts() -> Result<String> {
+    let Ok(s) = std::env::var("RINGXFER_BENCH_PARTS") else {
+        return Ok("ABCDE".into());
+    };
+    let parts = s.trim().to_ascii_uppercase();
+    if parts.is_empty() || !parts.chars().all(|c| "ABCDE".contains(c)) {
+        return Err(format!(
+            "RINGXFER_BENCH_PARTS={s:?}: want letters of ABCDE, say \"E\" or \"AD\""
+        ));
+    }
+    Ok(parts)
+}
+
+fn env_count(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(s) => s
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{name}={s:?}: want a count >= 1")),
+        Err(_) => Ok(default),
+    }
 }
 
 fn settings() -> Result<Settings> {
@@ -111,6 +159,8 @@ fn settings() -> Result<Settings> {
         rate_secs,
         rounds: env_rounds()?,
         daemon_args: env_daemon_args(),
+        parts: env_parts()?,
+        tree_files: env_count("RINGXFER_BENCH_TREE_FILES", TREE_FILES)?,
     })
 }
 
@@ -511,6 +561,277 @@ fn starvation_round(bin: &Path, args: &[String], dir: &Path, round: usize) -> Re
     let _ = fs::remove_file(&out);
     cancel_all(&ctl, stalled.into_iter().map(|(h, _peer)| h).collect())?;
     Ok(Some(ms))
+}
+
+// ---------------------------------------------------------------------------
+// E. Many files against one
+
+/// User A, whose CLI copies a tree, and user B, whose one file competes
+/// with it.
+const TREE_USER: u32 = USERS[0];
+const SINGLE_USER: u32 = USERS[1];
+/// Above the 64 KiB the CLI copies itself, so every file is a daemon job.
+const TREE_FILE: usize = 256 << 10;
+const TREE_DIRS: usize = 20;
+const TREE_FILES: usize = 2000;
+const SINGLE_TARGET_MS: f64 = 100.0;
+
+fn own(path: &Path, uid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))
+        .map_err(|e| format!("chown {} to {uid}: {e}", path.display()))
+}
+
+/// A directory of `uid`'s that others may read (mode 0755 by the umask).
+fn user_dir(path: &Path, uid: u32) -> Result<()> {
+    fs::create_dir(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+    own(path, uid)
+}
+
+/// A's tree: `files` files of TREE_FILE bytes over TREE_DIRS directories,
+/// all A's, synced once so no writeback of it runs during the rounds.
+fn write_tree(root: &Path, files: usize) -> Result<()> {
+    user_dir(root, TREE_USER)?;
+    for d in 0..TREE_DIRS {
+        user_dir(&root.join(format!("d{d:02}")), TREE_USER)?;
+    }
+    let mut buf = vec![0u8; TREE_FILE];
+    for i in 0..files {
+        // Each block of each file differs, so a misplaced one shows.
+        for (b, block) in buf.chunks_mut(4096).enumerate() {
+            block[..8].copy_from_slice(&((i as u64) << 16 | b as u64).to_le_bytes());
+        }
+        let p = root.join(format!("d{:02}/f{i:05}", i % TREE_DIRS));
+        fs::write(&p, &buf).map_err(|e| format!("write {}: {e}", p.display()))?;
+        own(&p, TREE_USER)?;
+    }
+    support::cache::sync_all();
+    Ok(())
+}
+
+/// Whether `dst` holds `files` files of TREE_FILE bytes.
+fn check_tree(dst: &Path, files: usize) -> Result<()> {
+    let read = |d: &Path| fs::read_dir(d).map_err(|e| format!("read {}: {e}", d.display()));
+    let mut n = 0;
+    for d in read(dst)? {
+        let d = d.map_err(|e| format!("read {}: {e}", dst.display()))?;
+        for f in read(&d.path())? {
+            let f = f.map_err(|e| format!("read {}: {e}", d.path().display()))?;
+            let len = f.metadata().map_err(|e| format!("stat: {e}"))?.len();
+            n += usize::from(len == TREE_FILE as u64);
+        }
+    }
+    if n != files {
+        return Err(format!(
+            "A's copy {} holds {n} whole files of {files}",
+            dst.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A's `ringxfer copy -r`, run as A; killed if dropped while running (an
+/// error elsewhere in the round).
+struct TreeCopy {
+    child: Child,
+    started: Instant,
+}
+
+impl TreeCopy {
+    fn start(e: &ManyEnv, dst: &Path) -> Result<TreeCopy> {
+        let log =
+            File::create(&e.log).map_err(|err| format!("create {}: {err}", e.log.display()))?;
+        let started = Instant::now();
+        let child = Command::new(&e.cli)
+            .arg("--socket")
+            .arg(&e.socket)
+            .arg("--daemon-only")
+            .args(["copy", "-r"])
+            .arg(&e.src)
+            .arg(dst)
+            // std drops the supplementary groups when it sets the uid.
+            .uid(TREE_USER)
+            .gid(TREE_USER)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("cannot start {}: {err}", e.cli.display()))?;
+        Ok(TreeCopy { child, started })
+    }
+
+    fn running(&mut self) -> Result<bool> {
+        let done = self.child.try_wait().map_err(|e| format!("wait: {e}"))?;
+        Ok(done.is_none())
+    }
+
+    /// Waits for the copy to end well; its wall time in seconds.
+    fn finish(&mut self, log: &Path) -> Result<f64> {
+        while self.running()? {
+            if self.started.elapsed() > TIMEOUT {
+                return Err(format!("A's tree copy not done within {TIMEOUT:?}"));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        let status = self.child.wait().map_err(|e| format!("wait: {e}"))?;
+        if !status.success() {
+            let err = fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("A's tree copy: {status}: {}", err.trim()));
+        }
+        Ok(secs)
+    }
+}
+
+impl Drop for TreeCopy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What part E's rounds share: one daemon both users reach, A's tree, B's
+/// file and where their copies go.
+struct ManyEnv {
+    cli: PathBuf,
+    socket: PathBuf,
+    ctl: Client,
+    src: PathBuf,
+    files: usize,
+    a_out: PathBuf,
+    b_dir: PathBuf,
+    single: PathBuf,
+    log: PathBuf,
+}
+
+/// Waits until a job of A's moved bytes; how many of A's jobs the daemon
+/// then holds unfinished. `None`: A's copy ended first.
+fn wait_tree_jobs(e: &ManyEnv, a: &mut TreeCopy) -> Result<Option<usize>> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let list = jobs(&e.ctl)?;
+        let of_a = || list.iter().filter(|i| i.uid == TREE_USER);
+        if of_a().any(|i| i.bytes > 0) {
+            let open = of_a()
+                .filter(|i| {
+                    matches!(
+                        i.state,
+                        JobState::Queued | JobState::Running | JobState::Throttled
+                    )
+                })
+                .count();
+            return Ok(Some(open));
+        }
+        if !a.running()? {
+            return Ok(None);
+        }
+        if Instant::now() > deadline {
+            return Err("A's tree copy never showed a job in the daemon".into());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// B's copy of its file into a new file of B's: ms from submit to
+/// completion.
+fn single_copy(e: &ManyEnv, b: &Client, name: &str) -> Result<f64> {
+    let f = File::open(&e.single).map_err(|err| format!("open: {err}"))?;
+    let dst = e.b_dir.join(name);
+    let d = File::create(&dst).map_err(|err| format!("create {}: {err}", dst.display()))?;
+    own(&dst, SINGLE_USER)?;
+    let o = TransferOptions {
+        tag: "bench".into(),
+        ..TransferOptions::default()
+    };
+    let t0 = Instant::now();
+    let h = submit(b, &f, &d, &o)?;
+    let done = h
+        .wait_timeout(STARVE_GIVE_UP)
+        .ok_or_else(|| format!("B's copy not done within {STARVE_GIVE_UP:?}"))?
+        .map_err(|err| format!("B's copy: {err}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if done.bytes != VICTIM {
+        return Err(format!("B's copy moved {} bytes of {VICTIM}", done.bytes));
+    }
+    fs::remove_file(&dst).map_err(|err| format!("remove {}: {err}", dst.display()))?;
+    Ok(ms)
+}
+
+struct ManyRound {
+    alone_ms: f64,
+    busy_ms: f64,
+    tree_secs: f64,
+    /// A's unfinished jobs in the daemon when B submitted.
+    a_jobs: usize,
+    /// Whether A still ran when B's copy completed.
+    overlapped: bool,
+}
+
+/// B alone, then B while A copies its tree into a fresh destination.
+fn many_round(e: &ManyEnv, b: &Client, round: usize) -> Result<ManyRound> {
+    let alone_ms = single_copy(e, b, &format!("alone-{round}"))?;
+    let dst = e.a_out.join(format!("round-{round}"));
+    let mut a = TreeCopy::start(e, &dst)?;
+    let Some(a_jobs) = wait_tree_jobs(e, &mut a)? else {
+        a.finish(&e.log)?;
+        return Err(format!(
+            "A's copy of {} files ended before its jobs showed: raise RINGXFER_BENCH_TREE_FILES",
+            e.files
+        ));
+    };
+    let busy_ms = single_copy(e, b, &format!("busy-{round}"))?;
+    let overlapped = a.running()?;
+    let tree_secs = a.finish(&e.log)?;
+    check_tree(&dst, e.files)?;
+    fs::remove_dir_all(&dst).map_err(|err| format!("remove {}: {err}", dst.display()))?;
+    Ok(ManyRound {
+        alone_ms,
+        busy_ms,
+        tree_secs,
+        a_jobs,
+        overlapped,
+    })
+}
+
+/// E: one user's tree of many files against another user's one file, on
+/// one daemon (needs root, to act as both users).
+fn measure_many(cfg: &Settings, bin: &Path) -> Result<Vec<ManyRound>> {
+    let cli = support::bin_override("ringxfer")?
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringxfer")));
+    // The tree lives next to the socket, in /tmp where both users reach.
+    let (_daemon, socket, shared) = shared_daemon(bin, &cfg.daemon_args)?;
+    let dir = shared.path();
+    let e = ManyEnv {
+        cli,
+        ctl: Client::connect(&socket).map_err(|e| format!("connect: {e}"))?,
+        socket,
+        src: dir.join("tree"),
+        files: cfg.tree_files,
+        a_out: dir.join("a-out"),
+        b_dir: dir.join("b"),
+        single: dir.join("b/single.src"),
+        log: dir.join("a-stderr"),
+    };
+    let t = Instant::now();
+    write_tree(&e.src, e.files)?;
+    user_dir(&e.a_out, TREE_USER)?;
+    user_dir(&e.b_dir, SINGLE_USER)?;
+    write_source(&e.single, VICTIM)?;
+    own(&e.single, SINGLE_USER)?;
+    println!(
+        "  wrote A's tree ({} x {} KiB in {TREE_DIRS} directories) in {:.1} s",
+        e.files,
+        TREE_FILE >> 10,
+        t.elapsed().as_secs_f64()
+    );
+    let b = connect_as(&e.socket, SINGLE_USER)?;
+    // Unmeasured: the daemon's first job.
+    single_copy(&e, &b, "warm-up")?;
+    println!("  A's tree and B's file on {}", support::fs_type(dir));
+    // Five rounds unless asked: B's figures are small and vary.
+    let rounds = std::env::var_os("RINGXFER_BENCH_ROUNDS").map_or(5, |_| cfg.rounds);
+    (0..rounds).map(|round| many_round(&e, &b, round)).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -945,53 +1266,130 @@ fn report_users(root: bool, users: &[Fairness], starve: &[f64]) -> Vec<serde_jso
     users_json
 }
 
+/// "median [min-max]" of `v`, with `unit`.
+fn spread(v: &[f64], unit: &str) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let med = median(v.to_vec()).unwrap_or(f64::NAN);
+    format!("{med:.1} [{min:.1}-{max:.1}] {unit}")
+}
+
+fn report_many(cfg: &Settings, rounds: &[ManyRound]) -> serde_json::Value {
+    println!();
+    println!(
+        "E. user {TREE_USER}'s {}-file tree (ringxfer copy -r) against user {SINGLE_USER}'s 1 MiB copy \
+         (submit to completion; target < {SINGLE_TARGET_MS} ms while the tree copies)",
+        cfg.tree_files
+    );
+    let alone: Vec<f64> = rounds.iter().map(|r| r.alone_ms).collect();
+    let busy: Vec<f64> = rounds.iter().map(|r| r.busy_ms).collect();
+    let tree: Vec<f64> = rounds.iter().map(|r| r.tree_secs).collect();
+    let a_jobs: Vec<usize> = rounds.iter().map(|r| r.a_jobs).collect();
+    let overlapped = rounds.iter().filter(|r| r.overlapped).count();
+    let ratio =
+        median(busy.clone()).unwrap_or(f64::NAN) / median(alone.clone()).unwrap_or(f64::NAN);
+    let max = busy.iter().copied().fold(0.0, f64::max);
+    let pass = !busy.is_empty() && max < SINGLE_TARGET_MS;
+    println!("  {:<34} {}", "B's copy alone", spread(&alone, "ms"));
+    println!(
+        "  {:<34} {}",
+        "B's copy while A copies",
+        spread(&busy, "ms")
+    );
+    println!("  {:<34} {ratio:.2}", "ratio busy/alone (medians)");
+    println!("  {:<34} {}", "A's tree copy, wall", spread(&tree, "s"));
+    println!("  {:<34} {a_jobs:?}", "A's open jobs at B's submit");
+    println!(
+        "  {:<34} {overlapped} of {} rounds",
+        "A still copying when B was done",
+        rounds.len()
+    );
+    println!(
+        "  B's slowest copy while A copies: {max:.1} ms (target < {SINGLE_TARGET_MS} ms) {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    serde_json::json!({
+        "tree_files": cfg.tree_files, "file_kib": TREE_FILE >> 10,
+        "alone_ms": alone, "busy_ms": busy, "ratio_medians": ratio, "tree_s": tree,
+        "a_open_jobs": a_jobs, "overlapped_rounds": overlapped,
+        "target_ms": SINGLE_TARGET_MS, "pass": pass,
+    })
+}
+
+fn skipped(part: &str) -> serde_json::Value {
+    println!();
+    println!("{part}: skipped (not in RINGXFER_BENCH_PARTS)");
+    serde_json::Value::Null
+}
+
+fn print_settings(cfg: &Settings, bin: &Path) {
+    println!("ringxfer scheduling bench (parts {})", cfg.parts);
+    print_host(mem_available());
+    print_daemon(bin, &cfg.daemon_args);
+    if cfg.runs('A') {
+        println!(
+            "  fairness: {JOBS} jobs, {WINDOWS} windows of 1 s at most; file copies of {:.2} GiB each",
+            cfg.fair_size as f64 / GIB
+        );
+    }
+    if cfg.runs('B') || cfg.runs('C') {
+        println!(
+            "  latency: {SMALL_JOBS} x {} KiB copies, {} round(s) after a warm-up; rate limits over {} s",
+            SMALL >> 10,
+            cfg.rounds,
+            cfg.rate_secs
+        );
+    }
+}
+
 fn run() -> Result<()> {
     let cfg = settings()?;
     let bin = daemon_binary()?;
     let tmp = bench_dir("scheduling-")?;
     let dir = tmp.path();
+    print_settings(&cfg, &bin);
 
-    println!("ringxfer scheduling bench");
-    print_host(mem_available());
-    print_daemon(&bin, &cfg.daemon_args);
-    println!(
-        "  fairness: {JOBS} jobs, {WINDOWS} windows of 1 s at most; file copies of {:.2} GiB each",
-        cfg.fair_size as f64 / GIB
-    );
-    println!(
-        "  latency: {SMALL_JOBS} x {} KiB copies, {} round(s) after a warm-up; rate limits over {} s",
-        SMALL >> 10,
-        cfg.rounds,
-        cfg.rate_secs
-    );
-
-    let fair = measure_fairness(&cfg, &bin, dir)?;
-
-    // B. Latency.
-    let lat = latency(&bin, &cfg.daemon_args, cfg.rounds, dir)?;
-
-    // C. Rate limits.
-    let rates = rate_accuracy(&bin, &cfg.daemon_args, cfg.rate_secs)?;
-
-    // D. Users: needs root, to connect as other uids.
+    let fair = cfg
+        .runs('A')
+        .then(|| measure_fairness(&cfg, &bin, dir))
+        .transpose()?;
+    let lat = cfg
+        .runs('B')
+        .then(|| latency(&bin, &cfg.daemon_args, cfg.rounds, dir))
+        .transpose()?;
+    let rates = cfg
+        .runs('C')
+        .then(|| rate_accuracy(&bin, &cfg.daemon_args, cfg.rate_secs))
+        .transpose()?;
+    // D and E need root, to connect as other uids.
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let (users, starve) = if root {
-        measure_users(&cfg, &bin, dir)?
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let users = (root && cfg.runs('D'))
+        .then(|| measure_users(&cfg, &bin, dir))
+        .transpose()?;
+    let many = (root && cfg.runs('E'))
+        .then(|| measure_many(&cfg, &bin))
+        .transpose()?;
 
-    let fair_json = report_fairness(&fair);
-    let latency_json = report_latency(&lat);
-    let rate_json = report_rates(&cfg, &rates);
-    let users_json = report_users(root, &users, &starve);
     let json = serde_json::json!({
         "bench": "scheduling",
-        "users": users_json,
-        "fairness": fair_json,
-        "latency_ms": latency_json,
-        "rate_limits": rate_json,
+        "fairness": fair.map_or_else(|| skipped("A. fairness"), |f| report_fairness(&f).into()),
+        "latency_ms": lat.map_or_else(|| skipped("B. latency"), |l| report_latency(&l)),
+        "rate_limits": rates.map_or_else(|| skipped("C. rate limits"), |r| report_rates(&cfg, &r).into()),
+        "users": match users {
+            Some((u, s)) => report_users(true, &u, &s).into(),
+            None if cfg.runs('D') => report_users(false, &[], &[]).into(),
+            None => skipped("D. users"),
+        },
+        "many_against_one": match many {
+            Some(m) => report_many(&cfg, &m),
+            None if cfg.runs('E') => {
+                println!();
+                println!("E. many files against one: skipped (needs root to act as two users)");
+                serde_json::Value::Null
+            }
+            None => skipped("E. many files against one"),
+        },
     });
     println!("RESULT_JSON {json}");
     Ok(())
