@@ -107,10 +107,56 @@ fn copy_r_copies_a_tree_with_links_and_empty_files() {
     assert_eq!(v["bytes"], bytes, "{v}");
 }
 
+/// Names of the files in `dir` opened while `f` ran (inotify's IN_OPEN).
+fn opened_during(dir: &Path, f: impl FnOnce()) -> Vec<String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: no arguments beyond flags; a new descriptor or -1.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    let path = CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `fd` is ours and open, `path` NUL-terminated.
+    let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_OPEN) };
+    assert!(
+        wd >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
+    f();
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        // SAFETY: `buf` is ours and valid for its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // struct inotify_event: wd, mask, cookie (i32, u32, u32), len (u32), name.
+            let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+            let name = &buf[at + 16..at + 16 + len];
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            if !name.is_empty() {
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+            at += 16 + len;
+        }
+    }
+    // SAFETY: `fd` is ours, closed once.
+    unsafe { libc::close(fd) };
+    names
+}
+
 /// An empty file in a tree is made by the CLI, with no job: a tree of
-/// empty files costs a create each, not a round trip to the daemon. A file
-/// whose size says 0 but which has bytes (procfs) still gets a job, which
-/// reads it to its end.
+/// empty files costs a create each, not a round trip to the daemon; inside
+/// a new tree, on a file system with a device (where a size of 0 is
+/// believed), it is not even opened. A file whose size says 0 but which
+/// has bytes (procfs) still gets a job, which reads it to its end.
 #[test]
 fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
     let d = Daemon::start();
@@ -126,9 +172,17 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
     fs::write(src.join("big"), &big).unwrap();
     let before = stats_of(&std::sync::Arc::new(d.client())).jobs_completed;
     let dst = dir.path().join("dst");
-    let mut c = cli(&d.socket);
-    c.arg("copy").arg("-r").arg(&src).arg(&dst);
-    assert_exit(&run(c), 0, "copy -r of empty files");
+    let opened = opened_during(&src.join("sub"), || {
+        let mut c = cli(&d.socket);
+        c.arg("copy").arg("-r").arg(&src).arg(&dst);
+        assert_exit(&run(c), 0, "copy -r of empty files");
+    });
+    let on_a_device = libc::major(fs::metadata(&src).unwrap().dev()) != 0;
+    assert_eq!(
+        opened.len(),
+        if on_a_device { 0 } else { 20 },
+        "empty sources opened: {opened:?}"
+    );
     for i in 0..20 {
         let path = dst.join("sub").join(format!("e{i}"));
         let meta = fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -474,6 +528,29 @@ fn a_failed_copy_leaves_nothing_under_the_name() {
     assert_eq!(fs::metadata(&old).unwrap().ino(), before);
 }
 
+/// A root-owned tree under `base` of which uid 65534 may read `ok1` and
+/// `sub/ok2` (their bytes returned) and not `secret`, `empty-secret` or
+/// `locked/`.
+fn partly_unreadable_tree(base: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>) {
+    let src = base.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let (_, ok1) = make_file(&src, "ok1", 3000, 350);
+    let (_, ok2) = make_file(&src, "sub/ok2", 5000, 351);
+    make_file(&src, "secret", 100, 352);
+    chmod(&src.join("secret"), 0o600);
+    // Empty, it holds no byte to hide, but it must fail as cp's does.
+    fs::write(src.join("empty-secret"), b"").unwrap();
+    chmod(&src.join("empty-secret"), 0o600);
+    fs::create_dir(src.join("locked")).unwrap();
+    make_file(&src, "locked/inner", 100, 353);
+    chmod(&src.join("locked"), 0o700);
+    chmod(&src, 0o755);
+    chmod(&src.join("sub"), 0o755);
+    chmod(&src.join("ok1"), 0o644);
+    chmod(&src.join("sub/ok2"), 0o644);
+    (src, ok1, ok2)
+}
+
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
@@ -488,19 +565,7 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
     let d = Daemon::start_at(Some(sock_dir.join("rx.sock")), &[]);
     chmod(&d.socket, 0o666);
 
-    let src = base.path().join("src");
-    fs::create_dir_all(src.join("sub")).unwrap();
-    let (_, ok1) = make_file(&src, "ok1", 3000, 350);
-    let (_, ok2) = make_file(&src, "sub/ok2", 5000, 351);
-    make_file(&src, "secret", 100, 352);
-    chmod(&src.join("secret"), 0o600);
-    fs::create_dir(src.join("locked")).unwrap();
-    make_file(&src, "locked/inner", 100, 353);
-    chmod(&src.join("locked"), 0o700);
-    chmod(&src, 0o755);
-    chmod(&src.join("sub"), 0o755);
-    chmod(&src.join("ok1"), 0o644);
-    chmod(&src.join("sub/ok2"), 0o644);
+    let (src, ok1, ok2) = partly_unreadable_tree(base.path());
     // A destination directory the CLI may write in, which already holds
     // the tree's top (so the copy merges into it, file by file).
     let out_dir = base.path().join("out");
@@ -546,7 +611,7 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
         "{}",
         describe(&out)
     );
-    assert!(err.contains("2 of 4 files failed"), "{}", describe(&out));
+    assert!(err.contains("3 of 5 files failed"), "{}", describe(&out));
     assert_file_eq(&dst.join("ok1"), &ok1);
     assert_file_eq(&dst.join("sub/ok2"), &ok2);
     assert!(!dst.join("secret").exists());
@@ -561,6 +626,16 @@ fn permission_errors_are_reported_per_path_and_the_rest_is_copied() {
         new.as_os_str(),
     ]);
     assert_exit(&out, 1, "copy -r with unreadable parts to a new name");
+    for unreadable in ["secret", "empty-secret"] {
+        assert!(
+            stderr(&out).contains(&format!(
+                "cannot open '{}': Permission denied",
+                src.join(unreadable).display()
+            )),
+            "{}",
+            describe(&out)
+        );
+    }
     assert!(
         stderr(&out).contains(&format!("'{}' was not created", new.display())),
         "{}",

@@ -13,6 +13,7 @@ const CLI_LAYERS: &[&str] = &[
     "progress",
     "fdlimit",
     "files",
+    "dir_fds",
     "staging",
     "signals",
     "backup",

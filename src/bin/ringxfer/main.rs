@@ -11,6 +11,7 @@ mod backup;
 mod commands;
 mod context;
 mod control;
+mod dir_fds;
 mod docs;
 mod engine_handle;
 mod error;

@@ -46,7 +46,7 @@ use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
 use crate::specials::{copy_special, copy_symlink};
 use crate::staged_dirs::{StagedDirs, Within};
 use crate::walk::Item;
-use crate::walk_ahead::{open_source, Found, SmallFiles, SourceFile, Staging, FDS_AHEAD};
+use crate::walk_ahead::{open_source, Found, Landed, SmallFiles, SourceFile, Staging, FDS_AHEAD};
 use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
@@ -211,6 +211,7 @@ impl<'a> Pipeline<'a> {
             publish: self.publish.clone(),
             small: plain.then_some(SmallFiles {
                 no_clone: job.reflink == Reflink::Never,
+                finish_here: !self.publish.preserve && !self.publish.fsync,
             }),
         }
     }
@@ -238,6 +239,16 @@ impl<'a> Pipeline<'a> {
         self.tally.items += 1;
         match found {
             Found::File(file) => self.copy_file(*file)?,
+            Found::Landed(file) => {
+                let Landed {
+                    src,
+                    dst,
+                    within,
+                    bytes,
+                } = *file;
+                self.progress.add_total(bytes);
+                self.count_landed(&src, &dst, within, bytes, None);
+            }
             Found::Other(Item::Symlink { src, dst, within }) => {
                 match copy_symlink(&src, &dst, self.preserve) {
                     Ok(()) => {
@@ -596,21 +607,34 @@ impl<'a> Pipeline<'a> {
             }
         };
         match published {
-            Ok(bytes) => {
-                let (out, verbose) = (self.out, self.verbose);
-                let shown = self.staged.shown(&dst);
-                self.progress
-                    .suspend(|| out.copied(verbose, &job.src, &shown, kept.as_deref()));
-                self.tally.files += 1;
-                self.tally.bytes += bytes;
-                self.staged.landed(job.within, false, bytes);
-                self.progress.file_done(bytes);
-            }
+            Ok(bytes) => self.count_landed(&job.src, &dst, job.within, bytes, kept.as_deref()),
             Err(err) => {
                 self.progress.file_failed();
                 self.fail(&job.src, Some(&dst), job.within, &err);
             }
         }
+    }
+
+    /// Reports and counts a file copied and published (`kept`: the backup
+    /// of what it replaced).
+    fn count_landed(
+        &mut self,
+        src: &Path,
+        dst: &Path,
+        within: Within,
+        bytes: u64,
+        kept: Option<&Path>,
+    ) {
+        if self.verbose {
+            let out = self.out;
+            let shown = self.staged.shown(dst);
+            self.progress
+                .suspend(|| out.copied(true, src, &shown, kept));
+        }
+        self.tally.files += 1;
+        self.tally.bytes += bytes;
+        self.staged.landed(within, false, bytes);
+        self.progress.file_done(bytes);
     }
 
     /// Links the other names of files with several (-a), now that every

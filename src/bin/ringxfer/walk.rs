@@ -6,8 +6,10 @@ use std::fs::{self, DirBuilder, File, Metadata, ReadDir};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::context::Follow;
+use crate::dir_fds::DirPair;
 use crate::error::CliError;
 use crate::staged_dirs::{StagedDir, Within};
 use crate::staging::{remove_leftovers, Leftover};
@@ -23,6 +25,9 @@ pub enum Item {
         src: PathBuf,
         dst: PathBuf,
         within: Within,
+        /// The directories `src` and `dst` are in, open, where the walk
+        /// holds them (see [`MAX_HELD_DEPTH`]).
+        at: Option<Arc<DirPair>>,
     },
     /// A new destination directory is being built under a hidden name.
     Staged(StagedDir),
@@ -69,7 +74,14 @@ struct Frame {
     fixup: Option<DirFixup>,
     /// The source directory's device and inode, to tell a cycle (-L).
     id: (u64, u64),
+    /// The two directories, open, for the files found here.
+    at: Option<Arc<DirPair>>,
 }
+
+/// Levels of the tree whose directories the walk holds open for their
+/// files (see [`DirPair`]); deeper ones name files by path. Two
+/// descriptors a level: a tree thousands of levels deep must not run out.
+const MAX_HELD_DEPTH: usize = 64;
 
 /// Hidden names tried before giving up on staging a directory.
 const MAX_HIDDEN_TRIES: u32 = 100;
@@ -217,6 +229,7 @@ impl Walk {
                 src,
                 dst,
                 within: None,
+                at: None,
             });
         }
         if meta.is_symlink() {
@@ -366,6 +379,12 @@ impl Walk {
             meta,
             within,
         });
+        // The destination only where the openers create files: in a staged
+        // directory.
+        let at = (self.stack.len() < MAX_HELD_DEPTH)
+            .then(|| DirPair::open(&src, within.map(|_| dst.as_path())))
+            .flatten()
+            .map(Arc::new);
         self.stack.push(Frame {
             entries,
             src,
@@ -373,6 +392,7 @@ impl Walk {
             id,
             within,
             fixup,
+            at,
         });
     }
 
@@ -498,7 +518,13 @@ impl Iterator for Walk {
                 }
             };
             if ft.is_file() {
-                return Some(Item::File { src, dst, within });
+                let at = frame.at.clone();
+                return Some(Item::File {
+                    src,
+                    dst,
+                    within,
+                    at,
+                });
             }
             if ft.is_symlink() && self.follow != Follow::Always {
                 return Some(Item::Symlink { src, dst, within });
@@ -519,7 +545,13 @@ impl Iterator for Walk {
                 }
             };
             if meta.is_file() {
-                return Some(Item::File { src, dst, within });
+                // Followed (-L): opened by its path, a link's name.
+                return Some(Item::File {
+                    src,
+                    dst,
+                    within,
+                    at: None,
+                });
             }
             if !meta.is_dir() {
                 return Some(self.special(src, dst, within, meta.file_type()));

@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ringxfer_ipc::publish::{PublishError, PublishOptions, StagedFile};
 
+use crate::dir_fds::{self, DirPair};
 use crate::staged_dirs::Within;
 use crate::walk::{Item, Walk};
 
@@ -100,11 +102,25 @@ pub struct Staging {
 pub struct SmallFiles {
     /// --reflink=never: read and write, never copy_file_range.
     pub no_clone: bool,
+    /// Nothing is left to do once such a file (or an empty one) is copied
+    /// into a staged directory (no attributes to set, no sync): the opener
+    /// closes it and hands the pipeline a [`Landed`].
+    pub finish_here: bool,
 }
 
 /// The largest file an opener copies itself (see [`SmallFiles`]): auto's
 /// limit for small files (buffered, one read and one write).
 pub const SMALL_FILE: u64 = 64 << 10;
+
+/// A file an opener copied whole into a staged directory and closed (see
+/// [`SmallFiles::finish_here`]): the pipeline only counts and reports it.
+#[derive(Debug)]
+pub struct Landed {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub within: Within,
+    pub bytes: u64,
+}
 
 /// What the walk hands the pipeline.
 #[derive(Debug)]
@@ -112,6 +128,7 @@ pub enum Found {
     /// Boxed: most of what the walk finds is files, and a chunk of them
     /// moves through two channels.
     File(Box<SourceFile>),
+    Landed(Box<Landed>),
     /// Anything else the walk found.
     Other(Item),
 }
@@ -121,9 +138,13 @@ pub enum Found {
 /// --open-noatime` and `tar --atime-preserve=system` do: a copy then writes
 /// nothing to the source's file system. Reading a tree of freshly written
 /// files otherwise dirties each source inode (relatime): 5% of the CPU of
-/// a copy of 100,000 empty files went to that (issue 17).
-fn open_noatime(src: &Path) -> io::Result<File> {
+/// a copy of 100,000 empty files went to that (issue 17). Relative to the
+/// directory the walk holds open, if it does.
+fn open_noatime(src: &Path, at: Option<&DirPair>) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    if let (Some(at), Some(name)) = (at, src.file_name()) {
+        return dir_fds::open_noatime_at(at.src.as_fd(), name);
+    }
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     match options.clone().custom_flags(libc::O_NOATIME).open(src) {
@@ -136,11 +157,28 @@ fn open_noatime(src: &Path) -> io::Result<File> {
 /// creates the destination of a file inside a staged directory (new, so
 /// there is nothing to keep, skip or back up), unless --preserve must first
 /// see whether the file is another name of one already copied, and copies
-/// it if it is small (see [`SmallFiles`]).
+/// it if it is small (see [`SmallFiles`]); where nothing is left to do
+/// after that, the file is finished here (see [`Landed`]).
 pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
     match item {
-        Item::File { src, dst, within } => {
-            let opened = open_noatime(&src).and_then(|file| {
+        Item::File {
+            src,
+            dst,
+            within,
+            at,
+        } => {
+            let whole = stage.and_then(|st| st.small).filter(|s| s.finish_here);
+            if let (Some(small), Some(at)) = (whole, at.as_deref()) {
+                if let Some(bytes) = finish_here(&src, at, small) {
+                    return Found::Landed(Box::new(Landed {
+                        src,
+                        dst,
+                        within,
+                        bytes,
+                    }));
+                }
+            }
+            let opened = open_noatime(&src, at.as_deref()).and_then(|file| {
                 let meta = file.metadata()?;
                 Ok((file, meta))
             });
@@ -158,7 +196,7 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
                     });
                 let small = stage
                     .and_then(|st| st.small)
-                    .filter(|_| !empty && is_small(file, meta));
+                    .filter(|_| !empty && is_small(file, meta.len(), meta.blocks() * 512));
                 if let (Some(small), Some(Ok(staged))) = (small, &staged) {
                     copied = Some(copy_small(file, staged.file(), meta.len(), small));
                 }
@@ -174,6 +212,45 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
             }))
         }
         other => Found::Other(other),
+    }
+}
+
+/// Copies a file inside a staged directory whole, relative to the
+/// directories the walk holds, and closes it: an empty one is made with
+/// mknod (nothing opened), a small one in the page cache copied as
+/// [`copy_small`] does. The bytes copied; None where the file is neither,
+/// or anything failed (what was made is removed): the pipeline then takes
+/// the usual way, which says what went wrong in the user's terms.
+fn finish_here(src: &Path, at: &DirPair, small: SmallFiles) -> Option<u64> {
+    let (name, out) = (src.file_name()?, at.dst.as_ref()?.as_fd());
+    let st = dir_fds::stat_at(at.src.as_fd(), name).ok()?;
+    if !st.is_file() {
+        return None;
+    }
+    if st.size == 0 {
+        // Only a file system on a device is believed (see has_a_device);
+        // one we may not read must fail as cp's does, though it holds no
+        // byte.
+        return (st.on_a_device && st.readable())
+            .then(|| dir_fds::make_empty_at(out, name, st.mode).ok())
+            .flatten()
+            .map(|()| 0);
+    }
+    if st.size > SMALL_FILE || st.allocated < st.size {
+        return None;
+    }
+    let file = dir_fds::open_noatime_at(at.src.as_fd(), name).ok()?;
+    if !is_small(&file, st.size, st.allocated) {
+        return None;
+    }
+    let copy = dir_fds::create_new_at(out, name, st.mode).ok()?;
+    match copy_small(&file, &copy, st.size, small) {
+        Ok(bytes) => Some(bytes),
+        Err(_) => {
+            drop(copy);
+            let _ = dir_fds::unlink_at(out, name);
+            None
+        }
     }
 }
 
@@ -194,11 +271,11 @@ fn nothing_at_0(file: &File) -> bool {
 /// of files at once where an opener reads one (cold files of 4 KiB against
 /// the faster of xcp and cpz: 1.18 through the daemon, 0.75 copied by two
 /// openers).
-fn is_small(file: &File, meta: &Metadata) -> bool {
-    meta.len() > 0
-        && meta.len() <= SMALL_FILE
-        && meta.blocks() * 512 >= meta.len()
-        && ringxfer::residency::cached_fraction(file, 0, meta.len()) == Some(1.0)
+fn is_small(file: &File, len: u64, allocated: u64) -> bool {
+    len > 0
+        && len <= SMALL_FILE
+        && allocated >= len
+        && ringxfer::residency::cached_fraction(file, 0, len) == Some(1.0)
 }
 
 /// Copies `src` (`len` bytes by its size) into the new, empty `dst` to the
@@ -210,10 +287,9 @@ fn copy_small(src: &File, dst: &File, len: u64, small: SmallFiles) -> io::Result
     let mut done = if small.no_clone {
         0
     } else {
-        copy_range(src, dst)?
+        copy_range(src, dst, len)?
     };
     if done == len && done > 0 {
-        // copy_file_range's 0 after the size's worth was the end.
         return Ok(done);
     }
     BUFFER.with_borrow_mut(|buf| loop {
@@ -231,14 +307,17 @@ thread_local! {
     static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SMALL_FILE as usize]);
 }
 
-/// copy_file_range from offset 0 until it returns 0 (the end, or a file
-/// system that copies nothing and says so) or refuses before a byte moved;
-/// the bytes copied.
-fn copy_range(src: &File, dst: &File) -> io::Result<u64> {
+/// copy_file_range from offset 0 to the source's end, or until it refuses
+/// before a byte moved; the bytes copied. Each call asks one byte more than
+/// the `len` the file had when looked at: getting no more than `len` is its
+/// end, without a call to find 0 there (a call a file; a copy that meets a
+/// file growing is of some moment of it, as any copy is).
+fn copy_range(src: &File, dst: &File, len: u64) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
     let mut done: u64 = 0;
     loop {
         let (mut at_src, mut at_dst) = (done as i64, done as i64);
+        let ask = (len.saturating_sub(done) + 1).min(SMALL_FILE + 1) as usize;
         // SAFETY: both descriptors are open for the call (borrowed from
         // their Files); the offsets are this frame's, which the kernel
         // reads and advances and nothing else touches meanwhile.
@@ -248,13 +327,18 @@ fn copy_range(src: &File, dst: &File) -> io::Result<u64> {
                 &mut at_src,
                 dst.as_raw_fd(),
                 &mut at_dst,
-                SMALL_FILE as usize,
+                ask,
                 0,
             )
         };
         match n {
             0 => return Ok(done),
-            n if n > 0 => done += n as u64,
+            n if n > 0 => {
+                done += n as u64;
+                if done == len && (n as usize) < ask {
+                    return Ok(done);
+                }
+            }
             _ if done == 0 => return Ok(0),
             _ => return Err(io::Error::last_os_error()),
         }
@@ -478,6 +562,7 @@ mod tests {
                 }
                 Found::Other(Item::Staged(dir)) => staged = Some(dir),
                 Found::Other(other) => panic!("{other:?}"),
+                Found::Landed(landed) => panic!("nothing is finished unstaged: {landed:?}"),
             }
         }
         assert_eq!(files, 100);
