@@ -168,7 +168,7 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
         fs::write(&path, b"").unwrap();
         chmod(&path, if i % 2 == 0 { 0o600 } else { 0o751 });
     }
-    let big = vec![5u8; 100 << 10];
+    let big = vec![5u8; 2 << 20];
     fs::write(src.join("big"), &big).unwrap();
     let before = stats_of(&std::sync::Arc::new(d.client())).jobs_completed;
     let dst = dir.path().join("dst");
@@ -194,7 +194,7 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
     let jobs = stats_of(&std::sync::Arc::new(d.client())).jobs_completed - before;
     assert_eq!(
         jobs, 1,
-        "one job (the file of 100 KiB), none for the 20 empty files"
+        "one job (the file of 2 MiB), none for the 20 empty files"
     );
 
     let proc_dir = Path::new("/proc/sys/kernel/random");
@@ -220,8 +220,8 @@ fn jobs_during(d: &Daemon, f: impl FnOnce()) -> u64 {
     stats_of(&client).jobs_completed - before
 }
 
-/// Files of up to 64 KiB in a new tree are copied by the CLI (a job would
-/// cost more than the copy), with their bytes, modes and, with -a, times;
+/// Files of up to 1 MiB in a new tree are copied by the CLI (a job would
+/// cost much of the copy), with their bytes, modes and, with -a, times;
 /// one with holes, and every file when the command asks something of the
 /// engine (a rate limit, a strategy, a priority), still get a job each.
 #[test]
@@ -231,12 +231,15 @@ fn small_files_of_a_new_tree_are_copied_by_the_cli_unless_the_engine_is_asked() 
     let src = dir.path().join("src");
     fs::create_dir_all(src.join("a/b")).unwrap();
     let mut files = Vec::new();
-    for (i, len) in [1usize, 100, 4096, 5000, 65_536].into_iter().enumerate() {
+    for (i, len) in [1usize, 100, 4096, 5000, 65_537, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
         let (_, data) = make_file(&src, &format!("a/b/s{i}"), len, 900 + i as u64);
         files.push((format!("a/b/s{i}"), data));
     }
     chmod(&src.join("a/b/s1"), 0o640);
-    let (_, data) = make_file(&src, "large", 65_537, 999);
+    let (_, data) = make_file(&src, "large", (1 << 20) + 1, 999);
     files.push(("large".to_string(), data));
     // 64 KiB with a hole before its last 4 KiB: a job keeps the hole.
     let holey = fs::File::create(src.join("holey")).unwrap();
@@ -271,7 +274,7 @@ fn small_files_of_a_new_tree_are_copied_by_the_cli_unless_the_engine_is_asked() 
     });
     assert_eq!(
         jobs, 2,
-        "jobs for the 65,537-byte file and the one with a hole"
+        "jobs for the file of 1 MiB and a byte and the one with a hole"
     );
     assert_eq!(
         jobs_during(&d, || drop(copy("never", &["--reflink=never"]))),
@@ -283,14 +286,14 @@ fn small_files_of_a_new_tree_are_copied_by_the_cli_unless_the_engine_is_asked() 
         &["--priority", "high"],
     ] {
         let name = asked.join("");
-        assert_eq!(jobs_during(&d, || drop(copy(&name, asked))), 7, "{asked:?}");
+        assert_eq!(jobs_during(&d, || drop(copy(&name, asked))), 8, "{asked:?}");
     }
     // Out of the page cache, they are the daemon's, whose io_uring reads
     // many at once.
     for (name, _) in &files {
         evict(&src.join(name));
     }
-    assert_eq!(jobs_during(&d, || drop(copy("cold", &[]))), 7, "cold files");
+    assert_eq!(jobs_during(&d, || drop(copy("cold", &[]))), 8, "cold files");
 }
 
 /// Drops `path`'s pages from the page cache (written back first).

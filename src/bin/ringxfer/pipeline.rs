@@ -46,7 +46,10 @@ use crate::report::{Op, Output, Subject, Tally, NAMED_FAILURES};
 use crate::specials::{copy_special, copy_symlink};
 use crate::staged_dirs::{StagedDirs, Within};
 use crate::walk::Item;
-use crate::walk_ahead::{open_source, Found, Landed, SmallFiles, SourceFile, Staging, FDS_AHEAD};
+use crate::walk_ahead::{
+    chunks_out, fds_ahead, open_source, Found, Landed, SmallFiles, SourceFile, Staging,
+    MAX_CHUNKS_OUT,
+};
 use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
 
@@ -63,7 +66,7 @@ const SPARE_FDS: u64 = 64;
 /// Descriptors a copy holds at most: a destination per job in the window
 /// and a source per job not yet sent (at most a window's worth), what the
 /// walk opened ahead, and the spares.
-pub const MAX_FDS: u64 = 2 * WINDOW as u64 + FDS_AHEAD + SPARE_FDS;
+pub const MAX_FDS: u64 = 2 * WINDOW as u64 + fds_ahead(MAX_CHUNKS_OUT) + SPARE_FDS;
 
 /// A file on its way: opened, staged, and (once its batch is sent) a job.
 struct Job {
@@ -128,17 +131,21 @@ pub struct Pipeline<'a> {
     tally: Tally,
     /// New directories being built under hidden names.
     staged: StagedDirs,
+    /// The walk's chunks out at most (see [`Pipeline::chunks_out`]).
+    chunks_out: usize,
 }
 
 /// The window: [`WINDOW`], or less where the daemon's per-connection or
 /// per-user job cap, or this process's descriptors (one per job in flight,
 /// its destination, the source being closed once submitted; plus the
-/// sources the walk opened ahead), are lower.
-fn window(client: &Client) -> usize {
+/// sources the walk opened ahead), are lower; and the walk's chunks out
+/// (see [`chunks_out`]), which get the descriptors a full window leaves.
+fn window(client: &Client) -> (usize, usize) {
     let limits = client.limits();
     let nofile = fdlimit::raise_nofile();
-    let by_fds = nofile.saturating_sub(SPARE_FDS + FDS_AHEAD).max(1);
-    [
+    let chunks = chunks_out(nofile.saturating_sub(SPARE_FDS + 2 * WINDOW as u64));
+    let by_fds = nofile.saturating_sub(SPARE_FDS + fds_ahead(chunks)).max(1);
+    let window = [
         WINDOW as u64,
         u64::from(limits.max_jobs_per_connection),
         u64::from(limits.max_jobs_per_user),
@@ -147,7 +154,8 @@ fn window(client: &Client) -> usize {
     .into_iter()
     .filter(|&n| n > 0)
     .min()
-    .unwrap_or(1) as usize
+    .unwrap_or(1) as usize;
+    (window, chunks)
 }
 
 impl<'a> Pipeline<'a> {
@@ -160,8 +168,9 @@ impl<'a> Pipeline<'a> {
         plan.progress = Show::Off;
         // --rate-limit is the whole copy's, not each file's.
         plan.whole_command = true;
-        let window = window(client);
+        let (window, chunks_out) = window(client);
         Pipeline {
+            chunks_out,
             client,
             events: client.dispatch_here(),
             out: ctx.out,
@@ -189,6 +198,12 @@ impl<'a> Pipeline<'a> {
             tally: Tally::default(),
             staged: StagedDirs::default(),
         }
+    }
+
+    /// How many chunks the walk may have out (see [`chunks_out`]), which
+    /// the descriptors this pipeline leaves allow.
+    pub fn chunks_out(&self) -> usize {
+        self.chunks_out
     }
 
     /// What the walk's openers do inside staged directories: create the

@@ -148,7 +148,7 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     let walk =
         Walk::new(operands, args.recursive, args.dest.preserve, umask).following(args.follow);
     let mut pipeline = Pipeline::new(ctx, &engine, args);
-    let mut ahead = match WalkAhead::start(walk, Some(pipeline.staging())) {
+    let mut ahead = match WalkAhead::start(walk, Some(pipeline.staging()), pipeline.chunks_out()) {
         Ok(ahead) => ahead,
         Err(e) => {
             let err = CliError::new("cannot start the directory walk", "io", e.to_string());

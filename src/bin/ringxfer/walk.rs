@@ -81,7 +81,7 @@ struct Frame {
 /// Levels of the tree whose directories the walk holds open for their
 /// files (see [`DirPair`]); deeper ones name files by path. Two
 /// descriptors a level: a tree thousands of levels deep must not run out.
-const MAX_HELD_DEPTH: usize = 64;
+pub const MAX_HELD_DEPTH: usize = 64;
 
 /// Hidden names tried before giving up on staging a directory.
 const MAX_HIDDEN_TRIES: u32 = 100;

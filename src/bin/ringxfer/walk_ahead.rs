@@ -15,9 +15,10 @@
 //! back up) the destination is created here; elsewhere the pipeline does
 //! it, after deciding whether to replace what is there.
 //!
-//! At most [`CHUNKS_OUT`] chunks are out at once (walked and not yet taken
-//! by the pipeline), so the descriptors held ahead are bounded
-//! ([`FDS_AHEAD`]) even if one opener waits long on one file. Items reach
+//! At most a given number of chunks (see [`chunks_out`]) are out at once
+//! (walked and not yet taken by the pipeline), so the descriptors held
+//! ahead are bounded ([`fds_ahead`]) even if one opener waits long on one
+//! file. Items reach
 //! the pipeline in the walk's order: a directory is always made before a
 //! file in it is handed out.
 //!
@@ -51,13 +52,35 @@ const CHUNK: usize = 32;
 /// with four; hot, level).
 const OPENERS: usize = 4;
 
-/// Chunks walked and not yet taken by the pipeline, at most: a few ready
-/// for it, and one at each opener.
-const CHUNKS_OUT: usize = 4 + OPENERS;
+/// Chunks walked and not yet taken by the pipeline, at most, where the
+/// open-file limit allows (see [`chunks_out`]). Chunks come back in the
+/// walk's order, so one slow chunk (a few files of 64 KiB to copy) holds
+/// back those after it until their credits run out, and the openers wait:
+/// a tree shaped like a source checkout copied in 0.78-0.85 s with 16 or
+/// 32 out where it took 0.91-1.00 s with 8 (issue 17).
+pub const MAX_CHUNKS_OUT: usize = 32;
 
-/// Descriptors open ahead at most: a source and a destination for each
-/// item of the chunks out and of the one the pipeline is taking from.
-pub const FDS_AHEAD: u64 = (2 * (CHUNKS_OUT + 1) * CHUNK) as u64;
+/// Chunks out at the least: a few ready for the pipeline, and one at each
+/// opener. Fewer descriptors than these need shrink the pipeline's window
+/// instead.
+const MIN_CHUNKS_OUT: usize = 4 + OPENERS;
+
+/// Descriptors open ahead at most with `chunks` out: for each item of
+/// those and of the one the pipeline is taking from, a source, a
+/// destination and the two directories it may be the last to hold (see
+/// [`DirPair`]), and the directories of the levels the walk holds.
+pub const fn fds_ahead(chunks: usize) -> u64 {
+    (4 * (chunks + 1) * CHUNK + 2 * crate::walk::MAX_HELD_DEPTH) as u64
+}
+
+/// The most chunks out whose descriptors fit in `fds`, within
+/// [`MIN_CHUNKS_OUT`] and [`MAX_CHUNKS_OUT`].
+pub fn chunks_out(fds: u64) -> usize {
+    (MIN_CHUNKS_OUT..=MAX_CHUNKS_OUT)
+        .rev()
+        .find(|&n| fds_ahead(n) <= fds)
+        .unwrap_or(MIN_CHUNKS_OUT)
+}
 
 /// A regular file the walk found, opened for reading with its metadata
 /// (or why it could not be).
@@ -93,11 +116,13 @@ pub struct Staging {
 /// copied by the opener that creates their destination: copy_file_range
 /// (an in-kernel copy on ext4 and tmpfs, a clone on btrfs and XFS, as
 /// cp's), or read and write where it refuses or `--reflink=never` forbids
-/// cloning. The daemon's job would cost more than the copy: two descriptors
-/// passed, two statx on io_uring's workers, a write punted to them, a
-/// completion, and the closes; for 10,000 files of 4 KiB that was a third
-/// of the copy's CPU (issue 17). Only when the command asks nothing of the
-/// engine that a file this small could use (see `Pipeline::staging`).
+/// cloning. The daemon's job would cost more than the copy, or a good part
+/// of it: two descriptors passed, two statx on io_uring's workers, the
+/// copy handed to a worker, a completion, and the closes; for 10,000 files
+/// of 4 KiB that was a third of the copy's CPU, and 1,000 files of 1 MiB
+/// took 0.17 s through the daemon where the openers copy them in 0.13-0.14
+/// s (issue 17). Only when the command asks nothing of the engine that
+/// such a file could use (see `Pipeline::staging`).
 #[derive(Debug, Clone, Copy)]
 pub struct SmallFiles {
     /// --reflink=never: read and write, never copy_file_range.
@@ -108,9 +133,14 @@ pub struct SmallFiles {
     pub finish_here: bool,
 }
 
-/// The largest file an opener copies itself (see [`SmallFiles`]): auto's
-/// limit for small files (buffered, one read and one write).
-pub const SMALL_FILE: u64 = 64 << 10;
+/// The largest file an opener copies itself (see [`SmallFiles`]). Larger
+/// ones are the daemon's: their progress is worth following, and an opener
+/// busy with one holds back the chunks walked after its own (they come back
+/// in order). A copy of 1 MiB takes a quarter of a millisecond hot.
+pub const SMALL_FILE: u64 = 1 << 20;
+
+/// The buffer of an opener's read and write (see [`copy_small`]).
+const COPY_BUFFER: usize = 64 << 10;
 
 /// A file an opener copied whole into a staged directory and closed (see
 /// [`SmallFiles::finish_here`]): the pipeline only counts and reports it.
@@ -304,7 +334,7 @@ fn copy_small(src: &File, dst: &File, len: u64, small: SmallFiles) -> io::Result
 
 thread_local! {
     /// An opener's buffer for read and write, made once.
-    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SMALL_FILE as usize]);
+    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; COPY_BUFFER]);
 }
 
 /// copy_file_range from offset 0 to the source's end, or until it refuses
@@ -413,11 +443,12 @@ fn open_chunks(
 impl WalkAhead {
     /// Starts `walk` on a new thread, and its openers, which create the
     /// destinations of files in staged directories (and copy small files)
-    /// as `stage` says (see [`open_source`]).
-    pub fn start(walk: Walk, stage: Option<Staging>) -> io::Result<WalkAhead> {
-        let (items_tx, items_rx) = crossbeam_channel::bounded(CHUNKS_OUT);
-        let (found_tx, chunks) = crossbeam_channel::bounded(CHUNKS_OUT);
-        let (credits_tx, credits) = crossbeam_channel::bounded(CHUNKS_OUT);
+    /// as `stage` says (see [`open_source`]), with at most `chunks_out`
+    /// chunks out.
+    pub fn start(walk: Walk, stage: Option<Staging>, chunks_out: usize) -> io::Result<WalkAhead> {
+        let (items_tx, items_rx) = crossbeam_channel::bounded(chunks_out);
+        let (found_tx, chunks) = crossbeam_channel::bounded(chunks_out);
+        let (credits_tx, credits) = crossbeam_channel::bounded(chunks_out);
         let mut openers = Vec::with_capacity(OPENERS);
         for i in 0..OPENERS {
             let (items, found, stage) = (items_rx.clone(), found_tx.clone(), stage.clone());
@@ -538,7 +569,7 @@ mod tests {
     fn hands_out_every_file_opened_after_its_directory_was_made() {
         let (_dir, src, dst) = tree(100);
         let walk = Walk::new(vec![(src.clone(), Some(dst))], true, false, 0o022);
-        let mut ahead = WalkAhead::start(walk, None).unwrap();
+        let mut ahead = WalkAhead::start(walk, None, MIN_CHUNKS_OUT).unwrap();
         let mut files = 0;
         let mut staged = None;
         for found in ahead.by_ref() {
@@ -583,7 +614,7 @@ mod tests {
         fs::set_permissions(&odd, fs::Permissions::from_mode(0o640)).unwrap();
         let order = |stage| {
             let walk = Walk::new(vec![(src.clone(), Some(dst.clone()))], true, false, 0o022);
-            let mut ahead = WalkAhead::start(walk, stage).unwrap();
+            let mut ahead = WalkAhead::start(walk, stage, MIN_CHUNKS_OUT).unwrap();
             let mut seen = Vec::new();
             for found in ahead.by_ref() {
                 if let Found::File(f) = found {
@@ -624,10 +655,19 @@ mod tests {
     }
 
     #[test]
+    fn chunks_out_fit_the_descriptors_given() {
+        assert_eq!(chunks_out(u64::MAX), MAX_CHUNKS_OUT);
+        assert_eq!(chunks_out(0), MIN_CHUNKS_OUT);
+        let between = chunks_out(fds_ahead(12) + 1);
+        assert_eq!(between, 12);
+        assert!(fds_ahead(between) <= fds_ahead(12) + 1 && fds_ahead(13) > fds_ahead(12) + 1);
+    }
+
+    #[test]
     fn finishing_early_stops_the_walk_and_returns_what_it_staged() {
-        let (_dir, src, dst) = tree(CHUNK * (CHUNKS_OUT + 4));
+        let (_dir, src, dst) = tree(CHUNK * (MIN_CHUNKS_OUT + 4));
         let walk = Walk::new(vec![(src, Some(dst))], true, false, 0o022);
-        let ahead = WalkAhead::start(walk, None).unwrap();
+        let ahead = WalkAhead::start(walk, None, MIN_CHUNKS_OUT).unwrap();
         // The walk fills the channel and waits; nothing is taken.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let (walk, staged) = ahead.finish();
