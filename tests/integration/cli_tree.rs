@@ -212,6 +212,59 @@ fn empty_files_of_a_tree_need_no_job_and_files_of_proc_are_read_to_their_end() {
     );
 }
 
+/// A tree that is not in the page cache is read ahead of the walk (its
+/// directories listed by more threads at once); one that is, is not: a
+/// second listing would only cost. Seen from outside as the subdirectories
+/// opened: once each by the walk when hot, more when cold.
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn a_cold_tree_is_read_ahead_of_the_walk_and_a_hot_one_is_not() {
+    require_root("root to mount a file system and remount it cold");
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let mnt = mount_fs(dir.path(), "ext4");
+    let src = mnt.path().join("src");
+    const DIRS: usize = 300;
+    for i in 0..DIRS {
+        let sub = src.join(format!("d{i}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..3 {
+            fs::write(sub.join(format!("f{f}")), format!("{i}/{f}")).unwrap();
+        }
+    }
+    let mnt_dir = mnt.path().to_path_buf();
+    let copy = |dst: &str| {
+        let dst = mnt_dir.join(dst);
+        let opened = opened_during(&src, || {
+            let mut c = cli(&d.socket);
+            c.arg("copy").arg("-r").arg(&src).arg(&dst);
+            assert_exit(&run(c), 0, "copy -r");
+        });
+        for i in (0..DIRS).step_by(37) {
+            assert_eq!(
+                fs::read_to_string(dst.join(format!("d{i}/f2"))).unwrap(),
+                format!("{i}/2")
+            );
+        }
+        opened.iter().filter(|name| name.starts_with('d')).count()
+    };
+    let hot = copy("hot");
+    assert_eq!(hot, DIRS, "each subdirectory opened once, by the walk");
+    // Unmounted and mounted again, nothing of it is cached.
+    let img = dir.path().join("ext4.img");
+    drop(mnt);
+    let mut c = Command::new("mount");
+    c.args(["-o", "loop"]).arg(&img).arg(&mnt_dir);
+    assert!(c.status().unwrap().success(), "mount the image again");
+    let mnt = Mount::at(&mnt_dir);
+    let cold = copy("cold");
+    assert!(
+        cold > DIRS,
+        "subdirectories opened {cold} times: no read-ahead"
+    );
+    drop(mnt);
+}
+
 /// Jobs the daemon completed while `f` ran.
 fn jobs_during(d: &Daemon, f: impl FnOnce()) -> u64 {
     let client = std::sync::Arc::new(d.client());

@@ -26,6 +26,7 @@ const CLI_LAYERS: &[&str] = &[
     "specials",
     "staged_dirs",
     "hardlinks",
+    "read_ahead",
     "walk",
     "walk_ahead",
     "pipeline",

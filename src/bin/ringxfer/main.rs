@@ -23,6 +23,7 @@ mod listing;
 mod pipeline;
 mod progress;
 mod progress_json;
+mod read_ahead;
 mod report;
 mod signals;
 mod specials;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::context::Follow;
 use crate::dir_fds::DirPair;
 use crate::error::CliError;
+use crate::read_ahead::{ColdSigns, ReadAhead};
 use crate::staged_dirs::{StagedDir, Within};
 use crate::staging::{remove_leftovers, Leftover};
 use crate::xattrs::Xattrs;
@@ -119,7 +120,24 @@ pub struct Walk {
     /// Directories created inside each staged directory (itself included),
     /// by [`StagedDir::index`].
     pub staged_dirs: Vec<u64>,
+    /// Threads reading the operand being walked ahead of the walk, once it
+    /// showed itself cold (see [`crate::read_ahead`]).
+    read_ahead: Option<ReadAhead>,
+    cold: ColdSigns,
+    /// Blocks the source's directories had read from a disk since the last
+    /// directory was entered.
+    source_reads: i64,
+    /// Directories of the operand entered so far, and of them those whose
+    /// entry read from a disk.
+    entered: u64,
+    entered_cold: u32,
+    /// Times a walk started reading ahead.
+    pub read_aheads: u32,
 }
+
+/// Directories whose entry read from a disk before the walk has the rest
+/// of the tree read ahead: one could be a stray, two say the tree is cold.
+const COLD_ENTRIES: u32 = 2;
 
 fn failed(src: &Path, dst: Option<&Path>, within: Within, error: CliError) -> Item {
     Item::Failed {
@@ -183,6 +201,12 @@ impl Walk {
             fixups: Vec::new(),
             dirs: 0,
             staged_dirs: Vec::new(),
+            read_ahead: None,
+            cold: ColdSigns::default(),
+            source_reads: 0,
+            entered: 0,
+            entered_cold: 0,
+            read_aheads: 0,
         }
     }
 
@@ -276,12 +300,15 @@ impl Walk {
         // u+rwx while we fill it, or a 0555 source would refuse its own files.
         let mut builder = DirBuilder::new();
         builder.mode(mode | 0o700);
+        self.count_source_reads();
         let absent = within.is_none()
             && matches!(fs::symlink_metadata(&dst), Err(e) if e.kind() == io::ErrorKind::NotFound);
         if absent {
             return self.enter_staged(src, dst, meta, &builder);
         }
-        let created = match builder.create(&dst) {
+        let created = builder.create(&dst);
+        self.skip_destination_reads();
+        let created = match created {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dst.is_dir() => false,
             Err(e) => {
@@ -320,6 +347,7 @@ impl Walk {
         meta: Metadata,
         builder: &DirBuilder,
     ) -> Option<Item> {
+        self.skip_destination_reads();
         let entries = match fs::read_dir(&src) {
             Ok(entries) => entries,
             Err(e) => {
@@ -331,9 +359,12 @@ impl Walk {
                 ))
             }
         };
+        self.count_source_reads();
         let found = remove_leftovers(parent_of(&dst), &mut self.searched);
         self.pending.extend(found.into_iter().map(Item::Leftover));
-        let hidden = match self.stage(builder, &dst) {
+        let hidden = self.stage(builder, &dst);
+        self.skip_destination_reads();
+        let hidden = match hidden {
             Ok(hidden) => hidden,
             Err(e) => {
                 return Some(failed(
@@ -394,6 +425,51 @@ impl Walk {
             fixup,
             at,
         });
+        self.note_entry();
+    }
+
+    /// Counts a directory entered, and starts reading the operand ahead
+    /// once the walk's own reads show it cold (see [`crate::read_ahead`]).
+    fn note_entry(&mut self) {
+        self.entered += 1;
+        if let Some(ahead) = &self.read_ahead {
+            ahead.entered();
+            return;
+        }
+        if std::mem::take(&mut self.source_reads) > 0 {
+            self.entered_cold += 1;
+        }
+        if self.entered_cold == COLD_ENTRIES {
+            let root = self.stack[0].src.clone();
+            // Without the threads the walk only goes slower.
+            self.read_ahead = ReadAhead::start(root, self.entered).ok();
+            self.read_aheads += u32::from(self.read_ahead.is_some());
+        }
+    }
+
+    /// Counts what the walk's thread read from a disk since it last looked
+    /// as the source's. Only the source's reads say it is cold: a new
+    /// destination's file system reads its allocation bitmaps too.
+    fn count_source_reads(&mut self) {
+        if self.read_ahead.is_none() {
+            self.source_reads += self.cold.blocks_read();
+        }
+    }
+
+    /// Leaves out what the walk's thread read for the destination (see
+    /// [`Walk::count_source_reads`]).
+    fn skip_destination_reads(&mut self) {
+        if self.read_ahead.is_none() {
+            self.cold.blocks_read();
+        }
+    }
+
+    /// Stops reading ahead (the walk is over, or stopped).
+    pub fn stop_reading_ahead(&mut self) {
+        self.read_ahead = None;
+        self.source_reads = 0;
+        self.entered = 0;
+        self.entered_cold = 0;
     }
 
     /// Makes a hidden directory next to `dst`; returns its path.
@@ -436,10 +512,14 @@ impl Walk {
         result.map_err(|e| CliError::path("cannot set attributes of", &fixup.dst, &e))
     }
 
-    /// Leaves the directory on top of the stack, keeping its fixup.
+    /// Leaves the directory on top of the stack, keeping its fixup; the
+    /// last one of an operand ends its read-ahead.
     fn leave(&mut self) {
         if let Some(fixup) = self.stack.pop().and_then(|f| f.fixup) {
             self.fixups.push(fixup);
+        }
+        if self.stack.is_empty() {
+            self.stop_reading_ahead();
         }
     }
 }

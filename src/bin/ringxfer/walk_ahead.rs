@@ -413,6 +413,7 @@ fn walk_in_chunks(
         if chunk.len() == CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
             if !hand_over(full, &mut number) {
+                walk.stop_reading_ahead();
                 return walk;
             }
         }
@@ -420,6 +421,7 @@ fn walk_in_chunks(
     if !chunk.is_empty() {
         hand_over(chunk, &mut number);
     }
+    walk.stop_reading_ahead();
     walk
 }
 
