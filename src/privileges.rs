@@ -92,6 +92,19 @@ fn has(caps: u32, cap: u32) -> bool {
     caps & (1 << cap) != 0
 }
 
+/// Reads any file, whatever its mode says.
+pub const CAP_DAC_OVERRIDE: u32 = 1;
+/// Reads any file and searches any directory.
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+/// Acts as the owner of any file (O_NOATIME, a file's attributes).
+pub const CAP_FOWNER: u32 = 3;
+
+/// Whether the calling thread has `cap` in its effective set (false where
+/// the kernel will not say).
+pub fn has_effective(cap: u32) -> bool {
+    capget().is_ok_and(|caps| has(caps.effective, cap))
+}
+
 /// Whether this thread can take a client's identity: effective uid 0 with
 /// CAP_SETUID and CAP_SETGID (the emptying of the effective set on leaving
 /// uid 0 is what leaves the client's identity without capabilities; a

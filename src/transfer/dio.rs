@@ -116,35 +116,7 @@ pub(crate) fn may_ask_residency(owner: u32, writable: bool) -> bool {
 
 /// CAP_FOWNER in the effective set (capget: reads this task's credentials).
 fn has_cap_fowner() -> bool {
-    const CAP_FOWNER: u32 = 3;
-    const VERSION_3: u32 = 0x2008_0522;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget reads `header` and writes two `Data` (version 3's
-    // size), both live and of the kernel's layout.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut Header,
-            data.as_mut_ptr(),
-        )
-    };
-    ret == 0 && data[0].effective & (1 << CAP_FOWNER) != 0
+    crate::privileges::has_effective(crate::privileges::CAP_FOWNER)
 }
 
 /// Residency by cachestat(2), shared with the CLI (see crate::residency).

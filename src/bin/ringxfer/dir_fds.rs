@@ -13,6 +13,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use ringxfer::privileges::{has_effective, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH};
+
 /// A source directory the walk is reading and, inside a staged directory
 /// (new, ours), the destination directory it made for it.
 #[derive(Debug)]
@@ -175,39 +177,8 @@ fn rights() -> &'static Rights {
     RIGHTS.get_or_init(|| Rights {
         // SAFETY: geteuid has no arguments and cannot fail.
         euid: unsafe { libc::geteuid() },
-        reads_anything: effective_caps()
-            .is_some_and(|caps| caps & (1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH) != 0),
+        reads_anything: has_effective(CAP_DAC_OVERRIDE) || has_effective(CAP_DAC_READ_SEARCH),
     })
-}
-
-const CAP_DAC_OVERRIDE: u32 = 1;
-const CAP_DAC_READ_SEARCH: u32 = 2;
-/// _LINUX_CAPABILITY_VERSION_3: two 32-bit words of each set.
-const CAP_VERSION_3: u32 = 0x2008_0522;
-
-/// The low word of this process's effective capabilities (capget).
-fn effective_caps() -> Option<u32> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget reads `header` and writes two `Data` (version 3), both
-    // this frame's and valid for the call.
-    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    (ret == 0).then_some(data[0].effective)
 }
 
 /// statx of `name` in `dir`, following a symbolic link as open does.
