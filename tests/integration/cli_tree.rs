@@ -265,6 +265,39 @@ fn a_cold_tree_is_read_ahead_of_the_walk_and_a_hot_one_is_not() {
     drop(mnt);
 }
 
+/// btrfs and tmpfs have no block device, but their sizes are true: an
+/// empty file there is made without being opened, as on ext4 (procfs,
+/// also without one, is read: see the test above).
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn empty_files_on_btrfs_and_tmpfs_are_not_opened_either() {
+    require_root("root to mount btrfs and tmpfs");
+    let d = Daemon::start();
+    for kind in ["btrfs", "tmpfs"] {
+        let dir = tmpdir();
+        let mnt = mount_fs(dir.path(), kind);
+        let src = mnt.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        for i in 0..10 {
+            fs::write(src.join("sub").join(format!("e{i}")), b"").unwrap();
+        }
+        let dst = mnt.path().join("dst");
+        let opened = opened_during(&src.join("sub"), || {
+            let mut c = cli(&d.socket);
+            c.arg("copy").arg("-r").arg(&src).arg(&dst);
+            assert_exit(&run(c), 0, "copy -r of empty files");
+        });
+        assert!(
+            opened.is_empty(),
+            "{kind}: empty sources opened: {opened:?}"
+        );
+        for i in 0..10 {
+            let meta = fs::metadata(dst.join("sub").join(format!("e{i}"))).unwrap();
+            assert!(meta.is_file() && meta.len() == 0, "{kind}: e{i}");
+        }
+    }
+}
+
 /// Jobs the daemon completed while `f` ran.
 fn jobs_during(d: &Daemon, f: impl FnOnce()) -> u64 {
     let client = std::sync::Arc::new(d.client());

@@ -7,7 +7,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -21,6 +21,30 @@ use ringxfer::privileges::{has_effective, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH}
 pub struct DirPair {
     pub src: OwnedFd,
     pub dst: Option<OwnedFd>,
+    /// The source's file system is one whose size of 0 means no bytes
+    /// though it has no block device (see [`sizes_are_honest`]).
+    pub honest_sizes: bool,
+}
+
+/// File systems without a block device (st_dev's major 0) whose files'
+/// sizes are what a read finds: btrfs and tmpfs. procfs and sysfs say 0
+/// for files with bytes; others unknown here are asked by a read.
+const HONEST_WITHOUT_A_DEVICE: [i64; 2] = [
+    0x9123_683e, // BTRFS_SUPER_MAGIC
+    0x0102_1994, // TMPFS_MAGIC
+];
+
+/// Whether the file system of `dir` is one of [`HONEST_WITHOUT_A_DEVICE`]
+/// (fstatfs, which an O_PATH descriptor allows).
+fn sizes_are_honest(dir: BorrowedFd<'_>) -> bool {
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `dir` is open for the call and `fs` this frame's, written by
+    // the kernel only during it.
+    let ok = unsafe { libc::fstatfs(dir.as_raw_fd(), &mut fs) } == 0;
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs by target.
+    let kind = fs.f_type as i64;
+    ok && HONEST_WITHOUT_A_DEVICE.contains(&kind)
 }
 
 impl DirPair {
@@ -33,7 +57,12 @@ impl DirPair {
             Some(dst) => Some(open_dir(dst).ok()?),
             None => None,
         };
-        Some(DirPair { src, dst })
+        let honest_sizes = sizes_are_honest(src.as_fd());
+        Some(DirPair {
+            src,
+            dst,
+            honest_sizes,
+        })
     }
 }
 
@@ -222,6 +251,11 @@ mod tests {
         std::fs::create_dir(&dst).unwrap();
         std::fs::write(src.join("a"), b"abc").unwrap();
         let pair = DirPair::open(&src, Some(&dst)).unwrap();
+        assert!(
+            !DirPair::open(Path::new("/proc/self"), None)
+                .unwrap()
+                .honest_sizes
+        );
         let out = pair.dst.as_ref().unwrap().as_fd();
         let st = stat_at(pair.src.as_fd(), OsStr::new("a")).unwrap();
         assert!(st.is_file() && st.readable());
