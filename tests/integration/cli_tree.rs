@@ -382,6 +382,36 @@ fn small_files_of_a_new_tree_are_copied_by_the_cli_unless_the_engine_is_asked() 
     assert_eq!(jobs_during(&d, || drop(copy("cold", &[]))), 8, "cold files");
 }
 
+/// On btrfs a copy of a new tree clones (copy_file_range), which reads no
+/// data: small files out of the page cache are copied by the CLI there
+/// too, with no job, where on ext4 they are the daemon's (see above).
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn cold_small_files_on_btrfs_are_cloned_by_the_cli() {
+    require_root("root to mount btrfs");
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let mnt = mount_fs(dir.path(), "btrfs");
+    let src = mnt.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    let mut files = Vec::new();
+    for (i, len) in [100usize, 5000, 70_000, 1 << 20].into_iter().enumerate() {
+        let (path, data) = make_file(&src, &format!("a/f{i}"), len, 940 + i as u64);
+        evict(&path);
+        files.push((format!("a/f{i}"), data));
+    }
+    let dst = mnt.path().join("dst");
+    let jobs = jobs_during(&d, || {
+        let mut c = cli(&d.socket);
+        c.arg("copy").arg("-r").arg(&src).arg(&dst);
+        assert_exit(&run(c), 0, "copy -r of cold files on btrfs");
+    });
+    for (name, data) in &files {
+        assert_file_eq(&dst.join(name), data);
+    }
+    assert_eq!(jobs, 0, "cold small files on btrfs need no job");
+}
+
 /// Drops `path`'s pages from the page cache (written back first).
 fn evict(path: &Path) {
     use std::os::fd::AsRawFd;

@@ -148,7 +148,13 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     let walk =
         Walk::new(operands, args.recursive, args.dest.preserve, umask).following(args.follow);
     let mut pipeline = Pipeline::new(ctx, &engine, args);
-    let mut ahead = match WalkAhead::start(walk, Some(pipeline.staging()), pipeline.chunks_out()) {
+    let openers = crate::walk_ahead::openers_at_start(crate::dir_fds::fs_type(dst));
+    let mut ahead = match WalkAhead::start(
+        walk,
+        Some(pipeline.staging()),
+        pipeline.chunks_out(),
+        openers,
+    ) {
         Ok(ahead) => ahead,
         Err(e) => {
             let err = CliError::new("cannot start the directory walk", "io", e.to_string());
