@@ -39,9 +39,9 @@
 //!    from submit to completion, on a fresh daemon per round.
 //! E. Many files against one (as root). User A (uid 65531) runs the
 //!    release CLI, `ringxfer --daemon-only copy -r`, on a tree of
-//!    RINGXFER_BENCH_TREE_FILES (default 2,000) files of 256 KiB in 20
-//!    directories: above the 64 KiB the CLI copies itself, so each is a
-//!    daemon job. Once a job of A's moved bytes, user B (uid 65532) submits
+//!    RINGXFER_BENCH_TREE_FILES (default 1,000) files of 1 MiB and 64 KiB
+//!    in 20 directories: above the 1 MiB the CLI copies itself, so each is
+//!    a daemon job. Once a job of A's moved bytes, user B (uid 65532) submits
 //!    one 1 MiB file copy, timed from submit to completion, and again with
 //!    no A, on the same daemon; each round copies A's tree afresh.
 //!
@@ -570,10 +570,11 @@ fn starvation_round(bin: &Path, args: &[String], dir: &Path, round: usize) -> Re
 /// with it.
 const TREE_USER: u32 = USERS[0];
 const SINGLE_USER: u32 = USERS[1];
-/// Above the 64 KiB the CLI copies itself, so every file is a daemon job.
-const TREE_FILE: usize = 256 << 10;
+/// Above the 1 MiB the CLI copies itself (src/bin/ringxfer/walk_ahead.rs,
+/// SMALL_FILE), so every file is a daemon job.
+const TREE_FILE: usize = (1 << 20) + (64 << 10);
 const TREE_DIRS: usize = 20;
-const TREE_FILES: usize = 2000;
+const TREE_FILES: usize = 1000;
 const SINGLE_TARGET_MS: f64 = 100.0;
 
 fn own(path: &Path, uid: u32) -> Result<()> {
