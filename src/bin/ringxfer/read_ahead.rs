@@ -250,9 +250,9 @@ mod tests {
         fs::write(&path, vec![7u8; 1 << 20]).unwrap();
         let file = fs::File::open(&path).unwrap();
         file.sync_all().unwrap();
+        let fd = file.as_raw_fd();
         // SAFETY: the descriptor is open; fadvise only drops clean pages.
-        let dropped =
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let dropped = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(dropped, 0);
         let mut signs = ColdSigns::default();
         assert_eq!(signs.blocks_read(), 0);
