@@ -73,7 +73,6 @@ pub fn openers_at_start(fs: Option<i64>) -> usize {
 /// Wakes the openers kept back for a cold tree: the walk reads ahead (its
 /// reads of the source hit the disk), or an opener leaves a small file to
 /// the daemon (it was not wholly in the page cache).
-#[derive(Default)]
 struct Wake(Mutex<Option<Sender<()>>>);
 
 impl Wake {
