@@ -194,9 +194,61 @@ impl ColdSigns {
     }
 }
 
+/// Two directories whose entry read from a disk, at most this many entries
+/// apart, say the tree is cold. One could be a stray, and strays come far
+/// apart in a hot tree: a freshly written checkout of 4,000 directories on
+/// ext4 read one block at its 846th entry and one at its 886th, and the
+/// readers then started cost its copy 7% of the CPU. In a cold tree nearly
+/// every entry reads.
+const COLD_SPAN: u64 = 8;
+
+/// The walk's verdict on its tree, one directory entered at a time.
+#[derive(Debug, Default)]
+pub struct ColdEntries {
+    entered: u64,
+    last_cold: Option<u64>,
+}
+
+impl ColdEntries {
+    /// Counts a directory entered, `cold` if entering it read from a disk;
+    /// true when the tree now looks cold.
+    pub fn entered(&mut self, cold: bool) -> bool {
+        self.entered += 1;
+        if !cold {
+            return false;
+        }
+        let previous = self.last_cold.replace(self.entered);
+        previous.is_some_and(|at| self.entered - at <= COLD_SPAN)
+    }
+
+    /// Directories counted so far.
+    pub fn count(&self) -> u64 {
+        self.entered
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_cold_entries_close_together_make_a_tree_cold_and_strays_do_not() {
+        let mut cold = ColdEntries::default();
+        assert!(!cold.entered(true), "one cold entry could be a stray");
+        for _ in 0..COLD_SPAN {
+            assert!(!cold.entered(false));
+        }
+        assert!(!cold.entered(true), "strays far apart are strays");
+        assert!(cold.entered(true), "two in a row say cold");
+        assert_eq!(cold.count(), COLD_SPAN + 3);
+
+        let mut fresh = ColdEntries::default();
+        assert!(!fresh.entered(true));
+        for _ in 0..COLD_SPAN - 1 {
+            assert!(!fresh.entered(false));
+        }
+        assert!(fresh.entered(true), "within the span");
+    }
 
     #[test]
     fn readers_read_every_directory_then_end() {

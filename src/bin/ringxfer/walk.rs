@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::context::Follow;
 use crate::dir_fds::DirPair;
 use crate::error::CliError;
-use crate::read_ahead::{ColdSigns, ReadAhead};
+use crate::read_ahead::{ColdEntries, ColdSigns, ReadAhead};
 use crate::staged_dirs::{StagedDir, Within};
 use crate::staging::{remove_leftovers, Leftover};
 use crate::xattrs::Xattrs;
@@ -127,17 +127,11 @@ pub struct Walk {
     /// Blocks the source's directories had read from a disk since the last
     /// directory was entered.
     source_reads: i64,
-    /// Directories of the operand entered so far, and of them those whose
-    /// entry read from a disk.
-    entered: u64,
-    entered_cold: u32,
+    /// Directories of the operand entered so far, and which read from a disk.
+    entered: ColdEntries,
     /// Times a walk started reading ahead.
     pub read_aheads: u32,
 }
-
-/// Directories whose entry read from a disk before the walk has the rest
-/// of the tree read ahead: one could be a stray, two say the tree is cold.
-const COLD_ENTRIES: u32 = 2;
 
 fn failed(src: &Path, dst: Option<&Path>, within: Within, error: CliError) -> Item {
     Item::Failed {
@@ -204,8 +198,7 @@ impl Walk {
             read_ahead: None,
             cold: ColdSigns::default(),
             source_reads: 0,
-            entered: 0,
-            entered_cold: 0,
+            entered: ColdEntries::default(),
             read_aheads: 0,
         }
     }
@@ -431,18 +424,15 @@ impl Walk {
     /// Counts a directory entered, and starts reading the operand ahead
     /// once the walk's own reads show it cold (see [`crate::read_ahead`]).
     fn note_entry(&mut self) {
-        self.entered += 1;
         if let Some(ahead) = &self.read_ahead {
             ahead.entered();
             return;
         }
-        if std::mem::take(&mut self.source_reads) > 0 {
-            self.entered_cold += 1;
-        }
-        if self.entered_cold == COLD_ENTRIES {
+        let cold = std::mem::take(&mut self.source_reads) > 0;
+        if self.entered.entered(cold) {
             let root = self.stack[0].src.clone();
             // Without the threads the walk only goes slower.
-            self.read_ahead = ReadAhead::start(root, self.entered).ok();
+            self.read_ahead = ReadAhead::start(root, self.entered.count()).ok();
             self.read_aheads += u32::from(self.read_ahead.is_some());
         }
     }
@@ -468,8 +458,7 @@ impl Walk {
     pub fn stop_reading_ahead(&mut self) {
         self.read_ahead = None;
         self.source_reads = 0;
-        self.entered = 0;
-        self.entered_cold = 0;
+        self.entered = ColdEntries::default();
     }
 
     /// Makes a hidden directory next to `dst`; returns its path.

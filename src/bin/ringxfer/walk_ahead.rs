@@ -32,7 +32,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -51,7 +51,9 @@ const CHUNK: usize = 32;
 /// data it reads (5,000 cold files of 4 KiB, against the faster of xcp and
 /// cpz: 0.75 with two openers, 0.95 with four).
 fn max_openers() -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Asked once: std reads the cgroup's CPU quota files on every call.
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     (2 * cores).clamp(4, 16)
 }
 
