@@ -5,6 +5,8 @@
 //! [`Request`]s a client sends, the [`Event`]s the daemon sends back, and
 //! [`codec`], the one place that knows how they are encoded. It depends on
 //! serde, postcard and thiserror only: no libc, no threads, no sockets.
+//! [`peer`] defines the wire between two daemons (host-to-host transfers),
+//! which no daemon speaks yet.
 //!
 //! # Frames
 //!
@@ -75,6 +77,7 @@
 pub mod codec;
 pub mod frame;
 mod messages;
+pub mod peer;
 
 pub use codec::CodecError;
 pub use messages::*;
