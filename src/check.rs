@@ -148,6 +148,7 @@ pub fn run(settings: &Settings, paths: &[PathBuf]) -> Report {
     open_files(&mut report, settings);
     socket(&mut report, &settings.socket);
     capabilities(&mut report);
+    kernel_tls(&mut report);
     for path in paths {
         direct_io(&mut report, path);
     }
@@ -171,6 +172,49 @@ fn has_ipc_lock() -> bool {
 /// The capabilities the daemon keeps once started (crate::privileges).
 fn capabilities(report: &mut Report) {
     report.add(Level::Info, "capabilities", crate::privileges::check_line());
+}
+
+/// Whether the kernel can take over TLS records (see crate::ktls): where it
+/// cannot, encryption between hosts is done in user space, so this is
+/// worth knowing and never a failure.
+fn kernel_tls(report: &mut Report) {
+    use crate::ktls::{probe, KernelTls};
+    let (level, text) = match probe() {
+        KernelTls::Unavailable { step, error } => {
+            let why = match error.raw_os_error() {
+                Some(libc::ENOENT) => ": the kernel has no tls module, or may not load it",
+                _ => "",
+            };
+            (Level::Info, format!("not available: {step}: {error}{why}"))
+        }
+        KernelTls::Available { ciphers } => {
+            let (yes, no): (Vec<_>, Vec<_>) = ciphers.iter().partition(|(_, r)| r.is_ok());
+            let mut text = format!(
+                "available: TLS 1.3 send and receive offload for {}",
+                names(&yes)
+            );
+            for (cipher, err) in &no {
+                if let Err(e) = err {
+                    text += &format!("; {} not offloaded: {e}", cipher.name());
+                }
+            }
+            let level = if yes.is_empty() {
+                Level::Info
+            } else {
+                Level::Ok
+            };
+            (level, text)
+        }
+    };
+    report.add(level, "kernel TLS", text);
+}
+
+fn names(ciphers: &[&(crate::ktls::Cipher, io::Result<()>)]) -> String {
+    if ciphers.is_empty() {
+        return "no cipher".into();
+    }
+    let names: Vec<_> = ciphers.iter().map(|(c, _)| c.name()).collect();
+    names.join(", ")
 }
 
 fn kernel(report: &mut Report) {

@@ -2,8 +2,8 @@
 //!
 //! The modules form layers, each using only those below it (a test in
 //! tests/integration/layers.rs fails on an upward use), lowest first:
-//! `duration`, `size`, `fdtable` and `privileges` (plain helpers and the
-//! daemon's identities); `io`, the ring, the op table and the pools; `transfer`,
+//! `duration`, `size`, `fdtable`, `privileges` and `ktls` (plain helpers,
+//! the daemon's identities, the kernel TLS probe); `io`, the ring, the op table and the pools; `transfer`,
 //! the strategies that move bytes; `server`, the wire and client sessions;
 //! `engine`, the loop thread that drives them all; `settings`, the daemon's
 //! configuration (defaults, file, environment, flags); `embedded`, an engine
@@ -20,6 +20,7 @@ pub mod embedded;
 pub mod engine;
 pub mod fdtable;
 pub mod io;
+pub(crate) mod ktls;
 pub mod privileges;
 pub mod residency;
 pub(crate) mod server;

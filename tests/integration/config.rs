@@ -291,3 +291,64 @@ fn check_fails_when_a_daemon_already_serves_the_socket() {
     assert!(text.contains("a daemon already answers there"), "{text}");
     d.stop();
 }
+
+/// Asks the kernel for TCP's `tls` upper-layer protocol on a loopback
+/// connection, as a program would, apart from the daemon's probe.
+fn tls_ulp_here() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let sock = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let _far = listener.accept()?;
+    // SAFETY: the socket is open for the call; the kernel reads 3 bytes of
+    // the static name.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_ULP,
+            b"tls".as_ptr().cast(),
+            3,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Transfers between hosts encrypt in the kernel where it can: `--check`
+/// says whether it can, as the kernel answers (here, where the kernel has
+/// no `tls` module: not available, and why).
+#[test]
+fn check_says_whether_the_kernel_can_take_over_tls() {
+    let dir = tmpdir();
+    let sock = dir.path().join("x.sock");
+    let out = daemon(
+        &["--no-config", "--socket", s(&sock), "--check", "--json"],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("--check --json: {e}: {}", stdout(&out)));
+    let facts = report["facts"].as_array().expect("facts");
+    let fact = facts
+        .iter()
+        .find(|f| f["topic"] == "kernel TLS")
+        .unwrap_or_else(|| panic!("no kernel TLS fact in {facts:?}"));
+    let text = fact["text"].as_str().expect("text");
+    match tls_ulp_here() {
+        Ok(()) => assert!(text.starts_with("available: TLS 1.3"), "{text}"),
+        Err(e) => {
+            assert_eq!(fact["level"], "info", "never a failure: {fact}");
+            assert!(text.starts_with("not available"), "{text}");
+            assert!(text.contains(&e.to_string()), "{text} does not say {e}");
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                assert!(text.contains("no tls module"), "{text}");
+            }
+        }
+    }
+    assert_eq!(
+        report["ok"], true,
+        "a kernel without TLS still runs the daemon"
+    );
+}

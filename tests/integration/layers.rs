@@ -100,6 +100,7 @@ const LIB_LAYERS: &[&str] = &[
     "residency",
     "fdtable",
     "privileges",
+    "ktls",
     "io",
     "transfer",
     "server",
