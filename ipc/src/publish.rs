@@ -70,6 +70,15 @@ pub struct PublishOptions {
     pub mode: Option<u32>,
 }
 
+/// The largest directory, by its size as the file system reports it, that
+/// [`StagedFile::remove_stale`] lists whatever the staging: 64 KiB is about
+/// 2,700 entries on ext4 and 3,300 on tmpfs, listed in under a millisecond.
+///
+/// ```
+/// assert_eq!(ringxfer_ipc::publish::CHEAP_LISTING, 64 * 1024);
+/// ```
+pub const CHEAP_LISTING: u64 = 64 << 10;
+
 /// Where a staged file's bytes live until it is published.
 #[derive(Debug)]
 enum Identity {
@@ -666,6 +675,13 @@ impl StagedFile {
     /// killed process left in its directory (see [`remove_stale`]); call
     /// it once staged, and tell the user what was removed.
     ///
+    /// That means listing the directory. One holding more than a few
+    /// thousand entries (over [`CHEAP_LISTING`] bytes) is listed only where
+    /// this copy itself stages under a hidden name (a detached job's, or
+    /// any on a file system without O_TMPFILE), as the runs that leave such
+    /// files do: a copy of 4 KiB into a directory of 100,000 files took
+    /// 36 ms listing it, against cp's 1.
+    ///
     /// ```
     /// use ringxfer_ipc::publish::{hidden_name_for, PublishOptions, StagedFile};
     /// use std::ffi::OsStr;
@@ -686,9 +702,11 @@ impl StagedFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn remove_stale(&self) -> Vec<PathBuf> {
+        let named = matches!(self.identity, Identity::Named(_));
+        let cheap = || fs::metadata(&self.dir).is_ok_and(|m| m.len() <= CHEAP_LISTING);
         match self.target.file_name() {
-            Some(name) => remove_stale(&self.dir, name),
-            None => Vec::new(),
+            Some(name) if named || cheap() => remove_stale(&self.dir, name),
+            _ => Vec::new(),
         }
     }
 

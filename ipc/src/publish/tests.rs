@@ -456,3 +456,46 @@ fn long_names_still_get_a_temporary_name() {
     }
     assert_eq!(names(dir.path()), [name]);
 }
+
+/// A directory too large to list cheaply is listed for leftovers only by a
+/// copy that stages under a hidden name, as the runs that leave them do; a
+/// small one always.
+#[test]
+fn leftovers_are_looked_for_in_a_large_directory_only_by_named_staging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dst = dir.path().join("out");
+    let mut gone = std::process::Command::new("true").spawn().expect("spawn");
+    let pid = gone.id();
+    gone.wait().expect("wait");
+    let leftover = dir.path().join(hidden_name_for(OsStr::new("out"), pid, 0));
+    let plant = || fs::write(&leftover, b"half").expect("leftover");
+
+    plant();
+    let small = stage(&dst, &PublishOptions::default(), false);
+    assert_eq!(
+        small.remove_stale(),
+        vec![leftover.clone()],
+        "a small directory is listed"
+    );
+
+    let mut n = 0;
+    while fs::metadata(dir.path()).expect("stat").len() <= CHEAP_LISTING {
+        for _ in 0..256 {
+            fs::write(dir.path().join(format!("filler-{n:06}")), b"").expect("filler");
+            n += 1;
+        }
+    }
+    plant();
+    let unnamed = stage(&dst, &PublishOptions::default(), false);
+    assert!(
+        unnamed.remove_stale().is_empty(),
+        "listed a large directory"
+    );
+    assert!(leftover.exists());
+    let named = stage(&dst, &PublishOptions::default(), true);
+    assert_eq!(
+        named.remove_stale(),
+        vec![leftover.clone()],
+        "named staging looks"
+    );
+}
