@@ -128,7 +128,7 @@ pub struct Walk {
     /// directory was entered.
     source_reads: i64,
     /// Directories of the operand entered so far, and which read from a disk.
-    entered: ColdEntries,
+    entries: ColdEntries,
     /// Times a walk started reading ahead.
     pub read_aheads: u32,
 }
@@ -198,7 +198,7 @@ impl Walk {
             read_ahead: None,
             cold: ColdSigns::default(),
             source_reads: 0,
-            entered: ColdEntries::default(),
+            entries: ColdEntries::default(),
             read_aheads: 0,
         }
     }
@@ -429,10 +429,10 @@ impl Walk {
             return;
         }
         let cold = std::mem::take(&mut self.source_reads) > 0;
-        if self.entered.entered(cold) {
+        if self.entries.entered(cold) {
             let root = self.stack[0].src.clone();
             // Without the threads the walk only goes slower.
-            self.read_ahead = ReadAhead::start(root, self.entered.count()).ok();
+            self.read_ahead = ReadAhead::start(root, self.entries.count()).ok();
             self.read_aheads += u32::from(self.read_ahead.is_some());
         }
     }
@@ -458,7 +458,7 @@ impl Walk {
     pub fn stop_reading_ahead(&mut self) {
         self.read_ahead = None;
         self.source_reads = 0;
-        self.entered = ColdEntries::default();
+        self.entries = ColdEntries::default();
     }
 
     /// Makes a hidden directory next to `dst`; returns its path.
