@@ -572,6 +572,67 @@ pub fn check_line() -> String {
     format!("after start-up: {}", describe(target()))
 }
 
+/// The identity of the user `name` (a user name, or a numeric uid with an
+/// entry in the user database): uid, primary gid and every group the
+/// database gives it, as a login would have them. At start-up only: NSS
+/// may read files or ask a directory service.
+pub fn lookup_user(name: &str) -> Result<Identity, String> {
+    let (uid, gid, login) = passwd_entry(name)?;
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `login` is NUL-terminated; getgrouplist writes at most
+        // `n` entries into `groups` and the count into `n`.
+        let ret = unsafe { libc::getgrouplist(login.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if ret >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return Ok(Identity { uid, gid, groups });
+        }
+        if n as usize <= groups.len() || groups.len() >= 65536 {
+            return Err(format!("user {name}: cannot list its groups"));
+        }
+        groups.resize(n as usize, 0);
+    }
+}
+
+/// uid, gid and login name of `name` (or of the uid it is, if numeric).
+fn passwd_entry(name: &str) -> Result<(u32, u32, std::ffi::CString), String> {
+    // SAFETY: a zeroed passwd is a valid out-parameter for getpw*_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let mut text = vec![0 as libc::c_char; 16384];
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| format!("user {name:?}: holds a NUL byte"))?;
+    let ret = match name.parse::<u32>() {
+        // SAFETY: every pointer is to a live local of the stated size.
+        Ok(uid) => unsafe {
+            libc::getpwuid_r(uid, &mut pw, text.as_mut_ptr(), text.len(), &mut found)
+        },
+        // SAFETY: as above; `cname` is NUL-terminated.
+        Err(_) => unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pw,
+                text.as_mut_ptr(),
+                text.len(),
+                &mut found,
+            )
+        },
+    };
+    if found.is_null() {
+        let why = if ret == 0 {
+            "no such user".to_string()
+        } else {
+            io::Error::from_raw_os_error(ret).to_string()
+        };
+        return Err(format!("user {name}: {why}"));
+    }
+    // SAFETY: getpw*_r succeeded, so pw_name points at a NUL-terminated
+    // string inside `text`, which is still alive.
+    let login = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_owned();
+    Ok((pw.pw_uid, pw.pw_gid, login))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,9 @@ fn serve(args: &Settings, reloader: Reloader) -> Result<(), String> {
     } = listening;
     info!(socket = %address, from_systemd, pid = std::process::id(), "listening");
     engine.set_listener(OwnedFd::from(listener));
+    if let Some(peers) = ringxfer::daemon::peers::open(args)? {
+        engine.set_peers(peers);
+    }
     engine.set_signalfd(signals);
     engine.set_reloader(reloader);
     // Everything that needed privilege is done: the socket is bound, the

@@ -591,7 +591,7 @@ impl Engine {
         let shared = self.shared_limits(k, spec.rate_group, now);
         let job = Job::from_spec(spec, pools, shared, now);
         let key = self.jobs.slab.insert(job);
-        self.io.ops.set_personality(key, personality);
+        self.io.ops.set_personality(Owner::Job(key), personality);
         self.jobs.ids.insert(id, key);
         let usage = self.slots.users.entry(uid);
         usage.jobs += 1;

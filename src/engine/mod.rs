@@ -16,6 +16,7 @@ mod fd_closer;
 mod jobs;
 mod listener;
 mod loopback;
+mod peers;
 mod publish;
 mod rate;
 mod scheduler;
@@ -40,6 +41,7 @@ use crate::io::pipe_pool::{self, PipePool};
 use crate::io::ring::Ring;
 use crate::io::Io;
 pub use crate::io::{EngineError, EngineKind};
+pub use peers::{Export, PeerSetup};
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
 
@@ -192,6 +194,8 @@ pub struct Engine {
     closing: fd_closer::Closing,
     /// The listening socket (listener.rs).
     listener: listener::Listener,
+    /// Other daemons pushing files in (peers/).
+    peers: peers::Peers,
     /// The signalfd and SIGHUP's reload (signals.rs).
     signals: signals::Signals,
     /// Draining, stopping, and who watches the loop (shutdown.rs).
@@ -312,6 +316,7 @@ impl Engine {
             counters: counters::Counters::new(),
             closing: fd_closer::Closing::new(),
             listener: listener::Listener::default(),
+            peers: peers::Peers::default(),
             signals: signals::Signals::new(),
             life: shutdown::Life::default(),
             cqes: Vec::with_capacity(config.ring_entries as usize * 4),
@@ -336,6 +341,7 @@ impl Engine {
     /// until the last connection and job are gone).
     pub fn run(&mut self) -> Result<(), EngineError> {
         self.arm_listener();
+        self.arm_tcp_listener();
         self.signals.arm(&mut self.io);
         self.arm_tick();
         loop {
@@ -400,6 +406,7 @@ impl Engine {
             }
             Owner::Signal => self.on_signal_op(op, result),
             Owner::Closer => self.closing.on_closed(result),
+            Owner::TcpListener | Owner::Peer(_) => self.on_peer_op(op, result),
             Owner::Throttle
             | Owner::Stall
             | Owner::Grace

@@ -83,6 +83,7 @@ impl Engine {
         if let Some(ud) = self.listener.op.take() {
             let _ = self.io.cancel(ud);
         }
+        self.stop_tcp_listener();
         let grace = self.config.shutdown_grace;
         // Submits that came before the signal and wait for statx are let
         // in like the jobs already admitted, within the same grace period.
@@ -185,6 +186,7 @@ impl Engine {
         for k in keys {
             self.close_session(k, "the daemon is shutting down");
         }
+        self.close_peers();
     }
 
     /// Whether the loop is done: a signal while stopping, a stop with nothing left in

@@ -124,6 +124,11 @@ pub(crate) const OPCODES: &[Opcode] = &[
         opcode::UnlinkAt::CODE,
         "detached copies: removing a hidden name after a failure",
     ),
+    op(
+        "openat2",
+        opcode::OpenAt2::CODE,
+        "host-to-host receiver: names beneath an export (RESOLVE_BENEATH)",
+    ),
 ];
 
 /// The entry for `code`, if the engine uses it.
@@ -139,11 +144,12 @@ pub(crate) fn allowed(code: u8) -> bool {
 
 /// Whether `code` is one of the engine's operations that io_uring has no
 /// opcode for (FICLONE, the SEEK_DATA/SEEK_HOLE map; copy_file_range and
-/// sendfile): a worker runs it under either back end.
+/// sendfile; fchmod and futimens): a worker runs it under either back end.
 pub(crate) fn on_workers(code: u8) -> bool {
     code == super::op::ficlone::CODE
         || code == super::op::data_map::CODE
         || code == super::op::copy_range::CODE
+        || code == super::op::set_meta::CODE
 }
 
 #[cfg(test)]

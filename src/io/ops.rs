@@ -43,6 +43,10 @@ pub enum Owner {
     Housekeeping,
     /// The look for jobs stalled over their user's share (shares.rs).
     Stall,
+    /// The accept on the TCP listener of other daemons.
+    TcpListener,
+    /// A connection of another daemon, by key in the peer table.
+    Peer(usize),
 }
 
 /// One operation in flight: who is told when it completes, the tag its
@@ -61,6 +65,8 @@ pub struct OpTable {
     /// Per job key, the personality its operations run under (0: the
     /// daemon's credentials); see `crate::privileges`.
     personalities: Vec<u16>,
+    /// The same per connection of another daemon (its export's user).
+    peer_personalities: Vec<u16>,
 }
 
 impl OpTable {
@@ -68,25 +74,35 @@ impl OpTable {
         OpTable {
             ops: Slab::with_capacity(n),
             personalities: Vec::new(),
+            peer_personalities: Vec::new(),
         }
     }
 
-    /// Makes every operation of the job at `key` from now on run under
-    /// `personality` (0: the daemon's credentials). Set at admission, so a
-    /// reused key never keeps the one before.
-    pub fn set_personality(&mut self, key: usize, personality: u16) {
-        if self.personalities.len() <= key {
-            self.personalities.resize(key + 1, 0);
+    /// Makes every operation of `owner` (a job, or a connection of another
+    /// daemon) from now on run under `personality` (0: the daemon's
+    /// credentials). Set at admission (at each file, for a connection), so
+    /// a reused key never keeps the one before.
+    pub fn set_personality(&mut self, owner: Owner, personality: u16) {
+        let (table, key) = match owner {
+            Owner::Job(key) => (&mut self.personalities, key),
+            Owner::Peer(key) => (&mut self.peer_personalities, key),
+            _ => return,
+        };
+        if table.len() <= key {
+            table.resize(key + 1, 0);
         }
-        self.personalities[key] = personality;
+        table[key] = personality;
     }
 
-    /// The personality of `owner`'s operations: its job's, or 0.
+    /// The personality of `owner`'s operations: its job's or its
+    /// connection's, or 0.
     pub fn personality(&self, owner: Owner) -> u16 {
-        match owner {
-            Owner::Job(key) => self.personalities.get(key).copied().unwrap_or(0),
-            _ => 0,
-        }
+        let (table, key) = match owner {
+            Owner::Job(key) => (&self.personalities, key),
+            Owner::Peer(key) => (&self.peer_personalities, key),
+            _ => return 0,
+        };
+        table.get(key).copied().unwrap_or(0)
     }
 
     /// Records an operation about to be submitted and returns its `user_data`.

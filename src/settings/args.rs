@@ -123,6 +123,17 @@ pub struct Args {
     /// How long a connection may hold part of a request frame unfinished.
     #[arg(long, value_name = "DURATION", value_parser = by(&keys::FRAME_TIMEOUT))]
     pub frame_timeout: Option<Value>,
+    /// Accept files from other ringxferd daemons on this TCP address
+    /// (127.0.0.1:7300, [::1]:7300; port 0: any free port, logged), into
+    /// the directories the config file's [[export]] tables name; "off": no
+    /// TCP at all. Needs --insecure-plaintext for now.
+    #[arg(long, value_name = "ADDRESS", value_parser = by(&keys::LISTEN_TCP))]
+    pub listen_tcp: Option<Value>,
+    /// Serve --listen-tcp without encryption or authentication: for tests,
+    /// and only on a loopback address.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
+          value_parser = by(&keys::INSECURE_PLAINTEXT))]
+    pub insecure_plaintext: Option<Value>,
     /// Log filter (error, warn, info, debug, trace, or tracing directives)
     /// [env: RINGXFER_LOG].
     #[arg(long, value_name = "FILTER", value_parser = by(&keys::LOG_LEVEL))]
@@ -211,6 +222,8 @@ impl Args {
             (&keys::SHUTDOWN_GRACE, &self.shutdown_grace),
             (&keys::HANDSHAKE_TIMEOUT, &self.handshake_timeout),
             (&keys::FRAME_TIMEOUT, &self.frame_timeout),
+            (&keys::LISTEN_TCP, &self.listen_tcp),
+            (&keys::INSECURE_PLAINTEXT, &self.insecure_plaintext),
             (&keys::LOG_LEVEL, &self.log_level),
         ];
         given

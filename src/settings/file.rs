@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::exports::{self, ExportSetting};
 use super::keys::{self, Value, KEYS};
 use super::SettingsError;
 
@@ -39,47 +40,55 @@ struct RawFile {
     shutdown_grace: Option<Spanned<toml::Value>>,
     handshake_timeout: Option<Spanned<toml::Value>>,
     frame_timeout: Option<Spanned<toml::Value>>,
+    listen_tcp: Option<Spanned<toml::Value>>,
+    insecure_plaintext: Option<Spanned<toml::Value>>,
     log_level: Option<Spanned<toml::Value>>,
+    export: Option<Vec<Spanned<toml::Table>>>,
 }
 
 impl RawFile {
     /// Each field with its key. A field missing here, or a key missing from
     /// `KEYS`, fails the unit test that reads a file setting every key.
-    fn entries(self) -> Vec<(&'static keys::Key, Option<Spanned<toml::Value>>)> {
+    fn entries(&mut self) -> Vec<(&'static keys::Key, Option<Spanned<toml::Value>>)> {
         vec![
-            (&keys::SOCKET, self.socket),
-            (&keys::ENGINE, self.engine),
-            (&keys::RING_ENTRIES, self.ring_entries),
-            (&keys::MAX_JOBS, self.max_jobs),
-            (&keys::MAX_JOBS_PER_CONNECTION, self.max_jobs_per_connection),
-            (&keys::MAX_JOBS_PER_USER, self.max_jobs_per_user),
-            (&keys::MAX_CONNECTIONS, self.max_connections),
+            (&keys::SOCKET, self.socket.take()),
+            (&keys::ENGINE, self.engine.take()),
+            (&keys::RING_ENTRIES, self.ring_entries.take()),
+            (&keys::MAX_JOBS, self.max_jobs.take()),
+            (
+                &keys::MAX_JOBS_PER_CONNECTION,
+                self.max_jobs_per_connection.take(),
+            ),
+            (&keys::MAX_JOBS_PER_USER, self.max_jobs_per_user.take()),
+            (&keys::MAX_CONNECTIONS, self.max_connections.take()),
             (
                 &keys::MAX_CONNECTIONS_PER_USER,
-                self.max_connections_per_user,
+                self.max_connections_per_user.take(),
             ),
-            (&keys::MAX_EVENT_BYTES, self.max_event_bytes),
-            (&keys::PIPES, self.pipes),
-            (&keys::PIPE_SIZE, self.pipe_size),
-            (&keys::CHUNKS_PER_JOB, self.chunks_per_job),
-            (&keys::BUFFERS, self.buffers),
-            (&keys::BUFFER_SIZE, self.buffer_size),
-            (&keys::BUFFERS_PER_JOB, self.buffers_per_job),
-            (&keys::DIRECT_THRESHOLD, self.direct_threshold),
-            (&keys::MAX_INFLIGHT, self.max_inflight),
-            (&keys::RATE_LIMIT, self.rate_limit),
+            (&keys::MAX_EVENT_BYTES, self.max_event_bytes.take()),
+            (&keys::PIPES, self.pipes.take()),
+            (&keys::PIPE_SIZE, self.pipe_size.take()),
+            (&keys::CHUNKS_PER_JOB, self.chunks_per_job.take()),
+            (&keys::BUFFERS, self.buffers.take()),
+            (&keys::BUFFER_SIZE, self.buffer_size.take()),
+            (&keys::BUFFERS_PER_JOB, self.buffers_per_job.take()),
+            (&keys::DIRECT_THRESHOLD, self.direct_threshold.take()),
+            (&keys::MAX_INFLIGHT, self.max_inflight.take()),
+            (&keys::RATE_LIMIT, self.rate_limit.take()),
             (
                 &keys::MAX_QUEUED_BYTES_PER_CONNECTION,
-                self.max_queued_bytes_per_connection,
+                self.max_queued_bytes_per_connection.take(),
             ),
             (
                 &keys::MAX_QUEUED_BYTES_PER_USER,
-                self.max_queued_bytes_per_user,
+                self.max_queued_bytes_per_user.take(),
             ),
-            (&keys::SHUTDOWN_GRACE, self.shutdown_grace),
-            (&keys::HANDSHAKE_TIMEOUT, self.handshake_timeout),
-            (&keys::FRAME_TIMEOUT, self.frame_timeout),
-            (&keys::LOG_LEVEL, self.log_level),
+            (&keys::SHUTDOWN_GRACE, self.shutdown_grace.take()),
+            (&keys::HANDSHAKE_TIMEOUT, self.handshake_timeout.take()),
+            (&keys::FRAME_TIMEOUT, self.frame_timeout.take()),
+            (&keys::LISTEN_TCP, self.listen_tcp.take()),
+            (&keys::INSECURE_PLAINTEXT, self.insecure_plaintext.take()),
+            (&keys::LOG_LEVEL, self.log_level.take()),
         ]
     }
 }
@@ -87,8 +96,11 @@ impl RawFile {
 /// The settings a file gives, each checked, in the order of `KEYS`.
 pub(super) type FileValues = Vec<(&'static keys::Key, Value)>;
 
+/// The `[[export]]` tables a file gives.
+pub(super) type FileExports = Vec<ExportSetting>;
+
 /// Reads and checks the config file at `path`.
-pub(super) fn read(path: &Path) -> Result<FileValues, SettingsError> {
+pub(super) fn read(path: &Path) -> Result<(FileValues, FileExports), SettingsError> {
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
         path: path.to_path_buf(),
         source,
@@ -97,8 +109,8 @@ pub(super) fn read(path: &Path) -> Result<FileValues, SettingsError> {
 }
 
 /// Checks the text of a config file; `path` only names it in errors.
-pub(super) fn parse(path: &Path, text: &str) -> Result<FileValues, SettingsError> {
-    let raw: RawFile = match toml::from_str(text) {
+pub(super) fn parse(path: &Path, text: &str) -> Result<(FileValues, FileExports), SettingsError> {
+    let mut raw: RawFile = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => return Err(explain(path, text, e)),
     };
@@ -116,7 +128,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<FileValues, SettingsError
                 })?;
         values.push((key, value));
     }
-    Ok(values)
+    let exports = exports::read(path, raw.export.take(), |at| line_of(text, at))?;
+    Ok((values, exports))
 }
 
 /// Turns serde's error into ours. An unknown key is worth its own message
@@ -132,7 +145,10 @@ fn explain(path: &Path, text: &str, err: toml::de::Error) -> SettingsError {
             }
         }
     };
-    if let Some(unknown) = table.keys().find(|k| keys::find(k).is_none()) {
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| keys::find(k).is_none() && *k != "export")
+    {
         let suggestion = match keys::closest(unknown) {
             Some(near) => format!(" (did you mean `{near}`?)"),
             None => String::new(),
@@ -162,7 +178,9 @@ mod tests {
     use super::*;
 
     fn parse_str(text: &str) -> Result<FileValues, String> {
-        parse(Path::new("/etc/ringxfer/ringxferd.toml"), text).map_err(|e| e.to_string())
+        parse(Path::new("/etc/ringxfer/ringxferd.toml"), text)
+            .map(|(values, _)| values)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -174,7 +192,8 @@ mod tests {
             chunks_per_job = 1\nbuffers = 0\nbuffer_size = 8192\nbuffers_per_job = 2\n\
             direct_threshold = \"1MiB\"\nmax_inflight = 3\nrate_limit = \"10MiB/s\"\n\
             max_queued_bytes_per_connection = \"1GiB\"\nmax_queued_bytes_per_user = 0\n\
-            shutdown_grace = \"5s\"\nhandshake_timeout = \"2s\"\nframe_timeout = 3\nlog_level = \"debug\"\n";
+            shutdown_grace = \"5s\"\nhandshake_timeout = \"2s\"\nframe_timeout = 3\nlog_level = \"debug\"\n\
+            listen_tcp = \"127.0.0.1:7300\"\ninsecure_plaintext = true\n";
         let values = parse_str(text).expect("parses");
         assert_eq!(
             values.len(),

@@ -26,6 +26,11 @@ pub enum Kind {
     Duration { max_ms: u64 },
     /// One word of `values`, exactly as written there.
     Choice { values: &'static [&'static str] },
+    /// A TCP address to listen on, IP and port ("127.0.0.1:7300",
+    /// "[::1]:7300"), or "off".
+    Address,
+    /// On or off: true or false (a flag given without a value is true).
+    Switch,
 }
 
 /// One setting.
@@ -125,6 +130,21 @@ pub const ENGINE: Key = Key {
     },
 };
 
+/// Where other daemons connect to hand this one files (host to host);
+/// "off": nowhere.
+pub const LISTEN_TCP: Key = Key {
+    name: "listen_tcp",
+    kind: Kind::Address,
+};
+/// Serve `listen_tcp` without TLS: for tests on a loopback address only.
+pub const INSECURE_PLAINTEXT: Key = Key {
+    name: "insecure_plaintext",
+    kind: Kind::Switch,
+};
+
+/// The text of `listen_tcp` when it is off.
+pub const OFF: &str = "off";
+
 /// Every key, in the order the example file and `--check` show them.
 pub const KEYS: &[&Key] = &[
     &SOCKET,
@@ -150,6 +170,8 @@ pub const KEYS: &[&Key] = &[
     &SHUTDOWN_GRACE,
     &HANDSHAKE_TIMEOUT,
     &FRAME_TIMEOUT,
+    &LISTEN_TCP,
+    &INSECURE_PLAINTEXT,
     &LOG_LEVEL,
 ];
 
@@ -190,6 +212,8 @@ impl Key {
                 show_ms(max_ms)
             ),
             Kind::Choice { values } => format!("one of {}", values.join(", ")),
+            Kind::Address => format!("an IP address and port (127.0.0.1:7300, [::1]:7300) or {OFF}"),
+            Kind::Switch => "true or false".into(),
         }
     }
 
@@ -234,6 +258,16 @@ impl Key {
             // likely a mistake than a wish, and the message lists the words.
             Kind::Choice { values } if values.contains(&text) => Ok(Value::Text(text.to_string())),
             Kind::Choice { .. } => Err(format!("{text:?} is not {}", self.allowed())),
+            Kind::Address if text == OFF => Ok(Value::Text(OFF.into())),
+            Kind::Address => match text.parse::<std::net::SocketAddr>() {
+                Ok(address) => Ok(Value::Text(address.to_string())),
+                Err(_) => Err(format!("{text:?} is not {}", self.allowed())),
+            },
+            Kind::Switch => match text {
+                "true" => Ok(Value::Number(1)),
+                "false" => Ok(Value::Number(0)),
+                _ => Err(format!("{text:?} is not {}", self.allowed())),
+            },
         }
     }
 
@@ -265,9 +299,14 @@ impl Key {
             }
             (Kind::Size { .. }, _) => Err(format!("{shown} is not a size ({SIZE_FORMS})")),
             (
-                Kind::Path | Kind::LogFilter | Kind::Duration { .. } | Kind::Choice { .. },
+                Kind::Path
+                | Kind::LogFilter
+                | Kind::Duration { .. }
+                | Kind::Choice { .. }
+                | Kind::Address,
                 toml::Value::String(s),
             ) => self.parse_text(s),
+            (Kind::Switch, toml::Value::Boolean(b)) => Ok(Value::Number(u64::from(*b))),
             (Kind::Duration { .. }, toml::Value::Integer(n)) if *n >= 0 => {
                 self.parse_text(&n.to_string())
             }
@@ -285,7 +324,12 @@ impl Key {
                 (min..=max).contains(&n) && n.is_multiple_of(multiple)
             }
             Kind::Duration { max_ms } => n <= max_ms,
-            Kind::Rate | Kind::Path | Kind::LogFilter | Kind::Choice { .. } => true,
+            Kind::Rate
+            | Kind::Path
+            | Kind::LogFilter
+            | Kind::Choice { .. }
+            | Kind::Address
+            | Kind::Switch => true,
         };
         if fits {
             Ok(n)
@@ -306,6 +350,7 @@ impl Key {
             Kind::Rate if n == 0 => "0 (no limit)".into(),
             Kind::Rate => format!("{}/s", show_size(n)),
             Kind::Duration { .. } => show_ms(n),
+            Kind::Switch => (n != 0).to_string(),
             _ => n.to_string(),
         }
     }

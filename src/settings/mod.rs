@@ -20,6 +20,7 @@
 //! until all of them are there.
 
 pub mod args;
+mod exports;
 mod file;
 pub mod keys;
 
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::{EngineConfig, EngineKind};
 pub use args::Args;
+pub use exports::ExportSetting;
 use keys::{Key, Value};
 
 /// The config file read when no `--config` is given, if it exists.
@@ -182,6 +184,12 @@ pub struct Settings {
     pub shutdown_grace: std::time::Duration,
     pub handshake_timeout: std::time::Duration,
     pub frame_timeout: std::time::Duration,
+    /// Where other daemons connect; None: off.
+    pub listen_tcp: Option<std::net::SocketAddr>,
+    pub insecure_plaintext: bool,
+    /// The directories other daemons may write into (the file's
+    /// `[[export]]` tables).
+    pub exports: Vec<ExportSetting>,
     pub log_level: String,
     /// The config file looked at.
     pub config_file: ConfigFile,
@@ -225,6 +233,9 @@ impl Settings {
             shutdown_grace: d.shutdown_grace,
             handshake_timeout: d.handshake_timeout,
             frame_timeout: d.frame_timeout,
+            listen_tcp: None,
+            insecure_plaintext: false,
+            exports: Vec::new(),
             log_level: "info".into(),
             config_file: ConfigFile::Disabled,
             origins: keys::KEYS
@@ -243,7 +254,7 @@ impl Settings {
     pub fn resolve(args: &Args, env: &Env) -> Result<Settings, SettingsError> {
         let mut settings = Settings::defaults(env);
         let (config_file, values) = match (&args.config, args.no_config) {
-            (_, true) => (ConfigFile::Disabled, Vec::new()),
+            (_, true) => (ConfigFile::Disabled, Default::default()),
             (Some(path), false) => (ConfigFile::Read(path.clone()), file::read(path)?),
             (None, false) => {
                 let path = Path::new(DEFAULT_CONFIG_PATH);
@@ -255,12 +266,14 @@ impl Settings {
                     Err(SettingsError::Read { source, .. })
                         if source.kind() == std::io::ErrorKind::NotFound =>
                     {
-                        (ConfigFile::Absent(path.to_path_buf()), Vec::new())
+                        (ConfigFile::Absent(path.to_path_buf()), Default::default())
                     }
                     Err(e) => return Err(e),
                 }
             }
         };
+        let (values, exports) = values;
+        settings.exports = exports;
         if let ConfigFile::Read(path) = &config_file {
             for (key, value) in values {
                 settings.set(key, value, Origin::File(path.clone()));
@@ -326,6 +339,8 @@ impl Settings {
                 self.handshake_timeout = std::time::Duration::from_millis(ms)
             }
             ("frame_timeout", N(ms)) => self.frame_timeout = std::time::Duration::from_millis(ms),
+            ("listen_tcp", T(t)) => self.listen_tcp = t.parse().ok(),
+            ("insecure_plaintext", N(n)) => self.insecure_plaintext = n != 0,
             ("log_level", T(t)) => self.log_level = t,
             (name, value) => {
                 debug_assert!(false, "no setting {name} of {value:?}");
@@ -362,6 +377,10 @@ impl Settings {
             "handshake_timeout" => N(millis(self.handshake_timeout)),
             "frame_timeout" => N(millis(self.frame_timeout)),
             "shutdown_grace" => N(millis(self.shutdown_grace)),
+            "listen_tcp" => T(self
+                .listen_tcp
+                .map_or(keys::OFF.to_string(), |a| a.to_string())),
+            "insecure_plaintext" => N(u64::from(self.insecure_plaintext)),
             "log_level" => T(self.log_level.clone()),
             _ => T(String::new()),
         }
@@ -462,6 +481,8 @@ mod tests {
                 keys::Kind::Size { .. } | keys::Kind::Count { .. } => Value::Number(8192),
                 keys::Kind::Duration { .. } => Value::Number(1500),
                 keys::Kind::Choice { values } => Value::Text(values[0].into()),
+                keys::Kind::Address => Value::Text("127.0.0.1:7300".into()),
+                keys::Kind::Switch => Value::Number(1),
             };
             s.set(key, value.clone(), Origin::Flag(key.flag()));
             assert_eq!(s.get(key), value, "{}", key.name);
@@ -534,7 +555,7 @@ mod tests {
     fn example_config_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ringxferd.toml.example");
         let text = std::fs::read_to_string(&path).expect("read the example config");
-        let values = file::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let (values, _) = file::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
         let defaults = Settings::defaults(&env());
         for key in keys::KEYS {
             // The socket's default depends on the environment

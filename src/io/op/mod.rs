@@ -11,6 +11,7 @@
 //! its final completion, then hands it back to its owner.
 
 pub(crate) mod accept;
+pub(crate) mod bytes;
 pub(crate) mod cancel;
 pub(crate) mod close;
 pub(crate) mod copy_range;
@@ -20,6 +21,7 @@ pub(crate) mod ficlone;
 pub(crate) mod fsync;
 pub(crate) mod ftruncate;
 pub(crate) mod linkat;
+pub(crate) mod openat2;
 pub(crate) mod poll;
 pub(crate) mod read_small;
 pub(crate) mod recvmsg;
@@ -27,6 +29,7 @@ pub(crate) mod renameat;
 pub(crate) mod rw;
 pub(crate) mod send;
 pub(crate) mod send_zc;
+pub(crate) mod set_meta;
 pub(crate) mod splice;
 pub(crate) mod statx;
 pub(crate) mod timeout;
@@ -40,6 +43,7 @@ use io_uring::squeue;
 use super::buffer_pool::BufRef;
 
 pub(crate) use accept::Accept;
+pub(crate) use bytes::{ReadInto, WriteFrom};
 pub(crate) use cancel::Cancel;
 pub(crate) use close::Close;
 pub(crate) use copy_range::CopyRange;
@@ -49,6 +53,7 @@ pub(crate) use ficlone::Ficlone;
 pub(crate) use fsync::Fsync;
 pub(crate) use ftruncate::Ftruncate;
 pub(crate) use linkat::LinkAt;
+pub(crate) use openat2::OpenAt2;
 pub(crate) use poll::Poll;
 pub(crate) use read_small::ReadSmall;
 pub(crate) use recvmsg::RecvMsg;
@@ -56,6 +61,7 @@ pub(crate) use renameat::RenameAt;
 pub(crate) use rw::{Read, Write};
 pub(crate) use send::{Send, SendFrom};
 pub(crate) use send_zc::SendZc;
+pub(crate) use set_meta::SetMeta;
 pub(crate) use splice::Splice;
 pub(crate) use statx::Statx;
 pub(crate) use timeout::Timeout;
@@ -118,6 +124,10 @@ pub enum Blocking {
     /// copy_file_range or sendfile, one bounded piece: a worker runs it
     /// under either back end (io_uring has no opcode for either).
     CopyRange(copy_range::Call),
+    /// openat2(2) beneath a directory.
+    OpenAt2(openat2::Call),
+    /// fchmod and futimens: on a worker under either back end, as FICLONE.
+    SetMeta(set_meta::Call),
     /// No blocking equivalent: an operation only io_uring runs (none of
     /// the engine's; tests' operations off the list, which both back ends
     /// refuse by their opcode before looking at this).
@@ -152,6 +162,8 @@ impl Blocking {
                 Blocking::Ficlone(c) => c.run(),
                 Blocking::DataMap(c) => c.run(),
                 Blocking::CopyRange(c) => c.run(),
+                Blocking::OpenAt2(c) => c.run(),
+                Blocking::SetMeta(c) => c.run(),
                 // Refused, as the restricted ring refuses what is off the list.
                 Blocking::Unsupported => {
                     *libc::__errno_location() = libc::EACCES;
@@ -268,8 +280,9 @@ macro_rules! any_op {
 }
 
 any_op!(
-    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, Poll, Read,
-    ReadSmall, RecvMsg, RenameAt, Send, SendZc, Splice, Statx, Timeout, UnlinkAt, Write,
+    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, OpenAt2, Poll,
+    Read, ReadInto, ReadSmall, RecvMsg, RenameAt, Send, SendZc, SetMeta, Splice, Statx, Timeout,
+    UnlinkAt, Write, WriteFrom,
 );
 
 impl AnyOp {

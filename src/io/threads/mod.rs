@@ -304,6 +304,8 @@ impl ThreadRing {
             | Blocking::Ficlone(_)
             | Blocking::DataMap(_)
             | Blocking::CopyRange(_)
+            | Blocking::OpenAt2(_)
+            | Blocking::SetMeta(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.call));

@@ -1,0 +1,210 @@
+//! One connection from another daemon: its socket, what it has sent that
+//! is not parsed yet, the frames waiting to go out, and the buffers the
+//! file being received is copied into on its way to the disk.
+//!
+//! Every buffer is made when the connection is (or its first file starts)
+//! and reused for its life: a connection holds one receive buffer and
+//! `WRITE_BUFFERS` write buffers, so nothing is allocated per chunk, and a
+//! sender faster than the disk is held back by the receive not being
+//! re-armed until the write buffers have room for a whole receive.
+
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
+use ringxfer_ipc::proto::peer::PeerReader;
+
+use super::incoming::Incoming;
+use crate::io::queue::SendSource;
+
+/// Bytes one receive reads at most.
+pub(super) const RX_BUFFER: usize = 256 << 10;
+/// Write buffers of a connection, and the size of each.
+pub(super) const WRITE_BUFFERS: usize = 3;
+pub(super) const WRITE_BUFFER: usize = 1 << 20;
+
+/// Frames on their way out, and how much of them is sent.
+pub(super) struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub sent: usize,
+}
+
+impl SendSource for Outgoing {
+    fn unsent(&self) -> (*const u8, u32) {
+        let rest = &self.bytes[self.sent.min(self.bytes.len())..];
+        (rest.as_ptr(), u32::try_from(rest.len()).unwrap_or(u32::MAX))
+    }
+}
+
+pub(super) struct PeerConn {
+    pub fd: Rc<OwnedFd>,
+    /// The peer's address, for the log.
+    pub who: String,
+    /// The receive buffer (its length is its size); None while a read
+    /// holds it.
+    pub rx: Option<Vec<u8>>,
+    /// Bytes of `rx` received, and how many of them are parsed.
+    pub rx_len: usize,
+    pub rx_pos: usize,
+    pub reader: PeerReader,
+    /// `Hello` came and was answered.
+    pub greeted: bool,
+    /// Frames encoded while a send was in flight.
+    pub out: Vec<u8>,
+    /// The send's box when idle (None while a send holds it).
+    pub outgoing: Option<Box<Outgoing>>,
+    /// The file being received.
+    pub incoming: Option<Incoming>,
+    /// The buffer being filled with file data, from file offset `fill_at`.
+    pub fill: Option<Vec<u8>>,
+    pub fill_at: u64,
+    /// Empty write buffers.
+    pub spare: Vec<Vec<u8>>,
+    /// The write buffers were made.
+    made_buffers: bool,
+    /// Operations in flight; the connection is forgotten only at zero.
+    pub ops: usize,
+    /// The read in flight, to cancel when closing.
+    pub rx_op: Option<u64>,
+    /// Going away: no new operation starts.
+    pub closing: bool,
+}
+
+impl PeerConn {
+    pub(super) fn new(fd: OwnedFd, who: String) -> PeerConn {
+        PeerConn {
+            fd: Rc::new(fd),
+            who,
+            rx: Some(vec![0; RX_BUFFER]),
+            rx_len: 0,
+            rx_pos: 0,
+            reader: PeerReader::default(),
+            greeted: false,
+            out: Vec::with_capacity(4096),
+            outgoing: Some(Box::new(Outgoing {
+                bytes: Vec::with_capacity(4096),
+                sent: 0,
+            })),
+            incoming: None,
+            fill: None,
+            fill_at: 0,
+            spare: Vec::new(),
+            made_buffers: false,
+            ops: 0,
+            rx_op: None,
+            closing: false,
+        }
+    }
+
+    /// Makes the write buffers, once, when the first file starts.
+    pub(super) fn ensure_write_buffers(&mut self) {
+        if !self.made_buffers {
+            self.made_buffers = true;
+            self.spare = (0..WRITE_BUFFERS)
+                .map(|_| Vec::with_capacity(WRITE_BUFFER))
+                .collect();
+        }
+    }
+
+    /// Bytes of file data the write buffers can take now.
+    pub(super) fn room(&self) -> usize {
+        let in_fill = self
+            .fill
+            .as_ref()
+            .map_or(0, |f| WRITE_BUFFER.saturating_sub(f.len()));
+        in_fill + self.spare.len() * WRITE_BUFFER
+    }
+
+    /// Copies `bytes`, the file's from `offset`, into the write buffers;
+    /// each buffer filled goes to `full` with its offset. The caller made
+    /// sure they fit (`room`).
+    pub(super) fn copy_in(
+        &mut self,
+        mut offset: u64,
+        mut bytes: &[u8],
+        full: &mut Vec<(u64, Vec<u8>)>,
+    ) {
+        while !bytes.is_empty() {
+            if self.fill.is_none() {
+                let Some(buf) = self.spare.pop() else { return };
+                self.fill = Some(buf);
+                self.fill_at = offset;
+            }
+            let Some(fill) = self.fill.as_mut() else {
+                return;
+            };
+            let n = (WRITE_BUFFER - fill.len()).min(bytes.len());
+            fill.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            offset += n as u64;
+            if fill.len() == WRITE_BUFFER {
+                self.flush_into(full);
+            }
+        }
+    }
+
+    /// Hands the buffer being filled, if any, to `full`.
+    pub(super) fn flush_into(&mut self, full: &mut Vec<(u64, Vec<u8>)>) {
+        if let Some(fill) = self.fill.take() {
+            if fill.is_empty() {
+                self.spare.push(fill);
+            } else {
+                full.push((self.fill_at, fill));
+            }
+        }
+    }
+
+    /// Takes a write buffer back, empty.
+    pub(super) fn give_back(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.spare.push(buf);
+    }
+
+    /// Drops what a failed file left in the write buffer being filled.
+    pub(super) fn discard_fill(&mut self) {
+        if let Some(fill) = self.fill.take() {
+            self.give_back(fill);
+        }
+    }
+
+    /// Moves the unparsed tail of the receive buffer to its front.
+    pub(super) fn compact(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.copy_within(self.rx_pos..self.rx_len, 0);
+        }
+        self.rx_len -= self.rx_pos;
+        self.rx_pos = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> PeerConn {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        let mut c = PeerConn::new(fd, "test".into());
+        c.ensure_write_buffers();
+        c
+    }
+
+    #[test]
+    fn data_fills_buffers_in_order_and_full_ones_go_out() {
+        let mut c = conn();
+        assert_eq!(c.room(), WRITE_BUFFERS * WRITE_BUFFER);
+        let data: Vec<u8> = (0..WRITE_BUFFER + 10).map(|i| i as u8).collect();
+        let mut full = Vec::new();
+        c.copy_in(100, &data[..7], &mut full);
+        c.copy_in(107, &data[7..], &mut full);
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].0, 100);
+        assert_eq!(full[0].1, data[..WRITE_BUFFER]);
+        c.flush_into(&mut full);
+        assert_eq!(full[1].0, 100 + WRITE_BUFFER as u64);
+        assert_eq!(full[1].1, data[WRITE_BUFFER..]);
+        assert_eq!(c.room(), (WRITE_BUFFERS - 2) * WRITE_BUFFER);
+        for (_, buf) in full.drain(..) {
+            c.give_back(buf);
+        }
+        assert_eq!(c.room(), WRITE_BUFFERS * WRITE_BUFFER);
+    }
+}

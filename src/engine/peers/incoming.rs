@@ -1,0 +1,685 @@
+//! One file pushed by another daemon, from `Put` to `Done`:
+//!
+//! 1. open the directory beneath the export (openat2, RESOLVE_BENEATH, as
+//!    the export's user), then create the hidden part file in it; answer
+//!    `Ready` (or `Refused`);
+//! 2. write the data at its offsets as it arrives, with its CRC-32C;
+//! 3. at `End`, once every write has landed: the size and CRC must be what
+//!    the sender announced and what arrived; then mode and times, fsync if
+//!    asked, rename over the name, fsync of the directory if asked;
+//!    answer `Done`.
+//!
+//! Anything else (a failed write, a short or corrupt file, a cancel, the
+//! connection gone) removes the part file, after the writes in flight have
+//! landed, and answers `Failed`: the name keeps what it had.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Instant;
+
+use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, Put};
+use ringxfer_ipc::proto::FailureKind;
+use tracing::{info, warn};
+
+use super::conn::PeerConn;
+use super::names::{self, Target};
+use super::tag;
+use crate::engine::Engine;
+use crate::io::fd::SharedFd;
+use crate::io::op::{self, openat2::How, set_meta::Meta, AnyOp};
+use crate::io::ops::Owner;
+use crate::transfer::errno::failure_kind;
+
+/// Where a file being received is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    OpenParent,
+    OpenPart,
+    Receiving,
+    Publishing,
+    /// Failed: waiting for writes in flight, then removing the part.
+    Aborting,
+}
+
+pub(super) struct Incoming {
+    xfer: u64,
+    export: usize,
+    /// The remote path, as the sender named it.
+    shown: String,
+    target: Target,
+    meta: FileMeta,
+    fsync: bool,
+    parent: Option<Rc<OwnedFd>>,
+    file: Option<Rc<OwnedFd>>,
+    step: Step,
+    /// Bytes received (and copied for writing), and their CRC-32C.
+    received: u64,
+    crc: u32,
+    /// What `End` said: size and CRC-32C.
+    end: Option<(u64, u32)>,
+    /// Its operations in flight (opens, writes, publishing steps): it is
+    /// forgotten only at zero.
+    in_flight: usize,
+    /// `Ready` went out: a failure is answered with `Failed`, not `Refused`.
+    ready: bool,
+    failure: Option<(FailureKind, String)>,
+    started: Instant,
+}
+
+/// Takes raw data received for `xfer` at `offset` into `conn`'s write
+/// buffers; buffers filled go to `full`. An error is a protocol error.
+pub(super) fn take_data(
+    conn: &mut PeerConn,
+    xfer: u64,
+    offset: u64,
+    bytes: &[u8],
+    full: &mut Vec<(u64, Vec<u8>)>,
+) -> Result<(), String> {
+    let Some(inc) = conn.incoming.as_mut().filter(|i| i.xfer == xfer) else {
+        return Err(format!(
+            "Data for transfer {xfer}, which is not being received"
+        ));
+    };
+    match inc.step {
+        // A failed file's data still in flight is dropped.
+        Step::Aborting => return Ok(()),
+        Step::Receiving if inc.end.is_none() => {}
+        _ => {
+            return Err(format!(
+                "Data for transfer {xfer} before Ready or after End"
+            ))
+        }
+    }
+    if offset != inc.received {
+        return Err(format!(
+            "Data for transfer {xfer} at offset {offset}, where {} was next",
+            inc.received
+        ));
+    }
+    let len = bytes.len() as u64;
+    if inc.received + len > inc.meta.size {
+        return Err(format!(
+            "Data for transfer {xfer} past its announced size of {} bytes",
+            inc.meta.size
+        ));
+    }
+    inc.received += len;
+    inc.crc = crc32c::crc32c_append(inc.crc, bytes);
+    conn.copy_in(offset, bytes, full);
+    Ok(())
+}
+
+/// A failure in the client protocol's terms, with the OS error.
+fn os_failure(errno: i32, what: String) -> (FailureKind, String) {
+    let err = std::io::Error::from_raw_os_error(errno);
+    let kind = if errno == libc::EXDEV {
+        FailureKind::PermissionDenied
+    } else {
+        failure_kind(errno)
+    };
+    let why = if errno == libc::EXDEV {
+        "it leads outside the export (a symbolic link or mount point)".to_string()
+    } else {
+        err.to_string()
+    };
+    (kind, format!("{what}: {why}"))
+}
+
+impl Engine {
+    /// A `Put`: checks the name, then opens its directory.
+    pub(super) fn start_incoming(&mut self, k: usize, put: Put) {
+        let xfer = put.xfer;
+        let (export, target) = match self.check_put(k, &put) {
+            Ok(found) => found,
+            Err((kind, message)) => {
+                return self.send_peer(
+                    k,
+                    &PeerMessage::Refused {
+                        xfer,
+                        kind,
+                        message,
+                    },
+                )
+            }
+        };
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        conn.ensure_write_buffers();
+        self.peers
+            .busy
+            .insert((export, put.path.as_str().to_string()));
+        let at_root = target.parent.as_bytes() == b".";
+        conn.incoming = Some(Incoming {
+            xfer,
+            export,
+            shown: put.path.as_str().to_string(),
+            target,
+            meta: put.meta,
+            fsync: put.fsync,
+            parent: None,
+            file: None,
+            step: Step::OpenParent,
+            received: 0,
+            crc: 0,
+            end: None,
+            in_flight: 0,
+            ready: false,
+            failure: None,
+            started: Instant::now(),
+        });
+        if at_root {
+            return self.open_part(k);
+        }
+        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+            return;
+        };
+        let dir = SharedFd::owned(&self.peers.exports[export].dir);
+        let how = How {
+            flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        let open = op::OpenAt2::new(dir, inc.target.parent.clone(), how);
+        self.queue_incoming_op(k, tag::OPEN_PARENT, open);
+    }
+
+    /// The export and the cut name of a `Put`, or why it is refused.
+    fn check_put(&mut self, k: usize, put: &Put) -> Result<(usize, Target), (FailureKind, String)> {
+        let busy_conn = self.peers.conns.get(k).is_none_or(|c| c.incoming.is_some());
+        if busy_conn {
+            let why = "another file is being received on this connection".to_string();
+            return Err((FailureKind::LimitExceeded, why));
+        }
+        let target = names::split(&put.path).map_err(|e| (FailureKind::InvalidRequest, e))?;
+        let Some(export) = self
+            .peers
+            .exports
+            .iter()
+            .position(|e| e.name == target.export)
+        else {
+            let why = format!(
+                "{}: this daemon has no export named {:?}",
+                put.path.as_str(),
+                target.export
+            );
+            return Err((FailureKind::PermissionDenied, why));
+        };
+        if self
+            .peers
+            .busy
+            .contains(&(export, put.path.as_str().to_string()))
+        {
+            let why = format!("{}: another transfer is writing it", put.path.as_str());
+            return Err((FailureKind::LimitExceeded, why));
+        }
+        let personality = match self
+            .io
+            .ring
+            .personality(&self.peers.exports[export].identity)
+        {
+            Ok(p) => p.unwrap_or(0),
+            Err(e) => {
+                let why = format!(
+                    "{}: cannot act as the export's user: {e}",
+                    put.path.as_str()
+                );
+                return Err((FailureKind::PermissionDenied, why));
+            }
+        };
+        self.io.ops.set_personality(Owner::Peer(k), personality);
+        Ok((export, target))
+    }
+
+    /// Queues an operation of the file being received on connection `k`.
+    fn queue_incoming_op(&mut self, k: usize, tag: u32, op: impl Into<AnyOp>) {
+        match self.io.queue_op(Owner::Peer(k), tag, op) {
+            Ok(_) => {
+                if let Some(conn) = self.peers.conns.get_mut(k) {
+                    conn.ops += 1;
+                    if let Some(inc) = conn.incoming.as_mut() {
+                        inc.in_flight += 1;
+                    }
+                }
+            }
+            Err(e) => self.fail_incoming(
+                k,
+                (FailureKind::Io, format!("cannot queue an operation: {e}")),
+            ),
+        }
+    }
+
+    /// The completion of a step of the file being received (not a write).
+    pub(super) fn on_incoming_step(&mut self, k: usize, tag: u32, result: i32) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let closing = conn.closing;
+        let Some(inc) = conn.incoming.as_mut() else {
+            return;
+        };
+        inc.in_flight -= 1;
+        if result >= 0 {
+            match tag {
+                tag::OPEN_PARENT => inc.parent = Some(adopt(result)),
+                tag::OPEN_PART => inc.file = Some(adopt(result)),
+                // The part is the file now: nothing to remove if a later step fails.
+                tag::RENAME => inc.file = None,
+                _ => {}
+            }
+        }
+        if tag == tag::UNLINK {
+            if result < 0 && result != -libc::ENOENT {
+                let err = std::io::Error::from_raw_os_error(-result);
+                warn!(path = %inc.shown, "cannot remove the hidden part file: {err}");
+            }
+            inc.file = None;
+            return self.finish_abort(k);
+        }
+        if inc.step == Step::Aborting {
+            return self.advance_abort(k);
+        }
+        if closing {
+            return self.fail_incoming(k, (FailureKind::PeerGone, "the connection closed".into()));
+        }
+        if result < 0 {
+            let what = format!("{}: {}", inc.shown, step_name(tag, &inc.target));
+            return self.fail_incoming(k, os_failure(-result, what));
+        }
+        match tag {
+            tag::OPEN_PARENT => self.open_part(k),
+            tag::OPEN_PART => self.part_opened(k),
+            tag::SET_META => self.after_meta(k),
+            tag::SYNC => self.rename_into_place(k),
+            tag::RENAME => self.after_rename(k),
+            tag::SYNC_DIR => self.incoming_done(k),
+            _ => {}
+        }
+    }
+
+    /// The directory is open (none opened: the export itself): create the
+    /// part.
+    fn open_part(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.as_mut() else {
+            return;
+        };
+        let parent = match &inc.parent {
+            Some(parent) => Rc::clone(parent),
+            None => Rc::clone(&self.peers.exports[inc.export].dir),
+        };
+        let how = How {
+            flags: (libc::O_WRONLY
+                | libc::O_CREAT
+                | libc::O_TRUNC
+                | libc::O_NOFOLLOW
+                | libc::O_CLOEXEC) as u64,
+            mode: 0o600,
+            resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        let open = op::OpenAt2::new(SharedFd::owned(&parent), inc.target.part.clone(), how);
+        inc.parent = Some(parent);
+        inc.step = Step::OpenPart;
+        self.queue_incoming_op(k, tag::OPEN_PART, open);
+    }
+
+    fn part_opened(&mut self, k: usize) {
+        let Some(inc) = self
+            .peers
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.incoming.as_mut())
+        else {
+            return;
+        };
+        inc.step = Step::Receiving;
+        inc.ready = true;
+        let ready = PeerMessage::Ready {
+            xfer: inc.xfer,
+            offset: 0,
+            meta: None,
+        };
+        self.send_peer(k, &ready);
+        self.arm_peer_recv(k);
+    }
+
+    /// Writes the buffers filled (`full`) at their offsets.
+    pub(super) fn write_full(&mut self, k: usize, full: &mut Vec<(u64, Vec<u8>)>) {
+        for (offset, buf) in full.drain(..) {
+            let Some(conn) = self.peers.conns.get_mut(k) else {
+                return;
+            };
+            let file = conn
+                .incoming
+                .as_ref()
+                .filter(|i| i.step == Step::Receiving)
+                .and_then(|i| i.file.as_ref())
+                .map(SharedFd::owned);
+            let Some(file) = file else {
+                conn.give_back(buf);
+                continue;
+            };
+            self.queue_incoming_op(k, tag::WRITE, op::WriteFrom::new(file, buf, offset));
+        }
+    }
+
+    pub(super) fn on_incoming_write(&mut self, k: usize, write: op::WriteFrom, result: i32) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.as_mut() else {
+            return conn.give_back(write.buf);
+        };
+        inc.in_flight -= 1;
+        let (offset, mut buf) = (write.offset, write.buf);
+        if result < 0 || inc.step == Step::Aborting || conn.closing {
+            let what = format!("{}: write at offset {offset}", inc.shown);
+            conn.give_back(buf);
+            if result < 0 {
+                return self.fail_incoming(k, os_failure(-result, what));
+            }
+            return self.advance_abort(k);
+        }
+        let n = result as usize;
+        if n < buf.len() && n > 0 {
+            // A short write: the rest goes again, from where it stopped.
+            buf.drain(..n);
+            let file = inc.file.as_ref().map(SharedFd::owned);
+            if let Some(file) = file {
+                let next = op::WriteFrom::new(file, buf, offset + n as u64);
+                return self.queue_incoming_op(k, tag::WRITE, next);
+            }
+        }
+        let stuck = (n == 0 && !buf.is_empty())
+            .then(|| format!("{}: write at offset {offset} wrote nothing", inc.shown));
+        let ended = inc.end.is_some() && inc.in_flight == 0;
+        conn.give_back(buf);
+        if let Some(why) = stuck {
+            return self.fail_incoming(k, (FailureKind::Io, why));
+        }
+        if ended {
+            return self.check_end(k);
+        }
+        self.arm_peer_recv(k);
+    }
+
+    /// `End`: every byte is in the buffers; write the last one and check.
+    pub(super) fn end_incoming(&mut self, k: usize, xfer: u64, size: u64, crc: u32) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.as_mut().filter(|i| i.xfer == xfer) else {
+            return self.close_peer(
+                k,
+                &format!("protocol error: End for transfer {xfer}, which is not being received"),
+            );
+        };
+        if inc.step == Step::Aborting {
+            return;
+        }
+        if inc.step != Step::Receiving || inc.end.is_some() {
+            return self.close_peer(
+                k,
+                &format!("protocol error: End for transfer {xfer} before Ready or twice"),
+            );
+        }
+        inc.end = Some((size, crc));
+        let mut full = Vec::with_capacity(1);
+        conn.flush_into(&mut full);
+        self.write_full(k, &mut full);
+        let idle = self
+            .peers
+            .conns
+            .get(k)
+            .and_then(|c| c.incoming.as_ref())
+            .is_some_and(|i| i.in_flight == 0);
+        if idle {
+            self.check_end(k);
+        }
+    }
+
+    /// Every write landed: the file must be whole and unchanged.
+    fn check_end(&mut self, k: usize) {
+        let Some(inc) = self
+            .peers
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.incoming.as_mut())
+        else {
+            return;
+        };
+        let Some((size, crc)) = inc.end else { return };
+        if size != inc.meta.size || inc.received != size {
+            let why = format!(
+                "{}: the sender ended it at {} bytes ({} received) where it announced {}",
+                inc.shown, size, inc.received, inc.meta.size
+            );
+            return self.fail_incoming(k, (FailureKind::SourceShort, why));
+        }
+        if crc != inc.crc {
+            let why = format!(
+                "{}: CRC-32C of the bytes received is {:08x}, the sender's is {crc:08x}",
+                inc.shown, inc.crc
+            );
+            return self.fail_incoming(k, (FailureKind::Mismatch, why));
+        }
+        inc.step = Step::Publishing;
+        let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
+            return;
+        };
+        let meta = Meta {
+            // Permission bits only: a sender cannot make a setuid or setgid
+            // file owned by the export's user.
+            mode: inc.meta.mode & 0o777,
+            atime: (inc.meta.atime.secs, inc.meta.atime.nanos),
+            mtime: (inc.meta.mtime.secs, inc.meta.mtime.nanos),
+        };
+        self.queue_incoming_op(k, tag::SET_META, op::SetMeta::new(file, meta));
+    }
+
+    fn after_meta(&mut self, k: usize) {
+        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+            return;
+        };
+        match (inc.fsync, inc.file.as_ref()) {
+            (true, Some(file)) => {
+                let sync = op::Fsync::new(SharedFd::owned(file), false);
+                self.queue_incoming_op(k, tag::SYNC, sync);
+            }
+            _ => self.rename_into_place(k),
+        }
+    }
+
+    fn rename_into_place(&mut self, k: usize) {
+        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+            return;
+        };
+        let Some(parent) = inc.parent.as_ref().map(SharedFd::owned) else {
+            return;
+        };
+        let (from, to) = (inc.target.part.clone(), inc.target.leaf.clone());
+        self.queue_incoming_op(k, tag::RENAME, op::RenameAt::new(parent, from, to));
+    }
+
+    fn after_rename(&mut self, k: usize) {
+        let Some(inc) = self
+            .peers
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.incoming.as_mut())
+        else {
+            return;
+        };
+        // The part is the file now: nothing to remove if a later step fails.
+        inc.file = None;
+        match (inc.fsync, inc.parent.as_ref()) {
+            (true, Some(dir)) => {
+                let sync = op::Fsync::new(SharedFd::owned(dir), false);
+                self.queue_incoming_op(k, tag::SYNC_DIR, sync);
+            }
+            _ => self.incoming_done(k),
+        }
+    }
+
+    fn incoming_done(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.take() else {
+            return;
+        };
+        info!(
+            peer = %conn.who,
+            path = %inc.shown,
+            export = %self.peers.exports[inc.export].path.display(),
+            bytes = inc.received,
+            seconds = inc.started.elapsed().as_secs_f64(),
+            "received a file from another daemon"
+        );
+        let done = PeerMessage::Done {
+            xfer: inc.xfer,
+            crc32c: inc.crc,
+        };
+        self.release_incoming(inc);
+        self.send_peer(k, &done);
+        self.arm_peer_recv(k);
+    }
+
+    /// `Cancel` from the sender.
+    pub(super) fn cancel_incoming(&mut self, k: usize, xfer: u64) {
+        let mine = self
+            .peers
+            .conns
+            .get(k)
+            .and_then(|c| c.incoming.as_ref())
+            .is_some_and(|i| i.xfer == xfer && i.step != Step::Publishing);
+        if mine {
+            self.fail_incoming(
+                k,
+                (FailureKind::Cancelled, "the sender cancelled it".into()),
+            );
+        }
+    }
+
+    /// The connection is closing: the file being received fails.
+    pub(super) fn abandon_incoming(&mut self, k: usize, why: &str) {
+        let live = self
+            .peers
+            .conns
+            .get(k)
+            .and_then(|c| c.incoming.as_ref())
+            .is_some_and(|i| i.step != Step::Aborting);
+        if live {
+            self.fail_incoming(k, (FailureKind::PeerGone, why.to_string()));
+        }
+    }
+
+    /// The file being received failed: wait for writes, remove the part,
+    /// then answer.
+    fn fail_incoming(&mut self, k: usize, failure: (FailureKind, String)) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        conn.discard_fill();
+        let Some(inc) = conn.incoming.as_mut() else {
+            return;
+        };
+        if inc.step == Step::Aborting {
+            return;
+        }
+        inc.step = Step::Aborting;
+        inc.failure = Some(failure);
+        self.advance_abort(k);
+    }
+
+    /// Once no write is in flight, removes the part (if made and not yet
+    /// renamed), then finishes.
+    fn advance_abort(&mut self, k: usize) {
+        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+            return;
+        };
+        if inc.in_flight > 0 {
+            return;
+        }
+        match (inc.file.as_ref(), inc.parent.as_ref()) {
+            (Some(_), Some(parent)) => {
+                let unlink = op::UnlinkAt::new(SharedFd::owned(parent), inc.target.part.clone());
+                self.queue_incoming_op(k, tag::UNLINK, unlink);
+            }
+            _ => self.finish_abort(k),
+        }
+    }
+
+    /// The part is gone: answer and forget the file.
+    fn finish_abort(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.take() else {
+            return;
+        };
+        let (kind, message) = inc
+            .failure
+            .clone()
+            .unwrap_or((FailureKind::Io, "failed".into()));
+        warn!(peer = %conn.who, path = %inc.shown, ?kind, "receiving a file failed: {message}");
+        let answer = if inc.ready {
+            PeerMessage::Failed {
+                xfer: inc.xfer,
+                kind,
+                message,
+            }
+        } else {
+            PeerMessage::Refused {
+                xfer: inc.xfer,
+                kind,
+                message,
+            }
+        };
+        let closing = conn.closing;
+        self.release_incoming(inc);
+        if !closing {
+            self.send_peer(k, &answer);
+            self.arm_peer_recv(k);
+        }
+    }
+
+    /// Forgets a finished file: its name is free again, and its
+    /// descriptors are closed off the loop thread.
+    pub(super) fn release_incoming(&mut self, inc: Incoming) {
+        self.peers.busy.remove(&(inc.export, inc.shown));
+        for fd in [inc.file, inc.parent].into_iter().flatten() {
+            if let Ok(fd) = Rc::try_unwrap(fd) {
+                self.closing.doomed.push(fd);
+            }
+        }
+    }
+}
+
+/// The descriptor a successful open returned.
+fn adopt(fd: i32) -> Rc<OwnedFd> {
+    // SAFETY: called only with the result of a successful openat2, a new
+    // descriptor that only its completion knows about.
+    Rc::new(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What a step does, for its error message.
+fn step_name(tag: u32, target: &Target) -> String {
+    let show = |c: &CString| c.to_string_lossy().into_owned();
+    match tag {
+        tag::OPEN_PARENT => format!("cannot open the directory {}", show(&target.parent)),
+        tag::OPEN_PART => format!("cannot create {}", show(&target.part)),
+        tag::SET_META => "cannot set its mode and times".into(),
+        tag::SYNC => "fsync failed".into(),
+        tag::RENAME => format!(
+            "cannot rename {} over {}",
+            show(&target.part),
+            show(&target.leaf)
+        ),
+        tag::SYNC_DIR => "renamed into place, but the fsync of its directory failed".into(),
+        _ => "failed".into(),
+    }
+}

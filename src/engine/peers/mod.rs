@@ -1,0 +1,471 @@
+//! Host to host, the receiving side: other daemons connect to the TCP
+//! listener (`listen_tcp`) and push files into the exports, each written
+//! under a hidden name beneath its export and renamed over its name only
+//! once its size and CRC-32C match what the sender announced
+//! (incoming.rs). The wire is `ringxfer_ipc::proto::peer`.
+//!
+//! Everything goes through the ring, as for local clients: accept, reads
+//! and sends on the sockets, and the file system work (openat2 with
+//! RESOLVE_BENEATH, writes, fsync, rename, unlink) under the export's
+//! user's personality. Each connection carries one file at a time.
+//! Plaintext only, on loopback, for now (`insecure_plaintext`).
+
+mod conn;
+mod incoming;
+mod names;
+
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use ringxfer_ipc::proto::peer::{encode, PeerLimits, PeerMessage, Piece, PEER_PROTOCOL_VERSION};
+use slab::Slab;
+use tracing::{error, info, warn};
+
+use super::Engine;
+use crate::io::fd::SharedFd;
+use crate::io::op::{self, AnyOp};
+use crate::io::ops::{Op, Owner};
+use crate::privileges::Identity;
+use conn::{Outgoing, PeerConn, RX_BUFFER};
+
+/// Connections from other daemons open at once; past it, new ones are
+/// closed at once (and logged).
+const MAX_PEER_CONNECTIONS: usize = 64;
+
+/// What each operation of a connection is, in its tag.
+mod tag {
+    pub(crate) const RECV: u32 = 0;
+    pub(crate) const SEND: u32 = 1;
+    pub(crate) const OPEN_PARENT: u32 = 2;
+    pub(crate) const OPEN_PART: u32 = 3;
+    pub(crate) const WRITE: u32 = 4;
+    pub(crate) const SET_META: u32 = 5;
+    pub(crate) const SYNC: u32 = 6;
+    pub(crate) const RENAME: u32 = 7;
+    pub(crate) const SYNC_DIR: u32 = 8;
+    pub(crate) const UNLINK: u32 = 9;
+}
+
+/// A directory other daemons may write into, opened at start-up.
+pub struct Export {
+    /// The first component of remote paths that lead here.
+    pub name: String,
+    /// Where it is, for the log.
+    pub path: PathBuf,
+    /// The directory (read-only: it is fsynced), which every name is
+    /// resolved beneath.
+    pub dir: OwnedFd,
+    /// Whose rights its files are written with.
+    pub identity: Identity,
+}
+
+/// What the engine needs to take files from other daemons.
+pub struct PeerSetup {
+    /// The TCP listening socket.
+    pub listener: OwnedFd,
+    pub exports: Vec<Export>,
+}
+
+/// An export as the engine keeps it.
+struct ExportDir {
+    name: String,
+    path: PathBuf,
+    dir: Rc<OwnedFd>,
+    identity: Identity,
+}
+
+/// The TCP listener, the exports and the connections of other daemons.
+#[derive(Default)]
+pub(super) struct Peers {
+    listener: Option<Rc<OwnedFd>>,
+    accept: Option<u64>,
+    exports: Vec<ExportDir>,
+    conns: Slab<PeerConn>,
+    /// (export, path) of the files being received: a second transfer to a
+    /// name already being written is refused.
+    busy: HashSet<(usize, String)>,
+    limits: PeerLimits,
+}
+
+impl Engine {
+    /// Takes files from other daemons on `setup`'s listener.
+    pub fn set_peers(&mut self, setup: PeerSetup) {
+        self.peers.listener = Some(Rc::new(setup.listener));
+        self.peers.exports = setup
+            .exports
+            .into_iter()
+            .map(|e| ExportDir {
+                name: e.name,
+                path: e.path,
+                dir: Rc::new(e.dir),
+                identity: e.identity,
+            })
+            .collect();
+    }
+
+    pub(super) fn arm_tcp_listener(&mut self) {
+        if self.life.stopping || self.life.draining || self.peers.accept.is_some() {
+            return;
+        }
+        let Some(fd) = self.peers.listener.as_ref().map(SharedFd::owned) else {
+            return;
+        };
+        match self.io.queue_op(Owner::TcpListener, 0, op::Accept::new(fd)) {
+            Ok(ud) => self.peers.accept = Some(ud),
+            Err(e) => error!("cannot queue an accept on the TCP listener: {e}"),
+        }
+    }
+
+    /// Stops accepting other daemons (draining).
+    pub(super) fn stop_tcp_listener(&mut self) {
+        if let Some(ud) = self.peers.accept.take() {
+            let _ = self.io.cancel(ud);
+        }
+    }
+
+    /// Closes every connection of another daemon (stopping).
+    pub(super) fn close_peers(&mut self) {
+        self.stop_tcp_listener();
+        let keys: Vec<usize> = self.peers.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close_peer(k, "the daemon is shutting down");
+        }
+    }
+
+    /// A completion of an operation of the TCP listener or a connection.
+    pub(super) fn on_peer_op(&mut self, op: Op, result: i32) {
+        match op.owner {
+            Owner::TcpListener => self.on_tcp_accept(result),
+            Owner::Peer(k) => {
+                if let Some(conn) = self.peers.conns.get_mut(k) {
+                    conn.ops -= 1;
+                }
+                self.on_conn_op(k, op, result);
+                self.forget_if_done(k);
+            }
+            owner => error!(?owner, tag = op.tag, "completion of an unexpected kind"),
+        }
+    }
+
+    fn on_conn_op(&mut self, k: usize, op: Op, result: i32) {
+        match (op.tag, op.op) {
+            (tag::RECV, AnyOp::ReadInto(read)) => self.on_peer_recv(k, read.buf, result),
+            (tag::SEND, AnyOp::Send(send)) => self.on_peer_sent(k, send, result),
+            (tag::WRITE, AnyOp::WriteFrom(write)) => self.on_incoming_write(k, write, result),
+            (tag, _) => self.on_incoming_step(k, tag, result),
+        }
+    }
+
+    fn on_tcp_accept(&mut self, result: i32) {
+        self.peers.accept = None;
+        if result >= 0 {
+            // SAFETY: a successful accept returns a new descriptor that only
+            // this completion knows about.
+            let fd = unsafe { OwnedFd::from_raw_fd(result) };
+            self.open_peer(fd);
+        } else if -result != libc::ECANCELED {
+            warn!(
+                "accept on the TCP listener failed: {}",
+                std::io::Error::from_raw_os_error(-result)
+            );
+        }
+        self.arm_tcp_listener();
+    }
+
+    fn open_peer(&mut self, fd: OwnedFd) {
+        let who = peer_address(&fd);
+        if self.life.stopping || self.life.draining {
+            return self.closing.doomed.push(fd);
+        }
+        if self.peers.conns.len() >= MAX_PEER_CONNECTIONS {
+            warn!(peer = %who, "refused: {MAX_PEER_CONNECTIONS} connections of other daemons are open, the most allowed");
+            return self.closing.doomed.push(fd);
+        }
+        info!(peer = %who, "another daemon connected (plaintext)");
+        let k = self.peers.conns.insert(PeerConn::new(fd, who));
+        self.arm_peer_recv(k);
+    }
+
+    /// Reads more from connection `k`, if it is not closing, no read is in
+    /// flight, and its write buffers can take a whole receive.
+    fn arm_peer_recv(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        if conn.closing || conn.rx.is_none() {
+            return;
+        }
+        if conn.incoming.is_some() && conn.room() < RX_BUFFER {
+            return;
+        }
+        let Some(buf) = conn.rx.take() else { return };
+        let read = op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.rx_len, None);
+        match self.io.queue_op(Owner::Peer(k), tag::RECV, read) {
+            Ok(ud) => {
+                conn.rx_op = Some(ud);
+                conn.ops += 1;
+            }
+            Err(e) => {
+                // The buffer went down with the op; the connection cannot go on.
+                error!("cannot queue a receive from another daemon: {e}");
+                self.close_peer(k, "the daemon could not queue a receive");
+            }
+        }
+    }
+
+    fn on_peer_recv(&mut self, k: usize, buf: Vec<u8>, result: i32) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        conn.rx = Some(buf);
+        conn.rx_op = None;
+        if conn.closing {
+            return;
+        }
+        match result {
+            0 => return self.close_peer(k, "the other daemon closed the connection"),
+            n if n < 0 => {
+                let err = std::io::Error::from_raw_os_error(-n);
+                return self.close_peer(k, &format!("receive failed: {err}"));
+            }
+            n => conn.rx_len += n as usize,
+        }
+        self.parse_peer(k);
+        if let Some(conn) = self.peers.conns.get_mut(k) {
+            conn.compact();
+        }
+        self.arm_peer_recv(k);
+    }
+
+    /// Handles every whole piece received on connection `k`.
+    fn parse_peer(&mut self, k: usize) {
+        let mut full = Vec::with_capacity(conn::WRITE_BUFFERS);
+        loop {
+            let Some(conn) = self.peers.conns.get_mut(k) else {
+                return;
+            };
+            if conn.closing {
+                return;
+            }
+            let limits = self.peers.limits;
+            let Some(rx) = conn.rx.as_ref() else { return };
+            let got = match conn.reader.next(&rx[conn.rx_pos..conn.rx_len], &limits) {
+                Ok(Some((piece, used))) => {
+                    conn.rx_pos += used;
+                    match piece {
+                        Piece::Message(message) => Err(message),
+                        Piece::Data {
+                            xfer,
+                            offset,
+                            bytes,
+                        } => Ok((xfer, offset, bytes.len())),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return self.close_peer(k, &format!("protocol error: {e}")),
+            };
+            let message = match got {
+                Err(message) => message,
+                Ok((xfer, offset, len)) => {
+                    // The bytes are the last `len` parsed.
+                    let Some(rx) = conn.rx.take() else { return };
+                    let span = &rx[conn.rx_pos - len..conn.rx_pos];
+                    let taken = incoming::take_data(conn, xfer, offset, span, &mut full);
+                    conn.rx = Some(rx);
+                    if let Err(why) = taken {
+                        return self.close_peer(k, &format!("protocol error: {why}"));
+                    }
+                    self.write_full(k, &mut full);
+                    continue;
+                }
+            };
+            self.on_peer_message(k, message);
+        }
+    }
+
+    fn on_peer_message(&mut self, k: usize, message: PeerMessage) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        match message {
+            PeerMessage::Hello { version } if !conn.greeted => {
+                conn.greeted = true;
+                if version != PEER_PROTOCOL_VERSION {
+                    info!(peer = %conn.who, version, "the other daemon speaks another version of the wire; answering with ours");
+                }
+                let welcome = PeerMessage::Welcome {
+                    version: PEER_PROTOCOL_VERSION,
+                    limits: self.peers.limits,
+                };
+                self.send_peer(k, &welcome);
+            }
+            _ if !conn.greeted => {
+                self.close_peer(k, "protocol error: the first message was not Hello")
+            }
+            PeerMessage::Put(put) => self.start_incoming(k, put),
+            PeerMessage::End { xfer, size, crc32c } => self.end_incoming(k, xfer, size, crc32c),
+            PeerMessage::Cancel { xfer } => self.cancel_incoming(k, xfer),
+            PeerMessage::Ping => self.send_peer(k, &PeerMessage::Pong),
+            PeerMessage::Pong => {}
+            PeerMessage::Bye => self.close_peer(k, "the other daemon said Bye"),
+            PeerMessage::Get { xfer, .. } => {
+                let refused = PeerMessage::Refused {
+                    xfer,
+                    kind: ringxfer_ipc::proto::FailureKind::InvalidRequest,
+                    message: "this daemon does not serve files to other daemons (pull) yet".into(),
+                };
+                self.send_peer(k, &refused);
+            }
+            other => {
+                let why = format!(
+                    "protocol error: a {} is not expected here",
+                    message_name(&other)
+                );
+                self.close_peer(k, &why);
+            }
+        }
+    }
+
+    /// Queues `message` to connection `k`.
+    fn send_peer(&mut self, k: usize, message: &PeerMessage) {
+        let max_frame = self.peers.limits.max_frame;
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        if let Err(e) = encode(message, &mut conn.out, max_frame) {
+            error!("cannot encode a message to another daemon: {e}");
+            return self.close_peer(k, "the daemon could not encode a message");
+        }
+        self.flush_peer(k);
+    }
+
+    /// Starts a send of what is queued, unless one is in flight.
+    fn flush_peer(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            return;
+        }
+        let Some(mut outgoing) = conn.outgoing.take() else {
+            return;
+        };
+        outgoing.bytes.clear();
+        outgoing.sent = 0;
+        std::mem::swap(&mut outgoing.bytes, &mut conn.out);
+        self.queue_send(k, outgoing);
+    }
+
+    fn queue_send(&mut self, k: usize, outgoing: Box<Outgoing>) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let send = op::Send::new(SharedFd::owned(&conn.fd), op::SendFrom::Bytes(outgoing), 0);
+        match self.io.queue_op(Owner::Peer(k), tag::SEND, send) {
+            Ok(_) => conn.ops += 1,
+            Err(e) => {
+                error!("cannot queue a send to another daemon: {e}");
+                self.close_peer(k, "the daemon could not queue a send");
+            }
+        }
+    }
+
+    fn on_peer_sent(&mut self, k: usize, send: op::Send, result: i32) {
+        let Some(bytes) = send.into_bytes() else {
+            return;
+        };
+        let any: Box<dyn std::any::Any> = bytes;
+        let Ok(mut outgoing) = any.downcast::<Outgoing>() else {
+            return;
+        };
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        if result < 0 {
+            conn.outgoing = Some(outgoing);
+            let err = std::io::Error::from_raw_os_error(-result);
+            return self.close_peer(k, &format!("send failed: {err}"));
+        }
+        outgoing.sent += result as usize;
+        if outgoing.sent < outgoing.bytes.len() && !conn.closing {
+            return self.queue_send(k, outgoing);
+        }
+        conn.outgoing = Some(outgoing);
+        if !conn.closing {
+            self.flush_peer(k);
+        }
+    }
+
+    /// Ends connection `k`: no new work; a file being received is dropped
+    /// (its hidden name removed); the connection is forgotten once its last
+    /// operation has completed.
+    fn close_peer(&mut self, k: usize, why: &str) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        info!(peer = %conn.who, "connection of another daemon closed: {why}");
+        if let Some(ud) = conn.rx_op {
+            let _ = self.io.cancel(ud);
+        }
+        self.abandon_incoming(k, why);
+        self.forget_if_done(k);
+    }
+
+    /// Forgets a closing connection with nothing left in flight, its
+    /// descriptors closed off the loop thread.
+    fn forget_if_done(&mut self, k: usize) {
+        let done = self
+            .peers
+            .conns
+            .get(k)
+            .is_some_and(|c| c.closing && c.ops == 0);
+        if !done {
+            return;
+        }
+        let conn = self.peers.conns.remove(k);
+        if let Some(incoming) = conn.incoming {
+            self.release_incoming(incoming);
+        }
+        if let Ok(fd) = Rc::try_unwrap(conn.fd) {
+            self.closing.doomed.push(fd);
+        }
+    }
+}
+
+/// The peer's address, as the log shows it.
+fn peer_address(fd: &OwnedFd) -> String {
+    let sock = std::mem::ManuallyDrop::new(
+        // SAFETY: a TcpStream borrowing `fd` for getpeername only; wrapped in
+        // ManuallyDrop so it never closes the descriptor `fd` owns.
+        unsafe { std::net::TcpStream::from_raw_fd(fd.as_raw_fd()) },
+    );
+    sock.peer_addr()
+        .map_or_else(|_| "an unknown address".into(), |a| a.to_string())
+}
+
+/// A message's name, for protocol errors.
+fn message_name(message: &PeerMessage) -> &'static str {
+    match message {
+        PeerMessage::Hello { .. } => "Hello",
+        PeerMessage::Welcome { .. } => "Welcome",
+        PeerMessage::Put(_) => "Put",
+        PeerMessage::Get { .. } => "Get",
+        PeerMessage::Ready { .. } => "Ready",
+        PeerMessage::Refused { .. } => "Refused",
+        PeerMessage::Data { .. } => "Data",
+        PeerMessage::End { .. } => "End",
+        PeerMessage::Done { .. } => "Done",
+        PeerMessage::Failed { .. } => "Failed",
+        PeerMessage::Cancel { .. } => "Cancel",
+        PeerMessage::Sums { .. } => "Sums",
+        PeerMessage::Ping => "Ping",
+        PeerMessage::Pong => "Pong",
+        PeerMessage::Bye => "Bye",
+    }
+}
