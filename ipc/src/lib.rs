@@ -32,7 +32,7 @@ pub use socket_path::{client_socket_path, default_socket_path, SYSTEM_SOCKET};
 
 pub use proto::{
     fit_tag, Checksums, Event, FailureKind, JobInfo, JobState, Limits, Priority, ProtocolErrorKind,
-    PublishTo, RateGroup, Reflink, Request, Sparse, StatsReport, Strategy, StrategyStats,
-    SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, JOBS_PAGE, MAX_TAG_BYTES, PROTOCOL_VERSION,
-    PUBLISH_DESCRIPTORS, SUBMIT_DESCRIPTORS,
+    PublishTo, RateGroup, Reflink, RemoteSubmit, Request, Sparse, StatsReport, Strategy,
+    StrategyStats, SubmitRequest, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, JOBS_PAGE, MAX_TAG_BYTES,
+    PROTOCOL_VERSION, PUBLISH_DESCRIPTORS, SUBMIT_DESCRIPTORS,
 };

@@ -152,6 +152,10 @@ mod tests {
             Request::Jobs { req: 7, after: 8 },
             Request::Stats,
             Request::SubmitBatch(vec![submit(), submit()]),
+            Request::SubmitRemote(Box::new(RemoteSubmit {
+                submit: submit(),
+                path: peer::RemotePath::new("inbox/a.bin").expect("a valid remote path"),
+            })),
         ];
         for request in requests {
             assert_eq!(unframe::<Request>(&frame(&request)), request);

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 /// gives a detached job's staged file its name); version 7 the `reflink`
 /// strategy and [`SubmitRequest::reflink`]; version 8
 /// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`],
-/// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies.
+/// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies;
+/// version 9 [`Request::SubmitRemote`] and the `peer` strategy.
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 /// }
 /// # Ok::<(), ringxfer_proto::CodecError>(())
 /// ```
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 /// A frame with fewer is refused ([`ProtocolErrorKind::MissingDescriptors`]).
@@ -242,6 +243,45 @@ pub enum Request {
     /// unless it asked for progress or to be detached: its first event is
     /// otherwise its final one, which carries its id too.
     SubmitBatch(Vec<SubmitRequest>),
+    /// Push a file to another daemon (host to host): the source, then a TCP
+    /// socket the client connected to that daemon's `listen_tcp`. The daemon
+    /// speaks the peer wire ([`crate::peer`]) on it and the job completes
+    /// only once the other daemon said the file landed whole under its name.
+    SubmitRemote(Box<RemoteSubmit>),
+}
+
+/// A file pushed to another daemon ([`Request::SubmitRemote`]): the job as
+/// for [`Request::Submit`] (its `publish`, `verify`, `truncate`, `reflink`
+/// and `dest_offset` do not apply; every remote copy is checked end to end
+/// by CRC-32C), and where the file lands beneath the other daemon's export.
+///
+/// ```
+/// use ringxfer_proto::peer::RemotePath;
+/// use ringxfer_proto::{RemoteSubmit, Request, Strategy, SubmitRequest};
+/// let submit = SubmitRequest {
+///     req: 1, tag: "notes.txt".into(), offset: 0, length: None, dest_offset: 0,
+///     strategy: Strategy::Auto, progress: true, priority: Default::default(), rate_limit: None,
+///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
+///     reflink: Default::default(), rate_group: None, sparse: Default::default(),
+/// };
+/// let push = RemoteSubmit { submit, path: RemotePath::new("inbox/notes.txt")? };
+/// assert_eq!(push.descriptors(), 2);
+/// let _ = Request::SubmitRemote(Box::new(push));
+/// # Ok::<(), ringxfer_proto::peer::NameError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteSubmit {
+    /// The job.
+    pub submit: SubmitRequest,
+    /// `EXPORT/dir/file` on the other daemon.
+    pub path: crate::peer::RemotePath,
+}
+
+impl RemoteSubmit {
+    /// The descriptors that come with it: the source and the socket.
+    pub fn descriptors(&self) -> usize {
+        SUBMIT_DESCRIPTORS
+    }
 }
 
 /// How a job shares the ring with others. A job of a higher class gets more
@@ -634,6 +674,10 @@ pub enum Strategy {
     /// sendfile(2) from a regular file into a socket, one bounded piece at
     /// a time on the daemon's worker threads.
     Sendfile,
+    /// Pushed to another daemon over the peer wire ([`crate::peer`]):
+    /// read into the daemon's buffers, framed and sent, checked end to end
+    /// by CRC-32C. Only [`Request::SubmitRemote`] jobs use it.
+    Peer,
 }
 
 impl Strategy {
@@ -652,6 +696,7 @@ impl Strategy {
             Strategy::Reflink => "reflink",
             Strategy::CopyRange => "copy-range",
             Strategy::Sendfile => "sendfile",
+            Strategy::Peer => "peer",
         }
     }
 }
@@ -680,8 +725,9 @@ impl std::str::FromStr for Strategy {
             "reflink" => Ok(Strategy::Reflink),
             "copy-range" => Ok(Strategy::CopyRange),
             "sendfile" => Ok(Strategy::Sendfile),
+            "peer" => Ok(Strategy::Peer),
             other => Err(format!(
-                "unknown strategy {other:?}: expected auto, splice, direct, uncached, buffered, reflink, copy-range or sendfile"
+                "unknown strategy {other:?}: expected auto, splice, direct, uncached, buffered, reflink, copy-range, sendfile or peer"
             )),
         }
     }

@@ -79,6 +79,9 @@ use crate::codec::{self, CodecError};
 use crate::frame::{self, DeframeError};
 use crate::FailureKind;
 
+/// The TCP port a remote path without one (`HOST:EXPORT/PATH`) reaches.
+pub const DEFAULT_PORT: u16 = 7300;
+
 /// The version a daemon sends in [`PeerMessage::Hello`].
 pub const PEER_PROTOCOL_VERSION: u32 = 1;
 

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
+use ringxfer_ipc::proto::peer::RemotePath;
 use ringxfer_ipc::{Event, SubmitRequest};
 use slab::Slab;
 use tracing::error;
@@ -42,6 +43,9 @@ pub(super) struct Submitted {
     pub dst: OwnedFd,
     /// The directory to publish in, if the job asked for that.
     pub dir: Option<OwnedFd>,
+    /// For a push to another daemon (`dst` is the socket to it): where
+    /// the file lands there.
+    pub remote: Option<RemotePath>,
 }
 
 impl Submitted {

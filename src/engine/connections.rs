@@ -4,8 +4,9 @@
 //! and how many bytes of events all clients together may leave unread.
 //!
 //! Deadlines are checked by one ring timer a second, armed only while a
-//! daemon (with a listener) has connections; the in-process engine's one
-//! connection is its own caller and needs none.
+//! daemon (with a listener) has connections, its clients' or other
+//! daemons' (peers/); the in-process engine's one connection is its own
+//! caller and needs none.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -102,10 +103,11 @@ impl Engine {
 
     /// Arms the deadline check, if a daemon has connections and none is armed.
     pub(super) fn arm_deadlines(&mut self) {
+        let connected = !self.sessions.slab.is_empty() || self.has_peers();
         if self.listener.fd.is_none()
             || self.life.stopping
             || self.timers.deadlines.is_some()
-            || self.sessions.slab.is_empty()
+            || !connected
         {
             return;
         }
@@ -146,6 +148,7 @@ impl Engine {
             let kind = ProtocolErrorKind::TimedOut;
             self.protocol_error(k, FrameError { kind, message });
         }
+        self.peer_deadlines(now);
         self.arm_deadlines();
     }
 }

@@ -14,7 +14,7 @@ pub(super) struct Counters {
     pub started: Instant,
     /// Counters by strategy: splice, direct, uncached, buffered, reflink,
     /// copy-range, sendfile.
-    pub by_strategy: [StrategyStats; 7],
+    pub by_strategy: [StrategyStats; 8],
     /// Events encoded for clients, and the sends that carried them.
     pub events_sent: u64,
     pub event_sends: u64,
@@ -37,6 +37,7 @@ impl Counters {
                 Strategy::Reflink,
                 Strategy::CopyRange,
                 Strategy::Sendfile,
+                Strategy::Peer,
             ]
             .map(|s| StrategyStats {
                 strategy: Some(s),
@@ -62,6 +63,7 @@ pub(super) fn strategy_index(s: Strategy) -> usize {
         Strategy::Reflink => 4,
         Strategy::CopyRange => 5,
         Strategy::Sendfile => 6,
+        Strategy::Peer => 7,
     }
 }
 

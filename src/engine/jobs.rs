@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use io_uring::cqueue;
+use ringxfer_ipc::proto::peer::RemotePath;
 use ringxfer_ipc::{
     Checksums, Event, FailureKind, JobInfo, JobState, Priority, Strategy, SubmitRequest,
 };
@@ -27,6 +28,7 @@ use crate::io::ops::{Op, Owner};
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::copy_range::{CopyRefusals, RangeCopy};
+use crate::transfer::peer_push::PeerPush;
 use crate::transfer::reflink::{CloneRefusals, ReflinkCopy};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::step::CopyStep;
@@ -95,6 +97,15 @@ impl JobStep {
     pub(super) fn from_tag(tag: u32) -> Option<JobStep> {
         Self::ALL.into_iter().find(|s| s.tag() == tag)
     }
+}
+
+/// Whether a job's operation tagged `tag` carries a push's control frame
+/// (its own buffer, not a pool buffer).
+pub(super) fn is_control(tag: u32) -> bool {
+    matches!(
+        CopyStep::from_tag(tag),
+        Some(CopyStep::PeerSend | CopyStep::PeerRecv)
+    )
 }
 
 /// What a job does after its bytes are moved.
@@ -201,7 +212,7 @@ impl Job {
         match (&self.copy, self.phase) {
             (_, Phase::Verify) => Resource::Buffer,
             (Mover::Splice(_), _) => Resource::Pipe,
-            (Mover::Buffered(_), _) => Resource::Buffer,
+            (Mover::Buffered(_) | Mover::Peer(_), _) => Resource::Buffer,
             (Mover::CopyRange(_), _) => Resource::Piece,
             // A clone holds none; it never queues for one.
             (Mover::Reflink(_), _) => Resource::Pipe,
@@ -289,7 +300,9 @@ fn mover(ends: Rc<Endpoints>, shape: Shape, choice: Choice, pools: MoverPools) -
         Strategy::CopyRange | Strategy::Sendfile => {
             return Mover::CopyRange(RangeCopy::new(ends, shape))
         }
-        Strategy::Auto | Strategy::Splice | Strategy::Reflink => {
+        // A push (`Strategy::Peer`) is made by `from_spec` from the job's
+        // remote target, never chosen here.
+        Strategy::Auto | Strategy::Splice | Strategy::Reflink | Strategy::Peer => {
             return Mover::Splice(SpliceCopy::new(ends, shape, pools.chunks_per_job))
         }
     };
@@ -323,12 +336,16 @@ impl Job {
             ..
         } = spec;
         let ends = Rc::new(ends);
-        let (note, mut copy) = match spec.reflink {
-            Some(required) => (
+        let (note, mut copy) = match (spec.reflink, spec.remote) {
+            (_, Some((path, meta))) => (
+                None,
+                Mover::Peer(PeerPush::new(ends, shape, path, meta, spec.fsync)),
+            ),
+            (Some(required), None) => (
                 Some(clone_note(required)),
                 Mover::Reflink(ReflinkCopy::new(ends, shape, required, choice)),
             ),
-            None => (choice.note.take(), mover(ends, shape, choice, pools)),
+            (None, None) => (choice.note.take(), mover(ends, shape, choice, pools)),
         };
         let bucket = spec
             .rate_limit
@@ -455,20 +472,27 @@ impl Engine {
     /// The pipeline (admission/spec.rs): the checks needing no file system
     /// here, then statx through the ring (admission.rs), then
     /// `admit_stated`.
+    /// `fds`: source, destination and the directory to publish in;
+    /// `remote`: for a push to another daemon, where the file lands there.
     pub(super) fn admit(
         &mut self,
         k: usize,
         submit: SubmitRequest,
-        src: OwnedFd,
-        dst: OwnedFd,
-        dir: Option<OwnedFd>,
+        fds: (OwnedFd, OwnedFd, Option<OwnedFd>),
+        remote: Option<RemotePath>,
         acknowledge: bool,
     ) {
         let Some(session) = self.sessions.slab.get(k) else {
             return;
         };
         let uid = session.peer.1;
-        let fds = Submitted { src, dst, dir };
+        let (src, dst, dir) = fds;
+        let fds = Submitted {
+            src,
+            dst,
+            dir,
+            remote,
+        };
         let limits = Limits::of(&self.config);
         let checked = spec::precheck(
             &submit,
@@ -703,6 +727,18 @@ impl Engine {
             yield_slots,
             &mut self.slots.returned,
         );
+        self.after_job_step(k);
+    }
+
+    /// A completion of a push's control frame (peer_push.rs), with the op
+    /// that holds its buffer.
+    pub(super) fn on_job_control(&mut self, k: usize, op: Op, result: i32) {
+        let Some(job) = self.jobs.slab.get_mut(k) else {
+            return;
+        };
+        let io = &mut self.io;
+        job.copy
+            .on_control(op.tag, result, op.op, Owner::Job(k), io);
         self.after_job_step(k);
     }
 
@@ -1224,6 +1260,17 @@ impl Engine {
                 Err(e) => {
                     job.late_failure.get_or_insert(e);
                 }
+            }
+        }
+        if let Mover::Peer(push) = &job.copy {
+            // The other daemon checked what landed against the CRC sent,
+            // and synced it if asked, before it said Done.
+            if let Some((source, destination)) = push.checksums() {
+                job.checksums = Some(Checksums {
+                    source,
+                    destination,
+                });
+                job.synced = job.fsync;
             }
         }
         let (event, state) = self.final_event(&job, now);

@@ -397,6 +397,8 @@ impl Engine {
             Owner::Listener => self.on_listener_op(op, result),
             Owner::Session(_) => self.on_session_op(op, result),
             Owner::Admission(_) => self.on_admission_op(op, result),
+            // A push's control frames: the op hands back its own buffer.
+            Owner::Job(k) if jobs::is_control(op.tag) => self.on_job_control(k, op, result),
             Owner::Job(k) => {
                 // The op's references to the pipe and descriptors go first,
                 // so a chunk that is done can hand its pipe straight back;

@@ -266,7 +266,15 @@ impl Engine {
             Request::Submit(submit) => {
                 let mut fds = fds.into_iter();
                 if let (Some(src), Some(dst)) = (fds.next(), fds.next()) {
-                    self.admit(k, submit, src, dst, fds.next(), true);
+                    self.admit(k, submit, (src, dst, fds.next()), None, true);
+                }
+                self.closing.doomed.extend(fds);
+            }
+            Request::SubmitRemote(push) => {
+                let push = *push;
+                let mut fds = fds.into_iter();
+                if let (Some(src), Some(dst)) = (fds.next(), fds.next()) {
+                    self.admit(k, push.submit, (src, dst, None), Some(push.path), true);
                 }
                 self.closing.doomed.extend(fds);
             }
@@ -301,7 +309,7 @@ impl Engine {
             // detached job's owner needs the id before that, and so does a
             // progress bar.
             let acknowledge = submit.progress || submit.detach;
-            self.admit(k, submit, src, dst, dir, acknowledge);
+            self.admit(k, submit, (src, dst, dir), None, acknowledge);
             if self.sessions.slab.get(k).is_none_or(|s| s.closing) {
                 break;
             }

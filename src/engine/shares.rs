@@ -411,7 +411,7 @@ impl Engine {
         let taken = match &mut job.copy {
             Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
             Mover::CopyRange(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
-            Mover::Buffered(_) | Mover::Reflink(_) => false,
+            Mover::Buffered(_) | Mover::Reflink(_) | Mover::Peer(_) => false,
         };
         if taken {
             debug!(
@@ -434,7 +434,9 @@ impl Engine {
         );
         let what = match &job.copy {
             Mover::Splice(_) => "its bytes in the pipe cannot be read again from the source",
-            Mover::Buffered(_) => "a job moving bytes through buffers cannot hand them back",
+            Mover::Buffered(_) | Mover::Peer(_) => {
+                "a job moving bytes through buffers cannot hand them back"
+            }
             Mover::Reflink(_) => "a clone cannot be taken back",
             // Its pieces came back only if none was in flight to cancel.
             Mover::CopyRange(_) => "its copies in flight did not come back",

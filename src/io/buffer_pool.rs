@@ -42,6 +42,22 @@ impl BufRef {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(at), len) }
     }
 
+    /// Copies `bytes` into the buffer at `at` (a header in front of data).
+    pub fn copy_in(&mut self, at: usize, bytes: &[u8]) {
+        assert!(
+            at.checked_add(bytes.len())
+                .is_some_and(|end| end <= self.len as usize),
+            "{} bytes at {at} past a buffer of {}",
+            bytes.len(),
+            self.len
+        );
+        // SAFETY: within the buffer (asserted), which `&mut self` owns: no
+        // operation is in flight on it while its owner holds it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(at), bytes.len())
+        };
+    }
+
     /// Zeroes bytes `from..to` (O_DIRECT padding).
     pub fn zero(&mut self, from: usize, to: usize) {
         assert!(

@@ -141,6 +141,11 @@ mod tests {
                 (any::<u64>(), any::<u64>()).prop_map(|(req, after)| Request::Jobs { req, after }),
                 submit().prop_map(Request::Submit),
                 proptest::collection::vec(submit(), 0..5).prop_map(Request::SubmitBatch),
+                (submit(), "[a-z]{1,8}/[a-z]{1,8}").prop_map(|(submit, path)| {
+                    let path = ringxfer_ipc::proto::peer::RemotePath::new(&path)
+                        .expect("a relative path of two plain components");
+                    Request::SubmitRemote(Box::new(ringxfer_ipc::RemoteSubmit { submit, path }))
+                }),
             ]
         }
 

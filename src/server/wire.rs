@@ -294,7 +294,7 @@ impl Wire {
             doomed.extend(self.fds.drain(..).map(|(_, fd)| fd));
             return Err(FrameError {
                 kind: ProtocolErrorKind::ExtraDescriptors,
-                message: format!("{n} descriptor(s) arrived that no request claimed; only Submit and SubmitBatch carry descriptors ({SUBMIT_DESCRIPTORS} per job)"),
+                message: format!("{n} descriptor(s) arrived that no request claimed; only Submit, SubmitBatch and SubmitRemote carry descriptors ({SUBMIT_DESCRIPTORS} per job)"),
             });
         }
         Ok(())
@@ -454,6 +454,7 @@ fn descriptors_wanted(req: &Request) -> usize {
     match req {
         Request::Submit(job) => job.descriptors(),
         Request::SubmitBatch(jobs) => jobs.iter().map(SubmitRequest::descriptors).sum(),
+        Request::SubmitRemote(push) => push.descriptors(),
         _ => 0,
     }
 }
@@ -492,6 +493,7 @@ pub(crate) fn request_name(req: &Request) -> &'static str {
         Request::Hello { .. } => "Hello",
         Request::Submit(_) => "Submit",
         Request::SubmitBatch(_) => "SubmitBatch",
+        Request::SubmitRemote(_) => "SubmitRemote",
         Request::Cancel { .. } => "Cancel",
         Request::Stats => "Stats",
         Request::Status { .. } => "Status",

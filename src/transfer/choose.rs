@@ -57,7 +57,7 @@ impl Choice {
     }
 
     /// A strategy that needs neither alignment nor flags.
-    fn plain(strategy: Strategy, note: Option<String>) -> Choice {
+    pub(crate) fn plain(strategy: Strategy, note: Option<String>) -> Choice {
         Choice {
             strategy,
             note,
@@ -124,6 +124,9 @@ pub(crate) fn choose(
         // The clone is reflink.rs's; admission asks here only for what
         // follows it, and a required clone has nothing after it.
         Strategy::Reflink => Ok(Choice::splice(None)),
+        Strategy::Peer => Err(refuse(
+            "the peer strategy only pushes to another daemon (SubmitRemote, `ringxfer copy FILE HOST:EXPORT/PATH`)".to_string(),
+        )),
     }
 }
 

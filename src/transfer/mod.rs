@@ -12,6 +12,7 @@ pub(crate) mod dio;
 pub(crate) mod errno;
 pub(crate) mod fsize;
 pub(crate) mod holes;
+pub(crate) mod peer_push;
 pub(crate) mod pipeline;
 pub(crate) mod ranges;
 pub(crate) mod reflink;
@@ -28,6 +29,7 @@ use ringxfer_ipc::{FailureKind, Sparse, Strategy, SubmitRequest};
 
 use crate::io::buffer_pool::BufRef;
 use crate::io::fd::SharedFd;
+use crate::io::op::AnyOp;
 use crate::io::ops::Owner;
 use crate::io::piece_pool::Piece;
 use crate::io::pipe_pool::Pipe;
@@ -35,6 +37,7 @@ use crate::io::Io;
 use buffered::BufferCopy;
 use copy_range::RangeCopy;
 use holes::{HolePlan, SrcAlloc};
+use peer_push::PeerPush;
 use reflink::ReflinkCopy;
 use splice::{Returned, SpliceCopy};
 
@@ -46,6 +49,8 @@ pub(crate) enum Mover {
     Reflink(ReflinkCopy),
     /// copy_file_range or sendfile on workers, which borrow worker pieces.
     CopyRange(RangeCopy),
+    /// A push to another daemon, through pool buffers.
+    Peer(PeerPush),
 }
 
 impl Mover {
@@ -56,6 +61,7 @@ impl Mover {
             Mover::Reflink(_) => Strategy::Reflink,
             Mover::CopyRange(c) if c.sends() => Strategy::Sendfile,
             Mover::CopyRange(_) => Strategy::CopyRange,
+            Mover::Peer(p) => p.strategy(),
         }
     }
 
@@ -65,6 +71,7 @@ impl Mover {
             Mover::Buffered(c) => c.start(owner, io),
             Mover::Reflink(c) => c.start(owner, io),
             Mover::CopyRange(c) => c.start(owner, io),
+            Mover::Peer(c) => c.start(owner, io),
         }
     }
 
@@ -73,7 +80,11 @@ impl Mover {
     }
 
     pub(crate) fn wants_buffer(&self) -> bool {
-        matches!(self, Mover::Buffered(c) if c.wants_buffer())
+        match self {
+            Mover::Buffered(c) => c.wants_buffer(),
+            Mover::Peer(c) => c.wants_buffer(),
+            _ => false,
+        }
     }
 
     pub(crate) fn wants_piece(&self) -> bool {
@@ -89,7 +100,7 @@ impl Mover {
     ) {
         match self {
             Mover::Splice(c) => c.lend(pipe, owner, io, false, out),
-            Mover::Buffered(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
+            Mover::Buffered(_) | Mover::Reflink(_) | Mover::CopyRange(_) | Mover::Peer(_) => {
                 out.push(Returned::Clean(pipe))
             }
         }
@@ -104,6 +115,7 @@ impl Mover {
     ) {
         match self {
             Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
+            Mover::Peer(c) => c.lend(buf, owner, io, out),
             Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
                 out.push(Returned::Buffer(buf))
             }
@@ -119,7 +131,7 @@ impl Mover {
     ) {
         match self {
             Mover::CopyRange(c) => c.lend(piece, owner, io, false, out),
-            Mover::Splice(_) | Mover::Buffered(_) | Mover::Reflink(_) => {
+            Mover::Splice(_) | Mover::Buffered(_) | Mover::Reflink(_) | Mover::Peer(_) => {
                 out.push(Returned::Piece(piece))
             }
         }
@@ -147,6 +159,22 @@ impl Mover {
                 out.extend(buf.map(Returned::Buffer));
                 c.on_complete(result)
             }
+            Mover::Peer(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
+        }
+    }
+
+    /// A completion of an operation that holds its own buffer (a push's
+    /// control frames), handed back with it.
+    pub(crate) fn on_control(
+        &mut self,
+        tag: u32,
+        result: i32,
+        op: AnyOp,
+        owner: Owner,
+        io: &mut Io,
+    ) {
+        if let Mover::Peer(c) = self {
+            c.on_control(tag, result, op, owner, io);
         }
     }
 
@@ -162,6 +190,7 @@ impl Mover {
             Mover::Buffered(c) => c.fail(err, owner, io, out),
             Mover::CopyRange(c) => c.fail(err, owner, io, out),
             Mover::Reflink(c) => c.fail(err, io),
+            Mover::Peer(c) => c.fail(err, io, out),
         }
     }
 
@@ -171,6 +200,7 @@ impl Mover {
             Mover::Buffered(c) => c.is_finished(),
             Mover::CopyRange(c) => c.is_finished(),
             Mover::Reflink(c) => c.is_finished(),
+            Mover::Peer(c) => c.is_finished(),
         }
     }
 
@@ -180,6 +210,7 @@ impl Mover {
             Mover::Buffered(c) => c.failure(),
             Mover::CopyRange(c) => c.failure(),
             Mover::Reflink(c) => c.failure(),
+            Mover::Peer(c) => c.failure(),
         }
     }
 
@@ -189,6 +220,7 @@ impl Mover {
             Mover::Buffered(c) => c.moved,
             Mover::CopyRange(c) => c.moved,
             Mover::Reflink(c) => c.moved,
+            Mover::Peer(c) => c.moved,
         }
     }
 
@@ -199,7 +231,7 @@ impl Mover {
             Mover::Splice(c) => c.hole_bytes(),
             Mover::Buffered(c) => c.hole_bytes(),
             Mover::CopyRange(c) => c.hole_bytes(),
-            Mover::Reflink(_) => 0,
+            Mover::Reflink(_) | Mover::Peer(_) => 0,
         }
     }
 
@@ -209,6 +241,7 @@ impl Mover {
             Mover::Buffered(c) => c.total(),
             Mover::CopyRange(c) => c.total(),
             Mover::Reflink(c) => c.total(),
+            Mover::Peer(c) => c.total(),
         }
     }
 
@@ -219,6 +252,7 @@ impl Mover {
             Mover::Buffered(c) => Some(c.endpoints()),
             Mover::CopyRange(c) => Some(c.endpoints()),
             Mover::Reflink(c) => Some(c.endpoints()),
+            Mover::Peer(c) => Some(c.endpoints()),
         }
     }
 
@@ -228,7 +262,7 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.checksum_source(),
             Mover::Reflink(c) => c.checksum_source(),
-            Mover::Splice(_) | Mover::CopyRange(_) => {}
+            Mover::Splice(_) | Mover::CopyRange(_) | Mover::Peer(_) => {}
         }
     }
 
@@ -237,6 +271,7 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.source_checksum(),
             Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => None,
+            Mover::Peer(c) => c.checksums().map(|(sent, _)| sent),
         }
     }
 
@@ -249,6 +284,7 @@ impl Mover {
             Mover::CopyRange(c) => c.set_piece_limit(bytes),
             // One operation whatever the size; kept for a fall back.
             Mover::Reflink(c) => c.set_piece_limit(bytes),
+            Mover::Peer(c) => c.set_piece_limit(bytes),
         }
     }
 
@@ -258,6 +294,7 @@ impl Mover {
             Mover::Buffered(c) => c.into_endpoints(),
             Mover::CopyRange(c) => c.into_endpoints(),
             Mover::Reflink(c) => c.into_endpoints(),
+            Mover::Peer(c) => c.into_endpoints(),
         }
     }
 }
@@ -518,6 +555,12 @@ pub(crate) struct FdStat {
     /// whether a regular file may have holes (holes.rs).
     pub blocks: u64,
     pub blksize: u32,
+    /// Permission bits (st_mode & 0o7777), and access and modification
+    /// times (seconds, nanoseconds): what a push to another daemon gives
+    /// the file there.
+    pub perm: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
 }
 
 impl FdStat {
@@ -527,7 +570,10 @@ impl FdStat {
         | libc::STATX_SIZE
         | libc::STATX_UID
         | libc::STATX_DIOALIGN
-        | libc::STATX_BLOCKS;
+        | libc::STATX_BLOCKS
+        | libc::STATX_MODE
+        | libc::STATX_ATIME
+        | libc::STATX_MTIME;
 
     pub(crate) fn from_statx(stx: &libc::statx) -> FdStat {
         FdStat {
@@ -543,6 +589,9 @@ impl FdStat {
                 u64::MAX / 512
             },
             blksize: stx.stx_blksize,
+            perm: u32::from(stx.stx_mode) & 0o7777,
+            atime: (stx.stx_atime.tv_sec, stx.stx_atime.tv_nsec),
+            mtime: (stx.stx_mtime.tv_sec, stx.stx_mtime.tv_nsec),
         }
     }
 }

@@ -40,6 +40,10 @@ pub(crate) enum CopyStep {
     Punch,
     /// The destination given its size before a sparse copy (holes.rs).
     Size,
+    /// A control frame to another daemon (peer_push.rs).
+    PeerSend,
+    /// A read of what the other daemon says (peer_push.rs).
+    PeerRecv,
 }
 
 impl CopyStep {
@@ -60,6 +64,8 @@ impl CopyStep {
             CopyStep::DataMap => (10, 0),
             CopyStep::Punch => (11, 0),
             CopyStep::Size => (12, 0),
+            CopyStep::PeerSend => (13, 0),
+            CopyStep::PeerRecv => (14, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -85,6 +91,8 @@ impl CopyStep {
             10 => CopyStep::DataMap,
             11 => CopyStep::Punch,
             12 => CopyStep::Size,
+            13 => CopyStep::PeerSend,
+            14 => CopyStep::PeerRecv,
             _ => return None,
         })
     }
@@ -104,7 +112,9 @@ impl CopyStep {
             | CopyStep::Clone
             | CopyStep::DataMap
             | CopyStep::Punch
-            | CopyStep::Size => None,
+            | CopyStep::Size
+            | CopyStep::PeerSend
+            | CopyStep::PeerRecv => None,
         }
     }
 }
@@ -135,10 +145,12 @@ mod tests {
             CopyStep::DataMap,
             CopyStep::Punch,
             CopyStep::Size,
+            CopyStep::PeerSend,
+            CopyStep::PeerRecv,
         ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 13 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 15 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }

@@ -27,10 +27,15 @@ fn receiver(export: &Path) -> (Daemon, SocketAddr) {
 
 /// As `receiver`, the export written as `uid`.
 fn receiver_as(export: &Path, uid: u32) -> (Daemon, SocketAddr) {
+    receiver_with(export, uid, "")
+}
+
+/// As `receiver_as`, with more settings (`settings`, TOML lines).
+fn receiver_with(export: &Path, uid: u32, settings: &str) -> (Daemon, SocketAddr) {
     let conf_dir = tmpdir();
     let conf = conf_dir.path().join("ringxferd.toml");
     let text = format!(
-        "listen_tcp = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\n[[export]]\nname = \"inbox\"\n\
+        "listen_tcp = \"127.0.0.1:0\"\ninsecure_plaintext = true\n{settings}\n[[export]]\nname = \"inbox\"\n\
          path = \"{}\"\nuser = \"{uid}\"\n",
         export.display()
     );
@@ -436,4 +441,213 @@ fn files_are_written_with_the_rights_of_the_exports_user() {
             .count(),
         0
     );
+}
+
+/// `ringxfer --json copy ARGS... SRC DST` through daemon `d`.
+fn push_cli(d: &Daemon, args: &[&str], src: &Path, dst: &str) -> std::process::Output {
+    let mut c = crate::cli_common::cli(&d.socket);
+    c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
+    crate::cli_common::run(c)
+}
+
+#[test]
+fn the_cli_pushes_a_file_to_another_daemon_whole_with_its_mode_and_times() {
+    let export = tmpdir();
+    std::fs::create_dir(export.path().join("dir")).expect("mkdir");
+    let (receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let data = pattern(11, (5 << 20) + 777);
+    let src = sending.dir().join("report.bin");
+    std::fs::write(&src, &data).expect("write");
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let when = std::time::UNIX_EPOCH + Duration::new(1_600_000_000, 123_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .expect("open")
+        .set_modified(when)
+        .expect("mtime");
+
+    // Into the export: the file keeps its name.
+    let out = push_cli(&sending, &[], &src, &format!("{address}:inbox"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        receiving.log()
+    );
+    let report = crate::cli_common::json_lines(&out).pop().expect("a report");
+    assert_eq!(report["strategy"], "peer", "{report}");
+    assert_eq!(report["bytes"], data.len() as u64);
+    let crc = u64::from(crc32c::crc32c(&data));
+    assert_eq!(
+        (
+            report["checksums"]["source"].as_u64(),
+            report["checksums"]["destination"].as_u64()
+        ),
+        (Some(crc), Some(crc))
+    );
+    let landed = export.path().join("report.bin");
+    assert_file_eq(&landed, &data);
+    let meta = std::fs::metadata(&landed).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_600_000_000, 123_000_000)
+    );
+
+    // Under another name in a directory, replacing what was there.
+    std::fs::write(export.path().join("dir/renamed.bin"), b"old").expect("write");
+    let out = push_cli(
+        &sending,
+        &["--fsync"],
+        &src,
+        &format!("{address}:inbox/dir/renamed.bin"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert_eq!(
+        crate::cli_common::json_lines(&out).pop().expect("a report")["synced"],
+        true
+    );
+    assert_file_eq(&export.path().join("dir/renamed.bin"), &data);
+    assert!(parts_in(&export.path().join("dir")).is_empty());
+}
+
+#[test]
+fn a_push_the_other_daemon_refuses_fails_in_the_users_terms() {
+    let export = tmpdir();
+    let (_receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let src = sending.dir().join("a.txt");
+    std::fs::write(&src, b"hello").expect("write");
+    let cases = [
+        (format!("{address}:nope/a.txt"), "no export named \"nope\""),
+        (
+            format!("{address}:inbox/missing/a.txt"),
+            "cannot open the directory missing",
+        ),
+    ];
+    for (dst, says) in cases {
+        let out = push_cli(&sending, &[], &src, &dst);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{dst}: {}",
+            crate::cli_common::describe(&out)
+        );
+        let err = crate::cli_common::stderr(&out);
+        assert!(err.contains(&dst) && err.contains(says), "{dst}: {err}");
+    }
+    let out = push_cli(&sending, &[], &src, &format!("{address}:inbox/../a.txt"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert!(crate::cli_common::stderr(&out).contains("would leave the export"));
+    assert_eq!(
+        std::fs::read_dir(export.path()).expect("read_dir").count(),
+        0,
+        "nothing landed"
+    );
+}
+
+#[test]
+fn a_push_cut_off_midway_leaves_the_old_file() {
+    let export = tmpdir();
+    let keep = export.path().join("big.bin");
+    std::fs::write(&keep, b"old").expect("write");
+    let (receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let data = pattern(3, 24 << 20);
+    let src = sending.dir().join("big.bin");
+    std::fs::write(&src, &data).expect("write");
+
+    // The sender stops (its job cancelled by SIGINT): the part goes away.
+    let mut c = crate::cli_common::cli(&sending.socket);
+    c.args(["copy", "--rate-limit", "4MiB"])
+        .arg(&src)
+        .arg(format!("{address}:inbox"));
+    let child = c
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    assert!(
+        poll_until(Duration::from_secs(20), || !parts_in(export.path())
+            .is_empty()),
+        "no part appeared"
+    );
+    // SAFETY: kill(2) of our own child, which has not been waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    let gone = poll_until(Duration::from_secs(10), || {
+        parts_in(export.path()).is_empty()
+    });
+    assert!(
+        gone,
+        "the part stays after the sender stopped:\n{}",
+        receiving.log()
+    );
+    assert_file_eq(&keep, b"old");
+
+    // The receiver dies: the push fails, naming the other daemon.
+    let mut c = crate::cli_common::cli(&sending.socket);
+    c.args(["copy", "--rate-limit", "4MiB"])
+        .arg(&src)
+        .arg(format!("{address}:inbox"));
+    let child = c
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    assert!(
+        poll_until(Duration::from_secs(20), || !parts_in(export.path())
+            .is_empty()),
+        "no part appeared"
+    );
+    receiving.signal(libc::SIGKILL);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("peer-gone") || err.contains("the other daemon"),
+        "{err}"
+    );
+    assert_file_eq(&keep, b"old");
+}
+
+#[test]
+fn a_connection_that_says_nothing_is_closed_in_time() {
+    let export = tmpdir();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let settings = "handshake_timeout = \"1s\"\nframe_timeout = \"2s\"\n";
+    let (d, address) = receiver_with(export.path(), uid, settings);
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(address).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(silent.read(&mut byte).ok(), Some(0), "closed, not answered");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(d.log().contains("no Hello within 1s"), "{}", d.log());
+
+    // A sender that stops halfway through a file is cut off too, and the
+    // part goes.
+    let mut s = Sender::connect(address);
+    let ready = s.put(1, "inbox/stalled.bin", 1 << 20, 0o644, 0);
+    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
+    s.send_data(1, 0, &pattern(1, 1000), 1000);
+    assert_eq!(s.recv(), None, "the connection ends");
+    assert!(d.log().contains("nothing received for 2s"), "{}", d.log());
+    assert!(poll_until(Duration::from_secs(10), || parts_in(
+        export.path()
+    )
+    .is_empty()));
 }

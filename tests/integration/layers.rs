@@ -31,6 +31,7 @@ const CLI_LAYERS: &[&str] = &[
     "walk_ahead",
     "pipeline",
     "tree",
+    "remote",
     "commands",
     "control",
     "stats",

@@ -95,8 +95,21 @@ pub fn executable_for_others(bin: &Path, dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let name = bin.file_name().expect("an executable has a file name");
     let copy = dir.join(name);
-    std::fs::copy(bin, &copy)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), copy.display()));
+    // Copied by cp, never by this process: a descriptor open for writing
+    // in a multi-threaded test process is inherited by every child another
+    // test forks meanwhile, and exec of the copy then fails with ETXTBSY
+    // ("Text file busy") until that child has exec'd in turn.
+    let status = Command::new("cp")
+        .arg(bin)
+        .arg(&copy)
+        .status()
+        .unwrap_or_else(|e| panic!("run cp {} {}: {e}", bin.display(), copy.display()));
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        bin.display(),
+        copy.display()
+    );
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
         .expect("chmod 0755 the copied executable");
     copy

@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::publisher::{Publisher, Staged};
+use super::requests::Extra;
 use super::Client;
 use crate::proto::Strategy;
 use crate::publish::{PublishError, PublishOptions, StagedFile};
@@ -202,10 +203,11 @@ impl Client {
             preserve_from,
             hand_over,
         };
-        let publish = by_daemon
-            .as_ref()
-            .map(|(dir, to)| (dir.as_fd(), to.clone()));
-        self.submit_inner(source, dest.as_fd(), publish, &opts, None, Some(staged))
+        let extra = match by_daemon.as_ref() {
+            Some((dir, to)) => Extra::Publish(dir.as_fd(), to.clone()),
+            None => Extra::None,
+        };
+        self.submit_inner(source, dest.as_fd(), extra, &opts, None, Some(staged))
     }
 }
 

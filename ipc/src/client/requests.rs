@@ -11,10 +11,20 @@ use super::publisher::Staged;
 use super::{lock, send_error, submit_request, Callback, Client, JobSlot};
 use crate::codec;
 use crate::fdpass::send_with_fds;
-use crate::proto::{Event, JobInfo, PublishTo, Request, StatsReport};
+use crate::proto::peer::RemotePath;
+use crate::proto::{Event, JobInfo, PublishTo, RemoteSubmit, Request, StatsReport};
 use crate::{ClientError, Completion, JobError, JobHandle, TransferOptions};
 #[cfg(doc)]
 use crate::{FailureKind, StagedFile};
+
+/// What a submit carries besides its two descriptors.
+pub(crate) enum Extra<'a> {
+    None,
+    /// The directory to publish in (a third descriptor), and the names.
+    Publish(BorrowedFd<'a>, PublishTo),
+    /// A push to another daemon: where the file lands there.
+    Remote(RemotePath),
+}
 
 impl Client {
     /// Hands the daemon a transfer from `source` to `dest`. Returns once the
@@ -47,7 +57,46 @@ impl Client {
         dest: impl AsFd,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        self.submit_inner(source.as_fd(), dest.as_fd(), None, opts, None, None)
+        self.submit_inner(source.as_fd(), dest.as_fd(), Extra::None, opts, None, None)
+    }
+
+    /// Hands the daemon a push of `source` to another daemon (host to host):
+    /// `socket` is a TCP connection the caller made to that daemon's
+    /// `listen_tcp`, and `path` (`EXPORT/dir/file`) is where the file lands
+    /// there. The job completes only once the other daemon says the file is
+    /// whole under its name, its CRC-32C equal to the one sent
+    /// ([`Completion::checksums`] carries both); until then that name keeps
+    /// what it had. [`TransferOptions::fsync`] asks the other daemon to make
+    /// file and name durable first. `dest_offset`, `truncate`, `in_place`
+    /// and clones do not apply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use std::net::TcpStream;
+    /// use ringxfer_ipc::proto::peer::RemotePath;
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let src = File::open("notes.txt")?;
+    /// let other = TcpStream::connect("127.0.0.1:7300")?;
+    /// let path = RemotePath::new("inbox/notes.txt")?;
+    /// let done = client.submit_remote(&src, &other, &path, &TransferOptions::default())?.wait()?;
+    /// println!("{} bytes landed, crc32c {:08x}", done.bytes, done.checksums.unwrap().destination);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_remote(
+        &self,
+        source: impl AsFd,
+        socket: impl AsFd,
+        path: &RemotePath,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let extra = Extra::Remote(path.clone());
+        self.submit_inner(source.as_fd(), socket.as_fd(), extra, opts, None, None)
     }
 
     /// As [`Client::submit`], and the daemon gives `dest` a name in `dir`
@@ -90,7 +139,7 @@ impl Client {
         self.submit_inner(
             source.as_fd(),
             dest.as_fd(),
-            Some((dir.as_fd(), publish)),
+            Extra::Publish(dir.as_fd(), publish),
             opts,
             None,
             None,
@@ -132,7 +181,7 @@ impl Client {
         self.submit_inner(
             source.as_fd(),
             dest.as_fd(),
-            None,
+            Extra::None,
             opts,
             Some(Box::new(on_done)),
             None,
@@ -143,7 +192,7 @@ impl Client {
         &self,
         source: BorrowedFd<'_>,
         dest: BorrowedFd<'_>,
-        publish: Option<(BorrowedFd<'_>, PublishTo)>,
+        extra: Extra<'_>,
         opts: &TransferOptions,
         callback: Option<Callback>,
         staged: Option<Staged>,
@@ -154,9 +203,17 @@ impl Client {
         let req = tx.next_req;
         tx.next_req += 1;
         let mut request = submit_request(req, opts);
-        let (dir, publish) = publish.unzip();
-        if let Request::Submit(submit) = &mut request {
-            submit.publish = publish;
+        let mut dir = None;
+        match (extra, &mut request) {
+            (Extra::Publish(fd, publish), Request::Submit(submit)) => {
+                submit.publish = Some(publish);
+                dir = Some(fd);
+            }
+            (Extra::Remote(path), Request::Submit(submit)) => {
+                let submit = submit.clone();
+                request = Request::SubmitRemote(Box::new(RemoteSubmit { submit, path }));
+            }
+            _ => {}
         }
         tx.buf.clear();
         codec::encode_frame(&request, &mut tx.buf, inner.limits.max_frame)?;

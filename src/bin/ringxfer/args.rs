@@ -68,6 +68,12 @@ pub enum Command {
     /// DST is written atomically: the bytes land in an unnamed temporary file
     /// in DST's directory, which takes DST's name only once the engine says
     /// every byte is there (--in-place writes DST directly instead).
+    ///
+    /// DST may be on another host running ringxferd with listen_tcp:
+    /// HOST[:PORT]:EXPORT[/PATH] (port 7300 by default; a colon before the
+    /// first slash makes it remote, so write a local name with a colon as
+    /// ./a:b). One file for now; it lands there atomically too, checked by
+    /// CRC-32C, with its mode and times.
     Copy {
         /// The files to read, then the destination (a file, or an existing
         /// directory to copy into; with several sources it must be one).

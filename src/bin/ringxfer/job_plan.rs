@@ -6,8 +6,9 @@
 
 use std::os::fd::AsFd;
 
+use ringxfer_ipc::proto::peer::RemotePath;
 use ringxfer_ipc::publish::StagedFile;
-use ringxfer_ipc::{RateGroup, Strategy, TransferOptions};
+use ringxfer_ipc::{Client, ClientError, JobHandle, RateGroup, Strategy, TransferOptions};
 
 use crate::args::JobOpts;
 use crate::engine_handle::EngineHandle;
@@ -81,10 +82,35 @@ pub fn run(
     dst: impl AsFd,
     plan: JobPlan,
 ) -> Result<Finished, CliError> {
+    run_with(engine, subject, plan, |client, opts| {
+        client.submit(src, dst, opts)
+    })
+}
+
+/// As [`run`], a push of `src` to another daemon through `socket`, to land
+/// as `path` there.
+pub fn run_remote(
+    engine: &EngineHandle,
+    subject: &Subject,
+    src: impl AsFd,
+    socket: impl AsFd,
+    path: &RemotePath,
+    plan: JobPlan,
+) -> Result<Finished, CliError> {
+    run_with(engine, subject, plan, |client, opts| {
+        client.submit_remote(src, socket, path, opts)
+    })
+}
+
+/// Submits with `submit` and follows the job to its end.
+fn run_with(
+    engine: &EngineHandle,
+    subject: &Subject,
+    plan: JobPlan,
+    submit: impl FnOnce(&Client, &TransferOptions) -> Result<JobHandle, ClientError>,
+) -> Result<Finished, CliError> {
     let mut events = engine.client().dispatch_here();
-    let handle = engine
-        .client()
-        .submit(src, dst, &plan.options(subject.describe()))
+    let handle = submit(engine.client(), &plan.options(subject.describe()))
         .map_err(|err| CliError::client(subject.describe(), &err))?;
     let moving = Moving {
         op: subject.op.name(),

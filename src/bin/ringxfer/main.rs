@@ -24,6 +24,7 @@ mod pipeline;
 mod progress;
 mod progress_json;
 mod read_ahead;
+mod remote;
 mod report;
 mod signals;
 mod specials;

@@ -22,6 +22,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use ringxfer_ipc::proto::peer::{FileMeta, RemotePath};
 use ringxfer_ipc::{FailureKind, Priority, RateGroup, Strategy, SubmitRequest, MAX_TAG_BYTES};
 
 use super::Submitted;
@@ -115,6 +116,9 @@ pub(in crate::engine) struct JobSpec {
     pub quiet: bool,
     pub fsync: bool,
     pub verify: bool,
+    /// A push to another daemon: where the file lands there, and what it
+    /// is told of the file.
+    pub remote: Option<(RemotePath, FileMeta)>,
 }
 
 /// Where a detached job's destination gets its name.
@@ -209,7 +213,12 @@ pub(in crate::engine) fn spec(
         src,
         dst,
         dir: dir_fd,
+        remote,
     } = fds;
+    let src_meta = match &stats[0] {
+        Ok(s) => Some((s.perm, s.atime, s.mtime)),
+        Err(_) => None,
+    };
     let devices = match &stats {
         [Ok(s), Ok(d)] => Some((s.dev, d.dev)),
         _ => None,
@@ -222,6 +231,7 @@ pub(in crate::engine) fn spec(
                 src,
                 dst,
                 dir: dir_fd,
+                remote: None,
             };
             return Err(Refused {
                 error: refused.error,
@@ -230,17 +240,30 @@ pub(in crate::engine) fn spec(
         }
     };
     let dir_kind = dir.and_then(|s| s.ok()).map(|s| s.kind);
-    match decide(&plan, &submit, dir_fd.is_some(), dir_kind, cx) {
-        Ok(decided) => Ok(JobSpec {
-            devices,
-            ..assemble(id, submit, plan, dir_fd, decided, cx)
-        }),
+    let decided = match (&remote, src_meta) {
+        (Some(_), Some(meta)) => remote::decide(&plan, &submit, cx, meta),
+        _ => decide(&plan, &submit, dir_fd.is_some(), dir_kind, cx),
+    };
+    match decided {
+        Ok(decided) => {
+            let remote = remote.zip(decided.push);
+            // A push is checked end to end by the other daemon: there is
+            // nothing here to read back.
+            let verify = submit.verify && remote.is_none();
+            Ok(JobSpec {
+                devices,
+                remote,
+                verify,
+                ..assemble(id, submit, plan, dir_fd, decided, cx)
+            })
+        }
         Err(error) => {
             let Endpoints { src, dst, .. } = plan.ends;
             let fds = Submitted {
                 src,
                 dst,
                 dir: dir_fd,
+                remote: None,
             };
             Err(Refused { error, fds })
         }
@@ -254,6 +277,8 @@ struct Decided {
     bytes: u64,
     choice: Choice,
     reflink: Option<bool>,
+    /// For a push: what the other daemon is told of the file.
+    push: Option<FileMeta>,
 }
 
 /// The checks of a planned job, in the order the client hears of them.
@@ -298,6 +323,7 @@ fn decide(
         bytes,
         choice,
         reflink,
+        push: None,
     })
 }
 
@@ -399,8 +425,11 @@ fn assemble(
         quiet: !cx.acknowledge,
         fsync: submit.fsync,
         verify: submit.verify,
+        remote: None,
     }
 }
+
+mod remote;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::time::Instant;
 
 use ringxfer_ipc::proto::peer::PeerReader;
 
@@ -67,6 +68,9 @@ pub(super) struct PeerConn {
     pub rx_op: Option<u64>,
     /// Going away: no new operation starts.
     pub closing: bool,
+    /// When it was accepted, and when it last sent anything.
+    pub opened: Instant,
+    pub last_heard: Instant,
 }
 
 impl PeerConn {
@@ -92,6 +96,8 @@ impl PeerConn {
             ops: 0,
             rx_op: None,
             closing: false,
+            opened: Instant::now(),
+            last_heard: Instant::now(),
         }
     }
 

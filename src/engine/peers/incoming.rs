@@ -67,6 +67,13 @@ pub(super) struct Incoming {
     started: Instant,
 }
 
+impl Incoming {
+    /// Waiting for the sender's bytes (not for the daemon's own steps).
+    pub(super) fn receiving(&self) -> bool {
+        self.step == Step::Receiving
+    }
+}
+
 /// Takes raw data received for `xfer` at `offset` into `conn`'s write
 /// buffers; buffers filled go to `full`. An error is a protocol error.
 pub(super) fn take_data(

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Instant;
 
 use ringxfer_ipc::proto::peer::{encode, PeerLimits, PeerMessage, Piece, PEER_PROTOCOL_VERSION};
 use slab::Slab;
@@ -186,6 +187,45 @@ impl Engine {
         info!(peer = %who, "another daemon connected (plaintext)");
         let k = self.peers.conns.insert(PeerConn::new(fd, who));
         self.arm_peer_recv(k);
+        self.arm_deadlines();
+    }
+
+    /// Whether another daemon is connected (the deadline timer runs then).
+    pub(super) fn has_peers(&self) -> bool {
+        !self.peers.conns.is_empty()
+    }
+
+    /// Closes connections past their deadlines: no `Hello` within
+    /// `handshake_timeout`, or nothing heard for `frame_timeout` while
+    /// reading (not while the daemon itself holds the sender back or
+    /// publishes, which the sender waits for).
+    pub(super) fn peer_deadlines(&mut self, now: Instant) {
+        let (handshake, frame) = (self.config.handshake_timeout, self.config.frame_timeout);
+        let late: Vec<(usize, String)> = self
+            .peers
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing)
+            .filter_map(|(k, c)| {
+                if !c.greeted && now.duration_since(c.opened) > handshake {
+                    return Some((
+                        k,
+                        format!("no Hello within {handshake:?} (--handshake-timeout)"),
+                    ));
+                }
+                let waiting_on_us = c.incoming.as_ref().is_some_and(|i| !i.receiving());
+                let idle = now.duration_since(c.last_heard) > frame;
+                (c.rx_op.is_some() && !waiting_on_us && idle).then(|| {
+                    (
+                        k,
+                        format!("nothing received for {frame:?} (--frame-timeout)"),
+                    )
+                })
+            })
+            .collect();
+        for (k, why) in late {
+            self.close_peer(k, &why);
+        }
     }
 
     /// Reads more from connection `k`, if it is not closing, no read is in
@@ -230,7 +270,10 @@ impl Engine {
                 let err = std::io::Error::from_raw_os_error(-n);
                 return self.close_peer(k, &format!("receive failed: {err}"));
             }
-            n => conn.rx_len += n as usize,
+            n => {
+                conn.rx_len += n as usize;
+                conn.last_heard = Instant::now();
+            }
         }
         self.parse_peer(k);
         if let Some(conn) = self.peers.conns.get_mut(k) {

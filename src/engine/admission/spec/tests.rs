@@ -130,7 +130,19 @@ fn decide(
 ) -> Result<JobSpec, Refused> {
     let stats = [statx(&src), statx(&dst)];
     let dir_stat = dir.as_ref().map(statx);
-    spec(42, submit, Submitted { src, dst, dir }, stats, dir_stat, cx)
+    spec(
+        42,
+        submit,
+        Submitted {
+            src,
+            dst,
+            dir,
+            remote: None,
+        },
+        stats,
+        dir_stat,
+        cx,
+    )
 }
 
 /// The refusal of a submit that must be refused, its descriptors all back.
@@ -305,6 +317,7 @@ fn a_failed_statx_is_refused_naming_the_descriptor() {
         src: file_with(dir.path(), "src", 10),
         dst: destination(dir.path()),
         dir: None,
+        remote: None,
     };
     let stats = [Err(libc::EIO), Ok(statx(&fds.dst).expect("statx"))];
     let e = refused(spec(1, request(), fds, stats, None, &context()), 2);

@@ -1,0 +1,650 @@
+//! Pushing a file to another daemon (host to host) over a TCP socket the
+//! client connected: the peer wire (`ringxfer_ipc::proto::peer`) spoken by
+//! one job.
+//!
+//! `Hello` and `Put` go out at once; once `Welcome` and `Ready` are back,
+//! the file is read into one pool buffer at a time, each piece behind the
+//! room its `Data` header takes in the same buffer, so header and bytes go
+//! out in one SEND from the buffer; its CRC-32C is taken as it passes. Then
+//! `End { size, crc32c }`, and the job is done only when the other daemon
+//! answers `Done` with the same CRC: it then holds the file, whole, under
+//! its name. `Refused`, `Failed`, a CRC that differs or a connection that
+//! ends first fail the job; the other daemon then keeps its old file.
+//!
+//! The control frames travel in buffers the operations own and hand back
+//! (`op::Send` of an `Outgoing`, `op::ReadInto`), as a connection's do.
+
+use std::rc::Rc;
+
+use ringxfer_ipc::proto::peer::{
+    encode, Checksum, FileMeta, PeerLimits, PeerMessage, PeerReader, Piece, Put, RemotePath,
+    PEER_PROTOCOL_VERSION,
+};
+use ringxfer_ipc::{FailureKind, Strategy};
+
+use super::pipeline::Returned;
+use super::step::CopyStep;
+use super::{Endpoints, Shape, TransferError};
+use crate::io::buffer_pool::BufRef;
+use crate::io::op::{self, AnyOp, SendFrom};
+use crate::io::ops::Owner;
+use crate::io::queue::{BufIo, BufWhat, RwOpts, SendSource};
+use crate::io::Io;
+
+/// Bytes kept free at the front of the buffer for a `Data` header (one is
+/// at most 4 + 1 + 3 varints of at most 10 bytes).
+const HEADER_ROOM: usize = 64;
+/// The transfer's number on its connection: one file per connection.
+const XFER: u64 = 1;
+
+/// Control frames on their way out, and how much of them is sent.
+struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+}
+
+impl SendSource for Outgoing {
+    fn unsent(&self) -> (*const u8, u32) {
+        let rest = &self.bytes[self.sent.min(self.bytes.len())..];
+        (rest.as_ptr(), u32::try_from(rest.len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// After a completion: the buffer's next send (from, bytes), none (the
+/// piece is done), or the failure with the buffer to give back.
+type Next = Result<Option<(BufRef, usize, usize)>, (BufRef, TransferError)>;
+
+/// Where the push is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `Hello` and `Put` sent; `Welcome`, then `Ready`, awaited.
+    Offered,
+    /// Sending the file.
+    Body,
+    /// `End` sent; `Done` awaited.
+    Ending,
+    /// `Done` came, with the same CRC.
+    Landed,
+}
+
+/// What the buffer's operation in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Doing {
+    Idle,
+    Reading,
+    /// Sending `len` bytes from `at` (header and data); `data` of them are
+    /// the file's.
+    Sending {
+        at: usize,
+        len: usize,
+        data: u64,
+    },
+}
+
+pub(crate) struct PeerPush {
+    ends: Rc<Endpoints>,
+    shape: Shape,
+    size: u64,
+    path: RemotePath,
+    meta: FileMeta,
+    fsync: bool,
+    phase: Phase,
+    limits: PeerLimits,
+    /// The control send's box when idle, and frames waiting for it.
+    outgoing: Option<Box<Outgoing>>,
+    queued: Vec<u8>,
+    /// The control receive's buffer when idle, bytes in it, and its op.
+    rx: Option<Vec<u8>>,
+    rx_len: usize,
+    rx_op: Option<u64>,
+    reader: PeerReader,
+    /// The pool buffer lent, when idle; what its op does.
+    buf: Option<BufRef>,
+    doing: Doing,
+    /// The file's bytes sent, and their CRC-32C.
+    sent: u64,
+    crc: u32,
+    landed_crc: Option<u32>,
+    /// A `Data` header, encoded here before it is copied into the buffer.
+    header: Vec<u8>,
+    piece_limit: u64,
+    in_flight: usize,
+    pub(crate) moved: u64,
+    failure: Option<TransferError>,
+}
+
+impl PeerPush {
+    /// Pushes `shape.total` bytes of `ends.src` (from `shape.src_start`) to
+    /// `path` through the socket `ends.dst`.
+    pub(crate) fn new(
+        ends: Rc<Endpoints>,
+        shape: Shape,
+        path: RemotePath,
+        meta: FileMeta,
+        fsync: bool,
+    ) -> PeerPush {
+        let size = shape.total.unwrap_or(0);
+        PeerPush {
+            ends,
+            shape,
+            size,
+            path,
+            meta: FileMeta { size, ..meta },
+            fsync,
+            phase: Phase::Offered,
+            limits: PeerLimits::default(),
+            outgoing: Some(Box::new(Outgoing {
+                bytes: Vec::with_capacity(512),
+                sent: 0,
+            })),
+            queued: Vec::with_capacity(512),
+            rx: Some(vec![0; PeerLimits::default().max_frame as usize + 8]),
+            rx_len: 0,
+            rx_op: None,
+            reader: PeerReader::default(),
+            buf: None,
+            doing: Doing::Idle,
+            sent: 0,
+            crc: 0,
+            landed_crc: None,
+            header: Vec::with_capacity(HEADER_ROOM),
+            piece_limit: u64::MAX,
+            in_flight: 0,
+            moved: 0,
+            failure: None,
+        }
+    }
+
+    pub(crate) fn strategy(&self) -> Strategy {
+        Strategy::Peer
+    }
+
+    pub(crate) fn total(&self) -> Option<u64> {
+        Some(self.size)
+    }
+
+    pub(crate) fn endpoints(&self) -> Rc<Endpoints> {
+        Rc::clone(&self.ends)
+    }
+
+    pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
+        Rc::try_unwrap(self.ends).ok()
+    }
+
+    pub(crate) fn failure(&self) -> Option<&TransferError> {
+        self.failure.as_ref()
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.in_flight == 0 && (self.phase == Phase::Landed || self.failure.is_some())
+    }
+
+    pub(crate) fn set_piece_limit(&mut self, bytes: u64) {
+        self.piece_limit = bytes.max(1);
+    }
+
+    /// The CRC-32C of what was sent and of what landed, once it landed.
+    pub(crate) fn checksums(&self) -> Option<(u32, u32)> {
+        self.landed_crc.map(|landed| (self.crc, landed))
+    }
+
+    pub(crate) fn wants_buffer(&self) -> bool {
+        self.phase == Phase::Body
+            && self.failure.is_none()
+            && self.buf.is_none()
+            && self.doing == Doing::Idle
+            && self.sent < self.size
+    }
+
+    /// Says `Hello` and offers the file, and listens for the answers.
+    pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
+        let put = Put {
+            xfer: XFER,
+            path: self.path.clone(),
+            meta: self.meta,
+            checksum: Checksum::Crc32c,
+            resume: false,
+            fsync: self.fsync,
+        };
+        let hello = PeerMessage::Hello {
+            version: PEER_PROTOCOL_VERSION,
+        };
+        if let Err(e) = self.say(&hello, owner, io) {
+            return self.failed(e);
+        }
+        if let Err(e) = self.say(&PeerMessage::Put(put), owner, io) {
+            return self.failed(e);
+        }
+        self.listen(owner, io);
+    }
+
+    /// Queues a control frame; sent at once unless a send is in flight.
+    fn say(
+        &mut self,
+        message: &PeerMessage,
+        owner: Owner,
+        io: &mut Io,
+    ) -> Result<(), TransferError> {
+        encode(message, &mut self.queued, self.limits.max_frame).map_err(|e| {
+            TransferError::new(
+                FailureKind::InvalidRequest,
+                format!("cannot encode a message to the other daemon: {e}"),
+            )
+        })?;
+        self.flush_control(owner, io);
+        Ok(())
+    }
+
+    fn flush_control(&mut self, owner: Owner, io: &mut Io) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let Some(mut out) = self.outgoing.take() else {
+            return;
+        };
+        out.bytes.clear();
+        out.sent = 0;
+        std::mem::swap(&mut out.bytes, &mut self.queued);
+        self.send_control(out, owner, io);
+    }
+
+    fn send_control(&mut self, out: Box<Outgoing>, owner: Owner, io: &mut Io) {
+        let send = op::Send::new(self.ends.shared_dst(), SendFrom::Bytes(out), 0);
+        match io.queue_op(owner, CopyStep::PeerSend.tag(), send) {
+            Ok(_) => self.in_flight += 1,
+            Err(e) => self.failed(TransferError::new(
+                FailureKind::Io,
+                format!("cannot queue a send: {e}"),
+            )),
+        }
+    }
+
+    /// Reads what the other daemon says, unless a read is in flight.
+    fn listen(&mut self, owner: Owner, io: &mut Io) {
+        if self.failure.is_some() || self.rx_op.is_some() {
+            return;
+        }
+        let Some(rx) = self.rx.take() else { return };
+        let read = op::ReadInto::new(self.ends.shared_dst(), rx, self.rx_len, None);
+        match io.queue_op(owner, CopyStep::PeerRecv.tag(), read) {
+            Ok(ud) => {
+                self.rx_op = Some(ud);
+                self.in_flight += 1;
+            }
+            Err(e) => self.failed(TransferError::new(
+                FailureKind::Io,
+                format!("cannot queue a receive: {e}"),
+            )),
+        }
+    }
+
+    /// A control send or receive completed (`op` hands its buffer back).
+    pub(crate) fn on_control(
+        &mut self,
+        tag: u32,
+        result: i32,
+        op: AnyOp,
+        owner: Owner,
+        io: &mut Io,
+    ) {
+        self.in_flight -= 1;
+        match (CopyStep::from_tag(tag), op) {
+            (Some(CopyStep::PeerSend), AnyOp::Send(send)) => {
+                self.control_sent(send, result, owner, io)
+            }
+            (Some(CopyStep::PeerRecv), AnyOp::ReadInto(read)) => {
+                self.rx = Some(read.buf);
+                self.rx_op = None;
+                self.received(result, owner, io);
+            }
+            _ => {}
+        }
+    }
+
+    fn control_sent(&mut self, send: op::Send, result: i32, owner: Owner, io: &mut Io) {
+        let Some(bytes) = send.into_bytes() else {
+            return;
+        };
+        let any: Box<dyn std::any::Any> = bytes;
+        let Ok(mut out) = any.downcast::<Outgoing>() else {
+            return;
+        };
+        if result < 0 {
+            self.outgoing = Some(out);
+            return self.failed(gone(-result, "sending to the other daemon"));
+        }
+        out.sent += result as usize;
+        if out.sent < out.bytes.len() && self.failure.is_none() {
+            return self.send_control(out, owner, io);
+        }
+        self.outgoing = Some(out);
+        if self.failure.is_none() {
+            self.flush_control(owner, io);
+        }
+    }
+
+    /// Bytes from the other daemon: every whole message is handled.
+    fn received(&mut self, result: i32, owner: Owner, io: &mut Io) {
+        if self.failure.is_some() {
+            return;
+        }
+        match result {
+            0 => return self.failed(ended_early(self.phase)),
+            n if n < 0 => return self.failed(gone(-n, "receiving from the other daemon")),
+            n => self.rx_len += n as usize,
+        }
+        let mut at = 0;
+        while self.failure.is_none() {
+            let Some(rx) = self.rx.as_ref() else { break };
+            let message = match self.reader.next(&rx[at..self.rx_len], &self.limits) {
+                Ok(Some((Piece::Message(m), used))) => {
+                    at += used;
+                    m
+                }
+                Ok(Some((Piece::Data { .. }, _))) => {
+                    return self.failed(protocol("the other daemon sent file data to a push"))
+                }
+                Ok(None) => break,
+                Err(e) => return self.failed(protocol(&e.to_string())),
+            };
+            self.answer(message, owner, io);
+        }
+        if let Some(rx) = self.rx.as_mut() {
+            rx.copy_within(at..self.rx_len, 0);
+        }
+        self.rx_len -= at;
+        if self.phase != Phase::Landed {
+            self.listen(owner, io);
+        }
+    }
+
+    /// One message from the other daemon.
+    fn answer(&mut self, message: PeerMessage, owner: Owner, io: &mut Io) {
+        match (self.phase, message) {
+            (Phase::Offered, PeerMessage::Welcome { version, limits }) => {
+                if version != PEER_PROTOCOL_VERSION {
+                    return self.failed(protocol(&format!(
+                        "the other daemon speaks version {version} of the wire, this one {PEER_PROTOCOL_VERSION}"
+                    )));
+                }
+                self.limits.max_data = limits.max_data.min(self.limits.max_data);
+            }
+            (Phase::Offered, PeerMessage::Ready { offset: 0, .. }) => {
+                self.phase = Phase::Body;
+                if self.size == 0 {
+                    self.end(owner, io);
+                }
+            }
+            (
+                _,
+                PeerMessage::Refused { kind, message, .. }
+                | PeerMessage::Failed { kind, message, .. },
+            ) => {
+                self.failed(TransferError::new(
+                    kind,
+                    format!("the other daemon: {message}"),
+                ));
+            }
+            (Phase::Ending, PeerMessage::Done { crc32c, .. }) => self.done(crc32c),
+            (_, PeerMessage::Ping) => {
+                if let Err(e) = self.say(&PeerMessage::Pong, owner, io) {
+                    self.failed(e);
+                }
+            }
+            (_, PeerMessage::Pong) => {}
+            (phase, other) => self.failed(protocol(&format!("{other:?} while {phase:?}"))),
+        }
+    }
+
+    fn done(&mut self, landed: u32) {
+        self.landed_crc = Some(landed);
+        if landed != self.crc {
+            return self.failed(TransferError::new(
+                FailureKind::Mismatch,
+                format!(
+                    "the other daemon reports CRC-32C {landed:08x} for what landed, {:08x} was sent",
+                    self.crc
+                ),
+            ));
+        }
+        self.phase = Phase::Landed;
+    }
+
+    /// A pool buffer for the file's bytes.
+    pub(crate) fn lend(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+        if !self.wants_buffer() {
+            return out.push(Returned::Buffer(buf));
+        }
+        self.buf = Some(buf);
+        self.read_next(owner, io, out);
+    }
+
+    /// Reads the next piece of the file behind the header's room.
+    fn read_next(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+        let Some(buf) = self.buf.take() else { return };
+        let room = u64::from(buf.len).saturating_sub(HEADER_ROOM as u64);
+        let want = (self.size - self.sent)
+            .min(room)
+            .min(u64::from(self.limits.max_data))
+            .min(self.piece_limit);
+        let at = self.shape.src_start + self.sent;
+        let io_span = BufIo {
+            fd: self.ends.shared_src(),
+            buf,
+            at: HEADER_ROOM,
+            len: want as u32,
+        };
+        let what = BufWhat::Read {
+            offset: at,
+            rw: RwOpts {
+                fixed: false,
+                flags: 0,
+            },
+        };
+        match io.buffer_op(owner, CopyStep::In(0).tag(), io_span, what) {
+            Ok(_) => {
+                self.in_flight += 1;
+                self.doing = Doing::Reading;
+            }
+            Err(failed) => {
+                out.extend(failed.buf.map(Returned::Buffer));
+                self.failed(TransferError::new(
+                    FailureKind::Io,
+                    format!("cannot queue a read: {}", failed.error),
+                ));
+            }
+        }
+    }
+
+    /// A read or send through the pool buffer completed. With
+    /// `yield_resources` (a rate limit is spent, or others wait), a piece
+    /// sent gives the buffer back, and the job waits its turn for the next.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_complete(
+        &mut self,
+        tag: u32,
+        result: i32,
+        buf: Option<BufRef>,
+        owner: Owner,
+        io: &mut Io,
+        yield_resources: bool,
+        out: &mut Vec<Returned>,
+    ) {
+        self.in_flight -= 1;
+        let Some(buf) = buf else { return };
+        let doing = std::mem::replace(&mut self.doing, Doing::Idle);
+        if self.failure.is_some() {
+            return out.push(Returned::Buffer(buf));
+        }
+        let next = match (CopyStep::from_tag(tag), doing) {
+            (Some(CopyStep::In(_)), Doing::Reading) => self.after_read(buf, result),
+            (Some(CopyStep::Out(_)), Doing::Sending { at, len, data }) => {
+                self.after_send(buf, result, at, len, data)
+            }
+            _ => Err((buf, protocol("a completion the push did not expect"))),
+        };
+        match next {
+            Ok(Some((buf, at, len))) => self.send_data(buf, at, len, owner, io, out),
+            Ok(None) if self.sent < self.size && yield_resources => {
+                out.extend(self.buf.take().map(Returned::Buffer));
+            }
+            Ok(None) if self.sent < self.size => self.read_next(owner, io, out),
+            Ok(None) => {
+                out.extend(self.buf.take().map(Returned::Buffer));
+                self.end(owner, io);
+            }
+            Err((buf, e)) => {
+                out.push(Returned::Buffer(buf));
+                self.failed(e);
+            }
+        }
+    }
+
+    /// The piece is in: its header goes in front of it, the CRC takes it.
+    fn after_read(&mut self, mut buf: BufRef, result: i32) -> Next {
+        let at = self.shape.src_start + self.sent;
+        if result < 0 {
+            return Err((
+                buf,
+                TransferError::os(format!("read of the source file at offset {at}"), -result),
+            ));
+        }
+        if result == 0 {
+            let total = self.size;
+            let e = TransferError::short_source(
+                at,
+                self.shape.src_start,
+                total,
+                self.shape.length_requested,
+            );
+            return Err((buf, e));
+        }
+        let n = result as usize;
+        self.crc = crc32c::crc32c_append(self.crc, buf.filled(HEADER_ROOM, n));
+        self.header.clear();
+        let data = PeerMessage::Data {
+            xfer: XFER,
+            offset: self.sent,
+            len: n as u32,
+        };
+        if let Err(e) = encode(&data, &mut self.header, self.limits.max_frame) {
+            return Err((buf, protocol(&e.to_string())));
+        }
+        let start = HEADER_ROOM - self.header.len();
+        buf.copy_in(start, &self.header);
+        self.doing = Doing::Sending {
+            at: start,
+            len: self.header.len() + n,
+            data: n as u64,
+        };
+        Ok(Some((buf, start, self.header.len() + n)))
+    }
+
+    /// A send of header and data completed: the rest goes again, or the
+    /// piece is done.
+    fn after_send(&mut self, buf: BufRef, result: i32, at: usize, len: usize, data: u64) -> Next {
+        if result < 0 {
+            return Err((buf, gone(-result, "sending the file to the other daemon")));
+        }
+        let n = result as usize;
+        if n < len {
+            self.doing = Doing::Sending {
+                at: at + n,
+                len: len - n,
+                data,
+            };
+            return Ok(Some((buf, at + n, len - n)));
+        }
+        self.sent += data;
+        self.moved = self.sent;
+        self.buf = Some(buf);
+        Ok(None)
+    }
+
+    fn send_data(
+        &mut self,
+        buf: BufRef,
+        at: usize,
+        len: usize,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
+        let io_span = BufIo {
+            fd: self.ends.shared_dst(),
+            buf,
+            at,
+            len: len as u32,
+        };
+        let what = BufWhat::Send {
+            zc: false,
+            fixed: false,
+        };
+        match io.buffer_op(owner, CopyStep::Out(0).tag(), io_span, what) {
+            Ok(_) => self.in_flight += 1,
+            Err(failed) => {
+                self.doing = Doing::Idle;
+                out.extend(failed.buf.map(Returned::Buffer));
+                self.failed(TransferError::new(
+                    FailureKind::Io,
+                    format!("cannot queue a send: {}", failed.error),
+                ));
+            }
+        }
+    }
+
+    /// Every byte is sent: `End`, then wait for `Done`.
+    fn end(&mut self, owner: Owner, io: &mut Io) {
+        self.phase = Phase::Ending;
+        let end = PeerMessage::End {
+            xfer: XFER,
+            size: self.size,
+            crc32c: self.crc,
+        };
+        if let Err(e) = self.say(&end, owner, io) {
+            self.failed(e);
+        }
+    }
+
+    /// Fails the push: the receive waiting on the other daemon is cancelled;
+    /// the socket closes with the job, and the other daemon drops the part.
+    pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
+        self.failed(err);
+        if let Some(ud) = self.rx_op {
+            let _ = io.cancel(ud);
+        }
+        if self.doing == Doing::Idle {
+            out.extend(self.buf.take().map(Returned::Buffer));
+        }
+    }
+
+    fn failed(&mut self, err: TransferError) {
+        if self.failure.is_none() {
+            self.failure = Some(err);
+        }
+    }
+}
+
+/// The connection ended before the answer `phase` waited for.
+fn ended_early(phase: Phase) -> TransferError {
+    let what = match phase {
+        Phase::Offered => "before it accepted the file",
+        Phase::Body => "while the file was being sent",
+        Phase::Ending | Phase::Landed => "before it said the file landed",
+    };
+    TransferError::new(
+        FailureKind::PeerGone,
+        format!("the other daemon closed the connection {what}"),
+    )
+}
+
+fn gone(errno: i32, what: &str) -> TransferError {
+    TransferError::os(what, errno)
+}
+
+fn protocol(why: &str) -> TransferError {
+    TransferError::new(
+        FailureKind::Io,
+        format!("the other daemon broke the protocol: {why}"),
+    )
+}
