@@ -26,4 +26,5 @@ pub mod residency;
 pub(crate) mod server;
 pub mod settings;
 pub mod size;
+pub mod tls;
 pub(crate) mod transfer;

@@ -17,6 +17,22 @@ type LogFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String>
 fn main() -> ExitCode {
     keep_large_allocations_apart();
     let args = Args::parse_command_line();
+    if let Some(dir) = &args.init_keys {
+        return match ringxfer::tls::init_keys(dir) {
+            Ok(pin) => {
+                println!(
+                    "wrote {0}/key.pem and {0}/cert.pem\nset tls_cert and tls_key to them; on each other daemon, add\n\n[[peer]]\nname = \"{1}\"\npin = \"{pin}\"",
+                    dir.display(),
+                    hostname()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringxferd: --init-keys: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Settings errors are usage errors (exit 2, like a bad flag): the daemon
     // was told something it cannot do, and nothing has started yet.
     let settings = match Settings::load(&args) {
@@ -156,6 +172,13 @@ fn serve(args: &Settings, reloader: Reloader) -> Result<(), String> {
         info!("stopped; socket removed");
     }
     Ok(())
+}
+
+/// This host's name, for the `[[peer]]` table --init-keys suggests.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this-host".into())
 }
 
 /// Why the engine did not start: the error's own text (a failed

@@ -7,36 +7,51 @@
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use crate::engine::{Export, PeerSetup};
 use crate::privileges;
 use crate::settings::{keys, ExportSetting, Settings};
+use crate::tls::{TlsSetup, Trust};
 
-/// The listener and exports `settings` ask for; None when `listen_tcp` is
-/// off.
+/// The listener, exports and TLS identity `settings` ask for; None when
+/// the daemon talks to no other daemon (no listen_tcp, no tls_cert).
 pub fn open(settings: &Settings) -> Result<Option<PeerSetup>, String> {
+    let tls = tls_setup(settings)?;
     let Some(address) = settings.listen_tcp else {
         if !settings.exports.is_empty() {
             info!(
                 "[[export]] tables are set but listen_tcp is off: no other daemon can reach them"
             );
         }
-        return Ok(None);
+        return Ok(tls.map(|tls| PeerSetup {
+            listener: None,
+            plaintext: false,
+            exports: Vec::new(),
+            tls: Some(tls),
+        }));
     };
     let origin = settings.origin(&keys::LISTEN_TCP);
-    if !settings.insecure_plaintext {
-        return Err(format!(
-            "listen_tcp = {address} ({origin}): this version talks to other daemons only without \
-             encryption (TLS is not built yet); set insecure_plaintext = true to serve plaintext, \
-             on a loopback address only"
-        ));
-    }
-    if !address.ip().is_loopback() {
+    let plaintext = settings.insecure_plaintext;
+    if plaintext && !address.ip().is_loopback() {
         return Err(format!(
             "listen_tcp = {address} ({origin}) is not a loopback address, and insecure_plaintext \
              serves only loopback: anyone on the network could write into the exports"
+        ));
+    }
+    if !plaintext && tls.is_none() {
+        return Err(format!(
+            "listen_tcp = {address} ({origin}) needs TLS: set tls_cert and tls_key (ringxferd \
+             --init-keys DIR makes them) and pin the daemons that may connect in [[peer]] tables; \
+             or, for tests on a loopback address only, insecure_plaintext = true"
+        ));
+    }
+    if !plaintext && settings.peers.is_empty() {
+        return Err(format!(
+            "listen_tcp = {address} ({origin}) with TLS, but no [[peer]] is pinned: every other \
+             daemon would be refused"
         ));
     }
     if settings.exports.is_empty() {
@@ -52,11 +67,37 @@ pub fn open(settings: &Settings) -> Result<Option<PeerSetup>, String> {
     let bound = listener
         .local_addr()
         .map_or_else(|_| address.to_string(), |a| a.to_string());
-    info!(address = %bound, exports = exports.len(), "listening for other daemons (plaintext, insecure_plaintext)");
+    let how = if plaintext {
+        "plaintext, insecure_plaintext"
+    } else {
+        "TLS 1.3, pinned peers"
+    };
+    info!(address = %bound, exports = exports.len(), "listening for other daemons ({how})");
     Ok(Some(PeerSetup {
-        listener: OwnedFd::from(listener),
+        listener: Some(OwnedFd::from(listener)),
+        plaintext,
         exports,
+        tls,
     }))
+}
+
+/// The TLS identity and trust, if tls_cert and tls_key are set.
+fn tls_setup(settings: &Settings) -> Result<Option<Arc<TlsSetup>>, String> {
+    let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        _ => return Err("tls_cert and tls_key go together: set both, or neither".into()),
+    };
+    let trust = Trust {
+        peers: settings
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.pin))
+            .collect(),
+    };
+    let setup = TlsSetup::load(cert, key, trust)?;
+    info!(pin = %setup.own, peers = settings.peers.len(), "TLS identity for other daemons");
+    Ok(Some(Arc::new(setup)))
 }
 
 /// Opens one export's directory and finds its user.

@@ -25,6 +25,7 @@ use super::shares::unqueue;
 use super::{Engine, Resource, PROGRESS_INTERVAL, RECENT_JOBS, RESOURCES};
 use crate::io::buffer_pool::BufRef;
 use crate::io::ops::{Op, Owner};
+use crate::tls::Session;
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::copy_range::{CopyRefusals, RangeCopy};
@@ -328,7 +329,14 @@ pub(super) struct Shared {
 impl Job {
     /// The job an admitted `spec` runs as, started `now`, under the limits
     /// it `shared`.
-    pub(super) fn from_spec(spec: JobSpec, pools: MoverPools, shared: Shared, now: Instant) -> Job {
+    /// `tls`: the session of a push to another daemon, if it speaks TLS.
+    pub(super) fn from_spec(
+        spec: JobSpec,
+        pools: MoverPools,
+        shared: Shared,
+        now: Instant,
+        tls: Option<Session>,
+    ) -> Job {
         let JobSpec {
             ends,
             shape,
@@ -339,7 +347,7 @@ impl Job {
         let (note, mut copy) = match (spec.reflink, spec.remote) {
             (_, Some((path, meta))) => (
                 None,
-                Mover::Peer(PeerPush::new(ends, shape, path, meta, spec.fsync)),
+                Mover::Peer(PeerPush::new(ends, shape, path, meta, spec.fsync, tls)),
             ),
             (Some(required), None) => (
                 Some(clone_note(required)),
@@ -605,6 +613,13 @@ impl Engine {
             detach = spec.detach,
             "job admitted"
         );
+        let tls = match self.push_session(&spec) {
+            Ok(tls) => tls,
+            Err(e) => {
+                let Endpoints { src, dst, .. } = spec.ends;
+                return self.refuse(k, req, e, [src, dst]);
+            }
+        };
         let personality = spec.submitter.personality;
         let pools = MoverPools {
             fixed_buffers: self.slots.buffers.registered(),
@@ -613,7 +628,7 @@ impl Engine {
         };
         let now = Instant::now();
         let shared = self.shared_limits(k, spec.rate_group, now);
-        let job = Job::from_spec(spec, pools, shared, now);
+        let job = Job::from_spec(spec, pools, shared, now, tls);
         let key = self.jobs.slab.insert(job);
         self.io.ops.set_personality(Owner::Job(key), personality);
         self.jobs.ids.insert(id, key);

@@ -43,6 +43,11 @@ pub struct Args {
     /// With --check: print one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
+    /// Write a new key (DIR/key.pem, mode 0600) and self-signed certificate
+    /// (DIR/cert.pem) for TLS with other daemons, print the certificate's
+    /// pin for their [[peer]] tables, and exit. Refuses to overwrite.
+    #[arg(long, value_name = "DIR", conflicts_with = "check")]
+    pub init_keys: Option<PathBuf>,
 
     /// Socket to listen on [default: $RINGXFER_SOCKET, else
     /// $XDG_RUNTIME_DIR/ringxfer/ringxferd.sock, else /run/ringxfer/ringxferd.sock].
@@ -134,6 +139,14 @@ pub struct Args {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
           value_parser = by(&keys::INSECURE_PLAINTEXT))]
     pub insecure_plaintext: Option<Value>,
+    /// This daemon's certificate for TLS with other daemons (PEM; see
+    /// --init-keys). Other daemons are trusted by the config file's
+    /// [[peer]] pins.
+    #[arg(long, value_name = "PATH", value_parser = by(&keys::TLS_CERT))]
+    pub tls_cert: Option<Value>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", value_parser = by(&keys::TLS_KEY))]
+    pub tls_key: Option<Value>,
     /// Log filter (error, warn, info, debug, trace, or tracing directives)
     /// [env: RINGXFER_LOG].
     #[arg(long, value_name = "FILTER", value_parser = by(&keys::LOG_LEVEL))]
@@ -224,6 +237,8 @@ impl Args {
             (&keys::FRAME_TIMEOUT, &self.frame_timeout),
             (&keys::LISTEN_TCP, &self.listen_tcp),
             (&keys::INSECURE_PLAINTEXT, &self.insecure_plaintext),
+            (&keys::TLS_CERT, &self.tls_cert),
+            (&keys::TLS_KEY, &self.tls_key),
             (&keys::LOG_LEVEL, &self.log_level),
         ];
         given

@@ -1,12 +1,18 @@
 //! The config file's `[[export]]` tables: the directories other daemons may
 //! write into over `listen_tcp`, each under a name (the first component of
-//! a remote path, `HOST:NAME/dir/file`) and the user whose rights apply.
+//! a remote path, `HOST:NAME/dir/file`) and the user whose rights apply;
+//! and its `[[peer]]` tables: the other daemons it trusts, by the pin of
+//! their certificate.
 //!
 //! ```toml
 //! [[export]]
 //! name = "inbox"
 //! path = "/srv/inbox"
 //! user = "backup"
+//!
+//! [[peer]]
+//! name = "backup-host"
+//! pin = "sha256:6b3c..."
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,6 +20,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::SettingsError;
+use crate::tls::Pin;
 
 /// One export, as the file gives it; the daemon opens `path` at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +33,55 @@ pub struct ExportSetting {
     pub user: String,
     /// The line of the file that opens the table, for later messages.
     pub line: usize,
+}
+
+/// Another daemon this one trusts, as the file gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSetting {
+    /// What the log calls it.
+    pub name: String,
+    /// The pin of its certificate.
+    pub pin: Pin,
+    pub line: usize,
+}
+
+/// Reads the `peer` array of tables, as [`read`] does the exports.
+pub(super) fn read_peers(
+    path: &Path,
+    raw: Option<Vec<Spanned<toml::Table>>>,
+    line_of: impl Fn(usize) -> usize,
+) -> Result<Vec<PeerSetting>, SettingsError> {
+    let mut peers: Vec<PeerSetting> = Vec::new();
+    for table in raw.unwrap_or_default() {
+        let line = line_of(table.span().start);
+        let bad = |problem: String| SettingsError::BadValue {
+            path: path.to_path_buf(),
+            line,
+            key: "peer",
+            problem,
+        };
+        let table = table.get_ref();
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| !["name", "pin"].contains(&k.as_str()))
+        {
+            return Err(bad(format!(
+                "unknown key `{unknown}` in a [[peer]]; its keys are name and pin"
+            )));
+        }
+        let text = |key: &str| match table.get(key) {
+            Some(toml::Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(format!("{key} = {} is not a string", other.type_str())),
+            None => Err(format!("a [[peer]] needs `{key}`")),
+        };
+        let name = text("name").map_err(bad)?;
+        let pin = text("pin").map_err(bad)?.parse::<Pin>().map_err(bad)?;
+        if peers.iter().any(|p| p.name == name) {
+            return Err(bad(format!("a second peer named {name:?}")));
+        }
+        peers.push(PeerSetting { name, pin, line });
+    }
+    Ok(peers)
 }
 
 /// Reads the `export` array of tables; `line_of` turns a byte offset of the
@@ -115,7 +171,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Vec<super::ExportSetting>, String> {
         file::parse(Path::new("/etc/r.toml"), text)
-            .map(|(_, exports)| exports)
+            .map(|(_, (exports, _))| exports)
             .map_err(|e| e.to_string())
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::exports::{self, ExportSetting};
+use super::exports::{self, ExportSetting, PeerSetting};
 use super::keys::{self, Value, KEYS};
 use super::SettingsError;
 
@@ -42,8 +42,11 @@ struct RawFile {
     frame_timeout: Option<Spanned<toml::Value>>,
     listen_tcp: Option<Spanned<toml::Value>>,
     insecure_plaintext: Option<Spanned<toml::Value>>,
+    tls_cert: Option<Spanned<toml::Value>>,
+    tls_key: Option<Spanned<toml::Value>>,
     log_level: Option<Spanned<toml::Value>>,
     export: Option<Vec<Spanned<toml::Table>>>,
+    peer: Option<Vec<Spanned<toml::Table>>>,
 }
 
 impl RawFile {
@@ -88,6 +91,8 @@ impl RawFile {
             (&keys::FRAME_TIMEOUT, self.frame_timeout.take()),
             (&keys::LISTEN_TCP, self.listen_tcp.take()),
             (&keys::INSECURE_PLAINTEXT, self.insecure_plaintext.take()),
+            (&keys::TLS_CERT, self.tls_cert.take()),
+            (&keys::TLS_KEY, self.tls_key.take()),
             (&keys::LOG_LEVEL, self.log_level.take()),
         ]
     }
@@ -96,8 +101,8 @@ impl RawFile {
 /// The settings a file gives, each checked, in the order of `KEYS`.
 pub(super) type FileValues = Vec<(&'static keys::Key, Value)>;
 
-/// The `[[export]]` tables a file gives.
-pub(super) type FileExports = Vec<ExportSetting>;
+/// The `[[export]]` and `[[peer]]` tables a file gives.
+pub(super) type FileExports = (Vec<ExportSetting>, Vec<PeerSetting>);
 
 /// Reads and checks the config file at `path`.
 pub(super) fn read(path: &Path) -> Result<(FileValues, FileExports), SettingsError> {
@@ -129,7 +134,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(FileValues, FileExports)
         values.push((key, value));
     }
     let exports = exports::read(path, raw.export.take(), |at| line_of(text, at))?;
-    Ok((values, exports))
+    let peers = exports::read_peers(path, raw.peer.take(), |at| line_of(text, at))?;
+    Ok((values, (exports, peers)))
 }
 
 /// Turns serde's error into ours. An unknown key is worth its own message
@@ -147,7 +153,7 @@ fn explain(path: &Path, text: &str, err: toml::de::Error) -> SettingsError {
     };
     if let Some(unknown) = table
         .keys()
-        .find(|k| keys::find(k).is_none() && *k != "export")
+        .find(|k| keys::find(k).is_none() && *k != "export" && *k != "peer")
     {
         let suggestion = match keys::closest(unknown) {
             Some(near) => format!(" (did you mean `{near}`?)"),
@@ -193,7 +199,8 @@ mod tests {
             direct_threshold = \"1MiB\"\nmax_inflight = 3\nrate_limit = \"10MiB/s\"\n\
             max_queued_bytes_per_connection = \"1GiB\"\nmax_queued_bytes_per_user = 0\n\
             shutdown_grace = \"5s\"\nhandshake_timeout = \"2s\"\nframe_timeout = 3\nlog_level = \"debug\"\n\
-            listen_tcp = \"127.0.0.1:7300\"\ninsecure_plaintext = true\n";
+            listen_tcp = \"127.0.0.1:7300\"\ninsecure_plaintext = true\n\
+            tls_cert = \"/etc/r/cert.pem\"\ntls_key = \"/etc/r/key.pem\"\n";
         let values = parse_str(text).expect("parses");
         assert_eq!(
             values.len(),

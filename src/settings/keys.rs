@@ -142,6 +142,17 @@ pub const INSECURE_PLAINTEXT: Key = Key {
     kind: Kind::Switch,
 };
 
+/// This daemon's certificate and key for TLS with other daemons (PEM
+/// files, as `ringxferd --init-keys DIR` writes them).
+pub const TLS_CERT: Key = Key {
+    name: "tls_cert",
+    kind: Kind::Path,
+};
+pub const TLS_KEY: Key = Key {
+    name: "tls_key",
+    kind: Kind::Path,
+};
+
 /// The text of `listen_tcp` when it is off.
 pub const OFF: &str = "off";
 
@@ -172,6 +183,8 @@ pub const KEYS: &[&Key] = &[
     &FRAME_TIMEOUT,
     &LISTEN_TCP,
     &INSECURE_PLAINTEXT,
+    &TLS_CERT,
+    &TLS_KEY,
     &LOG_LEVEL,
 ];
 
@@ -242,7 +255,7 @@ impl Key {
                     .map(Value::Number)
                     .map_err(|_| format!("{text:?} is not a rate ({})", self.allowed()))
             }
-            Kind::Path if text.is_empty() => Err("an empty path is not a socket path".into()),
+            Kind::Path if text.is_empty() => Err("an empty path names nothing".into()),
             Kind::Path => Ok(Value::Path(PathBuf::from(text))),
             Kind::LogFilter => match tracing_subscriber::EnvFilter::try_new(text) {
                 Ok(_) => Ok(Value::Text(text.to_string())),

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::{EngineConfig, EngineKind};
 pub use args::Args;
-pub use exports::ExportSetting;
+pub use exports::{ExportSetting, PeerSetting};
 use keys::{Key, Value};
 
 /// The config file read when no `--config` is given, if it exists.
@@ -190,6 +190,11 @@ pub struct Settings {
     /// The directories other daemons may write into (the file's
     /// `[[export]]` tables).
     pub exports: Vec<ExportSetting>,
+    /// The other daemons trusted, by certificate pin (`[[peer]]`).
+    pub peers: Vec<PeerSetting>,
+    /// This daemon's certificate and key for TLS with other daemons.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub log_level: String,
     /// The config file looked at.
     pub config_file: ConfigFile,
@@ -236,6 +241,9 @@ impl Settings {
             listen_tcp: None,
             insecure_plaintext: false,
             exports: Vec::new(),
+            peers: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             log_level: "info".into(),
             config_file: ConfigFile::Disabled,
             origins: keys::KEYS
@@ -272,8 +280,9 @@ impl Settings {
                 }
             }
         };
-        let (values, exports) = values;
+        let (values, (exports, peers)) = values;
         settings.exports = exports;
+        settings.peers = peers;
         if let ConfigFile::Read(path) = &config_file {
             for (key, value) in values {
                 settings.set(key, value, Origin::File(path.clone()));
@@ -341,6 +350,8 @@ impl Settings {
             ("frame_timeout", N(ms)) => self.frame_timeout = std::time::Duration::from_millis(ms),
             ("listen_tcp", T(t)) => self.listen_tcp = t.parse().ok(),
             ("insecure_plaintext", N(n)) => self.insecure_plaintext = n != 0,
+            ("tls_cert", P(p)) => self.tls_cert = Some(p),
+            ("tls_key", P(p)) => self.tls_key = Some(p),
             ("log_level", T(t)) => self.log_level = t,
             (name, value) => {
                 debug_assert!(false, "no setting {name} of {value:?}");
@@ -381,6 +392,8 @@ impl Settings {
                 .listen_tcp
                 .map_or(keys::OFF.to_string(), |a| a.to_string())),
             "insecure_plaintext" => N(u64::from(self.insecure_plaintext)),
+            "tls_cert" => P(self.tls_cert.clone().unwrap_or_default()),
+            "tls_key" => P(self.tls_key.clone().unwrap_or_default()),
             "log_level" => T(self.log_level.clone()),
             _ => T(String::new()),
         }
@@ -559,11 +572,13 @@ mod tests {
         let defaults = Settings::defaults(&env());
         for key in keys::KEYS {
             // The socket's default depends on the environment
-            // ($XDG_RUNTIME_DIR), so the example shows it commented out.
-            if key.name == keys::SOCKET.name {
+            // ($XDG_RUNTIME_DIR), and the TLS files have none, so the
+            // example shows them commented out.
+            if [keys::SOCKET.name, keys::TLS_CERT.name, keys::TLS_KEY.name].contains(&key.name) {
                 assert!(
-                    text.contains("# socket = \"/run/ringxfer/ringxferd.sock\""),
-                    "the example documents socket"
+                    text.contains(&format!("\n# {} = \"/", key.name)),
+                    "the example documents {}",
+                    key.name
                 );
                 continue;
             }

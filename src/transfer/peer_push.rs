@@ -30,12 +30,15 @@ use crate::io::op::{self, AnyOp, SendFrom};
 use crate::io::ops::Owner;
 use crate::io::queue::{BufIo, BufWhat, RwOpts, SendSource};
 use crate::io::Io;
+use crate::tls::Session;
 
 /// Bytes kept free at the front of the buffer for a `Data` header (one is
 /// at most 4 + 1 + 3 varints of at most 10 bytes).
 const HEADER_ROOM: usize = 64;
 /// The transfer's number on its connection: one file per connection.
 const XFER: u64 = 1;
+/// Ciphertext one receive reads at most, under TLS.
+const CIPHER_BUFFER: usize = 64 << 10;
 
 /// Control frames on their way out, and how much of them is sent.
 struct Outgoing {
@@ -107,6 +110,14 @@ pub(crate) struct PeerPush {
     landed_crc: Option<u32>,
     /// A `Data` header, encoded here before it is copied into the buffer.
     header: Vec<u8>,
+    /// Control frames encoded, before they are queued (sealed, under TLS).
+    scratch: Vec<u8>,
+    /// TLS with the other daemon; then reads land in `cipher`
+    /// (`cipher_len` bytes not yet opened) and open into `rx`, and every
+    /// byte sent, frames and data, is sealed into `queued`.
+    tls: Option<Box<Session>>,
+    cipher: Option<Vec<u8>>,
+    cipher_len: usize,
     piece_limit: u64,
     in_flight: usize,
     pub(crate) moved: u64,
@@ -122,8 +133,10 @@ impl PeerPush {
         path: RemotePath,
         meta: FileMeta,
         fsync: bool,
+        tls: Option<Session>,
     ) -> PeerPush {
         let size = shape.total.unwrap_or(0);
+        let cipher = tls.as_ref().map(|_| vec![0; CIPHER_BUFFER]);
         PeerPush {
             ends,
             shape,
@@ -148,6 +161,10 @@ impl PeerPush {
             crc: 0,
             landed_crc: None,
             header: Vec::with_capacity(HEADER_ROOM),
+            scratch: Vec::with_capacity(512),
+            tls: tls.map(Box::new),
+            cipher,
+            cipher_len: 0,
             piece_limit: u64::MAX,
             in_flight: 0,
             moved: 0,
@@ -189,11 +206,15 @@ impl PeerPush {
     }
 
     pub(crate) fn wants_buffer(&self) -> bool {
+        // Under TLS the next piece waits until the last one's records are
+        // out: what is sealed and unsent stays at most a piece.
+        let flushed = self.tls.is_none() || (self.outgoing.is_some() && self.queued.is_empty());
         self.phase == Phase::Body
             && self.failure.is_none()
             && self.buf.is_none()
             && self.doing == Doing::Idle
             && self.sent < self.size
+            && flushed
     }
 
     /// Says `Hello` and offers the file, and listens for the answers.
@@ -225,17 +246,42 @@ impl PeerPush {
         owner: Owner,
         io: &mut Io,
     ) -> Result<(), TransferError> {
-        encode(message, &mut self.queued, self.limits.max_frame).map_err(|e| {
+        self.scratch.clear();
+        encode(message, &mut self.scratch, self.limits.max_frame).map_err(|e| {
             TransferError::new(
                 FailureKind::InvalidRequest,
                 format!("cannot encode a message to the other daemon: {e}"),
             )
         })?;
+        let frame = std::mem::take(&mut self.scratch);
+        let queued = self.enqueue(&frame);
+        self.scratch = frame;
+        queued?;
         self.flush_control(owner, io);
         Ok(())
     }
 
+    /// Adds bytes to what goes out: sealed into records under TLS.
+    fn enqueue(&mut self, plain: &[u8]) -> Result<(), TransferError> {
+        match self.tls.as_mut() {
+            Some(tls) => tls
+                .send(plain)
+                .and_then(|()| tls.pending(&mut self.queued))
+                .map_err(tls_failure),
+            None => {
+                self.queued.extend_from_slice(plain);
+                Ok(())
+            }
+        }
+    }
+
     fn flush_control(&mut self, owner: Owner, io: &mut Io) {
+        if let Some(tls) = self.tls.as_mut() {
+            // Records TLS made on its own: the handshake's.
+            if let Err(e) = tls.pending(&mut self.queued) {
+                return self.failed(tls_failure(e));
+            }
+        }
         if self.queued.is_empty() {
             return;
         }
@@ -264,8 +310,15 @@ impl PeerPush {
         if self.failure.is_some() || self.rx_op.is_some() {
             return;
         }
-        let Some(rx) = self.rx.take() else { return };
-        let read = op::ReadInto::new(self.ends.shared_dst(), rx, self.rx_len, None);
+        let read = if self.tls.is_some() {
+            let Some(buf) = self.cipher.take() else {
+                return;
+            };
+            op::ReadInto::new(self.ends.shared_dst(), buf, self.cipher_len, None)
+        } else {
+            let Some(rx) = self.rx.take() else { return };
+            op::ReadInto::new(self.ends.shared_dst(), rx, self.rx_len, None)
+        };
         match io.queue_op(owner, CopyStep::PeerRecv.tag(), read) {
             Ok(ud) => {
                 self.rx_op = Some(ud);
@@ -293,7 +346,11 @@ impl PeerPush {
                 self.control_sent(send, result, owner, io)
             }
             (Some(CopyStep::PeerRecv), AnyOp::ReadInto(read)) => {
-                self.rx = Some(read.buf);
+                if self.tls.is_some() {
+                    self.cipher = Some(read.buf);
+                } else {
+                    self.rx = Some(read.buf);
+                }
                 self.rx_op = None;
                 self.received(result, owner, io);
             }
@@ -323,7 +380,8 @@ impl PeerPush {
         }
     }
 
-    /// Bytes from the other daemon: every whole message is handled.
+    /// Bytes from the other daemon: opened (under TLS), then every whole
+    /// message is handled.
     fn received(&mut self, result: i32, owner: Owner, io: &mut Io) {
         if self.failure.is_some() {
             return;
@@ -331,8 +389,46 @@ impl PeerPush {
         match result {
             0 => return self.failed(ended_early(self.phase)),
             n if n < 0 => return self.failed(gone(-n, "receiving from the other daemon")),
+            n if self.tls.is_some() => self.cipher_len += n as usize,
             n => self.rx_len += n as usize,
         }
+        loop {
+            let opened = match self.open_tls() {
+                Ok(opened) => opened,
+                Err(e) => return self.failed(tls_failure(e)),
+            };
+            self.parse(owner, io);
+            if !opened || self.cipher_len == 0 || self.failure.is_some() {
+                break;
+            }
+        }
+        self.flush_control(owner, io);
+        if self.phase != Phase::Landed {
+            self.listen(owner, io);
+        }
+    }
+
+    /// Opens the ciphertext received into `rx`, as much as fits.
+    fn open_tls(&mut self) -> Result<bool, String> {
+        let (Some(tls), Some(cipher), Some(rx)) =
+            (self.tls.as_mut(), self.cipher.as_mut(), self.rx.as_mut())
+        else {
+            return Ok(false);
+        };
+        let rx_len = &mut self.rx_len;
+        let used = tls.receive(&cipher[..self.cipher_len], &mut |plain| {
+            let n = plain.len().min(rx.len() - *rx_len);
+            rx[*rx_len..*rx_len + n].copy_from_slice(&plain[..n]);
+            *rx_len += n;
+            n
+        })?;
+        cipher.copy_within(used..self.cipher_len, 0);
+        self.cipher_len -= used;
+        Ok(used > 0)
+    }
+
+    /// Handles every whole message in `rx`, and keeps what is left of one.
+    fn parse(&mut self, owner: Owner, io: &mut Io) {
         let mut at = 0;
         while self.failure.is_none() {
             let Some(rx) = self.rx.as_ref() else { break };
@@ -353,9 +449,6 @@ impl PeerPush {
             rx.copy_within(at..self.rx_len, 0);
         }
         self.rx_len -= at;
-        if self.phase != Phase::Landed {
-            self.listen(owner, io);
-        }
     }
 
     /// One message from the other daemon.
@@ -484,6 +577,9 @@ impl PeerPush {
             _ => Err((buf, protocol("a completion the push did not expect"))),
         };
         match next {
+            Ok(Some((buf, at, len))) if self.tls.is_some() => {
+                self.seal_piece(buf, at, len, owner, io, out)
+            }
             Ok(Some((buf, at, len))) => self.send_data(buf, at, len, owner, io, out),
             Ok(None) if self.sent < self.size && yield_resources => {
                 out.extend(self.buf.take().map(Returned::Buffer));
@@ -561,6 +657,35 @@ impl PeerPush {
         Ok(None)
     }
 
+    /// Under TLS: the piece (header and data) is sealed into what goes
+    /// out, and the buffer goes back at once; the next piece waits for the
+    /// records to leave (`wants_buffer`).
+    fn seal_piece(
+        &mut self,
+        buf: BufRef,
+        at: usize,
+        len: usize,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
+        let data = match std::mem::replace(&mut self.doing, Doing::Idle) {
+            Doing::Sending { data, .. } => data,
+            _ => 0,
+        };
+        let sealed = self.enqueue(buf.filled(at, len));
+        out.push(Returned::Buffer(buf));
+        if let Err(e) = sealed {
+            return self.failed(e);
+        }
+        self.sent += data;
+        self.moved = self.sent;
+        self.flush_control(owner, io);
+        if self.sent == self.size {
+            self.end(owner, io);
+        }
+    }
+
     fn send_data(
         &mut self,
         buf: BufRef,
@@ -635,6 +760,13 @@ fn ended_early(phase: Phase) -> TransferError {
     TransferError::new(
         FailureKind::PeerGone,
         format!("the other daemon closed the connection {what}"),
+    )
+}
+
+fn tls_failure(why: String) -> TransferError {
+    TransferError::new(
+        FailureKind::PermissionDenied,
+        format!("the other daemon: {why}"),
     )
 }
 

@@ -369,7 +369,7 @@ fn names_cannot_lead_out_of_the_export() {
 }
 
 #[test]
-fn listen_tcp_is_plaintext_on_loopback_only_for_now() {
+fn listen_tcp_needs_tls_with_pinned_peers_or_plaintext_on_loopback() {
     let dir = tmpdir();
     let sock = dir.path().join("s.sock");
     let run = |args: &[&str]| {
@@ -389,6 +389,24 @@ fn listen_tcp_is_plaintext_on_loopback_only_for_now() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("is not a loopback address"), "{err}");
+    let (keys, _) = keys();
+    let cert = keys.path().join("cert.pem");
+    let key = keys.path().join("key.pem");
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let out = run(&[
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no [[peer]] is pinned"), "{err}");
+    let out = run(&["--listen-tcp", "127.0.0.1:0", "--tls-cert", cert]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls_cert and tls_key go together"), "{err}");
     let out = run(&["--listen-tcp", "localhost:1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -650,4 +668,168 @@ fn a_connection_that_says_nothing_is_closed_in_time() {
         export.path()
     )
     .is_empty()));
+}
+
+/// A fresh key and certificate (`ringxferd --init-keys`) in a new
+/// directory, and the certificate's pin as it printed it.
+fn keys() -> (tempfile::TempDir, String) {
+    let dir = tmpdir();
+    let out = std::process::Command::new(DAEMON_BIN)
+        .arg("--init-keys")
+        .arg(dir.path())
+        .output()
+        .expect("run ringxferd --init-keys");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pin = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pin = \"")?.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no pin in {text}"))
+        .to_string();
+    (dir, pin)
+}
+
+/// TOML lines giving a daemon the keys in `dir` and trusting `peers`.
+fn tls_settings(dir: &Path, peers: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "tls_cert = \"{0}/cert.pem\"\ntls_key = \"{0}/key.pem\"\n",
+        dir.display()
+    );
+    for (name, pin) in peers {
+        text += &format!("\n[[peer]]\nname = \"{name}\"\npin = \"{pin}\"\n");
+    }
+    text
+}
+
+/// A daemon (not listening on TCP) with `settings`, to push from.
+fn sender_with(settings: &str) -> Daemon {
+    let dir = tmpdir();
+    let conf = dir.path().join("sender.toml");
+    std::fs::write(&conf, settings).expect("write config");
+    let d = Daemon::start_with(&["--config", conf.to_str().expect("utf-8")]);
+    drop(dir);
+    d
+}
+
+/// A TLS receiver: `keys` its own, trusting `peers`; listens on loopback.
+fn tls_receiver(export: &Path, keys: &Path, peers: &[(&str, &str)]) -> (Daemon, SocketAddr) {
+    let conf_dir = tmpdir();
+    let conf = conf_dir.path().join("ringxferd.toml");
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let text = format!(
+        "listen_tcp = \"127.0.0.1:0\"\n{}\n[[export]]\nname = \"inbox\"\npath = \"{}\"\nuser = \"{uid}\"\n",
+        tls_settings(keys, peers),
+        export.display()
+    );
+    std::fs::write(&conf, text).expect("write config");
+    let d = Daemon::start_with(&["--config", conf.to_str().expect("utf-8")]);
+    let mut address = None;
+    poll_until(Duration::from_secs(10), || {
+        address = d.log().lines().find_map(|l| {
+            let line = &l[l.find("listening for other daemons")?..];
+            let at = line.find("address=")? + 8;
+            line[at..].split_whitespace().next()?.parse().ok()
+        });
+        address.is_some()
+    });
+    let address =
+        address.unwrap_or_else(|| panic!("no listening address in the log:\n{}", d.log()));
+    (d, address)
+}
+
+#[test]
+fn a_push_over_tls_between_pinned_daemons_lands_whole() {
+    let ((a_keys, a_pin), (b_keys, b_pin)) = (keys(), keys());
+    let export = tmpdir();
+    let (b, address) = tls_receiver(export.path(), b_keys.path(), &[("host-a", &a_pin)]);
+    let a = sender_with(&tls_settings(a_keys.path(), &[("host-b", &b_pin)]));
+    let data = pattern(21, (6 << 20) + 4321);
+    let src = a.dir().join("secret.bin");
+    std::fs::write(&src, &data).expect("write");
+    let out = push_cli(&a, &[], &src, &format!("{address}:inbox"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    let report = crate::cli_common::json_lines(&out).pop().expect("a report");
+    let crc = u64::from(crc32c::crc32c(&data));
+    assert_eq!(
+        report["checksums"]["destination"].as_u64(),
+        Some(crc),
+        "{report}"
+    );
+    assert_file_eq(&export.path().join("secret.bin"), &data);
+    let log = b.log();
+    assert!(
+        log.contains("TLS established") && log.contains("name=host-a"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_daemon_not_pinned_or_not_speaking_tls_is_refused() {
+    let ((a_keys, a_pin), (b_keys, b_pin), (c_keys, c_pin)) = (keys(), keys(), keys());
+    let export = tmpdir();
+    let (b, address) = tls_receiver(export.path(), b_keys.path(), &[("host-a", &a_pin)]);
+    let dst = format!("{address}:inbox");
+
+    // C trusts B, but B does not know C.
+    let c = sender_with(&tls_settings(c_keys.path(), &[("host-b", &b_pin)]));
+    let src = c.dir().join("x.bin");
+    std::fs::write(&src, b"intruder").expect("write");
+    let out = push_cli(&c, &[], &src, &dst);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let unpinned = format!("certificate {c_pin} is not pinned by any [[peer]]");
+    assert!(
+        poll_until(Duration::from_secs(10), || b.log().contains(&unpinned)),
+        "{}",
+        b.log()
+    );
+
+    // A is known to B, but pins another key for it (C's): A refuses B.
+    let a = sender_with(&tls_settings(a_keys.path(), &[("host-b", &c_pin)]));
+    let src = a.dir().join("y.bin");
+    std::fs::write(&src, b"misdirected").expect("write");
+    let out = push_cli(&a, &[], &src, &dst);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let err = crate::cli_common::stderr(&out);
+    assert!(
+        err.contains(&format!("certificate {b_pin} is not pinned")),
+        "{err}"
+    );
+
+    // A daemon without TLS speaks plaintext, which B does not take.
+    let plain = Daemon::start();
+    let src = plain.dir().join("z.bin");
+    std::fs::write(&src, b"plaintext").expect("write");
+    let out = push_cli(&plain, &[], &src, &dst);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+
+    assert_eq!(
+        std::fs::read_dir(export.path()).expect("read_dir").count(),
+        0,
+        "nothing landed"
+    );
 }

@@ -102,6 +102,7 @@ const LIB_LAYERS: &[&str] = &[
     "fdtable",
     "privileges",
     "ktls",
+    "tls",
     "io",
     "transfer",
     "server",

@@ -16,9 +16,13 @@ use ringxfer_ipc::proto::peer::PeerReader;
 
 use super::incoming::Incoming;
 use crate::io::queue::SendSource;
+use crate::tls::Session;
 
 /// Bytes one receive reads at most.
 pub(super) const RX_BUFFER: usize = 256 << 10;
+/// Ciphertext one receive reads at most, under TLS: what it opens always
+/// fits the receive buffer beside a partial frame (at most 64 KiB).
+pub(super) const CIPHER_BUFFER: usize = 64 << 10;
 /// Write buffers of a connection, and the size of each.
 pub(super) const WRITE_BUFFERS: usize = 3;
 pub(super) const WRITE_BUFFER: usize = 1 << 20;
@@ -71,10 +75,19 @@ pub(super) struct PeerConn {
     /// When it was accepted, and when it last sent anything.
     pub opened: Instant,
     pub last_heard: Instant,
+    /// TLS, unless the listener takes plaintext: then reads land in
+    /// `cipher` (`cipher_len` bytes not yet opened) and what they open is
+    /// appended to `rx`.
+    pub tls: Option<Box<Session>>,
+    pub cipher: Option<Vec<u8>>,
+    pub cipher_len: usize,
+    /// The peer's name was logged once its certificate was in.
+    pub named: bool,
 }
 
 impl PeerConn {
-    pub(super) fn new(fd: OwnedFd, who: String) -> PeerConn {
+    pub(super) fn new(fd: OwnedFd, who: String, tls: Option<Session>) -> PeerConn {
+        let cipher = tls.as_ref().map(|_| vec![0; CIPHER_BUFFER]);
         PeerConn {
             fd: Rc::new(fd),
             who,
@@ -98,7 +111,36 @@ impl PeerConn {
             closing: false,
             opened: Instant::now(),
             last_heard: Instant::now(),
+            tls: tls.map(Box::new),
+            cipher,
+            cipher_len: 0,
+            named: false,
         }
+    }
+
+    /// Opens the ciphertext received into `rx`, as much as fits; the rest
+    /// stays for the next call. Ok(false) when none could be used.
+    pub(super) fn open_tls(&mut self) -> Result<bool, String> {
+        let PeerConn {
+            tls: Some(tls),
+            cipher: Some(cipher),
+            rx: Some(rx),
+            rx_len,
+            cipher_len,
+            ..
+        } = self
+        else {
+            return Ok(false);
+        };
+        let used = tls.receive(&cipher[..*cipher_len], &mut |plain| {
+            let n = plain.len().min(rx.len() - *rx_len);
+            rx[*rx_len..*rx_len + n].copy_from_slice(&plain[..n]);
+            *rx_len += n;
+            n
+        })?;
+        cipher.copy_within(used..*cipher_len, 0);
+        *cipher_len -= used;
+        Ok(used > 0)
     }
 
     /// Makes the write buffers, once, when the first file starts.
@@ -188,7 +230,7 @@ mod tests {
 
     fn conn() -> PeerConn {
         let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
-        let mut c = PeerConn::new(fd, "test".into());
+        let mut c = PeerConn::new(fd, "test".into(), None);
         c.ensure_write_buffers();
         c
     }

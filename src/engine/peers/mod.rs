@@ -18,18 +18,23 @@ use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ringxfer_ipc::proto::peer::{encode, PeerLimits, PeerMessage, Piece, PEER_PROTOCOL_VERSION};
 use slab::Slab;
 use tracing::{error, info, warn};
 
+use super::admission::spec::JobSpec;
 use super::Engine;
 use crate::io::fd::SharedFd;
 use crate::io::op::{self, AnyOp};
 use crate::io::ops::{Op, Owner};
 use crate::privileges::Identity;
+use crate::tls::{Session, TlsSetup};
+use crate::transfer::TransferError;
 use conn::{Outgoing, PeerConn, RX_BUFFER};
+use ringxfer_ipc::FailureKind;
 
 /// Connections from other daemons open at once; past it, new ones are
 /// closed at once (and logged).
@@ -62,11 +67,16 @@ pub struct Export {
     pub identity: Identity,
 }
 
-/// What the engine needs to take files from other daemons.
+/// What the engine needs to talk to other daemons.
 pub struct PeerSetup {
-    /// The TCP listening socket.
-    pub listener: OwnedFd,
+    /// The TCP listening socket, if other daemons may connect.
+    pub listener: Option<OwnedFd>,
+    /// The listener takes plaintext (insecure_plaintext), not TLS.
+    pub plaintext: bool,
     pub exports: Vec<Export>,
+    /// This daemon's TLS identity and the peers it trusts: what the
+    /// listener (unless plaintext) and every push speak.
+    pub tls: Option<Arc<TlsSetup>>,
 }
 
 /// An export as the engine keeps it.
@@ -88,12 +98,17 @@ pub(super) struct Peers {
     /// name already being written is refused.
     busy: HashSet<(usize, String)>,
     limits: PeerLimits,
+    /// The listener takes plaintext.
+    plaintext: bool,
+    pub(super) tls: Option<Arc<TlsSetup>>,
 }
 
 impl Engine {
     /// Takes files from other daemons on `setup`'s listener.
     pub fn set_peers(&mut self, setup: PeerSetup) {
-        self.peers.listener = Some(Rc::new(setup.listener));
+        self.peers.listener = setup.listener.map(Rc::new);
+        self.peers.plaintext = setup.plaintext;
+        self.peers.tls = setup.tls;
         self.peers.exports = setup
             .exports
             .into_iter()
@@ -184,8 +199,20 @@ impl Engine {
             warn!(peer = %who, "refused: {MAX_PEER_CONNECTIONS} connections of other daemons are open, the most allowed");
             return self.closing.doomed.push(fd);
         }
-        info!(peer = %who, "another daemon connected (plaintext)");
-        let k = self.peers.conns.insert(PeerConn::new(fd, who));
+        let tls = match (&self.peers.tls, self.peers.plaintext) {
+            (_, true) => None,
+            (Some(setup), false) => match setup.accept() {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    error!(peer = %who, "cannot start TLS: {e}");
+                    return self.closing.doomed.push(fd);
+                }
+            },
+            (None, false) => return self.closing.doomed.push(fd),
+        };
+        let how = if tls.is_some() { "TLS" } else { "plaintext" };
+        info!(peer = %who, "another daemon connected ({how})");
+        let k = self.peers.conns.insert(PeerConn::new(fd, who, tls));
         self.arm_peer_recv(k);
         self.arm_deadlines();
     }
@@ -234,14 +261,21 @@ impl Engine {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
-        if conn.closing || conn.rx.is_none() {
+        if conn.closing || conn.rx_op.is_some() {
             return;
         }
         if conn.incoming.is_some() && conn.room() < RX_BUFFER {
             return;
         }
-        let Some(buf) = conn.rx.take() else { return };
-        let read = op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.rx_len, None);
+        let read = if conn.tls.is_some() {
+            let Some(buf) = conn.cipher.take() else {
+                return;
+            };
+            op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.cipher_len, None)
+        } else {
+            let Some(buf) = conn.rx.take() else { return };
+            op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.rx_len, None)
+        };
         match self.io.queue_op(Owner::Peer(k), tag::RECV, read) {
             Ok(ud) => {
                 conn.rx_op = Some(ud);
@@ -259,7 +293,11 @@ impl Engine {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
-        conn.rx = Some(buf);
+        if conn.tls.is_some() {
+            conn.cipher = Some(buf);
+        } else {
+            conn.rx = Some(buf);
+        }
         conn.rx_op = None;
         if conn.closing {
             return;
@@ -270,16 +308,52 @@ impl Engine {
                 let err = std::io::Error::from_raw_os_error(-n);
                 return self.close_peer(k, &format!("receive failed: {err}"));
             }
-            n => {
-                conn.rx_len += n as usize;
-                conn.last_heard = Instant::now();
+            n if conn.tls.is_some() => conn.cipher_len += n as usize,
+            n => conn.rx_len += n as usize,
+        }
+        conn.last_heard = Instant::now();
+        self.take_received(k);
+        self.flush_peer(k);
+        self.arm_peer_recv(k);
+    }
+
+    /// Opens what TLS received (if TLS), handles every whole piece, and
+    /// goes on while ciphertext is left that the room made can take.
+    fn take_received(&mut self, k: usize) {
+        loop {
+            let Some(conn) = self.peers.conns.get_mut(k) else {
+                return;
+            };
+            let opened = match conn.open_tls() {
+                Ok(opened) => opened,
+                Err(e) => return self.close_peer(k, &e),
+            };
+            self.name_peer(k);
+            self.parse_peer(k);
+            let Some(conn) = self.peers.conns.get_mut(k) else {
+                return;
+            };
+            conn.compact();
+            if !opened || conn.cipher_len == 0 || conn.closing {
+                return;
             }
         }
-        self.parse_peer(k);
-        if let Some(conn) = self.peers.conns.get_mut(k) {
-            conn.compact();
+    }
+
+    /// Logs which pinned peer it is, once TLS knows.
+    fn name_peer(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(tls) = conn.tls.as_ref().filter(|t| t.established()) else {
+            return;
+        };
+        if !conn.named {
+            conn.named = true;
+            let name = tls.peer_name().unwrap_or_default();
+            let suite = tls.suite().unwrap_or_default();
+            info!(peer = %conn.who, name = %name, suite = %suite, "TLS established");
         }
-        self.arm_peer_recv(k);
     }
 
     /// Handles every whole piece received on connection `k`.
@@ -384,12 +458,13 @@ impl Engine {
         self.flush_peer(k);
     }
 
-    /// Starts a send of what is queued, unless one is in flight.
+    /// Starts a send of what is queued (sealed first, under TLS), unless
+    /// one is in flight.
     fn flush_peer(&mut self, k: usize) {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
-        if conn.out.is_empty() {
+        if conn.closing || (conn.out.is_empty() && conn.tls.is_none()) {
             return;
         }
         let Some(mut outgoing) = conn.outgoing.take() else {
@@ -397,7 +472,23 @@ impl Engine {
         };
         outgoing.bytes.clear();
         outgoing.sent = 0;
-        std::mem::swap(&mut outgoing.bytes, &mut conn.out);
+        let sealed = match conn.tls.as_mut() {
+            Some(tls) => tls
+                .send(&conn.out)
+                .and_then(|()| tls.pending(&mut outgoing.bytes)),
+            None => {
+                std::mem::swap(&mut outgoing.bytes, &mut conn.out);
+                Ok(())
+            }
+        };
+        conn.out.clear();
+        if outgoing.bytes.is_empty() || sealed.is_err() {
+            conn.outgoing = Some(outgoing);
+            if let Err(e) = sealed {
+                self.close_peer(k, &e);
+            }
+            return;
+        }
         self.queue_send(k, outgoing);
     }
 
@@ -479,6 +570,40 @@ impl Engine {
             self.closing.doomed.push(fd);
         }
     }
+}
+
+impl Engine {
+    /// The TLS session of a push (`spec.remote`) to another daemon: TLS
+    /// whenever this daemon has an identity; plaintext only to a loopback
+    /// address otherwise, and never across a network.
+    pub(super) fn push_session(&self, spec: &JobSpec) -> Result<Option<Session>, TransferError> {
+        if spec.remote.is_none() {
+            return Ok(None);
+        }
+        match &self.peers.tls {
+            Some(setup) => setup
+                .connect()
+                .map(Some)
+                .map_err(|e| TransferError::new(FailureKind::Io, e)),
+            None if peer_is_loopback(&spec.ends.dst) => Ok(None),
+            None => Err(TransferError::new(
+                FailureKind::PermissionDenied,
+                "a push to another host needs TLS: give the daemon tls_cert and tls_key \
+                 (ringxferd --init-keys DIR) and pin the other daemon in a [[peer]] table; \
+                 without them it pushes in plaintext to loopback addresses only",
+            )),
+        }
+    }
+}
+
+/// Whether the socket's other end is on this host (127.0.0.0/8, ::1).
+fn peer_is_loopback(fd: &OwnedFd) -> bool {
+    let sock = std::mem::ManuallyDrop::new(
+        // SAFETY: a TcpStream borrowing `fd` for getpeername only; wrapped in
+        // ManuallyDrop so it never closes the descriptor `fd` owns.
+        unsafe { std::net::TcpStream::from_raw_fd(fd.as_raw_fd()) },
+    );
+    sock.peer_addr().is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// The peer's address, as the log shows it.
