@@ -149,6 +149,7 @@ pub fn run(settings: &Settings, paths: &[PathBuf]) -> Report {
     socket(&mut report, &settings.socket);
     capabilities(&mut report);
     kernel_tls(&mut report);
+    host_to_host(&mut report, settings);
     for path in paths {
         direct_io(&mut report, path);
     }
@@ -172,6 +173,55 @@ fn has_ipc_lock() -> bool {
 /// The capabilities the daemon keeps once started (crate::privileges).
 fn capabilities(report: &mut Report) {
     report.add(Level::Info, "capabilities", crate::privileges::check_line());
+}
+
+/// What talking to other daemons would be: the TCP listener (bound and let
+/// go, as the daemon would bind it), the TLS identity and pins, the
+/// exports (opened, their users found). A setting the daemon would refuse
+/// to start with fails here with the same words.
+fn host_to_host(report: &mut Report, settings: &Settings) {
+    let (level, text) = match crate::daemon::peers::open(settings) {
+        Ok(None) => (Level::Info, "off (no listen_tcp, no tls_cert)".to_string()),
+        Ok(Some(setup)) => (Level::Ok, describe_peers(&setup, settings)),
+        Err(e) => (Level::Fail, e),
+    };
+    report.add(level, "host to host", text);
+}
+
+fn describe_peers(setup: &crate::engine::PeerSetup, settings: &Settings) -> String {
+    let listening = match (&setup.listener, settings.listen_tcp) {
+        (Some(_), Some(address)) if setup.plaintext => {
+            format!("listens on {address} in plaintext (loopback only)")
+        }
+        (Some(_), Some(address)) => format!("listens on {address} with TLS 1.3"),
+        _ => "does not listen (pushes only)".to_string(),
+    };
+    let tls = match &setup.tls {
+        Some(tls) => format!(
+            "; identity {}, {} pinned peer(s)",
+            tls.own,
+            settings.peers.len()
+        ),
+        None => "; no TLS identity: pushes to loopback only".to_string(),
+    };
+    let exports: Vec<String> = setup
+        .exports
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {} (uid {})",
+                e.name,
+                e.path.display(),
+                e.identity.uid
+            )
+        })
+        .collect();
+    let exports = if exports.is_empty() {
+        String::new()
+    } else {
+        format!("; exports {}", exports.join(", "))
+    };
+    format!("{listening}{tls}{exports}")
 }
 
 /// Whether the kernel can take over TLS records (see crate::ktls): where it

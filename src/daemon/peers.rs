@@ -57,6 +57,19 @@ pub fn open(settings: &Settings) -> Result<Option<PeerSetup>, String> {
     if settings.exports.is_empty() {
         warn!("listen_tcp is on but no [[export]] is set: every file other daemons offer will be refused");
     }
+    for e in &settings.exports {
+        let unknown = e
+            .peers
+            .iter()
+            .flatten()
+            .find(|n| !settings.peers.iter().any(|p| &p.name == *n));
+        if let Some(name) = unknown {
+            return Err(format!(
+                "[[export]] {:?} (line {}): peers names {name:?}, which no [[peer]] table defines",
+                e.name, e.line
+            ));
+        }
+    }
     let exports = settings
         .exports
         .iter()
@@ -124,5 +137,6 @@ fn open_export(e: &ExportSetting) -> Result<Export, String> {
         path: e.path.clone(),
         dir: OwnedFd::from(dir),
         identity,
+        peers: e.peers.clone(),
     })
 }

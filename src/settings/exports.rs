@@ -31,6 +31,8 @@ pub struct ExportSetting {
     pub path: PathBuf,
     /// Whose rights files are written with: a user name or a numeric uid.
     pub user: String,
+    /// The `[[peer]]` names that may write here; None: every pinned peer.
+    pub peers: Option<Vec<String>>,
     /// The line of the file that opens the table, for later messages.
     pub line: usize,
 }
@@ -116,10 +118,10 @@ pub(super) fn read(
 fn one(table: &toml::Table, line: usize) -> Result<ExportSetting, String> {
     if let Some(unknown) = table
         .keys()
-        .find(|k| !["name", "path", "user"].contains(&k.as_str()))
+        .find(|k| !["name", "path", "user", "peers"].contains(&k.as_str()))
     {
         return Err(format!(
-            "unknown key `{unknown}` in an [[export]]; its keys are name, path and user"
+            "unknown key `{unknown}` in an [[export]]; its keys are name, path, user and peers"
         ));
     }
     let text = |key: &str| match table.get(key) {
@@ -140,10 +142,32 @@ fn one(table: &toml::Table, line: usize) -> Result<ExportSetting, String> {
     if user.is_empty() {
         return Err(format!("export {name:?}: user is empty"));
     }
+    let peers = match table.get("peers") {
+        None => None,
+        Some(toml::Value::Array(names)) => Some(
+            names
+                .iter()
+                .map(|n| match n {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Err(format!(
+                        "export {name:?}: peers holds a {}, not a name",
+                        other.type_str()
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "export {name:?}: peers = {} is not a list of [[peer]] names",
+                other.type_str()
+            ))
+        }
+    };
     Ok(ExportSetting {
         name,
         path,
         user,
+        peers,
         line,
     })
 }
@@ -191,6 +215,14 @@ mod tests {
             ("inbox", Some("/srv/in"), "backup")
         );
         assert_eq!((exports[0].line, exports[1].line), (3, 8));
+        assert_eq!(exports[0].peers, None);
+        let text =
+            "[[export]]\nname = \"a\"\npath = \"/x\"\nuser = \"u\"\npeers = [\"h1\", \"h2\"]\n";
+        let exports = parse(text).expect("parses");
+        assert_eq!(
+            exports[0].peers,
+            Some(vec!["h1".to_string(), "h2".to_string()])
+        );
     }
 
     #[test]

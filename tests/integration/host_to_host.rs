@@ -717,12 +717,22 @@ fn sender_with(settings: &str) -> Daemon {
 
 /// A TLS receiver: `keys` its own, trusting `peers`; listens on loopback.
 fn tls_receiver(export: &Path, keys: &Path, peers: &[(&str, &str)]) -> (Daemon, SocketAddr) {
+    tls_receiver_with(export, keys, peers, "")
+}
+
+/// As `tls_receiver`, with more lines in the export's table.
+fn tls_receiver_with(
+    export: &Path,
+    keys: &Path,
+    peers: &[(&str, &str)],
+    export_lines: &str,
+) -> (Daemon, SocketAddr) {
     let conf_dir = tmpdir();
     let conf = conf_dir.path().join("ringxferd.toml");
     // SAFETY: geteuid has no arguments and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let text = format!(
-        "listen_tcp = \"127.0.0.1:0\"\n{}\n[[export]]\nname = \"inbox\"\npath = \"{}\"\nuser = \"{uid}\"\n",
+        "listen_tcp = \"127.0.0.1:0\"\n{}\n[[export]]\nname = \"inbox\"\npath = \"{}\"\nuser = \"{uid}\"\n{export_lines}",
         tls_settings(keys, peers),
         export.display()
     );
@@ -831,5 +841,103 @@ fn a_daemon_not_pinned_or_not_speaking_tls_is_refused() {
         std::fs::read_dir(export.path()).expect("read_dir").count(),
         0,
         "nothing landed"
+    );
+}
+
+#[test]
+fn an_export_takes_only_the_peers_it_names() {
+    let ((a_keys, a_pin), (b_keys, b_pin), (c_keys, c_pin)) = (keys(), keys(), keys());
+    let export = tmpdir();
+    let peers = [("host-a", a_pin.as_str()), ("host-c", c_pin.as_str())];
+    let only_a = "peers = [\"host-a\"]\n";
+    let (b, address) = tls_receiver_with(export.path(), b_keys.path(), &peers, only_a);
+    let dst = format!("{address}:inbox");
+
+    // C is pinned (it may connect) but not named by the export.
+    let c = sender_with(&tls_settings(c_keys.path(), &[("host-b", &b_pin)]));
+    let src = c.dir().join("c.bin");
+    std::fs::write(&src, b"from c").expect("write");
+    let out = push_cli(&c, &[], &src, &dst);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let err = crate::cli_common::stderr(&out);
+    assert!(
+        err.contains("export \"inbox\" is not open to peer \"host-c\""),
+        "{err}\n{}",
+        b.log()
+    );
+
+    let a = sender_with(&tls_settings(a_keys.path(), &[("host-b", &b_pin)]));
+    let src = a.dir().join("a.bin");
+    std::fs::write(&src, b"from a").expect("write");
+    let out = push_cli(&a, &[], &src, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert_file_eq(&export.path().join("a.bin"), b"from a");
+    assert!(!export.path().join("c.bin").exists());
+}
+
+#[test]
+fn check_says_what_talking_to_other_daemons_would_be() {
+    let ((keys_dir, pin), (_, other_pin)) = (keys(), keys());
+    let export = tmpdir();
+    let dir = tmpdir();
+    let conf = dir.path().join("ringxferd.toml");
+    let text = format!(
+        "listen_tcp = \"127.0.0.1:0\"\n{}\n[[export]]\nname = \"inbox\"\npath = \"{}\"\nuser = \"0\"\n",
+        tls_settings(keys_dir.path(), &[("other", &other_pin)]),
+        export.path().display()
+    );
+    std::fs::write(&conf, text).expect("write config");
+    let check = |extra: &[&str]| {
+        let sock = dir.path().join("check.sock");
+        let mut cmd = std::process::Command::new(DAEMON_BIN);
+        cmd.args([
+            "--config",
+            conf.to_str().expect("utf-8"),
+            "--socket",
+            sock.to_str().expect("utf-8"),
+            "--check",
+        ])
+        .args(extra);
+        run_timeout(cmd, Duration::from_secs(30))
+    };
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("host to host"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("ok"), "{line}");
+    assert!(
+        line.contains(&format!("identity {pin}, 1 pinned peer(s)")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "exports inbox -> {} (uid 0)",
+            export.path().display()
+        )),
+        "{line}"
+    );
+
+    // What the daemon would refuse to start with fails the check, in its words.
+    let out = check(&["--tls-key", "/nonexistent/key.pem"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("host to host"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("FAIL") && line.contains("tls_key /nonexistent/key.pem"),
+        "{line}"
     );
 }

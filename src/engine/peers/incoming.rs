@@ -213,6 +213,14 @@ impl Engine {
             );
             return Err((FailureKind::PermissionDenied, why));
         };
+        if let Err(who) = self.export_open_to(k, export) {
+            let why = format!(
+                "{}: export {:?} is not open to {who}",
+                put.path.as_str(),
+                target.export
+            );
+            return Err((FailureKind::PermissionDenied, why));
+        }
         if self
             .peers
             .busy
@@ -237,6 +245,24 @@ impl Engine {
         };
         self.io.ops.set_personality(Owner::Peer(k), personality);
         Ok((export, target))
+    }
+
+    /// Whether connection `k` may write into `export`: its `peers` list,
+    /// if it has one, names the pinned peer at the other end; else who it
+    /// is, for the refusal.
+    fn export_open_to(&self, k: usize, export: usize) -> Result<(), String> {
+        let Some(allowed) = &self.peers.exports[export].peers else {
+            return Ok(());
+        };
+        let conn = self.peers.conns.get(k);
+        match conn
+            .and_then(|c| c.tls.as_ref())
+            .and_then(|t| t.peer_name())
+        {
+            Some(name) if allowed.contains(&name) => Ok(()),
+            Some(name) => Err(format!("peer {name:?}")),
+            None => Err("a daemon without TLS".into()),
+        }
     }
 
     /// Queues an operation of the file being received on connection `k`.

@@ -65,6 +65,9 @@ pub struct Export {
     pub dir: OwnedFd,
     /// Whose rights its files are written with.
     pub identity: Identity,
+    /// The `[[peer]]` names that may write here; None: every pinned peer
+    /// (and, on a plaintext listener, anyone on loopback).
+    pub peers: Option<Vec<String>>,
 }
 
 /// What the engine needs to talk to other daemons.
@@ -85,6 +88,7 @@ struct ExportDir {
     path: PathBuf,
     dir: Rc<OwnedFd>,
     identity: Identity,
+    peers: Option<Vec<String>>,
 }
 
 /// The TCP listener, the exports and the connections of other daemons.
@@ -117,6 +121,7 @@ impl Engine {
                 path: e.path,
                 dir: Rc::new(e.dir),
                 identity: e.identity,
+                peers: e.peers,
             })
             .collect();
     }
