@@ -1,0 +1,264 @@
+//! Host to host on loopback (issue 18): `ringxfer copy FILE
+//! HOST:PORT:inbox/NAME` between two daemons, over TLS 1.3 and in
+//! plaintext, against rsync over ssh and rsync to an rsync daemon.
+//!
+//! ```text
+//! cargo bench --bench remote                                   # 1 GiB, 5 rounds
+//! RINGXFER_BENCH_SIZE=128MiB RINGXFER_BENCH_ROUNDS=2 cargo bench --bench remote
+//! RINGXFER_BENCH_DAEMON_ARGS="--engine threads" cargo bench --bench remote
+//! ```
+//!
+//! The contenders, every server on 127.0.0.1 only, each on a port of its own:
+//! 1. ringxfer, TLS 1.3: a receiving `ringxferd` (`listen_tcp`, its key and
+//!    certificate from `ringxferd --init-keys`, the sender's pin in a
+//!    `[[peer]]`, an `[[export]]` "inbox") and a sending one (its own key,
+//!    the receiver's pin); the release CLI pushes with `ringxfer --socket
+//!    SENDER --daemon-only --json copy SRC 127.0.0.1:PORT:inbox/NAME`.
+//! 2. ringxfer, plaintext: a receiver with `insecure_plaintext`, a sender
+//!    with no identity (`--no-config`).
+//! 3. rsync over ssh: `sshd -D` with an sshd_config, host key and
+//!    authorized key of the bench's own; `rsync -W -e "ssh -p PORT -i KEY
+//!    ... -c aes128-gcm@openssh.com" SRC root@127.0.0.1:DIR/`.
+//! 4. rsync daemon: `rsync --daemon --no-detach` with a module of the
+//!    bench's own; `rsync -W SRC rsync://127.0.0.1:PORT/mod/`.
+//!
+//! The rsync rows are skipped, with a note, where rsync, sshd, ssh or
+//! ssh-keygen is missing (`apt-get install rsync openssh-server`); rsync
+//! over ssh needs root.
+//!
+//! The source (RINGXFER_BENCH_SIZE, 1 GiB by default) and every
+//! destination live on a tmpfs the bench mounts (or /dev/shm), so only
+//! the transports are compared. Each contender runs once unmeasured, then
+//! RINGXFER_BENCH_ROUNDS (5) rounds take turns, the order rotating. Before
+//! each run every destination is deleted and the file systems synced;
+//! after it the destination is checked (size, first and last 4 KiB).
+//!
+//! Time: the wall time of the sending command, start-up and handshake
+//! included, as a user sees it. CPU (user + system) of both ends: for
+//! ringxfer, each daemon's utime + stime (its CPU-time clock, as
+//! /proc/PID/stat fields 14 and 15 but in ns) and the CLI's rusage on the
+//! sending side; for rsync, the rsync client (and its ssh) as reaped
+//! children on the sending side, and for the receiver the server's utime +
+//! stime + cutime + cstime (fields 14 to 17), read once it has reaped the
+//! processes it forked for the connection (server.rs).
+
+// The shared helpers serve every bench; this one uses some.
+#[allow(dead_code)]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod lineup;
+mod place;
+mod report;
+mod ringxfer;
+mod rsync;
+mod server;
+
+use std::path::{Path, PathBuf};
+
+use lineup::{version, Entry, Runner, Sample};
+use place::{Place, Want};
+use support::{Result, GIB};
+
+/// Rounds unless RINGXFER_BENCH_ROUNDS says otherwise.
+const DEFAULT_ROUNDS: usize = 5;
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter here.
+    support::exit("remote", run());
+}
+
+struct Settings {
+    size: u64,
+    rounds: usize,
+    daemon_args: Vec<String>,
+}
+
+fn settings() -> Result<Settings> {
+    Ok(Settings {
+        size: support::env_size("RINGXFER_BENCH_SIZE", 1 << 30)?,
+        rounds: match std::env::var("RINGXFER_BENCH_ROUNDS") {
+            Ok(_) => support::env_rounds()?,
+            Err(_) => DEFAULT_ROUNDS,
+        },
+        daemon_args: support::env_daemon_args(),
+    })
+}
+
+/// Starts every contender that can run: their daemons and servers, with
+/// sockets, keys and configs in `dir` and destinations on `place`; a note
+/// for each left out.
+fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<String>)> {
+    let daemon = support::daemon_binary()?;
+    let cli = support::bin_override("ringxfer")?
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringxfer")));
+    let mut entries = Vec::new();
+    let mut notes = Vec::new();
+    for (key, label, tls) in [
+        ("ringxfer_tls", "ringxfer push, TLS 1.3", true),
+        ("ringxfer_plain", "ringxfer push, plaintext", false),
+    ] {
+        let export = place.subdir(key)?;
+        let setup = ringxfer::Setup {
+            daemon: &daemon,
+            cli: &cli,
+            daemon_args: &cfg.daemon_args,
+            dir,
+            export: &export,
+        };
+        let pair = if tls {
+            ringxfer::Pair::tls(&setup)?
+        } else {
+            ringxfer::Pair::plain(&setup)?
+        };
+        pair.print_cpu_source(label);
+        let runner = Runner::Ringxfer(pair);
+        entries.push(Entry {
+            key,
+            label,
+            dst_dir: export,
+            runner,
+        });
+    }
+    support::print_daemon(&daemon, &cfg.daemon_args);
+    println!("  cli {}", cli.display());
+    rsync_entries(dir, place, &mut entries, &mut notes)?;
+    Ok((entries, notes))
+}
+
+/// The rsync rows that can run.
+fn rsync_entries(
+    dir: &Path,
+    place: &Place,
+    entries: &mut Vec<Entry>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let progs = match rsync::programs() {
+        Ok(p) => p,
+        Err(note) => {
+            notes.push(note);
+            return Ok(());
+        }
+    };
+    println!(
+        "  rsync {} ({})",
+        progs.rsync.display(),
+        version(&progs.rsync, "--version")
+    );
+    match &progs.ssh {
+        Ok(ssh) => {
+            let dst = place.subdir("rsync_ssh")?;
+            let over = rsync::OverSsh::start(&progs.rsync, ssh, dir)?;
+            println!(
+                "  sshd {} ({}), pid {}",
+                ssh[0].display(),
+                version(&ssh[2], "-V"),
+                over.sshd.pid()
+            );
+            println!("  rsync -e \"{}\"", over.rsh());
+            entries.push(Entry {
+                key: "rsync_ssh",
+                label: "rsync -W over ssh (aes128-gcm)",
+                dst_dir: dst,
+                runner: Runner::Ssh(over),
+            });
+        }
+        Err(note) => notes.push(note.clone()),
+    }
+    let dst = place.subdir("rsync_daemon")?;
+    let d = rsync::Rsyncd::start(&progs.rsync, dir, &dst)?;
+    println!("  rsync --daemon pid {}, {}", d.server.pid(), d.url());
+    entries.push(Entry {
+        key: "rsync_daemon",
+        label: "rsync -W to rsync --daemon",
+        dst_dir: dst,
+        runner: Runner::Daemon(d),
+    });
+    Ok(())
+}
+
+/// Runs every contender once, in an order rotating with `round`; keeps the
+/// samples unless this is the warm-up.
+fn pass(
+    entries: &[Entry],
+    src: &Path,
+    want: &Want,
+    label: &str,
+    round: usize,
+    mut out: Option<&mut Vec<Vec<Sample>>>,
+) -> Result<()> {
+    let dirs: Vec<&Path> = entries.iter().map(|e| e.dst_dir.as_path()).collect();
+    let gib = want.size as f64 / GIB;
+    for k in 0..entries.len() {
+        let i = (k + round) % entries.len();
+        let e = &entries[i];
+        place::empty_dirs(&dirs)?;
+        let (s, note) = e.run(src, want)?;
+        println!(
+            "  {label:<11} {:<32} {:>6.2} GiB/s {:>7.3} s  CPU s/GiB send {:.3} recv {:.3}{}",
+            e.label,
+            gib / s.secs,
+            s.secs,
+            s.send_cpu / gib,
+            s.recv_cpu / gib,
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!("  ({note})")
+            }
+        );
+        if let Some(out) = out.as_deref_mut() {
+            out[i].push(s);
+        }
+    }
+    Ok(())
+}
+
+fn intro(cfg: &Settings, place: &Place) -> Result<()> {
+    let gib = cfg.size as f64 / GIB;
+    let mem = support::mem_available();
+    println!("ringxfer remote bench: host to host on 127.0.0.1");
+    support::print_host(mem);
+    println!(
+        "  size {} bytes ({gib:.3} GiB), {} measured round(s) after 1 warm-up round",
+        cfg.size, cfg.rounds
+    );
+    println!(
+        "  files on {} ({})",
+        place.describe(),
+        support::fs_type(&place.dir)
+    );
+    println!("  note: time = wall of the sending command; CPU = user+sys of both ends (see benches/remote/main.rs)");
+    if mem.is_some_and(|m| m < cfg.size.saturating_mul(2).saturating_add(512 << 20)) {
+        return Err(format!(
+            "MemAvailable is below twice the size ({gib:.2} GiB) and 512 MiB: the tmpfs holds the source and a copy"
+        ));
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let cfg = settings()?;
+    let tmp = support::bench_dir("remote-")?;
+    let place = Place::new(tmp.path(), cfg.size)?;
+    intro(&cfg, &place)?;
+    let src = place.dir.join("source.bin");
+    support::write_source(&src, cfg.size)?;
+    let want = Want::of(&src, cfg.size)?;
+    let (entries, notes) = lineup(&cfg, tmp.path(), &place)?;
+    for n in &notes {
+        println!("  note: {n}");
+    }
+    let mut samples = vec![Vec::new(); entries.len()];
+    pass(&entries, &src, &want, "warm-up", 0, None)?;
+    for round in 1..=cfg.rounds {
+        let label = format!("round {round}/{}", cfg.rounds);
+        pass(&entries, &src, &want, &label, round, Some(&mut samples))?;
+    }
+    report::report(&entries, &samples, cfg.size, cfg.rounds);
+    // The servers hold directories on the tmpfs: stop them before unmounting.
+    drop(entries);
+    drop(place);
+    drop(tmp);
+    Ok(())
+}

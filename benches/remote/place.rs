@@ -1,0 +1,158 @@
+//! Where the bytes live: a tmpfs of the bench's own (or /dev/shm), so no
+//! disk takes part and every contender reads and writes memory; the free
+//! loopback ports the servers listen on; and the check of each result.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::support::{open_sized, read_block, Result, BLOCK};
+
+/// A tmpfs mounted for this run (unmounted on drop), or a directory in
+/// /dev/shm where mounting is not allowed.
+pub struct Place {
+    pub dir: PathBuf,
+    mounted: bool,
+    _shm: Option<tempfile::TempDir>,
+}
+
+impl Place {
+    /// Mounts a tmpfs of room for the source, a destination and its
+    /// temporary name, on `base/tmpfs`.
+    pub fn new(base: &Path, size: u64) -> Result<Place> {
+        let dir = base.join("tmpfs");
+        fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let room = size.saturating_mul(3).saturating_add(256 << 20);
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={room},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            return Ok(Place {
+                dir,
+                mounted,
+                _shm: None,
+            });
+        }
+        let shm = tempfile::Builder::new()
+            .prefix("ringxfer-remote-")
+            .tempdir_in("/dev/shm")
+            .map_err(|e| format!("cannot mount a tmpfs, nor make a directory in /dev/shm: {e}"))?;
+        Ok(Place {
+            dir: shm.path().to_path_buf(),
+            mounted,
+            _shm: Some(shm),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        if self.mounted {
+            format!("{} (a tmpfs mounted for this run)", self.dir.display())
+        } else {
+            format!("{} (mount failed: /dev/shm)", self.dir.display())
+        }
+    }
+
+    /// A new empty directory `name` on it.
+    pub fn subdir(&self, name: &str) -> Result<PathBuf> {
+        let d = self.dir.join(name);
+        fs::create_dir(&d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        Ok(d)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let umount = |lazy: bool| {
+            let mut c = Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.dir)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A server just stopped may hold the directory a moment longer.
+        if !umount(false) && !umount(true) {
+            eprintln!("warning: could not unmount {}", self.dir.display());
+        }
+    }
+}
+
+/// A loopback port nobody listened on a moment ago: bound, read, let go,
+/// for a server that takes its port from its command line or config.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("local_addr: {e}"))
+}
+
+/// Whether something listens on 127.0.0.1:`port` (binding it fails),
+/// asked without connecting, so no server sees a stray connection.
+pub fn port_taken(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+/// Removes every file in `dirs` (the last run's destination and any
+/// temporary name), so each run allocates its destination afresh.
+pub fn empty_dirs(dirs: &[&Path]) -> Result<()> {
+    for d in dirs {
+        let entries = fs::read_dir(d).map_err(|e| format!("read_dir {}: {e}", d.display()))?;
+        for e in entries {
+            let p = e
+                .map_err(|e| format!("read_dir {}: {e}", d.display()))?
+                .path();
+            fs::remove_file(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
+        }
+    }
+    crate::support::cache::sync_all();
+    Ok(())
+}
+
+/// What every destination must hold: the source's size, first and last
+/// blocks.
+pub struct Want {
+    pub size: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl Want {
+    pub fn of(src: &Path, size: u64) -> Result<Want> {
+        let (head, tail) = edges(src, size)?;
+        Ok(Want { size, head, tail })
+    }
+
+    /// Fails unless `dst` has the source's size and its first and last 4 KiB.
+    pub fn check(&self, dst: &Path) -> Result<()> {
+        let (head, tail) = edges(dst, self.size)?;
+        if head != self.head || tail != self.tail {
+            return Err(format!(
+                "{} differs from the source in its first or last {BLOCK} bytes",
+                dst.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn edges(path: &Path, size: u64) -> Result<(Vec<u8>, Vec<u8>)> {
+    let file = open_sized(path, size)?;
+    let read =
+        |off| read_block(&file, off, size).map_err(|e| format!("read {}: {e}", path.display()));
+    Ok((read(0)?, read(size.saturating_sub(BLOCK as u64))?))
+}
