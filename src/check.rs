@@ -180,7 +180,7 @@ fn capabilities(report: &mut Report) {
 /// exports (opened, their users found). A setting the daemon would refuse
 /// to start with fails here with the same words.
 fn host_to_host(report: &mut Report, settings: &Settings) {
-    let (level, text) = match crate::daemon::peers::open(settings) {
+    let (level, text) = match crate::daemon::peers::open(settings, None) {
         Ok(None) => (Level::Info, "off (no listen_tcp, no tls_cert)".to_string()),
         Ok(Some(setup)) => (Level::Ok, describe_peers(&setup, settings)),
         Err(e) => (Level::Fail, e),

@@ -57,16 +57,19 @@ sed -e "s|^ExecStart=/usr/local/bin/|ExecStart=$bindir/|" \
     -e "s|^Documentation=file:///usr/local/share/doc/ringxfer/|Documentation=file://$docdir/|" \
     "$here/ringxferd.service" >"$DESTDIR$unitdir/ringxferd.service"
 chmod 0644 "$DESTDIR$unitdir/ringxferd.service"
-install -m 0644 "$here/ringxferd.socket" "$DESTDIR$unitdir/ringxferd.socket"
+install -m 0644 "$here/ringxferd.socket" "$here/ringxferd-tcp.socket" "$DESTDIR$unitdir/"
 install -m 0644 "$here/ringxfer.sysusers" "$DESTDIR$sysusersdir/ringxfer.conf"
 install -m 0644 "$top/README.md" "$top/ARCHITECTURE.md" "$top/config/ringxferd.toml.example" "$DESTDIR$docdir/"
+# The drop-in that lets the service onto the network: installed only by
+# whoever enables ringxferd-tcp.socket (see that unit).
+install -m 0644 "$here/ringxferd-tcp.conf" "$DESTDIR$docdir/"
 install -m 0644 "$generated"/man1/*.1 "$DESTDIR$mandir/man1/"
 install -m 0644 "$generated"/man8/*.8 "$DESTDIR$mandir/man8/"
 install -m 0644 "$generated/completions/ringxfer.bash" "$DESTDIR$bashdir/ringxfer"
 install -m 0644 "$generated/completions/_ringxfer" "$DESTDIR$zshdir/_ringxfer"
 install -m 0644 "$generated/completions/ringxfer.fish" "$DESTDIR$fishdir/ringxfer.fish"
 
-echo "installed under ${DESTDIR:-/}: $bindir/ringxferd, $bindir/ringxfer, $unitdir/ringxferd.{service,socket}, $sysusersdir/ringxfer.conf, man pages in $mandir, completions for bash, zsh and fish"
+echo "installed under ${DESTDIR:-/}: $bindir/ringxferd, $bindir/ringxfer, $unitdir/ringxferd.{service,socket}, $unitdir/ringxferd-tcp.socket, $sysusersdir/ringxfer.conf, man pages in $mandir, completions for bash, zsh and fish"
 if [ -z "$DESTDIR" ]; then
     cat <<NEXT
 next (as root):
@@ -74,5 +77,8 @@ next (as root):
     systemctl daemon-reload
     systemctl enable --now ringxferd.socket
     usermod -aG ringxfer USER                       # each user who may use the daemon
+host to host (other daemons push here), once the config has TLS, pins and exports:
+    install -D -m 0644 $docdir/ringxferd-tcp.conf /etc/systemd/system/ringxferd.service.d/tcp.conf
+    systemctl daemon-reload && systemctl enable --now ringxferd-tcp.socket
 NEXT
 fi

@@ -155,6 +155,7 @@ mod tests {
             Request::SubmitRemote(Box::new(RemoteSubmit {
                 submit: submit(),
                 path: peer::RemotePath::new("inbox/a.bin").expect("a valid remote path"),
+                mkdir: true,
             })),
         ];
         for request in requests {

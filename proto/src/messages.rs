@@ -264,7 +264,7 @@ pub enum Request {
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
 ///     reflink: Default::default(), rate_group: None, sparse: Default::default(),
 /// };
-/// let push = RemoteSubmit { submit, path: RemotePath::new("inbox/notes.txt")? };
+/// let push = RemoteSubmit { submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false };
 /// assert_eq!(push.descriptors(), 2);
 /// let _ = Request::SubmitRemote(Box::new(push));
 /// # Ok::<(), ringxfer_proto::peer::NameError>(())
@@ -275,6 +275,8 @@ pub struct RemoteSubmit {
     pub submit: SubmitRequest,
     /// `EXPORT/dir/file` on the other daemon.
     pub path: crate::peer::RemotePath,
+    /// Make the directories of `path` the other daemon lacks (a tree).
+    pub mkdir: bool,
 }
 
 impl RemoteSubmit {

@@ -48,6 +48,7 @@
 //!     checksum: Checksum::Crc32c,
 //!     resume: false,
 //!     fsync: false,
+//!     mkdir: false,
 //! };
 //! let mut stream = Vec::new();
 //! encode(&PeerMessage::Put(put), &mut stream, limits.max_frame)?;
@@ -176,6 +177,7 @@ pub enum Checksum {
 ///     checksum: Checksum::Crc32c,
 ///     resume: true,
 ///     fsync: true,
+///     mkdir: false,
 /// };
 /// assert_eq!(put.path.components().count(), 2);
 /// # Ok::<(), ringxfer_proto::peer::NameError>(())
@@ -194,6 +196,9 @@ pub struct Put {
     pub resume: bool,
     /// Make data and name durable before answering [`PeerMessage::Done`].
     pub fsync: bool,
+    /// Make the directories of `path` that do not exist yet (a tree being
+    /// pushed), beneath the export, as its user, mode 0755 less its umask.
+    pub mkdir: bool,
 }
 
 /// One message between daemons. `Hello` is the first variant and holds one

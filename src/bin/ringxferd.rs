@@ -146,10 +146,11 @@ fn serve(args: &Settings, reloader: Reloader) -> Result<(), String> {
         address,
         from_systemd,
         socket_file,
+        tcp,
     } = listening;
     info!(socket = %address, from_systemd, pid = std::process::id(), "listening");
     engine.set_listener(OwnedFd::from(listener));
-    if let Some(peers) = ringxfer::daemon::peers::open(args)? {
+    if let Some(peers) = ringxfer::daemon::peers::open(args, tcp)? {
         engine.set_peers(peers);
     }
     engine.set_signalfd(signals);

@@ -5,6 +5,7 @@
 //! than refusing every transfer later.
 
 use std::fs::OpenOptions;
+use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
@@ -18,9 +19,15 @@ use crate::tls::{TlsSetup, Trust};
 
 /// The listener, exports and TLS identity `settings` ask for; None when
 /// the daemon talks to no other daemon (no listen_tcp, no tls_cert).
-pub fn open(settings: &Settings) -> Result<Option<PeerSetup>, String> {
+/// `activated`: the TCP socket systemd passed (ringxferd-tcp.socket),
+/// which stands for `listen_tcp`.
+pub fn open(
+    settings: &Settings,
+    activated: Option<TcpListener>,
+) -> Result<Option<PeerSetup>, String> {
     let tls = tls_setup(settings)?;
-    let Some(address) = settings.listen_tcp else {
+    let activated_at = activated.as_ref().and_then(|l| l.local_addr().ok());
+    let Some(address) = activated_at.or(settings.listen_tcp) else {
         if !settings.exports.is_empty() {
             info!(
                 "[[export]] tables are set but listen_tcp is off: no other daemon can reach them"
@@ -33,7 +40,10 @@ pub fn open(settings: &Settings) -> Result<Option<PeerSetup>, String> {
             tls: Some(tls),
         }));
     };
-    let origin = settings.origin(&keys::LISTEN_TCP);
+    let origin = match &activated {
+        Some(_) => "systemd's ringxferd-tcp.socket".to_string(),
+        None => settings.origin(&keys::LISTEN_TCP).to_string(),
+    };
     let plaintext = settings.insecure_plaintext;
     if plaintext && !address.ip().is_loopback() {
         return Err(format!(
@@ -75,8 +85,11 @@ pub fn open(settings: &Settings) -> Result<Option<PeerSetup>, String> {
         .iter()
         .map(open_export)
         .collect::<Result<Vec<_>, _>>()?;
-    let listener = std::net::TcpListener::bind(address)
-        .map_err(|e| format!("listen_tcp = {address} ({origin}): cannot listen: {e}"))?;
+    let listener = match activated {
+        Some(listener) => listener,
+        None => TcpListener::bind(address)
+            .map_err(|e| format!("listen_tcp = {address} ({origin}): cannot listen: {e}"))?,
+    };
     let bound = listener
         .local_addr()
         .map_or_else(|_| address.to_string(), |a| a.to_string());

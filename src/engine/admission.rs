@@ -45,7 +45,15 @@ pub(super) struct Submitted {
     pub dir: Option<OwnedFd>,
     /// For a push to another daemon (`dst` is the socket to it): where
     /// the file lands there.
-    pub remote: Option<RemotePath>,
+    pub remote: Option<PushTarget>,
+}
+
+/// Where a pushed file lands on the other daemon.
+#[derive(Debug, Clone)]
+pub(super) struct PushTarget {
+    pub path: RemotePath,
+    /// Make its missing directories there (a tree being pushed).
+    pub mkdir: bool,
 }
 
 impl Submitted {

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use io_uring::cqueue;
-use ringxfer_ipc::proto::peer::RemotePath;
 use ringxfer_ipc::{
     Checksums, Event, FailureKind, JobInfo, JobState, Priority, Strategy, SubmitRequest,
 };
@@ -17,7 +16,7 @@ use slab::Slab;
 use tracing::debug;
 
 use super::admission::spec::{self, Context, JobSpec, Limits, Load, Submitter};
-use super::admission::{Admissions, Stated, Submitted};
+use super::admission::{Admissions, PushTarget, Stated, Submitted};
 use super::counters::strategy_index;
 use super::publish::Publisher;
 use super::rate::{GroupKey, TokenBucket};
@@ -345,10 +344,17 @@ impl Job {
         } = spec;
         let ends = Rc::new(ends);
         let (note, mut copy) = match (spec.reflink, spec.remote) {
-            (_, Some((path, meta))) => (
-                None,
-                Mover::Peer(PeerPush::new(ends, shape, path, meta, spec.fsync, tls)),
-            ),
+            (_, Some((target, meta))) => {
+                let push = PeerPush::new(
+                    ends,
+                    shape,
+                    (target.path, target.mkdir),
+                    meta,
+                    spec.fsync,
+                    tls,
+                );
+                (None, Mover::Peer(push))
+            }
             (Some(required), None) => (
                 Some(clone_note(required)),
                 Mover::Reflink(ReflinkCopy::new(ends, shape, required, choice)),
@@ -487,7 +493,7 @@ impl Engine {
         k: usize,
         submit: SubmitRequest,
         fds: (OwnedFd, OwnedFd, Option<OwnedFd>),
-        remote: Option<RemotePath>,
+        remote: Option<PushTarget>,
         acknowledge: bool,
     ) {
         let Some(session) = self.sessions.slab.get(k) else {

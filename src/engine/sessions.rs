@@ -10,6 +10,7 @@ use ringxfer_ipc::{Event, Limits, ProtocolErrorKind, Request, PROTOCOL_VERSION};
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
+use super::admission::PushTarget;
 use super::connections::Connections;
 use super::{scheduler, Engine};
 use crate::io::fd::SharedFd;
@@ -274,7 +275,11 @@ impl Engine {
                 let push = *push;
                 let mut fds = fds.into_iter();
                 if let (Some(src), Some(dst)) = (fds.next(), fds.next()) {
-                    self.admit(k, push.submit, (src, dst, None), Some(push.path), true);
+                    let target = PushTarget {
+                        path: push.path,
+                        mkdir: push.mkdir,
+                    };
+                    self.admit(k, push.submit, (src, dst, None), Some(target), true);
                 }
                 self.closing.doomed.extend(fds);
             }

@@ -129,6 +129,11 @@ pub(crate) const OPCODES: &[Opcode] = &[
         opcode::OpenAt2::CODE,
         "host-to-host receiver: names beneath an export (RESOLVE_BENEATH)",
     ),
+    op(
+        "mkdirat",
+        opcode::MkDirAt::CODE,
+        "host-to-host receiver: directories a pushed file needs",
+    ),
 ];
 
 /// The entry for `code`, if the engine uses it.

@@ -91,6 +91,7 @@ pub(crate) struct PeerPush {
     path: RemotePath,
     meta: FileMeta,
     fsync: bool,
+    mkdir: bool,
     phase: Phase,
     limits: PeerLimits,
     /// The control send's box when idle, and frames waiting for it.
@@ -130,7 +131,7 @@ impl PeerPush {
     pub(crate) fn new(
         ends: Rc<Endpoints>,
         shape: Shape,
-        path: RemotePath,
+        (path, mkdir): (RemotePath, bool),
         meta: FileMeta,
         fsync: bool,
         tls: Option<Session>,
@@ -144,6 +145,7 @@ impl PeerPush {
             path,
             meta: FileMeta { size, ..meta },
             fsync,
+            mkdir,
             phase: Phase::Offered,
             limits: PeerLimits::default(),
             outgoing: Some(Box::new(Outgoing {
@@ -226,6 +228,7 @@ impl PeerPush {
             checksum: Checksum::Crc32c,
             resume: false,
             fsync: self.fsync,
+            mkdir: self.mkdir,
         };
         let hello = PeerMessage::Hello {
             version: PEER_PROTOCOL_VERSION,

@@ -144,6 +144,7 @@ impl Sender {
             checksum: Checksum::Crc32c,
             resume: false,
             fsync: true,
+            mkdir: false,
         };
         self.send(&PeerMessage::Put(put));
         self.recv().expect("an answer to Put")
@@ -346,6 +347,7 @@ fn names_cannot_lead_out_of_the_export() {
         checksum: Checksum::Crc32c,
         resume: false,
         fsync: false,
+        mkdir: false,
     };
     encode(&PeerMessage::Put(put), &mut raw, 1 << 16).expect("encode");
     let at = raw
@@ -939,5 +941,73 @@ fn check_says_what_talking_to_other_daemons_would_be() {
     assert!(
         line.starts_with("FAIL") && line.contains("tls_key /nonexistent/key.pem"),
         "{line}"
+    );
+}
+
+#[test]
+fn a_tree_is_pushed_file_by_file_and_its_directories_made() {
+    let export = tmpdir();
+    let outside = tmpdir();
+    let (receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let tree = sending.dir().join("tree");
+    let mut files = Vec::new();
+    for (i, rel) in ["top.txt", "a/one.bin", "a/b/c/deep.bin", "d/two.txt"]
+        .iter()
+        .enumerate()
+    {
+        let path = tree.join(rel);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        let data = pattern(i as u64, 1000 + i * 300_000);
+        std::fs::write(&path, &data).expect("write");
+        files.push((rel.to_string(), data));
+    }
+    std::os::unix::fs::symlink("top.txt", tree.join("link")).expect("symlink");
+
+    let out = push_cli(&sending, &["-r"], &tree, &format!("{address}:inbox"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        receiving.log()
+    );
+    let summary = crate::cli_common::json_lines(&out)
+        .pop()
+        .expect("a summary");
+    assert_eq!(
+        (summary["files"].as_u64(), summary["skipped"].as_u64()),
+        (Some(4), Some(1)),
+        "{summary}"
+    );
+    assert!(crate::cli_common::stderr(&out).contains("link: only regular files"));
+    for (rel, data) in &files {
+        assert_file_eq(&export.path().join("tree").join(rel), data);
+    }
+
+    // A directory of the export that leads out (a symlink) fails the
+    // files under it, and only those; nothing is made outside.
+    std::fs::remove_dir_all(export.path().join("tree/a")).expect("rm");
+    std::os::unix::fs::symlink(outside.path(), export.path().join("tree/a")).expect("symlink");
+    let out = push_cli(&sending, &["-r"], &tree, &format!("{address}:inbox"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let err = crate::cli_common::stderr(&out);
+    assert!(err.contains("outside the export"), "{err}");
+    let summary = crate::cli_common::json_lines(&out)
+        .pop()
+        .expect("a summary");
+    assert_eq!(
+        (summary["files"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(2)),
+        "{summary}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).expect("read_dir").count(),
+        0,
+        "nothing outside"
     );
 }

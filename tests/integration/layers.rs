@@ -32,6 +32,7 @@ const CLI_LAYERS: &[&str] = &[
     "pipeline",
     "tree",
     "remote",
+    "remote_tree",
     "commands",
     "control",
     "stats",

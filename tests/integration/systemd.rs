@@ -74,15 +74,14 @@ fn units_pass_systemd_analyze_verify() {
         &format!("ExecStart={DAEMON_BIN}"),
     );
     fs::write(dir.path().join("ringxferd.service"), service).expect("write service copy");
-    fs::copy(
-        unit("ringxferd.socket"),
-        dir.path().join("ringxferd.socket"),
-    )
-    .expect("copy socket unit");
+    for socket in ["ringxferd.socket", "ringxferd-tcp.socket"] {
+        fs::copy(unit(socket), dir.path().join(socket)).expect("copy socket unit");
+    }
 
     let mut cmd = Command::new(&analyze);
     cmd.arg("verify")
         .arg(dir.path().join("ringxferd.socket"))
+        .arg(dir.path().join("ringxferd-tcp.socket"))
         .arg(dir.path().join("ringxferd.service"));
     let out = run_timeout(cmd, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -255,6 +254,11 @@ fn install_sh_stages_into_destdir() {
         read(&root.join("lib/systemd/system/ringxferd.socket")),
         read(&unit("ringxferd.socket"))
     );
+    assert_eq!(
+        read(&root.join("lib/systemd/system/ringxferd-tcp.socket")),
+        read(&unit("ringxferd-tcp.socket"))
+    );
+    assert!(root.join("share/doc/ringxfer/ringxferd-tcp.conf").is_file());
     assert!(root.join("lib/sysusers.d/ringxfer.conf").is_file());
     assert!(root.join("share/doc/ringxfer/README.md").is_file());
     assert_eq!(
@@ -716,4 +720,97 @@ fn the_loop_feeds_the_watchdog_and_says_stopping_when_draining() {
     terminate(reap.0.as_mut().expect("running"), &log);
     reap.0 = None;
     drop(client);
+}
+
+/// Starts ringxferd as systemd would with two sockets: `unix` as
+/// descriptor 3 and `tcp` as 4, named by LISTEN_FDNAMES as
+/// ringxferd.socket and ringxferd-tcp.socket name them.
+fn spawn_two(unix: RawFd, tcp: RawFd, notify: &Path, log: &Path, args: &[&str]) -> Child {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(DAEMON_BIN)
+        .args(engine_args(args))
+        .args(args)
+        .env_remove("RINGXFER_SOCKET")
+        .env_remove("RINGXFER_ENGINE")
+        .env_remove("WATCHDOG_USEC")
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "ringxferd.socket:tcp")
+        .env("NOTIFY_SOCKET", notify)
+        .env("RINGXFER_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).expect("create the daemon log"));
+    // SAFETY: the closure runs between fork and exec and calls only dup2
+    // and close, which are async-signal-safe, and builds an io::Error from
+    // errno, which does not allocate. Both descriptors stay open in the
+    // parent until spawn returns. They go through 100 and 101 first, so
+    // that neither is overwritten before it is moved (either may be 3 or 4).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in [(unix, 100), (tcp, 101), (100, 3), (101, 4)] {
+                if libc::dup2(from, to) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            libc::close(100);
+            libc::close(101);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {DAEMON_BIN}: {e}"))
+}
+
+#[test]
+fn a_tcp_socket_systemd_passes_takes_other_daemons_files() {
+    let dir = tmpdir();
+    let path = dir.path().join("activated.sock");
+    let unix = UnixListener::bind(&path).expect("bind the Unix socket");
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TCP socket");
+    let address = tcp.local_addr().expect("its address");
+    let export = tmpdir();
+    let conf = dir.path().join("ringxferd.toml");
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let text = format!(
+        "insecure_plaintext = true\n\n[[export]]\nname = \"inbox\"\npath = \"{}\"\nuser = \"{uid}\"\n",
+        export.path().display()
+    );
+    fs::write(&conf, text).expect("write the config");
+    let mut notify = NotifySocket::new(dir.path());
+    let log = dir.path().join("ringxferd.log");
+    let conf_arg = conf.to_str().expect("utf-8 path");
+    let mut d = Reap(Some(spawn_two(
+        unix.as_raw_fd(),
+        tcp.as_raw_fd(),
+        &notify.path,
+        &log,
+        &["--config", conf_arg],
+    )));
+    notify.expect("READY=1", Duration::from_secs(10), &log);
+    assert!(
+        read(&log).contains(&format!("address={address}")),
+        "not listening on systemd's TCP socket:\n{}",
+        read(&log)
+    );
+
+    let sender = Daemon::start();
+    let src = sender.dir().join("pushed.bin");
+    let data = pattern(5, 300_000);
+    fs::write(&src, &data).expect("write");
+    let mut cli = crate::cli_common::cli(&sender.socket);
+    cli.arg("copy").arg(&src).arg(format!("{address}:inbox"));
+    let out = crate::cli_common::run(cli);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        read(&log)
+    );
+    assert_file_eq(&export.path().join("pushed.bin"), &data);
+
+    terminate(d.0.as_mut().expect("running"), &log);
+    d.0 = None;
 }

@@ -23,7 +23,8 @@ pub(crate) enum Extra<'a> {
     /// The directory to publish in (a third descriptor), and the names.
     Publish(BorrowedFd<'a>, PublishTo),
     /// A push to another daemon: where the file lands there.
-    Remote(RemotePath),
+    /// And whether to make its missing directories there.
+    Remote(RemotePath, bool),
 }
 
 impl Client {
@@ -67,8 +68,9 @@ impl Client {
     /// whole under its name, its CRC-32C equal to the one sent
     /// ([`Completion::checksums`] carries both); until then that name keeps
     /// what it had. [`TransferOptions::fsync`] asks the other daemon to make
-    /// file and name durable first. `dest_offset`, `truncate`, `in_place`
-    /// and clones do not apply.
+    /// file and name durable first; `mkdir` to make the directories of
+    /// `path` it lacks (beneath its export), as for a tree. `dest_offset`,
+    /// `truncate`, `in_place` and clones do not apply.
     ///
     /// # Errors
     ///
@@ -84,7 +86,7 @@ impl Client {
     /// let src = File::open("notes.txt")?;
     /// let other = TcpStream::connect("127.0.0.1:7300")?;
     /// let path = RemotePath::new("inbox/notes.txt")?;
-    /// let done = client.submit_remote(&src, &other, &path, &TransferOptions::default())?.wait()?;
+    /// let done = client.submit_remote(&src, &other, &path, false, &TransferOptions::default())?.wait()?;
     /// println!("{} bytes landed, crc32c {:08x}", done.bytes, done.checksums.unwrap().destination);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -93,9 +95,10 @@ impl Client {
         source: impl AsFd,
         socket: impl AsFd,
         path: &RemotePath,
+        mkdir: bool,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let extra = Extra::Remote(path.clone());
+        let extra = Extra::Remote(path.clone(), mkdir);
         self.submit_inner(source.as_fd(), socket.as_fd(), extra, opts, None, None)
     }
 
@@ -209,9 +212,14 @@ impl Client {
                 submit.publish = Some(publish);
                 dir = Some(fd);
             }
-            (Extra::Remote(path), Request::Submit(submit)) => {
+            (Extra::Remote(path, mkdir), Request::Submit(submit)) => {
                 let submit = submit.clone();
-                request = Request::SubmitRemote(Box::new(RemoteSubmit { submit, path }));
+                let push = RemoteSubmit {
+                    submit,
+                    path,
+                    mkdir,
+                };
+                request = Request::SubmitRemote(Box::new(push));
             }
             _ => {}
         }

@@ -84,7 +84,11 @@ fn run_or_detach(
 pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
     let (dst, sources) = (args.dst, args.sources);
     if let Some(remote) = crate::remote::Remote::parse(dst) {
-        return crate::remote::push(ctx, args, &remote);
+        return if args.recursive {
+            crate::remote_tree::push_tree(ctx, args, &remote)
+        } else {
+            crate::remote::push(ctx, args, &remote)
+        };
     }
     // -P: a link named on the command line is copied as a link, which the
     // tree copy does.

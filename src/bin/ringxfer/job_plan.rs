@@ -88,17 +88,18 @@ pub fn run(
 }
 
 /// As [`run`], a push of `src` to another daemon through `socket`, to land
-/// as `path` there.
+/// as `path` there (making its missing directories with `mkdir`).
 pub fn run_remote(
     engine: &EngineHandle,
     subject: &Subject,
     src: impl AsFd,
     socket: impl AsFd,
     path: &RemotePath,
+    mkdir: bool,
     plan: JobPlan,
 ) -> Result<Finished, CliError> {
     run_with(engine, subject, plan, |client, opts| {
-        client.submit_remote(src, socket, path, opts)
+        client.submit_remote(src, socket, path, mkdir, opts)
     })
 }
 

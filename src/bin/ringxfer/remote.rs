@@ -85,6 +85,10 @@ fn host_has_port(host: &str) -> bool {
 
 /// Pushes the one source of `args` to `remote`.
 pub fn push(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
+    if let Err(err) = check_flags(args) {
+        ctx.out.failed(Op::Copy, None, &err);
+        return err.exit;
+    }
     let src = &args.sources[0];
     let subject = Subject {
         op: Op::Copy,
@@ -111,22 +115,18 @@ fn run(
     remote: &Remote,
     subject: &Subject,
 ) -> Result<crate::report::Finished, CliError> {
-    check_flags(args)?;
     let src = &args.sources[0];
     let path = remote.path_for(src)?;
-    let (file, _) = open_source(
-        src,
-        "a directory goes to another host only with -r, which is not built yet",
-    )?;
+    let (file, _) = open_source(src, "a directory goes to another host with -r")?;
     let engine = ctx.engine(&args.job)?;
     let socket = TcpStream::connect(&remote.address)
         .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err))?;
     let plan = ctx.plan(args.range, args.job, args.dest.fsync);
-    job_plan::run_remote(&engine, subject, &file, &socket, &path, plan)
+    job_plan::run_remote(&engine, subject, &file, &socket, &path, false, plan)
 }
 
 /// What a push cannot do (yet), refused before anything is opened.
-fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
+pub fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     let refuse = |what: &str| {
         Err(CliError::usage(format!(
             "{what} to another host is not supported yet"
@@ -135,11 +135,13 @@ fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 {
         return refuse("copying several files");
     }
-    if args.recursive {
-        return refuse("-r");
-    }
     if args.job.detach {
         return refuse("--detach");
+    }
+    if args.recursive && args.range.is_partial() {
+        return Err(CliError::usage(
+            "--offset and --length take one file, not -r",
+        ));
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
         return refuse("--in-place, --no-clobber, --update or --backup");

@@ -22,10 +22,10 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use ringxfer_ipc::proto::peer::{FileMeta, RemotePath};
+use ringxfer_ipc::proto::peer::FileMeta;
 use ringxfer_ipc::{FailureKind, Priority, RateGroup, Strategy, SubmitRequest, MAX_TAG_BYTES};
 
-use super::Submitted;
+use super::{PushTarget, Submitted};
 use crate::engine::EngineConfig;
 use crate::transfer::choose::{choose, Choice, ChoiceInputs};
 use crate::transfer::{plan, Endpoints, FdKind, FdStat, Plan, Shape, Stats, TransferError};
@@ -118,7 +118,7 @@ pub(in crate::engine) struct JobSpec {
     pub verify: bool,
     /// A push to another daemon: where the file lands there, and what it
     /// is told of the file.
-    pub remote: Option<(RemotePath, FileMeta)>,
+    pub remote: Option<(PushTarget, FileMeta)>,
 }
 
 /// Where a detached job's destination gets its name.

@@ -44,13 +44,17 @@ pub(super) enum Step {
 
 pub(super) struct Incoming {
     xfer: u64,
-    export: usize,
+    pub(super) export: usize,
     /// The remote path, as the sender named it.
-    shown: String,
-    target: Target,
+    pub(super) shown: String,
+    pub(super) target: Target,
     meta: FileMeta,
     fsync: bool,
-    parent: Option<Rc<OwnedFd>>,
+    /// Make the directories it lacks (`Put::mkdir`); those still to make
+    /// or open, in order, once that started.
+    pub(super) mkdir: bool,
+    pub(super) dirs: Vec<CString>,
+    pub(super) parent: Option<Rc<OwnedFd>>,
     file: Option<Rc<OwnedFd>>,
     step: Step,
     /// Bytes received (and copied for writing), and their CRC-32C.
@@ -118,7 +122,7 @@ pub(super) fn take_data(
 }
 
 /// A failure in the client protocol's terms, with the OS error.
-fn os_failure(errno: i32, what: String) -> (FailureKind, String) {
+pub(super) fn os_failure(errno: i32, what: String) -> (FailureKind, String) {
     let err = std::io::Error::from_raw_os_error(errno);
     let kind = if errno == libc::EXDEV {
         FailureKind::PermissionDenied
@@ -165,6 +169,8 @@ impl Engine {
             target,
             meta: put.meta,
             fsync: put.fsync,
+            mkdir: put.mkdir,
+            dirs: Vec::new(),
             parent: None,
             file: None,
             step: Step::OpenParent,
@@ -266,7 +272,7 @@ impl Engine {
     }
 
     /// Queues an operation of the file being received on connection `k`.
-    fn queue_incoming_op(&mut self, k: usize, tag: u32, op: impl Into<AnyOp>) {
+    pub(super) fn queue_incoming_op(&mut self, k: usize, tag: u32, op: impl Into<AnyOp>) {
         match self.io.queue_op(Owner::Peer(k), tag, op) {
             Ok(_) => {
                 if let Some(conn) = self.peers.conns.get_mut(k) {
@@ -296,6 +302,11 @@ impl Engine {
         if result >= 0 {
             match tag {
                 tag::OPEN_PARENT => inc.parent = Some(adopt(result)),
+                tag::OPEN_DIR => {
+                    if let Some(old) = inc.parent.replace(adopt(result)) {
+                        self.closing.doomed.extend(Rc::try_unwrap(old).ok());
+                    }
+                }
                 tag::OPEN_PART => inc.file = Some(adopt(result)),
                 // The part is the file now: nothing to remove if a later step fails.
                 tag::RENAME => inc.file = None,
@@ -316,6 +327,12 @@ impl Engine {
         if closing {
             return self.fail_incoming(k, (FailureKind::PeerGone, "the connection closed".into()));
         }
+        if tag == tag::OPEN_PARENT && result == -libc::ENOENT && inc.mkdir && inc.dirs.is_empty() {
+            return self.make_dirs(k);
+        }
+        if matches!(tag, tag::MKDIR | tag::OPEN_DIR) {
+            return self.on_dir_step(k, tag, result);
+        }
         if result < 0 {
             let what = format!("{}: {}", inc.shown, step_name(tag, &inc.target));
             return self.fail_incoming(k, os_failure(-result, what));
@@ -333,7 +350,7 @@ impl Engine {
 
     /// The directory is open (none opened: the export itself): create the
     /// part.
-    fn open_part(&mut self, k: usize) {
+    pub(super) fn open_part(&mut self, k: usize) {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
@@ -612,7 +629,7 @@ impl Engine {
 
     /// The file being received failed: wait for writes, remove the part,
     /// then answer.
-    fn fail_incoming(&mut self, k: usize, failure: (FailureKind, String)) {
+    pub(super) fn fail_incoming(&mut self, k: usize, failure: (FailureKind, String)) {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };

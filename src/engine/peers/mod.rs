@@ -11,6 +11,7 @@
 //! Plaintext only, on loopback, for now (`insecure_plaintext`).
 
 mod conn;
+mod dirs;
 mod incoming;
 mod names;
 
@@ -52,6 +53,8 @@ mod tag {
     pub(crate) const RENAME: u32 = 7;
     pub(crate) const SYNC_DIR: u32 = 8;
     pub(crate) const UNLINK: u32 = 9;
+    pub(crate) const MKDIR: u32 = 10;
+    pub(crate) const OPEN_DIR: u32 = 11;
 }
 
 /// A directory other daemons may write into, opened at start-up.
@@ -175,7 +178,12 @@ impl Engine {
             (tag::RECV, AnyOp::ReadInto(read)) => self.on_peer_recv(k, read.buf, result),
             (tag::SEND, AnyOp::Send(send)) => self.on_peer_sent(k, send, result),
             (tag::WRITE, AnyOp::WriteFrom(write)) => self.on_incoming_write(k, write, result),
-            (tag, _) => self.on_incoming_step(k, tag, result),
+            (tag, op) => {
+                // Its shares of descriptors go first, so that a directory
+                // it named can be closed off the loop thread.
+                drop(op);
+                self.on_incoming_step(k, tag, result)
+            }
         }
     }
 

@@ -21,6 +21,7 @@ pub(crate) mod ficlone;
 pub(crate) mod fsync;
 pub(crate) mod ftruncate;
 pub(crate) mod linkat;
+pub(crate) mod mkdirat;
 pub(crate) mod openat2;
 pub(crate) mod poll;
 pub(crate) mod read_small;
@@ -53,6 +54,7 @@ pub(crate) use ficlone::Ficlone;
 pub(crate) use fsync::Fsync;
 pub(crate) use ftruncate::Ftruncate;
 pub(crate) use linkat::LinkAt;
+pub(crate) use mkdirat::MkdirAt;
 pub(crate) use openat2::OpenAt2;
 pub(crate) use poll::Poll;
 pub(crate) use read_small::ReadSmall;
@@ -126,6 +128,7 @@ pub enum Blocking {
     CopyRange(copy_range::Call),
     /// openat2(2) beneath a directory.
     OpenAt2(openat2::Call),
+    MkdirAt(mkdirat::Call),
     /// fchmod and futimens: on a worker under either back end, as FICLONE.
     SetMeta(set_meta::Call),
     /// No blocking equivalent: an operation only io_uring runs (none of
@@ -163,6 +166,7 @@ impl Blocking {
                 Blocking::DataMap(c) => c.run(),
                 Blocking::CopyRange(c) => c.run(),
                 Blocking::OpenAt2(c) => c.run(),
+                Blocking::MkdirAt(c) => c.run(),
                 Blocking::SetMeta(c) => c.run(),
                 // Refused, as the restricted ring refuses what is off the list.
                 Blocking::Unsupported => {
@@ -280,9 +284,9 @@ macro_rules! any_op {
 }
 
 any_op!(
-    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, OpenAt2, Poll,
-    Read, ReadInto, ReadSmall, RecvMsg, RenameAt, Send, SendZc, SetMeta, Splice, Statx, Timeout,
-    UnlinkAt, Write, WriteFrom,
+    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, MkdirAt,
+    OpenAt2, Poll, Read, ReadInto, ReadSmall, RecvMsg, RenameAt, Send, SendZc, SetMeta, Splice,
+    Statx, Timeout, UnlinkAt, Write, WriteFrom,
 );
 
 impl AnyOp {

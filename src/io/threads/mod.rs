@@ -305,6 +305,7 @@ impl ThreadRing {
             | Blocking::DataMap(_)
             | Blocking::CopyRange(_)
             | Blocking::OpenAt2(_)
+            | Blocking::MkdirAt(_)
             | Blocking::SetMeta(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];

@@ -1,0 +1,212 @@
+//! `ringxfer copy -r DIR HOST[:PORT]:EXPORT[/PATH]`: a tree pushed to
+//! another daemon, one regular file at a time over its own connection, a
+//! few at once. The other daemon makes the directories each file needs
+//! (`mkdir`), beneath its export. Into the export or a path ending in `/`
+//! the tree keeps its own name, as with cp into a directory; otherwise it
+//! takes PATH's.
+//!
+//! Not yet carried: symbolic links, special files and empty directories
+//! (each skipped with a note), and modes and times of directories.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ringxfer_ipc::proto::peer::RemotePath;
+use ringxfer_ipc::{JobHandle, TransferOptions};
+
+use crate::context::{Context, CopyArgs};
+use crate::engine_handle::EngineHandle;
+use crate::error::{CliError, Exit};
+use crate::files::open_source;
+use crate::remote::Remote;
+use crate::report::{self, Op, Subject, Tally};
+
+/// Pushes in flight at once: enough to hide a handshake's round trips,
+/// few enough not to crowd the other daemon (64 connections at most).
+const WINDOW: usize = 4;
+
+/// One file to push: where it is here and where it lands there.
+struct Item {
+    src: PathBuf,
+    dst: String,
+}
+
+pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
+    if let Err(err) = crate::remote::check_flags(args) {
+        ctx.out.failed(Op::Copy, None, &err);
+        return err.exit;
+    }
+    let started = Instant::now();
+    let root = &args.sources[0];
+    let engine = match ctx.engine(&args.job) {
+        Ok(engine) => engine,
+        Err(err) => {
+            ctx.out.failed(Op::Copy, None, &err);
+            return err.exit;
+        }
+    };
+    let mut tally = Tally::default();
+    let items = walk(root, &base(remote, root), &mut tally);
+    let opts = ctx
+        .plan(args.range, args.job, args.dest.fsync)
+        .options(String::new());
+    let mut pushes = Pushes {
+        ctx,
+        engine: &engine,
+        remote,
+        opts,
+        tally,
+        in_flight: VecDeque::with_capacity(WINDOW),
+    };
+    for item in items {
+        if pushes.in_flight.len() == WINDOW {
+            pushes.wait_oldest();
+        }
+        pushes.start(item);
+    }
+    while !pushes.in_flight.is_empty() {
+        pushes.wait_oldest();
+    }
+    let mut tally = pushes.tally;
+    tally.elapsed = started.elapsed();
+    ctx.out.tree_done(&tally, engine.kind());
+    if tally.failed > 0 {
+        Exit::Failed
+    } else {
+        Exit::Done
+    }
+}
+
+/// Where `root` lands: inside the export or a `dir/` under its own name,
+/// else as the path given.
+fn base(remote: &Remote, root: &Path) -> String {
+    let into = !remote.path.contains('/') || remote.path.ends_with('/');
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if into && !name.is_empty() {
+        format!("{}/{name}", remote.path.trim_end_matches('/'))
+    } else {
+        remote.path.trim_end_matches('/').to_string()
+    }
+}
+
+/// The regular files under `root`, depth first, in name order, each with
+/// its remote path under `base`; what cannot go is counted and noted.
+fn walk(root: &Path, base: &str, tally: &mut Tally) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), base.to_string())];
+    while let Some((dir, there)) = dirs.pop() {
+        let mut entries: Vec<_> = match fs::read_dir(&dir) {
+            Ok(rd) => rd.filter_map(Result::ok).collect(),
+            Err(e) => {
+                failed(tally, &dir, &format!("cannot list {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        if entries.is_empty() && dir != root {
+            report::note(&format!(
+                "skipped {}: an empty directory does not go to another host yet",
+                dir.display()
+            ));
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        for entry in entries {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dst = format!("{there}/{name}");
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push((path, dst)),
+                Ok(t) if t.is_file() => items.push(Item { src: path, dst }),
+                _ => {
+                    tally.items += 1;
+                    tally.skipped += 1;
+                    report::note(&format!(
+                        "skipped {}: only regular files go to another host for now",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    items.reverse();
+    items
+}
+
+fn failed(tally: &mut Tally, path: &Path, why: &str) {
+    tally.items += 1;
+    tally.failed += 1;
+    if tally.failed_paths.len() < report::NAMED_FAILURES {
+        tally.failed_paths.push(path.display().to_string());
+    }
+    report::note(why);
+}
+
+/// The pushes of one command, a few in flight.
+struct Pushes<'a> {
+    ctx: &'a Context,
+    engine: &'a EngineHandle,
+    remote: &'a Remote,
+    opts: TransferOptions,
+    tally: Tally,
+    in_flight: VecDeque<(Subject, JobHandle)>,
+}
+
+impl Pushes<'_> {
+    /// Opens, connects and submits one file; a failure is counted.
+    fn start(&mut self, item: Item) {
+        let subject = Subject {
+            op: Op::Copy,
+            src: item.src.display().to_string(),
+            dst: format!("{}:{}", self.remote.address, item.dst),
+        };
+        match self.submit(&item, &subject) {
+            Ok(handle) => self.in_flight.push_back((subject, handle)),
+            Err(err) => self.count_failure(&subject, &err),
+        }
+    }
+
+    fn submit(&self, item: &Item, subject: &Subject) -> Result<JobHandle, CliError> {
+        let path = RemotePath::new(&item.dst)
+            .map_err(|e| CliError::usage(format!("remote path {}: {e}", item.dst)))?;
+        let (file, _) = open_source(&item.src, "a directory")?;
+        let socket = TcpStream::connect(&self.remote.address)
+            .map_err(|err| CliError::io(format!("connect to {}", self.remote.address), &err))?;
+        let opts = TransferOptions {
+            tag: ringxfer_ipc::fit_tag(&subject.describe()),
+            ..self.opts.clone()
+        };
+        self.engine
+            .client()
+            .submit_remote(&file, &socket, &path, true, &opts)
+            .map_err(|err| CliError::client(subject.describe(), &err))
+    }
+
+    /// Waits for the oldest push and counts what came of it.
+    fn wait_oldest(&mut self) {
+        let Some((subject, handle)) = self.in_flight.pop_front() else {
+            return;
+        };
+        match handle.wait() {
+            Ok(done) => {
+                self.tally.items += 1;
+                self.tally.files += 1;
+                self.tally.bytes += done.bytes;
+            }
+            Err(err) => self.count_failure(&subject, &CliError::job(subject.describe(), &err)),
+        }
+    }
+
+    fn count_failure(&mut self, subject: &Subject, err: &CliError) {
+        self.ctx.out.failed(Op::Copy, Some(subject), err);
+        self.tally.items += 1;
+        self.tally.failed += 1;
+        if self.tally.failed_paths.len() < report::NAMED_FAILURES {
+            self.tally.failed_paths.push(subject.src.clone());
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The directories a pushed file lacks (`Put::mkdir`: a tree being
+//! pushed), made one component at a time beneath the export: MKDIRAT in
+//! the directory reached so far (an existing one is fine), then OPENAT2 of
+//! it with RESOLVE_BENEATH, so that a symlink planted in the export cannot
+//! lead the next one out of it. Every step runs as the export's user, as
+//! the rest of the file does.
+
+use std::ffi::CString;
+
+use super::incoming::os_failure;
+use super::tag;
+use crate::engine::Engine;
+use crate::io::fd::SharedFd;
+use crate::io::op::{self, openat2::How};
+
+/// What a directory made for a pushed file gets (less the umask).
+const DIR_MODE: u32 = 0o755;
+
+impl Engine {
+    /// The file's directory does not exist: make its components, from the
+    /// export down.
+    pub(super) fn make_dirs(&mut self, k: usize) {
+        let Some(inc) = self
+            .peers
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.incoming.as_mut())
+        else {
+            return;
+        };
+        let parent = inc.target.parent.as_bytes();
+        inc.dirs = parent
+            .split(|&b| b == b'/')
+            .rev()
+            .filter_map(|c| CString::new(c).ok())
+            .collect();
+        inc.parent = None;
+        self.make_next_dir(k);
+    }
+
+    /// Makes the next component, or opens the file once none is left.
+    fn make_next_dir(&mut self, k: usize) {
+        let Some(inc) = self
+            .peers
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.incoming.as_mut())
+        else {
+            return;
+        };
+        let Some(name) = inc.dirs.last().cloned() else {
+            return self.open_part(k);
+        };
+        let dir = match &inc.parent {
+            Some(parent) => SharedFd::owned(parent),
+            None => SharedFd::owned(&self.peers.exports[inc.export].dir),
+        };
+        self.queue_incoming_op(k, tag::MKDIR, op::MkdirAt::new(dir, name, DIR_MODE));
+    }
+
+    /// A step of making the directories completed.
+    pub(super) fn on_dir_step(&mut self, k: usize, tag: u32, result: i32) {
+        let Some(inc) = self
+            .peers
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.incoming.as_mut())
+        else {
+            return;
+        };
+        let name = inc
+            .dirs
+            .last()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let failed = |what: &str| {
+            (
+                format!("{}: cannot {what} the directory {name}", inc.shown),
+                -result,
+            )
+        };
+        match tag {
+            tag::MKDIR if result >= 0 || result == -libc::EEXIST => {
+                let Some(name) = inc.dirs.last().cloned() else {
+                    return;
+                };
+                let dir = match &inc.parent {
+                    Some(parent) => SharedFd::owned(parent),
+                    None => SharedFd::owned(&self.peers.exports[inc.export].dir),
+                };
+                let how = How {
+                    flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                    mode: 0,
+                    resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+                };
+                self.queue_incoming_op(k, tag::OPEN_DIR, op::OpenAt2::new(dir, name, how));
+            }
+            tag::MKDIR => {
+                let (what, errno) = failed("make");
+                self.fail_incoming(k, os_failure(errno, what));
+            }
+            tag::OPEN_DIR if result >= 0 => {
+                // The descriptor is the parent now (adopted by the caller).
+                inc.dirs.pop();
+                self.make_next_dir(k);
+            }
+            _ => {
+                let (what, errno) = failed("open");
+                self.fail_incoming(k, os_failure(errno, what));
+            }
+        }
+    }
+}
