@@ -95,6 +95,8 @@ pub struct TlsSetup {
     /// This daemon's own pin, for the log and `--check`.
     pub own: Pin,
     trust: Arc<Trust>,
+    /// How records are sealed, for the note of each push.
+    pub note: String,
 }
 
 impl fmt::Debug for TlsSetup {
@@ -159,7 +161,13 @@ impl TlsSetup {
             client: Arc::new(client),
             own,
             trust,
+            note: "TLS 1.3, sealed in user space".into(),
         })
+    }
+
+    /// The same, its pushes' note saying `note`.
+    pub fn with_note(self, note: String) -> TlsSetup {
+        TlsSetup { note, ..self }
     }
 
     /// A session for a connection another daemon made to this one.

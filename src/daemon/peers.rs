@@ -121,9 +121,22 @@ fn tls_setup(settings: &Settings) -> Result<Option<Arc<TlsSetup>>, String> {
             .map(|p| (p.name.clone(), p.pin))
             .collect(),
     };
-    let setup = TlsSetup::load(cert, key, trust)?;
-    info!(pin = %setup.own, peers = settings.peers.len(), "TLS identity for other daemons");
+    let setup = TlsSetup::load(cert, key, trust)?.with_note(tls_note());
+    info!(pin = %setup.own, peers = settings.peers.len(), transport = %setup.note, "TLS identity for other daemons");
     Ok(Some(Arc::new(setup)))
+}
+
+/// How records are sealed, for the notes of pushes: in user space, and
+/// why not in the kernel (a push's note says it, as `--check` does).
+fn tls_note() -> String {
+    match crate::ktls::probe() {
+        crate::ktls::KernelTls::Unavailable { step, error } => {
+            format!("TLS 1.3, sealed in user space: kernel TLS is unavailable ({step}: {error})")
+        }
+        crate::ktls::KernelTls::Available { .. } => {
+            "TLS 1.3, sealed in user space (kernel TLS is available but not used yet)".into()
+        }
+    }
 }
 
 /// Opens one export's directory and finds its user.

@@ -634,7 +634,9 @@ impl Engine {
         };
         let now = Instant::now();
         let shared = self.shared_limits(k, spec.rate_group, now);
-        let job = Job::from_spec(spec, pools, shared, now, tls);
+        let note = spec.remote.as_ref().map(|_| self.push_note(tls.is_some()));
+        let mut job = Job::from_spec(spec, pools, shared, now, tls);
+        job.note = note.or(job.note.take());
         let key = self.jobs.slab.insert(job);
         self.io.ops.set_personality(Owner::Job(key), personality);
         self.jobs.ids.insert(id, key);

@@ -498,6 +498,13 @@ fn the_cli_pushes_a_file_to_another_daemon_whole_with_its_mode_and_times() {
     );
     let report = crate::cli_common::json_lines(&out).pop().expect("a report");
     assert_eq!(report["strategy"], "peer", "{report}");
+    assert!(
+        report["note"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("plaintext"),
+        "{report}"
+    );
     assert_eq!(report["bytes"], data.len() as u64);
     let crc = u64::from(crc32c::crc32c(&data));
     assert_eq!(
@@ -1009,5 +1016,73 @@ fn a_tree_is_pushed_file_by_file_and_its_directories_made() {
         std::fs::read_dir(outside.path()).expect("read_dir").count(),
         0,
         "nothing outside"
+    );
+}
+
+#[test]
+fn a_push_shows_progress_is_listed_and_cancelled_like_a_local_copy() {
+    let export = tmpdir();
+    let (receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let src = sending.dir().join("slow.bin");
+    std::fs::write(&src, pattern(8, 32 << 20)).expect("write");
+    // 32 MiB at 2 MiB/s: far longer than the test needs.
+    let mut c = crate::cli_common::cli(&sending.socket);
+    c.args(["--json", "--progress", "copy", "--rate-limit", "2MiB"])
+        .arg(&src)
+        .arg(format!("{address}:inbox"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().expect("spawn the CLI");
+
+    let mut job = None;
+    let listed = poll_until(Duration::from_secs(20), || {
+        let mut c = crate::cli_common::cli(&sending.socket);
+        c.args(["--json", "jobs"]);
+        let out = crate::cli_common::run(c);
+        job = crate::cli_common::json_lines(&out)
+            .into_iter()
+            .find(|v| v["strategy"] == "peer" && v["bytes"].as_u64().unwrap_or(0) > 0)
+            .and_then(|v| v["job"].as_u64());
+        job.is_some()
+    });
+    assert!(listed, "the push was never listed as moving bytes");
+    let job = job.expect("listed").to_string();
+    let mut c = crate::cli_common::cli(&sending.socket);
+    c.args(["cancel", &job]);
+    let out = crate::cli_common::run(c);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let lines = crate::cli_common::json_lines(&out);
+    let progress =
+        |v: &serde_json::Value| v["event"] == "progress" && v["bytes"].as_u64().unwrap_or(0) > 0;
+    assert!(lines.iter().any(progress), "no progress: {lines:?}");
+    assert!(
+        crate::cli_common::stderr(&out).contains("cancelled"),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let gone = poll_until(Duration::from_secs(10), || {
+        std::fs::read_dir(export.path())
+            .map(|d| d.count())
+            .unwrap_or(1)
+            == 0
+    });
+    assert!(
+        gone,
+        "the part stays after the push was cancelled:\n{}",
+        receiving.log()
     );
 }

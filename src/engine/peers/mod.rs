@@ -609,6 +609,16 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// What a push's note says of its connection.
+    pub(super) fn push_note(&self, tls: bool) -> String {
+        match (&self.peers.tls, tls) {
+            (Some(setup), true) => setup.note.clone(),
+            _ => "plaintext, to a loopback address (this daemon has no TLS identity)".into(),
+        }
+    }
+}
+
 /// Whether the socket's other end is on this host (127.0.0.0/8, ::1).
 fn peer_is_loopback(fd: &OwnedFd) -> bool {
     let sock = std::mem::ManuallyDrop::new(
