@@ -1086,3 +1086,193 @@ fn a_push_shows_progress_is_listed_and_cancelled_like_a_local_copy() {
         receiving.log()
     );
 }
+
+/// Two hosts for a test: network namespaces joined by a veth pair,
+/// 10.213.0.1 (A) and 10.213.0.2 (B), removed on drop. Root only.
+struct TwoHosts {
+    names: [String; 2],
+    link_a: String,
+}
+
+impl TwoHosts {
+    fn new() -> TwoHosts {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{}x{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let names = [format!("rxa{tag}"), format!("rxb{tag}")];
+        let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let hosts = TwoHosts {
+            names: names.clone(),
+            link_a: va.clone(),
+        };
+        for ns in &names {
+            ip(&["netns", "add", ns]);
+        }
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        for (ns, link, addr) in [
+            (&names[0], &va, "10.213.0.1/30"),
+            (&names[1], &vb, "10.213.0.2/30"),
+        ] {
+            ip(&["link", "set", link, "netns", ns]);
+            ip(&["-n", ns, "addr", "add", addr, "dev", link]);
+            ip(&["-n", ns, "link", "set", link, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+
+    /// Makes `cmd` run in host `i`'s network namespace.
+    fn enter(&self, i: usize, cmd: &mut std::process::Command) {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::process::CommandExt;
+        let ns =
+            std::fs::File::open(format!("/run/netns/{}", self.names[i])).expect("open the netns");
+        // Leaked on purpose (a test makes a handful): the child needs it
+        // between fork and exec, after this returns.
+        let fd = ns.into_raw_fd();
+        // SAFETY: setns(2) is async-signal-safe; between fork and exec the
+        // child is single-threaded, which joining a network namespace needs.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Cuts the link, as a pulled cable would.
+    fn cut(&self) {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.names[0], "link", "set", &self.link_a, "down"])
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .output();
+        }
+    }
+}
+
+/// A daemon in host `i` of `hosts` with the TOML `settings`.
+fn daemon_in(hosts: &TwoHosts, i: usize, settings: &str) -> Daemon {
+    let dir = tmpdir();
+    let conf = dir.path().join("ringxferd.toml");
+    std::fs::write(&conf, settings).expect("write config");
+    let conf = conf.to_str().expect("utf-8").to_string();
+    let d = Daemon::start_customized(None, &["--config", &conf], |cmd| hosts.enter(i, cmd));
+    drop(dir);
+    d
+}
+
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn between_two_hosts_a_push_needs_tls_and_a_cut_link_fails_in_time() {
+    require_root("root to make network namespaces and a veth pair");
+    let hosts = TwoHosts::new();
+    let ((a_keys, a_pin), (b_keys, b_pin)) = (keys(), keys());
+    let export = tmpdir();
+    let b_settings = format!(
+        "listen_tcp = \"10.213.0.2:7300\"\nframe_timeout = \"3s\"\n{}\n[[export]]\nname = \"inbox\"\npath = \"{}\"\nuser = \"0\"\n",
+        tls_settings(b_keys.path(), &[("host-a", &a_pin)]),
+        export.path().display()
+    );
+    let b = daemon_in(&hosts, 1, &b_settings);
+    let a_settings = format!(
+        "frame_timeout = \"3s\"\n{}",
+        tls_settings(a_keys.path(), &[("host-b", &b_pin)])
+    );
+    let a = daemon_in(&hosts, 0, &a_settings);
+    let push = |d: &Daemon, args: &[&str], src: &Path| {
+        let mut c = crate::cli_common::cli(&d.socket);
+        c.args(["copy"])
+            .args(args)
+            .arg(src)
+            .arg("10.213.0.2:7300:inbox");
+        hosts.enter(0, &mut c);
+        c
+    };
+
+    let data = pattern(31, 8 << 20);
+    let src = a.dir().join("over-veth.bin");
+    std::fs::write(&src, &data).expect("write");
+    let out = crate::cli_common::run(push(&a, &[], &src));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    assert_file_eq(&export.path().join("over-veth.bin"), &data);
+
+    // A daemon without TLS does not push across a network.
+    let plain = daemon_in(&hosts, 0, "");
+    let out = crate::cli_common::run(push(&plain, &[], &src));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        crate::cli_common::stderr(&out).contains("needs TLS"),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+
+    // The cable is pulled mid-file: both ends give up within seconds, and
+    // the name keeps what it had.
+    let big = a.dir().join("big.bin");
+    std::fs::write(&big, pattern(32, 32 << 20)).expect("write");
+    std::fs::write(export.path().join("big.bin"), b"old").expect("write");
+    let child = push(&a, &["--rate-limit", "2MiB"], &big)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    let partial = || {
+        parts_in(export.path())
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+    };
+    assert!(poll_until(Duration::from_secs(20), partial), "no part grew");
+    let cut_at = std::time::Instant::now();
+    hosts.cut();
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(30),
+        "the sender took {:?}",
+        cut_at.elapsed()
+    );
+    assert!(
+        poll_until(Duration::from_secs(20), || parts_in(export.path())
+            .is_empty()),
+        "{}",
+        b.log()
+    );
+    assert_file_eq(&export.path().join("big.bin"), b"old");
+}
