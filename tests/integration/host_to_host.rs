@@ -40,7 +40,14 @@ fn receiver_with(export: &Path, uid: u32, settings: &str) -> (Daemon, SocketAddr
         export.display()
     );
     std::fs::write(&conf, text).expect("write config");
-    let d = Daemon::start_with(&["--config", conf.to_str().expect("utf-8")]);
+    listening(Daemon::start_with(&[
+        "--config",
+        conf.to_str().expect("utf-8"),
+    ]))
+}
+
+/// `d` and the TCP address it says it listens on for other daemons.
+fn listening(d: Daemon) -> (Daemon, SocketAddr) {
     let mut address = None;
     poll_until(Duration::from_secs(10), || {
         address = d.log().lines().find_map(|l| {
@@ -171,6 +178,19 @@ impl Sender {
         });
         self.recv().expect("an answer to End")
     }
+}
+
+/// A push at 4 MiB/s through `d`, once its part has appeared in `export`.
+fn push_slowly(d: &Daemon, src: &Path, dst: &str, export: &Path) -> std::process::Child {
+    let mut c = crate::cli_common::cli(&d.socket);
+    c.args(["copy", "--rate-limit", "4MiB"]).arg(src).arg(dst);
+    let child = c
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    let appeared = poll_until(Duration::from_secs(20), || !parts_in(export).is_empty());
+    assert!(appeared, "no part appeared");
+    child
 }
 
 /// Names in `dir` that are hidden part files.
@@ -596,19 +616,7 @@ fn a_push_cut_off_midway_leaves_the_old_file() {
     std::fs::write(&src, &data).expect("write");
 
     // The sender stops (its job cancelled by SIGINT): the part goes away.
-    let mut c = crate::cli_common::cli(&sending.socket);
-    c.args(["copy", "--rate-limit", "4MiB"])
-        .arg(&src)
-        .arg(format!("{address}:inbox"));
-    let child = c
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the CLI");
-    assert!(
-        poll_until(Duration::from_secs(20), || !parts_in(export.path())
-            .is_empty()),
-        "no part appeared"
-    );
+    let child = push_slowly(&sending, &src, &format!("{address}:inbox"), export.path());
     // SAFETY: kill(2) of our own child, which has not been waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().expect("wait");
@@ -624,19 +632,7 @@ fn a_push_cut_off_midway_leaves_the_old_file() {
     assert_file_eq(&keep, b"old");
 
     // The receiver dies: the push fails, naming the other daemon.
-    let mut c = crate::cli_common::cli(&sending.socket);
-    c.args(["copy", "--rate-limit", "4MiB"])
-        .arg(&src)
-        .arg(format!("{address}:inbox"));
-    let child = c
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the CLI");
-    assert!(
-        poll_until(Duration::from_secs(20), || !parts_in(export.path())
-            .is_empty()),
-        "no part appeared"
-    );
+    let child = push_slowly(&sending, &src, &format!("{address}:inbox"), export.path());
     receiving.signal(libc::SIGKILL);
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -746,19 +742,10 @@ fn tls_receiver_with(
         export.display()
     );
     std::fs::write(&conf, text).expect("write config");
-    let d = Daemon::start_with(&["--config", conf.to_str().expect("utf-8")]);
-    let mut address = None;
-    poll_until(Duration::from_secs(10), || {
-        address = d.log().lines().find_map(|l| {
-            let line = &l[l.find("listening for other daemons")?..];
-            let at = line.find("address=")? + 8;
-            line[at..].split_whitespace().next()?.parse().ok()
-        });
-        address.is_some()
-    });
-    let address =
-        address.unwrap_or_else(|| panic!("no listening address in the log:\n{}", d.log()));
-    (d, address)
+    listening(Daemon::start_with(&[
+        "--config",
+        conf.to_str().expect("utf-8"),
+    ]))
 }
 
 #[test]

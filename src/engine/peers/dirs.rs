@@ -20,12 +20,7 @@ impl Engine {
     /// The file's directory does not exist: make its components, from the
     /// export down.
     pub(super) fn make_dirs(&mut self, k: usize) {
-        let Some(inc) = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.incoming.as_mut())
-        else {
+        let Some(inc) = self.peers.incoming_mut(k) else {
             return;
         };
         let parent = inc.target.parent.as_bytes();
@@ -38,56 +33,34 @@ impl Engine {
         self.make_next_dir(k);
     }
 
-    /// Makes the next component, or opens the file once none is left.
-    fn make_next_dir(&mut self, k: usize) {
-        let Some(inc) = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.incoming.as_mut())
-        else {
-            return;
-        };
-        let Some(name) = inc.dirs.last().cloned() else {
-            return self.open_part(k);
-        };
+    /// The directory reached so far (the export's at first) and the next
+    /// component to make in it.
+    fn next_dir(&self, k: usize) -> Option<(SharedFd, CString)> {
+        let inc = self.peers.incoming(k)?;
+        let name = inc.dirs.last()?.clone();
         let dir = match &inc.parent {
             Some(parent) => SharedFd::owned(parent),
             None => SharedFd::owned(&self.peers.exports[inc.export].dir),
         };
-        self.queue_incoming_op(k, tag::MKDIR, op::MkdirAt::new(dir, name, DIR_MODE));
+        Some((dir, name))
+    }
+
+    /// Makes the next component, or opens the file once none is left.
+    fn make_next_dir(&mut self, k: usize) {
+        match self.next_dir(k) {
+            Some((dir, name)) => {
+                let mkdir = op::MkdirAt::new(dir, name, DIR_MODE);
+                self.queue_incoming_op(k, tag::MKDIR, mkdir);
+            }
+            None => self.open_part(k),
+        }
     }
 
     /// A step of making the directories completed.
     pub(super) fn on_dir_step(&mut self, k: usize, tag: u32, result: i32) {
-        let Some(inc) = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.incoming.as_mut())
-        else {
-            return;
-        };
-        let name = inc
-            .dirs
-            .last()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let failed = |what: &str| {
-            (
-                format!("{}: cannot {what} the directory {name}", inc.shown),
-                -result,
-            )
-        };
-        match tag {
-            tag::MKDIR if result >= 0 || result == -libc::EEXIST => {
-                let Some(name) = inc.dirs.last().cloned() else {
-                    return;
-                };
-                let dir = match &inc.parent {
-                    Some(parent) => SharedFd::owned(parent),
-                    None => SharedFd::owned(&self.peers.exports[inc.export].dir),
-                };
+        let made = tag == tag::MKDIR && (result >= 0 || result == -libc::EEXIST);
+        if made {
+            if let Some((dir, name)) = self.next_dir(k) {
                 let how = How {
                     flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
                     mode: 0,
@@ -95,19 +68,23 @@ impl Engine {
                 };
                 self.queue_incoming_op(k, tag::OPEN_DIR, op::OpenAt2::new(dir, name, how));
             }
-            tag::MKDIR => {
-                let (what, errno) = failed("make");
-                self.fail_incoming(k, os_failure(errno, what));
-            }
-            tag::OPEN_DIR if result >= 0 => {
-                // The descriptor is the parent now (adopted by the caller).
-                inc.dirs.pop();
-                self.make_next_dir(k);
-            }
-            _ => {
-                let (what, errno) = failed("open");
-                self.fail_incoming(k, os_failure(errno, what));
-            }
+            return;
         }
+        let Some(inc) = self.peers.incoming_mut(k) else {
+            return;
+        };
+        if tag == tag::OPEN_DIR && result >= 0 {
+            // The descriptor is the parent now (adopted by the caller).
+            inc.dirs.pop();
+            return self.make_next_dir(k);
+        }
+        let name = inc
+            .dirs
+            .last()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let what = if tag == tag::MKDIR { "make" } else { "open" };
+        let why = format!("{}: cannot {what} the directory {name}", inc.shown);
+        self.fail_incoming(k, os_failure(-result, why));
     }
 }

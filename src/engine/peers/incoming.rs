@@ -185,7 +185,7 @@ impl Engine {
         if at_root {
             return self.open_part(k);
         }
-        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+        let Some(inc) = self.peers.incoming(k) else {
             return;
         };
         let dir = SharedFd::owned(&self.peers.exports[export].dir);
@@ -377,12 +377,7 @@ impl Engine {
     }
 
     fn part_opened(&mut self, k: usize) {
-        let Some(inc) = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.incoming.as_mut())
-        else {
+        let Some(inc) = self.peers.incoming_mut(k) else {
             return;
         };
         inc.step = Step::Receiving;
@@ -480,12 +475,7 @@ impl Engine {
         let mut full = Vec::with_capacity(1);
         conn.flush_into(&mut full);
         self.write_full(k, &mut full);
-        let idle = self
-            .peers
-            .conns
-            .get(k)
-            .and_then(|c| c.incoming.as_ref())
-            .is_some_and(|i| i.in_flight == 0);
+        let idle = self.peers.incoming(k).is_some_and(|i| i.in_flight == 0);
         if idle {
             self.check_end(k);
         }
@@ -493,12 +483,7 @@ impl Engine {
 
     /// Every write landed: the file must be whole and unchanged.
     fn check_end(&mut self, k: usize) {
-        let Some(inc) = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.incoming.as_mut())
-        else {
+        let Some(inc) = self.peers.incoming_mut(k) else {
             return;
         };
         let Some((size, crc)) = inc.end else { return };
@@ -531,7 +516,7 @@ impl Engine {
     }
 
     fn after_meta(&mut self, k: usize) {
-        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+        let Some(inc) = self.peers.incoming(k) else {
             return;
         };
         match (inc.fsync, inc.file.as_ref()) {
@@ -544,7 +529,7 @@ impl Engine {
     }
 
     fn rename_into_place(&mut self, k: usize) {
-        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+        let Some(inc) = self.peers.incoming(k) else {
             return;
         };
         let Some(parent) = inc.parent.as_ref().map(SharedFd::owned) else {
@@ -555,12 +540,7 @@ impl Engine {
     }
 
     fn after_rename(&mut self, k: usize) {
-        let Some(inc) = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.incoming.as_mut())
-        else {
+        let Some(inc) = self.peers.incoming_mut(k) else {
             return;
         };
         // The part is the file now: nothing to remove if a later step fails.
@@ -602,9 +582,7 @@ impl Engine {
     pub(super) fn cancel_incoming(&mut self, k: usize, xfer: u64) {
         let mine = self
             .peers
-            .conns
-            .get(k)
-            .and_then(|c| c.incoming.as_ref())
+            .incoming(k)
             .is_some_and(|i| i.xfer == xfer && i.step != Step::Publishing);
         if mine {
             self.fail_incoming(
@@ -618,9 +596,7 @@ impl Engine {
     pub(super) fn abandon_incoming(&mut self, k: usize, why: &str) {
         let live = self
             .peers
-            .conns
-            .get(k)
-            .and_then(|c| c.incoming.as_ref())
+            .incoming(k)
             .is_some_and(|i| i.step != Step::Aborting);
         if live {
             self.fail_incoming(k, (FailureKind::PeerGone, why.to_string()));
@@ -648,7 +624,7 @@ impl Engine {
     /// Once no write is in flight, removes the part (if made and not yet
     /// renamed), then finishes.
     fn advance_abort(&mut self, k: usize) {
-        let Some(inc) = self.peers.conns.get(k).and_then(|c| c.incoming.as_ref()) else {
+        let Some(inc) = self.peers.incoming(k) else {
             return;
         };
         if inc.in_flight > 0 {

@@ -110,6 +110,17 @@ pub(super) struct Peers {
     pub(super) tls: Option<Arc<TlsSetup>>,
 }
 
+impl Peers {
+    /// The file connection `k` is receiving, if any.
+    fn incoming(&self, k: usize) -> Option<&incoming::Incoming> {
+        self.conns.get(k).and_then(|c| c.incoming.as_ref())
+    }
+
+    fn incoming_mut(&mut self, k: usize) -> Option<&mut incoming::Incoming> {
+        self.conns.get_mut(k).and_then(|c| c.incoming.as_mut())
+    }
+}
+
 impl Engine {
     /// Takes files from other daemons on `setup`'s listener.
     pub fn set_peers(&mut self, setup: PeerSetup) {
