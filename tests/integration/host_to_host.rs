@@ -133,6 +133,57 @@ impl Sender {
         }
     }
 
+    /// Pulls `path`: its meta, bytes and the CRC `End` gave, or the answer
+    /// that refused or failed it. The daemon is told `Done`.
+    fn pull(&mut self, xfer: u64, path: &str) -> Result<(FileMeta, Vec<u8>, u32), PeerMessage> {
+        let path = RemotePath::new(path).expect("a valid remote path");
+        self.send(&PeerMessage::Get {
+            xfer,
+            path,
+            resume: false,
+        });
+        let meta = match self.recv() {
+            Some(PeerMessage::Ready {
+                meta: Some(meta),
+                offset: 0,
+                ..
+            }) => meta,
+            other => return Err(other.unwrap_or(PeerMessage::Bye)),
+        };
+        let mut bytes = Vec::new();
+        loop {
+            let next = self
+                .reader
+                .next(&self.got, &self.limits)
+                .expect("a valid stream");
+            let Some((piece, used)) = next else {
+                let mut buf = [0u8; 64 << 10];
+                match self.stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return Err(PeerMessage::Bye),
+                    Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            };
+            let end = match piece {
+                Piece::Data {
+                    offset, bytes: b, ..
+                } => {
+                    assert_eq!(offset as usize, bytes.len(), "data in order");
+                    bytes.extend_from_slice(b);
+                    None
+                }
+                Piece::Message(PeerMessage::End { size, crc32c, .. }) => Some((size, crc32c)),
+                Piece::Message(other) => return Err(other),
+            };
+            self.got.drain(..used);
+            if let Some((size, crc)) = end {
+                assert_eq!(size, bytes.len() as u64);
+                self.send(&PeerMessage::Done { xfer, crc32c: crc });
+                return Ok((meta, bytes, crc));
+            }
+        }
+    }
+
     /// Offers `path` of `size` bytes with `mode` and `mtime`.
     fn put(&mut self, xfer: u64, path: &str, size: u64, mode: u32, mtime: i64) -> PeerMessage {
         let when = Timestamp {
@@ -1262,4 +1313,53 @@ fn between_two_hosts_a_push_needs_tls_and_a_cut_link_fails_in_time() {
         b.log()
     );
     assert_file_eq(&export.path().join("big.bin"), b"old");
+}
+
+#[test]
+fn a_daemon_serves_a_file_another_pulls_and_nothing_outside_its_export() {
+    let export = tmpdir();
+    let outside = tmpdir();
+    std::fs::write(outside.path().join("secret"), b"outside").expect("write");
+    std::fs::create_dir(export.path().join("dir")).expect("mkdir");
+    let data = pattern(41, (2 << 20) + 999);
+    let file = export.path().join("dir/served.bin");
+    std::fs::write(&file, &data).expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    std::os::unix::fs::symlink(outside.path(), export.path().join("out")).expect("symlink");
+    std::os::unix::fs::symlink("dir/served.bin", export.path().join("link")).expect("symlink");
+    let (d, address) = receiver(export.path());
+    let mut s = Sender::connect(address);
+
+    let (meta, bytes, crc) = s
+        .pull(1, "inbox/dir/served.bin")
+        .unwrap_or_else(|m| panic!("{m:?}\n{}", d.log()));
+    assert_bytes_eq(&bytes, &data, "pulled");
+    assert_eq!(crc, crc32c::crc32c(&data));
+    assert_eq!((meta.size, meta.mode), (data.len() as u64, 0o640));
+    // Another on the same connection: an empty file.
+    std::fs::write(export.path().join("empty"), b"").expect("write");
+    let (meta, bytes, _) = s.pull(2, "inbox/empty").expect("pulled");
+    assert_eq!((meta.size, bytes.len()), (0, 0));
+
+    for (path, says) in [
+        ("inbox/out/secret", "outside the export"),
+        ("inbox/link", "inbox/link"),
+        ("inbox/missing", "No such file"),
+        ("inbox/dir", "not a regular file"),
+        ("elsewhere/x", "no export named"),
+    ] {
+        match s.pull(3, path) {
+            Err(PeerMessage::Refused { message, .. }) => {
+                assert!(message.contains(says), "{path}: {message}")
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    assert!(
+        poll_until(Duration::from_secs(5), || d
+            .log()
+            .contains("sent a file to another daemon")),
+        "{}",
+        d.log()
+    );
 }

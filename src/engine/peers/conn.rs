@@ -15,6 +15,7 @@ use std::time::Instant;
 use ringxfer_ipc::proto::peer::PeerReader;
 
 use super::incoming::Incoming;
+use super::serving::Serving;
 use crate::io::queue::SendSource;
 use crate::tls::Session;
 
@@ -59,6 +60,11 @@ pub(super) struct PeerConn {
     pub outgoing: Option<Box<Outgoing>>,
     /// The file being received.
     pub incoming: Option<Incoming>,
+    /// The file being sent to a daemon that pulls it.
+    pub serving: Option<Serving>,
+    /// Descriptors let go of while an operation still held them: closed
+    /// off the loop thread once it is back.
+    pub retired: Vec<Rc<OwnedFd>>,
     /// The buffer being filled with file data, from file offset `fill_at`.
     pub fill: Option<Vec<u8>>,
     pub fill_at: u64,
@@ -102,6 +108,8 @@ impl PeerConn {
                 sent: 0,
             })),
             incoming: None,
+            serving: None,
+            retired: Vec::new(),
             fill: None,
             fill_at: 0,
             spare: Vec::new(),
@@ -141,6 +149,11 @@ impl PeerConn {
         cipher.copy_within(used..*cipher_len, 0);
         *cipher_len -= used;
         Ok(used > 0)
+    }
+
+    /// A file is being moved on it, either way: one at a time.
+    pub(super) fn busy(&self) -> bool {
+        self.incoming.is_some() || self.serving.is_some()
     }
 
     /// Makes the write buffers, once, when the first file starts.

@@ -18,7 +18,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
 
-use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, Put};
+use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, Put, RemotePath};
 use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
 
@@ -200,33 +200,12 @@ impl Engine {
 
     /// The export and the cut name of a `Put`, or why it is refused.
     fn check_put(&mut self, k: usize, put: &Put) -> Result<(usize, Target), (FailureKind, String)> {
-        let busy_conn = self.peers.conns.get(k).is_none_or(|c| c.incoming.is_some());
+        let busy_conn = self.peers.conns.get(k).is_none_or(|c| c.busy());
         if busy_conn {
-            let why = "another file is being received on this connection".to_string();
+            let why = "another file is being moved on this connection".to_string();
             return Err((FailureKind::LimitExceeded, why));
         }
-        let target = names::split(&put.path).map_err(|e| (FailureKind::InvalidRequest, e))?;
-        let Some(export) = self
-            .peers
-            .exports
-            .iter()
-            .position(|e| e.name == target.export)
-        else {
-            let why = format!(
-                "{}: this daemon has no export named {:?}",
-                put.path.as_str(),
-                target.export
-            );
-            return Err((FailureKind::PermissionDenied, why));
-        };
-        if let Err(who) = self.export_open_to(k, export) {
-            let why = format!(
-                "{}: export {:?} is not open to {who}",
-                put.path.as_str(),
-                target.export
-            );
-            return Err((FailureKind::PermissionDenied, why));
-        }
+        let (export, target) = self.resolve_export(k, &put.path)?;
         if self
             .peers
             .busy
@@ -235,17 +214,39 @@ impl Engine {
             let why = format!("{}: another transfer is writing it", put.path.as_str());
             return Err((FailureKind::LimitExceeded, why));
         }
-        let personality = match self
-            .io
-            .ring
-            .personality(&self.peers.exports[export].identity)
-        {
+        Ok((export, target))
+    }
+
+    /// The export `path` names and the path cut, if connection `k` may use
+    /// it; its operations run as the export's user from now on.
+    pub(super) fn resolve_export(
+        &mut self,
+        k: usize,
+        path: &RemotePath,
+    ) -> Result<(usize, Target), (FailureKind, String)> {
+        let target = names::split(path).map_err(|e| (FailureKind::InvalidRequest, e))?;
+        let shown = path.as_str();
+        let Some(export) = self
+            .peers
+            .exports
+            .iter()
+            .position(|e| e.name == target.export)
+        else {
+            let why = format!(
+                "{shown}: this daemon has no export named {:?}",
+                target.export
+            );
+            return Err((FailureKind::PermissionDenied, why));
+        };
+        if let Err(who) = self.export_open_to(k, export) {
+            let why = format!("{shown}: export {:?} is not open to {who}", target.export);
+            return Err((FailureKind::PermissionDenied, why));
+        }
+        let identity = &self.peers.exports[export].identity;
+        let personality = match self.io.ring.personality(identity) {
             Ok(p) => p.unwrap_or(0),
             Err(e) => {
-                let why = format!(
-                    "{}: cannot act as the export's user: {e}",
-                    put.path.as_str()
-                );
+                let why = format!("{shown}: cannot act as the export's user: {e}");
                 return Err((FailureKind::PermissionDenied, why));
             }
         };

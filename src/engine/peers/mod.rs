@@ -14,6 +14,7 @@ mod conn;
 mod dirs;
 mod incoming;
 mod names;
+mod serving;
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -55,6 +56,9 @@ mod tag {
     pub(crate) const UNLINK: u32 = 9;
     pub(crate) const MKDIR: u32 = 10;
     pub(crate) const OPEN_DIR: u32 = 11;
+    pub(crate) const OPEN_SRC: u32 = 12;
+    pub(crate) const STAT_SRC: u32 = 13;
+    pub(crate) const READ_SRC: u32 = 14;
 }
 
 /// A directory other daemons may write into, opened at start-up.
@@ -178,6 +182,7 @@ impl Engine {
                     conn.ops -= 1;
                 }
                 self.on_conn_op(k, op, result);
+                self.close_retired(k);
                 self.forget_if_done(k);
             }
             owner => error!(?owner, tag = op.tag, "completion of an unexpected kind"),
@@ -189,6 +194,15 @@ impl Engine {
             (tag::RECV, AnyOp::ReadInto(read)) => self.on_peer_recv(k, read.buf, result),
             (tag::SEND, AnyOp::Send(send)) => self.on_peer_sent(k, send, result),
             (tag::WRITE, AnyOp::WriteFrom(write)) => self.on_incoming_write(k, write, result),
+            (tag::READ_SRC, AnyOp::ReadInto(read)) => self.on_serving_read(k, read.buf, result),
+            (tag::STAT_SRC, AnyOp::Statx(stat)) => {
+                let stx = stat.into_buf();
+                self.on_serving_stat(k, result, &stx)
+            }
+            (tag::OPEN_SRC, op) => {
+                drop(op);
+                self.on_serving_open(k, result)
+            }
             (tag, op) => {
                 // Its shares of descriptors go first, so that a directory
                 // it named can be closed off the loop thread.
@@ -448,17 +462,16 @@ impl Engine {
             }
             PeerMessage::Put(put) => self.start_incoming(k, put),
             PeerMessage::End { xfer, size, crc32c } => self.end_incoming(k, xfer, size, crc32c),
+            PeerMessage::Cancel { xfer } if conn.serving.is_some() => {
+                self.serving_answer(k, PeerMessage::Cancel { xfer })
+            }
             PeerMessage::Cancel { xfer } => self.cancel_incoming(k, xfer),
             PeerMessage::Ping => self.send_peer(k, &PeerMessage::Pong),
             PeerMessage::Pong => {}
             PeerMessage::Bye => self.close_peer(k, "the other daemon said Bye"),
-            PeerMessage::Get { xfer, .. } => {
-                let refused = PeerMessage::Refused {
-                    xfer,
-                    kind: ringxfer_ipc::proto::FailureKind::InvalidRequest,
-                    message: "this daemon does not serve files to other daemons (pull) yet".into(),
-                };
-                self.send_peer(k, &refused);
+            PeerMessage::Get { xfer, path, .. } => self.start_serving(k, xfer, path),
+            PeerMessage::Done { .. } | PeerMessage::Failed { .. } => {
+                self.serving_answer(k, message)
             }
             other => {
                 let why = format!(
@@ -554,6 +567,7 @@ impl Engine {
         conn.outgoing = Some(outgoing);
         if !conn.closing {
             self.flush_peer(k);
+            self.serve_next(k);
         }
     }
 
@@ -576,6 +590,20 @@ impl Engine {
         self.forget_if_done(k);
     }
 
+    /// Closes, off the loop thread, the descriptors of connection `k` that
+    /// no operation holds any more.
+    fn close_retired(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        for fd in std::mem::take(&mut conn.retired) {
+            match Rc::try_unwrap(fd) {
+                Ok(fd) => self.closing.doomed.push(fd),
+                Err(shared) => conn.retired.push(shared),
+            }
+        }
+    }
+
     /// Forgets a closing connection with nothing left in flight, its
     /// descriptors closed off the loop thread.
     fn forget_if_done(&mut self, k: usize) {
@@ -587,9 +615,13 @@ impl Engine {
         if !done {
             return;
         }
-        let conn = self.peers.conns.remove(k);
-        if let Some(incoming) = conn.incoming {
+        let mut conn = self.peers.conns.remove(k);
+        if let Some(incoming) = conn.incoming.take() {
             self.release_incoming(incoming);
+        }
+        let serving = conn.serving.take().and_then(|s| s.into_file());
+        for fd in serving.into_iter().chain(conn.retired.drain(..)) {
+            self.closing.doomed.extend(Rc::try_unwrap(fd).ok());
         }
         if let Ok(fd) = Rc::try_unwrap(conn.fd) {
             self.closing.doomed.push(fd);
