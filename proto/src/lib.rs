@@ -156,6 +156,7 @@ mod tests {
                 submit: submit(),
                 path: peer::RemotePath::new("inbox/a.bin").expect("a valid remote path"),
                 mkdir: true,
+                pull: false,
             })),
         ];
         for request in requests {

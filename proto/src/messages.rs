@@ -244,7 +244,8 @@ pub enum Request {
     /// otherwise its final one, which carries its id too.
     SubmitBatch(Vec<SubmitRequest>),
     /// Push a file to another daemon (host to host): the source, then a TCP
-    /// socket the client connected to that daemon's `listen_tcp`. The daemon
+    /// socket the client connected to that daemon's `listen_tcp`; or, with
+    /// [`RemoteSubmit::pull`], pull one: the socket, then the destination. The daemon
     /// speaks the peer wire ([`crate::peer`]) on it and the job completes
     /// only once the other daemon said the file landed whole under its name.
     SubmitRemote(Box<RemoteSubmit>),
@@ -264,7 +265,7 @@ pub enum Request {
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
 ///     reflink: Default::default(), rate_group: None, sparse: Default::default(),
 /// };
-/// let push = RemoteSubmit { submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false };
+/// let push = RemoteSubmit { submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false, pull: false };
 /// assert_eq!(push.descriptors(), 2);
 /// let _ = Request::SubmitRemote(Box::new(push));
 /// # Ok::<(), ringxfer_proto::peer::NameError>(())
@@ -277,6 +278,9 @@ pub struct RemoteSubmit {
     pub path: crate::peer::RemotePath,
     /// Make the directories of `path` the other daemon lacks (a tree).
     pub mkdir: bool,
+    /// The other way: pull `path` from the other daemon into the
+    /// destination; the descriptors are then the socket, then the file.
+    pub pull: bool,
 }
 
 impl RemoteSubmit {

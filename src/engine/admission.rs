@@ -54,6 +54,8 @@ pub(super) struct PushTarget {
     pub path: RemotePath,
     /// Make its missing directories there (a tree being pushed).
     pub mkdir: bool,
+    /// The other way: pulled from there into the destination.
+    pub pull: bool,
 }
 
 impl Submitted {

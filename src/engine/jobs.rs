@@ -28,6 +28,7 @@ use crate::tls::Session;
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::copy_range::{CopyRefusals, RangeCopy};
+use crate::transfer::peer_pull::PeerPull;
 use crate::transfer::peer_push::PeerPush;
 use crate::transfer::reflink::{CloneRefusals, ReflinkCopy};
 use crate::transfer::splice::{Returned, SpliceCopy};
@@ -104,7 +105,7 @@ impl JobStep {
 pub(super) fn is_control(tag: u32) -> bool {
     matches!(
         CopyStep::from_tag(tag),
-        Some(CopyStep::PeerSend | CopyStep::PeerRecv)
+        Some(CopyStep::PeerSend | CopyStep::PeerRecv | CopyStep::PeerWrite | CopyStep::PeerMeta)
     )
 }
 
@@ -212,7 +213,7 @@ impl Job {
         match (&self.copy, self.phase) {
             (_, Phase::Verify) => Resource::Buffer,
             (Mover::Splice(_), _) => Resource::Pipe,
-            (Mover::Buffered(_) | Mover::Peer(_), _) => Resource::Buffer,
+            (Mover::Buffered(_) | Mover::Peer(_) | Mover::Pull(_), _) => Resource::Buffer,
             (Mover::CopyRange(_), _) => Resource::Piece,
             // A clone holds none; it never queues for one.
             (Mover::Reflink(_), _) => Resource::Pipe,
@@ -344,6 +345,10 @@ impl Job {
         } = spec;
         let ends = Rc::new(ends);
         let (note, mut copy) = match (spec.reflink, spec.remote) {
+            (_, Some((target, _))) if target.pull => {
+                let pull = PeerPull::new(ends, shape, target.path, tls);
+                (None, Mover::Pull(pull))
+            }
             (_, Some((target, meta))) => {
                 let push = PeerPush::new(
                     ends,
@@ -1295,6 +1300,15 @@ impl Engine {
                 });
                 job.synced = job.fsync;
             }
+        }
+        if let Some((source, destination)) = match &job.copy {
+            Mover::Pull(pull) => pull.checksums(),
+            _ => None,
+        } {
+            job.checksums = Some(Checksums {
+                source,
+                destination,
+            });
         }
         let (event, state) = self.final_event(&job, now);
         let remaining = job.remaining();

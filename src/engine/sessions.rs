@@ -278,6 +278,7 @@ impl Engine {
                     let target = PushTarget {
                         path: push.path,
                         mkdir: push.mkdir,
+                        pull: push.pull,
                     };
                     self.admit(k, push.submit, (src, dst, None), Some(target), true);
                 }

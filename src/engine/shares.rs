@@ -411,7 +411,7 @@ impl Engine {
         let taken = match &mut job.copy {
             Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
             Mover::CopyRange(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
-            Mover::Buffered(_) | Mover::Reflink(_) | Mover::Peer(_) => false,
+            Mover::Buffered(_) | Mover::Reflink(_) | Mover::Peer(_) | Mover::Pull(_) => false,
         };
         if taken {
             debug!(
@@ -434,7 +434,7 @@ impl Engine {
         );
         let what = match &job.copy {
             Mover::Splice(_) => "its bytes in the pipe cannot be read again from the source",
-            Mover::Buffered(_) | Mover::Peer(_) => {
+            Mover::Buffered(_) | Mover::Peer(_) | Mover::Pull(_) => {
                 "a job moving bytes through buffers cannot hand them back"
             }
             Mover::Reflink(_) => "a clone cannot be taken back",

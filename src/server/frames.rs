@@ -144,11 +144,12 @@ mod tests {
                 (submit(), "[a-z]{1,8}/[a-z]{1,8}").prop_map(|(submit, path)| {
                     let path = ringxfer_ipc::proto::peer::RemotePath::new(&path)
                         .expect("a relative path of two plain components");
-                    let mkdir = false;
+                    let (mkdir, pull) = (false, true);
                     Request::SubmitRemote(Box::new(ringxfer_ipc::RemoteSubmit {
                         submit,
                         path,
                         mkdir,
+                        pull,
                     }))
                 }),
             ]

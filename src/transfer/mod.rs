@@ -12,6 +12,8 @@ pub(crate) mod dio;
 pub(crate) mod errno;
 pub(crate) mod fsize;
 pub(crate) mod holes;
+pub(crate) mod peer_link;
+pub(crate) mod peer_pull;
 pub(crate) mod peer_push;
 pub(crate) mod pipeline;
 pub(crate) mod ranges;
@@ -19,6 +21,7 @@ pub(crate) mod reflink;
 pub(crate) mod splice;
 pub(crate) mod step;
 pub(crate) mod verify;
+pub(crate) mod write_buffers;
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -37,6 +40,7 @@ use crate::io::Io;
 use buffered::BufferCopy;
 use copy_range::RangeCopy;
 use holes::{HolePlan, SrcAlloc};
+use peer_pull::PeerPull;
 use peer_push::PeerPush;
 use reflink::ReflinkCopy;
 use splice::{Returned, SpliceCopy};
@@ -51,6 +55,8 @@ pub(crate) enum Mover {
     CopyRange(RangeCopy),
     /// A push to another daemon, through pool buffers.
     Peer(PeerPush),
+    /// A pull from another daemon, through its own buffers.
+    Pull(PeerPull),
 }
 
 impl Mover {
@@ -62,6 +68,7 @@ impl Mover {
             Mover::CopyRange(c) if c.sends() => Strategy::Sendfile,
             Mover::CopyRange(_) => Strategy::CopyRange,
             Mover::Peer(p) => p.strategy(),
+            Mover::Pull(p) => p.strategy(),
         }
     }
 
@@ -72,6 +79,7 @@ impl Mover {
             Mover::Reflink(c) => c.start(owner, io),
             Mover::CopyRange(c) => c.start(owner, io),
             Mover::Peer(c) => c.start(owner, io),
+            Mover::Pull(c) => c.start(owner, io),
         }
     }
 
@@ -100,9 +108,11 @@ impl Mover {
     ) {
         match self {
             Mover::Splice(c) => c.lend(pipe, owner, io, false, out),
-            Mover::Buffered(_) | Mover::Reflink(_) | Mover::CopyRange(_) | Mover::Peer(_) => {
-                out.push(Returned::Clean(pipe))
-            }
+            Mover::Buffered(_)
+            | Mover::Reflink(_)
+            | Mover::CopyRange(_)
+            | Mover::Peer(_)
+            | Mover::Pull(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
@@ -116,7 +126,7 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
             Mover::Peer(c) => c.lend(buf, owner, io, out),
-            Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
+            Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) | Mover::Pull(_) => {
                 out.push(Returned::Buffer(buf))
             }
         }
@@ -131,9 +141,11 @@ impl Mover {
     ) {
         match self {
             Mover::CopyRange(c) => c.lend(piece, owner, io, false, out),
-            Mover::Splice(_) | Mover::Buffered(_) | Mover::Reflink(_) | Mover::Peer(_) => {
-                out.push(Returned::Piece(piece))
-            }
+            Mover::Splice(_)
+            | Mover::Buffered(_)
+            | Mover::Reflink(_)
+            | Mover::Peer(_)
+            | Mover::Pull(_) => out.push(Returned::Piece(piece)),
         }
     }
 
@@ -160,6 +172,8 @@ impl Mover {
                 c.on_complete(result)
             }
             Mover::Peer(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
+            // A pull's operations all come back through `on_control`.
+            Mover::Pull(_) => out.extend(buf.map(Returned::Buffer)),
         }
     }
 
@@ -173,8 +187,10 @@ impl Mover {
         owner: Owner,
         io: &mut Io,
     ) {
-        if let Mover::Peer(c) = self {
-            c.on_control(tag, result, op, owner, io);
+        match self {
+            Mover::Peer(c) => c.on_control(tag, result, op, owner, io),
+            Mover::Pull(c) => c.on_control(tag, result, op, owner, io),
+            _ => {}
         }
     }
 
@@ -191,6 +207,7 @@ impl Mover {
             Mover::CopyRange(c) => c.fail(err, owner, io, out),
             Mover::Reflink(c) => c.fail(err, io),
             Mover::Peer(c) => c.fail(err, io, out),
+            Mover::Pull(c) => c.fail(err, io),
         }
     }
 
@@ -201,6 +218,7 @@ impl Mover {
             Mover::CopyRange(c) => c.is_finished(),
             Mover::Reflink(c) => c.is_finished(),
             Mover::Peer(c) => c.is_finished(),
+            Mover::Pull(c) => c.is_finished(),
         }
     }
 
@@ -211,6 +229,7 @@ impl Mover {
             Mover::CopyRange(c) => c.failure(),
             Mover::Reflink(c) => c.failure(),
             Mover::Peer(c) => c.failure(),
+            Mover::Pull(c) => c.failure(),
         }
     }
 
@@ -221,6 +240,7 @@ impl Mover {
             Mover::CopyRange(c) => c.moved,
             Mover::Reflink(c) => c.moved,
             Mover::Peer(c) => c.moved,
+            Mover::Pull(c) => c.moved,
         }
     }
 
@@ -231,7 +251,7 @@ impl Mover {
             Mover::Splice(c) => c.hole_bytes(),
             Mover::Buffered(c) => c.hole_bytes(),
             Mover::CopyRange(c) => c.hole_bytes(),
-            Mover::Reflink(_) | Mover::Peer(_) => 0,
+            Mover::Reflink(_) | Mover::Peer(_) | Mover::Pull(_) => 0,
         }
     }
 
@@ -242,6 +262,7 @@ impl Mover {
             Mover::CopyRange(c) => c.total(),
             Mover::Reflink(c) => c.total(),
             Mover::Peer(c) => c.total(),
+            Mover::Pull(c) => c.total(),
         }
     }
 
@@ -253,6 +274,7 @@ impl Mover {
             Mover::CopyRange(c) => Some(c.endpoints()),
             Mover::Reflink(c) => Some(c.endpoints()),
             Mover::Peer(c) => Some(c.endpoints()),
+            Mover::Pull(c) => Some(c.endpoints()),
         }
     }
 
@@ -262,7 +284,7 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.checksum_source(),
             Mover::Reflink(c) => c.checksum_source(),
-            Mover::Splice(_) | Mover::CopyRange(_) | Mover::Peer(_) => {}
+            Mover::Splice(_) | Mover::CopyRange(_) | Mover::Peer(_) | Mover::Pull(_) => {}
         }
     }
 
@@ -272,6 +294,7 @@ impl Mover {
             Mover::Buffered(c) => c.source_checksum(),
             Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => None,
             Mover::Peer(c) => c.checksums().map(|(sent, _)| sent),
+            Mover::Pull(c) => c.checksums().map(|(sent, _)| sent),
         }
     }
 
@@ -285,6 +308,9 @@ impl Mover {
             // One operation whatever the size; kept for a fall back.
             Mover::Reflink(c) => c.set_piece_limit(bytes),
             Mover::Peer(c) => c.set_piece_limit(bytes),
+            // Its pace is the other daemon's; a rate limit does not hold it
+            // back yet.
+            Mover::Pull(_) => {}
         }
     }
 
@@ -295,6 +321,7 @@ impl Mover {
             Mover::CopyRange(c) => c.into_endpoints(),
             Mover::Reflink(c) => c.into_endpoints(),
             Mover::Peer(c) => c.into_endpoints(),
+            Mover::Pull(c) => c.into_endpoints(),
         }
     }
 }

@@ -17,18 +17,18 @@
 use std::rc::Rc;
 
 use ringxfer_ipc::proto::peer::{
-    encode, Checksum, FileMeta, PeerLimits, PeerMessage, PeerReader, Piece, Put, RemotePath,
-    PEER_PROTOCOL_VERSION,
+    encode, Checksum, FileMeta, PeerMessage, Put, RemotePath, PEER_PROTOCOL_VERSION,
 };
 use ringxfer_ipc::{FailureKind, Strategy};
 
+use super::peer_link::{Got, PeerLink, SocketEnd};
 use super::pipeline::Returned;
 use super::step::CopyStep;
 use super::{Endpoints, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
-use crate::io::op::{self, AnyOp, SendFrom};
+use crate::io::op::AnyOp;
 use crate::io::ops::Owner;
-use crate::io::queue::{BufIo, BufWhat, RwOpts, SendSource};
+use crate::io::queue::{BufIo, BufWhat, RwOpts};
 use crate::io::Io;
 use crate::tls::Session;
 
@@ -37,22 +37,6 @@ use crate::tls::Session;
 const HEADER_ROOM: usize = 64;
 /// The transfer's number on its connection: one file per connection.
 const XFER: u64 = 1;
-/// Ciphertext one receive reads at most, under TLS.
-const CIPHER_BUFFER: usize = 64 << 10;
-
-/// Control frames on their way out, and how much of them is sent.
-struct Outgoing {
-    bytes: Vec<u8>,
-    sent: usize,
-}
-
-impl SendSource for Outgoing {
-    fn unsent(&self) -> (*const u8, u32) {
-        let rest = &self.bytes[self.sent.min(self.bytes.len())..];
-        (rest.as_ptr(), u32::try_from(rest.len()).unwrap_or(u32::MAX))
-    }
-}
-
 /// After a completion: the buffer's next send (from, bytes), none (the
 /// piece is done), or the failure with the buffer to give back.
 type Next = Result<Option<(BufRef, usize, usize)>, (BufRef, TransferError)>;
@@ -93,15 +77,8 @@ pub(crate) struct PeerPush {
     fsync: bool,
     mkdir: bool,
     phase: Phase,
-    limits: PeerLimits,
-    /// The control send's box when idle, and frames waiting for it.
-    outgoing: Option<Box<Outgoing>>,
-    queued: Vec<u8>,
-    /// The control receive's buffer when idle, bytes in it, and its op.
-    rx: Option<Vec<u8>>,
-    rx_len: usize,
-    rx_op: Option<u64>,
-    reader: PeerReader,
+    /// The connection: control frames out, answers in, TLS.
+    link: PeerLink,
     /// The pool buffer lent, when idle; what its op does.
     buf: Option<BufRef>,
     doing: Doing,
@@ -111,15 +88,8 @@ pub(crate) struct PeerPush {
     landed_crc: Option<u32>,
     /// A `Data` header, encoded here before it is copied into the buffer.
     header: Vec<u8>,
-    /// Control frames encoded, before they are queued (sealed, under TLS).
-    scratch: Vec<u8>,
-    /// TLS with the other daemon; then reads land in `cipher`
-    /// (`cipher_len` bytes not yet opened) and open into `rx`, and every
-    /// byte sent, frames and data, is sealed into `queued`.
-    tls: Option<Box<Session>>,
-    cipher: Option<Vec<u8>>,
-    cipher_len: usize,
     piece_limit: u64,
+    /// Reads and sends through the pool buffer in flight.
     in_flight: usize,
     pub(crate) moved: u64,
     failure: Option<TransferError>,
@@ -137,7 +107,7 @@ impl PeerPush {
         tls: Option<Session>,
     ) -> PeerPush {
         let size = shape.total.unwrap_or(0);
-        let cipher = tls.as_ref().map(|_| vec![0; CIPHER_BUFFER]);
+        let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Destination, tls);
         PeerPush {
             ends,
             shape,
@@ -147,26 +117,13 @@ impl PeerPush {
             fsync,
             mkdir,
             phase: Phase::Offered,
-            limits: PeerLimits::default(),
-            outgoing: Some(Box::new(Outgoing {
-                bytes: Vec::with_capacity(512),
-                sent: 0,
-            })),
-            queued: Vec::with_capacity(512),
-            rx: Some(vec![0; PeerLimits::default().max_frame as usize + 8]),
-            rx_len: 0,
-            rx_op: None,
-            reader: PeerReader::default(),
+            link,
             buf: None,
             doing: Doing::Idle,
             sent: 0,
             crc: 0,
             landed_crc: None,
             header: Vec::with_capacity(HEADER_ROOM),
-            scratch: Vec::with_capacity(512),
-            tls: tls.map(Box::new),
-            cipher,
-            cipher_len: 0,
             piece_limit: u64::MAX,
             in_flight: 0,
             moved: 0,
@@ -195,7 +152,9 @@ impl PeerPush {
     }
 
     pub(crate) fn is_finished(&self) -> bool {
-        self.in_flight == 0 && (self.phase == Phase::Landed || self.failure.is_some())
+        self.in_flight == 0
+            && self.link.in_flight == 0
+            && (self.phase == Phase::Landed || self.failure.is_some())
     }
 
     pub(crate) fn set_piece_limit(&mut self, bytes: u64) {
@@ -210,7 +169,7 @@ impl PeerPush {
     pub(crate) fn wants_buffer(&self) -> bool {
         // Under TLS the next piece waits until the last one's records are
         // out: what is sealed and unsent stays at most a piece.
-        let flushed = self.tls.is_none() || (self.outgoing.is_some() && self.queued.is_empty());
+        let flushed = !self.link.tls() || self.link.send_idle();
         self.phase == Phase::Body
             && self.failure.is_none()
             && self.buf.is_none()
@@ -230,107 +189,8 @@ impl PeerPush {
             fsync: self.fsync,
             mkdir: self.mkdir,
         };
-        let hello = PeerMessage::Hello {
-            version: PEER_PROTOCOL_VERSION,
-        };
-        if let Err(e) = self.say(&hello, owner, io) {
-            return self.failed(e);
-        }
-        if let Err(e) = self.say(&PeerMessage::Put(put), owner, io) {
-            return self.failed(e);
-        }
-        self.listen(owner, io);
-    }
-
-    /// Queues a control frame; sent at once unless a send is in flight.
-    fn say(
-        &mut self,
-        message: &PeerMessage,
-        owner: Owner,
-        io: &mut Io,
-    ) -> Result<(), TransferError> {
-        self.scratch.clear();
-        encode(message, &mut self.scratch, self.limits.max_frame).map_err(|e| {
-            TransferError::new(
-                FailureKind::InvalidRequest,
-                format!("cannot encode a message to the other daemon: {e}"),
-            )
-        })?;
-        let frame = std::mem::take(&mut self.scratch);
-        let queued = self.enqueue(&frame);
-        self.scratch = frame;
-        queued?;
-        self.flush_control(owner, io);
-        Ok(())
-    }
-
-    /// Adds bytes to what goes out: sealed into records under TLS.
-    fn enqueue(&mut self, plain: &[u8]) -> Result<(), TransferError> {
-        match self.tls.as_mut() {
-            Some(tls) => tls
-                .send(plain)
-                .and_then(|()| tls.pending(&mut self.queued))
-                .map_err(tls_failure),
-            None => {
-                self.queued.extend_from_slice(plain);
-                Ok(())
-            }
-        }
-    }
-
-    fn flush_control(&mut self, owner: Owner, io: &mut Io) {
-        if let Some(tls) = self.tls.as_mut() {
-            // Records TLS made on its own: the handshake's.
-            if let Err(e) = tls.pending(&mut self.queued) {
-                return self.failed(tls_failure(e));
-            }
-        }
-        if self.queued.is_empty() {
-            return;
-        }
-        let Some(mut out) = self.outgoing.take() else {
-            return;
-        };
-        out.bytes.clear();
-        out.sent = 0;
-        std::mem::swap(&mut out.bytes, &mut self.queued);
-        self.send_control(out, owner, io);
-    }
-
-    fn send_control(&mut self, out: Box<Outgoing>, owner: Owner, io: &mut Io) {
-        let send = op::Send::new(self.ends.shared_dst(), SendFrom::Bytes(out), 0);
-        match io.queue_op(owner, CopyStep::PeerSend.tag(), send) {
-            Ok(_) => self.in_flight += 1,
-            Err(e) => self.failed(TransferError::new(
-                FailureKind::Io,
-                format!("cannot queue a send: {e}"),
-            )),
-        }
-    }
-
-    /// Reads what the other daemon says, unless a read is in flight.
-    fn listen(&mut self, owner: Owner, io: &mut Io) {
-        if self.failure.is_some() || self.rx_op.is_some() {
-            return;
-        }
-        let read = if self.tls.is_some() {
-            let Some(buf) = self.cipher.take() else {
-                return;
-            };
-            op::ReadInto::new(self.ends.shared_dst(), buf, self.cipher_len, None)
-        } else {
-            let Some(rx) = self.rx.take() else { return };
-            op::ReadInto::new(self.ends.shared_dst(), rx, self.rx_len, None)
-        };
-        match io.queue_op(owner, CopyStep::PeerRecv.tag(), read) {
-            Ok(ud) => {
-                self.rx_op = Some(ud);
-                self.in_flight += 1;
-            }
-            Err(e) => self.failed(TransferError::new(
-                FailureKind::Io,
-                format!("cannot queue a receive: {e}"),
-            )),
+        if let Err(e) = self.link.open_with(&PeerMessage::Put(put), owner, io) {
+            self.failed(e);
         }
     }
 
@@ -343,115 +203,57 @@ impl PeerPush {
         owner: Owner,
         io: &mut Io,
     ) {
-        self.in_flight -= 1;
-        match (CopyStep::from_tag(tag), op) {
+        let handled = match (CopyStep::from_tag(tag), op) {
             (Some(CopyStep::PeerSend), AnyOp::Send(send)) => {
-                self.control_sent(send, result, owner, io)
+                self.link.on_sent(send, result, owner, io)
             }
             (Some(CopyStep::PeerRecv), AnyOp::ReadInto(read)) => {
-                if self.tls.is_some() {
-                    self.cipher = Some(read.buf);
-                } else {
-                    self.rx = Some(read.buf);
+                match self.link.on_read(read, result) {
+                    Ok(true) => self.received(owner, io),
+                    Ok(false) => Err(ended_early(self.phase)),
+                    Err(e) => Err(e),
                 }
-                self.rx_op = None;
-                self.received(result, owner, io);
             }
-            _ => {}
-        }
-    }
-
-    fn control_sent(&mut self, send: op::Send, result: i32, owner: Owner, io: &mut Io) {
-        let Some(bytes) = send.into_bytes() else {
-            return;
+            _ => Ok(()),
         };
-        let any: Box<dyn std::any::Any> = bytes;
-        let Ok(mut out) = any.downcast::<Outgoing>() else {
-            return;
-        };
-        if result < 0 {
-            self.outgoing = Some(out);
-            return self.failed(gone(-result, "sending to the other daemon"));
+        if let Err(e) = handled {
+            self.failed(e);
         }
-        out.sent += result as usize;
-        if out.sent < out.bytes.len() && self.failure.is_none() {
-            return self.send_control(out, owner, io);
-        }
-        self.outgoing = Some(out);
-        if self.failure.is_none() {
-            self.flush_control(owner, io);
+        if self.failure.is_some() {
+            self.link.cancel(io);
         }
     }
 
     /// Bytes from the other daemon: opened (under TLS), then every whole
-    /// message is handled.
-    fn received(&mut self, result: i32, owner: Owner, io: &mut Io) {
+    /// message is handled; the link listens on until `Done`.
+    fn received(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
         if self.failure.is_some() {
-            return;
-        }
-        match result {
-            0 => return self.failed(ended_early(self.phase)),
-            n if n < 0 => return self.failed(gone(-n, "receiving from the other daemon")),
-            n if self.tls.is_some() => self.cipher_len += n as usize,
-            n => self.rx_len += n as usize,
+            return Ok(());
         }
         loop {
-            let opened = match self.open_tls() {
-                Ok(opened) => opened,
-                Err(e) => return self.failed(tls_failure(e)),
-            };
-            self.parse(owner, io);
-            if !opened || self.cipher_len == 0 || self.failure.is_some() {
+            let more = self.link.open()?;
+            let mut at = 0;
+            while let Some(got) = self.link.next(&mut at)? {
+                match got {
+                    Got::Message(m) => self.answer(m, owner, io),
+                    Got::Data { .. } => {
+                        return Err(protocol("the other daemon sent file data to a push"))
+                    }
+                }
+                if self.failure.is_some() {
+                    return Ok(());
+                }
+            }
+            self.link.consumed(at);
+            if !more {
                 break;
             }
         }
-        self.flush_control(owner, io);
+        self.link.flush(owner, io)?;
         if self.phase != Phase::Landed {
-            self.listen(owner, io);
+            self.link.listen(owner, io)?;
         }
-    }
-
-    /// Opens the ciphertext received into `rx`, as much as fits.
-    fn open_tls(&mut self) -> Result<bool, String> {
-        let (Some(tls), Some(cipher), Some(rx)) =
-            (self.tls.as_mut(), self.cipher.as_mut(), self.rx.as_mut())
-        else {
-            return Ok(false);
-        };
-        let rx_len = &mut self.rx_len;
-        let used = tls.receive(&cipher[..self.cipher_len], &mut |plain| {
-            let n = plain.len().min(rx.len() - *rx_len);
-            rx[*rx_len..*rx_len + n].copy_from_slice(&plain[..n]);
-            *rx_len += n;
-            n
-        })?;
-        cipher.copy_within(used..self.cipher_len, 0);
-        self.cipher_len -= used;
-        Ok(used > 0)
-    }
-
-    /// Handles every whole message in `rx`, and keeps what is left of one.
-    fn parse(&mut self, owner: Owner, io: &mut Io) {
-        let mut at = 0;
-        while self.failure.is_none() {
-            let Some(rx) = self.rx.as_ref() else { break };
-            let message = match self.reader.next(&rx[at..self.rx_len], &self.limits) {
-                Ok(Some((Piece::Message(m), used))) => {
-                    at += used;
-                    m
-                }
-                Ok(Some((Piece::Data { .. }, _))) => {
-                    return self.failed(protocol("the other daemon sent file data to a push"))
-                }
-                Ok(None) => break,
-                Err(e) => return self.failed(protocol(&e.to_string())),
-            };
-            self.answer(message, owner, io);
-        }
-        if let Some(rx) = self.rx.as_mut() {
-            rx.copy_within(at..self.rx_len, 0);
-        }
-        self.rx_len -= at;
+        Ok(())
     }
 
     /// One message from the other daemon.
@@ -463,7 +265,7 @@ impl PeerPush {
                         "the other daemon speaks version {version} of the wire, this one {PEER_PROTOCOL_VERSION}"
                     )));
                 }
-                self.limits.max_data = limits.max_data.min(self.limits.max_data);
+                self.link.limits.max_data = limits.max_data.min(self.link.limits.max_data);
             }
             (Phase::Offered, PeerMessage::Ready { offset: 0, .. }) => {
                 self.phase = Phase::Body;
@@ -483,7 +285,7 @@ impl PeerPush {
             }
             (Phase::Ending, PeerMessage::Done { crc32c, .. }) => self.done(crc32c),
             (_, PeerMessage::Ping) => {
-                if let Err(e) = self.say(&PeerMessage::Pong, owner, io) {
+                if let Err(e) = self.link.say(&PeerMessage::Pong, owner, io) {
                     self.failed(e);
                 }
             }
@@ -521,7 +323,7 @@ impl PeerPush {
         let room = u64::from(buf.len).saturating_sub(HEADER_ROOM as u64);
         let want = (self.size - self.sent)
             .min(room)
-            .min(u64::from(self.limits.max_data))
+            .min(u64::from(self.link.limits.max_data))
             .min(self.piece_limit);
         let at = self.shape.src_start + self.sent;
         let io_span = BufIo {
@@ -580,7 +382,7 @@ impl PeerPush {
             _ => Err((buf, protocol("a completion the push did not expect"))),
         };
         match next {
-            Ok(Some((buf, at, len))) if self.tls.is_some() => {
+            Ok(Some((buf, at, len))) if self.link.tls() => {
                 self.seal_piece(buf, at, len, owner, io, out)
             }
             Ok(Some((buf, at, len))) => self.send_data(buf, at, len, owner, io, out),
@@ -596,6 +398,9 @@ impl PeerPush {
                 out.push(Returned::Buffer(buf));
                 self.failed(e);
             }
+        }
+        if self.failure.is_some() {
+            self.link.cancel(io);
         }
     }
 
@@ -626,7 +431,7 @@ impl PeerPush {
             offset: self.sent,
             len: n as u32,
         };
-        if let Err(e) = encode(&data, &mut self.header, self.limits.max_frame) {
+        if let Err(e) = encode(&data, &mut self.header, self.link.limits.max_frame) {
             return Err((buf, protocol(&e.to_string())));
         }
         let start = HEADER_ROOM - self.header.len();
@@ -676,14 +481,13 @@ impl PeerPush {
             Doing::Sending { data, .. } => data,
             _ => 0,
         };
-        let sealed = self.enqueue(buf.filled(at, len));
+        let sealed = self.link.enqueue(buf.filled(at, len));
         out.push(Returned::Buffer(buf));
-        if let Err(e) = sealed {
+        if let Err(e) = sealed.and_then(|()| self.link.flush(owner, io)) {
             return self.failed(e);
         }
         self.sent += data;
         self.moved = self.sent;
-        self.flush_control(owner, io);
         if self.sent == self.size {
             self.end(owner, io);
         }
@@ -729,7 +533,7 @@ impl PeerPush {
             size: self.size,
             crc32c: self.crc,
         };
-        if let Err(e) = self.say(&end, owner, io) {
+        if let Err(e) = self.link.say(&end, owner, io) {
             self.failed(e);
         }
     }
@@ -738,9 +542,7 @@ impl PeerPush {
     /// the socket closes with the job, and the other daemon drops the part.
     pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
         self.failed(err);
-        if let Some(ud) = self.rx_op {
-            let _ = io.cancel(ud);
-        }
+        self.link.cancel(io);
         if self.doing == Doing::Idle {
             out.extend(self.buf.take().map(Returned::Buffer));
         }
@@ -763,13 +565,6 @@ fn ended_early(phase: Phase) -> TransferError {
     TransferError::new(
         FailureKind::PeerGone,
         format!("the other daemon closed the connection {what}"),
-    )
-}
-
-fn tls_failure(why: String) -> TransferError {
-    TransferError::new(
-        FailureKind::PermissionDenied,
-        format!("the other daemon: {why}"),
     )
 }
 

@@ -42,8 +42,12 @@ pub(crate) enum CopyStep {
     Size,
     /// A control frame to another daemon (peer_push.rs).
     PeerSend,
-    /// A read of what the other daemon says (peer_push.rs).
+    /// A read of what the other daemon says (peer_link.rs).
     PeerRecv,
+    /// A write of pulled data into the destination (peer_pull.rs).
+    PeerWrite,
+    /// A pulled file's mode and times (peer_pull.rs).
+    PeerMeta,
 }
 
 impl CopyStep {
@@ -66,6 +70,8 @@ impl CopyStep {
             CopyStep::Size => (12, 0),
             CopyStep::PeerSend => (13, 0),
             CopyStep::PeerRecv => (14, 0),
+            CopyStep::PeerWrite => (15, 0),
+            CopyStep::PeerMeta => (16, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -93,6 +99,8 @@ impl CopyStep {
             12 => CopyStep::Size,
             13 => CopyStep::PeerSend,
             14 => CopyStep::PeerRecv,
+            15 => CopyStep::PeerWrite,
+            16 => CopyStep::PeerMeta,
             _ => return None,
         })
     }
@@ -114,7 +122,9 @@ impl CopyStep {
             | CopyStep::Punch
             | CopyStep::Size
             | CopyStep::PeerSend
-            | CopyStep::PeerRecv => None,
+            | CopyStep::PeerRecv
+            | CopyStep::PeerWrite
+            | CopyStep::PeerMeta => None,
         }
     }
 }
@@ -147,10 +157,12 @@ mod tests {
             CopyStep::Size,
             CopyStep::PeerSend,
             CopyStep::PeerRecv,
+            CopyStep::PeerWrite,
+            CopyStep::PeerMeta,
         ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 15 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 17 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }

@@ -823,6 +823,25 @@ fn a_push_over_tls_between_pinned_daemons_lands_whole() {
         "{report}"
     );
     assert_file_eq(&export.path().join("secret.bin"), &data);
+    let note = report["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("TLS 1.3, sealed in user space"),
+        "{report}"
+    );
+    // And back, pulled over TLS.
+    let back = a.dir().join("back.bin");
+    let mut c = crate::cli_common::cli(&a.socket);
+    c.arg("copy")
+        .arg(format!("{address}:inbox/secret.bin"))
+        .arg(&back);
+    let out = crate::cli_common::run(c);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    assert_file_eq(&back, &data);
     let log = b.log();
     assert!(
         log.contains("TLS established") && log.contains("name=host-a"),
@@ -1362,4 +1381,105 @@ fn a_daemon_serves_a_file_another_pulls_and_nothing_outside_its_export() {
         "{}",
         d.log()
     );
+}
+
+/// `ringxfer --json copy ARGS... SRC DST` through daemon `d`, SRC remote.
+fn pull_cli(d: &Daemon, args: &[&str], src: &str, dst: &Path) -> std::process::Output {
+    let mut c = crate::cli_common::cli(&d.socket);
+    c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
+    crate::cli_common::run(c)
+}
+
+#[test]
+fn the_cli_pulls_a_file_whole_with_its_mode_and_times_or_leaves_nothing() {
+    let export = tmpdir();
+    std::fs::create_dir(export.path().join("dir")).expect("mkdir");
+    let data = pattern(51, (3 << 20) + 4321);
+    let remote_file = export.path().join("dir/far.bin");
+    std::fs::write(&remote_file, &data).expect("write");
+    std::fs::set_permissions(&remote_file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let when = std::time::UNIX_EPOCH + Duration::new(1_500_000_000, 5_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&remote_file)
+        .expect("open")
+        .set_modified(when)
+        .expect("mtime");
+    let outside = tmpdir();
+    std::fs::write(outside.path().join("secret"), b"outside").expect("write");
+    std::os::unix::fs::symlink(outside.path(), export.path().join("out")).expect("symlink");
+    let (serving, address) = receiver(export.path());
+    let pulling = Daemon::start();
+    let here = tmpdir();
+
+    // Into a directory: the file keeps its name.
+    let out = pull_cli(
+        &pulling,
+        &[],
+        &format!("{address}:inbox/dir/far.bin"),
+        here.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        serving.log()
+    );
+    let report = crate::cli_common::json_lines(&out).pop().expect("a report");
+    let crc = u64::from(crc32c::crc32c(&data));
+    assert_eq!(
+        (
+            report["checksums"]["source"].as_u64(),
+            report["checksums"]["destination"].as_u64()
+        ),
+        (Some(crc), Some(crc)),
+        "{report}"
+    );
+    let landed = here.path().join("far.bin");
+    assert_file_eq(&landed, &data);
+    let meta = std::fs::metadata(&landed).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_500_000_000, 5_000));
+
+    // Over an existing file, under another name.
+    let named = here.path().join("renamed.bin");
+    std::fs::write(&named, b"old").expect("write");
+    let out = pull_cli(
+        &pulling,
+        &[],
+        &format!("{address}:inbox/dir/far.bin"),
+        &named,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert_file_eq(&named, &data);
+
+    // What cannot be pulled leaves nothing here, and says why.
+    for (src, says) in [
+        ("inbox/missing", "No such file"),
+        ("inbox/out/secret", "outside the export"),
+    ] {
+        let dst = here.path().join("never");
+        let out = pull_cli(&pulling, &[], &format!("{address}:{src}"), &dst);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{src}: {}",
+            crate::cli_common::describe(&out)
+        );
+        assert!(
+            crate::cli_common::stderr(&out).contains(says),
+            "{src}: {}",
+            crate::cli_common::describe(&out)
+        );
+        assert!(!dst.exists(), "{src}: a file appeared");
+    }
+    let names: Vec<_> = std::fs::read_dir(here.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no staging file left behind: {names:?}");
 }

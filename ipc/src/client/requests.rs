@@ -25,6 +25,8 @@ pub(crate) enum Extra<'a> {
     /// A push to another daemon: where the file lands there.
     /// And whether to make its missing directories there.
     Remote(RemotePath, bool),
+    /// A pull from another daemon: what to ask it for.
+    Pull(RemotePath),
 }
 
 impl Client {
@@ -100,6 +102,42 @@ impl Client {
     ) -> Result<JobHandle, ClientError> {
         let extra = Extra::Remote(path.clone(), mkdir);
         self.submit_inner(source.as_fd(), socket.as_fd(), extra, opts, None, None)
+    }
+
+    /// Hands the daemon a pull of `path` (`EXPORT/dir/file`) from another
+    /// daemon, through `socket` (a TCP connection the caller made to its
+    /// `listen_tcp`), into `dest`: the bytes are checked against the
+    /// other daemon's CRC-32C ([`Completion::checksums`] carries both) and
+    /// `dest` gets the file's mode (permission bits) and times before the
+    /// job completes. `dest` is written whole from offset 0; stage it (see
+    /// [`StagedFile`]) so that a failed pull leaves no name behind.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::fs::File;
+    /// use std::net::TcpStream;
+    /// use ringxfer_ipc::proto::peer::RemotePath;
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let other = TcpStream::connect("127.0.0.1:7300")?;
+    /// let dest = File::create("notes.txt")?;
+    /// let path = RemotePath::new("inbox/notes.txt")?;
+    /// client.submit_pull(&other, &dest, &path, &TransferOptions::default())?.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_pull(
+        &self,
+        socket: impl AsFd,
+        dest: impl AsFd,
+        path: &RemotePath,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let extra = Extra::Pull(path.clone());
+        self.submit_inner(socket.as_fd(), dest.as_fd(), extra, opts, None, None)
     }
 
     /// As [`Client::submit`], and the daemon gives `dest` a name in `dir`
@@ -218,8 +256,19 @@ impl Client {
                     submit,
                     path,
                     mkdir,
+                    pull: false,
                 };
                 request = Request::SubmitRemote(Box::new(push));
+            }
+            (Extra::Pull(path), Request::Submit(submit)) => {
+                let submit = submit.clone();
+                let pull = RemoteSubmit {
+                    submit,
+                    path,
+                    mkdir: false,
+                    pull: true,
+                };
+                request = Request::SubmitRemote(Box::new(pull));
             }
             _ => {}
         }

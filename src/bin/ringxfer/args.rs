@@ -72,8 +72,9 @@ pub enum Command {
     /// DST may be on another host running ringxferd with listen_tcp:
     /// HOST[:PORT]:EXPORT[/PATH] (port 7300 by default; a colon before the
     /// first slash makes it remote, so write a local name with a colon as
-    /// ./a:b). One file for now; it lands there atomically too, checked by
-    /// CRC-32C, with its mode and times.
+    /// ./a:b). A file or (-r) a tree; it lands there atomically too,
+    /// checked by CRC-32C, with its mode and times. SRC may be on another
+    /// host the same way (one file): a pull into DST.
     Copy {
         /// The files to read, then the destination (a file, or an existing
         /// directory to copy into; with several sources it must be one).

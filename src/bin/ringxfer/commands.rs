@@ -83,6 +83,12 @@ fn run_or_detach(
 
 pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
     let (dst, sources) = (args.dst, args.sources);
+    if let Some(remote) = sources
+        .first()
+        .and_then(|s| crate::remote::Remote::parse(s))
+    {
+        return pull(ctx, args, &remote);
+    }
     if let Some(remote) = crate::remote::Remote::parse(dst) {
         return if args.recursive {
             crate::remote_tree::push_tree(ctx, args, &remote)
@@ -112,6 +118,60 @@ pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
     // A signal that came while the copy published (or failed) ends it here.
     crate::signals::take();
     finish(ctx, &subject, args.verbose, result)
+}
+
+/// `ringxfer copy HOST:EXPORT/PATH DST`: a pull from another daemon into a
+/// staged DST (or DST/NAME when DST is a directory), named only once the
+/// whole file came and its CRC matched.
+fn pull(ctx: &Context, args: &CopyArgs<'_>, remote: &crate::remote::Remote) -> Exit {
+    let mut subject = Subject {
+        op: Op::Copy,
+        src: format!("{}:{}", remote.address, remote.path),
+        dst: shown(args.dst),
+    };
+    let result = run_pull(ctx, args, remote, &mut subject);
+    crate::signals::take();
+    finish(ctx, &subject, args.verbose, result)
+}
+
+fn run_pull(
+    ctx: &Context,
+    args: &CopyArgs<'_>,
+    remote: &crate::remote::Remote,
+    subject: &mut Subject,
+) -> Result<Outcome, CliError> {
+    crate::remote::check_pull_flags(args)?;
+    let path = ringxfer_ipc::proto::peer::RemotePath::new(&remote.path)
+        .map_err(|e| CliError::usage(format!("remote path {}: {e}", remote.path)))?;
+    let name = path.components().last().unwrap_or_default();
+    let dst_path = match args.target {
+        Target::AsName => args.dst.to_path_buf(),
+        _ if args.dst.is_dir() => args.dst.join(name),
+        _ => args.dst.to_path_buf(),
+    };
+    subject.dst = shown(&dst_path);
+    let engine = ctx.engine(&args.job)?;
+    crate::signals::arm();
+    let publish = PublishOptions {
+        fsync: args.dest.fsync,
+        mode: Some(RECV_MODE),
+        ..PublishOptions::default()
+    };
+    let staged = stage(ctx, &engine, &dst_path, None, &publish, args.job)
+        .map_err(|e| CliError::staging(&dst_path, &e))?;
+    let socket = TcpStream::connect(&remote.address)
+        .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err))?;
+    let plan = ctx.plan(RangeOpts::default(), args.job, args.dest.fsync);
+    match job_plan::run_pull(&engine, subject, &socket, staged.file(), &path, plan) {
+        Ok(done) => {
+            staged.publish(None).map_err(|e| CliError::publish(&e))?;
+            Ok(Outcome::Done(done))
+        }
+        Err(err) => {
+            staged.abandon();
+            Err(err)
+        }
+    }
 }
 
 /// Refuses what the flags cannot mean together, before touching anything.

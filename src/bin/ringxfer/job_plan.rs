@@ -103,6 +103,21 @@ pub fn run_remote(
     })
 }
 
+/// As [`run`], a pull of `path` from another daemon through `socket` into
+/// `dst`.
+pub fn run_pull(
+    engine: &EngineHandle,
+    subject: &Subject,
+    socket: impl AsFd,
+    dst: impl AsFd,
+    path: &RemotePath,
+    plan: JobPlan,
+) -> Result<Finished, CliError> {
+    run_with(engine, subject, plan, |client, opts| {
+        client.submit_pull(socket, dst, path, opts)
+    })
+}
+
 /// Submits with `submit` and follows the job to its end.
 fn run_with(
     engine: &EngineHandle,

@@ -149,6 +149,25 @@ pub fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What a pull cannot do (yet), refused before anything is opened.
+pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
+    let refuse = |what: &str| {
+        Err(CliError::usage(format!(
+            "{what} from another host is not supported yet"
+        )))
+    };
+    if args.sources.len() != 1 || args.recursive {
+        return refuse("copying several files or a tree (-r)");
+    }
+    if args.job.detach || args.range.is_partial() {
+        return refuse("--detach, --offset or --length");
+    }
+    if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
+        return refuse("--in-place, --no-clobber, --update or --backup");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

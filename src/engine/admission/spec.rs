@@ -241,7 +241,7 @@ pub(in crate::engine) fn spec(
     };
     let dir_kind = dir.and_then(|s| s.ok()).map(|s| s.kind);
     let decided = match (&remote, src_meta) {
-        (Some(_), Some(meta)) => remote::decide(&plan, &submit, cx, meta),
+        (Some(target), Some(meta)) => remote::decide(&plan, &submit, cx, meta, target.pull),
         _ => decide(&plan, &submit, dir_fd.is_some(), dir_kind, cx),
     };
     match decided {

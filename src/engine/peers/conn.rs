@@ -18,6 +18,7 @@ use super::incoming::Incoming;
 use super::serving::Serving;
 use crate::io::queue::SendSource;
 use crate::tls::Session;
+use crate::transfer::write_buffers::WriteBuffers;
 
 /// Bytes one receive reads at most.
 pub(super) const RX_BUFFER: usize = 256 << 10;
@@ -65,13 +66,8 @@ pub(super) struct PeerConn {
     /// Descriptors let go of while an operation still held them: closed
     /// off the loop thread once it is back.
     pub retired: Vec<Rc<OwnedFd>>,
-    /// The buffer being filled with file data, from file offset `fill_at`.
-    pub fill: Option<Vec<u8>>,
-    pub fill_at: u64,
-    /// Empty write buffers.
-    pub spare: Vec<Vec<u8>>,
-    /// The write buffers were made.
-    made_buffers: bool,
+    /// The write buffers, made when the first file starts.
+    writes: Option<WriteBuffers>,
     /// Operations in flight; the connection is forgotten only at zero.
     pub ops: usize,
     /// The read in flight, to cancel when closing.
@@ -110,10 +106,7 @@ impl PeerConn {
             incoming: None,
             serving: None,
             retired: Vec::new(),
-            fill: None,
-            fill_at: 0,
-            spare: Vec::new(),
-            made_buffers: false,
+            writes: None,
             ops: 0,
             rx_op: None,
             closing: false,
@@ -158,21 +151,14 @@ impl PeerConn {
 
     /// Makes the write buffers, once, when the first file starts.
     pub(super) fn ensure_write_buffers(&mut self) {
-        if !self.made_buffers {
-            self.made_buffers = true;
-            self.spare = (0..WRITE_BUFFERS)
-                .map(|_| Vec::with_capacity(WRITE_BUFFER))
-                .collect();
+        if self.writes.is_none() {
+            self.writes = Some(WriteBuffers::new(WRITE_BUFFERS, WRITE_BUFFER));
         }
     }
 
     /// Bytes of file data the write buffers can take now.
     pub(super) fn room(&self) -> usize {
-        let in_fill = self
-            .fill
-            .as_ref()
-            .map_or(0, |f| WRITE_BUFFER.saturating_sub(f.len()));
-        in_fill + self.spare.len() * WRITE_BUFFER
+        self.writes.as_ref().map_or(0, WriteBuffers::room)
     }
 
     /// Copies `bytes`, the file's from `offset`, into the write buffers;
@@ -180,50 +166,33 @@ impl PeerConn {
     /// sure they fit (`room`).
     pub(super) fn copy_in(
         &mut self,
-        mut offset: u64,
-        mut bytes: &[u8],
+        offset: u64,
+        bytes: &[u8],
         full: &mut Vec<(u64, Vec<u8>)>,
-    ) {
-        while !bytes.is_empty() {
-            if self.fill.is_none() {
-                let Some(buf) = self.spare.pop() else { return };
-                self.fill = Some(buf);
-                self.fill_at = offset;
-            }
-            let Some(fill) = self.fill.as_mut() else {
-                return;
-            };
-            let n = (WRITE_BUFFER - fill.len()).min(bytes.len());
-            fill.extend_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
-            offset += n as u64;
-            if fill.len() == WRITE_BUFFER {
-                self.flush_into(full);
-            }
-        }
+    ) -> bool {
+        self.writes
+            .as_mut()
+            .is_some_and(|w| w.copy_in(offset, bytes, full))
     }
 
     /// Hands the buffer being filled, if any, to `full`.
     pub(super) fn flush_into(&mut self, full: &mut Vec<(u64, Vec<u8>)>) {
-        if let Some(fill) = self.fill.take() {
-            if fill.is_empty() {
-                self.spare.push(fill);
-            } else {
-                full.push((self.fill_at, fill));
-            }
+        if let Some(w) = self.writes.as_mut() {
+            w.flush_into(full);
         }
     }
 
     /// Takes a write buffer back, empty.
-    pub(super) fn give_back(&mut self, mut buf: Vec<u8>) {
-        buf.clear();
-        self.spare.push(buf);
+    pub(super) fn give_back(&mut self, buf: Vec<u8>) {
+        if let Some(w) = self.writes.as_mut() {
+            w.give_back(buf);
+        }
     }
 
     /// Drops what a failed file left in the write buffer being filled.
     pub(super) fn discard_fill(&mut self) {
-        if let Some(fill) = self.fill.take() {
-            self.give_back(fill);
+        if let Some(w) = self.writes.as_mut() {
+            w.discard_fill();
         }
     }
 
@@ -234,38 +203,5 @@ impl PeerConn {
         }
         self.rx_len -= self.rx_pos;
         self.rx_pos = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conn() -> PeerConn {
-        let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
-        let mut c = PeerConn::new(fd, "test".into(), None);
-        c.ensure_write_buffers();
-        c
-    }
-
-    #[test]
-    fn data_fills_buffers_in_order_and_full_ones_go_out() {
-        let mut c = conn();
-        assert_eq!(c.room(), WRITE_BUFFERS * WRITE_BUFFER);
-        let data: Vec<u8> = (0..WRITE_BUFFER + 10).map(|i| i as u8).collect();
-        let mut full = Vec::new();
-        c.copy_in(100, &data[..7], &mut full);
-        c.copy_in(107, &data[7..], &mut full);
-        assert_eq!(full.len(), 1);
-        assert_eq!(full[0].0, 100);
-        assert_eq!(full[0].1, data[..WRITE_BUFFER]);
-        c.flush_into(&mut full);
-        assert_eq!(full[1].0, 100 + WRITE_BUFFER as u64);
-        assert_eq!(full[1].1, data[WRITE_BUFFER..]);
-        assert_eq!(c.room(), (WRITE_BUFFERS - 2) * WRITE_BUFFER);
-        for (_, buf) in full.drain(..) {
-            c.give_back(buf);
-        }
-        assert_eq!(c.room(), WRITE_BUFFERS * WRITE_BUFFER);
     }
 }

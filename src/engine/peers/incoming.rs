@@ -117,7 +117,11 @@ pub(super) fn take_data(
     }
     inc.received += len;
     inc.crc = crc32c::crc32c_append(inc.crc, bytes);
-    conn.copy_in(offset, bytes, full);
+    if !conn.copy_in(offset, bytes, full) {
+        return Err(format!(
+            "Data for transfer {xfer} past what the daemon can hold"
+        ));
+    }
     Ok(())
 }
 

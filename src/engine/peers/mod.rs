@@ -634,16 +634,21 @@ impl Engine {
     /// whenever this daemon has an identity; plaintext only to a loopback
     /// address otherwise, and never across a network.
     pub(super) fn push_session(&self, spec: &JobSpec) -> Result<Option<Session>, TransferError> {
-        if spec.remote.is_none() {
+        let Some((target, _)) = &spec.remote else {
             return Ok(None);
-        }
-        fail_dead_peers_within(&spec.ends.dst, self.config.frame_timeout);
+        };
+        let socket = if target.pull {
+            &spec.ends.src
+        } else {
+            &spec.ends.dst
+        };
+        fail_dead_peers_within(socket, self.config.frame_timeout);
         match &self.peers.tls {
             Some(setup) => setup
                 .connect()
                 .map(Some)
                 .map_err(|e| TransferError::new(FailureKind::Io, e)),
-            None if peer_is_loopback(&spec.ends.dst) => Ok(None),
+            None if peer_is_loopback(socket) => Ok(None),
             None => Err(TransferError::new(
                 FailureKind::PermissionDenied,
                 "a push to another host needs TLS: give the daemon tls_cert and tls_key \

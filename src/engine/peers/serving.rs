@@ -176,7 +176,11 @@ impl Engine {
             return;
         };
         let idle = conn.out.is_empty() && conn.outgoing.is_some() && !conn.closing;
-        let Some(serving) = conn.serving.as_mut().filter(|s| !s.ended && idle) else {
+        let Some(serving) = conn
+            .serving
+            .as_mut()
+            .filter(|s| s.ready && !s.ended && s.buf.is_some() && idle)
+        else {
             return;
         };
         if serving.sent == serving.size {

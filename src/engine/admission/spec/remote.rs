@@ -19,8 +19,12 @@ pub(super) fn decide(
     submit: &SubmitRequest,
     cx: &Context,
     (perm, atime, mtime): SourceMeta,
+    pull: bool,
 ) -> Result<Decided, TransferError> {
     let refuse = |why: String| Err(TransferError::new(FailureKind::InvalidRequest, why));
+    if pull {
+        return decide_pull(plan, submit);
+    }
     if plan.ends.src_kind != FdKind::File {
         return refuse(format!(
             "a push to another daemon sends a regular file; the source is a {}",
@@ -62,6 +66,50 @@ pub(super) fn decide(
             mode: perm,
             atime: at(atime),
             mtime: at(mtime),
+        }),
+    })
+}
+
+/// What a pull settles: from a socket connected to the other daemon into a
+/// regular file, written whole from its start.
+fn decide_pull(plan: &Plan, submit: &SubmitRequest) -> Result<Decided, TransferError> {
+    let refuse = |why: String| Err(TransferError::new(FailureKind::InvalidRequest, why));
+    if plan.ends.src_kind != FdKind::Socket {
+        return refuse(format!(
+            "a pull from another daemon reads a socket connected to it; the source is a {}",
+            plan.ends.src_kind
+        ));
+    }
+    if plan.ends.dst_kind != FdKind::File {
+        return refuse(format!(
+            "a pull from another daemon writes a regular file; the destination is a {}",
+            plan.ends.dst_kind
+        ));
+    }
+    if !matches!(submit.strategy, Strategy::Auto | Strategy::Peer)
+        || submit.offset != 0
+        || submit.length.is_some()
+        || submit.dest_offset != 0
+        || submit.publish.is_some()
+        || submit.reflink == Reflink::Always
+    {
+        return refuse(
+            "a pull from another daemon takes the whole file into a file of its own: strategy, offsets, length, publish and clones do not apply"
+                .into(),
+        );
+    }
+    let nothing = Timestamp::default();
+    Ok(Decided {
+        fsize_limit: None,
+        publish: None,
+        bytes: 0,
+        choice: Choice::plain(Strategy::Peer, None),
+        reflink: None,
+        push: Some(FileMeta {
+            size: 0,
+            mode: 0,
+            atime: nothing,
+            mtime: nothing,
         }),
     })
 }

@@ -1,0 +1,411 @@
+//! Pulling a file from another daemon (host to host) through a TCP socket
+//! the client connected, into the job's destination (a staged file): the
+//! peer wire spoken by one job, the other way round from peer_push.rs.
+//!
+//! `Hello` and `Get` go out at once; `Ready` brings the file's size, mode
+//! and times; each piece of data is copied from the link's buffer into
+//! write buffers (write_buffers.rs) and written at its offset, its CRC-32C
+//! taken as it passes, the next read waiting for room. At `End`, once every
+//! write has landed, size and CRC must be what the other daemon said; then
+//! mode and times go on the file and `Done` goes back, and the job is done
+//! (the client names the file). Anything else fails the job, and the
+//! client drops the staged file.
+
+use std::rc::Rc;
+
+use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, RemotePath, PEER_PROTOCOL_VERSION};
+use ringxfer_ipc::{FailureKind, Strategy};
+
+use super::peer_link::{Got, PeerLink, SocketEnd};
+use super::step::CopyStep;
+use super::write_buffers::WriteBuffers;
+use super::{Endpoints, Shape, TransferError};
+use crate::io::op::{self, set_meta::Meta, AnyOp};
+use crate::io::ops::Owner;
+use crate::io::Io;
+use crate::tls::Session;
+
+/// The transfer's number on its connection: one file per connection.
+const XFER: u64 = 1;
+const WRITE_BUFFERS: usize = 2;
+const WRITE_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `Hello` and `Get` sent; `Welcome`, then `Ready`, awaited.
+    Asked,
+    /// Receiving the file.
+    Body,
+    /// Every byte is in and checked; mode and times being set.
+    Checked,
+    /// `Done` went back.
+    Landed,
+}
+
+pub(crate) struct PeerPull {
+    ends: Rc<Endpoints>,
+    shape: Shape,
+    path: RemotePath,
+    phase: Phase,
+    link: PeerLink,
+    meta: Option<FileMeta>,
+    received: u64,
+    crc: u32,
+    /// What `End` said: size and CRC-32C.
+    end: Option<(u64, u32)>,
+    writes: WriteBuffers,
+    /// Writes and the metadata op in flight.
+    in_flight: usize,
+    pub(crate) moved: u64,
+    failure: Option<TransferError>,
+}
+
+impl PeerPull {
+    /// Pulls `path` through the socket `ends.src` into `ends.dst`.
+    pub(crate) fn new(
+        ends: Rc<Endpoints>,
+        shape: Shape,
+        path: RemotePath,
+        tls: Option<Session>,
+    ) -> PeerPull {
+        let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Source, tls);
+        PeerPull {
+            ends,
+            shape,
+            path,
+            phase: Phase::Asked,
+            link,
+            meta: None,
+            received: 0,
+            crc: 0,
+            end: None,
+            writes: WriteBuffers::new(WRITE_BUFFERS, WRITE_BUFFER),
+            in_flight: 0,
+            moved: 0,
+            failure: None,
+        }
+    }
+
+    pub(crate) fn strategy(&self) -> Strategy {
+        Strategy::Peer
+    }
+
+    /// The file's size, once `Ready` said it.
+    pub(crate) fn total(&self) -> Option<u64> {
+        self.meta.map(|m| m.size)
+    }
+
+    pub(crate) fn endpoints(&self) -> Rc<Endpoints> {
+        Rc::clone(&self.ends)
+    }
+
+    pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
+        Rc::try_unwrap(self.ends).ok()
+    }
+
+    pub(crate) fn failure(&self) -> Option<&TransferError> {
+        self.failure.as_ref()
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.in_flight == 0
+            && self.link.in_flight == 0
+            && (self.phase == Phase::Landed || self.failure.is_some())
+    }
+
+    /// The CRC-32C the other daemon sent and the one of what landed.
+    pub(crate) fn checksums(&self) -> Option<(u32, u32)> {
+        let (_, sent) = self.end?;
+        (self.phase == Phase::Landed).then_some((sent, self.crc))
+    }
+
+    /// Says `Hello`, asks for the file, and listens.
+    pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
+        let get = PeerMessage::Get {
+            xfer: XFER,
+            path: self.path.clone(),
+            resume: false,
+        };
+        if let Err(e) = self.link.open_with(&get, owner, io) {
+            self.failed(e);
+        }
+    }
+
+    /// A completion of one of its operations (each holds its own buffer).
+    pub(crate) fn on_control(
+        &mut self,
+        tag: u32,
+        result: i32,
+        op: AnyOp,
+        owner: Owner,
+        io: &mut Io,
+    ) {
+        let handled = match (CopyStep::from_tag(tag), op) {
+            (Some(CopyStep::PeerSend), AnyOp::Send(send)) => {
+                self.link.on_sent(send, result, owner, io)
+            }
+            (Some(CopyStep::PeerRecv), AnyOp::ReadInto(read)) => {
+                match self.link.on_read(read, result) {
+                    // The read cancelled once the file landed.
+                    _ if self.phase == Phase::Landed => Ok(()),
+                    Ok(true) => self.received(owner, io),
+                    Ok(false) => Err(TransferError::new(
+                        FailureKind::PeerGone,
+                        "the other daemon closed the connection before the whole file came",
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+            (Some(CopyStep::PeerWrite), AnyOp::WriteFrom(write)) => {
+                self.written(write, result, owner, io)
+            }
+            (Some(CopyStep::PeerMeta), _) => self.meta_set(result, owner, io),
+            _ => Ok(()),
+        };
+        if let Err(e) = handled {
+            self.failed(e);
+        }
+        if self.failure.is_some() {
+            self.link.cancel(io);
+        }
+    }
+
+    /// What came is opened, cut and handled; more is read while there is
+    /// room for it.
+    fn received(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        let mut full = Vec::with_capacity(WRITE_BUFFERS);
+        loop {
+            let more = self.link.open()?;
+            let mut at = 0;
+            while let Some(got) = self.link.next(&mut at)? {
+                match got {
+                    Got::Message(m) => self.answer(m, owner, io, &mut full)?,
+                    Got::Data { offset, at, len } => self.take_data(offset, at, len, &mut full)?,
+                }
+            }
+            self.link.consumed(at);
+            self.write_full(&mut full, owner, io)?;
+            if !more {
+                break;
+            }
+        }
+        self.link.flush(owner, io)?;
+        self.listen(owner, io)
+    }
+
+    /// Reads on, if the write buffers can take what a read brings.
+    fn listen(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let room = self.writes.room() >= self.link.rx_room();
+        if self.failure.is_none() && matches!(self.phase, Phase::Asked | Phase::Body) && room {
+            self.link.listen(owner, io)?;
+        }
+        Ok(())
+    }
+
+    fn answer(
+        &mut self,
+        message: PeerMessage,
+        owner: Owner,
+        io: &mut Io,
+        full: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), TransferError> {
+        match (self.phase, message) {
+            (Phase::Asked, PeerMessage::Welcome { version, .. }) if version != PEER_PROTOCOL_VERSION => Err(protocol(&format!(
+                "the other daemon speaks version {version} of the wire, this one {PEER_PROTOCOL_VERSION}"
+            ))),
+            (Phase::Asked, PeerMessage::Welcome { .. }) => Ok(()),
+            (Phase::Asked, PeerMessage::Ready { offset: 0, meta: Some(meta), .. }) => {
+                self.meta = Some(meta);
+                self.phase = Phase::Body;
+                Ok(())
+            }
+            (_, PeerMessage::Refused { kind, message, .. } | PeerMessage::Failed { kind, message, .. }) => {
+                Err(TransferError::new(kind, format!("the other daemon: {message}")))
+            }
+            (Phase::Body, PeerMessage::End { size, crc32c, .. }) => {
+                self.end = Some((size, crc32c));
+                self.writes.flush_into(full);
+                self.write_full(full, owner, io)?;
+                self.check_end(owner, io)
+            }
+            (_, PeerMessage::Ping) => self.link.say(&PeerMessage::Pong, owner, io),
+            (_, PeerMessage::Pong) => Ok(()),
+            (phase, other) => Err(protocol(&format!("{other:?} while {phase:?}"))),
+        }
+    }
+
+    /// Data at `offset`, in the link's buffer at `at`: into the write
+    /// buffers, in order, within the announced size.
+    fn take_data(
+        &mut self,
+        offset: u64,
+        at: usize,
+        len: usize,
+        full: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), TransferError> {
+        let size = self.meta.map(|m| m.size);
+        if self.phase != Phase::Body
+            || offset != self.received
+            || size.is_none_or(|s| offset + len as u64 > s)
+        {
+            return Err(protocol(&format!(
+                "data at offset {offset} out of order or past the file's size"
+            )));
+        }
+        let bytes = self.link.data(at, len);
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        if !self.writes.copy_in(offset, bytes, full) {
+            return Err(protocol("more data came than there was room for"));
+        }
+        self.received += len as u64;
+        Ok(())
+    }
+
+    /// Writes the buffers filled, each at its offset.
+    fn write_full(
+        &mut self,
+        full: &mut Vec<(u64, Vec<u8>)>,
+        owner: Owner,
+        io: &mut Io,
+    ) -> Result<(), TransferError> {
+        for (offset, buf) in full.drain(..) {
+            let at = self.shape.dst_start + offset;
+            let write = op::WriteFrom::new(self.ends.shared_dst(), buf, at);
+            io.queue_op(owner, CopyStep::PeerWrite.tag(), write)
+                .map_err(|e| {
+                    TransferError::new(FailureKind::Io, format!("cannot queue a write: {e}"))
+                })?;
+            self.in_flight += 1;
+        }
+        Ok(())
+    }
+
+    fn written(
+        &mut self,
+        write: op::WriteFrom,
+        result: i32,
+        owner: Owner,
+        io: &mut Io,
+    ) -> Result<(), TransferError> {
+        self.in_flight -= 1;
+        let (at, mut buf) = (write.offset, write.buf);
+        if result <= 0 || self.failure.is_some() {
+            self.writes.give_back(buf);
+            if self.failure.is_some() {
+                return Ok(());
+            }
+            let what = format!("write of the destination file at offset {at}");
+            return Err(TransferError::os(
+                what,
+                if result < 0 { -result } else { libc::EIO },
+            ));
+        }
+        let n = result as usize;
+        self.moved += n as u64;
+        if n < buf.len() {
+            buf.drain(..n);
+            let rest = op::WriteFrom::new(self.ends.shared_dst(), buf, at + n as u64);
+            io.queue_op(owner, CopyStep::PeerWrite.tag(), rest)
+                .map_err(|e| {
+                    TransferError::new(FailureKind::Io, format!("cannot queue a write: {e}"))
+                })?;
+            self.in_flight += 1;
+            return Ok(());
+        }
+        self.writes.give_back(buf);
+        if self.end.is_some() {
+            return self.check_end(owner, io);
+        }
+        self.listen(owner, io)
+    }
+
+    /// Once every write has landed: the file must be whole and unchanged;
+    /// then its mode and times.
+    fn check_end(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let (Some((size, crc)), Some(meta)) = (self.end, self.meta) else {
+            return Ok(());
+        };
+        if self.in_flight > 0 || self.phase != Phase::Body {
+            return Ok(());
+        }
+        if size != meta.size || self.received != size {
+            let why = format!(
+                "the other daemon ended the file at {size} bytes ({} came), where it announced {}",
+                self.received, meta.size
+            );
+            return Err(TransferError::new(FailureKind::SourceShort, why));
+        }
+        if crc != self.crc {
+            let why = format!(
+                "CRC-32C of what came is {:08x}, the other daemon's is {crc:08x}",
+                self.crc
+            );
+            return Err(TransferError::new(FailureKind::Mismatch, why));
+        }
+        self.phase = Phase::Checked;
+        let set = Meta {
+            mode: meta.mode & 0o777,
+            atime: (meta.atime.secs, meta.atime.nanos),
+            mtime: (meta.mtime.secs, meta.mtime.nanos),
+        };
+        io.queue_op(
+            owner,
+            CopyStep::PeerMeta.tag(),
+            op::SetMeta::new(self.ends.shared_dst(), set),
+        )
+        .map_err(|e| {
+            TransferError::new(
+                FailureKind::Io,
+                format!("cannot queue fchmod/futimens: {e}"),
+            )
+        })?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Mode and times are on: `Done` goes back.
+    fn meta_set(&mut self, result: i32, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        self.in_flight -= 1;
+        if result < 0 {
+            return Err(TransferError::os(
+                "setting the pulled file's mode and times",
+                -result,
+            ));
+        }
+        self.phase = Phase::Landed;
+        // Nothing more comes: the read still waiting goes.
+        self.link.cancel(io);
+        self.link.say(
+            &PeerMessage::Done {
+                xfer: XFER,
+                crc32c: self.crc,
+            },
+            owner,
+            io,
+        )
+    }
+
+    /// Fails the pull: the read waiting on the other daemon is cancelled;
+    /// the socket closes with the job, and the other daemon stops.
+    pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io) {
+        self.failed(err);
+        self.link.cancel(io);
+    }
+
+    fn failed(&mut self, err: TransferError) {
+        self.writes.discard_fill();
+        if self.failure.is_none() {
+            self.failure = Some(err);
+        }
+    }
+}
+
+fn protocol(why: &str) -> TransferError {
+    TransferError::new(
+        FailureKind::Io,
+        format!("the other daemon broke the protocol: {why}"),
+    )
+}
