@@ -1477,6 +1477,21 @@ fn the_cli_pulls_a_file_whole_with_its_mode_and_times_or_leaves_nothing() {
         );
         assert!(!dst.exists(), "{src}: a file appeared");
     }
+    // A limit a pull would not hold to is refused, not ignored.
+    let limited = here.path().join("limited");
+    let src = format!("{address}:inbox/dir/far.bin");
+    let out = pull_cli(&pulling, &["--rate-limit", "1MiB"], &src, &limited);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let err = crate::cli_common::stderr(&out);
+    assert!(
+        err.contains("--rate-limit from another host is not supported yet"),
+        "{err}"
+    );
     let names: Vec<_> = std::fs::read_dir(here.path())
         .expect("read_dir")
         .map(|e| e.expect("entry").file_name())
