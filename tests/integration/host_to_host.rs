@@ -534,6 +534,13 @@ fn files_are_written_with_the_rights_of_the_exports_user() {
     );
 }
 
+/// Writes `bytes` as `name` in `d`'s directory and pushes it to `dst`.
+fn push_bytes(d: &Daemon, name: &str, bytes: &[u8], dst: &str) -> std::process::Output {
+    let src = d.dir().join(name);
+    std::fs::write(&src, bytes).expect("write");
+    push_cli(d, &[], &src, dst)
+}
+
 /// `ringxfer --json copy ARGS... SRC DST` through daemon `d`.
 fn push_cli(d: &Daemon, args: &[&str], src: &Path, dst: &str) -> std::process::Output {
     let mut c = crate::cli_common::cli(&d.socket);
@@ -858,15 +865,8 @@ fn a_daemon_not_pinned_or_not_speaking_tls_is_refused() {
 
     // C trusts B, but B does not know C.
     let c = sender_with(&tls_settings(c_keys.path(), &[("host-b", &b_pin)]));
-    let src = c.dir().join("x.bin");
-    std::fs::write(&src, b"intruder").expect("write");
-    let out = push_cli(&c, &[], &src, &dst);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        crate::cli_common::describe(&out)
-    );
+    let out = push_bytes(&c, "x.bin", b"intruder", &dst);
+    crate::cli_common::assert_exit(&out, 1, "x.bin");
     let unpinned = format!("certificate {c_pin} is not pinned by any [[peer]]");
     assert!(
         poll_until(Duration::from_secs(10), || b.log().contains(&unpinned)),
@@ -876,15 +876,8 @@ fn a_daemon_not_pinned_or_not_speaking_tls_is_refused() {
 
     // A is known to B, but pins another key for it (C's): A refuses B.
     let a = sender_with(&tls_settings(a_keys.path(), &[("host-b", &c_pin)]));
-    let src = a.dir().join("y.bin");
-    std::fs::write(&src, b"misdirected").expect("write");
-    let out = push_cli(&a, &[], &src, &dst);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        crate::cli_common::describe(&out)
-    );
+    let out = push_bytes(&a, "y.bin", b"misdirected", &dst);
+    crate::cli_common::assert_exit(&out, 1, "y.bin");
     let err = crate::cli_common::stderr(&out);
     assert!(
         err.contains(&format!("certificate {b_pin} is not pinned")),
@@ -893,15 +886,8 @@ fn a_daemon_not_pinned_or_not_speaking_tls_is_refused() {
 
     // A daemon without TLS speaks plaintext, which B does not take.
     let plain = Daemon::start();
-    let src = plain.dir().join("z.bin");
-    std::fs::write(&src, b"plaintext").expect("write");
-    let out = push_cli(&plain, &[], &src, &dst);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        crate::cli_common::describe(&out)
-    );
+    let out = push_bytes(&plain, "z.bin", b"plaintext", &dst);
+    crate::cli_common::assert_exit(&out, 1, "z.bin");
 
     assert_eq!(
         std::fs::read_dir(export.path()).expect("read_dir").count(),
@@ -921,15 +907,8 @@ fn an_export_takes_only_the_peers_it_names() {
 
     // C is pinned (it may connect) but not named by the export.
     let c = sender_with(&tls_settings(c_keys.path(), &[("host-b", &b_pin)]));
-    let src = c.dir().join("c.bin");
-    std::fs::write(&src, b"from c").expect("write");
-    let out = push_cli(&c, &[], &src, &dst);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        crate::cli_common::describe(&out)
-    );
+    let out = push_bytes(&c, "c.bin", b"from c", &dst);
+    crate::cli_common::assert_exit(&out, 1, "c.bin");
     let err = crate::cli_common::stderr(&out);
     assert!(
         err.contains("export \"inbox\" is not open to peer \"host-c\""),

@@ -109,9 +109,8 @@ impl Engine {
             if result >= 0 {
                 // SAFETY: a successful openat2 returns a new descriptor
                 // that only this completion knows about.
-                self.closing
-                    .doomed
-                    .push(unsafe { OwnedFd::from_raw_fd(result) });
+                let fd = unsafe { OwnedFd::from_raw_fd(result) };
+                self.closing.doomed.push(fd);
             }
             return;
         };
