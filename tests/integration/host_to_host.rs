@@ -1477,3 +1477,44 @@ fn the_cli_pulls_a_file_whole_with_its_mode_and_times_or_leaves_nothing() {
         .collect();
     assert_eq!(names.len(), 2, "no staging file left behind: {names:?}");
 }
+
+#[test]
+fn a_pull_whose_server_dies_fails_and_names_nothing() {
+    let export = tmpdir();
+    // A large sparse file: read back as zeros, fast, and never all of it.
+    let big = std::fs::File::create(export.path().join("huge.bin")).expect("create");
+    big.set_len(64 << 30).expect("set_len");
+    let (serving, address) = receiver(export.path());
+    let pulling = Daemon::start();
+    let here = tmpdir();
+    let dst = here.path().join("huge.bin");
+    let mut c = crate::cli_common::cli(&pulling.socket);
+    c.arg("copy")
+        .arg(format!("{address}:inbox/huge.bin"))
+        .arg(&dst)
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().expect("spawn the CLI");
+    let moving = poll_until(Duration::from_secs(20), || {
+        let mut c = crate::cli_common::cli(&pulling.socket);
+        c.args(["--json", "jobs"]);
+        let out = crate::cli_common::run(c);
+        crate::cli_common::json_lines(&out)
+            .iter()
+            .any(|v| v["strategy"] == "peer" && v["bytes"].as_u64().unwrap_or(0) > 8 << 20)
+    });
+    assert!(moving, "the pull never moved bytes");
+    serving.signal(libc::SIGKILL);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the other daemon closed the connection"),
+        "{err}"
+    );
+    assert!(!dst.exists(), "a partial pull took the name");
+    assert_eq!(
+        std::fs::read_dir(here.path()).expect("read_dir").count(),
+        0,
+        "nothing left behind"
+    );
+}
