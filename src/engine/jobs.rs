@@ -765,8 +765,9 @@ impl Engine {
             return;
         };
         let io = &mut self.io;
+        let out = &mut self.slots.returned;
         job.copy
-            .on_control(op.tag, result, op.op, Owner::Job(k), io);
+            .on_control(op.tag, result, op.op, Owner::Job(k), io, out);
         self.after_job_step(k);
     }
 

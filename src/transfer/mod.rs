@@ -91,6 +91,7 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.wants_buffer(),
             Mover::Peer(c) => c.wants_buffer(),
+            Mover::Pull(c) => c.wants_buffer(),
             _ => false,
         }
     }
@@ -126,7 +127,8 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
             Mover::Peer(c) => c.lend(buf, owner, io, out),
-            Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) | Mover::Pull(_) => {
+            Mover::Pull(c) => c.lend(buf, owner, io, out),
+            Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
                 out.push(Returned::Buffer(buf))
             }
         }
@@ -178,7 +180,8 @@ impl Mover {
     }
 
     /// A completion of an operation that holds its own buffer (a push's
-    /// control frames), handed back with it.
+    /// control frames), handed back with it; pool buffers a pull held as
+    /// permits go to `out`.
     pub(crate) fn on_control(
         &mut self,
         tag: u32,
@@ -186,10 +189,11 @@ impl Mover {
         op: AnyOp,
         owner: Owner,
         io: &mut Io,
+        out: &mut Vec<Returned>,
     ) {
         match self {
             Mover::Peer(c) => c.on_control(tag, result, op, owner, io),
-            Mover::Pull(c) => c.on_control(tag, result, op, owner, io),
+            Mover::Pull(c) => c.on_control(tag, result, op, owner, io, out),
             _ => {}
         }
     }
@@ -207,7 +211,7 @@ impl Mover {
             Mover::CopyRange(c) => c.fail(err, owner, io, out),
             Mover::Reflink(c) => c.fail(err, io),
             Mover::Peer(c) => c.fail(err, io, out),
-            Mover::Pull(c) => c.fail(err, io),
+            Mover::Pull(c) => c.fail(err, io, out),
         }
     }
 

@@ -120,6 +120,11 @@ impl PeerLink {
         self.tls.is_some()
     }
 
+    /// A read is in flight.
+    pub(crate) fn reading(&self) -> bool {
+        self.rx_op.is_some()
+    }
+
     /// Nothing is waiting to go out, and no send is in flight.
     pub(crate) fn send_idle(&self) -> bool {
         self.outgoing.is_some() && self.queued.is_empty()

@@ -17,9 +17,11 @@ use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, RemotePath, PEER_PROTOCOL
 use ringxfer_ipc::{FailureKind, Strategy};
 
 use super::peer_link::{Got, PeerLink, SocketEnd};
+use super::pipeline::Returned;
 use super::step::CopyStep;
 use super::write_buffers::WriteBuffers;
 use super::{Endpoints, Shape, TransferError};
+use crate::io::buffer_pool::BufRef;
 use crate::io::op::{self, set_meta::Meta, AnyOp};
 use crate::io::ops::Owner;
 use crate::io::Io;
@@ -54,6 +56,10 @@ pub(crate) struct PeerPull {
     /// What `End` said: size and CRC-32C.
     end: Option<(u64, u32)>,
     writes: WriteBuffers,
+    /// A pool buffer held while a read of the file's data is in flight:
+    /// not written to, it is the permit that rate limits, priorities and
+    /// users' shares count, as they count a copy's buffers.
+    permit: Option<BufRef>,
     /// Writes and the metadata op in flight.
     in_flight: usize,
     pub(crate) moved: u64,
@@ -80,6 +86,7 @@ impl PeerPull {
             crc: 0,
             end: None,
             writes: WriteBuffers::new(WRITE_BUFFERS, WRITE_BUFFER),
+            permit: None,
             in_flight: 0,
             moved: 0,
             failure: None,
@@ -119,6 +126,27 @@ impl PeerPull {
         (self.phase == Phase::Landed).then_some((sent, self.crc))
     }
 
+    /// The file is coming and a read of it would fit: a permit is wanted.
+    pub(crate) fn wants_buffer(&self) -> bool {
+        self.phase == Phase::Body
+            && self.failure.is_none()
+            && self.permit.is_none()
+            && !self.link.reading()
+            && self.writes.room() >= self.link.rx_room()
+    }
+
+    /// A permit: the next read of the file goes.
+    pub(crate) fn lend(&mut self, buf: BufRef, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
+        if !self.wants_buffer() {
+            return out.push(Returned::Buffer(buf));
+        }
+        if let Err(e) = self.link.listen(owner, io) {
+            out.push(Returned::Buffer(buf));
+            return self.failed(e);
+        }
+        self.permit = Some(buf);
+    }
+
     /// Says `Hello`, asks for the file, and listens.
     pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
         let get = PeerMessage::Get {
@@ -131,7 +159,8 @@ impl PeerPull {
         }
     }
 
-    /// A completion of one of its operations (each holds its own buffer).
+    /// A completion of one of its operations (each holds its own buffer);
+    /// a read's permit goes back to `out`.
     pub(crate) fn on_control(
         &mut self,
         tag: u32,
@@ -139,7 +168,11 @@ impl PeerPull {
         op: AnyOp,
         owner: Owner,
         io: &mut Io,
+        out: &mut Vec<Returned>,
     ) {
+        if CopyStep::from_tag(tag) == Some(CopyStep::PeerRecv) {
+            out.extend(self.permit.take().map(Returned::Buffer));
+        }
         let handled = match (CopyStep::from_tag(tag), op) {
             (Some(CopyStep::PeerSend), AnyOp::Send(send)) => {
                 self.link.on_sent(send, result, owner, io)
@@ -196,10 +229,10 @@ impl PeerPull {
         self.listen(owner, io)
     }
 
-    /// Reads on, if the write buffers can take what a read brings.
+    /// Reads on for the answers before the file; the file's own data is
+    /// read with a permit (`lend`).
     fn listen(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
-        let room = self.writes.room() >= self.link.rx_room();
-        if self.failure.is_none() && matches!(self.phase, Phase::Asked | Phase::Body) && room {
+        if self.failure.is_none() && self.phase == Phase::Asked {
             self.link.listen(owner, io)?;
         }
         Ok(())
@@ -390,9 +423,10 @@ impl PeerPull {
 
     /// Fails the pull: the read waiting on the other daemon is cancelled;
     /// the socket closes with the job, and the other daemon stops.
-    pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io) {
+    pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
         self.failed(err);
         self.link.cancel(io);
+        out.extend(self.permit.take().map(Returned::Buffer));
     }
 
     fn failed(&mut self, err: TransferError) {

@@ -159,8 +159,8 @@ pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 || args.recursive {
         return refuse("copying several files or a tree (-r)");
     }
-    if args.job.detach || args.range.is_partial() || args.job.rate_limit.is_some() {
-        return refuse("--detach, --offset, --length or --rate-limit");
+    if args.job.detach || args.range.is_partial() {
+        return refuse("--detach, --offset or --length");
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
         return refuse("--in-place, --no-clobber, --update or --backup");
