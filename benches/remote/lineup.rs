@@ -1,10 +1,12 @@
-//! Who races: ringxfer pushing over TLS and in plaintext, rsync over ssh
-//! and rsync to an rsync daemon; one timed, checked run of any of them.
+//! Who races: ringxfer pushing over TLS and in plaintext, rsync over ssh,
+//! rsync to an rsync daemon and openssl's bare TLS copy; one timed,
+//! checked run of any of them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::openssl::TlsCopy;
 use crate::place::Want;
 use crate::ringxfer::Pair;
 use crate::rsync::{OverSsh, Rsyncd};
@@ -14,7 +16,9 @@ use crate::support::Result;
 /// One run's figures, in seconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    /// Wall time of the sending command, start-up and handshake included.
+    /// Wall time of the sending command, start-up and handshake included;
+    /// for openssl, until s_server has exited too, as s_client's end says
+    /// nothing of the bytes' arrival.
     pub secs: f64,
     /// CPU of the sending end: the command (and its children) and, for
     /// ringxfer, the sending daemon.
@@ -34,6 +38,7 @@ pub enum Runner {
     Ringxfer(Pair),
     Ssh(OverSsh),
     Daemon(Rsyncd),
+    Openssl(TlsCopy),
 }
 
 pub struct Entry {
@@ -53,6 +58,7 @@ impl Entry {
             Runner::Ringxfer(p) => p.push(src, want.size)?,
             Runner::Ssh(s) => (s.push(src, &self.dst_dir)?, String::new()),
             Runner::Daemon(d) => (d.push(src)?, String::new()),
+            Runner::Openssl(o) => (o.push(src, &self.dst_dir, want.size)?, String::new()),
         };
         let name = src.file_name().ok_or("the source has no name")?;
         want.check(&self.dst_dir.join(name))

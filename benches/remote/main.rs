@@ -1,6 +1,7 @@
 //! Host to host on loopback (issue 18): `ringxfer copy FILE
 //! HOST:PORT:inbox/NAME` between two daemons, over TLS 1.3 and in
-//! plaintext, against rsync over ssh and rsync to an rsync daemon.
+//! plaintext, against rsync over ssh and rsync to an rsync daemon, with
+//! openssl's bare TLS 1.3 copy as the floor under ringxfer's TLS row.
 //!
 //! ```text
 //! cargo bench --bench remote                                   # 1 GiB, 5 rounds
@@ -21,10 +22,17 @@
 //!    ... -c aes128-gcm@openssh.com" SRC root@127.0.0.1:DIR/`.
 //! 4. rsync daemon: `rsync --daemon --no-detach` with a module of the
 //!    bench's own; `rsync -W SRC rsync://127.0.0.1:PORT/mod/`.
+//! 5. openssl TLS 1.3: `openssl s_client -quiet -no_ign_eof -nocommands
+//!    -tls1_3 ... < SRC` to an `openssl s_server -quiet -naccept 1 -tls1_3
+//!    ... > DST/NAME` started for the run, both held to
+//!    TLS_AES_256_GCM_SHA384 (what ringxfer's rustls negotiates), with a
+//!    throwaway P-256 certificate: the bytes through TLS and nothing else
+//!    (openssl.rs).
 //!
 //! The rsync rows are skipped, with a note, where rsync, sshd, ssh or
 //! ssh-keygen is missing (`apt-get install rsync openssh-server`); rsync
-//! over ssh needs root.
+//! over ssh needs root. The openssl row is skipped where openssl is
+//! missing (`apt-get install openssl`).
 //!
 //! The source (RINGXFER_BENCH_SIZE, 1 GiB by default) and every
 //! destination live on a tmpfs the bench mounts (or /dev/shm), so only
@@ -40,7 +48,9 @@
 //! sending side; for rsync, the rsync client (and its ssh) as reaped
 //! children on the sending side, and for the receiver the server's utime +
 //! stime + cutime + cstime (fields 14 to 17), read once it has reaped the
-//! processes it forked for the connection (server.rs).
+//! processes it forked for the connection (server.rs); for openssl, each
+//! of s_client and s_server as reaped children (the server less its CPU
+//! before it listened), the time running until both have exited.
 
 // The shared helpers serve every bench; this one uses some.
 #[allow(dead_code)]
@@ -48,6 +58,7 @@
 mod support;
 
 mod lineup;
+mod openssl;
 mod place;
 mod report;
 mod ringxfer;
@@ -123,7 +134,37 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
     support::print_daemon(&daemon, &cfg.daemon_args);
     println!("  cli {}", cli.display());
     rsync_entries(dir, place, &mut entries, &mut notes)?;
+    openssl_entry(dir, place, &mut entries, &mut notes)?;
     Ok((entries, notes))
+}
+
+/// The openssl row, if openssl is installed.
+fn openssl_entry(
+    dir: &Path,
+    place: &Place,
+    entries: &mut Vec<Entry>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let program = match openssl::program() {
+        Ok(p) => p,
+        Err(note) => {
+            notes.push(note);
+            return Ok(());
+        }
+    };
+    let copy = openssl::TlsCopy::new(&program, dir)?;
+    println!(
+        "  openssl {} ({})",
+        copy.describe(),
+        version(&program, "version")
+    );
+    entries.push(Entry {
+        key: "openssl_tls",
+        label: "openssl TLS 1.3 (aes256-gcm)",
+        dst_dir: place.subdir("openssl_tls")?,
+        runner: Runner::Openssl(copy),
+    });
+    Ok(())
 }
 
 /// The rsync rows that can run.

@@ -1,6 +1,7 @@
 //! The figures: a row per contender, the ratios of ringxfer over TLS to
-//! rsync over ssh (issue 18's targets) and to its own plaintext push, round
-//! by round, and a JSON line per contender.
+//! rsync over ssh (issue 18's targets), to its own plaintext push and to
+//! openssl's bare TLS copy (its floor), round by round, and a JSON line per
+//! contender.
 
 use crate::lineup::{Entry, Sample};
 use crate::support::peers::fmt_spread;
@@ -77,7 +78,7 @@ fn compare(
 fn checks(entries: &[Entry], samples: &[Vec<Sample>]) -> Vec<Check> {
     let issue = [Some(Target::AtLeast(2.0)), Some(Target::Below(0.5))];
     let mut out = compare(entries, samples, ("ringxfer_tls", "rsync_ssh"), issue);
-    for peer in ["ringxfer_plain", "rsync_daemon"] {
+    for peer in ["ringxfer_plain", "rsync_daemon", "openssl_tls"] {
         out.extend(compare(
             entries,
             samples,

@@ -157,6 +157,7 @@ mod tests {
                 path: peer::RemotePath::new("inbox/a.bin").expect("a valid remote path"),
                 mkdir: true,
                 pull: false,
+                resume: false,
             })),
         ];
         for request in requests {

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 /// strategy and [`SubmitRequest::reflink`]; version 8
 /// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`],
 /// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies;
-/// version 9 [`Request::SubmitRemote`] and the `peer` strategy.
+/// version 9 [`Request::SubmitRemote`] and the `peer` strategy; version
+/// 10 [`RemoteSubmit::resume`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 /// }
 /// # Ok::<(), ringxfer_proto::CodecError>(())
 /// ```
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 /// A frame with fewer is refused ([`ProtocolErrorKind::MissingDescriptors`]).
@@ -265,7 +266,9 @@ pub enum Request {
 ///     detach: false, fsync: true, verify: false, truncate: false, publish: None,
 ///     reflink: Default::default(), rate_group: None, sparse: Default::default(),
 /// };
-/// let push = RemoteSubmit { submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false, pull: false };
+/// let push = RemoteSubmit {
+///     submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false, pull: false, resume: false,
+/// };
 /// assert_eq!(push.descriptors(), 2);
 /// let _ = Request::SubmitRemote(Box::new(push));
 /// # Ok::<(), ringxfer_proto::peer::NameError>(())
@@ -281,6 +284,10 @@ pub struct RemoteSubmit {
     /// The other way: pull `path` from the other daemon into the
     /// destination; the descriptors are then the socket, then the file.
     pub pull: bool,
+    /// Continue an interrupted push: the other daemon kept the part that
+    /// arrived, and what of it matches the source (by CRC-32C, block by
+    /// block) is not sent again.
+    pub resume: bool,
 }
 
 impl RemoteSubmit {

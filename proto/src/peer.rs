@@ -33,6 +33,14 @@
 //! answer. A connection that ends before `Done` is a failure at both ends,
 //! and the name keeps what it had.
 //!
+//! A resumed push (`Put { resume: true }`) is answered first with
+//! [`PeerMessage::Sums`] of the whole blocks of the part the receiver kept,
+//! then `Ready` at their end; the sender compares them with its file and
+//! answers `Ready` itself, at the end of the longest prefix that matches
+//! (0 if none), and sends the data from there. `End`'s CRC is still the
+//! whole file's. A receiver that kept nothing answers `Ready { offset: 0 }`
+//! alone, as for a new file.
+//!
 //! ```
 //! use ringxfer_proto::peer::{
 //!     encode, Checksum, FileMeta, PeerLimits, PeerMessage, PeerReader, Piece, Put, RemotePath,
@@ -294,9 +302,10 @@ pub enum PeerMessage {
         /// The transfer.
         xfer: u64,
     },
-    /// CRC-32Cs of the part kept, `block` bytes each from block `first`:
-    /// the sender answers `Ready` at the end of the longest prefix it has
-    /// the same.
+    /// CRC-32Cs of the part kept, `block` bytes each from block `first`
+    /// (several frames for a long part), before the receiver's `Ready` at
+    /// their end: the sender answers `Ready` at the end of the longest
+    /// prefix it has the same.
     Sums {
         /// The transfer.
         xfer: u64,

@@ -56,6 +56,8 @@ pub(super) struct PushTarget {
     pub mkdir: bool,
     /// The other way: pulled from there into the destination.
     pub pull: bool,
+    /// Continue a part the other daemon kept (push only).
+    pub resume: bool,
 }
 
 impl Submitted {

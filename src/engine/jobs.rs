@@ -30,6 +30,7 @@ use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::copy_range::{CopyRefusals, RangeCopy};
 use crate::transfer::peer_pull::PeerPull;
 use crate::transfer::peer_push::PeerPush;
+use crate::transfer::redial::Redial;
 use crate::transfer::reflink::{CloneRefusals, ReflinkCopy};
 use crate::transfer::splice::{Returned, SpliceCopy};
 use crate::transfer::step::CopyStep;
@@ -105,7 +106,14 @@ impl JobStep {
 pub(super) fn is_control(tag: u32) -> bool {
     matches!(
         CopyStep::from_tag(tag),
-        Some(CopyStep::PeerSend | CopyStep::PeerRecv | CopyStep::PeerWrite | CopyStep::PeerMeta)
+        Some(
+            CopyStep::PeerSend
+                | CopyStep::PeerRecv
+                | CopyStep::PeerWrite
+                | CopyStep::PeerMeta
+                | CopyStep::Redial
+                | CopyStep::Connect
+        )
     )
 }
 
@@ -329,13 +337,14 @@ pub(super) struct Shared {
 impl Job {
     /// The job an admitted `spec` runs as, started `now`, under the limits
     /// it `shared`.
-    /// `tls`: the session of a push to another daemon, if it speaks TLS.
+    /// `tls`: the session of a push to another daemon, if it speaks TLS,
+    /// and how a detached one dials again when its connection is lost.
     pub(super) fn from_spec(
         spec: JobSpec,
         pools: MoverPools,
         shared: Shared,
         now: Instant,
-        tls: Option<Session>,
+        (tls, redial): (Option<Session>, Option<Redial>),
     ) -> Job {
         let JobSpec {
             ends,
@@ -353,10 +362,10 @@ impl Job {
                 let push = PeerPush::new(
                     ends,
                     shape,
-                    (target.path, target.mkdir),
+                    (target.path, target.mkdir, target.resume),
                     meta,
                     spec.fsync,
-                    tls,
+                    (tls, redial),
                 );
                 (None, Mover::Peer(push))
             }
@@ -640,7 +649,8 @@ impl Engine {
         let now = Instant::now();
         let shared = self.shared_limits(k, spec.rate_group, now);
         let note = spec.remote.as_ref().map(|_| self.push_note(tls.is_some()));
-        let mut job = Job::from_spec(spec, pools, shared, now, tls);
+        let redial = self.redial_for(&spec, tls.is_some());
+        let mut job = Job::from_spec(spec, pools, shared, now, (tls, redial));
         job.note = note.or(job.note.take());
         let key = self.jobs.slab.insert(job);
         self.io.ops.set_personality(Owner::Job(key), personality);
@@ -1300,6 +1310,18 @@ impl Engine {
                     destination,
                 });
                 job.synced = job.fsync;
+            }
+            if let Some(dials) = push.redials() {
+                let why = format!(
+                    "the connection was lost; the daemon dialled the other daemon again {dials} time(s)"
+                );
+                job.note = Some(then(job.note.take(), why));
+            }
+            if let Some(kept) = push.resumed_from().filter(|&kept| kept > 0) {
+                let why = format!(
+                    "resumed: the first {kept} bytes the other daemon kept matched, by CRC-32C"
+                );
+                job.note = Some(then(job.note.take(), why));
             }
         }
         if let Some((source, destination)) = match &job.copy {

@@ -279,6 +279,7 @@ impl Engine {
                         path: push.path,
                         mkdir: push.mkdir,
                         pull: push.pull,
+                        resume: push.resume,
                     };
                     self.admit(k, push.submit, (src, dst, None), Some(target), true);
                 }

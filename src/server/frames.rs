@@ -150,6 +150,7 @@ mod tests {
                         path,
                         mkdir,
                         pull,
+                        resume: false,
                     }))
                 }),
             ]

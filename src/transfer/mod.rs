@@ -17,6 +17,7 @@ pub(crate) mod peer_pull;
 pub(crate) mod peer_push;
 pub(crate) mod pipeline;
 pub(crate) mod ranges;
+pub(crate) mod redial;
 pub(crate) mod reflink;
 pub(crate) mod splice;
 pub(crate) mod step;
@@ -210,7 +211,7 @@ impl Mover {
             Mover::Buffered(c) => c.fail(err, owner, io, out),
             Mover::CopyRange(c) => c.fail(err, owner, io, out),
             Mover::Reflink(c) => c.fail(err, io),
-            Mover::Peer(c) => c.fail(err, io, out),
+            Mover::Peer(c) => c.fail(err, owner, io, out),
             Mover::Pull(c) => c.fail(err, io, out),
         }
     }

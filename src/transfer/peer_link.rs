@@ -47,6 +47,9 @@ pub(crate) enum SocketEnd {
 pub(crate) struct PeerLink {
     ends: Rc<Endpoints>,
     socket: SocketEnd,
+    /// A socket the daemon dialled itself after the first was lost
+    /// (redial.rs), used instead of the job's.
+    redialed: Option<Rc<std::os::fd::OwnedFd>>,
     pub(crate) limits: PeerLimits,
     /// The send's box when idle, and bytes waiting for it.
     outgoing: Option<Box<Outgoing>>,
@@ -91,6 +94,7 @@ impl PeerLink {
         PeerLink {
             ends,
             socket,
+            redialed: None,
             limits: PeerLimits::default(),
             outgoing: Some(Box::new(Outgoing {
                 bytes: Vec::with_capacity(512),
@@ -109,11 +113,34 @@ impl PeerLink {
         }
     }
 
-    fn socket_fd(&self) -> SharedFd {
-        match self.socket {
-            SocketEnd::Source => self.ends.shared_src(),
-            SocketEnd::Destination => self.ends.shared_dst(),
+    /// The socket to the other daemon, for an operation.
+    pub(crate) fn socket_fd(&self) -> SharedFd {
+        match (&self.redialed, self.socket) {
+            (Some(socket), _) => SharedFd::owned(socket),
+            (None, SocketEnd::Source) => self.ends.shared_src(),
+            (None, SocketEnd::Destination) => self.ends.shared_dst(),
         }
+    }
+
+    /// Starts over on `socket`, a new connection to the other daemon, with
+    /// a new TLS session: nothing of the old one is kept. Called with
+    /// nothing in flight (every buffer back).
+    pub(crate) fn redial(&mut self, socket: Rc<std::os::fd::OwnedFd>, tls: Option<Session>) {
+        debug_assert_eq!(self.in_flight, 0, "a link redials with nothing in flight");
+        self.redialed = Some(socket);
+        self.limits = PeerLimits::default();
+        self.queued.clear();
+        if let Some(out) = self.outgoing.as_mut() {
+            out.bytes.clear();
+            out.sent = 0;
+        }
+        self.rx_len = 0;
+        self.reader = PeerReader::default();
+        self.cipher_len = 0;
+        if tls.is_some() && self.cipher.is_none() {
+            self.cipher = Some(vec![0; CIPHER_BUFFER]);
+        }
+        self.tls = tls.map(Box::new);
     }
 
     pub(crate) fn tls(&self) -> bool {

@@ -11,6 +11,12 @@
 //! its name. `Refused`, `Failed`, a CRC that differs or a connection that
 //! ends first fail the job; the other daemon then keeps its old file.
 //!
+//! Resumed (`Put { resume: true }`), the other daemon first sends the
+//! CRC-32Cs of the blocks of the part it kept, then `Ready` at their end;
+//! the file's own blocks are read through the same buffer and compared,
+//! and the push answers `Ready` at the end of the longest prefix that
+//! matches, with the data from there (resume.rs of the receiving side).
+//!
 //! The control frames travel in buffers the operations own and hand back
 //! (`op::Send` of an `Outgoing`, `op::ReadInto`), as a connection's do.
 
@@ -20,13 +26,16 @@ use ringxfer_ipc::proto::peer::{
     encode, Checksum, FileMeta, PeerMessage, Put, RemotePath, PEER_PROTOCOL_VERSION,
 };
 use ringxfer_ipc::{FailureKind, Strategy};
+use tracing::{info, warn};
 
 use super::peer_link::{Got, PeerLink, SocketEnd};
 use super::pipeline::Returned;
+use super::redial::{self, Redial};
 use super::step::CopyStep;
 use super::{Endpoints, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
-use crate::io::op::AnyOp;
+use crate::io::fd::SharedFd;
+use crate::io::op::{self, AnyOp};
 use crate::io::ops::Owner;
 use crate::io::queue::{BufIo, BufWhat, RwOpts};
 use crate::io::Io;
@@ -46,6 +55,8 @@ type Next = Result<Option<(BufRef, usize, usize)>, (BufRef, TransferError)>;
 enum Phase {
     /// `Hello` and `Put` sent; `Welcome`, then `Ready`, awaited.
     Offered,
+    /// Resuming: the file's blocks are compared with the part's sums.
+    Checking,
     /// Sending the file.
     Body,
     /// `End` sent; `Done` awaited.
@@ -68,6 +79,24 @@ enum Doing {
     },
 }
 
+/// The other daemon's sums of the part it kept, and how far the file's
+/// own blocks have been read and compared.
+#[derive(Default)]
+struct Resume {
+    block: u64,
+    sums: Vec<u32>,
+    /// Bytes the sums cover (the other daemon's `Ready`).
+    upto: u64,
+    /// Bytes of the file read for the comparison; the CRC-32C of the
+    /// block being read.
+    checked: u64,
+    block_crc: u32,
+}
+
+/// Blocks compared between two `Ping`s, which tell the other daemon that
+/// this one is still there while it reads.
+const PING_EVERY: u64 = 256;
+
 pub(crate) struct PeerPush {
     ends: Rc<Endpoints>,
     shape: Shape,
@@ -76,6 +105,8 @@ pub(crate) struct PeerPush {
     meta: FileMeta,
     fsync: bool,
     mkdir: bool,
+    /// Resuming: the part's block sums, and the comparison's progress.
+    resume: Option<Resume>,
     phase: Phase,
     /// The connection: control frames out, answers in, TLS.
     link: PeerLink,
@@ -91,6 +122,18 @@ pub(crate) struct PeerPush {
     piece_limit: u64,
     /// Reads and sends through the pool buffer in flight.
     in_flight: usize,
+    /// Resumed: where the data sent started.
+    resumed_from: Option<u64>,
+    /// Cancelled: `Cancel` goes out once no piece is in flight, so that
+    /// the other daemon drops its part rather than keep it for a resume;
+    /// unless a piece went out short (`torn`), which leaves the stream
+    /// mid-frame.
+    cancel_owed: bool,
+    torn: bool,
+    /// A detached push dials the other daemon again when its connection
+    /// is lost (redial.rs); the loss, while it does.
+    redial: Option<Redial>,
+    lost: Option<TransferError>,
     pub(crate) moved: u64,
     failure: Option<TransferError>,
 }
@@ -101,10 +144,10 @@ impl PeerPush {
     pub(crate) fn new(
         ends: Rc<Endpoints>,
         shape: Shape,
-        (path, mkdir): (RemotePath, bool),
+        (path, mkdir, resume): (RemotePath, bool, bool),
         meta: FileMeta,
         fsync: bool,
-        tls: Option<Session>,
+        (tls, redial): (Option<Session>, Option<Redial>),
     ) -> PeerPush {
         let size = shape.total.unwrap_or(0);
         let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Destination, tls);
@@ -116,6 +159,7 @@ impl PeerPush {
             meta: FileMeta { size, ..meta },
             fsync,
             mkdir,
+            resume: resume.then(Resume::default),
             phase: Phase::Offered,
             link,
             buf: None,
@@ -126,6 +170,11 @@ impl PeerPush {
             header: Vec::with_capacity(HEADER_ROOM),
             piece_limit: u64::MAX,
             in_flight: 0,
+            resumed_from: None,
+            cancel_owed: false,
+            torn: false,
+            redial,
+            lost: None,
             moved: 0,
             failure: None,
         }
@@ -151,6 +200,16 @@ impl PeerPush {
         self.failure.as_ref()
     }
 
+    /// Nothing more moves: failed, or lost and waiting to dial again.
+    fn stopped(&self) -> bool {
+        self.failure.is_some() || self.lost.is_some()
+    }
+
+    /// How many times the other daemon was dialled again, if it was.
+    pub(crate) fn redials(&self) -> Option<u32> {
+        self.redial.as_ref().map(|r| r.dials).filter(|&n| n > 0)
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.in_flight == 0
             && self.link.in_flight == 0
@@ -159,6 +218,12 @@ impl PeerPush {
 
     pub(crate) fn set_piece_limit(&mut self, bytes: u64) {
         self.piece_limit = bytes.max(1);
+    }
+
+    /// Resumed: the bytes of the other daemon's part kept (the data sent
+    /// started there).
+    pub(crate) fn resumed_from(&self) -> Option<u64> {
+        self.resumed_from
     }
 
     /// The CRC-32C of what was sent and of what landed, once it landed.
@@ -170,12 +235,12 @@ impl PeerPush {
         // Under TLS the next piece waits until the last one's records are
         // out: what is sealed and unsent stays at most a piece.
         let flushed = !self.link.tls() || self.link.send_idle();
-        self.phase == Phase::Body
-            && self.failure.is_none()
-            && self.buf.is_none()
-            && self.doing == Doing::Idle
-            && self.sent < self.size
-            && flushed
+        let reads = match self.phase {
+            Phase::Body => self.sent < self.size,
+            Phase::Checking => true,
+            _ => false,
+        };
+        reads && !self.stopped() && self.buf.is_none() && self.doing == Doing::Idle && flushed
     }
 
     /// Says `Hello` and offers the file, and listens for the answers.
@@ -185,7 +250,7 @@ impl PeerPush {
             path: self.path.clone(),
             meta: self.meta,
             checksum: Checksum::Crc32c,
-            resume: false,
+            resume: self.resume.is_some(),
             fsync: self.fsync,
             mkdir: self.mkdir,
         };
@@ -214,20 +279,141 @@ impl PeerPush {
                     Err(e) => Err(e),
                 }
             }
+            (Some(CopyStep::Redial), _) => self.dial(result, owner, io),
+            (Some(CopyStep::Connect), poll) => {
+                // The poll's share of the socket goes first.
+                drop(poll);
+                self.on_dialled(result, owner, io)
+            }
             _ => Ok(()),
         };
         if let Err(e) = handled {
             self.failed(e);
         }
-        if self.failure.is_some() {
+        if self.stopped() {
             self.link.cancel(io);
         }
+        self.redial_when_idle(owner, io);
+    }
+
+    /// Lost, with nothing in flight any more: wait, then dial again.
+    fn redial_when_idle(&mut self, owner: Owner, io: &mut Io) {
+        let idle = self.in_flight == 0 && self.link.in_flight == 0;
+        let Some(r) = self.redial.as_mut() else {
+            return;
+        };
+        let Some(lost) = self.lost.as_ref() else {
+            return;
+        };
+        if !idle || r.op.is_some() || r.connecting.is_some() {
+            return;
+        }
+        let wait = r.wait();
+        warn!(to = %r.address, "a detached push to another daemon lost its connection ({lost}); dialling again in {wait:?}");
+        match io.queue_op(owner, CopyStep::Redial.tag(), op::Timeout::new(wait)) {
+            Ok(ud) => r.op = Some(ud),
+            Err(e) => self.give_up(&format!("cannot queue a timeout: {e}")),
+        }
+    }
+
+    /// The wait is over: a non-blocking connect, then a poll for its end.
+    fn dial(&mut self, result: i32, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let cancelled = result == -libc::ECANCELED || self.failure.is_some();
+        let Some(r) = self.redial.as_mut() else {
+            return Ok(());
+        };
+        r.op = None;
+        if cancelled {
+            return Ok(());
+        }
+        r.dials += 1;
+        let socket = match redial::start_connect(r.address) {
+            Ok(socket) => Rc::new(socket),
+            Err(e) => return self.dial_failed(e.raw_os_error().unwrap_or(libc::EIO)),
+        };
+        let poll = op::Poll::new(SharedFd::owned(&socket), libc::POLLOUT);
+        let ud = io
+            .queue_op(owner, CopyStep::Connect.tag(), poll)
+            .map_err(|e| {
+                TransferError::new(FailureKind::Io, format!("cannot queue a poll: {e}"))
+            })?;
+        r.op = Some(ud);
+        r.connecting = Some(socket);
+        Ok(())
+    }
+
+    /// The connect ended: on a connection, the push starts over and
+    /// resumes from the part the other daemon kept.
+    fn on_dialled(&mut self, result: i32, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let Some(r) = self.redial.as_mut() else {
+            return Ok(());
+        };
+        r.op = None;
+        let Some(socket) = r.connecting.take() else {
+            return Ok(());
+        };
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        if result < 0 {
+            return self.dial_failed(-result);
+        }
+        let Ok(socket) = Rc::try_unwrap(socket) else {
+            return self.dial_failed(libc::EBUSY);
+        };
+        if let Err(errno) = redial::finish_connect(&socket) {
+            return self.dial_failed(errno);
+        }
+        let tls = match r.tls.as_ref().map(|setup| setup.connect()).transpose() {
+            Ok(tls) => tls,
+            Err(e) => return Err(TransferError::new(FailureKind::Io, e)),
+        };
+        info!(to = %r.address, dial = r.dials, "a detached push dialled the other daemon again: resuming");
+        self.link.redial(Rc::new(socket), tls);
+        self.lost = None;
+        self.phase = Phase::Offered;
+        self.resume = Some(Resume::default());
+        self.sent = 0;
+        self.crc = 0;
+        self.torn = false;
+        self.start(owner, io);
+        Ok(())
+    }
+
+    /// A dial failed: another after a longer wait, or the push fails with
+    /// what lost it, once the dials are spent.
+    fn dial_failed(&mut self, errno: i32) -> Result<(), TransferError> {
+        let Some(r) = self.redial.as_ref() else {
+            return Ok(());
+        };
+        let err = TransferError::os(
+            format!("dialling the other daemon again at {}", r.address),
+            errno,
+        );
+        if r.may_retry(&err) {
+            self.lost = Some(err);
+            return Ok(());
+        }
+        let dials = r.dials;
+        self.give_up(&format!("{err}; {dials} dials failed"));
+        Ok(())
+    }
+
+    /// The lost connection fails the push after all.
+    fn give_up(&mut self, why: &str) {
+        let lost = self.lost.take();
+        let kind = lost.as_ref().map_or(FailureKind::PeerGone, |e| e.kind);
+        let message = match lost {
+            Some(e) => format!("{}; {why}", e.message),
+            None => why.to_string(),
+        };
+        self.failure = Some(TransferError::new(kind, message));
     }
 
     /// Bytes from the other daemon: opened (under TLS), then every whole
     /// message is handled; the link listens on until `Done`.
     fn received(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
-        if self.failure.is_some() {
+        if self.stopped() {
             return Ok(());
         }
         loop {
@@ -240,7 +426,7 @@ impl PeerPush {
                         return Err(protocol("the other daemon sent file data to a push"))
                     }
                 }
-                if self.failure.is_some() {
+                if self.stopped() {
                     return Ok(());
                 }
             }
@@ -274,6 +460,17 @@ impl PeerPush {
                 }
             }
             (
+                Phase::Offered,
+                PeerMessage::Sums {
+                    block, first, crcs, ..
+                },
+            ) => {
+                if let Err(e) = self.take_sums(block, first, &crcs) {
+                    self.failed(e);
+                }
+            }
+            (Phase::Offered, PeerMessage::Ready { offset, .. }) => self.start_check(offset),
+            (
                 _,
                 PeerMessage::Refused { kind, message, .. }
                 | PeerMessage::Failed { kind, message, .. },
@@ -292,6 +489,37 @@ impl PeerPush {
             (_, PeerMessage::Pong) => {}
             (phase, other) => self.failed(protocol(&format!("{other:?} while {phase:?}"))),
         }
+    }
+
+    /// Block sums of the part the other daemon kept.
+    fn take_sums(&mut self, block: u32, first: u64, crcs: &[u32]) -> Result<(), TransferError> {
+        let size = self.size;
+        let Some(resume) = self.resume.as_mut() else {
+            return Err(protocol("Sums for a push that did not ask to resume"));
+        };
+        let block = u64::from(block);
+        let fits = block > 0
+            && (resume.sums.is_empty() || block == resume.block)
+            && first == resume.sums.len() as u64
+            && (first + crcs.len() as u64).saturating_mul(block) <= size;
+        if !fits {
+            return Err(protocol("Sums that do not fit the file"));
+        }
+        resume.block = block;
+        resume.sums.extend_from_slice(crcs);
+        Ok(())
+    }
+
+    /// The other daemon's sums cover `upto` bytes: compare the file's own.
+    fn start_check(&mut self, upto: u64) {
+        let Some(resume) = self.resume.as_mut() else {
+            return self.failed(protocol("Ready past offset 0 for a push not resumed"));
+        };
+        if upto != resume.sums.len() as u64 * resume.block {
+            return self.failed(protocol("Ready where the sums do not end"));
+        }
+        resume.upto = upto;
+        self.phase = Phase::Checking;
     }
 
     fn done(&mut self, landed: u32) {
@@ -321,11 +549,16 @@ impl PeerPush {
     fn read_next(&mut self, owner: Owner, io: &mut Io, out: &mut Vec<Returned>) {
         let Some(buf) = self.buf.take() else { return };
         let room = u64::from(buf.len).saturating_sub(HEADER_ROOM as u64);
-        let want = (self.size - self.sent)
-            .min(room)
-            .min(u64::from(self.link.limits.max_data))
-            .min(self.piece_limit);
-        let at = self.shape.src_start + self.sent;
+        let (from, want) = match (self.phase, self.resume.as_ref()) {
+            // A comparison reads no further than the end of its block.
+            (Phase::Checking, Some(r)) => (r.checked, r.block - r.checked % r.block),
+            _ => (
+                self.sent,
+                (self.size - self.sent).min(u64::from(self.link.limits.max_data)),
+            ),
+        };
+        let want = want.min(room).min(self.piece_limit);
+        let at = self.shape.src_start + from;
         let io_span = BufIo {
             fd: self.ends.shared_src(),
             buf,
@@ -371,10 +604,18 @@ impl PeerPush {
         self.in_flight -= 1;
         let Some(buf) = buf else { return };
         let doing = std::mem::replace(&mut self.doing, Doing::Idle);
-        if self.failure.is_some() {
-            return out.push(Returned::Buffer(buf));
+        if self.stopped() {
+            if let Doing::Sending { len, .. } = doing {
+                self.torn |= usize::try_from(result).map_or(true, |n| n < len);
+            }
+            out.push(Returned::Buffer(buf));
+            self.say_cancel(owner, io);
+            return self.redial_when_idle(owner, io);
         }
         let next = match (CopyStep::from_tag(tag), doing) {
+            (Some(CopyStep::In(_)), Doing::Reading) if self.phase == Phase::Checking => {
+                self.after_check(buf, result, owner, io)
+            }
             (Some(CopyStep::In(_)), Doing::Reading) => self.after_read(buf, result),
             (Some(CopyStep::Out(_)), Doing::Sending { at, len, data }) => {
                 self.after_send(buf, result, at, len, data)
@@ -399,9 +640,10 @@ impl PeerPush {
                 self.failed(e);
             }
         }
-        if self.failure.is_some() {
+        if self.stopped() {
             self.link.cancel(io);
         }
+        self.redial_when_idle(owner, io);
     }
 
     /// The piece is in: its header goes in front of it, the CRC takes it.
@@ -442,6 +684,68 @@ impl PeerPush {
             data: n as u64,
         };
         Ok(Some((buf, start, self.header.len() + n)))
+    }
+
+    /// A piece of the file read for the comparison: its block's sum, once
+    /// whole, must be the other daemon's.
+    fn after_check(&mut self, buf: BufRef, result: i32, owner: Owner, io: &mut Io) -> Next {
+        let Some(r) = self.resume.as_mut() else {
+            return Err((buf, protocol("a comparison without sums")));
+        };
+        let at = self.shape.src_start + r.checked;
+        if result <= 0 {
+            let e = match result {
+                0 => TransferError::short_source(
+                    at,
+                    self.shape.src_start,
+                    self.size,
+                    self.shape.length_requested,
+                ),
+                _ => TransferError::os(format!("read of the source file at offset {at}"), -result),
+            };
+            return Err((buf, e));
+        }
+        r.block_crc = crc32c::crc32c_append(r.block_crc, buf.filled(HEADER_ROOM, result as usize));
+        r.checked += result as u64;
+        self.buf = Some(buf);
+        if r.checked % r.block != 0 {
+            return Ok(None);
+        }
+        let index = r.checked / r.block - 1;
+        let same = r.sums.get(index as usize) == Some(&r.block_crc);
+        let (block, block_crc, checked, upto) = (r.block, r.block_crc, r.checked, r.upto);
+        r.block_crc = 0;
+        if !same {
+            self.agree(index * block, owner, io);
+        } else {
+            self.crc = crc32c::crc32c_combine(self.crc, block_crc, block as usize);
+            if checked == upto {
+                self.agree(upto, owner, io);
+            } else if (index + 1) % PING_EVERY == 0 {
+                if let Err(e) = self.link.say(&PeerMessage::Ping, owner, io) {
+                    self.failed(e);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The comparison ended: the data goes from `offset`, the end of the
+    /// blocks found the same.
+    fn agree(&mut self, offset: u64, owner: Owner, io: &mut Io) {
+        self.resume = None;
+        self.resumed_from = Some(offset);
+        self.phase = Phase::Body;
+        self.sent = offset;
+        self.moved = offset;
+        let ready = PeerMessage::Ready {
+            xfer: XFER,
+            offset,
+            meta: None,
+        };
+        if let Err(e) = self.link.say(&ready, owner, io) {
+            self.failed(e);
+        }
     }
 
     /// A send of header and data completed: the rest goes again, or the
@@ -503,7 +807,7 @@ impl PeerPush {
         out: &mut Vec<Returned>,
     ) {
         let io_span = BufIo {
-            fd: self.ends.shared_dst(),
+            fd: self.link.socket_fd(),
             buf,
             at,
             len: len as u32,
@@ -539,17 +843,55 @@ impl PeerPush {
     }
 
     /// Fails the push: the receive waiting on the other daemon is cancelled;
-    /// the socket closes with the job, and the other daemon drops the part.
-    pub(crate) fn fail(&mut self, err: TransferError, io: &mut Io, out: &mut Vec<Returned>) {
+    /// the socket closes with the job. A cancelled push tells the other
+    /// daemon, which drops the part; one cut off otherwise leaves it there
+    /// for a resume.
+    pub(crate) fn fail(
+        &mut self,
+        err: TransferError,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
+        let live = !self.stopped() && self.phase != Phase::Landed;
+        self.cancel_owed = live && err.kind == FailureKind::Cancelled;
+        // Failed from outside (a cancel): no more dials.
+        if let Some(r) = self.redial.take() {
+            if let Some(ud) = r.op {
+                let _ = io.cancel(ud);
+            }
+        }
+        self.lost = None;
         self.failed(err);
         self.link.cancel(io);
         if self.doing == Doing::Idle {
             out.extend(self.buf.take().map(Returned::Buffer));
         }
+        self.say_cancel(owner, io);
+    }
+
+    /// `Cancel`, once owed and no piece is in flight.
+    fn say_cancel(&mut self, owner: Owner, io: &mut Io) {
+        if !self.cancel_owed || self.in_flight > 0 {
+            return;
+        }
+        self.cancel_owed = false;
+        if !self.torn {
+            let _ = self
+                .link
+                .say(&PeerMessage::Cancel { xfer: XFER }, owner, io);
+        }
     }
 
     fn failed(&mut self, err: TransferError) {
-        if self.failure.is_none() {
+        if self.stopped() {
+            return;
+        }
+        let retry =
+            self.phase != Phase::Landed && self.redial.as_ref().is_some_and(|r| r.may_retry(&err));
+        if retry {
+            self.lost = Some(err);
+        } else {
             self.failure = Some(err);
         }
     }
@@ -558,7 +900,7 @@ impl PeerPush {
 /// The connection ended before the answer `phase` waited for.
 fn ended_early(phase: Phase) -> TransferError {
     let what = match phase {
-        Phase::Offered => "before it accepted the file",
+        Phase::Offered | Phase::Checking => "before it accepted the file",
         Phase::Body => "while the file was being sent",
         Phase::Ending | Phase::Landed => "before it said the file landed",
     };

@@ -48,6 +48,10 @@ pub(crate) enum CopyStep {
     PeerWrite,
     /// A pulled file's mode and times (peer_pull.rs).
     PeerMeta,
+    /// The wait before a lost push dials the other daemon again (redial.rs).
+    Redial,
+    /// The connect of that dial.
+    Connect,
 }
 
 impl CopyStep {
@@ -72,6 +76,8 @@ impl CopyStep {
             CopyStep::PeerRecv => (14, 0),
             CopyStep::PeerWrite => (15, 0),
             CopyStep::PeerMeta => (16, 0),
+            CopyStep::Redial => (17, 0),
+            CopyStep::Connect => (18, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -101,6 +107,8 @@ impl CopyStep {
             14 => CopyStep::PeerRecv,
             15 => CopyStep::PeerWrite,
             16 => CopyStep::PeerMeta,
+            17 => CopyStep::Redial,
+            18 => CopyStep::Connect,
             _ => return None,
         })
     }
@@ -124,7 +132,9 @@ impl CopyStep {
             | CopyStep::PeerSend
             | CopyStep::PeerRecv
             | CopyStep::PeerWrite
-            | CopyStep::PeerMeta => None,
+            | CopyStep::PeerMeta
+            | CopyStep::Redial
+            | CopyStep::Connect => None,
         }
     }
 }
@@ -159,10 +169,12 @@ mod tests {
             CopyStep::PeerRecv,
             CopyStep::PeerWrite,
             CopyStep::PeerMeta,
+            CopyStep::Redial,
+            CopyStep::Connect,
         ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 17 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 19 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }

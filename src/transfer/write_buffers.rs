@@ -76,6 +76,14 @@ impl WriteBuffers {
         }
     }
 
+    /// Lends an empty buffer, `size` bytes long, for a read (a kept part
+    /// being summed); it comes back through `give_back`.
+    pub(crate) fn take_spare(&mut self) -> Option<Vec<u8>> {
+        let mut buf = self.spare.pop()?;
+        buf.resize(self.size, 0);
+        Some(buf)
+    }
+
     /// Takes a buffer back, emptied.
     pub(crate) fn give_back(&mut self, mut buf: Vec<u8>) {
         buf.clear();

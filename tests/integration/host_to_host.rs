@@ -231,19 +231,6 @@ impl Sender {
     }
 }
 
-/// A push at 4 MiB/s through `d`, once its part has appeared in `export`.
-fn push_slowly(d: &Daemon, src: &Path, dst: &str, export: &Path) -> std::process::Child {
-    let mut c = crate::cli_common::cli(&d.socket);
-    c.args(["copy", "--rate-limit", "4MiB"]).arg(src).arg(dst);
-    let child = c
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the CLI");
-    let appeared = poll_until(Duration::from_secs(20), || !parts_in(export).is_empty());
-    assert!(appeared, "no part appeared");
-    child
-}
-
 /// Names in `dir` that are hidden part files.
 fn parts_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -338,27 +325,38 @@ fn a_short_corrupt_or_abandoned_file_never_takes_the_name() {
     assert!(message_of(&answer).contains("inbox/keep.txt"), "{answer:?}");
     assert_file_eq(&keep, b"old");
 
-    // The sender vanishes mid-file.
+    // The sender cancels mid-file: the part goes.
     let mut s = Sender::connect(address);
     let ready = s.put(3, "inbox/keep.txt", data.len() as u64, 0o644, 0);
     assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
     s.send_data(3, 0, &data[..1 << 20], 1 << 20);
+    s.send(&PeerMessage::Cancel { xfer: 3 });
+    let answer = s.recv().expect("an answer");
+    assert_eq!(failed_kind(&answer), FailureKind::Cancelled, "{answer:?}");
+    assert!(parts_in(export.path()).is_empty(), "the part is removed");
+    assert_file_eq(&keep, b"old");
+
+    // The sender vanishes mid-file: the part is kept, for a resume, with
+    // every whole buffer that arrived.
+    let mut s = Sender::connect(address);
+    let ready = s.put(4, "inbox/keep.txt", data.len() as u64, 0o644, 0);
+    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
+    s.send_data(4, 0, &data[..(1 << 20) + 5], 1 << 20);
     drop(s);
-    let gone = poll_until(Duration::from_secs(10), || {
-        d.log().contains("receiving a file failed") && parts_in(export.path()).is_empty()
+    let kept = poll_until(Duration::from_secs(10), || {
+        d.log().contains("the part is kept for a resume")
     });
-    assert!(
-        gone,
-        "the part file stays, or no failure is logged:\n{}",
-        d.log()
-    );
+    assert!(kept, "no failure is logged:\n{}", d.log());
+    let part = parts_in(export.path()).pop().expect("the part is kept");
+    assert_file_eq(&part, &data[..1 << 20]);
     assert_file_eq(&keep, b"old");
 
     // The name is free again: a whole file takes it.
     let mut s = Sender::connect(address);
-    let done = s.push(4, "inbox/keep.txt", &data, 0o644);
+    let done = s.push(5, "inbox/keep.txt", &data, 0o644);
     assert!(matches!(done, PeerMessage::Done { .. }), "{done:?}");
     assert_file_eq(&keep, &data);
+    assert!(parts_in(export.path()).is_empty());
 }
 
 #[test]
@@ -662,44 +660,133 @@ fn a_push_the_other_daemon_refuses_fails_in_the_users_terms() {
     );
 }
 
+/// A push at 4 MiB/s through `d` (with `args`), once its part in `export`
+/// holds at least `bytes`.
+fn push_until(
+    d: &Daemon,
+    args: &[&str],
+    src: &Path,
+    dst: &str,
+    export: &Path,
+    bytes: u64,
+) -> std::process::Child {
+    let mut c = crate::cli_common::cli(&d.socket);
+    c.args(["--json", "copy", "--rate-limit", "4MiB"])
+        .args(args)
+        .arg(src)
+        .arg(dst);
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    let grown = poll_until(Duration::from_secs(20), || {
+        parts_in(export)
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= bytes))
+    });
+    assert!(grown, "no part of {bytes} bytes appeared");
+    child
+}
+
+/// The report of a `--json` push that succeeded.
+fn pushed(out: &std::process::Output, receiving: &Daemon) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(out),
+        receiving.log()
+    );
+    crate::cli_common::json_lines(out).pop().expect("a report")
+}
+
+/// Where the note of a resumed push says it started.
+fn resumed_at(report: &serde_json::Value) -> Option<u64> {
+    let note = report["note"].as_str()?;
+    let at = note.find("resumed: the first ")? + "resumed: the first ".len();
+    note[at..].split(' ').next()?.parse().ok()
+}
+
 #[test]
-fn a_push_cut_off_midway_leaves_the_old_file() {
+fn a_push_cut_off_midway_keeps_the_old_file_and_resumes_where_the_part_matches() {
+    const MIB: u64 = 1 << 20;
     let export = tmpdir();
     let keep = export.path().join("big.bin");
     std::fs::write(&keep, b"old").expect("write");
     let (receiving, address) = receiver(export.path());
-    let sending = Daemon::start();
+    let mut sending = Daemon::start();
     let data = pattern(3, 24 << 20);
-    let src = sending.dir().join("big.bin");
+    let sources = tmpdir();
+    let src = sources.path().join("big.bin");
     std::fs::write(&src, &data).expect("write");
+    let dst = format!("{address}:inbox");
 
-    // The sender stops (its job cancelled by SIGINT): the part goes away.
-    let child = push_slowly(&sending, &src, &format!("{address}:inbox"), export.path());
-    // SAFETY: kill(2) of our own child, which has not been waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // The sending daemon is killed mid-file: the name keeps the old file,
+    // and the part what arrived.
+    let child = push_until(&sending, &[], &src, &dst, export.path(), 6 * MIB);
+    sending.signal(libc::SIGKILL);
     let out = child.wait_with_output().expect("wait");
     assert!(!out.status.success());
-    let gone = poll_until(Duration::from_secs(10), || {
-        parts_in(export.path()).is_empty()
+    let kept = poll_until(Duration::from_secs(10), || {
+        receiving.log().contains("the part is kept for a resume")
     });
-    assert!(
-        gone,
-        "the part stays after the sender stopped:\n{}",
-        receiving.log()
-    );
+    assert!(kept, "{}", receiving.log());
     assert_file_eq(&keep, b"old");
+    let part = parts_in(export.path()).pop().expect("the part is kept");
+    assert!(std::fs::metadata(&part).expect("stat").len() >= 6 * MIB);
 
-    // The receiver dies: the push fails, naming the other daemon.
-    let child = push_slowly(&sending, &src, &format!("{address}:inbox"), export.path());
+    // A byte of its third block is damaged: the resume starts there, and
+    // the file that lands is the source's.
+    let mut bytes = std::fs::read(&part).expect("read the part");
+    bytes[(2 * MIB + 100) as usize] ^= 0xff;
+    std::fs::write(&part, &bytes).expect("damage the part");
+    sending = Daemon::start();
+    let out = push_cli(&sending, &["--resume"], &src, &dst);
+    let report = pushed(&out, &receiving);
+    assert_eq!(resumed_at(&report), Some(2 * MIB), "{report}");
+    assert_eq!(report["bytes"], data.len() as u64);
+    assert_file_eq(&keep, &data);
+    assert!(parts_in(export.path()).is_empty());
+
+    // The receiving daemon is killed mid-file, then started again on the
+    // same export: the resume goes on from the part it left.
+    std::fs::write(&keep, b"old").expect("write");
+    let child = push_until(&sending, &[], &src, &dst, export.path(), 6 * MIB);
     receiving.signal(libc::SIGKILL);
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("peer-gone") || err.contains("the other daemon"),
-        "{err}"
-    );
+    assert!(err.contains("the other daemon"), "{err}");
     assert_file_eq(&keep, b"old");
+    let (receiving, address) = receiver(export.path());
+    let dst = format!("{address}:inbox");
+    let out = push_cli(&sending, &["--resume"], &src, &dst);
+    let report = pushed(&out, &receiving);
+    let from = resumed_at(&report).unwrap_or(0);
+    assert!(from >= 4 * MIB && from.is_multiple_of(MIB), "{report}");
+    assert_file_eq(&keep, &data);
+    assert!(parts_in(export.path()).is_empty());
+
+    // Without a part, --resume is a plain push; and a local copy refuses it.
+    std::fs::remove_file(&keep).expect("rm");
+    let report = pushed(&push_cli(&sending, &["--resume"], &src, &dst), &receiving);
+    assert_eq!(resumed_at(&report), None, "{report}");
+    assert_file_eq(&keep, &data);
+    let out = push_cli(
+        &sending,
+        &["--resume"],
+        &src,
+        &sending.dir().join("local").to_string_lossy(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--resume continues a push to another host")
+    );
 }
 
 #[test]
@@ -719,18 +806,19 @@ fn a_connection_that_says_nothing_is_closed_in_time() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(d.log().contains("no Hello within 1s"), "{}", d.log());
 
-    // A sender that stops halfway through a file is cut off too, and the
-    // part goes.
+    // A sender that stops halfway through a file is cut off too; a part of
+    // less than a block (all a resume can use) goes.
     let mut s = Sender::connect(address);
     let ready = s.put(1, "inbox/stalled.bin", 1 << 20, 0o644, 0);
     assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
     s.send_data(1, 0, &pattern(1, 1000), 1000);
     assert_eq!(s.recv(), None, "the connection ends");
     assert!(d.log().contains("nothing received for 2s"), "{}", d.log());
-    assert!(poll_until(Duration::from_secs(10), || parts_in(
-        export.path()
-    )
-    .is_empty()));
+    let gone = poll_until(Duration::from_secs(10), || {
+        parts_in(export.path()).is_empty()
+    });
+    assert!(gone, "{}", d.log());
+    assert!(!export.path().join("stalled.bin").exists());
 }
 
 /// A fresh key and certificate (`ringxferd --init-keys`) in a new
@@ -1195,8 +1283,17 @@ impl TwoHosts {
 
     /// Cuts the link, as a pulled cable would.
     fn cut(&self) {
+        self.set_link("down");
+    }
+
+    /// Plugs the cable back in.
+    fn mend(&self) {
+        self.set_link("up");
+    }
+
+    fn set_link(&self, state: &str) {
         let out = std::process::Command::new("ip")
-            .args(["-n", &self.names[0], "link", "set", &self.link_a, "down"])
+            .args(["-n", &self.names[0], "link", "set", &self.link_a, state])
             .output()
             .expect("run ip");
         assert!(
@@ -1279,7 +1376,8 @@ fn between_two_hosts_a_push_needs_tls_and_a_cut_link_fails_in_time() {
     );
 
     // The cable is pulled mid-file: both ends give up within seconds, and
-    // the name keeps what it had.
+    // the name keeps what it had; once the link is back, --resume finishes
+    // it from the part the receiver kept.
     let big = a.dir().join("big.bin");
     std::fs::write(&big, pattern(32, 32 << 20)).expect("write");
     std::fs::write(export.path().join("big.bin"), b"old").expect("write");
@@ -1304,13 +1402,27 @@ fn between_two_hosts_a_push_needs_tls_and_a_cut_link_fails_in_time() {
         "the sender took {:?}",
         cut_at.elapsed()
     );
+    let kept = poll_until(Duration::from_secs(20), || {
+        b.log().contains("the part is kept for a resume")
+    });
+    assert!(kept, "{}", b.log());
+    assert!(partial(), "{}", b.log());
+    assert_file_eq(&export.path().join("big.bin"), b"old");
+    hosts.mend();
+    let out = crate::cli_common::run(push(&a, &["--resume"], &big));
     assert!(
-        poll_until(Duration::from_secs(20), || parts_in(export.path())
-            .is_empty()),
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    assert!(
+        b.log().contains("resuming a file from another daemon"),
         "{}",
         b.log()
     );
-    assert_file_eq(&export.path().join("big.bin"), b"old");
+    assert_file_eq(&export.path().join("big.bin"), &pattern(32, 32 << 20));
+    assert!(parts_in(export.path()).is_empty());
 }
 
 #[test]
@@ -1518,4 +1630,121 @@ fn a_pull_whose_server_dies_fails_and_names_nothing() {
         0,
         "nothing left behind"
     );
+}
+
+/// A receiver (as `receiver`) listening on `port` of 127.0.0.1.
+fn receiver_on(export: &Path, port: u16) -> (Daemon, SocketAddr) {
+    let conf_dir = tmpdir();
+    let conf = conf_dir.path().join("ringxferd.toml");
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let text = format!(
+        "listen_tcp = \"127.0.0.1:{port}\"\ninsecure_plaintext = true\n[[export]]\nname = \"inbox\"\n\
+         path = \"{}\"\nuser = \"{uid}\"\n",
+        export.display()
+    );
+    std::fs::write(&conf, text).expect("write config");
+    listening(Daemon::start_with(&[
+        "--config",
+        conf.to_str().expect("utf-8"),
+    ]))
+}
+
+/// `ringxfer --json ARGS...` through `d`, its JSON report.
+fn job_report(d: &Daemon, args: &[&str]) -> (std::process::Output, Option<serde_json::Value>) {
+    let mut c = crate::cli_common::cli(&d.socket);
+    c.arg("--json").args(args);
+    let out = crate::cli_common::run(c);
+    let report = crate::cli_common::json_lines(&out).pop();
+    (out, report)
+}
+
+#[test]
+fn a_detached_push_dials_again_and_resumes_when_the_receiver_comes_back() {
+    const MIB: u64 = 1 << 20;
+    let export = tmpdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (receiving, address) = receiver_on(export.path(), port);
+    let sending = Daemon::start();
+    let sources = tmpdir();
+    let data = pattern(5, 20 << 20);
+    let src = sources.path().join("far.bin");
+    std::fs::write(&src, &data).expect("write");
+    let src_arg = src.to_str().expect("utf-8");
+    let dst = format!("{address}:inbox");
+
+    let (out, report) = job_report(
+        &sending,
+        &["copy", "--detach", "--rate-limit", "4MiB", src_arg, &dst],
+    );
+    let job = report.and_then(|r| r["job"].as_u64());
+    let job = job.unwrap_or_else(|| panic!("no job id: {}", crate::cli_common::describe(&out)));
+    let grown = poll_until(Duration::from_secs(20), || {
+        parts_in(export.path())
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 4 * MIB))
+    });
+    assert!(grown, "{}", receiving.log());
+
+    // The receiver dies; the job waits and dials again until it is back.
+    receiving.signal(libc::SIGKILL);
+    let dialling = poll_until(Duration::from_secs(10), || {
+        sending.log().contains("dialling again in")
+    });
+    assert!(dialling, "{}", sending.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let (receiving, _) = receiver_on(export.path(), port);
+    let (out, report) = job_report(&sending, &["wait", &job.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        crate::cli_common::describe(&out),
+        sending.log(),
+        receiving.log()
+    );
+    let report = report.expect("a report");
+    assert_eq!(report["bytes"], data.len() as u64, "{report}");
+    assert_file_eq(&export.path().join("far.bin"), &data);
+    assert!(parts_in(export.path()).is_empty());
+    let log = receiving.log();
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("resuming a file from another daemon"))
+        .unwrap_or_else(|| panic!("no resume in the log:\n{log}"));
+    assert!(!resumed.contains(" offset=0 "), "{resumed}");
+
+    // Cancelled while it waits to dial again, the job ends at once.
+    let (out, report) = job_report(
+        &sending,
+        &["copy", "--detach", "--rate-limit", "4MiB", src_arg, &dst],
+    );
+    let job = report.and_then(|r| r["job"].as_u64());
+    let job = job.unwrap_or_else(|| panic!("no job id: {}", crate::cli_common::describe(&out)));
+    assert!(poll_until(Duration::from_secs(20), || !parts_in(
+        export.path()
+    )
+    .is_empty()));
+    receiving.signal(libc::SIGKILL);
+    let before = sending.log().matches("dialling again in").count();
+    assert!(poll_until(Duration::from_secs(10), || {
+        sending.log().matches("dialling again in").count() > before
+    }));
+    let started = std::time::Instant::now();
+    let (out, _) = job_report(&sending, &["cancel", &job.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    let (out, _) = job_report(&sending, &["wait", &job.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        crate::cli_common::stderr(&out).contains("cancel"),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

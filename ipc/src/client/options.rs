@@ -87,6 +87,17 @@ pub struct TransferOptions {
     pub rate_group: Option<RateGroup>,
     /// What becomes of the source's holes: [`Sparse`], as `cp --sparse`.
     pub sparse: Sparse,
+    /// [`Client::submit_remote`] only: continue an interrupted push, as
+    /// `rsync --partial --append-verify` does. The other daemon keeps the
+    /// part of a file whose connection was lost; the part's blocks that
+    /// match the source (CRC-32C, block by block) are not sent again, and
+    /// the whole file is still checked before it takes its name.
+    ///
+    /// ```
+    /// let opts = ringxfer_ipc::TransferOptions { resume: true, ..Default::default() };
+    /// assert!(opts.resume);
+    /// ```
+    pub resume: bool,
 }
 
 impl Default for TransferOptions {
@@ -116,6 +127,7 @@ impl Default for TransferOptions {
             reflink: Reflink::Auto,
             rate_group: None,
             sparse: Sparse::Auto,
+            resume: false,
         }
     }
 }

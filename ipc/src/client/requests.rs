@@ -24,7 +24,8 @@ pub(crate) enum Extra<'a> {
     Publish(BorrowedFd<'a>, PublishTo),
     /// A push to another daemon: where the file lands there.
     /// And whether to make its missing directories there.
-    Remote(RemotePath, bool),
+    /// And whether to continue a part the other daemon kept.
+    Remote(RemotePath, bool, bool),
     /// A pull from another daemon: what to ask it for.
     Pull(RemotePath),
 }
@@ -100,7 +101,7 @@ impl Client {
         mkdir: bool,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let extra = Extra::Remote(path.clone(), mkdir);
+        let extra = Extra::Remote(path.clone(), mkdir, opts.resume);
         self.submit_inner(source.as_fd(), socket.as_fd(), extra, opts, None, None)
     }
 
@@ -250,13 +251,14 @@ impl Client {
                 submit.publish = Some(publish);
                 dir = Some(fd);
             }
-            (Extra::Remote(path, mkdir), Request::Submit(submit)) => {
+            (Extra::Remote(path, mkdir, resume), Request::Submit(submit)) => {
                 let submit = submit.clone();
                 let push = RemoteSubmit {
                     submit,
                     path,
                     mkdir,
                     pull: false,
+                    resume,
                 };
                 request = Request::SubmitRemote(Box::new(push));
             }
@@ -267,6 +269,7 @@ impl Client {
                     path,
                     mkdir: false,
                     pull: true,
+                    resume: false,
                 };
                 request = Request::SubmitRemote(Box::new(pull));
             }

@@ -312,6 +312,13 @@ pub struct DestOpts {
     /// directories included, and files their extended attributes and ACLs.
     #[arg(long)]
     pub preserve: bool,
+
+    /// To another host (DST is HOST:PATH): continue a push that was cut
+    /// off. The other daemon kept what arrived; what of it matches the
+    /// source (CRC-32C, block by block) is not sent again, and the whole
+    /// file is still checked before it takes its name.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Wraps `Priority`'s FromStr so that clap reports its message as a usage error.

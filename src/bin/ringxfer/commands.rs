@@ -176,6 +176,12 @@ fn run_pull(
 
 /// Refuses what the flags cannot mean together, before touching anything.
 fn check_copy_flags(args: &CopyArgs<'_>, single: bool) -> Result<(), CliError> {
+    if args.dest.resume {
+        return Err(CliError::usage(
+            "--resume continues a push to another host (DST as HOST:PATH); a local copy \
+             starts over, and publishes only a whole file",
+        ));
+    }
     if !single && args.range.is_partial() {
         return Err(CliError::usage(
             "--offset and --length take one source file, not several or -r",

@@ -60,6 +60,7 @@ impl Context {
             fsync,
             truncate: false,
             whole_command: false,
+            resume: false,
         }
     }
 }

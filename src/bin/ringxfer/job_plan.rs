@@ -34,6 +34,8 @@ pub struct JobPlan {
     /// --rate-limit caps all the command's jobs together (several files, a
     /// tree), as rsync --bwlimit does, rather than each job.
     pub whole_command: bool,
+    /// Continue a push the other daemon kept a part of (--resume).
+    pub resume: bool,
 }
 
 /// The command's group of jobs sharing its --rate-limit: the id is the
@@ -67,6 +69,7 @@ impl JobPlan {
             truncate: self.truncate,
             reflink: self.job.reflink,
             sparse: self.job.sparse,
+            resume: self.resume,
             ..TransferOptions::default()
         }
     }
@@ -191,13 +194,37 @@ pub fn detach(
     dst: impl AsFd,
     plan: JobPlan,
 ) -> Result<u64, CliError> {
+    detach_with(engine, subject, plan, |client, opts| {
+        client.submit(src, dst, opts)
+    })
+}
+
+/// As [`detach`], a push to another daemon (as [`run_remote`]): the
+/// daemon dials it again by itself if the connection is lost.
+pub fn detach_remote(
+    engine: &EngineHandle,
+    subject: &Subject,
+    src: impl AsFd,
+    socket: impl AsFd,
+    path: &RemotePath,
+    plan: JobPlan,
+) -> Result<u64, CliError> {
+    detach_with(engine, subject, plan, |client, opts| {
+        client.submit_remote(src, socket, path, false, opts)
+    })
+}
+
+fn detach_with(
+    engine: &EngineHandle,
+    subject: &Subject,
+    plan: JobPlan,
+    submit: impl FnOnce(&Client, &TransferOptions) -> Result<JobHandle, ClientError>,
+) -> Result<u64, CliError> {
     let plan = JobPlan {
         progress: Show::Off,
         ..plan
     };
-    let handle = engine
-        .client()
-        .submit(src, dst, &plan.options(subject.describe()))
+    let handle = submit(engine.client(), &plan.options(subject.describe()))
         .map_err(|err| CliError::client(subject.describe(), &err))?;
     // Waits for Accepted only: a refusal (a limit, a bad descriptor) comes
     // back here as the job's failure, anything later belongs to `wait ID`.
@@ -224,6 +251,7 @@ mod tests {
             fsync: false,
             truncate: false,
             whole_command: false,
+            resume: false,
         };
         let one = plan.options("a".into());
         assert_eq!((one.rate_limit, one.rate_group), (Some(50 << 20), None));

@@ -98,8 +98,12 @@ pub fn push(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     let result = run(ctx, args, remote, &subject);
     crate::signals::take();
     match result {
-        Ok(done) => {
+        Ok(Pushed::Done(done)) => {
             ctx.out.transfer_done(&subject, &done);
+            Exit::Done
+        }
+        Ok(Pushed::Detached(job)) => {
+            ctx.out.detached(&subject, job);
             Exit::Done
         }
         Err(err) => {
@@ -109,20 +113,31 @@ pub fn push(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     }
 }
 
+/// How a push ended here: done, or handed to the daemon (--detach).
+enum Pushed {
+    Done(crate::report::Finished),
+    Detached(u64),
+}
+
 fn run(
     ctx: &Context,
     args: &CopyArgs<'_>,
     remote: &Remote,
     subject: &Subject,
-) -> Result<crate::report::Finished, CliError> {
+) -> Result<Pushed, CliError> {
     let src = &args.sources[0];
     let path = remote.path_for(src)?;
     let (file, _) = open_source(src, "a directory goes to another host with -r")?;
     let engine = ctx.engine(&args.job)?;
     let socket = TcpStream::connect(&remote.address)
         .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err))?;
-    let plan = ctx.plan(args.range, args.job, args.dest.fsync);
-    job_plan::run_remote(&engine, subject, &file, &socket, &path, false, plan)
+    let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
+    plan.resume = args.dest.resume;
+    if args.job.detach {
+        return job_plan::detach_remote(&engine, subject, &file, &socket, &path, plan)
+            .map(Pushed::Detached);
+    }
+    job_plan::run_remote(&engine, subject, &file, &socket, &path, false, plan).map(Pushed::Done)
 }
 
 /// What a push cannot do (yet), refused before anything is opened.
@@ -135,12 +150,9 @@ pub fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 {
         return refuse("copying several files");
     }
-    if args.job.detach {
-        return refuse("--detach");
-    }
-    if args.recursive && args.range.is_partial() {
+    if args.recursive && (args.range.is_partial() || args.job.detach) {
         return Err(CliError::usage(
-            "--offset and --length take one file, not -r",
+            "--offset, --length and --detach take one file, not -r",
         ));
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
@@ -159,8 +171,8 @@ pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 || args.recursive {
         return refuse("copying several files or a tree (-r)");
     }
-    if args.job.detach || args.range.is_partial() {
-        return refuse("--detach, --offset or --length");
+    if args.job.detach || args.range.is_partial() || args.dest.resume {
+        return refuse("--detach, --offset, --length or --resume");
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
         return refuse("--in-place, --no-clobber, --update or --backup");

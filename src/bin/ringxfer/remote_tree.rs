@@ -50,9 +50,9 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     };
     let mut tally = Tally::default();
     let items = walk(root, &base(remote, root), &mut tally);
-    let opts = ctx
-        .plan(args.range, args.job, args.dest.fsync)
-        .options(String::new());
+    let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
+    plan.resume = args.dest.resume;
+    let opts = plan.options(String::new());
     let mut pushes = Pushes {
         ctx,
         engine: &engine,

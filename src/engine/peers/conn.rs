@@ -182,6 +182,11 @@ impl PeerConn {
         }
     }
 
+    /// Lends a write buffer, whole, for a read of the part.
+    pub(super) fn take_spare(&mut self) -> Option<Vec<u8>> {
+        self.writes.as_mut().and_then(WriteBuffers::take_spare)
+    }
+
     /// Takes a write buffer back, empty.
     pub(super) fn give_back(&mut self, buf: Vec<u8>) {
         if let Some(w) = self.writes.as_mut() {

@@ -9,9 +9,12 @@
 //!    asked, rename over the name, fsync of the directory if asked;
 //!    answer `Done`.
 //!
-//! Anything else (a failed write, a short or corrupt file, a cancel, the
-//! connection gone) removes the part file, after the writes in flight have
-//! landed, and answers `Failed`: the name keeps what it had.
+//! Anything else (a failed write, a short or corrupt file, a cancel)
+//! removes the part file, after the writes in flight have landed, and
+//! answers `Failed`: the name keeps what it had. A lost connection (the
+//! sender killed, the link cut, this daemon stopping) keeps the part, so
+//! that a `Put { resume: true }` of the same name can continue it
+//! (resume.rs).
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -22,7 +25,7 @@ use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, Put, RemotePath};
 use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
 
-use super::conn::PeerConn;
+use super::conn::{PeerConn, WRITE_BUFFER};
 use super::names::{self, Target};
 use super::tag;
 use crate::engine::Engine;
@@ -36,6 +39,11 @@ use crate::transfer::errno::failure_kind;
 pub(super) enum Step {
     OpenParent,
     OpenPart,
+    /// Resuming: reading the kept part, sending its block sums.
+    Summing,
+    /// Resuming: the sums went out; the sender's `Ready` says where its
+    /// data starts.
+    AwaitingOffset,
     Receiving,
     Publishing,
     /// Failed: waiting for writes in flight, then removing the part.
@@ -43,38 +51,54 @@ pub(super) enum Step {
 }
 
 pub(super) struct Incoming {
-    xfer: u64,
+    pub(super) xfer: u64,
     pub(super) export: usize,
     /// The remote path, as the sender named it.
     pub(super) shown: String,
     pub(super) target: Target,
-    meta: FileMeta,
+    pub(super) meta: FileMeta,
     fsync: bool,
+    /// Continue the part kept (opened without truncating it); its block
+    /// sums, how many went out, and the bytes they cover.
+    pub(super) resume: bool,
+    pub(super) sums: Vec<u32>,
+    pub(super) sums_sent: usize,
+    pub(super) summed: u64,
+    /// Where the sender's data started (0 unless resumed).
+    pub(super) resumed_from: u64,
     /// Make the directories it lacks (`Put::mkdir`); those still to make
     /// or open, in order, once that started.
     pub(super) mkdir: bool,
     pub(super) dirs: Vec<CString>,
     pub(super) parent: Option<Rc<OwnedFd>>,
-    file: Option<Rc<OwnedFd>>,
-    step: Step,
+    pub(super) file: Option<Rc<OwnedFd>>,
+    pub(super) step: Step,
     /// Bytes received (and copied for writing), and their CRC-32C.
-    received: u64,
-    crc: u32,
+    pub(super) received: u64,
+    pub(super) crc: u32,
     /// What `End` said: size and CRC-32C.
     end: Option<(u64, u32)>,
     /// Its operations in flight (opens, writes, publishing steps): it is
     /// forgotten only at zero.
-    in_flight: usize,
+    pub(super) in_flight: usize,
     /// `Ready` went out: a failure is answered with `Failed`, not `Refused`.
-    ready: bool,
+    pub(super) ready: bool,
     failure: Option<(FailureKind, String)>,
     started: Instant,
 }
 
 impl Incoming {
+    /// Whether a failure leaves the part for a later resume: only a lost
+    /// connection does, and only once the part holds a whole block (what
+    /// a resume can use; a buffer not yet full is not written).
+    fn keeps_part(&self) -> bool {
+        let lost = matches!(&self.failure, Some((FailureKind::PeerGone, _)));
+        lost && (self.received >= WRITE_BUFFER as u64 || self.summed > 0)
+    }
+
     /// Waiting for the sender's bytes (not for the daemon's own steps).
     pub(super) fn receiving(&self) -> bool {
-        self.step == Step::Receiving
+        matches!(self.step, Step::Receiving | Step::AwaitingOffset)
     }
 }
 
@@ -173,6 +197,11 @@ impl Engine {
             target,
             meta: put.meta,
             fsync: put.fsync,
+            resume: put.resume,
+            sums: Vec::new(),
+            sums_sent: 0,
+            summed: 0,
+            resumed_from: 0,
             mkdir: put.mkdir,
             dirs: Vec::new(),
             parent: None,
@@ -345,6 +374,7 @@ impl Engine {
         match tag {
             tag::OPEN_PARENT => self.open_part(k),
             tag::OPEN_PART => self.part_opened(k),
+            tag::TRUNCATE => self.set_meta(k),
             tag::SET_META => self.after_meta(k),
             tag::SYNC => self.rename_into_place(k),
             tag::RENAME => self.after_rename(k),
@@ -366,12 +396,14 @@ impl Engine {
             Some(parent) => Rc::clone(parent),
             None => Rc::clone(&self.peers.exports[inc.export].dir),
         };
+        // A resumed part is kept, and read before it is written.
+        let keep = if inc.resume {
+            libc::O_RDWR
+        } else {
+            libc::O_WRONLY | libc::O_TRUNC
+        };
         let how = How {
-            flags: (libc::O_WRONLY
-                | libc::O_CREAT
-                | libc::O_TRUNC
-                | libc::O_NOFOLLOW
-                | libc::O_CLOEXEC) as u64,
+            flags: (keep | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
             mode: 0o600,
             resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
         };
@@ -385,6 +417,9 @@ impl Engine {
         let Some(inc) = self.peers.incoming_mut(k) else {
             return;
         };
+        if inc.resume {
+            return self.sum_part(k);
+        }
         inc.step = Step::Receiving;
         inc.ready = true;
         let ready = PeerMessage::Ready {
@@ -510,6 +545,22 @@ impl Engine {
         let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
             return;
         };
+        if inc.resume {
+            // A kept part may be longer than the file is now.
+            let cut = op::Ftruncate::new(file, size);
+            return self.queue_incoming_op(k, tag::TRUNCATE, cut);
+        }
+        self.set_meta(k);
+    }
+
+    /// Mode (permission bits) and times, before the rename.
+    fn set_meta(&mut self, k: usize) {
+        let Some(inc) = self.peers.incoming(k) else {
+            return;
+        };
+        let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
+            return;
+        };
         let meta = Meta {
             // Permission bits only: a sender cannot make a setuid or setgid
             // file owned by the export's user.
@@ -571,6 +622,7 @@ impl Engine {
             path = %inc.shown,
             export = %self.peers.exports[inc.export].path.display(),
             bytes = inc.received,
+            resumed_from = inc.resumed_from,
             seconds = inc.started.elapsed().as_secs_f64(),
             "received a file from another daemon"
         );
@@ -597,14 +649,15 @@ impl Engine {
         }
     }
 
-    /// The connection is closing: the file being received fails.
-    pub(super) fn abandon_incoming(&mut self, k: usize, why: &str) {
+    /// The connection is closing: the file being received fails (`kind`
+    /// PeerGone: the connection was lost, and its part is kept).
+    pub(super) fn abandon_incoming(&mut self, k: usize, why: &str, kind: FailureKind) {
         let live = self
             .peers
             .incoming(k)
             .is_some_and(|i| i.step != Step::Aborting);
         if live {
-            self.fail_incoming(k, (FailureKind::PeerGone, why.to_string()));
+            self.fail_incoming(k, (kind, why.to_string()));
         }
     }
 
@@ -627,8 +680,8 @@ impl Engine {
     }
 
     /// Once no write is in flight, removes the part (if made and not yet
-    /// renamed), then finishes.
-    fn advance_abort(&mut self, k: usize) {
+    /// renamed, and not kept for a resume), then finishes.
+    pub(super) fn advance_abort(&mut self, k: usize) {
         let Some(inc) = self.peers.incoming(k) else {
             return;
         };
@@ -636,6 +689,10 @@ impl Engine {
             return;
         }
         match (inc.file.as_ref(), inc.parent.as_ref()) {
+            (Some(_), Some(_)) if inc.keeps_part() => {
+                info!(path = %inc.shown, bytes = inc.received, "the connection was lost: the part is kept for a resume");
+                self.finish_abort(k)
+            }
             (Some(_), Some(parent)) => {
                 let unlink = op::UnlinkAt::new(SharedFd::owned(parent), inc.target.part.clone());
                 self.queue_incoming_op(k, tag::UNLINK, unlink);
@@ -704,6 +761,7 @@ fn step_name(tag: u32, target: &Target) -> String {
         tag::OPEN_PARENT => format!("cannot open the directory {}", show(&target.parent)),
         tag::OPEN_PART => format!("cannot create {}", show(&target.part)),
         tag::SET_META => "cannot set its mode and times".into(),
+        tag::TRUNCATE => "cannot cut the kept part to the file's size".into(),
         tag::SYNC => "fsync failed".into(),
         tag::RENAME => format!(
             "cannot rename {} over {}",

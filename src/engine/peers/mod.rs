@@ -14,6 +14,7 @@ mod conn;
 mod dirs;
 mod incoming;
 mod names;
+mod resume;
 mod serving;
 
 use std::collections::HashSet;
@@ -34,6 +35,7 @@ use crate::io::op::{self, AnyOp};
 use crate::io::ops::{Op, Owner};
 use crate::privileges::Identity;
 use crate::tls::{Session, TlsSetup};
+use crate::transfer::redial::Redial;
 use crate::transfer::TransferError;
 use conn::{Outgoing, PeerConn, RX_BUFFER};
 use ringxfer_ipc::FailureKind;
@@ -59,6 +61,8 @@ mod tag {
     pub(crate) const OPEN_SRC: u32 = 12;
     pub(crate) const STAT_SRC: u32 = 13;
     pub(crate) const READ_SRC: u32 = 14;
+    pub(crate) const READ_PART: u32 = 15;
+    pub(crate) const TRUNCATE: u32 = 16;
 }
 
 /// A directory other daemons may write into, opened at start-up.
@@ -169,7 +173,7 @@ impl Engine {
         self.stop_tcp_listener();
         let keys: Vec<usize> = self.peers.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
-            self.close_peer(k, "the daemon is shutting down");
+            self.lost_peer(k, "the daemon is shutting down");
         }
     }
 
@@ -195,6 +199,7 @@ impl Engine {
             (tag::SEND, AnyOp::Send(send)) => self.on_peer_sent(k, send, result),
             (tag::WRITE, AnyOp::WriteFrom(write)) => self.on_incoming_write(k, write, result),
             (tag::READ_SRC, AnyOp::ReadInto(read)) => self.on_serving_read(k, read.buf, result),
+            (tag::READ_PART, AnyOp::ReadInto(read)) => self.on_part_read(k, read.buf, result),
             (tag::STAT_SRC, AnyOp::Statx(stat)) => {
                 let stx = stat.into_buf();
                 self.on_serving_stat(k, result, &stx)
@@ -290,7 +295,7 @@ impl Engine {
             })
             .collect();
         for (k, why) in late {
-            self.close_peer(k, &why);
+            self.lost_peer(k, &why);
         }
     }
 
@@ -300,7 +305,9 @@ impl Engine {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
-        if conn.closing || conn.rx_op.is_some() {
+        // Mid-parse (what was parsed is not compacted away yet), a read
+        // would land behind bytes about to move: on_peer_recv arms it after.
+        if conn.closing || conn.rx_op.is_some() || conn.rx_pos != 0 {
             return;
         }
         if conn.incoming.is_some() && conn.room() < RX_BUFFER {
@@ -342,10 +349,10 @@ impl Engine {
             return;
         }
         match result {
-            0 => return self.close_peer(k, "the other daemon closed the connection"),
+            0 => return self.lost_peer(k, "the other daemon closed the connection"),
             n if n < 0 => {
                 let err = std::io::Error::from_raw_os_error(-n);
-                return self.close_peer(k, &format!("receive failed: {err}"));
+                return self.lost_peer(k, &format!("receive failed: {err}"));
             }
             n if conn.tls.is_some() => conn.cipher_len += n as usize,
             n => conn.rx_len += n as usize,
@@ -461,6 +468,9 @@ impl Engine {
                 self.close_peer(k, "protocol error: the first message was not Hello")
             }
             PeerMessage::Put(put) => self.start_incoming(k, put),
+            PeerMessage::Ready { xfer, offset, .. } if conn.incoming.is_some() => {
+                self.resume_at(k, xfer, offset)
+            }
             PeerMessage::End { xfer, size, crc32c } => self.end_incoming(k, xfer, size, crc32c),
             PeerMessage::Cancel { xfer } if conn.serving.is_some() => {
                 self.serving_answer(k, PeerMessage::Cancel { xfer })
@@ -558,7 +568,7 @@ impl Engine {
         if result < 0 {
             conn.outgoing = Some(outgoing);
             let err = std::io::Error::from_raw_os_error(-result);
-            return self.close_peer(k, &format!("send failed: {err}"));
+            return self.lost_peer(k, &format!("send failed: {err}"));
         }
         outgoing.sent += result as usize;
         if outgoing.sent < outgoing.bytes.len() && !conn.closing {
@@ -571,10 +581,22 @@ impl Engine {
         }
     }
 
-    /// Ends connection `k`: no new work; a file being received is dropped
-    /// (its hidden name removed); the connection is forgotten once its last
+    /// Ends connection `k` for something it did (a protocol error, a TLS
+    /// failure, Bye): no new work; a file being received is dropped (its
+    /// hidden part removed); the connection is forgotten once its last
     /// operation has completed.
     fn close_peer(&mut self, k: usize, why: &str) {
+        self.end_peer(k, why, FailureKind::Io);
+    }
+
+    /// As `close_peer`, for a connection lost (closed or reset by the other
+    /// end, silent past its deadline, this daemon stopping): the part of a
+    /// file being received is kept for a resume.
+    fn lost_peer(&mut self, k: usize, why: &str) {
+        self.end_peer(k, why, FailureKind::PeerGone);
+    }
+
+    fn end_peer(&mut self, k: usize, why: &str, kind: FailureKind) {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
@@ -586,7 +608,7 @@ impl Engine {
         if let Some(ud) = conn.rx_op {
             let _ = self.io.cancel(ud);
         }
-        self.abandon_incoming(k, why);
+        self.abandon_incoming(k, why, kind);
         self.forget_if_done(k);
     }
 
@@ -660,6 +682,20 @@ impl Engine {
 }
 
 impl Engine {
+    /// How a detached push dials the other daemon again if its connection
+    /// is lost: to the address the client's socket reached, with this
+    /// daemon's TLS if the push speaks it. None for an attached push (its
+    /// user sees the failure, and can --resume) and for a pull.
+    pub(super) fn redial_for(&self, spec: &JobSpec, tls: bool) -> Option<Redial> {
+        let (target, _) = spec.remote.as_ref()?;
+        if target.pull || !spec.detach {
+            return None;
+        }
+        let address = peer_socket_address(&spec.ends.dst)?;
+        let setup = self.peers.tls.as_ref().filter(|_| tls).map(Arc::clone);
+        Some(Redial::new(address, setup))
+    }
+
     /// What a push's note says of its connection.
     pub(super) fn push_note(&self, tls: bool) -> String {
         match (&self.peers.tls, tls) {
@@ -707,12 +743,17 @@ pub(super) fn fail_dead_peers_within(fd: &OwnedFd, timeout: std::time::Duration)
 
 /// Whether the socket's other end is on this host (127.0.0.0/8, ::1).
 fn peer_is_loopback(fd: &OwnedFd) -> bool {
+    peer_socket_address(fd).is_some_and(|a| a.ip().is_loopback())
+}
+
+/// The address of the socket's other end (getpeername).
+fn peer_socket_address(fd: &OwnedFd) -> Option<std::net::SocketAddr> {
     let sock = std::mem::ManuallyDrop::new(
         // SAFETY: a TcpStream borrowing `fd` for getpeername only; wrapped in
         // ManuallyDrop so it never closes the descriptor `fd` owns.
         unsafe { std::net::TcpStream::from_raw_fd(fd.as_raw_fd()) },
     );
-    sock.peer_addr().is_ok_and(|a| a.ip().is_loopback())
+    sock.peer_addr().ok()
 }
 
 /// The peer's address, as the log shows it.
