@@ -158,6 +158,7 @@ mod tests {
                 mkdir: true,
                 pull: false,
                 resume: false,
+                list: false,
             })),
         ];
         for request in requests {

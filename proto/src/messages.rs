@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`],
 /// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies;
 /// version 9 [`Request::SubmitRemote`] and the `peer` strategy; version
-/// 10 [`RemoteSubmit::resume`].
+/// 10 [`RemoteSubmit::resume`] and [`RemoteSubmit::list`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -268,6 +268,7 @@ pub enum Request {
 /// };
 /// let push = RemoteSubmit {
 ///     submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false, pull: false, resume: false,
+///     list: false,
 /// };
 /// assert_eq!(push.descriptors(), 2);
 /// let _ = Request::SubmitRemote(Box::new(push));
@@ -288,6 +289,9 @@ pub struct RemoteSubmit {
     /// arrived, and what of it matches the source (by CRC-32C, block by
     /// block) is not sent again.
     pub resume: bool,
+    /// A pull of `path`'s listing ([`crate::peer::PeerMessage::List`]),
+    /// a directory's, rather than of a file.
+    pub list: bool,
 }
 
 impl RemoteSubmit {

@@ -322,6 +322,62 @@ pub enum PeerMessage {
     Pong,
     /// Nothing more on this connection.
     Bye,
+    /// A tree asked for (a pull with `-r`): the answerer serves, as if it
+    /// were the file of a `Get`, the listing ([`encode_listing`]) of
+    /// everything beneath `path`, a directory in its export.
+    List {
+        /// The asker's number for this transfer.
+        xfer: u64,
+        /// Which directory, beneath the answerer's export.
+        path: RemotePath,
+    },
+}
+
+/// What a [`ListEntry`] is; links and other kinds are listed, not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory (its entries follow it in the listing).
+    Dir,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// Anything else, or a name that is not UTF-8.
+    Other,
+}
+
+/// One entry of a listing: its path below the listed directory, with `/`
+/// between components, parents before children.
+///
+/// ```
+/// use ringxfer_proto::peer::{decode_listing, encode_listing, EntryKind, ListEntry, Timestamp};
+/// let entries = vec![
+///     ListEntry { path: "photos".into(), kind: EntryKind::Dir, size: 0, mode: 0o755, mtime: Timestamp::default() },
+///     ListEntry { path: "photos/a.jpg".into(), kind: EntryKind::File, size: 3, mode: 0o644, mtime: Timestamp::default() },
+/// ];
+/// assert_eq!(decode_listing(&encode_listing(&entries))?, entries);
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// Below the listed directory.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Bytes, for a file.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    pub mtime: Timestamp,
+}
+
+/// A listing as the bytes a [`PeerMessage::List`] serves (postcard).
+pub fn encode_listing(entries: &[ListEntry]) -> Vec<u8> {
+    postcard::to_allocvec(entries).unwrap_or_default()
+}
+
+/// The entries of a listing's bytes.
+pub fn decode_listing(bytes: &[u8]) -> Result<Vec<ListEntry>, CodecError> {
+    postcard::from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))
 }
 
 /// A name beneath a peer's export, checked before it reaches any system
@@ -757,11 +813,8 @@ mod tests {
             "[a-z]{1,8}(/[a-z.]{1,8}){0,3}".prop_filter_map("a name", |s| RemotePath::new(&s).ok());
         prop_oneof![
             any::<u32>().prop_map(|version| PeerMessage::Hello { version }),
-            (any::<u64>(), name, any::<bool>()).prop_map(|(xfer, path, resume)| PeerMessage::Get {
-                xfer,
-                path,
-                resume
-            }),
+            (any::<u64>(), name.clone(), any::<bool>())
+                .prop_map(|(xfer, path, resume)| PeerMessage::Get { xfer, path, resume }),
             (any::<u64>(), any::<u64>(), any::<u32>())
                 .prop_map(|(xfer, size, crc32c)| PeerMessage::End { xfer, size, crc32c }),
             (
@@ -782,6 +835,7 @@ mod tests {
             }),
             Just(PeerMessage::Ping),
             Just(PeerMessage::Bye),
+            (any::<u64>(), name).prop_map(|(xfer, path)| PeerMessage::List { xfer, path }),
         ]
     }
 

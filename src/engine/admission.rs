@@ -58,6 +58,8 @@ pub(super) struct PushTarget {
     pub pull: bool,
     /// Continue a part the other daemon kept (push only).
     pub resume: bool,
+    /// Pull the listing of the directory at `path` (pull only).
+    pub list: bool,
 }
 
 impl Submitted {

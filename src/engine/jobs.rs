@@ -355,7 +355,7 @@ impl Job {
         let ends = Rc::new(ends);
         let (note, mut copy) = match (spec.reflink, spec.remote) {
             (_, Some((target, _))) if target.pull => {
-                let pull = PeerPull::new(ends, shape, target.path, tls);
+                let pull = PeerPull::new(ends, shape, (target.path, target.list), tls);
                 (None, Mover::Pull(pull))
             }
             (_, Some((target, meta))) => {

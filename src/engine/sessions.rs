@@ -280,6 +280,7 @@ impl Engine {
                         mkdir: push.mkdir,
                         pull: push.pull,
                         resume: push.resume,
+                        list: push.list,
                     };
                     self.admit(k, push.submit, (src, dst, None), Some(target), true);
                 }

@@ -155,6 +155,7 @@ pub(crate) fn on_workers(code: u8) -> bool {
         || code == super::op::data_map::CODE
         || code == super::op::copy_range::CODE
         || code == super::op::set_meta::CODE
+        || code == super::op::list_dir::CODE
 }
 
 #[cfg(test)]

@@ -151,6 +151,7 @@ mod tests {
                         mkdir,
                         pull,
                         resume: false,
+                        list: false,
                     }))
                 }),
             ]

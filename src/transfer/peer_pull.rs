@@ -48,6 +48,8 @@ pub(crate) struct PeerPull {
     ends: Rc<Endpoints>,
     shape: Shape,
     path: RemotePath,
+    /// The directory's listing (`List`), not a file (`Get`).
+    list: bool,
     phase: Phase,
     link: PeerLink,
     meta: Option<FileMeta>,
@@ -71,7 +73,7 @@ impl PeerPull {
     pub(crate) fn new(
         ends: Rc<Endpoints>,
         shape: Shape,
-        path: RemotePath,
+        (path, list): (RemotePath, bool),
         tls: Option<Session>,
     ) -> PeerPull {
         let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Source, tls);
@@ -79,6 +81,7 @@ impl PeerPull {
             ends,
             shape,
             path,
+            list,
             phase: Phase::Asked,
             link,
             meta: None,
@@ -149,10 +152,15 @@ impl PeerPull {
 
     /// Says `Hello`, asks for the file, and listens.
     pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
-        let get = PeerMessage::Get {
-            xfer: XFER,
-            path: self.path.clone(),
-            resume: false,
+        let (xfer, path) = (XFER, self.path.clone());
+        let get = if self.list {
+            PeerMessage::List { xfer, path }
+        } else {
+            PeerMessage::Get {
+                xfer,
+                path,
+                resume: false,
+            }
         };
         if let Err(e) = self.link.open_with(&get, owner, io) {
             self.failed(e);

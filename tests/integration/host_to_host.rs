@@ -1748,3 +1748,99 @@ fn a_detached_push_dials_again_and_resumes_when_the_receiver_comes_back() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn the_cli_pulls_a_tree_by_its_listing_and_follows_no_link_out() {
+    let export = tmpdir();
+    let tree = export.path().join("photos");
+    for dir in ["2025/jan", "2026", "empty"] {
+        std::fs::create_dir_all(tree.join(dir)).expect("mkdir");
+    }
+    let files = [
+        ("top.txt", pattern(61, 10)),
+        ("2025/jan/a.bin", pattern(62, (1 << 20) + 1)),
+        ("2026/none.bin", Vec::new()),
+        ("2026/b.bin", pattern(63, 70_000)),
+    ];
+    for (name, data) in &files {
+        std::fs::write(tree.join(name), data).expect("write");
+    }
+    std::fs::set_permissions(tree.join("top.txt"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    let outside = tmpdir();
+    std::fs::write(outside.path().join("secret"), b"outside").expect("write");
+    std::os::unix::fs::symlink(outside.path(), tree.join("2026/out")).expect("symlink");
+    std::os::unix::fs::symlink(outside.path(), export.path().join("linked")).expect("symlink");
+    let (serving, address) = receiver(export.path());
+    let pulling = Daemon::start();
+    let here = tmpdir();
+
+    // Into an existing directory, the tree keeps its name.
+    let out = pull_cli(
+        &pulling,
+        &["-r"],
+        &format!("{address}:inbox/photos"),
+        here.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        serving.log()
+    );
+    let report = crate::cli_common::json_lines(&out)
+        .pop()
+        .expect("a summary");
+    assert_eq!(report["files"], 4, "{report}");
+    assert_eq!(report["skipped"], 1, "{report}");
+    let landed = here.path().join("photos");
+    for (name, data) in &files {
+        assert_file_eq(&landed.join(name), data);
+    }
+    assert!(landed.join("empty").is_dir());
+    let mode = std::fs::metadata(landed.join("top.txt"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+    assert!(
+        !landed.join("2026/out").exists(),
+        "a link in the tree is not followed"
+    );
+    assert!(crate::cli_common::stderr(&out).contains("skipped"));
+
+    // To a new name, the tree takes it; the export's root can be pulled too.
+    let renamed = here.path().join("copy");
+    let out = pull_cli(
+        &pulling,
+        &["-r"],
+        &format!("{address}:inbox/photos/2025"),
+        &renamed,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert_file_eq(&renamed.join("jan/a.bin"), &files[1].1);
+
+    // A directory that is a link out of the export is not listed.
+    let out = pull_cli(
+        &pulling,
+        &["-r"],
+        &format!("{address}:inbox/linked"),
+        &here.path().join("x"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert!(
+        crate::cli_common::stderr(&out).contains("inbox/linked"),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert!(!here.path().join("x").exists());
+}

@@ -33,6 +33,7 @@ const CLI_LAYERS: &[&str] = &[
     "tree",
     "remote",
     "remote_tree",
+    "remote_pull_tree",
     "commands",
     "control",
     "stats",

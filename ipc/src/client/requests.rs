@@ -26,8 +26,9 @@ pub(crate) enum Extra<'a> {
     /// And whether to make its missing directories there.
     /// And whether to continue a part the other daemon kept.
     Remote(RemotePath, bool, bool),
-    /// A pull from another daemon: what to ask it for.
-    Pull(RemotePath),
+    /// A pull from another daemon: what to ask it for, and whether it is
+    /// a directory's listing.
+    Pull(RemotePath, bool),
 }
 
 impl Client {
@@ -137,7 +138,47 @@ impl Client {
         path: &RemotePath,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let extra = Extra::Pull(path.clone());
+        let extra = Extra::Pull(path.clone(), false);
+        self.submit_inner(socket.as_fd(), dest.as_fd(), extra, opts, None, None)
+    }
+
+    /// As [`Client::submit_pull`], the listing of the directory `path`
+    /// (everything beneath it: [`crate::proto::peer::ListEntry`]s, which
+    /// [`crate::proto::peer::decode_listing`] reads) into `dest`, say a
+    /// memfd, checked by CRC-32C as a file is. A tree is pulled by its
+    /// listing, then file by file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::submit`].
+    ///
+    /// ```no_run
+    /// use std::io::{Read, Seek};
+    /// use std::net::TcpStream;
+    /// use ringxfer_ipc::proto::peer::{decode_listing, RemotePath};
+    /// use ringxfer_ipc::{Client, TransferOptions};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let other = TcpStream::connect("127.0.0.1:7300")?;
+    /// let mut dest = tempfile::tempfile()?;
+    /// let path = RemotePath::new("inbox/photos")?;
+    /// client.submit_list(&other, &dest, &path, &TransferOptions::default())?.wait()?;
+    /// let mut bytes = Vec::new();
+    /// dest.rewind()?;
+    /// dest.read_to_end(&mut bytes)?;
+    /// for entry in decode_listing(&bytes)? {
+    ///     println!("{:?} {}", entry.kind, entry.path);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_list(
+        &self,
+        socket: impl AsFd,
+        dest: impl AsFd,
+        path: &RemotePath,
+        opts: &TransferOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let extra = Extra::Pull(path.clone(), true);
         self.submit_inner(socket.as_fd(), dest.as_fd(), extra, opts, None, None)
     }
 
@@ -259,10 +300,11 @@ impl Client {
                     mkdir,
                     pull: false,
                     resume,
+                    list: false,
                 };
                 request = Request::SubmitRemote(Box::new(push));
             }
-            (Extra::Pull(path), Request::Submit(submit)) => {
+            (Extra::Pull(path, list), Request::Submit(submit)) => {
                 let submit = submit.clone();
                 let pull = RemoteSubmit {
                     submit,
@@ -270,6 +312,7 @@ impl Client {
                     mkdir: false,
                     pull: true,
                     resume: false,
+                    list,
                 };
                 request = Request::SubmitRemote(Box::new(pull));
             }

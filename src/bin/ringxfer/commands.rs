@@ -87,7 +87,11 @@ pub fn copy(ctx: &Context, args: &CopyArgs<'_>) -> Exit {
         .first()
         .and_then(|s| crate::remote::Remote::parse(s))
     {
-        return pull(ctx, args, &remote);
+        return if args.recursive {
+            crate::remote_pull_tree::pull_tree(ctx, args, &remote)
+        } else {
+            pull(ctx, args, &remote)
+        };
     }
     if let Some(remote) = crate::remote::Remote::parse(dst) {
         return if args.recursive {

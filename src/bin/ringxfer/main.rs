@@ -25,6 +25,7 @@ mod progress;
 mod progress_json;
 mod read_ahead;
 mod remote;
+mod remote_pull_tree;
 mod remote_tree;
 mod report;
 mod signals;

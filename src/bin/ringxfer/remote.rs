@@ -161,15 +161,16 @@ pub fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// What a pull cannot do (yet), refused before anything is opened.
+/// What a pull (of a file, or with -r of a tree) cannot do (yet), refused
+/// before anything is opened.
 pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     let refuse = |what: &str| {
         Err(CliError::usage(format!(
             "{what} from another host is not supported yet"
         )))
     };
-    if args.sources.len() != 1 || args.recursive {
-        return refuse("copying several files or a tree (-r)");
+    if args.sources.len() != 1 {
+        return refuse("copying several files");
     }
     if args.job.detach || args.range.is_partial() || args.dest.resume {
         return refuse("--detach, --offset, --length or --resume");

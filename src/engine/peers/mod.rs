@@ -63,6 +63,7 @@ mod tag {
     pub(crate) const READ_SRC: u32 = 14;
     pub(crate) const READ_PART: u32 = 15;
     pub(crate) const TRUNCATE: u32 = 16;
+    pub(crate) const LIST_DIR: u32 = 17;
 }
 
 /// A directory other daemons may write into, opened at start-up.
@@ -203,6 +204,10 @@ impl Engine {
             (tag::STAT_SRC, AnyOp::Statx(stat)) => {
                 let stx = stat.into_buf();
                 self.on_serving_stat(k, result, &stx)
+            }
+            (tag::LIST_DIR, op) => {
+                drop(op);
+                self.on_listed(k, result)
             }
             (tag::OPEN_SRC, op) => {
                 drop(op);
@@ -479,7 +484,8 @@ impl Engine {
             PeerMessage::Ping => self.send_peer(k, &PeerMessage::Pong),
             PeerMessage::Pong => {}
             PeerMessage::Bye => self.close_peer(k, "the other daemon said Bye"),
-            PeerMessage::Get { xfer, path, .. } => self.start_serving(k, xfer, path),
+            PeerMessage::Get { xfer, path, .. } => self.start_serving(k, xfer, path, false),
+            PeerMessage::List { xfer, path } => self.start_serving(k, xfer, path, true),
             PeerMessage::Done { .. } | PeerMessage::Failed { .. } => {
                 self.serving_answer(k, message)
             }
@@ -785,5 +791,6 @@ fn message_name(message: &PeerMessage) -> &'static str {
         PeerMessage::Ping => "Ping",
         PeerMessage::Pong => "Pong",
         PeerMessage::Bye => "Bye",
+        PeerMessage::List { .. } => "List",
     }
 }

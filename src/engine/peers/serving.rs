@@ -7,10 +7,14 @@
 //! left; then `End`. The puller answers `Done` or `Failed`, and the file
 //! is closed either way.
 
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
-use ringxfer_ipc::proto::peer::{encode, FileMeta, PeerMessage, RemotePath, Timestamp};
+use ringxfer_ipc::proto::peer::{
+    encode, encode_listing, EntryKind, FileMeta, ListEntry, PeerMessage, RemotePath, Timestamp,
+};
 use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
 
@@ -18,11 +22,13 @@ use super::incoming::os_failure;
 use super::tag;
 use crate::engine::Engine;
 use crate::io::fd::SharedFd;
-use crate::io::op::{self, openat2::How};
+use crate::io::op::{self, list_dir::Found, openat2::How};
 use crate::io::ops::Owner;
 
 /// The most of the file one read takes.
 const PIECE: usize = 1 << 20;
+/// Entries one `List` takes at most (about 100 MiB of listing).
+const MAX_LISTED: usize = 1 << 20;
 
 pub(super) struct Serving {
     xfer: u64,
@@ -38,6 +44,9 @@ pub(super) struct Serving {
     ready: bool,
     /// `End` went out: `Done` or `Failed` is awaited.
     ended: bool,
+    /// A `List`: what the walk of the directory found; its listing is
+    /// served as the file.
+    listing: Option<Arc<Mutex<Vec<Found>>>>,
 }
 
 impl Serving {
@@ -48,8 +57,9 @@ impl Serving {
 }
 
 impl Engine {
-    /// A `Get`: checks the name, then opens the file.
-    pub(super) fn start_serving(&mut self, k: usize, xfer: u64, path: RemotePath) {
+    /// A `Get` (or, `list`, a `List`): checks the name, then opens the
+    /// file (the directory).
+    pub(super) fn start_serving(&mut self, k: usize, xfer: u64, path: RemotePath, list: bool) {
         let refuse = |kind, message| PeerMessage::Refused {
             xfer,
             kind,
@@ -63,13 +73,14 @@ impl Engine {
             Ok(found) => found,
             Err((kind, why)) => return self.send_peer(k, &refuse(kind, why)),
         };
-        let rel = path.as_str().split_once('/').map_or("", |(_, rel)| rel);
+        let rel = path.as_str().split_once('/').map_or(".", |(_, rel)| rel);
         let Ok(rel) = std::ffi::CString::new(rel) else {
             return;
         };
         let dir = SharedFd::owned(&self.peers.exports[export].dir);
+        let only_dirs = if list { libc::O_DIRECTORY } else { 0 };
         let how = How {
-            flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+            flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | only_dirs) as u64,
             mode: 0,
             resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
         };
@@ -84,6 +95,7 @@ impl Engine {
                 buf: Some(Vec::with_capacity(PIECE)),
                 ready: false,
                 ended: false,
+                listing: list.then(Arc::default),
             });
         }
         self.queue_serving_op(k, tag::OPEN_SRC, op::OpenAt2::new(dir, rel, how));
@@ -121,6 +133,55 @@ impl Engine {
         // SAFETY: a successful openat2 returns a new descriptor that only
         // this completion knows about.
         let file = Rc::new(unsafe { OwnedFd::from_raw_fd(result) });
+        if let Some(out) = serving.listing.as_ref() {
+            let walk = op::ListDir::new(SharedFd::owned(&file), MAX_LISTED, Arc::clone(out));
+            serving.file = Some(file);
+            return self.queue_serving_op(k, tag::LIST_DIR, walk);
+        }
+        self.stat_served(k, file);
+    }
+
+    /// What the listing found, as the file served: in a memfd, whose
+    /// size, mode and times go out as a file's.
+    pub(super) fn on_listed(&mut self, k: usize, result: i32) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(serving) = conn.serving.as_mut() else {
+            return;
+        };
+        if result < 0 {
+            let what = format!("{}: cannot list it", serving.shown);
+            return self.stop_serving(k, Some(os_failure(-result, what)), true);
+        }
+        let found = serving
+            .listing
+            .take()
+            .and_then(|out| Arc::try_unwrap(out).ok())
+            .and_then(|out| out.into_inner().ok())
+            .unwrap_or_default();
+        let bytes = encode_listing(&listing_entries(found));
+        let memfd = match listing_file(&bytes) {
+            Ok(fd) => Rc::new(fd),
+            Err(e) => {
+                let why = format!("{}: cannot hold its listing: {e}", serving.shown);
+                return self.stop_serving(k, Some((FailureKind::Io, why)), true);
+            }
+        };
+        if let Some(dir) = serving.file.take() {
+            match Rc::try_unwrap(dir) {
+                Ok(fd) => self.closing.doomed.push(fd),
+                Err(shared) => conn.retired.push(shared),
+            }
+        }
+        self.stat_served(k, memfd);
+    }
+
+    /// Asks what the file is (statx), to answer `Ready`.
+    fn stat_served(&mut self, k: usize, file: Rc<OwnedFd>) {
+        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+            return;
+        };
         let stat = op::Statx::new(
             SharedFd::owned(&file),
             0,
@@ -320,4 +381,54 @@ impl Engine {
             self.send_peer(k, &answer);
         }
     }
+}
+
+/// The entries of a walk as the wire lists them: kinds from the mode, the
+/// permission bits, names as UTF-8 (one that is not is listed as `Other`,
+/// which the puller skips).
+fn listing_entries(found: Vec<Found>) -> Vec<ListEntry> {
+    found
+        .into_iter()
+        .map(|f| {
+            let kind = match f.mode & libc::S_IFMT {
+                libc::S_IFREG => EntryKind::File,
+                libc::S_IFDIR => EntryKind::Dir,
+                libc::S_IFLNK => EntryKind::Symlink,
+                _ => EntryKind::Other,
+            };
+            let (path, kind) = match String::from_utf8(f.path) {
+                Ok(path) => (path, kind),
+                Err(e) => (
+                    String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    EntryKind::Other,
+                ),
+            };
+            ListEntry {
+                path,
+                kind,
+                size: f.size,
+                mode: f.mode & 0o7777,
+                mtime: Timestamp {
+                    secs: f.mtime.0,
+                    nanos: f.mtime.1,
+                },
+            }
+        })
+        .collect()
+}
+
+/// `bytes` in a new memfd, to serve as a file. Writing to memory cannot
+/// wait on a file system, so this runs on the loop thread.
+fn listing_file(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated literal; memfd_create takes no
+    // other pointer.
+    let fd = unsafe { libc::memfd_create(c"ringxfer-listing".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(OwnedFd::from(file))
 }

@@ -21,6 +21,7 @@ pub(crate) mod ficlone;
 pub(crate) mod fsync;
 pub(crate) mod ftruncate;
 pub(crate) mod linkat;
+pub(crate) mod list_dir;
 pub(crate) mod mkdirat;
 pub(crate) mod openat2;
 pub(crate) mod poll;
@@ -54,6 +55,7 @@ pub(crate) use ficlone::Ficlone;
 pub(crate) use fsync::Fsync;
 pub(crate) use ftruncate::Ftruncate;
 pub(crate) use linkat::LinkAt;
+pub(crate) use list_dir::ListDir;
 pub(crate) use mkdirat::MkdirAt;
 pub(crate) use openat2::OpenAt2;
 pub(crate) use poll::Poll;
@@ -131,6 +133,8 @@ pub enum Blocking {
     MkdirAt(mkdirat::Call),
     /// fchmod and futimens: on a worker under either back end, as FICLONE.
     SetMeta(set_meta::Call),
+    /// A directory's tree read (getdents, fstatat): on a worker, as FICLONE.
+    ListDir(list_dir::Call),
     /// No blocking equivalent: an operation only io_uring runs (none of
     /// the engine's; tests' operations off the list, which both back ends
     /// refuse by their opcode before looking at this).
@@ -168,6 +172,7 @@ impl Blocking {
                 Blocking::OpenAt2(c) => c.run(),
                 Blocking::MkdirAt(c) => c.run(),
                 Blocking::SetMeta(c) => c.run(),
+                Blocking::ListDir(c) => c.run(),
                 // Refused, as the restricted ring refuses what is off the list.
                 Blocking::Unsupported => {
                     *libc::__errno_location() = libc::EACCES;
@@ -284,9 +289,9 @@ macro_rules! any_op {
 }
 
 any_op!(
-    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, MkdirAt,
-    OpenAt2, Poll, Read, ReadInto, ReadSmall, RecvMsg, RenameAt, Send, SendZc, SetMeta, Splice,
-    Statx, Timeout, UnlinkAt, Write, WriteFrom,
+    Accept, Close, CopyRange, DataMap, Fallocate, Ficlone, Fsync, Ftruncate, LinkAt, ListDir,
+    MkdirAt, OpenAt2, Poll, Read, ReadInto, ReadSmall, RecvMsg, RenameAt, Send, SendZc, SetMeta,
+    Splice, Statx, Timeout, UnlinkAt, Write, WriteFrom,
 );
 
 impl AnyOp {

@@ -307,6 +307,7 @@ impl ThreadRing {
             | Blocking::OpenAt2(_)
             | Blocking::MkdirAt(_)
             | Blocking::SetMeta(_)
+            | Blocking::ListDir(_)
             | Blocking::Statx(_) => {
                 let mut ops = [None; MAX_CHAIN];
                 ops[0] = Some((ud, d.call));
