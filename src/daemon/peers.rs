@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::engine::{Export, PeerSetup};
 use crate::privileges;
 use crate::settings::{keys, ExportSetting, Settings};
-use crate::tls::{TlsSetup, Trust};
+use crate::tls::{KernelUse, TlsSetup, Trust};
 
 /// The listener, exports and TLS identity `settings` ask for; None when
 /// the daemon talks to no other daemon (no listen_tcp, no tls_cert).
@@ -121,20 +121,46 @@ fn tls_setup(settings: &Settings) -> Result<Option<Arc<TlsSetup>>, String> {
             .map(|p| (p.name.clone(), p.pin))
             .collect(),
     };
-    let setup = TlsSetup::load(cert, key, trust)?.with_note(tls_note());
+    let (kernel, note) = kernel_use();
+    let setup = TlsSetup::load(cert, key, trust)?.with_kernel(kernel, note);
     info!(pin = %setup.own, peers = settings.peers.len(), transport = %setup.note, "TLS identity for other daemons");
     Ok(Some(Arc::new(setup)))
 }
 
-/// How records are sealed, for the notes of pushes: in user space, and
-/// why not in the kernel (a push's note says it, as `--check` does).
-fn tls_note() -> String {
-    match crate::ktls::probe() {
-        crate::ktls::KernelTls::Unavailable { step, error } => {
-            format!("TLS 1.3, sealed in user space: kernel TLS is unavailable ({step}: {error})")
+/// Whether sessions go to the kernel once their handshake is done (the
+/// probe's answer), and how records are sealed, for the notes of pushes
+/// (a push's note says it, as `--check` does).
+fn kernel_use() -> (KernelUse, String) {
+    use crate::ktls::{probe, KernelTls};
+    let rehearse = std::env::var_os("RINGXFER_KTLS_REHEARSAL").is_some_and(|v| v == "1");
+    match probe() {
+        KernelTls::Available { ciphers } => {
+            let offloaded: Vec<_> = ciphers
+                .into_iter()
+                .filter_map(|(c, r)| r.is_ok().then_some(c))
+                .collect();
+            if offloaded.is_empty() {
+                let note =
+                    "TLS 1.3, sealed in user space: the kernel's TLS offloads no TLS 1.3 cipher";
+                return (KernelUse::Never, note.into());
+            }
+            let names: Vec<_> = offloaded.iter().map(|c| c.name()).collect();
+            let note = format!(
+                "TLS 1.3, sealed by the kernel once the handshake is done (kernel TLS offloads {})",
+                names.join(", ")
+            );
+            (KernelUse::Offload(offloaded.into()), note)
         }
-        crate::ktls::KernelTls::Available { .. } => {
-            "TLS 1.3, sealed in user space (kernel TLS is available but not used yet)".into()
+        KernelTls::Unavailable { step, error } => {
+            let note = format!(
+                "TLS 1.3, sealed in user space: kernel TLS is unavailable ({step}: {error})"
+            );
+            let kernel = if rehearse {
+                KernelUse::Rehearsal
+            } else {
+                KernelUse::Never
+            };
+            (kernel, note)
         }
     }
 }

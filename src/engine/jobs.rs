@@ -113,6 +113,8 @@ pub(super) fn is_control(tag: u32) -> bool {
                 | CopyStep::PeerMeta
                 | CopyStep::Redial
                 | CopyStep::Connect
+                | CopyStep::PeerSum
+                | CopyStep::PeerCut
         )
     )
 }
@@ -355,7 +357,8 @@ impl Job {
         let ends = Rc::new(ends);
         let (note, mut copy) = match (spec.reflink, spec.remote) {
             (_, Some((target, _))) if target.pull => {
-                let pull = PeerPull::new(ends, shape, (target.path, target.list), tls);
+                let pull =
+                    PeerPull::new(ends, shape, (target.path, target.list, target.resume), tls);
                 (None, Mover::Pull(pull))
             }
             (_, Some((target, meta))) => {
@@ -1320,6 +1323,15 @@ impl Engine {
             if let Some(kept) = push.resumed_from().filter(|&kept| kept > 0) {
                 let why = format!(
                     "resumed: the first {kept} bytes the other daemon kept matched, by CRC-32C"
+                );
+                job.note = Some(then(job.note.take(), why));
+            }
+        }
+        if let Mover::Pull(pull) = &job.copy {
+            let kept = pull.resumed_from();
+            if kept > 0 && pull.checksums().is_some() {
+                let why = format!(
+                    "resumed: the first {kept} bytes of the part kept matched the other daemon's file, by CRC-32C"
                 );
                 job.note = Some(then(job.note.take(), why));
             }

@@ -66,6 +66,14 @@ impl SharedFd {
     pub fn raw(&self) -> RawFd {
         self.fd
     }
+
+    /// The descriptor, for a call made while this share is held.
+    pub fn borrow(&self) -> BorrowedFd<'_> {
+        // SAFETY: the share keeps the descriptor's owner alive and its
+        // descriptor open (see `of`) for as long as `self`, which the
+        // borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
 }
 
 impl fmt::Debug for SharedFd {

@@ -5,6 +5,7 @@
 //! is (which ends are seekable, where it starts and ends); a strategy then
 //! moves the bytes.
 
+pub(crate) mod block_sums;
 pub(crate) mod buffered;
 pub(crate) mod choose;
 pub(crate) mod copy_range;

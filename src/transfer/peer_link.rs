@@ -17,7 +17,7 @@ use crate::io::op::{self, SendFrom};
 use crate::io::ops::Owner;
 use crate::io::queue::SendSource;
 use crate::io::Io;
-use crate::tls::Session;
+use crate::tls::{HandedOver, Session};
 
 /// Ciphertext one receive reads at most, under TLS.
 const CIPHER_BUFFER: usize = 64 << 10;
@@ -68,6 +68,9 @@ pub(crate) struct PeerLink {
     cipher_len: usize,
     /// Sends and receives in flight.
     pub(crate) in_flight: usize,
+    /// A read was asked for while TLS waited to go to the kernel: it is
+    /// armed once the hand-over is done.
+    parked: bool,
 }
 
 /// A piece cut from what was received: a message, or the range of `rx`
@@ -110,6 +113,7 @@ impl PeerLink {
             cipher,
             cipher_len: 0,
             in_flight: 0,
+            parked: false,
         }
     }
 
@@ -137,6 +141,7 @@ impl PeerLink {
         self.rx_len = 0;
         self.reader = PeerReader::default();
         self.cipher_len = 0;
+        self.parked = false;
         if tls.is_some() && self.cipher.is_none() {
             self.cipher = Some(vec![0; CIPHER_BUFFER]);
         }
@@ -260,7 +265,11 @@ impl PeerLink {
             return self.send(out, owner, io);
         }
         self.outgoing = Some(out);
-        self.flush(owner, io)
+        self.flush(owner, io)?;
+        if self.parked {
+            self.listen(owner, io)?;
+        }
+        Ok(())
     }
 
     /// Reads more from the other daemon, unless a read is in flight.
@@ -268,11 +277,17 @@ impl PeerLink {
         if self.rx_op.is_some() {
             return Ok(());
         }
-        let read = if self.tls.is_some() {
+        if !self.hand_over_when_idle()? {
+            self.parked = true;
+            return Ok(());
+        }
+        self.parked = false;
+        let read = if let Some(tls) = self.tls.as_ref() {
+            let limit = tls.read_limit();
             let Some(buf) = self.cipher.take() else {
                 return Ok(());
             };
-            op::ReadInto::new(self.socket_fd(), buf, self.cipher_len, None)
+            op::ReadInto::new(self.socket_fd(), buf, self.cipher_len, None).at_most(limit)
         } else {
             let Some(rx) = self.rx.take() else {
                 return Ok(());
@@ -285,6 +300,33 @@ impl PeerLink {
         self.rx_op = Some(ud);
         self.in_flight += 1;
         Ok(())
+    }
+
+    /// Hands TLS to the kernel once it wants it (Session::wants_kernel)
+    /// and nothing is in flight or waiting on the socket: true when reads
+    /// may go on (done, or nothing to do), false while it must wait.
+    fn hand_over_when_idle(&mut self) -> Result<bool, TransferError> {
+        if !self.tls.as_ref().is_some_and(|t| t.wants_kernel()) {
+            return Ok(true);
+        }
+        if self.in_flight > 0 || self.cipher_len > 0 || !self.send_idle() {
+            return Ok(false);
+        }
+        let Some(tls) = self.tls.take() else {
+            return Ok(true);
+        };
+        let socket = self.socket_fd();
+        match tls.hand_over(socket.borrow()).map_err(tls_failure)? {
+            HandedOver::Kernel { suite } => {
+                self.cipher = None;
+                tracing::info!(suite = %suite, "TLS to the other daemon handed to the kernel");
+            }
+            HandedOver::Rehearsed(tls) => {
+                self.tls = Some(tls);
+                tracing::info!("TLS hand-over to the other daemon rehearsed (no kernel TLS here)");
+            }
+        }
+        Ok(true)
     }
 
     /// A read completed: false when the other daemon closed the connection.

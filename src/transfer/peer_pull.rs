@@ -16,6 +16,7 @@ use std::rc::Rc;
 use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, RemotePath, PEER_PROTOCOL_VERSION};
 use ringxfer_ipc::{FailureKind, Strategy};
 
+use super::block_sums::{self, BLOCK, MAX_BLOCKS};
 use super::peer_link::{Got, PeerLink, SocketEnd};
 use super::pipeline::Returned;
 use super::step::CopyStep;
@@ -31,9 +32,14 @@ use crate::tls::Session;
 const XFER: u64 = 1;
 const WRITE_BUFFERS: usize = 2;
 const WRITE_BUFFER: usize = 1 << 20;
+// A kept part is summed a write buffer at a time.
+const _: () = assert!(WRITE_BUFFER as u64 == BLOCK);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Resuming: the part kept in the destination is read and summed
+    /// before the file is asked for.
+    Summing,
     /// `Hello` and `Get` sent; `Welcome`, then `Ready`, awaited.
     Asked,
     /// Receiving the file.
@@ -50,6 +56,11 @@ pub(crate) struct PeerPull {
     path: RemotePath,
     /// The directory's listing (`List`), not a file (`Get`).
     list: bool,
+    /// Resuming (`Get { resume: true }`): the sums of the destination's
+    /// whole blocks, the bytes they cover; where the data started.
+    resume: Option<Vec<u32>>,
+    summed: u64,
+    resumed_from: u64,
     phase: Phase,
     link: PeerLink,
     meta: Option<FileMeta>,
@@ -73,7 +84,7 @@ impl PeerPull {
     pub(crate) fn new(
         ends: Rc<Endpoints>,
         shape: Shape,
-        (path, list): (RemotePath, bool),
+        (path, list, resume): (RemotePath, bool, bool),
         tls: Option<Session>,
     ) -> PeerPull {
         let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Source, tls);
@@ -82,6 +93,9 @@ impl PeerPull {
             shape,
             path,
             list,
+            resume: (resume && !list).then(Vec::new),
+            summed: 0,
+            resumed_from: 0,
             phase: Phase::Asked,
             link,
             meta: None,
@@ -150,8 +164,89 @@ impl PeerPull {
         self.permit = Some(buf);
     }
 
-    /// Says `Hello`, asks for the file, and listens.
+    /// Resumed: where the data started (the bytes of the kept part that
+    /// matched the other daemon's file).
+    pub(crate) fn resumed_from(&self) -> u64 {
+        self.resumed_from
+    }
+
+    /// Says `Hello`, asks for the file, and listens; resumed, sums the
+    /// part kept first.
     pub(crate) fn start(&mut self, owner: Owner, io: &mut Io) {
+        if self.resume.is_some() {
+            self.phase = Phase::Summing;
+            if let Err(e) = self.sum_next(owner, io) {
+                self.failed(e);
+            }
+            return;
+        }
+        self.ask(owner, io);
+    }
+
+    /// Reads the part's next block, into a write buffer.
+    fn sum_next(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let full = self.resume.as_ref().is_none_or(|s| s.len() >= MAX_BLOCKS);
+        let buf = if full { None } else { self.writes.take_spare() };
+        let Some(buf) = buf else {
+            return self.ask_resumed(owner, io);
+        };
+        let at = self.shape.dst_start + self.summed;
+        let read = op::ReadInto::new(self.ends.shared_dst(), buf, 0, Some(at));
+        io.queue_op(owner, CopyStep::PeerSum.tag(), read)
+            .map_err(|e| {
+                TransferError::new(FailureKind::Io, format!("cannot queue a read: {e}"))
+            })?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// A block of the part: summed if whole; a short one ends the part.
+    fn summed_block(
+        &mut self,
+        read: op::ReadInto,
+        result: i32,
+        owner: Owner,
+        io: &mut Io,
+    ) -> Result<(), TransferError> {
+        self.in_flight -= 1;
+        let whole = usize::try_from(result).is_ok_and(|n| n == read.buf.len());
+        if whole {
+            if let Some(sums) = self.resume.as_mut() {
+                sums.push(crc32c::crc32c(&read.buf));
+                self.summed += BLOCK;
+            }
+        }
+        self.writes.give_back(read.buf);
+        if result < 0 {
+            let what = format!("read of the kept part at offset {}", self.summed);
+            return Err(TransferError::os(what, -result));
+        }
+        if whole && self.failure.is_none() {
+            return self.sum_next(owner, io);
+        }
+        self.ask_resumed(owner, io)
+    }
+
+    /// The part is summed: the file is asked for, the sums said.
+    fn ask_resumed(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        self.ask(owner, io);
+        let sums = self.resume.take().unwrap_or_default();
+        let mut sent = 0;
+        for frame in block_sums::frames(XFER, &sums, &mut sent, true) {
+            self.link.say(&frame, owner, io)?;
+        }
+        self.resume = Some(sums);
+        let ready = PeerMessage::Ready {
+            xfer: XFER,
+            offset: self.summed,
+            meta: None,
+        };
+        self.link.say(&ready, owner, io)
+    }
+
+    /// Says `Hello`, asks for the file, and listens.
+    fn ask(&mut self, owner: Owner, io: &mut Io) {
+        self.phase = Phase::Asked;
         let (xfer, path) = (XFER, self.path.clone());
         let get = if self.list {
             PeerMessage::List { xfer, path }
@@ -159,7 +254,7 @@ impl PeerPull {
             PeerMessage::Get {
                 xfer,
                 path,
-                resume: false,
+                resume: self.resume.is_some(),
             }
         };
         if let Err(e) = self.link.open_with(&get, owner, io) {
@@ -201,6 +296,10 @@ impl PeerPull {
                 self.written(write, result, owner, io)
             }
             (Some(CopyStep::PeerMeta), _) => self.meta_set(result, owner, io),
+            (Some(CopyStep::PeerSum), AnyOp::ReadInto(read)) => {
+                self.summed_block(read, result, owner, io)
+            }
+            (Some(CopyStep::PeerCut), _) => self.cut(result, owner, io),
             _ => Ok(()),
         };
         if let Err(e) = handled {
@@ -258,7 +357,8 @@ impl PeerPull {
                 "the other daemon speaks version {version} of the wire, this one {PEER_PROTOCOL_VERSION}"
             ))),
             (Phase::Asked, PeerMessage::Welcome { .. }) => Ok(()),
-            (Phase::Asked, PeerMessage::Ready { offset: 0, meta: Some(meta), .. }) => {
+            (Phase::Asked, PeerMessage::Ready { offset, meta: Some(meta), .. }) => {
+                self.resume_at(offset)?;
                 self.meta = Some(meta);
                 self.phase = Phase::Body;
                 Ok(())
@@ -276,6 +376,25 @@ impl PeerPull {
             (_, PeerMessage::Pong) => Ok(()),
             (phase, other) => Err(protocol(&format!("{other:?} while {phase:?}"))),
         }
+    }
+
+    /// The other daemon's data starts at `offset`: 0, or, resumed, the end
+    /// of the blocks of the part it found the same.
+    fn resume_at(&mut self, offset: u64) -> Result<(), TransferError> {
+        if offset == 0 {
+            return Ok(());
+        }
+        let fits = offset.is_multiple_of(BLOCK) && offset <= self.summed;
+        let Some(sums) = self.resume.as_ref().filter(|_| fits) else {
+            return Err(protocol(&format!(
+                "Ready at offset {offset}, which no sum ends"
+            )));
+        };
+        self.crc = block_sums::combined(sums, (offset / BLOCK) as usize, BLOCK);
+        self.received = offset;
+        self.moved = offset;
+        self.resumed_from = offset;
+        Ok(())
     }
 
     /// Data at `offset`, in the link's buffer at `at`: into the write
@@ -387,6 +506,37 @@ impl PeerPull {
             return Err(TransferError::new(FailureKind::Mismatch, why));
         }
         self.phase = Phase::Checked;
+        if self.resume.is_some() {
+            // A kept part may be longer than the file is now.
+            let cut = op::Ftruncate::new(self.ends.shared_dst(), self.shape.dst_start + size);
+            io.queue_op(owner, CopyStep::PeerCut.tag(), cut)
+                .map_err(|e| {
+                    TransferError::new(FailureKind::Io, format!("cannot queue ftruncate: {e}"))
+                })?;
+            self.in_flight += 1;
+            return Ok(());
+        }
+        self.set_meta(owner, io)
+    }
+
+    /// The resumed destination is cut to the file's size: on to its mode
+    /// and times.
+    fn cut(&mut self, result: i32, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        self.in_flight -= 1;
+        if result < 0 {
+            return Err(TransferError::os(
+                "cutting the pulled file to its size",
+                -result,
+            ));
+        }
+        self.set_meta(owner, io)
+    }
+
+    /// Mode and times on the file.
+    fn set_meta(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        let Some(meta) = self.meta else {
+            return Ok(());
+        };
         let set = Meta {
             mode: meta.mode & 0o777,
             atime: (meta.atime.secs, meta.atime.nanos),

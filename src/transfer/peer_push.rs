@@ -28,6 +28,7 @@ use ringxfer_ipc::proto::peer::{
 use ringxfer_ipc::{FailureKind, Strategy};
 use tracing::{info, warn};
 
+use super::block_sums::Received;
 use super::peer_link::{Got, PeerLink, SocketEnd};
 use super::pipeline::Returned;
 use super::redial::{self, Redial};
@@ -83,8 +84,7 @@ enum Doing {
 /// own blocks have been read and compared.
 #[derive(Default)]
 struct Resume {
-    block: u64,
-    sums: Vec<u32>,
+    got: Received,
     /// Bytes the sums cover (the other daemon's `Ready`).
     upto: u64,
     /// Bytes of the file read for the comparison; the CRC-32C of the
@@ -497,16 +497,9 @@ impl PeerPush {
         let Some(resume) = self.resume.as_mut() else {
             return Err(protocol("Sums for a push that did not ask to resume"));
         };
-        let block = u64::from(block);
-        let fits = block > 0
-            && (resume.sums.is_empty() || block == resume.block)
-            && first == resume.sums.len() as u64
-            && (first + crcs.len() as u64).saturating_mul(block) <= size;
-        if !fits {
+        if !resume.got.take(block, first, crcs, size) {
             return Err(protocol("Sums that do not fit the file"));
         }
-        resume.block = block;
-        resume.sums.extend_from_slice(crcs);
         Ok(())
     }
 
@@ -515,7 +508,7 @@ impl PeerPush {
         let Some(resume) = self.resume.as_mut() else {
             return self.failed(protocol("Ready past offset 0 for a push not resumed"));
         };
-        if upto != resume.sums.len() as u64 * resume.block {
+        if upto != resume.got.covered() {
             return self.failed(protocol("Ready where the sums do not end"));
         }
         resume.upto = upto;
@@ -551,7 +544,7 @@ impl PeerPush {
         let room = u64::from(buf.len).saturating_sub(HEADER_ROOM as u64);
         let (from, want) = match (self.phase, self.resume.as_ref()) {
             // A comparison reads no further than the end of its block.
-            (Phase::Checking, Some(r)) => (r.checked, r.block - r.checked % r.block),
+            (Phase::Checking, Some(r)) => (r.checked, r.got.block - r.checked % r.got.block),
             _ => (
                 self.sent,
                 (self.size - self.sent).min(u64::from(self.link.limits.max_data)),
@@ -708,12 +701,12 @@ impl PeerPush {
         r.block_crc = crc32c::crc32c_append(r.block_crc, buf.filled(HEADER_ROOM, result as usize));
         r.checked += result as u64;
         self.buf = Some(buf);
-        if r.checked % r.block != 0 {
+        if !r.checked.is_multiple_of(r.got.block) {
             return Ok(None);
         }
-        let index = r.checked / r.block - 1;
-        let same = r.sums.get(index as usize) == Some(&r.block_crc);
-        let (block, block_crc, checked, upto) = (r.block, r.block_crc, r.checked, r.upto);
+        let index = r.checked / r.got.block - 1;
+        let same = r.got.sums.get(index as usize) == Some(&r.block_crc);
+        let (block, block_crc, checked, upto) = (r.got.block, r.block_crc, r.checked, r.upto);
         r.block_crc = 0;
         if !same {
             self.agree(index * block, owner, io);

@@ -52,6 +52,10 @@ pub(crate) enum CopyStep {
     Redial,
     /// The connect of that dial.
     Connect,
+    /// A read of the part a resumed pull kept, for its sums (peer_pull.rs).
+    PeerSum,
+    /// A resumed pull's destination cut to the file's size.
+    PeerCut,
 }
 
 impl CopyStep {
@@ -78,6 +82,8 @@ impl CopyStep {
             CopyStep::PeerMeta => (16, 0),
             CopyStep::Redial => (17, 0),
             CopyStep::Connect => (18, 0),
+            CopyStep::PeerSum => (19, 0),
+            CopyStep::PeerCut => (20, 0),
         };
         debug_assert!(chunk <= 0xffff, "chunk {chunk} does not fit a tag");
         CLASS << 24 | step << 16 | (chunk as u32 & 0xffff)
@@ -109,6 +115,8 @@ impl CopyStep {
             16 => CopyStep::PeerMeta,
             17 => CopyStep::Redial,
             18 => CopyStep::Connect,
+            19 => CopyStep::PeerSum,
+            20 => CopyStep::PeerCut,
             _ => return None,
         })
     }
@@ -134,7 +142,9 @@ impl CopyStep {
             | CopyStep::PeerWrite
             | CopyStep::PeerMeta
             | CopyStep::Redial
-            | CopyStep::Connect => None,
+            | CopyStep::Connect
+            | CopyStep::PeerSum
+            | CopyStep::PeerCut => None,
         }
     }
 }
@@ -171,10 +181,12 @@ mod tests {
             CopyStep::PeerMeta,
             CopyStep::Redial,
             CopyStep::Connect,
+            CopyStep::PeerSum,
+            CopyStep::PeerCut,
         ] {
             assert_eq!(CopyStep::from_tag(step.tag()), Some(step));
         }
-        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 19 << 16] {
+        for other in [0, 2 << 24, 3 << 24, 1 << 24 | 21 << 16] {
             assert_eq!(CopyStep::from_tag(other), None);
         }
     }

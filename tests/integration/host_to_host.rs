@@ -784,9 +784,8 @@ fn a_push_cut_off_midway_keeps_the_old_file_and_resumes_where_the_part_matches()
         "{}",
         crate::cli_common::describe(&out)
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--resume continues a push to another host")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--resume continues a copy to or from another host"));
 }
 
 #[test]
@@ -858,10 +857,18 @@ fn tls_settings(dir: &Path, peers: &[(&str, &str)]) -> String {
 
 /// A daemon (not listening on TCP) with `settings`, to push from.
 fn sender_with(settings: &str) -> Daemon {
+    sender_env(settings, &[])
+}
+
+/// As `sender_with`, with more variables in the daemon's environment.
+fn sender_env(settings: &str, env: &[(&str, &str)]) -> Daemon {
     let dir = tmpdir();
     let conf = dir.path().join("sender.toml");
     std::fs::write(&conf, settings).expect("write config");
-    let d = Daemon::start_with(&["--config", conf.to_str().expect("utf-8")]);
+    let args = ["--config", conf.to_str().expect("utf-8")];
+    let d = Daemon::start_customized(None, &args, |c| {
+        c.envs(env.iter().copied());
+    });
     drop(dir);
     d
 }
@@ -878,6 +885,18 @@ fn tls_receiver_with(
     peers: &[(&str, &str)],
     export_lines: &str,
 ) -> (Daemon, SocketAddr) {
+    tls_receiver_env(export, keys, peers, export_lines, &[])
+}
+
+/// As `tls_receiver_with`, with more variables in the daemon's
+/// environment.
+fn tls_receiver_env(
+    export: &Path,
+    keys: &Path,
+    peers: &[(&str, &str)],
+    export_lines: &str,
+    env: &[(&str, &str)],
+) -> (Daemon, SocketAddr) {
     let conf_dir = tmpdir();
     let conf = conf_dir.path().join("ringxferd.toml");
     // SAFETY: geteuid has no arguments and cannot fail.
@@ -888,18 +907,80 @@ fn tls_receiver_with(
         export.display()
     );
     std::fs::write(&conf, text).expect("write config");
-    listening(Daemon::start_with(&[
-        "--config",
-        conf.to_str().expect("utf-8"),
-    ]))
+    let args = ["--config", conf.to_str().expect("utf-8")];
+    listening(Daemon::start_customized(None, &args, |c| {
+        c.envs(env.iter().copied());
+    }))
+}
+
+/// Whether this kernel's TLS offload is what daemons here use (the probe
+/// of `ringxferd --check`): tests of the kernel path run where it is, and
+/// say that they skipped otherwise.
+fn kernel_tls_here() -> bool {
+    let out = std::process::Command::new(DAEMON_BIN)
+        .arg("--check")
+        .output()
+        .expect("run ringxferd --check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .any(|l| l.contains("kernel TLS") && l.contains("available: TLS 1.3"))
 }
 
 #[test]
 fn a_push_over_tls_between_pinned_daemons_lands_whole() {
+    let (a, b, address, export, note) = push_over_tls(&[]);
+    let (a_log, b_log) = (a.log(), b.log());
+    if kernel_tls_here() {
+        assert!(note.starts_with("TLS 1.3, sealed by the kernel"), "{note}");
+        assert_eq!(
+            b_log.matches("TLS handed to the kernel").count(),
+            2,
+            "{b_log}"
+        );
+        let sent = "TLS to the other daemon handed to the kernel";
+        assert_eq!(a_log.matches(sent).count(), 2, "{a_log}");
+    } else {
+        assert!(note.starts_with("TLS 1.3, sealed in user space"), "{note}");
+        assert!(!b_log.contains("handed to the kernel"), "{b_log}");
+        eprintln!("skipped the kernel half: this kernel has no TLS offload ({note})");
+    }
+    drop((a, b, address, export));
+}
+
+#[test]
+fn the_hand_over_of_tls_to_the_kernel_waits_for_a_quiet_socket() {
+    // Where the kernel has no TLS, the hand-over is rehearsed: the same
+    // moment (handshake done, nothing in flight, no record read past),
+    // checked the same way, then user-space TLS goes on.
+    let env = [("RINGXFER_KTLS_REHEARSAL", "1")];
+    let (a, b, _address, _export, _note) = push_over_tls(&env);
+    let (a_log, b_log) = (a.log(), b.log());
+    let (served, sent) = if kernel_tls_here() {
+        (
+            "TLS handed to the kernel",
+            "TLS to the other daemon handed to the kernel",
+        )
+    } else {
+        (
+            "TLS hand-over rehearsed",
+            "TLS hand-over to the other daemon rehearsed",
+        )
+    };
+    // Both ends of both connections: the push, then the pull.
+    assert_eq!(b_log.matches(served).count(), 2, "{b_log}");
+    assert_eq!(a_log.matches(sent).count(), 2, "{a_log}");
+}
+
+/// Pushes a file from a new daemon to another over TLS and pulls it back,
+/// both daemons given `env`; checks the bytes both ways and that the
+/// receiver named the sender by its pin. Returns the daemons, the
+/// receiver's address, its export and the push's note.
+fn push_over_tls(env: &[(&str, &str)]) -> (Daemon, Daemon, SocketAddr, tempfile::TempDir, String) {
     let ((a_keys, a_pin), (b_keys, b_pin)) = (keys(), keys());
     let export = tmpdir();
-    let (b, address) = tls_receiver(export.path(), b_keys.path(), &[("host-a", &a_pin)]);
-    let a = sender_with(&tls_settings(a_keys.path(), &[("host-b", &b_pin)]));
+    let peers = [("host-a", a_pin.as_str())];
+    let (b, address) = tls_receiver_env(export.path(), b_keys.path(), &peers, "", env);
+    let a = sender_env(&tls_settings(a_keys.path(), &[("host-b", &b_pin)]), env);
     let data = pattern(21, (6 << 20) + 4321);
     let src = a.dir().join("secret.bin");
     std::fs::write(&src, &data).expect("write");
@@ -918,11 +999,7 @@ fn a_push_over_tls_between_pinned_daemons_lands_whole() {
         "{report}"
     );
     assert_file_eq(&export.path().join("secret.bin"), &data);
-    let note = report["note"].as_str().unwrap_or_default();
-    assert!(
-        note.starts_with("TLS 1.3, sealed in user space"),
-        "{report}"
-    );
+    let note = report["note"].as_str().unwrap_or_default().to_string();
     // And back, pulled over TLS.
     let back = a.dir().join("back.bin");
     let mut c = crate::cli_common::cli(&a.socket);
@@ -942,6 +1019,8 @@ fn a_push_over_tls_between_pinned_daemons_lands_whole() {
         log.contains("TLS established") && log.contains("name=host-a"),
         "{log}"
     );
+    drop((a_keys, b_keys));
+    (a, b, address, export, note)
 }
 
 #[test]
@@ -1592,30 +1671,26 @@ fn the_cli_pulls_a_file_whole_with_its_mode_and_times_or_leaves_nothing() {
 }
 
 #[test]
-fn a_pull_whose_server_dies_fails_and_names_nothing() {
+fn a_pull_whose_server_dies_names_nothing_and_resumes_from_the_part_kept() {
+    const MIB: u64 = 1 << 20;
     let export = tmpdir();
-    // A large sparse file: read back as zeros, fast, and never all of it.
-    let big = std::fs::File::create(export.path().join("huge.bin")).expect("create");
-    big.set_len(64 << 30).expect("set_len");
+    let data = pattern(71, 20 << 20);
+    std::fs::write(export.path().join("far.bin"), &data).expect("write");
     let (serving, address) = receiver(export.path());
     let pulling = Daemon::start();
     let here = tmpdir();
-    let dst = here.path().join("huge.bin");
+    let dst = here.path().join("far.bin");
+    let part = here.path().join(".far.bin.ringxfer-part");
     let mut c = crate::cli_common::cli(&pulling.socket);
-    c.arg("copy")
-        .arg(format!("{address}:inbox/huge.bin"))
+    c.args(["copy", "--rate-limit", "4MiB"])
+        .arg(format!("{address}:inbox/far.bin"))
         .arg(&dst)
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().expect("spawn the CLI");
-    let moving = poll_until(Duration::from_secs(20), || {
-        let mut c = crate::cli_common::cli(&pulling.socket);
-        c.args(["--json", "jobs"]);
-        let out = crate::cli_common::run(c);
-        crate::cli_common::json_lines(&out)
-            .iter()
-            .any(|v| v["strategy"] == "peer" && v["bytes"].as_u64().unwrap_or(0) > 8 << 20)
+    let grown = poll_until(Duration::from_secs(20), || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 4 * MIB)
     });
-    assert!(moving, "the pull never moved bytes");
+    assert!(grown, "the part never grew");
     serving.signal(libc::SIGKILL);
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -1624,11 +1699,49 @@ fn a_pull_whose_server_dies_fails_and_names_nothing() {
         err.contains("the other daemon closed the connection"),
         "{err}"
     );
+    assert!(err.contains("--resume"), "{err}");
     assert!(!dst.exists(), "a partial pull took the name");
+    assert!(part.exists(), "the part is kept");
+
+    // Its second block damaged, the pull resumes there, and the file that
+    // takes the name is the other daemon's.
+    let mut bytes = std::fs::read(&part).expect("read the part");
+    bytes[(MIB + 7) as usize] ^= 0x5a;
+    std::fs::write(&part, &bytes).expect("damage the part");
+    let (serving, address) = receiver(export.path());
+    let out = pull_cli(
+        &pulling,
+        &["--resume"],
+        &format!("{address}:inbox/far.bin"),
+        &dst,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        serving.log()
+    );
+    let report = crate::cli_common::json_lines(&out).pop().expect("a report");
+    let note = report["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("resumed: the first 1048576 bytes"),
+        "{report}"
+    );
+    assert_file_eq(&dst, &data);
+    assert!(!part.exists());
+
+    // A pull refused for another reason leaves nothing.
+    let out = pull_cli(
+        &pulling,
+        &[],
+        &format!("{address}:inbox/none.bin"),
+        &here.path().join("none.bin"),
+    );
+    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         std::fs::read_dir(here.path()).expect("read_dir").count(),
-        0,
-        "nothing left behind"
+        1,
+        "only far.bin"
     );
 }
 
@@ -1843,4 +1956,36 @@ fn the_cli_pulls_a_tree_by_its_listing_and_follows_no_link_out() {
         crate::cli_common::describe(&out)
     );
     assert!(!here.path().join("x").exists());
+}
+
+#[test]
+fn one_peer_cannot_take_every_connection() {
+    let export = tmpdir();
+    let (d, address) = receiver(export.path());
+    let held: Vec<Sender> = (0..16).map(|_| Sender::connect(address)).collect();
+    let mut seventeenth = TcpStream::connect(address).expect("connect");
+    seventeenth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut hello = Vec::new();
+    encode(&PeerMessage::Hello { version: 1 }, &mut hello, 64).expect("encode");
+    let _ = seventeenth.write_all(&hello);
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(seventeenth.read(&mut byte), Ok(0) | Err(_)),
+        "the 17th connection is closed, not welcomed"
+    );
+    assert!(d.log().contains("the most one peer may"), "{}", d.log());
+    drop(held);
+    // Once they are gone, the peer is welcome again.
+    let closed = poll_until(Duration::from_secs(10), || {
+        d.log()
+            .matches("connection of another daemon closed")
+            .count()
+            >= 16
+    });
+    assert!(closed, "{}", d.log());
+    let mut s = Sender::connect(address);
+    let done = s.push(1, "inbox/after.txt", b"after", 0o644);
+    assert!(matches!(done, PeerMessage::Done { .. }), "{done:?}");
 }

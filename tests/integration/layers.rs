@@ -31,6 +31,7 @@ const CLI_LAYERS: &[&str] = &[
     "walk_ahead",
     "pipeline",
     "tree",
+    "pull_part",
     "remote",
     "remote_tree",
     "remote_pull_tree",

@@ -87,11 +87,12 @@ pub struct TransferOptions {
     pub rate_group: Option<RateGroup>,
     /// What becomes of the source's holes: [`Sparse`], as `cp --sparse`.
     pub sparse: Sparse,
-    /// [`Client::submit_remote`] only: continue an interrupted push, as
-    /// `rsync --partial --append-verify` does. The other daemon keeps the
-    /// part of a file whose connection was lost; the part's blocks that
-    /// match the source (CRC-32C, block by block) are not sent again, and
-    /// the whole file is still checked before it takes its name.
+    /// [`Client::submit_remote`] and [`Client::submit_pull`] only: continue
+    /// an interrupted transfer, as `rsync --partial --append-verify` does.
+    /// The receiving side kept the part of a file whose connection was
+    /// lost (for a pull, `dest` holds it); the part's blocks that match the
+    /// source (CRC-32C, block by block) are not sent again, and the whole
+    /// file is still checked before it takes its name.
     ///
     /// ```
     /// let opts = ringxfer_ipc::TransferOptions { resume: true, ..Default::default() };

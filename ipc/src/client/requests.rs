@@ -28,7 +28,8 @@ pub(crate) enum Extra<'a> {
     Remote(RemotePath, bool, bool),
     /// A pull from another daemon: what to ask it for, and whether it is
     /// a directory's listing.
-    Pull(RemotePath, bool),
+    /// And whether to continue the part `dest` holds.
+    Pull(RemotePath, bool, bool),
 }
 
 impl Client {
@@ -138,7 +139,7 @@ impl Client {
         path: &RemotePath,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let extra = Extra::Pull(path.clone(), false);
+        let extra = Extra::Pull(path.clone(), false, opts.resume);
         self.submit_inner(socket.as_fd(), dest.as_fd(), extra, opts, None, None)
     }
 
@@ -178,7 +179,7 @@ impl Client {
         path: &RemotePath,
         opts: &TransferOptions,
     ) -> Result<JobHandle, ClientError> {
-        let extra = Extra::Pull(path.clone(), true);
+        let extra = Extra::Pull(path.clone(), true, false);
         self.submit_inner(socket.as_fd(), dest.as_fd(), extra, opts, None, None)
     }
 
@@ -304,14 +305,14 @@ impl Client {
                 };
                 request = Request::SubmitRemote(Box::new(push));
             }
-            (Extra::Pull(path, list), Request::Submit(submit)) => {
+            (Extra::Pull(path, list, resume), Request::Submit(submit)) => {
                 let submit = submit.clone();
                 let pull = RemoteSubmit {
                     submit,
                     path,
                     mkdir: false,
                     pull: true,
-                    resume: false,
+                    resume,
                     list,
                 };
                 request = Request::SubmitRemote(Box::new(pull));

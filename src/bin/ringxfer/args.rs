@@ -313,10 +313,11 @@ pub struct DestOpts {
     #[arg(long)]
     pub preserve: bool,
 
-    /// To another host (DST is HOST:PATH): continue a push that was cut
-    /// off. The other daemon kept what arrived; what of it matches the
-    /// source (CRC-32C, block by block) is not sent again, and the whole
-    /// file is still checked before it takes its name.
+    /// To or from another host (HOST:PATH): continue a copy that was cut
+    /// off. The receiving side kept what arrived (a push: the other
+    /// daemon; a pull: .DST.ringxfer-part); what of it matches the source
+    /// (CRC-32C, block by block) is not sent again, and the whole file is
+    /// still checked before it takes its name.
     #[arg(long)]
     pub resume: bool,
 }

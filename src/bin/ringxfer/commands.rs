@@ -21,6 +21,7 @@ use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::{open_source, resolve_destination};
 use crate::job_plan::{self, JobPlan};
+use crate::pull_part::PullPart;
 use crate::report::{self, Finished, Op, Subject};
 use crate::tree;
 use crate::xattrs::Xattrs;
@@ -156,23 +157,31 @@ fn run_pull(
     subject.dst = shown(&dst_path);
     let engine = ctx.engine(&args.job)?;
     crate::signals::arm();
-    let publish = PublishOptions {
-        fsync: args.dest.fsync,
-        mode: Some(RECV_MODE),
-        ..PublishOptions::default()
-    };
-    let staged = stage(ctx, &engine, &dst_path, None, &publish, args.job)
-        .map_err(|e| CliError::staging(&dst_path, &e))?;
+    let part = PullPart::open(&dst_path, args.dest.resume)?;
     let socket = TcpStream::connect(&remote.address)
-        .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err))?;
-    let plan = ctx.plan(RangeOpts::default(), args.job, args.dest.fsync);
-    match job_plan::run_pull(&engine, subject, &socket, staged.file(), &path, plan) {
+        .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err));
+    let socket = match socket {
+        Ok(socket) => socket,
+        Err(err) => {
+            part.give_up(true);
+            return Err(err);
+        }
+    };
+    let mut plan = ctx.plan(RangeOpts::default(), args.job, args.dest.fsync);
+    plan.resume = args.dest.resume;
+    match job_plan::run_pull(&engine, subject, &socket, part.file(), &path, plan) {
         Ok(done) => {
-            staged.publish(None).map_err(|e| CliError::publish(&e))?;
+            part.publish(args.dest.fsync)?;
             Ok(Outcome::Done(done))
         }
         Err(err) => {
-            staged.abandon();
+            // Cut off: what came stays for `copy --resume`.
+            if let Some(kept) = part.give_up(err.kind == "peer-gone") {
+                report::note(&format!(
+                    "kept {} for `ringxfer copy --resume`",
+                    kept.display()
+                ));
+            }
             Err(err)
         }
     }
@@ -182,7 +191,7 @@ fn run_pull(
 fn check_copy_flags(args: &CopyArgs<'_>, single: bool) -> Result<(), CliError> {
     if args.dest.resume {
         return Err(CliError::usage(
-            "--resume continues a push to another host (DST as HOST:PATH); a local copy \
+            "--resume continues a copy to or from another host (HOST:PATH); a local copy \
              starts over, and publishes only a whole file",
         ));
     }

@@ -23,6 +23,7 @@ mod listing;
 mod pipeline;
 mod progress;
 mod progress_json;
+mod pull_part;
 mod read_ahead;
 mod remote;
 mod remote_pull_tree;

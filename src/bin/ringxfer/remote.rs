@@ -172,8 +172,11 @@ pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 {
         return refuse("copying several files");
     }
-    if args.job.detach || args.range.is_partial() || args.dest.resume {
-        return refuse("--detach, --offset, --length or --resume");
+    if args.job.detach || args.range.is_partial() {
+        return refuse("--detach, --offset or --length");
+    }
+    if args.recursive && args.dest.resume {
+        return refuse("--resume of a tree (-r)");
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
         return refuse("--in-place, --no-clobber, --update or --backup");

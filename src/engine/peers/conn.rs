@@ -46,6 +46,8 @@ pub(super) struct PeerConn {
     pub fd: Rc<OwnedFd>,
     /// The peer's address, for the log.
     pub who: String,
+    /// Its address, without the port: whose connection it is in plaintext.
+    pub host: Option<std::net::IpAddr>,
     /// The receive buffer (its length is its size); None while a read
     /// holds it.
     pub rx: Option<Vec<u8>>,
@@ -83,8 +85,9 @@ pub(super) struct PeerConn {
     pub tls: Option<Box<Session>>,
     pub cipher: Option<Vec<u8>>,
     pub cipher_len: usize,
-    /// The peer's name was logged once its certificate was in.
-    pub named: bool,
+    /// The `[[peer]]` name of the other end, once its certificate is in
+    /// (kept when TLS goes to the kernel and the session with it).
+    pub peer: Option<String>,
 }
 
 impl PeerConn {
@@ -115,7 +118,8 @@ impl PeerConn {
             tls: tls.map(Box::new),
             cipher,
             cipher_len: 0,
-            named: false,
+            peer: None,
+            host: None,
         }
     }
 

@@ -295,10 +295,7 @@ impl Engine {
             return Ok(());
         };
         let conn = self.peers.conns.get(k);
-        match conn
-            .and_then(|c| c.tls.as_ref())
-            .and_then(|t| t.peer_name())
-        {
+        match conn.and_then(|c| c.peer.clone()) {
             Some(name) if allowed.contains(&name) => Ok(()),
             Some(name) => Err(format!("peer {name:?}")),
             None => Err("a daemon without TLS".into()),

@@ -16,9 +16,10 @@ mod incoming;
 mod names;
 mod resume;
 mod serving;
+mod serving_resume;
 
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use crate::io::fd::SharedFd;
 use crate::io::op::{self, AnyOp};
 use crate::io::ops::{Op, Owner};
 use crate::privileges::Identity;
-use crate::tls::{Session, TlsSetup};
+use crate::tls::{HandedOver, Session, TlsSetup};
 use crate::transfer::redial::Redial;
 use crate::transfer::TransferError;
 use conn::{Outgoing, PeerConn, RX_BUFFER};
@@ -43,6 +44,11 @@ use ringxfer_ipc::FailureKind;
 /// Connections from other daemons open at once; past it, new ones are
 /// closed at once (and logged).
 const MAX_PEER_CONNECTIONS: usize = 64;
+/// Connections of one peer (a pinned name under TLS, an address in
+/// plaintext) open at once, so that one peer cannot take them all. Each
+/// holds at most 3 MiB of write buffers and a 256 KiB receive, so a peer
+/// has at most about 52 MiB in flight here.
+const MAX_CONNECTIONS_PER_PEER: usize = 16;
 
 /// What each operation of a connection is, in its tag.
 mod tag {
@@ -64,6 +70,7 @@ mod tag {
     pub(crate) const READ_PART: u32 = 15;
     pub(crate) const TRUNCATE: u32 = 16;
     pub(crate) const LIST_DIR: u32 = 17;
+    pub(crate) const CHECK_SRC: u32 = 18;
 }
 
 /// A directory other daemons may write into, opened at start-up.
@@ -201,6 +208,7 @@ impl Engine {
             (tag::WRITE, AnyOp::WriteFrom(write)) => self.on_incoming_write(k, write, result),
             (tag::READ_SRC, AnyOp::ReadInto(read)) => self.on_serving_read(k, read.buf, result),
             (tag::READ_PART, AnyOp::ReadInto(read)) => self.on_part_read(k, read.buf, result),
+            (tag::CHECK_SRC, AnyOp::ReadInto(read)) => self.on_compare_read(k, read.buf, result),
             (tag::STAT_SRC, AnyOp::Statx(stat)) => {
                 let stx = stat.into_buf();
                 self.on_serving_stat(k, result, &stx)
@@ -247,6 +255,17 @@ impl Engine {
             warn!(peer = %who, "refused: {MAX_PEER_CONNECTIONS} connections of other daemons are open, the most allowed");
             return self.closing.doomed.push(fd);
         }
+        let host = peer_socket_address(&fd).map(|a| a.ip());
+        let from_host = self
+            .peers
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && c.host == host)
+            .count();
+        if self.peers.plaintext && from_host >= MAX_CONNECTIONS_PER_PEER {
+            warn!(peer = %who, "refused: {MAX_CONNECTIONS_PER_PEER} connections from this address are open, the most one peer may");
+            return self.closing.doomed.push(fd);
+        }
         let tls = match (&self.peers.tls, self.peers.plaintext) {
             (_, true) => None,
             (Some(setup), false) => match setup.accept() {
@@ -261,7 +280,9 @@ impl Engine {
         let how = if tls.is_some() { "TLS" } else { "plaintext" };
         info!(peer = %who, "another daemon connected ({how})");
         fail_dead_peers_within(&fd, self.config.frame_timeout);
-        let k = self.peers.conns.insert(PeerConn::new(fd, who, tls));
+        let mut conn = PeerConn::new(fd, who, tls);
+        conn.host = host;
+        let k = self.peers.conns.insert(conn);
         self.arm_peer_recv(k);
         self.arm_deadlines();
     }
@@ -318,11 +339,22 @@ impl Engine {
         if conn.incoming.is_some() && conn.room() < RX_BUFFER {
             return;
         }
-        let read = if conn.tls.is_some() {
+        if conn.tls.as_ref().is_some_and(|t| t.wants_kernel()) {
+            // No read until the kernel has the session (it must find the
+            // records after the handshake in the socket).
+            if !self.hand_over_peer(k) {
+                return;
+            }
+        }
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let read = if let Some(tls) = conn.tls.as_ref() {
+            let limit = tls.read_limit();
             let Some(buf) = conn.cipher.take() else {
                 return;
             };
-            op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.cipher_len, None)
+            op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.cipher_len, None).at_most(limit)
         } else {
             let Some(buf) = conn.rx.take() else { return };
             op::ReadInto::new(SharedFd::owned(&conn.fd), buf, conn.rx_len, None)
@@ -399,11 +431,20 @@ impl Engine {
         let Some(tls) = conn.tls.as_ref().filter(|t| t.established()) else {
             return;
         };
-        if !conn.named {
-            conn.named = true;
+        if conn.peer.is_none() {
             let name = tls.peer_name().unwrap_or_default();
             let suite = tls.suite().unwrap_or_default();
             info!(peer = %conn.who, name = %name, suite = %suite, "TLS established");
+            conn.peer = Some(name.clone());
+            let same = |c: &PeerConn| !c.closing && c.peer.as_ref() == Some(&name);
+            let open = self.peers.conns.iter().filter(|(_, c)| same(c)).count();
+            if open > MAX_CONNECTIONS_PER_PEER {
+                let why = format!(
+                    "refused: peer {name:?} has {MAX_CONNECTIONS_PER_PEER} connections open, the most one peer may"
+                );
+                warn!("{why}");
+                self.close_peer(k, &why);
+            }
         }
     }
 
@@ -484,8 +525,16 @@ impl Engine {
             PeerMessage::Ping => self.send_peer(k, &PeerMessage::Pong),
             PeerMessage::Pong => {}
             PeerMessage::Bye => self.close_peer(k, "the other daemon said Bye"),
-            PeerMessage::Get { xfer, path, .. } => self.start_serving(k, xfer, path, false),
-            PeerMessage::List { xfer, path } => self.start_serving(k, xfer, path, true),
+            PeerMessage::Get { xfer, path, resume } => {
+                self.start_serving(k, (xfer, path), false, resume)
+            }
+            PeerMessage::List { xfer, path } => self.start_serving(k, (xfer, path), true, false),
+            PeerMessage::Sums {
+                block, first, crcs, ..
+            } if conn.serving.is_some() => self.serving_sums(k, block, first, &crcs),
+            PeerMessage::Ready { offset, .. } if conn.serving.is_some() => {
+                self.serving_upto(k, offset)
+            }
             PeerMessage::Done { .. } | PeerMessage::Failed { .. } => {
                 self.serving_answer(k, message)
             }
@@ -582,8 +631,44 @@ impl Engine {
         }
         conn.outgoing = Some(outgoing);
         if !conn.closing {
+            let handing_over = conn.tls.as_ref().is_some_and(|t| t.wants_kernel());
             self.flush_peer(k);
             self.serve_next(k);
+            if handing_over {
+                self.arm_peer_recv(k);
+            }
+        }
+    }
+
+    /// Hands connection `k`'s TLS to the kernel if nothing is in flight on
+    /// its socket and nothing waits to go out: true when it did (reads may
+    /// go on), false while it must wait or when the connection failed.
+    fn hand_over_peer(&mut self, k: usize) -> bool {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return false;
+        };
+        let idle = conn.rx_op.is_none() && conn.outgoing.is_some() && conn.out.is_empty();
+        if !idle || conn.cipher_len > 0 {
+            return false;
+        }
+        let Some(tls) = conn.tls.take() else {
+            return true;
+        };
+        match tls.hand_over(conn.fd.as_fd()) {
+            Ok(HandedOver::Kernel { suite }) => {
+                conn.cipher = None;
+                info!(peer = %conn.who, suite = %suite, "TLS handed to the kernel");
+                true
+            }
+            Ok(HandedOver::Rehearsed(tls)) => {
+                conn.tls = Some(tls);
+                info!(peer = %conn.who, "TLS hand-over rehearsed (no kernel TLS here)");
+                true
+            }
+            Err(e) => {
+                self.close_peer(k, &e);
+                false
+            }
         }
     }
 

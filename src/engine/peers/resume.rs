@@ -18,21 +18,16 @@
 use ringxfer_ipc::proto::peer::PeerMessage;
 use tracing::info;
 
-use super::conn::WRITE_BUFFER;
 use super::incoming::{os_failure, Step};
 use super::tag;
 use crate::engine::Engine;
 use crate::io::fd::SharedFd;
 use crate::io::op;
+use crate::transfer::block_sums::{self, BLOCK, MAX_BLOCKS};
 use ringxfer_ipc::FailureKind;
 
-/// The bytes a block sum covers: one write buffer.
-const BLOCK: u64 = WRITE_BUFFER as u64;
-/// Sums a frame carries (5 bytes each at most, within a 64 KiB frame).
-const SUMS_PER_FRAME: usize = 8192;
-/// The longest part summed: 1 TiB (4 MiB of sums); beyond it is sent
-/// again.
-const MAX_BLOCKS: usize = 1 << 20;
+// A block is one write buffer: the part is read into them.
+const _: () = assert!(BLOCK == super::conn::WRITE_BUFFER as u64);
 
 impl Engine {
     /// The kept part is open: sum it, block by block.
@@ -108,24 +103,11 @@ impl Engine {
     /// Sends the sums not sent yet: every full frame's worth, or (`all`)
     /// every one.
     fn send_sums(&mut self, k: usize, all: bool) {
-        loop {
-            let Some(inc) = self.peers.incoming_mut(k) else {
-                return;
-            };
-            let unsent = inc.sums.len() - inc.sums_sent;
-            if unsent == 0 || (!all && unsent < SUMS_PER_FRAME) {
-                return;
-            }
-            let n = unsent.min(SUMS_PER_FRAME);
-            let first = inc.sums_sent;
-            let sums = PeerMessage::Sums {
-                xfer: inc.xfer,
-                block: WRITE_BUFFER as u32,
-                first: first as u64,
-                crcs: inc.sums[first..first + n].to_vec(),
-            };
-            inc.sums_sent += n;
-            self.send_peer(k, &sums);
+        let Some(inc) = self.peers.incoming_mut(k) else {
+            return;
+        };
+        for frame in block_sums::frames(inc.xfer, &inc.sums, &mut inc.sums_sent, all) {
+            self.send_peer(k, &frame);
         }
     }
 
@@ -169,10 +151,7 @@ impl Engine {
             );
             return self.close_peer(k, &why);
         }
-        let blocks = (offset / BLOCK) as usize;
-        inc.crc = inc.sums[..blocks].iter().fold(0, |crc, &sum| {
-            crc32c::crc32c_combine(crc, sum, WRITE_BUFFER)
-        });
+        inc.crc = block_sums::combined(&inc.sums, (offset / BLOCK) as usize, BLOCK);
         inc.received = offset;
         inc.resumed_from = offset;
         inc.step = Step::Receiving;

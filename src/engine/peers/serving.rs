@@ -31,17 +31,20 @@ const PIECE: usize = 1 << 20;
 const MAX_LISTED: usize = 1 << 20;
 
 pub(super) struct Serving {
-    xfer: u64,
+    pub(super) xfer: u64,
     /// The remote path, as the puller named it.
-    shown: String,
-    file: Option<Rc<OwnedFd>>,
+    pub(super) shown: String,
+    pub(super) file: Option<Rc<OwnedFd>>,
     size: u64,
-    sent: u64,
-    crc: u32,
+    pub(super) sent: u64,
+    pub(super) crc: u32,
     /// The read buffer, when no read holds it.
-    buf: Option<Vec<u8>>,
+    pub(super) buf: Option<Vec<u8>>,
     /// `Ready` went out: a failure is answered with `Failed`, not `Refused`.
-    ready: bool,
+    pub(super) ready: bool,
+    /// A resumed `Get`: the puller's sums of the part it kept, and the
+    /// comparison of the file's own blocks (serving_resume.rs).
+    pub(super) resume: Option<super::serving_resume::Compare>,
     /// `End` went out: `Done` or `Failed` is awaited.
     ended: bool,
     /// A `List`: what the walk of the directory found; its listing is
@@ -59,7 +62,13 @@ impl Serving {
 impl Engine {
     /// A `Get` (or, `list`, a `List`): checks the name, then opens the
     /// file (the directory).
-    pub(super) fn start_serving(&mut self, k: usize, xfer: u64, path: RemotePath, list: bool) {
+    pub(super) fn start_serving(
+        &mut self,
+        k: usize,
+        (xfer, path): (u64, RemotePath),
+        list: bool,
+        resume: bool,
+    ) {
         let refuse = |kind, message| PeerMessage::Refused {
             xfer,
             kind,
@@ -96,12 +105,13 @@ impl Engine {
                 ready: false,
                 ended: false,
                 listing: list.then(Arc::default),
+                resume: resume.then(Default::default),
             });
         }
         self.queue_serving_op(k, tag::OPEN_SRC, op::OpenAt2::new(dir, rel, how));
     }
 
-    fn queue_serving_op(&mut self, k: usize, tag: u32, op: impl Into<op::AnyOp>) {
+    pub(super) fn queue_serving_op(&mut self, k: usize, tag: u32, op: impl Into<op::AnyOp>) {
         match self.io.queue_op(Owner::Peer(k), tag, op) {
             Ok(_) => {
                 if let Some(conn) = self.peers.conns.get_mut(k) {
@@ -209,7 +219,6 @@ impl Engine {
             return self.stop_serving(k, Some((FailureKind::InvalidRequest, why)), true);
         }
         serving.size = stx.stx_size;
-        serving.ready = true;
         let at = |t: libc::statx_timestamp| Timestamp {
             secs: t.tv_sec,
             nanos: t.tv_nsec,
@@ -220,6 +229,11 @@ impl Engine {
             atime: at(stx.stx_atime),
             mtime: at(stx.stx_mtime),
         };
+        if let Some(compare) = serving.resume.as_mut() {
+            compare.meta = Some(meta);
+            return self.compare_next(k);
+        }
+        serving.ready = true;
         let ready = PeerMessage::Ready {
             xfer: serving.xfer,
             offset: 0,

@@ -15,6 +15,8 @@ pub struct ReadInto {
     fd: SharedFd,
     pub buf: Vec<u8>,
     at: usize,
+    /// Where the room read into ends (the buffer's end unless capped).
+    end: usize,
     offset: Option<u64>,
 }
 
@@ -30,16 +32,26 @@ impl ReadInto {
     /// Reads into the room of `buf` after its first `at` bytes.
     pub fn new(fd: SharedFd, buf: Vec<u8>, at: usize, offset: Option<u64>) -> ReadInto {
         let at = at.min(buf.len());
+        let end = buf.len();
         ReadInto {
             fd,
             buf,
             at,
+            end,
             offset,
         }
     }
 
+    /// Reads at most `limit` bytes (if any limit).
+    pub fn at_most(mut self, limit: Option<usize>) -> ReadInto {
+        if let Some(limit) = limit {
+            self.end = self.end.min(self.at.saturating_add(limit));
+        }
+        self
+    }
+
     fn span(&mut self) -> (*mut u8, u32) {
-        let room = &mut self.buf[self.at..];
+        let room = &mut self.buf[self.at..self.end];
         (
             room.as_mut_ptr(),
             u32::try_from(room.len()).unwrap_or(u32::MAX),

@@ -13,7 +13,10 @@
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+mod keys;
+pub(crate) use keys::{install, KeyInfo, TrafficKeys};
 
 /// A TLS 1.3 cipher suite the kernel may offload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +67,7 @@ pub(crate) fn probe() -> KernelTls {
         Ok(pair) => pair,
         Err(e) => return unavailable("making a loopback TCP connection to probe with", e),
     };
-    if let Err(e) = set_tls_ulp(&pair.0) {
+    if let Err(e) = set_tls_ulp(pair.0.as_fd()) {
         return unavailable(
             "setsockopt(TCP_ULP, \"tls\") on a loopback TCP connection",
             e,
@@ -86,10 +89,12 @@ fn loopback_pair() -> io::Result<(TcpStream, TcpStream)> {
     Ok((near, far))
 }
 
-fn set_tls_ulp(sock: &TcpStream) -> io::Result<()> {
+/// Gives the TCP socket `sock` the `tls` upper-layer protocol, which the
+/// keys are set on after.
+fn set_tls_ulp(sock: BorrowedFd<'_>) -> io::Result<()> {
     const ULP: &[u8] = b"tls";
-    // SAFETY: the descriptor is open for the call (borrowed from `sock`),
-    // and the kernel reads ULP.len() bytes of the static name.
+    // SAFETY: the descriptor is open for the call (borrowed), and the
+    // kernel reads ULP.len() bytes of the static name.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
@@ -109,77 +114,28 @@ fn set_tls_ulp(sock: &TcpStream) -> io::Result<()> {
 /// Whether a fresh connection takes `cipher`'s send and receive keys.
 fn offloads(cipher: Cipher) -> io::Result<()> {
     let (sock, _far) = loopback_pair()?;
-    set_tls_ulp(&sock)?;
+    set_tls_ulp(sock.as_fd())?;
+    let zero = KeyInfo::zero(cipher);
     for direction in [libc::TLS_TX, libc::TLS_RX] {
-        match cipher {
-            Cipher::Aes128Gcm => set_key::<libc::tls12_crypto_info_aes_gcm_128>(
-                &sock,
-                direction,
-                libc::TLS_CIPHER_AES_GCM_128,
-            )?,
-            Cipher::Aes256Gcm => set_key::<libc::tls12_crypto_info_aes_gcm_256>(
-                &sock,
-                direction,
-                libc::TLS_CIPHER_AES_GCM_256,
-            )?,
-            Cipher::Chacha20Poly1305 => set_key::<libc::tls12_crypto_info_chacha20_poly1305>(
-                &sock,
-                direction,
-                libc::TLS_CIPHER_CHACHA20_POLY1305,
-            )?,
-        }
+        set_key(sock.as_fd(), direction, &zero)?;
     }
     Ok(())
 }
 
-/// Gives `sock` an all-zero TLS 1.3 key of the cipher whose crypto-info
-/// struct is `T`, for sending (TLS_TX) or receiving (TLS_RX).
-fn set_key<T: CryptoInfo>(sock: &TcpStream, direction: libc::c_int, cipher: u16) -> io::Result<()> {
-    let info = T::zero(libc::TLS_1_3_VERSION, cipher);
-    // SAFETY: the descriptor is open for the call; the kernel reads
-    // size_of::<T>() bytes of `info`, which lives on this frame until the
-    // call returns.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_TLS,
-            direction,
-            std::ptr::from_ref(&info).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
+/// Gives `sock` (with the `tls` ULP) the key of `info`, for sending
+/// (TLS_TX) or receiving (TLS_RX).
+fn set_key(sock: BorrowedFd<'_>, direction: libc::c_int, info: &KeyInfo) -> io::Result<()> {
+    let (ptr, len) = info.raw();
+    // SAFETY: the descriptor is open for the call (borrowed); the kernel
+    // reads `len` bytes at `ptr`, the crypto-info struct `info` borrows,
+    // which outlives the call.
+    let rc = unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_TLS, direction, ptr, len) };
     if rc == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
 }
-
-/// A kernel crypto-info struct: its header, then key material.
-trait CryptoInfo: Sized {
-    fn zero(version: u16, cipher: u16) -> Self;
-}
-
-macro_rules! crypto_info {
-    ($($t:ty),*) => {$(
-        impl CryptoInfo for $t {
-            fn zero(version: u16, cipher: u16) -> Self {
-                // SAFETY: a plain C struct of integers and byte arrays:
-                // all zeroes is a valid value of it.
-                let mut info: $t = unsafe { std::mem::zeroed() };
-                info.info.version = version;
-                info.info.cipher_type = cipher;
-                info
-            }
-        }
-    )*};
-}
-
-crypto_info!(
-    libc::tls12_crypto_info_aes_gcm_128,
-    libc::tls12_crypto_info_aes_gcm_256,
-    libc::tls12_crypto_info_chacha20_poly1305
-);
 
 #[cfg(test)]
 mod tests {
@@ -199,16 +155,5 @@ mod tests {
                 assert_eq!(ciphers.len(), Cipher::ALL.len());
             }
         }
-    }
-
-    #[test]
-    fn key_structs_start_with_the_version_and_cipher() {
-        let info = <libc::tls12_crypto_info_aes_gcm_128 as CryptoInfo>::zero(
-            libc::TLS_1_3_VERSION,
-            libc::TLS_CIPHER_AES_GCM_128,
-        );
-        assert_eq!(info.info.version, 0x0304);
-        assert_eq!(info.info.cipher_type, 51);
-        assert!(info.key.iter().all(|b| *b == 0));
     }
 }

@@ -10,7 +10,7 @@
 //! host names: a pin names exactly one key, as an SSH known-hosts line does.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,6 +23,11 @@ use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, DistinguishedName, ServerConfig,
     ServerConnection, SignatureScheme,
 };
+
+mod records;
+mod session;
+pub use session::Session;
+pub(crate) use session::{HandedOver, KernelUse};
 
 /// The SHA-256 of a certificate (DER), which peers are pinned by; written
 /// `sha256:` and 64 hex digits.
@@ -97,6 +102,8 @@ pub struct TlsSetup {
     trust: Arc<Trust>,
     /// How records are sealed, for the note of each push.
     pub note: String,
+    /// Whether sessions go to the kernel once their handshake is done.
+    kernel: KernelUse,
 }
 
 impl fmt::Debug for TlsSetup {
@@ -123,6 +130,16 @@ impl TlsSetup {
     /// Reads the certificate (PEM, the first one) and key (PEM) and trusts
     /// the peers of `trust`.
     pub fn load(cert: &Path, key: &Path, trust: Trust) -> Result<TlsSetup, String> {
+        TlsSetup::load_with(cert, key, trust, provider())
+    }
+
+    /// The same, with the suites of `provider`.
+    fn load_with(
+        cert: &Path,
+        key: &Path,
+        trust: Trust,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<TlsSetup, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?;
@@ -135,10 +152,10 @@ impl TlsSetup {
         let trust = Arc::new(trust);
         let verifier = Arc::new(Pinned {
             trust: Arc::clone(&trust),
-            provider: provider(),
+            provider: Arc::clone(&provider),
         });
         let versions = &[&rustls::version::TLS13];
-        let server = ServerConfig::builder_with_provider(provider())
+        let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS: {e}"))?
             .with_client_cert_verifier(Arc::clone(&verifier) as Arc<dyn ClientCertVerifier>)
@@ -149,31 +166,44 @@ impl TlsSetup {
                     cert.display()
                 )
             })?;
-        let client = ClientConfig::builder_with_provider(provider())
+        let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(certs, key)
             .map_err(|e| format!("tls_key: does not fit the certificate: {e}"))?;
+        // The kernel may take a session over (session.rs): rustls must let
+        // its keys go, and send no tickets after the handshake (records
+        // the kernel would have to open as handshake messages; nothing
+        // here resumes sessions).
+        server.enable_secret_extraction = true;
+        server.send_tls13_tickets = 0;
+        client.enable_secret_extraction = true;
         Ok(TlsSetup {
             server: Arc::new(server),
             client: Arc::new(client),
             own,
             trust,
             note: "TLS 1.3, sealed in user space".into(),
+            kernel: KernelUse::Never,
         })
     }
 
-    /// The same, its pushes' note saying `note`.
-    pub fn with_note(self, note: String) -> TlsSetup {
-        TlsSetup { note, ..self }
+    /// The same, its sessions going to the kernel as `kernel` says, and
+    /// its pushes' note saying `note`.
+    pub(crate) fn with_kernel(self, kernel: KernelUse, note: String) -> TlsSetup {
+        TlsSetup {
+            kernel,
+            note,
+            ..self
+        }
     }
 
     /// A session for a connection another daemon made to this one.
     pub fn accept(&self) -> Result<Session, String> {
         ServerConnection::new(Arc::clone(&self.server))
-            .map(|c| Session::new(rustls::Connection::Server(c), Arc::clone(&self.trust)))
+            .map(|c| self.session(rustls::Connection::Server(c)))
             .map_err(|e| format!("TLS: {e}"))
     }
 
@@ -182,8 +212,12 @@ impl TlsSetup {
         // No name is checked (the pin is): rustls wants one for SNI.
         let name = ServerName::try_from("ringxferd").map_err(|e| format!("TLS: {e}"))?;
         ClientConnection::new(Arc::clone(&self.client), name)
-            .map(|c| Session::new(rustls::Connection::Client(c), Arc::clone(&self.trust)))
+            .map(|c| self.session(rustls::Connection::Client(c)))
             .map_err(|e| format!("TLS: {e}"))
+    }
+
+    fn session(&self, conn: rustls::Connection) -> Session {
+        Session::new(conn, Arc::clone(&self.trust), self.kernel.clone())
     }
 }
 
@@ -322,114 +356,13 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
-/// One connection's TLS: ciphertext in and out on one side, plaintext on
-/// the other. Records are sealed and opened where these are called.
-pub struct Session {
-    conn: rustls::Connection,
-    trust: Arc<Trust>,
-}
-
-impl Session {
-    fn new(mut conn: rustls::Connection, trust: Arc<Trust>) -> Session {
-        // Plaintext written before the handshake ends waits in rustls (a
-        // push's Hello and Put): no limit, the caller bounds what it writes.
-        conn.set_buffer_limit(None);
-        Session { conn, trust }
-    }
-
-    /// Takes ciphertext received, and hands the plaintext it opens to
-    /// `plain` (which says how much it took; less than offered stops).
-    /// Returns the ciphertext bytes used: the rest is offered again later,
-    /// once `plain` has room. An error is a TLS failure: the connection ends.
-    pub fn receive(
-        &mut self,
-        mut cipher: &[u8],
-        plain: &mut dyn FnMut(&[u8]) -> usize,
-    ) -> Result<usize, String> {
-        let offered = cipher.len();
-        loop {
-            if !self.drain_plain(plain)? {
-                break;
-            }
-            if cipher.is_empty() {
-                break;
-            }
-            match self.conn.read_tls(&mut cipher) {
-                Ok(0) => break,
-                Ok(_) => {}
-                // rustls holds as much as it will: the caller offers the
-                // rest once the plaintext is taken.
-                Err(e) if e.kind() == std::io::ErrorKind::Other => break,
-                Err(e) => return Err(format!("TLS: {e}")),
-            }
-            self.conn
-                .process_new_packets()
-                .map_err(|e| format!("TLS: {e}"))?;
-        }
-        Ok(offered - cipher.len())
-    }
-
-    /// Hands opened plaintext to `plain`; false once it takes less than
-    /// offered.
-    fn drain_plain(&mut self, plain: &mut dyn FnMut(&[u8]) -> usize) -> Result<bool, String> {
-        let mut chunk = [0u8; 16 << 10];
-        loop {
-            let n = match self.conn.reader().read(&mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
-                // close_notify: nothing more will come.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(true),
-                Err(e) => return Err(format!("TLS: {e}")),
-            };
-            if n == 0 {
-                return Ok(true);
-            }
-            let took = plain(&chunk[..n]);
-            if took < n {
-                return Err("TLS: more plaintext arrived than the connection can hold".into());
-            }
-        }
-    }
-
-    /// Seals `plain` to be sent (queued in the session until the
-    /// handshake is done).
-    pub fn send(&mut self, plain: &[u8]) -> Result<(), String> {
-        self.conn
-            .writer()
-            .write_all(plain)
-            .map_err(|e| format!("TLS: {e}"))
-    }
-
-    /// Moves every record ready to go out to the end of `out`.
-    pub fn pending(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
-        while self.conn.wants_write() {
-            self.conn.write_tls(out).map_err(|e| format!("TLS: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// The handshake is done.
-    pub fn established(&self) -> bool {
-        !self.conn.is_handshaking()
-    }
-
-    /// The `[[peer]]` name of the other end, once its certificate is in.
-    pub fn peer_name(&self) -> Option<String> {
-        let certs = self.conn.peer_certificates()?;
-        self.trust.name_of(certs.first()?).map(str::to_string)
-    }
-
-    /// The cipher suite, once agreed ("TLS13_AES_128_GCM_SHA256").
-    pub fn suite(&self) -> Option<String> {
-        self.conn
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ktls::KeyInfo;
+    use ring::aead::{
+        Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305,
+    };
 
     /// A setup with fresh keys in a temporary directory, trusting `peers`.
     fn setup(peers: &[(&str, Pin)]) -> (TlsSetup, tempfile::TempDir) {
@@ -534,5 +467,95 @@ mod tests {
         let want = format!("certificate {} is not pinned by any [[peer]]", a.own);
         assert!(err.contains(&want), "{err}");
         assert!(got.1.is_empty(), "nothing reached the server's side");
+    }
+
+    /// Two sessions, client and server, pinned to each other, agreeing
+    /// on `suite` only.
+    fn pair_on(suite: rustls::CipherSuite) -> (Session, Session) {
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let (pin_a, pin_b) = (
+            init_keys(dir_a.path()).expect("keys"),
+            init_keys(dir_b.path()).expect("keys"),
+        );
+        let mut only = (*provider()).clone();
+        only.cipher_suites.retain(|s| s.suite() == suite);
+        let load = |dir: &tempfile::TempDir, name: &str, pin: Pin| {
+            let trust = Trust {
+                peers: vec![(name.to_string(), pin)],
+            };
+            let cert = dir.path().join("cert.pem");
+            TlsSetup::load_with(
+                &cert,
+                &dir.path().join("key.pem"),
+                trust,
+                Arc::new(only.clone()),
+            )
+            .expect("loads")
+        };
+        let (a, b) = (load(&dir_a, "b", pin_b), load(&dir_b, "a", pin_a));
+        (a.connect().expect("client"), b.accept().expect("server"))
+    }
+
+    /// The kernel's sealing and opening of one record (RFC 8446 5.2),
+    /// done with ring from the struct handed to the kernel.
+    fn kernel_aead(suite: rustls::CipherSuite, info: &mut KeyInfo) -> (LessSafeKey, Nonce) {
+        use rustls::CipherSuite as S;
+        let alg = match suite {
+            S::TLS13_AES_128_GCM_SHA256 => &AES_128_GCM,
+            S::TLS13_AES_256_GCM_SHA384 => &AES_256_GCM,
+            _ => &CHACHA20_POLY1305,
+        };
+        let (key, nonce) = info.key_and_nonce(0);
+        let key = LessSafeKey::new(UnboundKey::new(alg, &key).expect("key"));
+        (key, Nonce::assume_unique_for_key(nonce))
+    }
+
+    #[test]
+    fn keys_handed_to_the_kernel_open_and_seal_records_as_the_peer_does() {
+        use rustls::CipherSuite as S;
+        for suite in [
+            S::TLS13_AES_128_GCM_SHA256,
+            S::TLS13_AES_256_GCM_SHA384,
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let (mut client, mut server) = pair_on(suite);
+            client.send(b"hello").expect("queued");
+            let mut got = (Vec::new(), Vec::new());
+            exchange(&mut client, &mut server, &mut got).expect("handshake");
+            assert_eq!(got.1, b"hello", "{suite:?}");
+            // A record of the server's, held back from the client.
+            server.send(b"from the server").expect("sealed");
+            let mut record = Vec::new();
+            server.pending(&mut record).expect("record");
+            let (mut tx, mut rx) = client.kernel_keys().expect("keys");
+            // The client's receive key opens it, at sequence 0.
+            let (key, nonce) = kernel_aead(suite, &mut rx);
+            let (header, body) = record.split_at_mut(5);
+            let plain = key
+                .open_in_place(nonce, Aad::from(&*header), body)
+                .unwrap_or_else(|_| panic!("{suite:?}: the kernel's key does not open the record"));
+            assert_eq!(plain, b"from the server\x17", "{suite:?}");
+            // Its send key seals what the server opens, at sequence 1 (the
+            // client's "hello" was 0).
+            let (key, nonce) = kernel_aead(suite, &mut tx);
+            let mut body = b"from the client\x17".to_vec();
+            let len = u16::try_from(body.len() + key.algorithm().tag_len()).expect("short");
+            let mut sealed = vec![0x17, 3, 3];
+            sealed.extend_from_slice(&len.to_be_bytes());
+            key.seal_in_place_append_tag(nonce, Aad::from(&sealed[..5]), &mut body)
+                .expect("sealed");
+            sealed.extend_from_slice(&body);
+            let mut opened = Vec::new();
+            server
+                .receive(&sealed, &mut |p| {
+                    opened.extend_from_slice(p);
+                    p.len()
+                })
+                .unwrap_or_else(|e| panic!("{suite:?}: {e}"));
+            assert_eq!(opened, b"from the client", "{suite:?}");
+        }
     }
 }
