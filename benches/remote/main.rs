@@ -7,7 +7,13 @@
 //! cargo bench --bench remote                                   # 1 GiB, 5 rounds
 //! RINGXFER_BENCH_SIZE=128MiB RINGXFER_BENCH_ROUNDS=2 cargo bench --bench remote
 //! RINGXFER_BENCH_DAEMON_ARGS="--engine threads" cargo bench --bench remote
+//! RINGXFER_BENCH_FILES=1000 cargo bench --bench remote          # a tree: 1000 x 4 KiB
 //! ```
+//!
+//! With RINGXFER_BENCH_FILES=N the source is a tree of N files (the size,
+//! 4 KiB each by default, shared out evenly), 100 to a directory, pushed
+//! with `copy -r` and `rsync -r`; the openssl row, one stream of bytes,
+//! sits out. Lines then say files/s too.
 //!
 //! The contenders, every server on 127.0.0.1 only, each on a port of its own:
 //! 1. ringxfer, TLS 1.3: a receiving `ringxferd` (`listen_tcp`, its key and
@@ -81,13 +87,23 @@ fn main() {
 
 struct Settings {
     size: u64,
+    /// Files in the tree pushed; 0: one file.
+    files: u64,
     rounds: usize,
     daemon_args: Vec<String>,
 }
 
 fn settings() -> Result<Settings> {
+    let files = match std::env::var("RINGXFER_BENCH_FILES") {
+        Ok(v) => v
+            .parse::<u64>()
+            .map_err(|_| format!("RINGXFER_BENCH_FILES={v:?} is not a number of files"))?,
+        Err(_) => 0,
+    };
+    let default_size = if files > 0 { files * 4096 } else { 1 << 30 };
     Ok(Settings {
-        size: support::env_size("RINGXFER_BENCH_SIZE", 1 << 30)?,
+        size: support::env_size("RINGXFER_BENCH_SIZE", default_size)?,
+        files,
         rounds: match std::env::var("RINGXFER_BENCH_ROUNDS") {
             Ok(_) => support::env_rounds()?,
             Err(_) => DEFAULT_ROUNDS,
@@ -134,7 +150,11 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
     support::print_daemon(&daemon, &cfg.daemon_args);
     println!("  cli {}", cli.display());
     rsync_entries(dir, place, &mut entries, &mut notes)?;
-    openssl_entry(dir, place, &mut entries, &mut notes)?;
+    if cfg.files == 0 {
+        openssl_entry(dir, place, &mut entries, &mut notes)?;
+    } else {
+        notes.push("openssl moves one stream of bytes, not a tree: its row sits out".into());
+    }
     Ok((entries, notes))
 }
 
@@ -230,15 +250,20 @@ fn pass(
 ) -> Result<()> {
     let dirs: Vec<&Path> = entries.iter().map(|e| e.dst_dir.as_path()).collect();
     let gib = want.size as f64 / GIB;
+    let files = |secs: f64| match want.files {
+        0 => String::new(),
+        n => format!(" {:>9.0} files/s", n as f64 / secs),
+    };
     for k in 0..entries.len() {
         let i = (k + round) % entries.len();
         let e = &entries[i];
         place::empty_dirs(&dirs)?;
         let (s, note) = e.run(src, want)?;
         println!(
-            "  {label:<11} {:<32} {:>6.2} GiB/s {:>7.3} s  CPU s/GiB send {:.3} recv {:.3}{}",
+            "  {label:<11} {:<32} {:>6.2} GiB/s{} {:>7.3} s  CPU s/GiB send {:.3} recv {:.3}{}",
             e.label,
             gib / s.secs,
+            files(s.secs),
             s.secs,
             s.send_cpu / gib,
             s.recv_cpu / gib,
@@ -264,6 +289,13 @@ fn intro(cfg: &Settings, place: &Place) -> Result<()> {
         "  size {} bytes ({gib:.3} GiB), {} measured round(s) after 1 warm-up round",
         cfg.size, cfg.rounds
     );
+    if cfg.files > 0 {
+        println!(
+            "  a tree of {} files of {} bytes, 100 to a directory",
+            cfg.files,
+            cfg.size / cfg.files
+        );
+    }
     println!(
         "  files on {} ({})",
         place.describe(),
@@ -283,9 +315,17 @@ fn run() -> Result<()> {
     let tmp = support::bench_dir("remote-")?;
     let place = Place::new(tmp.path(), cfg.size)?;
     intro(&cfg, &place)?;
-    let src = place.dir.join("source.bin");
-    support::write_source(&src, cfg.size)?;
-    let want = Want::of(&src, cfg.size)?;
+    let (src, want) = if cfg.files > 0 {
+        let src = place.dir.join("tree");
+        place::write_tree(&src, cfg.files, cfg.size / cfg.files)?;
+        let want = Want::of_tree(&src, cfg.files, cfg.size / cfg.files)?;
+        (src, want)
+    } else {
+        let src = place.dir.join("source.bin");
+        support::write_source(&src, cfg.size)?;
+        let want = Want::of(&src, cfg.size)?;
+        (src, want)
+    };
     let (entries, notes) = lineup(&cfg, tmp.path(), &place)?;
     for n in &notes {
         println!("  note: {n}");

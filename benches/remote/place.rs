@@ -116,7 +116,12 @@ pub fn empty_dirs(dirs: &[&Path]) -> Result<()> {
             let p = e
                 .map_err(|e| format!("read_dir {}: {e}", d.display()))?
                 .path();
-            fs::remove_file(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
+            let removed = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            removed.map_err(|e| format!("remove {}: {e}", p.display()))?;
         }
     }
     crate::support::cache::sync_all();
@@ -126,20 +131,59 @@ pub fn empty_dirs(dirs: &[&Path]) -> Result<()> {
 /// What every destination must hold: the source's size, first and last
 /// blocks.
 pub struct Want {
+    /// Bytes in all.
     pub size: u64,
+    /// Files of the tree; 0: one file.
+    pub files: u64,
     head: Vec<u8>,
     tail: Vec<u8>,
 }
 
+/// The tree's first file, whose edges are compared.
+const FIRST: &str = "d0/f0";
+
 impl Want {
     pub fn of(src: &Path, size: u64) -> Result<Want> {
         let (head, tail) = edges(src, size)?;
-        Ok(Want { size, head, tail })
+        Ok(Want {
+            size,
+            files: 0,
+            head,
+            tail,
+        })
     }
 
-    /// Fails unless `dst` has the source's size and its first and last 4 KiB.
+    /// A tree of `files` files of `each` bytes (`write_tree`).
+    pub fn of_tree(src: &Path, files: u64, each: u64) -> Result<Want> {
+        let (head, tail) = edges(&src.join(FIRST), each)?;
+        Ok(Want {
+            size: files * each,
+            files,
+            head,
+            tail,
+        })
+    }
+
+    /// Fails unless `dst` has the source's size and its first and last 4 KiB
+    /// (a tree: as many files, as many bytes, and its first file's edges).
     pub fn check(&self, dst: &Path) -> Result<()> {
-        let (head, tail) = edges(dst, self.size)?;
+        if self.files > 0 {
+            let (files, bytes) = tally(dst)?;
+            if (files, bytes) != (self.files, self.size) {
+                return Err(format!(
+                    "{} holds {files} files of {bytes} bytes, not {} of {}",
+                    dst.display(),
+                    self.files,
+                    self.size
+                ));
+            }
+            return self.check_edges(&dst.join(FIRST), self.size / self.files);
+        }
+        self.check_edges(dst, self.size)
+    }
+
+    fn check_edges(&self, dst: &Path, size: u64) -> Result<()> {
+        let (head, tail) = edges(dst, size)?;
         if head != self.head || tail != self.tail {
             return Err(format!(
                 "{} differs from the source in its first or last {BLOCK} bytes",
@@ -155,4 +199,38 @@ fn edges(path: &Path, size: u64) -> Result<(Vec<u8>, Vec<u8>)> {
     let read =
         |off| read_block(&file, off, size).map_err(|e| format!("read {}: {e}", path.display()));
     Ok((read(0)?, read(size.saturating_sub(BLOCK as u64))?))
+}
+
+/// Writes `files` files of `each` bytes under `root`, 100 to a directory
+/// (`d0/f0`, `d0/f1`, ... `d1/f100`), each of its own bytes.
+pub fn write_tree(root: &Path, files: u64, each: u64) -> Result<()> {
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i / 100));
+        if i % 100 == 0 {
+            fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        let bytes: Vec<u8> = (0..each).map(|b| (b.wrapping_mul(31) ^ i) as u8).collect();
+        let path = dir.join(format!("f{i}"));
+        fs::write(&path, bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Files under `dir` and their bytes.
+fn tally(dir: &Path) -> Result<(u64, u64)> {
+    let mut found = (0, 0);
+    let entries = fs::read_dir(dir).map_err(|e| format!("read_dir {}: {e}", dir.display()))?;
+    for e in entries {
+        let e = e.map_err(|e| format!("read_dir {}: {e}", dir.display()))?;
+        let meta = e
+            .metadata()
+            .map_err(|err| format!("stat {}: {err}", e.path().display()))?;
+        if meta.is_dir() {
+            let (f, b) = tally(&e.path())?;
+            found = (found.0 + f, found.1 + b);
+        } else {
+            found = (found.0 + 1, found.1 + meta.len());
+        }
+    }
+    Ok(found)
 }

@@ -133,8 +133,8 @@ impl Pair {
         self.receiver_cpu.print_source("");
     }
 
-    /// `ringxfer copy SRC 127.0.0.1:PORT:inbox/NAME`; the note is the CLI's
-    /// own elapsed_s.
+    /// `ringxfer copy SRC 127.0.0.1:PORT:inbox/NAME` (a tree: `copy -r SRC
+    /// 127.0.0.1:PORT:inbox`); the note is the CLI's own elapsed_s.
     pub fn push(&self, src: &Path, size: u64) -> Result<(Sample, String)> {
         let name = src
             .file_name()
@@ -143,9 +143,16 @@ impl Pair {
         let mut cmd = Command::new(&self.cli);
         cmd.arg("--socket")
             .arg(&self.socket)
-            .args(["--daemon-only", "--json", "copy"])
-            .arg(src)
-            .arg(format!("127.0.0.1:{}:inbox/{name}", self.port));
+            .args(["--daemon-only", "--json", "copy"]);
+        if src.is_dir() {
+            // Into the export, the tree keeps its name.
+            cmd.arg("-r")
+                .arg(src)
+                .arg(format!("127.0.0.1:{}:inbox", self.port));
+        } else {
+            cmd.arg(src)
+                .arg(format!("127.0.0.1:{}:inbox/{name}", self.port));
+        }
         let (s0, r0) = (self.sender_cpu.secs()?, self.receiver_cpu.secs()?);
         let out = timed(cmd)?;
         let (s1, r1) = (self.sender_cpu.secs()?, self.receiver_cpu.secs()?);

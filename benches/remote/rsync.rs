@@ -122,11 +122,11 @@ impl OverSsh {
         &self.rsh
     }
 
-    /// `rsync -W -e SSH SRC root@127.0.0.1:DST/`: the sender is the rsync
+    /// `rsync -W -r -e SSH SRC root@127.0.0.1:DST/`: the sender is the rsync
     /// and ssh this process waits for; the receiver what sshd forked.
     pub fn push(&self, src: &Path, dst: &Path) -> Result<Sample> {
         let mut cmd = Command::new(&self.rsync);
-        cmd.arg("-W")
+        cmd.args(["-W", "-r"])
             .arg("-e")
             .arg(&self.rsh)
             .arg(src)
@@ -193,10 +193,10 @@ impl Rsyncd {
         &self.url
     }
 
-    /// `rsync -W SRC rsync://127.0.0.1:PORT/mod/`.
+    /// `rsync -W -r SRC rsync://127.0.0.1:PORT/mod/`.
     pub fn push(&self, src: &Path) -> Result<Sample> {
         let mut cmd = Command::new(&self.rsync);
-        cmd.arg("-W").arg(src).arg(&self.url);
+        cmd.args(["-W", "-r"]).arg(src).arg(&self.url);
         self.server.wait_reaped()?;
         let r0 = self.server.cpu()?;
         let out = timed(cmd)?;

@@ -222,9 +222,15 @@ impl TlsSetup {
 }
 
 /// Writes a fresh key and self-signed certificate into `dir` (key.pem,
-/// mode 0600, and cert.pem) and returns the certificate's pin.
+/// mode 0600, and cert.pem; `dir` made, mode 0700, if missing, as
+/// ssh-keygen makes ~/.ssh) and returns the certificate's pin.
 pub fn init_keys(dir: &Path) -> Result<Pin, String> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot make the directory {}: {e}", dir.display()))?;
     let made = rcgen::generate_simple_self_signed(vec!["ringxferd".to_string()])
         .map_err(|e| format!("cannot make a key: {e}"))?;
     let write = |name: &str, text: String, mode: u32| {
@@ -405,6 +411,19 @@ mod tests {
             })?;
         }
         Err("the exchange did not settle".into())
+    }
+
+    #[test]
+    fn keys_go_into_a_directory_made_for_them_and_are_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().expect("tempdir");
+        let dir = top.path().join("etc/ringxferd-keys");
+        init_keys(&dir).expect("made with its directory");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("key.pem")), 0o600);
+        let err = init_keys(&dir).unwrap_err();
+        assert!(err.contains("key.pem") && err.contains("exists"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub(crate) mod holes;
 pub(crate) mod peer_link;
 pub(crate) mod peer_pull;
 pub(crate) mod peer_push;
+pub(crate) mod peer_socket;
 pub(crate) mod pipeline;
 pub(crate) mod ranges;
 pub(crate) mod redial;

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::block_sums::Received;
 use super::peer_link::{Got, PeerLink, SocketEnd};
+use super::peer_socket::tune_peer_socket;
 use super::pipeline::Returned;
 use super::redial::{self, Redial};
 use super::step::CopyStep;
@@ -364,6 +365,7 @@ impl PeerPush {
         if let Err(errno) = redial::finish_connect(&socket) {
             return self.dial_failed(errno);
         }
+        tune_peer_socket(std::os::fd::AsFd::as_fd(&socket), r.timeout);
         let tls = match r.tls.as_ref().map(|setup| setup.connect()).transpose() {
             Ok(tls) => tls,
             Err(e) => return Err(TransferError::new(FailureKind::Io, e)),

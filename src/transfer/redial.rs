@@ -39,16 +39,24 @@ pub(crate) struct Redial {
     pub(crate) op: Option<u64>,
     /// The socket being connected.
     pub(crate) connecting: Option<Rc<OwnedFd>>,
+    /// How long the other daemon may stay silent (the socket's options,
+    /// as the first connection's).
+    pub(crate) timeout: Duration,
 }
 
 impl Redial {
-    pub(crate) fn new(address: SocketAddr, tls: Option<Arc<TlsSetup>>) -> Redial {
+    pub(crate) fn new(
+        address: SocketAddr,
+        tls: Option<Arc<TlsSetup>>,
+        timeout: Duration,
+    ) -> Redial {
         Redial {
             address,
             tls,
             dials: 0,
             op: None,
             connecting: None,
+            timeout,
         }
     }
 
@@ -200,7 +208,11 @@ mod tests {
 
     #[test]
     fn waits_double_up_to_a_minute() {
-        let mut r = Redial::new("127.0.0.1:1".parse().expect("address"), None);
+        let mut r = Redial::new(
+            "127.0.0.1:1".parse().expect("address"),
+            None,
+            Duration::from_secs(30),
+        );
         let waits: Vec<u64> = (0..MAX_REDIALS)
             .map(|i| {
                 r.dials = i;
@@ -212,7 +224,11 @@ mod tests {
 
     #[test]
     fn only_a_lost_connection_is_dialled_again() {
-        let r = Redial::new("127.0.0.1:1".parse().expect("address"), None);
+        let r = Redial::new(
+            "127.0.0.1:1".parse().expect("address"),
+            None,
+            Duration::from_secs(30),
+        );
         let reset = TransferError::os("sending", libc::ECONNRESET);
         let refused_by_peer = TransferError::new(FailureKind::PermissionDenied, "not open to you");
         let closed = TransferError::new(FailureKind::PeerGone, "closed");

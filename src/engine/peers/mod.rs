@@ -36,6 +36,7 @@ use crate::io::op::{self, AnyOp};
 use crate::io::ops::{Op, Owner};
 use crate::privileges::Identity;
 use crate::tls::{HandedOver, Session, TlsSetup};
+use crate::transfer::peer_socket::tune_peer_socket;
 use crate::transfer::redial::Redial;
 use crate::transfer::TransferError;
 use conn::{Outgoing, PeerConn, RX_BUFFER};
@@ -279,7 +280,7 @@ impl Engine {
         };
         let how = if tls.is_some() { "TLS" } else { "plaintext" };
         info!(peer = %who, "another daemon connected ({how})");
-        fail_dead_peers_within(&fd, self.config.frame_timeout);
+        tune_peer_socket(fd.as_fd(), self.config.frame_timeout);
         let mut conn = PeerConn::new(fd, who, tls);
         conn.host = host;
         let k = self.peers.conns.insert(conn);
@@ -755,7 +756,7 @@ impl Engine {
         } else {
             &spec.ends.dst
         };
-        fail_dead_peers_within(socket, self.config.frame_timeout);
+        tune_peer_socket(socket.as_fd(), self.config.frame_timeout);
         match &self.peers.tls {
             Some(setup) => setup
                 .connect()
@@ -784,7 +785,7 @@ impl Engine {
         }
         let address = peer_socket_address(&spec.ends.dst)?;
         let setup = self.peers.tls.as_ref().filter(|_| tls).map(Arc::clone);
-        Some(Redial::new(address, setup))
+        Some(Redial::new(address, setup, self.config.frame_timeout))
     }
 
     /// What a push's note says of its connection.
@@ -792,42 +793,6 @@ impl Engine {
         match (&self.peers.tls, tls) {
             (Some(setup), true) => setup.note.clone(),
             _ => "plaintext, to a loopback address (this daemon has no TLS identity)".into(),
-        }
-    }
-}
-
-/// Makes a dead peer or a cut link fail a connection within `timeout`
-/// rather than TCP's quarter of an hour: data unacknowledged for that long
-/// (TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
-/// unanswered. Cheap socket options, set on the loop thread; a failure
-/// (not a TCP socket) leaves TCP's defaults.
-pub(super) fn fail_dead_peers_within(fd: &OwnedFd, timeout: std::time::Duration) {
-    let ms = u32::try_from(timeout.as_millis())
-        .unwrap_or(u32::MAX)
-        .max(1000);
-    let probe = i32::try_from(ms / 3000).unwrap_or(i32::MAX).max(1);
-    let options: [(i32, i32, i32); 5] = [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, probe),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, probe),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-        (
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            i32::try_from(ms).unwrap_or(i32::MAX),
-        ),
-    ];
-    for (level, name, value) in options {
-        // SAFETY: setsockopt reads one int from `value`, alive on this
-        // stack; a descriptor that is not a TCP socket is an error return.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                name,
-                (&value as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            );
         }
     }
 }
