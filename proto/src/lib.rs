@@ -159,6 +159,7 @@ mod tests {
                 pull: false,
                 resume: false,
                 list: false,
+                connection: PeerConnection::Continue,
             })),
         ];
         for request in requests {

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 /// [`SubmitRequest::rate_group`], [`SubmitRequest::sparse`],
 /// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies;
 /// version 9 [`Request::SubmitRemote`] and the `peer` strategy; version
-/// 10 [`RemoteSubmit::resume`] and [`RemoteSubmit::list`].
+/// 10 [`RemoteSubmit::resume`], [`RemoteSubmit::list`] and
+/// [`RemoteSubmit::connection`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -268,7 +269,7 @@ pub enum Request {
 /// };
 /// let push = RemoteSubmit {
 ///     submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false, pull: false, resume: false,
-///     list: false,
+///     list: false, connection: Default::default(),
 /// };
 /// assert_eq!(push.descriptors(), 2);
 /// let _ = Request::SubmitRemote(Box::new(push));
@@ -292,6 +293,38 @@ pub struct RemoteSubmit {
     /// A pull of `path`'s listing ([`crate::peer::PeerMessage::List`]),
     /// a directory's, rather than of a file.
     pub list: bool,
+    /// Whether the conversation with the other daemon on this socket
+    /// outlives the job, for the next file ([`PeerConnection`]).
+    pub connection: PeerConnection,
+}
+
+/// What becomes of a host-to-host job's conversation with the other daemon
+/// ([`RemoteSubmit::connection`]). Many files over one connection pay for
+/// one TCP and TLS handshake, not one each.
+///
+/// ```
+/// use ringxfer_proto::PeerConnection;
+/// // The first file of a tree on a new socket keeps it; the next ones,
+/// // handed over with the same socket, continue on it.
+/// let first = PeerConnection::Keep;
+/// let next = PeerConnection::Continue;
+/// assert_ne!(first, next);
+/// assert_eq!(PeerConnection::default(), PeerConnection::Close);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PeerConnection {
+    /// The job speaks on a new socket and ends the conversation with it.
+    #[default]
+    Close,
+    /// The job speaks on a new socket; if it succeeds, the daemon keeps
+    /// the conversation (and its TLS session) for the next job this client
+    /// hands over with the same socket, until the client disconnects.
+    Keep,
+    /// The job goes on with the conversation a job of this client kept on
+    /// the same socket, and keeps it again if it succeeds; without one it
+    /// fails at once, saying to connect again (the socket is mid-
+    /// conversation: a new one cannot start on it).
+    Continue,
 }
 
 impl RemoteSubmit {

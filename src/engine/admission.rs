@@ -25,6 +25,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
 use ringxfer_ipc::proto::peer::RemotePath;
+use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::{Event, SubmitRequest};
 use slab::Slab;
 use tracing::error;
@@ -60,6 +61,8 @@ pub(super) struct PushTarget {
     pub resume: bool,
     /// Pull the listing of the directory at `path` (pull only).
     pub list: bool,
+    /// Whether the conversation outlives the job, or continues a kept one.
+    pub connection: PeerConnection,
 }
 
 impl Submitted {

@@ -28,6 +28,7 @@ use crate::tls::Session;
 use crate::transfer::buffered::{BufferCopy, IoMode};
 use crate::transfer::choose::{Choice, ChoiceInputs};
 use crate::transfer::copy_range::{CopyRefusals, RangeCopy};
+use crate::transfer::peer_link::PeerLink;
 use crate::transfer::peer_pull::PeerPull;
 use crate::transfer::peer_push::PeerPush;
 use crate::transfer::redial::Redial;
@@ -206,6 +207,9 @@ pub(super) struct Job {
     pub range: (u64, u64),
     /// Set when fdatasync or verification failed after the copy succeeded.
     pub late_failure: Option<TransferError>,
+    /// Where its conversation with another daemon is kept once it has
+    /// landed (a push asking to keep or continue one; kept.rs).
+    pub keep: Option<super::peers::kept::KeptKey>,
     /// Truncate the destination to the job's end once the bytes are in
     /// (`SubmitRequest::truncate`, for a regular file not open O_APPEND),
     /// and whether that was done.
@@ -340,13 +344,14 @@ impl Job {
     /// The job an admitted `spec` runs as, started `now`, under the limits
     /// it `shared`.
     /// `tls`: the session of a push to another daemon, if it speaks TLS,
-    /// and how a detached one dials again when its connection is lost.
+    /// how a detached one dials again when its connection is lost, and
+    /// the conversation it continues, if one was kept (kept.rs).
     pub(super) fn from_spec(
         spec: JobSpec,
         pools: MoverPools,
         shared: Shared,
         now: Instant,
-        (tls, redial): (Option<Session>, Option<Redial>),
+        (tls, redial, kept): (Option<Session>, Option<Redial>, Option<PeerLink>),
     ) -> Job {
         let JobSpec {
             ends,
@@ -357,8 +362,13 @@ impl Job {
         let ends = Rc::new(ends);
         let (note, mut copy) = match (spec.reflink, spec.remote) {
             (_, Some((target, _))) if target.pull => {
-                let pull =
-                    PeerPull::new(ends, shape, (target.path, target.list, target.resume), tls);
+                let pull = PeerPull::new(
+                    ends,
+                    shape,
+                    (target.path, target.list, target.resume),
+                    tls,
+                    kept,
+                );
                 (None, Mover::Pull(pull))
             }
             (_, Some((target, meta))) => {
@@ -369,6 +379,7 @@ impl Job {
                     meta,
                     spec.fsync,
                     (tls, redial),
+                    kept,
                 );
                 (None, Mover::Peer(push))
             }
@@ -438,6 +449,7 @@ impl Job {
             checksums: None,
             range: (shape.src_start, shape.dst_start),
             late_failure: None,
+            keep: None,
             truncate: spec.truncate,
             truncated: false,
             publish,
@@ -636,9 +648,16 @@ impl Engine {
             detach = spec.detach,
             "job admitted"
         );
-        let tls = match self.push_session(&spec) {
-            Ok(tls) => tls,
-            Err(e) => {
+        let keep = self.kept_key(k, &spec);
+        let kept = self.continued_link(&spec, keep);
+        let tls = match kept {
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => self.push_session(&spec),
+            Err(ref e) => Err(e.clone()),
+        };
+        let (tls, kept) = match (tls, kept) {
+            (Ok(tls), Ok(kept)) => (tls, kept),
+            (Err(e), _) | (_, Err(e)) => {
                 let Endpoints { src, dst, .. } = spec.ends;
                 return self.refuse(k, req, e, [src, dst]);
             }
@@ -651,10 +670,18 @@ impl Engine {
         };
         let now = Instant::now();
         let shared = self.shared_limits(k, spec.rate_group, now);
-        let note = spec.remote.as_ref().map(|_| self.push_note(tls.is_some()));
-        let redial = self.redial_for(&spec, tls.is_some());
-        let mut job = Job::from_spec(spec, pools, shared, now, (tls, redial));
+        let secure = tls.is_some() || (kept.is_some() && self.peers.tls.is_some());
+        let note = spec.remote.as_ref().map(|_| match kept {
+            Some(_) => then(
+                Some(self.push_note(secure)),
+                "on the connection an earlier file kept".into(),
+            ),
+            None => self.push_note(secure),
+        });
+        let redial = self.redial_for(&spec, secure);
+        let mut job = Job::from_spec(spec, pools, shared, now, (tls, redial, kept));
         job.note = note.or(job.note.take());
+        job.keep = keep;
         let key = self.jobs.slab.insert(job);
         self.io.ops.set_personality(Owner::Job(key), personality);
         self.jobs.ids.insert(id, key);
@@ -1355,7 +1382,23 @@ impl Engine {
         for w in std::mem::take(&mut job.watchers) {
             self.emit(w.session, &with_req(&event, w.req));
         }
-        if let Some(ends) = job.copy.into_endpoints() {
+        let keep = job
+            .keep
+            .filter(|_| job.failure().is_none() && job.session.is_some());
+        let ends = match (keep, job.copy) {
+            (Some(key), Mover::Peer(push)) => {
+                let (ends, kept) = push.into_kept();
+                self.keep_link(key, kept);
+                ends
+            }
+            (Some(key), Mover::Pull(pull)) => {
+                let (ends, kept) = pull.into_kept();
+                self.keep_link(key, kept);
+                ends
+            }
+            (_, copy) => copy.into_endpoints(),
+        };
+        if let Some(ends) = ends {
             self.closing.doomed.extend([ends.src, ends.dst]);
         }
         if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {

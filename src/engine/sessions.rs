@@ -281,6 +281,7 @@ impl Engine {
                         pull: push.pull,
                         resume: push.resume,
                         list: push.list,
+                        connection: push.connection,
                     };
                     self.admit(k, push.submit, (src, dst, None), Some(target), true);
                 }
@@ -358,6 +359,7 @@ impl Engine {
         }
         self.abandon_admissions(k);
         self.end_session_jobs(k, jobs, why);
+        self.drop_kept(k);
         for (_, job) in self.jobs.slab.iter_mut() {
             job.watchers.retain(|w| w.session != k);
         }

@@ -152,6 +152,7 @@ mod tests {
                         pull,
                         resume: false,
                         list: false,
+                        connection: ringxfer_ipc::proto::PeerConnection::Close,
                     }))
                 }),
             ]

@@ -5,6 +5,7 @@
 //! The movers (peer_push.rs, peer_pull.rs) decide what is said and what
 //! is done with what comes.
 
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use ringxfer_ipc::proto::peer::{encode, PeerLimits, PeerMessage, PeerReader, Piece};
@@ -44,12 +45,21 @@ pub(crate) enum SocketEnd {
     Destination,
 }
 
+/// The socket a link speaks on.
+enum Socket {
+    /// One of the job's descriptors.
+    Job(Rc<Endpoints>, SocketEnd),
+    /// One the link holds itself: dialled again after the first was lost
+    /// (redial.rs), or kept from an earlier job for the next one (a kept
+    /// conversation, `keep`).
+    Own(Rc<OwnedFd>),
+}
+
 pub(crate) struct PeerLink {
-    ends: Rc<Endpoints>,
-    socket: SocketEnd,
-    /// A socket the daemon dialled itself after the first was lost
-    /// (redial.rs), used instead of the job's.
-    redialed: Option<Rc<std::os::fd::OwnedFd>>,
+    socket: Socket,
+    /// `Hello` went out on this conversation: a job continuing it says
+    /// only its own request.
+    greeted: bool,
     pub(crate) limits: PeerLimits,
     /// The send's box when idle, and bytes waiting for it.
     outgoing: Option<Box<Outgoing>>,
@@ -95,9 +105,8 @@ impl PeerLink {
     pub(crate) fn new(ends: Rc<Endpoints>, socket: SocketEnd, tls: Option<Session>) -> PeerLink {
         let cipher = tls.as_ref().map(|_| vec![0; CIPHER_BUFFER]);
         PeerLink {
-            ends,
-            socket,
-            redialed: None,
+            socket: Socket::Job(ends, socket),
+            greeted: false,
             limits: PeerLimits::default(),
             outgoing: Some(Box::new(Outgoing {
                 bytes: Vec::with_capacity(512),
@@ -119,19 +128,42 @@ impl PeerLink {
 
     /// The socket to the other daemon, for an operation.
     pub(crate) fn socket_fd(&self) -> SharedFd {
-        match (&self.redialed, self.socket) {
-            (Some(socket), _) => SharedFd::owned(socket),
-            (None, SocketEnd::Source) => self.ends.shared_src(),
-            (None, SocketEnd::Destination) => self.ends.shared_dst(),
+        match &self.socket {
+            Socket::Own(socket) => SharedFd::owned(socket),
+            Socket::Job(ends, SocketEnd::Source) => ends.shared_src(),
+            Socket::Job(ends, SocketEnd::Destination) => ends.shared_dst(),
         }
+    }
+
+    /// The conversation is between requests: nothing in flight, nothing
+    /// waiting to go out, nothing received and not handled.
+    pub(crate) fn quiet(&self) -> bool {
+        self.in_flight == 0
+            && self.send_idle()
+            && self.rx_len == 0
+            && self.cipher_len == 0
+            && !self.parked
+    }
+
+    /// Keeps the conversation beyond its job (see `quiet`): the link holds
+    /// the socket itself (a duplicate of the job's descriptor), so the job
+    /// lets go of its descriptors as any job does.
+    pub(crate) fn keep(&mut self) -> std::io::Result<()> {
+        if let Socket::Job(..) = self.socket {
+            let fd = self.socket_fd();
+            let own = fd.borrow().try_clone_to_owned()?;
+            self.socket = Socket::Own(Rc::new(own));
+        }
+        Ok(())
     }
 
     /// Starts over on `socket`, a new connection to the other daemon, with
     /// a new TLS session: nothing of the old one is kept. Called with
     /// nothing in flight (every buffer back).
-    pub(crate) fn redial(&mut self, socket: Rc<std::os::fd::OwnedFd>, tls: Option<Session>) {
+    pub(crate) fn redial(&mut self, socket: Rc<OwnedFd>, tls: Option<Session>) {
         debug_assert_eq!(self.in_flight, 0, "a link redials with nothing in flight");
-        self.redialed = Some(socket);
+        self.socket = Socket::Own(socket);
+        self.greeted = false;
         self.limits = PeerLimits::default();
         self.queued.clear();
         if let Some(out) = self.outgoing.as_mut() {
@@ -162,20 +194,31 @@ impl PeerLink {
         self.outgoing.is_some() && self.queued.is_empty()
     }
 
-    /// Opens the conversation: `Hello`, then `first` (a `Put` or a
-    /// `Get`), and listens for the answers.
+    /// Opens the conversation: `Hello` (unless a kept conversation had
+    /// it), then `first` (a `Put` or a `Get`), and listens for the answers.
     pub(crate) fn open_with(
         &mut self,
         first: &PeerMessage,
         owner: Owner,
         io: &mut Io,
     ) -> Result<(), TransferError> {
-        let hello = PeerMessage::Hello {
-            version: ringxfer_ipc::proto::peer::PEER_PROTOCOL_VERSION,
-        };
-        self.say(&hello, owner, io)?;
+        if !self.greeted {
+            let hello = PeerMessage::Hello {
+                version: ringxfer_ipc::proto::peer::PEER_PROTOCOL_VERSION,
+            };
+            self.say(&hello, owner, io)?;
+            self.greeted = true;
+        }
         self.say(first, owner, io)?;
         self.listen(owner, io)
+    }
+
+    /// The socket it holds itself, to close (a kept conversation's).
+    pub(crate) fn into_socket(self) -> Option<OwnedFd> {
+        match self.socket {
+            Socket::Own(socket) => Rc::try_unwrap(socket).ok(),
+            Socket::Job(..) => None,
+        }
     }
 
     /// Queues a message, and sends what is queued unless a send is in

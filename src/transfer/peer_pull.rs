@@ -86,8 +86,9 @@ impl PeerPull {
         shape: Shape,
         (path, list, resume): (RemotePath, bool, bool),
         tls: Option<Session>,
+        kept: Option<PeerLink>,
     ) -> PeerPull {
-        let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Source, tls);
+        let link = kept.unwrap_or_else(|| PeerLink::new(Rc::clone(&ends), SocketEnd::Source, tls));
         PeerPull {
             ends,
             shape,
@@ -124,7 +125,26 @@ impl PeerPull {
     }
 
     pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
-        Rc::try_unwrap(self.ends).ok()
+        // The link holds a share of them: it goes first.
+        let PeerPull { ends, link, .. } = self;
+        drop(link);
+        Rc::try_unwrap(ends).ok()
+    }
+
+    /// The job's own descriptors, to close, and the conversation, kept for
+    /// the next file, if the file landed and the conversation is quiet
+    /// (`PeerLink::quiet`: the read cancelled at the end is back, empty).
+    pub(crate) fn into_kept(mut self) -> (Option<Endpoints>, Option<PeerLink>) {
+        let landed = self.phase == Phase::Landed && self.failure.is_none();
+        if !landed || !self.link.quiet() {
+            return (self.into_endpoints(), None);
+        }
+        if let Err(e) = self.link.keep() {
+            tracing::warn!("cannot keep the connection to the other daemon: {e}");
+            return (self.into_endpoints(), None);
+        }
+        let PeerPull { ends, link, .. } = self;
+        (Rc::try_unwrap(ends).ok(), Some(link))
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {

@@ -149,9 +149,11 @@ impl PeerPush {
         meta: FileMeta,
         fsync: bool,
         (tls, redial): (Option<Session>, Option<Redial>),
+        kept: Option<PeerLink>,
     ) -> PeerPush {
         let size = shape.total.unwrap_or(0);
-        let link = PeerLink::new(Rc::clone(&ends), SocketEnd::Destination, tls);
+        let link =
+            kept.unwrap_or_else(|| PeerLink::new(Rc::clone(&ends), SocketEnd::Destination, tls));
         PeerPush {
             ends,
             shape,
@@ -194,7 +196,26 @@ impl PeerPush {
     }
 
     pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
-        Rc::try_unwrap(self.ends).ok()
+        // The link may hold a share of them: it goes first.
+        let PeerPush { ends, link, .. } = self;
+        drop(link);
+        Rc::try_unwrap(ends).ok()
+    }
+
+    /// The job's own descriptors, to close, and the conversation, kept for
+    /// the next file, if the file landed and the conversation is quiet
+    /// (`PeerLink::quiet`).
+    pub(crate) fn into_kept(mut self) -> (Option<Endpoints>, Option<PeerLink>) {
+        let landed = self.phase == Phase::Landed && self.failure.is_none();
+        if !landed || !self.link.quiet() {
+            return (self.into_endpoints(), None);
+        }
+        if let Err(e) = self.link.keep() {
+            tracing::warn!("cannot keep the connection to the other daemon: {e}");
+            return (self.into_endpoints(), None);
+        }
+        let PeerPush { ends, link, .. } = self;
+        (Rc::try_unwrap(ends).ok(), Some(link))
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {

@@ -1223,6 +1223,181 @@ fn a_tree_is_pushed_file_by_file_and_its_directories_made() {
 }
 
 #[test]
+fn a_tree_goes_over_a_few_connections_each_kept_from_file_to_file() {
+    let ((a_keys, a_pin), (b_keys, b_pin)) = (keys(), keys());
+    let export = tmpdir();
+    let peers = [("host-a", a_pin.as_str())];
+    let (b, address) = tls_receiver(export.path(), b_keys.path(), &peers);
+    let a = sender_with(&tls_settings(a_keys.path(), &[("host-b", &b_pin)]));
+    let tree = a.dir().join("many");
+    let mut files = Vec::new();
+    for i in 0..40u64 {
+        let rel = format!("d{}/f{i}", i % 3);
+        let path = tree.join(&rel);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        let data = pattern(i, 100 + (i as usize) * 997);
+        std::fs::write(&path, &data).expect("write");
+        files.push((rel, data));
+    }
+    let out = push_cli(&a, &["-r"], &tree, &format!("{address}:inbox"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    for (rel, data) in &files {
+        assert_file_eq(&export.path().join("many").join(rel), data);
+    }
+    // Four connections at most (the CLI's window), one handshake each,
+    // however many files.
+    let log = b.log();
+    let handshakes = log.matches("TLS established").count();
+    assert!(
+        (1..=4).contains(&handshakes),
+        "{handshakes} handshakes for 40 files:\n{log}"
+    );
+    assert_eq!(log.matches("received a file").count(), 40, "{log}");
+
+    // And back: the listing's connection and a few more carry the files.
+    let back = a.dir().join("back");
+    let out = pull_cli(&a, &["-r"], &format!("{address}:inbox/many"), &back);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    for (rel, data) in &files {
+        assert_file_eq(&back.join(rel), data);
+    }
+    let pulled = b.log().matches("TLS established").count() - handshakes;
+    assert!(
+        (1..=4).contains(&pulled),
+        "{pulled} handshakes to pull 40 files:\n{}",
+        b.log()
+    );
+    let handshakes = handshakes + pulled;
+
+    // A program may do the same through the client crate; a socket whose
+    // conversation was not kept cannot be continued, and says so.
+    let client = ringxfer_ipc::Client::connect(&a.socket).expect("connect");
+    let src = std::fs::File::open(tree.join("d0/f0")).expect("open");
+    let socket = TcpStream::connect(address).expect("connect");
+    let path = RemotePath::new("inbox/once.bin").expect("path");
+    let opts = ringxfer_ipc::TransferOptions {
+        connection: ringxfer_ipc::proto::PeerConnection::Continue,
+        ..Default::default()
+    };
+    let err = client
+        .submit_remote(&src, &socket, &path, false, &opts)
+        .map_err(|e| e.to_string())
+        .and_then(|h| h.wait().map_err(|e| e.to_string()))
+        .expect_err("refused");
+    assert!(
+        err.contains("no connection to the other daemon is kept"),
+        "{err}"
+    );
+    let keep = ringxfer_ipc::TransferOptions {
+        connection: ringxfer_ipc::proto::PeerConnection::Keep,
+        ..Default::default()
+    };
+    let socket = TcpStream::connect(address).expect("connect");
+    for (name, opts) in [
+        ("kept.bin", &keep),
+        ("again.bin", &opts),
+        ("third.bin", &opts),
+    ] {
+        let path = RemotePath::new(&format!("inbox/{name}")).expect("path");
+        let done = client
+            .submit_remote(&src, &socket, &path, false, opts)
+            .map_err(|e| e.to_string())
+            .and_then(|h| h.wait().map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", b.log()));
+        assert_eq!(done.bytes, files[0].1.len() as u64);
+        assert_file_eq(&export.path().join(name), &files[0].1);
+    }
+    assert_eq!(b.log().matches("TLS established").count(), handshakes + 1);
+}
+
+/// The summary a tree copy printed last.
+fn tree_summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", crate::cli_common::describe(out));
+    crate::cli_common::json_lines(out).pop().expect("a summary")
+}
+
+#[test]
+fn a_tree_goes_on_with_resume_both_ways_leaving_alone_what_is_there() {
+    let export = tmpdir();
+    let (b, address) = receiver(export.path());
+    let a = Daemon::start();
+    let tree = a.dir().join("t");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    let mut files: Vec<(String, Vec<u8>)> = (0..9u64)
+        .map(|i| (format!("sub/f{i}"), pattern(i, 5000 + i as usize * 31)))
+        .collect();
+    files.push(("big.bin".into(), pattern(99, 6 << 20)));
+    for (rel, data) in &files {
+        std::fs::write(tree.join(rel), data).expect("write");
+    }
+    let to = format!("{address}:inbox");
+    let first = tree_summary(&push_cli(&a, &["-r"], &tree, &to));
+    assert_eq!(first["files"], 10, "{first}");
+    let received = |b: &Daemon| b.log().matches("received a file").count();
+    assert_eq!(received(&b), 10);
+
+    // One file changed here, one gone there: --resume sends those two.
+    files[0].1 = pattern(7, 4000);
+    std::fs::write(tree.join(&files[0].0), &files[0].1).expect("rewrite");
+    std::fs::remove_file(export.path().join("t/sub/f1")).expect("rm");
+    let out = push_cli(&a, &["-r", "--resume"], &tree, &to);
+    let again = tree_summary(&out);
+    assert_eq!(
+        (again["files"].as_u64(), again["skipped"].as_u64()),
+        (Some(2), Some(8)),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    assert_eq!(received(&b), 12, "{}", b.log());
+    for (rel, data) in &files {
+        assert_file_eq(&export.path().join("t").join(rel), data);
+    }
+
+    // Pulled back; then one file changed here, and the big one cut off
+    // with half of it kept as its part: --resume pulls those two only.
+    // Into an existing directory, as cp -r: both runs name back/t.
+    let parent = a.dir().join("back");
+    std::fs::create_dir(&parent).expect("mkdir");
+    let back = parent.join("t");
+    let from = format!("{address}:inbox/t");
+    let pulled = tree_summary(&pull_cli(&a, &["-r"], &from, &parent));
+    assert_eq!(pulled["files"], 10, "{pulled}");
+    std::fs::write(back.join("sub/f2"), b"changed here").expect("rewrite");
+    std::fs::remove_file(back.join("big.bin")).expect("rm");
+    let part = back.join(".big.bin.ringxfer-part");
+    std::fs::write(&part, &files[9].1[..3 << 20]).expect("part");
+    let resumed = tree_summary(&pull_cli(&a, &["-r", "--resume"], &from, &parent));
+    assert_eq!(
+        (resumed["files"].as_u64(), resumed["skipped"].as_u64()),
+        (Some(2), Some(8)),
+        "{resumed}"
+    );
+    for (rel, data) in &files {
+        assert_file_eq(&back.join(rel), data);
+    }
+    assert!(!part.exists(), "the part took the file's name");
+    // The other daemon sent the big file's second half only.
+    let log = b.log();
+    let sent: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sent a file") && l.contains("big.bin"))
+        .collect();
+    assert_eq!(sent.len(), 2, "{log}");
+    let half = format!("bytes={0} resumed_from={0}", 3 << 20);
+    assert!(sent[1].contains(&half), "{}", sent[1]);
+}
+
+#[test]
 fn a_push_shows_progress_is_listed_and_cancelled_like_a_local_copy() {
     let export = tmpdir();
     let (receiving, address) = receiver(export.path());

@@ -33,6 +33,7 @@ const CLI_LAYERS: &[&str] = &[
     "tree",
     "pull_part",
     "remote",
+    "remote_listing",
     "remote_tree",
     "remote_pull_tree",
     "commands",

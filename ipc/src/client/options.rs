@@ -1,6 +1,8 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
-use crate::proto::{Priority, RateGroup, Reflink, Request, Sparse, Strategy, SubmitRequest};
+use crate::proto::{
+    PeerConnection, Priority, RateGroup, Reflink, Request, Sparse, Strategy, SubmitRequest,
+};
 #[cfg(doc)]
 use crate::{Client, JobHandle};
 
@@ -99,6 +101,20 @@ pub struct TransferOptions {
     /// assert!(opts.resume);
     /// ```
     pub resume: bool,
+    /// [`Client::submit_remote`] and [`Client::submit_pull`] only: whether
+    /// the conversation with the other daemon outlives this job, so that
+    /// the next file handed over with the same socket pays for no new TCP
+    /// or TLS handshake ([`PeerConnection`]). Hand a socket over again
+    /// (with [`PeerConnection::Continue`]) only after its job succeeded;
+    /// after a failure connect anew.
+    ///
+    /// ```
+    /// use ringxfer_ipc::proto::PeerConnection;
+    /// let first = ringxfer_ipc::TransferOptions { connection: PeerConnection::Keep, ..Default::default() };
+    /// let next = ringxfer_ipc::TransferOptions { connection: PeerConnection::Continue, ..first.clone() };
+    /// assert_eq!(next.connection, PeerConnection::Continue);
+    /// ```
+    pub connection: PeerConnection,
 }
 
 impl Default for TransferOptions {
@@ -129,6 +145,7 @@ impl Default for TransferOptions {
             rate_group: None,
             sparse: Sparse::Auto,
             resume: false,
+            connection: PeerConnection::Close,
         }
     }
 }

@@ -302,6 +302,7 @@ impl Client {
                     pull: false,
                     resume,
                     list: false,
+                    connection: opts.connection,
                 };
                 request = Request::SubmitRemote(Box::new(push));
             }
@@ -314,6 +315,7 @@ impl Client {
                     pull: true,
                     resume,
                     list,
+                    connection: opts.connection,
                 };
                 request = Request::SubmitRemote(Box::new(pull));
             }

@@ -26,6 +26,7 @@ mod progress_json;
 mod pull_part;
 mod read_ahead;
 mod remote;
+mod remote_listing;
 mod remote_pull_tree;
 mod remote_tree;
 mod report;

@@ -175,9 +175,6 @@ pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.job.detach || args.range.is_partial() {
         return refuse("--detach, --offset or --length");
     }
-    if args.recursive && args.dest.resume {
-        return refuse("--resume of a tree (-r)");
-    }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
         return refuse("--in-place, --no-clobber, --update or --backup");
     }

@@ -1,61 +1,64 @@
 //! `ringxfer copy -r HOST[:PORT]:EXPORT[/PATH] DST`: a tree pulled from
 //! another daemon. Its listing comes first (`List`, served like a file and
 //! checked by CRC-32C, into a memfd); then the directories are made here
-//! and the regular files pulled, one connection each, a few at once, each
-//! staged and named only once whole, with its mode and times. Into an
-//! existing directory DST the tree keeps its own name, as with cp -r;
-//! otherwise it takes DST's.
+//! and the regular files pulled, a few at once over a few kept
+//! connections, each written to `.NAME.ringxfer-part` (pull_part.rs) and
+//! named only once whole, with its mode and times. Into an existing
+//! directory DST the tree keeps its own name, as with cp -r; otherwise it
+//! takes DST's.
+//!
+//! `--resume` goes on with a tree pull cut off: a file already here with
+//! the listing's size and modification time is left alone (rsync's quick
+//! check: a pulled file gets the other side's times to the nanosecond),
+//! and a part kept beside a file is continued from its first block that
+//! differs (a pull cut off keeps its part, as a single file's does).
 //!
 //! Not carried yet: symbolic links and special files (each skipped with a
 //! note), and modes and times of directories.
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{Read, Seek};
 use std::net::TcpStream;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ringxfer_ipc::proto::peer::{decode_listing, EntryKind, ListEntry, RemotePath};
-use ringxfer_ipc::publish::{PublishOptions, StagedFile};
+use ringxfer_ipc::proto::peer::{EntryKind, ListEntry, RemotePath};
+use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::{JobHandle, TransferOptions};
 
 use crate::context::{Context, CopyArgs, Target};
 use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
+use crate::pull_part::PullPart;
 use crate::remote::Remote;
+use crate::remote_listing::fetch_listing;
 use crate::report::{self, Op, Subject, Tally};
 
 /// Pulls in flight at once, as for pushes (remote_tree.rs).
 const WINDOW: usize = 4;
-/// Mode of pulled files until their own is set, as `recv`'s.
-const STAGED_MODE: u32 = 0o600;
 
 pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     let started = Instant::now();
     let result = list(ctx, args, remote);
-    let (engine, entries, root) = match result {
+    let (engine, entries, root, socket) = match result {
         Ok(found) => found,
         Err(err) => {
             ctx.out.failed(Op::Copy, None, &err);
             return err.exit;
         }
     };
+    let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
+    plan.resume = args.dest.resume;
     let mut pulls = Pulls {
         ctx,
         engine: &engine,
         remote,
-        opts: ctx
-            .plan(args.range, args.job, args.dest.fsync)
-            .options(String::new()),
-        publish: PublishOptions {
-            fsync: args.dest.fsync,
-            mode: Some(STAGED_MODE),
-            ..PublishOptions::default()
-        },
+        opts: plan.options(String::new()),
+        fsync: args.dest.fsync,
         tally: Tally::default(),
         in_flight: VecDeque::with_capacity(WINDOW),
+        idle: vec![socket],
+        unchanged: 0,
     };
     pulls.make_dir(&root);
     for entry in entries {
@@ -63,6 +66,12 @@ pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     }
     while !pulls.in_flight.is_empty() {
         pulls.wait_oldest();
+    }
+    if pulls.unchanged > 0 {
+        report::note(&format!(
+            "left alone {} file(s) already here with the same size and modification time (--resume)",
+            pulls.unchanged
+        ));
     }
     let mut tally = pulls.tally;
     tally.elapsed = started.elapsed();
@@ -74,12 +83,13 @@ pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     }
 }
 
-/// The engine, the listing of the remote directory, and where it lands.
+/// The engine, the listing of the remote directory, where it lands, and
+/// the connection it came on (kept for the files).
 fn list(
     ctx: &Context,
     args: &CopyArgs<'_>,
     remote: &Remote,
-) -> Result<(EngineHandle, Vec<ListEntry>, PathBuf), CliError> {
+) -> Result<(EngineHandle, Vec<ListEntry>, PathBuf, TcpStream), CliError> {
     crate::remote::check_pull_flags(args)?;
     let path = RemotePath::new(remote.path.trim_end_matches('/'))
         .map_err(|e| CliError::usage(format!("remote path {}: {e}", remote.path)))?;
@@ -90,44 +100,8 @@ fn list(
         _ => args.dst.to_path_buf(),
     };
     let engine = ctx.engine(&args.job)?;
-    let shown = format!("{}:{}", remote.address, remote.path);
-    let mut listing = memfd().map_err(|e| CliError::io("memfd_create".to_string(), &e))?;
-    let socket = TcpStream::connect(&remote.address)
-        .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err))?;
-    let opts = TransferOptions {
-        tag: ringxfer_ipc::fit_tag(&format!("list {shown}")),
-        ..TransferOptions::default()
-    };
-    let what = format!("list {shown}");
-    let handle = engine
-        .client()
-        .submit_list(&socket, &listing, &path, &opts)
-        .map_err(|err| CliError::client(what.clone(), &err))?;
-    handle.wait().map_err(|err| CliError::job(what, &err))?;
-    let mut bytes = Vec::new();
-    listing
-        .rewind()
-        .and_then(|()| listing.read_to_end(&mut bytes))
-        .map_err(|e| CliError::io(format!("read the listing of {shown}"), &e))?;
-    let entries = decode_listing(&bytes).map_err(|e| {
-        CliError::io(
-            format!("the listing of {shown}"),
-            &std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        )
-    })?;
-    Ok((engine, entries, root))
-}
-
-/// A file in memory, for the listing.
-fn memfd() -> std::io::Result<fs::File> {
-    // SAFETY: the name is a NUL-terminated literal; memfd_create takes no
-    // other pointer.
-    let fd = unsafe { libc::memfd_create(c"ringxfer-listing".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    let (entries, socket) = fetch_listing(&engine, remote, &path)?;
+    Ok((engine, entries, root, socket))
 }
 
 /// The pulls of one command, a few in flight.
@@ -135,10 +109,16 @@ struct Pulls<'a> {
     ctx: &'a Context,
     engine: &'a EngineHandle,
     remote: &'a Remote,
+    /// Each file's options: `opts.resume` is `--resume`.
     opts: TransferOptions,
-    publish: PublishOptions,
+    fsync: bool,
     tally: Tally,
-    in_flight: VecDeque<(Subject, JobHandle, StagedFile)>,
+    in_flight: VecDeque<(Subject, JobHandle, PullPart, TcpStream)>,
+    /// Connections whose last file came whole: the daemon kept their
+    /// conversations for the next file.
+    idle: Vec<TcpStream>,
+    /// Files `--resume` found here already.
+    unchanged: u64,
 }
 
 impl Pulls<'_> {
@@ -148,6 +128,11 @@ impl Pulls<'_> {
         let local = root.join(&entry.path);
         match entry.kind {
             EntryKind::Dir => self.make_dir(&local),
+            EntryKind::File if self.opts.resume && up_to_date(&local, &entry) => {
+                self.tally.items += 1;
+                self.tally.skipped += 1;
+                self.unchanged += 1;
+            }
             EntryKind::File => {
                 if self.in_flight.len() == WINDOW {
                     self.wait_oldest();
@@ -190,35 +175,46 @@ impl Pulls<'_> {
             dst: local.display().to_string(),
         };
         match self.submit(&from, local, &subject) {
-            Ok((handle, staged)) => self.in_flight.push_back((subject, handle, staged)),
+            Ok((handle, part, socket)) => {
+                self.in_flight.push_back((subject, handle, part, socket));
+            }
             Err(err) => self.count_failure(&subject, &err),
         }
     }
 
     fn submit(
-        &self,
+        &mut self,
         from: &str,
         local: &Path,
         subject: &Subject,
-    ) -> Result<(JobHandle, StagedFile), CliError> {
+    ) -> Result<(JobHandle, PullPart, TcpStream), CliError> {
         let path = RemotePath::new(from)
             .map_err(|e| CliError::usage(format!("remote path {from}: {e}")))?;
-        let staged = StagedFile::create(local, None, &self.publish)
-            .map_err(|e| CliError::staging(local, &e))?;
-        let socket = TcpStream::connect(&self.remote.address)
-            .map_err(|err| CliError::io(format!("connect to {}", self.remote.address), &err))?;
+        let part = PullPart::open(local, self.opts.resume)?;
+        let (socket, connection) = match self.idle.pop() {
+            Some(socket) => (socket, PeerConnection::Continue),
+            None => match TcpStream::connect(&self.remote.address) {
+                Ok(socket) => (socket, PeerConnection::Keep),
+                Err(err) => {
+                    part.give_up(true);
+                    let what = format!("connect to {}", self.remote.address);
+                    return Err(CliError::io(what, &err));
+                }
+            },
+        };
         let opts = TransferOptions {
             tag: ringxfer_ipc::fit_tag(&subject.describe()),
+            connection,
             ..self.opts.clone()
         };
         match self
             .engine
             .client()
-            .submit_pull(&socket, staged.file(), &path, &opts)
+            .submit_pull(&socket, part.file(), &path, &opts)
         {
-            Ok(handle) => Ok((handle, staged)),
+            Ok(handle) => Ok((handle, part, socket)),
             Err(err) => {
-                staged.abandon();
+                part.give_up(true);
                 Err(CliError::client(subject.describe(), &err))
             }
         }
@@ -226,21 +222,33 @@ impl Pulls<'_> {
 
     /// Waits for the oldest pull, and names its file if it came whole.
     fn wait_oldest(&mut self) {
-        let Some((subject, handle, staged)) = self.in_flight.pop_front() else {
+        let Some((subject, handle, part, socket)) = self.in_flight.pop_front() else {
             return;
         };
-        match handle.wait() {
-            Ok(done) => match staged.publish(None) {
+        let done = handle.wait();
+        if done.is_ok() {
+            // The job succeeded, so its conversation is kept.
+            self.idle.push(socket);
+        }
+        match done {
+            Ok(done) => match part.publish(self.fsync) {
                 Ok(()) => {
                     self.tally.items += 1;
                     self.tally.files += 1;
                     self.tally.bytes += done.bytes;
                 }
-                Err(e) => self.count_failure(&subject, &CliError::publish(&e)),
+                Err(err) => self.count_failure(&subject, &err),
             },
             Err(err) => {
-                staged.abandon();
-                self.count_failure(&subject, &CliError::job(subject.describe(), &err));
+                // Cut off: what came stays for `copy -r --resume`.
+                let err = CliError::job(subject.describe(), &err);
+                if let Some(kept) = part.give_up(err.kind == "peer-gone") {
+                    report::note(&format!(
+                        "kept {} for `ringxfer copy -r --resume`",
+                        kept.display()
+                    ));
+                }
+                self.count_failure(&subject, &err);
             }
         }
     }
@@ -253,4 +261,15 @@ impl Pulls<'_> {
             self.tally.failed_paths.push(subject.src.clone());
         }
     }
+}
+
+/// `local` is a regular file of `entry`'s size and modification time.
+fn up_to_date(local: &Path, entry: &ListEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(local).is_ok_and(|m| {
+        m.is_file()
+            && m.len() == entry.size
+            && m.mtime() == entry.mtime.secs
+            && u32::try_from(m.mtime_nsec()) == Ok(entry.mtime.nanos)
+    })
 }

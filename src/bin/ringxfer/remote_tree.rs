@@ -1,6 +1,17 @@
 //! `ringxfer copy -r DIR HOST[:PORT]:EXPORT[/PATH]`: a tree pushed to
-//! another daemon, one regular file at a time over its own connection, a
-//! few at once. The other daemon makes the directories each file needs
+//! another daemon, one regular file at a time, a few at once, over a few
+//! connections, each kept by the daemon from one file to the next
+//! (`PeerConnection::Keep`, then `Continue`: one TCP and TLS handshake
+//! per connection, not per file). A connection whose file failed is not
+//! used again; the next file connects anew.
+//!
+//! `--resume` goes on with a tree push cut off: the other daemon's listing
+//! of the destination comes first (on a connection then kept for the
+//! files), a file there with the source's size and modification time is
+//! left alone (rsync's quick check: a pushed file gets the source's times
+//! to the nanosecond), and every other file is pushed with `resume`, so a
+//! part the other daemon kept is continued from its first block that
+//! differs. The other daemon makes the directories each file needs
 //! (`mkdir`), beneath its export. Into the export or a path ending in `/`
 //! the tree keeps its own name, as with cp into a directory; otherwise it
 //! takes PATH's.
@@ -8,13 +19,14 @@
 //! Not yet carried: symbolic links, special files and empty directories
 //! (each skipped with a note), and modes and times of directories.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ringxfer_ipc::proto::peer::RemotePath;
+use ringxfer_ipc::proto::peer::{EntryKind, RemotePath, Timestamp};
+use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::{JobHandle, TransferOptions};
 
 use crate::context::{Context, CopyArgs};
@@ -22,6 +34,7 @@ use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::open_source;
 use crate::remote::Remote;
+use crate::remote_listing::fetch_listing;
 use crate::report::{self, Op, Subject, Tally};
 
 /// Pushes in flight at once: enough to hide a handshake's round trips,
@@ -49,7 +62,24 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         }
     };
     let mut tally = Tally::default();
-    let items = walk(root, &base(remote, root), &mut tally);
+    let base = base(remote, root);
+    let mut items = walk(root, &base, &mut tally);
+    let mut idle = Vec::with_capacity(WINDOW);
+    if args.dest.resume {
+        let (there, socket) = already_there(&engine, remote, &base);
+        idle.extend(socket);
+        let before = items.len();
+        items.retain(|item| !up_to_date(item, &base, &there));
+        let unchanged = (before - items.len()) as u64;
+        tally.items += unchanged;
+        tally.skipped += unchanged;
+        if unchanged > 0 {
+            report::note(&format!(
+                "left alone {unchanged} file(s) already there with the same size and \
+                 modification time (--resume)"
+            ));
+        }
+    }
     let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
     plan.resume = args.dest.resume;
     let opts = plan.options(String::new());
@@ -60,6 +90,7 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         opts,
         tally,
         in_flight: VecDeque::with_capacity(WINDOW),
+        idle,
     };
     for item in items {
         if pushes.in_flight.len() == WINDOW {
@@ -78,6 +109,52 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     } else {
         Exit::Done
     }
+}
+
+/// The files under `base` on the other daemon, by path below it, with
+/// their size and modification time; and the connection the listing came
+/// on. Nothing there yet (or no listing) is an empty map: every file goes.
+fn already_there(
+    engine: &EngineHandle,
+    remote: &Remote,
+    base: &str,
+) -> (HashMap<String, (u64, Timestamp)>, Option<TcpStream>) {
+    let listed = RemotePath::new(base)
+        .map_err(|e| CliError::usage(format!("remote path {base}: {e}")))
+        .and_then(|path| fetch_listing(engine, remote, &path));
+    match listed {
+        Ok((entries, socket)) => {
+            let files = entries
+                .into_iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| (e.path, (e.size, e.mtime)))
+                .collect();
+            (files, Some(socket))
+        }
+        Err(err) => {
+            if err.kind != "not-found" {
+                report::note(&format!("{err}: every file is sent"));
+            }
+            (HashMap::new(), None)
+        }
+    }
+}
+
+/// `item` is on the other daemon with its size and modification time.
+fn up_to_date(item: &Item, base: &str, there: &HashMap<String, (u64, Timestamp)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let rel = item
+        .dst
+        .strip_prefix(base)
+        .map(|r| r.trim_start_matches('/'));
+    let Some(&(size, mtime)) = rel.and_then(|r| there.get(r)) else {
+        return false;
+    };
+    fs::symlink_metadata(&item.src).is_ok_and(|m| {
+        m.len() == size
+            && m.mtime() == mtime.secs
+            && u32::try_from(m.mtime_nsec()) == Ok(mtime.nanos)
+    })
 }
 
 /// Where `root` lands: inside the export or a `dir/` under its own name,
@@ -153,7 +230,10 @@ struct Pushes<'a> {
     remote: &'a Remote,
     opts: TransferOptions,
     tally: Tally,
-    in_flight: VecDeque<(Subject, JobHandle)>,
+    in_flight: VecDeque<(Subject, JobHandle, TcpStream)>,
+    /// Connections whose last file landed: the daemon kept their
+    /// conversations for the next file.
+    idle: Vec<TcpStream>,
 }
 
 impl Pushes<'_> {
@@ -165,30 +245,43 @@ impl Pushes<'_> {
             dst: format!("{}:{}", self.remote.address, item.dst),
         };
         match self.submit(&item, &subject) {
-            Ok(handle) => self.in_flight.push_back((subject, handle)),
+            Ok((handle, socket)) => self.in_flight.push_back((subject, handle, socket)),
             Err(err) => self.count_failure(&subject, &err),
         }
     }
 
-    fn submit(&self, item: &Item, subject: &Subject) -> Result<JobHandle, CliError> {
+    fn submit(
+        &mut self,
+        item: &Item,
+        subject: &Subject,
+    ) -> Result<(JobHandle, TcpStream), CliError> {
         let path = RemotePath::new(&item.dst)
             .map_err(|e| CliError::usage(format!("remote path {}: {e}", item.dst)))?;
         let (file, _) = open_source(&item.src, "a directory")?;
-        let socket = TcpStream::connect(&self.remote.address)
-            .map_err(|err| CliError::io(format!("connect to {}", self.remote.address), &err))?;
+        let (socket, connection) = match self.idle.pop() {
+            Some(socket) => (socket, PeerConnection::Continue),
+            None => {
+                let socket = TcpStream::connect(&self.remote.address).map_err(|err| {
+                    CliError::io(format!("connect to {}", self.remote.address), &err)
+                })?;
+                (socket, PeerConnection::Keep)
+            }
+        };
         let opts = TransferOptions {
             tag: ringxfer_ipc::fit_tag(&subject.describe()),
+            connection,
             ..self.opts.clone()
         };
         self.engine
             .client()
             .submit_remote(&file, &socket, &path, true, &opts)
+            .map(|handle| (handle, socket))
             .map_err(|err| CliError::client(subject.describe(), &err))
     }
 
     /// Waits for the oldest push and counts what came of it.
     fn wait_oldest(&mut self) {
-        let Some((subject, handle)) = self.in_flight.pop_front() else {
+        let Some((subject, handle, socket)) = self.in_flight.pop_front() else {
             return;
         };
         match handle.wait() {
@@ -196,6 +289,8 @@ impl Pushes<'_> {
                 self.tally.items += 1;
                 self.tally.files += 1;
                 self.tally.bytes += done.bytes;
+                // The job succeeded, so its conversation is kept.
+                self.idle.push(socket);
             }
             Err(err) => self.count_failure(&subject, &CliError::job(subject.describe(), &err)),
         }

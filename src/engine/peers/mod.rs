@@ -13,12 +13,13 @@
 mod conn;
 mod dirs;
 mod incoming;
+pub(super) mod kept;
 mod names;
 mod resume;
 mod serving;
 mod serving_resume;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -36,6 +37,7 @@ use crate::io::op::{self, AnyOp};
 use crate::io::ops::{Op, Owner};
 use crate::privileges::Identity;
 use crate::tls::{HandedOver, Session, TlsSetup};
+use crate::transfer::peer_link::PeerLink;
 use crate::transfer::peer_socket::tune_peer_socket;
 use crate::transfer::redial::Redial;
 use crate::transfer::TransferError;
@@ -125,6 +127,8 @@ pub(super) struct Peers {
     /// The listener takes plaintext.
     plaintext: bool,
     pub(super) tls: Option<Arc<TlsSetup>>,
+    /// Conversations kept between one client's pushes (kept.rs).
+    kept: HashMap<kept::KeptKey, PeerLink>,
 }
 
 impl Peers {

@@ -36,7 +36,10 @@ pub(super) struct Serving {
     pub(super) shown: String,
     pub(super) file: Option<Rc<OwnedFd>>,
     size: u64,
+    /// Where the next read is (the file's end once all is sent), and
+    /// where sending started (a resumed pull's first block that differed).
     pub(super) sent: u64,
+    pub(super) resumed_from: u64,
     pub(super) crc: u32,
     /// The read buffer, when no read holds it.
     pub(super) buf: Option<Vec<u8>>,
@@ -100,6 +103,7 @@ impl Engine {
                 file: None,
                 size: 0,
                 sent: 0,
+                resumed_from: 0,
                 crc: 0,
                 buf: Some(Vec::with_capacity(PIECE)),
                 ready: false,
@@ -365,7 +369,13 @@ impl Engine {
         };
         match &failure {
             None => {
-                info!(peer = %conn.who, path = %serving.shown, bytes = serving.sent, "sent a file to another daemon")
+                info!(
+                    peer = %conn.who,
+                    path = %serving.shown,
+                    bytes = serving.sent.saturating_sub(serving.resumed_from),
+                    resumed_from = serving.resumed_from,
+                    "sent a file to another daemon"
+                );
             }
             Some((kind, why)) => {
                 warn!(peer = %conn.who, path = %serving.shown, ?kind, "sending a file failed: {why}")

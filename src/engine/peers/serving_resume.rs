@@ -139,6 +139,7 @@ impl Engine {
             return;
         };
         serving.sent = at;
+        serving.resumed_from = at;
         serving.crc = block_sums::combined(&c.got.sums, (at / BLOCK) as usize, BLOCK);
         serving.ready = true;
         let ready = PeerMessage::Ready {

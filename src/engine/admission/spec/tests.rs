@@ -554,7 +554,7 @@ fn a_job_is_built_from_its_spec_as_admitted() {
         piece: Some(global.piece()),
         group: None,
     };
-    let job = Job::from_spec(spec, pools, shared, now, (None, None));
+    let job = Job::from_spec(spec, pools, shared, now, (None, None, None));
     assert_eq!(
         (job.id, job.req, job.uid, job.session),
         (42, 7, 1000, Some(3))
