@@ -103,7 +103,9 @@ impl Engine {
 
     /// Arms the deadline check, if a daemon has connections and none is armed.
     pub(super) fn arm_deadlines(&mut self) {
-        let connected = !self.sessions.slab.is_empty() || self.has_peers();
+        // Jobs too: a detached push outlives its client (liveness.rs).
+        let connected =
+            !self.sessions.slab.is_empty() || self.has_peers() || !self.jobs.slab.is_empty();
         if self.listener.fd.is_none()
             || self.life.stopping
             || self.timers.deadlines.is_some()
@@ -149,6 +151,7 @@ impl Engine {
             self.protocol_error(k, FrameError { kind, message });
         }
         self.peer_deadlines(now);
+        self.job_peer_deadlines(now);
         self.arm_deadlines();
     }
 }

@@ -1385,22 +1385,20 @@ impl Engine {
         let keep = job
             .keep
             .filter(|_| job.failure().is_none() && job.session.is_some());
-        let ends = match (keep, job.copy) {
+        let fds = match (keep, job.copy) {
             (Some(key), Mover::Peer(push)) => {
-                let (ends, kept) = push.into_kept();
+                let (fds, kept) = push.into_kept();
                 self.keep_link(key, kept);
-                ends
+                fds
             }
             (Some(key), Mover::Pull(pull)) => {
-                let (ends, kept) = pull.into_kept();
+                let (fds, kept) = pull.into_kept();
                 self.keep_link(key, kept);
-                ends
+                fds
             }
-            (_, copy) => copy.into_endpoints(),
+            (_, copy) => copy.into_descriptors(),
         };
-        if let Some(ends) = ends {
-            self.closing.doomed.extend([ends.src, ends.dst]);
-        }
+        self.closing.doomed.extend(fds);
         if let Some(dir) = job.publish.take().and_then(Publisher::into_dir) {
             self.closing.doomed.push(dir);
         }

@@ -240,6 +240,46 @@ impl Mover {
         }
     }
 
+    /// A job waiting on another daemon: how long it has said nothing while
+    /// this side listened, and how long a `Ping` went unanswered
+    /// (peer_link.rs).
+    pub(crate) fn peer_silence(
+        &self,
+        now: std::time::Instant,
+    ) -> Option<(std::time::Duration, Option<std::time::Duration>)> {
+        match self {
+            Mover::Peer(c) => c.peer_silence(now),
+            Mover::Pull(c) => c.peer_silence(now),
+            _ => None,
+        }
+    }
+
+    /// Asks the other daemon whether it is still there (`Ping`).
+    pub(crate) fn ping_peer(&mut self, owner: Owner, io: &mut Io) {
+        match self {
+            Mover::Peer(c) => c.ping_peer(owner, io),
+            Mover::Pull(c) => c.ping_peer(owner, io),
+            _ => {}
+        }
+    }
+
+    /// The other daemon said nothing for too long, even to a `Ping`: the
+    /// job fails as if the connection were cut (a detached push dials
+    /// again).
+    pub(crate) fn peer_silent(
+        &mut self,
+        err: TransferError,
+        owner: Owner,
+        io: &mut Io,
+        out: &mut Vec<Returned>,
+    ) {
+        match self {
+            Mover::Peer(c) => c.peer_silent(err, owner, io),
+            Mover::Pull(c) => c.fail(err, io, out),
+            _ => {}
+        }
+    }
+
     pub(crate) fn moved(&self) -> u64 {
         match self {
             Mover::Splice(c) => c.moved,
@@ -321,15 +361,18 @@ impl Mover {
         }
     }
 
-    pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
-        match self {
+    /// Every descriptor it holds, to close off the loop thread: the job's
+    /// two, and a host-to-host link's own sockets.
+    pub(crate) fn into_descriptors(self) -> Vec<OwnedFd> {
+        let ends = match self {
             Mover::Splice(c) => c.into_endpoints(),
             Mover::Buffered(c) => c.into_endpoints(),
             Mover::CopyRange(c) => c.into_endpoints(),
             Mover::Reflink(c) => c.into_endpoints(),
-            Mover::Peer(c) => c.into_endpoints(),
-            Mover::Pull(c) => c.into_endpoints(),
-        }
+            Mover::Peer(c) => return c.into_descriptors(),
+            Mover::Pull(c) => return c.into_descriptors(),
+        };
+        ends.map(|e| vec![e.src, e.dst]).unwrap_or_default()
     }
 }
 

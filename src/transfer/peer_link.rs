@@ -7,6 +7,7 @@
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use ringxfer_ipc::proto::peer::{encode, PeerLimits, PeerMessage, PeerReader, Piece};
 use ringxfer_ipc::FailureKind;
@@ -60,6 +61,9 @@ pub(crate) struct PeerLink {
     /// `Hello` went out on this conversation: a job continuing it says
     /// only its own request.
     greeted: bool,
+    /// Sockets of its own it let go of (a redial replaced a kept one), to
+    /// close off the loop thread with the rest (`into_sockets`).
+    retired: Vec<OwnedFd>,
     pub(crate) limits: PeerLimits,
     /// The send's box when idle, and bytes waiting for it.
     outgoing: Option<Box<Outgoing>>,
@@ -78,6 +82,10 @@ pub(crate) struct PeerLink {
     cipher_len: usize,
     /// Sends and receives in flight.
     pub(crate) in_flight: usize,
+    /// When the other daemon last sent anything, and when a `Ping` went
+    /// out since, unanswered (see `silence`).
+    heard: Instant,
+    pinged: Option<Instant>,
     /// A read was asked for while TLS waited to go to the kernel: it is
     /// armed once the hand-over is done.
     parked: bool,
@@ -107,6 +115,7 @@ impl PeerLink {
         PeerLink {
             socket: Socket::Job(ends, socket),
             greeted: false,
+            retired: Vec::new(),
             limits: PeerLimits::default(),
             outgoing: Some(Box::new(Outgoing {
                 bytes: Vec::with_capacity(512),
@@ -123,6 +132,8 @@ impl PeerLink {
             cipher_len: 0,
             in_flight: 0,
             parked: false,
+            heard: Instant::now(),
+            pinged: None,
         }
     }
 
@@ -145,6 +156,29 @@ impl PeerLink {
             && !self.parked
     }
 
+    /// While this side listens (a read armed; else the other daemon's
+    /// silence is not its own): how long the other daemon has said
+    /// nothing, and how long a `Ping` has gone unanswered, if one went out.
+    /// The first may be long for good reasons (nothing was owed: a file
+    /// being sent, the pause between two files of a kept connection); the
+    /// second is the other daemon not answering.
+    pub(crate) fn silence(&self, now: Instant) -> Option<(Duration, Option<Duration>)> {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        self.rx_op
+            .is_some()
+            .then(|| (since(self.heard), self.pinged.map(since)))
+    }
+
+    /// Asks the other daemon whether it is still there: a `Ping`, once per
+    /// silence, answered by its loop with `Pong` whatever it is doing.
+    pub(crate) fn ping(&mut self, owner: Owner, io: &mut Io) -> Result<(), TransferError> {
+        if self.pinged.is_some() {
+            return Ok(());
+        }
+        self.pinged = Some(Instant::now());
+        self.say(&PeerMessage::Ping, owner, io)
+    }
+
     /// Keeps the conversation beyond its job (see `quiet`): the link holds
     /// the socket itself (a duplicate of the job's descriptor), so the job
     /// lets go of its descriptors as any job does.
@@ -162,7 +196,9 @@ impl PeerLink {
     /// nothing in flight (every buffer back).
     pub(crate) fn redial(&mut self, socket: Rc<OwnedFd>, tls: Option<Session>) {
         debug_assert_eq!(self.in_flight, 0, "a link redials with nothing in flight");
-        self.socket = Socket::Own(socket);
+        if let Socket::Own(old) = std::mem::replace(&mut self.socket, Socket::Own(socket)) {
+            self.retired.extend(Rc::try_unwrap(old).ok());
+        }
         self.greeted = false;
         self.limits = PeerLimits::default();
         self.queued.clear();
@@ -174,6 +210,8 @@ impl PeerLink {
         self.reader = PeerReader::default();
         self.cipher_len = 0;
         self.parked = false;
+        self.heard = Instant::now();
+        self.pinged = None;
         if tls.is_some() && self.cipher.is_none() {
             self.cipher = Some(vec![0; CIPHER_BUFFER]);
         }
@@ -213,12 +251,14 @@ impl PeerLink {
         self.listen(owner, io)
     }
 
-    /// The socket it holds itself, to close (a kept conversation's).
-    pub(crate) fn into_socket(self) -> Option<OwnedFd> {
-        match self.socket {
-            Socket::Own(socket) => Rc::try_unwrap(socket).ok(),
-            Socket::Job(..) => None,
+    /// The sockets it holds itself, to close off the loop thread (a kept
+    /// or redialled conversation's, and any it let go of).
+    pub(crate) fn into_sockets(self) -> Vec<OwnedFd> {
+        let mut fds = self.retired;
+        if let Socket::Own(socket) = self.socket {
+            fds.extend(Rc::try_unwrap(socket).ok());
         }
+        fds
     }
 
     /// Queues a message, and sends what is queued unless a send is in
@@ -384,6 +424,10 @@ impl PeerLink {
             self.cipher = Some(read.buf);
         } else {
             self.rx = Some(read.buf);
+        }
+        if result > 0 {
+            self.heard = Instant::now();
+            self.pinged = None;
         }
         match result {
             0 => Ok(false),

@@ -11,7 +11,9 @@
 //! (the client names the file). Anything else fails the job, and the
 //! client drops the staged file.
 
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, RemotePath, PEER_PROTOCOL_VERSION};
 use ringxfer_ipc::{FailureKind, Strategy};
@@ -124,31 +126,57 @@ impl PeerPull {
         Rc::clone(&self.ends)
     }
 
-    pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
-        // The link holds a share of them: it goes first.
+    /// Every descriptor it holds, to close off the loop thread: the job's
+    /// two (once the link lets go of its share) and the link's own sockets.
+    pub(crate) fn into_descriptors(self) -> Vec<OwnedFd> {
         let PeerPull { ends, link, .. } = self;
-        drop(link);
-        Rc::try_unwrap(ends).ok()
+        let mut fds = link.into_sockets();
+        if let Ok(ends) = Rc::try_unwrap(ends) {
+            fds.extend([ends.src, ends.dst]);
+        }
+        fds
     }
 
-    /// The job's own descriptors, to close, and the conversation, kept for
-    /// the next file, if the file landed and the conversation is quiet
-    /// (`PeerLink::quiet`: the read cancelled at the end is back, empty).
-    pub(crate) fn into_kept(mut self) -> (Option<Endpoints>, Option<PeerLink>) {
+    /// The descriptors to close, and the conversation, kept for the next
+    /// file, if the file landed and the conversation is quiet
+    /// (`PeerLink::quiet`).
+    pub(crate) fn into_kept(mut self) -> (Vec<OwnedFd>, Option<PeerLink>) {
         let landed = self.phase == Phase::Landed && self.failure.is_none();
         if !landed || !self.link.quiet() {
-            return (self.into_endpoints(), None);
+            return (self.into_descriptors(), None);
         }
         if let Err(e) = self.link.keep() {
             tracing::warn!("cannot keep the connection to the other daemon: {e}");
-            return (self.into_endpoints(), None);
+            return (self.into_descriptors(), None);
         }
         let PeerPull { ends, link, .. } = self;
-        (Rc::try_unwrap(ends).ok(), Some(link))
+        let fds = Rc::try_unwrap(ends)
+            .map(|e| vec![e.src, e.dst])
+            .unwrap_or_default();
+        (fds, Some(link))
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {
         self.failure.as_ref()
+    }
+
+    /// While the pull waits for the file (the answer, or its data, read as
+    /// permits allow): the other daemon's silence, and how long a `Ping`
+    /// went unanswered (`PeerLink::silence`); None when not waiting on it.
+    pub(crate) fn peer_silence(&self, now: Instant) -> Option<(Duration, Option<Duration>)> {
+        let waiting = matches!(self.phase, Phase::Asked | Phase::Body);
+        (waiting && self.failure.is_none())
+            .then(|| self.link.silence(now))
+            .flatten()
+    }
+
+    /// Asks the other daemon whether it is still there.
+    pub(crate) fn ping_peer(&mut self, owner: Owner, io: &mut Io) {
+        if let Err(e) = self.link.ping(owner, io) {
+            self.failed(e);
+            // Nothing else would end the read still waiting.
+            self.link.cancel(io);
+        }
     }
 
     pub(crate) fn is_finished(&self) -> bool {

@@ -20,7 +20,9 @@
 //! The control frames travel in buffers the operations own and hand back
 //! (`op::Send` of an `Outgoing`, `op::ReadInto`), as a connection's do.
 
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use ringxfer_ipc::proto::peer::{
     encode, Checksum, FileMeta, PeerMessage, Put, RemotePath, PEER_PROTOCOL_VERSION,
@@ -195,31 +197,65 @@ impl PeerPush {
         Rc::clone(&self.ends)
     }
 
-    pub(crate) fn into_endpoints(self) -> Option<Endpoints> {
-        // The link may hold a share of them: it goes first.
+    /// Every descriptor it holds, to close off the loop thread: the job's
+    /// two (once the link lets go of its share) and the link's own sockets.
+    pub(crate) fn into_descriptors(self) -> Vec<OwnedFd> {
         let PeerPush { ends, link, .. } = self;
-        drop(link);
-        Rc::try_unwrap(ends).ok()
+        let mut fds = link.into_sockets();
+        if let Ok(ends) = Rc::try_unwrap(ends) {
+            fds.extend([ends.src, ends.dst]);
+        }
+        fds
     }
 
-    /// The job's own descriptors, to close, and the conversation, kept for
-    /// the next file, if the file landed and the conversation is quiet
+    /// The descriptors to close, and the conversation, kept for the next
+    /// file, if the file landed and the conversation is quiet
     /// (`PeerLink::quiet`).
-    pub(crate) fn into_kept(mut self) -> (Option<Endpoints>, Option<PeerLink>) {
+    pub(crate) fn into_kept(mut self) -> (Vec<OwnedFd>, Option<PeerLink>) {
         let landed = self.phase == Phase::Landed && self.failure.is_none();
         if !landed || !self.link.quiet() {
-            return (self.into_endpoints(), None);
+            return (self.into_descriptors(), None);
         }
         if let Err(e) = self.link.keep() {
             tracing::warn!("cannot keep the connection to the other daemon: {e}");
-            return (self.into_endpoints(), None);
+            return (self.into_descriptors(), None);
         }
         let PeerPush { ends, link, .. } = self;
-        (Rc::try_unwrap(ends).ok(), Some(link))
+        let fds = Rc::try_unwrap(ends)
+            .map(|e| vec![e.src, e.dst])
+            .unwrap_or_default();
+        (fds, Some(link))
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {
         self.failure.as_ref()
+    }
+
+    /// While the push waits for the other daemon's answer (to `Put`, or to
+    /// `End`): its silence, and how long a `Ping` went unanswered
+    /// (`PeerLink::silence`); None when not waiting on it.
+    pub(crate) fn peer_silence(&self, now: Instant) -> Option<(Duration, Option<Duration>)> {
+        let waiting = matches!(self.phase, Phase::Offered | Phase::Ending);
+        (waiting && !self.stopped())
+            .then(|| self.link.silence(now))
+            .flatten()
+    }
+
+    /// Asks the other daemon whether it is still there.
+    pub(crate) fn ping_peer(&mut self, owner: Owner, io: &mut Io) {
+        if let Err(e) = self.link.ping(owner, io) {
+            self.failed(e);
+            // Nothing else would end the read still waiting.
+            self.link.cancel(io);
+        }
+    }
+
+    /// The other daemon stayed silent, even to a `Ping`: the connection is
+    /// lost, as if cut (a detached push dials again).
+    pub(crate) fn peer_silent(&mut self, err: TransferError, owner: Owner, io: &mut Io) {
+        self.failed(err);
+        self.link.cancel(io);
+        self.redial_when_idle(owner, io);
     }
 
     /// Nothing more moves: failed, or lost and waiting to dial again.

@@ -820,6 +820,134 @@ fn a_connection_that_says_nothing_is_closed_in_time() {
     assert!(!export.path().join("stalled.bin").exists());
 }
 
+/// A daemon that accepts one connection and reads it but never answers
+/// (frozen: its kernel still acknowledges); the messages it got come back
+/// once the other end closes.
+fn frozen_daemon() -> (SocketAddr, std::thread::JoinHandle<Vec<PeerMessage>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let heard = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let (mut bytes, mut buf) = (Vec::new(), [0u8; 4096]);
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let (mut reader, mut at, mut got) = (PeerReader::default(), 0, Vec::new());
+        while let Ok(Some((Piece::Message(m), used))) =
+            reader.next(&bytes[at..], &PeerLimits::default())
+        {
+            got.push(m);
+            at += used;
+        }
+        got
+    });
+    (address, heard)
+}
+
+#[test]
+fn a_push_or_pull_to_a_daemon_that_stays_silent_fails_in_time_after_a_ping() {
+    let a = sender_with("frame_timeout = \"3s\"\n");
+    let src = a.dir().join("f.bin");
+    std::fs::write(&src, pattern(3, 5000)).expect("write");
+    let pull_to = a.dir().join("pulled.bin");
+    for pull in [false, true] {
+        let (address, heard) = frozen_daemon();
+        let started = std::time::Instant::now();
+        let out = if pull {
+            pull_cli(&a, &[], &format!("{address}:inbox/f.bin"), &pull_to)
+        } else {
+            push_cli(&a, &[], &src, &format!("{address}:inbox/f.bin"))
+        };
+        let took = started.elapsed();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            crate::cli_common::describe(&out)
+        );
+        let err = crate::cli_common::stderr(&out);
+        assert!(
+            err.contains("said nothing for 3s, not even to a Ping"),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        let got = heard.join().expect("the frozen daemon's thread");
+        assert!(
+            matches!(got.first(), Some(PeerMessage::Hello { .. })),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|m| matches!(m, PeerMessage::Ping)),
+            "{got:?}"
+        );
+        assert!(!pull_to.exists(), "nothing named after a failed pull");
+    }
+}
+
+#[test]
+fn slow_files_outlast_frame_timeout_and_a_rested_connection_is_dialled_again() {
+    // Both daemons with a frame_timeout far below the time the files take:
+    // a push whose receiver said nothing while the file came (nothing was
+    // owed), a pull whose puller said nothing, and connections resting
+    // between files longer than 10 x frame_timeout all still end whole.
+    let export = tmpdir();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let (b, address) = receiver_with(export.path(), uid, "frame_timeout = \"300ms\"\n");
+    let a = sender_with("frame_timeout = \"300ms\"\n");
+    let big = pattern(5, 4 << 20);
+    let src = a.dir().join("big.bin");
+    std::fs::write(&src, &big).expect("write");
+    let slow = ["--rate-limit", "1MiB"];
+    let out = push_cli(&a, &slow, &src, &format!("{address}:inbox/big.bin"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    assert_file_eq(&export.path().join("big.bin"), &big);
+    let back = a.dir().join("back.bin");
+    let out = pull_cli(&a, &slow, &format!("{address}:inbox/big.bin"), &back);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        b.log()
+    );
+    assert_file_eq(&back, &big);
+
+    // A tree whose first file takes over 3 s: the connections of the files
+    // after it rest that long (the receiver closes them at 3 s), and the
+    // files that would have gone on with them are pushed on new ones.
+    let tree = a.dir().join("t");
+    std::fs::create_dir(&tree).expect("mkdir");
+    std::fs::write(tree.join("a_big.bin"), &big).expect("write");
+    let small: Vec<Vec<u8>> = (0..9).map(|i| pattern(i, 3000)).collect();
+    for (i, data) in small.iter().enumerate() {
+        std::fs::write(tree.join(format!("b{i}")), data).expect("write");
+    }
+    let out = push_cli(
+        &a,
+        &["-r", "--rate-limit", "1MiB"],
+        &tree,
+        &format!("{address}:inbox"),
+    );
+    let summary = tree_summary(&out);
+    assert_eq!(
+        (summary["files"].as_u64(), summary["failed"].as_u64()),
+        (Some(10), Some(0)),
+        "{summary}"
+    );
+    for (i, data) in small.iter().enumerate() {
+        assert_file_eq(&export.path().join(format!("t/b{i}")), data);
+    }
+    assert!(b.log().contains("idle between files for 3s"), "{}", b.log());
+}
+
 /// A fresh key and certificate (`ringxferd --init-keys`) in a new
 /// directory, and the certificate's pin as it printed it.
 fn keys() -> (tempfile::TempDir, String) {

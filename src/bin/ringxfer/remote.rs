@@ -140,6 +140,22 @@ fn run(
     job_plan::run_remote(&engine, subject, &file, &socket, &path, false, plan).map(Pushed::Done)
 }
 
+/// A job that went on with a kept connection (`PeerConnection::Continue`)
+/// failed before anything moved because the connection was no longer
+/// there (closed by the other daemon while it rested, or not kept): worth
+/// once more on a new connection.
+pub fn kept_connection_lost(err: &ringxfer_ipc::JobError) -> bool {
+    use ringxfer_ipc::proto::FailureKind;
+    matches!(
+        err,
+        ringxfer_ipc::JobError::Failed {
+            kind: FailureKind::PeerGone | FailureKind::InvalidRequest,
+            bytes: 0,
+            ..
+        }
+    )
+}
+
 /// What a push cannot do (yet), refused before anything is opened.
 pub fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     let refuse = |what: &str| {

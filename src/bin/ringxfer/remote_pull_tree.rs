@@ -104,6 +104,18 @@ fn list(
     Ok((engine, entries, root, socket))
 }
 
+/// A pull in flight.
+struct Pending {
+    subject: Subject,
+    handle: JobHandle,
+    part: PullPart,
+    socket: TcpStream,
+    /// Its path in the listing, and here.
+    file: (String, PathBuf),
+    /// It went on with a kept connection.
+    continued: bool,
+}
+
 /// The pulls of one command, a few in flight.
 struct Pulls<'a> {
     ctx: &'a Context,
@@ -113,7 +125,7 @@ struct Pulls<'a> {
     opts: TransferOptions,
     fsync: bool,
     tally: Tally,
-    in_flight: VecDeque<(Subject, JobHandle, PullPart, TcpStream)>,
+    in_flight: VecDeque<Pending>,
     /// Connections whose last file came whole: the daemon kept their
     /// conversations for the next file.
     idle: Vec<TcpStream>,
@@ -137,7 +149,7 @@ impl Pulls<'_> {
                 if self.in_flight.len() == WINDOW {
                     self.wait_oldest();
                 }
-                self.start(&entry.path, &local);
+                self.start(&entry.path, &local, false);
             }
             EntryKind::Symlink | EntryKind::Other => {
                 self.tally.items += 1;
@@ -166,32 +178,41 @@ impl Pulls<'_> {
         }
     }
 
-    /// Stages, connects and submits one file; a failure is counted.
-    fn start(&mut self, rel: &str, local: &Path) {
+    /// Stages, connects and submits one file (on a kept connection if one
+    /// is idle, unless `fresh`); a failure is counted.
+    fn start(&mut self, rel: &str, local: &Path, fresh: bool) {
         let from = format!("{}/{rel}", self.remote.path.trim_end_matches('/'));
         let subject = Subject {
             op: Op::Copy,
             src: format!("{}:{from}", self.remote.address),
             dst: local.display().to_string(),
         };
-        match self.submit(&from, local, &subject) {
-            Ok((handle, part, socket)) => {
-                self.in_flight.push_back((subject, handle, part, socket));
-            }
+        match self.submit(&from, local, &subject, fresh) {
+            Ok((handle, part, socket, continued)) => self.in_flight.push_back(Pending {
+                subject,
+                handle,
+                part,
+                socket,
+                file: (rel.to_string(), local.to_path_buf()),
+                continued,
+            }),
             Err(err) => self.count_failure(&subject, &err),
         }
     }
 
+    /// The job, its part, its socket, and whether it continues a kept
+    /// connection.
     fn submit(
         &mut self,
         from: &str,
         local: &Path,
         subject: &Subject,
-    ) -> Result<(JobHandle, PullPart, TcpStream), CliError> {
+        fresh: bool,
+    ) -> Result<(JobHandle, PullPart, TcpStream, bool), CliError> {
         let path = RemotePath::new(from)
             .map_err(|e| CliError::usage(format!("remote path {from}: {e}")))?;
         let part = PullPart::open(local, self.opts.resume)?;
-        let (socket, connection) = match self.idle.pop() {
+        let (socket, connection) = match self.idle.pop().filter(|_| !fresh) {
             Some(socket) => (socket, PeerConnection::Continue),
             None => match TcpStream::connect(&self.remote.address) {
                 Ok(socket) => (socket, PeerConnection::Keep),
@@ -207,12 +228,13 @@ impl Pulls<'_> {
             connection,
             ..self.opts.clone()
         };
+        let continued = connection == PeerConnection::Continue;
         match self
             .engine
             .client()
             .submit_pull(&socket, part.file(), &path, &opts)
         {
-            Ok(handle) => Ok((handle, part, socket)),
+            Ok(handle) => Ok((handle, part, socket, continued)),
             Err(err) => {
                 part.give_up(true);
                 Err(CliError::client(subject.describe(), &err))
@@ -220,35 +242,41 @@ impl Pulls<'_> {
         }
     }
 
-    /// Waits for the oldest pull, and names its file if it came whole.
+    /// Waits for the oldest pull, and names its file if it came whole;
+    /// one whose kept connection was gone goes once more on a new one.
     fn wait_oldest(&mut self) {
-        let Some((subject, handle, part, socket)) = self.in_flight.pop_front() else {
+        let Some(p) = self.in_flight.pop_front() else {
             return;
         };
-        let done = handle.wait();
-        if done.is_ok() {
-            // The job succeeded, so its conversation is kept.
-            self.idle.push(socket);
-        }
+        let done = p.handle.wait();
         match done {
-            Ok(done) => match part.publish(self.fsync) {
-                Ok(()) => {
-                    self.tally.items += 1;
-                    self.tally.files += 1;
-                    self.tally.bytes += done.bytes;
+            Ok(done) => {
+                // The job succeeded, so its conversation is kept.
+                self.idle.push(p.socket);
+                match p.part.publish(self.fsync) {
+                    Ok(()) => {
+                        self.tally.items += 1;
+                        self.tally.files += 1;
+                        self.tally.bytes += done.bytes;
+                    }
+                    Err(err) => self.count_failure(&p.subject, &err),
                 }
-                Err(err) => self.count_failure(&subject, &err),
-            },
+            }
+            Err(err) if p.continued && crate::remote::kept_connection_lost(&err) => {
+                p.part.give_up(true);
+                let (rel, local) = p.file;
+                self.start(&rel, &local, true);
+            }
             Err(err) => {
                 // Cut off: what came stays for `copy -r --resume`.
-                let err = CliError::job(subject.describe(), &err);
-                if let Some(kept) = part.give_up(err.kind == "peer-gone") {
+                let err = CliError::job(p.subject.describe(), &err);
+                if let Some(kept) = p.part.give_up(err.kind == "peer-gone") {
                     report::note(&format!(
                         "kept {} for `ringxfer copy -r --resume`",
                         kept.display()
                     ));
                 }
-                self.count_failure(&subject, &err);
+                self.count_failure(&p.subject, &err);
             }
         }
     }

@@ -96,7 +96,7 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         if pushes.in_flight.len() == WINDOW {
             pushes.wait_oldest();
         }
-        pushes.start(item);
+        pushes.start(item, false);
     }
     while !pushes.in_flight.is_empty() {
         pushes.wait_oldest();
@@ -223,6 +223,16 @@ fn failed(tally: &mut Tally, path: &Path, why: &str) {
     report::note(why);
 }
 
+/// A push in flight.
+struct Pending {
+    subject: Subject,
+    handle: JobHandle,
+    socket: TcpStream,
+    item: Item,
+    /// It went on with a kept connection.
+    continued: bool,
+}
+
 /// The pushes of one command, a few in flight.
 struct Pushes<'a> {
     ctx: &'a Context,
@@ -230,35 +240,44 @@ struct Pushes<'a> {
     remote: &'a Remote,
     opts: TransferOptions,
     tally: Tally,
-    in_flight: VecDeque<(Subject, JobHandle, TcpStream)>,
+    in_flight: VecDeque<Pending>,
     /// Connections whose last file landed: the daemon kept their
     /// conversations for the next file.
     idle: Vec<TcpStream>,
 }
 
 impl Pushes<'_> {
-    /// Opens, connects and submits one file; a failure is counted.
-    fn start(&mut self, item: Item) {
+    /// Opens, connects and submits one file (on a kept connection if one
+    /// is idle, unless `fresh`); a failure is counted.
+    fn start(&mut self, item: Item, fresh: bool) {
         let subject = Subject {
             op: Op::Copy,
             src: item.src.display().to_string(),
             dst: format!("{}:{}", self.remote.address, item.dst),
         };
-        match self.submit(&item, &subject) {
-            Ok((handle, socket)) => self.in_flight.push_back((subject, handle, socket)),
+        match self.submit(&item, &subject, fresh) {
+            Ok((handle, socket, continued)) => self.in_flight.push_back(Pending {
+                subject,
+                handle,
+                socket,
+                item,
+                continued,
+            }),
             Err(err) => self.count_failure(&subject, &err),
         }
     }
 
+    /// The job, its socket, and whether it continues a kept connection.
     fn submit(
         &mut self,
         item: &Item,
         subject: &Subject,
-    ) -> Result<(JobHandle, TcpStream), CliError> {
+        fresh: bool,
+    ) -> Result<(JobHandle, TcpStream, bool), CliError> {
         let path = RemotePath::new(&item.dst)
             .map_err(|e| CliError::usage(format!("remote path {}: {e}", item.dst)))?;
         let (file, _) = open_source(&item.src, "a directory")?;
-        let (socket, connection) = match self.idle.pop() {
+        let (socket, connection) = match self.idle.pop().filter(|_| !fresh) {
             Some(socket) => (socket, PeerConnection::Continue),
             None => {
                 let socket = TcpStream::connect(&self.remote.address).map_err(|err| {
@@ -275,24 +294,31 @@ impl Pushes<'_> {
         self.engine
             .client()
             .submit_remote(&file, &socket, &path, true, &opts)
-            .map(|handle| (handle, socket))
+            .map(|handle| (handle, socket, connection == PeerConnection::Continue))
             .map_err(|err| CliError::client(subject.describe(), &err))
     }
 
-    /// Waits for the oldest push and counts what came of it.
+    /// Waits for the oldest push and counts what came of it; one whose
+    /// kept connection was gone goes once more on a new one.
     fn wait_oldest(&mut self) {
-        let Some((subject, handle, socket)) = self.in_flight.pop_front() else {
+        let Some(p) = self.in_flight.pop_front() else {
             return;
         };
-        match handle.wait() {
+        match p.handle.wait() {
             Ok(done) => {
                 self.tally.items += 1;
                 self.tally.files += 1;
                 self.tally.bytes += done.bytes;
                 // The job succeeded, so its conversation is kept.
-                self.idle.push(socket);
+                self.idle.push(p.socket);
             }
-            Err(err) => self.count_failure(&subject, &CliError::job(subject.describe(), &err)),
+            Err(err) if p.continued && crate::remote::kept_connection_lost(&err) => {
+                self.start(p.item, true);
+            }
+            Err(err) => {
+                let err = CliError::job(p.subject.describe(), &err);
+                self.count_failure(&p.subject, &err);
+            }
         }
     }
 

@@ -102,7 +102,7 @@ impl Engine {
     /// Closes a kept link's socket off the loop thread; the other daemon
     /// sees the connection end between files, which loses nothing.
     fn let_go_of_link(&mut self, link: PeerLink) {
-        self.closing.doomed.extend(link.into_socket());
+        self.closing.doomed.extend(link.into_sockets());
     }
 }
 

@@ -14,6 +14,7 @@ mod conn;
 mod dirs;
 mod incoming;
 pub(super) mod kept;
+mod liveness;
 mod names;
 mod resume;
 mod serving;
@@ -112,6 +113,11 @@ struct ExportDir {
     identity: Identity,
     peers: Option<Vec<String>>,
 }
+
+/// How many `frame_timeout`s a connection may rest between two files (a
+/// connection the other daemon keeps for its next file: kept.rs) before
+/// it is closed.
+const BETWEEN_FILES: u32 = 10;
 
 /// The TCP listener, the exports and the connections of other daemons.
 #[derive(Default)]
@@ -315,13 +321,27 @@ impl Engine {
                         format!("no Hello within {handshake:?} (--handshake-timeout)"),
                     ));
                 }
-                let waiting_on_us = c.incoming.as_ref().is_some_and(|i| !i.receiving());
-                let idle = now.duration_since(c.last_heard) > frame;
+                // The other daemon owes nothing while this one writes what
+                // came, or sends it a file it pulls (its silence then is
+                // right: a puller says nothing mid-file).
+                let waiting_on_us =
+                    c.incoming.as_ref().is_some_and(|i| !i.receiving()) || c.serving.is_some();
+                // Between files a kept connection may rest longer.
+                let between = c.greeted && c.incoming.is_none() && c.serving.is_none();
+                let limit = if between {
+                    frame * BETWEEN_FILES
+                } else {
+                    frame
+                };
+                let idle = now.duration_since(c.last_heard) > limit;
                 (c.rx_op.is_some() && !waiting_on_us && idle).then(|| {
-                    (
-                        k,
-                        format!("nothing received for {frame:?} (--frame-timeout)"),
-                    )
+                    let why = match between {
+                        true => format!(
+                            "idle between files for {limit:?} ({BETWEEN_FILES} x --frame-timeout)"
+                        ),
+                        false => format!("nothing received for {frame:?} (--frame-timeout)"),
+                    };
+                    (k, why)
                 })
             })
             .collect();
