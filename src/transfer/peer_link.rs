@@ -392,7 +392,14 @@ impl PeerLink {
         if !self.tls.as_ref().is_some_and(|t| t.wants_kernel()) {
             return Ok(true);
         }
-        if self.in_flight > 0 || self.cipher_len > 0 || !self.send_idle() {
+        if self.cipher_len > 0 {
+            // Reads stop at the handshake's last record, so this cannot
+            // be; were it so, waiting would never end.
+            return Err(tls_failure(
+                "TLS: records after the handshake were read before the kernel took over".into(),
+            ));
+        }
+        if self.in_flight > 0 || !self.send_idle() {
             return Ok(false);
         }
         let Some(tls) = self.tls.take() else {

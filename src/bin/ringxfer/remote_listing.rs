@@ -8,7 +8,7 @@ use std::io::{Read, Seek};
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use ringxfer_ipc::proto::peer::{decode_listing, ListEntry, RemotePath};
+use ringxfer_ipc::proto::peer::{decode_listing, ListEntry, RemotePath, Timestamp};
 use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::TransferOptions;
 
@@ -62,4 +62,47 @@ fn memfd() -> std::io::Result<fs::File> {
     }
     // SAFETY: a new descriptor that nothing else owns.
     Ok(fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// rsync's quick check: `meta` (a file here) has `size` bytes and was
+/// modified at `mtime` (a file there). To the nanosecond, as both sides
+/// set a copy's times from its source; to the second where either side
+/// keeps no nanoseconds (FAT, some NFS servers), or nothing would ever
+/// match there.
+pub fn same_file(meta: &fs::Metadata, size: u64, mtime: Timestamp) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let nanos = u32::try_from(meta.mtime_nsec()).unwrap_or(u32::MAX);
+    let coarse = nanos == 0 || mtime.nanos == 0;
+    meta.len() == size && meta.mtime() == mtime.secs && (coarse || nanos == mtime.nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn file_at(dir: &std::path::Path, secs: u64, nanos: u32) -> fs::Metadata {
+        let path = dir.join(format!("f{secs}.{nanos}"));
+        let f = fs::File::create(&path).expect("create");
+        f.set_len(10).expect("size");
+        f.set_modified(UNIX_EPOCH + Duration::new(secs, nanos))
+            .expect("mtime");
+        fs::metadata(&path).expect("stat")
+    }
+
+    #[test]
+    fn the_quick_check_wants_size_and_time_to_the_precision_both_keep() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = |secs, nanos| Timestamp { secs, nanos };
+        let fine = file_at(dir.path(), 1_700_000_000, 123_456_789);
+        assert!(same_file(&fine, 10, t(1_700_000_000, 123_456_789)));
+        assert!(!same_file(&fine, 10, t(1_700_000_000, 123_456_788)));
+        assert!(!same_file(&fine, 11, t(1_700_000_000, 123_456_789)));
+        assert!(!same_file(&fine, 10, t(1_700_000_001, 123_456_789)));
+        // A side that keeps whole seconds only compares seconds.
+        assert!(same_file(&fine, 10, t(1_700_000_000, 0)));
+        let coarse = file_at(dir.path(), 1_700_000_000, 0);
+        assert!(same_file(&coarse, 10, t(1_700_000_000, 999)));
+        assert!(!same_file(&coarse, 10, t(1_699_999_999, 999)));
+    }
 }

@@ -31,7 +31,7 @@ use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::pull_part::PullPart;
 use crate::remote::Remote;
-use crate::remote_listing::fetch_listing;
+use crate::remote_listing::{fetch_listing, same_file};
 use crate::report::{self, Op, Subject, Tally};
 
 /// Pulls in flight at once, as for pushes (remote_tree.rs).
@@ -293,11 +293,5 @@ impl Pulls<'_> {
 
 /// `local` is a regular file of `entry`'s size and modification time.
 fn up_to_date(local: &Path, entry: &ListEntry) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(local).is_ok_and(|m| {
-        m.is_file()
-            && m.len() == entry.size
-            && m.mtime() == entry.mtime.secs
-            && u32::try_from(m.mtime_nsec()) == Ok(entry.mtime.nanos)
-    })
+    fs::symlink_metadata(local).is_ok_and(|m| m.is_file() && same_file(&m, entry.size, entry.mtime))
 }

@@ -34,7 +34,7 @@ use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::open_source;
 use crate::remote::Remote;
-use crate::remote_listing::fetch_listing;
+use crate::remote_listing::{fetch_listing, same_file};
 use crate::report::{self, Op, Subject, Tally};
 
 /// Pushes in flight at once: enough to hide a handshake's round trips,
@@ -142,7 +142,6 @@ fn already_there(
 
 /// `item` is on the other daemon with its size and modification time.
 fn up_to_date(item: &Item, base: &str, there: &HashMap<String, (u64, Timestamp)>) -> bool {
-    use std::os::unix::fs::MetadataExt;
     let rel = item
         .dst
         .strip_prefix(base)
@@ -150,11 +149,7 @@ fn up_to_date(item: &Item, base: &str, there: &HashMap<String, (u64, Timestamp)>
     let Some(&(size, mtime)) = rel.and_then(|r| there.get(r)) else {
         return false;
     };
-    fs::symlink_metadata(&item.src).is_ok_and(|m| {
-        m.len() == size
-            && m.mtime() == mtime.secs
-            && u32::try_from(m.mtime_nsec()) == Ok(mtime.nanos)
-    })
+    fs::symlink_metadata(&item.src).is_ok_and(|m| same_file(&m, size, mtime))
 }
 
 /// Where `root` lands: inside the export or a `dir/` under its own name,

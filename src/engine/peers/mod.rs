@@ -672,8 +672,15 @@ impl Engine {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return false;
         };
+        if conn.cipher_len > 0 {
+            // Reads stop at the handshake's last record, so this cannot
+            // be; were it so, waiting would never end.
+            let why = "TLS: records after the handshake were read before the kernel took over";
+            self.close_peer(k, why);
+            return false;
+        }
         let idle = conn.rx_op.is_none() && conn.outgoing.is_some() && conn.out.is_empty();
-        if !idle || conn.cipher_len > 0 {
+        if !idle {
             return false;
         }
         let Some(tls) = conn.tls.take() else {
