@@ -29,7 +29,7 @@ pub const INSTALL: &str = "apt-get install openssl";
 /// The one suite both ends offer: TLS 1.3's default in OpenSSL, and the
 /// first choice of rustls's ring provider, which ringxfer's TLS row
 /// negotiates, so both rows pay for the same cipher.
-pub const SUITE: &str = "TLS_AES_256_GCM_SHA384";
+pub const SUITE: &str = "TLS_AES_128_GCM_SHA256";
 
 /// The name in the throwaway certificate, which the client checks.
 const CN: &str = "bench";
@@ -108,7 +108,7 @@ impl TlsCopy {
         let client_log = self.dir.join("s_client.stderr");
         let log = File::create(&client_log)
             .map_err(|e| format!("create {}: {e}", client_log.display()))?;
-        let mut cmd = Command::new(&self.openssl);
+        let mut cmd = crate::net::sender(&self.openssl);
         cmd.args([
             "s_client",
             "-quiet",
@@ -128,7 +128,7 @@ impl TlsCopy {
         .arg(&self.cert)
         .arg("-verify_return_error")
         .arg("-connect")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("{}:{port}", crate::net::host()))
         .stdin(input)
         .stdout(Stdio::null())
         .stderr(log);
@@ -188,7 +188,7 @@ impl TlsCopy {
             .arg("-key")
             .arg(&self.key)
             .arg("-accept")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{}:{port}", crate::net::host()))
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(log)
@@ -202,7 +202,8 @@ impl TlsCopy {
                 return Err(server.failed(&format!("exited at start-up with {status}")));
             }
             if Instant::now() > deadline {
-                return Err(server.failed(&format!("did not listen on 127.0.0.1:{port} in 10 s")));
+                let host = crate::net::host();
+                return Err(server.failed(&format!("did not listen on {host}:{port} in 10 s")));
             }
             thread::sleep(Duration::from_millis(5));
         }

@@ -95,16 +95,18 @@ impl Drop for Place {
 /// A loopback port nobody listened on a moment ago: bound, read, let go,
 /// for a server that takes its port from its command line or config.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    let host = crate::net::host();
+    let l = TcpListener::bind((host, 0)).map_err(|e| format!("bind {host}:0: {e}"))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| format!("local_addr: {e}"))
 }
 
-/// Whether something listens on 127.0.0.1:`port` (binding it fails),
-/// asked without connecting, so no server sees a stray connection.
+/// Whether something listens on the servers' address at `port` (binding
+/// it fails), asked without connecting, so no server sees a stray
+/// connection.
 pub fn port_taken(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_err()
+    TcpListener::bind((crate::net::host(), port)).is_err()
 }
 
 /// Removes every file in `dirs` (the last run's destination and any

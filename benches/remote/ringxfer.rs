@@ -81,7 +81,8 @@ impl Pair {
         let (tx_keys, tx_pin) = init_keys(s.daemon, s.dir, "keys-sender")?;
         let port = free_port()?;
         let rx = format!(
-            "listen_tcp = \"127.0.0.1:{port}\"\n{}\n{}",
+            "listen_tcp = \"{}:{port}\"\n{}\n{}",
+            crate::net::host(),
             tls_lines(&rx_keys, "sender", &tx_pin),
             export_table(s.export)
         );
@@ -140,7 +141,7 @@ impl Pair {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or("the source's name is not UTF-8")?;
-        let mut cmd = Command::new(&self.cli);
+        let mut cmd = crate::net::sender(&self.cli);
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(["--daemon-only", "--json", "copy"]);
@@ -148,10 +149,10 @@ impl Pair {
             // Into the export, the tree keeps its name.
             cmd.arg("-r")
                 .arg(src)
-                .arg(format!("127.0.0.1:{}:inbox", self.port));
+                .arg(format!("{}:{}:inbox", crate::net::host(), self.port));
         } else {
             cmd.arg(src)
-                .arg(format!("127.0.0.1:{}:inbox/{name}", self.port));
+                .arg(format!("{}:{}:inbox/{name}", crate::net::host(), self.port));
         }
         let (s0, r0) = (self.sender_cpu.secs()?, self.receiver_cpu.secs()?);
         let out = timed(cmd)?;
@@ -190,7 +191,8 @@ pub fn wait_listening(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !port_taken(port) {
         if Instant::now() > deadline {
-            return Err(format!("nothing listens on 127.0.0.1:{port} after 10 s"));
+            let host = crate::net::host();
+            return Err(format!("nothing listens on {host}:{port} after 10 s"));
         }
         thread::sleep(Duration::from_millis(10));
     }

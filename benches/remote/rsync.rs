@@ -93,10 +93,11 @@ impl OverSsh {
         let port = free_port()?;
         let config = dir.join("sshd_config");
         let text = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+            "Port {port}\nListenAddress {}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {}\n\
              LogLevel ERROR\n",
+            crate::net::host(),
             host_key.display(),
             authorized.display(),
             dir.join("sshd.pid").display()
@@ -125,12 +126,12 @@ impl OverSsh {
     /// `rsync -W -r -e SSH SRC root@127.0.0.1:DST/`: the sender is the rsync
     /// and ssh this process waits for; the receiver what sshd forked.
     pub fn push(&self, src: &Path, dst: &Path) -> Result<Sample> {
-        let mut cmd = Command::new(&self.rsync);
+        let mut cmd = crate::net::sender(&self.rsync);
         cmd.args(["-W", "-r"])
             .arg("-e")
             .arg(&self.rsh)
             .arg(src)
-            .arg(format!("root@127.0.0.1:{}/", dst.display()));
+            .arg(format!("root@{}:{}/", crate::net::host(), dst.display()));
         self.sshd.wait_reaped()?;
         let r0 = self.sshd.cpu()?;
         let out = timed(cmd)?;
@@ -174,7 +175,7 @@ impl Rsyncd {
         cmd.args(["--daemon", "--no-detach"])
             .arg(format!("--config={}", config.display()))
             .arg(format!("--port={port}"))
-            .arg("--address=127.0.0.1");
+            .arg(format!("--address={}", crate::net::host()));
         let server = Server::start(
             "rsync --daemon",
             cmd,
@@ -184,7 +185,7 @@ impl Rsyncd {
         )?;
         Ok(Rsyncd {
             rsync: rsync.to_path_buf(),
-            url: format!("rsync://127.0.0.1:{port}/mod/"),
+            url: format!("rsync://{}:{port}/mod/", crate::net::host()),
             server,
         })
     }
@@ -195,7 +196,7 @@ impl Rsyncd {
 
     /// `rsync -W -r SRC rsync://127.0.0.1:PORT/mod/`.
     pub fn push(&self, src: &Path) -> Result<Sample> {
-        let mut cmd = Command::new(&self.rsync);
+        let mut cmd = crate::net::sender(&self.rsync);
         cmd.args(["-W", "-r"]).arg(src).arg(&self.url);
         self.server.wait_reaped()?;
         let r0 = self.server.cpu()?;

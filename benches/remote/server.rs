@@ -52,7 +52,8 @@ impl Server {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                return Err(format!("{name} did not answer on 127.0.0.1:{port} in 10 s"));
+                let host = crate::net::host();
+                return Err(format!("{name} did not answer on {host}:{port} in 10 s"));
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -89,7 +90,7 @@ impl Drop for Server {
 
 /// Whether 127.0.0.1:`port` accepts and its first bytes start with `greeting`.
 fn greets(port: u16, greeting: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = TcpStream::connect((crate::net::host(), port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));

@@ -91,6 +91,31 @@ pub(crate) struct PeerLink {
     parked: bool,
 }
 
+/// What a job that spoke over `link` leaves: every descriptor to close
+/// off the loop thread (the job's two, once the link lets go of its share,
+/// and the link's own sockets) and, with `keep`, the link itself for the
+/// next file, if it is quiet and can hold its socket (`PeerLink::keep`).
+pub(crate) fn let_go(
+    ends: Rc<Endpoints>,
+    mut link: PeerLink,
+    keep: bool,
+) -> (Vec<OwnedFd>, Option<PeerLink>) {
+    let kept = keep
+        && link.quiet()
+        && link
+            .keep()
+            .map_err(|e| tracing::warn!("cannot keep the connection to the other daemon: {e}"))
+            .is_ok();
+    let (mut fds, link) = match kept {
+        true => (Vec::new(), Some(link)),
+        false => (link.into_sockets(), None),
+    };
+    if let Ok(ends) = Rc::try_unwrap(ends) {
+        fds.extend([ends.src, ends.dst]);
+    }
+    (fds, link)
+}
+
 /// A piece cut from what was received: a message, or the range of `rx`
 /// holding file data at `offset`.
 pub(crate) enum Got {

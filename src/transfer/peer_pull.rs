@@ -19,7 +19,7 @@ use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, RemotePath, PEER_PROTOCOL
 use ringxfer_ipc::{FailureKind, Strategy};
 
 use super::block_sums::{self, BLOCK, MAX_BLOCKS};
-use super::peer_link::{Got, PeerLink, SocketEnd};
+use super::peer_link::{self, Got, PeerLink, SocketEnd};
 use super::pipeline::Returned;
 use super::step::CopyStep;
 use super::write_buffers::WriteBuffers;
@@ -126,34 +126,18 @@ impl PeerPull {
         Rc::clone(&self.ends)
     }
 
-    /// Every descriptor it holds, to close off the loop thread: the job's
-    /// two (once the link lets go of its share) and the link's own sockets.
+    /// Every descriptor it holds, to close off the loop thread.
     pub(crate) fn into_descriptors(self) -> Vec<OwnedFd> {
         let PeerPull { ends, link, .. } = self;
-        let mut fds = link.into_sockets();
-        if let Ok(ends) = Rc::try_unwrap(ends) {
-            fds.extend([ends.src, ends.dst]);
-        }
-        fds
+        peer_link::let_go(ends, link, false).0
     }
 
     /// The descriptors to close, and the conversation, kept for the next
-    /// file, if the file landed and the conversation is quiet
-    /// (`PeerLink::quiet`).
-    pub(crate) fn into_kept(mut self) -> (Vec<OwnedFd>, Option<PeerLink>) {
+    /// file if the file landed (and the link can be kept: `let_go`).
+    pub(crate) fn into_kept(self) -> (Vec<OwnedFd>, Option<PeerLink>) {
         let landed = self.phase == Phase::Landed && self.failure.is_none();
-        if !landed || !self.link.quiet() {
-            return (self.into_descriptors(), None);
-        }
-        if let Err(e) = self.link.keep() {
-            tracing::warn!("cannot keep the connection to the other daemon: {e}");
-            return (self.into_descriptors(), None);
-        }
         let PeerPull { ends, link, .. } = self;
-        let fds = Rc::try_unwrap(ends)
-            .map(|e| vec![e.src, e.dst])
-            .unwrap_or_default();
-        (fds, Some(link))
+        peer_link::let_go(ends, link, landed)
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {

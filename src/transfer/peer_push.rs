@@ -31,7 +31,7 @@ use ringxfer_ipc::{FailureKind, Strategy};
 use tracing::{info, warn};
 
 use super::block_sums::Received;
-use super::peer_link::{Got, PeerLink, SocketEnd};
+use super::peer_link::{self, Got, PeerLink, SocketEnd};
 use super::peer_socket::tune_peer_socket;
 use super::pipeline::Returned;
 use super::redial::{self, Redial};
@@ -197,34 +197,18 @@ impl PeerPush {
         Rc::clone(&self.ends)
     }
 
-    /// Every descriptor it holds, to close off the loop thread: the job's
-    /// two (once the link lets go of its share) and the link's own sockets.
+    /// Every descriptor it holds, to close off the loop thread.
     pub(crate) fn into_descriptors(self) -> Vec<OwnedFd> {
         let PeerPush { ends, link, .. } = self;
-        let mut fds = link.into_sockets();
-        if let Ok(ends) = Rc::try_unwrap(ends) {
-            fds.extend([ends.src, ends.dst]);
-        }
-        fds
+        peer_link::let_go(ends, link, false).0
     }
 
     /// The descriptors to close, and the conversation, kept for the next
-    /// file, if the file landed and the conversation is quiet
-    /// (`PeerLink::quiet`).
-    pub(crate) fn into_kept(mut self) -> (Vec<OwnedFd>, Option<PeerLink>) {
+    /// file if the file landed (and the link can be kept: `let_go`).
+    pub(crate) fn into_kept(self) -> (Vec<OwnedFd>, Option<PeerLink>) {
         let landed = self.phase == Phase::Landed && self.failure.is_none();
-        if !landed || !self.link.quiet() {
-            return (self.into_descriptors(), None);
-        }
-        if let Err(e) = self.link.keep() {
-            tracing::warn!("cannot keep the connection to the other daemon: {e}");
-            return (self.into_descriptors(), None);
-        }
         let PeerPush { ends, link, .. } = self;
-        let fds = Rc::try_unwrap(ends)
-            .map(|e| vec![e.src, e.dst])
-            .unwrap_or_default();
-        (fds, Some(link))
+        peer_link::let_go(ends, link, landed)
     }
 
     pub(crate) fn failure(&self) -> Option<&TransferError> {
