@@ -1054,7 +1054,7 @@ impl Engine {
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
-        let moved = job.copy.moved();
+        let moved = job.copy.taken();
         let delta = moved.saturating_sub(job.charged);
         if delta == 0 {
             return;

@@ -140,6 +140,11 @@ impl PeerPull {
         peer_link::let_go(ends, link, landed)
     }
 
+    /// Bytes of the file that came, written or not.
+    pub(crate) fn bytes_in(&self) -> u64 {
+        self.received
+    }
+
     pub(crate) fn failure(&self) -> Option<&TransferError> {
         self.failure.as_ref()
     }

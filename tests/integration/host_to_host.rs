@@ -948,6 +948,43 @@ fn slow_files_outlast_frame_timeout_and_a_rested_connection_is_dialled_again() {
     assert!(b.log().contains("idle between files for 3s"), "{}", b.log());
 }
 
+/// A tree's `--rate-limit` caps the whole tree, both ways, as a local
+/// tree's does (`rsync --bwlimit`), not each of the files in flight.
+#[test]
+fn a_rate_limit_caps_a_whole_tree_pushed_or_pulled() {
+    let export = tmpdir();
+    let (b, address) = receiver(export.path());
+    let a = Daemon::start();
+    let tree = a.dir().join("t");
+    std::fs::create_dir(&tree).expect("mkdir");
+    for i in 0..4u64 {
+        std::fs::write(tree.join(format!("f{i}")), pattern(i, 3 << 20)).expect("write");
+    }
+    let limit = 4.0 * (1u64 << 20) as f64;
+    let check = |out: &std::process::Output, what: &str| {
+        let summary = tree_summary(out);
+        assert_eq!(summary["files"], 4, "{what}: {summary}");
+        let rate = summary["bytes"].as_f64().unwrap_or(0.0)
+            / summary["elapsed_s"].as_f64().unwrap_or(f64::INFINITY);
+        assert!(
+            rate >= 0.7 * limit && rate <= 1.25 * limit,
+            "{what}: {:.2} MiB/s in all under a 4 MiB/s limit\n{}",
+            rate / (1u64 << 20) as f64,
+            b.log()
+        );
+    };
+    let slow = ["-r", "--rate-limit", "4MiB"];
+    check(
+        &push_cli(&a, &slow, &tree, &format!("{address}:inbox")),
+        "push",
+    );
+    let back = a.dir().join("back");
+    check(
+        &pull_cli(&a, &slow, &format!("{address}:inbox/t"), &back),
+        "pull",
+    );
+}
+
 /// A fresh key and certificate (`ringxferd --init-keys`) in a new
 /// directory, and the certificate's pin as it printed it.
 fn keys() -> (tempfile::TempDir, String) {

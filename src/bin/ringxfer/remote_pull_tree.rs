@@ -49,6 +49,9 @@ pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     };
     let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
     plan.resume = args.dest.resume;
+    // --rate-limit caps the whole tree, its files together, as for a
+    // local tree (rsync --bwlimit).
+    plan.whole_command = true;
     let mut pulls = Pulls {
         ctx,
         engine: &engine,

@@ -82,6 +82,9 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     }
     let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
     plan.resume = args.dest.resume;
+    // --rate-limit caps the whole tree, its files together, as for a
+    // local tree (rsync --bwlimit).
+    plan.whole_command = true;
     let opts = plan.options(String::new());
     let mut pushes = Pushes {
         ctx,
