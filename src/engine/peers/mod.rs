@@ -138,6 +138,11 @@ pub(super) struct Peers {
 }
 
 impl Peers {
+    /// The file connection `k` is serving to a daemon that pulls it, if any.
+    fn serving_mut(&mut self, k: usize) -> Option<&mut serving::Serving> {
+        self.conns.get_mut(k).and_then(|c| c.serving.as_mut())
+    }
+
     /// The file connection `k` is receiving, if any.
     fn incoming(&self, k: usize) -> Option<&incoming::Incoming> {
         self.conns.get(k).and_then(|c| c.incoming.as_ref())

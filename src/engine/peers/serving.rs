@@ -131,7 +131,7 @@ impl Engine {
 
     /// The file is open (or not).
     pub(super) fn on_serving_open(&mut self, k: usize, result: i32) {
-        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+        let Some(serving) = self.peers.serving_mut(k) else {
             if result >= 0 {
                 // SAFETY: a successful openat2 returns a new descriptor
                 // that only this completion knows about.
@@ -193,7 +193,7 @@ impl Engine {
 
     /// Asks what the file is (statx), to answer `Ready`.
     fn stat_served(&mut self, k: usize, file: Rc<OwnedFd>) {
-        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+        let Some(serving) = self.peers.serving_mut(k) else {
             return;
         };
         let stat = op::Statx::new(
@@ -211,7 +211,7 @@ impl Engine {
 
     /// What the file is: `Ready` with its size, mode and times.
     pub(super) fn on_serving_stat(&mut self, k: usize, result: i32, stx: &libc::statx) {
-        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+        let Some(serving) = self.peers.serving_mut(k) else {
             return;
         };
         if result < 0 {

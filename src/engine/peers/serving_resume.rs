@@ -34,12 +34,7 @@ pub(crate) struct Compare {
 impl Engine {
     /// `Sums` from the puller.
     pub(super) fn serving_sums(&mut self, k: usize, block: u32, first: u64, crcs: &[u32]) {
-        let compare = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.serving.as_mut())
-            .and_then(|s| s.resume.as_mut());
+        let compare = self.peers.serving_mut(k).and_then(|s| s.resume.as_mut());
         let taken =
             compare.is_some_and(|c| c.upto.is_none() && c.got.take(block, first, crcs, u64::MAX));
         if !taken {
@@ -49,12 +44,7 @@ impl Engine {
 
     /// The puller's `Ready`: its sums cover `upto` bytes.
     pub(super) fn serving_upto(&mut self, k: usize, upto: u64) {
-        let compare = self
-            .peers
-            .conns
-            .get_mut(k)
-            .and_then(|c| c.serving.as_mut())
-            .and_then(|s| s.resume.as_mut());
+        let compare = self.peers.serving_mut(k).and_then(|s| s.resume.as_mut());
         let Some(compare) = compare.filter(|c| c.upto.is_none() && upto == c.got.covered()) else {
             return self.close_peer(k, "protocol error: Ready where no sums end");
         };
@@ -65,7 +55,7 @@ impl Engine {
     /// Reads the file's next piece for the comparison, once both the sums
     /// and the file's size are in; agrees when they end.
     pub(super) fn compare_next(&mut self, k: usize) {
-        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+        let Some(serving) = self.peers.serving_mut(k) else {
             return;
         };
         let Some(c) = serving.resume.as_mut() else {
@@ -97,7 +87,7 @@ impl Engine {
 
     /// A piece of the file read for the comparison.
     pub(super) fn on_compare_read(&mut self, k: usize, buf: Vec<u8>, result: i32) {
-        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+        let Some(serving) = self.peers.serving_mut(k) else {
             return;
         };
         let Some(c) = serving.resume.as_mut() else {
@@ -132,7 +122,7 @@ impl Engine {
 
     /// The data goes from `at`: `Ready` with the file's meta, then pieces.
     fn agree_serving(&mut self, k: usize, at: u64) {
-        let Some(serving) = self.peers.conns.get_mut(k).and_then(|c| c.serving.as_mut()) else {
+        let Some(serving) = self.peers.serving_mut(k) else {
             return;
         };
         let Some(c) = serving.resume.take() else {
