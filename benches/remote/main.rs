@@ -9,7 +9,12 @@
 //! RINGXFER_BENCH_DAEMON_ARGS="--engine threads" cargo bench --bench remote
 //! RINGXFER_BENCH_FILES=1000 cargo bench --bench remote          # a tree: 1000 x 4 KiB
 //! RINGXFER_BENCH_NET=veth cargo bench --bench remote            # across a veth pair (root)
+//! RINGXFER_BENCH_STREAMS=4 cargo bench --bench remote           # and a row with --streams 4
 //! ```
+//!
+//! RINGXFER_BENCH_STREAMS=N (2 to 16) adds a row: ringxfer over TLS with
+//! `copy --streams N`, the file pushed as N stripes, each over a
+//! connection of its own, between another pair of daemons.
 //!
 //! RINGXFER_BENCH_NET=veth puts every sending command in a network
 //! namespace of the bench's own, joined to this one by a veth pair
@@ -100,6 +105,8 @@ struct Settings {
     files: u64,
     rounds: usize,
     daemon_args: Vec<String>,
+    /// A row pushing over this many connections at once; 1: none.
+    streams: u32,
 }
 
 fn settings() -> Result<Settings> {
@@ -124,6 +131,14 @@ fn settings() -> Result<Settings> {
             Err(_) => DEFAULT_ROUNDS,
         },
         daemon_args: support::env_daemon_args(),
+        streams: match std::env::var("RINGXFER_BENCH_STREAMS") {
+            Ok(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .ok_or_else(|| format!("RINGXFER_BENCH_STREAMS={v:?}: 1 to 16 streams"))?,
+            Err(_) => 1,
+        },
     })
 }
 
@@ -136,10 +151,21 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringxfer")));
     let mut entries = Vec::new();
     let mut notes = Vec::new();
-    for (key, label, tls) in [
-        ("ringxfer_tls", "ringxfer push, TLS 1.3", true),
-        ("ringxfer_plain", "ringxfer push, plaintext", false),
-    ] {
+    let striped = cfg.streams > 1 && cfg.files == 0;
+    let rows = [
+        ("ringxfer_tls", "ringxfer push, TLS 1.3", true, 1),
+        ("ringxfer_plain", "ringxfer push, plaintext", false, 1),
+        (
+            "ringxfer_tls_streams",
+            "ringxfer push, TLS 1.3, --streams",
+            true,
+            cfg.streams,
+        ),
+    ];
+    for (key, label, tls, streams) in rows {
+        if streams > 1 && !striped {
+            continue;
+        }
         if !tls && net::veth() {
             notes.push("a plaintext push goes to loopback addresses only: its row sits out across the veth pair".into());
             continue;
@@ -156,7 +182,8 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
             ringxfer::Pair::tls(&setup)?
         } else {
             ringxfer::Pair::plain(&setup)?
-        };
+        }
+        .with_streams(streams);
         pair.print_cpu_source(label);
         let runner = Runner::Ringxfer(pair);
         entries.push(Entry {

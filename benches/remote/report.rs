@@ -78,7 +78,12 @@ fn compare(
 fn checks(entries: &[Entry], samples: &[Vec<Sample>]) -> Vec<Check> {
     let issue = [Some(Target::AtLeast(2.0)), Some(Target::Below(0.5))];
     let mut out = compare(entries, samples, ("ringxfer_tls", "rsync_ssh"), issue);
-    for peer in ["ringxfer_plain", "rsync_daemon", "openssl_tls"] {
+    for peer in [
+        "ringxfer_tls_streams",
+        "ringxfer_plain",
+        "rsync_daemon",
+        "openssl_tls",
+    ] {
         out.extend(compare(
             entries,
             samples,

@@ -15,6 +15,8 @@ use crate::support::{Daemon, DaemonCpu, Result};
 /// The daemons and the CLI of one ringxfer contender.
 pub struct Pair {
     cli: PathBuf,
+    /// `--streams`: connections one file is pushed over.
+    streams: u32,
     socket: PathBuf,
     port: u16,
     sender_cpu: DaemonCpu,
@@ -118,6 +120,7 @@ impl Pair {
         let sender = Daemon::start(s.daemon, &socket, &tx_args)?;
         Ok(Pair {
             cli: s.cli.to_path_buf(),
+            streams: 1,
             socket,
             port,
             sender_cpu: DaemonCpu::new(sender.pid()),
@@ -125,6 +128,11 @@ impl Pair {
             _sender: sender,
             _receiver: receiver,
         })
+    }
+
+    /// Pushes each file over `n` connections at once (`--streams`).
+    pub fn with_streams(self, n: u32) -> Pair {
+        Pair { streams: n, ..self }
     }
 
     pub fn print_cpu_source(&self, label: &str) {
@@ -145,6 +153,9 @@ impl Pair {
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(["--daemon-only", "--json", "copy"]);
+        if self.streams > 1 {
+            cmd.arg(format!("--streams={}", self.streams));
+        }
         if src.is_dir() {
             // Into the export, the tree keeps its name.
             cmd.arg("-r")

@@ -160,6 +160,11 @@ mod tests {
                 resume: false,
                 list: false,
                 connection: PeerConnection::Continue,
+                stripe: Some(peer::StripeId {
+                    set: 7,
+                    index: 1,
+                    count: 2,
+                }),
             })),
         ];
         for request in requests {

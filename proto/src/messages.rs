@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies;
 /// version 9 [`Request::SubmitRemote`] and the `peer` strategy; version
 /// 10 [`RemoteSubmit::resume`], [`RemoteSubmit::list`] and
-/// [`RemoteSubmit::connection`].
+/// [`RemoteSubmit::connection`]; version 11 [`RemoteSubmit::stripe`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 /// }
 /// # Ok::<(), ringxfer_proto::CodecError>(())
 /// ```
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// How many descriptors a [`Request::Submit`] frame carries: source, destination.
 /// A frame with fewer is refused ([`ProtocolErrorKind::MissingDescriptors`]).
@@ -269,7 +269,7 @@ pub enum Request {
 /// };
 /// let push = RemoteSubmit {
 ///     submit, path: RemotePath::new("inbox/notes.txt")?, mkdir: false, pull: false, resume: false,
-///     list: false, connection: Default::default(),
+///     list: false, connection: Default::default(), stripe: None,
 /// };
 /// assert_eq!(push.descriptors(), 2);
 /// let _ = Request::SubmitRemote(Box::new(push));
@@ -296,6 +296,10 @@ pub struct RemoteSubmit {
     /// Whether the conversation with the other daemon on this socket
     /// outlives the job, for the next file ([`PeerConnection`]).
     pub connection: PeerConnection,
+    /// A push of one stripe of the source (the job's offset and length)
+    /// among several sent at once, each through a socket of its own; the
+    /// other daemon publishes the file when every stripe of the set is in.
+    pub stripe: Option<crate::peer::StripeId>,
 }
 
 /// What becomes of a host-to-host job's conversation with the other daemon

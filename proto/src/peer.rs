@@ -1,8 +1,8 @@
 //! The wire between two daemons (host-to-host transfers, issue 18): what
 //! one `ringxferd` says to another over a TCP (TLS) connection.
 //!
-//! This module defines the messages and how a stream of them is cut; no
-//! daemon speaks it yet. It lives here, beside the client's protocol,
+//! This module defines the messages and how a stream of them is cut. It
+//! lives here, beside the client's protocol,
 //! because both ends must agree on it byte for byte, and a program that
 //! wants to talk to a daemon over the network needs nothing else.
 //!
@@ -41,6 +41,20 @@
 //! whole file's. A receiver that kept nothing answers `Ready { offset: 0 }`
 //! alone, as for a new file.
 //!
+//! # A large file, in stripes
+//!
+//! A sender may push one file as several stripes, each over a connection
+//! of its own (`Put { stripe: Some(..) }`, bbcp's parallel streams): every
+//! stripe names the set (a number the sender chose), its index, how many
+//! stripes the set has and the range of the file it carries; `meta.size`
+//! is the whole file's. Data offsets are the file's; `End` gives the
+//! stripe's length and the CRC-32C of its bytes. The receiver writes every
+//! stripe into the same staged part, answers `Done` to each stripe once
+//! its bytes landed, and publishes the file when the last stripe of the
+//! set landed, before that stripe's `Done`: the sender holds the file as
+//! published once every stripe is done. Any stripe failing (other than by
+//! a lost connection) fails the file: the name keeps what it had.
+//!
 //! ```
 //! use ringxfer_proto::peer::{
 //!     encode, Checksum, FileMeta, PeerLimits, PeerMessage, PeerReader, Piece, Put, RemotePath,
@@ -57,6 +71,7 @@
 //!     resume: false,
 //!     fsync: false,
 //!     mkdir: false,
+//!     stripe: None,
 //! };
 //! let mut stream = Vec::new();
 //! encode(&PeerMessage::Put(put), &mut stream, limits.max_frame)?;
@@ -92,7 +107,11 @@ use crate::FailureKind;
 pub const DEFAULT_PORT: u16 = 7300;
 
 /// The version a daemon sends in [`PeerMessage::Hello`].
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added [`Put::stripe`].
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
+
+/// The most stripes one file may be pushed as ([`Stripe`]).
+pub const MAX_STRIPES: u32 = 16;
 
 /// The longest name a [`RemotePath`] may be, in bytes (Linux's PATH_MAX
 /// less its NUL).
@@ -186,6 +205,7 @@ pub enum Checksum {
 ///     resume: true,
 ///     fsync: true,
 ///     mkdir: false,
+///     stripe: None,
 /// };
 /// assert_eq!(put.path.components().count(), 2);
 /// # Ok::<(), ringxfer_proto::peer::NameError>(())
@@ -207,6 +227,64 @@ pub struct Put {
     /// Make the directories of `path` that do not exist yet (a tree being
     /// pushed), beneath the export, as its user, mode 0755 less its umask.
     pub mkdir: bool,
+    /// One stripe of a file pushed over several connections at once;
+    /// `meta.size` is then the whole file's.
+    pub stripe: Option<Stripe>,
+}
+
+/// Which stripe of which file a client's push is ([`MAX_STRIPES`] at
+/// most): the daemon takes its range from the job's offset and length.
+///
+/// ```
+/// use ringxfer_proto::peer::StripeId;
+/// let second = StripeId { set: 0x5eed, index: 1, count: 4 };
+/// assert!(second.is_valid());
+/// assert!(!StripeId { index: 4, ..second }.is_valid());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StripeId {
+    /// The sender's number for the file's set of stripes.
+    pub set: u64,
+    /// This stripe's place in the set, from 0.
+    pub index: u32,
+    /// How many stripes the set has.
+    pub count: u32,
+}
+
+impl StripeId {
+    /// At least one stripe, at most [`MAX_STRIPES`], and `index` among them.
+    pub fn is_valid(&self) -> bool {
+        (1..=MAX_STRIPES).contains(&self.count) && self.index < self.count
+    }
+}
+
+/// A stripe of a file on the wire ([`Put::stripe`]): which one, and the
+/// range of the file it carries.
+///
+/// ```
+/// use ringxfer_proto::peer::{Stripe, StripeId};
+/// let s = Stripe { id: StripeId { set: 9, index: 0, count: 2 }, offset: 0, len: 1 << 20 };
+/// assert!(s.fits(2 << 20));
+/// assert!(!s.fits(1 << 19));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stripe {
+    pub id: StripeId,
+    /// Where its bytes start in the file.
+    pub offset: u64,
+    /// How many bytes it carries.
+    pub len: u64,
+}
+
+impl Stripe {
+    /// Valid, and within a file of `size` bytes.
+    pub fn fits(&self, size: u64) -> bool {
+        self.id.is_valid()
+            && self
+                .offset
+                .checked_add(self.len)
+                .is_some_and(|end| end <= size)
+    }
 }
 
 /// One message between daemons. `Hello` is the first variant and holds one

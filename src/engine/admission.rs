@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
-use ringxfer_ipc::proto::peer::RemotePath;
+use ringxfer_ipc::proto::peer::{RemotePath, StripeId};
 use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::{Event, SubmitRequest};
 use slab::Slab;
@@ -63,6 +63,8 @@ pub(super) struct PushTarget {
     pub list: bool,
     /// Whether the conversation outlives the job, or continues a kept one.
     pub connection: PeerConnection,
+    /// One stripe of the file among several pushed at once (push only).
+    pub stripe: Option<StripeId>,
 }
 
 impl Submitted {

@@ -375,7 +375,7 @@ impl Job {
                 let push = PeerPush::new(
                     ends,
                     shape,
-                    (target.path, target.mkdir, target.resume),
+                    (target.path, target.mkdir, target.resume, target.stripe),
                     meta,
                     spec.fsync,
                     (tls, redial),

@@ -282,6 +282,7 @@ impl Engine {
                         resume: push.resume,
                         list: push.list,
                         connection: push.connection,
+                        stripe: push.stripe,
                     };
                     self.admit(k, push.submit, (src, dst, None), Some(target), true);
                 }

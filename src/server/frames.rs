@@ -153,6 +153,7 @@ mod tests {
                         resume: false,
                         list: false,
                         connection: ringxfer_ipc::proto::PeerConnection::Close,
+                        stripe: None,
                     }))
                 }),
             ]

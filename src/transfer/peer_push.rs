@@ -25,7 +25,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringxfer_ipc::proto::peer::{
-    encode, Checksum, FileMeta, PeerMessage, Put, RemotePath, PEER_PROTOCOL_VERSION,
+    encode, Checksum, FileMeta, PeerMessage, Put, RemotePath, Stripe, StripeId,
+    PEER_PROTOCOL_VERSION,
 };
 use ringxfer_ipc::{FailureKind, Strategy};
 use tracing::{info, warn};
@@ -108,6 +109,9 @@ pub(crate) struct PeerPush {
     meta: FileMeta,
     fsync: bool,
     mkdir: bool,
+    /// One stripe of the file among several pushed at once: `size` is
+    /// the stripe's, `meta.size` the file's.
+    stripe: Option<Stripe>,
     /// Resuming: the part's block sums, and the comparison's progress.
     resume: Option<Resume>,
     phase: Phase,
@@ -143,17 +147,24 @@ pub(crate) struct PeerPush {
 
 impl PeerPush {
     /// Pushes `shape.total` bytes of `ends.src` (from `shape.src_start`) to
-    /// `path` through the socket `ends.dst`.
+    /// `path` through the socket `ends.dst`; with `stripe`, as that stripe
+    /// of the file (`meta.size` bytes), landing at the same offsets.
     pub(crate) fn new(
         ends: Rc<Endpoints>,
         shape: Shape,
-        (path, mkdir, resume): (RemotePath, bool, bool),
+        (path, mkdir, resume, stripe): (RemotePath, bool, bool, Option<StripeId>),
         meta: FileMeta,
         fsync: bool,
         (tls, redial): (Option<Session>, Option<Redial>),
         kept: Option<PeerLink>,
     ) -> PeerPush {
         let size = shape.total.unwrap_or(0);
+        let stripe = stripe.map(|id| Stripe {
+            id,
+            offset: shape.src_start,
+            len: size,
+        });
+        let file_size = if stripe.is_some() { meta.size } else { size };
         let link =
             kept.unwrap_or_else(|| PeerLink::new(Rc::clone(&ends), SocketEnd::Destination, tls));
         PeerPush {
@@ -161,10 +172,14 @@ impl PeerPush {
             shape,
             size,
             path,
-            meta: FileMeta { size, ..meta },
+            meta: FileMeta {
+                size: file_size,
+                ..meta
+            },
             fsync,
             mkdir,
-            resume: resume.then(Resume::default),
+            stripe,
+            resume: (resume && stripe.is_none()).then(Resume::default),
             phase: Phase::Offered,
             link,
             buf: None,
@@ -295,6 +310,7 @@ impl PeerPush {
             resume: self.resume.is_some(),
             fsync: self.fsync,
             mkdir: self.mkdir,
+            stripe: self.stripe,
         };
         if let Err(e) = self.link.open_with(&PeerMessage::Put(put), owner, io) {
             self.failed(e);
@@ -415,7 +431,8 @@ impl PeerPush {
         self.link.redial(Rc::new(socket), tls);
         self.lost = None;
         self.phase = Phase::Offered;
-        self.resume = Some(Resume::default());
+        // A stripe starts over: stripes do not resume.
+        self.resume = self.stripe.is_none().then(Resume::default);
         self.sent = 0;
         self.crc = 0;
         self.torn = false;
@@ -704,9 +721,11 @@ impl PeerPush {
         let n = result as usize;
         self.crc = crc32c::crc32c_append(self.crc, buf.filled(HEADER_ROOM, n));
         self.header.clear();
+        // A stripe's bytes land at the file's offsets.
+        let base = self.stripe.map_or(0, |s| s.offset);
         let data = PeerMessage::Data {
             xfer: XFER,
-            offset: self.sent,
+            offset: base + self.sent,
             len: n as u32,
         };
         if let Err(e) = encode(&data, &mut self.header, self.link.limits.max_frame) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ringxfer_ipc::proto::peer::{
     encode, Checksum, FileMeta, PeerLimits, PeerMessage, PeerReader, Piece, Put, RemotePath,
-    Timestamp,
+    Timestamp, PEER_PROTOCOL_VERSION,
 };
 use ringxfer_ipc::proto::FailureKind;
 
@@ -20,7 +20,7 @@ use crate::support::*;
 
 /// A daemon taking files into `export` (as the export "inbox", written as
 /// the test's own user) on a free loopback port.
-fn receiver(export: &Path) -> (Daemon, SocketAddr) {
+pub(crate) fn receiver(export: &Path) -> (Daemon, SocketAddr) {
     // SAFETY: geteuid has no arguments and cannot fail.
     receiver_as(export, unsafe { libc::geteuid() })
 }
@@ -31,7 +31,7 @@ fn receiver_as(export: &Path, uid: u32) -> (Daemon, SocketAddr) {
 }
 
 /// As `receiver_as`, with more settings (`settings`, TOML lines).
-fn receiver_with(export: &Path, uid: u32, settings: &str) -> (Daemon, SocketAddr) {
+pub(crate) fn receiver_with(export: &Path, uid: u32, settings: &str) -> (Daemon, SocketAddr) {
     let conf_dir = tmpdir();
     let conf = conf_dir.path().join("ringxferd.toml");
     let text = format!(
@@ -63,8 +63,8 @@ fn listening(d: Daemon) -> (Daemon, SocketAddr) {
 }
 
 /// The test's side of a connection: the peer wire, by hand.
-struct Sender {
-    stream: TcpStream,
+pub(crate) struct Sender {
+    pub(crate) stream: TcpStream,
     reader: PeerReader,
     got: Vec<u8>,
     limits: PeerLimits,
@@ -72,7 +72,7 @@ struct Sender {
 
 impl Sender {
     /// Connects and says Hello; checks the Welcome.
-    fn connect(address: SocketAddr) -> Sender {
+    pub(crate) fn connect(address: SocketAddr) -> Sender {
         let stream = TcpStream::connect(address).expect("connect to the receiver");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -83,22 +83,27 @@ impl Sender {
             got: Vec::new(),
             limits: PeerLimits::default(),
         };
-        s.send(&PeerMessage::Hello { version: 1 });
+        s.send(&PeerMessage::Hello {
+            version: PEER_PROTOCOL_VERSION,
+        });
         match s.recv() {
-            Some(PeerMessage::Welcome { version: 1, limits }) => s.limits = limits,
+            Some(PeerMessage::Welcome {
+                version: PEER_PROTOCOL_VERSION,
+                limits,
+            }) => s.limits = limits,
             other => panic!("expected Welcome, got {other:?}"),
         }
         s
     }
 
-    fn send(&mut self, m: &PeerMessage) {
+    pub(crate) fn send(&mut self, m: &PeerMessage) {
         let mut bytes = Vec::new();
         encode(m, &mut bytes, self.limits.max_frame).expect("encode");
         self.stream.write_all(&bytes).expect("send");
     }
 
     /// Data frames of at most `piece` bytes each, from `offset`.
-    fn send_data(&mut self, xfer: u64, offset: u64, data: &[u8], piece: usize) {
+    pub(crate) fn send_data(&mut self, xfer: u64, offset: u64, data: &[u8], piece: usize) {
         for (i, chunk) in data.chunks(piece).enumerate() {
             let at = offset + (i * piece) as u64;
             let len = chunk.len() as u32;
@@ -112,7 +117,7 @@ impl Sender {
     }
 
     /// The next message, or None once the receiver closed the connection.
-    fn recv(&mut self) -> Option<PeerMessage> {
+    pub(crate) fn recv(&mut self) -> Option<PeerMessage> {
         loop {
             if let Some((piece, used)) = self
                 .reader
@@ -135,6 +140,9 @@ impl Sender {
 
     /// Pulls `path`: its meta, bytes and the CRC `End` gave, or the answer
     /// that refused or failed it. The daemon is told `Done`.
+    // The answer that refused the pull is what the test looks at: a test
+    // helper, where its size costs nothing.
+    #[allow(clippy::result_large_err)]
     fn pull(&mut self, xfer: u64, path: &str) -> Result<(FileMeta, Vec<u8>, u32), PeerMessage> {
         let path = RemotePath::new(path).expect("a valid remote path");
         self.send(&PeerMessage::Get {
@@ -185,7 +193,14 @@ impl Sender {
     }
 
     /// Offers `path` of `size` bytes with `mode` and `mtime`.
-    fn put(&mut self, xfer: u64, path: &str, size: u64, mode: u32, mtime: i64) -> PeerMessage {
+    pub(crate) fn put(
+        &mut self,
+        xfer: u64,
+        path: &str,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+    ) -> PeerMessage {
         let when = Timestamp {
             secs: mtime,
             nanos: 250_000_000,
@@ -203,13 +218,14 @@ impl Sender {
             resume: false,
             fsync: true,
             mkdir: false,
+            stripe: None,
         };
         self.send(&PeerMessage::Put(put));
         self.recv().expect("an answer to Put")
     }
 
     /// Pushes all of `data` to `path` and returns the answer to End.
-    fn push(&mut self, xfer: u64, path: &str, data: &[u8], mode: u32) -> PeerMessage {
+    pub(crate) fn push(&mut self, xfer: u64, path: &str, data: &[u8], mode: u32) -> PeerMessage {
         let ready = self.put(xfer, path, data.len() as u64, mode, 1_700_000_000);
         assert_eq!(
             ready,
@@ -232,7 +248,7 @@ impl Sender {
 }
 
 /// Names in `dir` that are hidden part files.
-fn parts_in(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn parts_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .expect("read_dir")
         .map(|e| e.expect("entry").path())
@@ -240,14 +256,14 @@ fn parts_in(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn failed_kind(answer: &PeerMessage) -> FailureKind {
+pub(crate) fn failed_kind(answer: &PeerMessage) -> FailureKind {
     match answer {
         PeerMessage::Failed { kind, .. } | PeerMessage::Refused { kind, .. } => *kind,
         other => panic!("expected a failure, got {other:?}"),
     }
 }
 
-fn message_of(answer: &PeerMessage) -> &str {
+pub(crate) fn message_of(answer: &PeerMessage) -> &str {
     match answer {
         PeerMessage::Failed { message, .. } | PeerMessage::Refused { message, .. } => message,
         other => panic!("expected a failure, got {other:?}"),
@@ -417,6 +433,7 @@ fn names_cannot_lead_out_of_the_export() {
         resume: false,
         fsync: false,
         mkdir: false,
+        stripe: None,
     };
     encode(&PeerMessage::Put(put), &mut raw, 1 << 16).expect("encode");
     let at = raw
@@ -540,7 +557,7 @@ fn push_bytes(d: &Daemon, name: &str, bytes: &[u8], dst: &str) -> std::process::
 }
 
 /// `ringxfer --json copy ARGS... SRC DST` through daemon `d`.
-fn push_cli(d: &Daemon, args: &[&str], src: &Path, dst: &str) -> std::process::Output {
+pub(crate) fn push_cli(d: &Daemon, args: &[&str], src: &Path, dst: &str) -> std::process::Output {
     let mut c = crate::cli_common::cli(&d.socket);
     c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
     crate::cli_common::run(c)
@@ -662,7 +679,7 @@ fn a_push_the_other_daemon_refuses_fails_in_the_users_terms() {
 
 /// A push at 4 MiB/s through `d` (with `args`), once its part in `export`
 /// holds at least `bytes`.
-fn push_until(
+pub(crate) fn push_until(
     d: &Daemon,
     args: &[&str],
     src: &Path,
@@ -690,7 +707,7 @@ fn push_until(
 }
 
 /// The report of a `--json` push that succeeded.
-fn pushed(out: &std::process::Output, receiving: &Daemon) -> serde_json::Value {
+pub(crate) fn pushed(out: &std::process::Output, receiving: &Daemon) -> serde_json::Value {
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -701,7 +718,7 @@ fn pushed(out: &std::process::Output, receiving: &Daemon) -> serde_json::Value {
 }
 
 /// Where the note of a resumed push says it started.
-fn resumed_at(report: &serde_json::Value) -> Option<u64> {
+pub(crate) fn resumed_at(report: &serde_json::Value) -> Option<u64> {
     let note = report["note"].as_str()?;
     let at = note.find("resumed: the first ")? + "resumed: the first ".len();
     note[at..].split(' ').next()?.parse().ok()

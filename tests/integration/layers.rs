@@ -32,6 +32,7 @@ const CLI_LAYERS: &[&str] = &[
     "pipeline",
     "tree",
     "pull_part",
+    "remote_stripes",
     "remote",
     "remote_listing",
     "remote_tree",

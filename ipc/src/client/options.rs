@@ -1,5 +1,6 @@
 //! What a job asks for: [`TransferOptions`], and the `Submit` they make.
 
+use crate::proto::peer::StripeId;
 use crate::proto::{
     PeerConnection, Priority, RateGroup, Reflink, Request, Sparse, Strategy, SubmitRequest,
 };
@@ -115,6 +116,29 @@ pub struct TransferOptions {
     /// assert_eq!(next.connection, PeerConnection::Continue);
     /// ```
     pub connection: PeerConnection,
+    /// [`Client::submit_remote`] only: this job pushes one stripe of the
+    /// file (its `offset` and `length`) among several pushed at once, each
+    /// through a socket of its own, for a link one TCP stream cannot fill
+    /// (as bbcp's parallel streams). The other daemon publishes the file
+    /// once every stripe of the set is in: when all the set's jobs
+    /// succeeded, the file is there, whole. Stripes do not resume.
+    ///
+    /// ```
+    /// use ringxfer_ipc::proto::peer::StripeId;
+    /// let half = 1 << 30;
+    /// let first = ringxfer_ipc::TransferOptions {
+    ///     length: Some(half),
+    ///     stripe: Some(StripeId { set: 42, index: 0, count: 2 }),
+    ///     ..Default::default()
+    /// };
+    /// let second = ringxfer_ipc::TransferOptions {
+    ///     offset: half,
+    ///     stripe: Some(StripeId { set: 42, index: 1, count: 2 }),
+    ///     ..first.clone()
+    /// };
+    /// assert_eq!(second.length, Some(half));
+    /// ```
+    pub stripe: Option<StripeId>,
 }
 
 impl Default for TransferOptions {
@@ -146,6 +170,7 @@ impl Default for TransferOptions {
             sparse: Sparse::Auto,
             resume: false,
             connection: PeerConnection::Close,
+            stripe: None,
         }
     }
 }

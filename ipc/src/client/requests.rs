@@ -303,6 +303,7 @@ impl Client {
                     resume,
                     list: false,
                     connection: opts.connection,
+                    stripe: opts.stripe,
                 };
                 request = Request::SubmitRemote(Box::new(push));
             }
@@ -316,6 +317,7 @@ impl Client {
                     resume,
                     list,
                     connection: opts.connection,
+                    stripe: None,
                 };
                 request = Request::SubmitRemote(Box::new(pull));
             }

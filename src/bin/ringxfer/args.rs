@@ -320,6 +320,14 @@ pub struct DestOpts {
     /// still checked before it takes its name.
     #[arg(long)]
     pub resume: bool,
+
+    /// To another host (HOST:PATH), one file: push it over N connections
+    /// at once, each carrying a range of at least 8 MiB (as bbcp -s), for
+    /// a link one TCP stream cannot fill. The other daemon publishes the
+    /// file only once every range is in and checked. 1 to 16.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub streams: u32,
 }
 
 /// Wraps `Priority`'s FromStr so that clap reports its message as a usage error.

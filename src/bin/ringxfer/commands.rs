@@ -195,6 +195,12 @@ fn check_copy_flags(args: &CopyArgs<'_>, single: bool) -> Result<(), CliError> {
              starts over, and publishes only a whole file",
         ));
     }
+    if args.dest.streams > 1 {
+        return Err(CliError::usage(
+            "--streams pushes a file to another host (HOST:PATH) over several connections; \
+             a local copy needs none",
+        ));
+    }
     if !single && args.range.is_partial() {
         return Err(CliError::usage(
             "--offset and --length take one source file, not several or -r",

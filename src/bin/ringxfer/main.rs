@@ -28,6 +28,7 @@ mod read_ahead;
 mod remote;
 mod remote_listing;
 mod remote_pull_tree;
+mod remote_stripes;
 mod remote_tree;
 mod report;
 mod signals;

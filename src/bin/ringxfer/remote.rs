@@ -19,7 +19,8 @@ use crate::context::{Context, CopyArgs};
 use crate::error::{CliError, Exit};
 use crate::files::open_source;
 use crate::job_plan;
-use crate::report::{Op, Subject};
+use crate::remote_stripes;
+use crate::report::{self, Op, Subject};
 
 /// A remote destination, as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +130,16 @@ fn run(
     let path = remote.path_for(src)?;
     let (file, _) = open_source(src, "a directory goes to another host with -r")?;
     let engine = ctx.engine(&args.job)?;
+    let streams = streams(args, &file)?;
+    if streams > 1 {
+        let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
+        // --rate-limit caps the file's streams together.
+        plan.whole_command = true;
+        let (file, size) = (&file, file.metadata().map_or(0, |m| m.len()));
+        let to = (remote.address.as_str(), &path);
+        return remote_stripes::push(&engine, subject, (file, size), to, streams, plan)
+            .map(Pushed::Done);
+    }
     let socket = TcpStream::connect(&remote.address)
         .map_err(|err| CliError::io(format!("connect to {}", remote.address), &err))?;
     let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
@@ -138,6 +149,30 @@ fn run(
             .map(Pushed::Detached);
     }
     job_plan::run_remote(&engine, subject, &file, &socket, &path, false, plan).map(Pushed::Done)
+}
+
+/// How many streams the push of `file` goes as: `--streams`, fewer for a
+/// file too small for each to carry 8 MiB; one, with a note, for a push
+/// that resumes or is detached (stripes do neither).
+fn streams(args: &CopyArgs<'_>, file: &std::fs::File) -> Result<u32, CliError> {
+    let asked = args.dest.streams.max(1);
+    if asked == 1 {
+        return Ok(1);
+    }
+    if args.range.is_partial() {
+        return Err(CliError::usage(
+            "--streams pushes a whole file: not with --offset or --length",
+        ));
+    }
+    if args.dest.resume || args.job.detach {
+        report::note("--resume and --detach push the file as one stream");
+        return Ok(1);
+    }
+    let size = file
+        .metadata()
+        .map_err(|err| CliError::io(format!("stat {}", args.sources[0].display()), &err))?
+        .len();
+    Ok(remote_stripes::stripes_for(size, asked))
 }
 
 /// A job that went on with a kept connection (`PeerConnection::Continue`)
@@ -166,9 +201,9 @@ pub fn check_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 {
         return refuse("copying several files");
     }
-    if args.recursive && (args.range.is_partial() || args.job.detach) {
+    if args.recursive && (args.range.is_partial() || args.job.detach || args.dest.streams > 1) {
         return Err(CliError::usage(
-            "--offset, --length and --detach take one file, not -r",
+            "--offset, --length, --detach and --streams take one file, not -r",
         ));
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
@@ -188,8 +223,8 @@ pub fn check_pull_flags(args: &CopyArgs<'_>) -> Result<(), CliError> {
     if args.sources.len() != 1 {
         return refuse("copying several files");
     }
-    if args.job.detach || args.range.is_partial() {
-        return refuse("--detach, --offset or --length");
+    if args.job.detach || args.range.is_partial() || args.dest.streams > 1 {
+        return refuse("--detach, --offset, --length or --streams");
     }
     if args.dest.in_place || args.dest.no_clobber || args.dest.update || args.backup.is_some() {
         return refuse("--in-place, --no-clobber, --update or --backup");

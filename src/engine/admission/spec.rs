@@ -216,7 +216,7 @@ pub(in crate::engine) fn spec(
         remote,
     } = fds;
     let src_meta = match &stats[0] {
-        Ok(s) => Some((s.perm, s.atime, s.mtime)),
+        Ok(s) => Some((s.perm, s.atime, s.mtime, s.size)),
         Err(_) => None,
     };
     let devices = match &stats {
@@ -241,7 +241,7 @@ pub(in crate::engine) fn spec(
     };
     let dir_kind = dir.and_then(|s| s.ok()).map(|s| s.kind);
     let decided = match (&remote, src_meta) {
-        (Some(target), Some(meta)) => remote::decide(&plan, &submit, cx, meta, target.pull),
+        (Some(target), Some(meta)) => remote::decide(&plan, &submit, cx, meta, target),
         _ => decide(&plan, &submit, dir_fd.is_some(), dir_kind, cx),
     };
     match decided {

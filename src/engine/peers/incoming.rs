@@ -15,18 +15,23 @@
 //! sender killed, the link cut, this daemon stopping) keeps the part, so
 //! that a `Put { resume: true }` of the same name can continue it
 //! (resume.rs).
+//!
+//! A stripe of a file pushed over several connections at once writes its
+//! range into the same part, and the last stripe of the set publishes
+//! (stripes.rs).
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
 
-use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, Put, RemotePath};
+use ringxfer_ipc::proto::peer::{FileMeta, PeerMessage, Put, RemotePath, Stripe};
 use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
 
 use super::conn::{PeerConn, WRITE_BUFFER};
 use super::names::{self, Target};
+use super::stripes::{Landing, Leaving, NameKey};
 use super::tag;
 use crate::engine::Engine;
 use crate::io::fd::SharedFd;
@@ -45,6 +50,8 @@ pub(super) enum Step {
     /// data starts.
     AwaitingOffset,
     Receiving,
+    /// A stripe that landed, waiting for the others (stripes.rs).
+    Landed,
     Publishing,
     /// Failed: waiting for writes in flight, then removing the part.
     Aborting,
@@ -57,6 +64,8 @@ pub(super) struct Incoming {
     pub(super) shown: String,
     pub(super) target: Target,
     pub(super) meta: FileMeta,
+    /// One stripe of the file among several connections (stripes.rs).
+    pub(super) stripe: Option<Stripe>,
     fsync: bool,
     /// Continue the part kept (opened without truncating it); its block
     /// sums, how many went out, and the bytes they cover.
@@ -100,6 +109,19 @@ impl Incoming {
     pub(super) fn receiving(&self) -> bool {
         matches!(self.step, Step::Receiving | Step::AwaitingOffset)
     }
+
+    /// Where its data starts (a stripe's offset, or 0) and ends.
+    fn span(&self) -> (u64, u64) {
+        match self.stripe {
+            Some(s) => (s.offset, s.offset + s.len),
+            None => (0, self.meta.size),
+        }
+    }
+
+    /// The name it is received under, if it is a stripe of a set.
+    pub(super) fn stripe_name(&self) -> Option<NameKey> {
+        self.stripe.map(|_| (self.export, self.shown.clone()))
+    }
 }
 
 /// Takes raw data received for `xfer` at `offset` into `conn`'s write
@@ -133,10 +155,10 @@ pub(super) fn take_data(
         ));
     }
     let len = bytes.len() as u64;
-    if inc.received + len > inc.meta.size {
+    let (_, end) = inc.span();
+    if inc.received + len > end {
         return Err(format!(
-            "Data for transfer {xfer} past its announced size of {} bytes",
-            inc.meta.size
+            "Data for transfer {xfer} past its announced end at {end} bytes"
         ));
     }
     inc.received += len;
@@ -190,12 +212,14 @@ impl Engine {
             .busy
             .insert((export, put.path.as_str().to_string()));
         let at_root = target.parent.as_bytes() == b".";
+        let start = put.stripe.map_or(0, |s| s.offset);
         conn.incoming = Some(Incoming {
             xfer,
             export,
             shown: put.path.as_str().to_string(),
             target,
             meta: put.meta,
+            stripe: put.stripe,
             fsync: put.fsync,
             resume: put.resume,
             sums: Vec::new(),
@@ -207,7 +231,7 @@ impl Engine {
             parent: None,
             file: None,
             step: Step::OpenParent,
-            received: 0,
+            received: start,
             crc: 0,
             end: None,
             in_flight: 0,
@@ -239,11 +263,10 @@ impl Engine {
             return Err((FailureKind::LimitExceeded, why));
         }
         let (export, target) = self.resolve_export(k, &put.path)?;
-        if self
-            .peers
-            .busy
-            .contains(&(export, put.path.as_str().to_string()))
-        {
+        let name = (export, put.path.as_str().to_string());
+        if put.stripe.is_some() {
+            self.join_stripe(k, &name, put)?;
+        } else if self.peers.busy.contains(&name) {
             let why = format!("{}: another transfer is writing it", put.path.as_str());
             return Err((FailureKind::LimitExceeded, why));
         }
@@ -393,8 +416,9 @@ impl Engine {
             Some(parent) => Rc::clone(parent),
             None => Rc::clone(&self.peers.exports[inc.export].dir),
         };
-        // A resumed part is kept, and read before it is written.
-        let keep = if inc.resume {
+        // A resumed part is kept, and read before it is written; the
+        // stripes of a file share theirs (cut to the file's size at the end).
+        let keep = if inc.resume || inc.stripe.is_some() {
             libc::O_RDWR
         } else {
             libc::O_WRONLY | libc::O_TRUNC
@@ -524,10 +548,14 @@ impl Engine {
             return;
         };
         let Some((size, crc)) = inc.end else { return };
-        if size != inc.meta.size || inc.received != size {
+        let (start, end) = inc.span();
+        if size != end - start || inc.received != end {
             let why = format!(
                 "{}: the sender ended it at {} bytes ({} received) where it announced {}",
-                inc.shown, size, inc.received, inc.meta.size
+                inc.shown,
+                size,
+                inc.received - start,
+                end - start
             );
             return self.fail_incoming(k, (FailureKind::SourceShort, why));
         }
@@ -539,12 +567,24 @@ impl Engine {
             return self.fail_incoming(k, (FailureKind::Mismatch, why));
         }
         inc.step = Step::Publishing;
+        if let Some(name) = inc.stripe_name() {
+            inc.step = Step::Landed;
+            match self.stripe_landed(k, &name) {
+                Landing::Wait => return,
+                Landing::Fail(why) => return self.fail_incoming(k, (FailureKind::Io, why)),
+                Landing::Publish => {}
+            }
+        }
+        let Some(inc) = self.peers.incoming_mut(k) else {
+            return;
+        };
+        inc.step = Step::Publishing;
         let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
             return;
         };
-        if inc.resume {
-            // A kept part may be longer than the file is now.
-            let cut = op::Ftruncate::new(file, size);
+        if inc.resume || inc.stripe.is_some() {
+            // A kept or shared part may be longer than the file is now.
+            let cut = op::Ftruncate::new(file, inc.meta.size);
             return self.queue_incoming_op(k, tag::TRUNCATE, cut);
         }
         self.set_meta(k);
@@ -607,7 +647,15 @@ impl Engine {
         }
     }
 
-    fn incoming_done(&mut self, k: usize) {
+    pub(super) fn incoming_done(&mut self, k: usize) {
+        let publisher = self
+            .peers
+            .incoming(k)
+            .filter(|i| i.step == Step::Publishing)
+            .and_then(Incoming::stripe_name);
+        if let Some(name) = publisher {
+            self.stripes_published(&name);
+        }
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
@@ -672,7 +720,13 @@ impl Engine {
             return;
         }
         inc.step = Step::Aborting;
-        inc.failure = Some(failure);
+        let name = inc.stripe_name();
+        if let Some(name) = name {
+            self.stripe_failed(k, &name, failure.0, &failure.1);
+        }
+        if let Some(inc) = self.peers.incoming_mut(k) {
+            inc.failure = Some(failure);
+        }
         self.advance_abort(k);
     }
 
@@ -684,6 +738,19 @@ impl Engine {
         };
         if inc.in_flight > 0 {
             return;
+        }
+        let leaving = match inc.stripe_name() {
+            Some(name) => {
+                let wrote = inc.received - inc.span().0;
+                Some(self.stripe_leaving(&name, wrote))
+            }
+            None => None,
+        };
+        let Some(inc) = self.peers.incoming(k) else {
+            return;
+        };
+        if matches!(leaving, Some(Leaving::Others | Leaving::Keep)) {
+            return self.finish_abort(k);
         }
         match (inc.file.as_ref(), inc.parent.as_ref()) {
             (Some(_), Some(_)) if inc.keeps_part() => {
@@ -735,7 +802,12 @@ impl Engine {
     /// Forgets a finished file: its name is free again, and its
     /// descriptors are closed off the loop thread.
     pub(super) fn release_incoming(&mut self, inc: Incoming) {
-        self.peers.busy.remove(&(inc.export, inc.shown));
+        match inc.stripe_name() {
+            Some(name) => self.stripe_gone(&name),
+            None => {
+                self.peers.busy.remove(&(inc.export, inc.shown));
+            }
+        }
         for fd in [inc.file, inc.parent].into_iter().flatten() {
             if let Ok(fd) = Rc::try_unwrap(fd) {
                 self.closing.doomed.push(fd);

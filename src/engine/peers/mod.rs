@@ -7,8 +7,10 @@
 //! Everything goes through the ring, as for local clients: accept, reads
 //! and sends on the sockets, and the file system work (openat2 with
 //! RESOLVE_BENEATH, writes, fsync, rename, unlink) under the export's
-//! user's personality. Each connection carries one file at a time.
-//! Plaintext only, on loopback, for now (`insecure_plaintext`).
+//! user's personality. Each connection carries one file at a time (a
+//! large one may come as stripes over several: stripes.rs), under TLS
+//! (user space, or the kernel's once handed over), or in plaintext on
+//! loopback (`insecure_plaintext`).
 
 mod conn;
 mod dirs;
@@ -19,6 +21,7 @@ mod names;
 mod resume;
 mod serving;
 mod serving_resume;
+mod stripes;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -129,6 +132,9 @@ pub(super) struct Peers {
     /// (export, path) of the files being received: a second transfer to a
     /// name already being written is refused.
     busy: HashSet<(usize, String)>,
+    /// The stripes of files pushed over several connections at once,
+    /// by name (stripes.rs).
+    stripes: stripes::StripeSets,
     limits: PeerLimits,
     /// The listener takes plaintext.
     plaintext: bool,

@@ -3,26 +3,28 @@
 //! daemon, checked end to end by CRC-32C. What does not apply to a push is
 //! refused by name rather than ignored.
 
-use ringxfer_ipc::proto::peer::{FileMeta, Timestamp};
+use ringxfer_ipc::proto::peer::{FileMeta, StripeId, Timestamp, MAX_STRIPES};
 use ringxfer_ipc::{FailureKind, Reflink, Strategy, SubmitRequest};
 
 use super::{byte_limits, Context, Decided};
+use crate::engine::admission::PushTarget;
 use crate::transfer::choose::Choice;
 use crate::transfer::{FdKind, Plan, TransferError};
 
-/// Permission bits, access and modification times of the source.
-pub(super) type SourceMeta = (u32, (i64, u32), (i64, u32));
+/// Permission bits, access and modification times, and size of the
+/// source.
+pub(super) type SourceMeta = (u32, (i64, u32), (i64, u32), u64);
 
 /// What a push settles, or why it cannot run.
 pub(super) fn decide(
     plan: &Plan,
     submit: &SubmitRequest,
     cx: &Context,
-    (perm, atime, mtime): SourceMeta,
-    pull: bool,
+    (perm, atime, mtime, src_size): SourceMeta,
+    target: &PushTarget,
 ) -> Result<Decided, TransferError> {
     let refuse = |why: String| Err(TransferError::new(FailureKind::InvalidRequest, why));
-    if pull {
+    if target.pull {
         return decide_pull(plan, submit);
     }
     if plan.ends.src_kind != FdKind::File {
@@ -53,6 +55,13 @@ pub(super) fn decide(
         return refuse("a push to another daemon cannot clone the file".into());
     }
     let bytes = plan.total.unwrap_or(0);
+    let size = match target.stripe {
+        Some(stripe) => {
+            check_stripe(stripe, plan, target.resume || submit.detach, src_size)?;
+            src_size
+        }
+        None => bytes,
+    };
     byte_limits(bytes, cx.submitter.uid, &cx.load, &cx.limits)?;
     let at = |(secs, nanos): (i64, u32)| Timestamp { secs, nanos };
     Ok(Decided {
@@ -62,12 +71,44 @@ pub(super) fn decide(
         choice: Choice::plain(Strategy::Peer, None),
         reflink: None,
         push: Some(FileMeta {
-            size: bytes,
+            size,
             mode: perm,
             atime: at(atime),
             mtime: at(mtime),
         }),
     })
+}
+
+/// A stripe is one of at most 16, names its range of the source (offset
+/// and length, within the file as it is now), and neither resumes nor is
+/// detached (which dials again and resumes: `retry`).
+fn check_stripe(
+    stripe: StripeId,
+    plan: &Plan,
+    retry: bool,
+    src_size: u64,
+) -> Result<(), TransferError> {
+    let refuse = |why: String| Err(TransferError::new(FailureKind::InvalidRequest, why));
+    let StripeId { index, count, .. } = stripe;
+    if !stripe.is_valid() {
+        return refuse(format!(
+            "stripe {index} of {count}: a file goes as 1 to {MAX_STRIPES} stripes, numbered from 0"
+        ));
+    }
+    if retry {
+        return refuse(
+            "a stripe neither resumes nor is detached: push the file again, or as one stream"
+                .into(),
+        );
+    }
+    let end = plan.total.map(|len| plan.src_start.saturating_add(len));
+    match end {
+        Some(end) if plan.length_requested && end <= src_size => Ok(()),
+        _ => refuse(format!(
+            "stripe {index} of {count} must name its range (offset and length) within the \
+             source's {src_size} bytes"
+        )),
+    }
 }
 
 /// What a pull settles: from a socket connected to the other daemon into a
