@@ -177,6 +177,7 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
             daemon_args: &cfg.daemon_args,
             dir,
             export: &export,
+            name: key,
         };
         let pair = if tls {
             ringxfer::Pair::tls(&setup)?

@@ -35,6 +35,8 @@ pub struct Setup<'a> {
     pub dir: &'a Path,
     /// The receiver's export.
     pub export: &'a Path,
+    /// The contender's key: its files' names in `dir` start with it.
+    pub name: &'a str,
 }
 
 /// `ringxferd --init-keys DIR/NAME`: the directory and the pin it printed.
@@ -79,8 +81,8 @@ fn write_config(path: &Path, text: &str) -> Result<Vec<String>> {
 impl Pair {
     /// Receiver and sender speaking TLS 1.3, each pinning the other.
     pub fn tls(s: &Setup<'_>) -> Result<Pair> {
-        let (rx_keys, rx_pin) = init_keys(s.daemon, s.dir, "keys-receiver")?;
-        let (tx_keys, tx_pin) = init_keys(s.daemon, s.dir, "keys-sender")?;
+        let (rx_keys, rx_pin) = init_keys(s.daemon, s.dir, &format!("{}-keys-receiver", s.name))?;
+        let (tx_keys, tx_pin) = init_keys(s.daemon, s.dir, &format!("{}-keys-sender", s.name))?;
         let port = free_port()?;
         let rx = format!(
             "listen_tcp = \"{}:{port}\"\n{}\n{}",
@@ -88,10 +90,10 @@ impl Pair {
             tls_lines(&rx_keys, "sender", &tx_pin),
             export_table(s.export)
         );
-        let rx = write_config(&s.dir.join("tls-receiver.toml"), &rx)?;
+        let rx = write_config(&s.dir.join(format!("{}-receiver.toml", s.name)), &rx)?;
         let tx = tls_lines(&tx_keys, "receiver", &rx_pin);
-        let tx = write_config(&s.dir.join("tls-sender.toml"), &tx)?;
-        Pair::start(s, "tls", port, rx, tx)
+        let tx = write_config(&s.dir.join(format!("{}-sender.toml", s.name)), &tx)?;
+        Pair::start(s, port, rx, tx)
     }
 
     /// A receiver with `insecure_plaintext` and a sender with no identity.
@@ -101,19 +103,19 @@ impl Pair {
             "listen_tcp = \"127.0.0.1:{port}\"\ninsecure_plaintext = true\n\n{}",
             export_table(s.export)
         );
-        let rx = write_config(&s.dir.join("plain-receiver.toml"), &rx)?;
-        Pair::start(s, "plain", port, rx, vec!["--no-config".into()])
+        let rx = write_config(&s.dir.join(format!("{}-receiver.toml", s.name)), &rx)?;
+        Pair::start(s, port, rx, vec!["--no-config".into()])
     }
 
     fn start(
         s: &Setup<'_>,
-        name: &str,
         port: u16,
         mut rx_args: Vec<String>,
         mut tx_args: Vec<String>,
     ) -> Result<Pair> {
         rx_args.extend_from_slice(s.daemon_args);
         tx_args.extend_from_slice(s.daemon_args);
+        let name = s.name;
         let receiver = Daemon::start(s.daemon, &s.dir.join(format!("{name}-rx.sock")), &rx_args)?;
         wait_listening(port)?;
         let socket = s.dir.join(format!("{name}-tx.sock"));
