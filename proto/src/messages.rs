@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 /// [`FailureKind::ReadOnly`] and the `copy-range` and `sendfile` strategies;
 /// version 9 [`Request::SubmitRemote`] and the `peer` strategy; version
 /// 10 [`RemoteSubmit::resume`], [`RemoteSubmit::list`] and
-/// [`RemoteSubmit::connection`]; version 11 [`RemoteSubmit::stripe`].
+/// [`RemoteSubmit::connection`]; version 11 [`RemoteSubmit::stripe`] and
+/// [`StatsReport::peer_bytes_in_flight_max`].
 ///
 /// A client sends it in [`Request::Hello`]; a daemon of another version
 /// answers [`ProtocolErrorKind::BadVersion`] instead of [`Event::Welcome`].
@@ -1189,6 +1190,9 @@ pub struct StatsReport {
     pub rate_limit: Option<u64>,
     /// Counters per strategy: splice, direct, uncached, buffered.
     pub strategies: Vec<StrategyStats>,
+    /// Host to host: the most bytes one other daemon had sent here and not
+    /// yet written, since start (held under `peer_bytes_in_flight`).
+    pub peer_bytes_in_flight_max: u64,
 }
 
 /// An event from the daemon to a client.

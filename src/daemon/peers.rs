@@ -38,6 +38,7 @@ pub fn open(
             plaintext: false,
             exports: Vec::new(),
             tls: Some(tls),
+            bytes_in_flight: settings.peer_bytes_in_flight,
         }));
     };
     let origin = match &activated {
@@ -104,6 +105,7 @@ pub fn open(
         plaintext,
         exports,
         tls,
+        bytes_in_flight: settings.peer_bytes_in_flight,
     }))
 }
 

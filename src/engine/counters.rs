@@ -104,6 +104,7 @@ impl Engine {
             max_ops_in_flight: self.config.max_inflight as u64,
             rate_limit: self.slots.global_bucket.as_ref().map(TokenBucket::rate),
             strategies: self.counters.by_strategy.to_vec(),
+            peer_bytes_in_flight_max: self.peers.bytes_in_flight_max,
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::io::pipe_pool::{self, PipePool};
 use crate::io::ring::Ring;
 use crate::io::Io;
 pub use crate::io::{EngineError, EngineKind};
-pub use peers::{Export, PeerSetup};
+pub use peers::{Export, PeerSetup, DEFAULT_PEER_BYTES_IN_FLIGHT};
 pub use shutdown::LoopObserver;
 use shutdown::SHUTDOWN_NOW;
 

@@ -131,9 +131,14 @@ pub struct Args {
     /// Accept files from other ringxferd daemons on this TCP address
     /// (127.0.0.1:7300, [::1]:7300; port 0: any free port, logged), into
     /// the directories the config file's [[export]] tables name; "off": no
-    /// TCP at all. Needs --insecure-plaintext for now.
+    /// TCP at all. Needs TLS (tls_cert, tls_key, [[peer]]s) or
+    /// --insecure-plaintext on a loopback address.
     #[arg(long, value_name = "ADDRESS", value_parser = by(&keys::LISTEN_TCP))]
     pub listen_tcp: Option<Value>,
+    /// Bytes one other daemon may have received here and not yet written,
+    /// over all its connections (16 at most); past it, they wait.
+    #[arg(long, value_name = "BYTES", value_parser = by(&keys::PEER_BYTES_IN_FLIGHT))]
+    pub peer_bytes_in_flight: Option<Value>,
     /// Serve --listen-tcp without encryption or authentication: for tests,
     /// and only on a loopback address.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
@@ -236,6 +241,7 @@ impl Args {
             (&keys::HANDSHAKE_TIMEOUT, &self.handshake_timeout),
             (&keys::FRAME_TIMEOUT, &self.frame_timeout),
             (&keys::LISTEN_TCP, &self.listen_tcp),
+            (&keys::PEER_BYTES_IN_FLIGHT, &self.peer_bytes_in_flight),
             (&keys::INSECURE_PLAINTEXT, &self.insecure_plaintext),
             (&keys::TLS_CERT, &self.tls_cert),
             (&keys::TLS_KEY, &self.tls_key),

@@ -41,6 +41,7 @@ struct RawFile {
     handshake_timeout: Option<Spanned<toml::Value>>,
     frame_timeout: Option<Spanned<toml::Value>>,
     listen_tcp: Option<Spanned<toml::Value>>,
+    peer_bytes_in_flight: Option<Spanned<toml::Value>>,
     insecure_plaintext: Option<Spanned<toml::Value>>,
     tls_cert: Option<Spanned<toml::Value>>,
     tls_key: Option<Spanned<toml::Value>>,
@@ -90,6 +91,10 @@ impl RawFile {
             (&keys::HANDSHAKE_TIMEOUT, self.handshake_timeout.take()),
             (&keys::FRAME_TIMEOUT, self.frame_timeout.take()),
             (&keys::LISTEN_TCP, self.listen_tcp.take()),
+            (
+                &keys::PEER_BYTES_IN_FLIGHT,
+                self.peer_bytes_in_flight.take(),
+            ),
             (&keys::INSECURE_PLAINTEXT, self.insecure_plaintext.take()),
             (&keys::TLS_CERT, self.tls_cert.take()),
             (&keys::TLS_KEY, self.tls_key.take()),
@@ -199,7 +204,7 @@ mod tests {
             direct_threshold = \"1MiB\"\nmax_inflight = 3\nrate_limit = \"10MiB/s\"\n\
             max_queued_bytes_per_connection = \"1GiB\"\nmax_queued_bytes_per_user = 0\n\
             shutdown_grace = \"5s\"\nhandshake_timeout = \"2s\"\nframe_timeout = 3\nlog_level = \"debug\"\n\
-            listen_tcp = \"127.0.0.1:7300\"\ninsecure_plaintext = true\n\
+            listen_tcp = \"127.0.0.1:7300\"\npeer_bytes_in_flight = \"8MiB\"\ninsecure_plaintext = true\n\
             tls_cert = \"/etc/r/cert.pem\"\ntls_key = \"/etc/r/key.pem\"\n";
         let values = parse_str(text).expect("parses");
         assert_eq!(

@@ -136,6 +136,9 @@ pub const LISTEN_TCP: Key = Key {
     name: "listen_tcp",
     kind: Kind::Address,
 };
+/// Bytes one other daemon may have received here and not yet written, over
+/// all its connections: past it, they wait for writes to land.
+pub const PEER_BYTES_IN_FLIGHT: Key = size("peer_bytes_in_flight", MIB, GIB, 1);
 /// Serve `listen_tcp` without TLS: for tests on a loopback address only.
 pub const INSECURE_PLAINTEXT: Key = Key {
     name: "insecure_plaintext",
@@ -182,6 +185,7 @@ pub const KEYS: &[&Key] = &[
     &HANDSHAKE_TIMEOUT,
     &FRAME_TIMEOUT,
     &LISTEN_TCP,
+    &PEER_BYTES_IN_FLIGHT,
     &INSECURE_PLAINTEXT,
     &TLS_CERT,
     &TLS_KEY,

@@ -186,6 +186,8 @@ pub struct Settings {
     pub frame_timeout: std::time::Duration,
     /// Where other daemons connect; None: off.
     pub listen_tcp: Option<std::net::SocketAddr>,
+    /// Bytes one other daemon may have received and not yet written here.
+    pub peer_bytes_in_flight: u64,
     pub insecure_plaintext: bool,
     /// The directories other daemons may write into (the file's
     /// `[[export]]` tables).
@@ -239,6 +241,7 @@ impl Settings {
             handshake_timeout: d.handshake_timeout,
             frame_timeout: d.frame_timeout,
             listen_tcp: None,
+            peer_bytes_in_flight: crate::engine::DEFAULT_PEER_BYTES_IN_FLIGHT,
             insecure_plaintext: false,
             exports: Vec::new(),
             peers: Vec::new(),
@@ -349,6 +352,7 @@ impl Settings {
             }
             ("frame_timeout", N(ms)) => self.frame_timeout = std::time::Duration::from_millis(ms),
             ("listen_tcp", T(t)) => self.listen_tcp = t.parse().ok(),
+            ("peer_bytes_in_flight", N(n)) => self.peer_bytes_in_flight = n,
             ("insecure_plaintext", N(n)) => self.insecure_plaintext = n != 0,
             ("tls_cert", P(p)) => self.tls_cert = Some(p),
             ("tls_key", P(p)) => self.tls_key = Some(p),
@@ -391,6 +395,7 @@ impl Settings {
             "listen_tcp" => T(self
                 .listen_tcp
                 .map_or(keys::OFF.to_string(), |a| a.to_string())),
+            "peer_bytes_in_flight" => N(self.peer_bytes_in_flight),
             "insecure_plaintext" => N(u64::from(self.insecure_plaintext)),
             "tls_cert" => P(self.tls_cert.clone().unwrap_or_default()),
             "tls_key" => P(self.tls_key.clone().unwrap_or_default()),

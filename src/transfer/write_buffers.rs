@@ -65,6 +65,11 @@ impl WriteBuffers {
         true
     }
 
+    /// Bytes in the buffer being filled.
+    pub(crate) fn filling(&self) -> usize {
+        self.fill.as_ref().map_or(0, Vec::len)
+    }
+
     /// Hands the buffer being filled, if it holds anything, to `full`.
     pub(crate) fn flush_into(&mut self, full: &mut Vec<(u64, Vec<u8>)>) {
         if let Some(fill) = self.fill.take() {

@@ -348,3 +348,42 @@ fn a_striped_push_cut_off_keeps_the_old_file_and_resumes_as_one_stream() {
     assert_file_eq(&keep, &data);
     assert!(parts_in(export.path()).is_empty());
 }
+
+/// `peer_bytes_in_flight_max` of daemon `d`, from `ringxfer --json stats`.
+fn most_in_flight(d: &Daemon) -> u64 {
+    let mut c = crate::cli_common::cli(&d.socket);
+    c.args(["--json", "stats"]);
+    let out = crate::cli_common::run(c);
+    let stats = crate::cli_common::json_lines(&out).pop().expect("stats");
+    stats["peer_bytes_in_flight_max"]
+        .as_u64()
+        .expect("the counter")
+}
+
+#[test]
+fn what_one_peer_has_in_flight_stays_under_peer_bytes_in_flight() {
+    let data = pattern(25, (48 << 20) + 3);
+    let sending = Daemon::start();
+    let src = sending.dir().join("big.bin");
+    std::fs::write(&src, &data).expect("write");
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    for (limit, settings) in [(None, ""), (Some(MIB), "peer_bytes_in_flight = \"1MiB\"")] {
+        let export = tmpdir();
+        let (receiving, address) = crate::host_to_host::receiver_with(export.path(), uid, settings);
+        let dst = format!("{address}:inbox");
+        let report = pushed(
+            &push_cli(&sending, &["--streams", "6"], &src, &dst),
+            &receiving,
+        );
+        assert_eq!(report["bytes"], data.len() as u64);
+        assert_file_eq(&export.path().join("big.bin"), &data);
+        let most = most_in_flight(&receiving);
+        match limit {
+            // Six connections filling their buffers at once hold more than
+            // a MiB between them: the limit below is not met by chance.
+            None => assert!(most > MIB, "{most}"),
+            Some(limit) => assert!(most > 0 && most <= limit, "{most}\n{}", receiving.log()),
+        }
+    }
+}

@@ -174,6 +174,15 @@ fn stats_text(s: &StatsReport) -> String {
                 .map_or("none".into(), |r| format!("{}/s", format_bytes(r))),
         ),
     ]);
+    if s.peer_bytes_in_flight_max > 0 {
+        rows.push((
+            "from peers".into(),
+            format!(
+                "at most {} in flight from one other daemon",
+                format_bytes(s.peer_bytes_in_flight_max)
+            ),
+        ));
+    }
     rows.iter()
         .map(|(label, value)| format!("{:<16}{value}\n", format!("{label}:")))
         .collect()

@@ -79,6 +79,13 @@ pub(super) struct PeerConn {
     /// When it was accepted, and when it last sent anything.
     pub opened: Instant,
     pub last_heard: Instant,
+    /// When its read was last armed: a connection not read for a while
+    /// (its peer's bytes in flight at their limit) is not silent.
+    pub listening_since: Instant,
+    /// Bytes of the file received in writes not yet landed.
+    pub writing: usize,
+    /// Its read waits for its peer's bytes in flight to fall (in_flight.rs).
+    pub held: bool,
     /// TLS, unless the listener takes plaintext: then reads land in
     /// `cipher` (`cipher_len` bytes not yet opened) and what they open is
     /// appended to `rx`.
@@ -115,6 +122,9 @@ impl PeerConn {
             closing: false,
             opened: Instant::now(),
             last_heard: Instant::now(),
+            listening_since: Instant::now(),
+            writing: 0,
+            held: false,
             tls: tls.map(Box::new),
             cipher,
             cipher_len: 0,
@@ -163,6 +173,22 @@ impl PeerConn {
     /// Bytes of file data the write buffers can take now.
     pub(super) fn room(&self) -> usize {
         self.writes.as_ref().map_or(0, WriteBuffers::room)
+    }
+
+    /// Bytes received from the other daemon and not yet written: in the
+    /// buffer being filled, and in writes in flight.
+    pub(super) fn unwritten(&self) -> usize {
+        self.writing + self.writes.as_ref().map_or(0, WriteBuffers::filling)
+    }
+
+    /// Whether `other` is a connection of the same other daemon: the same
+    /// pinned peer under TLS, the same address in plaintext.
+    pub(super) fn same_peer(&self, other: &PeerConn) -> bool {
+        match (&self.peer, &other.peer) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.host == other.host,
+            _ => false,
+        }
     }
 
     /// Copies `bytes`, the file's from `offset`, into the write buffers;

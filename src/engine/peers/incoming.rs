@@ -325,8 +325,14 @@ impl Engine {
         }
     }
 
-    /// Queues an operation of the file being received on connection `k`.
+    /// Queues an operation of the file being received on connection `k`
+    /// (if it cannot be, the file fails).
     pub(super) fn queue_incoming_op(&mut self, k: usize, tag: u32, op: impl Into<AnyOp>) {
+        let _ = self.try_incoming_op(k, tag, op);
+    }
+
+    /// As `queue_incoming_op`: whether it was queued.
+    fn try_incoming_op(&mut self, k: usize, tag: u32, op: impl Into<AnyOp>) -> bool {
         match self.io.queue_op(Owner::Peer(k), tag, op) {
             Ok(_) => {
                 if let Some(conn) = self.peers.conns.get_mut(k) {
@@ -335,11 +341,26 @@ impl Engine {
                         inc.in_flight += 1;
                     }
                 }
+                true
             }
-            Err(e) => self.fail_incoming(
-                k,
-                (FailureKind::Io, format!("cannot queue an operation: {e}")),
-            ),
+            Err(e) => {
+                self.fail_incoming(
+                    k,
+                    (FailureKind::Io, format!("cannot queue an operation: {e}")),
+                );
+                false
+            }
+        }
+    }
+
+    /// Queues a write of received bytes, counted as in flight until it
+    /// lands (in_flight.rs).
+    fn queue_write(&mut self, k: usize, write: op::WriteFrom) {
+        let len = write.buf.len();
+        if self.try_incoming_op(k, tag::WRITE, write) {
+            if let Some(conn) = self.peers.conns.get_mut(k) {
+                conn.writing += len;
+            }
         }
     }
 
@@ -468,7 +489,7 @@ impl Engine {
                 conn.give_back(buf);
                 continue;
             };
-            self.queue_incoming_op(k, tag::WRITE, op::WriteFrom::new(file, buf, offset));
+            self.queue_write(k, op::WriteFrom::new(file, buf, offset));
         }
     }
 
@@ -476,6 +497,7 @@ impl Engine {
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
+        conn.writing = conn.writing.saturating_sub(write.buf.len());
         let Some(inc) = conn.incoming.as_mut() else {
             return conn.give_back(write.buf);
         };
@@ -496,7 +518,7 @@ impl Engine {
             let file = inc.file.as_ref().map(SharedFd::owned);
             if let Some(file) = file {
                 let next = op::WriteFrom::new(file, buf, offset + n as u64);
-                return self.queue_incoming_op(k, tag::WRITE, next);
+                return self.queue_write(k, next);
             }
         }
         let stuck = (n == 0 && !buf.is_empty())
@@ -510,6 +532,7 @@ impl Engine {
             return self.check_end(k);
         }
         self.arm_peer_recv(k);
+        self.release_held_reads();
     }
 
     /// `End`: every byte is in the buffers; write the last one and check.
@@ -678,6 +701,7 @@ impl Engine {
         self.release_incoming(inc);
         self.send_peer(k, &done);
         self.arm_peer_recv(k);
+        self.release_held_reads();
     }
 
     /// `Cancel` from the sender.
@@ -797,6 +821,7 @@ impl Engine {
             self.send_peer(k, &answer);
             self.arm_peer_recv(k);
         }
+        self.release_held_reads();
     }
 
     /// Forgets a finished file: its name is free again, and its

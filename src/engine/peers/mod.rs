@@ -14,6 +14,7 @@
 
 mod conn;
 mod dirs;
+mod in_flight;
 mod incoming;
 pub(super) mod kept;
 mod liveness;
@@ -106,7 +107,13 @@ pub struct PeerSetup {
     /// This daemon's TLS identity and the peers it trusts: what the
     /// listener (unless plaintext) and every push speak.
     pub tls: Option<Arc<TlsSetup>>,
+    /// `peer_bytes_in_flight`.
+    pub bytes_in_flight: u64,
 }
+
+/// `peer_bytes_in_flight` unless set: 16 connections' worth of write
+/// buffers, which is what a peer could hold before there was a limit.
+pub const DEFAULT_PEER_BYTES_IN_FLIGHT: u64 = 48 << 20;
 
 /// An export as the engine keeps it.
 struct ExportDir {
@@ -136,6 +143,10 @@ pub(super) struct Peers {
     /// by name (stripes.rs).
     stripes: stripes::StripeSets,
     limits: PeerLimits,
+    /// Bytes one other daemon may have received here and not yet written
+    /// (`peer_bytes_in_flight`), and the most any had (in_flight.rs).
+    bytes_in_flight: u64,
+    pub(super) bytes_in_flight_max: u64,
     /// The listener takes plaintext.
     plaintext: bool,
     pub(super) tls: Option<Arc<TlsSetup>>,
@@ -164,6 +175,7 @@ impl Engine {
     pub fn set_peers(&mut self, setup: PeerSetup) {
         self.peers.listener = setup.listener.map(Rc::new);
         self.peers.plaintext = setup.plaintext;
+        self.peers.bytes_in_flight = setup.bytes_in_flight;
         self.peers.tls = setup.tls;
         self.peers.exports = setup
             .exports
@@ -344,7 +356,8 @@ impl Engine {
                 } else {
                     frame
                 };
-                let idle = now.duration_since(c.last_heard) > limit;
+                let heard = c.last_heard.max(c.listening_since);
+                let idle = now.duration_since(heard) > limit;
                 (c.rx_op.is_some() && !waiting_on_us && idle).then(|| {
                     let why = match between {
                         true => format!(
@@ -375,6 +388,12 @@ impl Engine {
         if conn.incoming.is_some() && conn.room() < RX_BUFFER {
             return;
         }
+        if self.peer_at_limit(k) {
+            return self.hold_peer_recv(k);
+        }
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
         if conn.tls.as_ref().is_some_and(|t| t.wants_kernel()) {
             // No read until the kernel has the session (it must find the
             // records after the handshake in the socket).
@@ -398,6 +417,7 @@ impl Engine {
         match self.io.queue_op(Owner::Peer(k), tag::RECV, read) {
             Ok(ud) => {
                 conn.rx_op = Some(ud);
+                conn.listening_since = Instant::now();
                 conn.ops += 1;
             }
             Err(e) => {
