@@ -7,21 +7,22 @@
 //! and each then cost an entry, a hand-off to an io-wq worker and a
 //! completion for the loop to reap: about half a microsecond per descriptor,
 //! 15% of the daemon's CPU time when it copied 10,000 files of 4 KiB. Here the
-//! loop hands the descriptor over through a bounded channel, which wakes the
-//! thread only when it sleeps, and the thread closes whatever has queued.
+//! loop hands the descriptor over through a bounded queue, which wakes the
+//! thread only when it sleeps (and the thread sleeps at once when it is
+//! empty: `ParkingQueue`), and the thread closes whatever has queued.
 //!
-//! The channel's room is fixed at start-up, so handing over never allocates
+//! The queue's room is fixed at start-up, so handing over never allocates
 //! and never waits: when it is full (closes stuck on a dead NFS server, say)
 //! `hand_over` gives the descriptor back and the loop closes it through the
 //! ring as before. The thread is never joined: the loop does not wait for
-//! closes when it stops, and the thread ends once the channel is dropped and
-//! drained.
+//! closes when it stops, and the thread ends once the queue is closed (when
+//! the loop drops its end) and drained.
 
 use std::os::fd::OwnedFd;
 
-use crossbeam_channel::{Sender, TrySendError};
 use tracing::warn;
 
+use crate::io::parking::ParkingQueue;
 use crate::io::Io;
 
 /// Descriptors queued for closing at most before `hand_over` refuses more.
@@ -29,7 +30,13 @@ const QUEUE: usize = 4096;
 
 /// The closing thread's end of the loop.
 pub(super) struct FdCloser {
-    tx: Sender<OwnedFd>,
+    queue: ParkingQueue<OwnedFd>,
+}
+
+impl Drop for FdCloser {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl FdCloser {
@@ -37,7 +44,8 @@ impl FdCloser {
     /// before the daemon says it is ready). An error (no thread could be
     /// made) leaves the loop to close through the ring.
     pub(super) fn start() -> std::io::Result<FdCloser> {
-        let (tx, rx) = crossbeam_channel::bounded::<OwnedFd>(QUEUE);
+        let queue = ParkingQueue::with_capacity(QUEUE);
+        let rx = queue.clone();
         let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
             .name("ringxfer-close".into())
@@ -45,7 +53,7 @@ impl FdCloser {
                 let _ = started_tx.send(());
                 // Dropping closes; a failed close (EIO from a network file
                 // system's writeback) has nobody left to tell.
-                for fd in rx {
+                while let Some(fd) = rx.take() {
                     drop(fd);
                 }
             })?;
@@ -54,15 +62,13 @@ impl FdCloser {
         started
             .recv()
             .map_err(|_| std::io::Error::other("the closing thread ended at start"))?;
-        Ok(FdCloser { tx })
+        Ok(FdCloser { queue })
     }
 
     /// Queues `fd` for closing; gives it back if the queue is full or the
     /// thread is gone.
     pub(super) fn hand_over(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
-        self.tx.try_send(fd).map_err(|e| match e {
-            TrySendError::Full(fd) | TrySendError::Disconnected(fd) => fd,
-        })
+        self.queue.try_put(fd, QUEUE)
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod fd;
 pub(crate) mod op;
 pub(crate) mod opcodes;
 pub(crate) mod ops;
+pub(crate) mod parking;
 pub(crate) mod piece_pool;
 pub(crate) mod pipe_pool;
 pub(crate) mod queue;

@@ -1,8 +1,8 @@
 //! The threads back end's workers: blocking syscalls (splice, preadv2,
 //! pwritev2, send, fallocate, ftruncate, fdatasync, close, statx, and
 //! FICLONE, copy_file_range and sendfile, which io_uring's side pool runs
-//! here too) run here, fed by a crossbeam channel, and their results go
-//! back to the loop as completions.
+//! here too) run here, fed by a queue they sleep on (parking.rs), and
+//! their results go back to the loop as completions.
 //!
 //! A worker may block for as long as a peer does not read, so the pool grows
 //! when every worker is busy (up to `MAX_WORKERS`, as io-wq grows its
@@ -16,11 +16,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, RwLock};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use tracing::warn;
 
 use super::Cqe;
 use crate::io::op::Blocking;
+use crate::io::parking::ParkingQueue;
 use crate::privileges::{Identity, WorkerIdentity};
 
 /// Client identities registered as personalities: personality N is entry
@@ -107,8 +108,7 @@ unsafe impl Send for Work {}
 
 /// The workers and their queues.
 pub(super) struct WorkerPool {
-    work_tx: Sender<Work>,
-    work_rx: Receiver<Work>,
+    work: ParkingQueue<Work>,
     done_tx: Sender<Cqe>,
     wake: Arc<OwnedFd>,
     /// Pieces of work handed out and not yet finished: raised here before
@@ -134,10 +134,8 @@ impl WorkerPool {
         (start, max_workers): (usize, usize),
     ) -> std::io::Result<WorkerPool> {
         install_cancel_handler();
-        let (work_tx, work_rx) = crossbeam_channel::unbounded();
         let mut pool = WorkerPool {
-            work_tx,
-            work_rx,
+            work: ParkingQueue::with_capacity(64),
             done_tx,
             wake,
             unfinished: Arc::new(AtomicUsize::new(0)),
@@ -162,7 +160,7 @@ impl WorkerPool {
 
     /// Starts a worker; `warmed` hears when its splice pipe is made.
     fn spawn(&mut self, warmed: Option<Sender<()>>) -> std::io::Result<()> {
-        let rx = self.work_rx.clone();
+        let rx = self.work.clone();
         let done = self.done_tx.clone();
         let wake = Arc::clone(&self.wake);
         let unfinished = Arc::clone(&self.unfinished);
@@ -213,12 +211,19 @@ impl WorkerPool {
                 );
             }
         }
-        // The receiver lives in `self`, so the channel cannot be closed.
-        let _ = self.work_tx.send(work);
+        // Closed only when the pool goes.
+        let _ = self.work.put(work);
     }
 
     pub(super) fn threads(&self) -> usize {
         self.threads
+    }
+}
+
+impl Drop for WorkerPool {
+    /// The workers finish what was queued, then leave.
+    fn drop(&mut self) {
+        self.work.close();
     }
 }
 
@@ -245,7 +250,7 @@ fn install_cancel_handler() {
 }
 
 fn worker(
-    rx: Receiver<Work>,
+    rx: ParkingQueue<Work>,
     done: Sender<Cqe>,
     wake: Arc<OwnedFd>,
     unfinished: Arc<AtomicUsize>,
@@ -263,7 +268,7 @@ fn worker(
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as u64;
     let mut wearing = WorkerIdentity::default();
-    for work in rx.iter() {
+    while let Some(work) = rx.take() {
         run_chain(&work, me, &done, &wake, &identities, &mut wearing);
         unfinished.fetch_sub(1, Ordering::SeqCst);
     }
