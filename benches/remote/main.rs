@@ -152,6 +152,7 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
     let mut entries = Vec::new();
     let mut notes = Vec::new();
     let striped = cfg.streams > 1 && cfg.files == 0;
+    // (key, label, TLS, --streams); the last row only when asked for.
     let rows = [
         ("ringxfer_tls", "ringxfer push, TLS 1.3", true, 1),
         ("ringxfer_plain", "ringxfer push, plaintext", false, 1),
@@ -162,10 +163,8 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
             cfg.streams,
         ),
     ];
-    for (key, label, tls, streams) in rows {
-        if streams > 1 && !striped {
-            continue;
-        }
+    let rows = &rows[..if striped { 3 } else { 2 }];
+    for &(key, label, tls, streams) in rows {
         if !tls && net::veth() {
             notes.push("a plaintext push goes to loopback addresses only: its row sits out across the veth pair".into());
             continue;
