@@ -12,6 +12,10 @@
 //! RINGXFER_BENCH_STREAMS=4 cargo bench --bench remote           # and a row with --streams 4
 //! ```
 //!
+//! RINGXFER_BENCH_PROBE=1 times a local 1 MiB copy on the receiving
+//! daemon in the middle of each TLS push, and alone after it (probe.rs):
+//! whether a peer's push disturbs the daemon's local users.
+//!
 //! RINGXFER_BENCH_STREAMS=N (2 to 16) adds a row: ringxfer over TLS with
 //! `copy --streams N`, the file pushed as N stripes, each over a
 //! connection of its own, between another pair of daemons.
@@ -78,6 +82,7 @@ mod lineup;
 mod net;
 mod openssl;
 mod place;
+mod probe;
 mod report;
 mod ringxfer;
 mod rsync;
@@ -107,6 +112,8 @@ struct Settings {
     daemon_args: Vec<String>,
     /// A row pushing over this many connections at once; 1: none.
     streams: u32,
+    /// Time a local copy on the receiving daemon during each TLS push.
+    probe: bool,
 }
 
 fn settings() -> Result<Settings> {
@@ -139,6 +146,7 @@ fn settings() -> Result<Settings> {
                 .ok_or_else(|| format!("RINGXFER_BENCH_STREAMS={v:?}: 1 to 16 streams"))?,
             Err(_) => 1,
         },
+        probe: std::env::var_os("RINGXFER_BENCH_PROBE").is_some_and(|v| v == "1"),
     })
 }
 
@@ -184,6 +192,11 @@ fn lineup(cfg: &Settings, dir: &Path, place: &Place) -> Result<(Vec<Entry>, Vec<
             ringxfer::Pair::plain(&setup)?
         }
         .with_streams(streams);
+        let pair = if cfg.probe && key == "ringxfer_tls" {
+            pair.with_probe(dir)?
+        } else {
+            pair
+        };
         pair.print_cpu_source(label);
         let runner = Runner::Ringxfer(pair);
         entries.push(Entry {
@@ -387,6 +400,13 @@ fn run() -> Result<()> {
         pass(&entries, &src, &want, &label, round, Some(&mut samples))?;
     }
     report::report(&entries, &samples, cfg.size, cfg.rounds);
+    for e in &entries {
+        if let Runner::Ringxfer(pair) = &e.runner {
+            if let Some(probe) = pair.probe() {
+                println!("RESULT_JSON {}", probe.report(e.label));
+            }
+        }
+    }
     // The servers hold directories on the tmpfs: stop them before unmounting.
     drop(entries);
     drop(place);

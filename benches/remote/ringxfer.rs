@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::lineup::{timed, Sample};
 use crate::place::{free_port, port_taken};
+use crate::probe::Probe;
 use crate::support::{Daemon, DaemonCpu, Result};
 
 /// The daemons and the CLI of one ringxfer contender.
@@ -17,7 +18,12 @@ pub struct Pair {
     cli: PathBuf,
     /// `--streams`: connections one file is pushed over.
     streams: u32,
+    /// A local copy on the receiving daemon during each push
+    /// (RINGXFER_BENCH_PROBE).
+    probe: Option<Probe>,
     socket: PathBuf,
+    /// The receiving daemon's Unix socket.
+    rx_socket: PathBuf,
     port: u16,
     sender_cpu: DaemonCpu,
     receiver_cpu: DaemonCpu,
@@ -116,14 +122,17 @@ impl Pair {
         rx_args.extend_from_slice(s.daemon_args);
         tx_args.extend_from_slice(s.daemon_args);
         let name = s.name;
-        let receiver = Daemon::start(s.daemon, &s.dir.join(format!("{name}-rx.sock")), &rx_args)?;
+        let rx_socket = s.dir.join(format!("{name}-rx.sock"));
+        let receiver = Daemon::start(s.daemon, &rx_socket, &rx_args)?;
         wait_listening(port)?;
         let socket = s.dir.join(format!("{name}-tx.sock"));
         let sender = Daemon::start(s.daemon, &socket, &tx_args)?;
         Ok(Pair {
             cli: s.cli.to_path_buf(),
             streams: 1,
+            probe: None,
             socket,
+            rx_socket,
             port,
             sender_cpu: DaemonCpu::new(sender.pid()),
             receiver_cpu: DaemonCpu::new(receiver.pid()),
@@ -135,6 +144,21 @@ impl Pair {
     /// Pushes each file over `n` connections at once (`--streams`).
     pub fn with_streams(self, n: u32) -> Pair {
         Pair { streams: n, ..self }
+    }
+
+    /// Times a local copy on the receiving daemon during each push; its
+    /// files in `dir`.
+    pub fn with_probe(self, dir: &Path) -> Result<Pair> {
+        let probe = Probe::new(&self.rx_socket, dir)?;
+        Ok(Pair {
+            probe: Some(probe),
+            ..self
+        })
+    }
+
+    /// What the probe measured, if there is one.
+    pub fn probe(&self) -> Option<&Probe> {
+        self.probe.as_ref()
     }
 
     pub fn print_cpu_source(&self, label: &str) {
@@ -168,8 +192,14 @@ impl Pair {
                 .arg(format!("{}:{}:inbox/{name}", crate::net::host(), self.port));
         }
         let (s0, r0) = (self.sender_cpu.secs()?, self.receiver_cpu.secs()?);
-        let out = timed(cmd)?;
-        let (s1, r1) = (self.sender_cpu.secs()?, self.receiver_cpu.secs()?);
+        let run = || {
+            let out = timed(cmd)?;
+            Ok((out, self.sender_cpu.secs()?, self.receiver_cpu.secs()?))
+        };
+        let (out, s1, r1) = match &self.probe {
+            Some(probe) => probe.around(run)?,
+            None => run()?,
+        };
         let report: serde_json::Value = out
             .stdout
             .lines()
