@@ -159,6 +159,36 @@ fn a_striped_file_is_published_only_when_its_last_stripe_landed() {
     assert_file_eq(&keep, &data);
     assert!(parts_in(export.path()).is_empty());
 
+    // Stripes that overlap are refused; stripes that leave a gap land
+    // but are not published.
+    let mut s0 = Sender::connect(address);
+    let mut s1 = Sender::connect(address);
+    let ready = put_stripe(&mut s0, "inbox/keep.bin", size, (80, 0, 2), (0, MIB));
+    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
+    let mut over = Sender::connect(address);
+    let answer = put_stripe(
+        &mut over,
+        "inbox/keep.bin",
+        size,
+        (80, 1, 2),
+        (MIB - 1, MIB),
+    );
+    assert!(message_of(&answer).contains("overlaps"), "{answer:?}");
+    let ready = put_stripe(&mut s1, "inbox/keep.bin", size, (80, 1, 2), (2 * MIB, MIB));
+    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
+    send_stripe(&mut s0, &data, (0, MIB), None);
+    assert!(silent(&mut s0));
+    send_stripe(&mut s1, &data, (2 * MIB, 3 * MIB), None);
+    let answer = s1.recv().expect("an answer");
+    assert!(message_of(&answer).contains("cover"), "{answer:?}");
+    let answer = s0.recv().expect("an answer");
+    assert!(message_of(&answer).contains("cover"), "{answer:?}");
+    assert_file_eq(&keep, &data);
+    let gone = poll_until(Duration::from_secs(5), || {
+        parts_in(export.path()).is_empty()
+    });
+    assert!(gone, "the part stays: {:?}", parts_in(export.path()));
+
     // A stripe that does not fit its file is refused.
     let mut bad = Sender::connect(address);
     let answer = put_stripe(&mut bad, "inbox/x.bin", MIB, (5, 0, 2), (0, 2 * MIB));
@@ -368,12 +398,17 @@ fn what_one_peer_has_in_flight_stays_under_peer_bytes_in_flight() {
     std::fs::write(&src, &data).expect("write");
     // SAFETY: geteuid has no arguments and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    for (limit, settings) in [(None, ""), (Some(MIB), "peer_bytes_in_flight = \"1MiB\"")] {
+    let limited = "peer_bytes_in_flight = \"1MiB\"";
+    for (limit, settings, streams) in [
+        (None, "", "6"),
+        (Some(MIB), limited, "6"),
+        (Some(MIB), limited, "2"),
+    ] {
         let export = tmpdir();
         let (receiving, address) = crate::host_to_host::receiver_with(export.path(), uid, settings);
         let dst = format!("{address}:inbox");
         let report = pushed(
-            &push_cli(&sending, &["--streams", "6"], &src, &dst),
+            &push_cli(&sending, &["--streams", streams], &src, &dst),
             &receiving,
         );
         assert_eq!(report["bytes"], data.len() as u64);
@@ -386,4 +421,35 @@ fn what_one_peer_has_in_flight_stays_under_peer_bytes_in_flight() {
             Some(limit) => assert!(most > 0 && most <= limit, "{most}\n{}", receiving.log()),
         }
     }
+}
+
+#[test]
+fn a_stripe_whose_file_changed_size_is_refused() {
+    let export = tmpdir();
+    let (_receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let src = sending.dir().join("grown.bin");
+    std::fs::write(&src, pattern(26, 3 << 20)).expect("write");
+    let client = ringxfer_ipc::Client::connect(&sending.socket).expect("connect");
+    let file = std::fs::File::open(&src).expect("open");
+    let socket = std::net::TcpStream::connect(address).expect("connect");
+    let path = RemotePath::new("inbox/grown.bin").expect("path");
+    // The last of two stripes, cut when the file had 2 MiB.
+    let opts = ringxfer_ipc::TransferOptions {
+        offset: MIB,
+        length: Some(MIB),
+        stripe: Some(StripeId {
+            set: 9,
+            index: 1,
+            count: 2,
+        }),
+        ..Default::default()
+    };
+    let err = client
+        .submit_remote(&file, &socket, &path, false, &opts)
+        .expect("submitted")
+        .wait()
+        .expect_err("refused");
+    assert!(err.to_string().contains("changed size"), "{err}");
+    assert!(!export.path().join("grown.bin").exists());
 }

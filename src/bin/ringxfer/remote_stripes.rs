@@ -38,8 +38,9 @@ pub fn stripes_for(size: u64, streams: u32) -> u32 {
     u32::try_from(most).unwrap_or(1).max(1)
 }
 
-/// The ranges (offset, length) of `count` stripes of a file of `size`
-/// bytes: whole MiBs, the last one taking the rest.
+/// The ranges (offset, length) of at most `count` stripes of a file of
+/// `size` bytes: whole MiBs, the last one taking the rest; none empty
+/// (rounding to MiBs can leave fewer).
 pub fn ranges(size: u64, count: u32) -> Vec<(u64, u64)> {
     let each = size.div_ceil(u64::from(count)).div_ceil(ALIGN) * ALIGN;
     (0..u64::from(count))
@@ -48,6 +49,7 @@ pub fn ranges(size: u64, count: u32) -> Vec<(u64, u64)> {
             let end = ((i + 1) * each).min(size);
             (start, end - start)
         })
+        .filter(|&(_, len)| len > 0)
         .collect()
 }
 
@@ -68,8 +70,10 @@ pub fn push(
 ) -> Result<Finished, CliError> {
     let started = Instant::now();
     let set = set_number();
-    let mut moving = Vec::with_capacity(count as usize);
-    for (index, (offset, length)) in (0u32..).zip(ranges(size, count)) {
+    let cut = ranges(size, count);
+    let count = u32::try_from(cut.len()).unwrap_or(count);
+    let mut moving = Vec::with_capacity(cut.len());
+    for (index, (offset, length)) in (0u32..).zip(cut) {
         let submitted = submit(engine, subject, (file, address, path), plan, |opts| {
             opts.offset = offset;
             opts.length = Some(length);
@@ -235,9 +239,17 @@ mod tests {
 
     #[test]
     fn stripes_are_whole_mibs_covering_the_file() {
-        for (size, count) in [(64 << 20, 4), ((64 << 20) + 5, 4), ((8 << 20) * 3 - 1, 3)] {
+        let cases = [
+            (64 << 20, 4, 4),
+            ((64 << 20) + 5, 4, 4),
+            ((8 << 20) * 3 - 1, 3, 3),
+            // 9 MiB each: the 16th would start at the end.
+            ((128 << 20) + 1, 16, 15),
+        ];
+        for (size, count, stripes) in cases {
             let r = ranges(size, count);
-            assert_eq!(r.len(), count as usize);
+            assert_eq!(r.len(), stripes, "{size} {count}");
+            assert!(r.iter().all(|&(_, len)| len > 0));
             let mut at = 0;
             for (i, &(offset, len)) in r.iter().enumerate() {
                 assert_eq!(offset, at, "{size} {count}");

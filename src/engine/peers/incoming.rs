@@ -102,7 +102,8 @@ impl Incoming {
     /// a resume can use; a buffer not yet full is not written).
     fn keeps_part(&self) -> bool {
         let lost = matches!(&self.failure, Some((FailureKind::PeerGone, _)));
-        lost && (self.received >= WRITE_BUFFER as u64 || self.summed > 0)
+        let wrote = self.received - self.span().0;
+        lost && (wrote >= WRITE_BUFFER as u64 || self.summed > 0)
     }
 
     /// Waiting for the sender's bytes (not for the daemon's own steps).
@@ -529,7 +530,10 @@ impl Engine {
             return self.fail_incoming(k, (FailureKind::Io, why));
         }
         if ended {
-            return self.check_end(k);
+            self.check_end(k);
+            // Its bytes are all written: reads held for them need not wait
+            // for the publish.
+            return self.release_held_reads();
         }
         self.arm_peer_recv(k);
         self.release_held_reads();
@@ -593,8 +597,13 @@ impl Engine {
         if let Some(name) = inc.stripe_name() {
             inc.step = Step::Landed;
             match self.stripe_landed(k, &name) {
-                Landing::Wait => return,
-                Landing::Fail(why) => return self.fail_incoming(k, (FailureKind::Io, why)),
+                Landing::Wait => {
+                    // Its bytes are written: reads held for them go on, and
+                    // its own read hears Ping and Cancel while it waits.
+                    self.arm_peer_recv(k);
+                    return self.release_held_reads();
+                }
+                Landing::Fail(kind, why) => return self.fail_incoming(k, (kind, why)),
                 Landing::Publish => {}
             }
         }
@@ -706,10 +715,16 @@ impl Engine {
 
     /// `Cancel` from the sender.
     pub(super) fn cancel_incoming(&mut self, k: usize, xfer: u64) {
-        let mine = self
-            .peers
-            .incoming(k)
-            .is_some_and(|i| i.xfer == xfer && i.step != Step::Publishing);
+        let Some(inc) = self.peers.incoming(k).filter(|i| i.xfer == xfer) else {
+            return;
+        };
+        // Once publishing (a stripe landed whose set publishes) a cancel
+        // comes too late, as it does for a file being renamed.
+        let late = match inc.stripe_name() {
+            Some(name) => self.stripes_publishing(&name),
+            None => inc.step == Step::Publishing,
+        };
+        let mine = !late;
         if mine {
             self.fail_incoming(
                 k,
@@ -773,8 +788,18 @@ impl Engine {
         let Some(inc) = self.peers.incoming(k) else {
             return;
         };
-        if matches!(leaving, Some(Leaving::Others | Leaving::Keep)) {
-            return self.finish_abort(k);
+        match leaving {
+            Some(Leaving::Others | Leaving::Keep) => return self.finish_abort(k),
+            // The set's part goes, whatever this stripe opened of it.
+            Some(Leaving::Remove) => {
+                if let Some(parent) = inc.parent.as_ref() {
+                    let unlink =
+                        op::UnlinkAt::new(SharedFd::owned(parent), inc.target.part.clone());
+                    return self.queue_incoming_op(k, tag::UNLINK, unlink);
+                }
+                return self.finish_abort(k);
+            }
+            None => {}
         }
         match (inc.file.as_ref(), inc.parent.as_ref()) {
             (Some(_), Some(_)) if inc.keeps_part() => {

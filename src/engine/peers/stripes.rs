@@ -12,8 +12,12 @@
 //! A stripe failing fails the set: the stripes waiting get `Failed` at
 //! once, those still receiving at their `End`, and the last stripe to go
 //! removes the part, or keeps it for a resume when every failure was a
-//! lost connection and a whole block had landed. A set no stripe is
-//! connected to any more is forgotten, and its name is free again.
+//! lost connection and a whole block had landed. Once the last stripe
+//! publishes, nothing fails the set any more (a cancel then comes too
+//! late, as for a single file). The stripes must cover the file exactly:
+//! each range is kept, overlaps are refused, and a set whose ranges do not
+//! add up to its size is not published. A set no stripe is connected to
+//! any more is forgotten, and its name is free again.
 
 use std::collections::HashMap;
 
@@ -34,8 +38,8 @@ pub(super) struct StripeSet {
     /// The pinned peer that pushes it (None in plaintext): only it may
     /// join.
     peer: Option<String>,
-    /// Per index: a stripe joined (and did not leave by a lost connection).
-    taken: Vec<bool>,
+    /// Per index: the range (offset, length) of the stripe that joined.
+    taken: Vec<Option<(u64, u64)>>,
     /// Stripes joined and not yet gone (receiving, or landed and waiting).
     live: usize,
     /// Connections whose stripe landed and waits for the publish.
@@ -43,7 +47,11 @@ pub(super) struct StripeSet {
     landed: u32,
     /// Why the set failed, if a stripe failed otherwise than by a lost
     /// connection: the file will not be published.
-    failed: Option<String>,
+    failed: Option<(FailureKind, String)>,
+    /// The last stripe landed and publishes (on this connection): only
+    /// its own failure fails the set now.
+    publishing: bool,
+    publisher: Option<usize>,
     /// A stripe was lost: the file will not be published either, but the
     /// part may be kept for a resume (`keep`: a whole block landed).
     lost: bool,
@@ -56,8 +64,8 @@ pub(super) enum Landing {
     Wait,
     /// The last one: publish the file.
     Publish,
-    /// The set failed meanwhile: fail this stripe too, with this reason.
-    Fail(String),
+    /// The set failed meanwhile: fail this stripe too, so.
+    Fail(FailureKind, String),
 }
 
 /// What becomes of the part when a stripe leaves after failing.
@@ -73,8 +81,8 @@ pub(super) enum Leaving {
 
 impl StripeSet {
     fn new(stripe: &Stripe, size: u64, peer: Option<String>) -> StripeSet {
-        let mut taken = vec![false; stripe.id.count as usize];
-        taken[stripe.id.index as usize] = true;
+        let mut taken = vec![None; stripe.id.count as usize];
+        taken[stripe.id.index as usize] = Some((stripe.offset, stripe.len));
         StripeSet {
             set: stripe.id.set,
             size,
@@ -84,6 +92,8 @@ impl StripeSet {
             waiting: Vec::new(),
             landed: 0,
             failed: None,
+            publishing: false,
+            publisher: None,
             lost: false,
             keep: false,
         }
@@ -98,16 +108,34 @@ impl StripeSet {
         if !same {
             return Err("another transfer is writing it".into());
         }
-        if self.failed.is_some() || self.lost {
+        if self.failed.is_some() || self.lost || self.publishing {
             return Err("another stripe of this file failed".into());
         }
         let index = stripe.id.index as usize;
-        if self.taken[index] {
+        if self.taken[index].is_some() {
             return Err(format!("stripe {index} of this file came twice"));
         }
-        self.taken[index] = true;
+        let (start, end) = (stripe.offset, stripe.offset + stripe.len);
+        let overlaps = self
+            .taken
+            .iter()
+            .flatten()
+            .any(|&(o, l)| start < o + l && o < end);
+        if overlaps && stripe.len > 0 {
+            return Err(format!(
+                "stripe {index} ({} bytes at {start}) overlaps another of this file",
+                stripe.len
+            ));
+        }
+        self.taken[index] = Some((stripe.offset, stripe.len));
         self.live += 1;
         Ok(())
+    }
+
+    /// Bytes the ranges of the stripes that joined cover (they do not
+    /// overlap).
+    fn covered(&self) -> u64 {
+        self.taken.iter().flatten().map(|&(_, len)| len).sum()
     }
 }
 
@@ -150,20 +178,32 @@ impl Engine {
     /// The stripe received on `k` landed whole and checked.
     pub(super) fn stripe_landed(&mut self, k: usize, name: &NameKey) -> Landing {
         let Some(set) = self.peers.stripes.get_mut(name) else {
-            return Landing::Fail("its set of stripes is gone".into());
+            return Landing::Fail(FailureKind::Io, "its set of stripes is gone".into());
         };
-        if let Some(why) = &set.failed {
-            return Landing::Fail(format!("another stripe of this file failed: {why}"));
+        if let Some((kind, why)) = &set.failed {
+            return Landing::Fail(*kind, format!("another stripe of this file failed: {why}"));
         }
         if set.lost {
-            return Landing::Fail("another stripe of this file lost its connection".into());
+            let why = "another stripe of this file lost its connection".into();
+            return Landing::Fail(FailureKind::PeerGone, why);
         }
         set.landed += 1;
-        if set.landed as usize == set.taken.len() {
-            return Landing::Publish;
+        if (set.landed as usize) < set.taken.len() {
+            set.waiting.push(k);
+            return Landing::Wait;
         }
-        set.waiting.push(k);
-        Landing::Wait
+        if set.covered() != set.size {
+            let why = format!(
+                "its {} stripes cover {} of its {} bytes",
+                set.taken.len(),
+                set.covered(),
+                set.size
+            );
+            return Landing::Fail(FailureKind::InvalidRequest, why);
+        }
+        set.publishing = true;
+        set.publisher = Some(k);
+        Landing::Publish
     }
 
     /// A stripe of `name` failed with `kind` (`why`): the set fails, and
@@ -173,16 +213,26 @@ impl Engine {
             return;
         };
         set.waiting.retain(|&w| w != k);
+        if set.publishing && set.publisher != Some(k) {
+            // Too late: the file is being published, and its other
+            // stripes get their Done.
+            return;
+        }
         if kind == FailureKind::PeerGone {
             set.lost = true;
         } else if set.failed.is_none() {
-            set.failed = Some(why.to_string());
+            set.failed = Some((kind, why.to_string()));
         }
         let waiting = std::mem::take(&mut set.waiting);
         for w in waiting {
             let why = format!("another stripe of this file failed: {why}");
             self.fail_incoming(w, (kind, why));
         }
+    }
+
+    /// Whether the set of `name` is being published (a cancel is late).
+    pub(super) fn stripes_publishing(&self, name: &NameKey) -> bool {
+        self.peers.stripes.get(name).is_some_and(|s| s.publishing)
     }
 
     /// A stripe that `wrote` bytes from its start leaves after failing:
@@ -256,6 +306,11 @@ mod tests {
     #[test]
     fn only_the_same_files_other_stripes_join_once_each() {
         let mut set = StripeSet::new(&stripe(0), 3 << 20, Some("b".into()));
+        let overlapping = Stripe {
+            offset: (1 << 20) - 1,
+            ..stripe(1)
+        };
+        assert!(set.join(&overlapping, 3 << 20, &Some("b".into())).is_err());
         assert!(set.join(&stripe(1), 3 << 20, &Some("b".into())).is_ok());
         assert!(set.join(&stripe(1), 3 << 20, &Some("b".into())).is_err());
         assert!(set.join(&stripe(2), 3 << 20, &Some("c".into())).is_err());
@@ -270,9 +325,10 @@ mod tests {
         assert!(set.join(&other_set, 3 << 20, &Some("b".into())).is_err());
         assert!(set.join(&stripe(2), 3 << 20, &Some("b".into())).is_ok());
         assert_eq!(set.live, 3);
+        assert_eq!(set.covered(), 3 << 20);
         set.lost = true;
         let mut late = StripeSet::new(&stripe(0), 3 << 20, None);
-        late.failed = Some("x".into());
+        late.failed = Some((FailureKind::Io, "x".into()));
         assert!(late.join(&stripe(1), 3 << 20, &None).is_err());
     }
 }

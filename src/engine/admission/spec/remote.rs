@@ -103,6 +103,12 @@ fn check_stripe(
     }
     let end = plan.total.map(|len| plan.src_start.saturating_add(len));
     match end {
+        // The last stripe ends at the file's end: a file that grew since
+        // it was cut would otherwise be published short of its tail.
+        Some(end) if index + 1 == count && end != src_size => refuse(format!(
+            "the source is {src_size} bytes now and its last stripe ends at {end}: it \
+             changed size since it was cut into stripes"
+        )),
         Some(end) if plan.length_requested && end <= src_size => Ok(()),
         _ => refuse(format!(
             "stripe {index} of {count} must name its range (offset and length) within the \
