@@ -72,6 +72,7 @@
 //!     fsync: false,
 //!     mkdir: false,
 //!     stripe: None,
+//!     directory: false,
 //! };
 //! let mut stream = Vec::new();
 //! encode(&PeerMessage::Put(put), &mut stream, limits.max_frame)?;
@@ -107,7 +108,7 @@ use crate::FailureKind;
 pub const DEFAULT_PORT: u16 = 7300;
 
 /// The version a daemon sends in [`PeerMessage::Hello`].
-/// Version 2 added [`Put::stripe`].
+/// Version 2 added [`Put::stripe`] and [`Put::directory`].
 pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// The most stripes one file may be pushed as ([`Stripe`]).
@@ -206,6 +207,7 @@ pub enum Checksum {
 ///     fsync: true,
 ///     mkdir: false,
 ///     stripe: None,
+///     directory: false,
 /// };
 /// assert_eq!(put.path.components().count(), 2);
 /// # Ok::<(), ringxfer_proto::peer::NameError>(())
@@ -230,6 +232,12 @@ pub struct Put {
     /// One stripe of a file pushed over several connections at once;
     /// `meta.size` is then the whole file's.
     pub stripe: Option<Stripe>,
+    /// A directory, not a file (a tree being pushed): made beneath the
+    /// export with the directories it lacks, as `mkdir -p`, and given
+    /// `meta`'s mode and times. It has no data: `size` 0, `Ready`, then
+    /// `End { size: 0, crc32c: 0 }`, and `Done` once mode and times are
+    /// set.
+    pub directory: bool,
 }
 
 /// Which stripe of which file a client's push is ([`MAX_STRIPES`] at

@@ -738,13 +738,16 @@ pub(crate) type Stats = [Result<FdStat, i32>; 2];
 
 /// Checks the two descriptors against the request and decides what to move.
 /// Every refusal names the descriptor and what is wrong with it.
+///
+/// `dir_source`: the source may be a directory (a push to another daemon
+/// of a directory's mode and times, which moves no bytes).
 pub(crate) fn plan(
     src: OwnedFd,
     dst: OwnedFd,
     req: &SubmitRequest,
-    stats: Stats,
+    (stats, dir_source): (Stats, bool),
 ) -> Result<Plan, Refused> {
-    match check(&src, &dst, req, stats) {
+    match check(&src, &dst, req, stats, dir_source) {
         Ok(Checked {
             src_kind,
             dst_kind,
@@ -803,10 +806,14 @@ fn check(
     dst: &OwnedFd,
     req: &SubmitRequest,
     [src_stat, dst_stat]: Stats,
+    dir_source: bool,
 ) -> Result<Checked, TransferError> {
     let s = probe(src, src_stat, "source")?;
     let d = probe(dst, dst_stat, "destination")?;
-    movable(&s, &d)?;
+    let a_directory = dir_source && s.kind == FdKind::Directory;
+    if !a_directory {
+        movable(&s, &d)?;
+    }
     let dst_append = d.append && d.kind == FdKind::File;
     if dst_append && req.dest_offset != 0 {
         return Err(TransferError::new(
@@ -814,7 +821,11 @@ fn check(
             "a destination offset was given but the destination file is open with O_APPEND, which writes at its end",
         ));
     }
-    let (total, length_requested) = extent(req, &s)?;
+    let (total, length_requested) = match a_directory {
+        // What a directory has to move: nothing but its mode and times.
+        true => (Some(0), false),
+        false => extent(req, &s)?,
+    };
     let dst_size = if d.kind == FdKind::File { d.size } else { 0 };
     Ok(Checked {
         src_kind: s.kind,

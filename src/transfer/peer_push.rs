@@ -37,7 +37,7 @@ use super::peer_socket::tune_peer_socket;
 use super::pipeline::Returned;
 use super::redial::{self, Redial};
 use super::step::CopyStep;
-use super::{Endpoints, Shape, TransferError};
+use super::{Endpoints, FdKind, Shape, TransferError};
 use crate::io::buffer_pool::BufRef;
 use crate::io::fd::SharedFd;
 use crate::io::op::{self, AnyOp};
@@ -311,6 +311,7 @@ impl PeerPush {
             fsync: self.fsync,
             mkdir: self.mkdir,
             stripe: self.stripe,
+            directory: self.ends.src_kind == FdKind::Directory,
         };
         if let Err(e) = self.link.open_with(&PeerMessage::Put(put), owner, io) {
             self.failed(e);

@@ -46,6 +46,7 @@ fn put_stripe(
             offset,
             len,
         }),
+        directory: false,
     };
     s.send(&PeerMessage::Put(put));
     s.recv().expect("an answer to Put")

@@ -219,6 +219,7 @@ impl Sender {
             fsync: true,
             mkdir: false,
             stripe: None,
+            directory: false,
         };
         self.send(&PeerMessage::Put(put));
         self.recv().expect("an answer to Put")
@@ -434,6 +435,7 @@ fn names_cannot_lead_out_of_the_export() {
         fsync: false,
         mkdir: false,
         stripe: None,
+        directory: false,
     };
     encode(&PeerMessage::Put(put), &mut raw, 1 << 16).expect("encode");
     let at = raw
@@ -1377,7 +1379,8 @@ fn a_tree_is_pushed_file_by_file_and_its_directories_made() {
     }
 
     // A directory of the export that leads out (a symlink) fails the
-    // files under it, and only those; nothing is made outside.
+    // files under it and the directories (a, a/b, a/b/c), and only those;
+    // nothing is made outside.
     std::fs::remove_dir_all(export.path().join("tree/a")).expect("rm");
     std::os::unix::fs::symlink(outside.path(), export.path().join("tree/a")).expect("symlink");
     let out = push_cli(&sending, &["-r"], &tree, &format!("{address}:inbox"));
@@ -1393,8 +1396,12 @@ fn a_tree_is_pushed_file_by_file_and_its_directories_made() {
         .pop()
         .expect("a summary");
     assert_eq!(
-        (summary["files"].as_u64(), summary["failed"].as_u64()),
-        (Some(2), Some(2)),
+        (
+            summary["files"].as_u64(),
+            summary["directories"].as_u64(),
+            summary["failed"].as_u64()
+        ),
+        (Some(2), Some(2), Some(5)),
         "{summary}"
     );
     assert_eq!(
@@ -1911,7 +1918,7 @@ fn a_daemon_serves_a_file_another_pulls_and_nothing_outside_its_export() {
 }
 
 /// `ringxfer --json copy ARGS... SRC DST` through daemon `d`, SRC remote.
-fn pull_cli(d: &Daemon, args: &[&str], src: &str, dst: &Path) -> std::process::Output {
+pub(crate) fn pull_cli(d: &Daemon, args: &[&str], src: &str, dst: &Path) -> std::process::Output {
     let mut c = crate::cli_common::cli(&d.socket);
     c.args(["--json", "copy"]).args(args).arg(src).arg(dst);
     crate::cli_common::run(c)

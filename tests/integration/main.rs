@@ -23,6 +23,7 @@ mod durability;
 mod engines;
 mod failures;
 mod fair_users;
+mod host_dirs;
 mod host_stripes;
 mod host_to_host;
 mod jobcontrol;

@@ -13,8 +13,13 @@
 //! and a part kept beside a file is continued from its first block that
 //! differs (a pull cut off keeps its part, as a single file's does).
 //!
+//! Once every file is in, the directories below the one pulled get the
+//! listing's permission bits and modification times, deepest first, so
+//! that nothing written later changes them (as `cp -a` leaves them).
+//!
 //! Not carried yet: symbolic links and special files (each skipped with a
-//! note), and modes and times of directories.
+//! note), and the pulled directory's own mode and times (the listing holds
+//! what is beneath it).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -22,7 +27,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ringxfer_ipc::proto::peer::{EntryKind, ListEntry, RemotePath};
+use ringxfer_ipc::proto::peer::{EntryKind, ListEntry, RemotePath, Timestamp};
 use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::{JobHandle, TransferOptions};
 
@@ -62,6 +67,7 @@ pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         in_flight: VecDeque::with_capacity(WINDOW),
         idle: vec![socket],
         unchanged: 0,
+        dirs: Vec::new(),
     };
     pulls.make_dir(&root);
     for entry in entries {
@@ -70,6 +76,7 @@ pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     while !pulls.in_flight.is_empty() {
         pulls.wait_oldest();
     }
+    pulls.give_dirs_their_times();
     if pulls.unchanged > 0 {
         report::note(&format!(
             "left alone {} file(s) already here with the same size and modification time (--resume)",
@@ -134,6 +141,8 @@ struct Pulls<'a> {
     idle: Vec<TcpStream>,
     /// Files `--resume` found here already.
     unchanged: u64,
+    /// The directories made here, with the listing's mode and time.
+    dirs: Vec<(PathBuf, u32, Timestamp)>,
 }
 
 impl Pulls<'_> {
@@ -142,7 +151,10 @@ impl Pulls<'_> {
     fn take(&mut self, root: &Path, entry: ListEntry) {
         let local = root.join(&entry.path);
         match entry.kind {
-            EntryKind::Dir => self.make_dir(&local),
+            EntryKind::Dir => {
+                self.make_dir(&local);
+                self.dirs.push((local, entry.mode, entry.mtime));
+            }
             EntryKind::File if self.opts.resume && up_to_date(&local, &entry) => {
                 self.tally.items += 1;
                 self.tally.skipped += 1;
@@ -161,6 +173,24 @@ impl Pulls<'_> {
                     "skipped {}: only regular files and directories come from another host for now",
                     local.display()
                 ));
+            }
+        }
+    }
+
+    /// Each directory gets its mode and modification time, deepest first
+    /// (a child's times would change its parent's).
+    fn give_dirs_their_times(&mut self) {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(path, ..)| std::cmp::Reverse(path.components().count()));
+        for (dir, mode, mtime) in dirs {
+            if let Err(e) = set_dir_meta(&dir, mode, mtime) {
+                let err = CliError::io(format!("set the mode and times of {}", dir.display()), &e);
+                let subject = Subject {
+                    op: Op::Copy,
+                    src: format!("{}:{}", self.remote.address, self.remote.path),
+                    dst: dir.display().to_string(),
+                };
+                self.count_failure(&subject, &err);
             }
         }
     }
@@ -297,4 +327,15 @@ impl Pulls<'_> {
 /// `local` is a regular file of `entry`'s size and modification time.
 fn up_to_date(local: &Path, entry: &ListEntry) -> bool {
     fs::symlink_metadata(local).is_ok_and(|m| m.is_file() && same_file(&m, entry.size, entry.mtime))
+}
+
+/// Gives directory `dir` permission bits `mode` and modification time
+/// `mtime` (its access time is left alone: the listing has none).
+fn set_dir_meta(dir: &Path, mode: u32, mtime: Timestamp) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = fs::File::open(dir)?;
+    file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+    let secs = u64::try_from(mtime.secs).unwrap_or(0);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, mtime.nanos.min(999_999_999));
+    file.set_times(fs::FileTimes::new().set_modified(when))
 }

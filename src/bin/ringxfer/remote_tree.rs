@@ -16,8 +16,12 @@
 //! the tree keeps its own name, as with cp into a directory; otherwise it
 //! takes PATH's.
 //!
-//! Not yet carried: symbolic links, special files and empty directories
-//! (each skipped with a note), and modes and times of directories.
+//! Directories go last, deepest first, each as a push of its own
+//! (`Put::directory`): the other daemon makes it if no file made it (an
+//! empty one), and gives it the source's mode and times, which no file
+//! written into it afterwards changes, as `cp -a` and `rsync -a` leave
+//! them. Not yet carried: symbolic links and special files (each skipped
+//! with a note).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -44,10 +48,13 @@ use crate::report::{self, Op, Subject, Tally};
 /// command from this host still gets in.
 const WINDOW: usize = 8;
 
-/// One file to push: where it is here and where it lands there.
+/// One file or directory to push: where it is here and where it lands
+/// there.
 struct Item {
     src: PathBuf,
     dst: String,
+    /// A directory: its mode and times (and itself, if empty) go.
+    dir: bool,
 }
 
 pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
@@ -66,7 +73,7 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     };
     let mut tally = Tally::default();
     let base = base(remote, root);
-    let mut items = walk(root, &base, &mut tally);
+    let (mut items, dirs) = walk(root, &base, &mut tally);
     let mut idle = Vec::with_capacity(WINDOW);
     if args.dest.resume {
         let (there, socket) = already_there(&engine, remote, &base);
@@ -104,8 +111,21 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         }
         pushes.start(item, false);
     }
+    // Every file is in before a directory gets its times; a directory's
+    // own subdirectories before it.
     while !pushes.in_flight.is_empty() {
         pushes.wait_oldest();
+    }
+    for depth in dirs {
+        for item in depth {
+            if pushes.in_flight.len() == WINDOW {
+                pushes.wait_oldest();
+            }
+            pushes.start(item, false);
+        }
+        while !pushes.in_flight.is_empty() {
+            pushes.wait_oldest();
+        }
     }
     let mut tally = pushes.tally;
     tally.elapsed = started.elapsed();
@@ -174,11 +194,25 @@ fn base(remote: &Remote, root: &Path) -> String {
 }
 
 /// The regular files under `root`, depth first, in name order, each with
-/// its remote path under `base`; what cannot go is counted and noted.
-fn walk(root: &Path, base: &str, tally: &mut Tally) -> Vec<Item> {
+/// its remote path under `base`; and its directories (`root` included) by
+/// depth, deepest first. What cannot go is counted and noted.
+fn walk(root: &Path, base: &str, tally: &mut Tally) -> (Vec<Item>, Vec<Vec<Item>>) {
     let mut items = Vec::new();
-    let mut dirs = vec![(root.to_path_buf(), base.to_string())];
-    while let Some((dir, there)) = dirs.pop() {
+    let mut by_depth: Vec<Vec<Item>> = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), base.to_string(), 0)];
+    while let Some((dir, there, depth)) = dirs.pop() {
+        if by_depth.len() <= depth {
+            by_depth.resize_with(depth + 1, Vec::new);
+        }
+        // The export itself (a tree copied into it without a name of its
+        // own) is the other daemon's, not the tree's.
+        if there.contains('/') {
+            by_depth[depth].push(Item {
+                src: dir.clone(),
+                dst: there.clone(),
+                dir: true,
+            });
+        }
         let mut entries: Vec<_> = match fs::read_dir(&dir) {
             Ok(rd) => rd.filter_map(Result::ok).collect(),
             Err(e) => {
@@ -186,20 +220,18 @@ fn walk(root: &Path, base: &str, tally: &mut Tally) -> Vec<Item> {
                 continue;
             }
         };
-        if entries.is_empty() && dir != root {
-            report::note(&format!(
-                "skipped {}: an empty directory does not go to another host yet",
-                dir.display()
-            ));
-        }
         entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
         for entry in entries {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             let dst = format!("{there}/{name}");
             match entry.file_type() {
-                Ok(t) if t.is_dir() => dirs.push((path, dst)),
-                Ok(t) if t.is_file() => items.push(Item { src: path, dst }),
+                Ok(t) if t.is_dir() => dirs.push((path, dst, depth + 1)),
+                Ok(t) if t.is_file() => items.push(Item {
+                    src: path,
+                    dst,
+                    dir: false,
+                }),
                 _ => {
                     tally.items += 1;
                     tally.skipped += 1;
@@ -212,7 +244,8 @@ fn walk(root: &Path, base: &str, tally: &mut Tally) -> Vec<Item> {
         }
     }
     items.reverse();
-    items
+    by_depth.reverse();
+    (items, by_depth)
 }
 
 fn failed(tally: &mut Tally, path: &Path, why: &str) {
@@ -277,7 +310,11 @@ impl Pushes<'_> {
     ) -> Result<(JobHandle, TcpStream, bool), CliError> {
         let path = RemotePath::new(&item.dst)
             .map_err(|e| CliError::usage(format!("remote path {}: {e}", item.dst)))?;
-        let (file, _) = open_source(&item.src, "a directory")?;
+        let file = match item.dir {
+            true => fs::File::open(&item.src)
+                .map_err(|err| CliError::io(item.src.display().to_string(), &err))?,
+            false => open_source(&item.src, "a directory")?.0,
+        };
         let (socket, connection) = match self.idle.pop().filter(|_| !fresh) {
             Some(socket) => (socket, PeerConnection::Continue),
             None => {
@@ -290,6 +327,8 @@ impl Pushes<'_> {
         let opts = TransferOptions {
             tag: ringxfer_ipc::fit_tag(&subject.describe()),
             connection,
+            // A directory has nothing to resume: it goes whole.
+            resume: self.opts.resume && !item.dir,
             ..self.opts.clone()
         };
         self.engine
@@ -308,7 +347,10 @@ impl Pushes<'_> {
         match p.handle.wait() {
             Ok(done) => {
                 self.tally.items += 1;
-                self.tally.files += 1;
+                match p.item.dir {
+                    true => self.tally.dirs += 1,
+                    false => self.tally.files += 1,
+                }
                 self.tally.bytes += done.bytes;
                 // The job succeeded, so its conversation is kept.
                 self.idle.push(p.socket);

@@ -223,7 +223,9 @@ pub(in crate::engine) fn spec(
         [Ok(s), Ok(d)] => Some((s.dev, d.dev)),
         _ => None,
     };
-    let plan = match plan(src, dst, &submit, stats) {
+    // A push may send a directory (its mode and times, for a tree).
+    let dir_source = remote.as_ref().is_some_and(|t| !t.pull);
+    let plan = match plan(src, dst, &submit, (stats, dir_source)) {
         Ok(plan) => plan,
         Err(refused) => {
             let [src, dst] = refused.fds;

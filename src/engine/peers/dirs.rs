@@ -46,7 +46,7 @@ impl Engine {
     }
 
     /// Makes the next component, or opens the file once none is left.
-    fn make_next_dir(&mut self, k: usize) {
+    pub(super) fn make_next_dir(&mut self, k: usize) {
         match self.next_dir(k) {
             Some((dir, name)) => {
                 let mkdir = op::MkdirAt::new(dir, name, DIR_MODE);

@@ -18,7 +18,9 @@
 //!
 //! A stripe of a file pushed over several connections at once writes its
 //! range into the same part, and the last stripe of the set publishes
-//! (stripes.rs).
+//! (stripes.rs). A directory (`Put::directory`, a tree's) is made with the
+//! directories it lacks, takes no data, and gets its mode and times at
+//! `End`; nothing is renamed, and a failure removes nothing.
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -66,6 +68,10 @@ pub(super) struct Incoming {
     pub(super) meta: FileMeta,
     /// One stripe of the file among several connections (stripes.rs).
     pub(super) stripe: Option<Stripe>,
+    /// A directory, not a file; whether its own name was made yet (then
+    /// `parent` is the directory itself).
+    pub(super) directory: bool,
+    leaf_made: bool,
     fsync: bool,
     /// Continue the part kept (opened without truncating it); its block
     /// sums, how many went out, and the bytes they cover.
@@ -221,13 +227,15 @@ impl Engine {
             target,
             meta: put.meta,
             stripe: put.stripe,
+            directory: put.directory,
+            leaf_made: false,
             fsync: put.fsync,
             resume: put.resume,
             sums: Vec::new(),
             sums_sent: 0,
             summed: 0,
             resumed_from: 0,
-            mkdir: put.mkdir,
+            mkdir: put.mkdir || put.directory,
             dirs: Vec::new(),
             parent: None,
             file: None,
@@ -265,6 +273,13 @@ impl Engine {
         }
         let (export, target) = self.resolve_export(k, &put.path)?;
         let name = (export, put.path.as_str().to_string());
+        if put.directory && (put.stripe.is_some() || put.resume || put.meta.size != 0) {
+            let why = format!(
+                "{}: a directory has no data: no size, stripes or resume",
+                put.path.as_str()
+            );
+            return Err((FailureKind::InvalidRequest, why));
+        }
         if put.stripe.is_some() {
             self.join_stripe(k, &name, put)?;
         } else if self.peers.busy.contains(&name) {
@@ -434,6 +449,15 @@ impl Engine {
         let Some(inc) = conn.incoming.as_mut() else {
             return;
         };
+        if inc.directory {
+            if inc.leaf_made {
+                return self.directory_ready(k);
+            }
+            // Its own name is the last directory to make.
+            inc.leaf_made = true;
+            inc.dirs = vec![inc.target.leaf.clone()];
+            return self.make_next_dir(k);
+        }
         let parent = match &inc.parent {
             Some(parent) => Rc::clone(parent),
             None => Rc::clone(&self.peers.exports[inc.export].dir),
@@ -454,6 +478,22 @@ impl Engine {
         inc.parent = Some(parent);
         inc.step = Step::OpenPart;
         self.queue_incoming_op(k, tag::OPEN_PART, open);
+    }
+
+    /// A directory is there and open: its (no) data may come.
+    fn directory_ready(&mut self, k: usize) {
+        let Some(inc) = self.peers.incoming_mut(k) else {
+            return;
+        };
+        inc.step = Step::Receiving;
+        inc.ready = true;
+        let ready = PeerMessage::Ready {
+            xfer: inc.xfer,
+            offset: 0,
+            meta: None,
+        };
+        self.send_peer(k, &ready);
+        self.arm_peer_recv(k);
     }
 
     fn part_opened(&mut self, k: usize) {
@@ -611,6 +651,9 @@ impl Engine {
             return;
         };
         inc.step = Step::Publishing;
+        if inc.directory {
+            return self.set_meta(k);
+        }
         let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
             return;
         };
@@ -622,12 +665,18 @@ impl Engine {
         self.set_meta(k);
     }
 
-    /// Mode (permission bits) and times, before the rename.
+    /// Mode (permission bits) and times, before the rename (of a
+    /// directory: of the directory itself, which is `parent` by now).
     fn set_meta(&mut self, k: usize) {
         let Some(inc) = self.peers.incoming(k) else {
             return;
         };
-        let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
+        let target = if inc.directory {
+            inc.parent.as_ref()
+        } else {
+            inc.file.as_ref()
+        };
+        let Some(file) = target.map(SharedFd::owned) else {
             return;
         };
         let meta = Meta {
@@ -644,6 +693,15 @@ impl Engine {
         let Some(inc) = self.peers.incoming(k) else {
             return;
         };
+        if inc.directory {
+            return match (inc.fsync, inc.parent.as_ref()) {
+                (true, Some(dir)) => {
+                    let sync = op::Fsync::new(SharedFd::owned(dir), false);
+                    self.queue_incoming_op(k, tag::SYNC_DIR, sync)
+                }
+                _ => self.incoming_done(k),
+            };
+        }
         match (inc.fsync, inc.file.as_ref()) {
             (true, Some(file)) => {
                 let sync = op::Fsync::new(SharedFd::owned(file), false);
@@ -694,15 +752,20 @@ impl Engine {
         let Some(inc) = conn.incoming.take() else {
             return;
         };
-        info!(
-            peer = %conn.who,
-            path = %inc.shown,
-            export = %self.peers.exports[inc.export].path.display(),
-            bytes = inc.received,
-            resumed_from = inc.resumed_from,
-            seconds = inc.started.elapsed().as_secs_f64(),
-            "received a file from another daemon"
-        );
+        let export = self.peers.exports[inc.export].path.display();
+        if inc.directory {
+            info!(peer = %conn.who, path = %inc.shown, %export, "received a directory from another daemon");
+        } else {
+            info!(
+                peer = %conn.who,
+                path = %inc.shown,
+                %export,
+                bytes = inc.received,
+                resumed_from = inc.resumed_from,
+                seconds = inc.started.elapsed().as_secs_f64(),
+                "received a file from another daemon"
+            );
+        }
         let done = PeerMessage::Done {
             xfer: inc.xfer,
             crc32c: inc.crc,

@@ -27,11 +27,19 @@ pub(super) fn decide(
     if target.pull {
         return decide_pull(plan, submit);
     }
-    if plan.ends.src_kind != FdKind::File {
+    let directory = plan.ends.src_kind == FdKind::Directory;
+    if plan.ends.src_kind != FdKind::File && !directory {
         return refuse(format!(
-            "a push to another daemon sends a regular file; the source is a {}",
+            "a push to another daemon sends a regular file or a directory; the source is a {}",
             plan.ends.src_kind
         ));
+    }
+    let whole = submit.offset == 0 && submit.length.is_none();
+    if directory && (target.stripe.is_some() || target.resume || !whole) {
+        return refuse(
+            "a directory goes whole, as its mode and times: stripes, resume, offset and length do not apply"
+                .into(),
+        );
     }
     if plan.ends.dst_kind != FdKind::Socket {
         return refuse(format!(

@@ -1,0 +1,173 @@
+//! Host to host: the directories of a tree pushed to another daemon
+//! (`Put::directory`): made there if no file made them (empty ones too),
+//! with the source's mode and times, which the files written into them
+//! before do not change, as `cp -a` and `rsync -a` leave them.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use ringxfer_ipc::proto::peer::{Checksum, FileMeta, PeerMessage, Put, RemotePath, Timestamp};
+use ringxfer_ipc::proto::FailureKind;
+
+use crate::host_to_host::{failed_kind, pull_cli, push_cli, receiver, Sender};
+use crate::support::*;
+
+/// Mode and modification time (seconds, nanoseconds) of `path`.
+fn mode_and_mtime(path: &Path) -> (u32, i64, i64) {
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.permissions().mode() & 0o7777, m.mtime(), m.mtime_nsec())
+}
+
+/// Sets the modification (and access) time of `path` to `secs`.`nanos`.
+fn set_mtime(path: &Path, secs: u64, nanos: u32) {
+    let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+    let dir = std::fs::File::open(path).expect("open");
+    dir.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(when)
+            .set_accessed(when),
+    )
+    .expect("set times");
+}
+
+#[test]
+fn a_pushed_tree_keeps_its_directories_empty_ones_modes_and_times() {
+    let export = tmpdir();
+    let (receiving, address) = receiver(export.path());
+    let sending = Daemon::start();
+    let tree = sending.dir().join("tree");
+    for dir in ["a/b/empty", "a/full", "lonely"] {
+        std::fs::create_dir_all(tree.join(dir)).expect("mkdir");
+    }
+    std::fs::write(tree.join("a/full/f.txt"), b"data").expect("write");
+    let dirs = ["", "a", "a/b", "a/b/empty", "a/full", "lonely"];
+    for (i, dir) in dirs.iter().enumerate() {
+        let path = tree.join(dir);
+        let mode = [0o755, 0o750, 0o711, 0o700, 0o775, 0o705][i];
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    // Deepest first, so that setting a child's times leaves its parent's.
+    for (i, dir) in dirs.iter().enumerate().rev() {
+        set_mtime(&tree.join(dir), 1_500_000_000 + i as u64, 123_456_789);
+    }
+
+    let out = push_cli(&sending, &["-r"], &tree, &format!("{address}:inbox"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        receiving.log()
+    );
+    let summary = crate::cli_common::json_lines(&out)
+        .pop()
+        .expect("a summary");
+    assert_eq!(
+        (summary["files"].as_u64(), summary["directories"].as_u64()),
+        (Some(1), Some(6)),
+        "{summary}"
+    );
+    for dir in dirs {
+        let (here, there) = (tree.join(dir), export.path().join("tree").join(dir));
+        assert_eq!(mode_and_mtime(&there), mode_and_mtime(&here), "{dir}");
+    }
+    assert_file_eq(&export.path().join("tree/a/full/f.txt"), b"data");
+
+    // Pulled back, the directories beneath the one pulled get the same.
+    let back = sending.dir().join("back");
+    let out = pull_cli(&sending, &["-r"], &format!("{address}:inbox/tree"), &back);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::cli_common::describe(&out)
+    );
+    for dir in &dirs[1..] {
+        assert_eq!(
+            mode_and_mtime(&back.join(dir)),
+            mode_and_mtime(&tree.join(dir)),
+            "{dir}"
+        );
+    }
+    assert_file_eq(&back.join("a/full/f.txt"), b"data");
+}
+
+/// Offers directory `path` with `mode`, `size` bytes of data; the answer.
+fn put_dir(s: &mut Sender, path: &str, mode: u32, size: u64) -> PeerMessage {
+    let when = Timestamp {
+        secs: 1_600_000_000,
+        nanos: 5,
+    };
+    let put = Put {
+        xfer: 1,
+        path: RemotePath::new(path).expect("a valid remote path"),
+        meta: FileMeta {
+            size,
+            mode,
+            atime: when,
+            mtime: when,
+        },
+        checksum: Checksum::Crc32c,
+        resume: false,
+        fsync: true,
+        mkdir: false,
+        stripe: None,
+        directory: true,
+    };
+    s.send(&PeerMessage::Put(put));
+    s.recv().expect("an answer to Put")
+}
+
+#[test]
+fn a_directory_is_made_beneath_the_export_with_no_data() {
+    let export = tmpdir();
+    std::fs::write(export.path().join("taken"), b"a file").expect("write");
+    let (d, address) = receiver(export.path());
+
+    // Made with the directories it lacks, its mode and times set.
+    let mut s = Sender::connect(address);
+    let ready = put_dir(&mut s, "inbox/x/y/z", 0o701, 0);
+    assert!(
+        matches!(ready, PeerMessage::Ready { offset: 0, .. }),
+        "{ready:?}\n{}",
+        d.log()
+    );
+    s.send(&PeerMessage::End {
+        xfer: 1,
+        size: 0,
+        crc32c: 0,
+    });
+    assert_eq!(s.recv(), Some(PeerMessage::Done { xfer: 1, crc32c: 0 }));
+    assert_eq!(
+        mode_and_mtime(&export.path().join("x/y/z")),
+        (0o701, 1_600_000_000, 5)
+    );
+
+    // Again, over what is there now: only mode and times change.
+    let ready = put_dir(&mut s, "inbox/x/y/z", 0o750, 0);
+    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
+    s.send(&PeerMessage::End {
+        xfer: 1,
+        size: 0,
+        crc32c: 0,
+    });
+    assert!(matches!(s.recv(), Some(PeerMessage::Done { .. })));
+    assert_eq!(mode_and_mtime(&export.path().join("x/y/z")).0, 0o750);
+
+    // A directory with data, or where a file is, is refused; the file stays.
+    let mut s = Sender::connect(address);
+    let answer = put_dir(&mut s, "inbox/sized", 0o755, 1);
+    assert_eq!(
+        failed_kind(&answer),
+        FailureKind::InvalidRequest,
+        "{answer:?}"
+    );
+    let answer = put_dir(&mut s, "inbox/taken", 0o755, 0);
+    assert!(
+        matches!(
+            answer,
+            PeerMessage::Refused { .. } | PeerMessage::Failed { .. }
+        ),
+        "{answer:?}"
+    );
+    assert_file_eq(&export.path().join("taken"), b"a file");
+    assert!(!export.path().join("sized").exists());
+}
