@@ -108,8 +108,8 @@ use crate::FailureKind;
 pub const DEFAULT_PORT: u16 = 7300;
 
 /// The version a daemon sends in [`PeerMessage::Hello`].
-/// Version 2 added [`Put::stripe`] and [`Put::directory`].
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added [`Put::stripe`], version 3 [`Put::directory`].
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// The most stripes one file may be pushed as ([`Stripe`]).
 pub const MAX_STRIPES: u32 = 16;

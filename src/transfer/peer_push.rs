@@ -432,8 +432,9 @@ impl PeerPush {
         self.link.redial(Rc::new(socket), tls);
         self.lost = None;
         self.phase = Phase::Offered;
-        // A stripe starts over: stripes do not resume.
-        self.resume = self.stripe.is_none().then(Resume::default);
+        // A stripe or a directory starts over: neither resumes.
+        let resumable = self.stripe.is_none() && self.ends.src_kind != FdKind::Directory;
+        self.resume = resumable.then(Resume::default);
         self.sent = 0;
         self.crc = 0;
         self.torn = false;

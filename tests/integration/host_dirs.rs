@@ -1,12 +1,17 @@
 //! Host to host: the directories of a tree pushed to another daemon
 //! (`Put::directory`): made there if no file made them (empty ones too),
 //! with the source's mode and times, which the files written into them
-//! before do not change, as `cp -a` and `rsync -a` leave them.
+//! before do not change, as `cp -a` and `rsync -a` leave them; and those
+//! of a tree pulled, which never follow where the other daemon's listing
+//! points.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use ringxfer_ipc::proto::peer::{Checksum, FileMeta, PeerMessage, Put, RemotePath, Timestamp};
+use ringxfer_ipc::proto::peer::{
+    encode_listing, Checksum, EntryKind, FileMeta, ListEntry, PeerLimits, PeerMessage, Put,
+    RemotePath, Timestamp, PEER_PROTOCOL_VERSION,
+};
 use ringxfer_ipc::proto::FailureKind;
 
 use crate::host_to_host::{failed_kind, pull_cli, push_cli, receiver, Sender};
@@ -170,4 +175,96 @@ fn a_directory_is_made_beneath_the_export_with_no_data() {
     );
     assert_file_eq(&export.path().join("taken"), b"a file");
     assert!(!export.path().join("sized").exists());
+
+    // A link at the directory's own name is refused: its mode would go to
+    // what the link leads to (here the export itself).
+    std::os::unix::fs::symlink(".", export.path().join("loop")).expect("symlink");
+    let before = mode_and_mtime(export.path());
+    let answer = put_dir(&mut s, "inbox/loop", 0o777, 0);
+    assert!(
+        matches!(
+            answer,
+            PeerMessage::Refused { .. } | PeerMessage::Failed { .. }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(mode_and_mtime(export.path()), before);
+}
+
+/// A daemon of the test's own that serves one `List` with `entries`, in
+/// plaintext, to the first connection.
+fn lying_lister(entries: Vec<ListEntry>) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+        let mut s = Sender::from_stream(stream);
+        let Some(PeerMessage::Hello { .. }) = s.recv() else {
+            return;
+        };
+        s.send(&PeerMessage::Welcome {
+            version: PEER_PROTOCOL_VERSION,
+            limits: PeerLimits::default(),
+        });
+        let Some(PeerMessage::List { xfer, .. }) = s.recv() else {
+            return;
+        };
+        let listing = encode_listing(&entries);
+        let when = Timestamp::default();
+        s.send(&PeerMessage::Ready {
+            xfer,
+            offset: 0,
+            meta: Some(FileMeta {
+                size: listing.len() as u64,
+                mode: 0o644,
+                atime: when,
+                mtime: when,
+            }),
+        });
+        s.send_data(xfer, 0, &listing, 64 << 10);
+        s.send(&PeerMessage::End {
+            xfer,
+            size: listing.len() as u64,
+            crc32c: crc32c::crc32c(&listing),
+        });
+        // Whatever the puller says next.
+        let _ = s.recv();
+    });
+    address
+}
+
+#[test]
+fn a_listing_naming_paths_outside_the_tree_is_refused() {
+    let sending = Daemon::start();
+    let outside = tmpdir();
+    let victim = outside.path().join("victim");
+    std::fs::create_dir(&victim).expect("mkdir");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    for evil in [
+        victim.display().to_string(),
+        "../../../../../../tmp".to_string(),
+        "a/../..".into(),
+    ] {
+        let entry = ListEntry {
+            path: evil.clone(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: 0o4777,
+            mtime: Timestamp::default(),
+        };
+        let address = lying_lister(vec![entry]);
+        let dst = sending.dir().join("pulled");
+        let out = pull_cli(&sending, &["-r"], &format!("{address}:inbox/t"), &dst);
+        assert!(
+            !out.status.success(),
+            "{evil}: {}",
+            crate::cli_common::describe(&out)
+        );
+        let err = crate::cli_common::stderr(&out);
+        assert!(err.contains("not a path beneath"), "{evil}: {err}");
+        assert_eq!(mode_and_mtime(&victim).0, 0o700, "{evil}");
+    }
 }

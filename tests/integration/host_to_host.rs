@@ -71,6 +71,16 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
+    /// The peer wire by hand on `stream`, as it is.
+    pub(crate) fn from_stream(stream: TcpStream) -> Sender {
+        Sender {
+            stream,
+            reader: PeerReader::default(),
+            got: Vec::new(),
+            limits: PeerLimits::default(),
+        }
+    }
+
     /// Connects and says Hello; checks the Welcome.
     pub(crate) fn connect(address: SocketAddr) -> Sender {
         let stream = TcpStream::connect(address).expect("connect to the receiver");

@@ -43,12 +43,21 @@ pub fn fetch_listing(
         .rewind()
         .and_then(|()| listing.read_to_end(&mut bytes))
         .map_err(|e| CliError::io(format!("read the listing of {shown}"), &e))?;
-    let entries = decode_listing(&bytes).map_err(|e| {
+    let bad = |why: String| {
         CliError::io(
             format!("the listing of {shown}"),
-            &std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+            &std::io::Error::new(std::io::ErrorKind::InvalidData, why),
         )
-    })?;
+    };
+    let entries = decode_listing(&bytes).map_err(|e| bad(e.to_string()))?;
+    // Every name must lead beneath the directory listed: the other daemon
+    // is trusted with file data, not with paths here.
+    if let Some(e) = entries.iter().find(|e| RemotePath::new(&e.path).is_err()) {
+        return Err(bad(format!(
+            "it names {:?}, which is not a path beneath the directory",
+            e.path
+        )));
+    }
     Ok((entries, socket))
 }
 

@@ -152,8 +152,9 @@ impl Pulls<'_> {
         let local = root.join(&entry.path);
         match entry.kind {
             EntryKind::Dir => {
-                self.make_dir(&local);
-                self.dirs.push((local, entry.mode, entry.mtime));
+                if self.make_dir(&local) {
+                    self.dirs.push((local, entry.mode, entry.mtime));
+                }
             }
             EntryKind::File if self.opts.resume && up_to_date(&local, &entry) => {
                 self.tally.items += 1;
@@ -195,10 +196,16 @@ impl Pulls<'_> {
         }
     }
 
-    fn make_dir(&mut self, dir: &Path) {
+    /// Makes `dir` unless it is a directory already; whether it is one now
+    /// (a symbolic link to one is not).
+    fn make_dir(&mut self, dir: &Path) -> bool {
+        let real_dir = |dir: &Path| fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
         match fs::create_dir(dir) {
-            Ok(()) => self.tally.dirs += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Ok(()) => {
+                self.tally.dirs += 1;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && real_dir(dir) => true,
             Err(e) => {
                 let err = CliError::io(format!("mkdir {}", dir.display()), &e);
                 let subject = Subject {
@@ -207,6 +214,7 @@ impl Pulls<'_> {
                     dst: dir.display().to_string(),
                 };
                 self.count_failure(&subject, &err);
+                false
             }
         }
     }
@@ -329,12 +337,20 @@ fn up_to_date(local: &Path, entry: &ListEntry) -> bool {
     fs::symlink_metadata(local).is_ok_and(|m| m.is_file() && same_file(&m, entry.size, entry.mtime))
 }
 
+/// What of a directory's mode comes along: permission bits, setgid (new
+/// files take its group) and sticky; never setuid.
+const DIR_MODE_BITS: u32 = 0o3777;
+
 /// Gives directory `dir` permission bits `mode` and modification time
 /// `mtime` (its access time is left alone: the listing has none).
 fn set_dir_meta(dir: &Path, mode: u32, mtime: Timestamp) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = fs::File::open(dir)?;
-    file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // The directory made here, never what a link there leads to.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)?;
+    file.set_permissions(fs::Permissions::from_mode(mode & DIR_MODE_BITS))?;
     let secs = u64::try_from(mtime.secs).unwrap_or(0);
     let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, mtime.nanos.min(999_999_999));
     file.set_times(fs::FileTimes::new().set_modified(when))

@@ -60,9 +60,16 @@ impl Engine {
     pub(super) fn on_dir_step(&mut self, k: usize, tag: u32, result: i32) {
         let made = tag == tag::MKDIR && (result >= 0 || result == -libc::EEXIST);
         if made {
+            // A directory pushed is its own last component: a link there
+            // is refused, or its mode would go to what the link leads to.
+            let leaf = self
+                .peers
+                .incoming(k)
+                .is_some_and(|i| i.directory && i.leaf_made);
+            let nofollow = if leaf { libc::O_NOFOLLOW } else { 0 };
             if let Some((dir, name)) = self.next_dir(k) {
                 let how = How {
-                    flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                    flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | nofollow) as u64,
                     mode: 0,
                     resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
                 };

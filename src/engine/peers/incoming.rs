@@ -71,7 +71,7 @@ pub(super) struct Incoming {
     /// A directory, not a file; whether its own name was made yet (then
     /// `parent` is the directory itself).
     pub(super) directory: bool,
-    leaf_made: bool,
+    pub(super) leaf_made: bool,
     fsync: bool,
     /// Continue the part kept (opened without truncating it); its block
     /// sums, how many went out, and the bytes they cover.
@@ -679,10 +679,12 @@ impl Engine {
         let Some(file) = target.map(SharedFd::owned) else {
             return;
         };
+        // Permission bits only: a sender cannot make a setuid or setgid
+        // file owned by the export's user. A directory keeps setgid (new
+        // files take its group) and sticky, as `cp -a` does.
+        let bits = if inc.directory { 0o3777 } else { 0o777 };
         let meta = Meta {
-            // Permission bits only: a sender cannot make a setuid or setgid
-            // file owned by the export's user.
-            mode: inc.meta.mode & 0o777,
+            mode: inc.meta.mode & bits,
             atime: (inc.meta.atime.secs, inc.meta.atime.nanos),
             mtime: (inc.meta.mtime.secs, inc.meta.mtime.nanos),
         };
