@@ -451,7 +451,7 @@ impl Engine {
         };
         if inc.directory {
             if inc.leaf_made {
-                return self.directory_ready(k);
+                return self.ready_for_data(k);
             }
             // Its own name is the last directory to make.
             inc.leaf_made = true;
@@ -480,29 +480,20 @@ impl Engine {
         self.queue_incoming_op(k, tag::OPEN_PART, open);
     }
 
-    /// A directory is there and open: its (no) data may come.
-    fn directory_ready(&mut self, k: usize) {
-        let Some(inc) = self.peers.incoming_mut(k) else {
-            return;
-        };
-        inc.step = Step::Receiving;
-        inc.ready = true;
-        let ready = PeerMessage::Ready {
-            xfer: inc.xfer,
-            offset: 0,
-            meta: None,
-        };
-        self.send_peer(k, &ready);
-        self.arm_peer_recv(k);
-    }
-
     fn part_opened(&mut self, k: usize) {
-        let Some(inc) = self.peers.incoming_mut(k) else {
-            return;
-        };
-        if inc.resume {
+        let resume = self.peers.incoming(k).is_some_and(|i| i.resume);
+        if resume {
             return self.sum_part(k);
         }
+        self.ready_for_data(k);
+    }
+
+    /// The part (or, for a directory, the directory) is there and open:
+    /// the data may come, from offset 0.
+    fn ready_for_data(&mut self, k: usize) {
+        let Some(inc) = self.peers.incoming_mut(k) else {
+            return;
+        };
         inc.step = Step::Receiving;
         inc.ready = true;
         let ready = PeerMessage::Ready {
