@@ -185,13 +185,8 @@ impl Pulls<'_> {
         dirs.sort_by_key(|(path, ..)| std::cmp::Reverse(path.components().count()));
         for (dir, mode, mtime) in dirs {
             if let Err(e) = set_dir_meta(&dir, mode, mtime) {
-                let err = CliError::io(format!("set the mode and times of {}", dir.display()), &e);
-                let subject = Subject {
-                    op: Op::Copy,
-                    src: format!("{}:{}", self.remote.address, self.remote.path),
-                    dst: dir.display().to_string(),
-                };
-                self.count_failure(&subject, &err);
+                let what = format!("set the mode and times of {}", dir.display());
+                self.dir_failed(&dir, CliError::io(what, &e));
             }
         }
     }
@@ -207,16 +202,20 @@ impl Pulls<'_> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && real_dir(dir) => true,
             Err(e) => {
-                let err = CliError::io(format!("mkdir {}", dir.display()), &e);
-                let subject = Subject {
-                    op: Op::Copy,
-                    src: format!("{}:{}", self.remote.address, self.remote.path),
-                    dst: dir.display().to_string(),
-                };
-                self.count_failure(&subject, &err);
+                self.dir_failed(dir, CliError::io(format!("mkdir {}", dir.display()), &e));
                 false
             }
         }
+    }
+
+    /// Counts and reports a failure about directory `dir` here.
+    fn dir_failed(&mut self, dir: &Path, err: CliError) {
+        let subject = Subject {
+            op: Op::Copy,
+            src: format!("{}:{}", self.remote.address, self.remote.path),
+            dst: dir.display().to_string(),
+        };
+        self.count_failure(&subject, &err);
     }
 
     /// Stages, connects and submits one file (on a kept connection if one

@@ -105,27 +105,11 @@ pub fn push_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         in_flight: VecDeque::with_capacity(WINDOW),
         idle,
     };
-    for item in items {
-        if pushes.in_flight.len() == WINDOW {
-            pushes.wait_oldest();
-        }
-        pushes.start(item, false);
-    }
     // Every file is in before a directory gets its times; a directory's
     // own subdirectories before it.
-    while !pushes.in_flight.is_empty() {
-        pushes.wait_oldest();
-    }
+    pushes.all(items);
     for depth in dirs {
-        for item in depth {
-            if pushes.in_flight.len() == WINDOW {
-                pushes.wait_oldest();
-            }
-            pushes.start(item, false);
-        }
-        while !pushes.in_flight.is_empty() {
-            pushes.wait_oldest();
-        }
+        pushes.all(depth);
     }
     let mut tally = pushes.tally;
     tally.elapsed = started.elapsed();
@@ -281,6 +265,19 @@ struct Pushes<'a> {
 }
 
 impl Pushes<'_> {
+    /// Pushes `items`, `WINDOW` at once, and waits for the last.
+    fn all(&mut self, items: Vec<Item>) {
+        for item in items {
+            if self.in_flight.len() == WINDOW {
+                self.wait_oldest();
+            }
+            self.start(item, false);
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest();
+        }
+    }
+
     /// Opens, connects and submits one file (on a kept connection if one
     /// is idle, unless `fresh`); a failure is counted.
     fn start(&mut self, item: Item, fresh: bool) {
