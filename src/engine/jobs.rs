@@ -227,7 +227,9 @@ impl Job {
         match (&self.copy, self.phase) {
             (_, Phase::Verify) => Resource::Buffer,
             (Mover::Splice(_), _) => Resource::Pipe,
-            (Mover::Buffered(_) | Mover::Peer(_) | Mover::Pull(_), _) => Resource::Buffer,
+            (Mover::Buffered(_) | Mover::Peer(_) | Mover::Pull(_) | Mover::Lease(_), _) => {
+                Resource::Buffer
+            }
             (Mover::CopyRange(_), _) => Resource::Piece,
             // A clone holds none; it never queues for one.
             (Mover::Reflink(_), _) => Resource::Pipe,
@@ -409,17 +411,56 @@ impl Job {
             .publish
             .map(|p| Publisher::new(p.dir, p.name, p.staged, spec.id, spec.fsync));
         Job {
-            id: spec.id,
             devices: spec.devices,
             req: spec.req,
-            tag: spec.tag,
-            uid: spec.submitter.uid,
             session: Some(spec.submitter.session),
             note,
             auto: spec.auto,
+            progress: spec.progress,
+            detach: spec.detach,
+            quiet: spec.quiet,
+            fsync: spec.fsync,
+            verify: spec.verify,
+            bucket,
+            rate_group: shared.group,
+            range: (shape.src_start, shape.dst_start),
+            truncate: spec.truncate,
+            publish,
+            fsize_limit: spec.fsize_limit,
+            ..Job::bare(
+                spec.id,
+                spec.submitter.uid,
+                spec.tag,
+                copy,
+                spec.priority,
+                now,
+            )
+        }
+    }
+
+    /// A job `id` of user `uid` moving by `copy`, started `now`, with no
+    /// session, limit or last step of its own: what a submit refines, and
+    /// what another daemon's file is (peers/lease.rs).
+    pub(super) fn bare(
+        id: u64,
+        uid: u32,
+        tag: String,
+        copy: Mover,
+        priority: Priority,
+        now: Instant,
+    ) -> Job {
+        Job {
+            id,
+            devices: None,
+            req: 0,
+            tag,
+            uid,
+            session: None,
+            note: None,
+            auto: false,
             copy,
             started: now,
-            progress: spec.progress,
+            progress: false,
             last_progress: now,
             reported: 0,
             queued: false,
@@ -427,13 +468,13 @@ impl Job {
             queue_seq: 0,
             held: [0; RESOURCES],
             moved_at: now,
-            priority: spec.priority,
-            detach: spec.detach,
-            quiet: spec.quiet,
-            fsync: spec.fsync,
-            verify: spec.verify,
-            bucket,
-            rate_group: shared.group,
+            priority,
+            detach: false,
+            quiet: false,
+            fsync: false,
+            verify: false,
+            bucket: None,
+            rate_group: None,
             watchers: Vec::new(),
             vtime: 0,
             charged: 0,
@@ -447,13 +488,13 @@ impl Job {
             verifier: None,
             synced: false,
             checksums: None,
-            range: (shape.src_start, shape.dst_start),
+            range: (0, 0),
             late_failure: None,
             keep: None,
-            truncate: spec.truncate,
+            truncate: false,
             truncated: false,
-            publish,
-            fsize_limit: spec.fsize_limit,
+            publish: None,
+            fsize_limit: None,
         }
     }
 }
@@ -816,6 +857,12 @@ impl Engine {
             return;
         };
         let io = &mut self.io;
+        // Another daemon's file fails on its connection too, unless the
+        // daemon is stopping (its connections are lost then).
+        let lease = match &job.copy {
+            Mover::Lease(l) if !self.life.stopping => Some((l.serves, err.clone())),
+            _ => None,
+        };
         match job.phase {
             Phase::Copy => job
                 .copy
@@ -835,6 +882,9 @@ impl Engine {
             }
         }
         self.after_job_step(k);
+        if let Some((serves, err)) = lease {
+            self.lease_cancelled(serves, &err);
+        }
     }
 
     /// After a job moved: takes back the pipes and buffers it gave up,
@@ -893,6 +943,7 @@ impl Engine {
             self.enqueue(k);
         }
         self.report_progress(k);
+        self.lease_granted(k);
     }
 
     /// A job whose strategy refused its files before any byte moved goes

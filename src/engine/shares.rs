@@ -411,6 +411,9 @@ impl Engine {
         let taken = match &mut job.copy {
             Mover::Splice(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
             Mover::CopyRange(c) => c.reclaim(Owner::Job(k), io, &mut self.slots.returned),
+            // A lease's permits are never read: they go back at once, and
+            // its connection's operations go on without them.
+            Mover::Lease(c) => c.give_all(&mut self.slots.returned),
             Mover::Buffered(_) | Mover::Reflink(_) | Mover::Peer(_) | Mover::Pull(_) => false,
         };
         if taken {
@@ -434,7 +437,7 @@ impl Engine {
         );
         let what = match &job.copy {
             Mover::Splice(_) => "its bytes in the pipe cannot be read again from the source",
-            Mover::Buffered(_) | Mover::Peer(_) | Mover::Pull(_) => {
+            Mover::Buffered(_) | Mover::Peer(_) | Mover::Pull(_) | Mover::Lease(_) => {
                 "a job moving bytes through buffers cannot hand them back"
             }
             Mover::Reflink(_) => "a clone cannot be taken back",

@@ -13,6 +13,7 @@ pub(crate) mod dio;
 pub(crate) mod errno;
 pub(crate) mod fsize;
 pub(crate) mod holes;
+pub(crate) mod peer_lease;
 pub(crate) mod peer_link;
 pub(crate) mod peer_pull;
 pub(crate) mod peer_push;
@@ -43,6 +44,7 @@ use crate::io::Io;
 use buffered::BufferCopy;
 use copy_range::RangeCopy;
 use holes::{HolePlan, SrcAlloc};
+use peer_lease::PeerLease;
 use peer_pull::PeerPull;
 use peer_push::PeerPush;
 use reflink::ReflinkCopy;
@@ -60,6 +62,9 @@ pub(crate) enum Mover {
     Peer(PeerPush),
     /// A pull from another daemon, through its own buffers.
     Pull(PeerPull),
+    /// Another daemon's file, written or read here by its connection:
+    /// the slots it takes of the daemon's share (peer_lease.rs).
+    Lease(PeerLease),
 }
 
 impl Mover {
@@ -72,6 +77,7 @@ impl Mover {
             Mover::CopyRange(_) => Strategy::CopyRange,
             Mover::Peer(p) => p.strategy(),
             Mover::Pull(p) => p.strategy(),
+            Mover::Lease(l) => l.strategy(),
         }
     }
 
@@ -83,6 +89,8 @@ impl Mover {
             Mover::CopyRange(c) => c.start(owner, io),
             Mover::Peer(c) => c.start(owner, io),
             Mover::Pull(c) => c.start(owner, io),
+            // Its connection moves the bytes.
+            Mover::Lease(_) => {}
         }
     }
 
@@ -95,6 +103,7 @@ impl Mover {
             Mover::Buffered(c) => c.wants_buffer(),
             Mover::Peer(c) => c.wants_buffer(),
             Mover::Pull(c) => c.wants_buffer(),
+            Mover::Lease(c) => c.wants_buffer(),
             _ => false,
         }
     }
@@ -116,7 +125,8 @@ impl Mover {
             | Mover::Reflink(_)
             | Mover::CopyRange(_)
             | Mover::Peer(_)
-            | Mover::Pull(_) => out.push(Returned::Clean(pipe)),
+            | Mover::Pull(_)
+            | Mover::Lease(_) => out.push(Returned::Clean(pipe)),
         }
     }
 
@@ -131,6 +141,7 @@ impl Mover {
             Mover::Buffered(c) => c.lend(buf, owner, io, false, out),
             Mover::Peer(c) => c.lend(buf, owner, io, out),
             Mover::Pull(c) => c.lend(buf, owner, io, out),
+            Mover::Lease(c) => c.lend(buf, out),
             Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => {
                 out.push(Returned::Buffer(buf))
             }
@@ -150,7 +161,8 @@ impl Mover {
             | Mover::Buffered(_)
             | Mover::Reflink(_)
             | Mover::Peer(_)
-            | Mover::Pull(_) => out.push(Returned::Piece(piece)),
+            | Mover::Pull(_)
+            | Mover::Lease(_) => out.push(Returned::Piece(piece)),
         }
     }
 
@@ -177,8 +189,9 @@ impl Mover {
                 c.on_complete(result)
             }
             Mover::Peer(c) => c.on_complete(tag, result, buf, owner, io, yield_resources, out),
-            // A pull's operations all come back through `on_control`.
-            Mover::Pull(_) => out.extend(buf.map(Returned::Buffer)),
+            // A pull's operations all come back through `on_control`; a
+            // lease has none.
+            Mover::Pull(_) | Mover::Lease(_) => out.extend(buf.map(Returned::Buffer)),
         }
     }
 
@@ -215,6 +228,7 @@ impl Mover {
             Mover::Reflink(c) => c.fail(err, io),
             Mover::Peer(c) => c.fail(err, owner, io, out),
             Mover::Pull(c) => c.fail(err, io, out),
+            Mover::Lease(c) => c.fail(err, out),
         }
     }
 
@@ -226,6 +240,7 @@ impl Mover {
             Mover::Reflink(c) => c.is_finished(),
             Mover::Peer(c) => c.is_finished(),
             Mover::Pull(c) => c.is_finished(),
+            Mover::Lease(c) => c.is_finished(),
         }
     }
 
@@ -237,6 +252,7 @@ impl Mover {
             Mover::Reflink(c) => c.failure(),
             Mover::Peer(c) => c.failure(),
             Mover::Pull(c) => c.failure(),
+            Mover::Lease(c) => c.failure(),
         }
     }
 
@@ -299,6 +315,7 @@ impl Mover {
             Mover::Reflink(c) => c.moved,
             Mover::Peer(c) => c.moved,
             Mover::Pull(c) => c.moved,
+            Mover::Lease(c) => c.moved,
         }
     }
 
@@ -309,7 +326,7 @@ impl Mover {
             Mover::Splice(c) => c.hole_bytes(),
             Mover::Buffered(c) => c.hole_bytes(),
             Mover::CopyRange(c) => c.hole_bytes(),
-            Mover::Reflink(_) | Mover::Peer(_) | Mover::Pull(_) => 0,
+            Mover::Reflink(_) | Mover::Peer(_) | Mover::Pull(_) | Mover::Lease(_) => 0,
         }
     }
 
@@ -321,6 +338,7 @@ impl Mover {
             Mover::Reflink(c) => c.total(),
             Mover::Peer(c) => c.total(),
             Mover::Pull(c) => c.total(),
+            Mover::Lease(c) => c.total(),
         }
     }
 
@@ -333,6 +351,7 @@ impl Mover {
             Mover::Reflink(c) => Some(c.endpoints()),
             Mover::Peer(c) => Some(c.endpoints()),
             Mover::Pull(c) => Some(c.endpoints()),
+            Mover::Lease(_) => None,
         }
     }
 
@@ -342,7 +361,11 @@ impl Mover {
         match self {
             Mover::Buffered(c) => c.checksum_source(),
             Mover::Reflink(c) => c.checksum_source(),
-            Mover::Splice(_) | Mover::CopyRange(_) | Mover::Peer(_) | Mover::Pull(_) => {}
+            Mover::Splice(_)
+            | Mover::CopyRange(_)
+            | Mover::Peer(_)
+            | Mover::Pull(_)
+            | Mover::Lease(_) => {}
         }
     }
 
@@ -353,6 +376,7 @@ impl Mover {
             Mover::Splice(_) | Mover::Reflink(_) | Mover::CopyRange(_) => None,
             Mover::Peer(c) => c.checksums().map(|(sent, _)| sent),
             Mover::Pull(c) => c.checksums().map(|(sent, _)| sent),
+            Mover::Lease(_) => None,
         }
     }
 
@@ -367,8 +391,8 @@ impl Mover {
             Mover::Reflink(c) => c.set_piece_limit(bytes),
             Mover::Peer(c) => c.set_piece_limit(bytes),
             // Its pace is the other daemon's; a rate limit does not hold it
-            // back yet.
-            Mover::Pull(_) => {}
+            // back yet. A lease's operations are its connection's.
+            Mover::Pull(_) | Mover::Lease(_) => {}
         }
     }
 
@@ -382,6 +406,8 @@ impl Mover {
             Mover::Reflink(c) => c.into_endpoints(),
             Mover::Peer(c) => return c.into_descriptors(),
             Mover::Pull(c) => return c.into_descriptors(),
+            // The connection holds its descriptors.
+            Mover::Lease(_) => return Vec::new(),
         };
         ends.map(|e| vec![e.src, e.dst]).unwrap_or_default()
     }

@@ -153,7 +153,11 @@ impl Sender {
     // The answer that refused the pull is what the test looks at: a test
     // helper, where its size costs nothing.
     #[allow(clippy::result_large_err)]
-    fn pull(&mut self, xfer: u64, path: &str) -> Result<(FileMeta, Vec<u8>, u32), PeerMessage> {
+    pub(crate) fn pull(
+        &mut self,
+        xfer: u64,
+        path: &str,
+    ) -> Result<(FileMeta, Vec<u8>, u32), PeerMessage> {
         let path = RemotePath::new(path).expect("a valid remote path");
         self.send(&PeerMessage::Get {
             xfer,

@@ -24,6 +24,7 @@ mod engines;
 mod failures;
 mod fair_users;
 mod host_dirs;
+mod host_shares;
 mod host_stripes;
 mod host_to_host;
 mod jobcontrol;

@@ -22,6 +22,7 @@
 //! directories it lacks, takes no data, and gets its mode and times at
 //! `End`; nothing is renamed, and a failure removes nothing.
 
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
@@ -32,6 +33,7 @@ use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
 
 use super::conn::{PeerConn, WRITE_BUFFER};
+use super::lease::{LeaseKey, Way};
 use super::names::{self, Target};
 use super::stripes::{Landing, Leaving, NameKey};
 use super::tag;
@@ -100,6 +102,10 @@ pub(super) struct Incoming {
     pub(super) ready: bool,
     failure: Option<(FailureKind, String)>,
     started: Instant,
+    /// Its job, which lends each write a permit (lease.rs), and the
+    /// buffers filled that wait for one, counted in `in_flight`.
+    pub(super) lease: Option<LeaseKey>,
+    pending: VecDeque<(u64, Vec<u8>)>,
 }
 
 impl Incoming {
@@ -247,6 +253,8 @@ impl Engine {
             ready: false,
             failure: None,
             started: Instant::now(),
+            lease: None,
+            pending: VecDeque::new(),
         });
         if at_root {
             return self.open_part(k);
@@ -505,23 +513,94 @@ impl Engine {
         self.arm_peer_recv(k);
     }
 
-    /// Writes the buffers filled (`full`) at their offsets.
+    /// Writes the buffers filled (`full`) at their offsets, each once its
+    /// job lends it a permit.
     pub(super) fn write_full(&mut self, k: usize, full: &mut Vec<(u64, Vec<u8>)>) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
         for (offset, buf) in full.drain(..) {
-            let Some(conn) = self.peers.conns.get_mut(k) else {
-                return;
-            };
-            let file = conn
+            let inc = conn
                 .incoming
-                .as_ref()
-                .filter(|i| i.step == Step::Receiving)
-                .and_then(|i| i.file.as_ref())
-                .map(SharedFd::owned);
-            let Some(file) = file else {
+                .as_mut()
+                .filter(|i| i.step == Step::Receiving && i.file.is_some());
+            let Some(inc) = inc else {
                 conn.give_back(buf);
                 continue;
             };
+            // Waiting for its permit, it is in flight to the peer's bytes
+            // (in_flight.rs) and to the file's end.
+            conn.writing += buf.len();
+            inc.in_flight += 1;
+            inc.pending.push_back((offset, buf));
+        }
+        self.write_pending(k);
+    }
+
+    /// Writes the buffers waiting, as far as the file's job has permits.
+    pub(super) fn write_pending(&mut self, k: usize) {
+        loop {
+            let Some(inc) = self.peers.incoming(k) else {
+                return;
+            };
+            let waiting = inc.pending.len();
+            if waiting == 0 || inc.step != Step::Receiving {
+                return;
+            }
+            let Some(lease) = self.incoming_lease(k) else {
+                return;
+            };
+            if !self.lease_take(lease, waiting) {
+                return;
+            }
+            let Some(conn) = self.peers.conns.get_mut(k) else {
+                return;
+            };
+            let Some(inc) = conn.incoming.as_mut() else {
+                return;
+            };
+            let Some((offset, buf)) = inc.pending.pop_front() else {
+                return;
+            };
+            inc.in_flight -= 1;
+            conn.writing -= buf.len();
+            let Some(file) = inc.file.as_ref().map(SharedFd::owned) else {
+                conn.give_back(buf);
+                return;
+            };
             self.queue_write(k, op::WriteFrom::new(file, buf, offset));
+        }
+    }
+
+    /// The job of the file being received on connection `k`, made at its
+    /// first write.
+    fn incoming_lease(&mut self, k: usize) -> Option<LeaseKey> {
+        let inc = self.peers.incoming(k)?;
+        if inc.lease.is_some() {
+            return inc.lease;
+        }
+        let (start, end) = inc.span();
+        let id = (inc.xfer, inc.export, inc.shown.clone());
+        let lease = self.open_lease(k, (id.0, id.1, &id.2), Way::Received, end - start);
+        if let Some(inc) = self.peers.incoming_mut(k) {
+            inc.lease = lease;
+        }
+        lease
+    }
+
+    /// Drops the buffers waiting for a permit (the file failed).
+    fn drop_pending(&mut self, k: usize) {
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.as_mut() else {
+            return;
+        };
+        let pending: Vec<(u64, Vec<u8>)> = inc.pending.drain(..).collect();
+        inc.in_flight -= pending.len();
+        for (_, buf) in pending {
+            conn.writing -= buf.len();
+            conn.give_back(buf);
         }
     }
 
@@ -534,6 +613,14 @@ impl Engine {
             return conn.give_back(write.buf);
         };
         inc.in_flight -= 1;
+        let lease = inc.lease;
+        self.lease_done(lease, result.max(0) as u64);
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(inc) = conn.incoming.as_mut() else {
+            return conn.give_back(write.buf);
+        };
         let (offset, mut buf) = (write.offset, write.buf);
         if result < 0 || inc.step == Step::Aborting || conn.closing {
             let what = format!("{}: write at offset {offset}", inc.shown);
@@ -545,13 +632,13 @@ impl Engine {
         }
         let n = result as usize;
         if n < buf.len() && n > 0 {
-            // A short write: the rest goes again, from where it stopped.
+            // A short write: the rest goes again, from where it stopped,
+            // with a permit of its own.
             buf.drain(..n);
-            let file = inc.file.as_ref().map(SharedFd::owned);
-            if let Some(file) = file {
-                let next = op::WriteFrom::new(file, buf, offset + n as u64);
-                return self.queue_write(k, next);
-            }
+            conn.writing += buf.len();
+            inc.in_flight += 1;
+            inc.pending.push_front((offset + n as u64, buf));
+            return self.write_pending(k);
         }
         let stuck = (n == 0 && !buf.is_empty())
             .then(|| format!("{}: write at offset {offset} wrote nothing", inc.shown));
@@ -769,8 +856,9 @@ impl Engine {
         self.release_held_reads();
     }
 
-    /// `Cancel` from the sender.
-    pub(super) fn cancel_incoming(&mut self, k: usize, xfer: u64) {
+    /// `Cancel` from the sender, or the file's job cancelled here
+    /// (`failure` says which).
+    pub(super) fn cancel_incoming(&mut self, k: usize, xfer: u64, failure: (FailureKind, String)) {
         let Some(inc) = self.peers.incoming(k).filter(|i| i.xfer == xfer) else {
             return;
         };
@@ -782,10 +870,7 @@ impl Engine {
         };
         let mine = !late;
         if mine {
-            self.fail_incoming(
-                k,
-                (FailureKind::Cancelled, "the sender cancelled it".into()),
-            );
+            self.fail_incoming(k, failure);
         }
     }
 
@@ -816,6 +901,7 @@ impl Engine {
         }
         inc.step = Step::Aborting;
         let name = inc.stripe_name();
+        self.drop_pending(k);
         if let Some(name) = name {
             self.stripe_failed(k, &name, failure.0, &failure.1);
         }
@@ -908,6 +994,7 @@ impl Engine {
     /// Forgets a finished file: its name is free again, and its
     /// descriptors are closed off the loop thread.
     pub(super) fn release_incoming(&mut self, inc: Incoming) {
+        self.end_lease(inc.lease, inc.failure.as_ref());
         match inc.stripe_name() {
             Some(name) => self.stripe_gone(&name),
             None => {

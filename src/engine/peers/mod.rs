@@ -17,6 +17,7 @@ mod dirs;
 mod in_flight;
 mod incoming;
 pub(super) mod kept;
+mod lease;
 mod liveness;
 mod names;
 mod resume;
@@ -577,7 +578,10 @@ impl Engine {
             PeerMessage::Cancel { xfer } if conn.serving.is_some() => {
                 self.serving_answer(k, PeerMessage::Cancel { xfer })
             }
-            PeerMessage::Cancel { xfer } => self.cancel_incoming(k, xfer),
+            PeerMessage::Cancel { xfer } => {
+                let why = (FailureKind::Cancelled, "the sender cancelled it".into());
+                self.cancel_incoming(k, xfer, why)
+            }
             PeerMessage::Ping => self.send_peer(k, &PeerMessage::Pong),
             PeerMessage::Pong => {}
             PeerMessage::Bye => self.close_peer(k, "the other daemon said Bye"),
@@ -795,7 +799,9 @@ impl Engine {
         if let Some(incoming) = conn.incoming.take() {
             self.release_incoming(incoming);
         }
-        let serving = conn.serving.take().and_then(|s| s.into_file());
+        let (serving, lease) = conn.serving.take().map_or((None, None), |s| s.into_parts());
+        let lost = (FailureKind::PeerGone, "the connection closed".to_string());
+        self.end_lease(lease, Some(&lost));
         for fd in serving.into_iter().chain(conn.retired.drain(..)) {
             self.closing.doomed.extend(Rc::try_unwrap(fd).ok());
         }

@@ -19,6 +19,7 @@ use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
 
 use super::incoming::os_failure;
+use super::lease::{LeaseKey, Way};
 use super::tag;
 use crate::engine::Engine;
 use crate::io::fd::SharedFd;
@@ -53,12 +54,15 @@ pub(super) struct Serving {
     /// A `List`: what the walk of the directory found; its listing is
     /// served as the file.
     listing: Option<Arc<Mutex<Vec<Found>>>>,
+    /// Its export, and its job, which lends each read a permit (lease.rs).
+    export: usize,
+    pub(super) lease: Option<LeaseKey>,
 }
 
 impl Serving {
-    /// The file's descriptor, to close.
-    pub(super) fn into_file(self) -> Option<Rc<OwnedFd>> {
-        self.file
+    /// The file's descriptor, to close, and its job, to end.
+    pub(super) fn into_parts(self) -> (Option<Rc<OwnedFd>>, Option<LeaseKey>) {
+        (self.file, self.lease)
     }
 }
 
@@ -110,6 +114,8 @@ impl Engine {
                 ended: false,
                 listing: list.then(Arc::default),
                 resume: resume.then(Default::default),
+                export,
+                lease: None,
             });
         }
         self.queue_serving_op(k, tag::OPEN_SRC, op::OpenAt2::new(dir, rel, how));
@@ -270,6 +276,15 @@ impl Engine {
             };
             return self.send_peer(k, &end);
         }
+        let Some(lease) = self.serving_lease(k) else {
+            return;
+        };
+        if !self.lease_take(lease, 1) {
+            return;
+        }
+        let Some(serving) = self.peers.serving_mut(k) else {
+            return;
+        };
         let (Some(mut buf), Some(file)) = (serving.buf.take(), serving.file.as_ref()) else {
             return;
         };
@@ -277,6 +292,21 @@ impl Engine {
         buf.resize(want, 0);
         let read = op::ReadInto::new(SharedFd::owned(file), buf, 0, Some(serving.sent));
         self.queue_serving_op(k, tag::READ_SRC, read);
+    }
+
+    /// The job of the file being served on connection `k`, made at its
+    /// first read.
+    fn serving_lease(&mut self, k: usize) -> Option<LeaseKey> {
+        let s = self.peers.serving_mut(k)?;
+        if s.lease.is_some() {
+            return s.lease;
+        }
+        let (xfer, export, shown, left) = (s.xfer, s.export, s.shown.clone(), s.size - s.sent);
+        let lease = self.open_lease(k, (xfer, export, &shown), Way::Served, left);
+        if let Some(s) = self.peers.serving_mut(k) {
+            s.lease = lease;
+        }
+        lease
     }
 
     /// A message about the file being served: the puller's `Done` or
@@ -314,6 +344,14 @@ impl Engine {
     /// A piece is read: framed, counted, sent.
     pub(super) fn on_serving_read(&mut self, k: usize, buf: Vec<u8>, result: i32) {
         let max_frame = self.peers.limits.max_frame;
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
+        let Some(serving) = conn.serving.as_mut() else {
+            return;
+        };
+        let lease = serving.lease;
+        self.lease_done(lease, result.max(0) as u64);
         let Some(conn) = self.peers.conns.get_mut(k) else {
             return;
         };
@@ -381,6 +419,10 @@ impl Engine {
                 warn!(peer = %conn.who, path = %serving.shown, ?kind, "sending a file failed: {why}")
             }
         }
+        self.end_lease(serving.lease, failure.as_ref());
+        let Some(conn) = self.peers.conns.get_mut(k) else {
+            return;
+        };
         if let Some(file) = serving.file {
             match Rc::try_unwrap(file) {
                 Ok(fd) => self.closing.doomed.push(fd),
