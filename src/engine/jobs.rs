@@ -853,16 +853,24 @@ impl Engine {
     }
 
     pub(super) fn fail_job(&mut self, k: usize, err: TransferError) {
+        // Another daemon's file fails on its connection too, unless the
+        // daemon is stopping (its connections are lost then), and not
+        // once it is being published or wholly sent: as for a publish, a
+        // cancel then comes too late.
+        let lease = match self.jobs.slab.get(k).map(|j| &j.copy) {
+            Some(Mover::Lease(l)) if !self.life.stopping => Some((l.serves, err.clone())),
+            _ => None,
+        };
+        if lease
+            .as_ref()
+            .is_some_and(|(serves, _)| !self.lease_cancellable(*serves))
+        {
+            return;
+        }
         let Some(job) = self.jobs.slab.get_mut(k) else {
             return;
         };
         let io = &mut self.io;
-        // Another daemon's file fails on its connection too, unless the
-        // daemon is stopping (its connections are lost then).
-        let lease = match &job.copy {
-            Mover::Lease(l) if !self.life.stopping => Some((l.serves, err.clone())),
-            _ => None,
-        };
         match job.phase {
             Phase::Copy => job
                 .copy

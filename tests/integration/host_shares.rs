@@ -244,3 +244,65 @@ fn a_file_another_daemon_pulls_is_held_by_the_daemons_rate_limit() {
     assert_eq!(seen.strategy, Strategy::Peer);
     assert!(seen.tag.ends_with("inbox/pulled.bin"), "{}", seen.tag);
 }
+
+#[test]
+fn without_a_buffer_pool_files_come_and_go_as_before() {
+    // `buffers = 0` leaves no permit to lend: the connections' own
+    // buffers carry the files, unheld.
+    let export = tmpdir();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let (d, address) = receiver_with(export.path(), me, "buffers = 0");
+    let data = pattern(11, (5 << 20) + 123);
+    let mut sender = Sender::connect(address);
+    let answer = sender.push(1, "inbox/nopool.bin", &data, 0o640);
+    assert!(
+        matches!(answer, PeerMessage::Done { .. }),
+        "{answer:?}\n{}",
+        d.log()
+    );
+    assert!(std::fs::read(export.path().join("nopool.bin")).expect("read") == data);
+    let (_, pulled, _) = sender.pull(2, "inbox/nopool.bin").expect("the pull");
+    assert!(pulled == data, "the bytes pulled differ");
+}
+
+#[test]
+fn a_draining_daemon_finishes_the_file_it_receives_and_refuses_new_ones() {
+    let export = tmpdir();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let (d, address) = receiver_with(export.path(), me, "rate_limit = \"8MiB/s\"");
+    let ctl = shared_client(&d);
+    let data = pattern(13, 12 << 20);
+    let mut first = Sender::connect(address);
+    let mut second = Sender::connect(address);
+    let pushing = {
+        let data = data.clone();
+        thread::spawn(move || first.push(1, "inbox/slow.bin", &data, 0o644))
+    };
+    let moving = poll_until(Duration::from_secs(10), || {
+        jobs_of(&ctl)
+            .iter()
+            .any(|j| j.tag.starts_with("from ") && j.bytes > 0)
+    });
+    assert!(moving, "the push is not listed as moving:\n{}", d.log());
+    d.signal(libc::SIGTERM);
+    let draining = poll_until(Duration::from_secs(5), || {
+        d.log().contains("waiting for the running ones")
+    });
+    assert!(draining, "the daemon did not start draining:\n{}", d.log());
+    let answer = second.put(1, "inbox/late.bin", 10, 0o644, 1_700_000_000);
+    assert_eq!(
+        failed_kind(&answer),
+        FailureKind::ShuttingDown,
+        "{answer:?}"
+    );
+    let done = pushing.join().expect("the pushing thread");
+    assert!(
+        matches!(done, PeerMessage::Done { .. }),
+        "the file under way did not finish: {done:?}\n{}",
+        d.log()
+    );
+    assert!(std::fs::read(export.path().join("slow.bin")).expect("read") == data);
+    assert!(!export.path().join("late.bin").exists());
+}

@@ -72,6 +72,9 @@ pub(super) struct PeerConn {
     writes: Option<WriteBuffers>,
     /// Operations in flight; the connection is forgotten only at zero.
     pub ops: usize,
+    /// Of those, the file served's (open, stat, reads): a new file waits
+    /// until none is left, so that none lands in it.
+    pub serving_ops: usize,
     /// The read in flight, to cancel when closing.
     pub rx_op: Option<u64>,
     /// Going away: no new operation starts.
@@ -118,6 +121,7 @@ impl PeerConn {
             retired: Vec::new(),
             writes: None,
             ops: 0,
+            serving_ops: 0,
             rx_op: None,
             closing: false,
             opened: Instant::now(),
@@ -160,7 +164,7 @@ impl PeerConn {
 
     /// A file is being moved on it, either way: one at a time.
     pub(super) fn busy(&self) -> bool {
-        self.incoming.is_some() || self.serving.is_some()
+        self.incoming.is_some() || self.serving.is_some() || self.serving_ops > 0
     }
 
     /// Makes the write buffers, once, when the first file starts.

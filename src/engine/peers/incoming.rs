@@ -274,6 +274,9 @@ impl Engine {
 
     /// The export and the cut name of a `Put`, or why it is refused.
     fn check_put(&mut self, k: usize, put: &Put) -> Result<(usize, Target), (FailureKind, String)> {
+        if let Some(e) = self.draining_refusal() {
+            return Err((e.kind, e.message));
+        }
         let busy_conn = self.peers.conns.get(k).is_none_or(|c| c.busy());
         if busy_conn {
             let why = "another file is being moved on this connection".to_string();
@@ -547,11 +550,11 @@ impl Engine {
             if waiting == 0 || inc.step != Step::Receiving {
                 return;
             }
-            let Some(lease) = self.incoming_lease(k) else {
-                return;
-            };
-            if !self.lease_take(lease, waiting) {
-                return;
+            // No lease (no buffer pool to lend permits): writes go as they come.
+            if let Some(lease) = self.incoming_lease(k) {
+                if !self.lease_take(lease, waiting) {
+                    return;
+                }
             }
             let Some(conn) = self.peers.conns.get_mut(k) else {
                 return;
@@ -598,10 +601,13 @@ impl Engine {
         };
         let pending: Vec<(u64, Vec<u8>)> = inc.pending.drain(..).collect();
         inc.in_flight -= pending.len();
+        let lease = inc.lease;
         for (_, buf) in pending {
             conn.writing -= buf.len();
             conn.give_back(buf);
         }
+        // Nothing waits for a permit any more.
+        self.lease_waiting(lease, 0);
     }
 
     pub(super) fn on_incoming_write(&mut self, k: usize, write: op::WriteFrom, result: i32) {
@@ -862,15 +868,17 @@ impl Engine {
         let Some(inc) = self.peers.incoming(k).filter(|i| i.xfer == xfer) else {
             return;
         };
-        // Once publishing (a stripe landed whose set publishes) a cancel
-        // comes too late, as it does for a file being renamed.
-        let late = match inc.stripe_name() {
+        if !self.incoming_late(inc) {
+            self.fail_incoming(k, failure);
+        }
+    }
+
+    /// Whether `inc` is being published (or is a stripe landed whose set
+    /// publishes): a cancel then comes too late, as for a file renamed.
+    pub(super) fn incoming_late(&self, inc: &Incoming) -> bool {
+        match inc.stripe_name() {
             Some(name) => self.stripes_publishing(&name),
             None => inc.step == Step::Publishing,
-        };
-        let mine = !late;
-        if mine {
-            self.fail_incoming(k, failure);
         }
     }
 

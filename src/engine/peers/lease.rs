@@ -46,6 +46,10 @@ impl Engine {
         way: Way,
         total: u64,
     ) -> Option<LeaseKey> {
+        if self.slots.buffers.total() == 0 {
+            // `buffers = 0`: no permit could ever be lent.
+            return None;
+        }
         let conn = self.peers.conns.get(k)?;
         let peer = conn.peer.as_deref().unwrap_or(&conn.who);
         let export = &self.peers.exports[export];
@@ -99,6 +103,14 @@ impl Engine {
         }
         self.after_job_step(lease.key);
         false
+    }
+
+    /// `waiting` operations of the lease's file wait for a permit (none:
+    /// the file failed, and what waited was dropped).
+    pub(super) fn lease_waiting(&mut self, lease: Option<LeaseKey>, waiting: usize) {
+        if let Some(l) = lease.and_then(|lease| self.lease_mut(lease)) {
+            l.set_waiting(waiting);
+        }
     }
 
     /// An operation that held a permit ended, having moved `bytes`.
@@ -160,6 +172,21 @@ impl Engine {
         } else if c.serving.as_ref().is_some_and(|s| s.lease == Some(lease)) {
             self.serve_next(conn);
         }
+    }
+
+    /// Whether the file a lease serves may still fail: not once it is being
+    /// published (received) or wholly sent (served).
+    pub(in crate::engine) fn lease_cancellable(&self, serves: LeaseFor) -> bool {
+        let Some(c) = self.peers.conns.get(serves.conn) else {
+            return true;
+        };
+        if let Some(inc) = c.incoming.as_ref().filter(|i| i.xfer == serves.xfer) {
+            return !self.incoming_late(inc);
+        }
+        if let Some(s) = c.serving.as_ref().filter(|s| s.xfer == serves.xfer) {
+            return !s.ended();
+        }
+        true
     }
 
     /// Lease job `k` was cancelled through the daemon (not stopping: the

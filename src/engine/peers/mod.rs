@@ -237,6 +237,13 @@ impl Engine {
     }
 
     fn on_conn_op(&mut self, k: usize, op: Op, result: i32) {
+        let served = matches!(
+            op.tag,
+            tag::OPEN_SRC | tag::STAT_SRC | tag::READ_SRC | tag::CHECK_SRC | tag::LIST_DIR
+        );
+        if let Some(conn) = self.peers.conns.get_mut(k).filter(|_| served) {
+            conn.serving_ops -= 1;
+        }
         match (op.tag, op.op) {
             (tag::RECV, AnyOp::ReadInto(read)) => self.on_peer_recv(k, read.buf, result),
             (tag::SEND, AnyOp::Send(send)) => self.on_peer_sent(k, send, result),

@@ -60,6 +60,11 @@ pub(super) struct Serving {
 }
 
 impl Serving {
+    /// `End` went out: only the puller's answer is left.
+    pub(super) fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// The file's descriptor, to close, and its job, to end.
     pub(super) fn into_parts(self) -> (Option<Rc<OwnedFd>>, Option<LeaseKey>) {
         (self.file, self.lease)
@@ -84,6 +89,9 @@ impl Engine {
         if self.peers.conns.get(k).is_none_or(|c| c.busy()) {
             let why = "another file is being moved on this connection".to_string();
             return self.send_peer(k, &refuse(FailureKind::LimitExceeded, why));
+        }
+        if let Some(e) = self.draining_refusal() {
+            return self.send_peer(k, &refuse(e.kind, e.message));
         }
         let (export, _) = match self.resolve_export(k, &path) {
             Ok(found) => found,
@@ -126,6 +134,7 @@ impl Engine {
             Ok(_) => {
                 if let Some(conn) = self.peers.conns.get_mut(k) {
                     conn.ops += 1;
+                    conn.serving_ops += 1;
                 }
             }
             Err(e) => {
@@ -276,11 +285,11 @@ impl Engine {
             };
             return self.send_peer(k, &end);
         }
-        let Some(lease) = self.serving_lease(k) else {
-            return;
-        };
-        if !self.lease_take(lease, 1) {
-            return;
+        // No lease (no buffer pool to lend permits): reads go as they come.
+        if let Some(lease) = self.serving_lease(k) {
+            if !self.lease_take(lease, 1) {
+                return;
+            }
         }
         let Some(serving) = self.peers.serving_mut(k) else {
             return;
