@@ -22,9 +22,26 @@ const ENDLESS: u64 = 1 << 50;
 
 /// An export directory `OTHER` may write into.
 fn others_export() -> tempfile::TempDir {
+    require_root("root to export a directory written as another user");
     let export = world_tmpdir();
     std::os::unix::fs::chown(export.path(), Some(OTHER), Some(OTHER)).expect("chown the export");
     export
+}
+
+/// A daemon with `settings` taking files into an export of `OTHER`, and a
+/// client of it.
+fn others_receiver(
+    settings: &str,
+) -> (
+    tempfile::TempDir,
+    Daemon,
+    std::net::SocketAddr,
+    std::sync::Arc<ringxfer_ipc::Client>,
+) {
+    let export = others_export();
+    let (d, address) = receiver_with(export.path(), OTHER, settings);
+    let ctl = shared_client(&d);
+    (export, d, address, ctl)
 }
 
 /// The job of the file another daemon moves here, once listed.
@@ -72,12 +89,9 @@ fn push_in_background(sender: Sender, path: &str, size: u64) -> std::net::TcpStr
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_file_another_daemon_pushes_takes_its_export_users_share() {
-    require_root("root to export a directory written as another user");
-    let export = others_export();
     // Both users together may move 64 MiB/s: nothing else is scarce, so
     // how the daemon shares that is the whole question.
-    let (d, address) = receiver_with(export.path(), OTHER, "rate_limit = \"64MiB/s\"");
-    let ctl = shared_client(&d);
+    let (export, d, address, ctl) = others_receiver("rate_limit = \"64MiB/s\"");
     let c = d.client();
     let o = TransferOptions {
         strategy: Strategy::Splice,
@@ -148,34 +162,8 @@ fn a_file_another_daemon_pushes_takes_its_export_users_share() {
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn cancelling_the_job_of_a_pushed_file_fails_it_for_the_sender_and_keeps_nothing() {
-    require_root("root to export a directory written as another user");
-    let export = others_export();
-    let (d, address) = receiver_with(export.path(), OTHER, "rate_limit = \"2MiB/s\"");
-    let ctl = shared_client(&d);
-    let mut sender = Sender::connect(address);
-    let stop = sender.stream.try_clone().expect("clone");
-    let size = 64u64 << 20;
-    let ready = sender.put(1, "inbox/slow.bin", size, 0o644, 1_700_000_000);
-    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
-    let writer = thread::spawn(move || {
-        let chunk = pattern(5, 256 << 10);
-        let mut at = 0u64;
-        while at < size {
-            let data = PeerMessage::Data {
-                xfer: 1,
-                offset: at,
-                len: chunk.len() as u32,
-            };
-            let mut frame = Vec::new();
-            ringxfer_ipc::proto::peer::encode(&data, &mut frame, 1 << 20).expect("encode");
-            if sender.stream.write_all(&frame).is_err() || sender.stream.write_all(&chunk).is_err()
-            {
-                break;
-            }
-            at += chunk.len() as u64;
-        }
-        sender
-    });
+    let (export, d, address, ctl) = others_receiver("rate_limit = \"2MiB/s\"");
+    let stop = push_in_background(Sender::connect(address), "inbox/slow.bin", 64 << 20);
     let mut job = None;
     let listed = poll_until(Duration::from_secs(10), || {
         job = peer_job(&ctl, "from ").filter(|j| j.bytes > 0);
@@ -186,7 +174,7 @@ fn cancelling_the_job_of_a_pushed_file_fails_it_for_the_sender_and_keeps_nothing
     cancel_job(&ctl, job.job).expect("cancel the pushed file's job");
     // The sender hears it while it is still sending (its writes may block
     // once the receiver stops reading, so it reads on this thread).
-    let mut reader = crate::host_to_host::Sender::from_stream(stop.try_clone().expect("clone"));
+    let mut reader = Sender::from_stream(stop.try_clone().expect("clone"));
     let answer = reader.recv().expect("an answer");
     assert_eq!(failed_kind(&answer), FailureKind::Cancelled, "{answer:?}");
     assert!(
@@ -195,7 +183,6 @@ fn cancelling_the_job_of_a_pushed_file_fails_it_for_the_sender_and_keeps_nothing
         message_of(&answer)
     );
     let _ = stop.shutdown(Shutdown::Both);
-    let _ = writer.join();
     let gone = poll_until(Duration::from_secs(10), || {
         parts_in(export.path()).is_empty()
     });
@@ -209,7 +196,6 @@ fn cancelling_the_job_of_a_pushed_file_fails_it_for_the_sender_and_keeps_nothing
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_file_another_daemon_pulls_is_held_by_the_daemons_rate_limit() {
-    require_root("root to export a directory read as another user");
     let export = others_export();
     let data = pattern(9, 12 << 20);
     let file = export.path().join("pulled.bin");

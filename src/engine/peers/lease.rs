@@ -12,6 +12,7 @@
 use std::time::Instant;
 
 use ringxfer_ipc::{FailureKind, Priority};
+use slab::Slab;
 
 use super::conn::WRITE_BUFFERS;
 use crate::engine::jobs::Job;
@@ -78,23 +79,12 @@ impl Engine {
         Some(LeaseKey { key, id })
     }
 
-    fn lease_mut(&mut self, lease: LeaseKey) -> Option<&mut PeerLease> {
-        match self.jobs.slab.get_mut(lease.key) {
-            Some(Job {
-                id,
-                copy: Mover::Lease(l),
-                ..
-            }) if *id == lease.id => Some(l),
-            _ => None,
-        }
-    }
-
     /// `waiting` operations of the lease's file wait for a permit: true if
     /// one may go now (it holds the permit until `lease_done`). False: the
     /// job queues for one, and its connection goes on once lent
     /// (`lease_granted`). A lease that has ended (cancelled) lets nothing go.
     pub(super) fn lease_take(&mut self, lease: LeaseKey, waiting: usize) -> bool {
-        let Some(l) = self.lease_mut(lease) else {
+        let Some(l) = lease_in(&mut self.jobs.slab, lease) else {
             return false;
         };
         l.set_waiting(waiting);
@@ -108,7 +98,7 @@ impl Engine {
     /// `waiting` operations of the lease's file wait for a permit (none:
     /// the file failed, and what waited was dropped).
     pub(super) fn lease_waiting(&mut self, lease: Option<LeaseKey>, waiting: usize) {
-        if let Some(l) = lease.and_then(|lease| self.lease_mut(lease)) {
+        if let Some(l) = lease.and_then(|lease| lease_in(&mut self.jobs.slab, lease)) {
             l.set_waiting(waiting);
         }
     }
@@ -116,15 +106,10 @@ impl Engine {
     /// An operation that held a permit ended, having moved `bytes`.
     pub(super) fn lease_done(&mut self, lease: Option<LeaseKey>, bytes: u64) {
         let Some(lease) = lease else { return };
-        let out = &mut self.slots.returned;
-        match self.jobs.slab.get_mut(lease.key) {
-            Some(Job {
-                id,
-                copy: Mover::Lease(l),
-                ..
-            }) if *id == lease.id => l.give(bytes, out),
-            _ => return,
-        }
+        let Some(l) = lease_in(&mut self.jobs.slab, lease) else {
+            return;
+        };
+        l.give(bytes, &mut self.slots.returned);
         self.after_job_step(lease.key);
     }
 
@@ -136,16 +121,11 @@ impl Engine {
         failure: Option<&(FailureKind, String)>,
     ) {
         let Some(lease) = lease else { return };
-        let out = &mut self.slots.returned;
+        let Some(l) = lease_in(&mut self.jobs.slab, lease) else {
+            return;
+        };
         let failure = failure.map(|(kind, why)| TransferError::new(*kind, why.clone()));
-        match self.jobs.slab.get_mut(lease.key) {
-            Some(Job {
-                id,
-                copy: Mover::Lease(l),
-                ..
-            }) if *id == lease.id => l.end(failure, out),
-            _ => return,
-        }
+        l.end(failure, &mut self.slots.returned);
         self.after_job_step(lease.key);
     }
 
@@ -205,5 +185,17 @@ impl Engine {
             s.lease = None;
             self.stop_serving(k, Some(failure), true);
         }
+    }
+}
+
+/// The lease `lease` names, if its job is still the one it was made for.
+fn lease_in(jobs: &mut Slab<Job>, lease: LeaseKey) -> Option<&mut PeerLease> {
+    match jobs.get_mut(lease.key) {
+        Some(Job {
+            id,
+            copy: Mover::Lease(l),
+            ..
+        }) if *id == lease.id => Some(l),
+        _ => None,
     }
 }
