@@ -108,8 +108,9 @@ use crate::FailureKind;
 pub const DEFAULT_PORT: u16 = 7300;
 
 /// The version a daemon sends in [`PeerMessage::Hello`].
-/// Version 2 added [`Put::stripe`], version 3 [`Put::directory`].
-pub const PEER_PROTOCOL_VERSION: u32 = 3;
+/// Version 2 added [`Put::stripe`], version 3 [`Put::directory`],
+/// version 4 the listed directory's own mode and time ([`Listing`]).
+pub const PEER_PROTOCOL_VERSION: u32 = 4;
 
 /// The most stripes one file may be pushed as ([`Stripe`]).
 pub const MAX_STRIPES: u32 = 16;
@@ -434,16 +435,6 @@ pub enum EntryKind {
 
 /// One entry of a listing: its path below the listed directory, with `/`
 /// between components, parents before children.
-///
-/// ```
-/// use ringxfer_proto::peer::{decode_listing, encode_listing, EntryKind, ListEntry, Timestamp};
-/// let entries = vec![
-///     ListEntry { path: "photos".into(), kind: EntryKind::Dir, size: 0, mode: 0o755, mtime: Timestamp::default() },
-///     ListEntry { path: "photos/a.jpg".into(), kind: EntryKind::File, size: 3, mode: 0o644, mtime: Timestamp::default() },
-/// ];
-/// assert_eq!(decode_listing(&encode_listing(&entries))?, entries);
-/// # Ok::<(), ringxfer_proto::CodecError>(())
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListEntry {
     /// Below the listed directory.
@@ -456,13 +447,38 @@ pub struct ListEntry {
     pub mtime: Timestamp,
 }
 
-/// A listing as the bytes a [`PeerMessage::List`] serves (postcard).
-pub fn encode_listing(entries: &[ListEntry]) -> Vec<u8> {
-    postcard::to_allocvec(entries).unwrap_or_default()
+/// What a [`PeerMessage::List`] serves: the listed directory's own
+/// permission bits and modification time (which a copy of it takes, as
+/// `cp -a` gives them), and everything beneath it.
+///
+/// ```
+/// use ringxfer_proto::peer::{decode_listing, encode_listing, EntryKind, ListEntry, Listing, Timestamp};
+/// let listing = Listing {
+///     mode: 0o750,
+///     mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
+///     entries: vec![
+///         ListEntry { path: "photos".into(), kind: EntryKind::Dir, size: 0, mode: 0o755, mtime: Timestamp::default() },
+///         ListEntry { path: "photos/a.jpg".into(), kind: EntryKind::File, size: 3, mode: 0o644, mtime: Timestamp::default() },
+///     ],
+/// };
+/// assert_eq!(decode_listing(&encode_listing(&listing))?, listing);
+/// # Ok::<(), ringxfer_proto::CodecError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// The listed directory's permission bits.
+    pub mode: u32,
+    pub mtime: Timestamp,
+    pub entries: Vec<ListEntry>,
 }
 
-/// The entries of a listing's bytes.
-pub fn decode_listing(bytes: &[u8]) -> Result<Vec<ListEntry>, CodecError> {
+/// A listing as the bytes a [`PeerMessage::List`] serves (postcard).
+pub fn encode_listing(listing: &Listing) -> Vec<u8> {
+    postcard::to_allocvec(listing).unwrap_or_default()
+}
+
+/// The listing in a listing's bytes.
+pub fn decode_listing(bytes: &[u8]) -> Result<Listing, CodecError> {
     postcard::from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))
 }
 

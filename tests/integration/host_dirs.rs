@@ -9,8 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use ringxfer_ipc::proto::peer::{
-    encode_listing, Checksum, EntryKind, FileMeta, ListEntry, PeerLimits, PeerMessage, Put,
-    RemotePath, Timestamp, PEER_PROTOCOL_VERSION,
+    encode_listing, Checksum, EntryKind, FileMeta, ListEntry, Listing, PeerLimits, PeerMessage,
+    Put, RemotePath, Timestamp, PEER_PROTOCOL_VERSION,
 };
 use ringxfer_ipc::proto::FailureKind;
 
@@ -77,7 +77,7 @@ fn a_pushed_tree_keeps_its_directories_empty_ones_modes_and_times() {
     }
     assert_file_eq(&export.path().join("tree/a/full/f.txt"), b"data");
 
-    // Pulled back, the directories beneath the one pulled get the same.
+    // Pulled back, the directory pulled and those beneath it get the same.
     let back = sending.dir().join("back");
     let out = pull_cli(&sending, &["-r"], &format!("{address}:inbox/tree"), &back);
     assert!(
@@ -85,7 +85,7 @@ fn a_pushed_tree_keeps_its_directories_empty_ones_modes_and_times() {
         "{}",
         crate::cli_common::describe(&out)
     );
-    for dir in &dirs[1..] {
+    for dir in &dirs {
         assert_eq!(
             mode_and_mtime(&back.join(dir)),
             mode_and_mtime(&tree.join(dir)),
@@ -212,7 +212,11 @@ fn lying_lister(entries: Vec<ListEntry>) -> std::net::SocketAddr {
         let Some(PeerMessage::List { xfer, .. }) = s.recv() else {
             return;
         };
-        let listing = encode_listing(&entries);
+        let listing = encode_listing(&Listing {
+            mode: 0o755,
+            mtime: Timestamp::default(),
+            entries,
+        });
         let when = Timestamp::default();
         s.send(&PeerMessage::Ready {
             xfer,

@@ -144,7 +144,8 @@ impl Client {
     }
 
     /// As [`Client::submit_pull`], the listing of the directory `path`
-    /// (everything beneath it: [`crate::proto::peer::ListEntry`]s, which
+    /// (its own mode and time, and everything beneath it: a
+    /// [`crate::proto::peer::Listing`], which
     /// [`crate::proto::peer::decode_listing`] reads) into `dest`, say a
     /// memfd, checked by CRC-32C as a file is. A tree is pulled by its
     /// listing, then file by file.
@@ -167,7 +168,7 @@ impl Client {
     /// let mut bytes = Vec::new();
     /// dest.rewind()?;
     /// dest.read_to_end(&mut bytes)?;
-    /// for entry in decode_listing(&bytes)? {
+    /// for entry in decode_listing(&bytes)?.entries {
     ///     println!("{:?} {}", entry.kind, entry.path);
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -8,7 +8,7 @@ use std::io::{Read, Seek};
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use ringxfer_ipc::proto::peer::{decode_listing, ListEntry, RemotePath, Timestamp};
+use ringxfer_ipc::proto::peer::{decode_listing, Listing, RemotePath, Timestamp};
 use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::TransferOptions;
 
@@ -22,7 +22,7 @@ pub fn fetch_listing(
     engine: &EngineHandle,
     remote: &Remote,
     path: &RemotePath,
-) -> Result<(Vec<ListEntry>, TcpStream), CliError> {
+) -> Result<(Listing, TcpStream), CliError> {
     let shown = format!("{}:{}", remote.address, path.as_str());
     let mut listing = memfd().map_err(|e| CliError::io("memfd_create".to_string(), &e))?;
     let socket = TcpStream::connect(&remote.address)
@@ -49,16 +49,17 @@ pub fn fetch_listing(
             &std::io::Error::new(std::io::ErrorKind::InvalidData, why),
         )
     };
-    let entries = decode_listing(&bytes).map_err(|e| bad(e.to_string()))?;
+    let listing = decode_listing(&bytes).map_err(|e| bad(e.to_string()))?;
     // Every name must lead beneath the directory listed: the other daemon
     // is trusted with file data, not with paths here.
-    if let Some(e) = entries.iter().find(|e| RemotePath::new(&e.path).is_err()) {
+    let beneath = |e: &&ringxfer_ipc::proto::peer::ListEntry| RemotePath::new(&e.path).is_err();
+    if let Some(e) = listing.entries.iter().find(beneath) {
         return Err(bad(format!(
             "it names {:?}, which is not a path beneath the directory",
             e.path
         )));
     }
-    Ok((entries, socket))
+    Ok((listing, socket))
 }
 
 /// A file in memory, for the listing.

@@ -13,13 +13,13 @@
 //! and a part kept beside a file is continued from its first block that
 //! differs (a pull cut off keeps its part, as a single file's does).
 //!
-//! Once every file is in, the directories below the one pulled get the
-//! listing's permission bits and modification times, deepest first, so
-//! that nothing written later changes them (as `cp -a` leaves them).
+//! Once every file is in, the directories get the listing's permission
+//! bits and modification times, deepest first and the pulled directory
+//! itself last, so that nothing written later changes them (as `cp -a`
+//! leaves them).
 //!
 //! Not carried yet: symbolic links and special files (each skipped with a
-//! note), and the pulled directory's own mode and times (the listing holds
-//! what is beneath it).
+//! note).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -27,7 +27,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ringxfer_ipc::proto::peer::{EntryKind, ListEntry, RemotePath, Timestamp};
+use ringxfer_ipc::proto::peer::{EntryKind, ListEntry, Listing, RemotePath, Timestamp};
 use ringxfer_ipc::proto::PeerConnection;
 use ringxfer_ipc::{JobHandle, TransferOptions};
 
@@ -45,7 +45,7 @@ const WINDOW: usize = 8;
 pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
     let started = Instant::now();
     let result = list(ctx, args, remote);
-    let (engine, entries, root, socket) = match result {
+    let (engine, listing, root, socket) = match result {
         Ok(found) => found,
         Err(err) => {
             ctx.out.failed(Op::Copy, None, &err);
@@ -69,8 +69,12 @@ pub fn pull_tree(ctx: &Context, args: &CopyArgs<'_>, remote: &Remote) -> Exit {
         unchanged: 0,
         dirs: Vec::new(),
     };
-    pulls.make_dir(&root);
-    for entry in entries {
+    if pulls.make_dir(&root) {
+        // The pulled directory's own mode and time too, as `cp -a` gives
+        // them; last, as it is the shallowest.
+        pulls.dirs.push((root.clone(), listing.mode, listing.mtime));
+    }
+    for entry in listing.entries {
         pulls.take(&root, entry);
     }
     while !pulls.in_flight.is_empty() {
@@ -99,7 +103,7 @@ fn list(
     ctx: &Context,
     args: &CopyArgs<'_>,
     remote: &Remote,
-) -> Result<(EngineHandle, Vec<ListEntry>, PathBuf, TcpStream), CliError> {
+) -> Result<(EngineHandle, Listing, PathBuf, TcpStream), CliError> {
     crate::remote::check_pull_flags(args)?;
     let path = RemotePath::new(remote.path.trim_end_matches('/'))
         .map_err(|e| CliError::usage(format!("remote path {}: {e}", remote.path)))?;
@@ -110,8 +114,8 @@ fn list(
         _ => args.dst.to_path_buf(),
     };
     let engine = ctx.engine(&args.job)?;
-    let (entries, socket) = fetch_listing(&engine, remote, &path)?;
-    Ok((engine, entries, root, socket))
+    let (listing, socket) = fetch_listing(&engine, remote, &path)?;
+    Ok((engine, listing, root, socket))
 }
 
 /// A pull in flight.

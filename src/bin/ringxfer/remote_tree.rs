@@ -133,8 +133,9 @@ fn already_there(
         .map_err(|e| CliError::usage(format!("remote path {base}: {e}")))
         .and_then(|path| fetch_listing(engine, remote, &path));
     match listed {
-        Ok((entries, socket)) => {
-            let files = entries
+        Ok((listing, socket)) => {
+            let files = listing
+                .entries
                 .into_iter()
                 .filter(|e| e.kind == EntryKind::File)
                 .map(|e| (e.path, (e.size, e.mtime)))

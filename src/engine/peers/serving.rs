@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use ringxfer_ipc::proto::peer::{
-    encode, encode_listing, EntryKind, FileMeta, ListEntry, PeerMessage, RemotePath, Timestamp,
+    encode, encode_listing, EntryKind, FileMeta, ListEntry, Listing, PeerMessage, RemotePath,
+    Timestamp,
 };
 use ringxfer_ipc::proto::FailureKind;
 use tracing::{info, warn};
@@ -189,7 +190,7 @@ impl Engine {
             .and_then(|out| Arc::try_unwrap(out).ok())
             .and_then(|out| out.into_inner().ok())
             .unwrap_or_default();
-        let bytes = encode_listing(&listing_entries(found));
+        let bytes = encode_listing(&listing_of(found));
         let memfd = match listing_file(&bytes) {
             Ok(fd) => Rc::new(fd),
             Err(e) => {
@@ -458,12 +459,31 @@ impl Engine {
     }
 }
 
-/// The entries of a walk as the wire lists them: kinds from the mode, the
+/// A walk as the wire lists it: the directory's own permission bits and
+/// time (its entry comes first, with an empty path), then every entry
+/// beneath it.
+fn listing_of(found: Vec<Found>) -> Listing {
+    let mut found = found.into_iter().peekable();
+    let root = found.next_if(|f| f.path.is_empty());
+    let (mode, mtime) = root.map_or((0, Timestamp::default()), |r| {
+        (r.mode & 0o7777, timestamp(r.mtime))
+    });
+    Listing {
+        mode,
+        mtime,
+        entries: listing_entries(found),
+    }
+}
+
+fn timestamp((secs, nanos): (i64, u32)) -> Timestamp {
+    Timestamp { secs, nanos }
+}
+
+/// The entries beneath as the wire lists them: kinds from the mode, the
 /// permission bits, names as UTF-8 (one that is not is listed as `Other`,
 /// which the puller skips).
-fn listing_entries(found: Vec<Found>) -> Vec<ListEntry> {
+fn listing_entries(found: impl Iterator<Item = Found>) -> Vec<ListEntry> {
     found
-        .into_iter()
         .map(|f| {
             let kind = match f.mode & libc::S_IFMT {
                 libc::S_IFREG => EntryKind::File,
@@ -483,10 +503,7 @@ fn listing_entries(found: Vec<Found>) -> Vec<ListEntry> {
                 kind,
                 size: f.size,
                 mode: f.mode & 0o7777,
-                mtime: Timestamp {
-                    secs: f.mtime.0,
-                    nanos: f.mtime.1,
-                },
+                mtime: timestamp(f.mtime),
             }
         })
         .collect()

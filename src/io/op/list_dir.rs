@@ -26,7 +26,8 @@ pub(crate) const CODE: u8 = 0xF4;
 const MAX_DEPTH: usize = 256;
 
 /// One entry found: its path below the listed directory (bytes, `/`
-/// between components), and what fstatat said of it.
+/// between components; empty for the directory itself, which comes
+/// first), and what fstatat said of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub path: Vec<u8>,
@@ -95,6 +96,15 @@ impl Call {
         let own = unsafe { libc::fcntl(self.fd, libc::F_DUPFD_CLOEXEC, 0) };
         if own < 0 {
             return -1;
+        }
+        // The directory's own entry first, with an empty path.
+        match stat_at(own, c"").map(|st| found.push(found_at(Vec::new(), &st))) {
+            Ok(()) => {}
+            Err(errno) => {
+                // SAFETY: `own` is ours and nothing took it.
+                unsafe { libc::close(own) };
+                return fail(errno);
+            }
         }
         match walk(own, Vec::new(), self.limit, 0, &mut found) {
             Ok(()) => isize::try_from(found.len()).unwrap_or(isize::MAX),
@@ -199,22 +209,29 @@ fn read_entries(
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             subdirs.push((name.to_owned(), path.clone()));
         }
-        found.push(Found {
-            path,
-            mode: st.st_mode,
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            mtime: (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
-        });
+        found.push(found_at(path, &st));
     }
 }
 
-/// fstatat of `name` in `fd`, not following a link.
+/// What `st` says of the entry at `path`.
+fn found_at(path: Vec<u8>, st: &libc::stat) -> Found {
+    Found {
+        path,
+        mode: st.st_mode,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mtime: (st.st_mtime, u32::try_from(st.st_mtime_nsec).unwrap_or(0)),
+    }
+}
+
+/// fstatat of `name` in `fd` (an empty name: `fd` itself), not following
+/// a link.
 fn stat_at(fd: RawFd, name: &CStr) -> Result<libc::stat, i32> {
     // SAFETY: a zeroed stat is valid; fstatat only writes into it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH;
     // SAFETY: `name` is NUL-terminated and `st` writable, both alive for
     // the call.
-    let rc = unsafe { libc::fstatat(fd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe { libc::fstatat(fd, name.as_ptr(), &mut st, flags) };
     if rc < 0 {
         return Err(last_errno());
     }
