@@ -13,7 +13,8 @@ use ringxfer_ipc::proto::peer::{
 use ringxfer_ipc::proto::FailureKind;
 
 use crate::host_to_host::{
-    failed_kind, message_of, parts_in, push_cli, push_until, pushed, receiver, resumed_at, Sender,
+    failed_kind, message_of, parts_in, push_cli, push_until, pushed, receiver, receiver_with,
+    resumed_at, Sender,
 };
 use crate::support::*;
 
@@ -453,4 +454,46 @@ fn a_stripe_whose_file_changed_size_is_refused() {
         .expect_err("refused");
     assert!(err.to_string().contains("changed size"), "{err}");
     assert!(!export.path().join("grown.bin").exists());
+}
+
+#[test]
+fn a_stripe_whose_set_never_completes_fails_in_time() {
+    // A sender that puts one stripe of two and never the other: the
+    // stripe that landed waits at most 10 x frame_timeout, then the set
+    // fails and the name is free again.
+    let export = tmpdir();
+    let keep = export.path().join("keep.bin");
+    std::fs::write(&keep, b"old").expect("write");
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let (d, address) = receiver_with(export.path(), me, "frame_timeout = \"1s\"");
+    let data = pattern(23, (3 << 20) + 99);
+    let size = data.len() as u64;
+    let mut s0 = Sender::connect(address);
+    let ready = put_stripe(&mut s0, "inbox/keep.bin", size, (5, 0, 2), (0, 2 * MIB));
+    assert!(matches!(ready, PeerMessage::Ready { .. }), "{ready:?}");
+    let t0 = std::time::Instant::now();
+    send_stripe(&mut s0, &data, (0, 2 * MIB), None);
+    let answer = s0.recv().expect("an answer once the set gave up");
+    let waited = t0.elapsed();
+    assert_eq!(failed_kind(&answer), FailureKind::PeerGone, "{answer:?}");
+    assert!(
+        message_of(&answer).contains("did not come"),
+        "{}",
+        message_of(&answer)
+    );
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(19),
+        "the set gave up after {waited:?}, not about 10 x frame_timeout"
+    );
+    assert_file_eq(&keep, b"old");
+    // The name takes a whole push again.
+    let mut other = Sender::connect(address);
+    let done = other.push(1, "inbox/keep.bin", &data, 0o644);
+    assert!(
+        matches!(done, PeerMessage::Done { .. }),
+        "{done:?}\n{}",
+        d.log()
+    );
+    assert_file_eq(&keep, &data);
 }

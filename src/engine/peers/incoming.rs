@@ -102,6 +102,8 @@ pub(super) struct Incoming {
     pub(super) ready: bool,
     failure: Option<(FailureKind, String)>,
     started: Instant,
+    /// When it landed, a stripe waiting for the others (stripes.rs).
+    pub(super) landed_at: Option<Instant>,
     /// Its job, which lends each write a permit (lease.rs), and the
     /// buffers filled that wait for one, counted in `in_flight`.
     pub(super) lease: Option<LeaseKey>,
@@ -253,6 +255,7 @@ impl Engine {
             ready: false,
             failure: None,
             started: Instant::now(),
+            landed_at: None,
             lease: None,
             pending: VecDeque::new(),
         });
@@ -720,6 +723,7 @@ impl Engine {
         inc.step = Step::Publishing;
         if let Some(name) = inc.stripe_name() {
             inc.step = Step::Landed;
+            inc.landed_at = Some(Instant::now());
             match self.stripe_landed(k, &name) {
                 Landing::Wait => {
                     // Its bytes are written: reads held for them go on, and

@@ -380,6 +380,7 @@ impl Engine {
         for (k, why) in late {
             self.lost_peer(k, &why);
         }
+        self.fail_overdue_stripes(now);
     }
 
     /// Reads more from connection `k`, if it is not closing, no read is in

@@ -17,15 +17,20 @@
 //! late, as for a single file). The stripes must cover the file exactly:
 //! each range is kept, overlaps are refused, and a set whose ranges do not
 //! add up to its size is not published. A set no stripe is connected to
-//! any more is forgotten, and its name is free again.
+//! any more is forgotten, and its name is free again. A stripe that
+//! landed waits for the others at most `BETWEEN_FILES` x frame_timeout
+//! (a sender that never sends them would otherwise hold the name), then
+//! fails the set as a lost connection would.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use ringxfer_ipc::proto::peer::{Put, Stripe};
 use ringxfer_ipc::proto::FailureKind;
 
 use super::conn::WRITE_BUFFER;
 use super::incoming::Step;
+use super::BETWEEN_FILES;
 use crate::engine::Engine;
 
 /// A name being received: (export, remote path).
@@ -140,6 +145,39 @@ impl StripeSet {
 }
 
 impl Engine {
+    /// Stripes that landed and waited for the rest of their set longer
+    /// than `BETWEEN_FILES` x frame_timeout fail it (not once it
+    /// publishes).
+    pub(super) fn fail_overdue_stripes(&mut self, now: Instant) {
+        let limit = self.config.frame_timeout * BETWEEN_FILES;
+        let overdue: Vec<usize> = self
+            .peers
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing)
+            .filter(|(_, c)| {
+                c.incoming.as_ref().is_some_and(|i| {
+                    i.step == Step::Landed
+                        && i.landed_at.is_some_and(|t| now.duration_since(t) > limit)
+                })
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in overdue {
+            let Some(inc) = self.peers.incoming(k).filter(|i| !self.incoming_late(i)) else {
+                continue;
+            };
+            let (index, count) = inc.stripe.map_or((0, 0), |s| (s.id.index, s.id.count));
+            let why = format!(
+                "{}: stripe {} of {count} landed, but the others did not come within {limit:?} \
+                 ({BETWEEN_FILES} x --frame-timeout)",
+                inc.shown,
+                index + 1
+            );
+            self.fail_incoming(k, (FailureKind::PeerGone, why));
+        }
+    }
+
     /// A `Put` of a stripe: it must fit its file, and joins the set being
     /// received under `name`, or begins one if the name is free.
     pub(super) fn join_stripe(
