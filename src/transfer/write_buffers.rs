@@ -65,6 +65,12 @@ impl WriteBuffers {
         true
     }
 
+    /// Bytes of file data they could take once the buffer being filled
+    /// went to the disk (`flush_into`): the empty ones'.
+    pub(crate) fn room_after_flush(&self) -> usize {
+        self.spare.len() * self.size
+    }
+
     /// Bytes in the buffer being filled.
     pub(crate) fn filling(&self) -> usize {
         self.fill.as_ref().map_or(0, Vec::len)
@@ -133,5 +139,16 @@ mod tests {
             !w.copy_in(0, &too_much, &mut full),
             "more than the room is refused"
         );
+    }
+
+    #[test]
+    fn a_partly_filled_buffer_sent_to_the_disk_takes_its_free_room_with_it() {
+        const SIZE: usize = 1000;
+        let mut w = WriteBuffers::new(2, SIZE);
+        let mut full = Vec::new();
+        assert!(w.copy_in(0, &[7u8; 10], &mut full));
+        assert_eq!((w.room(), w.room_after_flush()), (2 * SIZE - 10, SIZE));
+        w.flush_into(&mut full);
+        assert_eq!(w.room(), w.room_after_flush());
     }
 }

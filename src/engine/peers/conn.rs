@@ -179,6 +179,14 @@ impl PeerConn {
         self.writes.as_ref().map_or(0, WriteBuffers::room)
     }
 
+    /// Bytes of file data the write buffers could take once the buffer
+    /// being filled went to the disk.
+    pub(super) fn room_after_flush(&self) -> usize {
+        self.writes
+            .as_ref()
+            .map_or(0, WriteBuffers::room_after_flush)
+    }
+
     /// Bytes received from the other daemon and not yet written: in the
     /// buffer being filled, and in writes in flight.
     pub(super) fn unwritten(&self) -> usize {

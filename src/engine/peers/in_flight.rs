@@ -71,7 +71,13 @@ impl Engine {
                 .incoming
                 .as_ref()
                 .is_some_and(|i| i.step == Step::Receiving);
-            if !receiving {
+            // A read in flight was armed for the room the buffer being
+            // filled still has: handing that buffer to the disk could leave
+            // less than the read brings (a stripe failed with "past what
+            // the daemon can hold"). Its read lands first, then it is held
+            // and flushed itself.
+            let read_needs_it = c.rx_op.is_some() && c.room_after_flush() < RX_BUFFER;
+            if !receiving || read_needs_it {
                 continue;
             }
             let mut full = Vec::with_capacity(1);
