@@ -9,12 +9,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use ringxfer_ipc::proto::peer::{
-    encode_listing, Checksum, EntryKind, FileMeta, ListEntry, Listing, PeerLimits, PeerMessage,
-    Put, RemotePath, Timestamp, PEER_PROTOCOL_VERSION,
+    encode_listing, EntryKind, FileMeta, ListEntry, Listing, PeerLimits, PeerMessage, Put,
+    Timestamp, PEER_PROTOCOL_VERSION,
 };
 use ringxfer_ipc::proto::FailureKind;
 
-use crate::host_to_host::{failed_kind, pull_cli, push_cli, receiver, Sender};
+use crate::host_to_host::{failed_kind, pull_cli, push_cli, put_of, receiver, Sender};
 use crate::support::*;
 
 /// Mode and modification time (seconds, nanoseconds) of `path`.
@@ -102,20 +102,8 @@ fn put_dir(s: &mut Sender, path: &str, mode: u32, size: u64) -> PeerMessage {
         nanos: 5,
     };
     let put = Put {
-        xfer: 1,
-        path: RemotePath::new(path).expect("a valid remote path"),
-        meta: FileMeta {
-            size,
-            mode,
-            atime: when,
-            mtime: when,
-        },
-        checksum: Checksum::Crc32c,
-        resume: false,
-        fsync: true,
-        mkdir: false,
-        stripe: None,
         directory: true,
+        ..put_of(1, path, size, mode, when)
     };
     s.send(&PeerMessage::Put(put));
     s.recv().expect("an answer to Put")

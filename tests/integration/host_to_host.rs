@@ -219,23 +219,7 @@ impl Sender {
             secs: mtime,
             nanos: 250_000_000,
         };
-        let put = Put {
-            xfer,
-            path: RemotePath::new(path).expect("a valid remote path"),
-            meta: FileMeta {
-                size,
-                mode,
-                atime: when,
-                mtime: when,
-            },
-            checksum: Checksum::Crc32c,
-            resume: false,
-            fsync: true,
-            mkdir: false,
-            stripe: None,
-            directory: false,
-        };
-        self.send(&PeerMessage::Put(put));
+        self.send(&PeerMessage::Put(put_of(xfer, path, size, mode, when)));
         self.recv().expect("an answer to Put")
     }
 
@@ -259,6 +243,27 @@ impl Sender {
             crc32c,
         });
         self.recv().expect("an answer to End")
+    }
+}
+
+/// A `Put` of file `path`, `size` bytes with `mode`, modified `when`,
+/// to be fsynced.
+pub(crate) fn put_of(xfer: u64, path: &str, size: u64, mode: u32, when: Timestamp) -> Put {
+    Put {
+        xfer,
+        path: RemotePath::new(path).expect("a valid remote path"),
+        meta: FileMeta {
+            size,
+            mode,
+            atime: when,
+            mtime: when,
+        },
+        checksum: Checksum::Crc32c,
+        resume: false,
+        fsync: true,
+        mkdir: false,
+        stripe: None,
+        directory: false,
     }
 }
 
