@@ -14,7 +14,7 @@ use ringxfer_ipc::proto::peer::{
 };
 use ringxfer_ipc::proto::FailureKind;
 
-use crate::host_to_host::{failed_kind, pull_cli, push_cli, put_of, receiver, Sender};
+use crate::host_to_host::{failed_kind, pull_cli, push_tree, put_of, receiver, Sender};
 use crate::support::*;
 
 /// Mode and modification time (seconds, nanoseconds) of `path`.
@@ -56,16 +56,7 @@ fn a_pushed_tree_keeps_its_directories_empty_ones_modes_and_times() {
         set_mtime(&tree.join(dir), 1_500_000_000 + i as u64, 123_456_789);
     }
 
-    let out = push_cli(&sending, &["-r"], &tree, &format!("{address}:inbox"));
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        crate::cli_common::describe(&out),
-        receiving.log()
-    );
-    let summary = crate::cli_common::json_lines(&out)
-        .pop()
-        .expect("a summary");
+    let (_, summary) = push_tree(&sending, &receiving, &tree, address);
     assert_eq!(
         (summary["files"].as_u64(), summary["directories"].as_u64()),
         (Some(1), Some(6)),

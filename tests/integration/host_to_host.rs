@@ -1377,16 +1377,7 @@ fn a_tree_is_pushed_file_by_file_and_its_directories_made() {
     }
     std::os::unix::fs::symlink("top.txt", tree.join("link")).expect("symlink");
 
-    let out = push_cli(&sending, &["-r"], &tree, &format!("{address}:inbox"));
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        crate::cli_common::describe(&out),
-        receiving.log()
-    );
-    let summary = crate::cli_common::json_lines(&out)
-        .pop()
-        .expect("a summary");
+    let (out, summary) = push_tree(&sending, &receiving, &tree, address);
     assert_eq!(
         (summary["files"].as_u64(), summary["skipped"].as_u64()),
         (Some(4), Some(1)),
@@ -1529,6 +1520,27 @@ fn a_tree_goes_over_a_few_connections_each_kept_from_file_to_file() {
 }
 
 /// The summary a tree copy printed last.
+/// Pushes `tree` with `copy -r` from `sending` into `receiving`'s inbox,
+/// which must succeed: the CLI's output and its summary.
+pub(crate) fn push_tree(
+    sending: &Daemon,
+    receiving: &Daemon,
+    tree: &Path,
+    address: SocketAddr,
+) -> (std::process::Output, serde_json::Value) {
+    let out = push_cli(sending, &["-r"], tree, &format!("{address}:inbox"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        crate::cli_common::describe(&out),
+        receiving.log()
+    );
+    let summary = crate::cli_common::json_lines(&out)
+        .pop()
+        .expect("a summary");
+    (out, summary)
+}
+
 fn tree_summary(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", crate::cli_common::describe(out));
     crate::cli_common::json_lines(out).pop().expect("a summary")
