@@ -88,3 +88,21 @@ pub fn json_lines(out: &Output) -> Vec<Value> {
 pub fn no_daemon_socket(dir: &Path) -> PathBuf {
     dir.join("nobody-here.sock")
 }
+
+/// Jobs the daemon completed while `f` ran.
+pub fn jobs_during(d: &Daemon, f: impl FnOnce()) -> u64 {
+    let client = std::sync::Arc::new(d.client());
+    let before = stats_of(&client).jobs_completed;
+    f();
+    stats_of(&client).jobs_completed - before
+}
+
+/// Drops `path`'s pages from the page cache (written back first).
+pub fn evict(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: an open descriptor; fadvise only drops clean cached pages.
+    let ret = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(ret, 0, "fadvise {}", path.display());
+}

@@ -384,7 +384,9 @@ fn the_in_process_engine_honours_ringxfer_engine() {
 
     let dir = tmpdir();
     let mut c = cli(&no_daemon_socket(dir.path()));
-    let (src, _) = make_file(dir.path(), "src", 100, 0xc2);
+    // Over 1 MiB: the CLI would copy a smaller file itself, needing no
+    // engine.
+    let (src, _) = make_file(dir.path(), "src", (1 << 20) + 100, 0xc2);
     c.env("RINGXFER_ENGINE", "fast")
         .arg("copy")
         .arg(&src)

@@ -14,6 +14,7 @@ const CLI_LAYERS: &[&str] = &[
     "fdlimit",
     "files",
     "dir_fds",
+    "cheap_copy",
     "staging",
     "signals",
     "backup",

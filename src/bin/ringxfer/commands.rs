@@ -16,13 +16,14 @@ use std::path::Path;
 use ringxfer_ipc::{Reflink, Sparse, Strategy};
 
 use crate::args::{JobOpts, RangeOpts};
+use crate::cheap_copy;
 use crate::context::{Context, CopyArgs, Follow, Target};
 use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::{open_source, resolve_destination};
 use crate::job_plan::{self, JobPlan};
 use crate::pull_part::PullPart;
-use crate::report::{self, Finished, Op, Subject};
+use crate::report::{self, EngineUsed, Finished, Op, Subject};
 use crate::tree;
 use crate::xattrs::Xattrs;
 use ringxfer_ipc::publish::{PublishOptions, StagedFile};
@@ -260,7 +261,13 @@ fn copy_one(
     if args.replace().skips(&src_meta, &dst_path) {
         return Ok(Outcome::Skipped);
     }
-    let engine = ctx.engine(&args.job)?;
+    let plan = ctx.plan(args.range, args.job, args.dest.fsync);
+    let cheap = cheap_single(ctx, args, &plan, &src_file, &src_meta);
+    // A file the CLI copies itself needs no engine (nor a daemon's answer).
+    let engine = match cheap {
+        Some(_) => None,
+        None => Some(ctx.engine(&args.job)?),
+    };
     // From here on something may be staged: a signal is taken, not fatal.
     crate::signals::arm();
     let publish = PublishOptions {
@@ -273,11 +280,18 @@ fn copy_one(
         mode: Some(src_meta.mode() & 0o777),
     };
     // Refuses DST when it is SRC itself, by inode, before anything is written.
-    let staged = stage(ctx, &engine, &dst_path, Some(&src_meta), &publish, args.job)
-        .map_err(|e| CliError::staging(&dst_path, &e.with_source_path(src)))?;
+    let staged = stage(
+        ctx,
+        engine.as_ref(),
+        &dst_path,
+        Some(&src_meta),
+        &publish,
+        args.job,
+    )
+    .map_err(|e| CliError::staging(&dst_path, &e.with_source_path(src)))?;
     let plan = JobPlan {
         truncate: staged.wants_truncate(),
-        ..ctx.plan(args.range, args.job, args.dest.fsync)
+        ..plan
     };
     let xattrs = if args.dest.preserve {
         Xattrs::of_source(&src_file, src)
@@ -295,20 +309,101 @@ fn copy_one(
         }
         Ok(())
     };
-    let outcome = run_staged(
-        &engine,
-        subject,
-        &src_file,
-        staged,
-        Some(&src_meta),
-        plan,
-        before_publish,
-    )?;
+    let cheap = cheap.filter(|_| staged_is_new_file(&staged));
+    let outcome = match (cheap, engine) {
+        (Some(data), _) => {
+            let no_clone = args.job.reflink == Reflink::Never;
+            let moved = copy_here(subject, &src_file, &staged, &data, no_clone);
+            publish_staged(staged, Some(&src_meta), moved, before_publish)?
+        }
+        (None, engine) => {
+            let engine = match engine {
+                Some(engine) => engine,
+                None => ctx.engine(&args.job)?,
+            };
+            let src_meta = Some(&src_meta);
+            run_staged(
+                &engine,
+                subject,
+                &src_file,
+                staged,
+                src_meta,
+                plan,
+                before_publish,
+            )?
+        }
+    };
     if matches!(outcome, Outcome::Done(_)) {
         ctx.out
             .copied(args.verbose, src, &dst_path, kept.as_deref());
     }
     Ok(outcome)
+}
+
+/// The data of a single file the CLI copies itself (see
+/// [`cheap_copy`]): a regular file of little data, all in the page cache,
+/// when the command asks nothing else of the engine, does not insist on
+/// the daemon (--daemon-only), and wants a new file published as usual
+/// (not --in-place, whose truncation is the engine's, nor --fsync).
+fn cheap_single(
+    ctx: &Context,
+    args: &CopyArgs<'_>,
+    plan: &JobPlan,
+    src: &fs::File,
+    meta: &fs::Metadata,
+) -> Option<cheap_copy::Data> {
+    let asked = ctx.daemon_only || args.dest.in_place || args.dest.fsync;
+    if asked || !plan.asks_only_a_copy() || !meta.is_file() {
+        return None;
+    }
+    cheap_copy::cheap_data(src, meta.len(), meta.blocks() * 512, false)
+}
+
+/// Whether `staged` is a new, empty regular file: a destination that is a
+/// device or a FIFO is written in place, which is the engine's.
+fn staged_is_new_file(staged: &StagedFile) -> bool {
+    !staged.is_in_place()
+        && staged
+            .file()
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.len() == 0)
+}
+
+/// Copies `data` of `src` into `staged` here (see [`cheap_copy`]), and
+/// says how, as the engine would.
+fn copy_here(
+    subject: &Subject,
+    src: &fs::File,
+    staged: &StagedFile,
+    data: &cheap_copy::Data,
+    no_clone: bool,
+) -> Result<Finished, CliError> {
+    let start = std::time::Instant::now();
+    let bytes = cheap_copy::copy(src, staged.file(), data, no_clone)
+        .map_err(|err| CliError::io(subject.describe(), &err).on_engine(EngineUsed::Cli.name()))?;
+    let (strategy, how) = if no_clone {
+        (Strategy::Buffered, "read and written")
+    } else {
+        (Strategy::CopyRange, "copied with copy_file_range")
+    };
+    let holes = if data.runs() > 1 || data.bytes() < data.len {
+        format!(" in {} runs (the rest is holes)", data.runs())
+    } else {
+        String::new()
+    };
+    Ok(Finished {
+        bytes,
+        elapsed: start.elapsed(),
+        strategy,
+        engine: EngineUsed::Cli,
+        note: Some(format!(
+            "auto: {} bytes of data{holes}, all in the page cache, are {how} by the CLI, which costs less than a job",
+            data.bytes()
+        )),
+        job: None,
+        synced: false,
+        checksums: None,
+    })
 }
 
 /// Stages a destination: for a detached job, so that the daemon can
@@ -317,13 +412,15 @@ fn copy_one(
 /// removed first, and said so.
 fn stage(
     ctx: &Context,
-    engine: &EngineHandle,
+    engine: Option<&EngineHandle>,
     dst: &Path,
     source: Option<&std::fs::Metadata>,
     publish: &PublishOptions,
     job: JobOpts,
 ) -> Result<StagedFile, ringxfer_ipc::PublishError> {
-    let daemon_pid = engine.client().daemon_pid().filter(|_| job.detach);
+    let daemon_pid = engine
+        .and_then(|engine| engine.client().daemon_pid())
+        .filter(|_| job.detach);
     let staged = match daemon_pid {
         Some(pid) => StagedFile::create_for_daemon(dst, source, publish, pid)?,
         None => StagedFile::create(dst, source, publish)?,
@@ -355,7 +452,20 @@ fn run_staged(
     if plan.job.detach {
         return job_plan::detach_staged(engine, subject, src, staged, plan).map(Outcome::Detached);
     }
-    match job_plan::run(engine, subject, src, staged.file(), plan) {
+    let moved = job_plan::run(engine, subject, src, staged.file(), plan);
+    publish_staged(staged, preserve_from, moved, before_publish)
+}
+
+/// Publishes `staged` once what `moved` into it completed; a failure leaves
+/// nothing under DST's name (with --in-place: a file this made goes again;
+/// an existing one keeps what was written).
+fn publish_staged(
+    staged: StagedFile,
+    preserve_from: Option<&std::fs::Metadata>,
+    moved: Result<Finished, CliError>,
+    before_publish: impl FnOnce(&StagedFile) -> Result<(), CliError>,
+) -> Result<Outcome, CliError> {
+    match moved {
         Ok(done) => {
             if let Err(err) = before_publish(&staged) {
                 staged.abandon();
@@ -367,8 +477,6 @@ fn run_staged(
             Ok(Outcome::Done(done))
         }
         Err(err) => {
-            // Nothing appears under DST's name (with --in-place: a file
-            // this made goes again; an existing one keeps what was written).
             staged.abandon();
             Err(err)
         }
@@ -464,8 +572,8 @@ fn run_recv(
         mode: Some(RECV_MODE),
         ..PublishOptions::default()
     };
-    let staged =
-        stage(ctx, &engine, dst, None, &publish, job).map_err(|e| CliError::staging(dst, &e))?;
+    let staged = stage(ctx, Some(&engine), dst, None, &publish, job)
+        .map_err(|e| CliError::staging(dst, &e))?;
     let listener =
         TcpListener::bind(bind).map_err(|err| CliError::io(format!("bind {bind}"), &err))?;
     let local = listener

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::io;
-use std::process::ExitCode;
 
 use ringxfer_ipc::errno;
 use ringxfer_ipc::{ClientError, FailureKind, JobError};
@@ -21,12 +20,6 @@ pub enum Exit {
     Usage = 2,
     /// No daemon answered and --daemon-only forbade running the engine here.
     Unreachable = 3,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> ExitCode {
-        ExitCode::from(exit as u8)
-    }
 }
 
 /// A failure, already phrased: `context` names the path, address or transfer

@@ -8,7 +8,9 @@ use std::os::fd::AsFd;
 
 use ringxfer_ipc::proto::peer::RemotePath;
 use ringxfer_ipc::publish::StagedFile;
-use ringxfer_ipc::{Client, ClientError, JobHandle, RateGroup, Strategy, TransferOptions};
+use ringxfer_ipc::{
+    Client, ClientError, JobHandle, Priority, RateGroup, Reflink, Sparse, Strategy, TransferOptions,
+};
 
 use crate::args::JobOpts;
 use crate::engine_handle::EngineHandle;
@@ -43,6 +45,23 @@ pub struct JobPlan {
 const COMMAND_GROUP: u64 = 1;
 
 impl JobPlan {
+    /// Whether the command asks nothing of the engine that a small file
+    /// could use (a strategy, a rate limit, a priority, holes made or
+    /// filled, a clone or nothing, a check, a detached job, a range): the
+    /// CLI may then copy such a file itself (see [`crate::cheap_copy`]).
+    pub fn asks_only_a_copy(&self) -> bool {
+        let job = &self.job;
+        self.strategy == Strategy::Auto
+            && self.offset == 0
+            && self.length.is_none()
+            && job.rate_limit.is_none()
+            && job.priority == Priority::Normal
+            && job.sparse == Sparse::Auto
+            && job.reflink != Reflink::Always
+            && !job.verify
+            && !job.detach
+    }
+
     /// The job as the stub sends it; `tag` is what the daemon logs and lists.
     pub fn options(&self, tag: String) -> TransferOptions {
         TransferOptions {

@@ -28,9 +28,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ringxfer_ipc::dispatch::Dispatcher;
-use ringxfer_ipc::{
-    Client, Completion, JobError, JobHandle, Priority, Reflink, Sparse, Strategy, TransferOptions,
-};
+use ringxfer_ipc::{Client, Completion, JobError, JobHandle, Reflink, Strategy, TransferOptions};
 use slab::Slab;
 
 use crate::backup::Backup;
@@ -208,24 +206,13 @@ impl<'a> Pipeline<'a> {
 
     /// What the walk's openers do inside staged directories: create the
     /// destinations as this pipeline would, and copy small files when the
-    /// command asks nothing of the engine that such a file could use (a
-    /// strategy, a rate limit, a priority, holes made or filled, a clone
-    /// or nothing, a check, a detached job, a range).
+    /// command asks nothing else of the engine (see
+    /// [`JobPlan::asks_only_a_copy`]).
     pub fn staging(&self) -> Staging {
-        let (plan, job) = (&self.plan, &self.plan.job);
-        let plain = plan.strategy == Strategy::Auto
-            && plan.offset == 0
-            && plan.length.is_none()
-            && job.rate_limit.is_none()
-            && job.priority == Priority::Normal
-            && job.sparse == Sparse::Auto
-            && job.reflink != Reflink::Always
-            && !job.verify
-            && !job.detach;
         Staging {
             publish: self.publish.clone(),
-            small: plain.then_some(SmallFiles {
-                no_clone: job.reflink == Reflink::Never,
+            small: self.plan.asks_only_a_copy().then_some(SmallFiles {
+                no_clone: self.plan.job.reflink == Reflink::Never,
                 finish_here: !self.publish.preserve && !self.publish.fsync,
             }),
         }

@@ -24,6 +24,9 @@ use ringxfer::size::{format_bytes, format_rate, throughput};
 pub enum EngineUsed {
     Daemon,
     Embedded,
+    /// No engine: the CLI copied a small file itself (see
+    /// [`crate::cheap_copy`]).
+    Cli,
 }
 
 impl EngineUsed {
@@ -31,6 +34,7 @@ impl EngineUsed {
         match self {
             EngineUsed::Daemon => "daemon",
             EngineUsed::Embedded => "embedded",
+            EngineUsed::Cli => "cli",
         }
     }
 }

@@ -36,6 +36,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::cheap_copy;
 use ringxfer_ipc::publish::{PublishError, PublishOptions, StagedFile};
 
 use crate::dir_fds::{self, DirPair};
@@ -93,7 +95,7 @@ fn shows_cold(chunk: &[Found]) -> bool {
             let small = f
                 .opened
                 .as_ref()
-                .is_ok_and(|(_, meta)| meta.len() <= SMALL_FILE);
+                .is_ok_and(|(_, meta)| meta.len() <= cheap_copy::SMALL_FILE);
             small && !f.empty && f.copied.is_none() && matches!(f.staged, Some(Ok(_)))
         }
         _ => false,
@@ -159,17 +161,10 @@ pub struct Staging {
     pub small: Option<SmallFiles>,
 }
 
-/// Files of at most [`SMALL_FILE`] bytes, inside a staged directory, are
-/// copied by the opener that creates their destination: copy_file_range
-/// (an in-kernel copy on ext4 and tmpfs, a clone on btrfs and XFS, as
-/// cp's), or read and write where it refuses or `--reflink=never` forbids
-/// cloning. The daemon's job would cost more than the copy, or a good part
-/// of it: two descriptors passed, two statx on io_uring's workers, the
-/// copy handed to a worker, a completion, and the closes; for 10,000 files
-/// of 4 KiB that was a third of the copy's CPU, and 1,000 files of 1 MiB
-/// took 0.17 s through the daemon where the openers copy them in 0.13-0.14
-/// s (issue 17). Only when the command asks nothing of the engine that
-/// such a file could use (see `Pipeline::staging`).
+/// Small files inside a staged directory are copied by the opener that
+/// creates their destination (see [`crate::cheap_copy`]), when the command
+/// asks nothing of the engine that such a file could use (see
+/// `Pipeline::staging`).
 #[derive(Debug, Clone, Copy)]
 pub struct SmallFiles {
     /// --reflink=never: read and write, never copy_file_range.
@@ -179,15 +174,6 @@ pub struct SmallFiles {
     /// closes it and hands the pipeline a [`Landed`].
     pub finish_here: bool,
 }
-
-/// The largest file an opener copies itself (see [`SmallFiles`]). Larger
-/// ones are the daemon's: their progress is worth following, and an opener
-/// busy with one holds back the chunks walked after its own (they come back
-/// in order). A copy of 1 MiB takes a quarter of a millisecond hot.
-pub const SMALL_FILE: u64 = 1 << 20;
-
-/// The buffer of an opener's read and write (see [`copy_small`]).
-const COPY_BUFFER: usize = 64 << 10;
 
 /// A file an opener copied whole into a staged directory and closed (see
 /// [`SmallFiles::finish_here`]): the pipeline only counts and reports it.
@@ -272,11 +258,12 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
                         };
                         StagedFile::create_new(&dst, &publish)
                     });
-                let small = stage
-                    .and_then(|st| st.small)
-                    .filter(|_| !empty && is_small(file, meta.len(), meta.blocks() * 512));
-                if let (Some(small), Some(Ok(staged))) = (small, &staged) {
-                    copied = Some(copy_small(file, staged.file(), meta.len(), small));
+                let small = stage.and_then(|st| st.small).filter(|_| !empty);
+                let data = small.and_then(|_| {
+                    cheap_copy::cheap_data(file, meta.len(), meta.blocks() * 512, false)
+                });
+                if let (Some(small), Some(data), Some(Ok(staged))) = (small, data, &staged) {
+                    copied = Some(cheap_copy::copy(file, staged.file(), &data, small.no_clone));
                 }
             }
             Found::File(Box::new(SourceFile {
@@ -296,7 +283,7 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
 /// Copies a file inside a staged directory whole, relative to the
 /// directories the walk holds, and closes it: an empty one is made with
 /// mknod (nothing opened), a small one in the page cache copied as
-/// [`copy_small`] does. The bytes copied; None where the file is neither,
+/// [`cheap_copy::copy`] does. The bytes copied; None where the file is neither,
 /// or anything failed (what was made is removed): the pipeline then takes
 /// the usual way, which says what went wrong in the user's terms.
 fn finish_here(src: &Path, at: &DirPair, small: SmallFiles) -> Option<u64> {
@@ -315,17 +302,15 @@ fn finish_here(src: &Path, at: &DirPair, small: SmallFiles) -> Option<u64> {
             .flatten()
             .map(|()| 0);
     }
-    if st.size > SMALL_FILE || st.allocated < st.size {
+    if !cheap_copy::may_be_cheap(st.size, st.allocated) {
         return None;
     }
     let file = dir_fds::open_noatime_at(at.src.as_fd(), name).ok()?;
     // A clone reads no data: cold or not, it costs the same.
     let clones = at.clones && !small.no_clone;
-    if !clones && !is_small(&file, st.size, st.allocated) {
-        return None;
-    }
+    let data = cheap_copy::cheap_data(&file, st.size, st.allocated, clones)?;
     let copy = dir_fds::create_new_at(out, name, st.mode).ok()?;
-    match copy_small(&file, &copy, st.size, small) {
+    match cheap_copy::copy(&file, &copy, &data, small.no_clone) {
         Ok(bytes) => Some(bytes),
         Err(_) => {
             drop(copy);
@@ -345,85 +330,6 @@ fn has_a_device(meta: &Metadata) -> bool {
 /// A read at 0 finds the end: a file of /proc says 0 and has bytes.
 fn nothing_at_0(file: &File) -> bool {
     matches!(file.read_at(&mut [0u8; 1], 0), Ok(0))
-}
-
-/// A file small enough to copy here, without holes to keep, and in the
-/// page cache: a cold one is the daemon's, whose io_uring reads hundreds
-/// of files at once where an opener reads one (cold files of 4 KiB against
-/// the faster of xcp and cpz: 1.18 through the daemon, 0.75 copied by two
-/// openers).
-fn is_small(file: &File, len: u64, allocated: u64) -> bool {
-    len > 0
-        && len <= SMALL_FILE
-        && allocated >= len
-        && ringxfer::residency::cached_fraction(file, 0, len) == Some(1.0)
-}
-
-/// Copies `src` (`len` bytes by its size) into the new, empty `dst` to the
-/// source's end (a file that grew is copied whole, as cp's):
-/// copy_file_range, then read and write from where it stopped unless that
-/// was at the size (at once where it refuses before a byte moved or cloning
-/// is forbidden).
-fn copy_small(src: &File, dst: &File, len: u64, small: SmallFiles) -> io::Result<u64> {
-    let mut done = if small.no_clone {
-        0
-    } else {
-        copy_range(src, dst, len)?
-    };
-    if done == len && done > 0 {
-        return Ok(done);
-    }
-    BUFFER.with_borrow_mut(|buf| loop {
-        let n = src.read_at(buf, done)?;
-        if n == 0 {
-            return Ok(done);
-        }
-        dst.write_all_at(&buf[..n], done)?;
-        done += n as u64;
-    })
-}
-
-thread_local! {
-    /// An opener's buffer for read and write, made once.
-    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; COPY_BUFFER]);
-}
-
-/// copy_file_range from offset 0 to the source's end, or until it refuses
-/// before a byte moved; the bytes copied. Each call asks one byte more than
-/// the `len` the file had when looked at: getting no more than `len` is its
-/// end, without a call to find 0 there (a call a file; a copy that meets a
-/// file growing is of some moment of it, as any copy is).
-fn copy_range(src: &File, dst: &File, len: u64) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let mut done: u64 = 0;
-    loop {
-        let (mut at_src, mut at_dst) = (done as i64, done as i64);
-        let ask = (len.saturating_sub(done) + 1).min(SMALL_FILE + 1) as usize;
-        // SAFETY: both descriptors are open for the call (borrowed from
-        // their Files); the offsets are this frame's, which the kernel
-        // reads and advances and nothing else touches meanwhile.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut at_src,
-                dst.as_raw_fd(),
-                &mut at_dst,
-                ask,
-                0,
-            )
-        };
-        match n {
-            0 => return Ok(done),
-            n if n > 0 => {
-                done += n as u64;
-                if done == len && (n as usize) < ask {
-                    return Ok(done);
-                }
-            }
-            _ if done == 0 => return Ok(0),
-            _ => return Err(io::Error::last_os_error()),
-        }
-    }
 }
 
 /// A [`Walk`] running on its own thread, with openers; iterate it for what
