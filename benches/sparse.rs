@@ -157,7 +157,9 @@ fn contenders(s: &Settings, socket: &Path) -> Result<(Vec<Contender>, Vec<String
         cli.into(),
         "--socket".into(),
         socket.into(),
-        "--daemon-only".into(),
+        // No --daemon-only: that would insist on a job, where a user's
+        // `ringxfer copy` of a file with little hot data has the CLI copy
+        // it (the daemon runs, so nothing falls back to an engine here).
         "copy".into(),
     ];
     argv.extend(s.copy_args.iter().map(Into::into));
