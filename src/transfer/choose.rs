@@ -14,7 +14,10 @@
 use ringxfer_ipc::{FailureKind, Sparse, Strategy};
 
 use super::copy_range::refusal_reason;
-use super::dio::{cached_fraction, enable_direct, may_ask_residency, restore_flags, SavedFlags};
+use super::dio::{
+    cached_fraction, cached_fraction_whole, enable_direct, may_ask_residency, restore_flags,
+    SavedFlags,
+};
 use super::{FdKind, Plan, TransferError};
 
 /// Above this fraction of its pages in the page cache, a source counts as hot.
@@ -176,10 +179,19 @@ fn auto(plan: &Plan, inputs: ChoiceInputs) -> Choice {
     }
     // cachestat looks at the page cache only, unless it must ask the file
     // system whether the daemon may know (see `may_ask_residency`): then the
-    // residency stays unknown rather than stall the loop on a server. Of a
-    // sparse source, the pages cached are weighed against its data.
+    // residency stays unknown rather than stall the loop on a server. A
+    // dense source is sampled; of a sparse one, every cached page is
+    // counted (a sample would miss its data or magnify it) and weighed
+    // against its data.
+    let ask = |src: &_, start, len| {
+        if data < total {
+            cached_fraction_whole(src, start, len)
+        } else {
+            cached_fraction(src, start, len)
+        }
+    };
     let cached = may_ask_residency(plan.src_owner, plan.src_writable)
-        .then(|| cached_fraction(&plan.ends.src, plan.src_start, total))
+        .then(|| ask(&plan.ends.src, plan.src_start, total))
         .flatten()
         .map(|f| (f * total as f64 / data.max(1) as f64).min(1.0));
     if let Some(f) = cached.filter(|&f| f >= HOT_FRACTION) {

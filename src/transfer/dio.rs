@@ -120,7 +120,7 @@ fn has_cap_fowner() -> bool {
 }
 
 /// Residency by cachestat(2), shared with the CLI (see crate::residency).
-pub(crate) use crate::residency::cached_fraction;
+pub(crate) use crate::residency::{cached_fraction, cached_fraction_whole};
 
 #[cfg(test)]
 mod tests {

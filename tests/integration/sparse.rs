@@ -450,3 +450,21 @@ fn a_single_small_or_sparse_hot_file_is_copied_by_the_cli() {
     }
     d.stop();
 }
+
+/// A sparse source's residency counts every cached page: 40 MiB of hot
+/// data in 4 GiB lie between the windows a sample of a dense file looks
+/// through (one every 65 MiB), which read it as cold and sent it direct.
+#[test]
+fn hot_data_of_a_sparse_source_between_sample_windows_is_seen_hot() {
+    let dir = tmpdir();
+    let d = Daemon::start();
+    let src = dir.path().join("sparse");
+    sparse_file(&src, 4 << 30, &[(1045 * MIB, 40 * MIB)], 60);
+    let dst = dir.path().join("copy");
+    let done = copy_ok(&d, &[], &src, &dst, "hot sparse");
+    assert_eq!(done["strategy"], "copy-range", "{done}");
+    let note = done["note"].as_str().unwrap_or_default();
+    assert!(note.contains("100% in the page cache"), "{done}");
+    assert_same(&src, &dst);
+    d.stop();
+}

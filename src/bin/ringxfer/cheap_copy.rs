@@ -153,55 +153,97 @@ fn seek(file: &File, at: u64, whence: libc::c_int) -> Option<Option<u64>> {
     }
 }
 
-/// Copies `data` of `src` into the new, empty `dst`; the bytes copied. A
-/// file without holes is copied to its end (one that grew is copied whole,
-/// as cp's); one with holes run by run, then sized to its length. Reads
-/// and writes where copy_file_range refuses before a byte moved, or
-/// `no_clone`.
-pub fn copy(src: &File, dst: &File, data: &Data, no_clone: bool) -> io::Result<u64> {
-    match &data.runs {
-        Runs::Whole => copy_whole(src, dst, data.len, no_clone),
-        Runs::Mapped(runs) => {
-            for &(off, n) in runs {
-                copy_run(src, dst, off, n, no_clone)?;
-            }
-            dst.set_len(data.len)?;
-            Ok(data.len)
-        }
-    }
+/// What [`copy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// The copy's size.
+    pub bytes: u64,
+    /// Some bytes were read and written, copy_file_range having refused
+    /// them or `no_clone` forbidding it.
+    pub read_write: bool,
 }
 
-/// A file without holes, to the source's end (see [`copy`]).
-fn copy_whole(src: &File, dst: &File, len: u64, no_clone: bool) -> io::Result<u64> {
+/// Copies `data` of `src` into the new, empty `dst`. A file without holes
+/// is copied to its end (one that grew is copied whole, as cp's); one with
+/// holes run by run, then sized to the source's size at the end (a source
+/// that grew meanwhile is copied on to its new end), so that the copy is
+/// what a read to the end would have found, holes kept. Reads and writes
+/// where copy_file_range refuses before a byte moved, or `no_clone`.
+pub fn copy(src: &File, dst: &File, data: &Data, no_clone: bool) -> io::Result<Copied> {
+    let mut read_write = false;
+    let Runs::Mapped(runs) = &data.runs else {
+        return copy_from(src, dst, 0, data.len, no_clone, &mut read_write)
+            .map(|bytes| Copied { bytes, read_write });
+    };
+    for &(off, n) in runs {
+        copy_run(src, dst, off, n, no_clone, &mut read_write)?;
+    }
+    let now = src.metadata()?.len();
+    let bytes = if now > data.len {
+        data.len
+            + copy_from(
+                src,
+                dst,
+                data.len,
+                now - data.len,
+                no_clone,
+                &mut read_write,
+            )?
+    } else {
+        dst.set_len(now)?;
+        now
+    };
+    Ok(Copied { bytes, read_write })
+}
+
+/// From `at` to the source's end (`len` bytes by its size when looked
+/// at); the bytes copied (see [`copy`]).
+fn copy_from(
+    src: &File,
+    dst: &File,
+    at: u64,
+    len: u64,
+    no_clone: bool,
+    read_write: &mut bool,
+) -> io::Result<u64> {
     let mut done = if no_clone {
         0
     } else {
-        copy_range(src, dst, 0, len, true)?
+        copy_range(src, dst, at, len, true)?
     };
     if done == len && done > 0 {
         return Ok(done);
     }
-    done += read_write(src, dst, done, None)?;
+    let more = read_and_write(src, dst, at + done, None)?;
+    *read_write |= more > 0;
+    done += more;
     Ok(done)
 }
 
 /// One run of data, at most `n` bytes from `off` (fewer if the file
 /// shrank).
-fn copy_run(src: &File, dst: &File, off: u64, n: u64, no_clone: bool) -> io::Result<()> {
+fn copy_run(
+    src: &File,
+    dst: &File,
+    off: u64,
+    n: u64,
+    no_clone: bool,
+    read_write: &mut bool,
+) -> io::Result<()> {
     let done = if no_clone {
         0
     } else {
         copy_range(src, dst, off, n, false)?
     };
     if done < n {
-        read_write(src, dst, off + done, Some(n - done))?;
+        *read_write |= read_and_write(src, dst, off + done, Some(n - done))? > 0;
     }
     Ok(())
 }
 
 /// Reads and writes from `at` to the source's end or `limit` bytes; the
 /// bytes copied.
-fn read_write(src: &File, dst: &File, at: u64, limit: Option<u64>) -> io::Result<u64> {
+fn read_and_write(src: &File, dst: &File, at: u64, limit: Option<u64>) -> io::Result<u64> {
     let mut done = 0u64;
     BUFFER.with_borrow_mut(|buf| loop {
         let want = limit.map_or(buf.len(), |l| (l - done).min(buf.len() as u64) as usize);
@@ -223,7 +265,7 @@ thread_local! {
 }
 
 /// copy_file_range of `n` bytes at `off` to the same offset, or until it
-/// refuses before a byte moved; the bytes copied. With `to_end`, each call
+/// refuses before a byte moved; the bytes copied. With `to_end`, a call
 /// asks one byte more than is left of `n`: getting no more than `n` is the
 /// file's end, without a call to find 0 there (a call a file; a copy that
 /// meets a file growing is of some moment of it, as any copy is), and the
@@ -236,7 +278,12 @@ fn copy_range(src: &File, dst: &File, off: u64, n: u64, to_end: bool) -> io::Res
             return Ok(done);
         }
         let (mut at_src, mut at_dst) = ((off + done) as i64, (off + done) as i64);
-        let ask = (left + u64::from(to_end)).min(SMALL_FILE + 1) as usize;
+        // Past the size looked at, a file that grew is asked a small
+        // file's worth a call, not a byte.
+        let ask = match left {
+            0 => SMALL_FILE,
+            left => (left + u64::from(to_end)).min(SMALL_FILE + 1),
+        } as usize;
         // SAFETY: both descriptors are open for the call (borrowed from
         // their Files); the offsets are this frame's, which the kernel
         // reads and advances and nothing else touches meanwhile.
@@ -274,6 +321,33 @@ mod tests {
         cheap_data(file, meta.len(), meta.blocks() * 512, false)
     }
 
+    /// Copies `src` as mapped in `data` to `dst` and checks it reads as
+    /// the source does now.
+    fn copy_matches(src: &File, data: &Data, src_path: &std::path::Path, dst: &std::path::Path) {
+        let out = File::create(dst).unwrap();
+        let copied = copy(src, &out, data, false).unwrap();
+        let want = std::fs::read(src_path).unwrap();
+        assert_eq!(copied.bytes, want.len() as u64, "{}", dst.display());
+        assert!(std::fs::read(dst).unwrap() == want, "{}", dst.display());
+    }
+
+    #[test]
+    fn a_file_that_grew_is_copied_on_past_its_size_a_call_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("cheap-grow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src_path = dir.join("src");
+        std::fs::write(&src_path, vec![1u8; 8192]).unwrap();
+        let src = File::options()
+            .read(true)
+            .write(true)
+            .open(&src_path)
+            .unwrap();
+        let data = data_of(&src).expect("dense and cached");
+        src.write_all_at(&vec![2u8; 3 << 20], 8192).unwrap();
+        copy_matches(&src, &data, &src_path, &dir.join("dst"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_file_with_holes_is_mapped_and_copied_without_them() {
         let dir = std::env::temp_dir().join(format!("cheap-copy-{}", std::process::id()));
@@ -292,11 +366,24 @@ mod tests {
         let data = data_of(&src).expect("two runs of data, cached");
         assert_eq!((data.runs(), data.bytes()), (2, 12288));
         let dst = File::create(&dst_path).unwrap();
-        assert_eq!(copy(&src, &dst, &data, false).unwrap(), 8 << 20);
+        let copied = copy(&src, &dst, &data, false).unwrap();
+        assert_eq!(
+            copied,
+            Copied {
+                bytes: 8 << 20,
+                read_write: false
+            }
+        );
         let got = std::fs::read(&dst_path).unwrap();
         assert_eq!(got, std::fs::read(&src_path).unwrap());
         let meta = dst.metadata().unwrap();
         assert!(meta.blocks() * 512 < 1 << 20, "holes kept: {meta:?}");
+        // A source that grows or shrinks after it was mapped is copied as a
+        // read to its end would find it.
+        src.write_all_at(&[5u8; 4096], 9 << 20).unwrap();
+        copy_matches(&src, &data, &src_path, &dir.join("grown"));
+        src.set_len(5 << 20).unwrap();
+        copy_matches(&src, &data, &src_path, &dir.join("shrunk"));
         // More data than a small file holds is the engine's.
         src.write_all_at(&vec![1u8; 2 << 20], 2 << 20).unwrap();
         assert_eq!(data_of(&src), None);

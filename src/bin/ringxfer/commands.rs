@@ -314,6 +314,9 @@ fn copy_one(
         (Some(data), _) => {
             let no_clone = args.job.reflink == Reflink::Never;
             let moved = copy_here(subject, &src_file, &staged, &data, no_clone);
+            // A signal that came during the copy ends the command here,
+            // before anything takes the name, as it cancels a job.
+            crate::signals::take();
             publish_staged(staged, Some(&src_meta), moved, before_publish)?
         }
         (None, engine) => {
@@ -343,8 +346,10 @@ fn copy_one(
 /// The data of a single file the CLI copies itself (see
 /// [`cheap_copy`]): a regular file of little data, all in the page cache,
 /// when the command asks nothing else of the engine, does not insist on
-/// the daemon (--daemon-only), and wants a new file published as usual
-/// (not --in-place, whose truncation is the engine's, nor --fsync).
+/// the daemon (--daemon-only), wants no progress objects (--json
+/// --progress: the engine's events make them), and wants a new file
+/// published as usual (not --in-place, whose truncation is the engine's,
+/// nor --fsync).
 fn cheap_single(
     ctx: &Context,
     args: &CopyArgs<'_>,
@@ -352,7 +357,10 @@ fn cheap_single(
     src: &fs::File,
     meta: &fs::Metadata,
 ) -> Option<cheap_copy::Data> {
-    let asked = ctx.daemon_only || args.dest.in_place || args.dest.fsync;
+    let asked = ctx.daemon_only
+        || args.dest.in_place
+        || args.dest.fsync
+        || ctx.progress == crate::progress::Show::Json;
     if asked || !plan.asks_only_a_copy() || !meta.is_file() {
         return None;
     }
@@ -379,9 +387,10 @@ fn copy_here(
     no_clone: bool,
 ) -> Result<Finished, CliError> {
     let start = std::time::Instant::now();
-    let bytes = cheap_copy::copy(src, staged.file(), data, no_clone)
-        .map_err(|err| CliError::io(subject.describe(), &err).on_engine(EngineUsed::Cli.name()))?;
-    let (strategy, how) = if no_clone {
+    let copied = cheap_copy::copy(src, staged.file(), data, no_clone).map_err(|err| {
+        CliError::copy(subject.describe(), &err).on_engine(EngineUsed::Cli.name())
+    })?;
+    let (strategy, how) = if copied.read_write {
         (Strategy::Buffered, "read and written")
     } else {
         (Strategy::CopyRange, "copied with copy_file_range")
@@ -392,7 +401,7 @@ fn copy_here(
         String::new()
     };
     Ok(Finished {
-        bytes,
+        bytes: copied.bytes,
         elapsed: start.elapsed(),
         strategy,
         engine: EngineUsed::Cli,

@@ -78,6 +78,19 @@ impl CliError {
         }
     }
 
+    /// A copy the CLI made itself failed: kinds as the engine's errno table
+    /// names them (`no-space`, `read-only`, `io`, ...), as the same copy
+    /// failing in a job would say.
+    pub fn copy(context: impl Into<String>, err: &io::Error) -> CliError {
+        let kind = err
+            .raw_os_error()
+            .map_or(FailureKind::Io, errno::failure_kind);
+        CliError {
+            kind: kind.name().to_owned(),
+            ..CliError::io(context, err)
+        }
+    }
+
     /// The engine reported the job as failed, or the connection to it broke.
     pub fn job(context: impl Into<String>, err: &JobError) -> CliError {
         let (kind, os_error, bytes) = match err {

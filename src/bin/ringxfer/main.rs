@@ -160,19 +160,38 @@ fn run() -> u8 {
 /// main thread's stack overflow message), about 7% of a single small
 /// file's copy (1.32 against 1.24 ms a command, against cp's 1.14; issue
 /// 16). What std's start would do that matters here is done by hand:
-/// SIGPIPE ignored, so a closed pipe is an EPIPE to report rather than a
-/// silent death, and standard output flushed at the end. The arguments
-/// still reach `std::env::args` (glibc hands them to std's initializer).
-/// A stack overflow is then a plain SIGSEGV, without std's message.
+/// standard descriptors that are closed are opened on /dev/null, SIGPIPE
+/// is ignored (a closed pipe is an EPIPE to report rather than a silent
+/// death), a panic ends the command with status 101 after unwinding (so
+/// staged files are dropped), and standard output is flushed at the end.
+/// The arguments reach `std::env::args` through glibc's initializers. A
+/// stack overflow is a plain SIGSEGV, without std's message.
 #[cfg_attr(not(test), no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    open_closed_standard_fds();
     // SAFETY: setting a signal's disposition to SIG_IGN installs no
     // handler, so no code of ours runs in a signal context; nothing else
     // runs yet (no thread is started before this).
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let status = run();
+    let status = std::panic::catch_unwind(run).unwrap_or(101);
     let _ = std::io::Write::flush(&mut std::io::stdout());
     libc::c_int::from(status)
+}
+
+/// Opens /dev/null on each of descriptors 0, 1 and 2 that is closed, as
+/// std's start does: otherwise the next file or socket opened would take
+/// that number, and what is printed would go into a staged file or the
+/// daemon's socket (`ringxfer status >&-`).
+fn open_closed_standard_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // SAFETY: a constant NUL-terminated path; the descriptor is left
+        // open on purpose, as the lowest free number, which is `fd`.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    }
 }
 
 /// Where a signal is taken instead of ending the process at once (see

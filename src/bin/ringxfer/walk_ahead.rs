@@ -263,7 +263,8 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
                     cheap_copy::cheap_data(file, meta.len(), meta.blocks() * 512, false)
                 });
                 if let (Some(small), Some(data), Some(Ok(staged))) = (small, data, &staged) {
-                    copied = Some(cheap_copy::copy(file, staged.file(), &data, small.no_clone));
+                    let copy = cheap_copy::copy(file, staged.file(), &data, small.no_clone);
+                    copied = Some(copy.map(|c| c.bytes));
                 }
             }
             Found::File(Box::new(SourceFile {
@@ -311,7 +312,7 @@ fn finish_here(src: &Path, at: &DirPair, small: SmallFiles) -> Option<u64> {
     let data = cheap_copy::cheap_data(&file, st.size, st.allocated, clones)?;
     let copy = dir_fds::create_new_at(out, name, st.mode).ok()?;
     match cheap_copy::copy(&file, &copy, &data, small.no_clone) {
-        Ok(bytes) => Some(bytes),
+        Ok(copied) => Some(copied.bytes),
         Err(_) => {
             drop(copy);
             let _ = dir_fds::unlink_at(out, name);
