@@ -138,10 +138,9 @@ mod tests {
             assert_eq!(w.len() as u64, WINDOWS, "{len}");
             assert_eq!(w[0].0, off);
             let (last, n) = w[w.len() - 1];
-            assert!(
-                last + n <= off + len && off + len - (last + n) < WINDOWS,
-                "{len}"
-            );
+            assert!(last + n <= off + len, "{len}");
+            assert!(off + len - (last + n) < WINDOWS * PAGE, "{len}");
+            assert!(w.iter().all(|&(at, _)| (at - off) % PAGE == 0), "{len}");
             assert!(w.iter().all(|&(_, n)| n == WINDOW));
             assert!(w.windows(2).all(|p| p[0].0 + WINDOW <= p[1].0), "{len}");
         }
