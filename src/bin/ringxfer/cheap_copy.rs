@@ -19,6 +19,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
+use ringxfer_ipc::publish::StagedFile;
+
 /// The most data a file the CLI copies may hold (see the module's text).
 /// Larger files are the engine's: their progress is worth following, and
 /// an opener busy with one holds back the chunks walked after its own (they
@@ -151,6 +153,17 @@ fn seek(file: &File, at: u64, whence: libc::c_int) -> Option<Option<u64>> {
         Some(libc::ENXIO) => Some(None),
         _ => None,
     }
+}
+
+/// Whether `staged` is a new, empty regular file, which [`copy`] may fill:
+/// a destination that is a device or a FIFO is written in place, which is
+/// the engine's.
+pub fn is_new_file(staged: &StagedFile) -> bool {
+    !staged.is_in_place()
+        && staged
+            .file()
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// What [`copy`] did.

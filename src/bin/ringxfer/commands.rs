@@ -309,7 +309,7 @@ fn copy_one(
         }
         Ok(())
     };
-    let cheap = cheap.filter(|_| staged_is_new_file(&staged));
+    let cheap = cheap.filter(|_| cheap_copy::is_new_file(&staged));
     let outcome = match (cheap, engine) {
         (Some(data), _) => {
             let no_clone = args.job.reflink == Reflink::Never;
@@ -365,16 +365,6 @@ fn cheap_single(
         return None;
     }
     cheap_copy::cheap_data(src, meta.len(), meta.blocks() * 512, false)
-}
-
-/// Whether `staged` is a new, empty regular file: a destination that is a
-/// device or a FIFO is written in place, which is the engine's.
-fn staged_is_new_file(staged: &StagedFile) -> bool {
-    !staged.is_in_place()
-        && staged
-            .file()
-            .metadata()
-            .is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// Copies `data` of `src` into `staged` here (see [`cheap_copy`]), and
