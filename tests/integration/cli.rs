@@ -895,3 +895,29 @@ fn send_and_recv_refuse_sparse_choices() {
         "only src"
     );
 }
+
+/// A full disk met by a copy the CLI makes itself (a small hot file) fails
+/// as a job's would: exit 1, `no-space`, the destination named, nothing
+/// under its name.
+#[test]
+#[ignore = "needs root: .ci/run runs it (--include-ignored)"]
+fn a_full_disk_under_the_clis_own_copy_leaves_nothing() {
+    require_root("root to mount tmpfs");
+    let d = Daemon::start();
+    let dir = tmpdir();
+    let (src, _) = make_file(dir.path(), "src", 1 << 20, 9);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _mount = mount_tmpfs(&mnt, "256k").unwrap_or_else(|e| panic!("mount tmpfs: {e}"));
+    let dst = mnt.join("dst");
+    let out = crate::cli_common::copy_json(&d, &[], &src, &dst);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let v = one_json(&out);
+    assert_eq!(v["engine"], "cli", "{v}");
+    assert_eq!(v["error"]["kind"], "no-space", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&dst.display().to_string()), "{v}");
+    assert!(message.contains("No space left on device"), "{v}");
+    assert!(!dst.exists(), "a short copy took the name");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "nothing left");
+}
