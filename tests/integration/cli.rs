@@ -921,3 +921,28 @@ fn a_full_disk_under_the_clis_own_copy_leaves_nothing() {
     assert!(!dst.exists(), "a short copy took the name");
     assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "nothing left");
 }
+
+/// Neither binary loads libgcc_s.so.1 at start (build.rs links GCC's
+/// unwinder statically): its constructor's CPU probe and the loading cost
+/// every command about 0.1 ms (issue 16). Asked of the dynamic loader
+/// itself (LD_TRACE_LOADED_OBJECTS, what ldd does), which lists what the
+/// binary would load and runs none of it.
+#[test]
+fn the_binaries_start_without_libgcc_s() {
+    for bin in [CLI_BIN, DAEMON_BIN] {
+        let out = Command::new(bin)
+            .env("LD_TRACE_LOADED_OBJECTS", "1")
+            .output()
+            .expect("run the loader's trace");
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && listed.contains("libc.so"),
+            "{bin}: no list of loaded objects: {}",
+            describe(&out)
+        );
+        assert!(
+            !listed.contains("libgcc_s"),
+            "{bin} loads libgcc_s:\n{listed}"
+        );
+    }
+}

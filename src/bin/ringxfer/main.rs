@@ -302,3 +302,29 @@ fn staging_dirs(dst: &Path) -> Vec<PathBuf> {
     }
     dirs
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    /// build.rs links GCC's unwinder into the binaries statically: a panic
+    /// must still unwind, dropping what its frames hold (a staged file
+    /// removes itself so), and be caught where `main` catches it.
+    #[test]
+    fn a_panic_unwinds_through_the_linked_unwinder() {
+        struct Held<'a>(&'a Cell<bool>);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let dropped = Cell::new(false);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            let _held = Held(&dropped);
+            std::panic::resume_unwind(Box::new("on purpose"));
+        }));
+        assert!(caught.is_err(), "the panic was not caught");
+        assert!(dropped.get(), "the panicking frame's value was not dropped");
+    }
+}
