@@ -926,9 +926,15 @@ fn a_full_disk_under_the_clis_own_copy_leaves_nothing() {
 /// unwinder statically): its constructor's CPU probe and the loading cost
 /// every command about 0.1 ms (issue 16). Asked of the dynamic loader
 /// itself (LD_TRACE_LOADED_OBJECTS, what ldd does), which lists what the
-/// binary would load and runs none of it.
+/// binary would load and runs none of it. Where build.rs left the link as
+/// std makes it (another toolchain, RINGXFER_DYNAMIC_LIBGCC), there is
+/// nothing to check, and the test says so.
 #[test]
 fn the_binaries_start_without_libgcc_s() {
+    if !cfg!(static_unwinder) {
+        eprintln!("build.rs linked libgcc_s as std does on this toolchain: nothing to check");
+        return;
+    }
     for bin in [CLI_BIN, DAEMON_BIN] {
         let out = Command::new(bin)
             .env("LD_TRACE_LOADED_OBJECTS", "1")
