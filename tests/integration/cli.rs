@@ -897,8 +897,8 @@ fn send_and_recv_refuse_sparse_choices() {
 }
 
 /// A full disk met by a copy the CLI makes itself (a small hot file) fails
-/// as a job's would: exit 1, `no-space`, the destination named, nothing
-/// under its name.
+/// as a job's would: exit 1, `no-space`, the destination named, how much
+/// was written, nothing under its name.
 #[test]
 #[ignore = "needs root: .ci/run runs it (--include-ignored)"]
 fn a_full_disk_under_the_clis_own_copy_leaves_nothing() {
@@ -918,6 +918,8 @@ fn a_full_disk_under_the_clis_own_copy_leaves_nothing() {
     let message = v["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&dst.display().to_string()), "{v}");
     assert!(message.contains("No space left on device"), "{v}");
+    // How much got there, as the engine says it of a job.
+    assert!(message.contains("written before it filled)"), "{v}");
     assert!(!dst.exists(), "a short copy took the name");
     assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "nothing left");
 }

@@ -378,7 +378,10 @@ fn copy_here(
 ) -> Result<Finished, CliError> {
     let start = std::time::Instant::now();
     let copied = cheap_copy::copy(src, staged.file(), data, no_clone).map_err(|err| {
-        CliError::copy(subject.describe(), &err).on_engine(EngineUsed::Cli.name())
+        // The copy writes in order from the start: the staged file's size
+        // is what reached it.
+        let written = staged.file().metadata().map_or(0, |m| m.len());
+        CliError::copy_written(subject.describe(), &err, written).on_engine(EngineUsed::Cli.name())
     })?;
     let (strategy, how) = if copied.read_write {
         (Strategy::Buffered, "read and written")

@@ -128,16 +128,19 @@ impl CliError {
         else {
             return err.to_string();
         };
-        let when = match kind {
-            FailureKind::NoSpace => "before it filled",
-            FailureKind::ReadOnly => "before it turned read-only",
-            _ => return err.to_string(),
-        };
-        format!(
-            "{} ({} written {when})",
-            describe_io(&io::Error::from_raw_os_error(*code)),
-            ringxfer::size::format_bytes(*bytes)
-        )
+        filled_cause(*kind, *code, *bytes).unwrap_or_else(|| err.to_string())
+    }
+
+    /// A copy the CLI made itself failed once `written` bytes had reached
+    /// the destination: said as the engine's failure would be.
+    pub fn copy_written(context: impl Into<String>, err: &io::Error, written: u64) -> CliError {
+        let mut failed = CliError::copy(context, err);
+        let code = err.raw_os_error();
+        let filled = code.and_then(|code| filled_cause(errno::failure_kind(code), code, written));
+        if let Some(cause) = filled {
+            failed.cause = cause;
+        }
+        failed
     }
 
     /// Says `to` wherever the message says `from`: a tree copied under a
@@ -238,6 +241,21 @@ impl CliError {
             engine: None,
         }
     }
+}
+
+/// How much reached a destination before its disk filled or turned
+/// read-only, in the OS's words: None for other failures.
+fn filled_cause(kind: FailureKind, code: i32, bytes: u64) -> Option<String> {
+    let when = match kind {
+        FailureKind::NoSpace => "before it filled",
+        FailureKind::ReadOnly => "before it turned read-only",
+        _ => return None,
+    };
+    Some(format!(
+        "{} ({} written {when})",
+        describe_io(&io::Error::from_raw_os_error(code)),
+        ringxfer::size::format_bytes(bytes)
+    ))
 }
 
 /// The OS's description without std's " (os error N)" suffix: the number is
