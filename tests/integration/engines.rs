@@ -347,7 +347,9 @@ fn uring_under_an_eperm_filter_refuses_to_start_naming_the_call_and_errno() {
 /// `refusal`'s filter with `RINGXFER_ENGINE` = `engine`.
 fn cli_copy_under(refusal: Refusal, engine: &str, dir: &Path) -> Option<(Output, Vec<u8>)> {
     let filter = filter_or_skip(refusal)?;
-    let (src, data) = make_file(dir, "src", (1 << 20) + 3, 0xc1);
+    // Over the most data a hot single file the CLI copies itself may hold
+    // (32 MiB), so that the engine copies it.
+    let (src, data) = make_file(dir, "src", (32 << 20) + 3, 0xc1);
     let mut c = cli(&no_daemon_socket(dir));
     c.env("RINGXFER_ENGINE", engine)
         .arg("copy")
@@ -384,9 +386,9 @@ fn the_in_process_engine_honours_ringxfer_engine() {
 
     let dir = tmpdir();
     let mut c = cli(&no_daemon_socket(dir.path()));
-    // Over 1 MiB: the CLI would copy a smaller file itself, needing no
-    // engine.
-    let (src, _) = make_file(dir.path(), "src", (1 << 20) + 100, 0xc2);
+    // Over 32 MiB: the CLI would copy a smaller hot file itself, needing
+    // no engine.
+    let (src, _) = make_file(dir.path(), "src", (32 << 20) + 100, 0xc2);
     c.env("RINGXFER_ENGINE", "fast")
         .arg("copy")
         .arg(&src)

@@ -78,9 +78,11 @@ fn falls_back_on(kind: &str) {
     let d = Daemon::start();
     let (src, want) = make_file(m.path(), "src", (8 * MIB) as usize, 17);
     let dst = m.path().join("dst");
-    let out = copy_json(&d, &[], &src, &dst);
+    // The engine's ladder (a hot 8 MiB file would be the CLI's own copy).
+    let out = copy_json(&d, &["--daemon-only"], &src, &dst);
     assert_exit(&out, 0, &format!("copy on {kind}"));
     let done = &json_lines(&out)[0];
+    assert_eq!(done["engine"], "daemon", "{kind}: {done}");
     assert_ne!(done["strategy"], "reflink", "{kind}: {done}");
     assert_file_eq(&dst, &want);
     // always: fails, naming the destination, and leaves nothing under it.

@@ -1,6 +1,7 @@
 //! Files the CLI copies itself, because the engine would cost more than
-//! the copy: at most [`SMALL_FILE`] bytes of data, all of it in the page
-//! cache, holes kept. A job costs two descriptors passed, two statx on
+//! the copy: at most [`SMALL_FILE`] bytes of data in a tree, or
+//! [`SINGLE_FILE`] for a file copied alone, all of it in the page cache,
+//! holes kept. A job costs two descriptors passed, two statx on
 //! io_uring's workers, the copy handed to a worker (one hand-off a run of
 //! data, for a file with holes), a completion and the closes: for 10,000
 //! files of 4 KiB that was a third of a tree copy's CPU, a single 4 KiB
@@ -27,6 +28,13 @@ use ringxfer_ipc::publish::StagedFile;
 /// come back in order). A copy of 1 MiB takes a quarter of a millisecond
 /// hot.
 pub const SMALL_FILE: u64 = 1 << 20;
+
+/// The most data a file copied on its own (not in a tree) may hold to be
+/// copied here. A job costs 0.4-0.7 ms more than the copy itself (2 MiB
+/// hot: 2.16 ms as a job, 1.78 here, cp 1.74), worth paying only where it
+/// is lost in the copy's time; no walk waits on this one, and 32 MiB takes
+/// ~10 ms hot, too soon for progress to show.
+pub const SINGLE_FILE: u64 = 32 << 20;
 
 /// The most runs of data a file with holes may have to be copied here: a
 /// file in many pieces costs a seek and a copy for each, and the engine
@@ -72,12 +80,19 @@ impl Data {
 }
 
 /// The data of `file` (`len` bytes by its size, `allocated` by its blocks)
-/// if it is cheap to copy here: at most [`SMALL_FILE`] bytes of data in at
-/// most [`MAX_RUNS`] runs, wholly in the page cache unless `cold_too` (a
-/// clone reads no data). None for an empty file: whether it is empty is
-/// the caller's question (a file of /proc says 0 and has bytes).
-pub fn cheap_data(file: &File, len: u64, allocated: u64, cold_too: bool) -> Option<Data> {
-    if len == 0 || !may_be_cheap(len, allocated) {
+/// if it is cheap to copy here: at most `most` bytes of data ([`SMALL_FILE`]
+/// or [`SINGLE_FILE`]) in at most [`MAX_RUNS`] runs, wholly in the page
+/// cache unless `cold_too` (a clone reads no data). None for an empty file:
+/// whether it is empty is the caller's question (a file of /proc says 0 and
+/// has bytes).
+pub fn cheap_data(
+    file: &File,
+    len: u64,
+    allocated: u64,
+    most: u64,
+    cold_too: bool,
+) -> Option<Data> {
+    if len == 0 || !may_be_cheap(len, allocated, most) {
         return None;
     }
     let data = if allocated >= len {
@@ -88,7 +103,7 @@ pub fn cheap_data(file: &File, len: u64, allocated: u64, cold_too: bool) -> Opti
     } else {
         Data {
             len,
-            runs: Runs::Mapped(map_data(file, len)?),
+            runs: Runs::Mapped(map_data(file, len, most)?),
         }
     };
     (cold_too || all_cached(file, &data)).then_some(data)
@@ -96,14 +111,14 @@ pub fn cheap_data(file: &File, len: u64, allocated: u64, cold_too: bool) -> Opti
 
 /// Whether a file of `len` bytes, `allocated` by its blocks, may be cheap
 /// to copy here (see [`cheap_data`]), before it is opened: a file without
-/// holes up to [`SMALL_FILE`], or one with holes whose blocks are not far
+/// holes up to `most` bytes, or one with holes whose blocks are not far
 /// over it (blocks also hold metadata on some file systems: the map of its
 /// data decides).
-pub fn may_be_cheap(len: u64, allocated: u64) -> bool {
+pub fn may_be_cheap(len: u64, allocated: u64, most: u64) -> bool {
     if allocated >= len {
-        len <= SMALL_FILE
+        len <= most
     } else {
-        allocated <= 2 * SMALL_FILE
+        allocated <= 2 * most
     }
 }
 
@@ -117,8 +132,8 @@ fn all_cached(file: &File, data: &Data) -> bool {
 }
 
 /// The runs of data below `len` (SEEK_DATA, SEEK_HOLE), if there are at
-/// most [`MAX_RUNS`] of them holding at most [`SMALL_FILE`] bytes.
-fn map_data(file: &File, len: u64) -> Option<Vec<(u64, u64)>> {
+/// most [`MAX_RUNS`] of them holding at most `most` bytes.
+fn map_data(file: &File, len: u64, most: u64) -> Option<Vec<(u64, u64)>> {
     let mut runs = Vec::new();
     let (mut at, mut total) = (0u64, 0u64);
     while at < len {
@@ -131,7 +146,7 @@ fn map_data(file: &File, len: u64) -> Option<Vec<(u64, u64)>> {
         let end = seek(file, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
         total += end - start;
         runs.push((start, end - start));
-        if runs.len() > MAX_RUNS || total > SMALL_FILE {
+        if runs.len() > MAX_RUNS || total > most {
             return None;
         }
         at = end;
@@ -295,7 +310,7 @@ fn copy_range(src: &File, dst: &File, off: u64, n: u64, to_end: bool) -> io::Res
         // file's worth a call, not a byte.
         let ask = match left {
             0 => SMALL_FILE,
-            left => (left + u64::from(to_end)).min(SMALL_FILE + 1),
+            left => (left + u64::from(to_end)).min(SINGLE_FILE + 1),
         } as usize;
         // SAFETY: both descriptors are open for the call (borrowed from
         // their Files); the offsets are this frame's, which the kernel
@@ -331,7 +346,7 @@ mod tests {
 
     fn data_of(file: &File) -> Option<Data> {
         let meta = file.metadata().unwrap();
-        cheap_data(file, meta.len(), meta.blocks() * 512, false)
+        cheap_data(file, meta.len(), meta.blocks() * 512, SMALL_FILE, false)
     }
 
     /// Copies `src` as mapped in `data` to `dst` and checks it reads as

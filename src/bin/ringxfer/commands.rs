@@ -364,7 +364,8 @@ fn cheap_single(
     if asked || !plan.asks_only_a_copy() || !meta.is_file() {
         return None;
     }
-    cheap_copy::cheap_data(src, meta.len(), meta.blocks() * 512, false)
+    let most = cheap_copy::SINGLE_FILE;
+    cheap_copy::cheap_data(src, meta.len(), meta.blocks() * 512, most, false)
 }
 
 /// Copies `data` of `src` into `staged` here (see [`cheap_copy`]), and

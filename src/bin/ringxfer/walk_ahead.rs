@@ -328,7 +328,8 @@ pub fn open_source(item: Item, stage: Option<&Staging>) -> Found {
                     });
                 let small = stage.and_then(|st| st.small).filter(|_| !empty);
                 let data = small.and_then(|_| {
-                    cheap_copy::cheap_data(file, meta.len(), meta.blocks() * 512, false)
+                    let most = cheap_copy::SMALL_FILE;
+                    cheap_copy::cheap_data(file, meta.len(), meta.blocks() * 512, most, false)
                 });
                 if let (Some(small), Some(data), Some(Ok(staged))) = (small, data, &staged) {
                     let copy = cheap_copy::copy(file, staged.file(), &data, small.no_clone);
@@ -371,13 +372,14 @@ fn finish_here(src: &Path, at: &DirPair, small: SmallFiles) -> Option<u64> {
             .flatten()
             .map(|()| 0);
     }
-    if !cheap_copy::may_be_cheap(st.size, st.allocated) {
+    if !cheap_copy::may_be_cheap(st.size, st.allocated, cheap_copy::SMALL_FILE) {
         return None;
     }
     let file = dir_fds::open_noatime_at(at.src.as_fd(), name).ok()?;
     // A clone reads no data: cold or not, it costs the same.
     let clones = at.clones && !small.no_clone;
-    let data = cheap_copy::cheap_data(&file, st.size, st.allocated, clones)?;
+    let most = cheap_copy::SMALL_FILE;
+    let data = cheap_copy::cheap_data(&file, st.size, st.allocated, most, clones)?;
     let copy = dir_fds::create_new_at(out, name, st.mode).ok()?;
     match cheap_copy::copy(&file, &copy, &data, small.no_clone) {
         Ok(copied) => Some(copied.bytes),
