@@ -11,6 +11,7 @@
 
 mod args;
 mod backup;
+mod c_pow;
 mod cheap_copy;
 mod commands;
 mod context;
