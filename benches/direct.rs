@@ -31,7 +31,7 @@
 //! The page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`)
 //! before every timed run; without root that fails, and the bench says the
 //! numbers are not cold and goes on. The contenders take turns round by round
-//! (the order rotating), and the verdicts are medians of per-round ratios.
+//! (in a balanced order: `turn_order` in support/peers.rs), and the verdicts are medians of per-round ratios.
 //! Every result is checked (size, and 4 KiB blocks at both ends and at six
 //! pseudo-random offsets against the source), so a broken transfer cannot
 //! look fast.
@@ -988,8 +988,8 @@ fn intro(cfg: &Settings, bin: &Path, dir: &Path) -> Result<Intro> {
     })
 }
 
-/// The warm-up, then `cfg.rounds` rounds of every contender, in an order
-/// that rotates.
+/// The warm-up, then `cfg.rounds` rounds of every contender, in a balanced
+/// order (`turn_order`).
 fn measure(bench: &mut Bench, cfg: &Settings) -> Result<Vec<Row>> {
     let mut rows: Vec<Row> = COPIERS
         .iter()
@@ -1021,10 +1021,9 @@ fn measure(bench: &mut Bench, cfg: &Settings) -> Result<Vec<Row>> {
     for round in 1..=cfg.rounds {
         let label = format!("round {round}/{}", cfg.rounds);
         for group in [&COPIERS[..], &CEILINGS[..], &SENDERS[..]] {
-            let n = group.len();
-            for k in 0..n {
-                // Rotate the order so no contender always runs first or last.
-                let c = group[(k + round - 1) % n];
+            // No contender always runs first, last or after the same other.
+            for k in support::peers::turn_order(group.len(), round - 1) {
+                let c = group[k];
                 let row = rows.iter_mut().find(|r| r.c == c).expect("a row");
                 if let Some(why) = &row.unavailable {
                     println!("  {label:<11} {:<36} skipped: {why}", c.name());

@@ -5,6 +5,7 @@
 //! cargo bench --bench sparse
 //! RINGXFER_BENCH_SIZE=4GiB RINGXFER_BENCH_SPARSE_DATA=4MiB RINGXFER_BENCH_ROUNDS=6 cargo bench --bench sparse
 //! RINGXFER_BENCH_COPY_ARGS="--sparse=always" cargo bench --bench sparse   # flags after `ringxfer copy`
+//! RINGXFER_BENCH_REPEAT=21 cargo bench --bench sparse                      # runs per turn (9)
 //! ```
 //!
 //! The source is RINGXFER_BENCH_SIZE (1 GiB) long and holds
@@ -15,10 +16,14 @@
 //! The CLI is the release `ringxfer`, run as a user runs it, against a
 //! `ringxferd` on a private socket; the others are found on PATH or in
 //! ~/.cargo/bin, each skipped with a note where it is not installed. After
-//! one unmeasured run of each, they take turns round by round (the order
-//! rotating); the time verdict is the median of the per-round ratios to cp.
-//! Before each run the previous destination is deleted and the file system
-//! synced. Every copy is checked: its size, every data piece, and a block in
+//! one unmeasured run of each, they take turns round by round, in a
+//! balanced order (each first once and after every other equally often:
+//! `turn_order` in support/peers.rs). A turn is RINGXFER_BENCH_REPEAT (9)
+//! runs, whose medians are the turn's figures: a copy of 2 ms is about a
+//! quarter process start-up, whose noise one run per turn measured more
+//! than the copy. The time verdict is the median of the per-round ratios
+//! to cp. Before each run the previous destination is deleted and the file
+//! system synced. Every copy is checked: its size, every data piece, and a block in
 //! the middle of every hole reads as zeros.
 //!
 //! CPU is user + system seconds of the program (rusage of reaped children),
@@ -50,6 +55,8 @@ struct Settings {
     size: u64,
     data: u64,
     rounds: usize,
+    /// Runs a turn (see the module's text).
+    repeat: usize,
     daemon_args: Vec<String>,
     copy_args: Vec<String>,
 }
@@ -59,6 +66,15 @@ fn settings() -> Result<Settings> {
         size: support::env_size("RINGXFER_BENCH_SIZE", 1 << 30)?,
         data: support::env_size("RINGXFER_BENCH_SPARSE_DATA", 1 << 20)?,
         rounds: support::env_rounds()?,
+        repeat: match std::env::var("RINGXFER_BENCH_REPEAT") {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| format!("RINGXFER_BENCH_REPEAT={v:?}: want a whole number >= 1"))?,
+            Err(_) => 9,
+        },
         daemon_args: support::env_daemon_args(),
         copy_args: std::env::var("RINGXFER_BENCH_COPY_ARGS")
             .map(|s| s.split_whitespace().map(String::from).collect())
@@ -210,6 +226,21 @@ struct Bench {
 }
 
 impl Bench {
+    /// A turn: `s.repeat` runs of `c`; the medians of their time and CPU,
+    /// and the most any of them allocated.
+    fn turn(&mut self, c: &Contender, s: &Settings) -> Result<Sample> {
+        let mut runs = Vec::with_capacity(s.repeat);
+        for _ in 0..s.repeat {
+            runs.push(self.run(c, s)?);
+        }
+        let med = |f: fn(&Sample) -> f64| support::median(runs.iter().map(f).collect());
+        Ok(Sample {
+            secs: med(|x| x.secs).unwrap_or(f64::NAN),
+            cpu: med(|x| x.cpu).unwrap_or(f64::NAN),
+            alloc: runs.iter().map(|x| x.alloc).max().unwrap_or(0),
+        })
+    }
+
     fn run(&mut self, c: &Contender, s: &Settings) -> Result<Sample> {
         if let Some(prev) = self.prev.take() {
             fs::remove_file(&prev).map_err(|e| format!("remove {}: {e}", prev.display()))?;
@@ -289,11 +320,10 @@ fn run() -> Result<()> {
     };
     let mut samples = vec![Vec::new(); list.len()];
     for round in 0..=s.rounds {
-        for k in 0..list.len() {
-            let i = (k + round) % list.len();
-            let got = bench.run(&list[i], &s)?;
+        for i in support::peers::turn_order(list.len(), round) {
+            let got = bench.turn(&list[i], &s)?;
             println!(
-                "  {:<11} {:<26} {:>7.3} s  cpu {:.3} s  allocated {} bytes",
+                "  {:<11} {:<26} {:>8.4} s  cpu {:.4} s  allocated {} bytes",
                 if round == 0 {
                     "warm-up".to_string()
                 } else {
@@ -310,17 +340,18 @@ fn run() -> Result<()> {
         }
     }
     drop(daemon);
-    report(&list, &samples);
+    report(&list, &samples, s.repeat);
     println!("  load at the end: {}", support::loadavg());
     Ok(())
 }
 
-fn report(list: &[Contender], samples: &[Vec<Sample>]) {
+fn report(list: &[Contender], samples: &[Vec<Sample>], repeat: usize) {
     let med = |v: Vec<f64>| support::median(v).unwrap_or(f64::NAN);
     println!();
     println!(
-        "results: median [min-max] over {} round(s)",
-        samples[0].len()
+        "results: median [min-max] over {} round(s) of {} runs a turn",
+        samples[0].len(),
+        repeat
     );
     println!(
         "  {:<26} {:>22} {:>9} {:>16}",
@@ -362,10 +393,11 @@ fn report(list: &[Contender], samples: &[Vec<Sample>]) {
     }
 }
 
-/// As `fmt_spread`, to the millisecond: these runs may take a few of them.
+/// As `fmt_spread`, to a tenth of a millisecond: these runs may take a
+/// few of them.
 fn fmt_spread3(v: &[f64]) -> String {
     let med = support::median(v.to_vec()).unwrap_or(f64::NAN);
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{med:.3} [{min:.3}-{max:.3}]")
+    format!("{med:.4} [{min:.4}-{max:.4}]")
 }

@@ -34,7 +34,8 @@
 //! default, and btrfs), tree and cache state (RINGXFER_BENCH_CACHE: hot,
 //! cold; both by default): RINGXFER_BENCH_ROUNDS (5) rounds after one
 //! unmeasured warm-up round, each contender copying the tree once a round,
-//! the order rotating from round to round. Per contender: wall seconds,
+//! in a balanced order (each first once and after every other equally
+//! often: `turn_order` in support/peers.rs). Per contender: wall seconds,
 //! files per second, CPU seconds (user + system of the program, from the
 //! rusage of reaped children; for ringxfer plus the daemon's, from its
 //! CPU-time clock, io_uring workers included) and CPU microseconds per file,

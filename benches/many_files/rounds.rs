@@ -137,8 +137,7 @@ fn one_round(
     let n = ctx.contenders.len();
     let mut out = vec![None; n];
     let mut line = Vec::new();
-    for k in 0..n {
-        let i = (k + round) % n;
+    for i in crate::support::peers::turn_order(n, round) {
         let c = &ctx.contenders[i];
         let dst = scratch.path().join(c.who.key());
         prepare(cache, &sample_files, c.who.label())?;

@@ -58,7 +58,8 @@
 //! The source (RINGXFER_BENCH_SIZE, 1 GiB by default) and every
 //! destination live on a tmpfs the bench mounts (or /dev/shm), so only
 //! the transports are compared. Each contender runs once unmeasured, then
-//! RINGXFER_BENCH_ROUNDS (5) rounds take turns, the order rotating. Before
+//! RINGXFER_BENCH_ROUNDS (5) rounds take turns, in a balanced order
+//! (`turn_order` in support/peers.rs). Before
 //! each run every destination is deleted and the file systems synced;
 //! after it the destination is checked (size, first and last 4 KiB).
 //!
@@ -297,7 +298,7 @@ fn rsync_entries(
     Ok(())
 }
 
-/// Runs every contender once, in an order rotating with `round`; keeps the
+/// Runs every contender once, in round `round`'s balanced order; keeps the
 /// samples unless this is the warm-up.
 fn pass(
     entries: &[Entry],
@@ -313,8 +314,7 @@ fn pass(
         0 => String::new(),
         n => format!(" {:>9.0} files/s", n as f64 / secs),
     };
-    for k in 0..entries.len() {
-        let i = (k + round) % entries.len();
+    for i in support::peers::turn_order(entries.len(), round) {
         let e = &entries[i];
         place::empty_dirs(&dirs)?;
         let (s, note) = e.run(src, want)?;

@@ -35,11 +35,12 @@
 //! once, on the pages just freed. A round runs every contender in each state
 //! asked for. What a recycled copy meets depends on the copy before it (one
 //! that wrote large folios leaves high-order blocks behind, cp's 64 KiB
-//! pieces do not), which the rotating order spreads over the rounds.
+//! pieces do not), which the balanced order spreads over the rounds: each
+//! contender follows every other equally often (`turn_order`).
 //!
 //! These machines are shared and noisy, so: every contender runs once
-//! unmeasured first, then the contenders take turns round by round (the
-//! order rotating), and the verdicts are ratios within a round. Before each
+//! unmeasured first, then the contenders take turns round by round (in a
+//! balanced order), and the verdicts are ratios within a round. Before each
 //! run the previous destination is deleted (and the file system synced), so
 //! every contender pays the same page-cache allocation for its destination.
 //! Every result is checked (size, first and last 4 KiB), so a broken transfer
@@ -176,8 +177,8 @@ fn intro(cfg: &Settings, bin: &Path, dir: &Path, notes: &[String]) -> Result<()>
     Ok(())
 }
 
-/// Runs each contender once, group by group, in an order that rotates with
-/// `round`; keeps the samples in `out` unless this is the warm-up.
+/// Runs each contender once, group by group, in round `round`'s balanced
+/// order (`turn_order`); keeps the samples in `out` unless this is the warm-up.
 fn pass(
     bench: &mut Bench,
     entries: &[Entry],
@@ -190,9 +191,8 @@ fn pass(
         let idx: Vec<usize> = (0..entries.len())
             .filter(|&i| entries[i].group == group)
             .collect();
-        let n = idx.len();
-        for k in 0..n {
-            let i = idx[(k + round) % n];
+        for k in support::peers::turn_order(idx.len(), round) {
+            let i = idx[k];
             let e = &entries[i];
             bench.prepare(group, memory)?;
             let s = bench.run(e)?;
