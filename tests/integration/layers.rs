@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// `src/bin/ringxfer`'s modules, lowest first.
 const CLI_LAYERS: &[&str] = &[
+    "c_pow",
     "error",
     "args",
     "progress_json",

@@ -8,7 +8,7 @@ use ringxfer_ipc::Strategy;
 
 use crate::args::{DestOpts, JobOpts, RangeOpts};
 use crate::backup::Backup;
-use crate::engine_handle::{EngineHandle, Fallback};
+use crate::engine_handle::{EngineHandle, Fallback, LazyEngine};
 use crate::error::{CliError, Exit};
 use crate::files::Replace;
 use crate::job_plan::JobPlan;
@@ -48,6 +48,13 @@ impl Context {
                 err
             }
         })
+    }
+
+    /// [`Context::engine`], connected to when a job first needs it (see
+    /// [`LazyEngine`]).
+    pub fn lazy_engine(&self, job: &JobOpts) -> LazyEngine<'_> {
+        let job = *job;
+        LazyEngine::new(move || self.engine(&job))
     }
 
     pub fn plan(&self, range: RangeOpts, job: JobOpts, fsync: bool) -> JobPlan {

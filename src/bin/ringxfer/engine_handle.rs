@@ -1,6 +1,8 @@
 //! Finding an engine to run transfers: the daemon if one answers, otherwise
-//! (unless forbidden) an engine thread inside this process.
+//! (unless forbidden) an engine thread inside this process; at once, or
+//! (for a tree copy) when the first job needs it.
 
+use std::cell::OnceCell;
 use std::path::Path;
 
 use ringxfer::embedded::EmbeddedEngine;
@@ -104,6 +106,42 @@ impl EngineHandle {
         } else {
             EngineUsed::Daemon
         }
+    }
+}
+
+/// An engine connected to when first asked for. A tree copy whose files the
+/// CLI copies itself (small ones in the page cache, empty ones) asks no
+/// daemon and starts no engine in-process: a copy of five small files took
+/// 2.8 ms with a daemon to greet (cp: 2.3) and 23 ms where the engine
+/// started in-process for nothing.
+pub struct LazyEngine<'a> {
+    connect: Box<dyn Fn() -> Result<EngineHandle, CliError> + 'a>,
+    handle: OnceCell<EngineHandle>,
+}
+
+impl<'a> LazyEngine<'a> {
+    pub fn new(connect: impl Fn() -> Result<EngineHandle, CliError> + 'a) -> LazyEngine<'a> {
+        LazyEngine {
+            connect: Box::new(connect),
+            handle: OnceCell::new(),
+        }
+    }
+
+    /// The engine, connected to (or started) on the first call. A failure
+    /// is not kept: the next call tries again.
+    pub fn get(&self) -> Result<&EngineHandle, CliError> {
+        if let Some(handle) = self.handle.get() {
+            return Ok(handle);
+        }
+        let handle = (self.connect)()?;
+        Ok(self.handle.get_or_init(|| handle))
+    }
+
+    /// Which engine ran the jobs; the CLI's own copies if none was needed.
+    pub fn used(&self) -> EngineUsed {
+        self.handle
+            .get()
+            .map_or(EngineUsed::Cli, EngineHandle::kind)
     }
 }
 

@@ -33,7 +33,7 @@ use slab::Slab;
 
 use crate::backup::Backup;
 use crate::context::{Context, CopyArgs};
-use crate::engine_handle::EngineHandle;
+use crate::engine_handle::LazyEngine;
 use crate::error::CliError;
 use crate::fdlimit;
 use crate::files::Replace;
@@ -99,18 +99,25 @@ fn worth_watching(len: u64, rate: Option<u64>) -> bool {
 /// What a job's callback reports: the job's key in the table, and its result.
 type Finished = (usize, Result<Completion, JobError>);
 
-pub struct Pipeline<'a> {
+/// The connection to the engine, made when the first job needs it.
+struct Link<'a> {
     client: &'a Client,
     /// The connection's events, read on this thread.
     events: Dispatcher<'a>,
-    out: Output,
     window: usize,
+    /// Jobs per batch (the daemon's descriptors per message / 2).
+    batch: usize,
+}
+
+pub struct Pipeline<'a> {
+    engine: &'a LazyEngine<'a>,
+    /// None until a file needs a job.
+    link: Option<Link<'a>>,
+    out: Output,
     /// Jobs opened and not yet settled, sent or not.
     jobs: Slab<Job>,
     /// Keys of jobs not yet sent, in the order they were opened.
     unsent: Vec<usize>,
-    /// Jobs per batch (the daemon's descriptors per message / 2).
-    batch: usize,
     done_tx: Sender<Finished>,
     done_rx: Receiver<Finished>,
     plan: JobPlan,
@@ -133,17 +140,22 @@ pub struct Pipeline<'a> {
     chunks_out: usize,
 }
 
+/// The walk's chunks out (see [`chunks_out`]): what the descriptors a
+/// full window leaves allow.
+fn walk_chunks() -> usize {
+    let nofile = fdlimit::raise_nofile();
+    chunks_out(nofile.saturating_sub(SPARE_FDS + 2 * WINDOW as u64))
+}
+
 /// The window: [`WINDOW`], or less where the daemon's per-connection or
 /// per-user job cap, or this process's descriptors (one per job in flight,
 /// its destination, the source being closed once submitted; plus the
-/// sources the walk opened ahead), are lower; and the walk's chunks out
-/// (see [`chunks_out`]), which get the descriptors a full window leaves.
-fn window(client: &Client) -> (usize, usize) {
+/// sources the walk's `chunks` opened ahead), are lower.
+fn window(client: &Client, chunks: usize) -> usize {
     let limits = client.limits();
     let nofile = fdlimit::raise_nofile();
-    let chunks = chunks_out(nofile.saturating_sub(SPARE_FDS + 2 * WINDOW as u64));
     let by_fds = nofile.saturating_sub(SPARE_FDS + fds_ahead(chunks)).max(1);
-    let window = [
+    [
         WINDOW as u64,
         u64::from(limits.max_jobs_per_connection),
         u64::from(limits.max_jobs_per_user),
@@ -152,13 +164,11 @@ fn window(client: &Client) -> (usize, usize) {
     .into_iter()
     .filter(|&n| n > 0)
     .min()
-    .unwrap_or(1) as usize;
-    (window, chunks)
+    .unwrap_or(1) as usize
 }
 
 impl<'a> Pipeline<'a> {
-    pub fn new(ctx: &Context, engine: &'a EngineHandle, args: &CopyArgs<'_>) -> Pipeline<'a> {
-        let client = engine.client();
+    pub fn new(ctx: &Context, engine: &'a LazyEngine<'a>, args: &CopyArgs<'_>) -> Pipeline<'a> {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut plan = ctx.plan(args.range, args.job, args.dest.fsync);
         // Per-job progress events would cost the engine work for files that
@@ -166,16 +176,13 @@ impl<'a> Pipeline<'a> {
         plan.progress = Show::Off;
         // --rate-limit is the whole copy's, not each file's.
         plan.whole_command = true;
-        let (window, chunks_out) = window(client);
         Pipeline {
-            chunks_out,
-            client,
-            events: client.dispatch_here(),
+            chunks_out: walk_chunks(),
+            engine,
+            link: None,
             out: ctx.out,
-            window,
-            jobs: Slab::with_capacity(window),
+            jobs: Slab::new(),
             unsent: Vec::new(),
-            batch: client.batch().capacity().min(window),
             done_tx,
             done_rx,
             plan,
@@ -392,7 +399,8 @@ impl<'a> Pipeline<'a> {
             }
             return Ok(());
         }
-        while self.jobs.len() >= self.window {
+        let (window, batch) = self.connect()?;
+        while self.jobs.len() >= window {
             self.send()?;
             if !self.reap_one() {
                 // Interrupted: the staged file is dropped unpublished.
@@ -401,23 +409,47 @@ impl<'a> Pipeline<'a> {
         }
         let key = self.jobs.insert(job);
         self.unsent.push(key);
-        if self.unsent.len() >= self.batch {
+        if self.unsent.len() >= batch {
             self.send()?;
             // Whatever finished meanwhile, without waiting: a receive per
             // batch, not per file.
-            let _ = self.events.dispatch(Some(Duration::ZERO));
+            if let Some(link) = &mut self.link {
+                let _ = link.events.dispatch(Some(Duration::ZERO));
+            }
         }
         Ok(())
+    }
+
+    /// The window and the batch size, connecting to the engine first if
+    /// this is the first job. A failure is fatal, as a connection lost.
+    fn connect(&mut self) -> Result<(usize, usize), CliError> {
+        let link = match self.link.take() {
+            Some(link) => link,
+            None => {
+                let client = self.engine.get()?.client();
+                let window = window(client, self.chunks_out);
+                Link {
+                    client,
+                    events: client.dispatch_here(),
+                    window,
+                    batch: client.batch().capacity().min(window),
+                }
+            }
+        };
+        let sizes = (link.window, link.batch);
+        self.link = Some(link);
+        Ok(sizes)
     }
 
     /// Sends the jobs not yet sent, in one message. An error is fatal (the
     /// connection is gone); the batch's jobs then come back failed through
     /// their callbacks, which removes what was staged for them.
     fn send(&mut self) -> Result<(), CliError> {
-        if self.unsent.is_empty() {
-            return Ok(());
-        }
-        let mut batch = self.client.batch();
+        let client = match (&self.link, self.unsent.is_empty()) {
+            (Some(link), false) => link.client,
+            _ => return Ok(()),
+        };
+        let mut batch = client.batch();
         let mut refused = Vec::new();
         let mut watched = Vec::new();
         let mut sent = Ok(0);
@@ -452,7 +484,7 @@ impl<'a> Pipeline<'a> {
                     // Long tags filled the frame: send what it has and put
                     // this job in the next.
                     Err(_) if batch.is_full() && !batch.is_empty() => {
-                        let full = std::mem::replace(&mut batch, self.client.batch());
+                        let full = std::mem::replace(&mut batch, client.batch());
                         sent = sent.and(full.send());
                     }
                     // Its callback never runs.
@@ -508,7 +540,12 @@ impl<'a> Pipeline<'a> {
             if crate::signals::received().is_some() {
                 return false;
             }
-            let dispatched = self.events.dispatch(Some(crate::signals::POLL));
+            // Jobs are made only once connected.
+            let Some(link) = &mut self.link else {
+                self.jobs.clear();
+                return true;
+            };
+            let dispatched = link.events.dispatch(Some(crate::signals::POLL));
             self.show_moving();
             self.tick();
             if dispatched.is_err() {

@@ -24,8 +24,8 @@ use ringxfer::size::{format_bytes, format_rate, throughput};
 pub enum EngineUsed {
     Daemon,
     Embedded,
-    /// No engine: the CLI copied a small file itself (see
-    /// [`crate::cheap_copy`]).
+    /// No engine: the CLI copied a small file itself, or every file of a
+    /// tree (see [`crate::cheap_copy`]).
     Cli,
 }
 

@@ -137,13 +137,16 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     // The signal thread is the first: every later one inherits the mask.
     crate::signals::start();
     let _watch = crate::signals::watch();
-    let engine = match ctx.engine(&args.job) {
-        Ok(engine) => engine,
-        Err(err) => {
+    // Connected to when a file first needs a job, unless the command
+    // insists on the daemon: then its absence ends the copy before it
+    // starts (exit 3).
+    let engine = ctx.lazy_engine(&args.job);
+    if ctx.daemon_only || args.job.detach {
+        if let Err(err) = engine.get() {
             ctx.out.failed(Op::Copy, None, &err);
             return err.exit;
         }
-    };
+    }
     let started = Instant::now();
     let walk =
         Walk::new(operands, args.recursive, args.dest.preserve, umask).following(args.follow);
@@ -191,7 +194,7 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     for err in &reports {
         ctx.out.failed(Op::Copy, None, err);
     }
-    ctx.out.tree_done(&tally, engine.kind());
+    ctx.out.tree_done(&tally, engine.used());
     if fatal.is_some() || cut_short != CutShort::No || tally.failed > 0 || !reports.is_empty() {
         Exit::Failed
     } else {
