@@ -159,7 +159,9 @@ pub fn fmt_spread(v: &[f64]) -> String {
 /// contender always ran right after the same other, and paid for whatever
 /// that one left behind (the sparse bench's ringxfer always followed cpz,
 /// which writes 1 GiB of zeros, and measured 1.17x cp's time where an
-/// interleaved loop with no such neighbour measured 0.92x).
+/// interleaved loop with no such neighbour measured 0.92x). The balance
+/// holds over a whole number of periods: choose rounds accordingly (a
+/// multiple of n, of 2n for odd n).
 pub fn turn_order(n: usize, round: usize) -> Vec<usize> {
     // 0, 1, n-1, 2, n-2, ...: the differences between neighbours are all
     // different mod n, so adding the round to each moves every pair.

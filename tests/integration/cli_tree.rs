@@ -821,16 +821,19 @@ fn a_tree_of_small_hot_files_starts_no_engine() {
     }
     let copy = |dst: &str, args: &[&str]| {
         let mut c = cli(&sock);
-        c.args(args).args(["--json", "copy", "-r"]);
+        c.args(args).args(["copy", "-r"]);
         c.arg(&src).arg(dir.path().join(dst));
         run(c)
     };
-    let out = copy("small", &[]);
+    let out = copy("small", &["--json"]);
     assert_exit(&out, 0, "copy -r of small files, no daemon");
     for (name, data) in &files {
         assert_file_eq(&dir.path().join("small").join(name), data);
     }
     assert_eq!(json_lines(&out)[0]["engine"], "cli", "{}", describe(&out));
+    // Without --json a started engine says so.
+    let out = copy("plain", &[]);
+    assert_exit(&out, 0, "copy -r of small files, no daemon, plain");
     assert!(!stderr(&out).contains("in-process"), "{}", describe(&out));
 
     let out = copy("refused", &["--daemon-only"]);
@@ -840,7 +843,7 @@ fn a_tree_of_small_hot_files_starts_no_engine() {
     // Over 1 MiB: a job, so the in-process engine starts.
     let name = "sub/large".to_string();
     files.push((name.clone(), make_file(&src, &name, (1 << 20) + 1, 79).1));
-    let out = copy("large", &[]);
+    let out = copy("large", &["--json"]);
     assert_exit(&out, 0, "copy -r with a large file, no daemon");
     for (name, data) in &files {
         assert_file_eq(&dir.path().join("large").join(name), data);
@@ -851,4 +854,7 @@ fn a_tree_of_small_hot_files_starts_no_engine() {
         "{}",
         describe(&out)
     );
+    let out = copy("large-plain", &[]);
+    assert_exit(&out, 0, "copy -r with a large file, no daemon, plain");
+    assert!(stderr(&out).contains("in-process"), "{}", describe(&out));
 }

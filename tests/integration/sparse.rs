@@ -474,3 +474,37 @@ fn hot_data_of_a_sparse_source_between_sample_windows_is_seen_hot() {
     assert_same(&src, &dst);
     d.stop();
 }
+
+/// A single file the CLI would copy itself must be wholly in the page
+/// cache, every page looked at: past 16 MiB the daemon's residency samples
+/// 64 windows, and a 24 MiB file hot only in those windows (their layout
+/// is the library's `residency::sample_windows`) read as hot. It is a job.
+#[test]
+fn a_single_file_hot_only_where_a_sample_looks_is_a_job() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let dir = tmpdir();
+    let d = Daemon::start();
+    let len = 24 * MIB;
+    let (src, _) = make_file(dir.path(), "striped", len as usize, 54);
+    evict(&src);
+    let file = File::open(&src).unwrap();
+    // SAFETY: an open descriptor; the advice only turns read-ahead off.
+    let ret = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(ret, 0, "fadvise");
+    let (window, stride) = (128 * KIB, (len - 128 * KIB) / 63 / 4096 * 4096);
+    let mut buf = vec![0u8; window as usize];
+    for i in 0..64 {
+        file.read_exact_at(&mut buf, i * stride).unwrap();
+    }
+    let dst = dir.path().join("copy");
+    let mut done = serde_json::Value::Null;
+    let jobs = jobs_during(&d, || done = copy_ok(&d, &[], &src, &dst, "striped"));
+    assert_eq!(
+        (done["engine"].as_str(), jobs),
+        (Some("daemon"), 1),
+        "{done}"
+    );
+    assert_same(&src, &dst);
+    d.stop();
+}

@@ -22,18 +22,21 @@ use std::os::unix::fs::FileExt;
 
 use ringxfer_ipc::publish::StagedFile;
 
-/// The most data a file the CLI copies may hold (see the module's text).
-/// Larger files are the engine's: their progress is worth following, and
+/// The most data a file in a tree the CLI copies may hold (see the
+/// module's text; a single file may hold [`SINGLE_FILE`]). Larger files are
+/// the engine's: their progress is worth following, and
 /// an opener busy with one holds back the chunks walked after its own (they
 /// come back in order). A copy of 1 MiB takes a quarter of a millisecond
 /// hot.
 pub const SMALL_FILE: u64 = 1 << 20;
 
-/// The most data a file copied on its own (not in a tree) may hold to be
-/// copied here. A job costs 0.4-0.7 ms more than the copy itself (2 MiB
-/// hot: 2.16 ms as a job, 1.78 here, cp 1.74), worth paying only where it
-/// is lost in the copy's time; no walk waits on this one, and 32 MiB takes
-/// ~10 ms hot, too soon for progress to show.
+/// The most data a file copied on its own (not in a tree) into a local
+/// file system may hold to be copied here. A job costs 0.4-0.7 ms more
+/// than the copy itself (2 MiB hot: 2.16 ms as a job, 1.78 here, cp 1.74),
+/// worth paying only where it is lost in the copy's time; no walk waits on
+/// this one, and 32 MiB takes ~10 ms hot, too soon for progress to show.
+/// Onto NFS or FUSE the same copy may take a server's time, during which a
+/// job could be cancelled and this copy cannot: there [`SMALL_FILE`] holds.
 pub const SINGLE_FILE: u64 = 32 << 20;
 
 /// The most runs of data a file with holes may have to be copied here: a
@@ -122,9 +125,11 @@ pub fn may_be_cheap(len: u64, allocated: u64, most: u64) -> bool {
     }
 }
 
-/// Whether every byte of data is in the page cache.
+/// Whether every byte of data is in the page cache: every page looked at
+/// (a sample, which [`ringxfer::residency::cached_fraction`] takes past 16
+/// MiB, could pass a file three quarters cold).
 fn all_cached(file: &File, data: &Data) -> bool {
-    let cached = |off, n| ringxfer::residency::cached_fraction(file, off, n) == Some(1.0);
+    let cached = |off, n| ringxfer::residency::cached_fraction_whole(file, off, n) == Some(1.0);
     match &data.runs {
         Runs::Whole => cached(0, data.len),
         Runs::Mapped(runs) => runs.iter().all(|&(off, n)| cached(off, n)),

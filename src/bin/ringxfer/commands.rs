@@ -18,6 +18,7 @@ use ringxfer_ipc::{Reflink, Sparse, Strategy};
 use crate::args::{JobOpts, RangeOpts};
 use crate::cheap_copy;
 use crate::context::{Context, CopyArgs, Follow, Target};
+use crate::dir_fds;
 use crate::engine_handle::EngineHandle;
 use crate::error::{CliError, Exit};
 use crate::files::{open_source, resolve_destination};
@@ -262,7 +263,7 @@ fn copy_one(
         return Ok(Outcome::Skipped);
     }
     let plan = ctx.plan(args.range, args.job, args.dest.fsync);
-    let cheap = cheap_single(ctx, args, &plan, &src_file, &src_meta);
+    let cheap = cheap_single(ctx, args, &plan, (&src_file, &src_meta), &dst_path);
     // A file the CLI copies itself needs no engine (nor a daemon's answer).
     let engine = match cheap {
         Some(_) => None,
@@ -354,8 +355,8 @@ fn cheap_single(
     ctx: &Context,
     args: &CopyArgs<'_>,
     plan: &JobPlan,
-    src: &fs::File,
-    meta: &fs::Metadata,
+    (src, meta): (&fs::File, &fs::Metadata),
+    dst: &Path,
 ) -> Option<cheap_copy::Data> {
     let asked = ctx.daemon_only
         || args.dest.in_place
@@ -364,7 +365,12 @@ fn cheap_single(
     if asked || !plan.asks_only_a_copy() || !meta.is_file() {
         return None;
     }
-    let most = cheap_copy::SINGLE_FILE;
+    // Past a tree's limit only onto a local file system (see SINGLE_FILE).
+    let most = if meta.len() > cheap_copy::SMALL_FILE && dir_fds::is_local(dst) {
+        cheap_copy::SINGLE_FILE
+    } else {
+        cheap_copy::SMALL_FILE
+    };
     cheap_copy::cheap_data(src, meta.len(), meta.blocks() * 512, most, false)
 }
 

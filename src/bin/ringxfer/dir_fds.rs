@@ -36,6 +36,26 @@ pub const BTRFS: i64 = 0x9123_683e;
 /// tmpfs's f_type.
 const TMPFS: i64 = 0x0102_1994;
 
+/// File systems whose writes land in this machine's page cache or disks,
+/// by f_type: ext2/3/4, XFS, btrfs, tmpfs, f2fs, bcachefs, ZFS, and
+/// overlayfs (a container's root, over one of those). A copy into one takes
+/// the time its bytes take to move here, not a server's or a FUSE daemon's.
+const LOCAL: [i64; 8] = [
+    0xef53,
+    0x5846_5342,
+    BTRFS,
+    TMPFS,
+    0xf2f5_2010,
+    0xca45_1a4e,
+    0x2fc1_2fc1,
+    0x794c_7630,
+];
+
+/// Whether `path` is (or would be made) on a file system of [`LOCAL`].
+pub fn is_local(path: &Path) -> bool {
+    fs_type(path).is_some_and(|t| LOCAL.contains(&t))
+}
+
 /// File systems without a block device (st_dev's major 0) whose files'
 /// sizes are what a read finds. procfs and sysfs say 0 for files with
 /// bytes; others unknown here are asked by a read.
@@ -289,6 +309,21 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn local_file_systems_are_told_from_others() {
+        // The tests' own directory is on a disk or tmpfs; procfs and sysfs
+        // stand for a file system whose time is not this machine's disks'.
+        let here = tempfile::tempdir().unwrap();
+        assert!(
+            is_local(&here.path().join("new")),
+            "{:?}",
+            fs_type(here.path())
+        );
+        assert!(!is_local(Path::new("/proc/self/new")));
+        assert!(!is_local(Path::new("/sys/kernel")));
+        assert!(!is_local(Path::new("/no/such/dir/new")));
+    }
 
     #[test]
     fn names_files_relative_to_their_directories() {

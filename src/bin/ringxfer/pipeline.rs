@@ -426,7 +426,10 @@ impl<'a> Pipeline<'a> {
         let link = match self.link.take() {
             Some(link) => link,
             None => {
-                let client = self.engine.get()?.client();
+                // Connecting may print a note (no daemon: the engine runs
+                // in-process), which the bar must not draw over.
+                let engine = self.engine;
+                let client = self.progress.suspend(|| engine.get())?.client();
                 let window = window(client, self.chunks_out);
                 Link {
                     client,
@@ -542,6 +545,7 @@ impl<'a> Pipeline<'a> {
             }
             // Jobs are made only once connected.
             let Some(link) = &mut self.link else {
+                debug_assert!(self.jobs.is_empty(), "jobs without a connection");
                 self.jobs.clear();
                 return true;
             };

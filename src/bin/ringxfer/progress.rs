@@ -344,7 +344,7 @@ impl TreeProgress {
 
     /// Runs `print` with the bar out of the way, so a message is not drawn
     /// over it.
-    pub fn suspend(&self, print: impl FnOnce()) {
+    pub fn suspend<T>(&self, print: impl FnOnce() -> T) -> T {
         match &self.bar {
             Some(bar) if self.drawn => bar.suspend(print),
             _ => print(),

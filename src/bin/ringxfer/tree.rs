@@ -139,9 +139,9 @@ pub fn copy(ctx: &Context, sources: &[PathBuf], dst: &Path, args: &CopyArgs<'_>)
     let _watch = crate::signals::watch();
     // Connected to when a file first needs a job, unless the command
     // insists on the daemon: then its absence ends the copy before it
-    // starts (exit 3).
+    // starts (exit 3). (--detach is refused for trees before this.)
     let engine = ctx.lazy_engine(&args.job);
-    if ctx.daemon_only || args.job.detach {
+    if ctx.daemon_only {
         if let Err(err) = engine.get() {
             ctx.out.failed(Op::Copy, None, &err);
             return err.exit;
