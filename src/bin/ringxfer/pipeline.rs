@@ -431,6 +431,7 @@ impl<'a> Pipeline<'a> {
                 let engine = self.engine;
                 let client = self.progress.suspend(|| engine.get())?.client();
                 let window = window(client, self.chunks_out);
+                self.jobs.reserve(window);
                 Link {
                     client,
                     events: client.dispatch_here(),
